@@ -1,0 +1,80 @@
+"""Flask application factory."""
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+from flask import Flask, g, request
+from sqlalchemy import Engine
+from werkzeug.exceptions import HTTPException
+
+from gateway import metrics
+from gateway.access import AccessContext
+from gateway.config import Settings
+from gateway.fhir import fhir
+from gateway.fhir.responses import FhirError, fhir_response, operation_outcome
+from gateway.http.cda import cda
+from gateway.http.ops import ops
+from gateway.logs import request_id
+from gateway.storage.database import make_engine
+from gateway.storage.repository import Repository
+
+log = logging.getLogger(__name__)
+
+HTTP_ISSUE_CODES = {400: "invalid", 404: "not-found", 405: "not-supported", 406: "not-supported",
+                    413: "too-costly", 415: "not-supported"}
+
+
+def create_app(settings: Settings | None = None, engine: Engine | None = None) -> Flask:
+    settings = settings or Settings.from_env()
+    app = Flask(__name__)
+    app.config["SETTINGS"] = settings
+    app.config["ENGINE"] = engine or make_engine(settings.database_url)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_document_bytes * 2 + 1024 * 1024
+
+    @app.before_request
+    def start_request():
+        g.started = time.perf_counter()
+        rid = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+        g.request_id = rid
+        request_id.set(rid)
+        # One repository per request, built from who is asking: every read goes through it.
+        g.repository = Repository(app.config["ENGINE"], AccessContext.anyone(request.remote_addr),
+                                  settings.public_base_url)
+
+    @app.after_request
+    def finish_request(response):
+        endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+        metrics.HTTP_REQUESTS.labels(request.method, endpoint, response.status_code).inc()
+        if hasattr(g, "started"):
+            metrics.HTTP_LATENCY.labels(request.method, endpoint).observe(time.perf_counter() - g.started)
+        response.headers["X-Request-Id"] = g.get("request_id", "")
+        log.info("request", extra={"method": request.method, "endpoint": endpoint, "status": response.status_code,
+                                   "ms": round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 1)})
+        return response
+
+    @app.errorhandler(FhirError)
+    def fhir_error(error: FhirError):
+        return fhir_response(error.outcome(), error.status)
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException):
+        issue = {"severity": "error", "code": HTTP_ISSUE_CODES.get(error.code, "processing"),
+                 "diagnostics": error.description}
+        response = fhir_response(operation_outcome([issue]), error.code)
+        if error.code == 405 and hasattr(error, "valid_methods") and error.valid_methods:
+            response.headers["Allow"] = ", ".join(error.valid_methods)
+        return response
+
+    @app.errorhandler(Exception)
+    def internal_error(error: Exception):
+        log.exception("unhandled error")
+        issue = {"severity": "fatal", "code": "exception",
+                 "diagnostics": f"internal error; quote request id {g.get('request_id')}"}
+        return fhir_response(operation_outcome([issue]), 500)
+
+    app.register_blueprint(ops)
+    app.register_blueprint(cda)
+    app.register_blueprint(fhir)
+    return app

@@ -1,0 +1,77 @@
+"""`gateway ingest FILE|DIR...`: many documents, a progress bar, and a summary of what happened."""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from gateway.access import AccessContext
+from gateway.cda.errors import DocumentRefused
+from gateway.config import Settings
+from gateway.services.documents import ingest_cda
+from gateway.storage.database import make_engine
+from gateway.storage.migrate import upgrade
+from gateway.storage.repository import Repository
+
+
+@dataclass
+class BulkReport:
+    ingested: int = 0
+    duplicates: int = 0
+    refused: list[tuple[str, str]] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def document_files(paths: list[Path]) -> list[Path]:
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in (".xml", ".cda"))
+        else:
+            files.append(path)
+    return files
+
+
+def ingest_paths(settings: Settings, paths: list[Path], console: Console | None = None) -> BulkReport:
+    console = console or Console(stderr=True)
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    repo = Repository(engine, AccessContext.system("gateway ingest"), settings.public_base_url)
+    report = BulkReport()
+    files = document_files(paths)
+    progress = Progress(TextColumn("[bold]ingest"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                        console=console, transient=True)
+    with progress:
+        task = progress.add_task("documents", total=len(files))
+        for file in files:
+            try:
+                result = ingest_cda(repo, file.read_bytes(), max_bytes=settings.max_document_bytes,
+                                    channel="bulk", sender=str(file))
+                if result.created:
+                    report.ingested += 1
+                else:
+                    report.duplicates += 1
+            except DocumentRefused as refusal:
+                report.refused.append((str(file), str(refusal)))
+            except OSError as exc:
+                report.failed.append((str(file), str(exc)))
+            progress.advance(task)
+    _summary(console, report)
+    return report
+
+
+def _summary(console: Console, report: BulkReport) -> None:
+    console.print(f"ingested: {report.ingested}   duplicates: {report.duplicates}   "
+                  f"refused: {len(report.refused)}   failed: {len(report.failed)}")
+    if report.refused or report.failed:
+        table = Table("file", "reason", title="not ingested")
+        for file, reason in report.refused + report.failed:
+            table.add_row(file, reason)
+        console.print(table)
+        reasons = Counter(reason.split(":")[0] for _, reason in report.refused)
+        for where, count in reasons.most_common():
+            console.print(f"  {count} refused at {where}")

@@ -1,0 +1,296 @@
+"""Extraction of the CI-SIS CDA header into plain data (no FHIR here: that is mapping's job)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lxml import etree
+
+from .errors import DocumentRefused
+from .parser import NS
+
+CD = "/ClinicalDocument"
+
+
+@dataclass(frozen=True)
+class II:
+    root: str
+    extension: str | None = None
+
+
+@dataclass(frozen=True)
+class Code:
+    code: str
+    system: str | None = None
+    display: str | None = None
+
+
+@dataclass
+class Name:
+    family: list[str] = field(default_factory=list)
+    given: list[str] = field(default_factory=list)
+    prefix: list[str] = field(default_factory=list)
+    suffix: list[str] = field(default_factory=list)
+    use: str | None = None  # "official" (birth names, qualifier BR) or "usual" (CL)
+    given_list: str | None = None  # all birth first names, as the civil status lists them
+
+
+@dataclass
+class Organization:
+    ids: list[II] = field(default_factory=list)
+    name: str | None = None
+    industry_class: Code | None = None
+
+
+@dataclass
+class Person:
+    ids: list[II] = field(default_factory=list)
+    specialty: Code | None = None
+    name: Name | None = None
+    organization: Organization | None = None
+    time: str | None = None
+
+
+@dataclass
+class PatientInfo:
+    ids: list[II]
+    names: list[Name]
+    gender: str | None
+    birth_time: str | None
+    birthplace_code: str | None
+    birthplace_city: str | None
+
+
+@dataclass
+class ServiceEvent:
+    codes: list[Code]
+    low: str | None
+    high: str | None
+    practice_setting: Code | None
+
+
+@dataclass
+class Body:
+    level: str  # "N1" (nonXMLBody) or "N3" (structuredBody)
+    media_type: str | None = None
+
+
+@dataclass
+class CdaHeader:
+    unique_id: II
+    set_id: II | None
+    version_number: int | None
+    code: Code
+    title: str | None
+    effective_time: str
+    confidentiality: Code | None
+    language: str | None
+    template_ids: list[str]
+    patient: PatientInfo
+    authors: list[Person]
+    custodian: Organization | None
+    legal_authenticator: Person | None
+    attending_physician: Person | None
+    service_events: list[ServiceEvent]
+    encounter_low: str | None
+    encounter_high: str | None
+    facility_type: Code | None
+    replaced: list[II]
+    body: Body
+    wrapped_in_xslt: bool = False
+
+
+def _text(el: etree._Element | None) -> str | None:
+    if el is None:
+        return None
+    value = " ".join("".join(el.itertext()).split())
+    return value or None
+
+
+def _ii(el: etree._Element | None) -> II | None:
+    if el is None or not el.get("root"):
+        return None
+    return II(el.get("root").strip(), (el.get("extension") or "").strip() or None)
+
+
+def _code(el: etree._Element | None) -> Code | None:
+    if el is None or not el.get("code"):
+        return None
+    return Code(el.get("code").strip(), el.get("codeSystem"), el.get("displayName"))
+
+
+def _codes_with_translations(el: etree._Element | None) -> list[Code]:
+    if el is None:
+        return []
+    codes = [c for c in [_code(el)] if c]
+    codes += [c for c in (_code(t) for t in el.findall("h:translation", NS)) if c]
+    return codes
+
+
+def _ts(el: etree._Element | None) -> str | None:
+    if el is None:
+        return None
+    value = el.get("value")
+    return value.strip() if value else None
+
+
+def _name(el: etree._Element | None) -> Name | None:
+    if el is None:
+        return None
+    name = Name(
+        family=[t for t in (_text(e) for e in el.findall("h:family", NS)) if t],
+        given=[t for t in (_text(e) for e in el.findall("h:given", NS)) if t],
+        prefix=[t for t in (_text(e) for e in el.findall("h:prefix", NS)) if t],
+        suffix=[t for t in (_text(e) for e in el.findall("h:suffix", NS)) if t],
+    )
+    if not (name.family or name.given):
+        text = _text(el)
+        return Name(family=[text]) if text else None
+    return name
+
+
+def _patient_names(el: etree._Element | None) -> list[Name]:
+    """CI-SIS patient names: birth names (qualifier BR, or none) and used names (qualifier CL).
+
+    An unqualified <given> carries the whole list of birth first names ("DOMINIQUE MARIE-LOUISE"),
+    kept in ``given_list``; the BR one is the first birth first name.
+    """
+    names: list[Name] = []
+    if el is None:
+        return names
+    for name_el in el.findall("h:name", NS):
+        parts: dict[tuple[str, str], list[str]] = {}
+        for part in name_el:
+            if not isinstance(part.tag, str):
+                continue
+            value = _text(part)
+            local = etree.QName(part).localname
+            if value and local in ("family", "given"):
+                parts.setdefault((local, (part.get("qualifier") or "").upper()), []).append(value)
+        unqualified_given = parts.get(("given", ""), [])
+        birth = Name(
+            family=parts.get(("family", "BR")) or parts.get(("family", ""), []),
+            given=parts.get(("given", "BR")) or unqualified_given[:1],
+            use="official",
+            given_list=" ".join(unqualified_given) or None,
+        )
+        used = Name(family=parts.get(("family", "CL"), []), given=parts.get(("given", "CL"), []), use="usual")
+        names += [n for n in (birth, used) if n.family or n.given]
+    return names
+
+
+def _organization(el: etree._Element | None) -> Organization | None:
+    if el is None:
+        return None
+    org = Organization(
+        ids=[i for i in (_ii(e) for e in el.findall("h:id", NS)) if i],
+        name=_text(el.find("h:name", NS)),
+        industry_class=_code(el.find("h:standardIndustryClassCode", NS)),
+    )
+    return org if (org.ids or org.name) else None
+
+
+def _person(entity: etree._Element | None, person_tag: str, org_tag: str, time_el=None) -> Person | None:
+    if entity is None:
+        return None
+    return Person(
+        ids=[i for i in (_ii(e) for e in entity.findall("h:id", NS)) if i],
+        specialty=_code(entity.find("h:code", NS)),
+        name=_name(entity.find(f"h:{person_tag}/h:name", NS)),
+        organization=_organization(entity.find(f"h:{org_tag}", NS)),
+        time=_ts(time_el),
+    )
+
+
+def _required(value, location: str, what: str):
+    if not value:
+        raise DocumentRefused(f"{what} is missing", location=location)
+    return value
+
+
+def extract_header(doc: etree._Element, *, wrapped_in_xslt: bool = False) -> CdaHeader:
+    """Read the CI-SIS header. Missing mandatory elements refuse the document, naming them."""
+    unique_id = _required(_ii(doc.find("h:id", NS)), f"{CD}/id", "the document unique id (id/@root)")
+    code = _required(_code(doc.find("h:code", NS)), f"{CD}/code", "the document type (code/@code)")
+    effective_time = _required(_ts(doc.find("h:effectiveTime", NS)), f"{CD}/effectiveTime",
+                               "the creation date (effectiveTime/@value)")
+
+    role = doc.find("h:recordTarget/h:patientRole", NS)
+    _required(role is not None, f"{CD}/recordTarget/patientRole", "the patient (recordTarget/patientRole)")
+    patient_el = role.find("h:patient", NS)
+    birthplace = patient_el.find("h:birthplace/h:place/h:addr", NS) if patient_el is not None else None
+    gender = _code(patient_el.find("h:administrativeGenderCode", NS)) if patient_el is not None else None
+    patient = PatientInfo(
+        ids=[i for i in (_ii(e) for e in role.findall("h:id", NS)) if i],
+        names=_patient_names(patient_el),
+        gender=gender.code if gender else None,
+        birth_time=_ts(patient_el.find("h:birthTime", NS)) if patient_el is not None else None,
+        birthplace_code=_text(birthplace.find("h:county", NS)) if birthplace is not None else None,
+        birthplace_city=_text(birthplace.find("h:city", NS)) if birthplace is not None else None,
+    )
+
+    authors = []
+    for author_el in doc.findall("h:author", NS):
+        person = _person(author_el.find("h:assignedAuthor", NS), "assignedPerson", "representedOrganization",
+                         author_el.find("h:time", NS))
+        if person and (person.ids or person.name):
+            authors.append(person)
+
+    legal = doc.find("h:legalAuthenticator", NS)
+    legal_authenticator = _person(legal.find("h:assignedEntity", NS), "assignedPerson", "representedOrganization",
+                                  legal.find("h:time", NS)) if legal is not None else None
+
+    attending = None
+    for participant in doc.findall("h:participant", NS):
+        function = _code(participant.find("h:functionCode", NS))
+        if function and function.code == "PCP":
+            attending = _person(participant.find("h:associatedEntity", NS), "associatedPerson", "scopingOrganization")
+            break
+
+    events = []
+    for se in doc.findall("h:documentationOf/h:serviceEvent", NS):
+        events.append(ServiceEvent(
+            codes=_codes_with_translations(se.find("h:code", NS)),
+            low=_ts(se.find("h:effectiveTime/h:low", NS)) or _ts(se.find("h:effectiveTime", NS)),
+            high=_ts(se.find("h:effectiveTime/h:high", NS)),
+            practice_setting=_code(se.find(
+                "h:performer/h:assignedEntity/h:representedOrganization/h:standardIndustryClassCode", NS)),
+        ))
+
+    encounter = doc.find("h:componentOf/h:encompassingEncounter", NS)
+    version = _ts(doc.find("h:versionNumber", NS))
+    body_el = doc.find("h:component/h:structuredBody", NS)
+    if body_el is not None:
+        body = Body("N3")
+    else:
+        text_el = doc.find("h:component/h:nonXMLBody/h:text", NS)
+        _required(text_el is not None, f"{CD}/component", "the body (structuredBody or nonXMLBody)")
+        body = Body("N1", (text_el.get("mediaType") or "text/plain").strip())
+
+    conf = doc.find("h:confidentialityCode", NS)
+    lang = doc.find("h:languageCode", NS)
+    return CdaHeader(
+        unique_id=unique_id,
+        set_id=_ii(doc.find("h:setId", NS)),
+        version_number=int(version) if version and version.isdigit() else None,
+        code=code,
+        title=_text(doc.find("h:title", NS)),
+        effective_time=effective_time,
+        confidentiality=_code(conf),
+        language=lang.get("code") if lang is not None else None,
+        template_ids=[t.get("root") for t in doc.findall("h:templateId", NS) if t.get("root")],
+        patient=patient,
+        authors=authors,
+        custodian=_organization(doc.find(
+            "h:custodian/h:assignedCustodian/h:representedCustodianOrganization", NS)),
+        legal_authenticator=legal_authenticator,
+        attending_physician=attending,
+        service_events=events,
+        encounter_low=_ts(encounter.find("h:effectiveTime/h:low", NS)) if encounter is not None else None,
+        encounter_high=_ts(encounter.find("h:effectiveTime/h:high", NS)) if encounter is not None else None,
+        facility_type=_code(encounter.find("h:location/h:healthCareFacility/h:code", NS))
+        if encounter is not None else None,
+        replaced=[i for i in (_ii(rd.find("h:parentDocument/h:id", NS))
+                              for rd in doc.findall("h:relatedDocument", NS) if rd.get("typeCode") == "RPLC") if i],
+        body=body,
+        wrapped_in_xslt=wrapped_in_xslt,
+    )

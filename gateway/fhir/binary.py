@@ -1,0 +1,51 @@
+"""ITI-68 Retrieve Document: GET Binary/[id] returns the document bytes exactly as received.
+
+A client asking for FHIR JSON (Accept or _format) gets the Binary resource with base64 data.
+"""
+from __future__ import annotations
+
+import base64
+import json
+
+from flask import Response, g, request
+
+from gateway.storage.repository import Gone, NotFound, StoredResource
+
+from .responses import FhirError, fhir_response, version_headers
+
+FHIR_ACCEPTS = ("application/fhir+json", "application/json")
+
+
+def resource_body(stored: StoredResource) -> str:
+    """The stored JSON as written; a Binary read as FHIR carries its bytes base64-encoded."""
+    if stored.res_type == "Binary" and stored.blob_sha256:
+        resource = stored.json()
+        resource["data"] = base64.b64encode(g.repository.blob(stored.blob_sha256)).decode()
+        return json.dumps(resource, ensure_ascii=False, separators=(",", ":"))
+    return stored.body
+
+
+def _wants_resource() -> bool:
+    fmt = request.args.get("_format", "")
+    if fmt in ("json", *FHIR_ACCEPTS):
+        return True
+    accept = request.headers.get("Accept", "")
+    return any(t in accept for t in FHIR_ACCEPTS) and "*/*" not in accept
+
+
+def retrieve(res_id: str) -> Response:
+    try:
+        stored = g.repository.read("Binary", res_id)
+    except NotFound as exc:
+        raise FhirError(404, str(exc), code="not-found") from None
+    except Gone as exc:
+        raise FhirError(410, str(exc), code="deleted") from None
+    headers = version_headers(stored.version, stored.last_updated)
+    if _wants_resource():
+        return fhir_response(resource_body(stored), 200, headers)
+    content_type = stored.json().get("contentType", "application/octet-stream")
+    data = g.repository.blob(stored.blob_sha256)
+    response = Response(data, status=200, mimetype=content_type)
+    for key, value in headers.items():
+        response.headers[key] = value
+    return response

@@ -1,0 +1,75 @@
+"""GET /fhir/metadata: a CapabilityStatement listing exactly what the server supports."""
+from __future__ import annotations
+
+from flask import current_app
+
+from gateway.storage.searchparams import SEARCH_PARAMS
+
+from . import fhir
+from .create import CREATABLE_TYPES
+from .read import STORED_TYPES
+from .responses import fhir_response, negotiate
+
+MHD = "https://profiles.ihe.net/ITI/MHD/CapabilityStatement/"
+SEARCH_TYPE_NAMES = {"token": "token", "string": "string", "date": "date", "reference": "reference"}
+SEARCH_DOCUMENTATION = {
+    "DocumentReference": "ITI-67 Find Document References (IHE MHD, ANS PDSm)",
+    "Patient": "Patient search by identifier (INS, IPP), name, birthdate, gender",
+}
+
+
+def capability_statement(base: str) -> dict:
+    resources = []
+    for res_type in STORED_TYPES:
+        interactions = [{"code": "read"}, {"code": "vread"}, {"code": "history-instance"}]
+        params = SEARCH_PARAMS.get(res_type, {})
+        if params:
+            interactions.append({"code": "search-type"})
+        if res_type in CREATABLE_TYPES:
+            interactions.append({"code": "create"})
+        entry = {
+            "type": res_type,
+            "interaction": interactions,
+            "versioning": "versioned",
+            "readHistory": True,
+            "conditionalCreate": res_type in CREATABLE_TYPES,
+            "searchParam": [{"name": p.name, "type": SEARCH_TYPE_NAMES[p.type]} for p in params.values()]
+            + ([{"name": "_id", "type": "token"}, {"name": "_lastUpdated", "type": "date"}] if params else []),
+        }
+        if res_type == "DocumentReference":
+            entry["profile"] = "https://interop.esante.gouv.fr/ig/fhir/pdsm/StructureDefinition/pdsm-comprehensive-document-reference"
+            entry["searchInclude"] = ["DocumentReference:subject", "DocumentReference:patient",
+                                      "DocumentReference:author", "DocumentReference:custodian",
+                                      "DocumentReference:authenticator"]
+            entry["searchParam"] += [{"name": "patient.identifier", "type": "token"},
+                                     {"name": "author.given", "type": "string"},
+                                     {"name": "author.family", "type": "string"}]
+        if res_type == "Patient":
+            entry["searchRevInclude"] = ["DocumentReference:subject", "DocumentReference:patient"]
+        if res_type in SEARCH_DOCUMENTATION:
+            entry["documentation"] = SEARCH_DOCUMENTATION[res_type]
+        resources.append(entry)
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2026-11-22",
+        "kind": "instance",
+        "instantiates": [MHD + "IHE.MHD.DocumentResponder", MHD + "IHE.MHD.DocumentRecipient"],
+        "software": {"name": "gateway", "version": "0.1.0"},
+        "implementation": {"description": "DMP interoperability gateway", "url": base},
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "rest": [{
+            "mode": "server",
+            "documentation": "ITI-65 Provide Document Bundle (POST transaction), ITI-67 Find Document "
+                             "References, ITI-68 Retrieve Document (GET attachment url).",
+            "resource": resources,
+            "interaction": [{"code": "transaction", "documentation": "ITI-65 Provide Document Bundle"}],
+        }],
+    }
+
+
+@fhir.get("/metadata")
+def metadata():
+    negotiate()
+    return fhir_response(capability_statement(current_app.config["SETTINGS"].fhir_base))

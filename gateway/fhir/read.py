@@ -1,0 +1,74 @@
+"""read, vread and history: GET [type]/[id], [type]/[id]/_history/[vid], [type]/[id]/_history."""
+from __future__ import annotations
+
+import json
+
+from flask import current_app, g, request
+
+from gateway.storage.repository import Gone, NotFound
+
+from . import fhir
+from .binary import resource_body, retrieve
+from .responses import FhirError, fhir_response, negotiate, version_headers
+
+STORED_TYPES = ("DocumentReference", "Binary", "Patient", "Practitioner", "Organization", "List")
+
+
+def check_type(res_type: str) -> None:
+    if res_type not in STORED_TYPES:
+        raise FhirError(404, f"resource type {res_type} is not supported by this server", code="not-supported")
+
+
+def _lookup(fn, *args):
+    try:
+        return fn(*args)
+    except NotFound as exc:
+        raise FhirError(404, str(exc), code="not-found") from None
+    except Gone as exc:
+        raise FhirError(410, str(exc), code="deleted") from None
+
+
+@fhir.get("/<res_type>/<res_id>")
+def read(res_type: str, res_id: str):
+    check_type(res_type)
+    if res_type == "Binary":
+        return retrieve(res_id)
+    negotiate()
+    stored = _lookup(g.repository.read, res_type, res_id)
+    if request.headers.get("If-None-Match") == f'W/"{stored.version}"':
+        return fhir_response("", 304, version_headers(stored.version, stored.last_updated))
+    return fhir_response(resource_body(stored), 200, version_headers(stored.version, stored.last_updated))
+
+
+@fhir.get("/<res_type>/<res_id>/_history/<vid>")
+def vread(res_type: str, res_id: str, vid: str):
+    check_type(res_type)
+    negotiate()
+    if not vid.isdigit():
+        raise FhirError(404, f"version {vid} is not known", code="not-found")
+    stored = _lookup(g.repository.vread, res_type, res_id, int(vid))
+    return fhir_response(resource_body(stored), 200, version_headers(stored.version, stored.last_updated))
+
+
+@fhir.get("/<res_type>/<res_id>/_history")
+def history(res_type: str, res_id: str):
+    check_type(res_type)
+    negotiate()
+    count = request.args.get("_count", "50")
+    if not count.isdigit():
+        raise FhirError(400, "_count must be a non-negative integer", code="invalid")
+    versions = _lookup(g.repository.history, res_type, res_id, min(int(count), 500))
+    base = current_app.config["SETTINGS"].fhir_base
+    entries = []
+    for stored, method in versions:
+        entry = {"fullUrl": f"{base}/{res_type}/{res_id}",
+                 "request": {"method": "DELETE" if stored.deleted else method,
+                             "url": f"{res_type}/{res_id}" if method != "POST" else res_type},
+                 "response": {"status": "200 OK", "etag": f'W/"{stored.version}"',
+                              "lastModified": stored.last_updated}}
+        if not stored.deleted:
+            entry["resource"] = json.loads(stored.body)
+        entries.append(entry)
+    bundle = {"resourceType": "Bundle", "type": "history", "total": len(entries),
+              "link": [{"relation": "self", "url": request.url}], "entry": entries}
+    return fhir_response(bundle)

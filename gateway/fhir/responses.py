@@ -1,0 +1,77 @@
+"""FHIR responses: JSON with the FHIR media type, OperationOutcomes, content negotiation."""
+from __future__ import annotations
+
+import json
+from email.utils import format_datetime
+from datetime import datetime
+
+from flask import Response, request
+
+FHIR_JSON = "application/fhir+json"
+JSON_TYPES = {"application/fhir+json", "application/json", "json", "application/json+fhir", "*/*",
+              "application/*"}
+XML_TYPES = {"application/fhir+xml", "application/xml", "xml", "text/xml", "application/xml+fhir"}
+
+
+class FhirError(Exception):
+    """An error answered as an OperationOutcome with an HTTP status."""
+
+    def __init__(self, status: int, diagnostics: str, *, code: str = "processing", expression: str | None = None,
+                 issues: list[dict] | None = None):
+        super().__init__(diagnostics)
+        self.status = status
+        self.diagnostics = diagnostics
+        self.code = code
+        self.expression = expression
+        self.issues = issues
+
+    def outcome(self) -> dict:
+        if self.issues:
+            return operation_outcome(self.issues)
+        issue = {"severity": "error", "code": self.code, "diagnostics": self.diagnostics}
+        if self.expression:
+            issue["expression"] = [self.expression]
+        return operation_outcome([issue])
+
+
+def operation_outcome(issues: list[dict]) -> dict:
+    return {"resourceType": "OperationOutcome", "issue": issues}
+
+
+def wants_xml() -> bool:
+    fmt = request.args.get("_format")
+    if fmt:
+        base = fmt.split(";")[0].strip()
+        if base in XML_TYPES:
+            return True
+        if base not in JSON_TYPES:
+            raise FhirError(406, f"_format={fmt} is not supported: this server answers application/fhir+json",
+                            code="not-supported")
+        return False
+    accept = request.accept_mimetypes
+    if not accept or not request.headers.get("Accept"):
+        return False
+    best = accept.best_match(list(JSON_TYPES - {"json"}) + ["application/octet-stream"])
+    if best is None:
+        return any(t in XML_TYPES for t, _ in accept)
+    return False
+
+
+def negotiate() -> None:
+    """Refuse (406) a client that accepts only XML: the server speaks FHIR JSON."""
+    if wants_xml():
+        raise FhirError(406, "only application/fhir+json is supported", code="not-supported")
+
+
+def fhir_response(body: dict | str, status: int = 200, headers: dict | None = None) -> Response:
+    text = body if isinstance(body, str) else json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+    response = Response(text, status=status, mimetype=FHIR_JSON)
+    response.headers["Content-Type"] = f"{FHIR_JSON}; charset=utf-8"
+    for key, value in (headers or {}).items():
+        response.headers[key] = value
+    return response
+
+
+def version_headers(version: int, last_updated: str) -> dict:
+    moment = datetime.fromisoformat(last_updated.replace("Z", "+00:00"))
+    return {"ETag": f'W/"{version}"', "Last-Modified": format_datetime(moment, usegmt=True)}

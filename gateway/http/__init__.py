@@ -1,0 +1,1 @@
+"""Non-FHIR HTTP entry points: direct CDA upload, health and metrics."""

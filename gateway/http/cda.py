@@ -1,0 +1,31 @@
+"""POST /cda: a CDA document as the body; the gateway derives every metadata from its header."""
+from __future__ import annotations
+
+from flask import Blueprint, current_app, g, request
+
+from gateway.cda.errors import DocumentRefused
+from gateway.fhir.responses import FhirError, fhir_response, version_headers
+from gateway.services.documents import CDA_CONTENT_TYPES, ingest_cda
+
+cda = Blueprint("cda", __name__)
+
+
+@cda.post("/cda")
+def post_cda():
+    if request.mimetype not in CDA_CONTENT_TYPES:
+        raise FhirError(415, f"content type {request.mimetype or '(none)'} is not a CDA document type "
+                             f"({', '.join(sorted(CDA_CONTENT_TYPES))})", code="not-supported")
+    settings = current_app.config["SETTINGS"]
+    if request.content_length and request.content_length > settings.max_document_bytes:
+        raise FhirError(413, f"document is {request.content_length} bytes, above the limit of "
+                             f"{settings.max_document_bytes} bytes", code="too-costly", expression="/")
+    data = request.get_data(cache=False)
+    try:
+        result = ingest_cda(g.repository, data, max_bytes=settings.max_document_bytes, channel="cda",
+                            content_type=request.content_type, sender=request.remote_addr)
+    except DocumentRefused as refusal:
+        raise FhirError(refusal.status, refusal.reason, code=refusal.code, expression=refusal.location) from None
+    stored = result.document_reference
+    headers = version_headers(stored.version, stored.last_updated)
+    headers["Location"] = f"{settings.fhir_base}/DocumentReference/{stored.res_id}/_history/{stored.version}"
+    return fhir_response(stored.body, 201 if result.created else 200, headers)

@@ -1,0 +1,146 @@
+"""Code systems, value sets and correspondences of the CI-SIS and the DMP.
+
+Sources: NOS (JDV_J07 XdsTypeCode-CISIS, JDV_J57 ClassCode-DMP, JDV_J58 ConfidentialityCode-DMP,
+JDV_J60 FormatCode-DMP), ASS_X04 type -> class, ASS_A11/A12 model -> formatCode.
+"""
+from __future__ import annotations
+
+NOS = "https://mos.esante.gouv.fr/NOS"
+
+
+def nos_system(name: str) -> str:
+    """FHIR canonical of a NOS terminology, e.g. TRE_A03-ClasseDocument."""
+    return f"{NOS}/{name}/FHIR/{name.replace('_', '-')}"
+
+
+LOINC = "http://loinc.org"
+SNOMED = "http://snomed.info/sct"
+CLASS_SYSTEM = nos_system("TRE_A03-ClasseDocument")
+CONFIDENTIALITY_SYSTEM = nos_system("TRE_A08-HL7Confidentiality")
+VISIBILITY_SYSTEM = nos_system("TRE_A07-StatutVisibiliteDocument")
+FACILITY_SYSTEM = nos_system("TRE_R02-SecteurActivite")
+PRACTICE_SETTING_SYSTEM = nos_system("TRE_A01-CadreExercice")
+FORMAT_IHE_SYSTEM = nos_system("TRE_A11-IheFormatCode")
+FORMAT_CISIS_SYSTEM = nos_system("TRE_A06-FormatCodeComplementaire")
+ASTM_SYSTEM = nos_system("TRE_A12-NomenclatureASTM")
+URN_SYSTEM = nos_system("TRE_A10-NomenclatureURN")
+FR_CORE_V2_0203 = "https://hl7.fr/ig/fhir/core/CodeSystem/fr-core-cs-v2-0203"
+V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
+
+# OIDs of the CDA header translated to FHIR canonical systems; any other OID becomes urn:oid:.
+OID_SYSTEMS = {
+    "2.16.840.1.113883.6.1": LOINC,
+    "2.16.840.1.113883.6.96": SNOMED,
+    "2.16.840.1.113883.6.3": "http://hl7.org/fhir/sid/icd-10",
+    "2.16.840.1.113883.5.4": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+    "2.16.840.1.113883.5.25": CONFIDENTIALITY_SYSTEM,
+    "2.16.840.1.113883.5.1": "http://terminology.hl7.org/CodeSystem/v3-AdministrativeGender",
+    "2.16.840.1.113883.5.88": "http://terminology.hl7.org/CodeSystem/v3-ParticipationFunction",
+    "1.2.840.10008.2.16.4": "http://dicom.nema.org/resources/ontology/DCM",
+    "1.2.250.1.213.1.1.4.13": VISIBILITY_SYSTEM,
+    "1.2.250.1.71.4.2.4": FACILITY_SYSTEM,
+    "1.2.250.1.213.1.1.4.9": PRACTICE_SETTING_SYSTEM,
+    "1.2.250.1.213.1.1.4.6": nos_system("TRE_A00-ProducteurDocNonPS"),
+    "1.2.250.1.213.1.1.4.1": CLASS_SYSTEM,
+    "1.2.250.1.213.2.5": nos_system("TRE_R38-ActeCCAM"),
+}
+
+
+def system_for_oid(oid: str | None) -> str | None:
+    if not oid:
+        return None
+    return OID_SYSTEMS.get(oid, f"urn:oid:{oid}")
+
+
+# Document types the gateway accepts (JDV_J07 XdsTypeCode-CISIS, LOINC) with the display of J07
+# and the class derived through ASS_X04. The DMP subset (JDV_J66) is not published; a type absent
+# from this table is refused. Extend it here, with the ASS_X04 class, when a new type is needed.
+DOCUMENT_TYPES: dict[str, tuple[str, str]] = {
+    "11490-0": ("Lettre de liaison à la sortie d'un établissement de soins", "10"),
+    "18761-7": ("Lettre de liaison à l'entrée en établissement de soins", "10"),
+    "34112-3": ("CR hospitalier (séjour)", "10"),
+    "34133-9": ("Synthèse d'épisode de soins", "11"),
+    "60591-5": ("Synthèse médicale", "11"),
+    "34874-8": ("CR opératoire", "10"),
+    "18748-4": ("CR d'imagerie médicale", "31"),
+    "11502-2": ("CR d'examens biologiques", "10"),
+    "15507-7": ("CR de passage aux urgences", "10"),
+    "11488-4": ("CR de consultation", "10"),
+    "11526-1": ("CR d'anatomie et de cytologie pathologiques", "10"),
+    "34794-8": ("CR de réunion de concertation pluridisciplinaire", "10"),
+    "57833-6": ("Prescription de produits de santé", "42"),
+}
+
+CLASS_DISPLAYS = {
+    "10": "Compte rendu",
+    "11": "Synthèse",
+    "31": "Imagerie médicale",
+    "42": "Prescription",
+    "43": "Dispensation",
+    "44": "Plan de soins, protocole de soins",
+    "45": "Traitement administré",
+    "52": "Certificat, déclaration",
+    "60": "Données de remboursement",
+    "90": "Autres documents déposés par le patient",
+    "95": "Document de gestion",
+}
+
+# IHE DSG detached signature document (classCode from TRE_A10, typeCode E1762 from TRE_A12).
+SIGNATURE_CLASS = "urn:oid:1.3.6.1.4.1.19376.1.2.1.1.1"
+SIGNATURE_TYPE = "E1762"
+SIGNATURE_FORMAT = "urn:ihe:iti:dsg:detached:2014"
+
+CONFIDENTIALITY_DISPLAYS = {"N": "Normal", "R": "Restreint", "V": "Très restreint"}
+VISIBILITY_DISPLAYS = {
+    "MASQUE_PS": "Masqué aux professionnels de santé",
+    "INVISIBLE_PATIENT": "Non visible par le patient",
+    "INVISIBLE_REPRESENTANTS_LEGAUX": "Non visible par les représentants légaux du patient",
+}
+
+# Structured (N3) CDA content models -> formatCode, keyed by the model's templateId (ASS_A11).
+N3_FORMATS = {
+    "1.2.250.1.213.1.1.1.29": ("urn:asip:ci-sis:ldl-ses:2017", "Lettre de liaison à la sortie d'un établissement de soins"),
+    "1.2.250.1.213.1.1.1.21": ("urn:asip:ci-sis:ldl-ees:2017", "Lettre de liaison à l'entrée d'un établissement de soins"),
+    "1.2.250.1.213.1.1.1.45": ("urn:ihe:rad:CDA:ImagingReportStructuredHeadings:2013", "Compte rendu d'imagerie médicale"),
+    "1.2.840.10008.9.1": ("urn:ihe:rad:CDA:ImagingReportStructuredHeadings:2013", "Compte rendu d'imagerie médicale"),
+    "1.2.250.1.213.1.1.1.55": ("urn:ihe:lab:xd-lab:2008", "Compte rendu structuré d'examens de biologie médicale"),
+    "1.3.6.1.4.1.19376.1.3.3": ("urn:ihe:lab:xd-lab:2008", "Compte rendu structuré d'examens de biologie médicale"),
+}
+# A structured body whose model the gateway does not know: the generic CI-SIS format.
+N3_GENERIC_FORMAT = ("urn:asip:ci-sis:2010", "Document à entête CI-SIS et corps structuré")
+
+# Unstructured (N1) bodies -> formatCode by media type (ASS_A12).
+N1_FORMATS = {
+    "application/pdf": ("urn:ihe:iti:xds-sd:pdf:2008", "Document à corps non structuré en Pdf/A-1"),
+    "text/plain": ("urn:ihe:iti:xds-sd:text:2008", "Document à corps non structuré en texte brut"),
+    "text/rtf": ("urn:ihe:iti-fr:xds-sd:rtf:2010", "Document à corps non structuré en RTF"),
+    "image/jpeg": ("urn:ihe:iti-fr:xds-sd:jpeg:2010", "Document à corps non structuré en JPEG"),
+    "image/tiff": ("urn:ihe:iti-fr:xds-sd:tiff:2010", "Document à corps non structuré en TIFF"),
+}
+
+
+def format_system(code: str) -> str:
+    if code.startswith("urn:asip"):
+        return FORMAT_CISIS_SYSTEM
+    return FORMAT_IHE_SYSTEM
+
+
+# Identifier systems.
+INS_OIDS = {
+    "1.2.250.1.213.1.4.8": ("INS-NIR", "official"),
+    "1.2.250.1.213.1.4.9": ("INS-NIA", "temp"),
+    "1.2.250.1.213.1.4.10": ("INS-NIR-TEST", "official"),
+    "1.2.250.1.213.1.4.11": ("INS-NIR-DEMO", "official"),
+}
+IDNATPS_OID = "1.2.250.1.71.4.2.1"
+IDNATST_OID = "1.2.250.1.71.4.2.2"
+RPPS_SYSTEM = "https://rpps.esante.gouv.fr"
+FINESS_SYSTEM = "https://finess.esante.gouv.fr"
+
+# Profiles.
+PDSM_DOCUMENT_REFERENCE = "https://interop.esante.gouv.fr/ig/fhir/pdsm/StructureDefinition/pdsm-comprehensive-document-reference"
+PDSM_SUBMISSION_SET = "https://interop.esante.gouv.fr/ig/fhir/pdsm/StructureDefinition/pdsm-submissionset-comprehensive"
+PDSM_IS_ARCHIVED = "https://interop.esante.gouv.fr/ig/fhir/pdsm/StructureDefinition/pdsm-ext-is-archived"
+FR_CORE_PATIENT = "https://hl7.fr/ig/fhir/core/StructureDefinition/fr-core-patient"
+FR_CORE_PRACTITIONER = "https://hl7.fr/ig/fhir/core/StructureDefinition/fr-core-practitioner"
+FR_CORE_ORGANIZATION = "https://hl7.fr/ig/fhir/core/StructureDefinition/fr-core-organization"

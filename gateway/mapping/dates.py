@@ -1,0 +1,96 @@
+"""HL7 v3 TS values (CDA) to FHIR date/dateTime/instant, and FHIR dates to index ranges."""
+from __future__ import annotations
+
+import calendar
+import re
+from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
+
+# A CDA time without an offset is local time of its French sender.
+SENDER_ZONE = ZoneInfo("Europe/Paris")
+
+_TS = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(?:(\d{2})(\d{2})?(\d{2})?(\.\d{1,6})?)?([+-]\d{4}|Z)?$")
+_FHIR = re.compile(
+    r"^(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(\.\d+)?)?(Z|[+-]\d{2}:\d{2})?)?)?)?$"
+)
+INDEX_FORMAT = "%Y-%m-%dT%H:%M:%S.%f"
+
+
+class InvalidTime(ValueError):
+    pass
+
+
+def _zone(offset: str | None):
+    if not offset:
+        return SENDER_ZONE
+    if offset == "Z":
+        return timezone.utc
+    sign = -1 if offset[0] == "-" else 1
+    return timezone(sign * timedelta(hours=int(offset[1:3]), minutes=int(offset[3:5])))
+
+
+def ts_to_fhir(ts: str) -> str:
+    """'20191203133000+0100' -> '2019-12-03T13:30:00+01:00'; '20191203' -> '2019-12-03'."""
+    m = _TS.match(ts.strip())
+    if not m:
+        raise InvalidTime(f"'{ts}' is not an HL7 TS value (YYYYMMDDHHMMSS+ZZZZ)")
+    year, month, day, hour, minute, second, fraction, offset = m.groups()
+    try:
+        if hour is None:
+            datetime(int(year), int(month or 1), int(day or 1))
+            return "-".join(p for p in (year, month, day) if p)
+        if not (month and day):
+            raise InvalidTime(f"'{ts}' has a time but no full date")
+        local = datetime(int(year), int(month), int(day), int(hour), int(minute or 0), int(second or 0),
+                         int(float(fraction) * 1_000_000) if fraction else 0)
+    except ValueError as exc:
+        raise InvalidTime(f"'{ts}' is not a valid date: {exc}") from None
+    aware = local.replace(tzinfo=_zone(offset))
+    return aware.isoformat(timespec="seconds" if not fraction else "milliseconds")
+
+
+def ts_to_instant(ts: str) -> str:
+    """A full FHIR instant; a value known only to the day is taken at local midnight."""
+    value = ts_to_fhir(ts)
+    if "T" in value:
+        return value
+    parts = [int(p) for p in value.split("-")] + [1, 1]
+    return datetime(parts[0], parts[1], parts[2], tzinfo=SENDER_ZONE).isoformat()
+
+
+def fhir_range(value: str) -> tuple[str, str]:
+    """The UTC interval a FHIR date/dateTime/instant covers, as sortable index strings."""
+    m = _FHIR.match(value.strip())
+    if not m:
+        raise InvalidTime(f"'{value}' is not a FHIR date or dateTime")
+    year, month, day, hour, minute, second, fraction, offset = m.groups()
+    y = int(year)
+    if month is None:
+        low, high = datetime(y, 1, 1), datetime(y, 12, 31, 23, 59, 59, 999999)
+    elif day is None:
+        mo = int(month)
+        low = datetime(y, mo, 1)
+        high = datetime(y, mo, calendar.monthrange(y, mo)[1], 23, 59, 59, 999999)
+    elif hour is None:
+        low = datetime(y, int(month), int(day))
+        high = low + timedelta(days=1) - timedelta(microseconds=1)
+    else:
+        base = datetime(y, int(month), int(day), int(hour), int(minute))
+        if offset:
+            zone = timezone.utc if offset == "Z" else _zone(offset.replace(":", ""))
+            base = base.replace(tzinfo=zone).astimezone(timezone.utc).replace(tzinfo=None)
+        if second is None:
+            low, high = base, base + timedelta(minutes=1) - timedelta(microseconds=1)
+        else:
+            low = base + timedelta(seconds=int(second))
+            if fraction:
+                low += timedelta(microseconds=int(float(fraction) * 1_000_000))
+                high = low
+            else:
+                high = low + timedelta(seconds=1) - timedelta(microseconds=1)
+        return low.strftime(INDEX_FORMAT), high.strftime(INDEX_FORMAT)
+    return low.strftime(INDEX_FORMAT), high.strftime(INDEX_FORMAT)
+
+
+def now_instant() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")

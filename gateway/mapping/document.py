@@ -1,0 +1,269 @@
+"""CDA header -> PDSm DocumentReference, FR Core Patient, Practitioner, Organization (pure)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.cda.header import II, CdaHeader, Code, Name, Organization, PatientInfo, Person
+
+from . import codes
+from .dates import ts_to_fhir, ts_to_instant
+
+GENDERS = {"F": "female", "M": "male", "U": "unknown", "UN": "unknown", "I": "other"}
+
+
+def identifier_key(ii: II) -> tuple[str, str]:
+    """The (system, value) of an HL7 v3 II: root+extension, or an OID alone as a URI."""
+    if ii.extension:
+        return f"urn:oid:{ii.root}", ii.extension
+    return "urn:ietf:rfc:3986", f"urn:oid:{ii.root}"
+
+
+def coding(code: Code, display: str | None = None) -> dict:
+    out = {"system": codes.system_for_oid(code.system), "code": code.code}
+    if display or code.display:
+        out["display"] = display or code.display
+    return {k: v for k, v in out.items() if v}
+
+
+def _name(name: Name) -> dict:
+    out: dict = {}
+    if name.use:
+        out["use"] = name.use
+    if name.family:
+        out["family"] = " ".join(name.family)
+    if name.given:
+        out["given"] = name.given
+    if name.prefix:
+        out["prefix"] = name.prefix
+    if name.suffix:
+        out["suffix"] = name.suffix
+    if name.given_list:
+        out["extension"] = [{"url": "https://hl7.fr/ig/fhir/core/StructureDefinition/fr-core-birth-list-given-name",
+                             "valueString": name.given_list}]
+    return out
+
+
+def _typed(type_system: str, type_code: str) -> dict:
+    return {"coding": [{"system": type_system, "code": type_code}]}
+
+
+def patient_identifiers(ids: list[II]) -> list[dict]:
+    out = []
+    for ii in ids:
+        if ii.root in codes.INS_OIDS:
+            type_code, use = codes.INS_OIDS[ii.root]
+            out.append({"use": use, "type": _typed(codes.FR_CORE_V2_0203, type_code),
+                        "system": f"urn:oid:{ii.root}", "value": ii.extension})
+        elif ii.extension:
+            # Any other patient id of the header is the establishment's IPP (root = its OID).
+            out.append({"use": "usual", "type": _typed(codes.V2_0203, "PI"),
+                        "system": f"urn:oid:{ii.root}", "value": ii.extension})
+    return out
+
+
+def patient_resource(info: PatientInfo, patient_id: str) -> dict:
+    resource: dict = {
+        "resourceType": "Patient",
+        "id": patient_id,
+        "meta": {"profile": [codes.FR_CORE_PATIENT]},
+        "identifier": patient_identifiers(info.ids),
+    }
+    if info.names:
+        resource["name"] = [_name(n) for n in info.names]
+    if info.gender:
+        resource["gender"] = GENDERS.get(info.gender.upper(), "unknown")
+    if info.birth_time:
+        resource["birthDate"] = ts_to_fhir(info.birth_time)[:10]
+    if info.birthplace_code or info.birthplace_city:
+        address: dict = {}
+        if info.birthplace_code:
+            address["extension"] = [{
+                "url": "https://hl7.fr/ig/fhir/core/StructureDefinition/fr-core-address-insee-code",
+                "valueCoding": {"code": info.birthplace_code},
+            }]
+        if info.birthplace_city:
+            address["city"] = info.birthplace_city
+        resource["extension"] = [{"url": "http://hl7.org/fhir/StructureDefinition/patient-birthPlace",
+                                  "valueAddress": address}]
+    return resource
+
+
+def person_identifiers(ids: list[II]) -> list[dict]:
+    out = []
+    for ii in ids:
+        if not ii.extension:
+            continue
+        if ii.root == codes.IDNATPS_OID:
+            out.append({"use": "official", "type": _typed(codes.FR_CORE_V2_0203, "IDNPS"),
+                        "system": f"urn:oid:{ii.root}", "value": ii.extension})
+            if ii.extension.startswith("8") and len(ii.extension) == 12:
+                out.append({"use": "official", "type": _typed(codes.FR_CORE_V2_0203, "RPPS"),
+                            "system": codes.RPPS_SYSTEM, "value": ii.extension[1:]})
+        else:
+            out.append({"system": f"urn:oid:{ii.root}", "value": ii.extension})
+    return out
+
+
+def practitioner_resource(person: Person, practitioner_id: str) -> dict:
+    resource: dict = {"resourceType": "Practitioner", "id": practitioner_id,
+                      "meta": {"profile": [codes.FR_CORE_PRACTITIONER]}}
+    identifiers = person_identifiers(person.ids)
+    if identifiers:
+        resource["identifier"] = identifiers
+    if person.name:
+        resource["name"] = [_name(person.name)]
+    if person.specialty:
+        resource["qualification"] = [{"code": {"coding": [coding(person.specialty)]}}]
+    return resource
+
+
+def organization_identifiers(ids: list[II]) -> list[dict]:
+    out = []
+    for ii in ids:
+        if not ii.extension:
+            continue
+        if ii.root == codes.IDNATST_OID:
+            out.append({"use": "official", "type": _typed(codes.FR_CORE_V2_0203, "IDNST"),
+                        "system": f"urn:oid:{ii.root}", "value": ii.extension})
+            # IdNatSt "1" + FINESS: the FINESS number itself is also given its own slice.
+            if ii.extension.startswith("1") and len(ii.extension) == 10:
+                out.append({"use": "official", "type": _typed(codes.FR_CORE_V2_0203, "FINEG"),
+                            "system": codes.FINESS_SYSTEM, "value": ii.extension[1:]})
+        else:
+            out.append({"system": f"urn:oid:{ii.root}", "value": ii.extension})
+    return out
+
+
+def organization_resource(org: Organization, organization_id: str) -> dict:
+    resource: dict = {"resourceType": "Organization", "id": organization_id,
+                      "meta": {"profile": [codes.FR_CORE_ORGANIZATION]}}
+    identifiers = organization_identifiers(org.ids)
+    if identifiers:
+        resource["identifier"] = identifiers
+    if org.name:
+        resource["name"] = org.name
+    return resource
+
+
+def entity_key(ids: list[II]) -> tuple[str, str] | None:
+    """The identifier an entity is matched on: its first id with an extension."""
+    for ii in ids:
+        if ii.extension:
+            return identifier_key(ii)
+    return None
+
+
+@dataclass(frozen=True)
+class Attachment:
+    url: str
+    content_type: str
+    size: int
+    sha1_base64: str
+
+
+@dataclass(frozen=True)
+class Links:
+    """Ids the persistence layer resolved for the entities of the header."""
+    patient: str
+    authors: list[str]            # "Practitioner/x" or "#contained-id" per author, then organisations
+    custodian: str
+    authenticator: str | None
+    replaces: list[dict]          # relatesTo targets: {"reference": ...} or {"identifier": ...}
+
+
+def document_format(header: CdaHeader) -> dict:
+    if header.body.level == "N1":
+        code, display = codes.N1_FORMATS[header.body.media_type]
+    else:
+        code, display = next((codes.N3_FORMATS[t] for t in header.template_ids if t in codes.N3_FORMATS),
+                             codes.N3_GENERIC_FORMAT)
+    return {"system": codes.format_system(code), "code": code, "display": display}
+
+
+def security_labels(header: CdaHeader, visibility: list[str] = ()) -> list[dict]:
+    labels = []
+    conf = header.confidentiality.code if header.confidentiality else "N"
+    labels.append({"coding": [{"system": codes.CONFIDENTIALITY_SYSTEM, "code": conf,
+                               "display": codes.CONFIDENTIALITY_DISPLAYS.get(conf, conf)}]})
+    for code in visibility:
+        labels.append({"coding": [{"system": codes.VISIBILITY_SYSTEM, "code": code,
+                                   "display": codes.VISIBILITY_DISPLAYS[code]}]})
+    return labels
+
+
+def _period(low: str | None, high: str | None) -> dict | None:
+    period = {}
+    if low:
+        period["start"] = ts_to_fhir(low)
+    if high:
+        period["end"] = ts_to_fhir(high)
+    return period or None
+
+
+def document_reference(header: CdaHeader, docref_id: str, links: Links, attachment: Attachment,
+                       contained: list[dict] = (), visibility: list[str] = ()) -> dict:
+    type_display, class_code = codes.DOCUMENT_TYPES[header.code.code]
+    master_system, master_value = identifier_key(header.unique_id)
+    creation = ts_to_fhir(header.effective_time)
+
+    context: dict = {}
+    events = [coding(c) for e in header.service_events for c in e.codes
+              if c.system != "2.16.840.1.113883.5.4"]  # ActCode here is the encounter class, not an act
+    if events:
+        context["event"] = [{"coding": [c]} for c in events]
+    event = header.service_events[0] if header.service_events else None
+    period = (_period(event.low, event.high) if event else None) \
+        or _period(header.encounter_low, header.encounter_high) or {"start": creation}
+    context["period"] = period
+    if header.facility_type:
+        context["facilityType"] = {"coding": [coding(header.facility_type)]}
+    setting = next((e.practice_setting for e in header.service_events if e.practice_setting), None) or (
+        header.legal_authenticator.organization.industry_class
+        if header.legal_authenticator and header.legal_authenticator.organization else None)
+    if setting:
+        context["practiceSetting"] = {"coding": [coding(setting)]}
+    context["sourcePatientInfo"] = {"reference": "#source-patient"}
+
+    source_patient = patient_resource(header.patient, "source-patient")
+    source_patient.pop("meta")
+    attachment_dict = {
+        "contentType": attachment.content_type,
+        "url": attachment.url,
+        "size": attachment.size,
+        "hash": attachment.sha1_base64,
+        "title": header.title or type_display,
+        "creation": creation,
+    }
+    if header.language:
+        attachment_dict["language"] = header.language
+    resource: dict = {
+        "resourceType": "DocumentReference",
+        "id": docref_id,
+        "meta": {"profile": [codes.PDSM_DOCUMENT_REFERENCE]},
+        "contained": [source_patient, *contained],
+        "masterIdentifier": {"system": master_system, "value": master_value},
+        "identifier": [{"use": "official", "system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{docref_id}"}],
+        "status": "current",
+        "docStatus": "final" if header.legal_authenticator else "preliminary",
+        "type": {"coding": [{"system": codes.LOINC, "code": header.code.code, "display": type_display}]},
+        "category": [{"coding": [{"system": codes.CLASS_SYSTEM, "code": class_code,
+                                  "display": codes.CLASS_DISPLAYS[class_code]}]}],
+        "subject": {"reference": f"Patient/{links.patient}"},
+        "date": ts_to_instant(header.effective_time),
+        "author": [{"reference": ref} for ref in links.authors],
+        "custodian": {"reference": links.custodian},
+        "securityLabel": security_labels(header, visibility),
+        "content": [{"attachment": attachment_dict, "format": document_format(header)}],
+        "context": context,
+    }
+    if links.authenticator:
+        resource["authenticator"] = {"reference": links.authenticator}
+    if links.replaces:
+        resource["relatesTo"] = [{"code": "replaces", "target": target} for target in links.replaces]
+    if header.set_id:
+        # setId has no element of its own in PDSm: kept as a secondary identifier, so that
+        # `identifier=` finds every version of the document.
+        system, value = identifier_key(header.set_id)
+        resource["identifier"].append({"use": "secondary", "system": system, "value": value,
+                                       "type": {"text": "setId"}})
+    return resource

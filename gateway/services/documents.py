@@ -1,0 +1,242 @@
+"""Ingest of one CDA document: raw store -> parse -> rules -> map -> validate -> persist.
+
+Used by POST /cda, by ITI-65 (inside its own unit of work) and by `gateway ingest`.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+
+from sqlalchemy.exc import IntegrityError
+
+from gateway import metrics
+from gateway.cda.errors import DocumentRefused
+from gateway.cda.header import CD, CdaHeader, Person, extract_header
+from gateway.cda.parser import parse_cda
+from gateway.fhir.validation import InvalidResource, validate
+from gateway.mapping import document as mapping
+from gateway.mapping.rules import check_document
+from gateway.storage.repository import (
+    DuplicateIdentifier,
+    Repository,
+    StoredResource,
+    UnitOfWork,
+    mark_raw,
+    new_id,
+    store_raw,
+)
+
+log = logging.getLogger(__name__)
+
+CDA_CONTENT_TYPES = {"application/xml", "text/xml", "application/hl7-cda+xml"}
+MAX_ATTEMPTS = 3
+
+
+@dataclass
+class Ingested:
+    created: bool                   # False: the same document was already there
+    document_reference: StoredResource
+    produced: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ParsedCda:
+    data: bytes
+    header: CdaHeader
+    ins: str
+
+
+def read_cda(data: bytes, max_bytes: int) -> ParsedCda:
+    root, wrapped = parse_cda(data, max_bytes=max_bytes)
+    header = extract_header(root, wrapped_in_xslt=wrapped)
+    return ParsedCda(data, header, check_document(header))
+
+
+def ingest_cda(repo: Repository, data: bytes, *, max_bytes: int, channel: str = "cda",
+               content_type: str | None = None, sender: str | None = None) -> Ingested:
+    started = time.perf_counter()
+    raw_id = store_raw(repo.engine, channel, data, content_type, sender)
+    try:
+        parsed = read_cda(data, max_bytes)
+        for attempt in range(MAX_ATTEMPTS):
+            try:
+                with repo.unit_of_work() as uow:
+                    result = register_document(uow, repo.base_url, parsed)
+                    uow.record_outcome(raw_id, "processed" if result.created else "duplicate",
+                                       produced=result.produced)
+                break
+            except IntegrityError:
+                # Another writer claimed the same identifier between our read and our insert:
+                # run again, this time finding what it wrote.
+                if attempt == MAX_ATTEMPTS - 1:
+                    raise
+    except DocumentRefused as refusal:
+        mark_raw(repo.engine, raw_id, "refused", {"reason": refusal.reason, "location": refusal.location})
+        metrics.observe_ingest(channel, "refused", started)
+        log.info("document refused", extra={"raw_id": raw_id, "location": refusal.location, "status": refusal.status})
+        raise
+    except Exception:
+        mark_raw(repo.engine, raw_id, "failed", {"reason": "internal error"})
+        metrics.observe_ingest(channel, "failed", started)
+        raise
+    metrics.observe_ingest(channel, "created" if result.created else "duplicate", started)
+    log.info("document ingested", extra={"raw_id": raw_id, "new_document": result.created,
+                                         "document_reference": result.document_reference.res_id})
+    return result
+
+
+def _checked(resource: dict) -> dict:
+    try:
+        validate(resource)
+    except InvalidResource as exc:
+        raise DocumentRefused(f"the {exc.res_type} built from the header is not valid FHIR: {exc}",
+                              location=CD, code="invariant") from None
+    return resource
+
+
+def existing_document(uow: UnitOfWork, parsed: ParsedCda) -> StoredResource | None:
+    """The DocumentReference already registered under this unique id, if the bytes are the same."""
+    system, value = mapping.identifier_key(parsed.header.unique_id)
+    existing_id = uow.find_by_identifier("DocumentReference", system, value)
+    if existing_id is None:
+        return None
+    existing = uow.current("DocumentReference", existing_id)
+    binary_url = existing.json()["content"][0]["attachment"]["url"]
+    binary = uow.current("Binary", binary_url.rsplit("/", 1)[-1])
+    if binary is None or binary.blob_sha256 != hashlib.sha256(parsed.data).hexdigest():
+        raise DocumentRefused(
+            f"a different document is already registered under unique id {value}; "
+            "a new version needs a new id and relatedDocument RPLC",
+            location=f"{CD}/id", status=409, code="duplicate",
+        )
+    return existing
+
+
+def register_document(uow: UnitOfWork, base_url: str, parsed: ParsedCda, *, visibility: list[str] = (),
+                      docref_id: str | None = None, binary_id: str | None = None) -> Ingested:
+    """Write the resources of one parsed CDA inside the caller's unit of work."""
+    header = parsed.header
+    existing = existing_document(uow, parsed)
+    if existing is not None:
+        return Ingested(False, existing, [f"DocumentReference/{existing.res_id}"])
+
+    produced: list[str] = []
+    patient_id = _patient(uow, header, parsed.ins, produced)
+    contained: list[dict] = []
+    authors: list[str] = []
+    for index, author in enumerate(header.authors):
+        ref = _practitioner(uow, author, produced)
+        if ref is None:
+            contained_id = f"author{index + 1}"
+            # An author without identifier cannot be matched: it stays inside the DocumentReference.
+            practitioner = mapping.practitioner_resource(author, contained_id)
+            practitioner.pop("meta")
+            contained.append(practitioner)
+            ref = f"#{contained_id}"
+        authors.append(ref)
+        if author.organization and mapping.entity_key(author.organization.ids):
+            org_ref = _organization(uow, author.organization, produced)
+            if org_ref not in authors:
+                authors.append(org_ref)
+    custodian = _organization(uow, header.custodian, produced)
+    authenticator = _practitioner(uow, header.legal_authenticator, produced) if header.legal_authenticator else None
+
+    docref_id = docref_id or new_id()
+    replaces = _supersede(uow, header, produced)
+    binary_id = binary_id or new_id()
+    content_type = "application/xslt+xml" if header.wrapped_in_xslt else "text/xml"
+    sha256 = uow.store_blob(parsed.data)
+    binary = _checked({"resourceType": "Binary", "id": binary_id, "contentType": content_type,
+                       "securityContext": {"reference": f"DocumentReference/{docref_id}"}})
+    uow.save(binary, patient_id=patient_id, blob_sha256=sha256)
+    produced.append(f"Binary/{binary_id}")
+
+    attachment = mapping.Attachment(
+        url=f"{base_url.rstrip('/')}/fhir/Binary/{binary_id}",
+        content_type=content_type,
+        size=len(parsed.data),
+        sha1_base64=base64.b64encode(hashlib.sha1(parsed.data).digest()).decode(),
+    )
+    links = mapping.Links(patient=patient_id, authors=authors, custodian=custodian,
+                          authenticator=authenticator, replaces=replaces)
+    docref = _checked(mapping.document_reference(header, docref_id, links, attachment, contained, visibility))
+    stored = uow.save(docref, patient_id=patient_id)
+    system, value = mapping.identifier_key(header.unique_id)
+    uow.claim_identifier("DocumentReference", system, value, docref_id)
+    produced.append(f"DocumentReference/{docref_id}")
+    return Ingested(True, stored, produced)
+
+
+def _patient(uow: UnitOfWork, header: CdaHeader, ins: str, produced: list[str]) -> str:
+    ins_ii = next(ii for ii in header.patient.ids if ii.extension and ii.extension.replace(" ", "") == ins)
+    ins_system = f"urn:oid:{ins_ii.root}"
+    patient_id = uow.find_by_identifier("Patient", ins_system, ins)
+    if patient_id is None:
+        patient_id = new_id()
+        uow.save(_checked(mapping.patient_resource(header.patient, patient_id)), patient_id=patient_id)
+        produced.append(f"Patient/{patient_id}")
+    for identifier in mapping.patient_identifiers(header.patient.ids):
+        value = identifier["value"].replace(" ", "") if identifier["system"] == ins_system else identifier["value"]
+        try:
+            uow.claim_identifier("Patient", identifier["system"], value, patient_id)
+        except DuplicateIdentifier:
+            raise DocumentRefused(
+                f"identifier {identifier['system']}|{value} belongs to another patient than INS {ins}",
+                location=f"{CD}/recordTarget/patientRole/id", status=422, code="conflict",
+            ) from None
+    return patient_id
+
+
+def _practitioner(uow: UnitOfWork, person: Person, produced: list[str]) -> str | None:
+    key = mapping.entity_key(person.ids)
+    if key is None:
+        return None
+    practitioner_id = uow.find_by_identifier("Practitioner", *key)
+    if practitioner_id is None:
+        practitioner_id = new_id()
+        uow.save(_checked(mapping.practitioner_resource(person, practitioner_id)))
+        uow.claim_identifier("Practitioner", *key, practitioner_id)
+        produced.append(f"Practitioner/{practitioner_id}")
+    return f"Practitioner/{practitioner_id}"
+
+
+def _organization(uow: UnitOfWork, org, produced: list[str]) -> str:
+    key = mapping.entity_key(org.ids)
+    organization_id = uow.find_by_identifier("Organization", *key)
+    if organization_id is None:
+        organization_id = new_id()
+        uow.save(_checked(mapping.organization_resource(org, organization_id)))
+        uow.claim_identifier("Organization", *key, organization_id)
+        produced.append(f"Organization/{organization_id}")
+    return f"Organization/{organization_id}"
+
+
+def _supersede(uow: UnitOfWork, header: CdaHeader, produced: list[str]) -> list[dict]:
+    """relatedDocument RPLC: the previous version becomes superseded; unknown parents are kept by id."""
+    targets = []
+    for parent in header.replaced:
+        system, value = mapping.identifier_key(parent)
+        parent_id = uow.find_by_identifier("DocumentReference", system, value)
+        if parent_id is None:
+            # The parent was registered elsewhere (or not yet): keep the link by its identifier.
+            targets.append({"identifier": {"system": system, "value": value}})
+            continue
+        previous = uow.current("DocumentReference", parent_id).json()
+        if previous["status"] != "current":
+            raise DocumentRefused(
+                f"document {value} is {previous['status']} and cannot be replaced again",
+                location=f"{CD}/relatedDocument/parentDocument/id", status=409, code="conflict",
+            )
+        previous["status"] = "superseded"
+        uow.save(previous, patient_id=_patient_of(previous), method="PUT")
+        produced.append(f"DocumentReference/{parent_id}")
+        targets.append({"reference": f"DocumentReference/{parent_id}"})
+    return targets
+
+
+def _patient_of(resource: dict) -> str | None:
+    ref = resource.get("subject", {}).get("reference", "")
+    return ref.split("/", 1)[1] if ref.startswith("Patient/") else None

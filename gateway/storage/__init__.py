@@ -1,0 +1,1 @@
+"""Persistence: resources with versions, search index rows, binaries by hash, raw inputs."""

@@ -1,0 +1,315 @@
+"""The repository: the one object through which resources are read and written.
+
+It is built per request from who is asking (an AccessContext); every query it runs carries the
+reader's access filter in its SQL, so no endpoint can read around it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from sqlalchemy import Connection, Engine, and_, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from gateway.access import AccessContext
+
+from . import search as search_sql
+from .database import read_connection, write_transaction
+from .schema import (
+    INDEX_TABLES,
+    blobs,
+    raw_inputs,
+    resource_versions,
+    resources,
+    search_reference,
+    unique_identifiers,
+)
+from .searchparams import index_rows
+
+INDEX_TABLE_BY_KIND = {"token": INDEX_TABLES[0], "string": INDEX_TABLES[1], "date": INDEX_TABLES[2],
+                       "reference": INDEX_TABLES[3]}
+
+
+class NotFound(LookupError):
+    pass
+
+
+class Gone(LookupError):
+    """The resource existed and was deleted (410)."""
+
+
+@dataclass(frozen=True)
+class StoredResource:
+    res_type: str
+    res_id: str
+    version: int
+    last_updated: str   # FHIR instant
+    body: str           # JSON text as validated on write
+    deleted: bool = False
+    blob_sha256: str | None = None
+
+    def json(self) -> dict:
+        return json.loads(self.body)
+
+
+@dataclass
+class SearchPage:
+    entries: list[StoredResource]
+    total: int
+    included: list[StoredResource] = field(default_factory=list)
+    next_keys: list | None = None
+    previous_keys: list | None = None
+
+
+def _now() -> tuple[str, str]:
+    """(FHIR instant, index string) for the same moment."""
+    moment = datetime.now(timezone.utc)
+    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z"), moment.strftime("%Y-%m-%dT%H:%M:%S.%f")
+
+
+def _instant(index_value: str) -> str:
+    return index_value + "Z"
+
+
+def dumps(resource: dict) -> str:
+    return json.dumps(resource, ensure_ascii=False, separators=(",", ":"))
+
+
+class Repository:
+    def __init__(self, engine: Engine, access: AccessContext, base_url: str | None = None):
+        self.engine = engine
+        self.access = access
+        self.base_url = base_url
+
+    def _visible(self, res_type: str):
+        return self.access.resource_filter(resources, res_type)
+
+    def _row(self, row) -> StoredResource:
+        return StoredResource(row.res_type, row.res_id, row.version, _instant(row.last_updated), row.body,
+                              row.deleted, row.blob_sha256)
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def read(self, res_type: str, res_id: str) -> StoredResource:
+        with read_connection(self.engine) as conn:
+            row = conn.execute(select(resources).where(
+                resources.c.res_type == res_type, resources.c.res_id == res_id, self._visible(res_type))).first()
+        if row is None:
+            raise NotFound(f"{res_type}/{res_id} is not known")
+        if row.deleted:
+            raise Gone(f"{res_type}/{res_id} was deleted")
+        return self._row(row)
+
+    def vread(self, res_type: str, res_id: str, version: int) -> StoredResource:
+        # A version is visible when the resource itself is: the access filter applies to the current row.
+        current = self._visible_current(res_type, res_id)
+        with read_connection(self.engine) as conn:
+            row = conn.execute(select(resource_versions).where(
+                resource_versions.c.res_type == res_type, resource_versions.c.res_id == res_id,
+                resource_versions.c.version == version)).first()
+        if row is None or current is None:
+            raise NotFound(f"{res_type}/{res_id}/_history/{version} is not known")
+        if row.deleted:
+            raise Gone(f"{res_type}/{res_id} version {version} is a deletion")
+        return StoredResource(res_type, res_id, row.version, _instant(row.last_updated), row.body, row.deleted,
+                              current.blob_sha256)
+
+    def _visible_current(self, res_type: str, res_id: str):
+        with read_connection(self.engine) as conn:
+            return conn.execute(select(resources).where(
+                resources.c.res_type == res_type, resources.c.res_id == res_id, self._visible(res_type))).first()
+
+    def history(self, res_type: str, res_id: str, count: int = 50) -> list[tuple[StoredResource, str]]:
+        if self._visible_current(res_type, res_id) is None:
+            raise NotFound(f"{res_type}/{res_id} is not known")
+        with read_connection(self.engine) as conn:
+            rows = conn.execute(select(resource_versions).where(
+                resource_versions.c.res_type == res_type, resource_versions.c.res_id == res_id)
+                .order_by(resource_versions.c.version.desc()).limit(count)).all()
+        return [(StoredResource(res_type, res_id, r.version, _instant(r.last_updated), r.body, r.deleted), r.method)
+                for r in rows]
+
+    def blob(self, sha256: str) -> bytes:
+        with read_connection(self.engine) as conn:
+            data = conn.execute(select(blobs.c.data).where(blobs.c.sha256 == sha256)).scalar_one_or_none()
+        if data is None:
+            raise NotFound("document bytes are missing")
+        return bytes(data)
+
+    def search(self, request: search_sql.SearchRequest) -> SearchPage:
+        where = search_sql.where_clause(request, self._visible(request.res_type), self.base_url)
+        with read_connection(self.engine) as conn:
+            total = conn.execute(select(func.count()).select_from(resources).where(where)).scalar_one()
+            if request.summary_count or request.count == 0:
+                return SearchPage([], total)
+            columns = search_sql.sort_columns(request)
+            backwards = bool(request.cursor and request.cursor[1] == "p")
+            query = select(resources, *[c.label(f"k{i}") for i, (c, _) in enumerate(columns)]).where(where)
+            if request.cursor:
+                query = query.where(search_sql.after_keys(columns, request.cursor[0], backwards))
+            order = [(c.asc() if desc == backwards else c.desc()) for c, desc in columns]
+            rows = conn.execute(query.order_by(*order).limit(request.count + 1)).all()
+            more = len(rows) > request.count
+            rows = rows[: request.count]
+            if backwards:
+                rows.reverse()
+            keys = [[getattr(r, f"k{i}") for i in range(len(columns))] for r in rows]
+            page = SearchPage([self._row(r) for r in rows], total)
+            if rows:
+                has_next = more if not backwards else True
+                has_previous = (more if backwards else request.cursor is not None)
+                page.next_keys = keys[-1] if has_next else None
+                page.previous_keys = keys[0] if has_previous else None
+            page.included = self._includes(conn, request, [r.res_id for r in rows])
+        return page
+
+    def _includes(self, conn: Connection, request: search_sql.SearchRequest, ids: list[str]) -> list[StoredResource]:
+        if not ids:
+            return []
+        found: dict[tuple[str, str], StoredResource] = {}
+        for source_type, param, target_type in request.include:
+            refs = select(search_reference.c.target_type, search_reference.c.target_id).where(
+                search_reference.c.res_type == source_type, search_reference.c.param == param,
+                search_reference.c.res_id.in_(ids))
+            if target_type:
+                refs = refs.where(search_reference.c.target_type == target_type)
+            for t_type, t_id in conn.execute(refs.distinct()).all():
+                self._add_visible(conn, found, t_type, [t_id])
+        for source_type, param, target_type in request.revinclude:
+            if target_type and target_type != request.res_type:
+                continue
+            sources = conn.execute(select(search_reference.c.res_id).where(
+                search_reference.c.res_type == source_type, search_reference.c.param == param,
+                search_reference.c.target_type == request.res_type,
+                search_reference.c.target_id.in_(ids)).distinct()).scalars().all()
+            self._add_visible(conn, found, source_type, list(sources))
+        return list(found.values())
+
+    def _add_visible(self, conn: Connection, found: dict, res_type: str, res_ids: list[str]) -> None:
+        for start in range(0, len(res_ids), 500):
+            rows = conn.execute(select(resources).where(
+                resources.c.res_type == res_type, resources.c.res_id.in_(res_ids[start:start + 500]),
+                resources.c.deleted.is_(False), self._visible(res_type))).all()
+            for row in rows:
+                found[(row.res_type, row.res_id)] = self._row(row)
+
+    # -- writes ---------------------------------------------------------------------------------
+
+    def unit_of_work(self) -> "UnitOfWork":
+        return UnitOfWork(self)
+
+
+class DuplicateIdentifier(Exception):
+    def __init__(self, res_type: str, system: str, value: str, res_id: str):
+        super().__init__(f"{res_type} with identifier {system}|{value} exists: {res_id}")
+        self.res_type, self.system, self.value, self.res_id = res_type, system, value, res_id
+
+
+class UnitOfWork:
+    """One transaction: resources, index rows, blobs and raw-input status are committed together."""
+
+    def __init__(self, repository: Repository):
+        self.repository = repository
+        self._context = None
+        self.conn: Connection | None = None
+
+    def __enter__(self) -> "UnitOfWork":
+        self._context = write_transaction(self.repository.engine)
+        self.conn = self._context.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._context.__exit__(*exc)
+
+    def find_by_identifier(self, res_type: str, system: str, value: str) -> str | None:
+        return self.conn.execute(select(unique_identifiers.c.res_id).where(
+            unique_identifiers.c.res_type == res_type, unique_identifiers.c.system == system,
+            unique_identifiers.c.value == value)).scalar_one_or_none()
+
+    def claim_identifier(self, res_type: str, system: str, value: str, res_id: str) -> None:
+        """Record that this identifier belongs to res_id; a concurrent claim fails at commit or here."""
+        existing = self.find_by_identifier(res_type, system, value)
+        if existing and existing != res_id:
+            raise DuplicateIdentifier(res_type, system, value, existing)
+        if not existing:
+            self.conn.execute(insert(unique_identifiers).values(
+                res_type=res_type, system=system, value=value, res_id=res_id))
+
+    def current(self, res_type: str, res_id: str) -> StoredResource | None:
+        row = self.conn.execute(select(resources).where(
+            resources.c.res_type == res_type, resources.c.res_id == res_id)).first()
+        return self.repository._row(row) if row else None
+
+    def store_blob(self, data: bytes) -> str:
+        digest = hashlib.sha256(data).hexdigest()
+        exists = self.conn.execute(select(blobs.c.sha256).where(blobs.c.sha256 == digest)).first()
+        if not exists:
+            self.conn.execute(insert(blobs).values(sha256=digest, size=len(data), data=data))
+        return digest
+
+    def save(self, resource: dict, *, patient_id: str | None = None, blob_sha256: str | None = None,
+             method: str | None = None) -> StoredResource:
+        """Create or update: a new version, its history row and its index rows."""
+        res_type, res_id = resource["resourceType"], resource["id"]
+        previous = self.conn.execute(select(resources.c.version, resources.c.blob_sha256).where(
+            resources.c.res_type == res_type, resources.c.res_id == res_id)).first()
+        version = (previous.version + 1) if previous else 1
+        instant, index_time = _now()
+        resource.setdefault("meta", {})
+        resource["meta"] = {**resource["meta"], "versionId": str(version), "lastUpdated": instant}
+        body = dumps(resource)
+        blob_sha256 = blob_sha256 or (previous.blob_sha256 if previous else None)
+        values = dict(version=version, last_updated=index_time, deleted=False, patient_id=patient_id,
+                      blob_sha256=blob_sha256, body=body)
+        if previous:
+            self.conn.execute(update(resources).where(
+                resources.c.res_type == res_type, resources.c.res_id == res_id).values(**values))
+        else:
+            self.conn.execute(insert(resources).values(res_type=res_type, res_id=res_id, **values))
+        self.conn.execute(insert(resource_versions).values(
+            res_type=res_type, res_id=res_id, version=version, last_updated=index_time,
+            method=method or ("PUT" if previous else "POST"), deleted=False, body=body))
+        self._reindex(resource)
+        return StoredResource(res_type, res_id, version, instant, body, False, blob_sha256)
+
+    def _reindex(self, resource: dict) -> None:
+        res_type, res_id = resource["resourceType"], resource["id"]
+        for table in INDEX_TABLES:
+            self.conn.execute(delete(table).where(and_(table.c.res_type == res_type, table.c.res_id == res_id)))
+        for kind, rows in index_rows(resource).items():
+            if rows:
+                self.conn.execute(insert(INDEX_TABLE_BY_KIND[kind]), rows)
+
+    def record_outcome(self, raw_id: int, status: str, outcome: dict | None = None,
+                       produced: list[str] | None = None) -> None:
+        self.conn.execute(update(raw_inputs).where(raw_inputs.c.id == raw_id).values(
+            status=status, outcome=json.dumps(outcome, ensure_ascii=False) if outcome else None,
+            resources=json.dumps(produced) if produced else None))
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def store_raw(engine: Engine, channel: str, body: bytes, content_type: str | None, sender: str | None) -> int:
+    """Keep the input exactly as received, committed before any processing starts."""
+    _, index_time = _now()
+    with write_transaction(engine) as conn:
+        result = conn.execute(insert(raw_inputs).values(
+            received_at=index_time, channel=channel, content_type=(content_type or "")[:128], sender=sender,
+            sha256=hashlib.sha256(body).hexdigest(), size=len(body), body=body, status="received"))
+        return result.inserted_primary_key[0]
+
+
+def mark_raw(engine: Engine, raw_id: int, status: str, outcome: dict | None = None) -> None:
+    """Record a refusal or failure in its own transaction (the failed one left nothing behind)."""
+    with write_transaction(engine) as conn:
+        conn.execute(update(raw_inputs).where(raw_inputs.c.id == raw_id).values(
+            status=status, outcome=json.dumps(outcome, ensure_ascii=False) if outcome else None))
+
+
+__all__ = ["Repository", "UnitOfWork", "StoredResource", "SearchPage", "NotFound", "Gone",
+           "DuplicateIdentifier", "IntegrityError", "new_id", "store_raw", "mark_raw", "dumps"]

@@ -1,0 +1,142 @@
+"""Database tables (SQLAlchemy Core). The Alembic migrations create exactly these.
+
+Resources are kept as the JSON text validated on write; searches run on the index tables,
+never on the JSON, so the same queries work on SQLite and PostgreSQL.
+"""
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+# Every inbound message or document, stored as received before anything else is done with it.
+raw_inputs = Table(
+    "raw_inputs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("received_at", String(32), nullable=False),
+    Column("channel", String(32), nullable=False),
+    Column("content_type", String(128)),
+    Column("sender", String(256)),
+    Column("sha256", String(64), nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("outcome", Text),
+    Column("resources", Text),
+    Index("ix_raw_inputs_status", "status"),
+)
+
+# Document bytes, once per content hash, outside the resource JSON.
+blobs = Table(
+    "blobs",
+    metadata,
+    Column("sha256", String(64), primary_key=True),
+    Column("size", Integer, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+)
+
+# Current version of each resource.
+resources = Table(
+    "resources",
+    metadata,
+    Column("res_type", String(64), nullable=False),
+    Column("res_id", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("last_updated", String(32), nullable=False),
+    Column("deleted", Boolean, nullable=False, default=False),
+    Column("patient_id", String(64)),
+    Column("blob_sha256", String(64)),
+    Column("body", Text, nullable=False),
+    PrimaryKeyConstraint("res_type", "res_id"),
+    Index("ix_resources_type_updated", "res_type", "last_updated", "res_id"),
+    Index("ix_resources_patient", "patient_id"),
+)
+
+# Every version ever written (history, vread).
+resource_versions = Table(
+    "resource_versions",
+    metadata,
+    Column("res_type", String(64), nullable=False),
+    Column("res_id", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("last_updated", String(32), nullable=False),
+    Column("method", String(8), nullable=False),
+    Column("deleted", Boolean, nullable=False, default=False),
+    Column("body", Text, nullable=False),
+    PrimaryKeyConstraint("res_type", "res_id", "version"),
+    Index("ix_versions_updated", "res_type", "last_updated"),
+)
+
+# Business identifiers that must stay unique per type (INS, IdNatPs, FINESS, document unique id).
+# The primary key makes two concurrent writers of the same identifier collide instead of duplicating.
+unique_identifiers = Table(
+    "unique_identifiers",
+    metadata,
+    Column("res_type", String(64), nullable=False),
+    Column("system", String(256), nullable=False),
+    Column("value", String(256), nullable=False),
+    Column("res_id", String(64), nullable=False),
+    PrimaryKeyConstraint("res_type", "system", "value"),
+)
+
+search_token = Table(
+    "search_token",
+    metadata,
+    Column("res_type", String(64), nullable=False),
+    Column("res_id", String(64), nullable=False),
+    Column("param", String(64), nullable=False),
+    Column("system", String(256), nullable=False),
+    Column("code", String(256), nullable=False),
+    Index("ix_token_lookup", "res_type", "param", "code", "system"),
+    Index("ix_token_owner", "res_type", "res_id"),
+)
+
+search_string = Table(
+    "search_string",
+    metadata,
+    Column("res_type", String(64), nullable=False),
+    Column("res_id", String(64), nullable=False),
+    Column("param", String(64), nullable=False),
+    Column("value", String(256), nullable=False),
+    Column("exact", String(256), nullable=False),
+    Index("ix_string_lookup", "res_type", "param", "value"),
+    Index("ix_string_owner", "res_type", "res_id"),
+)
+
+search_date = Table(
+    "search_date",
+    metadata,
+    Column("res_type", String(64), nullable=False),
+    Column("res_id", String(64), nullable=False),
+    Column("param", String(64), nullable=False),
+    Column("low", String(32), nullable=False),
+    Column("high", String(32), nullable=False),
+    Index("ix_date_lookup", "res_type", "param", "low", "high"),
+    Index("ix_date_owner", "res_type", "res_id"),
+)
+
+search_reference = Table(
+    "search_reference",
+    metadata,
+    Column("res_type", String(64), nullable=False),
+    Column("res_id", String(64), nullable=False),
+    Column("param", String(64), nullable=False),
+    Column("target_type", String(64), nullable=False),
+    Column("target_id", String(256), nullable=False),
+    Index("ix_reference_lookup", "res_type", "param", "target_id", "target_type"),
+    Index("ix_reference_owner", "res_type", "res_id"),
+)
+
+INDEX_TABLES = (search_token, search_string, search_date, search_reference)

@@ -1,0 +1,313 @@
+"""FHIR search: request parameters -> one SQL query over the index tables.
+
+Parsing is separate from SQL so it can be tested alone. Every condition is a subquery on an
+index table, combined with the reader's access filter in the same statement: totals, pages and
+_include only ever see what the reader may see.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import re
+from dataclasses import dataclass, field
+
+from sqlalchemy import and_, false, func, not_, or_, select, true
+from sqlalchemy.sql import ColumnElement, Select
+
+from gateway.mapping.dates import InvalidTime, fhir_range
+
+from .schema import resources, search_date, search_reference, search_string, search_token
+from .searchparams import COMMON_PARAMS, SEARCH_PARAMS, SearchParam, normalize
+
+DEFAULT_COUNT = 20
+MAX_COUNT = 500
+DATE_PREFIXES = ("eq", "ne", "lt", "gt", "le", "ge", "sa", "eb", "ap")
+RESULT_PARAMS = {"_count", "_sort", "_summary", "_include", "_revinclude", "_format", "_cursor", "_total",
+                 "_pretty"}
+SORTABLE_TYPES = ("date", "string")
+
+
+class SearchError(ValueError):
+    """A search the server cannot answer as asked (answered 400)."""
+
+
+@dataclass(frozen=True)
+class Criterion:
+    name: str              # parameter name as sent, e.g. "patient.identifier"
+    param: str             # parameter on the searched type ("patient")
+    modifier: str | None
+    chain: str | None      # parameter on the referenced type ("identifier")
+    values: tuple[str, ...]
+
+
+@dataclass
+class SearchRequest:
+    res_type: str
+    criteria: list[Criterion] = field(default_factory=list)
+    count: int = DEFAULT_COUNT
+    sort: list[tuple[str, bool]] = field(default_factory=lambda: [("_lastUpdated", True)])  # (key, descending)
+    summary_count: bool = False
+    include: list[tuple[str, str, str | None]] = field(default_factory=list)   # (source type, param, target type)
+    revinclude: list[tuple[str, str, str | None]] = field(default_factory=list)
+    cursor: tuple[list, str] | None = None
+    ignored: list[str] = field(default_factory=list)
+    base_params: list[tuple[str, str]] = field(default_factory=list)  # what self/next links repeat
+
+
+def split_values(raw: str) -> tuple[str, ...]:
+    """Comma-separated alternatives (OR); '\\,' is a literal comma."""
+    parts = re.split(r"(?<!\\),", raw)
+    return tuple(p.replace("\\,", ",") for p in parts if p != "")
+
+
+def parse_search(res_type: str, params: list[tuple[str, str]], *, strict: bool = False) -> SearchRequest:
+    known = SEARCH_PARAMS.get(res_type)
+    if known is None:
+        raise SearchError(f"search is not supported on {res_type}")
+    request = SearchRequest(res_type)
+    for name, raw in params:
+        if name in RESULT_PARAMS:
+            _result_param(request, name, raw)
+            continue
+        base, _, modifier = name.partition(":")
+        param, _, chain = base.partition(".")
+        spec = known.get(param)
+        if param in COMMON_PARAMS:
+            spec = SearchParam(param, "token" if param == "_id" else "date", lambda r: [])
+        if spec is None or (chain and (spec.type != "reference" or not _chain_target(spec, chain))):
+            if strict:
+                raise SearchError(f"unknown search parameter '{name}' for {res_type}")
+            request.ignored.append(name)
+            continue
+        if modifier and modifier not in _MODIFIERS[spec.type] and not (spec.type == "reference" and modifier in SEARCH_PARAMS):
+            raise SearchError(f"modifier ':{modifier}' is not supported on parameter '{base}'")
+        values = split_values(raw)
+        if not values:
+            raise SearchError(f"parameter '{name}' has no value")
+        if modifier == "missing" and values[0] not in ("true", "false"):
+            raise SearchError(f"'{name}' takes true or false")
+        if spec.type == "date" and modifier != "missing":
+            for value in values:
+                _date_condition_bounds(value, name)
+        request.criteria.append(Criterion(name, param, modifier or None, chain or None, values))
+        request.base_params.append((name, raw))
+    return request
+
+
+_MODIFIERS = {
+    "token": {"not", "missing"},
+    "string": {"exact", "contains", "missing"},
+    "date": {"missing"},
+    "reference": {"missing"},
+}
+
+
+def _chain_target(spec: SearchParam, chain: str) -> list[str]:
+    return [t for t in spec.targets if chain in SEARCH_PARAMS.get(t, {}) or chain in COMMON_PARAMS]
+
+
+def _result_param(request: SearchRequest, name: str, raw: str) -> None:
+    if name == "_count":
+        if not raw.isdigit():
+            raise SearchError("_count must be a non-negative integer")
+        request.count = min(int(raw), MAX_COUNT)
+        request.base_params.append((name, str(request.count)))
+    elif name == "_sort":
+        keys = []
+        for key in split_values(raw):
+            descending = key.startswith("-")
+            key = key.lstrip("-")
+            spec = SEARCH_PARAMS[request.res_type].get(key)
+            if key not in COMMON_PARAMS and (spec is None or spec.type not in SORTABLE_TYPES):
+                raise SearchError(f"cannot sort {request.res_type} by '{key}'")
+            keys.append((key, descending))
+        request.sort = keys
+        request.base_params.append((name, raw))
+    elif name == "_summary":
+        if raw == "count":
+            request.summary_count = True
+        elif raw != "false":
+            raise SearchError("only _summary=count and _summary=false are supported")
+        request.base_params.append((name, raw))
+    elif name in ("_include", "_revinclude"):
+        for value in split_values(raw):
+            parts = value.split(":")
+            if len(parts) not in (2, 3) or parts[0] not in SEARCH_PARAMS:
+                raise SearchError(f"{name}={value}: expected Type:parameter[:TargetType]")
+            spec = SEARCH_PARAMS[parts[0]].get(parts[1])
+            if spec is None or spec.type != "reference":
+                raise SearchError(f"{name}={value}: {parts[1]} is not a reference parameter of {parts[0]}")
+            if name == "_include" and parts[0] != request.res_type:
+                raise SearchError(f"_include={value}: the source type must be {request.res_type}")
+            entry = (parts[0], parts[1], parts[2] if len(parts) == 3 else None)
+            (request.include if name == "_include" else request.revinclude).append(entry)
+        request.base_params.append((name, raw))
+    elif name == "_cursor":
+        request.cursor = decode_cursor(raw)
+    elif name == "_total":
+        if raw not in ("none", "estimate", "accurate"):
+            raise SearchError("_total takes none, estimate or accurate")
+
+
+def encode_cursor(keys: list, direction: str) -> str:
+    raw = json.dumps({"k": keys, "d": direction}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(value: str) -> tuple[list, str]:
+    try:
+        data = json.loads(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
+        keys, direction = data["k"], data["d"]
+        if not isinstance(keys, list) or direction not in ("n", "p"):
+            raise ValueError
+        return keys, direction
+    except (ValueError, KeyError, TypeError):
+        raise SearchError("_cursor is not a paging cursor issued by this server") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# SQL
+
+
+def _date_condition_bounds(value: str, name: str) -> tuple[str, str, str]:
+    prefix = value[:2] if value[:2] in DATE_PREFIXES else "eq"
+    text = value[2:] if value[:2] in DATE_PREFIXES else value
+    try:
+        low, high = fhir_range(text)
+    except InvalidTime as exc:
+        raise SearchError(f"{name}: {exc}") from None
+    return prefix, low, high
+
+
+def _date_match(low_col, high_col, value: str, name: str) -> ColumnElement[bool]:
+    prefix, low, high = _date_condition_bounds(value, name)
+    return {
+        "eq": and_(low_col >= low, high_col <= high),
+        "ne": not_(and_(low_col >= low, high_col <= high)),
+        "lt": low_col < low,
+        "gt": high_col > high,
+        "le": low_col <= high,
+        "ge": high_col >= low,
+        "sa": low_col > high,
+        "eb": high_col < low,
+        "ap": and_(low_col <= high, high_col >= low),
+    }[prefix]
+
+
+def _token_match(value: str) -> ColumnElement[bool]:
+    if "|" in value:
+        system, code = value.split("|", 1)
+        if not code:
+            return search_token.c.system == system
+        return and_(search_token.c.system == system, search_token.c.code == code)
+    return search_token.c.code == value
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _string_match(value: str, modifier: str | None) -> ColumnElement[bool]:
+    if modifier == "exact":
+        return search_string.c.exact == value
+    norm = _like_escape(normalize(value))
+    pattern = f"%{norm}%" if modifier == "contains" else f"{norm}%"
+    return search_string.c.value.like(pattern, escape="\\")
+
+
+def _reference_targets(value: str, spec: SearchParam, base_url: str | None) -> tuple[str | None, str]:
+    if base_url and value.startswith(base_url.rstrip("/") + "/"):
+        value = value[len(base_url.rstrip("/")) + 1:]
+    if "/" in value:
+        target_type, target_id = value.rsplit("/", 1)
+        return target_type.rsplit("/", 1)[-1], target_id
+    return None, value
+
+
+def matching_ids(res_type: str, criterion: Criterion, base_url: str | None = None) -> tuple[Select, bool]:
+    """A subquery of the ids of `res_type` matching the criterion, and whether to negate it."""
+    if criterion.param == "_id":
+        return select(resources.c.res_id).where(resources.c.res_type == res_type,
+                                                resources.c.res_id.in_(criterion.values)), criterion.modifier == "not"
+    if criterion.param == "_lastUpdated":
+        cond = or_(*(_date_match(resources.c.last_updated, resources.c.last_updated, v, criterion.name)
+                     for v in criterion.values))
+        return select(resources.c.res_id).where(resources.c.res_type == res_type, cond), False
+
+    spec = SEARCH_PARAMS[res_type][criterion.param]
+    table = {"token": search_token, "string": search_string, "date": search_date,
+             "reference": search_reference}[spec.type]
+    owned = and_(table.c.res_type == res_type, table.c.param == criterion.param)
+    if criterion.modifier == "missing":
+        # missing=true: no index row at all; the caller negates the "has a row" subquery.
+        return select(table.c.res_id).where(owned), criterion.values[0] == "true"
+
+    if spec.type == "reference" and criterion.chain:
+        alternatives = []
+        for target in _chain_target(spec, criterion.chain):
+            inner, negate = matching_ids(target, Criterion(criterion.chain, criterion.chain, None, None,
+                                                           criterion.values), base_url)
+            target_ids = search_reference.c.target_id.notin_(inner) if negate else search_reference.c.target_id.in_(inner)
+            alternatives.append(and_(search_reference.c.target_type == target, target_ids))
+        return select(search_reference.c.res_id).where(owned, or_(*alternatives)), False
+
+    if spec.type == "token":
+        cond = or_(*(_token_match(v) for v in criterion.values))
+        return select(search_token.c.res_id).where(owned, cond), criterion.modifier == "not"
+    if spec.type == "string":
+        cond = or_(*(_string_match(v, criterion.modifier) for v in criterion.values))
+        return select(search_string.c.res_id).where(owned, cond), False
+    if spec.type == "date":
+        cond = or_(*(_date_match(search_date.c.low, search_date.c.high, v, criterion.name) for v in criterion.values))
+        return select(search_date.c.res_id).where(owned, cond), False
+    # reference
+    alternatives = []
+    for value in criterion.values:
+        target_type, target_id = _reference_targets(value, spec, base_url)
+        if criterion.modifier and criterion.modifier in SEARCH_PARAMS:
+            target_type = criterion.modifier
+        cond = search_reference.c.target_id == target_id
+        if target_type:
+            cond = and_(cond, search_reference.c.target_type == target_type)
+        alternatives.append(cond)
+    return select(search_reference.c.res_id).where(owned, or_(*alternatives)), False
+
+
+def where_clause(request: SearchRequest, access: ColumnElement[bool], base_url: str | None) -> ColumnElement[bool]:
+    conditions = [resources.c.res_type == request.res_type, resources.c.deleted == false(), access]
+    for criterion in request.criteria:
+        subquery, negate = matching_ids(request.res_type, criterion, base_url)
+        conditions.append(resources.c.res_id.notin_(subquery) if negate else resources.c.res_id.in_(subquery))
+    return and_(*conditions)
+
+
+def sort_columns(request: SearchRequest) -> list[tuple[ColumnElement, bool]]:
+    columns = []
+    for key, descending in request.sort:
+        if key == "_lastUpdated":
+            column = resources.c.last_updated
+        elif key == "_id":
+            column = resources.c.res_id
+        else:
+            spec = SEARCH_PARAMS[request.res_type][key]
+            table, value = (search_date, search_date.c.low) if spec.type == "date" else (search_string, search_string.c.value)
+            column = func.coalesce(
+                select(func.min(value)).where(table.c.res_type == request.res_type, table.c.param == key,
+                                              table.c.res_id == resources.c.res_id).scalar_subquery(), "")
+        columns.append((column, descending))
+    if not any(key == "_id" for key, _ in request.sort):
+        columns.append((resources.c.res_id, request.sort[0][1] if request.sort else False))
+    return columns
+
+
+def after_keys(columns: list[tuple[ColumnElement, bool]], keys: list, reverse: bool) -> ColumnElement[bool]:
+    """Rows strictly after `keys` in the sort order (before them when paging backwards)."""
+    if len(keys) != len(columns):
+        raise SearchError("_cursor does not belong to this search")
+    alternatives = []
+    for i, (column, descending) in enumerate(columns):
+        equal_prefix = [c == k for (c, _), k in zip(columns[:i], keys[:i])]
+        goes_down = descending != reverse
+        step = column < keys[i] if goes_down else column > keys[i]
+        alternatives.append(and_(*equal_prefix, step))
+    return or_(*alternatives) if alternatives else true()
