@@ -12,7 +12,7 @@ from werkzeug.exceptions import HTTPException
 from gateway import metrics
 from gateway.access import AccessContext
 from gateway.config import Settings
-from gateway.fhir import fhir
+from gateway.fhir.api import fhir
 from gateway.fhir.responses import FhirError, fhir_response, operation_outcome
 from gateway.http.cda import cda
 from gateway.http.ops import ops

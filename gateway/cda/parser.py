@@ -54,8 +54,7 @@ def parse_cda(data: bytes, *, max_bytes: int) -> tuple[etree._Element, bool]:
         if inner is not None:
             return inner, True
     local = etree.QName(root).localname
-    namespace = etree.QName(root).namespace
-    where = f"/{local}" if not namespace else f"/{{{namespace}}}{local}"
+    where = f"/{local}"
     raise DocumentRefused(
         f"the root element is {where}, not a ClinicalDocument in namespace {HL7_NS}",
         location=where, status=422, code="structure",

@@ -5,7 +5,7 @@ from flask import current_app
 
 from gateway.storage.searchparams import SEARCH_PARAMS
 
-from . import fhir
+from .blueprint import fhir
 from .create import CREATABLE_TYPES
 from .read import STORED_TYPES
 from .responses import fhir_response, negotiate

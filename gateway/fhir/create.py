@@ -12,7 +12,7 @@ from flask import current_app, g, request
 from gateway.storage import search as search_sql
 from gateway.storage.repository import new_id
 
-from . import fhir
+from .blueprint import fhir
 from .read import STORED_TYPES
 from .responses import FhirError, fhir_response, negotiate, version_headers
 from .validation import InvalidResource, validate

@@ -7,7 +7,7 @@ from flask import current_app, g, request
 
 from gateway.storage.repository import Gone, NotFound
 
-from . import fhir
+from .blueprint import fhir
 from .binary import resource_body, retrieve
 from .responses import FhirError, fhir_response, negotiate, version_headers
 

@@ -10,7 +10,6 @@ from flask import Response, request
 FHIR_JSON = "application/fhir+json"
 JSON_TYPES = {"application/fhir+json", "application/json", "json", "application/json+fhir", "*/*",
               "application/*"}
-XML_TYPES = {"application/fhir+xml", "application/xml", "xml", "text/xml", "application/xml+fhir"}
 
 
 class FhirError(Exception):
@@ -38,29 +37,18 @@ def operation_outcome(issues: list[dict]) -> dict:
     return {"resourceType": "OperationOutcome", "issue": issues}
 
 
-def wants_xml() -> bool:
+def negotiate() -> None:
+    """Refuse (406) a client that will not accept FHIR JSON, whether it says so by _format or Accept."""
     fmt = request.args.get("_format")
     if fmt:
-        base = fmt.split(";")[0].strip()
-        if base in XML_TYPES:
-            return True
-        if base not in JSON_TYPES:
+        if fmt.split(";")[0].strip() not in JSON_TYPES:
             raise FhirError(406, f"_format={fmt} is not supported: this server answers application/fhir+json",
                             code="not-supported")
-        return False
-    accept = request.accept_mimetypes
-    if not accept or not request.headers.get("Accept"):
-        return False
-    best = accept.best_match(list(JSON_TYPES - {"json"}) + ["application/octet-stream"])
-    if best is None:
-        return any(t in XML_TYPES for t, _ in accept)
-    return False
-
-
-def negotiate() -> None:
-    """Refuse (406) a client that accepts only XML: the server speaks FHIR JSON."""
-    if wants_xml():
-        raise FhirError(406, "only application/fhir+json is supported", code="not-supported")
+        return
+    accepted = [mime for mime, quality in request.accept_mimetypes if quality > 0]
+    if accepted and not any(mime in JSON_TYPES or mime.endswith("+json") for mime in accepted):
+        raise FhirError(406, f"Accept: {request.headers.get('Accept')} cannot be served: this server answers "
+                             "application/fhir+json", code="not-supported")
 
 
 def fhir_response(body: dict | str, status: int = 200, headers: dict | None = None) -> Response:

@@ -9,7 +9,7 @@ from flask import current_app, g, request
 from gateway.storage import search as search_sql
 from gateway.storage.repository import SearchPage
 
-from . import fhir
+from .blueprint import fhir
 from .read import check_type
 from .responses import FhirError, fhir_response, negotiate, operation_outcome
 

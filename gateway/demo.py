@@ -1,0 +1,110 @@
+"""`gateway demo setup`: what `make run` needs on a fresh machine, done once.
+
+Creates the test PKI under GATEWAY_DEMO_DIR (never in the repository), migrates the database,
+and loads the samples: the documents, a replacement version, and an ITI-65 submission signed
+with the test PKI (also written to GATEWAY_DEMO_DIR/signed-submission.json for curl).
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from gateway.access import AccessContext
+from gateway.bulk import ingest_paths
+from gateway.config import Settings
+from gateway.mapping import codes
+from gateway.mapping.document import identifier_key
+from gateway.services.documents import read_cda
+from gateway.services.provide import provide
+from gateway.signature import make_test_pki, sign_documents
+from gateway.storage.database import make_engine
+from gateway.storage.migrate import upgrade
+from gateway.storage.repository import Repository, new_id
+
+SAMPLES = Path(os.environ.get("GATEWAY_SAMPLES_DIR", Path(__file__).resolve().parents[1] / "samples"))
+
+
+def build_submission(cda: bytes, max_bytes: int, signature: bytes | None = None) -> dict:
+    """An ITI-65 transaction Bundle for one CDA document, with its metadata taken from the header."""
+    header = read_cda(cda, max_bytes).header
+    ins = next(ii for ii in header.patient.ids if ii.root in codes.INS_OIDS)
+    system, value = identifier_key(header.unique_id)
+    patient_ref = f"urn:uuid:{new_id()}"
+    doc_binary, doc_ref, list_ref = (f"urn:uuid:{new_id()}" for _ in range(3))
+    entries = [
+        {"fullUrl": list_ref, "resource": {
+            "resourceType": "List", "meta": {"profile": [codes.PDSM_SUBMISSION_SET]},
+            "identifier": [{"use": "official", "system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{new_id()}"}],
+            "status": "current", "mode": "working", "title": "Soumission",
+            "code": {"coding": [{"system": "https://profiles.ihe.net/ITI/MHD/CodeSystem/MHDlistTypes",
+                                 "code": "submissionset"}]},
+            "subject": {"reference": patient_ref}, "date": "2026-03-10T17:30:00+01:00",
+            "entry": [{"item": {"reference": doc_ref}}]},
+         "request": {"method": "POST", "url": "List"}},
+        {"fullUrl": doc_ref, "resource": {
+            "resourceType": "DocumentReference", "status": "current",
+            "masterIdentifier": {"system": system, "value": value},
+            "type": {"coding": [{"system": codes.LOINC, "code": header.code.code}]},
+            "subject": {"reference": patient_ref},
+            "content": [{"attachment": {"contentType": "text/xml", "url": doc_binary, "size": len(cda),
+                                        "hash": base64.b64encode(hashlib.sha1(cda).digest()).decode()}}]},
+         "request": {"method": "POST", "url": "DocumentReference"}},
+        {"fullUrl": doc_binary, "resource": {"resourceType": "Binary", "contentType": "text/xml",
+                                             "data": base64.b64encode(cda).decode()},
+         "request": {"method": "POST", "url": "Binary"}},
+        {"fullUrl": patient_ref, "resource": {"resourceType": "Patient", "identifier": [
+            {"system": f"urn:oid:{ins.root}", "value": ins.extension}]},
+         "request": {"method": "POST", "url": "Patient"}},
+    ]
+    if signature is not None:
+        sig_binary, sig_ref = f"urn:uuid:{new_id()}", f"urn:uuid:{new_id()}"
+        entries[0]["resource"]["entry"].append({"item": {"reference": sig_ref}})
+        entries += [
+            {"fullUrl": sig_ref, "resource": {
+                "resourceType": "DocumentReference", "status": "current",
+                "masterIdentifier": {"system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{new_id()}"},
+                "type": {"coding": [{"system": codes.ASTM_SYSTEM, "code": codes.SIGNATURE_TYPE}]},
+                "category": [{"coding": [{"system": codes.URN_SYSTEM, "code": codes.SIGNATURE_CLASS}]}],
+                "subject": {"reference": patient_ref},
+                "content": [{"attachment": {"contentType": "application/xml", "url": sig_binary},
+                             "format": {"system": codes.FORMAT_IHE_SYSTEM, "code": codes.SIGNATURE_FORMAT}}]},
+             "request": {"method": "POST", "url": "DocumentReference"}},
+            {"fullUrl": sig_binary, "resource": {"resourceType": "Binary", "contentType": "application/xml",
+                                                 "data": base64.b64encode(signature).decode()},
+             "request": {"method": "POST", "url": "Binary"}},
+        ]
+    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+
+
+def signed_submission(settings: Settings, cda: bytes) -> dict:
+    header = read_cda(cda, settings.max_document_bytes).header
+    uri = f"urn:oid:{header.unique_id.root}" + (f"^{header.unique_id.extension}" if header.unique_id.extension else "")
+    signature = sign_documents([(uri, cda)], (settings.demo_dir / "signer-key.pem").read_bytes(),
+                               (settings.demo_dir / "signer.pem").read_bytes())
+    return build_submission(cda, settings.max_document_bytes, signature)
+
+
+def setup(settings: Settings, force: bool = False) -> None:
+    if not (settings.demo_dir / "ca.pem").exists():
+        make_test_pki(settings.demo_dir)
+        print(f"test PKI created in {settings.demo_dir} (trust anchor ca.pem)")
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    repo = Repository(engine, AccessContext.system("demo setup"), settings.public_base_url)
+    # The signed submission is loaded last: once it is there, everything before it is too.
+    signed_cda = (SAMPLES / "signed" / "synthese-moreau.xml").read_bytes()
+    marker = read_cda(signed_cda, settings.max_document_bytes).header.unique_id
+    with repo.unit_of_work() as uow:
+        loaded = uow.find_by_identifier("DocumentReference", *identifier_key(marker))
+    if loaded and not force:
+        print("demo data already loaded")
+        return
+    ingest_paths(settings, [SAMPLES / "cda", SAMPLES / "replacement"])
+    bundle = signed_submission(settings, signed_cda)
+    path = settings.demo_dir / "signed-submission.json"
+    path.write_text(json.dumps(bundle, indent=1))
+    provide(repo, path.read_bytes(), settings.trust_anchors, settings.max_document_bytes, sender="demo setup")
+    print(f"signed ITI-65 submission loaded; a copy to POST yourself: {path}")

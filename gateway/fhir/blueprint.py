@@ -1,0 +1,3 @@
+from flask import Blueprint
+
+fhir = Blueprint("fhir", __name__, url_prefix="/fhir")

@@ -1,0 +1,369 @@
+"""Write the sample documents of samples/ (run: python samples/generate.py).
+
+Every person, establishment and identifier here is fictional; the INS are test INS
+(OID 1.2.250.1.213.1.4.10) with a correct key. The documents follow the CI-SIS header
+(Volet Structuration minimale) and the content models they name.
+"""
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+HERE = Path(__file__).parent
+INS_TEST = "1.2.250.1.213.1.4.10"
+HOSPITAL_OID = "1.2.250.1.213.1.1.9.1001"  # IPP namespace of the fictional hospital
+
+
+@dataclass
+class Patient:
+    ins: str
+    ipp: str
+    birth_family: str
+    given: str            # all birth first names
+    first_given: str
+    used_family: str
+    gender: str
+    birth: str
+    birthplace_code: str
+    birthplace_city: str
+
+
+@dataclass
+class Professional:
+    idnatps: str
+    family: str
+    given: str
+    specialty: tuple[str, str]
+    prefix: str = "DR"
+
+
+@dataclass
+class Establishment:
+    idnatst: str
+    name: str
+    facility: tuple[str, str]
+    setting: tuple[str, str] = ("ETABLISSEMENT", "Etablissement de santé")
+
+
+PATIENTS = {
+    "martin": Patient("185067511204554", "900000001", "MARTIN", "PAUL ANDRE", "PAUL", "MARTIN", "M",
+                      "19850612", "75112", "PARIS 12E ARRONDISSEMENT"),
+    "lefevre": Patient("292086938701277", "900000002", "LEFEVRE", "CLAIRE HELENE", "CLAIRE", "DUBOIS", "F",
+                       "19920823", "69387", "LYON 7E ARRONDISSEMENT"),
+    "garnier": Patient("161023306508977", "900000003", "GARNIER", "JEAN", "JEAN", "GARNIER", "M",
+                       "19610219", "33065", "BLANQUEFORT"),
+    "moreau": Patient("212057501802305", "900000004", "MOREAU", "LEA", "LEA", "MOREAU", "F",
+                      "20120514", "75018", "PARIS 18E ARRONDISSEMENT"),
+}
+
+CH = Establishment("1990000018", "Centre hospitalier de Saint-Aubin", ("SA01", "Etablissement public de santé"))
+CLINIC = Establishment("1990000026", "Clinique du Parc", ("SA03", "Etablissement privé non PSPH"))
+CABINET = Establishment("1990000034", "Cabinet d'imagerie des Tilleuls", ("SA08", "Cabinet de groupe"),
+                        ("AMBULATOIRE", "Exercice en ambulatoire"))
+LAB = Establishment("1990000042", "Laboratoire de biologie médicale Pasteur-Vauban", ("SA25", "Laboratoire de biologie médicale"),
+                    ("AMBULATOIRE", "Exercice en ambulatoire"))
+
+INTERNIST = Professional("899900000012", "BERNARD", "Sophie", ("G15_10/SM27", "Médecin - Médecine interne (SM)"))
+SURGEON = Professional("899900000020", "ROUSSEAU", "Marc", ("G15_10/SM48", "Médecin - Chirurgie orthopédique et traumatologie (SM)"))
+RADIOLOGIST = Professional("899900000038", "FAURE", "Isabelle", ("G15_10/SM44", "Médecin - Radio-diagnostic et imagerie médicale (SM)"))
+BIOLOGIST = Professional("899900000046", "CHEVALIER", "Antoine", ("G15_10/SM05", "Médecin - Biologie médicale (SM)"))
+GP = Professional("899900000053", "NOEL", "Camille", ("G15_10/SM54", "Médecin - Médecine générale (SM)"))
+
+
+@dataclass
+class Document:
+    file: str
+    doc_id: str
+    set_id: str
+    version: int
+    code: tuple[str, str]
+    title: str
+    time: str
+    patient: Patient
+    author: Professional
+    place: Establishment
+    event_codes: list[tuple[str, str, str]] = field(default_factory=list)  # (code, system, display)
+    event_low: str = ""
+    event_high: str = ""
+    templates: list[tuple[str, str | None]] = field(default_factory=list)
+    sections: list[tuple[str, str, str]] = field(default_factory=list)  # (LOINC, title, narrative)
+    pdf_lines: list[str] = field(default_factory=list)
+    replaces: str | None = None
+    confidentiality: str = "N"
+
+
+def pdf(lines: list[str]) -> bytes:
+    """A small, valid PDF 1.4 page showing the lines (Helvetica, WinAnsi)."""
+    text = ["BT", "/F1 11 Tf", "50 790 Td", "14 TL"]
+    for line in lines:
+        safe = line.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
+        text.append(f"({safe}) Tj T*")
+    text.append("ET")
+    stream = "\n".join(text).encode("cp1252")
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Contents 4 0 R /Resources << /Font << /F1 5 0 R >> >> >>",
+        b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>",
+    ]
+    out = bytearray(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
+    offsets = []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    for offset in offsets:
+        out += b"%010d 00000 n \n" % offset
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    return bytes(out)
+
+
+def _person(p: Professional, tag: str, org: Establishment | None, org_tag: str = "representedOrganization",
+            with_setting: bool = False) -> str:
+    org_xml = ""
+    if org:
+        setting = (f'<standardIndustryClassCode code="{org.setting[0]}" displayName="{escape(org.setting[1])}" '
+                   f'codeSystem="1.2.250.1.213.1.1.4.9"/>') if with_setting else ""
+        org_xml = (f'<{org_tag}><id root="1.2.250.1.71.4.2.2" extension="{org.idnatst}"/>'
+                   f'<name>{escape(org.name)}</name>{setting}</{org_tag}>')
+    return (f'<id root="1.2.250.1.71.4.2.1" extension="{p.idnatps}"/>'
+            f'<code code="{p.specialty[0]}" displayName="{escape(p.specialty[1])}" codeSystem="1.2.250.1.213.1.1.4.5"/>'
+            f'<{tag}><name><given>{escape(p.given)}</given><family>{escape(p.family)}</family>'
+            f'<prefix>{p.prefix}</prefix></name></{tag}>{org_xml}')
+
+
+def cda(d: Document) -> bytes:
+    p = d.patient
+    templates = "".join(f'<templateId root="{r}"' + (f' extension="{e}"' if e else "") + "/>"
+                        for r, e in [("2.16.840.1.113883.2.8.2.1", None), ("1.2.250.1.213.1.1.1.1", None)] + d.templates)
+    replaces = (f'<relatedDocument typeCode="RPLC"><parentDocument><id root="{d.replaces}"/></parentDocument>'
+                f'</relatedDocument>') if d.replaces else ""
+    events = "".join(f'<translation code="{c}" codeSystem="{s}" displayName="{escape(n)}"/>' for c, s, n in d.event_codes[1:])
+    first = d.event_codes[0] if d.event_codes else None
+    event_code = (f'<code code="{first[0]}" codeSystem="{first[1]}" displayName="{escape(first[2])}">{events}</code>'
+                  if first else "")
+    if d.sections:
+        components = "".join(
+            f'<component><section><templateId root="1.3.6.1.4.1.19376.1.5.3.1.3.1"/>'
+            f'<code code="{code}" codeSystem="2.16.840.1.113883.6.1"/><title>{escape(title)}</title>'
+            f'<text>{text}</text></section></component>' for code, title, text in d.sections)
+        body = f"<structuredBody>{components}</structuredBody>"
+    else:
+        data = base64.b64encode(pdf(d.pdf_lines)).decode()
+        body = f'<nonXMLBody><text mediaType="application/pdf" representation="B64">{data}</text></nonXMLBody>'
+    xml = f'''<?xml version="1.0" encoding="UTF-8"?>
+<ClinicalDocument xmlns="urn:hl7-org:v3" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
+  <realmCode code="FR"/>
+  <typeId root="2.16.840.1.113883.1.3" extension="POCD_HD000040"/>
+  {templates}
+  <id root="{d.doc_id}"/>
+  <code code="{d.code[0]}" displayName="{escape(d.code[1])}" codeSystem="2.16.840.1.113883.6.1" codeSystemName="LOINC"/>
+  <title>{escape(d.title)}</title>
+  <effectiveTime value="{d.time}"/>
+  <confidentialityCode code="{d.confidentiality}" codeSystem="2.16.840.1.113883.5.25"/>
+  <languageCode code="fr-FR"/>
+  <setId root="{d.set_id}"/>
+  <versionNumber value="{d.version}"/>
+  <recordTarget>
+    <patientRole>
+      <id root="{INS_TEST}" extension="{p.ins}"/>
+      <id root="{HOSPITAL_OID}" extension="{p.ipp}"/>
+      <patient classCode="PSN">
+        <name>
+          <family qualifier="BR">{p.birth_family}</family>
+          <given>{p.given}</given>
+          <given qualifier="BR">{p.first_given}</given>
+          <family qualifier="CL">{p.used_family}</family>
+          <given qualifier="CL">{p.first_given}</given>
+        </name>
+        <administrativeGenderCode code="{p.gender}" codeSystem="2.16.840.1.113883.5.1"/>
+        <birthTime value="{p.birth}"/>
+        <birthplace><place><addr><county>{p.birthplace_code}</county><city>{p.birthplace_city}</city></addr></place></birthplace>
+      </patient>
+    </patientRole>
+  </recordTarget>
+  <author>
+    <time value="{d.time}"/>
+    <assignedAuthor>{_person(d.author, "assignedPerson", d.place)}</assignedAuthor>
+  </author>
+  <custodian><assignedCustodian><representedCustodianOrganization>
+    <id root="1.2.250.1.71.4.2.2" extension="{d.place.idnatst}"/><name>{escape(d.place.name)}</name>
+  </representedCustodianOrganization></assignedCustodian></custodian>
+  <legalAuthenticator>
+    <time value="{d.time}"/>
+    <signatureCode code="S"/>
+    <assignedEntity>{_person(d.author, "assignedPerson", d.place, with_setting=True)}</assignedEntity>
+  </legalAuthenticator>
+  <participant typeCode="INF">
+    <functionCode code="PCP" displayName="Médecin Traitant" codeSystem="2.16.840.1.113883.5.88"/>
+    <associatedEntity classCode="PROV">{_person(GP, "associatedPerson", None)}</associatedEntity>
+  </participant>
+  <documentationOf>
+    <serviceEvent classCode="ACT" moodCode="EVN">
+      {event_code}
+      <effectiveTime><low value="{d.event_low or d.time}"/>{f'<high value="{d.event_high}"/>' if d.event_high else ""}</effectiveTime>
+      <performer typeCode="PRF">
+        <assignedEntity>{_person(d.author, "assignedPerson", d.place, with_setting=True)}</assignedEntity>
+      </performer>
+    </serviceEvent>
+  </documentationOf>
+  {replaces}
+  <componentOf>
+    <encompassingEncounter>
+      <effectiveTime><low value="{d.event_low or d.time}"/>{f'<high value="{d.event_high}"/>' if d.event_high else ""}</effectiveTime>
+      <location><healthCareFacility>
+        <code code="{d.place.facility[0]}" displayName="{escape(d.place.facility[1])}" codeSystem="1.2.250.1.71.4.2.4"/>
+      </healthCareFacility></location>
+    </encompassingEncounter>
+  </componentOf>
+  <component>{body}</component>
+</ClinicalDocument>
+'''
+    return xml.encode("utf-8")
+
+
+ROOT = "1.2.250.1.213.1.1.9.2"  # document ids of the fictional hospital's sample documents
+LDL_SES = ("11490-0", "Lettre de liaison à la sortie d'un établissement de soins")
+
+DOCUMENTS = [
+    Document("ldl-ses-martin.xml", f"{ROOT}.1.1", f"{ROOT}.1", 1, LDL_SES,
+             "Lettre de liaison à la sortie - service de médecine interne", "20260310163000+0100",
+             PATIENTS["martin"], INTERNIST, CH, [], "20260302091500+0100", "20260310160000+0100",
+             [("1.2.250.1.213.1.1.1.29", "2022.01")],
+             sections=[
+                 ("42346-7", "Motif d'hospitalisation", "Pneumopathie franche lobaire aiguë droite."),
+                 ("8648-8", "Synthèse du séjour", "Antibiothérapie par amoxicilline IV puis per os, apyrexie à J3, "
+                  "radiographie de contrôle satisfaisante."),
+                 ("10183-2", "Traitements à la sortie", "Amoxicilline 1 g trois fois par jour pendant 4 jours."),
+                 ("18776-5", "Suites à donner", "Consultation de contrôle chez le médecin traitant à J10."),
+             ]),
+    Document("cr-hospitalisation-lefevre.xml", f"{ROOT}.2.1", f"{ROOT}.2", 1, ("34112-3", "CR hospitalier (séjour)"),
+             "Compte rendu d'hospitalisation - cardiologie", "20260115110000+0100", PATIENTS["lefevre"], INTERNIST, CH,
+             [], "20260108080000+0100", "20260114180000+0100", [("1.3.6.1.4.1.19376.1.2.20", None)],
+             pdf_lines=["Centre hospitalier de Saint-Aubin - Service de cardiologie",
+                        "Compte rendu d'hospitalisation du 08/01/2026 au 14/01/2026",
+                        "Patiente : Claire LEFEVRE (nom d'usage DUBOIS), née le 23/08/1992",
+                        "Motif : palpitations et malaise sans perte de connaissance.",
+                        "Holter ECG : tachycardie jonctionnelle paroxystique.",
+                        "Ablation par radiofréquence le 12/01/2026, suites simples.",
+                        "Sortie sans traitement. Contrôle Holter à 3 mois.",
+                        "Dr Sophie BERNARD"]),
+    Document("cr-operatoire-garnier.xml", f"{ROOT}.3.1", f"{ROOT}.3", 1, ("34874-8", "CR opératoire"),
+             "Compte rendu opératoire - prothèse totale de hanche gauche", "20260204143000+0100", PATIENTS["garnier"],
+             SURGEON, CLINIC, [("NEKA020", "1.2.250.1.213.2.5",
+                                "Remplacement de l'articulation coxofémorale par prothèse totale, par abord postérieur")],
+             "20260204090000+0100", "20260204113000+0100", [("1.3.6.1.4.1.19376.1.2.20", None)],
+             pdf_lines=["Clinique du Parc - Chirurgie orthopédique",
+                        "Compte rendu opératoire du 04/02/2026",
+                        "Opéré : Jean GARNIER, né le 19/02/1961",
+                        "Indication : coxarthrose gauche évoluée, douleur invalidante malgré traitement médical.",
+                        "Anesthésie : rachianesthésie. Installation en décubitus latéral droit.",
+                        "Voie d'abord postérieure. Luxation de la tête fémorale, ostéotomie du col.",
+                        "Cotyle : cupule press-fit 52 mm, double mobilité. Fémur : tige sans ciment taille 5.",
+                        "Contrôle de stabilité et de longueur satisfaisant. Fermeture plan par plan, pas de drain.",
+                        "Durée : 2 h 30. Pertes sanguines estimées : 350 ml. Pas d'incident.",
+                        "Suites : appui complet autorisé, anticoagulation préventive 35 jours.",
+                        "Dr Marc ROUSSEAU"]),
+    Document("cr-imagerie-irm-lefevre.xml", f"{ROOT}.4.1", f"{ROOT}.4", 1, ("18748-4", "CR d'imagerie médicale"),
+             "IRM du genou droit", "20260220101500+0100", PATIENTS["lefevre"], RADIOLOGIST, CABINET,
+             [("24724-7", "2.16.840.1.113883.6.1", "RM genou"), ("MR", "1.2.840.10008.2.16.4", "Magnetic Resonance")],
+             "20260220094500+0100", "20260220100000+0100",
+             [("1.2.250.1.213.1.1.1.45", "2024.01"), ("1.2.840.10008.9.1", None)],
+             sections=[
+                 ("55111-9", "Indication", "Gonalgie droite après torsion, suspicion de lésion méniscale."),
+                 ("55111-9", "Technique", "Séquences sagittales et coronales DP fat-sat, T1 sagittale, 1,5 T."),
+                 ("59776-5", "Résultats", "Fissure horizontale de la corne postérieure du ménisque médial "
+                  "atteignant la surface articulaire inférieure. Ligaments croisés intacts."),
+                 ("19005-8", "Conclusion", "Lésion méniscale médiale de grade 3."),
+             ]),
+    Document("cr-imagerie-scanner-garnier.xml", f"{ROOT}.5.1", f"{ROOT}.5", 1, ("18748-4", "CR d'imagerie médicale"),
+             "Scanner thoracique", "20260112150000+0100", PATIENTS["garnier"], RADIOLOGIST, CABINET,
+             [("24627-2", "2.16.840.1.113883.6.1", "CT thorax"), ("CT", "1.2.840.10008.2.16.4", "Computed Tomography")],
+             "20260112143000+0100", "", [("1.2.250.1.213.1.1.1.45", "2024.01"), ("1.2.840.10008.9.1", None)],
+             sections=[
+                 ("55111-9", "Indication", "Bilan préopératoire, ancien fumeur."),
+                 ("59776-5", "Résultats", "Pas de nodule suspect. Emphysème centrolobulaire modéré des apex."),
+                 ("19005-8", "Conclusion", "Emphysème modéré, pas de lésion suspecte."),
+             ]),
+    Document("cr-imagerie-echographie-moreau.xml", f"{ROOT}.6.1", f"{ROOT}.6", 1, ("18748-4", "CR d'imagerie médicale"),
+             "Échographie abdominale", "20260305113000+0100", PATIENTS["moreau"], RADIOLOGIST, CABINET,
+             [("24558-9", "2.16.840.1.113883.6.1", "US abdomen"), ("US", "1.2.840.10008.2.16.4", "Ultrasound")],
+             "20260305110000+0100", "", [("1.3.6.1.4.1.19376.1.2.20", None)],
+             pdf_lines=["Cabinet d'imagerie des Tilleuls", "Échographie abdominale du 05/03/2026",
+                        "Patiente : Léa MOREAU, née le 14/05/2012",
+                        "Indication : douleurs abdominales récidivantes.",
+                        "Foie, voies biliaires, pancréas, rate et reins sans anomalie.",
+                        "Pas d'épanchement. Appendice non visualisé, pas d'adénopathie mésentérique.",
+                        "Conclusion : échographie abdominale normale.", "Dr Isabelle FAURE"]),
+    Document("cr-biologie-martin.xml", f"{ROOT}.7.1", f"{ROOT}.7", 1, ("11502-2", "CR d'examens biologiques"),
+             "Compte rendu d'examens de biologie médicale", "20260303080000+0100", PATIENTS["martin"], BIOLOGIST, LAB,
+             [], "20260303071500+0100", "", [("1.2.250.1.213.1.1.1.55", "2024.01"), ("1.3.6.1.4.1.19376.1.3.3", None)],
+             sections=[("18723-7", "Hématologie",
+                        "<table><tbody><tr><td>Leucocytes</td><td>14,2 G/L</td><td>(4,0 - 10,0)</td></tr>"
+                        "<tr><td>Hémoglobine</td><td>14,1 g/dL</td><td>(13,0 - 17,0)</td></tr></tbody></table>"),
+                       ("18719-5", "Biochimie",
+                        "<table><tbody><tr><td>Protéine C réactive</td><td>86 mg/L</td><td>(&lt; 5)</td></tr>"
+                        "</tbody></table>")]),
+]
+
+# A new version of the MRI report: same setId, version 2, relatedDocument RPLC.
+REPLACEMENT = Document("cr-imagerie-irm-lefevre-v2.xml", f"{ROOT}.4.2", f"{ROOT}.4", 2, ("18748-4", "CR d'imagerie médicale"),
+                       "IRM du genou droit (compte rendu complété)", "20260221090000+0100", PATIENTS["lefevre"],
+                       RADIOLOGIST, CABINET,
+                       [("24724-7", "2.16.840.1.113883.6.1", "RM genou"), ("MR", "1.2.840.10008.2.16.4", "Magnetic Resonance")],
+                       "20260220094500+0100", "20260220100000+0100",
+                       [("1.2.250.1.213.1.1.1.45", "2024.01"), ("1.2.840.10008.9.1", None)],
+                       sections=[
+                           ("55111-9", "Indication", "Gonalgie droite après torsion, suspicion de lésion méniscale."),
+                           ("59776-5", "Résultats", "Fissure horizontale de la corne postérieure du ménisque médial. "
+                            "Épanchement articulaire de faible abondance, absent du premier compte rendu."),
+                           ("19005-8", "Conclusion", "Lésion méniscale médiale de grade 3, épanchement minime."),
+                       ],
+                       replaces=f"{ROOT}.4.1")
+
+
+# A document submitted through ITI-65 with an IHE DSG signature (signed by `gateway demo setup`).
+SIGNED = Document("synthese-moreau.xml", f"{ROOT}.8.1", f"{ROOT}.8", 1, ("34133-9", "Synthèse d'épisode de soins"),
+                  "Synthèse de consultation de pédiatrie", "20260310170000+0100", PATIENTS["moreau"], INTERNIST, CH,
+                  [], "20260310160000+0100", "20260310163000+0100", [],
+                  sections=[("42349-1", "Motif", "Douleurs abdominales récidivantes depuis deux mois."),
+                            ("8648-8", "Synthèse", "Examen clinique et échographie abdominale normaux. Probables douleurs "
+                             "abdominales fonctionnelles. Conseils hygiéno-diététiques, réévaluation dans trois mois.")])
+
+
+def invalid_documents(valid: bytes) -> dict[str, bytes]:
+    text = valid.decode()
+    bad_key = PATIENTS["martin"].ins[:-2] + "00"
+    no_author = text.split("<author>")[0] + text.split("</author>")[1]
+    return {
+        "bad-ins-key.xml": text.replace(PATIENTS["martin"].ins, bad_key).replace(f"{ROOT}.1.1", f"{ROOT}.90.1").encode(),
+        "missing-author.xml": no_author.replace(f"{ROOT}.1.1", f"{ROOT}.91.1").encode(),
+        "type-outside-dmp.xml": text.replace('code="11490-0"', 'code="18842-5"').replace(f"{ROOT}.1.1", f"{ROOT}.92.1").encode(),
+        "not-a-clinical-document.xml": b'<?xml version="1.0"?>\n<section xmlns="urn:hl7-org:v3"><title>Note</title></section>\n',
+        "unparseable.xml": text[: len(text) // 2].encode(),
+        "external-entity.xml": (b'<?xml version="1.0"?>\n<!DOCTYPE ClinicalDocument [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>\n'
+                                b'<ClinicalDocument xmlns="urn:hl7-org:v3"><title>&xxe;</title></ClinicalDocument>\n'),
+    }
+
+
+def main() -> None:
+    for folder, documents in (("cda", DOCUMENTS), ("replacement", [REPLACEMENT]), ("signed", [SIGNED])):
+        (HERE / folder).mkdir(exist_ok=True)
+        for document in documents:
+            (HERE / folder / document.file).write_bytes(cda(document))
+    invalid_dir = HERE / "invalid"
+    invalid_dir.mkdir(exist_ok=True)
+    for name, data in invalid_documents(cda(DOCUMENTS[0])).items():
+        (invalid_dir / name).write_bytes(data)
+    patients = {key: {"ins": p.ins, "ins_system": f"urn:oid:{INS_TEST}", "ipp": p.ipp,
+                      "name": f"{p.first_given} {p.used_family}"} for key, p in PATIENTS.items()}
+    (HERE / "patients.json").write_text(json.dumps(patients, indent=2, ensure_ascii=False) + "\n")
+
+
+if __name__ == "__main__":
+    main()
