@@ -60,6 +60,15 @@ def ts_to_instant(ts: str) -> str:
 
 def fhir_range(value: str) -> tuple[str, str]:
     """The UTC interval a FHIR date/dateTime/instant covers, as sortable index strings."""
+    try:
+        return _range(value)
+    except ValueError as exc:
+        if isinstance(exc, InvalidTime):
+            raise
+        raise InvalidTime(f"'{value}' is not a valid date: {exc}") from None
+
+
+def _range(value: str) -> tuple[str, str]:
     m = _FHIR.match(value.strip())
     if not m:
         raise InvalidTime(f"'{value}' is not a FHIR date or dateTime")

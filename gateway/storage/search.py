@@ -79,7 +79,10 @@ def parse_search(res_type: str, params: list[tuple[str, str]], *, strict: bool =
                 raise SearchError(f"unknown search parameter '{name}' for {res_type}")
             request.ignored.append(name)
             continue
-        if modifier and modifier not in _MODIFIERS[spec.type] and not (spec.type == "reference" and modifier in SEARCH_PARAMS):
+        # A modifier of a chained parameter applies to the parameter at the end of the chain.
+        modified = SEARCH_PARAMS[_chain_target(spec, chain)[0]].get(chain, spec) if chain else spec
+        if modifier and modifier not in _MODIFIERS[modified.type] and not (
+                modified.type == "reference" and modifier in SEARCH_PARAMS):
             raise SearchError(f"modifier ':{modifier}' is not supported on parameter '{base}'")
         values = split_values(raw)
         if not values:
@@ -245,7 +248,7 @@ def matching_ids(res_type: str, criterion: Criterion, base_url: str | None = Non
     if spec.type == "reference" and criterion.chain:
         alternatives = []
         for target in _chain_target(spec, criterion.chain):
-            inner, negate = matching_ids(target, Criterion(criterion.chain, criterion.chain, None, None,
+            inner, negate = matching_ids(target, Criterion(criterion.chain, criterion.chain, criterion.modifier, None,
                                                            criterion.values), base_url)
             target_ids = search_reference.c.target_id.notin_(inner) if negate else search_reference.c.target_id.in_(inner)
             alternatives.append(and_(search_reference.c.target_type == target, target_ids))

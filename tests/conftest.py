@@ -1,0 +1,137 @@
+"""Shared fixtures: a database per backend (SQLite always; PostgreSQL when configured), an app,
+a live HTTP server, a test PKI, and the third-party corpus when it is present."""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from gateway.app import create_app
+from gateway.config import Settings
+from gateway.signature import make_test_pki
+from gateway.storage.database import make_engine
+from gateway.storage.migrate import upgrade
+from gateway.storage.schema import metadata
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "samples"
+CORPUS = Path(os.environ.get("GATEWAY_CORPUS_DIR", ROOT.parent / "shared" / "corpus"))
+POSTGRES_URL = os.environ.get("GATEWAY_TEST_POSTGRES_URL")
+REQUIRE_POSTGRES = os.environ.get("GATEWAY_REQUIRE_POSTGRES") == "1"
+
+BACKENDS = ["sqlite", "postgresql"]
+
+
+def pytest_collection_modifyitems(config, items):
+    if REQUIRE_POSTGRES and not POSTGRES_URL:
+        raise pytest.UsageError("GATEWAY_REQUIRE_POSTGRES=1 but GATEWAY_TEST_POSTGRES_URL is not set")
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("pki")
+    make_test_pki(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def postgres_engine():
+    """A database of its own for this test session, migrated once, dropped at the end."""
+    if not POSTGRES_URL:
+        if REQUIRE_POSTGRES:
+            pytest.fail("PostgreSQL is required here (GATEWAY_REQUIRE_POSTGRES=1)")
+        pytest.skip("PostgreSQL not configured (set GATEWAY_TEST_POSTGRES_URL)")
+    name = f"gateway_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(POSTGRES_URL.replace("postgresql://", "postgresql+psycopg://", 1),
+                          isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
+    engine = make_engine(url)
+    upgrade(engine)
+    yield engine, url
+    engine.dispose()
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def database(backend, tmp_path, request):
+    """(engine, url) of an empty, migrated database of the requested backend."""
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'gateway.db'}"
+        engine = make_engine(url)
+        upgrade(engine)
+        yield engine, url
+        engine.dispose()
+        return
+    engine, url = request.getfixturevalue("postgres_engine")
+    with engine.begin() as conn:
+        conn.execute(text("TRUNCATE " + ", ".join(t.name for t in metadata.sorted_tables)))
+    yield engine, url
+
+
+@pytest.fixture
+def settings(database, tmp_path, pki) -> Settings:
+    _, url = database
+    base = Settings.from_env()
+    return replace(base, var_dir=tmp_path, database_url=url, public_base_url="http://gateway.test",
+                   trust_anchors=[pki / "ca.pem"], demo_dir=pki, max_document_bytes=5 * 1024 * 1024)
+
+
+@pytest.fixture
+def app(settings, database):
+    engine, _ = database
+    return create_app(settings, engine)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def live_server(settings, database):
+    """The app served over real HTTP on loopback (threaded WSGI server)."""
+    from werkzeug.serving import make_server
+
+    port = free_port()
+    live_settings = replace(settings, host="127.0.0.1", http_port=port, public_base_url=f"http://127.0.0.1:{port}")
+    server = make_server("127.0.0.1", port, create_app(live_settings, database[0]), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield live_settings
+    server.shutdown()
+
+
+def sample(name: str) -> bytes:
+    for folder in ("cda", "replacement", "signed", "invalid"):
+        path = SAMPLES / folder / name
+        if path.exists():
+            return path.read_bytes()
+    raise FileNotFoundError(name)
+
+
+@pytest.fixture
+def corpus_dir() -> Path:
+    if not (CORPUS / "cda").is_dir():
+        pytest.skip(f"third-party corpus not present at {CORPUS}")
+    return CORPUS

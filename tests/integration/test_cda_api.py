@@ -1,0 +1,132 @@
+"""POST /cda against the app and a real database (SQLite, and PostgreSQL where configured)."""
+import base64
+import hashlib
+
+import pytest
+from sqlalchemy import func, select
+
+from conftest import sample
+from gateway.storage.schema import raw_inputs, resources
+
+XML = {"Content-Type": "application/xml"}
+MARTIN = "urn:oid:1.2.250.1.213.1.4.10|185067511204554"
+
+
+def post(client, name, headers=XML):
+    return client.post("/cda", data=sample(name), headers=headers)
+
+
+def counts(engine):
+    with engine.connect() as conn:
+        return dict(conn.execute(select(resources.c.res_type, func.count()).group_by(resources.c.res_type)).all())
+
+
+def test_post_cda_creates_document_reference_and_binary(client):
+    response = post(client, "ldl-ses-martin.xml")
+    assert response.status_code == 201, response.json
+    doc = response.json
+    assert response.headers["Location"].startswith(f"http://gateway.test/fhir/DocumentReference/{doc['id']}/_history/1")
+    assert response.headers["Content-Type"].startswith("application/fhir+json")
+    assert response.headers["ETag"] == 'W/"1"'
+    url = doc["content"][0]["attachment"]["url"]
+    assert url.startswith("http://gateway.test/fhir/Binary/")
+    raw = client.get(url.replace("http://gateway.test", ""))
+    assert raw.status_code == 200 and raw.data == sample("ldl-ses-martin.xml")
+    assert raw.mimetype == "text/xml"
+    data = sample("ldl-ses-martin.xml")
+    assert doc["content"][0]["attachment"]["size"] == len(data)
+    assert doc["content"][0]["attachment"]["hash"] == base64.b64encode(hashlib.sha1(data).digest()).decode()
+    patient = client.get(f"/fhir/{doc['subject']['reference']}").json
+    assert patient["identifier"][0]["value"] == "185067511204554"
+
+
+@pytest.mark.parametrize("content_type", ["text/xml", "application/hl7-cda+xml", "application/xml; charset=utf-8"])
+def test_accepted_content_types(client, content_type):
+    assert post(client, "cr-biologie-martin.xml", {"Content-Type": content_type}).status_code == 201
+
+
+def test_other_content_type_is_415(client):
+    response = post(client, "ldl-ses-martin.xml", {"Content-Type": "application/pdf"})
+    assert response.status_code == 415 and response.json["resourceType"] == "OperationOutcome"
+
+
+def test_same_document_twice_answers_the_existing_resource(client, database):
+    first = post(client, "ldl-ses-martin.xml").json
+    again = post(client, "ldl-ses-martin.xml")
+    assert again.status_code == 200 and again.json["id"] == first["id"]
+    assert counts(database[0])["DocumentReference"] == 1
+
+
+def test_different_bytes_under_the_same_id_are_refused(client, database):
+    post(client, "ldl-ses-martin.xml")
+    changed = sample("ldl-ses-martin.xml").replace(b"Pneumopathie", b"Pneumonie")
+    response = client.post("/cda", data=changed, headers=XML)
+    assert response.status_code == 409
+    assert response.json["issue"][0]["expression"] == ["/ClinicalDocument/id"]
+    assert counts(database[0])["DocumentReference"] == 1
+
+
+def test_patient_practitioner_organization_are_not_duplicated(client, database):
+    post(client, "ldl-ses-martin.xml")
+    post(client, "cr-biologie-martin.xml")
+    post(client, "cr-hospitalisation-lefevre.xml")
+    found = counts(database[0])
+    assert found["Patient"] == 2
+    # internist (twice), biologist, GP is not an author: 2 practitioners
+    assert found["Practitioner"] == 2
+    assert found["Organization"] == 2
+
+
+def test_replacement_supersedes_previous_version(client):
+    v1 = post(client, "cr-imagerie-irm-lefevre.xml").json
+    v2 = post(client, "cr-imagerie-irm-lefevre-v2.xml").json
+    assert v2["relatesTo"] == [{"code": "replaces", "target": {"reference": f"DocumentReference/{v1['id']}"}}]
+    old = client.get(f"/fhir/DocumentReference/{v1['id']}").json
+    assert old["status"] == "superseded" and old["meta"]["versionId"] == "2"
+    history = client.get(f"/fhir/DocumentReference/{v1['id']}/_history").json
+    assert [e["resource"]["status"] for e in history["entry"]] == ["superseded", "current"]
+    assert client.get(f"/fhir/DocumentReference/{v1['id']}/_history/1").json["status"] == "current"
+    current = client.get("/fhir/DocumentReference", query_string={"patient.identifier":
+                         "urn:oid:1.2.250.1.213.1.4.10|292086938701277", "status": "current"}).json
+    assert [e["resource"]["id"] for e in current["entry"]] == [v2["id"]]
+    # replacing the superseded version again is refused
+    again = sample("cr-imagerie-irm-lefevre-v2.xml").replace(b"1.2.250.1.213.1.1.9.2.4.2", b"1.2.250.1.213.1.1.9.2.4.3")
+    assert client.post("/cda", data=again, headers=XML).status_code == 409
+
+
+@pytest.mark.parametrize("name, status, expression", [
+    ("bad-ins-key.xml", 422, "/ClinicalDocument/recordTarget/patientRole/id[@root='1.2.250.1.213.1.4.10']"),
+    ("missing-author.xml", 422, "/ClinicalDocument/author"),
+    ("type-outside-dmp.xml", 422, "/ClinicalDocument/code/@code"),
+    ("not-a-clinical-document.xml", 422, "/section"),
+    ("unparseable.xml", 400, "/"),
+    ("external-entity.xml", 400, "/"),
+])
+def test_refusals_are_operation_outcomes_and_store_nothing_but_the_raw_input(client, database, name, status, expression):
+    response = post(client, name)
+    assert response.status_code == status
+    issue = response.json["issue"][0]
+    assert issue["severity"] == "error" and issue["expression"] == [expression] and issue["diagnostics"]
+    assert counts(database[0]) == {}
+    with database[0].connect() as conn:
+        row = conn.execute(select(raw_inputs.c.status, raw_inputs.c.body, raw_inputs.c.outcome)).one()
+    assert row.status == "refused" and bytes(row.body) == sample(name) and expression in row.outcome
+
+
+def test_too_large_is_413(client, settings):
+    big = b"<x>" + b"a" * (settings.max_document_bytes + 10) + b"</x>"
+    assert client.post("/cda", data=big, headers=XML).status_code == 413
+
+
+def test_internal_failure_leaves_nothing_half_stored(client, database, monkeypatch):
+    from gateway.storage import repository
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(repository.UnitOfWork, "claim_identifier", broken)
+    response = post(client, "ldl-ses-martin.xml")
+    assert response.status_code == 500 and response.json["resourceType"] == "OperationOutcome"
+    assert counts(database[0]) == {}
+    with database[0].connect() as conn:
+        assert conn.execute(select(raw_inputs.c.status)).scalar_one() == "failed"

@@ -1,0 +1,162 @@
+"""ITI-67 and Patient search semantics, paging, includes and counts against a real database."""
+import pytest
+
+from conftest import sample
+
+XML = {"Content-Type": "application/xml"}
+ALL = ["ldl-ses-martin.xml", "cr-biologie-martin.xml", "cr-hospitalisation-lefevre.xml", "cr-imagerie-irm-lefevre.xml",
+       "cr-operatoire-garnier.xml", "cr-imagerie-scanner-garnier.xml", "cr-imagerie-echographie-moreau.xml"]
+INS = {"martin": "185067511204554", "lefevre": "292086938701277", "garnier": "161023306508977",
+       "moreau": "212057501802305"}
+
+
+@pytest.fixture
+def loaded(client):
+    docs = {}
+    for name in ALL:
+        response = client.post("/cda", data=sample(name), headers=XML)
+        assert response.status_code == 201
+        docs[name] = response.json
+    return docs
+
+
+def search(client, **params):
+    response = client.get("/fhir/DocumentReference", query_string=params)
+    assert response.status_code == 200, response.json
+    return response.json
+
+
+def titles(bundle):
+    return sorted(e["resource"]["content"][0]["attachment"]["title"] for e in bundle.get("entry", [])
+                  if e["search"]["mode"] == "match")
+
+
+def ids(bundle):
+    return {e["resource"]["id"] for e in bundle.get("entry", []) if e["search"]["mode"] == "match"}
+
+
+def test_patient_identifier_and_status(client, loaded):
+    bundle = search(client, **{"patient.identifier": f"urn:oid:1.2.250.1.213.1.4.10|{INS['martin']}", "status": "current"})
+    assert bundle["total"] == 2
+    assert ids(bundle) == {loaded["ldl-ses-martin.xml"]["id"], loaded["cr-biologie-martin.xml"]["id"]}
+    assert search(client, **{"patient.identifier": f"urn:oid:1.2.250.1.213.1.4.8|{INS['martin']}"})["total"] == 0
+    assert search(client, **{"patient.identifier": INS["martin"], "status": "superseded"})["total"] == 0
+
+
+def test_patient_by_reference(client, loaded):
+    patient = loaded["cr-operatoire-garnier.xml"]["subject"]["reference"]
+    assert search(client, patient=patient)["total"] == 2
+    assert search(client, patient=patient.split("/")[1])["total"] == 2
+    assert search(client, patient=f"http://gateway.test/fhir/{patient}")["total"] == 2
+
+
+@pytest.mark.parametrize("params, expected", [
+    ({"type": "18748-4"}, 3),
+    ({"type": "http://loinc.org|18748-4"}, 3),
+    ({"type": "http://other|18748-4"}, 0),
+    ({"type": "18748-4,34874-8"}, 4),
+    ({"type:not": "18748-4"}, 4),
+    ({"category": "31"}, 3),
+    ({"category": "https://mos.esante.gouv.fr/NOS/TRE_A03-ClasseDocument/FHIR/TRE-A03-ClasseDocument|10"}, 4),
+    ({"setting": "AMBULATOIRE"}, 4),
+    ({"facility": "SA01"}, 2),
+    ({"event": "MR"}, 1),
+    ({"event": "http://dicom.nema.org/resources/ontology/DCM|CT"}, 1),
+    ({"security-label": "N"}, 7),
+    ({"security-label": "MASQUE_PS"}, 0),
+    ({"format": "urn:ihe:iti:xds-sd:pdf:2008"}, 3),
+    ({"identifier": "urn:ietf:rfc:3986|urn:oid:1.2.250.1.213.1.1.9.2.1.1"}, 1),
+    ({"identifier": "urn:oid:1.2.250.1.213.1.1.9.2.4"}, 1),
+    ({"date": "ge2026-03-01"}, 3),
+    ({"date": "2026-03"}, 3),
+    ({"date": "lt2026-02-01"}, 2),
+    ({"date": ["ge2026-01-01", "lt2026-02-01"]}, 2),
+    ({"creation": "2026-02-04"}, 1),
+    ({"period": "2026-02-20"}, 1),
+    ({"period-start": "ge2026-03-01"}, 3),
+    ({"period-end": "le2026-01-31"}, 1),
+    ({"author.family": "faure"}, 3),
+    ({"author.family": "FAURÉ"}, 3),
+    ({"author.given": "isab"}, 3),
+    ({"author.family:exact": "FAURE"}, 3),
+    ({"author.family:exact": "faure"}, 0),
+    ({"author.family:contains": "ss"}, 1),
+    ({"isArchived": "false"}, 7),
+    ({"isArchived": "true"}, 0),
+    ({"related:missing": "true"}, 7),
+    ({"relatesto:missing": "false"}, 0),
+])
+def test_parameters(client, loaded, params, expected):
+    assert search(client, **params)["total"] == expected
+
+
+def test_post_search_equals_get(client, loaded):
+    response = client.post("/fhir/DocumentReference/_search", data={"type": "18748-4", "status": "current"})
+    assert response.status_code == 200 and response.json["total"] == 3
+
+
+def test_summary_count_has_no_entries(client, loaded):
+    bundle = search(client, type="18748-4", _summary="count")
+    assert bundle["total"] == 3 and "entry" not in bundle
+
+
+def test_include_subject_and_author(client, loaded):
+    bundle = search(client, type="34874-8", _include=["DocumentReference:subject", "DocumentReference:author"])
+    modes = sorted((e["search"]["mode"], e["resource"]["resourceType"]) for e in bundle["entry"])
+    assert modes == [("include", "Organization"), ("include", "Patient"), ("include", "Practitioner"),
+                     ("match", "DocumentReference")]
+
+
+def test_revinclude_documents_of_a_patient(client, loaded):
+    response = client.get("/fhir/Patient", query_string={"identifier": INS["garnier"],
+                                                         "_revinclude": "DocumentReference:subject"})
+    entries = response.json["entry"]
+    assert response.json["total"] == 1
+    assert sorted(e["resource"]["resourceType"] for e in entries) == ["DocumentReference", "DocumentReference", "Patient"]
+
+
+def test_paging_is_stable_while_documents_arrive(client, loaded):
+    first = search(client, _count=3, _sort="-date")
+    assert first["total"] == 7 and len(first["entry"]) == 3
+    seen = [e["resource"]["id"] for e in first["entry"]]
+    original = {d["id"] for d in loaded.values()}
+    arrived = client.post("/cda", data=sample("cr-imagerie-irm-lefevre-v2.xml"), headers=XML).json["id"]
+    page = first
+    while True:
+        nxt = [l["url"] for l in page["link"] if l["relation"] == "next"]
+        if not nxt:
+            break
+        page = client.get(nxt[0].replace("http://gateway.test", "")).json
+        seen += [e["resource"]["id"] for e in page["entry"]]
+    # Keyset paging: nothing skipped, nothing repeated; the newcomer shows once, in its date order.
+    assert len(seen) == len(set(seen)) and set(seen) == original | {arrived}
+    previous = [l["url"] for l in page["link"] if l["relation"] == "previous"][0]
+    back = client.get(previous.replace("http://gateway.test", "")).json
+    assert [e["resource"]["id"] for e in back["entry"]] == seen[-len(page["entry"]) - 3:-len(page["entry"])]
+
+
+def test_date_sort_order(client, loaded):
+    dates = [e["resource"]["date"] for e in search(client, _sort="date", _count=50)["entry"]]
+    assert dates == sorted(dates, key=lambda d: d[:19])
+
+
+def test_patient_search(client, loaded):
+    def patients(**params):
+        response = client.get("/fhir/Patient", query_string=params)
+        assert response.status_code == 200
+        return response.json["total"]
+    assert patients(identifier=f"urn:oid:1.2.250.1.213.1.4.10|{INS['lefevre']}") == 1
+    assert patients(identifier="urn:oid:1.2.250.1.213.1.1.9.1001|900000002") == 1
+    assert patients(name="dubois") == 1 and patients(family="lefevre") == 1
+    assert patients(given="léa") == 1
+    assert patients(birthdate="1961-02-19") == 1 and patients(birthdate="lt1980") == 1
+    assert patients(gender="female") == 2
+
+
+def test_search_errors(client, loaded):
+    assert client.get("/fhir/DocumentReference?date=2026-99").status_code == 400
+    assert client.get("/fhir/DocumentReference?_sort=type").status_code == 400
+    strict = client.get("/fhir/DocumentReference?foo=bar", headers={"Prefer": "handling=strict"})
+    assert strict.status_code == 400 and strict.json["resourceType"] == "OperationOutcome"
+    lenient = search(client, foo="bar")
+    assert lenient["total"] == 7 and lenient["entry"][-1]["search"]["mode"] == "outcome"

@@ -1,0 +1,87 @@
+"""Parsing and header extraction on our samples and on hostile inputs."""
+import pytest
+
+from conftest import sample
+from gateway.cda.errors import DocumentRefused
+from gateway.cda.header import extract_header
+from gateway.cda.parser import parse_cda
+from gateway.services.documents import read_cda
+
+LIMIT = 5 * 1024 * 1024
+
+
+def header_of(data: bytes):
+    root, wrapped = parse_cda(data, max_bytes=LIMIT)
+    return extract_header(root, wrapped_in_xslt=wrapped)
+
+
+def test_discharge_letter_header():
+    h = header_of(sample("ldl-ses-martin.xml"))
+    assert h.unique_id.root == "1.2.250.1.213.1.1.9.2.1.1" and h.unique_id.extension is None
+    assert h.code.code == "11490-0"
+    assert h.set_id.root == "1.2.250.1.213.1.1.9.2.1" and h.version_number == 1
+    assert h.effective_time == "20260310163000+0100"
+    assert [ii.extension for ii in h.patient.ids] == ["185067511204554", "900000001"]
+    birth, used = h.patient.names
+    assert (birth.use, birth.family, birth.given, birth.given_list) == ("official", ["MARTIN"], ["PAUL"], "PAUL ANDRE")
+    assert (used.use, used.family) == ("usual", ["MARTIN"])
+    assert h.patient.birthplace_code == "75112"
+    assert h.authors[0].ids[0].extension == "899900000012"
+    assert h.authors[0].specialty.code == "G15_10/SM27"
+    assert h.custodian.ids[0].extension == "1990000018"
+    assert h.attending_physician.ids[0].extension == "899900000053"
+    assert h.facility_type.code == "SA01"
+    assert h.service_events[0].practice_setting.code == "ETABLISSEMENT"
+    assert h.body.level == "N3"
+
+
+def test_n1_pdf_body():
+    h = header_of(sample("cr-operatoire-garnier.xml"))
+    assert (h.body.level, h.body.media_type) == ("N1", "application/pdf")
+    assert h.service_events[0].codes[0].code == "NEKA020"
+
+
+def test_replacement_names_its_parent():
+    h = header_of(sample("cr-imagerie-irm-lefevre-v2.xml"))
+    assert [ii.root for ii in h.replaced] == ["1.2.250.1.213.1.1.9.2.4.1"]
+
+
+def test_no_declaration_and_stylesheet_instruction_are_accepted():
+    data = sample("ldl-ses-martin.xml").split(b"\n", 1)[1]
+    data = b'<?xml-stylesheet type="text/xsl" href="cda.xsl"?>\n<!-- comment -->\n' + data
+    assert header_of(data).code.code == "11490-0"
+
+
+def test_cda_wrapped_in_an_xslt_stylesheet():
+    inner = sample("ldl-ses-martin.xml").split(b"\n", 1)[1]
+    data = (b'<xsl:stylesheet version="1.0" xmlns:xsl="http://www.w3.org/1999/XSL/Transform">'
+            b'<xsl:template match="/"><xsl:copy-of select="."/></xsl:template>' + inner + b"</xsl:stylesheet>")
+    h = header_of(data)
+    assert h.wrapped_in_xslt and h.code.code == "11490-0"
+
+
+@pytest.mark.parametrize("name, status, location, words", [
+    ("bad-ins-key.xml", 422, "/ClinicalDocument/recordTarget/patientRole/id[@root='1.2.250.1.213.1.4.10']", "INS"),
+    ("missing-author.xml", 422, "/ClinicalDocument/author", "author"),
+    ("type-outside-dmp.xml", 422, "/ClinicalDocument/code/@code", "18842-5"),
+    ("not-a-clinical-document.xml", 422, "/section", "ClinicalDocument"),
+    ("unparseable.xml", 400, "/", "unparseable"),
+    ("external-entity.xml", 400, "/", "entities"),
+])
+def test_invalid_samples_are_refused_with_location_and_reason(name, status, location, words):
+    with pytest.raises(DocumentRefused) as refused:
+        read_cda(sample(name), LIMIT)
+    assert (refused.value.status, refused.value.location) == (status, location)
+    assert words in refused.value.reason
+
+
+def test_too_large_is_refused_before_parsing():
+    with pytest.raises(DocumentRefused) as refused:
+        read_cda(b"<a/>" * 1000, 100)
+    assert refused.value.status == 413
+
+
+def test_entities_are_never_expanded_even_without_doctype_keyword_case():
+    billion = b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaa"><!ENTITY b "&a;&a;&a;">]><x>&b;</x>'
+    with pytest.raises(DocumentRefused):
+        read_cda(billion, LIMIT)

@@ -1,0 +1,45 @@
+from datetime import datetime
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.mapping.dates import InvalidTime, fhir_range, ts_to_fhir, ts_to_instant
+
+
+@pytest.mark.parametrize("ts, expected", [
+    ("20191203133000+0100", "2019-12-03T13:30:00+01:00"),
+    ("20191203", "2019-12-03"),
+    ("201912", "2019-12"),
+    ("2019", "2019"),
+    ("201907011200", "2019-07-01T12:00:00+02:00"),   # no offset: Paris summer time
+    ("20190101120000", "2019-01-01T12:00:00+01:00"),  # no offset: Paris winter time
+    ("20191203133000Z", "2019-12-03T13:30:00+00:00"),
+    ("20191203133000.123-0500", "2019-12-03T13:30:00.123-05:00"),
+])
+def test_cda_times_become_fhir_datetimes(ts, expected):
+    assert ts_to_fhir(ts) == expected
+
+
+@pytest.mark.parametrize("ts", ["", "2019-12-03", "20191332", "20190230", "abc", "2019120312"[:9]])
+def test_invalid_times_are_refused(ts):
+    with pytest.raises(InvalidTime):
+        ts_to_fhir(ts)
+
+
+def test_instant_needs_a_time():
+    assert ts_to_instant("20191203") == "2019-12-03T00:00:00+01:00"
+
+
+def test_ranges_cover_the_precision():
+    assert fhir_range("2019") == ("2019-01-01T00:00:00.000000", "2019-12-31T23:59:59.999999")
+    assert fhir_range("2020-02") == ("2020-02-01T00:00:00.000000", "2020-02-29T23:59:59.999999")
+    assert fhir_range("2019-12-03T13:30:00+01:00") == ("2019-12-03T12:30:00.000000", "2019-12-03T12:30:00.999999")
+
+
+@given(st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2100, 1, 1)))
+def test_any_full_ts_round_trips_to_a_range_containing_it(moment):
+    ts = moment.strftime("%Y%m%d%H%M%S") + "+0000"
+    low, high = fhir_range(ts_to_fhir(ts))
+    expected = moment.replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%S")
+    assert low.startswith(expected) and low <= high

@@ -1,0 +1,52 @@
+import pytest
+
+from gateway.storage.search import SearchError, decode_cursor, encode_cursor, parse_search, split_values
+from gateway.storage.searchparams import index_rows, normalize
+
+
+def test_values_split_on_unescaped_commas():
+    assert split_values("a,b\\,c") == ("a", "b,c")
+
+
+def test_chains_modifiers_and_result_parameters():
+    request = parse_search("DocumentReference", [
+        ("patient.identifier", "urn:oid:1.2.250.1.213.1.4.10|185067511204554"), ("status", "current"),
+        ("type:not", "18748-4"), ("_count", "5"), ("_sort", "-date"), ("_include", "DocumentReference:author")])
+    chain = request.criteria[0]
+    assert (chain.param, chain.chain) == ("patient", "identifier")
+    assert request.criteria[2].modifier == "not"
+    assert request.count == 5 and request.sort == [("date", True)]
+    assert request.include == [("DocumentReference", "author", None)]
+
+
+def test_unknown_parameters_lenient_or_strict():
+    assert parse_search("DocumentReference", [("bogus", "1")]).ignored == ["bogus"]
+    with pytest.raises(SearchError):
+        parse_search("DocumentReference", [("bogus", "1")], strict=True)
+
+
+@pytest.mark.parametrize("params", [
+    [("date", "ge2020-13-01")], [("_count", "x")], [("_sort", "type")], [("status:exact", "current")],
+    [("_include", "Patient:link")], [("_cursor", "garbage")], [("creation:missing", "maybe")],
+])
+def test_bad_searches_are_errors(params):
+    with pytest.raises(SearchError):
+        parse_search("DocumentReference", params)
+
+
+def test_cursor_round_trip():
+    assert decode_cursor(encode_cursor(["2026-01-01", "id"], "n")) == (["2026-01-01", "id"], "n")
+
+
+def test_strings_ignore_case_and_accents():
+    assert normalize("  Éloïse  DE la Tour ") == "eloise de la tour"
+
+
+def test_index_rows_of_a_patient():
+    rows = index_rows({"resourceType": "Patient", "id": "p", "birthDate": "1985-06-12",
+                       "identifier": [{"system": "urn:oid:1", "value": "X"}],
+                       "name": [{"family": "Lefèvre", "given": ["Claire"]}]})
+    assert {(r["param"], r["value"]) for r in rows["string"]} == {
+        ("name", "lefevre"), ("name", "claire"), ("family", "lefevre"), ("given", "claire")}
+    assert rows["token"][0]["code"] == "X"
+    assert rows["date"][0]["low"] == "1985-06-12T00:00:00.000000"
