@@ -28,6 +28,17 @@ REQUIRE_POSTGRES = os.environ.get("GATEWAY_REQUIRE_POSTGRES") == "1"
 BACKENDS = ["sqlite", "postgresql"]
 
 
+# Lines the tests want shown in pytest's final summary (the corpus tally).
+REPORT: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter):
+    if REPORT:
+        terminalreporter.section("gateway report")
+        for line in REPORT:
+            terminalreporter.write_line(line)
+
+
 def pytest_collection_modifyitems(config, items):
     if REQUIRE_POSTGRES and not POSTGRES_URL:
         raise pytest.UsageError("GATEWAY_REQUIRE_POSTGRES=1 but GATEWAY_TEST_POSTGRES_URL is not set")

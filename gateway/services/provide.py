@@ -243,6 +243,10 @@ def _write(uow: UnitOfWork, base_url: str, bundle: dict, documents, signatures, 
     references = {bundle["entry"][i].get("fullUrl"): loc.rsplit("/_history", 1)[0] for i, (_, loc) in responses.items()}
     patient_id = uow.find_by_identifier("Patient", *_ins_key(documents[0].parsed))
     for item in lists:
+        existing = _already_registered(uow, "List", item.resource.get("identifier", []))
+        if existing:
+            responses[item.index] = ("200 OK", f"List/{existing.res_id}/_history/{existing.version}")
+            continue
         resource = dict(item.resource, id=item.new_id)
         resource["entry"] = [dict(e, item={"reference": references.get(e.get("item", {}).get("reference"),
                                                                         e.get("item", {}).get("reference"))})
@@ -252,6 +256,9 @@ def _write(uow: UnitOfWork, base_url: str, bundle: dict, documents, signatures, 
         resource["meta"] = {"profile": profiles} if profiles else {}
         _validated(resource, item.index)
         stored = uow.save(resource, patient_id=patient_id)
+        for identifier in resource.get("identifier", []):
+            if identifier.get("system") and identifier.get("value"):
+                uow.claim_identifier("List", identifier["system"], identifier["value"], stored.res_id)
         responses[item.index] = ("201 Created", f"List/{stored.res_id}/_history/{stored.version}")
     entries = []
     for index, entry in enumerate(bundle["entry"]):
@@ -261,6 +268,15 @@ def _write(uow: UnitOfWork, base_url: str, bundle: dict, documents, signatures, 
         else:  # a Patient sent for reference: matched, not created
             entries.append({"response": {"status": "200 OK"}})
     return {"resourceType": "Bundle", "id": new_id(), "type": "transaction-response", "entry": entries}
+
+
+def _already_registered(uow: UnitOfWork, res_type: str, identifiers: list[dict]):
+    for identifier in identifiers:
+        if identifier.get("system") and identifier.get("value"):
+            found = uow.find_by_identifier(res_type, identifier["system"], identifier["value"])
+            if found:
+                return uow.current(res_type, found)
+    return None
 
 
 def _ins_key(parsed: ParsedCda) -> tuple[str, str]:
@@ -278,6 +294,15 @@ def _validated(resource: dict, index: int) -> dict:
 
 def _write_signature(uow: UnitOfWork, base_url: str, item: Submitted, responses: dict) -> None:
     """The signature is kept as a DocumentReference of its own, linked to what it signs."""
+    existing = _already_registered(uow, "DocumentReference", [item.resource.get("masterIdentifier") or {}])
+    if existing:
+        binary_id = existing.json()["content"][0]["attachment"]["url"].rsplit("/", 1)[1]
+        if uow.current("Binary", binary_id).blob_sha256 != hashlib.sha256(item.data).hexdigest():
+            raise _refuse("a different signature is registered under this masterIdentifier",
+                          f"Bundle.entry[{item.index}].resource.masterIdentifier", 409, "duplicate")
+        responses[item.index] = ("200 OK", f"DocumentReference/{existing.res_id}/_history/{existing.version}")
+        responses[item.binary_index] = ("200 OK", f"Binary/{binary_id}/_history/1")
+        return
     first = item.signs[0]
     patient_ref = f"Patient/{uow.find_by_identifier('Patient', *_ins_key(first.parsed))}"
     binary_id = new_id()

@@ -1,0 +1,88 @@
+"""Read, vread, history, create, errors and operations endpoints."""
+import json
+
+from conftest import sample
+
+XML = {"Content-Type": "application/xml"}
+FHIR = {"Content-Type": "application/fhir+json"}
+
+
+def doc(client):
+    return client.post("/cda", data=sample("ldl-ses-martin.xml"), headers=XML).json
+
+
+def test_read_vread_etag_last_modified(client):
+    created = doc(client)
+    response = client.get(f"/fhir/DocumentReference/{created['id']}")
+    assert response.status_code == 200 and response.json == created
+    assert response.headers["ETag"] == 'W/"1"' and response.headers["Last-Modified"].endswith("GMT")
+    assert client.get(f"/fhir/DocumentReference/{created['id']}",
+                      headers={"If-None-Match": 'W/"1"'}).status_code == 304
+    assert client.get(f"/fhir/DocumentReference/{created['id']}/_history/1").json["id"] == created["id"]
+    assert client.get(f"/fhir/DocumentReference/{created['id']}/_history/9").status_code == 404
+
+
+def test_binary_as_fhir_resource(client):
+    created = doc(client)
+    binary_path = created["content"][0]["attachment"]["url"].replace("http://gateway.test", "")
+    resource = client.get(binary_path, headers={"Accept": "application/fhir+json"}).json
+    assert resource["resourceType"] == "Binary" and resource["contentType"] == "text/xml"
+    import base64
+    assert base64.b64decode(resource["data"]) == sample("ldl-ses-martin.xml")
+
+
+def test_error_statuses_are_operation_outcomes(client):
+    created = doc(client)
+    cases = [
+        (client.get("/fhir/DocumentReference/unknown"), 404),
+        (client.get("/fhir/Observation/1"), 404),
+        (client.delete(f"/fhir/DocumentReference/{created['id']}"), 405),
+        (client.post("/fhir/DocumentReference", data="{}", headers=FHIR), 405),
+        (client.get("/fhir/metadata", headers={"Accept": "application/fhir+xml"}), 406),
+        (client.get("/fhir/DocumentReference?_format=xml"), 406),
+        (client.post("/fhir/Patient", data="<Patient/>", headers={"Content-Type": "application/xml"}), 415),
+        (client.post("/fhir/Patient", data=json.dumps({"resourceType": "Patient", "birthDate": "1985-13-45"}),
+                     headers=FHIR), 422),
+    ]
+    for response, status in cases:
+        assert response.status_code == status, (status, response.data[:200])
+        assert response.json["resourceType"] == "OperationOutcome"
+        assert response.headers["Content-Type"].startswith("application/fhir+json")
+
+
+def test_conditional_create(client):
+    patient = {"resourceType": "Patient", "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.10",
+                                                           "value": "177091305504102"}], "gender": "male"}
+    condition = {"If-None-Exist": "identifier=urn:oid:1.2.250.1.213.1.4.10|177091305504102", **FHIR}
+    first = client.post("/fhir/Patient", data=json.dumps(patient), headers=condition)
+    assert first.status_code == 201 and first.headers["Location"].startswith("http://gateway.test/fhir/Patient/")
+    second = client.post("/fhir/Patient", data=json.dumps(patient), headers=condition)
+    assert second.status_code == 200 and second.json["id"] == first.json["id"]
+    assert client.post("/fhir/Patient", data=json.dumps(patient), headers=FHIR).status_code == 409
+    other = dict(patient, identifier=[{"system": "urn:oid:1.2.250.1.213.1.4.10", "value": "185067511204554"}])
+    client.post("/fhir/Patient", data=json.dumps(other), headers=FHIR)
+    many = client.post("/fhir/Patient", data=json.dumps(other), headers={"If-None-Exist": "gender=male", **FHIR})
+    assert many.status_code == 412
+
+
+def test_capability_statement(client):
+    statement = client.get("/fhir/metadata").json
+    assert statement["fhirVersion"] == "4.0.1"
+    assert "https://profiles.ihe.net/ITI/MHD/CapabilityStatement/IHE.MHD.DocumentResponder" in statement["instantiates"]
+    docref = next(r for r in statement["rest"][0]["resource"] if r["type"] == "DocumentReference")
+    names = {p["name"] for p in docref["searchParam"]}
+    assert {"patient", "patient.identifier", "status", "type", "category", "date", "period", "setting", "facility",
+            "event", "security-label", "format", "related", "identifier", "creation", "author.given",
+            "author.family", "isArchived", "period-start", "period-end", "_id", "_lastUpdated"} <= names
+
+
+def test_health_and_metrics(client):
+    assert client.get("/health").json == {"status": "pass", "database": client.application.config["ENGINE"].dialect.name}
+    doc(client)
+    metrics = client.get("/metrics").data.decode()
+    assert 'gateway_ingests_total{channel="cda",outcome="created"}' in metrics
+    assert "gateway_http_request_seconds_bucket" in metrics
+
+
+def test_request_id_is_echoed(client):
+    assert client.get("/health", headers={"X-Request-Id": "abc123"}).headers["X-Request-Id"] == "abc123"

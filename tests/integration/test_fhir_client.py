@@ -1,0 +1,25 @@
+"""A real FHIR client library (fhirclient, R4 models) searches and reads over HTTP."""
+import requests
+from fhirclient import client as fhir_client
+from fhirclient.models.documentreference import DocumentReference
+from fhirclient.models.patient import Patient
+
+from conftest import sample
+
+
+def test_fhirclient_search_and_read(live_server):
+    base = live_server.fhir_base
+    for name in ("ldl-ses-martin.xml", "cr-biologie-martin.xml"):
+        assert requests.post(f"{live_server.public_base_url}/cda", data=sample(name),
+                             headers={"Content-Type": "application/xml"}, timeout=10).status_code == 201
+    smart = fhir_client.FHIRClient(settings={"app_id": "gateway-tests", "api_base": base})
+    search = DocumentReference.where(struct={"patient.identifier": "urn:oid:1.2.250.1.213.1.4.10|185067511204554",
+                                             "status": "current"})
+    documents = search.perform_resources(smart.server)
+    assert sorted(d.type.coding[0].code for d in documents) == ["11490-0", "11502-2"]
+    document = DocumentReference.read(documents[0].id, smart.server)
+    assert document.masterIdentifier.value.startswith("urn:oid:1.2.250.1.213.1.1.9.2.")
+    patient = Patient.read(document.subject.reference.split("/")[1], smart.server)
+    assert patient.birthDate.isostring == "1985-06-12"
+    retrieved = requests.get(document.content[0].attachment.url, timeout=10)
+    assert retrieved.content in (sample("ldl-ses-martin.xml"), sample("cr-biologie-martin.xml"))

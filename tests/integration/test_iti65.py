@@ -1,0 +1,116 @@
+"""ITI-65 Provide Document Bundle: all or nothing, metadata checked against the CDA, DSG signatures."""
+import base64
+import json
+
+import pytest
+from sqlalchemy import func, select
+
+from conftest import sample
+from gateway.demo import build_submission, signed_submission
+from gateway.signature import make_test_pki, sign_documents
+from gateway.storage.schema import resources
+
+FHIR = {"Content-Type": "application/fhir+json"}
+LIMIT = 5 * 1024 * 1024
+
+
+def provide(client, bundle):
+    return client.post("/fhir", data=json.dumps(bundle), headers=FHIR)
+
+
+def document_count(engine):
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(resources)
+                            .where(resources.c.res_type == "DocumentReference")).scalar_one()
+
+
+def test_unsigned_submission(client):
+    response = provide(client, build_submission(sample("cr-biologie-martin.xml"), LIMIT))
+    assert response.status_code == 200, response.json
+    bundle = response.json
+    assert bundle["type"] == "transaction-response"
+    statuses = [e["response"]["status"] for e in bundle["entry"]]
+    assert statuses == ["201 Created", "201 Created", "201 Created", "200 OK"]
+    doc_location = bundle["entry"][1]["response"]["location"]
+    doc = client.get(f"/fhir/{doc_location.rsplit('/_history', 1)[0]}").json
+    assert doc["type"]["coding"][0]["code"] == "11502-2"
+    submission_set = client.get(f"/fhir/{bundle['entry'][0]['response']['location'].rsplit('/_history', 1)[0]}").json
+    assert submission_set["entry"][0]["item"]["reference"] == f"DocumentReference/{doc['id']}"
+    assert submission_set["subject"] == doc["subject"]
+    # the same submission again: recognised, nothing new
+    again = provide(client, build_submission(sample("cr-biologie-martin.xml"), LIMIT))
+    assert again.json["entry"][1]["response"]["status"] == "200 OK"
+
+
+def test_signed_submission_keeps_the_signature_linked(client, settings):
+    bundle = signed_submission(settings, sample("synthese-moreau.xml"))
+    response = provide(client, bundle)
+    assert response.status_code == 200, response.json
+    signature_location = response.json["entry"][4]["response"]["location"].rsplit("/_history", 1)[0]
+    signature = client.get(f"/fhir/{signature_location}").json
+    document_id = response.json["entry"][1]["response"]["location"].split("/")[1]
+    assert signature["relatesTo"] == [{"code": "signs", "target": {"reference": f"DocumentReference/{document_id}"}}]
+    assert signature["content"][0]["format"]["code"] == "urn:ihe:iti:dsg:detached:2014"
+    found = client.get("/fhir/DocumentReference", query_string={"format": "urn:ihe:iti:dsg:detached:2014"}).json
+    assert found["total"] == 1
+
+
+def test_tampered_document_is_refused_and_nothing_stored(client, settings, database):
+    bundle = signed_submission(settings, sample("synthese-moreau.xml"))
+    tampered = sample("synthese-moreau.xml").replace(b"trois mois", b"six mois")
+    bundle["entry"][2]["resource"]["data"] = base64.b64encode(tampered).decode()
+    bundle["entry"][1]["resource"]["content"][0]["attachment"].pop("hash")
+    bundle["entry"][1]["resource"]["content"][0]["attachment"].pop("size")
+    response = provide(client, bundle)
+    assert response.status_code == 422
+    assert "digest" in response.json["issue"][0]["diagnostics"]
+    assert document_count(database[0]) == 0
+
+
+def test_signature_from_an_untrusted_signer_is_refused(client, settings, tmp_path):
+    make_test_pki(tmp_path / "other")
+    cda = sample("synthese-moreau.xml")
+    signature = sign_documents([("urn:oid:1.2.250.1.213.1.1.9.2.8.1", cda)], (tmp_path / "other/signer-key.pem").read_bytes(),
+                               (tmp_path / "other/signer.pem").read_bytes())
+    response = provide(client, build_submission(cda, LIMIT, signature))
+    assert response.status_code == 422 and "trust anchors" in response.json["issue"][0]["diagnostics"]
+
+
+@pytest.mark.parametrize("change, expression", [
+    (lambda b: b["entry"][1]["resource"].__setitem__("masterIdentifier", {"system": "urn:ietf:rfc:3986", "value": "urn:oid:1.2.3"}),
+     "Bundle.entry[1].resource.masterIdentifier"),
+    (lambda b: b["entry"][1]["resource"].__setitem__("type", {"coding": [{"system": "http://loinc.org", "code": "34874-8"}]}),
+     "Bundle.entry[1].resource.type"),
+    (lambda b: b["entry"][3]["resource"]["identifier"][0].__setitem__("value", "292086938701277"),
+     "Bundle.entry[1].resource.subject"),
+    (lambda b: b.__setitem__("type", "batch"), "Bundle.type"),
+    (lambda b: b["entry"][1]["resource"]["content"][0]["attachment"].__setitem__("url", "urn:uuid:nowhere"),
+     "Bundle.entry[1].resource.content[0].attachment.url"),
+    (lambda b: b["entry"][1]["resource"]["content"][0]["attachment"].__setitem__("size", 3),
+     "Bundle.entry[1].resource.content[0].attachment.size"),
+])
+def test_contradictions_are_refused(client, database, change, expression):
+    bundle = build_submission(sample("cr-biologie-martin.xml"), LIMIT)
+    change(bundle)
+    response = provide(client, bundle)
+    assert response.status_code == 422, response.json
+    assert response.json["issue"][0]["expression"] == [expression]
+    assert document_count(database[0]) == 0
+
+
+def test_a_bad_document_refuses_the_whole_bundle(client, database):
+    good = build_submission(sample("cr-biologie-martin.xml"), LIMIT)
+    bad = build_submission(sample("ldl-ses-martin.xml"), LIMIT)
+    bad["entry"][2]["resource"]["data"] = base64.b64encode(sample("bad-ins-key.xml")).decode()
+    bad["entry"][1]["resource"]["content"][0]["attachment"] = {"contentType": "text/xml", "url": bad["entry"][2]["fullUrl"]}
+    good["entry"] += bad["entry"][1:3]
+    good["entry"][0]["resource"]["entry"].append({"item": {"reference": bad["entry"][1]["fullUrl"]}})
+    response = provide(client, good)
+    assert response.status_code == 422
+    assert response.json["issue"][0]["expression"][0].startswith("Bundle.entry[4].resource -> /ClinicalDocument")
+    assert document_count(database[0]) == 0
+
+
+def test_not_json_and_wrong_media_type(client):
+    assert client.post("/fhir", data="{", headers=FHIR).status_code == 400
+    assert client.post("/fhir", data="{}", headers={"Content-Type": "text/plain"}).status_code == 415
