@@ -1,0 +1,223 @@
+"""`make bench`: ingest throughput, ITI-67 latency at 100,000 DocumentReferences, and CDA-to-FHIR
+conversion side by side with python-fhir-converter. Prints one JSON object.
+
+Sizes can be lowered for a quick look: BENCH_DOCUMENTS (100 KB documents ingested, default 300),
+BENCH_REFERENCES (DocumentReferences searched, default 100000), BENCH_QUERIES (per query kind, default 200).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from sqlalchemy import insert
+
+from gateway.access import AccessContext
+from gateway.app import create_app
+from gateway.config import Settings
+from gateway.fhir.validation import validate
+from gateway.mapping import document as mapping
+from gateway.services.documents import ingest_cda, read_cda
+from gateway.storage.database import make_engine, write_transaction
+from gateway.storage.migrate import upgrade
+from gateway.storage.repository import Repository, dumps
+from gateway.storage.schema import resource_versions, resources
+from gateway.storage.searchparams import index_rows
+from gateway.storage.repository import INDEX_TABLE_BY_KIND
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "samples"
+CORPUS = Path(os.environ.get("GATEWAY_CORPUS_DIR", ROOT.parent / "shared" / "corpus")) / "cda"
+LIMIT = 20 * 1024 * 1024
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def hundred_kb_documents(count: int) -> list[bytes]:
+    """Distinct discharge letters of about 100 KB (the sample, its narrative repeated)."""
+    template = (SAMPLES / "cda" / "ldl-ses-martin.xml").read_text()
+    filler = "<paragraph>" + "Évolution clinique favorable, surveillance poursuivie. " * 18 + "</paragraph>"
+    padding = filler * max(1, (100_000 - len(template)) // len(filler))
+    documents = []
+    for i in range(count):
+        text = template.replace("1.2.250.1.213.1.1.9.2.1.1", f"1.2.250.1.213.1.1.9.3.{i}.1")
+        text = text.replace("1.2.250.1.213.1.1.9.2.1\"", f"1.2.250.1.213.1.1.9.3.{i}\"")
+        text = text.replace("Consultation de contrôle chez le médecin traitant à J10.",
+                            "Consultation de contrôle chez le médecin traitant à J10." + padding)
+        documents.append(text.encode())
+    return documents
+
+
+def bench_ingest(workdir: Path, count: int) -> dict:
+    engine = make_engine(f"sqlite:///{workdir / 'ingest.db'}")
+    upgrade(engine)
+    repo = Repository(engine, AccessContext.system("bench"), "http://bench")
+    documents = hundred_kb_documents(count)
+    started = time.perf_counter()
+    for data in documents:
+        assert ingest_cda(repo, data, max_bytes=LIMIT).created
+    elapsed = time.perf_counter() - started
+    return {"documents": count, "mean_bytes": sum(map(len, documents)) // count, "backend": "sqlite",
+            "seconds": round(elapsed, 2), "documents_per_second": round(count / elapsed, 1),
+            "note": "service level: raw store, parse, rules, map, validate, persist with index rows; one commit "
+                    "(fsync) per document"}
+
+
+def load_references(engine, total: int, per_patient: int = 10) -> None:
+    """Bulk-load synthetic DocumentReferences built by the real mapping and indexer."""
+    parsed = read_cda((SAMPLES / "cda" / "cr-imagerie-irm-lefevre.xml").read_bytes(), LIMIT)
+    header = parsed.header
+    types = ["11490-0", "18748-4", "11502-2", "34874-8", "34112-3"]
+    batch: dict[str, list] = {"resources": [], "versions": [], "token": [], "string": [], "date": [], "reference": []}
+
+    def flush():
+        with write_transaction(engine) as conn:
+            for kind in ("resources", "versions"):
+                if batch[kind]:
+                    conn.execute(insert(resources if kind == "resources" else resource_versions), batch[kind])
+            for kind in ("token", "string", "date", "reference"):
+                if batch[kind]:
+                    conn.execute(insert(INDEX_TABLE_BY_KIND[kind]), batch[kind])
+        for rows in batch.values():
+            rows.clear()
+
+    for n in range(total):
+        patient = f"p{n // per_patient}"
+        if n % per_patient == 0:
+            ins = f"1{n // per_patient:012d}"
+            ins += "%02d" % (97 - int(ins) % 97)
+            header.patient.ids[0] = mapping.II("1.2.250.1.213.1.4.10", ins)
+            patient_resource = mapping.patient_resource(header.patient, patient)
+            _add(batch, patient_resource, patient)
+        header.code = mapping.Code(types[n % len(types)], "2.16.840.1.113883.6.1")
+        header.unique_id = mapping.II(f"1.2.250.1.213.1.1.9.4.{n}")
+        day = 1 + n % 28
+        header.effective_time = f"2025{1 + n % 12:02d}{day:02d}101500+0100"
+        links = mapping.Links(patient, ["Practitioner/author"], "Organization/custodian", None, [])
+        attachment = mapping.Attachment(f"http://bench/fhir/Binary/b{n}", "text/xml", 100_000, "AAAA")
+        _add(batch, mapping.document_reference(header, f"d{n}", links, attachment), patient)
+        if len(batch["resources"]) >= 2000:
+            flush()
+    flush()
+
+
+def _add(batch, resource: dict, patient: str) -> None:
+    resource["meta"] = {**resource.get("meta", {}), "versionId": "1", "lastUpdated": "2026-01-01T00:00:00.000000Z"}
+    body = dumps(resource)
+    key = dict(res_type=resource["resourceType"], res_id=resource["id"], version=1,
+               last_updated=f"2026-01-01T00:00:{len(batch['resources']) % 60:02d}.000000")
+    batch["resources"].append(dict(key, deleted=False, patient_id=patient, blob_sha256=None, body=body))
+    batch["versions"].append(dict(key, method="POST", deleted=False, body=body))
+    for kind, rows in index_rows(resource).items():
+        batch[kind] += rows
+
+
+def bench_search(workdir: Path, total: int, queries: int) -> dict:
+    url = f"sqlite:///{workdir / 'search.db'}"
+    engine = make_engine(url)
+    upgrade(engine)
+    started = time.perf_counter()
+    load_references(engine, total)
+    load_seconds = time.perf_counter() - started
+    settings = replace(Settings.from_env(), database_url=url, public_base_url="http://bench")
+    client = create_app(settings, engine).test_client()
+    patients = total // 10
+    kinds = {
+        "patient.identifier+status": lambda i: {"patient.identifier": f"urn:oid:1.2.250.1.213.1.4.10|{_ins(i % patients)}",
+                                                "status": "current"},
+        "patient+type+date": lambda i: {"patient": f"Patient/p{i % patients}", "type": "18748-4",
+                                        "date": "ge2025-01-01", "status": "current"},
+        "patient+_include": lambda i: {"patient": f"Patient/p{i % patients}", "_include": "DocumentReference:subject"},
+        "type+date page (no patient)": lambda i: {"type": "11502-2", "date": f"2025-{1 + i % 12:02d}", "_count": "20"},
+    }
+    results = {}
+    for name, params in kinds.items():
+        latencies = []
+        for i in range(queries):
+            t = time.perf_counter()
+            response = client.get("/fhir/DocumentReference", query_string=params(i * 7919))
+            latencies.append((time.perf_counter() - t) * 1000)
+            assert response.status_code == 200 and response.json["total"] > 0, (name, response.json)
+        results[name] = {"p50_ms": round(percentile(latencies, 50), 2), "p95_ms": round(percentile(latencies, 95), 2)}
+    return {"document_references": total, "backend": "sqlite", "load_seconds": round(load_seconds, 1),
+            "queries_per_kind": queries, "latency": results,
+            "note": "through the Flask app (routing, search, JSON bundle), no network; totals computed on every query"}
+
+
+def _ins(patient_number: int) -> str:
+    ins = f"1{patient_number:012d}"
+    return ins + "%02d" % (97 - int(ins) % 97)
+
+
+def bench_conversion(rounds: int = 5) -> dict:
+    from fhir_converter.renderers import CcdaRenderer
+
+    files = sorted((SAMPLES / "cda").glob("*.xml"))
+    if CORPUS.is_dir():
+        files += sorted(CORPUS.glob("fr_*.xml"))
+    documents = [(f.name, f.read_bytes()) for f in files]
+    renderer = CcdaRenderer()
+
+    def ours(data: bytes) -> None:
+        parsed = read_cda(data, LIMIT)
+        links = mapping.Links("p", ["Practitioner/a"], "Organization/o", None, [])
+        attachment = mapping.Attachment("http://bench/fhir/Binary/b", "text/xml", len(data), "AAAA")
+        for resource in (mapping.document_reference(parsed.header, "d", links, attachment),
+                         mapping.patient_resource(parsed.header.patient, "p")):
+            validate(resource)
+
+    def theirs(data: bytes) -> None:
+        renderer.render_to_fhir("CCD", data.decode("utf-8"))
+
+    figures = {}
+    for label, convert in (("gateway", ours), ("python-fhir-converter", theirs)):
+        per_document, failures = [], []
+        for name, data in documents:
+            try:
+                convert(data)
+            except Exception as exc:  # a converter failing on a document is a result, recorded as such
+                failures.append(f"{name}: {type(exc).__name__}")
+                continue
+            t = time.perf_counter()
+            for _ in range(rounds):
+                convert(data)
+            per_document.append((time.perf_counter() - t) / rounds * 1000)
+        figures[label] = {"documents_converted": len(per_document), "failures": failures,
+                          "mean_ms": round(statistics.mean(per_document), 2) if per_document else None,
+                          "p50_ms": round(percentile(per_document, 50), 2) if per_document else None,
+                          "p95_ms": round(percentile(per_document, 95), 2) if per_document else None}
+    return {"documents": [name for name, _ in documents], "rounds": rounds, "results": figures,
+            "note": "gateway: parse + CI-SIS header + DMP rules + PDSm mapping + fhir.resources validation of "
+                    "DocumentReference and Patient; python-fhir-converter: its CCD Liquid template to a FHIR Bundle "
+                    "(no validation, no French metadata)"}
+
+
+def main() -> None:
+    documents = int(os.environ.get("BENCH_DOCUMENTS", "300"))
+    references = int(os.environ.get("BENCH_REFERENCES", "100000"))
+    queries = int(os.environ.get("BENCH_QUERIES", "200"))
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        report = {
+            "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
+            "ingest": bench_ingest(workdir, documents),
+            "search": bench_search(workdir, references, queries),
+            "conversion": bench_conversion(),
+        }
+    text = json.dumps(report, indent=2, ensure_ascii=False)
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "latest.json").write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
