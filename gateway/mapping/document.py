@@ -88,20 +88,27 @@ def patient_resource(info: PatientInfo, patient_id: str) -> dict:
     return resource
 
 
-def person_identifiers(ids: list[II]) -> list[dict]:
+def _national_identifiers(ids: list[II], national_oid: str, national_type: str, short_system: str,
+                          short_type: str, prefix: str, length: int) -> list[dict]:
+    """National ids (IdNatPs, IdNatSt) with their short form (RPPS, FINESS) when the prefix says so."""
     out = []
     for ii in ids:
         if not ii.extension:
             continue
-        if ii.root == codes.IDNATPS_OID:
-            out.append({"use": "official", "type": _typed(codes.FR_CORE_V2_0203, "IDNPS"),
-                        "system": f"urn:oid:{ii.root}", "value": ii.extension})
-            if ii.extension.startswith("8") and len(ii.extension) == 12:
-                out.append({"use": "official", "type": _typed(codes.FR_CORE_V2_0203, "RPPS"),
-                            "system": codes.RPPS_SYSTEM, "value": ii.extension[1:]})
-        else:
+        if ii.root != national_oid:
             out.append({"system": f"urn:oid:{ii.root}", "value": ii.extension})
+            continue
+        out.append({"use": "official", "type": _typed(codes.FR_CORE_V2_0203, national_type),
+                    "system": f"urn:oid:{ii.root}", "value": ii.extension})
+        if ii.extension.startswith(prefix) and len(ii.extension) == length:
+            out.append({"use": "official", "type": _typed(codes.FR_CORE_V2_0203, short_type),
+                        "system": short_system, "value": ii.extension[len(prefix):]})
     return out
+
+
+def person_identifiers(ids: list[II]) -> list[dict]:
+    # IdNatPs "8" + RPPS number.
+    return _national_identifiers(ids, codes.IDNATPS_OID, "IDNPS", codes.RPPS_SYSTEM, "RPPS", "8", 12)
 
 
 def practitioner_resource(person: Person, practitioner_id: str) -> dict:
@@ -118,20 +125,8 @@ def practitioner_resource(person: Person, practitioner_id: str) -> dict:
 
 
 def organization_identifiers(ids: list[II]) -> list[dict]:
-    out = []
-    for ii in ids:
-        if not ii.extension:
-            continue
-        if ii.root == codes.IDNATST_OID:
-            out.append({"use": "official", "type": _typed(codes.FR_CORE_V2_0203, "IDNST"),
-                        "system": f"urn:oid:{ii.root}", "value": ii.extension})
-            # IdNatSt "1" + FINESS: the FINESS number itself is also given its own slice.
-            if ii.extension.startswith("1") and len(ii.extension) == 10:
-                out.append({"use": "official", "type": _typed(codes.FR_CORE_V2_0203, "FINEG"),
-                            "system": codes.FINESS_SYSTEM, "value": ii.extension[1:]})
-        else:
-            out.append({"system": f"urn:oid:{ii.root}", "value": ii.extension})
-    return out
+    # IdNatSt "1" + FINESS number.
+    return _national_identifiers(ids, codes.IDNATST_OID, "IDNST", codes.FINESS_SYSTEM, "FINEG", "1", 10)
 
 
 def organization_resource(org: Organization, organization_id: str) -> dict:

@@ -190,28 +190,27 @@ def _patient(uow: UnitOfWork, header: CdaHeader, ins: str, produced: list[str]) 
     return patient_id
 
 
+def _matched(uow: UnitOfWork, res_type: str, key: tuple[str, str], build, produced: list[str]) -> str:
+    """The reference of the resource holding this identifier, created (with `build`) if none does."""
+    res_id = uow.find_by_identifier(res_type, *key)
+    if res_id is None:
+        res_id = new_id()
+        uow.save(_checked(build(res_id)))
+        uow.claim_identifier(res_type, *key, res_id)
+        produced.append(f"{res_type}/{res_id}")
+    return f"{res_type}/{res_id}"
+
+
 def _practitioner(uow: UnitOfWork, person: Person, produced: list[str]) -> str | None:
     key = mapping.entity_key(person.ids)
     if key is None:
         return None
-    practitioner_id = uow.find_by_identifier("Practitioner", *key)
-    if practitioner_id is None:
-        practitioner_id = new_id()
-        uow.save(_checked(mapping.practitioner_resource(person, practitioner_id)))
-        uow.claim_identifier("Practitioner", *key, practitioner_id)
-        produced.append(f"Practitioner/{practitioner_id}")
-    return f"Practitioner/{practitioner_id}"
+    return _matched(uow, "Practitioner", key, lambda res_id: mapping.practitioner_resource(person, res_id), produced)
 
 
 def _organization(uow: UnitOfWork, org, produced: list[str]) -> str:
-    key = mapping.entity_key(org.ids)
-    organization_id = uow.find_by_identifier("Organization", *key)
-    if organization_id is None:
-        organization_id = new_id()
-        uow.save(_checked(mapping.organization_resource(org, organization_id)))
-        uow.claim_identifier("Organization", *key, organization_id)
-        produced.append(f"Organization/{organization_id}")
-    return f"Organization/{organization_id}"
+    return _matched(uow, "Organization", mapping.entity_key(org.ids),
+                    lambda res_id: mapping.organization_resource(org, res_id), produced)
 
 
 def _supersede(uow: UnitOfWork, header: CdaHeader, produced: list[str]) -> list[dict]:
