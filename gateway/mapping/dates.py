@@ -100,6 +100,3 @@ def _range(value: str) -> tuple[str, str]:
         return low.strftime(INDEX_FORMAT), high.strftime(INDEX_FORMAT)
     return low.strftime(INDEX_FORMAT), high.strftime(INDEX_FORMAT)
 
-
-def now_instant() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")

@@ -35,7 +35,6 @@ class Submitted:
     data: bytes = b""
     parsed: ParsedCda | None = None
     new_id: str = field(default_factory=new_id)
-    created: bool = True
     signs: list["Submitted"] = field(default_factory=list)  # for a signature: the documents it signs
 
 
@@ -233,7 +232,7 @@ def _write(uow: UnitOfWork, base_url: str, bundle: dict, documents, signatures, 
             raise _refuse(refusal.reason, f"Bundle.entry[{item.index}].resource -> {refusal.location}",
                           refusal.status, refusal.code) from None
         stored = result.document_reference
-        item.new_id, item.created = stored.res_id, result.created
+        item.new_id = stored.res_id
         status = "201 Created" if result.created else "200 OK"
         responses[item.index] = (status, f"DocumentReference/{stored.res_id}/_history/{stored.version}")
         binary_ref = stored.json()["content"][0]["attachment"]["url"].split("/fhir/", 1)[1]

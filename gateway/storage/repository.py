@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from sqlalchemy import Connection, Engine, and_, delete, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
 
 from gateway.access import AccessContext
 
@@ -310,6 +309,3 @@ def mark_raw(engine: Engine, raw_id: int, status: str, outcome: dict | None = No
         conn.execute(update(raw_inputs).where(raw_inputs.c.id == raw_id).values(
             status=status, outcome=json.dumps(outcome, ensure_ascii=False) if outcome else None))
 
-
-__all__ = ["Repository", "UnitOfWork", "StoredResource", "SearchPage", "NotFound", "Gone",
-           "DuplicateIdentifier", "IntegrityError", "new_id", "store_raw", "mark_raw", "dumps"]

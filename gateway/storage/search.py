@@ -218,7 +218,7 @@ def _string_match(value: str, modifier: str | None) -> ColumnElement[bool]:
     return search_string.c.value.like(pattern, escape="\\")
 
 
-def _reference_targets(value: str, spec: SearchParam, base_url: str | None) -> tuple[str | None, str]:
+def _reference_targets(value: str, base_url: str | None) -> tuple[str | None, str]:
     if base_url and value.startswith(base_url.rstrip("/") + "/"):
         value = value[len(base_url.rstrip("/")) + 1:]
     if "/" in value:
@@ -266,7 +266,7 @@ def matching_ids(res_type: str, criterion: Criterion, base_url: str | None = Non
     # reference
     alternatives = []
     for value in criterion.values:
-        target_type, target_id = _reference_targets(value, spec, base_url)
+        target_type, target_id = _reference_targets(value, base_url)
         if criterion.modifier and criterion.modifier in SEARCH_PARAMS:
             target_type = criterion.modifier
         cond = search_reference.c.target_id == target_id

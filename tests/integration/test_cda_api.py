@@ -130,3 +130,20 @@ def test_internal_failure_leaves_nothing_half_stored(client, database, monkeypat
     assert counts(database[0]) == {}
     with database[0].connect() as conn:
         assert conn.execute(select(raw_inputs.c.status)).scalar_one() == "failed"
+
+
+def test_concurrent_uploads_of_one_document_store_it_once(live_server, database):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+
+    data = sample("cr-operatoire-garnier.xml")
+
+    def upload(_):
+        return requests.post(f"{live_server.public_base_url}/cda", data=data, headers=XML, timeout=30).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(upload, range(8)))
+    assert sorted(statuses) == [200] * 7 + [201]
+    assert counts(database[0]) == {"DocumentReference": 1, "Binary": 1, "Patient": 1, "Practitioner": 1,
+                                   "Organization": 1}
