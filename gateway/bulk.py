@@ -13,7 +13,7 @@ from gateway.access import AccessContext
 from gateway.cda.errors import DocumentRefused
 from gateway.config import Settings
 from gateway.services.documents import ingest_cda
-from gateway.storage.database import make_engine
+from gateway.storage.database import make_engine, refresh_statistics
 from gateway.storage.migrate import upgrade
 from gateway.storage.repository import Repository
 
@@ -60,6 +60,7 @@ def ingest_paths(settings: Settings, paths: list[Path], console: Console | None 
             except OSError as exc:
                 report.failed.append((str(file), str(exc)))
             progress.advance(task)
+    refresh_statistics(engine)
     _summary(console, report)
     return report
 

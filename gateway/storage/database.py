@@ -71,3 +71,14 @@ def read_connection(engine: Engine) -> Iterator[Connection]:
 def ping(engine: Engine) -> None:
     with engine.connect() as conn:
         conn.execute(text("SELECT 1"))
+
+
+def refresh_statistics(engine: Engine) -> None:
+    """Give the query planner row statistics. Without them SQLite may probe a search index by its
+    value range instead of by resource, turning a 10 ms search into seconds at 10,000 documents.
+    PostgreSQL's autovacuum keeps its own statistics; an explicit ANALYZE does no harm."""
+    with engine.connect() as conn:
+        if is_sqlite(engine):
+            conn.exec_driver_sql("PRAGMA analysis_limit=1000")  # sampled: quick even on large files
+        conn.exec_driver_sql("ANALYZE")
+        conn.commit()

@@ -7,6 +7,8 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine
 
+from .database import refresh_statistics
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -19,3 +21,4 @@ def alembic_config(engine: Engine) -> Config:
 
 def upgrade(engine: Engine) -> None:
     command.upgrade(alembic_config(engine), "head")
+    refresh_statistics(engine)

@@ -100,7 +100,7 @@ search_token = Table(
     Column("system", String(256), nullable=False),
     Column("code", String(256), nullable=False),
     Index("ix_token_lookup", "res_type", "param", "code", "system"),
-    Index("ix_token_owner", "res_type", "res_id"),
+    Index("ix_token_owner", "res_type", "res_id", "param"),
 )
 
 search_string = Table(
@@ -112,7 +112,7 @@ search_string = Table(
     Column("value", String(256), nullable=False),
     Column("exact", String(256), nullable=False),
     Index("ix_string_lookup", "res_type", "param", "value"),
-    Index("ix_string_owner", "res_type", "res_id"),
+    Index("ix_string_owner", "res_type", "res_id", "param"),
 )
 
 search_date = Table(
@@ -124,7 +124,7 @@ search_date = Table(
     Column("low", String(32), nullable=False),
     Column("high", String(32), nullable=False),
     Index("ix_date_lookup", "res_type", "param", "low", "high"),
-    Index("ix_date_owner", "res_type", "res_id"),
+    Index("ix_date_owner", "res_type", "res_id", "param"),
 )
 
 search_reference = Table(
@@ -136,7 +136,7 @@ search_reference = Table(
     Column("target_type", String(64), nullable=False),
     Column("target_id", String(256), nullable=False),
     Index("ix_reference_lookup", "res_type", "param", "target_id", "target_type"),
-    Index("ix_reference_owner", "res_type", "res_id"),
+    Index("ix_reference_owner", "res_type", "res_id", "param"),
 )
 
 INDEX_TABLES = (search_token, search_string, search_date, search_reference)

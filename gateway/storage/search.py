@@ -11,7 +11,7 @@ import json
 import re
 from dataclasses import dataclass, field
 
-from sqlalchemy import and_, false, func, not_, or_, select, true
+from sqlalchemy import and_, exists, false, func, not_, or_, select, true
 from sqlalchemy.sql import ColumnElement, Select
 
 from gateway.mapping.dates import InvalidTime, fhir_range
@@ -228,14 +228,10 @@ def _reference_targets(value: str, base_url: str | None) -> tuple[str | None, st
 
 
 def matching_ids(res_type: str, criterion: Criterion, base_url: str | None = None) -> tuple[Select, bool]:
-    """A subquery of the ids of `res_type` matching the criterion, and whether to negate it."""
-    if criterion.param == "_id":
-        return select(resources.c.res_id).where(resources.c.res_type == res_type,
-                                                resources.c.res_id.in_(criterion.values)), criterion.modifier == "not"
-    if criterion.param == "_lastUpdated":
-        cond = or_(*(_date_match(resources.c.last_updated, resources.c.last_updated, v, criterion.name)
-                     for v in criterion.values))
-        return select(resources.c.res_id).where(resources.c.res_type == res_type, cond), False
+    """A subquery of the ids of `res_type` matching the criterion, and whether to negate it.
+
+    `_id` and `_lastUpdated` are columns of the resources table: see `direct_condition`.
+    """
 
     spec = SEARCH_PARAMS[res_type][criterion.param]
     table = {"token": search_token, "string": search_string, "date": search_date,
@@ -248,8 +244,12 @@ def matching_ids(res_type: str, criterion: Criterion, base_url: str | None = Non
     if spec.type == "reference" and criterion.chain:
         alternatives = []
         for target in _chain_target(spec, criterion.chain):
-            inner, negate = matching_ids(target, Criterion(criterion.chain, criterion.chain, criterion.modifier, None,
-                                                           criterion.values), base_url)
+            chained = Criterion(criterion.chain, criterion.chain, criterion.modifier, None, criterion.values)
+            direct = direct_condition(chained)
+            if direct is not None:
+                inner, negate = select(resources.c.res_id).where(resources.c.res_type == target, direct), False
+            else:
+                inner, negate = matching_ids(target, chained, base_url)
             target_ids = search_reference.c.target_id.notin_(inner) if negate else search_reference.c.target_id.in_(inner)
             alternatives.append(and_(search_reference.c.target_type == target, target_ids))
         return select(search_reference.c.res_id).where(owned, or_(*alternatives)), False
@@ -276,11 +276,53 @@ def matching_ids(res_type: str, criterion: Criterion, base_url: str | None = Non
     return select(search_reference.c.res_id).where(owned, or_(*alternatives)), False
 
 
+def direct_condition(criterion: Criterion) -> ColumnElement[bool] | None:
+    """Conditions on the resources table itself (`_id`, `_lastUpdated`), or None."""
+    if criterion.param == "_id":
+        condition = resources.c.res_id.in_(criterion.values)
+        return not_(condition) if criterion.modifier == "not" else condition
+    if criterion.param == "_lastUpdated":
+        return or_(*(_date_match(resources.c.last_updated, resources.c.last_updated, v, criterion.name)
+                     for v in criterion.values))
+    return None
+
+
+# How many rows a criterion of each kind is likely to match: the most selective one drives the
+# query (an IN on the resources key), every other is probed row by row with a correlated EXISTS.
+# Driving with `status=current` would make the database list every current document first.
+_BROAD_TOKENS = {"status", "security-label", "isArchived", "category", "language", "contenttype", "gender", "active"}
+
+
+def _selectivity(res_type: str, criterion: Criterion) -> int:
+    if criterion.modifier in ("not", "missing"):
+        return 9
+    if criterion.param == "_id":
+        return 0
+    spec = SEARCH_PARAMS[res_type].get(criterion.param)
+    if spec is None:
+        return 8
+    if spec.type == "reference":
+        return 1
+    if spec.type == "token":
+        return 7 if criterion.param in _BROAD_TOKENS else 2
+    return {"string": 3, "date": 6}[spec.type]
+
+
 def where_clause(request: SearchRequest, access: ColumnElement[bool], base_url: str | None) -> ColumnElement[bool]:
     conditions = [resources.c.res_type == request.res_type, resources.c.deleted == false(), access]
-    for criterion in request.criteria:
+    ordered = sorted(request.criteria, key=lambda c: _selectivity(request.res_type, c))
+    for position, criterion in enumerate(ordered):
+        direct = direct_condition(criterion)
+        if direct is not None:
+            conditions.append(direct)
+            continue
         subquery, negate = matching_ids(request.res_type, criterion, base_url)
-        conditions.append(resources.c.res_id.notin_(subquery) if negate else resources.c.res_id.in_(subquery))
+        if position == 0 and not negate:
+            conditions.append(resources.c.res_id.in_(subquery))
+            continue
+        owner = subquery.selected_columns[0]
+        probe = exists(subquery.where(owner == resources.c.res_id))
+        conditions.append(not_(probe) if negate else probe)
     return and_(*conditions)
 
 

@@ -77,7 +77,7 @@ def upgrade() -> None:
         sa.Column("code", sa.String(256), nullable=False),
     )
     op.create_index("ix_token_lookup", "search_token", ["res_type", "param", "code", "system"])
-    op.create_index("ix_token_owner", "search_token", ["res_type", "res_id"])
+    op.create_index("ix_token_owner", "search_token", ["res_type", "res_id", "param"])
     op.create_table(
         "search_string",
         sa.Column("res_type", sa.String(64), nullable=False),
@@ -87,7 +87,7 @@ def upgrade() -> None:
         sa.Column("exact", sa.String(256), nullable=False),
     )
     op.create_index("ix_string_lookup", "search_string", ["res_type", "param", "value"])
-    op.create_index("ix_string_owner", "search_string", ["res_type", "res_id"])
+    op.create_index("ix_string_owner", "search_string", ["res_type", "res_id", "param"])
     op.create_table(
         "search_date",
         sa.Column("res_type", sa.String(64), nullable=False),
@@ -97,7 +97,7 @@ def upgrade() -> None:
         sa.Column("high", sa.String(32), nullable=False),
     )
     op.create_index("ix_date_lookup", "search_date", ["res_type", "param", "low", "high"])
-    op.create_index("ix_date_owner", "search_date", ["res_type", "res_id"])
+    op.create_index("ix_date_owner", "search_date", ["res_type", "res_id", "param"])
     op.create_table(
         "search_reference",
         sa.Column("res_type", sa.String(64), nullable=False),
@@ -107,7 +107,7 @@ def upgrade() -> None:
         sa.Column("target_id", sa.String(256), nullable=False),
     )
     op.create_index("ix_reference_lookup", "search_reference", ["res_type", "param", "target_id", "target_type"])
-    op.create_index("ix_reference_owner", "search_reference", ["res_type", "res_id"])
+    op.create_index("ix_reference_owner", "search_reference", ["res_type", "res_id", "param"])
 
 
 def downgrade() -> None:
