@@ -22,7 +22,7 @@ from gateway.storage.repository import Repository
 class BulkReport:
     ingested: int = 0
     duplicates: int = 0
-    refused: list[tuple[str, str]] = field(default_factory=list)
+    refused: list[tuple[str, str, str]] = field(default_factory=list)  # file, location, reason
     failed: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -56,7 +56,7 @@ def ingest_paths(settings: Settings, paths: list[Path], console: Console | None 
                 else:
                     report.duplicates += 1
             except DocumentRefused as refusal:
-                report.refused.append((str(file), str(refusal)))
+                report.refused.append((str(file), refusal.location or "/", refusal.reason))
             except OSError as exc:
                 report.failed.append((str(file), str(exc)))
             progress.advance(task)
@@ -70,9 +70,10 @@ def _summary(console: Console, report: BulkReport) -> None:
                   f"refused: {len(report.refused)}   failed: {len(report.failed)}")
     if report.refused or report.failed:
         table = Table("file", "reason", title="not ingested")
-        for file, reason in report.refused + report.failed:
+        for file, location, reason in report.refused:
+            table.add_row(file, f"{location}: {reason}")
+        for file, reason in report.failed:
             table.add_row(file, reason)
         console.print(table)
-        reasons = Counter(reason.split(":")[0] for _, reason in report.refused)
-        for where, count in reasons.most_common():
+        for where, count in Counter(location for _, location, _ in report.refused).most_common():
             console.print(f"  {count} refused at {where}")

@@ -7,7 +7,6 @@ with the test PKI (also written to GATEWAY_DEMO_DIR/signed-submission.json for c
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -16,7 +15,7 @@ from gateway.access import AccessContext
 from gateway.bulk import ingest_paths
 from gateway.config import Settings
 from gateway.mapping import codes
-from gateway.mapping.document import identifier_key
+from gateway.mapping.document import document_uri, identifier_key, sha1_base64
 from gateway.services.documents import read_cda
 from gateway.services.provide import provide
 from gateway.signature import make_test_pki, sign_documents
@@ -50,7 +49,7 @@ def build_submission(cda: bytes, max_bytes: int, signature: bytes | None = None)
             "type": {"coding": [{"system": codes.LOINC, "code": header.code.code}]},
             "subject": {"reference": patient_ref},
             "content": [{"attachment": {"contentType": "text/xml", "url": doc_binary, "size": len(cda),
-                                        "hash": base64.b64encode(hashlib.sha1(cda).digest()).decode()}}]},
+                                        "hash": sha1_base64(cda)}}]},
          "request": {"method": "POST", "url": "DocumentReference"}},
         {"fullUrl": doc_binary, "resource": {"resourceType": "Binary", "contentType": "text/xml",
                                              "data": base64.b64encode(cda).decode()},
@@ -81,8 +80,7 @@ def build_submission(cda: bytes, max_bytes: int, signature: bytes | None = None)
 
 def signed_submission(settings: Settings, cda: bytes) -> dict:
     header = read_cda(cda, settings.max_document_bytes).header
-    uri = f"urn:oid:{header.unique_id.root}" + (f"^{header.unique_id.extension}" if header.unique_id.extension else "")
-    signature = sign_documents([(uri, cda)], (settings.demo_dir / "signer-key.pem").read_bytes(),
+    signature = sign_documents([(document_uri(header.unique_id), cda)], (settings.demo_dir / "signer-key.pem").read_bytes(),
                                (settings.demo_dir / "signer.pem").read_bytes())
     return build_submission(cda, settings.max_document_bytes, signature)
 

@@ -1,6 +1,8 @@
 """CDA header -> PDSm DocumentReference, FR Core Patient, Practitioner, Organization (pure)."""
 from __future__ import annotations
 
+import base64
+import hashlib
 from dataclasses import dataclass
 
 from gateway.cda.header import II, CdaHeader, Code, Name, Organization, PatientInfo, Person
@@ -16,6 +18,16 @@ def identifier_key(ii: II) -> tuple[str, str]:
     if ii.extension:
         return f"urn:oid:{ii.root}", ii.extension
     return "urn:ietf:rfc:3986", f"urn:oid:{ii.root}"
+
+
+def document_uri(ii: II) -> str:
+    """A document unique id as IHE DSG and XDS name it: urn:oid:root, or urn:oid:root^extension."""
+    return f"urn:oid:{ii.root}" + (f"^{ii.extension}" if ii.extension else "")
+
+
+def sha1_base64(data: bytes) -> str:
+    """Attachment.hash: the SHA-1 of the bytes, base64."""
+    return base64.b64encode(hashlib.sha1(data).digest()).decode()
 
 
 def coding(code: Code, display: str | None = None) -> dict:

@@ -4,35 +4,23 @@ Used by POST /cda, by ITI-65 (inside its own unit of work) and by `gateway inges
 """
 from __future__ import annotations
 
-import base64
 import hashlib
 import logging
-import time
 from dataclasses import dataclass, field
 
-from sqlalchemy.exc import IntegrityError
-
-from gateway import metrics
 from gateway.cda.errors import DocumentRefused
 from gateway.cda.header import CD, CdaHeader, Person, extract_header
 from gateway.cda.parser import parse_cda
 from gateway.fhir.validation import InvalidResource, validate
 from gateway.mapping import document as mapping
 from gateway.mapping.rules import check_document
-from gateway.storage.repository import (
-    DuplicateIdentifier,
-    Repository,
-    StoredResource,
-    UnitOfWork,
-    mark_raw,
-    new_id,
-    store_raw,
-)
+from gateway.storage.repository import DuplicateIdentifier, Repository, StoredResource, UnitOfWork, new_id, store_raw
+
+from .recording import in_one_transaction, recorded
 
 log = logging.getLogger(__name__)
 
 CDA_CONTENT_TYPES = {"application/xml", "text/xml", "application/hl7-cda+xml"}
-MAX_ATTEMPTS = 3
 
 
 @dataclass
@@ -48,6 +36,13 @@ class ParsedCda:
     header: CdaHeader
     ins: str
 
+    @property
+    def patient_key(self) -> tuple[str, str]:
+        """(system, value) the patient is matched on: the INS, spaces removed."""
+        ins_ii = next(ii for ii in self.header.patient.ids
+                      if ii.extension and ii.extension.replace(" ", "") == self.ins)
+        return f"urn:oid:{ins_ii.root}", self.ins
+
 
 def read_cda(data: bytes, max_bytes: int) -> ParsedCda:
     root, wrapped = parse_cda(data, max_bytes=max_bytes)
@@ -57,32 +52,21 @@ def read_cda(data: bytes, max_bytes: int) -> ParsedCda:
 
 def ingest_cda(repo: Repository, data: bytes, *, max_bytes: int, channel: str = "cda",
                content_type: str | None = None, sender: str | None = None) -> Ingested:
-    started = time.perf_counter()
     raw_id = store_raw(repo.engine, channel, data, content_type, sender)
     try:
-        parsed = read_cda(data, max_bytes)
-        for attempt in range(MAX_ATTEMPTS):
-            try:
-                with repo.unit_of_work() as uow:
-                    result = register_document(uow, repo.base_url, parsed)
-                    uow.record_outcome(raw_id, "processed" if result.created else "duplicate",
-                                       produced=result.produced)
-                break
-            except IntegrityError:
-                # Another writer claimed the same identifier between our read and our insert:
-                # run again, this time finding what it wrote.
-                if attempt == MAX_ATTEMPTS - 1:
-                    raise
+        with recorded(repo, channel, raw_id) as done:
+            parsed = read_cda(data, max_bytes)
+
+            def register(uow: UnitOfWork) -> Ingested:
+                result = register_document(uow, repo.base_url, parsed)
+                uow.record_outcome(raw_id, "processed" if result.created else "duplicate", produced=result.produced)
+                return result
+
+            result = in_one_transaction(repo, register)
+            done("created" if result.created else "duplicate")
     except DocumentRefused as refusal:
-        mark_raw(repo.engine, raw_id, "refused", {"reason": refusal.reason, "location": refusal.location})
-        metrics.observe_ingest(channel, "refused", started)
         log.info("document refused", extra={"raw_id": raw_id, "location": refusal.location, "status": refusal.status})
         raise
-    except Exception:
-        mark_raw(repo.engine, raw_id, "failed", {"reason": "internal error"})
-        metrics.observe_ingest(channel, "failed", started)
-        raise
-    metrics.observe_ingest(channel, "created" if result.created else "duplicate", started)
     log.info("document ingested", extra={"raw_id": raw_id, "new_document": result.created,
                                          "document_reference": result.document_reference.res_id})
     return result
@@ -124,7 +108,7 @@ def register_document(uow: UnitOfWork, base_url: str, parsed: ParsedCda, *, visi
         return Ingested(False, existing, [f"DocumentReference/{existing.res_id}"])
 
     produced: list[str] = []
-    patient_id = _patient(uow, header, parsed.ins, produced)
+    patient_id = _patient(uow, parsed, produced)
     contained: list[dict] = []
     authors: list[str] = []
     for index, author in enumerate(header.authors):
@@ -158,7 +142,7 @@ def register_document(uow: UnitOfWork, base_url: str, parsed: ParsedCda, *, visi
         url=f"{base_url.rstrip('/')}/fhir/Binary/{binary_id}",
         content_type=content_type,
         size=len(parsed.data),
-        sha1_base64=base64.b64encode(hashlib.sha1(parsed.data).digest()).decode(),
+        sha1_base64=mapping.sha1_base64(parsed.data),
     )
     links = mapping.Links(patient=patient_id, authors=authors, custodian=custodian,
                           authenticator=authenticator, replaces=replaces)
@@ -170,10 +154,10 @@ def register_document(uow: UnitOfWork, base_url: str, parsed: ParsedCda, *, visi
     return Ingested(True, stored, produced)
 
 
-def _patient(uow: UnitOfWork, header: CdaHeader, ins: str, produced: list[str]) -> str:
-    ins_ii = next(ii for ii in header.patient.ids if ii.extension and ii.extension.replace(" ", "") == ins)
-    ins_system = f"urn:oid:{ins_ii.root}"
-    patient_id = uow.find_by_identifier("Patient", ins_system, ins)
+def _patient(uow: UnitOfWork, parsed: ParsedCda, produced: list[str]) -> str:
+    header, ins = parsed.header, parsed.ins
+    ins_system, _ = parsed.patient_key
+    patient_id = uow.find_by_identifier("Patient", *parsed.patient_key)
     if patient_id is None:
         patient_id = new_id()
         uow.save(_checked(mapping.patient_resource(header.patient, patient_id)), patient_id=patient_id)

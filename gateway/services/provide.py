@@ -10,21 +10,18 @@ import base64
 import binascii
 import hashlib
 import json
-import time
 from dataclasses import dataclass, field
 
-from sqlalchemy.exc import IntegrityError
-
-from gateway import metrics
 from gateway.cda.errors import DocumentRefused
 from gateway.fhir.validation import InvalidResource, validate
 from gateway.mapping import codes
 from gateway.mapping import document as mapping
 from gateway.mapping.dates import ts_to_instant
 from gateway.signature import SignatureRefused, digest, verify_signature
-from gateway.storage.repository import Repository, UnitOfWork, mark_raw, new_id, store_raw
+from gateway.storage.repository import Repository, UnitOfWork, new_id, store_raw
 
 from .documents import CDA_CONTENT_TYPES, ParsedCda, read_cda, register_document
+from .recording import in_one_transaction, recorded
 
 
 @dataclass
@@ -49,9 +46,8 @@ def _is_signature(resource: dict) -> bool:
 
 
 def provide(repo: Repository, body: bytes, trust_anchors, max_bytes: int, sender: str | None = None) -> dict:
-    started = time.perf_counter()
     raw_id = store_raw(repo.engine, "iti65", body, "application/fhir+json", sender)
-    try:
+    with recorded(repo, "iti65", raw_id) as done:
         bundle = _load(body)
         documents, signatures, lists, binaries = _classify(bundle)
         for item in documents + signatures:
@@ -63,26 +59,15 @@ def provide(repo: Repository, body: bytes, trust_anchors, max_bytes: int, sender
             raise _refuse(f"a submission concerns one patient; its documents name {len(patients)} INS", "Bundle.entry")
         for item in signatures:
             _check_signature(item, documents, trust_anchors)
-        for attempt in range(3):
-            try:
-                with repo.unit_of_work() as uow:
-                    response = _write(uow, repo.base_url, bundle, documents, signatures, lists)
-                    uow.record_outcome(raw_id, "processed",
-                                       produced=[e["response"]["location"] for e in response["entry"]
-                                                 if "location" in e["response"]])
-                break
-            except IntegrityError:
-                if attempt == 2:
-                    raise
-    except DocumentRefused as refusal:
-        mark_raw(repo.engine, raw_id, "refused", {"reason": refusal.reason, "location": refusal.location})
-        metrics.observe_ingest("iti65", "refused", started)
-        raise
-    except Exception:
-        mark_raw(repo.engine, raw_id, "failed", {"reason": "internal error"})
-        metrics.observe_ingest("iti65", "failed", started)
-        raise
-    metrics.observe_ingest("iti65", "created", started)
+
+        def write(uow: UnitOfWork) -> dict:
+            response = _write(uow, repo.base_url, bundle, documents, signatures, lists)
+            uow.record_outcome(raw_id, "processed", produced=[e["response"]["location"] for e in response["entry"]
+                                                              if "location" in e["response"]])
+            return response
+
+        response = in_one_transaction(repo, write)
+        done("created")
     return response
 
 
@@ -153,7 +138,7 @@ def _attach_binary(item: Submitted, bundle: dict, binaries: dict, max_bytes: int
     if "size" in attachment and attachment["size"] != len(item.data):
         raise _refuse(f"attachment.size {attachment['size']} differs from the {len(item.data)} bytes of the Binary",
                       f"{where}.size")
-    if "hash" in attachment and attachment["hash"] != base64.b64encode(hashlib.sha1(item.data).digest()).decode():
+    if "hash" in attachment and attachment["hash"] != mapping.sha1_base64(item.data):
         raise _refuse("attachment.hash is not the SHA-1 of the Binary", f"{where}.hash")
 
 
@@ -203,11 +188,7 @@ def _check_signature(item: Submitted, documents: list[Submitted], trust_anchors)
         signed = verify_signature(item.data, trust_anchors)
     except SignatureRefused as exc:
         raise _refuse(str(exc), where, 422, "security") from None
-    by_uri = {}
-    for document in documents:
-        header = document.parsed.header
-        by_uri[f"urn:oid:{header.unique_id.root}" if not header.unique_id.extension
-               else f"urn:oid:{header.unique_id.root}^{header.unique_id.extension}"] = document
+    by_uri = {mapping.document_uri(document.parsed.header.unique_id): document for document in documents}
     for uri, value in signed.items():
         document = by_uri.get(uri)
         if document is None:
@@ -240,7 +221,7 @@ def _write(uow: UnitOfWork, base_url: str, bundle: dict, documents, signatures, 
     for item in signatures:
         _write_signature(uow, base_url, item, responses)
     references = {bundle["entry"][i].get("fullUrl"): loc.rsplit("/_history", 1)[0] for i, (_, loc) in responses.items()}
-    patient_id = uow.find_by_identifier("Patient", *_ins_key(documents[0].parsed))
+    patient_id = uow.find_by_identifier("Patient", *documents[0].parsed.patient_key)
     for item in lists:
         existing = _already_registered(uow, "List", item.resource.get("identifier", []))
         if existing:
@@ -278,11 +259,6 @@ def _already_registered(uow: UnitOfWork, res_type: str, identifiers: list[dict])
     return None
 
 
-def _ins_key(parsed: ParsedCda) -> tuple[str, str]:
-    ins_ii = mapping.entity_key([ii for ii in parsed.header.patient.ids if ii.root in codes.INS_OIDS])
-    return ins_ii[0], parsed.ins
-
-
 def _validated(resource: dict, index: int) -> dict:
     try:
         validate(resource)
@@ -303,7 +279,7 @@ def _write_signature(uow: UnitOfWork, base_url: str, item: Submitted, responses:
         responses[item.binary_index] = ("200 OK", f"Binary/{binary_id}/_history/1")
         return
     first = item.signs[0]
-    patient_ref = f"Patient/{uow.find_by_identifier('Patient', *_ins_key(first.parsed))}"
+    patient_ref = f"Patient/{uow.find_by_identifier('Patient', *first.parsed.patient_key)}"
     binary_id = new_id()
     sha256 = uow.store_blob(item.data)
     uow.save(_validated({"resourceType": "Binary", "id": binary_id, "contentType": "application/xml",
@@ -325,7 +301,7 @@ def _write_signature(uow: UnitOfWork, base_url: str, item: Submitted, responses:
         "content": [{
             "attachment": {"contentType": "application/xml", "url": f"{base_url.rstrip('/')}/fhir/Binary/{binary_id}",
                            "size": len(item.data),
-                           "hash": base64.b64encode(hashlib.sha1(item.data).digest()).decode(),
+                           "hash": mapping.sha1_base64(item.data),
                            "title": "Signature"},
             "format": {"system": codes.FORMAT_IHE_SYSTEM, "code": codes.SIGNATURE_FORMAT,
                        "display": "Signature détachée IHE DSG"},

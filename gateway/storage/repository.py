@@ -93,9 +93,7 @@ class Repository:
     # -- reads ----------------------------------------------------------------------------------
 
     def read(self, res_type: str, res_id: str) -> StoredResource:
-        with read_connection(self.engine) as conn:
-            row = conn.execute(select(resources).where(
-                resources.c.res_type == res_type, resources.c.res_id == res_id, self._visible(res_type))).first()
+        row = self._visible_current(res_type, res_id)
         if row is None:
             raise NotFound(f"{res_type}/{res_id} is not known")
         if row.deleted:
