@@ -15,6 +15,7 @@ from gateway.config import Settings
 from gateway.fhir.api import fhir
 from gateway.fhir.responses import FhirError, fhir_response, operation_outcome
 from gateway.http.cda import cda
+from gateway.http.hl7v2 import hl7v2
 from gateway.http.ops import ops
 from gateway.logs import request_id
 from gateway.storage.database import make_engine
@@ -76,5 +77,6 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
     app.register_blueprint(ops)
     app.register_blueprint(cda)
+    app.register_blueprint(hl7v2)
     app.register_blueprint(fhir)
     return app

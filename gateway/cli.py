@@ -26,7 +26,26 @@ def cmd_migrate(settings: Settings, _args) -> int:
 def cmd_serve(settings: Settings, args) -> int:
     from gateway.server import serve
 
-    return serve(settings, workers=args.workers)
+    return serve(settings, workers=args.workers, mllp=not args.no_mllp)
+
+
+def cmd_mllp(settings: Settings, _args) -> int:
+    from gateway.listener import run
+
+    return run(settings)
+
+
+def cmd_send(settings: Settings, args) -> int:
+    from gateway.hl7v2.sender import send_paths
+
+    return send_paths([Path(p) for p in args.paths], args.host or settings.mllp_host, args.port or settings.mllp_port,
+                      timeout=args.timeout, tls_ca=args.tls_ca)
+
+
+def cmd_messages(settings: Settings, args) -> int:
+    from gateway.messages_cli import run
+
+    return run(settings, args)
 
 
 def cmd_ingest(settings: Settings, args) -> int:
@@ -50,6 +69,29 @@ def main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="apply pending migrations, then serve HTTP (settings from GATEWAY_*)")
     serve.add_argument("--workers", type=int, default=None, help="HTTP worker processes (default GATEWAY_WORKERS or 2)")
     serve.set_defaults(func=cmd_serve)
+    serve.add_argument("--no-mllp", action="store_true", help="serve HTTP only (run `gateway mllp` elsewhere)")
+    mllp = sub.add_parser("mllp", help="run the MLLP listener alone (GATEWAY_MLLP_HOST, GATEWAY_MLLP_PORT)")
+    mllp.set_defaults(func=cmd_mllp)
+    send = sub.add_parser("send", help="send HL7v2 messages over MLLP and print each ACK")
+    send.add_argument("paths", nargs="+", metavar="FILE|DIR")
+    send.add_argument("--host", help="gateway host (default GATEWAY_MLLP_HOST)")
+    send.add_argument("--port", type=int, help="gateway MLLP port (default GATEWAY_MLLP_PORT)")
+    send.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each ACK")
+    send.add_argument("--tls-ca", help="connect with TLS, trusting this CA (PEM)")
+    send.set_defaults(func=cmd_send)
+    messages = sub.add_parser("messages", help="HL7v2 messages received: list, show, reprocess")
+    messages_sub = messages.add_subparsers(dest="messages_command", required=True)
+    listing = messages_sub.add_parser("list", help="latest messages, newest first")
+    listing.add_argument("--status", choices=("received", "processed", "duplicate", "skipped", "refused", "failed"))
+    listing.add_argument("--limit", type=int, default=50)
+    show = messages_sub.add_parser("show", help="one message: its segments, status, ACK and resources")
+    show.add_argument("id", type=int)
+    show.add_argument("--fields", action="store_true", help="name every field (hl7apy definitions)")
+    reprocess = messages_sub.add_parser("reprocess", help="process a message again, or every failed one")
+    target = reprocess.add_mutually_exclusive_group(required=True)
+    target.add_argument("id", type=int, nargs="?")
+    target.add_argument("--failed", action="store_true", help="every failed or interrupted message")
+    messages.set_defaults(func=cmd_messages)
     migrate = sub.add_parser("migrate", help="apply pending database migrations")
     migrate.set_defaults(func=cmd_migrate)
     ingest = sub.add_parser("ingest", help="load CDA documents from files or directories")

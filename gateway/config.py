@@ -18,6 +18,11 @@ def _path_list(name: str, default: list[Path]) -> list[Path]:
     return [Path(p) for p in value.split(os.pathsep) if p]
 
 
+def _optional_path(name: str) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value) if value else None
+
+
 @dataclass(frozen=True)
 class Settings:
     var_dir: Path
@@ -25,11 +30,19 @@ class Settings:
     host: str
     http_port: int
     mllp_port: int
+    mllp_host: str
     public_base_url: str
     max_document_bytes: int
     trust_anchors: list[Path] = field(default_factory=list)
     demo_dir: Path = Path("var/demo")
     log_level: str = "INFO"
+    # MLLP: a frame larger than this is refused (a 20 MB document is about 27 MB in base64).
+    mllp_max_bytes: int = 32 * 1024 * 1024
+    mllp_idle_timeout: float = 300.0
+    mllp_workers: int = 8
+    mllp_tls_cert: Path | None = None
+    mllp_tls_key: Path | None = None
+    mllp_tls_client_ca: Path | None = None
 
     @property
     def fhir_base(self) -> str:
@@ -49,10 +62,17 @@ class Settings:
             host=host,
             http_port=http_port,
             mllp_port=_int("GATEWAY_MLLP_PORT", 2575),
+            mllp_host=os.environ.get("GATEWAY_MLLP_HOST", host),
             public_base_url=public_base_url,
             max_document_bytes=_int("GATEWAY_MAX_DOCUMENT_BYTES", 20 * 1024 * 1024),
             # Trust anchors (PEM CA certificates) used to verify IHE DSG signatures.
             trust_anchors=_path_list("GATEWAY_TRUST_ANCHORS", [demo_dir / "ca.pem"]),
             demo_dir=demo_dir,
             log_level=os.environ.get("GATEWAY_LOG_LEVEL", "INFO"),
+            mllp_max_bytes=_int("GATEWAY_MLLP_MAX_BYTES", 32 * 1024 * 1024),
+            mllp_idle_timeout=float(os.environ.get("GATEWAY_MLLP_IDLE_TIMEOUT", "300")),
+            mllp_workers=_int("GATEWAY_MLLP_WORKERS", 8),
+            mllp_tls_cert=_optional_path("GATEWAY_MLLP_TLS_CERT"),
+            mllp_tls_key=_optional_path("GATEWAY_MLLP_TLS_KEY"),
+            mllp_tls_client_ca=_optional_path("GATEWAY_MLLP_TLS_CLIENT_CA"),
         )

@@ -1,7 +1,9 @@
-"""`gateway serve`: migrations, then the HTTP server (gunicorn, threads) on GATEWAY_HOST:GATEWAY_HTTP_PORT."""
+"""`gateway serve`: migrations, then the MLLP listener (GATEWAY_MLLP_HOST:GATEWAY_MLLP_PORT, its own
+process) and the HTTP server (gunicorn, threads) on GATEWAY_HOST:GATEWAY_HTTP_PORT."""
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 
 from gunicorn.app.base import BaseApplication
@@ -12,9 +14,10 @@ log = logging.getLogger(__name__)
 
 
 class _Gunicorn(BaseApplication):
-    def __init__(self, settings: Settings, workers: int):
+    def __init__(self, settings: Settings, workers: int, listener):
         self.settings = settings
         self.workers = workers
+        self.listener = listener
         super().__init__()
 
     def load_config(self):
@@ -25,6 +28,7 @@ class _Gunicorn(BaseApplication):
         self.cfg.set("graceful_timeout", 30)
         self.cfg.set("timeout", 120)
         self.cfg.set("accesslog", None)  # the application logs each request itself, as JSON
+        self.cfg.set("on_exit", lambda arbiter: _stop(self.listener))
 
     def load(self):
         from gateway.app import create_app
@@ -32,12 +36,32 @@ class _Gunicorn(BaseApplication):
         return create_app(self.settings)
 
 
-def serve(settings: Settings, workers: int | None = None) -> int:
+def _stop(process) -> None:
+    """SIGTERM: the listener finishes and acknowledges the messages in flight, then exits."""
+    if process is not None and process.is_alive():
+        process.terminate()
+        process.join(40)
+
+
+def serve(settings: Settings, workers: int | None = None, mllp: bool = True) -> int:
+    """Migrations, then the MLLP listener (its own process) and the HTTP server side by side."""
+    from gateway.listener import run as run_listener
     from gateway.storage.database import make_engine
     from gateway.storage.migrate import upgrade
 
-    upgrade(make_engine(settings.database_url))
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    engine.dispose()
     workers = workers or int(os.environ.get("GATEWAY_WORKERS", "2"))
-    log.info("serving", extra={"http": f"http://{settings.host}:{settings.http_port}", "fhir": settings.fhir_base})
-    _Gunicorn(settings, workers).run()
+    listener = None
+    if mllp:
+        listener = multiprocessing.get_context("spawn").Process(target=run_listener, args=(settings,),
+                                                                name="gateway-mllp")
+        listener.start()
+    log.info("serving", extra={"http": f"http://{settings.host}:{settings.http_port}", "fhir": settings.fhir_base,
+                               "mllp": f"{settings.mllp_host}:{settings.mllp_port}" if mllp else None})
+    try:
+        _Gunicorn(settings, workers, listener).run()
+    finally:
+        _stop(listener)
     return 0

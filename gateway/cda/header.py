@@ -58,6 +58,7 @@ class PatientInfo:
     birth_time: str | None
     birthplace_code: str | None
     birthplace_city: str | None
+    identity_reliability: str | None = None  # PAM-FR PID-32 (VALI, PROV…); the CDA does not carry it
 
 
 @dataclass

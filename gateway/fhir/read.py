@@ -11,7 +11,7 @@ from .blueprint import fhir
 from .binary import resource_body, retrieve
 from .responses import FhirError, fhir_response, negotiate, version_headers
 
-STORED_TYPES = ("DocumentReference", "Binary", "Patient", "Practitioner", "Organization", "List")
+STORED_TYPES = ("DocumentReference", "Binary", "Patient", "Practitioner", "Organization", "List", "Consent")
 
 
 def check_type(res_type: str) -> None:

@@ -142,5 +142,9 @@ PDSM_DOCUMENT_REFERENCE = "https://interop.esante.gouv.fr/ig/fhir/pdsm/Structure
 PDSM_SUBMISSION_SET = "https://interop.esante.gouv.fr/ig/fhir/pdsm/StructureDefinition/pdsm-submissionset-comprehensive"
 PDSM_IS_ARCHIVED = "https://interop.esante.gouv.fr/ig/fhir/pdsm/StructureDefinition/pdsm-ext-is-archived"
 FR_CORE_PATIENT = "https://hl7.fr/ig/fhir/core/StructureDefinition/fr-core-patient"
+FR_CORE_IDENTITY_RELIABILITY = "https://hl7.fr/ig/fhir/core/StructureDefinition/fr-core-identity-reliability"
+# PAM-FR PID-32 identity reliability (VIDE, PROV, VALI, DOUTE, FICTI…), FR Core's v2-0445.
+FR_CORE_V2_0445 = "https://hl7.fr/ig/fhir/core/CodeSystem/fr-core-cs-v2-0445"
+FR_CORE_CONSENT = "https://hl7.fr/ig/fhir/core/StructureDefinition/fr-core-consent"
 FR_CORE_PRACTITIONER = "https://hl7.fr/ig/fhir/core/StructureDefinition/fr-core-practitioner"
 FR_CORE_ORGANIZATION = "https://hl7.fr/ig/fhir/core/StructureDefinition/fr-core-organization"

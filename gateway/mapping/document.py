@@ -67,9 +67,10 @@ def patient_identifiers(ids: list[II]) -> list[dict]:
             out.append({"use": use, "type": _typed(codes.FR_CORE_V2_0203, type_code),
                         "system": f"urn:oid:{ii.root}", "value": ii.extension})
         elif ii.extension:
-            # Any other patient id of the header is the establishment's IPP (root = its OID).
-            out.append({"use": "usual", "type": _typed(codes.V2_0203, "PI"),
-                        "system": f"urn:oid:{ii.root}", "value": ii.extension})
+            # Any other patient id is the establishment's IPP (root = its OID, or already a URI
+            # when an HL7v2 assigning authority has no OID).
+            system = ii.root if ":" in ii.root else f"urn:oid:{ii.root}"
+            out.append({"use": "usual", "type": _typed(codes.V2_0203, "PI"), "system": system, "value": ii.extension})
     return out
 
 
@@ -95,8 +96,14 @@ def patient_resource(info: PatientInfo, patient_id: str) -> dict:
             }]
         if info.birthplace_city:
             address["city"] = info.birthplace_city
-        resource["extension"] = [{"url": "http://hl7.org/fhir/StructureDefinition/patient-birthPlace",
-                                  "valueAddress": address}]
+        resource.setdefault("extension", []).append(
+            {"url": "http://hl7.org/fhir/StructureDefinition/patient-birthPlace", "valueAddress": address})
+    if info.identity_reliability:
+        resource.setdefault("extension", []).append({
+            "url": codes.FR_CORE_IDENTITY_RELIABILITY,
+            "extension": [{"url": "identityStatus", "valueCoding": {
+                "system": codes.FR_CORE_V2_0445, "code": info.identity_reliability}}],
+        })
     return resource
 
 

@@ -13,9 +13,11 @@ from gateway.cda.header import CD, CdaHeader, Person, extract_header
 from gateway.cda.parser import parse_cda
 from gateway.fhir.validation import InvalidResource, validate
 from gateway.mapping import document as mapping
+from gateway.mapping.hl7v2 import feeding_refused
 from gateway.mapping.rules import check_document
 from gateway.storage.repository import DuplicateIdentifier, Repository, StoredResource, UnitOfWork, new_id, store_raw
 
+from .patients import feeding_consent
 from .recording import in_one_transaction, recorded
 
 log = logging.getLogger(__name__)
@@ -109,10 +111,14 @@ def register_document(uow: UnitOfWork, base_url: str, parsed: ParsedCda, *, visi
 
     produced: list[str] = []
     patient_id = _patient(uow, parsed, produced)
+    if feeding_refused(feeding_consent(uow, patient_id)):
+        raise DocumentRefused("the patient opposed feeding the shared record, or the record is closed (ZFA): "
+                              "the document is not registered", location=f"{CD}/recordTarget", status=422,
+                              code="business-rule")
     contained: list[dict] = []
     authors: list[str] = []
     for index, author in enumerate(header.authors):
-        ref = _practitioner(uow, author, produced)
+        ref = match_practitioner(uow, author, produced)
         if ref is None:
             contained_id = f"author{index + 1}"
             # An author without identifier cannot be matched: it stays inside the DocumentReference.
@@ -126,7 +132,7 @@ def register_document(uow: UnitOfWork, base_url: str, parsed: ParsedCda, *, visi
             if org_ref not in authors:
                 authors.append(org_ref)
     custodian = _organization(uow, header.custodian, produced)
-    authenticator = _practitioner(uow, header.legal_authenticator, produced) if header.legal_authenticator else None
+    authenticator = match_practitioner(uow, header.legal_authenticator, produced) if header.legal_authenticator else None
 
     docref_id = docref_id or new_id()
     replaces = _supersede(uow, header, produced)
@@ -185,7 +191,7 @@ def _matched(uow: UnitOfWork, res_type: str, key: tuple[str, str], build, produc
     return f"{res_type}/{res_id}"
 
 
-def _practitioner(uow: UnitOfWork, person: Person, produced: list[str]) -> str | None:
+def match_practitioner(uow: UnitOfWork, person: Person, produced: list[str]) -> str | None:
     key = mapping.entity_key(person.ids)
     if key is None:
         return None

@@ -280,30 +280,69 @@ class UnitOfWork:
             if rows:
                 self.conn.execute(insert(INDEX_TABLE_BY_KIND[kind]), rows)
 
+    def release_identifier(self, res_type: str, system: str, value: str) -> None:
+        self.conn.execute(delete(unique_identifiers).where(
+            unique_identifiers.c.res_type == res_type, unique_identifiers.c.system == system,
+            unique_identifiers.c.value == value))
+
+    def move_identifiers(self, res_type: str, from_id: str, to_id: str) -> None:
+        """Every identifier of one resource now names another (a patient merge)."""
+        self.conn.execute(update(unique_identifiers).where(
+            unique_identifiers.c.res_type == res_type, unique_identifiers.c.res_id == from_id).values(res_id=to_id))
+
+    def patient_resources(self, patient_id: str) -> list[StoredResource]:
+        """The current resources of a patient's compartment (documents, binaries, consents, lists)."""
+        rows = self.conn.execute(select(resources).where(
+            resources.c.patient_id == patient_id, resources.c.res_type != "Patient")).all()
+        return [self.repository._row(r) for r in rows]
+
+    def claim_raw(self, raw_id: int) -> bool:
+        """Take a received (or failed) input for processing in this transaction. False when another
+        process finished it first: its row lock, or SQLite's single writer, orders the two."""
+        result = self.conn.execute(update(raw_inputs).where(
+            raw_inputs.c.id == raw_id, raw_inputs.c.status.in_(("received", "failed"))).values(status="processing"))
+        return result.rowcount == 1
+
     def record_outcome(self, raw_id: int, status: str, outcome: dict | None = None,
-                       produced: list[str] | None = None) -> None:
-        self.conn.execute(update(raw_inputs).where(raw_inputs.c.id == raw_id).values(
-            status=status, outcome=json.dumps(outcome, ensure_ascii=False) if outcome else None,
-            resources=json.dumps(produced) if produced else None))
+                       produced: list[str] | None = None, ack: str | None = None) -> None:
+        values = dict(status=status, outcome=json.dumps(outcome, ensure_ascii=False) if outcome else None,
+                      resources=json.dumps(produced) if produced else None)
+        if ack is not None:
+            values["ack"] = ack
+        self.conn.execute(update(raw_inputs).where(raw_inputs.c.id == raw_id).values(**values))
 
 
 def new_id() -> str:
     return str(uuid.uuid4())
 
 
-def store_raw(engine: Engine, channel: str, body: bytes, content_type: str | None, sender: str | None) -> int:
-    """Keep the input exactly as received, committed before any processing starts."""
+def store_raw(engine: Engine, channel: str, body: bytes, content_type: str | None, sender: str | None, *,
+              message: dict | None = None, status: str = "received", outcome: dict | None = None,
+              ack: str | None = None) -> int:
+    """Keep the input exactly as received, committed before any processing starts. `message` holds
+    the HL7v2 keys (control_id, fingerprint, message_type)."""
     _, index_time = _now()
     with write_transaction(engine) as conn:
         result = conn.execute(insert(raw_inputs).values(
             received_at=index_time, channel=channel, content_type=(content_type or "")[:128], sender=sender,
-            sha256=hashlib.sha256(body).hexdigest(), size=len(body), body=body, status="received"))
+            sha256=hashlib.sha256(body).hexdigest(), size=len(body), body=body, status=status,
+            outcome=json.dumps(outcome, ensure_ascii=False) if outcome else None, ack=ack, **(message or {})))
         return result.inserted_primary_key[0]
 
 
-def mark_raw(engine: Engine, raw_id: int, status: str, outcome: dict | None = None) -> None:
+def mark_raw(engine: Engine, raw_id: int, status: str, outcome: dict | None = None, ack: str | None = None) -> None:
     """Record a refusal or failure in its own transaction (the failed one left nothing behind)."""
+    values = dict(status=status, outcome=json.dumps(outcome, ensure_ascii=False) if outcome else None)
+    if ack is not None:
+        values["ack"] = ack
     with write_transaction(engine) as conn:
-        conn.execute(update(raw_inputs).where(raw_inputs.c.id == raw_id).values(
-            status=status, outcome=json.dumps(outcome, ensure_ascii=False) if outcome else None))
+        conn.execute(update(raw_inputs).where(raw_inputs.c.id == raw_id).values(**values))
 
+
+def earlier_messages(engine: Engine, sender: str, control_id: str) -> list:
+    """Inputs already received from this sender under this control id, oldest first."""
+    with read_connection(engine) as conn:
+        return conn.execute(select(raw_inputs.c.id, raw_inputs.c.fingerprint, raw_inputs.c.status,
+                                   raw_inputs.c.outcome, raw_inputs.c.ack)
+                            .where(raw_inputs.c.sender == sender, raw_inputs.c.control_id == control_id)
+                            .order_by(raw_inputs.c.id)).all()

@@ -35,7 +35,13 @@ raw_inputs = Table(
     Column("status", String(16), nullable=False),
     Column("outcome", Text),
     Column("resources", Text),
+    # HL7v2 only: a message is a retransmission when sender, control id and fingerprint match.
+    Column("control_id", String(199)),
+    Column("fingerprint", String(64)),
+    Column("message_type", String(32)),
+    Column("ack", Text),
     Index("ix_raw_inputs_status", "status"),
+    Index("ix_raw_inputs_control", "sender", "control_id"),
 )
 
 # Document bytes, once per content hash, outside the resource JSON.

@@ -94,6 +94,9 @@ def parse_search(res_type: str, params: list[tuple[str, str]], *, strict: bool =
                 _date_condition_bounds(value, name)
         request.criteria.append(Criterion(name, param, modifier or None, chain or None, values))
         request.base_params.append((name, raw))
+    if res_type == "DocumentReference" and not any(c.param == "status" for c in request.criteria):
+        # A document deleted by its producer (MDM^T04, ORU OBX-11 D) only shows when asked for by status.
+        request.criteria.append(Criterion("status:not", "status", "not", None, ("entered-in-error",)))
     return request
 
 

@@ -153,12 +153,22 @@ LIST = [
                 ("DocumentReference",)),
 ]
 
+CONSENT = [
+    SearchParam("patient", "reference", lambda r: [t for t in _ref(r.get("patient")) if t[0] == "Patient"], ("Patient",)),
+    SearchParam("status", "token", lambda r: [("", r["status"])] if r.get("status") else []),
+    SearchParam("category", "token", lambda r: _many_codings(r.get("category"))),
+    SearchParam("scope", "token", lambda r: _codings(r.get("scope"))),
+    SearchParam("action", "token", lambda r: _many_codings(r.get("provision", {}).get("action"))),
+    SearchParam("date", "date", lambda r: [r["dateTime"]] if r.get("dateTime") else []),
+]
+
 SEARCH_PARAMS: dict[str, dict[str, SearchParam]] = {
     "DocumentReference": {p.name: p for p in DOCUMENT_REFERENCE},
     "Patient": {p.name: p for p in PATIENT},
     "Practitioner": {p.name: p for p in PRACTITIONER},
     "Organization": {p.name: p for p in ORGANIZATION},
     "List": {p.name: p for p in LIST},
+    "Consent": {p.name: p for p in CONSENT},
     "Binary": {},
 }
 

@@ -1,0 +1,1 @@
+"""HL7v2 feeds: reading ER7, acknowledgements, MLLP transport."""

@@ -1,0 +1,202 @@
+"""MLLP release 1 over asyncio streams: <VT> message <FS><CR>.
+
+`FrameReader` reads frames from an `asyncio.StreamReader` with a size limit, `serve` runs a
+listener whose connections are each handled in order (one message, its ACK, then the next), and
+`send_messages` is the blocking client `gateway send` and the benchmarks use.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Iterable, Iterator
+
+START = b"\x0b"
+END = b"\x1c\r"
+CHUNK = 64 * 1024
+HEAD_KEPT = 64 * 1024  # of an oversized frame: enough for its MSH, to answer it
+
+log = logging.getLogger(__name__)
+
+
+class FrameTooLarge(Exception):
+    def __init__(self, head: bytes, size: int):
+        super().__init__(f"frame of {size} bytes")
+        self.head, self.size = head, size
+
+
+class IncompleteFrame(Exception):
+    """The peer closed the connection in the middle of a frame."""
+
+
+class FrameReader:
+    def __init__(self, reader: asyncio.StreamReader, max_bytes: int, idle_timeout: float):
+        self.reader, self.max_bytes, self.idle_timeout = reader, max_bytes, idle_timeout
+        self.buffer = bytearray()
+
+    async def _more(self) -> bytes:
+        return await asyncio.wait_for(self.reader.read(CHUNK), self.idle_timeout)
+
+    async def frame(self) -> bytes | None:
+        """The next message, or None when the peer closed the connection between frames.
+
+        Bytes outside a frame are ignored; an oversized frame is read to its end and dropped,
+        keeping its head, so the connection stays usable."""
+        while True:
+            start = self.buffer.find(START)
+            if start >= 0:
+                del self.buffer[:start + 1]
+                break
+            self.buffer.clear()
+            chunk = await self._more()
+            if not chunk:
+                return None
+            self.buffer += chunk
+        scanned, dropped, head = 0, 0, None
+        while True:
+            end = self.buffer.find(END, max(0, scanned - 1))
+            if end >= 0:
+                body = bytes(self.buffer[:end])
+                del self.buffer[:end + len(END)]
+                if head is not None:
+                    raise FrameTooLarge(head, dropped + len(body))
+                return body
+            scanned = len(self.buffer)
+            if head is None and len(self.buffer) > self.max_bytes:
+                head = bytes(self.buffer[:HEAD_KEPT])
+            if head is not None and len(self.buffer) > CHUNK:
+                # Keep the last byte: it may be the <FS> of the end marker.
+                dropped += len(self.buffer) - 1
+                del self.buffer[:-1]
+                scanned = 1
+            chunk = await self._more()
+            if not chunk:
+                raise IncompleteFrame()
+            self.buffer += chunk
+
+
+def frame(message: bytes) -> bytes:
+    return START + message + END
+
+
+Handler = Callable[[bytes, str], Awaitable[bytes | None]]
+OversizeHandler = Callable[[bytes, int, str], Awaitable[bytes | None]]
+
+
+@dataclass
+class Listener:
+    """A running MLLP listener: `stop()` stops accepting, lets the messages being processed finish
+    and be acknowledged, then closes every connection."""
+    server: asyncio.base_events.Server
+    idle: set = field(default_factory=set)     # connection tasks waiting for their next frame
+    busy: set = field(default_factory=set)     # connection tasks processing a message
+    stopping: bool = False
+
+    async def stop(self, grace: float = 30.0) -> None:
+        self.stopping = True
+        self.server.close()
+        for task in list(self.idle):
+            task.cancel()
+        if self.busy:
+            await asyncio.wait(list(self.busy), timeout=grace)
+        for task in list(self.busy | self.idle):
+            task.cancel()
+        await self.server.wait_closed()
+
+
+async def serve(host: str, port: int, handle: Handler, too_large: OversizeHandler, *, max_bytes: int,
+                idle_timeout: float, tls: ssl.SSLContext | None = None) -> Listener:
+    listener: Listener
+
+    async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        peer = writer.get_extra_info("peername")
+        peer_name = f"{peer[0]}:{peer[1]}" if peer else "unknown"
+        frames = FrameReader(reader, max_bytes, idle_timeout)
+        try:
+            while not listener.stopping:
+                listener.idle.add(task)
+                try:
+                    message = await frames.frame()
+                    listener.idle.discard(task)
+                    listener.busy.add(task)
+                    ack = await handle(message, peer_name) if message is not None else None
+                except FrameTooLarge as oversized:
+                    listener.idle.discard(task)
+                    listener.busy.add(task)
+                    ack = await too_large(oversized.head, oversized.size, peer_name)
+                    message = b""
+                if message is None:
+                    break
+                if ack is not None:
+                    writer.write(frame(ack))
+                    await writer.drain()
+                listener.busy.discard(task)
+        except (IncompleteFrame, asyncio.TimeoutError, ConnectionError, asyncio.CancelledError):
+            pass
+        except Exception:
+            log.exception("MLLP connection failed", extra={"peer": peer_name})
+        finally:
+            listener.idle.discard(task)
+            listener.busy.discard(task)
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except (ConnectionError, asyncio.CancelledError, ssl.SSLError):
+                pass
+
+    server = await asyncio.start_server(connection, host, port, ssl=tls, limit=CHUNK * 2)
+    listener = Listener(server)
+    return listener
+
+
+def tls_context(cert: str, key: str, client_ca: str | None) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    if client_ca:
+        context.load_verify_locations(client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def send_messages(host: str, port: int, messages: Iterable[bytes], *, timeout: float = 30.0,
+                  tls: ssl.SSLContext | None = None) -> Iterator[bytes | None]:
+    """Send each message on one connection, waiting for its ACK (None when none comes in time)."""
+    with socket.create_connection((host, port), timeout=timeout) as raw:
+        sock = tls.wrap_socket(raw, server_hostname=host) if tls else raw
+        pending = bytearray()
+        for message in messages:
+            sock.sendall(frame(message))
+            try:
+                while END not in pending:
+                    chunk = sock.recv(CHUNK)
+                    if not chunk:
+                        raise ConnectionError("the gateway closed the connection")
+                    pending += chunk
+            except socket.timeout:
+                yield None
+                continue
+            end = pending.index(END)
+            start = pending.find(START)
+            yield bytes(pending[start + 1:end])
+            del pending[:end + len(END)]
+
+
+def split_file(data: bytes) -> list[bytes]:
+    """The messages of a file: MLLP frames, or plain messages one after another (each from MSH)."""
+    if START in data and END in data:
+        return [part.split(START, 1)[1] for part in data.split(END) if START in part]
+    text = data.replace(b"\r\n", b"\r").replace(b"\n", b"\r")
+    bom = b"\xef\xbb\xbf"
+    parts, current = [], bytearray()
+    for line in text.split(b"\r"):
+        if line.removeprefix(bom).startswith(b"MSH") and current:
+            parts.append(bytes(current))
+            current = bytearray()
+        if line.strip():
+            current += line + b"\r"
+    if current:
+        parts.append(bytes(current))
+    return parts

@@ -1,0 +1,51 @@
+"""`gateway send`: an MLLP client for integrators. Sends each message of the files given (one or
+several per file, framed or not) on one connection and prints the ACK it gets back."""
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+from rich.console import Console
+
+from . import mllp
+from .er7 import MessageRejected, decode
+
+ACK_STYLES = {"AA": "green", "CA": "green", "AE": "yellow", "CE": "yellow", "AR": "red", "CR": "red"}
+
+
+def _files(paths: list[Path]) -> list[Path]:
+    out = []
+    for path in paths:
+        out += sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return out
+
+
+def _ack_code(ack: bytes) -> str:
+    try:
+        text, _ = decode(ack)
+    except MessageRejected:
+        text = ack.decode("utf-8", "replace")
+    for segment in text.replace("\n", "\r").split("\r"):
+        if segment.startswith("MSA"):
+            return segment[4:].split(segment[3:4] or "|")[0]
+    return "?"
+
+
+def send_paths(paths: list[Path], host: str, port: int, *, timeout: float = 30.0, tls_ca: str | None = None) -> int:
+    """Exit status 0 when every message got AA (or CA), 1 otherwise."""
+    console = Console(highlight=False)
+    tls = ssl.create_default_context(cafile=tls_ca) if tls_ca else None
+    batch = [(path, message) for path in _files(paths) for message in mllp.split_file(path.read_bytes())]
+    if not batch:
+        console.print("no message found")
+        return 1
+    tally: dict[str, int] = {}
+    acks = mllp.send_messages(host, port, (message for _, message in batch), timeout=timeout, tls=tls)
+    for (path, _), ack in zip(batch, acks):
+        code = _ack_code(ack) if ack is not None else "none"
+        tally[code] = tally.get(code, 0) + 1
+        console.print(f"[bold]{path}[/bold] [{ACK_STYLES.get(code, 'magenta')}]{code}[/]")
+        if ack is not None:
+            console.print(ack.decode("utf-8", "replace").replace("\r", "\n").rstrip(), markup=False)
+    console.print("  ".join(f"{code}: {count}" for code, count in sorted(tally.items())))
+    return 0 if set(tally) <= {"AA", "CA"} else 1

@@ -1,0 +1,77 @@
+"""HL7v2 over HTTP: POST /hl7v2 with an ER7 message as the body, answered with its ACK; and the
+operators' view of the messages received (list, show, reprocess)."""
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app, g, jsonify, request
+
+from gateway.fhir.responses import FhirError
+from gateway.services import feeds, messages
+
+hl7v2 = Blueprint("hl7v2", __name__)
+
+ER7_TYPES = {"x-application/hl7-v2+er7", "application/hl7-v2", "application/edi-hl7", "text/plain"}
+
+
+def _ack_response(reply: feeds.Reply, status: int = 200) -> Response:
+    if reply.ack is None:
+        return Response(status=204)  # the sender asked for no acknowledgment (MSH-15/16 NE)
+    return Response(reply.ack, status=status, mimetype="x-application/hl7-v2+er7",
+                    headers={"X-HL7-Ack-Code": reply.code})
+
+
+@hl7v2.post("/hl7v2")
+def post_message():
+    if request.mimetype not in ER7_TYPES:
+        raise FhirError(415, f"content type {request.mimetype or '(none)'} is not an ER7 message "
+                             f"({', '.join(sorted(ER7_TYPES))})", code="not-supported")
+    settings = current_app.config["SETTINGS"]
+    if request.content_length and request.content_length > settings.mllp_max_bytes:
+        head = request.stream.read(64 * 1024)
+        reply = feeds.refuse_oversized(g.repository, head, request.content_length, settings.mllp_max_bytes,
+                                       "hl7v2-http")
+        return _ack_response(reply, 413)
+    reply = feeds.receive(g.repository, request.get_data(cache=False), channel="hl7v2-http",
+                          max_bytes=settings.max_document_bytes)
+    return _ack_response(reply)
+
+
+@hl7v2.get("/hl7v2/messages")
+def list_messages():
+    status = request.args.get("status") or None
+    try:
+        limit = min(int(request.args.get("_count", "100")), 1000)
+        before = int(request.args["before"]) if request.args.get("before") else None
+    except ValueError:
+        raise FhirError(400, "_count and before are integers") from None
+    found = messages.list_messages(g.repository, status, limit, before)
+    return jsonify({"messages": [m.as_dict() for m in found],
+                    "next": f"/hl7v2/messages?before={found[-1].id}" + (f"&status={status}" if status else "")
+                    if len(found) == limit else None})
+
+
+@hl7v2.get("/hl7v2/messages/<int:raw_id>")
+def show_message(raw_id: int):
+    found = messages.get_message(g.repository, raw_id)
+    if found is None:
+        raise FhirError(404, f"no HL7v2 message {raw_id}", code="not-found")
+    found.pop("body")
+    return jsonify(found)
+
+
+@hl7v2.post("/hl7v2/messages/<int:raw_id>/reprocess")
+def reprocess_message(raw_id: int):
+    settings = current_app.config["SETTINGS"]
+    try:
+        reply = messages.reprocess(g.repository, raw_id, settings.max_document_bytes)
+    except LookupError as exc:
+        raise FhirError(404, str(exc), code="not-found") from None
+    except (ValueError, feeds.MessageRejected) as exc:
+        raise FhirError(409, str(exc), code="conflict") from None
+    return jsonify({"id": raw_id, "ack_code": reply.code,
+                    "ack": reply.ack.decode("utf-8", "replace") if reply.ack else None})
+
+
+@hl7v2.post("/hl7v2/messages/reprocess-failed")
+def reprocess_failed():
+    done = messages.reprocess_failed(g.repository, current_app.config["SETTINGS"].max_document_bytes)
+    return jsonify({"reprocessed": [{"id": raw_id, "ack_code": code} for raw_id, code in done]})

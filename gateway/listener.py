@@ -1,0 +1,70 @@
+"""The MLLP listener process: asyncio for the connections, a thread pool for the database work.
+
+Each connection's messages are processed one after the other, so a sender's order is kept; the
+connections run side by side up to GATEWAY_MLLP_WORKERS at a time."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+
+from gateway.access import AccessContext
+from gateway.config import Settings
+from gateway.hl7v2 import mllp
+from gateway.services import feeds
+from gateway.storage.database import make_engine
+from gateway.storage.repository import Repository
+
+log = logging.getLogger(__name__)
+SHUTDOWN_GRACE_SECONDS = 30.0
+
+
+async def listen(settings: Settings, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> None:
+    engine = make_engine(settings.database_url)
+    pool = ThreadPoolExecutor(settings.mllp_workers, thread_name_prefix="mllp")
+    loop = asyncio.get_running_loop()
+
+    def repository(peer: str) -> Repository:
+        return Repository(engine, AccessContext.system(f"mllp {peer}"), settings.public_base_url)
+
+    def process(data: bytes, peer: str) -> bytes | None:
+        return feeds.receive(repository(peer), data, channel="mllp", max_bytes=settings.max_document_bytes).ack
+
+    def refuse(head: bytes, size: int, peer: str) -> bytes | None:
+        return feeds.refuse_oversized(repository(peer), head, size, settings.mllp_max_bytes, "mllp").ack
+
+    async def handle(data: bytes, peer: str) -> bytes | None:
+        return await loop.run_in_executor(pool, process, data, peer)
+
+    async def too_large(head: bytes, size: int, peer: str) -> bytes | None:
+        return await loop.run_in_executor(pool, refuse, head, size, peer)
+
+    tls = None
+    if settings.mllp_tls_cert and settings.mllp_tls_key:
+        tls = mllp.tls_context(str(settings.mllp_tls_cert), str(settings.mllp_tls_key),
+                               str(settings.mllp_tls_client_ca) if settings.mllp_tls_client_ca else None)
+    listener = await mllp.serve(settings.mllp_host, settings.mllp_port, handle, too_large,
+                                max_bytes=settings.mllp_max_bytes, idle_timeout=settings.mllp_idle_timeout, tls=tls)
+    stop = stop or asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(signum, stop.set)
+        except (RuntimeError, ValueError):
+            pass  # not the main thread (tests run the listener in a thread and set `stop` themselves)
+    log.info("MLLP listening", extra={"mllp": f"{settings.mllp_host}:{settings.mllp_port}", "tls": tls is not None})
+    if ready is not None:
+        ready.set()
+    await stop.wait()
+    log.info("MLLP stopping: finishing the messages in flight")
+    await listener.stop(SHUTDOWN_GRACE_SECONDS)
+    pool.shutdown(wait=True)
+    engine.dispose()
+
+
+def run(settings: Settings) -> int:
+    from gateway.logs import configure
+
+    configure(settings.log_level)
+    asyncio.run(listen(settings))
+    return 0

@@ -1,0 +1,80 @@
+"""`gateway messages list|show|reprocess`: the operators' view of the HL7v2 messages received."""
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from gateway.access import AccessContext
+from gateway.config import Settings
+from gateway.hl7v2.fields import described_segments
+from gateway.services import feeds, messages
+from gateway.storage.database import make_engine
+from gateway.storage.repository import Repository
+
+STATUS_STYLES = {"processed": "green", "duplicate": "cyan", "skipped": "cyan", "refused": "yellow",
+                 "failed": "red", "received": "magenta"}
+
+
+def run(settings: Settings, args) -> int:
+    repo = Repository(make_engine(settings.database_url), AccessContext.system("operator"), settings.public_base_url)
+    console = Console(highlight=False)
+    if args.messages_command == "list":
+        return _list(console, repo, args)
+    if args.messages_command == "show":
+        return _show(console, repo, args)
+    return _reprocess(console, repo, settings, args)
+
+
+def _list(console: Console, repo: Repository, args) -> int:
+    table = Table("id", "received", "channel", "sender", "type", "control id", "status", "ACK", "reason")
+    for m in messages.list_messages(repo, args.status, args.limit):
+        table.add_row(str(m.id), m.received_at, m.channel, m.sender or "", m.message_type or "", m.control_id or "",
+                      f"[{STATUS_STYLES.get(m.status, 'white')}]{m.status}[/]", m.ack_code or "", m.reason or "")
+    console.print(table)
+    return 0
+
+
+def _show(console: Console, repo: Repository, args) -> int:
+    found = messages.get_message(repo, args.id)
+    if found is None:
+        console.print(f"no HL7v2 message {args.id}")
+        return 1
+    console.print(f"[bold]message {found['id']}[/bold] {found['received_at']} via {found['channel']} from "
+                  f"{found['sender']}: {found['message_type']} {found['control_id']}, {found['size']} bytes, "
+                  f"charset {found['charset'] or '?'}")
+    console.print(f"status [{STATUS_STYLES.get(found['status'], 'white')}]{found['status']}[/]"
+                  + (f": {found['reason']}" if found["reason"] else ""))
+    if args.fields:
+        for name, fields in described_segments(found["message"]):
+            console.print(f"[bold]{name}[/bold]")
+            for label, value in fields:
+                console.print(f"  {label}: ", end="")
+                console.print(value, markup=False)
+    else:
+        for segment in found["message"].split("\r"):
+            console.print(segment if len(segment) < 300 else segment[:300] + f"… ({len(segment)} characters)",
+                          markup=False)
+    if found["ack"]:
+        console.print("[bold]ACK sent[/bold]")
+        console.print(found["ack"].replace("\r", "\n").rstrip(), markup=False)
+    for resource in found["resources"]:
+        console.print(f"produced {resource}")
+    return 0
+
+
+def _reprocess(console: Console, repo: Repository, settings: Settings, args) -> int:
+    if args.failed:
+        done = messages.reprocess_failed(repo, settings.max_document_bytes)
+        for raw_id, code in done:
+            console.print(f"message {raw_id}: {code}")
+        console.print(f"{len(done)} message(s) reprocessed")
+        return 0 if all(code == "AA" for _, code in done) else 1
+    try:
+        reply = messages.reprocess(repo, args.id, settings.max_document_bytes)
+    except (LookupError, ValueError, feeds.MessageRejected) as exc:
+        console.print(str(exc))
+        return 1
+    console.print(f"message {args.id}: {reply.code}")
+    if reply.ack:
+        console.print(reply.ack.decode("utf-8", "replace").replace("\r", "\n").rstrip(), markup=False)
+    return 0 if reply.code == "AA" else 1

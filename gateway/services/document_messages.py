@@ -1,0 +1,185 @@
+"""CI-SIS "transmission de documents CDA en HL7v2": MDM^T02/T10/T04 and ORU^R01 (OBX-11 F/C/D).
+
+The CDA in OBX-5 goes through the same pipeline as a direct upload (read, rules, mapping,
+validation); the MetaDMPMSS OBX add visibility labels; the PRT "send by" becomes the source of a
+SubmissionSet List naming the documents the message registered."""
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+from datetime import datetime, timezone
+
+from gateway.cda.errors import DocumentRefused
+from gateway.cda.header import II
+from gateway.hl7v2.ack import Issue
+from gateway.hl7v2.er7 import Message, Segment
+from gateway.mapping import codes
+from gateway.mapping import document as mapping
+from gateway.mapping import hl7v2 as v2
+from gateway.storage.repository import UnitOfWork, new_id
+
+from .documents import ParsedCda, match_practitioner, read_cda, register_document
+from .patients import Applied, MessageRefused, checked_ids, find_patient, identifier_keys
+
+# What each message asks for: register a new document, replace one, delete one.
+MDM_ACTIONS = {"T02": "new", "T10": "replace", "T04": "delete"}
+ORU_ACTIONS = {"F": "new", "C": "replace", "D": "delete"}
+
+
+def apply(uow: UnitOfWork, message: Message, base_url: str, max_bytes: int) -> Applied:
+    applied = Applied()
+    code, event, _ = message.message_type
+    pid = message.first("PID")
+    if pid is None:
+        raise MessageRefused(Issue("the message has no PID segment", "PID", "100"))
+    pid_ids = checked_ids(pid, 3)
+    observations = message.all("OBX")
+    documents = [(index, obx) for index, obx in enumerate(observations, start=1)
+                 if obx.get(2) == "ED" and not v2.is_metadata(obx)]
+    flags = v2.document_flags([obx for obx in observations if v2.is_metadata(obx)])
+    if not flags.to_dmp:
+        applied.status = "skipped"
+        applied.issues.append(Issue("DESTDMP is N: the document is not meant for the shared record and "
+                                    "was not registered", "OBX", "0", "W"))
+        return applied
+
+    if code == "MDM":
+        txa = message.first("TXA")
+        action = MDM_ACTIONS[event]
+        if action == "delete":
+            if txa is None or not txa.get(12):
+                raise MessageRefused(Issue("MDM^T04 names the document to delete in TXA-12", "TXA^1^12", "101"))
+            _delete(uow, II(txa.get(12)), pid_ids, applied, "TXA^1^12")
+            return applied
+        if not documents:
+            raise MessageRefused(Issue("no OBX carries the CDA document (OBX-2 ED)", "OBX", "101"))
+        targets = [(documents[0], action, txa)]
+    else:
+        if not documents:
+            raise MessageRefused(Issue("no OBX carries the CDA document (OBX-2 ED)", "OBX", "101"))
+        targets = []
+        for doc in documents:
+            status = doc[1].get(11).upper()
+            if status not in ORU_ACTIONS:
+                raise MessageRefused(Issue(f"OBX-11 is '{status}'; F (new), C (replacement) or D (deletion) "
+                                           "are expected", f"OBX^{doc[0]}^11", "103"))
+            targets.append((doc, ORU_ACTIONS[status], None))
+
+    sender = v2.sender_of(message.all("PRT"))
+    registered: list[str] = []
+    for (index, obx), action, txa in targets:
+        location = f"OBX^{index}^5"
+        parsed = _cda(obx, location, max_bytes)
+        _same_patient(pid_ids, parsed)
+        if action == "delete":
+            _delete(uow, parsed.header.unique_id, pid_ids, applied, location)
+            continue
+        if txa is not None and txa.get(12) and mapping.identifier_key(II(txa.get(12))) != \
+                mapping.identifier_key(parsed.header.unique_id):
+            raise MessageRefused(Issue(f"TXA-12 ({txa.get(12)}) is not the id of the CDA in OBX-5",
+                                       "TXA^1^12", "207"))
+        if action == "replace":
+            parsed = _with_parent(parsed, txa)
+        try:
+            result = register_document(uow, base_url, parsed, visibility=flags.visibility)
+        except DocumentRefused as refusal:
+            raise MessageRefused(Issue(refusal.reason, location)) from None
+        applied.produced += [p for p in result.produced if p not in applied.produced]
+        if result.created:
+            registered.append(f"DocumentReference/{result.document_reference.res_id}")
+        else:
+            applied.issues.append(Issue("this document is already registered: nothing new stored",
+                                        location, "0", "I"))
+    if registered:
+        applied.produced.append(_submission_set(uow, registered, sender, applied))
+    elif not applied.issues:
+        applied.status = "duplicate"
+    return applied
+
+
+def _cda(obx: Segment, location: str, max_bytes: int) -> ParsedCda:
+    encoding = obx.get(5, 4).upper()
+    data_text = obx.raw_component(5, 5)
+    if encoding == "BASE64":
+        try:
+            data = base64.b64decode("".join(data_text.split()), validate=True)
+        except (binascii.Error, ValueError):
+            raise MessageRefused(Issue("OBX-5 declares Base64 but its data is not valid base64",
+                                       location, "102")) from None
+    elif encoding in ("A", ""):
+        data = obx.unescape(data_text).encode("utf-8")
+    else:
+        raise MessageRefused(Issue(f"OBX-5 encoding '{encoding}' is not supported (Base64 or A)", location, "103"))
+    try:
+        return read_cda(data, max_bytes)
+    except DocumentRefused as refusal:
+        raise MessageRefused(Issue(f"the CDA in OBX-5 is refused: {refusal.reason}", location, "207")) from None
+
+
+def _normalised(keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
+    return {(system, value.replace(" ", "")) for system, value in keys}
+
+
+def _same_patient(pid_ids: list[II], parsed: ParsedCda) -> None:
+    """PID-3 must name the patient of the CDA recordTarget: same INS when both carry one, and at
+    least one identifier in common."""
+    pid_keys = _normalised(identifier_keys(pid_ids))
+    cda_keys = _normalised(identifier_keys(parsed.header.patient.ids))
+    pid_ins = {value for system, value in pid_keys if system.removeprefix("urn:oid:") in codes.INS_OIDS}
+    if pid_ins and parsed.ins not in pid_ins:
+        raise MessageRefused(Issue(f"PID-3 carries INS {', '.join(sorted(pid_ins))} but the CDA recordTarget "
+                                   f"is INS {parsed.ins}", "PID^1^3", "207"))
+    if not pid_keys & cda_keys:
+        raise MessageRefused(Issue("none of the PID-3 identifiers is an identifier of the CDA recordTarget",
+                                   "PID^1^3", "207"))
+
+
+def _with_parent(parsed: ParsedCda, txa: Segment | None) -> ParsedCda:
+    """A replacement names its parent in the CDA (relatedDocument RPLC) or, for MDM^T10, in TXA-13."""
+    if parsed.header.replaced:
+        return parsed
+    if txa is not None and txa.get(13):
+        header = dataclasses.replace(parsed.header, replaced=[II(txa.get(13))])
+        return ParsedCda(parsed.data, header, parsed.ins)
+    raise MessageRefused(Issue("a replacement must name the replaced document (CDA relatedDocument RPLC "
+                               "or TXA-13)", "TXA^1^13", "101"))
+
+
+def _delete(uow: UnitOfWork, unique_id: II, pid_ids: list[II], applied: Applied, location: str) -> None:
+    system, value = mapping.identifier_key(unique_id)
+    docref_id = uow.find_by_identifier("DocumentReference", system, value)
+    if docref_id is None:
+        raise MessageRefused(Issue(f"no document is registered under id {value}", location, "204"))
+    docref = uow.current("DocumentReference", docref_id).json()
+    patient_ref = docref.get("subject", {}).get("reference", "")
+    if patient_ref != f"Patient/{find_patient(uow, pid_ids)}":
+        raise MessageRefused(Issue(f"document {value} does not belong to the patient PID-3 names", "PID^1^3", "207"))
+    if docref["status"] == "entered-in-error":
+        applied.issues.append(Issue(f"document {value} was already deleted", location, "0", "I"))
+        return
+    docref["status"] = "entered-in-error"
+    uow.save(docref, patient_id=patient_ref.split("/", 1)[1], method="PUT")
+    applied.produced.append(f"DocumentReference/{docref_id}")
+
+
+def _submission_set(uow: UnitOfWork, documents: list[str], sender, applied: Applied) -> str:
+    """The SubmissionSet of the message: what it registered, for which patient, sent by whom (PRT SB)."""
+    first = uow.current("DocumentReference", documents[0].split("/", 1)[1]).json()
+    list_id = new_id()
+    submission = {
+        "resourceType": "List", "id": list_id, "meta": {"profile": [codes.PDSM_SUBMISSION_SET]},
+        "identifier": [{"use": "official", "system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{new_id()}"}],
+        "status": "current", "mode": "working", "title": "Transmission HL7v2",
+        "code": {"coding": [{"system": "https://profiles.ihe.net/ITI/MHD/CodeSystem/MHDlistTypes",
+                             "code": "submissionset"}]},
+        "subject": first["subject"],
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "entry": [{"item": {"reference": ref}} for ref in documents],
+    }
+    if sender is not None:
+        source = match_practitioner(uow, sender, applied.produced)
+        if source:
+            submission["source"] = {"reference": source}
+    uow.save(submission, patient_id=first["subject"]["reference"].split("/", 1)[1])
+    return f"List/{list_id}"

@@ -1,0 +1,249 @@
+"""One HL7v2 message, from any transport: raw store -> read -> route -> apply in one transaction -> ACK.
+
+The ACK says AA only once the message's resources and its status are committed together. A
+retransmission (same sender MSH-3/4, same MSH-10, same content but for MSH-7) is answered with the
+ACK sent the first time and stores nothing; one that never got a final answer (the gateway stopped,
+or failed) is processed again. A control id reused for a different message is processed as a new
+message, with a warning in the ACK: dropping it would lose data."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from gateway import metrics
+from gateway.hl7v2 import ack as acks
+from gateway.hl7v2.ack import Issue, Outcome
+from gateway.hl7v2.er7 import Message, MessageRejected
+from gateway.storage.repository import Repository, UnitOfWork, earlier_messages, mark_raw, store_raw
+
+from . import document_messages, patients
+from .patients import Applied, MessageRefused
+from .recording import in_one_transaction
+
+log = logging.getLogger(__name__)
+
+FINAL_STATUSES = ("processed", "refused", "duplicate", "skipped")
+# PAM-FR events that create or update the patient; every other ADT event is acknowledged as is.
+IDENTITY_EVENTS = {"A01", "A04", "A05", "A08", "A28", "A31"}
+SUPPORTED_PROCESSING_IDS = {"P", "D", "T"}
+
+
+@dataclass
+class Reply:
+    ack: bytes | None   # None when the sender asked for no acknowledgment (MSH-15/16)
+    code: str           # the application outcome: AA, AE or AR
+    raw_id: int | None
+    retransmission: bool = False
+
+
+class AlreadyHandled(Exception):
+    """Another process finished this message between our look-up and our claim."""
+
+
+def fingerprint(message: Message) -> str:
+    """The content of a message, all but MSH-7 (some engines restamp a message they resend)."""
+    sep = message.encoding.field
+    msh = message.msh.text.split(sep)
+    if len(msh) > 6:
+        msh[6] = ""  # MSH-7: the split starts at MSH-2, after the segment name
+    lines = [sep.join(msh)] + [segment.text for segment in message.segments[1:]]
+    return hashlib.sha256("\r".join(lines).encode("utf-8")).hexdigest()
+
+
+def route(message: Message) -> Callable[[UnitOfWork, Message, Applied, dict], None]:
+    """The handler for this message type and event; unsupported ones are rejected (AR, table 0357)."""
+    code, event, _ = message.message_type
+    if not message.version.startswith("2."):
+        raise MessageRejected(f"version '{message.version}' is not HL7 v2", "MSH^1^12", "203")
+    if message.msh.get(11, 1) and message.msh.get(11, 1) not in SUPPORTED_PROCESSING_IDS:
+        raise MessageRejected(f"processing id '{message.msh.get(11)}' is not P, D or T", "MSH^1^11", "202")
+    if code == "ADT":
+        if event == "A40":
+            return _merge
+        if event == "A47":
+            return _change_identifier
+        return _identity if event in IDENTITY_EVENTS else _movement
+    if code == "MDM" and event in document_messages.MDM_ACTIONS:
+        return _documents
+    if code == "ORU" and event == "R01":
+        return _documents
+    if code in ("ADT", "MDM", "ORU"):
+        raise MessageRejected(f"event {code} {event} is not supported (supported: ADT events, MDM T02, "
+                              "MDM T10, MDM T04, ORU R01)", "MSH^1^9^1^2", "201")
+    raise MessageRejected(f"message type {code} is not supported (supported: ADT, MDM, ORU)", "MSH^1^9", "200")
+
+
+def _identity(uow, message, applied, context) -> None:
+    pid = _required(message, "PID")
+    patient_id = patients.upsert_patient(uow, pid, applied)
+    _consents(uow, message, patient_id, applied)
+
+
+def _movement(uow, message, applied, context) -> None:
+    """Movements (A02, A03, A11…) change no identity; a ZFA they carry still updates the consents."""
+    pid = message.first("PID")
+    if pid is not None and message.first("ZFA") is not None:
+        patient_id = patients.find_patient(uow, patients.checked_ids(pid, 3))
+        if patient_id:
+            _consents(uow, message, patient_id, applied)
+
+
+def _consents(uow, message, patient_id, applied) -> None:
+    for zfa in message.all("ZFA"):
+        patients.record_consents(uow, zfa, patient_id, applied)
+
+
+def _merge(uow, message, applied, context) -> None:
+    pid, mrg = _required(message, "PID"), _required(message, "MRG")
+    patients.merge(uow, pid, mrg, applied)
+
+
+def _change_identifier(uow, message, applied, context) -> None:
+    patients.change_identifier(uow, _required(message, "PID"), _required(message, "MRG"), applied)
+
+
+def _documents(uow, message, applied, context) -> None:
+    result = document_messages.apply(uow, message, context["base_url"], context["max_bytes"])
+    applied.produced += result.produced
+    applied.issues += result.issues
+    applied.status = result.status
+
+
+def _required(message: Message, name: str):
+    segment = message.first(name)
+    if segment is None:
+        raise MessageRefused(Issue(f"the message has no {name} segment", name, "100"))
+    return segment
+
+
+def receive(repo: Repository, data: bytes, *, channel: str, max_bytes: int) -> Reply:
+    started = time.perf_counter()
+    message: Message | None = None
+    try:
+        message = Message.from_bytes(data)
+        message.require_header()
+        handler = route(message)
+    except MessageRejected as rejected:
+        outcome = Outcome(rejected.ack_code, [Issue(str(rejected), rejected.location, rejected.code)])
+        return _answer_unprocessed(repo, data, channel, message, outcome, started)
+
+    keys = dict(control_id=message.control_id[:199], fingerprint=fingerprint(message),
+                message_type="^".join(p for p in message.message_type[:2] if p)[:32])
+    issues: list[Issue] = []
+    earlier = earlier_messages(repo.engine, message.sender, keys["control_id"])
+    same = next((row for row in earlier if row.fingerprint == keys["fingerprint"]), None)
+    if same is not None and same.status in FINAL_STATUSES:
+        return _retransmission(message, same, started, channel)
+    if earlier and same is None:
+        issues.append(Issue(f"control id {message.control_id} was already used by this sender for a different "
+                            "message; processed as a new message", "MSH^1^10", "205", "W"))
+    raw_id = same.id if same is not None else store_raw(
+        repo.engine, channel, data, "x-application/hl7-v2+er7", message.sender, message=keys)
+    return _process(repo, message, raw_id, handler, issues, channel, max_bytes, started)
+
+
+def reprocess(repo: Repository, raw_id: int, body: bytes, channel: str, max_bytes: int) -> Reply:
+    """Process a stored message again (after a failure, or a refusal whose cause was fixed)."""
+    started = time.perf_counter()
+    message = Message.from_bytes(body)
+    message.require_header()
+    return _process(repo, message, raw_id, route(message), [], channel, max_bytes, started)
+
+
+def _process(repo: Repository, message: Message, raw_id: int, handler, issues: list[Issue], channel: str,
+             max_bytes: int, started: float) -> Reply:
+    context = {"base_url": repo.base_url, "max_bytes": max_bytes}
+
+    def work(uow: UnitOfWork) -> tuple[Outcome, str | None]:
+        if not uow.claim_raw(raw_id):
+            raise AlreadyHandled()
+        applied = Applied()
+        handler(uow, message, applied, context)
+        outcome = Outcome("AA", issues + applied.issues)
+        code = acks.wanted(message, outcome)
+        text = acks.build(message, outcome, code) if code else None
+        uow.record_outcome(raw_id, applied.status, _summary(outcome), applied.produced, ack=text)
+        return outcome, text
+
+    try:
+        outcome, text = in_one_transaction(repo, work)
+    except AlreadyHandled:
+        row = next(r for r in earlier_messages(repo.engine, message.sender, message.control_id[:199])
+                   if r.id == raw_id)
+        return _retransmission(message, row, started, channel)
+    except MessageRefused as refused:
+        outcome = Outcome(refused.ack_code, issues + [refused.issue])
+        return _answer_refused(repo, raw_id, message, outcome, started, channel)
+    except Exception:
+        # Database down, a bug: nothing of this message was kept but its raw copy. AE asks the
+        # sender to send it again; the retry is processed from scratch.
+        log.exception("HL7v2 message failed", extra={"raw_id": raw_id})
+        outcome = Outcome("AE", [Issue("internal error: the message was not processed; send it again",
+                                       "", "207")])
+        try:
+            mark_raw(repo.engine, raw_id, "failed", _summary(outcome))
+        except Exception:
+            log.error("could not record the failure", extra={"raw_id": raw_id})
+        metrics.observe_ingest(channel, "failed", started)
+        code = acks.wanted(message, outcome)
+        return Reply(acks.encode(acks.build(message, outcome, code), message) if code else None, "AE", raw_id)
+    metrics.observe_ingest(channel, "processed", started)
+    log.info("HL7v2 message processed", extra={"raw_id": raw_id, "type": "^".join(message.message_type[:2])})
+    return Reply(acks.encode(text, message) if text else None, outcome.code, raw_id)
+
+
+def _summary(outcome: Outcome) -> dict:
+    return {"ack": outcome.code, "issues": [{"text": i.text, "location": i.location, "code": i.code,
+                                             "severity": i.severity} for i in outcome.issues]}
+
+
+def _retransmission(message: Message, row, started: float, channel: str) -> Reply:
+    metrics.observe_ingest(channel, "duplicate", started)
+    log.info("HL7v2 retransmission answered with the original ACK", extra={"raw_id": row.id})
+    code = json.loads(row.outcome).get("ack", "AA") if row.outcome else "AA"
+    return Reply(acks.encode(row.ack, message) if row.ack else None, code, row.id, retransmission=True)
+
+
+def _answer_refused(repo: Repository, raw_id: int, message: Message, outcome: Outcome, started: float,
+                    channel: str) -> Reply:
+    code = acks.wanted(message, outcome)
+    text = acks.build(message, outcome, code) if code else None
+    mark_raw(repo.engine, raw_id, "refused", _summary(outcome), ack=text)
+    metrics.observe_ingest(channel, "refused", started)
+    log.info("HL7v2 message refused", extra={"raw_id": raw_id, "location": outcome.issues[-1].location})
+    return Reply(acks.encode(text, message) if text else None, outcome.code, raw_id)
+
+
+def _answer_unprocessed(repo: Repository, data: bytes, channel: str, message: Message | None, outcome: Outcome,
+                        started: float) -> Reply:
+    """A message that cannot be routed is kept raw, refused, and answered AR."""
+    readable = message is not None and bool(message.control_id)
+    code = acks.wanted(message, outcome) if message is not None else outcome.code
+    text = acks.build(message if message is not None else None, outcome, code) if code else None
+    try:
+        raw_id = store_raw(repo.engine, channel, data, "x-application/hl7-v2+er7",
+                           message.sender if message is not None else None,
+                           message={"control_id": message.control_id[:199]} if readable else None,
+                           status="refused", outcome=_summary(outcome), ack=text)
+    except Exception:
+        log.exception("could not store a refused message")
+        raw_id = None
+    metrics.observe_ingest(channel, "refused", started)
+    return Reply(acks.encode(text, message) if text else None, outcome.code, raw_id)
+
+
+def refuse_oversized(repo: Repository, head: bytes, size: int, limit: int, channel: str) -> Reply:
+    """A message over the size limit: its first bytes are kept, and it is answered AR from its MSH."""
+    started = time.perf_counter()
+    msh = head.replace(b"\n", b"\r").split(b"\r", 1)[0]
+    try:
+        message: Message | None = Message.from_bytes(msh)
+    except MessageRejected:
+        message = None
+    outcome = Outcome("AR", [Issue(f"the message is {size} bytes, over the {limit} bytes this gateway accepts; "
+                                   "only its first bytes were kept", "MSH^1", "104")])
+    return _answer_unprocessed(repo, head, channel, message, outcome, started)

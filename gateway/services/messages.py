@@ -1,0 +1,110 @@
+"""What operators see of the HL7v2 messages: list by status, one message with its ACK and the
+resources it produced, and reprocessing (one message, or every failed one)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+
+from gateway.hl7v2.er7 import MessageRejected, decode
+from gateway.storage.database import read_connection, write_transaction
+from gateway.storage.repository import Repository
+from gateway.storage.schema import raw_inputs
+
+from . import feeds
+
+HL7V2_CHANNELS = ("mllp", "hl7v2-http")
+REPROCESSABLE = ("failed", "refused", "received")
+
+
+@dataclass
+class MessageSummary:
+    id: int
+    received_at: str
+    channel: str
+    sender: str | None
+    message_type: str | None
+    control_id: str | None
+    status: str
+    ack_code: str | None
+    reason: str | None
+
+    def as_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+def _summary(row) -> MessageSummary:
+    outcome = json.loads(row.outcome) if row.outcome else {}
+    errors = [i["text"] for i in outcome.get("issues", []) if i.get("severity") == "E"]
+    return MessageSummary(row.id, row.received_at, row.channel, row.sender, row.message_type, row.control_id,
+                          row.status, outcome.get("ack"), "; ".join(errors) or None)
+
+
+def list_messages(repo: Repository, status: str | None = None, limit: int = 100,
+                  before: int | None = None) -> list[MessageSummary]:
+    query = select(raw_inputs.c.id, raw_inputs.c.received_at, raw_inputs.c.channel, raw_inputs.c.sender,
+                   raw_inputs.c.message_type, raw_inputs.c.control_id, raw_inputs.c.status,
+                   raw_inputs.c.outcome).where(raw_inputs.c.channel.in_(HL7V2_CHANNELS))
+    if status:
+        query = query.where(raw_inputs.c.status == status)
+    if before:
+        query = query.where(raw_inputs.c.id < before)
+    with read_connection(repo.engine) as conn:
+        rows = conn.execute(query.order_by(raw_inputs.c.id.desc()).limit(limit)).all()
+    return [_summary(r) for r in rows]
+
+
+def get_message(repo: Repository, raw_id: int) -> dict | None:
+    with read_connection(repo.engine) as conn:
+        row = conn.execute(select(raw_inputs).where(raw_inputs.c.id == raw_id,
+                                                    raw_inputs.c.channel.in_(HL7V2_CHANNELS))).first()
+    if row is None:
+        return None
+    body = bytes(row.body)
+    try:
+        text, charset = decode(body)
+    except MessageRejected:
+        text, charset = body.decode("utf-8", "replace"), None
+    return {
+        **_summary(row).as_dict(),
+        "size": row.size,
+        "sha256": row.sha256,
+        "charset": charset,
+        "message": text.replace("\r\n", "\r").replace("\n", "\r"),
+        "ack": row.ack,
+        "outcome": json.loads(row.outcome) if row.outcome else None,
+        "resources": json.loads(row.resources) if row.resources else [],
+        "body": body,
+    }
+
+
+def reprocess(repo: Repository, raw_id: int, max_bytes: int) -> feeds.Reply:
+    with read_connection(repo.engine) as conn:
+        row = conn.execute(select(raw_inputs.c.body, raw_inputs.c.status, raw_inputs.c.channel).where(
+            raw_inputs.c.id == raw_id, raw_inputs.c.channel.in_(HL7V2_CHANNELS))).first()
+    if row is None:
+        raise LookupError(f"no HL7v2 message {raw_id}")
+    if row.status not in REPROCESSABLE:
+        raise ValueError(f"message {raw_id} is {row.status}; only {', '.join(REPROCESSABLE)} messages are reprocessed")
+    with write_transaction(repo.engine) as conn:
+        # Only if still reprocessable: a listener may have finished it meanwhile.
+        reopened = conn.execute(update(raw_inputs).where(
+            raw_inputs.c.id == raw_id, raw_inputs.c.status.in_(REPROCESSABLE)).values(status="received")).rowcount
+    if not reopened:
+        raise ValueError(f"message {raw_id} was processed meanwhile")
+    try:
+        return feeds.reprocess(repo, raw_id, bytes(row.body), row.channel, max_bytes)
+    except feeds.MessageRejected:
+        with write_transaction(repo.engine) as conn:
+            conn.execute(update(raw_inputs).where(raw_inputs.c.id == raw_id).values(status=row.status))
+        raise
+
+
+def reprocess_failed(repo: Repository, max_bytes: int) -> list[tuple[int, str]]:
+    """Every failed (or interrupted: still `received`) message again, oldest first: (id, ACK code)."""
+    with read_connection(repo.engine) as conn:
+        ids = conn.execute(select(raw_inputs.c.id).where(raw_inputs.c.status.in_(("failed", "received")),
+                                                         raw_inputs.c.channel.in_(HL7V2_CHANNELS))
+                           .order_by(raw_inputs.c.id)).scalars().all()
+    return [(raw_id, reprocess(repo, raw_id, max_bytes).code) for raw_id in ids]

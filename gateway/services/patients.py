@@ -1,0 +1,203 @@
+"""PAM-FR identity feed: create or update a Patient from PID, merge (A40), change an identifier (A47),
+and the DMP consents a ZFA segment states. Each function works inside the caller's unit of work."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from gateway.cda.header import II, PatientInfo
+from gateway.fhir.validation import InvalidResource, validate
+from gateway.hl7v2.ack import Issue
+from gateway.hl7v2.er7 import Segment
+from gateway.mapping import document as mapping
+from gateway.mapping import hl7v2 as v2
+from gateway.mapping.identity import ins_key_is_valid
+from gateway.storage.repository import UnitOfWork, new_id
+
+# The key under which a patient's consent of each kind is found again (one Consent per kind).
+CONSENT_KEY_SYSTEM = v2.ZFA_SYSTEM + ":consent-of-patient:"
+
+
+class MessageRefused(Exception):
+    """The message is understood but cannot be applied: answered AE (or AR) with this issue."""
+
+    def __init__(self, issue: Issue, ack_code: str = "AE"):
+        super().__init__(issue.text)
+        self.issue, self.ack_code = issue, ack_code
+
+
+@dataclass
+class Applied:
+    produced: list[str] = field(default_factory=list)
+    issues: list[Issue] = field(default_factory=list)
+    status: str = "processed"
+
+
+def identifier_keys(ids: list[II]) -> list[tuple[str, str]]:
+    return [(i["system"], i["value"]) for i in mapping.patient_identifiers(ids)]
+
+
+def checked_ids(segment: Segment, field_number: int) -> list[II]:
+    """The identifiers of PID-3 / MRG-1, refusing an INS whose key is wrong."""
+    ids = []
+    for cx in v2.cx_ids(segment, field_number):
+        if cx.is_ins:
+            value = (cx.ii.extension or "").replace(" ", "")
+            if not ins_key_is_valid(value):
+                raise MessageRefused(Issue(
+                    f"INS '{value}' is not valid: 15 characters whose last two are 97 - (first 13 mod 97)",
+                    f"{segment.name}^1^{field_number}", "102"))
+            cx = v2.CxId(II(cx.ii.root, value), cx.type_code)
+        ids.append(cx.ii)
+    return ids
+
+
+def find_patient(uow: UnitOfWork, ids: list[II]) -> str | None:
+    for system, value in identifier_keys(ids):
+        found = uow.find_by_identifier("Patient", system, value)
+        if found:
+            return found
+    return None
+
+
+def _validated(resource: dict, location: str) -> dict:
+    try:
+        validate(resource)
+    except InvalidResource as exc:
+        raise MessageRefused(Issue(f"the {exc.res_type} built from the message is not valid FHIR: {exc}",
+                                   location, "102")) from None
+    return resource
+
+
+def _claim_all(uow: UnitOfWork, patient_id: str, identifiers: list[dict], location: str) -> None:
+    for identifier in identifiers:
+        if identifier.get("use") == "old":
+            continue
+        owner = uow.find_by_identifier("Patient", identifier["system"], identifier["value"])
+        if owner and owner != patient_id:
+            raise MessageRefused(Issue(
+                f"identifier {identifier['system']}|{identifier['value']} belongs to another patient; "
+                "merge the two patients (A40) first", location, "205"))
+        uow.claim_identifier("Patient", identifier["system"], identifier["value"], patient_id)
+
+
+def upsert_patient(uow: UnitOfWork, pid: Segment, applied: Applied) -> str:
+    """The patient PID-3 names, created or updated with the identity the message carries.
+
+    Identifiers known from earlier messages or documents and absent from this PID are kept."""
+    ids = checked_ids(pid, 3)
+    if not ids:
+        raise MessageRefused(Issue("PID-3 has no identifier with an assigning authority", "PID^1^3", "101"))
+    info = v2.patient_info(pid)
+    info = PatientInfo(ids, info.names, info.gender, info.birth_time, info.birthplace_code,
+                       info.birthplace_city, info.identity_reliability)
+    patient_id = find_patient(uow, ids)
+    resource = mapping.patient_resource(info, patient_id or new_id())
+    if patient_id:
+        previous = uow.current("Patient", patient_id).json()
+        sent = {(i["system"], i["value"]) for i in resource["identifier"]}
+        resource["identifier"] += [i for i in previous.get("identifier", []) if (i["system"], i["value"]) not in sent]
+        for kept in ("link", "active"):
+            if kept in previous:
+                resource[kept] = previous[kept]
+    _claim_all(uow, resource["id"], resource["identifier"], "PID^1^3")
+    uow.save(_validated(resource, "PID"), patient_id=resource["id"])
+    applied.produced.append(f"Patient/{resource['id']}")
+    return resource["id"]
+
+
+def record_consents(uow: UnitOfWork, zfa: Segment, patient_id: str, applied: Applied) -> None:
+    """One Consent per kind and patient, updated in place as new ZFA arrive."""
+    for kind, consent in v2.consents(zfa, f"Patient/{patient_id}").items():
+        key_system = CONSENT_KEY_SYSTEM + kind
+        consent_id = uow.find_by_identifier("Consent", key_system, patient_id)
+        if consent_id is None:
+            consent_id = new_id()
+            uow.claim_identifier("Consent", key_system, patient_id, consent_id)
+        consent["id"] = consent_id
+        uow.save(_validated(consent, "ZFA"), patient_id=patient_id)
+        applied.produced.append(f"Consent/{consent_id}")
+
+
+def feeding_consent(uow: UnitOfWork, patient_id: str) -> dict | None:
+    consent_id = uow.find_by_identifier("Consent", CONSENT_KEY_SYSTEM + "alimentation", patient_id)
+    return uow.current("Consent", consent_id).json() if consent_id else None
+
+
+def merge(uow: UnitOfWork, pid: Segment, mrg: Segment, applied: Applied) -> None:
+    """A40: the patient MRG-1 names is merged into the one PID-3 names.
+
+    Its documents, binaries, consents and lists move to the survivor; its identifiers now find the
+    survivor (kept on it with use `old` where the survivor has its own of the same system); it stays
+    readable, inactive, with a `replaced-by` link."""
+    merged_ids = checked_ids(mrg, 1)
+    if not merged_ids:
+        raise MessageRefused(Issue("MRG-1 has no identifier with an assigning authority", "MRG^1^1", "101"))
+    merged_id = find_patient(uow, merged_ids)
+    survivor_id = upsert_patient(uow, pid, applied)
+    if merged_id is None:
+        applied.issues.append(Issue("the merged patient (MRG-1) is unknown here: nothing to move",
+                                    "MRG^1^1", "204", "W"))
+        return
+    if merged_id == survivor_id:
+        return
+    survivor = uow.current("Patient", survivor_id).json()
+    merged = uow.current("Patient", merged_id).json()
+    own_systems = {i["system"] for i in survivor["identifier"]}
+    present = {(i["system"], i["value"]) for i in survivor["identifier"]}
+    for identifier in merged.get("identifier", []):
+        if (identifier["system"], identifier["value"]) in present:
+            continue
+        moved = dict(identifier)
+        if identifier["system"] in own_systems:
+            moved["use"] = "old"
+        survivor["identifier"].append(moved)
+    survivor.setdefault("link", []).append({"other": {"reference": f"Patient/{merged_id}"}, "type": "replaces"})
+    uow.move_identifiers("Patient", merged_id, survivor_id)
+    for kind in v2.CONSENT_KINDS:
+        _move_consent_key(uow, kind, merged_id, survivor_id)
+    uow.save(_validated(survivor, "PID"), patient_id=survivor_id)
+    merged["active"] = False
+    merged["link"] = [{"other": {"reference": f"Patient/{survivor_id}"}, "type": "replaced-by"}]
+    uow.save(merged, patient_id=merged_id)
+    applied.produced.append(f"Patient/{merged_id}")
+    old_ref, new_ref = json.dumps(f"Patient/{merged_id}"), json.dumps(f"Patient/{survivor_id}")
+    for stored in uow.patient_resources(merged_id):
+        moved = json.loads(stored.body.replace(old_ref, new_ref))
+        uow.save(moved, patient_id=survivor_id, blob_sha256=stored.blob_sha256)
+        applied.produced.append(f"{stored.res_type}/{stored.res_id}")
+
+
+def _move_consent_key(uow: UnitOfWork, kind: str, merged_id: str, survivor_id: str) -> None:
+    """The survivor keeps its own consent of each kind; the merged patient's one becomes its own
+    only when the survivor has none (the consent follows the person, not the record number)."""
+    system = CONSENT_KEY_SYSTEM + kind
+    merged_consent = uow.find_by_identifier("Consent", system, merged_id)
+    if merged_consent is None:
+        return
+    uow.release_identifier("Consent", system, merged_id)
+    if uow.find_by_identifier("Consent", system, survivor_id) is None:
+        uow.claim_identifier("Consent", system, survivor_id, merged_consent)
+
+
+def change_identifier(uow: UnitOfWork, pid: Segment, mrg: Segment, applied: Applied) -> None:
+    """A47: the identifier in MRG-1 was wrong; PID-3 carries the right one, of the same authority."""
+    old_ids = checked_ids(mrg, 1)
+    new_ids = checked_ids(pid, 3)
+    patient_id = find_patient(uow, old_ids)
+    if patient_id is None:
+        raise MessageRefused(Issue("no patient has the identifier MRG-1 names", "MRG^1^1", "204"))
+    patient = uow.current("Patient", patient_id).json()
+    old_keys = set(identifier_keys(old_ids))
+    new_identifiers = mapping.patient_identifiers(new_ids)
+    changed_systems = {s for s, _ in old_keys}
+    for system, value in old_keys:
+        uow.release_identifier("Patient", system, value)
+    patient["identifier"] = [i for i in patient["identifier"] if (i["system"], i["value"]) not in old_keys]
+    present = {(i["system"], i["value"]) for i in patient["identifier"]}
+    patient["identifier"] += [i for i in new_identifiers
+                              if i["system"] in changed_systems and (i["system"], i["value"]) not in present]
+    _claim_all(uow, patient_id, patient["identifier"], "PID^1^3")
+    uow.save(_validated(patient, "PID"), patient_id=patient_id)
+    applied.produced.append(f"Patient/{patient_id}")
+
