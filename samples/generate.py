@@ -351,6 +351,85 @@ def invalid_documents(valid: bytes) -> dict[str, bytes]:
     }
 
 
+SENDER = "MSH|^~\\&|{app}|CH-SAINT-AUBIN|DMP-GATEWAY|DMP|{time}||{type}|{control}|P|{version}|||||FRA|{charset}|||{profile}"
+PAM = "2.11^IHE_FRANCE-2.11-PAM"
+CISIS = "2.1^CISIS_CDA_HL7_V2"
+ACCENTED = Patient("285117505612337", "900000005", "ŒUVRAY", "HÉLÈNE ZOÉ", "HÉLÈNE", "ŒUVRAY", "F",
+                   "19851107", "75056", "PARIS")
+
+
+def _pid(p: Patient) -> str:
+    return (f"PID|1||{p.ipp}^^^CH-SAINT-AUBIN&{HOSPITAL_OID}&ISO^PI~{p.ins}^^^ASIP-SANTE-INS-NIR&{INS_TEST}&ISO^INS||"
+            f"{p.birth_family}^{p.first_given}^{p.given}^^^^L~{p.used_family}^{p.first_given}^^^^^D||{p.birth}|{p.gender}"
+            f"|||^^^^^^BDL^^{p.birthplace_code}" + "|" * 21 + "VALI")
+
+
+def _adt(event: str, control: str, p: Patient, zfa: str | None = None, charset: str = "UNICODE UTF-8") -> str:
+    lines = [SENDER.format(app="GAM", time="20260310080000", type=f"ADT^{event}^ADT_{event}", control=control,
+                           version="2.5^FRA^2.11", charset=charset, profile=PAM),
+             f"EVN||20260310080000", _pid(p), "PV1|1|N"]
+    if zfa:
+        lines.append(zfa)
+    return "\n".join(lines) + "\n"
+
+
+def _flags(masked: str, invisible_patient: str, invisible_representatives: str) -> list[str]:
+    values = [("MASQUE_PS", "Masqué aux professionnels de Santé", masked),
+              ("INVISIBLE_PATIENT", "Document Non Visible par le patient", invisible_patient),
+              ("INVISIBLE_REP_LEGAUX", "Non visible par les représentants Légaux du patient", invisible_representatives),
+              ("DESTDMP", "Destinataire DMP", "Y")]
+    return [f"OBX|{i}|CWE|{code}^{label}^MetaDMPMSS||{value}^^expandedYes-NoIndicator||||||F|"
+            for i, (code, label, value) in enumerate(values, start=2)]
+
+
+def _mdm(event: str, control: str, d: Document, data: bytes | None, parent: str | None = None,
+         flags: tuple[str, str, str] = ("N", "N", "N")) -> str:
+    p = d.patient
+    payload = base64.b64encode(data).decode() if data else ""
+    order = {"T02": "NW", "T10": "RO", "T04": "CA"}[event]
+    lines = [SENDER.format(app="DPI", time="20260310170000", type=f"MDM^{event}^MDM_T02", control=control,
+                           version="2.6", charset="UNICODE UTF-8", profile=CISIS),
+             "EVN||20260310170000", _pid(p), "PV1|1|I", f"ORC|{order}|",
+             f"OBR|1|||{d.code[0]}^{d.code[1]}^LN|",
+             f"TXA|1|{d.code[0]}|TEXT|{d.time[:12]}||||||||{d.doc_id}|{parent or ''}||||AU|||||{d.author.idnatps}",
+             f"OBX|1|ED|{d.code[0]}^{d.code[1]}^LN||^text^XML^Base64^{payload}||||||F|",
+             f"PRT||UC||SB^^participation|{d.author.idnatps}^{d.author.family}^{d.author.given}^^^^^^"
+             f"ASIP-SANTE-PS&1.2.250.1.71.4.2.1&ISO^D^^^IDNPS|||{d.place.name}^^^^^ASIP-SANTE-ST&1.2.250.1.71.4.2.2&ISO"
+             f"^FINEG^^^{d.place.idnatst[1:]}",
+             *_flags(*flags)]
+    return "\n".join(lines) + "\n"
+
+
+def _oru(control: str, d: Document, data: bytes) -> str:
+    lines = [SENDER.format(app="SIL", time="20260310180000", type="ORU^R01^ORU_R01", control=control,
+                           version="2.5", charset="UNICODE UTF-8", profile=CISIS),
+             _pid(d.patient), "PV1|1|O", "ORC|NW|", f"OBR|1|||{d.code[0]}^{d.code[1]}^LN||||||||||||||||||||F",
+             f"OBX|1|ED|{d.code[0]}^{d.code[1]}^LN||^TEXT^XML^Base64^{base64.b64encode(data).decode()}||||||F|",
+             f"PRT||UC||SB^^participation|{d.author.idnatps}^{d.author.family}^{d.author.given}^^^^^^"
+             "ASIP-SANTE-PS&1.2.250.1.71.4.2.1&ISO^D^^^IDNPS",
+             *[line.replace("|CWE|", "|CE|") for line in _flags("N", "N", "N")]]
+    return "\n".join(lines) + "\n"
+
+
+def hl7v2_messages() -> dict[str, bytes]:
+    """Our own PAM-FR and CI-SIS messages, for the demo, the tests and integrators trying `gateway send`."""
+    irm = next(d for d in DOCUMENTS if d.file == "cr-imagerie-irm-lefevre.xml")
+    bio = next(d for d in DOCUMENTS if d.file == "cr-biologie-martin.xml")
+    return {
+        "adt-a01-martin.hl7": _adt("A01", "ADT0001", PATIENTS["martin"],
+                                   "ZFA|ACTIF|20260310080000|||||||INO|20260310080000|IC|20260310080000").encode(),
+        "adt-a31-garnier-opposition.hl7": _adt("A31", "ADT0002", PATIENTS["garnier"],
+                                               "ZFA|ACTIF|20260311090000|||||||IO|20260311090000|IC|20260311090000").encode(),
+        "adt-a28-oeuvray-utf8.hl7": _adt("A28", "ADT0003", ACCENTED).encode("utf-8"),
+        "adt-a28-oeuvray-8859-15.hl7": _adt("A28", "ADT0004", ACCENTED, charset="8859/15").encode("iso8859-15"),
+        "mdm-t02-cr-imagerie-irm-lefevre.hl7": _mdm("T02", "MDM0001", irm, cda(irm), flags=("N", "Y", "N")).encode(),
+        "mdm-t10-cr-imagerie-irm-lefevre.hl7": _mdm("T10", "MDM0002", REPLACEMENT, cda(REPLACEMENT),
+                                                    parent=irm.doc_id).encode(),
+        "mdm-t04-cr-imagerie-irm-lefevre.hl7": _mdm("T04", "MDM0003", REPLACEMENT, None, parent=irm.doc_id).encode(),
+        "oru-r01-cr-biologie-martin.hl7": _oru("ORU0001", bio, cda(bio)).encode(),
+    }
+
+
 def main() -> None:
     for folder, documents in (("cda", DOCUMENTS), ("replacement", [REPLACEMENT]), ("signed", [SIGNED])):
         (HERE / folder).mkdir(exist_ok=True)
@@ -362,6 +441,10 @@ def main() -> None:
         (invalid_dir / name).write_bytes(data)
     patients = {key: {"ins": p.ins, "ins_system": f"urn:oid:{INS_TEST}", "ipp": p.ipp,
                       "name": f"{p.first_given} {p.used_family}"} for key, p in PATIENTS.items()}
+    hl7v2_dir = HERE / "hl7v2"
+    hl7v2_dir.mkdir(exist_ok=True)
+    for name, data in hl7v2_messages().items():
+        (hl7v2_dir / name).write_bytes(data)
     (HERE / "patients.json").write_text(json.dumps(patients, indent=2, ensure_ascii=False) + "\n")
 
 

@@ -1,0 +1,217 @@
+"""HL7v2 over POST /hl7v2 on both backends: identity, consents, documents, duplicates, refusals."""
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from gateway.storage.schema import raw_inputs, resources
+
+SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "hl7v2"
+PATIENTS = json.loads((SAMPLES.parent / "patients.json").read_text())
+HOSPITAL = "urn:oid:1.2.250.1.213.1.1.9.1001"
+
+
+def sample(name: str) -> bytes:
+    return (SAMPLES / name).read_bytes()
+
+
+def post(client, data: bytes | str):
+    body = data.encode() if isinstance(data, str) else data
+    response = client.post("/hl7v2", data=body, content_type="x-application/hl7-v2+er7")
+    assert response.status_code == 200, response.data
+    text = response.data.decode("utf-8", "replace")
+    segments = [s.split("|") for s in text.strip("\r").split("\r")]
+    return segments[1][1], segments
+
+
+def errors(segments):
+    return [s for s in segments if s[0] == "ERR"]
+
+
+def search(client, query: str) -> dict:
+    response = client.get(f"/fhir/{query}")
+    assert response.status_code == 200, response.data
+    return response.get_json()
+
+
+def adt(event: str, control: str, pid: str, *extra: str) -> str:
+    return "\r".join([f"MSH|^~\\&|GAM|CH-SAINT-AUBIN|GW|DMP|20260310080000||ADT^{event}^ADT_A01|{control}|P|2.5^FRA^2.11"
+                      "|||||FRA|UNICODE UTF-8", "EVN||20260310080000", pid, *extra]) + "\r"
+
+
+def pid(ipp: str, family: str, ins: str | None = None) -> str:
+    ids = f"{ipp}^^^CH-SAINT-AUBIN&1.2.250.1.213.1.1.9.1001&ISO^PI"
+    if ins:
+        ids += f"~{ins}^^^ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.10&ISO^INS"
+    return f"PID|1||{ids}||{family}^PAUL^^^^^L||19850612|M"
+
+
+def test_adt_creates_then_updates_the_patient_with_its_consents(client):
+    code, _ = post(client, sample("adt-a01-martin.hl7"))
+    assert code == "AA"
+    martin = PATIENTS["martin"]
+    found = search(client, f"Patient?identifier={martin['ins_system']}|{martin['ins']}")
+    assert found["total"] == 1
+    patient = found["entry"][0]["resource"]
+    assert {"system": HOSPITAL, "value": martin["ipp"]} in [
+        {k: i[k] for k in ("system", "value")} for i in patient["identifier"]]
+    reliability = next(e for e in patient["extension"] if e["url"].endswith("fr-core-identity-reliability"))
+    assert reliability["extension"][0]["valueCoding"]["code"] == "VALI"
+    consents = search(client, f"Consent?patient={patient['id']}")
+    assert consents["total"] == 2
+    by_kind = {c["resource"]["category"][1]["coding"][0]["code"]: c["resource"] for c in consents["entry"]}
+    assert by_kind["consultation"]["provision"]["type"] == "permit"
+    assert by_kind["alimentation"]["provision"]["type"] == "permit"
+
+    update = adt("A08", "UPD1", pid(martin["ipp"], "MARTIN-DURAND", martin["ins"]),
+                 "ZFA|ACTIF|20260312080000|||||||INO|20260312080000|INC|20260312080000")
+    assert post(client, update)[0] == "AA"
+    patient = client.get(f"/fhir/Patient/{patient['id']}").get_json()
+    assert patient["meta"]["versionId"] == "2" and patient["name"][0]["family"] == "MARTIN-DURAND"
+    consents = search(client, f"Consent?patient={patient['id']}&category=consultation")
+    assert consents["total"] == 1 and consents["entry"][0]["resource"]["provision"]["type"] == "deny"
+
+
+def test_accented_names_are_identical_from_utf8_and_8859_15(client):
+    assert post(client, sample("adt-a28-oeuvray-utf8.hl7"))[0] == "AA"
+    assert post(client, sample("adt-a28-oeuvray-8859-15.hl7"))[0] == "AA"
+    found = search(client, "Patient?identifier=urn:oid:1.2.250.1.213.1.4.10|285117505612337")
+    patient = found["entry"][0]["resource"]
+    first = client.get(f"/fhir/Patient/{patient['id']}/_history/1").get_json()
+    assert patient["meta"]["versionId"] == "2"
+    assert patient["name"] == first["name"]
+    assert patient["name"][0]["family"] == "ŒUVRAY" and patient["name"][0]["given"] == ["HÉLÈNE"]
+
+
+def test_t02_t10_t04_register_replace_and_delete(client):
+    lefevre = PATIENTS["lefevre"]
+    code, _ = post(client, sample("mdm-t02-cr-imagerie-irm-lefevre.hl7"))
+    assert code == "AA"
+    query = f"DocumentReference?patient.identifier={lefevre['ins_system']}|{lefevre['ins']}"
+    first = search(client, query + "&status=current")["entry"][0]["resource"]
+    assert any(label["coding"][0]["code"] == "INVISIBLE_PATIENT" for label in first["securityLabel"])
+    submission = search(client, f"List?item=DocumentReference/{first['id']}")["entry"][0]["resource"]
+    sender = client.get(f"/fhir/{submission['source']['reference']}").get_json()
+    assert any(i["value"] == "899900000038" for i in sender["identifier"])
+
+    assert post(client, sample("mdm-t10-cr-imagerie-irm-lefevre.hl7"))[0] == "AA"
+    current = search(client, query + "&status=current")["entry"]
+    assert len(current) == 1 and current[0]["resource"]["relatesTo"][0] == {
+        "code": "replaces", "target": {"reference": f"DocumentReference/{first['id']}"}}
+    assert client.get(f"/fhir/DocumentReference/{first['id']}").get_json()["status"] == "superseded"
+
+    assert post(client, sample("mdm-t04-cr-imagerie-irm-lefevre.hl7"))[0] == "AA"
+    assert search(client, query + "&status=current")["total"] == 0
+    assert search(client, query)["total"] == 1  # the superseded first version; the deleted one is hidden
+    assert search(client, query + "&status=entered-in-error")["total"] == 1
+
+
+def test_oru_registers_the_document(client):
+    code, _ = post(client, sample("oru-r01-cr-biologie-martin.hl7"))
+    assert code == "AA"
+    martin = PATIENTS["martin"]
+    found = search(client, f"DocumentReference?patient.identifier={martin['ins_system']}|{martin['ins']}&status=current")
+    assert found["total"] == 1 and found["entry"][0]["resource"]["type"]["coding"][0]["code"] == "11502-2"
+
+
+def test_a_retransmission_gets_the_original_ack_and_stores_nothing(client, database):
+    data = sample("oru-r01-cr-biologie-martin.hl7")
+    first = client.post("/hl7v2", data=data, content_type="x-application/hl7-v2+er7").data
+    restamped = data.replace(b"|20260310180000|", b"|20260310180500|", 1)  # an engine that restamps MSH-7
+    again = client.post("/hl7v2", data=restamped, content_type="x-application/hl7-v2+er7").data
+    assert again == first
+    with database[0].connect() as conn:
+        assert conn.execute(select(func.count()).select_from(raw_inputs)).scalar_one() == 1
+        assert conn.execute(select(func.count()).select_from(resources).where(
+            resources.c.res_type == "DocumentReference")).scalar_one() == 1
+
+
+def test_a_reused_control_id_is_processed_with_a_warning(client):
+    martin = PATIENTS["martin"]
+    assert post(client, adt("A28", "SAME", pid("900000071", "UN")))[0] == "AA"
+    code, segments = post(client, adt("A28", "SAME", pid("900000072", "DEUX")))
+    assert code == "AA"
+    assert errors(segments)[0][3].startswith("205^") and errors(segments)[0][4] == "W"
+    assert search(client, f"Patient?identifier={HOSPITAL}|900000072")["total"] == 1
+    assert martin  # the sample patients are untouched
+
+
+def test_a_patient_who_opposed_feeding_gets_no_document(client):
+    assert post(client, sample("adt-a31-garnier-opposition.hl7"))[0] == "AA"
+    garnier = PATIENTS["garnier"]
+    message = sample("oru-r01-cr-biologie-martin.hl7").decode()
+    # The CDA stays Martin's: first the PID check refuses the mismatch.
+    mismatch = message.replace(PATIENTS["martin"]["ins"], garnier["ins"]).replace(PATIENTS["martin"]["ipp"], garnier["ipp"])
+    code, segments = post(client, mismatch)
+    assert code == "AE" and errors(segments)[0][2] == "PID^1^3"
+    cda = (SAMPLES.parent / "cda" / "cr-operatoire-garnier.xml").read_text()
+    response = client.post("/cda", data=cda, content_type="application/xml")
+    assert response.status_code == 422
+    assert "opposed feeding" in response.get_json()["issue"][0]["diagnostics"]
+
+
+def test_merge_moves_documents_and_identifiers_to_the_survivor(client):
+    lefevre = PATIENTS["lefevre"]
+    assert post(client, sample("mdm-t02-cr-imagerie-irm-lefevre.hl7"))[0] == "AA"
+    duplicate = search(client, f"Patient?identifier={HOSPITAL}|{lefevre['ipp']}")["entry"][0]["resource"]
+    survivor_pid = f"PID|1||900000090^^^CH-SAINT-AUBIN&1.2.250.1.213.1.1.9.1001&ISO^PI||DUBOIS^CLAIRE^^^^^L||19920823|F"
+    merge = adt("A40", "MRG1", survivor_pid, f"MRG|{lefevre['ipp']}^^^CH-SAINT-AUBIN&1.2.250.1.213.1.1.9.1001&ISO^PI")
+    assert post(client, merge)[0] == "AA"
+    survivor = search(client, f"Patient?identifier={HOSPITAL}|900000090")["entry"][0]["resource"]
+    docs = search(client, f"DocumentReference?patient.identifier={HOSPITAL}|{lefevre['ipp']}&status=current")
+    assert docs["total"] == 1
+    assert docs["entry"][0]["resource"]["subject"]["reference"] == f"Patient/{survivor['id']}"
+    by_ins = search(client, f"DocumentReference?patient.identifier={lefevre['ins_system']}|{lefevre['ins']}")
+    assert by_ins["total"] == 1
+    merged = client.get(f"/fhir/Patient/{duplicate['id']}").get_json()
+    assert merged["active"] is False and merged["link"][0]["type"] == "replaced-by"
+
+
+def test_a47_changes_an_identifier(client):
+    assert post(client, adt("A28", "C1", pid("900000080", "FAUX")))[0] == "AA"
+    change = adt("A47", "C2", pid("900000081", "FAUX"), "MRG|900000080^^^CH-SAINT-AUBIN&1.2.250.1.213.1.1.9.1001&ISO^PI")
+    assert post(client, change)[0] == "AA"
+    assert search(client, f"Patient?identifier={HOSPITAL}|900000080")["total"] == 0
+    assert search(client, f"Patient?identifier={HOSPITAL}|900000081")["total"] == 1
+
+
+@pytest.mark.parametrize("message, code, error", [
+    ("MSH|^~\\&|A|B|C|D|20260101||VXU^V04^VXU_V04|X1|P|2.5.1\rPID|1", "AR", "200"),
+    ("MSH|^~\\&|A|B|C|D|20260101||MDM^T01^MDM_T01|X2|P|2.6\rPID|1", "AR", "201"),
+    ("MSH|^~\\&|A|B|C|D|20260101||ADT^A01|X3|P|3.0\rPID|1", "AR", "203"),
+    ("MSH|^~\\&|A|B|C|D|20260101||ADT^A01||P|2.5\rPID|1", "AR", "101"),
+    ("PID|1||x", "AR", "100"),
+    ("MSH|^~\\&|A|B|C|D|20260101||ADT^A01|X4|P|2.5\rPID|1||185067511204555^^^ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.10&ISO^INS",
+     "AE", "102"),
+])
+def test_refusals_are_answered_with_err(client, message, code, error):
+    got, segments = post(client, message)
+    assert got == code
+    assert errors(segments)[0][3].split("^")[0] == error
+
+
+def test_a_database_failure_answers_ae_then_reprocess_succeeds(client, monkeypatch):
+    from gateway.services import patients
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("database unavailable")
+
+    monkeypatch.setattr(patients, "record_consents", broken)
+    code, segments = post(client, sample("adt-a01-martin.hl7"))
+    assert code == "AE" and errors(segments)[0][3].startswith("207^")
+    assert search(client, "Patient?_summary=count")["total"] == 0  # nothing half-stored
+    failed = client.get("/hl7v2/messages?status=failed").get_json()["messages"]
+    assert len(failed) == 1
+    monkeypatch.undo()
+    response = client.post(f"/hl7v2/messages/{failed[0]['id']}/reprocess")
+    assert response.get_json()["ack_code"] == "AA"
+    shown = client.get(f"/hl7v2/messages/{failed[0]['id']}").get_json()
+    assert shown["status"] == "processed" and any(r.startswith("Consent/") for r in shown["resources"])
+    assert shown["message"].startswith("MSH|")
+
+
+def test_no_ack_when_the_sender_asks_for_none(client):
+    message = "MSH|^~\\&|A|B|C|D|20260101||ADT^A28|N1|P|2.5|||NE|NE\r" + pid("900000060", "SILENCE") + "\r"
+    response = client.post("/hl7v2", data=message, content_type="x-application/hl7-v2+er7")
+    assert response.status_code == 204

@@ -1,0 +1,71 @@
+"""Reading ER7: character sets, segment terminators, escapes, components."""
+import pytest
+from hypothesis import given, strategies as st
+
+from gateway.hl7v2.ack import escape
+from gateway.hl7v2.er7 import Encoding, Message, MessageRejected
+
+PID = "PID|1||123^^^HOSP&1.2.3&ISO^PI~456^^^OTHER&&^PI||ŒUVRAY^HÉLÈNE^HÉLÈNE ZOÉ^^^^L"
+
+
+def message(charset: str, *segments: str, sep: str = "\r") -> str:
+    return sep.join([f"MSH|^~\\&|APP|FAC|GW|DMP|20260101||ADT^A28^ADT_A05|1|P|2.5|||||FRA|{charset}", *segments])
+
+
+@pytest.mark.parametrize("charset, codec", [("UNICODE UTF-8", "utf-8"), ("8859/15", "iso8859-15")])
+def test_accented_names_read_the_same_in_each_declared_charset(charset, codec):
+    m = Message.from_bytes(message(charset, PID).encode(codec))
+    assert m.first("PID").get(5, 1) == "ŒUVRAY"
+    assert m.first("PID").get(5, 3) == "HÉLÈNE ZOÉ"
+
+
+def test_latin1_and_utf8_bom():
+    latin1 = Message.from_bytes(message("8859/1", "PID|1||1^^^A&1.2&ISO||HÉLÈNE").encode("iso8859-1"))
+    assert latin1.first("PID").get(5) == "HÉLÈNE"
+    bom = Message.from_bytes(b"\xef\xbb\xbf" + message("", "PID|1||1^^^A&1.2&ISO||H\u00c9L\u00c8NE").encode("utf-8"))
+    assert bom.first("PID").get(5) == "HÉLÈNE"
+
+
+def test_undeclared_bytes_that_are_not_utf8_are_refused_not_guessed():
+    with pytest.raises(MessageRejected) as refused:
+        Message.from_bytes(message("", "PID|1||1||HÉLÈNE").encode("iso8859-1"))
+    assert refused.value.location == "MSH^1^18"
+
+
+def test_unknown_charset_is_refused():
+    with pytest.raises(MessageRejected) as refused:
+        Message.from_bytes(message("ISO IR87", "PID|1").encode())
+    assert refused.value.code == "203"
+
+
+@pytest.mark.parametrize("sep", ["\r", "\n", "\r\n"])
+def test_segment_terminators(sep):
+    m = Message(message("", "EVN||20260101", "PID|1||1^^^A&1.2&ISO", sep=sep), "")
+    assert [s.name for s in m.segments] == ["MSH", "EVN", "PID"]
+    assert m.control_id == "1" and m.message_type == ("ADT", "A28", "ADT_A05")
+
+
+def test_fields_components_repetitions():
+    pid = Message(message("", PID), "").first("PID")
+    assert pid.get(3, 1, repetition=1) == "456"
+    assert pid.get(3, 4, 2) == "1.2.3"
+    assert pid.get(3, 4, 3, repetition=1) == ""
+    assert pid.get(40) == ""
+    assert len(pid.repetitions(3)) == 2
+
+
+def test_escapes():
+    seg = Message(message("", r"NTE|1||a\F\b\S\c\T\d\R\e\E\f\X41\g\.br\h\H\bold\N\i"), "").first("NTE")
+    assert seg.get(3) == "a|b^c&d~e\\fAg\nhboldi"
+
+
+def test_msh_without_encoding_characters():
+    with pytest.raises(MessageRejected):
+        Message("MSH|", "")
+
+
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), max_size=60))
+def test_escape_then_unescape_gives_back_the_value(value):
+    enc = Encoding()
+    seg = Message(message("", "NTE|1||" + escape(value, enc)), "").first("NTE")
+    assert seg.unescape(seg.raw(3)) == value
