@@ -422,10 +422,10 @@ def hl7v2_messages() -> dict[str, bytes]:
                                                "ZFA|ACTIF|20260311090000|||||||IO|20260311090000|IC|20260311090000").encode(),
         "adt-a28-oeuvray-utf8.hl7": _adt("A28", "ADT0003", ACCENTED).encode("utf-8"),
         "adt-a28-oeuvray-8859-15.hl7": _adt("A28", "ADT0004", ACCENTED, charset="8859/15").encode("iso8859-15"),
-        "mdm-t02-cr-imagerie-irm-lefevre.hl7": _mdm("T02", "MDM0001", irm, cda(irm), flags=("N", "Y", "N")).encode(),
-        "mdm-t10-cr-imagerie-irm-lefevre.hl7": _mdm("T10", "MDM0002", REPLACEMENT, cda(REPLACEMENT),
+        "mdm-1-t02-cr-imagerie-irm-lefevre.hl7": _mdm("T02", "MDM0001", irm, cda(irm), flags=("N", "Y", "N")).encode(),
+        "mdm-2-t10-cr-imagerie-irm-lefevre.hl7": _mdm("T10", "MDM0002", REPLACEMENT, cda(REPLACEMENT),
                                                     parent=irm.doc_id).encode(),
-        "mdm-t04-cr-imagerie-irm-lefevre.hl7": _mdm("T04", "MDM0003", REPLACEMENT, None, parent=irm.doc_id).encode(),
+        "mdm-3-t04-cr-imagerie-irm-lefevre.hl7": _mdm("T04", "MDM0003", REPLACEMENT, None, parent=irm.doc_id).encode(),
         "oru-r01-cr-biologie-martin.hl7": _oru("ORU0001", bio, cda(bio)).encode(),
     }
 

@@ -2,8 +2,12 @@
 a live HTTP server, a test PKI, and the third-party corpus when it is present."""
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import uuid
 from dataclasses import replace
@@ -26,6 +30,7 @@ POSTGRES_URL = os.environ.get("GATEWAY_TEST_POSTGRES_URL")
 REQUIRE_POSTGRES = os.environ.get("GATEWAY_REQUIRE_POSTGRES") == "1"
 
 BACKENDS = ["sqlite", "postgresql"]
+MLLP_TEST_MAX_BYTES = 1024 * 1024  # the ANS examples are 330 KB
 
 
 # Lines the tests want shown in pytest's final summary (the corpus tally).
@@ -131,6 +136,48 @@ def live_server(settings, database):
     thread.start()
     yield live_settings
     server.shutdown()
+
+
+@pytest.fixture
+def mllp_listener(settings, database):
+    """The MLLP listener (the same coroutine `gateway mllp` runs) on a loopback port, in a thread."""
+    from gateway.listener import listen
+
+    live = replace(settings, mllp_host="127.0.0.1", mllp_port=free_port(), mllp_idle_timeout=30.0,
+                   mllp_max_bytes=MLLP_TEST_MAX_BYTES)
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    state: dict = {}
+
+    async def main():
+        state["stop"], ready = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(listen(live, ready, state["stop"]))
+        await asyncio.wait([asyncio.create_task(ready.wait()), task], return_when=asyncio.FIRST_COMPLETED)
+        started.set()
+        await task
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
+    thread.start()
+    assert started.wait(10), "the MLLP listener did not start"
+    yield live
+    loop.call_soon_threadsafe(state["stop"].set)
+    thread.join(40)
+
+
+def mllp_send(port: int, message: bytes, timeout: float = 30.0) -> list[bytes]:
+    """Send one message with python-hl7's `mllp_send` (a third-party client); the ACKs it printed."""
+    with tempfile.NamedTemporaryFile(suffix=".mllp") as framed:
+        framed.write(b"\x0b" + message + b"\x1c\r")
+        framed.flush()
+        tool = Path(sys.executable).parent / "mllp_send"
+        try:
+            done = subprocess.run([str(tool), "-p", str(port), "-f", framed.name, "127.0.0.1"],
+                                  capture_output=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return []
+    assert done.returncode == 0, done.stderr.decode()
+    # mllp_send prints each reply as received, MLLP frame included.
+    return [part.split(b"\x1c", 1)[0] for part in done.stdout.split(b"\x0b")[1:]]
 
 
 def sample(name: str) -> bytes:

@@ -60,8 +60,8 @@ class FrameReader:
             if end >= 0:
                 body = bytes(self.buffer[:end])
                 del self.buffer[:end + len(END)]
-                if head is not None:
-                    raise FrameTooLarge(head, dropped + len(body))
+                if head is not None or len(body) > self.max_bytes:
+                    raise FrameTooLarge(head or body[:HEAD_KEPT], dropped + len(body))
                 return body
             scanned = len(self.buffer)
             if head is None and len(self.buffer) > self.max_bytes:

@@ -86,7 +86,7 @@ def test_accented_names_are_identical_from_utf8_and_8859_15(client):
 
 def test_t02_t10_t04_register_replace_and_delete(client):
     lefevre = PATIENTS["lefevre"]
-    code, _ = post(client, sample("mdm-t02-cr-imagerie-irm-lefevre.hl7"))
+    code, _ = post(client, sample("mdm-1-t02-cr-imagerie-irm-lefevre.hl7"))
     assert code == "AA"
     query = f"DocumentReference?patient.identifier={lefevre['ins_system']}|{lefevre['ins']}"
     first = search(client, query + "&status=current")["entry"][0]["resource"]
@@ -95,13 +95,13 @@ def test_t02_t10_t04_register_replace_and_delete(client):
     sender = client.get(f"/fhir/{submission['source']['reference']}").get_json()
     assert any(i["value"] == "899900000038" for i in sender["identifier"])
 
-    assert post(client, sample("mdm-t10-cr-imagerie-irm-lefevre.hl7"))[0] == "AA"
+    assert post(client, sample("mdm-2-t10-cr-imagerie-irm-lefevre.hl7"))[0] == "AA"
     current = search(client, query + "&status=current")["entry"]
     assert len(current) == 1 and current[0]["resource"]["relatesTo"][0] == {
         "code": "replaces", "target": {"reference": f"DocumentReference/{first['id']}"}}
     assert client.get(f"/fhir/DocumentReference/{first['id']}").get_json()["status"] == "superseded"
 
-    assert post(client, sample("mdm-t04-cr-imagerie-irm-lefevre.hl7"))[0] == "AA"
+    assert post(client, sample("mdm-3-t04-cr-imagerie-irm-lefevre.hl7"))[0] == "AA"
     assert search(client, query + "&status=current")["total"] == 0
     assert search(client, query)["total"] == 1  # the superseded first version; the deleted one is hidden
     assert search(client, query + "&status=entered-in-error")["total"] == 1
@@ -153,7 +153,7 @@ def test_a_patient_who_opposed_feeding_gets_no_document(client):
 
 def test_merge_moves_documents_and_identifiers_to_the_survivor(client):
     lefevre = PATIENTS["lefevre"]
-    assert post(client, sample("mdm-t02-cr-imagerie-irm-lefevre.hl7"))[0] == "AA"
+    assert post(client, sample("mdm-1-t02-cr-imagerie-irm-lefevre.hl7"))[0] == "AA"
     duplicate = search(client, f"Patient?identifier={HOSPITAL}|{lefevre['ipp']}")["entry"][0]["resource"]
     survivor_pid = f"PID|1||900000090^^^CH-SAINT-AUBIN&1.2.250.1.213.1.1.9.1001&ISO^PI||DUBOIS^CLAIRE^^^^^L||19920823|F"
     merge = adt("A40", "MRG1", survivor_pid, f"MRG|{lefevre['ipp']}^^^CH-SAINT-AUBIN&1.2.250.1.213.1.1.9.1001&ISO^PI")

@@ -1,0 +1,152 @@
+"""The running MLLP listener, driven with python-hl7's `mllp_send` and with our own client."""
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import MLLP_TEST_MAX_BYTES, REPORT, mllp_send
+
+from gateway.hl7v2 import mllp
+
+SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "hl7v2"
+ANS_INS = "urn:oid:1.2.250.1.213.1.4.10|279035121518989"
+
+
+def fields(ack: bytes, name: str) -> list[list[str]]:
+    text = ack.decode("iso8859-15" if b"8859/15" in ack else "utf-8", "replace")
+    return [s.split("|") for s in text.replace("\n", "\r").split("\r") if s.startswith(name)]
+
+
+def msa(ack: bytes) -> list[str]:
+    return fields(ack, "MSA")[0]
+
+
+def header(message: bytes) -> tuple[str, str]:
+    """(MSH-10, MSH-15/16 as sent) of a corpus message, read plainly."""
+    first = message.lstrip(b"\xef\xbb\xbf").replace(b"\n", b"\r").split(b"\r")[0].decode("latin-1")
+    parts = first.split("|") + [""] * 20
+    return parts[9], (parts[14].strip() + "/" + parts[15].strip())
+
+
+# The third-party corpus: what a correct gateway answers to each message, where it is not AA.
+EXPECTED = {
+    "cdcti_ACK_Natus.hl7": "AR",                        # an ACK is not a message to process
+    "fr_ACK_R01_8859-15.er7": "AR",
+    "cdcti_MALFORMED_empty.hl7": "AR", "cdcti_MALFORMED_msh_only_no_fields.hl7": "AR",
+    "cdcti_MALFORMED_missing_msh-10.hl7": "AR", "cdcti_MALFORMED_missing_msh-9.hl7": "AR",
+    "cdcti_ORM_obx-5_not_numeric.hl7": "AR", "msfc_MDM-T01-01.hl7": "AR",
+    "msfc_VXU.hl7": "CR",                               # MSH-15 AL: the accept ACK stands for AR
+    "fr_MDM_T02_CISIS_V1.2_message.er7": "AE",          # INS 276037510669380 has a wrong key
+    "fr_MDM_T02_CR_Radio_INIT_N1_placeholder_v2.1.er7": "AE",  # OBX-5 is base64 text, not a CDA
+    "msfc_ADT04-251.hl7": "AE", "v2fhir_ADT_A04_Register_v2.1.txt": "AE",  # PID-3 without authority
+    "msfc_MDM-T02-01.hl7": "AE", "msfc_MDM-T10-01.hl7": "AE",  # ED declared, no data
+    "msfc_MDM-T02-02.hl7": "AE", "msfc_MDM-T02-03.hl7": "CE", "v2fhir_MDM_T02_plain_text_line_breaks_v2.3.1.txt": "AE",
+    "cdcti_ORU_R01_Epic_placeholders.hl7": "AE", "cdcti_ORU_R01_Oracle_Cerner_v2.3.hl7": "AE",
+    "msfc_LAB-ORU-1.hl7": "AE", "msfc_LAB-ORU-2.hl7": "AE", "msfc_LRI_2.0-NG_CBC_Typ_Message.hl7": "CE",
+    "msfc_ORU-R01-01.hl7": "CE", "msfc_ORU-R01-RMGEAD.hl7": "AE", "v2fhir_ORU_R01_Lab_Panel_Various_v2.3.1.txt": "AE",
+    "msfc_ADT-A40-01.hl7": None, "v2fhir_MFN_M02_Provider_Master_File_v2.3.txt": None,  # MSH-15/16 NE: no ACK
+}
+
+
+def test_every_corpus_message_gets_a_correct_ack(mllp_listener, corpus_dir, backend):
+    if backend != "sqlite":
+        pytest.skip("the ACK of each message does not depend on the backend; the ANS scenarios run on both")
+    tally: dict[str, int] = {}
+    # In file-name order, but a deletion after the replacement it deletes (T02, T10, T04).
+    for path in sorted((corpus_dir / "hl7v2").iterdir(), key=lambda p: p.name.replace("_T04_", "_T99_")):
+        data = path.read_bytes()
+        expected = EXPECTED.get(path.name, "AA")
+        control_id, modes = header(data)
+        acks = mllp_send(mllp_listener.mllp_port, data, timeout=30 if expected else 3)
+        if expected is None:
+            assert acks == [], f"{path.name} asked for no acknowledgment ({modes})"
+            tally["no ACK (NE/NE)"] = tally.get("no ACK (NE/NE)", 0) + 1
+            continue
+        assert len(acks) == 1, path.name
+        code = msa(acks[0])
+        assert code[1] == expected, f"{path.name}: {code} {fields(acks[0], 'ERR')}"
+        if data.startswith(b"MSH") or data.startswith(b"\xef\xbb\xbfMSH"):
+            assert code[2] == control_id, path.name
+        if expected not in ("AA", "CA"):
+            assert fields(acks[0], "ERR"), f"{path.name}: a refusal names its reason in ERR"
+        tally[expected] = tally.get(expected, 0) + 1
+    REPORT.append("HL7v2 corpus over MLLP (mllp_send): " + ", ".join(f"{k} {v}" for k, v in sorted(tally.items())))
+
+
+def search(live_client, query):
+    return live_client.get(f"/fhir/{query}").get_json()
+
+
+def test_ans_document_messages_create_replace_delete(mllp_listener, corpus_dir, client):
+    folder = corpus_dir / "hl7v2"
+    for name in ("fr_MDM_T02_CR_Radio_INIT_N1_Base64_v2.1.er7", "fr_MDM_T10_CR_Radio_RPLC_N1_v2.1.er7",
+                 "fr_MDM_T04_CR_Radio_DEL_N1_v2.1.er7", "fr_ORU_R01_CR_Bio_INIT_N3_SEGUR_v2.1.er7"):
+        acks = mllp_send(mllp_listener.mllp_port, (folder / name).read_bytes())
+        assert msa(acks[0])[1] == "AA", (name, fields(acks[0], "ERR"))
+    query = f"DocumentReference?patient.identifier={ANS_INS}"
+    by_id = {e["resource"]["masterIdentifier"]["value"]: e["resource"]
+             for status in ("current", "superseded", "entered-in-error")
+             for e in search(client, f"{query}&status={status}").get("entry", [])}
+    assert by_id["urn:oid:1.2.250.1.71.4.2.2.120456789.71024000081"]["status"] == "superseded"
+    assert by_id["urn:oid:1.2.250.1.71.4.2.2.120456789.71024000082"]["status"] == "entered-in-error"
+    assert by_id["urn:oid:1.2.250.1.213.1.1.9"]["status"] == "current"  # the ORU's CR-BIO
+    labels = {c["code"] for label in by_id["urn:oid:1.2.250.1.71.4.2.2.120456789.71024000081"]["securityLabel"]
+              for c in label["coding"]}
+    assert {"INVISIBLE_PATIENT", "INVISIBLE_REPRESENTANTS_LEGAUX"} <= labels
+
+
+@pytest.mark.parametrize("name, consultation, feeding", [
+    ("fr_PAM_A01_Consent_ConsultationOK_AlimentationOK.er7", "permit", "permit"),
+    ("fr_PAM_A01_Consent_NoConsult_AlimentationOK.er7", "deny", "permit"),
+    ("fr_PAM_A01_Consent_NotCollected_AlimentationOK.er7", None, "permit"),
+    ("fr_PAM_A01_Consent_NotCollected_OppositionNotCollected.er7", None, None),
+])
+def test_pam_consent_variants_give_the_expected_consents(mllp_listener, corpus_dir, client, name, consultation, feeding):
+    acks = mllp_send(mllp_listener.mllp_port, (corpus_dir / "hl7v2" / name).read_bytes())
+    assert msa(acks[0])[1] == "AA"
+    patient = search(client, f"Patient?identifier={ANS_INS}")["entry"][0]["resource"]
+    consents = {e["resource"]["category"][1]["coding"][0]["code"]: e["resource"]
+                for e in search(client, f"Consent?patient={patient['id']}")["entry"]}
+    assert consents["consultation"]["provision"].get("type") == consultation
+    assert consents["alimentation"]["provision"].get("type") == feeding
+
+
+def test_connections_run_side_by_side_and_each_keeps_its_order(mllp_listener, client):
+    def messages(worker: int):
+        for n in range(5):
+            ipp = f"95{worker:02d}{n:04d}"
+            for event, family in (("A28", "AVANT"), ("A08", "APRES")):
+                yield (f"MSH|^~\\&|GAM|W{worker}|GW|DMP|20260101||ADT^{event}|{event}-{ipp}|P|2.5\r"
+                       f"PID|1||{ipp}^^^CH&1.2.250.1.213.1.1.9.1001&ISO^PI||{family}^X\r").encode()
+
+    results: dict[int, list] = {}
+
+    def run(worker: int):
+        results[worker] = list(mllp.send_messages("127.0.0.1", mllp_listener.mllp_port, messages(worker)))
+
+    threads = [threading.Thread(target=run, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert all(len(acks) == 10 and all(msa(a)[1] == "AA" for a in acks) for acks in results.values())
+    assert len(results) == 8
+    found = search(client, "Patient?family=APRES&_count=100")
+    assert found["total"] == 40 and search(client, "Patient?family=AVANT")["total"] == 0
+
+
+def test_an_oversized_message_is_refused_and_the_connection_stays_usable(mllp_listener):
+    big = (b"MSH|^~\\&|RIS|CH|GW|DMP|20260101||MDM^T02^MDM_T02|BIG1|P|2.6\rOBX|1|ED|x||^text^XML^Base64^"
+           + b"A" * (MLLP_TEST_MAX_BYTES + 10) + b"\r")
+    small = b"MSH|^~\\&|GAM|CH|GW|DMP|20260101||ADT^A28|SMALL1|P|2.5\rPID|1||9400001^^^CH&1.2.3&ISO^PI||X^Y\r"
+    first, second = mllp.send_messages("127.0.0.1", mllp_listener.mllp_port, [big, small])
+    assert msa(first)[1:3] == ["AR", "BIG1"] and fields(first, "ERR")[0][3].startswith("104^")
+    assert msa(second)[1] == "AA"
+
+
+def test_our_samples_through_gateway_send(mllp_listener, capsys):
+    from gateway.hl7v2.sender import send_paths
+
+    status = send_paths([SAMPLES], "127.0.0.1", mllp_listener.mllp_port)
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert "AA: 8" in out
