@@ -31,7 +31,9 @@ def cmd_serve(settings: Settings, args) -> int:
 
 def cmd_mllp(settings: Settings, _args) -> int:
     from gateway.listener import run
+    from gateway.storage.migrate import upgrade
 
+    upgrade(_engine(settings))
     return run(settings)
 
 

@@ -17,7 +17,7 @@ GATEWAY = Path(sys.executable).with_name("gateway")
 def served(tmp_path):
     port = free_port()
     env = dict(os.environ, GATEWAY_VAR_DIR=str(tmp_path / "var"), GATEWAY_HTTP_PORT=str(port),
-               GATEWAY_HOST="127.0.0.1", GATEWAY_WORKERS="1")
+               GATEWAY_HOST="127.0.0.1", GATEWAY_WORKERS="1", GATEWAY_MLLP_PORT=str(free_port()))
     env.pop("GATEWAY_DATABASE_URL", None)
     env.pop("GATEWAY_PUBLIC_BASE_URL", None)
     setup = subprocess.run([str(GATEWAY), "demo", "setup"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -65,3 +65,21 @@ def test_bulk_ingest_reports_what_happened(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "ingested: 7   duplicates: 0   refused: 6   failed: 0" in result.stderr
+
+
+def test_an_integrator_sends_hl7v2_with_gateway_send(served):
+    base, env = served
+    for _ in range(100):  # the listener starts beside the HTTP server
+        sent = subprocess.run([str(GATEWAY), "send", str(ROOT / "samples" / "hl7v2" / "adt-a01-martin.hl7")],
+                              env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        if "Connection refused" not in sent.stderr:
+            break
+        time.sleep(0.1)
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    assert "MSA|AA|ADT0001" in sent.stdout
+    consents = requests.get(f"{base}/fhir/Consent", params={"status": "active"}).json()
+    assert consents["total"] == 2
+    listed = subprocess.run([str(GATEWAY), "messages", "list"], env={**env, "COLUMNS": "250"}, cwd=ROOT,
+                            capture_output=True, text=True,
+                            timeout=60)
+    assert "ADT^A01" in listed.stdout and "processed" in listed.stdout
