@@ -1,8 +1,10 @@
-"""`make bench`: ingest throughput, ITI-67 latency at 100,000 DocumentReferences, and CDA-to-FHIR
-conversion side by side with python-fhir-converter. Prints one JSON object.
+"""`make bench`: ingest throughput, ITI-67 latency at 100,000 DocumentReferences, CDA-to-FHIR
+conversion side by side with python-fhir-converter, HL7v2 reading costs and MLLP ingest throughput.
+Prints one JSON object.
 
 Sizes can be lowered for a quick look: BENCH_DOCUMENTS (100 KB documents ingested, default 300),
-BENCH_REFERENCES (DocumentReferences searched, default 100000), BENCH_QUERIES (per query kind, default 200).
+BENCH_REFERENCES (DocumentReferences searched, default 100000), BENCH_QUERIES (per query kind, default 200),
+BENCH_ADT and BENCH_MLLP_DOCUMENTS (messages sent over MLLP, defaults 1000 and 400).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from sqlalchemy import insert
 
+from bench.hl7v2 import bench_mllp, bench_parsing
 from gateway.access import AccessContext
 from gateway.app import create_app
 from gateway.config import Settings
@@ -205,6 +208,7 @@ def main() -> None:
     documents = int(os.environ.get("BENCH_DOCUMENTS", "300"))
     references = int(os.environ.get("BENCH_REFERENCES", "100000"))
     queries = int(os.environ.get("BENCH_QUERIES", "200"))
+    mllp_documents = int(os.environ.get("BENCH_MLLP_DOCUMENTS", "400"))
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         report = {
@@ -212,6 +216,9 @@ def main() -> None:
             "ingest": bench_ingest(workdir, documents),
             "search": bench_search(workdir, references, queries),
             "conversion": bench_conversion(),
+            "hl7v2_parsing": bench_parsing(hundred_kb_documents(1)[0]),
+            "mllp_ingest": bench_mllp(workdir, hundred_kb_documents(mllp_documents),
+                                      int(os.environ.get("BENCH_ADT", "1000"))),
         }
     text = json.dumps(report, indent=2, ensure_ascii=False)
     out = ROOT / "bench" / "results"

@@ -97,12 +97,16 @@ class Listener:
     async def stop(self, grace: float = 30.0) -> None:
         self.stopping = True
         self.server.close()
-        for task in list(self.idle):
+        idle = list(self.idle)
+        for task in idle:
             task.cancel()
+        await asyncio.gather(*idle, return_exceptions=True)
         if self.busy:
             await asyncio.wait(list(self.busy), timeout=grace)
-        for task in list(self.busy | self.idle):
+        remaining = list(self.busy | self.idle)
+        for task in remaining:
             task.cancel()
+        await asyncio.gather(*remaining, return_exceptions=True)
         await self.server.wait_closed()
 
 
