@@ -3,8 +3,9 @@ process) and the HTTP server (gunicorn, threads) on GATEWAY_HOST:GATEWAY_HTTP_PO
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
+import subprocess
+import sys
 
 from gunicorn.app.base import BaseApplication
 
@@ -18,6 +19,7 @@ class _Gunicorn(BaseApplication):
         self.settings = settings
         self.workers = workers
         self.listener = listener
+        self.owner = os.getpid()
         super().__init__()
 
     def load_config(self):
@@ -28,7 +30,7 @@ class _Gunicorn(BaseApplication):
         self.cfg.set("graceful_timeout", 30)
         self.cfg.set("timeout", 120)
         self.cfg.set("accesslog", None)  # the application logs each request itself, as JSON
-        self.cfg.set("on_exit", lambda arbiter: _stop(self.listener))
+        self.cfg.set("on_exit", lambda arbiter: _stop(self.listener, self.owner))
 
     def load(self):
         from gateway.app import create_app
@@ -36,16 +38,21 @@ class _Gunicorn(BaseApplication):
         return create_app(self.settings)
 
 
-def _stop(process) -> None:
-    """SIGTERM: the listener finishes and acknowledges the messages in flight, then exits."""
-    if process is not None and process.is_alive():
+def _stop(process, owner: int) -> None:
+    """SIGTERM: the listener finishes and acknowledges the messages in flight, then exits.
+
+    Only the process that started it may: gunicorn's workers are forks of it and unwind through
+    the same code when they exit."""
+    if process is not None and owner == os.getpid() and process.poll() is None:
         process.terminate()
-        process.join(40)
+        try:
+            process.wait(40)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 def serve(settings: Settings, workers: int | None = None, mllp: bool = True) -> int:
     """Migrations, then the MLLP listener (its own process) and the HTTP server side by side."""
-    from gateway.listener import run as run_listener
     from gateway.storage.database import make_engine
     from gateway.storage.migrate import upgrade
 
@@ -55,13 +62,14 @@ def serve(settings: Settings, workers: int | None = None, mllp: bool = True) -> 
     workers = workers or int(os.environ.get("GATEWAY_WORKERS", "2"))
     listener = None
     if mllp:
-        listener = multiprocessing.get_context("spawn").Process(target=run_listener, args=(settings,),
-                                                                name="gateway-mllp")
-        listener.start()
+        # Its own process (`gateway mllp`), with the same environment: gunicorn forks its workers
+        # from this one, which must hold no event loop or thread.
+        listener = subprocess.Popen([sys.executable, "-m", "gateway", "mllp"])
     log.info("serving", extra={"http": f"http://{settings.host}:{settings.http_port}", "fhir": settings.fhir_base,
                                "mllp": f"{settings.mllp_host}:{settings.mllp_port}" if mllp else None})
+    owner = os.getpid()
     try:
         _Gunicorn(settings, workers, listener).run()
     finally:
-        _stop(listener)
+        _stop(listener, owner)
     return 0

@@ -93,8 +93,8 @@ def apply(uow: UnitOfWork, message: Message, base_url: str, max_bytes: int) -> A
                                         location, "0", "I"))
     if registered:
         applied.produced.append(_submission_set(uow, registered, sender, applied))
-    elif not applied.issues:
-        applied.status = "duplicate"
+    elif any(action != "delete" for _, action, _ in targets):
+        applied.status = "duplicate"  # every document of the message was already registered
     return applied
 
 
