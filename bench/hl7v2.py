@@ -160,5 +160,6 @@ def bench_mllp(workdir: Path, cdas: list[bytes], adt_count: int) -> dict:
     finally:
         stop()
     results["note"] = ("gateway listener in-process (asyncio + 8 worker threads), loopback, SQLite WAL with "
-                       "synchronous=FULL: one commit (fsync) per message; AA only after it")
+                       "synchronous=FULL: two commits (fsync) per message, the raw copy then the resources; AA only after "
+                       "the second")
     return results
