@@ -14,16 +14,14 @@ from gateway.storage.repository import new_id
 
 from .blueprint import fhir
 from .read import STORED_TYPES
-from .responses import FhirError, fhir_response, negotiate, version_headers
+from .responses import FHIR_JSON_TYPES, FhirError, fhir_response, negotiate, require_content_type, version_headers
 from .validation import InvalidResource, validate
 
 CREATABLE_TYPES = ("Patient", "Practitioner", "Organization")
 
 
 def read_json_body() -> dict:
-    if request.mimetype not in ("application/fhir+json", "application/json"):
-        raise FhirError(415, f"content type {request.mimetype or '(none)'} is not supported: send application/fhir+json",
-                        code="not-supported")
+    require_content_type(FHIR_JSON_TYPES, "is not supported: send application/fhir+json")
     try:
         body = json.loads(request.get_data())
     except (ValueError, UnicodeDecodeError) as exc:

@@ -33,6 +33,15 @@ class FhirError(Exception):
         return operation_outcome([issue])
 
 
+FHIR_JSON_TYPES = ("application/fhir+json", "application/json")
+
+
+def require_content_type(allowed, explanation: str) -> None:
+    """415 unless the request body has one of the `allowed` media types."""
+    if request.mimetype not in allowed:
+        raise FhirError(415, f"content type {request.mimetype or '(none)'} {explanation}", code="not-supported")
+
+
 def operation_outcome(issues: list[dict]) -> dict:
     return {"resourceType": "OperationOutcome", "issue": issues}
 

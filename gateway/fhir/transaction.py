@@ -7,16 +7,14 @@ from gateway.cda.errors import DocumentRefused
 from gateway.services.provide import provide
 
 from .blueprint import fhir
-from .responses import FhirError, fhir_response, negotiate
+from .responses import FHIR_JSON_TYPES, FhirError, fhir_response, negotiate, require_content_type
 
 
 @fhir.post("")
 @fhir.post("/")
 def transaction():
     negotiate()
-    if request.mimetype not in ("application/fhir+json", "application/json"):
-        raise FhirError(415, f"content type {request.mimetype or '(none)'} is not supported: send "
-                             "application/fhir+json", code="not-supported")
+    require_content_type(FHIR_JSON_TYPES, "is not supported: send application/fhir+json")
     settings = current_app.config["SETTINGS"]
     try:
         response = provide(g.repository, request.get_data(), settings.trust_anchors,

@@ -52,10 +52,6 @@ class Outcome:
     code: str  # AA, AE or AR
     issues: list[Issue] = field(default_factory=list)
 
-    @property
-    def reason(self) -> str:
-        return "; ".join(i.text for i in self.issues if i.severity == "E")
-
 
 def escape(value: str, enc: Encoding) -> str:
     out = value.replace(enc.escape, f"{enc.escape}E{enc.escape}")

@@ -102,6 +102,10 @@ class Segment:
         else:
             self._fields = raw
 
+    @property
+    def last_field(self) -> int:
+        return len(self._fields) - 1
+
     def raw(self, number: int) -> str:
         return self._fields[number] if number < len(self._fields) else ""
 
@@ -126,9 +130,6 @@ class Segment:
             return ""
         subs = parts[component - 1].split(self._enc.subcomponent)
         return self.unescape(subs[subcomponent - 1]) if subcomponent <= len(subs) else ""
-
-    def components(self, value: str) -> list[str]:
-        return [self.unescape(c) for c in value.split(self._enc.component)]
 
     def raw_component(self, number: int, component: int) -> str:
         """A component left escaped and unsplit: base64 data, which never contains escapes."""

@@ -38,8 +38,8 @@ def described_segments(text: str) -> list[tuple[str, list[tuple[str, str]]]]:
     out = []
     for index, segment in enumerate(message.segments):
         if segment.name == "MSH":
-            out.append(("MSH", [(f"MSH-{n}", _shown(segment.raw(n))) for n in range(1, len(segment.text.split(
-                message.encoding.field)) + 1) if segment.raw(n)]))
+            out.append(("MSH", [(f"MSH-{n}", _shown(segment.raw(n))) for n in range(1, segment.last_field + 1)
+                                if segment.raw(n)]))
             continue
         try:
             parsed = parse_segment(segment.text, version=LATER_SEGMENTS.get(segment.name, version),

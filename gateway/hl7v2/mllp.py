@@ -13,6 +13,8 @@ import ssl
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Iterable, Iterator
 
+from .er7 import BOM
+
 START = b"\x0b"
 END = b"\x1c\r"
 CHUNK = 64 * 1024
@@ -124,16 +126,15 @@ async def serve(host: str, port: int, handle: Handler, too_large: OversizeHandle
                 listener.idle.add(task)
                 try:
                     message = await frames.frame()
-                    listener.idle.discard(task)
-                    listener.busy.add(task)
-                    ack = await handle(message, peer_name) if message is not None else None
                 except FrameTooLarge as oversized:
-                    listener.idle.discard(task)
-                    listener.busy.add(task)
-                    ack = await too_large(oversized.head, oversized.size, peer_name)
-                    message = b""
-                if message is None:
-                    break
+                    answer = too_large(oversized.head, oversized.size, peer_name)
+                else:
+                    if message is None:
+                        break
+                    answer = handle(message, peer_name)
+                listener.idle.discard(task)
+                listener.busy.add(task)
+                ack = await answer
                 if ack is not None:
                     writer.write(frame(ack))
                     await writer.drain()
@@ -193,10 +194,9 @@ def split_file(data: bytes) -> list[bytes]:
     if START in data and END in data:
         return [part.split(START, 1)[1] for part in data.split(END) if START in part]
     text = data.replace(b"\r\n", b"\r").replace(b"\n", b"\r")
-    bom = b"\xef\xbb\xbf"
     parts, current = [], bytearray()
     for line in text.split(b"\r"):
-        if line.removeprefix(bom).startswith(b"MSH") and current:
+        if line.removeprefix(BOM).startswith(b"MSH") and current:
             parts.append(bytes(current))
             current = bytearray()
         if line.strip():

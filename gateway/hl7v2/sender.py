@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.console import Console
 
 from . import mllp
-from .er7 import MessageRejected, decode
+from .er7 import Message, MessageRejected
 
 ACK_STYLES = {"AA": "green", "CA": "green", "AE": "yellow", "CE": "yellow", "AR": "red", "CR": "red"}
 
@@ -22,13 +22,10 @@ def _files(paths: list[Path]) -> list[Path]:
 
 def _ack_code(ack: bytes) -> str:
     try:
-        text, _ = decode(ack)
+        msa = Message.from_bytes(ack).first("MSA")
     except MessageRejected:
-        text = ack.decode("utf-8", "replace")
-    for segment in text.replace("\n", "\r").split("\r"):
-        if segment.startswith("MSA"):
-            return segment[4:].split(segment[3:4] or "|")[0]
-    return "?"
+        return "?"
+    return msa.get(1) if msa is not None else "?"
 
 
 def send_paths(paths: list[Path], host: str, port: int, *, timeout: float = 30.0, tls_ca: str | None = None) -> int:

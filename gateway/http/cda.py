@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, g, request
 
 from gateway.cda.errors import DocumentRefused
-from gateway.fhir.responses import FhirError, fhir_response, version_headers
+from gateway.fhir.responses import FhirError, fhir_response, require_content_type, version_headers
 from gateway.services.documents import CDA_CONTENT_TYPES, ingest_cda
 
 cda = Blueprint("cda", __name__)
@@ -12,9 +12,7 @@ cda = Blueprint("cda", __name__)
 
 @cda.post("/cda")
 def post_cda():
-    if request.mimetype not in CDA_CONTENT_TYPES:
-        raise FhirError(415, f"content type {request.mimetype or '(none)'} is not a CDA document type "
-                             f"({', '.join(sorted(CDA_CONTENT_TYPES))})", code="not-supported")
+    require_content_type(CDA_CONTENT_TYPES, f"is not a CDA document type ({', '.join(sorted(CDA_CONTENT_TYPES))})")
     settings = current_app.config["SETTINGS"]
     if request.content_length and request.content_length > settings.max_document_bytes:
         raise FhirError(413, f"document is {request.content_length} bytes, above the limit of "

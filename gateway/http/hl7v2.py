@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
-from gateway.fhir.responses import FhirError
+from gateway.fhir.responses import FhirError, require_content_type
 from gateway.services import feeds, messages
 
 hl7v2 = Blueprint("hl7v2", __name__)
@@ -21,9 +21,7 @@ def _ack_response(reply: feeds.Reply, status: int = 200) -> Response:
 
 @hl7v2.post("/hl7v2")
 def post_message():
-    if request.mimetype not in ER7_TYPES:
-        raise FhirError(415, f"content type {request.mimetype or '(none)'} is not an ER7 message "
-                             f"({', '.join(sorted(ER7_TYPES))})", code="not-supported")
+    require_content_type(ER7_TYPES, f"is not an ER7 message ({', '.join(sorted(ER7_TYPES))})")
     settings = current_app.config["SETTINGS"]
     if request.content_length and request.content_length > settings.mllp_max_bytes:
         head = request.stream.read(64 * 1024)

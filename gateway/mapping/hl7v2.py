@@ -40,17 +40,6 @@ METADATA_CODES = set(VISIBILITY_FLAGS) | {
 }
 
 
-@dataclass
-class CxId:
-    """One PID-3 / MRG-1 repetition: the identifier as the gateway names it, and its CX-5 type."""
-    ii: II
-    type_code: str
-
-    @property
-    def is_ins(self) -> bool:
-        return self.ii.root in codes.INS_OIDS
-
-
 def assigning_authority_system(namespace: str, universal_id: str) -> str:
     """An OID when the assigning authority has one; otherwise a URN on its name, stable per sender."""
     if _OID.match(universal_id):
@@ -58,7 +47,8 @@ def assigning_authority_system(namespace: str, universal_id: str) -> str:
     return f"urn:hl7v2-assigning-authority:{namespace or universal_id}"
 
 
-def cx_ids(segment: Segment, field_number: int) -> list[CxId]:
+def cx_ids(segment: Segment, field_number: int) -> list[II]:
+    """The identifiers of a CX field (PID-3, MRG-1), named by their assigning authority."""
     out = []
     for rep in segment.repetitions(field_number):
         value = segment.component(rep, 1).strip()
@@ -67,7 +57,7 @@ def cx_ids(segment: Segment, field_number: int) -> list[CxId]:
         namespace, universal = segment.component(rep, 4, 1), segment.component(rep, 4, 2)
         if not (namespace or universal):
             continue  # an identifier without assigning authority cannot be told apart from another
-        out.append(CxId(II(assigning_authority_system(namespace, universal), value), segment.component(rep, 5)))
+        out.append(II(assigning_authority_system(namespace, universal), value))
     return out
 
 
@@ -98,7 +88,7 @@ def patient_info(pid: Segment) -> PatientInfo:
     code, city = _birthplace(pid)
     birth = pid.get(7)
     return PatientInfo(
-        ids=[cx.ii for cx in cx_ids(pid, 3)],
+        ids=cx_ids(pid, 3),
         names=_names(pid),
         gender=pid.get(8) or None,
         birth_time=birth or None,

@@ -27,8 +27,7 @@ MDM_ACTIONS = {"T02": "new", "T10": "replace", "T04": "delete"}
 ORU_ACTIONS = {"F": "new", "C": "replace", "D": "delete"}
 
 
-def apply(uow: UnitOfWork, message: Message, base_url: str, max_bytes: int) -> Applied:
-    applied = Applied()
+def apply(uow: UnitOfWork, message: Message, applied: Applied, base_url: str, max_bytes: int) -> None:
     code, event, _ = message.message_type
     pid = message.first("PID")
     if pid is None:
@@ -42,7 +41,7 @@ def apply(uow: UnitOfWork, message: Message, base_url: str, max_bytes: int) -> A
         applied.status = "skipped"
         applied.issues.append(Issue("DESTDMP is N: the document is not meant for the shared record and "
                                     "was not registered", "OBX", "0", "W"))
-        return applied
+        return
 
     if code == "MDM":
         txa = message.first("TXA")
@@ -51,7 +50,7 @@ def apply(uow: UnitOfWork, message: Message, base_url: str, max_bytes: int) -> A
             if txa is None or not txa.get(12):
                 raise MessageRefused(Issue("MDM^T04 names the document to delete in TXA-12", "TXA^1^12", "101"))
             _delete(uow, II(txa.get(12)), pid_ids, applied, "TXA^1^12")
-            return applied
+            return
         if not documents:
             raise MessageRefused(Issue("no OBX carries the CDA document (OBX-2 ED)", "OBX", "101"))
         targets = [(documents[0], action, txa)]
@@ -95,7 +94,7 @@ def apply(uow: UnitOfWork, message: Message, base_url: str, max_bytes: int) -> A
         applied.produced.append(_submission_set(uow, registered, sender, applied))
     elif any(action != "delete" for _, action, _ in targets):
         applied.status = "duplicate"  # every document of the message was already registered
-    return applied
+    return
 
 
 def _cda(obx: Segment, location: str, max_bytes: int) -> ParsedCda:

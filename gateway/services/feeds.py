@@ -107,10 +107,7 @@ def _change_identifier(uow, message, applied, context) -> None:
 
 
 def _documents(uow, message, applied, context) -> None:
-    result = document_messages.apply(uow, message, context["base_url"], context["max_bytes"])
-    applied.produced += result.produced
-    applied.issues += result.issues
-    applied.status = result.status
+    document_messages.apply(uow, message, applied, context["base_url"], context["max_bytes"])
 
 
 def _required(message: Message, name: str):
@@ -223,7 +220,7 @@ def _answer_unprocessed(repo: Repository, data: bytes, channel: str, message: Me
     """A message that cannot be routed is kept raw, refused, and answered AR."""
     readable = message is not None and bool(message.control_id)
     code = acks.wanted(message, outcome) if message is not None else outcome.code
-    text = acks.build(message if message is not None else None, outcome, code) if code else None
+    text = acks.build(message, outcome, code) if code else None
     try:
         raw_id = store_raw(repo.engine, channel, data, "x-application/hl7-v2+er7",
                            message.sender if message is not None else None,

@@ -2,13 +2,15 @@
 and the DMP consents a ZFA segment states. Each function works inside the caller's unit of work."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 
-from gateway.cda.header import II, PatientInfo
+from gateway.cda.header import II
 from gateway.fhir.validation import InvalidResource, validate
 from gateway.hl7v2.ack import Issue
 from gateway.hl7v2.er7 import Segment
+from gateway.mapping import codes
 from gateway.mapping import document as mapping
 from gateway.mapping import hl7v2 as v2
 from gateway.mapping.identity import ins_key_is_valid
@@ -40,15 +42,15 @@ def identifier_keys(ids: list[II]) -> list[tuple[str, str]]:
 def checked_ids(segment: Segment, field_number: int) -> list[II]:
     """The identifiers of PID-3 / MRG-1, refusing an INS whose key is wrong."""
     ids = []
-    for cx in v2.cx_ids(segment, field_number):
-        if cx.is_ins:
-            value = (cx.ii.extension or "").replace(" ", "")
+    for ii in v2.cx_ids(segment, field_number):
+        if ii.root in codes.INS_OIDS:
+            value = (ii.extension or "").replace(" ", "")
             if not ins_key_is_valid(value):
                 raise MessageRefused(Issue(
                     f"INS '{value}' is not valid: 15 characters whose last two are 97 - (first 13 mod 97)",
                     f"{segment.name}^1^{field_number}", "102"))
-            cx = v2.CxId(II(cx.ii.root, value), cx.type_code)
-        ids.append(cx.ii)
+            ii = II(ii.root, value)
+        ids.append(ii)
     return ids
 
 
@@ -88,9 +90,7 @@ def upsert_patient(uow: UnitOfWork, pid: Segment, applied: Applied) -> str:
     ids = checked_ids(pid, 3)
     if not ids:
         raise MessageRefused(Issue("PID-3 has no identifier with an assigning authority", "PID^1^3", "101"))
-    info = v2.patient_info(pid)
-    info = PatientInfo(ids, info.names, info.gender, info.birth_time, info.birthplace_code,
-                       info.birthplace_city, info.identity_reliability)
+    info = dataclasses.replace(v2.patient_info(pid), ids=ids)
     patient_id = find_patient(uow, ids)
     resource = mapping.patient_resource(info, patient_id or new_id())
     if patient_id:
