@@ -10,10 +10,14 @@ from sqlalchemy import Engine
 from werkzeug.exceptions import HTTPException
 
 from gateway import metrics
-from gateway.access import AccessContext
+from gateway.access import AccessRefused
+from gateway.access.audit import Outcome
+from gateway.access.context import INSURER
+from gateway.access.tokens import load_keys
 from gateway.config import Settings
 from gateway.fhir.api import fhir
 from gateway.fhir.responses import FhirError, fhir_response, operation_outcome
+from gateway.http.auth import requester
 from gateway.http.cda import cda
 from gateway.http.hl7v2 import hl7v2
 from gateway.http.ops import ops
@@ -33,6 +37,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.config["SETTINGS"] = settings
     app.config["ENGINE"] = engine or make_engine(settings.database_url)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_document_bytes * 2 + 1024 * 1024
+    app.config["TOKEN_KEYS"] = load_keys(settings.jwt_keys)
 
     @app.before_request
     def start_request():
@@ -40,9 +45,15 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         rid = request.headers.get("X-Request-Id") or uuid.uuid4().hex
         g.request_id = rid
         request_id.set(rid)
+        access = requester()
+        if access is None:
+            return None
         # One repository per request, built from who is asking: every read goes through it.
-        g.repository = Repository(app.config["ENGINE"], AccessContext.anyone(request.remote_addr),
-                                  settings.public_base_url)
+        g.repository = Repository(app.config["ENGINE"], access, settings.public_base_url)
+        if access.role == INSURER:
+            refusal = Outcome("4", "insurers, banks and employers may not access the record (CSP L1111-18)")
+            g.repository.record_authorization("AuthZ-Role", refusal)
+            raise AccessRefused(refusal.description)
 
     @app.after_request
     def finish_request(response):
@@ -57,7 +68,15 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
     @app.errorhandler(FhirError)
     def fhir_error(error: FhirError):
-        return fhir_response(error.outcome(), error.status)
+        response = fhir_response(error.outcome(), error.status)
+        if error.status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+        return response
+
+    @app.errorhandler(AccessRefused)
+    def access_refused(error: AccessRefused):
+        return fhir_response(operation_outcome([{"severity": "error", "code": "forbidden",
+                                                 "diagnostics": str(error)}]), 403)
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):

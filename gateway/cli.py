@@ -1,4 +1,4 @@
-"""The `gateway` command: serve, migrate, ingest, demo."""
+"""The `gateway` command: serve, mllp, send, messages, migrate, ingest, demo, token, audit."""
 from __future__ import annotations
 
 import argparse
@@ -65,6 +65,18 @@ def cmd_demo(settings: Settings, args) -> int:
     return 0
 
 
+def cmd_token(settings: Settings, args) -> int:
+    from gateway.access_cli import issue_token
+
+    return issue_token(settings, args)
+
+
+def cmd_audit(settings: Settings, args) -> int:
+    from gateway.access_cli import verify_audit
+
+    return verify_audit(settings, args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gateway", description="DMP interoperability gateway")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -104,6 +116,24 @@ def main(argv: list[str] | None = None) -> int:
     demo_setup = demo_sub.add_parser("setup", help="create what `make run` needs, loading the demo data once")
     demo_setup.add_argument("--force", action="store_true", help="load the demo data again")
     demo_setup.set_defaults(func=cmd_demo)
+    from gateway.access.context import PURPOSES, ROLES
+
+    token = sub.add_parser("token", help="bearer tokens for trying the gateway")
+    token_sub = token.add_subparsers(dest="token_command", required=True)
+    token_issue = token_sub.add_parser("issue", help="print a token signed with the development key (last line)")
+    token_issue.add_argument("--role", required=True, choices=ROLES)
+    token_issue.add_argument("--sub", help="subject: IdNatPs of a professional (default: the patient's INS, "
+                                           "or demo-ROLE)")
+    token_issue.add_argument("--patient", help="INS of the patient (patient, representative, emergency access)")
+    token_issue.add_argument("--org", help="FINESS of the organisation")
+    token_issue.add_argument("--purpose", choices=PURPOSES, default=None, help="care (default), emergency, regulation")
+    token_issue.add_argument("--name", help="display name in the audit trail")
+    token_issue.add_argument("--ttl", type=int, default=3600, help="seconds of validity (default 3600)")
+    token_issue.set_defaults(func=cmd_token)
+    audit = sub.add_parser("audit", help="the audit trail")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    audit_verify = audit_sub.add_parser("verify", help="check the hash chain; report the first broken link")
+    audit_verify.set_defaults(func=cmd_audit)
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     configure_logging(settings.log_level)

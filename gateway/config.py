@@ -23,6 +23,10 @@ def _optional_path(name: str) -> Path | None:
     return Path(value) if value else None
 
 
+DEMO_TOKEN_KID = "demo-token-signing"
+DEMO_ISSUER = "urn:dmp-gateway:demo-issuer"
+
+
 @dataclass(frozen=True)
 class Settings:
     var_dir: Path
@@ -43,6 +47,21 @@ class Settings:
     mllp_tls_cert: Path | None = None
     mllp_tls_key: Path | None = None
     mllp_tls_client_ca: Path | None = None
+    # MLLP senders admitted ("APP^FACILITY" from MSH-3/MSH-4, optionally "@address"); empty admits any.
+    mllp_senders: tuple[str, ...] = ()
+    # Bearer tokens: verification keys (PEM or JWKS files), issuer and audience they must carry.
+    jwt_keys: list[Path] = field(default_factory=list)
+    jwt_issuer: str = DEMO_ISSUER
+    jwt_audience: str = "dmp-gateway"
+
+    @property
+    def demo_token_key(self) -> Path:
+        """The private key `gateway token issue` signs with: created by `gateway demo setup`."""
+        return self.demo_dir / f"{DEMO_TOKEN_KID}-private.pem"
+
+    @property
+    def uses_demo_token_key(self) -> bool:
+        return any(p.name == f"{DEMO_TOKEN_KID}.pem" and p.parent == self.demo_dir for p in self.jwt_keys)
 
     @property
     def fhir_base(self) -> str:
@@ -75,4 +94,10 @@ class Settings:
             mllp_tls_cert=_optional_path("GATEWAY_MLLP_TLS_CERT"),
             mllp_tls_key=_optional_path("GATEWAY_MLLP_TLS_KEY"),
             mllp_tls_client_ca=_optional_path("GATEWAY_MLLP_TLS_CLIENT_CA"),
+            mllp_senders=tuple(s.strip() for s in os.environ.get("GATEWAY_MLLP_SENDERS", "").split(",") if s.strip()),
+            # Without GATEWAY_JWT_KEYS the demonstration key of `gateway demo setup` is trusted, and
+            # `gateway serve` says so at start-up: a production gateway sets its own keys.
+            jwt_keys=_path_list("GATEWAY_JWT_KEYS", [demo_dir / f"{DEMO_TOKEN_KID}.pem"]),
+            jwt_issuer=os.environ.get("GATEWAY_JWT_ISSUER", DEMO_ISSUER),
+            jwt_audience=os.environ.get("GATEWAY_JWT_AUDIENCE", "dmp-gateway"),
         )

@@ -1,8 +1,9 @@
 """`gateway demo setup`: what `make run` needs on a fresh machine, done once.
 
-Creates the test PKI under GATEWAY_DEMO_DIR (never in the repository), migrates the database,
-and loads the samples: the documents, a replacement version, and an ITI-65 submission signed
-with the test PKI (also written to GATEWAY_DEMO_DIR/signed-submission.json for curl).
+Creates the test PKI and the development token key under GATEWAY_DEMO_DIR (never in the
+repository), migrates the database, and loads the samples: the documents, a replacement version,
+an ITI-65 submission signed with the test PKI (also written to
+GATEWAY_DEMO_DIR/signed-submission.json for curl), and the demo patients' decisions (DEMO_DECISIONS).
 """
 from __future__ import annotations
 
@@ -12,10 +13,13 @@ import os
 from pathlib import Path
 
 from gateway.access import AccessContext
+from gateway.access.rules import CONSENT_KIND_SYSTEM, IDNATPS_SYSTEM
+from gateway.access.tokens import make_signing_key
 from gateway.bulk import ingest_paths
-from gateway.config import Settings
+from gateway.config import DEMO_TOKEN_KID, Settings
 from gateway.mapping import codes
 from gateway.mapping.document import document_uri, identifier_key, sha1_base64
+from gateway.services import consents, labels
 from gateway.services.documents import read_cda
 from gateway.services.provide import provide
 from gateway.signature import make_test_pki, sign_documents
@@ -24,6 +28,54 @@ from gateway.storage.migrate import upgrade
 from gateway.storage.repository import Repository, new_id
 
 SAMPLES = Path(os.environ.get("GATEWAY_SAMPLES_DIR", Path(__file__).resolve().parents[1] / "samples"))
+
+GP, INTERNIST, SURGEON, RADIOLOGIST = "899900000053", "899900000012", "899900000020", "899900000038"
+# What the demo patients decided, made through the same services (and audit) as the API.
+# (patient INS, Consent kind, provision type, professional IdNatPs or None)
+DEMO_DECISIONS = [
+    ("185067511204554", "attending-physician", "permit", GP),    # PAUL MARTIN: Dr NOEL is his GP
+    ("185067511204554", "professional", "permit", INTERNIST),     # authorises Dr BERNARD
+    ("185067511204554", "professional", "deny", SURGEON),         # blocks Dr ROUSSEAU
+    ("292086938701277", "attending-physician", "permit", GP),    # CLAIRE DUBOIS
+    ("292086938701277", "professional", "permit", RADIOLOGIST),
+    ("292086938701277", "emergency-access", "deny", None),       # opposes break-the-glass
+    ("161023306508977", "professional", "permit", SURGEON),      # JEAN GARNIER
+    ("161023306508977", "professional", "permit", RADIOLOGIST),
+    ("212057501802305", "attending-physician", "permit", GP),    # LEA MOREAU (a minor)
+]
+# (document sample, who changes its labels, patch): Paul Martin hides his lab results from
+# professionals; Dr FAURE keeps Claire Dubois's MRI report from her until it is announced.
+DEMO_LABELS = [
+    ("cda/cr-biologie-martin.xml", AccessContext(role="patient", subject="185067511204554",
+                                                 patient_ins="185067511204554", name="PAUL MARTIN"), "MASQUE_PS"),
+    ("cda/cr-imagerie-irm-lefevre.xml", AccessContext(role="doctor", subject=RADIOLOGIST, name="Dr Isabelle FAURE"),
+     "INVISIBLE_PATIENT"),
+]
+
+
+def demo_consent(kind: str, effect: str, professional: str | None) -> dict:
+    consent = {"resourceType": "Consent", "status": "active",
+               "category": [{"coding": [{"system": CONSENT_KIND_SYSTEM, "code": kind}]}],
+               "provision": {"type": effect}}
+    if professional:
+        consent["provision"]["actor"] = [{
+            "role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                                 "code": "PRCP"}]},
+            "reference": {"identifier": {"system": IDNATPS_SYSTEM, "value": professional}}}]
+    return consent
+
+
+def load_decisions(settings: Settings, engine) -> None:
+    for ins, kind, effect, professional in DEMO_DECISIONS:
+        patient = AccessContext(role="patient", subject=ins, patient_ins=ins)
+        consents.create(Repository(engine, patient, settings.public_base_url), demo_consent(kind, effect, professional))
+    for sample, actor, label in DEMO_LABELS:
+        unique_id = read_cda((SAMPLES / sample).read_bytes(), settings.max_document_bytes).header.unique_id
+        repo = Repository(engine, actor, settings.public_base_url)
+        with repo.unit_of_work() as uow:
+            docref_id = uow.find_by_identifier("DocumentReference", *identifier_key(unique_id))
+        labels.patch_labels(repo, docref_id, [{"op": "add", "path": "/securityLabel/-", "value": {
+            "coding": [{"system": codes.VISIBILITY_SYSTEM, "code": label}]}}])
 
 
 def build_submission(cda: bytes, max_bytes: int, signature: bytes | None = None) -> dict:
@@ -89,6 +141,9 @@ def setup(settings: Settings, force: bool = False) -> None:
     if not (settings.demo_dir / "ca.pem").exists():
         make_test_pki(settings.demo_dir)
         print(f"test PKI created in {settings.demo_dir} (trust anchor ca.pem)")
+    if not settings.demo_token_key.exists():
+        make_signing_key(settings.demo_dir, DEMO_TOKEN_KID)
+        print(f"development token key created in {settings.demo_dir} (gateway token issue signs with it)")
     engine = make_engine(settings.database_url)
     upgrade(engine)
     repo = Repository(engine, AccessContext.system("demo setup"), settings.public_base_url)
@@ -104,5 +159,6 @@ def setup(settings: Settings, force: bool = False) -> None:
     bundle = signed_submission(settings, signed_cda)
     path = settings.demo_dir / "signed-submission.json"
     path.write_text(json.dumps(bundle, indent=1))
+    load_decisions(settings, engine)
     provide(repo, path.read_bytes(), settings.trust_anchors, settings.max_document_bytes, sender="demo setup")
     print(f"signed ITI-65 submission loaded; a copy to POST yourself: {path}")

@@ -59,6 +59,9 @@ def serve(settings: Settings, workers: int | None = None, mllp: bool = True) -> 
     engine = make_engine(settings.database_url)
     upgrade(engine)
     engine.dispose()
+    if settings.uses_demo_token_key:
+        log.warning("trusting the development token key of `gateway demo setup`: set GATEWAY_JWT_KEYS, "
+                    "GATEWAY_JWT_ISSUER and GATEWAY_JWT_AUDIENCE for anything but a local trial")
     workers = workers or int(os.environ.get("GATEWAY_WORKERS", "2"))
     listener = None
     if mllp:

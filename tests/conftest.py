@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
+from gateway.access import AccessContext
+from gateway.access.tokens import issue, make_signing_key
 from gateway.app import create_app
 from gateway.config import Settings
 from gateway.signature import make_test_pki
@@ -30,6 +32,9 @@ POSTGRES_URL = os.environ.get("GATEWAY_TEST_POSTGRES_URL")
 REQUIRE_POSTGRES = os.environ.get("GATEWAY_REQUIRE_POSTGRES") == "1"
 
 BACKENDS = ["sqlite", "postgresql"]
+TOKEN_KID, TOKEN_ISSUER, TOKEN_AUDIENCE = "test-token", "urn:test:issuer", "urn:test:gateway"
+# The test médecin traitant (Dr NOEL, the GP of the samples) and a feeding system.
+GP = "899900000053"
 MLLP_TEST_MAX_BYTES = 1024 * 1024  # the ANS examples are 330 KB
 
 
@@ -54,6 +59,48 @@ def pki(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("pki")
     make_test_pki(directory)
     return directory
+
+
+@pytest.fixture(scope="session")
+def token_key(pki) -> Path:
+    return make_signing_key(pki, TOKEN_KID)
+
+
+def make_token(private_key: Path, ttl: int = 600, **claims) -> str:
+    return issue(private_key.read_bytes(), TOKEN_KID, TOKEN_ISSUER, TOKEN_AUDIENCE, claims, ttl)
+
+
+@pytest.fixture
+def bearer(token_key):
+    """bearer(role, sub=..., patient=..., purpose=...) -> the Authorization header of such a token."""
+    def headers(role: str, sub: str | None = None, **claims) -> dict:
+        subject = sub or claims.get("patient") or f"test-{role}"
+        return {"Authorization": "Bearer " + make_token(token_key, sub=subject, role=role, **claims)}
+    return headers
+
+
+def attend_all(engine, professional: str = GP) -> None:
+    """Make a professional the attending physician of every patient in the database, as if each
+    patient had chosen them: the tests that are not about access read as this doctor."""
+    from sqlalchemy import select
+
+    from gateway.services.consents import checked_consent
+    from gateway.demo import demo_consent
+    from gateway.storage.repository import Repository, new_id
+    from gateway.storage.schema import access_rules, resources
+
+    setup = AccessContext.system("test set-up")
+    repo = Repository(engine, setup)
+    with engine.connect() as conn:
+        attended = select(access_rules.c.patient_id).where(access_rules.c.kind == "attending-physician",
+                                                          access_rules.c.actor_value == professional)
+        patients = conn.execute(select(resources.c.res_id).where(
+            resources.c.res_type == "Patient", resources.c.res_id.not_in(attended))).scalars().all()
+    with repo.unit_of_work() as uow:
+        for patient_id in patients:
+            consent = checked_consent(demo_consent("attending-physician", "permit", professional), patient_id, setup)
+            consent["id"] = new_id()
+            uow.save(consent, patient_id=patient_id)
 
 
 @pytest.fixture(scope="session")
@@ -104,7 +151,8 @@ def settings(database, tmp_path, pki) -> Settings:
     _, url = database
     base = Settings.from_env()
     return replace(base, var_dir=tmp_path, database_url=url, public_base_url="http://gateway.test",
-                   trust_anchors=[pki / "ca.pem"], demo_dir=pki, max_document_bytes=5 * 1024 * 1024)
+                   trust_anchors=[pki / "ca.pem"], demo_dir=pki, max_document_bytes=5 * 1024 * 1024,
+                   jwt_keys=[pki / f"{TOKEN_KID}.pem"], jwt_issuer=TOKEN_ISSUER, jwt_audience=TOKEN_AUDIENCE)
 
 
 @pytest.fixture
@@ -114,8 +162,12 @@ def app(settings, database):
 
 
 @pytest.fixture
-def client(app):
-    return app.test_client()
+def client(app, bearer):
+    """A test client acting as the GP Dr NOEL (who may submit documents, and reads what
+    `attend_all` lets him); a request's own Authorization header replaces that one."""
+    test_client = app.test_client()
+    test_client.environ_base["HTTP_AUTHORIZATION"] = bearer("doctor", sub=GP)["Authorization"]
+    return test_client
 
 
 def free_port() -> int:

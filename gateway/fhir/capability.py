@@ -25,8 +25,13 @@ def capability_statement(base: str) -> dict:
         params = SEARCH_PARAMS.get(res_type, {})
         if params:
             interactions.append({"code": "search-type"})
-        if res_type in CREATABLE_TYPES:
+        if res_type in CREATABLE_TYPES or res_type == "Consent":
             interactions.append({"code": "create"})
+        if res_type == "Consent":
+            interactions.append({"code": "update", "documentation": "the patient or a representative; revoke "
+                                                                   "with status inactive"})
+        if res_type == "DocumentReference":
+            interactions.append({"code": "patch", "documentation": "JSON Patch of securityLabel: masking"})
         entry = {
             "type": res_type,
             "interaction": interactions,
@@ -61,6 +66,12 @@ def capability_statement(base: str) -> dict:
         "format": ["application/fhir+json", "json"],
         "rest": [{
             "mode": "server",
+            "security": {
+                "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                                         "code": "OAuth"}]}],
+                "description": "Bearer JWT (claims sub, role, purpose, org, patient). Every read and change "
+                               "is filtered by the patient's consents and audited (AuditEvent, IHE BALP).",
+            },
             "documentation": "ITI-65 Provide Document Bundle (POST transaction), ITI-67 Find Document "
                              "References, ITI-68 Retrieve Document (GET attachment url).",
             "resource": resources,

@@ -38,6 +38,7 @@ def create(res_type: str):
             raise FhirError(405, f"create is not supported on {res_type}; documents are submitted with ITI-65 "
                                  "(POST /fhir transaction) or POST /cda", code="not-supported")
         raise FhirError(404, f"resource type {res_type} is not supported by this server", code="not-supported")
+    g.repository.access.require(g.repository.access.may_feed, f"create a {res_type}")
     negotiate()
     resource = read_json_body()
     if resource["resourceType"] != res_type:

@@ -11,7 +11,8 @@ from .blueprint import fhir
 from .binary import resource_body, retrieve
 from .responses import FhirError, fhir_response, negotiate, version_headers
 
-STORED_TYPES = ("DocumentReference", "Binary", "Patient", "Practitioner", "Organization", "List", "Consent")
+STORED_TYPES = ("DocumentReference", "Binary", "Patient", "Practitioner", "Organization", "List", "Consent",
+                "AuditEvent")
 
 
 def check_type(res_type: str) -> None:
@@ -19,7 +20,7 @@ def check_type(res_type: str) -> None:
         raise FhirError(404, f"resource type {res_type} is not supported by this server", code="not-supported")
 
 
-def _lookup(fn, *args):
+def lookup(fn, *args):
     try:
         return fn(*args)
     except NotFound as exc:
@@ -34,7 +35,7 @@ def read(res_type: str, res_id: str):
     if res_type == "Binary":
         return retrieve(res_id)
     negotiate()
-    stored = _lookup(g.repository.read, res_type, res_id)
+    stored = lookup(g.repository.read, res_type, res_id)
     if request.headers.get("If-None-Match") == f'W/"{stored.version}"':
         return fhir_response("", 304, version_headers(stored.version, stored.last_updated))
     return fhir_response(resource_body(stored), 200, version_headers(stored.version, stored.last_updated))
@@ -46,7 +47,7 @@ def vread(res_type: str, res_id: str, vid: str):
     negotiate()
     if not vid.isdigit():
         raise FhirError(404, f"version {vid} is not known", code="not-found")
-    stored = _lookup(g.repository.vread, res_type, res_id, int(vid))
+    stored = lookup(g.repository.vread, res_type, res_id, int(vid))
     return fhir_response(resource_body(stored), 200, version_headers(stored.version, stored.last_updated))
 
 
@@ -57,7 +58,7 @@ def history(res_type: str, res_id: str):
     count = request.args.get("_count", "50")
     if not count.isdigit():
         raise FhirError(400, "_count must be a non-negative integer", code="invalid")
-    versions = _lookup(g.repository.history, res_type, res_id, min(int(count), 500))
+    versions = lookup(g.repository.history, res_type, res_id, min(int(count), 500))
     base = current_app.config["SETTINGS"].fhir_base
     entries = []
     for stored, method in versions:

@@ -13,6 +13,7 @@ from .responses import FHIR_JSON_TYPES, FhirError, fhir_response, negotiate, req
 @fhir.post("")
 @fhir.post("/")
 def transaction():
+    g.repository.access.require(g.repository.access.may_feed, "submit documents")
     negotiate()
     require_content_type(FHIR_JSON_TYPES, "is not supported: send application/fhir+json")
     settings = current_app.config["SETTINGS"]

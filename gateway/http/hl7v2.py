@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
+from gateway.access.context import ADMIN, SYSTEM
 from gateway.fhir.responses import FhirError, require_content_type
 from gateway.services import feeds, messages
 
@@ -17,6 +18,16 @@ def _ack_response(reply: feeds.Reply, status: int = 200) -> Response:
         return Response(status=204)  # the sender asked for no acknowledgment (MSH-15/16 NE)
     return Response(reply.ack, status=status, mimetype="x-application/hl7-v2+er7",
                     headers={"X-HL7-Ack-Code": reply.code})
+
+
+@hl7v2.before_request
+def operators_and_feeders_only():
+    """Feeding systems post messages; operators (admin) list and reprocess them."""
+    access = g.repository.access
+    if request.endpoint == "hl7v2.post_message":
+        access.require(access.role == SYSTEM, "post HL7v2 messages (a feeding system's token is needed)")
+    else:
+        access.require(access.role == ADMIN, "manage received messages (an admin token is needed)")
 
 
 @hl7v2.post("/hl7v2")

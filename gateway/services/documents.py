@@ -111,6 +111,9 @@ def register_document(uow: UnitOfWork, base_url: str, parsed: ParsedCda, *, visi
 
     produced: list[str] = []
     patient_id = _patient(uow, parsed, produced)
+    if uow.record_closed(patient_id):
+        raise DocumentRefused("the patient's record is closed: it accepts no new document", location=f"{CD}/recordTarget",
+                              status=422, code="business-rule")
     if feeding_refused(feeding_consent(uow, patient_id)):
         raise DocumentRefused("the patient opposed feeding the shared record, or the record is closed (ZFA): "
                               "the document is not registered", location=f"{CD}/recordTarget", status=422,

@@ -117,12 +117,23 @@ def _required(message: Message, name: str):
     return segment
 
 
-def receive(repo: Repository, data: bytes, *, channel: str, max_bytes: int) -> Reply:
+def admitted(senders: tuple[str, ...], sender: str, address: str | None) -> bool:
+    """Whether a configured entry ("MSH-3|MSH-4", or "MSH-3|MSH-4@address") admits this sender;
+    with no entry configured every sender is."""
+    if not senders:
+        return True
+    return any(entry == sender or entry == f"{sender}@{address}" for entry in senders)
+
+
+def receive(repo: Repository, data: bytes, *, channel: str, max_bytes: int, senders: tuple[str, ...] = (),
+            address: str | None = None) -> Reply:
     started = time.perf_counter()
     message: Message | None = None
     try:
         message = Message.from_bytes(data)
         message.require_header()
+        if not admitted(senders, message.sender, address):
+            raise MessageRejected(f"the sender {message.sender} is not admitted on this gateway", "MSH^1^3", "207")
         handler = route(message)
     except MessageRejected as rejected:
         outcome = Outcome(rejected.ack_code, [Issue(str(rejected), rejected.location, rejected.code)])

@@ -166,6 +166,7 @@ def merge(uow: UnitOfWork, pid: Segment, mrg: Segment, applied: Applied) -> None
         moved = json.loads(stored.body.replace(old_ref, new_ref))
         uow.save(moved, patient_id=survivor_id, blob_sha256=stored.blob_sha256)
         applied.produced.append(f"{stored.res_type}/{stored.res_id}")
+    uow.move_audit_trail(merged_id, survivor_id)
 
 
 def _move_consent_key(uow: UnitOfWork, kind: str, merged_id: str, survivor_id: str) -> None:

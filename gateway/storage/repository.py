@@ -11,14 +11,19 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from sqlalchemy import Connection, Engine, and_, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, update
 
 from gateway.access import AccessContext
+from gateway.access import audit
+from gateway.access.context import EMERGENCY, REGULATION
+from gateway.access.rules import IDNATPS_SYSTEM, binary_ids, rules_of, visibility_columns
 
 from . import search as search_sql
 from .database import read_connection, write_transaction
 from .schema import (
     INDEX_TABLES,
+    access_rules,
+    audit_chain,
     blobs,
     raw_inputs,
     resource_versions,
@@ -49,6 +54,13 @@ class StoredResource:
     body: str           # JSON text as validated on write
     deleted: bool = False
     blob_sha256: str | None = None
+    patient_id: str | None = None
+    hidden_from_patient: bool = False
+    hidden_from_representatives: bool = False
+
+    @property
+    def reference(self) -> str:
+        return f"{self.res_type}/{self.res_id}"
 
     def json(self) -> dict:
         return json.loads(self.body)
@@ -61,6 +73,7 @@ class SearchPage:
     included: list[StoredResource] = field(default_factory=list)
     next_keys: list | None = None
     previous_keys: list | None = None
+    patient_ids: list[str] = field(default_factory=list)   # whose data a count-only answer counted
 
 
 def _now() -> tuple[str, str]:
@@ -88,17 +101,21 @@ class Repository:
 
     def _row(self, row) -> StoredResource:
         return StoredResource(row.res_type, row.res_id, row.version, _instant(row.last_updated), row.body,
-                              row.deleted, row.blob_sha256)
+                              row.deleted, row.blob_sha256, row.patient_id, row.hidden_from_patient,
+                              row.hidden_from_representatives)
 
-    # -- reads ----------------------------------------------------------------------------------
+    # -- reads: each one leaves an AuditEvent before its answer ---------------------------------
 
     def read(self, res_type: str, res_id: str) -> StoredResource:
         row = self._visible_current(res_type, res_id)
-        if row is None:
-            raise NotFound(f"{res_type}/{res_id} is not known")
-        if row.deleted:
+        if row is None or row.deleted:
+            self._audit_refused("read", res_type, res_id)
+            if row is None:
+                raise NotFound(f"{res_type}/{res_id} is not known")
             raise Gone(f"{res_type}/{res_id} was deleted")
-        return self._row(row)
+        stored = self._row(row)
+        self._audit_access("read", stored)
+        return stored
 
     def vread(self, res_type: str, res_id: str, version: int) -> StoredResource:
         # A version is visible when the resource itself is: the access filter applies to the current row.
@@ -107,12 +124,20 @@ class Repository:
             row = conn.execute(select(resource_versions).where(
                 resource_versions.c.res_type == res_type, resource_versions.c.res_id == res_id,
                 resource_versions.c.version == version)).first()
-        if row is None or current is None:
-            raise NotFound(f"{res_type}/{res_id}/_history/{version} is not known")
-        if row.deleted:
+        if row is None or current is None or row.deleted:
+            self._audit_refused("vread", res_type, res_id)
+            if row is None or current is None:
+                raise NotFound(f"{res_type}/{res_id}/_history/{version} is not known")
             raise Gone(f"{res_type}/{res_id} version {version} is a deletion")
+        stored = self._row(current)
+        self._audit_access("vread", stored)
         return StoredResource(res_type, res_id, row.version, _instant(row.last_updated), row.body, row.deleted,
-                              current.blob_sha256)
+                              current.blob_sha256, current.patient_id)
+
+    def own_patient_id(self) -> str | None:
+        """The Patient id of the record a patient or representative token is about."""
+        with read_connection(self.engine) as conn:
+            return conn.execute(select(self.access.own_patient_id())).scalar()
 
     def _visible_current(self, res_type: str, res_id: str):
         with read_connection(self.engine) as conn:
@@ -120,8 +145,11 @@ class Repository:
                 resources.c.res_type == res_type, resources.c.res_id == res_id, self._visible(res_type))).first()
 
     def history(self, res_type: str, res_id: str, count: int = 50) -> list[tuple[StoredResource, str]]:
-        if self._visible_current(res_type, res_id) is None:
+        current = self._visible_current(res_type, res_id)
+        if current is None:
+            self._audit_refused("history-instance", res_type, res_id)
             raise NotFound(f"{res_type}/{res_id} is not known")
+        self._audit_access("history-instance", self._row(current))
         with read_connection(self.engine) as conn:
             rows = conn.execute(select(resource_versions).where(
                 resource_versions.c.res_type == res_type, resource_versions.c.res_id == res_id)
@@ -137,11 +165,17 @@ class Repository:
         return bytes(data)
 
     def search(self, request: search_sql.SearchRequest) -> SearchPage:
+        page = self._search(request)
+        self._audit_search(request, page)
+        return page
+
+    def _search(self, request: search_sql.SearchRequest) -> SearchPage:
         where = search_sql.where_clause(request, self._visible(request.res_type), self.base_url)
         with read_connection(self.engine) as conn:
             total = conn.execute(select(func.count()).select_from(resources).where(where)).scalar_one()
             if request.summary_count or request.count == 0:
-                return SearchPage([], total)
+                patients = conn.execute(select(resources.c.patient_id).where(where).distinct().limit(100)).scalars()
+                return SearchPage([], total, patient_ids=[p for p in patients if p])
             columns = search_sql.sort_columns(request)
             backwards = bool(request.cursor and request.cursor[1] == "p")
             query = select(resources, *[c.label(f"k{i}") for i, (c, _) in enumerate(columns)]).where(where)
@@ -193,10 +227,100 @@ class Repository:
             for row in rows:
                 found[(row.res_type, row.res_id)] = self._row(row)
 
+    # -- the audit trail of reads ---------------------------------------------------------------
+
+    def _audit_access(self, interaction: str, stored: StoredResource) -> None:
+        if stored.patient_id is None:
+            return  # the directory (professionals, organisations) is not patient data
+        self.record_audit([self._event(interaction, stored.patient_id, [stored.reference], flags_of=[stored])])
+
+    def _audit_refused(self, interaction: str, res_type: str, res_id: str) -> None:
+        """A read that found nothing the reader may see. The trail names the owner, if any, so the
+        patient learns of the attempt; the reader gets the same answer as for a missing resource."""
+        with read_connection(self.engine) as conn:
+            row = conn.execute(select(resources).where(resources.c.res_type == res_type,
+                                                       resources.c.res_id == res_id)).first()
+        if row is None or row.patient_id is None:
+            return
+        stored = self._row(row)
+        self.record_audit([self._event(interaction, stored.patient_id, [stored.reference], flags_of=[stored],
+                                       outcome=audit.Outcome("4", "not found or not visible to this reader"))])
+
+    def _audit_search(self, request: search_sql.SearchRequest, page: SearchPage) -> None:
+        query = search_sql.query_string(request)
+        patients = dict.fromkeys([s.patient_id for s in page.entries + page.included if s.patient_id]
+                                 + page.patient_ids + self._patients_named(request))
+        if not patients and request.res_type in ("Practitioner", "Organization"):
+            return
+        events = [self._event("search-type", patient_id, [], query=query) for patient_id in patients]
+        self.record_audit(events or [self._event("search-type", None, [], query=query)])
+
+    def _patients_named(self, request: search_sql.SearchRequest) -> list[str]:
+        """The patients a search asks about by reference or identifier, found or not: a search that
+        found nothing visible still belongs in the trail of the patient it was about."""
+        ids, identifiers = [], []
+        for criterion in request.criteria:
+            if criterion.param not in ("patient", "subject") and not (request.res_type == "Patient"
+                                                                      and criterion.param in ("_id", "identifier")):
+                continue
+            for value in criterion.values:
+                if criterion.chain == "identifier" or criterion.param == "identifier":
+                    system, _, code = value.rpartition("|")
+                    identifiers.append((system, code))
+                elif criterion.chain is None:
+                    ids.append(value.rstrip("/").rsplit("/", 1)[-1])
+        if identifiers:
+            conditions = [and_(unique_identifiers.c.value == code, *([unique_identifiers.c.system == system]
+                                                                     if system else []))
+                          for system, code in identifiers]
+            with read_connection(self.engine) as conn:
+                ids += conn.execute(select(unique_identifiers.c.res_id).where(
+                    unique_identifiers.c.res_type == "Patient", or_(*conditions))).scalars().all()
+        if not ids:
+            return []
+        with read_connection(self.engine) as conn:
+            return list(conn.execute(select(resources.c.res_id).where(
+                resources.c.res_type == "Patient", resources.c.res_id.in_(ids))).scalars())
+
+    def _event(self, interaction: str, patient_id: str | None, entities: list[str], *, query: str | None = None,
+               flags_of: list[StoredResource] = (), outcome: audit.Outcome = audit.SUCCESS) -> "PendingAudit":
+        event = audit.audit_event(new_id(), _now()[0], interaction, self.access, patient_id=patient_id,
+                                  entities=entities, query=query, outcome=outcome)
+        return PendingAudit(event, patient_id, any(s.hidden_from_patient for s in flags_of),
+                            any(s.hidden_from_representatives for s in flags_of))
+
+    def record_audit(self, events: list["PendingAudit"]) -> None:
+        if self.access.purpose in (EMERGENCY, REGULATION):
+            # An emergency access is granted because no opposition is on record: that decision is
+            # audited too, so the patient and the attending physician see it was made (R1111-48).
+            events = events + [self._authorization("AuthZ-Consent", audit.SUCCESS, e.patient_id)
+                               for e in events if e.patient_id and e.event["outcome"] == "0"]
+        with self.unit_of_work() as uow:
+            uow.audit.extend(events)
+
+    def _authorization(self, basis: str, outcome: audit.Outcome, patient_id: str | None) -> "PendingAudit":
+        event = audit.authorization_event(new_id(), _now()[0], self.access, patient_id=patient_id, basis=basis,
+                                          outcome=outcome)
+        return PendingAudit(event, patient_id)
+
+    def record_authorization(self, basis: str, outcome: audit.Outcome, patient_id: str | None = None) -> None:
+        with self.unit_of_work() as uow:
+            uow.audit.append(self._authorization(basis, outcome, patient_id))
+
     # -- writes ---------------------------------------------------------------------------------
 
     def unit_of_work(self) -> "UnitOfWork":
         return UnitOfWork(self)
+
+
+@dataclass(frozen=True)
+class PendingAudit:
+    """An AuditEvent to write, with whose record it belongs to and whom it must not reveal a hidden
+    document to (an access to a document hidden from the patient is hidden from them too)."""
+    event: dict
+    patient_id: str | None
+    hidden_from_patient: bool = False
+    hidden_from_representatives: bool = False
 
 
 class DuplicateIdentifier(Exception):
@@ -205,21 +329,64 @@ class DuplicateIdentifier(Exception):
         self.res_type, self.system, self.value, self.res_id = res_type, system, value, res_id
 
 
+@dataclass(frozen=True)
+class Change:
+    reference: str
+    patient_id: str | None
+    created: bool
+    method: str
+    hidden_from_patient: bool
+    hidden_from_representatives: bool
+
+
 class UnitOfWork:
-    """One transaction: resources, index rows, blobs and raw-input status are committed together."""
+    """One transaction: resources, index rows, blobs, raw-input status and the AuditEvents of
+    the changes are committed together."""
 
     def __init__(self, repository: Repository):
         self.repository = repository
         self._context = None
         self.conn: Connection | None = None
+        self.changes: list[Change] = []
+        self.audit: list[PendingAudit] = []
 
     def __enter__(self) -> "UnitOfWork":
         self._context = write_transaction(self.repository.engine)
         self.conn = self._context.__enter__()
         return self
 
-    def __exit__(self, *exc):
-        return self._context.__exit__(*exc)
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            try:
+                self._write_audit()
+            except BaseException as failure:
+                self._context.__exit__(type(failure), failure, failure.__traceback__)
+                raise
+        return self._context.__exit__(exc_type, exc, tb)
+
+    def _write_audit(self) -> None:
+        """One AuditEvent per patient record (and kind of change) this transaction changed, then
+        every pending event appended to the hash chain."""
+        groups: dict[tuple, list[Change]] = {}
+        for change in self.changes:
+            kind = "patch" if change.method == "PATCH" else ("create" if change.created else "update")
+            groups.setdefault((change.patient_id, kind), []).append(change)
+        access = self.repository.access
+        for (patient_id, kind), changes in groups.items():
+            event = audit.audit_event(new_id(), _now()[0], kind, access, patient_id=patient_id,
+                                      entities=[c.reference for c in changes])
+            self.audit.append(PendingAudit(event, patient_id, any(c.hidden_from_patient for c in changes),
+                                           any(c.hidden_from_representatives for c in changes)))
+        if not self.audit:
+            return
+        previous = audit.chain_head(self.conn)
+        for pending in self.audit:
+            stored = self._store(pending.event, patient_id=pending.patient_id, method="POST", columns={
+                "hidden_from_patient": pending.hidden_from_patient,
+                "hidden_from_representatives": pending.hidden_from_representatives})
+            link = audit.link_hash(previous, stored.body)
+            self.conn.execute(insert(audit_chain).values(event_id=stored.res_id, previous_hash=previous, hash=link))
+            previous = link
 
     def find_by_identifier(self, res_type: str, system: str, value: str) -> str | None:
         return self.conn.execute(select(unique_identifiers.c.res_id).where(
@@ -249,7 +416,45 @@ class UnitOfWork:
 
     def save(self, resource: dict, *, patient_id: str | None = None, blob_sha256: str | None = None,
              method: str | None = None) -> StoredResource:
-        """Create or update: a new version, its history row and its index rows."""
+        """Create or update: a new version, its history row, its index rows, the access facts it
+        carries (a document's visibility, a Consent's rules), and a change for the audit trail."""
+        res_type = resource["resourceType"]
+        columns: dict = {}
+        if res_type == "DocumentReference":
+            columns = {**visibility_columns(resource), "authors": self._authors(resource)}
+        stored = self._store(resource, patient_id=patient_id, blob_sha256=blob_sha256, method=method,
+                             columns=columns)
+        if res_type == "DocumentReference":
+            # The Binary is read through the same rules as the DocumentReference that points to it.
+            ids = binary_ids(resource)
+            if ids:
+                self.conn.execute(update(resources).where(resources.c.res_type == "Binary",
+                                                          resources.c.res_id.in_(ids))
+                                  .values(**columns))
+        if res_type == "Consent":
+            self.conn.execute(delete(access_rules).where(access_rules.c.consent_id == stored.res_id))
+            rows = rules_of(resource, patient_id) if patient_id else []
+            if rows:
+                self.conn.execute(insert(access_rules), rows)
+        self.changes.append(Change(stored.reference, patient_id, stored.version == 1,
+                                   method or ("POST" if stored.version == 1 else "PUT"),
+                                   bool(columns.get("hidden_from_patient")),
+                                   bool(columns.get("hidden_from_representatives"))))
+        return stored
+
+    def _authors(self, docref: dict) -> str | None:
+        """' idnatps idnatps ': the authors' national ids, so they keep seeing a masked document."""
+        ids = [ref["reference"].split("/", 1)[1] for ref in docref.get("author", [])
+               if ref.get("reference", "").startswith("Practitioner/")]
+        if not ids:
+            return None
+        values = self.conn.execute(select(unique_identifiers.c.value).where(
+            unique_identifiers.c.res_type == "Practitioner", unique_identifiers.c.system == IDNATPS_SYSTEM,
+            unique_identifiers.c.res_id.in_(ids))).scalars().all()
+        return (" " + " ".join(values) + " ")[:512] if values else None
+
+    def _store(self, resource: dict, *, patient_id: str | None, method: str | None, columns: dict,
+               blob_sha256: str | None = None) -> StoredResource:
         res_type, res_id = resource["resourceType"], resource["id"]
         previous = self.conn.execute(select(resources.c.version, resources.c.blob_sha256).where(
             resources.c.res_type == res_type, resources.c.res_id == res_id)).first()
@@ -260,7 +465,7 @@ class UnitOfWork:
         body = dumps(resource)
         blob_sha256 = blob_sha256 or (previous.blob_sha256 if previous else None)
         values = dict(version=version, last_updated=index_time, deleted=False, patient_id=patient_id,
-                      blob_sha256=blob_sha256, body=body)
+                      blob_sha256=blob_sha256, body=body, **columns)
         if previous:
             self.conn.execute(update(resources).where(
                 resources.c.res_type == res_type, resources.c.res_id == res_id).values(**values))
@@ -270,7 +475,8 @@ class UnitOfWork:
             res_type=res_type, res_id=res_id, version=version, last_updated=index_time,
             method=method or ("PUT" if previous else "POST"), deleted=False, body=body))
         self._reindex(resource)
-        return StoredResource(res_type, res_id, version, instant, body, False, blob_sha256)
+        return StoredResource(res_type, res_id, version, instant, body, False, blob_sha256, patient_id,
+                              bool(columns.get("hidden_from_patient")), bool(columns.get("hidden_from_representatives")))
 
     def _reindex(self, resource: dict) -> None:
         res_type, res_id = resource["resourceType"], resource["id"]
@@ -293,8 +499,34 @@ class UnitOfWork:
     def patient_resources(self, patient_id: str) -> list[StoredResource]:
         """The current resources of a patient's compartment (documents, binaries, consents, lists)."""
         rows = self.conn.execute(select(resources).where(
-            resources.c.patient_id == patient_id, resources.c.res_type != "Patient")).all()
+            resources.c.patient_id == patient_id, resources.c.res_type.not_in(("Patient", "AuditEvent")))).all()
         return [self.repository._row(r) for r in rows]
+
+    def record_closed(self, patient_id: str) -> bool:
+        return self.conn.execute(select(access_rules.c.consent_id).where(
+            access_rules.c.patient_id == patient_id, access_rules.c.kind == "record",
+            access_rules.c.effect == "deny").limit(1)).first() is not None
+
+    def reveal_audit_of(self, reference: str, hidden_from_patient: bool, hidden_from_representatives: bool) -> None:
+        """AuditEvents about a document stop hiding it from those who may now see the document."""
+        target_type, target_id = reference.split("/", 1)
+        events = select(search_reference.c.res_id).where(
+            search_reference.c.res_type == "AuditEvent", search_reference.c.param == "entity",
+            search_reference.c.target_type == target_type, search_reference.c.target_id == target_id)
+        values = {}
+        if not hidden_from_patient:
+            values["hidden_from_patient"] = False
+        if not hidden_from_representatives:
+            values["hidden_from_representatives"] = False
+        if values:
+            self.conn.execute(update(resources).where(resources.c.res_type == "AuditEvent",
+                                                      resources.c.res_id.in_(events)).values(**values))
+
+    def move_audit_trail(self, from_id: str, to_id: str) -> None:
+        """A merged patient's trail is read with the survivor's record. Only the owner column moves:
+        an AuditEvent's JSON is never rewritten, its hash covers it."""
+        self.conn.execute(update(resources).where(resources.c.res_type == "AuditEvent",
+                                                  resources.c.patient_id == from_id).values(patient_id=to_id))
 
     def claim_raw(self, raw_id: int) -> bool:
         """Take a received (or failed) input for processing in this transaction. False when another

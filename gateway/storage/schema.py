@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
 )
 
 metadata = MetaData()
@@ -65,6 +66,12 @@ resources = Table(
     Column("patient_id", String(64)),
     Column("blob_sha256", String(64)),
     Column("body", Text, nullable=False),
+    # Who may see a document (from its securityLabel; a Binary carries its DocumentReference's),
+    # kept as columns so the access filter is part of every query's SQL.
+    Column("masked", Boolean, nullable=False, default=False, server_default=false()),
+    Column("hidden_from_patient", Boolean, nullable=False, default=False, server_default=false()),
+    Column("hidden_from_representatives", Boolean, nullable=False, default=False, server_default=false()),
+    Column("authors", String(512)),  # " idnatps idnatps ": the authors still see a masked document
     PrimaryKeyConstraint("res_type", "res_id"),
     Index("ix_resources_type_updated", "res_type", "last_updated", "res_id"),
     Index("ix_resources_patient", "patient_id"),
@@ -143,6 +150,31 @@ search_reference = Table(
     Column("target_id", String(256), nullable=False),
     Index("ix_reference_lookup", "res_type", "param", "target_id", "target_type"),
     Index("ix_reference_owner", "res_type", "res_id", "param"),
+)
+
+# What each active Consent decides, one row per rule: the access filter reads these, never the JSON.
+access_rules = Table(
+    "access_rules",
+    metadata,
+    Column("consent_id", String(64), nullable=False),
+    Column("patient_id", String(64), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("effect", String(8), nullable=False),          # permit | deny
+    Column("actor_system", String(256), nullable=False),  # '' when the rule names no one
+    Column("actor_value", String(256), nullable=False),
+    Index("ix_access_rules_patient", "patient_id", "kind", "effect", "actor_value"),
+    Index("ix_access_rules_actor", "actor_value", "kind", "effect"),
+    Index("ix_access_rules_consent", "consent_id"),
+)
+
+# The audit trail's hash chain: each AuditEvent's hash covers its JSON and the previous hash.
+audit_chain = Table(
+    "audit_chain",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("event_id", String(64), nullable=False),
+    Column("previous_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
 )
 
 INDEX_TABLES = (search_token, search_string, search_date, search_reference)

@@ -10,6 +10,7 @@ import base64
 import json
 import re
 from dataclasses import dataclass, field
+from urllib.parse import urlencode
 
 from sqlalchemy import and_, exists, false, func, not_, or_, select, true
 from sqlalchemy.sql import ColumnElement, Select
@@ -25,6 +26,11 @@ DATE_PREFIXES = ("eq", "ne", "lt", "gt", "le", "ge", "sa", "eb", "ap")
 RESULT_PARAMS = {"_count", "_sort", "_summary", "_include", "_revinclude", "_format", "_cursor", "_total",
                  "_pretty"}
 SORTABLE_TYPES = ("date", "string")
+
+
+def query_string(request: "SearchRequest") -> str:
+    """The search as the audit trail records it: type and parameters, without paging state."""
+    return f"{request.res_type}?{urlencode(request.base_params)}"
 
 
 class SearchError(ValueError):

@@ -160,6 +160,25 @@ CONSENT = [
     SearchParam("scope", "token", lambda r: _codings(r.get("scope"))),
     SearchParam("action", "token", lambda r: _many_codings(r.get("provision", {}).get("action"))),
     SearchParam("date", "date", lambda r: [r["dateTime"]] if r.get("dateTime") else []),
+    SearchParam("actor", "token", lambda r: [pair for a in r.get("provision", {}).get("actor", [])
+                                             for pair in _identifiers([a.get("reference", {}).get("identifier", {})])]),
+]
+
+
+def _audit_patient(r: dict) -> list[tuple[str, str]]:
+    return [t for e in r.get("entity", []) for t in _ref(e.get("what")) if t[0] == "Patient"]
+
+
+AUDIT_EVENT = [
+    SearchParam("patient", "reference", _audit_patient, ("Patient",)),
+    SearchParam("date", "date", lambda r: [r["recorded"]]),
+    SearchParam("entity", "reference", lambda r: [t for e in r.get("entity", []) for t in _ref(e.get("what"))]),
+    SearchParam("type", "token", lambda r: _codings({"coding": [r["type"]]})),
+    SearchParam("subtype", "token", lambda r: _codings({"coding": r.get("subtype", [])})),
+    SearchParam("action", "token", lambda r: [("", r["action"])] if r.get("action") else []),
+    SearchParam("outcome", "token", lambda r: [("", r["outcome"])] if r.get("outcome") else []),
+    SearchParam("altid", "token", lambda r: [("", a["altId"]) for a in r.get("agent", []) if a.get("altId")]),
+    SearchParam("purpose", "token", lambda r: _many_codings(r.get("purposeOfEvent"))),
 ]
 
 SEARCH_PARAMS: dict[str, dict[str, SearchParam]] = {
@@ -169,6 +188,7 @@ SEARCH_PARAMS: dict[str, dict[str, SearchParam]] = {
     "Organization": {p.name: p for p in ORGANIZATION},
     "List": {p.name: p for p in LIST},
     "Consent": {p.name: p for p in CONSENT},
+    "AuditEvent": {p.name: p for p in AUDIT_EVENT},
     "Binary": {},
 }
 

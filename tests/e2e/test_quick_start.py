@@ -39,23 +39,70 @@ def served(tmp_path):
     process.wait(timeout=30)
 
 
+def token(env, *args: str) -> dict:
+    """`gateway token issue ...`: the token is alone on the last line of its output."""
+    issued = subprocess.run([str(GATEWAY), "token", "issue", *args], env=env, cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert issued.returncode == 0, issued.stderr
+    return {"Authorization": "Bearer " + issued.stdout.strip().splitlines()[-1]}
+
+
+GP, INTERNIST = "899900000053", "899900000012"
+MARTIN = "185067511204554"
+
+
 def test_push_a_document_then_find_it_and_get_the_same_bytes(served):
     base, env = served
-    demo = requests.get(f"{base}/fhir/DocumentReference", params={"status": "current", "_summary": "count"}).json()
-    assert demo["total"] >= 9  # the demo data: samples, replacement, signed submission with its signature
+    gp = token(env, "--role", "doctor", "--sub", GP)
+    demo = requests.get(f"{base}/fhir/DocumentReference", params={"status": "current", "_summary": "count"},
+                        headers=gp).json()
+    assert demo["total"] == 7  # Dr NOEL is the attending physician of three demo patients
     data = (ROOT / "samples" / "cda" / "ldl-ses-martin.xml").read_bytes()
     # the demo data already holds this document: the same bytes are recognised, not stored twice
-    again = requests.post(f"{base}/cda", data=data, headers={"Content-Type": "application/xml"})
+    again = requests.post(f"{base}/cda", data=data, headers={"Content-Type": "application/xml", **gp})
     assert again.status_code == 200
     found = requests.get(f"{base}/fhir/DocumentReference", params={
-        "patient.identifier": "urn:oid:1.2.250.1.213.1.4.10|185067511204554", "status": "current"}).json()
+        "patient.identifier": f"urn:oid:1.2.250.1.213.1.4.10|{MARTIN}", "status": "current"}, headers=gp).json()
     urls = [e["resource"]["content"][0]["attachment"]["url"] for e in found["entry"]]
     assert again.json()["content"][0]["attachment"]["url"] in urls
-    retrieved = requests.get(again.json()["content"][0]["attachment"]["url"])
+    retrieved = requests.get(again.json()["content"][0]["attachment"]["url"], headers=gp)
     assert retrieved.content == data and retrieved.headers["Content-Type"].startswith("text/xml")
     signed = (Path(env["GATEWAY_VAR_DIR"]) / "demo" / "signed-submission.json").read_bytes()
-    resubmitted = requests.post(f"{base}/fhir", data=signed, headers={"Content-Type": "application/fhir+json"})
+    resubmitted = requests.post(f"{base}/fhir", data=signed, headers={"Content-Type": "application/fhir+json", **gp})
     assert resubmitted.status_code == 200, resubmitted.text
+
+
+def test_a_patient_a_doctor_and_an_insurer_see_what_they_may(served):
+    base, env = served
+    anonymous = requests.get(f"{base}/fhir/DocumentReference")
+    assert anonymous.status_code == 401 and anonymous.headers["WWW-Authenticate"].startswith("Bearer")
+
+    def titles(headers):
+        response = requests.get(f"{base}/fhir/DocumentReference", params={"status": "current"}, headers=headers)
+        if response.status_code != 200:
+            return response.status_code
+        return sorted(e["resource"]["content"][0]["attachment"]["title"] for e in response.json().get("entry", []))
+
+    # Paul Martin sees his two documents, the lab results he masked from professionals included.
+    patient = token(env, "--role", "patient", "--patient", MARTIN)
+    assert titles(patient) == ["Compte rendu d'examens de biologie médicale",
+                               "Lettre de liaison à la sortie - service de médecine interne"]
+    # Dr BERNARD, whom he authorised, does not see the masked lab results.
+    assert titles(token(env, "--role", "doctor", "--sub", INTERNIST)) == [
+        "Lettre de liaison à la sortie - service de médecine interne"]
+    # Dr ROUSSEAU, whom he blocked, sees nothing of his record (only Jean Garnier's, who authorised him).
+    surgeon = requests.get(f"{base}/fhir/DocumentReference", params={
+        "patient.identifier": f"urn:oid:1.2.250.1.213.1.4.10|{MARTIN}"},
+        headers=token(env, "--role", "doctor", "--sub", "899900000020")).json()
+    assert surgeon["total"] == 0
+    assert titles(token(env, "--role", "insurer")) == 403
+    # Every one of those accesses is in Paul Martin's trail, and the trail verifies.
+    trail = requests.get(f"{base}/fhir/AuditEvent", params={"_count": 200}, headers=patient).json()
+    readers = {e["resource"]["agent"][0]["altId"] for e in trail["entry"]}
+    assert {MARTIN, INTERNIST, "899900000020"} <= readers
+    verified = subprocess.run([str(GATEWAY), "audit", "verify"], env=env, cwd=ROOT, capture_output=True, text=True,
+                              timeout=60)
+    assert verified.returncode == 0 and "intact" in verified.stdout
 
 
 def test_bulk_ingest_reports_what_happened(tmp_path):
@@ -77,7 +124,9 @@ def test_an_integrator_sends_hl7v2_with_gateway_send(served):
         time.sleep(0.1)
     assert sent.returncode == 0, sent.stdout + sent.stderr
     assert "MSA|AA|ADT0001" in sent.stdout
-    consents = requests.get(f"{base}/fhir/Consent", params={"status": "active"}).json()
+    consents = requests.get(f"{base}/fhir/Consent", params={
+        "status": "active", "category": "urn:hl7-france:pam-fr:zfa|consultation,urn:hl7-france:pam-fr:zfa|alimentation"},
+        headers=token(env, "--role", "patient", "--patient", MARTIN)).json()
     assert consents["total"] == 2
     listed = subprocess.run([str(GATEWAY), "messages", "list"], env={**env, "COLUMNS": "250"}, cwd=ROOT,
                             capture_output=True, text=True,

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from conftest import REPORT
+from conftest import REPORT, attend_all
 from gateway.mapping.dates import ts_to_fhir
 
 NS = {"h": "urn:hl7-org:v3"}
@@ -49,6 +49,7 @@ def test_corpus(client, corpus_dir: Path):
         response = client.post("/cda", data=data, headers={"Content-Type": "application/xml"})
         if response.status_code in (200, 201):
             doc = response.json
+            attend_all(client.application.config["ENGINE"])
             want = expected_fields(data)
             assert doc["masterIdentifier"]["value"] == f"urn:oid:{want['unique_id']}", path.name
             assert doc["type"]["coding"][0]["code"] == want["type"], path.name

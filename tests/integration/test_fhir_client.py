@@ -4,15 +4,18 @@ from fhirclient import client as fhir_client
 from fhirclient.models.documentreference import DocumentReference
 from fhirclient.models.patient import Patient
 
-from conftest import sample
+from conftest import GP, attend_all, sample
 
 
-def test_fhirclient_search_and_read(live_server):
+def test_fhirclient_search_and_read(live_server, database, bearer):
     base = live_server.fhir_base
+    doctor = bearer("doctor", sub=GP)
     for name in ("ldl-ses-martin.xml", "cr-biologie-martin.xml"):
         assert requests.post(f"{live_server.public_base_url}/cda", data=sample(name),
-                             headers={"Content-Type": "application/xml"}, timeout=10).status_code == 201
+                             headers={"Content-Type": "application/xml", **doctor}, timeout=10).status_code == 201
+    attend_all(database[0])
     smart = fhir_client.FHIRClient(settings={"app_id": "gateway-tests", "api_base": base})
+    smart.server.session.headers.update(doctor)  # fhirclient sends what its requests session carries
     search = DocumentReference.where(struct={"patient.identifier": "urn:oid:1.2.250.1.213.1.4.10|185067511204554",
                                              "status": "current"})
     documents = search.perform_resources(smart.server)
@@ -21,5 +24,5 @@ def test_fhirclient_search_and_read(live_server):
     assert document.masterIdentifier.value.startswith("urn:oid:1.2.250.1.213.1.1.9.2.")
     patient = Patient.read(document.subject.reference.split("/")[1], smart.server)
     assert patient.birthDate.isostring == "1985-06-12"
-    retrieved = requests.get(document.content[0].attachment.url, timeout=10)
+    retrieved = requests.get(document.content[0].attachment.url, headers=doctor, timeout=10)
     assert retrieved.content in (sample("ldl-ses-martin.xml"), sample("cr-biologie-martin.xml"))

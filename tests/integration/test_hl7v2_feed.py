@@ -5,11 +5,31 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from conftest import GP, attend_all
 from gateway.storage.schema import raw_inputs, resources
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "hl7v2"
 PATIENTS = json.loads((SAMPLES.parent / "patients.json").read_text())
 HOSPITAL = "urn:oid:1.2.250.1.213.1.1.9.1001"
+ZFA = "urn:hl7-france:pam-fr:zfa"
+
+
+@pytest.fixture
+def client(app, bearer):
+    """Messages are posted by a feeding system (this client's token); FHIR is read by the patients'
+    attending physician (`fhir_get`) and messages are managed by an operator (`ADMIN`)."""
+    test_client = app.test_client()
+    test_client.environ_base["HTTP_AUTHORIZATION"] = bearer("system", sub="GAM CH-SAINT-AUBIN")["Authorization"]
+    test_client.doctor = bearer("doctor", sub=GP)
+    test_client.admin = bearer("admin", sub="operator")
+    test_client.bearer = bearer
+    return test_client
+
+
+def fhir_get(client, path: str):
+    """Read as Dr NOEL, once he is the attending physician of every patient fed so far."""
+    attend_all(client.application.config["ENGINE"])
+    return client.get(path, headers=client.doctor)
 
 
 def sample(name: str) -> bytes:
@@ -30,7 +50,7 @@ def errors(segments):
 
 
 def search(client, query: str) -> dict:
-    response = client.get(f"/fhir/{query}")
+    response = fhir_get(client, f"/fhir/{query}")
     assert response.status_code == 200, response.data
     return response.get_json()
 
@@ -58,7 +78,9 @@ def test_adt_creates_then_updates_the_patient_with_its_consents(client):
         {k: i[k] for k in ("system", "value")} for i in patient["identifier"]]
     reliability = next(e for e in patient["extension"] if e["url"].endswith("fr-core-identity-reliability"))
     assert reliability["extension"][0]["valueCoding"]["code"] == "VALI"
-    consents = search(client, f"Consent?patient={patient['id']}")
+    # The patient reads their own decisions (after an opposition to consultation no doctor may).
+    as_martin = client.bearer("patient", patient=martin["ins"])
+    consents = client.get(f"/fhir/Consent?category={ZFA}|consultation,{ZFA}|alimentation", headers=as_martin).json
     assert consents["total"] == 2
     by_kind = {c["resource"]["category"][1]["coding"][0]["code"]: c["resource"] for c in consents["entry"]}
     assert by_kind["consultation"]["provision"]["type"] == "permit"
@@ -67,9 +89,11 @@ def test_adt_creates_then_updates_the_patient_with_its_consents(client):
     update = adt("A08", "UPD1", pid(martin["ipp"], "MARTIN-DURAND", martin["ins"]),
                  "ZFA|ACTIF|20260312080000|||||||INO|20260312080000|INC|20260312080000")
     assert post(client, update)[0] == "AA"
-    patient = client.get(f"/fhir/Patient/{patient['id']}").get_json()
+    patient = client.get(f"/fhir/Patient/{patient['id']}", headers=as_martin).get_json()
     assert patient["meta"]["versionId"] == "2" and patient["name"][0]["family"] == "MARTIN-DURAND"
-    consents = search(client, f"Consent?patient={patient['id']}&category=consultation")
+    # ZFA-11 INC: the patient opposed consultation, so even the attending physician sees nothing now.
+    assert fhir_get(client, f"/fhir/Patient/{patient['id']}").status_code == 404
+    consents = client.get(f"/fhir/Consent?category={ZFA}|consultation", headers=as_martin).json
     assert consents["total"] == 1 and consents["entry"][0]["resource"]["provision"]["type"] == "deny"
 
 
@@ -78,7 +102,7 @@ def test_accented_names_are_identical_from_utf8_and_8859_15(client):
     assert post(client, sample("adt-a28-oeuvray-8859-15.hl7"))[0] == "AA"
     found = search(client, "Patient?identifier=urn:oid:1.2.250.1.213.1.4.10|285117505612337")
     patient = found["entry"][0]["resource"]
-    first = client.get(f"/fhir/Patient/{patient['id']}/_history/1").get_json()
+    first = fhir_get(client, f"/fhir/Patient/{patient['id']}/_history/1").get_json()
     assert patient["meta"]["versionId"] == "2"
     assert patient["name"] == first["name"]
     assert patient["name"][0]["family"] == "ŒUVRAY" and patient["name"][0]["given"] == ["HÉLÈNE"]
@@ -92,14 +116,14 @@ def test_t02_t10_t04_register_replace_and_delete(client):
     first = search(client, query + "&status=current")["entry"][0]["resource"]
     assert any(label["coding"][0]["code"] == "INVISIBLE_PATIENT" for label in first["securityLabel"])
     submission = search(client, f"List?item=DocumentReference/{first['id']}")["entry"][0]["resource"]
-    sender = client.get(f"/fhir/{submission['source']['reference']}").get_json()
+    sender = fhir_get(client, f"/fhir/{submission['source']['reference']}").get_json()
     assert any(i["value"] == "899900000038" for i in sender["identifier"])
 
     assert post(client, sample("mdm-2-t10-cr-imagerie-irm-lefevre.hl7"))[0] == "AA"
     current = search(client, query + "&status=current")["entry"]
     assert len(current) == 1 and current[0]["resource"]["relatesTo"][0] == {
         "code": "replaces", "target": {"reference": f"DocumentReference/{first['id']}"}}
-    assert client.get(f"/fhir/DocumentReference/{first['id']}").get_json()["status"] == "superseded"
+    assert fhir_get(client, f"/fhir/DocumentReference/{first['id']}").get_json()["status"] == "superseded"
 
     assert post(client, sample("mdm-3-t04-cr-imagerie-irm-lefevre.hl7"))[0] == "AA"
     assert search(client, query + "&status=current")["total"] == 0
@@ -162,7 +186,7 @@ def test_merge_moves_documents_and_identifiers_to_the_survivor(client):
     assert docs["entry"][0]["resource"]["subject"]["reference"] == f"Patient/{survivor['id']}"
     by_ins = search(client, f"DocumentReference?patient.identifier={lefevre['ins_system']}|{lefevre['ins']}")
     assert by_ins["total"] == 1
-    merged = client.get(f"/fhir/Patient/{duplicate['id']}").get_json()
+    merged = fhir_get(client, f"/fhir/Patient/{duplicate['id']}").get_json()
     assert merged["active"] is False and merged["link"][0]["type"] == "replaced-by"
 
 
@@ -199,12 +223,12 @@ def test_a_database_failure_answers_ae_then_reprocess_succeeds(client, monkeypat
     code, segments = post(client, sample("adt-a01-martin.hl7"))
     assert code == "AE" and errors(segments)[0][3].startswith("207^")
     assert search(client, "Patient?_summary=count")["total"] == 0  # nothing half-stored
-    failed = client.get("/hl7v2/messages?status=failed").get_json()["messages"]
+    failed = client.get("/hl7v2/messages?status=failed", headers=client.admin).get_json()["messages"]
     assert len(failed) == 1
     monkeypatch.undo()
-    response = client.post(f"/hl7v2/messages/{failed[0]['id']}/reprocess")
+    response = client.post(f"/hl7v2/messages/{failed[0]['id']}/reprocess", headers=client.admin)
     assert response.get_json()["ack_code"] == "AA"
-    shown = client.get(f"/hl7v2/messages/{failed[0]['id']}").get_json()
+    shown = client.get(f"/hl7v2/messages/{failed[0]['id']}", headers=client.admin).get_json()
     assert shown["status"] == "processed" and any(r.startswith("Consent/") for r in shown["resources"])
     assert shown["message"].startswith("MSH|")
 

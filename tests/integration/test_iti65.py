@@ -5,7 +5,7 @@ import json
 import pytest
 from sqlalchemy import func, select
 
-from conftest import sample
+from conftest import attend_all, sample
 from gateway.demo import build_submission, signed_submission
 from gateway.signature import make_test_pki, sign_documents
 from gateway.storage.schema import resources
@@ -24,9 +24,10 @@ def document_count(engine):
                             .where(resources.c.res_type == "DocumentReference")).scalar_one()
 
 
-def test_unsigned_submission(client):
+def test_unsigned_submission(client, database):
     response = provide(client, build_submission(sample("cr-biologie-martin.xml"), LIMIT))
     assert response.status_code == 200, response.json
+    attend_all(database[0])
     bundle = response.json
     assert bundle["type"] == "transaction-response"
     statuses = [e["response"]["status"] for e in bundle["entry"]]
@@ -42,10 +43,11 @@ def test_unsigned_submission(client):
     assert again.json["entry"][1]["response"]["status"] == "200 OK"
 
 
-def test_signed_submission_keeps_the_signature_linked(client, settings):
+def test_signed_submission_keeps_the_signature_linked(client, settings, database):
     bundle = signed_submission(settings, sample("synthese-moreau.xml"))
     response = provide(client, bundle)
     assert response.status_code == 200, response.json
+    attend_all(database[0])
     signature_location = response.json["entry"][4]["response"]["location"].rsplit("/_history", 1)[0]
     signature = client.get(f"/fhir/{signature_location}").json
     document_id = response.json["entry"][1]["response"]["location"].split("/")[1]

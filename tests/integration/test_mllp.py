@@ -3,7 +3,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import MLLP_TEST_MAX_BYTES, REPORT, mllp_send
+from conftest import MLLP_TEST_MAX_BYTES, REPORT, attend_all, mllp_send
 
 from gateway.hl7v2 import mllp
 
@@ -70,8 +70,10 @@ def test_every_corpus_message_gets_a_correct_ack(mllp_listener, corpus_dir, back
     REPORT.append(f"HL7v2 corpus over MLLP (mllp_send, {backend}): " + ", ".join(f"{k} {v}" for k, v in sorted(tally.items())))
 
 
-def search(live_client, query):
-    return live_client.get(f"/fhir/{query}").get_json()
+def search(client, query, headers=None):
+    """Search as the client's doctor, once the attending physician of every patient fed so far."""
+    attend_all(client.application.config["ENGINE"])
+    return client.get(f"/fhir/{query}", headers=headers).get_json()
 
 
 def test_ans_document_messages_create_replace_delete(mllp_listener, corpus_dir, client):
@@ -98,12 +100,16 @@ def test_ans_document_messages_create_replace_delete(mllp_listener, corpus_dir, 
     ("fr_PAM_A01_Consent_NotCollected_AlimentationOK.er7", None, "permit"),
     ("fr_PAM_A01_Consent_NotCollected_OppositionNotCollected.er7", None, None),
 ])
-def test_pam_consent_variants_give_the_expected_consents(mllp_listener, corpus_dir, client, name, consultation, feeding):
+def test_pam_consent_variants_give_the_expected_consents(mllp_listener, corpus_dir, client, bearer, name,
+                                                        consultation, feeding):
     acks = mllp_send(mllp_listener.mllp_port, (corpus_dir / "hl7v2" / name).read_bytes())
     assert msa(acks[0])[1] == "AA"
-    patient = search(client, f"Patient?identifier={ANS_INS}")["entry"][0]["resource"]
+    # The patient reads their decisions: after an opposition to consultation no doctor may.
+    as_patient = bearer("patient", patient=ANS_INS.split("|")[1])
     consents = {e["resource"]["category"][1]["coding"][0]["code"]: e["resource"]
-                for e in search(client, f"Consent?patient={patient['id']}")["entry"]}
+                for e in client.get("/fhir/Consent?category=urn:hl7-france:pam-fr:zfa|consultation,"
+                                    "urn:hl7-france:pam-fr:zfa|alimentation",
+                                    headers=as_patient).get_json()["entry"]}
     assert consents["consultation"]["provision"].get("type") == consultation
     assert consents["alimentation"]["provision"].get("type") == feeding
 

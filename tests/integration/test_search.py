@@ -1,7 +1,7 @@
 """ITI-67 and Patient search semantics, paging, includes and counts against a real database."""
 import pytest
 
-from conftest import sample
+from conftest import attend_all, sample
 
 XML = {"Content-Type": "application/xml"}
 ALL = ["ldl-ses-martin.xml", "cr-biologie-martin.xml", "cr-hospitalisation-lefevre.xml", "cr-imagerie-irm-lefevre.xml",
@@ -11,12 +11,13 @@ INS = {"martin": "185067511204554", "lefevre": "292086938701277", "garnier": "16
 
 
 @pytest.fixture
-def loaded(client):
+def loaded(client, database):
     docs = {}
     for name in ALL:
         response = client.post("/cda", data=sample(name), headers=XML)
         assert response.status_code == 201
         docs[name] = response.json
+    attend_all(database[0])  # the client's doctor becomes every patient's attending physician
     return docs
 
 

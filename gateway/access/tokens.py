@@ -1,0 +1,139 @@
+"""Bearer tokens: JWTs checked against configured public keys, turned into an AccessContext.
+
+Keys come from PEM files (the key id is the file name without `.pem`) or JWKS files (each key's
+`kid`). A token must name a known key id; only that key's asymmetric algorithms are accepted, so
+`alg: none` and HMAC signed with a public key (key confusion) are refused before any signature
+check. Issuer, audience, expiry and not-before are checked with PyJWT.
+
+Claims: `sub` (IdNatPs for professionals), `role`, `purpose` (care | emergency | regulation),
+`org` (FINESS), `patient` (INS: the patient's own, a minor's for a representative, the patient
+of an emergency access), `name` (shown in the audit trail).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from .context import (
+    CARE,
+    EMERGENCY,
+    OCCUPATIONAL,
+    PATIENT,
+    PROFESSIONS,
+    PURPOSES,
+    REGULATION,
+    REGULATOR,
+    REPRESENTATIVE,
+    ROLES,
+    AccessContext,
+)
+
+RSA_ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512"]
+EC_ALGORITHMS = {"secp256r1": ["ES256"], "secp384r1": ["ES384"], "secp521r1": ["ES512"]}
+LEEWAY_SECONDS = 30
+
+
+class InvalidToken(Exception):
+    """No valid token (401)."""
+
+
+@dataclass(frozen=True)
+class VerificationKey:
+    key: object
+    algorithms: list[str]
+
+
+def _algorithms(public_key) -> list[str]:
+    if isinstance(public_key, rsa.RSAPublicKey):
+        return RSA_ALGORITHMS
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        return EC_ALGORITHMS.get(public_key.curve.name, [])
+    return []
+
+
+def load_keys(paths: list[Path]) -> dict[str, VerificationKey]:
+    """Key id → public key. Files that do not exist are skipped (the demo key before `demo setup`)."""
+    keys: dict[str, VerificationKey] = {}
+    for path in paths:
+        if not path.exists():
+            continue
+        data = path.read_bytes()
+        if data.lstrip().startswith(b"{"):
+            for jwk in jwt.PyJWKSet.from_json(data.decode()).keys:
+                if jwk.key_id and not isinstance(jwk.key, bytes):
+                    public = jwk.key.public_key() if hasattr(jwk.key, "private_bytes") else jwk.key
+                    keys[jwk.key_id] = VerificationKey(public, _algorithms(public))
+            continue
+        public = serialization.load_pem_public_key(data)
+        keys[path.name.removesuffix(".pem")] = VerificationKey(public, _algorithms(public))
+    return keys
+
+
+def verify(token: str, keys: dict[str, VerificationKey], issuer: str, audience: str) -> dict:
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError as exc:
+        raise InvalidToken(f"the token is not a JWT: {exc}") from None
+    kid, alg = header.get("kid"), header.get("alg")
+    if kid not in keys:
+        raise InvalidToken(f"unknown key id {kid!r}")
+    key = keys[kid]
+    if alg not in key.algorithms:
+        raise InvalidToken(f"algorithm {alg!r} is not accepted for key {kid!r}")
+    try:
+        return jwt.decode(token, key.key, algorithms=key.algorithms, audience=audience, issuer=issuer,
+                          leeway=LEEWAY_SECONDS, options={"require": ["exp", "iss", "aud", "sub"]})
+    except jwt.PyJWTError as exc:
+        raise InvalidToken(f"the token is refused: {exc}") from None
+
+
+def context_from_claims(claims: dict, address: str | None = None) -> AccessContext:
+    """The requester a verified token describes; combinations the rules do not know are refused."""
+    role = claims.get("role")
+    purpose = claims.get("purpose") or CARE
+    if role not in ROLES:
+        raise InvalidToken(f"unknown role {role!r}; roles: {', '.join(ROLES)}")
+    if purpose not in PURPOSES:
+        raise InvalidToken(f"unknown purpose {purpose!r}; purposes: {', '.join(PURPOSES)}")
+    patient = claims.get("patient")
+    if role in (PATIENT, REPRESENTATIVE) and not patient:
+        raise InvalidToken(f"a {role} token names the patient (claim 'patient': INS)")
+    if purpose == EMERGENCY and role not in PROFESSIONS:
+        raise InvalidToken(f"break-the-glass is for health professionals, not the role {role}")
+    if (purpose == REGULATION) != (role == REGULATOR):
+        raise InvalidToken("the regulation purpose belongs to the regulator role, and the regulator acts only for it")
+    if purpose in (EMERGENCY, REGULATION) and not patient:
+        raise InvalidToken(f"an access for {purpose} names its patient (claim 'patient': INS)")
+    if role == OCCUPATIONAL and purpose != CARE:
+        raise InvalidToken("an occupational doctor has no emergency access")
+    return AccessContext(role=role, subject=str(claims["sub"]), purpose=purpose, organization=claims.get("org"),
+                         patient_ins=patient, name=claims.get("name"), address=address)
+
+
+def issue(private_key_pem: bytes, kid: str, issuer: str, audience: str, claims: dict, ttl: int) -> str:
+    """A signed token (the development key of `gateway token issue`, and the tests)."""
+    private_key = serialization.load_pem_private_key(private_key_pem, password=None)
+    algorithm = _algorithms(private_key.public_key())[0]
+    now = int(time.time())
+    payload = {"iss": issuer, "aud": audience, "iat": now, "nbf": now, "exp": now + ttl,
+               **{k: v for k, v in claims.items() if v is not None}}
+    return jwt.encode(payload, private_key, algorithm=algorithm, headers={"kid": kid})
+
+
+def make_signing_key(directory: Path, kid: str) -> Path:
+    """An EC P-256 key pair: `<kid>-private.pem` (kept for signing) and `<kid>.pem` (to verify)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    private_key = ec.generate_private_key(ec.SECP256R1())
+    private_path = directory / f"{kid}-private.pem"
+    private_path.write_bytes(private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                       serialization.NoEncryption()))
+    private_path.chmod(0o600)
+    (directory / f"{kid}.pem").write_bytes(private_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return private_path
+

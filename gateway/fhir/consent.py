@@ -1,0 +1,41 @@
+"""The patient's decisions over FHIR: POST Consent and PUT Consent/[id] (patients and their
+representatives; revoking is a PUT with status inactive, so the history keeps every decision)."""
+from __future__ import annotations
+
+from flask import current_app, g
+
+from gateway.cda.errors import DocumentRefused
+from gateway.services import consents
+
+from .blueprint import fhir
+from .create import read_json_body
+from .read import lookup
+from .responses import FhirError, fhir_response, negotiate, version_headers
+
+
+def _answer(stored, status: int):
+    headers = version_headers(stored.version, stored.last_updated)
+    headers["Location"] = f"{current_app.config['SETTINGS'].fhir_base}/Consent/{stored.res_id}/_history/{stored.version}"
+    return fhir_response(stored.body, status, headers)
+
+
+@fhir.post("/Consent")
+def create_consent():
+    negotiate()
+    body = read_json_body()
+    try:
+        return _answer(consents.create(g.repository, body), 201)
+    except DocumentRefused as refusal:
+        raise FhirError(refusal.status, refusal.reason, code=refusal.code, expression=refusal.location) from None
+
+
+@fhir.put("/Consent/<res_id>")
+def update_consent(res_id: str):
+    negotiate()
+    body = read_json_body()
+    if body.get("id") not in (None, res_id):
+        raise FhirError(400, f"the body's id {body.get('id')} is not {res_id}", code="invalid")
+    try:
+        return _answer(lookup(consents.update, g.repository, res_id, body), 200)
+    except DocumentRefused as refusal:
+        raise FhirError(refusal.status, refusal.reason, code=refusal.code, expression=refusal.location) from None

@@ -1,0 +1,36 @@
+"""Who is asking over HTTP: the bearer token of every request, checked before any endpoint runs.
+
+Open without a token: the CapabilityStatement (clients discover the server before they sign in),
+/health and /metrics (no patient data). Everything else needs a valid token; an insurer, bank or
+employer token is refused everything (CSP L1111-18), and the refusal is audited.
+"""
+from __future__ import annotations
+
+from flask import current_app, request
+
+from gateway.access import AccessContext
+from gateway.access.tokens import InvalidToken, context_from_claims, verify
+from gateway.fhir.responses import FhirError
+
+OPEN_ENDPOINTS = ("ops.health", "ops.metrics", "fhir.metadata")
+
+
+class Unauthenticated(FhirError):
+    def __init__(self, message: str):
+        super().__init__(401, message, code="login")
+
+
+def requester() -> AccessContext | None:
+    """The AccessContext of this request; None for the open endpoints. Raises 401 or 403."""
+    if request.endpoint in OPEN_ENDPOINTS or request.endpoint is None:
+        return None
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("this endpoint needs a bearer token (Authorization: Bearer <JWT>)")
+    settings = current_app.config["SETTINGS"]
+    try:
+        claims = verify(token.strip(), current_app.config["TOKEN_KEYS"], settings.jwt_issuer, settings.jwt_audience)
+        return context_from_claims(claims, request.remote_addr)
+    except InvalidToken as exc:
+        raise Unauthenticated(str(exc)) from None

@@ -1,0 +1,103 @@
+"""The patient's decisions: Consents created and changed by the patient or a representative.
+
+A Consent is completed to the shape the gateway stores (FR Core Consent, scope patient-privacy,
+the kind in Consent.category) and checked before it is saved; saving it rewrites its access rules
+in the same transaction, with its AuditEvent.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from gateway.access import AccessContext
+from gateway.access.rules import (
+    CONSENT_KIND_SYSTEM,
+    IDNATPS_SYSTEM,
+    KINDS,
+    KINDS_WITH_ACTOR,
+    ORGANIZATION_SYSTEMS,
+    consent_actors,
+    consent_kind,
+)
+from gateway.cda.errors import DocumentRefused
+from gateway.fhir.validation import InvalidResource, validate
+from gateway.mapping import codes
+from gateway.storage.repository import Repository, StoredResource, new_id
+
+PATIENT_CONSENT_CATEGORY = {"coding": [{"system": codes.LOINC, "code": "59284-0", "display": "Patient Consent"}]}
+SCOPE = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]}
+# Opt-in for consents that grant, opt-out for oppositions.
+POLICIES = {"permit": "OPTIN", "deny": "OPTOUT"}
+
+
+def _refuse(reason: str, expression: str, status: int = 422) -> DocumentRefused:
+    return DocumentRefused(reason, location=expression, status=status, code="invalid" if status == 422 else "forbidden")
+
+
+def own_patient(repo: Repository) -> str:
+    """The Patient id of the requester's record (patient, representative)."""
+    patient_id = repo.own_patient_id()
+    if patient_id is None:
+        raise _refuse("no record is known for the patient of this token", "Consent.patient", 404)
+    return patient_id
+
+
+def checked_consent(consent: dict, patient_id: str, access: AccessContext) -> dict:
+    """The Consent as it will be stored, or DocumentRefused saying what is wrong with it."""
+    if consent.get("resourceType") != "Consent":
+        raise _refuse("the body is not a Consent", "Consent")
+    kind = consent_kind(consent)
+    if kind not in KINDS:
+        raise _refuse(f"Consent.category must hold one of the kinds {', '.join(KINDS)} "
+                      f"(system {CONSENT_KIND_SYSTEM})", "Consent.category")
+    reference = consent.get("patient", {}).get("reference")
+    if reference and reference.rsplit("/", 1)[-1] != patient_id:
+        raise _refuse(f"a {access.role} decides for their own record only", "Consent.patient", 403)
+    if consent.get("status") not in ("active", "inactive"):
+        raise _refuse("Consent.status is active, or inactive to revoke it", "Consent.status")
+    provision = consent.get("provision") or {}
+    effect = provision.get("type")
+    if effect not in ("permit", "deny"):
+        raise _refuse("Consent.provision.type is permit or deny", "Consent.provision.type")
+    if kind == "attending-physician" and effect != "permit":
+        raise _refuse("the attending physician is named with provision.type permit", "Consent.provision.type")
+    actors = consent_actors(consent)
+    if kind in KINDS_WITH_ACTOR:
+        allowed_systems = (IDNATPS_SYSTEM,) + (ORGANIZATION_SYSTEMS if kind == "professional" else ())
+        if not actors or any(system not in allowed_systems for system, _ in actors):
+            raise _refuse(f"a {kind} Consent names its actors by identifier ({', '.join(allowed_systems)})",
+                          "Consent.provision.actor")
+    elif actors:
+        raise _refuse(f"a {kind} Consent names no actor", "Consent.provision.actor")
+    stored = dict(consent)
+    stored["meta"] = {"profile": [codes.FR_CORE_CONSENT]}
+    stored["scope"] = SCOPE
+    stored["patient"] = {"reference": f"Patient/{patient_id}"}
+    stored["category"] = [PATIENT_CONSENT_CATEGORY, {"coding": [{"system": CONSENT_KIND_SYSTEM, "code": kind}]}]
+    stored.setdefault("policyRule", {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                                                 "code": POLICIES[effect]}]})
+    stored.setdefault("dateTime", datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"))
+    try:
+        validate(stored)
+    except InvalidResource as exc:
+        raise _refuse(str(exc), "Consent") from None
+    return stored
+
+
+def create(repo: Repository, consent: dict) -> StoredResource:
+    repo.access.require(repo.access.acts_for_patient, "record a patient's consent")
+    patient_id = own_patient(repo)
+    stored = checked_consent(consent, patient_id, repo.access)
+    stored["id"] = new_id()
+    with repo.unit_of_work() as uow:
+        return uow.save(stored, patient_id=patient_id, method="POST")
+
+
+def update(repo: Repository, consent_id: str, consent: dict) -> StoredResource:
+    """Replace a Consent of the requester's record (revoke it with status inactive); the history
+    keeps every earlier decision."""
+    repo.access.require(repo.access.acts_for_patient, "change a patient's consent")
+    current = repo.read("Consent", consent_id)   # 404 when it is not one of the requester's
+    stored = checked_consent(consent, current.patient_id, repo.access)
+    stored["id"] = consent_id
+    with repo.unit_of_work() as uow:
+        return uow.save(stored, patient_id=current.patient_id, method="PUT")
