@@ -237,3 +237,20 @@ def test_no_ack_when_the_sender_asks_for_none(client):
     message = "MSH|^~\\&|A|B|C|D|20260101||ADT^A28|N1|P|2.5|||NE|NE\r" + pid("900000060", "SILENCE") + "\r"
     response = client.post("/hl7v2", data=message, content_type="x-application/hl7-v2+er7")
     assert response.status_code == 204
+
+
+def test_only_admitted_senders_are_processed(database):
+    from gateway.access import AccessContext
+    from gateway.services import feeds
+    from gateway.storage.repository import Repository
+
+    repo = Repository(database[0], AccessContext.system("mllp 10.0.0.7:4000"), "http://gateway.test")
+    message = sample("adt-a01-martin.hl7")
+    admitted = ("GAM|CH-SAINT-AUBIN@10.0.0.7",)
+    refused = feeds.receive(repo, message, channel="mllp", max_bytes=1 << 20, senders=admitted, address="10.0.0.8")
+    assert refused.code == "AR" and b"not admitted" in refused.ack
+    accepted = feeds.receive(repo, message, channel="mllp", max_bytes=1 << 20, senders=admitted, address="10.0.0.7")
+    assert accepted.code == "AA"
+    with database[0].connect() as conn:  # the refused copy is kept, like every input
+        assert conn.execute(select(raw_inputs.c.status).order_by(raw_inputs.c.id)).scalars().all() == [
+            "refused", "processed"]

@@ -1,0 +1,270 @@
+"""Patient-controlled access through the API, on both backends: consents, masking, emergency access,
+closed records, roles that see nothing, and the audit trail each request leaves."""
+import json
+
+import pytest
+from sqlalchemy import func, select, update
+
+from conftest import GP, sample
+from gateway.access.audit import verify_chain
+from gateway.demo import demo_consent
+from gateway.mapping import codes
+from gateway.storage.schema import audit_chain, resources
+
+XML = {"Content-Type": "application/xml"}
+FHIR = {"Content-Type": "application/fhir+json"}
+PATCH = {"Content-Type": "application/json-patch+json"}
+MARTIN, LEFEVRE = "185067511204554", "292086938701277"
+INTERNIST, BIOLOGIST, SURGEON = "899900000012", "899900000046", "899900000020"
+
+
+@pytest.fixture
+def world(client, bearer):
+    """Paul Martin's two documents and Claire Lefevre's one, fed by a hospital system."""
+    system = bearer("system", sub="hospital")
+    docs = {name: client.post("/cda", data=sample(name), headers={**XML, **system}).json
+            for name in ("ldl-ses-martin.xml", "cr-biologie-martin.xml", "cr-hospitalisation-lefevre.xml")}
+    return {"ldl": docs["ldl-ses-martin.xml"]["id"], "bio": docs["cr-biologie-martin.xml"]["id"],
+            "lefevre": docs["cr-hospitalisation-lefevre.xml"]["id"],
+            "martin_patient": docs["ldl-ses-martin.xml"]["subject"]["reference"].split("/")[1]}
+
+
+def consent(kind, effect, professional=None, status="active"):
+    return json.dumps({**demo_consent(kind, effect, professional), "status": status})
+
+
+def document_ids(client, headers, **params):
+    response = client.get("/fhir/DocumentReference", query_string=params, headers=headers)
+    assert response.status_code == 200, response.json
+    return {e["resource"]["id"] for e in response.json.get("entry", [])}
+
+
+def audit_count(engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(resources)
+                            .where(resources.c.res_type == "AuditEvent")).scalar_one()
+
+
+def test_without_a_valid_token_nothing_but_the_capability_statement(client, world):
+    anonymous = client.application.test_client()
+    assert anonymous.get("/fhir/metadata").status_code == 200
+    for path in ("/fhir/DocumentReference", f"/fhir/DocumentReference/{world['ldl']}", "/fhir/AuditEvent"):
+        response = anonymous.get(path)
+        assert response.status_code == 401 and response.json["issue"][0]["code"] == "login"
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    assert anonymous.get("/fhir/Patient", headers={"Authorization": "Bearer x.y.z"}).status_code == 401
+
+
+def test_a_patient_sees_their_record_only(client, bearer, world):
+    martin = bearer("patient", patient=MARTIN)
+    assert document_ids(client, martin) == {world["ldl"], world["bio"]}
+    assert client.get(f"/fhir/DocumentReference/{world['lefevre']}", headers=martin).status_code == 404
+    assert document_ids(client, martin, **{"patient.identifier": f"urn:oid:1.2.250.1.213.1.4.10|{LEFEVRE}"}) == set()
+    # The same answer as for a document that does not exist.
+    missing = client.get("/fhir/DocumentReference/does-not-exist", headers=martin)
+    hidden = client.get(f"/fhir/DocumentReference/{world['lefevre']}", headers=martin)
+    assert missing.status_code == hidden.status_code == 404
+    assert missing.json["issue"][0]["code"] == hidden.json["issue"][0]["code"] == "not-found"
+
+
+def test_consents_authorise_block_and_revoke(client, bearer, world):
+    martin, internist = bearer("patient", patient=MARTIN), bearer("doctor", sub=INTERNIST)
+    assert document_ids(client, internist) == set()  # no consent, no access
+    granted = client.post("/fhir/Consent", data=consent("professional", "permit", INTERNIST), headers={**FHIR, **martin})
+    assert granted.status_code == 201, granted.json
+    assert document_ids(client, internist) == {world["ldl"], world["bio"]}
+    blocked = client.post("/fhir/Consent", data=consent("professional", "deny", INTERNIST), headers={**FHIR, **martin})
+    assert document_ids(client, internist) == set()  # a block wins over an authorisation
+    revoked = client.put(f"/fhir/Consent/{blocked.json['id']}", headers={**FHIR, **martin},
+                         data=consent("professional", "deny", INTERNIST, status="inactive"))
+    assert revoked.status_code == 200 and revoked.json["meta"]["versionId"] == "2"
+    assert document_ids(client, internist) == {world["ldl"], world["bio"]}
+    history = client.get(f"/fhir/Consent/{blocked.json['id']}/_history", headers=martin).json
+    assert [e["resource"]["status"] for e in history["entry"]] == ["inactive", "active"]
+    # Only the patient decides, and only for their own record.
+    lefevre = bearer("patient", patient=LEFEVRE)
+    assert client.put(f"/fhir/Consent/{granted.json['id']}", data=consent("professional", "deny", INTERNIST),
+                      headers={**FHIR, **lefevre}).status_code == 404
+    assert client.post("/fhir/Consent", data=consent("professional", "permit", INTERNIST),
+                       headers={**FHIR, **internist}).status_code == 403
+    bad = client.post("/fhir/Consent", data=consent("professional", "permit"), headers={**FHIR, **martin})
+    assert bad.status_code == 422 and bad.json["issue"][0]["expression"] == ["Consent.provision.actor"]
+
+
+def test_masking_hides_a_document_from_professionals_but_not_from_the_gp_or_its_author(client, bearer, world):
+    martin = bearer("patient", patient=MARTIN)
+    for professional in (INTERNIST, BIOLOGIST):
+        client.post("/fhir/Consent", data=consent("professional", "permit", professional), headers={**FHIR, **martin})
+    client.post("/fhir/Consent", data=consent("attending-physician", "permit", GP), headers={**FHIR, **martin})
+    mask = [{"op": "add", "path": "/securityLabel/-",
+             "value": {"coding": [{"system": codes.VISIBILITY_SYSTEM, "code": "MASQUE_PS"}]}}]
+    masked = client.patch(f"/fhir/DocumentReference/{world['bio']}", data=json.dumps(mask), headers={**PATCH, **martin})
+    assert masked.status_code == 200, masked.json
+    assert masked.json["meta"]["versionId"] == "2"
+    assert document_ids(client, bearer("doctor", sub=INTERNIST)) == {world["ldl"]}
+    assert document_ids(client, bearer("doctor", sub=BIOLOGIST)) == {world["ldl"], world["bio"]}  # its author
+    assert document_ids(client, bearer("doctor", sub=GP)) == {world["ldl"], world["bio"]}  # the GP sees all
+    binary = masked.json["content"][0]["attachment"]["url"].replace("http://gateway.test", "")
+    assert client.get(binary, headers=bearer("doctor", sub=INTERNIST)).status_code == 404
+    assert client.get(binary, headers=martin).status_code == 200
+    # The history keeps the previous labels; unmasking is the reverse patch.
+    previous = client.get(f"/fhir/DocumentReference/{world['bio']}/_history/1", headers=martin).json
+    assert "MASQUE_PS" not in json.dumps(previous["securityLabel"])
+    position = len(masked.json["securityLabel"]) - 1
+    unmask = [{"op": "remove", "path": f"/securityLabel/{position}"}]
+    client.patch(f"/fhir/DocumentReference/{world['bio']}", data=json.dumps(unmask), headers={**PATCH, **martin})
+    assert document_ids(client, bearer("doctor", sub=INTERNIST)) == {world["ldl"], world["bio"]}
+
+
+def test_invisible_to_the_patient_until_announced(client, bearer, world):
+    martin, internist = bearer("patient", patient=MARTIN), bearer("doctor", sub=INTERNIST)
+    client.post("/fhir/Consent", data=consent("professional", "permit", INTERNIST), headers={**FHIR, **martin})
+    hide = [{"op": "add", "path": "/securityLabel/-",
+             "value": {"coding": [{"system": codes.VISIBILITY_SYSTEM, "code": "INVISIBLE_PATIENT"}]}}]
+    # The patient may not set it; a professional who sees the document may.
+    refused = client.patch(f"/fhir/DocumentReference/{world['ldl']}", data=json.dumps(hide), headers={**PATCH, **martin})
+    assert refused.status_code == 403
+    def trail():
+        return client.get("/fhir/AuditEvent", query_string={"entity": f"DocumentReference/{world['ldl']}"},
+                          headers=martin).json["total"]
+
+    hidden = client.patch(f"/fhir/DocumentReference/{world['ldl']}", data=json.dumps(hide),
+                          headers={**PATCH, **internist})
+    assert hidden.status_code == 200
+    assert document_ids(client, martin) == {world["bio"]}
+    # While it is hidden, its accesses are hidden from the patient's trail too.
+    before = trail()
+    client.get(f"/fhir/DocumentReference/{world['ldl']}", headers=internist)
+    assert trail() == before
+    position = len(hidden.json["securityLabel"]) - 1
+    announce = [{"op": "remove", "path": f"/securityLabel/{position}"}]
+    assert client.patch(f"/fhir/DocumentReference/{world['ldl']}", data=json.dumps(announce),
+                        headers={**PATCH, **internist}).status_code == 200
+    assert document_ids(client, martin) == {world["ldl"], world["bio"]}
+    assert trail() >= before + 3  # announced: the hiding, the read and the announcement appear
+    # Nothing but the labels may change.
+    other = [{"op": "replace", "path": "/status", "value": "superseded"}]
+    assert client.patch(f"/fhir/DocumentReference/{world['ldl']}", data=json.dumps(other),
+                        headers={**PATCH, **internist}).status_code == 422
+
+
+def test_break_the_glass_unless_the_patient_opposed(client, bearer, world, database):
+    martin = bearer("patient", patient=MARTIN)
+    client.patch(f"/fhir/DocumentReference/{world['bio']}", headers={**PATCH, **martin}, data=json.dumps(
+        [{"op": "add", "path": "/securityLabel/-",
+          "value": {"coding": [{"system": codes.VISIBILITY_SYSTEM, "code": "MASQUE_PS"}]}}]))
+    emergency = bearer("doctor", sub=SURGEON, purpose="emergency", patient=MARTIN)
+    assert document_ids(client, emergency) == {world["ldl"]}  # never the masked document
+    assert document_ids(client, bearer("doctor", sub=SURGEON)) == set()  # without the emergency purpose
+    # The patient sees the break-the-glass in the trail, with its purpose and the decision.
+    trail = client.get("/fhir/AuditEvent", query_string={"purpose": "BTG"}, headers=martin).json
+    profiles = {e["resource"]["meta"]["profile"][0].rsplit(".", 1)[1] for e in trail["entry"]}
+    assert {"PatientQuery", "AuthZconsent"} <= profiles
+    assert all(e["resource"]["agent"][0]["altId"] == SURGEON for e in trail["entry"])
+    regulator = bearer("regulator", sub="899900000099", purpose="regulation", patient=MARTIN)
+    assert document_ids(client, regulator) == {world["ldl"]}
+    client.post("/fhir/Consent", data=consent("emergency-access", "deny"), headers={**FHIR, **martin})
+    assert document_ids(client, emergency) == set()
+    assert document_ids(client, regulator) == {world["ldl"]}  # SAMU access has its own opposition
+    client.post("/fhir/Consent", data=consent("regulation-access", "deny"), headers={**FHIR, **martin})
+    assert document_ids(client, regulator) == set()
+
+
+def test_a_closed_record_takes_no_document_and_no_professional(client, bearer, world):
+    martin, gp = bearer("patient", patient=MARTIN), bearer("doctor", sub=GP)
+    client.post("/fhir/Consent", data=consent("attending-physician", "permit", GP), headers={**FHIR, **martin})
+    closed = client.post("/fhir/Consent", data=consent("record", "deny"), headers={**FHIR, **martin}).json
+    assert document_ids(client, gp) == set()
+    assert document_ids(client, martin) == {world["ldl"], world["bio"]}  # the patient still reads it
+    refused = client.post("/cda", data=sample("cr-biologie-martin.xml").replace(b"1.2.250.1.213.1.1.9.2.7.1",
+                                                                                 b"1.2.250.1.213.1.1.9.2.7.9"),
+                          headers={**XML, **gp})
+    assert refused.status_code == 422 and "closed" in refused.json["issue"][0]["diagnostics"]
+    client.put(f"/fhir/Consent/{closed['id']}", data=consent("record", "deny", status="inactive"),
+               headers={**FHIR, **martin})
+    assert document_ids(client, gp) == {world["ldl"], world["bio"]}
+
+
+def test_insurers_admins_and_systems_see_no_patient_data(client, bearer, world, database):
+    martin = bearer("patient", patient=MARTIN)
+    client.post("/fhir/Consent", data=consent("professional", "permit", "insurer-1"), headers={**FHIR, **martin})
+    insurer = bearer("insurer", sub="insurer-1")
+    before = audit_count(database[0])
+    for path in ("/fhir/DocumentReference", f"/fhir/DocumentReference/{world['ldl']}", "/fhir/Patient",
+                 "/fhir/Practitioner"):
+        response = client.get(path, headers=insurer)
+        assert response.status_code == 403 and response.json["issue"][0]["code"] == "forbidden"
+    assert client.post("/cda", data=sample("ldl-ses-martin.xml"), headers={**XML, **insurer}).status_code == 403
+    assert audit_count(database[0]) == before + 5  # each refusal is in the trail (AuthZ-Role)
+    for role in ("admin", "system"):
+        assert document_ids(client, bearer(role)) == set()
+        assert client.get(f"/fhir/DocumentReference/{world['ldl']}", headers=bearer(role)).status_code == 404
+    assert client.get("/fhir/Practitioner", headers=bearer("admin")).json["total"] == 2
+    # Operators manage messages; feeding systems post them; no one else does either.
+    assert client.get("/hl7v2/messages", headers=bearer("admin")).status_code == 200
+    assert client.get("/hl7v2/messages", headers=bearer("doctor", sub=GP)).status_code == 403
+    message = "MSH|^~\\&|A|B|C|D|20260101||ADT^A01|X1|P|2.5\rPID|1\r"
+    assert client.post("/hl7v2", data=message, content_type="x-application/hl7-v2+er7",
+                       headers=bearer("admin")).status_code == 403
+    assert client.post("/hl7v2", data=message, content_type="x-application/hl7-v2+er7",
+                       headers=bearer("system")).status_code == 200
+
+
+def test_each_request_leaves_its_audit_events(client, bearer, world, database):
+    engine = database[0]
+    martin, gp = bearer("patient", patient=MARTIN), bearer("doctor", sub=GP)
+    client.post("/fhir/Consent", data=consent("attending-physician", "permit", GP), headers={**FHIR, **martin})
+
+    def new_events(request) -> list[dict]:
+        with engine.connect() as conn:
+            known = set(conn.execute(select(resources.c.res_id).where(resources.c.res_type == "AuditEvent")).scalars())
+        request()
+        with engine.connect() as conn:
+            rows = conn.execute(select(resources.c.res_id, resources.c.body)
+                                .where(resources.c.res_type == "AuditEvent")).all()
+        return [json.loads(body) for res_id, body in rows if res_id not in known]
+
+    def summary(events):
+        return sorted((e["meta"]["profile"][0].rsplit(".", 1)[1], e["action"], e["outcome"],
+                       [x["what"]["reference"] for x in e["entity"] if "what" in x]) for e in events)
+
+    patient_ref = f"Patient/{world['martin_patient']}"
+    doc_ref = f"DocumentReference/{world['ldl']}"
+    assert summary(new_events(lambda: client.get(f"/fhir/{doc_ref}", headers=gp))) == [
+        ("PatientRead", "R", "0", [patient_ref, doc_ref])]
+    query = new_events(lambda: client.get("/fhir/DocumentReference", headers=gp,
+                                          query_string={"patient.identifier": MARTIN}))
+    assert summary(query) == [("PatientQuery", "E", "0", [patient_ref])]
+    assert query[0]["agent"][0]["altId"] == GP and query[0]["purposeOfEvent"][0]["coding"][0]["code"] == "TREAT"
+    refused = new_events(lambda: client.get(f"/fhir/{doc_ref}", headers=bearer("doctor", sub=SURGEON)))
+    assert summary(refused) == [("PatientRead", "R", "4", [patient_ref, doc_ref])]
+    created = new_events(lambda: client.post("/cda", data=sample("cr-operatoire-garnier.xml"), headers={**XML, **gp}))
+    # One event for the patient's record, one for the directory (practitioner, organisation).
+    entities = sorted(sorted({x["what"]["reference"].split("/")[0] for x in e["entity"]}) for e in created)
+    assert entities == [["Binary", "DocumentReference", "Patient"], ["Organization", "Practitioner"]]
+    assert {(e["meta"]["profile"][0].rsplit(".", 1)[1], e["action"]) for e in created} == {("PatientCreate", "C")}
+    # A patient reads their own trail, never another's.
+    mine = client.get("/fhir/AuditEvent", headers=martin, query_string={"_count": 200}).json
+    assert mine["total"] >= 4 and all(patient_ref in json.dumps(e["resource"]["entity"]) for e in mine["entry"])
+    theirs = client.get("/fhir/AuditEvent", headers=bearer("patient", patient=LEFEVRE)).json
+    assert theirs["total"] >= 1 and patient_ref not in json.dumps(theirs)
+
+
+def test_audit_verify_finds_an_edited_or_removed_entry(client, bearer, world, database):
+    engine = database[0]
+    client.get(f"/fhir/DocumentReference/{world['ldl']}", headers=bearer("patient", patient=MARTIN))
+    report = verify_chain(engine)
+    assert report.broken_at is None and report.entries >= 2
+    with engine.begin() as conn:
+        seq, event_id = conn.execute(select(audit_chain.c.seq, audit_chain.c.event_id)
+                                     .order_by(audit_chain.c.seq.desc()).limit(1)).one()
+        body = conn.execute(select(resources.c.body).where(resources.c.res_id == event_id)).scalar_one()
+        conn.execute(update(resources).where(resources.c.res_id == event_id)
+                     .values(body=body.replace('"outcome":"0"', '"outcome":"4"')))
+    broken = verify_chain(engine)
+    assert (broken.broken_at, broken.event_id) == (seq, event_id) and "changed" in broken.reason
+    with engine.begin() as conn:
+        conn.execute(update(resources).where(resources.c.res_id == event_id).values(body=body))
+        first = conn.execute(select(audit_chain.c.seq).order_by(audit_chain.c.seq).limit(1)).scalar_one()
+        conn.execute(audit_chain.delete().where(audit_chain.c.seq == first))
+    assert verify_chain(engine).broken_at == first + 1

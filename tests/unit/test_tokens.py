@@ -1,0 +1,127 @@
+"""Bearer tokens: what is accepted, and every way a token is refused."""
+import base64
+import json
+import time
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from gateway.access.tokens import InvalidToken, context_from_claims, issue, load_keys, make_signing_key, verify
+
+ISSUER, AUDIENCE = "urn:test:issuer", "urn:test:gateway"
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("keys")
+    private = make_signing_key(directory, "gw-key")
+    return directory, private, load_keys([directory / "gw-key.pem"])
+
+
+def token(private, ttl=600, kid="gw-key", **overrides):
+    claims = {"sub": "899900000012", "role": "doctor"}
+    return issue(private.read_bytes(), kid, overrides.pop("iss", ISSUER), overrides.pop("aud", AUDIENCE),
+                 {**claims, **overrides}, ttl)
+
+
+def refused(text, keys_) -> str:
+    with pytest.raises(InvalidToken) as caught:
+        verify(text, keys_, ISSUER, AUDIENCE)
+    return str(caught.value)
+
+
+def unsigned(header: dict, claims: dict) -> str:
+    def part(data):
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+    return f"{part(header)}.{part(claims)}."
+
+
+def test_a_valid_token_gives_its_claims(keys):
+    _, private, known = keys
+    claims = verify(token(private), known, ISSUER, AUDIENCE)
+    context = context_from_claims(claims, "127.0.0.1")
+    assert (context.role, context.subject, context.purpose, context.address) == ("doctor", "899900000012", "care",
+                                                                                 "127.0.0.1")
+
+
+def test_expired_and_not_yet_valid(keys):
+    _, private, known = keys
+    assert "expired" in refused(token(private, ttl=-120), known)
+    now = int(time.time())
+    future = jwt.encode({"sub": "x", "role": "doctor", "iss": ISSUER, "aud": AUDIENCE, "nbf": now + 3600,
+                         "exp": now + 7200}, serialization.load_pem_private_key(private.read_bytes(), None),
+                        algorithm="ES256", headers={"kid": "gw-key"})
+    assert "not yet valid" in refused(future, known)
+
+
+def test_wrong_audience_and_wrong_issuer(keys):
+    _, private, known = keys
+    assert "Audience doesn't match" in refused(token(private, aud="urn:other"), known)
+    assert "Invalid issuer" in refused(token(private, iss="urn:someone-else"), known)
+
+
+def test_a_signature_by_another_key_is_refused(keys, tmp_path):
+    _, _, known = keys
+    other = make_signing_key(tmp_path, "gw-key")  # same key id, different key
+    assert "Signature verification failed" in refused(token(other), known)
+    text = token(keys[1])
+    tampered = text[:-4] + ("AAAA" if not text.endswith("AAAA") else "BBBB")
+    refused(tampered, known)
+
+
+def test_alg_none_is_refused(keys):
+    _, _, known = keys
+    now = int(time.time())
+    claims = {"sub": "x", "role": "doctor", "iss": ISSUER, "aud": AUDIENCE, "exp": now + 600}
+    assert "algorithm 'none'" in refused(unsigned({"alg": "none", "kid": "gw-key", "typ": "JWT"}, claims), known)
+
+
+def test_hmac_signed_with_the_public_key_is_refused(keys):
+    """Key confusion: the verifier's own public key used as an HMAC secret."""
+    directory, _, known = keys
+    public_pem = (directory / "gw-key.pem").read_bytes()
+    now = int(time.time())
+    import hashlib
+    import hmac
+    header = {"alg": "HS256", "kid": "gw-key", "typ": "JWT"}
+    claims = {"sub": "x", "role": "doctor", "iss": ISSUER, "aud": AUDIENCE, "exp": now + 600}
+    body = unsigned(header, claims)[:-1]
+    signature = base64.urlsafe_b64encode(hmac.new(public_pem, body.encode(), hashlib.sha256).digest()).rstrip(b"=")
+    assert "algorithm 'HS256'" in refused(f"{body}.{signature.decode()}", known)
+
+
+def test_unknown_or_missing_key_id(keys):
+    _, private, known = keys
+    assert "unknown key id 'elsewhere'" in refused(token(private, kid="elsewhere"), known)
+    assert "not a JWT" in refused("not-a-token", known)
+
+
+def test_jwks_files_and_rsa_keys(tmp_path):
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(private.public_key()))
+    (tmp_path / "keys.json").write_text(json.dumps({"keys": [{**jwk, "kid": "rsa-1", "use": "sig"}]}))
+    known = load_keys([tmp_path / "keys.json", tmp_path / "absent.pem"])
+    assert list(known) == ["rsa-1"]
+    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    text = issue(pem, "rsa-1", ISSUER, AUDIENCE, {"sub": "s", "role": "patient", "patient": "185067511204554"}, 60)
+    assert verify(text, known, ISSUER, AUDIENCE)["patient"] == "185067511204554"
+    ec_text = jwt.encode({"sub": "s", "role": "doctor", "iss": ISSUER, "aud": AUDIENCE, "exp": int(time.time()) + 60},
+                         ec.generate_private_key(ec.SECP256R1()), algorithm="ES256", headers={"kid": "rsa-1"})
+    assert "algorithm 'ES256' is not accepted" in refused(ec_text, known)
+
+
+@pytest.mark.parametrize("claims, message", [
+    ({"role": "surgeon"}, "unknown role"),
+    ({"role": "doctor", "purpose": "curiosity"}, "unknown purpose"),
+    ({"role": "patient"}, "names the patient"),
+    ({"role": "insurer", "purpose": "emergency", "patient": "185067511204554"}, "break-the-glass is for"),
+    ({"role": "doctor", "purpose": "regulation", "patient": "185067511204554"}, "regulation purpose"),
+    ({"role": "regulator"}, "regulation purpose"),
+    ({"role": "doctor", "purpose": "emergency"}, "names its patient"),
+])
+def test_claims_the_rules_do_not_know_are_refused(claims, message):
+    with pytest.raises(InvalidToken, match=message):
+        context_from_claims({"sub": "x", **claims})
