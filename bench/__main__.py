@@ -17,10 +17,12 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from sqlalchemy import insert
+from sqlalchemy import insert, true
 
 from bench.hl7v2 import bench_mllp, bench_parsing
 from gateway.access import AccessContext
+from gateway.access.rules import IDNATPS_SYSTEM
+from gateway.access.tokens import issue, make_signing_key
 from gateway.app import create_app
 from gateway.config import Settings
 from gateway.fhir.validation import validate
@@ -30,7 +32,7 @@ from gateway.storage.database import make_engine, refresh_statistics, write_tran
 from gateway.storage.migrate import upgrade
 from gateway.storage.repository import Repository, dumps
 from gateway.storage.repository import INDEX_TABLE_BY_KIND
-from gateway.storage.schema import resource_versions, resources
+from gateway.storage.schema import access_rules, resource_versions, resources
 from gateway.storage.searchparams import index_rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,12 +76,27 @@ def bench_ingest(workdir: Path, count: int) -> dict:
                     "(fsync) per document"}
 
 
+ATTENDING_DOCTORS = 200   # each patient's médecin traitant is one of these
+MASKED_EVERY = 10         # one document in ten is masked from professionals (MASQUE_PS)
+
+
+def attending_doctor(patient_number: int) -> str:
+    return f"8{patient_number % ATTENDING_DOCTORS:011d}"
+
+
+def hospital_doctor(patient_number: int) -> str:
+    return f"8{1000 + patient_number % 50:011d}"
+
+
 def load_references(engine, total: int, per_patient: int = 10) -> None:
-    """Bulk-load synthetic DocumentReferences built by the real mapping and indexer."""
+    """Bulk-load synthetic DocumentReferences built by the real mapping and indexer, with the access
+    rules of each patient's consents (an attending physician, an authorised hospital doctor, and one
+    patient in twenty blocking a doctor) and one document in ten masked."""
     parsed = read_cda((SAMPLES / "cda" / "cr-imagerie-irm-lefevre.xml").read_bytes(), LIMIT)
     header = parsed.header
     types = ["11490-0", "18748-4", "11502-2", "34874-8", "34112-3"]
-    batch: dict[str, list] = {"resources": [], "versions": [], "token": [], "string": [], "date": [], "reference": []}
+    batch: dict[str, list] = {"resources": [], "versions": [], "token": [], "string": [], "date": [], "reference": [],
+                              "rules": []}
 
     def flush():
         with write_transaction(engine) as conn:
@@ -89,6 +106,8 @@ def load_references(engine, total: int, per_patient: int = 10) -> None:
             for kind in ("token", "string", "date", "reference"):
                 if batch[kind]:
                     conn.execute(insert(INDEX_TABLE_BY_KIND[kind]), batch[kind])
+            if batch["rules"]:
+                conn.execute(insert(access_rules), batch["rules"])
         for rows in batch.values():
             rows.clear()
 
@@ -100,24 +119,35 @@ def load_references(engine, total: int, per_patient: int = 10) -> None:
             header.patient.ids[0] = mapping.II("1.2.250.1.213.1.4.10", ins)
             patient_resource = mapping.patient_resource(header.patient, patient)
             _add(batch, patient_resource, patient)
+            number = n // per_patient
+            rules = [("attending-physician", "permit", attending_doctor(number)),
+                     ("professional", "permit", hospital_doctor(number))]
+            if number % 20 == 0:
+                rules.append(("professional", "deny", hospital_doctor(number + 1)))
+            batch["rules"] += [dict(consent_id=f"c{number}-{k}", patient_id=patient, kind=kind, effect=effect,
+                                    actor_system=IDNATPS_SYSTEM, actor_value=actor)
+                               for k, (kind, effect, actor) in enumerate(rules)]
         header.code = mapping.Code(types[n % len(types)], "2.16.840.1.113883.6.1")
         header.unique_id = mapping.II(f"1.2.250.1.213.1.1.9.4.{n}")
         day = 1 + n % 28
         header.effective_time = f"2025{1 + n % 12:02d}{day:02d}101500+0100"
         links = mapping.Links(patient, ["Practitioner/author"], "Organization/custodian", None, [])
         attachment = mapping.Attachment(f"http://bench/fhir/Binary/b{n}", "text/xml", 100_000, "AAAA")
-        _add(batch, mapping.document_reference(header, f"d{n}", links, attachment), patient)
+        _add(batch, mapping.document_reference(header, f"d{n}", links, attachment), patient,
+             masked=n % MASKED_EVERY == 0)
         if len(batch["resources"]) >= 2000:
             flush()
     flush()
 
 
-def _add(batch, resource: dict, patient: str) -> None:
+def _add(batch, resource: dict, patient: str, masked: bool = False) -> None:
     resource["meta"] = {**resource.get("meta", {}), "versionId": "1", "lastUpdated": "2026-01-01T00:00:00.000000Z"}
     body = dumps(resource)
     key = dict(res_type=resource["resourceType"], res_id=resource["id"], version=1,
                last_updated=f"2026-01-01T00:00:{len(batch['resources']) % 60:02d}.000000")
-    batch["resources"].append(dict(key, deleted=False, patient_id=patient, blob_sha256=None, body=body))
+    batch["resources"].append(dict(key, deleted=False, patient_id=patient, blob_sha256=None, body=body,
+                                   masked=masked, hidden_from_patient=False, hidden_from_representatives=False,
+                                   authors=None))
     batch["versions"].append(dict(key, method="POST", deleted=False, body=body))
     for kind, rows in index_rows(resource).items():
         batch[kind] += rows
@@ -131,9 +161,18 @@ def bench_search(workdir: Path, total: int, queries: int) -> dict:
     load_references(engine, total)
     refresh_statistics(engine)  # as `gateway ingest` and `gateway serve` do
     load_seconds = time.perf_counter() - started
-    settings = replace(Settings.from_env(), database_url=url, public_base_url="http://bench")
+    key_dir = workdir / "keys"
+    signing_key = make_signing_key(key_dir, "bench")
+    settings = replace(Settings.from_env(), database_url=url, public_base_url="http://bench",
+                       jwt_keys=[key_dir / "bench.pem"])
     client = create_app(settings, engine).test_client()
     patients = total // 10
+
+    def as_attending_doctor(i: int) -> dict:
+        token = issue(signing_key.read_bytes(), "bench", settings.jwt_issuer, settings.jwt_audience,
+                      {"sub": attending_doctor(i % patients), "role": "doctor"}, 3600)
+        return {"Authorization": f"Bearer {token}"}
+
     kinds = {
         "patient.identifier+status": lambda i: {"patient.identifier": f"urn:oid:1.2.250.1.213.1.4.10|{_ins(i % patients)}",
                                                 "status": "current"},
@@ -142,18 +181,43 @@ def bench_search(workdir: Path, total: int, queries: int) -> dict:
         "patient+_include": lambda i: {"patient": f"Patient/p{i % patients}", "_include": "DocumentReference:subject"},
         "type+date page (no patient)": lambda i: {"type": "11502-2", "date": f"2025-{1 + i % 12:02d}", "_count": "20"},
     }
-    results = {}
-    for name, params in kinds.items():
-        latencies = []
+    headers = [as_attending_doctor(i * 7919) for i in range(queries)]
+
+    def run(kind: str, params) -> dict:
+        latencies, found = [], 0
         for i in range(queries):
             t = time.perf_counter()
-            response = client.get("/fhir/DocumentReference", query_string=params(i * 7919))
+            response = client.get("/fhir/DocumentReference", query_string=params(i * 7919), headers=headers[i])
             latencies.append((time.perf_counter() - t) * 1000)
-            assert response.status_code == 200 and response.json["total"] > 0, (name, response.json)
-        results[name] = {"p50_ms": round(percentile(latencies, 50), 2), "p95_ms": round(percentile(latencies, 95), 2)}
+            assert response.status_code == 200, (kind, response.json)
+            found += response.json["total"]
+        assert found > 0, kind
+        return {"p50_ms": round(percentile(latencies, 50), 2), "p95_ms": round(percentile(latencies, 95), 2),
+                "mean_ms": round(statistics.mean(latencies), 2)}
+
+    # The same requests three ways: as served (rules in the SQL, an AuditEvent committed before each
+    # answer); without the audit write; and without either (the filter replaced by TRUE).
+    results: dict[str, dict] = {}
+    original_filter, original_audit = AccessContext.resource_filter, Repository._audit_search
+    try:
+        for configuration in ("rules and audit", "rules, no audit", "no rules, no audit"):
+            if configuration != "rules and audit":
+                Repository._audit_search = lambda self, request, page: None
+            if configuration == "no rules, no audit":
+                AccessContext.resource_filter = lambda self, table, res_type: true()
+            for name, params in kinds.items():
+                results.setdefault(name, {})[configuration] = run(name, params)
+    finally:
+        AccessContext.resource_filter, Repository._audit_search = original_filter, original_audit
+    for figures in results.values():
+        base, ruled = figures["no rules, no audit"]["mean_ms"], figures["rules, no audit"]["mean_ms"]
+        figures["rules_cost_percent"] = round((ruled - base) / base * 100, 1)
+        figures["audit_cost_ms"] = round(figures["rules and audit"]["mean_ms"] - ruled, 2)
     return {"document_references": total, "backend": "sqlite", "load_seconds": round(load_seconds, 1),
             "queries_per_kind": queries, "latency": results,
-            "note": "through the Flask app (routing, search, JSON bundle), no network; totals computed on every query"}
+            "note": "through the Flask app (token check, routing, search, JSON bundle), no network; each query by "
+                    "the attending physician of the patient it names (or of one patient in 200 when it names none); "
+                    "totals computed on every query; 'no rules' replaces the access filter by TRUE"}
 
 
 def _ins(patient_number: int) -> str:

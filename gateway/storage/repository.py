@@ -11,11 +11,11 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, text, update
 
 from gateway.access import AccessContext
 from gateway.access import audit
-from gateway.access.context import EMERGENCY, REGULATION
+from gateway.access.context import EMERGENCY, OWN_PATIENT, REGULATION
 from gateway.access.rules import IDNATPS_SYSTEM, binary_ids, rules_of, visibility_columns
 
 from . import search as search_sql
@@ -137,7 +137,7 @@ class Repository:
     def own_patient_id(self) -> str | None:
         """The Patient id of the record a patient or representative token is about."""
         with read_connection(self.engine) as conn:
-            return conn.execute(select(self.access.own_patient_id())).scalar()
+            return conn.execute(text(OWN_PATIENT), {"reader_patient": self.access.patient_ins or ""}).scalar()
 
     def _visible_current(self, res_type: str, res_id: str):
         with read_connection(self.engine) as conn:
