@@ -48,7 +48,7 @@ DEMO_DECISIONS = [
 DEMO_LABELS = [
     ("cda/cr-biologie-martin.xml", AccessContext(role="patient", subject="185067511204554",
                                                  patient_ins="185067511204554", name="PAUL MARTIN"), "MASQUE_PS"),
-    ("cda/cr-imagerie-irm-lefevre.xml", AccessContext(role="doctor", subject=RADIOLOGIST, name="Dr Isabelle FAURE"),
+    ("replacement/cr-imagerie-irm-lefevre-v2.xml", AccessContext(role="doctor", subject=RADIOLOGIST, name="Dr Isabelle FAURE"),
      "INVISIBLE_PATIENT"),
 ]
 

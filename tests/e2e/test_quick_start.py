@@ -96,6 +96,10 @@ def test_a_patient_a_doctor_and_an_insurer_see_what_they_may(served):
         headers=token(env, "--role", "doctor", "--sub", "899900000020")).json()
     assert surgeon["total"] == 0
     assert titles(token(env, "--role", "insurer")) == 403
+    # Dr FAURE keeps Claire Dubois's completed MRI report from her until it is announced; she sees it.
+    mri = "IRM du genou droit (compte rendu complété)"
+    assert mri not in titles(token(env, "--role", "patient", "--patient", "292086938701277"))
+    assert mri in titles(token(env, "--role", "doctor", "--sub", "899900000038"))
     # Every one of those accesses is in Paul Martin's trail, and the trail verifies.
     trail = requests.get(f"{base}/fhir/AuditEvent", params={"_count": 200}, headers=patient).json()
     readers = {e["resource"]["agent"][0]["altId"] for e in trail["entry"]}
