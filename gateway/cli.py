@@ -1,4 +1,5 @@
-"""The `gateway` command: serve, mllp, send, messages, migrate, ingest, demo, token, audit."""
+"""The `gateway` command: serve, mllp, send, messages, migrate, ingest, demo, token, audit, and the
+patient space's outbox, account, verify-export and retention."""
 from __future__ import annotations
 
 import argparse
@@ -134,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     audit_verify = audit_sub.add_parser("verify", help="check the hash chain; report the first broken link")
     audit_verify.set_defaults(func=cmd_audit)
+    from gateway.space_cli import add_commands
+
+    add_commands(sub)
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     configure_logging(settings.log_level)

@@ -53,6 +53,13 @@ class Settings:
     jwt_keys: list[Path] = field(default_factory=list)
     jwt_issuer: str = DEMO_ISSUER
     jwt_audience: str = "dmp-gateway"
+    # The patient space: the key that signs its session cookies (GATEWAY_SECRET_KEY; else a
+    # development key file of `gateway demo setup`), and where one-time codes go.
+    secret_key: str | None = None
+    code_sender: str = "outbox"
+    # The private key and certificate that sign the copies of records patients download.
+    export_key: Path = Path("var/demo/signer-key.pem")
+    export_cert: Path = Path("var/demo/signer.pem")
 
     @property
     def demo_token_key(self) -> Path:
@@ -62,6 +69,10 @@ class Settings:
     @property
     def uses_demo_token_key(self) -> bool:
         return any(p.name == f"{DEMO_TOKEN_KID}.pem" and p.parent == self.demo_dir for p in self.jwt_keys)
+
+    @property
+    def demo_session_key(self) -> Path:
+        return self.demo_dir / "session-secret"
 
     @property
     def fhir_base(self) -> str:
@@ -100,4 +111,8 @@ class Settings:
             jwt_keys=_path_list("GATEWAY_JWT_KEYS", [demo_dir / f"{DEMO_TOKEN_KID}.pem"]),
             jwt_issuer=os.environ.get("GATEWAY_JWT_ISSUER", DEMO_ISSUER),
             jwt_audience=os.environ.get("GATEWAY_JWT_AUDIENCE", "dmp-gateway"),
+            secret_key=os.environ.get("GATEWAY_SECRET_KEY") or None,
+            code_sender=os.environ.get("GATEWAY_CODE_SENDER", "outbox"),
+            export_key=Path(os.environ.get("GATEWAY_EXPORT_KEY", demo_dir / "signer-key.pem")),
+            export_cert=Path(os.environ.get("GATEWAY_EXPORT_CERT", demo_dir / "signer.pem")),
         )

@@ -1,7 +1,8 @@
 """`gateway demo setup`: what `make run` needs on a fresh machine, done once.
 
 Creates the test PKI and the development token key under GATEWAY_DEMO_DIR (never in the
-repository), migrates the database, and loads the samples: the documents, a replacement version,
+repository), migrates the database, (re)creates the demo patients' accounts of the patient space
+(DEMO_ACCOUNTS), and loads the samples: the documents, a replacement version,
 an ITI-65 submission signed with the test PKI (also written to
 GATEWAY_DEMO_DIR/signed-submission.json for curl), and the demo patients' decisions (DEMO_DECISIONS).
 """
@@ -13,7 +14,6 @@ import os
 from pathlib import Path
 
 from gateway.access import AccessContext
-from gateway.access.rules import CONSENT_KIND_SYSTEM, IDNATPS_SYSTEM
 from gateway.access.tokens import make_signing_key
 from gateway.bulk import ingest_paths
 from gateway.config import DEMO_TOKEN_KID, Settings
@@ -23,6 +23,7 @@ from gateway.services import consents, labels
 from gateway.services.documents import read_cda
 from gateway.services.provide import provide
 from gateway.signature import make_test_pki, sign_documents
+from gateway.space.accounts import create_account
 from gateway.storage.database import make_engine
 from gateway.storage.migrate import upgrade
 from gateway.storage.repository import Repository, new_id
@@ -53,22 +54,25 @@ DEMO_LABELS = [
 ]
 
 
-def demo_consent(kind: str, effect: str, professional: str | None) -> dict:
-    consent = {"resourceType": "Consent", "status": "active",
-               "category": [{"coding": [{"system": CONSENT_KIND_SYSTEM, "code": kind}]}],
-               "provision": {"type": effect}}
-    if professional:
-        consent["provision"]["actor"] = [{
-            "role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
-                                 "code": "PRCP"}]},
-            "reference": {"identifier": {"system": IDNATPS_SYSTEM, "value": professional}}}]
-    return consent
+# Patient-space accounts of the demo (README, "Patient space"): login, password, role, INS, name.
+DEMO_ACCOUNTS = [
+    ("paul.martin", "demo-paul-martin", "patient", "185067511204554", "Paul MARTIN"),
+    ("claire.dubois", "demo-claire-dubois", "patient", "292086938701277", "Claire DUBOIS"),
+    ("jean.garnier", "demo-jean-garnier", "patient", "161023306508977", "Jean GARNIER"),
+    # Léa Moreau is a minor: her mother manages her record.
+    ("sophie.moreau", "demo-sophie-moreau", "representative", "212057501802305", "Sophie MOREAU"),
+]
+
+
+def create_accounts(engine) -> None:
+    for login, password, role, ins, name in DEMO_ACCOUNTS:
+        create_account(engine, login, password, role, ins, name, f"{login}@example.test")
 
 
 def load_decisions(settings: Settings, engine) -> None:
     for ins, kind, effect, professional in DEMO_DECISIONS:
         patient = AccessContext(role="patient", subject=ins, patient_ins=ins)
-        consents.create(Repository(engine, patient, settings.public_base_url), demo_consent(kind, effect, professional))
+        consents.create(Repository(engine, patient, settings.public_base_url), consents.decision(kind, effect, professional))
     for sample, actor, label in DEMO_LABELS:
         unique_id = read_cda((SAMPLES / sample).read_bytes(), settings.max_document_bytes).header.unique_id
         repo = Repository(engine, actor, settings.public_base_url)
@@ -146,6 +150,7 @@ def setup(settings: Settings, force: bool = False) -> None:
         print(f"development token key created in {settings.demo_dir} (gateway token issue signs with it)")
     engine = make_engine(settings.database_url)
     upgrade(engine)
+    create_accounts(engine)
     repo = Repository(engine, AccessContext.system("demo setup"), settings.public_base_url)
     # The signed submission is loaded last: once it is there, everything before it is too.
     signed_cda = (SAMPLES / "signed" / "synthese-moreau.xml").read_bytes()

@@ -53,6 +53,7 @@ def _stop(process, owner: int) -> None:
 
 def serve(settings: Settings, workers: int | None = None, mllp: bool = True) -> int:
     """Migrations, then the MLLP listener (its own process) and the HTTP server side by side."""
+    from gateway.space import session_secret
     from gateway.storage.database import make_engine
     from gateway.storage.migrate import upgrade
 
@@ -62,6 +63,13 @@ def serve(settings: Settings, workers: int | None = None, mllp: bool = True) -> 
     if settings.uses_demo_token_key:
         log.warning("trusting the development token key of `gateway demo setup`: set GATEWAY_JWT_KEYS, "
                     "GATEWAY_JWT_ISSUER and GATEWAY_JWT_AUDIENCE for anything but a local trial")
+    if not settings.secret_key:
+        session_secret(settings)   # created once here, before the workers fork and read it
+        log.warning("patient-space sessions are signed with the development key of GATEWAY_DEMO_DIR: "
+                    "set GATEWAY_SECRET_KEY for anything but a local trial")
+    if settings.code_sender == "outbox":
+        log.warning("one-time codes go to the development outbox (`gateway outbox`): set GATEWAY_CODE_SENDER "
+                    "for anything but a local trial")
     workers = workers or int(os.environ.get("GATEWAY_WORKERS", "2"))
     listener = None
     if mllp:

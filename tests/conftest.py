@@ -85,7 +85,7 @@ def attend_all(engine, professional: str = GP) -> None:
     from sqlalchemy import select
 
     from gateway.services.consents import checked_consent
-    from gateway.demo import demo_consent
+    from gateway.services.consents import decision
     from gateway.storage.repository import Repository, new_id
     from gateway.storage.schema import access_rules, resources
 
@@ -98,7 +98,7 @@ def attend_all(engine, professional: str = GP) -> None:
             resources.c.res_type == "Patient", resources.c.res_id.not_in(attended))).scalars().all()
     with repo.unit_of_work() as uow:
         for patient_id in patients:
-            consent = checked_consent(demo_consent("attending-physician", "permit", professional), patient_id, setup)
+            consent = checked_consent(decision("attending-physician", "permit", professional), patient_id, setup)
             consent["id"] = new_id()
             uow.save(consent, patient_id=patient_id)
 
@@ -152,7 +152,8 @@ def settings(database, tmp_path, pki) -> Settings:
     base = Settings.from_env()
     return replace(base, var_dir=tmp_path, database_url=url, public_base_url="http://gateway.test",
                    trust_anchors=[pki / "ca.pem"], demo_dir=pki, max_document_bytes=5 * 1024 * 1024,
-                   jwt_keys=[pki / f"{TOKEN_KID}.pem"], jwt_issuer=TOKEN_ISSUER, jwt_audience=TOKEN_AUDIENCE)
+                   jwt_keys=[pki / f"{TOKEN_KID}.pem"], jwt_issuer=TOKEN_ISSUER, jwt_audience=TOKEN_AUDIENCE,
+                   export_key=pki / "signer-key.pem", export_cert=pki / "signer.pem", code_sender="outbox")
 
 
 @pytest.fixture

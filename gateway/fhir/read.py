@@ -12,7 +12,7 @@ from .binary import resource_body, retrieve
 from .responses import FhirError, fhir_response, negotiate, version_headers
 
 STORED_TYPES = ("DocumentReference", "Binary", "Patient", "Practitioner", "Organization", "List", "Consent",
-                "AuditEvent")
+                "AuditEvent", "RelatedPerson")
 
 
 def check_type(res_type: str) -> None:

@@ -1,7 +1,8 @@
 """Who is asking over HTTP: the bearer token of every request, checked before any endpoint runs.
 
 Open without a token: the CapabilityStatement (clients discover the server before they sign in),
-/health and /metrics (no patient data). Everything else needs a valid token; an insurer, bank or
+/health and /metrics (no patient data). The patient space's pages have their own sign-in and
+session. Everything else needs a valid token; an insurer, bank or
 employer token is refused everything (CSP L1111-18), and the refusal is audited.
 """
 from __future__ import annotations
@@ -24,6 +25,8 @@ def requester() -> AccessContext | None:
     """The AccessContext of this request; None for the open endpoints. Raises 401 or 403."""
     if request.endpoint in OPEN_ENDPOINTS or request.endpoint is None:
         return None
+    if request.blueprint == "space":
+        return None   # the patient space signs its users in itself (gateway/space)
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():

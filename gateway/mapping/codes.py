@@ -20,6 +20,7 @@ CONFIDENTIALITY_SYSTEM = nos_system("TRE_A08-HL7Confidentiality")
 VISIBILITY_SYSTEM = nos_system("TRE_A07-StatutVisibiliteDocument")
 FACILITY_SYSTEM = nos_system("TRE_R02-SecteurActivite")
 PRACTICE_SETTING_SYSTEM = nos_system("TRE_A01-CadreExercice")
+NON_PS_PRODUCER_SYSTEM = nos_system("TRE_A00-ProducteurDocNonPS")
 FORMAT_IHE_SYSTEM = nos_system("TRE_A11-IheFormatCode")
 FORMAT_CISIS_SYSTEM = nos_system("TRE_A06-FormatCodeComplementaire")
 ASTM_SYSTEM = nos_system("TRE_A12-NomenclatureASTM")
@@ -40,7 +41,7 @@ OID_SYSTEMS = {
     "1.2.250.1.213.1.1.4.13": VISIBILITY_SYSTEM,
     "1.2.250.1.71.4.2.4": FACILITY_SYSTEM,
     "1.2.250.1.213.1.1.4.9": PRACTICE_SETTING_SYSTEM,
-    "1.2.250.1.213.1.1.4.6": nos_system("TRE_A00-ProducteurDocNonPS"),
+    "1.2.250.1.213.1.1.4.6": NON_PS_PRODUCER_SYSTEM,
     "1.2.250.1.213.1.1.4.1": CLASS_SYSTEM,
     "1.2.250.1.213.2.5": nos_system("TRE_R38-ActeCCAM"),
 }

@@ -21,6 +21,7 @@ from gateway.access.rules import (
 from gateway.cda.errors import DocumentRefused
 from gateway.fhir.validation import InvalidResource, validate
 from gateway.mapping import codes
+from gateway.storage import search as search_sql
 from gateway.storage.repository import Repository, StoredResource, new_id
 
 PATIENT_CONSENT_CATEGORY = {"coding": [{"system": codes.LOINC, "code": "59284-0", "display": "Patient Consent"}]}
@@ -101,3 +102,24 @@ def update(repo: Repository, consent_id: str, consent: dict) -> StoredResource:
     stored["id"] = consent_id
     with repo.unit_of_work() as uow:
         return uow.save(stored, patient_id=current.patient_id, method="PUT")
+
+
+def search_request(patient_id: str, kind: str | None = None) -> search_sql.SearchRequest:
+    """The patient's active Consents (of one kind)."""
+    params = [("patient", f"Patient/{patient_id}"), ("status", "active"), ("_count", "200")]
+    if kind:
+        params.append(("category", f"{CONSENT_KIND_SYSTEM}|{kind}"))
+    return search_sql.parse_search("Consent", params)
+
+
+def decision(kind: str, effect: str, professional: str | None = None) -> dict:
+    """A Consent of one kind, naming a professional by IdNatPs when the kind has an actor."""
+    consent = {"resourceType": "Consent", "status": "active",
+               "category": [{"coding": [{"system": CONSENT_KIND_SYSTEM, "code": kind}]}],
+               "provision": {"type": effect}}
+    if professional:
+        consent["provision"]["actor"] = [{
+            "role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                                 "code": "PRCP"}]},
+            "reference": {"identifier": {"system": IDNATPS_SYSTEM, "value": professional}}}]
+    return consent

@@ -134,6 +134,17 @@ class Repository:
         return StoredResource(res_type, res_id, row.version, _instant(row.last_updated), row.body, row.deleted,
                               current.blob_sha256, current.patient_id)
 
+    def visible_to(self, reader: AccessContext, res_type: str, res_id: str) -> bool:
+        """Whether another reader may see a resource this requester sees: how the patient space
+        explains who can read a document. It answers yes or no, returns no data and is no access,
+        so it leaves no trail; the reader's own filter decides, as it would for their request."""
+        if self._visible_current(res_type, res_id) is None:
+            raise NotFound(f"{res_type}/{res_id} is not known")
+        with read_connection(self.engine) as conn:
+            return conn.execute(select(resources.c.res_id).where(
+                resources.c.res_type == res_type, resources.c.res_id == res_id,
+                reader.resource_filter(resources, res_type))).first() is not None
+
     def own_patient_id(self) -> str | None:
         """The Patient id of the record a patient or representative token is about."""
         with read_connection(self.engine) as conn:

@@ -177,4 +177,51 @@ audit_chain = Table(
     Column("hash", String(64), nullable=False),
 )
 
+# The patient space: accounts of patients and legal representatives (one record each), the
+# one-time codes of sign-ins in progress, and the sessions of signed-in browsers. Codes and
+# session ids are stored as SHA-256 digests, passwords as salted scrypt hashes.
+patient_accounts = Table(
+    "patient_accounts",
+    metadata,
+    Column("login", String(128), primary_key=True),
+    Column("password_hash", String(256), nullable=False),
+    Column("role", String(32), nullable=False),           # patient | representative
+    Column("patient_ins", String(32), nullable=False),    # the record this account manages
+    Column("display_name", String(256), nullable=False),
+    Column("contact", String(256), nullable=False),       # where one-time codes are sent
+    Column("failed_attempts", Integer, nullable=False, default=0),
+    Column("locked_until", String(32)),
+)
+
+login_challenges = Table(
+    "login_challenges",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("login", String(128), nullable=False),
+    Column("code_sha256", String(64), nullable=False),
+    Column("expires_at", String(32), nullable=False),
+    Column("used", Boolean, nullable=False, default=False),
+)
+
+web_sessions = Table(
+    "web_sessions",
+    metadata,
+    Column("id_sha256", String(64), primary_key=True),
+    Column("login", String(128), nullable=False),
+    Column("expires_at", String(32), nullable=False),
+    Index("ix_web_sessions_login", "login"),
+)
+
+# A patient's request that their record be destroyed: carried out by `gateway retention` once the
+# record has been closed for the retention period.
+destruction_requests = Table(
+    "destruction_requests",
+    metadata,
+    Column("patient_id", String(64), primary_key=True),
+    Column("requested_at", String(32), nullable=False),
+    Column("requested_by", String(128), nullable=False),
+    Column("due_at", String(32), nullable=False),
+    Column("carried_out_at", String(32)),
+)
+
 INDEX_TABLES = (search_token, search_string, search_date, search_reference)

@@ -165,6 +165,14 @@ CONSENT = [
 ]
 
 
+RELATED_PERSON = [
+    SearchParam("patient", "reference", lambda r: [t for t in _ref(r.get("patient")) if t[0] == "Patient"], ("Patient",)),
+    SearchParam("relationship", "token", lambda r: _many_codings(r.get("relationship"))),
+    SearchParam("name", "string", lambda r: _name_parts(r.get("name"), "name")),
+    SearchParam("active", "token", lambda r: [("", str(r["active"]).lower())] if "active" in r else []),
+]
+
+
 def _audit_patient(r: dict) -> list[tuple[str, str]]:
     return [t for e in r.get("entity", []) for t in _ref(e.get("what")) if t[0] == "Patient"]
 
@@ -189,6 +197,7 @@ SEARCH_PARAMS: dict[str, dict[str, SearchParam]] = {
     "List": {p.name: p for p in LIST},
     "Consent": {p.name: p for p in CONSENT},
     "AuditEvent": {p.name: p for p in AUDIT_EVENT},
+    "RelatedPerson": {p.name: p for p in RELATED_PERSON},
     "Binary": {},
 }
 

@@ -1,51 +1,21 @@
 """The README's path, as a new user takes it: demo set-up, `gateway serve`, curl-like requests."""
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import requests
 
-from conftest import ROOT, free_port
-
-GATEWAY = Path(sys.executable).with_name("gateway")
+from conftest import ROOT
+from e2e_support import GATEWAY, start_gateway, stop_gateway, token
 
 
 @pytest.fixture
 def served(tmp_path):
-    port = free_port()
-    env = dict(os.environ, GATEWAY_VAR_DIR=str(tmp_path / "var"), GATEWAY_HTTP_PORT=str(port),
-               GATEWAY_HOST="127.0.0.1", GATEWAY_WORKERS="1", GATEWAY_MLLP_PORT=str(free_port()))
-    env.pop("GATEWAY_DATABASE_URL", None)
-    env.pop("GATEWAY_PUBLIC_BASE_URL", None)
-    setup = subprocess.run([str(GATEWAY), "demo", "setup"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert setup.returncode == 0, setup.stderr[-2000:]
-    process = subprocess.Popen([str(GATEWAY), "serve"], env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            if requests.get(f"{base}/health", timeout=1).status_code == 200:
-                break
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    else:
-        process.kill()
-        pytest.fail(process.stdout.read().decode()[-2000:])
+    process, base, env = start_gateway(tmp_path / "var")
     yield base, env
-    process.terminate()
-    process.wait(timeout=30)
-
-
-def token(env, *args: str) -> dict:
-    """`gateway token issue ...`: the token is alone on the last line of its output."""
-    issued = subprocess.run([str(GATEWAY), "token", "issue", *args], env=env, cwd=ROOT, capture_output=True,
-                            text=True, timeout=60)
-    assert issued.returncode == 0, issued.stderr
-    return {"Authorization": "Bearer " + issued.stdout.strip().splitlines()[-1]}
-
+    stop_gateway(process)
 
 GP, INTERNIST = "899900000053", "899900000012"
 MARTIN = "185067511204554"

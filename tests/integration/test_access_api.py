@@ -7,7 +7,7 @@ from sqlalchemy import func, select, update
 
 from conftest import GP, sample
 from gateway.access.audit import verify_chain
-from gateway.demo import demo_consent
+from gateway.services.consents import decision
 from gateway.mapping import codes
 from gateway.storage.schema import audit_chain, resources
 
@@ -30,7 +30,7 @@ def world(client, bearer):
 
 
 def consent(kind, effect, professional=None, status="active"):
-    return json.dumps({**demo_consent(kind, effect, professional), "status": status})
+    return json.dumps({**decision(kind, effect, professional), "status": status})
 
 
 def document_ids(client, headers, **params):

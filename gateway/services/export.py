@@ -1,0 +1,163 @@
+"""A copy of a record for its patient: a ZIP the patient can keep, check and give to anyone.
+
+Inside: `bundle.json`, a FHIR document Bundle (Composition, Patient, DocumentReferences grouped as
+the patient space shows them, the patient's Consents and emergency contacts); `documents/`, each
+document exactly as it was received; `manifest.xml`, the SHA-256 of every other file, with an
+enveloped XML-DSig signature by the gateway's certificate. `gateway verify-export` checks the
+signature against a trust anchor and every file against the manifest, offline.
+
+Everything is read through the requester's repository: the copy holds what the patient may
+see, and each read is in the trail.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import unicodedata
+import zipfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from lxml import etree
+from signxml import InvalidInput, InvalidSignature, XMLSigner, XMLVerifier, methods
+
+from gateway.fhir.validation import validate
+from gateway.mapping import codes
+from gateway.mapping.groups import GROUP_TITLES, grouped
+from gateway.storage import search as search_sql
+from gateway.storage.repository import Repository, StoredResource, new_id
+
+from .consents import own_patient
+
+MANIFEST = "manifest.xml"
+MANIFEST_NS = "urn:dmp-gateway:export:1"
+EXTENSIONS = {"text/xml": "xml", "application/xslt+xml": "xml", "application/pdf": "pdf", "text/plain": "txt"}
+
+
+def _all(repo: Repository, res_type: str, params: list[tuple[str, str]]) -> list[StoredResource]:
+    out, cursor = [], None
+    while True:
+        request = search_sql.parse_search(res_type, params + [("_count", "200")]
+                                          + ([("_cursor", cursor)] if cursor else []))
+        page = repo.search(request)
+        out += page.entries
+        if page.next_keys is None:
+            return out
+        cursor = search_sql.encode_cursor(page.next_keys, "n")
+
+
+def _file_name(index: int, docref: dict, media_type: str) -> str:
+    title = docref.get("content", [{}])[0].get("attachment", {}).get("title") or "document"
+    ascii_title = unicodedata.normalize("NFKD", title).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", ascii_title).strip("-").lower()[:60]
+    return f"documents/{index:03d}-{slug or 'document'}.{EXTENSIONS.get(media_type, 'bin')}"
+
+
+def build_export(repo: Repository, fhir_base: str, key_pem: bytes, cert_pem: bytes) -> bytes:
+    patient_id = own_patient(repo)
+    patient = repo.read("Patient", patient_id)
+    reference = [("patient", f"Patient/{patient_id}")]
+    docrefs = _all(repo, "DocumentReference", reference + [("status", "current,superseded")])
+    others = _all(repo, "Consent", reference) + _all(repo, "RelatedPerson", reference + [("active", "true")])
+    files: dict[str, bytes] = {}
+    for index, stored in enumerate(docrefs, 1):
+        docref = stored.json()
+        url = docref["content"][0]["attachment"]["url"]
+        binary = repo.read("Binary", url.rsplit("/", 1)[-1])
+        files[_file_name(index, docref, binary.json().get("contentType", ""))] = repo.blob(binary.blob_sha256)
+    files["bundle.json"] = json.dumps(_document_bundle(fhir_base, patient, docrefs, others), ensure_ascii=False,
+                                      indent=1).encode()
+    files[MANIFEST] = _signed_manifest(files, patient_id, key_pem, cert_pem)
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return out.getvalue()
+
+
+def _document_bundle(fhir_base: str, patient: StoredResource, docrefs: list[StoredResource],
+                     others: list[StoredResource]) -> dict:
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    url = {s.reference: f"{fhir_base}/{s.reference}" for s in [patient, *docrefs, *others]}
+    sections = [{"title": title, "code": {"coding": [{"system": "urn:dmp-gateway:document-group", "code": key}]},
+                 "entry": [{"reference": f"DocumentReference/{d['id']}"} for d in members]}
+                for key, title, members in grouped([d.json() for d in docrefs])]
+    composition = {
+        "resourceType": "Composition", "id": new_id(), "status": "final",
+        "type": {"coding": [{"system": codes.LOINC, "code": "11503-0", "display": "Medical records"}]},
+        "subject": {"reference": patient.reference}, "date": now,
+        "author": [{"display": "dmp-gateway"}], "title": "Copie du dossier médical partagé",
+        "section": sections or [{"title": GROUP_TITLES["autres"], "emptyReason": {"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/list-empty-reason", "code": "nilknown"}]}}],
+    }
+    entries = [{"fullUrl": f"{fhir_base}/Composition/{composition['id']}", "resource": composition}]
+    entries += [{"fullUrl": url[s.reference], "resource": s.json()} for s in [patient, *docrefs, *others]]
+    bundle = {"resourceType": "Bundle", "id": new_id(), "type": "document", "timestamp": now,
+              "identifier": {"system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{new_id()}"}, "entry": entries}
+    validate(bundle)
+    return bundle
+
+
+def _signed_manifest(files: dict[str, bytes], patient_id: str, key_pem: bytes, cert_pem: bytes) -> bytes:
+    manifest = etree.Element(f"{{{MANIFEST_NS}}}manifest", nsmap={None: MANIFEST_NS},
+                             created=datetime.now(timezone.utc).isoformat(timespec="seconds"), patient=patient_id)
+    for name, data in files.items():
+        etree.SubElement(manifest, f"{{{MANIFEST_NS}}}file", name=name, size=str(len(data)),
+                         sha256=hashlib.sha256(data).hexdigest())
+    signer = XMLSigner(method=methods.enveloped, signature_algorithm="rsa-sha256", digest_algorithm="sha256")
+    signed = signer.sign(manifest, key=key_pem, cert=cert_pem)
+    return etree.tostring(signed, xml_declaration=True, encoding="UTF-8")
+
+
+@dataclass
+class ExportReport:
+    signature: str | None = None             # why the signature is not valid; None when it is
+    altered: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    files: int = 0
+
+    @property
+    def valid(self) -> bool:
+        return not (self.signature or self.altered or self.missing or self.unexpected)
+
+
+def verify_export(data: bytes, trust_anchors: list[Path]) -> ExportReport:
+    """Check a copy offline: the manifest's signature against the trust anchors, then each file."""
+    report = ExportReport()
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile:
+        report.signature = "the file is not a ZIP archive"
+        return report
+    names = set(archive.namelist())
+    if MANIFEST not in names:
+        report.signature = f"{MANIFEST} is missing"
+        return report
+    anchors = [p for p in trust_anchors if p.exists()]
+    signed = None
+    errors = ["no trust anchor was found"] if not anchors else []
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
+    for anchor in anchors:
+        try:
+            # The entries are read from what the signature covers, never from the file as a whole.
+            signed = XMLVerifier().verify(archive.read(MANIFEST), ca_pem_file=str(anchor), parser=parser,
+                                          expect_references=1).signed_xml
+            break
+        except (InvalidSignature, InvalidInput, etree.XMLSyntaxError) as exc:
+            errors.append(str(exc))
+    if signed is None:
+        report.signature = f"the manifest's signature is not valid: {errors[-1]}"
+        return report
+    listed = {f.get("name"): f.get("sha256") for f in signed.findall(f"{{{MANIFEST_NS}}}file")}
+    report.files = len(listed)
+    for name, sha256 in listed.items():
+        if name not in names:
+            report.missing.append(name)
+        elif hashlib.sha256(archive.read(name)).hexdigest() != sha256:
+            report.altered.append(name)
+    report.unexpected = sorted(n for n in names - set(listed) - {MANIFEST} if not n.endswith("/"))
+    return report

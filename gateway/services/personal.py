@@ -1,0 +1,156 @@
+"""The patient's personal space: documents the patient adds (PDF or text, advance directives
+among them) and emergency contacts (RelatedPerson).
+
+An added document is kept raw first, like every input, then registered as a DocumentReference of
+class 90 ("Autres documents déposés par le patient") whose author is the patient, with its
+Binary; professionals with access to the record see it like any other document.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from gateway.access.context import PATIENT
+from gateway.cda.errors import DocumentRefused
+from gateway.fhir.validation import InvalidResource, validate
+from gateway.mapping import codes
+from gateway.mapping.document import sha1_base64
+from gateway.storage.repository import Repository, StoredResource, UnitOfWork, new_id, store_raw
+
+from .consents import own_patient
+from .recording import recorded
+
+# What a patient may add (LOINC): the types of the personal space.
+PATIENT_DOCUMENT_TYPES = {
+    "51855-5": "Document personnel",     # LOINC Patient note
+    "42348-3": "Directives anticipées",  # LOINC Advance directives
+}
+PATIENT_CLASS = "90"
+MEDIA_TYPES = ("application/pdf", "text/plain")
+# Emergency contacts: HL7 v2 table 0131 "C" (emergency contact) plus the person's relation (v3 RoleCode).
+EMERGENCY_CONTACT = {"system": "http://terminology.hl7.org/CodeSystem/v2-0131", "code": "C",
+                     "display": "Emergency Contact"}
+RELATIONS = {"SPS": "Conjoint(e)", "PRN": "Parent", "CHILD": "Enfant", "SIB": "Frère ou sœur",
+             "FAMMEMB": "Autre membre de la famille", "FRND": "Ami(e)", "NBOR": "Voisin(e)"}
+ROLE_CODE = "http://terminology.hl7.org/CodeSystem/v3-RoleCode"
+
+
+def _refuse(reason: str, where: str) -> DocumentRefused:
+    return DocumentRefused(reason, location=where, status=422, code="invalid")
+
+
+def _checked(resource: dict) -> dict:
+    try:
+        validate(resource)
+    except InvalidResource as exc:
+        raise _refuse(str(exc), resource["resourceType"]) from None
+    return resource
+
+
+def _content_checked(data: bytes, media_type: str, max_bytes: int) -> None:
+    if media_type not in MEDIA_TYPES:
+        raise _refuse("a personal document is a PDF or a text file", "content.attachment.contentType")
+    if not data:
+        raise _refuse("the file is empty", "content.attachment")
+    if len(data) > max_bytes:
+        raise DocumentRefused(f"the file is {len(data)} bytes, above the limit of {max_bytes} bytes",
+                              location="content.attachment", status=413, code="too-costly")
+    if media_type == "application/pdf" and not data.startswith(b"%PDF-"):
+        raise _refuse("the file is not a PDF", "content.attachment")
+    if media_type == "text/plain":
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _refuse("a text document is written in UTF-8", "content.attachment") from None
+
+
+def add_document(repo: Repository, *, title: str, type_code: str, media_type: str, data: bytes,
+                 max_bytes: int, file_name: str | None = None) -> StoredResource:
+    """Register a document the patient (or representative) adds to the record."""
+    repo.access.require(repo.access.acts_for_patient, "add a document to the personal space")
+    raw_id = store_raw(repo.engine, "patient-space", data, media_type, repo.access.subject)
+    with recorded(repo, "patient-space", raw_id) as done:
+        title = " ".join(title.split())
+        if not title:
+            raise _refuse("a document needs a title", "content.attachment.title")
+        if type_code not in PATIENT_DOCUMENT_TYPES:
+            raise _refuse(f"the type is one of {', '.join(PATIENT_DOCUMENT_TYPES)}", "type")
+        _content_checked(data, media_type, max_bytes)
+        patient_id = own_patient(repo)
+        with repo.unit_of_work() as uow:
+            if uow.record_closed(patient_id):
+                raise DocumentRefused("the record is closed: it accepts no new document", location="subject",
+                                      status=422, code="business-rule")
+            stored = _register(uow, repo, patient_id, title, type_code, media_type, data, file_name)
+            uow.record_outcome(raw_id, "processed", produced=[stored.reference])
+        done("created")
+    return stored
+
+
+def _register(uow: UnitOfWork, repo: Repository, patient_id: str, title: str, type_code: str, media_type: str,
+              data: bytes, file_name: str | None) -> StoredResource:
+    docref_id, binary_id = new_id(), new_id()
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    sha256 = uow.store_blob(data)
+    uow.save(_checked({"resourceType": "Binary", "id": binary_id, "contentType": media_type,
+                       "securityContext": {"reference": f"DocumentReference/{docref_id}"}}),
+             patient_id=patient_id, blob_sha256=sha256)
+    format_code, format_display = codes.N1_FORMATS[media_type]
+    author = ({"reference": f"Patient/{patient_id}"} if repo.access.role == PATIENT
+              else {"display": repo.access.name or "Représentant légal"})
+    attachment = {"contentType": media_type, "language": "fr-FR",
+                  "url": f"{(repo.base_url or '').rstrip('/')}/fhir/Binary/{binary_id}",
+                  "size": len(data), "hash": sha1_base64(data), "title": title, "creation": now}
+    docref = {
+        "resourceType": "DocumentReference", "id": docref_id,
+        "masterIdentifier": {"system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{new_id()}"},
+        "identifier": [{"use": "official", "system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{docref_id}"}],
+        "status": "current",
+        "type": {"coding": [{"system": codes.LOINC, "code": type_code, "display": PATIENT_DOCUMENT_TYPES[type_code]}]},
+        "category": [{"coding": [{"system": codes.CLASS_SYSTEM, "code": PATIENT_CLASS,
+                                  "display": codes.CLASS_DISPLAYS[PATIENT_CLASS]}]}],
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "date": now, "author": [author],
+        "description": file_name[:200] if file_name else None,
+        "securityLabel": [{"coding": [{"system": codes.CONFIDENTIALITY_SYSTEM, "code": "N", "display": "Normal"}]}],
+        "content": [{"attachment": attachment,
+                     "format": {"system": codes.format_system(format_code), "code": format_code,
+                                "display": format_display}}],
+        "context": {"practiceSetting": {"coding": [{"system": codes.NON_PS_PRODUCER_SYSTEM, "code": "EXP_PATIENT",
+                                                    "display": "Expression personnelle du patient"}]}},
+    }
+    docref = {k: v for k, v in docref.items() if v is not None}
+    stored = uow.save(_checked(docref), patient_id=patient_id)
+    uow.claim_identifier("DocumentReference", "urn:ietf:rfc:3986", docref["masterIdentifier"]["value"], docref_id)
+    return stored
+
+
+def add_contact(repo: Repository, *, family: str, given: str, relation: str, phone: str) -> StoredResource:
+    """An emergency contact (RelatedPerson of the patient)."""
+    repo.access.require(repo.access.acts_for_patient, "record an emergency contact")
+    family, given, phone = " ".join(family.split()), " ".join(given.split()), " ".join(phone.split())
+    if not family or not phone:
+        raise _refuse("an emergency contact has a name and a telephone number", "RelatedPerson")
+    if relation not in RELATIONS:
+        raise _refuse(f"the relation is one of {', '.join(RELATIONS)}", "RelatedPerson.relationship")
+    patient_id = own_patient(repo)
+    contact = _checked({
+        "resourceType": "RelatedPerson", "id": new_id(), "active": True,
+        "patient": {"reference": f"Patient/{patient_id}"},
+        "relationship": [{"coding": [EMERGENCY_CONTACT]},
+                         {"coding": [{"system": ROLE_CODE, "code": relation, "display": RELATIONS[relation]}]}],
+        "name": [{"family": family, **({"given": [given]} if given else {})}],
+        "telecom": [{"system": "phone", "value": phone, "use": "mobile"}],
+    })
+    with repo.unit_of_work() as uow:
+        return uow.save(contact, patient_id=patient_id)
+
+
+def remove_contact(repo: Repository, contact_id: str) -> StoredResource:
+    """The contact stops being one (active false); the history keeps it."""
+    repo.access.require(repo.access.acts_for_patient, "change an emergency contact")
+    current = repo.read("RelatedPerson", contact_id)   # 404 unless it belongs to the requester's record
+    contact = current.json()
+    contact["active"] = False
+    contact.pop("meta", None)
+    with repo.unit_of_work() as uow:
+        return uow.save(_checked(contact), patient_id=current.patient_id, method="PUT")

@@ -1,0 +1,152 @@
+"""Closing a record, and destroying it when the patient asked and the law allows.
+
+A closed record (an active `record` Consent with provision deny) is kept RETENTION years after
+its closure (CSP R1111-46 as summarised in the reference: ten years), then destroyed if the
+patient requested it. `gateway retention` carries out the requests that are due: every resource of
+the record, their versions, index rows, identifiers, rules, document bytes and the raw inputs that
+carried them are deleted. The AuditEvents stay: they name resources, hold no content, and the
+hash chain that proves the trail intact runs through them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from sqlalchemy import Engine, delete, insert, or_, select, update
+
+from gateway.storage.database import read_connection, write_transaction
+from gateway.storage.repository import Repository, StoredResource
+from gateway.storage.schema import (
+    INDEX_TABLES,
+    access_rules,
+    blobs,
+    destruction_requests,
+    raw_inputs,
+    resource_versions,
+    resources,
+    unique_identifiers,
+)
+
+from . import consents
+
+RETENTION_YEARS = 10
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _closure(repo: Repository, patient_id: str) -> StoredResource | None:
+    """The active Consent that closes the record, if it is closed."""
+    for stored in repo.search(consents.search_request(patient_id, "record")).entries:
+        consent = stored.json()
+        if consent.get("status") == "active" and consent.get("provision", {}).get("type") == "deny":
+            return stored
+    return None
+
+
+def close_record(repo: Repository) -> StoredResource:
+    patient_id = consents.own_patient(repo)
+    closure = _closure(repo, patient_id)
+    if closure is not None:
+        return closure
+    return consents.create(repo, consents.decision("record", "deny"))
+
+
+def reopen_record(repo: Repository) -> None:
+    """Revoke the closure; a pending destruction request lapses with it."""
+    patient_id = consents.own_patient(repo)
+    closure = _closure(repo, patient_id)
+    if closure is not None:
+        consent = closure.json()
+        consent["status"] = "inactive"
+        consent.pop("meta", None)
+        consents.update(repo, closure.res_id, consent)
+    with write_transaction(repo.engine) as conn:
+        conn.execute(delete(destruction_requests).where(destruction_requests.c.patient_id == patient_id,
+                                                        destruction_requests.c.carried_out_at.is_(None)))
+
+
+def _due(closed_at: str) -> str:
+    closed = datetime.fromisoformat(closed_at.replace("Z", "+00:00"))
+    return closed.replace(year=closed.year + RETENTION_YEARS).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def request_destruction(repo: Repository) -> str:
+    """Close the record if it is open and record the request; returns when it will be carried out."""
+    closure = close_record(repo)
+    due = _due(closure.json()["dateTime"])
+    with write_transaction(repo.engine) as conn:
+        conn.execute(delete(destruction_requests).where(destruction_requests.c.patient_id == closure.patient_id))
+        conn.execute(insert(destruction_requests).values(
+            patient_id=closure.patient_id, requested_at=_now().strftime("%Y-%m-%dT%H:%M:%S"),
+            requested_by=repo.access.subject, due_at=due))
+    return due
+
+
+def record_state(repo: Repository) -> tuple[StoredResource | None, str | None]:
+    """(the closing Consent or None, the date a requested destruction is due or None)."""
+    patient_id = consents.own_patient(repo)
+    with read_connection(repo.engine) as conn:
+        due = conn.execute(select(destruction_requests.c.due_at).where(
+            destruction_requests.c.patient_id == patient_id,
+            destruction_requests.c.carried_out_at.is_(None))).scalar_one_or_none()
+    return _closure(repo, patient_id), due
+
+
+@dataclass
+class Destroyed:
+    patient_id: str
+    resources: int
+    raw_inputs: int
+
+
+def carry_out(engine: Engine, now: datetime | None = None) -> list[Destroyed]:
+    """Destroy the records whose destruction was requested and whose retention has run out."""
+    stamp = (now or _now()).strftime("%Y-%m-%dT%H:%M:%S")
+    with read_connection(engine) as conn:
+        due = conn.execute(select(destruction_requests.c.patient_id).where(
+            destruction_requests.c.carried_out_at.is_(None), destruction_requests.c.due_at <= stamp)).scalars().all()
+    done = []
+    for patient_id in due:
+        with write_transaction(engine) as conn:
+            closed = conn.execute(select(access_rules.c.consent_id).where(
+                access_rules.c.patient_id == patient_id, access_rules.c.kind == "record",
+                access_rules.c.effect == "deny")).first()
+            if closed is None:   # reopened since: the request lapsed
+                conn.execute(delete(destruction_requests).where(destruction_requests.c.patient_id == patient_id))
+                continue
+            done.append(_destroy(conn, patient_id, stamp))
+    return done
+
+
+def _destroy(conn, patient_id: str, stamp: str) -> Destroyed:
+    owned = conn.execute(select(resources.c.res_type, resources.c.res_id, resources.c.blob_sha256).where(
+        resources.c.patient_id == patient_id, resources.c.res_type != "AuditEvent")).all()
+    references = [f"{r.res_type}/{r.res_id}" for r in owned]
+    raw_ids = set()
+    for start in range(0, len(references), 200):
+        chunk = references[start:start + 200]
+        raw_ids.update(conn.execute(select(raw_inputs.c.id).where(
+            or_(*[raw_inputs.c.resources.like(f'%"{ref}"%') for ref in chunk]))).scalars())
+    for res_type in {r.res_type for r in owned}:
+        ids = [r.res_id for r in owned if r.res_type == res_type]
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            for table in (resources, resource_versions, unique_identifiers, *INDEX_TABLES):
+                conn.execute(delete(table).where(table.c.res_type == res_type, table.c.res_id.in_(chunk)))
+    conn.execute(delete(access_rules).where(access_rules.c.patient_id == patient_id))
+    for sha256 in {r.blob_sha256 for r in owned if r.blob_sha256}:
+        if conn.execute(select(resources.c.res_id).where(resources.c.blob_sha256 == sha256).limit(1)).first() is None:
+            conn.execute(delete(blobs).where(blobs.c.sha256 == sha256))
+    if raw_ids:
+        conn.execute(delete(raw_inputs).where(raw_inputs.c.id.in_(sorted(raw_ids))))
+    conn.execute(update(destruction_requests).where(destruction_requests.c.patient_id == patient_id)
+                 .values(carried_out_at=stamp))
+    return Destroyed(patient_id, len(owned), len(raw_ids))
+
+
+def pending(engine: Engine) -> list[dict]:
+    with read_connection(engine) as conn:
+        return [dict(r._mapping) for r in conn.execute(select(destruction_requests).order_by(
+            destruction_requests.c.due_at)).all()]

@@ -1,0 +1,153 @@
+"""Patient-space accounts: password, then a one-time code, then a session.
+
+A sign-in is two steps. The password opens a challenge whose six-digit code goes to the account's
+contact through the configured sender; the code, entered within CODE_TTL, opens a session.
+MAX_FAILURES wrong passwords or codes in a row lock the account for LOCK_TIME, whatever the
+answer would have been; an unknown login answers like a wrong password. Codes and session ids
+are kept as SHA-256 digests only.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import Engine, delete, insert, select, update
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from gateway.access import AccessContext
+from gateway.access.context import PATIENT, REPRESENTATIVE
+from gateway.storage.database import read_connection, write_transaction
+from gateway.storage.schema import login_challenges, patient_accounts, web_sessions
+
+MAX_FAILURES = 5
+LOCK_TIME = timedelta(minutes=15)
+CODE_TTL = timedelta(minutes=10)
+SESSION_IDLE = timedelta(minutes=30)
+# Checked against when the login is unknown, so that both answers take the same time.
+_UNKNOWN_HASH = generate_password_hash("an account that does not exist")
+
+
+class SignInRefused(Exception):
+    """Wrong credentials, an expired code or a locked account: the message is for the user."""
+
+
+@dataclass(frozen=True)
+class Account:
+    login: str
+    role: str
+    patient_ins: str
+    display_name: str
+    contact: str
+
+    def access(self, address: str | None) -> AccessContext:
+        """Who this account is to the repository: the patient, or the representative of a minor."""
+        subject = self.patient_ins if self.role == PATIENT else f"representative:{self.login}"
+        return AccessContext(role=self.role, subject=subject, patient_ins=self.patient_ins,
+                             name=self.display_name, address=address)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _stamp(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _account(row) -> Account:
+    return Account(row.login, row.role, row.patient_ins, row.display_name, row.contact)
+
+
+def create_account(engine: Engine, login: str, password: str, role: str, patient_ins: str, display_name: str,
+                   contact: str) -> Account:
+    if role not in (PATIENT, REPRESENTATIVE):
+        raise ValueError("an account is a patient's or a legal representative's")
+    if len(password) < 12:
+        raise ValueError("a password has at least 12 characters")
+    with write_transaction(engine) as conn:
+        conn.execute(delete(patient_accounts).where(patient_accounts.c.login == login))
+        conn.execute(insert(patient_accounts).values(
+            login=login, password_hash=generate_password_hash(password), role=role, patient_ins=patient_ins,
+            display_name=display_name, contact=contact, failed_attempts=0, locked_until=None))
+    return Account(login, role, patient_ins, display_name, contact)
+
+
+def _refuse_if_locked(row) -> None:
+    if row.locked_until and row.locked_until > _stamp(_now()):
+        raise SignInRefused("Compte verrouillé après plusieurs échecs : réessayez dans 15 minutes.")
+
+
+def _failed(engine: Engine, login: str) -> None:
+    with write_transaction(engine) as conn:
+        failures = conn.execute(select(patient_accounts.c.failed_attempts).where(
+            patient_accounts.c.login == login)).scalar_one() + 1
+        locked = _stamp(_now() + LOCK_TIME) if failures >= MAX_FAILURES else None
+        conn.execute(update(patient_accounts).where(patient_accounts.c.login == login).values(
+            failed_attempts=0 if locked else failures, locked_until=locked))
+
+
+def check_password(engine: Engine, login: str, password: str) -> tuple[Account, str, str]:
+    """(account, challenge id, one-time code) when the password is right; else SignInRefused."""
+    with read_connection(engine) as conn:
+        row = conn.execute(select(patient_accounts).where(patient_accounts.c.login == login)).first()
+    if row is None:
+        check_password_hash(_UNKNOWN_HASH, password)
+        raise SignInRefused("Identifiant ou mot de passe incorrect.")
+    _refuse_if_locked(row)
+    if not check_password_hash(row.password_hash, password):
+        _failed(engine, login)
+        raise SignInRefused("Identifiant ou mot de passe incorrect.")
+    challenge, code = secrets.token_urlsafe(24), f"{secrets.randbelow(1_000_000):06d}"
+    with write_transaction(engine) as conn:
+        conn.execute(delete(login_challenges).where(login_challenges.c.login == login))
+        conn.execute(insert(login_challenges).values(id=challenge, login=login, code_sha256=_digest(code),
+                                                     expires_at=_stamp(_now() + CODE_TTL), used=False))
+    return _account(row), challenge, code
+
+
+def check_code(engine: Engine, challenge: str, code: str) -> tuple[Account, str]:
+    """(account, new session id) when the code of this challenge is right; else SignInRefused."""
+    with read_connection(engine) as conn:
+        found = conn.execute(select(login_challenges, patient_accounts).join(
+            patient_accounts, patient_accounts.c.login == login_challenges.c.login).where(
+            login_challenges.c.id == challenge)).first()
+    if found is None or found.used or found.expires_at < _stamp(_now()):
+        raise SignInRefused("Ce code a expiré : reconnectez-vous pour en recevoir un nouveau.")
+    _refuse_if_locked(found)
+    if not hmac.compare_digest(found.code_sha256, _digest(code.strip())):
+        _failed(engine, found.login)
+        raise SignInRefused("Code incorrect.")
+    session_id = secrets.token_urlsafe(32)
+    with write_transaction(engine) as conn:
+        conn.execute(update(login_challenges).where(login_challenges.c.id == challenge).values(used=True))
+        conn.execute(update(patient_accounts).where(patient_accounts.c.login == found.login).values(
+            failed_attempts=0, locked_until=None))
+        conn.execute(delete(web_sessions).where(web_sessions.c.expires_at < _stamp(_now())))
+        conn.execute(insert(web_sessions).values(id_sha256=_digest(session_id), login=found.login,
+                                                 expires_at=_stamp(_now() + SESSION_IDLE)))
+    return _account(found), session_id
+
+
+def session_account(engine: Engine, session_id: str) -> Account | None:
+    """The account of a live session, whose idle timeout starts again; None once it has expired."""
+    with write_transaction(engine) as conn:
+        row = conn.execute(select(web_sessions, patient_accounts).join(
+            patient_accounts, patient_accounts.c.login == web_sessions.c.login).where(
+            web_sessions.c.id_sha256 == _digest(session_id))).first()
+        if row is None or row.expires_at < _stamp(_now()):
+            return None
+        conn.execute(update(web_sessions).where(web_sessions.c.id_sha256 == _digest(session_id)).values(
+            expires_at=_stamp(_now() + SESSION_IDLE)))
+    return _account(row)
+
+
+def end_session(engine: Engine, session_id: str) -> None:
+    with write_transaction(engine) as conn:
+        conn.execute(delete(web_sessions).where(web_sessions.c.id_sha256 == _digest(session_id)))

@@ -1,0 +1,74 @@
+"""Where one-time codes go: a pluggable sender chosen by GATEWAY_CODE_SENDER.
+
+- `outbox` (development): appended to GATEWAY_VAR_DIR/outbox.jsonl, which `gateway outbox` prints.
+- `smtp`: an e-mail through GATEWAY_SMTP_HOST (port GATEWAY_SMTP_PORT, STARTTLS unless
+  GATEWAY_SMTP_STARTTLS=0, optional GATEWAY_SMTP_USER / GATEWAY_SMTP_PASSWORD, From GATEWAY_SMTP_FROM).
+An SMS gateway is one more function with the same signature.
+"""
+from __future__ import annotations
+
+import json
+import os
+import smtplib
+from datetime import datetime, timezone
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Callable
+
+from gateway.config import Settings
+
+CodeSender = Callable[[Settings, str, str], None]   # (settings, contact, code)
+SUBJECT = "Votre code de connexion à votre dossier médical partagé"
+
+
+def _text(code: str) -> str:
+    return (f"Votre code de connexion est {code}. Il est valable 10 minutes.\n"
+            "Si vous n'êtes pas à l'origine de cette demande, ignorez ce message.")
+
+
+def outbox_path(settings: Settings) -> Path:
+    return settings.var_dir / "outbox.jsonl"
+
+
+def send_to_outbox(settings: Settings, contact: str, code: str) -> None:
+    path = outbox_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps({"sent_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "to": contact,
+                       "subject": SUBJECT, "code": code, "text": _text(code)}, ensure_ascii=False)
+    # One write of one line in append mode: lines from several workers never interleave.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def send_by_smtp(settings: Settings, contact: str, code: str) -> None:
+    message = EmailMessage()
+    message["From"] = os.environ.get("GATEWAY_SMTP_FROM", "dmp-gateway@localhost")
+    message["To"] = contact
+    message["Subject"] = SUBJECT
+    message.set_content(_text(code))
+    with smtplib.SMTP(os.environ["GATEWAY_SMTP_HOST"], int(os.environ.get("GATEWAY_SMTP_PORT", "587")),
+                      timeout=30) as smtp:
+        if os.environ.get("GATEWAY_SMTP_STARTTLS", "1") != "0":
+            smtp.starttls()
+        if os.environ.get("GATEWAY_SMTP_USER"):
+            smtp.login(os.environ["GATEWAY_SMTP_USER"], os.environ.get("GATEWAY_SMTP_PASSWORD", ""))
+        smtp.send_message(message)
+
+
+SENDERS: dict[str, CodeSender] = {"outbox": send_to_outbox, "smtp": send_by_smtp}
+
+
+def code_sender(name: str) -> CodeSender:
+    if name not in SENDERS:
+        raise ValueError(f"GATEWAY_CODE_SENDER is one of {', '.join(SENDERS)}")
+    return SENDERS[name]
+
+
+def read_outbox(settings: Settings) -> list[dict]:
+    path = outbox_path(settings)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

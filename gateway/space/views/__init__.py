@@ -1,0 +1,2 @@
+"""The pages of the patient space, one module per page."""
+from . import documents, errors, history, personal, record, sharing, signin  # noqa: F401

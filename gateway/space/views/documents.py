@@ -1,0 +1,167 @@
+"""My documents: the record grouped as the DMP groups it, each document readable, its masking."""
+from __future__ import annotations
+
+from flask import Response, current_app, flash, g, redirect, render_template, request, url_for
+
+from gateway.access import AccessContext
+from gateway.access.context import EMERGENCY, REGULATION, REPRESENTATIVE
+from gateway.access.rules import (
+    IDNATPS_SYSTEM,
+    INVISIBLE_REPRESENTATIVES,
+    MASQUE_PS,
+    consent_actors,
+    consent_kind,
+    visibility_codes,
+)
+from gateway.cda.errors import DocumentRefused
+from gateway.cda.narrative import readable_body
+from gateway.cda.parser import parse_cda
+from gateway.mapping import codes
+from gateway.mapping.groups import grouped
+from gateway.services import labels
+from gateway.space import space
+
+from . import common
+
+
+@space.get("/documents")
+def documents_page():
+    docs = common.documents()
+    return render_template("documents.html", groups=grouped(docs), count=len(docs),
+                           masked={d["id"] for d in docs if MASQUE_PS in visibility_codes(d)})
+
+
+def _binary(docref: dict):
+    url = docref["content"][0]["attachment"]["url"]
+    binary = g.repository.read("Binary", url.rsplit("/", 1)[-1])
+    return binary.json().get("contentType", "application/octet-stream"), g.repository.blob(binary.blob_sha256)
+
+
+def _content(docref: dict):
+    """(media type, bytes, sections): the readable body of a CDA, or the file itself."""
+    media_type, data = _binary(docref)
+    if media_type in ("text/xml", "application/xslt+xml"):
+        settings = current_app.config["SETTINGS"]
+        try:
+            root, _ = parse_cda(data, max_bytes=settings.max_document_bytes)
+        except DocumentRefused:
+            return None, None, []
+        body = readable_body(root)
+        return body.media_type, body.data, body.sections
+    return media_type, data, []
+
+
+@space.get("/documents/<docref_id>")
+def document_page(docref_id: str):
+    docref = g.repository.read("DocumentReference", docref_id).json()
+    media_type, data, sections = _content(docref)
+    text = data.decode("utf-8", "replace") if media_type == "text/plain" and data is not None else None
+    return render_template("document.html", doc=docref, title=common.title_of(docref), sections=sections,
+                           media_type=media_type, text=text, labels=visibility_codes(docref),
+                           changeable=labels.changeable_labels(g.repository.access),
+                           readers=_readers(docref), authors=_authors(docref))
+
+
+@space.get("/documents/<docref_id>/fichier")
+def document_file(docref_id: str):
+    """The document's file: the PDF (or text) of an N1 document or of a personal document."""
+    docref = g.repository.read("DocumentReference", docref_id).json()
+    media_type, data, _ = _content(docref)
+    if data is None:
+        return redirect(url_for("space.document_page", docref_id=docref_id))
+    extension = {"application/pdf": "pdf", "text/plain": "txt"}.get(media_type, "bin")
+    disposition = "attachment" if request.args.get("telechargement") else "inline"
+    response = Response(data, mimetype=media_type)
+    if media_type == "text/plain":
+        response.charset = "utf-8"
+    response.headers["Content-Disposition"] = f'{disposition}; filename="document-{docref_id[:8]}.{extension}"'
+    return response
+
+
+@space.get("/documents/<docref_id>/original")
+def document_original(docref_id: str):
+    """The document exactly as it was received (the CDA, signed or not)."""
+    docref = g.repository.read("DocumentReference", docref_id).json()
+    media_type, data = _binary(docref)
+    extension = "xml" if "xml" in media_type else {"application/pdf": "pdf", "text/plain": "txt"}.get(media_type, "bin")
+    response = Response(data, mimetype=media_type)
+    response.headers["Content-Disposition"] = f'attachment; filename="document-{docref_id[:8]}.{extension}"'
+    return response
+
+
+@space.post("/documents/<docref_id>/masquage")
+def change_masking(docref_id: str):
+    label = request.form.get("label")
+    hide = request.form.get("action") == "masquer"
+    if label not in (MASQUE_PS, INVISIBLE_REPRESENTATIVES):
+        flash("Choix de masquage inconnu.", "error")
+        return redirect(url_for("space.document_page", docref_id=docref_id))
+    current = g.repository.read("DocumentReference", docref_id).json()
+    present = [i for i, lb in enumerate(current.get("securityLabel", []))
+               if any(c.get("system") == codes.VISIBILITY_SYSTEM and c.get("code") == label for c in lb.get("coding", []))]
+    if hide and not present:
+        patch = [{"op": "add", "path": "/securityLabel/-",
+                  "value": {"coding": [{"system": codes.VISIBILITY_SYSTEM, "code": label}]}}]
+    elif not hide and present:
+        patch = [{"op": "remove", "path": f"/securityLabel/{i}"} for i in reversed(present)]
+    else:
+        return redirect(url_for("space.document_page", docref_id=docref_id))
+    labels.patch_labels(g.repository, docref_id, patch)
+    flash({(MASQUE_PS, True): "Le document est masqué aux professionnels de santé.",
+           (MASQUE_PS, False): "Le document est de nouveau visible des professionnels autorisés.",
+           (INVISIBLE_REPRESENTATIVES, True): "Le document est masqué à vos représentants légaux.",
+           (INVISIBLE_REPRESENTATIVES, False): "Le document est de nouveau visible de vos représentants légaux."}
+          [(label, hide)])
+    return redirect(url_for("space.document_page", docref_id=docref_id))
+
+
+def _authors(docref: dict) -> list[tuple[str, str | None]]:
+    """(name, IdNatPs or None) of each author of the document."""
+    out = []
+    for author in docref.get("author", []):
+        reference = author.get("reference", "")
+        if reference.startswith("Practitioner/"):
+            found = g.repository.read("Practitioner", reference.split("/", 1)[1]).json()
+            idnatps = next((i["value"] for i in found.get("identifier", []) if i.get("system") == IDNATPS_SYSTEM), None)
+            out.append((common.person_name(found) or "Professionnel", idnatps))
+        elif reference.startswith("#"):
+            contained = next((c for c in docref.get("contained", []) if c.get("id") == reference[1:]), None)
+            out.append((common.person_name(contained) or "Professionnel", None))
+        elif reference.startswith("Patient/"):
+            out.append(("Vous", None))
+        elif author.get("display"):
+            out.append((author["display"], None))
+    return out
+
+
+def _readers(docref: dict) -> list[tuple[str, bool]]:
+    """Who may see this document now, each asked of the access rules themselves."""
+    access = g.repository.access
+    ins = access.patient_ins
+    candidates: list[tuple[str, AccessContext]] = []
+    seen = set()
+    for stored in common.decisions():
+        consent = stored.json()
+        kind = consent_kind(consent)
+        if kind not in ("attending-physician", "professional") or consent["provision"]["type"] != "permit":
+            continue
+        for system, value in consent_actors(consent):
+            if system == IDNATPS_SYSTEM and value not in seen:
+                seen.add(value)
+                what = "médecin traitant" if kind == "attending-physician" else "autorisé·e"
+                candidates.append((f"{common.professional_name(value)} ({what})",
+                                   AccessContext(role="doctor", subject=value)))
+    for name, idnatps in _authors(docref):
+        if idnatps and idnatps not in seen:
+            seen.add(idnatps)
+            candidates.append((f"{name} (auteur du document)", AccessContext(role="doctor", subject=idnatps)))
+    candidates += [
+        ("Un professionnel en urgence (bris de glace)",
+         AccessContext(role="doctor", subject="urgence", purpose=EMERGENCY, patient_ins=ins)),
+        ("Le médecin régulateur du SAMU (centre 15)",
+         AccessContext(role="regulator", subject="samu", purpose=REGULATION, patient_ins=ins)),
+    ]
+    if access.role != REPRESENTATIVE:
+        candidates.append(("Vos représentants légaux", AccessContext(role=REPRESENTATIVE, subject="representant",
+                                                                      patient_ins=ins)))
+    return [(label, g.repository.visible_to(reader, "DocumentReference", docref["id"])) for label, reader in candidates]

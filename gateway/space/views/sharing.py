@@ -1,0 +1,129 @@
+"""Who can access my record: authorise, block and unblock professionals, choose the attending
+physician, oppose or allow emergency and SAMU access. Each choice is a Consent, made and revoked
+through the same service as `POST /fhir/Consent`."""
+from __future__ import annotations
+
+import re
+
+from flask import flash, g, redirect, render_template, request, url_for
+
+from gateway.access.rules import IDNATPS_SYSTEM, consent_actors, consent_kind
+from gateway.cda.errors import DocumentRefused
+from gateway.services import consents
+from gateway.space import space
+from gateway.storage import search as search_sql
+from gateway.storage.repository import StoredResource
+
+from . import common
+
+OPPOSITIONS = {"emergency-access": "l'accès en urgence (bris de glace)",
+               "regulation-access": "l'accès du médecin régulateur du SAMU (centre 15)"}
+
+
+def _decisions() -> list[tuple[StoredResource, str, str, list[str]]]:
+    """(Consent, kind, permit|deny, IdNatPs of its actors) of each active decision."""
+    out = []
+    for stored in common.decisions():
+        consent = stored.json()
+        out.append((stored, consent_kind(consent), consent.get("provision", {}).get("type"),
+                    [value for system, value in consent_actors(consent) if system == IDNATPS_SYSTEM]))
+    return out
+
+
+def _professional_id(raw: str) -> str:
+    """The IdNatPs of what the patient typed or chose: an IdNatPs, or an RPPS number (8 + RPPS)."""
+    value = raw.strip().replace(" ", "")
+    if re.fullmatch(r"\d{11}", value):
+        return "8" + value
+    if re.fullmatch(r"\d{12}", value):
+        return value
+    raise DocumentRefused("saisissez un numéro RPPS (11 chiffres) ou choisissez un professionnel dans la liste",
+                          location="professionnel", status=422)
+
+
+def _revoke(stored: StoredResource) -> None:
+    consent = stored.json()
+    consent["status"] = "inactive"
+    consent.pop("meta", None)
+    consents.update(g.repository, stored.res_id, consent)
+
+
+def _search_professionals(query: str) -> list[dict]:
+    query = query.strip()
+    if not query:
+        return []
+    digits = query.replace(" ", "")
+    if digits.isdigit():
+        params = [("identifier", f"{IDNATPS_SYSTEM}|{'8' + digits if len(digits) == 11 else digits}")]
+    else:
+        params = [("name", query)]
+    found = g.repository.search(search_sql.parse_search("Practitioner", params + [("_count", "20")])).entries
+    out = []
+    for stored in found:
+        practitioner = stored.json()
+        idnatps = next((i["value"] for i in practitioner.get("identifier", []) if i.get("system") == IDNATPS_SYSTEM), None)
+        if idnatps:
+            out.append({"id": idnatps, "name": common.person_name(practitioner) or idnatps})
+    return out
+
+
+@space.get("/acces")
+def sharing_page():
+    decisions = _decisions()
+    people = []
+    for stored, kind, effect, actors in decisions:
+        if kind in ("attending-physician", "professional"):
+            for idnatps in actors:
+                people.append({"consent": stored.res_id, "id": idnatps, "name": common.professional_name(idnatps),
+                               "kind": kind, "effect": effect})
+    opposed = {kind: stored.res_id for stored, kind, effect, _ in decisions if kind in OPPOSITIONS and effect == "deny"}
+    consultation_refused = any(kind == "consultation" and effect == "deny" for _, kind, effect, _ in decisions)
+    return render_template("sharing.html", people=people, opposed=opposed, oppositions=OPPOSITIONS,
+                           consultation_refused=consultation_refused,
+                           query=request.args.get("q", ""), results=_search_professionals(request.args.get("q", "")))
+
+
+@space.post("/acces/professionnel")
+def decide_professional():
+    idnatps = _professional_id(request.form.get("professionnel", ""))
+    decision = request.form.get("decision")
+    if decision not in ("autoriser", "bloquer", "medecin-traitant"):
+        flash("Choix inconnu.", "error")
+        return redirect(url_for("space.sharing_page"))
+    kind, effect = ("attending-physician", "permit") if decision == "medecin-traitant" else (
+        "professional", "permit" if decision == "autoriser" else "deny")
+    for stored, existing_kind, _, actors in _decisions():
+        # One decision per professional, one attending physician: the earlier one is revoked.
+        if (existing_kind == "professional" and kind == "professional" and idnatps in actors) or (
+                existing_kind == "attending-physician" and kind == "attending-physician"):
+            _revoke(stored)
+    consents.create(g.repository, consents.decision(kind, effect, idnatps))
+    name = common.professional_name(idnatps)
+    flash({"autoriser": f"{name} peut désormais consulter votre dossier.",
+           "bloquer": f"{name} est bloqué·e : ce professionnel ne voit plus rien de votre dossier.",
+           "medecin-traitant": f"{name} est votre médecin traitant."}[decision])
+    return redirect(url_for("space.sharing_page"))
+
+
+@space.post("/acces/retirer/<consent_id>")
+def withdraw(consent_id: str):
+    stored = g.repository.read("Consent", consent_id)
+    _revoke(stored)
+    flash("Votre décision est retirée.")
+    return redirect(url_for("space.sharing_page"))
+
+
+@space.post("/acces/opposition/<kind>")
+def opposition(kind: str):
+    if kind not in OPPOSITIONS:
+        flash("Choix inconnu.", "error")
+        return redirect(url_for("space.sharing_page"))
+    oppose = request.form.get("decision") == "opposer"
+    current = [stored for stored, k, effect, _ in _decisions() if k == kind and effect == "deny"]
+    if oppose and not current:
+        consents.create(g.repository, consents.decision(kind, "deny"))
+    if not oppose:
+        for stored in current:
+            _revoke(stored)
+    flash(f"Vous vous opposez à {OPPOSITIONS[kind]}." if oppose else f"Vous autorisez {OPPOSITIONS[kind]}.")
+    return redirect(url_for("space.sharing_page"))

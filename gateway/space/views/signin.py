@@ -1,0 +1,74 @@
+"""Sign-in (identifier, password, then the one-time code) and sign-out."""
+from __future__ import annotations
+
+import logging
+
+from flask import current_app, flash, g, redirect, render_template, request, session, url_for
+
+from gateway.space import accounts, space
+from gateway.space.senders import code_sender
+
+log = logging.getLogger(__name__)
+
+
+def _next_page() -> str:
+    target = session.get("next") or ""
+    # Only a path of this site: never an absolute URL an attacker chose.
+    return target if target.startswith("/") and not target.startswith("//") else url_for("space.documents_page")
+
+
+@space.get("/")
+def home():
+    return redirect(url_for("space.documents_page" if g.account else "space.sign_in"))
+
+
+@space.route("/connexion", methods=["GET", "POST"])
+def sign_in():
+    if request.method == "GET":
+        if request.args.get("next"):
+            session["next"] = request.args["next"]
+        return render_template("signin.html")
+    engine, settings = current_app.config["ENGINE"], current_app.config["SETTINGS"]
+    login = request.form.get("identifiant", "").strip()
+    try:
+        account, challenge, code = accounts.check_password(engine, login, request.form.get("mot_de_passe", ""))
+    except accounts.SignInRefused as refusal:
+        return render_template("signin.html", error=str(refusal), login=login), 401
+    code_sender(settings.code_sender)(settings, account.contact, code)
+    session["challenge"] = challenge
+    session["contact"] = _masked(account.contact)
+    return redirect(url_for("space.enter_code"))
+
+
+def _masked(contact: str) -> str:
+    """Where the code went, without writing the whole address in the page."""
+    name, at, domain = contact.partition("@")
+    if at:
+        return f"{name[:2]}•••@{domain}"
+    return "•••" + contact[-2:]
+
+
+@space.route("/connexion/code", methods=["GET", "POST"])
+def enter_code():
+    if "challenge" not in session:
+        return redirect(url_for("space.sign_in"))
+    if request.method == "GET":
+        return render_template("code.html", contact=session.get("contact"))
+    try:
+        account, session_id = accounts.check_code(current_app.config["ENGINE"], session["challenge"],
+                                                  request.form.get("code", ""))
+    except accounts.SignInRefused as refusal:
+        return render_template("code.html", contact=session.get("contact"), error=str(refusal)), 401
+    target = _next_page()
+    session.clear()   # a new session after sign-in: nothing set before it carries over
+    session["sid"] = session_id
+    log.info("patient space sign-in", extra={"role": account.role})
+    return redirect(target)
+
+
+@space.post("/deconnexion")
+def sign_out():
+    accounts.end_session(current_app.config["ENGINE"], session.get("sid", ""))
+    session.clear()
+    flash("Vous êtes déconnecté·e.")
+    return redirect(url_for("space.sign_in"))

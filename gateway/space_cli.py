@@ -1,0 +1,112 @@
+"""`gateway outbox`, `gateway account create`, `gateway verify-export`, `gateway retention`:
+the command-line side of the patient space."""
+from __future__ import annotations
+
+import getpass
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from gateway.config import Settings
+
+
+def _engine(settings: Settings):
+    from gateway.storage.database import make_engine
+    from gateway.storage.migrate import upgrade
+
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    return engine
+
+
+def print_outbox(settings: Settings, args) -> int:
+    """The one-time codes the development sender wrote, newest last."""
+    from gateway.space.senders import read_outbox
+
+    messages = read_outbox(settings)
+    if args.to:
+        messages = [m for m in messages if m["to"] == args.to]
+    for message in messages[-args.last:]:
+        print(f"{message['sent_at']}  to {message['to']}  code {message['code']}")
+    if not messages:
+        print("the outbox is empty", file=sys.stderr)
+    return 0
+
+
+def create_account(settings: Settings, args) -> int:
+    from gateway.space.accounts import create_account as create
+
+    password = os.environ.get("GATEWAY_ACCOUNT_PASSWORD") or getpass.getpass("password (12 characters or more): ")
+    try:
+        create(_engine(settings), args.login, password, args.role, args.ins, args.name, args.contact)
+    except ValueError as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 2
+    print(f"account {args.login} ({args.role}) manages the record of INS {args.ins}")
+    return 0
+
+
+def verify_export(settings: Settings, args) -> int:
+    from gateway.services.export import verify_export as verify
+
+    anchors = [Path(p) for p in args.ca] if args.ca else settings.trust_anchors
+    report = verify(Path(args.file).read_bytes(), anchors)
+    if report.signature:
+        print(f"NOT VALID: {report.signature}")
+        return 1
+    for name in report.altered:
+        print(f"altered: {name}")
+    for name in report.missing:
+        print(f"missing: {name}")
+    for name in report.unexpected:
+        print(f"not in the manifest: {name}")
+    if not report.valid:
+        print("NOT VALID: the archive was changed after it was signed")
+        return 1
+    print(f"valid: signature verified, {report.files} files intact")
+    return 0
+
+
+def run_retention(settings: Settings, args) -> int:
+    from gateway.services import retention
+
+    engine = _engine(settings)
+    if args.retention_command == "list":
+        for request in retention.pending(engine):
+            state = f"carried out {request['carried_out_at']}" if request["carried_out_at"] else f"due {request['due_at']}"
+            print(f"Patient/{request['patient_id']}  requested {request['requested_at']}  {state}")
+        return 0
+    now = datetime.fromisoformat(args.now).replace(tzinfo=timezone.utc) if args.now else None
+    destroyed = retention.carry_out(engine, now)
+    for record in destroyed:
+        print(f"destroyed Patient/{record.patient_id}: {record.resources} resources, {record.raw_inputs} raw inputs")
+    print(f"{len(destroyed)} record(s) destroyed")
+    return 0
+
+
+def add_commands(sub) -> None:
+    outbox = sub.add_parser("outbox", help="the one-time codes sent by the development sender")
+    outbox.add_argument("--to", help="only those sent to this contact")
+    outbox.add_argument("--last", type=int, default=10, help="how many (default 10)")
+    outbox.set_defaults(func=print_outbox)
+    account = sub.add_parser("account", help="patient-space accounts")
+    account_sub = account.add_subparsers(dest="account_command", required=True)
+    create = account_sub.add_parser("create", help="create (or reset) an account; the password is asked for "
+                                                   "(or read from GATEWAY_ACCOUNT_PASSWORD)")
+    create.add_argument("--login", required=True)
+    create.add_argument("--role", choices=("patient", "representative"), default="patient")
+    create.add_argument("--ins", required=True, help="INS of the record the account manages")
+    create.add_argument("--name", required=True, help="name shown in the space and in the audit trail")
+    create.add_argument("--contact", required=True, help="where one-time codes go (e-mail address)")
+    create.set_defaults(func=create_account)
+    verify = sub.add_parser("verify-export", help="check a copy of a record offline: signature and every file")
+    verify.add_argument("file", metavar="FILE.zip")
+    verify.add_argument("--ca", action="append", help="trust anchor (PEM); default GATEWAY_TRUST_ANCHORS")
+    verify.set_defaults(func=verify_export)
+    retention = sub.add_parser("retention", help="destruction requests: list them, carry out those due")
+    retention_sub = retention.add_subparsers(dest="retention_command", required=True)
+    retention_sub.add_parser("list", help="requests and when they are due").set_defaults(func=run_retention)
+    run = retention_sub.add_parser("run", help="destroy the records whose retention has run out")
+    run.add_argument("--now", help="the date to judge by (ISO 8601), for tests and catching up")
+    run.set_defaults(func=run_retention)

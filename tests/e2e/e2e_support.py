@@ -1,0 +1,52 @@
+"""A gateway as a new user starts it (`gateway demo setup`, `gateway serve`), and tokens from
+`gateway token issue`: what the end-to-end tests share."""
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from conftest import ROOT, free_port
+
+GATEWAY = Path(sys.executable).with_name("gateway")
+
+
+def start_gateway(var_dir: Path):
+    """(process, base URL, environment) of a demo gateway served from var_dir."""
+    port = free_port()
+    env = dict(os.environ, GATEWAY_VAR_DIR=str(var_dir), GATEWAY_HTTP_PORT=str(port),
+               GATEWAY_HOST="127.0.0.1", GATEWAY_WORKERS="1", GATEWAY_MLLP_PORT=str(free_port()))
+    for name in ("GATEWAY_DATABASE_URL", "GATEWAY_PUBLIC_BASE_URL", "GATEWAY_SECRET_KEY", "GATEWAY_CODE_SENDER"):
+        env.pop(name, None)
+    setup = subprocess.run([str(GATEWAY), "demo", "setup"], env=env, cwd=ROOT, capture_output=True, text=True,
+                           timeout=120)
+    assert setup.returncode == 0, setup.stderr[-2000:]
+    process = subprocess.Popen([str(GATEWAY), "serve"], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            if requests.get(f"{base}/health", timeout=1).status_code == 200:
+                break
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    else:
+        process.kill()
+        pytest.fail(process.stdout.read().decode()[-2000:])
+    return process, base, env
+
+
+def stop_gateway(process) -> None:
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def token(env, *args: str) -> dict:
+    """`gateway token issue ...`: the token is alone on the last line of its output."""
+    issued = subprocess.run([str(GATEWAY), "token", "issue", *args], env=env, cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert issued.returncode == 0, issued.stderr
+    return {"Authorization": "Bearer " + issued.stdout.strip().splitlines()[-1]}

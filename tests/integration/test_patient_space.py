@@ -1,0 +1,201 @@
+"""The patient space over HTTP (Flask's test client), on both backends: sign-in and its defences,
+what each page reads and leaves in the trail, and the record's closure and destruction."""
+import re
+import zipfile
+from datetime import datetime, timedelta, timezone
+from io import BytesIO
+
+import pytest
+from sqlalchemy import func, select
+
+from conftest import sample
+from gateway.access.audit import verify_chain
+from gateway.mapping import codes
+from gateway.services import retention
+from gateway.services.export import verify_export
+from gateway.space import accounts
+from gateway.space.senders import read_outbox
+from gateway.storage.schema import raw_inputs, resources
+
+XML = {"Content-Type": "application/xml"}
+MARTIN, MOREAU = "185067511204554", "212057501802305"
+PASSWORD = "a long enough password"
+
+
+@pytest.fixture
+def record(client, bearer, database):
+    """Paul Martin's two documents, fed by a hospital system, and his account."""
+    system = bearer("system", sub="hospital")
+    ids = {name: client.post("/cda", data=sample(name), headers={**XML, **system}).json["id"]
+           for name in ("ldl-ses-martin.xml", "cr-biologie-martin.xml", "cr-imagerie-echographie-moreau.xml")}
+    accounts.create_account(database[0], "paul", PASSWORD, "patient", MARTIN, "Paul MARTIN", "paul@example.test")
+    accounts.create_account(database[0], "sophie", PASSWORD, "representative", MOREAU, "Sophie MOREAU",
+                            "sophie@example.test")
+    return ids
+
+
+def csrf(html: str) -> str:
+    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
+
+
+def sign_in(app, settings, login: str = "paul", password: str = PASSWORD):
+    browser = app.test_client()
+    page = browser.get("/connexion").text
+    answer = browser.post("/connexion", data={"csrf_token": csrf(page), "identifiant": login, "mot_de_passe": password})
+    assert answer.status_code == 302, answer.text
+    code = read_outbox(settings)[-1]["code"]
+    page = browser.get("/connexion/code").text
+    answer = browser.post("/connexion/code", data={"csrf_token": csrf(page), "code": code})
+    assert answer.status_code == 302 and answer.location.endswith("/documents"), answer.text
+    return browser
+
+
+def post(browser, path: str, data: dict, page: str = "/documents"):
+    return browser.post(path, data={"csrf_token": csrf(browser.get(page).text), **data})
+
+
+def test_signed_out_pages_lead_to_sign_in_and_the_api_is_untouched(app, record):
+    browser = app.test_client()
+    for path in ("/", "/documents", "/historique", "/acces", "/espace-personnel", "/dossier", "/dossier/copie.zip"):
+        answer = browser.get(path)
+        assert answer.status_code == 302 and "/connexion" in answer.location, path
+    assert browser.get("/fhir/DocumentReference").status_code == 401   # a session is no bearer token
+
+
+def test_five_failures_lock_the_account_and_unknown_logins_answer_alike(app, settings, record):
+    browser = app.test_client()
+    token = csrf(browser.get("/connexion").text)
+    unknown = browser.post("/connexion", data={"csrf_token": token, "identifiant": "nobody", "mot_de_passe": "x"})
+    wrong = browser.post("/connexion", data={"csrf_token": token, "identifiant": "paul", "mot_de_passe": "x"})
+    assert unknown.status_code == wrong.status_code == 401
+    assert "Identifiant ou mot de passe incorrect." in unknown.text and "Identifiant ou mot de passe incorrect." in wrong.text
+    for _ in range(4):
+        browser.post("/connexion", data={"csrf_token": token, "identifiant": "paul", "mot_de_passe": "x"})
+    locked = browser.post("/connexion", data={"csrf_token": token, "identifiant": "paul", "mot_de_passe": PASSWORD})
+    assert locked.status_code == 401 and "verrouillé" in locked.text
+    assert read_outbox(settings) == []   # no code was sent
+
+
+def test_a_code_is_good_once_and_wrong_codes_count_towards_the_lock(app, settings, record):
+    browser = app.test_client()
+    page = browser.get("/connexion").text
+    browser.post("/connexion", data={"csrf_token": csrf(page), "identifiant": "paul", "mot_de_passe": PASSWORD})
+    code = read_outbox(settings)[-1]["code"]
+    wrong = browser.post("/connexion/code", data={"csrf_token": csrf(page), "code": f"{(int(code) + 1) % 1000000:06d}"})
+    assert wrong.status_code == 401 and "Code incorrect." in wrong.text
+    with browser.session_transaction() as cookie:
+        challenge = cookie["challenge"]
+    assert browser.post("/connexion/code", data={"csrf_token": csrf(page), "code": code}).status_code == 302
+    with pytest.raises(accounts.SignInRefused):
+        accounts.check_code(app.config["ENGINE"], challenge, code)
+
+
+def test_forms_need_their_csrf_token(app, settings, record):
+    browser = sign_in(app, settings)
+    refused = browser.post("/dossier/fermer", data={"confirmation": "oui"})
+    assert refused.status_code == 400 and "Formulaire expiré" in refused.text
+    assert "est fermé" not in browser.get("/dossier").text
+
+
+def test_sign_out_ends_the_session_for_good(app, settings, record):
+    browser = sign_in(app, settings)
+    with browser.session_transaction() as cookie:
+        stolen = dict(cookie)
+    post(browser, "/deconnexion", {})
+    replay = app.test_client()
+    with replay.session_transaction() as cookie:
+        cookie.update(stolen)
+    answer = replay.get("/documents")
+    assert answer.status_code == 302 and "/connexion" in answer.location
+
+
+def test_after_sign_in_only_a_local_page_is_a_destination(app, settings, record):
+    browser = app.test_client()
+    browser.get("/connexion?next=https://evil.example/")
+    page = browser.get("/connexion").text
+    browser.post("/connexion", data={"csrf_token": csrf(page), "identifiant": "paul", "mot_de_passe": PASSWORD})
+    answer = browser.post("/connexion/code", data={"csrf_token": csrf(page), "code": read_outbox(settings)[-1]["code"]})
+    assert answer.location.endswith("/documents")
+
+
+def test_pages_forbid_scripts_and_are_not_cached(app, settings, record):
+    browser = sign_in(app, settings)
+    page = browser.get(f"/documents/{record['ldl-ses-martin.xml']}")
+    assert page.status_code == 200
+    assert "script-src 'none'" in page.headers["Content-Security-Policy"]
+    assert page.headers["Cache-Control"] == "no-store" and page.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_each_page_reads_through_the_rules_and_leaves_its_trail(app, settings, client, bearer, record):
+    browser = sign_in(app, settings)
+    listing = browser.get("/documents").text
+    assert "Lettre de liaison à la sortie" in listing and "Biologie" in listing
+    assert "Échographie abdominale" not in listing          # another patient's document
+    assert browser.get(f"/documents/{record['cr-imagerie-echographie-moreau.xml']}").status_code == 404
+    trail = client.get("/fhir/AuditEvent", query_string={"_count": 100},
+                       headers=bearer("patient", patient=MARTIN)).json
+    own = [e["resource"] for e in trail["entry"] if e["resource"]["agent"][0]["altId"] == MARTIN]
+    assert {e["subtype"][0]["code"] for e in own} >= {"search-type"}
+    assert all(e["agent"][0]["name"] == "Paul MARTIN" for e in own)
+
+
+def test_masking_in_the_space_is_what_professionals_then_see(app, settings, client, bearer, record):
+    browser = sign_in(app, settings)
+    internist = bearer("doctor", sub="899900000012")
+    post(browser, "/acces/professionnel", {"professionnel": "99900000012", "decision": "autoriser"}, "/acces")
+    lab = record["cr-biologie-martin.xml"]
+    seen = {e["resource"]["id"] for e in client.get("/fhir/DocumentReference", query_string={
+        "patient.identifier": f"urn:oid:1.2.250.1.213.1.4.10|{MARTIN}"}, headers=internist).json.get("entry", [])}
+    assert lab in seen
+    answer = post(browser, f"/documents/{lab}/masquage", {"label": "MASQUE_PS", "action": "masquer"}, f"/documents/{lab}")
+    assert answer.status_code == 302
+    assert client.get(f"/fhir/DocumentReference/{lab}", headers=internist).status_code == 404
+    page = browser.get(f"/documents/{lab}").text
+    assert "Ce document est masqué aux professionnels de santé." in page
+    labels = client.get(f"/fhir/DocumentReference/{lab}", headers=bearer("patient", patient=MARTIN)).json["securityLabel"]
+    assert any(c["code"] == "MASQUE_PS" and c["system"] == codes.VISIBILITY_SYSTEM for lb in labels for c in lb["coding"])
+
+
+def test_a_representative_does_not_see_what_the_minor_hid_from_them(app, settings, client, bearer, record):
+    echo = record["cr-imagerie-echographie-moreau.xml"]
+    browser = sign_in(app, settings, "sophie")
+    assert "Échographie abdominale" in browser.get("/documents").text
+    hide = client.patch(f"/fhir/DocumentReference/{echo}", headers={
+        **bearer("patient", patient=MOREAU), "Content-Type": "application/json-patch+json"},
+        json=[{"op": "add", "path": "/securityLabel/-", "value": {"coding": [{
+            "system": codes.VISIBILITY_SYSTEM, "code": "INVISIBLE_REPRESENTANTS_LEGAUX"}]}}])
+    assert hide.status_code == 200, hide.json
+    assert "Échographie abdominale" not in browser.get("/documents").text
+    assert browser.get(f"/documents/{echo}").status_code == 404
+
+
+def test_the_copy_holds_the_record_and_its_signature_covers_every_file(app, settings, record):
+    browser = sign_in(app, settings)
+    copy = browser.get("/dossier/copie.zip")
+    assert copy.status_code == 200 and copy.mimetype == "application/zip"
+    assert verify_export(copy.data, [settings.demo_dir / "ca.pem"]).valid
+    names = zipfile.ZipFile(BytesIO(copy.data)).namelist()
+    assert {"bundle.json", "manifest.xml"} <= set(names) and sum(n.startswith("documents/") for n in names) == 2
+
+
+def test_destruction_waits_for_the_retention_period_then_removes_the_record(app, settings, client, bearer, record,
+                                                                             database):
+    engine = database[0]
+    browser = sign_in(app, settings)
+    assert post(browser, "/dossier/destruction", {}, "/dossier").status_code == 302   # no confirmation: nothing
+    assert retention.pending(engine) == []
+    post(browser, "/dossier/destruction", {"confirmation": "oui"}, "/dossier")
+    [request] = retention.pending(engine)
+    assert request["due_at"][:4] == str(datetime.now(timezone.utc).year + 10)
+    assert client.get("/fhir/DocumentReference", query_string={"patient.identifier": f"urn:oid:1.2.250.1.213.1.4.10|{MARTIN}"},
+                      headers=bearer("doctor", sub="899900000053")).json["total"] == 0   # closed: no professional
+    assert retention.carry_out(engine, datetime.now(timezone.utc) + timedelta(days=365)) == []   # not yet due
+    [destroyed] = retention.carry_out(engine, datetime.now(timezone.utc) + timedelta(days=3660))
+    assert destroyed.resources > 0 and destroyed.raw_inputs == 2
+    with engine.connect() as conn:
+        left = conn.execute(select(func.count()).select_from(resources).where(
+            resources.c.patient_id == destroyed.patient_id, resources.c.res_type != "AuditEvent")).scalar_one()
+        raws = conn.execute(select(func.count()).select_from(raw_inputs)).scalar_one()
+    assert left == 0 and raws == 1   # Léa Moreau's document stays
+    assert verify_chain(engine).broken_at is None
+    assert "Échographie abdominale" in sign_in(app, settings, "sophie").get("/documents").text
