@@ -2,6 +2,8 @@
 (DocumentReference.category, JDV_J57) and, where a class spans several groups, its type."""
 from __future__ import annotations
 
+from gateway.mapping.codes import SIGNATURE_CLASS
+
 GROUPS = (
     ("synthese", "Synthèses"),
     ("traitements", "Traitements et soins"),
@@ -26,7 +28,11 @@ def _codes(concept: dict | None) -> list[str]:
     return [c.get("code") for c in (concept or {}).get("coding", []) if c.get("code")]
 
 
-def group_of(docref: dict) -> str:
+def group_of(docref: dict) -> str | None:
+    """The group a document is shown in; None for an IHE DSG signature, which is not a document a
+    patient reads but the proof that another one is authentic."""
+    if any(SIGNATURE_CLASS in _codes(category) for category in docref.get("category", [])):
+        return None
     for code in _codes(docref.get("type")):
         if code in BY_TYPE:
             return BY_TYPE[code]
@@ -39,7 +45,7 @@ def group_of(docref: dict) -> str:
 
 def grouped(docrefs: list[dict]) -> list[tuple[str, str, list[dict]]]:
     """(group key, title, documents newest first) for each group that holds a document, in DMP order."""
-    members: dict[str, list[dict]] = {}
+    members: dict[str | None, list[dict]] = {}
     for docref in docrefs:
         members.setdefault(group_of(docref), []).append(docref)
     return [(key, title, sorted(members[key], key=lambda d: d.get("date", ""), reverse=True))

@@ -79,6 +79,14 @@ def create_account(engine: Engine, login: str, password: str, role: str, patient
     return Account(login, role, patient_ins, display_name, contact)
 
 
+def has_representative(engine: Engine, patient_ins: str) -> bool:
+    """Whether someone manages this record as a legal representative."""
+    with read_connection(engine) as conn:
+        return conn.execute(select(patient_accounts.c.login).where(
+            patient_accounts.c.patient_ins == patient_ins, patient_accounts.c.role == REPRESENTATIVE)
+            .limit(1)).first() is not None
+
+
 def _refuse_if_locked(row) -> None:
     if row.locked_until and row.locked_until > _stamp(_now()):
         raise SignInRefused("Compte verrouillé après plusieurs échecs : réessayez dans 15 minutes.")

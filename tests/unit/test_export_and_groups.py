@@ -65,6 +65,8 @@ def test_documents_fall_into_the_dmp_groups():
     assert group_of(doc("10")) == "comptes-rendus"
     assert group_of(doc("31")) == "imagerie" and group_of(doc("42")) == "traitements"
     assert group_of(doc("90")) == "espace-personnel" and group_of({}) == "autres"
-    groups = grouped([doc("31", date="2026-01-01"), doc("11"), doc("31", date="2026-02-01")])
+    assert group_of(doc("urn:oid:1.3.6.1.4.1.19376.1.2.1.1.1", "E1762")) is None   # a DSG signature
+    groups = grouped([doc("31", date="2026-01-01"), doc("11"), doc("31", date="2026-02-01"),
+                      doc("urn:oid:1.3.6.1.4.1.19376.1.2.1.1.1")])
     assert [key for key, _, _ in groups] == ["synthese", "imagerie"]
     assert [d["date"] for d in groups[1][2]] == ["2026-02-01", "2026-01-01"]

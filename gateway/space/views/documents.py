@@ -19,15 +19,16 @@ from gateway.cda.parser import parse_cda
 from gateway.mapping import codes
 from gateway.mapping.groups import grouped
 from gateway.services import labels
-from gateway.space import space
+from gateway.space import accounts, space
 
 from . import common
 
 
 @space.get("/documents")
 def documents_page():
-    docs = common.documents()
-    return render_template("documents.html", groups=grouped(docs), count=len(docs),
+    groups = grouped(common.documents())
+    docs = [d for _, _, members in groups for d in members]
+    return render_template("documents.html", groups=groups, count=len(docs),
                            masked={d["id"] for d in docs if MASQUE_PS in visibility_codes(d)})
 
 
@@ -58,8 +59,18 @@ def document_page(docref_id: str):
     text = data.decode("utf-8", "replace") if media_type == "text/plain" and data is not None else None
     return render_template("document.html", doc=docref, title=common.title_of(docref), sections=sections,
                            media_type=media_type, text=text, labels=visibility_codes(docref),
-                           changeable=labels.changeable_labels(g.repository.access),
+                           changeable=_changeable(docref),
                            readers=_readers(docref), authors=_authors(docref))
+
+
+def _changeable(docref: dict) -> set[str]:
+    """The labels the signed-in person may set here; hiding from representatives only when someone
+    manages the record as one (or the label is already there, so it can be removed)."""
+    changeable = labels.changeable_labels(g.repository.access)
+    if (INVISIBLE_REPRESENTATIVES in changeable and INVISIBLE_REPRESENTATIVES not in visibility_codes(docref)
+            and not accounts.has_representative(g.repository.engine, g.repository.access.patient_ins)):
+        changeable = changeable - {INVISIBLE_REPRESENTATIVES}
+    return changeable
 
 
 @space.get("/documents/<docref_id>/fichier")
@@ -161,7 +172,7 @@ def _readers(docref: dict) -> list[tuple[str, bool]]:
         ("Le médecin régulateur du SAMU (centre 15)",
          AccessContext(role="regulator", subject="samu", purpose=REGULATION, patient_ins=ins)),
     ]
-    if access.role != REPRESENTATIVE:
+    if access.role != REPRESENTATIVE and accounts.has_representative(g.repository.engine, ins):
         candidates.append(("Vos représentants légaux", AccessContext(role=REPRESENTATIVE, subject="representant",
                                                                       patient_ins=ins)))
     return [(label, g.repository.visible_to(reader, "DocumentReference", docref["id"])) for label, reader in candidates]

@@ -71,9 +71,10 @@ def describe(event: dict, titles: dict[str, str], own_subject: str) -> dict:
                  if c.get("system") == ROLE_SYSTEM), None)
     purpose = next((c.get("code") for p in event.get("purposeOfEvent", []) for c in p.get("coding", [])), "TREAT")
     own = requester.get("altId") == own_subject
+    who = "Vous" if own else ("Le patient" if role == "patient" else requester.get("name") or "Inconnu")
     return {
         "when": event.get("recorded", ""),
-        "who": "Vous" if own else (requester.get("name") or "Inconnu"),
+        "who": who,
         "profession": common.ROLE_LABELS.get(role, role or ""),
         "organization": _organization(event),
         "what": _what(event, titles),
