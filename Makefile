@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench install clean
+.PHONY: run test bench conformance install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,14 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# The conformance kit against the gateway `make run` serves (reports in var/conformance/).
+FHIR_BASE ?= http://127.0.0.1:8080/fhir
+MLLP ?= 127.0.0.1:2575
+conformance: $(STAMP)
+	mkdir -p var/conformance
+	$(BIN)/gateway-conformance run --fhir-base $(FHIR_BASE) --mllp $(MLLP) --token-command "$(BIN)/gateway token issue" \
+	    --junit var/conformance/junit.xml --html var/conformance/report.html --json var/conformance/results.json
 
 clean:
 	rm -rf $(VENV) var

@@ -14,13 +14,16 @@ from conftest import ROOT, free_port
 GATEWAY = Path(sys.executable).with_name("gateway")
 
 
-def start_gateway(var_dir: Path):
-    """(process, base URL, environment) of a demo gateway served from var_dir."""
+def start_gateway(var_dir: Path, database_url: str | None = None):
+    """(process, base URL, environment) of a demo gateway served from var_dir, on its own SQLite
+    file unless a database URL is given."""
     port = free_port()
     env = dict(os.environ, GATEWAY_VAR_DIR=str(var_dir), GATEWAY_HTTP_PORT=str(port),
                GATEWAY_HOST="127.0.0.1", GATEWAY_WORKERS="1", GATEWAY_MLLP_PORT=str(free_port()))
     for name in ("GATEWAY_DATABASE_URL", "GATEWAY_PUBLIC_BASE_URL", "GATEWAY_SECRET_KEY", "GATEWAY_CODE_SENDER"):
         env.pop(name, None)
+    if database_url:
+        env["GATEWAY_DATABASE_URL"] = database_url
     setup = subprocess.run([str(GATEWAY), "demo", "setup"], env=env, cwd=ROOT, capture_output=True, text=True,
                            timeout=120)
     assert setup.returncode == 0, setup.stderr[-2000:]

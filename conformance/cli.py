@@ -1,0 +1,123 @@
+"""`gateway-conformance run | list | show`."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+from . import reports
+from .model import CASES_DIR, SUITES, CaseError, load_cases
+from .runner import Target, TokenSource, run_cases
+
+
+def _mllp(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        raise argparse.ArgumentTypeError("--mllp takes HOST:PORT")
+    return host, int(port)
+
+
+def cmd_run(args) -> int:
+    console = Console(stderr=True)
+    cases = load_cases(Path(args.cases), args.suite, args.case)
+    if not cases:
+        console.print("no case matches")
+        return 2
+    schematrons = None
+    if args.schematron_dir:
+        from .schematron import Schematrons
+
+        try:
+            schematrons = Schematrons(Path(args.schematron_dir))
+        except ImportError:
+            console.print("--schematron-dir needs saxonche: pip install saxonche")
+            return 2
+        except ValueError as exc:
+            console.print(str(exc))
+            return 2
+    target = Target(args.fhir_base, args.mllp, TokenSource(args.token, args.token_command), args.timeout,
+                    schematrons)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console,
+                  transient=True) as progress:
+        task = progress.add_task("running", total=len(cases))
+
+        def advance(result):
+            progress.update(task, advance=1, description=result.case.id)
+        results = run_cases(cases, target, advance, args.seed)
+    reports.print_summary(Console(), results)
+    if args.junit:
+        Path(args.junit).write_bytes(reports.junit(results))
+    if args.html:
+        Path(args.html).write_text(reports.html_report(results, args.fhir_base), encoding="utf-8")
+    if args.json:
+        Path(args.json).write_text(reports.as_json(results), encoding="utf-8")
+    return 1 if any(r.status in ("failed", "error") for r in results) else 0
+
+
+def cmd_list(args) -> int:
+    cases = load_cases(Path(args.cases), args.suite)
+    for suite, description in SUITES.items():
+        members = [c for c in cases if c.suite == suite]
+        if members:
+            print(f"{suite}: {description}")
+            for case in members:
+                needs = f"  [needs {', '.join(case.requires)}]" if case.requires else ""
+                print(f"  {case.id.split('/', 1)[1]}  {case.title}{needs}")
+    print(f"{len(cases)} cases")
+    return 0
+
+
+def cmd_show(args) -> int:
+    matches = load_cases(Path(args.cases), ids=[args.case])
+    if not matches:
+        print(f"no case {args.case}", file=sys.stderr)
+        return 2
+    case = matches[0]
+    print(f"{case.id}: {case.title}\n")
+    if case.description:
+        print(case.description.strip() + "\n")
+    print((case.directory / "case.toml").read_text(encoding="utf-8"))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gateway-conformance",
+                                     description="Conformance cases for HL7v2 feeds, CDA, IHE MHD and access rules")
+    parser.add_argument("--cases", default=str(CASES_DIR), help="the cases folder (default: the kit's own)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run cases against a gateway")
+    run.add_argument("--fhir-base", required=True, help="FHIR base URL, e.g. http://127.0.0.1:8080/fhir")
+    run.add_argument("--mllp", type=_mllp, help="HOST:PORT of the MLLP listener (HL7v2 suites)")
+    tokens = run.add_mutually_exclusive_group()
+    tokens.add_argument("--token", help="one bearer token for every request")
+    tokens.add_argument("--token-command", help="a command printing a token on its last line, given --role and "
+                                                "--sub/--patient/--purpose/--org, e.g. 'gateway token issue'")
+    run.add_argument("--suite", action="append", choices=sorted(SUITES), help="only this suite (repeatable)")
+    run.add_argument("--case", action="append", help="only this case id (repeatable)")
+    run.add_argument("--junit", help="write JUnit XML here")
+    run.add_argument("--html", help="write the HTML report here")
+    run.add_argument("--json", help="write the results as JSON here")
+    run.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each answer")
+    run.add_argument("--seed", type=int, help="make the generated patients and identifiers repeatable")
+    run.add_argument("--schematron-dir", help="compiled CI-SIS schematrons (XSLT producing SVRL) to hold every "
+                                             "accepted CDA to (needs saxonche)")
+    run.set_defaults(func=cmd_run)
+    listing = sub.add_parser("list", help="the suites and their cases")
+    listing.add_argument("--suite", action="append", choices=sorted(SUITES))
+    listing.set_defaults(func=cmd_list)
+    show = sub.add_parser("show", help="one case: what it sends and expects")
+    show.add_argument("case")
+    show.set_defaults(func=cmd_show)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except CaseError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Cases are data: `cases/<suite>/<case>/case.toml`, with the case's input files beside it and
+shared ones in `cases/_shared/`. The format is documented in `conformance/README.md`."""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CASES_DIR = Path(__file__).parent / "cases"
+SHARED = "_shared"
+SUITES = {
+    "hl7v2-transport": "HL7v2 transport and ACKs: framing, character sets, duplicates, malformed messages, "
+                       "unsupported events",
+    "pam-fr": "PAM-FR identity, consent (ZFA) and merge",
+    "cisis-documents": "CI-SIS document messages: MDM T02, T10, T04, ORU F/C/D, metadata flags",
+    "cda-ingest": "Direct CDA ingest: each document type, N1 and N3, bad header, bad INS key, tampered signature",
+    "mhd": "IHE MHD: ITI-65, ITI-67 (every required search parameter, paging), ITI-68",
+    "access": "Access: masking, blocking, break-the-glass, insurer refused, audit present",
+}
+# What a case may need beyond a FHIR server: an MLLP listener, this gateway's own HTTP endpoints
+# (/cda, /hl7v2), tokens for several identities (--token-command).
+CAPABILITIES = ("mllp", "gateway", "roles")
+
+
+class CaseError(ValueError):
+    """A case file that cannot be run as written: the message says where."""
+
+
+@dataclass
+class Step:
+    action: str            # mllp | http | search
+    spec: dict
+
+
+@dataclass
+class Case:
+    id: str
+    suite: str
+    title: str
+    directory: Path
+    requires: tuple[str, ...]
+    steps: list[Step] = field(default_factory=list)
+    description: str = ""
+
+    def file(self, name: str) -> Path:
+        """An input file: the case's own, or `_shared/...` relative to the cases folder."""
+        base = self.directory.parent.parent if name.startswith(f"{SHARED}/") else self.directory
+        path = (base / name).resolve()
+        if not path.is_file():
+            raise CaseError(f"{self.id}: input file {name} not found")
+        return path
+
+
+def load_case(path: Path) -> Case:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise CaseError(f"{path}: {exc}") from None
+    suite = path.parent.parent.name
+    for key in ("title", "steps"):
+        if key not in data:
+            raise CaseError(f"{path}: '{key}' is missing")
+    requires = tuple(data.get("requires", []))
+    unknown = set(requires) - set(CAPABILITIES)
+    if unknown:
+        raise CaseError(f"{path}: unknown requirement {', '.join(sorted(unknown))}")
+    steps = []
+    for index, step in enumerate(data["steps"], 1):
+        action = step.get("action")
+        if action not in ("mllp", "http", "search"):
+            raise CaseError(f"{path}: step {index}: action is mllp, http or search")
+        steps.append(Step(action, step))
+    return Case(id=f"{suite}/{path.parent.name}", suite=suite, title=data["title"], directory=path.parent,
+                requires=requires, steps=steps, description=data.get("description", ""))
+
+
+def load_cases(directory: Path = CASES_DIR, suites: list[str] | None = None,
+               ids: list[str] | None = None) -> list[Case]:
+    cases = [load_case(p) for p in sorted(directory.glob("*/*/case.toml")) if p.parent.parent.name != SHARED]
+    if suites:
+        cases = [c for c in cases if c.suite in suites]
+    if ids:
+        cases = [c for c in cases if c.id in ids or c.id.split("/", 1)[1] in ids]
+    return cases

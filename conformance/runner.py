@@ -1,0 +1,353 @@
+"""Running cases: each step sends its input (over MLLP or HTTP) and checks its answer against the
+case's expectations; the first unmet expectation fails the case with a message saying what was
+expected and what came back, and every exchange is kept for the report."""
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+from urllib.parse import urlencode
+
+import requests
+
+from .model import Case, CaseError, Step
+from .schematron import is_clinical_document
+from .values import case_variables, fill, fill_value, pick
+
+START, END = b"\x0b", b"\x1c\x0d"
+DEFAULT_IDENTITY = {"role": "system", "sub": "conformance-kit"}
+
+
+class Unmet(AssertionError):
+    """An expectation the gateway did not meet."""
+
+
+@dataclass
+class Exchange:
+    step: int
+    request: str
+    response: str
+
+
+@dataclass
+class CaseResult:
+    case: Case
+    status: str                  # passed | failed | skipped | error
+    message: str = ""
+    seconds: float = 0.0
+    exchanges: list[Exchange] = field(default_factory=list)
+
+
+class TokenSource:
+    """Bearer tokens: one fixed token for every request, or a command that prints one for each
+    identity (it gets --role ROLE and, when set, --sub, --patient, --purpose, --org), or, from
+    Python, a function of the identity."""
+
+    def __init__(self, token: str | None = None, command: str | None = None,
+                 issuer: Callable[[dict], str] | None = None):
+        self.token, self.command, self.issuer = token, command, issuer
+        self._cache: dict[tuple, str] = {}
+
+    @property
+    def several_identities(self) -> bool:
+        return self.command is not None or self.issuer is not None
+
+    def __call__(self, identity: dict) -> str | None:
+        if self.issuer is not None:
+            return self.issuer(identity)
+        if self.command is None:
+            return self.token
+        key = tuple(sorted(identity.items()))
+        if key not in self._cache:
+            args = ["--role", identity["role"]]
+            for name in ("sub", "patient", "purpose", "org", "name"):
+                if identity.get(name):
+                    args += [f"--{name}", identity[name]]
+            done = subprocess.run(self.command.split() + args, capture_output=True, text=True, timeout=60)
+            if done.returncode != 0 or not done.stdout.strip():
+                raise CaseError(f"--token-command failed for {identity}: {done.stderr.strip()[-300:]}")
+            self._cache[key] = done.stdout.strip().splitlines()[-1].strip()
+        return self._cache[key]
+
+
+@dataclass
+class Target:
+    fhir_base: str
+    mllp: tuple[str, int] | None = None
+    tokens: TokenSource = field(default_factory=TokenSource)
+    timeout: float = 30.0
+    schematrons: object | None = None   # schematron.Schematrons, when the tester gives some
+
+    @property
+    def gateway_root(self) -> str | None:
+        """This gateway's own endpoints (/cda, /hl7v2) live beside /fhir."""
+        base = self.fhir_base.rstrip("/")
+        return base[: -len("/fhir")] if base.endswith("/fhir") else None
+
+
+def missing_capabilities(case: Case, target: Target) -> list[str]:
+    have = {"mllp": target.mllp is not None, "gateway": target.gateway_root is not None,
+            "roles": target.tokens.several_identities}
+    return [need for need in case.requires if not have[need]]
+
+
+class CaseRun:
+    def __init__(self, case: Case, target: Target, seed: int | None = None):
+        self.case, self.target = case, target
+        self.variables = case_variables(seed)
+        self.exchanges: list[Exchange] = []
+        self.session = requests.Session()
+        self.documents_sent: list[tuple[str, bytes]] = []   # the CDAs of the step being run
+
+    def read_file(self, name: str) -> bytes:
+        path = self.case.file(name)
+        data = path.read_bytes()
+        if path.suffix in (".xml", ".hl7", ".json", ".txt"):
+            text = data.decode("utf-8")
+            data = fill(text, self.variables, self.read_file).encode(self._encoding(text))
+        if path.suffix == ".xml" and is_clinical_document(data):
+            self.documents_sent.append((name, data))
+        return data
+
+    @staticmethod
+    def _encoding(text: str) -> str:
+        # An HL7v2 message declaring 8859/15 (MSH-18) is sent in that character set.
+        return "iso-8859-15" if text.startswith("MSH") and "|8859/15|" in text.split("\r", 1)[0] else "utf-8"
+
+    def run(self) -> None:
+        for number, step in enumerate(self.case.steps, 1):
+            self.documents_sent = []
+            spec = fill_value(step.spec, self.variables, self.read_file)
+            try:
+                if step.action == "mllp":
+                    self._mllp(number, spec)
+                else:
+                    self._http(number, step, spec)
+                if self.target.schematrons is not None and _expects_acceptance(spec):
+                    for name, document in self.documents_sent:
+                        failed = self.target.schematrons.failures(document)
+                        if failed:
+                            raise Unmet(f"{name} does not pass the schematrons: {'; '.join(failed[:5])}")
+            except Unmet as unmet:
+                raise Unmet(f"step {number}: {unmet}") from None
+
+    # -- MLLP -------------------------------------------------------------------------------
+
+    def _mllp(self, number: int, spec: dict) -> None:
+        message = self.read_file(spec["file"]) if "file" in spec else spec["message"].encode()
+        message = message.replace(b"\r\n", b"\r").replace(b"\n", b"\r").rstrip(b"\r") + b"\r"
+        framed = START + message + END if spec.get("framing", "mllp") == "mllp" else message
+        chunks = [framed]
+        if spec.get("chunks"):
+            size = max(1, len(framed) // int(spec["chunks"]))
+            chunks = [framed[i:i + size] for i in range(0, len(framed), size)]
+        for _ in range(int(spec.get("times", 1))):
+            ack = self._send(chunks, expect_answer=not spec.get("expect", {}).get("no_ack"))
+            self.exchanges.append(Exchange(number, message.decode("utf-8", "replace").replace("\r", "\n"),
+                                           (ack or b"(no answer)").decode("utf-8", "replace").replace("\r", "\n")))
+        self._check_ack(ack, message, spec.get("expect", {}))
+
+    def _send(self, chunks: list[bytes], expect_answer: bool) -> bytes | None:
+        host, port = self.target.mllp
+        with socket.create_connection((host, port), timeout=self.target.timeout) as sock:
+            for chunk in chunks:
+                sock.sendall(chunk)
+                time.sleep(0.01 if len(chunks) > 1 else 0)
+            sock.settimeout(self.target.timeout if expect_answer else 2.0)
+            received = b""
+            try:
+                while END not in received:
+                    data = sock.recv(65536)
+                    if not data:
+                        break
+                    received += data
+            except socket.timeout:
+                if expect_answer:
+                    raise Unmet(f"no ACK within {self.target.timeout:.0f} s") from None
+        if not received:
+            return None
+        return received.strip(START).split(END)[0]
+
+    @staticmethod
+    def _check_ack(ack: bytes | None, message: bytes, expect: dict) -> None:
+        if expect.get("no_ack"):
+            if ack:
+                raise Unmet(f"expected no ACK, got {ack[:200]!r}")
+            return
+        if ack is None:
+            raise Unmet("the connection closed without an ACK")
+        segments = {line.split(b"|", 1)[0].decode(): line.decode("utf-8", "replace").split("|")
+                    for line in ack.split(b"\r") if line}
+        msa = segments.get("MSA")
+        if msa is None:
+            raise Unmet(f"the answer has no MSA segment: {ack[:200]!r}")
+        if "ack" in expect:
+            wanted = expect["ack"] if isinstance(expect["ack"], list) else [expect["ack"]]
+            if msa[1] not in wanted:
+                err = "|".join(segments.get("ERR", []))
+                raise Unmet(f"expected ACK {' or '.join(wanted)}, got {msa[1]}" + (f" ({err})" if err else ""))
+        control_id = message.split(b"\r", 1)[0].decode("utf-8", "replace").split("|")
+        if len(control_id) > 9 and len(msa) > 2 and msa[2] != control_id[9]:
+            raise Unmet(f"MSA-2 is {msa[2]!r}, not the message's MSH-10 {control_id[9]!r}")
+        if "err" in expect:
+            err = segments.get("ERR")
+            codes = err[3].split("^")[0] if err and len(err) > 3 else None
+            if codes not in expect["err"]:
+                raise Unmet(f"expected ERR-3 {' or '.join(expect['err'])}, got {codes}")
+
+    # -- HTTP ------------------------------------------------------------------------------
+
+    def _url(self, spec: dict) -> str:
+        if "root_path" in spec:
+            return self.target.gateway_root + spec["root_path"]
+        if "url_from" in spec:
+            return self.variables[spec["url_from"]]
+        path = spec.get("path", spec.get("resource", ""))
+        url = self.target.fhir_base.rstrip("/") + "/" + path.lstrip("/")
+        if spec.get("params"):
+            url += ("&" if "?" in url else "?") + urlencode(list(_pairs(spec["params"])))
+        return url
+
+    def _http(self, number: int, step: Step, spec: dict) -> None:
+        method = spec.get("method", "GET" if step.action == "search" else "POST").upper()
+        url = self._url(spec)
+        headers = {"Accept": spec.get("accept", "application/fhir+json")}
+        identity = {**DEFAULT_IDENTITY, **spec.get("as", {})}
+        if not spec.get("anonymous"):
+            token = self.target.tokens(identity)
+            if token:
+                headers["Authorization"] = f"Bearer {token}"
+        body = None
+        if "file" in spec:
+            body = self.read_file(spec["file"])
+        elif "json" in spec:
+            body = json.dumps(spec["json"], ensure_ascii=False).encode()
+        elif "form" in spec:
+            body = urlencode(list(_pairs(spec["form"]))).encode()
+            spec.setdefault("content_type", "application/x-www-form-urlencoded")
+        if body is not None:
+            headers["Content-Type"] = spec.get("content_type", "application/fhir+json")
+        response = self.session.request(method, url, data=body, headers=headers, timeout=self.target.timeout)
+        shown = body[:4000].decode("utf-8", "replace") if body else ""
+        self.exchanges.append(Exchange(number, f"{method} {url}\nas {identity}\n\n{shown}",
+                                       f"{response.status_code}\n{_headers(response)}\n\n{response.text[:8000]}"))
+        self._check_http(response, spec.get("expect", {}), spec.get("capture", {}))
+
+    def _check_http(self, response: requests.Response, expect: dict, capture: dict) -> None:
+        wanted = expect.get("status", [200, 201])
+        wanted = wanted if isinstance(wanted, list) else [wanted]
+        if response.status_code not in wanted:
+            raise Unmet(f"expected HTTP {' or '.join(map(str, wanted))}, got {response.status_code}: "
+                        f"{_diagnostics(response)}")
+        if "content_type" in expect and not response.headers.get("Content-Type", "").startswith(expect["content_type"]):
+            raise Unmet(f"expected Content-Type {expect['content_type']}, got {response.headers.get('Content-Type')}")
+        if "body_file" in expect and response.content != self.read_file(expect["body_file"]):
+            raise Unmet(f"the bytes returned ({len(response.content)}) are not those of {expect['body_file']}")
+        for name in expect.get("headers", []):
+            if name not in response.headers:
+                raise Unmet(f"expected a {name} header")
+        document = None
+        if expect.get("total") is not None or expect.get("json") or expect.get("ids") or capture:
+            try:
+                document = response.json()
+            except ValueError:
+                raise Unmet(f"expected JSON, got {response.text[:200]!r}") from None
+        if expect.get("total") is not None and document.get("total") != expect["total"]:
+            raise Unmet(f"expected total {expect['total']}, got {document.get('total')}")
+        for assertion in expect.get("json", []):
+            _check_json(document, assertion)
+        ids = {e.get("resource", {}).get("id") for e in (document or {}).get("entry", [])}
+        for key in expect.get("ids", {}).get("include", []):
+            if key not in ids:
+                raise Unmet(f"expected {key} among the results, got {sorted(i for i in ids if i)}")
+        for key in expect.get("ids", {}).get("exclude", []):
+            if key in ids:
+                raise Unmet(f"{key} should not be among the results")
+        for name, path in capture.items():
+            found = pick(document, path)
+            if not found:
+                raise Unmet(f"nothing at {path} to capture as {name}")
+            value = str(found[0])
+            if path.endswith("reference") and "/" in value:
+                value = value.rsplit("/", 1)[-1]
+            self.variables[name] = value
+
+
+def _expects_acceptance(spec: dict) -> bool:
+    """A step whose input is meant to be accepted: its documents are held to the schematrons."""
+    expect = spec.get("expect", {})
+    if "ack" in expect:
+        wanted = expect["ack"] if isinstance(expect["ack"], list) else [expect["ack"]]
+        return set(wanted) <= {"AA", "CA"}
+    status = expect.get("status", [200, 201])
+    return all(200 <= code < 300 for code in (status if isinstance(status, list) else [status]))
+
+
+def _pairs(params: dict):
+    for key, value in params.items():
+        for item in value if isinstance(value, list) else [value]:
+            yield key, item
+
+
+def _headers(response: requests.Response) -> str:
+    return "\n".join(f"{k}: {v}" for k, v in response.headers.items()
+                     if k.lower() in ("content-type", "location", "etag", "www-authenticate"))
+
+
+def _diagnostics(response: requests.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:200]
+    issues = [i.get("diagnostics", "") for i in body.get("issue", [])] if isinstance(body, dict) else []
+    return "; ".join(issues)[:300] or response.text[:200]
+
+
+def _check_json(document, assertion: dict) -> None:
+    path = assertion["path"]
+    found = pick(document, path)
+    if "exists" in assertion and bool(found) != assertion["exists"]:
+        raise Unmet(f"{path}: expected {'a value' if assertion['exists'] else 'nothing'}, got {found[:5]}")
+    if "equals" in assertion and found != [assertion["equals"]] and not (found and all(v == assertion["equals"] for v in found)):
+        raise Unmet(f"{path}: expected {assertion['equals']!r}, got {found[:5]}")
+    if "contains" in assertion and assertion["contains"] not in found:
+        raise Unmet(f"{path}: expected {assertion['contains']!r} among {found[:10]}")
+    if "absent" in assertion and assertion["absent"] in found:
+        raise Unmet(f"{path}: {assertion['absent']!r} should not be there")
+    if "count" in assertion and len(found) != assertion["count"]:
+        raise Unmet(f"{path}: expected {assertion['count']} values, got {len(found)}")
+    if "matches" in assertion and not (found and all(re.search(assertion["matches"], str(v)) for v in found)):
+        raise Unmet(f"{path}: expected values matching {assertion['matches']!r}, got {found[:5]}")
+
+
+def run_case(case: Case, target: Target, seed: int | None = None) -> CaseResult:
+    missing = missing_capabilities(case, target)
+    if missing:
+        return CaseResult(case, "skipped", f"needs {', '.join(missing)}")
+    started = time.perf_counter()
+    run = CaseRun(case, target, seed)
+    try:
+        run.run()
+        status, message = "passed", ""
+    except Unmet as unmet:
+        status, message = "failed", str(unmet)
+    except (CaseError, KeyError) as exc:
+        status, message = "error", f"the case cannot run: {exc}"
+    except (requests.RequestException, OSError) as exc:
+        status, message = "failed", f"could not reach the gateway: {exc}"
+    return CaseResult(case, status, message, time.perf_counter() - started, run.exchanges)
+
+
+def run_cases(cases: list[Case], target: Target, progress: Callable[[CaseResult], None] | None = None,
+              seed: int | None = None) -> list[CaseResult]:
+    results = []
+    for index, case in enumerate(cases):
+        result = run_case(case, target, None if seed is None else seed + index)
+        results.append(result)
+        if progress:
+            progress(result)
+    return results

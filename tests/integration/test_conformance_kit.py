@@ -1,0 +1,130 @@
+"""The conformance kit can fail: against a gateway with a deliberate defect, the cases that
+cover it fail, with a message saying what was expected and what came back."""
+
+import pytest
+
+from conformance.model import load_cases
+from conformance.runner import Target, TokenSource, run_cases
+from conftest import make_token
+
+
+@pytest.fixture
+def target(live_server, mllp_listener, token_key):
+    def issue(identity: dict) -> str:
+        claims = {k: v for k, v in identity.items() if k != "sub" and v}
+        return make_token(token_key, sub=identity.get("sub") or identity.get("patient") or "kit", **claims)
+    return Target(f"{live_server.public_base_url}/fhir", ("127.0.0.1", mllp_listener.mllp_port),
+                  TokenSource(issuer=issue), timeout=15)
+
+
+def outcome(target: Target, *ids: str) -> dict[str, object]:
+    return {r.case.id: r for r in run_cases(load_cases(ids=list(ids)), target, seed=7)}
+
+
+@pytest.fixture
+def backend():
+    """The kit talks to the gateway over HTTP and MLLP: one backend shows it can fail (the whole
+    kit runs against PostgreSQL too, in tests/e2e/test_conformance_run.py when CI sets it)."""
+    return "sqlite"
+
+
+def test_the_cases_pass_against_the_gateway_as_it_is(target):
+    results = outcome(target, "access/005-masked-hidden-from-authorised", "cisis-documents/001-mdm-t02-registers",
+                      "mhd/026-type-no-match", "cisis-documents/008-invisible-patient-flag")
+    assert {case: r.status for case, r in results.items()} == dict.fromkeys(results, "passed"), \
+        [r.message for r in results.values()]
+
+
+def test_masking_ignored_is_caught(target, monkeypatch):
+    from gateway.storage import repository
+
+    honest = repository.visibility_columns
+
+    def labels_ignored(docref):
+        return {**honest(docref), "masked": False, "hidden_from_patient": False}
+    monkeypatch.setattr(repository, "visibility_columns", labels_ignored, raising=True)
+    results = outcome(target, "access/005-masked-hidden-from-authorised", "cisis-documents/008-invisible-patient-flag")
+    masked = results["access/005-masked-hidden-from-authorised"]
+    assert masked.status == "failed" and masked.message == "step 4: expected total 0, got 1"
+    invisible = results["cisis-documents/008-invisible-patient-flag"]
+    assert invisible.status == "failed" and invisible.message == "step 2: expected total 0, got 1"
+    assert any("PATCH" in x.request for x in masked.exchanges)   # the report shows what was sent
+
+
+def test_an_ack_sent_before_the_commit_is_caught(target, monkeypatch):
+    from gateway.services import feeds
+
+    class Lost(Exception):
+        pass
+
+    def acknowledged_then_lost(repo, work):
+        # The ACK is built from work done in a transaction that never commits.
+        answer = {}
+        try:
+            with repo.unit_of_work() as uow:
+                answer["value"] = work(uow)
+                raise Lost
+        except Lost:
+            return answer["value"]
+    monkeypatch.setattr(feeds, "in_one_transaction", acknowledged_then_lost)
+    result = outcome(target, "cisis-documents/001-mdm-t02-registers")["cisis-documents/001-mdm-t02-registers"]
+    assert result.status == "failed" and result.message == "step 2: expected total 1, got 0"
+
+
+def test_a_search_parameter_ignored_is_caught(target, monkeypatch):
+    from gateway.storage import search
+
+    parse = search.parse_search
+
+    def type_ignored(res_type, params, **kwargs):
+        return parse(res_type, [(k, v) for k, v in params if k != "type"], **kwargs)
+    monkeypatch.setattr("gateway.fhir.search.search_sql.parse_search", type_ignored)
+    results = outcome(target, "mhd/026-type-no-match", "mhd/013-type")
+    assert results["mhd/026-type-no-match"].status == "failed"
+    assert results["mhd/026-type-no-match"].message == "step 2: expected total 0, got 1"
+    assert results["mhd/013-type"].status == "passed"   # finding what matches is not enough to pass
+
+
+def test_cases_without_what_they_need_are_skipped(live_server):
+    only_fhir = Target(f"{live_server.public_base_url}/fhir", None, TokenSource(token="t"))
+    [result] = run_cases(load_cases(ids=["hl7v2-transport/001-adt-acknowledged"]), only_fhir)
+    assert result.status == "skipped" and result.message == "needs mllp"
+
+
+def test_every_case_file_loads_and_every_suite_is_covered():
+    cases = load_cases()
+    assert len(cases) >= 60
+    assert {c.suite for c in cases} == {"hl7v2-transport", "pam-fr", "cisis-documents", "cda-ingest", "mhd", "access"}
+    for case in cases:
+        for step in case.steps:
+            for key in ("file",):
+                if key in step.spec:
+                    case.file(step.spec[key])   # raises when an input file is missing
+
+
+SCHEMATRON = """<xsl:stylesheet version="2.0" xmlns:xsl="http://www.w3.org/1999/XSL/Transform"
+    xmlns:svrl="http://purl.oclc.org/dsdl/svrl" xmlns:h="urn:hl7-org:v3">
+  <xsl:template match="/">
+    <svrl:schematron-output>
+      <xsl:if test="/h:ClinicalDocument/h:code/@code = '11490-0'">
+        <svrl:failed-assert test="not(h:code/@code = '11490-0')" location="/ClinicalDocument/code">
+          <svrl:text>this test schematron refuses discharge letters</svrl:text>
+        </svrl:failed-assert>
+      </xsl:if>
+    </svrl:schematron-output>
+  </xsl:template>
+</xsl:stylesheet>"""
+
+
+def test_schematrons_given_by_the_tester_hold_accepted_documents_only(target, tmp_path):
+    from conformance.schematron import Schematrons
+
+    (tmp_path / "test.xsl").write_text(SCHEMATRON)
+    target.schematrons = Schematrons(tmp_path)
+    results = outcome(target, "cda-ingest/001-ldl-ses-n3", "cda-ingest/004-cr-imagerie-n3", "cda-ingest/009-missing-author")
+    letter = results["cda-ingest/001-ldl-ses-n3"]
+    assert letter.status == "failed" and letter.message == (
+        "step 1: _shared/ldl-ses-n3.xml does not pass the schematrons: test.xsl: /ClinicalDocument/code: "
+        "this test schematron refuses discharge letters")
+    assert results["cda-ingest/004-cr-imagerie-n3"].status == "passed"
+    assert results["cda-ingest/009-missing-author"].status == "passed"   # meant to be refused: not held to them
