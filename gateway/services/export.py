@@ -27,7 +27,6 @@ from signxml import InvalidInput, InvalidSignature, XMLSigner, XMLVerifier, meth
 from gateway.fhir.validation import validate
 from gateway.mapping import codes
 from gateway.mapping.groups import GROUP_TITLES, grouped
-from gateway.storage import search as search_sql
 from gateway.storage.repository import Repository, StoredResource, new_id
 
 from .consents import own_patient
@@ -35,18 +34,6 @@ from .consents import own_patient
 MANIFEST = "manifest.xml"
 MANIFEST_NS = "urn:dmp-gateway:export:1"
 EXTENSIONS = {"text/xml": "xml", "application/xslt+xml": "xml", "application/pdf": "pdf", "text/plain": "txt"}
-
-
-def _all(repo: Repository, res_type: str, params: list[tuple[str, str]]) -> list[StoredResource]:
-    out, cursor = [], None
-    while True:
-        request = search_sql.parse_search(res_type, params + [("_count", "200")]
-                                          + ([("_cursor", cursor)] if cursor else []))
-        page = repo.search(request)
-        out += page.entries
-        if page.next_keys is None:
-            return out
-        cursor = search_sql.encode_cursor(page.next_keys, "n")
 
 
 def _file_name(index: int, docref: dict, media_type: str) -> str:
@@ -60,8 +47,8 @@ def build_export(repo: Repository, fhir_base: str, key_pem: bytes, cert_pem: byt
     patient_id = own_patient(repo)
     patient = repo.read("Patient", patient_id)
     reference = [("patient", f"Patient/{patient_id}")]
-    docrefs = _all(repo, "DocumentReference", reference + [("status", "current,superseded")])
-    others = _all(repo, "Consent", reference) + _all(repo, "RelatedPerson", reference + [("active", "true")])
+    docrefs = repo.search_all("DocumentReference", reference + [("status", "current,superseded")])
+    others = repo.search_all("Consent", reference) + repo.search_all("RelatedPerson", reference + [("active", "true")])
     files: dict[str, bytes] = {}
     for index, stored in enumerate(docrefs, 1):
         docref = stored.json()

@@ -180,6 +180,17 @@ class Repository:
         self._audit_search(request, page)
         return page
 
+    def search_all(self, res_type: str, params: list[tuple[str, str]]) -> list[StoredResource]:
+        """Every match, page after page (each page is a search of its own, audited as such)."""
+        found, cursor = [], None
+        while True:
+            page = self.search(search_sql.parse_search(res_type, params + [("_count", "200")]
+                                                       + ([("_cursor", cursor)] if cursor else [])))
+            found += page.entries
+            if page.next_keys is None:
+                return found
+            cursor = search_sql.encode_cursor(page.next_keys, "n")
+
     def _search(self, request: search_sql.SearchRequest) -> SearchPage:
         where = search_sql.where_clause(request, self._visible(request.res_type), self.base_url)
         with read_connection(self.engine) as conn:

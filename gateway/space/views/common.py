@@ -23,22 +23,10 @@ def patient_id() -> str:
     return g.patient_id
 
 
-def search(res_type: str, params: list[tuple[str, str]]) -> list[StoredResource]:
-    entries, cursor = [], None
-    while True:
-        request = search_sql.parse_search(res_type, params + [("_count", "200")]
-                                          + ([("_cursor", cursor)] if cursor else []))
-        page = g.repository.search(request)
-        entries += page.entries
-        if page.next_keys is None:
-            return entries
-        cursor = search_sql.encode_cursor(page.next_keys, "n")
-
-
 def documents() -> list[dict]:
     """The documents of the record the signed-in person may see (one audited search)."""
-    return [s.json() for s in search("DocumentReference", [("patient", f"Patient/{patient_id()}"),
-                                                           ("status", "current")])]
+    return [s.json() for s in g.repository.search_all("DocumentReference", [("patient", f"Patient/{patient_id()}"),
+                                                                          ("status", "current")])]
 
 
 def decisions() -> list[StoredResource]:

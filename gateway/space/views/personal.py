@@ -13,8 +13,8 @@ from . import common
 @space.get("/espace-personnel")
 def personal_page():
     mine = [d for d in common.documents() if group_of(d) == "espace-personnel"]
-    contacts = [s.json() for s in common.search("RelatedPerson", [("patient", f"Patient/{common.patient_id()}"),
-                                                                   ("active", "true")])]
+    contacts = [s.json() for s in g.repository.search_all("RelatedPerson", [
+        ("patient", f"Patient/{common.patient_id()}"), ("active", "true")])]
     return render_template("personal.html", documents=mine, contacts=contacts, types=personal.PATIENT_DOCUMENT_TYPES,
                            relations=personal.RELATIONS)
 
