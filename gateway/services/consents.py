@@ -112,6 +112,14 @@ def search_request(patient_id: str, kind: str | None = None) -> search_sql.Searc
     return search_sql.parse_search("Consent", params)
 
 
+def revoke(repo: Repository, stored: StoredResource) -> StoredResource:
+    """The same decision, inactive: it stops applying, and the history keeps it."""
+    consent = stored.json()
+    consent["status"] = "inactive"
+    consent.pop("meta", None)
+    return update(repo, stored.res_id, consent)
+
+
 def decision(kind: str, effect: str, professional: str | None = None) -> dict:
     """A Consent of one kind, naming a professional by IdNatPs when the kind has an actor."""
     consent = {"resourceType": "Consent", "status": "active",

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from sqlalchemy import Engine, delete, insert, or_, select, update
 
 from gateway.storage.database import read_connection, write_transaction
-from gateway.storage.repository import Repository, StoredResource
+from gateway.storage.repository import Repository, StoredResource, record_closed
 from gateway.storage.schema import (
     INDEX_TABLES,
     access_rules,
@@ -58,10 +58,7 @@ def reopen_record(repo: Repository) -> None:
     patient_id = consents.own_patient(repo)
     closure = _closure(repo, patient_id)
     if closure is not None:
-        consent = closure.json()
-        consent["status"] = "inactive"
-        consent.pop("meta", None)
-        consents.update(repo, closure.res_id, consent)
+        consents.revoke(repo, closure)
     with write_transaction(repo.engine) as conn:
         conn.execute(delete(destruction_requests).where(destruction_requests.c.patient_id == patient_id,
                                                         destruction_requests.c.carried_out_at.is_(None)))
@@ -110,10 +107,7 @@ def carry_out(engine: Engine, now: datetime | None = None) -> list[Destroyed]:
     done = []
     for patient_id in due:
         with write_transaction(engine) as conn:
-            closed = conn.execute(select(access_rules.c.consent_id).where(
-                access_rules.c.patient_id == patient_id, access_rules.c.kind == "record",
-                access_rules.c.effect == "deny")).first()
-            if closed is None:   # reopened since: the request lapsed
+            if not record_closed(conn, patient_id):   # reopened since: the request lapsed
                 conn.execute(delete(destruction_requests).where(destruction_requests.c.patient_id == patient_id))
                 continue
             done.append(_destroy(conn, patient_id, stamp))

@@ -525,9 +525,7 @@ class UnitOfWork:
         return [self.repository._row(r) for r in rows]
 
     def record_closed(self, patient_id: str) -> bool:
-        return self.conn.execute(select(access_rules.c.consent_id).where(
-            access_rules.c.patient_id == patient_id, access_rules.c.kind == "record",
-            access_rules.c.effect == "deny").limit(1)).first() is not None
+        return record_closed(self.conn, patient_id)
 
     def reveal_audit_of(self, reference: str, hidden_from_patient: bool, hidden_from_representatives: bool) -> None:
         """AuditEvents about a document stop hiding it from those who may now see the document."""
@@ -564,6 +562,13 @@ class UnitOfWork:
         if ack is not None:
             values["ack"] = ack
         self.conn.execute(update(raw_inputs).where(raw_inputs.c.id == raw_id).values(**values))
+
+
+def record_closed(conn: Connection, patient_id: str) -> bool:
+    """Whether the patient closed the record (an active `record` Consent denies)."""
+    return conn.execute(select(access_rules.c.consent_id).where(
+        access_rules.c.patient_id == patient_id, access_rules.c.kind == "record",
+        access_rules.c.effect == "deny").limit(1)).first() is not None
 
 
 def new_id() -> str:

@@ -41,13 +41,6 @@ def _professional_id(raw: str) -> str:
                           location="professionnel", status=422)
 
 
-def _revoke(stored: StoredResource) -> None:
-    consent = stored.json()
-    consent["status"] = "inactive"
-    consent.pop("meta", None)
-    consents.update(g.repository, stored.res_id, consent)
-
-
 def _search_professionals(query: str) -> list[dict]:
     query = query.strip()
     if not query:
@@ -96,7 +89,7 @@ def decide_professional():
         # One decision per professional, one attending physician: the earlier one is revoked.
         if (existing_kind == "professional" and kind == "professional" and idnatps in actors) or (
                 existing_kind == "attending-physician" and kind == "attending-physician"):
-            _revoke(stored)
+            consents.revoke(g.repository, stored)
     consents.create(g.repository, consents.decision(kind, effect, idnatps))
     name = common.professional_name(idnatps)
     flash({"autoriser": f"{name} peut désormais consulter votre dossier.",
@@ -108,7 +101,7 @@ def decide_professional():
 @space.post("/acces/retirer/<consent_id>")
 def withdraw(consent_id: str):
     stored = g.repository.read("Consent", consent_id)
-    _revoke(stored)
+    consents.revoke(g.repository, stored)
     flash("Votre décision est retirée.")
     return redirect(url_for("space.sharing_page"))
 
@@ -124,6 +117,6 @@ def opposition(kind: str):
         consents.create(g.repository, consents.decision(kind, "deny"))
     if not oppose:
         for stored in current:
-            _revoke(stored)
+            consents.revoke(g.repository, stored)
     flash(f"Vous vous opposez à {OPPOSITIONS[kind]}." if oppose else f"Vous autorisez {OPPOSITIONS[kind]}.")
     return redirect(url_for("space.sharing_page"))
