@@ -52,9 +52,8 @@ def build_export(repo: Repository, fhir_base: str, key_pem: bytes, cert_pem: byt
     files: dict[str, bytes] = {}
     for index, stored in enumerate(docrefs, 1):
         docref = stored.json()
-        url = docref["content"][0]["attachment"]["url"]
-        binary = repo.read("Binary", url.rsplit("/", 1)[-1])
-        files[_file_name(index, docref, binary.json().get("contentType", ""))] = repo.blob(binary.blob_sha256)
+        content_type, data = repo.document_content(docref)
+        files[_file_name(index, docref, content_type)] = data
     files["bundle.json"] = json.dumps(_document_bundle(fhir_base, patient, docrefs, others), ensure_ascii=False,
                                       indent=1).encode()
     files[MANIFEST] = _signed_manifest(files, patient_id, key_pem, cert_pem)

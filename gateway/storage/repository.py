@@ -175,6 +175,11 @@ class Repository:
             raise NotFound("document bytes are missing")
         return bytes(data)
 
+    def document_content(self, docref: dict) -> tuple[str, bytes]:
+        """(content type, bytes) of a DocumentReference's document, read (and audited) through its Binary."""
+        binary = self.read("Binary", binary_ids(docref)[0])
+        return binary.json().get("contentType", "application/octet-stream"), self.blob(binary.blob_sha256)
+
     def search(self, request: search_sql.SearchRequest) -> SearchPage:
         page = self._search(request)
         self._audit_search(request, page)

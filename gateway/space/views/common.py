@@ -54,6 +54,10 @@ def person_name(resource: dict | None) -> str | None:
     return None
 
 
+def idnatps_of(practitioner: dict) -> str | None:
+    return next((i["value"] for i in practitioner.get("identifier", []) if i.get("system") == IDNATPS_SYSTEM), None)
+
+
 def professional_name(idnatps: str) -> str:
     fallback = f"Professionnel RPPS {idnatps[1:]}" if idnatps.startswith("8") else f"Professionnel {idnatps}"
     return person_name(practitioner(idnatps)) or fallback

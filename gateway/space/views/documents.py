@@ -32,15 +32,9 @@ def documents_page():
                            masked={d["id"] for d in docs if MASQUE_PS in visibility_codes(d)})
 
 
-def _binary(docref: dict):
-    url = docref["content"][0]["attachment"]["url"]
-    binary = g.repository.read("Binary", url.rsplit("/", 1)[-1])
-    return binary.json().get("contentType", "application/octet-stream"), g.repository.blob(binary.blob_sha256)
-
-
 def _content(docref: dict):
     """(media type, bytes, sections): the readable body of a CDA, or the file itself."""
-    media_type, data = _binary(docref)
+    media_type, data = g.repository.document_content(docref)
     if media_type in ("text/xml", "application/xslt+xml"):
         settings = current_app.config["SETTINGS"]
         try:
@@ -57,10 +51,10 @@ def document_page(docref_id: str):
     docref = g.repository.read("DocumentReference", docref_id).json()
     media_type, data, sections = _content(docref)
     text = data.decode("utf-8", "replace") if media_type == "text/plain" and data is not None else None
+    authors = _authors(docref)
     return render_template("document.html", doc=docref, title=common.title_of(docref), sections=sections,
                            media_type=media_type, text=text, labels=visibility_codes(docref),
-                           changeable=_changeable(docref),
-                           readers=_readers(docref), authors=_authors(docref))
+                           changeable=_changeable(docref), readers=_readers(docref, authors), authors=authors)
 
 
 def _changeable(docref: dict) -> set[str]:
@@ -93,7 +87,7 @@ def document_file(docref_id: str):
 def document_original(docref_id: str):
     """The document exactly as it was received (the CDA, signed or not)."""
     docref = g.repository.read("DocumentReference", docref_id).json()
-    media_type, data = _binary(docref)
+    media_type, data = g.repository.document_content(docref)
     extension = "xml" if "xml" in media_type else {"application/pdf": "pdf", "text/plain": "txt"}.get(media_type, "bin")
     response = Response(data, mimetype=media_type)
     response.headers["Content-Disposition"] = f'attachment; filename="document-{docref_id[:8]}.{extension}"'
@@ -133,8 +127,7 @@ def _authors(docref: dict) -> list[tuple[str, str | None]]:
         reference = author.get("reference", "")
         if reference.startswith("Practitioner/"):
             found = g.repository.read("Practitioner", reference.split("/", 1)[1]).json()
-            idnatps = next((i["value"] for i in found.get("identifier", []) if i.get("system") == IDNATPS_SYSTEM), None)
-            out.append((common.person_name(found) or "Professionnel", idnatps))
+            out.append((common.person_name(found) or "Professionnel", common.idnatps_of(found)))
         elif reference.startswith("#"):
             contained = next((c for c in docref.get("contained", []) if c.get("id") == reference[1:]), None)
             out.append((common.person_name(contained) or "Professionnel", None))
@@ -145,7 +138,7 @@ def _authors(docref: dict) -> list[tuple[str, str | None]]:
     return out
 
 
-def _readers(docref: dict) -> list[tuple[str, bool]]:
+def _readers(docref: dict, authors: list[tuple[str, str | None]]) -> list[tuple[str, bool]]:
     """Who may see this document now, each asked of the access rules themselves."""
     access = g.repository.access
     ins = access.patient_ins
@@ -162,7 +155,7 @@ def _readers(docref: dict) -> list[tuple[str, bool]]:
                 what = "médecin traitant" if kind == "attending-physician" else "autorisé·e"
                 candidates.append((f"{common.professional_name(value)} ({what})",
                                    AccessContext(role="doctor", subject=value)))
-    for name, idnatps in _authors(docref):
+    for name, idnatps in authors:
         if idnatps and idnatps not in seen:
             seen.add(idnatps)
             candidates.append((f"{name} (auteur du document)", AccessContext(role="doctor", subject=idnatps)))

@@ -30,13 +30,20 @@ def _decisions() -> list[tuple[StoredResource, str, str, list[str]]]:
     return out
 
 
-def _professional_id(raw: str) -> str:
+def _typed_idnatps(raw: str) -> str | None:
     """The IdNatPs of what the patient typed or chose: an IdNatPs, or an RPPS number (8 + RPPS)."""
     value = raw.strip().replace(" ", "")
     if re.fullmatch(r"\d{11}", value):
         return "8" + value
     if re.fullmatch(r"\d{12}", value):
         return value
+    return None
+
+
+def _professional_id(raw: str) -> str:
+    idnatps = _typed_idnatps(raw)
+    if idnatps:
+        return idnatps
     raise DocumentRefused("saisissez un numéro RPPS (11 chiffres) ou choisissez un professionnel dans la liste",
                           location="professionnel", status=422)
 
@@ -47,14 +54,14 @@ def _search_professionals(query: str) -> list[dict]:
         return []
     digits = query.replace(" ", "")
     if digits.isdigit():
-        params = [("identifier", f"{IDNATPS_SYSTEM}|{'8' + digits if len(digits) == 11 else digits}")]
+        params = [("identifier", f"{IDNATPS_SYSTEM}|{_typed_idnatps(digits) or digits}")]
     else:
         params = [("name", query)]
     found = g.repository.search(search_sql.parse_search("Practitioner", params + [("_count", "20")])).entries
     out = []
     for stored in found:
         practitioner = stored.json()
-        idnatps = next((i["value"] for i in practitioner.get("identifier", []) if i.get("system") == IDNATPS_SYSTEM), None)
+        idnatps = common.idnatps_of(practitioner)
         if idnatps:
             out.append({"id": idnatps, "name": common.person_name(practitioner) or idnatps})
     return out
