@@ -28,7 +28,7 @@ space = Blueprint("space", __name__, template_folder="templates", static_folder=
                   static_url_path="/espace-static")
 csrf = CSRFProtect()
 # Pages open before sign-in.
-PUBLIC = ("space.sign_in", "space.enter_code", "space.static", "space.home")
+PUBLIC = ("space.sign_in", "space.enter_code", "space.home")
 SECURITY_HEADERS = {
     # No script from anywhere: the pages need none, and no document content can run.
     "Content-Security-Policy": "default-src 'self'; script-src 'none'; object-src 'self'; frame-src 'self'; "
@@ -86,6 +86,8 @@ def local_date(value: str) -> str:
 
 @space.before_request
 def signed_in():
+    if request.endpoint == "space.static":
+        return None   # the stylesheet: no session to look up (each lookup writes its new expiry)
     if request.method == "POST":
         csrf.protect()
     g.account = None
