@@ -1,6 +1,9 @@
 """Running cases: each step sends its input (over MLLP or HTTP) and checks its answer against the
 case's expectations; the first unmet expectation fails the case with a message saying what was
-expected and what came back, and every exchange is kept for the report."""
+expected and what came back, and every exchange is kept for the report.
+
+The kit frames MLLP and reads ACKs itself rather than with the gateway's own MLLP and ER7 code:
+a reading shared with the implementation under test would share its mistakes."""
 from __future__ import annotations
 
 import json
