@@ -29,6 +29,11 @@ def _zone(offset: str | None):
     return timezone(sign * timedelta(hours=int(offset[1:3]), minutes=int(offset[3:5])))
 
 
+def fhir_now() -> str:
+    """This moment as a FHIR dateTime in UTC, to the second."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
 def ts_to_fhir(ts: str) -> str:
     """'20191203133000+0100' -> '2019-12-03T13:30:00+01:00'; '20191203' -> '2019-12-03'."""
     m = _TS.match(ts.strip())

@@ -6,8 +6,6 @@ in the same transaction, with its AuditEvent.
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 from gateway.access import AccessContext
 from gateway.access.rules import (
     CONSENT_KIND_SYSTEM,
@@ -21,6 +19,7 @@ from gateway.access.rules import (
 from gateway.cda.errors import DocumentRefused
 from gateway.fhir.validation import InvalidResource, validate
 from gateway.mapping import codes
+from gateway.mapping.dates import fhir_now
 from gateway.storage import search as search_sql
 from gateway.storage.repository import Repository, StoredResource, new_id
 
@@ -76,7 +75,7 @@ def checked_consent(consent: dict, patient_id: str, access: AccessContext) -> di
     stored["category"] = [PATIENT_CONSENT_CATEGORY, {"coding": [{"system": CONSENT_KIND_SYSTEM, "code": kind}]}]
     stored.setdefault("policyRule", {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
                                                  "code": POLICIES[effect]}]})
-    stored.setdefault("dateTime", datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"))
+    stored.setdefault("dateTime", fhir_now())
     try:
         validate(stored)
     except InvalidResource as exc:

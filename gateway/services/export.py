@@ -26,6 +26,7 @@ from signxml import InvalidInput, InvalidSignature, XMLSigner, XMLVerifier, meth
 
 from gateway.fhir.validation import validate
 from gateway.mapping import codes
+from gateway.mapping.dates import fhir_now
 from gateway.mapping.groups import GROUP_TITLES, grouped
 from gateway.storage.repository import Repository, StoredResource, new_id
 
@@ -66,7 +67,7 @@ def build_export(repo: Repository, fhir_base: str, key_pem: bytes, cert_pem: byt
 
 def _document_bundle(fhir_base: str, patient: StoredResource, docrefs: list[StoredResource],
                      others: list[StoredResource]) -> dict:
-    now = datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    now = fhir_now()
     url = {s.reference: f"{fhir_base}/{s.reference}" for s in [patient, *docrefs, *others]}
     sections = [{"title": title, "code": {"coding": [{"system": "urn:dmp-gateway:document-group", "code": key}]},
                  "entry": [{"reference": f"DocumentReference/{d['id']}"} for d in members]}

@@ -7,12 +7,11 @@ Binary; professionals with access to the record see it like any other document.
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 from gateway.access.context import PATIENT
 from gateway.cda.errors import DocumentRefused
 from gateway.fhir.validation import InvalidResource, validate
 from gateway.mapping import codes
+from gateway.mapping.dates import fhir_now
 from gateway.mapping.document import sha1_base64
 from gateway.storage.repository import Repository, StoredResource, UnitOfWork, new_id, store_raw
 
@@ -89,7 +88,7 @@ def add_document(repo: Repository, *, title: str, type_code: str, media_type: st
 def _register(uow: UnitOfWork, repo: Repository, patient_id: str, title: str, type_code: str, media_type: str,
               data: bytes, file_name: str | None) -> StoredResource:
     docref_id, binary_id = new_id(), new_id()
-    now = datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    now = fhir_now()
     sha256 = uow.store_blob(data)
     uow.save(_checked({"resourceType": "Binary", "id": binary_id, "contentType": media_type,
                        "securityContext": {"reference": f"DocumentReference/{docref_id}"}}),
