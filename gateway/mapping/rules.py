@@ -4,7 +4,7 @@ from __future__ import annotations
 from gateway.cda.errors import DocumentRefused
 from gateway.cda.header import CD, CdaHeader
 
-from . import codes
+from . import codes, valuesets
 from .dates import InvalidTime, ts_to_fhir
 from .identity import check_ins, ins_of
 
@@ -22,16 +22,14 @@ def check_document(header: CdaHeader) -> str:
     if not header.authors:
         raise DocumentRefused("the document has no author (author/assignedAuthor with an id or a name)",
                               location=f"{CD}/author")
-    if header.code.system not in (None, "2.16.840.1.113883.6.1"):
+    if codes.document_type(header.code.system, header.code.code) is None:
         raise DocumentRefused(
-            f"the document type must be a LOINC code (codeSystem 2.16.840.1.113883.6.1), not {header.code.system}",
-            location=f"{CD}/code/@codeSystem",
-        )
-    if header.code.code not in codes.DOCUMENT_TYPES:
-        raise DocumentRefused(
-            f"document type {header.code.code} is not in the DMP list of document types (JDV_J07/J66)",
-            location=f"{CD}/code/@code",
-        )
+            f"document type {header.code.code} (code system {header.code.system}) is not in the CI-SIS list of "
+            "document types JDV_J07 (LOINC or TRE_A05)", location=f"{CD}/code/@code")
+    for location, value_set, code in _coded(header):
+        if valuesets.display(value_set, code.system, code.code) is None:
+            raise DocumentRefused(f"code {code.code} (code system {code.system}) is not in the CI-SIS value set "
+                                  f"JDV_{value_set}", location=location)
     if header.custodian is None or not header.custodian.ids:
         raise DocumentRefused("the custodian organisation and its identifier are missing",
                               location=f"{CD}/custodian/assignedCustodian/representedCustodianOrganization/id")
@@ -60,3 +58,18 @@ def _times(header: CdaHeader):
     for name, value in (("low", header.encounter_low), ("high", header.encounter_high)):
         if value:
             yield f"{CD}/componentOf/encompassingEncounter/effectiveTime/{name}/@value", value
+
+
+def _coded(header: CdaHeader):
+    """(location, value set, code) of each metadata code the DMP checks against a CI-SIS value set."""
+    if header.confidentiality:
+        yield f"{CD}/confidentialityCode", "J08", header.confidentiality
+    if header.facility_type:
+        yield f"{CD}/componentOf/encompassingEncounter/location/healthCareFacility/code", "J02", header.facility_type
+    for i, event in enumerate(header.service_events, 1):
+        if event.practice_setting:
+            yield (f"{CD}/documentationOf[{i}]/serviceEvent/performer/assignedEntity/representedOrganization/"
+                   "standardIndustryClassCode", "J04", event.practice_setting)
+    for i, author in enumerate(header.authors, 1):
+        if author.specialty:
+            yield f"{CD}/author[{i}]/assignedAuthor/code", "J01", author.specialty
