@@ -78,7 +78,7 @@ def load_decisions(settings: Settings, engine) -> None:
         repo = Repository(engine, actor, settings.public_base_url)
         with repo.unit_of_work() as uow:
             docref_id = uow.find_by_identifier("DocumentReference", *identifier_key(unique_id))
-        labels.patch_labels(repo, docref_id, [{"op": "add", "path": "/securityLabel/-", "value": {
+        labels.patch_document(repo, docref_id, [{"op": "add", "path": "/securityLabel/-", "value": {
             "coding": [{"system": codes.VISIBILITY_SYSTEM, "code": label}]}}])
 
 

@@ -90,6 +90,7 @@ class Document:
     event_high: str = ""
     templates: list[tuple[str, str | None]] = field(default_factory=list)
     sections: list[tuple[str, str, str]] = field(default_factory=list)  # (LOINC, title, narrative)
+    model_sections: list[str] = field(default_factory=list)  # sections the content model requires, as XML
     pdf_lines: list[str] = field(default_factory=list)
     replaces: str | None = None
     confidentiality: str = "N"
@@ -143,12 +144,15 @@ def cda(d: Document) -> bytes:
                         for r, e in [("2.16.840.1.113883.2.8.2.1", None), ("1.2.250.1.213.1.1.1.1", None)] + d.templates)
     replaces = (f'<relatedDocument typeCode="RPLC"><parentDocument><id root="{d.replaces}"/></parentDocument>'
                 f'</relatedDocument>') if d.replaces else ""
-    events = "".join(f'<translation code="{c}" codeSystem="{s}" displayName="{escape(n)}"/>' for c, s, n in d.event_codes[1:])
+    events = "".join(f'<translation code="{c}" codeSystem="{s}" displayName="{escape(n)}">'
+                     + ('<qualifier><name code="121139" displayName="Modalité d\'imagerie" codeSystem="1.2.840.10008.2.16.4"/>'
+                        '</qualifier>' if s == "1.2.840.10008.2.16.4" else "") + '</translation>'
+                     for c, s, n in d.event_codes[1:])
     first = d.event_codes[0] if d.event_codes else None
     event_code = (f'<code code="{first[0]}" codeSystem="{first[1]}" displayName="{escape(first[2])}">{events}</code>'
                   if first else "")
-    if d.sections:
-        components = "".join(
+    if d.sections or d.model_sections:
+        components = "".join(f"<component>{section}</component>" for section in d.model_sections) + "".join(
             f'<component><section><templateId root="1.3.6.1.4.1.19376.1.5.3.1.3.1"/>'
             f'<code code="{code}" codeSystem="2.16.840.1.113883.6.1"/><title>{escape(title)}</title>'
             f'<text>{text}</text></section></component>' for code, title, text in d.sections)
@@ -228,20 +232,84 @@ def cda(d: Document) -> bytes:
 
 
 ROOT = "1.2.250.1.213.1.1.9.2"  # document ids of the fictional hospital's sample documents
+
+
+def _simple_observation(id_root: str, templates: list[str], code: tuple[str, str, str], time: str, value: str,
+                        reference: str) -> str:
+    """An IHE PCC simple observation entry, its narrative referenced in the section's text."""
+    template_xml = "".join(f'<templateId root="{t}"/>' for t in ["1.3.6.1.4.1.19376.1.5.3.1.4.13", "1.2.250.1.213.1.1.3.48",
+                                                                *templates])
+    return (f'<entry><observation classCode="OBS" moodCode="EVN">{template_xml}<id root="{id_root}"/>'
+            f'<code code="{code[0]}" displayName="{escape(code[2])}" codeSystem="{code[1]}"/>'
+            f'<text><reference value="#{reference}"/></text><statusCode code="completed"/>'
+            f'<effectiveTime value="{time}"/>{value}</observation></entry>')
+
+
+def _section(templates: list[str], code: tuple[str, str], title: str, text: str) -> str:
+    template_xml = "".join(f'<templateId root="{t}"/>' for t in templates)
+    return (f'<section>{template_xml}<code code="{code[0]}" displayName="{escape(code[1])}" '
+            f'codeSystem="2.16.840.1.113883.6.1"/><title>{escape(title)}</title><text>{escape(text)}</text></section>')
+
+
+def imaging_sections(indication: str, technique: str, results: str, conclusion: str) -> list[str]:
+    """The sections of CR-IMG 2024.01 (DICOM part 20 with the CI-SIS templates): clinical information,
+    imaging procedure, findings, conclusion (schematron CI-SIS_IMG-CR-IMG_2024.01)."""
+    return [
+        _section(["1.2.840.10008.9.2", "1.2.250.1.213.1.1.2.205"], ("55752-0", "Clinical information"),
+                 "Informations cliniques", indication),
+        _section(["1.2.840.10008.9.3", "1.2.250.1.213.1.1.2.206"], ("55111-9", "Current imaging procedure descriptions"),
+                 "Technique d'imagerie", technique),
+        _section(["2.16.840.1.113883.10.20.6.1.2", "1.2.250.1.213.1.1.2.208"], ("59776-5", "Procedure findings"),
+                 "Résultats", results),
+        _section(["1.2.840.10008.9.5", "1.2.250.1.213.1.1.2.209"], ("19005-8", "Radiology Impression"),
+                 "Conclusion", conclusion),
+    ]
+
+
+def ldl_ses_sections(time: str, doc_id: str, reason: str, stay: str, treatment: str, follow_up: str) -> list[str]:
+    """The sections LDL-SES 2022.01 requires (schematron CI-SIS_LDL-SES_2022.01): document status,
+    reason for hospitalisation, results and events of the stay, treatments at discharge, follow-up."""
+    day = time[:8]
+    status = _simple_observation(f"{doc_id}.10", ["1.2.250.1.213.1.1.3.48.16", "1.2.250.1.213.1.1.3.48.16.1"],
+                                 ("GEN-065", "1.2.250.1.213.1.1.4.322", "Statut du document"), day,
+                                 '<value xsi:type="CD" code="255594003" displayName="complet" codeSystem="2.16.840.1.113883.6.96"/>',
+                                 "statut")
+    return [
+        ('<section><templateId root="1.2.250.1.213.1.1.2.35"/><templateId root="1.2.250.1.213.1.1.2.35.1"/>'
+         f'<id root="{doc_id}.11"/><code code="33557-0" displayName="Etat d\'achèvement" codeSystem="2.16.840.1.113883.6.1"/>'
+         '<title>Statut du document</title><text><content ID="statut">Complet</content></text>'
+         f'{status}</section>'),
+        ('<section><templateId root="1.3.6.1.4.1.19376.1.5.3.1.3.1"/><templateId root="1.2.250.1.213.1.1.2.127"/>'
+         '<code code="42349-1" displayName="Raison de la recommandation" codeSystem="2.16.840.1.113883.6.1"/>'
+         f'<title>Motif de l\'hospitalisation</title><text>{escape(reason)}</text></section>'),
+        ('<section><templateId root="1.3.6.1.4.1.19376.1.5.3.1.1.21.2.9"/>'
+         '<templateId root="1.3.6.1.4.1.19376.1.7.3.1.1.13.7"/><templateId root="1.2.250.1.213.1.1.2.163"/>'
+         '<templateId root="1.2.250.1.213.1.1.2.163.1"/>'
+         '<code code="42545-4" displayName="Synthèse médicale du séjour" codeSystem="2.16.840.1.113883.6.1"/>'
+         f'<title>Synthèse médicale du séjour</title><text>{escape(stay)}</text></section>'),
+        ('<section><templateId root="1.3.6.1.4.1.19376.1.5.3.1.3.22"/><templateId root="1.2.250.1.213.1.1.2.146"/>'
+         '<code code="10183-2" displayName="Traitements à la sortie" codeSystem="2.16.840.1.113883.6.1"/>'
+         f'<title>Traitements à la sortie</title><text>{escape(treatment)}</text></section>'),
+        ('<section><templateId root="2.16.840.1.113883.10.20.1.10"/><templateId root="1.3.6.1.4.1.19376.1.5.3.1.3.36"/>'
+         '<templateId root="1.2.250.1.213.1.1.2.158"/>'
+         '<code code="18776-5" displayName="Suites à donner" codeSystem="2.16.840.1.113883.6.1"/>'
+         f'<title>Suites à donner</title><text>{escape(follow_up)}</text></section>'),
+    ]
 LDL_SES = ("11490-0", "Lettre de liaison à la sortie d'un établissement de soins")
+# CR-IMG 2024.01: the CI-SIS model and the DICOM part 20 templates (imaging report, general and imaging headers).
+IMAGING_TEMPLATES = [("1.2.840.10008.9.1", None), ("1.2.840.10008.9.20", None), ("1.2.840.10008.9.21", None),
+                     ("1.2.250.1.213.1.1.1.45", "2024.01")]
 
 DOCUMENTS = [
     Document("ldl-ses-martin.xml", f"{ROOT}.1.1", f"{ROOT}.1", 1, LDL_SES,
              "Lettre de liaison à la sortie - service de médecine interne", "20260310163000+0100",
              PATIENTS["martin"], INTERNIST, CH, [], "20260302091500+0100", "20260310160000+0100",
              [("1.2.250.1.213.1.1.1.29", "2022.01")],
-             sections=[
-                 ("42346-7", "Motif d'hospitalisation", "Pneumopathie franche lobaire aiguë droite."),
-                 ("8648-8", "Synthèse du séjour", "Antibiothérapie par amoxicilline IV puis per os, apyrexie à J3, "
-                  "radiographie de contrôle satisfaisante."),
-                 ("10183-2", "Traitements à la sortie", "Amoxicilline 1 g trois fois par jour pendant 4 jours."),
-                 ("18776-5", "Suites à donner", "Consultation de contrôle chez le médecin traitant à J10."),
-             ]),
+             model_sections=ldl_ses_sections(
+                 "20260310163000+0100", f"{ROOT}.1.1", "Pneumopathie franche lobaire aiguë droite.",
+                 "Antibiothérapie par amoxicilline IV puis per os, apyrexie à J3, radiographie de contrôle satisfaisante.",
+                 "Amoxicilline 1 g trois fois par jour pendant 4 jours.",
+                 "Consultation de contrôle chez le médecin traitant à J10.")),
     Document("cr-hospitalisation-lefevre.xml", f"{ROOT}.2.1", f"{ROOT}.2", 1, ("34112-3", "CR hospitalier (séjour)"),
              "Compte rendu d'hospitalisation - cardiologie", "20260115110000+0100", PATIENTS["lefevre"], INTERNIST, CH,
              [], "20260108080000+0100", "20260114180000+0100", [("1.3.6.1.4.1.19376.1.2.20", None)],
@@ -273,23 +341,21 @@ DOCUMENTS = [
              "IRM du genou droit", "20260220101500+0100", PATIENTS["lefevre"], RADIOLOGIST, CABINET,
              [("24724-7", "2.16.840.1.113883.6.1", "RM genou"), ("MR", "1.2.840.10008.2.16.4", "Magnetic Resonance")],
              "20260220094500+0100", "20260220100000+0100",
-             [("1.2.250.1.213.1.1.1.45", "2024.01"), ("1.2.840.10008.9.1", None)],
-             sections=[
-                 ("55111-9", "Indication", "Gonalgie droite après torsion, suspicion de lésion méniscale."),
-                 ("55111-9", "Technique", "Séquences sagittales et coronales DP fat-sat, T1 sagittale, 1,5 T."),
-                 ("59776-5", "Résultats", "Fissure horizontale de la corne postérieure du ménisque médial "
-                  "atteignant la surface articulaire inférieure. Ligaments croisés intacts."),
-                 ("19005-8", "Conclusion", "Lésion méniscale médiale de grade 3."),
-             ]),
+             IMAGING_TEMPLATES,
+             model_sections=imaging_sections(
+                 "Gonalgie droite après torsion, suspicion de lésion méniscale.",
+                 "Séquences sagittales et coronales DP fat-sat, T1 sagittale, 1,5 T.",
+                 "Fissure horizontale de la corne postérieure du ménisque médial atteignant la surface articulaire "
+                 "inférieure. Ligaments croisés intacts.",
+                 "Lésion méniscale médiale de grade 3.")),
     Document("cr-imagerie-scanner-garnier.xml", f"{ROOT}.5.1", f"{ROOT}.5", 1, ("18748-4", "CR d'imagerie médicale"),
              "Scanner thoracique", "20260112150000+0100", PATIENTS["garnier"], RADIOLOGIST, CABINET,
              [("24627-2", "2.16.840.1.113883.6.1", "CT thorax"), ("CT", "1.2.840.10008.2.16.4", "Computed Tomography")],
-             "20260112143000+0100", "", [("1.2.250.1.213.1.1.1.45", "2024.01"), ("1.2.840.10008.9.1", None)],
-             sections=[
-                 ("55111-9", "Indication", "Bilan préopératoire, ancien fumeur."),
-                 ("59776-5", "Résultats", "Pas de nodule suspect. Emphysème centrolobulaire modéré des apex."),
-                 ("19005-8", "Conclusion", "Emphysème modéré, pas de lésion suspecte."),
-             ]),
+             "20260112143000+0100", "", IMAGING_TEMPLATES,
+             model_sections=imaging_sections(
+                 "Bilan préopératoire, ancien fumeur.", "Acquisition hélicoïdale thoracique sans injection.",
+                 "Pas de nodule suspect. Emphysème centrolobulaire modéré des apex.",
+                 "Emphysème modéré, pas de lésion suspecte.")),
     Document("cr-imagerie-echographie-moreau.xml", f"{ROOT}.6.1", f"{ROOT}.6", 1, ("18748-4", "CR d'imagerie médicale"),
              "Échographie abdominale", "20260305113000+0100", PATIENTS["moreau"], RADIOLOGIST, CABINET,
              [("24558-9", "2.16.840.1.113883.6.1", "US abdomen"), ("US", "1.2.840.10008.2.16.4", "Ultrasound")],
@@ -317,13 +383,13 @@ REPLACEMENT = Document("cr-imagerie-irm-lefevre-v2.xml", f"{ROOT}.4.2", f"{ROOT}
                        RADIOLOGIST, CABINET,
                        [("24724-7", "2.16.840.1.113883.6.1", "RM genou"), ("MR", "1.2.840.10008.2.16.4", "Magnetic Resonance")],
                        "20260220094500+0100", "20260220100000+0100",
-                       [("1.2.250.1.213.1.1.1.45", "2024.01"), ("1.2.840.10008.9.1", None)],
-                       sections=[
-                           ("55111-9", "Indication", "Gonalgie droite après torsion, suspicion de lésion méniscale."),
-                           ("59776-5", "Résultats", "Fissure horizontale de la corne postérieure du ménisque médial. "
-                            "Épanchement articulaire de faible abondance, absent du premier compte rendu."),
-                           ("19005-8", "Conclusion", "Lésion méniscale médiale de grade 3, épanchement minime."),
-                       ],
+                       IMAGING_TEMPLATES,
+                       model_sections=imaging_sections(
+                           "Gonalgie droite après torsion, suspicion de lésion méniscale.",
+                           "Séquences sagittales et coronales DP fat-sat, T1 sagittale, 1,5 T.",
+                           "Fissure horizontale de la corne postérieure du ménisque médial. Épanchement articulaire de "
+                           "faible abondance, absent du premier compte rendu.",
+                           "Lésion méniscale médiale de grade 3, épanchement minime."),
                        replaces=f"{ROOT}.4.1")
 
 

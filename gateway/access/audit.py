@@ -24,19 +24,34 @@ DCM = "http://dicom.nema.org/resources/ontology/DCM"
 REST_TYPE = {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest",
              "display": "RESTful Operation"}
 SECURITY_ALERT = {"system": DCM, "code": "110113", "display": "Security Alert"}
+SOURCE_ROLE = {"system": DCM, "code": "110153", "display": "Source Role ID"}
+DESTINATION_ROLE = {"system": DCM, "code": "110152", "display": "Destination Role ID"}
+APPLICATION_ROLE = {"system": DCM, "code": "110150", "display": "Application"}
+CUSTODIAN_ROLE = {"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type", "code": "custodian",
+                  "display": "Custodian"}
+ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
+OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
+# interaction: (BALP profile with a patient, without one, action, requester's agent type, gateway's).
+# BALP names the agent the data leaves "Source" (110153) and the one it reaches "Destination"
+# (110152): the requester is the source of a create or a query, the destination of a read. A
+# deletion is asked by an application of the data's custodian.
 INTERACTIONS = {
-    # interaction: (BALP profile, action)
-    "read": ("PatientRead", "R"),
-    "vread": ("PatientRead", "R"),
-    "history-instance": ("PatientRead", "R"),
-    "search-type": ("PatientQuery", "E"),
-    "create": ("PatientCreate", "C"),
-    "update": ("PatientUpdate", "U"),
-    "patch": ("PatientUpdate", "U"),
+    "read": ("PatientRead", "Read", "R", DESTINATION_ROLE, SOURCE_ROLE),
+    "vread": ("PatientRead", "Read", "R", DESTINATION_ROLE, SOURCE_ROLE),
+    "history-instance": ("PatientRead", "Read", "R", DESTINATION_ROLE, SOURCE_ROLE),
+    "search-type": ("PatientQuery", "Query", "E", SOURCE_ROLE, DESTINATION_ROLE),
+    "create": ("PatientCreate", "Create", "C", SOURCE_ROLE, DESTINATION_ROLE),
+    "update": ("PatientUpdate", "Update", "U", SOURCE_ROLE, DESTINATION_ROLE),
+    "patch": ("PatientUpdate", "Update", "U", SOURCE_ROLE, DESTINATION_ROLE),
+    "delete": ("PatientDelete", "Delete", "D", APPLICATION_ROLE, CUSTODIAN_ROLE),
 }
 PURPOSES = {"care": ("TREAT", "treatment"), EMERGENCY: ("BTG", "break the glass"),
             REGULATION: ("ETREAT", "Emergency Treatment")}
 ROLE_SYSTEM = "urn:dmp-gateway:role"
+# The legal basis of a decision taken without a Consent resource: emergency access is open unless
+# the patient opposed it (CSP L1111-17 I), and insurers are refused whatever they hold (L1111-18).
+POLICY_SYSTEM = "urn:dmp-gateway:access-policy"
+GATEWAY = "dmp-gateway"
 GENESIS = "0" * 64
 AUDIT_LOCK = 7_110_113  # PostgreSQL advisory lock key of the chain head
 
@@ -51,18 +66,21 @@ SUCCESS = Outcome("0")
 
 
 def audit_event(event_id: str, recorded: str, interaction: str, access: AccessContext, *,
-                patient_id: str | None, entities: list[str] = (), query: str | None = None,
-                outcome: Outcome = SUCCESS) -> dict:
-    """One BALP AuditEvent: who (with role, organisation, address), what, why, and the outcome."""
-    profile, action = INTERACTIONS[interaction]
+                patient_id: str | None, entity: str | None = None, query: str | None = None,
+                outcome: Outcome = SUCCESS, host: str = GATEWAY) -> dict:
+    """One BALP AuditEvent: who (with role, organisation, address), what (one resource, or the
+    query), about which patient, why, and the outcome. BALP allows one data entity per event."""
+    with_patient, without_patient, action, requester_role, gateway_role = INTERACTIONS[interaction]
     event = {
-        "resourceType": "AuditEvent", "id": event_id, "meta": {"profile": [BALP + profile]},
+        "resourceType": "AuditEvent", "id": event_id,
+        "meta": {"profile": [BALP + (with_patient if patient_id else without_patient)]},
         "type": REST_TYPE,
         "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": interaction}],
         "action": action, "recorded": recorded, "outcome": outcome.code,
         "purposeOfEvent": [_purpose(access)],
-        "agent": _agents(access), "source": _source(),
-        "entity": _entities(patient_id, entities, query),
+        "agent": [_requester(access, requester_role), *_organization(access), _gateway(gateway_role, host)],
+        "source": _source(),
+        "entity": _entities(patient_id, entity, query),
     }
     if outcome.description:
         event["outcomeDesc"] = outcome.description
@@ -70,17 +88,38 @@ def audit_event(event_id: str, recorded: str, interaction: str, access: AccessCo
 
 
 def authorization_event(event_id: str, recorded: str, access: AccessContext, *, patient_id: str | None,
-                        basis: str, outcome: Outcome) -> dict:
+                        basis: str, outcome: Outcome, host: str = GATEWAY) -> dict:
     """BALP AuthZconsent: the decision to grant an emergency access (no opposition on record), or
-    to refuse a role outright (`basis` = AuthZ-Role)."""
+    to refuse a role outright (`basis` = AuthZ-Role). The decision rests on the law, not on a
+    Consent resource: the consent entity names that policy. A refusal that names no patient is not
+    an AuthZconsent (which needs one): it is a plain AuditEvent with the same content."""
+    policy = ("CSP-L1111-18", "insurers, banks and employers may not access the record") if basis == "AuthZ-Role" \
+        else ("CSP-L1111-17-I", "emergency access is open unless the patient opposed it")
+    user = {"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                                 "code": "IRCP", "display": "information recipient"}]},
+            "role": [{"coding": [{"system": ROLE_SYSTEM, "code": access.role}]}],
+            "who": _who(access), "name": access.name or access.subject, "requestor": True}
+    client = {"type": {"coding": [APPLICATION_ROLE]},
+              "who": {"display": f"client of {access.subject}"}, "requestor": False, "network": _network(access)}
+    organization = _organization(access) or [{
+        "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-RoleClass", "code": "PROV",
+                             "display": "healthcare provider"}]},
+        "who": {"display": "organisation not stated in the token"}, "requestor": False}]
+    authorizer = {"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/extra-security-role-type",
+                                       "code": "authserver", "display": "authorization server"}]},
+                  "who": {"display": host}, "requestor": False}
+    entities = _entities(patient_id, None, None) + [{
+        "what": {"identifier": {"system": POLICY_SYSTEM, "value": policy[0]}, "display": policy[1]},
+        "type": {"system": "http://hl7.org/fhir/resource-types", "code": "Consent"}}]
     event = {
-        "resourceType": "AuditEvent", "id": event_id, "meta": {"profile": [BALP + "AuthZconsent"]},
+        "resourceType": "AuditEvent", "id": event_id,
+        "meta": {"profile": [BALP + "AuthZconsent"]} if patient_id else {},
         "type": SECURITY_ALERT,
         "subtype": [{"system": "https://profiles.ihe.net/ITI/BALP/CodeSystem/AuthZsubType", "code": basis}],
         "action": "E", "recorded": recorded, "outcome": outcome.code,
         "purposeOfEvent": [_purpose(access)],
-        "agent": _agents(access), "source": _source(),
-        "entity": _entities(patient_id, [], None),
+        "agent": [user, client, *organization, authorizer], "source": _source(),
+        "entity": entities,
     }
     if outcome.description:
         event["outcomeDesc"] = outcome.description
@@ -93,47 +132,54 @@ def _purpose(access: AccessContext) -> dict:
                         "display": display}]}
 
 
-def _agents(access: AccessContext) -> list[dict]:
+def _who(access: AccessContext) -> dict:
     who: dict = {"display": access.name or access.subject}
     if access.is_professional:
         who["identifier"] = {"system": IDNATPS_SYSTEM, "value": access.subject}
-    requester = {
-        "type": {"coding": [{"system": DCM, "code": "110153", "display": "Source Role ID"}]},
-        "role": [{"coding": [{"system": ROLE_SYSTEM, "code": access.role}]}],
-        "who": who, "altId": access.subject, "name": access.name or access.subject, "requestor": True,
-    }
-    if access.address:
-        requester["network"] = {"address": access.address, "type": "2"}
-    agents = [requester]
-    if access.organization:
-        agents.append({"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-RoleClass",
-                                            "code": "PROV", "display": "healthcare provider"}]},
-                       "who": {"identifier": {"system": codes.FINESS_SYSTEM, "value": access.organization}},
-                       "requestor": False})
-    agents.append({"type": {"coding": [{"system": DCM, "code": "110152", "display": "Destination Role ID"}]},
-                   "who": {"display": "dmp-gateway"}, "requestor": False})
-    return agents
+    return who
+
+
+def _network(access: AccessContext) -> dict:
+    # type 2: an IP address; type 1: a machine name (the gateway's own processes, e.g. `gateway ingest`).
+    return {"address": access.address, "type": "2"} if access.address else {"address": "localhost", "type": "1"}
+
+
+def _requester(access: AccessContext, role: dict) -> dict:
+    return {"type": {"coding": [role]}, "role": [{"coding": [{"system": ROLE_SYSTEM, "code": access.role}]}],
+            "who": _who(access), "altId": access.subject, "name": access.name or access.subject,
+            "requestor": True, "network": _network(access)}
+
+
+def _organization(access: AccessContext) -> list[dict]:
+    if not access.organization:
+        return []
+    return [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-RoleClass", "code": "PROV",
+                                  "display": "healthcare provider"}]},
+             "who": {"identifier": {"system": codes.FINESS_SYSTEM, "value": access.organization}},
+             "requestor": False}]
+
+
+def _gateway(role: dict, host: str) -> dict:
+    return {"type": {"coding": [role]}, "who": {"display": GATEWAY}, "requestor": False,
+            "network": {"address": host, "type": "1"}}
 
 
 def _source() -> dict:
-    return {"observer": {"display": "dmp-gateway"},
+    return {"observer": {"display": GATEWAY},
             "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4",
                       "display": "Application Server"}]}
 
 
-def _entities(patient_id: str | None, entities, query: str | None) -> list[dict]:
+def _entities(patient_id: str | None, entity: str | None, query: str | None) -> list[dict]:
     out = []
     if patient_id:
         out.append({"what": {"reference": f"Patient/{patient_id}"},
-                    "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1"},
-                    "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1"}})
-    for reference in entities:
-        out.append({"what": {"reference": reference},
-                    "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2"},
-                    "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "4"}})
+                    "type": {"system": ENTITY_TYPE, "code": "1"}, "role": {"system": OBJECT_ROLE, "code": "1"}})
+    if entity:
+        out.append({"what": {"reference": entity}, "type": {"system": ENTITY_TYPE, "code": "2"},
+                    "role": {"system": OBJECT_ROLE, "code": "4"}})
     if query is not None:
-        out.append({"type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2"},
-                    "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "24"},
+        out.append({"type": {"system": ENTITY_TYPE, "code": "2"}, "role": {"system": OBJECT_ROLE, "code": "24"},
                     "query": base64.b64encode(query.encode()).decode()})
     return out
 

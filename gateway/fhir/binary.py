@@ -11,6 +11,7 @@ from flask import Response, g, request
 
 from gateway.storage.repository import Gone, NotFound, StoredResource
 
+from .blueprint import fhir
 from .responses import FhirError, fhir_response, version_headers
 
 FHIR_ACCEPTS = ("application/fhir+json", "application/json")
@@ -49,3 +50,19 @@ def retrieve(res_id: str) -> Response:
     for key, value in headers.items():
         response.headers[key] = value
     return response
+
+
+@fhir.get("/Bundle/<res_id>")
+def fhir_document(res_id: str) -> Response:
+    """A FHIR document (a Bundle of type document) a DocumentReference points to (PDSM4DMP TD3.2):
+    kept as received, like any document, and read through the same rules as its Binary."""
+    try:
+        stored = g.repository.read("Binary", res_id)
+    except NotFound as exc:
+        raise FhirError(404, str(exc).replace("Binary", "Bundle"), code="not-found") from None
+    except Gone as exc:
+        raise FhirError(410, str(exc).replace("Binary", "Bundle"), code="deleted") from None
+    if stored.json().get("contentType", "").split(";")[0] not in FHIR_ACCEPTS:
+        raise FhirError(404, f"Bundle/{res_id} is not known", code="not-found")
+    return fhir_response(g.repository.blob(stored.blob_sha256).decode("utf-8"), 200,
+                         version_headers(stored.version, stored.last_updated))

@@ -38,17 +38,16 @@ def capability_statement(base: str) -> dict:
             "versioning": "versioned",
             "readHistory": True,
             "conditionalCreate": res_type in CREATABLE_TYPES,
-            "searchParam": [{"name": p.name, "type": SEARCH_TYPE_NAMES[p.type]} for p in params.values()]
-            + ([{"name": "_id", "type": "token"}, {"name": "_lastUpdated", "type": "date"}] if params else []),
         }
+        if params:
+            entry["searchParam"] = [{"name": p.name, "type": SEARCH_TYPE_NAMES[p.type]} for p in params.values()] + [
+                {"name": "_id", "type": "token"}, {"name": "_lastUpdated", "type": "date"}]
         if res_type == "DocumentReference":
             entry["profile"] = "https://interop.esante.gouv.fr/ig/fhir/pdsm/StructureDefinition/pdsm-comprehensive-document-reference"
             entry["searchInclude"] = ["DocumentReference:subject", "DocumentReference:patient",
                                       "DocumentReference:author", "DocumentReference:custodian",
                                       "DocumentReference:authenticator"]
-            entry["searchParam"] += [{"name": "patient.identifier", "type": "token"},
-                                     {"name": "author.given", "type": "string"},
-                                     {"name": "author.family", "type": "string"}]
+            entry["searchParam"] += [{"name": "patient.identifier", "type": "token"}]
         if res_type == "Patient":
             entry["searchRevInclude"] = ["DocumentReference:subject", "DocumentReference:patient"]
         if res_type in SEARCH_DOCUMENTATION:

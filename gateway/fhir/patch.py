@@ -1,4 +1,5 @@
-"""PATCH DocumentReference/[id] with a JSON Patch on securityLabel: masking and unmasking."""
+"""PATCH DocumentReference/[id] and the conditional PATCH DocumentReference?identifier=[system]|[value]
+(PDSM4DMP TD3.3a-d) with a JSON Patch: masking, deletion, archiving (gateway/services/labels.py)."""
 from __future__ import annotations
 
 import json
@@ -6,17 +7,17 @@ import json
 from flask import g, request
 
 from gateway.cda.errors import DocumentRefused
-from gateway.services.labels import patch_labels
+from gateway.services.labels import patch_document
+from gateway.storage import search as search_sql
 
 from .blueprint import fhir
 from .read import lookup
-from .responses import FhirError, fhir_response, negotiate, require_content_type, version_headers
+from .responses import FhirError, fhir_response, negotiate, operation_outcome, require_content_type, version_headers
 
 JSON_PATCH_TYPES = {"application/json-patch+json"}
 
 
-@fhir.patch("/DocumentReference/<res_id>")
-def patch_document(res_id: str):
+def _patch(res_id: str):
     negotiate()
     require_content_type(JSON_PATCH_TYPES, "is not supported: send application/json-patch+json")
     try:
@@ -26,7 +27,35 @@ def patch_document(res_id: str):
     if not isinstance(patch, list):
         raise FhirError(400, "a JSON Patch is a list of operations", code="structure")
     try:
-        stored = lookup(patch_labels, g.repository, res_id, patch)
+        stored = lookup(patch_document, g.repository, res_id, patch)
     except DocumentRefused as refusal:
         raise FhirError(refusal.status, refusal.reason, code=refusal.code, expression=refusal.location) from None
+    if stored is None:
+        return fhir_response(operation_outcome([{
+            "severity": "information", "code": "deleted",
+            "diagnostics": "the document is deleted: no search returns it and a read answers 410 Gone"}]), 200)
     return fhir_response(stored.body, 200, version_headers(stored.version, stored.last_updated))
+
+
+@fhir.patch("/DocumentReference/<res_id>")
+def patch_by_id(res_id: str):
+    return _patch(res_id)
+
+
+@fhir.patch("/DocumentReference")
+def patch_by_identifier():
+    """Conditional PATCH: the one document, among those the requester sees, with this identifier."""
+    criteria = [(name, value) for name, value in request.args.items(multi=True) if name != "_format"]
+    if [name for name, _ in criteria] != ["identifier"]:
+        raise FhirError(400, "a conditional PATCH names the document by identifier=[system]|[value] only",
+                        code="invalid")
+    try:
+        page = g.repository.search(search_sql.parse_search("DocumentReference", criteria + [("_count", "2")],
+                                                           strict=True))
+    except search_sql.SearchError as exc:
+        raise FhirError(400, str(exc), code="invalid") from None
+    if page.total == 0:
+        raise FhirError(404, "no document with this identifier", code="not-found")
+    if page.total > 1:
+        raise FhirError(412, f"the identifier matches {page.total} documents", code="multiple-matches")
+    return _patch(page.entries[0].res_id)

@@ -9,6 +9,7 @@ from gateway.storage.repository import Gone, NotFound
 
 from .blueprint import fhir
 from .binary import resource_body, retrieve
+from .record_state import patients_with_state
 from .responses import FhirError, fhir_response, negotiate, version_headers
 
 STORED_TYPES = ("DocumentReference", "Binary", "Patient", "Practitioner", "Organization", "List", "Consent",
@@ -38,7 +39,8 @@ def read(res_type: str, res_id: str):
     stored = lookup(g.repository.read, res_type, res_id)
     if request.headers.get("If-None-Match") == f'W/"{stored.version}"':
         return fhir_response("", 304, version_headers(stored.version, stored.last_updated))
-    return fhir_response(resource_body(stored), 200, version_headers(stored.version, stored.last_updated))
+    body = patients_with_state(g.repository, [stored]).get(res_id) if res_type == "Patient" else resource_body(stored)
+    return fhir_response(body, 200, version_headers(stored.version, stored.last_updated))
 
 
 @fhir.get("/<res_type>/<res_id>/_history/<vid>")

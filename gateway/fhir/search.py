@@ -11,6 +11,7 @@ from gateway.storage.repository import SearchPage
 
 from .blueprint import fhir
 from .read import check_type
+from .record_state import patients_with_state
 from .responses import FhirError, fhir_response, negotiate, operation_outcome
 
 
@@ -54,10 +55,12 @@ def searchset(res_type: str, parsed: search_sql.SearchRequest, page: SearchPage)
         links.append({"relation": "previous",
                       "url": _link(res_type, parsed, search_sql.encode_cursor(page.previous_keys, "p"))})
     entries = []
+    patients = patients_with_state(g.repository, page.entries + page.included)
     for mode, items in (("match", page.entries), ("include", page.included)):
         for stored in items:
+            body = patients.get(stored.res_id, stored.body) if stored.res_type == "Patient" else stored.body
             entries.append('{"fullUrl":%s,"resource":%s,"search":{"mode":"%s"}}' % (
-                json.dumps(f"{base}/{stored.res_type}/{stored.res_id}"), stored.body, mode))
+                json.dumps(f"{base}/{stored.res_type}/{stored.res_id}"), body, mode))
     if parsed.ignored:
         outcome = operation_outcome([{"severity": "warning", "code": "not-supported",
                                       "diagnostics": f"search parameter ignored: {name}"} for name in parsed.ignored])

@@ -44,6 +44,8 @@ OID_SYSTEMS = {
     "1.2.250.1.213.1.1.4.6": NON_PS_PRODUCER_SYSTEM,
     "1.2.250.1.213.1.1.4.1": CLASS_SYSTEM,
     "1.2.250.1.213.2.5": nos_system("TRE_R38-ActeCCAM"),
+    "1.2.250.1.213.1.1.4.12": nos_system("TRE_A05-TypeDocComplementaire"),
+    "1.2.250.1.213.1.1.4.5": nos_system("TRE_G15-ProfessionSante"),
 }
 
 
@@ -53,24 +55,21 @@ def system_for_oid(oid: str | None) -> str | None:
     return OID_SYSTEMS.get(oid, f"urn:oid:{oid}")
 
 
-# Document types the gateway accepts (JDV_J07 XdsTypeCode-CISIS, LOINC) with the display of J07
-# and the class derived through ASS_X04. The DMP subset (JDV_J66) is not published; a type absent
-# from this table is refused. Extend it here, with the ASS_X04 class, when a new type is needed.
-DOCUMENT_TYPES: dict[str, tuple[str, str]] = {
-    "11490-0": ("Lettre de liaison à la sortie d'un établissement de soins", "10"),
-    "18761-7": ("Lettre de liaison à l'entrée en établissement de soins", "10"),
-    "34112-3": ("CR hospitalier (séjour)", "10"),
-    "34133-9": ("Synthèse d'épisode de soins", "11"),
-    "60591-5": ("Synthèse médicale", "11"),
-    "34874-8": ("CR opératoire", "10"),
-    "18748-4": ("CR d'imagerie médicale", "31"),
-    "11502-2": ("CR d'examens biologiques", "10"),
-    "15507-7": ("CR de passage aux urgences", "10"),
-    "11488-4": ("CR de consultation", "10"),
-    "11526-1": ("CR d'anatomie et de cytologie pathologiques", "10"),
-    "34794-8": ("CR de réunion de concertation pluridisciplinaire", "10"),
-    "57833-6": ("Prescription de produits de santé", "42"),
-}
+TYPE_SYSTEMS = {"2.16.840.1.113883.6.1": LOINC, "1.2.250.1.213.1.1.4.12": nos_system("TRE_A05-TypeDocComplementaire")}
+
+
+def document_type(system_oid: str | None, code: str) -> tuple[str, str, str] | None:
+    """(FHIR system, JDV_J07 display, class) of a document type; None when JDV_J07 lacks it or
+    no class is associated with it. A type given without its code system is read as LOINC."""
+    from .valuesets import display, document_classes
+
+    system_oid = system_oid or "2.16.840.1.113883.6.1"
+    name = display("J07", system_oid, code)
+    klass = document_classes().get(code)
+    if name is None or klass is None or system_oid not in TYPE_SYSTEMS:
+        return None
+    return TYPE_SYSTEMS[system_oid], name, klass[0]
+
 
 CLASS_DISPLAYS = {
     "10": "Compte rendu",
@@ -146,6 +145,8 @@ FR_CORE_PATIENT = "https://hl7.fr/ig/fhir/core/StructureDefinition/fr-core-patie
 FR_CORE_IDENTITY_RELIABILITY = "https://hl7.fr/ig/fhir/core/StructureDefinition/fr-core-identity-reliability"
 # PAM-FR PID-32 identity reliability (VIDE, PROV, VALI, DOUTE, FICTI…), FR Core's v2-0445.
 FR_CORE_V2_0445 = "https://hl7.fr/ig/fhir/core/CodeSystem/fr-core-cs-v2-0445"
-FR_CORE_CONSENT = "https://hl7.fr/ig/fhir/core/StructureDefinition/fr-core-consent"
+FR_CORE_BIRTH_LIST_GIVEN_NAME = "https://hl7.fr/ig/fhir/core/StructureDefinition/fr-core-patient-birth-list-given-name"
+# INSEE's code of the commune of birth (COG), as FR Core's birthplace extension codes it.
+INSEE_COG_SYSTEM = "https://mos.esante.gouv.fr/NOS/TRE_R13-CommuneOM/FHIR/TRE-R13-CommuneOM"
 FR_CORE_PRACTITIONER = "https://hl7.fr/ig/fhir/core/StructureDefinition/fr-core-practitioner"
 FR_CORE_ORGANIZATION = "https://hl7.fr/ig/fhir/core/StructureDefinition/fr-core-organization"

@@ -50,7 +50,7 @@ def _name(name: Name) -> dict:
     if name.suffix:
         out["suffix"] = name.suffix
     if name.given_list:
-        out["extension"] = [{"url": "https://hl7.fr/ig/fhir/core/StructureDefinition/fr-core-birth-list-given-name",
+        out["extension"] = [{"url": codes.FR_CORE_BIRTH_LIST_GIVEN_NAME,
                              "valueString": name.given_list}]
     return out
 
@@ -92,7 +92,7 @@ def patient_resource(info: PatientInfo, patient_id: str) -> dict:
         if info.birthplace_code:
             address["extension"] = [{
                 "url": "https://hl7.fr/ig/fhir/core/StructureDefinition/fr-core-address-insee-code",
-                "valueCoding": {"code": info.birthplace_code},
+                "valueCoding": {"system": codes.INSEE_COG_SYSTEM, "code": info.birthplace_code},
             }]
         if info.birthplace_city:
             address["city"] = info.birthplace_city
@@ -179,10 +179,41 @@ class Attachment:
 class Links:
     """Ids the persistence layer resolved for the entities of the header."""
     patient: str
-    authors: list[str]            # "Practitioner/x" or "#contained-id" per author, then organisations
     custodian: str
-    authenticator: str | None
     replaces: list[dict]          # relatesTo targets: {"reference": ...} or {"identifier": ...}
+
+
+def author_role(person: Person, contained_id: str) -> list[dict]:
+    """A document's author (or legal authenticator) as the PDSm wants it: a contained
+    PractitionerRole carrying the specialty, pointing to a contained Practitioner (the person as
+    this document names them) and to the organisation they acted for. The copy is the document's
+    own: a shared Practitioner would show another document's name or specialty."""
+    practitioner: dict = {"resourceType": "Practitioner", "id": f"{contained_id}-person"}
+    identifiers = person_identifiers(person.ids)
+    if identifiers:
+        practitioner["identifier"] = identifiers
+    if person.name:
+        practitioner["name"] = [_name(person.name)]
+    role: dict = {"resourceType": "PractitionerRole", "id": contained_id,
+                  "practitioner": {"reference": f"#{contained_id}-person"}}
+    resources = [role, practitioner]
+    if person.organization:
+        organization = organization_resource(person.organization, f"{contained_id}-organization")
+        organization.pop("meta")
+        role["organization"] = {"reference": f"#{contained_id}-organization"}
+        resources.append(organization)
+    if person.specialty:
+        role["specialty"] = [{"coding": [coding(person.specialty)]}]
+    return resources
+
+
+def author_idnatps(docref: dict) -> list[str]:
+    """The national ids (IdNatPs) of a DocumentReference's contained authors."""
+    authors = {ref.get("reference", "")[1:] for ref in docref.get("author", [])}
+    people = {f"{author}-person" for author in authors} | authors
+    return [identifier["value"] for resource in docref.get("contained", []) if resource.get("id") in people
+            and resource.get("resourceType") == "Practitioner" for identifier in resource.get("identifier", [])
+            if identifier.get("system") == f"urn:oid:{codes.IDNATPS_OID}" and identifier.get("value")]
 
 
 def document_format(header: CdaHeader) -> dict:
@@ -195,13 +226,13 @@ def document_format(header: CdaHeader) -> dict:
 
 
 def security_labels(header: CdaHeader, visibility: list[str] = ()) -> list[dict]:
-    labels = []
+    """The visibility labels (TRE_A07) first, then the confidentiality as authored: PDSM4DMP masks and
+    unmasks by replacing `securityLabel/0` (gateway/services/labels.py)."""
+    labels = [{"coding": [{"system": codes.VISIBILITY_SYSTEM, "code": code, "display": codes.VISIBILITY_DISPLAYS[code]}]}
+              for code in sorted(set(visibility))]
     conf = header.confidentiality.code if header.confidentiality else "N"
     labels.append({"coding": [{"system": codes.CONFIDENTIALITY_SYSTEM, "code": conf,
                                "display": codes.CONFIDENTIALITY_DISPLAYS.get(conf, conf)}]})
-    for code in visibility:
-        labels.append({"coding": [{"system": codes.VISIBILITY_SYSTEM, "code": code,
-                                   "display": codes.VISIBILITY_DISPLAYS[code]}]})
     return labels
 
 
@@ -215,8 +246,8 @@ def _period(low: str | None, high: str | None) -> dict | None:
 
 
 def document_reference(header: CdaHeader, docref_id: str, links: Links, attachment: Attachment,
-                       contained: list[dict] = (), visibility: list[str] = ()) -> dict:
-    type_display, class_code = codes.DOCUMENT_TYPES[header.code.code]
+                       visibility: list[str] = ()) -> dict:
+    type_system, type_display, class_code = codes.document_type(header.code.system, header.code.code)
     master_system, master_value = identifier_key(header.unique_id)
     creation = ts_to_fhir(header.effective_time)
 
@@ -240,6 +271,11 @@ def document_reference(header: CdaHeader, docref_id: str, links: Links, attachme
 
     source_patient = patient_resource(header.patient, "source-patient")
     source_patient.pop("meta")
+    contained = [source_patient]
+    authors = []
+    for index, person in enumerate(header.authors, 1):
+        contained += author_role(person, f"author{index}")
+        authors.append({"reference": f"#author{index}"})
     attachment_dict = {
         "contentType": attachment.content_type,
         "url": attachment.url,
@@ -254,24 +290,24 @@ def document_reference(header: CdaHeader, docref_id: str, links: Links, attachme
         "resourceType": "DocumentReference",
         "id": docref_id,
         "meta": {"profile": [codes.PDSM_DOCUMENT_REFERENCE]},
-        "contained": [source_patient, *contained],
-        "masterIdentifier": {"system": master_system, "value": master_value},
+        "contained": contained,
+        "masterIdentifier": {"use": "usual", "system": master_system, "value": master_value},
         "identifier": [{"use": "official", "system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{docref_id}"}],
         "status": "current",
-        "docStatus": "final" if header.legal_authenticator else "preliminary",
-        "type": {"coding": [{"system": codes.LOINC, "code": header.code.code, "display": type_display}]},
+        "type": {"coding": [{"system": type_system, "code": header.code.code, "display": type_display}]},
         "category": [{"coding": [{"system": codes.CLASS_SYSTEM, "code": class_code,
                                   "display": codes.CLASS_DISPLAYS[class_code]}]}],
         "subject": {"reference": f"Patient/{links.patient}"},
         "date": ts_to_instant(header.effective_time),
-        "author": [{"reference": ref} for ref in links.authors],
+        "author": authors,
         "custodian": {"reference": links.custodian},
         "securityLabel": security_labels(header, visibility),
         "content": [{"attachment": attachment_dict, "format": document_format(header)}],
         "context": context,
     }
-    if links.authenticator:
-        resource["authenticator"] = {"reference": links.authenticator}
+    if header.legal_authenticator:
+        contained += author_role(header.legal_authenticator, "authenticator")
+        resource["authenticator"] = {"reference": "#authenticator"}
     if links.replaces:
         resource["relatesTo"] = [{"code": "replaces", "target": target} for target in links.replaces]
     if header.set_id:

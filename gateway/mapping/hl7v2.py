@@ -129,7 +129,6 @@ def consents(zfa: Segment, patient_ref: str) -> dict[str, dict]:
             status = "active" if value in CONSENT_VALUES else "proposed"
         consent = {
             "resourceType": "Consent",
-            "meta": {"profile": [codes.FR_CORE_CONSENT]},
             "status": status,
             "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
                                   "code": "patient-privacy"}]},

@@ -69,7 +69,8 @@ def checked_consent(consent: dict, patient_id: str, access: AccessContext) -> di
     elif actors:
         raise _refuse(f"a {kind} Consent names no actor", "Consent.provision.actor")
     stored = dict(consent)
-    stored["meta"] = {"profile": [codes.FR_CORE_CONSENT]}
+    # FR Core 2.1.0 defines no Consent profile and PDSm none either: the Consent claims none.
+    stored.pop("meta", None)
     stored["scope"] = SCOPE
     stored["patient"] = {"reference": f"Patient/{patient_id}"}
     stored["category"] = [PATIENT_CONSENT_CATEGORY, {"coding": [{"system": CONSENT_KIND_SYSTEM, "code": kind}]}]

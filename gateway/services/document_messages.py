@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-from datetime import datetime, timezone
 
 from gateway.cda.errors import DocumentRefused
 from gateway.cda.header import II
@@ -17,11 +16,17 @@ from gateway.hl7v2.er7 import Message, Segment
 from gateway.mapping import codes
 from gateway.mapping import document as mapping
 from gateway.mapping import hl7v2 as v2
+from gateway.mapping import submission
 from gateway.storage.repository import UnitOfWork, new_id
 
-from .documents import ParsedCda, match_practitioner, read_cda, register_document
+from gateway.access.writes import Producers
+
+from .documents import (ParsedCda, delete_document, header_producers, person_producers, read_cda, register_document,
+                        replaceable)
 from .patients import Applied, MessageRefused, checked_ids, find_patient, identifier_keys
 
+# sourceId of a sending system known only by its HL7v2 names (MSH-3|MSH-4).
+SENDER_SYSTEM = "urn:dmp-gateway:hl7v2-sender"
 # What each message asks for: register a new document, replace one, delete one.
 MDM_ACTIONS = {"T02": "new", "T10": "replace", "T04": "delete"}
 ORU_ACTIONS = {"F": "new", "C": "replace", "D": "delete"}
@@ -49,7 +54,7 @@ def apply(uow: UnitOfWork, message: Message, applied: Applied, base_url: str, ma
         if action == "delete":
             if txa is None or not txa.get(12):
                 raise MessageRefused(Issue("MDM^T04 names the document to delete in TXA-12", "TXA^1^12", "101"))
-            _delete(uow, II(txa.get(12)), pid_ids, applied, "TXA^1^12")
+            _delete(uow, II(txa.get(12)), pid_ids, applied, "TXA^1^12", _named(message))
             return
         if not documents:
             raise MessageRefused(Issue("no OBX carries the CDA document (OBX-2 ED)", "OBX", "101"))
@@ -72,7 +77,10 @@ def apply(uow: UnitOfWork, message: Message, applied: Applied, base_url: str, ma
         parsed = _cda(obx, location, max_bytes)
         _same_patient(pid_ids, parsed)
         if action == "delete":
-            _delete(uow, parsed.header.unique_id, pid_ids, applied, location)
+            named = _named(message)
+            header = header_producers(parsed.header)
+            _delete(uow, parsed.header.unique_id, pid_ids, applied, location,
+                    Producers(named.people | header.people, named.organizations | header.organizations))
             continue
         if txa is not None and txa.get(12) and mapping.identifier_key(II(txa.get(12))) != \
                 mapping.identifier_key(parsed.header.unique_id):
@@ -91,7 +99,7 @@ def apply(uow: UnitOfWork, message: Message, applied: Applied, base_url: str, ma
             applied.issues.append(Issue("this document is already registered: nothing new stored",
                                         location, "0", "I"))
     if registered:
-        applied.produced.append(_submission_set(uow, registered, sender, applied))
+        applied.produced.append(_submission_set(uow, registered, sender, message))
     elif any(action != "delete" for _, action, _ in targets):
         applied.status = "duplicate"  # every document of the message was already registered
     return
@@ -145,40 +153,43 @@ def _with_parent(parsed: ParsedCda, txa: Segment | None) -> ParsedCda:
                                "or TXA-13)", "TXA^1^13", "101"))
 
 
-def _delete(uow: UnitOfWork, unique_id: II, pid_ids: list[II], applied: Applied, location: str) -> None:
+def _named(message: Message) -> Producers:
+    """Who a message says it comes from: the PRT "send by" and its organisation."""
+    sender = v2.sender_of(message.all("PRT"))
+    return person_producers([sender]) if sender is not None else Producers()
+
+
+def _delete(uow: UnitOfWork, unique_id: II, pid_ids: list[II], applied: Applied, location: str,
+            named: Producers) -> None:
     system, value = mapping.identifier_key(unique_id)
     docref_id = uow.find_by_identifier("DocumentReference", system, value)
-    if docref_id is None:
-        raise MessageRefused(Issue(f"no document is registered under id {value}", location, "204"))
-    docref = uow.current("DocumentReference", docref_id).json()
-    patient_ref = docref.get("subject", {}).get("reference", "")
-    if patient_ref != f"Patient/{find_patient(uow, pid_ids)}":
-        raise MessageRefused(Issue(f"document {value} does not belong to the patient PID-3 names", "PID^1^3", "207"))
-    if docref["status"] == "entered-in-error":
+    current = uow.current("DocumentReference", docref_id) if docref_id else None
+    if current is not None and current.deleted and current.patient_id == find_patient(uow, pid_ids):
         applied.issues.append(Issue(f"document {value} was already deleted", location, "0", "I"))
         return
-    docref["status"] = "entered-in-error"
-    uow.save(docref, patient_id=patient_ref.split("/", 1)[1], method="PUT")
-    applied.produced.append(f"DocumentReference/{docref_id}")
+    try:
+        stored = replaceable(uow, docref_id, find_patient(uow, pid_ids), named, location)
+    except DocumentRefused as refusal:
+        raise MessageRefused(Issue(refusal.reason, location, "204" if refusal.status == 422 else "207")) from None
+    delete_document(uow, stored)
+    applied.produced.append(f"DocumentReference/{stored.res_id}")
 
 
-def _submission_set(uow: UnitOfWork, documents: list[str], sender, applied: Applied) -> str:
-    """The SubmissionSet of the message: what it registered, for which patient, sent by whom (PRT SB)."""
+def _source_id(message: Message) -> dict:
+    """The sending system: MSH-4's universal id when it is an OID, else MSH-3 and MSH-4 as sent."""
+    if message.msh.get(4, 3).upper() == "ISO" and message.msh.get(4, 2):
+        return {"system": "urn:ietf:rfc:3986", "value": f"urn:oid:{message.msh.get(4, 2)}"}
+    return {"system": SENDER_SYSTEM, "value": message.sender}
+
+
+def _submission_set(uow: UnitOfWork, documents: list[str], sender, message: Message) -> str:
+    """The SubmissionSet of the message: what it registered, for which patient, sent by whom (the
+    PRT "send by", else the sending application)."""
     first = uow.current("DocumentReference", documents[0].split("/", 1)[1]).json()
     list_id = new_id()
-    submission = {
-        "resourceType": "List", "id": list_id, "meta": {"profile": [codes.PDSM_SUBMISSION_SET]},
-        "identifier": [{"use": "official", "system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{new_id()}"}],
-        "status": "current", "mode": "working", "title": "Transmission HL7v2",
-        "code": {"coding": [{"system": "https://profiles.ihe.net/ITI/MHD/CodeSystem/MHDlistTypes",
-                             "code": "submissionset"}]},
-        "subject": first["subject"],
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "entry": [{"item": {"reference": ref}} for ref in documents],
-    }
-    if sender is not None:
-        source = match_practitioner(uow, sender, applied.produced)
-        if source:
-            submission["source"] = {"reference": source}
-    uow.save(submission, patient_id=first["subject"]["reference"].split("/", 1)[1])
+    source = submission.person_source(sender) if sender is not None else \
+        [submission.device_source(message.msh.get(3, 1) or message.sender)]
+    resource = submission.submission_set(list_id, submission.unique_id(), first["subject"], documents,
+                                         title="Transmission HL7v2", source=source, source_id=_source_id(message))
+    uow.save(resource, patient_id=first["subject"]["reference"].split("/", 1)[1])
     return f"List/{list_id}"

@@ -11,7 +11,10 @@ from dataclasses import dataclass, field
 from gateway.cda.errors import DocumentRefused
 from gateway.cda.header import CD, CdaHeader, Person, extract_header
 from gateway.cda.parser import parse_cda
+from gateway.access.rules import binary_ids
+from gateway.access.writes import CHANGE_REFUSED, Producers, finess, may_change_document
 from gateway.fhir.validation import InvalidResource, validate
+from gateway.mapping import codes
 from gateway.mapping import document as mapping
 from gateway.mapping.hl7v2 import feeding_refused
 from gateway.mapping.rules import check_document
@@ -111,34 +114,17 @@ def register_document(uow: UnitOfWork, base_url: str, parsed: ParsedCda, *, visi
 
     produced: list[str] = []
     patient_id = _patient(uow, parsed, produced)
-    if uow.record_closed(patient_id):
-        raise DocumentRefused("the patient's record is closed: it accepts no new document", location=f"{CD}/recordTarget",
-                              status=422, code="business-rule")
-    if feeding_refused(feeding_consent(uow, patient_id)):
-        raise DocumentRefused("the patient opposed feeding the shared record, or the record is closed (ZFA): "
-                              "the document is not registered", location=f"{CD}/recordTarget", status=422,
-                              code="business-rule")
-    contained: list[dict] = []
-    authors: list[str] = []
-    for index, author in enumerate(header.authors):
-        ref = match_practitioner(uow, author, produced)
-        if ref is None:
-            contained_id = f"author{index + 1}"
-            # An author without identifier cannot be matched: it stays inside the DocumentReference.
-            practitioner = mapping.practitioner_resource(author, contained_id)
-            practitioner.pop("meta")
-            contained.append(practitioner)
-            ref = f"#{contained_id}"
-        authors.append(ref)
-        if author.organization and mapping.entity_key(author.organization.ids):
-            org_ref = _organization(uow, author.organization, produced)
-            if org_ref not in authors:
-                authors.append(org_ref)
+    check_record_open(uow, patient_id, f"{CD}/recordTarget")
+    # The directory learns the professionals and organisations a document names; the document
+    # itself carries its own copy of its authors (mapping.author_role).
+    for person in [*header.authors, *([header.legal_authenticator] if header.legal_authenticator else [])]:
+        match_practitioner(uow, person, produced)
+        if person.organization and mapping.entity_key(person.organization.ids):
+            _organization(uow, person.organization, produced)
     custodian = _organization(uow, header.custodian, produced)
-    authenticator = match_practitioner(uow, header.legal_authenticator, produced) if header.legal_authenticator else None
 
     docref_id = docref_id or new_id()
-    replaces = _supersede(uow, header, produced)
+    replaces = _supersede(uow, header, patient_id, produced)
     binary_id = binary_id or new_id()
     content_type = "application/xslt+xml" if header.wrapped_in_xslt else "text/xml"
     sha256 = uow.store_blob(parsed.data)
@@ -153,14 +139,23 @@ def register_document(uow: UnitOfWork, base_url: str, parsed: ParsedCda, *, visi
         size=len(parsed.data),
         sha1_base64=mapping.sha1_base64(parsed.data),
     )
-    links = mapping.Links(patient=patient_id, authors=authors, custodian=custodian,
-                          authenticator=authenticator, replaces=replaces)
-    docref = _checked(mapping.document_reference(header, docref_id, links, attachment, contained, visibility))
+    links = mapping.Links(patient=patient_id, custodian=custodian, replaces=replaces)
+    docref = _checked(mapping.document_reference(header, docref_id, links, attachment, visibility))
     stored = uow.save(docref, patient_id=patient_id)
     system, value = mapping.identifier_key(header.unique_id)
     uow.claim_identifier("DocumentReference", system, value, docref_id)
     produced.append(f"DocumentReference/{docref_id}")
     return Ingested(True, stored, produced)
+
+
+def check_record_open(uow: UnitOfWork, patient_id: str, location: str) -> None:
+    """A record takes a new document unless it is closed or its patient opposed feeding it."""
+    if uow.record_closed(patient_id):
+        raise DocumentRefused("the patient's record is closed: it accepts no new document", location=location,
+                              status=422, code="business-rule")
+    if feeding_refused(feeding_consent(uow, patient_id)):
+        raise DocumentRefused("the patient opposed feeding the shared record, or the record is closed (ZFA): "
+                              "the document is not registered", location=location, status=422, code="business-rule")
 
 
 def _patient(uow: UnitOfWork, parsed: ParsedCda, produced: list[str]) -> str:
@@ -206,27 +201,79 @@ def _organization(uow: UnitOfWork, org, produced: list[str]) -> str:
                     lambda res_id: mapping.organization_resource(org, res_id), produced)
 
 
-def _supersede(uow: UnitOfWork, header: CdaHeader, produced: list[str]) -> list[dict]:
-    """relatedDocument RPLC: the previous version becomes superseded; unknown parents are kept by id."""
+def _supersede(uow: UnitOfWork, header: CdaHeader, patient_id: str, produced: list[str]) -> list[dict]:
+    """relatedDocument RPLC: the previous version, a document of this patient the requester may
+    change (gateway.access.writes), becomes superseded."""
     targets = []
     for parent in header.replaced:
         system, value = mapping.identifier_key(parent)
-        parent_id = uow.find_by_identifier("DocumentReference", system, value)
-        if parent_id is None:
-            # The parent was registered elsewhere (or not yet): keep the link by its identifier.
-            targets.append({"identifier": {"system": system, "value": value}})
-            continue
-        previous = uow.current("DocumentReference", parent_id).json()
+        stored = replaceable(uow, uow.find_by_identifier("DocumentReference", system, value), patient_id,
+                             header_producers(header), f"{CD}/relatedDocument/parentDocument/id")
+        previous = stored.json()
         if previous["status"] != "current":
             raise DocumentRefused(
                 f"document {value} is {previous['status']} and cannot be replaced again",
                 location=f"{CD}/relatedDocument/parentDocument/id", status=409, code="conflict",
             )
         previous["status"] = "superseded"
-        uow.save(previous, patient_id=_patient_of(previous), method="PUT")
-        produced.append(f"DocumentReference/{parent_id}")
-        targets.append({"reference": f"DocumentReference/{parent_id}"})
+        uow.save(previous, patient_id=patient_id, method="PUT")
+        produced.append(f"DocumentReference/{stored.res_id}")
+        targets.append({"reference": f"DocumentReference/{stored.res_id}"})
     return targets
+
+
+def replaceable(uow: UnitOfWork, docref_id: str | None, patient_id: str | None, named: Producers,
+                location: str) -> StoredResource:
+    """The document a replacement or deletion names, if it is a live document of this patient that
+    the requester may change. Another patient's document answers exactly as a missing one: the
+    refusal names nothing the requester did not send."""
+    stored = uow.current("DocumentReference", docref_id) if docref_id else None
+    if stored is None or stored.deleted or patient_id is None or stored.patient_id != patient_id:
+        raise DocumentRefused("the document to replace or delete is not a registered document of this patient",
+                              location=location, status=422, code="not-found")
+    if not may_change_document(uow.repository.access, producers_of(uow, stored.json()), named):
+        raise DocumentRefused(CHANGE_REFUSED, location=location, status=403, code="forbidden")
+    return stored
+
+
+def _organization_finess(ids) -> set[str]:
+    return {f for f in (finess(f"urn:oid:{ii.root}", ii.extension or "") for ii in ids) if f}
+
+
+def person_producers(people: list[Person], organizations=()) -> Producers:
+    """Who a submission names: people by IdNatPs, organisations (theirs and others) by FINESS."""
+    idnatps = {ii.extension for person in people for ii in person.ids if ii.root == codes.IDNATPS_OID and ii.extension}
+    orgs = [*organizations, *(person.organization for person in people if person.organization)]
+    return Producers(frozenset(idnatps), frozenset(f for org in orgs if org for f in _organization_finess(org.ids)))
+
+
+def header_producers(header: CdaHeader) -> Producers:
+    people = [*header.authors, *([header.legal_authenticator] if header.legal_authenticator else [])]
+    return person_producers(people, [header.custodian] if header.custodian else [])
+
+
+def producers_of(uow: UnitOfWork, docref: dict) -> Producers:
+    """The authors of a stored document and the organisations behind it (its authors', its custodian)."""
+    identifiers = [i for c in docref.get("contained", []) if c.get("resourceType") == "Organization"
+                   for i in c.get("identifier", [])]
+    custodian = docref.get("custodian", {}).get("reference", "")
+    if custodian.startswith("Organization/"):
+        found = uow.current("Organization", custodian.split("/", 1)[1])
+        identifiers += found.json().get("identifier", []) if found else []
+    organizations = {f for f in (finess(i.get("system", ""), i.get("value", "")) for i in identifiers) if f}
+    return Producers(frozenset(mapping.author_idnatps(docref)), frozenset(organizations))
+
+
+def delete_document(uow: UnitOfWork, stored: StoredResource) -> None:
+    """Delete a document (MDM^T04, ORU OBX-11 D, PDSM4DMP TD3.3c) and its bytes' Binary. MHD allows a
+    DocumentReference only the statuses current and superseded, where PDSM4DMP writes entered-in-error
+    and leaves the question open: the gateway deletes it (FHIR delete). It leaves every search and
+    read (410 Gone), and its versions stay in the history for the audit trail (README, "Deletion")."""
+    for binary_id in binary_ids(stored.json()):
+        binary = uow.current("Binary", binary_id)
+        if binary is not None and not binary.deleted:
+            uow.delete(binary)
+    uow.delete(stored)
 
 
 def _patient_of(resource: dict) -> str | None:

@@ -1,80 +1,161 @@
-"""Masking and unmasking: a JSON Patch on DocumentReference.securityLabel (PDSm TD3.3b).
+"""Changes to a document's metadata by PATCH (PDSm flux 03/04; PDSM4DMP TD3.3a-d): one JSON Patch
+does one kind of change, each decided by gateway.access.writes:
 
-Who may change which label (CSP, TRE_A07):
-- the patient: MASQUE_PS (hide from professionals) and INVISIBLE_REPRESENTANTS_LEGAUX (a minor
-  hiding care received in secret from the parents);
-- a representative: MASQUE_PS;
-- a professional who may see the document: INVISIBLE_PATIENT (hidden until it is announced).
-Nothing else of the DocumentReference may change. Each change is a new version (the history keeps
-the previous labels) with its AuditEvent.
+- masking (TD3.3a, TD3.3b): the visibility labels (TRE_A07) of DocumentReference.securityLabel;
+- deletion (TD3.3c): `replace /status entered-in-error`, carried out as a deletion (README, "Deletion");
+- archiving (TD3.3d): the PDSm isArchived extension.
+
+A patch is read for what it asks, not for the positions it names: PDSM4DMP replaces
+`/securityLabel/0` with a visibility label to mask and with `N` to unmask, as if a document had one
+label. The gateway keeps the document's confidentiality as authored and lists its visibility
+labels first, so those requests mean what they say. Each change is a new version (the history
+keeps the previous one) with its AuditEvent.
 """
 from __future__ import annotations
 
+import re
+
 import jsonpatch
 
-from gateway.access import AccessContext
-from gateway.access.context import CARE, PATIENT, PROFESSIONS, REPRESENTATIVE
-from gateway.access.rules import INVISIBLE_PATIENT, INVISIBLE_REPRESENTATIVES, MASQUE_PS, visibility_codes
+from gateway.access.rules import visibility_codes
+from gateway.access.writes import Producers, changeable_labels, may_archive, may_change_document
 from gateway.cda.errors import DocumentRefused
 from gateway.fhir.validation import InvalidResource, validate
 from gateway.mapping import codes
 from gateway.storage.repository import Repository, StoredResource
 
+from .documents import delete_document, producers_of, replaceable
 
-def changeable_labels(access: AccessContext) -> set[str]:
-    if access.role == PATIENT:
-        return {MASQUE_PS, INVISIBLE_REPRESENTATIVES}
-    if access.role == REPRESENTATIVE:
-        return {MASQUE_PS}
-    if access.role in PROFESSIONS and access.purpose == CARE:
-        return {INVISIBLE_PATIENT}
-    return set()
+CONFIDENTIALITY_SYSTEMS = (codes.CONFIDENTIALITY_SYSTEM, "http://terminology.hl7.org/CodeSystem/v3-Confidentiality")
+# PDSM4DMP TD3.3d names the extension by a FHIRPath-like step, which JSON Pointer does not have.
+EXTENSION_STEP = re.compile(r"^/extension\[url:'([^']+)'\]/(value\w+)$")
 
 
-def _without_labels(resource: dict) -> dict:
-    return {k: v for k, v in resource.items() if k not in ("securityLabel", "meta")}
+def _refuse(reason: str, location: str = "DocumentReference", status: int = 422, code: str = "invalid") -> DocumentRefused:
+    return DocumentRefused(reason, location=location, status=status, code=code)
 
 
-def _refuse(reason: str, status: int = 422, code: str = "invalid") -> DocumentRefused:
-    return DocumentRefused(reason, location="DocumentReference.securityLabel", status=status, code=code)
+def _pointer_paths(resource: dict, patch: list) -> list:
+    """The patch with PDSM4DMP's `/extension[url:'…']/valueX` steps as JSON Pointers."""
+    out = []
+    for operation in patch:
+        if not isinstance(operation, dict):
+            raise _refuse("a JSON Patch is a list of operations (objects)")
+        match = EXTENSION_STEP.match(str(operation.get("path", "")))
+        if match is None:
+            out.append(operation)
+            continue
+        url, key = match.groups()
+        index = next((i for i, e in enumerate(resource.get("extension", [])) if e.get("url") == url), None)
+        if index is None:
+            out.append({"op": "add", "path": "/extension" if "extension" not in resource else "/extension/-",
+                        "value": [{"url": url, key: operation.get("value")}] if "extension" not in resource
+                        else {"url": url, key: operation.get("value")}})
+        else:
+            out.append({**operation, "path": f"/extension/{index}/{key}"})
+    return out
 
 
-def patch_labels(repo: Repository, docref_id: str, patch: list) -> StoredResource:
-    current = repo.read("DocumentReference", docref_id)   # 404 unless the requester sees it
+def _changed_fields(before: dict, after: dict) -> set[str]:
+    keys = (set(before) | set(after)) - {"meta"}
+    return {k for k in keys if before.get(k) != after.get(k)}
+
+
+def patch_document(repo: Repository, docref_id: str, patch: list) -> StoredResource | None:
+    """Apply a JSON Patch to a document the requester sees (404 otherwise); None when the patch
+    deleted it."""
+    current = repo.read("DocumentReference", docref_id)
     before = current.json()
+    if not isinstance(patch, list):
+        raise _refuse("a JSON Patch is a list of operations")
     try:
-        after = jsonpatch.apply_patch(before, patch)
-    except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError, ValueError) as exc:
+        after = jsonpatch.apply_patch(before, _pointer_paths(before, patch))
+    except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError, ValueError, KeyError) as exc:
         raise _refuse(f"the JSON Patch cannot be applied: {exc}") from None
-    if _without_labels(after) != _without_labels(before):
-        raise _refuse("only DocumentReference.securityLabel may be patched")
-    others_before = [lb for lb in before.get("securityLabel", []) if not _is_visibility(lb)]
-    others_after = [lb for lb in after.get("securityLabel", []) if not _is_visibility(lb)]
-    if others_before != others_after:
-        raise _refuse("only the visibility labels (TRE_A07) may change; the confidentiality stays as authored")
-    unknown = visibility_codes(after) - set(codes.VISIBILITY_DISPLAYS)
-    if unknown:
-        raise _refuse(f"unknown visibility label {', '.join(sorted(unknown))}")
-    changed = visibility_codes(before) ^ visibility_codes(after)
-    forbidden = changed - changeable_labels(repo.access)
-    if forbidden:
-        raise _refuse(f"the role {repo.access.role} may not change {', '.join(sorted(forbidden))}", 403, "forbidden")
+    if not isinstance(after, dict):
+        raise _refuse("a JSON Patch may not replace the whole resource")
+    changed = _changed_fields(before, after)
     if not changed:
         return current
-    after["securityLabel"] = others_after + [
+    if changed == {"securityLabel"}:
+        return _labels(repo, current, before, after)
+    if changed == {"status"}:
+        return _status(repo, current, after)
+    if changed == {"extension"}:
+        return _archived(repo, current, before, after)
+    raise _refuse(f"a PATCH changes one of securityLabel, status (deletion) or the isArchived extension, "
+                  f"not {', '.join(sorted(changed))}")
+
+
+def _labels(repo: Repository, current: StoredResource, before: dict, after: dict) -> StoredResource:
+    labels = after.get("securityLabel")
+    if not isinstance(labels, list) or not all(isinstance(label, dict) for label in labels):
+        raise _refuse("securityLabel is a list of CodeableConcepts", "DocumentReference.securityLabel")
+    confidentiality_before = {c.get("code") for label in before.get("securityLabel", []) for c in label.get("coding", [])
+                              if c.get("system") in CONFIDENTIALITY_SYSTEMS}
+    confidentiality_after = {c.get("code") for label in labels for c in label.get("coding", [])
+                             if isinstance(c, dict) and c.get("system") in CONFIDENTIALITY_SYSTEMS}
+    # An N in the patched labels is PDSM4DMP's "no restriction" (unmasking); any other confidentiality
+    # code must be the document's own.
+    if not confidentiality_after - {"N"} <= confidentiality_before:
+        raise _refuse("the confidentiality stays as authored; only the visibility labels (TRE_A07) may change",
+                      "DocumentReference.securityLabel")
+    wanted = visibility_codes(after)
+    unknown = wanted - set(codes.VISIBILITY_DISPLAYS)
+    if unknown:
+        raise _refuse(f"unknown visibility label {', '.join(sorted(unknown))}", "DocumentReference.securityLabel")
+    changed = visibility_codes(before) ^ wanted
+    with repo.unit_of_work() as uow:
+        producer = may_change_document(repo.access, producers_of(uow, before), Producers())
+    forbidden = changed - changeable_labels(repo.access, producer)
+    if forbidden:
+        raise _refuse(f"the role {repo.access.role} may not change {', '.join(sorted(forbidden))}",
+                      "DocumentReference.securityLabel", 403, "forbidden")
+    if not changed:
+        return current
+    kept = [label for label in before.get("securityLabel", [])
+            if not any(c.get("system") == codes.VISIBILITY_SYSTEM for c in label.get("coding", []))]
+    result = dict(before, securityLabel=[
         {"coding": [{"system": codes.VISIBILITY_SYSTEM, "code": code, "display": codes.VISIBILITY_DISPLAYS[code]}]}
-        for code in sorted(visibility_codes(after))]
-    after["meta"] = {k: v for k, v in before.get("meta", {}).items() if k == "profile"}
+        for code in sorted(wanted)] + kept)
+    return _save(repo, current, result, reveal=True)
+
+
+def _status(repo: Repository, current: StoredResource, after: dict) -> None:
+    if after.get("status") != "entered-in-error":
+        raise _refuse("the status of a document changes only to entered-in-error (deletion); a replacement "
+                      "supersedes it", "DocumentReference.status")
+    with repo.unit_of_work() as uow:
+        stored = replaceable(uow, current.res_id, current.patient_id, Producers(), "DocumentReference.status")
+        delete_document(uow, stored)
+    return None
+
+
+def _archived(repo: Repository, current: StoredResource, before: dict, after: dict) -> StoredResource:
+    others_before = [e for e in before.get("extension", []) if e.get("url") != codes.PDSM_IS_ARCHIVED]
+    others_after = [e for e in after.get("extension", []) if isinstance(e, dict) and e.get("url") != codes.PDSM_IS_ARCHIVED]
+    archived = [e for e in after.get("extension", []) if isinstance(e, dict) and e.get("url") == codes.PDSM_IS_ARCHIVED]
+    if others_before != others_after or len(archived) > 1 or (archived and not isinstance(
+            archived[0].get("valueBoolean"), bool)) or (archived and set(archived[0]) != {"url", "valueBoolean"}):
+        raise _refuse("only the isArchived extension (valueBoolean) may change", "DocumentReference.extension")
+    if not may_archive(repo.access):
+        raise _refuse(f"the role {repo.access.role} may not archive a document", "DocumentReference.extension",
+                      403, "forbidden")
+    result = dict(before, extension=others_before + archived)
+    if not result["extension"]:
+        result.pop("extension")
+    return _save(repo, current, result)
+
+
+def _save(repo: Repository, current: StoredResource, resource: dict, reveal: bool = False) -> StoredResource:
+    resource["meta"] = {k: v for k, v in resource.get("meta", {}).items() if k == "profile"}
     try:
-        validate(after)
+        validate(resource)
     except InvalidResource as exc:
         raise _refuse(str(exc)) from None
     with repo.unit_of_work() as uow:
-        stored = uow.save(after, patient_id=current.patient_id, method="PATCH")
-        # Once announced, the accesses to the document appear in the patient's trail too.
-        uow.reveal_audit_of(stored.reference, stored.hidden_from_patient, stored.hidden_from_representatives)
+        stored = uow.save(resource, patient_id=current.patient_id, method="PATCH")
+        if reveal:
+            # Once announced, the accesses to the document appear in the patient's trail too.
+            uow.reveal_audit_of(stored.reference, stored.hidden_from_patient, stored.hidden_from_representatives)
         return stored
-
-
-def _is_visibility(label: dict) -> bool:
-    return any(c.get("system") == codes.VISIBILITY_SYSTEM for c in label.get("coding", []))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from gateway.access.context import PATIENT
 from gateway.cda.errors import DocumentRefused
 from gateway.fhir.validation import InvalidResource, validate
-from gateway.mapping import codes
+from gateway.mapping import codes, submission
 from gateway.mapping.dates import fhir_now
 from gateway.mapping.document import sha1_base64
 from gateway.storage.repository import Repository, StoredResource, UnitOfWork, new_id, store_raw
@@ -19,10 +19,11 @@ from .consents import own_patient
 from .recording import recorded
 
 # What a patient may add (LOINC): the types of the personal space.
-PATIENT_DOCUMENT_TYPES = {
-    "51855-5": "Document personnel",     # LOINC Patient note
-    "42348-3": "Directives anticipées",  # LOINC Advance directives
-}
+# The JDV_J07 types (TRE_A05) of what a patient deposits, with their display in the value set.
+OTHER_DOCUMENT, ADVANCE_DIRECTIVES = "EXPPAT_2", "EXPPAT_3"
+PATIENT_DOCUMENT_TYPES = {OTHER_DOCUMENT: "Autre document du patient", ADVANCE_DIRECTIVES: "Directives anticipées"}
+# The custodian of what patients deposit: the shared record itself, as held by this gateway.
+CUSTODIAN_KEY = ("urn:dmp-gateway:organization", "shared-record")
 PATIENT_CLASS = "90"
 MEDIA_TYPES = ("application/pdf", "text/plain")
 # Emergency contacts: HL7 v2 table 0131 "C" (emergency contact) plus the person's relation (v3 RoleCode).
@@ -94,33 +95,62 @@ def _register(uow: UnitOfWork, repo: Repository, patient_id: str, title: str, ty
                        "securityContext": {"reference": f"DocumentReference/{docref_id}"}}),
              patient_id=patient_id, blob_sha256=sha256)
     format_code, format_display = codes.N1_FORMATS[media_type]
-    author = ({"reference": f"Patient/{patient_id}"} if repo.access.role == PATIENT
-              else {"display": repo.access.name or "Représentant légal"})
+    holder = uow.current("Patient", patient_id).json()
+    source_patient = {k: v for k, v in holder.items() if k not in ("id", "meta")}
+    contained = [{**source_patient, "id": "source-patient"}]
+    if repo.access.role == PATIENT:
+        contained.append({**source_patient, "id": "author1"})
+    else:
+        # A representative is none of the author types PDSm allows (a person's role, a device, the
+        # patient): the document is authored through the patient space, which names them.
+        contained.append(submission.device_source(f"Espace patient, {repo.access.name or 'représentant légal'}")
+                         | {"id": "author1"})
+    type_system, type_display, class_code = codes.document_type("1.2.250.1.213.1.1.4.12", type_code)
     attachment = {"contentType": media_type, "language": "fr-FR",
                   "url": f"{(repo.base_url or '').rstrip('/')}/fhir/Binary/{binary_id}",
                   "size": len(data), "hash": sha1_base64(data), "title": title, "creation": now}
     docref = {
         "resourceType": "DocumentReference", "id": docref_id,
-        "masterIdentifier": {"system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{new_id()}"},
+        "meta": {"profile": [codes.PDSM_DOCUMENT_REFERENCE]},
+        "contained": contained,
+        "masterIdentifier": {"use": "usual", "system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{new_id()}"},
         "identifier": [{"use": "official", "system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{docref_id}"}],
         "status": "current",
-        "type": {"coding": [{"system": codes.LOINC, "code": type_code, "display": PATIENT_DOCUMENT_TYPES[type_code]}]},
-        "category": [{"coding": [{"system": codes.CLASS_SYSTEM, "code": PATIENT_CLASS,
-                                  "display": codes.CLASS_DISPLAYS[PATIENT_CLASS]}]}],
+        "type": {"coding": [{"system": type_system, "code": type_code, "display": type_display}]},
+        "category": [{"coding": [{"system": codes.CLASS_SYSTEM, "code": class_code,
+                                  "display": codes.CLASS_DISPLAYS[class_code]}]}],
         "subject": {"reference": f"Patient/{patient_id}"},
-        "date": now, "author": [author],
+        "date": now, "author": [{"reference": "#author1"}],
+        "custodian": {"reference": shared_record_custodian(uow)},
         "description": file_name[:200] if file_name else None,
         "securityLabel": [{"coding": [{"system": codes.CONFIDENTIALITY_SYSTEM, "code": "N", "display": "Normal"}]}],
         "content": [{"attachment": attachment,
                      "format": {"system": codes.format_system(format_code), "code": format_code,
                                 "display": format_display}}],
-        "context": {"practiceSetting": {"coding": [{"system": codes.NON_PS_PRODUCER_SYSTEM, "code": "EXP_PATIENT",
-                                                    "display": "Expression personnelle du patient"}]}},
+        "context": {"period": {"start": now},
+                    "facilityType": {"coding": [{"system": codes.NON_PS_PRODUCER_SYSTEM, "code": "EXP_PATIENT",
+                                                 "display": "Expression personnelle du patient"}]},
+                    "practiceSetting": {"coding": [{"system": codes.NON_PS_PRODUCER_SYSTEM, "code": "EXP_PATIENT",
+                                                    "display": "Expression personnelle du patient"}]},
+                    "sourcePatientInfo": {"reference": "#source-patient"}},
     }
     docref = {k: v for k, v in docref.items() if v is not None}
     stored = uow.save(_checked(docref), patient_id=patient_id)
     uow.claim_identifier("DocumentReference", "urn:ietf:rfc:3986", docref["masterIdentifier"]["value"], docref_id)
     return stored
+
+
+def shared_record_custodian(uow: UnitOfWork) -> str:
+    """The Organization that keeps what patients deposit: the shared record this gateway serves."""
+    organization_id = uow.find_by_identifier("Organization", *CUSTODIAN_KEY)
+    if organization_id is None:
+        organization_id = new_id()
+        uow.save(_checked({"resourceType": "Organization", "id": organization_id,
+                           "meta": {"profile": [codes.FR_CORE_ORGANIZATION]},
+                           "identifier": [{"system": CUSTODIAN_KEY[0], "value": CUSTODIAN_KEY[1]}],
+                           "name": "Dossier médical partagé"}))
+        uow.claim_identifier("Organization", *CUSTODIAN_KEY, organization_id)
+    return f"Organization/{organization_id}"
 
 
 def add_contact(repo: Repository, *, family: str, given: str, relation: str, phone: str) -> StoredResource:

@@ -8,19 +8,24 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
+from urllib.parse import parse_qsl
 
 from gateway.cda.errors import DocumentRefused
+from gateway.cda.header import II
 from gateway.fhir.validation import InvalidResource, validate
 from gateway.mapping import codes
 from gateway.mapping import document as mapping
-from gateway.mapping.dates import ts_to_instant
+from gateway.mapping import submission
+from gateway.mapping.dates import fhir_now
 from gateway.signature import SignatureRefused, digest, verify_signature
-from gateway.storage.repository import Repository, UnitOfWork, new_id, store_raw
+from gateway.storage.repository import Repository, StoredResource, UnitOfWork, new_id, store_raw
 
-from .documents import CDA_CONTENT_TYPES, ParsedCda, read_cda, register_document
+from .described import attachment_data, is_cda, register_described, resolve_subject
+from .documents import ParsedCda, read_cda, register_document
 from .recording import in_one_transaction, recorded
 
 
@@ -33,6 +38,7 @@ class Submitted:
     parsed: ParsedCda | None = None
     new_id: str = field(default_factory=new_id)
     signs: list["Submitted"] = field(default_factory=list)  # for a signature: the documents it signs
+    stored: StoredResource | None = None                      # the DocumentReference written
 
 
 def _refuse(reason: str, expression: str, status: int = 422, code: str = "invalid") -> DocumentRefused:
@@ -48,27 +54,71 @@ def _is_signature(resource: dict) -> bool:
 def provide(repo: Repository, body: bytes, trust_anchors, max_bytes: int, sender: str | None = None) -> dict:
     raw_id = store_raw(repo.engine, "iti65", body, "application/fhir+json", sender)
     with recorded(repo, "iti65", raw_id) as done:
-        bundle = _load(body)
-        documents, signatures, lists, binaries = _classify(bundle)
-        for item in documents + signatures:
-            _attach_binary(item, bundle, binaries, max_bytes)
-        for item in documents:
-            _read_document(item, max_bytes)
-        patients = {item.parsed.ins for item in documents}
-        if len(patients) > 1:
-            raise _refuse(f"a submission concerns one patient; its documents name {len(patients)} INS", "Bundle.entry")
-        for item in signatures:
-            _check_signature(item, documents, trust_anchors)
-
-        def write(uow: UnitOfWork) -> dict:
-            response = _write(uow, repo.base_url, bundle, documents, signatures, lists)
-            uow.record_outcome(raw_id, "processed", produced=[e["response"]["location"] for e in response["entry"]
-                                                              if "location" in e["response"]])
-            return response
-
-        response = in_one_transaction(repo, write)
+        response, _ = _provide(repo, raw_id, _load(body), trust_anchors, max_bytes)
         done("created")
     return response
+
+
+def publish(repo: Repository, body: bytes, trust_anchors, max_bytes: int,
+            sender: str | None = None) -> tuple[bool, StoredResource]:
+    """ITI-105 Simplified Publish: one DocumentReference carrying its document in attachment.data,
+    registered as an ITI-65 submission of that one document (the gateway writes its SubmissionSet).
+    Returns whether it was new, and the DocumentReference."""
+    raw_id = store_raw(repo.engine, "iti105", body, "application/fhir+json", sender)
+    with recorded(repo, "iti105", raw_id) as done:
+        try:
+            document = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise _refuse(f"the body is not JSON: {exc}", "DocumentReference", 400, "structure") from None
+        if not isinstance(document, dict) or document.get("resourceType") != "DocumentReference":
+            raise _refuse("ITI-105 posts a DocumentReference", "DocumentReference", 400, "structure")
+        content = document.get("content")
+        if not isinstance(content, list) or len(content) != 1 or not isinstance(content[0], dict) \
+                or not isinstance(content[0].get("attachment"), dict):
+            raise _refuse("ITI-105 carries one content.attachment with the document in its data",
+                          "DocumentReference.content")
+        attachment = dict(content[0]["attachment"])
+        data = attachment_data(attachment, "DocumentReference.content[0].attachment", max_bytes)
+        attachment.pop("data")
+        attachment["url"] = "urn:uuid:binary"
+        resource = dict(document, content=[{**content[0], "attachment": attachment}])
+        subject = document.get("subject", {})
+        bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"fullUrl": "urn:uuid:submissionset", "request": {"method": "POST", "url": "List"}, "resource": {
+                "resourceType": "List", "meta": {"profile": [codes.PDSM_SUBMISSION_SET]},
+                "identifier": [{"use": "usual", "system": "urn:ietf:rfc:3986", "value": submission.unique_id()}],
+                "status": "current", "mode": "working", "title": "Publication simplifiée (ITI-105)",
+                "code": {"coding": [{"system": submission.LIST_TYPES, "code": "submissionset"}]},
+                "subject": subject, "date": fhir_now(), "entry": [{"item": {"reference": "urn:uuid:document"}}]}},
+            {"fullUrl": "urn:uuid:document", "request": {"method": "POST", "url": "DocumentReference"}, "resource": resource},
+            {"fullUrl": "urn:uuid:binary", "request": {"method": "POST", "url": "Binary"}, "resource": {
+                "resourceType": "Binary", "contentType": attachment.get("contentType") or "application/octet-stream",
+                "data": base64.b64encode(data).decode()}}]}
+        response, documents = _provide(repo, raw_id, bundle, trust_anchors, max_bytes)
+        done("created")
+    return response["entry"][1]["response"]["status"].startswith("201"), documents[0].stored
+
+
+def _provide(repo: Repository, raw_id: int, bundle: dict, trust_anchors, max_bytes: int) -> tuple[dict, list[Submitted]]:
+    """Check every document, then write everything in one transaction (all or nothing)."""
+    documents, signatures, lists, binaries, patches = _classify(bundle)
+    for item in documents + signatures:
+        _attach_binary(item, bundle, binaries, max_bytes)
+    for item in documents:
+        _read_document(item, max_bytes)
+    patients = {item.parsed.ins for item in documents if item.parsed}
+    if len(patients) > 1:
+        raise _refuse(f"a submission concerns one patient; its documents name {len(patients)} INS", "Bundle.entry")
+    for item in signatures:
+        _check_signature(item, documents, trust_anchors)
+
+    def write(uow: UnitOfWork) -> dict:
+        response = _write(uow, repo.base_url, bundle, documents, signatures, lists, patches)
+        uow.record_outcome(raw_id, "processed", produced=[e["response"]["location"] for e in response["entry"]
+                                                          if "location" in e["response"]])
+        return response
+
+    return in_one_transaction(repo, write), documents
 
 
 def _load(body: bytes) -> dict:
@@ -86,15 +136,20 @@ def _load(body: bytes) -> dict:
 
 
 def _classify(bundle: dict):
-    documents, signatures, lists, binaries = [], [], [], {}
+    documents, signatures, lists, binaries, patches = [], [], [], {}, []
     for index, entry in enumerate(bundle["entry"]):
-        resource = entry.get("resource")
+        resource = entry.get("resource") if isinstance(entry, dict) else None
         where = f"Bundle.entry[{index}]"
         if not isinstance(resource, dict):
             raise _refuse("entry without resource", where)
-        if entry.get("request", {}).get("method") not in ("POST", "PUT"):
-            raise _refuse("ITI-65 entries are created with request.method POST", f"{where}.request.method")
+        request = entry.get("request") if isinstance(entry.get("request"), dict) else {}
         kind = resource.get("resourceType")
+        if request.get("method") == "PATCH" and kind == "Parameters":
+            patches.append(_superseding_patch(index, request, resource))
+            continue
+        if request.get("method") not in ("POST", "PUT"):
+            raise _refuse("ITI-65 entries are created with request.method POST (a replaced document's status "
+                          "with a PATCH of Parameters)", f"{where}.request.method")
         if kind == "DocumentReference":
             (signatures if _is_signature(resource) else documents).append(Submitted(index, resource))
         elif kind == "Binary":
@@ -109,7 +164,29 @@ def _classify(bundle: dict):
         raise _refuse("the submission has no DocumentReference", "Bundle.entry")
     if not any(_is_submission_set(s.resource) for s in lists):
         raise _refuse("the submission has no SubmissionSet List", "Bundle.entry")
-    return documents, signatures, lists, binaries
+    return documents, signatures, lists, binaries, patches
+
+
+@dataclass
+class SupersedingPatch:
+    index: int
+    target: str   # the DocumentReference id it names
+
+
+def _superseding_patch(index: int, request: dict, parameters: dict) -> SupersedingPatch:
+    """PDSM4DMP TD2.1 (PDSm UpdateDocumentRefs): a FHIRPath Patch setting a replaced document's
+    status to superseded. Nothing else may be patched in a submission; the replacement itself, the
+    new document's relatesTo, is what supersedes (and what the write rules check)."""
+    where = f"Bundle.entry[{index}]"
+    url = str(request.get("url", ""))
+    operations = parameters.get("parameter") if isinstance(parameters.get("parameter"), list) else []
+    parts = [{p.get("name"): next((v for k, v in p.items() if k.startswith("value")), None) for p in op.get("part", [])
+              if isinstance(p, dict)} for op in operations if isinstance(op, dict) and op.get("name") == "operation"]
+    expected = {"type": "replace", "path": "DocumentReference.status", "value": "superseded"}
+    if not url.startswith("DocumentReference/") or url.count("/") != 1 or len(operations) != 1 or parts != [expected]:
+        raise _refuse("a PATCH in a submission sets a replaced DocumentReference's status to superseded "
+                      "(replace DocumentReference.status superseded), nothing else", f"{where}.resource")
+    return SupersedingPatch(index, url.split("/", 1)[1])
 
 
 def _is_submission_set(resource: dict) -> bool:
@@ -143,12 +220,12 @@ def _attach_binary(item: Submitted, bundle: dict, binaries: dict, max_bytes: int
 
 
 def _read_document(item: Submitted, max_bytes: int) -> None:
+    """A CDA's header is read and cross-checked; any other document keeps its submitted metadata."""
     where = f"Bundle.entry[{item.index}].resource"
-    content_type = item.resource.get("content", [{}])[0].get("attachment", {}).get("contentType", "")
-    if content_type.split(";")[0] not in CDA_CONTENT_TYPES and b"ClinicalDocument" not in item.data[:4096]:
-        raise _refuse(f"document content type {content_type!r} is not a CDA document; the gateway registers "
-                      "CDA R2 documents (N1 wraps a PDF)", f"{where}.content[0].attachment.contentType", 415,
-                      "not-supported")
+    content = item.resource.get("content", [{}])[0]
+    content_type = content.get("attachment", {}).get("contentType", "")
+    if not is_cda(item.data, content_type, content.get("format", {}).get("code")):
+        return
     try:
         item.parsed = read_cda(item.data, max_bytes)
     except DocumentRefused as refusal:
@@ -171,6 +248,9 @@ def _subject_ins(uow: UnitOfWork, bundle: dict, subject: dict) -> set[str]:
     if subject.get("identifier"):
         identifiers.append(subject["identifier"])
     ref = subject.get("reference", "")
+    if ref.startswith("Patient?"):
+        identifiers += [{"system": v.split("|", 1)[0], "value": v.split("|", 1)[1]}
+                        for k, v in parse_qsl(ref.split("?", 1)[1]) if k == "identifier" and "|" in v]
     for entry in bundle["entry"]:
         if entry.get("fullUrl") == ref and entry["resource"].get("resourceType") == "Patient":
             identifiers += entry["resource"].get("identifier", [])
@@ -188,7 +268,8 @@ def _check_signature(item: Submitted, documents: list[Submitted], trust_anchors)
         signed = verify_signature(item.data, trust_anchors)
     except SignatureRefused as exc:
         raise _refuse(str(exc), where, 422, "security") from None
-    by_uri = {mapping.document_uri(document.parsed.header.unique_id): document for document in documents}
+    by_uri = {mapping.document_uri(document.parsed.header.unique_id) if document.parsed
+              else document.resource.get("masterIdentifier", {}).get("value"): document for document in documents}
     for uri, value in signed.items():
         document = by_uri.get(uri)
         if document is None:
@@ -198,36 +279,59 @@ def _check_signature(item: Submitted, documents: list[Submitted], trust_anchors)
     item.signs = [by_uri[uri] for uri in signed]
 
 
-def _write(uow: UnitOfWork, base_url: str, bundle: dict, documents, signatures, lists) -> dict:
+def _write(uow: UnitOfWork, base_url: str, bundle: dict, documents, signatures, lists, patches) -> dict:
     responses: dict[int, tuple[str, str]] = {}
+    bundle_patients = {e.get("fullUrl"): e["resource"] for e in bundle["entry"]
+                       if e["resource"].get("resourceType") == "Patient" and e.get("fullUrl")}
+    patient_ids, superseded = set(), set()
     for item in documents:
+        where = f"Bundle.entry[{item.index}].resource"
         subject = item.resource.get("subject", {})
-        if subject and item.parsed.ins not in _subject_ins(uow, bundle, subject):
-            raise _refuse(f"subject does not designate the patient of the CDA (INS {item.parsed.ins})",
-                          f"Bundle.entry[{item.index}].resource.subject")
+        if item.parsed and subject and item.parsed.ins not in _subject_ins(uow, bundle, subject):
+            raise _refuse(f"subject does not designate the patient of the CDA (INS {item.parsed.ins})", f"{where}.subject")
         visibility = [c["code"] for label in item.resource.get("securityLabel", []) for c in label.get("coding", [])
                       if c.get("system") == codes.VISIBILITY_SYSTEM and c.get("code") in codes.VISIBILITY_DISPLAYS]
         try:
-            result = register_document(uow, base_url, item.parsed, visibility=visibility, docref_id=item.new_id)
+            if item.parsed:
+                result = register_document(uow, base_url, _with_submitted_parent(uow, item), visibility=visibility,
+                                           docref_id=item.new_id)
+            else:
+                patient_id = resolve_subject(uow, subject, bundle_patients)
+                if patient_id is None:
+                    raise DocumentRefused("the subject names no patient whose record this gateway holds (TD2 "
+                                          "needs the patient's record)", location="subject", status=422,
+                                          code="not-found")
+                result = register_described(uow, base_url, item.resource, item.data, patient_id, where=where,
+                                            docref_id=item.new_id)
         except DocumentRefused as refusal:
-            raise _refuse(refusal.reason, f"Bundle.entry[{item.index}].resource -> {refusal.location}",
-                          refusal.status, refusal.code) from None
-        stored = result.document_reference
+            raise _refuse(refusal.reason, f"{where} -> {refusal.location}", refusal.status, refusal.code) from None
+        stored = item.stored = result.document_reference
+        patient_ids.add(stored.patient_id)
+        superseded |= {p.split("/", 1)[1] for p in result.produced if p.startswith("DocumentReference/")} - {stored.res_id}
         item.new_id = stored.res_id
         status = "201 Created" if result.created else "200 OK"
         responses[item.index] = (status, f"DocumentReference/{stored.res_id}/_history/{stored.version}")
-        binary_ref = stored.json()["content"][0]["attachment"]["url"].split("/fhir/", 1)[1]
+        binary_ref = stored.json()["content"][0]["attachment"]["url"].split("/fhir/", 1)[1].replace("Bundle/", "Binary/")
         responses[item.binary_index] = (status, f"{binary_ref}/_history/1")
+    if len(patient_ids) > 1:
+        raise _refuse("a submission concerns one patient; its documents name several", "Bundle.entry")
+    patient_id = patient_ids.pop()
+    for patch in patches:
+        if patch.target not in superseded:
+            raise _refuse("the PATCH names a document that no document of this submission replaces",
+                          f"Bundle.entry[{patch.index}].request.url")
+        target = uow.current("DocumentReference", patch.target)
+        responses[patch.index] = ("200 OK", f"DocumentReference/{target.res_id}/_history/{target.version}")
     for item in signatures:
         _write_signature(uow, base_url, item, responses)
     references = {bundle["entry"][i].get("fullUrl"): loc.rsplit("/_history", 1)[0] for i, (_, loc) in responses.items()}
-    patient_id = uow.find_by_identifier("Patient", *documents[0].parsed.patient_key)
     for item in lists:
         existing = _already_registered(uow, "List", item.resource.get("identifier", []))
         if existing:
             responses[item.index] = ("200 OK", f"List/{existing.res_id}/_history/{existing.version}")
             continue
-        resource = dict(item.resource, id=item.new_id)
+        resource = submission.completed(dict(item.resource, id=item.new_id), uow.repository.access.name
+                                        or uow.repository.access.subject, uow.repository.access.subject)
         resource["entry"] = [dict(e, item={"reference": references.get(e.get("item", {}).get("reference"),
                                                                         e.get("item", {}).get("reference"))})
                              for e in resource.get("entry", [])]
@@ -245,9 +349,31 @@ def _write(uow: UnitOfWork, base_url: str, bundle: dict, documents, signatures, 
         if index in responses:
             status, location = responses[index]
             entries.append({"response": {"status": status, "location": location}})
-        else:  # a Patient sent for reference: matched, not created
-            entries.append({"response": {"status": "200 OK"}})
+        else:  # a Patient sent for reference: matched to the record, not created
+            entries.append({"response": {"status": "200 OK", "location": f"Patient/{patient_id}"}})
     return {"resourceType": "Bundle", "id": new_id(), "type": "transaction-response", "entry": entries}
+
+
+def _with_submitted_parent(uow: UnitOfWork, item: Submitted) -> ParsedCda:
+    """A CDA without relatedDocument RPLC replaces the document its submitted relatesTo names (as
+    TXA-13 does for MDM^T10): its unique id becomes the parent the header would have named."""
+    if item.parsed.header.replaced:
+        return item.parsed
+    parents = []
+    for relation in item.resource.get("relatesTo", []):
+        target = relation.get("target", {}) if isinstance(relation, dict) and relation.get("code") == "replaces" else {}
+        reference = str(target.get("reference", ""))
+        stored = uow.current("DocumentReference", reference.rsplit("/", 1)[-1]) if "DocumentReference/" in reference else None
+        master = stored.json().get("masterIdentifier", {}) if stored else target.get("identifier") or {}
+        if master.get("value"):
+            value = master["value"]
+            parents.append(II(value.removeprefix("urn:oid:")) if master.get("system") == "urn:ietf:rfc:3986"
+                           else II(master.get("system", "").removeprefix("urn:oid:"), value))
+        elif reference:
+            parents.append(II("unknown", reference))   # refused by the write rules as any unknown parent
+    if not parents:
+        return item.parsed
+    return ParsedCda(item.parsed.data, dataclasses.replace(item.parsed.header, replaced=parents), item.parsed.ins)
 
 
 def _already_registered(uow: UnitOfWork, res_type: str, identifiers: list[dict]):
@@ -279,41 +405,53 @@ def _write_signature(uow: UnitOfWork, base_url: str, item: Submitted, responses:
         responses[item.binary_index] = ("200 OK", f"Binary/{binary_id}/_history/1")
         return
     first = item.signs[0]
-    patient_ref = f"Patient/{uow.find_by_identifier('Patient', *first.parsed.patient_key)}"
+    patient_ref = uow.current("DocumentReference", first.new_id).json()["subject"]["reference"]
     binary_id = new_id()
     sha256 = uow.store_blob(item.data)
     uow.save(_validated({"resourceType": "Binary", "id": binary_id, "contentType": "application/xml",
                          "securityContext": {"reference": f"DocumentReference/{item.new_id}"}}, item.binary_index),
              patient_id=patient_ref.split("/")[1], blob_sha256=sha256)
     submitted = item.resource
+    # What a signature shares with the document it signs: patient, custodian, context, and its
+    # author (the certificate names the signer; nothing links it to a national id, so the signed
+    # document's author stands as the signature's, as the DMP's submissions have it).
+    signed = uow.current("DocumentReference", first.new_id).json()
+    date = submitted.get("date") or signed["date"]
+    signed_attachment = signed["content"][0]["attachment"]
     resource = {
         "resourceType": "DocumentReference",
         "id": item.new_id,
         "meta": {"profile": [codes.PDSM_DOCUMENT_REFERENCE]},
+        "contained": signed["contained"],
         "status": "current",
         "type": {"coding": [{"system": codes.ASTM_SYSTEM, "code": codes.SIGNATURE_TYPE, "display": "Full Document"}]},
         "category": [{"coding": [{"system": codes.URN_SYSTEM, "code": codes.SIGNATURE_CLASS,
                                   "display": "Digital Signature"}]}],
         "subject": {"reference": patient_ref},
-        "date": submitted.get("date") or ts_to_instant(first.parsed.header.effective_time),
+        "date": date,
+        "author": signed["author"],
+        "custodian": signed["custodian"],
         "relatesTo": [{"code": "signs", "target": {"reference": f"DocumentReference/{doc.new_id}"}} for doc in item.signs],
         "securityLabel": [{"coding": [{"system": codes.CONFIDENTIALITY_SYSTEM, "code": "N", "display": "Normal"}]}],
         "content": [{
-            "attachment": {"contentType": "application/xml", "url": f"{base_url.rstrip('/')}/fhir/Binary/{binary_id}",
+            "attachment": {"contentType": "application/xml", "language": signed_attachment.get("language", "fr-FR"),
+                           "url": f"{base_url.rstrip('/')}/fhir/Binary/{binary_id}",
                            "size": len(item.data),
                            "hash": mapping.sha1_base64(item.data),
-                           "title": "Signature"},
+                           "title": "Signature", "creation": date},
             "format": {"system": codes.FORMAT_IHE_SYSTEM, "code": codes.SIGNATURE_FORMAT,
                        "display": "Signature détachée IHE DSG"},
         }],
+        "context": {key: value for key, value in signed["context"].items() if key != "event"},
     }
+    if "authenticator" in signed:
+        resource["authenticator"] = signed["authenticator"]
     if submitted.get("masterIdentifier"):
-        resource["masterIdentifier"] = submitted["masterIdentifier"]
+        resource["masterIdentifier"] = {**submitted["masterIdentifier"], "use": "usual"}
         uow.claim_identifier("DocumentReference", submitted["masterIdentifier"].get("system", ""),
                              submitted["masterIdentifier"]["value"], item.new_id)
-    if submitted.get("author"):
-        resource["author"] = [a for a in submitted["author"] if a.get("reference", "").count("/") == 1
-                              and not a["reference"].startswith("urn:")]
+    else:
+        resource["masterIdentifier"] = {"use": "usual", "system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{new_id()}"}
     stored = uow.save(_validated(resource, item.index), patient_id=patient_ref.split("/")[1])
     responses[item.index] = ("201 Created", f"DocumentReference/{stored.res_id}/_history/{stored.version}")
     responses[item.binary_index] = ("201 Created", f"Binary/{binary_id}/_history/1")

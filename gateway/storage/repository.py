@@ -10,13 +10,15 @@ import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from urllib.parse import urlparse
 
 from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, text, update
 
 from gateway.access import AccessContext
 from gateway.access import audit
-from gateway.access.context import EMERGENCY, OWN_PATIENT, REGULATION
-from gateway.access.rules import IDNATPS_SYSTEM, binary_ids, rules_of, visibility_columns
+from gateway.access.context import EMERGENCY, INS_SYSTEMS, OWN_PATIENT, REGULATION
+from gateway.access.rules import binary_ids, rules_of, visibility_columns
+from gateway.mapping.document import author_idnatps
 
 from . import search as search_sql
 from .database import read_connection, write_transaction
@@ -25,6 +27,7 @@ from .schema import (
     access_rules,
     audit_chain,
     blobs,
+    patient_accounts,
     raw_inputs,
     resource_versions,
     resources,
@@ -64,6 +67,14 @@ class StoredResource:
 
     def json(self) -> dict:
         return json.loads(self.body)
+
+
+@dataclass(frozen=True)
+class RecordState:
+    """What the DMP tells of a record beside its Patient (PDSM4DMP TD0.2)."""
+    closed_on: str | None          # the date the patient closed it
+    attached: bool                 # the patient has an account in the patient space (Mon espace santé)
+    attending: bool                # the requester is the patient's attending physician (médecin traitant DMP)
 
 
 @dataclass
@@ -144,6 +155,31 @@ class Repository:
             return conn.execute(select(resources.c.res_id).where(
                 resources.c.res_type == res_type, resources.c.res_id == res_id,
                 reader.resource_filter(resources, res_type))).first() is not None
+
+    def record_states(self, patient_ids: list[str]) -> dict[str, RecordState]:
+        """The state of the records of Patients this requester has read (no data of its own: whether
+        the record is closed and since when, attached to the patient space, and whether the requester
+        is the attending physician)."""
+        if not patient_ids:
+            return {}
+        with read_connection(self.engine) as conn:
+            rules = conn.execute(select(access_rules.c.patient_id, access_rules.c.kind, access_rules.c.consent_id,
+                                        access_rules.c.actor_value).where(
+                access_rules.c.patient_id.in_(patient_ids), access_rules.c.effect.in_(("deny", "permit")),
+                access_rules.c.kind.in_(("record", "attending-physician")))).all()
+            closing = {r.patient_id: r.consent_id for r in rules if r.kind == "record"}
+            closed_on = dict(conn.execute(select(resources.c.res_id, resources.c.last_updated).where(
+                resources.c.res_type == "Consent", resources.c.res_id.in_(list(closing.values())))).all()) if closing else {}
+            ins = conn.execute(select(unique_identifiers.c.res_id, unique_identifiers.c.value).where(
+                unique_identifiers.c.res_type == "Patient", unique_identifiers.c.res_id.in_(patient_ids),
+                unique_identifiers.c.system.in_(INS_SYSTEMS))).all()
+            accounts = set(conn.execute(select(patient_accounts.c.patient_ins).where(
+                patient_accounts.c.patient_ins.in_([value for _, value in ins]))).scalars())
+        attached = {res_id for res_id, value in ins if value in accounts}
+        attending = {r.patient_id for r in rules if r.kind == "attending-physician" and self.access.is_professional
+                     and r.actor_value == self.access.subject}
+        return {p: RecordState(closed_on.get(closing[p], "")[:10] if p in closing else None, p in attached,
+                               p in attending) for p in patient_ids}
 
     def own_patient_id(self) -> str | None:
         """The Patient id of the record a patient or representative token is about."""
@@ -259,7 +295,7 @@ class Repository:
     def _audit_access(self, interaction: str, stored: StoredResource) -> None:
         if stored.patient_id is None:
             return  # the directory (professionals, organisations) is not patient data
-        self.record_audit([self._event(interaction, stored.patient_id, [stored.reference], flags_of=[stored])])
+        self.record_audit([self._event(interaction, stored.patient_id, stored.reference, flags_of=[stored])])
 
     def _audit_refused(self, interaction: str, res_type: str, res_id: str) -> None:
         """A read that found nothing the reader may see. The trail names the owner, if any, so the
@@ -270,7 +306,7 @@ class Repository:
         if row is None or row.patient_id is None:
             return
         stored = self._row(row)
-        self.record_audit([self._event(interaction, stored.patient_id, [stored.reference], flags_of=[stored],
+        self.record_audit([self._event(interaction, stored.patient_id, stored.reference, flags_of=[stored],
                                        outcome=audit.Outcome("4", "not found or not visible to this reader"))])
 
     def _audit_search(self, request: search_sql.SearchRequest, page: SearchPage) -> None:
@@ -279,8 +315,8 @@ class Repository:
                                  + page.patient_ids + self._patients_named(request))
         if not patients and request.res_type in ("Practitioner", "Organization"):
             return
-        events = [self._event("search-type", patient_id, [], query=query) for patient_id in patients]
-        self.record_audit(events or [self._event("search-type", None, [], query=query)])
+        events = [self._event("search-type", patient_id, query=query) for patient_id in patients]
+        self.record_audit(events or [self._event("search-type", None, query=query)])
 
     def _patients_named(self, request: search_sql.SearchRequest) -> list[str]:
         """The patients a search asks about by reference or identifier, found or not: a search that
@@ -309,10 +345,16 @@ class Repository:
             return list(conn.execute(select(resources.c.res_id).where(
                 resources.c.res_type == "Patient", resources.c.res_id.in_(ids))).scalars())
 
-    def _event(self, interaction: str, patient_id: str | None, entities: list[str], *, query: str | None = None,
-               flags_of: list[StoredResource] = (), outcome: audit.Outcome = audit.SUCCESS) -> "PendingAudit":
+    @property
+    def host(self) -> str:
+        """The gateway's network name in the AuditEvents it writes."""
+        return urlparse(self.base_url).hostname if self.base_url else audit.GATEWAY
+
+    def _event(self, interaction: str, patient_id: str | None, entity: str | None = None, *,
+               query: str | None = None, flags_of: list[StoredResource] = (),
+               outcome: audit.Outcome = audit.SUCCESS) -> "PendingAudit":
         event = audit.audit_event(new_id(), _now()[0], interaction, self.access, patient_id=patient_id,
-                                  entities=entities, query=query, outcome=outcome)
+                                  entity=entity, query=query, outcome=outcome, host=self.host)
         return PendingAudit(event, patient_id, any(s.hidden_from_patient for s in flags_of),
                             any(s.hidden_from_representatives for s in flags_of))
 
@@ -327,7 +369,7 @@ class Repository:
 
     def _authorization(self, basis: str, outcome: audit.Outcome, patient_id: str | None) -> "PendingAudit":
         event = audit.authorization_event(new_id(), _now()[0], self.access, patient_id=patient_id, basis=basis,
-                                          outcome=outcome)
+                                          outcome=outcome, host=self.host)
         return PendingAudit(event, patient_id)
 
     def record_authorization(self, basis: str, outcome: audit.Outcome, patient_id: str | None = None) -> None:
@@ -392,18 +434,15 @@ class UnitOfWork:
         return self._context.__exit__(exc_type, exc, tb)
 
     def _write_audit(self) -> None:
-        """One AuditEvent per patient record (and kind of change) this transaction changed, then
-        every pending event appended to the hash chain."""
-        groups: dict[tuple, list[Change]] = {}
+        """One AuditEvent per resource this transaction changed (BALP names one data entity per
+        event), then every pending event appended to the hash chain."""
+        repository = self.repository
         for change in self.changes:
-            kind = "patch" if change.method == "PATCH" else ("create" if change.created else "update")
-            groups.setdefault((change.patient_id, kind), []).append(change)
-        access = self.repository.access
-        for (patient_id, kind), changes in groups.items():
-            event = audit.audit_event(new_id(), _now()[0], kind, access, patient_id=patient_id,
-                                      entities=[c.reference for c in changes])
-            self.audit.append(PendingAudit(event, patient_id, any(c.hidden_from_patient for c in changes),
-                                           any(c.hidden_from_representatives for c in changes)))
+            kind = {"PATCH": "patch", "DELETE": "delete"}.get(change.method) or ("create" if change.created else "update")
+            event = audit.audit_event(new_id(), _now()[0], kind, repository.access, patient_id=change.patient_id,
+                                      entity=change.reference, host=repository.host)
+            self.audit.append(PendingAudit(event, change.patient_id, change.hidden_from_patient,
+                                           change.hidden_from_representatives))
         if not self.audit:
             return
         previous = audit.chain_head(self.conn)
@@ -469,15 +508,25 @@ class UnitOfWork:
                                    bool(columns.get("hidden_from_representatives"))))
         return stored
 
-    def _authors(self, docref: dict) -> str | None:
+    def delete(self, stored: StoredResource) -> None:
+        """Delete a resource: it leaves every search and read (410), its versions stay in the history."""
+        version = stored.version + 1
+        _, index_time = _now()
+        self.conn.execute(update(resources).where(
+            resources.c.res_type == stored.res_type, resources.c.res_id == stored.res_id).values(
+            version=version, last_updated=index_time, deleted=True))
+        self.conn.execute(insert(resource_versions).values(
+            res_type=stored.res_type, res_id=stored.res_id, version=version, last_updated=index_time,
+            method="DELETE", deleted=True, body=stored.body))
+        for table in INDEX_TABLES:
+            self.conn.execute(delete(table).where(table.c.res_type == stored.res_type, table.c.res_id == stored.res_id))
+        self.changes.append(Change(stored.reference, stored.patient_id, False, "DELETE",
+                                   stored.hidden_from_patient, stored.hidden_from_representatives))
+
+    @staticmethod
+    def _authors(docref: dict) -> str | None:
         """' idnatps idnatps ': the authors' national ids, so they keep seeing a masked document."""
-        ids = [ref["reference"].split("/", 1)[1] for ref in docref.get("author", [])
-               if ref.get("reference", "").startswith("Practitioner/")]
-        if not ids:
-            return None
-        values = self.conn.execute(select(unique_identifiers.c.value).where(
-            unique_identifiers.c.res_type == "Practitioner", unique_identifiers.c.system == IDNATPS_SYSTEM,
-            unique_identifiers.c.res_id.in_(ids))).scalars().all()
+        values = author_idnatps(docref)
         return (" " + " ".join(values) + " ")[:512] if values else None
 
     def _store(self, resource: dict, *, patient_id: str | None, method: str | None, columns: dict,

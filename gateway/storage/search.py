@@ -76,7 +76,8 @@ def parse_search(res_type: str, params: list[tuple[str, str]], *, strict: bool =
             _result_param(request, name, raw)
             continue
         base, _, modifier = name.partition(":")
-        param, _, chain = base.partition(".")
+        # A parameter whose name holds a dot (author.given) is a parameter, not a chain.
+        param, chain = (base, "") if base in known else base.partition(".")[::2]
         spec = known.get(param)
         if param in COMMON_PARAMS:
             spec = SearchParam(param, "token" if param == "_id" else "date", lambda r: [])
@@ -100,9 +101,6 @@ def parse_search(res_type: str, params: list[tuple[str, str]], *, strict: bool =
                 _date_condition_bounds(value, name)
         request.criteria.append(Criterion(name, param, modifier or None, chain or None, values))
         request.base_params.append((name, raw))
-    if res_type == "DocumentReference" and not any(c.param == "status" for c in request.criteria):
-        # A document deleted by its producer (MDM^T04, ORU OBX-11 D) only shows when asked for by status.
-        request.criteria.append(Criterion("status:not", "status", "not", None, ("entered-in-error",)))
     return request
 
 

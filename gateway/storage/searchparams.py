@@ -79,6 +79,23 @@ def _boolean_extension(url: str, default: str) -> Callable[[dict], list]:
     return extract
 
 
+def _contained_authors(resource: dict) -> list[dict]:
+    """The people a DocumentReference's authors name (contained PractitionerRole -> Practitioner)."""
+    contained = {c.get("id"): c for c in resource.get("contained", [])}
+    people = []
+    for author in resource.get("author", []):
+        found = contained.get(author.get("reference", "")[1:])
+        if found and found.get("resourceType") == "PractitionerRole":
+            found = contained.get(found.get("practitioner", {}).get("reference", "")[1:])
+        if found and found.get("resourceType") in ("Practitioner", "Patient"):
+            people.append(found)
+    return people
+
+
+def _author_names(part: str) -> Callable[[dict], list[str]]:
+    return lambda r: [n for person in _contained_authors(r) for n in _name_parts(person.get("name"), part)]
+
+
 def _doc_content(resource: dict, key: str) -> list:
     return [c.get("attachment", {}).get(key) for c in resource.get("content", []) if c.get("attachment", {}).get(key)]
 
@@ -110,6 +127,10 @@ DOCUMENT_REFERENCE = [
     SearchParam("creation", "date", lambda r: _doc_content(r, "creation")),
     SearchParam("author", "reference", lambda r: [t for a in r.get("author", []) for t in _ref(a)],
                 ("Practitioner", "Organization", "PractitionerRole", "Patient", "Device", "RelatedPerson")),
+    # The authors are contained in the DocumentReference (PDSm): MHD's chained author.given and
+    # author.family are answered from the names of those contained copies.
+    SearchParam("author.given", "string", _author_names("given")),
+    SearchParam("author.family", "string", _author_names("family")),
     SearchParam("authenticator", "reference", lambda r: _ref(r.get("authenticator")), ("Practitioner", "Organization")),
     SearchParam("custodian", "reference", lambda r: _ref(r.get("custodian")), ("Organization",)),
     SearchParam("relatesto", "reference", lambda r: [t for rel in r.get("relatesTo", []) for t in _ref(rel.get("target"))],
@@ -151,6 +172,14 @@ LIST = [
     SearchParam("date", "date", lambda r: [r["date"]] if r.get("date") else []),
     SearchParam("item", "reference", lambda r: [t for e in r.get("entry", []) for t in _ref(e.get("item"))],
                 ("DocumentReference",)),
+    # ITI-66 Find Document Lists (IHE MHD), with PDSm's isArchived.
+    SearchParam("designationType", "token", lambda r: [p for e in r.get("extension", [])
+                                                       if e.get("url", "").endswith("/ihe-designationType")
+                                                       for p in _codings(e.get("valueCodeableConcept"))]),
+    SearchParam("sourceId", "token", lambda r: _identifiers([e["valueIdentifier"] for e in r.get("extension", [])
+                                                             if e.get("url", "").endswith("/ihe-sourceId")
+                                                             and isinstance(e.get("valueIdentifier"), dict)])),
+    SearchParam("isArchived", "token", _boolean_extension(codes.PDSM_IS_ARCHIVED, "false")),
 ]
 
 CONSENT = [

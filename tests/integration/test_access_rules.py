@@ -125,7 +125,10 @@ def build_world(engine, docs: list[Document], world_rules: list[Rule]) -> dict[i
             uow.save({
                 "resourceType": "DocumentReference", "id": f"d{i}", "status": "current",
                 "subject": {"reference": f"Patient/{patient_id}"},
-                "author": [{"reference": f"Practitioner/ps{doc.author}"}] if doc.author is not None else [],
+                # The author as the PDSm has it: the document's own contained copy.
+                "contained": [{"resourceType": "Practitioner", "id": "author1", "identifier": [
+                    {"system": IDNATPS_SYSTEM, "value": PROFESSIONALS[doc.author]}]}] if doc.author is not None else [],
+                "author": [{"reference": "#author1"}] if doc.author is not None else [],
                 "securityLabel": [{"coding": [{"system": codes.VISIBILITY_SYSTEM, "code": label}]}
                                   for label in sorted(doc.labels)],
                 "content": [{"attachment": {"contentType": "text/plain", "url": f"{BASE}/Binary/b{i}"}}],

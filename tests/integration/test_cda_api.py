@@ -6,6 +6,8 @@ import pytest
 from sqlalchemy import func, select
 
 from conftest import GP, attend_all, sample
+
+RADIOLOGIST = "899900000038"   # Dr FAURE, who wrote the MRI report and its new version
 from gateway.storage.schema import raw_inputs, resources
 
 XML = {"Content-Type": "application/xml"}
@@ -80,9 +82,9 @@ def test_patient_practitioner_organization_are_not_duplicated(client, database):
     assert found["Organization"] == 2
 
 
-def test_replacement_supersedes_previous_version(client, database):
+def test_replacement_supersedes_previous_version(client, database, bearer):
     v1 = post(client, "cr-imagerie-irm-lefevre.xml").json
-    v2 = post(client, "cr-imagerie-irm-lefevre-v2.xml").json
+    v2 = post(client, "cr-imagerie-irm-lefevre-v2.xml", {**XML, **bearer("doctor", sub=RADIOLOGIST)}).json
     attend_all(database[0])
     assert v2["relatesTo"] == [{"code": "replaces", "target": {"reference": f"DocumentReference/{v1['id']}"}}]
     old = client.get(f"/fhir/DocumentReference/{v1['id']}").json
@@ -95,7 +97,7 @@ def test_replacement_supersedes_previous_version(client, database):
     assert [e["resource"]["id"] for e in current["entry"]] == [v2["id"]]
     # replacing the superseded version again is refused
     again = sample("cr-imagerie-irm-lefevre-v2.xml").replace(b"1.2.250.1.213.1.1.9.2.4.2", b"1.2.250.1.213.1.1.9.2.4.3")
-    assert client.post("/cda", data=again, headers=XML).status_code == 409
+    assert client.post("/cda", data=again, headers={**XML, **bearer("doctor", sub=RADIOLOGIST)}).status_code == 409
 
 
 @pytest.mark.parametrize("name, status, expression", [
@@ -152,3 +154,25 @@ def test_concurrent_uploads_of_one_document_store_it_once(live_server, database,
     assert sorted(statuses) == [200] * 7 + [201]
     assert counts(database[0]) == {"DocumentReference": 1, "Binary": 1, "Patient": 1, "Practitioner": 1,
                                    "Organization": 1}
+
+
+def test_only_a_producer_of_a_document_replaces_it(client, database, bearer):
+    """A replacement is the author's (or their organisation's): anyone else who may feed is refused,
+    and a replacement naming another patient's document answers as one naming nothing registered."""
+    v1 = post(client, "cr-imagerie-irm-lefevre.xml").json
+    refused = post(client, "cr-imagerie-irm-lefevre-v2.xml", {**XML, **bearer("doctor", sub="899900000020")})
+    assert refused.status_code == 403 and "author" in refused.json["issue"][0]["diagnostics"]
+    other_org = bearer("doctor", sub="899900000099", org="990000018")
+    assert post(client, "cr-imagerie-irm-lefevre-v2.xml", {**XML, **other_org}).status_code == 403
+    own_org = bearer("doctor", sub="899900000099", org="990000034")   # the imaging practice's FINESS
+    assert post(client, "cr-imagerie-irm-lefevre-v2.xml", {**XML, **own_org}).status_code == 201
+    attend_all(database[0])
+    assert client.get(f"/fhir/DocumentReference/{v1['id']}").json["status"] == "superseded"
+    # Another patient's document: the same answer as a document never registered.
+    other = sample("cr-imagerie-irm-lefevre-v2.xml").replace(b"292086938701277", b"185067511204554") \
+        .replace(b'extension="900000002"', b'extension="900000001"') \
+        .replace(b"1.2.250.1.213.1.1.9.2.4.2", b"1.2.250.1.213.1.1.9.2.4.3")
+    attacked = client.post("/cda", data=other, headers={**XML, **bearer("doctor", sub=RADIOLOGIST)})
+    assert attacked.status_code == 422
+    assert "not a registered document of this patient" in attacked.json["issue"][0]["diagnostics"]
+    assert "1.2.250.1.213.1.1.9.2.4.1" not in attacked.get_data(as_text=True)

@@ -39,7 +39,8 @@ def test_error_statuses_are_operation_outcomes(client, database):
         (client.get("/fhir/DocumentReference/unknown"), 404),
         (client.get("/fhir/Observation/1"), 404),
         (client.delete(f"/fhir/DocumentReference/{created['id']}"), 405),
-        (client.post("/fhir/DocumentReference", data="{}", headers=FHIR), 405),
+        (client.post("/fhir/List", data="{}", headers=FHIR), 405),
+        (client.post("/fhir/DocumentReference", data="{}", headers=FHIR), 400),   # ITI-105 needs a DocumentReference
         (client.get("/fhir/metadata", headers={"Accept": "application/fhir+xml"}), 406),
         (client.get("/fhir/DocumentReference?_format=xml"), 406),
         (client.post("/fhir/Patient", data="<Patient/>", headers={"Content-Type": "application/xml"}), 415),

@@ -87,7 +87,7 @@ def test_ans_document_messages_create_replace_delete(mllp_listener, corpus_dir, 
              for status in ("current", "superseded", "entered-in-error")
              for e in search(client, f"{query}&status={status}").get("entry", [])}
     assert by_id["urn:oid:1.2.250.1.71.4.2.2.120456789.71024000081"]["status"] == "superseded"
-    assert by_id["urn:oid:1.2.250.1.71.4.2.2.120456789.71024000082"]["status"] == "entered-in-error"
+    assert "urn:oid:1.2.250.1.71.4.2.2.120456789.71024000082" not in by_id  # deleted: served under no status
     assert by_id["urn:oid:1.2.250.1.213.1.1.9"]["status"] == "current"  # the ORU's CR-BIO
     labels = {c["code"] for label in by_id["urn:oid:1.2.250.1.71.4.2.2.120456789.71024000081"]["securityLabel"]
               for c in label["coding"]}

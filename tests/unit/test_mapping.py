@@ -8,8 +8,7 @@ from gateway.services.documents import read_cda
 
 def build(name: str, visibility=()):
     parsed = read_cda(sample(name), 5 * 1024 * 1024)
-    links = mapping.Links(patient="p1", authors=["Practitioner/a1", "Organization/o1"], custodian="Organization/o1",
-                          authenticator="Practitioner/a1", replaces=[])
+    links = mapping.Links(patient="p1", custodian="Organization/o1", replaces=[])
     attachment = mapping.Attachment("http://gw/fhir/Binary/b1", "text/xml", 1234, "c2hhMQ==")
     return parsed, mapping.document_reference(parsed.header, "d1", links, attachment, visibility=visibility)
 
@@ -18,7 +17,9 @@ def test_document_reference_fields_follow_pdsm():
     parsed, doc = build("ldl-ses-martin.xml")
     validate(doc)
     assert doc["meta"]["profile"] == [codes.PDSM_DOCUMENT_REFERENCE]
-    assert doc["masterIdentifier"] == {"system": "urn:ietf:rfc:3986", "value": "urn:oid:1.2.250.1.213.1.1.9.2.1.1"}
+    assert doc["masterIdentifier"] == {"use": "usual", "system": "urn:ietf:rfc:3986",
+                                       "value": "urn:oid:1.2.250.1.213.1.1.9.2.1.1"}
+    assert "docStatus" not in doc
     assert doc["type"]["coding"][0] == {"system": "http://loinc.org", "code": "11490-0",
                                         "display": "Lettre de liaison à la sortie d'un établissement de soins"}
     assert doc["category"][0]["coding"][0]["code"] == "10"
@@ -35,6 +36,21 @@ def test_document_reference_fields_follow_pdsm():
             "type": {"text": "setId"}} in doc["identifier"]
 
 
+def test_authors_are_the_documents_own_contained_copies():
+    """Each author is a contained PractitionerRole (specialty) -> Practitioner (the name this document
+    gives) and Organization: never a shared resource another document may have named differently."""
+    parsed, doc = build("ldl-ses-martin.xml")
+    contained = {c["id"]: c for c in doc["contained"]}
+    assert doc["author"] == [{"reference": "#author1"}] and doc["authenticator"] == {"reference": "#authenticator"}
+    role = contained["author1"]
+    assert role["resourceType"] == "PractitionerRole"
+    assert role["specialty"][0]["coding"][0]["code"] == "G15_10/SM27"
+    person = contained[role["practitioner"]["reference"][1:]]
+    assert person["name"][0]["family"] == "BERNARD"
+    assert contained[role["organization"]["reference"][1:]]["name"] == "Centre hospitalier de Saint-Aubin"
+    assert mapping.author_idnatps(doc) == ["899900000012"]
+
+
 def test_imaging_report_carries_exam_and_modality_as_events():
     _, doc = build("cr-imagerie-irm-lefevre.xml")
     events = [c["coding"][0]["code"] for c in doc["context"]["event"]]
@@ -46,7 +62,7 @@ def test_imaging_report_carries_exam_and_modality_as_events():
 def test_n1_pdf_format_and_visibility_labels():
     _, doc = build("cr-operatoire-garnier.xml", visibility=["MASQUE_PS"])
     assert doc["content"][0]["format"]["code"] == "urn:ihe:iti:xds-sd:pdf:2008"
-    assert doc["securityLabel"][1]["coding"][0] == {"system": codes.VISIBILITY_SYSTEM, "code": "MASQUE_PS",
+    assert doc["securityLabel"][0]["coding"][0] == {"system": codes.VISIBILITY_SYSTEM, "code": "MASQUE_PS",
                                                     "display": "Masqué aux professionnels de santé"}
     validate(doc)
 

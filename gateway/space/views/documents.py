@@ -5,6 +5,7 @@ from flask import Response, current_app, flash, g, redirect, render_template, re
 
 from gateway.access import AccessContext
 from gateway.access.context import EMERGENCY, REGULATION, REPRESENTATIVE
+from gateway.access.writes import changeable_labels
 from gateway.access.rules import (
     IDNATPS_SYSTEM,
     INVISIBLE_REPRESENTATIVES,
@@ -60,7 +61,7 @@ def document_page(docref_id: str):
 def _changeable(docref: dict) -> set[str]:
     """The labels the signed-in person may set here; hiding from representatives only when someone
     manages the record as one (or the label is already there, so it can be removed)."""
-    changeable = labels.changeable_labels(g.repository.access)
+    changeable = changeable_labels(g.repository.access)
     if (INVISIBLE_REPRESENTATIVES in changeable and INVISIBLE_REPRESENTATIVES not in visibility_codes(docref)
             and not accounts.has_representative(g.repository.engine, g.repository.access.patient_ins)):
         changeable = changeable - {INVISIBLE_REPRESENTATIVES}
@@ -111,7 +112,7 @@ def change_masking(docref_id: str):
         patch = [{"op": "remove", "path": f"/securityLabel/{i}"} for i in reversed(present)]
     else:
         return redirect(url_for("space.document_page", docref_id=docref_id))
-    labels.patch_labels(g.repository, docref_id, patch)
+    labels.patch_document(g.repository, docref_id, patch)
     flash({(MASQUE_PS, True): "Le document est masqué aux professionnels de santé.",
            (MASQUE_PS, False): "Le document est de nouveau visible des professionnels autorisés.",
            (INVISIBLE_REPRESENTATIVES, True): "Le document est masqué à vos représentants légaux.",

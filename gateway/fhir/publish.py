@@ -1,0 +1,27 @@
+"""POST /fhir/DocumentReference: ITI-105 Simplified Publish (PDSM4DMP TD2), the document in
+content.attachment.data."""
+from __future__ import annotations
+
+from flask import current_app, g, request
+
+from gateway.cda.errors import DocumentRefused
+from gateway.services.provide import publish
+
+from .blueprint import fhir
+from .responses import FHIR_JSON_TYPES, FhirError, fhir_response, negotiate, require_content_type, version_headers
+
+
+@fhir.post("/DocumentReference")
+def simplified_publish():
+    g.repository.access.require(g.repository.access.may_feed, "submit documents")
+    negotiate()
+    require_content_type(FHIR_JSON_TYPES, "is not supported: send application/fhir+json")
+    settings = current_app.config["SETTINGS"]
+    try:
+        created, stored = publish(g.repository, request.get_data(), settings.trust_anchors,
+                                     settings.max_document_bytes, sender=request.remote_addr)
+    except DocumentRefused as refusal:
+        raise FhirError(refusal.status, refusal.reason, code=refusal.code, expression=refusal.location) from None
+    headers = version_headers(stored.version, stored.last_updated)
+    headers["Location"] = f"{settings.fhir_base}/DocumentReference/{stored.res_id}/_history/{stored.version}"
+    return fhir_response(stored.body, 201 if created else 200, headers)

@@ -1,0 +1,71 @@
+"""The SubmissionSet List (IHE MHD, PDSm) of what one submission registered: its source as a
+contained resource, the designation and source-system extensions PDSm requires (pure)."""
+from __future__ import annotations
+
+import uuid
+
+from gateway.cda.header import Person
+
+from . import codes
+from .dates import fhir_now
+from .document import author_role
+
+DESIGNATION_TYPE = "https://profiles.ihe.net/ITI/MHD/StructureDefinition/ihe-designationType"
+SOURCE_ID = "https://profiles.ihe.net/ITI/MHD/StructureDefinition/ihe-sourceId"
+LIST_TYPES = "https://profiles.ihe.net/ITI/MHD/CodeSystem/MHDlistTypes"
+# A submission that does not say its content type (JDV_J03): the value is unknown, said so.
+UNKNOWN_DESIGNATION = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason",
+                                   "code": "unknown", "display": "Unknown"}]}
+SUBMITTER_SYSTEM = "urn:dmp-gateway:submitter"
+
+
+def unique_id() -> str:
+    """A SubmissionSet uniqueId: MHD wants an OID; one under the UUID arc 2.25 needs no registration."""
+    return f"urn:oid:2.25.{uuid.uuid4().int}"
+
+
+def device_source(name: str) -> dict:
+    """The sending system, when no person is named as the submission's author."""
+    return {"resourceType": "Device", "id": "source", "deviceName": [{"name": name, "type": "user-friendly-name"}]}
+
+
+def submission_set(list_id: str, unique_id: str, subject: dict, documents: list[str], *, title: str,
+                   source: list[dict], source_id: dict, designation: dict | None = None) -> dict:
+    """A SubmissionSet naming `documents`; `source` is the contained resources of its author, the
+    first one being the author (a PractitionerRole or a Device)."""
+    return {
+        "resourceType": "List", "id": list_id, "meta": {"profile": [codes.PDSM_SUBMISSION_SET]},
+        "contained": source,
+        "extension": [{"url": DESIGNATION_TYPE, "valueCodeableConcept": designation or UNKNOWN_DESIGNATION},
+                      {"url": SOURCE_ID, "valueIdentifier": source_id}],
+        "identifier": [{"use": "usual", "system": "urn:ietf:rfc:3986", "value": unique_id},
+                       {"use": "official", "system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{list_id}"}],
+        "status": "current", "mode": "working", "title": title,
+        "code": {"coding": [{"system": LIST_TYPES, "code": "submissionset", "display": "Submission Set"}]},
+        "subject": subject, "date": fhir_now(),
+        "source": {"reference": f"#{source[0]['id']}"},
+        "entry": [{"item": {"reference": ref}} for ref in documents],
+    }
+
+
+def person_source(person: Person) -> list[dict]:
+    return author_role(person, "source")
+
+
+def completed(submitted: dict, submitter_name: str, submitter_id: str) -> dict:
+    """A submitted SubmissionSet with what PDSm requires and the sender left out: its source (the
+    authenticated submitter, as a contained Device), the source system (the submitter's id) and a
+    designation said to be unknown. What the sender gave is kept as given."""
+    resource = dict(submitted)
+    extensions = list(resource.get("extension", []))
+    urls = {e.get("url") for e in extensions}
+    if DESIGNATION_TYPE not in urls:
+        extensions.append({"url": DESIGNATION_TYPE, "valueCodeableConcept": UNKNOWN_DESIGNATION})
+    if SOURCE_ID not in urls:
+        extensions.append({"url": SOURCE_ID, "valueIdentifier": {"system": SUBMITTER_SYSTEM, "value": submitter_id}})
+    resource["extension"] = extensions
+    contained_ids = {c.get("id") for c in resource.get("contained", [])}
+    if resource.get("source", {}).get("reference", "")[1:] not in contained_ids:
+        resource["contained"] = [*resource.get("contained", []), device_source(submitter_name)]
+        resource["source"] = {"reference": "#source"}
+    return resource

@@ -1,0 +1,260 @@
+"""Documents described by their FHIR metadata (ITI-65, ITI-105) rather than by a CDA header: a
+PDF, a FHIR document, any content PDSm admits. The submitted DocumentReference is the source of
+the metadata; the gateway checks it, completes what PDSm requires and the sender may leave out,
+and keeps the bytes as received. A CDA (a ClinicalDocument with a header) never takes this path:
+its header stays the source of truth (services/documents.py)."""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from urllib.parse import parse_qsl
+
+from lxml import etree
+
+from gateway.access.writes import Producers, finess
+from gateway.cda.errors import DocumentRefused
+from gateway.cda.parser import CLINICAL_DOCUMENT
+from gateway.fhir.validation import InvalidResource, validate
+from gateway.mapping import codes, submission
+from gateway.mapping import document as mapping
+from gateway.mapping.dates import fhir_now
+from gateway.storage.repository import UnitOfWork, new_id
+
+from .documents import Ingested, check_record_open, replaceable
+from .personal import shared_record_custodian
+
+# IHE format code of a document whose MIME type says all (the PDSM4DMP examples use it).
+MIME_SUFFICIENT = {"system": "http://ihe.net/fhir/ihe.formatcode.fhir/CodeSystem/formatcode",
+                   "code": "urn:ihe:iti:xds:2017:mimeTypeSufficient", "display": "mimeType Sufficient"}
+# A PDSm context element the sender did not give: its value is unknown, and said so.
+UNKNOWN = {"extension": [{"url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason", "valueCode": "unknown"}]}
+CDA_FORMATS = {code for code, _ in codes.N1_FORMATS.values()} | {code for code, _ in codes.N3_FORMATS.values()} | {
+    codes.N3_GENERIC_FORMAT[0]}
+
+
+def is_cda(data: bytes, content_type: str, format_code: str | None) -> bool:
+    """A CDA is a ClinicalDocument with a header, or what the sender declares one by its format or
+    type; an empty ClinicalDocument element (as in the PDSM4DMP examples) is just XML."""
+    if format_code in CDA_FORMATS or content_type.split(";")[0].strip() == "application/hl7-cda+xml":
+        return True
+    if b"ClinicalDocument" not in data[:4096]:
+        return False
+    try:
+        root = etree.fromstring(data, etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False))
+    except etree.XMLSyntaxError:
+        return True   # declared by its name: the CDA reader says what is wrong with it
+    return root.tag == CLINICAL_DOCUMENT and len(root) > 0
+
+
+def attachment_data(attachment: dict, where: str, max_bytes: int) -> bytes:
+    """The bytes of an ITI-105 attachment (`data`, base64), checked against its size and hash."""
+    try:
+        data = base64.b64decode(attachment.get("data") or "", validate=True)
+    except (binascii.Error, ValueError, TypeError):
+        raise DocumentRefused("attachment.data is not base64", location=f"{where}.data") from None
+    if not data:
+        raise DocumentRefused("attachment.data is empty: ITI-105 carries the document in it", location=f"{where}.data")
+    if len(data) > max_bytes:
+        raise DocumentRefused(f"document is {len(data)} bytes, above the limit of {max_bytes}",
+                              location=f"{where}.data", status=413, code="too-costly")
+    return data
+
+
+def resolve_subject(uow: UnitOfWork, subject: dict, bundle_patients: dict[str, dict] | None = None) -> str | None:
+    """The Patient a submitted subject designates, among the records this gateway holds: a local
+    reference, a conditional one (`Patient?identifier=system|value`), an identifier, or a Patient
+    entry of the Bundle matched by its identifiers. None when no record matches."""
+    reference = subject.get("reference", "") if isinstance(subject, dict) else ""
+    identifiers = []
+    if isinstance(subject, dict) and isinstance(subject.get("identifier"), dict):
+        identifiers.append(subject["identifier"])
+    if reference.startswith("Patient?"):
+        for name, value in parse_qsl(reference.split("?", 1)[1]):
+            if name == "identifier" and "|" in value:
+                system, code = value.split("|", 1)
+                identifiers.append({"system": system, "value": code})
+    elif reference in (bundle_patients or {}):
+        identifiers += bundle_patients[reference].get("identifier", [])
+    elif reference.startswith("Patient/") and reference.count("/") == 1:
+        found = uow.current("Patient", reference.split("/", 1)[1])
+        return found.res_id if found is not None and not found.deleted else None
+    for identifier in identifiers:
+        if isinstance(identifier, dict) and identifier.get("system") and identifier.get("value"):
+            found = uow.find_by_identifier("Patient", identifier["system"], str(identifier["value"]).replace(" ", ""))
+            if found:
+                return found
+    return None
+
+
+def _checked(resource: dict, where: str) -> dict:
+    try:
+        validate(resource)
+    except InvalidResource as exc:
+        raise DocumentRefused(f"the DocumentReference is not valid FHIR: {exc}", location=where) from None
+    return resource
+
+
+def _submitted_producers(submitted: dict) -> Producers:
+    people = set(mapping.author_idnatps(submitted))
+    organizations = {f for c in submitted.get("contained", []) if c.get("resourceType") == "Organization"
+                     for i in c.get("identifier", []) if (f := finess(i.get("system", ""), i.get("value", "")))}
+    return Producers(frozenset(people), frozenset(organizations))
+
+
+def register_described(uow: UnitOfWork, base_url: str, submitted: dict, data: bytes, patient_id: str, *,
+                       where: str, docref_id: str | None = None) -> Ingested:
+    """Register a document whose metadata the sender gave as a DocumentReference."""
+    master = submitted.get("masterIdentifier")
+    if not isinstance(master, dict) or not master.get("value"):
+        raise DocumentRefused("masterIdentifier (the document's uniqueId) is required", location=f"{where}.masterIdentifier")
+    key = (master.get("system") or "", master["value"])
+    existing_id = uow.find_by_identifier("DocumentReference", *key)
+    if existing_id is not None:
+        existing = uow.current("DocumentReference", existing_id)
+        binary = uow.current("Binary", existing.json()["content"][0]["attachment"]["url"].rsplit("/", 1)[-1])
+        if existing.patient_id != patient_id or binary is None or binary.blob_sha256 != hashlib.sha256(data).hexdigest():
+            raise DocumentRefused("a different document is already registered under this masterIdentifier",
+                                  location=f"{where}.masterIdentifier", status=409, code="duplicate")
+        return Ingested(False, existing, [f"DocumentReference/{existing_id}"])
+    check_record_open(uow, patient_id, f"{where}.subject")
+    if submitted.get("status", "current") != "current":
+        raise DocumentRefused("a new document is current", location=f"{where}.status")
+    type_codings = [c for c in submitted.get("type", {}).get("coding", []) if isinstance(c, dict)]
+    known = next((found for c in type_codings if (found := _j07(c))), None)
+    if known is None:
+        raise DocumentRefused("the document type must be one of the CI-SIS list JDV_J07 (LOINC or TRE_A05)",
+                              location=f"{where}.type")
+    authors = [a for a in submitted.get("author", []) if isinstance(a, dict)]
+    contained_ids = {c.get("id") for c in submitted.get("contained", []) if isinstance(c, dict)}
+    if not authors or any(a.get("reference", "")[1:] not in contained_ids for a in authors):
+        raise DocumentRefused("the authors are given, as resources contained in the DocumentReference (PDSm)",
+                              location=f"{where}.author")
+
+    docref_id = docref_id or new_id()
+    binary_id = new_id()
+    content = (submitted.get("content") or [{}])[0]
+    attachment = content.get("attachment", {})
+    content_type = attachment.get("contentType") or "application/octet-stream"
+    for name, expected in (("size", len(data)), ("hash", mapping.sha1_base64(data))):
+        if name in attachment and attachment[name] != expected:
+            raise DocumentRefused(f"attachment.{name} does not match the document's bytes",
+                                  location=f"{where}.content[0].attachment.{name}")
+    uow.save(_checked({"resourceType": "Binary", "id": binary_id, "contentType": content_type,
+                       "securityContext": {"reference": f"DocumentReference/{docref_id}"}}, where),
+             patient_id=patient_id, blob_sha256=uow.store_blob(data))
+    date = submitted.get("date") or fhir_now()
+    holder = uow.current("Patient", patient_id).json()
+    source_patient = {**{k: v for k, v in holder.items() if k not in ("id", "meta", "link", "active")},
+                      "id": "source-patient"}
+    type_system, type_display, class_code = known
+    context = dict(submitted.get("context") or {})
+    context.setdefault("period", {"start": date})
+    context["period"].setdefault("start", date)
+    context.setdefault("facilityType", UNKNOWN)
+    context.setdefault("practiceSetting", UNKNOWN)
+    context["sourcePatientInfo"] = {"reference": "#source-patient"}
+    resource = {
+        **{k: v for k, v in submitted.items() if k not in ("id", "meta", "text", "contained", "context")},
+        "resourceType": "DocumentReference", "id": docref_id,
+        "meta": {"profile": [codes.PDSM_DOCUMENT_REFERENCE]},
+        "contained": [source_patient] + [c for c in submitted.get("contained", []) if c.get("id") != "source-patient"],
+        "masterIdentifier": {**master, "use": "usual"},
+        "identifier": [i for i in submitted.get("identifier", []) if i.get("use") != "official"]
+        + [{"use": "official", "system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{docref_id}"}],
+        "status": "current",
+        "type": {"coding": [{"system": type_system, "code": next(c["code"] for c in type_codings if _j07(c)),
+                             "display": type_display}]},
+        "category": submitted.get("category") or [{"coding": [{"system": codes.CLASS_SYSTEM, "code": class_code,
+                                                               "display": codes.CLASS_DISPLAYS.get(class_code, class_code)}]}],
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "date": date,
+        "custodian": _custodian(uow, submitted),
+        "securityLabel": submitted.get("securityLabel") or [
+            {"coding": [{"system": codes.CONFIDENTIALITY_SYSTEM, "code": "N", "display": "Normal"}]}],
+        "content": [{
+            "attachment": {"contentType": content_type, "language": attachment.get("language") or "fr-FR",
+                           "url": f"{base_url.rstrip('/')}/fhir/{'Bundle' if _fhir_document(data, content_type) else 'Binary'}/{binary_id}",
+                           "size": len(data), "hash": mapping.sha1_base64(data),
+                           "title": attachment.get("title") or type_display, "creation": attachment.get("creation") or date},
+            "format": content.get("format") or MIME_SUFFICIENT}],
+        "context": context,
+    }
+    resource.pop("relatesTo", None)
+    resource["contained"] = _referenced(resource)
+    replaces = _replaced(uow, submitted, patient_id, where)
+    if replaces:
+        resource["relatesTo"] = [{"code": "replaces", "target": {"reference": ref}} for ref in replaces]
+    stored = uow.save(_checked(resource, where), patient_id=patient_id)
+    uow.claim_identifier("DocumentReference", *key, docref_id)
+    return Ingested(True, stored, [*replaces, f"Binary/{binary_id}", f"DocumentReference/{docref_id}"])
+
+
+def _references(value) -> set[str]:
+    if isinstance(value, dict):
+        found = {value["reference"][1:]} if str(value.get("reference", "")).startswith("#") else set()
+        return found.union(*(_references(v) for k, v in value.items() if k != "contained"))
+    if isinstance(value, list):
+        return set().union(*(_references(v) for v in value))
+    return set()
+
+
+def _referenced(resource: dict) -> list[dict]:
+    """The contained resources something refers to (FHIR dom-3: no orphan), following references
+    from one contained resource to another."""
+    contained = {c.get("id"): c for c in resource.get("contained", []) if isinstance(c, dict)}
+    wanted, todo = set(), _references(resource)
+    while todo:
+        found = todo.pop()
+        if found in contained and found not in wanted:
+            wanted.add(found)
+            todo |= _references(contained[found])
+    return [c for key, c in contained.items() if key in wanted]
+
+
+def _j07(coding: dict):
+    system = coding.get("system", "")
+    oid = next((oid for oid, url in codes.TYPE_SYSTEMS.items() if url == system), None)
+    return codes.document_type(oid, coding.get("code", "")) if oid else None
+
+
+def _fhir_document(data: bytes, content_type: str) -> bool:
+    """A FHIR document (a Bundle of type document) is read at [base]/Bundle/[id] (PDSM4DMP TD3.2)."""
+    return content_type.split(";")[0].strip() in ("application/fhir+json", "application/json") and b'"document"' in data[:4096]
+
+
+def _custodian(uow: UnitOfWork, submitted: dict) -> dict:
+    """The submitted custodian when it is an Organization this gateway holds; else the requester's
+    organisation (by FINESS) when their token names one; else the shared record itself."""
+    reference = submitted.get("custodian", {}).get("reference", "") if isinstance(submitted.get("custodian"), dict) else ""
+    if reference.startswith("Organization/") and uow.current("Organization", reference.split("/", 1)[1]):
+        return {"reference": reference}
+    organization = uow.repository.access.organization
+    if organization:
+        found = uow.find_by_identifier("Organization", codes.FINESS_SYSTEM, organization)
+        if found:
+            return {"reference": f"Organization/{found}"}
+    return {"reference": shared_record_custodian(uow)}
+
+
+def _replaced(uow: UnitOfWork, submitted: dict, patient_id: str, where: str) -> list[str]:
+    """The documents this one replaces (relatesTo replaces), now superseded."""
+    out = []
+    for index, relation in enumerate(submitted.get("relatesTo", [])):
+        if not isinstance(relation, dict) or relation.get("code") != "replaces":
+            continue
+        target = relation.get("target", {})
+        reference = target.get("reference", "") if isinstance(target, dict) else ""
+        docref_id = reference.rsplit("/", 1)[-1] if reference.startswith("DocumentReference/") or "/DocumentReference/" in reference else None
+        identifier = target.get("identifier") if isinstance(target, dict) else None
+        if docref_id is None and isinstance(identifier, dict) and identifier.get("value"):
+            docref_id = uow.find_by_identifier("DocumentReference", identifier.get("system", ""), identifier["value"])
+        stored = replaceable(uow, docref_id, patient_id, _submitted_producers(submitted), f"{where}.relatesTo[{index}]")
+        previous = stored.json()
+        if previous["status"] != "current":
+            raise DocumentRefused("the replaced document is no longer current", location=f"{where}.relatesTo[{index}]",
+                                  status=409, code="conflict")
+        previous["status"] = "superseded"
+        uow.save(previous, patient_id=patient_id, method="PUT")
+        out.append(f"DocumentReference/{stored.res_id}")
+    return out

@@ -1,0 +1,180 @@
+"""The DMP's own FHIR API as the ANS guide PDSM4DMP describes it, driven by the guide's own example
+requests (`../shared/reference/pdsm4dmp/input/examples`), each answer checked as the guide says and
+against the official profiles.
+
+The examples name a patient whose INS (123456789012345) has a wrong key (97 - 1234567890123 mod 97
+is 11, not 45): the gateway refuses such an INS, so the tests give the examples a valid one."""
+import base64
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+import profiles
+from conftest import GP, REPORT, attend_all
+
+EXAMPLES = Path(os.environ.get("GATEWAY_PDSM4DMP_DIR", Path(__file__).resolve().parents[3] / "shared" / "reference"
+                               / "pdsm4dmp" / "input" / "examples"))
+GUIDE_INS, INS = "123456789012345", "279035121518989"
+INS_SYSTEM = "urn:oid:1.2.250.1.213.1.4.8"
+AUTHOR = "899700218896"   # the examples' author (IdNatPs)
+FHIR = {"Content-Type": "application/fhir+json"}
+PATCH = {"Content-Type": "application/json-patch+json"}
+VISIBILITY = "https://mos.esante.gouv.fr/NOS/TRE_A07-StatutVisibiliteDocument/FHIR/TRE-A07-StatutVisibiliteDocument"
+
+
+def example(name: str) -> dict:
+    if not EXAMPLES.is_dir():
+        pytest.skip(f"the PDSM4DMP examples are not present at {EXAMPLES}")
+    return json.loads((EXAMPLES / name).read_text().replace(GUIDE_INS, INS))
+
+
+@pytest.fixture
+def lps(client, bearer):
+    """The LPS of the examples' author (a professional's software), and the record it works on."""
+    author = bearer("doctor", sub=AUTHOR)
+    created = client.post("/fhir/Patient", headers={**FHIR, **author}, data=json.dumps({
+        "resourceType": "Patient", "identifier": [{"use": "official", "system": INS_SYSTEM, "value": INS}],
+        "name": [{"use": "official", "family": "MARTIN", "given": ["MARIE"]}], "gender": "female",
+        "birthDate": "1985-04-12"}))
+    assert created.status_code == 201, created.json
+    client.post("/fhir/Consent", headers={**FHIR, **bearer("patient", patient=INS)}, data=json.dumps({
+        "resourceType": "Consent", "status": "active",
+        "category": [{"coding": [{"system": "urn:dmp-gateway:consent-kind", "code": "attending-physician"}]}],
+        "provision": {"type": "permit", "actor": [{"role": {"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "PRCP"}]},
+            "reference": {"identifier": {"system": "urn:oid:1.2.250.1.71.4.2.1", "value": AUTHOR}}}]}}))
+    return author
+
+
+def by_identifier(value: str) -> str:
+    return f"/fhir/DocumentReference?identifier=urn:ietf:rfc:3986|{value}"
+
+
+def test_the_guide_examples_are_answered_as_the_guide_says(client, bearer, lps, database, backend):
+    collected = profiles.Collected()
+    patient_query = {"patient.identifier": f"{INS_SYSTEM}|{INS}"}
+
+    # TD0.2: the record exists, is open, and this professional is its attending physician.
+    td02 = client.get("/fhir/Patient", query_string={"identifier": f"{INS_SYSTEM}|{INS}"}, headers=lps).json
+    assert td02["total"] == 1
+    record = td02["entry"][0]["resource"]
+    assert record["active"] is True
+    extensions = {e["url"].rsplit("/", 1)[1]: e for e in record["extension"]}
+    assert extensions["dmp-medecin-traitant"]["valueBoolean"] is True
+    assert extensions["dmp-rattachement-mes"]["valueBoolean"] is False
+    collected.add(td02)
+
+    # TD2, ITI-105: the simplified publication.
+    published = client.post("/fhir/DocumentReference", headers={**FHIR, **lps},
+                            data=json.dumps(example("DocumentReference-example-td2-iti105-publication-simplifiee.json")))
+    assert published.status_code == 201, published.json
+    assert published.headers["Location"].startswith("http://gateway.test/fhir/DocumentReference/")
+    collected.add(published.json)
+
+    # TD2, ITI-65: the submission set.
+    submitted = client.post("/fhir", headers={**FHIR, **lps},
+                            data=json.dumps(example("Bundle-example-td2-iti65-lot-soumission.json")))
+    assert submitted.status_code == 200, submitted.json
+    assert [e["response"]["status"] for e in submitted.json["entry"]] == ["201 Created"] * 3
+    assert [e["response"]["location"].split("/")[0] for e in submitted.json["entry"]] == ["List", "DocumentReference", "Binary"]
+    collected.add(submitted.json, profiles.PROVIDE_RESPONSE)
+
+    # TD2.1: document X, then its replacement Y with the UpdateDocumentRefs PATCH entry.
+    x = example("DocumentReference-doc-x-id.json")
+    data = base64.b64encode(b'<?xml version="1.0" encoding="UTF-8"?><ClinicalDocument xmlns="urn:hl7-org:v3"/>').decode()
+    x_attachment = {k: v for k, v in x["content"][0]["attachment"].items() if k != "url"}
+    x.update(status="current", content=[{**x["content"][0], "attachment": {**x_attachment, "data": data}}])
+    x_id = client.post("/fhir/DocumentReference", headers={**FHIR, **lps}, data=json.dumps(x)).json["id"]
+    replacement = json.dumps(example("Bundle-example-td2-1-remplacement.json")).replace("doc-x-id", x_id)
+    replaced = client.post("/fhir", headers={**FHIR, **lps}, data=replacement)
+    assert replaced.status_code == 200, replaced.json
+    statuses = {e["response"]["location"].split("/")[0]: e["response"]["status"] for e in replaced.json["entry"]}
+    assert statuses == {"List": "201 Created", "DocumentReference": "200 OK", "Binary": "201 Created"} or \
+        sorted(e["response"]["status"] for e in replaced.json["entry"]) == ["200 OK", "201 Created", "201 Created", "201 Created"]
+    collected.add(replaced.json, profiles.PROVIDE_RESPONSE)
+    assert client.get(f"/fhir/DocumentReference/{x_id}", headers=lps).json["status"] == "superseded"
+
+    # TD3.1a: the current documents; TD3.1b: one of them by its uniqueId.
+    current = client.get("/fhir/DocumentReference", query_string={**patient_query, "status": "current"}, headers=lps).json
+    assert current["total"] == 3
+    collected.add(current, profiles.FIND_DOCUMENT_REFERENCES)
+    y = next(e["resource"] for e in current["entry"] if e["resource"].get("relatesTo"))
+    assert y["relatesTo"] == [{"code": "replaces", "target": {"reference": f"DocumentReference/{x_id}"}}]
+    one = client.get("/fhir/DocumentReference", headers=lps, query_string={
+        **patient_query, "identifier": "urn:ietf:rfc:3986|urn:oid:1.2.250.1.213.1.4.8.99999.0"}).json
+    assert one["total"] == 1 and one["entry"][0]["resource"]["id"] == x_id
+
+    # TD3.2: the document as received, or as a Binary.
+    url = y["content"][0]["attachment"]["url"].replace("http://gateway.test", "")
+    assert client.get(url, headers={**lps, "Accept": "application/xml"}).data.startswith(b"<?xml")
+    binary = client.get(url, headers={**lps, "Accept": "application/fhir+json"}).json
+    assert binary["resourceType"] == "Binary" and base64.b64decode(binary["data"]).startswith(b"<?xml")
+
+    # TD3.3a: masked from professionals by its producer, then unmasked, by conditional PATCH.
+    mask = [{"op": "replace", "path": "/securityLabel/0", "value": {"coding": [
+        {"system": VISIBILITY, "code": "MASQUE_PS", "display": "Masqué aux professionnels de santé"}]}}]
+    unmask = [{"op": "replace", "path": "/securityLabel/0", "value": {"coding": [
+        {"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "N", "display": "normal"}]}}]
+    target = by_identifier("urn:oid:1.2.250.1.213.1.4.8.99999.3")
+    masked = client.patch(target, headers={**PATCH, **lps}, data=json.dumps(mask))
+    assert masked.status_code == 200, masked.json
+    assert [c["code"] for label in masked.json["securityLabel"] for c in label["coding"]] == ["MASQUE_PS", "N"]
+    collected.add(masked.json)
+    unmasked = client.patch(target, headers={**PATCH, **lps}, data=json.dumps(unmask)).json
+    assert [c["code"] for label in unmasked["securityLabel"] for c in label["coding"]] == ["N"]
+
+    # TD3.3b: invisible to the patient until announced.
+    invisible = [{"op": "replace", "path": "/securityLabel/0", "value": {"coding": [
+        {"system": VISIBILITY, "code": "INVISIBLE_PATIENT", "display": "Non visible par le patient"}]}}]
+    assert client.patch(target, headers={**PATCH, **lps}, data=json.dumps(invisible)).status_code == 200
+    patient = bearer("patient", patient=INS)
+    assert client.get(f"/fhir/DocumentReference/{y['id']}", headers=patient).status_code == 404
+    assert client.patch(target, headers={**PATCH, **lps}, data=json.dumps(unmask)).status_code == 200
+    assert client.get(f"/fhir/DocumentReference/{y['id']}", headers=patient).status_code == 200
+
+    # TD3.3d: archived, found by isArchived, then back.
+    archive = [{"op": "replace", "value": True, "path":
+                "/extension[url:'https://interop.esante.gouv.fr/ig/fhir/pdsm/StructureDefinition/pdsm-ext-is-archived']/valueBoolean"}]
+    archived = client.patch(target, headers={**PATCH, **lps}, data=json.dumps(archive))
+    assert archived.status_code == 200, archived.json
+    collected.add(archived.json)
+    found = client.get("/fhir/DocumentReference", query_string={**patient_query, "isArchived": "true"}, headers=lps).json
+    assert [e["resource"]["id"] for e in found["entry"]] == [y["id"]]
+
+    # TD3.3c: deletion by the author; another professional is refused (403).
+    delete = [{"op": "replace", "path": "/status", "value": "entered-in-error"}]
+    stranger = bearer("doctor", sub="899900000099")
+    client.post("/fhir/Consent", headers={**FHIR, **patient}, data=json.dumps({
+        "resourceType": "Consent", "status": "active",
+        "category": [{"coding": [{"system": "urn:dmp-gateway:consent-kind", "code": "professional"}]}],
+        "provision": {"type": "permit", "actor": [{"role": {"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "PRCP"}]},
+            "reference": {"identifier": {"system": "urn:oid:1.2.250.1.71.4.2.1", "value": "899900000099"}}}]}}))
+    assert client.patch(target, headers={**PATCH, **stranger}, data=json.dumps(delete)).status_code == 403
+    deleted = client.patch(target, headers={**PATCH, **lps}, data=json.dumps(delete))
+    assert deleted.status_code == 200 and deleted.json["resourceType"] == "OperationOutcome"
+    assert client.get(f"/fhir/DocumentReference/{y['id']}", headers=lps).status_code == 410
+
+    # ITI-66: the submission sets of the record.
+    lists = client.get("/fhir/List", query_string={**patient_query, "code": "submissionset"}, headers=lps).json
+    assert lists["total"] == 4
+    collected.add(lists, profiles.FIND_LISTS)
+
+    # TD0.2 once the patient closed the record.
+    client.post("/fhir/Consent", headers={**FHIR, **patient}, data=json.dumps({
+        "resourceType": "Consent", "status": "active",
+        "category": [{"coding": [{"system": "urn:dmp-gateway:consent-kind", "code": "record"}]}],
+        "provision": {"type": "deny"}}))
+    closed = client.get("/fhir/Patient", query_string={"identifier": f"{INS_SYSTEM}|{INS}"}, headers=patient).json
+    record = closed["entry"][0]["resource"]
+    assert record["active"] is False
+    assert any(e["url"].endswith("dmp-fermeture") for e in record["extension"])
+    collected.add(closed)
+
+    if profiles.available():
+        errors = collected.errors()
+        REPORT.append(f"PDSM4DMP examples ({backend}): 9 transactions run, {len(collected)} answers validated, "
+                      f"{len(errors)} profile errors")
+        assert not errors, "\n".join(errors[:30])
