@@ -31,7 +31,12 @@ def capability_statement(base: str) -> dict:
             interactions.append({"code": "update", "documentation": "the patient or a representative; revoke "
                                                                    "with status inactive"})
         if res_type == "DocumentReference":
-            interactions.append({"code": "patch", "documentation": "JSON Patch of securityLabel: masking"})
+            interactions.append({"code": "create", "documentation": "ITI-105 Simplified Publish"})
+            interactions.append({"code": "patch", "documentation": (
+                "JSON Patch, also conditional on identifier (PDSM4DMP TD3.3a-d): securityLabel (masking), the "
+                "isArchived extension (archiving), status entered-in-error (deletion). MHD allows a "
+                "DocumentReference only current and superseded: a deletion is carried out as a FHIR delete, the "
+                "document leaves every search and a read answers 410 Gone; its versions stay in the history.")})
         entry = {
             "type": res_type,
             "interaction": interactions,
@@ -62,7 +67,8 @@ def capability_statement(base: str) -> dict:
         "software": {"name": "gateway", "version": "0.1.0"},
         "implementation": {"description": "DMP interoperability gateway", "url": base},
         "fhirVersion": "4.0.1",
-        "format": ["application/fhir+json", "json"],
+        "format": ["application/fhir+json", "json", "application/fhir+xml", "xml"],
+        "patchFormat": ["application/json-patch+json"],
         "rest": [{
             "mode": "server",
             "security": {
@@ -71,8 +77,10 @@ def capability_statement(base: str) -> dict:
                 "description": "Bearer JWT (claims sub, role, purpose, org, patient). Every read and change "
                                "is filtered by the patient's consents and audited (AuditEvent, IHE BALP).",
             },
-            "documentation": "ITI-65 Provide Document Bundle (POST transaction), ITI-67 Find Document "
-                             "References, ITI-68 Retrieve Document (GET attachment url).",
+            "documentation": "ITI-65 Provide Document Bundle (POST transaction), ITI-105 Simplified Publish "
+                             "(POST DocumentReference), ITI-66 Find Document Lists, ITI-67 Find Document "
+                             "References, ITI-68 Retrieve Document (GET attachment url), and the DMP's transactions "
+                             "of the ANS guide PDSM4DMP.",
             "resource": resources,
             "interaction": [{"code": "transaction", "documentation": "ITI-65 Provide Document Bundle"}],
         }],

@@ -4,7 +4,6 @@ Documents enter through ITI-65 or POST /cda, never as bare DocumentReferences.
 """
 from __future__ import annotations
 
-import json
 from urllib.parse import parse_qsl
 
 from flask import current_app, g, request
@@ -14,18 +13,22 @@ from gateway.storage.repository import new_id
 
 from .blueprint import fhir
 from .read import STORED_TYPES
-from .responses import FHIR_JSON_TYPES, FhirError, fhir_response, negotiate, require_content_type, version_headers
+from gateway.cda.errors import DocumentRefused
+
+from .formats import load
+from .responses import FHIR_TYPES, FhirError, fhir_response, negotiate, require_content_type, version_headers
 from .validation import InvalidResource, validate
 
 CREATABLE_TYPES = ("Patient", "Practitioner", "Organization")
 
 
 def read_json_body() -> dict:
-    require_content_type(FHIR_JSON_TYPES, "is not supported: send application/fhir+json")
+    """The request's resource as JSON data, sent as FHIR JSON or FHIR XML."""
+    require_content_type(FHIR_TYPES, "is not supported: send application/fhir+json or application/fhir+xml")
     try:
-        body = json.loads(request.get_data())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise FhirError(400, f"the body is not JSON: {exc}", code="structure") from None
+        body = load(request.get_data(), request.mimetype)
+    except DocumentRefused as refusal:
+        raise FhirError(refusal.status, refusal.reason, code=refusal.code) from None
     if not isinstance(body, dict) or "resourceType" not in body:
         raise FhirError(400, "the body is not a FHIR resource (no resourceType)", code="structure")
     return body

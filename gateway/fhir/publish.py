@@ -8,18 +8,19 @@ from gateway.cda.errors import DocumentRefused
 from gateway.services.provide import publish
 
 from .blueprint import fhir
-from .responses import FHIR_JSON_TYPES, FhirError, fhir_response, negotiate, require_content_type, version_headers
+from .responses import FHIR_TYPES, FhirError, fhir_response, negotiate, require_content_type, version_headers
 
 
 @fhir.post("/DocumentReference")
 def simplified_publish():
     g.repository.access.require(g.repository.access.may_feed, "submit documents")
     negotiate()
-    require_content_type(FHIR_JSON_TYPES, "is not supported: send application/fhir+json")
+    require_content_type(FHIR_TYPES, "is not supported: send application/fhir+json or application/fhir+xml")
     settings = current_app.config["SETTINGS"]
     try:
         created, stored = publish(g.repository, request.get_data(), settings.trust_anchors,
-                                     settings.max_document_bytes, sender=request.remote_addr)
+                                     settings.max_document_bytes, sender=request.remote_addr,
+                           content_type=request.mimetype)
     except DocumentRefused as refusal:
         raise FhirError(refusal.status, refusal.reason, code=refusal.code, expression=refusal.location) from None
     headers = version_headers(stored.version, stored.last_updated)

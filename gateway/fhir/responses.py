@@ -5,7 +5,9 @@ import json
 from email.utils import format_datetime
 from datetime import datetime
 
-from flask import Response, request
+from flask import Response, has_request_context, request
+
+from .formats import FHIR_XML, XML_FORMATS, XML_TYPES, to_xml
 
 FHIR_JSON = "application/fhir+json"
 JSON_TYPES = {"application/fhir+json", "application/json", "json", "application/json+fhir", "*/*",
@@ -34,6 +36,7 @@ class FhirError(Exception):
 
 
 FHIR_JSON_TYPES = ("application/fhir+json", "application/json")
+FHIR_TYPES = FHIR_JSON_TYPES + XML_TYPES
 
 
 def require_content_type(allowed, explanation: str) -> None:
@@ -46,24 +49,38 @@ def operation_outcome(issues: list[dict]) -> dict:
     return {"resourceType": "OperationOutcome", "issue": issues}
 
 
-def negotiate() -> None:
-    """Refuse (406) a client that will not accept FHIR JSON, whether it says so by _format or Accept."""
+def wants_xml() -> bool:
+    """Whether this request asked for FHIR XML (_format first, then the best Accept)."""
     fmt = request.args.get("_format")
     if fmt:
-        if fmt.split(";")[0].strip() not in JSON_TYPES:
-            raise FhirError(406, f"_format={fmt} is not supported: this server answers application/fhir+json",
-                            code="not-supported")
+        return fmt.split(";")[0].strip() in XML_FORMATS
+    best = request.accept_mimetypes.best_match([FHIR_JSON, FHIR_XML, "application/json", "application/xml", "text/xml"])
+    return best in XML_TYPES and request.accept_mimetypes[best] > request.accept_mimetypes[FHIR_JSON]
+
+
+def negotiate() -> None:
+    """Refuse (406) a client that accepts neither FHIR JSON nor FHIR XML, by _format or Accept."""
+    fmt = request.args.get("_format")
+    if fmt:
+        if fmt.split(";")[0].strip() not in JSON_TYPES and fmt.split(";")[0].strip() not in XML_FORMATS:
+            raise FhirError(406, f"_format={fmt} is not supported: this server answers application/fhir+json "
+                                 "and application/fhir+xml", code="not-supported")
         return
     accepted = [mime for mime, quality in request.accept_mimetypes if quality > 0]
-    if accepted and not any(mime in JSON_TYPES or mime.endswith("+json") for mime in accepted):
+    if accepted and not any(mime in JSON_TYPES or mime in XML_TYPES or mime.endswith(("+json", "+xml"))
+                            for mime in accepted):
         raise FhirError(406, f"Accept: {request.headers.get('Accept')} cannot be served: this server answers "
-                             "application/fhir+json", code="not-supported")
+                             "application/fhir+json and application/fhir+xml", code="not-supported")
 
 
 def fhir_response(body: dict | str, status: int = 200, headers: dict | None = None) -> Response:
-    text = body if isinstance(body, str) else json.dumps(body, ensure_ascii=False, separators=(",", ":"))
-    response = Response(text, status=status, mimetype=FHIR_JSON)
-    response.headers["Content-Type"] = f"{FHIR_JSON}; charset=utf-8"
+    if body and has_request_context() and wants_xml():
+        response = Response(to_xml(body), status=status, mimetype=FHIR_XML)
+        response.headers["Content-Type"] = f"{FHIR_XML}; charset=utf-8"
+    else:
+        text = body if isinstance(body, str) else json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+        response = Response(text, status=status, mimetype=FHIR_JSON)
+        response.headers["Content-Type"] = f"{FHIR_JSON}; charset=utf-8"
     for key, value in (headers or {}).items():
         response.headers[key] = value
     return response

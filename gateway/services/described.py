@@ -16,7 +16,7 @@ from gateway.access.writes import Producers, finess
 from gateway.cda.errors import DocumentRefused
 from gateway.cda.parser import CLINICAL_DOCUMENT
 from gateway.fhir.validation import InvalidResource, validate
-from gateway.mapping import codes, submission
+from gateway.mapping import codes
 from gateway.mapping import document as mapping
 from gateway.mapping.dates import fhir_now
 from gateway.storage.repository import UnitOfWork, new_id

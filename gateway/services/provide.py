@@ -10,12 +10,12 @@ import base64
 import binascii
 import dataclasses
 import hashlib
-import json
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
 
 from gateway.cda.errors import DocumentRefused
 from gateway.cda.header import II
+from gateway.fhir.formats import load
 from gateway.fhir.validation import InvalidResource, validate
 from gateway.mapping import codes
 from gateway.mapping import document as mapping
@@ -51,25 +51,23 @@ def _is_signature(resource: dict) -> bool:
     return codes.SIGNATURE_FORMAT in formats or codes.SIGNATURE_CLASS in classes
 
 
-def provide(repo: Repository, body: bytes, trust_anchors, max_bytes: int, sender: str | None = None) -> dict:
-    raw_id = store_raw(repo.engine, "iti65", body, "application/fhir+json", sender)
+def provide(repo: Repository, body: bytes, trust_anchors, max_bytes: int, sender: str | None = None,
+            content_type: str = "application/fhir+json") -> dict:
+    raw_id = store_raw(repo.engine, "iti65", body, content_type, sender)
     with recorded(repo, "iti65", raw_id) as done:
-        response, _ = _provide(repo, raw_id, _load(body), trust_anchors, max_bytes)
+        response, _ = _provide(repo, raw_id, _load(body, content_type), trust_anchors, max_bytes)
         done("created")
     return response
 
 
-def publish(repo: Repository, body: bytes, trust_anchors, max_bytes: int,
-            sender: str | None = None) -> tuple[bool, StoredResource]:
+def publish(repo: Repository, body: bytes, trust_anchors, max_bytes: int, sender: str | None = None,
+            content_type: str = "application/fhir+json") -> tuple[bool, StoredResource]:
     """ITI-105 Simplified Publish: one DocumentReference carrying its document in attachment.data,
     registered as an ITI-65 submission of that one document (the gateway writes its SubmissionSet).
     Returns whether it was new, and the DocumentReference."""
-    raw_id = store_raw(repo.engine, "iti105", body, "application/fhir+json", sender)
+    raw_id = store_raw(repo.engine, "iti105", body, content_type, sender)
     with recorded(repo, "iti105", raw_id) as done:
-        try:
-            document = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise _refuse(f"the body is not JSON: {exc}", "DocumentReference", 400, "structure") from None
+        document = load(body, content_type)
         if not isinstance(document, dict) or document.get("resourceType") != "DocumentReference":
             raise _refuse("ITI-105 posts a DocumentReference", "DocumentReference", 400, "structure")
         content = document.get("content")
@@ -121,11 +119,8 @@ def _provide(repo: Repository, raw_id: int, bundle: dict, trust_anchors, max_byt
     return in_one_transaction(repo, write), documents
 
 
-def _load(body: bytes) -> dict:
-    try:
-        bundle = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise _refuse(f"the body is not JSON: {exc}", "Bundle", 400, "structure") from None
+def _load(body: bytes, content_type: str) -> dict:
+    bundle = load(body, content_type)
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         raise _refuse("ITI-65 expects a Bundle", "Bundle", 400, "structure")
     if bundle.get("type") != "transaction":

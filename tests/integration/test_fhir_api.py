@@ -41,9 +41,10 @@ def test_error_statuses_are_operation_outcomes(client, database):
         (client.delete(f"/fhir/DocumentReference/{created['id']}"), 405),
         (client.post("/fhir/List", data="{}", headers=FHIR), 405),
         (client.post("/fhir/DocumentReference", data="{}", headers=FHIR), 400),   # ITI-105 needs a DocumentReference
-        (client.get("/fhir/metadata", headers={"Accept": "application/fhir+xml"}), 406),
-        (client.get("/fhir/DocumentReference?_format=xml"), 406),
-        (client.post("/fhir/Patient", data="<Patient/>", headers={"Content-Type": "application/xml"}), 415),
+        (client.get("/fhir/metadata", headers={"Accept": "text/csv"}), 406),
+        (client.get("/fhir/DocumentReference?_format=csv"), 406),
+        (client.post("/fhir/Patient", data="<Patient/>", headers={"Content-Type": "application/xml"}), 400),
+        (client.post("/fhir/Patient", data="a,b", headers={"Content-Type": "text/csv"}), 415),
         (client.post("/fhir/Patient", data=json.dumps({"resourceType": "Patient", "birthDate": "1985-13-45"}),
                      headers=FHIR), 422),
     ]

@@ -178,3 +178,23 @@ def test_the_guide_examples_are_answered_as_the_guide_says(client, bearer, lps, 
         REPORT.append(f"PDSM4DMP examples ({backend}): 9 transactions run, {len(collected)} answers validated, "
                       f"{len(errors)} profile errors")
         assert not errors, "\n".join(errors[:30])
+
+
+def test_the_guide_examples_in_xml(client, lps):
+    """The same requests as FHIR XML, answered in XML (MHD: JSON and XML)."""
+    from lxml import etree
+
+    from gateway.fhir.formats import to_xml
+
+    xml = {"Content-Type": "application/fhir+xml", "Accept": "application/fhir+xml"}
+    ns = "{http://hl7.org/fhir}"
+    published = client.post("/fhir/DocumentReference", headers={**xml, **lps},
+                            data=to_xml(example("DocumentReference-example-td2-iti105-publication-simplifiee.json")))
+    assert published.status_code == 201, published.data[:400]
+    assert etree.fromstring(published.data).tag == ns + "DocumentReference"
+    submitted = client.post("/fhir", headers={**xml, **lps}, data=to_xml(example("Bundle-example-td2-iti65-lot-soumission.json")))
+    assert submitted.status_code == 200, submitted.data[:400]
+    statuses = [e.get("value") for e in etree.fromstring(submitted.data).iter(ns + "status")]
+    assert statuses == ["201 Created"] * 3
+    td02 = client.get("/fhir/Patient", headers=lps, query_string={"identifier": f"{INS_SYSTEM}|{INS}", "_format": "xml"})
+    assert etree.fromstring(td02.data).find(f"{ns}total").get("value") == "1"

@@ -4,7 +4,6 @@ the third-party corpus), HL7v2 ADT/ZFA, MDM T02/T10/T04 and ORU, ITI-65 with a s
 changes, masking, the patient space's own documents; searches, reads, the CapabilityStatement,
 transaction-responses and OperationOutcomes."""
 import json
-from pathlib import Path
 
 from sqlalchemy import select
 
