@@ -102,8 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--json", help="write the results as JSON here")
     run.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each answer")
     run.add_argument("--seed", type=int, help="make the generated patients and identifiers repeatable")
-    run.add_argument("--schematron-dir", help="compiled CI-SIS schematrons (XSLT producing SVRL) to hold every "
-                                             "accepted CDA to (needs saxonche)")
+    run.add_argument("--schematron-dir", help="the ANS CI-SIS schematrons folder as published, or compiled "
+                                             "schematrons (XSLT producing SVRL), to hold every accepted CDA to "
+                                             "(needs saxonche)")
     run.set_defaults(func=cmd_run)
     listing = sub.add_parser("list", help="the suites and their cases")
     listing.add_argument("--suite", action="append", choices=sorted(SUITES))

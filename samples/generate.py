@@ -91,6 +91,8 @@ class Document:
     templates: list[tuple[str, str | None]] = field(default_factory=list)
     sections: list[tuple[str, str, str]] = field(default_factory=list)  # (LOINC, title, narrative)
     model_sections: list[str] = field(default_factory=list)  # sections the content model requires, as XML
+    imaging: tuple[str, ...] = ()  # CR-IMG: indication, history, technique, results, conclusion
+    biology: list[tuple[str, str, str, str, str, str]] = field(default_factory=list)  # CR-BIO: see biology_sections
     pdf_lines: list[str] = field(default_factory=list)
     replaces: str | None = None
     confidentiality: str = "N"
@@ -138,6 +140,21 @@ def _person(p: Professional, tag: str, org: Establishment | None, org_tag: str =
             f'<prefix>{p.prefix}</prefix></name></{tag}>{org_xml}')
 
 
+# The address and telephone of each establishment (all fictional).
+ADDRESSES = {"1990000042": ("12", "Rue Vauban", "69006", "LYON", "tel:0400000042")}
+
+
+def _contactable(person_xml: str, org: Establishment) -> str:
+    """A person (and their organisation) with the address and telephone CR-BIO requires."""
+    number, street, postcode, city, phone = ADDRESSES[org.idnatst]
+    addr = (f"<addr><houseNumber>{number}</houseNumber><streetName>{escape(street)}</streetName>"
+            f"<postalCode>{postcode}</postalCode><city>{city}</city></addr>")
+    contact = f'{addr}<telecom value="{phone}" use="WP"/>'
+    with_person = person_xml.replace("<assignedPerson>", contact + "<assignedPerson>", 1)
+    return with_person.replace("<name>" + escape(org.name) + "</name>", f"<name>{escape(org.name)}</name>"
+                               f'<telecom value="{phone}" use="WP"/>{addr}', 1)
+
+
 def cda(d: Document) -> bytes:
     p = d.patient
     templates = "".join(f'<templateId root="{r}"' + (f' extension="{e}"' if e else "") + "/>"
@@ -151,8 +168,10 @@ def cda(d: Document) -> bytes:
     first = d.event_codes[0] if d.event_codes else None
     event_code = (f'<code code="{first[0]}" codeSystem="{first[1]}" displayName="{escape(first[2])}">{events}</code>'
                   if first else "")
-    if d.sections or d.model_sections:
-        components = "".join(f"<component>{section}</component>" for section in d.model_sections) + "".join(
+    model_sections = (imaging_sections(d, *d.imaging) if d.imaging else
+                      biology_sections(d) if d.biology else d.model_sections)
+    if d.sections or model_sections:
+        components = "".join(f"<component>{section}</component>" for section in model_sections) + "".join(
             f'<component><section><templateId root="1.3.6.1.4.1.19376.1.5.3.1.3.1"/>'
             f'<code code="{code}" codeSystem="2.16.840.1.113883.6.1"/><title>{escape(title)}</title>'
             f'<text>{text}</text></section></component>' for code, title, text in d.sections)
@@ -160,8 +179,17 @@ def cda(d: Document) -> bytes:
     else:
         data = base64.b64encode(pdf(d.pdf_lines)).decode()
         body = f'<nonXMLBody><text mediaType="application/pdf" representation="B64">{data}</text></nonXMLBody>'
+    performer = _person(d.author, "assignedPerson", d.place, with_setting=True)
+    lab_status, performer_template, responsible = "", "", ""
+    if d.biology:
+        # CR-BIO: the documented act's status, when and by whom it was done, the responsible biologist.
+        lab_status = '<lab:statusCode code="completed"/>'
+        performer_template = f'<templateId root="1.3.6.1.4.1.19376.1.3.3.1.7"/><time><high value="{d.time}"/></time>'
+        performer = _contactable(_person(d.author, "assignedPerson", d.place, with_setting=True), d.place)
+        responsible = (f'<responsibleParty><assignedEntity>{_contactable(_person(d.author, "assignedPerson", d.place), d.place)}'
+                       '</assignedEntity></responsibleParty>')
     xml = f'''<?xml version="1.0" encoding="UTF-8"?>
-<ClinicalDocument xmlns="urn:hl7-org:v3" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
+<ClinicalDocument xmlns="urn:hl7-org:v3" xmlns:lab="urn:oid:1.3.6.1.4.1.19376.1.3.2" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
   <realmCode code="FR"/>
   <typeId root="2.16.840.1.113883.1.3" extension="POCD_HD000040"/>
   {templates}
@@ -209,10 +237,10 @@ def cda(d: Document) -> bytes:
   </participant>
   <documentationOf>
     <serviceEvent classCode="ACT" moodCode="EVN">
-      {event_code}
+      {event_code}{lab_status}
       <effectiveTime><low value="{d.event_low or d.time}"/>{f'<high value="{d.event_high}"/>' if d.event_high else ""}</effectiveTime>
-      <performer typeCode="PRF">
-        <assignedEntity>{_person(d.author, "assignedPerson", d.place, with_setting=True)}</assignedEntity>
+      <performer typeCode="PRF">{performer_template}
+        <assignedEntity>{performer}</assignedEntity>
       </performer>
     </serviceEvent>
   </documentationOf>
@@ -220,6 +248,7 @@ def cda(d: Document) -> bytes:
   <componentOf>
     <encompassingEncounter>
       <effectiveTime><low value="{d.event_low or d.time}"/>{f'<high value="{d.event_high}"/>' if d.event_high else ""}</effectiveTime>
+      {responsible}
       <location><healthCareFacility>
         <code code="{d.place.facility[0]}" displayName="{escape(d.place.facility[1])}" codeSystem="1.2.250.1.71.4.2.4"/>
       </healthCareFacility></location>
@@ -251,19 +280,135 @@ def _section(templates: list[str], code: tuple[str, str], title: str, text: str)
             f'codeSystem="2.16.840.1.113883.6.1"/><title>{escape(title)}</title><text>{escape(text)}</text></section>')
 
 
-def imaging_sections(indication: str, technique: str, results: str, conclusion: str) -> list[str]:
-    """The sections of CR-IMG 2024.01 (DICOM part 20 with the CI-SIS templates): clinical information,
-    imaging procedure, findings, conclusion (schematron CI-SIS_IMG-CR-IMG_2024.01)."""
+def imaging_sections(d: "Document", indication: str, history: str, technique: str, results: str,
+                     conclusion: str) -> list[str]:
+    """The sections of CR-IMG 2024.01 (DICOM part 20 with the CI-SIS templates), as its schematron
+    CI-SIS_IMG-CR-IMG_2024.01 requires them: clinical information (request, history), the imaging
+    procedure with its act and the DICOM object catalogue, findings, conclusion."""
+    exam, modality = d.event_codes[0], d.event_codes[1]
+    study = f"{d.doc_id}.100"
+    time = d.event_low or d.time
+    request = (_section(["1.2.840.10008.9.7", "1.2.250.1.213.1.1.2.211"], ("55115-0", "Demande"),
+                        "Justification de la demande d'examen", indication)
+               .replace("<section>", '<section classCode="DOCSECT" moodCode="EVN">'))
+    observations = "".join(
+        f'<entry><observation classCode="OBS" moodCode="EVN"><templateId root="2.16.840.1.113883.10.20.6.2.13"/>'
+        f'<templateId root="1.2.250.1.213.1.1.3.150"/><id root="{d.doc_id}.{110 + n}"/>'
+        f'<code code="{code}" displayName="{label}" codeSystem="2.16.840.1.113883.6.1"/>'
+        f'<text><reference value="#antecedent-{n}"/></text><statusCode code="completed"/>'
+        f'<value xsi:type="CD"{value}><originalText><reference value="#antecedent-{n}"/></originalText></value>'
+        f'<targetSiteCode nullFlavor="MSK"/></observation></entry>'
+        for n, (code, label, value) in enumerate([
+            ("11348-0", "Antécédents médicaux", ""), ("47519-4", "Antécédents chirurgicaux", ""),
+            # The schematron requires a contraindication (its message says "if it exists", its test does not).
+            ("64100-1", "Contre-indications", f' code="{CONTRAINDICATIONS[modality[0]][0]}" displayName="'
+             f'{CONTRAINDICATIONS[modality[0]][1]}" codeSystem="1.2.250.1.213.1.1.4.322"')], start=1))
+    medical_history = (f'<section><templateId root="2.16.840.1.113883.10.20.22.2.39"/>'
+                       f'<templateId root="1.2.250.1.213.1.1.2.213"/><code code="11329-0" displayName="Historique médical" '
+                       f'codeSystem="2.16.840.1.113883.6.1"/><title>Antécédents médicaux, chirurgicaux, contre-indications</title>'
+                       f'<text><content ID="antecedent-1">{escape(history)}</content> '
+                       f'<content ID="antecedent-2">Aucun antécédent chirurgical.</content> '
+                       f'<content ID="antecedent-3">{CONTRAINDICATIONS[modality[0]][1]}</content></text>{observations}</section>')
+    clinical = (_section(["1.2.840.10008.9.2", "1.2.250.1.213.1.1.2.205"], ("55752-0", "Informations cliniques"),
+                         "Informations cliniques", "")
+                .replace("</section>", f"<component>{request}</component><component>{medical_history}</component></section>"))
+    act = (f'<entry><procedure moodCode="EVN" classCode="PROC"><templateId root="1.2.840.10008.9.14"/>'
+           f'<templateId root="1.2.250.1.213.1.1.3.153"/><id root="{d.doc_id}.101"/>'
+           f'<code code="{exam[0]}" displayName="{escape(exam[2])}" codeSystem="{exam[1]}">'
+           f'<originalText mediaType="text/xml"><reference value="#acte-1"/></originalText></code>'
+           f'<text><reference value="#acte-1-description"/></text><effectiveTime value="{time}"/>'
+           f'<methodCode code="{modality[0]}" displayName="{escape(modality[2])}" codeSystem="{modality[1]}">'
+           f'<originalText mediaType="text/xml"><reference value="#acte-1-modalite"/></originalText></methodCode>'
+           f'<targetSiteCode code="{SITES[exam[0]][0]}" displayName="{SITES[exam[0]][1]}" '
+           f'codeSystem="2.16.840.1.113883.6.96"/></procedure></entry>')
+    catalogue = (f'<section classCode="DOCSECT" moodCode="EVN"><templateId root="2.16.840.1.113883.10.20.6.1.1"/>'
+                 f'<templateId root="1.2.250.1.213.1.1.2.217"/><id root="{d.doc_id}.102"/>'
+                 f'<code code="121181" displayName="Catalogue d\'objets DICOM" codeSystem="1.2.840.10008.2.16.4"/>'
+                 f'<title>Catalogue d\'objets DICOM</title><text><table><tbody><tr><td>Examen {study}</td>'
+                 f'<td><content ID="serie-1-modalite">{escape(modality[2])}</content></td>'
+                 f'<td><content ID="instance-1-classe">Images de l\'examen</content></td></tr></tbody></table></text>'
+                 f'<entry><act classCode="ACT" moodCode="EVN"><templateId root="1.2.840.10008.9.16"/>'
+                 f'<templateId root="1.2.250.1.213.1.1.3.155"/><id root="{study}"/>'
+                 f'<code code="113014" displayName="Examen" codeSystem="1.2.840.10008.2.16.4"/>'
+                 f'<effectiveTime value="{time}"/><entryRelationship typeCode="COMP"><act classCode="ACT" moodCode="EVN">'
+                 f'<templateId root="1.2.840.10008.9.17"/><templateId root="1.2.250.1.213.1.1.3.156"/>'
+                 f'<id root="{study}.1"/><code code="113015" displayName="Séries" codeSystem="1.2.840.10008.2.16.4">'
+                 f'<qualifier><name code="121139" displayName="Modalité" codeSystem="1.2.840.10008.2.16.4"/>'
+                 f'<value code="{modality[0]}" displayName="{escape(modality[2])}" codeSystem="1.2.840.10008.2.16.4">'
+                 f'<originalText mediaType="text/plain"><reference value="#serie-1-modalite"/></originalText></value>'
+                 f'</qualifier></code><effectiveTime value="{time}"/><entryRelationship typeCode="COMP">'
+                 f'<observation classCode="DGIMG" moodCode="EVN"><templateId root="1.2.840.10008.9.18"/>'
+                 f'<templateId root="1.2.250.1.213.1.1.3.157"/><id root="{study}.1.1"/>'
+                 f'<code code="{SOP_CLASSES[modality[0]][0]}" displayName="{SOP_CLASSES[modality[0]][1]}" '
+                 f'codeSystem="1.2.840.10008.2.6.1"><originalText><reference value="#instance-1-classe"/></originalText>'
+                 f'</code><effectiveTime value="{time}"/></observation></entryRelationship></act></entryRelationship>'
+                 f'</act></entry></section>')
+    procedure = (f'<section><templateId root="1.2.840.10008.9.3"/><templateId root="1.2.250.1.213.1.1.2.206"/>'
+                 f'<id root="{d.doc_id}.103"/><code code="55111-9" displayName="Description de l\'acte d\'imagerie" '
+                 f'codeSystem="2.16.840.1.113883.6.1"/><title>Technique d\'imagerie</title><text><table><tbody><tr>'
+                 f'<td><content ID="acte-1">{escape(exam[2])}</content></td>'
+                 f'<td><content ID="acte-1-description">{escape(technique)}</content></td>'
+                 f'<td><content ID="acte-1-modalite">{escape(modality[2])}</content></td></tr></tbody></table></text>'
+                 f'{act}<component>{catalogue}</component></section>')
     return [
-        _section(["1.2.840.10008.9.2", "1.2.250.1.213.1.1.2.205"], ("55752-0", "Clinical information"),
-                 "Informations cliniques", indication),
-        _section(["1.2.840.10008.9.3", "1.2.250.1.213.1.1.2.206"], ("55111-9", "Current imaging procedure descriptions"),
-                 "Technique d'imagerie", technique),
+        clinical,
+        procedure,
         _section(["2.16.840.1.113883.10.20.6.1.2", "1.2.250.1.213.1.1.2.208"], ("59776-5", "Procedure findings"),
                  "Résultats", results),
         _section(["1.2.840.10008.9.5", "1.2.250.1.213.1.1.2.209"], ("19005-8", "Radiology Impression"),
                  "Conclusion", conclusion),
     ]
+
+
+# A contraindication to the modality's examination (JDV_Contre_indications_CISIS).
+CONTRAINDICATIONS = {"MR": ("MED-1109", "Patient claustrophobe"), "CT": ("MED-1105", "Hypersensibilité au PDC iodé")}
+# The anatomic region (SNOMED CT) of each exam of the samples.
+SITES = {"24724-7": ("361291001", "région entière du genou"), "24627-2": ("302551006", "thorax entier")}
+# The DICOM storage class of each modality's images (DCMUID 1.2.840.10008.2.6.1).
+SOP_CLASSES = {"MR": ("1.2.840.10008.5.1.4.1.1.4", "MR Image Storage"),
+               "CT": ("1.2.840.10008.5.1.4.1.1.2", "CT Image Storage"),
+               "US": ("1.2.840.10008.5.1.4.1.1.6.1", "Ultrasound Image Storage")}
+
+
+def biology_sections(d: "Document") -> list[str]:
+    """The sections of CR-BIO 2024.01 (schematron CI-SIS_BIO-CR-BIO_2024.01): one FR-CR-de-biologie
+    chapter per discipline, each with its results (IHE XD-LAB entries), and the PDF copy of the report."""
+    chapters = []
+    for n, (chapter_code, chapter_name, test_code, test_name, value, unit) in enumerate(d.biology, start=1):
+        result = (f'<entry typeCode="DRIV"><templateId root="1.3.6.1.4.1.19376.1.3.1"/>'
+                  f'<templateId root="1.2.250.1.213.1.1.3.21"/><act classCode="ACT" moodCode="EVN">'
+                  f'<code code="{chapter_code}" displayName="{escape(chapter_name)}" codeSystem="2.16.840.1.113883.6.1"/>'
+                  f'<statusCode code="completed"/><entryRelationship typeCode="COMP">'
+                  f'<observation classCode="OBS" moodCode="EVN"><templateId root="1.3.6.1.4.1.19376.1.3.1.6"/>'
+                  f'<templateId root="1.2.250.1.213.1.1.3.80"/>'
+                  f'<code code="{test_code}" displayName="{escape(test_name)}" codeSystem="2.16.840.1.113883.6.1">'
+                  f'<originalText><reference value="#resultat-{n}"/></originalText></code>'
+                  f'<statusCode code="completed"/><effectiveTime value="{d.event_low or d.time}"/>'
+                  f'<value xsi:type="PQ" value="{value}" unit="{unit}"/></observation></entryRelationship></act></entry>')
+        chapters.append(
+            f'<section><templateId root="1.3.6.1.4.1.19376.1.3.3.2.1"/><templateId root="1.2.250.1.213.1.1.2.70"/>'
+            f'<code code="{chapter_code}" displayName="{escape(chapter_name)}" codeSystem="2.16.840.1.113883.6.1"/>'
+            f'<title>{escape(chapter_name)}</title><text><table><tbody><tr><td><content ID="resultat-{n}">'
+            f'{escape(test_name)}</content></td><td>{value} {unit}</td></tr></tbody></table></text>{result}</section>')
+    copy = base64.b64encode(pdf([f"Compte rendu d'examens biologiques de {d.patient.first_given} {d.patient.used_family}"]
+                                + [f"{name} : {value} {unit}" for _, _, _, name, value, unit in d.biology])).decode()
+    chapters.append(
+        f'<section><templateId root="1.2.250.1.213.1.1.2.243"/><id root="{d.doc_id}.120"/>'
+        f'<code code="55108-5" displayName="Copie du document" codeSystem="2.16.840.1.113883.6.1"/>'
+        f'<title>Copie du document</title><text><table><tbody><tr><td><renderMultiMedia referencedObject="copie"/>'
+        f'</td></tr></tbody></table></text><entry><organizer classCode="CLUSTER" moodCode="EVN">'
+        f'<templateId root="1.2.250.1.213.1.1.3.18"/><id root="{d.doc_id}.121"/>'
+        f'<code code="55107-7" displayName="Document attaché" codeSystem="2.16.840.1.113883.6.1"/>'
+        f'<statusCode code="completed"/><component><observation classCode="OBS" moodCode="EVN">'
+        f'<templateId root="1.3.6.1.4.1.19376.1.5.3.1.4.13"/><templateId root="1.2.250.1.213.1.1.3.48"/>'
+        f'<templateId root="1.2.250.1.213.1.1.3.48.18"/><id root="{d.doc_id}.122"/>'
+        f'<code code="69764-9" displayName="Type de document" codeSystem="2.16.840.1.113883.6.1"/>'
+        f'<statusCode code="completed"/><effectiveTime nullFlavor="NA"/>'
+        f'<value xsi:type="CD" code="55108-5" displayName="Copie du document" codeSystem="2.16.840.1.113883.6.1"/>'
+        f'</observation></component><component><observationMedia classCode="OBS" moodCode="EVN" ID="copie">'
+        f'<value mediaType="application/pdf" representation="B64">{copy}</value></observationMedia></component>'
+        f'</organizer></entry></section>')
+    return chapters
 
 
 def ldl_ses_sections(time: str, doc_id: str, reason: str, stay: str, treatment: str, follow_up: str) -> list[str]:
@@ -342,20 +487,19 @@ DOCUMENTS = [
              [("24724-7", "2.16.840.1.113883.6.1", "RM genou"), ("MR", "1.2.840.10008.2.16.4", "Magnetic Resonance")],
              "20260220094500+0100", "20260220100000+0100",
              IMAGING_TEMPLATES,
-             model_sections=imaging_sections(
-                 "Gonalgie droite après torsion, suspicion de lésion méniscale.",
-                 "Séquences sagittales et coronales DP fat-sat, T1 sagittale, 1,5 T.",
-                 "Fissure horizontale de la corne postérieure du ménisque médial atteignant la surface articulaire "
-                 "inférieure. Ligaments croisés intacts.",
-                 "Lésion méniscale médiale de grade 3.")),
+             imaging=("Gonalgie droite après torsion, suspicion de lésion méniscale.", "Pas d'antécédent chirurgical.",
+                      "Séquences sagittales et coronales DP fat-sat, T1 sagittale, 1,5 T.",
+                      "Fissure horizontale de la corne postérieure du ménisque médial atteignant la surface "
+                      "articulaire inférieure. Ligaments croisés intacts.",
+                      "Lésion méniscale médiale de grade 3.")),
     Document("cr-imagerie-scanner-garnier.xml", f"{ROOT}.5.1", f"{ROOT}.5", 1, ("18748-4", "CR d'imagerie médicale"),
              "Scanner thoracique", "20260112150000+0100", PATIENTS["garnier"], RADIOLOGIST, CABINET,
              [("24627-2", "2.16.840.1.113883.6.1", "CT thorax"), ("CT", "1.2.840.10008.2.16.4", "Computed Tomography")],
              "20260112143000+0100", "", IMAGING_TEMPLATES,
-             model_sections=imaging_sections(
-                 "Bilan préopératoire, ancien fumeur.", "Acquisition hélicoïdale thoracique sans injection.",
-                 "Pas de nodule suspect. Emphysème centrolobulaire modéré des apex.",
-                 "Emphysème modéré, pas de lésion suspecte.")),
+             imaging=("Bilan préopératoire, ancien fumeur.", "Tabagisme sevré depuis 2015.",
+                      "Acquisition hélicoïdale thoracique sans injection.",
+                      "Pas de nodule suspect. Emphysème centrolobulaire modéré des apex.",
+                      "Emphysème modéré, pas de lésion suspecte.")),
     Document("cr-imagerie-echographie-moreau.xml", f"{ROOT}.6.1", f"{ROOT}.6", 1, ("18748-4", "CR d'imagerie médicale"),
              "Échographie abdominale", "20260305113000+0100", PATIENTS["moreau"], RADIOLOGIST, CABINET,
              [("24558-9", "2.16.840.1.113883.6.1", "US abdomen"), ("US", "1.2.840.10008.2.16.4", "Ultrasound")],
@@ -367,14 +511,11 @@ DOCUMENTS = [
                         "Pas d'épanchement. Appendice non visualisé, pas d'adénopathie mésentérique.",
                         "Conclusion : échographie abdominale normale.", "Dr Isabelle FAURE"]),
     Document("cr-biologie-martin.xml", f"{ROOT}.7.1", f"{ROOT}.7", 1, ("11502-2", "CR d'examens biologiques"),
-             "Compte rendu d'examens de biologie médicale", "20260303080000+0100", PATIENTS["martin"], BIOLOGIST, LAB,
-             [], "20260303071500+0100", "", [("1.2.250.1.213.1.1.1.55", "2024.01"), ("1.3.6.1.4.1.19376.1.3.3", None)],
-             sections=[("18723-7", "Hématologie",
-                        "<table><tbody><tr><td>Leucocytes</td><td>14,2 G/L</td><td>(4,0 - 10,0)</td></tr>"
-                        "<tr><td>Hémoglobine</td><td>14,1 g/dL</td><td>(13,0 - 17,0)</td></tr></tbody></table>"),
-                       ("18719-5", "Biochimie",
-                        "<table><tbody><tr><td>Protéine C réactive</td><td>86 mg/L</td><td>(&lt; 5)</td></tr>"
-                        "</tbody></table>")]),
+             "Compte rendu d'examens biologiques", "20260303080000+0100", PATIENTS["martin"], BIOLOGIST, LAB,
+             [("18719-5", "2.16.840.1.113883.6.1", "Biochimie")], "20260303071500+0100", "",
+             [("1.3.6.1.4.1.19376.1.3.3", None), ("1.2.250.1.213.1.1.1.55", "2024.01")],
+             biology=[("18723-7", "Hématologie", "6690-2", "Leucocytes [Nombre/Volume] Sang", "14.2", "10*9/L"),
+                      ("18719-5", "Biochimie", "1988-5", "Protéine C réactive [Masse/Volume] Sérum", "86", "mg/L")]),
 ]
 
 # A new version of the MRI report: same setId, version 2, relatedDocument RPLC.
@@ -384,12 +525,12 @@ REPLACEMENT = Document("cr-imagerie-irm-lefevre-v2.xml", f"{ROOT}.4.2", f"{ROOT}
                        [("24724-7", "2.16.840.1.113883.6.1", "RM genou"), ("MR", "1.2.840.10008.2.16.4", "Magnetic Resonance")],
                        "20260220094500+0100", "20260220100000+0100",
                        IMAGING_TEMPLATES,
-                       model_sections=imaging_sections(
-                           "Gonalgie droite après torsion, suspicion de lésion méniscale.",
-                           "Séquences sagittales et coronales DP fat-sat, T1 sagittale, 1,5 T.",
-                           "Fissure horizontale de la corne postérieure du ménisque médial. Épanchement articulaire de "
-                           "faible abondance, absent du premier compte rendu.",
-                           "Lésion méniscale médiale de grade 3, épanchement minime."),
+                       imaging=("Gonalgie droite après torsion, suspicion de lésion méniscale.",
+                                "Pas d'antécédent chirurgical.",
+                                "Séquences sagittales et coronales DP fat-sat, T1 sagittale, 1,5 T.",
+                                "Fissure horizontale de la corne postérieure du ménisque médial. Épanchement articulaire "
+                                "de faible abondance, absent du premier compte rendu.",
+                                "Lésion méniscale médiale de grade 3, épanchement minime."),
                        replaces=f"{ROOT}.4.1")
 
 
@@ -496,6 +637,44 @@ def hl7v2_messages() -> dict[str, bytes]:
     }
 
 
+KIT = HERE.parent / "conformance" / "cases"
+
+
+def kit_document(d: Document, *, doc: str = "DOC1", set_id: str = "${OID}.100", ins: str = "INS", ipp: str = "IPP",
+                 parent: str | None = None) -> bytes:
+    """A sample as the conformance kit sends it: its identifiers replaced by the kit's variables, so
+    that every run of a case uses fresh ones (conformance/README.md)."""
+    text = cda(d).decode()
+    if parent is not None:
+        text = text.replace(f'<parentDocument><id root="{d.replaces}"/>', f'<parentDocument><id root="${{{parent}}}"/>')
+    text = (text.replace(f'<setId root="{d.set_id}"/>', f'<setId root="{set_id}"/>').replace(d.doc_id, f"${{{doc}}}")
+            .replace(f'extension="{d.patient.ins}"', f'extension="${{{ins}}}"')
+            .replace(f'extension="{d.patient.ipp}"', f'extension="${{{ipp}}}"'))
+    return text.encode()
+
+
+def kit_documents() -> dict[str, bytes]:
+    by_file = {d.file: d for d in DOCUMENTS}
+    bio = by_file["cr-biologie-martin.xml"]
+    bio_v2 = Document(bio.file, f"{bio.doc_id}.2", bio.set_id, 2, bio.code, bio.title, bio.time, bio.patient,
+                      bio.author, bio.place, bio.event_codes, bio.event_low, bio.event_high, bio.templates,
+                      biology=bio.biology, replaces=bio.doc_id)
+    irm = by_file["cr-imagerie-irm-lefevre.xml"]
+    return {
+        "_shared/ldl-ses-n3.xml": kit_document(by_file["ldl-ses-martin.xml"]),
+        "_shared/cr-hospitalisation-n1.xml": kit_document(by_file["cr-hospitalisation-lefevre.xml"]),
+        "_shared/cr-operatoire-n1.xml": kit_document(by_file["cr-operatoire-garnier.xml"]),
+        "_shared/cr-imagerie-irm-n3.xml": kit_document(irm),
+        "_shared/cr-imagerie-irm-n3-v2.xml": kit_document(REPLACEMENT, doc="DOC2", parent="DOC1"),
+        "_shared/cr-imagerie-n3.xml": kit_document(by_file["cr-imagerie-scanner-garnier.xml"]),
+        "_shared/cr-imagerie-n1.xml": kit_document(by_file["cr-imagerie-echographie-moreau.xml"]),
+        "_shared/cr-biologie-n3.xml": kit_document(bio),
+        "_shared/cr-biologie-n3-v2.xml": kit_document(bio_v2, doc="DOC2", parent="DOC1"),
+        "pam-fr/006-a40-merge/cda-merged.xml": kit_document(irm, ins="INS_B", ipp="IPP_B"),
+        "mhd/030-paging/second.xml": kit_document(by_file["ldl-ses-martin.xml"], doc="DOC2", set_id="${OID}.101"),
+    }
+
+
 def main() -> None:
     for folder, documents in (("cda", DOCUMENTS), ("replacement", [REPLACEMENT]), ("signed", [SIGNED])):
         (HERE / folder).mkdir(exist_ok=True)
@@ -512,6 +691,9 @@ def main() -> None:
     for name, data in hl7v2_messages().items():
         (hl7v2_dir / name).write_bytes(data)
     (HERE / "patients.json").write_text(json.dumps(patients, indent=2, ensure_ascii=False) + "\n")
+    if KIT.is_dir():
+        for name, data in kit_documents().items():
+            (KIT / name).write_bytes(data)
 
 
 if __name__ == "__main__":
