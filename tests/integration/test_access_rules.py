@@ -171,7 +171,7 @@ def backend():
     return "sqlite"
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                  HealthCheck.too_slow])
 @given(docs=st.lists(documents, min_size=1, max_size=4), world_rules=st.lists(rules, min_size=1, max_size=6))
 def test_every_read_path_shows_exactly_what_the_rules_allow(client, database, bearer, docs, world_rules):
