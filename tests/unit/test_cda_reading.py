@@ -85,3 +85,18 @@ def test_entities_are_never_expanded_even_without_doctype_keyword_case():
     billion = b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaa"><!ENTITY b "&a;&a;&a;">]><x>&b;</x>'
     with pytest.raises(DocumentRefused):
         read_cda(billion, LIMIT)
+
+
+def test_document_type_declarations_are_refused_wherever_they_stand_and_in_any_encoding():
+    """The refusal rests on the parser's view of the document, not on a byte prefix."""
+    base = sample("ldl-ses-martin.xml")
+    body = base.decode().split("?>", 1)[1]
+    late = base.replace(b"<ClinicalDocument", b"<!--" + b"x" * 5000 + b"-->\n<!DOCTYPE ClinicalDocument>\n<ClinicalDocument", 1)
+    utf16 = ('<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE ClinicalDocument [<!ENTITY e "x">]>' + body).encode("utf-16")
+    utf16_plain = ('<?xml version="1.0" encoding="UTF-16"?>' + body).encode("utf-16")
+    for refused in (late, utf16):
+        with pytest.raises(DocumentRefused) as caught:
+            parse_cda(refused, max_bytes=10 ** 7)
+        assert caught.value.status == 400 and caught.value.code == "security"
+    root, _ = parse_cda(utf16_plain, max_bytes=10 ** 7)
+    assert root.tag == "{urn:hl7-org:v3}ClinicalDocument"
