@@ -15,7 +15,7 @@ from .runner import Target, TokenSource, run_cases
 
 def _mllp(value: str) -> tuple[str, int]:
     host, _, port = value.rpartition(":")
-    if not host or not port.isdigit():
+    if not host or not (port.isascii() and port.isdigit()):
         raise argparse.ArgumentTypeError("--mllp takes HOST:PORT")
     return host, int(port)
 

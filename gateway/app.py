@@ -23,6 +23,7 @@ from gateway.http.hl7v2 import hl7v2
 from gateway.http.ops import ops
 from gateway.logs import request_id
 from gateway.space import init_space
+from gateway.storage import search
 from gateway.storage.database import make_engine
 from gateway.storage.repository import Repository
 
@@ -100,4 +101,5 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.register_blueprint(hl7v2)
     app.register_blueprint(fhir)
     init_space(app, settings)
+    search.set_cursor_key(app.secret_key)
     return app

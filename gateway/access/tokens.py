@@ -94,6 +94,11 @@ def verify(token: str, keys: dict[str, VerificationKey], issuer: str, audience: 
 
 def context_from_claims(claims: dict, address: str | None = None) -> AccessContext:
     """The requester a verified token describes; combinations the rules do not know are refused."""
+    for name in ("sub", "role", "purpose", "org", "patient", "name"):
+        if claims.get(name) is not None and not isinstance(claims[name], str):
+            raise InvalidToken(f"the claim {name!r} is a string")
+    if not claims.get("sub"):
+        raise InvalidToken("the token names its subject (claim 'sub')")
     role = claims.get("role")
     purpose = claims.get("purpose") or CARE
     if role not in ROLES:
@@ -111,7 +116,7 @@ def context_from_claims(claims: dict, address: str | None = None) -> AccessConte
         raise InvalidToken(f"an access for {purpose} names its patient (claim 'patient': INS)")
     if role == OCCUPATIONAL and purpose != CARE:
         raise InvalidToken("an occupational doctor has no emergency access")
-    return AccessContext(role=role, subject=str(claims["sub"]), purpose=purpose, organization=claims.get("org"),
+    return AccessContext(role=role, subject=claims["sub"], purpose=purpose, organization=claims.get("org"),
                          patient_ins=patient, name=claims.get("name"), address=address)
 
 

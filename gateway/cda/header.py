@@ -272,7 +272,7 @@ def extract_header(doc: etree._Element, *, wrapped_in_xslt: bool = False) -> Cda
     return CdaHeader(
         unique_id=unique_id,
         set_id=_ii(doc.find("h:setId", NS)),
-        version_number=int(version) if version and version.isdigit() else None,
+        version_number=int(version) if version and version.isascii() and version.isdigit() else None,
         code=code,
         title=_text(doc.find("h:title", NS)),
         effective_time=effective_time,

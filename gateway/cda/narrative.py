@@ -53,7 +53,7 @@ def _cell_attributes(element: etree._Element) -> str:
     attributes = ""
     for name in ("colspan", "rowspan"):
         value = element.get(name, "")
-        if value.isdigit() and 0 < int(value) < 100:
+        if value.isascii() and value.isdigit() and 0 < int(value) < 100:
             attributes += f' {name}="{int(value)}"'
     return attributes
 

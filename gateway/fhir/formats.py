@@ -55,11 +55,61 @@ def from_xml(body: bytes) -> dict:
     return json.loads(resource.model_dump_json(exclude_none=True, by_alias=True))
 
 
-def load(body: bytes, content_type: str | None) -> object:
-    """A request body as JSON data, whichever of FHIR's formats it came in."""
+# Deeper than any FHIR resource the gateway takes (a Bundle's resource's contained resource's
+# extension's extension…): bounds the work a body can cause before anything reads it.
+MAX_DEPTH = 48
+
+
+def _depth(value) -> int:
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth > MAX_DEPTH:
+            return depth
+        if isinstance(item, dict):
+            stack += [(v, depth + 1) for v in item.values()]
+        elif isinstance(item, list):
+            stack += [(v, depth + 1) for v in item]
+    return deepest
+
+
+def load_json(body: bytes) -> object:
+    """JSON data of bounded depth; DocumentRefused (400) otherwise."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise DocumentRefused(f"the body is not JSON: {str(exc)[:200]}", location="/", status=400,
+                              code="structure") from None
+    if _depth(data) > MAX_DEPTH:
+        raise DocumentRefused(f"the body nests deeper than {MAX_DEPTH} levels", location="/", status=400,
+                              code="too-costly")
+    return data
+
+
+def load(body: bytes, content_type: str | None) -> dict:
+    """A request body as the JSON of a FHIR resource, whichever of FHIR's formats it came in,
+    checked against the FHIR model of its type before anything reads it."""
     if (content_type or "").split(";")[0].strip() in XML_TYPES:
         return from_xml(body)
+    data = load_json(body)
+    if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
+        raise DocumentRefused("the body is not a FHIR resource (no resourceType)", location="/", status=400,
+                              code="structure")
     try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise DocumentRefused(f"the body is not JSON: {exc}", location="/", status=400, code="structure") from None
+        model = get_fhir_model_class(data["resourceType"])
+    except (KeyError, ValueError, TypeError):
+        raise DocumentRefused(f"unknown resource type {data['resourceType'][:64]!r}", location="resourceType",
+                              status=400, code="structure") from None
+    try:
+        model.model_validate(data)
+    except (ValueError, TypeError, RecursionError) as exc:
+        # Elements the body leaves out are the services' to require or complete (a patient's Consent
+        # is completed with its scope and category); what the body says must have FHIR's shape.
+        errors = [e for e in exc.errors() if e.get("type") != "missing"] if hasattr(exc, "errors") else [None]
+        if errors:
+            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[:10]) \
+                if errors[0] is not None else str(exc)[:300]
+            raise DocumentRefused(f"the body is not a valid FHIR {data['resourceType']}: {problems}",
+                                  location=data["resourceType"], status=422, code="invalid") from None
+    return data

@@ -2,8 +2,6 @@
 (PDSM4DMP TD3.3a-d) with a JSON Patch: masking, deletion, archiving (gateway/services/labels.py)."""
 from __future__ import annotations
 
-import json
-
 from flask import g, request
 
 from gateway.cda.errors import DocumentRefused
@@ -11,6 +9,7 @@ from gateway.services.labels import patch_document
 from gateway.storage import search as search_sql
 
 from .blueprint import fhir
+from .formats import load_json
 from .read import lookup
 from .responses import FhirError, fhir_response, negotiate, operation_outcome, require_content_type, version_headers
 
@@ -21,9 +20,9 @@ def _patch(res_id: str):
     negotiate()
     require_content_type(JSON_PATCH_TYPES, "is not supported: send application/json-patch+json")
     try:
-        patch = json.loads(request.get_data())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise FhirError(400, f"the body is not JSON: {exc}", code="structure") from None
+        patch = load_json(request.get_data())
+    except DocumentRefused as refusal:
+        raise FhirError(refusal.status, refusal.reason, code=refusal.code) from None
     if not isinstance(patch, list):
         raise FhirError(400, "a JSON Patch is a list of operations", code="structure")
     try:

@@ -47,7 +47,7 @@ def read(res_type: str, res_id: str):
 def vread(res_type: str, res_id: str, vid: str):
     check_type(res_type)
     negotiate()
-    if not vid.isdigit():
+    if not (vid.isascii() and vid.isdigit()):
         raise FhirError(404, f"version {vid} is not known", code="not-found")
     stored = lookup(g.repository.vread, res_type, res_id, int(vid))
     return fhir_response(resource_body(stored), 200, version_headers(stored.version, stored.last_updated))
@@ -58,7 +58,7 @@ def history(res_type: str, res_id: str):
     check_type(res_type)
     negotiate()
     count = request.args.get("_count", "50")
-    if not count.isdigit():
+    if not (count.isascii() and count.isdigit()):
         raise FhirError(400, "_count must be a non-negative integer", code="invalid")
     versions = lookup(g.repository.history, res_type, res_id, min(int(count), 500))
     base = current_app.config["SETTINGS"].fhir_base

@@ -7,8 +7,11 @@ _include only ever see what the reader may see.
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import re
+import secrets
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
@@ -118,7 +121,7 @@ def _chain_target(spec: SearchParam, chain: str) -> list[str]:
 
 def _result_param(request: SearchRequest, name: str, raw: str) -> None:
     if name == "_count":
-        if not raw.isdigit():
+        if not (raw.isascii() and raw.isdigit()):
             raise SearchError("_count must be a non-negative integer")
         request.count = min(int(raw), MAX_COUNT)
         request.base_params.append((name, str(request.count)))
@@ -159,20 +162,40 @@ def _result_param(request: SearchRequest, name: str, raw: str) -> None:
             raise SearchError("_total takes none, estimate or accurate")
 
 
+# Paging cursors are signed: a forged or edited one is refused before its keys reach the SQL. Every
+# process of a gateway signs with the same key (derived from GATEWAY_SECRET_KEY by the app factory),
+# so a cursor one worker issued is good on another.
+_cursor_key = secrets.token_bytes(32)
+
+
+def set_cursor_key(secret: str) -> None:
+    global _cursor_key
+    _cursor_key = hashlib.sha256(b"gateway paging cursor\0" + secret.encode()).digest()
+
+
+def _signature(payload: bytes) -> str:
+    return base64.urlsafe_b64encode(hmac.new(_cursor_key, payload, hashlib.sha256).digest()[:18]).decode()
+
+
 def encode_cursor(keys: list, direction: str) -> str:
-    raw = json.dumps({"k": keys, "d": direction}, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    raw = base64.urlsafe_b64encode(json.dumps({"k": keys, "d": direction}, separators=(",", ":")).encode())
+    return raw.decode().rstrip("=") + "." + _signature(raw.rstrip(b"="))
 
 
 def decode_cursor(value: str) -> tuple[list, str]:
+    refused = SearchError("_cursor is not a paging cursor issued by this server")
+    payload, _, signature = value.partition(".")
+    if not payload or not hmac.compare_digest(signature.encode(), _signature(payload.encode()).encode()):
+        raise refused
     try:
-        data = json.loads(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
+        data = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
         keys, direction = data["k"], data["d"]
-        if not isinstance(keys, list) or direction not in ("n", "p"):
+        if not isinstance(keys, list) or direction not in ("n", "p") or not all(
+                isinstance(k, (str, int, float)) or k is None for k in keys):
             raise ValueError
         return keys, direction
     except (ValueError, KeyError, TypeError):
-        raise SearchError("_cursor is not a paging cursor issued by this server") from None
+        raise refused from None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -109,13 +109,16 @@ def test_sign_out_ends_the_session_for_good(app, settings, record):
     assert answer.status_code == 302 and "/connexion" in answer.location
 
 
-def test_after_sign_in_only_a_local_page_is_a_destination(app, settings, record):
+@pytest.mark.parametrize("target", ["https://evil.example/", "//evil.example", "/%09/evil.example", "/\\evil.example",
+                                    "/%2509/evil.example", "/a%0d%0aSet-Cookie:%20x=1", "/%5Cevil.example"])
+def test_after_sign_in_only_a_local_page_is_a_destination(app, settings, record, target):
+    """Open redirects: whatever `next` holds, the browser lands on a page of this site."""
     browser = app.test_client()
-    browser.get("/connexion?next=https://evil.example/")
+    browser.get(f"/connexion?next={target}")
     page = browser.get("/connexion").text
     browser.post("/connexion", data={"csrf_token": csrf(page), "identifiant": "paul", "mot_de_passe": PASSWORD})
     answer = browser.post("/connexion/code", data={"csrf_token": csrf(page), "code": read_outbox(settings)[-1]["code"]})
-    assert answer.location.endswith("/documents")
+    assert answer.status_code == 302 and answer.location.endswith("/documents"), answer.location
 
 
 def test_pages_forbid_scripts_and_are_not_cached(app, settings, record):

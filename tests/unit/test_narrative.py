@@ -52,7 +52,7 @@ def test_any_text_comes_out_escaped(text):
 
 def test_sections_of_a_sample_report_and_an_n1_pdf():
     root, _ = parse_cda(sample("cr-biologie-martin.xml"), max_bytes=10_000_000)
-    assert [s.title for s in readable_body(root).sections] == ["Hématologie", "Biochimie"]
+    assert [s.title for s in readable_body(root).sections] == ["Hématologie", "Biochimie", "Copie du document"]
     root, _ = parse_cda(sample("cr-hospitalisation-lefevre.xml"), max_bytes=10_000_000)
     body = readable_body(root)
     assert body.media_type == "application/pdf" and body.data.startswith(b"%PDF-") and not body.sections

@@ -53,7 +53,7 @@ def _search_professionals(query: str) -> list[dict]:
     if not query:
         return []
     digits = query.replace(" ", "")
-    if digits.isdigit():
+    if digits.isascii() and digits.isdigit():
         params = [("identifier", f"{IDNATPS_SYSTEM}|{_typed_idnatps(digits) or digits}")]
     else:
         params = [("name", query)]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from flask import current_app, flash, g, redirect, render_template, request, session, url_for
 
@@ -11,10 +12,18 @@ from gateway.space.senders import code_sender
 log = logging.getLogger(__name__)
 
 
+# A page of this site: "/" then path characters, no scheme, no host, no backslash, no control or
+# white-space character (browsers drop tabs and newlines: "/\t/evil.example" is "//evil.example").
+LOCAL_PATH = re.compile(r"^/(?![/\\])[A-Za-z0-9\-._~!$&'()*+,;=:@%/?]*$")
+# The same characters percent-encoded: a control character, a backslash.
+ENCODED_TRAP = re.compile(r"%(?:[01][0-9a-f]|7f|5c)", re.IGNORECASE)
+
+
 def _next_page() -> str:
     target = session.get("next") or ""
-    # Only a path of this site: never an absolute URL an attacker chose.
-    return target if target.startswith("/") and not target.startswith("//") else url_for("space.documents_page")
+    if isinstance(target, str) and LOCAL_PATH.match(target) and not ENCODED_TRAP.search(target):
+        return target
+    return url_for("space.documents_page")
 
 
 @space.get("/")
