@@ -68,6 +68,9 @@ def _version_at_least(version: str, minimum: tuple[int, ...]) -> bool:
     return parts >= minimum
 
 
+ACK_CONDITIONS = {"", "AL", "NE", "ER", "SU"}   # HL7 table 0155
+
+
 def wanted(message: Message, outcome: Outcome) -> str | None:
     """The acknowledgment code to send, or None when the sender asked for none (MSH-15/16).
 
@@ -75,7 +78,8 @@ def wanted(message: Message, outcome: Outcome) -> str | None:
     MSH-15 asks for it (CA, or CE/CR carrying the reason: the message is processed before answering);
     otherwise the application ACK when MSH-16 asks for it; otherwise nothing."""
     accept, application = message.msh.get(15).strip().upper(), message.msh.get(16).strip().upper()
-    if not accept and not application:
+    if not accept and not application or not {accept, application} <= ACK_CONDITIONS:
+        # Original mode, and the answer to MSH-15/16 values HL7 does not define (their AR).
         return outcome.code
     success = outcome.code == "AA"
 

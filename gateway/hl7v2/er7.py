@@ -24,6 +24,14 @@ CHARSETS = {
 }
 
 
+# Bounds on the work one message may cause, far above what PAM-FR and CI-SIS messages carry (an
+# MDM^T02 has about 20 segments, an ORU a few dozen): past them a message is refused (AR) before
+# anything is done with it.
+MAX_SEGMENTS = 300
+MAX_REPETITIONS = 200        # per segment
+MAX_CONTROL_ID = 199         # MSH-10 (ST, 199 characters in HL7 2.5 and later)
+
+
 class MessageRejected(Exception):
     """The message cannot be read or does not say what the gateway needs to answer it.
 
@@ -222,3 +230,13 @@ class Message:
             raise MessageRejected("MSH-10 (message control id) is empty", "MSH^1^10", "101")
         if not self.version:
             raise MessageRejected("MSH-12 (version id) is empty", "MSH^1^12", "101")
+        if len(self.control_id) > MAX_CONTROL_ID:
+            raise MessageRejected(f"MSH-10 (message control id) is longer than {MAX_CONTROL_ID} characters",
+                                  "MSH^1^10", "104")
+        if len(self.segments) > MAX_SEGMENTS:
+            raise MessageRejected(f"the message has {len(self.segments)} segments, over the {MAX_SEGMENTS} this "
+                                  "gateway takes", "MSH^1", "100")
+        for position, segment in enumerate(self.segments, start=1):
+            if segment.text.count(self.encoding.repetition) > MAX_REPETITIONS:
+                raise MessageRejected(f"segment {segment.name} repeats a field more than {MAX_REPETITIONS} times",
+                                      f"{segment.name}^{position}", "100")

@@ -91,7 +91,8 @@ def apply(uow: UnitOfWork, message: Message, applied: Applied, base_url: str, ma
         try:
             result = register_document(uow, base_url, parsed, visibility=flags.visibility)
         except DocumentRefused as refusal:
-            raise MessageRefused(Issue(refusal.reason, location)) from None
+            # A unique id already taken by another document is a duplicate key (205), not an error of ours.
+            raise MessageRefused(Issue(refusal.reason, location, "205" if refusal.status == 409 else "207")) from None
         applied.produced += [p for p in result.produced if p not in applied.produced]
         if result.created:
             registered.append(f"DocumentReference/{result.document_reference.res_id}")

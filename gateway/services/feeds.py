@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from sqlalchemy.exc import OperationalError
+
 from gateway import metrics
 from gateway.hl7v2 import ack as acks
 from gateway.hl7v2.ack import Issue, Outcome
@@ -61,6 +63,11 @@ def route(message: Message) -> Callable[[UnitOfWork, Message, Applied, dict], No
         raise MessageRejected(f"version '{message.version}' is not HL7 v2", "MSH^1^12", "203")
     if message.msh.get(11, 1) and message.msh.get(11, 1) not in SUPPORTED_PROCESSING_IDS:
         raise MessageRejected(f"processing id '{message.msh.get(11)}' is not P, D or T", "MSH^1^11", "202")
+    for field_number in (15, 16):
+        value = message.msh.get(field_number).strip().upper()
+        if value not in acks.ACK_CONDITIONS:
+            raise MessageRejected(f"MSH-{field_number} '{value[:20]}' is not AL, NE, ER or SU (HL7 table 0155)",
+                                  f"MSH^1^{field_number}", "103")
     if code == "ADT":
         if event == "A40":
             return _merge
@@ -186,19 +193,23 @@ def _process(repo: Repository, message: Message, raw_id: int, handler, issues: l
     except MessageRefused as refused:
         outcome = Outcome(refused.ack_code, issues + [refused.issue])
         return _answer_refused(repo, raw_id, message, outcome, started, channel)
-    except Exception:
-        # Database down, a bug: nothing of this message was kept but its raw copy. AE asks the
-        # sender to send it again; the retry is processed from scratch.
-        log.exception("HL7v2 message failed", extra={"raw_id": raw_id})
-        outcome = Outcome("AE", [Issue("internal error: the message was not processed; send it again",
-                                       "", "207")])
+    except Exception as failure:
+        # Nothing of this message was kept but its raw copy, marked failed for an operator
+        # (`gateway messages reprocess`). The database unreachable or busy is passing: AE asks the
+        # sender to send it again. Anything else would fail again the same way: AR, so that no
+        # sender loops on it.
+        passing = isinstance(failure, OperationalError)
+        log.exception("HL7v2 message failed", extra={"raw_id": raw_id, "passing": passing})
+        text = ("internal error: the message was not processed; send it again" if passing else
+                "internal error: the message cannot be processed; it is kept for the gateway's operators")
+        outcome = Outcome("AE" if passing else "AR", [Issue(text, "", "207")])
         try:
             mark_raw(repo.engine, raw_id, "failed", _summary(outcome))
         except Exception:
             log.error("could not record the failure", extra={"raw_id": raw_id})
         metrics.observe_ingest(channel, "failed", started)
         code = acks.wanted(message, outcome)
-        return Reply(acks.encode(acks.build(message, outcome, code), message) if code else None, "AE", raw_id)
+        return Reply(acks.encode(acks.build(message, outcome, code), message) if code else None, outcome.code, raw_id)
     metrics.observe_ingest(channel, "processed", started)
     log.info("HL7v2 message processed", extra={"raw_id": raw_id, "type": "^".join(message.message_type[:2])})
     return Reply(acks.encode(text, message) if text else None, outcome.code, raw_id)

@@ -13,6 +13,7 @@ from gateway.hl7v2.er7 import Segment
 from gateway.mapping import codes
 from gateway.mapping import document as mapping
 from gateway.mapping import hl7v2 as v2
+from gateway.mapping.dates import InvalidTime, ts_to_fhir
 from gateway.mapping.identity import ins_key_is_valid
 from gateway.storage.repository import UnitOfWork, new_id
 
@@ -91,6 +92,11 @@ def upsert_patient(uow: UnitOfWork, pid: Segment, applied: Applied) -> str:
     if not ids:
         raise MessageRefused(Issue("PID-3 has no identifier with an assigning authority", "PID^1^3", "101"))
     info = dataclasses.replace(v2.patient_info(pid), ids=ids)
+    if info.birth_time:
+        try:
+            ts_to_fhir(info.birth_time)
+        except InvalidTime as exc:
+            raise MessageRefused(Issue(f"PID-7 (birth date): {exc}", "PID^1^7", "102")) from None
     patient_id = find_patient(uow, ids)
     resource = mapping.patient_resource(info, patient_id or new_id())
     if patient_id:

@@ -221,7 +221,8 @@ def test_a_database_failure_answers_ae_then_reprocess_succeeds(client, monkeypat
     from gateway.services import patients
 
     def broken(*args, **kwargs):
-        raise RuntimeError("database unavailable")
+        from sqlalchemy.exc import OperationalError
+        raise OperationalError("INSERT", {}, Exception("database unavailable"))
 
     monkeypatch.setattr(patients, "record_consents", broken)
     code, segments = post(client, sample("adt-a01-martin.hl7"))
@@ -235,6 +236,54 @@ def test_a_database_failure_answers_ae_then_reprocess_succeeds(client, monkeypat
     shown = client.get(f"/hl7v2/messages/{failed[0]['id']}", headers=client.admin).get_json()
     assert shown["status"] == "processed" and any(r.startswith("Consent/") for r in shown["resources"])
     assert shown["message"].startswith("MSH|")
+
+
+def test_content_errors_are_answered_once_with_their_location_and_nothing_loops(client, monkeypatch):
+    """A message that fails for a lasting reason is refused (AE with the field, or AR), never asked
+    again with 207 "send it again"; a passing database failure is the only AE 207."""
+    bad_birth = adt("A28", "C1", pid("900000070", "DATE").replace("|19850612|", "|19851345|"))
+    code, segments = post(client, bad_birth)
+    assert code == "AE" and errors(segments)[0][2] == "PID^1^7" and errors(segments)[0][3].startswith("102^")
+    assert post(client, bad_birth)[0] == "AE"   # answered the same, from the first answer
+    for field, value in ((15, "XX"), (16, "MAYBE")):
+        msh = ["MSH", "^~\\&", "A", "B", "C", "D", "20260101", "", "ADT^A28", f"M{field}", "P", "2.5", "", "", "", ""]
+        msh[field - 1] = value   # split on "|", index n is MSH-(n+1)
+        code, segments = post(client, "|".join(msh) + "\r" + pid("900000071", "ACK") + "\r")
+        assert code == "AR" and errors(segments)[0][2] == f"MSH^1^{field}"
+    from gateway.services import patients
+
+    def bug(*args, **kwargs):
+        raise RuntimeError("a defect")
+
+    monkeypatch.setattr(patients, "record_consents", bug)
+    code, segments = post(client, sample("adt-a01-martin.hl7"))
+    assert code == "AR" and errors(segments)[0][3].startswith("207^") and "send it again" not in segments[-1][-1]
+
+
+def test_the_work_a_message_may_cause_is_bounded(client, database):
+    """A message past the bounds (segments, repetitions, control id) is refused AR before anything
+    is done with it: 5,000 ZFA held the database for a minute."""
+    zfa = "ZFA|ACTIF|20260310080000|||||||INO|20260310080000|IC|20260310080000"
+    many_segments = adt("A31", "B1", pid("900000090", "BOUND"), *[zfa] * 5000)
+    code, segments = post(client, many_segments)
+    assert code == "AR" and errors(segments)[0][3].startswith("100^")
+    many_repetitions = adt("A31", "B2", pid("900000091", "BOUND").replace("^PI", "^PI" + "~x^^^A&1.2&ISO^PI" * 300))
+    assert post(client, many_repetitions)[0] == "AR"
+    long_id = adt("A31", "B" * 300, pid("900000092", "BOUND"))
+    code, segments = post(client, long_id)
+    assert code == "AR" and errors(segments)[0][2] == "MSH^1^10"
+    with database[0].connect() as conn:
+        assert conn.execute(select(func.count()).select_from(resources)).scalar_one() == 0
+
+
+def test_a_document_unique_id_conflict_is_a_duplicate_key(client):
+    assert post(client, sample("mdm-1-t02-cr-imagerie-irm-lefevre.hl7"))[0] == "AA"
+    other = sample("mdm-1-t02-cr-imagerie-irm-lefevre.hl7").decode().replace("MDM0001", "MDM0901")
+    import base64
+    b64 = other.split("^Base64^", 1)[1].split("|", 1)[0]
+    changed = base64.b64encode(base64.b64decode(b64).replace("Gonalgie".encode(), "Douleur".encode())).decode()
+    code, segments = post(client, other.replace(b64, changed))
+    assert code == "AE" and errors(segments)[0][3].startswith("205^")
 
 
 def test_no_ack_when_the_sender_asks_for_none(client):
