@@ -60,6 +60,8 @@ class Settings:
     # The private key and certificate that sign the copies of records patients download.
     export_key: Path = Path("var/demo/signer-key.pem")
     export_cert: Path = Path("var/demo/signer.pem")
+    # Whether this process's /health answers for an MLLP listener too (set by `gateway serve`).
+    serves_mllp: bool = False
 
     @property
     def demo_token_key(self) -> Path:

@@ -6,6 +6,7 @@ import logging
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 from gunicorn.app.base import BaseApplication
 
@@ -35,7 +36,7 @@ class _Gunicorn(BaseApplication):
     def load(self):
         from gateway.app import create_app
 
-        return create_app(self.settings)
+        return create_app(replace(self.settings, serves_mllp=self.listener is not None))
 
 
 def _stop(process, owner: int) -> None:
@@ -54,11 +55,12 @@ def _stop(process, owner: int) -> None:
 def serve(settings: Settings, workers: int | None = None, mllp: bool = True) -> int:
     """Migrations, then the MLLP listener (its own process) and the HTTP server side by side."""
     from gateway.space import session_secret
-    from gateway.storage.database import make_engine
+    from gateway.storage.database import make_engine, version
     from gateway.storage.migrate import upgrade
 
     engine = make_engine(settings.database_url)
     upgrade(engine)
+    database = version(engine)
     engine.dispose()
     if settings.uses_demo_token_key:
         log.warning("trusting the development token key of `gateway demo setup`: set GATEWAY_JWT_KEYS, "
@@ -77,7 +79,8 @@ def serve(settings: Settings, workers: int | None = None, mllp: bool = True) -> 
         # from this one, which must hold no event loop or thread.
         listener = subprocess.Popen([sys.executable, "-m", "gateway", "mllp"])
     log.info("serving", extra={"http": f"http://{settings.host}:{settings.http_port}", "fhir": settings.fhir_base,
-                               "mllp": f"{settings.mllp_host}:{settings.mllp_port}" if mllp else None})
+                               "mllp": f"{settings.mllp_host}:{settings.mllp_port}" if mllp else None,
+                               "database": database})
     owner = os.getpid()
     try:
         _Gunicorn(settings, workers, listener).run()

@@ -6,17 +6,32 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
+import pysqlite3.dbapi2 as sqlite
 from sqlalchemy import Connection, Engine, create_engine, event, text
 
 _sqlite_write_lock = threading.Lock()
 
+# The gateway brings its own SQLite (pysqlite3-binary) rather than the one the OS ships: Debian 12's
+# 3.40.1 plans `res_id IN (subquery) ... ORDER BY ... LIMIT` wrongly once statistics exist, and a
+# patient's AuditEvent search then missed most of its entries. Versions older than the oldest one
+# the tests ran on are refused.
+MIN_SQLITE = (3, 50, 0)
+SQLITE_VERSION = sqlite.sqlite_version
+
+
+class UnsupportedDatabase(RuntimeError):
+    pass
+
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
+        if sqlite.sqlite_version_info < MIN_SQLITE:
+            raise UnsupportedDatabase(f"SQLite {SQLITE_VERSION} is older than "
+                                      f"{'.'.join(map(str, MIN_SQLITE))}, whose query plans the gateway was tested with")
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, module=sqlite, connect_args={"check_same_thread": False, "timeout": 30})
         _configure_sqlite(engine)
         return engine
     if url.startswith("postgresql://"):
@@ -71,6 +86,36 @@ def read_connection(engine: Engine) -> Iterator[Connection]:
 def ping(engine: Engine) -> None:
     with engine.connect() as conn:
         conn.execute(text("SELECT 1"))
+
+
+def accepts_writes(engine: Engine, seconds: float = 2.0) -> None:
+    """Raise unless a writer could start now: SQLite's write lock within `seconds`, or a PostgreSQL
+    transaction id (a read-only server or a stalled one fails). Nothing is written."""
+    if is_sqlite(engine):
+        raw = engine.raw_connection()   # the driver's own connection: no transaction begun for us
+        try:
+            cursor = raw.cursor()
+            cursor.execute(f"PRAGMA busy_timeout={int(seconds * 1000)}")
+            try:
+                cursor.execute("BEGIN IMMEDIATE")
+                cursor.execute("ROLLBACK")
+            finally:
+                cursor.execute("PRAGMA busy_timeout=30000")
+        finally:
+            raw.close()
+        return
+    with engine.connect() as conn:
+        with conn.begin():
+            conn.execute(text(f"SET LOCAL statement_timeout = {int(seconds * 1000)}"))
+            conn.execute(text("SELECT txid_current()"))
+
+
+def version(engine: Engine) -> str:
+    """The database engine and its version, as /health and the logs say it."""
+    if is_sqlite(engine):
+        return f"SQLite {SQLITE_VERSION}"
+    with engine.connect() as conn:
+        return "PostgreSQL " + conn.execute(text("SHOW server_version")).scalar()
 
 
 def refresh_statistics(engine: Engine) -> None:

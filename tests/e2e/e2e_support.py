@@ -1,6 +1,7 @@
 """A gateway as a new user starts it (`gateway demo setup`, `gateway serve`), and tokens from
 `gateway token issue`: what the end-to-end tests share."""
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -27,24 +28,38 @@ def start_gateway(var_dir: Path, database_url: str | None = None):
     setup = subprocess.run([str(GATEWAY), "demo", "setup"], env=env, cwd=ROOT, capture_output=True, text=True,
                            timeout=120)
     assert setup.returncode == 0, setup.stderr[-2000:]
+    # Its own process group: gunicorn, its workers and the MLLP listener are stopped together.
     process = subprocess.Popen([str(GATEWAY), "serve"], env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT)
+                               stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
-    for _ in range(100):
+    deadline = time.monotonic() + READY_SECONDS
+    while True:
         try:
-            if requests.get(f"{base}/health", timeout=1).status_code == 200:
+            # /health passes once the database takes writes and the MLLP listener listens.
+            if requests.get(f"{base}/health", timeout=5).status_code == 200:
                 break
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    else:
-        process.kill()
-        pytest.fail(process.stdout.read().decode()[-2000:])
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline or process.poll() is not None:
+            stop_gateway(process)
+            pytest.fail("the gateway was not ready in time: " + process.stdout.read().decode()[-2000:])
+        time.sleep(0.2)
     return process, base, env
 
 
+READY_SECONDS = 90   # a loaded 2-core machine migrates, forks and binds within this
+
+
 def stop_gateway(process) -> None:
-    process.terminate()
-    process.wait(timeout=30)
+    """SIGTERM to the whole group, then SIGKILL to whatever is still there after 30 s."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
 
 
 def token(env, *args: str) -> dict:

@@ -1,6 +1,8 @@
 """Read, vread, history, create, errors and operations endpoints."""
 import json
 
+import pytest
+
 from conftest import attend_all, sample
 
 XML = {"Content-Type": "application/xml"}
@@ -82,8 +84,36 @@ def test_capability_statement(client):
             "author.family", "isArchived", "period-start", "period-end", "_id", "_lastUpdated"} <= names
 
 
+def test_health_fails_when_the_database_takes_no_writer(client, database, backend):
+    """A writer holding SQLite's lock (a stalled transaction) makes /health fail, not pass."""
+    if backend != "sqlite":
+        pytest.skip("SQLite's single writer")
+    from gateway.storage.database import write_transaction
+    import threading
+
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with write_transaction(database[0]):
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(10)
+        response = client.get("/health")
+        assert response.status_code == 503 and response.json["status"] == "fail"
+    finally:
+        release.set()
+        holder.join(30)
+    assert client.get("/health").status_code == 200
+
+
 def test_health_and_metrics(client, database):
-    assert client.get("/health").json == {"status": "pass", "database": client.application.config["ENGINE"].dialect.name}
+    health = client.get("/health").json
+    assert health["status"] == "pass" and health["database"] == client.application.config["ENGINE"].dialect.name
+    assert health["database_version"].split()[0] in ("SQLite", "PostgreSQL")
     doc(client, database)
     metrics = client.get("/metrics").data.decode()
     assert 'gateway_ingests_total{channel="cda",outcome="created"}' in metrics
