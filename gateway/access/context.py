@@ -55,6 +55,14 @@ REFUSED = _rule(f"ar.effect = 'deny' AND (ar.kind IN ('consultation', 'record') 
 # The same, or the opposition to this emergency access (break-the-glass, or the SAMU regulator).
 REFUSED_OR_OPPOSED = _rule(f"ar.effect = 'deny' AND (ar.kind IN ('consultation', 'record', :opposition) OR {_BLOCKED})")
 AUTHORED = "resources.authors LIKE :reader_pattern"
+# Types whose resources name documents (an AuditEvent's entity, a List's entries): hidden from a
+# reader when they name a document (or its Binary) that reader may not see.
+NAMING_TYPES = ("AuditEvent", "List")
+NAMES_NO_HIDDEN_DOCUMENT = (
+    " AND NOT EXISTS (SELECT 1 FROM search_reference nr JOIN resources named ON named.res_type = nr.target_type"
+    " AND named.res_id = nr.target_id WHERE nr.res_type = resources.res_type AND nr.res_id = resources.res_id"
+    " AND nr.param IN ('entity', 'item') AND nr.target_type IN ('DocumentReference', 'Binary')"
+    " AND NOT ({visible}))")
 # The Patient id of the token's INS (it follows merges: the identifier moves to the survivor).
 OWN_PATIENT = ("SELECT ui.res_id FROM unique_identifiers ui WHERE ui.res_type = 'Patient' AND ui.system IN ("
                + ", ".join(f"'{system}'" for system in INS_SYSTEMS) + ") AND ui.value = :reader_patient LIMIT 1")
@@ -110,13 +118,25 @@ class AccessContext:
             return true()
         if resources.name != "resources":
             raise ValueError("the access filter applies to the resources table")
+        condition = self._condition(res_type)
+        if condition is None:
+            return false()
+        if res_type in NAMING_TYPES:
+            # A trail entry or a SubmissionSet that names a document follows that document's
+            # visibility for this reader, now and whenever its labels change.
+            document = self._condition("DocumentReference") or "1 = 0"
+            condition += NAMES_NO_HIDDEN_DOCUMENT.format(visible=document.replace("resources.", "named."))
+        return self._sql(condition)
+
+    def _condition(self, res_type: str) -> str | None:
+        """This reader's condition on a row of `resources` of this type, or None for nothing."""
         if self.acts_for_patient:
             return self._patient_filter()
         if self.is_professional and self.purpose == CARE:
             return self._care_filter(res_type)
         if self.is_professional and self.purpose in (EMERGENCY, REGULATION):
             return self._emergency_filter(res_type)
-        return false()
+        return None
 
     def _sql(self, condition: str) -> ColumnElement[bool]:
         values = {"idnatps_system": IDNATPS_SYSTEM, "finess_system": ORGANIZATION_SYSTEMS[0],
@@ -126,34 +146,33 @@ class AccessContext:
         used = set(re.findall(r":(\w+)", condition))
         return text(condition).bindparams(**{k: v for k, v in values.items() if k in used})
 
-    def _patient_filter(self) -> ColumnElement[bool]:
+    def _patient_filter(self) -> str | None:
         if not self.patient_ins:
-            return false()
+            return None
         condition = f"resources.patient_id = ({OWN_PATIENT}) AND NOT resources.hidden_from_patient"
         if self.role == REPRESENTATIVE:
             # INVISIBLE_PATIENT is hidden from representatives too: the matrix leaves it open, the safer choice.
             condition += " AND NOT resources.hidden_from_representatives"
-        return self._sql(condition)
+        return condition
 
-    def _care_filter(self, res_type: str) -> ColumnElement[bool]:
+    def _care_filter(self, res_type: str) -> str | None:
         if self.role == REGULATOR:
-            return false()
+            return None
         if self.role == OCCUPATIONAL:
             # Express consent naming this doctor; neither an organisation's nor the attending role.
             if res_type in PRIVATE_TYPES:
-                return false()
-            return self._sql(f"resources.patient_id IS NOT NULL AND {NAMED_PERMIT} AND NOT {REFUSED} "
-                             f"AND (NOT resources.masked OR {AUTHORED})")
+                return None
+            return (f"resources.patient_id IS NOT NULL AND {NAMED_PERMIT} AND NOT {REFUSED} "
+                    f"AND (NOT resources.masked OR {AUTHORED})")
         granted = [ATTENDING, NAMED_PERMIT] + ([ORGANIZATION_PERMIT] if self.organization else [])
         condition = f"resources.patient_id IS NOT NULL AND ({' OR '.join(granted)}) AND NOT {REFUSED}"
         if res_type in PRIVATE_TYPES:
-            return self._sql(f"{condition} AND {ATTENDING}")
-        return self._sql(f"{condition} AND (NOT resources.masked OR {ATTENDING} OR {AUTHORED})")
+            return f"{condition} AND {ATTENDING}"
+        return f"{condition} AND (NOT resources.masked OR {ATTENDING} OR {AUTHORED})"
 
-    def _emergency_filter(self, res_type: str) -> ColumnElement[bool]:
+    def _emergency_filter(self, res_type: str) -> str | None:
         """Break-the-glass and the SAMU regulator: one patient, named in the token; never masked
         documents, never the patient's decisions or trail."""
         if not self.patient_ins or res_type in PRIVATE_TYPES:
-            return false()
-        return self._sql(f"resources.patient_id = ({OWN_PATIENT}) AND NOT {REFUSED_OR_OPPOSED} "
-                         "AND NOT resources.masked")
+            return None
+        return f"resources.patient_id = ({OWN_PATIENT}) AND NOT {REFUSED_OR_OPPOSED} AND NOT resources.masked"

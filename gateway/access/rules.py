@@ -65,6 +65,16 @@ def visibility_codes(resource: dict) -> set[str]:
             for coding in label.get("coding", []) if coding.get("system") == codes.VISIBILITY_SYSTEM}
 
 
+VISIBILITY_COLUMNS = ("masked", "hidden_from_patient", "hidden_from_representatives")
+
+
+def signed_ids(docref: dict) -> list[str]:
+    """The DocumentReferences a signature signs (relatesTo signs), by id."""
+    return [r["target"]["reference"].rsplit("/", 1)[-1] for r in docref.get("relatesTo", [])
+            if isinstance(r, dict) and r.get("code") == "signs"
+            and str(r.get("target", {}).get("reference", "")).startswith("DocumentReference/")]
+
+
 def visibility_columns(docref: dict) -> dict:
     """The resources-table columns that say who may not see this document (and its Binary)."""
     labels = visibility_codes(docref)

@@ -17,7 +17,7 @@ from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, sele
 from gateway.access import AccessContext
 from gateway.access import audit
 from gateway.access.context import EMERGENCY, INS_SYSTEMS, OWN_PATIENT, REGULATION
-from gateway.access.rules import binary_ids, rules_of, visibility_columns
+from gateway.access.rules import VISIBILITY_COLUMNS, binary_ids, rules_of, signed_ids, visibility_columns
 from gateway.mapping.document import author_idnatps
 
 from . import search as search_sql
@@ -488,15 +488,13 @@ class UnitOfWork:
         columns: dict = {}
         if res_type == "DocumentReference":
             columns = {**visibility_columns(resource), "authors": self._authors(resource)}
+            columns.update(self._hidden_as_signed(signed_ids(resource), columns))
         stored = self._store(resource, patient_id=patient_id, blob_sha256=blob_sha256, method=method,
                              columns=columns)
         if res_type == "DocumentReference":
             # The Binary is read through the same rules as the DocumentReference that points to it.
-            ids = binary_ids(resource)
-            if ids:
-                self.conn.execute(update(resources).where(resources.c.res_type == "Binary",
-                                                          resources.c.res_id.in_(ids))
-                                  .values(**columns))
+            self._set_visibility(binary_ids(resource), "Binary", columns)
+            self._follow_signatures(stored.res_id)
         if res_type == "Consent":
             self.conn.execute(delete(access_rules).where(access_rules.c.consent_id == stored.res_id))
             rows = rules_of(resource, patient_id) if patient_id else []
@@ -507,6 +505,36 @@ class UnitOfWork:
                                    bool(columns.get("hidden_from_patient")),
                                    bool(columns.get("hidden_from_representatives"))))
         return stored
+
+    def _set_visibility(self, ids: list[str], res_type: str, columns: dict) -> None:
+        if ids:
+            self.conn.execute(update(resources).where(resources.c.res_type == res_type, resources.c.res_id.in_(ids))
+                              .values(**{k: v for k, v in columns.items() if k in VISIBILITY_COLUMNS}))
+
+    def _hidden_as_signed(self, signed: list[str], own: dict) -> dict:
+        """A signature names what it signs and carries its digest: it is hidden from whoever the
+        signed documents are hidden from."""
+        if not signed:
+            return {}
+        rows = self.conn.execute(select(*[resources.c[name] for name in VISIBILITY_COLUMNS]).where(
+            resources.c.res_type == "DocumentReference", resources.c.res_id.in_(signed))).all()
+        return {name: bool(own.get(name)) or any(getattr(row, name) for row in rows) for name in VISIBILITY_COLUMNS}
+
+    def _follow_signatures(self, docref_id: str) -> None:
+        """The signatures of a document whose labels changed take its visibility again."""
+        signatures = self.conn.execute(select(resources.c.res_id, resources.c.body).where(
+            resources.c.res_type == "DocumentReference", resources.c.res_id.in_(
+                select(search_reference.c.res_id).where(
+                    search_reference.c.res_type == "DocumentReference", search_reference.c.param == "relatesto",
+                    search_reference.c.target_id == docref_id)))).all()
+        for signature_id, body in signatures:
+            signature = json.loads(body)
+            signed = signed_ids(signature)
+            if not signed:
+                continue
+            columns = self._hidden_as_signed(signed, visibility_columns(signature))
+            self._set_visibility([signature_id], "DocumentReference", columns)
+            self._set_visibility(binary_ids(signature), "Binary", columns)
 
     def delete(self, stored: StoredResource) -> None:
         """Delete a resource: it leaves every search and read (410), its versions stay in the history."""

@@ -276,3 +276,50 @@ def test_audit_verify_finds_an_edited_or_removed_entry(client, bearer, world, da
         first = conn.execute(select(audit_chain.c.seq).order_by(audit_chain.c.seq).limit(1)).scalar_one()
         conn.execute(audit_chain.delete().where(audit_chain.c.seq == first))
     assert verify_chain(engine).broken_at == first + 1
+
+
+def test_what_names_a_document_follows_its_visibility(client, bearer, settings, world):
+    """A trail entry, a SubmissionSet and a signature name a document: each is hidden from whoever
+    the document is hidden from, whenever they were written, and shown again once it is."""
+    from gateway.demo import signed_submission
+
+    martin, internist = bearer("patient", patient=MARTIN), bearer("doctor", sub=INTERNIST)
+    client.post("/fhir/Consent", data=consent("professional", "permit", INTERNIST), headers={**FHIR, **martin})
+    doc = f"DocumentReference/{world['ldl']}"
+
+    def trail_names_document():
+        trail = client.get("/fhir/AuditEvent", query_string={"_count": 200}, headers=martin).json
+        return doc in json.dumps(trail)
+
+    client.get(f"/fhir/{doc}", headers=internist)
+    assert trail_names_document()   # its creation and the internist's read, before any label
+    hide = [{"op": "add", "path": "/securityLabel/0", "value": {"coding": [
+        {"system": codes.VISIBILITY_SYSTEM, "code": "INVISIBLE_PATIENT"}]}}]
+    assert client.patch(f"/fhir/{doc}", data=json.dumps(hide), headers={**PATCH, **internist}).status_code == 200
+    assert not trail_names_document()
+    announce = [{"op": "remove", "path": "/securityLabel/0"}]
+    assert client.patch(f"/fhir/{doc}", data=json.dumps(announce), headers={**PATCH, **internist}).status_code == 200
+    assert trail_names_document()
+
+    # A signed submission: its SubmissionSet and its signature follow the signed document.
+    response = client.post("/fhir", data=json.dumps(signed_submission(settings, sample("synthese-moreau.xml"))),
+                           headers={**FHIR, **bearer("system", sub="hospital")})
+    assert response.status_code == 200, response.json
+    locations = [e["response"]["location"].rsplit("/_history", 1)[0] for e in response.json["entry"]
+                 if "location" in e["response"]]
+    submission_set = next(ref for ref in locations if ref.startswith("List/"))
+    signed, signature = [ref for ref in locations if ref.startswith("DocumentReference/")]
+    minor = "212057501802305"
+    parent = bearer("representative", patient=minor)
+    surgeon = bearer("doctor", sub=SURGEON)   # authorised by the parent, not an author of the document
+    client.post("/fhir/Consent", data=consent("professional", "permit", SURGEON), headers={**FHIR, **parent})
+    signature_binary = client.get(f"/fhir/{signature}", headers=parent).json["content"][0]["attachment"]["url"]
+    mask = [{"op": "add", "path": "/securityLabel/0", "value": {"coding": [
+        {"system": codes.VISIBILITY_SYSTEM, "code": "MASQUE_PS"}]}}]
+    assert client.get(f"/fhir/{signature}", headers=surgeon).status_code == 200
+    assert client.patch(f"/fhir/{signed}", data=json.dumps(mask), headers={**PATCH, **parent}).status_code == 200
+    for hidden in (signed, signature, submission_set, signature_binary.replace("http://gateway.test/fhir/", "")):
+        assert client.get(f"/fhir/{hidden}", headers=surgeon).status_code == 404, hidden
+    lists = client.get("/fhir/List", query_string={"patient.identifier": minor}, headers=surgeon).json
+    assert lists["total"] == 0
+    assert client.get(f"/fhir/{signature}", headers=parent).status_code == 200
