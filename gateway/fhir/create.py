@@ -8,6 +8,8 @@ from urllib.parse import parse_qsl
 
 from flask import current_app, g, request
 
+from gateway.mapping import codes
+from gateway.mapping.identity import ins_key_is_valid
 from gateway.storage import search as search_sql
 from gateway.storage.repository import new_id
 
@@ -67,13 +69,19 @@ def create(res_type: str):
         validate(resource)
     except InvalidResource as exc:
         raise FhirError(422, str(exc), code="invalid") from None
+    if res_type == "Patient":
+        for identifier in resource.get("identifier", []):
+            if identifier.get("system", "").removeprefix("urn:oid:") in codes.INS_OIDS and \
+                    not ins_key_is_valid(str(identifier.get("value", "")).replace(" ", "")):
+                raise FhirError(422, "the INS is not valid: 15 characters whose last two are 97 - (first 13 mod 97)",
+                                code="invalid", expression="Patient.identifier")
     with g.repository.unit_of_work() as uow:
         for identifier in resource.get("identifier", []):
             if identifier.get("system") and identifier.get("value"):
-                existing = uow.find_by_identifier(res_type, identifier["system"], identifier["value"])
-                if existing:
-                    raise FhirError(409, f"{res_type}/{existing} already has identifier "
-                                         f"{identifier['system']}|{identifier['value']}", code="duplicate")
+                if uow.find_by_identifier(res_type, identifier["system"], identifier["value"]):
+                    # Which resource holds it is not told: the requester may not read it.
+                    raise FhirError(409, f"a {res_type} with identifier {identifier['system']}|{identifier['value']} "
+                                         "is already registered", code="duplicate")
                 uow.claim_identifier(res_type, identifier["system"], identifier["value"], resource["id"])
         stored = uow.save(resource, patient_id=resource["id"] if res_type == "Patient" else None)
     base = current_app.config["SETTINGS"].fhir_base

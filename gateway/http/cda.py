@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, g, request
 
 from gateway.cda.errors import DocumentRefused
-from gateway.fhir.responses import FhirError, fhir_response, require_content_type, version_headers
+from gateway.fhir.responses import FhirError, fhir_response, operation_outcome, require_content_type, version_headers
 from gateway.services.documents import CDA_CONTENT_TYPES, ingest_cda
 
 cda = Blueprint("cda", __name__)
@@ -25,6 +25,14 @@ def post_cda():
     except DocumentRefused as refusal:
         raise FhirError(refusal.status, refusal.reason, code=refusal.code, expression=refusal.location) from None
     stored = result.document_reference
+    location = f"{settings.fhir_base}/DocumentReference/{stored.res_id}"
+    if not result.created:
+        # The sender holds these very bytes; what became of them since (labels, status, versions) is
+        # the record's, read through the access rules like any read, not told to whoever re-sends them.
+        return fhir_response(operation_outcome([{
+            "severity": "information", "code": "duplicate",
+            "diagnostics": f"this document is already registered ({location}); nothing new was stored"}]),
+            200, {"Location": location})
     headers = version_headers(stored.version, stored.last_updated)
-    headers["Location"] = f"{settings.fhir_base}/DocumentReference/{stored.res_id}/_history/{stored.version}"
-    return fhir_response(stored.body, 201 if result.created else 200, headers)
+    headers["Location"] = f"{location}/_history/{stored.version}"
+    return fhir_response(stored.body, 201, headers)

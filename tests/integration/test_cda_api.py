@@ -1,5 +1,6 @@
 """POST /cda against the app and a real database (SQLite, and PostgreSQL where configured)."""
 import base64
+import json
 import hashlib
 
 import pytest
@@ -7,7 +8,8 @@ from sqlalchemy import func, select
 
 from conftest import GP, attend_all, sample
 
-RADIOLOGIST = "899900000038"   # Dr FAURE, who wrote the MRI report and its new version
+RADIOLOGIST = "899900000038"
+FHIR = {"Content-Type": "application/fhir+json"}   # Dr FAURE, who wrote the MRI report and its new version
 from gateway.storage.schema import raw_inputs, resources
 
 XML = {"Content-Type": "application/xml"}
@@ -55,11 +57,27 @@ def test_other_content_type_is_415(client):
     assert response.status_code == 415 and response.json["resourceType"] == "OperationOutcome"
 
 
-def test_same_document_twice_answers_the_existing_resource(client, database):
+def test_same_document_twice_names_the_existing_resource_and_tells_nothing_else(client, database, bearer):
+    """A re-sent document is recognised and stored once; the answer names it but carries none of
+    what became of it (labels, status): a sender may not read the record it feeds."""
     first = post(client, "ldl-ses-martin.xml").json
-    again = post(client, "ldl-ses-martin.xml")
-    assert again.status_code == 200 and again.json["id"] == first["id"]
+    again = post(client, "ldl-ses-martin.xml", {**XML, **bearer("system", sub="another-feed")})
+    assert again.status_code == 200 and again.json["resourceType"] == "OperationOutcome"
+    assert again.headers["Location"].endswith(f"/DocumentReference/{first['id']}")
+    assert "securityLabel" not in again.get_data(as_text=True)
     assert counts(database[0])["DocumentReference"] == 1
+
+
+def test_creating_a_patient_checks_the_ins_and_names_no_existing_record(client):
+    patient = {"resourceType": "Patient", "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.10",
+                                                          "value": "185067511204555"}]}
+    bad = client.post("/fhir/Patient", data=json.dumps(patient), headers=FHIR)
+    assert bad.status_code == 422 and "INS" in bad.json["issue"][0]["diagnostics"]
+    patient["identifier"][0]["value"] = "185067511204554"
+    created = client.post("/fhir/Patient", data=json.dumps(patient), headers=FHIR)
+    assert created.status_code == 201
+    again = client.post("/fhir/Patient", data=json.dumps(patient), headers=FHIR)
+    assert again.status_code == 409 and created.json["id"] not in again.get_data(as_text=True)
 
 
 def test_different_bytes_under_the_same_id_are_refused(client, database):
