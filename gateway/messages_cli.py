@@ -35,7 +35,7 @@ def _list(console: Console, repo: Repository, args) -> int:
 
 
 def _show(console: Console, repo: Repository, args) -> int:
-    found = messages.get_message(repo, args.id)
+    found = messages.get_message(repo, args.id, content=True)
     if found is None:
         console.print(f"no HL7v2 message {args.id}")
         return 1

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import select, update
 
-from gateway.hl7v2.er7 import MessageRejected, decode
+from gateway.hl7v2.er7 import MessageRejected, decode, split_segments
 from gateway.storage.database import read_connection, write_transaction
 from gateway.storage.repository import Repository
 from gateway.storage.schema import raw_inputs
@@ -55,7 +55,39 @@ def list_messages(repo: Repository, status: str | None = None, limit: int = 100,
     return [_summary(r) for r in rows]
 
 
-def get_message(repo: Repository, raw_id: int) -> dict | None:
+# What an operator sees of a message: its segments and the fields that say what it is and what
+# became of it. Every other non-empty field (identity, addresses, the document in OBX-5, consents)
+# shows as REDACTED: operators read no patient data (README, "Access control").
+VISIBLE_FIELDS = {
+    "MSH": "all", "EVN": {1, 2}, "MSA": "all", "ERR": "all", "PID": {1}, "PV1": {1, 2}, "ORC": {1}, "OBR": {1, 4},
+    "TXA": {1, 2, 3, 12, 13, 17}, "OBX": {1, 2, 3, 11}, "PRT": {4}, "ZFA": {1},
+}
+# MetaDMPMSS flags (OBX-3) whose Y/N value in OBX-5 is no patient data.
+FLAG_OBSERVATIONS = {"MASQUE_PS", "INVISIBLE_PATIENT", "INVISIBLE_REP_LEGAUX", "CONNEXION_SECRETE", "MODIF_CONF_CODE",
+                     "DESTDMP", "DESTMSSANTEPS", "DESTMSSANTEPAT", "ACK_RECEPTION", "ACK_LECTURE_MSS", "ACK_LECTURE"}
+REDACTED = "REDACTED"
+
+
+def layout(text: str) -> str:
+    """The message with the content of its identifying and clinical fields hidden."""
+    out = []
+    for segment in split_segments(text):
+        separator = segment[3] if segment.startswith("MSH") and len(segment) > 3 else "|"
+        fields = segment.split(separator)
+        kept = VISIBLE_FIELDS.get(fields[0], set())
+        if kept == "all":
+            out.append(segment)
+            continue
+        flag = fields[0] == "OBX" and len(fields) > 3 and fields[3].split("^")[0] in FLAG_OBSERVATIONS
+        out.append(separator.join(
+            [fields[0]] + [value if not value or n in kept or (flag and n == 5) else REDACTED
+                           for n, value in enumerate(fields[1:], start=1)]))
+    return "\r".join(out)
+
+
+def get_message(repo: Repository, raw_id: int, content: bool = False) -> dict | None:
+    """One message; its content only when `content` (the shell's operators, who hold the database
+    anyway), else its layout."""
     with read_connection(repo.engine) as conn:
         row = conn.execute(select(raw_inputs).where(raw_inputs.c.id == raw_id,
                                                     raw_inputs.c.channel.in_(HL7V2_CHANNELS))).first()
@@ -71,7 +103,7 @@ def get_message(repo: Repository, raw_id: int) -> dict | None:
         "size": row.size,
         "sha256": row.sha256,
         "charset": charset,
-        "message": text.replace("\r\n", "\r").replace("\n", "\r"),
+        "message": text.replace("\r\n", "\r").replace("\n", "\r") if content else layout(text),
         "ack": row.ack,
         "outcome": json.loads(row.outcome) if row.outcome else None,
         "resources": json.loads(row.resources) if row.resources else [],

@@ -286,6 +286,21 @@ def test_a_document_unique_id_conflict_is_a_duplicate_key(client):
     assert code == "AE" and errors(segments)[0][3].startswith("205^")
 
 
+def test_operators_see_a_message_s_layout_not_its_patient_data(client):
+    """The admin role reads no patient data: /hl7v2/messages shows statuses, ACKs, errors and the
+    segments, with identity, the document in OBX-5 and consents redacted."""
+    assert post(client, sample("mdm-1-t02-cr-imagerie-irm-lefevre.hl7"))[0] == "AA"
+    assert post(client, sample("adt-a01-martin.hl7"))[0] == "AA"
+    listed = client.get("/hl7v2/messages", headers=client.admin).get_json()["messages"]
+    for summary in listed:
+        shown = client.get(f"/hl7v2/messages/{summary['id']}", headers=client.admin).get_json()
+        text = json.dumps(shown)
+        for patient in PATIENTS.values():
+            assert patient["ins"] not in text and patient["ipp"] not in text
+        assert "LEFEVRE" not in text and "MARTIN" not in text and "PD94bWwg" not in text   # nor the base64 CDA
+        assert shown["message"].startswith("MSH|") and "PID|1|" in shown["message"] and shown["ack"]
+
+
 def test_no_ack_when_the_sender_asks_for_none(client):
     message = "MSH|^~\\&|A|B|C|D|20260101||ADT^A28|N1|P|2.5|||NE|NE\r" + pid("900000060", "SILENCE") + "\r"
     response = client.post("/hl7v2", data=message, content_type="x-application/hl7-v2+er7")
