@@ -26,8 +26,10 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 # The conformance kit against the gateway `make run` serves (reports in var/conformance/).
-FHIR_BASE ?= http://127.0.0.1:8080/fhir
-MLLP ?= 127.0.0.1:2575
+GATEWAY_HTTP_PORT ?= 8080
+GATEWAY_MLLP_PORT ?= 2575
+FHIR_BASE ?= http://127.0.0.1:$(GATEWAY_HTTP_PORT)/fhir
+MLLP ?= 127.0.0.1:$(GATEWAY_MLLP_PORT)
 conformance: $(STAMP)
 	mkdir -p var/conformance
 	$(BIN)/gateway-conformance run --fhir-base $(FHIR_BASE) --mllp $(MLLP) --token-command "$(BIN)/gateway token issue" \

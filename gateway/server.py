@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import subprocess
 import sys
 from dataclasses import replace
@@ -52,8 +53,24 @@ def _stop(process, owner: int) -> None:
             process.kill()
 
 
+def _port_taken(host: str, port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
 def serve(settings: Settings, workers: int | None = None, mllp: bool = True) -> int:
     """Migrations, then the MLLP listener (its own process) and the HTTP server side by side."""
+    for name, host, port in (("HTTP", settings.host, settings.http_port),
+                             ("MLLP", settings.mllp_host, settings.mllp_port) if mllp else (None, None, None)):
+        if name and _port_taken(host, port):
+            print(f"gateway: the {name} port {host}:{port} is in use: is a gateway already running? "
+                  f"(GATEWAY_{'HTTP' if name == 'HTTP' else 'MLLP'}_PORT chooses another)", file=sys.stderr)
+            return 1
     from gateway.space import session_secret
     from gateway.storage.database import make_engine, version
     from gateway.storage.migrate import upgrade

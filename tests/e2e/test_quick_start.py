@@ -1,5 +1,6 @@
 """The README's path, as a new user takes it: demo set-up, `gateway serve`, curl-like requests."""
 import os
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -105,3 +106,17 @@ def test_an_integrator_sends_hl7v2_with_gateway_send(served):
                             capture_output=True, text=True,
                             timeout=60)
     assert "ADT^A01" in listed.stdout and "processed" in listed.stdout
+
+
+def test_a_second_gateway_on_the_same_port_says_so_in_one_line(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = dict(os.environ, GATEWAY_VAR_DIR=str(tmp_path), GATEWAY_HTTP_PORT=str(port), GATEWAY_HOST="127.0.0.1",
+                   GATEWAY_DATABASE_URL=f"sqlite:///{tmp_path / 'gateway.db'}")
+        done = subprocess.run([str(GATEWAY), "serve"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"gateway: the HTTP port 127.0.0.1:{port} is in use: is a gateway already running? "
+        "(GATEWAY_HTTP_PORT chooses another)"]
