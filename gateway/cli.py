@@ -25,6 +25,16 @@ def cmd_migrate(settings: Settings, _args) -> int:
 
 
 def cmd_serve(settings: Settings, args) -> int:
+    import os
+    import shutil
+
+    # One scrape shows the whole gateway: every process (gunicorn's workers, the MLLP listener)
+    # writes its metrics where /metrics reads them all (prometheus-client's multiprocess mode). Set
+    # before prometheus-client is imported anywhere; the processes started from here inherit it.
+    metrics_dir = settings.var_dir / "metrics"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir.resolve())
     from gateway.server import serve
 
     return serve(settings, workers=args.workers, mllp=not args.no_mllp)

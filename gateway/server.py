@@ -33,11 +33,20 @@ class _Gunicorn(BaseApplication):
         self.cfg.set("timeout", 120)
         self.cfg.set("accesslog", None)  # the application logs each request itself, as JSON
         self.cfg.set("on_exit", lambda arbiter: _stop(self.listener, self.owner))
+        self.cfg.set("child_exit", _worker_gone)
 
     def load(self):
         from gateway.app import create_app
 
         return create_app(replace(self.settings, serves_mllp=self.listener is not None))
+
+
+def _worker_gone(_server, worker) -> None:
+    """A worker's live gauges go with it (prometheus-client's multiprocess mode)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
 
 
 def _stop(process, owner: int) -> None:

@@ -1,10 +1,12 @@
 """Operations: GET /health (liveness and database) and GET /metrics (Prometheus)."""
 from __future__ import annotations
 
+import os
 import socket
 
 from flask import Blueprint, Response, current_app
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from gateway.metrics import REGISTRY
 from gateway.storage.database import accepts_writes, version
@@ -34,4 +36,9 @@ def health():
 
 @ops.get("/metrics")
 def metrics():
+    """Every process's metrics when `gateway serve` runs several (multiprocess mode), else this one's."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
     return Response(generate_latest(REGISTRY), mimetype=CONTENT_TYPE_LATEST)
