@@ -2,9 +2,12 @@
 
 A sign-in is two steps. The password opens a challenge whose six-digit code goes to the account's
 contact through the configured sender; the code, entered within CODE_TTL, opens a session.
-MAX_FAILURES wrong passwords or codes in a row lock the account for LOCK_TIME, whatever the
-answer would have been; an unknown login answers like a wrong password. Codes and session ids
-are kept as SHA-256 digests only.
+Every attempt is counted in the database before the secret is checked, per account and per
+source address, in the transaction that decides whether it may be checked at all: MAX_FAILURES
+attempts on an account, or MAX_ADDRESS_ATTEMPTS from one address, within LOCK_TIME lock it for
+LOCK_TIME, however many arrive at once. A refusal says the same thing in the same time whatever the
+reason: unknown login, wrong password, locked account. Codes and session ids are kept as SHA-256
+digests only.
 """
 from __future__ import annotations
 
@@ -15,15 +18,19 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from gateway.access import AccessContext
 from gateway.access.context import PATIENT, REPRESENTATIVE
 from gateway.storage.database import read_connection, write_transaction
-from gateway.storage.schema import login_challenges, patient_accounts, web_sessions
+from gateway.storage.schema import login_challenges, patient_accounts, sign_in_attempts, web_sessions
 
 MAX_FAILURES = 5
+MAX_ADDRESS_ATTEMPTS = 30
 LOCK_TIME = timedelta(minutes=15)
+REFUSED = "Identifiant ou mot de passe incorrect, ou trop d'essais : vérifiez-les, ou réessayez dans 15 minutes."
 CODE_TTL = timedelta(minutes=10)
 SESSION_IDLE = timedelta(minutes=30)
 # Checked against when the login is unknown, so that both answers take the same time.
@@ -75,7 +82,7 @@ def create_account(engine: Engine, login: str, password: str, role: str, patient
         conn.execute(delete(patient_accounts).where(patient_accounts.c.login == login))
         conn.execute(insert(patient_accounts).values(
             login=login, password_hash=generate_password_hash(password), role=role, patient_ins=patient_ins,
-            display_name=display_name, contact=contact, failed_attempts=0, locked_until=None))
+            display_name=display_name, contact=contact))
     return Account(login, role, patient_ins, display_name, contact)
 
 
@@ -87,31 +94,47 @@ def has_representative(engine: Engine, patient_ins: str) -> bool:
             .limit(1)).first() is not None
 
 
-def _refuse_if_locked(row) -> None:
-    if row.locked_until and row.locked_until > _stamp(_now()):
-        raise SignInRefused("Compte verrouillé après plusieurs échecs : réessayez dans 15 minutes.")
-
-
-def _failed(engine: Engine, login: str) -> None:
+def _count_attempt(engine: Engine, login: str, address: str | None) -> bool:
+    """Count this attempt against the account and the address; False when either is locked (then
+    the secret is not even checked). A success resets the account's count (`_succeeded`)."""
+    now = _now()
+    keys = [(f"login:{login[:128]}", MAX_FAILURES)] + ([(f"address:{address[:64]}", MAX_ADDRESS_ATTEMPTS)] if address else [])
+    allowed = True
     with write_transaction(engine) as conn:
-        failures = conn.execute(select(patient_accounts.c.failed_attempts).where(
-            patient_accounts.c.login == login)).scalar_one() + 1
-        locked = _stamp(_now() + LOCK_TIME) if failures >= MAX_FAILURES else None
-        conn.execute(update(patient_accounts).where(patient_accounts.c.login == login).values(
-            failed_attempts=0 if locked else failures, locked_until=locked))
+        for key, limit in keys:
+            conn.execute(_insert_if_missing(conn).values(key=key, window_start=_stamp(now), attempts=0))
+            row = conn.execute(select(sign_in_attempts).where(sign_in_attempts.c.key == key).with_for_update()).one()
+            if row.locked_until and row.locked_until > _stamp(now):
+                allowed = False
+                continue
+            fresh = row.window_start < _stamp(now - LOCK_TIME) or row.locked_until is not None
+            attempts = 1 if fresh else row.attempts + 1
+            locked = _stamp(now + LOCK_TIME) if attempts > limit else None
+            allowed = allowed and locked is None
+            conn.execute(update(sign_in_attempts).where(sign_in_attempts.c.key == key).values(
+                attempts=attempts, window_start=_stamp(now) if fresh else row.window_start, locked_until=locked))
+    return allowed
 
 
-def check_password(engine: Engine, login: str, password: str) -> tuple[Account, str, str]:
+def _insert_if_missing(conn):
+    dialect = sqlite_insert if conn.engine.dialect.name == "sqlite" else postgresql_insert
+    return dialect(sign_in_attempts).on_conflict_do_nothing(index_elements=["key"])
+
+
+def _succeeded(conn, login: str, address: str | None) -> None:
+    """A completed sign-in (password and code) clears the counts of its account and address."""
+    keys = [f"login:{login[:128]}"] + ([f"address:{address[:64]}"] if address else [])
+    conn.execute(delete(sign_in_attempts).where(sign_in_attempts.c.key.in_(keys)))
+
+
+def check_password(engine: Engine, login: str, password: str, address: str | None = None) -> tuple[Account, str, str]:
     """(account, challenge id, one-time code) when the password is right; else SignInRefused."""
+    allowed = _count_attempt(engine, login, address)
     with read_connection(engine) as conn:
         row = conn.execute(select(patient_accounts).where(patient_accounts.c.login == login)).first()
-    if row is None:
-        check_password_hash(_UNKNOWN_HASH, password)
-        raise SignInRefused("Identifiant ou mot de passe incorrect.")
-    _refuse_if_locked(row)
-    if not check_password_hash(row.password_hash, password):
-        _failed(engine, login)
-        raise SignInRefused("Identifiant ou mot de passe incorrect.")
+    right = check_password_hash(row.password_hash if row is not None else _UNKNOWN_HASH, password)
+    if not (allowed and row is not None and right):
+        raise SignInRefused(REFUSED)
     challenge, code = secrets.token_urlsafe(24), f"{secrets.randbelow(1_000_000):06d}"
     with write_transaction(engine) as conn:
         conn.execute(delete(login_challenges).where(login_challenges.c.login == login))
@@ -120,7 +143,7 @@ def check_password(engine: Engine, login: str, password: str) -> tuple[Account, 
     return _account(row), challenge, code
 
 
-def check_code(engine: Engine, challenge: str, code: str) -> tuple[Account, str]:
+def check_code(engine: Engine, challenge: str, code: str, address: str | None = None) -> tuple[Account, str]:
     """(account, new session id) when the code of this challenge is right; else SignInRefused."""
     with read_connection(engine) as conn:
         found = conn.execute(select(login_challenges, patient_accounts).join(
@@ -128,15 +151,13 @@ def check_code(engine: Engine, challenge: str, code: str) -> tuple[Account, str]
             login_challenges.c.id == challenge)).first()
     if found is None or found.used or found.expires_at < _stamp(_now()):
         raise SignInRefused("Ce code a expiré : reconnectez-vous pour en recevoir un nouveau.")
-    _refuse_if_locked(found)
-    if not hmac.compare_digest(found.code_sha256, _digest(code.strip())):
-        _failed(engine, found.login)
-        raise SignInRefused("Code incorrect.")
+    allowed = _count_attempt(engine, found.login, address)
+    if not (allowed and hmac.compare_digest(found.code_sha256, _digest(code.strip()))):
+        raise SignInRefused("Code incorrect, ou trop d'essais : reconnectez-vous dans 15 minutes.")
     session_id = secrets.token_urlsafe(32)
     with write_transaction(engine) as conn:
         conn.execute(update(login_challenges).where(login_challenges.c.id == challenge).values(used=True))
-        conn.execute(update(patient_accounts).where(patient_accounts.c.login == found.login).values(
-            failed_attempts=0, locked_until=None))
+        _succeeded(conn, found.login, address)
         conn.execute(delete(web_sessions).where(web_sessions.c.expires_at < _stamp(_now())))
         conn.execute(insert(web_sessions).values(id_sha256=_digest(session_id), login=found.login,
                                                  expires_at=_stamp(_now() + SESSION_IDLE)))

@@ -189,8 +189,6 @@ patient_accounts = Table(
     Column("patient_ins", String(32), nullable=False),    # the record this account manages
     Column("display_name", String(256), nullable=False),
     Column("contact", String(256), nullable=False),       # where one-time codes are sent
-    Column("failed_attempts", Integer, nullable=False, default=0),
-    Column("locked_until", String(32)),
 )
 
 login_challenges = Table(
@@ -210,6 +208,17 @@ web_sessions = Table(
     Column("login", String(128), nullable=False),
     Column("expires_at", String(32), nullable=False),
     Index("ix_web_sessions_login", "login"),
+)
+
+# Sign-in attempts counted before the secret is checked, per account ("login:…") and per source
+# address ("address:…"): parallel guesses cannot slip past the count.
+sign_in_attempts = Table(
+    "sign_in_attempts",
+    metadata,
+    Column("key", String(192), primary_key=True),
+    Column("window_start", String(32), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("locked_until", String(32)),
 )
 
 # A patient's request that their record be destroyed: carried out by `gateway retention` once the

@@ -40,7 +40,8 @@ def sign_in():
     engine, settings = current_app.config["ENGINE"], current_app.config["SETTINGS"]
     login = request.form.get("identifiant", "").strip()
     try:
-        account, challenge, code = accounts.check_password(engine, login, request.form.get("mot_de_passe", ""))
+        account, challenge, code = accounts.check_password(engine, login, request.form.get("mot_de_passe", ""),
+                                                           request.remote_addr)
     except accounts.SignInRefused as refusal:
         return render_template("signin.html", error=str(refusal), login=login), 401
     code_sender(settings.code_sender)(settings, account.contact, code)
@@ -65,7 +66,7 @@ def enter_code():
         return render_template("code.html", contact=session.get("contact"))
     try:
         account, session_id = accounts.check_code(current_app.config["ENGINE"], session["challenge"],
-                                                  request.form.get("code", ""))
+                                                  request.form.get("code", ""), request.remote_addr)
     except accounts.SignInRefused as refusal:
         return render_template("code.html", contact=session.get("contact"), error=str(refusal)), 401
     target = _next_page()
