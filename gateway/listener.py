@@ -46,7 +46,8 @@ async def listen(settings: Settings, ready: asyncio.Event | None = None, stop: a
         tls = mllp.tls_context(str(settings.mllp_tls_cert), str(settings.mllp_tls_key),
                                str(settings.mllp_tls_client_ca) if settings.mllp_tls_client_ca else None)
     listener = await mllp.serve(settings.mllp_host, settings.mllp_port, handle, too_large,
-                                max_bytes=settings.mllp_max_bytes, idle_timeout=settings.mllp_idle_timeout, tls=tls)
+                                max_bytes=settings.mllp_max_bytes, idle_timeout=settings.mllp_idle_timeout, tls=tls,
+                                max_connections=settings.mllp_max_connections)
     stop = stop or asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         try:

@@ -113,13 +113,20 @@ class Listener:
 
 
 async def serve(host: str, port: int, handle: Handler, too_large: OversizeHandler, *, max_bytes: int,
-                idle_timeout: float, tls: ssl.SSLContext | None = None) -> Listener:
+                idle_timeout: float, tls: ssl.SSLContext | None = None, max_connections: int = 32) -> Listener:
+    """A listener of at most `max_connections` connections at a time (each buffers at most
+    `max_bytes` of an unfinished frame): a further one is closed as soon as it is accepted."""
     listener: Listener
 
     async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         peer = writer.get_extra_info("peername")
         peer_name = f"{peer[0]}:{peer[1]}" if peer else "unknown"
+        if len(listener.idle) + len(listener.busy) >= max_connections:
+            log.warning("MLLP connection refused: the listener has its maximum of connections",
+                        extra={"max_connections": max_connections})
+            writer.close()
+            return
         frames = FrameReader(reader, max_bytes, idle_timeout)
         try:
             while not listener.stopping:

@@ -122,3 +122,16 @@ def test_health_and_metrics(client, database):
 
 def test_request_id_is_echoed(client):
     assert client.get("/health", headers={"X-Request-Id": "abc123"}).headers["X-Request-Id"] == "abc123"
+
+
+def test_bodies_are_bounded_by_what_each_endpoint_takes(client):
+    """A document where one is sent; 1 MiB anywhere else: a larger body is refused before it is read."""
+    big = json.dumps({"resourceType": "Patient", "name": [{"text": "x" * (2 * 1024 * 1024)}]})
+    for path in ("/fhir/Patient", "/fhir/Consent"):
+        response = client.post(path, data=big, headers=FHIR)
+        assert response.status_code == 413, path
+    form = client.post("/fhir/DocumentReference/_search", data={"type": "x" * (2 * 1024 * 1024)})
+    assert form.status_code == 413
+    deep = "[" * 100_000 + "]" * 100_000
+    assert client.patch("/fhir/DocumentReference/x", data=deep,
+                        headers={"Content-Type": "application/json-patch+json"}).status_code in (400, 413)

@@ -154,3 +154,44 @@ def test_our_samples_through_gateway_send(mllp_listener, capsys):
     out = capsys.readouterr().out
     assert status == 0, out
     assert "AA: 8" in out
+
+
+def test_the_listener_holds_a_bounded_number_of_connections(settings, database):
+    """Past GATEWAY_MLLP_MAX_CONNECTIONS a connection is closed as soon as it is accepted: what the
+    listener may buffer is bounded by the connections times the frame limit."""
+    import asyncio
+    import socket
+    import threading
+    from dataclasses import replace
+
+    from conftest import free_port
+    from gateway.listener import listen
+
+    live = replace(settings, mllp_host="127.0.0.1", mllp_port=free_port(), mllp_max_connections=2)
+    loop, state = asyncio.new_event_loop(), {}
+
+    async def main():
+        state["stop"], ready = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(listen(live, ready, state["stop"]))
+        await ready.wait()
+        state["ready"].set()
+        await task
+
+    state["ready"] = threading.Event()
+    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
+    thread.start()
+    opened = []
+    try:
+        assert state["ready"].wait(30)
+        for _ in range(2):
+            opened.append(socket.create_connection(("127.0.0.1", live.mllp_port), timeout=10))
+            opened[-1].sendall(b"\x0b")   # a frame begun: the connection is the listener's
+        extra = socket.create_connection(("127.0.0.1", live.mllp_port), timeout=10)
+        extra.settimeout(10)
+        assert extra.recv(1) == b""        # closed at once
+        extra.close()
+    finally:
+        for sock in opened:
+            sock.close()
+        loop.call_soon_threadsafe(state["stop"].set)
+        thread.join(40)
