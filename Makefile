@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench conformance install clean
+.PHONY: run test bench fuzz conformance install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest -q
+
+# A longer run of the fuzz suite that `make test` runs briefly (GATEWAY_FUZZ_EXAMPLES per target).
+fuzz: $(STAMP)
+	GATEWAY_FUZZ_EXAMPLES=$${GATEWAY_FUZZ_EXAMPLES:-2000} $(BIN)/pytest -q tests/integration/test_fuzz.py
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -1,0 +1,121 @@
+"""A bounded fuzz of every entry: random JSON bodies on each FHIR write, random search parameters,
+random XML to /cda and as FHIR XML, and mutated HL7v2 messages. No input may get a 5xx. The default
+run is short enough for `make test`; `make fuzz` runs GATEWAY_FUZZ_EXAMPLES (default 2,000) per target."""
+import json
+import os
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import REPORT, SAMPLES
+
+EXAMPLES = int(os.environ.get("GATEWAY_FUZZ_EXAMPLES", "200"))
+TRIED = {"inputs": 0, "5xx": 0, "slowest_ms": 0.0}
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=False,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                       HealthCheck.data_too_large])
+
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**40, 2**40), st.floats(allow_nan=False),
+                    st.text(max_size=30), st.sampled_from(["", "²", "١٢", "current", "Patient/x", "urn:uuid:1",
+                                                           "\r\n", "../..", "%00"]))
+keys = st.one_of(st.text(max_size=12), st.sampled_from(
+    ["resourceType", "entry", "resource", "request", "method", "url", "subject", "reference", "content",
+     "attachment", "data", "contentType", "type", "masterIdentifier", "value", "system", "provision", "category",
+     "coding", "code", "securityLabel", "status", "id", "fullUrl", "identifier", "relatesTo", "target", "op", "path"]))
+json_values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                            st.dictionaries(keys, inner, max_size=5)), max_leaves=25)
+resource_types = st.sampled_from(["Bundle", "DocumentReference", "Patient", "Consent", "Parameters", "List", "X"])
+resources = st.builds(lambda t, body: {**(body if isinstance(body, dict) else {"x": body}), "resourceType": t},
+                      resource_types, json_values)
+
+
+def send(client, method: str, path: str, **kwargs):
+    started = time.perf_counter()
+    response = client.open(path, method=method, **kwargs)
+    TRIED["slowest_ms"] = max(TRIED["slowest_ms"], (time.perf_counter() - started) * 1000)
+    TRIED["inputs"] += 1
+    if response.status_code >= 500:
+        TRIED["5xx"] += 1
+    assert response.status_code < 500, (method, path, kwargs.get("data", kwargs.get("query_string")), response.data[:500])
+    return response
+
+
+@pytest.fixture
+def backend():
+    return "sqlite"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report():
+    yield
+    REPORT.append(f"fuzz: {TRIED['inputs']} inputs tried, {TRIED['5xx']} 5xx, 0 stalls "
+                  f"(slowest answer {TRIED['slowest_ms']:.0f} ms)")
+
+
+def test_random_fhir_bodies(client, bearer):
+    patient = bearer("patient", patient="185067511204554")
+
+    @FUZZ
+    @given(body=st.one_of(resources, json_values), target=st.sampled_from([
+        ("POST", "/fhir", None), ("POST", "/fhir/DocumentReference", None), ("POST", "/fhir/Patient", None),
+        ("POST", "/fhir/Consent", "patient"), ("PUT", "/fhir/Consent/x", "patient"),
+        ("PATCH", "/fhir/DocumentReference/x", None), ("PATCH", "/fhir/DocumentReference?identifier=a|b", None)]))
+    def run(body, target):
+        method, path, who = target
+        content_type = "application/json-patch+json" if method == "PATCH" else "application/fhir+json"
+        headers = {"Content-Type": content_type, **(patient if who else {})}
+        send(client, method, path, data=json.dumps(body), headers=headers)
+
+    run()
+
+
+def test_random_search_parameters(client):
+    @FUZZ
+    @given(res_type=st.sampled_from(["DocumentReference", "AuditEvent", "Patient", "List", "Consent"]),
+           params=st.lists(st.tuples(st.one_of(st.sampled_from(
+               ["patient", "patient.identifier", "status", "type", "date", "_count", "_sort", "_cursor", "_include",
+                "_revinclude", "_summary", "identifier", "author.family", "_id", "_lastUpdated", "security-label",
+                "_format", "isArchived", "period", "code"]), st.text(max_size=10)),
+               st.one_of(st.text(max_size=40), st.sampled_from(["²", "-1", "9" * 30, "ge2026-13-45", "eyJrIjpbXX0.x",
+                                                                "a|b|c", ",,,", "xml", "DocumentReference:subject"]))),
+               max_size=5))
+    def run(res_type, params):
+        send(client, "GET", f"/fhir/{res_type}", query_string=params)
+
+    run()
+
+
+def test_random_xml(client):
+    @FUZZ
+    @given(text=st.one_of(st.text(max_size=200), st.builds(
+        lambda tag, inner, doctype: f'<?xml version="1.0"?>{doctype}<{tag} xmlns="urn:hl7-org:v3">{inner}</{tag}>',
+        st.sampled_from(["ClinicalDocument", "Patient", "x"]), st.text(max_size=50),
+        st.sampled_from(["", "<!DOCTYPE x>", '<!DOCTYPE x [<!ENTITY e "y">]>']))),
+        target=st.sampled_from([("/cda", "application/xml"), ("/fhir/Patient", "application/fhir+xml"),
+                                ("/fhir", "application/fhir+xml")]))
+    def run(text, target):
+        path, content_type = target
+        send(client, "POST", path, data=text.encode("utf-8", "surrogatepass"), headers={"Content-Type": content_type})
+
+    run()
+
+
+def test_mutated_hl7v2_messages(client, bearer):
+    system = bearer("system", sub="fuzz")
+    messages = [path.read_bytes() for path in sorted((SAMPLES / "hl7v2").glob("*.hl7"))]
+
+    @FUZZ
+    @given(index=st.integers(0, len(messages) - 1), cuts=st.lists(st.tuples(
+        st.integers(0, 2000), st.binary(max_size=8)), max_size=4))
+    def run(index, cuts):
+        data = bytearray(messages[index][:4000])
+        for position, insert in cuts:
+            position %= max(len(data), 1)
+            data[position:position + len(insert)] = insert
+        response = send(client, "POST", "/hl7v2", data=bytes(data),
+                        headers={"Content-Type": "x-application/hl7-v2+er7", **system})
+        assert response.status_code in (200, 204, 400, 413)
+
+    run()
