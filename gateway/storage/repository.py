@@ -16,7 +16,7 @@ from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, sele
 
 from gateway.access import AccessContext
 from gateway.access import audit
-from gateway.access.context import EMERGENCY, INS_SYSTEMS, OWN_PATIENT, REGULATION
+from gateway.access.context import DIRECTORY_TYPES, EMERGENCY, INS_SYSTEMS, OWN_PATIENT, REGULATION
 from gateway.access.rules import VISIBILITY_COLUMNS, binary_ids, rules_of, signed_ids, visibility_columns
 from gateway.mapping.document import author_idnatps
 
@@ -299,15 +299,21 @@ class Repository:
 
     def _audit_refused(self, interaction: str, res_type: str, res_id: str) -> None:
         """A read that found nothing the reader may see. The trail names the owner, if any, so the
-        patient learns of the attempt; the reader gets the same answer as for a missing resource."""
+        patient learns of the attempt; the reader gets the same answer as for a missing resource,
+        in the same time: a read of nothing is recorded too (without a patient, in the gateway's
+        trail), so that a forbidden and a missing resource cost the same work."""
+        if res_type in DIRECTORY_TYPES:
+            return
         with read_connection(self.engine) as conn:
             row = conn.execute(select(resources).where(resources.c.res_type == res_type,
                                                        resources.c.res_id == res_id)).first()
+        outcome = audit.Outcome("4", "not found or not visible to this reader")
         if row is None or row.patient_id is None:
+            self.record_audit([self._event(interaction, None, f"{res_type}/{res_id[:64]}", outcome=outcome)])
             return
         stored = self._row(row)
         self.record_audit([self._event(interaction, stored.patient_id, stored.reference, flags_of=[stored],
-                                       outcome=audit.Outcome("4", "not found or not visible to this reader"))])
+                                       outcome=outcome)])
 
     def _audit_search(self, request: search_sql.SearchRequest, page: SearchPage) -> None:
         query = search_sql.query_string(request)

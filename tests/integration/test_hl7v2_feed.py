@@ -276,6 +276,28 @@ def test_the_work_a_message_may_cause_is_bounded(client, database):
         assert conn.execute(select(func.count()).select_from(resources)).scalar_one() == 0
 
 
+def test_only_a_producer_of_a_document_replaces_or_deletes_it_over_hl7v2(client):
+    """MDM^T10 and T04 from a sender that names neither an author of the document nor its
+    organisation are refused (AE), and the document stays current."""
+    import base64
+
+    assert post(client, sample("mdm-1-t02-cr-imagerie-irm-lefevre.hl7"))[0] == "AA"
+    t10 = sample("mdm-2-t10-cr-imagerie-irm-lefevre.hl7").decode()
+    b64 = t10.split("^Base64^", 1)[1].split("|", 1)[0]
+    foreign = base64.b64decode(b64).replace(b"899900000038", b"899900000020").replace(b"1990000034", b"1990000018")
+    forged = t10.replace(b64, base64.b64encode(foreign).decode()).replace("899900000038", "899900000020") \
+        .replace("^^^990000034", "^^^990000018")
+    code, segments = post(client, forged)
+    assert code == "AE" and "author" in errors(segments)[0][8]
+    t04 = sample("mdm-3-t04-cr-imagerie-irm-lefevre.hl7").decode().replace("899900000038", "899900000020") \
+        .replace("^^^990000034", "^^^990000018")
+    code, segments = post(client, t04)
+    assert code == "AE"
+    lefevre = PATIENTS["lefevre"]
+    found = search(client, f"DocumentReference?patient.identifier={lefevre['ins_system']}|{lefevre['ins']}&status=current")
+    assert found["total"] == 1 and found["entry"][0]["resource"]["masterIdentifier"]["value"].endswith(".4.1")
+
+
 def test_a_document_unique_id_conflict_is_a_duplicate_key(client):
     assert post(client, sample("mdm-1-t02-cr-imagerie-irm-lefevre.hl7"))[0] == "AA"
     other = sample("mdm-1-t02-cr-imagerie-irm-lefevre.hl7").decode().replace("MDM0001", "MDM0901")
