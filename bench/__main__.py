@@ -4,7 +4,9 @@ Prints one JSON object.
 
 Sizes can be lowered for a quick look: BENCH_DOCUMENTS (100 KB documents ingested, default 300),
 BENCH_REFERENCES (DocumentReferences searched, default 100000), BENCH_QUERIES (per query kind, default 200),
-BENCH_ADT and BENCH_MLLP_DOCUMENTS (messages sent over MLLP, defaults 1000 and 400).
+BENCH_ADT and BENCH_MLLP_DOCUMENTS (messages sent over MLLP, defaults 1000 and 400). The memory
+figures (bench/memory.py, also `python -m bench.memory`) serve a gateway and send it eight
+concurrent worst-case inputs of each kind.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from pathlib import Path
 from sqlalchemy import insert, true
 
 from bench.hl7v2 import bench_mllp, bench_parsing
+from bench.memory import bench_memory
 from gateway.access import AccessContext
 from gateway.access.rules import IDNATPS_SYSTEM
 from gateway.access.tokens import issue, make_signing_key
@@ -288,6 +291,7 @@ def main() -> None:
             "hl7v2_parsing": bench_parsing(hundred_kb_documents(1)[0]),
             "mllp_ingest": bench_mllp(workdir, hundred_kb_documents(mllp_documents),
                                       int(os.environ.get("BENCH_ADT", "1000"))),
+            "memory": bench_memory(),
         }
     text = json.dumps(report, indent=2, ensure_ascii=False)
     out = ROOT / "bench" / "results"

@@ -1,0 +1,109 @@
+"""Peak memory of a served gateway under eight concurrent worst-case inputs of each kind the limits
+admit: bodies just under each endpoint's limit (an ITI-65 Bundle carrying the largest document, a
+1 MiB deeply nested JSON), bodies over it (refused before they are read), and MLLP frames of the
+largest size. Peak RSS (VmHWM) of every process of the gateway, before and after."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+GATEWAY = Path(sys.executable).with_name("gateway")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _peaks(root_pid: int) -> dict[int, int]:
+    """VmHWM (kB) of a process and its descendants."""
+    out, todo = {}, [root_pid]
+    while todo:
+        pid = todo.pop()
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            continue
+        out[pid] = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM")))
+        todo += [int(c) for c in children]
+    return out
+
+
+def bench_memory(concurrency: int = 8) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        port, mllp_port = _free_port(), _free_port()
+        env = dict(os.environ, GATEWAY_VAR_DIR=tmp, GATEWAY_HTTP_PORT=str(port), GATEWAY_MLLP_PORT=str(mllp_port),
+                   GATEWAY_HOST="127.0.0.1", GATEWAY_WORKERS="2", GATEWAY_LOG_LEVEL="WARNING")
+        env.pop("GATEWAY_DATABASE_URL", None)
+        subprocess.run([str(GATEWAY), "demo", "setup"], env=env, cwd=ROOT, capture_output=True, check=True)
+        process = subprocess.Popen([str(GATEWAY), "serve"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL, start_new_session=True)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline:
+                try:
+                    if requests.get(f"{base}/health", timeout=5).status_code == 200:
+                        break
+                except requests.RequestException:
+                    time.sleep(0.2)
+            token = subprocess.run([str(GATEWAY), "token", "issue", "--role", "system", "--sub", "bench"], env=env,
+                                   cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+            headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"}
+            before = _peaks(process.pid)
+            document = b"%PDF-1.4\n" + os.urandom(15 * 1024 * 1024)
+            bundle = json.dumps({"resourceType": "Bundle", "type": "transaction", "entry": [
+                {"fullUrl": "urn:uuid:b", "resource": {"resourceType": "Binary", "contentType": "application/pdf",
+                                                       "data": base64.b64encode(document).decode()},
+                 "request": {"method": "POST", "url": "Binary"}}]}).encode()
+            nested = ("[" * 40 + "1" + "]" * 40).encode() * (1024 * 1024 // 82)
+            oversized = b"{" + b" " * (40 * 1024 * 1024) + b"}"
+            frame = b"\x0bMSH|^~\\&|A|B|C|D|2026||ADT^A28|1|P|2.5\r" + b"Z" * (32 * 1024 * 1024 - 64) + b"\x1c\r"
+            kinds = {
+                "ITI-65 with a 15 MB document (just under the limit)": lambda: requests.post(
+                    f"{base}/fhir", data=bundle, headers=headers, timeout=300).status_code,
+                "1 MiB of nested JSON": lambda: requests.post(f"{base}/fhir/Patient", data=nested, headers=headers,
+                                                              timeout=300).status_code,
+                "40 MB JSON body (over the limit)": lambda: requests.post(f"{base}/fhir/Patient", data=oversized,
+                                                                          headers=headers, timeout=300).status_code,
+                "32 MiB MLLP frames": lambda: _mllp(mllp_port, frame),
+            }
+            results = {}
+            for name, send in kinds.items():
+                started = time.perf_counter()
+                with ThreadPoolExecutor(concurrency) as pool:
+                    statuses = sorted(set(str(s) for s in pool.map(lambda _: send(), range(concurrency))))
+                results[name] = {"answers": statuses, "seconds": round(time.perf_counter() - started, 1)}
+            after = _peaks(process.pid)
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(60)
+    return {"concurrency": concurrency, "inputs": results,
+            "peak_rss_mb_before": {str(pid): round(kb / 1024) for pid, kb in before.items()},
+            "peak_rss_mb_after": {str(pid): round(kb / 1024) for pid, kb in after.items()},
+            "note": "gateway serve: gunicorn master, 2 workers (8 threads each), the MLLP listener; VmHWM of each"}
+
+
+def _mllp(port: int, frame: bytes) -> str:
+    with socket.create_connection(("127.0.0.1", port), timeout=300) as sock:
+        sock.sendall(frame)
+        answer = sock.recv(4096)
+    return answer.split(b"\r")[1][:12].decode(errors="replace") if b"\r" in answer else "closed"
+
+
+if __name__ == "__main__":
+    print(json.dumps(bench_memory(), indent=1))
