@@ -54,7 +54,7 @@ def test_a_patient_a_doctor_and_an_insurer_see_what_they_may(served):
 
     # Paul Martin sees his two documents, the lab results he masked from professionals included.
     patient = token(env, "--role", "patient", "--patient", MARTIN)
-    assert titles(patient) == ["Compte rendu d'examens de biologie médicale",
+    assert titles(patient) == ["Compte rendu d'examens biologiques",
                                "Lettre de liaison à la sortie - service de médecine interne"]
     # Dr BERNARD, whom he authorised, does not see the masked lab results.
     assert titles(token(env, "--role", "doctor", "--sub", INTERNIST)) == [
