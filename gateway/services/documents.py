@@ -203,12 +203,19 @@ def _organization(uow: UnitOfWork, org, produced: list[str]) -> str:
 
 def _supersede(uow: UnitOfWork, header: CdaHeader, patient_id: str, produced: list[str]) -> list[dict]:
     """relatedDocument RPLC: the previous version, a document of this patient the requester may
-    change (gateway.access.writes), becomes superseded."""
+    change (gateway.access.writes), becomes superseded; another patient's document is refused
+    without being named, a parent never registered here is kept by its identifier."""
     targets = []
     for parent in header.replaced:
         system, value = mapping.identifier_key(parent)
-        stored = replaceable(uow, uow.find_by_identifier("DocumentReference", system, value), patient_id,
-                             header_producers(header), f"{CD}/relatedDocument/parentDocument/id")
+        parent_id = uow.find_by_identifier("DocumentReference", system, value)
+        if parent_id is None:
+            # Registered elsewhere (or not yet): the link is kept by its identifier, as real documents
+            # (the ANS examples among them) name parents this gateway never saw.
+            targets.append({"identifier": {"system": system, "value": value}})
+            continue
+        stored = replaceable(uow, parent_id, patient_id, header_producers(header),
+                             f"{CD}/relatedDocument/parentDocument/id")
         previous = stored.json()
         if previous["status"] != "current":
             raise DocumentRefused(
