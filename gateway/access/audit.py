@@ -71,9 +71,12 @@ def audit_event(event_id: str, recorded: str, interaction: str, access: AccessCo
     """One BALP AuditEvent: who (with role, organisation, address), what (one resource, or the
     query), about which patient, why, and the outcome. BALP allows one data entity per event."""
     with_patient, without_patient, action, requester_role, gateway_role = INTERACTIONS[interaction]
-    event = {
-        "resourceType": "AuditEvent", "id": event_id,
-        "meta": {"profile": [BALP + (with_patient if patient_id else without_patient)]},
+    event = {"resourceType": "AuditEvent", "id": event_id}
+    if outcome == SUCCESS:
+        # BALP's RESTful profiles describe successes only (outcome fixed to 0): a failed interaction
+        # is recorded alike but claims none of them.
+        event["meta"] = {"profile": [BALP + (with_patient if patient_id else without_patient)]}
+    event |= {
         "type": REST_TYPE,
         "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": interaction}],
         "action": action, "recorded": recorded, "outcome": outcome.code,
