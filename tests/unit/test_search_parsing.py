@@ -1,6 +1,11 @@
+import base64
+import json
+
 import pytest
 
-from gateway.storage.search import SearchError, decode_cursor, encode_cursor, parse_search, split_values
+from gateway.storage import search
+from gateway.storage.search import (SearchError, decode_cursor, encode_cursor, parse_search, set_cursor_key,
+                                    split_values)
 from gateway.storage.searchparams import index_rows, normalize
 
 
@@ -36,6 +41,28 @@ def test_bad_searches_are_errors(params):
 
 def test_cursor_round_trip():
     assert decode_cursor(encode_cursor(["2026-01-01", "id"], "n")) == (["2026-01-01", "id"], "n")
+
+
+def test_only_cursors_this_server_signed_are_decoded():
+    genuine = encode_cursor(["2026-01-01", "id"], "n")
+    payload, _, signature = genuine.partition(".")
+    edited = base64.urlsafe_b64encode(json.dumps({"k": [{"x": 1}], "d": "n"}).encode()).decode().rstrip("=")
+    for forged in (payload, f"{edited}.{signature}", f"{payload}.{signature[:-2]}AA", f"{payload}\r\n.{signature}"):
+        with pytest.raises(SearchError):
+            decode_cursor(forged)
+
+def test_a_cursor_signed_by_another_gateway_is_refused(monkeypatch):
+    genuine = encode_cursor(["2026-01-01", "id"], "n")
+    monkeypatch.setattr(search, "_cursor_key", search._cursor_key)  # restored after the test
+    set_cursor_key("another gateway's secret")
+    with pytest.raises(SearchError):
+        decode_cursor(genuine)
+
+
+@pytest.mark.parametrize("count", ["²", "١٢", "5 ", "+5", "-1"])
+def test_integers_are_ascii_digits(count):
+    with pytest.raises(SearchError):
+        parse_search("DocumentReference", [("_count", count)])
 
 
 def test_strings_ignore_case_and_accents():
