@@ -513,9 +513,11 @@ class UnitOfWork:
         return stored
 
     def _set_visibility(self, ids: list[str], res_type: str, columns: dict) -> None:
+        """Labels (and, from a DocumentReference, its authors: they still see it masked) onto the
+        resources read through the same rules."""
         if ids:
             self.conn.execute(update(resources).where(resources.c.res_type == res_type, resources.c.res_id.in_(ids))
-                              .values(**{k: v for k, v in columns.items() if k in VISIBILITY_COLUMNS}))
+                              .values(**{k: v for k, v in columns.items() if k in (*VISIBILITY_COLUMNS, "authors")}))
 
     def _hidden_as_signed(self, signed: list[str], own: dict) -> dict:
         """A signature names what it signs and carries its digest: it is hidden from whoever the
