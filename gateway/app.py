@@ -14,6 +14,7 @@ from gateway.access import AccessRefused
 from gateway.access.audit import Outcome
 from gateway.access.context import INSURER
 from gateway.access.tokens import load_keys
+from gateway.cda.errors import DocumentRefused
 from gateway.config import Settings
 from gateway.fhir.api import fhir
 from gateway.fhir.responses import FhirError, fhir_response, operation_outcome
@@ -83,6 +84,10 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         if error.status == 401:
             response.headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
         return response
+
+    @app.errorhandler(DocumentRefused)
+    def document_refused(refusal: DocumentRefused):
+        return fhir_error(FhirError(refusal.status, refusal.reason, code=refusal.code, expression=refusal.location))
 
     @app.errorhandler(AccessRefused)
     def access_refused(error: AccessRefused):

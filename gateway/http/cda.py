@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, g, request
 
-from gateway.cda.errors import DocumentRefused
 from gateway.fhir.responses import FhirError, fhir_response, operation_outcome, require_content_type, version_headers
 from gateway.services.documents import CDA_CONTENT_TYPES, ingest_cda
 
@@ -19,11 +18,8 @@ def post_cda():
         raise FhirError(413, f"document is {request.content_length} bytes, above the limit of "
                              f"{settings.max_document_bytes} bytes", code="too-costly", expression="/")
     data = request.get_data(cache=False)
-    try:
-        result = ingest_cda(g.repository, data, max_bytes=settings.max_document_bytes, channel="cda",
-                            content_type=request.content_type, sender=request.remote_addr)
-    except DocumentRefused as refusal:
-        raise FhirError(refusal.status, refusal.reason, code=refusal.code, expression=refusal.location) from None
+    result = ingest_cda(g.repository, data, max_bytes=settings.max_document_bytes, channel="cda",
+                        content_type=request.content_type, sender=request.remote_addr)
     stored = result.document_reference
     location = f"{settings.fhir_base}/DocumentReference/{stored.res_id}"
     if not result.created:
