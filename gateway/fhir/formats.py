@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 
 import fhir_core.utils
 import fhir_core.xml_utils
@@ -28,8 +29,23 @@ def _parser() -> etree.XMLParser:
     return etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
 
 
+# Characters JSON carries and XML 1.0 cannot (C0 controls but tab, LF, CR; lone surrogates;
+# U+FFFE, U+FFFF): an echoed search value or a stored string holding one is shown as U+FFFD.
+NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _xml_safe(value):
+    if isinstance(value, str):
+        return NOT_XML.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {k: _xml_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_xml_safe(v) for v in value]
+    return value
+
+
 def to_xml(resource: dict | str) -> bytes:
-    data = json.loads(resource) if isinstance(resource, str) else resource
+    data = _xml_safe(json.loads(resource) if isinstance(resource, str) else resource)
     return get_fhir_model_class(data["resourceType"]).model_validate(data).model_dump_xml()
 
 

@@ -6,7 +6,7 @@ import os
 import time
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import REPORT, SAMPLES
@@ -81,6 +81,8 @@ def test_random_search_parameters(client):
                st.one_of(st.text(max_size=40), st.sampled_from(["²", "-1", "9" * 30, "ge2026-13-45", "eyJrIjpbXX0.x",
                                                                 "a|b|c", ",,,", "xml", "DocumentReference:subject"]))),
                max_size=5))
+    # Found by this test: a control character echoed in an XML OperationOutcome (XML cannot hold it).
+    @example(res_type="DocumentReference", params=[("date", "\x08"), ("_format", "xml")])
     def run(res_type, params):
         send(client, "GET", f"/fhir/{res_type}", query_string=params)
 
