@@ -316,7 +316,10 @@ def test_operators_see_a_message_s_layout_not_its_patient_data(client):
     listed = client.get("/hl7v2/messages", headers=client.admin).get_json()["messages"]
     for summary in listed:
         shown = client.get(f"/hl7v2/messages/{summary['id']}", headers=client.admin).get_json()
-        text = json.dumps(shown)
+        # The ACK's own control id (process id + sequence) is digits that may happen to hold an IPP:
+        # it is no patient data, so it is left out of the search.
+        ack_id = shown["ack"].split("\r")[0].split("|")[9]
+        text = json.dumps(shown).replace(ack_id, "ACK-ID")
         for patient in PATIENTS.values():
             assert patient["ins"] not in text and patient["ipp"] not in text
         assert "LEFEVRE" not in text and "MARTIN" not in text and "PD94bWwg" not in text   # nor the base64 CDA
