@@ -21,16 +21,19 @@ def start_gateway(var_dir: Path, database_url: str | None = None):
     port = free_port()
     env = dict(os.environ, GATEWAY_VAR_DIR=str(var_dir), GATEWAY_HTTP_PORT=str(port),
                GATEWAY_HOST="127.0.0.1", GATEWAY_WORKERS="1", GATEWAY_MLLP_PORT=str(free_port()))
-    for name in ("GATEWAY_DATABASE_URL", "GATEWAY_PUBLIC_BASE_URL", "GATEWAY_SECRET_KEY", "GATEWAY_CODE_SENDER"):
+    for name in ("GATEWAY_DATABASE_URL", "GATEWAY_PUBLIC_BASE_URL", "GATEWAY_SECRET_KEY", "GATEWAY_MESSAGE_SENDER"):
         env.pop(name, None)
     if database_url:
         env["GATEWAY_DATABASE_URL"] = database_url
     setup = subprocess.run([str(GATEWAY), "demo", "setup"], env=env, cwd=ROOT, capture_output=True, text=True,
                            timeout=120)
     assert setup.returncode == 0, setup.stderr[-2000:]
-    # Its own process group: gunicorn, its workers and the MLLP listener are stopped together.
-    process = subprocess.Popen([str(GATEWAY), "serve"], env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, start_new_session=True)
+    # Its own process group: gunicorn, its workers and the MLLP listener are stopped together. Its
+    # log goes to a file: a pipe nobody reads fills up and then blocks the server's next log line.
+    log = (var_dir / "serve.log").open("wb")
+    process = subprocess.Popen([str(GATEWAY), "serve"], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    log.close()
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + READY_SECONDS
     while True:
@@ -42,7 +45,8 @@ def start_gateway(var_dir: Path, database_url: str | None = None):
             pass
         if time.monotonic() > deadline or process.poll() is not None:
             stop_gateway(process)
-            pytest.fail("the gateway was not ready in time: " + process.stdout.read().decode()[-2000:])
+            log_tail = (var_dir / "serve.log").read_text(errors="replace")[-2000:]
+            pytest.fail(f"the gateway was not ready in time: {log_tail}")
         time.sleep(0.2)
     return process, base, env
 
