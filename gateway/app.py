@@ -46,7 +46,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     # /hl7v2 answers an oversized message itself (AR, its first bytes kept): past twice the limit, 413.
     body_limits = {"cda.post_cda": settings.max_document_bytes, "hl7v2.post_message": settings.mllp_max_bytes * 2,
                    "fhir.transaction": document_in_json, "fhir.simplified_publish": document_in_json,
-                   "space.add_document": settings.max_document_bytes + small_body}
+                   "space.add_document": settings.max_document_bytes + small_body,
+                   # a copy of a whole record to check (werkzeug spools it to disk, not to memory)
+                   "space.verify_copy": 1 << 30}
 
     @app.before_request
     def start_request():

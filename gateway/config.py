@@ -58,7 +58,8 @@ class Settings:
     # The patient space: the key that signs its session cookies (GATEWAY_SECRET_KEY; else a
     # development key file of `gateway demo setup`), and where one-time codes go.
     secret_key: str | None = None
-    code_sender: str = "outbox"
+    message_sender: str = "outbox"
+    notify_interval: float = 10.0     # seconds between two rounds of `gateway notifications send --follow`
     # The private key and certificate that sign the copies of records patients download.
     export_key: Path = Path("var/demo/signer-key.pem")
     export_cert: Path = Path("var/demo/signer.pem")
@@ -117,7 +118,8 @@ class Settings:
             jwt_issuer=os.environ.get("GATEWAY_JWT_ISSUER", DEMO_ISSUER),
             jwt_audience=os.environ.get("GATEWAY_JWT_AUDIENCE", "dmp-gateway"),
             secret_key=os.environ.get("GATEWAY_SECRET_KEY") or None,
-            code_sender=os.environ.get("GATEWAY_CODE_SENDER", "outbox"),
+            message_sender=os.environ.get("GATEWAY_MESSAGE_SENDER", "outbox"),
+            notify_interval=float(os.environ.get("GATEWAY_NOTIFY_INTERVAL", "10")),
             export_key=Path(os.environ.get("GATEWAY_EXPORT_KEY", demo_dir / "signer-key.pem")),
             export_cert=Path(os.environ.get("GATEWAY_EXPORT_CERT", demo_dir / "signer.pem")),
         )

@@ -2,9 +2,10 @@
 
 Creates the test PKI and the development token key under GATEWAY_DEMO_DIR (never in the
 repository), migrates the database, (re)creates the demo patients' accounts of the patient space
-(DEMO_ACCOUNTS), and loads the samples: the documents, a replacement version,
-an ITI-65 submission signed with the test PKI (also written to
-GATEWAY_DEMO_DIR/signed-submission.json for curl), and the demo patients' decisions (DEMO_DECISIONS).
+(DEMO_ACCOUNTS), and loads the samples: the directory of professionals, the documents, a
+replacement version, a second child of the representative (an ADT^A28), an ITI-65 submission
+signed with the test PKI (also written to GATEWAY_DEMO_DIR/signed-submission.json for curl), and
+the demo patients' decisions (DEMO_DECISIONS).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from gateway.bulk import ingest_paths
 from gateway.config import DEMO_TOKEN_KID, Settings
 from gateway.mapping import codes
 from gateway.mapping.document import document_uri, identifier_key, sha1_base64
-from gateway.services import consents, labels
+from gateway.services import consents, directory, feeds, labels
 from gateway.services.documents import read_cda
 from gateway.services.provide import provide
 from gateway.signature import make_test_pki, sign_documents
@@ -54,19 +55,38 @@ DEMO_LABELS = [
 ]
 
 
-# Patient-space accounts of the demo (README, "Patient space"): login, password, role, INS, name.
+# Patient-space accounts of the demo (README, "Patient space"): login, password, role, records, name.
 DEMO_ACCOUNTS = [
-    ("paul.martin", "demo-paul-martin", "patient", "185067511204554", "Paul MARTIN"),
-    ("claire.dubois", "demo-claire-dubois", "patient", "292086938701277", "Claire DUBOIS"),
-    ("jean.garnier", "demo-jean-garnier", "patient", "161023306508977", "Jean GARNIER"),
-    # Léa Moreau is a minor: her mother manages her record.
-    ("sophie.moreau", "demo-sophie-moreau", "representative", "212057501802305", "Sophie MOREAU"),
+    ("paul.martin", "demo-paul-martin", "patient", ["185067511204554"], "Paul MARTIN"),
+    ("claire.dubois", "demo-claire-dubois", "patient", ["292086938701277"], "Claire DUBOIS"),
+    ("jean.garnier", "demo-jean-garnier", "patient", ["161023306508977"], "Jean GARNIER"),
+    # Léa and Hugo Moreau are minors: their mother manages both records.
+    ("sophie.moreau", "demo-sophie-moreau", "representative", ["212057501802305", "116037505612342"],
+     "Sophie MOREAU"),
 ]
 
 
 def create_accounts(engine) -> None:
-    for login, password, role, ins, name in DEMO_ACCOUNTS:
-        create_account(engine, login, password, role, ins, name, f"{login}@example.test")
+    for login, password, role, records, name in DEMO_ACCOUNTS:
+        create_account(engine, login, password, role, records, name, f"{login}@example.test")
+
+
+def load_directory(repo: Repository, path: Path) -> None:
+    """The professionals and organisations of the demo, their specialty and where they practise (a
+    FHIR Bundle whose PractitionerRoles name the others by identifier); those the documents
+    already registered are kept."""
+    for entry in json.loads(path.read_text(encoding="utf-8"))["entry"]:
+        resource = entry["resource"]
+        with repo.unit_of_work() as uow:
+            identifier = resource["identifier"][0]
+            if uow.find_by_identifier(resource["resourceType"], identifier["system"], identifier["value"]):
+                continue
+            for field, res_type in (("practitioner", "Practitioner"), ("organization", "Organization")):
+                named = resource.get(field, {}).pop("identifier", None)
+                if named:
+                    resource[field]["reference"] = f"{res_type}/" + uow.find_by_identifier(
+                        res_type, named["system"], named["value"])
+        directory.register(repo, resource)
 
 
 def load_decisions(settings: Settings, engine) -> None:
@@ -161,6 +181,9 @@ def setup(settings: Settings, force: bool = False) -> None:
         print("demo data already loaded")
         return
     ingest_paths(settings, [SAMPLES / "cda", SAMPLES / "replacement"])
+    load_directory(repo, SAMPLES / "directory" / "professionals.json")
+    feeds.receive(repo, (SAMPLES / "hl7v2" / "adt-a28-moreau-hugo.hl7").read_bytes(), channel="demo",
+                  max_bytes=settings.max_document_bytes)
     bundle = signed_submission(settings, signed_cda)
     path = settings.demo_dir / "signed-submission.json"
     path.write_text(json.dumps(bundle, indent=1))

@@ -1,5 +1,6 @@
 """`gateway serve`: migrations, then the MLLP listener (GATEWAY_MLLP_HOST:GATEWAY_MLLP_PORT, its own
-process) and the HTTP server (gunicorn, threads) on GATEWAY_HOST:GATEWAY_HTTP_PORT."""
+process), the sender of notifications (its own process) and the HTTP server (gunicorn, threads) on
+GATEWAY_HOST:GATEWAY_HTTP_PORT."""
 from __future__ import annotations
 
 import logging
@@ -17,10 +18,11 @@ log = logging.getLogger(__name__)
 
 
 class _Gunicorn(BaseApplication):
-    def __init__(self, settings: Settings, workers: int, listener):
+    def __init__(self, settings: Settings, workers: int, serves_mllp: bool, helpers: list):
         self.settings = settings
         self.workers = workers
-        self.listener = listener
+        self.serves_mllp = serves_mllp
+        self.helpers = helpers
         self.owner = os.getpid()
         super().__init__()
 
@@ -32,13 +34,13 @@ class _Gunicorn(BaseApplication):
         self.cfg.set("graceful_timeout", 30)
         self.cfg.set("timeout", 120)
         self.cfg.set("accesslog", None)  # the application logs each request itself, as JSON
-        self.cfg.set("on_exit", lambda arbiter: _stop(self.listener, self.owner))
+        self.cfg.set("on_exit", lambda arbiter: _stop(self.helpers, self.owner))
         self.cfg.set("child_exit", _worker_gone)
 
     def load(self):
         from gateway.app import create_app
 
-        return create_app(replace(self.settings, serves_mllp=self.listener is not None))
+        return create_app(replace(self.settings, serves_mllp=self.serves_mllp))
 
 
 def _worker_gone(_server, worker) -> None:
@@ -49,13 +51,18 @@ def _worker_gone(_server, worker) -> None:
         multiprocess.mark_process_dead(worker.pid)
 
 
-def _stop(process, owner: int) -> None:
-    """SIGTERM: the listener finishes and acknowledges the messages in flight, then exits.
+def _stop(processes: list, owner: int) -> None:
+    """SIGTERM: the listener finishes and acknowledges the messages in flight, the sender of
+    notifications finishes its round, then they exit.
 
-    Only the process that started it may: gunicorn's workers are forks of it and unwind through
+    Only the process that started them may: gunicorn's workers are forks of it and unwind through
     the same code when they exit."""
-    if process is not None and owner == os.getpid() and process.poll() is None:
+    if owner != os.getpid():
+        return
+    running = [p for p in processes if p.poll() is None]
+    for process in running:
         process.terminate()
+    for process in running:
         try:
             process.wait(40)
         except subprocess.TimeoutExpired:
@@ -73,7 +80,8 @@ def _port_taken(host: str, port: int) -> bool:
 
 
 def serve(settings: Settings, workers: int | None = None, mllp: bool = True) -> int:
-    """Migrations, then the MLLP listener (its own process) and the HTTP server side by side."""
+    """Migrations, then the MLLP listener and the sender of notifications (their own processes) and
+    the HTTP server side by side."""
     for name, host, port in (("HTTP", settings.host, settings.http_port),
                              ("MLLP", settings.mllp_host, settings.mllp_port) if mllp else (None, None, None)):
         if name and _port_taken(host, port):
@@ -95,21 +103,22 @@ def serve(settings: Settings, workers: int | None = None, mllp: bool = True) -> 
         session_secret(settings)   # created once here, before the workers fork and read it
         log.warning("patient-space sessions are signed with the development key of GATEWAY_DEMO_DIR: "
                     "set GATEWAY_SECRET_KEY for anything but a local trial")
-    if settings.code_sender == "outbox":
-        log.warning("one-time codes go to the development outbox (`gateway outbox`): set GATEWAY_CODE_SENDER "
+    if settings.message_sender == "outbox":
+        log.warning("one-time codes and notifications go to the development outbox (`gateway outbox`): set "
+                    "GATEWAY_MESSAGE_SENDER "
                     "for anything but a local trial")
     workers = workers or int(os.environ.get("GATEWAY_WORKERS", "2"))
-    listener = None
+    # Their own processes, with the same environment: gunicorn forks its workers from this one,
+    # which must hold no event loop or thread.
+    helpers = [subprocess.Popen([sys.executable, "-m", "gateway", "notifications", "send", "--follow"])]
     if mllp:
-        # Its own process (`gateway mllp`), with the same environment: gunicorn forks its workers
-        # from this one, which must hold no event loop or thread.
-        listener = subprocess.Popen([sys.executable, "-m", "gateway", "mllp"])
+        helpers.append(subprocess.Popen([sys.executable, "-m", "gateway", "mllp"]))
     log.info("serving", extra={"http": f"http://{settings.host}:{settings.http_port}", "fhir": settings.fhir_base,
                                "mllp": f"{settings.mllp_host}:{settings.mllp_port}" if mllp else None,
                                "database": database})
     owner = os.getpid()
     try:
-        _Gunicorn(settings, workers, listener).run()
+        _Gunicorn(settings, workers, mllp, helpers).run()
     finally:
-        _stop(listener, owner)
+        _stop(helpers, owner)
     return 0

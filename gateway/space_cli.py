@@ -21,14 +21,15 @@ def _engine(settings: Settings):
 
 
 def print_outbox(settings: Settings, args) -> int:
-    """The one-time codes the development sender wrote, newest last."""
+    """The messages the development sender wrote (one-time codes, notifications), newest last."""
     from gateway.space.senders import read_outbox
 
     messages = read_outbox(settings)
     if args.to:
         messages = [m for m in messages if m["to"] == args.to]
     for message in messages[-args.last:]:
-        print(f"{message['sent_at']}  to {message['to']}  code {message['code']}")
+        what = f"code {message['code']}" if message.get("code") else message["subject"]
+        print(f"{message['sent_at']}  to {message['to']}  {what}")
     if not messages:
         print("the outbox is empty", file=sys.stderr)
     return 0
@@ -43,7 +44,30 @@ def create_account(settings: Settings, args) -> int:
     except ValueError as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 2
-    print(f"account {args.login} ({args.role}) manages the record of INS {args.ins}")
+    print(f"account {args.login} ({args.role}) manages the record(s) of INS {', '.join(args.ins)}")
+    return 0
+
+
+def run_notifications(settings: Settings, args) -> int:
+    """Send the queued "a document was added" notifications, once or until stopped (SIGTERM)."""
+    import signal
+    import threading
+
+    from gateway.services import notifications
+
+    engine = _engine(settings)
+    if args.notifications_command == "list":
+        for item in notifications.queued(engine, args.last):
+            state = f"sent {item.sent_at} to {item.recipients} account(s)" if item.sent_at else "queued"
+            print(f"DocumentReference/{item.docref_id}  queued {item.queued_at}  {state}")
+        return 0
+    if not args.follow:
+        print(f"{notifications.send_pending(settings, engine)} notification(s) sent")
+        return 0
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    notifications.follow(settings, engine, settings.notify_interval, stop)
     return 0
 
 
@@ -96,7 +120,8 @@ def add_commands(sub) -> None:
                                                    "(or read from GATEWAY_ACCOUNT_PASSWORD)")
     create.add_argument("--login", required=True)
     create.add_argument("--role", choices=("patient", "representative"), default="patient")
-    create.add_argument("--ins", required=True, help="INS of the record the account manages")
+    create.add_argument("--ins", required=True, action="append",
+                        help="INS of the record the account manages (a representative: once per child)")
     create.add_argument("--name", required=True, help="name shown in the space and in the audit trail")
     create.add_argument("--contact", required=True, help="where one-time codes go (e-mail address)")
     create.set_defaults(func=create_account)
@@ -110,3 +135,12 @@ def add_commands(sub) -> None:
     run = retention_sub.add_parser("run", help="destroy the records whose retention has run out")
     run.add_argument("--now", help="the date to judge by (ISO 8601), for tests and catching up")
     run.set_defaults(func=run_retention)
+    notify = sub.add_parser("notifications", help='"a document was added" messages to patients and representatives')
+    notify_sub = notify.add_subparsers(dest="notifications_command", required=True)
+    send = notify_sub.add_parser("send", help="send those queued (`gateway serve` runs this with --follow)")
+    send.add_argument("--follow", action="store_true",
+                      help="keep sending every GATEWAY_NOTIFY_INTERVAL seconds until stopped")
+    send.set_defaults(func=run_notifications)
+    listed = notify_sub.add_parser("list", help="the latest, queued or sent")
+    listed.add_argument("--last", type=int, default=50)
+    listed.set_defaults(func=run_notifications)

@@ -153,7 +153,7 @@ def settings(database, tmp_path, pki) -> Settings:
     return replace(base, var_dir=tmp_path, database_url=url, public_base_url="http://gateway.test",
                    trust_anchors=[pki / "ca.pem"], demo_dir=pki, max_document_bytes=5 * 1024 * 1024,
                    jwt_keys=[pki / f"{TOKEN_KID}.pem"], jwt_issuer=TOKEN_ISSUER, jwt_audience=TOKEN_AUDIENCE,
-                   export_key=pki / "signer-key.pem", export_cert=pki / "signer.pem", code_sender="outbox")
+                   export_key=pki / "signer-key.pem", export_cert=pki / "signer.pem", message_sender="outbox")
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ CARE, EMERGENCY, REGULATION = "care", "emergency", "regulation"
 PURPOSES = (CARE, EMERGENCY, REGULATION)
 
 # Resources outside any patient's record: the directory of professionals and organisations.
-DIRECTORY_TYPES = ("Practitioner", "Organization")
+DIRECTORY_TYPES = ("Practitioner", "PractitionerRole", "Organization")
 # The patient's decisions and the trail of accesses: the patient, the representatives and the
 # attending physician read them (R1111-43), no other professional.
 PRIVATE_TYPES = ("Consent", "AuditEvent")

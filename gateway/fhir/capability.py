@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from flask import current_app
 
+from gateway.services.directory import REGISTERED_TYPES
 from gateway.storage.searchparams import SEARCH_PARAMS
 
 from .blueprint import fhir
-from .create import CREATABLE_TYPES
 from .read import STORED_TYPES
 from .responses import fhir_response, negotiate
 
@@ -25,7 +25,7 @@ def capability_statement(base: str) -> dict:
         params = SEARCH_PARAMS.get(res_type, {})
         if params:
             interactions.append({"code": "search-type"})
-        if res_type in CREATABLE_TYPES or res_type == "Consent":
+        if res_type in REGISTERED_TYPES or res_type == "Consent":
             interactions.append({"code": "create"})
         if res_type == "Consent":
             interactions.append({"code": "update", "documentation": "the patient or a representative; revoke "
@@ -42,7 +42,7 @@ def capability_statement(base: str) -> dict:
             "interaction": interactions,
             "versioning": "versioned",
             "readHistory": True,
-            "conditionalCreate": res_type in CREATABLE_TYPES,
+            "conditionalCreate": res_type in REGISTERED_TYPES,
         }
         if params:
             entry["searchParam"] = [{"name": p.name, "type": SEARCH_TYPE_NAMES[p.type]} for p in params.values()] + [

@@ -8,20 +8,15 @@ from urllib.parse import parse_qsl
 
 from flask import current_app, g, request
 
-from gateway.mapping import codes
-from gateway.mapping.identity import ins_key_is_valid
+from gateway.cda.errors import DocumentRefused
+from gateway.services import directory
+from gateway.services.directory import REGISTERED_TYPES
 from gateway.storage import search as search_sql
-from gateway.storage.repository import new_id
 
 from .blueprint import fhir
-from .read import STORED_TYPES
-from gateway.cda.errors import DocumentRefused
-
 from .formats import load
+from .read import STORED_TYPES
 from .responses import FHIR_TYPES, FhirError, fhir_response, negotiate, require_content_type, version_headers
-from .validation import InvalidResource, validate
-
-CREATABLE_TYPES = ("Patient", "Practitioner", "Organization")
 
 
 def read_json_body() -> dict:
@@ -38,12 +33,11 @@ def read_json_body() -> dict:
 
 @fhir.post("/<res_type>")
 def create(res_type: str):
-    if res_type not in CREATABLE_TYPES:
+    if res_type not in REGISTERED_TYPES:
         if res_type in STORED_TYPES:
             raise FhirError(405, f"create is not supported on {res_type}; documents are submitted with ITI-65 "
                                  "(POST /fhir transaction) or POST /cda", code="not-supported")
         raise FhirError(404, f"resource type {res_type} is not supported by this server", code="not-supported")
-    g.repository.access.require(g.repository.access.may_feed, f"create a {res_type}")
     negotiate()
     resource = read_json_body()
     if resource["resourceType"] != res_type:
@@ -61,29 +55,7 @@ def create(res_type: str):
         if page.total == 1:
             found = page.entries[0]
             return fhir_response(found.body, 200, version_headers(found.version, found.last_updated))
-    resource["id"] = new_id()
-    # The server owns versionId and lastUpdated; the client's profiles are kept.
-    profiles = resource.get("meta", {}).get("profile")
-    resource["meta"] = {"profile": profiles} if profiles else {}
-    try:
-        validate(resource)
-    except InvalidResource as exc:
-        raise FhirError(422, str(exc), code="invalid") from None
-    if res_type == "Patient":
-        for identifier in resource.get("identifier", []):
-            if identifier.get("system", "").removeprefix("urn:oid:") in codes.INS_OIDS and \
-                    not ins_key_is_valid(str(identifier.get("value", "")).replace(" ", "")):
-                raise FhirError(422, "the INS is not valid: 15 characters whose last two are 97 - (first 13 mod 97)",
-                                code="invalid", expression="Patient.identifier")
-    with g.repository.unit_of_work() as uow:
-        for identifier in resource.get("identifier", []):
-            if identifier.get("system") and identifier.get("value"):
-                if uow.find_by_identifier(res_type, identifier["system"], identifier["value"]):
-                    # Which resource holds it is not told: the requester may not read it.
-                    raise FhirError(409, f"a {res_type} with identifier {identifier['system']}|{identifier['value']} "
-                                         "is already registered", code="duplicate")
-                uow.claim_identifier(res_type, identifier["system"], identifier["value"], resource["id"])
-        stored = uow.save(resource, patient_id=resource["id"] if res_type == "Patient" else None)
+    stored = directory.register(g.repository, resource)
     base = current_app.config["SETTINGS"].fhir_base
     headers = version_headers(stored.version, stored.last_updated)
     headers["Location"] = f"{base}/{res_type}/{stored.res_id}/_history/{stored.version}"

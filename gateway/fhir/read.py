@@ -12,7 +12,7 @@ from .binary import resource_body, retrieve
 from .record_state import patients_with_state
 from .responses import FhirError, fhir_response, negotiate, version_headers
 
-STORED_TYPES = ("DocumentReference", "Binary", "Patient", "Practitioner", "Organization", "List", "Consent",
+STORED_TYPES = ("DocumentReference", "Binary", "Patient", "Practitioner", "PractitionerRole", "Organization", "List", "Consent",
                 "AuditEvent", "RelatedPerson")
 
 

@@ -29,15 +29,17 @@ SCOPE = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentsco
 POLICIES = {"permit": "OPTIN", "deny": "OPTOUT"}
 
 
-def _refuse(reason: str, expression: str, status: int = 422) -> DocumentRefused:
-    return DocumentRefused(reason, location=expression, status=status, code="invalid" if status == 422 else "forbidden")
+def _refuse(reason: str, expression: str, status: int = 422, patient_text: str | None = None) -> DocumentRefused:
+    return DocumentRefused(reason, location=expression, status=status, code="invalid" if status == 422 else "forbidden",
+                           patient_text=patient_text)
 
 
 def own_patient(repo: Repository) -> str:
     """The Patient id of the requester's record (patient, representative)."""
     patient_id = repo.own_patient_id()
     if patient_id is None:
-        raise _refuse("no record is known for the patient of this token", "Consent.patient", 404)
+        raise _refuse("no record is known for the patient of this token", "Consent.patient", 404,
+                      "aucun dossier n'est ouvert à ce nom.")
     return patient_id
 
 

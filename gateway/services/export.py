@@ -20,6 +20,7 @@ import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import IO
 
 from lxml import etree
 from signxml import InvalidInput, InvalidSignature, XMLSigner, XMLVerifier, methods
@@ -112,12 +113,30 @@ class ExportReport:
         return not (self.signature or self.altered or self.missing or self.unexpected)
 
 
-def verify_export(data: bytes, trust_anchors: list[Path]) -> ExportReport:
-    """Check a copy offline: the manifest's signature against the trust anchors, then each file."""
+# A file of a copy is hashed as it is decompressed, up to this: a crafted archive (a "ZIP bomb")
+# costs a bounded amount of work and is reported altered.
+MAX_FILE_BYTES = 512 * 1024 * 1024
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+
+
+def _sha256(archive: zipfile.ZipFile, name: str) -> str | None:
+    digest, size = hashlib.sha256(), 0
+    with archive.open(name) as member:
+        while chunk := member.read(1 << 20):
+            size += len(chunk)
+            if size > MAX_FILE_BYTES:
+                return None
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_export(data: bytes | IO[bytes], trust_anchors: list[Path]) -> ExportReport:
+    """Check a copy (its bytes, or a file open for reading): the manifest's signature against the
+    trust anchors, then each file."""
     report = ExportReport()
     try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile:
+        archive = zipfile.ZipFile(io.BytesIO(data) if isinstance(data, bytes) else data)
+    except (zipfile.BadZipFile, ValueError, OSError):
         report.signature = "the file is not a ZIP archive"
         return report
     names = set(archive.namelist())
@@ -128,6 +147,9 @@ def verify_export(data: bytes, trust_anchors: list[Path]) -> ExportReport:
     signed = None
     errors = ["no trust anchor was found"] if not anchors else []
     parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
+    if archive.getinfo(MANIFEST).file_size > MAX_MANIFEST_BYTES:
+        report.signature = f"{MANIFEST} is larger than a manifest can be"
+        return report
     for anchor in anchors:
         try:
             # The entries are read from what the signature covers, never from the file as a whole.
@@ -144,7 +166,7 @@ def verify_export(data: bytes, trust_anchors: list[Path]) -> ExportReport:
     for name, sha256 in listed.items():
         if name not in names:
             report.missing.append(name)
-        elif hashlib.sha256(archive.read(name)).hexdigest() != sha256:
+        elif _sha256(archive, name) != sha256:
             report.altered.append(name)
     report.unexpected = sorted(n for n in names - set(listed) - {MANIFEST} if not n.endswith("/"))
     return report

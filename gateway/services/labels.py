@@ -31,8 +31,9 @@ CONFIDENTIALITY_SYSTEMS = (codes.CONFIDENTIALITY_SYSTEM, "http://terminology.hl7
 EXTENSION_STEP = re.compile(r"^/extension\[url:'([^']+)'\]/(value\w+)$")
 
 
-def _refuse(reason: str, location: str = "DocumentReference", status: int = 422, code: str = "invalid") -> DocumentRefused:
-    return DocumentRefused(reason, location=location, status=status, code=code)
+def _refuse(reason: str, location: str = "DocumentReference", status: int = 422, code: str = "invalid",
+            patient_text: str | None = None) -> DocumentRefused:
+    return DocumentRefused(reason, location=location, status=status, code=code, patient_text=patient_text)
 
 
 def _pointer_paths(resource: dict, patch: list) -> list:
@@ -110,7 +111,8 @@ def _labels(repo: Repository, current: StoredResource, before: dict, after: dict
     forbidden = changed - changeable_labels(repo.access, producer)
     if forbidden:
         raise _refuse(f"the role {repo.access.role} may not change {', '.join(sorted(forbidden))}",
-                      "DocumentReference.securityLabel", 403, "forbidden")
+                      "DocumentReference.securityLabel", 403, "forbidden",
+                      "votre compte ne permet pas de changer cette visibilité du document.")
     if not changed:
         return current
     kept = [label for label in before.get("securityLabel", [])

@@ -34,33 +34,37 @@ RELATIONS = {"SPS": "Conjoint(e)", "PRN": "Parent", "CHILD": "Enfant", "SIB": "F
 ROLE_CODE = "http://terminology.hl7.org/CodeSystem/v3-RoleCode"
 
 
-def _refuse(reason: str, where: str) -> DocumentRefused:
-    return DocumentRefused(reason, location=where, status=422, code="invalid")
+def _refuse(reason: str, where: str, patient_text: str) -> DocumentRefused:
+    return DocumentRefused(reason, location=where, status=422, code="invalid", patient_text=patient_text)
 
 
 def _checked(resource: dict) -> dict:
     try:
         validate(resource)
     except InvalidResource as exc:
-        raise _refuse(str(exc), resource["resourceType"]) from None
+        raise _refuse(str(exc), resource["resourceType"], "les informations saisies ne sont pas valides.") from None
     return resource
 
 
 def _content_checked(data: bytes, media_type: str, max_bytes: int) -> None:
     if media_type not in MEDIA_TYPES:
-        raise _refuse("a personal document is a PDF or a text file", "content.attachment.contentType")
+        raise _refuse("a personal document is a PDF or a text file", "content.attachment.contentType",
+                      "un document personnel est un fichier PDF ou un fichier texte.")
     if not data:
-        raise _refuse("the file is empty", "content.attachment")
+        raise _refuse("the file is empty", "content.attachment", "le fichier choisi est vide.")
     if len(data) > max_bytes:
         raise DocumentRefused(f"the file is {len(data)} bytes, above the limit of {max_bytes} bytes",
-                              location="content.attachment", status=413, code="too-costly")
+                              location="content.attachment", status=413, code="too-costly",
+                              patient_text=f"le fichier dépasse la taille maximale de {max_bytes // 1_000_000} Mo.")
     if media_type == "application/pdf" and not data.startswith(b"%PDF-"):
-        raise _refuse("the file is not a PDF", "content.attachment")
+        raise _refuse("the file is not a PDF", "content.attachment", "le fichier n'est pas un PDF valide.")
     if media_type == "text/plain":
         try:
             data.decode("utf-8")
         except UnicodeDecodeError:
-            raise _refuse("a text document is written in UTF-8", "content.attachment") from None
+            raise _refuse("a text document is written in UTF-8", "content.attachment",
+                          "ce fichier n'est ni un PDF ni un texte lisible : enregistrez-le en PDF et "
+                          "recommencez.") from None
 
 
 def add_document(repo: Repository, *, title: str, type_code: str, media_type: str, data: bytes,
@@ -71,15 +75,18 @@ def add_document(repo: Repository, *, title: str, type_code: str, media_type: st
     with recorded(repo, "patient-space", raw_id) as done:
         title = " ".join(title.split())
         if not title:
-            raise _refuse("a document needs a title", "content.attachment.title")
+            raise _refuse("a document needs a title", "content.attachment.title", "donnez un titre au document.")
         if type_code not in PATIENT_DOCUMENT_TYPES:
-            raise _refuse(f"the type is one of {', '.join(PATIENT_DOCUMENT_TYPES)}", "type")
+            raise _refuse(f"the type is one of {', '.join(PATIENT_DOCUMENT_TYPES)}", "type",
+                          "choisissez la nature du document dans la liste.")
         _content_checked(data, media_type, max_bytes)
         patient_id = own_patient(repo)
         with repo.unit_of_work() as uow:
             if uow.record_closed(patient_id):
                 raise DocumentRefused("the record is closed: it accepts no new document", location="subject",
-                                      status=422, code="business-rule")
+                                      status=422, code="business-rule",
+                                      patient_text="le dossier est fermé : il n'accepte aucun nouveau document. "
+                                                   "Rouvrez-le depuis la page « Mon dossier » pour en ajouter.")
             stored = _register(uow, repo, patient_id, title, type_code, media_type, data, file_name)
             uow.record_outcome(raw_id, "processed", produced=[stored.reference])
         done("created")
@@ -158,9 +165,11 @@ def add_contact(repo: Repository, *, family: str, given: str, relation: str, pho
     repo.access.require(repo.access.acts_for_patient, "record an emergency contact")
     family, given, phone = " ".join(family.split()), " ".join(given.split()), " ".join(phone.split())
     if not family or not phone:
-        raise _refuse("an emergency contact has a name and a telephone number", "RelatedPerson")
+        raise _refuse("an emergency contact has a name and a telephone number", "RelatedPerson",
+                      "un contact d'urgence a un nom et un numéro de téléphone.")
     if relation not in RELATIONS:
-        raise _refuse(f"the relation is one of {', '.join(RELATIONS)}", "RelatedPerson.relationship")
+        raise _refuse(f"the relation is one of {', '.join(RELATIONS)}", "RelatedPerson.relationship",
+                      "choisissez le lien avec ce contact dans la liste.")
     patient_id = own_patient(repo)
     contact = _checked({
         "resourceType": "RelatedPerson", "id": new_id(), "active": True,

@@ -29,6 +29,8 @@ space = Blueprint("space", __name__, template_folder="templates", static_folder=
 csrf = CSRFProtect()
 # Pages open before sign-in.
 PUBLIC = ("space.sign_in", "space.enter_code", "space.home")
+# Pages open before a representative of several children has chosen whose record to open.
+CHOOSING = ("space.choose_record", "space.open_record", "space.sign_out")
 SECURITY_HEADERS = {
     # No script from anywhere: the pages need none, and no document content can run.
     "Content-Security-Policy": "default-src 'self'; script-src 'none'; object-src 'self'; frame-src 'self'; "
@@ -90,19 +92,56 @@ def signed_in():
         return None   # the stylesheet: no session to look up (each lookup writes its new expiry)
     if request.method == "POST":
         csrf.protect()
-    g.account = None
+    engine = current_app.config["ENGINE"]
+    g.account = g.record = g.record_name = None
     session_id = session.get("sid")
-    if session_id:
-        g.account = accounts.session_account(current_app.config["ENGINE"], session_id)
-        if g.account is None:
-            session.clear()
-    if g.account is not None:
-        settings = current_app.config["SETTINGS"]
-        g.repository = Repository(current_app.config["ENGINE"], g.account.access(request.remote_addr),
-                                  settings.public_base_url)
-    elif request.endpoint not in PUBLIC:
-        return redirect(url_for("space.sign_in", next=request.full_path if request.method == "GET" else None))
+    signed = accounts.session_account(engine, session_id) if session_id else None
+    if session_id and signed is None:
+        session.clear()
+    if signed is None:
+        if request.endpoint not in PUBLIC:
+            return redirect(url_for("space.sign_in", next=request.full_path if request.method == "GET" else None))
+        return None
+    g.account, g.record, g.record_name = signed.account, signed.record, signed.record_name
+    if g.record is None:
+        return None if request.endpoint in PUBLIC + CHOOSING else redirect(url_for("space.choose_record"))
+    g.repository = Repository(engine, g.account.access(g.record, request.remote_addr),
+                              current_app.config["SETTINGS"].public_base_url)
+    if g.record_name is None:
+        # Read once per session (an audited read of the Patient), then shown on every page.
+        g.record_name = record_holder(g.repository)
+        accounts.open_record(engine, session_id, g.record, g.record_name)
     return None
+
+
+def record_holder(repository: Repository) -> str:
+    """The name of the record's holder as a page shows it: "Léa MOREAU"."""
+    patient_id = repository.own_patient_id()
+    if patient_id is None:
+        return "dossier non trouvé"
+    names = repository.read("Patient", patient_id).json().get("name", [])
+    # The name in use (nom d'usage) before the birth name: "Claire DUBOIS", born LEFEVRE.
+    name = next((n for use in ("usual", "official") for n in names if n.get("use") == use), names[0] if names else {})
+    given = " ".join(part.capitalize() for part in name.get("given", [])[:1])
+    return " ".join(p for p in (given, name.get("family", "").upper()) if p) or "nom non renseigné"
+
+
+def record_closed_on() -> str | None:
+    """The date the open record was closed, None while it is open (no data, so no trail)."""
+    if "record_closed_on" not in g:
+        patient_id = g.repository.own_patient_id()
+        state = g.repository.record_states([patient_id]).get(patient_id) if patient_id else None
+        g.record_closed_on = state.closed_on if state else None
+    return g.record_closed_on
+
+
+@space.context_processor
+def record_context():
+    """What every page says about the record open: whose it is, and whether it is closed."""
+    if g.get("repository") is None:
+        return {}
+    return {"record_name": g.record_name, "record_closed_on": record_closed_on(),
+            "several_records": len(g.account.records) > 1}
 
 
 @space.after_request

@@ -25,7 +25,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 from gateway.access import AccessContext
 from gateway.access.context import PATIENT, REPRESENTATIVE
 from gateway.storage.database import read_connection, write_transaction
-from gateway.storage.schema import login_challenges, patient_accounts, sign_in_attempts, web_sessions
+from gateway.storage.schema import account_records, login_challenges, patient_accounts, sign_in_attempts, web_sessions
 
 MAX_FAILURES = 5
 MAX_ADDRESS_ATTEMPTS = 30
@@ -45,15 +45,28 @@ class SignInRefused(Exception):
 class Account:
     login: str
     role: str
-    patient_ins: str
+    records: tuple[str, ...]     # INS of the records it manages: a patient's own, a representative's children
     display_name: str
     contact: str
+    notify_new_documents: bool = True
 
-    def access(self, address: str | None) -> AccessContext:
-        """Who this account is to the repository: the patient, or the representative of a minor."""
-        subject = self.patient_ins if self.role == PATIENT else f"representative:{self.login}"
-        return AccessContext(role=self.role, subject=subject, patient_ins=self.patient_ins,
-                             name=self.display_name, address=address)
+    def access(self, record: str, address: str | None) -> AccessContext:
+        """Who this account is to the repository, on one of its records: the patient, or the
+        representative of a minor."""
+        if record not in self.records:
+            raise ValueError("this account does not manage that record")
+        subject = record if self.role == PATIENT else f"representative:{self.login}"
+        return AccessContext(role=self.role, subject=subject, patient_ins=record, name=self.display_name,
+                             address=address)
+
+
+@dataclass(frozen=True)
+class SignedIn:
+    """A live session: its account, and the record open in it (None until a representative of
+    several children has chosen one)."""
+    account: Account
+    record: str | None
+    record_name: str | None
 
 
 def _now() -> datetime:
@@ -68,30 +81,54 @@ def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def _account(row) -> Account:
-    return Account(row.login, row.role, row.patient_ins, row.display_name, row.contact)
+def _account(conn, row) -> Account:
+    records = tuple(conn.execute(select(account_records.c.patient_ins).where(
+        account_records.c.login == row.login).order_by(account_records.c.patient_ins)).scalars())
+    return Account(row.login, row.role, records, row.display_name, row.contact, bool(row.notify_new_documents))
 
 
-def create_account(engine: Engine, login: str, password: str, role: str, patient_ins: str, display_name: str,
+def create_account(engine: Engine, login: str, password: str, role: str, records: list[str], display_name: str,
                    contact: str) -> Account:
+    """Create (or reset) an account managing these records: a patient's own one, or each child a
+    legal representative acts for."""
     if role not in (PATIENT, REPRESENTATIVE):
         raise ValueError("an account is a patient's or a legal representative's")
+    records = list(dict.fromkeys(records))
+    if not records or (role == PATIENT and len(records) != 1):
+        raise ValueError("a patient's account manages their own record; a representative's, one record per child")
     if len(password) < 12:
         raise ValueError("a password has at least 12 characters")
     with write_transaction(engine) as conn:
         conn.execute(delete(patient_accounts).where(patient_accounts.c.login == login))
+        conn.execute(delete(account_records).where(account_records.c.login == login))
         conn.execute(insert(patient_accounts).values(
-            login=login, password_hash=generate_password_hash(password), role=role, patient_ins=patient_ins,
-            display_name=display_name, contact=contact))
-    return Account(login, role, patient_ins, display_name, contact)
+            login=login, password_hash=generate_password_hash(password), role=role, display_name=display_name,
+            contact=contact, notify_new_documents=True))
+        conn.execute(insert(account_records), [{"login": login, "patient_ins": ins} for ins in records])
+    return Account(login, role, tuple(sorted(records)), display_name, contact)
 
 
 def has_representative(engine: Engine, patient_ins: str) -> bool:
     """Whether someone manages this record as a legal representative."""
     with read_connection(engine) as conn:
-        return conn.execute(select(patient_accounts.c.login).where(
-            patient_accounts.c.patient_ins == patient_ins, patient_accounts.c.role == REPRESENTATIVE)
+        return conn.execute(select(patient_accounts.c.login).join(
+            account_records, account_records.c.login == patient_accounts.c.login).where(
+            account_records.c.patient_ins == patient_ins, patient_accounts.c.role == REPRESENTATIVE)
             .limit(1)).first() is not None
+
+
+def record_accounts(conn, patient_ins: list[str]) -> list[tuple[Account, str]]:
+    """(account, INS) of every account managing one of these records."""
+    rows = conn.execute(select(patient_accounts, account_records.c.patient_ins.label("record")).join(
+        account_records, account_records.c.login == patient_accounts.c.login).where(
+        account_records.c.patient_ins.in_(patient_ins))).all()
+    return [(_account(conn, row), row.record) for row in rows]
+
+
+def set_notifications(engine: Engine, login: str, wanted: bool) -> None:
+    with write_transaction(engine) as conn:
+        conn.execute(update(patient_accounts).where(patient_accounts.c.login == login).values(
+            notify_new_documents=wanted))
 
 
 def _count_attempt(engine: Engine, login: str, address: str | None) -> bool:
@@ -132,23 +169,26 @@ def check_password(engine: Engine, login: str, password: str, address: str | Non
     allowed = _count_attempt(engine, login, address)
     with read_connection(engine) as conn:
         row = conn.execute(select(patient_accounts).where(patient_accounts.c.login == login)).first()
+        account = _account(conn, row) if row is not None else None
     right = check_password_hash(row.password_hash if row is not None else _UNKNOWN_HASH, password)
-    if not (allowed and row is not None and right):
+    if not (allowed and account is not None and right):
         raise SignInRefused(REFUSED)
     challenge, code = secrets.token_urlsafe(24), f"{secrets.randbelow(1_000_000):06d}"
     with write_transaction(engine) as conn:
         conn.execute(delete(login_challenges).where(login_challenges.c.login == login))
         conn.execute(insert(login_challenges).values(id=challenge, login=login, code_sha256=_digest(code),
                                                      expires_at=_stamp(_now() + CODE_TTL), used=False))
-    return _account(row), challenge, code
+    return account, challenge, code
 
 
 def check_code(engine: Engine, challenge: str, code: str, address: str | None = None) -> tuple[Account, str]:
-    """(account, new session id) when the code of this challenge is right; else SignInRefused."""
+    """(account, new session id) when the code of this challenge is right; else SignInRefused.
+    A session opens on the account's record when it manages only one."""
     with read_connection(engine) as conn:
         found = conn.execute(select(login_challenges, patient_accounts).join(
             patient_accounts, patient_accounts.c.login == login_challenges.c.login).where(
             login_challenges.c.id == challenge)).first()
+        account = _account(conn, found) if found is not None else None
     if found is None or found.used or found.expires_at < _stamp(_now()):
         raise SignInRefused("Ce code a expiré : reconnectez-vous pour en recevoir un nouveau.")
     allowed = _count_attempt(engine, found.login, address)
@@ -161,20 +201,33 @@ def check_code(engine: Engine, challenge: str, code: str, address: str | None = 
         conn.execute(delete(web_sessions).where(web_sessions.c.expires_at < _stamp(_now())))
         conn.execute(insert(web_sessions).values(id_sha256=_digest(session_id), login=found.login,
                                                  expires_at=_stamp(_now() + SESSION_IDLE)))
-    return _account(found), session_id
+    return account, session_id
 
 
-def session_account(engine: Engine, session_id: str) -> Account | None:
-    """The account of a live session, whose idle timeout starts again; None once it has expired."""
+def session_account(engine: Engine, session_id: str) -> SignedIn | None:
+    """The account of a live session and its open record, whose idle timeout starts again; None
+    once it has expired."""
     with write_transaction(engine) as conn:
-        row = conn.execute(select(web_sessions, patient_accounts).join(
+        row = conn.execute(select(web_sessions.c.expires_at, web_sessions.c.patient_ins.label("record"),
+                                  web_sessions.c.record_name, patient_accounts).join(
             patient_accounts, patient_accounts.c.login == web_sessions.c.login).where(
             web_sessions.c.id_sha256 == _digest(session_id))).first()
         if row is None or row.expires_at < _stamp(_now()):
             return None
         conn.execute(update(web_sessions).where(web_sessions.c.id_sha256 == _digest(session_id)).values(
             expires_at=_stamp(_now() + SESSION_IDLE)))
-    return _account(row)
+        account = _account(conn, row)
+    record = row.record if row.record in account.records else None
+    if record is None and len(account.records) == 1:
+        record = account.records[0]
+    return SignedIn(account, record, row.record_name if record == row.record else None)
+
+
+def open_record(engine: Engine, session_id: str, record: str, record_name: str) -> None:
+    """The record this session works on from now, and its holder's name for every page."""
+    with write_transaction(engine) as conn:
+        conn.execute(update(web_sessions).where(web_sessions.c.id_sha256 == _digest(session_id)).values(
+            patient_ins=record, record_name=record_name[:256]))
 
 
 def end_session(engine: Engine, session_id: str) -> None:

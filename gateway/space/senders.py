@@ -1,4 +1,5 @@
-"""Where one-time codes go: a pluggable sender chosen by GATEWAY_CODE_SENDER.
+"""Where the patient space's messages go (one-time codes, "a document was added"): a pluggable
+sender chosen by GATEWAY_MESSAGE_SENDER.
 
 - `outbox` (development): appended to GATEWAY_VAR_DIR/outbox.jsonl, which `gateway outbox` prints.
 - `smtp`: an e-mail through GATEWAY_SMTP_HOST (port GATEWAY_SMTP_PORT, STARTTLS unless
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import smtplib
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from email.message import EmailMessage
 from pathlib import Path
@@ -17,24 +19,33 @@ from typing import Callable
 
 from gateway.config import Settings
 
-CodeSender = Callable[[Settings, str, str], None]   # (settings, contact, code)
-SUBJECT = "Votre code de connexion à votre dossier médical partagé"
+
+@dataclass(frozen=True)
+class Mail:
+    to: str
+    subject: str
+    text: str
+    code: str | None = None     # a one-time code, kept apart so that `gateway outbox` can print it
 
 
-def _text(code: str) -> str:
-    return (f"Votre code de connexion est {code}. Il est valable 10 minutes.\n"
-            "Si vous n'êtes pas à l'origine de cette demande, ignorez ce message.")
+Sender = Callable[[Settings, Mail], None]
+
+
+def code_mail(contact: str, code: str) -> Mail:
+    return Mail(contact, "Votre code de connexion à votre dossier médical partagé",
+                f"Votre code de connexion est {code}. Il est valable 10 minutes.\n"
+                "Si vous n'êtes pas à l'origine de cette demande, ignorez ce message.", code)
 
 
 def outbox_path(settings: Settings) -> Path:
     return settings.var_dir / "outbox.jsonl"
 
 
-def send_to_outbox(settings: Settings, contact: str, code: str) -> None:
+def send_to_outbox(settings: Settings, mail: Mail) -> None:
     path = outbox_path(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps({"sent_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "to": contact,
-                       "subject": SUBJECT, "code": code, "text": _text(code)}, ensure_ascii=False)
+    line = json.dumps({"sent_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **asdict(mail)},
+                      ensure_ascii=False)
     # One write of one line in append mode: lines from several workers never interleave.
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
@@ -43,12 +54,12 @@ def send_to_outbox(settings: Settings, contact: str, code: str) -> None:
         os.close(fd)
 
 
-def send_by_smtp(settings: Settings, contact: str, code: str) -> None:
+def send_by_smtp(settings: Settings, mail: Mail) -> None:
     message = EmailMessage()
     message["From"] = os.environ.get("GATEWAY_SMTP_FROM", "dmp-gateway@localhost")
-    message["To"] = contact
-    message["Subject"] = SUBJECT
-    message.set_content(_text(code))
+    message["To"] = mail.to
+    message["Subject"] = mail.subject
+    message.set_content(mail.text)
     with smtplib.SMTP(os.environ["GATEWAY_SMTP_HOST"], int(os.environ.get("GATEWAY_SMTP_PORT", "587")),
                       timeout=30) as smtp:
         if os.environ.get("GATEWAY_SMTP_STARTTLS", "1") != "0":
@@ -58,12 +69,12 @@ def send_by_smtp(settings: Settings, contact: str, code: str) -> None:
         smtp.send_message(message)
 
 
-SENDERS: dict[str, CodeSender] = {"outbox": send_to_outbox, "smtp": send_by_smtp}
+SENDERS: dict[str, Sender] = {"outbox": send_to_outbox, "smtp": send_by_smtp}
 
 
-def code_sender(name: str) -> CodeSender:
+def message_sender(name: str) -> Sender:
     if name not in SENDERS:
-        raise ValueError(f"GATEWAY_CODE_SENDER is one of {', '.join(SENDERS)}")
+        raise ValueError(f"GATEWAY_MESSAGE_SENDER is one of {', '.join(SENDERS)}")
     return SENDERS[name]
 
 

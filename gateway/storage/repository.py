@@ -13,6 +13,8 @@ from datetime import datetime, timezone
 from urllib.parse import urlparse
 
 from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, text, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from gateway.access import AccessContext
 from gateway.access import audit
@@ -25,9 +27,10 @@ from .database import read_connection, write_transaction
 from .schema import (
     INDEX_TABLES,
     access_rules,
+    account_records,
     audit_chain,
     blobs,
-    patient_accounts,
+    notifications,
     raw_inputs,
     resource_versions,
     resources,
@@ -173,8 +176,8 @@ class Repository:
             ins = conn.execute(select(unique_identifiers.c.res_id, unique_identifiers.c.value).where(
                 unique_identifiers.c.res_type == "Patient", unique_identifiers.c.res_id.in_(patient_ids),
                 unique_identifiers.c.system.in_(INS_SYSTEMS))).all()
-            accounts = set(conn.execute(select(patient_accounts.c.patient_ins).where(
-                patient_accounts.c.patient_ins.in_([value for _, value in ins]))).scalars())
+            accounts = set(conn.execute(select(account_records.c.patient_ins).where(
+                account_records.c.patient_ins.in_([value for _, value in ins]))).scalars())
         attached = {res_id for res_id, value in ins if value in accounts}
         attending = {r.patient_id for r in rules if r.kind == "attending-physician" and self.access.is_professional
                      and r.actor_value == self.access.subject}
@@ -317,12 +320,24 @@ class Repository:
 
     def _audit_search(self, request: search_sql.SearchRequest, page: SearchPage) -> None:
         query = search_sql.query_string(request)
-        patients = dict.fromkeys([s.patient_id for s in page.entries + page.included if s.patient_id]
-                                 + page.patient_ids + self._patients_named(request))
-        if not patients and request.res_type in ("Practitioner", "Organization"):
+        found = dict.fromkeys([s.patient_id for s in page.entries + page.included if s.patient_id] + page.patient_ids)
+        named = [p for p in self._patients_named(request) if p not in found]
+        if not found and not named and request.res_type in DIRECTORY_TYPES:
             return
-        events = [self._event("search-type", patient_id, query=query) for patient_id in patients]
+        events = [self._event("search-type", patient_id, query=query) for patient_id in found]
+        for patient_id in named:
+            # A search about a record this reader may not open (blocked by the patient, never
+            # authorised, record closed) is a refused attempt: the patient sees it as one.
+            refused = not self._may_open(patient_id)
+            events.append(self._event("search-type", patient_id, query=query, outcome=audit.Outcome(
+                "4", "the access rules refuse this reader the record") if refused else audit.SUCCESS))
         self.record_audit(events or [self._event("search-type", None, query=query)])
+
+    def _may_open(self, patient_id: str) -> bool:
+        with read_connection(self.engine) as conn:
+            return conn.execute(select(resources.c.res_id).where(
+                resources.c.res_type == "Patient", resources.c.res_id == patient_id,
+                self.access.resource_filter(resources, "Patient"))).first() is not None
 
     def _patients_named(self, request: search_sql.SearchRequest) -> list[str]:
         """The patients a search asks about by reference or identifier, found or not: a search that
@@ -501,6 +516,7 @@ class UnitOfWork:
             # The Binary is read through the same rules as the DocumentReference that points to it.
             self._set_visibility(binary_ids(resource), "Binary", columns)
             self._follow_signatures(stored.res_id)
+            self._announce(resource, patient_id, columns)
         if res_type == "Consent":
             self.conn.execute(delete(access_rules).where(access_rules.c.consent_id == stored.res_id))
             rows = rules_of(resource, patient_id) if patient_id else []
@@ -511,6 +527,18 @@ class UnitOfWork:
                                    bool(columns.get("hidden_from_patient")),
                                    bool(columns.get("hidden_from_representatives"))))
         return stored
+
+    def _announce(self, docref: dict, patient_id: str | None, columns: dict) -> None:
+        """Queue "a document was added to your record" for a document a professional or a feeding
+        system stored, once the patient may see it: at its creation, or when the label that kept it
+        from the patient until it was announced is removed. Once per document (the unique key); never
+        for the patient's own documents, nor for a signature."""
+        if (patient_id is None or self.repository.access.acts_for_patient or docref.get("status") != "current"
+                or columns.get("hidden_from_patient") or signed_ids(docref)):
+            return
+        statement = (sqlite_insert if self.conn.dialect.name == "sqlite" else postgresql_insert)(notifications)
+        self.conn.execute(statement.on_conflict_do_nothing(index_elements=["docref_id"]).values(
+            docref_id=docref["id"], patient_id=patient_id, queued_at=_now()[1]))
 
     def _set_visibility(self, ids: list[str], res_type: str, columns: dict) -> None:
         """Labels (and, from a DocumentReference, its authors: they still see it masked) onto the

@@ -177,18 +177,27 @@ audit_chain = Table(
     Column("hash", String(64), nullable=False),
 )
 
-# The patient space: accounts of patients and legal representatives (one record each), the
-# one-time codes of sign-ins in progress, and the sessions of signed-in browsers. Codes and
-# session ids are stored as SHA-256 digests, passwords as salted scrypt hashes.
+# The patient space: accounts of patients and legal representatives, the records each manages
+# (a patient's own; each child of a representative), the one-time codes of sign-ins in progress,
+# and the sessions of signed-in browsers with the record they have open. Codes and session ids are
+# stored as SHA-256 digests, passwords as salted scrypt hashes.
 patient_accounts = Table(
     "patient_accounts",
     metadata,
     Column("login", String(128), primary_key=True),
     Column("password_hash", String(256), nullable=False),
     Column("role", String(32), nullable=False),           # patient | representative
-    Column("patient_ins", String(32), nullable=False),    # the record this account manages
     Column("display_name", String(256), nullable=False),
-    Column("contact", String(256), nullable=False),       # where one-time codes are sent
+    Column("contact", String(256), nullable=False),       # where one-time codes and notifications go
+    Column("notify_new_documents", Boolean, nullable=False, default=True),
+)
+
+account_records = Table(
+    "account_records",
+    metadata,
+    Column("login", String(128), primary_key=True),
+    Column("patient_ins", String(32), primary_key=True),
+    Index("ix_account_records_patient_ins", "patient_ins"),
 )
 
 login_challenges = Table(
@@ -207,6 +216,8 @@ web_sessions = Table(
     Column("id_sha256", String(64), primary_key=True),
     Column("login", String(128), nullable=False),
     Column("expires_at", String(32), nullable=False),
+    Column("patient_ins", String(32)),                    # the record open in this session
+    Column("record_name", String(256)),                   # its holder's name, read once when opened
     Index("ix_web_sessions_login", "login"),
 )
 
@@ -231,6 +242,22 @@ destruction_requests = Table(
     Column("requested_by", String(128), nullable=False),
     Column("due_at", String(32), nullable=False),
     Column("carried_out_at", String(32)),
+)
+
+# "A document was added to your record": one per document the patient may see, queued in the
+# transaction that stored (or revealed) it, sent by `gateway notifications` to the record's
+# accounts. claimed_until keeps two senders from sending the same one.
+notifications = Table(
+    "notifications",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("docref_id", String(64), nullable=False, unique=True),
+    Column("patient_id", String(64), nullable=False),
+    Column("queued_at", String(32), nullable=False),
+    Column("claimed_until", String(32)),
+    Column("sent_at", String(32)),
+    Column("recipients", Integer),
+    Index("ix_notifications_pending", "sent_at", "id"),
 )
 
 INDEX_TABLES = (search_token, search_string, search_date, search_reference)

@@ -158,6 +158,13 @@ PRACTITIONER = [
     SearchParam("given", "string", lambda r: _name_parts(r.get("name"), "given")),
 ]
 
+PRACTITIONER_ROLE = [
+    SearchParam("identifier", "token", lambda r: _identifiers(r.get("identifier"))),
+    SearchParam("practitioner", "reference", lambda r: _ref(r.get("practitioner")), ("Practitioner",)),
+    SearchParam("organization", "reference", lambda r: _ref(r.get("organization")), ("Organization",)),
+    SearchParam("specialty", "token", lambda r: _many_codings(r.get("specialty"))),
+]
+
 ORGANIZATION = [
     SearchParam("identifier", "token", lambda r: _identifiers(r.get("identifier"))),
     SearchParam("name", "string", lambda r: [r["name"]] if r.get("name") else []),
@@ -215,6 +222,7 @@ AUDIT_EVENT = [
     SearchParam("action", "token", lambda r: [("", r["action"])] if r.get("action") else []),
     SearchParam("outcome", "token", lambda r: [("", r["outcome"])] if r.get("outcome") else []),
     SearchParam("altid", "token", lambda r: [("", a["altId"]) for a in r.get("agent", []) if a.get("altId")]),
+    SearchParam("agent-role", "token", lambda r: [pair for a in r.get("agent", []) for pair in _many_codings(a.get("role"))]),
     SearchParam("purpose", "token", lambda r: _many_codings(r.get("purposeOfEvent"))),
 ]
 
@@ -222,6 +230,7 @@ SEARCH_PARAMS: dict[str, dict[str, SearchParam]] = {
     "DocumentReference": {p.name: p for p in DOCUMENT_REFERENCE},
     "Patient": {p.name: p for p in PATIENT},
     "Practitioner": {p.name: p for p in PRACTITIONER},
+    "PractitionerRole": {p.name: p for p in PRACTITIONER_ROLE},
     "Organization": {p.name: p for p in ORGANIZATION},
     "List": {p.name: p for p in LIST},
     "Consent": {p.name: p for p in CONSENT},

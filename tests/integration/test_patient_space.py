@@ -28,8 +28,8 @@ def record(client, bearer, database):
     system = bearer("system", sub="hospital")
     ids = {name: client.post("/cda", data=sample(name), headers={**XML, **system}).json["id"]
            for name in ("ldl-ses-martin.xml", "cr-biologie-martin.xml", "cr-imagerie-echographie-moreau.xml")}
-    accounts.create_account(database[0], "paul", PASSWORD, "patient", MARTIN, "Paul MARTIN", "paul@example.test")
-    accounts.create_account(database[0], "sophie", PASSWORD, "representative", MOREAU, "Sophie MOREAU",
+    accounts.create_account(database[0], "paul", PASSWORD, "patient", [MARTIN], "Paul MARTIN", "paul@example.test")
+    accounts.create_account(database[0], "sophie", PASSWORD, "representative", [MOREAU], "Sophie MOREAU",
                             "sophie@example.test")
     return ids
 
@@ -177,7 +177,12 @@ def test_masking_in_the_space_is_what_professionals_then_see(app, settings, clie
     seen = {e["resource"]["id"] for e in client.get("/fhir/DocumentReference", query_string={
         "patient.identifier": f"urn:oid:1.2.250.1.213.1.4.10|{MARTIN}"}, headers=internist).json.get("entry", [])}
     assert lab in seen
-    answer = post(browser, f"/documents/{lab}/masquage", {"label": "MASQUE_PS", "action": "masquer"}, f"/documents/{lab}")
+    # Hiding a document from someone asks first, and changes nothing until it is confirmed.
+    asked = post(browser, f"/documents/{lab}/masquage", {"label": "MASQUE_PS", "action": "masquer"}, f"/documents/{lab}")
+    assert asked.status_code == 200 and "Confirmer" in asked.text and 'name="confirmation" value="oui"' in asked.text
+    assert client.get(f"/fhir/DocumentReference/{lab}", headers=internist).status_code == 200
+    answer = post(browser, f"/documents/{lab}/masquage", {"label": "MASQUE_PS", "action": "masquer",
+                                                          "confirmation": "oui"}, f"/documents/{lab}")
     assert answer.status_code == 302
     assert client.get(f"/fhir/DocumentReference/{lab}", headers=internist).status_code == 404
     page = browser.get(f"/documents/{lab}").text

@@ -1,7 +1,7 @@
 """What several pages need: the record being managed, names from the directory, labels in French."""
 from __future__ import annotations
 
-from flask import g
+from flask import g, render_template, request
 
 from gateway.access.rules import IDNATPS_SYSTEM
 from gateway.mapping import codes
@@ -43,11 +43,54 @@ def practitioner(idnatps: str) -> dict | None:
     return cache[idnatps]
 
 
+def professional(idnatps: str) -> dict | None:
+    """Name, specialty and organisation of a professional, from the directory (Practitioner and
+    PractitionerRole); None when the directory does not know them."""
+    cache = g.setdefault("professionals", {})
+    if idnatps not in cache:
+        found = practitioner(idnatps)
+        if found is None:
+            cache[idnatps] = None
+            return None
+        roles = g.repository.search(search_sql.parse_search("PractitionerRole", [
+            ("practitioner", f"Practitioner/{found['id']}"), ("_count", "1")])).entries
+        role = roles[0].json() if roles else {}
+        specialty = next((c.get("display") for s in role.get("specialty", []) for c in s.get("coding", [])), None) \
+            or next((c.get("display") for q in found.get("qualification", []) for c in q.get("code", {}).get("coding", [])),
+                    None)
+        organization = None
+        if role.get("organization", {}).get("reference", "").startswith("Organization/"):
+            organization = g.repository.read("Organization", role["organization"]["reference"].split("/", 1)[1]).json()
+        cache[idnatps] = {"name": person_name(found) or f"Professionnel {idnatps}",
+                          "specialty": _plain_specialty(specialty),
+                          "organization": organization.get("name") if organization else None}
+    return cache[idnatps]
+
+
+def _plain_specialty(display: str | None) -> str | None:
+    """"Médecin - Médecine générale (SM)" as a patient reads it: "Médecine générale"."""
+    if not display:
+        return None
+    return display.split(" - ", 1)[-1].removesuffix(" (SM)")
+
+
+def document_organization(docref: dict) -> str | None:
+    """The organisation a document comes from: its author's, else its custodian's."""
+    for resource in docref.get("contained", []):
+        if resource.get("resourceType") == "Organization" and resource.get("name"):
+            return resource["name"]
+    reference = docref.get("custodian", {}).get("reference", "")
+    if reference.startswith("Organization/"):
+        return g.repository.read("Organization", reference.split("/", 1)[1]).json().get("name")
+    return None
+
+
 def person_name(resource: dict | None) -> str | None:
     if not resource:
         return None
     for name in resource.get("name", []):
-        parts = [*name.get("prefix", []), *name.get("given", []), name.get("family", "")]
+        prefixes = [p.capitalize() if p.isupper() else p for p in name.get("prefix", [])]   # "DR" -> "Dr"
+        parts = [*prefixes, *name.get("given", []), name.get("family", "")]
         text = name.get("text") or " ".join(p for p in parts if p)
         if text:
             return text
@@ -59,6 +102,7 @@ def idnatps_of(practitioner: dict) -> str | None:
 
 
 def professional_name(idnatps: str) -> str:
+    """The name the directory gives; the number only when the directory does not know it."""
     fallback = f"Professionnel RPPS {idnatps[1:]}" if idnatps.startswith("8") else f"Professionnel {idnatps}"
     return person_name(practitioner(idnatps)) or fallback
 
@@ -75,3 +119,15 @@ def organization_name(finess: str) -> str:
 def title_of(docref: dict) -> str:
     attachment = docref.get("content", [{}])[0].get("attachment", {})
     return attachment.get("title") or docref.get("type", {}).get("coding", [{}])[0].get("display") or "Document"
+
+
+def confirmation(question: str, consequence: str, back: str):
+    """None when the form was confirmed; else the page that asks, with the same form to send again.
+
+    Every action that takes someone's access away goes through here: a click on a list of people
+    must not silently lock a doctor out."""
+    if request.form.get("confirmation") == "oui":
+        return None
+    fields = [(k, v) for k, v in request.form.items(multi=True) if k not in ("csrf_token", "confirmation")]
+    return render_template("confirm.html", question=question, consequence=consequence, fields=fields,
+                           action=request.path, back=back)

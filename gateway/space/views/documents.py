@@ -18,9 +18,10 @@ from gateway.cda.errors import DocumentRefused
 from gateway.cda.narrative import readable_body
 from gateway.cda.parser import parse_cda
 from gateway.mapping import codes
+from gateway.mapping.document import author_idnatps
 from gateway.mapping.groups import grouped
 from gateway.services import labels
-from gateway.space import accounts, space
+from gateway.space import accounts, record_closed_on, space
 
 from . import common
 
@@ -52,10 +53,9 @@ def document_page(docref_id: str):
     docref = g.repository.read("DocumentReference", docref_id).json()
     media_type, data, sections = _content(docref)
     text = data.decode("utf-8", "replace") if media_type == "text/plain" and data is not None else None
-    authors = _authors(docref)
     return render_template("document.html", doc=docref, title=common.title_of(docref), sections=sections,
                            media_type=media_type, text=text, labels=visibility_codes(docref),
-                           changeable=_changeable(docref), readers=_readers(docref, authors), authors=authors)
+                           changeable=_changeable(docref), readers=_readers(docref), authors=_authors(docref))
 
 
 def _changeable(docref: dict) -> set[str]:
@@ -103,6 +103,15 @@ def change_masking(docref_id: str):
         flash("Choix de masquage inconnu.", "error")
         return redirect(url_for("space.document_page", docref_id=docref_id))
     current = g.repository.read("DocumentReference", docref_id).json()
+    if hide:
+        whom = "aux professionnels de santé" if label == MASQUE_PS else "à vos représentants légaux"
+        asked = common.confirmation(
+            f"Masquer « {common.title_of(current)} » {whom} ?",
+            "Les professionnels autorisés ne le verront plus ; votre médecin traitant et l'auteur du document le "
+            "verront toujours." if label == MASQUE_PS else "Vos représentants légaux ne le verront plus.",
+            url_for("space.document_page", docref_id=docref_id))
+        if asked:
+            return asked
     present = [i for i, lb in enumerate(current.get("securityLabel", []))
                if any(c.get("system") == codes.VISIBILITY_SYSTEM and c.get("code") == label for c in lb.get("coding", []))]
     if hide and not present:
@@ -121,52 +130,77 @@ def change_masking(docref_id: str):
     return redirect(url_for("space.document_page", docref_id=docref_id))
 
 
-def _authors(docref: dict) -> list[tuple[str, str | None]]:
-    """(name, IdNatPs or None) of each author of the document."""
+def _authors(docref: dict) -> list[str]:
+    """The name of each author of the document (a contained PractitionerRole names its person)."""
+    contained = {c.get("id"): c for c in docref.get("contained", [])}
     out = []
     for author in docref.get("author", []):
         reference = author.get("reference", "")
         if reference.startswith("Practitioner/"):
-            found = g.repository.read("Practitioner", reference.split("/", 1)[1]).json()
-            out.append((common.person_name(found) or "Professionnel", common.idnatps_of(found)))
+            out.append(common.person_name(g.repository.read("Practitioner", reference.split("/", 1)[1]).json()))
         elif reference.startswith("#"):
-            contained = next((c for c in docref.get("contained", []) if c.get("id") == reference[1:]), None)
-            out.append((common.person_name(contained) or "Professionnel", None))
+            found = contained.get(reference[1:]) or {}
+            person = contained.get(found.get("practitioner", {}).get("reference", "")[1:], found)
+            out.append(common.person_name(person))
         elif reference.startswith("Patient/"):
-            out.append(("Vous", None))
-        elif author.get("display"):
-            out.append((author["display"], None))
-    return out
+            out.append("Vous" if g.repository.access.role == "patient" else "Le patient")
+        else:
+            out.append(author.get("display"))
+    return [name or "Professionnel" for name in out]
 
 
-def _readers(docref: dict, authors: list[tuple[str, str | None]]) -> list[tuple[str, bool]]:
-    """Who may see this document now, each asked of the access rules themselves."""
+def _readers(docref: dict) -> list[dict]:
+    """Who may see this document now, each asked of the access rules themselves, and why: a
+    "can see it" names its ground (attending physician, author, authorised, emergency), a "cannot"
+    its obstacle (masked, blocked, opposed, closed)."""
     access = g.repository.access
     ins = access.patient_ins
-    candidates: list[tuple[str, AccessContext]] = []
-    seen = set()
+    masked = MASQUE_PS in visibility_codes(docref)
+    closed = record_closed_on() is not None
+    professionals: dict[str, set[str]] = {}
+    denied, opposed = set(), set()
     for stored in common.decisions():
         consent = stored.json()
-        kind = consent_kind(consent)
-        if kind not in ("attending-physician", "professional") or consent["provision"]["type"] != "permit":
-            continue
-        for system, value in consent_actors(consent):
-            if system == IDNATPS_SYSTEM and value not in seen:
-                seen.add(value)
-                what = "médecin traitant" if kind == "attending-physician" else "autorisé·e"
-                candidates.append((f"{common.professional_name(value)} ({what})",
-                                   AccessContext(role="doctor", subject=value)))
-    for name, idnatps in authors:
-        if idnatps and idnatps not in seen:
-            seen.add(idnatps)
-            candidates.append((f"{name} (auteur du document)", AccessContext(role="doctor", subject=idnatps)))
-    candidates += [
-        ("Un professionnel en urgence (bris de glace)",
-         AccessContext(role="doctor", subject="urgence", purpose=EMERGENCY, patient_ins=ins)),
-        ("Le médecin régulateur du SAMU (centre 15)",
-         AccessContext(role="regulator", subject="samu", purpose=REGULATION, patient_ins=ins)),
-    ]
+        kind, effect = consent_kind(consent), consent["provision"]["type"]
+        actors = [value for system, value in consent_actors(consent) if system == IDNATPS_SYSTEM]
+        if kind in ("attending-physician", "professional") and effect == "permit":
+            for idnatps in actors:
+                professionals.setdefault(idnatps, set()).add(kind)
+        elif kind == "professional":
+            denied.update(actors)
+        elif effect == "deny":
+            opposed.add(kind)
+    for idnatps in author_idnatps(docref):
+        professionals.setdefault(idnatps, set()).add("author")
+    out = []
+    order = {"attending-physician": 0, "professional": 1, "author": 2}
+    for idnatps, relations in sorted(professionals.items(), key=lambda item: min(order[r] for r in item[1])):
+        visible = g.repository.visible_to(AccessContext(role="doctor", subject=idnatps), "DocumentReference",
+                                          docref["id"])
+        if visible:
+            reason = ("médecin traitant : voit tous les documents, même masqués" if "attending-physician" in relations
+                      else "auteur du document : le voit même masqué" if masked and "author" in relations
+                      else "autorisé·e par vous" if "professional" in relations else "auteur du document")
+        else:
+            reason = ("bloqué·e par vous" if idnatps in denied else "le dossier est fermé" if closed
+                      else "le document est masqué aux professionnels" if masked and relations != {"author"}
+                      else "n'est pas autorisé·e à consulter ce dossier")
+        labels = {"attending-physician": "médecin traitant", "professional": "autorisé·e", "author": "auteur"}
+        out.append({"who": common.professional_name(idnatps), "roles": ", ".join(labels[r] for r in sorted(relations)),
+                    "visible": visible, "reason": reason})
+    for who, reader, opposition in (
+            ("Un professionnel en urgence (bris de glace)",
+             AccessContext(role="doctor", subject="urgence", purpose=EMERGENCY, patient_ins=ins), "emergency-access"),
+            ("Le médecin régulateur du SAMU (centre 15)",
+             AccessContext(role="regulator", subject="samu", purpose=REGULATION, patient_ins=ins), "regulation-access")):
+        visible = g.repository.visible_to(reader, "DocumentReference", docref["id"])
+        reason = ("accès en urgence, toujours inscrit dans l'historique" if visible
+                  else "vous vous y êtes opposé·e" if opposition in opposed else "le dossier est fermé" if closed
+                  else "le document est masqué aux professionnels" if masked else "accès impossible")
+        out.append({"who": who, "roles": None, "visible": visible, "reason": reason})
     if access.role != REPRESENTATIVE and accounts.has_representative(g.repository.engine, ins):
-        candidates.append(("Vos représentants légaux", AccessContext(role=REPRESENTATIVE, subject="representant",
-                                                                      patient_ins=ins)))
-    return [(label, g.repository.visible_to(reader, "DocumentReference", docref["id"])) for label, reader in candidates]
+        visible = g.repository.visible_to(AccessContext(role=REPRESENTATIVE, subject="representant", patient_ins=ins),
+                                          "DocumentReference", docref["id"])
+        out.append({"who": "Vos représentants légaux", "roles": None, "visible": visible,
+                    "reason": "représentants légaux" if visible else "le document leur est masqué"})
+    return out

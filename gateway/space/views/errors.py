@@ -14,13 +14,15 @@ from gateway.space import space
 from gateway.storage.repository import Gone, NotFound
 
 log = logging.getLogger(__name__)
+GENERIC_REFUSAL = "cette demande n'a pas pu être enregistrée. Vérifiez les informations saisies et recommencez."
 
 
 @space.errorhandler(DocumentRefused)
 def refused(error: DocumentRefused):
     if error.status == 404:
         return not_found(error)
-    flash(f"Action impossible : {error.reason}", "error")
+    # The reason is written for integration engineers, in English: a patient reads French.
+    flash(f"Action impossible : {error.patient_text or GENERIC_REFUSAL}", "error")
     # Back to the page the form was on (only within this site).
     referrer = request.referrer or ""
     host = request.host_url
@@ -47,9 +49,20 @@ def stale_form(_error):
                                    "recommencez."), 400
 
 
+# Werkzeug's descriptions are English: each status a page can meet, told in French.
+HTTP_MESSAGES = {
+    400: ("Demande incorrecte", "Cette demande n'a pas pu être comprise. Revenez à la page précédente et recommencez."),
+    404: ("Introuvable", "Cette page n'existe pas."),
+    405: ("Action impossible", "Cette page ne s'utilise pas ainsi : revenez à la page précédente."),
+    413: ("Fichier trop volumineux", "Le fichier envoyé dépasse la taille acceptée."),
+    429: ("Trop de demandes", "Trop de demandes en peu de temps : patientez un moment puis recommencez."),
+}
+
+
 @space.errorhandler(HTTPException)
 def http_error(error: HTTPException):
-    return render_template("error.html", title="Erreur", message=error.description), error.code
+    title, message = HTTP_MESSAGES.get(error.code, ("Erreur", "Le service n'a pas pu répondre à cette demande."))
+    return render_template("error.html", title=title, message=message), error.code
 
 
 @space.errorhandler(Exception)

@@ -1,12 +1,14 @@
-"""Access history: who read or changed the record, when, what and why, from the audit trail."""
+"""Access history: who read or changed the record, from which organisation, when, what and why,
+from the audit trail. The professionals' and the feeding systems' accesses come first, refused
+attempts and emergency accesses among them; the patient's own actions have a view of their own."""
 from __future__ import annotations
 
 import base64
-from urllib.parse import parse_qsl
 
 from flask import g, render_template, request
 
 from gateway.access.audit import ROLE_SYSTEM
+from gateway.access.context import PATIENT, REPRESENTATIVE, SYSTEM
 from gateway.access.rules import binary_ids
 from gateway.mapping import codes
 from gateway.space import space
@@ -14,17 +16,27 @@ from gateway.storage import search as search_sql
 
 from . import common
 
-PURPOSES = {"TREAT": "Soins", "BTG": "Accès en urgence (bris de glace)", "ETREAT": "Régulation SAMU (centre 15)"}
+# view: (title, search parameters beside the patient)
+VIEWS = {
+    "professionnels": ("Accès des professionnels et des établissements",
+                       [("agent-role:not", f"{ROLE_SYSTEM}|{PATIENT},{ROLE_SYSTEM}|{REPRESENTATIVE}")]),
+    "urgence": ("Accès en urgence", [("purpose", "BTG,ETREAT")]),
+    "refuses": ("Tentatives refusées", [("outcome", "4,8")]),
+    "vous": ("Vos propres actions", [("agent-role", f"{ROLE_SYSTEM}|{PATIENT},{ROLE_SYSTEM}|{REPRESENTATIVE}")]),
+}
+PURPOSES = {"TREAT": "Soins", "BTG": "Urgence (bris de glace)", "ETREAT": "Régulation du SAMU (centre 15)"}
 ACTIONS = {"read": "a consulté", "vread": "a consulté", "history-instance": "a consulté l'historique de",
-           "search-type": "a recherché", "create": "a ajouté", "update": "a modifié", "patch": "a changé le masquage de"}
+           "create": "a ajouté", "update": "a modifié", "patch": "a changé la visibilité de", "delete": "a supprimé"}
 # The entity an event is told by: the document rather than its content when it names both.
 ENTITY_ORDER = ("DocumentReference", "Consent", "RelatedPerson", "List", "Binary", "AuditEvent")
-RESOURCE_WORDS = {"DocumentReference": "le document", "Binary": "le contenu du document", "Patient": "votre identité",
+RESOURCE_WORDS = {"DocumentReference": "le document", "Binary": "le contenu du document", "Patient": "l'identité du patient",
                   "Consent": "une décision d'accès", "RelatedPerson": "un contact d'urgence", "List": "un lot de documents",
                   "AuditEvent": "l'historique des accès"}
-SEARCH_WORDS = {"DocumentReference": "des documents", "Consent": "vos décisions d'accès", "Patient": "votre identité",
-                "AuditEvent": "l'historique des accès", "RelatedPerson": "vos contacts d'urgence",
-                "List": "des lots de documents", "Binary": "des contenus"}
+SEARCH_WORDS = {"DocumentReference": "des documents", "Consent": "les décisions d'accès", "Patient": "l'identité du patient",
+                "AuditEvent": "l'historique des accès", "RelatedPerson": "les contacts d'urgence",
+                "List": "des lots de documents", "Binary": "des contenus de documents"}
+# The gateway's own processes, run by whoever operates the service (not a hospital's software).
+OPERATOR_PROCESSES = ("gateway ingest", "demo setup", "operator")
 PAGE_SIZE = 30
 
 
@@ -32,7 +44,7 @@ def _requester(event: dict) -> dict:
     return next((a for a in event.get("agent", []) if a.get("requestor")), {})
 
 
-def _organization(event: dict) -> str | None:
+def _token_organization(event: dict) -> str | None:
     for agent in event.get("agent", []):
         identifier = agent.get("who", {}).get("identifier", {})
         if not agent.get("requestor") and identifier.get("system") == codes.FINESS_SYSTEM:
@@ -40,66 +52,103 @@ def _organization(event: dict) -> str | None:
     return None
 
 
-def _what(event: dict, titles: dict[str, str]) -> str:
+def _references(event: dict) -> list[str]:
+    return [e.get("what", {}).get("reference", "") for e in event.get("entity", [])]
+
+
+def _what(event: dict, documents: dict[str, dict]) -> str:
     subtype = (event.get("subtype") or [{}])[0].get("code", "")
-    if event.get("meta", {}).get("profile", [""])[0].endswith("AuthZconsent"):
+    if event.get("type", {}).get("code") == "110113":   # a decision on an emergency access or a role
         if subtype == "AuthZ-Role":
-            return "a été refusé : ce rôle n'a jamais accès au dossier"
-        return "a obtenu un accès en l'absence d'opposition de votre part"
-    action = ACTIONS.get(subtype, subtype)
+            return "a été refusé : sa fonction ne donne jamais accès au dossier"
+        return "a obtenu l'accès en urgence, faute d'opposition enregistrée"
+    refused = event.get("outcome") != "0"
+    action = ACTIONS.get(subtype)
     for entity in event.get("entity", []):
-        if entity.get("query"):
-            query = base64.b64decode(entity["query"]).decode("utf-8", "replace")
-            path, _, params = query.partition("?")
-            res_type = path.rsplit("/", 1)[-1]
-            found = SEARCH_WORDS.get(res_type, res_type)
-            return f"{action} {found}" + (f" ({len(parse_qsl(params))} critères)" if params else "")
-    references = [e.get("what", {}).get("reference", "") for e in event.get("entity", [])]
+        if "query" in entity:
+            if refused:
+                return "a tenté de consulter le dossier : accès refusé"
+            searched = base64.b64decode(entity["query"]).decode("utf-8", "replace").partition("?")[0].rsplit("/", 1)[-1]
+            return f"a recherché {SEARCH_WORDS.get(searched, 'dans le dossier')}"
+    references = _references(event)
     for res_type in ENTITY_ORDER:
         reference = next((r for r in references if r.startswith(f"{res_type}/")), None)
         if reference:
-            title = titles.get(reference)
-            words = RESOURCE_WORDS[res_type]
-            phrase = f"{action} {words}".replace(" de le ", " du ")
-            return phrase + (f" « {title} »" if title else "")
-    return f"{action} {RESOURCE_WORDS['Patient']}"
+            document = documents.get(reference)
+            phrase = f"{action or 'a consulté'} {RESOURCE_WORDS[res_type]}".replace(" de le ", " du ")
+            phrase += f" « {document['title']} »" if document else ""
+            return phrase + (" : accès refusé" if refused else "")
+    return f"{action or 'a consulté'} {RESOURCE_WORDS['Patient']}" + (" : accès refusé" if refused else "")
 
 
-def describe(event: dict, titles: dict[str, str], own_subject: str) -> dict:
+def _system_name(requester: dict, event: dict, documents: dict[str, dict]) -> tuple[str, str]:
+    """(who, detail) of a feeding system: the organisation that sent the data, never an address."""
+    organization = _token_organization(event) or next(
+        (documents[r]["organization"] for r in _references(event) if r in documents and documents[r]["organization"]),
+        None)
+    if organization:
+        return organization, "Logiciel de l'établissement"
+    if requester.get("altId") in OPERATOR_PROCESSES:
+        return "Service du dossier médical partagé", "Import de documents par l'exploitant"
+    return "Un établissement de santé", "Logiciel de l'établissement"
+
+
+def describe(event: dict, documents: dict[str, dict], own_subject: str) -> dict:
     requester = _requester(event)
     role = next((c.get("code") for r in requester.get("role", []) for c in r.get("coding", [])
                  if c.get("system") == ROLE_SYSTEM), None)
     purpose = next((c.get("code") for p in event.get("purposeOfEvent", []) for c in p.get("coding", [])), "TREAT")
     own = requester.get("altId") == own_subject
-    who = "Vous" if own else ("Le patient" if role == "patient" else requester.get("name") or "Inconnu")
-    return {
-        "when": event.get("recorded", ""),
-        "who": who,
-        "profession": common.ROLE_LABELS.get(role, role or ""),
-        "organization": _organization(event),
-        "what": _what(event, titles),
-        "why": PURPOSES.get(purpose, purpose),
-        "emergency": purpose in ("BTG", "ETREAT"),
-        "refused": event.get("outcome") != "0",
-        "own": own,
-    }
+    if own:
+        who, detail = "Vous", None
+    elif role == PATIENT:
+        who, detail = "Le patient", None
+    elif role == REPRESENTATIVE:
+        who, detail = requester.get("name") or "Un représentant légal", "Représentant·e légal·e"
+    elif role == SYSTEM:
+        who, detail = _system_name(requester, event, documents)
+    else:
+        # The IdNatPs: the requester's altId, or (a decision on an emergency access) its identifier.
+        idnatps = requester.get("altId") or requester.get("who", {}).get("identifier", {}).get("value")
+        professional = common.professional(idnatps) if idnatps else None
+        named = requester.get("name") not in (None, "", idnatps)   # a token without a name: the number
+        who = requester["name"] if named else (professional["name"] if professional else "Professionnel non identifié")
+        organization = _token_organization(event) or (professional or {}).get("organization")
+        detail = " · ".join(p for p in ((professional or {}).get("specialty") or common.ROLE_LABELS.get(role, ""),
+                                        organization) if p)
+    if role in (PATIENT, REPRESENTATIVE):
+        why = "Gestion du dossier"
+    elif role == SYSTEM:
+        why = "Alimentation du dossier"
+    else:
+        why = PURPOSES.get(purpose, "Soins")
+    return {"when": event.get("recorded", ""), "who": who, "detail": detail, "what": _what(event, documents),
+            "why": why, "emergency": purpose in ("BTG", "ETREAT"), "refused": event.get("outcome") != "0",
+            "own": own}
+
+
+def _documents() -> dict[str, dict]:
+    """Title and sending organisation of each document (and its content) the reader may see."""
+    out = {}
+    for docref in common.documents():
+        described = {"title": common.title_of(docref), "organization": common.document_organization(docref)}
+        out[f"DocumentReference/{docref['id']}"] = described
+        for binary_id in binary_ids(docref):
+            out[f"Binary/{binary_id}"] = described
+    return out
 
 
 @space.get("/historique")
 def history_page():
-    params = [("patient", f"Patient/{common.patient_id()}"), ("_sort", "-date"), ("_count", str(PAGE_SIZE))]
+    view = request.args.get("vue") if request.args.get("vue") in VIEWS else "professionnels"
+    title, criteria = VIEWS[view]
+    params = [("patient", f"Patient/{common.patient_id()}"), *criteria, ("_sort", "-date"), ("_count", str(PAGE_SIZE))]
     if request.args.get("page"):
         params.append(("_cursor", request.args["page"]))
-    if request.args.get("urgence"):
-        params.append(("purpose", "BTG,ETREAT"))
     page = g.repository.search(search_sql.parse_search("AuditEvent", params))
-    titles = {}
-    for docref in common.documents():
-        titles[f"DocumentReference/{docref['id']}"] = common.title_of(docref)
-        for binary_id in binary_ids(docref):
-            titles[f"Binary/{binary_id}"] = common.title_of(docref)
+    documents = _documents()
     own = g.repository.access.subject
-    events = [describe(s.json(), titles, own) for s in page.entries]
+    events = [describe(s.json(), documents, own) for s in page.entries]
     following = search_sql.encode_cursor(page.next_keys, "n") if page.next_keys is not None else None
-    return render_template("history.html", events=events, total=page.total, following=following,
-                           emergency_only=bool(request.args.get("urgence")))
+    return render_template("history.html", events=events, total=page.total, following=following, view=view,
+                           views=VIEWS, title=title)

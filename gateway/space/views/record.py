@@ -1,4 +1,5 @@
-"""My record: a signed copy to download, closing and reopening it, asking for its destruction."""
+"""My record: a signed copy to download and to check, the notifications of new documents, closing
+and reopening it, asking for its destruction."""
 from __future__ import annotations
 
 from datetime import datetime, timezone
@@ -6,14 +7,49 @@ from datetime import datetime, timezone
 from flask import Response, current_app, flash, g, redirect, render_template, request, url_for
 
 from gateway.services import export, retention
-from gateway.space import local_date, space
+from gateway.space import accounts, local_date, space
+
+# What a patient is told of a copy they upload to check it.
+VERIFIED = "intacte : elle est bien celle que le service a délivrée, et aucun fichier n'a été modifié."
 
 
 @space.get("/dossier")
-def record_page():
+def record_page(verification: dict | None = None):
     closure, destruction_due = retention.record_state(g.repository)
     return render_template("record.html", closed_on=closure.json()["dateTime"] if closure else None,
-                           destruction_due=destruction_due, retention_years=retention.RETENTION_YEARS)
+                           destruction_due=destruction_due, retention_years=retention.RETENTION_YEARS,
+                           verification=verification, notify=g.account.notify_new_documents)
+
+
+@space.post("/dossier/verifier")
+def verify_copy():
+    """The check of `gateway verify-export`, for a patient: upload the ZIP, read the answer."""
+    upload = request.files.get("copie")
+    if upload is None or not upload.filename:
+        flash("Choisissez le fichier ZIP de la copie à vérifier.", "error")
+        return redirect(url_for("space.record_page"))
+    report = export.verify_export(upload.stream, current_app.config["SETTINGS"].trust_anchors)
+    if report.signature:
+        result = {"intact": False, "summary": "Ce fichier n'est pas une copie délivrée par ce service, ou sa "
+                                              "signature a été modifiée : son contenu ne peut pas être garanti.",
+                  "files": []}
+    elif not report.valid:
+        result = {"intact": False, "summary": "Cette copie a été modifiée après sa délivrance. Fichiers en cause :",
+                  "files": [(name, "modifié") for name in report.altered] + [(name, "manquant") for name in report.missing]
+                  + [(name, "ajouté") for name in report.unexpected]}
+    else:
+        result = {"intact": True, "summary": f"Cette copie est {VERIFIED} ({report.files} fichiers vérifiés)",
+                  "files": []}
+    return record_page(verification=result)
+
+
+@space.post("/dossier/notifications")
+def notifications_choice():
+    wanted = request.form.get("notifications") == "oui"
+    accounts.set_notifications(current_app.config["ENGINE"], g.account.login, wanted)
+    flash("Vous serez prévenu·e par message de chaque nouveau document." if wanted else
+          "Vous ne recevrez plus de message à chaque nouveau document.")
+    return redirect(url_for("space.record_page"))
 
 
 @space.get("/dossier/copie.zip")
@@ -38,14 +74,14 @@ def _confirmed() -> bool:
 def close_record():
     if _confirmed():
         retention.close_record(g.repository)
-        flash("Votre dossier est fermé. Il est conservé et vous pouvez le rouvrir à tout moment.")
+        flash("Le dossier est fermé. Il est conservé et vous pouvez le rouvrir à tout moment.")
     return redirect(url_for("space.record_page"))
 
 
 @space.post("/dossier/rouvrir")
 def reopen_record():
     retention.reopen_record(g.repository)
-    flash("Votre dossier est rouvert.")
+    flash("Le dossier est rouvert.")
     return redirect(url_for("space.record_page"))
 
 
@@ -53,5 +89,5 @@ def reopen_record():
 def request_destruction():
     if _confirmed():
         due = retention.request_destruction(g.repository)
-        flash(f"Votre demande de destruction est enregistrée : le dossier, fermé, sera détruit le {local_date(due)}.")
+        flash(f"La demande de destruction est enregistrée : le dossier, fermé, sera détruit le {local_date(due)}.")
     return redirect(url_for("space.record_page"))

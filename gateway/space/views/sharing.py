@@ -44,8 +44,9 @@ def _professional_id(raw: str) -> str:
     idnatps = _typed_idnatps(raw)
     if idnatps:
         return idnatps
-    raise DocumentRefused("saisissez un numéro RPPS (11 chiffres) ou choisissez un professionnel dans la liste",
-                          location="professionnel", status=422)
+    raise DocumentRefused("the professional is an RPPS number or an IdNatPs", location="professionnel", status=422,
+                          patient_text="saisissez un numéro RPPS (11 chiffres) ou choisissez un professionnel "
+                                       "dans la liste.")
 
 
 def _search_professionals(query: str) -> list[dict]:
@@ -60,11 +61,16 @@ def _search_professionals(query: str) -> list[dict]:
     found = g.repository.search(search_sql.parse_search("Practitioner", params + [("_count", "20")])).entries
     out = []
     for stored in found:
-        practitioner = stored.json()
-        idnatps = common.idnatps_of(practitioner)
+        idnatps = common.idnatps_of(stored.json())
         if idnatps:
-            out.append({"id": idnatps, "name": common.person_name(practitioner) or idnatps})
+            out.append({"id": idnatps, **common.professional(idnatps)})
     return out
+
+
+def _described(idnatps: str) -> dict:
+    """Name, specialty and organisation from the directory; the RPPS number only when it is unknown."""
+    return common.professional(idnatps) or {"name": common.professional_name(idnatps), "specialty": None,
+                                            "organization": None}
 
 
 @space.get("/acces")
@@ -74,8 +80,10 @@ def sharing_page():
     for stored, kind, effect, actors in decisions:
         if kind in ("attending-physician", "professional"):
             for idnatps in actors:
-                people.append({"consent": stored.res_id, "id": idnatps, "name": common.professional_name(idnatps),
-                               "kind": kind, "effect": effect})
+                people.append({"consent": stored.res_id, "id": idnatps, **_described(idnatps), "kind": kind,
+                               "effect": effect})
+    # The attending physician first, then those authorised, then those blocked.
+    people.sort(key=lambda p: (p["kind"] != "attending-physician", p["effect"] != "permit", p["name"]))
     opposed = {kind: stored.res_id for stored, kind, effect, _ in decisions if kind in OPPOSITIONS and effect == "deny"}
     consultation_refused = any(kind == "consultation" and effect == "deny" for _, kind, effect, _ in decisions)
     return render_template("sharing.html", people=people, opposed=opposed, oppositions=OPPOSITIONS,
@@ -90,6 +98,13 @@ def decide_professional():
     if decision not in ("autoriser", "bloquer", "medecin-traitant"):
         flash("Choix inconnu.", "error")
         return redirect(url_for("space.sharing_page"))
+    name = common.professional_name(idnatps)
+    if decision == "bloquer":
+        asked = common.confirmation(f"Bloquer {name} ?", f"{name} ne pourra plus rien voir de ce dossier, même en "
+                                    "urgence. Vous pourrez le débloquer à tout moment.",
+                                    url_for("space.sharing_page"))
+        if asked:
+            return asked
     kind, effect = ("attending-physician", "permit") if decision == "medecin-traitant" else (
         "professional", "permit" if decision == "autoriser" else "deny")
     for stored, existing_kind, _, actors in _decisions():
@@ -98,7 +113,6 @@ def decide_professional():
                 existing_kind == "attending-physician" and kind == "attending-physician"):
             consents.revoke(g.repository, stored)
     consents.create(g.repository, consents.decision(kind, effect, idnatps))
-    name = common.professional_name(idnatps)
     flash({"autoriser": f"{name} peut désormais consulter votre dossier.",
            "bloquer": f"{name} est bloqué·e : ce professionnel ne voit plus rien de votre dossier.",
            "medecin-traitant": f"{name} est votre médecin traitant."}[decision])
@@ -108,6 +122,17 @@ def decide_professional():
 @space.post("/acces/retirer/<consent_id>")
 def withdraw(consent_id: str):
     stored = g.repository.read("Consent", consent_id)
+    consent = stored.json()
+    if consent.get("provision", {}).get("type") == "permit":
+        names = ", ".join(common.professional_name(value) for system, value in consent_actors(consent)
+                          if system == IDNATPS_SYSTEM) or "ce professionnel"
+        attending = consent_kind(consent) == "attending-physician"
+        asked = common.confirmation(
+            f"Retirer {names} comme médecin traitant ?" if attending else f"Retirer l'autorisation de {names} ?",
+            f"{names} ne pourra plus consulter ce dossier. Vous pourrez l'autoriser de nouveau à tout moment.",
+            url_for("space.sharing_page"))
+        if asked:
+            return asked
     consents.revoke(g.repository, stored)
     flash("Votre décision est retirée.")
     return redirect(url_for("space.sharing_page"))
@@ -119,6 +144,12 @@ def opposition(kind: str):
         flash("Choix inconnu.", "error")
         return redirect(url_for("space.sharing_page"))
     oppose = request.form.get("decision") == "opposer"
+    if oppose:
+        asked = common.confirmation(f"Vous opposer à {OPPOSITIONS[kind]} ?",
+                                    "En cas d'urgence, les professionnels qui vous prennent en charge ne pourront plus "
+                                    "consulter ce dossier, même pour vous soigner.", url_for("space.sharing_page"))
+        if asked:
+            return asked
     current = [stored for stored, k, effect, _ in _decisions() if k == kind and effect == "deny"]
     if oppose and not current:
         consents.create(g.repository, consents.decision(kind, "deny"))

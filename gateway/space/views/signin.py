@@ -7,7 +7,7 @@ import re
 from flask import current_app, flash, g, redirect, render_template, request, session, url_for
 
 from gateway.space import accounts, space
-from gateway.space.senders import code_sender
+from gateway.space.senders import code_mail, message_sender
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def sign_in():
                                                            request.remote_addr)
     except accounts.SignInRefused as refusal:
         return render_template("signin.html", error=str(refusal), login=login), 401
-    code_sender(settings.code_sender)(settings, account.contact, code)
+    message_sender(settings.message_sender)(settings, code_mail(account.contact, code))
     session["challenge"] = challenge
     session["contact"] = _masked(account.contact)
     return redirect(url_for("space.enter_code"))

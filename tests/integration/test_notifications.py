@@ -1,0 +1,128 @@
+""""A document was added": queued with the document, once, only when the patient may see it, sent
+to the accounts that manage the record and want it, saying nothing medical."""
+import email
+import email.policy
+import json
+
+import pytest
+from sqlalchemy import select
+
+from conftest import GP, attend_all, free_port, sample
+from gateway.demo import build_submission
+from gateway.mapping import codes
+from gateway.services import notifications
+from gateway.space import accounts
+from gateway.space.senders import read_outbox
+from gateway.storage.schema import notifications as queue
+
+XML = {"Content-Type": "application/xml"}
+FHIR = {"Content-Type": "application/fhir+json"}
+PATCH = {"Content-Type": "application/json-patch+json"}
+MARTIN, MOREAU = "185067511204554", "212057501802305"
+PASSWORD = "a long enough password"
+MEDICAL_WORDS = ("biolog", "compte rendu", "imagerie", "échographie", "laboratoire", "hémato", "glyc", "moreau", "martin")
+
+
+@pytest.fixture
+def people(database):
+    accounts.create_account(database[0], "paul", PASSWORD, "patient", [MARTIN], "Paul MARTIN", "paul@example.test")
+    accounts.create_account(database[0], "sophie", PASSWORD, "representative", [MOREAU], "Sophie MOREAU",
+                            "sophie@example.test")
+
+
+def queued(engine) -> set[str]:
+    with engine.connect() as conn:
+        return set(conn.execute(select(queue.c.docref_id)).scalars())
+
+
+def mails(settings, to: str) -> list[dict]:
+    return [m for m in read_outbox(settings) if m["to"] == to and m.get("code") is None]
+
+
+def submit(client, bearer, name: str, labels: list[str] = ()) -> str:
+    bundle = build_submission(sample(name), 10_000_000)
+    docref = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "DocumentReference")
+    docref["securityLabel"] = [{"coding": [{"system": codes.VISIBILITY_SYSTEM, "code": code}]} for code in labels]
+    answer = client.post("/fhir", data=json.dumps(bundle), headers={**FHIR, **bearer("system", sub="hospital")})
+    assert answer.status_code == 200, answer.text
+    location = next(e["response"]["location"] for e in answer.json["entry"] if "DocumentReference/" in e["response"]["location"])
+    return location.split("DocumentReference/")[1].split("/")[0]
+
+
+def test_a_visible_document_is_announced_once_without_medical_content(client, bearer, database, settings, people):
+    engine = database[0]
+    docref_id = client.post("/cda", data=sample("cr-biologie-martin.xml"),
+                            headers={**XML, **bearer("system", sub="hospital")}).json["id"]
+    assert docref_id in queued(engine)
+    # The same document sent again is a duplicate: nothing more is queued or sent.
+    client.post("/cda", data=sample("cr-biologie-martin.xml"), headers={**XML, **bearer("system", sub="hospital")})
+    assert notifications.send_pending(settings, engine) == 1
+    assert notifications.send_pending(settings, engine) == 0
+    sent = mails(settings, "paul@example.test")
+    assert len(sent) == 1
+    text = (sent[0]["subject"] + sent[0]["text"]).lower()
+    assert "nouveau document" in text and settings.public_base_url in text
+    assert not [word for word in MEDICAL_WORDS if word in text], text
+
+
+def test_a_document_invisible_to_the_patient_is_announced_only_when_revealed(client, bearer, database, settings,
+                                                                          people):
+    engine = database[0]
+    hidden = submit(client, bearer, "ldl-ses-martin.xml", ["INVISIBLE_PATIENT"])
+    assert hidden not in queued(engine)
+    notifications.send_pending(settings, engine)
+    assert mails(settings, "paul@example.test") == []
+    # The attending physician announces it (the label is removed): now it is queued, and sent.
+    attend_all(engine)
+    doctor = bearer("doctor", sub=GP)
+    current = client.get(f"/fhir/DocumentReference/{hidden}", headers=doctor).json
+    position = next(i for i, label in enumerate(current["securityLabel"])
+                    if any(c["code"] == "INVISIBLE_PATIENT" for c in label["coding"]))
+    revealed = client.patch(f"/fhir/DocumentReference/{hidden}", data=json.dumps([
+        {"op": "remove", "path": f"/securityLabel/{position}"}]), headers={**PATCH, **doctor})
+    assert revealed.status_code == 200, revealed.text
+    assert hidden in queued(engine)
+    assert notifications.send_pending(settings, engine) == 1
+    assert len(mails(settings, "paul@example.test")) == 1
+
+
+def test_the_patient_may_switch_it_off_and_representatives_follow_their_own_labels(client, bearer, database,
+                                                                                   settings, people):
+    engine = database[0]
+    accounts.set_notifications(engine, "paul", False)
+    client.post("/cda", data=sample("cr-biologie-martin.xml"), headers={**XML, **bearer("system", sub="hospital")})
+    submit(client, bearer, "cr-imagerie-echographie-moreau.xml", ["INVISIBLE_REPRESENTANTS_LEGAUX"])
+    assert notifications.send_pending(settings, engine) == 2
+    assert mails(settings, "paul@example.test") == []      # switched off
+    assert mails(settings, "sophie@example.test") == []    # hidden from the minor's representatives
+    # The patient's own documents are never announced to them.
+    with engine.connect() as conn:
+        assert all(row.recipients == 0 for row in conn.execute(select(queue)))
+
+
+def test_the_e_mail_goes_through_a_real_smtp_server(client, bearer, database, settings, people, monkeypatch):
+    from dataclasses import replace
+
+    from aiosmtpd.controller import Controller
+
+    received = []
+
+    class Inbox:
+        async def handle_DATA(self, server, session, envelope):
+            received.append(envelope)
+            return "250 OK"
+
+    smtp = Controller(Inbox(), hostname="127.0.0.1", port=free_port())
+    smtp.start()
+    try:
+        for name, value in (("GATEWAY_SMTP_HOST", "127.0.0.1"), ("GATEWAY_SMTP_PORT", str(smtp.port)),
+                            ("GATEWAY_SMTP_STARTTLS", "0"), ("GATEWAY_SMTP_FROM", "dmp@example.test")):
+            monkeypatch.setenv(name, value)
+        client.post("/cda", data=sample("cr-biologie-martin.xml"), headers={**XML, **bearer("system", sub="hospital")})
+        assert notifications.send_pending(replace(settings, message_sender="smtp"), database[0]) == 1
+    finally:
+        smtp.stop()
+    assert [e.rcpt_tos for e in received] == [["paul@example.test"]]
+    mail = email.message_from_bytes(received[0].content, policy=email.policy.default)
+    assert mail["Subject"] == "Un nouveau document dans votre dossier médical partagé"
+    assert mail["From"] == "dmp@example.test" and "/documents" in mail.get_content()
