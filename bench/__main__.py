@@ -6,7 +6,8 @@ Sizes can be lowered for a quick look: BENCH_DOCUMENTS (100 KB documents ingeste
 BENCH_REFERENCES (DocumentReferences searched, default 100000), BENCH_QUERIES (per query kind, default 200),
 BENCH_ADT and BENCH_MLLP_DOCUMENTS (messages sent over MLLP, defaults 1000 and 400). The memory
 figures (bench/memory.py, also `python -m bench.memory`) serve a gateway and send it eight
-concurrent worst-case inputs of each kind.
+concurrent worst-case inputs of each kind, then N1 documents at the 20 MB limit over POST /cda, one
+alone and eight at once.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from pathlib import Path
 from sqlalchemy import insert, true
 
 from bench.hl7v2 import bench_mllp, bench_parsing
-from bench.memory import bench_memory
+from bench.memory import bench_large_documents, bench_memory
 from gateway.access import AccessContext
 from gateway.access.rules import IDNATPS_SYSTEM
 from gateway.access.tokens import issue, make_signing_key
@@ -292,6 +293,7 @@ def main() -> None:
             "mllp_ingest": bench_mllp(workdir, hundred_kb_documents(mllp_documents),
                                       int(os.environ.get("BENCH_ADT", "1000"))),
             "memory": bench_memory(),
+            "large_documents": bench_large_documents(),
         }
     text = json.dumps(report, indent=2, ensure_ascii=False)
     out = ROOT / "bench" / "results"

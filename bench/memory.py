@@ -5,8 +5,10 @@ largest size. Peak RSS (VmHWM) of every process of the gateway, before and after
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -43,7 +45,9 @@ def _peaks(root_pid: int) -> dict[int, int]:
     return out
 
 
-def bench_memory(concurrency: int = 8) -> dict:
+@contextlib.contextmanager
+def _served():
+    """(base URL, MLLP port, system token headers, root pid) of a demo gateway as `make run` serves it."""
     with tempfile.TemporaryDirectory() as tmp:
         port, mllp_port = _free_port(), _free_port()
         env = dict(os.environ, GATEWAY_VAR_DIR=tmp, GATEWAY_HTTP_PORT=str(port), GATEWAY_MLLP_PORT=str(mllp_port),
@@ -63,39 +67,78 @@ def bench_memory(concurrency: int = 8) -> dict:
                     time.sleep(0.2)
             token = subprocess.run([str(GATEWAY), "token", "issue", "--role", "system", "--sub", "bench"], env=env,
                                    cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-            headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"}
-            before = _peaks(process.pid)
-            document = b"%PDF-1.4\n" + os.urandom(15 * 1024 * 1024)
-            bundle = json.dumps({"resourceType": "Bundle", "type": "transaction", "entry": [
-                {"fullUrl": "urn:uuid:b", "resource": {"resourceType": "Binary", "contentType": "application/pdf",
-                                                       "data": base64.b64encode(document).decode()},
-                 "request": {"method": "POST", "url": "Binary"}}]}).encode()
-            nested = ("[" * 40 + "1" + "]" * 40).encode() * (1024 * 1024 // 82)
-            oversized = b"{" + b" " * (40 * 1024 * 1024) + b"}"
-            frame = b"\x0bMSH|^~\\&|A|B|C|D|2026||ADT^A28|1|P|2.5\r" + b"Z" * (32 * 1024 * 1024 - 64) + b"\x1c\r"
-            kinds = {
-                "ITI-65 with a 15 MB document (just under the limit)": lambda: requests.post(
-                    f"{base}/fhir", data=bundle, headers=headers, timeout=300).status_code,
-                "1 MiB of nested JSON": lambda: requests.post(f"{base}/fhir/Patient", data=nested, headers=headers,
-                                                              timeout=300).status_code,
-                "40 MB JSON body (over the limit)": lambda: requests.post(f"{base}/fhir/Patient", data=oversized,
-                                                                          headers=headers, timeout=300).status_code,
-                "32 MiB MLLP frames": lambda: _mllp(mllp_port, frame),
-            }
-            results = {}
-            for name, send in kinds.items():
-                started = time.perf_counter()
-                with ThreadPoolExecutor(concurrency) as pool:
-                    statuses = sorted(set(str(s) for s in pool.map(lambda _: send(), range(concurrency))))
-                results[name] = {"answers": statuses, "seconds": round(time.perf_counter() - started, 1)}
-            after = _peaks(process.pid)
+            yield base, mllp_port, {"Authorization": f"Bearer {token}"}, process.pid
         finally:
             os.killpg(process.pid, signal.SIGTERM)
             process.wait(60)
+
+
+def bench_memory(concurrency: int = 8) -> dict:
+    with _served() as (base, mllp_port, auth, root):
+        headers = {**auth, "Content-Type": "application/fhir+json"}
+        before = _peaks(root)
+        document = b"%PDF-1.4\n" + os.urandom(15 * 1024 * 1024)
+        bundle = json.dumps({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"fullUrl": "urn:uuid:b", "resource": {"resourceType": "Binary", "contentType": "application/pdf",
+                                                   "data": base64.b64encode(document).decode()},
+             "request": {"method": "POST", "url": "Binary"}}]}).encode()
+        nested = ("[" * 40 + "1" + "]" * 40).encode() * (1024 * 1024 // 82)
+        oversized = b"{" + b" " * (40 * 1024 * 1024) + b"}"
+        frame = b"\x0bMSH|^~\\&|A|B|C|D|2026||ADT^A28|1|P|2.5\r" + b"Z" * (32 * 1024 * 1024 - 64) + b"\x1c\r"
+        kinds = {
+            "ITI-65 with a 15 MB document (just under the limit)": lambda: requests.post(
+                f"{base}/fhir", data=bundle, headers=headers, timeout=300).status_code,
+            "1 MiB of nested JSON": lambda: requests.post(f"{base}/fhir/Patient", data=nested, headers=headers,
+                                                          timeout=300).status_code,
+            "40 MB JSON body (over the limit)": lambda: requests.post(f"{base}/fhir/Patient", data=oversized,
+                                                                      headers=headers, timeout=300).status_code,
+            "32 MiB MLLP frames": lambda: _mllp(mllp_port, frame),
+        }
+        results = {}
+        for name, send in kinds.items():
+            started = time.perf_counter()
+            with ThreadPoolExecutor(concurrency) as pool:
+                statuses = sorted(set(str(s) for s in pool.map(lambda _: send(), range(concurrency))))
+            results[name] = {"answers": statuses, "seconds": round(time.perf_counter() - started, 1)}
+        after = _peaks(root)
     return {"concurrency": concurrency, "inputs": results,
             "peak_rss_mb_before": {str(pid): round(kb / 1024) for pid, kb in before.items()},
             "peak_rss_mb_after": {str(pid): round(kb / 1024) for pid, kb in after.items()},
             "note": "gateway serve: gunicorn master, 2 workers (8 threads each), the MLLP listener; VmHWM of each"}
+
+
+def large_n1_cda(document_bytes: int, number: int) -> bytes:
+    """An N1 CDA (a sample's header, a random "PDF" body) of about `document_bytes`, with its own id."""
+    cda = (ROOT / "samples" / "cda" / "cr-hospitalisation-lefevre.xml").read_text(encoding="utf-8")
+    cda = cda.replace('<id root="1.2.250.1.213.1.1.9.2.2.1"/>', f'<id root="1.2.250.1.213.1.1.9.2.2.{900 + number}"/>')
+    pdf = base64.b64encode(b"%PDF-1.4\n" + os.urandom((document_bytes - len(cda)) * 3 // 4)).decode()
+    return re.sub(r'(representation="B64">)[^<]+(</text>)', lambda m: m.group(1) + pdf + m.group(2), cda,
+                  count=1).encode()
+
+
+def bench_large_documents(document_bytes: int = 20_000_000) -> dict:
+    """POST /cda of an N1 CDA at the document limit: one alone, then 8 at once (each on a fresh
+    gateway, so that each peak is its own). Peak RSS of the busiest process against the document."""
+    out = {"document_bytes": document_bytes}
+    for concurrency in (1, 8):
+        documents = [large_n1_cda(document_bytes, n) for n in range(concurrency)]
+        with _served() as (base, _, auth, root):
+            before = _peaks(root)
+            started = time.perf_counter()
+            with ThreadPoolExecutor(concurrency) as pool:
+                answers = list(pool.map(lambda data: requests.post(
+                    f"{base}/cda", data=data, headers={**auth, "Content-Type": "application/xml"}, timeout=600),
+                    documents))
+            seconds = time.perf_counter() - started
+            after = _peaks(root)
+        grown = max(after[pid] - before.get(pid, 0) for pid in after) / 1024
+        out[f"{concurrency} at once"] = {
+            "answers": sorted({f"{a.status_code} {a.text[:120]}" if a.status_code >= 300 else str(a.status_code)
+                               for a in answers}),
+            "seconds": round(seconds, 1), "peak_rss_growth_mb": round(grown),
+            "peak_rss_mb": round(max(after.values()) / 1024),
+            "growth_per_document_size": round(grown * 1024 * 1024 / document_bytes / concurrency, 1)}
+    return out
 
 
 def _mllp(port: int, frame: bytes) -> str:
@@ -106,4 +149,4 @@ def _mllp(port: int, frame: bytes) -> str:
 
 
 if __name__ == "__main__":
-    print(json.dumps(bench_memory(), indent=1))
+    print(json.dumps({"limits": bench_memory(), "large documents": bench_large_documents()}, indent=1))

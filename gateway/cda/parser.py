@@ -16,13 +16,19 @@ CLINICAL_DOCUMENT = f"{{{HL7_NS}}}ClinicalDocument"
 XSL_NS = "http://www.w3.org/1999/XSL/Transform"
 
 
-def _parser() -> etree.XMLParser:
+def safe_parser() -> etree.XMLParser:
+    """The one XML parser configuration of the gateway: no DTD, no entity expansion, no network.
+
+    huge_tree lifts libxml2's 10 MB limit on one text node, which refused every N1 document whose
+    PDF is over about 7.5 MB although the document limit (GATEWAY_MAX_DOCUMENT_BYTES) admits it.
+    What the limit guarded against stays impossible: without entities nothing expands, and every
+    caller bounds the input's size first, so the tree is bounded by it."""
     return etree.XMLParser(
         resolve_entities=False,
         no_network=True,
         load_dtd=False,
         dtd_validation=False,
-        huge_tree=False,
+        huge_tree=True,
         remove_comments=False,
     )
 
@@ -37,7 +43,7 @@ def parse_cda(data: bytes, *, max_bytes: int) -> tuple[etree._Element, bool]:
     if not data.strip():
         raise DocumentRefused("empty body", location="/", status=400, code="structure")
     try:
-        root = etree.fromstring(data, _parser())
+        root = etree.fromstring(data, safe_parser())
     except etree.XMLSyntaxError as exc:
         line = f" (line {exc.lineno})" if getattr(exc, "lineno", None) else ""
         raise DocumentRefused(f"unparseable XML{line}: {exc.msg}", location="/", status=400, code="structure") from None

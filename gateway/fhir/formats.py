@@ -14,6 +14,7 @@ from fhir.resources.R4B import get_fhir_model_class
 from lxml import etree
 
 from gateway.cda.errors import DocumentRefused
+from gateway.cda.parser import safe_parser
 
 FHIR_XML = "application/fhir+xml"
 XML_TYPES = ("application/fhir+xml", "application/xml", "text/xml", "application/xml+fhir")
@@ -25,8 +26,6 @@ fhir_core.xml_utils.get_fhir_type_name = functools.lru_cache(maxsize=4096, typed
     fhir_core.utils.get_fhir_type_name)
 
 
-def _parser() -> etree.XMLParser:
-    return etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
 
 
 # Characters JSON carries and XML 1.0 cannot (C0 controls but tab, LF, CR; lone surrogates;
@@ -52,7 +51,7 @@ def to_xml(resource: dict | str) -> bytes:
 def from_xml(body: bytes) -> dict:
     """The JSON form of a FHIR XML resource; DocumentRefused (400) when it is not one."""
     try:
-        root = etree.fromstring(body, _parser())
+        root = etree.fromstring(body, safe_parser())
     except (etree.XMLSyntaxError, ValueError) as exc:
         raise DocumentRefused(f"the body is not XML: {exc}", location="/", status=400, code="structure") from None
     if root.getroottree().docinfo.doctype or root.getroottree().docinfo.internalDTD is not None:
@@ -64,7 +63,7 @@ def from_xml(body: bytes) -> dict:
     name = etree.QName(root).localname
     try:
         model = get_fhir_model_class(name)
-        resource = model.model_validate_xml(body, xmlparser=_parser())
+        resource = model.model_validate_xml(body, xmlparser=safe_parser())
     except (KeyError, ValueError, TypeError) as exc:
         raise DocumentRefused(f"the XML is not a valid FHIR {name}: {str(exc)[:300]}", location=name,
                               status=400, code="structure") from None

@@ -25,6 +25,7 @@ from typing import IO
 from lxml import etree
 from signxml import InvalidInput, InvalidSignature, XMLSigner, XMLVerifier, methods
 
+from gateway.cda.parser import safe_parser
 from gateway.fhir.validation import validate
 from gateway.mapping import codes
 from gateway.mapping.dates import fhir_now
@@ -146,7 +147,7 @@ def verify_export(data: bytes | IO[bytes], trust_anchors: list[Path]) -> ExportR
     anchors = [p for p in trust_anchors if p.exists()]
     signed = None
     errors = ["no trust anchor was found"] if not anchors else []
-    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
+    parser = safe_parser()
     if archive.getinfo(MANIFEST).file_size > MAX_MANIFEST_BYTES:
         report.signature = f"{MANIFEST} is larger than a manifest can be"
         return report

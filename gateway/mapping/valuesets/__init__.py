@@ -15,6 +15,8 @@ from pathlib import Path
 
 from lxml import etree
 
+from gateway.cda.parser import safe_parser
+
 HERE = Path(__file__).resolve().parent
 SVS = "{urn:ihe:iti:svs:2008}"
 FILES = {
@@ -29,7 +31,7 @@ FILES = {
 @functools.cache
 def concepts(name: str) -> dict[tuple[str, str], str]:
     """{(code system OID, code): display} of one value set."""
-    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
+    parser = safe_parser()
     root = etree.parse(str(HERE / FILES[name]), parser).getroot()
     return {(c.get("codeSystem"), c.get("code")): c.get("displayName") for c in root.iter(f"{SVS}Concept")}
 

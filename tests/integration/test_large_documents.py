@@ -1,0 +1,65 @@
+"""A large N1 document enters by every transport: its PDF, in base64, is one text node larger
+than libxml2's default 10 MB limit (which refused every PDF over about 7.5 MB although the limit
+admits 20 MB documents), with the XML safety kept (no DTD, no entity, no network). `make bench`
+sends 20 MB ones."""
+import base64
+import json
+import os
+import re
+from dataclasses import replace
+
+import pytest
+
+from conftest import sample
+from gateway.demo import build_submission
+from gateway.fhir.formats import to_xml
+
+PDF_BYTES = 8 * 1024 * 1024   # 11.2 MB of base64 in one text node
+XML = {"Content-Type": "application/xml"}
+
+
+def large_cda(document_id: str) -> bytes:
+    cda = sample("cr-hospitalisation-lefevre.xml").decode()
+    cda = cda.replace('<id root="1.2.250.1.213.1.1.9.2.2.1"/>', f'<id root="{document_id}"/>', 1)
+    pdf = base64.b64encode(b"%PDF-1.4\n" + os.urandom(PDF_BYTES)).decode()
+    return re.sub(r'(representation="B64">)[^<]+(</text>)', lambda m: m.group(1) + pdf + m.group(2), cda, count=1).encode()
+
+
+@pytest.fixture
+def settings(settings):
+    """The default limit of a deployed gateway (the test suite's is smaller)."""
+    return replace(settings, max_document_bytes=20 * 1024 * 1024)
+
+
+@pytest.fixture
+def system(bearer):
+    return bearer("system", sub="hospital")
+
+
+def test_over_cda(client, system):
+    answer = client.post("/cda", data=large_cda("1.2.250.1.213.1.1.9.2.2.901"), headers={**XML, **system})
+    assert answer.status_code == 201, answer.json
+
+
+@pytest.mark.parametrize("fmt", ["json", "xml"])
+def test_over_iti_65(client, system, fmt):
+    bundle = build_submission(large_cda(f"1.2.250.1.213.1.1.9.2.2.90{2 if fmt == 'json' else 3}"), 20 * 1024 * 1024)
+    body, media = (json.dumps(bundle).encode(), "application/fhir+json") if fmt == "json" else (
+        to_xml(bundle), "application/fhir+xml")
+    answer = client.post("/fhir", data=body, headers={**system, "Content-Type": media, "Accept": "application/fhir+json"})
+    assert answer.status_code == 200, answer.data[:2000]
+
+
+def test_over_hl7v2(client, system):
+    cda = large_cda("1.2.250.1.213.1.1.9.2.2.904")
+    message = sample_message().replace("1.2.250.1.213.1.1.9.2.4.1", "1.2.250.1.213.1.1.9.2.2.904")
+    message = message.replace("18748-4^CR d'imagerie médicale^LN", "34112-3^CR hospitalier (séjour)^LN")
+    message = re.sub(r"\^Base64\^[^|]+\|", lambda _: f"^Base64^{base64.b64encode(cda).decode()}|", message, count=1)
+    answer = client.post("/hl7v2", data=message.encode(), headers={**system, "Content-Type": "x-application/hl7-v2+er7"})
+    assert answer.status_code == 200 and "MSA|AA|" in answer.data.decode(), answer.data.decode()[:2000]
+
+
+def sample_message() -> str:
+    from pathlib import Path
+
+    return (Path(__file__).resolve().parents[2] / "samples" / "hl7v2" / "mdm-1-t02-cr-imagerie-irm-lefevre.hl7").read_text()
