@@ -48,11 +48,11 @@ def create(res_type: str):
             parsed = search_sql.parse_search(res_type, parse_qsl(condition), strict=True)
         except search_sql.SearchError as exc:
             raise FhirError(400, f"If-None-Exist: {exc}", code="invalid") from None
-        parsed.count = 2
+        parsed.count = 2   # none, one, or several
         page = g.repository.search(parsed)
-        if page.total > 1:
-            raise FhirError(412, f"If-None-Exist matches {page.total} resources", code="duplicate")
-        if page.total == 1:
+        if len(page.entries) > 1:
+            raise FhirError(412, "If-None-Exist matches several resources", code="duplicate")
+        if len(page.entries) == 1:
             found = page.entries[0]
             return fhir_response(found.body, 200, version_headers(found.version, found.last_updated))
     stored = directory.register(g.repository, resource)

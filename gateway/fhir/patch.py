@@ -50,8 +50,9 @@ def patch_by_identifier():
                                                            strict=True))
     except search_sql.SearchError as exc:
         raise FhirError(400, str(exc), code="invalid") from None
-    if page.total == 0:
+    # Two entries at most (_count=2): none, one, or several.
+    if not page.entries:
         raise FhirError(404, "no document with this identifier", code="not-found")
-    if page.total > 1:
-        raise FhirError(412, f"the identifier matches {page.total} documents", code="multiple-matches")
+    if len(page.entries) > 1:
+        raise FhirError(412, "the identifier matches several documents", code="multiple-matches")
     return _patch(page.entries[0].res_id)

@@ -65,7 +65,9 @@ def searchset(res_type: str, parsed: search_sql.SearchRequest, page: SearchPage)
         outcome = operation_outcome([{"severity": "warning", "code": "not-supported",
                                       "diagnostics": f"search parameter ignored: {name}"} for name in parsed.ignored])
         entries.append('{"resource":%s,"search":{"mode":"outcome"}}' % json.dumps(outcome, ensure_ascii=False))
-    head = {"resourceType": "Bundle", "type": "searchset", "total": page.total, "link": links}
+    head = {"resourceType": "Bundle", "type": "searchset", "link": links}
+    if page.total is not None:
+        head = {"resourceType": "Bundle", "type": "searchset", "total": page.total, "link": links}
     text = json.dumps(head, ensure_ascii=False, separators=(",", ":"))
     return text[:-1] + ',"entry":[' + ",".join(entries) + "]}" if entries else text
 

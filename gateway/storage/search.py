@@ -56,6 +56,7 @@ class SearchRequest:
     count: int = DEFAULT_COUNT
     sort: list[tuple[str, bool]] = field(default_factory=lambda: [("_lastUpdated", True)])  # (key, descending)
     summary_count: bool = False
+    total: str = "estimate"       # _total: none, estimate (exact up to TOTAL_BOUND) or accurate
     include: list[tuple[str, str, str | None]] = field(default_factory=list)   # (source type, param, target type)
     revinclude: list[tuple[str, str, str | None]] = field(default_factory=list)
     cursor: tuple[list, str] | None = None
@@ -160,6 +161,8 @@ def _result_param(request: SearchRequest, name: str, raw: str) -> None:
     elif name == "_total":
         if raw not in ("none", "estimate", "accurate"):
             raise SearchError("_total takes none, estimate or accurate")
+        request.total = raw
+        request.base_params.append((name, raw))
 
 
 # Paging cursors are signed: a forged or edited one is refused before its keys reach the SQL. Every
