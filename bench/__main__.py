@@ -22,7 +22,7 @@ from pathlib import Path
 
 from sqlalchemy import insert, true
 
-from bench.hl7v2 import bench_mllp, bench_parsing
+from bench.hl7v2 import bench_mllp, bench_parsing, bench_statements
 from bench.memory import bench_large_documents, bench_memory
 from gateway.access import AccessContext
 from gateway.access.rules import IDNATPS_SYSTEM
@@ -292,6 +292,7 @@ def main() -> None:
             "hl7v2_parsing": bench_parsing(hundred_kb_documents(1)[0]),
             "mllp_ingest": bench_mllp(workdir, hundred_kb_documents(mllp_documents),
                                       int(os.environ.get("BENCH_ADT", "1000"))),
+            "persistence_per_message": bench_statements(workdir, hundred_kb_documents(50)),
             "memory": bench_memory(),
             "large_documents": bench_large_documents(),
         }

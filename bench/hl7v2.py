@@ -163,3 +163,32 @@ def bench_mllp(workdir: Path, cdas: list[bytes], adt_count: int) -> dict:
                        "synchronous=FULL: two commits (fsync) per message, the raw copy then the resources; AA only after "
                        "the second")
     return results
+
+
+def bench_statements(workdir: Path, cdas: list[bytes], adt_count: int = 50) -> dict:
+    """SQL statements and commits per message, in-process on SQLite, the persistence cost the
+    throughput figures pay per message (counted with SQLAlchemy's engine events)."""
+    from sqlalchemy import event
+
+    from gateway.access import AccessContext
+    from gateway.services import feeds
+    from gateway.storage.repository import Repository
+
+    url = f"sqlite:///{workdir / 'statements.db'}"
+    engine = make_engine(url)
+    upgrade(engine)
+    counts = {"statements": 0, "commits": 0}
+    event.listen(engine, "before_cursor_execute", lambda *args: counts.__setitem__("statements", counts["statements"] + 1))
+    event.listen(engine, "commit", lambda *args: counts.__setitem__("commits", counts["commits"] + 1))
+    repo = Repository(engine, AccessContext.system("bench"), "http://bench")
+    results = {}
+    for name, messages in (("ADT^A28", [adt(900_000 + n) for n in range(adt_count)]),
+                           ("MDM^T02 with a 100 KB CDA", [mdm(900_000 + n, cda) for n, cda in enumerate(cdas)])):
+        counts.update(statements=0, commits=0)
+        for message in messages:
+            reply = feeds.receive(repo, message, channel="bench", max_bytes=20 * 1024 * 1024)
+            assert reply.code == "AA", reply.ack
+        results[name] = {"messages": len(messages), "statements_per_message": round(counts["statements"] / len(messages), 1),
+                         "commits_per_message": round(counts["commits"] / len(messages), 2)}
+    engine.dispose()
+    return results

@@ -632,14 +632,17 @@ class UnitOfWork:
         self.conn.execute(insert(resource_versions).values(
             res_type=res_type, res_id=res_id, version=version, last_updated=index_time,
             method=method or ("PUT" if previous else "POST"), deleted=False, body=body))
-        self._reindex(resource)
+        self._reindex(resource, replaced=previous is not None)
         return StoredResource(res_type, res_id, version, instant, body, False, blob_sha256, patient_id,
                               bool(columns.get("hidden_from_patient")), bool(columns.get("hidden_from_representatives")))
 
-    def _reindex(self, resource: dict) -> None:
+    def _reindex(self, resource: dict, replaced: bool) -> None:
+        """Index rows of a resource's new version; a new resource has none to delete (four
+        statements saved per resource: a quarter of what a document message ran)."""
         res_type, res_id = resource["resourceType"], resource["id"]
-        for table in INDEX_TABLES:
-            self.conn.execute(delete(table).where(and_(table.c.res_type == res_type, table.c.res_id == res_id)))
+        if replaced:
+            for table in INDEX_TABLES:
+                self.conn.execute(delete(table).where(and_(table.c.res_type == res_type, table.c.res_id == res_id)))
         for kind, rows in index_rows(resource).items():
             if rows:
                 self.conn.execute(insert(INDEX_TABLE_BY_KIND[kind]), rows)
