@@ -166,8 +166,8 @@ def bench_mllp(workdir: Path, cdas: list[bytes], adt_count: int) -> dict:
 
 
 def bench_statements(workdir: Path, cdas: list[bytes], adt_count: int = 50) -> dict:
-    """SQL statements and commits per message, in-process on SQLite, the persistence cost the
-    throughput figures pay per message (counted with SQLAlchemy's engine events)."""
+    """SQL statements and writing commits per message, in-process on SQLite: the persistence cost
+    the throughput figures pay per message (counted with SQLAlchemy's engine events)."""
     from sqlalchemy import event
 
     from gateway.access import AccessContext
@@ -178,8 +178,20 @@ def bench_statements(workdir: Path, cdas: list[bytes], adt_count: int = 50) -> d
     engine = make_engine(url)
     upgrade(engine)
     counts = {"statements": 0, "commits": 0}
-    event.listen(engine, "before_cursor_execute", lambda *args: counts.__setitem__("statements", counts["statements"] + 1))
-    event.listen(engine, "commit", lambda *args: counts.__setitem__("commits", counts["commits"] + 1))
+    wrote = set()   # connections whose transaction wrote: a read-only transaction's commit flushes nothing
+
+    def statement(conn, cursor, text, *args):
+        counts["statements"] += 1
+        if text.lstrip()[:6].upper() in ("INSERT", "UPDATE", "DELETE"):
+            wrote.add(id(conn))
+
+    def commit(conn):
+        if id(conn) in wrote:
+            wrote.discard(id(conn))
+            counts["commits"] += 1
+
+    event.listen(engine, "before_cursor_execute", statement)
+    event.listen(engine, "commit", commit)
     repo = Repository(engine, AccessContext.system("bench"), "http://bench")
     results = {}
     for name, messages in (("ADT^A28", [adt(900_000 + n) for n in range(adt_count)]),
