@@ -270,9 +270,8 @@ class Repository:
     @staticmethod
     def _total(conn: Connection, request: search_sql.SearchRequest, where) -> int | None:
         """The number of matches: exact with _total=accurate or _summary=count; none with _total=none;
-        otherwise exact up to TOTAL_BOUND and left out beyond it. Counting every match of a broad
-        search (a type and a month across all patients) cost more than the page itself: 619 ms of
-        a 100,000-document search; a bounded count stops at TOTAL_BOUND + 1 rows."""
+        otherwise exact up to TOTAL_BOUND and left out beyond it: a bounded count stops at
+        TOTAL_BOUND + 1 rows, whatever the number of matches."""
         if request.summary_count or request.total == "accurate":
             return conn.execute(select(func.count()).select_from(resources).where(where)).scalar_one()
         if request.total == "none":
