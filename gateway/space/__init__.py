@@ -105,13 +105,18 @@ def signed_in():
     g.account, g.record, g.record_name = signed.account, signed.record, signed.record_name
     if g.record is None:
         return None if request.endpoint in PUBLIC + CHOOSING else redirect(url_for("space.choose_record"))
-    g.repository = Repository(engine, g.account.access(g.record, request.remote_addr),
-                              current_app.config["SETTINGS"].public_base_url)
+    g.repository = record_repository(g.record)
     if g.record_name is None:
         # Read once per session (an audited read of the Patient), then shown on every page.
         g.record_name = record_holder(g.repository)
         accounts.open_record(engine, session_id, g.record, g.record_name)
     return None
+
+
+def record_repository(record: str) -> Repository:
+    """The repository of this request, as the signed-in account on one of its records."""
+    return Repository(current_app.config["ENGINE"], g.account.access(record, request.remote_addr),
+                      current_app.config["SETTINGS"].public_base_url)
 
 
 def record_holder(repository: Repository) -> str:
@@ -129,7 +134,10 @@ def record_holder(repository: Repository) -> str:
 def record_closed_on() -> str | None:
     """The date the open record was closed, None while it is open (no data, so no trail)."""
     if "record_closed_on" not in g:
-        patient_id = g.repository.own_patient_id()
+        # The page's view has usually looked the Patient id up already (views.common.patient_id).
+        patient_id = g.get("patient_id") or g.repository.own_patient_id()
+        if patient_id:
+            g.patient_id = patient_id
         state = g.repository.record_states([patient_id]).get(patient_id) if patient_id else None
         g.record_closed_on = state.closed_on if state else None
     return g.record_closed_on

@@ -345,16 +345,10 @@ class Repository:
         for patient_id in named:
             # A search about a record this reader may not open (blocked by the patient, never
             # authorised, record closed) is a refused attempt: the patient sees it as one.
-            refused = not self._may_open(patient_id)
+            refused = self._visible_current("Patient", patient_id) is None
             events.append(self._event("search-type", patient_id, query=query, outcome=audit.Outcome(
                 "4", "the access rules refuse this reader the record") if refused else audit.SUCCESS))
         self.record_audit(events or [self._event("search-type", None, query=query)])
-
-    def _may_open(self, patient_id: str) -> bool:
-        with read_connection(self.engine) as conn:
-            return conn.execute(select(resources.c.res_id).where(
-                resources.c.res_type == "Patient", resources.c.res_id == patient_id,
-                self.access.resource_filter(resources, "Patient"))).first() is not None
 
     def _patients_named(self, request: search_sql.SearchRequest) -> list[str]:
         """The patients a search asks about by reference or identifier, found or not: a search that

@@ -4,18 +4,12 @@ from __future__ import annotations
 
 from flask import current_app, flash, g, redirect, render_template, request, session, url_for
 
-from gateway.space import accounts, record_holder, space
-from gateway.storage.repository import Repository
-
-
-def _repository(record: str) -> Repository:
-    return Repository(current_app.config["ENGINE"], g.account.access(record, request.remote_addr),
-                      current_app.config["SETTINGS"].public_base_url)
+from gateway.space import accounts, record_holder, record_repository, space
 
 
 @space.get("/dossiers")
 def choose_record():
-    records = [(record, record_holder(_repository(record))) for record in g.account.records]
+    records = [(record, record_holder(record_repository(record))) for record in g.account.records]
     return render_template("records.html", records=records, current=g.record)
 
 
@@ -25,7 +19,7 @@ def open_record():
     if record not in g.account.records:
         flash("Choisissez l'un des dossiers de la liste.", "error")
         return redirect(url_for("space.choose_record"))
-    name = record_holder(_repository(record))
+    name = record_holder(record_repository(record))
     accounts.open_record(current_app.config["ENGINE"], session["sid"], record, name)
     flash(f"Vous consultez le dossier de {name}.")
     return redirect(url_for("space.documents_page"))
