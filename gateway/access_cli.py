@@ -36,8 +36,9 @@ def issue_token(settings: Settings, args) -> int:
 
 def verify_audit(settings: Settings, _args) -> int:
     report = verify_chain(make_engine(settings.database_url))
-    if report.broken_at is None:
+    if report.reason is None:
         print(f"audit trail intact: {report.entries} entries")
         return 0
-    print(f"audit trail BROKEN at entry {report.broken_at} (AuditEvent/{report.event_id}): {report.reason}")
+    where = f"at entry {report.broken_at} " if report.broken_at is not None else ""
+    print(f"audit trail BROKEN {where}(AuditEvent/{report.event_id}): {report.reason}")
     return 1

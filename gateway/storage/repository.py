@@ -23,12 +23,12 @@ from gateway.access.rules import VISIBILITY_COLUMNS, binary_ids, rules_of, signe
 from gateway.mapping.document import author_idnatps
 
 from . import search as search_sql
+from . import statements as sql
 from .database import read_connection, write_transaction
 from .schema import (
     INDEX_TABLES,
     access_rules,
     account_records,
-    audit_chain,
     blobs,
     notifications,
     raw_inputs,
@@ -477,19 +477,43 @@ class UnitOfWork:
                                            change.hidden_from_representatives))
         if not self.audit:
             return
-        previous = audit.chain_head(self.conn)
-        for pending in self.audit:
-            stored = self._store(pending.event, patient_id=pending.patient_id, method="POST", columns={
-                "hidden_from_patient": pending.hidden_from_patient,
-                "hidden_from_representatives": pending.hidden_from_representatives})
-            link = audit.link_hash(previous, stored.body)
-            self.conn.execute(insert(audit_chain).values(event_id=stored.res_id, previous_hash=previous, hash=link))
+        bodies = self._insert_new([(p.event, p.patient_id, {
+            "hidden_from_patient": p.hidden_from_patient, "hidden_from_representatives": p.hidden_from_representatives})
+            for p in self.audit])
+        chain, previous = audit.claim_chain(self.conn)
+        links = []
+        for pending, body in zip(self.audit, bodies):
+            link = audit.link_hash(previous, body)
+            links.append({"chain": chain, "event_id": pending.event["id"], "previous_hash": previous, "hash": link})
             previous = link
+        self.conn.execute(sql.INSERT_CHAIN_LINK, links)
+
+    def _insert_new(self, new: list[tuple[dict, str | None, dict]]) -> list[str]:
+        """Resources written for the first time under fresh ids (a transaction's AuditEvents), as
+        one multi-row insert per table: no previous version to read, no index rows to delete.
+        Returns their JSON as stored."""
+        instant, index_time = _now()
+        current, versions, index = [], [], {}
+        for resource, patient_id, columns in new:
+            resource["meta"] = {**resource.get("meta", {}), "versionId": "1", "lastUpdated": instant}
+            body = dumps(resource)
+            current.append({"res_type": resource["resourceType"], "res_id": resource["id"], "version": 1,
+                            "last_updated": index_time, "deleted": False, "patient_id": patient_id,
+                            "blob_sha256": None, "body": body, **columns})
+            versions.append({"res_type": resource["resourceType"], "res_id": resource["id"], "version": 1,
+                             "last_updated": index_time, "method": "POST", "deleted": False, "body": body})
+            for kind, rows in index_rows(resource).items():
+                index.setdefault(kind, []).extend(rows)
+        self.conn.execute(sql.INSERT_RESOURCE, current)
+        self.conn.execute(sql.INSERT_VERSION, versions)
+        for kind, rows in index.items():
+            if rows:
+                self.conn.execute(sql.INSERT_INDEX[INDEX_TABLE_BY_KIND[kind].name], rows)
+        return [row["body"] for row in current]
 
     def find_by_identifier(self, res_type: str, system: str, value: str) -> str | None:
-        return self.conn.execute(select(unique_identifiers.c.res_id).where(
-            unique_identifiers.c.res_type == res_type, unique_identifiers.c.system == system,
-            unique_identifiers.c.value == value)).scalar_one_or_none()
+        return self.conn.execute(sql.FIND_IDENTIFIER, {"key_type": res_type, "key_system": system,
+                                                       "key_value": value}).scalar_one_or_none()
 
     def claim_identifier(self, res_type: str, system: str, value: str, res_id: str) -> None:
         """Record that this identifier belongs to res_id; a concurrent claim fails at commit or here."""
@@ -497,19 +521,17 @@ class UnitOfWork:
         if existing and existing != res_id:
             raise DuplicateIdentifier(res_type, system, value, existing)
         if not existing:
-            self.conn.execute(insert(unique_identifiers).values(
-                res_type=res_type, system=system, value=value, res_id=res_id))
+            self.conn.execute(sql.INSERT_IDENTIFIER, {"res_type": res_type, "system": system, "value": value,
+                                                      "res_id": res_id})
 
     def current(self, res_type: str, res_id: str) -> StoredResource | None:
-        row = self.conn.execute(select(resources).where(
-            resources.c.res_type == res_type, resources.c.res_id == res_id)).first()
+        row = self.conn.execute(sql.CURRENT, {"key_type": res_type, "key_id": res_id}).first()
         return self.repository._row(row) if row else None
 
     def store_blob(self, data: bytes) -> str:
         digest = hashlib.sha256(data).hexdigest()
-        exists = self.conn.execute(select(blobs.c.sha256).where(blobs.c.sha256 == digest)).first()
-        if not exists:
-            self.conn.execute(insert(blobs).values(sha256=digest, size=len(data), data=data))
+        if not self.conn.execute(sql.BLOB_EXISTS, {"key_sha256": digest}).first():
+            self.conn.execute(sql.INSERT_BLOB, {"sha256": digest, "size": len(data), "data": data})
         return digest
 
     def save(self, resource: dict, *, patient_id: str | None = None, blob_sha256: str | None = None,
@@ -569,11 +591,7 @@ class UnitOfWork:
 
     def _follow_signatures(self, docref_id: str) -> None:
         """The signatures of a document whose labels changed take its visibility again."""
-        signatures = self.conn.execute(select(resources.c.res_id, resources.c.body).where(
-            resources.c.res_type == "DocumentReference", resources.c.res_id.in_(
-                select(search_reference.c.res_id).where(
-                    search_reference.c.res_type == "DocumentReference", search_reference.c.param == "relatesto",
-                    search_reference.c.target_id == docref_id)))).all()
+        signatures = self.conn.execute(sql.SIGNATURES_OF, {"key_id": docref_id}).all()
         for signature_id, body in signatures:
             signature = json.loads(body)
             signed = signed_ids(signature)
@@ -607,8 +625,8 @@ class UnitOfWork:
     def _store(self, resource: dict, *, patient_id: str | None, method: str | None, columns: dict,
                blob_sha256: str | None = None) -> StoredResource:
         res_type, res_id = resource["resourceType"], resource["id"]
-        previous = self.conn.execute(select(resources.c.version, resources.c.blob_sha256).where(
-            resources.c.res_type == res_type, resources.c.res_id == res_id)).first()
+        key = {"key_type": res_type, "key_id": res_id}
+        previous = self.conn.execute(sql.PREVIOUS, key).first()
         version = (previous.version + 1) if previous else 1
         instant, index_time = _now()
         resource.setdefault("meta", {})
@@ -618,13 +636,12 @@ class UnitOfWork:
         values = dict(version=version, last_updated=index_time, deleted=False, patient_id=patient_id,
                       blob_sha256=blob_sha256, body=body, **columns)
         if previous:
-            self.conn.execute(update(resources).where(
-                resources.c.res_type == res_type, resources.c.res_id == res_id).values(**values))
+            self.conn.execute(sql.UPDATE_RESOURCE, {**key, **values})
         else:
-            self.conn.execute(insert(resources).values(res_type=res_type, res_id=res_id, **values))
-        self.conn.execute(insert(resource_versions).values(
-            res_type=res_type, res_id=res_id, version=version, last_updated=index_time,
-            method=method or ("PUT" if previous else "POST"), deleted=False, body=body))
+            self.conn.execute(sql.INSERT_RESOURCE, {"res_type": res_type, "res_id": res_id, **values})
+        self.conn.execute(sql.INSERT_VERSION, {
+            "res_type": res_type, "res_id": res_id, "version": version, "last_updated": index_time,
+            "method": method or ("PUT" if previous else "POST"), "deleted": False, "body": body})
         self._reindex(resource, replaced=previous is not None)
         return StoredResource(res_type, res_id, version, instant, body, False, blob_sha256, patient_id,
                               bool(columns.get("hidden_from_patient")), bool(columns.get("hidden_from_representatives")))
@@ -632,13 +649,13 @@ class UnitOfWork:
     def _reindex(self, resource: dict, replaced: bool) -> None:
         """Index rows of a resource's new version; a new resource has none to delete (four
         statements saved per resource: a quarter of what a document message ran)."""
-        res_type, res_id = resource["resourceType"], resource["id"]
         if replaced:
+            key = {"key_type": resource["resourceType"], "key_id": resource["id"]}
             for table in INDEX_TABLES:
-                self.conn.execute(delete(table).where(and_(table.c.res_type == res_type, table.c.res_id == res_id)))
+                self.conn.execute(sql.DELETE_INDEX[table.name], key)
         for kind, rows in index_rows(resource).items():
             if rows:
-                self.conn.execute(insert(INDEX_TABLE_BY_KIND[kind]), rows)
+                self.conn.execute(sql.INSERT_INDEX[INDEX_TABLE_BY_KIND[kind].name], rows)
 
     def release_identifier(self, res_type: str, system: str, value: str) -> None:
         self.conn.execute(delete(unique_identifiers).where(
@@ -683,9 +700,7 @@ class UnitOfWork:
     def claim_raw(self, raw_id: int) -> bool:
         """Take a received (or failed) input for processing in this transaction. False when another
         process finished it first: its row lock, or SQLite's single writer, orders the two."""
-        result = self.conn.execute(update(raw_inputs).where(
-            raw_inputs.c.id == raw_id, raw_inputs.c.status.in_(("received", "failed"))).values(status="processing"))
-        return result.rowcount == 1
+        return self.conn.execute(sql.CLAIM_RAW, {"key_raw": raw_id}).rowcount == 1
 
     def record_outcome(self, raw_id: int, status: str, outcome: dict | None = None,
                        produced: list[str] | None = None, ack: str | None = None) -> None:
@@ -693,7 +708,7 @@ class UnitOfWork:
                       resources=json.dumps(produced) if produced else None)
         if ack is not None:
             values["ack"] = ack
-        self.conn.execute(update(raw_inputs).where(raw_inputs.c.id == raw_id).values(**values))
+        self.conn.execute(sql.UPDATE_RAW, {"key_raw": raw_id, **values})
 
 
 def record_closed(conn: Connection, patient_id: str) -> bool:
@@ -714,7 +729,7 @@ def store_raw(engine: Engine, channel: str, body: bytes, content_type: str | Non
     the HL7v2 keys (control_id, fingerprint, message_type)."""
     _, index_time = _now()
     with write_transaction(engine) as conn:
-        result = conn.execute(insert(raw_inputs).values(
+        result = conn.execute(sql.INSERT_RAW, dict(
             received_at=index_time, channel=channel, content_type=(content_type or "")[:128], sender=sender,
             sha256=hashlib.sha256(body).hexdigest(), size=len(body), body=body, status=status,
             outcome=json.dumps(outcome, ensure_ascii=False) if outcome else None, ack=ack, **(message or {})))
@@ -727,7 +742,7 @@ def mark_raw(engine: Engine, raw_id: int, status: str, outcome: dict | None = No
     if ack is not None:
         values["ack"] = ack
     with write_transaction(engine) as conn:
-        conn.execute(update(raw_inputs).where(raw_inputs.c.id == raw_id).values(**values))
+        conn.execute(sql.UPDATE_RAW, {"key_raw": raw_id, **values})
 
 
 def earlier_messages(engine: Engine, sender: str, control_id: str) -> list:

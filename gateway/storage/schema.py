@@ -167,7 +167,8 @@ access_rules = Table(
     Index("ix_access_rules_consent", "consent_id"),
 )
 
-# The audit trail's hash chain: each AuditEvent's hash covers its JSON and the previous hash.
+# The audit trail's hash chains: each AuditEvent's hash covers its JSON and the previous hash of its
+# chain (gateway/access/audit.py).
 audit_chain = Table(
     "audit_chain",
     metadata,
@@ -175,6 +176,8 @@ audit_chain = Table(
     Column("event_id", String(64), nullable=False),
     Column("previous_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
+    Column("chain", Integer, nullable=False, default=0, server_default="0"),
+    Index("ix_audit_chain_head", "chain", "seq"),
 )
 
 # The patient space: accounts of patients and legal representatives, the records each manages

@@ -259,24 +259,56 @@ def test_each_request_leaves_its_audit_events(client, bearer, world, database):
     assert theirs["total"] >= 1 and patient_ref not in json.dumps(theirs)
 
 
-def test_audit_verify_finds_an_edited_or_removed_entry(client, bearer, world, database):
+def test_audit_verify_finds_an_edited_removed_or_inserted_entry(client, bearer, world, database):
     engine = database[0]
     client.get(f"/fhir/DocumentReference/{world['ldl']}", headers=bearer("patient", patient=MARTIN))
     report = verify_chain(engine)
-    assert report.broken_at is None and report.entries >= 2
+    assert report.reason is None and report.entries >= 2
+
+    def last_entry(conn):
+        return conn.execute(select(audit_chain.c.seq, audit_chain.c.event_id, audit_chain.c.chain,
+                                   audit_chain.c.hash).order_by(audit_chain.c.seq.desc()).limit(1)).one()
+
     with engine.begin() as conn:
-        seq, event_id = conn.execute(select(audit_chain.c.seq, audit_chain.c.event_id)
-                                     .order_by(audit_chain.c.seq.desc()).limit(1)).one()
+        seq, event_id, chain, _ = last_entry(conn)
         body = conn.execute(select(resources.c.body).where(resources.c.res_id == event_id)).scalar_one()
         conn.execute(update(resources).where(resources.c.res_id == event_id)
                      .values(body=body.replace('"outcome":"0"', '"outcome":"4"')))
-    broken = verify_chain(engine)
-    assert (broken.broken_at, broken.event_id) == (seq, event_id) and "changed" in broken.reason
+    edited = verify_chain(engine)
+    assert (edited.broken_at, edited.event_id) == (seq, event_id) and "changed" in edited.reason
     with engine.begin() as conn:
         conn.execute(update(resources).where(resources.c.res_id == event_id).values(body=body))
-        first = conn.execute(select(audit_chain.c.seq).order_by(audit_chain.c.seq).limit(1)).scalar_one()
-        conn.execute(audit_chain.delete().where(audit_chain.c.seq == first))
-    assert verify_chain(engine).broken_at == first + 1
+    assert verify_chain(engine).reason is None
+
+    # Removed: the entry after it in its chain no longer follows.
+    client.get(f"/fhir/DocumentReference/{world['ldl']}", headers=bearer("patient", patient=MARTIN))
+    with engine.begin() as conn:
+        first = conn.execute(select(audit_chain).order_by(audit_chain.c.seq).limit(1)).one()
+        following = conn.execute(select(audit_chain.c.seq).where(
+            audit_chain.c.chain == first.chain, audit_chain.c.seq > first.seq)
+            .order_by(audit_chain.c.seq).limit(1)).scalar_one()
+        conn.execute(audit_chain.delete().where(audit_chain.c.seq == first.seq))
+    removed = verify_chain(engine)
+    assert removed.broken_at == following and "removed or inserted" in removed.reason
+    with engine.begin() as conn:
+        conn.execute(audit_chain.insert().values(**first._asdict()))
+    assert verify_chain(engine).reason is None
+
+    # Inserted: a forged AuditEvent linked after the last entry breaks the entry written next in
+    # that chain; one left out of every chain is named as such.
+    forged = body.replace(event_id, "forged-event")
+    with engine.begin() as conn:
+        _, _, chain, head = last_entry(conn)
+        conn.execute(resources.insert().values(res_type="AuditEvent", res_id="forged-event", version=1,
+                                               last_updated="2026-01-01T00:00:00", deleted=False, body=forged))
+    unchained = verify_chain(engine)
+    assert unchained.event_id == "forged-event" and "in no chain" in unchained.reason
+    with engine.begin() as conn:
+        conn.execute(audit_chain.insert().values(chain=chain, event_id="forged-event", previous_hash=head,
+                                                 hash="f" * 64))
+    client.get(f"/fhir/DocumentReference/{world['ldl']}", headers=bearer("patient", patient=MARTIN))
+    inserted = verify_chain(engine)
+    assert inserted.reason is not None and inserted.event_id == "forged-event"
 
 
 def test_what_names_a_document_follows_its_visibility(client, bearer, settings, world):
