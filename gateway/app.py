@@ -14,7 +14,7 @@ from gateway.access import AccessRefused
 from gateway.access.audit import Outcome
 from gateway.access.context import INSURER
 from gateway.access.tokens import load_keys
-from gateway.cda.errors import DocumentRefused
+from gateway.refusal import Refused
 from gateway.config import Settings
 from gateway.fhir.api import fhir
 from gateway.fhir.responses import FhirError, fhir_response, operation_outcome
@@ -87,8 +87,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             response.headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
         return response
 
-    @app.errorhandler(DocumentRefused)
-    def document_refused(refusal: DocumentRefused):
+    @app.errorhandler(Refused)
+    def refused(refusal: Refused):
         return fhir_error(FhirError(refusal.status, refusal.reason, code=refusal.code, expression=refusal.location))
 
     @app.errorhandler(AccessRefused)

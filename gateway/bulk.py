@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from gateway.access import AccessContext
-from gateway.cda.errors import DocumentRefused
+from gateway.refusal import Refused
 from gateway.config import Settings
 from gateway.services.documents import ingest_cda
 from gateway.storage.database import make_engine, refresh_statistics
@@ -55,7 +55,7 @@ def ingest_paths(settings: Settings, paths: list[Path], console: Console | None 
                     report.ingested += 1
                 else:
                     report.duplicates += 1
-            except DocumentRefused as refusal:
+            except Refused as refusal:
                 report.refused.append((str(file), refusal.location or "/", refusal.reason))
             except OSError as exc:
                 report.failed.append((str(file), str(exc)))

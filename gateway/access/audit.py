@@ -12,7 +12,7 @@ import hashlib
 import random
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Engine, bindparam, select, text
+from sqlalchemy import Connection, Engine, bindparam, insert, select, text
 
 from gateway.mapping import codes
 from gateway.storage.database import is_sqlite, read_connection
@@ -213,6 +213,20 @@ def claim_chain(conn: Connection) -> tuple[int, str]:
             conn.execute(text("SELECT pg_advisory_xact_lock(:key, :chain)"), {"key": AUDIT_LOCK, "chain": chain})
     last = conn.execute(CHAIN_HEAD, {"chain": chain}).scalar()
     return chain, last or GENESIS
+
+
+def extend_chain(conn: Connection, entries: list[tuple[str, str]]) -> None:
+    """Link (AuditEvent id, JSON as stored) entries, in order, at the end of a chain this
+    transaction holds."""
+    if not entries:
+        return
+    chain, previous = claim_chain(conn)
+    links = []
+    for event_id, body in entries:
+        link = link_hash(previous, body)
+        links.append({"chain": chain, "event_id": event_id, "previous_hash": previous, "hash": link})
+        previous = link
+    conn.execute(insert(audit_chain), links)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 from lxml import etree
 
-from .errors import DocumentRefused
+from gateway.refusal import Refused
 from .parser import NS
 
 CD = "/ClinicalDocument"
@@ -204,7 +204,7 @@ def _person(entity: etree._Element | None, person_tag: str, org_tag: str, time_e
 
 def _required(value, location: str, what: str):
     if not value:
-        raise DocumentRefused(f"{what} is missing", location=location)
+        raise Refused(f"{what} is missing", location=location)
     return value
 
 

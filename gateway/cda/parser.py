@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from lxml import etree
 
-from .errors import DocumentRefused
+from gateway.refusal import Refused
 
 HL7_NS = "urn:hl7-org:v3"
 NS = {"h": HL7_NS}
@@ -36,22 +36,22 @@ def safe_parser() -> etree.XMLParser:
 def parse_cda(data: bytes, *, max_bytes: int) -> tuple[etree._Element, bool]:
     """Return the ClinicalDocument element and whether it came wrapped in an XSLT stylesheet."""
     if len(data) > max_bytes:
-        raise DocumentRefused(
+        raise Refused(
             f"document is {len(data)} bytes, above the limit of {max_bytes} bytes",
             location="/", status=413, code="too-costly",
         )
     if not data.strip():
-        raise DocumentRefused("empty body", location="/", status=400, code="structure")
+        raise Refused("empty body", location="/", status=400, code="structure")
     try:
         root = etree.fromstring(data, safe_parser())
     except etree.XMLSyntaxError as exc:
         line = f" (line {exc.lineno})" if getattr(exc, "lineno", None) else ""
-        raise DocumentRefused(f"unparseable XML{line}: {exc.msg}", location="/", status=400, code="structure") from None
+        raise Refused(f"unparseable XML{line}: {exc.msg}", location="/", status=400, code="structure") from None
     # The parser's own view, whatever the encoding or where the declaration stands (a byte search
     # misses a DOCTYPE after the first bytes, or in UTF-16).
     docinfo = root.getroottree().docinfo
     if docinfo.doctype or docinfo.internalDTD is not None or docinfo.externalDTD is not None:
-        raise DocumentRefused(
+        raise Refused(
             "document type declarations and entities are not accepted in a CDA document",
             location="/", status=400, code="security",
         )
@@ -63,7 +63,7 @@ def parse_cda(data: bytes, *, max_bytes: int) -> tuple[etree._Element, bool]:
             return inner, True
     local = etree.QName(root).localname
     where = f"/{local}"
-    raise DocumentRefused(
+    raise Refused(
         f"the root element is {where}, not a ClinicalDocument in namespace {HL7_NS}",
         location=where, status=422, code="structure",
     )

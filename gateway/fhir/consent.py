@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from flask import current_app, g
 
-from gateway.cda.errors import DocumentRefused
 from gateway.services import consents
 
 from .blueprint import fhir
@@ -23,10 +22,7 @@ def _answer(stored, status: int):
 def create_consent():
     negotiate()
     body = read_json_body()
-    try:
-        return _answer(consents.create(g.repository, body), 201)
-    except DocumentRefused as refusal:
-        raise FhirError(refusal.status, refusal.reason, code=refusal.code, expression=refusal.location) from None
+    return _answer(consents.create(g.repository, body), 201)
 
 
 @fhir.put("/Consent/<res_id>")
@@ -35,7 +31,4 @@ def update_consent(res_id: str):
     body = read_json_body()
     if body.get("id") not in (None, res_id):
         raise FhirError(400, f"the body's id {body.get('id')} is not {res_id}", code="invalid")
-    try:
-        return _answer(lookup(consents.update, g.repository, res_id, body), 200)
-    except DocumentRefused as refusal:
-        raise FhirError(refusal.status, refusal.reason, code=refusal.code, expression=refusal.location) from None
+    return _answer(lookup(consents.update, g.repository, res_id, body), 200)

@@ -8,7 +8,6 @@ from urllib.parse import parse_qsl
 
 from flask import current_app, g, request
 
-from gateway.cda.errors import DocumentRefused
 from gateway.services import directory
 from gateway.services.directory import REGISTERED_TYPES
 from gateway.storage import search as search_sql
@@ -22,10 +21,7 @@ from .responses import FHIR_TYPES, FhirError, fhir_response, negotiate, require_
 def read_json_body() -> dict:
     """The request's resource as JSON data, sent as FHIR JSON or FHIR XML."""
     require_content_type(FHIR_TYPES, "is not supported: send application/fhir+json or application/fhir+xml")
-    try:
-        body = load(request.get_data(), request.mimetype)
-    except DocumentRefused as refusal:
-        raise FhirError(refusal.status, refusal.reason, code=refusal.code) from None
+    body = load(request.get_data(), request.mimetype)
     if not isinstance(body, dict) or "resourceType" not in body:
         raise FhirError(400, "the body is not a FHIR resource (no resourceType)", code="structure")
     return body

@@ -13,7 +13,7 @@ import fhir_core.xml_utils
 from fhir.resources.R4B import get_fhir_model_class
 from lxml import etree
 
-from gateway.cda.errors import DocumentRefused
+from gateway.refusal import Refused
 from gateway.cda.parser import safe_parser
 
 FHIR_XML = "application/fhir+xml"
@@ -49,23 +49,23 @@ def to_xml(resource: dict | str) -> bytes:
 
 
 def from_xml(body: bytes) -> dict:
-    """The JSON form of a FHIR XML resource; DocumentRefused (400) when it is not one."""
+    """The JSON form of a FHIR XML resource; Refused (400) when it is not one."""
     try:
         root = etree.fromstring(body, safe_parser())
     except (etree.XMLSyntaxError, ValueError) as exc:
-        raise DocumentRefused(f"the body is not XML: {exc}", location="/", status=400, code="structure") from None
+        raise Refused(f"the body is not XML: {exc}", location="/", status=400, code="structure") from None
     if root.getroottree().docinfo.doctype or root.getroottree().docinfo.internalDTD is not None:
-        raise DocumentRefused("document type declarations and entities are not accepted", location="/",
+        raise Refused("document type declarations and entities are not accepted", location="/",
                               status=400, code="security")
     if etree.QName(root).namespace != "http://hl7.org/fhir":
-        raise DocumentRefused("the body is not a FHIR resource in the namespace http://hl7.org/fhir",
+        raise Refused("the body is not a FHIR resource in the namespace http://hl7.org/fhir",
                               location="/", status=400, code="structure")
     name = etree.QName(root).localname
     try:
         model = get_fhir_model_class(name)
         resource = model.model_validate_xml(body, xmlparser=safe_parser())
     except (KeyError, ValueError, TypeError) as exc:
-        raise DocumentRefused(f"the XML is not a valid FHIR {name}: {str(exc)[:300]}", location=name,
+        raise Refused(f"the XML is not a valid FHIR {name}: {str(exc)[:300]}", location=name,
                               status=400, code="structure") from None
     return json.loads(resource.model_dump_json(exclude_none=True, by_alias=True))
 
@@ -90,14 +90,14 @@ def _depth(value) -> int:
 
 
 def load_json(body: bytes) -> object:
-    """JSON data of bounded depth; DocumentRefused (400) otherwise."""
+    """JSON data of bounded depth; Refused (400) otherwise."""
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise DocumentRefused(f"the body is not JSON: {str(exc)[:200]}", location="/", status=400,
+        raise Refused(f"the body is not JSON: {str(exc)[:200]}", location="/", status=400,
                               code="structure") from None
     if _depth(data) > MAX_DEPTH:
-        raise DocumentRefused(f"the body nests deeper than {MAX_DEPTH} levels", location="/", status=400,
+        raise Refused(f"the body nests deeper than {MAX_DEPTH} levels", location="/", status=400,
                               code="too-costly")
     return data
 
@@ -109,12 +109,12 @@ def load(body: bytes, content_type: str | None) -> dict:
         return from_xml(body)
     data = load_json(body)
     if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
-        raise DocumentRefused("the body is not a FHIR resource (no resourceType)", location="/", status=400,
+        raise Refused("the body is not a FHIR resource (no resourceType)", location="/", status=400,
                               code="structure")
     try:
         model = get_fhir_model_class(data["resourceType"])
     except (KeyError, ValueError, TypeError):
-        raise DocumentRefused(f"unknown resource type {data['resourceType'][:64]!r}", location="resourceType",
+        raise Refused(f"unknown resource type {data['resourceType'][:64]!r}", location="resourceType",
                               status=400, code="structure") from None
     try:
         model.model_validate(data)
@@ -125,6 +125,6 @@ def load(body: bytes, content_type: str | None) -> dict:
         if errors:
             problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[:10]) \
                 if errors[0] is not None else str(exc)[:300]
-            raise DocumentRefused(f"the body is not a valid FHIR {data['resourceType']}: {problems}",
+            raise Refused(f"the body is not a valid FHIR {data['resourceType']}: {problems}",
                                   location=data["resourceType"], status=422, code="invalid") from None
     return data

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from flask import g, request
 
-from gateway.cda.errors import DocumentRefused
 from gateway.services.labels import patch_document
 from gateway.storage import search as search_sql
 
@@ -19,10 +18,7 @@ JSON_PATCH_TYPES = {"application/json-patch+json"}
 def _patch(res_id: str):
     negotiate()
     require_content_type(JSON_PATCH_TYPES, "is not supported: send application/json-patch+json")
-    try:
-        patch = load_json(request.get_data())
-    except DocumentRefused as refusal:
-        raise FhirError(refusal.status, refusal.reason, code=refusal.code) from None
+    patch = load_json(request.get_data())
     if not isinstance(patch, list):
         raise FhirError(400, "a JSON Patch is a list of operations", code="structure")
     stored = lookup(patch_document, g.repository, res_id, patch)

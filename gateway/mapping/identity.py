@@ -4,7 +4,7 @@ from __future__ import annotations
 from stdnum.exceptions import ValidationError
 from stdnum.fr import nir
 
-from gateway.cda.errors import DocumentRefused
+from gateway.refusal import Refused
 from gateway.cda.header import II
 
 from . import codes
@@ -23,7 +23,7 @@ def check_ins(ii: II, location: str) -> str:
     try:
         return nir.validate(value)
     except ValidationError as exc:
-        raise DocumentRefused(
+        raise Refused(
             f"INS '{value}' is not valid ({exc.message}); the key is 97 - (first 13 digits mod 97)",
             location=location,
         ) from None

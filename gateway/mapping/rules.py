@@ -1,7 +1,7 @@
 """The DMP's acceptance rules for a CDA document, checked before anything is stored."""
 from __future__ import annotations
 
-from gateway.cda.errors import DocumentRefused
+from gateway.refusal import Refused
 from gateway.cda.header import CD, CdaHeader
 
 from . import codes, valuesets
@@ -13,33 +13,33 @@ def check_document(header: CdaHeader) -> str:
     """Refuse what the DMP would refuse; return the patient's INS."""
     ins = ins_of(header.patient.ids)
     if ins is None:
-        raise DocumentRefused(
+        raise Refused(
             "the patient has no INS (recordTarget/patientRole/id with root 1.2.250.1.213.1.4.8, .9, .10 or .11); "
             "the shared record is indexed by INS",
             location=f"{CD}/recordTarget/patientRole/id",
         )
     ins_value = check_ins(ins, f"{CD}/recordTarget/patientRole/id[@root='{ins.root}']")
     if not header.authors:
-        raise DocumentRefused("the document has no author (author/assignedAuthor with an id or a name)",
+        raise Refused("the document has no author (author/assignedAuthor with an id or a name)",
                               location=f"{CD}/author")
     if codes.document_type(header.code.system, header.code.code) is None:
-        raise DocumentRefused(
+        raise Refused(
             f"document type {header.code.code} (code system {header.code.system}) is not in the CI-SIS list of "
             "document types JDV_J07 (LOINC or TRE_A05)", location=f"{CD}/code/@code")
     for location, value_set, code in _coded(header):
         if valuesets.display(value_set, code.system, code.code) is None:
-            raise DocumentRefused(f"code {code.code} (code system {code.system}) is not in the CI-SIS value set "
+            raise Refused(f"code {code.code} (code system {code.system}) is not in the CI-SIS value set "
                                   f"JDV_{value_set}", location=location)
     if header.custodian is None or not header.custodian.ids:
-        raise DocumentRefused("the custodian organisation and its identifier are missing",
+        raise Refused("the custodian organisation and its identifier are missing",
                               location=f"{CD}/custodian/assignedCustodian/representedCustodianOrganization/id")
     for location, value in _times(header):
         try:
             ts_to_fhir(value)
         except InvalidTime as exc:
-            raise DocumentRefused(str(exc), location=location) from None
+            raise Refused(str(exc), location=location) from None
     if header.body.level == "N1" and header.body.media_type not in codes.N1_FORMATS:
-        raise DocumentRefused(
+        raise Refused(
             f"unstructured body media type {header.body.media_type} is not one the DMP accepts "
             f"({', '.join(sorted(codes.N1_FORMATS))})",
             location=f"{CD}/component/nonXMLBody/text/@mediaType",

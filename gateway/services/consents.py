@@ -16,7 +16,7 @@ from gateway.access.rules import (
     consent_actors,
     consent_kind,
 )
-from gateway.cda.errors import DocumentRefused
+from gateway.refusal import Refused
 from gateway.fhir.validation import InvalidResource, validate
 from gateway.mapping import codes
 from gateway.mapping.dates import fhir_now
@@ -29,8 +29,8 @@ SCOPE = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentsco
 POLICIES = {"permit": "OPTIN", "deny": "OPTOUT"}
 
 
-def _refuse(reason: str, expression: str, status: int = 422, patient_text: str | None = None) -> DocumentRefused:
-    return DocumentRefused(reason, location=expression, status=status, code="invalid" if status == 422 else "forbidden",
+def _refuse(reason: str, expression: str, status: int = 422, patient_text: str | None = None) -> Refused:
+    return Refused(reason, location=expression, status=status, code="invalid" if status == 422 else "forbidden",
                            patient_text=patient_text)
 
 
@@ -44,7 +44,7 @@ def own_patient(repo: Repository) -> str:
 
 
 def checked_consent(consent: dict, patient_id: str, access: AccessContext) -> dict:
-    """The Consent as it will be stored, or DocumentRefused saying what is wrong with it."""
+    """The Consent as it will be stored, or Refused saying what is wrong with it."""
     if consent.get("resourceType") != "Consent":
         raise _refuse("the body is not a Consent", "Consent")
     kind = consent_kind(consent)

@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl
 from lxml import etree
 
 from gateway.access.writes import Producers, finess
-from gateway.cda.errors import DocumentRefused
+from gateway.refusal import Refused
 from gateway.cda.parser import CLINICAL_DOCUMENT, safe_parser
 from gateway.fhir.validation import InvalidResource, validate
 from gateway.mapping import codes
@@ -52,11 +52,11 @@ def attachment_data(attachment: dict, where: str, max_bytes: int) -> bytes:
     try:
         data = base64.b64decode(attachment.get("data") or "", validate=True)
     except (binascii.Error, ValueError, TypeError):
-        raise DocumentRefused("attachment.data is not base64", location=f"{where}.data") from None
+        raise Refused("attachment.data is not base64", location=f"{where}.data") from None
     if not data:
-        raise DocumentRefused("attachment.data is empty: ITI-105 carries the document in it", location=f"{where}.data")
+        raise Refused("attachment.data is empty: ITI-105 carries the document in it", location=f"{where}.data")
     if len(data) > max_bytes:
-        raise DocumentRefused(f"document is {len(data)} bytes, above the limit of {max_bytes}",
+        raise Refused(f"document is {len(data)} bytes, above the limit of {max_bytes}",
                               location=f"{where}.data", status=413, code="too-costly")
     return data
 
@@ -91,7 +91,7 @@ def _checked(resource: dict, where: str) -> dict:
     try:
         validate(resource)
     except InvalidResource as exc:
-        raise DocumentRefused(f"the DocumentReference is not valid FHIR: {exc}", location=where) from None
+        raise Refused(f"the DocumentReference is not valid FHIR: {exc}", location=where) from None
     return resource
 
 
@@ -107,28 +107,28 @@ def register_described(uow: UnitOfWork, base_url: str, submitted: dict, data: by
     """Register a document whose metadata the sender gave as a DocumentReference."""
     master = submitted.get("masterIdentifier")
     if not isinstance(master, dict) or not master.get("value"):
-        raise DocumentRefused("masterIdentifier (the document's uniqueId) is required", location=f"{where}.masterIdentifier")
+        raise Refused("masterIdentifier (the document's uniqueId) is required", location=f"{where}.masterIdentifier")
     key = (master.get("system") or "", master["value"])
     existing_id = uow.find_by_identifier("DocumentReference", *key)
     if existing_id is not None:
         existing = uow.current("DocumentReference", existing_id)
         binary = uow.current("Binary", existing.json()["content"][0]["attachment"]["url"].rsplit("/", 1)[-1])
         if existing.patient_id != patient_id or binary is None or binary.blob_sha256 != hashlib.sha256(data).hexdigest():
-            raise DocumentRefused("a different document is already registered under this masterIdentifier",
+            raise Refused("a different document is already registered under this masterIdentifier",
                                   location=f"{where}.masterIdentifier", status=409, code="duplicate")
         return Ingested(False, existing, [f"DocumentReference/{existing_id}"])
     check_record_open(uow, patient_id, f"{where}.subject")
     if submitted.get("status", "current") != "current":
-        raise DocumentRefused("a new document is current", location=f"{where}.status")
+        raise Refused("a new document is current", location=f"{where}.status")
     type_codings = [c for c in submitted.get("type", {}).get("coding", []) if isinstance(c, dict)]
     known = next((found for c in type_codings if (found := _j07(c))), None)
     if known is None:
-        raise DocumentRefused("the document type must be one of the CI-SIS list JDV_J07 (LOINC or TRE_A05)",
+        raise Refused("the document type must be one of the CI-SIS list JDV_J07 (LOINC or TRE_A05)",
                               location=f"{where}.type")
     authors = [a for a in submitted.get("author", []) if isinstance(a, dict)]
     contained_ids = {c.get("id") for c in submitted.get("contained", []) if isinstance(c, dict)}
     if not authors or any(a.get("reference", "")[1:] not in contained_ids for a in authors):
-        raise DocumentRefused("the authors are given, as resources contained in the DocumentReference (PDSm)",
+        raise Refused("the authors are given, as resources contained in the DocumentReference (PDSm)",
                               location=f"{where}.author")
 
     docref_id = docref_id or new_id()
@@ -138,7 +138,7 @@ def register_described(uow: UnitOfWork, base_url: str, submitted: dict, data: by
     content_type = attachment.get("contentType") or "application/octet-stream"
     for name, expected in (("size", len(data)), ("hash", mapping.sha1_base64(data))):
         if name in attachment and attachment[name] != expected:
-            raise DocumentRefused(f"attachment.{name} does not match the document's bytes",
+            raise Refused(f"attachment.{name} does not match the document's bytes",
                                   location=f"{where}.content[0].attachment.{name}")
     uow.save(_checked({"resourceType": "Binary", "id": binary_id, "contentType": content_type,
                        "securityContext": {"reference": f"DocumentReference/{docref_id}"}}, where),
@@ -252,7 +252,7 @@ def _replaced(uow: UnitOfWork, submitted: dict, patient_id: str, where: str) -> 
         stored = replaceable(uow, docref_id, patient_id, _submitted_producers(submitted), f"{where}.relatesTo[{index}]")
         previous = stored.json()
         if previous["status"] != "current":
-            raise DocumentRefused("the replaced document is no longer current", location=f"{where}.relatesTo[{index}]",
+            raise Refused("the replaced document is no longer current", location=f"{where}.relatesTo[{index}]",
                                   status=409, code="conflict")
         previous["status"] = "superseded"
         uow.save(previous, patient_id=patient_id, method="PUT")

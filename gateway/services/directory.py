@@ -3,7 +3,7 @@
 belongs to one resource."""
 from __future__ import annotations
 
-from gateway.cda.errors import DocumentRefused
+from gateway.refusal import Refused
 from gateway.fhir.validation import InvalidResource, validate
 from gateway.mapping import codes
 from gateway.mapping.identity import ins_key_is_valid
@@ -13,7 +13,7 @@ REGISTERED_TYPES = ("Patient", "Practitioner", "PractitionerRole", "Organization
 
 
 def register(repo: Repository, resource: dict) -> StoredResource:
-    """Store a new identity resource; DocumentRefused when it is invalid or an identifier is taken."""
+    """Store a new identity resource; Refused when it is invalid or an identifier is taken."""
     res_type = resource["resourceType"]
     repo.access.require(repo.access.may_feed, f"create a {res_type}")
     resource["id"] = new_id()
@@ -23,19 +23,19 @@ def register(repo: Repository, resource: dict) -> StoredResource:
     try:
         validate(resource)
     except InvalidResource as exc:
-        raise DocumentRefused(str(exc)) from None
+        raise Refused(str(exc)) from None
     if res_type == "Patient":
         for identifier in resource.get("identifier", []):
             if identifier.get("system", "").removeprefix("urn:oid:") in codes.INS_OIDS and \
                     not ins_key_is_valid(str(identifier.get("value", "")).replace(" ", "")):
-                raise DocumentRefused("the INS is not valid: 15 characters whose last two are 97 - (first 13 mod 97)",
+                raise Refused("the INS is not valid: 15 characters whose last two are 97 - (first 13 mod 97)",
                                       location="Patient.identifier")
     with repo.unit_of_work() as uow:
         for identifier in resource.get("identifier", []):
             if identifier.get("system") and identifier.get("value"):
                 if uow.find_by_identifier(res_type, identifier["system"], identifier["value"]):
                     # Which resource holds it is not told: the requester may not read it.
-                    raise DocumentRefused(f"a {res_type} with identifier {identifier['system']}|{identifier['value']} "
+                    raise Refused(f"a {res_type} with identifier {identifier['system']}|{identifier['value']} "
                                           "is already registered", status=409, code="duplicate")
                 uow.claim_identifier(res_type, identifier["system"], identifier["value"], resource["id"])
         return uow.save(resource, patient_id=resource["id"] if res_type == "Patient" else None)

@@ -8,8 +8,9 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+from dataclasses import dataclass, field
 
-from gateway.cda.errors import DocumentRefused
+from gateway.refusal import Refused
 from gateway.cda.header import II
 from gateway.hl7v2.ack import Issue
 from gateway.hl7v2.er7 import Message, Segment
@@ -32,21 +33,32 @@ MDM_ACTIONS = {"T02": "new", "T10": "replace", "T04": "delete"}
 ORU_ACTIONS = {"F": "new", "C": "replace", "D": "delete"}
 
 
-def apply(uow: UnitOfWork, message: Message, applied: Applied, base_url: str, max_bytes: int) -> None:
+@dataclass
+class Plan:
+    """What a document message asks for, read and checked before any transaction: the CDA of each
+    OBX parsed, its rules checked, its patient compared with PID-3."""
+    message: Message
+    pid_ids: list[II]
+    visibility: list[str] = field(default_factory=list)
+    skipped: bool = False                          # DESTDMP is N: nothing for the shared record
+    deleted_id: II | None = None                   # MDM^T04: the document TXA-12 names
+    targets: list[tuple[str, str, ParsedCda]] = field(default_factory=list)   # (OBX location, action, CDA)
+
+
+def read(message: Message, max_bytes: int) -> Plan:
     code, event, _ = message.message_type
     pid = message.first("PID")
     if pid is None:
         raise MessageRefused(Issue("the message has no PID segment", "PID", "100"))
-    pid_ids = checked_ids(pid, 3)
+    plan = Plan(message, checked_ids(pid, 3))
     observations = message.all("OBX")
     documents = [(index, obx) for index, obx in enumerate(observations, start=1)
                  if obx.get(2) == "ED" and not v2.is_metadata(obx)]
     flags = v2.document_flags([obx for obx in observations if v2.is_metadata(obx)])
     if not flags.to_dmp:
-        applied.status = "skipped"
-        applied.issues.append(Issue("DESTDMP is N: the document is not meant for the shared record and "
-                                    "was not registered", "OBX", "0", "W"))
-        return
+        plan.skipped = True
+        return plan
+    plan.visibility = flags.visibility
 
     if code == "MDM":
         txa = message.first("TXA")
@@ -54,8 +66,8 @@ def apply(uow: UnitOfWork, message: Message, applied: Applied, base_url: str, ma
         if action == "delete":
             if txa is None or not txa.get(12):
                 raise MessageRefused(Issue("MDM^T04 names the document to delete in TXA-12", "TXA^1^12", "101"))
-            _delete(uow, II(txa.get(12)), pid_ids, applied, "TXA^1^12", _named(message))
-            return
+            plan.deleted_id = II(txa.get(12))
+            return plan
         if not documents:
             raise MessageRefused(Issue("no OBX carries the CDA document (OBX-2 ED)", "OBX", "101"))
         targets = [(documents[0], action, txa)]
@@ -70,29 +82,44 @@ def apply(uow: UnitOfWork, message: Message, applied: Applied, base_url: str, ma
                                            "are expected", f"OBX^{doc[0]}^11", "103"))
             targets.append((doc, ORU_ACTIONS[status], None))
 
-    sender = v2.sender_of(message.all("PRT"))
-    registered: list[str] = []
     for (index, obx), action, txa in targets:
         location = f"OBX^{index}^5"
         parsed = _cda(obx, location, max_bytes)
-        _same_patient(pid_ids, parsed)
-        if action == "delete":
-            named = _named(message)
-            header = header_producers(parsed.header)
-            _delete(uow, parsed.header.unique_id, pid_ids, applied, location,
-                    Producers(named.people | header.people, named.organizations | header.organizations))
-            continue
-        if txa is not None and txa.get(12) and mapping.identifier_key(II(txa.get(12))) != \
-                mapping.identifier_key(parsed.header.unique_id):
+        _same_patient(plan.pid_ids, parsed)
+        if txa is not None and action != "delete" and txa.get(12) and \
+                mapping.identifier_key(II(txa.get(12))) != mapping.identifier_key(parsed.header.unique_id):
             raise MessageRefused(Issue(f"TXA-12 ({txa.get(12)}) is not the id of the CDA in OBX-5",
                                        "TXA^1^12", "207"))
         if action == "replace":
             parsed = _with_parent(parsed, txa)
+        plan.targets.append((location, action, parsed))
+    return plan
+
+
+def apply(uow: UnitOfWork, plan: Plan, applied: Applied, base_url: str) -> None:
+    message = plan.message
+    if plan.skipped:
+        applied.status = "skipped"
+        applied.issues.append(Issue("DESTDMP is N: the document is not meant for the shared record and "
+                                    "was not registered", "OBX", "0", "W"))
+        return
+    if plan.deleted_id is not None:
+        _delete(uow, plan.deleted_id, plan.pid_ids, applied, "TXA^1^12", _named(message))
+        return
+
+    sender = v2.sender_of(message.all("PRT"))
+    registered: list[str] = []
+    for location, action, parsed in plan.targets:
+        if action == "delete":
+            named = _named(message)
+            header = header_producers(parsed.header)
+            _delete(uow, parsed.header.unique_id, plan.pid_ids, applied, location,
+                    Producers(named.people | header.people, named.organizations | header.organizations))
+            continue
         try:
-            result = register_document(uow, base_url, parsed, visibility=flags.visibility)
-        except DocumentRefused as refusal:
-            # A unique id already taken by another document is a duplicate key (205), not an error of ours.
-            raise MessageRefused(Issue(refusal.reason, location, "205" if refusal.status == 409 else "207")) from None
+            result = register_document(uow, base_url, parsed, visibility=plan.visibility)
+        except Refused as refusal:
+            raise refusal.at(location) from None
         applied.produced += [p for p in result.produced if p not in applied.produced]
         if result.created:
             registered.append(f"DocumentReference/{result.document_reference.res_id}")
@@ -101,9 +128,8 @@ def apply(uow: UnitOfWork, message: Message, applied: Applied, base_url: str, ma
                                         location, "0", "I"))
     if registered:
         applied.produced.append(_submission_set(uow, registered, sender, message))
-    elif any(action != "delete" for _, action, _ in targets):
+    elif any(action != "delete" for _, action, _ in plan.targets):
         applied.status = "duplicate"  # every document of the message was already registered
-    return
 
 
 def _cda(obx: Segment, location: str, max_bytes: int) -> ParsedCda:
@@ -121,7 +147,7 @@ def _cda(obx: Segment, location: str, max_bytes: int) -> ParsedCda:
         raise MessageRefused(Issue(f"OBX-5 encoding '{encoding}' is not supported (Base64 or A)", location, "103"))
     try:
         return read_cda(data, max_bytes)
-    except DocumentRefused as refusal:
+    except Refused as refusal:
         raise MessageRefused(Issue(f"the CDA in OBX-5 is refused: {refusal.reason}", location, "207")) from None
 
 
@@ -170,7 +196,7 @@ def _delete(uow: UnitOfWork, unique_id: II, pid_ids: list[II], applied: Applied,
         return
     try:
         stored = replaceable(uow, docref_id, find_patient(uow, pid_ids), named, location)
-    except DocumentRefused as refusal:
+    except Refused as refusal:
         raise MessageRefused(Issue(refusal.reason, location, "204" if refusal.status == 422 else "207")) from None
     delete_document(uow, stored)
     applied.produced.append(f"DocumentReference/{stored.res_id}")

@@ -1,6 +1,8 @@
-"""Ingest of one CDA document: raw store -> parse -> rules -> map -> validate -> persist.
+"""One CDA document: read (parse, header, rules) outside any transaction, then map, validate and
+persist in the unit of work.
 
-Used by POST /cda, by ITI-65 (inside its own unit of work) and by `gateway ingest`.
+Used by POST /cda and `gateway ingest` (through the ingest pipeline), by ITI-65 and by the HL7v2
+document messages (inside theirs).
 """
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import hashlib
 import logging
 from dataclasses import dataclass, field
 
-from gateway.cda.errors import DocumentRefused
+from gateway.refusal import Refused
 from gateway.cda.header import CD, CdaHeader, Person, extract_header
 from gateway.cda.parser import parse_cda
 from gateway.access.rules import binary_ids
@@ -18,10 +20,10 @@ from gateway.mapping import codes
 from gateway.mapping import document as mapping
 from gateway.mapping.hl7v2 import feeding_refused
 from gateway.mapping.rules import check_document
-from gateway.storage.repository import DuplicateIdentifier, Repository, StoredResource, UnitOfWork, new_id, store_raw
+from gateway.storage.repository import DuplicateIdentifier, Repository, StoredResource, UnitOfWork, new_id
 
 from .patients import feeding_consent
-from .recording import in_one_transaction, recorded
+from .ingest import Received, Written, ingest
 
 log = logging.getLogger(__name__)
 
@@ -57,31 +59,19 @@ def read_cda(data: bytes, max_bytes: int) -> ParsedCda:
 
 def ingest_cda(repo: Repository, data: bytes, *, max_bytes: int, channel: str = "cda",
                content_type: str | None = None, sender: str | None = None) -> Ingested:
-    raw_id = store_raw(repo.engine, channel, data, content_type, sender)
-    try:
-        with recorded(repo, channel, raw_id) as done:
-            parsed = read_cda(data, max_bytes)
+    def write(uow: UnitOfWork, parsed: ParsedCda) -> Written[Ingested]:
+        result = register_document(uow, repo.base_url, parsed)
+        return Written(result, "processed" if result.created else "duplicate", result.produced)
 
-            def register(uow: UnitOfWork) -> Ingested:
-                result = register_document(uow, repo.base_url, parsed)
-                uow.record_outcome(raw_id, "processed" if result.created else "duplicate", produced=result.produced)
-                return result
-
-            result = in_one_transaction(repo, register)
-            done("created" if result.created else "duplicate")
-    except DocumentRefused as refusal:
-        log.info("document refused", extra={"raw_id": raw_id, "location": refusal.location, "status": refusal.status})
-        raise
-    log.info("document ingested", extra={"raw_id": raw_id, "new_document": result.created,
-                                         "document_reference": result.document_reference.res_id})
-    return result
+    _, written = ingest(repo, Received(channel, data, content_type, sender), lambda: read_cda(data, max_bytes), write)
+    return written.value
 
 
 def _checked(resource: dict) -> dict:
     try:
         validate(resource)
     except InvalidResource as exc:
-        raise DocumentRefused(f"the {exc.res_type} built from the header is not valid FHIR: {exc}",
+        raise Refused(f"the {exc.res_type} built from the header is not valid FHIR: {exc}",
                               location=CD, code="invariant") from None
     return resource
 
@@ -96,7 +86,7 @@ def existing_document(uow: UnitOfWork, parsed: ParsedCda) -> StoredResource | No
     binary_url = existing.json()["content"][0]["attachment"]["url"]
     binary = uow.current("Binary", binary_url.rsplit("/", 1)[-1])
     if binary is None or binary.blob_sha256 != hashlib.sha256(parsed.data).hexdigest():
-        raise DocumentRefused(
+        raise Refused(
             f"a different document is already registered under unique id {value}; "
             "a new version needs a new id and relatedDocument RPLC",
             location=f"{CD}/id", status=409, code="duplicate",
@@ -151,10 +141,10 @@ def register_document(uow: UnitOfWork, base_url: str, parsed: ParsedCda, *, visi
 def check_record_open(uow: UnitOfWork, patient_id: str, location: str) -> None:
     """A record takes a new document unless it is closed or its patient opposed feeding it."""
     if uow.record_closed(patient_id):
-        raise DocumentRefused("the patient's record is closed: it accepts no new document", location=location,
+        raise Refused("the patient's record is closed: it accepts no new document", location=location,
                               status=422, code="business-rule")
     if feeding_refused(feeding_consent(uow, patient_id)):
-        raise DocumentRefused("the patient opposed feeding the shared record, or the record is closed (ZFA): "
+        raise Refused("the patient opposed feeding the shared record, or the record is closed (ZFA): "
                               "the document is not registered", location=location, status=422, code="business-rule")
 
 
@@ -171,7 +161,7 @@ def _patient(uow: UnitOfWork, parsed: ParsedCda, produced: list[str]) -> str:
         try:
             uow.claim_identifier("Patient", identifier["system"], value, patient_id)
         except DuplicateIdentifier:
-            raise DocumentRefused(
+            raise Refused(
                 f"identifier {identifier['system']}|{value} belongs to another patient than INS {ins}",
                 location=f"{CD}/recordTarget/patientRole/id", status=422, code="conflict",
             ) from None
@@ -218,7 +208,7 @@ def _supersede(uow: UnitOfWork, header: CdaHeader, patient_id: str, produced: li
                              f"{CD}/relatedDocument/parentDocument/id")
         previous = stored.json()
         if previous["status"] != "current":
-            raise DocumentRefused(
+            raise Refused(
                 f"document {value} is {previous['status']} and cannot be replaced again",
                 location=f"{CD}/relatedDocument/parentDocument/id", status=409, code="conflict",
             )
@@ -236,10 +226,10 @@ def replaceable(uow: UnitOfWork, docref_id: str | None, patient_id: str | None, 
     refusal names nothing the requester did not send."""
     stored = uow.current("DocumentReference", docref_id) if docref_id else None
     if stored is None or stored.deleted or patient_id is None or stored.patient_id != patient_id:
-        raise DocumentRefused("the document to replace or delete is not a registered document of this patient",
+        raise Refused("the document to replace or delete is not a registered document of this patient",
                               location=location, status=422, code="not-found")
     if not may_change_document(uow.repository.access, producers_of(uow, stored.json()), named):
-        raise DocumentRefused(CHANGE_REFUSED, location=location, status=403, code="forbidden")
+        raise Refused(CHANGE_REFUSED, location=location, status=403, code="forbidden")
     return stored
 
 

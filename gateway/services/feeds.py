@@ -1,4 +1,5 @@
-"""One HL7v2 message, from any transport: raw store -> read -> route -> apply in one transaction -> ACK.
+"""One HL7v2 message, from any transport, through the ingest pipeline (services/ingest.py): route,
+read (a document message's CDAs parsed outside any transaction), apply in the group commit, ACK.
 
 The ACK says AA only once the message's resources and its status are committed together. A
 retransmission (same sender MSH-3/4, same MSH-10, same content but for MSH-7) is answered with the
@@ -20,11 +21,12 @@ from gateway import metrics
 from gateway.hl7v2 import ack as acks
 from gateway.hl7v2.ack import Issue, Outcome
 from gateway.hl7v2.er7 import Message, MessageRejected
-from gateway.storage.repository import Repository, UnitOfWork, earlier_messages, mark_raw, store_raw
+from gateway.refusal import Refused
+from gateway.storage.repository import Repository, UnitOfWork, earlier_messages, store_raw
 
-from . import document_messages, patients
+from . import document_messages, ingest, patients
+from .ingest import Received, Written
 from .patients import Applied, MessageRefused
-from .recording import in_one_transaction
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +44,6 @@ class Reply:
     retransmission: bool = False
 
 
-class AlreadyHandled(Exception):
-    """Another process finished this message between our look-up and our claim."""
-
-
 def fingerprint(message: Message) -> str:
     """The content of a message, all but MSH-7 (some engines restamp a message they resend)."""
     sep = message.encoding.field
@@ -56,7 +54,15 @@ def fingerprint(message: Message) -> str:
     return hashlib.sha256("\r".join(lines).encode("utf-8")).hexdigest()
 
 
-def route(message: Message) -> Callable[[UnitOfWork, Message, Applied, dict], None]:
+@dataclass(frozen=True)
+class Handler:
+    """A message type's work: `read` with no database (for a document message: every CDA parsed
+    and checked), then `apply` in the unit of work."""
+    apply: Callable[[UnitOfWork, object, Applied, str], None]
+    read: Callable[[Message, int], object] = lambda message, max_bytes: message
+
+
+def route(message: Message) -> Handler:
     """The handler for this message type and event; unsupported ones are rejected (AR, table 0357)."""
     code, event, _ = message.message_type
     if not message.version.startswith("2."):
@@ -70,27 +76,25 @@ def route(message: Message) -> Callable[[UnitOfWork, Message, Applied, dict], No
                                   f"MSH^1^{field_number}", "103")
     if code == "ADT":
         if event == "A40":
-            return _merge
+            return Handler(_merge)
         if event == "A47":
-            return _change_identifier
-        return _identity if event in IDENTITY_EVENTS else _movement
-    if code == "MDM" and event in document_messages.MDM_ACTIONS:
-        return _documents
-    if code == "ORU" and event == "R01":
-        return _documents
+            return Handler(_change_identifier)
+        return Handler(_identity if event in IDENTITY_EVENTS else _movement)
+    if (code == "MDM" and event in document_messages.MDM_ACTIONS) or (code == "ORU" and event == "R01"):
+        return Handler(document_messages.apply, document_messages.read)
     if code in ("ADT", "MDM", "ORU"):
         raise MessageRejected(f"event {code} {event} is not supported (supported: ADT events, MDM T02, "
                               "MDM T10, MDM T04, ORU R01)", "MSH^1^9^1^2", "201")
     raise MessageRejected(f"message type {code} is not supported (supported: ADT, MDM, ORU)", "MSH^1^9", "200")
 
 
-def _identity(uow, message, applied, context) -> None:
+def _identity(uow, message, applied, base_url) -> None:
     pid = _required(message, "PID")
     patient_id = patients.upsert_patient(uow, pid, applied)
     _consents(uow, message, patient_id, applied)
 
 
-def _movement(uow, message, applied, context) -> None:
+def _movement(uow, message, applied, base_url) -> None:
     """Movements (A02, A03, A11…) change no identity; a ZFA they carry still updates the consents."""
     pid = message.first("PID")
     if pid is not None and message.first("ZFA") is not None:
@@ -104,17 +108,13 @@ def _consents(uow, message, patient_id, applied) -> None:
         patients.record_consents(uow, zfa, patient_id, applied)
 
 
-def _merge(uow, message, applied, context) -> None:
+def _merge(uow, message, applied, base_url) -> None:
     pid, mrg = _required(message, "PID"), _required(message, "MRG")
     patients.merge(uow, pid, mrg, applied)
 
 
-def _change_identifier(uow, message, applied, context) -> None:
+def _change_identifier(uow, message, applied, base_url) -> None:
     patients.change_identifier(uow, _required(message, "PID"), _required(message, "MRG"), applied)
-
-
-def _documents(uow, message, applied, context) -> None:
-    document_messages.apply(uow, message, applied, context["base_url"], context["max_bytes"])
 
 
 def _required(message: Message, name: str):
@@ -156,9 +156,9 @@ def receive(repo: Repository, data: bytes, *, channel: str, max_bytes: int, send
     if earlier and same is None:
         issues.append(Issue(f"control id {message.control_id} was already used by this sender for a different "
                             "message; processed as a new message", "MSH^1^10", "205", "W"))
-    raw_id = same.id if same is not None else store_raw(
-        repo.engine, channel, data, "x-application/hl7-v2+er7", message.sender, message=keys)
-    return _process(repo, message, raw_id, handler, issues, channel, max_bytes, started)
+    received = Received(channel, data, "x-application/hl7-v2+er7", message.sender, keys)
+    raw_id = same.id if same is not None else ingest.keep(repo, received)
+    return _process(repo, received, message, raw_id, handler, issues, max_bytes, started)
 
 
 def reprocess(repo: Repository, raw_id: int, body: bytes, channel: str, max_bytes: int) -> Reply:
@@ -166,53 +166,53 @@ def reprocess(repo: Repository, raw_id: int, body: bytes, channel: str, max_byte
     started = time.perf_counter()
     message = Message.from_bytes(body)
     message.require_header()
-    return _process(repo, message, raw_id, route(message), [], channel, max_bytes, started)
+    received = Received(channel, body, "x-application/hl7-v2+er7", message.sender)
+    return _process(repo, received, message, raw_id, route(message), [], max_bytes, started)
 
 
-def _process(repo: Repository, message: Message, raw_id: int, handler, issues: list[Issue], channel: str,
-             max_bytes: int, started: float) -> Reply:
-    context = {"base_url": repo.base_url, "max_bytes": max_bytes}
+def _process(repo: Repository, received: Received, message: Message, raw_id: int, handler: Handler,
+             issues: list[Issue], max_bytes: int, started: float) -> Reply:
+    answers: dict[str, str | None] = {}
 
-    def work(uow: UnitOfWork) -> tuple[Outcome, str | None]:
-        if not uow.claim_raw(raw_id):
-            raise AlreadyHandled()
-        applied = Applied()
-        handler(uow, message, applied, context)
-        outcome = Outcome("AA", issues + applied.issues)
+    def acknowledged(outcome: Outcome) -> str | None:
         code = acks.wanted(message, outcome)
-        text = acks.build(message, outcome, code) if code else None
-        uow.record_outcome(raw_id, applied.status, _summary(outcome), applied.produced, ack=text)
-        return outcome, text
+        answers["ack"] = acks.build(message, outcome, code) if code else None
+        return answers["ack"]
+
+    def write(uow: UnitOfWork, prepared) -> Written[Outcome]:
+        applied = Applied()
+        handler.apply(uow, prepared, applied, repo.base_url)
+        outcome = Outcome("AA", issues + applied.issues)
+        return Written(outcome, applied.status, applied.produced, _summary(outcome), acknowledged(outcome))
+
+    def refusal_recorded(refusal: Refused) -> tuple[dict, str | None]:
+        outcome = Outcome(refusal.ack_code, issues + [Issue(refusal.reason, refusal.location or "",
+                                                            refusal.hl7_code)])
+        answers["code"] = outcome.code
+        return _summary(outcome), acknowledged(outcome)
 
     try:
-        outcome, text = in_one_transaction(repo, work)
-    except AlreadyHandled:
+        _, written = ingest.ingest(repo, received, lambda: handler.read(message, max_bytes), write,
+                                   raw_id=raw_id, record_refusal=refusal_recorded)
+    except ingest.AlreadyHandled:
         row = next(r for r in earlier_messages(repo.engine, message.sender, message.control_id[:199])
                    if r.id == raw_id)
-        return _retransmission(message, row, started, channel)
-    except MessageRefused as refused:
-        outcome = Outcome(refused.ack_code, issues + [refused.issue])
-        return _answer_refused(repo, raw_id, message, outcome, started, channel)
+        return _retransmission(message, row, started, received.channel)
+    except Refused:
+        return Reply(acks.encode(answers["ack"], message) if answers["ack"] else None, answers["code"], raw_id)
     except Exception as failure:
         # Nothing of this message was kept but its raw copy, marked failed for an operator
         # (`gateway messages reprocess`). The database unreachable or busy is passing: AE asks the
         # sender to send it again. Anything else would fail again the same way: AR, so that no
         # sender loops on it.
         passing = isinstance(failure, OperationalError)
-        log.exception("HL7v2 message failed", extra={"raw_id": raw_id, "passing": passing})
         text = ("internal error: the message was not processed; send it again" if passing else
                 "internal error: the message cannot be processed; it is kept for the gateway's operators")
         outcome = Outcome("AE" if passing else "AR", [Issue(text, "", "207")])
-        try:
-            mark_raw(repo.engine, raw_id, "failed", _summary(outcome))
-        except Exception:
-            log.error("could not record the failure", extra={"raw_id": raw_id})
-        metrics.observe_ingest(channel, "failed", started)
         code = acks.wanted(message, outcome)
         return Reply(acks.encode(acks.build(message, outcome, code), message) if code else None, outcome.code, raw_id)
-    metrics.observe_ingest(channel, "processed", started)
-    log.info("HL7v2 message processed", extra={"raw_id": raw_id, "type": "^".join(message.message_type[:2])})
-    return Reply(acks.encode(text, message) if text else None, outcome.code, raw_id)
+    text = written.ack
+    return Reply(acks.encode(text, message) if text else None, written.value.code, raw_id)
 
 
 def _summary(outcome: Outcome) -> dict:
@@ -225,16 +225,6 @@ def _retransmission(message: Message, row, started: float, channel: str) -> Repl
     log.info("HL7v2 retransmission answered with the original ACK", extra={"raw_id": row.id})
     code = json.loads(row.outcome).get("ack", "AA") if row.outcome else "AA"
     return Reply(acks.encode(row.ack, message) if row.ack else None, code, row.id, retransmission=True)
-
-
-def _answer_refused(repo: Repository, raw_id: int, message: Message, outcome: Outcome, started: float,
-                    channel: str) -> Reply:
-    code = acks.wanted(message, outcome)
-    text = acks.build(message, outcome, code) if code else None
-    mark_raw(repo.engine, raw_id, "refused", _summary(outcome), ack=text)
-    metrics.observe_ingest(channel, "refused", started)
-    log.info("HL7v2 message refused", extra={"raw_id": raw_id, "location": outcome.issues[-1].location})
-    return Reply(acks.encode(text, message) if text else None, outcome.code, raw_id)
 
 
 def _answer_unprocessed(repo: Repository, data: bytes, channel: str, message: Message | None, outcome: Outcome,

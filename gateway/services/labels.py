@@ -19,7 +19,7 @@ import jsonpatch
 
 from gateway.access.rules import visibility_codes
 from gateway.access.writes import Producers, changeable_labels, may_archive, may_change_document
-from gateway.cda.errors import DocumentRefused
+from gateway.refusal import Refused
 from gateway.fhir.validation import InvalidResource, validate
 from gateway.mapping import codes
 from gateway.storage.repository import Repository, StoredResource
@@ -32,8 +32,8 @@ EXTENSION_STEP = re.compile(r"^/extension\[url:'([^']+)'\]/(value\w+)$")
 
 
 def _refuse(reason: str, location: str = "DocumentReference", status: int = 422, code: str = "invalid",
-            patient_text: str | None = None) -> DocumentRefused:
-    return DocumentRefused(reason, location=location, status=status, code=code, patient_text=patient_text)
+            patient_text: str | None = None) -> Refused:
+    return Refused(reason, location=location, status=status, code=code, patient_text=patient_text)
 
 
 def _pointer_paths(resource: dict, patch: list) -> list:

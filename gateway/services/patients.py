@@ -15,18 +15,19 @@ from gateway.mapping import document as mapping
 from gateway.mapping import hl7v2 as v2
 from gateway.mapping.dates import InvalidTime, ts_to_fhir
 from gateway.mapping.identity import ins_key_is_valid
+from gateway.refusal import Refused
 from gateway.storage.repository import UnitOfWork, new_id
 
 # The key under which a patient's consent of each kind is found again (one Consent per kind).
 CONSENT_KEY_SYSTEM = v2.ZFA_SYSTEM + ":consent-of-patient:"
 
 
-class MessageRefused(Exception):
-    """The message is understood but cannot be applied: answered AE (or AR) with this issue."""
+class MessageRefused(Refused):
+    """A refusal stated in HL7v2 terms: the message is understood but cannot be applied, answered
+    AE (or AR) with this issue (an HL7 location and a table 0357 code)."""
 
     def __init__(self, issue: Issue, ack_code: str = "AE"):
-        super().__init__(issue.text)
-        self.issue, self.ack_code = issue, ack_code
+        super().__init__(issue.text, location=issue.location, hl7_code=issue.code, ack_code=ack_code)
 
 
 @dataclass

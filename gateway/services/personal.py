@@ -8,15 +8,15 @@ Binary; professionals with access to the record see it like any other document.
 from __future__ import annotations
 
 from gateway.access.context import PATIENT
-from gateway.cda.errors import DocumentRefused
+from gateway.refusal import Refused
 from gateway.fhir.validation import InvalidResource, validate
 from gateway.mapping import codes, submission
 from gateway.mapping.dates import fhir_now
 from gateway.mapping.document import sha1_base64
-from gateway.storage.repository import Repository, StoredResource, UnitOfWork, new_id, store_raw
+from gateway.storage.repository import Repository, StoredResource, UnitOfWork, new_id
 
 from .consents import own_patient
-from .recording import recorded
+from .ingest import Received, Written, ingest
 
 # What a patient may add (LOINC): the types of the personal space.
 # The JDV_J07 types (TRE_A05) of what a patient deposits, with their display in the value set.
@@ -34,8 +34,8 @@ RELATIONS = {"SPS": "Conjoint(e)", "PRN": "Parent", "CHILD": "Enfant", "SIB": "F
 ROLE_CODE = "http://terminology.hl7.org/CodeSystem/v3-RoleCode"
 
 
-def _refuse(reason: str, where: str, patient_text: str) -> DocumentRefused:
-    return DocumentRefused(reason, location=where, status=422, code="invalid", patient_text=patient_text)
+def _refuse(reason: str, where: str, patient_text: str) -> Refused:
+    return Refused(reason, location=where, status=422, code="invalid", patient_text=patient_text)
 
 
 def _checked(resource: dict) -> dict:
@@ -53,7 +53,7 @@ def _content_checked(data: bytes, media_type: str, max_bytes: int) -> None:
     if not data:
         raise _refuse("the file is empty", "content.attachment", "le fichier choisi est vide.")
     if len(data) > max_bytes:
-        raise DocumentRefused(f"the file is {len(data)} bytes, above the limit of {max_bytes} bytes",
+        raise Refused(f"the file is {len(data)} bytes, above the limit of {max_bytes} bytes",
                               location="content.attachment", status=413, code="too-costly",
                               patient_text=f"le fichier dépasse la taille maximale de {max_bytes // 1_000_000} Mo.")
     if media_type == "application/pdf" and not data.startswith(b"%PDF-"):
@@ -71,26 +71,26 @@ def add_document(repo: Repository, *, title: str, type_code: str, media_type: st
                  max_bytes: int, file_name: str | None = None) -> StoredResource:
     """Register a document the patient (or representative) adds to the record."""
     repo.access.require(repo.access.acts_for_patient, "add a document to the personal space")
-    raw_id = store_raw(repo.engine, "patient-space", data, media_type, repo.access.subject)
-    with recorded(repo, "patient-space", raw_id) as done:
-        title = " ".join(title.split())
-        if not title:
+    def check() -> str:
+        if not " ".join(title.split()):
             raise _refuse("a document needs a title", "content.attachment.title", "donnez un titre au document.")
         if type_code not in PATIENT_DOCUMENT_TYPES:
             raise _refuse(f"the type is one of {', '.join(PATIENT_DOCUMENT_TYPES)}", "type",
                           "choisissez la nature du document dans la liste.")
         _content_checked(data, media_type, max_bytes)
-        patient_id = own_patient(repo)
-        with repo.unit_of_work() as uow:
-            if uow.record_closed(patient_id):
-                raise DocumentRefused("the record is closed: it accepts no new document", location="subject",
-                                      status=422, code="business-rule",
-                                      patient_text="le dossier est fermé : il n'accepte aucun nouveau document. "
-                                                   "Rouvrez-le depuis la page « Mon dossier » pour en ajouter.")
-            stored = _register(uow, repo, patient_id, title, type_code, media_type, data, file_name)
-            uow.record_outcome(raw_id, "processed", produced=[stored.reference])
-        done("created")
-    return stored
+        return own_patient(repo)
+
+    def write(uow: UnitOfWork, patient_id: str) -> Written[StoredResource]:
+        if uow.record_closed(patient_id):
+            raise Refused("the record is closed: it accepts no new document", location="subject",
+                          status=422, code="business-rule",
+                          patient_text="le dossier est fermé : il n'accepte aucun nouveau document. "
+                                       "Rouvrez-le depuis la page « Mon dossier » pour en ajouter.")
+        stored = _register(uow, repo, patient_id, " ".join(title.split()), type_code, media_type, data, file_name)
+        return Written(stored, produced=[stored.reference])
+
+    received = Received("patient-space", data, media_type, repo.access.subject)
+    return ingest(repo, received, check, write)[1].value
 
 
 def _register(uow: UnitOfWork, repo: Repository, patient_id: str, title: str, type_code: str, media_type: str,

@@ -11,9 +11,10 @@ import binascii
 import dataclasses
 import hashlib
 from dataclasses import dataclass, field
+from typing import Callable
 from urllib.parse import parse_qsl
 
-from gateway.cda.errors import DocumentRefused
+from gateway.refusal import Refused
 from gateway.cda.header import II
 from gateway.fhir.formats import load
 from gateway.fhir.validation import InvalidResource, validate
@@ -22,11 +23,11 @@ from gateway.mapping import document as mapping
 from gateway.mapping import submission
 from gateway.mapping.dates import fhir_now
 from gateway.signature import SignatureRefused, digest, verify_signature
-from gateway.storage.repository import Repository, StoredResource, UnitOfWork, new_id, store_raw
+from gateway.storage.repository import Repository, StoredResource, UnitOfWork, new_id
 
 from .described import attachment_data, is_cda, register_described, resolve_subject
 from .documents import ParsedCda, read_cda, register_document
-from .recording import in_one_transaction, recorded
+from .ingest import Received, Written, ingest
 
 
 @dataclass
@@ -41,8 +42,8 @@ class Submitted:
     stored: StoredResource | None = None                      # the DocumentReference written
 
 
-def _refuse(reason: str, expression: str, status: int = 422, code: str = "invalid") -> DocumentRefused:
-    return DocumentRefused(reason, location=expression, status=status, code=code)
+def _refuse(reason: str, expression: str, status: int = 422, code: str = "invalid") -> Refused:
+    return Refused(reason, location=expression, status=status, code=code)
 
 
 def _is_signature(resource: dict) -> bool:
@@ -53,11 +54,9 @@ def _is_signature(resource: dict) -> bool:
 
 def provide(repo: Repository, body: bytes, trust_anchors, max_bytes: int, sender: str | None = None,
             content_type: str = "application/fhir+json") -> dict:
-    raw_id = store_raw(repo.engine, "iti65", body, content_type, sender)
-    with recorded(repo, "iti65", raw_id) as done:
-        response, _ = _provide(repo, raw_id, _load(body, content_type), trust_anchors, max_bytes)
-        done("created")
-    return response
+    submission = _provide(repo, Received("iti65", body, content_type, sender),
+                          lambda: _load(body, content_type), trust_anchors, max_bytes)
+    return submission.response
 
 
 def publish(repo: Repository, body: bytes, trust_anchors, max_bytes: int, sender: str | None = None,
@@ -65,8 +64,7 @@ def publish(repo: Repository, body: bytes, trust_anchors, max_bytes: int, sender
     """ITI-105 Simplified Publish: one DocumentReference carrying its document in attachment.data,
     registered as an ITI-65 submission of that one document (the gateway writes its SubmissionSet).
     Returns whether it was new, and the DocumentReference."""
-    raw_id = store_raw(repo.engine, "iti105", body, content_type, sender)
-    with recorded(repo, "iti105", raw_id) as done:
+    def bundle_of_document() -> dict:
         document = load(body, content_type)
         if not isinstance(document, dict) or document.get("resourceType") != "DocumentReference":
             raise _refuse("ITI-105 posts a DocumentReference", "DocumentReference", 400, "structure")
@@ -81,7 +79,7 @@ def publish(repo: Repository, body: bytes, trust_anchors, max_bytes: int, sender
         attachment["url"] = "urn:uuid:binary"
         resource = dict(document, content=[{**content[0], "attachment": attachment}])
         subject = document.get("subject", {})
-        bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        return {"resourceType": "Bundle", "type": "transaction", "entry": [
             {"fullUrl": "urn:uuid:submissionset", "request": {"method": "POST", "url": "List"}, "resource": {
                 "resourceType": "List", "meta": {"profile": [codes.PDSM_SUBMISSION_SET]},
                 "identifier": [{"use": "usual", "system": "urn:ietf:rfc:3986", "value": submission.unique_id()}],
@@ -92,31 +90,49 @@ def publish(repo: Repository, body: bytes, trust_anchors, max_bytes: int, sender
             {"fullUrl": "urn:uuid:binary", "request": {"method": "POST", "url": "Binary"}, "resource": {
                 "resourceType": "Binary", "contentType": attachment.get("contentType") or "application/octet-stream",
                 "data": base64.b64encode(data).decode()}}]}
-        response, documents = _provide(repo, raw_id, bundle, trust_anchors, max_bytes)
-        done("created")
-    return response["entry"][1]["response"]["status"].startswith("201"), documents[0].stored
+
+    written = _provide(repo, Received("iti105", body, content_type, sender), bundle_of_document, trust_anchors,
+                       max_bytes)
+    return written.response["entry"][1]["response"]["status"].startswith("201"), written.documents[0].stored
 
 
-def _provide(repo: Repository, raw_id: int, bundle: dict, trust_anchors, max_bytes: int) -> tuple[dict, list[Submitted]]:
-    """Check every document, then write everything in one transaction (all or nothing)."""
-    documents, signatures, lists, binaries, patches = _classify(bundle)
-    for item in documents + signatures:
-        _attach_binary(item, bundle, binaries, max_bytes)
-    for item in documents:
-        _read_document(item, max_bytes)
-    patients = {item.parsed.ins for item in documents if item.parsed}
-    if len(patients) > 1:
-        raise _refuse(f"a submission concerns one patient; its documents name {len(patients)} INS", "Bundle.entry")
-    for item in signatures:
-        _check_signature(item, documents, trust_anchors)
+@dataclass
+class Submission:
+    """A transaction Bundle, checked: its documents read, its signatures verified."""
+    bundle: dict
+    documents: list[Submitted]
+    signatures: list[Submitted]
+    lists: list
+    patches: list
+    response: dict = field(default_factory=dict)
 
-    def write(uow: UnitOfWork) -> dict:
-        response = _write(uow, repo.base_url, bundle, documents, signatures, lists, patches)
-        uow.record_outcome(raw_id, "processed", produced=[e["response"]["location"] for e in response["entry"]
-                                                          if "location" in e["response"]])
-        return response
 
-    return in_one_transaction(repo, write), documents
+def _provide(repo: Repository, received: Received, bundle_of: Callable[[], dict], trust_anchors,
+             max_bytes: int) -> Submission:
+    """Check every document before any transaction, then write everything in one unit of work
+    (all or nothing)."""
+    def check() -> Submission:
+        bundle = bundle_of()
+        documents, signatures, lists, binaries, patches = _classify(bundle)
+        for item in documents + signatures:
+            _attach_binary(item, bundle, binaries, max_bytes)
+        for item in documents:
+            _read_document(item, max_bytes)
+        patients = {item.parsed.ins for item in documents if item.parsed}
+        if len(patients) > 1:
+            raise _refuse(f"a submission concerns one patient; its documents name {len(patients)} INS",
+                          "Bundle.entry")
+        for item in signatures:
+            _check_signature(item, documents, trust_anchors)
+        return Submission(bundle, documents, signatures, lists, patches)
+
+    def write(uow: UnitOfWork, checked: Submission) -> Written[Submission]:
+        checked.response = _write(uow, repo.base_url, checked.bundle, checked.documents, checked.signatures,
+                                  checked.lists, checked.patches)
+        return Written(checked, produced=[e["response"]["location"] for e in checked.response["entry"]
+                                          if "location" in e["response"]])
+
+    return ingest(repo, received, check, write)[1].value
 
 
 def _load(body: bytes, content_type: str) -> dict:
@@ -223,7 +239,7 @@ def _read_document(item: Submitted, max_bytes: int) -> None:
         return
     try:
         item.parsed = read_cda(item.data, max_bytes)
-    except DocumentRefused as refusal:
+    except Refused as refusal:
         raise _refuse(f"CDA document: {refusal.reason}", f"{where} -> {refusal.location}", refusal.status,
                       refusal.code) from None
     header = item.parsed.header
@@ -293,12 +309,12 @@ def _write(uow: UnitOfWork, base_url: str, bundle: dict, documents, signatures, 
             else:
                 patient_id = resolve_subject(uow, subject, bundle_patients)
                 if patient_id is None:
-                    raise DocumentRefused("the subject names no patient whose record this gateway holds (TD2 "
+                    raise Refused("the subject names no patient whose record this gateway holds (TD2 "
                                           "needs the patient's record)", location="subject", status=422,
                                           code="not-found")
                 result = register_described(uow, base_url, item.resource, item.data, patient_id, where=where,
                                             docref_id=item.new_id)
-        except DocumentRefused as refusal:
+        except Refused as refusal:
             raise _refuse(refusal.reason, f"{where} -> {refusal.location}", refusal.status, refusal.code) from None
         stored = item.stored = result.document_reference
         patient_ids.add(stored.patient_id)

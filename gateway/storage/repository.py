@@ -10,6 +10,7 @@ import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Callable, TypeVar
 from urllib.parse import urlparse
 
 from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, text, update
@@ -24,6 +25,7 @@ from gateway.mapping.document import author_idnatps
 
 from . import search as search_sql
 from . import statements as sql
+from .commits import group_commit
 from .database import read_connection, write_transaction
 from .schema import (
     INDEX_TABLES,
@@ -79,6 +81,8 @@ class RecordState:
     attached: bool                 # the patient has an account in the patient space (Mon espace santé)
     attending: bool                # the requester is the patient's attending physician (médecin traitant DMP)
 
+
+T = TypeVar("T")
 
 # Beyond this many matches a search's Bundle.total is left out unless _total=accurate asks for it.
 TOTAL_BOUND = 1000
@@ -396,8 +400,7 @@ class Repository:
             # audited too, so the patient and the attending physician see it was made (R1111-48).
             events = events + [self._authorization("AuthZ-Consent", audit.SUCCESS, e.patient_id)
                                for e in events if e.patient_id and e.event["outcome"] == "0"]
-        with self.unit_of_work() as uow:
-            uow.audit.extend(events)
+        self.write(lambda uow: uow.audit.extend(events))
 
     def _authorization(self, basis: str, outcome: audit.Outcome, patient_id: str | None) -> "PendingAudit":
         event = audit.authorization_event(new_id(), _now()[0], self.access, patient_id=patient_id, basis=basis,
@@ -412,6 +415,10 @@ class Repository:
 
     def unit_of_work(self) -> "UnitOfWork":
         return UnitOfWork(self)
+
+    def write(self, work: Callable[["UnitOfWork"], T]) -> T:
+        """Run `work` in a unit of work of the next group commit; its value once committed."""
+        return group_commit(self.engine).run(lambda conn: UnitOfWork(self, conn), work)
 
 
 @dataclass(frozen=True)
@@ -441,13 +448,14 @@ class Change:
 
 
 class UnitOfWork:
-    """One transaction: resources, index rows, blobs, raw-input status and the AuditEvents of
-    the changes are committed together."""
+    """One unit of work: resources, index rows, blobs, raw-input status and the AuditEvents of
+    the changes, committed together. As a context manager it is one transaction of its own; the
+    group commit (storage/commits.py) runs several in one transaction, each in a savepoint."""
 
-    def __init__(self, repository: Repository):
+    def __init__(self, repository: Repository, conn: Connection | None = None):
         self.repository = repository
         self._context = None
-        self.conn: Connection | None = None
+        self.conn: Connection | None = conn
         self.changes: list[Change] = []
         self.audit: list[PendingAudit] = []
 
@@ -459,15 +467,15 @@ class UnitOfWork:
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:
             try:
-                self._write_audit()
+                audit.extend_chain(self.conn, self.store_audit())
             except BaseException as failure:
                 self._context.__exit__(type(failure), failure, failure.__traceback__)
                 raise
         return self._context.__exit__(exc_type, exc, tb)
 
-    def _write_audit(self) -> None:
-        """One AuditEvent per resource this transaction changed (BALP names one data entity per
-        event), then every pending event appended to the hash chain."""
+    def store_audit(self) -> list[tuple[str, str]]:
+        """One AuditEvent per resource this unit changed (BALP names one data entity per event),
+        stored with every pending one. Returns (id, JSON as stored) of each, for the hash chain."""
         repository = self.repository
         for change in self.changes:
             kind = {"PATCH": "patch", "DELETE": "delete"}.get(change.method) or ("create" if change.created else "update")
@@ -475,18 +483,15 @@ class UnitOfWork:
                                       entity=change.reference, host=repository.host)
             self.audit.append(PendingAudit(event, change.patient_id, change.hidden_from_patient,
                                            change.hidden_from_representatives))
+        self.changes = []
         if not self.audit:
-            return
+            return []
         bodies = self._insert_new([(p.event, p.patient_id, {
             "hidden_from_patient": p.hidden_from_patient, "hidden_from_representatives": p.hidden_from_representatives})
             for p in self.audit])
-        chain, previous = audit.claim_chain(self.conn)
-        links = []
-        for pending, body in zip(self.audit, bodies):
-            link = audit.link_hash(previous, body)
-            links.append({"chain": chain, "event_id": pending.event["id"], "previous_hash": previous, "hash": link})
-            previous = link
-        self.conn.execute(sql.INSERT_CHAIN_LINK, links)
+        stored = [(pending.event["id"], body) for pending, body in zip(self.audit, bodies)]
+        self.audit = []
+        return stored
 
     def _insert_new(self, new: list[tuple[dict, str | None, dict]]) -> list[str]:
         """Resources written for the first time under fresh ids (a transaction's AuditEvents), as

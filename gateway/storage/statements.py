@@ -11,7 +11,6 @@ from sqlalchemy import bindparam, delete, insert, select, update
 
 from .schema import (
     INDEX_TABLES,
-    audit_chain,
     blobs,
     raw_inputs,
     resource_versions,
@@ -52,5 +51,3 @@ INSERT_RAW = insert(raw_inputs)
 CLAIM_RAW = update(raw_inputs).where(raw_inputs.c.id == bindparam("key_raw"),
                                      raw_inputs.c.status.in_(("received", "failed"))).values(status="processing")
 UPDATE_RAW = update(raw_inputs).where(raw_inputs.c.id == bindparam("key_raw"))
-
-INSERT_CHAIN_LINK = insert(audit_chain)

@@ -52,7 +52,7 @@ def test_masking_ignored_is_caught(target, monkeypatch):
 
 
 def test_an_ack_sent_before_the_commit_is_caught(target, monkeypatch):
-    from gateway.services import feeds
+    from gateway.storage.repository import Repository
 
     class Lost(Exception):
         pass
@@ -66,7 +66,7 @@ def test_an_ack_sent_before_the_commit_is_caught(target, monkeypatch):
                 raise Lost
         except Lost:
             return answer["value"]
-    monkeypatch.setattr(feeds, "in_one_transaction", acknowledged_then_lost)
+    monkeypatch.setattr(Repository, "write", acknowledged_then_lost)
     result = outcome(target, "cisis-documents/001-mdm-t02-registers")["cisis-documents/001-mdm-t02-registers"]
     assert result.status == "failed" and result.message == "step 2: expected total 1, got 0"
 

@@ -2,7 +2,7 @@
 import pytest
 
 from conftest import sample
-from gateway.cda.errors import DocumentRefused
+from gateway.refusal import Refused
 from gateway.cda.header import extract_header
 from gateway.cda.parser import parse_cda
 from gateway.services.documents import read_cda
@@ -69,21 +69,21 @@ def test_cda_wrapped_in_an_xslt_stylesheet():
     ("external-entity.xml", 400, "/", "entities"),
 ])
 def test_invalid_samples_are_refused_with_location_and_reason(name, status, location, words):
-    with pytest.raises(DocumentRefused) as refused:
+    with pytest.raises(Refused) as refused:
         read_cda(sample(name), LIMIT)
     assert (refused.value.status, refused.value.location) == (status, location)
     assert words in refused.value.reason
 
 
 def test_too_large_is_refused_before_parsing():
-    with pytest.raises(DocumentRefused) as refused:
+    with pytest.raises(Refused) as refused:
         read_cda(b"<a/>" * 1000, 100)
     assert refused.value.status == 413
 
 
 def test_entities_are_never_expanded_even_without_doctype_keyword_case():
     billion = b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaa"><!ENTITY b "&a;&a;&a;">]><x>&b;</x>'
-    with pytest.raises(DocumentRefused):
+    with pytest.raises(Refused):
         read_cda(billion, LIMIT)
 
 
@@ -95,7 +95,7 @@ def test_document_type_declarations_are_refused_wherever_they_stand_and_in_any_e
     utf16 = ('<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE ClinicalDocument [<!ENTITY e "x">]>' + body).encode("utf-16")
     utf16_plain = ('<?xml version="1.0" encoding="UTF-16"?>' + body).encode("utf-16")
     for refused in (late, utf16):
-        with pytest.raises(DocumentRefused) as caught:
+        with pytest.raises(Refused) as caught:
             parse_cda(refused, max_bytes=10 ** 7)
         assert caught.value.status == 400 and caught.value.code == "security"
     root, _ = parse_cda(utf16_plain, max_bytes=10 ** 7)

@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.cda.errors import DocumentRefused
+from gateway.refusal import Refused
 from gateway.cda.header import II
 from gateway.mapping.identity import check_ins, ins_key_is_valid
 
@@ -16,7 +16,7 @@ def test_the_ans_test_ins_is_valid():
 
 
 def test_a_wrong_key_is_refused_with_its_location():
-    with pytest.raises(DocumentRefused) as refused:
+    with pytest.raises(Refused) as refused:
         check_ins(II("1.2.250.1.213.1.4.10", "279035121518900"), "/ClinicalDocument/recordTarget")
     assert refused.value.location == "/ClinicalDocument/recordTarget"
     assert "key" in refused.value.reason

@@ -14,7 +14,7 @@ from gateway.access.rules import (
     consent_kind,
     visibility_codes,
 )
-from gateway.cda.errors import DocumentRefused
+from gateway.refusal import Refused
 from gateway.cda.narrative import readable_body
 from gateway.cda.parser import parse_cda
 from gateway.mapping import codes
@@ -41,7 +41,7 @@ def _content(docref: dict):
         settings = current_app.config["SETTINGS"]
         try:
             root, _ = parse_cda(data, max_bytes=settings.max_document_bytes)
-        except DocumentRefused:
+        except Refused:
             return None, None, []
         body = readable_body(root)
         return body.media_type, body.data, body.sections

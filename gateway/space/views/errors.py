@@ -9,7 +9,7 @@ from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
 from gateway.access import AccessRefused
-from gateway.cda.errors import DocumentRefused
+from gateway.refusal import Refused
 from gateway.space import space
 from gateway.storage.repository import Gone, NotFound
 
@@ -17,8 +17,8 @@ log = logging.getLogger(__name__)
 GENERIC_REFUSAL = "cette demande n'a pas pu être enregistrée. Vérifiez les informations saisies et recommencez."
 
 
-@space.errorhandler(DocumentRefused)
-def refused(error: DocumentRefused):
+@space.errorhandler(Refused)
+def refused(error: Refused):
     if error.status == 404:
         return not_found(error)
     # The reason is written for integration engineers, in English: a patient reads French.

@@ -8,7 +8,7 @@ import re
 from flask import flash, g, redirect, render_template, request, url_for
 
 from gateway.access.rules import IDNATPS_SYSTEM, consent_actors, consent_kind
-from gateway.cda.errors import DocumentRefused
+from gateway.refusal import Refused
 from gateway.services import consents
 from gateway.space import space
 from gateway.storage import search as search_sql
@@ -44,7 +44,7 @@ def _professional_id(raw: str) -> str:
     idnatps = _typed_idnatps(raw)
     if idnatps:
         return idnatps
-    raise DocumentRefused("the professional is an RPPS number or an IdNatPs", location="professionnel", status=422,
+    raise Refused("the professional is an RPPS number or an IdNatPs", location="professionnel", status=422,
                           patient_text="saisissez un numéro RPPS (11 chiffres) ou choisissez un professionnel "
                                        "dans la liste.")
 

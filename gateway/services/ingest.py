@@ -1,0 +1,112 @@
+"""The ingest pipeline, one for every transport (MLLP, POST /hl7v2, POST /cda, ITI-65, ITI-105,
+`gateway ingest`, the patient space's uploads):
+
+    raw copy (committed) -> prepare (no database) -> write (a unit of work in the group commit)
+    -> the raw input's final status, the metric, the log line.
+
+A transport decodes its input, gives its work as `prepare` (reading, rules, checks that need
+nothing stored: done outside any transaction, so SQLite's write lock is never held for them) and
+`write` (inside the unit of work), and renders a `Refused` into its own answer: an ACK with ERR,
+an OperationOutcome, a French sentence. A refusal or a failure is recorded on the raw input in a
+transaction of its own, since the unit of work that failed left nothing behind.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Generic, TypeVar
+
+from gateway import metrics
+from gateway.refusal import Refused
+from gateway.storage.repository import Repository, UnitOfWork, mark_raw, store_raw
+
+log = logging.getLogger(__name__)
+
+P = TypeVar("P")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Received:
+    """An input as it arrived."""
+    channel: str                  # the transport: mllp, hl7v2, cda, iti65, iti105, bulk, patient-space
+    body: bytes
+    content_type: str | None
+    sender: str | None
+    keys: dict | None = None      # an HL7v2 message's control id, fingerprint and type
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.body).hexdigest()
+
+
+@dataclass
+class Written(Generic[T]):
+    """What a write stored, as the raw input and the metric record it."""
+    value: T
+    status: str = "processed"     # the raw input's final status: processed, duplicate or skipped
+    produced: list[str] = field(default_factory=list)
+    outcome: dict | None = None   # the raw input's outcome (an HL7v2 ACK's code and issues)
+    ack: str | None = None        # the ACK sent, kept to answer a retransmission with it
+
+    @property
+    def metric(self) -> str:
+        return "created" if self.status == "processed" else self.status
+
+
+class AlreadyHandled(Exception):
+    """Another process finished this raw input between our look-up and our claim."""
+
+
+def keep(repo: Repository, received: Received, *, status: str = "received", outcome: dict | None = None,
+         ack: str | None = None) -> int:
+    """Store the input exactly as received, committed before any processing starts."""
+    return store_raw(repo.engine, received.channel, received.body, received.content_type, received.sender,
+                     message=received.keys, status=status, outcome=outcome, ack=ack)
+
+
+def ingest(repo: Repository, received: Received, prepare: Callable[[], P],
+           write: Callable[[UnitOfWork, P], Written[T]], *, raw_id: int | None = None,
+           record_refusal: Callable[[Refused], tuple[dict, str | None]] = lambda refusal: (refusal.summary(), None),
+           ) -> tuple[int, Written[T]]:
+    """Run one input through the pipeline. Returns the raw input's id and what was written; raises
+    the `Refused` (recorded as such) or the failure (recorded as failed, for `gateway messages
+    reprocess`). `raw_id` names an input already kept (a reprocessing, an unanswered
+    retransmission); `record_refusal` gives what the raw input keeps of a refusal (its outcome, and
+    the ACK it was answered with)."""
+    started = time.perf_counter()
+    if raw_id is None:
+        raw_id = keep(repo, received)
+
+    def unit(uow: UnitOfWork) -> Written[T]:
+        if not uow.claim_raw(raw_id):
+            raise AlreadyHandled()
+        written = write(uow, prepared)
+        uow.record_outcome(raw_id, written.status, written.outcome, written.produced, ack=written.ack)
+        return written
+
+    try:
+        prepared = prepare()
+        written = repo.write(unit)
+    except AlreadyHandled:
+        raise
+    except Refused as refusal:
+        outcome, ack = record_refusal(refusal)
+        mark_raw(repo.engine, raw_id, "refused", outcome, ack=ack)
+        metrics.observe_ingest(received.channel, "refused", started)
+        log.info("input refused", extra={"raw_id": raw_id, "channel": received.channel,
+                                         "location": refusal.location, "status": refusal.status})
+        raise
+    except Exception:
+        log.exception("input failed", extra={"raw_id": raw_id, "channel": received.channel})
+        try:
+            mark_raw(repo.engine, raw_id, "failed", {"reason": "internal error"})
+        except Exception:
+            log.error("could not record the failure", extra={"raw_id": raw_id})
+        metrics.observe_ingest(received.channel, "failed", started)
+        raise
+    metrics.observe_ingest(received.channel, written.metric, started)
+    log.info("input processed", extra={"raw_id": raw_id, "channel": received.channel, "status": written.status})
+    return raw_id, written

@@ -1,0 +1,113 @@
+"""Group commit: units of work that threads submit at the same time share one transaction, one
+audit chain extension and one flush to disk.
+
+The first thread to find no batch running takes every unit waiting (its own included), runs each
+in a savepoint of one transaction, and commits; the others wait for that commit and find their
+result. A unit that raises is rolled back to its savepoint alone and its caller gets the exception;
+the others still commit. A caller returns only once the commit that made its data durable is done,
+so an ACK or a 201 sent after `run` promises what it says.
+"""
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import Callable, TypeVar
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import IntegrityError
+
+from gateway.access import audit
+
+from .database import write_transaction
+
+T = TypeVar("T")
+# A unit whose unique identifier another writer claimed first (IntegrityError) runs again, and
+# finds what that writer stored.
+MAX_ATTEMPTS = 3
+# Units per transaction: a batch holds SQLite's write lock, and its callers wait, for all of them.
+MAX_BATCH = 64
+_batch_thread = threading.local()
+
+
+class _Unit:
+    def __init__(self, unit_of_work: Callable[[Connection], object], work: Callable):
+        self.unit_of_work = unit_of_work
+        self.work = work
+        self.value = None
+        self.error: BaseException | None = None
+        self.settled = False
+
+    def result(self):
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+class GroupCommit:
+    def __init__(self, engine: Engine):
+        self._engine = engine
+        self._waiting: list[_Unit] = []
+        self._mutex = threading.Lock()    # guards the waiting list
+        self._turn = threading.Lock()     # one batch at a time in this process
+
+    def run(self, unit_of_work: Callable[[Connection], object], work: Callable[..., T]) -> T:
+        """Run `work(unit_of_work(connection))` in the next batch; return its value once that batch
+        is committed. A work must not write through another unit: its batch would wait for itself."""
+        if getattr(_batch_thread, "running", False):
+            raise RuntimeError("a unit of work submitted another one from inside its batch")
+        unit = _Unit(unit_of_work, work)
+        with self._mutex:
+            self._waiting.append(unit)
+        while not unit.settled:
+            with self._turn:
+                if unit.settled:
+                    break
+                with self._mutex:
+                    batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
+                self._commit(batch)
+        return unit.result()
+
+    def _commit(self, batch: list[_Unit]) -> None:
+        _batch_thread.running = True
+        try:
+            with write_transaction(self._engine) as conn:
+                entries = []
+                for unit in batch:
+                    for _ in range(MAX_ATTEMPTS):
+                        uow = unit.unit_of_work(conn)
+                        try:
+                            with conn.begin_nested():
+                                unit.value = unit.work(uow)
+                                entries += uow.store_audit()
+                            unit.error = None
+                            break
+                        except IntegrityError as failure:
+                            unit.error = failure
+                        except Exception as failure:
+                            unit.error = failure
+                            break
+                audit.extend_chain(conn, entries)
+        except BaseException as failure:
+            # Nothing of the batch was committed: every unit that had succeeded fails with it.
+            for unit in batch:
+                if unit.error is None:
+                    unit.error = failure
+            if not isinstance(failure, Exception):
+                raise
+        finally:
+            _batch_thread.running = False
+            for unit in batch:
+                unit.settled = True
+
+
+_committers: "weakref.WeakKeyDictionary[Engine, GroupCommit]" = weakref.WeakKeyDictionary()
+_committers_lock = threading.Lock()
+
+
+def group_commit(engine: Engine) -> GroupCommit:
+    """The group commit of this process for this database."""
+    with _committers_lock:
+        committer = _committers.get(engine)
+        if committer is None:
+            committer = _committers[engine] = GroupCommit(engine)
+        return committer
