@@ -3,22 +3,22 @@ reader) and MLLP ingest throughput for ADT and for MDM^T02 carrying a 100 KB CDA
 connections, against SQLite."""
 from __future__ import annotations
 
-import asyncio
 import base64
+import os
+import socket
 import statistics
+import subprocess
+import sys
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import hl7
 from hl7apy.core import Message as Hl7apyMessage
 from hl7apy.parser import parse_message
 
-from gateway.config import Settings
 from gateway.hl7v2 import ack, mllp
 from gateway.hl7v2.er7 import Message
-from gateway.listener import listen
 from gateway.mapping import hl7v2 as v2
 from gateway.storage.database import make_engine
 from gateway.storage.migrate import upgrade
@@ -83,23 +83,6 @@ def bench_parsing(cda: bytes, rounds: int = 30) -> dict:
     return out
 
 
-def _run_listener(settings: Settings):
-    loop = asyncio.new_event_loop()
-    started, state = threading.Event(), {}
-
-    async def main():
-        state["stop"], ready = asyncio.Event(), asyncio.Event()
-        task = asyncio.create_task(listen(settings, ready, state["stop"]))
-        await ready.wait()
-        started.set()
-        await task
-
-    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
-    thread.start()
-    started.wait(10)
-    return lambda: (loop.call_soon_threadsafe(state["stop"].set), thread.join(60))
-
-
 def _throughput(port: int, messages: list[bytes], connections: int) -> dict:
     shares = [messages[i::connections] for i in range(connections)]
     latencies: list[float] = []
@@ -135,33 +118,82 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def bench_mllp(workdir: Path, cdas: list[bytes], adt_count: int) -> dict:
-    """One listener on a fresh SQLite database; each scenario sends distinct messages."""
-    url = f"sqlite:///{workdir / 'mllp.db'}"
-    engine = make_engine(url)
-    upgrade(engine)
-    engine.dispose()
-    settings = replace(Settings.from_env(), database_url=url, mllp_host="127.0.0.1", mllp_port=_free_port(),
-                       public_base_url="http://bench", log_level="WARNING")
-    stop = _run_listener(settings)
-    results = {}
-    try:
-        offset = 0
-        for connections in (1, 8):
-            batch = [adt(offset + n) for n in range(adt_count)]
-            offset += adt_count
-            results[f"ADT, {connections} connection(s)"] = _throughput(settings.mllp_port, batch, connections)
-        half = len(cdas) // 2
-        for connections, share in ((1, cdas[:half]), (8, cdas[half:])):
-            batch = [mdm(offset + n, cda) for n, cda in enumerate(share)]
-            offset += len(share)
-            results[f"MDM^T02 with a 100 KB CDA, {connections} connection(s)"] = _throughput(
-                settings.mllp_port, batch, connections)
-    finally:
-        stop()
-    results["note"] = ("gateway listener in-process (asyncio + 8 worker threads), loopback, SQLite WAL with "
-                       "synchronous=FULL: two commits (fsync) per message, the raw copy then the resources; AA only after "
-                       "the second")
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU a process has used (/proc/<pid>/stat, in clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _listeners(url: str, port: int, processes: int, workdir: Path) -> list[subprocess.Popen]:
+    """`gateway mllp` processes on one port, as `gateway serve` starts them; ready when one accepts."""
+    env = dict(os.environ, GATEWAY_DATABASE_URL=url, GATEWAY_MLLP_PORT=str(port), GATEWAY_HOST="127.0.0.1",
+               GATEWAY_MLLP_PROCESSES=str(processes), GATEWAY_LOG_LEVEL="WARNING", GATEWAY_VAR_DIR=str(workdir),
+               GATEWAY_PUBLIC_BASE_URL="http://bench")
+    started = [subprocess.Popen([sys.executable, "-m", "gateway", "mllp"], env=env, cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(processes)]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            # Every process is listening once each has opened its socket: give them their deadline too.
+            if all(_listening(p.pid, port) for p in started):
+                return started
+        except OSError:
+            pass
+        time.sleep(0.05)
+    _stop(started)
+    raise RuntimeError("the MLLP listeners did not start")
+
+
+def _listening(pid: int, port: int) -> bool:
+    inodes = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+    table = Path("/proc/net/tcp").read_text().splitlines()[1:] + Path("/proc/net/tcp6").read_text().splitlines()[1:]
+    return any(f"socket:[{line.split()[9]}]" in inodes for line in table
+               if line.split()[1].endswith(f":{port:04X}") and line.split()[3] == "0A")
+
+
+def _stop(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.wait(60)
+
+
+def bench_mllp(workdir: Path, cdas: list[bytes], adt_count: int, postgres_url: str | None = None) -> dict:
+    """`gateway mllp` processes (as `gateway serve` runs them) on a fresh database, the client in
+    this process; each scenario sends distinct messages. CPU per message is the listeners' own."""
+    backends = {"sqlite": f"sqlite:///{workdir / 'mllp.db'}"}
+    if postgres_url:
+        backends["postgresql"] = postgres_url
+    results: dict = {}
+    offset = 0
+    for backend, url in backends.items():
+        engine = make_engine(url)
+        upgrade(engine)
+        engine.dispose()
+        for processes in (1, 2):
+            port = _free_port()
+            listeners = _listeners(url, port, processes, workdir)
+            try:
+                for connections in (1, 8):
+                    for kind, count in (("ADT", adt_count), ("MDM^T02 with a 100 KB CDA", len(cdas) // 2)):
+                        if kind == "ADT":
+                            batch = [adt(offset + n) for n in range(count)]
+                        else:
+                            batch = [mdm(offset + n, cda) for n, cda in enumerate(cdas[:count])]
+                        offset += count
+                        cpu = sum(_cpu_seconds(p.pid) for p in listeners)
+                        figures = _throughput(port, batch, connections)
+                        used = sum(_cpu_seconds(p.pid) for p in listeners) - cpu
+                        figures["listener_cpu_ms_per_message"] = round(used * 1000 / count, 1)
+                        results.setdefault(backend, {})[
+                            f"{kind}, {connections} connection(s), {processes} process(es)"] = figures
+            finally:
+                _stop(listeners)
+    results["note"] = ("`gateway mllp` processes on one port (SO_REUSEPORT), 8 worker threads each, loopback; "
+                       "the client in the bench's process. SQLite WAL synchronous=FULL; writes in group commits "
+                       "(several messages' units share a transaction and a flush); AA only after the commit of "
+                       "the message's result")
     return results
 
 

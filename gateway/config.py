@@ -44,6 +44,9 @@ class Settings:
     mllp_max_bytes: int = 32 * 1024 * 1024
     mllp_idle_timeout: float = 300.0
     mllp_workers: int = 8
+    # Listener processes sharing the port (SO_REUSEPORT): Python runs one thread at a time per
+    # process, so the ingest work of several connections uses several cores only in several processes.
+    mllp_processes: int = 2
     # Connections open at once; with mllp_max_bytes, the most the listener buffers (32 x 32 MiB).
     mllp_max_connections: int = 32
     mllp_tls_cert: Path | None = None
@@ -107,6 +110,7 @@ class Settings:
             mllp_max_bytes=_int("GATEWAY_MLLP_MAX_BYTES", 32 * 1024 * 1024),
             mllp_idle_timeout=float(os.environ.get("GATEWAY_MLLP_IDLE_TIMEOUT", "300")),
             mllp_workers=_int("GATEWAY_MLLP_WORKERS", 8),
+            mllp_processes=_int("GATEWAY_MLLP_PROCESSES", 2),
             mllp_max_connections=_int("GATEWAY_MLLP_MAX_CONNECTIONS", 32),
             mllp_tls_cert=_optional_path("GATEWAY_MLLP_TLS_CERT"),
             mllp_tls_key=_optional_path("GATEWAY_MLLP_TLS_KEY"),

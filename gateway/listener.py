@@ -1,7 +1,8 @@
 """The MLLP listener process: asyncio for the connections, a thread pool for the database work.
 
 Each connection's messages are processed one after the other, so a sender's order is kept; the
-connections run side by side up to GATEWAY_MLLP_WORKERS at a time."""
+connections run side by side up to GATEWAY_MLLP_WORKERS at a time, and their writes share group
+commits. `gateway serve` starts GATEWAY_MLLP_PROCESSES listeners on the same port."""
 from __future__ import annotations
 
 import asyncio
@@ -47,7 +48,8 @@ async def listen(settings: Settings, ready: asyncio.Event | None = None, stop: a
                                str(settings.mllp_tls_client_ca) if settings.mllp_tls_client_ca else None)
     listener = await mllp.serve(settings.mllp_host, settings.mllp_port, handle, too_large,
                                 max_bytes=settings.mllp_max_bytes, idle_timeout=settings.mllp_idle_timeout, tls=tls,
-                                max_connections=settings.mllp_max_connections)
+                                max_connections=settings.mllp_max_connections,
+                                reuse_port=settings.mllp_processes > 1)
     stop = stop or asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         try:

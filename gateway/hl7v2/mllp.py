@@ -113,9 +113,11 @@ class Listener:
 
 
 async def serve(host: str, port: int, handle: Handler, too_large: OversizeHandler, *, max_bytes: int,
-                idle_timeout: float, tls: ssl.SSLContext | None = None, max_connections: int = 32) -> Listener:
+                idle_timeout: float, tls: ssl.SSLContext | None = None, max_connections: int = 32,
+                reuse_port: bool = False) -> Listener:
     """A listener of at most `max_connections` connections at a time (each buffers at most
-    `max_bytes` of an unfinished frame): a further one is closed as soon as it is accepted."""
+    `max_bytes` of an unfinished frame): a further one is closed as soon as it is accepted. With
+    `reuse_port`, other processes listen on the same port and the kernel spreads connections."""
     listener: Listener
 
     async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -159,7 +161,7 @@ async def serve(host: str, port: int, handle: Handler, too_large: OversizeHandle
             except (ConnectionError, asyncio.CancelledError, ssl.SSLError):
                 pass
 
-    server = await asyncio.start_server(connection, host, port, ssl=tls, limit=CHUNK * 2)
+    server = await asyncio.start_server(connection, host, port, ssl=tls, limit=CHUNK * 2, reuse_port=reuse_port)
     listener = Listener(server)
     return listener
 

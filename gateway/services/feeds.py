@@ -22,7 +22,7 @@ from gateway.hl7v2 import ack as acks
 from gateway.hl7v2.ack import Issue, Outcome
 from gateway.hl7v2.er7 import Message, MessageRejected
 from gateway.refusal import Refused
-from gateway.storage.repository import Repository, UnitOfWork, earlier_messages, store_raw
+from gateway.storage.repository import Repository, UnitOfWork, earlier_messages
 
 from . import document_messages, ingest, patients
 from .ingest import Received, Written
@@ -234,10 +234,9 @@ def _answer_unprocessed(repo: Repository, data: bytes, channel: str, message: Me
     code = acks.wanted(message, outcome) if message is not None else outcome.code
     text = acks.build(message, outcome, code) if code else None
     try:
-        raw_id = store_raw(repo.engine, channel, data, "x-application/hl7-v2+er7",
-                           message.sender if message is not None else None,
-                           message={"control_id": message.control_id[:199]} if readable else None,
-                           status="refused", outcome=_summary(outcome), ack=text)
+        received = Received(channel, data, "x-application/hl7-v2+er7", message.sender if message is not None else None,
+                            {"control_id": message.control_id[:199]} if readable else None)
+        raw_id = ingest.keep(repo, received, status="refused", outcome=_summary(outcome), ack=text)
     except Exception:
         log.exception("could not store a refused message")
         raw_id = None

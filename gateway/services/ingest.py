@@ -7,8 +7,8 @@
 A transport decodes its input, gives its work as `prepare` (reading, rules, checks that need
 nothing stored: done outside any transaction, so SQLite's write lock is never held for them) and
 `write` (inside the unit of work), and renders a `Refused` into its own answer: an ACK with ERR,
-an OperationOutcome, a French sentence. A refusal or a failure is recorded on the raw input in a
-transaction of its own, since the unit of work that failed left nothing behind.
+an OperationOutcome, a French sentence. The raw copy, the result, and a refusal or failure (the
+unit of work that failed left nothing behind) are each written in the group commit.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from typing import Callable, Generic, TypeVar
 
 from gateway import metrics
 from gateway.refusal import Refused
-from gateway.storage.repository import Repository, UnitOfWork, mark_raw, store_raw
+from gateway.storage.repository import Repository, UnitOfWork
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +63,9 @@ class AlreadyHandled(Exception):
 def keep(repo: Repository, received: Received, *, status: str = "received", outcome: dict | None = None,
          ack: str | None = None) -> int:
     """Store the input exactly as received, committed before any processing starts."""
-    return store_raw(repo.engine, received.channel, received.body, received.content_type, received.sender,
-                     message=received.keys, status=status, outcome=outcome, ack=ack)
+    return repo.write(lambda uow: uow.store_raw(received.channel, received.body, received.content_type,
+                                                received.sender, message=received.keys, status=status,
+                                                outcome=outcome, ack=ack))
 
 
 def ingest(repo: Repository, received: Received, prepare: Callable[[], P],
@@ -94,7 +95,7 @@ def ingest(repo: Repository, received: Received, prepare: Callable[[], P],
         raise
     except Refused as refusal:
         outcome, ack = record_refusal(refusal)
-        mark_raw(repo.engine, raw_id, "refused", outcome, ack=ack)
+        repo.write(lambda uow: uow.record_outcome(raw_id, "refused", outcome, ack=ack))
         metrics.observe_ingest(received.channel, "refused", started)
         log.info("input refused", extra={"raw_id": raw_id, "channel": received.channel,
                                          "location": refusal.location, "status": refusal.status})
@@ -102,7 +103,7 @@ def ingest(repo: Repository, received: Received, prepare: Callable[[], P],
     except Exception:
         log.exception("input failed", extra={"raw_id": raw_id, "channel": received.channel})
         try:
-            mark_raw(repo.engine, raw_id, "failed", {"reason": "internal error"})
+            repo.write(lambda uow: uow.record_outcome(raw_id, "failed", {"reason": "internal error"}))
         except Exception:
             log.error("could not record the failure", extra={"raw_id": raw_id})
         metrics.observe_ingest(received.channel, "failed", started)

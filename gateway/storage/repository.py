@@ -702,6 +702,17 @@ class UnitOfWork:
         self.conn.execute(update(resources).where(resources.c.res_type == "AuditEvent",
                                                   resources.c.patient_id == from_id).values(patient_id=to_id))
 
+    def store_raw(self, channel: str, body: bytes, content_type: str | None, sender: str | None, *,
+                  message: dict | None = None, status: str = "received", outcome: dict | None = None,
+                  ack: str | None = None) -> int:
+        """Keep an input exactly as received. `message` holds the HL7v2 keys (control_id,
+        fingerprint, message_type)."""
+        result = self.conn.execute(sql.INSERT_RAW, dict(
+            received_at=_now()[1], channel=channel, content_type=(content_type or "")[:128], sender=sender,
+            sha256=hashlib.sha256(body).hexdigest(), size=len(body), body=body, status=status,
+            outcome=json.dumps(outcome, ensure_ascii=False) if outcome else None, ack=ack, **(message or {})))
+        return result.inserted_primary_key[0]
+
     def claim_raw(self, raw_id: int) -> bool:
         """Take a received (or failed) input for processing in this transaction. False when another
         process finished it first: its row lock, or SQLite's single writer, orders the two."""
@@ -725,29 +736,6 @@ def record_closed(conn: Connection, patient_id: str) -> bool:
 
 def new_id() -> str:
     return str(uuid.uuid4())
-
-
-def store_raw(engine: Engine, channel: str, body: bytes, content_type: str | None, sender: str | None, *,
-              message: dict | None = None, status: str = "received", outcome: dict | None = None,
-              ack: str | None = None) -> int:
-    """Keep the input exactly as received, committed before any processing starts. `message` holds
-    the HL7v2 keys (control_id, fingerprint, message_type)."""
-    _, index_time = _now()
-    with write_transaction(engine) as conn:
-        result = conn.execute(sql.INSERT_RAW, dict(
-            received_at=index_time, channel=channel, content_type=(content_type or "")[:128], sender=sender,
-            sha256=hashlib.sha256(body).hexdigest(), size=len(body), body=body, status=status,
-            outcome=json.dumps(outcome, ensure_ascii=False) if outcome else None, ack=ack, **(message or {})))
-        return result.inserted_primary_key[0]
-
-
-def mark_raw(engine: Engine, raw_id: int, status: str, outcome: dict | None = None, ack: str | None = None) -> None:
-    """Record a refusal or failure in its own transaction (the failed one left nothing behind)."""
-    values = dict(status=status, outcome=json.dumps(outcome, ensure_ascii=False) if outcome else None)
-    if ack is not None:
-        values["ack"] = ack
-    with write_transaction(engine) as conn:
-        conn.execute(sql.UPDATE_RAW, {"key_raw": raw_id, **values})
 
 
 def earlier_messages(engine: Engine, sender: str, control_id: str) -> list:

@@ -1,6 +1,7 @@
-"""Nothing lost, nothing twice: 2,000 messages stream over MLLP while the listener is killed with
-SIGKILL twice and restarted; the client resends what was not acknowledged, as an interface engine
-does. Every message that got AA is then stored exactly once."""
+"""Nothing lost, nothing twice: 2,000 messages stream over MLLP on 8 connections at once (so the
+listener's group commit writes several in each transaction) while the listener is killed with
+SIGKILL twice and restarted; each connection resends what was not acknowledged, as an interface
+engine does. Every message that got AA is then stored exactly once."""
 import os
 import random
 import signal
@@ -20,6 +21,7 @@ from gateway.storage.schema import raw_inputs, resources, unique_identifiers
 
 GATEWAY = Path(sys.executable).with_name("gateway")
 TOTAL = 2000
+CONNECTIONS = 8
 KILL_AFTER = (500, 1300)  # acknowledged messages after which the listener is killed
 
 
@@ -62,23 +64,33 @@ def test_kill_9_during_a_stream_loses_and_duplicates_nothing(tmp_path):
             server["kills"] += 1
             server["process"] = start(env, port)
 
-    thread = threading.Thread(target=killer)
-    thread.start()
-    next_to_send, interrupted = 0, 0
-    started = time.perf_counter()
-    try:
-        while next_to_send < TOTAL:
-            batch = range(next_to_send, TOTAL)
+    interrupted = []
+
+    def stream(share: list[int]) -> None:
+        position = 0
+        while position < len(share):
             try:
-                for n, ack in zip(batch, mllp.send_messages("127.0.0.1", port, (message(n) for n in batch),
-                                                           timeout=10)):
+                pending = share[position:]
+                for n, ack in zip(pending, mllp.send_messages("127.0.0.1", port, (message(n) for n in pending),
+                                                              timeout=10)):
                     if ack is None:
                         break
                     acked[n] = ack.split(b"\r")[1].split(b"|")[1].decode()
-                    next_to_send = n + 1
+                    position += 1
             except OSError:
-                interrupted += 1
+                interrupted.append(1)
                 time.sleep(0.05)  # the listener restarts; then resend from the first message not acknowledged
+
+    thread = threading.Thread(target=killer)
+    thread.start()
+    streams = [threading.Thread(target=stream, args=(list(range(TOTAL))[i::CONNECTIONS],))
+               for i in range(CONNECTIONS)]
+    started = time.perf_counter()
+    try:
+        for client in streams:
+            client.start()
+        for client in streams:
+            client.join(300)
         thread.join(60)
     finally:
         server["process"].terminate()
@@ -96,5 +108,6 @@ def test_kill_9_during_a_stream_loses_and_duplicates_nothing(tmp_path):
     assert len(rows) == TOTAL and all(count == 1 for _, count in rows), "a message was stored twice"
     assert patients == TOTAL and identifiers == TOTAL
     assert statuses == {"processed": TOTAL}
-    REPORT.append(f"crash safety: {TOTAL} ADT over MLLP, SIGKILL x{server['kills']}, {interrupted} interrupted "
+    REPORT.append(f"crash safety: {TOTAL} ADT over MLLP on {CONNECTIONS} connections, SIGKILL x{server['kills']}, "
+                  f"{len(interrupted)} interrupted "
                   f"connections resent, every AA stored once ({elapsed:.1f} s)")
