@@ -3,8 +3,10 @@ conversion side by side with python-fhir-converter, HL7v2 reading costs and MLLP
 Prints one JSON object.
 
 Sizes can be lowered for a quick look: BENCH_DOCUMENTS (100 KB documents ingested, default 300),
-BENCH_REFERENCES (DocumentReferences searched, default 100000), BENCH_QUERIES (per query kind, default 200),
-BENCH_ADT and BENCH_MLLP_DOCUMENTS (messages sent over MLLP, defaults 1000 and 400). The memory
+BENCH_REFERENCES (DocumentReferences searched, default 100000), BENCH_QUERIES (per query kind, default 50),
+BENCH_ADT and BENCH_MLLP_DOCUMENTS (messages sent over MLLP per scenario, defaults 400 and 240, the documents shared among the four scenarios of a backend). With
+GATEWAY_BENCH_POSTGRES_URL (a database the bench may write to), MLLP ingest is measured on PostgreSQL
+too, and the audit trail's write rate with 1 and 2 gateways (bench/audit.py). The memory
 figures (bench/memory.py, also `python -m bench.memory`) serve a gateway and send it eight
 concurrent worst-case inputs of each kind, then N1 documents at the 20 MB limit over POST /cda, one
 alone and eight at once.
@@ -14,7 +16,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -22,6 +26,9 @@ from pathlib import Path
 
 from sqlalchemy import insert, true
 
+from bench.audit import bench_audit
+from bench.databases import scratch_database
+from bench.nodes import bench_nodes
 from bench.hl7v2 import bench_mllp, bench_parsing, bench_statements
 from bench.memory import bench_large_documents, bench_memory
 from gateway.access import AccessContext
@@ -157,13 +164,21 @@ def _add(batch, resource: dict, patient: str, masked: bool = False) -> None:
         batch[kind] += rows
 
 
-def bench_search(workdir: Path, total: int, queries: int) -> dict:
-    url = f"sqlite:///{workdir / 'search.db'}"
+def bench_search(workdir: Path, total: int, queries: int, url: str | None = None) -> dict:
+    with scratch_database(url, workdir, "search") as database:
+        return _bench_search(workdir, total, queries, database)
+
+
+def _bench_search(workdir: Path, total: int, queries: int, url: str) -> dict:
     engine = make_engine(url)
     upgrade(engine)
     started = time.perf_counter()
     load_references(engine, total)
     refresh_statistics(engine)  # as `gateway ingest` and `gateway serve` do
+    if engine.dialect.name == "postgresql":
+        # autovacuum would analyse the new tables in its own time; the bench measures afterwards.
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql("ANALYZE")
     load_seconds = time.perf_counter() - started
     key_dir = workdir / "keys"
     signing_key = make_signing_key(key_dir, "bench")
@@ -172,14 +187,16 @@ def bench_search(workdir: Path, total: int, queries: int) -> dict:
     client = create_app(settings, engine).test_client()
     patients = total // 10
 
-    def as_attending_doctor(i: int) -> dict:
+    def as_doctor(idnatps: str) -> dict:
         token = issue(signing_key.read_bytes(), "bench", settings.jwt_issuer, settings.jwt_audience,
-                      {"sub": attending_doctor(i % patients), "role": "doctor"}, 3600)
+                      {"sub": idnatps, "role": "doctor"}, 3600)
         return {"Authorization": f"Bearer {token}"}
 
     kinds = {
         "patient.identifier+status": lambda i: {"patient.identifier": f"urn:oid:1.2.250.1.213.1.4.10|{_ins(i % patients)}",
                                                 "status": "current"},
+        "patient.identifier+status, authorised doctor (not attending)": lambda i: {
+            "patient.identifier": f"urn:oid:1.2.250.1.213.1.4.10|{_ins(i % patients)}", "status": "current"},
         "patient+type+date": lambda i: {"patient": f"Patient/p{i % patients}", "type": "18748-4",
                                         "date": "ge2025-01-01", "status": "current"},
         "patient+_include": lambda i: {"patient": f"Patient/p{i % patients}", "_include": "DocumentReference:subject"},
@@ -187,10 +204,12 @@ def bench_search(workdir: Path, total: int, queries: int) -> dict:
         "type+date page (no patient), _total=accurate": lambda i: {
             "type": "11502-2", "date": f"2025-{1 + i % 12:02d}", "_count": "20", "_total": "accurate"},
     }
-    headers = [as_attending_doctor(i * 7919) for i in range(queries)]
+    attending = [as_doctor(attending_doctor(i * 7919 % patients)) for i in range(queries)]
+    authorised = [as_doctor(hospital_doctor(i * 7919 % patients)) for i in range(queries)]
 
     def run(kind: str, params, fmt: str = "json") -> dict:
         latencies, found = [], 0
+        headers = authorised if "authorised doctor" in kind else attending
         for i in range(queries):
             t = time.perf_counter()
             response = client.get("/fhir/DocumentReference", query_string={**params(i * 7919), "_format": fmt},
@@ -223,12 +242,22 @@ def bench_search(workdir: Path, total: int, queries: int) -> dict:
         base, ruled = figures["no rules, no audit"]["mean_ms"], figures["rules, no audit"]["mean_ms"]
         figures["rules_cost_percent"] = round((ruled - base) / base * 100, 1)
         figures["audit_cost_ms"] = round(figures["rules and audit"]["mean_ms"] - ruled, 2)
-    return {"document_references": total, "backend": "sqlite", "load_seconds": round(load_seconds, 1),
-            "queries_per_kind": queries, "latency": results,
+    size = database_bytes(engine)
+    engine.dispose()
+    return {"document_references": total, "backend": engine.dialect.name, "load_seconds": round(load_seconds, 1),
+            "database_mb": round(size / 1e6), "queries_per_kind": queries, "latency": results,
             "note": "through the Flask app (token check, routing, search, JSON bundle), no network; each query by "
-                    "the attending physician of the patient it names (or of one patient in 200 when it names none); "
+                    "the attending physician of the patient it names (or of one patient in 200 when it names none), "
+                    "or by a hospital doctor the patient authorised; "
                     "Bundle.total exact up to 1,000 matches (the default) unless _total=accurate; 'no rules' replaces "
                     "the access filter by TRUE"}
+
+
+def database_bytes(engine) -> int:
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            return conn.exec_driver_sql("SELECT page_count * page_size FROM pragma_page_count, pragma_page_size").scalar()
+        return conn.exec_driver_sql("SELECT pg_database_size(current_database())").scalar()
 
 
 def _ins(patient_number: int) -> str:
@@ -279,32 +308,62 @@ def bench_conversion(rounds: int = 5) -> dict:
                     "(no validation, no French metadata)"}
 
 
-def main() -> None:
-    documents = int(os.environ.get("BENCH_DOCUMENTS", "300"))
-    references = int(os.environ.get("BENCH_REFERENCES", "100000"))
-    queries = int(os.environ.get("BENCH_QUERIES", "200"))
-    mllp_documents = int(os.environ.get("BENCH_MLLP_DOCUMENTS", "400"))
-    with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp)
-        report = {
-            "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform(),
-                        "load_average_at_start": [round(v, 2) for v in os.getloadavg()]},
-            "ingest": bench_ingest(workdir, documents),
-            "search": bench_search(workdir, references, queries),
-            "conversion": bench_conversion(),
-            "hl7v2_parsing": bench_parsing(hundred_kb_documents(1)[0]),
-            "mllp_ingest": bench_mllp(workdir, hundred_kb_documents(mllp_documents),
-                                      int(os.environ.get("BENCH_ADT", "1000"))),
-            "persistence_per_message": bench_statements(workdir, hundred_kb_documents(50)),
-            "memory": bench_memory(),
-            "large_documents": bench_large_documents(),
-        }
+def machine() -> dict:
+    return {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform(),
+            "load_average_at_start": [round(v, 2) for v in os.getloadavg()]}
+
+
+def write_report(report: dict, name: str) -> None:
+    """Print the figures and keep them in bench/results/, with the load average at the end."""
+    report["machine"]["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     text = json.dumps(report, indent=2, ensure_ascii=False)
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
-    (out / "latest.json").write_text(text + "\n")
+    (out / name).write_text(text + "\n")
     print(text)
 
 
+def scale() -> None:
+    """`make bench-scale`: ITI-67 at BENCH_SCALE_REFERENCES (default 1,000,000) DocumentReferences,
+    100,000 patients, on SQLite and (with GATEWAY_BENCH_POSTGRES_URL) PostgreSQL."""
+    references = int(os.environ.get("BENCH_SCALE_REFERENCES", "1000000"))
+    queries = int(os.environ.get("BENCH_QUERIES", "50"))
+    postgres_url = os.environ.get("GATEWAY_BENCH_POSTGRES_URL")
+    report = {"machine": machine()}
+    with tempfile.TemporaryDirectory() as tmp:
+        report["search_sqlite"] = bench_search(Path(tmp), references, queries)
+        if postgres_url:
+            report["search_postgresql"] = bench_search(Path(tmp), references, queries, postgres_url)
+    write_report(report, "scale.json")
+
+
+def main() -> None:
+    documents = int(os.environ.get("BENCH_DOCUMENTS", "300"))
+    references = int(os.environ.get("BENCH_REFERENCES", "100000"))
+    queries = int(os.environ.get("BENCH_QUERIES", "50"))
+    postgres_url = os.environ.get("GATEWAY_BENCH_POSTGRES_URL")
+    unset = "GATEWAY_BENCH_POSTGRES_URL not set"
+    mllp_documents = int(os.environ.get("BENCH_MLLP_DOCUMENTS", "240"))
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        report = {
+            "machine": machine(),
+            "ingest": bench_ingest(workdir, documents),
+            "search": bench_search(workdir, references, queries),
+            "search_postgresql": bench_search(workdir, references, queries, postgres_url) if postgres_url else unset,
+            "conversion": bench_conversion(),
+            "hl7v2_parsing": bench_parsing(hundred_kb_documents(1)[0]),
+            "mllp_ingest": bench_mllp(workdir, hundred_kb_documents(mllp_documents),
+                                      int(os.environ.get("BENCH_ADT", "400")), postgres_url),
+            "persistence_per_message": bench_statements(workdir, hundred_kb_documents(50)),
+            "audit_rate": bench_audit(postgres_url) if postgres_url else unset,
+            "nodes": bench_nodes(postgres_url) if postgres_url and shutil.which("haproxy")
+            else "needs GATEWAY_BENCH_POSTGRES_URL and haproxy",
+            "memory": bench_memory(),
+            "large_documents": bench_large_documents(),
+        }
+    write_report(report, "latest.json")
+
+
 if __name__ == "__main__":
-    main()
+    scale() if sys.argv[1:] == ["scale"] else main()

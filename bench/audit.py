@@ -8,11 +8,14 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 from sqlalchemy import func, select
 
+from bench.databases import scratch_database
 from gateway.access import AccessContext, audit
 from gateway.storage.database import make_engine
 from gateway.storage.migrate import upgrade
@@ -46,7 +49,12 @@ def _gateway(url: str, chains: int, start_at: float, counts) -> None:
     engine.dispose()
 
 
-def bench_audit(url: str) -> dict:
+def bench_audit(server_url: str) -> dict:
+    with tempfile.TemporaryDirectory() as tmp, scratch_database(server_url, Path(tmp), "audit") as url:
+        return _bench_audit(url)
+
+
+def _bench_audit(url: str) -> dict:
     engine = make_engine(url)
     upgrade(engine)
     context = multiprocessing.get_context("spawn")

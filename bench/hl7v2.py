@@ -17,6 +17,7 @@ import hl7
 from hl7apy.core import Message as Hl7apyMessage
 from hl7apy.parser import parse_message
 
+from bench.databases import scratch_database
 from gateway.hl7v2 import ack, mllp
 from gateway.hl7v2.er7 import Message
 from gateway.mapping import hl7v2 as v2
@@ -162,34 +163,13 @@ def _stop(processes: list[subprocess.Popen]) -> None:
 def bench_mllp(workdir: Path, cdas: list[bytes], adt_count: int, postgres_url: str | None = None) -> dict:
     """`gateway mllp` processes (as `gateway serve` runs them) on a fresh database, the client in
     this process; each scenario sends distinct messages. CPU per message is the listeners' own."""
-    backends = {"sqlite": f"sqlite:///{workdir / 'mllp.db'}"}
-    if postgres_url:
-        backends["postgresql"] = postgres_url
     results: dict = {}
     offset = 0
-    for backend, url in backends.items():
-        engine = make_engine(url)
-        upgrade(engine)
-        engine.dispose()
-        for processes in (1, 2):
-            port = _free_port()
-            listeners = _listeners(url, port, processes, workdir)
-            try:
-                for connections in (1, 8):
-                    for kind, count in (("ADT", adt_count), ("MDM^T02 with a 100 KB CDA", len(cdas) // 2)):
-                        if kind == "ADT":
-                            batch = [adt(offset + n) for n in range(count)]
-                        else:
-                            batch = [mdm(offset + n, cda) for n, cda in enumerate(cdas[:count])]
-                        offset += count
-                        cpu = sum(_cpu_seconds(p.pid) for p in listeners)
-                        figures = _throughput(port, batch, connections)
-                        used = sum(_cpu_seconds(p.pid) for p in listeners) - cpu
-                        figures["listener_cpu_ms_per_message"] = round(used * 1000 / count, 1)
-                        results.setdefault(backend, {})[
-                            f"{kind}, {connections} connection(s), {processes} process(es)"] = figures
-            finally:
-                _stop(listeners)
+    for backend, server in (("sqlite", None), ("postgresql", postgres_url)):
+        if backend == "postgresql" and not postgres_url:
+            continue
+        with scratch_database(server, workdir, "mllp") as url:
+            offset = _bench_listeners(url, backend, workdir, cdas, adt_count, offset, results)
     results["note"] = ("`gateway mllp` processes on one port (SO_REUSEPORT), 8 worker threads each, loopback; "
                        "the client in the bench's process. SQLite WAL synchronous=FULL; writes in group commits "
                        "(several messages' units share a transaction and a flush); AA only after the commit of "
@@ -197,10 +177,47 @@ def bench_mllp(workdir: Path, cdas: list[bytes], adt_count: int, postgres_url: s
     return results
 
 
+def _bench_listeners(url: str, backend: str, workdir: Path, cdas: list[bytes], adt_count: int, offset: int,
+                     results: dict) -> int:
+    """One backend: 1 then 2 listener processes, 1 then 8 connections, ADT then MDM^T02."""
+    engine = make_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    scenario = 0
+    for processes in (1, 2):
+        port = _free_port()
+        listeners = _listeners(url, port, processes, workdir)
+        try:
+            for connections in (1, 8):
+                # Every scenario registers documents of its own: a document sent again is a
+                # duplicate, answered without the work of a new one.
+                share = len(cdas) // 4
+                documents = cdas[scenario * share:(scenario + 1) * share]
+                scenario += 1
+                for kind, count in (("ADT", adt_count), ("MDM^T02 with a 100 KB CDA", len(documents))):
+                    if kind == "ADT":
+                        batch = [adt(offset + n) for n in range(count)]
+                    else:
+                        batch = [mdm(offset + n, cda) for n, cda in enumerate(documents)]
+                    offset += count
+                    cpu = sum(_cpu_seconds(p.pid) for p in listeners)
+                    figures = _throughput(port, batch, connections)
+                    used = sum(_cpu_seconds(p.pid) for p in listeners) - cpu
+                    figures["listener_cpu_ms_per_message"] = round(used * 1000 / count, 1)
+                    results.setdefault(backend, {})[
+                        f"{kind}, {connections} connection(s), {processes} process(es)"] = figures
+        finally:
+            _stop(listeners)
+    return offset
+
+
 def bench_statements(workdir: Path, cdas: list[bytes], adt_count: int = 50) -> dict:
-    """SQL statements and writing commits per message, in-process on SQLite: the persistence cost
-    the throughput figures pay per message (counted with SQLAlchemy's engine events)."""
+    """Per message, in-process on SQLite: SQL statements and writing commits (SQLAlchemy's engine
+    events), and the CPU split between persistence (building and running the statements, the
+    driver, the commits: the time inside SQLAlchemy's Connection) and the document work (the
+    rest: reading, rules, mapping, validation, index rows, hashes, the ACK)."""
     from sqlalchemy import event
+    from sqlalchemy.engine import Connection
 
     from gateway.access import AccessContext
     from gateway.services import feeds
@@ -209,7 +226,7 @@ def bench_statements(workdir: Path, cdas: list[bytes], adt_count: int = 50) -> d
     url = f"sqlite:///{workdir / 'statements.db'}"
     engine = make_engine(url)
     upgrade(engine)
-    counts = {"statements": 0, "commits": 0}
+    counts = {"statements": 0, "commits": 0, "persistence": 0.0}
     wrote = set()   # connections whose transaction wrote: a read-only transaction's commit flushes nothing
 
     def statement(conn, cursor, text, *args):
@@ -222,17 +239,37 @@ def bench_statements(workdir: Path, cdas: list[bytes], adt_count: int = 50) -> d
             wrote.discard(id(conn))
             counts["commits"] += 1
 
+    def timed(method):
+        def run(self, *args, **kwargs):
+            started = time.thread_time()
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                counts["persistence"] += time.thread_time() - started
+        return run
+
     event.listen(engine, "before_cursor_execute", statement)
     event.listen(engine, "commit", commit)
     repo = Repository(engine, AccessContext.system("bench"), "http://bench")
     results = {}
-    for name, messages in (("ADT^A28", [adt(900_000 + n) for n in range(adt_count)]),
-                           ("MDM^T02 with a 100 KB CDA", [mdm(900_000 + n, cda) for n, cda in enumerate(cdas)])):
-        counts.update(statements=0, commits=0)
-        for message in messages:
-            reply = feeds.receive(repo, message, channel="bench", max_bytes=20 * 1024 * 1024)
-            assert reply.code == "AA", reply.ack
-        results[name] = {"messages": len(messages), "statements_per_message": round(counts["statements"] / len(messages), 1),
-                         "commits_per_message": round(counts["commits"] / len(messages), 2)}
+    originals = Connection.execute, Connection._commit_impl
+    Connection.execute, Connection._commit_impl = timed(Connection.execute), timed(Connection._commit_impl)
+    try:
+        for name, messages in (("ADT^A28", [adt(900_000 + n) for n in range(adt_count)]),
+                               ("MDM^T02 with a 100 KB CDA", [mdm(900_000 + n, cda) for n, cda in enumerate(cdas)])):
+            counts.update(statements=0, commits=0, persistence=0.0)
+            started = time.thread_time()
+            for message in messages:
+                reply = feeds.receive(repo, message, channel="bench", max_bytes=20 * 1024 * 1024)
+                assert reply.code == "AA", reply.ack
+            total = time.thread_time() - started
+            results[name] = {
+                "messages": len(messages), "statements_per_message": round(counts["statements"] / len(messages), 1),
+                "commits_per_message": round(counts["commits"] / len(messages), 2),
+                "cpu_ms_per_message": round(total * 1000 / len(messages), 1),
+                "persistence_cpu_ms": round(counts["persistence"] * 1000 / len(messages), 1),
+                "document_work_cpu_ms": round((total - counts["persistence"]) * 1000 / len(messages), 1)}
+    finally:
+        Connection.execute, Connection._commit_impl = originals
     engine.dispose()
     return results

@@ -15,6 +15,8 @@ INGESTS = Counter("gateway_ingests_total", "Documents and messages received, by 
                   ["channel", "outcome"], registry=REGISTRY)
 INGEST_LATENCY = Histogram("gateway_ingest_seconds", "Time to ingest one document or message",
                            ["channel", "outcome"], registry=REGISTRY)
+GROUP_COMMIT_UNITS = Histogram("gateway_group_commit_units", "Units of work committed together in one transaction",
+                               buckets=(1, 2, 4, 8, 16, 32, 64), registry=REGISTRY)
 
 
 def observe_ingest(channel: str, outcome: str, started: float) -> None:

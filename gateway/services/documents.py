@@ -7,7 +7,6 @@ document messages (inside theirs).
 from __future__ import annotations
 
 import hashlib
-import logging
 from dataclasses import dataclass, field
 
 from gateway.refusal import Refused
@@ -24,8 +23,6 @@ from gateway.storage.repository import DuplicateIdentifier, Repository, StoredRe
 
 from .patients import feeding_consent
 from .ingest import Received, Written, ingest
-
-log = logging.getLogger(__name__)
 
 CDA_CONTENT_TYPES = {"application/xml", "text/xml", "application/hl7-cda+xml"}
 

@@ -51,10 +51,6 @@ class Written(Generic[T]):
     outcome: dict | None = None   # the raw input's outcome (an HL7v2 ACK's code and issues)
     ack: str | None = None        # the ACK sent, kept to answer a retransmission with it
 
-    @property
-    def metric(self) -> str:
-        return "created" if self.status == "processed" else self.status
-
 
 class AlreadyHandled(Exception):
     """Another process finished this raw input between our look-up and our claim."""
@@ -108,6 +104,6 @@ def ingest(repo: Repository, received: Received, prepare: Callable[[], P],
             log.error("could not record the failure", extra={"raw_id": raw_id})
         metrics.observe_ingest(received.channel, "failed", started)
         raise
-    metrics.observe_ingest(received.channel, written.metric, started)
+    metrics.observe_ingest(received.channel, written.status, started)
     log.info("input processed", extra={"raw_id": raw_id, "channel": received.channel, "status": written.status})
     return raw_id, written

@@ -16,6 +16,7 @@ from typing import Callable, TypeVar
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
+from gateway import metrics
 from gateway.access import audit
 
 from .database import write_transaction
@@ -87,6 +88,7 @@ class GroupCommit:
                             unit.error = failure
                             break
                 audit.extend_chain(conn, entries)
+            metrics.GROUP_COMMIT_UNITS.observe(len(batch))
         except BaseException as failure:
             # Nothing of the batch was committed: every unit that had succeeded fails with it.
             for unit in batch:

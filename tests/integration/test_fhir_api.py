@@ -116,7 +116,7 @@ def test_health_and_metrics(client, database):
     assert health["database_version"].split()[0] in ("SQLite", "PostgreSQL")
     doc(client, database)
     metrics = client.get("/metrics").data.decode()
-    assert 'gateway_ingests_total{channel="cda",outcome="created"}' in metrics
+    assert 'gateway_ingests_total{channel="cda",outcome="processed"}' in metrics
     assert "gateway_http_request_seconds_bucket" in metrics
 
 
