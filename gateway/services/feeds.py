@@ -195,24 +195,28 @@ def _process(repo: Repository, received: Received, message: Message, raw_id: int
         _, written = ingest.ingest(repo, received, lambda: handler.read(message, max_bytes), write,
                                    raw_id=raw_id, record_refusal=refusal_recorded)
     except ingest.AlreadyHandled:
-        row = next(r for r in earlier_messages(repo.engine, message.sender, message.control_id[:199])
-                   if r.id == raw_id)
-        return _retransmission(message, row, started, received.channel)
+        row = next((r for r in earlier_messages(repo.engine, message.sender, message.control_id[:199])
+                    if r.id == raw_id), None)
+        if row is not None:
+            return _retransmission(message, row, started, received.channel)
+        return _failed(message, raw_id, passing=True)   # its raw copy is not there (yet): send it again
     except Refused:
         return Reply(acks.encode(answers["ack"], message) if answers["ack"] else None, answers["code"], raw_id)
     except Exception as failure:
-        # Nothing of this message was kept but its raw copy, marked failed for an operator
-        # (`gateway messages reprocess`). The database unreachable or busy is passing: AE asks the
-        # sender to send it again. Anything else would fail again the same way: AR, so that no
-        # sender loops on it.
-        passing = isinstance(failure, OperationalError)
-        text = ("internal error: the message was not processed; send it again" if passing else
-                "internal error: the message cannot be processed; it is kept for the gateway's operators")
-        outcome = Outcome("AE" if passing else "AR", [Issue(text, "", "207")])
-        code = acks.wanted(message, outcome)
-        return Reply(acks.encode(acks.build(message, outcome, code), message) if code else None, outcome.code, raw_id)
+        return _failed(message, raw_id, passing=isinstance(failure, OperationalError))
     text = written.ack
     return Reply(acks.encode(text, message) if text else None, written.value.code, raw_id)
+
+
+def _failed(message: Message, raw_id: int, passing: bool) -> Reply:
+    """Nothing of this message was kept but its raw copy, marked failed for an operator (`gateway
+    messages reprocess`). The database unreachable or busy is passing: AE asks the sender to send
+    it again. Anything else would fail again the same way: AR, so that no sender loops on it."""
+    text = ("internal error: the message was not processed; send it again" if passing else
+            "internal error: the message cannot be processed; it is kept for the gateway's operators")
+    outcome = Outcome("AE" if passing else "AR", [Issue(text, "", "207")])
+    code = acks.wanted(message, outcome)
+    return Reply(acks.encode(acks.build(message, outcome, code), message) if code else None, outcome.code, raw_id)
 
 
 def _summary(outcome: Outcome) -> dict:

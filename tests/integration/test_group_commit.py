@@ -1,0 +1,91 @@
+"""The group commit: units of work submitted together share one transaction; one that fails is
+rolled back alone; each caller gets its answer only once its data is committed; the audit chain
+verifies after concurrent batches."""
+import threading
+import time
+
+import pytest
+from sqlalchemy import event, func, select
+
+from gateway.access import AccessContext
+from gateway.access.audit import verify_chain
+from gateway.refusal import Refused
+from gateway.storage.commits import group_commit
+from gateway.storage.database import read_connection
+from gateway.storage.repository import Repository
+from gateway.storage.schema import resources
+
+UNITS = 8
+
+
+def organization(n: int) -> dict:
+    return {"resourceType": "Organization", "id": f"org-{n}", "name": f"Organisation {n}"}
+
+
+def stored_ids(engine) -> set[str]:
+    with read_connection(engine) as conn:
+        return set(conn.execute(select(resources.c.res_id).where(resources.c.res_type == "Organization")).scalars())
+
+
+def test_units_submitted_together_share_a_transaction_and_a_failing_one_is_rolled_back_alone(database):
+    engine = database[0]
+    repo = Repository(engine, AccessContext.system("test"), "http://test")
+    committer = group_commit(engine)
+    commits = []
+    event.listen(engine, "commit", lambda conn: commits.append(1))
+    first_running, release = threading.Event(), threading.Event()
+    answers: dict[int, object] = {}
+    committed_when_answered: dict[int, bool] = {}
+
+    def unit(n: int):
+        def work(uow):
+            if n == 0:
+                # Hold the first batch open until every other unit waits for the next one.
+                first_running.set()
+                assert release.wait(30)
+            uow.save(organization(n))
+            if n == 5:
+                raise Refused("this unit is refused", location="Organization.name")
+            return n
+        return work
+
+    def submit(n: int) -> None:
+        try:
+            answers[n] = repo.write(unit(n))
+            committed_when_answered[n] = f"org-{n}" in stored_ids(engine)
+        except Refused as refusal:
+            answers[n] = refusal
+
+    threads = [threading.Thread(target=submit, args=(n,)) for n in range(UNITS)]
+    threads[0].start()
+    assert first_running.wait(30)
+    for thread in threads[1:]:
+        thread.start()
+    deadline = time.monotonic() + 30
+    while len(committer._waiting) < UNITS - 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(committer._waiting) == UNITS - 1
+    commits.clear()
+    release.set()
+    for thread in threads:
+        thread.join(60)
+    # The first batch, then one for the seven that waited (the engine's commit events also count
+    # the read transactions of the callers' checks).
+    writing = len(commits) - len(committed_when_answered)
+
+    assert isinstance(answers[5], Refused)
+    assert {n: answers[n] for n in range(UNITS) if n != 5} == {n: n for n in range(UNITS) if n != 5}
+    assert all(committed_when_answered.values()) and len(committed_when_answered) == UNITS - 1
+    assert stored_ids(engine) == {f"org-{n}" for n in range(UNITS) if n != 5}
+    assert writing == 2, writing
+    report = verify_chain(engine)
+    assert report.reason is None and report.entries == UNITS - 1
+
+
+def test_a_unit_may_not_submit_another_from_inside_its_batch(database):
+    engine = database[0]
+    repo = Repository(engine, AccessContext.system("test"), "http://test")
+    with pytest.raises(RuntimeError, match="inside its batch"):
+        repo.write(lambda uow: repo.write(lambda inner: None))
+    with read_connection(engine) as conn:
+        assert conn.execute(select(func.count()).select_from(resources)).scalar_one() == 0
