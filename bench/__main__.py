@@ -210,7 +210,8 @@ def _bench_search(workdir: Path, total: int, queries: int, url: str) -> dict:
     def run(kind: str, params, fmt: str = "json") -> dict:
         latencies, found = [], 0
         headers = authorised if "authorised doctor" in kind else attending
-        for i in range(queries):
+        # A patient-less page costs a second on PostgreSQL at 100,000 documents: ten of them tell as much.
+        for i in range(queries if "no patient" not in kind else min(queries, 10)):
             t = time.perf_counter()
             response = client.get("/fhir/DocumentReference", query_string={**params(i * 7919), "_format": fmt},
                                   headers=headers[i])
