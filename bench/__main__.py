@@ -42,8 +42,7 @@ from gateway.services.documents import ingest_cda, read_cda
 from gateway.storage.database import make_engine, refresh_statistics, write_transaction
 from gateway.storage.migrate import upgrade
 from gateway.storage.repository import Repository, dumps
-from gateway.storage.repository import INDEX_TABLE_BY_KIND
-from gateway.storage.schema import access_rules, resource_versions, resources
+from gateway.storage.schema import INDEX_TABLE_BY_KIND, access_rules, resource_versions, resources
 from gateway.storage.searchparams import index_rows
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,7 +12,6 @@ unit of work that failed left nothing behind) are each written in the group comm
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -36,10 +35,6 @@ class Received:
     content_type: str | None
     sender: str | None
     keys: dict | None = None      # an HL7v2 message's control id, fingerprint and type
-
-    @property
-    def sha256(self) -> str:
-        return hashlib.sha256(self.body).hexdigest()
 
 
 @dataclass

@@ -71,22 +71,25 @@ def add_document(repo: Repository, *, title: str, type_code: str, media_type: st
                  max_bytes: int, file_name: str | None = None) -> StoredResource:
     """Register a document the patient (or representative) adds to the record."""
     repo.access.require(repo.access.acts_for_patient, "add a document to the personal space")
-    def check() -> str:
-        if not " ".join(title.split()):
+    def check() -> tuple[str, str]:
+        """(the record's Patient id, the title with its spaces normalised)."""
+        named = " ".join(title.split())
+        if not named:
             raise _refuse("a document needs a title", "content.attachment.title", "donnez un titre au document.")
         if type_code not in PATIENT_DOCUMENT_TYPES:
             raise _refuse(f"the type is one of {', '.join(PATIENT_DOCUMENT_TYPES)}", "type",
                           "choisissez la nature du document dans la liste.")
         _content_checked(data, media_type, max_bytes)
-        return own_patient(repo)
+        return own_patient(repo), named
 
-    def write(uow: UnitOfWork, patient_id: str) -> Written[StoredResource]:
+    def write(uow: UnitOfWork, checked: tuple[str, str]) -> Written[StoredResource]:
+        patient_id, named = checked
         if uow.record_closed(patient_id):
             raise Refused("the record is closed: it accepts no new document", location="subject",
                           status=422, code="business-rule",
                           patient_text="le dossier est fermé : il n'accepte aucun nouveau document. "
                                        "Rouvrez-le depuis la page « Mon dossier » pour en ajouter.")
-        stored = _register(uow, repo, patient_id, " ".join(title.split()), type_code, media_type, data, file_name)
+        stored = _register(uow, repo, patient_id, named, type_code, media_type, data, file_name)
         return Written(stored, produced=[stored.reference])
 
     received = Received("patient-space", data, media_type, repo.access.subject)

@@ -28,7 +28,6 @@ from . import statements as sql
 from .commits import group_commit
 from .database import read_connection, write_transaction
 from .schema import (
-    INDEX_TABLES,
     access_rules,
     account_records,
     blobs,
@@ -40,9 +39,6 @@ from .schema import (
     unique_identifiers,
 )
 from .searchparams import index_rows
-
-INDEX_TABLE_BY_KIND = {"token": INDEX_TABLES[0], "string": INDEX_TABLES[1], "date": INDEX_TABLES[2],
-                       "reference": INDEX_TABLES[3]}
 
 
 class NotFound(LookupError):
@@ -408,8 +404,7 @@ class Repository:
         return PendingAudit(event, patient_id)
 
     def record_authorization(self, basis: str, outcome: audit.Outcome, patient_id: str | None = None) -> None:
-        with self.unit_of_work() as uow:
-            uow.audit.append(self._authorization(basis, outcome, patient_id))
+        self.write(lambda uow: uow.audit.append(self._authorization(basis, outcome, patient_id)))
 
     # -- writes ---------------------------------------------------------------------------------
 
@@ -511,9 +506,7 @@ class UnitOfWork:
                 index.setdefault(kind, []).extend(rows)
         self.conn.execute(sql.INSERT_RESOURCE, current)
         self.conn.execute(sql.INSERT_VERSION, versions)
-        for kind, rows in index.items():
-            if rows:
-                self.conn.execute(sql.INSERT_INDEX[INDEX_TABLE_BY_KIND[kind].name], rows)
+        self._insert_index_rows(index)
         return [row["body"] for row in current]
 
     def find_by_identifier(self, res_type: str, system: str, value: str) -> str | None:
@@ -610,14 +603,12 @@ class UnitOfWork:
         """Delete a resource: it leaves every search and read (410), its versions stay in the history."""
         version = stored.version + 1
         _, index_time = _now()
-        self.conn.execute(update(resources).where(
-            resources.c.res_type == stored.res_type, resources.c.res_id == stored.res_id).values(
-            version=version, last_updated=index_time, deleted=True))
-        self.conn.execute(insert(resource_versions).values(
-            res_type=stored.res_type, res_id=stored.res_id, version=version, last_updated=index_time,
-            method="DELETE", deleted=True, body=stored.body))
-        for table in INDEX_TABLES:
-            self.conn.execute(delete(table).where(table.c.res_type == stored.res_type, table.c.res_id == stored.res_id))
+        self.conn.execute(sql.UPDATE_RESOURCE, {"key_type": stored.res_type, "key_id": stored.res_id,
+                                                "version": version, "last_updated": index_time, "deleted": True})
+        self.conn.execute(sql.INSERT_VERSION, {
+            "res_type": stored.res_type, "res_id": stored.res_id, "version": version, "last_updated": index_time,
+            "method": "DELETE", "deleted": True, "body": stored.body})
+        self._delete_index_rows(stored.res_type, stored.res_id)
         self.changes.append(Change(stored.reference, stored.patient_id, False, "DELETE",
                                    stored.hidden_from_patient, stored.hidden_from_representatives))
 
@@ -655,12 +646,17 @@ class UnitOfWork:
         """Index rows of a resource's new version; a new resource has none to delete (four
         statements saved per resource: a quarter of what a document message ran)."""
         if replaced:
-            key = {"key_type": resource["resourceType"], "key_id": resource["id"]}
-            for table in INDEX_TABLES:
-                self.conn.execute(sql.DELETE_INDEX[table.name], key)
-        for kind, rows in index_rows(resource).items():
+            self._delete_index_rows(resource["resourceType"], resource["id"])
+        self._insert_index_rows(index_rows(resource))
+
+    def _delete_index_rows(self, res_type: str, res_id: str) -> None:
+        for statement in sql.DELETE_INDEX:
+            self.conn.execute(statement, {"key_type": res_type, "key_id": res_id})
+
+    def _insert_index_rows(self, rows_by_kind: dict[str, list[dict]]) -> None:
+        for kind, rows in rows_by_kind.items():
             if rows:
-                self.conn.execute(sql.INSERT_INDEX[INDEX_TABLE_BY_KIND[kind].name], rows)
+                self.conn.execute(sql.INSERT_INDEX[kind], rows)
 
     def release_identifier(self, res_type: str, system: str, value: str) -> None:
         self.conn.execute(delete(unique_identifiers).where(

@@ -264,3 +264,5 @@ notifications = Table(
 )
 
 INDEX_TABLES = (search_token, search_string, search_date, search_reference)
+INDEX_TABLE_BY_KIND = {"token": search_token, "string": search_string, "date": search_date,
+                       "reference": search_reference}

@@ -10,6 +10,7 @@ from __future__ import annotations
 from sqlalchemy import bindparam, delete, insert, select, update
 
 from .schema import (
+    INDEX_TABLE_BY_KIND,
     INDEX_TABLES,
     blobs,
     raw_inputs,
@@ -29,8 +30,8 @@ PREVIOUS = select(resources.c.version, resources.c.blob_sha256).where(_keyed(res
 INSERT_RESOURCE = insert(resources)
 UPDATE_RESOURCE = update(resources).where(_keyed(resources))
 INSERT_VERSION = insert(resource_versions)
-INSERT_INDEX = {table.name: insert(table) for table in INDEX_TABLES}
-DELETE_INDEX = {table.name: delete(table).where(_keyed(table)) for table in INDEX_TABLES}
+INSERT_INDEX = {kind: insert(table) for kind, table in INDEX_TABLE_BY_KIND.items()}
+DELETE_INDEX = tuple(delete(table).where(_keyed(table)) for table in INDEX_TABLES)
 
 FIND_IDENTIFIER = select(unique_identifiers.c.res_id).where(
     unique_identifiers.c.res_type == bindparam("key_type"), unique_identifiers.c.system == bindparam("key_system"),
