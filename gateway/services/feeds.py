@@ -175,8 +175,8 @@ def _process(repo: Repository, received: Received, message: Message, raw_id: int
     answers: dict[str, str | None] = {}
 
     def acknowledged(outcome: Outcome) -> str | None:
-        code = acks.wanted(message, outcome)
-        answers["ack"] = acks.build(message, outcome, code) if code else None
+        # Kept to answer with: an ACK built again would carry another control id than the one stored.
+        answers["ack"] = _ack_text(message, outcome)
         return answers["ack"]
 
     def write(uow: UnitOfWork, prepared) -> Written[Outcome]:
@@ -201,11 +201,10 @@ def _process(repo: Repository, received: Received, message: Message, raw_id: int
             return _retransmission(message, row, started, received.channel)
         return _failed(message, raw_id, passing=True)   # its raw copy is not there (yet): send it again
     except Refused:
-        return Reply(acks.encode(answers["ack"], message) if answers["ack"] else None, answers["code"], raw_id)
+        return _reply(answers["ack"], message, answers["code"], raw_id)
     except Exception as failure:
         return _failed(message, raw_id, passing=isinstance(failure, OperationalError))
-    text = written.ack
-    return Reply(acks.encode(text, message) if text else None, written.value.code, raw_id)
+    return _reply(written.ack, message, written.value.code, raw_id)
 
 
 def _failed(message: Message, raw_id: int, passing: bool) -> Reply:
@@ -215,8 +214,18 @@ def _failed(message: Message, raw_id: int, passing: bool) -> Reply:
     text = ("internal error: the message was not processed; send it again" if passing else
             "internal error: the message cannot be processed; it is kept for the gateway's operators")
     outcome = Outcome("AE" if passing else "AR", [Issue(text, "", "207")])
-    code = acks.wanted(message, outcome)
-    return Reply(acks.encode(acks.build(message, outcome, code), message) if code else None, outcome.code, raw_id)
+    return _reply(_ack_text(message, outcome), message, outcome.code, raw_id)
+
+
+def _ack_text(message: Message | None, outcome: Outcome) -> str | None:
+    """The ACK the sender asked for (MSH-15/16), or None; without a readable MSH, always one."""
+    code = acks.wanted(message, outcome) if message is not None else outcome.code
+    return acks.build(message, outcome, code) if code else None
+
+
+def _reply(ack: str | None, message: Message | None, code: str, raw_id: int | None,
+           retransmission: bool = False) -> Reply:
+    return Reply(acks.encode(ack, message) if ack else None, code, raw_id, retransmission)
 
 
 def _summary(outcome: Outcome) -> dict:
@@ -228,15 +237,14 @@ def _retransmission(message: Message, row, started: float, channel: str) -> Repl
     metrics.observe_ingest(channel, "duplicate", started)
     log.info("HL7v2 retransmission answered with the original ACK", extra={"raw_id": row.id})
     code = json.loads(row.outcome).get("ack", "AA") if row.outcome else "AA"
-    return Reply(acks.encode(row.ack, message) if row.ack else None, code, row.id, retransmission=True)
+    return _reply(row.ack, message, code, row.id, retransmission=True)
 
 
 def _answer_unprocessed(repo: Repository, data: bytes, channel: str, message: Message | None, outcome: Outcome,
                         started: float) -> Reply:
     """A message that cannot be routed is kept raw, refused, and answered AR."""
     readable = message is not None and bool(message.control_id)
-    code = acks.wanted(message, outcome) if message is not None else outcome.code
-    text = acks.build(message, outcome, code) if code else None
+    text = _ack_text(message, outcome)
     try:
         received = Received(channel, data, "x-application/hl7-v2+er7", message.sender if message is not None else None,
                             {"control_id": message.control_id[:199]} if readable else None)
@@ -245,7 +253,7 @@ def _answer_unprocessed(repo: Repository, data: bytes, channel: str, message: Me
         log.exception("could not store a refused message")
         raw_id = None
     metrics.observe_ingest(channel, "refused", started)
-    return Reply(acks.encode(text, message) if text else None, outcome.code, raw_id)
+    return _reply(text, message, outcome.code, raw_id)
 
 
 def refuse_oversized(repo: Repository, head: bytes, size: int, limit: int, channel: str) -> Reply:
