@@ -91,11 +91,6 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     def refused(refusal: Refused):
         return fhir_error(FhirError(refusal.status, refusal.reason, code=refusal.code, expression=refusal.location))
 
-    @app.errorhandler(AccessRefused)
-    def access_refused(error: AccessRefused):
-        return fhir_response(operation_outcome([{"severity": "error", "code": "forbidden",
-                                                 "diagnostics": str(error)}]), 403)
-
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):
         issue = {"severity": "error", "code": HTTP_ISSUE_CODES.get(error.code, "processing"),

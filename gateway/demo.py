@@ -16,6 +16,7 @@ from pathlib import Path
 
 from gateway.access import AccessContext
 from gateway.access.tokens import make_signing_key
+from gateway.access.writes import Write
 from gateway.bulk import ingest_paths
 from gateway.config import DEMO_TOKEN_KID, Settings
 from gateway.mapping import codes
@@ -77,7 +78,7 @@ def load_directory(repo: Repository, path: Path) -> None:
     already registered are kept."""
     for entry in json.loads(path.read_text(encoding="utf-8"))["entry"]:
         resource = entry["resource"]
-        with repo.unit_of_work() as uow:
+        with repo.unit_of_work(Write.FEED) as uow:
             identifier = resource["identifier"][0]
             if uow.find_by_identifier(resource["resourceType"], identifier["system"], identifier["value"]):
                 continue
@@ -96,7 +97,7 @@ def load_decisions(settings: Settings, engine) -> None:
     for sample, actor, label in DEMO_LABELS:
         unique_id = read_cda((SAMPLES / sample).read_bytes(), settings.max_document_bytes).header.unique_id
         repo = Repository(engine, actor, settings.public_base_url)
-        with repo.unit_of_work() as uow:
+        with repo.unit_of_work(Write.FEED) as uow:
             docref_id = uow.find_by_identifier("DocumentReference", *identifier_key(unique_id))
         labels.patch_document(repo, docref_id, [{"op": "add", "path": "/securityLabel/-", "value": {
             "coding": [{"system": codes.VISIBILITY_SYSTEM, "code": label}]}}])
@@ -175,7 +176,7 @@ def setup(settings: Settings, force: bool = False) -> None:
     # The signed submission is loaded last: once it is there, everything before it is too.
     signed_cda = (SAMPLES / "signed" / "synthese-moreau.xml").read_bytes()
     marker = read_cda(signed_cda, settings.max_document_bytes).header.unique_id
-    with repo.unit_of_work() as uow:
+    with repo.unit_of_work(Write.FEED) as uow:
         loaded = uow.find_by_identifier("DocumentReference", *identifier_key(marker))
     if loaded and not force:
         print("demo data already loaded")

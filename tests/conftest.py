@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from gateway.access import AccessContext
+from gateway.access.writes import Write
 from gateway.access.tokens import issue, make_signing_key
 from gateway.app import create_app
 from gateway.config import Settings
@@ -96,7 +97,7 @@ def attend_all(engine, professional: str = GP) -> None:
                                                           access_rules.c.actor_value == professional)
         patients = conn.execute(select(resources.c.res_id).where(
             resources.c.res_type == "Patient", resources.c.res_id.not_in(attended))).scalars().all()
-    with repo.unit_of_work() as uow:
+    with repo.unit_of_work(Write.FEED) as uow:
         for patient_id in patients:
             consent = checked_consent(decision("attending-physician", "permit", professional), patient_id, setup)
             consent["id"] = new_id()

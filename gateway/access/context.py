@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy import ColumnElement, Table, false, text, true
 
 from gateway.mapping import codes
+from gateway.refusal import Refused
 
 from .rules import IDNATPS_SYSTEM, ORGANIZATION_SYSTEMS
 
@@ -68,8 +69,12 @@ OWN_PATIENT = ("SELECT ui.res_id FROM unique_identifiers ui WHERE ui.res_type = 
                + ", ".join(f"'{system}'" for system in INS_SYSTEMS) + ") AND ui.value = :reader_patient LIMIT 1")
 
 
-class AccessRefused(Exception):
-    """The request is not allowed at all for this role or purpose (403)."""
+class AccessRefused(Refused):
+    """The request is not allowed at all for this role or purpose."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason, status=403, code="forbidden",
+                         patient_text="votre compte ne permet pas cette action.")
 
 
 @dataclass(frozen=True)
@@ -97,11 +102,6 @@ class AccessContext:
     @property
     def acts_for_patient(self) -> bool:
         return self.role in (PATIENT, REPRESENTATIVE)
-
-    @property
-    def may_feed(self) -> bool:
-        """Submit documents: feeding systems and professionals of the care team (L1111-17 II)."""
-        return self.role == SYSTEM or (self.role in PROFESSIONS and self.purpose == CARE)
 
     @property
     def may_read_clinical(self) -> bool:

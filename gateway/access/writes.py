@@ -1,6 +1,11 @@
-"""Who may replace, delete, mask or archive a document: decided here, for every transport (POST
-/cda, ITI-65, HL7v2 MDM^T10/T04 and ORU C/D, PATCH and the PDSM4DMP conditional PATCH, the patient
-space).
+"""Who may write what: decided here, for every transport (MLLP, POST /hl7v2, POST /cda, ITI-65,
+ITI-105, PATCH and the PDSM4DMP conditional PATCH, Consent, the patient space).
+
+Every unit of work is opened with the `Write` it does (Repository.write, Repository.unit_of_work),
+and the repository refuses it there when the requester may not: feed a record, record a patient's
+decisions, add to their own space, change or archive a document. Inside it, the unit of work
+decides each change to a document against that document (UnitOfWork.document_to_change,
+UnitOfWork.require_labels), with the rules below.
 
 A document is changed by those who produced it: one of its authors, or someone acting for its
 custodian or an author's organisation. A professional's token says who they are and, optionally,
@@ -11,13 +16,52 @@ their organisation; a feeding system says nothing of itself, so what it submits 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 
 from gateway.mapping import codes
 
-from .context import CARE, PATIENT, PROFESSIONS, REPRESENTATIVE, SYSTEM, AccessContext
+from .context import ADMIN, CARE, PATIENT, PROFESSIONS, REPRESENTATIVE, SYSTEM, AccessContext, AccessRefused
 from .rules import INVISIBLE_PATIENT, INVISIBLE_REPRESENTATIVES, MASQUE_PS
 
 FINESS_SYSTEMS = (codes.FINESS_SYSTEM,)
+
+
+class Write(Enum):
+    """What a unit of work does to the record, as the permission it needs (its value completes
+    "the role ... may not")."""
+    RECORD = "keep the gateway's records"   # raw inputs, their outcomes, the audit trail: any requester's
+    FEED = "submit documents"               # documents, their patients, authors and organisations
+    CONSENT = "record or change a patient's consent"
+    PERSONAL = "write in a patient's own space"   # their documents and emergency contacts
+    CHANGE = "change a document"            # labels or deletion, then decided per document
+    ARCHIVE = "archive a document"
+    REPROCESS = "reprocess a received message"   # a feeding system's message, once its cause is fixed
+
+
+def in_care(access: AccessContext) -> bool:
+    return access.role in PROFESSIONS and access.purpose == CARE
+
+
+def may(access: AccessContext, write: Write) -> bool:
+    if write is Write.RECORD:
+        return True
+    if write is Write.FEED:
+        # Feeding systems and professionals of the care team (L1111-17 II).
+        return access.role == SYSTEM or in_care(access)
+    if write in (Write.CONSENT, Write.PERSONAL):
+        return access.acts_for_patient
+    if write is Write.CHANGE:
+        return access.role == SYSTEM or access.acts_for_patient or in_care(access)
+    if write is Write.REPROCESS:
+        return access.role in (SYSTEM, ADMIN)
+    # Archiving (PDSm isArchived) hides nothing from anyone: it files a document away for whoever
+    # reads the record, the patient or a professional in care.
+    return access.acts_for_patient or in_care(access)
+
+
+def require(access: AccessContext, write: Write) -> None:
+    if not may(access, write):
+        raise AccessRefused(f"the role {access.role} may not {write.value}")
 IDNATST_SYSTEM = f"urn:oid:{codes.IDNATST_OID}"
 
 
@@ -68,12 +112,6 @@ def changeable_labels(access: AccessContext, producer: bool = False) -> set[str]
         return {MASQUE_PS, INVISIBLE_REPRESENTATIVES}
     if access.role == REPRESENTATIVE:
         return {MASQUE_PS}
-    if access.role in PROFESSIONS and access.purpose == CARE:
+    if in_care(access):
         return {INVISIBLE_PATIENT} | ({MASQUE_PS} if producer else set())
     return set()
-
-
-def may_archive(access: AccessContext) -> bool:
-    """Archiving (PDSm isArchived) hides nothing from anyone: it files a document away for whoever
-    reads the record, the patient or a professional in care."""
-    return access.acts_for_patient or (access.role in PROFESSIONS and access.purpose == CARE)

@@ -12,7 +12,6 @@ from .responses import FHIR_TYPES, fhir_response, negotiate, require_content_typ
 @fhir.post("")
 @fhir.post("/")
 def transaction():
-    g.repository.access.require(g.repository.access.may_feed, "submit documents")
     negotiate()
     require_content_type(FHIR_TYPES, "is not supported: send application/fhir+json or application/fhir+xml")
     settings = current_app.config["SETTINGS"]

@@ -11,7 +11,6 @@ cda = Blueprint("cda", __name__)
 
 @cda.post("/cda")
 def post_cda():
-    g.repository.access.require(g.repository.access.may_feed, "submit documents")
     require_content_type(CDA_CONTENT_TYPES, f"is not a CDA document type ({', '.join(sorted(CDA_CONTENT_TYPES))})")
     settings = current_app.config["SETTINGS"]
     if request.content_length and request.content_length > settings.max_document_bytes:

@@ -16,6 +16,7 @@ from gateway.access.rules import (
     consent_actors,
     consent_kind,
 )
+from gateway.access.writes import Write
 from gateway.refusal import Refused
 from gateway.fhir.validation import InvalidResource, validate
 from gateway.mapping import codes
@@ -87,22 +88,22 @@ def checked_consent(consent: dict, patient_id: str, access: AccessContext) -> di
 
 
 def create(repo: Repository, consent: dict) -> StoredResource:
-    repo.access.require(repo.access.acts_for_patient, "record a patient's consent")
+    repo.require(Write.CONSENT)
     patient_id = own_patient(repo)
     stored = checked_consent(consent, patient_id, repo.access)
     stored["id"] = new_id()
-    with repo.unit_of_work() as uow:
+    with repo.unit_of_work(Write.CONSENT) as uow:
         return uow.save(stored, patient_id=patient_id, method="POST")
 
 
 def update(repo: Repository, consent_id: str, consent: dict) -> StoredResource:
     """Replace a Consent of the requester's record (revoke it with status inactive); the history
     keeps every earlier decision."""
-    repo.access.require(repo.access.acts_for_patient, "change a patient's consent")
+    repo.require(Write.CONSENT)
     current = repo.read("Consent", consent_id)   # 404 when it is not one of the requester's
     stored = checked_consent(consent, current.patient_id, repo.access)
     stored["id"] = consent_id
-    with repo.unit_of_work() as uow:
+    with repo.unit_of_work(Write.CONSENT) as uow:
         return uow.save(stored, patient_id=current.patient_id, method="PUT")
 
 

@@ -21,7 +21,7 @@ from gateway.mapping import document as mapping
 from gateway.mapping.dates import fhir_now
 from gateway.storage.repository import UnitOfWork, new_id
 
-from .documents import Ingested, check_record_open, replaceable
+from .documents import Ingested, check_record_open
 from .personal import shared_record_custodian
 
 # IHE format code of a document whose MIME type says all (the PDSM4DMP examples use it).
@@ -249,7 +249,8 @@ def _replaced(uow: UnitOfWork, submitted: dict, patient_id: str, where: str) -> 
         identifier = target.get("identifier") if isinstance(target, dict) else None
         if docref_id is None and isinstance(identifier, dict) and identifier.get("value"):
             docref_id = uow.find_by_identifier("DocumentReference", identifier.get("system", ""), identifier["value"])
-        stored = replaceable(uow, docref_id, patient_id, _submitted_producers(submitted), f"{where}.relatesTo[{index}]")
+        stored = uow.document_to_change(docref_id, patient_id, _submitted_producers(submitted),
+                                        f"{where}.relatesTo[{index}]")
         previous = stored.json()
         if previous["status"] != "current":
             raise Refused("the replaced document is no longer current", location=f"{where}.relatesTo[{index}]",

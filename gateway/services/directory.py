@@ -3,6 +3,7 @@
 belongs to one resource."""
 from __future__ import annotations
 
+from gateway.access.writes import Write
 from gateway.refusal import Refused
 from gateway.fhir.validation import InvalidResource, validate
 from gateway.mapping import codes
@@ -15,7 +16,6 @@ REGISTERED_TYPES = ("Patient", "Practitioner", "PractitionerRole", "Organization
 def register(repo: Repository, resource: dict) -> StoredResource:
     """Store a new identity resource; Refused when it is invalid or an identifier is taken."""
     res_type = resource["resourceType"]
-    repo.access.require(repo.access.may_feed, f"create a {res_type}")
     resource["id"] = new_id()
     # The server owns versionId and lastUpdated; the client's profiles are kept.
     profiles = resource.get("meta", {}).get("profile")
@@ -30,7 +30,7 @@ def register(repo: Repository, resource: dict) -> StoredResource:
                     not ins_key_is_valid(str(identifier.get("value", "")).replace(" ", "")):
                 raise Refused("the INS is not valid: 15 characters whose last two are 97 - (first 13 mod 97)",
                                       location="Patient.identifier")
-    with repo.unit_of_work() as uow:
+    with repo.unit_of_work(Write.FEED) as uow:
         for identifier in resource.get("identifier", []):
             if identifier.get("system") and identifier.get("value"):
                 if uow.find_by_identifier(res_type, identifier["system"], identifier["value"]):

@@ -22,8 +22,7 @@ from gateway.storage.repository import UnitOfWork, new_id
 
 from gateway.access.writes import Producers
 
-from .documents import (ParsedCda, delete_document, header_producers, person_producers, read_cda, register_document,
-                        replaceable)
+from .documents import ParsedCda, delete_document, header_producers, person_producers, read_cda, register_document
 from .patients import Applied, MessageRefused, checked_ids, find_patient, identifier_keys
 
 # sourceId of a sending system known only by its HL7v2 names (MSH-3|MSH-4).
@@ -195,7 +194,7 @@ def _delete(uow: UnitOfWork, unique_id: II, pid_ids: list[II], applied: Applied,
         applied.issues.append(Issue(f"document {value} was already deleted", location, "0", "I"))
         return
     try:
-        stored = replaceable(uow, docref_id, find_patient(uow, pid_ids), named, location)
+        stored = uow.document_to_change(docref_id, find_patient(uow, pid_ids), named, location)
     except Refused as refusal:
         raise MessageRefused(Issue(refusal.reason, location, "204" if refusal.status == 422 else "207")) from None
     delete_document(uow, stored)

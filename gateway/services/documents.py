@@ -13,7 +13,7 @@ from gateway.refusal import Refused
 from gateway.cda.header import CD, CdaHeader, Person, extract_header
 from gateway.cda.parser import parse_cda
 from gateway.access.rules import binary_ids
-from gateway.access.writes import CHANGE_REFUSED, Producers, finess, may_change_document
+from gateway.access.writes import Producers, Write, finess
 from gateway.fhir.validation import InvalidResource, validate
 from gateway.mapping import codes
 from gateway.mapping import document as mapping
@@ -60,7 +60,8 @@ def ingest_cda(repo: Repository, data: bytes, *, max_bytes: int, channel: str = 
         result = register_document(uow, repo.base_url, parsed)
         return Written(result, "processed" if result.created else "duplicate", result.produced)
 
-    _, written = ingest(repo, Received(channel, data, content_type, sender), lambda: read_cda(data, max_bytes), write)
+    _, written = ingest(repo, Received(channel, data, content_type, sender), Write.FEED,
+                        lambda: read_cda(data, max_bytes), write)
     return written.value
 
 
@@ -201,8 +202,8 @@ def _supersede(uow: UnitOfWork, header: CdaHeader, patient_id: str, produced: li
             # (the ANS examples among them) name parents this gateway never saw.
             targets.append({"identifier": {"system": system, "value": value}})
             continue
-        stored = replaceable(uow, parent_id, patient_id, header_producers(header),
-                             f"{CD}/relatedDocument/parentDocument/id")
+        stored = uow.document_to_change(parent_id, patient_id, header_producers(header),
+                                        f"{CD}/relatedDocument/parentDocument/id")
         previous = stored.json()
         if previous["status"] != "current":
             raise Refused(
@@ -214,20 +215,6 @@ def _supersede(uow: UnitOfWork, header: CdaHeader, patient_id: str, produced: li
         produced.append(f"DocumentReference/{stored.res_id}")
         targets.append({"reference": f"DocumentReference/{stored.res_id}"})
     return targets
-
-
-def replaceable(uow: UnitOfWork, docref_id: str | None, patient_id: str | None, named: Producers,
-                location: str) -> StoredResource:
-    """The document a replacement or deletion names, if it is a live document of this patient that
-    the requester may change. Another patient's document answers exactly as a missing one: the
-    refusal names nothing the requester did not send."""
-    stored = uow.current("DocumentReference", docref_id) if docref_id else None
-    if stored is None or stored.deleted or patient_id is None or stored.patient_id != patient_id:
-        raise Refused("the document to replace or delete is not a registered document of this patient",
-                              location=location, status=422, code="not-found")
-    if not may_change_document(uow.repository.access, producers_of(uow, stored.json()), named):
-        raise Refused(CHANGE_REFUSED, location=location, status=403, code="forbidden")
-    return stored
 
 
 def _organization_finess(ids) -> set[str]:
@@ -244,18 +231,6 @@ def person_producers(people: list[Person], organizations=()) -> Producers:
 def header_producers(header: CdaHeader) -> Producers:
     people = [*header.authors, *([header.legal_authenticator] if header.legal_authenticator else [])]
     return person_producers(people, [header.custodian] if header.custodian else [])
-
-
-def producers_of(uow: UnitOfWork, docref: dict) -> Producers:
-    """The authors of a stored document and the organisations behind it (its authors', its custodian)."""
-    identifiers = [i for c in docref.get("contained", []) if c.get("resourceType") == "Organization"
-                   for i in c.get("identifier", [])]
-    custodian = docref.get("custodian", {}).get("reference", "")
-    if custodian.startswith("Organization/"):
-        found = uow.current("Organization", custodian.split("/", 1)[1])
-        identifiers += found.json().get("identifier", []) if found else []
-    organizations = {f for f in (finess(i.get("system", ""), i.get("value", "")) for i in identifiers) if f}
-    return Producers(frozenset(mapping.author_idnatps(docref)), frozenset(organizations))
 
 
 def delete_document(uow: UnitOfWork, stored: StoredResource) -> None:

@@ -18,6 +18,7 @@ from typing import Callable
 from sqlalchemy.exc import OperationalError
 
 from gateway import metrics
+from gateway.access.writes import Write
 from gateway.hl7v2 import ack as acks
 from gateway.hl7v2.ack import Issue, Outcome
 from gateway.hl7v2.er7 import Message, MessageRejected
@@ -157,8 +158,8 @@ def receive(repo: Repository, data: bytes, *, channel: str, max_bytes: int, send
         issues.append(Issue(f"control id {message.control_id} was already used by this sender for a different "
                             "message; processed as a new message", "MSH^1^10", "205", "W"))
     received = Received(channel, data, "x-application/hl7-v2+er7", message.sender, keys)
-    raw_id = same.id if same is not None else ingest.keep(repo, received)
-    return _process(repo, received, message, raw_id, handler, issues, max_bytes, started)
+    raw_id = same.id if same is not None else ingest.keep(repo, received, Write.FEED)
+    return _process(repo, received, Write.FEED, message, raw_id, handler, issues, max_bytes, started)
 
 
 def reprocess(repo: Repository, raw_id: int, body: bytes, channel: str, max_bytes: int) -> Reply:
@@ -167,11 +168,11 @@ def reprocess(repo: Repository, raw_id: int, body: bytes, channel: str, max_byte
     message = Message.from_bytes(body)
     message.require_header()
     received = Received(channel, body, "x-application/hl7-v2+er7", message.sender)
-    return _process(repo, received, message, raw_id, route(message), [], max_bytes, started)
+    return _process(repo, received, Write.REPROCESS, message, raw_id, route(message), [], max_bytes, started)
 
 
-def _process(repo: Repository, received: Received, message: Message, raw_id: int, handler: Handler,
-             issues: list[Issue], max_bytes: int, started: float) -> Reply:
+def _process(repo: Repository, received: Received, permission: Write, message: Message, raw_id: int,
+             handler: Handler, issues: list[Issue], max_bytes: int, started: float) -> Reply:
     answers: dict[str, str | None] = {}
 
     def acknowledged(outcome: Outcome) -> str | None:
@@ -192,7 +193,7 @@ def _process(repo: Repository, received: Received, message: Message, raw_id: int
         return _summary(outcome), acknowledged(outcome)
 
     try:
-        _, written = ingest.ingest(repo, received, lambda: handler.read(message, max_bytes), write,
+        _, written = ingest.ingest(repo, received, permission, lambda: handler.read(message, max_bytes), write,
                                    raw_id=raw_id, record_refusal=refusal_recorded)
     except ingest.AlreadyHandled:
         row = next((r for r in earlier_messages(repo.engine, message.sender, message.control_id[:199])
@@ -248,7 +249,7 @@ def _answer_unprocessed(repo: Repository, data: bytes, channel: str, message: Me
     try:
         received = Received(channel, data, "x-application/hl7-v2+er7", message.sender if message is not None else None,
                             {"control_id": message.control_id[:199]} if readable else None)
-        raw_id = ingest.keep(repo, received, status="refused", outcome=_summary(outcome), ack=text)
+        raw_id = ingest.keep(repo, received, Write.FEED, status="refused", outcome=_summary(outcome), ack=text)
     except Exception:
         log.exception("could not store a refused message")
         raw_id = None

@@ -4,7 +4,9 @@
     raw copy (committed) -> prepare (no database) -> write (a unit of work in the group commit)
     -> the raw input's final status, the metric, the log line.
 
-A transport decodes its input, gives its work as `prepare` (reading, rules, checks that need
+The requester's permission (`Write`, decided in gateway.access.writes) opens each unit of work of
+the input, from the raw copy on: an input its sender may not submit is refused before anything of
+it is kept. A transport decodes its input, gives its work as `prepare` (reading, rules, checks that need
 nothing stored: done outside any transaction, so SQLite's write lock is never held for them) and
 `write` (inside the unit of work), and renders a `Refused` into its own answer: an ACK with ERR,
 an OperationOutcome, a French sentence. The raw copy, the result, and a refusal or failure (the
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Generic, TypeVar
 
 from gateway import metrics
+from gateway.access.writes import Write
 from gateway.refusal import Refused
 from gateway.storage.repository import Repository, UnitOfWork
 
@@ -51,15 +54,15 @@ class AlreadyHandled(Exception):
     """Another process finished this raw input between our look-up and our claim."""
 
 
-def keep(repo: Repository, received: Received, *, status: str = "received", outcome: dict | None = None,
-         ack: str | None = None) -> int:
+def keep(repo: Repository, received: Received, permission: Write, *, status: str = "received",
+         outcome: dict | None = None, ack: str | None = None) -> int:
     """Store the input exactly as received, committed before any processing starts."""
     return repo.write(lambda uow: uow.store_raw(received.channel, received.body, received.content_type,
                                                 received.sender, message=received.keys, status=status,
-                                                outcome=outcome, ack=ack))
+                                                outcome=outcome, ack=ack), permission)
 
 
-def ingest(repo: Repository, received: Received, prepare: Callable[[], P],
+def ingest(repo: Repository, received: Received, permission: Write, prepare: Callable[[], P],
            write: Callable[[UnitOfWork, P], Written[T]], *, raw_id: int | None = None,
            record_refusal: Callable[[Refused], tuple[dict, str | None]] = lambda refusal: (refusal.summary(), None),
            ) -> tuple[int, Written[T]]:
@@ -70,7 +73,7 @@ def ingest(repo: Repository, received: Received, prepare: Callable[[], P],
     the ACK it was answered with)."""
     started = time.perf_counter()
     if raw_id is None:
-        raw_id = keep(repo, received)
+        raw_id = keep(repo, received, permission)
 
     def unit(uow: UnitOfWork) -> Written[T]:
         if not uow.claim_raw(raw_id):
@@ -81,12 +84,12 @@ def ingest(repo: Repository, received: Received, prepare: Callable[[], P],
 
     try:
         prepared = prepare()
-        written = repo.write(unit)
+        written = repo.write(unit, permission)
     except AlreadyHandled:
         raise
     except Refused as refusal:
         outcome, ack = record_refusal(refusal)
-        repo.write(lambda uow: uow.record_outcome(raw_id, "refused", outcome, ack=ack))
+        repo.write(lambda uow: uow.record_outcome(raw_id, "refused", outcome, ack=ack), Write.RECORD)
         metrics.observe_ingest(received.channel, "refused", started)
         log.info("input refused", extra={"raw_id": raw_id, "channel": received.channel,
                                          "location": refusal.location, "status": refusal.status})
@@ -94,7 +97,7 @@ def ingest(repo: Repository, received: Received, prepare: Callable[[], P],
     except Exception:
         log.exception("input failed", extra={"raw_id": raw_id, "channel": received.channel})
         try:
-            repo.write(lambda uow: uow.record_outcome(raw_id, "failed", {"reason": "internal error"}))
+            repo.write(lambda uow: uow.record_outcome(raw_id, "failed", {"reason": "internal error"}), Write.RECORD)
         except Exception:
             log.error("could not record the failure", extra={"raw_id": raw_id})
         metrics.observe_ingest(received.channel, "failed", started)

@@ -1,5 +1,5 @@
 """Changes to a document's metadata by PATCH (PDSm flux 03/04; PDSM4DMP TD3.3a-d): one JSON Patch
-does one kind of change, each decided by gateway.access.writes:
+does one kind of change, each decided by the unit of work with the rules of gateway.access.writes:
 
 - masking (TD3.3a, TD3.3b): the visibility labels (TRE_A07) of DocumentReference.securityLabel;
 - deletion (TD3.3c): `replace /status entered-in-error`, carried out as a deletion (README, "Deletion");
@@ -18,13 +18,13 @@ import re
 import jsonpatch
 
 from gateway.access.rules import visibility_codes
-from gateway.access.writes import Producers, changeable_labels, may_archive, may_change_document
+from gateway.access.writes import Producers, Write
 from gateway.refusal import Refused
 from gateway.fhir.validation import InvalidResource, validate
 from gateway.mapping import codes
 from gateway.storage.repository import Repository, StoredResource
 
-from .documents import delete_document, producers_of, replaceable
+from .documents import delete_document
 
 CONFIDENTIALITY_SYSTEMS = (codes.CONFIDENTIALITY_SYSTEM, "http://terminology.hl7.org/CodeSystem/v3-Confidentiality")
 # PDSM4DMP TD3.3d names the extension by a FHIRPath-like step, which JSON Pointer does not have.
@@ -106,13 +106,6 @@ def _labels(repo: Repository, current: StoredResource, before: dict, after: dict
     if unknown:
         raise _refuse(f"unknown visibility label {', '.join(sorted(unknown))}", "DocumentReference.securityLabel")
     changed = visibility_codes(before) ^ wanted
-    with repo.unit_of_work() as uow:
-        producer = may_change_document(repo.access, producers_of(uow, before), Producers())
-    forbidden = changed - changeable_labels(repo.access, producer)
-    if forbidden:
-        raise _refuse(f"the role {repo.access.role} may not change {', '.join(sorted(forbidden))}",
-                      "DocumentReference.securityLabel", 403, "forbidden",
-                      "votre compte ne permet pas de changer cette visibilité du document.")
     if not changed:
         return current
     kept = [label for label in before.get("securityLabel", [])
@@ -120,15 +113,15 @@ def _labels(repo: Repository, current: StoredResource, before: dict, after: dict
     result = dict(before, securityLabel=[
         {"coding": [{"system": codes.VISIBILITY_SYSTEM, "code": code, "display": codes.VISIBILITY_DISPLAYS[code]}]}
         for code in sorted(wanted)] + kept)
-    return _save(repo, current, result, reveal=True)
+    return _save(repo, current, result, Write.CHANGE, labels_changed=changed)
 
 
 def _status(repo: Repository, current: StoredResource, after: dict) -> None:
     if after.get("status") != "entered-in-error":
         raise _refuse("the status of a document changes only to entered-in-error (deletion); a replacement "
                       "supersedes it", "DocumentReference.status")
-    with repo.unit_of_work() as uow:
-        stored = replaceable(uow, current.res_id, current.patient_id, Producers(), "DocumentReference.status")
+    with repo.unit_of_work(Write.CHANGE) as uow:
+        stored = uow.document_to_change(current.res_id, current.patient_id, Producers(), "DocumentReference.status")
         delete_document(uow, stored)
     return None
 
@@ -140,24 +133,23 @@ def _archived(repo: Repository, current: StoredResource, before: dict, after: di
     if others_before != others_after or len(archived) > 1 or (archived and not isinstance(
             archived[0].get("valueBoolean"), bool)) or (archived and set(archived[0]) != {"url", "valueBoolean"}):
         raise _refuse("only the isArchived extension (valueBoolean) may change", "DocumentReference.extension")
-    if not may_archive(repo.access):
-        raise _refuse(f"the role {repo.access.role} may not archive a document", "DocumentReference.extension",
-                      403, "forbidden")
     result = dict(before, extension=others_before + archived)
     if not result["extension"]:
         result.pop("extension")
-    return _save(repo, current, result)
+    return _save(repo, current, result, Write.ARCHIVE)
 
 
-def _save(repo: Repository, current: StoredResource, resource: dict, reveal: bool = False) -> StoredResource:
+def _save(repo: Repository, current: StoredResource, resource: dict, permission: Write,
+          labels_changed: set[str] = frozenset()) -> StoredResource:
     resource["meta"] = {k: v for k, v in resource.get("meta", {}).items() if k == "profile"}
     try:
         validate(resource)
     except InvalidResource as exc:
         raise _refuse(str(exc)) from None
-    with repo.unit_of_work() as uow:
+    with repo.unit_of_work(permission) as uow:
+        uow.require_labels(current.json(), labels_changed)
         stored = uow.save(resource, patient_id=current.patient_id, method="PATCH")
-        if reveal:
+        if labels_changed:
             # Once announced, the accesses to the document appear in the patient's trail too.
             uow.reveal_audit_of(stored.reference, stored.hidden_from_patient, stored.hidden_from_representatives)
         return stored

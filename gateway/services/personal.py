@@ -8,6 +8,7 @@ Binary; professionals with access to the record see it like any other document.
 from __future__ import annotations
 
 from gateway.access.context import PATIENT
+from gateway.access.writes import Write
 from gateway.refusal import Refused
 from gateway.fhir.validation import InvalidResource, validate
 from gateway.mapping import codes, submission
@@ -70,7 +71,6 @@ def _content_checked(data: bytes, media_type: str, max_bytes: int) -> None:
 def add_document(repo: Repository, *, title: str, type_code: str, media_type: str, data: bytes,
                  max_bytes: int, file_name: str | None = None) -> StoredResource:
     """Register a document the patient (or representative) adds to the record."""
-    repo.access.require(repo.access.acts_for_patient, "add a document to the personal space")
     def check() -> tuple[str, str]:
         """(the record's Patient id, the title with its spaces normalised)."""
         named = " ".join(title.split())
@@ -93,7 +93,7 @@ def add_document(repo: Repository, *, title: str, type_code: str, media_type: st
         return Written(stored, produced=[stored.reference])
 
     received = Received("patient-space", data, media_type, repo.access.subject)
-    return ingest(repo, received, check, write)[1].value
+    return ingest(repo, received, Write.PERSONAL, check, write)[1].value
 
 
 def _register(uow: UnitOfWork, repo: Repository, patient_id: str, title: str, type_code: str, media_type: str,
@@ -165,7 +165,7 @@ def shared_record_custodian(uow: UnitOfWork) -> str:
 
 def add_contact(repo: Repository, *, family: str, given: str, relation: str, phone: str) -> StoredResource:
     """An emergency contact (RelatedPerson of the patient)."""
-    repo.access.require(repo.access.acts_for_patient, "record an emergency contact")
+    repo.require(Write.PERSONAL)
     family, given, phone = " ".join(family.split()), " ".join(given.split()), " ".join(phone.split())
     if not family or not phone:
         raise _refuse("an emergency contact has a name and a telephone number", "RelatedPerson",
@@ -182,16 +182,16 @@ def add_contact(repo: Repository, *, family: str, given: str, relation: str, pho
         "name": [{"family": family, **({"given": [given]} if given else {})}],
         "telecom": [{"system": "phone", "value": phone, "use": "mobile"}],
     })
-    with repo.unit_of_work() as uow:
+    with repo.unit_of_work(Write.PERSONAL) as uow:
         return uow.save(contact, patient_id=patient_id)
 
 
 def remove_contact(repo: Repository, contact_id: str) -> StoredResource:
     """The contact stops being one (active false); the history keeps it."""
-    repo.access.require(repo.access.acts_for_patient, "change an emergency contact")
+    repo.require(Write.PERSONAL)
     current = repo.read("RelatedPerson", contact_id)   # 404 unless it belongs to the requester's record
     contact = current.json()
     contact["active"] = False
     contact.pop("meta", None)
-    with repo.unit_of_work() as uow:
+    with repo.unit_of_work(Write.PERSONAL) as uow:
         return uow.save(_checked(contact), patient_id=current.patient_id, method="PUT")

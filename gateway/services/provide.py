@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 from urllib.parse import parse_qsl
 
+from gateway.access.writes import Write
 from gateway.refusal import Refused
 from gateway.cda.header import II
 from gateway.fhir.formats import load
@@ -132,7 +133,7 @@ def _provide(repo: Repository, received: Received, bundle_of: Callable[[], dict]
         return Written(checked, produced=[e["response"]["location"] for e in checked.response["entry"]
                                           if "location" in e["response"]])
 
-    return ingest(repo, received, check, write)[1].value
+    return ingest(repo, received, Write.FEED, check, write)[1].value
 
 
 def _load(body: bytes, content_type: str) -> dict:

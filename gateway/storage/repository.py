@@ -18,10 +18,12 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from gateway.access import AccessContext
-from gateway.access import audit
+from gateway.access import audit, writes
 from gateway.access.context import DIRECTORY_TYPES, EMERGENCY, INS_SYSTEMS, OWN_PATIENT, REGULATION
 from gateway.access.rules import VISIBILITY_COLUMNS, binary_ids, rules_of, signed_ids, visibility_columns
+from gateway.access.writes import Write
 from gateway.mapping.document import author_idnatps
+from gateway.refusal import Refused
 
 from . import search as search_sql
 from . import statements as sql
@@ -396,7 +398,7 @@ class Repository:
             # audited too, so the patient and the attending physician see it was made (R1111-48).
             events = events + [self._authorization("AuthZ-Consent", audit.SUCCESS, e.patient_id)
                                for e in events if e.patient_id and e.event["outcome"] == "0"]
-        self.write(lambda uow: uow.audit.extend(events))
+        self.write(lambda uow: uow.audit.extend(events), Write.RECORD)
 
     def _authorization(self, basis: str, outcome: audit.Outcome, patient_id: str | None) -> "PendingAudit":
         event = audit.authorization_event(new_id(), _now()[0], self.access, patient_id=patient_id, basis=basis,
@@ -404,15 +406,24 @@ class Repository:
         return PendingAudit(event, patient_id)
 
     def record_authorization(self, basis: str, outcome: audit.Outcome, patient_id: str | None = None) -> None:
-        self.write(lambda uow: uow.audit.append(self._authorization(basis, outcome, patient_id)))
+        self.write(lambda uow: uow.audit.append(self._authorization(basis, outcome, patient_id)), Write.RECORD)
 
     # -- writes ---------------------------------------------------------------------------------
 
-    def unit_of_work(self) -> "UnitOfWork":
+    def require(self, permission: Write) -> None:
+        """Refuses (403) a requester who may not do this `Write`. Every unit of work is opened with
+        it; a service that reads before it writes asks first, so the refusal comes before the read."""
+        writes.require(self.access, permission)
+
+    def unit_of_work(self, permission: Write) -> "UnitOfWork":
+        """A unit of work in a transaction of its own, for a requester who may do this `Write`."""
+        self.require(permission)
         return UnitOfWork(self)
 
-    def write(self, work: Callable[["UnitOfWork"], T]) -> T:
-        """Run `work` in a unit of work of the next group commit; its value once committed."""
+    def write(self, work: Callable[["UnitOfWork"], T], permission: Write) -> T:
+        """Run `work` in a unit of work of the next group commit, for a requester who may do this
+        `Write`; its value once committed."""
+        self.require(permission)
         return group_commit(self.engine).run(lambda conn: UnitOfWork(self, conn), work)
 
 
@@ -598,6 +609,43 @@ class UnitOfWork:
             columns = self._hidden_as_signed(signed, visibility_columns(signature))
             self._set_visibility([signature_id], "DocumentReference", columns)
             self._set_visibility(binary_ids(signature), "Binary", columns)
+
+    # -- who may change a document: decided here, with the rules of access/writes.py -------------
+
+    def document_to_change(self, docref_id: str | None, patient_id: str | None, named: writes.Producers,
+                           location: str) -> StoredResource:
+        """The document a replacement or deletion names, if it is a live document of this patient that
+        the requester may change (with a submission naming `named`). Another patient's document
+        answers exactly as a missing one: the refusal names nothing the requester did not send."""
+        stored = self.current("DocumentReference", docref_id) if docref_id else None
+        if stored is None or stored.deleted or patient_id is None or stored.patient_id != patient_id:
+            raise Refused("the document to replace or delete is not a registered document of this patient",
+                          location=location, status=422, code="not-found")
+        if not writes.may_change_document(self.repository.access, self.producers_of(stored.json()), named):
+            raise Refused(writes.CHANGE_REFUSED, location=location, status=403, code="forbidden")
+        return stored
+
+    def require_labels(self, docref: dict, changed: set[str]) -> None:
+        """Refuses a change of these visibility labels on a document the requester may not make."""
+        if not changed:
+            return
+        producer = writes.may_change_document(self.repository.access, self.producers_of(docref), writes.Producers())
+        forbidden = changed - writes.changeable_labels(self.repository.access, producer)
+        if forbidden:
+            raise Refused(f"the role {self.repository.access.role} may not change {', '.join(sorted(forbidden))}",
+                          location="DocumentReference.securityLabel", status=403, code="forbidden",
+                          patient_text="votre compte ne permet pas de changer cette visibilité du document.")
+
+    def producers_of(self, docref: dict) -> writes.Producers:
+        """The authors of a stored document and the organisations behind it (its authors', its custodian)."""
+        identifiers = [i for c in docref.get("contained", []) if c.get("resourceType") == "Organization"
+                       for i in c.get("identifier", [])]
+        custodian = docref.get("custodian", {}).get("reference", "")
+        if custodian.startswith("Organization/"):
+            found = self.current("Organization", custodian.split("/", 1)[1])
+            identifiers += found.json().get("identifier", []) if found else []
+        organizations = {f for f in (writes.finess(i.get("system", ""), i.get("value", "")) for i in identifiers) if f}
+        return writes.Producers(frozenset(author_idnatps(docref)), frozenset(organizations))
 
     def delete(self, stored: StoredResource) -> None:
         """Delete a resource: it leaves every search and read (410), its versions stay in the history."""

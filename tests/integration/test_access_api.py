@@ -9,7 +9,7 @@ from conftest import GP, sample
 from gateway.access.audit import verify_chain
 from gateway.services.consents import decision
 from gateway.mapping import codes
-from gateway.storage.schema import audit_chain, resources
+from gateway.storage.schema import audit_chain, raw_inputs, resources
 
 XML = {"Content-Type": "application/xml"}
 FHIR = {"Content-Type": "application/fhir+json"}
@@ -213,6 +213,35 @@ def test_insurers_admins_and_systems_see_no_patient_data(client, bearer, world, 
                        headers=bearer("admin")).status_code == 403
     assert client.post("/hl7v2", data=message, content_type="x-application/hl7-v2+er7",
                        headers=bearer("system")).status_code == 200
+
+
+def test_a_write_the_requester_may_not_do_is_refused_before_anything_is_kept(client, bearer, world, database):
+    """The write policy opens every unit of work: a requester who may not feed is refused before the
+    raw copy, and one who may read a document but not change it is refused before its new version."""
+    def kept() -> int:
+        with database[0].connect() as conn:
+            return conn.execute(select(func.count()).select_from(raw_inputs)).scalar_one()
+
+    before = kept()
+    document = sample("ldl-ses-martin.xml").replace(b"1.2.250.1.213.1.1.9.2.1.1", b"1.2.250.1.213.1.1.9.2.1.7")
+    for headers in (bearer("patient", patient=MARTIN), bearer("admin"), bearer("occupational-doctor", sub=INTERNIST),
+                    bearer("doctor", sub=SURGEON, purpose="emergency", patient=MARTIN)):
+        for path, body, content_type in (("/cda", document, XML), ("/fhir/DocumentReference", b"{}", FHIR),
+                                          ("/fhir", b"{}", FHIR)):
+            response = client.post(path, data=body, headers={**content_type, **headers})
+            assert response.status_code == 403 and response.json["issue"][0]["code"] == "forbidden", path
+    assert kept() == before
+    # The emergency doctor reads the document but may neither archive nor mask it.
+    emergency = bearer("doctor", sub=SURGEON, purpose="emergency", patient=MARTIN)
+    target = f"/fhir/DocumentReference/{world['ldl']}"
+    version = client.get(target, headers=emergency).json["meta"]["versionId"]
+    archive = [{"op": "add", "path": "/extension", "value": [{"url": codes.PDSM_IS_ARCHIVED, "valueBoolean": True}]}]
+    for patch in (archive,
+                  [{"op": "add", "path": "/securityLabel/-",
+                    "value": {"coding": [{"system": codes.VISIBILITY_SYSTEM, "code": "INVISIBLE_PATIENT"}]}}]):
+        response = client.patch(target, headers={**PATCH, **emergency}, data=json.dumps(patch))
+        assert response.status_code == 403 and response.json["issue"][0]["code"] == "forbidden"
+    assert client.get(target, headers=emergency).json["meta"]["versionId"] == version
 
 
 def test_each_request_leaves_its_audit_events(client, bearer, world, database):

@@ -16,6 +16,7 @@ from sqlalchemy import delete
 
 from conftest import REPORT
 from gateway.access import AccessContext
+from gateway.access.writes import Write
 from gateway.access.rules import CONSENT_KIND_SYSTEM, IDNATPS_SYSTEM
 from gateway.mapping import codes
 from gateway.storage.repository import Repository
@@ -109,7 +110,7 @@ def build_world(engine, docs: list[Document], world_rules: list[Rule]) -> dict[i
             conn.execute(delete(table))
     repo = Repository(engine, AccessContext.system("world"), "http://gateway.test")
     made = {}
-    with repo.unit_of_work() as uow:
+    with repo.unit_of_work(Write.FEED) as uow:
         for p, ins in enumerate(INS):
             uow.claim_identifier("Patient", PATIENT_INS, ins, f"p{p}")
             uow.save({"resourceType": "Patient", "id": f"p{p}", "identifier": [{"system": PATIENT_INS, "value": ins}]},

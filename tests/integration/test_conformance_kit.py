@@ -59,14 +59,14 @@ def test_an_ack_sent_before_the_commit_is_caught(target, monkeypatch):
 
     write = Repository.write
 
-    def acknowledged_then_lost(repo, work):
+    def acknowledged_then_lost(repo, work, permission):
         # The raw copy is kept; the ACK is built from the message's work in a transaction that
         # never commits.
         if not work.__qualname__.startswith("ingest.<locals>.unit"):
-            return write(repo, work)
+            return write(repo, work, permission)
         answer = {}
         try:
-            with repo.unit_of_work() as uow:
+            with repo.unit_of_work(permission) as uow:
                 answer["value"] = work(uow)
                 raise Lost
         except Lost:

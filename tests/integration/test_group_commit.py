@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy import event, func, select
 
 from gateway.access import AccessContext
+from gateway.access.writes import Write
 from gateway.access.audit import verify_chain
 from gateway.refusal import Refused
 from gateway.storage.commits import group_commit
@@ -51,7 +52,7 @@ def test_units_submitted_together_share_a_transaction_and_a_failing_one_is_rolle
 
     def submit(n: int) -> None:
         try:
-            answers[n] = repo.write(unit(n))
+            answers[n] = repo.write(unit(n), Write.FEED)
             committed_when_answered[n] = f"org-{n}" in stored_ids(engine)
         except Refused as refusal:
             answers[n] = refusal
@@ -86,6 +87,6 @@ def test_a_unit_may_not_submit_another_from_inside_its_batch(database):
     engine = database[0]
     repo = Repository(engine, AccessContext.system("test"), "http://test")
     with pytest.raises(RuntimeError, match="inside its batch"):
-        repo.write(lambda uow: repo.write(lambda inner: None))
+        repo.write(lambda uow: repo.write(lambda inner: None, Write.RECORD), Write.RECORD)
     with read_connection(engine) as conn:
         assert conn.execute(select(func.count()).select_from(resources)).scalar_one() == 0

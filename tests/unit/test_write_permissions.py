@@ -1,0 +1,39 @@
+"""The write policy (gateway/access/writes.py): which requester may open a unit of work for which
+`Write`, role by role, as the DMP's access matrix and L1111-17 give it."""
+import pytest
+
+from gateway.access import AccessContext, AccessRefused
+from gateway.access.context import EMERGENCY
+from gateway.access.writes import Write, may, require
+
+F, C, P, H, A, R, X = (Write.FEED, Write.CONSENT, Write.PERSONAL, Write.CHANGE, Write.ARCHIVE, Write.REPROCESS,
+                       Write.RECORD)
+PERMITTED = {
+    "system": {X, F, H, R},
+    "doctor": {X, F, H, A},
+    "nurse": {X, F, H, A},
+    "patient": {X, C, P, H, A},
+    "representative": {X, C, P, H, A},
+    "doctor, emergency": {X},
+    "occupational-doctor": {X},
+    "regulator": {X},
+    "insurer": {X},
+    "admin": {X, R},
+}
+
+
+def requester(name: str) -> AccessContext:
+    role, _, purpose = name.partition(", ")
+    return AccessContext(role=role, subject="899900000012", purpose=EMERGENCY if purpose else "care",
+                         patient_ins="185067511204554" if role in ("patient", "representative") or purpose else None)
+
+
+@pytest.mark.parametrize("name", PERMITTED)
+def test_each_role_may_open_exactly_its_writes(name):
+    access = requester(name)
+    assert {write for write in Write if may(access, write)} == PERMITTED[name]
+    for write in set(Write) - PERMITTED[name]:
+        with pytest.raises(AccessRefused) as refused:
+            require(access, write)
+        assert refused.value.status == 403 and refused.value.code == "forbidden"
+        assert refused.value.reason == f"the role {access.role} may not {write.value}"
