@@ -96,10 +96,9 @@ def load_decisions(settings: Settings, engine) -> None:
         consents.create(Repository(engine, patient, settings.public_base_url), consents.decision(kind, effect, professional))
     for sample, actor, label in DEMO_LABELS:
         unique_id = read_cda((SAMPLES / sample).read_bytes(), settings.max_document_bytes).header.unique_id
-        repo = Repository(engine, actor, settings.public_base_url)
-        with repo.unit_of_work(Write.FEED) as uow:
+        with Repository(engine, AccessContext.system("demo"), settings.public_base_url).unit_of_work(Write.FEED) as uow:
             docref_id = uow.find_by_identifier("DocumentReference", *identifier_key(unique_id))
-        labels.patch_document(repo, docref_id, [{"op": "add", "path": "/securityLabel/-", "value": {
+        labels.patch_document(Repository(engine, actor, settings.public_base_url), docref_id, [{"op": "add", "path": "/securityLabel/-", "value": {
             "coding": [{"system": codes.VISIBILITY_SYSTEM, "code": label}]}}])
 
 
