@@ -10,7 +10,7 @@ from sqlalchemy import select, update
 from gateway.hl7v2.er7 import MessageRejected, decode, split_segments
 from gateway.storage.database import read_connection, write_transaction
 from gateway.storage.repository import Repository
-from gateway.storage.schema import raw_inputs
+from gateway.storage.schema import blobs, raw_inputs
 
 from . import feeds
 
@@ -89,8 +89,9 @@ def get_message(repo: Repository, raw_id: int, content: bool = False) -> dict | 
     """One message; its content only when `content` (the shell's operators, who hold the database
     anyway), else its layout."""
     with read_connection(repo.engine) as conn:
-        row = conn.execute(select(raw_inputs).where(raw_inputs.c.id == raw_id,
-                                                    raw_inputs.c.channel.in_(HL7V2_CHANNELS))).first()
+        row = conn.execute(select(raw_inputs, blobs.c.data.label("body")).join(
+            blobs, blobs.c.sha256 == raw_inputs.c.sha256).where(raw_inputs.c.id == raw_id,
+                                                                raw_inputs.c.channel.in_(HL7V2_CHANNELS))).first()
     if row is None:
         return None
     body = bytes(row.body)
@@ -113,7 +114,8 @@ def get_message(repo: Repository, raw_id: int, content: bool = False) -> dict | 
 
 def reprocess(repo: Repository, raw_id: int, max_bytes: int) -> feeds.Reply:
     with read_connection(repo.engine) as conn:
-        row = conn.execute(select(raw_inputs.c.body, raw_inputs.c.status, raw_inputs.c.channel).where(
+        row = conn.execute(select(blobs.c.data.label("body"), raw_inputs.c.status, raw_inputs.c.channel).join(
+            blobs, blobs.c.sha256 == raw_inputs.c.sha256).where(
             raw_inputs.c.id == raw_id, raw_inputs.c.channel.in_(HL7V2_CHANNELS))).first()
     if row is None:
         raise LookupError(f"no HL7v2 message {raw_id}")

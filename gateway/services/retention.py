@@ -118,11 +118,11 @@ def _destroy(conn, patient_id: str, stamp: str) -> Destroyed:
     owned = conn.execute(select(resources.c.res_type, resources.c.res_id, resources.c.blob_sha256).where(
         resources.c.patient_id == patient_id, resources.c.res_type != "AuditEvent")).all()
     references = [f"{r.res_type}/{r.res_id}" for r in owned]
-    raw_ids = set()
+    raw = {}
     for start in range(0, len(references), 200):
         chunk = references[start:start + 200]
-        raw_ids.update(conn.execute(select(raw_inputs.c.id).where(
-            or_(*[raw_inputs.c.resources.like(f'%"{ref}"%') for ref in chunk]))).scalars())
+        raw.update(conn.execute(select(raw_inputs.c.id, raw_inputs.c.sha256).where(
+            or_(*[raw_inputs.c.resources.like(f'%"{ref}"%') for ref in chunk]))).all())
     for res_type in {r.res_type for r in owned}:
         ids = [r.res_id for r in owned if r.res_type == res_type]
         for start in range(0, len(ids), 500):
@@ -130,14 +130,16 @@ def _destroy(conn, patient_id: str, stamp: str) -> Destroyed:
             for table in (resources, resource_versions, unique_identifiers, *INDEX_TABLES):
                 conn.execute(delete(table).where(table.c.res_type == res_type, table.c.res_id.in_(chunk)))
     conn.execute(delete(access_rules).where(access_rules.c.patient_id == patient_id))
-    for sha256 in {r.blob_sha256 for r in owned if r.blob_sha256}:
-        if conn.execute(select(resources.c.res_id).where(resources.c.blob_sha256 == sha256).limit(1)).first() is None:
+    if raw:
+        conn.execute(delete(raw_inputs).where(raw_inputs.c.id.in_(sorted(raw))))
+    # A blob goes when nothing refers to it any more: a resource's bytes, or a raw input's body.
+    for sha256 in {r.blob_sha256 for r in owned if r.blob_sha256} | set(raw.values()):
+        if conn.execute(select(resources.c.res_id).where(resources.c.blob_sha256 == sha256).limit(1)).first() is None \
+                and conn.execute(select(raw_inputs.c.id).where(raw_inputs.c.sha256 == sha256).limit(1)).first() is None:
             conn.execute(delete(blobs).where(blobs.c.sha256 == sha256))
-    if raw_ids:
-        conn.execute(delete(raw_inputs).where(raw_inputs.c.id.in_(sorted(raw_ids))))
     conn.execute(update(destruction_requests).where(destruction_requests.c.patient_id == patient_id)
                  .values(carried_out_at=stamp))
-    return Destroyed(patient_id, len(owned), len(raw_ids))
+    return Destroyed(patient_id, len(owned), len(raw))
 
 
 def pending(engine: Engine) -> list[dict]:

@@ -749,11 +749,11 @@ class UnitOfWork:
     def store_raw(self, channel: str, body: bytes, content_type: str | None, sender: str | None, *,
                   message: dict | None = None, status: str = "received", outcome: dict | None = None,
                   ack: str | None = None) -> int:
-        """Keep an input exactly as received. `message` holds the HL7v2 keys (control_id,
-        fingerprint, message_type)."""
+        """Keep an input exactly as received (its body in blobs). `message` holds the HL7v2 keys
+        (control_id, fingerprint, message_type)."""
         result = self.conn.execute(sql.INSERT_RAW, dict(
             received_at=_now()[1], channel=channel, content_type=(content_type or "")[:128], sender=sender,
-            sha256=hashlib.sha256(body).hexdigest(), size=len(body), body=body, status=status,
+            sha256=self.store_blob(body), size=len(body), status=status,
             outcome=json.dumps(outcome, ensure_ascii=False) if outcome else None, ack=ack, **(message or {})))
         return result.inserted_primary_key[0]
 

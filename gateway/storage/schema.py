@@ -30,9 +30,10 @@ raw_inputs = Table(
     Column("channel", String(32), nullable=False),
     Column("content_type", String(128)),
     Column("sender", String(256)),
+    # The body is kept in blobs under its SHA-256: a row that changes status is not rewritten with it,
+    # and a document that arrives raw is stored once for the raw copy and its Binary.
     Column("sha256", String(64), nullable=False),
     Column("size", Integer, nullable=False),
-    Column("body", LargeBinary, nullable=False),
     Column("status", String(16), nullable=False),
     Column("outcome", Text),
     Column("resources", Text),

@@ -10,7 +10,7 @@ from conftest import GP, attend_all, sample
 
 RADIOLOGIST = "899900000038"
 FHIR = {"Content-Type": "application/fhir+json"}   # Dr FAURE, who wrote the MRI report and its new version
-from gateway.storage.schema import raw_inputs, resources
+from gateway.storage.schema import blobs, raw_inputs, resources
 
 XML = {"Content-Type": "application/xml"}
 MARTIN = "urn:oid:1.2.250.1.213.1.4.10|185067511204554"
@@ -133,7 +133,8 @@ def test_refusals_are_operation_outcomes_and_store_nothing_but_the_raw_input(cli
     assert issue["severity"] == "error" and issue["expression"] == [expression] and issue["diagnostics"]
     assert counts(database[0]) == {}
     with database[0].connect() as conn:
-        row = conn.execute(select(raw_inputs.c.status, raw_inputs.c.body, raw_inputs.c.outcome)).one()
+        row = conn.execute(select(raw_inputs.c.status, blobs.c.data.label("body"), raw_inputs.c.outcome).join(
+            blobs, blobs.c.sha256 == raw_inputs.c.sha256)).one()
     assert row.status == "refused" and bytes(row.body) == sample(name) and expression in row.outcome
 
 

@@ -1,0 +1,29 @@
+"""Migrations that move data keep every byte of it."""
+from alembic import command
+from sqlalchemy import text
+
+from gateway.storage.database import make_engine
+from gateway.storage.migrate import alembic_config
+
+
+def test_raw_bodies_move_to_blobs_once_each(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    config = alembic_config(engine)
+    command.upgrade(config, "0008")
+    bodies = {1: b"MSH|one", 2: b"MSH|one", 3: b"<ClinicalDocument/>", 4: b"MSH|two"}
+    digests = {1: "a" * 64, 2: "a" * 64, 3: "c" * 64, 4: "d" * 64}
+    with engine.begin() as conn:
+        # The document posted raw is also its Binary's blob already.
+        conn.execute(text("INSERT INTO blobs (sha256, size, data) VALUES (:s, :n, :d)"),
+                     {"s": digests[3], "n": len(bodies[3]), "d": bodies[3]})
+        for raw_id, body in bodies.items():
+            conn.execute(text("INSERT INTO raw_inputs (id, received_at, channel, sha256, size, body, status) "
+                              "VALUES (:i, '2026-01-01T00:00:00', 'mllp', :s, :n, :b, 'processed')"),
+                         {"i": raw_id, "s": digests[raw_id], "n": len(body), "b": body})
+    command.upgrade(config, "head")
+    with engine.connect() as conn:
+        kept = dict(conn.execute(text("SELECT r.id, b.data FROM raw_inputs r JOIN blobs b ON b.sha256 = r.sha256")).all())
+        assert {k: bytes(v) for k, v in kept.items()} == bodies
+        assert conn.execute(text("SELECT COUNT(*) FROM blobs")).scalar_one() == 3
+        assert "body" not in {row[1] for row in conn.execute(text("PRAGMA table_info(raw_inputs)"))}
+    engine.dispose()
