@@ -42,8 +42,10 @@ def cmd_serve(settings: Settings, args) -> int:
 
 def cmd_mllp(settings: Settings, _args) -> int:
     from gateway.listener import run
+    from gateway.server import return_large_blocks
     from gateway.storage.migrate import upgrade
 
+    return_large_blocks()
     upgrade(_engine(settings))
     return run(settings)
 

@@ -49,7 +49,7 @@ class ParsedCda:
 
 
 def read_cda(data: bytes, max_bytes: int) -> ParsedCda:
-    root, wrapped = parse_cda(data, max_bytes=max_bytes)
+    root, wrapped = parse_cda(data, max_bytes=max_bytes, whole_texts=False)
     header = extract_header(root, wrapped_in_xslt=wrapped)
     return ParsedCda(data, header, check_document(header))
 

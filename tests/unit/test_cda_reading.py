@@ -1,8 +1,13 @@
 """Parsing and header extraction on our samples and on hostile inputs."""
+import base64
+import os
+from pathlib import Path
+
 import pytest
 
 from conftest import sample
 from gateway.refusal import Refused
+from gateway.cda import parser
 from gateway.cda.header import extract_header
 from gateway.cda.parser import parse_cda
 from gateway.services.documents import read_cda
@@ -87,16 +92,54 @@ def test_entities_are_never_expanded_even_without_doctype_keyword_case():
         read_cda(billion, LIMIT)
 
 
-def test_document_type_declarations_are_refused_wherever_they_stand_and_in_any_encoding():
+@pytest.fixture(params=["whole texts", "short texts"])
+def header_reading(request, monkeypatch):
+    """The two ways a document is read for its header: built whole, or (above LARGE_DOCUMENT, here
+    every document) with its long texts cut."""
+    if request.param == "short texts":
+        monkeypatch.setattr(parser, "LARGE_DOCUMENT", 0)
+    return lambda data: parse_cda(data, max_bytes=10 ** 7, whole_texts=request.param == "whole texts")
+
+
+def test_document_type_declarations_are_refused_wherever_they_stand_and_in_any_encoding(header_reading):
     """The refusal rests on the parser's view of the document, not on a byte prefix."""
     base = sample("ldl-ses-martin.xml")
     body = base.decode().split("?>", 1)[1]
     late = base.replace(b"<ClinicalDocument", b"<!--" + b"x" * 5000 + b"-->\n<!DOCTYPE ClinicalDocument>\n<ClinicalDocument", 1)
     utf16 = ('<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE ClinicalDocument [<!ENTITY e "x">]>' + body).encode("utf-16")
     utf16_plain = ('<?xml version="1.0" encoding="UTF-16"?>' + body).encode("utf-16")
-    for refused in (late, utf16):
+    external = (Path(__file__).parents[2] / "samples" / "invalid" / "external-entity.xml").read_bytes()
+    for refused in (late, utf16, external):
         with pytest.raises(Refused) as caught:
-            parse_cda(refused, max_bytes=10 ** 7)
+            header_reading(refused)
         assert caught.value.status == 400 and caught.value.code == "security"
-    root, _ = parse_cda(utf16_plain, max_bytes=10 ** 7)
+    root, _ = header_reading(utf16_plain)
     assert root.tag == "{urn:hl7-org:v3}ClinicalDocument"
+
+
+def test_a_large_document_is_read_for_the_same_header_with_its_long_texts_cut(monkeypatch):
+    """Every sample and corpus document, and an N1 document with a 3 MB PDF, give the same header (or
+    the same refusal) both ways."""
+    root = Path(__file__).parents[2]
+    corpus = Path(os.environ.get("GATEWAY_CORPUS_DIR", root.parent / "shared" / "corpus")) / "cda"
+    documents = {path.name: path.read_bytes() for path in [*sorted((root / "samples").rglob("*.xml")),
+                                                           *sorted(corpus.glob("*.xml"))]}
+    n1 = sample("cr-hospitalisation-lefevre.xml")
+    start = n1.index(b'representation="B64">') + len(b'representation="B64">')
+    pdf = base64.b64encode(b"%PDF-1.4\n" + bytes(range(256)) * 9000)
+    documents["large N1"] = n1[:start] + pdf + n1[n1.index(b"</text>", start):]
+
+    def header(data: bytes, whole: bool) -> str:
+        try:
+            found, wrapped = parse_cda(data, max_bytes=10 ** 7, whole_texts=whole)
+            return repr(extract_header(found, wrapped_in_xslt=wrapped))
+        except Refused as refusal:
+            return f"{refusal.status} {refusal.code} {refusal.location}"
+
+    monkeypatch.setattr(parser, "LARGE_DOCUMENT", 0)
+    assert len(documents) > 20 and len(pdf) > 3 * parser.TEXT_KEPT * 10
+    for name, data in documents.items():
+        assert header(data, True) == header(data, False), name
+    found, _ = parse_cda(documents["large N1"], max_bytes=10 ** 7, whole_texts=False)
+    text = found.find("{urn:hl7-org:v3}component/{urn:hl7-org:v3}nonXMLBody/{urn:hl7-org:v3}text")
+    assert len(text.text) == parser.TEXT_KEPT and text.get("mediaType") == "application/pdf"
