@@ -56,6 +56,9 @@ REFUSED = _rule(f"ar.effect = 'deny' AND (ar.kind IN ('consultation', 'record') 
 # The same, or the opposition to this emergency access (break-the-glass, or the SAMU regulator).
 REFUSED_OR_OPPOSED = _rule(f"ar.effect = 'deny' AND (ar.kind IN ('consultation', 'record', :opposition) OR {_BLOCKED})")
 AUTHORED = "resources.authors LIKE :reader_pattern"
+# The same grants as one list of patients, for a search that names none (AccessContext.lists_patients).
+GRANTED_PATIENTS = ("resources.patient_id IN (SELECT ar.patient_id FROM access_rules ar WHERE ar.effect = 'permit' "
+                    "AND ar.kind IN ({kinds}) AND ar.actor_system = :idnatps_system AND ar.actor_value = :reader)")
 # Types whose resources name documents (an AuditEvent's entity, a List's entries): hidden from a
 # reader when they name a document (or its Binary) that reader may not see.
 NAMING_TYPES = ("AuditEvent", "List")
@@ -107,18 +110,28 @@ class AccessContext:
     def may_read_clinical(self) -> bool:
         return self.acts_for_patient or self.is_professional
 
+    @property
+    def lists_patients(self) -> bool:
+        """Whether this reader's grants name their patients one by one (a professional in care
+        without an organisation, whose permits may cover a whole hospital): few enough that a search
+        naming no patient is best driven from them. Listing them costs a patient's own search more
+        than probing its rows, so it is only done for the others."""
+        return self.role in PROFESSIONS + (OCCUPATIONAL,) and self.purpose == CARE and not self.organization
+
     def require(self, allowed: bool, what: str) -> None:
         if not allowed:
             raise AccessRefused(f"the role {self.role} may not {what}")
 
     # -- what the requester may see, as SQL -----------------------------------------------------
 
-    def resource_filter(self, resources: Table, res_type: str) -> ColumnElement[bool]:
+    def resource_filter(self, resources: Table, res_type: str, listed: bool = False) -> ColumnElement[bool]:
+        """This reader's condition on the resources table. `listed`: the grants written as the list
+        of the reader's patients (`lists_patients`), for the search to be driven from it."""
         if res_type in DIRECTORY_TYPES:
             return true()
         if resources.name != "resources":
             raise ValueError("the access filter applies to the resources table")
-        condition = self._condition(res_type)
+        condition = self._condition(res_type, listed)
         if condition is None:
             return false()
         if res_type in NAMING_TYPES:
@@ -128,12 +141,12 @@ class AccessContext:
             condition += NAMES_NO_HIDDEN_DOCUMENT.format(visible=document.replace("resources.", "named."))
         return self._sql(condition)
 
-    def _condition(self, res_type: str) -> str | None:
+    def _condition(self, res_type: str, listed: bool = False) -> str | None:
         """This reader's condition on a row of `resources` of this type, or None for nothing."""
         if self.acts_for_patient:
             return self._patient_filter()
         if self.is_professional and self.purpose == CARE:
-            return self._care_filter(res_type)
+            return self._care_filter(res_type, listed and self.lists_patients)
         if self.is_professional and self.purpose in (EMERGENCY, REGULATION):
             return self._emergency_filter(res_type)
         return None
@@ -155,17 +168,21 @@ class AccessContext:
             condition += " AND NOT resources.hidden_from_representatives"
         return condition
 
-    def _care_filter(self, res_type: str) -> str | None:
+    def _care_filter(self, res_type: str, listed: bool) -> str | None:
         if self.role == REGULATOR:
             return None
         if self.role == OCCUPATIONAL:
             # Express consent naming this doctor; neither an organisation's nor the attending role.
             if res_type in PRIVATE_TYPES:
                 return None
-            return (f"resources.patient_id IS NOT NULL AND {NAMED_PERMIT} AND NOT {REFUSED} "
+            named = GRANTED_PATIENTS.format(kinds="'professional'") if listed else NAMED_PERMIT
+            return (f"resources.patient_id IS NOT NULL AND {named} AND NOT {REFUSED} "
                     f"AND (NOT resources.masked OR {AUTHORED})")
-        granted = [ATTENDING, NAMED_PERMIT] + ([ORGANIZATION_PERMIT] if self.organization else [])
-        condition = f"resources.patient_id IS NOT NULL AND ({' OR '.join(granted)}) AND NOT {REFUSED}"
+        if listed:
+            granted = GRANTED_PATIENTS.format(kinds="'attending-physician', 'professional'")
+        else:
+            granted = "(" + " OR ".join([ATTENDING, NAMED_PERMIT] + ([ORGANIZATION_PERMIT] if self.organization else [])) + ")"
+        condition = f"resources.patient_id IS NOT NULL AND {granted} AND NOT {REFUSED}"
         if res_type in PRIVATE_TYPES:
             return f"{condition} AND {ATTENDING}"
         return f"{condition} AND (NOT resources.masked OR {ATTENDING} OR {AUTHORED})"

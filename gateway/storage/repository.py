@@ -242,19 +242,38 @@ class Repository:
             cursor = search_sql.encode_cursor(page.next_keys, "n")
 
     def _search(self, request: search_sql.SearchRequest) -> SearchPage:
-        where = search_sql.where_clause(request, self._visible(request.res_type), self.base_url)
+        # A search that names no patient, by a reader whose patients are few, is driven from them:
+        # from its type alone it would read every document of that type (README, "Search").
+        listed = self.access.lists_patients and not search_sql.names_its_rows(request)
+        where = search_sql.where_clause(request, self.access.resource_filter(resources, request.res_type, listed),
+                                        self.base_url, access_drives=listed)
         with read_connection(self.engine) as conn:
-            total = self._total(conn, request, where)
-            if request.summary_count or request.count == 0:
-                patients = conn.execute(select(resources.c.patient_id).where(where).distinct().limit(100)).scalars()
-                return SearchPage([], total, patient_ids=[p for p in patients if p])
             columns = search_sql.sort_columns(request)
             backwards = bool(request.cursor and request.cursor[1] == "p")
-            query = select(resources, *[c.label(f"k{i}") for i, (c, _) in enumerate(columns)]).where(where)
-            if request.cursor:
-                query = query.where(search_sql.after_keys(columns, request.cursor[0], backwards))
+            key_columns = [c.label(f"k{i}") for i, (c, _) in enumerate(columns)]
             order = [(c.asc() if desc == backwards else c.desc()) for c, desc in columns]
-            rows = conn.execute(query.order_by(*order).limit(request.count + 1)).all()
+            if request.total == "estimate" and not request.cursor and request.count and not request.summary_count:
+                # A first page and its bounded total in one pass: the keys of the first TOTAL_BOUND + 1
+                # matches in order (the page's query sorts every match anyway), then the page's rows.
+                first = conn.execute(select(resources.c.res_id, *key_columns).where(where).order_by(*order)
+                                     .limit(TOTAL_BOUND + 1)).all()
+                total = len(first) if len(first) <= TOTAL_BOUND else None
+                wanted = [r.res_id for r in first[: request.count + 1]]
+                # Read again through the whole condition: a row changed in between is left out, not
+                # served past the access filter.
+                found = {r.res_id: r for r in conn.execute(select(resources, *key_columns).where(
+                    where, resources.c.res_type == request.res_type, resources.c.res_id.in_(wanted))).all()
+                         } if wanted else {}
+                rows = [found[res_id] for res_id in wanted if res_id in found]
+            else:
+                total = self._total(conn, request, where)
+                if request.summary_count or request.count == 0:
+                    patients = conn.execute(select(resources.c.patient_id).where(where).distinct().limit(100)).scalars()
+                    return SearchPage([], total, patient_ids=[p for p in patients if p])
+                query = select(resources, *key_columns).where(where)
+                if request.cursor:
+                    query = query.where(search_sql.after_keys(columns, request.cursor[0], backwards))
+                rows = conn.execute(query.order_by(*order).limit(request.count + 1)).all()
             more = len(rows) > request.count
             rows = rows[: request.count]
             if backwards:

@@ -75,7 +75,9 @@ resources = Table(
     Column("authors", String(512)),  # " idnatps idnatps ": the authors still see a masked document
     PrimaryKeyConstraint("res_type", "res_id"),
     Index("ix_resources_type_updated", "res_type", "last_updated", "res_id"),
-    Index("ix_resources_patient", "patient_id"),
+    # A patient's rows with what the access filter and a page read of them (migration 0010).
+    Index("ix_resources_patient_rows", "patient_id", "res_type", "last_updated", "res_id", "deleted", "masked",
+          "hidden_from_patient", "hidden_from_representatives", "authors"),
 )
 
 # Every version ever written (history, vread).

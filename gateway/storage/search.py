@@ -341,8 +341,19 @@ def _selectivity(res_type: str, criterion: Criterion) -> int:
     return {"string": 3, "date": 6}[spec.type]
 
 
-def where_clause(request: SearchRequest, access: ColumnElement[bool], base_url: str | None) -> ColumnElement[bool]:
-    conditions = [resources.c.res_type == request.res_type, resources.c.deleted == false(), access]
+def names_its_rows(request: SearchRequest) -> bool:
+    """Whether a criterion names the rows to look at: a reference (a patient, a subject) or ids."""
+    return any(_selectivity(request.res_type, c) <= 1 for c in request.criteria)
+
+
+def where_clause(request: SearchRequest, access: ColumnElement[bool], base_url: str | None, *,
+                 access_drives: bool = False) -> ColumnElement[bool]:
+    """The search's condition. The most selective criterion drives (an IN on the resources key), or
+    with `access_drives` the access filter's list of patients: then every criterion is probed row by
+    row, and the type is compared as an expression, which keeps SQLite from walking the
+    (type, last updated) index in the page's order, hoping for its first rows early."""
+    kind = resources.c.res_type.concat("") if access_drives else resources.c.res_type
+    conditions = [kind == request.res_type, resources.c.deleted == false(), access]
     ordered = sorted(request.criteria, key=lambda c: _selectivity(request.res_type, c))
     for position, criterion in enumerate(ordered):
         direct = direct_condition(criterion)
@@ -350,7 +361,7 @@ def where_clause(request: SearchRequest, access: ColumnElement[bool], base_url: 
             conditions.append(direct)
             continue
         subquery, negate = matching_ids(request.res_type, criterion, base_url)
-        if position == 0 and not negate:
+        if position == 0 and not negate and not access_drives:
             conditions.append(resources.c.res_id.in_(subquery))
             continue
         owner = subquery.selected_columns[0]

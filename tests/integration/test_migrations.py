@@ -1,9 +1,12 @@
 """Migrations that move data keep every byte of it."""
 from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 from sqlalchemy import text
 
 from gateway.storage.database import make_engine
 from gateway.storage.migrate import alembic_config
+from gateway.storage.schema import metadata
 
 
 def test_raw_bodies_move_to_blobs_once_each(tmp_path):
@@ -27,3 +30,12 @@ def test_raw_bodies_move_to_blobs_once_each(tmp_path):
         assert conn.execute(text("SELECT COUNT(*) FROM blobs")).scalar_one() == 3
         assert "body" not in {row[1] for row in conn.execute(text("PRAGMA table_info(raw_inputs)"))}
     engine.dispose()
+
+
+def test_the_migrations_build_the_schema_the_code_declares(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'new.db'}")
+    command.upgrade(alembic_config(engine), "head")
+    with engine.connect() as conn:
+        differences = compare_metadata(MigrationContext.configure(conn), metadata)
+    engine.dispose()
+    assert differences == []
