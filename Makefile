@@ -29,7 +29,7 @@ fuzz: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
-# ITI-67 at 1,000,000 DocumentReferences (about 20 minutes per backend to load on this machine).
+# ITI-67 at 1,000,000 DocumentReferences (about half an hour per backend to load on this machine).
 bench-scale: $(STAMP)
 	$(BIN)/python -m bench scale
 
