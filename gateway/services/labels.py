@@ -147,7 +147,8 @@ def _save(repo: Repository, current: StoredResource, resource: dict, permission:
     except InvalidResource as exc:
         raise _refuse(str(exc)) from None
     with repo.unit_of_work(permission) as uow:
-        uow.require_labels(current.json(), labels_changed)
+        if labels_changed:
+            uow.require_labels(current.json(), labels_changed)
         stored = uow.save(resource, patient_id=current.patient_id, method="PATCH")
         if labels_changed:
             # Once announced, the accesses to the document appear in the patient's trail too.

@@ -116,8 +116,8 @@ class Repository:
         self.access = access
         self.base_url = base_url
 
-    def _visible(self, res_type: str):
-        return self.access.resource_filter(resources, res_type)
+    def _visible(self, res_type: str, listed: bool = False):
+        return self.access.resource_filter(resources, res_type, listed)
 
     def _row(self, row) -> StoredResource:
         return StoredResource(row.res_type, row.res_id, row.version, _instant(row.last_updated), row.body,
@@ -245,8 +245,8 @@ class Repository:
         # A search that names no patient, by a reader whose patients are few, is driven from them:
         # from its type alone it would read every document of that type (README, "Search").
         listed = self.access.lists_patients and not search_sql.names_its_rows(request)
-        where = search_sql.where_clause(request, self.access.resource_filter(resources, request.res_type, listed),
-                                        self.base_url, access_drives=listed)
+        where = search_sql.where_clause(request, self._visible(request.res_type, listed), self.base_url,
+                                        access_drives=listed)
         with read_connection(self.engine) as conn:
             columns = search_sql.sort_columns(request)
             backwards = bool(request.cursor and request.cursor[1] == "p")
@@ -646,8 +646,6 @@ class UnitOfWork:
 
     def require_labels(self, docref: dict, changed: set[str]) -> None:
         """Refuses a change of these visibility labels on a document the requester may not make."""
-        if not changed:
-            return
         producer = writes.may_change_document(self.repository.access, self.producers_of(docref), writes.Producers())
         forbidden = changed - writes.changeable_labels(self.repository.access, producer)
         if forbidden:
