@@ -85,13 +85,18 @@ def layout(text: str) -> str:
     return "\r".join(out)
 
 
+def _with_body(conn, raw_id: int, *columns):
+    """A received HL7v2 message's columns and its body (kept in blobs under its hash)."""
+    return conn.execute(select(*columns, blobs.c.data.label("body")).join(
+        blobs, blobs.c.sha256 == raw_inputs.c.sha256).where(
+        raw_inputs.c.id == raw_id, raw_inputs.c.channel.in_(HL7V2_CHANNELS))).first()
+
+
 def get_message(repo: Repository, raw_id: int, content: bool = False) -> dict | None:
     """One message; its content only when `content` (the shell's operators, who hold the database
     anyway), else its layout."""
     with read_connection(repo.engine) as conn:
-        row = conn.execute(select(raw_inputs, blobs.c.data.label("body")).join(
-            blobs, blobs.c.sha256 == raw_inputs.c.sha256).where(raw_inputs.c.id == raw_id,
-                                                                raw_inputs.c.channel.in_(HL7V2_CHANNELS))).first()
+        row = _with_body(conn, raw_id, raw_inputs)
     if row is None:
         return None
     body = bytes(row.body)
@@ -114,9 +119,7 @@ def get_message(repo: Repository, raw_id: int, content: bool = False) -> dict | 
 
 def reprocess(repo: Repository, raw_id: int, max_bytes: int) -> feeds.Reply:
     with read_connection(repo.engine) as conn:
-        row = conn.execute(select(blobs.c.data.label("body"), raw_inputs.c.status, raw_inputs.c.channel).join(
-            blobs, blobs.c.sha256 == raw_inputs.c.sha256).where(
-            raw_inputs.c.id == raw_id, raw_inputs.c.channel.in_(HL7V2_CHANNELS))).first()
+        row = _with_body(conn, raw_id, raw_inputs.c.status, raw_inputs.c.channel)
     if row is None:
         raise LookupError(f"no HL7v2 message {raw_id}")
     if row.status not in REPROCESSABLE:
