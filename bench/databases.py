@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from gateway.storage.database import make_engine
 
@@ -25,4 +25,33 @@ def scratch_database(server_url: str | None, workdir: Path, name: str) -> Iterat
     finally:
         with admin.connect() as conn:
             conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+        admin.dispose()
+
+
+def kept_database(server_url: str | None, directory: Path, name: str, loaded: Callable[[str], bool]) -> tuple[str, bool]:
+    """A database that outlives the bench, so that a later run only measures: a SQLite file in
+    `directory`, or a database beside the one a PostgreSQL URL names. Returns its URL and whether it
+    is already `loaded`; one that is not is made empty again (a load cut short is thrown away)."""
+    if server_url is None:
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / (name + ".db")
+        url = f"sqlite:///{path}"
+        if path.exists() and loaded(url):
+            return url, True
+        for stale in directory.glob(name + ".db*"):
+            stale.unlink()
+        return url, False
+    url = server_url.rsplit("/", 1)[0] + "/" + name
+    admin = make_engine(server_url).execution_options(isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            exists = conn.exec_driver_sql("SELECT 1 FROM pg_database WHERE datname = %(name)s",
+                                          {"name": name}).scalar()
+        if exists and loaded(url):
+            return url, True
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            conn.exec_driver_sql(f"CREATE DATABASE {name}")
+        return url, False
+    finally:
         admin.dispose()
