@@ -213,15 +213,17 @@ def _bench_listeners(url: str, backend: str, workdir: Path, cdas: list[bytes], a
 
 def bench_statements(workdir: Path, cdas: list[bytes], adt_count: int = 50) -> dict:
     """Per message, in-process on SQLite: SQL statements and writing commits (SQLAlchemy's engine
-    events), and the CPU split between persistence (building and running the statements, the
-    driver, the commits: the time inside SQLAlchemy's Connection) and the document work (the
-    rest: reading, rules, mapping, validation, index rows, hashes, the ACK)."""
+    events, and the statements run on the driver's cursor), and the CPU split between persistence
+    (building and running the statements, the driver, the commits: the time inside SQLAlchemy's
+    Connection and in storage/statements.py) and the document work (the rest: reading, rules,
+    mapping, validation, index rows, hashes, the ACK)."""
     from sqlalchemy import event
     from sqlalchemy.engine import Connection
 
     from gateway.access import AccessContext
     from gateway.services import feeds
     from gateway.storage.repository import Repository
+    from gateway.storage.statements import Prebuilt
 
     url = f"sqlite:///{workdir / 'statements.db'}"
     engine = make_engine(url)
@@ -248,12 +250,21 @@ def bench_statements(workdir: Path, cdas: list[bytes], adt_count: int = 50) -> d
                 counts["persistence"] += time.thread_time() - started
         return run
 
+    def counted(method):   # a statement run on the driver's cursor, which SQLAlchemy's events do not see
+        def run(self, conn, *args, **kwargs):
+            counts["statements"] += 1
+            if self.statement.is_dml:
+                wrote.add(id(conn))
+            return method(self, conn, *args, **kwargs)
+        return run
+
     event.listen(engine, "before_cursor_execute", statement)
     event.listen(engine, "commit", commit)
     repo = Repository(engine, AccessContext.system("bench"), "http://bench")
     results = {}
-    originals = Connection.execute, Connection._commit_impl
+    originals = Connection.execute, Connection._commit_impl, Prebuilt.execute, Prebuilt.executemany
     Connection.execute, Connection._commit_impl = timed(Connection.execute), timed(Connection._commit_impl)
+    Prebuilt.execute, Prebuilt.executemany = timed(counted(Prebuilt.execute)), timed(counted(Prebuilt.executemany))
     try:
         for name, messages in (("ADT^A28", [adt(900_000 + n) for n in range(adt_count)]),
                                ("MDM^T02 with a 100 KB CDA", [mdm(900_000 + n, cda) for n, cda in enumerate(cdas)])):
@@ -270,6 +281,6 @@ def bench_statements(workdir: Path, cdas: list[bytes], adt_count: int = 50) -> d
                 "persistence_cpu_ms": round(counts["persistence"] * 1000 / len(messages), 1),
                 "document_work_cpu_ms": round((total - counts["persistence"]) * 1000 / len(messages), 1)}
     finally:
-        Connection.execute, Connection._commit_impl = originals
+        Connection.execute, Connection._commit_impl, Prebuilt.execute, Prebuilt.executemany = originals
     engine.dispose()
     return results

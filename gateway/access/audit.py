@@ -17,6 +17,7 @@ from sqlalchemy import Connection, Engine, bindparam, insert, select, text
 from gateway.mapping import codes
 from gateway.storage.database import is_sqlite, read_connection
 from gateway.storage.schema import audit_chain, resources
+from gateway.storage.statements import Prebuilt
 
 from .context import EMERGENCY, REGULATION, AccessContext
 from .rules import IDNATPS_SYSTEM
@@ -57,9 +58,10 @@ GATEWAY = "dmp-gateway"
 GENESIS = "0" * 64
 AUDIT_LOCK = 7_110_113  # PostgreSQL advisory lock key of the chains' heads (with the chain number)
 CHAINS = 16
-TRY_LOCK = text("SELECT pg_try_advisory_xact_lock(:key, :chain)")
-CHAIN_HEAD = select(audit_chain.c.hash).where(audit_chain.c.chain == bindparam("chain")) \
-    .order_by(audit_chain.c.seq.desc()).limit(1)
+TRY_LOCK = Prebuilt(text("SELECT pg_try_advisory_xact_lock(:key, :chain)"))
+CHAIN_HEAD = Prebuilt(select(audit_chain.c.hash).where(audit_chain.c.chain == bindparam("chain"))
+                      .order_by(audit_chain.c.seq.desc()).limit(1))
+INSERT_LINK = Prebuilt(insert(audit_chain))
 
 
 @dataclass(frozen=True)
@@ -207,12 +209,12 @@ def claim_chain(conn: Connection) -> tuple[int, str]:
         chain = 0
     else:
         order = random.sample(range(CHAINS), CHAINS)
-        chain = next((c for c in order if conn.execute(TRY_LOCK, {"key": AUDIT_LOCK, "chain": c}).scalar()), None)
+        chain = next((c for c in order if TRY_LOCK.execute(conn, {"key": AUDIT_LOCK, "chain": c}).fetchone()[0]), None)
         if chain is None:
             chain = order[0]
             conn.execute(text("SELECT pg_advisory_xact_lock(:key, :chain)"), {"key": AUDIT_LOCK, "chain": chain})
-    last = conn.execute(CHAIN_HEAD, {"chain": chain}).scalar()
-    return chain, last or GENESIS
+    last = CHAIN_HEAD.execute(conn, {"chain": chain}).fetchone()
+    return chain, last[0] if last else GENESIS
 
 
 def extend_chain(conn: Connection, entries: list[tuple[str, str]]) -> None:
@@ -226,7 +228,7 @@ def extend_chain(conn: Connection, entries: list[tuple[str, str]]) -> None:
         link = link_hash(previous, body)
         links.append({"chain": chain, "event_id": event_id, "previous_hash": previous, "hash": link})
         previous = link
-    conn.execute(insert(audit_chain), links)
+    INSERT_LINK.executemany(conn, links)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from typing import Callable, TypeVar
 from urllib.parse import urlparse
 
-from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, text, update
+from sqlalchemy import Connection, Engine, and_, delete, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -534,14 +534,15 @@ class UnitOfWork:
                              "last_updated": index_time, "method": "POST", "deleted": False, "body": body})
             for kind, rows in index_rows(resource).items():
                 index.setdefault(kind, []).extend(rows)
-        self.conn.execute(sql.INSERT_RESOURCE, current)
-        self.conn.execute(sql.INSERT_VERSION, versions)
+        sql.INSERT_RESOURCE.executemany(self.conn, current)
+        sql.INSERT_VERSION.executemany(self.conn, versions)
         self._insert_index_rows(index)
         return [row["body"] for row in current]
 
     def find_by_identifier(self, res_type: str, system: str, value: str) -> str | None:
-        return self.conn.execute(sql.FIND_IDENTIFIER, {"key_type": res_type, "key_system": system,
-                                                       "key_value": value}).scalar_one_or_none()
+        row = sql.FIND_IDENTIFIER.execute(self.conn, {"key_type": res_type, "key_system": system,
+                                                      "key_value": value}).fetchone()
+        return row[0] if row else None
 
     def claim_identifier(self, res_type: str, system: str, value: str, res_id: str) -> None:
         """Record that this identifier belongs to res_id; a concurrent claim fails at commit or here."""
@@ -549,7 +550,7 @@ class UnitOfWork:
         if existing and existing != res_id:
             raise DuplicateIdentifier(res_type, system, value, existing)
         if not existing:
-            self.conn.execute(sql.INSERT_IDENTIFIER, {"res_type": res_type, "system": system, "value": value,
+            sql.INSERT_IDENTIFIER.execute(self.conn, {"res_type": res_type, "system": system, "value": value,
                                                       "res_id": res_id})
 
     def current(self, res_type: str, res_id: str) -> StoredResource | None:
@@ -558,8 +559,8 @@ class UnitOfWork:
 
     def store_blob(self, data: bytes) -> str:
         digest = hashlib.sha256(data).hexdigest()
-        if not self.conn.execute(sql.BLOB_EXISTS, {"key_sha256": digest}).first():
-            self.conn.execute(sql.INSERT_BLOB, {"sha256": digest, "size": len(data), "data": data})
+        if not sql.BLOB_EXISTS.execute(self.conn, {"key_sha256": digest}).fetchone():
+            sql.INSERT_BLOB.execute(self.conn, {"sha256": digest, "size": len(data), "data": data})
         return digest
 
     def save(self, resource: dict, *, patient_id: str | None = None, blob_sha256: str | None = None,
@@ -579,10 +580,10 @@ class UnitOfWork:
             self._follow_signatures(stored.res_id)
             self._announce(resource, patient_id, columns)
         if res_type == "Consent":
-            self.conn.execute(delete(access_rules).where(access_rules.c.consent_id == stored.res_id))
+            sql.DELETE_RULES.execute(self.conn, {"key_consent": stored.res_id})
             rows = rules_of(resource, patient_id) if patient_id else []
             if rows:
-                self.conn.execute(insert(access_rules), rows)
+                sql.INSERT_RULES.executemany(self.conn, rows)
         self.changes.append(Change(stored.reference, patient_id, stored.version == 1,
                                    method or ("POST" if stored.version == 1 else "PUT"),
                                    bool(columns.get("hidden_from_patient")),
@@ -668,9 +669,9 @@ class UnitOfWork:
         """Delete a resource: it leaves every search and read (410), its versions stay in the history."""
         version = stored.version + 1
         _, index_time = _now()
-        self.conn.execute(sql.UPDATE_RESOURCE, {"key_type": stored.res_type, "key_id": stored.res_id,
+        sql.UPDATE_RESOURCE.execute(self.conn, {"key_type": stored.res_type, "key_id": stored.res_id,
                                                 "version": version, "last_updated": index_time, "deleted": True})
-        self.conn.execute(sql.INSERT_VERSION, {
+        sql.INSERT_VERSION.execute(self.conn, {
             "res_type": stored.res_type, "res_id": stored.res_id, "version": version, "last_updated": index_time,
             "method": "DELETE", "deleted": True, "body": stored.body})
         self._delete_index_rows(stored.res_type, stored.res_id)
@@ -687,20 +688,20 @@ class UnitOfWork:
                blob_sha256: str | None = None) -> StoredResource:
         res_type, res_id = resource["resourceType"], resource["id"]
         key = {"key_type": res_type, "key_id": res_id}
-        previous = self.conn.execute(sql.PREVIOUS, key).first()
-        version = (previous.version + 1) if previous else 1
+        previous = sql.PREVIOUS.execute(self.conn, key).fetchone()   # (version, blob_sha256)
+        version = (previous[0] + 1) if previous else 1
         instant, index_time = _now()
         resource.setdefault("meta", {})
         resource["meta"] = {**resource["meta"], "versionId": str(version), "lastUpdated": instant}
         body = dumps(resource)
-        blob_sha256 = blob_sha256 or (previous.blob_sha256 if previous else None)
+        blob_sha256 = blob_sha256 or (previous[1] if previous else None)
         values = dict(version=version, last_updated=index_time, deleted=False, patient_id=patient_id,
                       blob_sha256=blob_sha256, body=body, **columns)
         if previous:
-            self.conn.execute(sql.UPDATE_RESOURCE, {**key, **values})
+            sql.UPDATE_RESOURCE.execute(self.conn, {**key, **values})
         else:
-            self.conn.execute(sql.INSERT_RESOURCE, {"res_type": res_type, "res_id": res_id, **values})
-        self.conn.execute(sql.INSERT_VERSION, {
+            sql.INSERT_RESOURCE.execute(self.conn, {"res_type": res_type, "res_id": res_id, **values})
+        sql.INSERT_VERSION.execute(self.conn, {
             "res_type": res_type, "res_id": res_id, "version": version, "last_updated": index_time,
             "method": method or ("PUT" if previous else "POST"), "deleted": False, "body": body})
         self._reindex(resource, replaced=previous is not None)
@@ -716,12 +717,12 @@ class UnitOfWork:
 
     def _delete_index_rows(self, res_type: str, res_id: str) -> None:
         for statement in sql.DELETE_INDEX:
-            self.conn.execute(statement, {"key_type": res_type, "key_id": res_id})
+            statement.execute(self.conn, {"key_type": res_type, "key_id": res_id})
 
     def _insert_index_rows(self, rows_by_kind: dict[str, list[dict]]) -> None:
         for kind, rows in rows_by_kind.items():
             if rows:
-                self.conn.execute(sql.INSERT_INDEX[kind], rows)
+                sql.INSERT_INDEX[kind].executemany(self.conn, rows)
 
     def release_identifier(self, res_type: str, system: str, value: str) -> None:
         self.conn.execute(delete(unique_identifiers).where(
@@ -768,16 +769,16 @@ class UnitOfWork:
                   ack: str | None = None) -> int:
         """Keep an input exactly as received (its body in blobs). `message` holds the HL7v2 keys
         (control_id, fingerprint, message_type)."""
-        result = self.conn.execute(sql.INSERT_RAW, dict(
+        return sql.INSERT_RAW.execute(self.conn, dict(
             received_at=_now()[1], channel=channel, content_type=(content_type or "")[:128], sender=sender,
             sha256=self.store_blob(body), size=len(body), status=status,
-            outcome=json.dumps(outcome, ensure_ascii=False) if outcome else None, ack=ack, **(message or {})))
-        return result.inserted_primary_key[0]
+            outcome=json.dumps(outcome, ensure_ascii=False) if outcome else None, ack=ack, **(message or {}))
+        ).fetchone()[0]
 
     def claim_raw(self, raw_id: int) -> bool:
         """Take a received (or failed) input for processing in this transaction. False when another
         process finished it first: its row lock, or SQLite's single writer, orders the two."""
-        return self.conn.execute(sql.CLAIM_RAW, {"key_raw": raw_id}).rowcount == 1
+        return sql.CLAIM_RAW.execute(self.conn, {"key_raw": raw_id}).rowcount == 1
 
     def record_outcome(self, raw_id: int, status: str, outcome: dict | None = None,
                        produced: list[str] | None = None, ack: str | None = None) -> None:
@@ -785,7 +786,7 @@ class UnitOfWork:
                       resources=json.dumps(produced) if produced else None)
         if ack is not None:
             values["ack"] = ack
-        self.conn.execute(sql.UPDATE_RAW, {"key_raw": raw_id, **values})
+        sql.UPDATE_RAW.execute(self.conn, {"key_raw": raw_id, **values})
 
 
 def record_closed(conn: Connection, patient_id: str) -> bool:

@@ -1,0 +1,46 @@
+"""The write statements run on the driver's cursor (storage/statements.py) do what SQLAlchemy would
+have done with them: a column's default is filled in, a literal the statement carries is sent, a
+duplicate key is SQLAlchemy's IntegrityError (the group commit retries on it), and a missing
+parameter is refused before anything runs."""
+import pytest
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from gateway.storage import statements as sql
+from gateway.storage.database import read_connection, write_transaction
+from gateway.storage.schema import raw_inputs, resources
+
+
+def resource_row(res_id: str) -> dict:
+    return {"res_type": "Organization", "res_id": res_id, "version": 1, "last_updated": "2026-01-01T00:00:00.000000",
+            "deleted": False, "patient_id": None, "blob_sha256": None, "body": "{}"}
+
+
+def test_a_column_left_out_takes_its_default_and_a_statement_s_literals_are_sent(database):
+    engine = database[0]
+    with write_transaction(engine) as conn:
+        sql.INSERT_RESOURCE.executemany(conn, [resource_row("a"), resource_row("b")])
+        raw_id = sql.INSERT_RAW.execute(conn, {"received_at": "2026-01-01T00:00:00", "channel": "test",
+                                               "content_type": "", "sender": None, "sha256": "0" * 64,
+                                               "size": 0, "status": "received"}).fetchone()[0]
+        assert sql.CLAIM_RAW.execute(conn, {"key_raw": raw_id}).rowcount == 1
+        assert sql.CLAIM_RAW.execute(conn, {"key_raw": raw_id}).rowcount == 0   # already processing
+        assert sql.PREVIOUS.execute(conn, {"key_type": "Organization", "key_id": "a"}).fetchone() == (1, None)
+    with read_connection(engine) as conn:
+        flags = conn.execute(select(resources.c.masked, resources.c.hidden_from_patient).where(
+            resources.c.res_type == "Organization")).all()
+        status = conn.execute(select(raw_inputs.c.status).where(raw_inputs.c.id == raw_id)).scalar_one()
+    assert flags == [(False, False), (False, False)]
+    assert status == "processing"
+
+
+def test_a_duplicate_key_is_sqlalchemy_s_integrity_error_and_a_missing_key_runs_nothing(database):
+    engine = database[0]
+    with write_transaction(engine) as conn:
+        sql.INSERT_RESOURCE.execute(conn, resource_row("a"))
+    with pytest.raises(IntegrityError):
+        with write_transaction(engine) as conn:
+            sql.INSERT_RESOURCE.execute(conn, resource_row("a"))
+    with pytest.raises(TypeError, match="key_raw"):
+        with write_transaction(engine) as conn:
+            sql.UPDATE_RAW.execute(conn, {"status": "processed"})
