@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -73,11 +75,42 @@ def is_sqlite(engine: Engine) -> bool:
 @contextlib.contextmanager
 def write_transaction(engine: Engine) -> Iterator[Connection]:
     """One transaction for one unit of work: everything of it is committed, or nothing."""
-    lock = _sqlite_write_lock if is_sqlite(engine) else contextlib.nullcontext()
-    with lock:
+    if not is_sqlite(engine):
         with engine.connect().execution_options(writer=True) as conn:
             with conn.begin():
                 yield conn
+        return
+    with _sqlite_write_lock, _writer_between_processes(engine):
+        with engine.connect().execution_options(writer=True) as conn:
+            with conn.begin():
+                yield conn
+
+
+_writer_files: dict[tuple[int, str], int] = {}
+
+
+@contextlib.contextmanager
+def _writer_between_processes(engine: Engine) -> Iterator[None]:
+    """SQLite's own write lock, waited for by another process (two MLLP listeners, the HTTP
+    workers), is polled by its busy handler with sleeps of up to 100 ms: the second process's
+    writers slept while the first's were done. An exclusive flock on a file beside the database is
+    handed over by the kernel the moment it is released. Held only around write transactions (the
+    thread lock above orders this process's own); BEGIN IMMEDIATE still guards against any other
+    writer of the file."""
+    path = engine.url.database
+    if not path or path == ":memory:":
+        yield
+        return
+    # Per process: a descriptor inherited across fork shares its lock with the parent.
+    key = (os.getpid(), path)
+    descriptor = _writer_files.get(key)
+    if descriptor is None:
+        descriptor = _writer_files[key] = os.open(path + "-writer", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(descriptor, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(descriptor, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager
