@@ -252,17 +252,17 @@ def _bench_search(workdir: Path, total: int, queries: int, url: str, load: bool)
     # The same requests three ways: as served (rules in the SQL, an AuditEvent committed before each
     # answer); without the audit write; and without either (the filter replaced by TRUE).
     results: dict[str, dict] = {}
-    original_filter, original_audit = AccessContext.resource_filter, Repository._audit_search
+    original_filter, original_audit = AccessContext.resource_filter, Repository._search_audit
     try:
         for configuration in ("rules and audit", "rules, no audit", "no rules, no audit"):
             if configuration != "rules and audit":
-                Repository._audit_search = lambda self, request, page: None
+                Repository._search_audit = lambda self, conn, request, page: []
             if configuration == "no rules, no audit":
                 AccessContext.resource_filter = lambda self, table, res_type, listed=False: true()
             for name, params in kinds.items():
                 results.setdefault(name, {})[configuration] = run(name, params)
     finally:
-        AccessContext.resource_filter, Repository._audit_search = original_filter, original_audit
+        AccessContext.resource_filter, Repository._search_audit = original_filter, original_audit
     # FHIR XML (fhir.resources' models) against JSON on the same search, rules and audit on.
     results["patient.identifier+status"]["rules and audit, XML"] = run(
         "patient.identifier+status", kinds["patient.identifier+status"], "xml")

@@ -115,7 +115,12 @@ def _writer_between_processes(engine: Engine) -> Iterator[None]:
 
 @contextlib.contextmanager
 def read_connection(engine: Engine) -> Iterator[Connection]:
+    """A read transaction whose statements all see one snapshot: SQLite's read transaction gives
+    that; PostgreSQL's READ COMMITTED would take a new one per statement, so it reads REPEATABLE READ
+    (a page's rows are then read by id, as the filtered query chose them)."""
     with engine.connect() as conn:
+        if not is_sqlite(engine):
+            conn.execution_options(isolation_level="REPEATABLE READ")
         with conn.begin():
             yield conn
 

@@ -195,10 +195,12 @@ class Repository:
         with read_connection(self.engine) as conn:
             return conn.execute(text(OWN_PATIENT), {"reader_patient": self.access.patient_ins or ""}).scalar()
 
-    def _visible_current(self, res_type: str, res_id: str):
-        with read_connection(self.engine) as conn:
-            return conn.execute(select(resources).where(
-                resources.c.res_type == res_type, resources.c.res_id == res_id, self._visible(res_type))).first()
+    def _visible_current(self, res_type: str, res_id: str, conn: Connection | None = None):
+        if conn is None:
+            with read_connection(self.engine) as conn:
+                return self._visible_current(res_type, res_id, conn)
+        return conn.execute(select(resources).where(
+            resources.c.res_type == res_type, resources.c.res_id == res_id, self._visible(res_type))).first()
 
     def history(self, res_type: str, res_id: str, count: int = 50) -> list[tuple[StoredResource, str]]:
         current = self._visible_current(res_type, res_id)
@@ -226,8 +228,13 @@ class Repository:
         return binary.json().get("contentType", "application/octet-stream"), self.blob(binary.blob_sha256)
 
     def search(self, request: search_sql.SearchRequest) -> SearchPage:
-        page = self._search(request)
-        self._audit_search(request, page)
+        # The page and what its AuditEvents say (the patients it was about, whether the reader may
+        # open their records) come from one read transaction: one snapshot, one connection.
+        with read_connection(self.engine) as conn:
+            page = self._search(conn, request)
+            events = self._search_audit(conn, request, page)
+        if events:
+            self.record_audit(events)
         return page
 
     def search_all(self, res_type: str, params: list[tuple[str, str]]) -> list[StoredResource]:
@@ -241,51 +248,51 @@ class Repository:
                 return found
             cursor = search_sql.encode_cursor(page.next_keys, "n")
 
-    def _search(self, request: search_sql.SearchRequest) -> SearchPage:
+    def _search(self, conn: Connection, request: search_sql.SearchRequest) -> SearchPage:
         # A search that names no patient, by a reader whose patients are few, is driven from them:
         # from its type alone it would read every document of that type (README, "Search").
         listed = self.access.lists_patients and not search_sql.names_its_rows(request)
         where = search_sql.where_clause(request, self._visible(request.res_type, listed), self.base_url,
                                         access_drives=listed)
-        with read_connection(self.engine) as conn:
-            columns = search_sql.sort_columns(request)
-            backwards = bool(request.cursor and request.cursor[1] == "p")
-            key_columns = [c.label(f"k{i}") for i, (c, _) in enumerate(columns)]
-            order = [(c.asc() if desc == backwards else c.desc()) for c, desc in columns]
-            if request.total == "estimate" and not request.cursor and request.count and not request.summary_count:
-                # A first page and its bounded total in one pass: the keys of the first TOTAL_BOUND + 1
-                # matches in order (the page's query sorts every match anyway), then the page's rows.
-                first = conn.execute(select(resources.c.res_id, *key_columns).where(where).order_by(*order)
-                                     .limit(TOTAL_BOUND + 1)).all()
-                total = len(first) if len(first) <= TOTAL_BOUND else None
-                wanted = [r.res_id for r in first[: request.count + 1]]
-                # Read again through the whole condition: a row changed in between is left out, not
-                # served past the access filter.
-                found = {r.res_id: r for r in conn.execute(select(resources, *key_columns).where(
-                    where, resources.c.res_type == request.res_type, resources.c.res_id.in_(wanted))).all()
-                         } if wanted else {}
-                rows = [found[res_id] for res_id in wanted if res_id in found]
-            else:
-                total = self._total(conn, request, where)
-                if request.summary_count or request.count == 0:
-                    patients = conn.execute(select(resources.c.patient_id).where(where).distinct().limit(100)).scalars()
-                    return SearchPage([], total, patient_ids=[p for p in patients if p])
-                query = select(resources, *key_columns).where(where)
-                if request.cursor:
-                    query = query.where(search_sql.after_keys(columns, request.cursor[0], backwards))
-                rows = conn.execute(query.order_by(*order).limit(request.count + 1)).all()
-            more = len(rows) > request.count
-            rows = rows[: request.count]
-            if backwards:
-                rows.reverse()
-            keys = [[getattr(r, f"k{i}") for i in range(len(columns))] for r in rows]
-            page = SearchPage([self._row(r) for r in rows], total)
-            if rows:
-                has_next = more if not backwards else True
-                has_previous = (more if backwards else request.cursor is not None)
-                page.next_keys = keys[-1] if has_next else None
-                page.previous_keys = keys[0] if has_previous else None
-            page.included = self._includes(conn, request, [r.res_id for r in rows])
+        columns = search_sql.sort_columns(request)
+        backwards = bool(request.cursor and request.cursor[1] == "p")
+        key_columns = [c.label(f"k{i}") for i, (c, _) in enumerate(columns)]
+        order = [(c.asc() if desc == backwards else c.desc()) for c, desc in columns]
+        if request.total == "estimate" and not request.cursor and request.count and not request.summary_count:
+            # A first page and its bounded total in one pass: the keys of the first TOTAL_BOUND + 1
+            # matches in order (the page's query sorts every match anyway), then the page's rows.
+            first = conn.execute(select(resources.c.res_id, *key_columns).where(where).order_by(*order)
+                                 .limit(TOTAL_BOUND + 1)).all()
+            total = len(first) if len(first) <= TOTAL_BOUND else None
+            chosen = first[: request.count + 1]
+            # Read by id in the same snapshot (read_connection): the rows the filtered query chose.
+            found = {r.res_id: r for r in conn.execute(select(resources).where(
+                resources.c.res_type == request.res_type, resources.c.res_id.in_([r.res_id for r in chosen]))
+                ).all()} if chosen else {}
+            rows = [found[r.res_id] for r in chosen]
+            sort_keys = {r.res_id: [getattr(r, f"k{i}") for i in range(len(columns))] for r in chosen}
+        else:
+            total = self._total(conn, request, where)
+            if request.summary_count or request.count == 0:
+                patients = conn.execute(select(resources.c.patient_id).where(where).distinct().limit(100)).scalars()
+                return SearchPage([], total, patient_ids=[p for p in patients if p])
+            query = select(resources, *key_columns).where(where)
+            if request.cursor:
+                query = query.where(search_sql.after_keys(columns, request.cursor[0], backwards))
+            rows = conn.execute(query.order_by(*order).limit(request.count + 1)).all()
+            sort_keys = {r.res_id: [getattr(r, f"k{i}") for i in range(len(columns))] for r in rows}
+        more = len(rows) > request.count
+        rows = rows[: request.count]
+        if backwards:
+            rows.reverse()
+        keys = [sort_keys[r.res_id] for r in rows]
+        page = SearchPage([self._row(r) for r in rows], total)
+        if rows:
+            has_next = more if not backwards else True
+            has_previous = (more if backwards else request.cursor is not None)
+            page.next_keys = keys[-1] if has_next else None
+            page.previous_keys = keys[0] if has_previous else None
+        page.included = self._includes(conn, request, [r.res_id for r in rows])
         return page
 
     @staticmethod
@@ -356,22 +363,24 @@ class Repository:
         self.record_audit([self._event(interaction, stored.patient_id, stored.reference, flags_of=[stored],
                                        outcome=outcome)])
 
-    def _audit_search(self, request: search_sql.SearchRequest, page: SearchPage) -> None:
+    def _search_audit(self, conn: Connection, request: search_sql.SearchRequest, page: SearchPage
+                      ) -> list["PendingAudit"]:
+        """The AuditEvents of a search: one per patient it found or named."""
         query = search_sql.query_string(request)
         found = dict.fromkeys([s.patient_id for s in page.entries + page.included if s.patient_id] + page.patient_ids)
-        named = [p for p in self._patients_named(request) if p not in found]
+        named = [p for p in self._patients_named(conn, request) if p not in found]
         if not found and not named and request.res_type in DIRECTORY_TYPES:
-            return
+            return []
         events = [self._event("search-type", patient_id, query=query) for patient_id in found]
         for patient_id in named:
             # A search about a record this reader may not open (blocked by the patient, never
             # authorised, record closed) is a refused attempt: the patient sees it as one.
-            refused = self._visible_current("Patient", patient_id) is None
+            refused = self._visible_current("Patient", patient_id, conn) is None
             events.append(self._event("search-type", patient_id, query=query, outcome=audit.Outcome(
                 "4", "the access rules refuse this reader the record") if refused else audit.SUCCESS))
-        self.record_audit(events or [self._event("search-type", None, query=query)])
+        return events or [self._event("search-type", None, query=query)]
 
-    def _patients_named(self, request: search_sql.SearchRequest) -> list[str]:
+    def _patients_named(self, conn: Connection, request: search_sql.SearchRequest) -> list[str]:
         """The patients a search asks about by reference or identifier, found or not: a search that
         found nothing visible still belongs in the trail of the patient it was about."""
         ids, identifiers = [], []
@@ -389,14 +398,12 @@ class Repository:
             conditions = [and_(unique_identifiers.c.value == code, *([unique_identifiers.c.system == system]
                                                                      if system else []))
                           for system, code in identifiers]
-            with read_connection(self.engine) as conn:
-                ids += conn.execute(select(unique_identifiers.c.res_id).where(
-                    unique_identifiers.c.res_type == "Patient", or_(*conditions))).scalars().all()
+            ids += conn.execute(select(unique_identifiers.c.res_id).where(
+                unique_identifiers.c.res_type == "Patient", or_(*conditions))).scalars().all()
         if not ids:
             return []
-        with read_connection(self.engine) as conn:
-            return list(conn.execute(select(resources.c.res_id).where(
-                resources.c.res_type == "Patient", resources.c.res_id.in_(ids))).scalars())
+        return list(conn.execute(select(resources.c.res_id).where(
+            resources.c.res_type == "Patient", resources.c.res_id.in_(ids))).scalars())
 
     @property
     def host(self) -> str:
