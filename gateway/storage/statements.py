@@ -70,27 +70,23 @@ class Prebuilt:
     def execute(self, conn: Connection, params: dict):
         """Runs it once; returns the driver's cursor (rowcount, fetchone, fetchall)."""
         text, order, fixed = self._compile(conn, tuple(sorted(params)))
-        arguments = self._arguments(order, fixed, params)
-        cursor = conn.connection.driver_connection.cursor()
-        try:
-            cursor.execute(text, arguments)
-        except conn.dialect.loaded_dbapi.Error as failure:
-            raise DBAPIError.instance(text, arguments, failure, conn.dialect.loaded_dbapi.Error,
-                                      dialect=conn.dialect) from failure
-        return cursor
+        return self._run(conn, "execute", text, self._arguments(order, fixed, params))
 
     def executemany(self, conn: Connection, rows: list[dict]) -> None:
         """Runs it for every row (all with the same parameter names) in one driver call."""
         text, order, fixed = self._compile(conn, tuple(sorted(rows[0])))
-        arguments = [self._arguments(order, fixed, row) for row in rows]
+        self._run(conn, "executemany", text, [self._arguments(order, fixed, row) for row in rows]).close()
+
+    @staticmethod
+    def _run(conn: Connection, method: str, text: str, arguments):
         cursor = conn.connection.driver_connection.cursor()
         try:
-            cursor.executemany(text, arguments)
+            getattr(cursor, method)(text, arguments)
         except conn.dialect.loaded_dbapi.Error as failure:
+            cursor.close()
             raise DBAPIError.instance(text, arguments, failure, conn.dialect.loaded_dbapi.Error,
                                       dialect=conn.dialect) from failure
-        finally:
-            cursor.close()
+        return cursor
 
 
 def _keyed(table):
