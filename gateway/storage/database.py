@@ -86,9 +86,6 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
                 yield conn
 
 
-_writer_files: dict[tuple[int, str], int] = {}
-
-
 @contextlib.contextmanager
 def _writer_between_processes(engine: Engine) -> Iterator[None]:
     """SQLite's own write lock, waited for by another process (two MLLP listeners, the HTTP
@@ -96,21 +93,18 @@ def _writer_between_processes(engine: Engine) -> Iterator[None]:
     writers slept while the first's were done. An exclusive flock on a file beside the database is
     handed over by the kernel the moment it is released. Held only around write transactions (the
     thread lock above orders this process's own); BEGIN IMMEDIATE still guards against any other
-    writer of the file."""
+    writer of the file. The file is opened for each transaction (microseconds beside a commit), so
+    no descriptor outlives it or is shared with a forked process."""
     path = engine.url.database
     if not path or path == ":memory:":
         yield
         return
-    # Per process: a descriptor inherited across fork shares its lock with the parent.
-    key = (os.getpid(), path)
-    descriptor = _writer_files.get(key)
-    if descriptor is None:
-        descriptor = _writer_files[key] = os.open(path + "-writer", os.O_RDWR | os.O_CREAT, 0o600)
-    fcntl.flock(descriptor, fcntl.LOCK_EX)
+    descriptor = os.open(path + "-writer", os.O_RDWR | os.O_CREAT, 0o600)
     try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
         yield
     finally:
-        fcntl.flock(descriptor, fcntl.LOCK_UN)
+        os.close(descriptor)   # releases the lock
 
 
 @contextlib.contextmanager
