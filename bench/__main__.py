@@ -206,7 +206,7 @@ def _bench_search(workdir: Path, total: int, queries: int, url: str, load: bool)
         # autovacuum would analyse the new tables in its own time; the bench measures afterwards.
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.exec_driver_sql("ANALYZE")
-    load_seconds = time.perf_counter() - started if load else None
+    load_seconds = round(time.perf_counter() - started, 1) if load else "loaded by an earlier run"
     key_dir = workdir / "keys"
     signing_key = make_signing_key(key_dir, "bench")
     settings = replace(Settings.from_env(), database_url=url, public_base_url="http://bench",
@@ -272,8 +272,7 @@ def _bench_search(workdir: Path, total: int, queries: int, url: str, load: bool)
         figures["audit_cost_ms"] = round(figures["rules and audit"]["mean_ms"] - ruled, 2)
     size = database_bytes(engine)
     engine.dispose()
-    return {"document_references": total, "backend": engine.dialect.name,
-            "load_seconds": round(load_seconds, 1) if load else "loaded by an earlier run",
+    return {"document_references": total, "backend": engine.dialect.name, "load_seconds": load_seconds,
             "database_mb": round(size / 1e6), "queries_per_kind": queries, "latency": results,
             "note": "through the Flask app (token check, routing, search, JSON bundle), no network; each query by "
                     "the attending physician of the patient it names (or of one patient in 200 when it names none), "
