@@ -3,8 +3,9 @@
 Building a SQLAlchemy statement per call (select(...).where(...)) and deriving its cache key cost
 about 0.2 ms each, more than running it: an ADT ran some sixty of them. Built once, a statement
 still paid SQLAlchemy's per-execution work (cache lookup, parameter processing, result set-up):
-56 of the 69 µs an INSERT took on SQLite, 113 of 298 µs on PostgreSQL. So each one here is compiled
-once per dialect and set of parameters, and run with the driver's execute or executemany.
+56 of the 69 µs an INSERT took on SQLite, 113 of 298 µs on PostgreSQL. So each `Prebuilt` here is
+compiled once per dialect and set of parameters, and run with the driver's execute or executemany.
+CURRENT and SIGNATURES_OF stay SQLAlchemy statements: their callers read rows by column name.
 Bound parameters are named `key_*` (never a column's name, so an UPDATE takes its SET clause from
 the other parameters).
 """
