@@ -9,8 +9,8 @@ from sqlalchemy import select, update
 
 from gateway.hl7v2.er7 import MessageRejected, decode, split_segments
 from gateway.storage.database import read_connection, write_transaction
-from gateway.storage.repository import Repository
-from gateway.storage.schema import blobs, raw_inputs
+from gateway.storage.repository import Repository, blob_bytes
+from gateway.storage.schema import raw_inputs
 
 from . import feeds
 
@@ -85,21 +85,21 @@ def layout(text: str) -> str:
     return "\r".join(out)
 
 
-def _with_body(conn, raw_id: int, *columns):
+def _with_body(conn, raw_id: int, *columns) -> tuple | None:
     """A received HL7v2 message's columns and its body (kept in blobs under its hash)."""
-    return conn.execute(select(*columns, blobs.c.data.label("body")).join(
-        blobs, blobs.c.sha256 == raw_inputs.c.sha256).where(
+    row = conn.execute(select(*columns, raw_inputs.c.sha256.label("body_sha256")).where(
         raw_inputs.c.id == raw_id, raw_inputs.c.channel.in_(HL7V2_CHANNELS))).first()
+    return None if row is None else (row, blob_bytes(conn, row.body_sha256))
 
 
 def get_message(repo: Repository, raw_id: int, content: bool = False) -> dict | None:
     """One message; its content only when `content` (the shell's operators, who hold the database
     anyway), else its layout."""
     with read_connection(repo.engine) as conn:
-        row = _with_body(conn, raw_id, raw_inputs)
-    if row is None:
+        found = _with_body(conn, raw_id, raw_inputs)
+    if found is None:
         return None
-    body = bytes(row.body)
+    row, body = found
     try:
         text, charset = decode(body)
     except MessageRejected:
@@ -119,9 +119,10 @@ def get_message(repo: Repository, raw_id: int, content: bool = False) -> dict | 
 
 def reprocess(repo: Repository, raw_id: int, max_bytes: int) -> feeds.Reply:
     with read_connection(repo.engine) as conn:
-        row = _with_body(conn, raw_id, raw_inputs.c.status, raw_inputs.c.channel)
-    if row is None:
+        found = _with_body(conn, raw_id, raw_inputs.c.status, raw_inputs.c.channel)
+    if found is None:
         raise LookupError(f"no HL7v2 message {raw_id}")
+    row, body = found
     if row.status not in REPROCESSABLE:
         raise ValueError(f"message {raw_id} is {row.status}; only {', '.join(REPROCESSABLE)} messages are reprocessed")
     with write_transaction(repo.engine) as conn:
@@ -131,7 +132,7 @@ def reprocess(repo: Repository, raw_id: int, max_bytes: int) -> feeds.Reply:
     if not reopened:
         raise ValueError(f"message {raw_id} was processed meanwhile")
     try:
-        return feeds.reprocess(repo, raw_id, bytes(row.body), row.channel, max_bytes)
+        return feeds.reprocess(repo, raw_id, body, row.channel, max_bytes)
     except feeds.MessageRejected:
         with write_transaction(repo.engine) as conn:
             conn.execute(update(raw_inputs).where(raw_inputs.c.id == raw_id).values(status=row.status))

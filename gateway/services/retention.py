@@ -15,11 +15,10 @@ from datetime import datetime, timezone
 from sqlalchemy import Engine, delete, insert, or_, select, update
 
 from gateway.storage.database import read_connection, write_transaction
-from gateway.storage.repository import Repository, StoredResource, record_closed
+from gateway.storage.repository import Repository, StoredResource, delete_blob, record_closed
 from gateway.storage.schema import (
     INDEX_TABLES,
     access_rules,
-    blobs,
     destruction_requests,
     raw_inputs,
     resource_versions,
@@ -136,7 +135,7 @@ def _destroy(conn, patient_id: str, stamp: str) -> Destroyed:
     for sha256 in {r.blob_sha256 for r in owned if r.blob_sha256} | set(raw.values()):
         if conn.execute(select(resources.c.res_id).where(resources.c.blob_sha256 == sha256).limit(1)).first() is None \
                 and conn.execute(select(raw_inputs.c.id).where(raw_inputs.c.sha256 == sha256).limit(1)).first() is None:
-            conn.execute(delete(blobs).where(blobs.c.sha256 == sha256))
+            delete_blob(conn, sha256)
     conn.execute(update(destruction_requests).where(destruction_requests.c.patient_id == patient_id)
                  .values(carried_out_at=stamp))
     return Destroyed(patient_id, len(owned), len(raw))

@@ -30,8 +30,10 @@ from . import statements as sql
 from .commits import group_commit
 from .database import read_connection, write_transaction
 from .schema import (
+    BLOB_PART,
     access_rules,
     account_records,
+    blob_parts,
     blobs,
     notifications,
     raw_inputs,
@@ -217,10 +219,10 @@ class Repository:
 
     def blob(self, sha256: str) -> bytes:
         with read_connection(self.engine) as conn:
-            data = conn.execute(select(blobs.c.data).where(blobs.c.sha256 == sha256)).scalar_one_or_none()
+            data = blob_bytes(conn, sha256)
         if data is None:
             raise NotFound("document bytes are missing")
-        return bytes(data)
+        return data
 
     def document_content(self, docref: dict) -> tuple[str, bytes]:
         """(content type, bytes) of a DocumentReference's document, read (and audited) through its Binary."""
@@ -567,7 +569,12 @@ class UnitOfWork:
     def store_blob(self, data: bytes) -> str:
         digest = hashlib.sha256(data).hexdigest()
         if not sql.BLOB_EXISTS.execute(self.conn, {"key_sha256": digest}).fetchone():
-            sql.INSERT_BLOB.execute(self.conn, {"sha256": digest, "size": len(data), "data": data})
+            view = memoryview(data)
+            sql.INSERT_BLOB.execute(self.conn, {"sha256": digest, "size": len(data), "data": view[:BLOB_PART]})
+            # One part per statement: the drivers' copies of a value stay one part, not the document.
+            for part, start in enumerate(range(BLOB_PART, len(data), BLOB_PART), start=1):
+                sql.INSERT_BLOB_PART.execute(self.conn, {"sha256": digest, "part": part,
+                                                         "data": view[start:start + BLOB_PART]})
         return digest
 
     def save(self, resource: dict, *, patient_id: str | None = None, blob_sha256: str | None = None,
@@ -794,6 +801,23 @@ class UnitOfWork:
         if ack is not None:
             values["ack"] = ack
         sql.UPDATE_RAW.execute(self.conn, {"key_raw": raw_id, **values})
+
+
+def blob_bytes(conn: Connection, sha256: str) -> bytes | None:
+    """A blob's bytes: its row's data, then its parts in order (None when there is no such blob)."""
+    first = conn.execute(select(blobs.c.size, blobs.c.data).where(blobs.c.sha256 == sha256)).first()
+    if first is None:
+        return None
+    if len(first.data) == first.size:
+        return bytes(first.data)
+    parts = conn.execute(select(blob_parts.c.data).where(blob_parts.c.sha256 == sha256)
+                         .order_by(blob_parts.c.part)).scalars()
+    return b"".join([first.data, *parts])
+
+
+def delete_blob(conn: Connection, sha256: str) -> None:
+    conn.execute(delete(blob_parts).where(blob_parts.c.sha256 == sha256))
+    conn.execute(delete(blobs).where(blobs.c.sha256 == sha256))
 
 
 def record_closed(conn: Connection, patient_id: str) -> bool:

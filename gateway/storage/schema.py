@@ -46,12 +46,22 @@ raw_inputs = Table(
     Index("ix_raw_inputs_control", "sender", "control_id"),
 )
 
-# Document bytes, once per content hash, outside the resource JSON.
+# Document bytes, once per content hash, outside the resource JSON. A blob's bytes are its row's
+# data followed by its parts: the drivers copy a value twice while they insert it, so a value over
+# BLOB_PART bytes is written a part at a time instead of as one 20 MB value.
+BLOB_PART = 1024 * 1024
 blobs = Table(
     "blobs",
     metadata,
     Column("sha256", String(64), primary_key=True),
     Column("size", Integer, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+)
+blob_parts = Table(
+    "blob_parts",
+    metadata,
+    Column("sha256", String(64), primary_key=True),
+    Column("part", Integer, primary_key=True),
     Column("data", LargeBinary, nullable=False),
 )
 

@@ -21,6 +21,7 @@ from .schema import (
     INDEX_TABLE_BY_KIND,
     INDEX_TABLES,
     access_rules,
+    blob_parts,
     blobs,
     raw_inputs,
     resource_versions,
@@ -113,6 +114,7 @@ INSERT_RULES = Prebuilt(insert(access_rules))
 
 BLOB_EXISTS = Prebuilt(select(blobs.c.sha256).where(blobs.c.sha256 == bindparam("key_sha256")))
 INSERT_BLOB = Prebuilt(insert(blobs))
+INSERT_BLOB_PART = Prebuilt(insert(blob_parts))
 
 # The signatures (DocumentReferences related by "signs") that name a document.
 SIGNATURES_OF = select(resources.c.res_id, resources.c.body).where(

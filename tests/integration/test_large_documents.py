@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 
-from conftest import sample
+from conftest import attend_all, sample
 from gateway.demo import build_submission
 from gateway.fhir.formats import to_xml
 
@@ -36,9 +36,13 @@ def system(bearer):
     return bearer("system", sub="hospital")
 
 
-def test_over_cda(client, system):
-    answer = client.post("/cda", data=large_cda("1.2.250.1.213.1.1.9.2.2.901"), headers={**XML, **system})
+def test_over_cda(client, system, database):
+    cda = large_cda("1.2.250.1.213.1.1.9.2.2.901")
+    answer = client.post("/cda", data=cda, headers={**XML, **system})
     assert answer.status_code == 201, answer.json
+    # Stored a MiB at a time, retrieved (ITI-68) byte for byte by the médecin traitant.
+    attend_all(database[0])
+    assert client.get(answer.json["content"][0]["attachment"]["url"].replace("http://gateway.test", "")).data == cda
 
 
 @pytest.mark.parametrize("fmt", ["json", "xml"])
