@@ -20,6 +20,8 @@ from pathlib import Path
 
 import requests
 
+from gateway.demo import build_submission
+
 ROOT = Path(__file__).resolve().parents[1]
 GATEWAY = Path(sys.executable).with_name("gateway")
 
@@ -116,29 +118,54 @@ def large_n1_cda(document_bytes: int, number: int) -> bytes:
                   count=1).encode()
 
 
+def large_mdm(cda: bytes, number: int) -> bytes:
+    """An MDM^T02 (a sample's segments, its patient the CDA's) carrying `cda` in base64 in OBX-5."""
+    message = (ROOT / "samples" / "hl7v2" / "mdm-1-t02-cr-imagerie-irm-lefevre.hl7").read_text(encoding="utf-8")
+    message = message.replace("18748-4^CR d'imagerie médicale^LN", "34112-3^CR hospitalier (séjour)^LN")
+    message = message.replace("1.2.250.1.213.1.1.9.2.4.1", f"1.2.250.1.213.1.1.9.2.2.{900 + number}")
+    return re.sub(r"\^Base64\^[^|]+\|", lambda _: f"^Base64^{base64.b64encode(cda).decode()}|", message,
+                  count=1).encode()
+
+
 def bench_large_documents(document_bytes: int = 20_000_000) -> dict:
-    """POST /cda of an N1 CDA at the document limit: one alone, then 8 at once (each on a fresh
-    gateway, so that each peak is its own). Peak RSS of the busiest process against the document."""
+    """An N1 CDA at the document limit: POST /cda one alone, then 8 at once; one alone in an ITI-65
+    Bundle and in an MDM^T02 over MLLP (each on a fresh gateway, so that each peak is its own). Peak
+    RSS growth of the busiest process against the document."""
     out = {"document_bytes": document_bytes}
     for concurrency in (1, 8):
         documents = [large_n1_cda(document_bytes, n) for n in range(concurrency)]
-        with _served() as (base, _, auth, root):
-            before = _peaks(root)
-            started = time.perf_counter()
+
+        def post_all(base, _, auth):
             with ThreadPoolExecutor(concurrency) as pool:
-                answers = list(pool.map(lambda data: requests.post(
-                    f"{base}/cda", data=data, headers={**auth, "Content-Type": "application/xml"}, timeout=600),
+                return list(pool.map(lambda data: _answer(requests.post(
+                    f"{base}/cda", data=data, headers={**auth, "Content-Type": "application/xml"}, timeout=600)),
                     documents))
-            seconds = time.perf_counter() - started
-            after = _peaks(root)
-        grown = max(after[pid] - before.get(pid, 0) for pid in after) / 1024
-        out[f"{concurrency} at once"] = {
-            "answers": sorted({f"{a.status_code} {a.text[:120]}" if a.status_code >= 300 else str(a.status_code)
-                               for a in answers}),
-            "seconds": round(seconds, 1), "peak_rss_growth_mb": round(grown),
+        out[f"{concurrency} at once"] = _peak(document_bytes, concurrency, post_all)
+    cda = large_n1_cda(document_bytes, 0)
+    bundle = json.dumps(build_submission(cda, 2 * document_bytes)).encode()
+    out["ITI-65, 1 alone"] = _peak(document_bytes, 1, lambda base, _, auth: [_answer(requests.post(
+        f"{base}/fhir", data=bundle, headers={**auth, "Content-Type": "application/fhir+json"}, timeout=600))])
+    message = b"\x0b" + large_mdm(cda, 0) + b"\x1c\r"
+    out["MLLP MDM^T02, 1 alone"] = _peak(document_bytes, 1, lambda _, mllp_port, auth: [_mllp(mllp_port, message)])
+    return out
+
+
+def _answer(response: requests.Response) -> str:
+    return f"{response.status_code} {response.text[:120]}" if response.status_code >= 300 else str(response.status_code)
+
+
+def _peak(document_bytes: int, concurrency: int, send) -> dict:
+    """Send on a fresh gateway; its answers and the peak RSS growth of its busiest process."""
+    with _served() as (base, mllp_port, auth, root):
+        before = _peaks(root)
+        started = time.perf_counter()
+        answers = send(base, mllp_port, auth)
+        seconds = time.perf_counter() - started
+        after = _peaks(root)
+    grown = max(after[pid] - before.get(pid, 0) for pid in after) / 1024
+    return {"answers": sorted(set(answers)), "seconds": round(seconds, 1), "peak_rss_growth_mb": round(grown),
             "peak_rss_mb": round(max(after.values()) / 1024),
             "growth_per_document_size": round(grown * 1024 * 1024 / document_bytes / concurrency, 1)}
-    return out
 
 
 def _mllp(port: int, frame: bytes) -> str:
