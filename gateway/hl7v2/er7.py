@@ -94,21 +94,40 @@ def decode(data: bytes) -> tuple[str, str]:
 _ESCAPE_NAMES = {"F": "field", "S": "component", "T": "subcomponent", "R": "repetition", "E": "escape"}
 
 
+def _part(value: str, separator: str, number: int) -> str:
+    """The number-th (from 1) part of value between separators, or "": found without splitting
+    the rest, which copied a field's 20 MB of base64 to read the component before it."""
+    start = 0
+    for _ in range(number - 1):
+        start = value.find(separator, start) + 1
+        if start == 0:
+            return ""
+    end = value.find(separator, start)
+    return value[start:] if end < 0 else value[start:end]
+
+
 class Segment:
     """One segment; fields are numbered as in the standard (MSH-1 is the field separator)."""
 
-    __slots__ = ("name", "text", "_fields", "_enc", "_charset")
+    __slots__ = ("name", "repetition_marks", "_fields", "_enc", "_charset")
 
     def __init__(self, text: str, enc: Encoding, charset_codec: str):
-        self.text = text
         self._enc = enc
         self._charset = charset_codec
+        self.repetition_marks = text.count(enc.repetition)
         raw = text.split(enc.field)
         self.name = raw[0]
         if self.name == "MSH":
             self._fields = ["MSH", enc.field, *raw[1:]]
         else:
             self._fields = raw
+
+    @property
+    def text(self) -> str:
+        """The segment as received. Built when asked rather than kept beside its fields: an OBX
+        carrying a 20 MB document in base64 was otherwise held twice."""
+        fields = self._fields[:1] + self._fields[2:] if self.name == "MSH" else self._fields
+        return self._enc.field.join(fields)
 
     @property
     def last_field(self) -> int:
@@ -133,16 +152,12 @@ class Segment:
         """Component/subcomponent of one field repetition, unescaped."""
         if self.name == "MSH" and value in (self._enc.field, self._enc.msh2):
             return value
-        parts = value.split(self._enc.component)
-        if component > len(parts):
-            return ""
-        subs = parts[component - 1].split(self._enc.subcomponent)
+        subs = _part(value, self._enc.component, component).split(self._enc.subcomponent)
         return self.unescape(subs[subcomponent - 1]) if subcomponent <= len(subs) else ""
 
     def raw_component(self, number: int, component: int) -> str:
         """A component left escaped and unsplit: base64 data, which never contains escapes."""
-        parts = self.raw(number).split(self._enc.component)
-        return parts[component - 1] if component <= len(parts) else ""
+        return _part(self.raw(number), self._enc.component, component)
 
     def unescape(self, value: str) -> str:
         esc = self._enc.escape
@@ -237,6 +252,6 @@ class Message:
             raise MessageRejected(f"the message has {len(self.segments)} segments, over the {MAX_SEGMENTS} this "
                                   "gateway takes", "MSH^1", "100")
         for position, segment in enumerate(self.segments, start=1):
-            if segment.text.count(self.encoding.repetition) > MAX_REPETITIONS:
+            if segment.repetition_marks > MAX_REPETITIONS:
                 raise MessageRejected(f"segment {segment.name} repeats a field more than {MAX_REPETITIONS} times",
                                       f"{segment.name}^{position}", "100")

@@ -60,7 +60,9 @@ class FrameReader:
         while True:
             end = self.buffer.find(END, max(0, scanned - 1))
             if end >= 0:
-                body = bytes(self.buffer[:end])
+                # One copy of the frame: slicing the bytearray, then making bytes of the slice, made two.
+                with memoryview(self.buffer) as view:
+                    body = bytes(view[:end])
                 del self.buffer[:end + len(END)]
                 if head is not None or len(body) > self.max_bytes:
                     raise FrameTooLarge(head or body[:HEAD_KEPT], dropped + len(body))

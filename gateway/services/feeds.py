@@ -32,6 +32,7 @@ from .patients import Applied, MessageRefused
 log = logging.getLogger(__name__)
 
 FINAL_STATUSES = ("processed", "refused", "duplicate", "skipped")
+FINGERPRINT_CHUNK = 1024 * 1024   # characters
 # PAM-FR events that create or update the patient; every other ADT event is acknowledged as is.
 IDENTITY_EVENTS = {"A01", "A04", "A05", "A08", "A28", "A31"}
 SUPPORTED_PROCESSING_IDS = {"P", "D", "T"}
@@ -46,13 +47,20 @@ class Reply:
 
 
 def fingerprint(message: Message) -> str:
-    """The content of a message, all but MSH-7 (some engines restamp a message they resend)."""
+    """The content of a message, all but MSH-7 (some engines restamp a message they resend): the
+    SHA-256 of its segments joined by CR, encoded a MiB at a time rather than whole (a segment can
+    carry a 20 MB document in base64)."""
     sep = message.encoding.field
     msh = message.msh.text.split(sep)
     if len(msh) > 6:
         msh[6] = ""  # MSH-7: the split starts at MSH-2, after the segment name
-    lines = [sep.join(msh)] + [segment.text for segment in message.segments[1:]]
-    return hashlib.sha256("\r".join(lines).encode("utf-8")).hexdigest()
+    digest = hashlib.sha256(sep.join(msh).encode("utf-8"))
+    for segment in message.segments[1:]:
+        text = segment.text
+        digest.update(b"\r")
+        for start in range(0, len(text), FINGERPRINT_CHUNK):
+            digest.update(text[start:start + FINGERPRINT_CHUNK].encode("utf-8"))
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -69,3 +69,34 @@ def test_escape_then_unescape_gives_back_the_value(value):
     enc = Encoding()
     seg = Message(message("", "NTE|1||" + escape(value, enc)), "").first("NTE")
     assert seg.unescape(seg.raw(3)) == value
+
+
+def fingerprint_as_first_defined(text: str) -> str:
+    """The fingerprint stored with every message received so far: SHA-256 of the segments, MSH-7
+    left out, joined by CR, as UTF-8. A retransmission is recognised by it."""
+    import hashlib
+    segments = Message(text, "UNICODE UTF-8").segments
+    msh = segments[0].text.split("|")
+    msh[6] = ""
+    return hashlib.sha256("\r".join(["|".join(msh)] + [s.text for s in segments[1:]]).encode()).hexdigest()
+
+
+@given(st.text(alphabet="ABé€|^~&\\ 1", max_size=40), st.integers(0, 3))
+def test_fingerprint_is_the_one_already_stored_whatever_the_field_sizes(value, repeat):
+    from gateway.services import feeds
+
+    long_value = "é" * (feeds.FINGERPRINT_CHUNK - 1) + value * repeat   # a character across a chunk's edge
+    text = message("UNICODE UTF-8", PID, f"OBX|1|ED|11490-0||^text^XML^Base64^{long_value}|{value}|", "ZZZ||")
+    m = Message(text, "UNICODE UTF-8")
+    assert feeds.fingerprint(m) == fingerprint_as_first_defined(text)
+    assert m.segments[2].text == f"OBX|1|ED|11490-0||^text^XML^Base64^{long_value}|{value}|"
+
+
+@given(st.text(alphabet="ab^&\\", max_size=12), st.integers(1, 5), st.integers(1, 3))
+def test_a_component_is_read_as_splitting_the_field_would(value, component, subcomponent):
+    segment = Message(message("", "NTE|1"), "").first("NTE")
+    parts = value.split("^")
+    subs = parts[component - 1].split("&") if component <= len(parts) else [""]
+    assert segment.component(value, component, subcomponent) == (
+        segment.unescape(subs[subcomponent - 1]) if subcomponent <= len(subs) else "")
+    assert segment.raw_component(1, component) == ("1" if component == 1 else "")
