@@ -1,11 +1,16 @@
 """Migrations that move data keep every byte of it."""
+import os
+
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import text
 
+from gateway.access import AccessContext
+from gateway.access.writes import Write
 from gateway.storage.database import make_engine
 from gateway.storage.migrate import alembic_config
+from gateway.storage.repository import Repository
 from gateway.storage.schema import metadata
 
 
@@ -39,3 +44,16 @@ def test_the_migrations_build_the_schema_the_code_declares(tmp_path):
         differences = compare_metadata(MigrationContext.configure(conn), metadata)
     engine.dispose()
     assert differences == []
+
+
+def test_a_blob_written_in_parts_is_whole_again_after_a_downgrade(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'parts.db'}")
+    config = alembic_config(engine)
+    command.upgrade(config, "head")
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    digest = Repository(engine, AccessContext.system("test"), "http://gateway.test").write(
+        lambda uow: uow.store_blob(data), Write.FEED)
+    command.downgrade(config, "0010")
+    with engine.connect() as conn:
+        assert bytes(conn.execute(text("SELECT data FROM blobs WHERE sha256 = :s"), {"s": digest}).scalar_one()) == data
+    engine.dispose()
