@@ -116,3 +116,20 @@ def test_a_bad_document_refuses_the_whole_bundle(client, database):
 def test_not_json_and_wrong_media_type(client):
     assert client.post("/fhir", data="{", headers=FHIR).status_code == 400
     assert client.post("/fhir", data="{}", headers={"Content-Type": "text/plain"}).status_code == 415
+
+
+@pytest.mark.parametrize("data, refusal", [
+    # Long: checked by decoding it as the body is loaded, not by the FHIR model.
+    ("Q" * (70 * 1024) + "!", "the body is not a valid FHIR Bundle: a Binary's data is not base64"),
+    # Long, base64 with whitespace (which base64Binary allows): the document's bytes are read strictly.
+    (" " + "QUJD" * (20 * 1024) + "\n", "Binary.data is not base64"),
+    # Short: checked by the FHIR model, then read strictly.
+    ("QUJD!", "Binary.data is not base64"),
+])
+def test_a_binary_s_data_is_checked_whatever_its_length(client, database, data, refusal):
+    bundle = build_submission(sample("cr-biologie-martin.xml"), LIMIT)
+    bundle["entry"][2]["resource"]["data"] = data
+    response = provide(client, bundle)
+    assert response.status_code == 422, response.json
+    assert response.json["issue"][0]["diagnostics"] == refusal
+    assert document_count(database[0]) == 0
