@@ -9,12 +9,13 @@ N1: the embedded file (PDF, text, image) and its media type, to serve as it is.
 """
 from __future__ import annotations
 
-import base64
 import binascii
 from dataclasses import dataclass, field
 
 from lxml import etree
 from markupsafe import Markup, escape
+
+from gateway import base64text
 
 from .parser import HL7_NS
 
@@ -102,7 +103,7 @@ def readable_body(document: etree._Element) -> Body:
     media_type = text.get("mediaType") or "text/plain"
     if text.get("representation") == "B64":
         try:
-            data = base64.b64decode("".join((text.text or "").split()), validate=True)
+            data = base64text.decode(text.text or "")
         except (binascii.Error, ValueError):
             return Body()
     else:

@@ -14,6 +14,7 @@ import fhir_core.xml_utils
 from fhir.resources.R4B import get_fhir_model_class
 from lxml import etree
 
+from gateway import base64text
 from gateway.refusal import Refused
 from gateway.cda.parser import safe_parser
 
@@ -75,7 +76,6 @@ def from_xml(body: bytes) -> dict:
 # extension's extension…): bounds the work a body can cause before anything reads it.
 MAX_DEPTH = 48
 LONG_DATA = 64 * 1024   # characters of a Binary's base64 the FHIR model is not given
-WHITESPACE = re.compile(r"\s")
 
 
 def _depth(value) -> int:
@@ -151,8 +151,7 @@ def _set_aside_long_binary_data(data: dict) -> list[tuple[dict, str]]:
             continue
         value = resource["data"]
         try:
-            # binascii reads an ASCII str in place; whitespace, which base64Binary allows, is left out.
-            binascii.a2b_base64("".join(value.split()) if WHITESPACE.search(value) else value, strict_mode=True)
+            base64text.decode(value)
         except (binascii.Error, ValueError):
             raise Refused(f"the body is not a valid FHIR {data['resourceType']}: a Binary's data is not base64",
                           location=data["resourceType"], status=422, code="invalid") from None

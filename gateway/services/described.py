@@ -5,13 +5,13 @@ and keeps the bytes as received. A CDA (a ClinicalDocument with a header) never 
 its header stays the source of truth (services/documents.py)."""
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 from urllib.parse import parse_qsl
 
 from lxml import etree
 
+from gateway import base64text
 from gateway.access.writes import Producers, finess
 from gateway.refusal import Refused
 from gateway.cda.parser import CLINICAL_DOCUMENT, safe_parser
@@ -50,7 +50,7 @@ def is_cda(data: bytes, content_type: str, format_code: str | None) -> bool:
 def attachment_data(attachment: dict, where: str, max_bytes: int) -> bytes:
     """The bytes of an ITI-105 attachment (`data`, base64), checked against its size and hash."""
     try:
-        data = base64.b64decode(attachment.get("data") or "", validate=True)
+        data = base64text.decode(attachment.get("data") or "")
     except (binascii.Error, ValueError, TypeError):
         raise Refused("attachment.data is not base64", location=f"{where}.data") from None
     if not data:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 from urllib.parse import parse_qsl
 
+from gateway import base64text
 from gateway.access.writes import Write
 from gateway.refusal import Refused
 from gateway.cda.header import II
@@ -220,8 +221,7 @@ def _attach_binary(item: Submitted, bundle: dict, binaries: dict, max_bytes: int
     item.binary_index = binaries[url]
     binary = bundle["entry"][item.binary_index]["resource"]
     try:
-        # binascii reads an ASCII str in place; strict, like b64decode(validate=True).
-        item.data = binascii.a2b_base64(binary.get("data", ""), strict_mode=True)
+        item.data = base64text.decode(binary.get("data", ""))
     except (binascii.Error, ValueError):
         raise _refuse("Binary.data is not base64", f"Bundle.entry[{item.binary_index}].resource.data") from None
     if not item.data:
