@@ -4,18 +4,20 @@ Building a SQLAlchemy statement per call (select(...).where(...)) and deriving i
 about 0.2 ms each, more than running it: an ADT ran some sixty of them. Built once, a statement
 still paid SQLAlchemy's per-execution work (cache lookup, parameter processing, result set-up):
 56 of the 69 µs an INSERT took on SQLite, 113 of 298 µs on PostgreSQL. So each `Prebuilt` here is
-compiled once per dialect and set of parameters, and run with the driver's execute or executemany.
+compiled once per dialect and set of parameters, and run with the driver's execute or executemany
+(on PostgreSQL, rows to insert go as multi-row INSERTs).
 CURRENT and SIGNATURES_OF stay SQLAlchemy statements: their callers read rows by column name.
 Bound parameters are named `key_*` (never a column's name, so an UPDATE takes its SET clause from
 the other parameters).
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, insert, or_, select, update
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql import ClauseElement, Insert
 
 from .schema import (
     INDEX_TABLE_BY_KIND,
@@ -29,6 +31,11 @@ from .schema import (
     search_reference,
     unique_identifiers,
 )
+
+
+# psycopg's named placeholders, and how many one statement may carry (the protocol's limit is 65,535).
+PYFORMAT = re.compile(r"%\((\w+)\)s")
+MAX_PARAMETERS = 30_000
 
 
 class Prebuilt:
@@ -76,8 +83,38 @@ class Prebuilt:
 
     def executemany(self, conn: Connection, rows: list[dict]) -> None:
         """Runs it for every row (all with the same parameter names) in one driver call."""
-        text, order, fixed = self._compile(conn, tuple(sorted(rows[0])))
+        names = tuple(sorted(rows[0]))
+        if conn.dialect.name == "postgresql" and isinstance(self.statement, Insert):
+            self._insert_rows(conn, names, rows)
+            return
+        text, order, fixed = self._compile(conn, names)
         self._run(conn, "executemany", text, [self._arguments(order, fixed, row) for row in rows]).close()
+
+    def _insert_rows(self, conn: Connection, names: tuple[str, ...], rows: list[dict]) -> None:
+        """PostgreSQL: one multi-row INSERT per chunk of rows, in their order. psycopg's
+        executemany runs each call in a pipeline of its own, one statement per row: a search's
+        AuditEvent (seven inserts) cost 4.2 ms of CPU that way and 3.5 ms this way, measured
+        alternately in one process."""
+        head, row_template, order, fixed = self._compile_rows(conn, names)
+        chunk = max(1, MAX_PARAMETERS // len(order))
+        for start in range(0, len(rows), chunk):
+            part = rows[start:start + chunk]
+            arguments = []
+            for row in part:
+                arguments += self._arguments(order, fixed, row)
+            self._run(conn, "execute", head + ", ".join([row_template] * len(part)), arguments).close()
+
+    def _compile_rows(self, conn: Connection, names: tuple[str, ...]):
+        """The single-row INSERT split at VALUES, its named placeholders made positional."""
+        key = ("rows", conn.dialect.name, names)
+        found = self._compiled.get(key)
+        if found is None:
+            text, _, fixed = self._compile(conn, names)
+            head, _, values = text.partition(" VALUES ")
+            values = values.partition(" RETURNING ")[0]   # the serial key, which no caller reads
+            order = tuple(PYFORMAT.findall(values))
+            found = self._compiled[key] = (head + " VALUES ", PYFORMAT.sub("%s", values), order, fixed)
+        return found
 
     @staticmethod
     def _run(conn: Connection, method: str, text: str, arguments):

@@ -3,12 +3,13 @@ have done with them: a column's default is filled in, a literal the statement ca
 duplicate key is SQLAlchemy's IntegrityError (the group commit retries on it), and a missing
 parameter is refused before anything runs."""
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
+from gateway.access.audit import INSERT_LINK
 from gateway.storage import statements as sql
 from gateway.storage.database import read_connection, write_transaction
-from gateway.storage.schema import raw_inputs, resources
+from gateway.storage.schema import audit_chain, raw_inputs, resources
 
 
 def resource_row(res_id: str) -> dict:
@@ -44,3 +45,20 @@ def test_a_duplicate_key_is_sqlalchemy_s_integrity_error_and_a_missing_key_runs_
     with pytest.raises(TypeError, match="key_raw"):
         with write_transaction(engine) as conn:
             sql.UPDATE_RAW.execute(conn, {"status": "processed"})
+
+
+def test_many_rows_are_inserted_in_chunks_and_in_their_order(database, monkeypatch):
+    """PostgreSQL runs executemany as multi-row INSERTs, a chunk of rows each; the rows keep their
+    order, which the audit chain's serial key records (each link follows the one before)."""
+    engine = database[0]
+    monkeypatch.setattr(sql, "MAX_PARAMETERS", 20)   # four links (five columns) per statement
+    links = [{"chain": 3, "event_id": f"e{n:03d}", "previous_hash": f"h{n - 1}", "hash": f"h{n}"} for n in range(23)]
+    with write_transaction(engine) as conn:
+        INSERT_LINK.executemany(conn, links)
+        sql.INSERT_RESOURCE.executemany(conn, [resource_row(f"r{n}") for n in range(9)])
+    with read_connection(engine) as conn:
+        stored = conn.execute(select(audit_chain.c.event_id, audit_chain.c.previous_hash, audit_chain.c.hash)
+                              .where(audit_chain.c.chain == 3).order_by(audit_chain.c.seq)).all()
+        count = conn.execute(select(func.count()).select_from(resources)).scalar_one()
+    assert [tuple(row) for row in stored] == [(link["event_id"], link["previous_hash"], link["hash"]) for link in links]
+    assert count == 9
