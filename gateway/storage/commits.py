@@ -4,7 +4,8 @@ audit chain extension and one flush to disk.
 The first thread to find no batch running takes every unit waiting (its own included), runs each
 in a savepoint of one transaction, and commits; the others wait for that commit and find their
 result. A unit that raises is rolled back to its savepoint alone and its caller gets the exception;
-the others still commit. A caller returns only once the commit that made its data durable is done,
+the others still commit. The AuditEvents of reads (searches, reads, refusals), which is all such a
+request writes, need no savepoint: those that follow one another in a batch are inserted together. A caller returns only once the commit that made its data durable is done,
 so an ACK or a 201 sent after `run` promises what it says.
 """
 from __future__ import annotations
@@ -31,9 +32,11 @@ _batch_thread = threading.local()
 
 
 class _Unit:
-    def __init__(self, unit_of_work: Callable[[Connection], object], work: Callable):
+    def __init__(self, unit_of_work: Callable[[Connection], object], work: Callable | None,
+                 events: list | None = None):
         self.unit_of_work = unit_of_work
         self.work = work
+        self.events = events      # a read's AuditEvents (PendingAudit), which are all it writes
         self.value = None
         self.error: BaseException | None = None
         self.settled = False
@@ -54,9 +57,16 @@ class GroupCommit:
     def run(self, unit_of_work: Callable[[Connection], object], work: Callable[..., T]) -> T:
         """Run `work(unit_of_work(connection))` in the next batch; return its value once that batch
         is committed. A work must not write through another unit: its batch would wait for itself."""
+        return self._submit(_Unit(unit_of_work, work))
+
+    def record(self, unit_of_work: Callable[[Connection], object], events: list) -> None:
+        """Write a read's AuditEvents in the next batch; return once that batch is committed. They
+        are inserted with the other reads' of the batch, as one set of multi-row statements."""
+        self._submit(_Unit(unit_of_work, None, events))
+
+    def _submit(self, unit: _Unit):
         if getattr(_batch_thread, "running", False):
             raise RuntimeError("a unit of work submitted another one from inside its batch")
-        unit = _Unit(unit_of_work, work)
         with self._mutex:
             self._waiting.append(unit)
         while not unit.settled:
@@ -72,8 +82,24 @@ class GroupCommit:
         _batch_thread.running = True
         try:
             with write_transaction(self._engine) as conn:
-                entries = []
+                entries: list = []
+                reads: list[_Unit] = []
+
+                def write_reads():
+                    # Before the next unit of work, which may read or change stored AuditEvents
+                    # (a document announced reveals its audit trail), and outside its savepoint.
+                    if reads:
+                        uow = reads[0].unit_of_work(conn)
+                        for read in reads:
+                            uow.audit.extend(read.events)
+                        entries.extend(uow.store_audit())
+                        reads.clear()
+
                 for unit in batch:
+                    if unit.events is not None:
+                        reads.append(unit)
+                        continue
+                    write_reads()
                     for _ in range(MAX_ATTEMPTS):
                         uow = unit.unit_of_work(conn)
                         try:
@@ -87,6 +113,7 @@ class GroupCommit:
                         except Exception as failure:
                             unit.error = failure
                             break
+                write_reads()
                 audit.extend_chain(conn, entries)
             metrics.GROUP_COMMIT_UNITS.observe(len(batch))
         except BaseException as failure:

@@ -426,7 +426,7 @@ class Repository:
             # audited too, so the patient and the attending physician see it was made (R1111-48).
             events = events + [self._authorization("AuthZ-Consent", audit.SUCCESS, e.patient_id)
                                for e in events if e.patient_id and e.event["outcome"] == "0"]
-        self.write(lambda uow: uow.audit.extend(events), Write.RECORD)
+        self._record(events)
 
     def _authorization(self, basis: str, outcome: audit.Outcome, patient_id: str | None) -> "PendingAudit":
         event = audit.authorization_event(new_id(), _now()[0], self.access, patient_id=patient_id, basis=basis,
@@ -434,7 +434,12 @@ class Repository:
         return PendingAudit(event, patient_id)
 
     def record_authorization(self, basis: str, outcome: audit.Outcome, patient_id: str | None = None) -> None:
-        self.write(lambda uow: uow.audit.append(self._authorization(basis, outcome, patient_id)), Write.RECORD)
+        self._record([self._authorization(basis, outcome, patient_id)])
+
+    def _record(self, events: list["PendingAudit"]) -> None:
+        """AuditEvents of a read, written with the other reads' of the next group commit."""
+        self.require(Write.RECORD)
+        group_commit(self.engine).record(lambda conn: UnitOfWork(self, conn), events)
 
     # -- writes ---------------------------------------------------------------------------------
 

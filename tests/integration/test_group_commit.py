@@ -90,3 +90,51 @@ def test_a_unit_may_not_submit_another_from_inside_its_batch(database):
         repo.write(lambda uow: repo.write(lambda inner: None, Write.RECORD), Write.RECORD)
     with read_connection(engine) as conn:
         assert conn.execute(select(func.count()).select_from(resources)).scalar_one() == 0
+
+
+def test_reads_audit_events_are_written_together_before_the_next_unit_of_work_sees_the_trail(database):
+    """A read writes only its AuditEvents: those of reads that follow one another in a batch are
+    inserted together, without savepoints, and before the next unit of work runs, which sees them
+    (an announced document reveals its trail in the same way)."""
+    engine = database[0]
+    system = Repository(engine, AccessContext.system("test"), "http://test")
+    committer = group_commit(engine)
+    first_running, release = threading.Event(), threading.Event()
+    seen: dict[str, int] = {}
+
+    def blocking(uow):
+        first_running.set()
+        assert release.wait(30)
+
+    def counting(uow):
+        seen["audit events"] = uow.conn.execute(select(func.count()).select_from(resources).where(
+            resources.c.res_type == "AuditEvent")).scalar_one()
+        uow.save(organization(1))
+
+    def read(n: int):
+        system.record_audit([system._event("read", None, f"Organization/org-{n}")])
+
+    submissions = [lambda: system.write(blocking, Write.FEED)] + [lambda n=n: read(n) for n in range(3)] + \
+        [lambda: system.write(counting, Write.FEED)] + [lambda n=n: read(n) for n in range(3, 5)]
+    threads = [threading.Thread(target=submit) for submit in submissions]
+    threads[0].start()
+    assert first_running.wait(30)
+    for count, thread in enumerate(threads[1:], start=1):
+        thread.start()   # one at a time, so that the batch holds them in this order
+        deadline = time.monotonic() + 30
+        while len(committer._waiting) < count and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert len(committer._waiting) == count
+    savepoints = []
+    event.listen(engine, "savepoint", lambda conn, name: savepoints.append(name))
+    release.set()
+    for thread in threads:
+        thread.join(60)
+
+    assert seen == {"audit events": 3}
+    with read_connection(engine) as conn:
+        entities = conn.execute(select(resources.c.body).where(resources.c.res_type == "AuditEvent")).scalars().all()
+    assert len(entities) == 6   # five reads', and the Organization's creation
+    assert len(savepoints) == 1   # in the second batch, the counting unit's: the reads took none
+    report = verify_chain(engine)
+    assert report.reason is None and report.entries == 6
