@@ -1,8 +1,8 @@
 """FHIR XML beside JSON (IHE MHD requires both of a Document Responder and Recipient): fhir.resources'
 models read it, and xml_writer writes it in their element order. Resources are kept and searched as
 JSON; XML is made for the answer, and an XML body is read into the JSON the rest of the gateway
-works on. Parsed without DTD, entities or
-network; a document type declaration is refused wherever it stands."""
+works on. Parsed without DTD, entities or network; a document type declaration is refused wherever
+it stands."""
 from __future__ import annotations
 
 import binascii

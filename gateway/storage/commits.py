@@ -4,9 +4,10 @@ audit chain extension and one flush to disk.
 The first thread to find no batch running takes every unit waiting (its own included), runs each
 in a savepoint of one transaction, and commits; the others wait for that commit and find their
 result. A unit that raises is rolled back to its savepoint alone and its caller gets the exception;
-the others still commit. The AuditEvents of reads (searches, reads, refusals), which is all such a
-request writes, need no savepoint: those that follow one another in a batch are inserted together. A caller returns only once the commit that made its data durable is done,
-so an ACK or a 201 sent after `run` promises what it says.
+the others still commit. The AuditEvents of reads (searches, reads, refusals), which are all such
+a request writes, need no savepoint: those that follow one another in a batch are inserted
+together. A caller returns only once the commit that made its data durable is done, so an ACK or a
+201 sent after `run` promises what it says.
 """
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ class GroupCommit:
 
     def record(self, unit_of_work: Callable[[Connection], object], events: list) -> None:
         """Write a read's AuditEvents in the next batch; return once that batch is committed. They
-        are inserted with the other reads' of the batch, as one set of multi-row statements."""
+        are inserted with the other reads' of the batch, one statement per table."""
         self._submit(_Unit(unit_of_work, None, events))
 
     def _submit(self, unit: _Unit):
