@@ -20,7 +20,8 @@ from gateway.fhir import formats, xml_writer
 SHARED = ROOT.parent / "shared"
 # The official packages' resources and examples (but their 333 StructureDefinitions, which take the
 # library seconds each), the ANS guide's examples, the third-party corpus.
-EXAMPLES = [(SHARED / "fhir-definitions", "*/package/**/*.json"), (SHARED / "reference" / "pdsm4dmp" / "input" / "examples", "*.json"),
+EXAMPLES = [(SHARED / "fhir-definitions", "*/package/**/*.json"),
+            (SHARED / "reference" / "pdsm4dmp" / "input" / "examples", "*.json"),
             (CORPUS / "fhir", "*.json")]
 LEFT_OUT = ("StructureDefinition", "ImplementationGuide")
 
@@ -71,7 +72,8 @@ def differences(ours, library, path="") -> list[str]:
     # A datatype's or backbone element's id is an attribute in FHIR's XML: the library leaves it out,
     # or writes it as an element.
     theirs = list(library)
-    if "id" in ours.attrib and theirs and etree.QName(theirs[0]).localname == "id" and theirs[0].get("value") == ours.get("id"):
+    if ("id" in ours.attrib and theirs and etree.QName(theirs[0]).localname == "id"
+            and theirs[0].get("value") == ours.get("id")):
         theirs = theirs[1:]
     if set(ours.attrib) - set(library.attrib) - {"id"} or set(library.attrib) - set(ours.attrib):
         found.append(f"{path}: attributes {sorted(ours.attrib)} against {sorted(library.attrib)}")
@@ -135,7 +137,8 @@ def test_a_datatype_id_and_an_extension_url_are_attributes_a_resource_id_an_elem
 def test_repeated_primitives_keep_their_extensions_in_place():
     patient = {"resourceType": "Patient", "name": [{"given": ["A", None, "C"], "_given": [
         None, {"extension": [{"url": "http://example.org/absent", "valueCode": "unknown"}]}, None]}]}
-    given_ = etree.fromstring(xml_writer.to_xml(patient)).findall("{http://hl7.org/fhir}name/{http://hl7.org/fhir}given")
+    written = etree.fromstring(xml_writer.to_xml(patient))
+    given_ = written.findall("{http://hl7.org/fhir}name/{http://hl7.org/fhir}given")
     assert [g.get("value") for g in given_] == ["A", None, "C"]
     assert given_[1][0].get("url") == "http://example.org/absent"
 
@@ -144,7 +147,8 @@ def test_an_element_the_type_does_not_have_is_not_dropped_silently():
     with pytest.raises(xml_writer.NotWritable):
         xml_writer.to_xml({"resourceType": "Patient", "nickname": "x"})
     with pytest.raises(xml_writer.NotWritable):
-        xml_writer.to_xml({"resourceType": "Bundle", "type": "collection", "entry": [{"resource": {"resourceType": "Coding"}}]})
+        xml_writer.to_xml({"resourceType": "Bundle", "type": "collection",
+                           "entry": [{"resource": {"resourceType": "Coding"}}]})
 
 
 def test_numbers_are_written_as_the_json_answer_writes_them():
