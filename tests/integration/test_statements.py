@@ -49,8 +49,7 @@ def test_a_duplicate_key_is_sqlalchemy_s_integrity_error_and_a_missing_key_runs_
 
 def test_many_rows_are_inserted_in_their_order(database):
     """PostgreSQL runs executemany as one INSERT of arrays; the rows keep their order, which the
-    audit chain's serial key records (each link follows the one before). A column left out takes
-    its default."""
+    audit chain's serial key records (each link follows the one before)."""
     engine = database[0]
     links = [{"chain": 3, "event_id": f"e{n:03d}", "previous_hash": f"h{n - 1}", "hash": f"h{n}"} for n in range(23)]
     with write_transaction(engine) as conn:
