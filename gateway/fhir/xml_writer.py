@@ -3,8 +3,7 @@
 fhir.resources' own way (validate the JSON into its model, then write the model) cost 22 ms per
 DocumentReference: a page of ten found by ITI-67 took 185 ms to answer in XML and 15 ms in JSON
 (bench, search "XML"). Everything served was validated when it was stored, so this writer takes
-from the models only what XML needs and JSON does not say: each type's elements in FHIR's order,
-and which of them are primitives, resources or XHTML. It reads that once per type.
+from the models only what XML needs and JSON does not say (xml_layout).
 
 The values are written as the JSON holds them, so an answer says the same in both formats (the
 model rewrote instants: "…00.000000Z" came out as "…00+00:00"). The rules are FHIR's XML
@@ -14,23 +13,19 @@ inside another (contained, Bundle.entry.resource) wrapped in an element named fo
 narrative's div as XHTML."""
 from __future__ import annotations
 
-import functools
 import json
 import re
-from dataclasses import dataclass
 
 from fhir.resources.R4B import get_fhir_model_class
-from fhir.resources.R4B.resource import Resource
-from fhir_core.utils import determine_version_prefix_from_class, get_fhir_type_name, is_primitive_type
 from lxml import etree
 
 from gateway.cda.parser import safe_parser
 
+from .xml_layout import COMPLEX, PRIMITIVE, RESOURCE, layout, resource_model
+
 FHIR_NS = "http://hl7.org/fhir"
 XHTML_NS = "http://www.w3.org/1999/xhtml"
 DECLARATION = "<?xml version='1.0' encoding='utf-8'?>\n"
-
-PRIMITIVE, COMPLEX, RESOURCE, XHTML = range(4)
 
 # Characters JSON carries and XML 1.0 cannot (C0 controls but tab, LF, CR; lone surrogates;
 # U+FFFE, U+FFFF): a stored string or an echoed search value holding one is shown as U+FFFD.
@@ -53,11 +48,8 @@ def to_xml(resource: dict) -> bytes:
 
 def _resource(out: list[str], resource: dict, namespace: str = "") -> None:
     name = resource.get("resourceType")
-    try:
-        model = get_fhir_model_class(name)
-    except (ValueError, TypeError):
-        model = None
-    if model is None or not issubclass(model, Resource):
+    model = resource_model(name)
+    if model is None:
         raise NotWritable(f"{name!r} is not a FHIR resource type")
     out.append(f"<{name}{namespace}>")
     _children(out, resource, model)
@@ -65,11 +57,12 @@ def _resource(out: list[str], resource: dict, namespace: str = "") -> None:
 
 
 def _children(out: list[str], value: dict, model: type) -> None:
-    layout = _layout(model)
-    unknown = value.keys() - layout.names
+    elements = layout(model)
+    unknown = value.keys() - elements.names
     if unknown:
         raise NotWritable(f"{model.__name__} has no element {sorted(unknown)[0]}")
-    for name, kind, child in layout.elements:
+    for element in elements.elements:
+        name, kind = element.name, element.kind
         item = value.get(name)
         if kind == PRIMITIVE:
             extension = value.get("_" + name)
@@ -84,12 +77,12 @@ def _children(out: list[str], value: dict, model: type) -> None:
         elif item is None:
             continue
         elif kind == COMPLEX:
-            for element in item if isinstance(item, list) else (item,):
-                _complex(out, name, element, child)
+            for each in item if isinstance(item, list) else (item,):
+                _complex(out, name, each, element.model)
         elif kind == RESOURCE:
-            for element in item if isinstance(item, list) else (item,):
+            for each in item if isinstance(item, list) else (item,):
                 out.append(f"<{name}>")
-                _resource(out, element)
+                _resource(out, each)
                 out.append(f"</{name}>")
         else:
             out.append(_xhtml(item))
@@ -115,7 +108,7 @@ def _primitive(out: list[str], name: str, value, extension: dict | None) -> None
 
 def _complex(out: list[str], name: str, value: dict, model: type) -> None:
     start = f"<{name}"
-    for attribute in _layout(model).attributes:
+    for attribute in layout(model).attributes:
         if value.get(attribute) is not None:
             start += f' {attribute}="{_text(value[attribute])}"'
     out.append(start + ">")
@@ -144,43 +137,3 @@ def _xhtml(div: str) -> str:
     if etree.QName(element).namespace != XHTML_NS:
         raise NotWritable("the narrative's div is not in the XHTML namespace")
     return etree.tostring(element, encoding="unicode")
-
-
-@dataclass(frozen=True)
-class Layout:
-    elements: tuple[tuple[str, int, type | None], ...]   # (JSON name, kind, its value's model), in FHIR's order
-    attributes: tuple[str, ...]                          # written as XML attributes
-    names: frozenset[str]                                # every name a JSON value of the type may hold
-
-
-@functools.lru_cache(maxsize=None)
-def _layout(model: type) -> Layout:
-    """A type's elements, read once from its model. A resource's `id` is an element; a datatype's
-    or backbone element's is an attribute, and so is an extension's `url`."""
-    prefix = determine_version_prefix_from_class(model)
-    aliases = model.get_alias_mapping()
-    if issubclass(model, Resource):
-        attributes: tuple[str, ...] = ()
-    elif model is get_fhir_model_class("Extension"):
-        attributes = ("id", "url")
-    else:
-        attributes = ("id",)
-    elements: list[tuple[str, int, type | None]] = []
-    names = {"resourceType"} if issubclass(model, Resource) else set(attributes)
-    for element in model.elements_sequence():
-        field = model.model_fields[aliases[element]]
-        name = field.alias
-        if name in attributes:
-            continue
-        type_name = get_fhir_type_name(field, prefix=prefix)
-        if type_name == "xhtml":
-            elements.append((name, XHTML, None))
-        elif is_primitive_type(field):
-            elements.append((name, PRIMITIVE, None))
-            names.add("_" + name)
-        elif type_name == "Resource":
-            elements.append((name, RESOURCE, None))
-        else:
-            elements.append((name, COMPLEX, get_fhir_model_class(type_name)))
-        names.add(name)
-    return Layout(tuple(elements), attributes, frozenset(names))

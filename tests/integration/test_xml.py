@@ -43,10 +43,14 @@ def test_every_interaction_speaks_xml(client, database):
 
     patient = client.post("/fhir/Patient", data=to_xml({
         "resourceType": "Patient", "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.10", "value": "279035121518989"}],
-        "name": [{"family": "TROIS", "given": ["DOMINIQUE"]}], "gender": "female", "birthDate": "1979-03-28"}),
-        headers=XML)
+        "name": [{"id": "birth-name", "family": "TROIS", "given": ["DOMINIQUE"]}], "gender": "female",
+        "birthDate": "1979-03-28"}), headers=XML)
     assert patient.status_code == 201, patient.data[:300]
     assert root(patient).find(f"{FHIR_NS}name/{FHIR_NS}family").get("value") == "TROIS"
+    # Nothing the XML said is lost on the way to JSON: a datatype's id is an attribute in XML.
+    attend_all(database[0])
+    stored = client.get(f"/fhir/Patient/{root(patient).find(f'{FHIR_NS}id').get('value')}").json
+    assert stored["name"][0]["id"] == "birth-name", stored
     refused = client.get("/fhir/DocumentReference/unknown", headers={"Accept": "application/fhir+xml"})
     assert refused.status_code == 404 and root(refused).tag == FHIR_NS + "OperationOutcome"
 

@@ -1,6 +1,6 @@
-"""FHIR XML written from JSON: checked against fhir.resources' own writer and reader on resources
-written by others (the ANS and IHE examples, the third-party corpus), and on strings that need
-escaping."""
+"""FHIR XML written from JSON and read into it: checked against fhir.resources' own writer and reader
+on resources written by others (the ANS and IHE examples, the third-party corpus), on strings that
+need escaping, and on XML that is not FHIR's form of a resource."""
 import binascii
 import datetime
 import decimal
@@ -16,6 +16,7 @@ from lxml import etree
 from conftest import CORPUS, ROOT
 from gateway import base64text
 from gateway.fhir import formats, xml_writer
+from gateway.refusal import Refused
 
 SHARED = ROOT.parent / "shared"
 # The official packages' resources and examples (but their 333 StructureDefinitions, which take the
@@ -89,20 +90,30 @@ def differences(ours, library, path="") -> list[str]:
     return found
 
 
-def comparable(value):
-    """A resource as the library reads it, but for what its XML reader does not give back as its
-    JSON reader does: a datatype's id (an attribute it does not read), and the narrative's
-    characters (it writes them as references: the same XHTML)."""
+def canonical(value, datatype_ids=True):
+    """A resource with its narrative in canonical XML (the same XHTML may be written with other
+    characters), and without datatypes' ids if asked."""
     if isinstance(value, list):
-        return [comparable(v) for v in value]
+        return [canonical(v, datatype_ids) for v in value]
     if isinstance(value, dict):
-        return {k: etree.tostring(etree.fromstring(v), method="c14n") if k == "div" else comparable(v)
-                for k, v in value.items() if k != "id" or "resourceType" in value}
+        return {k: etree.tostring(etree.fromstring(v), method="c14n") if k == "div" else canonical(v, datatype_ids)
+                for k, v in value.items() if datatype_ids or k != "id" or "resourceType" in value}
     return value
 
 
+def as_library_reads(resource: dict) -> dict:
+    return json.loads(get_fhir_model_class(resource["resourceType"]).model_validate(resource)
+                      .model_dump_json(exclude_none=True, by_alias=True))
+
+
+def library_reads_xml(body: bytes) -> dict:
+    root = etree.fromstring(body)
+    return json.loads(get_fhir_model_class(etree.QName(root).localname).model_validate_xml(body)
+                      .model_dump_json(exclude_none=True, by_alias=True))
+
+
 @pytest.mark.skipif(not written_by_others(), reason="../shared is not beside the repository")
-def test_the_examples_and_corpus_are_written_as_fhir_resources_writes_them():
+def test_the_examples_and_corpus_are_written_and_read_as_fhir_resources_does():
     paths = written_by_others()
     assert len(paths) > 150
     checked = 0
@@ -110,12 +121,18 @@ def test_the_examples_and_corpus_are_written_as_fhir_resources_writes_them():
         resource = json.loads(path.read_text(encoding="utf-8"))
         ours = xml_writer.to_xml(resource)
         assert differences(etree.fromstring(ours), etree.fromstring(library_xml(resource))) == [], path.name
-        # Read back by the library's own XML reader: the same resource as it reads the JSON.
-        expected = json.loads(get_fhir_model_class(resource["resourceType"]).model_validate(resource)
-                              .model_dump_json(exclude_none=True, by_alias=True))
-        assert comparable(formats.from_xml(ours)) == comparable(expected), path.name
+        if path.name == "r4val_NEG_DocumentReference-empty-array.json":
+            # A category with an empty coding list: written, an empty element, which FHIR's XML forbids.
+            with pytest.raises(Refused, match="DocumentReference.category"):
+                formats.from_xml(ours)
+            continue
+        # Read back: the very resource; and what the library's XML reader reads there, but for the
+        # datatypes' ids it does not read.
+        read = formats.from_xml(ours)
+        assert canonical(read) == canonical(resource), path.name
+        assert canonical(as_library_reads(read), False) == canonical(library_reads_xml(ours), False), path.name
         checked += 1
-    assert checked == len(paths)
+    assert checked == len(paths) - 1
 
 
 def test_a_datatype_id_and_an_extension_url_are_attributes_a_resource_id_an_element():
@@ -169,3 +186,64 @@ def test_any_string_is_escaped_and_read_back(family, text):
     readable = [xml_writer.NOT_XML.sub("\ufffd", value) for value in (family, text)]
     written = [name.find("{http://hl7.org/fhir}family"), name.find("{http://hl7.org/fhir}text")]
     assert [w.get("value") for w in written] == readable
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=40), st.text(max_size=40))
+def test_any_string_is_read_back_as_written(family, text):
+    patient = {"resourceType": "Patient", "name": [{"family": family, "text": text}]}
+    name = formats.from_xml(xml_writer.to_xml(patient))["name"][0]
+    assert [name["family"], name["text"]] == [xml_writer.NOT_XML.sub("\ufffd", v) for v in (family, text)]
+
+
+PATIENT = ('<Patient xmlns="http://hl7.org/fhir"><!-- a comment --><id value="p1"/>'
+           '<name id="n1"><family id="f1" value="MARTIN"><extension url="http://example.org/x">'
+           '<valueString value="y"/></extension></family><given value="A"/>'
+           '<given><extension url="http://example.org/absent"><valueCode value="unknown"/></extension></given>'
+           '</name><active value="true"/><multipleBirthInteger value="2"/></Patient>')
+
+
+def test_a_datatype_id_a_primitive_s_extensions_and_typed_values_are_read():
+    assert formats.load(PATIENT.encode(), "application/fhir+xml") == {
+        "resourceType": "Patient", "id": "p1", "active": True, "multipleBirthInteger": 2,
+        "name": [{"id": "n1", "family": "MARTIN", "_family": {"id": "f1", "extension": [
+            {"url": "http://example.org/x", "valueString": "y"}]},
+            "given": ["A", None], "_given": [None, {"extension": [
+                {"url": "http://example.org/absent", "valueCode": "unknown"}]}]}]}
+    # fhir.resources' reader, which the gateway used before, loses the name's id.
+    assert "id" not in library_reads_xml(PATIENT.replace("<!-- a comment -->", "").encode())["name"][0]
+
+
+@pytest.mark.parametrize("xml, where", [
+    ('<Patient xmlns="http://hl7.org/fhir"><nickname value="x"/></Patient>', "Patient.nickname"),
+    ('<Patient xmlns="http://hl7.org/fhir"><name><family value="A"/><family value="B"/></name></Patient>',
+     "Patient.name.family"),
+    ('<Patient xmlns="http://hl7.org/fhir"><active value="yes"/></Patient>', "Patient.active"),
+    ('<Patient xmlns="http://hl7.org/fhir"><multipleBirthInteger value="2.5"/></Patient>',
+     "Patient.multipleBirthInteger"),
+    ('<Patient xmlns="http://hl7.org/fhir"><name>MARTIN</name></Patient>', "Patient.name"),
+    ('<Patient xmlns="http://hl7.org/fhir"><name/></Patient>', "Patient.name"),
+    ('<Patient xmlns="http://hl7.org/fhir"><gender/></Patient>', "Patient.gender"),
+    ('<Patient xmlns="http://hl7.org/fhir"><name><family value="A" lang="fr"/></name></Patient>',
+     "Patient.name.family"),
+    ('<Patient xmlns="http://hl7.org/fhir" xmlns:o="urn:other"><o:name/></Patient>', "Patient.name"),
+    ('<Patient xmlns="http://hl7.org/fhir"><text><status value="generated"/><div>x</div></text></Patient>',
+     "Patient.text.div"),
+    ('<Patient xmlns="http://hl7.org/fhir"><contained><Coding><code value="x"/></Coding></contained></Patient>',
+     "Patient.contained.Coding"),
+    ('<Patient xmlns="http://hl7.org/fhir"><contained><Organization><name value="A"/></Organization>'
+     '<Organization><name value="B"/></Organization></contained></Patient>', "Patient.contained"),
+    ('<Bundle xmlns="http://hl7.org/fhir"><type value="collection"/><entry><resource/></entry></Bundle>',
+     "Bundle.entry.resource"),
+])
+def test_what_is_not_fhir_s_xml_form_is_refused_and_located(xml, where):
+    with pytest.raises(Refused) as refused:
+        formats.load(xml.encode(), "application/fhir+xml")
+    assert refused.value.status == 400
+    assert refused.value.location == where, str(refused.value)
+
+
+def test_nesting_is_bounded_before_anything_else_reads_it():
+    deep = "<extension url='http://example.org/e'>" * 60 + "<valueString value='x'/>" + "</extension>" * 60
+    with pytest.raises(Refused, match="deeper"):
+        formats.load(f'<Patient xmlns="http://hl7.org/fhir">{deep}</Patient>'.encode(), "application/fhir+xml")
