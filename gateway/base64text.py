@@ -15,3 +15,18 @@ def decode(text: str) -> bytes:
     if WHITESPACE.search(text):
         text = "".join(text.split())
     return binascii.a2b_base64(text, strict_mode=True)
+
+
+CHECKED = 1 << 20   # characters decoded at a time by check (a multiple of 4)
+
+
+def check(text: str) -> None:
+    """Refuse, as decode does, text that is not base64, without holding its bytes: a part at a
+    time. A Bundle's 27 MB of a document's base64 is checked when the body is read, and decoded
+    only once its body is let go of."""
+    if WHITESPACE.search(text) or len(text) <= CHECKED:
+        decode(text)
+        return
+    for start in range(0, len(text), CHECKED):
+        # Padding stands only at the very end: strict mode refuses it in any earlier part.
+        binascii.a2b_base64(text[start:start + CHECKED], strict_mode=True)

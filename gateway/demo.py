@@ -23,6 +23,7 @@ from gateway.mapping import codes
 from gateway.mapping.document import document_uri, identifier_key, sha1_base64
 from gateway.services import consents, directory, feeds, labels
 from gateway.services.documents import read_cda
+from gateway.services.ingest import Received
 from gateway.services.provide import provide
 from gateway.signature import make_test_pki, sign_documents
 from gateway.space.accounts import create_account
@@ -188,5 +189,6 @@ def setup(settings: Settings, force: bool = False) -> None:
     path = settings.demo_dir / "signed-submission.json"
     path.write_text(json.dumps(bundle, indent=1))
     load_decisions(settings, engine)
-    provide(repo, path.read_bytes(), settings.trust_anchors, settings.max_document_bytes, sender="demo setup")
+    provide(repo, Received("iti65", path.read_bytes(), "application/fhir+json", "demo setup"), settings.trust_anchors,
+            settings.max_document_bytes)
     print(f"signed ITI-65 submission loaded; a copy to POST yourself: {path}")

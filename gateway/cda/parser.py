@@ -75,6 +75,12 @@ def safe_parser(target: etree.TreeBuilder | None = None) -> etree.XMLParser:
     )
 
 
+def shallow_root(data: bytes) -> etree._Element:
+    """The root element of an XML document, every text cut at TEXT_KEPT characters: what it is,
+    without a copy of what it carries. XMLSyntaxError when it is not XML."""
+    return etree.fromstring(data, safe_parser(_ShortTexts()))
+
+
 def parse_cda(data: bytes, *, max_bytes: int, whole_texts: bool = True) -> tuple[etree._Element, bool]:
     """Return the ClinicalDocument element and whether it came wrapped in an XSLT stylesheet.
     Without `whole_texts`, a large document's long texts are cut (reading its header)."""

@@ -45,6 +45,29 @@ def require_content_type(allowed, explanation: str) -> None:
         raise FhirError(415, f"content type {request.mimetype or '(none)'} {explanation}", code="not-supported")
 
 
+READ_PART = 1 << 20
+
+
+def request_body() -> bytes | bytearray:
+    """The body, read into one buffer of its declared length and not kept by the request. werkzeug's
+    get_data grows a buffer and copies it out: twice a 27 MB Bundle at once. A chunked body (no
+    Content-Length) is read that way still; a body cut short is refused."""
+    length = request.content_length
+    if length is None:
+        return request.get_data(cache=False)
+    body = bytearray(length)
+    with memoryview(body) as view:
+        read = 0
+        while read < length:
+            # A part at a time: a server's stream without readinto (gunicorn's) reads the whole
+            # size asked for into a buffer of its own, then copies it.
+            count = request.stream.readinto(view[read:read + READ_PART])
+            if not count:
+                raise FhirError(400, f"the body ends after {read} of its {length} bytes", code="incomplete")
+            read += count
+    return body
+
+
 def operation_outcome(issues: list[dict]) -> dict:
     return {"resourceType": "OperationOutcome", "issue": issues}
 

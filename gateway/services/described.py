@@ -14,7 +14,7 @@ from lxml import etree
 from gateway import base64text
 from gateway.access.writes import Producers, finess
 from gateway.refusal import Refused
-from gateway.cda.parser import CLINICAL_DOCUMENT, safe_parser
+from gateway.cda.parser import CLINICAL_DOCUMENT, shallow_root
 from gateway.fhir.validation import InvalidResource, validate
 from gateway.mapping import codes
 from gateway.mapping import document as mapping
@@ -41,7 +41,7 @@ def is_cda(data: bytes, content_type: str, format_code: str | None) -> bool:
     if b"ClinicalDocument" not in data[:4096]:
         return False
     try:
-        root = etree.fromstring(data, safe_parser())
+        root = shallow_root(data)
     except etree.XMLSyntaxError:
         return True   # declared by its name: the CDA reader says what is wrong with it
     return root.tag == CLINICAL_DOCUMENT and len(root) > 0

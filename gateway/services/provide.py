@@ -54,20 +54,19 @@ def _is_signature(resource: dict) -> bool:
     return codes.SIGNATURE_FORMAT in formats or codes.SIGNATURE_CLASS in classes
 
 
-def provide(repo: Repository, body: bytes, trust_anchors, max_bytes: int, sender: str | None = None,
-            content_type: str = "application/fhir+json") -> dict:
-    submission = _provide(repo, Received("iti65", body, content_type, sender),
-                          lambda: _load(body, content_type), trust_anchors, max_bytes)
+def provide(repo: Repository, received: Received, trust_anchors, max_bytes: int) -> dict:
+    """ITI-65: `received` on the channel iti65, its body a transaction Bundle (JSON or XML)."""
+    submission = _provide(repo, received, lambda: _load(received.take_body(), received.content_type),
+                          trust_anchors, max_bytes)
     return submission.response
 
 
-def publish(repo: Repository, body: bytes, trust_anchors, max_bytes: int, sender: str | None = None,
-            content_type: str = "application/fhir+json") -> tuple[bool, StoredResource]:
+def publish(repo: Repository, received: Received, trust_anchors, max_bytes: int) -> tuple[bool, StoredResource]:
     """ITI-105 Simplified Publish: one DocumentReference carrying its document in attachment.data,
     registered as an ITI-65 submission of that one document (the gateway writes its SubmissionSet).
     Returns whether it was new, and the DocumentReference."""
     def bundle_of_document() -> dict:
-        document = load(body, content_type)
+        document = load(received.take_body(), received.content_type)
         if not isinstance(document, dict) or document.get("resourceType") != "DocumentReference":
             raise _refuse("ITI-105 posts a DocumentReference", "DocumentReference", 400, "structure")
         content = document.get("content")
@@ -93,8 +92,7 @@ def publish(repo: Repository, body: bytes, trust_anchors, max_bytes: int, sender
                 "resourceType": "Binary", "contentType": attachment.get("contentType") or "application/octet-stream",
                 "data": base64.b64encode(data).decode()}}]}
 
-    written = _provide(repo, Received("iti105", body, content_type, sender), bundle_of_document, trust_anchors,
-                       max_bytes)
+    written = _provide(repo, received, bundle_of_document, trust_anchors, max_bytes)
     return written.response["entry"][1]["response"]["status"].startswith("201"), written.documents[0].stored
 
 

@@ -46,12 +46,33 @@ def test_over_cda(client, system, database):
 
 
 @pytest.mark.parametrize("fmt", ["json", "xml"])
-def test_over_iti_65(client, system, fmt):
-    bundle = build_submission(large_cda(f"1.2.250.1.213.1.1.9.2.2.90{2 if fmt == 'json' else 3}"), 20 * 1024 * 1024)
+def test_over_iti_65(client, system, database, fmt):
+    cda = large_cda(f"1.2.250.1.213.1.1.9.2.2.90{2 if fmt == 'json' else 3}")
+    bundle = build_submission(cda, 20 * 1024 * 1024)
     body, media = (json.dumps(bundle).encode(), "application/fhir+json") if fmt == "json" else (
         to_xml(bundle), "application/fhir+xml")
     answer = client.post("/fhir", data=body, headers={**system, "Content-Type": media, "Accept": "application/fhir+json"})
     assert answer.status_code == 200, answer.data[:2000]
+    # The document's base64 is read apart from the rest of the JSON: the very bytes are kept.
+    attend_all(database[0])
+    location = answer.json["entry"][1]["response"]["location"]     # relative: DocumentReference/id/_history/1
+    document = client.get("/fhir/" + location.split("/_history")[0]).json
+    assert client.get(document["content"][0]["attachment"]["url"].replace("http://gateway.test", "")).data == cda
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_over_iti_65_over_http(live_server, system, chunked):
+    """Read from the socket a part at a time into one buffer of the declared length; a chunked body
+    (no Content-Length) is read whole."""
+    import requests
+
+    bundle = json.dumps(build_submission(large_cda(f"1.2.250.1.213.1.1.9.2.2.90{6 if chunked else 5}"),
+                                         20 * 1024 * 1024)).encode()
+    data = (bundle[start:start + 1_000_000] for start in range(0, len(bundle), 1_000_000)) if chunked else bundle
+    answer = requests.post(f"http://127.0.0.1:{live_server.http_port}/fhir", data=data, timeout=120,
+                           headers={**system, "Content-Type": "application/fhir+json"})
+    assert answer.status_code == 200, answer.text[:2000]
+    assert [e["response"]["status"] for e in answer.json()["entry"]][:3] == ["201 Created"] * 3
 
 
 def test_over_hl7v2(client, system):

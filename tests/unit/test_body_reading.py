@@ -1,0 +1,78 @@
+"""Request bodies read as JSON with their long base64 strings (a Bundle's document) taken apart from
+the parser, and base64 checked a part at a time: the same data, and the same refusals, as reading
+them whole."""
+import base64
+import binascii
+import codecs
+import json
+import os
+
+import orjson
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from gateway import base64text
+from gateway.fhir import formats
+from gateway.refusal import Refused
+
+LONG = base64.b64encode(os.urandom(formats.LONG_DATA)).decode()   # over LONG_DATA characters
+OTHER = base64.b64encode(os.urandom(formats.LONG_DATA + 3)).decode()
+
+
+def same_as_the_parser(data) -> None:
+    body = json.dumps(data).encode()
+    assert formats._parse_json(body) == orjson.loads(body) == data
+    assert formats.load_json(bytearray(codecs.BOM_UTF8 + body)) == data
+
+
+def test_long_strings_are_put_back_where_they_stood():
+    same_as_the_parser({"resourceType": "Bundle", "entry": [
+        {"resource": {"resourceType": "Binary", "data": LONG}}, {"resource": {"resourceType": "Binary", "data": OTHER}},
+        {"resource": {"resourceType": "Binary", "data": LONG}}], "list": [LONG, [OTHER]]})
+
+
+@pytest.mark.parametrize("data", [
+    {"text": f'before "{LONG}" after'},        # inside another string, between escaped quotes
+    {"text": f'{LONG}"', "data": OTHER},       # a quote after it, escaped
+    {"text": f'"{LONG}', "data": OTHER},       # a quote before it, escaped
+    {LONG: "a key, not a value"},
+    {"slashes": LONG.replace("/", "\\/")},     # escaped in the JSON text only where json.dumps does
+])
+def test_a_run_of_base64_that_is_not_a_whole_string_value_is_left_to_the_parser(data):
+    same_as_the_parser(data)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.recursive(st.none() | st.booleans() | st.integers(-10, 10) | st.sampled_from([LONG, OTHER, '"', "\\", "x"]),
+                    lambda inner: st.lists(inner, max_size=3)
+                    | st.dictionaries(st.sampled_from(["data", "a", LONG]), inner, max_size=3), max_leaves=8))
+def test_any_json_reads_as_the_parser_reads_it(data):
+    same_as_the_parser({"value": data})
+
+
+def test_json_that_is_not_utf8_or_too_deep_is_refused():
+    with pytest.raises(Refused, match="not JSON"):
+        formats.load_json('{"a": "é"}'.encode("utf-16"))
+    with pytest.raises(Refused):
+        formats.load_json(b"[" * 60 + b"]" * 60)
+
+
+VALID = "QUJD" * (3 * base64text.CHECKED // 4)   # three parts of valid base64
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(alphabet="ABCabc019+/=\n !é", max_size=8), st.integers(0, len(VALID) // 4),
+       st.text(alphabet="ABCabc019+/=\n !é", max_size=8))
+def test_base64_is_checked_a_part_at_a_time_as_decode_refuses_it(inserted, group, tail):
+    text = VALID[:4 * group] + inserted + VALID[4 * group:] + tail
+    try:
+        base64text.decode(text)
+        refused_whole = False
+    except (binascii.Error, ValueError):
+        refused_whole = True
+    try:
+        base64text.check(text)
+        refused_in_parts = False
+    except (binascii.Error, ValueError):
+        refused_in_parts = True
+    assert refused_in_parts == refused_whole
