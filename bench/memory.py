@@ -49,11 +49,13 @@ def _peaks(root_pid: int) -> dict[int, int]:
 
 @contextlib.contextmanager
 def _served(workers: int = 2):
-    """(base URL, MLLP port, system token headers, root pid) of a demo gateway as `make run` serves it."""
+    """(base URL, MLLP port, system token headers, root pid) of a demo gateway as `make run` serves it,
+    with `workers` HTTP workers and as many MLLP listener processes."""
     with tempfile.TemporaryDirectory() as tmp:
         port, mllp_port = _free_port(), _free_port()
         env = dict(os.environ, GATEWAY_VAR_DIR=tmp, GATEWAY_HTTP_PORT=str(port), GATEWAY_MLLP_PORT=str(mllp_port),
-                   GATEWAY_HOST="127.0.0.1", GATEWAY_WORKERS=str(workers), GATEWAY_LOG_LEVEL="WARNING")
+                   GATEWAY_HOST="127.0.0.1", GATEWAY_WORKERS=str(workers), GATEWAY_MLLP_PROCESSES=str(workers),
+                   GATEWAY_LOG_LEVEL="WARNING")
         env.pop("GATEWAY_DATABASE_URL", None)
         subprocess.run([str(GATEWAY), "demo", "setup"], env=env, cwd=ROOT, capture_output=True, check=True)
         process = subprocess.Popen([str(GATEWAY), "serve"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
@@ -129,8 +131,8 @@ def large_mdm(cda: bytes, number: int) -> bytes:
 
 def bench_large_documents(document_bytes: int = 20_000_000) -> dict:
     """An N1 CDA at the document limit: POST /cda one alone, then 8 at once; one alone in an ITI-65
-    Bundle and in an MDM^T02 over MLLP. Each on a fresh gateway with one HTTP worker, first warmed
-    by a small document sent the same way (the modules and caches a first request loads are the
+    Bundle and in an MDM^T02 over MLLP. Each on a fresh gateway with one HTTP worker and one MLLP
+    listener, first warmed by a small document sent the same way (the modules and caches a first request loads are the
     gateway's, not the document's), so that each peak is its own. Peak RSS growth of the busiest
     process against the document."""
     out = {"document_bytes": document_bytes}

@@ -8,9 +8,16 @@ out once, never walked character by character. Values come back unescaped (\\F\\
 from __future__ import annotations
 
 import re
+import uuid
 from dataclasses import dataclass
+from typing import Callable
 
 BOM = b"\xef\xbb\xbf"
+# A run of base64 at least that long (a document in OBX-5) is not decoded into the message's text:
+# the message holds a stand-in for it, and a reader takes it as the received bytes. A 20 MB document
+# is 27 MB of base64: as text beside the frame, then sliced out of its field, then decoded, it took
+# the listener's peak memory to 5.3x the document.
+LONG_RUN = re.compile(rb"[A-Za-z0-9+/=]{65536,}")
 
 # MSH-18 values and the Python codec for each; an empty MSH-18 means ASCII (HL7 2.x, 2.15.9.18).
 CHARSETS = {
@@ -69,8 +76,10 @@ def declared_charset(data: bytes) -> str:
     return fields[17].split(b"^")[0].decode("ascii", "replace").strip() if len(fields) > 17 else ""
 
 
-def decode(data: bytes) -> tuple[str, str]:
-    """(text, MSH-18 as declared). A UTF-8 byte-order mark is tolerated and means UTF-8."""
+def decode(data: bytes | bytearray, offset_in_received: Callable[[int], int] = lambda offset: offset
+           ) -> tuple[str, str]:
+    """(text, MSH-18 as declared). A UTF-8 byte-order mark is tolerated and means UTF-8.
+    `offset_in_received` says where a byte of `data` stood in what was received."""
     charset = declared_charset(data)
     codec = CHARSETS.get(charset.upper())
     if codec is None:
@@ -87,7 +96,7 @@ def decode(data: bytes) -> tuple[str, str]:
                 return data.decode("utf-8"), charset
             except UnicodeDecodeError:
                 pass
-        raise MessageRejected(f"bytes at offset {exc.start} are not valid {charset or 'ASCII'} as MSH-18 "
+        raise MessageRejected(f"bytes at offset {offset_in_received(exc.start)} are not valid {charset or 'ASCII'} as MSH-18 "
                               "declares", "MSH^1^18", "102") from None
 
 
@@ -109,11 +118,12 @@ def _part(value: str, separator: str, number: int) -> str:
 class Segment:
     """One segment; fields are numbered as in the standard (MSH-1 is the field separator)."""
 
-    __slots__ = ("name", "repetition_marks", "_fields", "_enc", "_charset")
+    __slots__ = ("name", "repetition_marks", "_fields", "_enc", "_charset", "_runs")
 
-    def __init__(self, text: str, enc: Encoding, charset_codec: str):
+    def __init__(self, text: str, enc: Encoding, charset_codec: str, runs: "LongRuns | None" = None):
         self._enc = enc
         self._charset = charset_codec
+        self._runs = runs
         self.repetition_marks = text.count(enc.repetition)
         raw = text.split(enc.field)
         self.name = raw[0]
@@ -126,27 +136,46 @@ class Segment:
     def text(self) -> str:
         """The segment as received. Built when asked rather than kept beside its fields: an OBX
         carrying a 20 MB document in base64 was otherwise held twice."""
+        return self._expanded(self._joined())
+
+    def received(self) -> list[str | memoryview]:
+        """The segment as received, in parts: its text, and each long run of base64 in it as the
+        bytes that carried it."""
+        return self._runs.parts(self._joined()) if self._runs else [self._joined()]
+
+    def _joined(self) -> str:
         fields = self._fields[:1] + self._fields[2:] if self.name == "MSH" else self._fields
         return self._enc.field.join(fields)
+
+    def _expanded(self, value: str) -> str:
+        return self._runs.expanded(value) if self._runs else value
 
     @property
     def last_field(self) -> int:
         return len(self._fields) - 1
 
     def raw(self, number: int) -> str:
+        return self._expanded(self._field(number))
+
+    def _field(self, number: int) -> str:
+        """A field with its long runs' stand-ins: what is split, so that a run is never copied."""
         return self._fields[number] if number < len(self._fields) else ""
 
     def repetitions(self, number: int) -> list[str]:
-        value = self.raw(number)
+        return [self._expanded(value) for value in self._repetitions(number)]
+
+    def _repetitions(self, number: int) -> list[str]:
+        value = self._field(number)
         if self.name == "MSH" and number in (1, 2):
             return [value]
         return value.split(self._enc.repetition) if value else []
 
     def get(self, number: int, component: int = 1, subcomponent: int = 1, repetition: int = 0) -> str:
-        reps = self.repetitions(number)
+        reps = self._repetitions(number)
         if repetition >= len(reps):
             return ""
-        return self.component(reps[repetition], component, subcomponent)
+        # A stand-in holds no escape character: unescaped, it stays whole, then is expanded.
+        return self._expanded(self.component(reps[repetition], component, subcomponent))
 
     def component(self, value: str, component: int = 1, subcomponent: int = 1) -> str:
         """Component/subcomponent of one field repetition, unescaped."""
@@ -158,6 +187,13 @@ class Segment:
     def raw_component(self, number: int, component: int) -> str:
         """A component left escaped and unsplit: base64 data, which never contains escapes."""
         return _part(self.raw(number), self._enc.component, component)
+
+    def received_component(self, number: int, component: int) -> str | memoryview:
+        """raw_component, but a component that is one long run of base64 comes as the received
+        bytes that carried it, not as text."""
+        value = _part(self._field(number), self._enc.component, component)
+        run = self._runs.run(value) if self._runs else None
+        return run if run is not None else self._expanded(value)
 
     def unescape(self, value: str) -> str:
         esc = self._enc.escape
@@ -190,10 +226,55 @@ class Segment:
         return "".join(out)
 
 
+class LongRuns:
+    """The long runs of base64 of a received message (LONG_RUN), each standing in its text as a
+    marker no sender can write: a NUL, a random token, its number, a NUL."""
+
+    def __init__(self, data: bytes | bytearray, spans: list[tuple[int, int]]):
+        token = uuid.uuid4().hex
+        view = memoryview(data)
+        self.by_stand_in = {f"\0{token}{number}\0": view[begin:end] for number, (begin, end) in enumerate(spans)}
+        self.stand_ins = re.compile(f"(\0{token}[0-9]+\0)")
+        self.spans = spans
+
+    @classmethod
+    def of(cls, data: bytes | bytearray) -> "LongRuns | None":
+        spans = [found.span() for found in LONG_RUN.finditer(data)] if len(data) > 65536 else []
+        return cls(data, spans) if spans else None
+
+    def skeleton(self, data: bytes | bytearray) -> bytes:
+        """The bytes with each run replaced by its stand-in (ASCII, as every supported charset is)."""
+        view, parts, start = memoryview(data), [], 0
+        for stand_in, (begin, end) in zip(self.by_stand_in, self.spans):
+            parts += [view[start:begin], stand_in.encode("ascii")]
+            start = end
+        parts.append(view[start:])
+        return b"".join(parts)
+
+    def offset_in_received(self, offset: int) -> int:
+        """Where a byte of the skeleton stood in the received bytes."""
+        for stand_in, (begin, end) in zip(self.by_stand_in, self.spans):
+            if offset < begin:
+                break
+            offset += (end - begin) - len(stand_in)
+        return offset
+
+    def run(self, value: str) -> memoryview | None:
+        return self.by_stand_in.get(value)
+
+    def expanded(self, value: str) -> str:
+        if "\0" not in value:
+            return value
+        return self.stand_ins.sub(lambda found: str(self.by_stand_in[found.group()], "ascii"), value)
+
+    def parts(self, value: str) -> list[str | memoryview]:
+        return [self.by_stand_in.get(part, part) for part in self.stand_ins.split(value) if part]
+
+
 class Message:
     """A decoded message: its segments in order, MSH first."""
 
-    def __init__(self, text: str, charset: str):
+    def __init__(self, text: str, charset: str, runs: LongRuns | None = None):
         segments = split_segments(text)
         if not segments or not segments[0].startswith("MSH") or len(segments[0]) < 8:
             raise MessageRejected("the message does not start with an MSH segment and its encoding characters",
@@ -205,13 +286,15 @@ class Message:
         self.encoding = Encoding(first[3], seps[0], seps[1], seps[2], seps[3])
         self.charset = charset
         codec = CHARSETS.get(charset.upper(), "utf-8")
-        self.segments = [Segment(s, self.encoding, codec) for s in segments]
+        self.segments = [Segment(s, self.encoding, codec, runs) for s in segments]
         self.msh = self.segments[0]
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "Message":
-        text, charset = decode(data)
-        return cls(text, charset)
+    def from_bytes(cls, data: bytes | bytearray) -> "Message":
+        """The message of received bytes; its long runs of base64 stay in them (LongRuns)."""
+        runs = LongRuns.of(data)
+        text, charset = decode(runs.skeleton(data), runs.offset_in_received) if runs else decode(data)
+        return cls(text, charset, runs)
 
     def all(self, name: str) -> list[Segment]:
         return [s for s in self.segments if s.name == name]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from gateway.access.context import ADMIN, SYSTEM
-from gateway.fhir.responses import FhirError, require_content_type
+from gateway.fhir.responses import FhirError, request_body, require_content_type
 from gateway.services import feeds, messages
 
 hl7v2 = Blueprint("hl7v2", __name__)
@@ -39,7 +39,7 @@ def post_message():
         reply = feeds.refuse_oversized(g.repository, head, request.content_length, settings.mllp_max_bytes,
                                        "hl7v2-http")
         return _ack_response(reply, 413)
-    reply = feeds.receive(g.repository, request.get_data(cache=False), channel="hl7v2-http",
+    reply = feeds.receive(g.repository, request_body(), channel="hl7v2-http",
                           max_bytes=settings.max_document_bytes)
     return _ack_response(reply)
 

@@ -134,15 +134,14 @@ def apply(uow: UnitOfWork, plan: Plan, applied: Applied, base_url: str) -> None:
 def _document_bytes(obx: Segment, location: str) -> bytes:
     """OBX-5's data, decoded; its text is dropped before the document is read."""
     encoding = obx.get(5, 4).upper()
-    data_text = obx.raw_component(5, 5)
     if encoding == "BASE64":
         try:
-            return base64text.decode(data_text)
+            return base64text.decode(obx.received_component(5, 5))
         except (binascii.Error, ValueError):
             raise MessageRefused(Issue("OBX-5 declares Base64 but its data is not valid base64",
                                        location, "102")) from None
     if encoding in ("A", ""):
-        return obx.unescape(data_text).encode("utf-8")
+        return obx.unescape(obx.raw_component(5, 5)).encode("utf-8")
     raise MessageRefused(Issue(f"OBX-5 encoding '{encoding}' is not supported (Base64 or A)", location, "103"))
 
 

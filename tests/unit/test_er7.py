@@ -1,4 +1,6 @@
 """Reading ER7: character sets, segment terminators, escapes, components."""
+import re
+
 import pytest
 from hypothesis import given, strategies as st
 
@@ -100,3 +102,38 @@ def test_a_component_is_read_as_splitting_the_field_would(value, component, subc
     assert segment.component(value, component, subcomponent) == (
         segment.unescape(subs[subcomponent - 1]) if subcomponent <= len(subs) else "")
     assert segment.raw_component(1, component) == ("1" if component == 1 else "")
+
+
+RUN = "QUJD" * 20_000          # 80,000 characters of base64: a long run (er7.LONG_RUN)
+
+
+@given(st.sampled_from(["", "A", "é", "=="]), st.sampled_from(["", "QQ==", "|x"]), st.sampled_from(["\r", "\n"]))
+def test_a_long_run_of_base64_reads_as_the_text_that_carried_it(before, after, sep):
+    """Kept as the received bytes, not as text, a run still reads as text everywhere but where a
+    document is read from it; and the fingerprint stays the one already stored for the message."""
+    obx = f"OBX|1|ED|11490-0||^text^XML^Base64^{before}{RUN}{after}|F"
+    nte = f"NTE|1||{RUN}~{RUN}"
+    text = message("UNICODE UTF-8", obx, nte, sep=sep)
+    received = Message.from_bytes(text.encode())
+    as_text = Message(text, "UNICODE UTF-8")
+    from gateway.services import feeds
+
+    assert feeds.fingerprint(received) == feeds.fingerprint(as_text) == fingerprint_as_first_defined(text)
+    for got, expected in zip(received.segments, as_text.segments):
+        assert got.text == expected.text
+        assert [got.raw(n) for n in range(8)] == [expected.raw(n) for n in range(8)]
+        assert [got.get(n, c) for n in range(8) for c in range(1, 6)] == \
+            [expected.get(n, c) for n in range(8) for c in range(1, 6)]
+    document = received.first("OBX").received_component(5, 5)
+    data = as_text.first("OBX").raw_component(5, 5)
+    if re.fullmatch("[A-Za-z0-9+/=]+", data):
+        assert isinstance(document, memoryview) and bytes(document) == data.encode()
+    else:
+        assert document == data     # more than one run: text
+    assert received.first("NTE").repetitions(3) == [RUN, RUN]
+
+
+def test_a_byte_that_is_not_the_declared_charset_is_located_in_what_was_received():
+    body = message("UNICODE UTF-8", f"OBX|1|ED|11490-0||^text^XML^Base64^{RUN}|F", "NTE|1||").encode() + b"\xff"
+    with pytest.raises(MessageRejected, match=f"offset {len(body) - 1} "):
+        Message.from_bytes(body)

@@ -1,0 +1,36 @@
+"""MLLP frames cut from what the peer sends, however it is split: each frame whole, once, and what
+follows it kept for the next."""
+import asyncio
+
+from hypothesis import given, settings, strategies as st
+
+from gateway.hl7v2.mllp import FrameReader
+
+
+def frames_read(stream: bytes, cuts: list[int], max_bytes: int = 1 << 20) -> list[bytes]:
+    async def read() -> list[bytes]:
+        reader = asyncio.StreamReader()
+        points = sorted({0, len(stream), *(c % (len(stream) + 1) for c in cuts)})
+        for start, end in zip(points, points[1:]):
+            reader.feed_data(stream[start:end])
+        reader.feed_eof()
+        frames, got = FrameReader(reader, max_bytes, idle_timeout=5), []
+        while (frame := await frames.frame()) is not None:
+            got.append(bytes(frame))
+        return got
+
+    return asyncio.run(read())
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.binary(min_size=1, max_size=300).filter(lambda b: b"\x1c\r" not in b and b"\x0b" not in b),
+                min_size=1, max_size=5), st.lists(st.integers(0, 2000), max_size=6))
+def test_every_frame_is_read_whole_however_the_bytes_arrive(messages, cuts):
+    stream = b"".join(b"\x0b" + m + b"\x1c\r" for m in messages)
+    assert frames_read(stream, cuts) == messages
+
+
+def test_a_large_frame_then_a_small_one():
+    large = b"MSH|" + b"A" * 3_000_000
+    assert frames_read(b"\x0b" + large + b"\x1c\r\x0bMSH|small\x1c\r", [65536, 3_000_006],
+                       max_bytes=4_000_000) == [large, b"MSH|small"]
