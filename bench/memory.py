@@ -21,6 +21,7 @@ from pathlib import Path
 import requests
 
 from gateway.demo import build_submission
+from gateway.fhir.formats import FHIR_XML, to_xml
 
 ROOT = Path(__file__).resolve().parents[1]
 GATEWAY = Path(sys.executable).with_name("gateway")
@@ -131,10 +132,10 @@ def large_mdm(cda: bytes, number: int) -> bytes:
 
 def bench_large_documents(document_bytes: int = 20_000_000) -> dict:
     """An N1 CDA at the document limit: POST /cda one alone, then 8 at once; one alone in an ITI-65
-    Bundle and in an MDM^T02 over MLLP. Each on a fresh gateway with one HTTP worker and one MLLP
-    listener, first warmed by a small document sent the same way (the modules and caches a first request loads are the
-    gateway's, not the document's), so that each peak is its own. Peak RSS growth of the busiest
-    process against the document."""
+    Bundle (JSON and XML) and in an MDM^T02 over MLLP. Each on a fresh gateway with one HTTP worker
+    and one MLLP listener, first warmed by a small document sent the same way (the modules and
+    caches a first request loads are the gateway's, not the document's), so that each peak is its
+    own. Peak RSS growth of the busiest process against the document."""
     out = {"document_bytes": document_bytes}
     warm_cda = large_n1_cda(200_000, 99)
 
@@ -150,10 +151,11 @@ def bench_large_documents(document_bytes: int = 20_000_000) -> dict:
         documents = [large_n1_cda(document_bytes, n) for n in range(concurrency)]
         out[f"{concurrency} at once"] = _peak(document_bytes, concurrency, post_cda(documents), post_cda([warm_cda]))
 
-    def provide(cda):
-        bundle = json.dumps(build_submission(cda, 2 * document_bytes)).encode()
+    def provide(cda, media="application/fhir+json"):
+        submission = build_submission(cda, 2 * document_bytes)
+        bundle = to_xml(submission) if media == FHIR_XML else json.dumps(submission).encode()
         return lambda base, _, auth: [_answer(requests.post(
-            f"{base}/fhir", data=bundle, headers={**auth, "Content-Type": "application/fhir+json"}, timeout=600))]
+            f"{base}/fhir", data=bundle, headers={**auth, "Content-Type": media}, timeout=600))]
 
     def mdm(cda, number):
         message = b"\x0b" + large_mdm(cda, number) + b"\x1c\r"
@@ -161,6 +163,7 @@ def bench_large_documents(document_bytes: int = 20_000_000) -> dict:
 
     cda = large_n1_cda(document_bytes, 0)
     out["ITI-65, 1 alone"] = _peak(document_bytes, 1, provide(cda), provide(warm_cda))
+    out["ITI-65 in XML, 1 alone"] = _peak(document_bytes, 1, provide(cda, FHIR_XML), provide(warm_cda, FHIR_XML))
     out["MLLP MDM^T02, 1 alone"] = _peak(document_bytes, 1, mdm(cda, 0), mdm(warm_cda, 99))
     return out
 

@@ -9,6 +9,7 @@ import codecs
 import json
 import re
 import uuid
+from typing import Callable
 
 import orjson
 from fhir.resources.R4B import get_fhir_model_class
@@ -31,8 +32,12 @@ def to_xml(resource: dict | str) -> bytes:
 
 def from_xml(body: bytes | bytearray) -> dict:
     """The JSON form of a FHIR XML resource; Refused (400) when it is not FHIR's XML of one."""
+    return _apart(body, _read_xml)
+
+
+def _read_xml(body) -> dict:
     try:
-        root = etree.fromstring(bytes(body) if isinstance(body, bytearray) else body, safe_parser())
+        root = etree.fromstring(body if isinstance(body, bytes) else bytes(body), safe_parser())
     except (etree.XMLSyntaxError, ValueError) as exc:
         raise Refused(f"the body is not XML: {exc}", location="/", status=400, code="structure") from None
     if root.getroottree().docinfo.doctype or root.getroottree().docinfo.internalDTD is not None:
@@ -49,8 +54,8 @@ def from_xml(body: bytes | bytearray) -> dict:
 MAX_DEPTH = 48
 LONG_DATA = 64 * 1024   # characters of a Binary's base64 the FHIR model is not given
 BOM = codecs.BOM_UTF8
-# A JSON string of base64 at least that long; read apart from the rest of the body (_parse_json).
-LONG_STRING = re.compile(rb'"([A-Za-z0-9+/=]{%d,})"' % LONG_DATA)
+# A quoted run of base64 at least that long; read apart from the rest of the body (_apart).
+LONG_STRING = re.compile(rb'(["\'])([A-Za-z0-9+/=]{%d,})\1' % LONG_DATA)
 
 
 def _depth(value) -> int:
@@ -71,7 +76,7 @@ def load_json(body: bytes | bytearray) -> object:
     """JSON data of bounded depth; Refused (400) otherwise. UTF-8 (RFC 8259), a byte order mark
     tolerated."""
     try:
-        data = _parse_json(memoryview(body)[len(BOM):] if body.startswith(BOM) else body)
+        data = _apart(memoryview(body)[len(BOM):] if body.startswith(BOM) else body, orjson.loads)
     except ValueError as exc:
         raise Refused(f"the body is not JSON: {str(exc)[:200]}", location="/", status=400,
                               code="structure") from None
@@ -81,27 +86,29 @@ def load_json(body: bytes | bytearray) -> object:
     return data
 
 
-def _parse_json(body) -> object:
-    """The body's JSON, its long base64 strings (a Bundle's document) read apart. A JSON parser
-    builds a long string in a buffer of its own, then copies it: 27 MB of base64 took 53 MB beside
-    the body. Here the body is parsed with a short stand-in for each, then each is made a str
-    straight from the body, once. A stand-in not found back exactly where it stood (the run of
-    base64 was inside another string, after an escaped quote) sends the body to the parser whole."""
-    if len(body) < LONG_DATA:
-        return orjson.loads(body)
-    spans = [found.span(1) for found in LONG_STRING.finditer(body)]
+def _apart(body, parse: Callable[[bytes | bytearray | memoryview], object]):
+    """`parse` of the body, its long quoted runs of base64 (a Bundle's document, as a JSON string or
+    an XML value attribute) read apart. A parser builds a long string in a buffer of its own, then
+    copies it: 27 MB of base64 took 53 MB beside the body (json and orjson alike; lxml keeps the
+    attribute, then gives a copy). Here the body is parsed with a short stand-in for each run, then
+    each is made a str straight from the body, once. A stand-in not found back as a whole string
+    value (the run was inside another string, a key, a narrative), or a body the parser refuses,
+    is parsed again whole: what it says of it is said of the body as sent."""
+    spans = [found.span(2) for found in LONG_STRING.finditer(body)] if len(body) >= LONG_DATA else []
     if not spans:
-        return orjson.loads(body)
+        return parse(body)
     stand_in = uuid.uuid4().hex     # unguessable: a body cannot hold it where a string is
     parts, start = [], 0
     for number, (begin, end) in enumerate(spans):
         parts += [body[start:begin], f"{stand_in}-{number}".encode()]
         start = end
     parts.append(body[start:])
-    data = orjson.loads(b"".join(parts))
-    view = memoryview(body)
-    found = _put_back(data, {f"{stand_in}-{n}": span for n, span in enumerate(spans)}, view)
-    return data if found == len(spans) else orjson.loads(body)
+    try:
+        data = parse(b"".join(parts))
+    except (ValueError, Refused):
+        return parse(body)
+    found = _put_back(data, {f"{stand_in}-{n}": span for n, span in enumerate(spans)}, memoryview(body))
+    return data if found == len(spans) else parse(body)
 
 
 def _put_back(data, stand_ins: dict[str, tuple[int, int]], view: memoryview) -> int:

@@ -13,11 +13,13 @@ from dataclasses import dataclass
 from typing import Callable
 
 BOM = b"\xef\xbb\xbf"
-# A run of base64 at least that long (a document in OBX-5) is not decoded into the message's text:
-# the message holds a stand-in for it, and a reader takes it as the received bytes. A 20 MB document
-# is 27 MB of base64: as text beside the frame, then sliced out of its field, then decoded, it took
-# the listener's peak memory to 5.3x the document.
-LONG_RUN = re.compile(rb"[A-Za-z0-9+/=]{65536,}")
+# A run of base64 at least LONG characters (a document in OBX-5) is not decoded into the message's
+# text: the message holds a stand-in for it, and a reader takes it as the received bytes. A 20 MB
+# document is 27 MB of base64: as text beside the frame, then sliced out of its field, then decoded,
+# it took the listener's peak memory to 5.3x the document.
+LONG = 65536
+BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
+LONG_RUN = re.compile(rb"[A-Za-z0-9+/=]{%d,}" % LONG)
 
 # MSH-18 values and the Python codec for each; an empty MSH-18 means ASCII (HL7 2.x, 2.15.9.18).
 CHARSETS = {
@@ -96,8 +98,8 @@ def decode(data: bytes | bytearray, offset_in_received: Callable[[int], int] = l
                 return data.decode("utf-8"), charset
             except UnicodeDecodeError:
                 pass
-        raise MessageRejected(f"bytes at offset {offset_in_received(exc.start)} are not valid {charset or 'ASCII'} as MSH-18 "
-                              "declares", "MSH^1^18", "102") from None
+        raise MessageRejected(f"bytes at offset {offset_in_received(exc.start)} are not valid "
+                              f"{charset or 'ASCII'} as MSH-18 declares", "MSH^1^18", "102") from None
 
 
 _ESCAPE_NAMES = {"F": "field", "S": "component", "T": "subcomponent", "R": "repetition", "E": "escape"}
@@ -239,7 +241,13 @@ class LongRuns:
 
     @classmethod
     def of(cls, data: bytes | bytearray) -> "LongRuns | None":
-        spans = [found.span() for found in LONG_RUN.finditer(data)] if len(data) > 65536 else []
+        """The runs of `data`; none when a delimiter the message declares (MSH-1, MSH-2) is a base64
+        character, which a run could then swallow."""
+        start = len(BOM) if data.startswith(BOM) else 0
+        delimiters = bytes(data[start + 3:start + 8])
+        if len(data) <= LONG or any(byte in BASE64_ALPHABET for byte in delimiters):
+            return None
+        spans = [found.span() for found in LONG_RUN.finditer(data)]
         return cls(data, spans) if spans else None
 
     def skeleton(self, data: bytes | bytearray) -> bytes:

@@ -1,18 +1,19 @@
-"""Request bodies read as JSON with their long base64 strings (a Bundle's document) taken apart from
-the parser, and base64 checked a part at a time: the same data, and the same refusals, as reading
-them whole."""
+"""Request bodies read with their long base64 strings (a Bundle's document, in JSON or in FHIR XML)
+taken apart from the parser, and base64 checked a part at a time: the same data, and the same
+refusals, as reading them whole."""
 import base64
 import binascii
 import codecs
 import json
 import os
+import re
 
 import orjson
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from gateway import base64text
-from gateway.fhir import formats
+from gateway.fhir import formats, xml_writer
 from gateway.refusal import Refused
 
 LONG = base64.b64encode(os.urandom(formats.LONG_DATA)).decode()   # over LONG_DATA characters
@@ -21,7 +22,7 @@ OTHER = base64.b64encode(os.urandom(formats.LONG_DATA + 3)).decode()
 
 def same_as_the_parser(data) -> None:
     body = json.dumps(data).encode()
-    assert formats._parse_json(body) == orjson.loads(body) == data
+    assert formats._apart(body, orjson.loads) == orjson.loads(body) == data
     assert formats.load_json(bytearray(codecs.BOM_UTF8 + body)) == data
 
 
@@ -48,6 +49,30 @@ def test_a_run_of_base64_that_is_not_a_whole_string_value_is_left_to_the_parser(
                     | st.dictionaries(st.sampled_from(["data", "a", LONG]), inner, max_size=3), max_leaves=8))
 def test_any_json_reads_as_the_parser_reads_it(data):
     same_as_the_parser({"value": data})
+
+
+def test_long_xml_values_are_put_back_where_they_stood():
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Binary", "contentType": "application/pdf", "data": LONG}},
+        {"resource": {"resourceType": "Binary", "contentType": "application/pdf", "data": OTHER}},
+        {"resource": {"resourceType": "Patient", "photo": [{"contentType": "image/png", "data": LONG}]}}]}
+    written = xml_writer.to_xml(bundle)
+    assert formats.from_xml(written) == formats.from_xml(bytearray(written)) == bundle
+    single_quoted = written.replace(f'value="{LONG}"'.encode(), f"value='{LONG}'".encode())
+    assert single_quoted != written and formats.from_xml(single_quoted) == bundle
+
+
+@pytest.mark.parametrize("narrative", [f'<p title="{LONG}">x</p>', f"<p>{LONG}</p>"])
+def test_a_run_in_a_narrative_is_left_to_the_parser(narrative):
+    patient = {"resourceType": "Patient", "text": {"status": "generated", "div":
+               f'<div xmlns="http://www.w3.org/1999/xhtml">{narrative}</div>'}, "name": [{"text": LONG}]}
+    assert formats.from_xml(xml_writer.to_xml(patient)) == patient
+
+
+def test_what_the_parser_refuses_is_said_of_the_body_as_sent():
+    with pytest.raises(Refused, match=re.escape(f"not a decimal: '{LONG[:40]}'")):
+        formats.from_xml(f'<Observation xmlns="http://hl7.org/fhir"><valueQuantity><value value="{LONG}"/>'
+                         '</valueQuantity></Observation>'.encode())
 
 
 def test_json_that_is_not_utf8_or_too_deep_is_refused():

@@ -137,3 +137,12 @@ def test_a_byte_that_is_not_the_declared_charset_is_located_in_what_was_received
     body = message("UNICODE UTF-8", f"OBX|1|ED|11490-0||^text^XML^Base64^{RUN}|F", "NTE|1||").encode() + b"\xff"
     with pytest.raises(MessageRejected, match=f"offset {len(body) - 1} "):
         Message.from_bytes(body)
+
+
+def test_a_message_whose_delimiters_are_base64_characters_is_read_as_text():
+    """A run could swallow such a delimiter: the message is read as it was before runs stood apart."""
+    text = ("MSH+^~\\&+APP+FAC+GW+DMP+20260101++MDM^T02^MDM_T02+1+P+2.6+++++FRA+UNICODE UTF-8\r"
+            f"OBX+1+ED+11490-0++^text^XML^Base64^{RUN}+F")
+    received = Message.from_bytes(text.encode())
+    assert received.first("OBX").raw(6) == "F"
+    assert received.first("OBX").received_component(5, 5) == RUN
