@@ -132,7 +132,7 @@ def apply(uow: UnitOfWork, plan: Plan, applied: Applied, base_url: str) -> None:
 
 
 def _document_bytes(obx: Segment, location: str) -> bytes:
-    """OBX-5's data, decoded; its text is dropped before the document is read."""
+    """OBX-5's data, decoded: base64 from the received bytes that carried it (er7.LongRuns)."""
     encoding = obx.get(5, 4).upper()
     if encoding == "BASE64":
         try:
