@@ -20,6 +20,7 @@ from .xml_layout import COMPLEX, PRIMITIVE, XHTML, layout, resource_model
 
 FHIR_NS = "http://hl7.org/fhir"
 XHTML_NS = "http://www.w3.org/1999/xhtml"
+XSI = "{http://www.w3.org/2001/XMLSchema-instance}"
 INTEGERS = {"integer", "positiveInt", "unsignedInt"}
 INTEGER = re.compile(r"[-+]?[0-9]+")
 DECIMAL = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?")
@@ -42,6 +43,12 @@ def _local_name(element: etree._Element, path: str) -> str:
     return name.localname
 
 
+def _attributes(element: etree._Element) -> set[str]:
+    """Its attributes but XML Schema's (xsi:schemaLocation, which the HL7 examples carry): they
+    say where a schema is, nothing of the resource."""
+    return {name for name in element.attrib if not name.startswith(XSI)}
+
+
 def _no_text(text: str | None, path: str) -> None:
     if text and text.strip():
         raise _refuse(path, "FHIR XML holds values in value attributes, not as text")
@@ -61,8 +68,8 @@ def _resource(element: etree._Element, path: str, depth: int, max_depth: int) ->
     model = resource_model(name)
     if model is None:
         raise _refuse(path, f"{name!r} is not a FHIR resource type")
-    if element.attrib:
-        raise _refuse(path, f"a resource has no attributes ({sorted(element.attrib)[0]})")
+    if _attributes(element):
+        raise _refuse(path, f"a resource has no attributes ({sorted(_attributes(element))[0]})")
     data = {"resourceType": name}
     _children(element, model, data, path, depth, max_depth)
     return data
@@ -106,7 +113,7 @@ def _children(parent: etree._Element, model: type, data: dict, path: str, depth:
 
 def _primitive(child: etree._Element, type_name: str, data: dict, name: str, repeats: bool,
                repeated: set[str], path: str, depth: int, max_depth: int) -> None:
-    unknown = set(child.attrib) - {"value", "id"}
+    unknown = _attributes(child) - {"value", "id"}
     if unknown:
         raise _refuse(path, f"a primitive has no attribute {sorted(unknown)[0]!r}")
     raw = child.get("value")
@@ -150,7 +157,7 @@ def _value(raw: str, type_name: str, path: str):
 
 def _complex(element: etree._Element, model: type, path: str, depth: int, max_depth: int) -> dict:
     attributes = layout(model).attributes
-    unknown = set(element.attrib) - set(attributes)
+    unknown = _attributes(element) - set(attributes)
     if unknown:
         raise _refuse(path, f"{model.__name__} has no attribute {sorted(unknown)[0]!r}")
     data = {name: element.get(name) for name in attributes if element.get(name) is not None}
@@ -162,7 +169,7 @@ def _complex(element: etree._Element, model: type, path: str, depth: int, max_de
 
 def _contained(wrapper: etree._Element, path: str, depth: int, max_depth: int) -> dict:
     """A resource inside another is wrapped in an element named for its type."""
-    if wrapper.attrib:
+    if _attributes(wrapper):
         raise _refuse(path, "the element around a resource has no attributes")
     inner = list(_elements(wrapper, path))
     if len(inner) != 1:

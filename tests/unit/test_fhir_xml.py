@@ -243,6 +243,13 @@ def test_what_is_not_fhir_s_xml_form_is_refused_and_located(xml, where):
     assert refused.value.location == where, str(refused.value)
 
 
+def test_a_schema_location_is_no_part_of_the_resource():
+    """As the HL7 examples are written."""
+    xml = ('<Patient xmlns="http://hl7.org/fhir" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
+           'xsi:schemaLocation="http://hl7.org/fhir ../../schema/patient.xsd"><active value="true"/></Patient>')
+    assert formats.load(xml.encode(), "application/fhir+xml") == {"resourceType": "Patient", "active": True}
+
+
 def test_nesting_is_bounded_before_anything_else_reads_it():
     deep = "<extension url='http://example.org/e'>" * 60 + "<valueString value='x'/>" + "</extension>" * 60
     with pytest.raises(Refused, match="deeper"):
