@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 from sqlalchemy import create_engine, text
 
 from gateway.access import AccessContext
@@ -31,6 +32,12 @@ SAMPLES = ROOT / "samples"
 CORPUS = Path(os.environ.get("GATEWAY_CORPUS_DIR", ROOT.parent / "shared" / "corpus"))
 POSTGRES_URL = os.environ.get("GATEWAY_TEST_POSTGRES_URL")
 REQUIRE_POSTGRES = os.environ.get("GATEWAY_REQUIRE_POSTGRES") == "1"
+
+# No deadline for any property test: how long an example takes is no part of its verdict (speed is
+# measured in bench/), and the suite runs beside other work. Hypothesis's default failed a test whose
+# 1 MB example took 297 ms with both cores busy.
+hypothesis_settings.register_profile("gateway", deadline=None)
+hypothesis_settings.load_profile("gateway")
 
 BACKENDS = ["sqlite", "postgresql"]
 TOKEN_KID, TOKEN_ISSUER, TOKEN_AUDIENCE = "test-token", "urn:test:issuer", "urn:test:gateway"

@@ -20,6 +20,7 @@ from gateway.refusal import Refused
 from gateway.cda.parser import safe_parser
 
 from . import xml_reader, xml_writer
+from .narrative import check_narratives
 
 FHIR_XML = "application/fhir+xml"
 XML_TYPES = ("application/fhir+xml", "application/xml", "text/xml", "application/xml+fhir")
@@ -129,7 +130,8 @@ def _put_back(data, stand_ins: dict[str, tuple[int, int]], view: memoryview) -> 
 
 def load(body: bytes | bytearray, content_type: str | None) -> dict:
     """A request body as the JSON of a FHIR resource, whichever of FHIR's formats it came in,
-    checked against the FHIR model of its type before anything reads it."""
+    checked against the FHIR model of its type, and its narratives against FHIR's rules for them,
+    before anything reads it."""
     xml = (content_type or "").split(";")[0].strip() in XML_TYPES
     data = from_xml(body) if xml else load_json(body)
     if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
@@ -155,6 +157,7 @@ def load(body: bytes | bytearray, content_type: str | None) -> dict:
     finally:
         for resource, value in aside:
             resource["data"] = value
+    check_narratives(data, data["resourceType"])
     return data
 
 
