@@ -21,6 +21,7 @@ from gateway.cda.parser import safe_parser
 
 from . import xml_reader, xml_writer
 from .narrative import check_narratives
+from .xml_layout import FHIR_NS
 
 FHIR_XML = "application/fhir+xml"
 XML_TYPES = ("application/fhir+xml", "application/xml", "text/xml", "application/xml+fhir")
@@ -44,8 +45,8 @@ def _read_xml(body) -> dict:
     if root.getroottree().docinfo.doctype or root.getroottree().docinfo.internalDTD is not None:
         raise Refused("document type declarations and entities are not accepted", location="/",
                               status=400, code="security")
-    if etree.QName(root).namespace != "http://hl7.org/fhir":
-        raise Refused("the body is not a FHIR resource in the namespace http://hl7.org/fhir",
+    if etree.QName(root).namespace != FHIR_NS:
+        raise Refused(f"the body is not a FHIR resource in the namespace {FHIR_NS}",
                               location="/", status=400, code="structure")
     return xml_reader.read(root, MAX_DEPTH)
 

@@ -14,7 +14,8 @@ from lxml import etree
 from gateway.cda.parser import safe_parser
 from gateway.refusal import Refused
 
-XHTML_NS = "http://www.w3.org/1999/xhtml"
+from .xml_layout import XHTML_NS
+
 XLINK_NS = "http://www.w3.org/1999/xlink"
 FORBIDDEN_ELEMENTS = frozenset({
     "head", "body", "html", "title", "meta", "base", "link", "style", "script", "noscript",

@@ -12,6 +12,8 @@ from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.resource import Resource
 from fhir_core.utils import determine_version_prefix_from_class, get_fhir_type_name, is_primitive_type
 
+FHIR_NS = "http://hl7.org/fhir"
+XHTML_NS = "http://www.w3.org/1999/xhtml"
 PRIMITIVE, COMPLEX, RESOURCE, XHTML = range(4)
 
 

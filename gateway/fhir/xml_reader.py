@@ -16,10 +16,8 @@ from lxml import etree
 
 from gateway.refusal import Refused
 
-from .xml_layout import COMPLEX, PRIMITIVE, XHTML, layout, resource_model
+from .xml_layout import COMPLEX, FHIR_NS, PRIMITIVE, XHTML, XHTML_NS, layout, resource_model
 
-FHIR_NS = "http://hl7.org/fhir"
-XHTML_NS = "http://www.w3.org/1999/xhtml"
 XSI = "{http://www.w3.org/2001/XMLSchema-instance}"
 INTEGERS = {"integer", "positiveInt", "unsignedInt"}
 INTEGER = re.compile(r"[-+]?[0-9]+")

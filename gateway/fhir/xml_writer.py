@@ -21,10 +21,8 @@ from lxml import etree
 
 from gateway.cda.parser import safe_parser
 
-from .xml_layout import COMPLEX, PRIMITIVE, RESOURCE, layout, resource_model
+from .xml_layout import COMPLEX, FHIR_NS, PRIMITIVE, RESOURCE, XHTML_NS, layout, resource_model
 
-FHIR_NS = "http://hl7.org/fhir"
-XHTML_NS = "http://www.w3.org/1999/xhtml"
 DECLARATION = "<?xml version='1.0' encoding='utf-8'?>\n"
 
 # Characters JSON carries and XML 1.0 cannot (C0 controls but tab, LF, CR; lone surrogates;
