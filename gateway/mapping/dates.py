@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import calendar
+import functools
 import re
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
@@ -13,13 +14,13 @@ _TS = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(?:(\d{2})(\d{2})?(\d{2})?(\.\d{1,6})
 _FHIR = re.compile(
     r"^(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(\.\d+)?)?(Z|[+-]\d{2}:\d{2})?)?)?)?$"
 )
-INDEX_FORMAT = "%Y-%m-%dT%H:%M:%S.%f"
 
 
 class InvalidTime(ValueError):
     pass
 
 
+@functools.lru_cache(maxsize=64)
 def _zone(offset: str | None):
     if not offset:
         return SENDER_ZONE
@@ -102,6 +103,12 @@ def _range(value: str) -> tuple[str, str]:
                 high = low
             else:
                 high = low + timedelta(seconds=1) - timedelta(microseconds=1)
-        return low.strftime(INDEX_FORMAT), high.strftime(INDEX_FORMAT)
-    return low.strftime(INDEX_FORMAT), high.strftime(INDEX_FORMAT)
+        return _index(low), _index(high)
+    return _index(low), _index(high)
+
+
+def _index(moment: datetime) -> str:
+    """A naive UTC moment as an index string: 'YYYY-MM-DDTHH:MM:SS.ffffff', the year always on four
+    digits (strftime wrote the year 999 as '999', which sorted after '1999')."""
+    return moment.isoformat(timespec="microseconds")
 

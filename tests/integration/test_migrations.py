@@ -57,3 +57,24 @@ def test_a_blob_written_in_parts_is_whole_again_after_a_downgrade(tmp_path):
     with engine.connect() as conn:
         assert bytes(conn.execute(text("SELECT data FROM blobs WHERE sha256 = :s"), {"s": digest}).scalar_one()) == data
     engine.dispose()
+
+
+def test_date_index_strings_before_the_year_1000_are_padded(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'dates.db'}")
+    config = alembic_config(engine)
+    command.upgrade(config, "0011")
+    rows = [("999-03-01T00:00:00.000000", "999-03-01T23:59:59.999999"),
+            ("0001-01-01T00:00:00.000000", "999-12-31T23:59:59.999999"),
+            ("2019-12-03T00:00:00.000000", "9999-12-31T23:59:59.999999")]
+    with engine.begin() as conn:
+        for n, (low, high) in enumerate(rows):
+            conn.execute(text("INSERT INTO search_date (res_type, res_id, param, low, high) "
+                              "VALUES ('Patient', :id, 'birthdate', :low, :high)"), {"id": f"p{n}", "low": low, "high": high})
+    command.upgrade(config, "head")
+    with engine.connect() as conn:
+        stored = conn.execute(text("SELECT low, high FROM search_date ORDER BY res_id")).all()
+    assert [tuple(row) for row in stored] == [
+        ("0999-03-01T00:00:00.000000", "0999-03-01T23:59:59.999999"),
+        ("0001-01-01T00:00:00.000000", "0999-12-31T23:59:59.999999"),
+        ("2019-12-03T00:00:00.000000", "9999-12-31T23:59:59.999999")]
+    engine.dispose()

@@ -43,3 +43,13 @@ def test_any_full_ts_round_trips_to_a_range_containing_it(moment):
     low, high = fhir_range(ts_to_fhir(ts))
     expected = moment.replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%S")
     assert low.startswith(expected) and low <= high
+
+
+@given(st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 30)),
+       st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 30)))
+def test_index_strings_sort_as_the_moments_they_stand_for(first, second):
+    """Dates are searched by comparing index strings: they must sort as the moments do, in any year
+    (the year 999 was written '999', after '1999')."""
+    low_first = fhir_range(first.isoformat(timespec="microseconds") + "Z")[0]
+    low_second = fhir_range(second.isoformat(timespec="microseconds") + "Z")[0]
+    assert (low_first < low_second) == (first < second)
