@@ -31,7 +31,6 @@ from .patients import Applied, MessageRefused
 
 log = logging.getLogger(__name__)
 
-FINAL_STATUSES = ("processed", "refused", "duplicate", "skipped")
 FINGERPRINT_CHUNK = 1024 * 1024   # characters
 # PAM-FR events that create or update the patient; every other ADT event is acknowledged as is.
 IDENTITY_EVENTS = {"A01", "A04", "A05", "A08", "A28", "A31"}
@@ -161,15 +160,14 @@ def receive(repo: Repository, data: bytes, *, channel: str, max_bytes: int, send
     keys = dict(control_id=message.control_id[:199], fingerprint=fingerprint(message),
                 message_type="^".join(p for p in message.message_type[:2] if p)[:32])
     issues: list[Issue] = []
-    earlier = earlier_messages(repo.engine, message.sender, keys["control_id"])
-    same = next((row for row in earlier if row.fingerprint == keys["fingerprint"]), None)
-    if same is not None and same.status in FINAL_STATUSES:
-        return _retransmission(message, same, started, channel)
-    if earlier and same is None:
+    received = Received(channel, data, "x-application/hl7-v2+er7", message.sender, keys)
+    kept = ingest.keep(repo, received, Write.FEED)
+    if kept.answered is not None:
+        return _retransmission(message, kept.answered, started, channel)
+    if kept.control_id_reused:
         issues.append(Issue(f"control id {message.control_id} was already used by this sender for a different "
                             "message; processed as a new message", "MSH^1^10", "205", "W"))
-    received = Received(channel, data, "x-application/hl7-v2+er7", message.sender, keys)
-    raw_id = same.id if same is not None else ingest.keep(repo, received, Write.FEED)
+    raw_id = kept.raw_id
     return _process(repo, received, Write.FEED, message, raw_id, handler, issues, max_bytes, started)
 
 
@@ -260,7 +258,7 @@ def _answer_unprocessed(repo: Repository, data: bytes, channel: str, message: Me
     try:
         received = Received(channel, data, "x-application/hl7-v2+er7", message.sender if message is not None else None,
                             {"control_id": message.control_id[:199]} if readable else None)
-        raw_id = ingest.keep(repo, received, Write.FEED, status="refused", outcome=_summary(outcome), ack=text)
+        raw_id = ingest.keep(repo, received, Write.FEED, status="refused", outcome=_summary(outcome), ack=text).raw_id
     except Exception:
         log.exception("could not store a refused message")
         raw_id = None

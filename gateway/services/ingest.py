@@ -1,7 +1,7 @@
 """The ingest pipeline, one for every transport (MLLP, POST /hl7v2, POST /cda, ITI-65, ITI-105,
 `gateway ingest`, the patient space's uploads):
 
-    raw copy (committed) -> prepare (no database) -> write (a unit of work in the group commit)
+    raw copy (committed; an HL7v2 retransmission is found instead) -> prepare (no database) -> write (a unit of work in the group commit)
     -> the raw input's final status, the metric, the log line.
 
 The requester's permission (`Write`, decided in gateway.access.writes) opens each unit of work of
@@ -61,12 +61,36 @@ class AlreadyHandled(Exception):
     """Another process finished this raw input between our look-up and our claim."""
 
 
+# A raw input in one of these was answered: a copy of it sent again gets the same answer.
+FINAL_STATUSES = ("processed", "refused", "duplicate", "skipped")
+
+
+@dataclass
+class Kept:
+    """Where an input's raw copy is."""
+    raw_id: int
+    answered: object | None = None    # an earlier copy, already answered: nothing was stored
+    control_id_reused: bool = False   # the sender gave another message this control id before
+
+
 def keep(repo: Repository, received: Received, permission: Write, *, status: str = "received",
-         outcome: dict | None = None, ack: str | None = None) -> int:
-    """Store the input exactly as received, committed before any processing starts."""
-    return repo.write(lambda uow: uow.store_raw(received.channel, received.body, received.content_type,
-                                                received.sender, message=received.keys, status=status,
-                                                outcome=outcome, ack=ack), permission)
+         outcome: dict | None = None, ack: str | None = None) -> Kept:
+    """Store the input exactly as received, committed before any processing starts. An HL7v2
+    message (its keys hold a fingerprint) already received from its sender under its control id is
+    not stored again: its earlier copy is returned. The look-up and the copy are one unit of work,
+    so two copies sent at the same time are not both kept."""
+    keys = received.keys or {}
+
+    def unit(uow: UnitOfWork) -> Kept:
+        earlier = uow.earlier_inputs(received.sender, keys["control_id"]) if "fingerprint" in keys else []
+        same = next((row for row in earlier if row.fingerprint == keys["fingerprint"]), None)
+        if same is not None:
+            return Kept(same.id, same if same.status in FINAL_STATUSES else None)
+        raw_id = uow.store_raw(received.channel, received.body, received.content_type, received.sender,
+                               message=received.keys, status=status, outcome=outcome, ack=ack)
+        return Kept(raw_id, control_id_reused=bool(earlier))
+
+    return repo.write(unit, permission)
 
 
 def ingest(repo: Repository, received: Received, permission: Write, prepare: Callable[[], P],
@@ -80,7 +104,7 @@ def ingest(repo: Repository, received: Received, permission: Write, prepare: Cal
     the ACK it was answered with)."""
     started = time.perf_counter()
     if raw_id is None:
-        raw_id = keep(repo, received, permission)
+        raw_id = keep(repo, received, permission).raw_id
 
     def unit(uow: UnitOfWork) -> Written[T]:
         if not uow.claim_raw(raw_id):

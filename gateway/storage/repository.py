@@ -36,7 +36,6 @@ from .schema import (
     blob_parts,
     blobs,
     notifications,
-    raw_inputs,
     resource_versions,
     resources,
     search_reference,
@@ -794,6 +793,13 @@ class UnitOfWork:
             outcome=json.dumps(outcome, ensure_ascii=False) if outcome else None, ack=ack, **(message or {}))
         ).fetchone()[0]
 
+    def earlier_inputs(self, sender: str | None, control_id: str) -> list:
+        """Inputs already received from this sender under this control id, oldest first; no other
+        transaction looks for them until this one ends (SQLite has one writer; PostgreSQL a lock)."""
+        if self.conn.dialect.name == "postgresql":
+            sql.LOCK_CONTROL_ID.execute(self.conn, {"key_sender": sender or "", "key_control": control_id}).close()
+        return _earlier_inputs(self.conn, sender, control_id)
+
     def claim_raw(self, raw_id: int) -> bool:
         """Take a received (or failed) input for processing in this transaction. False when another
         process finished it first: its row lock, or SQLite's single writer, orders the two."""
@@ -839,7 +845,8 @@ def new_id() -> str:
 def earlier_messages(engine: Engine, sender: str, control_id: str) -> list:
     """Inputs already received from this sender under this control id, oldest first."""
     with read_connection(engine) as conn:
-        return conn.execute(select(raw_inputs.c.id, raw_inputs.c.fingerprint, raw_inputs.c.status,
-                                   raw_inputs.c.outcome, raw_inputs.c.ack)
-                            .where(raw_inputs.c.sender == sender, raw_inputs.c.control_id == control_id)
-                            .order_by(raw_inputs.c.id)).all()
+        return _earlier_inputs(conn, sender, control_id)
+
+
+def _earlier_inputs(conn: Connection, sender: str | None, control_id: str) -> list:
+    return conn.execute(sql.EARLIER_INPUTS, {"key_sender": sender, "key_control": control_id}).all()

@@ -6,7 +6,7 @@ still paid SQLAlchemy's per-execution work (cache lookup, parameter processing, 
 56 of the 69 µs an INSERT took on SQLite, 113 of 298 µs on PostgreSQL. So each `Prebuilt` here is
 compiled once per dialect and set of parameters, and run with the driver's execute or executemany
 (on PostgreSQL, rows to insert go as one INSERT of arrays).
-CURRENT and SIGNATURES_OF stay SQLAlchemy statements: their callers read rows by column name.
+CURRENT, SIGNATURES_OF and EARLIER_INPUTS stay SQLAlchemy statements: their callers read rows by column name.
 Bound parameters are named `key_*` (never a column's name, so an UPDATE takes its SET clause from
 the other parameters).
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, insert, or_, select, update
+from sqlalchemy import Connection, bindparam, delete, insert, or_, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ClauseElement, Insert
 
@@ -154,6 +154,14 @@ INSERT_BLOB = Prebuilt(insert(blobs))
 INSERT_BLOB_PART = Prebuilt(insert(blob_parts))
 
 # The signatures (DocumentReferences related by "signs") that name a document.
+EARLIER_INPUTS = (select(raw_inputs.c.id, raw_inputs.c.fingerprint, raw_inputs.c.status, raw_inputs.c.outcome,
+                         raw_inputs.c.ack)
+                  .where(raw_inputs.c.sender == bindparam("key_sender"),
+                         raw_inputs.c.control_id == bindparam("key_control"))
+                  .order_by(raw_inputs.c.id))
+# PostgreSQL: one sender's control id at a time (an advisory lock, key 7_110_114 and the pair's
+# hash), so that two processes given the same message at once do not both find no copy of it.
+LOCK_CONTROL_ID = Prebuilt(text("SELECT pg_advisory_xact_lock(7110114, hashtext(:key_sender || '|' || :key_control))"))
 SIGNATURES_OF = select(resources.c.res_id, resources.c.body).where(
     resources.c.res_type == "DocumentReference", resources.c.res_id.in_(
         select(search_reference.c.res_id).where(

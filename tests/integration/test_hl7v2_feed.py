@@ -1,5 +1,7 @@
 """HL7v2 over POST /hl7v2 on both backends: identity, consents, documents, duplicates, refusals."""
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -149,6 +151,28 @@ def test_a_retransmission_gets_the_original_ack_and_stores_nothing(client, datab
     restamped = data.replace(b"|20260310180000|", b"|20260310180500|", 1)  # an engine that restamps MSH-7
     again = client.post("/hl7v2", data=restamped, content_type="x-application/hl7-v2+er7").data
     assert again == first
+    with database[0].connect() as conn:
+        assert conn.execute(select(func.count()).select_from(raw_inputs)).scalar_one() == 1
+        assert conn.execute(select(func.count()).select_from(resources).where(
+            resources.c.res_type == "DocumentReference")).scalar_one() == 1
+
+
+def test_copies_sent_at_the_same_time_are_kept_once(client, database):
+    """Six connections send the same message at once: its raw copy is kept once, its document
+    stored once; each copy is answered AA (the original ACK) or AE (still being processed: send it
+    again), never processed as a second message."""
+    data = sample("oru-r01-cr-biologie-martin.hl7")
+    start = threading.Barrier(6)
+
+    def send(_):
+        sender = client.application.test_client()
+        sender.environ_base.update(client.environ_base)
+        start.wait(timeout=30)
+        return post(sender, data)[0]
+
+    with ThreadPoolExecutor(6) as pool:
+        codes = list(pool.map(send, range(6)))
+    assert "AA" in codes and set(codes) <= {"AA", "AE"}, codes
     with database[0].connect() as conn:
         assert conn.execute(select(func.count()).select_from(raw_inputs)).scalar_one() == 1
         assert conn.execute(select(func.count()).select_from(resources).where(
