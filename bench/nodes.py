@@ -19,6 +19,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import requests
 
@@ -106,6 +107,25 @@ def _searcher(base: str, tokens: list[str], start_at: float, counts) -> None:
     counts.put((sum(done), sum(failures)))
 
 
+def _machine_jiffies() -> tuple[int, int]:
+    """(busy, all) CPU time of the whole machine since boot, in clock ticks (/proc/stat)."""
+    user, nice, system, idle, iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
+    return user + nice + system + irq + softirq + steal, user + nice + system + idle + iowait + irq + softirq + steal
+
+
+def _measured(run: Callable[[], dict], nodes_cpu: Callable[[], float], work: str) -> dict:
+    """`run`'s figures, with the nodes' CPU seconds over it, its `work` (searches or messages, whose
+    rate the figures give) per node-CPU-second, and how busy the whole machine was."""
+    cpu, (busy, total) = nodes_cpu(), _machine_jiffies()
+    figures = run()
+    used, (busy_after, total_after) = nodes_cpu() - cpu, _machine_jiffies()
+    seconds = figures.pop("seconds")
+    figures["nodes_cpu_seconds"] = round(used, 1)
+    figures[f"{work}_per_node_cpu_second"] = round(figures[f"{work}_per_second"] * seconds / used, 1)
+    figures["machine_busy_percent"] = round(100 * (busy_after - busy) / (total_after - total), 1)
+    return figures
+
+
 def _searches(base: str, tokens: list[str]) -> dict:
     context = multiprocessing.get_context("spawn")
     counts = context.Queue()
@@ -114,11 +134,19 @@ def _searches(base: str, tokens: list[str]) -> dict:
                for _ in range(CLIENT_PROCESSES)]
     for client in clients:
         client.start()
+    time.sleep(max(0.0, start_at - time.time()))  # the clients' start: the measure covers their run only
     results = [counts.get(timeout=120) for _ in clients]
     for client in clients:
         client.join(30)
     done, failures = sum(r[0] for r in results), sum(r[1] for r in results)
-    return {"searches_per_second": round(done / SECONDS, 1), "failures": failures}
+    return {"searches_per_second": round(done / SECONDS, 1), "failures": failures, "seconds": SECONDS}
+
+
+def _ingest(port: int, messages: list[bytes]) -> dict:
+    started = time.perf_counter()
+    figures = _throughput(port, messages, 8)
+    figures["seconds"] = time.perf_counter() - started
+    return figures
 
 
 def bench_nodes(postgres_url: str) -> dict:
@@ -155,12 +183,14 @@ def bench_nodes(postgres_url: str) -> dict:
             nodes = [_node(env, workdir, i) for i in range(count)]
             proxy, http, mllp = _haproxy(workdir, [(h, m) for _, h, m in nodes])
             try:
-                cpu = sum(_tree_cpu(p.pid) for p, _, _ in nodes)
-                figures = _searches(f"http://127.0.0.1:{http}", tokens)
-                figures["ingest"] = _throughput(mllp, [adt(offset + n) for n in range(400)], 8)
-                offset += 400
                 # The nodes' processes (gunicorn, its worker, the listener, the notifier): their CPU.
-                figures["nodes_cpu_seconds"] = round(sum(_tree_cpu(p.pid) for p, _, _ in nodes) - cpu, 1)
+                def nodes_cpu() -> float:
+                    return sum(_tree_cpu(p.pid) for p, _, _ in nodes)
+
+                figures = _measured(lambda: _searches(f"http://127.0.0.1:{http}", tokens), nodes_cpu, "searches")
+                messages = [adt(offset + n) for n in range(400)]
+                figures["ingest"] = _measured(lambda: _ingest(mllp, messages), nodes_cpu, "messages")
+                offset += 400
                 figures["load_average"] = round(os.getloadavg()[0], 2)
                 results[f"{count} node(s)"] = figures
             finally:
@@ -177,7 +207,9 @@ def bench_nodes(postgres_url: str) -> dict:
     results["note"] = (f"each node: `gateway serve` with 1 HTTP worker and 1 MLLP listener; haproxy roundrobin "
                        f"(HTTP) and leastconn (MLLP, TCP mode); {CLIENT_PROCESSES}x{CLIENT_THREADS} client threads "
                        f"searching for {SECONDS:.0f} s (each search writes its AuditEvent), then 400 ADT^A28 on 8 "
-                       "connections; everything on this 2-core machine")
+                       "connections; everything on this 2-core machine. Per node-CPU-second: the work one node's "
+                       "CPU does, which a lock between nodes would lower; machine_busy_percent: all the machine's "
+                       "CPU in use, the client, haproxy and PostgreSQL included")
     return results
 
 
