@@ -1,12 +1,12 @@
 """`make bench`: ingest throughput, ITI-67 latency at 100,000 DocumentReferences, CDA-to-FHIR
-conversion side by side with python-fhir-converter, HL7v2 reading costs and MLLP ingest throughput.
-Prints one JSON object.
+conversion side by side with python-fhir-converter, HL7v2 reading costs, MLLP and POST /cda ingest
+throughput, statements and CPU per input. Prints one JSON object.
 
 Sizes can be lowered for a quick look: BENCH_DOCUMENTS (100 KB documents ingested, default 300),
 BENCH_REFERENCES (DocumentReferences searched, default 100000), BENCH_QUERIES (per query kind, default 50),
 BENCH_ADT and BENCH_MLLP_DOCUMENTS (messages sent over MLLP per scenario, defaults 400 and 240, the documents shared among the four scenarios of a backend). With
-GATEWAY_BENCH_POSTGRES_URL (a database the bench may write to), MLLP ingest is measured on PostgreSQL
-too, and the audit trail's write rate with 1 and 2 gateways (bench/audit.py). The memory
+GATEWAY_BENCH_POSTGRES_URL (a database the bench may write to), search, ingest and persistence are
+measured on PostgreSQL too, and the audit trail's write rate with 1 and 2 gateways (bench/audit.py). The memory
 figures (bench/memory.py, also `python -m bench.memory`) serve a gateway and send it eight
 concurrent worst-case inputs of each kind, then N1 documents at the 20 MB limit over POST /cda, one
 alone and eight at once.
@@ -34,6 +34,7 @@ from bench.audit import bench_audit
 from bench.databases import kept_database, scratch_database
 from bench.nodes import bench_nodes
 from bench.hl7v2 import bench_mllp, bench_parsing, bench_statements
+from bench.http_ingest import bench_cda_http
 from bench.memory import bench_large_documents, bench_memory
 from gateway.access import AccessContext
 from gateway.access.rules import IDNATPS_SYSTEM
@@ -439,7 +440,8 @@ def main() -> None:
             "hl7v2_parsing": lambda: bench_parsing(hundred_kb_documents(1)[0]),
             "mllp_ingest": lambda: bench_mllp(workdir, hundred_kb_documents(mllp_documents),
                                               int(os.environ.get("BENCH_ADT", "400")), postgres_url),
-            "persistence_per_message": lambda: bench_statements(workdir, hundred_kb_documents(50)),
+            "cda_http": lambda: bench_cda_http(hundred_kb_documents(160), postgres_url),
+            "persistence_per_message": lambda: bench_statements(workdir, hundred_kb_documents(100), postgres_url),
             "audit_rate": lambda: bench_audit(postgres_url) if postgres_url else unset,
             "nodes": lambda: bench_nodes(postgres_url) if postgres_url and shutil.which("haproxy")
             else "needs GATEWAY_BENCH_POSTGRES_URL and haproxy",

@@ -211,21 +211,32 @@ def _bench_listeners(url: str, backend: str, workdir: Path, cdas: list[bytes], a
     return offset
 
 
-def bench_statements(workdir: Path, cdas: list[bytes], adt_count: int = 50) -> dict:
-    """Per message, in-process on SQLite: SQL statements and writing commits (SQLAlchemy's engine
-    events, and the statements run on the driver's cursor), and the CPU split between persistence
-    (building and running the statements, the driver, the commits: the time inside SQLAlchemy's
-    Connection and in storage/statements.py) and the document work (the rest: reading, rules,
-    mapping, validation, index rows, hashes, the ACK)."""
+def bench_statements(workdir: Path, cdas: list[bytes], postgres_url: str | None, adt_count: int = 50) -> dict:
+    """Per message or document, in-process on SQLite and (given a server) PostgreSQL: SQL
+    statements and writing commits (SQLAlchemy's engine events, and the statements run on the
+    driver's cursor), and the CPU split between persistence (building and running the statements,
+    the driver, the commits: the time inside SQLAlchemy's Connection and in storage/statements.py)
+    and the document work (the rest: reading, rules, mapping, validation, index rows, hashes, the
+    ACK). Every input is a new one: a patient, a document."""
+    results = {}
+    for backend, server in (("sqlite", None), ("postgresql", postgres_url)):
+        if backend == "postgresql" and not server:
+            continue
+        with scratch_database(server, workdir, "statements") as url:
+            results[backend] = _statements(url, cdas, adt_count)
+    return results
+
+
+def _statements(url: str, cdas: list[bytes], adt_count: int) -> dict:
     from sqlalchemy import event
     from sqlalchemy.engine import Connection
 
     from gateway.access import AccessContext
     from gateway.services import feeds
+    from gateway.services.documents import ingest_cda
     from gateway.storage.repository import Repository
     from gateway.storage.statements import Prebuilt
 
-    url = f"sqlite:///{workdir / 'statements.db'}"
     engine = make_engine(url)
     upgrade(engine)
     counts = {"statements": 0, "commits": 0, "persistence": 0.0}
@@ -265,14 +276,24 @@ def bench_statements(workdir: Path, cdas: list[bytes], adt_count: int = 50) -> d
     originals = Connection.execute, Connection._commit_impl, Prebuilt.execute, Prebuilt.executemany
     Connection.execute, Connection._commit_impl = timed(Connection.execute), timed(Connection._commit_impl)
     Prebuilt.execute, Prebuilt.executemany = timed(counted(Prebuilt.execute)), timed(counted(Prebuilt.executemany))
+    half = len(cdas) // 2
+
+    def message(data: bytes) -> None:
+        reply = feeds.receive(repo, data, channel="bench", max_bytes=20 * 1024 * 1024)
+        assert reply.code == "AA", reply.ack
+
+    def document(data: bytes) -> None:
+        assert ingest_cda(repo, data, max_bytes=20 * 1024 * 1024).created
+
     try:
-        for name, messages in (("ADT^A28", [adt(900_000 + n) for n in range(adt_count)]),
-                               ("MDM^T02 with a 100 KB CDA", [mdm(900_000 + n, cda) for n, cda in enumerate(cdas)])):
+        for name, send, messages in (
+                ("ADT^A28", message, [adt(900_000 + n) for n in range(adt_count)]),
+                ("MDM^T02 with a 100 KB CDA", message, [mdm(900_000 + n, cda) for n, cda in enumerate(cdas[:half])]),
+                ("POST /cda, 100 KB CDA", document, cdas[half:])):
             counts.update(statements=0, commits=0, persistence=0.0)
             started = time.thread_time()
-            for message in messages:
-                reply = feeds.receive(repo, message, channel="bench", max_bytes=20 * 1024 * 1024)
-                assert reply.code == "AA", reply.ack
+            for data in messages:
+                send(data)
             total = time.thread_time() - started
             results[name] = {
                 "messages": len(messages), "statements_per_message": round(counts["statements"] / len(messages), 1),

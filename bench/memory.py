@@ -49,15 +49,18 @@ def _peaks(root_pid: int) -> dict[int, int]:
 
 
 @contextlib.contextmanager
-def _served(workers: int = 2):
+def served(workers: int = 2, database_url: str | None = None):
     """(base URL, MLLP port, system token headers, root pid) of a demo gateway as `make run` serves it,
-    with `workers` HTTP workers and as many MLLP listener processes."""
+    with `workers` HTTP workers and as many MLLP listener processes, on its own SQLite database or
+    on `database_url`."""
     with tempfile.TemporaryDirectory() as tmp:
         port, mllp_port = _free_port(), _free_port()
         env = dict(os.environ, GATEWAY_VAR_DIR=tmp, GATEWAY_HTTP_PORT=str(port), GATEWAY_MLLP_PORT=str(mllp_port),
                    GATEWAY_HOST="127.0.0.1", GATEWAY_WORKERS=str(workers), GATEWAY_MLLP_PROCESSES=str(workers),
                    GATEWAY_LOG_LEVEL="WARNING")
         env.pop("GATEWAY_DATABASE_URL", None)
+        if database_url:
+            env["GATEWAY_DATABASE_URL"] = database_url
         subprocess.run([str(GATEWAY), "demo", "setup"], env=env, cwd=ROOT, capture_output=True, check=True)
         process = subprocess.Popen([str(GATEWAY), "serve"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL, start_new_session=True)
@@ -79,7 +82,7 @@ def _served(workers: int = 2):
 
 
 def bench_memory(concurrency: int = 8) -> dict:
-    with _served() as (base, mllp_port, auth, root):
+    with served() as (base, mllp_port, auth, root):
         headers = {**auth, "Content-Type": "application/fhir+json"}
         before = _peaks(root)
         document = b"%PDF-1.4\n" + os.urandom(15 * 1024 * 1024)
@@ -174,7 +177,7 @@ def _answer(response: requests.Response) -> str:
 
 def _peak(document_bytes: int, concurrency: int, send, warm) -> dict:
     """Warm, then send, on a fresh gateway; the answers and the peak RSS growth of its busiest process."""
-    with _served(workers=1) as (base, mllp_port, auth, root):
+    with served(workers=1) as (base, mllp_port, auth, root):
         warmed = warm(base, mllp_port, auth)
         before = _peaks(root)
         started = time.perf_counter()

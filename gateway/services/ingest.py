@@ -1,8 +1,9 @@
 """The ingest pipeline, one for every transport (MLLP, POST /hl7v2, POST /cda, ITI-65, ITI-105,
 `gateway ingest`, the patient space's uploads):
 
-    raw copy (committed; an HL7v2 retransmission is found instead) -> prepare (no database) -> write (a unit of work in the group commit)
-    -> the raw input's final status, the metric, the log line.
+    raw copy (committed; an HL7v2 message sent again is found instead) -> prepare (no database)
+    -> write (a unit of work in the group commit) -> the raw input's final status, the metric, the
+    log line.
 
 The requester's permission (`Write`, decided in gateway.access.writes) opens each unit of work of
 the input, from the raw copy on: an input its sender may not submit is refused before anything of

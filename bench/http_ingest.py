@@ -1,0 +1,71 @@
+"""POST /cda over HTTP: 100 KB CDA documents sent to a served gateway (`gateway serve`, 2 HTTP
+workers, as `make run` starts it) by 1 and by 8 clients at once, on SQLite and (given a server)
+PostgreSQL. Documents a second, the 201's latency p50/p95, and the gateway's CPU per document.
+`python -m bench.http_ingest` takes GATEWAY_BENCH_POSTGRES_URL when set."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+
+from bench.databases import scratch_database
+from bench.memory import served
+from bench.nodes import _tree_cpu
+
+
+def bench_cda_http(documents: list[bytes], postgres_url: str | None) -> dict:
+    """Half the documents for 1 client, half for 8; every document a new one."""
+    results: dict = {}
+    half = len(documents) // 2
+    for backend, server in (("sqlite", None), ("postgresql", postgres_url)):
+        if backend == "postgresql" and not server:
+            continue
+        with contextlib.ExitStack() as stack:
+            url = stack.enter_context(scratch_database(server, Path(stack.enter_context(tempfile.TemporaryDirectory())),
+                                                       "cda_http")) if server else None
+            base, _, auth, root = stack.enter_context(served(workers=2, database_url=url))
+            for clients, share in ((1, documents[:half]), (8, documents[half:])):
+                results.setdefault(backend, {})[f"{clients} client(s)"] = _posted(base, auth, root, share, clients)
+    results["note"] = ("`gateway serve` (2 HTTP workers, 8 threads each) on loopback, the clients in this process "
+                       "(requests, one session each); each 201 after the commit of its document")
+    return results
+
+
+def _posted(base: str, auth: dict, root: int, documents: list[bytes], clients: int) -> dict:
+    latencies: list[float] = []
+    answers: dict[int, int] = {}
+
+    def client(share: list[bytes]) -> None:
+        with requests.Session() as session:
+            for data in share:
+                started = time.perf_counter()
+                status = session.post(f"{base}/cda", data=data, timeout=120,
+                                      headers={**auth, "Content-Type": "application/xml"}).status_code
+                latencies.append(time.perf_counter() - started)
+                answers[status] = answers.get(status, 0) + 1
+
+    cpu = _tree_cpu(root)
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(client, [documents[i::clients] for i in range(clients)]))
+    elapsed = time.perf_counter() - started
+    used = _tree_cpu(root) - cpu
+    ordered = sorted(latencies)
+    return {"documents": len(documents), "answers": answers,
+            "documents_per_second": round(len(documents) / elapsed, 1),
+            "latency_ms_p50": round(ordered[len(ordered) // 2] * 1000, 1),
+            "latency_ms_p95": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))] * 1000, 1),
+            "gateway_cpu_ms_per_document": round(used * 1000 / len(documents), 1)}
+
+
+if __name__ == "__main__":
+    from bench.__main__ import hundred_kb_documents
+
+    print(json.dumps(bench_cda_http(hundred_kb_documents(160), os.environ.get("GATEWAY_BENCH_POSTGRES_URL")),
+                     indent=2))
