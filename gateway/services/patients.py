@@ -100,17 +100,33 @@ def upsert_patient(uow: UnitOfWork, pid: Segment, applied: Applied) -> str:
             raise MessageRefused(Issue(f"PID-7 (birth date): {exc}", "PID^1^7", "102")) from None
     patient_id = find_patient(uow, ids)
     resource = mapping.patient_resource(info, patient_id or new_id())
-    if patient_id:
-        previous = uow.current("Patient", patient_id).json()
+    previous = _stored(uow, "Patient", patient_id)
+    if previous is not None:
         sent = {(i["system"], i["value"]) for i in resource["identifier"]}
         resource["identifier"] += [i for i in previous.get("identifier", []) if (i["system"], i["value"]) not in sent]
         for kept in ("link", "active"):
             if kept in previous:
                 resource[kept] = previous[kept]
     _claim_all(uow, resource["id"], resource["identifier"], "PID^1^3")
-    uow.save(_validated(resource, "PID"), patient_id=resource["id"])
-    applied.produced.append(f"Patient/{resource['id']}")
+    if not _unchanged(resource, previous):
+        uow.save(_validated(resource, "PID"), patient_id=resource["id"])
+        applied.produced.append(f"Patient/{resource['id']}")
     return resource["id"]
+
+
+def _stored(uow: UnitOfWork, res_type: str, res_id: str | None) -> dict | None:
+    """The current version of a resource, unless there is none or it was deleted."""
+    current = uow.current(res_type, res_id) if res_id else None
+    return current.json() if current is not None and not current.deleted else None
+
+
+def _unchanged(resource: dict, stored: dict | None) -> bool:
+    """Whether a resource built from a message says what its stored version says, its meta aside.
+    Such a message writes no version (nor its index rows, rules and AuditEvent), as a FHIR update
+    that changes nothing: a feed resends a patient's identity and consents with every admission and
+    update, and each made two to three versions that said the same."""
+    return stored is not None and ({k: v for k, v in resource.items() if k != "meta"}
+                                   == {k: v for k, v in stored.items() if k != "meta"})
 
 
 def record_consents(uow: UnitOfWork, zfa: Segment, patient_id: str, applied: Applied) -> None:
@@ -118,12 +134,14 @@ def record_consents(uow: UnitOfWork, zfa: Segment, patient_id: str, applied: App
     for kind, consent in v2.consents(zfa, f"Patient/{patient_id}").items():
         key_system = CONSENT_KEY_SYSTEM + kind
         consent_id = uow.find_by_identifier("Consent", key_system, patient_id)
+        stored = _stored(uow, "Consent", consent_id)
         if consent_id is None:
             consent_id = new_id()
             uow.claim_identifier("Consent", key_system, patient_id, consent_id)
         consent["id"] = consent_id
-        uow.save(_validated(consent, "ZFA"), patient_id=patient_id)
-        applied.produced.append(f"Consent/{consent_id}")
+        if not _unchanged(consent, stored):
+            uow.save(_validated(consent, "ZFA"), patient_id=patient_id)
+            applied.produced.append(f"Consent/{consent_id}")
 
 
 def feeding_consent(uow: UnitOfWork, patient_id: str) -> dict | None:

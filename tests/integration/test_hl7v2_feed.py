@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import func, select
 
 from conftest import GP, attend_all
-from gateway.storage.schema import raw_inputs, resources
+from gateway.storage.schema import raw_inputs, resource_versions, resources
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "hl7v2"
 PATIENTS = json.loads((SAMPLES.parent / "patients.json").read_text())
@@ -104,10 +104,32 @@ def test_accented_names_are_identical_from_utf8_and_8859_15(client):
     assert post(client, sample("adt-a28-oeuvray-8859-15.hl7"))[0] == "AA"
     found = search(client, "Patient?identifier=urn:oid:1.2.250.1.213.1.4.10|285117505612337")
     patient = found["entry"][0]["resource"]
-    first = fhir_get(client, f"/fhir/Patient/{patient['id']}/_history/1").get_json()
-    assert patient["meta"]["versionId"] == "2"
-    assert patient["name"] == first["name"]
+    # The second message reads as the first: it changes nothing, so it writes no second version.
+    assert patient["meta"]["versionId"] == "1"
     assert patient["name"][0]["family"] == "ŒUVRAY" and patient["name"][0]["given"] == ["HÉLÈNE"]
+
+
+def test_an_identity_sent_again_unchanged_writes_no_version(client, database):
+    """A feed resends a patient's identity and consents with each admission and update: what
+    changes nothing is acknowledged and kept raw, but writes no version, index row or AuditEvent."""
+    ipp = "900000073"
+    zfa = "ZFA|ACTIF|20260312080000|||||||INO|20260312080000|INO|20260312080000"
+
+    def stored() -> dict:
+        with database[0].connect() as conn:
+            return dict(conn.execute(select(resource_versions.c.res_type, func.count())
+                                     .group_by(resource_versions.c.res_type)).all())
+
+    assert post(client, adt("A28", "SAME1", pid(ipp, "REPRISE"), zfa))[0] == "AA"
+    before = stored()
+    assert before["Patient"] == 1 and before["Consent"] == 2
+    assert post(client, adt("A01", "SAME2", pid(ipp, "REPRISE"), zfa))[0] == "AA"
+    assert stored() == before
+    assert post(client, adt("A08", "SAME3", pid(ipp, "REPRISE-NOUVEAU"), zfa))[0] == "AA"
+    after = stored()
+    assert after["Patient"] == 2 and after["Consent"] == 2 and after["AuditEvent"] == before["AuditEvent"] + 1
+    with database[0].connect() as conn:
+        assert conn.execute(select(func.count()).select_from(raw_inputs)).scalar_one() == 3
 
 
 def test_t02_t10_t04_register_replace_and_delete(client):
