@@ -154,14 +154,6 @@ INSERT_BLOB = Prebuilt(insert(blobs))
 INSERT_BLOB_PART = Prebuilt(insert(blob_parts))
 
 # The signatures (DocumentReferences related by "signs") that name a document.
-EARLIER_INPUTS = (select(raw_inputs.c.id, raw_inputs.c.fingerprint, raw_inputs.c.status, raw_inputs.c.outcome,
-                         raw_inputs.c.ack)
-                  .where(raw_inputs.c.sender == bindparam("key_sender"),
-                         raw_inputs.c.control_id == bindparam("key_control"))
-                  .order_by(raw_inputs.c.id))
-# PostgreSQL: one sender's control id at a time (an advisory lock, key 7_110_114 and the pair's
-# hash), so that two processes given the same message at once do not both find no copy of it.
-LOCK_CONTROL_ID = Prebuilt(text("SELECT pg_advisory_xact_lock(7110114, hashtext(:key_sender || '|' || :key_control))"))
 SIGNATURES_OF = select(resources.c.res_id, resources.c.body).where(
     resources.c.res_type == "DocumentReference", resources.c.res_id.in_(
         select(search_reference.c.res_id).where(
@@ -173,3 +165,12 @@ CLAIM_RAW = Prebuilt(update(raw_inputs).where(
     raw_inputs.c.id == bindparam("key_raw"),
     or_(raw_inputs.c.status == "received", raw_inputs.c.status == "failed")).values(status="processing"))
 UPDATE_RAW = Prebuilt(update(raw_inputs).where(raw_inputs.c.id == bindparam("key_raw")))
+# A sender's inputs under a control id, oldest first.
+EARLIER_INPUTS = (select(raw_inputs.c.id, raw_inputs.c.fingerprint, raw_inputs.c.status, raw_inputs.c.outcome,
+                         raw_inputs.c.ack)
+                  .where(raw_inputs.c.sender == bindparam("key_sender"),
+                         raw_inputs.c.control_id == bindparam("key_control"))
+                  .order_by(raw_inputs.c.id))
+# PostgreSQL: one sender's control id at a time (an advisory lock, key 7_110_114 and the pair's
+# hash), so that two processes given the same message at once do not both find no copy of it.
+LOCK_CONTROL_ID = Prebuilt(text("SELECT pg_advisory_xact_lock(7110114, hashtext(:key_sender || '|' || :key_control))"))
