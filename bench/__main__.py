@@ -32,6 +32,7 @@ from sqlalchemy import event, func, inspect, select, true
 
 from bench.audit import bench_audit
 from bench.databases import kept_database, scratch_database
+from bench.figures import percentile
 from bench.nodes import bench_nodes
 from bench.hl7v2 import bench_mllp, bench_parsing, bench_statements
 from bench.http_ingest import bench_cda_http
@@ -54,11 +55,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"
 CORPUS = Path(os.environ.get("GATEWAY_CORPUS_DIR", ROOT.parent / "shared" / "corpus")) / "cda"
 LIMIT = 20 * 1024 * 1024
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
 def hundred_kb_documents(count: int) -> list[bytes]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import requests
 
 from bench.databases import scratch_database
+from bench.figures import percentile
 from bench.memory import served
 from bench.nodes import _tree_cpu
 
@@ -56,11 +57,10 @@ def _posted(base: str, auth: dict, root: int, documents: list[bytes], clients: i
         list(pool.map(client, [documents[i::clients] for i in range(clients)]))
     elapsed = time.perf_counter() - started
     used = _tree_cpu(root) - cpu
-    ordered = sorted(latencies)
     return {"documents": len(documents), "answers": answers,
             "documents_per_second": round(len(documents) / elapsed, 1),
-            "latency_ms_p50": round(ordered[len(ordered) // 2] * 1000, 1),
-            "latency_ms_p95": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))] * 1000, 1),
+            "latency_ms_p50": round(percentile(latencies, 50) * 1000, 1),
+            "latency_ms_p95": round(percentile(latencies, 95) * 1000, 1),
             "gateway_cpu_ms_per_document": round(used * 1000 / len(documents), 1)}
 
 
