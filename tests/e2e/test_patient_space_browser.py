@@ -109,7 +109,7 @@ def test_sign_in_with_a_one_time_code_and_read_documents_by_group(browser, gatew
     screenshot(page, "3-documents")
     # An N3 report: its sections, rendered from the CDA narrative.
     page.get_by_role("link", name="Compte rendu d'examens biologiques").click()
-    assert page.get_by_role("heading", level=1).inner_text() == "Compte rendu d'examens biologiques"
+    expect(page.get_by_role("heading", level=1)).to_have_text("Compte rendu d'examens biologiques")
     assert {"Hématologie", "Biochimie"} <= set(page.locator("section.document h3").all_inner_texts())
     assert page.locator("section.document table").count() > 0
     screenshot(page, "4-a-document")
@@ -205,6 +205,7 @@ def test_the_history_shows_who_accessed_the_record_and_why(browser, gateway):
                                "--purpose", "emergency", "--patient", MARTIN), timeout=60)
     page = sign_in(browser, gateway, "paul.martin", "demo-paul-martin")
     page.get_by_role("link", name="Historique des accès").click()
+    expect(page.get_by_role("heading", level=2)).to_contain_text("Accès des professionnels")
     rows = page.locator("table.history tbody tr").all_inner_texts()
     bernard = next(r for r in rows if "Dr Hélène BERNARD" in r)
     assert "Médecine interne" in bernard and "a recherché des documents" in bernard and "Soins" in bernard
@@ -277,7 +278,7 @@ def test_closing_the_record_stops_professionals_until_it_is_reopened(browser, ga
     page.get_by_role("button", name="Ajouter le document").click()
     expect(page.get_by_role("alert")).to_have_text(re.compile(r"^Action impossible : le dossier est fermé : il n'accepte"))
     page.get_by_role("link", name="Documents", exact=True).click()
-    assert page.locator("ul.documents li").count() > 0   # the patient still reads it
+    expect(page.locator("ul.documents li").first).to_be_visible()   # the patient still reads it
     page.get_by_role("link", name="Mon dossier", exact=True).click()
     page.get_by_role("button", name="Rouvrir le dossier").click()
     expect(page.get_by_role("status")).to_contain_text("rouvert")
@@ -292,7 +293,7 @@ def test_a_representative_chooses_among_the_children_and_every_page_names_the_on
     assert choices == ["Dossier de Hugo MOREAU", "Dossier de Lea MOREAU"]
     page.get_by_label("Dossier de Lea MOREAU").check()
     page.get_by_role("button", name="Ouvrir ce dossier").click()
-    assert "Échographie abdominale" in page.locator("ul.documents a").all_inner_texts()
+    expect(page.locator("ul.documents a", has_text="Échographie abdominale")).to_be_visible()
     for link in ("Historique des accès", "Qui peut accéder", "Espace personnel", "Mon dossier", "Documents"):
         page.get_by_role("link", name=link, exact=True).click()
         expect(page.locator("#dossier-ouvert")).to_contain_text("Vous consultez le dossier de Lea MOREAU")
@@ -319,6 +320,7 @@ def test_the_history_puts_refused_attempts_and_emergencies_first_and_names_every
     for _ in range(3):   # the patient's own clicks, which must not push the professionals away
         page.get_by_role("link", name="Documents", exact=True).click()
     page.get_by_role("link", name="Historique des accès").click()
+    expect(page.get_by_role("heading", level=2)).to_contain_text("Accès des professionnels")
     rows = page.locator("table.history tbody tr").all_inner_texts()
     refused = next(r for r in rows if "Dr Marc ROUSSEAU" in r)
     assert "Refusé" in refused and "a tenté de consulter le dossier" in refused
@@ -330,9 +332,11 @@ def test_the_history_puts_refused_attempts_and_emergencies_first_and_names_every
     assert "Logiciel de l'établissement" in text and "Alimentation du dossier" in text
     assert not re.search(r"mllp|gateway ingest|demo setup|\d+\.\d+\.\d+\.\d+|critères", text)
     page.get_by_role("link", name="Tentatives refusées").click()
+    expect(page.get_by_role("heading", level=2)).to_contain_text("Tentatives refusées")
     rows = page.locator("table.history tbody tr").all_inner_texts()
     assert rows and all("Refusé" in r for r in rows)
     page.get_by_role("link", name="Vos propres actions").click()
+    expect(page.get_by_role("heading", level=2)).to_contain_text("Vos propres actions")
     rows = page.locator("table.history tbody tr").all_inner_texts()
     assert rows and all("Vous" in r and "Gestion du dossier" in r for r in rows)
     page.close()
@@ -343,6 +347,7 @@ def test_each_reader_of_a_masked_document_is_given_a_reason(browser, gateway):
     page.get_by_role("link", name="Lettre de liaison à la sortie - service de médecine interne").click()
     page.get_by_role("button", name="Masquer aux professionnels de santé").click()
     page.get_by_role("button", name="Confirmer").click()
+    expect(page.get_by_role("status")).to_contain_text("masqué aux professionnels")
     readers = reader_lines(page)
     # Dr BERNARD, authorised, still sees it: she wrote it, and the page says so.
     assert "peut le voir — auteur du document : le voit même masqué" in readers["Dr Sophie BERNARD"]
