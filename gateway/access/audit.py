@@ -59,6 +59,7 @@ GENESIS = "0" * 64
 AUDIT_LOCK = 7_110_113  # PostgreSQL advisory lock key of the chains' heads (with the chain number)
 CHAINS = 16
 TRY_LOCK = Prebuilt(text("SELECT pg_try_advisory_xact_lock(:key, :chain)"))
+LOCK = Prebuilt(text("SELECT pg_advisory_xact_lock(:key, :chain)"))
 CHAIN_HEAD = Prebuilt(select(audit_chain.c.hash).where(audit_chain.c.chain == bindparam("chain"))
                       .order_by(audit_chain.c.seq.desc()).limit(1))
 INSERT_LINK = Prebuilt(insert(audit_chain))
@@ -212,7 +213,7 @@ def claim_chain(conn: Connection) -> tuple[int, str]:
         chain = next((c for c in order if TRY_LOCK.execute(conn, {"key": AUDIT_LOCK, "chain": c}).fetchone()[0]), None)
         if chain is None:
             chain = order[0]
-            conn.execute(text("SELECT pg_advisory_xact_lock(:key, :chain)"), {"key": AUDIT_LOCK, "chain": chain})
+            LOCK.execute(conn, {"key": AUDIT_LOCK, "chain": chain}).fetchone()
     last = CHAIN_HEAD.execute(conn, {"chain": chain}).fetchone()
     return chain, last[0] if last else GENESIS
 

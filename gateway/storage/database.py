@@ -10,6 +10,7 @@ from typing import Iterator
 
 import pysqlite3.dbapi2 as sqlite
 from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.exc import DBAPIError
 
 _sqlite_write_lock = threading.Lock()
 
@@ -84,6 +85,25 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
         with engine.connect().execution_options(writer=True) as conn:
             with conn.begin():
                 yield conn
+
+
+@contextlib.contextmanager
+def pipelined(conn: Connection) -> Iterator[None]:
+    """PostgreSQL: the statements run in this block are sent without waiting for each one's
+    answer (psycopg's pipeline mode); a statement whose rows are read waits for those before it.
+    Only the driver's statements (`statements.Prebuilt`) belong in it: SQLAlchemy's own find no
+    rows in pipeline mode.
+    Their errors are raised at the end of the block at the latest, as SQLAlchemy's (an
+    IntegrityError stays one). SQLite: as usual."""
+    if is_sqlite(conn.engine):
+        yield
+        return
+    try:
+        with conn.connection.driver_connection.pipeline():
+            yield
+    except conn.dialect.loaded_dbapi.Error as failure:
+        raise DBAPIError.instance(None, None, failure, conn.dialect.loaded_dbapi.Error,
+                                  dialect=conn.dialect) from failure
 
 
 @contextlib.contextmanager

@@ -5,10 +5,12 @@ import threading
 import time
 
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import event, func, select, text
+from sqlalchemy.exc import IntegrityError
 
 from gateway.access import AccessContext
 from gateway.access.writes import Write
+from gateway.access import audit
 from gateway.access.audit import verify_chain
 from gateway.refusal import Refused
 from gateway.storage.commits import group_commit
@@ -138,3 +140,55 @@ def test_reads_audit_events_are_written_together_before_the_next_unit_of_work_se
     assert len(savepoints) == 1   # in the second batch, the counting unit's: the reads took none
     report = verify_chain(engine)
     assert report.reason is None and report.entries == 6
+
+
+def test_a_batch_whose_audit_fails_at_its_end_stores_nothing_and_the_next_batch_commits(database):
+    """The reads' AuditEvents and the chain's links go to PostgreSQL in one pipeline, whose errors
+    arrive only at its end: the batch must still fail whole, and leave its connection usable."""
+    engine = database[0]
+    repo = Repository(engine, AccessContext.system("test"), "http://test")
+    first = repo._event("read", None, "Organization/org-1")
+    twin = repo._event("read", None, "Organization/org-2")
+    twin.event["id"] = first.event["id"]
+    with pytest.raises(IntegrityError):
+        repo.record_audit([first, twin])
+    with read_connection(engine) as conn:
+        assert conn.execute(select(func.count()).select_from(resources)).scalar_one() == 0
+    for n in range(3):   # the pool's connections, each used again
+        repo.record_audit([repo._event("read", None, f"Organization/org-{n}")])
+    report = verify_chain(engine)
+    assert report.reason is None and report.entries == 3
+
+
+def test_when_every_chain_is_held_a_batch_waits_for_one_and_extends_it(database, backend, monkeypatch):
+    """PostgreSQL: a batch that finds all the trail's chains taken waits for one (inside the
+    pipeline of its audit), then links its AuditEvents after the holder's."""
+    if backend == "sqlite":
+        pytest.skip("SQLite has one chain and one writer")
+    engine = database[0]
+    monkeypatch.setattr(audit, "CHAINS", 1)
+    repo = Repository(engine, AccessContext.system("test"), "http://test")
+    repo.record_audit([repo._event("read", None, "Organization/org-0")])
+    holder = engine.connect()
+    holder.begin()
+    holder.execute(text("SELECT pg_advisory_xact_lock(:key, 0)"), {"key": audit.AUDIT_LOCK})
+    done = threading.Event()
+    writer = threading.Thread(target=lambda: (repo.record_audit([repo._event("read", None, "Organization/org-1")]),
+                                              done.set()))
+    writer.start()
+    try:
+        deadline = time.monotonic() + 30
+        waiting = 0
+        while not waiting and time.monotonic() < deadline:
+            with read_connection(engine) as conn:
+                waiting = conn.execute(text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                                            "AND NOT granted")).scalar_one()
+            time.sleep(0.01)
+        assert waiting and not done.is_set()
+    finally:
+        holder.rollback()
+        holder.close()
+        writer.join(60)
+    assert done.is_set()
+    report = verify_chain(engine)
+    assert report.reason is None and report.entries == 2
