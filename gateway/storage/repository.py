@@ -28,7 +28,7 @@ from gateway.refusal import Refused
 from . import search as search_sql
 from . import statements as sql
 from .commits import group_commit
-from .database import read_connection, write_transaction
+from .database import pipelined, read_connection, write_transaction
 from .schema import (
     BLOB_PART,
     access_rules,
@@ -547,9 +547,10 @@ class UnitOfWork:
                              "last_updated": index_time, "method": "POST", "deleted": False, "body": body})
             for kind, rows in index_rows(resource).items():
                 index.setdefault(kind, []).extend(rows)
-        sql.INSERT_RESOURCE.executemany(self.conn, current)
-        sql.INSERT_VERSION.executemany(self.conn, versions)
-        self._insert_index_rows(index)
+        with pipelined(self.conn):
+            sql.INSERT_RESOURCE.executemany(self.conn, current)
+            sql.INSERT_VERSION.executemany(self.conn, versions)
+            self._insert_index_rows(index)
         return [row["body"] for row in current]
 
     def find_by_identifier(self, res_type: str, system: str, value: str) -> str | None:
@@ -715,14 +716,15 @@ class UnitOfWork:
         blob_sha256 = blob_sha256 or (previous[1] if previous else None)
         values = dict(version=version, last_updated=index_time, deleted=False, patient_id=patient_id,
                       blob_sha256=blob_sha256, body=body, **columns)
-        if previous:
-            sql.UPDATE_RESOURCE.execute(self.conn, {**key, **values})
-        else:
-            sql.INSERT_RESOURCE.execute(self.conn, {"res_type": res_type, "res_id": res_id, **values})
-        sql.INSERT_VERSION.execute(self.conn, {
-            "res_type": res_type, "res_id": res_id, "version": version, "last_updated": index_time,
-            "method": method or ("PUT" if previous else "POST"), "deleted": False, "body": body})
-        self._reindex(resource, replaced=previous is not None)
+        with pipelined(self.conn):
+            if previous:
+                sql.UPDATE_RESOURCE.execute(self.conn, {**key, **values})
+            else:
+                sql.INSERT_RESOURCE.execute(self.conn, {"res_type": res_type, "res_id": res_id, **values})
+            sql.INSERT_VERSION.execute(self.conn, {
+                "res_type": res_type, "res_id": res_id, "version": version, "last_updated": index_time,
+                "method": method or ("PUT" if previous else "POST"), "deleted": False, "body": body})
+            self._reindex(resource, replaced=previous is not None)
         return StoredResource(res_type, res_id, version, instant, body, False, blob_sha256, patient_id,
                               bool(columns.get("hidden_from_patient")), bool(columns.get("hidden_from_representatives")))
 
