@@ -13,7 +13,6 @@ alone and eight at once.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import platform
@@ -31,7 +30,7 @@ import orjson
 from sqlalchemy import event, func, inspect, select, true
 
 from bench.audit import bench_audit
-from bench.databases import kept_database, scratch_database
+from bench.databases import kept_database
 from bench.figures import percentile
 from bench.nodes import bench_nodes
 from bench.hl7v2 import bench_mllp, bench_parsing, bench_statements
@@ -205,14 +204,20 @@ def _add(batch, resource: dict, patient: str, masked: bool = False) -> None:
         batch[kind] += rows
 
 
-def bench_search(workdir: Path, total: int, queries: int, postgres_url: str | None) -> dict:
-    """ITI-67 on SQLite and, given a server, PostgreSQL, over the same records loaded into both."""
-    with contextlib.ExitStack() as stack:
-        urls = {"sqlite": stack.enter_context(scratch_database(None, workdir, "search"))}
-        if postgres_url:
-            urls["postgresql"] = stack.enter_context(scratch_database(postgres_url, workdir, "search"))
-        load_seconds = prepared_for_search(list(urls.values()), total, load=True)
-        return {backend: _bench_search(workdir, total, queries, url, load_seconds) for backend, url in urls.items()}
+def bench_search(workdir: Path, total: int, queries: int, postgres_url: str | None, directory: Path,
+                 name: str) -> dict:
+    """ITI-67 on SQLite and, given a server, PostgreSQL, over the same records loaded into both.
+    The databases are kept (a SQLite file in `directory`, a PostgreSQL database `name` beside the
+    one the URL names), and a later run that finds them loaded only measures. Those not loaded are
+    loaded together (each batch built once)."""
+    databases = {backend: kept_database(server, directory, name, references_loaded(total))
+                 for backend, server in (("sqlite", None), ("postgresql", postgres_url))
+                 if backend == "sqlite" or postgres_url}
+    unloaded = [url for url, loaded in databases.values() if not loaded]
+    load_seconds = prepared_for_search(unloaded, total, load=True) if unloaded else None
+    prepared_for_search([url for url, loaded in databases.values() if loaded], total, load=False)
+    return {backend: _bench_search(workdir, total, queries, url, "loaded by an earlier run" if loaded else load_seconds)
+            for backend, (url, loaded) in databases.items()}
 
 
 def prepared_for_search(urls: list[str], total: int, load: bool) -> float:
@@ -398,25 +403,14 @@ def write_report(report: dict, name: str) -> None:
 
 def scale() -> None:
     """`make bench-scale`: ITI-67 at BENCH_SCALE_REFERENCES (default 1,000,000) DocumentReferences,
-    100,000 patients, on SQLite and (with GATEWAY_BENCH_POSTGRES_URL) PostgreSQL. The databases are
-    kept (var/bench-scale/ and a PostgreSQL database bench_scale_<count>), and a later run that finds
-    them loaded only measures. Those not loaded are loaded together (each batch built once)."""
+    100,000 patients, on SQLite and (with GATEWAY_BENCH_POSTGRES_URL) PostgreSQL, in databases kept
+    in var/bench-scale/ and as bench_scale_<count>."""
     references = int(os.environ.get("BENCH_SCALE_REFERENCES", "1000000"))
     queries = int(os.environ.get("BENCH_QUERIES", "50"))
-    postgres_url = os.environ.get("GATEWAY_BENCH_POSTGRES_URL")
     report = {"machine": machine()}
-    name = f"bench_scale_{references}"
-    databases = {backend: kept_database(server, ROOT / "var" / "bench-scale", name, references_loaded(references))
-                 for backend, server in (("sqlite", None), ("postgresql", postgres_url))
-                 if backend == "sqlite" or postgres_url}
-    unloaded = [url for url, loaded in databases.values() if not loaded]
-    load_seconds = prepared_for_search(unloaded, references, load=True) if unloaded else None
-    prepared_for_search([url for url, loaded in databases.values() if loaded], references, load=False)
-    report["search"] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for backend, (url, loaded) in databases.items():
-            report["search"][backend] = _bench_search(Path(tmp), references, queries, url,
-                                                      "loaded by an earlier run" if loaded else load_seconds)
+        report["search"] = bench_search(Path(tmp), references, queries, os.environ.get("GATEWAY_BENCH_POSTGRES_URL"),
+                                        ROOT / "var" / "bench-scale", f"bench_scale_{references}")
     write_report(report, "scale.json")
 
 
@@ -431,7 +425,8 @@ def main() -> None:
         workdir = Path(tmp)
         sections = {
             "ingest": lambda: bench_ingest(workdir, documents),
-            "search": lambda: bench_search(workdir, references, queries, postgres_url),
+            "search": lambda: bench_search(workdir, references, queries, postgres_url, ROOT / "var" / "bench",
+                                           f"bench_search_{references}"),
             "conversion": bench_conversion,
             "hl7v2_parsing": lambda: bench_parsing(hundred_kb_documents(1)[0]),
             "mllp_ingest": lambda: bench_mllp(workdir, hundred_kb_documents(mllp_documents),
