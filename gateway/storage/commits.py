@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from gateway import metrics
 from gateway.access import audit
 
-from .database import pipelined, write_transaction
+from .database import write_transaction
 
 T = TypeVar("T")
 # A unit whose unique identifier another writer claimed first (IntegrityError) runs again, and
@@ -114,9 +114,8 @@ class GroupCommit:
                         except Exception as failure:
                             unit.error = failure
                             break
-                with pipelined(conn):
-                    write_reads()
-                    audit.extend_chain(conn, entries)
+                write_reads()
+                audit.extend_chain(conn, entries)
             metrics.GROUP_COMMIT_UNITS.observe(len(batch))
         except BaseException as failure:
             # Nothing of the batch was committed: every unit that had succeeded fails with it.

@@ -90,11 +90,10 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
 @contextlib.contextmanager
 def pipelined(conn: Connection) -> Iterator[None]:
     """PostgreSQL: the statements run in this block are sent without waiting for each one's
-    answer (psycopg's pipeline mode); a statement whose rows are read waits for those before it.
-    Only the driver's statements (`statements.Prebuilt`) belong in it: SQLAlchemy's own find no
-    rows in pipeline mode.
-    Their errors are raised at the end of the block at the latest, as SQLAlchemy's (an
-    IntegrityError stays one). SQLite: as usual."""
+    answer (psycopg's pipeline mode), and their errors are raised at the end of the block at the
+    latest, as SQLAlchemy's (an IntegrityError stays one). Only the driver's statements
+    (`statements.Prebuilt`) belong in it: SQLAlchemy's own find no rows in pipeline mode. SQLite:
+    as usual."""
     if is_sqlite(conn.engine):
         yield
         return

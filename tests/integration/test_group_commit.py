@@ -143,8 +143,8 @@ def test_reads_audit_events_are_written_together_before_the_next_unit_of_work_se
 
 
 def test_a_batch_whose_audit_fails_at_its_end_stores_nothing_and_the_next_batch_commits(database):
-    """The reads' AuditEvents and the chain's links go to PostgreSQL in one pipeline, whose errors
-    arrive only at its end: the batch must still fail whole, and leave its connection usable."""
+    """The reads' AuditEvents go to PostgreSQL in one pipeline, whose errors arrive only at its
+    end: the batch must still fail whole, and leave its connection usable."""
     engine = database[0]
     repo = Repository(engine, AccessContext.system("test"), "http://test")
     first = repo._event("read", None, "Organization/org-1")
@@ -161,8 +161,8 @@ def test_a_batch_whose_audit_fails_at_its_end_stores_nothing_and_the_next_batch_
 
 
 def test_when_every_chain_is_held_a_batch_waits_for_one_and_extends_it(database, backend, monkeypatch):
-    """PostgreSQL: a batch that finds all the trail's chains taken waits for one (inside the
-    pipeline of its audit), then links its AuditEvents after the holder's."""
+    """PostgreSQL: a batch that finds all the trail's chains taken waits for one, then links its
+    AuditEvents after the holder's."""
     if backend == "sqlite":
         pytest.skip("SQLite has one chain and one writer")
     engine = database[0]
