@@ -31,7 +31,7 @@ from sqlalchemy import event, func, inspect, select, true
 
 from bench.audit import bench_audit
 from bench.databases import kept_database
-from bench.figures import percentile
+from bench.figures import backends, percentile
 from bench.nodes import bench_nodes
 from bench.hl7v2 import bench_mllp, bench_parsing, bench_statements
 from bench.http_ingest import bench_cda_http
@@ -211,8 +211,7 @@ def bench_search(workdir: Path, total: int, queries: int, postgres_url: str | No
     one the URL names), and a later run that finds them loaded only measures. Those not loaded are
     loaded together (each batch built once)."""
     databases = {backend: kept_database(server, directory, name, references_loaded(total))
-                 for backend, server in (("sqlite", None), ("postgresql", postgres_url))
-                 if backend == "sqlite" or postgres_url}
+                 for backend, server in backends(postgres_url)}
     unloaded = [url for url, loaded in databases.values() if not loaded]
     load_seconds = prepared_for_search(unloaded, total, load=True) if unloaded else None
     prepared_for_search([url for url, loaded in databases.values() if loaded], total, load=False)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import threading
@@ -18,6 +17,7 @@ from hl7apy.core import Message as Hl7apyMessage
 from hl7apy.parser import parse_message
 
 from bench.databases import scratch_database
+from bench.figures import backends, percentile
 from gateway.hl7v2 import ack, mllp
 from gateway.hl7v2.er7 import Message
 from gateway.mapping import hl7v2 as v2
@@ -107,8 +107,8 @@ def _throughput(port: int, messages: list[bytes], connections: int) -> dict:
     elapsed = time.perf_counter() - began
     return {"connections": connections, "messages": len(messages), "acks": codes,
             "messages_per_second": round(len(messages) / elapsed, 1),
-            "ack_latency_ms_p50": round(statistics.median(latencies) * 1000, 2),
-            "ack_latency_ms_p95": round(sorted(latencies)[int(0.95 * (len(latencies) - 1))] * 1000, 2)}
+            "ack_latency_ms_p50": round(percentile(latencies, 50) * 1000, 2),
+            "ack_latency_ms_p95": round(percentile(latencies, 95) * 1000, 2)}
 
 
 def _free_port() -> int:
@@ -165,9 +165,7 @@ def bench_mllp(workdir: Path, cdas: list[bytes], adt_count: int, postgres_url: s
     this process; each scenario sends distinct messages. CPU per message is the listeners' own."""
     results: dict = {}
     offset = 0
-    for backend, server in (("sqlite", None), ("postgresql", postgres_url)):
-        if backend == "postgresql" and not postgres_url:
-            continue
+    for backend, server in backends(postgres_url):
         with scratch_database(server, workdir, "mllp") as url:
             offset = _bench_listeners(url, backend, workdir, cdas, adt_count, offset, results)
     results["note"] = ("`gateway mllp` processes on one port (SO_REUSEPORT), 8 worker threads each, loopback; "
@@ -219,9 +217,7 @@ def bench_statements(workdir: Path, cdas: list[bytes], postgres_url: str | None,
     and the document work (the rest: reading, rules, mapping, validation, index rows, hashes, the
     ACK). Every input is a new one: a patient, a document."""
     results = {}
-    for backend, server in (("sqlite", None), ("postgresql", postgres_url)):
-        if backend == "postgresql" and not server:
-            continue
+    for backend, server in backends(postgres_url):
         with scratch_database(server, workdir, "statements") as url:
             results[backend] = _statements(url, cdas, adt_count)
     return results

@@ -15,7 +15,7 @@ from pathlib import Path
 import requests
 
 from bench.databases import scratch_database
-from bench.figures import percentile
+from bench.figures import backends, percentile
 from bench.memory import served
 from bench.nodes import _tree_cpu
 
@@ -24,9 +24,7 @@ def bench_cda_http(documents: list[bytes], postgres_url: str | None) -> dict:
     """Half the documents for 1 client, half for 8; every document a new one."""
     results: dict = {}
     half = len(documents) // 2
-    for backend, server in (("sqlite", None), ("postgresql", postgres_url)):
-        if backend == "postgresql" and not server:
-            continue
+    for backend, server in backends(postgres_url):
         with contextlib.ExitStack() as stack:
             url = stack.enter_context(scratch_database(server, Path(stack.enter_context(tempfile.TemporaryDirectory())),
                                                        "cda_http")) if server else None
