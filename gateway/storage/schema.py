@@ -125,8 +125,10 @@ search_token = Table(
     Column("param", String(64), nullable=False),
     Column("system", String(256), nullable=False),
     Column("code", String(256), nullable=False),
-    Index("ix_token_lookup", "res_type", "param", "code", "system"),
-    Index("ix_token_owner", "res_type", "res_id", "param"),
+    # Both indexes carry every column their searches read (migration 0013): a lookup returns ids, a
+    # check on a resource's own rows compares values; neither reads a row.
+    Index("ix_token_lookup", "res_type", "param", "code", "system", "res_id"),
+    Index("ix_token_owner", "res_type", "res_id", "param", "code", "system"),
 )
 
 search_string = Table(
@@ -149,8 +151,8 @@ search_date = Table(
     Column("param", String(64), nullable=False),
     Column("low", String(32), nullable=False),
     Column("high", String(32), nullable=False),
-    Index("ix_date_lookup", "res_type", "param", "low", "high"),
-    Index("ix_date_owner", "res_type", "res_id", "param"),
+    Index("ix_date_lookup", "res_type", "param", "low", "high", "res_id"),
+    Index("ix_date_owner", "res_type", "res_id", "param", "low", "high"),
 )
 
 search_reference = Table(
