@@ -7,7 +7,6 @@ GATEWAY_TEST_ARTIFACTS (default test-artifacts/) for review, checked by axe-core
 what a patient must never meet (a socket address, an unnamed RPPS number, an English sentence).
 Without Chromium these tests are skipped, unless GATEWAY_REQUIRE_BROWSER=1 (CI) makes that a failure.
 """
-import io
 import json
 import os
 import re

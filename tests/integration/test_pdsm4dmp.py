@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import profiles
-from conftest import GP, REPORT, attend_all
+from conftest import REPORT
 
 EXAMPLES = Path(os.environ.get("GATEWAY_PDSM4DMP_DIR", Path(__file__).resolve().parents[3] / "shared" / "reference"
                                / "pdsm4dmp" / "input" / "examples"))

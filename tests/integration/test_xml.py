@@ -1,11 +1,10 @@
 """FHIR XML in and out (IHE MHD: a Document Responder and Recipient speak both): every interaction
 answers XML to `_format=xml` or `Accept: application/fhir+xml`, and takes XML bodies; the XML is
 parsed without DTD or entities."""
-import json
 
 from lxml import etree
 
-from conftest import GP, SAMPLES, attend_all
+from conftest import SAMPLES, attend_all
 from gateway.demo import build_submission
 from gateway.fhir.formats import to_xml
 
