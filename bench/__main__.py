@@ -313,15 +313,21 @@ def _bench_search(workdir: Path, total: int, queries: int, url: str, load_second
     results: dict[str, dict] = {name: {"rules and audit, first touch": run(name, window)}
                                 for window, name in enumerate(kinds)}
     original_filter, original_audit = AccessContext.resource_filter, Repository._search_audit
+
+    def no_filter(self, table, res_type, listed=False):
+        return true()
+
+    def no_audit(self, conn, request, page):
+        return []
+
+    configurations = {"rules and audit": (original_filter, original_audit),
+                      "rules, no audit": (original_filter, no_audit),
+                      "no rules, no audit": (no_filter, no_audit)}
     try:
         for window, name in enumerate(kinds):
-            for configuration in ("rules and audit", "rules, no audit", "no rules, no audit"):
-                if configuration != "rules and audit":
-                    Repository._search_audit = lambda self, conn, request, page: []
-                if configuration == "no rules, no audit":
-                    AccessContext.resource_filter = lambda self, table, res_type, listed=False: true()
+            for configuration, (resource_filter, search_audit) in configurations.items():
+                AccessContext.resource_filter, Repository._search_audit = resource_filter, search_audit
                 results[name][configuration] = run(name, window)
-            AccessContext.resource_filter, Repository._search_audit = original_filter, original_audit
     finally:
         AccessContext.resource_filter, Repository._search_audit = original_filter, original_audit
     # FHIR XML (fhir.resources' models) against JSON on the same search, rules and audit on.

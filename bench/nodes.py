@@ -81,13 +81,13 @@ def _haproxy(workdir: Path, nodes: list[tuple[int, int]]) -> tuple[subprocess.Po
     return process, http, mllp
 
 
-def _searcher(host: str, port: int, tokens: list[str], start_at: float, counts) -> None:
+def _searcher(port: int, tokens: list[str], start_at: float, counts) -> None:
     done = [0] * CLIENT_THREADS
     failures = [0] * CLIENT_THREADS
 
     def run(slot: int) -> None:
         # http.client rather than requests: a fifth of the CPU a request, which the nodes share.
-        connection = HTTPConnection(host, port, timeout=30)
+        connection = HTTPConnection("127.0.0.1", port, timeout=30)
         while time.time() < start_at:
             time.sleep(0.001)
         i = slot
@@ -141,7 +141,7 @@ def _searches(port: int, tokens: list[str], begin: Callable[[], None]) -> dict:
     context = multiprocessing.get_context("spawn")
     counts = context.Queue()
     start_at = time.time() + 3.0
-    clients = [context.Process(target=_searcher, args=("127.0.0.1", port, tokens, start_at, counts))
+    clients = [context.Process(target=_searcher, args=(port, tokens, start_at, counts))
                for _ in range(CLIENT_PROCESSES)]
     for client in clients:
         client.start()
