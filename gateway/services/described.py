@@ -19,7 +19,7 @@ from gateway.fhir.validation import InvalidResource, validate
 from gateway.mapping import codes
 from gateway.mapping import document as mapping
 from gateway.mapping.dates import fhir_now
-from gateway.storage.repository import UnitOfWork, new_id
+from gateway.storage.repository import UnitOfWork
 
 from .documents import Ingested, check_record_open
 from .personal import shared_record_custodian
@@ -131,8 +131,8 @@ def register_described(uow: UnitOfWork, base_url: str, submitted: dict, data: by
         raise Refused("the authors are given, as resources contained in the DocumentReference (PDSm)",
                               location=f"{where}.author")
 
-    docref_id = docref_id or new_id()
-    binary_id = new_id()
+    docref_id = docref_id or uow.new_id()
+    binary_id = uow.new_id()
     content = (submitted.get("content") or [{}])[0]
     attachment = content.get("attachment", {})
     content_type = attachment.get("contentType") or "application/octet-stream"

@@ -18,7 +18,7 @@ from gateway.mapping import codes
 from gateway.mapping import document as mapping
 from gateway.mapping import hl7v2 as v2
 from gateway.mapping import submission
-from gateway.storage.repository import UnitOfWork, new_id
+from gateway.storage.repository import UnitOfWork
 
 from gateway.access.writes import Producers
 
@@ -215,7 +215,7 @@ def _submission_set(uow: UnitOfWork, documents: list[str], sender, message: Mess
     """The SubmissionSet of the message: what it registered, for which patient, sent by whom (the
     PRT "send by", else the sending application)."""
     first = uow.current("DocumentReference", documents[0].split("/", 1)[1]).json()
-    list_id = new_id()
+    list_id = uow.new_id()
     source = submission.person_source(sender) if sender is not None else \
         [submission.device_source(message.msh.get(3, 1) or message.sender)]
     resource = submission.submission_set(list_id, submission.unique_id(), first["subject"], documents,

@@ -19,7 +19,7 @@ from gateway.mapping import codes
 from gateway.mapping import document as mapping
 from gateway.mapping.hl7v2 import feeding_refused
 from gateway.mapping.rules import check_document
-from gateway.storage.repository import DuplicateIdentifier, Repository, StoredResource, UnitOfWork, new_id
+from gateway.storage.repository import DuplicateIdentifier, Repository, StoredResource, UnitOfWork
 
 from .patients import feeding_consent
 from .ingest import Received, Written, ingest
@@ -111,9 +111,9 @@ def register_document(uow: UnitOfWork, base_url: str, parsed: ParsedCda, *, visi
             _organization(uow, person.organization, produced)
     custodian = _organization(uow, header.custodian, produced)
 
-    docref_id = docref_id or new_id()
+    docref_id = docref_id or uow.new_id()
     replaces = _supersede(uow, header, patient_id, produced)
-    binary_id = binary_id or new_id()
+    binary_id = binary_id or uow.new_id()
     content_type = "application/xslt+xml" if header.wrapped_in_xslt else "text/xml"
     sha256 = uow.store_blob(parsed.data)
     binary = _checked({"resourceType": "Binary", "id": binary_id, "contentType": content_type,
@@ -151,7 +151,7 @@ def _patient(uow: UnitOfWork, parsed: ParsedCda, produced: list[str]) -> str:
     ins_system, _ = parsed.patient_key
     patient_id = uow.find_by_identifier("Patient", *parsed.patient_key)
     if patient_id is None:
-        patient_id = new_id()
+        patient_id = uow.new_id()
         uow.save(_checked(mapping.patient_resource(header.patient, patient_id)), patient_id=patient_id)
         produced.append(f"Patient/{patient_id}")
     for identifier in mapping.patient_identifiers(header.patient.ids):
@@ -170,7 +170,7 @@ def _matched(uow: UnitOfWork, res_type: str, key: tuple[str, str], build, produc
     """The reference of the resource holding this identifier, created (with `build`) if none does."""
     res_id = uow.find_by_identifier(res_type, *key)
     if res_id is None:
-        res_id = new_id()
+        res_id = uow.new_id()
         uow.save(_checked(build(res_id)))
         uow.claim_identifier(res_type, *key, res_id)
         produced.append(f"{res_type}/{res_id}")

@@ -16,7 +16,7 @@ from gateway.mapping import hl7v2 as v2
 from gateway.mapping.dates import InvalidTime, ts_to_fhir
 from gateway.mapping.identity import ins_key_is_valid
 from gateway.refusal import Refused
-from gateway.storage.repository import UnitOfWork, new_id
+from gateway.storage.repository import UnitOfWork
 
 # The key under which a patient's consent of each kind is found again (one Consent per kind).
 CONSENT_KEY_SYSTEM = v2.ZFA_SYSTEM + ":consent-of-patient:"
@@ -99,7 +99,7 @@ def upsert_patient(uow: UnitOfWork, pid: Segment, applied: Applied) -> str:
         except InvalidTime as exc:
             raise MessageRefused(Issue(f"PID-7 (birth date): {exc}", "PID^1^7", "102")) from None
     patient_id = find_patient(uow, ids)
-    resource = mapping.patient_resource(info, patient_id or new_id())
+    resource = mapping.patient_resource(info, patient_id or uow.new_id())
     previous = _stored(uow, "Patient", patient_id)
     if previous is not None:
         sent = {(i["system"], i["value"]) for i in resource["identifier"]}
@@ -136,7 +136,7 @@ def record_consents(uow: UnitOfWork, zfa: Segment, patient_id: str, applied: App
         consent_id = uow.find_by_identifier("Consent", key_system, patient_id)
         stored = _stored(uow, "Consent", consent_id)
         if consent_id is None:
-            consent_id = new_id()
+            consent_id = uow.new_id()
             uow.claim_identifier("Consent", key_system, patient_id, consent_id)
         consent["id"] = consent_id
         if not _unchanged(consent, stored):

@@ -98,7 +98,7 @@ def add_document(repo: Repository, *, title: str, type_code: str, media_type: st
 
 def _register(uow: UnitOfWork, repo: Repository, patient_id: str, title: str, type_code: str, media_type: str,
               data: bytes, file_name: str | None) -> StoredResource:
-    docref_id, binary_id = new_id(), new_id()
+    docref_id, binary_id = uow.new_id(), uow.new_id()
     now = fhir_now()
     sha256 = uow.store_blob(data)
     uow.save(_checked({"resourceType": "Binary", "id": binary_id, "contentType": media_type,
@@ -154,7 +154,7 @@ def shared_record_custodian(uow: UnitOfWork) -> str:
     """The Organization that keeps what patients deposit: the shared record this gateway serves."""
     organization_id = uow.find_by_identifier("Organization", *CUSTODIAN_KEY)
     if organization_id is None:
-        organization_id = new_id()
+        organization_id = uow.new_id()
         uow.save(_checked({"resourceType": "Organization", "id": organization_id,
                            "meta": {"profile": [codes.FR_CORE_ORGANIZATION]},
                            "identifier": [{"system": CUSTODIAN_KEY[0], "value": CUSTODIAN_KEY[1]}],

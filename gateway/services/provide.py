@@ -421,7 +421,7 @@ def _write_signature(uow: UnitOfWork, base_url: str, item: Submitted, responses:
         return
     first = item.signs[0]
     patient_ref = uow.current("DocumentReference", first.new_id).json()["subject"]["reference"]
-    binary_id = new_id()
+    binary_id = uow.new_id()
     sha256 = uow.store_blob(item.data)
     uow.save(_validated({"resourceType": "Binary", "id": binary_id, "contentType": "application/xml",
                          "securityContext": {"reference": f"DocumentReference/{item.new_id}"}}, item.binary_index),

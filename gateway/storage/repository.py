@@ -496,6 +496,11 @@ class UnitOfWork:
         self.conn: Connection | None = conn
         self.changes: list[Change] = []
         self.audit: list[PendingAudit] = []
+        # What this unit has learnt of unique identifiers, and the ids it minted and has not saved
+        # yet: no statement asks twice, and a resource under a fresh id has no previous version.
+        # A concurrent claim of the same identifier still fails at its insert (the unique key).
+        self._identifiers: dict[tuple[str, str, str], str | None] = {}
+        self._minted: set[str] = set()
 
     def __enter__(self) -> "UnitOfWork":
         self._context = write_transaction(self.repository.engine)
@@ -553,10 +558,19 @@ class UnitOfWork:
             self._insert_index_rows(index)
         return [row["body"] for row in current]
 
+    def new_id(self) -> str:
+        """A fresh id for a resource this unit creates: its first save reads no previous version."""
+        minted = new_id()
+        self._minted.add(minted)
+        return minted
+
     def find_by_identifier(self, res_type: str, system: str, value: str) -> str | None:
-        row = sql.FIND_IDENTIFIER.execute(self.conn, {"key_type": res_type, "key_system": system,
-                                                      "key_value": value}).fetchone()
-        return row[0] if row else None
+        key = (res_type, system, value)
+        if key not in self._identifiers:
+            row = sql.FIND_IDENTIFIER.execute(self.conn, {"key_type": res_type, "key_system": system,
+                                                          "key_value": value}).fetchone()
+            self._identifiers[key] = row[0] if row else None
+        return self._identifiers[key]
 
     def claim_identifier(self, res_type: str, system: str, value: str, res_id: str) -> None:
         """Record that this identifier belongs to res_id; a concurrent claim fails at commit or here."""
@@ -566,6 +580,7 @@ class UnitOfWork:
         if not existing:
             sql.INSERT_IDENTIFIER.execute(self.conn, {"res_type": res_type, "system": system, "value": value,
                                                       "res_id": res_id})
+            self._identifiers[(res_type, system, value)] = res_id
 
     def current(self, res_type: str, res_id: str) -> StoredResource | None:
         row = self.conn.execute(sql.CURRENT, {"key_type": res_type, "key_id": res_id}).first()
@@ -599,7 +614,8 @@ class UnitOfWork:
             self._follow_signatures(stored.res_id)
             self._announce(resource, patient_id, columns)
         if res_type == "Consent":
-            sql.DELETE_RULES.execute(self.conn, {"key_consent": stored.res_id})
+            if stored.version > 1:
+                sql.DELETE_RULES.execute(self.conn, {"key_consent": stored.res_id})
             rows = rules_of(resource, patient_id) if patient_id else []
             if rows:
                 sql.INSERT_RULES.executemany(self.conn, rows)
@@ -707,7 +723,11 @@ class UnitOfWork:
                blob_sha256: str | None = None) -> StoredResource:
         res_type, res_id = resource["resourceType"], resource["id"]
         key = {"key_type": res_type, "key_id": res_id}
-        previous = sql.PREVIOUS.execute(self.conn, key).fetchone()   # (version, blob_sha256)
+        if res_id in self._minted:
+            self._minted.discard(res_id)
+            previous = None
+        else:
+            previous = sql.PREVIOUS.execute(self.conn, key).fetchone()   # (version, blob_sha256)
         version = (previous[0] + 1) if previous else 1
         instant, index_time = _now()
         resource.setdefault("meta", {})
@@ -748,11 +768,13 @@ class UnitOfWork:
         self.conn.execute(delete(unique_identifiers).where(
             unique_identifiers.c.res_type == res_type, unique_identifiers.c.system == system,
             unique_identifiers.c.value == value))
+        self._identifiers[(res_type, system, value)] = None
 
     def move_identifiers(self, res_type: str, from_id: str, to_id: str) -> None:
         """Every identifier of one resource now names another (a patient merge)."""
         self.conn.execute(update(unique_identifiers).where(
             unique_identifiers.c.res_type == res_type, unique_identifiers.c.res_id == from_id).values(res_id=to_id))
+        self._identifiers.clear()
 
     def patient_resources(self, patient_id: str) -> list[StoredResource]:
         """The current resources of a patient's compartment (documents, binaries, consents, lists)."""
