@@ -588,9 +588,9 @@ class UnitOfWork:
 
     def store_blob(self, data: bytes) -> str:
         digest = hashlib.sha256(data).hexdigest()
-        if not sql.BLOB_EXISTS.execute(self.conn, {"key_sha256": digest}).fetchone():
-            view = memoryview(data)
-            sql.INSERT_BLOB.execute(self.conn, {"sha256": digest, "size": len(data), "data": view[:BLOB_PART]})
+        view = memoryview(data)
+        if sql.INSERT_BLOB.execute(self.conn, {"sha256": digest, "size": len(data),
+                                               "data": view[:BLOB_PART]}).fetchone():
             # One part per statement: the drivers' copies of a value stay one part, not the document.
             for part, start in enumerate(range(BLOB_PART, len(data), BLOB_PART), start=1):
                 sql.INSERT_BLOB_PART.execute(self.conn, {"sha256": digest, "part": part,
@@ -602,6 +602,8 @@ class UnitOfWork:
         """Create or update: a new version, its history row, its index rows, the access facts it
         carries (a document's visibility, a Consent's rules), and a change for the audit trail."""
         res_type = resource["resourceType"]
+        # Nothing can name a resource under an id this unit minted before it is saved: no signature of it.
+        minted_here = resource["id"] in self._minted
         columns: dict = {}
         if res_type == "DocumentReference":
             columns = {**visibility_columns(resource), "authors": self._authors(resource)}
@@ -611,7 +613,8 @@ class UnitOfWork:
         if res_type == "DocumentReference":
             # The Binary is read through the same rules as the DocumentReference that points to it.
             self._set_visibility(binary_ids(resource), "Binary", columns)
-            self._follow_signatures(stored.res_id)
+            if not minted_here:
+                self._follow_signatures(stored.res_id)
             self._announce(resource, patient_id, columns)
         if res_type == "Consent":
             if stored.version > 1:

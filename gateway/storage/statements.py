@@ -23,7 +23,6 @@ from .schema import (
     INDEX_TABLES,
     access_rules,
     blob_parts,
-    blobs,
     raw_inputs,
     resource_versions,
     resources,
@@ -149,8 +148,11 @@ INSERT_IDENTIFIER = Prebuilt(insert(unique_identifiers))
 DELETE_RULES = Prebuilt(delete(access_rules).where(access_rules.c.consent_id == bindparam("key_consent")))
 INSERT_RULES = Prebuilt(insert(access_rules))
 
-BLOB_EXISTS = Prebuilt(select(blobs.c.sha256).where(blobs.c.sha256 == bindparam("key_sha256")))
-INSERT_BLOB = Prebuilt(insert(blobs))
+# A blob's first part, unless a blob of that digest is stored already: the row comes back only when
+# inserted (one statement where a look-up and an insert were two; a concurrent writer of the same
+# bytes waits for the first one's commit instead of failing on its key).
+INSERT_BLOB = Prebuilt(text("INSERT INTO blobs (sha256, size, data) VALUES (:sha256, :size, :data) "
+                            "ON CONFLICT (sha256) DO NOTHING RETURNING sha256"))
 INSERT_BLOB_PART = Prebuilt(insert(blob_parts))
 
 # The signatures (DocumentReferences related by "signs") that name a document.
