@@ -214,6 +214,10 @@ def claim_chain(conn: Connection) -> tuple[int, str]:
         if chain is None:
             chain = order[0]
             LOCK.execute(conn, {"key": AUDIT_LOCK, "chain": chain}).fetchone()
+    # The head is read by a statement of its own, begun once the lock is held: under READ COMMITTED
+    # a statement sees what was committed before it began, so one that took the lock and read the
+    # head together could miss the link the lock's last holder committed meanwhile (tried: the
+    # chains no longer verified).
     last = CHAIN_HEAD.execute(conn, {"chain": chain}).fetchone()
     return chain, last[0] if last else GENESIS
 

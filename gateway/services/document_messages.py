@@ -18,7 +18,7 @@ from gateway.mapping import codes
 from gateway.mapping import document as mapping
 from gateway.mapping import hl7v2 as v2
 from gateway.mapping import submission
-from gateway.storage.repository import UnitOfWork
+from gateway.storage.repository import StoredResource, UnitOfWork
 
 from gateway.access.writes import Producers
 
@@ -107,7 +107,7 @@ def apply(uow: UnitOfWork, plan: Plan, applied: Applied, base_url: str) -> None:
         return
 
     sender = v2.sender_of(message.all("PRT"))
-    registered: list[str] = []
+    registered: list[StoredResource] = []
     for location, action, parsed in plan.targets:
         if action == "delete":
             named = _named(message)
@@ -121,7 +121,7 @@ def apply(uow: UnitOfWork, plan: Plan, applied: Applied, base_url: str) -> None:
             raise refusal.at(location) from None
         applied.produced += [p for p in result.produced if p not in applied.produced]
         if result.created:
-            registered.append(f"DocumentReference/{result.document_reference.res_id}")
+            registered.append(result.document_reference)
         else:
             applied.issues.append(Issue("this document is already registered: nothing new stored",
                                         location, "0", "I"))
@@ -211,14 +211,14 @@ def _source_id(message: Message) -> dict:
     return {"system": SENDER_SYSTEM, "value": message.sender}
 
 
-def _submission_set(uow: UnitOfWork, documents: list[str], sender, message: Message) -> str:
+def _submission_set(uow: UnitOfWork, documents: list[StoredResource], sender, message: Message) -> str:
     """The SubmissionSet of the message: what it registered, for which patient, sent by whom (the
     PRT "send by", else the sending application)."""
-    first = uow.current("DocumentReference", documents[0].split("/", 1)[1]).json()
     list_id = uow.new_id()
     source = submission.person_source(sender) if sender is not None else \
         [submission.device_source(message.msh.get(3, 1) or message.sender)]
-    resource = submission.submission_set(list_id, submission.unique_id(), first["subject"], documents,
-                                         title="Transmission HL7v2", source=source, source_id=_source_id(message))
-    uow.save(resource, patient_id=first["subject"]["reference"].split("/", 1)[1])
+    resource = submission.submission_set(list_id, submission.unique_id(), documents[0].json()["subject"],
+                                         [document.reference for document in documents], title="Transmission HL7v2",
+                                         source=source, source_id=_source_id(message))
+    uow.save(resource, patient_id=documents[0].patient_id)
     return f"List/{list_id}"
