@@ -39,7 +39,7 @@ class Submitted:
     binary_index: int | None = None
     data: bytes = b""
     parsed: ParsedCda | None = None
-    new_id: str = field(default_factory=new_id)
+    new_id: str = ""            # the id it is written under, drawn by the unit of work that writes it
     signs: list["Submitted"] = field(default_factory=list)  # for a signature: the documents it signs
     stored: StoredResource | None = None                      # the DocumentReference written
 
@@ -299,6 +299,8 @@ def _write(uow: UnitOfWork, base_url: str, bundle: dict, documents, signatures, 
     bundle_patients = {e.get("fullUrl"): e["resource"] for e in bundle["entry"]
                        if e["resource"].get("resourceType") == "Patient" and e.get("fullUrl")}
     patient_ids, superseded = set(), set()
+    for item in (*documents, *signatures, *lists):
+        item.new_id = uow.new_id()   # a unit run again draws them again
     for item in documents:
         where = f"Bundle.entry[{item.index}].resource"
         subject = item.resource.get("subject", {})
@@ -419,8 +421,8 @@ def _write_signature(uow: UnitOfWork, base_url: str, item: Submitted, responses:
         responses[item.index] = ("200 OK", f"DocumentReference/{existing.res_id}/_history/{existing.version}")
         responses[item.binary_index] = ("200 OK", f"Binary/{binary_id}/_history/1")
         return
-    first = item.signs[0]
-    patient_ref = uow.current("DocumentReference", first.new_id).json()["subject"]["reference"]
+    signed = item.signs[0].stored.json()   # written by this unit, before its signatures
+    patient_ref = signed["subject"]["reference"]
     binary_id = uow.new_id()
     sha256 = uow.store_blob(item.data)
     uow.save(_validated({"resourceType": "Binary", "id": binary_id, "contentType": "application/xml",
@@ -430,7 +432,6 @@ def _write_signature(uow: UnitOfWork, base_url: str, item: Submitted, responses:
     # What a signature shares with the document it signs: patient, custodian, context, and its
     # author (the certificate names the signer; nothing links it to a national id, so the signed
     # document's author stands as the signature's, as the DMP's submissions have it).
-    signed = uow.current("DocumentReference", first.new_id).json()
     date = submitted.get("date") or signed["date"]
     signed_attachment = signed["content"][0]["attachment"]
     resource = {
