@@ -14,8 +14,6 @@ from typing import Callable, TypeVar
 from urllib.parse import urlparse
 
 from sqlalchemy import Connection, Engine, and_, delete, func, or_, select, text, update
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from gateway.access import AccessContext
 from gateway.access import audit, writes
@@ -35,7 +33,6 @@ from .schema import (
     account_records,
     blob_parts,
     blobs,
-    notifications,
     resource_versions,
     resources,
     search_reference,
@@ -636,16 +633,17 @@ class UnitOfWork:
         if (patient_id is None or self.repository.access.acts_for_patient or docref.get("status") != "current"
                 or columns.get("hidden_from_patient") or signed_ids(docref)):
             return
-        statement = (sqlite_insert if self.conn.dialect.name == "sqlite" else postgresql_insert)(notifications)
-        self.conn.execute(statement.on_conflict_do_nothing(index_elements=["docref_id"]).values(
-            docref_id=docref["id"], patient_id=patient_id, queued_at=_now()[1]))
+        sql.QUEUE_NOTIFICATION.execute(self.conn, {"docref_id": docref["id"], "patient_id": patient_id,
+                                                   "queued_at": _now()[1]})
 
     def _set_visibility(self, ids: list[str], res_type: str, columns: dict) -> None:
         """Labels (and, from a DocumentReference, its authors: they still see it masked) onto the
         resources read through the same rules."""
-        if ids:
-            self.conn.execute(update(resources).where(resources.c.res_type == res_type, resources.c.res_id.in_(ids))
-                              .values(**{k: v for k, v in columns.items() if k in (*VISIBILITY_COLUMNS, "authors")}))
+        values = {k: v for k, v in columns.items() if k in (*VISIBILITY_COLUMNS, "authors")}
+        if not values:
+            return
+        for res_id in ids:
+            sql.UPDATE_RESOURCE.execute(self.conn, {"key_type": res_type, "key_id": res_id, **values})
 
     def _hidden_as_signed(self, signed: list[str], own: dict) -> dict:
         """A signature names what it signs and carries its digest: it is hidden from whoever the
@@ -860,9 +858,7 @@ def delete_blob(conn: Connection, sha256: str) -> None:
 
 def record_closed(conn: Connection, patient_id: str) -> bool:
     """Whether the patient closed the record (an active `record` Consent denies)."""
-    return conn.execute(select(access_rules.c.consent_id).where(
-        access_rules.c.patient_id == patient_id, access_rules.c.kind == "record",
-        access_rules.c.effect == "deny").limit(1)).first() is not None
+    return sql.RECORD_CLOSED.execute(conn, {"key_patient": patient_id}).fetchone() is not None
 
 
 def new_id() -> str:

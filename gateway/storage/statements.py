@@ -147,6 +147,13 @@ INSERT_IDENTIFIER = Prebuilt(insert(unique_identifiers))
 # A Consent's rules, replaced with each of its versions.
 DELETE_RULES = Prebuilt(delete(access_rules).where(access_rules.c.consent_id == bindparam("key_consent")))
 INSERT_RULES = Prebuilt(insert(access_rules))
+# A closed record: an active `record` Consent denies.
+RECORD_CLOSED = Prebuilt(select(access_rules.c.consent_id).where(
+    access_rules.c.patient_id == bindparam("key_patient"), access_rules.c.kind == "record",
+    access_rules.c.effect == "deny").limit(1))
+# "A document was added to your record", queued once per document.
+QUEUE_NOTIFICATION = Prebuilt(text("INSERT INTO notifications (docref_id, patient_id, queued_at) "
+                                   "VALUES (:docref_id, :patient_id, :queued_at) ON CONFLICT (docref_id) DO NOTHING"))
 
 # A blob's first part, unless a blob of that digest is stored already: the row comes back only when
 # inserted (one statement where a look-up and an insert were two; a concurrent writer of the same
