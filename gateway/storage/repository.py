@@ -599,14 +599,16 @@ class UnitOfWork:
         """Create or update: a new version, its history row, its index rows, the access facts it
         carries (a document's visibility, a Consent's rules), and a change for the audit trail."""
         res_type = resource["resourceType"]
-        # Nothing can name a resource under an id this unit minted before it is saved: no signature of it.
+        # A resource under an id this unit minted is new: it has no previous version to read, and
+        # nothing could name it yet (no signature of it to follow).
         minted_here = resource["id"] in self._minted
+        self._minted.discard(resource["id"])
         columns: dict = {}
         if res_type == "DocumentReference":
             columns = {**visibility_columns(resource), "authors": self._authors(resource)}
             columns.update(self._hidden_as_signed(signed_ids(resource), columns))
         stored = self._store(resource, patient_id=patient_id, blob_sha256=blob_sha256, method=method,
-                             columns=columns)
+                             columns=columns, new=minted_here)
         if res_type == "DocumentReference":
             # The Binary is read through the same rules as the DocumentReference that points to it.
             self._set_visibility(binary_ids(resource), "Binary", columns)
@@ -721,14 +723,10 @@ class UnitOfWork:
         return (" " + " ".join(values) + " ")[:512] if values else None
 
     def _store(self, resource: dict, *, patient_id: str | None, method: str | None, columns: dict,
-               blob_sha256: str | None = None) -> StoredResource:
+               new: bool, blob_sha256: str | None = None) -> StoredResource:
         res_type, res_id = resource["resourceType"], resource["id"]
         key = {"key_type": res_type, "key_id": res_id}
-        if res_id in self._minted:
-            self._minted.discard(res_id)
-            previous = None
-        else:
-            previous = sql.PREVIOUS.execute(self.conn, key).fetchone()   # (version, blob_sha256)
+        previous = None if new else sql.PREVIOUS.execute(self.conn, key).fetchone()   # (version, blob_sha256)
         version = (previous[0] + 1) if previous else 1
         instant, index_time = _now()
         resource.setdefault("meta", {})
