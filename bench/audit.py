@@ -16,6 +16,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from bench.databases import scratch_database
+from bench.figures import machine_busy, machine_jiffies
 from gateway.access import AccessContext, audit
 from gateway.storage.database import make_engine
 from gateway.storage.migrate import upgrade
@@ -70,6 +71,11 @@ def _bench_audit(url: str) -> dict:
             cpu_before = os.times()
             for process in processes:
                 process.start()
+            # The machine's CPU over the writing itself, not the processes' start.
+            time.sleep(max(0.0, start_at - time.time()))
+            machine = machine_jiffies()
+            time.sleep(max(0.0, start_at + SECONDS - time.time()))
+            busy_seconds, busy_percent = machine_busy(machine)
             written = sum(counts.get(timeout=120) for _ in processes)
             for process in processes:
                 process.join(60)
@@ -78,13 +84,16 @@ def _bench_audit(url: str) -> dict:
             assert after - before == written, (after - before, written)
             results[f"{chains} chain(s), {gateways} gateway(s)"] = {
                 "audited_writes_per_second": round(written / SECONDS, 1), "load_average": os.getloadavg()[0],
+                "machine_busy_percent": busy_percent,
+                "machine_cpu_ms_per_write": round(busy_seconds * 1000 / written, 2),
                 "children_cpu_seconds": round(os.times().children_user - cpu_before.children_user
                                               + os.times().children_system - cpu_before.children_system, 1)}
     report = audit.verify_chain(engine)
     engine.dispose()
     results["chain_verified"] = report.reason is None
     results["note"] = (f"{THREADS} threads per gateway process, each writing one search's AuditEvent at a time "
-                       f"for {SECONDS:.0f} s; a gateway's threads share group commits; PostgreSQL on this machine")
+                       f"for {SECONDS:.0f} s; a gateway's threads share group commits; PostgreSQL on this machine; "
+                       "machine_*: the whole machine's CPU over those seconds (the gateways, PostgreSQL, the kernel)")
     return results
 
 

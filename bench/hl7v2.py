@@ -17,7 +17,7 @@ from hl7apy.core import Message as Hl7apyMessage
 from hl7apy.parser import parse_message
 
 from bench.databases import scratch_database
-from bench.figures import backends, percentile
+from bench.figures import backends, cpu_figures, machine_busy, machine_jiffies, percentile
 from gateway.hl7v2 import ack, mllp
 from gateway.hl7v2.er7 import Message
 from gateway.mapping import hl7v2 as v2
@@ -171,7 +171,8 @@ def bench_mllp(workdir: Path, cdas: list[bytes], adt_count: int, postgres_url: s
     results["note"] = ("`gateway mllp` processes on one port (SO_REUSEPORT), 8 worker threads each, loopback; "
                        "the client in the bench's process. SQLite WAL synchronous=FULL; writes in group commits "
                        "(several messages' units share a transaction and a flush); AA only after the commit of "
-                       "the message's result")
+                       "the message's result. client_cpu: the bench's process (the MLLP clients); machine_*: the whole "
+                       "machine's CPU over the run (listeners, client, database, kernel, anything else running)")
     return results
 
 
@@ -198,10 +199,12 @@ def _bench_listeners(url: str, backend: str, workdir: Path, cdas: list[bytes], a
                     else:
                         batch = [mdm(offset + n, cda) for n, cda in enumerate(documents)]
                     offset += count
-                    cpu = sum(_cpu_seconds(p.pid) for p in listeners)
+                    cpu, machine, client = sum(_cpu_seconds(p.pid) for p in listeners), machine_jiffies(), \
+                        time.process_time()
                     figures = _throughput(port, batch, connections)
                     used = sum(_cpu_seconds(p.pid) for p in listeners) - cpu
-                    figures["listener_cpu_ms_per_message"] = round(used * 1000 / count, 1)
+                    figures.update(cpu_figures(used, time.process_time() - client, machine_busy(machine), count,
+                                               "message", "listener"))
                     results.setdefault(backend, {})[
                         f"{kind}, {connections} connection(s), {processes} process(es)"] = figures
         finally:

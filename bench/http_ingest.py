@@ -15,7 +15,7 @@ from pathlib import Path
 import requests
 
 from bench.databases import scratch_database
-from bench.figures import backends, percentile
+from bench.figures import backends, cpu_figures, machine_busy, machine_jiffies, percentile
 from bench.memory import served
 from bench.nodes import _tree_cpu
 
@@ -32,7 +32,9 @@ def bench_cda_http(documents: list[bytes], postgres_url: str | None) -> dict:
             for clients, share in ((1, documents[:half]), (8, documents[half:])):
                 results.setdefault(backend, {})[f"{clients} client(s)"] = _posted(base, auth, root, share, clients)
     results["note"] = ("`gateway serve` (2 HTTP workers, 8 threads each) on loopback, the clients in this process "
-                       "(requests, one session each); each 201 after the commit of its document")
+                       "(requests, one session each); each 201 after the commit of its document. client_cpu: the bench's "
+                       "process (the clients); machine_*: the whole machine's CPU over the run (gateway, client, "
+                       "database, kernel, anything else running)")
     return results
 
 
@@ -49,7 +51,7 @@ def _posted(base: str, auth: dict, root: int, documents: list[bytes], clients: i
                 latencies.append(time.perf_counter() - started)
                 answers[status] = answers.get(status, 0) + 1
 
-    cpu = _tree_cpu(root)
+    cpu, machine, own = _tree_cpu(root), machine_jiffies(), time.process_time()
     started = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(client, [documents[i::clients] for i in range(clients)]))
@@ -59,7 +61,8 @@ def _posted(base: str, auth: dict, root: int, documents: list[bytes], clients: i
             "documents_per_second": round(len(documents) / elapsed, 1),
             "latency_ms_p50": round(percentile(latencies, 50) * 1000, 1),
             "latency_ms_p95": round(percentile(latencies, 95) * 1000, 1),
-            "gateway_cpu_ms_per_document": round(used * 1000 / len(documents), 1)}
+            **cpu_figures(used, time.process_time() - own, machine_busy(machine), len(documents), "document",
+                          "gateway")}
 
 
 if __name__ == "__main__":

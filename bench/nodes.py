@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from bench.databases import scratch_database
+from bench.figures import machine_busy, machine_jiffies
 from bench.hl7v2 import _cpu_seconds, _free_port, _throughput, adt
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,12 +113,6 @@ def _searcher(port: int, tokens: list[str], start_at: float, counts) -> None:
     counts.put((sum(done), sum(failures)))
 
 
-def _machine_jiffies() -> tuple[int, int]:
-    """(busy, all) CPU time of the whole machine since boot, in clock ticks (/proc/stat)."""
-    user, nice, system, idle, iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
-    return user + nice + system + irq + softirq + steal, user + nice + system + idle + iowait + irq + softirq + steal
-
-
 def _measured(run: Callable[[Callable[[], None]], dict], nodes_cpu: Callable[[], float], work: str) -> dict:
     """`run`'s figures, with the nodes' CPU seconds over its measured part (from its call of the
     `begin` it is given to its end), its `work` (searches or messages, whose rate the figures give)
@@ -125,15 +120,14 @@ def _measured(run: Callable[[Callable[[], None]], dict], nodes_cpu: Callable[[],
     start: dict = {}
 
     def begin() -> None:
-        start["cpu"], start["jiffies"] = nodes_cpu(), _machine_jiffies()
+        start["cpu"], start["jiffies"] = nodes_cpu(), machine_jiffies()
 
     figures = run(begin)
-    used, (busy_after, total_after) = nodes_cpu() - start["cpu"], _machine_jiffies()
-    busy, total = start["jiffies"]
+    used, (_, busy_percent) = nodes_cpu() - start["cpu"], machine_busy(start["jiffies"])
     seconds = figures.pop("seconds")
     figures["nodes_cpu_seconds"] = round(used, 1)
     figures[f"{work}_per_node_cpu_second"] = round(figures[f"{work}_per_second"] * seconds / used, 1)
-    figures["machine_busy_percent"] = round(100 * (busy_after - busy) / (total_after - total), 1)
+    figures["machine_busy_percent"] = busy_percent
     return figures
 
 
