@@ -317,3 +317,30 @@ def document_reference(header: CdaHeader, docref_id: str, links: Links, attachme
         resource["identifier"].append({"use": "secondary", "system": system, "value": value,
                                        "type": {"text": "setId"}})
     return resource
+
+
+# The id a resource built before its transaction is validated under; the unit of work gives it its own.
+UNSET_ID = "unset"
+
+
+def stand_in_links(header: CdaHeader) -> Links:
+    """Links of the right shape for a DocumentReference built before its transaction: each parent
+    the header replaces by its identifier, as a parent registered elsewhere is linked."""
+    return Links(patient=UNSET_ID, custodian=f"Organization/{UNSET_ID}",
+                 replaces=[{"identifier": dict(zip(("system", "value"), identifier_key(parent)))}
+                           for parent in header.replaced])
+
+
+def linked(resource: dict, docref_id: str, links: Links, url: str) -> dict:
+    """A DocumentReference built by `document_reference` under other ids and links, with these: what
+    the document states is kept (shared, not copied), what the database gave is replaced in place."""
+    identifier = [{**resource["identifier"][0], "value": f"urn:uuid:{docref_id}"}, *resource["identifier"][1:]]
+    content = [{**resource["content"][0], "attachment": {**resource["content"][0]["attachment"], "url": url}}]
+    relinked = {**resource, "id": docref_id, "identifier": identifier,
+                "subject": {"reference": f"Patient/{links.patient}"}, "custodian": {"reference": links.custodian},
+                "content": content}
+    if links.replaces:
+        relinked["relatesTo"] = [{"code": "replaces", "target": target} for target in links.replaces]
+    else:
+        relinked.pop("relatesTo", None)
+    return relinked

@@ -91,6 +91,11 @@ def read(message: Message, max_bytes: int) -> Plan:
                                        "TXA^1^12", "207"))
         if action == "replace":
             parsed = _with_parent(parsed, txa)
+        if action != "delete":
+            try:
+                parsed.checked_reference(plan.visibility)   # here, not under the write lock
+            except Refused as refusal:
+                raise refusal.at(location) from None
         plan.targets.append((location, action, parsed))
     return plan
 

@@ -1,5 +1,6 @@
-"""One CDA document: read (parse, header, rules) outside any transaction, then map, validate and
-persist in the unit of work.
+"""One CDA document: read (parse, header, rules) and its DocumentReference mapped and validated
+outside any transaction, under stand-in ids; then, in the unit of work, its patient, authors and
+custodian found or created, the DocumentReference linked to them and persisted with its Binary.
 
 Used by POST /cda and `gateway ingest` (through the ingest pipeline), by ITI-65 and by the HL7v2
 document messages (inside theirs).
@@ -39,6 +40,21 @@ class ParsedCda:
     data: bytes
     header: CdaHeader
     ins: str
+    # The DocumentReference it gives, validated, by visibility (checked_reference).
+    _checked: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def checked_reference(self, visibility: list[str] = ()) -> dict:
+        """The DocumentReference this document gives, validated, under stand-in ids and links that
+        the unit of work replaces (mapping.linked): the services ask for it before their transaction,
+        so that neither the mapping nor the validation holds SQLite's write lock."""
+        key = tuple(sorted(set(visibility)))
+        if key not in self._checked:
+            header = self.header
+            attachment = mapping.Attachment(url=mapping.UNSET_ID, content_type=_content_type(header),
+                                            size=len(self.data), sha1_base64=mapping.sha1_base64(self.data))
+            self._checked[key] = _checked(mapping.document_reference(
+                header, mapping.UNSET_ID, mapping.stand_in_links(header), attachment, list(key)))
+        return self._checked[key]
 
     @property
     def patient_key(self) -> tuple[str, str]:
@@ -60,9 +76,17 @@ def ingest_cda(repo: Repository, data: bytes, *, max_bytes: int, channel: str = 
         result = register_document(uow, repo.base_url, parsed)
         return Written(result, "processed" if result.created else "duplicate", result.produced)
 
-    _, written = ingest(repo, Received(channel, data, content_type, sender), Write.FEED,
-                        lambda: read_cda(data, max_bytes), write)
+    def prepare() -> ParsedCda:
+        parsed = read_cda(data, max_bytes)
+        parsed.checked_reference()
+        return parsed
+
+    _, written = ingest(repo, Received(channel, data, content_type, sender), Write.FEED, prepare, write)
     return written.value
+
+
+def _content_type(header: CdaHeader) -> str:
+    return "application/xslt+xml" if header.wrapped_in_xslt else "text/xml"
 
 
 def _checked(resource: dict) -> dict:
@@ -114,21 +138,15 @@ def register_document(uow: UnitOfWork, base_url: str, parsed: ParsedCda, *, visi
     docref_id = docref_id or uow.new_id()
     replaces = _supersede(uow, header, patient_id, produced)
     binary_id = binary_id or uow.new_id()
-    content_type = "application/xslt+xml" if header.wrapped_in_xslt else "text/xml"
     sha256 = uow.store_blob(parsed.data)
-    binary = _checked({"resourceType": "Binary", "id": binary_id, "contentType": content_type,
+    binary = _checked({"resourceType": "Binary", "id": binary_id, "contentType": _content_type(header),
                        "securityContext": {"reference": f"DocumentReference/{docref_id}"}})
     uow.save(binary, patient_id=patient_id, blob_sha256=sha256)
     produced.append(f"Binary/{binary_id}")
 
-    attachment = mapping.Attachment(
-        url=f"{base_url.rstrip('/')}/fhir/Binary/{binary_id}",
-        content_type=content_type,
-        size=len(parsed.data),
-        sha1_base64=mapping.sha1_base64(parsed.data),
-    )
     links = mapping.Links(patient=patient_id, custodian=custodian, replaces=replaces)
-    docref = _checked(mapping.document_reference(header, docref_id, links, attachment, visibility))
+    docref = mapping.linked(parsed.checked_reference(visibility), docref_id, links,
+                            f"{base_url.rstrip('/')}/fhir/Binary/{binary_id}")
     stored = uow.save(docref, patient_id=patient_id)
     system, value = mapping.identifier_key(header.unique_id)
     uow.claim_identifier("DocumentReference", system, value, docref_id)

@@ -1,5 +1,6 @@
 """One HL7v2 message, from any transport, through the ingest pipeline (services/ingest.py): route,
-read (a document message's CDAs parsed outside any transaction), apply in the group commit, ACK.
+read outside any transaction (an ADT's Patient and Consents built and validated, a document
+message's CDAs parsed and their DocumentReferences validated), apply in the group commit, ACK.
 
 The ACK says AA only once the message's resources and its status are committed together. A
 retransmission (same sender MSH-3/4, same MSH-10, same content but for MSH-7) is answered with the
@@ -90,7 +91,9 @@ def route(message: Message) -> Handler:
             return Handler(_merge)
         if event == "A47":
             return Handler(_change_identifier)
-        return Handler(_identity if event in IDENTITY_EVENTS else _movement)
+        if event in IDENTITY_EVENTS:
+            return Handler(_identity, _read_identity)
+        return Handler(_movement, _read_movement)
     if (code == "MDM" and event in document_messages.MDM_ACTIONS) or (code == "ORU" and event == "R01"):
         return Handler(document_messages.apply, document_messages.read)
     if code in ("ADT", "MDM", "ORU"):
@@ -99,24 +102,43 @@ def route(message: Message) -> Handler:
     raise MessageRejected(f"message type {code} is not supported (supported: ADT, MDM, ORU)", "MSH^1^9", "200")
 
 
-def _identity(uow, message, applied, base_url) -> None:
-    pid = _required(message, "PID")
-    patient_id = patients.upsert_patient(uow, pid, applied)
-    _consents(uow, message, patient_id, applied)
+@dataclass(frozen=True)
+class PreparedIdentity:
+    """An ADT message read before any transaction: the identity its PID states (none for a
+    movement, whose PID only finds the patient) and the consents of its ZFA segments."""
+    patient: patients.PreparedPatient | None
+    ids: list   # the PID-3 identifiers, which find the patient
+    consents: list[dict[str, dict]]
 
 
-def _movement(uow, message, applied, base_url) -> None:
+def _read_identity(message: Message, max_bytes: int) -> PreparedIdentity:
+    prepared = patients.prepare_patient(_required(message, "PID"))
+    return PreparedIdentity(prepared, prepared.ids, [patients.prepare_consents(z) for z in message.all("ZFA")])
+
+
+def _identity(uow, prepared: PreparedIdentity, applied, base_url) -> None:
+    patient_id = patients.upsert_patient(uow, prepared.patient, applied)
+    _consents(uow, prepared, patient_id, applied)
+
+
+def _read_movement(message: Message, max_bytes: int) -> PreparedIdentity | None:
     """Movements (A02, A03, A11…) change no identity; a ZFA they carry still updates the consents."""
     pid = message.first("PID")
-    if pid is not None and message.first("ZFA") is not None:
-        patient_id = patients.find_patient(uow, patients.checked_ids(pid, 3))
-        if patient_id:
-            _consents(uow, message, patient_id, applied)
+    if pid is None or message.first("ZFA") is None:
+        return None
+    return PreparedIdentity(None, patients.checked_ids(pid, 3),
+                            [patients.prepare_consents(z) for z in message.all("ZFA")])
 
 
-def _consents(uow, message, patient_id, applied) -> None:
-    for zfa in message.all("ZFA"):
-        patients.record_consents(uow, zfa, patient_id, applied)
+def _movement(uow, prepared: PreparedIdentity | None, applied, base_url) -> None:
+    patient_id = patients.find_patient(uow, prepared.ids) if prepared else None
+    if patient_id:
+        _consents(uow, prepared, patient_id, applied)
+
+
+def _consents(uow, prepared: PreparedIdentity, patient_id, applied) -> None:
+    for consents in prepared.consents:
+        patients.record_consents(uow, consents, patient_id, applied)
 
 
 def _merge(uow, message, applied, base_url) -> None:

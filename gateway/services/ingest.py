@@ -7,10 +7,11 @@
 
 The requester's permission (`Write`, decided in gateway.access.writes) opens each unit of work of
 the input, from the raw copy on: an input its sender may not submit is refused before anything of
-it is kept. A transport decodes its input, gives its work as `prepare` (reading, rules, checks that need
-nothing stored: done outside any transaction, so SQLite's write lock is never held for them) and
-`write` (inside the unit of work), and renders a `Refused` into its own answer: an ACK with ERR,
-an OperationOutcome, a French sentence. The raw copy, the result, and a refusal or failure (the
+it is kept. A transport decodes its input, gives its work as `prepare` (reading, rules, checks,
+and the resources an input states, mapped and validated: whatever needs nothing stored, done
+outside any transaction, so SQLite's write lock is never held for it) and `write` (inside the unit
+of work: look-ups, the ids they give, persistence), and renders a `Refused` into its own answer: an
+ACK with ERR, an OperationOutcome, a French sentence. The raw copy, the result, and a refusal or failure (the
 unit of work that failed left nothing behind) are each written in the group commit.
 """
 from __future__ import annotations

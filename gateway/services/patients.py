@@ -1,5 +1,6 @@
 """PAM-FR identity feed: create or update a Patient from PID, merge (A40), change an identifier (A47),
-and the DMP consents a ZFA segment states. Each function works inside the caller's unit of work."""
+and the DMP consents a ZFA segment states. The `prepare_` functions build and validate what a
+segment states, before any transaction; the others work inside the caller's unit of work."""
 from __future__ import annotations
 
 import dataclasses
@@ -85,10 +86,16 @@ def _claim_all(uow: UnitOfWork, patient_id: str, identifiers: list[dict], locati
         uow.claim_identifier("Patient", identifier["system"], identifier["value"], patient_id)
 
 
-def upsert_patient(uow: UnitOfWork, pid: Segment, applied: Applied) -> str:
-    """The patient PID-3 names, created or updated with the identity the message carries.
+@dataclass(frozen=True)
+class PreparedPatient:
+    """A PID read, mapped and validated before any transaction: its identifiers, and the Patient it
+    states, whose id the unit of work gives it (the one its identifiers find, or a new one)."""
+    ids: list[II]
+    resource: dict
 
-    Identifiers known from earlier messages or documents and absent from this PID are kept."""
+
+def prepare_patient(pid: Segment) -> PreparedPatient:
+    """The identity a PID states, refused here if it is wrong: no write lock is held for it."""
     ids = checked_ids(pid, 3)
     if not ids:
         raise MessageRefused(Issue("PID-3 has no identifier with an assigning authority", "PID^1^3", "101"))
@@ -98,10 +105,20 @@ def upsert_patient(uow: UnitOfWork, pid: Segment, applied: Applied) -> str:
             ts_to_fhir(info.birth_time)
         except InvalidTime as exc:
             raise MessageRefused(Issue(f"PID-7 (birth date): {exc}", "PID^1^7", "102")) from None
-    patient_id = find_patient(uow, ids)
-    resource = mapping.patient_resource(info, patient_id or uow.new_id())
+    return PreparedPatient(ids, _validated(mapping.patient_resource(info, mapping.UNSET_ID), "PID"))
+
+
+def upsert_patient(uow: UnitOfWork, prepared: PreparedPatient, applied: Applied) -> str:
+    """The patient the prepared PID names, created or updated with the identity it carries.
+
+    Identifiers known from earlier messages or documents and absent from this PID are kept."""
+    patient_id = find_patient(uow, prepared.ids)
+    # A copy: a unit of work run again (a concurrent claim) starts from the prepared Patient.
+    resource = {**prepared.resource, "id": patient_id or uow.new_id(),
+                "identifier": list(prepared.resource["identifier"])}
     previous = _stored(uow, "Patient", patient_id)
     if previous is not None:
+        # What is added was validated as part of the stored version.
         sent = {(i["system"], i["value"]) for i in resource["identifier"]}
         resource["identifier"] += [i for i in previous.get("identifier", []) if (i["system"], i["value"]) not in sent]
         for kept in ("link", "active"):
@@ -109,7 +126,7 @@ def upsert_patient(uow: UnitOfWork, pid: Segment, applied: Applied) -> str:
                 resource[kept] = previous[kept]
     _claim_all(uow, resource["id"], resource["identifier"], "PID^1^3")
     if not _unchanged(resource, previous):
-        uow.save(_validated(resource, "PID"), patient_id=resource["id"])
+        uow.save(resource, patient_id=resource["id"])
         applied.produced.append(f"Patient/{resource['id']}")
     return resource["id"]
 
@@ -129,18 +146,25 @@ def _unchanged(resource: dict, stored: dict | None) -> bool:
                                    == {k: v for k, v in stored.items() if k != "meta"})
 
 
-def record_consents(uow: UnitOfWork, zfa: Segment, patient_id: str, applied: Applied) -> None:
+def prepare_consents(zfa: Segment) -> dict[str, dict]:
+    """The Consents a ZFA states, by kind, validated before any transaction; the unit of work
+    gives each its id and its patient."""
+    stated = v2.consents(zfa, f"Patient/{mapping.UNSET_ID}")
+    return {kind: _validated(consent, "ZFA") for kind, consent in stated.items()}
+
+
+def record_consents(uow: UnitOfWork, prepared: dict[str, dict], patient_id: str, applied: Applied) -> None:
     """One Consent per kind and patient, updated in place as new ZFA arrive."""
-    for kind, consent in v2.consents(zfa, f"Patient/{patient_id}").items():
+    for kind, stated in prepared.items():
         key_system = CONSENT_KEY_SYSTEM + kind
         consent_id = uow.find_by_identifier("Consent", key_system, patient_id)
         stored = _stored(uow, "Consent", consent_id)
         if consent_id is None:
             consent_id = uow.new_id()
             uow.claim_identifier("Consent", key_system, patient_id, consent_id)
-        consent["id"] = consent_id
+        consent = {**stated, "id": consent_id, "patient": {"reference": f"Patient/{patient_id}"}}
         if not _unchanged(consent, stored):
-            uow.save(_validated(consent, "ZFA"), patient_id=patient_id)
+            uow.save(consent, patient_id=patient_id)
             applied.produced.append(f"Consent/{consent_id}")
 
 
@@ -159,7 +183,7 @@ def merge(uow: UnitOfWork, pid: Segment, mrg: Segment, applied: Applied) -> None
     if not merged_ids:
         raise MessageRefused(Issue("MRG-1 has no identifier with an assigning authority", "MRG^1^1", "101"))
     merged_id = find_patient(uow, merged_ids)
-    survivor_id = upsert_patient(uow, pid, applied)
+    survivor_id = upsert_patient(uow, prepare_patient(pid), applied)
     if merged_id is None:
         applied.issues.append(Issue("the merged patient (MRG-1) is unknown here: nothing to move",
                                     "MRG^1^1", "204", "W"))

@@ -243,6 +243,7 @@ def _read_document(item: Submitted, max_bytes: int) -> None:
         return
     try:
         item.parsed = read_cda(item.data, max_bytes)
+        item.parsed.checked_reference(_visibility(item.resource))   # here, not under the write lock
     except Refused as refusal:
         raise _refuse(f"CDA document: {refusal.reason}", f"{where} -> {refusal.location}", refusal.status,
                       refusal.code) from None
@@ -255,6 +256,12 @@ def _read_document(item: Submitted, max_bytes: int) -> None:
     submitted_types = [c.get("code") for c in item.resource.get("type", {}).get("coding", [])]
     if submitted_types and header.code.code not in submitted_types:
         raise _refuse(f"type {submitted_types} contradicts the CDA code {header.code.code}", f"{where}.type")
+
+
+def _visibility(docref: dict) -> list[str]:
+    """The visibility labels (TRE_A07) a submitted DocumentReference asks for its document."""
+    return [c["code"] for label in docref.get("securityLabel", []) for c in label.get("coding", [])
+            if c.get("system") == codes.VISIBILITY_SYSTEM and c.get("code") in codes.VISIBILITY_DISPLAYS]
 
 
 def _subject_ins(uow: UnitOfWork, bundle: dict, subject: dict) -> set[str]:
@@ -306,8 +313,7 @@ def _write(uow: UnitOfWork, base_url: str, bundle: dict, documents, signatures, 
         subject = item.resource.get("subject", {})
         if item.parsed and subject and item.parsed.ins not in _subject_ins(uow, bundle, subject):
             raise _refuse(f"subject does not designate the patient of the CDA (INS {item.parsed.ins})", f"{where}.subject")
-        visibility = [c["code"] for label in item.resource.get("securityLabel", []) for c in label.get("coding", [])
-                      if c.get("system") == codes.VISIBILITY_SYSTEM and c.get("code") in codes.VISIBILITY_DISPLAYS]
+        visibility = _visibility(item.resource)
         try:
             if item.parsed:
                 result = register_document(uow, base_url, _with_submitted_parent(uow, item), visibility=visibility,

@@ -1,4 +1,8 @@
 """Mapping of a header to FHIR: pure functions, checked field by field and validated."""
+import json
+
+import pytest
+
 from conftest import sample
 from gateway.fhir.validation import validate
 from gateway.mapping import codes
@@ -84,3 +88,26 @@ def test_patient_practitioner_organization_profiles():
     validate(organization)
     assert [(i["system"], i["value"]) for i in organization["identifier"]] == [
         ("urn:oid:1.2.250.1.71.4.2.2", "1990000018"), (codes.FINESS_SYSTEM, "990000018")]
+
+
+@pytest.mark.parametrize("name, replaces", [
+    ("ldl-ses-martin.xml", []),
+    ("cr-imagerie-irm-lefevre-v2.xml", [{"reference": "DocumentReference/parent"}]),
+    ("cr-imagerie-irm-lefevre-v2.xml", [{"identifier": {"system": "urn:ietf:rfc:3986", "value": "urn:oid:1.2.3"}}]),
+])
+def test_a_document_reference_validated_before_its_transaction_is_linked_to_what_the_mapping_gives(name, replaces):
+    """A service validates a document's DocumentReference before its transaction, under stand-in ids
+    and links (ParsedCda.checked_reference), and the unit of work links it: the result is the
+    DocumentReference the mapping gives with the real ones, key for key and in the same order."""
+    parsed = read_cda(sample(name), 5 * 1024 * 1024)
+    assert bool(parsed.header.replaced) == bool(replaces)
+    links = mapping.Links(patient="p1", custodian="Organization/o1", replaces=replaces)
+    url = "http://gw/fhir/Binary/b1"
+    attachment = mapping.Attachment(url, "text/xml", len(parsed.data), mapping.sha1_base64(parsed.data))
+    for visibility in ([], ["INVISIBLE_PATIENT", "MASQUE_PS"]):
+        expected = mapping.document_reference(parsed.header, "d1", links, attachment, visibility)
+        template = parsed.checked_reference(visibility)
+        assert template["id"] == mapping.UNSET_ID
+        assert parsed.checked_reference(visibility) is template   # validated once
+        assert json.dumps(mapping.linked(template, "d1", links, url)) == json.dumps(expected)
+        assert template["id"] == mapping.UNSET_ID   # the template is not changed by linking it
