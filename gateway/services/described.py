@@ -6,7 +6,6 @@ its header stays the source of truth (services/documents.py)."""
 from __future__ import annotations
 
 import binascii
-import hashlib
 from urllib.parse import parse_qsl
 
 from lxml import etree
@@ -103,8 +102,10 @@ def _submitted_producers(submitted: dict) -> Producers:
 
 
 def register_described(uow: UnitOfWork, base_url: str, submitted: dict, data: bytes, patient_id: str, *,
-                       where: str, docref_id: str | None = None) -> Ingested:
-    """Register a document whose metadata the sender gave as a DocumentReference."""
+                       where: str, sha256: str, sha1_base64: str, docref_id: str | None = None) -> Ingested:
+    """Register a document whose metadata the sender gave as a DocumentReference: its bytes `data`,
+    their SHA-256 and SHA-1 computed, and the submitted size and hash checked against them, before
+    the transaction (provide._attach_binary)."""
     master = submitted.get("masterIdentifier")
     if not isinstance(master, dict) or not master.get("value"):
         raise Refused("masterIdentifier (the document's uniqueId) is required", location=f"{where}.masterIdentifier")
@@ -113,7 +114,7 @@ def register_described(uow: UnitOfWork, base_url: str, submitted: dict, data: by
     if existing_id is not None:
         existing = uow.current("DocumentReference", existing_id)
         binary = uow.current("Binary", existing.json()["content"][0]["attachment"]["url"].rsplit("/", 1)[-1])
-        if existing.patient_id != patient_id or binary is None or binary.blob_sha256 != hashlib.sha256(data).hexdigest():
+        if existing.patient_id != patient_id or binary is None or binary.blob_sha256 != sha256:
             raise Refused("a different document is already registered under this masterIdentifier",
                                   location=f"{where}.masterIdentifier", status=409, code="duplicate")
         return Ingested(False, existing, [f"DocumentReference/{existing_id}"])
@@ -136,13 +137,9 @@ def register_described(uow: UnitOfWork, base_url: str, submitted: dict, data: by
     content = (submitted.get("content") or [{}])[0]
     attachment = content.get("attachment", {})
     content_type = attachment.get("contentType") or "application/octet-stream"
-    for name, expected in (("size", len(data)), ("hash", mapping.sha1_base64(data))):
-        if name in attachment and attachment[name] != expected:
-            raise Refused(f"attachment.{name} does not match the document's bytes",
-                                  location=f"{where}.content[0].attachment.{name}")
     uow.save(_checked({"resourceType": "Binary", "id": binary_id, "contentType": content_type,
                        "securityContext": {"reference": f"DocumentReference/{docref_id}"}}, where),
-             patient_id=patient_id, blob_sha256=uow.store_blob(data))
+             patient_id=patient_id, blob_sha256=uow.store_blob(data, sha256))
     date = submitted.get("date") or fhir_now()
     holder = uow.current("Patient", patient_id).json()
     source_patient = {**{k: v for k, v in holder.items() if k not in ("id", "meta", "link", "active")},
@@ -175,7 +172,7 @@ def register_described(uow: UnitOfWork, base_url: str, submitted: dict, data: by
         "content": [{
             "attachment": {"contentType": content_type, "language": attachment.get("language") or "fr-FR",
                            "url": f"{base_url.rstrip('/')}/fhir/{'Bundle' if _fhir_document(data, content_type) else 'Binary'}/{binary_id}",
-                           "size": len(data), "hash": mapping.sha1_base64(data),
+                           "size": len(data), "hash": sha1_base64,
                            "title": attachment.get("title") or type_display, "creation": attachment.get("creation") or date},
             "format": content.get("format") or MIME_SUFFICIENT}],
         "context": context,

@@ -182,7 +182,7 @@ def _with_parent(parsed: ParsedCda, txa: Segment | None) -> ParsedCda:
         return parsed
     if txa is not None and txa.get(13):
         header = dataclasses.replace(parsed.header, replaced=[II(txa.get(13))])
-        return ParsedCda(parsed.data, header, parsed.ins)
+        return dataclasses.replace(parsed, header=header)
     raise MessageRefused(Issue("a replacement must name the replaced document (CDA relatedDocument RPLC "
                                "or TXA-13)", "TXA^1^13", "101"))
 

@@ -40,6 +40,7 @@ class ParsedCda:
     data: bytes
     header: CdaHeader
     ins: str
+    sha256: str                    # of data, computed before the transaction
     # The DocumentReference it gives, validated, by visibility (checked_reference).
     _checked: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -67,7 +68,7 @@ class ParsedCda:
 def read_cda(data: bytes, max_bytes: int) -> ParsedCda:
     root, wrapped = parse_cda(data, max_bytes=max_bytes, whole_texts=False)
     header = extract_header(root, wrapped_in_xslt=wrapped)
-    return ParsedCda(data, header, check_document(header))
+    return ParsedCda(data, header, check_document(header), hashlib.sha256(data).hexdigest())
 
 
 def ingest_cda(repo: Repository, data: bytes, *, max_bytes: int, channel: str = "cda",
@@ -107,7 +108,7 @@ def existing_document(uow: UnitOfWork, parsed: ParsedCda) -> StoredResource | No
     existing = uow.current("DocumentReference", existing_id)
     binary_url = existing.json()["content"][0]["attachment"]["url"]
     binary = uow.current("Binary", binary_url.rsplit("/", 1)[-1])
-    if binary is None or binary.blob_sha256 != hashlib.sha256(parsed.data).hexdigest():
+    if binary is None or binary.blob_sha256 != parsed.sha256:
         raise Refused(
             f"a different document is already registered under unique id {value}; "
             "a new version needs a new id and relatedDocument RPLC",
@@ -138,7 +139,7 @@ def register_document(uow: UnitOfWork, base_url: str, parsed: ParsedCda, *, visi
     docref_id = docref_id or uow.new_id()
     replaces = _supersede(uow, header, patient_id, produced)
     binary_id = binary_id or uow.new_id()
-    sha256 = uow.store_blob(parsed.data)
+    sha256 = uow.store_blob(parsed.data, parsed.sha256)
     binary = _checked({"resourceType": "Binary", "id": binary_id, "contentType": _content_type(header),
                        "securityContext": {"reference": f"DocumentReference/{docref_id}"}})
     uow.save(binary, patient_id=patient_id, blob_sha256=sha256)

@@ -16,6 +16,7 @@ unit of work that failed left nothing behind) are each written in the group comm
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -82,6 +83,7 @@ def keep(repo: Repository, received: Received, permission: Write, *, status: str
     not stored again: its earlier copy is returned. The look-up and the copy are one unit of work,
     so two copies sent at the same time are not both kept."""
     keys = received.keys or {}
+    sha256 = hashlib.sha256(received.body).hexdigest()
 
     def unit(uow: UnitOfWork) -> Kept:
         earlier = uow.earlier_inputs(received.sender, keys["control_id"]) if "fingerprint" in keys else []
@@ -89,7 +91,7 @@ def keep(repo: Repository, received: Received, permission: Write, *, status: str
         if same is not None:
             return Kept(same.id, same if same.status in FINAL_STATUSES else None)
         raw_id = uow.store_raw(received.channel, received.body, received.content_type, received.sender,
-                               message=received.keys, status=status, outcome=outcome, ack=ack)
+                               message=received.keys, status=status, outcome=outcome, ack=ack, sha256=sha256)
         return Kept(raw_id, control_id_reused=bool(earlier))
 
     return repo.write(unit, permission)

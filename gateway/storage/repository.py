@@ -583,8 +583,10 @@ class UnitOfWork:
         row = self.conn.execute(sql.CURRENT, {"key_type": res_type, "key_id": res_id}).first()
         return self.repository._row(row) if row else None
 
-    def store_blob(self, data: bytes) -> str:
-        digest = hashlib.sha256(data).hexdigest()
+    def store_blob(self, data: bytes, sha256: str | None = None) -> str:
+        """Store bytes under their SHA-256 (`sha256`: computed before the transaction, so that no
+        write lock is held while a large document is hashed), unless already stored."""
+        digest = sha256 or hashlib.sha256(data).hexdigest()
         view = memoryview(data)
         if sql.INSERT_BLOB.execute(self.conn, {"sha256": digest, "size": len(data),
                                                "data": view[:BLOB_PART]}).fetchone():
@@ -807,12 +809,12 @@ class UnitOfWork:
 
     def store_raw(self, channel: str, body: bytes, content_type: str | None, sender: str | None, *,
                   message: dict | None = None, status: str = "received", outcome: dict | None = None,
-                  ack: str | None = None) -> int:
+                  ack: str | None = None, sha256: str | None = None) -> int:
         """Keep an input exactly as received (its body in blobs). `message` holds the HL7v2 keys
         (control_id, fingerprint, message_type)."""
         return sql.INSERT_RAW.execute(self.conn, dict(
             received_at=_now()[1], channel=channel, content_type=(content_type or "")[:128], sender=sender,
-            sha256=self.store_blob(body), size=len(body), status=status,
+            sha256=self.store_blob(body, sha256), size=len(body), status=status,
             outcome=json.dumps(outcome, ensure_ascii=False) if outcome else None, ack=ack, **(message or {}))
         ).fetchone()[0]
 

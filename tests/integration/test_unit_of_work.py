@@ -127,23 +127,33 @@ def test_an_identity_feed_is_mapped_and_validated_before_its_write_transaction(d
 def test_a_document_is_mapped_and_validated_before_its_write_transaction(database, monkeypatch):
     """An MDM^T02's DocumentReference is mapped and validated before the batch opens (under stand-in
     ids, which its unit of work replaces): only its Binary, a few fields the unit builds, is
-    validated inside."""
+    validated inside. The message and its document are hashed before it too: a 20 MB document took
+    the write lock for its hashes."""
+    import hashlib
+
     from gateway.services import documents, feeds
     from gateway.storage import commits
 
-    validated = []
-    validate = documents.validate
+    validated, hashed_inside = [], []
+    validate, sha256 = documents.validate, hashlib.sha256
 
     def recorded(resource):
         validated.append((resource["resourceType"], getattr(commits._batch_thread, "running", False)))
         return validate(resource)
 
+    def hashed(data=b"", **kwargs):
+        if getattr(commits._batch_thread, "running", False):
+            hashed_inside.append(len(data))
+        return sha256(data, **kwargs)
+
     monkeypatch.setattr(documents, "validate", recorded)
+    monkeypatch.setattr(hashlib, "sha256", hashed)
     repo = Repository(database[0], AccessContext.system("test"), "http://test")
     message = (SAMPLES / "hl7v2" / "mdm-1-t02-cr-imagerie-irm-lefevre.hl7").read_bytes()
     assert feeds.receive(repo, message, channel="test", max_bytes=1 << 22).code == "AA"
 
     assert ("DocumentReference", False) in validated and ("DocumentReference", True) not in validated
+    assert max(hashed_inside) < 8192   # the audit chain's links; not the 17 KB message nor its 12 KB CDA
     with read_connection(database[0]) as conn:
         [(docref_id, body)] = conn.execute(select(resources.c.res_id, resources.c.body)
                                            .where(resources.c.res_type == "DocumentReference")).all()
