@@ -183,3 +183,8 @@ EARLIER_INPUTS = (select(raw_inputs.c.id, raw_inputs.c.fingerprint, raw_inputs.c
 # PostgreSQL: one sender's control id at a time (an advisory lock, key 7_110_114 and the pair's
 # hash), so that two processes given the same message at once do not both find no copy of it.
 LOCK_CONTROL_ID = Prebuilt(text("SELECT pg_advisory_xact_lock(7110114, hashtext(:key_sender || '|' || :key_control))"))
+
+# A group commit's unit of work runs in a savepoint of the batch's transaction (units never nest).
+SAVEPOINT = Prebuilt(text("SAVEPOINT unit_of_work"))
+ROLLBACK_TO_SAVEPOINT = Prebuilt(text("ROLLBACK TO SAVEPOINT unit_of_work"))
+RELEASE_SAVEPOINT = Prebuilt(text("RELEASE SAVEPOINT unit_of_work"))

@@ -13,6 +13,7 @@ from gateway.access.writes import Write
 from gateway.access import audit
 from gateway.access.audit import verify_chain
 from gateway.refusal import Refused
+from gateway.storage import statements as sql
 from gateway.storage.commits import group_commit
 from gateway.storage.database import read_connection
 from gateway.storage.repository import Repository
@@ -94,7 +95,7 @@ def test_a_unit_may_not_submit_another_from_inside_its_batch(database):
         assert conn.execute(select(func.count()).select_from(resources)).scalar_one() == 0
 
 
-def test_reads_audit_events_are_written_together_before_the_next_unit_of_work_sees_the_trail(database):
+def test_reads_audit_events_are_written_together_before_the_next_unit_of_work_sees_the_trail(database, monkeypatch):
     """A read writes only its AuditEvents: those of reads that follow one another in a batch are
     inserted together, without savepoints, and before the next unit of work runs, which sees them
     (an announced document reveals its trail in the same way)."""
@@ -128,7 +129,9 @@ def test_reads_audit_events_are_written_together_before_the_next_unit_of_work_se
             time.sleep(0.005)
         assert len(committer._waiting) == count
     savepoints = []
-    event.listen(engine, "savepoint", lambda conn, name: savepoints.append(name))
+    take_savepoint = sql.SAVEPOINT.execute
+    monkeypatch.setattr(sql.SAVEPOINT, "execute",
+                        lambda conn, params: savepoints.append(1) or take_savepoint(conn, params))
     release.set()
     for thread in threads:
         thread.join(60)
