@@ -30,6 +30,18 @@ def sha1_base64(data: bytes) -> str:
     return base64.b64encode(hashlib.sha1(data).digest()).decode()
 
 
+@dataclass(frozen=True)
+class Digests:
+    """A document's SHA-256 (its blob's key) and SHA-1 (its Attachment.hash), computed once, where
+    it is read: before the transaction, so that no write lock is held while a large one is hashed."""
+    sha256: str
+    sha1_base64: str
+
+    @classmethod
+    def of(cls, data: bytes) -> "Digests":
+        return cls(hashlib.sha256(data).hexdigest(), sha1_base64(data))
+
+
 def coding(code: Code, display: str | None = None) -> dict:
     out = {"system": codes.system_for_oid(code.system), "code": code.code}
     if display or code.display:

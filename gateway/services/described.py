@@ -102,10 +102,10 @@ def _submitted_producers(submitted: dict) -> Producers:
 
 
 def register_described(uow: UnitOfWork, base_url: str, submitted: dict, data: bytes, patient_id: str, *,
-                       where: str, sha256: str, sha1_base64: str, docref_id: str | None = None) -> Ingested:
+                       where: str, digests: mapping.Digests, docref_id: str | None = None) -> Ingested:
     """Register a document whose metadata the sender gave as a DocumentReference: its bytes `data`,
-    their SHA-256 and SHA-1 computed, and the submitted size and hash checked against them, before
-    the transaction (provide._attach_binary)."""
+    their digests computed, and the submitted size and hash checked against them, before the
+    transaction (provide._attach_binary)."""
     master = submitted.get("masterIdentifier")
     if not isinstance(master, dict) or not master.get("value"):
         raise Refused("masterIdentifier (the document's uniqueId) is required", location=f"{where}.masterIdentifier")
@@ -114,7 +114,7 @@ def register_described(uow: UnitOfWork, base_url: str, submitted: dict, data: by
     if existing_id is not None:
         existing = uow.current("DocumentReference", existing_id)
         binary = uow.current("Binary", existing.json()["content"][0]["attachment"]["url"].rsplit("/", 1)[-1])
-        if existing.patient_id != patient_id or binary is None or binary.blob_sha256 != sha256:
+        if existing.patient_id != patient_id or binary is None or binary.blob_sha256 != digests.sha256:
             raise Refused("a different document is already registered under this masterIdentifier",
                                   location=f"{where}.masterIdentifier", status=409, code="duplicate")
         return Ingested(False, existing, [f"DocumentReference/{existing_id}"])
@@ -139,7 +139,7 @@ def register_described(uow: UnitOfWork, base_url: str, submitted: dict, data: by
     content_type = attachment.get("contentType") or "application/octet-stream"
     uow.save(_checked({"resourceType": "Binary", "id": binary_id, "contentType": content_type,
                        "securityContext": {"reference": f"DocumentReference/{docref_id}"}}, where),
-             patient_id=patient_id, blob_sha256=uow.store_blob(data, sha256))
+             patient_id=patient_id, blob_sha256=uow.store_blob(data, digests.sha256))
     date = submitted.get("date") or fhir_now()
     holder = uow.current("Patient", patient_id).json()
     source_patient = {**{k: v for k, v in holder.items() if k not in ("id", "meta", "link", "active")},
@@ -172,7 +172,7 @@ def register_described(uow: UnitOfWork, base_url: str, submitted: dict, data: by
         "content": [{
             "attachment": {"contentType": content_type, "language": attachment.get("language") or "fr-FR",
                            "url": f"{base_url.rstrip('/')}/fhir/{'Bundle' if _fhir_document(data, content_type) else 'Binary'}/{binary_id}",
-                           "size": len(data), "hash": sha1_base64,
+                           "size": len(data), "hash": digests.sha1_base64,
                            "title": attachment.get("title") or type_display, "creation": attachment.get("creation") or date},
             "format": content.get("format") or MIME_SUFFICIENT}],
         "context": context,

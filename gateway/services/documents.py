@@ -7,7 +7,6 @@ document messages (inside theirs).
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 
 from gateway.refusal import Refused
@@ -40,7 +39,7 @@ class ParsedCda:
     data: bytes
     header: CdaHeader
     ins: str
-    sha256: str                    # of data, computed before the transaction
+    digests: mapping.Digests
     # The DocumentReference it gives, validated, by visibility (checked_reference).
     _checked: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -52,7 +51,7 @@ class ParsedCda:
         if key not in self._checked:
             header = self.header
             attachment = mapping.Attachment(url=mapping.UNSET_ID, content_type=_content_type(header),
-                                            size=len(self.data), sha1_base64=mapping.sha1_base64(self.data))
+                                            size=len(self.data), sha1_base64=self.digests.sha1_base64)
             self._checked[key] = _checked(mapping.document_reference(
                 header, mapping.UNSET_ID, mapping.stand_in_links(header), attachment, list(key)))
         return self._checked[key]
@@ -65,10 +64,12 @@ class ParsedCda:
         return f"urn:oid:{ins_ii.root}", self.ins
 
 
-def read_cda(data: bytes, max_bytes: int) -> ParsedCda:
+def read_cda(data: bytes, max_bytes: int, digests: mapping.Digests | None = None) -> ParsedCda:
+    """A CDA read: its header, checked by the DMP's rules, and its digests (`digests` when its
+    reader computed them already)."""
     root, wrapped = parse_cda(data, max_bytes=max_bytes, whole_texts=False)
     header = extract_header(root, wrapped_in_xslt=wrapped)
-    return ParsedCda(data, header, check_document(header), hashlib.sha256(data).hexdigest())
+    return ParsedCda(data, header, check_document(header), digests or mapping.Digests.of(data))
 
 
 def ingest_cda(repo: Repository, data: bytes, *, max_bytes: int, channel: str = "cda",
@@ -108,7 +109,7 @@ def existing_document(uow: UnitOfWork, parsed: ParsedCda) -> StoredResource | No
     existing = uow.current("DocumentReference", existing_id)
     binary_url = existing.json()["content"][0]["attachment"]["url"]
     binary = uow.current("Binary", binary_url.rsplit("/", 1)[-1])
-    if binary is None or binary.blob_sha256 != parsed.sha256:
+    if binary is None or binary.blob_sha256 != parsed.digests.sha256:
         raise Refused(
             f"a different document is already registered under unique id {value}; "
             "a new version needs a new id and relatedDocument RPLC",
@@ -139,7 +140,7 @@ def register_document(uow: UnitOfWork, base_url: str, parsed: ParsedCda, *, visi
     docref_id = docref_id or uow.new_id()
     replaces = _supersede(uow, header, patient_id, produced)
     binary_id = binary_id or uow.new_id()
-    sha256 = uow.store_blob(parsed.data, parsed.sha256)
+    sha256 = uow.store_blob(parsed.data, parsed.digests.sha256)
     binary = _checked({"resourceType": "Binary", "id": binary_id, "contentType": _content_type(header),
                        "securityContext": {"reference": f"DocumentReference/{docref_id}"}})
     uow.save(binary, patient_id=patient_id, blob_sha256=sha256)

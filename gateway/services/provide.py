@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import hashlib
 from dataclasses import dataclass, field
 from typing import Callable
 from urllib.parse import parse_qsl
@@ -38,8 +37,7 @@ class Submitted:
     resource: dict
     binary_index: int | None = None
     data: bytes = b""
-    sha256: str = ""            # of data, and its SHA-1 (base64): computed before the transaction
-    sha1_base64: str = ""
+    digests: mapping.Digests | None = None   # of data
     parsed: ParsedCda | None = None
     new_id: str = ""            # the id it is written under, drawn by the unit of work that writes it
     signs: list["Submitted"] = field(default_factory=list)  # for a signature: the documents it signs
@@ -229,11 +227,11 @@ def _attach_binary(item: Submitted, bundle: dict, binaries: dict, max_bytes: int
     if len(item.data) > max_bytes:
         raise _refuse(f"document is {len(item.data)} bytes, above the limit of {max_bytes}",
                       f"Bundle.entry[{item.binary_index}].resource.data", 413, "too-costly")
-    item.sha256, item.sha1_base64 = hashlib.sha256(item.data).hexdigest(), mapping.sha1_base64(item.data)
+    item.digests = mapping.Digests.of(item.data)
     if "size" in attachment and attachment["size"] != len(item.data):
         raise _refuse(f"attachment.size {attachment['size']} differs from the {len(item.data)} bytes of the Binary",
                       f"{where}.size")
-    if "hash" in attachment and attachment["hash"] != item.sha1_base64:
+    if "hash" in attachment and attachment["hash"] != item.digests.sha1_base64:
         raise _refuse("attachment.hash is not the SHA-1 of the Binary", f"{where}.hash")
 
 
@@ -245,7 +243,7 @@ def _read_document(item: Submitted, max_bytes: int) -> None:
     if not is_cda(item.data, content_type, content.get("format", {}).get("code")):
         return
     try:
-        item.parsed = read_cda(item.data, max_bytes)
+        item.parsed = read_cda(item.data, max_bytes, item.digests)
         item.parsed.checked_reference(_visibility(item.resource))   # here, not under the write lock
     except Refused as refusal:
         raise _refuse(f"CDA document: {refusal.reason}", f"{where} -> {refusal.location}", refusal.status,
@@ -328,8 +326,7 @@ def _write(uow: UnitOfWork, base_url: str, bundle: dict, documents, signatures, 
                                           "needs the patient's record)", location="subject", status=422,
                                           code="not-found")
                 result = register_described(uow, base_url, item.resource, item.data, patient_id, where=where,
-                                            docref_id=item.new_id, sha256=item.sha256,
-                                            sha1_base64=item.sha1_base64)
+                                            docref_id=item.new_id, digests=item.digests)
         except Refused as refusal:
             raise _refuse(refusal.reason, f"{where} -> {refusal.location}", refusal.status, refusal.code) from None
         stored = item.stored = result.document_reference
@@ -425,7 +422,7 @@ def _write_signature(uow: UnitOfWork, base_url: str, item: Submitted, responses:
     existing = _already_registered(uow, "DocumentReference", [item.resource.get("masterIdentifier") or {}])
     if existing:
         binary_id = existing.json()["content"][0]["attachment"]["url"].rsplit("/", 1)[1]
-        if uow.current("Binary", binary_id).blob_sha256 != item.sha256:
+        if uow.current("Binary", binary_id).blob_sha256 != item.digests.sha256:
             raise _refuse("a different signature is registered under this masterIdentifier",
                           f"Bundle.entry[{item.index}].resource.masterIdentifier", 409, "duplicate")
         responses[item.index] = ("200 OK", f"DocumentReference/{existing.res_id}/_history/{existing.version}")
@@ -434,7 +431,7 @@ def _write_signature(uow: UnitOfWork, base_url: str, item: Submitted, responses:
     signed = item.signs[0].stored.json()   # written by this unit, before its signatures
     patient_ref = signed["subject"]["reference"]
     binary_id = uow.new_id()
-    sha256 = uow.store_blob(item.data, item.sha256)
+    sha256 = uow.store_blob(item.data, item.digests.sha256)
     uow.save(_validated({"resourceType": "Binary", "id": binary_id, "contentType": "application/xml",
                          "securityContext": {"reference": f"DocumentReference/{item.new_id}"}}, item.binary_index),
              patient_id=patient_ref.split("/")[1], blob_sha256=sha256)
@@ -463,7 +460,7 @@ def _write_signature(uow: UnitOfWork, base_url: str, item: Submitted, responses:
             "attachment": {"contentType": "application/xml", "language": signed_attachment.get("language", "fr-FR"),
                            "url": f"{base_url.rstrip('/')}/fhir/Binary/{binary_id}",
                            "size": len(item.data),
-                           "hash": item.sha1_base64,
+                           "hash": item.digests.sha1_base64,
                            "title": "Signature", "creation": date},
             "format": {"system": codes.FORMAT_IHE_SYSTEM, "code": codes.SIGNATURE_FORMAT,
                        "display": "Signature détachée IHE DSG"},
