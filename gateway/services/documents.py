@@ -119,7 +119,7 @@ def existing_document(uow: UnitOfWork, parsed: ParsedCda) -> StoredResource | No
 
 
 def register_document(uow: UnitOfWork, base_url: str, parsed: ParsedCda, *, visibility: list[str] = (),
-                      docref_id: str | None = None, binary_id: str | None = None) -> Ingested:
+                      docref_id: str | None = None) -> Ingested:
     """Write the resources of one parsed CDA inside the caller's unit of work."""
     header = parsed.header
     existing = existing_document(uow, parsed)
@@ -139,7 +139,7 @@ def register_document(uow: UnitOfWork, base_url: str, parsed: ParsedCda, *, visi
 
     docref_id = docref_id or uow.new_id()
     replaces = _supersede(uow, header, patient_id, produced)
-    binary_id = binary_id or uow.new_id()
+    binary_id = uow.new_id()
     sha256 = uow.store_blob(parsed.data, parsed.digests.sha256)
     binary = _checked({"resourceType": "Binary", "id": binary_id, "contentType": _content_type(header),
                        "securityContext": {"reference": f"DocumentReference/{docref_id}"}})
