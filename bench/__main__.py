@@ -48,7 +48,7 @@ from gateway.services.documents import ingest_cda, read_cda
 from gateway.storage.database import make_engine, refresh_statistics, write_transaction
 from gateway.storage.migrate import upgrade
 from gateway.storage.repository import Repository
-from gateway.storage.schema import INDEX_TABLE_BY_KIND, access_rules, resource_versions, resources
+from gateway.storage.schema import INDEX_TABLE_BY_KIND, access_rules, resources
 from gateway.storage.searchparams import index_rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,7 +126,7 @@ def load_references(urls: list[str], total: int, per_patient: int = 10) -> None:
 
 
 def _write_batch(engine, batch: dict[str, list]) -> None:
-    tables = {"resources": resources, "versions": resource_versions, "rules": access_rules, **INDEX_TABLE_BY_KIND}
+    tables = {"resources": resources, "rules": access_rules, **INDEX_TABLE_BY_KIND}
     with write_transaction(engine) as conn:
         for kind, rows in batch.items():
             if rows:
@@ -143,7 +143,7 @@ def reference_batches(total: int, per_patient: int, size: int = 2000) -> Iterato
     types = ["11490-0", "18748-4", "11502-2", "34874-8", "34112-3"]
 
     def empty() -> dict[str, list]:
-        return {"resources": [], "versions": [], "token": [], "string": [], "date": [], "reference": [], "rules": []}
+        return {"resources": [], "token": [], "string": [], "date": [], "reference": [], "rules": []}
 
     batch = empty()
     for n in range(total):
@@ -199,8 +199,7 @@ def _add(batch, resource: dict, patient: str, masked: bool = False) -> None:
                last_updated=f"2026-01-01T00:00:{len(batch['resources']) % 60:02d}.000000")
     batch["resources"].append(dict(key, deleted=False, patient_id=patient, blob_sha256=None, body=body,
                                    masked=masked, hidden_from_patient=False, hidden_from_representatives=False,
-                                   authors=None))
-    batch["versions"].append(dict(key, method="POST", deleted=False, body=body))
+                                   authors=None, method="POST"))
     for kind, rows in index_rows(resource).items():
         batch[kind] += rows
 

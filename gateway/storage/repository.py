@@ -136,12 +136,14 @@ class Repository:
         return stored
 
     def vread(self, res_type: str, res_id: str, version: int) -> StoredResource:
-        # A version is visible when the resource itself is: the access filter applies to the current row.
-        current = self._visible_current(res_type, res_id)
+        # A version is visible when the resource itself is: the access filter applies to the current
+        # row. The current version is in `resources`, those it replaced in the history: one snapshot.
         with read_connection(self.engine) as conn:
-            row = conn.execute(select(resource_versions).where(
-                resource_versions.c.res_type == res_type, resource_versions.c.res_id == res_id,
-                resource_versions.c.version == version)).first()
+            current = row = self._visible_current(res_type, res_id, conn)
+            if current is not None and current.version != version:
+                row = conn.execute(select(resource_versions).where(
+                    resource_versions.c.res_type == res_type, resource_versions.c.res_id == res_id,
+                    resource_versions.c.version == version)).first()
         if row is None or current is None or row.deleted:
             self._audit_refused("vread", res_type, res_id)
             if row is None or current is None:
@@ -201,17 +203,18 @@ class Repository:
             resources.c.res_type == res_type, resources.c.res_id == res_id, self._visible(res_type))).first()
 
     def history(self, res_type: str, res_id: str, count: int = 50) -> list[tuple[StoredResource, str]]:
-        current = self._visible_current(res_type, res_id)
+        # The current version is in `resources`, those it replaced in the history: one snapshot.
+        with read_connection(self.engine) as conn:
+            current = self._visible_current(res_type, res_id, conn)
+            replaced = conn.execute(select(resource_versions).where(
+                resource_versions.c.res_type == res_type, resource_versions.c.res_id == res_id)
+                .order_by(resource_versions.c.version.desc()).limit(count)).all() if current is not None else []
         if current is None:
             self._audit_refused("history-instance", res_type, res_id)
             raise NotFound(f"{res_type}/{res_id} is not known")
         self._audit_access("history-instance", self._row(current))
-        with read_connection(self.engine) as conn:
-            rows = conn.execute(select(resource_versions).where(
-                resource_versions.c.res_type == res_type, resource_versions.c.res_id == res_id)
-                .order_by(resource_versions.c.version.desc()).limit(count)).all()
         return [(StoredResource(res_type, res_id, r.version, _instant(r.last_updated), r.body, r.deleted), r.method)
-                for r in rows]
+                for r in [current, *replaced][:count]]
 
     def blob(self, sha256: str) -> bytes:
         with read_connection(self.engine) as conn:
@@ -538,20 +541,17 @@ class UnitOfWork:
         one multi-row insert per table: no previous version to read, no index rows to delete.
         Returns their JSON as stored."""
         instant, index_time = _now()
-        current, versions, index = [], [], {}
+        current, index = [], {}
         for resource, patient_id, columns in new:
             resource["meta"] = {**resource.get("meta", {}), "versionId": "1", "lastUpdated": instant}
             body = dumps(resource)
             current.append({"res_type": resource["resourceType"], "res_id": resource["id"], "version": 1,
                             "last_updated": index_time, "deleted": False, "patient_id": patient_id,
-                            "blob_sha256": None, "body": body, **columns})
-            versions.append({"res_type": resource["resourceType"], "res_id": resource["id"], "version": 1,
-                             "last_updated": index_time, "method": "POST", "deleted": False, "body": body})
+                            "blob_sha256": None, "body": body, "method": "POST", **columns})
             for kind, rows in index_rows(resource).items():
                 index.setdefault(kind, []).extend(rows)
         with pipelined(self.conn):
             sql.INSERT_RESOURCE.executemany(self.conn, current)
-            sql.INSERT_VERSION.executemany(self.conn, versions)
             self._insert_index_rows(index)
         return [row["body"] for row in current]
 
@@ -707,13 +707,11 @@ class UnitOfWork:
 
     def delete(self, stored: StoredResource) -> None:
         """Delete a resource: it leaves every search and read (410), its versions stay in the history."""
-        version = stored.version + 1
+        key = {"key_type": stored.res_type, "key_id": stored.res_id}
         _, index_time = _now()
-        sql.UPDATE_RESOURCE.execute(self.conn, {"key_type": stored.res_type, "key_id": stored.res_id,
-                                                "version": version, "last_updated": index_time, "deleted": True})
-        sql.INSERT_VERSION.execute(self.conn, {
-            "res_type": stored.res_type, "res_id": stored.res_id, "version": version, "last_updated": index_time,
-            "method": "DELETE", "deleted": True, "body": stored.body})
+        sql.ARCHIVE_CURRENT.execute(self.conn, key)
+        sql.UPDATE_RESOURCE.execute(self.conn, {**key, "version": stored.version + 1, "last_updated": index_time,
+                                                "method": "DELETE", "deleted": True})
         self._delete_index_rows(stored.res_type, stored.res_id)
         self.changes.append(Change(stored.reference, stored.patient_id, False, "DELETE",
                                    stored.hidden_from_patient, stored.hidden_from_representatives))
@@ -736,15 +734,13 @@ class UnitOfWork:
         body = dumps(resource)
         blob_sha256 = blob_sha256 or (previous[1] if previous else None)
         values = dict(version=version, last_updated=index_time, deleted=False, patient_id=patient_id,
-                      blob_sha256=blob_sha256, body=body, **columns)
+                      blob_sha256=blob_sha256, body=body, method=method or ("PUT" if previous else "POST"), **columns)
         with pipelined(self.conn):
             if previous:
+                sql.ARCHIVE_CURRENT.execute(self.conn, key)
                 sql.UPDATE_RESOURCE.execute(self.conn, {**key, **values})
             else:
                 sql.INSERT_RESOURCE.execute(self.conn, {"res_type": res_type, "res_id": res_id, **values})
-            sql.INSERT_VERSION.execute(self.conn, {
-                "res_type": res_type, "res_id": res_id, "version": version, "last_updated": index_time,
-                "method": method or ("PUT" if previous else "POST"), "deleted": False, "body": body})
             self._reindex(resource, replaced=previous is not None)
         return StoredResource(res_type, res_id, version, instant, body, False, blob_sha256, patient_id,
                               bool(columns.get("hidden_from_patient")), bool(columns.get("hidden_from_representatives")))

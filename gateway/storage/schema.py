@@ -83,6 +83,8 @@ resources = Table(
     Column("hidden_from_patient", Boolean, nullable=False, default=False, server_default=false()),
     Column("hidden_from_representatives", Boolean, nullable=False, default=False, server_default=false()),
     Column("authors", String(512)),  # " idnatps idnatps ": the authors still see a masked document
+    # How the current version was written (POST, PUT, PATCH, DELETE), for the history.
+    Column("method", String(8), nullable=False, server_default="POST"),
     PrimaryKeyConstraint("res_type", "res_id"),
     Index("ix_resources_type_updated", "res_type", "last_updated", "res_id"),
     # A patient's rows with what the access filter and a page read of them (migration 0010).
@@ -90,7 +92,8 @@ resources = Table(
           "hidden_from_patient", "hidden_from_representatives", "authors"),
 )
 
-# Every version ever written (history, vread).
+# The versions a later one replaced (history, vread): a resource's current version is in
+# `resources` only, so a new resource is written once (migration 0014).
 resource_versions = Table(
     "resource_versions",
     metadata,

@@ -78,3 +78,31 @@ def test_date_index_strings_before_the_year_1000_are_padded(tmp_path):
         ("0001-01-01T00:00:00.000000", "0999-12-31T23:59:59.999999"),
         ("2019-12-03T00:00:00.000000", "9999-12-31T23:59:59.999999")]
     engine.dispose()
+
+
+def test_the_current_versions_leave_the_history_table_with_their_method(tmp_path):
+    """Migration 0014: a resource's current version is in `resources` only, with the method that
+    wrote it; the versions it replaced stay in the history. A downgrade puts the copies back."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'history.db'}")
+    config = alembic_config(engine)
+    command.upgrade(config, "0013")
+    versions = [("o1", 1, "POST", "one"), ("o1", 2, "PATCH", "two"), ("o2", 1, "POST", "alone")]
+    with engine.begin() as conn:
+        for res_id, version, name in (("o1", 2, "two"), ("o2", 1, "alone")):
+            conn.execute(text("INSERT INTO resources (res_type, res_id, version, last_updated, deleted, body) "
+                              "VALUES ('Organization', :i, :v, '2026-01-01T00:00:00', false, :b)"),
+                         {"i": res_id, "v": version, "b": f'{{"name": "{name}"}}'})
+        for res_id, version, method, name in versions:
+            conn.execute(text("INSERT INTO resource_versions (res_type, res_id, version, last_updated, method, "
+                              "deleted, body) VALUES ('Organization', :i, :v, '2026-01-01T00:00:00', :m, false, :b)"),
+                         {"i": res_id, "v": version, "m": method, "b": f'{{"name": "{name}"}}'})
+    command.upgrade(config, "head")
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT res_id, method FROM resources ORDER BY res_id")).all() == [
+            ("o1", "PATCH"), ("o2", "POST")]
+        assert conn.execute(text("SELECT res_id, version, method FROM resource_versions")).all() == [("o1", 1, "POST")]
+    command.downgrade(config, "0013")
+    with engine.connect() as conn:
+        assert sorted(conn.execute(text("SELECT res_id, version, method, body FROM resource_versions")).all()) == [
+            (res_id, version, method, f'{{"name": "{name}"}}') for res_id, version, method, name in versions]
+    engine.dispose()

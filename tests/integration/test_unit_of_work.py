@@ -15,7 +15,7 @@ from gateway.mapping.hl7v2 import ZFA_SYSTEM
 from gateway.storage import statements as sql
 from gateway.storage.database import read_connection
 from gateway.storage.repository import DuplicateIdentifier, Repository
-from gateway.storage.schema import access_rules, resources
+from gateway.storage.schema import access_rules, resource_versions, resources
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 KEY = ("Consent", "urn:test:consent-key", "p1")
@@ -89,6 +89,40 @@ def test_what_a_unit_skips_another_unit_still_finds(database, run):
     assert rules(engine) == [(consent_id, "deny")]
     with repo.unit_of_work(Write.FEED) as uow:
         assert uow.find_by_identifier(*KEY) is None
+
+
+def test_a_new_resource_is_written_once_and_the_history_holds_the_versions_replaced(database):
+    """A version's body goes to the history table only when a later version replaces it: a new
+    resource (every AuditEvent, most documents) is one row. History and vread still give every
+    version, with the method that wrote it."""
+    engine = database[0]
+    repo = Repository(engine, AccessContext.system("test"), "http://test")
+
+    def archived() -> list[tuple]:
+        with read_connection(engine) as conn:
+            return [tuple(row) for row in conn.execute(
+                select(resource_versions.c.res_type, resource_versions.c.version, resource_versions.c.method)
+                .order_by(resource_versions.c.version))]
+
+    def organization(res_id: str, name: str) -> dict:
+        return {"resourceType": "Organization", "id": res_id, "name": name}
+
+    with repo.unit_of_work(Write.FEED) as uow:
+        res_id = uow.new_id()
+        uow.save(organization(res_id, "first"))
+    assert archived() == []   # neither the Organization nor its AuditEvent
+
+    with repo.unit_of_work(Write.FEED) as uow:
+        uow.save(organization(res_id, "second"), method="PATCH")
+    with repo.unit_of_work(Write.FEED) as uow:
+        uow.delete(uow.current("Organization", res_id))
+    assert archived() == [("Organization", 1, "POST"), ("Organization", 2, "PATCH")]
+
+    history = repo.history("Organization", res_id)
+    assert [(stored.version, stored.deleted, method) for stored, method in history] == [
+        (3, True, "DELETE"), (2, False, "PATCH"), (1, False, "POST")]
+    assert [method for _, method in repo.history("Organization", res_id, count=2)] == ["DELETE", "PATCH"]
+    assert [json.loads(repo.vread("Organization", res_id, v).body)["name"] for v in (1, 2)] == ["first", "second"]
 
 
 def test_an_identity_feed_is_mapped_and_validated_before_its_write_transaction(database, monkeypatch):
