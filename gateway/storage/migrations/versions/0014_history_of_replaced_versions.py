@@ -14,9 +14,6 @@ down_revision = "0013"
 branch_labels = None
 depends_on = None
 
-CURRENT_COPY = ("FROM resources r WHERE r.res_type = resource_versions.res_type "
-                "AND r.res_id = resource_versions.res_id AND r.version = resource_versions.version")
-
 
 def upgrade() -> None:
     op.add_column("resources", sa.Column("method", sa.String(8), nullable=False, server_default="POST"))
@@ -25,7 +22,9 @@ def upgrade() -> None:
                "AND v.version = resources.version) WHERE EXISTS (SELECT 1 FROM resource_versions v "
                "WHERE v.res_type = resources.res_type AND v.res_id = resources.res_id "
                "AND v.version = resources.version AND v.method <> 'POST')")
-    op.execute(f"DELETE FROM resource_versions WHERE EXISTS (SELECT 1 {CURRENT_COPY})")
+    op.execute("DELETE FROM resource_versions WHERE EXISTS (SELECT 1 FROM resources r "
+               "WHERE r.res_type = resource_versions.res_type AND r.res_id = resource_versions.res_id "
+               "AND r.version = resource_versions.version)")
 
 
 def downgrade() -> None:
