@@ -78,12 +78,16 @@ def ingest_cda(repo: Repository, data: bytes, *, max_bytes: int, channel: str = 
         result = register_document(uow, repo.base_url, parsed)
         return Written(result, "processed" if result.created else "duplicate", result.produced)
 
+    # The document is the body: hashed once, for its raw copy and for its Binary.
+    digests = mapping.Digests.of(data)
+
     def prepare() -> ParsedCda:
-        parsed = read_cda(data, max_bytes)
+        parsed = read_cda(data, max_bytes, digests)
         parsed.checked_reference()
         return parsed
 
-    _, written = ingest(repo, Received(channel, data, content_type, sender), Write.FEED, prepare, write)
+    received = Received(channel, data, content_type, sender, sha256=digests.sha256)
+    _, written = ingest(repo, received, Write.FEED, prepare, write)
     return written.value
 
 

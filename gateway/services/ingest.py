@@ -41,6 +41,7 @@ class Received:
     content_type: str | None
     sender: str | None
     keys: dict | None = None      # an HL7v2 message's control id, fingerprint and type
+    sha256: str | None = None     # the body's, when the transport has it already (a CDA's digests)
 
     def take_body(self) -> bytes | bytearray:
         """The body, for the work to read once its raw copy is kept; the input lets go of it. A FHIR
@@ -83,7 +84,7 @@ def keep(repo: Repository, received: Received, permission: Write, *, status: str
     not stored again: its earlier copy is returned. The look-up and the copy are one unit of work,
     so two copies sent at the same time are not both kept."""
     keys = received.keys or {}
-    sha256 = hashlib.sha256(received.body).hexdigest()
+    sha256 = received.sha256 or hashlib.sha256(received.body).hexdigest()
 
     def unit(uow: UnitOfWork) -> Kept:
         earlier = uow.earlier_inputs(received.sender, keys["control_id"]) if "fingerprint" in keys else []

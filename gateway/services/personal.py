@@ -13,7 +13,7 @@ from gateway.refusal import Refused
 from gateway.fhir.validation import InvalidResource, validate
 from gateway.mapping import codes, submission
 from gateway.mapping.dates import fhir_now
-from gateway.mapping.document import sha1_base64
+from gateway.mapping.document import Digests
 from gateway.storage.repository import Repository, StoredResource, UnitOfWork, new_id
 
 from .consents import own_patient
@@ -71,6 +71,9 @@ def _content_checked(data: bytes, media_type: str, max_bytes: int) -> None:
 def add_document(repo: Repository, *, title: str, type_code: str, media_type: str, data: bytes,
                  max_bytes: int, file_name: str | None = None) -> StoredResource:
     """Register a document the patient (or representative) adds to the record."""
+    # Hashed once, for its raw copy and its Binary, before any write lock is taken.
+    digests = Digests.of(data)
+
     def check() -> tuple[str, str]:
         """(the record's Patient id, the title with its spaces normalised)."""
         named = " ".join(title.split())
@@ -89,18 +92,18 @@ def add_document(repo: Repository, *, title: str, type_code: str, media_type: st
                           status=422, code="business-rule",
                           patient_text="le dossier est fermé : il n'accepte aucun nouveau document. "
                                        "Rouvrez-le depuis la page « Mon dossier » pour en ajouter.")
-        stored = _register(uow, repo, patient_id, named, type_code, media_type, data, file_name)
+        stored = _register(uow, repo, patient_id, named, type_code, media_type, data, digests, file_name)
         return Written(stored, produced=[stored.reference])
 
-    received = Received("patient-space", data, media_type, repo.access.subject)
+    received = Received("patient-space", data, media_type, repo.access.subject, sha256=digests.sha256)
     return ingest(repo, received, Write.PERSONAL, check, write)[1].value
 
 
 def _register(uow: UnitOfWork, repo: Repository, patient_id: str, title: str, type_code: str, media_type: str,
-              data: bytes, file_name: str | None) -> StoredResource:
+              data: bytes, digests: Digests, file_name: str | None) -> StoredResource:
     docref_id, binary_id = uow.new_id(), uow.new_id()
     now = fhir_now()
-    sha256 = uow.store_blob(data)
+    sha256 = uow.store_blob(data, digests.sha256)
     uow.save(_checked({"resourceType": "Binary", "id": binary_id, "contentType": media_type,
                        "securityContext": {"reference": f"DocumentReference/{docref_id}"}}),
              patient_id=patient_id, blob_sha256=sha256)
@@ -118,7 +121,7 @@ def _register(uow: UnitOfWork, repo: Repository, patient_id: str, title: str, ty
     type_system, type_display, class_code = codes.document_type("1.2.250.1.213.1.1.4.12", type_code)
     attachment = {"contentType": media_type, "language": "fr-FR",
                   "url": f"{(repo.base_url or '').rstrip('/')}/fhir/Binary/{binary_id}",
-                  "size": len(data), "hash": sha1_base64(data), "title": title, "creation": now}
+                  "size": len(data), "hash": digests.sha1_base64, "title": title, "creation": now}
     docref = {
         "resourceType": "DocumentReference", "id": docref_id,
         "meta": {"profile": [codes.PDSM_DOCUMENT_REFERENCE]},

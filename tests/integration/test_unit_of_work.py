@@ -198,3 +198,61 @@ def test_a_document_is_mapped_and_validated_before_its_write_transaction(databas
     assert docref["subject"] == {"reference": f"Patient/{patient_id}"}
     assert docref["content"][0]["attachment"]["url"] == f"http://test/fhir/Binary/{binary_id}"
     assert docref["custodian"]["reference"].startswith("Organization/") and mapping.UNSET_ID not in body
+
+
+def test_a_patient_upload_is_hashed_before_its_write_transaction(database, monkeypatch):
+    """A file the patient adds to the record is hashed (its blob's SHA-256, its attachment's SHA-1)
+    before the batch opens, as every other document is: a large one took the write lock for it."""
+    import base64
+    import hashlib
+
+    from gateway.services import feeds, personal
+    from gateway.storage import commits
+
+    repo = Repository(database[0], AccessContext.system("test"), "http://test")
+    adt = (SAMPLES / "hl7v2" / "adt-a01-martin.hl7").read_bytes()
+    assert feeds.receive(repo, adt, channel="test", max_bytes=1 << 20).code == "AA"
+    hashed_inside = []
+    sha256, sha1 = hashlib.sha256, hashlib.sha1
+
+    def recorded(real):
+        def hashed(data=b"", **kwargs):
+            if getattr(commits._batch_thread, "running", False):
+                hashed_inside.append(len(data))
+            return real(data, **kwargs)
+        return hashed
+
+    monkeypatch.setattr(hashlib, "sha256", recorded(sha256))
+    monkeypatch.setattr(hashlib, "sha1", recorded(sha1))
+    data = b"%PDF-1.4\n" + b"x" * 200_000
+    own = Repository(database[0], AccessContext(role="patient", subject="185067511204554",
+                                                patient_ins="185067511204554"), "http://test")
+    stored = personal.add_document(own, title="Mes directives", type_code=personal.ADVANCE_DIRECTIVES,
+                                   media_type="application/pdf", data=data, max_bytes=1 << 20)
+
+    assert hashed_inside and max(hashed_inside) < 8192   # the audit chain's links, not the 200 KB file
+    attachment = stored.json()["content"][0]["attachment"]
+    assert attachment["size"] == len(data)
+    assert attachment["hash"] == base64.b64encode(sha1(data).digest()).decode()
+
+
+def test_a_posted_cda_is_hashed_once_for_its_raw_copy_and_its_binary(database, monkeypatch):
+    """The body of POST /cda is the document: one SHA-256 serves its raw copy and its blob."""
+    import hashlib
+
+    from gateway.services import documents
+
+    cda = (SAMPLES / "cda" / "cr-imagerie-irm-lefevre.xml").read_bytes()
+    sha256, hashed = hashlib.sha256, []
+
+    def recorded(data=b"", **kwargs):
+        hashed.append(len(data))
+        return sha256(data, **kwargs)
+
+    monkeypatch.setattr(hashlib, "sha256", recorded)
+    repo = Repository(database[0], AccessContext.system("test"), "http://test")
+    assert documents.ingest_cda(repo, cda, max_bytes=1 << 22).created
+    assert hashed.count(len(cda)) == 1
+    with read_connection(database[0]) as conn:
+        assert conn.execute(select(resources.c.blob_sha256).where(resources.c.res_type == "Binary")).scalar_one() \
+            == sha256(cda).hexdigest()
