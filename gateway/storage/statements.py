@@ -135,11 +135,11 @@ CURRENT = select(resources).where(_keyed(resources))
 PREVIOUS = Prebuilt(select(resources.c.version, resources.c.blob_sha256).where(_keyed(resources)))
 INSERT_RESOURCE = Prebuilt(insert(resources))
 UPDATE_RESOURCE = Prebuilt(update(resources).where(_keyed(resources)))
-# The current version goes to the history as a new one replaces it.
+# The current version goes to the history as a new one replaces it: each of the history's columns
+# is the current row's column of that name.
 ARCHIVE_CURRENT = Prebuilt(insert(resource_versions).from_select(
-    ["res_type", "res_id", "version", "last_updated", "method", "deleted", "body"],
-    select(resources.c.res_type, resources.c.res_id, resources.c.version, resources.c.last_updated,
-           resources.c.method, resources.c.deleted, resources.c.body).where(_keyed(resources))))
+    [column.name for column in resource_versions.columns],
+    select(*[resources.c[column.name] for column in resource_versions.columns]).where(_keyed(resources))))
 INSERT_INDEX = {kind: Prebuilt(insert(table)) for kind, table in INDEX_TABLE_BY_KIND.items()}
 DELETE_INDEX = tuple(Prebuilt(delete(table).where(_keyed(table))) for table in INDEX_TABLES)
 
