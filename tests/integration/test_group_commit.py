@@ -195,3 +195,58 @@ def test_when_every_chain_is_held_a_batch_waits_for_one_and_extends_it(database,
     assert done.is_set()
     report = verify_chain(engine)
     assert report.reason is None and report.entries == 2
+
+
+
+def test_a_caller_whose_unit_is_committed_returns_while_the_next_batch_runs(database):
+    """Callers whose units a batch committed return at its end, even when the thread that ran it
+    goes on at once with a unit that holds the next batch open. (Queued for the batches' turn, they
+    waited for that next batch too: two gateways' audited writes were half what they are.)"""
+    engine = database[0]
+    repo = Repository(engine, AccessContext.system("test"), "http://test")
+    committer = group_commit(engine)
+
+    def wait_for_waiting(count: int) -> None:
+        deadline = time.monotonic() + 30
+        while len(committer._waiting) < count and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert len(committer._waiting) == count
+
+    for round_ in range(5):
+        first_running, release_first = threading.Event(), threading.Event()
+        next_running, release_next = threading.Event(), threading.Event()
+        answered = [threading.Event(), threading.Event()]
+
+        def holding(n: int, running: threading.Event, release: threading.Event):
+            def work(uow):
+                running.set()
+                assert release.wait(30)
+                uow.save(organization(n))
+            return work
+
+        def two_units(k: int) -> None:
+            # One unit, committed in the second batch; then at once one that holds its batch open.
+            repo.write(lambda uow: uow.save(organization(10 * round_ + 1 + k)), Write.FEED)
+            answered[k].set()
+            repo.write(holding(10 * round_ + 3 + k, next_running, release_next), Write.FEED)
+
+        first = threading.Thread(target=repo.write,
+                                 args=(holding(10 * round_, first_running, release_first), Write.FEED))
+        callers = [threading.Thread(target=two_units, args=(k,)) for k in range(2)]
+        try:
+            first.start()
+            assert first_running.wait(30)
+            for count, caller in enumerate(callers, start=1):
+                caller.start()
+                wait_for_waiting(count)
+            release_first.set()
+            # Both units of the second batch are answered, though a third batch is held open.
+            assert all(event.wait(10) for event in answered), round_
+            assert next_running.wait(30)
+        finally:
+            release_first.set()
+            release_next.set()
+            for thread in (first, *callers):
+                if thread.ident is not None:
+                    thread.join(60)
+    assert len(stored_ids(engine)) == 25
