@@ -48,8 +48,8 @@ def test_a_duplicate_key_is_sqlalchemy_s_integrity_error_and_a_missing_key_runs_
 
 
 def test_many_rows_are_inserted_in_their_order(database):
-    """PostgreSQL runs executemany as one INSERT of arrays; the rows keep their order, which the
-    audit chain's serial key records (each link follows the one before)."""
+    """PostgreSQL runs executemany as one INSERT of a JSON array of rows; the rows keep their
+    order, which the audit chain's serial key records (each link follows the one before)."""
     engine = database[0]
     links = [{"chain": 3, "event_id": f"e{n:03d}", "previous_hash": f"h{n - 1}", "hash": f"h{n}"} for n in range(23)]
     with write_transaction(engine) as conn:
@@ -61,3 +61,31 @@ def test_many_rows_are_inserted_in_their_order(database):
         count = conn.execute(select(func.count()).select_from(resources)).scalar_one()
     assert [tuple(row) for row in stored] == [(link["event_id"], link["previous_hash"], link["hash"]) for link in links]
     assert count == 9
+
+
+def test_many_rows_keep_every_character_and_type_they_were_given(database):
+    """The rows PostgreSQL receives as JSON come back as given: quotes, backslashes, escapes, text
+    that looks like JSON or SQL, characters outside the BMP; booleans, integers and nulls."""
+    engine = database[0]
+    bodies = ['{"a":"quote \\" and backslash \\\\"}', "line\nbreak\ttab \u0001 control", "é ü 中文 😀 \u2028",
+              "'); DROP TABLE resources; --", "\\u00e9 stays six characters", ""]
+    rows = [{**resource_row(f"r{n}"), "body": body, "version": n + 1, "deleted": n % 2 == 1,
+             "patient_id": None if n % 3 else f"p{n}"} for n, body in enumerate(bodies)]
+    with write_transaction(engine) as conn:
+        sql.INSERT_RESOURCE.executemany(conn, rows)
+    with read_connection(engine) as conn:
+        stored = conn.execute(select(resources.c.res_id, resources.c.body, resources.c.version, resources.c.deleted,
+                                     resources.c.patient_id).order_by(resources.c.res_id)).all()
+    assert [tuple(row) for row in stored] == [(row["res_id"], row["body"], row["version"], row["deleted"],
+                                               row["patient_id"]) for row in rows]
+
+
+def test_rows_of_bytes_are_not_sent_as_json(database, backend):
+    """PostgreSQL: JSON has no bytes, so a table with a binary column is refused before anything
+    runs rather than stored as text."""
+    if backend == "sqlite":
+        pytest.skip("SQLite runs executemany row by row")
+    engine = database[0]
+    with pytest.raises(TypeError, match="without bytes"):
+        with write_transaction(engine) as conn:
+            sql.INSERT_BLOB_PART.executemany(conn, [{"sha256": "0" * 64, "part": 1, "data": b"x"}])
