@@ -5,7 +5,7 @@ about 0.2 ms each, more than running it: an ADT ran some sixty of them. Built on
 still paid SQLAlchemy's per-execution work (cache lookup, parameter processing, result set-up):
 56 of the 69 µs an INSERT took on SQLite, 113 of 298 µs on PostgreSQL. So each `Prebuilt` here is
 compiled once per dialect and set of parameters, and run with the driver's execute or executemany
-(on PostgreSQL, rows to insert go as one INSERT of arrays).
+(on PostgreSQL, rows to insert go as one INSERT of a JSON array of rows).
 CURRENT, SIGNATURES_OF and EARLIER_INPUTS stay SQLAlchemy statements: their callers read rows by column name.
 Bound parameters are named `key_*` (never a column's name, so an UPDATE takes its SET clause from
 the other parameters).
