@@ -550,9 +550,7 @@ class UnitOfWork:
                             "blob_sha256": None, "body": body, "method": "POST", **columns})
             for kind, rows in index_rows(resource).items():
                 index.setdefault(kind, []).extend(rows)
-        with pipelined(self.conn):
-            sql.INSERT_RESOURCE.executemany(self.conn, current)
-            self._insert_index_rows(index)
+        sql.insert_together(self.conn, [(sql.INSERT_RESOURCE, current), *_index_parts(index)])
         return [row["body"] for row in current]
 
     def new_id(self) -> str:
@@ -737,29 +735,20 @@ class UnitOfWork:
                       blob_sha256=blob_sha256, body=body, method=method or ("PUT" if previous else "POST"), **columns)
         with pipelined(self.conn):
             if previous:
+                # A new version: the current one moves to the history, and its index rows go.
                 sql.ARCHIVE_CURRENT.execute(self.conn, key)
                 sql.UPDATE_RESOURCE.execute(self.conn, {**key, **values})
-            else:
-                sql.INSERT_RESOURCE.execute(self.conn, {"res_type": res_type, "res_id": res_id, **values})
-            self._reindex(resource, replaced=previous is not None)
+                self._delete_index_rows(res_type, res_id)
+            # A new resource has no index rows to delete (four statements saved per resource: a
+            # quarter of what a document message ran), and its row goes with its index rows.
+            new_row = [] if previous else [{"res_type": res_type, "res_id": res_id, **values}]
+            sql.insert_together(self.conn, [(sql.INSERT_RESOURCE, new_row), *_index_parts(index_rows(resource))])
         return StoredResource(res_type, res_id, version, instant, body, False, blob_sha256, patient_id,
                               bool(columns.get("hidden_from_patient")), bool(columns.get("hidden_from_representatives")))
-
-    def _reindex(self, resource: dict, replaced: bool) -> None:
-        """Index rows of a resource's new version; a new resource has none to delete (four
-        statements saved per resource: a quarter of what a document message ran)."""
-        if replaced:
-            self._delete_index_rows(resource["resourceType"], resource["id"])
-        self._insert_index_rows(index_rows(resource))
 
     def _delete_index_rows(self, res_type: str, res_id: str) -> None:
         for statement in sql.DELETE_INDEX:
             statement.execute(self.conn, {"key_type": res_type, "key_id": res_id})
-
-    def _insert_index_rows(self, rows_by_kind: dict[str, list[dict]]) -> None:
-        for kind, rows in rows_by_kind.items():
-            if rows:
-                sql.INSERT_INDEX[kind].executemany(self.conn, rows)
 
     def release_identifier(self, res_type: str, system: str, value: str) -> None:
         self.conn.execute(delete(unique_identifiers).where(
@@ -833,6 +822,10 @@ class UnitOfWork:
         if ack is not None:
             values["ack"] = ack
         sql.UPDATE_RAW.execute(self.conn, {"key_raw": raw_id, **values})
+
+
+def _index_parts(rows_by_kind: dict[str, list[dict]]) -> list[tuple[sql.Prebuilt, list[dict]]]:
+    return [(sql.INSERT_INDEX[kind], rows) for kind, rows in rows_by_kind.items()]
 
 
 def blob_bytes(conn: Connection, sha256: str) -> bytes | None:

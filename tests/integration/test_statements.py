@@ -9,7 +9,7 @@ from sqlalchemy.exc import IntegrityError
 from gateway.access.audit import INSERT_LINK
 from gateway.storage import statements as sql
 from gateway.storage.database import read_connection, write_transaction
-from gateway.storage.schema import audit_chain, raw_inputs, resources
+from gateway.storage.schema import audit_chain, raw_inputs, resources, search_date, search_token
 
 
 def resource_row(res_id: str) -> dict:
@@ -89,3 +89,28 @@ def test_rows_of_bytes_are_not_sent_as_json(database, backend):
     with pytest.raises(TypeError, match="without bytes"):
         with write_transaction(engine) as conn:
             sql.INSERT_BLOB_PART.executemany(conn, [{"sha256": "0" * 64, "part": 1, "data": b"x"}])
+
+
+def test_rows_for_several_tables_go_together_and_fail_together(database, backend, monkeypatch):
+    """A resource's row and its index rows: one statement on PostgreSQL; rows keep their order in
+    each table, and a duplicate key in any table stores nothing of the others."""
+    engine = database[0]
+    runs = []
+    run = sql.Prebuilt._run
+    monkeypatch.setattr(sql.Prebuilt, "_run", staticmethod(lambda *args: runs.append(1) or run(*args)))
+    token = [{"res_type": "Organization", "res_id": "a", "param": "identifier", "system": "s", "code": f"c{n}"}
+             for n in range(5)]
+    date = [{"res_type": "Organization", "res_id": "a", "param": "date", "low": "2026", "high": "2027"}]
+    with write_transaction(engine) as conn:
+        sql.insert_together(conn, [(sql.INSERT_RESOURCE, [resource_row("a")]), (sql.INSERT_INDEX["token"], token),
+                                   (sql.INSERT_INDEX["string"], []), (sql.INSERT_INDEX["date"], date)])
+    assert len(runs) == (1 if backend == "postgresql" else 3)
+    with pytest.raises(IntegrityError):
+        with write_transaction(engine) as conn:
+            sql.insert_together(conn, [(sql.INSERT_RESOURCE, [resource_row("b")]), (sql.INSERT_INDEX["token"], token),
+                                       (sql.INSERT_RESOURCE, [resource_row("a")])])
+    with read_connection(engine) as conn:
+        ids = conn.execute(select(resources.c.res_id).order_by(resources.c.res_id)).scalars().all()
+        codes = conn.execute(select(search_token.c.code).order_by(search_token.c.code)).scalars().all()
+        dates = conn.execute(select(func.count()).select_from(search_date)).scalar_one()
+    assert ids == ["a"] and codes == [f"c{n}" for n in range(5)] and dates == 1
