@@ -77,24 +77,11 @@ class Prebuilt:
 
     def executemany(self, conn: Connection, rows: list[dict]) -> None:
         """Runs it for every row (all with the same parameter names) in one driver call."""
-        names = tuple(sorted(rows[0]))
         if conn.dialect.name == "postgresql" and isinstance(self.statement, Insert):
-            self._insert_rows(conn, names, rows)
+            _insert_recordsets(conn, [(self, rows)])
             return
-        text, order, fixed = self._compile(conn, names)
+        text, order, fixed = self._compile(conn, tuple(sorted(rows[0])))
         self._run(conn, "executemany", text, [self._arguments(order, fixed, row) for row in rows]).close()
-
-    def _insert_rows(self, conn: Connection, names: tuple[str, ...], rows: list[dict]) -> None:
-        """PostgreSQL: every row in one INSERT … SELECT FROM json_populate_recordset(the rows as
-        one JSON array), in their order. psycopg's executemany runs each call in a pipeline of its
-        own, one statement per row; a multi-row VALUES list is a new, long text for each number of
-        rows, which psycopg parses again each time (it remembers only texts under 4 KB and 50
-        parameters). This text is the same for any number of rows: parsed once, and prepared by the
-        server. And its one parameter is one string, which orjson writes in C: an array per column
-        went through psycopg's Python code for lists, about a third of a search's AuditEvent's CPU
-        in the gateway."""
-        text, fixed = self._compile_recordset(conn, names)
-        self._run(conn, "execute", text, (_rows_json(fixed, rows),)).close()
 
     def _compile_recordset(self, conn: Connection, names: tuple[str, ...]):
         """The INSERT of a JSON array of rows for these parameters (and the columns' defaults).
@@ -111,9 +98,9 @@ class Prebuilt:
                 raise TypeError(f"{table.name}: rows go as JSON keyed by column name, without bytes")
             quote = conn.dialect.identifier_preparer.quote
             listed = ", ".join(quote(c.name) for c in columns)
-            name = conn.dialect.identifier_preparer.format_table(table)
-            text = (f"INSERT INTO {name} ({listed}) SELECT {listed} "
-                    f"FROM json_populate_recordset(NULL::{name}, %s::json) WITH ORDINALITY AS given "
+            qualified = conn.dialect.identifier_preparer.format_table(table)
+            text = (f"INSERT INTO {qualified} ({listed}) SELECT {listed} "
+                    f"FROM json_populate_recordset(NULL::{qualified}, %s::json) WITH ORDINALITY AS given "
                     "ORDER BY ordinality")
             # SQLAlchemy names parameters with a str subclass, which orjson does not take as a key.
             found = self._compiled[key] = (text, {str(name): value for name, value in fixed.items()})
@@ -131,26 +118,39 @@ class Prebuilt:
         return cursor
 
 
-# The statement of each combination of tables and parameters insert_together has run.
-_TOGETHER: dict[tuple[str, ...], str] = {}
-
-
 def insert_together(conn: Connection, parts: list[tuple[Prebuilt, list[dict]]]) -> None:
-    """Rows for several tables (a resource's row and its index rows). On PostgreSQL, one statement
-    whose INSERTs are data-modifying WITH queries: each statement costs the driver and the server
-    more than a few more rows do (an ADT^A28 ran 36 statements, and runs 24). Elsewhere, one
-    executemany per table."""
+    """Rows for several tables (a resource's row and its index rows): on PostgreSQL in one
+    statement, elsewhere one executemany per table."""
     parts = [(statement, rows) for statement, rows in parts if rows]
-    if conn.dialect.name != "postgresql" or len(parts) < 2:
+    if conn.dialect.name != "postgresql":
         for statement, rows in parts:
             statement.executemany(conn, rows)
-        return
+    elif parts:
+        _insert_recordsets(conn, parts)
+
+
+# The statement of each combination of tables and parameters _insert_recordsets has run.
+_RECORDSETS: dict[tuple[str, ...], str] = {}
+
+
+def _insert_recordsets(conn: Connection, parts: list[tuple[Prebuilt, list[dict]]]) -> None:
+    """PostgreSQL: each table's rows in one INSERT … SELECT FROM json_populate_recordset(the rows
+    as one JSON array), in their order; several tables' INSERTs as data-modifying WITH queries of
+    one statement. psycopg's executemany runs each call in a pipeline of its own, one statement per
+    row; a multi-row VALUES list is a new, long text for each number of rows, which psycopg parses
+    again each time (it remembers only texts under 4 KB and 50 parameters). This text is the same
+    for any number of rows: parsed once, and prepared by the server. Its parameters are one string
+    a table, which orjson writes in C: an array per column went through psycopg's Python code for
+    lists, about a third of a search's AuditEvent's CPU in the gateway. And each statement costs
+    the driver and the server more than a few more rows do (an ADT^A28 ran 36 statements, and runs
+    24)."""
     compiled = [(statement._compile_recordset(conn, tuple(sorted(rows[0]))), rows) for statement, rows in parts]
     texts = tuple(part_text for (part_text, _), _ in compiled)
-    text = _TOGETHER.get(texts)
+    text = _RECORDSETS.get(texts)
     if text is None:
-        text = _TOGETHER[texts] = ("WITH " + ", ".join(f"part{n} AS ({t})" for n, t in enumerate(texts[:-1]))
-                                   + " " + texts[-1])
+        *earlier, last = texts
+        withs = ", ".join(f"part{n} AS ({t})" for n, t in enumerate(earlier))
+        text = _RECORDSETS[texts] = f"WITH {withs} {last}" if earlier else last
     Prebuilt._run(conn, "execute", text, tuple(_rows_json(fixed, rows) for (_, fixed), rows in compiled)).close()
 
 
