@@ -3,6 +3,8 @@ unit minted reads no previous version, a Consent's first version deletes no rule
 identifier is looked up once. What it skips would have been found empty: the next version of each
 reads its previous one and replaces its rules, as before."""
 import json
+import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -256,3 +258,15 @@ def test_a_posted_cda_is_hashed_once_for_its_raw_copy_and_its_binary(database, m
     with read_connection(database[0]) as conn:
         assert conn.execute(select(resources.c.blob_sha256).where(resources.c.res_type == "Binary")).scalar_one() \
             == sha256(cda).hexdigest()
+
+
+def test_minted_ids_begin_with_their_creation_time_so_that_resources_created_together_sort_together(database):
+    """Version 7 UUIDs (RFC 9562): a new resource's index rows go to the end of each index, beside
+    those of the resources created just before it, instead of a random page of each."""
+    repo = Repository(database[0], AccessContext.system("test"), "http://test")
+    with repo.unit_of_work(Write.FEED) as uow:
+        minted = [uow.new_id() for _ in range(50)]
+    assert {uuid.UUID(res_id).version for res_id in minted} == {7}
+    assert minted == sorted(minted)
+    created_ms = int(minted[0].replace("-", "")[:12], 16)
+    assert abs(created_ms / 1000 - time.time()) < 60
