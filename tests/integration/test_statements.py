@@ -114,3 +114,20 @@ def test_rows_for_several_tables_go_together_and_fail_together(database, backend
         codes = conn.execute(select(search_token.c.code).order_by(search_token.c.code)).scalars().all()
         dates = conn.execute(select(func.count()).select_from(search_date)).scalar_one()
     assert ids == ["a"] and codes == [f"c{n}" for n in range(5)] and dates == 1
+
+
+def test_postgresql_plans_a_search_for_its_values_and_a_writer_s_statements_once(database, backend):
+    """A search's best plan depends on its values (the patients a reader's grants list): PostgreSQL
+    plans each run of it. A writer's statements find their rows by key: one plan serves them all.
+    The writer's setting ends with its transaction, on a connection a search may take next."""
+    if backend != "postgresql":
+        pytest.skip("PostgreSQL's plan cache")
+    engine = database[0]
+    engine.dispose()     # one connection in the pool: the reader below takes the writer's
+    mode = "SHOW plan_cache_mode"
+    with read_connection(engine) as conn:
+        assert conn.exec_driver_sql(mode).scalar() == "force_custom_plan"
+    with write_transaction(engine) as conn:
+        assert conn.exec_driver_sql(mode).scalar() == "auto"
+    with read_connection(engine) as conn:
+        assert conn.exec_driver_sql(mode).scalar() == "force_custom_plan"
