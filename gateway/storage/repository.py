@@ -739,8 +739,8 @@ class UnitOfWork:
                 sql.ARCHIVE_CURRENT.execute(self.conn, key)
                 sql.UPDATE_RESOURCE.execute(self.conn, {**key, **values})
                 self._delete_index_rows(res_type, res_id)
-            # A new resource has no index rows to delete (four statements saved per resource: a
-            # quarter of what a document message ran), and its row goes with its index rows.
+            # A new resource has no index rows to delete (four DELETEs saved per resource), and its
+            # row goes with its index rows.
             new_row = [] if previous else [{"res_type": res_type, "res_id": res_id, **values}]
             sql.insert_together(self.conn, [(sql.INSERT_RESOURCE, new_row), *_index_parts(index_rows(resource))])
         return StoredResource(res_type, res_id, version, instant, body, False, blob_sha256, patient_id,

@@ -142,8 +142,8 @@ def _insert_recordsets(conn: Connection, parts: list[tuple[Prebuilt, list[dict]]
     for any number of rows: parsed once, and prepared by the server. Its parameters are one string
     a table, which orjson writes in C: an array per column went through psycopg's Python code for
     lists, about a third of a search's AuditEvent's CPU in the gateway. And each statement costs
-    the driver and the server more than a few more rows do (an ADT^A28 ran 36 statements, and runs
-    24)."""
+    the driver and the server more than a few more rows do (an ADT^A28 ran 36 statements, 24 this
+    way)."""
     compiled = [(statement._compile_recordset(conn, tuple(sorted(rows[0]))), rows) for statement, rows in parts]
     texts = tuple(part_text for (part_text, _), _ in compiled)
     text = _RECORDSETS.get(texts)
