@@ -6,7 +6,6 @@ SubmissionSet List naming the documents the message registered."""
 from __future__ import annotations
 
 import binascii
-import dataclasses
 from dataclasses import dataclass, field
 
 from gateway import base64text
@@ -181,8 +180,7 @@ def _with_parent(parsed: ParsedCda, txa: Segment | None) -> ParsedCda:
     if parsed.header.replaced:
         return parsed
     if txa is not None and txa.get(13):
-        header = dataclasses.replace(parsed.header, replaced=[II(txa.get(13))])
-        return dataclasses.replace(parsed, header=header)
+        return parsed.replacing([II(txa.get(13))])
     raise MessageRefused(Issue("a replacement must name the replaced document (CDA relatedDocument RPLC "
                                "or TXA-13)", "TXA^1^13", "101"))
 

@@ -7,10 +7,11 @@ document messages (inside theirs).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from gateway.refusal import Refused
-from gateway.cda.header import CD, CdaHeader, Person, extract_header
+from gateway.cda.header import CD, II, CdaHeader, Person, extract_header
 from gateway.cda.parser import parse_cda
 from gateway.access.rules import binary_ids
 from gateway.access.writes import Producers, Write, finess
@@ -55,6 +56,16 @@ class ParsedCda:
             self._checked[key] = _checked(mapping.document_reference(
                 header, mapping.UNSET_ID, mapping.stand_in_links(header), attachment, list(key)))
         return self._checked[key]
+
+    def replacing(self, parents: list[II]) -> "ParsedCda":
+        """This document as the new version of `parents`, which its header does not name (an
+        MDM^T10's TXA-13, an ITI-65 submission's relatesTo). The DocumentReferences validated for
+        it stand: their one difference, relatesTo, is set from the links the unit of work resolves
+        (mapping.linked). A submission's parent is found in its unit of work, and the document was
+        validated again there, under the write lock."""
+        copy = dataclasses.replace(self, header=dataclasses.replace(self.header, replaced=parents))
+        copy._checked.update(self._checked)
+        return copy
 
     @property
     def patient_key(self) -> tuple[str, str]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable
 from urllib.parse import parse_qsl
@@ -397,7 +396,7 @@ def _with_submitted_parent(uow: UnitOfWork, item: Submitted) -> ParsedCda:
             parents.append(II("unknown", reference))   # refused by the write rules as any unknown parent
     if not parents:
         return item.parsed
-    return dataclasses.replace(item.parsed, header=dataclasses.replace(item.parsed.header, replaced=parents))
+    return item.parsed.replacing(parents)
 
 
 def _already_registered(uow: UnitOfWork, res_type: str, identifiers: list[dict]):
