@@ -61,8 +61,8 @@ class ParsedCda:
         """This document as the new version of `parents`, which its header does not name (an
         MDM^T10's TXA-13, an ITI-65 submission's relatesTo). The DocumentReferences validated for
         it stand: their one difference, relatesTo, is set from the links the unit of work resolves
-        (mapping.linked). A submission's parent is found in its unit of work, and the document was
-        validated again there, under the write lock."""
+        (mapping.linked). A submission's parent is found only in its unit of work: without them,
+        the document would be validated again there, under the write lock."""
         copy = dataclasses.replace(self, header=dataclasses.replace(self.header, replaced=parents))
         copy._checked.update(self._checked)
         return copy
