@@ -137,9 +137,6 @@ def register_described(uow: UnitOfWork, base_url: str, submitted: dict, data: by
     content = (submitted.get("content") or [{}])[0]
     attachment = content.get("attachment", {})
     content_type = attachment.get("contentType") or "application/octet-stream"
-    uow.save(_checked({"resourceType": "Binary", "id": binary_id, "contentType": content_type,
-                       "securityContext": {"reference": f"DocumentReference/{docref_id}"}}, where),
-             patient_id=patient_id, blob_sha256=uow.store_blob(data, digests.sha256))
     date = submitted.get("date") or fhir_now()
     holder = uow.current("Patient", patient_id).json()
     source_patient = {**{k: v for k, v in holder.items() if k not in ("id", "meta", "link", "active")},
@@ -184,6 +181,10 @@ def register_described(uow: UnitOfWork, base_url: str, submitted: dict, data: by
         resource["relatesTo"] = [{"code": "replaces", "target": {"reference": ref}} for ref in replaces]
     stored = uow.save(_checked(resource, where), patient_id=patient_id)
     uow.claim_identifier("DocumentReference", *key, docref_id)
+    # After its DocumentReference, whose labels the new Binary takes in its INSERT (UnitOfWork.save).
+    uow.save(_checked({"resourceType": "Binary", "id": binary_id, "contentType": content_type,
+                       "securityContext": {"reference": f"DocumentReference/{docref_id}"}}, where),
+             patient_id=patient_id, blob_sha256=uow.store_blob(data, digests.sha256))
     return Ingested(True, stored, [*replaces, f"Binary/{binary_id}", f"DocumentReference/{docref_id}"])
 
 

@@ -155,19 +155,18 @@ def register_document(uow: UnitOfWork, base_url: str, parsed: ParsedCda, *, visi
     docref_id = docref_id or uow.new_id()
     replaces = _supersede(uow, header, patient_id, produced)
     binary_id = uow.new_id()
-    sha256 = uow.store_blob(parsed.data, parsed.digests.sha256)
-    binary = _checked({"resourceType": "Binary", "id": binary_id, "contentType": _content_type(header),
-                       "securityContext": {"reference": f"DocumentReference/{docref_id}"}})
-    uow.save(binary, patient_id=patient_id, blob_sha256=sha256)
-    produced.append(f"Binary/{binary_id}")
-
     links = mapping.Links(patient=patient_id, custodian=custodian, replaces=replaces)
     docref = mapping.linked(parsed.checked_reference(visibility), docref_id, links,
                             f"{base_url.rstrip('/')}/fhir/Binary/{binary_id}")
     stored = uow.save(docref, patient_id=patient_id)
     system, value = mapping.identifier_key(header.unique_id)
     uow.claim_identifier("DocumentReference", system, value, docref_id)
-    produced.append(f"DocumentReference/{docref_id}")
+    # After its DocumentReference, whose labels the new Binary takes in its INSERT (UnitOfWork.save).
+    sha256 = uow.store_blob(parsed.data, parsed.digests.sha256)
+    binary = _checked({"resourceType": "Binary", "id": binary_id, "contentType": _content_type(header),
+                       "securityContext": {"reference": f"DocumentReference/{docref_id}"}})
+    uow.save(binary, patient_id=patient_id, blob_sha256=sha256)
+    produced += [f"Binary/{binary_id}", f"DocumentReference/{docref_id}"]
     return Ingested(True, stored, produced)
 
 

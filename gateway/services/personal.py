@@ -103,10 +103,6 @@ def _register(uow: UnitOfWork, repo: Repository, patient_id: str, title: str, ty
               data: bytes, digests: Digests, file_name: str | None) -> StoredResource:
     docref_id, binary_id = uow.new_id(), uow.new_id()
     now = fhir_now()
-    sha256 = uow.store_blob(data, digests.sha256)
-    uow.save(_checked({"resourceType": "Binary", "id": binary_id, "contentType": media_type,
-                       "securityContext": {"reference": f"DocumentReference/{docref_id}"}}),
-             patient_id=patient_id, blob_sha256=sha256)
     format_code, format_display = codes.N1_FORMATS[media_type]
     holder = uow.current("Patient", patient_id).json()
     source_patient = {k: v for k, v in holder.items() if k not in ("id", "meta")}
@@ -150,6 +146,10 @@ def _register(uow: UnitOfWork, repo: Repository, patient_id: str, title: str, ty
     docref = {k: v for k, v in docref.items() if v is not None}
     stored = uow.save(_checked(docref), patient_id=patient_id)
     uow.claim_identifier("DocumentReference", "urn:ietf:rfc:3986", docref["masterIdentifier"]["value"], docref_id)
+    # After its DocumentReference, whose labels the new Binary takes in its INSERT (UnitOfWork.save).
+    uow.save(_checked({"resourceType": "Binary", "id": binary_id, "contentType": media_type,
+                       "securityContext": {"reference": f"DocumentReference/{docref_id}"}}),
+             patient_id=patient_id, blob_sha256=uow.store_blob(data, digests.sha256))
     return stored
 
 

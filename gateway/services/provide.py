@@ -430,10 +430,6 @@ def _write_signature(uow: UnitOfWork, base_url: str, item: Submitted, responses:
     signed = item.signs[0].stored.json()   # written by this unit, before its signatures
     patient_ref = signed["subject"]["reference"]
     binary_id = uow.new_id()
-    sha256 = uow.store_blob(item.data, item.digests.sha256)
-    uow.save(_validated({"resourceType": "Binary", "id": binary_id, "contentType": "application/xml",
-                         "securityContext": {"reference": f"DocumentReference/{item.new_id}"}}, item.binary_index),
-             patient_id=patient_ref.split("/")[1], blob_sha256=sha256)
     submitted = item.resource
     # What a signature shares with the document it signs: patient, custodian, context, and its
     # author (the certificate names the signer; nothing links it to a national id, so the signed
@@ -475,5 +471,9 @@ def _write_signature(uow: UnitOfWork, base_url: str, item: Submitted, responses:
     else:
         resource["masterIdentifier"] = {"use": "usual", "system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{new_id()}"}
     stored = uow.save(_validated(resource, item.index), patient_id=patient_ref.split("/")[1])
+    # After its DocumentReference, whose labels the new Binary takes in its INSERT (UnitOfWork.save).
+    uow.save(_validated({"resourceType": "Binary", "id": binary_id, "contentType": "application/xml",
+                         "securityContext": {"reference": f"DocumentReference/{item.new_id}"}}, item.binary_index),
+             patient_id=patient_ref.split("/")[1], blob_sha256=uow.store_blob(item.data, item.digests.sha256))
     responses[item.index] = ("201 Created", f"DocumentReference/{stored.res_id}/_history/{stored.version}")
     responses[item.binary_index] = ("201 Created", f"Binary/{binary_id}/_history/1")

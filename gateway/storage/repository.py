@@ -501,6 +501,8 @@ class UnitOfWork:
         # A concurrent claim of the same identifier still fails at its insert (the unique key).
         self._identifiers: dict[tuple[str, str, str], str | None] = {}
         self._minted: set[str] = set()
+        # The labels of a DocumentReference saved before its new Binary, which takes them in its INSERT.
+        self._binary_labels: dict[str, dict] = {}
 
     def __enter__(self) -> "UnitOfWork":
         self._context = write_transaction(self.repository.engine)
@@ -607,11 +609,17 @@ class UnitOfWork:
         if res_type == "DocumentReference":
             columns = {**visibility_columns(resource), "authors": self._authors(resource)}
             columns.update(self._hidden_as_signed(signed_ids(resource), columns))
+        elif res_type == "Binary" and minted_here:
+            columns = self._binary_labels.pop(resource["id"], {})
         stored = self._store(resource, patient_id=patient_id, blob_sha256=blob_sha256, method=method,
                              columns=columns, new=minted_here)
         if res_type == "DocumentReference":
-            # The Binary is read through the same rules as the DocumentReference that points to it.
-            self._set_visibility(binary_ids(resource), "Binary", columns)
+            # The Binary is read through the same rules as the DocumentReference that points to it:
+            # one saved already takes its labels by an UPDATE, a new one not saved yet in its INSERT.
+            labels = _read_alike(columns)
+            binaries = binary_ids(resource)
+            self._binary_labels.update((res_id, labels) for res_id in binaries if res_id in self._minted)
+            self._set_visibility([res_id for res_id in binaries if res_id not in self._minted], "Binary", columns)
             if not minted_here:
                 self._follow_signatures(stored.res_id)
             self._announce(resource, patient_id, columns)
@@ -639,9 +647,9 @@ class UnitOfWork:
                                                    "queued_at": _now()[1]})
 
     def _set_visibility(self, ids: list[str], res_type: str, columns: dict) -> None:
-        """Labels (and, from a DocumentReference, its authors: they still see it masked) onto the
-        resources read through the same rules."""
-        values = {k: v for k, v in columns.items() if k in (*VISIBILITY_COLUMNS, "authors")}
+        """A DocumentReference's labels and authors (`_read_alike`) onto resources already saved
+        that are read through the same rules."""
+        values = _read_alike(columns)
         if not values:
             return
         for res_id in ids:
@@ -822,6 +830,12 @@ class UnitOfWork:
         if ack is not None:
             values["ack"] = ack
         sql.UPDATE_RAW.execute(self.conn, {"key_raw": raw_id, **values})
+
+
+def _read_alike(columns: dict) -> dict:
+    """What a DocumentReference's Binary (or a signature) shares of its row: its labels, and its
+    authors, who still see it masked."""
+    return {k: v for k, v in columns.items() if k in (*VISIBILITY_COLUMNS, "authors")}
 
 
 def _index_parts(rows_by_kind: dict[str, list[dict]]) -> list[tuple[sql.Prebuilt, list[dict]]]:

@@ -11,7 +11,9 @@ import pytest
 from sqlalchemy import select
 
 from gateway.access import AccessContext
+from gateway.access.rules import MASQUE_PS
 from gateway.access.writes import Write
+from gateway.mapping import codes
 from gateway.mapping import document as mapping
 from gateway.mapping.hl7v2 import ZFA_SYSTEM
 from gateway.storage import statements as sql
@@ -270,3 +272,39 @@ def test_minted_ids_begin_with_their_creation_time_so_that_resources_created_tog
     assert minted == sorted(minted)
     created_ms = int(minted[0].replace("-", "")[:12], 16)
     assert abs(created_ms / 1000 - time.time()) < 60
+
+
+def masked_document(docref_id: str, binary_id: str) -> dict:
+    return {"resourceType": "DocumentReference", "id": docref_id, "status": "current",
+            "securityLabel": [{"coding": [{"system": codes.VISIBILITY_SYSTEM, "code": MASQUE_PS}]}],
+            "contained": [{"resourceType": "Practitioner", "id": "author1",
+                           "identifier": [{"system": f"urn:oid:{codes.IDNATPS_OID}", "value": "810000000001"}]}],
+            "author": [{"reference": "#author1"}],
+            "content": [{"attachment": {"url": f"http://test/fhir/Binary/{binary_id}"}}]}
+
+
+def binary_row(engine, binary_id: str) -> tuple:
+    with read_connection(engine) as conn:
+        return tuple(conn.execute(select(resources.c.masked, resources.c.authors).where(
+            resources.c.res_type == "Binary", resources.c.res_id == binary_id)).one())
+
+
+@pytest.mark.parametrize("binary_first", [False, True])
+def test_a_new_document_s_binary_takes_its_labels_in_its_insert(database, run, binary_first):
+    """A Binary saved after its DocumentReference, in the same unit, is inserted with the document's
+    labels and authors: it took them by an UPDATE after its INSERT, a statement per document. Saved
+    before it (or already stored), it still takes them by that UPDATE."""
+    engine = database[0]
+    repo = Repository(engine, AccessContext.system("test"), "http://test")
+    with repo.unit_of_work(Write.FEED) as uow:
+        docref_id, binary_id = uow.new_id(), uow.new_id()
+        binary = {"resourceType": "Binary", "id": binary_id, "contentType": "text/plain",
+                  "securityContext": {"reference": f"DocumentReference/{docref_id}"}}
+        if binary_first:
+            uow.save(binary, patient_id="p1")
+        uow.save(masked_document(docref_id, binary_id), patient_id="p1")
+        if not binary_first:
+            uow.save(binary, patient_id="p1")
+
+    assert run.count(sql.UPDATE_RESOURCE) == (1 if binary_first else 0)
+    assert binary_row(engine, binary_id) == (True, " 810000000001 ")
