@@ -83,10 +83,11 @@ def visibility_columns(docref: dict) -> dict:
 
 
 def binary_ids(docref: dict) -> list[str]:
-    """The Binaries a DocumentReference's attachments point to on this server."""
+    """The Binaries a DocumentReference's attachments point to on this server. A FHIR document is
+    kept in a Binary too, and read at Bundle/[id] (PDSM4DMP TD3.2): its URL names that Binary."""
     out = []
     for content in docref.get("content", []):
         url = content.get("attachment", {}).get("url", "")
-        if "/Binary/" in url or url.startswith("Binary/"):
+        if any(f"/{kind}/" in url or url.startswith(f"{kind}/") for kind in ("Binary", "Bundle")):
             out.append(url.rsplit("/", 1)[-1])
     return out

@@ -198,3 +198,26 @@ def test_the_guide_examples_in_xml(client, lps):
     assert statuses == ["201 Created"] * 3
     td02 = client.get("/fhir/Patient", headers=lps, query_string={"identifier": f"{INS_SYSTEM}|{INS}", "_format": "xml"})
     assert etree.fromstring(td02.data).find(f"{ns}total").get("value") == "1"
+
+
+def test_a_fhir_document_is_read_at_its_bundle_url_through_its_document_s_rules(client, bearer, lps):
+    """A FHIR document (a Bundle of type document) published with ITI-105 is kept in a Binary and
+    read at Bundle/[id] (TD3.2). That Binary follows its DocumentReference's labels as any other
+    does: the patient read there a document kept from them (INVISIBLE_PATIENT) while its
+    DocumentReference answered 404."""
+    document = {"resourceType": "Bundle", "type": "document", "timestamp": "2026-03-10T17:30:00+01:00"}
+    published = example("DocumentReference-example-td2-iti105-publication-simplifiee.json")
+    published["content"][0]["attachment"] = {
+        "contentType": "application/fhir+json", "title": "Compte rendu de consultation",
+        "data": base64.b64encode(json.dumps(document).encode()).decode()}
+    published["securityLabel"] = [{"coding": [{"system": VISIBILITY, "code": "INVISIBLE_PATIENT"}]}]
+    created = client.post("/fhir/DocumentReference", headers={**FHIR, **lps}, data=json.dumps(published))
+    assert created.status_code == 201, created.json
+    path = created.json["content"][0]["attachment"]["url"].removeprefix("http://gateway.test")
+    assert path.startswith("/fhir/Bundle/")
+
+    assert client.get(path, headers=lps).json == document
+    patient = bearer("patient", patient=INS)
+    assert client.get(f"/fhir/DocumentReference/{created.json['id']}", headers=patient).status_code == 404
+    assert client.get(path, headers=patient).status_code == 404
+    assert client.get(path.replace("/Bundle/", "/Binary/"), headers=patient).status_code == 404
