@@ -1,4 +1,5 @@
 """Migrations that move data keep every byte of it."""
+import json
 import os
 
 from alembic import command
@@ -105,4 +106,30 @@ def test_the_current_versions_leave_the_history_table_with_their_method(tmp_path
     with engine.connect() as conn:
         assert sorted(conn.execute(text("SELECT res_id, version, method, body FROM resource_versions")).all()) == [
             (res_id, version, method, f'{{"name": "{name}"}}') for res_id, version, method, name in versions]
+    engine.dispose()
+
+
+def test_a_fhir_document_s_binary_takes_its_document_s_labels(tmp_path):
+    """Migration 0015: a Binary a DocumentReference names by its Bundle/[id] URL (a FHIR document)
+    was stored without the document's labels; it takes them, and its authors. A document's Binary
+    named by Binary/[id] had them already and is left as it is."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'labels.db'}")
+    config = alembic_config(engine)
+    command.upgrade(config, "0014")
+    documents = {"d1": "http://gateway.test/fhir/Bundle/b1", "d2": "http://gateway.test/fhir/Binary/b2"}
+    with engine.begin() as conn:
+        for res_id, url in documents.items():
+            conn.execute(text("INSERT INTO resources (res_type, res_id, version, last_updated, deleted, body, masked, "
+                              "hidden_from_patient, hidden_from_representatives, authors) VALUES ('DocumentReference', "
+                              ":i, 1, '2026-01-01T00:00:00', false, :b, true, true, false, ' 810000000001 ')"),
+                         {"i": res_id, "b": json.dumps({"resourceType": "DocumentReference", "content": [
+                             {"attachment": {"url": url}}]})})
+        for res_id in ("b1", "b2"):
+            conn.execute(text("INSERT INTO resources (res_type, res_id, version, last_updated, deleted, body) "
+                              "VALUES ('Binary', :i, 1, '2026-01-01T00:00:00', false, '{}')"), {"i": res_id})
+    command.upgrade(config, "head")
+    with engine.connect() as conn:
+        labels = conn.execute(text("SELECT res_id, masked, hidden_from_patient, hidden_from_representatives, authors "
+                                   "FROM resources WHERE res_type = 'Binary' ORDER BY res_id")).all()
+    assert [tuple(row) for row in labels] == [("b1", 1, 1, 0, " 810000000001 "), ("b2", 0, 0, 0, None)]
     engine.dispose()
