@@ -181,10 +181,8 @@ def register_described(uow: UnitOfWork, base_url: str, submitted: dict, data: by
         resource["relatesTo"] = [{"code": "replaces", "target": {"reference": ref}} for ref in replaces]
     stored = uow.save(_checked(resource, where), patient_id=patient_id)
     uow.claim_identifier("DocumentReference", *key, docref_id)
-    # After its DocumentReference, whose labels the new Binary takes in its INSERT (UnitOfWork.save).
-    uow.save(_checked({"resourceType": "Binary", "id": binary_id, "contentType": content_type,
-                       "securityContext": {"reference": f"DocumentReference/{docref_id}"}}, where),
-             patient_id=patient_id, blob_sha256=uow.store_blob(data, digests.sha256))
+    uow.save_binary(binary_id, docref_id, content_type, data, digests.sha256, patient_id,
+                    lambda binary: _checked(binary, where))
     return Ingested(True, stored, [*replaces, f"Binary/{binary_id}", f"DocumentReference/{docref_id}"])
 
 

@@ -161,11 +161,8 @@ def register_document(uow: UnitOfWork, base_url: str, parsed: ParsedCda, *, visi
     stored = uow.save(docref, patient_id=patient_id)
     system, value = mapping.identifier_key(header.unique_id)
     uow.claim_identifier("DocumentReference", system, value, docref_id)
-    # After its DocumentReference, whose labels the new Binary takes in its INSERT (UnitOfWork.save).
-    sha256 = uow.store_blob(parsed.data, parsed.digests.sha256)
-    binary = _checked({"resourceType": "Binary", "id": binary_id, "contentType": _content_type(header),
-                       "securityContext": {"reference": f"DocumentReference/{docref_id}"}})
-    uow.save(binary, patient_id=patient_id, blob_sha256=sha256)
+    uow.save_binary(binary_id, docref_id, _content_type(header), parsed.data, parsed.digests.sha256, patient_id,
+                    _checked)
     produced += [f"Binary/{binary_id}", f"DocumentReference/{docref_id}"]
     return Ingested(True, stored, produced)
 

@@ -146,10 +146,7 @@ def _register(uow: UnitOfWork, repo: Repository, patient_id: str, title: str, ty
     docref = {k: v for k, v in docref.items() if v is not None}
     stored = uow.save(_checked(docref), patient_id=patient_id)
     uow.claim_identifier("DocumentReference", "urn:ietf:rfc:3986", docref["masterIdentifier"]["value"], docref_id)
-    # After its DocumentReference, whose labels the new Binary takes in its INSERT (UnitOfWork.save).
-    uow.save(_checked({"resourceType": "Binary", "id": binary_id, "contentType": media_type,
-                       "securityContext": {"reference": f"DocumentReference/{docref_id}"}}),
-             patient_id=patient_id, blob_sha256=uow.store_blob(data, digests.sha256))
+    uow.save_binary(binary_id, docref_id, media_type, data, digests.sha256, patient_id, _checked)
     return stored
 
 

@@ -471,9 +471,7 @@ def _write_signature(uow: UnitOfWork, base_url: str, item: Submitted, responses:
     else:
         resource["masterIdentifier"] = {"use": "usual", "system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{new_id()}"}
     stored = uow.save(_validated(resource, item.index), patient_id=patient_ref.split("/")[1])
-    # After its DocumentReference, whose labels the new Binary takes in its INSERT (UnitOfWork.save).
-    uow.save(_validated({"resourceType": "Binary", "id": binary_id, "contentType": "application/xml",
-                         "securityContext": {"reference": f"DocumentReference/{item.new_id}"}}, item.binary_index),
-             patient_id=patient_ref.split("/")[1], blob_sha256=uow.store_blob(item.data, item.digests.sha256))
+    uow.save_binary(binary_id, item.new_id, "application/xml", item.data, item.digests.sha256,
+                    patient_ref.split("/")[1], lambda binary: _validated(binary, item.binary_index))
     responses[item.index] = ("201 Created", f"DocumentReference/{stored.res_id}/_history/{stored.version}")
     responses[item.binary_index] = ("201 Created", f"Binary/{binary_id}/_history/1")

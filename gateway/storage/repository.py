@@ -583,6 +583,15 @@ class UnitOfWork:
         row = self.conn.execute(sql.CURRENT, {"key_type": res_type, "key_id": res_id}).first()
         return self.repository._row(row) if row else None
 
+    def save_binary(self, binary_id: str, docref_id: str, content_type: str, data: bytes, sha256: str,
+                    patient_id: str, checked: Callable[[dict], dict]) -> StoredResource:
+        """A document's bytes and their Binary, read through the rules of its DocumentReference.
+        Saved after that DocumentReference, in the same unit, the new Binary takes its labels in
+        its INSERT (`save`). `checked` is the caller's validation, which refuses in its own terms."""
+        binary = checked({"resourceType": "Binary", "id": binary_id, "contentType": content_type,
+                          "securityContext": {"reference": f"DocumentReference/{docref_id}"}})
+        return self.save(binary, patient_id=patient_id, blob_sha256=self.store_blob(data, sha256))
+
     def store_blob(self, data: bytes, sha256: str | None = None) -> str:
         """Store bytes under their SHA-256 (`sha256`: computed before the transaction, so that no
         write lock is held while a large document is hashed), unless already stored."""
