@@ -301,18 +301,18 @@ def _bench_search(workdir: Path, total: int, queries: int, url: str, load_second
         return {"p50_ms": round(percentile(latencies, 50), 2), "p95_ms": round(percentile(latencies, 95), 2),
                 "mean_ms": round(statistics.mean(latencies), 2), "queries": count}
 
-    # Each kind asks about patients (or doctors) of its own. Every kind's first pass, as served, runs
-    # before any other: the first touch, whose pages may have to come from disk (a pass without the
-    # rules reads most of the database). The same requests are then timed three ways, on pages the
-    # first pass brought into memory (as a serving gateway's working set is): as served (rules in
-    # the SQL, an AuditEvent committed before each answer); without the audit write; and without
-    # either (the filter replaced by TRUE).
     def samples(kind: str, configuration: str) -> int:
         # A patient-less page without the access filter reads every document of its type and month,
         # one to ten seconds at 1,000,000: ten of them tell as much. Every other configuration times
         # them all (out of ten, one slow answer was the p95).
         return min(queries, 10) if "no patient" in kind and configuration == "no rules, no audit" else queries
 
+    # Each kind asks about patients (or doctors) of its own. Every kind's first pass, as served, runs
+    # before any other: the first touch, whose pages may have to come from disk (a pass without the
+    # rules reads most of the database). The same requests are then timed three ways, on pages the
+    # first pass brought into memory (as a serving gateway's working set is): as served (rules in
+    # the SQL, an AuditEvent committed before each answer); without the audit write; and without
+    # either (the filter replaced by TRUE).
     results: dict[str, dict] = {name: {"rules and audit, first touch": run(name, window)}
                                 for window, name in enumerate(kinds)}
     original_filter, original_audit = AccessContext.resource_filter, Repository._search_audit
