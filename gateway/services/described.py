@@ -113,7 +113,7 @@ def register_described(uow: UnitOfWork, base_url: str, submitted: dict, data: by
     existing_id = uow.find_by_identifier("DocumentReference", *key)
     if existing_id is not None:
         existing = uow.current("DocumentReference", existing_id)
-        binary = uow.current("Binary", existing.json()["content"][0]["attachment"]["url"].rsplit("/", 1)[-1])
+        binary = uow.document_binary(existing)
         if existing.patient_id != patient_id or binary is None or binary.blob_sha256 != digests.sha256:
             raise Refused("a different document is already registered under this masterIdentifier",
                                   location=f"{where}.masterIdentifier", status=409, code="duplicate")

@@ -122,8 +122,7 @@ def existing_document(uow: UnitOfWork, parsed: ParsedCda) -> StoredResource | No
     if existing_id is None:
         return None
     existing = uow.current("DocumentReference", existing_id)
-    binary_url = existing.json()["content"][0]["attachment"]["url"]
-    binary = uow.current("Binary", binary_url.rsplit("/", 1)[-1])
+    binary = uow.document_binary(existing)
     if binary is None or binary.blob_sha256 != parsed.digests.sha256:
         raise Refused(
             f"a different document is already registered under unique id {value}; "

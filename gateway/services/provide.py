@@ -13,6 +13,7 @@ from typing import Callable
 from urllib.parse import parse_qsl
 
 from gateway import base64text
+from gateway.access.rules import binary_ids
 from gateway.access.writes import Write
 from gateway.refusal import Refused
 from gateway.cda.header import II
@@ -334,8 +335,7 @@ def _write(uow: UnitOfWork, base_url: str, bundle: dict, documents, signatures, 
         item.new_id = stored.res_id
         status = "201 Created" if result.created else "200 OK"
         responses[item.index] = (status, f"DocumentReference/{stored.res_id}/_history/{stored.version}")
-        binary_ref = stored.json()["content"][0]["attachment"]["url"].split("/fhir/", 1)[1].replace("Bundle/", "Binary/")
-        responses[item.binary_index] = (status, f"{binary_ref}/_history/1")
+        responses[item.binary_index] = (status, f"Binary/{binary_ids(stored.json())[0]}/_history/1")
     if len(patient_ids) > 1:
         raise _refuse("a submission concerns one patient; its documents name several", "Bundle.entry")
     patient_id = patient_ids.pop()
@@ -420,12 +420,12 @@ def _write_signature(uow: UnitOfWork, base_url: str, item: Submitted, responses:
     """The signature is kept as a DocumentReference of its own, linked to what it signs."""
     existing = _already_registered(uow, "DocumentReference", [item.resource.get("masterIdentifier") or {}])
     if existing:
-        binary_id = existing.json()["content"][0]["attachment"]["url"].rsplit("/", 1)[1]
-        if uow.current("Binary", binary_id).blob_sha256 != item.digests.sha256:
+        binary = uow.document_binary(existing)
+        if binary.blob_sha256 != item.digests.sha256:
             raise _refuse("a different signature is registered under this masterIdentifier",
                           f"Bundle.entry[{item.index}].resource.masterIdentifier", 409, "duplicate")
         responses[item.index] = ("200 OK", f"DocumentReference/{existing.res_id}/_history/{existing.version}")
-        responses[item.binary_index] = ("200 OK", f"Binary/{binary_id}/_history/1")
+        responses[item.binary_index] = ("200 OK", f"Binary/{binary.res_id}/_history/1")
         return
     signed = item.signs[0].stored.json()   # written by this unit, before its signatures
     patient_ref = signed["subject"]["reference"]

@@ -583,6 +583,10 @@ class UnitOfWork:
         row = self.conn.execute(sql.CURRENT, {"key_type": res_type, "key_id": res_id}).first()
         return self.repository._row(row) if row else None
 
+    def document_binary(self, docref: StoredResource) -> StoredResource | None:
+        """The Binary that holds a stored DocumentReference's document (a CDA's or a FHIR document's)."""
+        return self.current("Binary", binary_ids(docref.json())[0])
+
     def save_binary(self, binary_id: str, docref_id: str, content_type: str, data: bytes, sha256: str,
                     patient_id: str, checked: Callable[[dict], dict]) -> StoredResource:
         """A document's bytes and their Binary, read through the rules of its DocumentReference.
