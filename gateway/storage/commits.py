@@ -1,8 +1,9 @@
 """Group commit: units of work that threads submit at the same time share one transaction, one
 audit chain extension and one flush to disk.
 
-The first thread to find no batch running takes every unit waiting (its own included), runs each
-in a savepoint of one transaction, and commits; the others wait for that commit and find their
+The first thread to find no batch running takes every unit waiting (its own included) and those
+that come while it waits for the write lock, runs each in a savepoint of one transaction, and
+commits; the others wait for that commit and find their
 result. A unit that raises is rolled back to its savepoint alone and its caller gets the exception;
 the others still commit. The AuditEvents of reads (searches, reads, refusals), which are all such
 a request writes, need no savepoint: those that follow one another in a batch are inserted
@@ -95,6 +96,12 @@ class GroupCommit:
         _batch_thread.running = True
         try:
             with write_transaction(self._engine) as conn:
+                with self._changed:
+                    # Those that came while the batch waited for the write lock (another process's
+                    # batch held it) join it: they share its flush instead of waiting for another.
+                    room = MAX_BATCH - len(batch)
+                    batch += self._waiting[:room]
+                    self._waiting = self._waiting[room:]
                 entries: list = []
                 reads: list[_Unit] = []
 

@@ -1,6 +1,8 @@
 """The group commit: units of work submitted together share one transaction; one that fails is
 rolled back alone; each caller gets its answer only once its data is committed; the audit chain
 verifies after concurrent batches."""
+import fcntl
+import os
 import threading
 import time
 
@@ -84,6 +86,40 @@ def test_units_submitted_together_share_a_transaction_and_a_failing_one_is_rolle
     assert writing == 2, writing
     report = verify_chain(engine)
     assert report.reason is None and report.entries == UNITS - 1
+
+
+def test_units_that_arrive_while_a_batch_waits_for_the_write_lock_join_it(database, backend):
+    """SQLite: while another process's transaction holds the write lock, the batch that waits for
+    it takes in the units submitted meanwhile, and all of them share one commit."""
+    if backend != "sqlite":
+        pytest.skip("a PostgreSQL batch takes no lock to begin")
+    engine = database[0]
+    repo = Repository(engine, AccessContext.system("test"), "http://test")
+    committer = group_commit(engine)
+    commits = []
+    event.listen(engine, "commit", lambda conn: commits.append(1))
+    # The lock another process's writer holds (database._writer_between_processes).
+    other_writer = os.open(engine.url.database + "-writer", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(other_writer, fcntl.LOCK_EX)
+    threads = [threading.Thread(target=repo.write, args=(lambda uow, n=n: uow.save(organization(n)), Write.FEED))
+               for n in range(3)]
+    try:
+        threads[0].start()
+        deadline = time.monotonic() + 30
+        while not (committer._running and not committer._waiting) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        for thread in threads[1:]:
+            thread.start()
+        while len(committer._waiting) < 2 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert committer._running and len(committer._waiting) == 2
+    finally:
+        os.close(other_writer)
+        for thread in threads:
+            if thread.ident is not None:
+                thread.join(60)
+    assert stored_ids(engine) == {"org-0", "org-1", "org-2"}
+    assert len(commits) == 2, commits   # the batch's, and stored_ids' read transaction
 
 
 def test_a_unit_may_not_submit_another_from_inside_its_batch(database):
