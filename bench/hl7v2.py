@@ -7,7 +7,6 @@ import base64
 import os
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from bench.databases import scratch_database
 from bench.figures import backends, cpu_figures, machine_busy, machine_jiffies, percentile
 from gateway.hl7v2 import ack, mllp
 from gateway.hl7v2.er7 import Message
+from gateway.listener import start_processes
 from gateway.mapping import hl7v2 as v2
 from gateway.storage.database import make_engine
 from gateway.storage.migrate import upgrade
@@ -112,8 +112,6 @@ def _throughput(port: int, messages: list[bytes], connections: int) -> dict:
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -126,31 +124,41 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def _listeners(url: str, port: int, processes: int, workdir: Path) -> list[subprocess.Popen]:
-    """`gateway mllp` processes on one port, as `gateway serve` starts them; ready when one accepts."""
+    """`gateway mllp` processes on one port, as `gateway serve` starts them; ready when each accepts."""
     env = dict(os.environ, GATEWAY_DATABASE_URL=url, GATEWAY_MLLP_PORT=str(port), GATEWAY_HOST="127.0.0.1",
                GATEWAY_MLLP_PROCESSES=str(processes), GATEWAY_LOG_LEVEL="WARNING", GATEWAY_VAR_DIR=str(workdir),
                GATEWAY_PUBLIC_BASE_URL="http://bench")
-    started = [subprocess.Popen([sys.executable, "-m", "gateway", "mllp"], env=env, cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(processes)]
+    started = start_processes("127.0.0.1", port, processes, env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            # Every process is listening once each has opened its socket: give them their deadline too.
-            if all(_listening(p.pid, port) for p in started):
-                return started
-        except OSError:
-            pass
+        if all(_accepting(p.pid, port) for p in started):
+            return started
         time.sleep(0.05)
     _stop(started)
     raise RuntimeError("the MLLP listeners did not start")
 
 
-def _listening(pid: int, port: int) -> bool:
-    inodes = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+def _accepting(pid: int, port: int) -> bool:
+    """Whether the process's event loop watches a socket listening on the port. (Listeners that
+    share one socket hold it from their start, before they accept: connecting proves nothing.)"""
     table = Path("/proc/net/tcp").read_text().splitlines()[1:] + Path("/proc/net/tcp6").read_text().splitlines()[1:]
-    return any(f"socket:[{line.split()[9]}]" in inodes for line in table
-               if line.split()[1].endswith(f":{port:04X}") and line.split()[3] == "0A")
+    inodes = {f"socket:[{line.split()[9]}]" for line in table
+              if line.split()[1].endswith(f":{port:04X}") and line.split()[3] == "0A"}
+    descriptors = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            descriptors[fd] = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except FileNotFoundError:
+            pass   # closed meanwhile
+    listening = {fd for fd, target in descriptors.items() if target in inodes}
+    for fd, target in descriptors.items():
+        if target == "anon_inode:[eventpoll]":
+            watched = {line.split()[1] for line in Path(f"/proc/{pid}/fdinfo/{fd}").read_text().splitlines()
+                       if line.startswith("tfd:")}
+            if watched & listening:
+                return True
+    return False
 
 
 def _stop(processes: list[subprocess.Popen]) -> None:

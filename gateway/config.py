@@ -44,7 +44,7 @@ class Settings:
     mllp_max_bytes: int = 32 * 1024 * 1024
     mllp_idle_timeout: float = 300.0
     mllp_workers: int = 8
-    # Listener processes sharing the port (SO_REUSEPORT): Python runs one thread at a time per
+    # Listener processes sharing the port (listener.start_processes): Python runs one thread at a time per
     # process, so the ingest work of several connections uses several cores only in several processes.
     mllp_processes: int = 2
     # Connections open at once; with mllp_max_bytes, the most the listener buffers (32 x 32 MiB).

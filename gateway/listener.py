@@ -2,12 +2,16 @@
 
 Each connection's messages are processed one after the other, so a sender's order is kept; the
 connections run side by side up to GATEWAY_MLLP_WORKERS at a time, and their writes share group
-commits. `gateway serve` starts GATEWAY_MLLP_PROCESSES listeners on the same port."""
+commits. `gateway serve` starts GATEWAY_MLLP_PROCESSES listeners on one socket (`start_processes`)."""
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import socket
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 from gateway.access import AccessContext
@@ -19,6 +23,21 @@ from gateway.storage.repository import Repository
 
 log = logging.getLogger(__name__)
 SHUTDOWN_GRACE_SECONDS = 30.0
+# The descriptor of the listening socket a `gateway mllp` process inherits from `start_processes`.
+SOCKET_FD = "GATEWAY_MLLP_SOCKET_FD"
+
+
+def start_processes(host: str, port: int, processes: int, env: dict | None = None, **popen) -> list[subprocess.Popen]:
+    """`processes` listener processes (`gateway mllp`). Several share one listening socket, opened
+    here, and the least busy takes each connection (mllp.FewestConnectionsFirst); one opens its own."""
+    command = [sys.executable, "-m", "gateway", "mllp"]
+    env = dict(os.environ if env is None else env)
+    if processes <= 1:
+        return [subprocess.Popen(command, env=env, **popen)]
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.create_server((host, port), family=family, backlog=128) as shared:
+        env[SOCKET_FD] = str(shared.fileno())
+        return [subprocess.Popen(command, env=env, pass_fds=[shared.fileno()], **popen) for _ in range(processes)]
 
 
 async def listen(settings: Settings, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> None:
@@ -49,7 +68,7 @@ async def listen(settings: Settings, ready: asyncio.Event | None = None, stop: a
     listener = await mllp.serve(settings.mllp_host, settings.mllp_port, handle, too_large,
                                 max_bytes=settings.mllp_max_bytes, idle_timeout=settings.mllp_idle_timeout, tls=tls,
                                 max_connections=settings.mllp_max_connections,
-                                reuse_port=settings.mllp_processes > 1)
+                                reuse_port=settings.mllp_processes > 1, shared=_inherited_socket())
     stop = stop or asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         try:
@@ -64,6 +83,11 @@ async def listen(settings: Settings, ready: asyncio.Event | None = None, stop: a
     await listener.stop(SHUTDOWN_GRACE_SECONDS)
     pool.shutdown(wait=True)
     engine.dispose()
+
+
+def _inherited_socket() -> socket.socket | None:
+    descriptor = os.environ.get(SOCKET_FD)
+    return socket.socket(fileno=int(descriptor)) if descriptor else None
 
 
 def run(settings: Settings) -> int:

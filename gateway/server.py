@@ -130,8 +130,9 @@ def serve(settings: Settings, workers: int | None = None, mllp: bool = True) -> 
     # which must hold no event loop or thread.
     helpers = [subprocess.Popen([sys.executable, "-m", "gateway", "notifications", "send", "--follow"])]
     if mllp:
-        helpers += [subprocess.Popen([sys.executable, "-m", "gateway", "mllp"])
-                    for _ in range(max(1, settings.mllp_processes))]
+        from gateway.listener import start_processes
+
+        helpers += start_processes(settings.mllp_host, settings.mllp_port, settings.mllp_processes)
     log.info("serving", extra={"http": f"http://{settings.host}:{settings.http_port}", "fhir": settings.fhir_base,
                                "mllp": f"{settings.mllp_host}:{settings.mllp_port}" if mllp else None,
                                "database": database})

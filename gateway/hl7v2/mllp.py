@@ -11,13 +11,17 @@ import logging
 import socket
 import ssl
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Iterable, Iterator
+from typing import Awaitable, Callable, Iterable, Iterator, Protocol
 
 from .er7 import BOM
 
 START = b"\x0b"
 END = b"\x1c\r"
 CHUNK = 64 * 1024
+# On a socket shared with sibling processes: how long a listener waits, per connection it has
+# open, before taking a new one, and at most (`FewestConnectionsFirst`).
+ACCEPT_DELAY_PER_CONNECTION = 0.01
+ACCEPT_DELAY_MAX = 0.1
 HEAD_KEPT = 64 * 1024  # of an oversized frame: enough for its MSH, to answer it
 
 log = logging.getLogger(__name__)
@@ -90,11 +94,83 @@ Handler = Callable[[bytes, str], Awaitable[bytes | None]]
 OversizeHandler = Callable[[bytes, int, str], Awaitable[bytes | None]]
 
 
+class Accepting(Protocol):
+    """What accepts a listener's connections: asyncio's server, or `FewestConnectionsFirst`."""
+    def close(self) -> None: ...
+    async def wait_closed(self) -> None: ...
+
+
+class FewestConnectionsFirst:
+    """Accepts connections from a listening socket that sibling listener processes share, so that
+    the process with the fewest connections takes the next one.
+
+    Each incoming connection wakes every process; one with connections open waits a moment per
+    connection before it accepts, and finds it taken if a less busy sibling got there first. A
+    sender keeps its connection for hours, and one process runs one thread of Python at a time: the
+    kernel's SO_REUSEPORT hashing put two connections on one process half the time, and then that
+    process's core set the pace of both. A sibling that is gone or stuck only delays a connection
+    by the wait."""
+
+    def __init__(self, sock: socket.socket, open_connections: Callable[[], int],
+                 adopt: Callable[[socket.socket], Awaitable[None]]):
+        self.sock, self.open_connections, self.adopt = sock, open_connections, adopt
+        sock.setblocking(False)   # its siblings' too: they share the open socket, flags included
+        self.adopting: set[asyncio.Task] = set()
+        self.task = asyncio.create_task(self._accept())
+
+    async def _accept(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await _readable(loop, self.sock)
+            # Those being adopted count: a burst of connections would otherwise find this process
+            # still idle after it took the first.
+            delay = min(ACCEPT_DELAY_PER_CONNECTION * (self.open_connections() + len(self.adopting)),
+                        ACCEPT_DELAY_MAX)
+            if delay:
+                await asyncio.sleep(delay)
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                continue   # a sibling took it
+            except OSError:
+                # Out of descriptors, or the like: the connection stays queued for a sibling, or
+                # for this process once it has some to spare.
+                log.warning("MLLP accept failed", exc_info=True)
+                await asyncio.sleep(ACCEPT_DELAY_MAX)
+                continue
+            conn.setblocking(False)
+            task = asyncio.create_task(self.adopt(conn))
+            self.adopting.add(task)
+            task.add_done_callback(self.adopting.discard)
+
+    def close(self) -> None:
+        self.task.cancel()
+        self.sock.close()   # this process's descriptor: the siblings keep accepting
+
+    async def wait_closed(self) -> None:
+        await asyncio.gather(self.task, *self.adopting, return_exceptions=True)
+
+
+async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+    ready = loop.create_future()
+
+    def on_readable() -> None:
+        loop.remove_reader(sock)
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(sock, on_readable)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(sock)
+
+
 @dataclass
 class Listener:
     """A running MLLP listener: `stop()` stops accepting, lets the messages being processed finish
     and be acknowledged, then closes every connection."""
-    server: asyncio.base_events.Server
+    server: Accepting
     idle: set = field(default_factory=set)     # connection tasks waiting for their next frame
     busy: set = field(default_factory=set)     # connection tasks processing a message
     stopping: bool = False
@@ -117,10 +193,12 @@ class Listener:
 
 async def serve(host: str, port: int, handle: Handler, too_large: OversizeHandler, *, max_bytes: int,
                 idle_timeout: float, tls: ssl.SSLContext | None = None, max_connections: int = 32,
-                reuse_port: bool = False) -> Listener:
+                reuse_port: bool = False, shared: socket.socket | None = None) -> Listener:
     """A listener of at most `max_connections` connections at a time (each buffers at most
     `max_bytes` of an unfinished frame): a further one is closed as soon as it is accepted. With
-    `reuse_port`, other processes listen on the same port and the kernel spreads connections."""
+    `reuse_port`, other processes listen on the same port and the kernel spreads connections; with
+    `shared`, a listening socket sibling processes hold too, the least busy takes each connection
+    (host and port are then the socket's)."""
     listener: Listener
 
     async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -164,8 +242,22 @@ async def serve(host: str, port: int, handle: Handler, too_large: OversizeHandle
             except (ConnectionError, asyncio.CancelledError, ssl.SSLError):
                 pass
 
-    server = await asyncio.start_server(connection, host, port, ssl=tls, limit=CHUNK * 2, reuse_port=reuse_port)
-    listener = Listener(server)
+    if shared is None:
+        server = await asyncio.start_server(connection, host, port, ssl=tls, limit=CHUNK * 2, reuse_port=reuse_port)
+        listener = Listener(server)
+        return listener
+    loop = asyncio.get_running_loop()
+
+    async def adopt(conn: socket.socket) -> None:
+        # What asyncio.start_server does with each connection it accepts.
+        protocol = asyncio.StreamReaderProtocol(asyncio.StreamReader(limit=CHUNK * 2), connection)
+        try:
+            await loop.connect_accepted_socket(lambda: protocol, conn, ssl=tls)
+        except (OSError, ssl.SSLError, asyncio.TimeoutError) as failure:
+            log.info("MLLP connection failed before its first frame", extra={"reason": type(failure).__name__})
+            conn.close()
+
+    listener = Listener(FewestConnectionsFirst(shared, lambda: len(listener.idle) + len(listener.busy), adopt))
     return listener
 
 

@@ -195,3 +195,64 @@ def test_the_listener_holds_a_bounded_number_of_connections(settings, database):
             sock.close()
         loop.call_soon_threadsafe(state["stop"].set)
         thread.join(40)
+
+
+def test_of_listeners_sharing_a_socket_the_one_with_fewer_connections_takes_the_next():
+    """Listener processes that share one socket (`gateway serve`'s) are each woken by a connection;
+    one with connections open waits before accepting, so an idle one takes it. Two event loops in
+    threads stand for two processes, each with its own descriptor; the loaded one alternates."""
+    import asyncio
+    import os
+    import socket
+    import time
+
+    shared = socket.create_server(("127.0.0.1", 0))
+    port = shared.getsockname()[1]
+
+    def taker(loads: dict[str, int]) -> str:
+        """Which of two fresh listeners with these loads accepts one connection."""
+        accepted: list[str] = []
+        loops: dict = {}
+        stops: dict = {}
+        running = threading.Event()
+
+        def run(name: str) -> None:
+            async def main():
+                async def adopt(conn):
+                    accepted.append(name)
+                    conn.close()
+
+                stops[name] = asyncio.Event()
+                acceptor = mllp.FewestConnectionsFirst(socket.socket(fileno=os.dup(shared.fileno())),
+                                                       lambda: loads[name], adopt)
+                loops[name] = asyncio.get_running_loop()
+                if len(loops) == len(loads):
+                    running.set()
+                await stops[name].wait()
+                acceptor.close()
+                await acceptor.wait_closed()
+
+            asyncio.run(main())
+
+        threads = [threading.Thread(target=run, args=(name,)) for name in loads]
+        for thread in threads:
+            thread.start()
+        try:
+            assert running.wait(30)
+            socket.create_connection(("127.0.0.1", port), timeout=10).close()
+            deadline = time.monotonic() + 30
+            while not accepted and time.monotonic() < deadline:
+                time.sleep(0.001)
+        finally:
+            for name, loop in loops.items():
+                loop.call_soon_threadsafe(stops[name].set)
+            for thread in threads:
+                thread.join(30)
+        assert len(accepted) == 1
+        return accepted[0]
+
+    try:
+        # 20 connections open: the loaded one waits the most, ACCEPT_DELAY_MAX, before it accepts.
+        assert [taker({"a": 20, "b": 0} if n % 2 else {"a": 0, "b": 20}) for n in range(8)] == ["a", "b"] * 4
+    finally:
+        shared.close()
