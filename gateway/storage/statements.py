@@ -12,7 +12,8 @@ the other parameters).
 """
 from __future__ import annotations
 
-from typing import Any
+from operator import itemgetter
+from typing import Any, Callable
 
 import orjson
 from sqlalchemy import Connection, bindparam, delete, insert, or_, select, text, update
@@ -60,28 +61,28 @@ class Prebuilt:
                     raise TypeError(f"{self.statement} needs a value for {name}")
                 else:
                     fixed[name] = value
-            order = tuple(compiled.positiontup) if compiled.positional else None
-            found = self._compiled[key] = (str(compiled), order, fixed)
+            found = self._compiled[key] = (str(compiled), _picker(compiled.positiontup) if compiled.positional else None,
+                                           fixed)
         return found
 
     @staticmethod
-    def _arguments(order, fixed: dict, params: dict):
+    def _arguments(pick, fixed: dict, params: dict):
         if fixed:
             params = {**fixed, **params}
-        return tuple(params[name] for name in order) if order is not None else params
+        return pick(params) if pick is not None else params
 
     def execute(self, conn: Connection, params: dict):
         """Runs it once; returns the driver's cursor (rowcount, fetchone, fetchall)."""
-        text, order, fixed = self._compile(conn, tuple(sorted(params)))
-        return self._run(conn, "execute", text, self._arguments(order, fixed, params))
+        text, pick, fixed = self._compile(conn, tuple(sorted(params)))
+        return self._run(conn, "execute", text, self._arguments(pick, fixed, params))
 
     def executemany(self, conn: Connection, rows: list[dict]) -> None:
         """Runs it for every row (all with the same parameter names) in one driver call."""
         if conn.dialect.name == "postgresql" and isinstance(self.statement, Insert):
             _insert_recordsets(conn, [(self, rows)])
             return
-        text, order, fixed = self._compile(conn, tuple(sorted(rows[0])))
-        self._run(conn, "executemany", text, [self._arguments(order, fixed, row) for row in rows]).close()
+        text, pick, fixed = self._compile(conn, tuple(sorted(rows[0])))
+        self._run(conn, "executemany", text, [self._arguments(pick, fixed, row) for row in rows]).close()
 
     def _compile_recordset(self, conn: Connection, names: tuple[str, ...]):
         """The INSERT of a JSON array of rows for these parameters (and the columns' defaults).
@@ -116,6 +117,16 @@ class Prebuilt:
             raise DBAPIError.instance(text, arguments, failure, conn.dialect.loaded_dbapi.Error,
                                       dialect=conn.dialect) from failure
         return cursor
+
+
+def _picker(names) -> Callable[[dict], tuple]:
+    """A positional statement's arguments from its named parameters, picked in C: a generator
+    over the names took 1.70 ms of CPU an ADT^A28 under SQLite's write lock, this 1.63–1.66 (runs
+    alternated, in-process)."""
+    if len(names) == 1:
+        name = names[0]
+        return lambda params: (params[name],)
+    return itemgetter(*names) if names else (lambda params: ())
 
 
 def insert_together(conn: Connection, parts: list[tuple[Prebuilt, list[dict]]]) -> None:
