@@ -130,8 +130,8 @@ class FewestConnectionsFirst:
                 await asyncio.sleep(delay)
             try:
                 conn, _ = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                continue   # a sibling took it
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                continue   # a sibling took it, or its client left
             except OSError:
                 # Out of descriptors, or the like: the connection stays queued for a sibling, or
                 # for this process once it has some to spare.
@@ -145,10 +145,10 @@ class FewestConnectionsFirst:
 
     def close(self) -> None:
         self.task.cancel()
-        self.sock.close()   # this process's descriptor: the siblings keep accepting
 
     async def wait_closed(self) -> None:
         await asyncio.gather(self.task, *self.adopting, return_exceptions=True)
+        self.sock.close()   # this process's descriptor, once no longer watched: the siblings keep accepting
 
 
 async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
