@@ -131,12 +131,15 @@ def _listeners(url: str, port: int, processes: int, workdir: Path) -> list[subpr
     started = start_processes("127.0.0.1", port, processes, env, cwd=ROOT, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if all(_accepting(p.pid, port) for p in started):
-            return started
-        time.sleep(0.05)
-    _stop(started)
-    raise RuntimeError("the MLLP listeners did not start")
+    try:
+        while time.monotonic() < deadline:
+            if all(_accepting(p.pid, port) for p in started):
+                return started
+            time.sleep(0.05)
+        raise RuntimeError("the MLLP listeners did not start")
+    except BaseException:
+        _stop(started)
+        raise
 
 
 def _accepting(pid: int, port: int) -> bool:
