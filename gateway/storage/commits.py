@@ -3,12 +3,12 @@ audit chain extension and one flush to disk.
 
 The first thread to find no batch running takes every unit waiting (its own included) and those
 that come while it waits for the write lock, runs each in a savepoint of one transaction, and
-commits; the others wait for that commit and find their
-result. A unit that raises is rolled back to its savepoint alone and its caller gets the exception;
-the others still commit. The AuditEvents of reads (searches, reads, refusals), which are all such
-a request writes, need no savepoint: those that follow one another in a batch are inserted
-together. A caller returns only once the commit that made its data durable is done, so an ACK or a
-201 sent after `run` promises what it says.
+commits; the others wait for that commit and find their result. A unit that raises is rolled back
+to its savepoint alone and its caller gets the exception; the others still commit. The
+AuditEvents of reads (searches, reads, refusals), which are all such a request writes, need no
+savepoint: those that follow one another in a batch are inserted together. A caller returns only
+once the commit that made its data durable is done, so an ACK or a 201 sent after `run` promises
+what it says.
 """
 from __future__ import annotations
 
