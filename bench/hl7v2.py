@@ -9,6 +9,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import hl7
@@ -87,25 +88,27 @@ def bench_parsing(cda: bytes, rounds: int = 30) -> dict:
 def _throughput(port: int, messages: list[bytes], connections: int) -> dict:
     shares = [messages[i::connections] for i in range(connections)]
     latencies: list[float] = []
-    codes: dict[str, int] = {}
+    # One list of ACK codes a connection: a count shared by the threads lost some of their updates.
+    codes_by_connection: list[list[str]] = [[] for _ in shares]
 
-    def run_one_connection(share):
+    def run_one_connection(share, codes):
         started = time.perf_counter()
         for reply in mllp.send_messages("127.0.0.1", port, share):
             now = time.perf_counter()
             latencies.append(now - started)
             started = now
-            code = reply.split(b"\r")[1].split(b"|")[1].decode()
-            codes[code] = codes.get(code, 0) + 1
+            codes.append(reply.split(b"\r")[1].split(b"|")[1].decode())
 
-    threads = [threading.Thread(target=run_one_connection, args=(share,)) for share in shares]
+    threads = [threading.Thread(target=run_one_connection, args=(share, codes))
+               for share, codes in zip(shares, codes_by_connection)]
     began = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - began
-    return {"connections": connections, "messages": len(messages), "acks": codes,
+    codes = Counter(code for connection in codes_by_connection for code in connection)
+    return {"connections": connections, "messages": len(messages), "acks": dict(codes),
             "messages_per_second": round(len(messages) / elapsed, 1),
             "ack_latency_ms_p50": round(percentile(latencies, 50) * 1000, 2),
             "ack_latency_ms_p95": round(percentile(latencies, 95) * 1000, 2)}
