@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 import weakref
 from typing import Callable, Iterator, TypeVar
 
@@ -94,8 +95,11 @@ class GroupCommit:
 
     def _commit(self, batch: list[_Unit]) -> None:
         _batch_thread.running = True
+        asked = time.perf_counter()
+        began = None
         try:
             with write_transaction(self._engine) as conn:
+                began = time.perf_counter()
                 with self._changed:
                     # Those that came while the batch waited for the write lock (another process's
                     # batch held it) join it: they share its flush instead of waiting for another.
@@ -144,6 +148,9 @@ class GroupCommit:
             if not isinstance(failure, Exception):
                 raise
         finally:
+            if began is not None:   # observed once the write lock is let go
+                metrics.WRITE_HELD.observe(time.perf_counter() - began)
+                metrics.WRITE_WAIT.observe(began - asked)
             _batch_thread.running = False
             for unit in batch:
                 unit.settled = True

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import event, func, select, text
 from sqlalchemy.exc import IntegrityError
 
+from gateway import metrics
 from gateway.access import AccessContext
 from gateway.access.writes import Write
 from gateway.access import audit
@@ -120,6 +121,46 @@ def test_units_that_arrive_while_a_batch_waits_for_the_write_lock_join_it(databa
                 thread.join(60)
     assert stored_ids(engine) == {"org-0", "org-1", "org-2"}
     assert len(commits) == 2, commits   # the batch's, and stored_ids' read transaction
+
+
+def _observed(name: str) -> tuple[float, float]:
+    return (metrics.REGISTRY.get_sample_value(f"{name}_count") or 0.0,
+            metrics.REGISTRY.get_sample_value(f"{name}_sum") or 0.0)
+
+
+def test_each_batch_reports_its_wait_for_the_writer_and_how_long_it_held_it(database, backend):
+    """The two histograms an operator reads SQLite's writer saturation from (/metrics). On SQLite a
+    batch that waits for another process's writer reports at least the time it was seen waiting."""
+    engine = database[0]
+    repo = Repository(engine, AccessContext.system("test"), "http://test")
+    committer = group_commit(engine)
+    waits, held = _observed("gateway_write_wait_seconds"), _observed("gateway_write_transaction_seconds")
+    repo.write(lambda uow: uow.save(organization(1)), Write.FEED)
+    assert _observed("gateway_write_wait_seconds")[0] == waits[0] + 1
+    assert _observed("gateway_write_transaction_seconds")[0] == held[0] + 1
+    assert _observed("gateway_write_transaction_seconds")[1] > held[1]
+    if backend != "sqlite":
+        return
+    waits = _observed("gateway_write_wait_seconds")
+    other_writer = os.open(engine.url.database + "-writer", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(other_writer, fcntl.LOCK_EX)
+    writer = threading.Thread(target=repo.write, args=(lambda uow: uow.save(organization(2)), Write.FEED))
+    try:
+        writer.start()
+        deadline = time.monotonic() + 30
+        while not committer._running and time.monotonic() < deadline:
+            time.sleep(0.005)
+        seen_waiting = time.perf_counter()
+        while time.perf_counter() - seen_waiting < 0.05 and writer.is_alive():
+            time.sleep(0.005)
+        released = time.perf_counter()
+    finally:
+        os.close(other_writer)
+        writer.join(60)
+    assert stored_ids(engine) == {"org-1", "org-2"}
+    count, total = _observed("gateway_write_wait_seconds")
+    assert count == waits[0] + 1
+    assert total - waits[1] >= released - seen_waiting >= 0.05
 
 
 def test_a_unit_may_not_submit_another_from_inside_its_batch(database):
