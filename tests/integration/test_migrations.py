@@ -1,11 +1,19 @@
 """Migrations that move data keep every byte of it."""
 import json
 import os
+import subprocess
+import sys
+import time
+import uuid
 
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import text
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, text
+
+from conftest import POSTGRES_URL
 
 from gateway.access import AccessContext
 from gateway.access.writes import Write
@@ -133,3 +141,73 @@ def test_a_fhir_document_s_binary_takes_its_document_s_labels(tmp_path):
                                    "FROM resources WHERE res_type = 'Binary' ORDER BY res_id")).all()
     assert [tuple(row) for row in labels] == [("b1", 1, 1, 0, " 810000000001 "), ("b2", 0, 0, 0, None)]
     engine.dispose()
+
+
+MIGRATE_WHEN_TOLD = """
+import sys, time
+from pathlib import Path
+from gateway.storage.database import make_engine
+from gateway.storage.migrate import upgrade
+url, ready, go = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+engine = make_engine(url)
+ready.touch()
+deadline = time.monotonic() + 60
+while not go.exists():
+    if time.monotonic() > deadline:
+        sys.exit("never told to go")
+    time.sleep(0.001)
+upgrade(engine)
+"""
+
+
+@pytest.fixture
+def empty_database(backend, tmp_path, request):
+    """The URL of a database with no table yet: a new SQLite file, or a new PostgreSQL database."""
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'empty.db'}"
+        return
+    request.getfixturevalue("postgres_engine")   # skips (or fails) as the suite is configured
+    name = f"gateway_empty_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(POSTGRES_URL.replace("postgresql://", "postgresql+psycopg://", 1),
+                          isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def test_processes_started_together_migrate_the_database_once(empty_database, tmp_path):
+    """Two nodes (or listeners) started at once over one new database: each applies the pending
+    migrations at start-up, the second after the first, which it then finds at head. (Both ran them
+    at once before: one failed, on a duplicate key or a locked database.)"""
+    processes = []
+    try:
+        for n in range(3):
+            processes.append(subprocess.Popen(
+                [sys.executable, "-c", MIGRATE_WHEN_TOLD, empty_database, str(tmp_path / f"ready-{n}"),
+                 str(tmp_path / "go")], stderr=subprocess.PIPE, text=True))
+        deadline = time.monotonic() + 60
+        while not all((tmp_path / f"ready-{n}").exists() for n in range(3)):
+            assert time.monotonic() < deadline, "the migrating processes did not start"
+            assert all(p.poll() is None for p in processes), [p.stderr.read() for p in processes]
+            time.sleep(0.01)
+        (tmp_path / "go").touch()
+        failures = [p.stderr.read() for p in processes if p.wait(120) != 0]
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert failures == []
+    engine = make_engine(empty_database)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == [
+                ScriptDirectory.from_config(alembic_config(engine)).get_current_head()]
+            assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+    finally:
+        engine.dispose()
