@@ -53,6 +53,10 @@ class _Gunicorn(BaseApplication):
         self.cfg.set("accesslog", None)  # the application logs each request itself, as JSON
         self.cfg.set("on_exit", lambda arbiter: _stop(self.helpers, self.owner))
         self.cfg.set("child_exit", _worker_gone)
+        # gunicorn's control socket (for its `gunicornc`) is one path per user, in the home
+        # directory: a second gateway on the host took it over from the first. gunicorn's master
+        # still takes its signals (TERM, HUP, TTIN, TTOU).
+        self.cfg.set("control_socket_disable", True)
 
     def load(self):
         from gateway.app import create_app

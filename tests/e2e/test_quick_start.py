@@ -120,3 +120,27 @@ def test_a_second_gateway_on_the_same_port_says_so_in_one_line(tmp_path):
     assert done.stderr.strip().splitlines() == [
         f"gateway: the HTTP port 127.0.0.1:{port} is in use: is a gateway already running? "
         "(GATEWAY_HTTP_PORT chooses another)"]
+
+
+def test_two_gateways_serve_side_by_side_on_one_host(tmp_path, monkeypatch):
+    """Each `gateway serve` keeps to its own var directory and ports: a second one on the same
+    host leaves the first unharmed, and neither writes in the user's home. (gunicorn's control
+    socket was one path per user, $HOME/.gunicorn/gunicorn.ctl: the second gateway took it over
+    from the first, and two started at once made one of them log an error.)"""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    started = []
+    try:
+        for name in ("first", "second"):
+            started.append(start_gateway(tmp_path / name))
+        for _, base, _ in started:
+            assert requests.get(f"{base}/health", timeout=10).status_code == 200
+    finally:
+        for process, _, _ in started:
+            stop_gateway(process)
+    assert list(home.iterdir()) == []
+    for name in ("first", "second"):
+        log = (tmp_path / name / "serve.log").read_text(errors="replace")
+        assert "[ERROR]" not in log, log[-2000:]
