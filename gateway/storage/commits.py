@@ -148,12 +148,14 @@ class GroupCommit:
             if not isinstance(failure, Exception):
                 raise
         finally:
-            if began is not None:   # observed once the write lock is let go
-                metrics.WRITE_HELD.observe(time.perf_counter() - began)
-                metrics.WRITE_WAIT.observe(began - asked)
+            ended = time.perf_counter()
             _batch_thread.running = False
             for unit in batch:
                 unit.settled = True
+        # Observed once the write lock is let go and every unit has its answer.
+        if began is not None:
+            metrics.WRITE_HELD.observe(ended - began)
+            metrics.WRITE_WAIT.observe(began - asked)
 
 
 @contextlib.contextmanager
