@@ -15,6 +15,7 @@ from pathlib import Path
 import hl7
 from hl7apy.core import Message as Hl7apyMessage
 from hl7apy.parser import parse_message
+from prometheus_client import CollectorRegistry, multiprocess
 
 from bench.databases import scratch_database
 from bench.figures import backends, cpu_figures, machine_busy, machine_jiffies, percentile
@@ -126,11 +127,13 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _listeners(url: str, port: int, processes: int, workdir: Path) -> list[subprocess.Popen]:
-    """`gateway mllp` processes on one port, as `gateway serve` starts them; ready when each accepts."""
+def _listeners(url: str, port: int, processes: int, workdir: Path, metrics_dir: Path) -> list[subprocess.Popen]:
+    """`gateway mllp` processes on one port, as `gateway serve` starts them (their metrics in one
+    directory, prometheus-client's multiprocess mode); ready when each accepts."""
+    metrics_dir.mkdir(parents=True)
     env = dict(os.environ, GATEWAY_DATABASE_URL=url, GATEWAY_MLLP_PORT=str(port), GATEWAY_HOST="127.0.0.1",
                GATEWAY_MLLP_PROCESSES=str(processes), GATEWAY_LOG_LEVEL="WARNING", GATEWAY_VAR_DIR=str(workdir),
-               GATEWAY_PUBLIC_BASE_URL="http://bench")
+               GATEWAY_PUBLIC_BASE_URL="http://bench", PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
     started = start_processes("127.0.0.1", port, processes, env, cwd=ROOT, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
@@ -143,6 +146,13 @@ def _listeners(url: str, port: int, processes: int, workdir: Path) -> list[subpr
     except BaseException:
         _stop(started)
         raise
+
+
+def _write_transaction_seconds(metrics_dir: Path) -> float:
+    """The listeners' group-commit write transactions so far, in seconds, summed over them."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(metrics_dir))
+    return registry.get_sample_value("gateway_write_transaction_seconds_sum") or 0.0
 
 
 def _accepting(pid: int, port: int) -> bool:
@@ -186,7 +196,10 @@ def bench_mllp(workdir: Path, cdas: list[bytes], adt_count: int, postgres_url: s
                        "the client in the bench's process. SQLite WAL synchronous=FULL; writes in group commits "
                        "(several messages' units share a transaction and a flush); AA only after the commit of "
                        "the message's result. client_cpu: the bench's process (the MLLP clients); machine_*: the whole "
-                       "machine's CPU over the run (listeners, client, database, kernel, anything else running)")
+                       "machine's CPU over the run (listeners, client, database, kernel, anything else running); "
+                       "write_transaction_seconds_per_second: the listeners' group-commit write transactions, from "
+                       "their start to the end of their commit, summed over the listeners, per second of the run "
+                       "(gateway_write_transaction_seconds): on SQLite, the share of the time its one writer was held")
     return results
 
 
@@ -199,7 +212,8 @@ def _bench_listeners(url: str, backend: str, workdir: Path, cdas: list[bytes], a
     scenario = 0
     for processes in (1, 2):
         port = _free_port()
-        listeners = _listeners(url, port, processes, workdir)
+        metrics_dir = workdir / f"metrics-{backend}-{processes}"
+        listeners = _listeners(url, port, processes, workdir, metrics_dir)
         try:
             for connections in (1, 8):
                 # Every scenario registers documents of its own: a document sent again is a
@@ -215,7 +229,10 @@ def _bench_listeners(url: str, backend: str, workdir: Path, cdas: list[bytes], a
                     offset += count
                     cpu, machine, client = sum(_cpu_seconds(p.pid) for p in listeners), machine_jiffies(), \
                         time.process_time()
+                    held, began = _write_transaction_seconds(metrics_dir), time.perf_counter()
                     figures = _throughput(port, batch, connections)
+                    held = _write_transaction_seconds(metrics_dir) - held
+                    figures["write_transaction_seconds_per_second"] = round(held / (time.perf_counter() - began), 2)
                     used = sum(_cpu_seconds(p.pid) for p in listeners) - cpu
                     figures.update(cpu_figures(used, time.process_time() - client, machine_busy(machine), count,
                                                "message", "listener"))
