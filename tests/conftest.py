@@ -3,6 +3,7 @@ a live HTTP server, a test PKI, and the third-party corpus when it is present.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
@@ -12,6 +13,7 @@ import threading
 import uuid
 from dataclasses import replace
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 from hypothesis import settings as hypothesis_settings
@@ -111,26 +113,35 @@ def attend_all(engine, professional: str = GP) -> None:
             uow.save(consent, patient_id=patient_id)
 
 
-@pytest.fixture(scope="session")
-def postgres_engine():
-    """A database of its own for this test session, migrated once, dropped at the end."""
+@contextlib.contextmanager
+def new_postgres_database(prefix: str) -> Iterator[str]:
+    """The URL of a new, empty database beside GATEWAY_TEST_POSTGRES_URL's, dropped at the end;
+    skips (or fails, with GATEWAY_REQUIRE_POSTGRES=1) when PostgreSQL is not configured."""
     if not POSTGRES_URL:
         if REQUIRE_POSTGRES:
             pytest.fail("PostgreSQL is required here (GATEWAY_REQUIRE_POSTGRES=1)")
         pytest.skip("PostgreSQL not configured (set GATEWAY_TEST_POSTGRES_URL)")
-    name = f"gateway_test_{uuid.uuid4().hex[:10]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     admin = create_engine(POSTGRES_URL.replace("postgresql://", "postgresql+psycopg://", 1),
                           isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
-    engine = make_engine(url)
-    upgrade(engine)
-    yield engine, url
-    engine.dispose()
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    admin.dispose()
+    try:
+        yield POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_engine():
+    """A database of its own for this test session, migrated once, dropped at the end."""
+    with new_postgres_database("gateway_test") as url:
+        engine = make_engine(url)
+        upgrade(engine)
+        yield engine, url
+        engine.dispose()
 
 
 @pytest.fixture(params=BACKENDS)

@@ -4,16 +4,15 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
-from conftest import POSTGRES_URL
+from conftest import new_postgres_database
 
 from gateway.access import AccessContext
 from gateway.access.writes import Write
@@ -161,23 +160,13 @@ upgrade(engine)
 
 
 @pytest.fixture
-def empty_database(backend, tmp_path, request):
+def empty_database(backend, tmp_path):
     """The URL of a database with no table yet: a new SQLite file, or a new PostgreSQL database."""
     if backend == "sqlite":
         yield f"sqlite:///{tmp_path / 'empty.db'}"
         return
-    request.getfixturevalue("postgres_engine")   # skips (or fails) as the suite is configured
-    name = f"gateway_empty_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(POSTGRES_URL.replace("postgresql://", "postgresql+psycopg://", 1),
-                          isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with new_postgres_database("gateway_empty") as url:
+        yield url
 
 
 def test_processes_started_together_migrate_the_database_once(empty_database, tmp_path):

@@ -1,5 +1,9 @@
 """The running MLLP listener, driven with python-hl7's `mllp_send` and with our own client."""
+import asyncio
+import os
+import socket
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -159,9 +163,6 @@ def test_our_samples_through_gateway_send(mllp_listener, capsys):
 def test_the_listener_holds_a_bounded_number_of_connections(settings, database):
     """Past GATEWAY_MLLP_MAX_CONNECTIONS a connection is closed as soon as it is accepted: what the
     listener may buffer is bounded by the connections times the frame limit."""
-    import asyncio
-    import socket
-    import threading
     from dataclasses import replace
 
     from conftest import free_port
@@ -201,11 +202,6 @@ def test_of_listeners_sharing_a_socket_the_one_with_fewer_connections_takes_the_
     """Listener processes that share one socket (`gateway serve`'s) are each woken by a connection;
     one with connections open waits before accepting, so an idle one takes it. Two event loops in
     threads stand for two processes, each with its own descriptor; the loaded one alternates."""
-    import asyncio
-    import os
-    import socket
-    import time
-
     shared = socket.create_server(("127.0.0.1", 0))
     port = shared.getsockname()[1]
 
