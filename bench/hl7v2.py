@@ -192,7 +192,8 @@ def bench_mllp(workdir: Path, cdas: list[bytes], adt_count: int, postgres_url: s
     for backend, server in backends(postgres_url):
         with scratch_database(server, workdir, "mllp") as url:
             offset = _bench_listeners(url, backend, workdir, cdas, adt_count, offset, results)
-    results["note"] = ("`gateway mllp` processes on one port (SO_REUSEPORT), 8 worker threads each, loopback; "
+    results["note"] = ("`gateway mllp` processes sharing one listening socket (the least busy takes each connection), "
+                       "8 worker threads each, loopback; "
                        "the client in the bench's process. SQLite WAL synchronous=FULL; writes in group commits "
                        "(several messages' units share a transaction and a flush); AA only after the commit of "
                        "the message's result. client_cpu: the bench's process (the MLLP clients); machine_*: the whole "
