@@ -31,7 +31,7 @@ fuzz: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
-# ITI-67 at 1,000,000 DocumentReferences. Loading both backends together takes about 18 minutes on this
+# ITI-67 at 1,000,000 DocumentReferences. Loading both backends together takes about 11 minutes on this
 # machine; the databases are kept (var/bench-scale/, and a PostgreSQL database bench_scale_1000000
 # beside GATEWAY_BENCH_POSTGRES_URL's), so a later run only measures.
 bench-scale: $(STAMP)
