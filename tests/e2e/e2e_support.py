@@ -15,9 +15,11 @@ from conftest import ROOT, free_port
 GATEWAY = Path(sys.executable).with_name("gateway")
 
 
-def start_gateway(var_dir: Path, database_url: str | None = None):
+def start_gateway(var_dir: Path, database_url: str | None = None, *, settings: dict | None = None,
+                  demo_setup: bool = True):
     """(process, base URL, environment) of a demo gateway served from var_dir, on its own SQLite
-    file unless a database URL is given."""
+    file unless a database URL is given. `settings`: more of its environment (a node's shared demo
+    directory, its public URL); `demo_setup`: False for a node whose database and keys another set up."""
     port = free_port()
     env = dict(os.environ, GATEWAY_VAR_DIR=str(var_dir), GATEWAY_HTTP_PORT=str(port),
                GATEWAY_HOST="127.0.0.1", GATEWAY_WORKERS="1", GATEWAY_MLLP_PORT=str(free_port()))
@@ -25,11 +27,14 @@ def start_gateway(var_dir: Path, database_url: str | None = None):
         env.pop(name, None)
     if database_url:
         env["GATEWAY_DATABASE_URL"] = database_url
-    setup = subprocess.run([str(GATEWAY), "demo", "setup"], env=env, cwd=ROOT, capture_output=True, text=True,
-                           timeout=120)
-    assert setup.returncode == 0, setup.stderr[-2000:]
+    env.update(settings or {})
+    if demo_setup:
+        setup = subprocess.run([str(GATEWAY), "demo", "setup"], env=env, cwd=ROOT, capture_output=True, text=True,
+                               timeout=120)
+        assert setup.returncode == 0, setup.stderr[-2000:]
     # Its own process group: gunicorn, its workers and the MLLP listener are stopped together. Its
     # log goes to a file: a pipe nobody reads fills up and then blocks the server's next log line.
+    var_dir.mkdir(parents=True, exist_ok=True)
     log = (var_dir / "serve.log").open("wb")
     process = subprocess.Popen([str(GATEWAY), "serve"], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                start_new_session=True)

@@ -1,0 +1,149 @@
+"""Two nodes as a deployment runs them: two `gateway serve` over one PostgreSQL, behind Debian's
+haproxy (HTTP in round robin, MLLP in TCP mode), all started here. Whichever node a connection
+reaches, a message is stored once, a search's `next` link from one node is followed on the other,
+and the audit trail both extend verifies. No lock joins the nodes: with half the audit trail's
+chains held by another transaction all along, both still acknowledge and answer (a trail extended
+under one lock, as it was, stops them both). How much two nodes deliver against one is measured
+in bench/nodes.py, not here."""
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import hl7.client
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import bindparam, create_engine, text
+
+from conftest import ROOT, free_port, new_postgres_database
+from e2e_support import GATEWAY, start_gateway, stop_gateway, token
+from gateway.access import audit
+
+HAPROXY = shutil.which("haproxy") or next((p for p in ("/usr/sbin/haproxy",) if os.path.exists(p)), None)
+GP = "899900000053"        # the demo's general practitioner: 7 documents of his patients
+MESSAGES = 12
+
+
+def adt_a28(n: int) -> bytes:
+    return (f"MSH|^~\\&|GAM|NODES|GW|DMP|20260101||ADT^A28^ADT_A05|N{n:04d}|P|2.5\r"
+            f"PID|1||7{n:08d}^^^CH&1.2.250.1.213.1.1.9.1001&ISO^PI||NODE{n}^TEST||19800101|F\r").encode()
+
+
+def mllp_exchange(port: int, message: bytes) -> bytes:
+    """One message on a connection of its own (python-hl7's client): its ACK, unframed."""
+    with hl7.client.MLLPClient("127.0.0.1", port) as client:
+        client.socket.settimeout(60)
+        return client.send_message(message).strip(b"\x0b\x1c\r")
+
+
+def counted(base: str, name: str, label: str, prefix: str) -> float:
+    """A node's own counter (read from the node, not through haproxy), summed over the samples
+    whose `label` starts with `prefix`."""
+    scraped = requests.get(f"{base}/metrics", timeout=10).text
+    return sum(sample.value for family in text_string_to_metric_families(scraped) for sample in family.samples
+               if sample.name == name and sample.labels.get(label, "").startswith(prefix))
+
+
+@pytest.fixture
+def haproxy_binary():
+    if HAPROXY is None:
+        if os.environ.get("GATEWAY_REQUIRE_HAPROXY") == "1":
+            pytest.fail("haproxy is required here (GATEWAY_REQUIRE_HAPROXY=1)")
+        pytest.skip("haproxy is not installed (Debian: apt-get install haproxy)")
+    return HAPROXY
+
+
+def start_haproxy(binary: str, workdir: Path, http_port: int, mllp_port: int, nodes: list[dict]) -> subprocess.Popen:
+    config = workdir / "haproxy.cfg"
+    config.write_text("\n".join([
+        "global", "  maxconn 200",
+        "defaults", "  timeout connect 5s", "  timeout client 120s", "  timeout server 120s",
+        f"frontend http\n  mode http\n  bind 127.0.0.1:{http_port}\n  default_backend nodes",
+        "backend nodes\n  mode http\n  balance roundrobin",
+        *[f"  server n{i} 127.0.0.1:{node['GATEWAY_HTTP_PORT']}" for i, node in enumerate(nodes)],
+        f"frontend mllp\n  mode tcp\n  bind 127.0.0.1:{mllp_port}\n  default_backend listeners",
+        "backend listeners\n  mode tcp\n  balance roundrobin",
+        *[f"  server l{i} 127.0.0.1:{node['GATEWAY_MLLP_PORT']}" for i, node in enumerate(nodes)], ""]))
+    check = subprocess.run([binary, "-c", "-f", str(config)], capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stdout + check.stderr
+    process = subprocess.Popen([binary, "-db", "-f", str(config)], stdout=subprocess.DEVNULL,
+                               stderr=(workdir / "haproxy.log").open("wb"))
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if requests.get(f"http://127.0.0.1:{http_port}/health", timeout=5).status_code == 200:
+                return process
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline or process.poll() is not None:
+            process.kill()
+            process.wait(10)
+            pytest.fail("haproxy did not forward to the nodes: " + (workdir / "haproxy.log").read_text()[-2000:])
+        time.sleep(0.1)
+
+
+def test_two_nodes_behind_haproxy_share_one_record_with_no_lock_between_them(tmp_path, haproxy_binary):
+    http_port, mllp_port = free_port(), free_port()
+    balancer = f"http://127.0.0.1:{http_port}"
+    # The nodes share what a deployment shares: the database, the keys (tokens, the session and
+    # search cursor key) and the public URL, the load balancer's.
+    shared = {"GATEWAY_DEMO_DIR": str(tmp_path / "demo"), "GATEWAY_PUBLIC_BASE_URL": balancer,
+              "GATEWAY_MLLP_PROCESSES": "1", "GATEWAY_LOG_LEVEL": "WARNING"}
+    with new_postgres_database("gateway_nodes") as url:
+        started, proxy = [], None
+        engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+        holder = engine.connect()
+        try:
+            for i in range(2):
+                started.append(start_gateway(tmp_path / f"node{i}", url, settings=shared, demo_setup=i == 0))
+            proxy = start_haproxy(haproxy_binary, tmp_path, http_port, mllp_port, [env for _, _, env in started])
+            # Another transaction holds half the chains of the audit trail throughout (the only
+            # one, were there one).
+            for chain in range(max(1, audit.CHAINS // 2)):
+                holder.execute(text("SELECT pg_advisory_lock(:key, :chain)"), {"key": audit.AUDIT_LOCK, "chain": chain})
+
+            # Each message on a connection of its own: round robin sends them to both nodes.
+            acks = [mllp_exchange(mllp_port, adt_a28(n)) for n in range(MESSAGES)]
+            assert all(ack.split(b"\r")[1].startswith(b"MSA|AA|") for ack in acks), acks
+            # The first message sent again, twice: one of the two lands on the node that did not
+            # store it, and both are answered as the first was.
+            assert [mllp_exchange(mllp_port, adt_a28(0)) for _ in range(2)] == [acks[0]] * 2
+
+            gp = token(started[0][2], "--role", "doctor", "--sub", GP)
+            pages, link = [], f"{balancer}/fhir/DocumentReference?status=current&_count=2"
+            while link:
+                page = requests.get(link, headers=gp, timeout=60)
+                assert page.status_code == 200, page.text
+                pages.append(page.json())
+                link = next((li["url"] for li in page.json().get("link", []) if li["relation"] == "next"), None)
+            assert sum(len(p.get("entry", [])) for p in pages) == 7 and len(pages) == 4
+            # Both nodes took their share of the messages and of the searches.
+            for _, base, _ in started:
+                assert counted(base, "gateway_ingests_total", "channel", "mllp") > 0
+                assert counted(base, "gateway_http_requests_total", "endpoint", "/fhir/") > 0
+        finally:
+            holder.close()
+            engine.dispose()
+            if proxy is not None:
+                proxy.terminate()
+                proxy.wait(30)
+            for process, _, _ in started:
+                stop_gateway(process)
+
+        for _, _, env in started:
+            log = (Path(env["GATEWAY_VAR_DIR"]) / "serve.log").read_text(errors="replace")
+            assert "[ERROR]" not in log, log[-2000:]
+        with engine.connect() as conn:
+            kept = conn.execute(text("SELECT control_id, count(*) FROM raw_inputs WHERE sender = 'GAM|NODES' "
+                                     "GROUP BY control_id")).all()
+            patients = conn.execute(text("SELECT count(*) FROM unique_identifiers WHERE res_type = 'Patient' "
+                                         "AND value IN :values").bindparams(bindparam("values", expanding=True)),
+                                    {"values": [f"7{n:08d}" for n in range(MESSAGES)]}).scalar_one()
+        engine.dispose()
+        assert sorted(kept) == [(f"N{n:04d}", 1) for n in range(MESSAGES)]
+        assert patients == MESSAGES
+        verified = subprocess.run([str(GATEWAY), "audit", "verify"], env=started[0][2], cwd=ROOT,
+                                  capture_output=True, text=True, timeout=120)
+        assert verified.returncode == 0 and "intact" in verified.stdout, verified.stdout + verified.stderr
