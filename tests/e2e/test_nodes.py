@@ -1,14 +1,17 @@
 """Two nodes as a deployment runs them: two `gateway serve` over one PostgreSQL, behind Debian's
 haproxy (HTTP in round robin, MLLP in TCP mode), all started here. Whichever node a connection
-reaches, a message is stored once, a search's `next` link from one node is followed on the other,
-and the audit trail both extend verifies. No lock joins the nodes: with half the audit trail's
+reaches, a message or a document is stored once, a search's `next` link from one node is followed
+on the other, and the audit trail both extend verifies. No lock joins the nodes: with half the audit trail's
 chains held by another transaction all along, both still acknowledge and answer (a trail extended
 under one lock, as it was, stops them both). How much two nodes deliver against one is measured
 in bench/nodes.py, not here."""
 import os
+import re
 import shutil
 import subprocess
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import hl7.client
@@ -29,6 +32,14 @@ MESSAGES = 12
 def adt_a28(n: int) -> bytes:
     return (f"MSH|^~\\&|GAM|NODES|GW|DMP|20260101||ADT^A28^ADT_A05|N{n:04d}|P|2.5\r"
             f"PID|1||7{n:08d}^^^CH&1.2.250.1.213.1.1.9.1001&ISO^PI||NODE{n}^TEST||19800101|F\r").encode()
+
+
+def new_document() -> tuple[bytes, str]:
+    """Paul Martin's lab report under a document id of its own: a new document to the gateway."""
+    cda = (ROOT / "samples" / "cda" / "cr-biologie-martin.xml").read_text(encoding="utf-8")
+    found = re.search(r'<id root="([0-9.]+)"/>', cda)
+    document_id = f"{found.group(1)}.{time.time_ns()}"
+    return cda.replace(found.group(0), f'<id root="{document_id}"/>', 1).encode(), document_id
 
 
 def mllp_exchange(port: int, message: bytes) -> bytes:
@@ -119,9 +130,23 @@ def test_two_nodes_behind_haproxy_share_one_record_with_no_lock_between_them(tmp
                 pages.append(page.json())
                 link = next((li["url"] for li in page.json().get("link", []) if li["relation"] == "next"), None)
             assert sum(len(p.get("entry", [])) for p in pages) == 7 and len(pages) == 4
+            # A new document posted twice at once, each time on a connection of its own (so one
+            # to each node): stored once, the other answered as a duplicate.
+            document, document_id = new_document()
+            start = threading.Barrier(2)
+
+            def post_document() -> int:
+                start.wait(30)
+                return requests.post(f"{balancer}/cda", data=document, headers={
+                    **gp, "Content-Type": "application/xml"}, timeout=60).status_code
+
+            with ThreadPoolExecutor(2) as pool:
+                answers = sorted(pool.map(lambda _: post_document(), range(2)))
+            assert answers == [200, 201]
             # Both nodes took their share of the messages and of the searches.
             for _, base, _ in started:
                 assert counted(base, "gateway_ingests_total", "channel", "mllp") > 0
+                assert counted(base, "gateway_ingests_total", "channel", "cda") == 1
                 assert counted(base, "gateway_http_requests_total", "endpoint", "/fhir/") > 0
         finally:
             holder.close()
@@ -138,12 +163,15 @@ def test_two_nodes_behind_haproxy_share_one_record_with_no_lock_between_them(tmp
         with engine.connect() as conn:
             kept = conn.execute(text("SELECT control_id, count(*) FROM raw_inputs WHERE sender = 'GAM|NODES' "
                                      "GROUP BY control_id")).all()
+            documents = conn.execute(text("SELECT count(*) FROM unique_identifiers WHERE res_type = "
+                                          "'DocumentReference' AND value = :value"),
+                                     {"value": f"urn:oid:{document_id}"}).scalar_one()
             patients = conn.execute(text("SELECT count(*) FROM unique_identifiers WHERE res_type = 'Patient' "
                                          "AND value IN :values").bindparams(bindparam("values", expanding=True)),
                                     {"values": [f"7{n:08d}" for n in range(MESSAGES)]}).scalar_one()
         engine.dispose()
         assert sorted(kept) == [(f"N{n:04d}", 1) for n in range(MESSAGES)]
-        assert patients == MESSAGES
+        assert patients == MESSAGES and documents == 1
         verified = subprocess.run([str(GATEWAY), "audit", "verify"], env=started[0][2], cwd=ROOT,
                                   capture_output=True, text=True, timeout=120)
         assert verified.returncode == 0 and "intact" in verified.stdout, verified.stdout + verified.stderr
