@@ -57,6 +57,19 @@ def counted(base: str, name: str, label: str, prefix: str) -> float:
                if sample.name == name and sample.labels.get(label, "").startswith(prefix))
 
 
+def at_once(send) -> list:
+    """The answers of `send` run by two threads let go together."""
+    start = threading.Barrier(2)
+
+    def run(_):
+        start.wait(30)
+        return send()
+
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(run, range(2)))
+    return answers
+
+
 @pytest.fixture
 def haproxy_binary():
     if HAPROXY is None:
@@ -130,19 +143,15 @@ def test_two_nodes_behind_haproxy_share_one_record_with_no_lock_between_them(tmp
                 pages.append(page.json())
                 link = next((li["url"] for li in page.json().get("link", []) if li["relation"] == "next"), None)
             assert sum(len(p.get("entry", [])) for p in pages) == 7 and len(pages) == 4
-            # A new document posted twice at once, each time on a connection of its own (so one
-            # to each node): stored once, the other answered as a duplicate.
+            # A new message, and a new document, each sent twice at once on connections of their
+            # own (so once to each node): stored once, both messages acknowledged alike, the
+            # second document answered as a duplicate.
+            twice = at_once(lambda: mllp_exchange(mllp_port, adt_a28(MESSAGES)))
+            assert twice[0] == twice[1] and twice[0].split(b"\r")[1].startswith(b"MSA|AA|"), twice
             document, document_id = new_document()
-            start = threading.Barrier(2)
-
-            def post_document() -> int:
-                start.wait(30)
-                return requests.post(f"{balancer}/cda", data=document, headers={
-                    **gp, "Content-Type": "application/xml"}, timeout=60).status_code
-
-            with ThreadPoolExecutor(2) as pool:
-                answers = sorted(pool.map(lambda _: post_document(), range(2)))
-            assert answers == [200, 201]
+            posted = at_once(lambda: requests.post(f"{balancer}/cda", data=document, timeout=60, headers={
+                **gp, "Content-Type": "application/xml"}).status_code)
+            assert sorted(posted) == [200, 201]
             # Both nodes took their share of the messages and of the searches.
             for _, base, _ in started:
                 assert counted(base, "gateway_ingests_total", "channel", "mllp") > 0
@@ -168,10 +177,10 @@ def test_two_nodes_behind_haproxy_share_one_record_with_no_lock_between_them(tmp
                                      {"value": f"urn:oid:{document_id}"}).scalar_one()
             patients = conn.execute(text("SELECT count(*) FROM unique_identifiers WHERE res_type = 'Patient' "
                                          "AND value IN :values").bindparams(bindparam("values", expanding=True)),
-                                    {"values": [f"7{n:08d}" for n in range(MESSAGES)]}).scalar_one()
+                                    {"values": [f"7{n:08d}" for n in range(MESSAGES + 1)]}).scalar_one()
         engine.dispose()
-        assert sorted(kept) == [(f"N{n:04d}", 1) for n in range(MESSAGES)]
-        assert patients == MESSAGES and documents == 1
+        assert sorted(kept) == [(f"N{n:04d}", 1) for n in range(MESSAGES + 1)]
+        assert patients == MESSAGES + 1 and documents == 1
         verified = subprocess.run([str(GATEWAY), "audit", "verify"], env=started[0][2], cwd=ROOT,
                                   capture_output=True, text=True, timeout=120)
         assert verified.returncode == 0 and "intact" in verified.stdout, verified.stdout + verified.stderr
