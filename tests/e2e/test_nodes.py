@@ -1,10 +1,11 @@
 """Two nodes as a deployment runs them: two `gateway serve` over one PostgreSQL, behind Debian's
-haproxy (HTTP in round robin, MLLP in TCP mode), all started here. Whichever node a connection
+haproxy with the configuration the README gives (deploy/haproxy.cfg: HTTP in round robin, MLLP in
+TCP mode to the node with fewer connections), all started here. Whichever node a connection
 reaches, a message or a document is stored once, a search's `next` link from one node is followed
-on the other, and the audit trail both extend verifies. No lock joins the nodes: with half the audit trail's
-chains held by another transaction all along, both still acknowledge and answer (a trail extended
-under one lock, as it was, stops them both). How much two nodes deliver against one is measured
-in bench/nodes.py, not here."""
+on the other, and the audit trail both extend verifies. No lock joins the nodes: with half the
+audit trail's chains held by another transaction all along, both still acknowledge and answer (a
+trail extended under one lock, as it was, stops them both). How much two nodes deliver against one
+is measured in bench/nodes.py, not here."""
 import os
 import re
 import shutil
@@ -80,19 +81,22 @@ def haproxy_binary():
 
 
 def start_haproxy(binary: str, workdir: Path, http_port: int, mllp_port: int, nodes: list[dict]) -> subprocess.Popen:
-    config = workdir / "haproxy.cfg"
-    config.write_text("\n".join([
-        "global", "  maxconn 200",
-        "defaults", "  timeout connect 5s", "  timeout client 120s", "  timeout server 120s",
-        f"frontend http\n  mode http\n  bind 127.0.0.1:{http_port}\n  default_backend nodes",
-        "backend nodes\n  mode http\n  balance roundrobin",
-        *[f"  server n{i} 127.0.0.1:{node['GATEWAY_HTTP_PORT']}" for i, node in enumerate(nodes)],
-        f"frontend mllp\n  mode tcp\n  bind 127.0.0.1:{mllp_port}\n  default_backend listeners",
-        "backend listeners\n  mode tcp\n  balance roundrobin",
-        *[f"  server l{i} 127.0.0.1:{node['GATEWAY_MLLP_PORT']}" for i, node in enumerate(nodes)], ""]))
-    check = subprocess.run([binary, "-c", "-f", str(config)], capture_output=True, text=True, timeout=30)
+    """deploy/haproxy.cfg, the configuration the README gives, with this machine's addresses and
+    ports: each line it changes must be there, once."""
+    config = (ROOT / "deploy" / "haproxy.cfg").read_text()
+    lines = {"  bind :8080\n": f"  bind 127.0.0.1:{http_port}\n", "  bind :2575\n": f"  bind 127.0.0.1:{mllp_port}\n"}
+    for number, node in enumerate(nodes, start=1):
+        http, mllp = node["GATEWAY_HTTP_PORT"], node["GATEWAY_MLLP_PORT"]
+        lines[f"10.0.0.1{number}:8080 check\n"] = f"127.0.0.1:{http} check\n"
+        lines[f"10.0.0.1{number}:2575 check port 8080\n"] = f"127.0.0.1:{mllp} check port {http}\n"
+    for line, local in lines.items():
+        assert config.count(line) == 1, line
+        config = config.replace(line, local)
+    (workdir / "haproxy.cfg").write_text(config)
+    check = subprocess.run([binary, "-c", "-f", str(workdir / "haproxy.cfg")], capture_output=True, text=True,
+                           timeout=30)
     assert check.returncode == 0, check.stdout + check.stderr
-    process = subprocess.Popen([binary, "-db", "-f", str(config)], stdout=subprocess.DEVNULL,
+    process = subprocess.Popen([binary, "-db", "-f", str(workdir / "haproxy.cfg")], stdout=subprocess.DEVNULL,
                                stderr=(workdir / "haproxy.log").open("wb"))
     deadline = time.monotonic() + 30
     while True:
@@ -128,7 +132,8 @@ def test_two_nodes_behind_haproxy_share_one_record_with_no_lock_between_them(tmp
             for chain in range(max(1, audit.CHAINS // 2)):
                 holder.execute(text("SELECT pg_advisory_lock(:key, :chain)"), {"key": audit.AUDIT_LOCK, "chain": chain})
 
-            # Each message on a connection of its own: round robin sends them to both nodes.
+            # Each message on a connection of its own, the last one closed: both nodes have none
+            # open, and haproxy takes them in turn.
             acks = [mllp_exchange(mllp_port, adt_a28(n)) for n in range(MESSAGES)]
             assert all(ack.split(b"\r")[1].startswith(b"MSA|AA|") for ack in acks), acks
             # The first message sent again, twice: one of the two lands on the node that did not
