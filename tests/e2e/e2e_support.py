@@ -15,10 +15,10 @@ from conftest import ROOT, free_port
 GATEWAY = Path(sys.executable).with_name("gateway")
 
 
-def start_gateway(var_dir: Path, database_url: str | None = None, *, settings: dict | None = None,
+def start_gateway(var_dir: Path, database_url: str | None = None, *, environment: dict | None = None,
                   demo_setup: bool = True):
     """(process, base URL, environment) of a demo gateway served from var_dir, on its own SQLite
-    file unless a database URL is given. `settings`: more of its environment (a node's shared demo
+    file unless a database URL is given. `environment`: more of its variables (a node's shared demo
     directory, its public URL); `demo_setup`: False for a node whose database and keys another set up."""
     port = free_port()
     env = dict(os.environ, GATEWAY_VAR_DIR=str(var_dir), GATEWAY_HTTP_PORT=str(port),
@@ -27,7 +27,7 @@ def start_gateway(var_dir: Path, database_url: str | None = None, *, settings: d
         env.pop(name, None)
     if database_url:
         env["GATEWAY_DATABASE_URL"] = database_url
-    env.update(settings or {})
+    env.update(environment or {})
     if demo_setup:
         setup = subprocess.run([str(GATEWAY), "demo", "setup"], env=env, cwd=ROOT, capture_output=True, text=True,
                                timeout=120)

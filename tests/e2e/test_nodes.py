@@ -125,7 +125,7 @@ def test_two_nodes_behind_haproxy_share_one_record_with_no_lock_between_them(tmp
         holder = engine.connect()
         try:
             for i in range(2):
-                started.append(start_gateway(tmp_path / f"node{i}", url, settings=shared, demo_setup=i == 0))
+                started.append(start_gateway(tmp_path / f"node{i}", url, environment=shared, demo_setup=i == 0))
             proxy = start_haproxy(haproxy_binary, tmp_path, http_port, mllp_port, [env for _, _, env in started])
             # Another transaction holds half the chains of the audit trail throughout (the only
             # one, were there one).
