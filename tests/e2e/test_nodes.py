@@ -25,7 +25,7 @@ from conftest import ROOT, free_port, new_postgres_database
 from e2e_support import GATEWAY, start_gateway, stop_gateway, token
 from gateway.access import audit
 
-HAPROXY = shutil.which("haproxy") or next((p for p in ("/usr/sbin/haproxy",) if os.path.exists(p)), None)
+HAPROXY = shutil.which("haproxy", path=os.environ.get("PATH", "") + os.pathsep + "/usr/sbin")
 GP = "899900000053"        # the demo's general practitioner: 7 documents of his patients
 MESSAGES = 12
 
@@ -96,8 +96,10 @@ def start_haproxy(binary: str, workdir: Path, http_port: int, mllp_port: int, no
     check = subprocess.run([binary, "-c", "-f", str(workdir / "haproxy.cfg")], capture_output=True, text=True,
                            timeout=30)
     assert check.returncode == 0, check.stdout + check.stderr
+    log = (workdir / "haproxy.log").open("wb")
     process = subprocess.Popen([binary, "-db", "-f", str(workdir / "haproxy.cfg")], stdout=subprocess.DEVNULL,
-                               stderr=(workdir / "haproxy.log").open("wb"))
+                               stderr=log)
+    log.close()
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -127,8 +129,8 @@ def test_two_nodes_behind_haproxy_share_one_record_with_no_lock_between_them(tmp
             for i in range(2):
                 started.append(start_gateway(tmp_path / f"node{i}", url, environment=shared, demo_setup=i == 0))
             proxy = start_haproxy(haproxy_binary, tmp_path, http_port, mllp_port, [env for _, _, env in started])
-            # Another transaction holds half the chains of the audit trail throughout (the only
-            # one, were there one).
+            # Another transaction holds half the chains of the audit trail throughout (with a single
+            # chain, that one).
             for chain in range(max(1, audit.CHAINS // 2)):
                 holder.execute(text("SELECT pg_advisory_lock(:key, :chain)"), {"key": audit.AUDIT_LOCK, "chain": chain})
 
