@@ -19,11 +19,12 @@ import hl7.client
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import bindparam, create_engine, text
+from sqlalchemy import bindparam, text
 
 from conftest import ROOT, free_port, new_postgres_database
 from e2e_support import GATEWAY, start_gateway, stop_gateway, token
 from gateway.access import audit
+from gateway.storage.database import make_engine
 
 HAPROXY = shutil.which("haproxy", path=os.environ.get("PATH", "") + os.pathsep + "/usr/sbin")
 GP = "899900000053"        # the demo's general practitioner: 7 documents of his patients
@@ -123,7 +124,7 @@ def test_two_nodes_behind_haproxy_share_one_record_with_no_lock_between_them(tmp
               "GATEWAY_MLLP_PROCESSES": "1", "GATEWAY_LOG_LEVEL": "WARNING"}
     with new_postgres_database("gateway_nodes") as url:
         started, proxy = [], None
-        engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+        engine = make_engine(url)
         holder = engine.connect()
         try:
             for i in range(2):

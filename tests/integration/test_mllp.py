@@ -4,12 +4,15 @@ import os
 import socket
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import MLLP_TEST_MAX_BYTES, REPORT, attend_all, mllp_send
+from conftest import MLLP_TEST_MAX_BYTES, REPORT, attend_all, free_port, mllp_send
 
 from gateway.hl7v2 import mllp
+from gateway.hl7v2.sender import send_paths
+from gateway.listener import listen
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "hl7v2"
 ANS_INS = "urn:oid:1.2.250.1.213.1.4.10|279035121518989"
@@ -152,8 +155,6 @@ def test_an_oversized_message_is_refused_and_the_connection_stays_usable(mllp_li
 
 
 def test_our_samples_through_gateway_send(mllp_listener, capsys):
-    from gateway.hl7v2.sender import send_paths
-
     status = send_paths([SAMPLES], "127.0.0.1", mllp_listener.mllp_port)
     out = capsys.readouterr().out
     assert status == 0, out
@@ -163,11 +164,6 @@ def test_our_samples_through_gateway_send(mllp_listener, capsys):
 def test_the_listener_holds_a_bounded_number_of_connections(settings, database):
     """Past GATEWAY_MLLP_MAX_CONNECTIONS a connection is closed as soon as it is accepted: what the
     listener may buffer is bounded by the connections times the frame limit."""
-    from dataclasses import replace
-
-    from conftest import free_port
-    from gateway.listener import listen
-
     live = replace(settings, mllp_host="127.0.0.1", mllp_port=free_port(), mllp_max_connections=2)
     loop, state = asyncio.new_event_loop(), {}
 
