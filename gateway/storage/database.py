@@ -20,6 +20,13 @@ _sqlite_write_lock = threading.Lock()
 # the tests ran on are refused.
 MIN_SQLITE = (3, 50, 0)
 SQLITE_VERSION = sqlite.sqlite_version
+# Prepared statements a SQLite connection keeps (pysqlite3's default: 100). That cache ranks its
+# statements by use and makes room by evicting the last, the one it added last among the least
+# used: once a connection has run as many distinct statements as it holds, the statements it meets
+# afterwards evict one another, and each is prepared again at each run. The gateway's statements, the tests' own among them, are about 300; an
+# ADT^A28 whose 33 statements were all prepared again at each run cost 0.5 ms more CPU under
+# SQLite's write lock (3.2 → 3.7 ms). A statement kept costs about 7 KB.
+SQLITE_PREPARED_STATEMENTS = 512
 
 
 class UnsupportedDatabase(RuntimeError):
@@ -34,7 +41,8 @@ def make_engine(url: str) -> Engine:
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, module=sqlite, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, module=sqlite, connect_args={"check_same_thread": False, "timeout": 30,
+                                                                 "cached_statements": SQLITE_PREPARED_STATEMENTS})
         _configure_sqlite(engine)
         return engine
     if url.startswith("postgresql://"):

@@ -22,3 +22,7 @@ def alembic_config(engine: Engine) -> Config:
 def upgrade(engine: Engine) -> None:
     command.upgrade(alembic_config(engine), "head")
     refresh_statistics(engine)
+    # The migrations' connections go: on SQLite each keeps the migrations' statements prepared
+    # (hundreds, each run once), and would prepare every statement of the work that follows again
+    # at each run (`SQLITE_PREPARED_STATEMENTS`).
+    engine.dispose()

@@ -2,13 +2,20 @@
 have done with them: a column's default is filled in, a literal the statement carries is sent, a
 duplicate key is SQLAlchemy's IntegrityError (the group commit retries on it), and a missing
 parameter is refused before anything runs."""
+from collections import Counter
+
+import pysqlite3.dbapi2 as sqlite
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
+from gateway.access import AccessContext
 from gateway.access.audit import INSERT_LINK
+from gateway.access.writes import Write
 from gateway.storage import statements as sql
-from gateway.storage.database import read_connection, write_transaction
+from gateway.storage.database import make_engine, read_connection, write_transaction
+from gateway.storage.migrate import upgrade
+from gateway.storage.repository import Repository
 from gateway.storage.schema import audit_chain, raw_inputs, resources, search_date, search_token
 
 
@@ -131,3 +138,41 @@ def test_postgresql_plans_a_search_for_its_values_and_a_writer_s_statements_once
         assert conn.exec_driver_sql(mode).scalar() == "auto"
     with read_connection(engine) as conn:
         assert conn.exec_driver_sql(mode).scalar() == "force_custom_plan"
+
+
+def test_sqlite_prepares_the_statements_of_a_write_once(tmp_path, monkeypatch):
+    """pysqlite3 keeps a connection's prepared statements in a cache that holds on to those it met
+    first: once it is full, each statement met afterwards is prepared again at each run. The
+    migrations' connections are closed, and a connection keeps more statements than the gateway
+    runs, so a write after many reads prepares its statements once."""
+    prepared = Counter()
+
+    class Counting(sqlite.Connection):
+        def __call__(self, statement):   # what the cache asks for a statement it does not hold
+            prepared[statement] += 1
+            return super().__call__(statement)
+
+    connect = sqlite.connect
+    monkeypatch.setattr(sqlite, "connect", lambda *args, **kwargs: connect(*args, factory=Counting, **kwargs))
+    engine = make_engine(f"sqlite:///{tmp_path / 'gateway.db'}")
+    upgrade(engine)
+    assert engine.pool.checkedin() == 0
+    with read_connection(engine) as conn:
+        # More distinct statements than pysqlite3's default cache holds (100), as a worker's
+        # searches, reads and writes of every kind are.
+        for n in range(150):
+            conn.exec_driver_sql(f"SELECT {n}").all()
+    repo = Repository(engine, AccessContext.system("test"), "http://test")
+
+    def write(n: int) -> None:
+        repo.write(lambda uow: uow.save({"resourceType": "Organization", "id": f"org-{n}", "name": f"Org {n}"}),
+                   Write.FEED)
+
+    write(0)
+    prepared.clear()
+    for n in range(1, 4):
+        write(n)
+    assert engine.pool.checkedin() == 1     # every statement above ran on one connection
+    assert not prepared, sorted(prepared)
+    engine.dispose()
+
