@@ -23,9 +23,10 @@ SQLITE_VERSION = sqlite.sqlite_version
 # Prepared statements a SQLite connection keeps (pysqlite3's default: 100). That cache ranks its
 # statements by use and makes room by evicting the last, the one it added last among the least
 # used: once a connection has run as many distinct statements as it holds, the statements it meets
-# afterwards evict one another, and each is prepared again at each run. The gateway's statements, the tests' own among them, are about 300; an
-# ADT^A28 whose 33 statements were all prepared again at each run cost 0.5 ms more CPU under
-# SQLite's write lock (3.2 → 3.7 ms). A statement kept costs about 7 KB.
+# afterwards evict one another, and each is prepared again at each run. The gateway's statements,
+# the tests' own among them, are about 300. An ADT^A28 whose statements were all prepared again at
+# each run spent 3.8–4.0 ms of CPU under SQLite's write lock instead of 3.2–3.3. A statement kept
+# costs about 7 KB.
 SQLITE_PREPARED_STATEMENTS = 512
 
 

@@ -175,4 +175,3 @@ def test_sqlite_prepares_the_statements_of_a_write_once(tmp_path, monkeypatch):
     assert engine.pool.checkedin() == 1     # every statement above ran on one connection
     assert not prepared, sorted(prepared)
     engine.dispose()
-
