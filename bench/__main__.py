@@ -225,9 +225,7 @@ def prepared_for_search(urls: list[str], total: int, load: bool) -> float:
     """Load the databases (`load`) and refresh their statistics; the seconds it took."""
     started = time.perf_counter()
     for url in urls:
-        engine = make_engine(url)
-        upgrade(engine)
-        engine.dispose()
+        upgrade(make_engine(url))
     if load:
         load_references(urls, total)
     for url in urls:

@@ -207,9 +207,7 @@ def bench_mllp(workdir: Path, cdas: list[bytes], adt_count: int, postgres_url: s
 def _bench_listeners(url: str, backend: str, workdir: Path, cdas: list[bytes], adt_count: int, offset: int,
                      results: dict) -> int:
     """One backend: 1 then 2 listener processes, 1 then 8 connections, ADT then MDM^T02."""
-    engine = make_engine(url)
-    upgrade(engine)
-    engine.dispose()
+    upgrade(make_engine(url))
     scenario = 0
     for processes in (1, 2):
         port = _free_port()
