@@ -35,6 +35,9 @@ class UnsupportedDatabase(RuntimeError):
 
 
 def make_engine(url: str) -> Engine:
+    """The engine of a database URL. Its errors' text leaves out their statements' parameters
+    (`hide_parameters`, as `statements.Prebuilt`'s errors do): names, identifiers and documents,
+    which must not reach the logs."""
     if url.startswith("sqlite"):
         if sqlite.sqlite_version_info < MIN_SQLITE:
             raise UnsupportedDatabase(f"SQLite {SQLITE_VERSION} is older than "
@@ -42,8 +45,9 @@ def make_engine(url: str) -> Engine:
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, module=sqlite, connect_args={"check_same_thread": False, "timeout": 30,
-                                                                 "cached_statements": SQLITE_PREPARED_STATEMENTS})
+        engine = create_engine(url, module=sqlite, hide_parameters=True,
+                               connect_args={"check_same_thread": False, "timeout": 30,
+                                             "cached_statements": SQLITE_PREPARED_STATEMENTS})
         _configure_sqlite(engine)
         return engine
     if url.startswith("postgresql://"):
@@ -51,7 +55,7 @@ def make_engine(url: str) -> Engine:
     # psycopg prepares a statement run five times, and PostgreSQL may then plan it once for any
     # values: a search's plan depends on the reader's (how many patients their grants list), and the
     # generic one read every document of a type (2.5 s where a custom plan takes 40 ms).
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10,
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10, hide_parameters=True,
                          connect_args={"options": "-c plan_cache_mode=force_custom_plan"})
 
 

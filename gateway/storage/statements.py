@@ -115,7 +115,7 @@ class Prebuilt:
         except conn.dialect.loaded_dbapi.Error as failure:
             cursor.close()
             raise DBAPIError.instance(text, arguments, failure, conn.dialect.loaded_dbapi.Error,
-                                      dialect=conn.dialect) from failure
+                                      hide_parameters=True, dialect=conn.dialect) from failure
         return cursor
 
 
