@@ -25,7 +25,7 @@ from gateway.http.ops import ops
 from gateway.logs import request_id
 from gateway.space import init_space
 from gateway.storage import search
-from gateway.storage.database import make_engine
+from gateway.storage.database import RETRY_AFTER_SECONDS, make_engine, unavailable
 from gateway.storage.repository import Repository
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,12 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
     @app.errorhandler(Exception)
     def internal_error(error: Exception):
+        if unavailable(error):
+            log.warning("database unavailable", extra={"path": request.path})
+            issue = {"severity": "error", "code": "transient", "diagnostics": "the database is unavailable: try again"}
+            response = fhir_response(operation_outcome([issue]), 503)
+            response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+            return response
         log.exception("unhandled error")
         issue = {"severity": "fatal", "code": "exception",
                  "diagnostics": f"internal error; quote request id {g.get('request_id')}"}

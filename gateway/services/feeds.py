@@ -16,14 +16,13 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from sqlalchemy.exc import OperationalError
-
 from gateway import metrics
 from gateway.access.writes import Write
 from gateway.hl7v2 import ack as acks
 from gateway.hl7v2.ack import Issue, Outcome
 from gateway.hl7v2.er7 import Message, MessageRejected
 from gateway.refusal import Refused
+from gateway.storage.database import unavailable
 from gateway.storage.repository import Repository, UnitOfWork, earlier_messages
 
 from . import document_messages, ingest, patients
@@ -183,7 +182,14 @@ def receive(repo: Repository, data: bytes, *, channel: str, max_bytes: int, send
                 message_type="^".join(p for p in message.message_type[:2] if p)[:32])
     issues: list[Issue] = []
     received = Received(channel, data, "x-application/hl7-v2+er7", message.sender, keys)
-    kept = ingest.keep(repo, received, Write.FEED)
+    try:
+        kept = ingest.keep(repo, received, Write.FEED)
+    except Exception as failure:
+        if not unavailable(failure):
+            raise
+        # Nothing could be kept: the sender keeps the message and sends it again on AE.
+        log.warning("database unavailable: HL7v2 message not kept", extra={"channel": channel})
+        return _failed(message, None, passing=True)
     if kept.answered is not None:
         return _retransmission(message, kept.answered, started, channel)
     if kept.control_id_reused:
@@ -235,14 +241,15 @@ def _process(repo: Repository, received: Received, permission: Write, message: M
     except Refused:
         return _reply(answers["ack"], message, answers["code"], raw_id)
     except Exception as failure:
-        return _failed(message, raw_id, passing=isinstance(failure, OperationalError))
+        return _failed(message, raw_id, passing=unavailable(failure))
     return _reply(written.ack, message, written.value.code, raw_id)
 
 
-def _failed(message: Message, raw_id: int, passing: bool) -> Reply:
-    """Nothing of this message was kept but its raw copy, marked failed for an operator (`gateway
-    messages reprocess`). The database unreachable or busy is passing: AE asks the sender to send
-    it again. Anything else would fail again the same way: AR, so that no sender loops on it."""
+def _failed(message: Message, raw_id: int | None, passing: bool) -> Reply:
+    """Nothing of this message was kept but its raw copy (none when the database could not take
+    even that), marked failed for an operator (`gateway messages reprocess`). The database
+    unreachable or busy is passing: AE asks the sender to send it again. Anything else would fail
+    again the same way: AR, so that no sender loops on it."""
     text = ("internal error: the message was not processed; send it again" if passing else
             "internal error: the message cannot be processed; it is kept for the gateway's operators")
     outcome = Outcome("AE" if passing else "AR", [Issue(text, "", "207")])

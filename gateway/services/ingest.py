@@ -25,6 +25,7 @@ from typing import Callable, Generic, TypeVar
 from gateway import metrics
 from gateway.access.writes import Write
 from gateway.refusal import Refused
+from gateway.storage.database import unavailable
 from gateway.storage.repository import Repository, UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -130,8 +131,11 @@ def ingest(repo: Repository, received: Received, permission: Write, prepare: Cal
         log.info("input refused", extra={"raw_id": raw_id, "channel": received.channel,
                                          "location": refusal.location, "status": refusal.status})
         raise
-    except Exception:
-        log.exception("input failed", extra={"raw_id": raw_id, "channel": received.channel})
+    except Exception as failure:
+        if unavailable(failure):
+            log.warning("input failed: database unavailable", extra={"raw_id": raw_id, "channel": received.channel})
+        else:
+            log.exception("input failed", extra={"raw_id": raw_id, "channel": received.channel})
         try:
             repo.write(lambda uow: uow.record_outcome(raw_id, "failed", {"reason": "internal error"}), Write.RECORD)
         except Exception:

@@ -8,9 +8,10 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
+import psycopg
 import pysqlite3.dbapi2 as sqlite
 from sqlalchemy import Connection, Engine, create_engine, event, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 _sqlite_write_lock = threading.Lock()
 
@@ -80,6 +81,19 @@ def _configure_sqlite(engine: Engine) -> None:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
         else:
             conn.exec_driver_sql("BEGIN")
+
+
+# How long an HTTP client is asked to wait (Retry-After) when the database is unavailable: a
+# restart or a failover takes seconds.
+RETRY_AFTER_SECONDS = 5
+
+
+def unavailable(failure: BaseException) -> bool:
+    """Whether a failure is the database's and passing: it could not be reached, was restarted
+    under a connection, or stayed busy (SQLite's lock beyond its timeout). An input it stopped is
+    asked again (ACK AE, HTTP 503), never refused for good. A driver's own error counts too: one
+    raised while a connection that broke was being used again reaches the caller unwrapped."""
+    return isinstance(failure, (OperationalError, psycopg.OperationalError, sqlite.OperationalError))
 
 
 def is_sqlite(engine: Engine) -> bool:

@@ -109,11 +109,14 @@ class Prebuilt:
 
     @staticmethod
     def _run(conn: Connection, method: str, text: str, arguments):
-        cursor = conn.connection.driver_connection.cursor()
+        cursor = None
         try:
+            # Opening the cursor fails too, on a connection the server closed.
+            cursor = conn.connection.driver_connection.cursor()
             getattr(cursor, method)(text, arguments)
         except conn.dialect.loaded_dbapi.Error as failure:
-            cursor.close()
+            if cursor is not None:
+                cursor.close()
             raise DBAPIError.instance(text, arguments, failure, conn.dialect.loaded_dbapi.Error,
                                       hide_parameters=True, dialect=conn.dialect) from failure
         return cursor

@@ -157,6 +157,25 @@ def test_internal_failure_leaves_nothing_half_stored(client, database, monkeypat
         assert conn.execute(select(raw_inputs.c.status)).scalar_one() == "failed"
 
 
+def test_an_unavailable_database_answers_503_with_retry_after(client, database, monkeypatch):
+    """A database that could not be reached is passing: the client is told to try again, not that
+    the server failed; the raw copy, kept before the failure, is marked failed for reprocessing."""
+    from sqlalchemy.exc import OperationalError
+
+    from gateway.storage import repository
+
+    def unreachable(self, *args, **kwargs):
+        raise OperationalError("INSERT", {}, Exception("connection refused"))
+
+    monkeypatch.setattr(repository.UnitOfWork, "claim_identifier", unreachable)
+    response = post(client, "ldl-ses-martin.xml")
+    assert response.status_code == 503 and response.headers["Retry-After"] == "5"
+    assert response.json["issue"][0]["code"] == "transient"
+    assert counts(database[0]) == {}
+    with database[0].connect() as conn:
+        assert conn.execute(select(raw_inputs.c.status)).scalar_one() == "failed"
+
+
 def test_concurrent_uploads_of_one_document_store_it_once(live_server, database, bearer):
     from concurrent.futures import ThreadPoolExecutor
 

@@ -54,6 +54,22 @@ def post(browser, path: str, data: dict, page: str = "/documents"):
     return browser.post(path, data={"csrf_token": csrf(browser.get(page).text), **data})
 
 
+def test_an_unavailable_database_shows_a_page_asking_to_try_again(app, settings, record, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    from gateway.storage.repository import Repository
+
+    browser = sign_in(app, settings)
+
+    def unreachable(*args, **kwargs):
+        raise OperationalError("SELECT", {}, Exception("connection refused"))
+
+    monkeypatch.setattr(Repository, "search_all", unreachable)
+    answer = browser.get("/documents")
+    assert answer.status_code == 503 and answer.headers["Retry-After"] == "5"
+    assert "Service momentanément indisponible" in answer.text and "Réessayez dans un moment" in answer.text
+
+
 def test_signed_out_pages_lead_to_sign_in_and_the_api_is_untouched(app, record):
     browser = app.test_client()
     for path in ("/", "/documents", "/historique", "/acces", "/espace-personnel", "/dossier", "/dossier/copie.zip"):

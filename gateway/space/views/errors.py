@@ -11,6 +11,7 @@ from werkzeug.exceptions import HTTPException
 from gateway.access import AccessRefused
 from gateway.refusal import Refused
 from gateway.space import space
+from gateway.storage.database import RETRY_AFTER_SECONDS, unavailable
 from gateway.storage.repository import Gone, NotFound
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,11 @@ def http_error(error: HTTPException):
 def internal_error(error: Exception):
     if isinstance(error, HTTPException):
         return http_error(error)
+    if unavailable(error):
+        log.warning("patient space: database unavailable")
+        page = render_template("error.html", title="Service momentanément indisponible",
+                               message="Le service n'a pas pu répondre. Réessayez dans un moment.")
+        return page, 503, {"Retry-After": str(RETRY_AFTER_SECONDS)}
     log.exception("patient space error")
     return render_template("error.html", title="Erreur du service",
                            message="Le service n'a pas pu répondre. Réessayez dans un moment."), 500
