@@ -91,8 +91,8 @@ RETRY_AFTER_SECONDS = 5
 def unavailable(failure: BaseException) -> bool:
     """Whether a failure is the database's and passing: it could not be reached, was restarted
     under a connection, or stayed busy (SQLite's lock beyond its timeout). An input it stopped is
-    asked again (ACK AE, HTTP 503), never refused for good. A driver's own error counts too: one
-    raised while a connection that broke was being used again reaches the caller unwrapped."""
+    asked again (ACK AE, HTTP 503), never refused for good. A driver's own error counts too:
+    raised outside SQLAlchemy's calls, on a connection that broke, it may reach the caller unwrapped."""
     return isinstance(failure, (OperationalError, psycopg.OperationalError, sqlite.OperationalError))
 
 
