@@ -121,4 +121,4 @@ def test_a_database_outage_is_answered_ae_and_loses_nothing(tmp_path):
         assert not any(f"8{n:08d}" in log or f"PATIENT{n}^" in log for n in range(TOTAL)), "the log names a patient"
         assert "MLLP connection failed" not in log, "a connection was closed instead of answered"
         REPORT.append(f"database outage: {TOTAL} ADT^A28 over MLLP, PostgreSQL cut after {CUT_AFTER}: "
-                      f"{answers.count('AE')} AE while it was away, no AR, each message stored once")
+                      f"{answers.count('AE')} AE (send it again), no AR, each message stored once")
