@@ -13,7 +13,7 @@ from gateway.access import AccessContext
 from gateway.refusal import Refused
 from gateway.config import Settings
 from gateway.services.documents import ingest_cda
-from gateway.storage.database import make_engine, refresh_statistics
+from gateway.storage.database import make_engine, refresh_statistics, unavailable
 from gateway.storage.migrate import upgrade
 from gateway.storage.repository import Repository
 
@@ -59,6 +59,13 @@ def ingest_paths(settings: Settings, paths: list[Path], console: Console | None 
                 report.refused.append((str(file), refusal.location or "/", refusal.reason))
             except OSError as exc:
                 report.failed.append((str(file), str(exc)))
+            except Exception as failure:
+                if not unavailable(failure):
+                    raise
+                # Every later document would fail the same way: stop, and say how to go on.
+                report.failed.append((str(file), "the database is unavailable: run the same command again "
+                                                  "(the documents already ingested are recognised)"))
+                break
             progress.advance(task)
     refresh_statistics(engine)
     _summary(console, report)
