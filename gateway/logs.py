@@ -11,7 +11,6 @@ import sys
 import traceback
 from datetime import datetime, timezone
 
-import psycopg
 import pysqlite3.dbapi2 as sqlite
 from sqlalchemy.exc import StatementError
 
@@ -63,12 +62,14 @@ def _database_error(failure: BaseException) -> str | None:
     """A database error's text without the values it may quote, or None for any other exception.
     PostgreSQL quotes them (a unique index's DETAIL names the key it refused; a type's error the
     input it could not read): its SQLSTATE and the constraint and table are kept. SQLAlchemy adds
-    the statement, whose parameters stay hidden (`make_engine`). SQLite's messages quote none."""
+    the statement, whose parameters stay hidden (`make_engine`). SQLite's messages quote none.
+    psycopg is looked up, not imported: its errors exist only once a PostgreSQL engine loaded it."""
+    psycopg = sys.modules.get("psycopg")
     if isinstance(failure, StatementError):
         orig = failure.orig
         described = (_database_error(orig) or type(orig).__name__) if orig is not None else "statement error"
         return f"{described} [SQL: {failure.statement}]"
-    if isinstance(failure, psycopg.Error):
+    if psycopg is not None and isinstance(failure, psycopg.Error):
         if failure.sqlstate is None:   # raised by the client: the connection, not the data
             return str(failure).split("\n", 1)[0]
         diag = failure.diag
