@@ -27,6 +27,9 @@ class Schematrons:
 
         self.processor = PySaxonProcessor(license=False)
         self.compiler = self.processor.new_xslt30_processor()
+        # Absolute: saxon reads a relative path from its own working folder, which each model's
+        # compilation moves to that model's folder (its value sets are read from there).
+        directory = directory.resolve()
         self.models: dict[tuple[str, str], Path] = {}
         self.compiled: dict[Path, object] = {}
         if (directory / "moteur" / SKELETON[-1]).exists():

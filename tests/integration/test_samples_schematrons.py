@@ -35,3 +35,16 @@ def test_samples_pass_the_schematron_of_their_model():
             checked[path.name] = applied
     REPORT.append(f"CI-SIS schematrons: {sum(1 for a in checked.values() if a)} samples of a content model, "
                   f"0 failed asserts; {sum(1 for a in checked.values() if not a)} without a model")
+
+
+def test_a_folder_given_relative_to_the_working_directory_is_read(monkeypatch):
+    """A tester types `--schematron-dir ../shared/...`: the skeleton and the value sets are found
+    from there whatever folder saxon reads relative to."""
+    if not ANS.is_dir():
+        pytest.skip(f"the ANS schematrons are not present at {ANS}")
+    from conformance.schematron import Schematrons
+
+    monkeypatch.chdir(SAMPLES)
+    schematrons = Schematrons(Path(os.path.relpath(ANS)))
+    for name in ("ldl-ses-martin.xml", "cr-biologie-martin.xml"):
+        assert schematrons.failures((SAMPLES / "cda" / name).read_bytes()) == [], name
