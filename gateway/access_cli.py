@@ -3,11 +3,9 @@ from __future__ import annotations
 
 import sys
 
-from gateway.access.audit import verify_chain
 from gateway.access.context import PATIENT, REPRESENTATIVE
 from gateway.access.tokens import InvalidToken, context_from_claims, issue
 from gateway.config import DEMO_TOKEN_KID, Settings
-from gateway.storage.database import make_engine
 
 
 def issue_token(settings: Settings, args) -> int:
@@ -35,6 +33,11 @@ def issue_token(settings: Settings, args) -> int:
 
 
 def verify_audit(settings: Settings, _args) -> int:
+    # Imported here: `gateway token issue`, which a conformance run calls for each identity it
+    # needs, starts without SQLAlchemy.
+    from gateway.access.audit import verify_chain
+    from gateway.storage.database import make_engine
+
     report = verify_chain(make_engine(settings.database_url))
     if report.reason is None:
         print(f"audit trail intact: {report.entries} entries")

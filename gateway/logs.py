@@ -11,9 +11,6 @@ import sys
 import traceback
 from datetime import datetime, timezone
 
-import pysqlite3.dbapi2 as sqlite
-from sqlalchemy.exc import StatementError
-
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
@@ -63,9 +60,12 @@ def _database_error(failure: BaseException) -> str | None:
     PostgreSQL quotes them (a unique index's DETAIL names the key it refused; a type's error the
     input it could not read): its SQLSTATE and the constraint and table are kept. SQLAlchemy adds
     the statement, whose parameters stay hidden (`make_engine`). SQLite's messages quote none.
-    psycopg is looked up, not imported: its errors exist only once a PostgreSQL engine loaded it."""
-    psycopg = sys.modules.get("psycopg")
-    if isinstance(failure, StatementError):
+    The drivers and SQLAlchemy are looked up, not imported: their errors exist only once a database
+    was opened, and a command that opens none (`gateway token issue`, which a conformance run calls
+    for each identity) would start 0.4 s later."""
+    sqlalchemy_exc, sqlite, psycopg = (sys.modules.get(name)
+                                       for name in ("sqlalchemy.exc", "pysqlite3.dbapi2", "psycopg"))
+    if sqlalchemy_exc is not None and isinstance(failure, sqlalchemy_exc.StatementError):
         orig = failure.orig
         described = (_database_error(orig) or type(orig).__name__) if orig is not None else "statement error"
         return f"{described} [SQL: {failure.statement}]"
@@ -76,7 +76,7 @@ def _database_error(failure: BaseException) -> str | None:
         named = [f"{name} {value}" for name, value in (("constraint", diag.constraint_name),
                                                       ("table", diag.table_name)) if value]
         return ", ".join([f"SQLSTATE {failure.sqlstate}", *named])
-    if isinstance(failure, sqlite.Error):
+    if sqlite is not None and isinstance(failure, sqlite.Error):
         return str(failure)
     return None
 

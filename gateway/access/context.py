@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-
-from sqlalchemy import ColumnElement, Table, false, text, true
+from typing import TYPE_CHECKING
 
 from gateway.mapping import codes
 from gateway.refusal import Refused
 
 from .rules import IDNATPS_SYSTEM, ORGANIZATION_SYSTEMS
+
+if TYPE_CHECKING:
+    from sqlalchemy import ColumnElement, Table
 
 # Health professionals of the care team (CSP L1110-4, L1110-12): consented access, emergency access.
 PROFESSIONS = ("doctor", "nurse", "pharmacist", "midwife", "physiotherapist", "dentist", "care-team")
@@ -127,6 +129,8 @@ class AccessContext:
     def resource_filter(self, resources: Table, res_type: str, listed: bool = False) -> ColumnElement[bool]:
         """This reader's condition on the resources table. `listed`: the grants written as the list
         of the reader's patients (`lists_patients`), for the search to be driven from it."""
+        from sqlalchemy import false, true   # here: `gateway token issue` starts without SQLAlchemy
+
         if res_type in DIRECTORY_TYPES:
             return true()
         if resources.name != "resources":
@@ -152,6 +156,8 @@ class AccessContext:
         return None
 
     def _sql(self, condition: str) -> ColumnElement[bool]:
+        from sqlalchemy import text
+
         values = {"idnatps_system": IDNATPS_SYSTEM, "finess_system": ORGANIZATION_SYSTEMS[0],
                   "idnatst_system": ORGANIZATION_SYSTEMS[1], "reader": self.subject, "reader_org": self.organization,
                   "reader_patient": self.patient_ins, "reader_pattern": f"% {self.subject} %" if self.subject.isalnum() else "",
