@@ -2,6 +2,7 @@
 `gateway token issue`: what the end-to-end tests share."""
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,6 +14,23 @@ import requests
 from conftest import ROOT, free_port
 
 GATEWAY = Path(sys.executable).with_name("gateway")
+
+
+def start_listener(env: dict, port: int, log_path: Path) -> subprocess.Popen:
+    """`gateway mllp` once it listens, its log appended to a file (a pipe nobody reads fills up and
+    then blocks it); killed, and its log shown, if it does not listen in time."""
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen([str(GATEWAY), "mllp"], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60   # a loaded 2-core machine starts it well within this
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return process
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    process.wait()
+    raise AssertionError(log_path.read_text(errors="replace")[-2000:])
 
 
 def start_gateway(var_dir: Path, database_url: str | None = None, *, environment: dict | None = None,

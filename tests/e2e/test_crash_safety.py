@@ -5,21 +5,17 @@ engine does. Every message that got AA is then stored exactly once."""
 import os
 import random
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 from sqlalchemy import func, select
 
-from conftest import REPORT, ROOT, free_port
+from conftest import REPORT, free_port
+from e2e_support import start_listener
 from gateway.hl7v2 import mllp
 from gateway.storage.database import make_engine
 from gateway.storage.schema import raw_inputs, resources, unique_identifiers
 
-GATEWAY = Path(sys.executable).with_name("gateway")
 TOTAL = 2000
 CONNECTIONS = 8
 KILL_AFTER = (500, 1300)  # acknowledged messages after which the listener is killed
@@ -30,26 +26,13 @@ def message(n: int) -> bytes:
             f"PID|1||8{n:08d}^^^CH&1.2.250.1.213.1.1.9.1001&ISO^PI||PATIENT{n}^TEST||19800101|F\r").encode()
 
 
-def start(env: dict, port: int) -> subprocess.Popen:
-    process = subprocess.Popen([str(GATEWAY), "mllp"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60   # a loaded 2-core machine starts it well within this
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return process
-        except OSError:
-            time.sleep(0.05)
-    process.kill()
-    raise AssertionError(process.stderr.read().decode()[-2000:])
-
-
 def test_kill_9_during_a_stream_loses_and_duplicates_nothing(tmp_path):
     port = free_port()
     url = f"sqlite:///{tmp_path / 'gateway.db'}"
     env = dict(os.environ, GATEWAY_DATABASE_URL=url, GATEWAY_MLLP_PORT=str(port), GATEWAY_HOST="127.0.0.1",
                GATEWAY_VAR_DIR=str(tmp_path), GATEWAY_LOG_LEVEL="WARNING")
-    server = {"process": start(env, port), "kills": 0}
+    log_path = tmp_path / "listener.log"
+    server = {"process": start_listener(env, port, log_path), "kills": 0}
     acked: dict[int, str] = {}
 
     def killer():
@@ -62,7 +45,7 @@ def test_kill_9_during_a_stream_loses_and_duplicates_nothing(tmp_path):
             server["process"].send_signal(signal.SIGKILL)
             server["process"].wait()
             server["kills"] += 1
-            server["process"] = start(env, port)
+            server["process"] = start_listener(env, port, log_path)
 
     interrupted = []
 

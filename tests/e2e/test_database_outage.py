@@ -4,18 +4,16 @@ answered (AE "send it again" while the database is away, never AR, never a close
 the engine resends what got AE, and in the end every message is stored exactly once. The
 listener's log names no patient: database errors quote the values they were given."""
 import os
-import socket
-import subprocess
 import threading
-import time
 
 from sqlalchemy import create_engine, func, select, text
 
-from conftest import REPORT, ROOT, free_port, new_postgres_database
+from conftest import REPORT, free_port, new_postgres_database
 from gateway.hl7v2 import mllp
 from gateway.storage.database import make_engine
 from gateway.storage.schema import raw_inputs, resources
-from test_crash_safety import GATEWAY, message
+from e2e_support import start_listener
+from test_crash_safety import message
 
 TOTAL = 300
 CUT_AFTER = 100           # acknowledged messages before the database goes away
@@ -24,21 +22,6 @@ AE_WHILE_AWAY = 20        # answers the stream gets while it is away, before it 
 
 def code(ack: bytes) -> str:
     return ack.split(b"\r")[1].split(b"|")[1].decode()
-
-
-def start_listener(env: dict, port: int, log_path) -> subprocess.Popen:
-    """`gateway mllp`, its log in a file (a pipe nobody reads would fill up and block it)."""
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen([str(GATEWAY), "mllp"], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while process.poll() is None:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return process
-        except OSError:
-            assert time.monotonic() < deadline, "the listener did not listen in time"
-            time.sleep(0.05)
-    raise AssertionError(log_path.read_text(errors="replace")[-2000:])
 
 
 def test_a_database_outage_is_answered_ae_and_loses_nothing(tmp_path):
