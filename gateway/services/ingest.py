@@ -83,7 +83,9 @@ def keep(repo: Repository, received: Received, permission: Write, *, status: str
     """Store the input exactly as received, committed before any processing starts. An HL7v2
     message (its keys hold a fingerprint) already received from its sender under its control id is
     not stored again: its earlier copy is returned. The look-up and the copy are one unit of work,
-    so two copies sent at the same time are not both kept."""
+    so two copies sent at the same time are not both kept. A document (no HL7v2 keys) sent again
+    after its processing failed takes up the copy that was never answered, so that the copy records
+    how it ended; one that was answered is kept again, and found a duplicate."""
     keys = received.keys or {}
     sha256 = received.sha256 or hashlib.sha256(received.body).hexdigest()
 
@@ -92,6 +94,10 @@ def keep(repo: Repository, received: Received, permission: Write, *, status: str
         same = next((row for row in earlier if row.fingerprint == keys["fingerprint"]), None)
         if same is not None:
             return Kept(same.id, same if same.status in FINAL_STATUSES else None)
+        if not keys and status == "received":
+            unanswered = uow.unanswered_copy(received.channel, sha256, received.sender)
+            if unanswered is not None:
+                return Kept(unanswered)
         raw_id = uow.store_raw(received.channel, received.body, received.content_type, received.sender,
                                message=received.keys, status=status, outcome=outcome, ack=ack, sha256=sha256)
         return Kept(raw_id, control_id_reused=bool(earlier))
@@ -109,7 +115,8 @@ def ingest(repo: Repository, received: Received, permission: Write, prepare: Cal
     retransmission); `record_refusal` gives what the raw input keeps of a refusal (its outcome, and
     the ACK it was answered with)."""
     started = time.perf_counter()
-    if raw_id is None:
+    kept_here = raw_id is None
+    if kept_here:
         raw_id = keep(repo, received, permission).raw_id
 
     def unit(uow: UnitOfWork) -> Written[T]:
@@ -121,7 +128,16 @@ def ingest(repo: Repository, received: Received, permission: Write, prepare: Cal
 
     try:
         prepared = prepare()
-        written = repo.write(unit, permission)
+        try:
+            written = repo.write(unit, permission)
+        except AlreadyHandled:
+            if not kept_here:
+                raise
+            # Another attempt at the same document took up its copy and claimed it first (a retry
+            # sent while this one was at work, or an operator's reprocessing): this attempt is kept
+            # as a copy of its own.
+            raw_id = repo.write(lambda uow: uow.copy_raw(raw_id), permission)
+            written = repo.write(unit, permission)
     except AlreadyHandled:
         raise
     except Refused as refusal:

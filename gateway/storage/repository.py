@@ -824,6 +824,18 @@ class UnitOfWork:
             outcome=json.dumps(outcome, ensure_ascii=False) if outcome else None, ack=ack, **(message or {}))
         ).fetchone()[0]
 
+    def unanswered_copy(self, channel: str, body_sha256: str, sender: str | None) -> int | None:
+        """An earlier copy of these bytes, sent by this sender on this channel, never answered: its
+        processing failed (the database went away, an internal error) or never ended (a crash, or
+        another attempt still at work)."""
+        row = sql.UNANSWERED_COPY.execute(self.conn, {
+            "key_sha256": body_sha256, "key_channel": channel, "key_sender": sender}).fetchone()
+        return row[0] if row is not None else None
+
+    def copy_raw(self, raw_id: int) -> int:
+        """A new raw input, received now, with the same body, channel and sender as `raw_id`."""
+        return sql.COPY_RAW.execute(self.conn, {"key_raw": raw_id, "key_received_at": _now()[1]}).fetchone()[0]
+
     def earlier_inputs(self, sender: str | None, control_id: str) -> list:
         """Inputs already received from this sender under this control id, oldest first; no other
         transaction looks for them until this one ends (SQLite has one writer; PostgreSQL a lock)."""

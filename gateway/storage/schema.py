@@ -44,6 +44,8 @@ raw_inputs = Table(
     Column("ack", Text),
     Index("ix_raw_inputs_status", "status"),
     Index("ix_raw_inputs_control", "sender", "control_id"),
+    # A document sent again is matched to its earlier copy by its bytes; erasure finds a blob's readers.
+    Index("ix_raw_inputs_sha256", "sha256"),
 )
 
 # Document bytes, once per content hash, outside the resource JSON. A blob's bytes are its row's

@@ -16,7 +16,7 @@ from operator import itemgetter
 from typing import Any, Callable
 
 import orjson
-from sqlalchemy import Connection, bindparam, delete, insert, or_, select, text, update
+from sqlalchemy import Connection, bindparam, delete, insert, literal, or_, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ClauseElement, Insert
 
@@ -224,6 +224,18 @@ CLAIM_RAW = Prebuilt(update(raw_inputs).where(
     raw_inputs.c.id == bindparam("key_raw"),
     or_(raw_inputs.c.status == "received", raw_inputs.c.status == "failed")).values(status="processing"))
 UPDATE_RAW = Prebuilt(update(raw_inputs).where(raw_inputs.c.id == bindparam("key_raw")))
+# The oldest copy of these bytes, from this sender on this channel, that was never answered.
+UNANSWERED_COPY = Prebuilt(select(raw_inputs.c.id).where(
+    raw_inputs.c.sha256 == bindparam("key_sha256"), raw_inputs.c.channel == bindparam("key_channel"),
+    raw_inputs.c.sender.is_not_distinct_from(bindparam("key_sender")),
+    or_(raw_inputs.c.status == "received", raw_inputs.c.status == "failed")).order_by(raw_inputs.c.id).limit(1))
+# Another raw input with the same body as an earlier one (its blob is already stored).
+_COPIED = ("channel", "content_type", "sender", "sha256", "size")
+COPY_RAW = Prebuilt(insert(raw_inputs).from_select(
+    ["received_at", "status", *_COPIED],
+    select(bindparam("key_received_at", type_=raw_inputs.c.received_at.type), literal("received"),
+           *(raw_inputs.c[name] for name in _COPIED)).where(raw_inputs.c.id == bindparam("key_raw"))
+).returning(raw_inputs.c.id))
 # A sender's inputs under a control id, oldest first.
 EARLIER_INPUTS = (select(raw_inputs.c.id, raw_inputs.c.fingerprint, raw_inputs.c.status, raw_inputs.c.outcome,
                          raw_inputs.c.ack)

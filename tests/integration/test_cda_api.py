@@ -176,6 +176,62 @@ def test_an_unavailable_database_answers_503_with_retry_after(client, database, 
         assert conn.execute(select(raw_inputs.c.status)).scalar_one() == "failed"
 
 
+def raw_statuses(engine) -> list[str]:
+    with engine.connect() as conn:
+        return list(conn.execute(select(raw_inputs.c.status).order_by(raw_inputs.c.id)).scalars())
+
+
+@pytest.mark.parametrize("left", ["failed", "received"])
+def test_a_document_sent_again_after_a_failure_takes_up_its_unanswered_copy(client, database, monkeypatch, left):
+    """The copy of an attempt that failed records how the document ended once it is sent again;
+    "received": the database went away before the failure could be recorded."""
+    from sqlalchemy import update
+    from sqlalchemy.exc import OperationalError
+
+    from gateway.storage import repository
+
+    def unreachable(self, *args, **kwargs):
+        raise OperationalError("INSERT", {}, Exception("connection refused"))
+
+    monkeypatch.setattr(repository.UnitOfWork, "claim_identifier", unreachable)
+    assert post(client, "ldl-ses-martin.xml").status_code == 503
+    monkeypatch.undo()
+    with database[0].begin() as conn:
+        conn.execute(update(raw_inputs).values(status=left))
+    assert post(client, "ldl-ses-martin.xml").status_code == 201
+    assert raw_statuses(database[0]) == ["processed"]
+    # Answered, it is not taken up again: the next copy is kept, and found a duplicate.
+    assert post(client, "ldl-ses-martin.xml").status_code == 200
+    assert raw_statuses(database[0]) == ["processed", "duplicate"]
+
+
+def test_an_unanswered_copy_taken_by_another_attempt_first_is_kept_again(client, database, monkeypatch):
+    """Two attempts at one document take up its unanswered copy (a retry sent while an operator
+    reprocesses it): the one that claims it second is kept as a copy of its own, and processed."""
+    from sqlalchemy.exc import OperationalError
+
+    from gateway.storage import repository
+
+    def unreachable(self, *args, **kwargs):
+        raise OperationalError("INSERT", {}, Exception("connection refused"))
+
+    monkeypatch.setattr(repository.UnitOfWork, "claim_identifier", unreachable)
+    assert post(client, "ldl-ses-martin.xml").status_code == 503
+    monkeypatch.undo()
+    claim, claimed = repository.UnitOfWork.claim_raw, []
+
+    def claimed_first_by_another(self, raw_id):
+        claimed.append(raw_id)
+        return claim(self, raw_id) if len(claimed) > 1 else False
+
+    monkeypatch.setattr(repository.UnitOfWork, "claim_raw", claimed_first_by_another)
+    response = post(client, "ldl-ses-martin.xml")
+    assert response.status_code == 201, response.json
+    assert len(claimed) == 2 and claimed[0] != claimed[1]
+    assert raw_statuses(database[0]) == ["failed", "processed"]
+    assert counts(database[0])["DocumentReference"] == 1
+
+
 def test_concurrent_uploads_of_one_document_store_it_once(live_server, database, bearer):
     from concurrent.futures import ThreadPoolExecutor
 
