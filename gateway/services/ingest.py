@@ -133,9 +133,9 @@ def ingest(repo: Repository, received: Received, permission: Write, prepare: Cal
         except AlreadyHandled:
             if not kept_here:
                 raise
-            # Another attempt at the same document took up its copy and claimed it first (a retry
-            # sent while this one was at work, or an operator's reprocessing): this attempt is kept
-            # as a copy of its own.
+            # Another attempt at the same document took up its copy and claimed it first (a client
+            # that timed out sent it again while this attempt was at work): this one is kept as a
+            # copy of its own.
             raw_id = repo.write(lambda uow: uow.copy_raw(raw_id), permission)
             written = repo.write(unit, permission)
     except AlreadyHandled:

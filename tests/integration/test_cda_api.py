@@ -206,8 +206,9 @@ def test_a_document_sent_again_after_a_failure_takes_up_its_unanswered_copy(clie
 
 
 def test_an_unanswered_copy_taken_by_another_attempt_first_is_kept_again(client, database, monkeypatch):
-    """Two attempts at one document take up its unanswered copy (a retry sent while an operator
-    reprocesses it): the one that claims it second is kept as a copy of its own, and processed."""
+    """Two attempts at one document take up its unanswered copy (a client sent it again while its
+    first retry was at work): the one that claims it second is kept as a copy of its own, and
+    processed."""
     from sqlalchemy.exc import OperationalError
 
     from gateway.storage import repository
