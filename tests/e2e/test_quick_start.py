@@ -11,9 +11,11 @@ from conftest import ROOT
 from e2e_support import GATEWAY, start_gateway, stop_gateway, token
 
 
-@pytest.fixture
-def served(tmp_path):
-    process, base, env = start_gateway(tmp_path / "var")
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """One demo gateway for the tests that read the demo record or add to it what the others do not
+    look at (a duplicate, a patient's consents): starting one takes 7–8 s."""
+    process, base, env = start_gateway(tmp_path_factory.mktemp("quick-start") / "var")
     yield base, env
     stop_gateway(process)
 
