@@ -157,9 +157,8 @@ def test_internal_failure_leaves_nothing_half_stored(client, database, monkeypat
         assert conn.execute(select(raw_inputs.c.status)).scalar_one() == "failed"
 
 
-def test_an_unavailable_database_answers_503_with_retry_after(client, database, monkeypatch):
-    """A database that could not be reached is passing: the client is told to try again, not that
-    the server failed; the raw copy, kept before the failure, is marked failed for reprocessing."""
+def unreachable_once_kept(monkeypatch) -> None:
+    """The database goes away once the raw copy is kept: the unit of work's first look-up fails."""
     from sqlalchemy.exc import OperationalError
 
     from gateway.storage import repository
@@ -168,6 +167,12 @@ def test_an_unavailable_database_answers_503_with_retry_after(client, database, 
         raise OperationalError("INSERT", {}, Exception("connection refused"))
 
     monkeypatch.setattr(repository.UnitOfWork, "claim_identifier", unreachable)
+
+
+def test_an_unavailable_database_answers_503_with_retry_after(client, database, monkeypatch):
+    """A database that could not be reached is passing: the client is told to try again, not that
+    the server failed; the raw copy, kept before the failure, is marked failed."""
+    unreachable_once_kept(monkeypatch)
     response = post(client, "ldl-ses-martin.xml")
     assert response.status_code == 503 and response.headers["Retry-After"] == "5"
     assert response.json["issue"][0]["code"] == "transient"
@@ -186,14 +191,8 @@ def test_a_document_sent_again_after_a_failure_takes_up_its_unanswered_copy(clie
     """The copy of an attempt that failed records how the document ended once it is sent again;
     "received": the database went away before the failure could be recorded."""
     from sqlalchemy import update
-    from sqlalchemy.exc import OperationalError
 
-    from gateway.storage import repository
-
-    def unreachable(self, *args, **kwargs):
-        raise OperationalError("INSERT", {}, Exception("connection refused"))
-
-    monkeypatch.setattr(repository.UnitOfWork, "claim_identifier", unreachable)
+    unreachable_once_kept(monkeypatch)
     assert post(client, "ldl-ses-martin.xml").status_code == 503
     monkeypatch.undo()
     with database[0].begin() as conn:
@@ -209,14 +208,9 @@ def test_an_unanswered_copy_taken_by_another_attempt_first_is_kept_again(client,
     """Two attempts at one document take up its unanswered copy (a client sent it again while its
     first retry was at work): the one that claims it second is kept as a copy of its own, and
     processed."""
-    from sqlalchemy.exc import OperationalError
-
     from gateway.storage import repository
 
-    def unreachable(self, *args, **kwargs):
-        raise OperationalError("INSERT", {}, Exception("connection refused"))
-
-    monkeypatch.setattr(repository.UnitOfWork, "claim_identifier", unreachable)
+    unreachable_once_kept(monkeypatch)
     assert post(client, "ldl-ses-martin.xml").status_code == 503
     monkeypatch.undo()
     claim, claimed = repository.UnitOfWork.claim_raw, []
