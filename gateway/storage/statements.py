@@ -220,15 +220,17 @@ SIGNATURES_OF = select(resources.c.res_id, resources.c.body).where(
             search_reference.c.target_id == bindparam("key_id"))))
 
 INSERT_RAW = Prebuilt(insert(raw_inputs).returning(raw_inputs.c.id))
-CLAIM_RAW = Prebuilt(update(raw_inputs).where(
-    raw_inputs.c.id == bindparam("key_raw"),
-    or_(raw_inputs.c.status == "received", raw_inputs.c.status == "failed")).values(status="processing"))
+# A raw input never answered: its processing failed, or has not ended. Only such an input is claimed
+# for processing, so only such a copy is taken up by a document sent again.
+_UNANSWERED = or_(raw_inputs.c.status == "received", raw_inputs.c.status == "failed")
+CLAIM_RAW = Prebuilt(update(raw_inputs).where(raw_inputs.c.id == bindparam("key_raw"), _UNANSWERED)
+                     .values(status="processing"))
 UPDATE_RAW = Prebuilt(update(raw_inputs).where(raw_inputs.c.id == bindparam("key_raw")))
 # The oldest copy of these bytes, from this sender on this channel, that was never answered.
 UNANSWERED_COPY = Prebuilt(select(raw_inputs.c.id).where(
     raw_inputs.c.sha256 == bindparam("key_sha256"), raw_inputs.c.channel == bindparam("key_channel"),
-    raw_inputs.c.sender.is_not_distinct_from(bindparam("key_sender")),
-    or_(raw_inputs.c.status == "received", raw_inputs.c.status == "failed")).order_by(raw_inputs.c.id).limit(1))
+    raw_inputs.c.sender.is_not_distinct_from(bindparam("key_sender")), _UNANSWERED
+).order_by(raw_inputs.c.id).limit(1))
 # Another raw input with the same body as an earlier one (its blob is already stored).
 _COPIED = ("channel", "content_type", "sender", "sha256", "size")
 COPY_RAW = Prebuilt(insert(raw_inputs).from_select(

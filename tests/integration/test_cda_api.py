@@ -4,7 +4,7 @@ import json
 import hashlib
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from conftest import GP, attend_all, sample
 
@@ -190,8 +190,6 @@ def raw_statuses(engine) -> list[str]:
 def test_a_document_sent_again_after_a_failure_takes_up_its_unanswered_copy(client, database, monkeypatch, left):
     """The copy of an attempt that failed records how the document ended once it is sent again;
     "received": the database went away before the failure could be recorded."""
-    from sqlalchemy import update
-
     unreachable_once_kept(monkeypatch)
     assert post(client, "ldl-ses-martin.xml").status_code == 503
     monkeypatch.undo()
