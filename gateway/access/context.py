@@ -109,10 +109,6 @@ class AccessContext:
         return self.role in (PATIENT, REPRESENTATIVE)
 
     @property
-    def may_read_clinical(self) -> bool:
-        return self.acts_for_patient or self.is_professional
-
-    @property
     def lists_patients(self) -> bool:
         """Whether this reader's grants name their patients one by one (a professional in care
         without an organisation, whose permits may cover a whole hospital): few enough that a search

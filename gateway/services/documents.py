@@ -273,8 +273,3 @@ def delete_document(uow: UnitOfWork, stored: StoredResource) -> None:
         if binary is not None and not binary.deleted:
             uow.delete(binary)
     uow.delete(stored)
-
-
-def _patient_of(resource: dict) -> str | None:
-    ref = resource.get("subject", {}).get("reference", "")
-    return ref.split("/", 1)[1] if ref.startswith("Patient/") else None

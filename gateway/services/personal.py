@@ -19,13 +19,11 @@ from gateway.storage.repository import Repository, StoredResource, UnitOfWork, n
 from .consents import own_patient
 from .ingest import Received, Written, ingest
 
-# What a patient may add (LOINC): the types of the personal space.
 # The JDV_J07 types (TRE_A05) of what a patient deposits, with their display in the value set.
 OTHER_DOCUMENT, ADVANCE_DIRECTIVES = "EXPPAT_2", "EXPPAT_3"
 PATIENT_DOCUMENT_TYPES = {OTHER_DOCUMENT: "Autre document du patient", ADVANCE_DIRECTIVES: "Directives anticipées"}
 # The custodian of what patients deposit: the shared record itself, as held by this gateway.
 CUSTODIAN_KEY = ("urn:dmp-gateway:organization", "shared-record")
-PATIENT_CLASS = "90"
 MEDIA_TYPES = ("application/pdf", "text/plain")
 # Emergency contacts: HL7 v2 table 0131 "C" (emergency contact) plus the person's relation (v3 RoleCode).
 EMERGENCY_CONTACT = {"system": "http://terminology.hl7.org/CodeSystem/v2-0131", "code": "C",
