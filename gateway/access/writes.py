@@ -62,6 +62,15 @@ def may(access: AccessContext, write: Write) -> bool:
 def require(access: AccessContext, write: Write) -> None:
     if not may(access, write):
         raise AccessRefused(f"the role {access.role} may not {write.value}")
+
+
+def reprocessing(operator: AccessContext) -> AccessContext:
+    """Whom a message an operator reprocesses is processed as: a feeding system, as its sender was
+    (HL7v2 is only taken from feeding systems), named after the operator. The operator's own role
+    gives no right to change a document: a replacement (MDM^T10) reprocessed as an admin was
+    refused as if the hospital had not produced the document it replaces."""
+    require(operator, Write.REPROCESS)
+    return AccessContext.system(f"reprocessed by {operator.subject}")
 IDNATST_SYSTEM = f"urn:oid:{codes.IDNATST_OID}"
 
 

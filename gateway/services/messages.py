@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import select, update
 
+from gateway.access import writes
 from gateway.hl7v2.er7 import MessageRejected, decode, split_segments
 from gateway.storage.database import read_connection, write_transaction
 from gateway.storage.repository import Repository, blob_bytes
@@ -118,6 +119,7 @@ def get_message(repo: Repository, raw_id: int, content: bool = False) -> dict | 
 
 
 def reprocess(repo: Repository, raw_id: int, max_bytes: int) -> feeds.Reply:
+    repo = Repository(repo.engine, writes.reprocessing(repo.access), repo.base_url)
     with read_connection(repo.engine) as conn:
         found = _with_body(conn, raw_id, raw_inputs.c.status, raw_inputs.c.channel)
     if found is None:

@@ -303,6 +303,30 @@ def test_a_database_failure_answers_ae_then_reprocess_succeeds(client, monkeypat
     assert shown["message"].startswith("MSH|")
 
 
+def test_an_operator_reprocesses_a_replacement_that_failed(client, monkeypatch):
+    """The MDM^T10 is the hospital's: reprocessed by an operator (an admin token), it replaces the
+    document as it would have when it arrived, with the rights of the system that sent it."""
+    from gateway.services import document_messages
+
+    lefevre = PATIENTS["lefevre"]
+    query = f"DocumentReference?patient.identifier={lefevre['ins_system']}|{lefevre['ins']}&status=current"
+    assert post(client, sample("mdm-1-t02-cr-imagerie-irm-lefevre.hl7"))[0] == "AA"
+    first = search(client, query)["entry"][0]["resource"]["id"]
+
+    def broken(*args, **kwargs):
+        raise _sqlalchemy_operational_error()
+
+    monkeypatch.setattr(document_messages, "register_document", broken)
+    assert post(client, sample("mdm-2-t10-cr-imagerie-irm-lefevre.hl7"))[0] == "AE"
+    monkeypatch.undo()
+    failed = client.get("/hl7v2/messages?status=failed", headers=client.admin).get_json()["messages"]
+    assert [m["message_type"] for m in failed] == ["MDM^T10"]
+    response = client.post(f"/hl7v2/messages/{failed[0]['id']}/reprocess", headers=client.admin)
+    assert response.get_json()["ack_code"] == "AA", response.get_json()
+    current = search(client, query)["entry"]
+    assert [e["resource"]["relatesTo"][0]["target"]["reference"] for e in current] == [f"DocumentReference/{first}"]
+
+
 def test_content_errors_are_answered_once_with_their_location_and_nothing_loops(client, monkeypatch):
     """A message that fails for a lasting reason is refused (AE with the field, or AR), never asked
     again with 207 "send it again"; a passing database failure is the only AE 207."""

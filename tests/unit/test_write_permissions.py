@@ -4,7 +4,7 @@ import pytest
 
 from gateway.access import AccessContext, AccessRefused
 from gateway.access.context import EMERGENCY
-from gateway.access.writes import Write, may, require
+from gateway.access.writes import Write, may, reprocessing, require
 
 F, C, P, H, A, R, X = (Write.FEED, Write.CONSENT, Write.PERSONAL, Write.CHANGE, Write.ARCHIVE, Write.REPROCESS,
                        Write.RECORD)
@@ -37,3 +37,15 @@ def test_each_role_may_open_exactly_its_writes(name):
             require(access, write)
         assert refused.value.status == 403 and refused.value.code == "forbidden"
         assert refused.value.reason == f"the role {access.role} may not {write.value}"
+
+
+@pytest.mark.parametrize("name", PERMITTED)
+def test_a_reprocessed_message_runs_as_a_feeding_system_named_after_its_operator(name):
+    access = requester(name)
+    if R not in PERMITTED[name]:
+        with pytest.raises(AccessRefused):
+            reprocessing(access)
+        return
+    feeder = reprocessing(access)
+    assert (feeder.role, feeder.subject) == ("system", "reprocessed by 899900000012")
+    assert may(feeder, Write.REPROCESS) and may(feeder, Write.FEED)
