@@ -19,6 +19,11 @@ HL7V2_CHANNELS = ("mllp", "hl7v2-http")
 REPROCESSABLE = ("failed", "refused", "received")
 
 
+class NotReprocessable(ValueError):
+    """The message is answered: it was processed (or found a duplicate), perhaps by a listener
+    between the operator's look and the reprocessing."""
+
+
 @dataclass
 class MessageSummary:
     id: int
@@ -126,13 +131,14 @@ def reprocess(repo: Repository, raw_id: int, max_bytes: int) -> feeds.Reply:
         raise LookupError(f"no HL7v2 message {raw_id}")
     row, body = found
     if row.status not in REPROCESSABLE:
-        raise ValueError(f"message {raw_id} is {row.status}; only {', '.join(REPROCESSABLE)} messages are reprocessed")
+        raise NotReprocessable(f"message {raw_id} is {row.status}; only {', '.join(REPROCESSABLE)} messages are "
+                               "reprocessed")
     with write_transaction(repo.engine) as conn:
         # Only if still reprocessable: a listener may have finished it meanwhile.
         reopened = conn.execute(update(raw_inputs).where(
             raw_inputs.c.id == raw_id, raw_inputs.c.status.in_(REPROCESSABLE)).values(status="received")).rowcount
     if not reopened:
-        raise ValueError(f"message {raw_id} was processed meanwhile")
+        raise NotReprocessable(f"message {raw_id} was processed meanwhile")
     try:
         return feeds.reprocess(repo, raw_id, body, row.channel, max_bytes)
     except feeds.MessageRejected:
@@ -142,9 +148,16 @@ def reprocess(repo: Repository, raw_id: int, max_bytes: int) -> feeds.Reply:
 
 
 def reprocess_failed(repo: Repository, max_bytes: int) -> list[tuple[int, str]]:
-    """Every failed (or interrupted: still `received`) message again, oldest first: (id, ACK code)."""
+    """Every failed (or interrupted: still `received`) message again, oldest first: (id, ACK code).
+    One that a listener finishes meanwhile (a message in flight is `received` too) is left to it."""
     with read_connection(repo.engine) as conn:
         ids = conn.execute(select(raw_inputs.c.id).where(raw_inputs.c.status.in_(("failed", "received")),
                                                          raw_inputs.c.channel.in_(HL7V2_CHANNELS))
                            .order_by(raw_inputs.c.id)).scalars().all()
-    return [(raw_id, reprocess(repo, raw_id, max_bytes).code) for raw_id in ids]
+    done = []
+    for raw_id in ids:
+        try:
+            done.append((raw_id, reprocess(repo, raw_id, max_bytes).code))
+        except NotReprocessable:
+            continue
+    return done

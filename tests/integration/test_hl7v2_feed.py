@@ -5,7 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from conftest import GP, attend_all
 from gateway.storage.schema import raw_inputs, resources
@@ -325,6 +325,28 @@ def test_an_operator_reprocesses_a_replacement_that_failed(client, monkeypatch):
     assert response.get_json()["ack_code"] == "AA", response.get_json()
     current = search(client, query)["entry"]
     assert [e["resource"]["relatesTo"][0]["target"]["reference"] for e in current] == [f"DocumentReference/{first}"]
+
+
+def test_reprocessing_every_failed_message_leaves_one_a_listener_finished_meanwhile(client, monkeypatch, database):
+    from gateway.services import messages, patients
+
+    def broken(*args, **kwargs):
+        raise _sqlalchemy_operational_error()
+
+    monkeypatch.setattr(patients, "record_consents", broken)
+    assert post(client, sample("adt-a01-martin.hl7"))[0] == "AE"
+    monkeypatch.undo()
+    reprocess = messages.reprocess
+
+    def finished_first(repo, raw_id, max_bytes):
+        # The listener's answer, between the operator's list and the reprocessing.
+        with database[0].begin() as conn:
+            conn.execute(update(raw_inputs).where(raw_inputs.c.id == raw_id).values(status="processed"))
+        return reprocess(repo, raw_id, max_bytes)
+
+    monkeypatch.setattr(messages, "reprocess", finished_first)
+    response = client.post("/hl7v2/messages/reprocess-failed", headers=client.admin)
+    assert response.status_code == 200 and response.get_json() == {"reprocessed": []}
 
 
 def test_content_errors_are_answered_once_with_their_location_and_nothing_loops(client, monkeypatch):
