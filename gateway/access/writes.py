@@ -71,6 +71,8 @@ def reprocessing(operator: AccessContext) -> AccessContext:
     refused as if the hospital had not produced the document it replaces."""
     require(operator, Write.REPROCESS)
     return AccessContext.system(f"reprocessed by {operator.subject}")
+
+
 IDNATST_SYSTEM = f"urn:oid:{codes.IDNATST_OID}"
 
 
