@@ -152,13 +152,15 @@ def register_document(uow: UnitOfWork, base_url: str, parsed: ParsedCda, *, visi
     custodian = _organization(uow, header.custodian, produced)
 
     docref_id = docref_id or uow.new_id()
-    replaces = _supersede(uow, header, patient_id, produced)
+    replaces = _supersede(uow, header, patient_id, docref_id, produced)
     binary_id = uow.new_id()
     links = mapping.Links(patient=patient_id, custodian=custodian, replaces=replaces)
     docref = mapping.linked(parsed.checked_reference(visibility), docref_id, links,
                             f"{base_url.rstrip('/')}/fhir/Binary/{binary_id}")
-    stored = uow.save(docref, patient_id=patient_id)
     system, value = mapping.identifier_key(header.unique_id)
+    if _replaced_already(uow, system, value, patient_id):
+        docref["status"] = "superseded"
+    stored = uow.save(docref, patient_id=patient_id)
     uow.claim_identifier("DocumentReference", system, value, docref_id)
     uow.save_binary(binary_id, docref_id, _content_type(header), parsed.data, parsed.digests.sha256, patient_id,
                     _checked)
@@ -219,10 +221,11 @@ def _organization(uow: UnitOfWork, org, produced: list[str]) -> str:
                     lambda res_id: mapping.organization_resource(org, res_id), produced)
 
 
-def _supersede(uow: UnitOfWork, header: CdaHeader, patient_id: str, produced: list[str]) -> list[dict]:
+def _supersede(uow: UnitOfWork, header: CdaHeader, patient_id: str, docref_id: str,
+               produced: list[str]) -> list[dict]:
     """relatedDocument RPLC: the previous version, a document of this patient the requester may
     change (gateway.access.writes), becomes superseded; another patient's document is refused
-    without being named, a parent never registered here is kept by its identifier."""
+    without being named, a parent never registered here is kept by its identifier, and awaited."""
     targets = []
     for parent in header.replaced:
         system, value = mapping.identifier_key(parent)
@@ -231,6 +234,7 @@ def _supersede(uow: UnitOfWork, header: CdaHeader, patient_id: str, produced: li
             # Registered elsewhere (or not yet): the link is kept by its identifier, as real documents
             # (the ANS examples among them) name parents this gateway never saw.
             targets.append({"identifier": {"system": system, "value": value}})
+            uow.await_parent(system, value, docref_id)
             continue
         stored = uow.document_to_change(parent_id, patient_id, header_producers(header),
                                         f"{CD}/relatedDocument/parentDocument/id")
@@ -245,6 +249,17 @@ def _supersede(uow: UnitOfWork, header: CdaHeader, patient_id: str, produced: li
         produced.append(f"DocumentReference/{stored.res_id}")
         targets.append({"reference": f"DocumentReference/{stored.res_id}"})
     return targets
+
+
+def _replaced_already(uow: UnitOfWork, system: str, value: str, patient_id: str) -> bool:
+    """Whether a live document of this patient, registered before this one, replaces it: this one
+    arrived after its new version (an MDM^T02 sent again after its T10), and is not current. Its new
+    version keeps the link by identifier."""
+    for res_id in uow.replacements_awaiting(system, value):
+        replacement = uow.current("DocumentReference", res_id)
+        if replacement is not None and not replacement.deleted and replacement.patient_id == patient_id:
+            return True
+    return False
 
 
 def _organization_finess(ids) -> set[str]:

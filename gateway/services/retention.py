@@ -19,6 +19,7 @@ from gateway.storage.repository import Repository, StoredResource, delete_blob, 
 from gateway.storage.schema import (
     INDEX_TABLES,
     access_rules,
+    awaited_parents,
     destruction_requests,
     raw_inputs,
     resource_versions,
@@ -126,7 +127,7 @@ def _destroy(conn, patient_id: str, stamp: str) -> Destroyed:
         ids = [r.res_id for r in owned if r.res_type == res_type]
         for start in range(0, len(ids), 500):
             chunk = ids[start:start + 500]
-            for table in (resources, resource_versions, unique_identifiers, *INDEX_TABLES):
+            for table in (resources, resource_versions, unique_identifiers, awaited_parents, *INDEX_TABLES):
                 conn.execute(delete(table).where(table.c.res_type == res_type, table.c.res_id.in_(chunk)))
     conn.execute(delete(access_rules).where(access_rules.c.patient_id == patient_id))
     if raw:

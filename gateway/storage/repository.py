@@ -579,6 +579,16 @@ class UnitOfWork:
                                                       "res_id": res_id})
             self._identifiers[(res_type, system, value)] = res_id
 
+    def await_parent(self, system: str, value: str, docref_id: str) -> None:
+        """This document replaces one that is not registered here, known by this identifier."""
+        sql.AWAIT_PARENT.execute(self.conn, {"system": system, "value": value, "res_type": "DocumentReference",
+                                             "res_id": docref_id})
+
+    def replacements_awaiting(self, system: str, value: str) -> list[str]:
+        """The documents that replace the one with this identifier, registered before it."""
+        return [row[0] for row in sql.REPLACEMENTS_AWAITING.execute(
+            self.conn, {"key_system": system, "key_value": value}).fetchall()]
+
     def current(self, res_type: str, res_id: str) -> StoredResource | None:
         row = self.conn.execute(sql.CURRENT, {"key_type": res_type, "key_id": res_id}).first()
         return self.repository._row(row) if row else None

@@ -122,6 +122,18 @@ unique_identifiers = Table(
     PrimaryKeyConstraint("res_type", "system", "value"),
 )
 
+# Parents named by identifier only: a document replaces (relatesTo) one this gateway has not
+# registered. A parent that arrives afterwards is found here, and registered superseded.
+awaited_parents = Table(
+    "awaited_parents",
+    metadata,
+    Column("system", String(256), nullable=False),
+    Column("value", String(256), nullable=False),
+    Column("res_type", String(64), nullable=False),   # the replacement, so that erasure finds its rows
+    Column("res_id", String(64), nullable=False),
+    PrimaryKeyConstraint("system", "value", "res_type", "res_id"),
+)
+
 search_token = Table(
     "search_token",
     metadata,

@@ -24,6 +24,7 @@ from .schema import (
     INDEX_TABLE_BY_KIND,
     INDEX_TABLES,
     access_rules,
+    awaited_parents,
     blob_parts,
     raw_inputs,
     resource_versions,
@@ -193,6 +194,12 @@ FIND_IDENTIFIER = Prebuilt(select(unique_identifiers.c.res_id).where(
     unique_identifiers.c.res_type == bindparam("key_type"), unique_identifiers.c.system == bindparam("key_system"),
     unique_identifiers.c.value == bindparam("key_value")))
 INSERT_IDENTIFIER = Prebuilt(insert(unique_identifiers))
+
+# The documents that replace one known to them only by its identifier (schema.awaited_parents).
+AWAIT_PARENT = Prebuilt(insert(awaited_parents))
+REPLACEMENTS_AWAITING = Prebuilt(select(awaited_parents.c.res_id).where(
+    awaited_parents.c.system == bindparam("key_system"), awaited_parents.c.value == bindparam("key_value"),
+    awaited_parents.c.res_type == "DocumentReference"))
 
 # A Consent's rules, replaced with each of its versions.
 DELETE_RULES = Prebuilt(delete(access_rules).where(access_rules.c.consent_id == bindparam("key_consent")))

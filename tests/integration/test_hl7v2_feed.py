@@ -303,6 +303,20 @@ def test_a_database_failure_answers_ae_then_reprocess_succeeds(client, monkeypat
     assert shown["message"].startswith("MSH|")
 
 
+def test_a_version_that_arrives_after_its_replacement_is_registered_superseded(client):
+    """Messages out of order: the T10 first (its parent kept by identifier), then the T02 it
+    replaces, sent again after a failure. The record shows one current version."""
+    lefevre = PATIENTS["lefevre"]
+    query = f"DocumentReference?patient.identifier={lefevre['ins_system']}|{lefevre['ins']}"
+    assert post(client, sample("mdm-2-t10-cr-imagerie-irm-lefevre.hl7"))[0] == "AA"
+    assert post(client, sample("mdm-1-t02-cr-imagerie-irm-lefevre.hl7"))[0] == "AA"
+    versions = {e["resource"]["masterIdentifier"]["value"]: e["resource"] for e in search(client, query)["entry"]}
+    assert {uid: v["status"] for uid, v in versions.items()} == {
+        "urn:oid:1.2.250.1.213.1.1.9.2.4.1": "superseded", "urn:oid:1.2.250.1.213.1.1.9.2.4.2": "current"}
+    assert versions["urn:oid:1.2.250.1.213.1.1.9.2.4.2"]["relatesTo"][0]["target"] == {
+        "identifier": {"system": "urn:ietf:rfc:3986", "value": "urn:oid:1.2.250.1.213.1.1.9.2.4.1"}}
+
+
 def test_an_operator_reprocesses_a_replacement_that_failed(client, monkeypatch):
     """The MDM^T10 is the hospital's: reprocessed by an operator (an admin token), it replaces the
     document as it would have when it arrived, with the rights of the system that sent it."""

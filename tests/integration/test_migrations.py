@@ -142,6 +142,30 @@ def test_a_fhir_document_s_binary_takes_its_document_s_labels(tmp_path):
     engine.dispose()
 
 
+def test_the_replacements_stored_await_the_parents_they_name_by_identifier(tmp_path):
+    """Migration 0017: a replacement stored before it whose parent was never registered here awaits
+    it; one that names its parent by reference, a deleted one and a signature (`signs`) do not."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'awaited.db'}")
+    config = alembic_config(engine)
+    command.upgrade(config, "0016")
+    parent = {"identifier": {"system": "urn:ietf:rfc:3986", "value": "urn:oid:1.2.3.4"}}
+    relations = {"r1": (False, [{"code": "replaces", "target": parent}]),
+                 "r2": (False, [{"code": "replaces", "target": {"reference": "DocumentReference/x"}}]),
+                 "r3": (True, [{"code": "replaces", "target": parent}]),
+                 "s1": (False, [{"code": "signs", "target": parent}])}
+    with engine.begin() as conn:
+        for res_id, (deleted, relates_to) in relations.items():
+            conn.execute(text("INSERT INTO resources (res_type, res_id, version, last_updated, deleted, body) "
+                              "VALUES ('DocumentReference', :i, 1, '2026-01-01T00:00:00', :d, :b)"),
+                         {"i": res_id, "d": deleted, "b": json.dumps({"resourceType": "DocumentReference",
+                                                                      "relatesTo": relates_to})})
+    command.upgrade(config, "head")
+    with engine.connect() as conn:
+        awaited = conn.execute(text("SELECT system, value, res_type, res_id FROM awaited_parents")).all()
+    assert [tuple(row) for row in awaited] == [("urn:ietf:rfc:3986", "urn:oid:1.2.3.4", "DocumentReference", "r1")]
+    engine.dispose()
+
+
 MIGRATE_WHEN_TOLD = """
 import sys, time
 from pathlib import Path
