@@ -279,6 +279,11 @@ def _sqlite_operational_error():
     return sqlite.OperationalError("database is locked")
 
 
+def _database_unavailable(*args, **kwargs):
+    """A step of the processing, as it fails when the database goes away."""
+    raise _sqlalchemy_operational_error()
+
+
 # The driver's own errors too: one raised while a connection that broke is used again reaches the
 # unit of work unwrapped, and was answered AR (never send again) when the server restarted.
 @pytest.mark.parametrize("failure", [_sqlalchemy_operational_error, _psycopg_operational_error,
@@ -327,10 +332,7 @@ def test_an_operator_reprocesses_a_replacement_that_failed(client, monkeypatch):
     assert post(client, sample("mdm-1-t02-cr-imagerie-irm-lefevre.hl7"))[0] == "AA"
     first = search(client, query)["entry"][0]["resource"]["id"]
 
-    def broken(*args, **kwargs):
-        raise _sqlalchemy_operational_error()
-
-    monkeypatch.setattr(document_messages, "register_document", broken)
+    monkeypatch.setattr(document_messages, "register_document", _database_unavailable)
     assert post(client, sample("mdm-2-t10-cr-imagerie-irm-lefevre.hl7"))[0] == "AE"
     monkeypatch.undo()
     failed = client.get("/hl7v2/messages?status=failed", headers=client.admin).get_json()["messages"]
@@ -344,10 +346,7 @@ def test_an_operator_reprocesses_a_replacement_that_failed(client, monkeypatch):
 def test_reprocessing_every_failed_message_leaves_one_a_listener_finished_meanwhile(client, monkeypatch, database):
     from gateway.services import messages, patients
 
-    def broken(*args, **kwargs):
-        raise _sqlalchemy_operational_error()
-
-    monkeypatch.setattr(patients, "record_consents", broken)
+    monkeypatch.setattr(patients, "record_consents", _database_unavailable)
     assert post(client, sample("adt-a01-martin.hl7"))[0] == "AE"
     monkeypatch.undo()
     reprocess = messages.reprocess
