@@ -158,7 +158,7 @@ def register_document(uow: UnitOfWork, base_url: str, parsed: ParsedCda, *, visi
     docref = mapping.linked(parsed.checked_reference(visibility), docref_id, links,
                             f"{base_url.rstrip('/')}/fhir/Binary/{binary_id}")
     system, value = mapping.identifier_key(header.unique_id)
-    if _replaced_already(uow, system, value, patient_id):
+    if replaced_already(uow, system, value, patient_id):
         docref["status"] = "superseded"
     stored = uow.save(docref, patient_id=patient_id)
     uow.claim_identifier("DocumentReference", system, value, docref_id)
@@ -251,10 +251,10 @@ def _supersede(uow: UnitOfWork, header: CdaHeader, patient_id: str, docref_id: s
     return targets
 
 
-def _replaced_already(uow: UnitOfWork, system: str, value: str, patient_id: str) -> bool:
+def replaced_already(uow: UnitOfWork, system: str, value: str, patient_id: str) -> bool:
     """Whether a live document of this patient, registered before this one, replaces it: this one
-    arrived after its new version (an MDM^T02 sent again after its T10), and is not current. Its new
-    version keeps the link by identifier."""
+    arrived after its new version (an MDM^T02 sent again after its T10, a PDF submitted after the
+    CDA that replaces it), and is not current. Its new version keeps the link by identifier."""
     for res_id in uow.replacements_awaiting(system, value):
         replacement = uow.current("DocumentReference", res_id)
         if replacement is not None and not replacement.deleted and replacement.patient_id == patient_id:

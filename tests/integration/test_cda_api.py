@@ -7,11 +7,10 @@ import pytest
 from sqlalchemy import func, select, update
 
 from conftest import GP, attend_all, sample
-
-RADIOLOGIST = "899900000038"
-FHIR = {"Content-Type": "application/fhir+json"}   # Dr FAURE, who wrote the MRI report and its new version
 from gateway.storage.schema import blobs, raw_inputs, resources
 
+RADIOLOGIST = "899900000038"   # Dr FAURE, who wrote the MRI report and its new version
+FHIR = {"Content-Type": "application/fhir+json"}
 XML = {"Content-Type": "application/xml"}
 MARTIN = "urn:oid:1.2.250.1.213.1.4.10|185067511204554"
 
@@ -241,6 +240,32 @@ def test_concurrent_uploads_of_one_document_store_it_once(live_server, database,
     assert sorted(statuses) == [200] * 7 + [201]
     assert counts(database[0]) == {"DocumentReference": 1, "Binary": 1, "Patient": 1, "Practitioner": 1,
                                    "Organization": 1}
+
+
+def test_a_pdf_submitted_after_the_cda_that_replaces_it_is_registered_superseded(client, database, bearer):
+    """The new version of the MRI report (a CDA whose parent is unknown here) arrives first; then its
+    first version, a PDF published through ITI-105 under the unique id the CDA names. The record
+    shows one current version."""
+    v2 = post(client, "cr-imagerie-irm-lefevre-v2.xml", {**XML, **bearer("doctor", sub=RADIOLOGIST)}).json
+    assert v2["relatesTo"][0]["target"] == {
+        "identifier": {"system": "urn:ietf:rfc:3986", "value": "urn:oid:1.2.250.1.213.1.1.9.2.4.1"}}
+    v1 = client.post("/fhir/DocumentReference", headers={**FHIR, **bearer("doctor", sub=RADIOLOGIST)}, data=json.dumps({
+        "resourceType": "DocumentReference",
+        "contained": [{"resourceType": "Practitioner", "id": "author",
+                       "identifier": [{"system": "urn:oid:1.2.250.1.71.4.2.1", "value": RADIOLOGIST}]}],
+        "masterIdentifier": {"system": "urn:ietf:rfc:3986", "value": "urn:oid:1.2.250.1.213.1.1.9.2.4.1"},
+        "status": "current",
+        "type": {"coding": [{"system": "http://loinc.org", "code": "18748-4"}]},
+        "subject": {"reference": "Patient?identifier=urn:oid:1.2.250.1.213.1.4.10|292086938701277"},
+        "author": [{"reference": "#author"}],
+        "content": [{"attachment": {"contentType": "application/pdf",
+                                    "data": base64.b64encode(b"%PDF-1.4\n%%EOF\n").decode()}}]}))
+    assert v1.status_code == 201, v1.json
+    attend_all(database[0])
+    current = client.get("/fhir/DocumentReference", query_string={"patient.identifier":
+                         "urn:oid:1.2.250.1.213.1.4.10|292086938701277", "status": "current"}).json
+    assert [e["resource"]["id"] for e in current["entry"]] == [v2["id"]]
+    assert client.get(f"/fhir/DocumentReference/{v1.json['id']}").json["status"] == "superseded"
 
 
 def test_only_a_producer_of_a_document_replaces_it(client, database, bearer):
