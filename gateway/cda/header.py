@@ -79,7 +79,6 @@ class Body:
 class CdaHeader:
     unique_id: II
     set_id: II | None
-    version_number: int | None
     code: Code
     title: str | None
     effective_time: str
@@ -90,7 +89,6 @@ class CdaHeader:
     authors: list[Person]
     custodian: Organization | None
     legal_authenticator: Person | None
-    attending_physician: Person | None
     service_events: list[ServiceEvent]
     encounter_low: str | None
     encounter_high: str | None
@@ -240,13 +238,6 @@ def extract_header(doc: etree._Element, *, wrapped_in_xslt: bool = False) -> Cda
     legal_authenticator = _person(legal.find("h:assignedEntity", NS), "assignedPerson", "representedOrganization",
                                   legal.find("h:time", NS)) if legal is not None else None
 
-    attending = None
-    for participant in doc.findall("h:participant", NS):
-        function = _code(participant.find("h:functionCode", NS))
-        if function and function.code == "PCP":
-            attending = _person(participant.find("h:associatedEntity", NS), "associatedPerson", "scopingOrganization")
-            break
-
     events = []
     for se in doc.findall("h:documentationOf/h:serviceEvent", NS):
         events.append(ServiceEvent(
@@ -258,7 +249,6 @@ def extract_header(doc: etree._Element, *, wrapped_in_xslt: bool = False) -> Cda
         ))
 
     encounter = doc.find("h:componentOf/h:encompassingEncounter", NS)
-    version = _ts(doc.find("h:versionNumber", NS))
     body_el = doc.find("h:component/h:structuredBody", NS)
     if body_el is not None:
         body = Body("N3")
@@ -272,7 +262,6 @@ def extract_header(doc: etree._Element, *, wrapped_in_xslt: bool = False) -> Cda
     return CdaHeader(
         unique_id=unique_id,
         set_id=_ii(doc.find("h:setId", NS)),
-        version_number=int(version) if version and version.isascii() and version.isdigit() else None,
         code=code,
         title=_text(doc.find("h:title", NS)),
         effective_time=effective_time,
@@ -284,7 +273,6 @@ def extract_header(doc: etree._Element, *, wrapped_in_xslt: bool = False) -> Cda
         custodian=_organization(doc.find(
             "h:custodian/h:assignedCustodian/h:representedCustodianOrganization", NS)),
         legal_authenticator=legal_authenticator,
-        attending_physician=attending,
         service_events=events,
         encounter_low=_ts(encounter.find("h:effectiveTime/h:low", NS)) if encounter is not None else None,
         encounter_high=_ts(encounter.find("h:effectiveTime/h:high", NS)) if encounter is not None else None,
