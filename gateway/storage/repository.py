@@ -585,7 +585,11 @@ class UnitOfWork:
                                              "res_id": docref_id})
 
     def replacements_awaiting(self, system: str, value: str) -> list[str]:
-        """The documents that replace the one with this identifier, registered before it."""
+        """The documents that replace the one with this identifier, registered before it; no other
+        transaction looks for them, or adds one, until this one ends (SQLite has one writer;
+        PostgreSQL a lock)."""
+        if self.conn.dialect.name == "postgresql":
+            sql.LOCK_DOCUMENT_IDENTIFIER.execute(self.conn, {"key_system": system, "key_value": value}).close()
         return [row[0] for row in sql.REPLACEMENTS_AWAITING.execute(
             self.conn, {"key_system": system, "key_value": value}).fetchall()]
 

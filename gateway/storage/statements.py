@@ -200,6 +200,11 @@ AWAIT_PARENT = Prebuilt(insert(awaited_parents))
 REPLACEMENTS_AWAITING = Prebuilt(select(awaited_parents.c.res_id).where(
     awaited_parents.c.system == bindparam("key_system"), awaited_parents.c.value == bindparam("key_value"),
     awaited_parents.c.res_type == "DocumentReference"))
+# PostgreSQL: one transaction at a time looks for (and adds) the replacements of a document
+# identifier (an advisory lock, key 7_110_115 and the identifier's hash), so that a version and its
+# replacement stored at once by two processes do not both find the other absent.
+LOCK_DOCUMENT_IDENTIFIER = Prebuilt(text(
+    "SELECT pg_advisory_xact_lock(7110115, hashtext(:key_system || '|' || :key_value))"))
 
 # A Consent's rules, replaced with each of its versions.
 DELETE_RULES = Prebuilt(delete(access_rules).where(access_rules.c.consent_id == bindparam("key_consent")))

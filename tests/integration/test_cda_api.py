@@ -1,10 +1,12 @@
 """POST /cda against the app and a real database (SQLite, and PostgreSQL where configured)."""
 import base64
-import json
 import hashlib
+import json
+import threading
+import time
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 
 from conftest import GP, attend_all, sample
 from gateway.storage.schema import blobs, raw_inputs, resources
@@ -284,6 +286,57 @@ def test_a_version_not_registered_here_takes_one_replacement_as_a_registered_one
     current = client.get("/fhir/DocumentReference", query_string={"patient.identifier":
                          "urn:oid:1.2.250.1.213.1.4.10|292086938701277", "status": "current"}).json
     assert [e["resource"]["id"] for e in current["entry"]] == [v2.json["id"]]
+
+
+def test_a_first_version_sent_while_another_gateway_stores_its_replacement_is_registered_superseded(
+        client, database, backend, settings, bearer, monkeypatch):
+    """PostgreSQL, two gateways: the new version is being stored by one (its transaction open, its
+    parent awaited), when the first version reaches the other. That one waits for the first to
+    commit, then finds the replacement, as it would have a moment later."""
+    if backend == "sqlite":
+        pytest.skip("SQLite has one writer: the two transactions cannot overlap")
+    from gateway.app import create_app
+    from gateway.storage.database import make_engine
+    from gateway.storage.repository import UnitOfWork
+
+    awaiting, release = threading.Event(), threading.Event()
+    await_parent = UnitOfWork.await_parent
+
+    def await_parent_then_hold(self, *args):
+        await_parent(self, *args)
+        awaiting.set()
+        assert release.wait(60)
+
+    radiologist = {**XML, **bearer("doctor", sub=RADIOLOGIST)}
+    # The patient and the authors are known already (another report): neither transaction creates them.
+    earlier = sample("cr-imagerie-irm-lefevre.xml").replace(b"1.2.250.1.213.1.1.9.2.4.1", b"1.2.250.1.213.1.1.9.2.4.9")
+    assert client.post("/cda", data=earlier, headers=radiologist).status_code == 201
+    monkeypatch.setattr(UnitOfWork, "await_parent", await_parent_then_hold)
+    other_engine = make_engine(database[1])
+    other_gateway = create_app(settings, other_engine).test_client()
+    answers = {}
+    new_version = threading.Thread(target=lambda: answers.update(v2=post(client, "cr-imagerie-irm-lefevre-v2.xml", radiologist)))
+    first_version = threading.Thread(target=lambda: answers.update(v1=post(other_gateway, "cr-imagerie-irm-lefevre.xml", radiologist)))
+    new_version.start()
+    try:
+        assert awaiting.wait(60)
+        first_version.start()
+        deadline, waiting = time.monotonic() + 60, 0
+        while not waiting and first_version.is_alive() and time.monotonic() < deadline:
+            with database[0].connect() as conn:
+                waiting = conn.execute(text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                                            "AND NOT granted")).scalar_one()
+        assert waiting and first_version.is_alive()
+    finally:
+        release.set()
+        new_version.join(60)
+        if first_version.is_alive() or first_version.ident:
+            first_version.join(60)
+        other_engine.dispose()
+    assert answers["v2"].status_code == 201 and answers["v1"].status_code == 201, answers
+    attend_all(database[0])
+    assert client.get(f"/fhir/DocumentReference/{answers['v1'].json['id']}").json["status"] == "superseded"
+    assert client.get(f"/fhir/DocumentReference/{answers['v2'].json['id']}").json["status"] == "current"
 
 
 def test_only_a_producer_of_a_document_replaces_it(client, database, bearer):
