@@ -315,8 +315,12 @@ def test_a_first_version_sent_while_another_gateway_stores_its_replacement_is_re
     other_engine = make_engine(database[1])
     other_gateway = create_app(settings, other_engine).test_client()
     answers = {}
-    new_version = threading.Thread(target=lambda: answers.update(v2=post(client, "cr-imagerie-irm-lefevre-v2.xml", radiologist)))
-    first_version = threading.Thread(target=lambda: answers.update(v1=post(other_gateway, "cr-imagerie-irm-lefevre.xml", radiologist)))
+
+    def send(gateway, name: str, version: str):
+        return threading.Thread(target=lambda: answers.update({version: post(gateway, name, radiologist)}))
+
+    new_version = send(client, "cr-imagerie-irm-lefevre-v2.xml", "v2")
+    first_version = send(other_gateway, "cr-imagerie-irm-lefevre.xml", "v1")
     new_version.start()
     try:
         assert awaiting.wait(60)
@@ -326,11 +330,12 @@ def test_a_first_version_sent_while_another_gateway_stores_its_replacement_is_re
             with database[0].connect() as conn:
                 waiting = conn.execute(text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
                                             "AND NOT granted")).scalar_one()
+            first_version.join(0.01)
         assert waiting and first_version.is_alive()
     finally:
         release.set()
         new_version.join(60)
-        if first_version.is_alive() or first_version.ident:
+        if first_version.ident:
             first_version.join(60)
         other_engine.dispose()
     assert answers["v2"].status_code == 201 and answers["v1"].status_code == 201, answers
