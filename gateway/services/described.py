@@ -20,7 +20,7 @@ from gateway.mapping import document as mapping
 from gateway.mapping.dates import fhir_now
 from gateway.storage.repository import UnitOfWork
 
-from .documents import Ingested, awaiting_replacement, check_record_open
+from .documents import Ingested, check_record_open, replaced_already
 from .personal import shared_record_custodian
 
 # IHE format code of a document whose MIME type says all (the PDSM4DMP examples use it).
@@ -179,7 +179,7 @@ def register_described(uow: UnitOfWork, base_url: str, submitted: dict, data: by
     replaces = _replaced(uow, submitted, patient_id, where)
     if replaces:
         resource["relatesTo"] = [{"code": "replaces", "target": {"reference": ref}} for ref in replaces]
-    if awaiting_replacement(uow, *key, patient_id):
+    if replaced_already(uow, *key, patient_id):
         resource["status"] = "superseded"
     stored = uow.save(_checked(resource, where), patient_id=patient_id)
     uow.claim_identifier("DocumentReference", *key, docref_id)

@@ -158,7 +158,7 @@ def register_document(uow: UnitOfWork, base_url: str, parsed: ParsedCda, *, visi
     docref = mapping.linked(parsed.checked_reference(visibility), docref_id, links,
                             f"{base_url.rstrip('/')}/fhir/Binary/{binary_id}")
     system, value = mapping.identifier_key(header.unique_id)
-    if awaiting_replacement(uow, system, value, patient_id):
+    if replaced_already(uow, system, value, patient_id):
         docref["status"] = "superseded"
     stored = uow.save(docref, patient_id=patient_id)
     uow.claim_identifier("DocumentReference", system, value, docref_id)
@@ -226,27 +226,25 @@ def _supersede(uow: UnitOfWork, header: CdaHeader, patient_id: str, docref_id: s
     """relatedDocument RPLC: the previous version, a document of this patient the requester may
     change (gateway.access.writes), becomes superseded; another patient's document is refused
     without being named, a parent never registered here is kept by its identifier, and awaited."""
-    targets, location = [], f"{CD}/relatedDocument/parentDocument/id"
+    targets = []
     for parent in header.replaced:
         system, value = mapping.identifier_key(parent)
         parent_id = uow.find_by_identifier("DocumentReference", system, value)
         if parent_id is None:
             # Registered elsewhere (or not yet): the link is kept by its identifier, as real documents
-            # (the ANS examples among them) name parents this gateway never saw. A version that
-            # already has a replacement here takes no second one, as a registered version would not.
-            replaced_by = awaiting_replacement(uow, system, value, patient_id)
-            if replaced_by is not None:
-                uow.document_to_change(replaced_by, patient_id, header_producers(header), location)
-                raise Refused(f"document {value} is already replaced by another version, and cannot be "
-                              "replaced again", location=location, status=409, code="conflict")
+            # (the ANS examples among them) name parents this gateway never saw. Another replacement
+            # may await it already (README, "Versions"): neither names the other, and both are kept.
             targets.append({"identifier": {"system": system, "value": value}})
             uow.await_parent(system, value, docref_id)
             continue
-        stored = uow.document_to_change(parent_id, patient_id, header_producers(header), location)
+        stored = uow.document_to_change(parent_id, patient_id, header_producers(header),
+                                        f"{CD}/relatedDocument/parentDocument/id")
         previous = stored.json()
         if previous["status"] != "current":
-            raise Refused(f"document {value} is {previous['status']} and cannot be replaced again",
-                          location=location, status=409, code="conflict")
+            raise Refused(
+                f"document {value} is {previous['status']} and cannot be replaced again",
+                location=f"{CD}/relatedDocument/parentDocument/id", status=409, code="conflict",
+            )
         previous["status"] = "superseded"
         uow.save(previous, patient_id=patient_id, method="PUT")
         produced.append(f"DocumentReference/{stored.res_id}")
@@ -254,16 +252,15 @@ def _supersede(uow: UnitOfWork, header: CdaHeader, patient_id: str, docref_id: s
     return targets
 
 
-def awaiting_replacement(uow: UnitOfWork, system: str, value: str, patient_id: str) -> str | None:
-    """The live document of this patient, registered before the one with this identifier, that
-    replaces it: that one arrived after its new version (an MDM^T02 sent again after its T10, a PDF
-    submitted after the CDA that replaces it), and is not current. Its new version keeps the link by
-    identifier."""
+def replaced_already(uow: UnitOfWork, system: str, value: str, patient_id: str) -> bool:
+    """Whether a live document of this patient, registered before this one, replaces it: this one
+    arrived after its new version (an MDM^T02 sent again after its T10, a PDF submitted after the
+    CDA that replaces it), and is not current. Its new version keeps the link by identifier."""
     for res_id in uow.replacements_awaiting(system, value):
         replacement = uow.current("DocumentReference", res_id)
         if replacement is not None and not replacement.deleted and replacement.patient_id == patient_id:
-            return res_id
-    return None
+            return True
+    return False
 
 
 def _organization_finess(ids) -> set[str]:

@@ -581,17 +581,22 @@ class UnitOfWork:
 
     def await_parent(self, system: str, value: str, docref_id: str) -> None:
         """This document replaces one that is not registered here, known by this identifier."""
+        self._hold_document_identifier(system, value)
         sql.AWAIT_PARENT.execute(self.conn, {"system": system, "value": value, "res_type": "DocumentReference",
                                              "res_id": docref_id})
 
     def replacements_awaiting(self, system: str, value: str) -> list[str]:
-        """The documents that replace the one with this identifier, registered before it; no other
-        transaction looks for them, or adds one, until this one ends (SQLite has one writer;
-        PostgreSQL a lock)."""
-        if self.conn.dialect.name == "postgresql":
-            sql.LOCK_DOCUMENT_IDENTIFIER.execute(self.conn, {"key_system": system, "key_value": value}).close()
+        """The documents that replace the one with this identifier, registered before it."""
+        self._hold_document_identifier(system, value)
         return [row[0] for row in sql.REPLACEMENTS_AWAITING.execute(
             self.conn, {"key_system": system, "key_value": value}).fetchall()]
+
+    def _hold_document_identifier(self, system: str, value: str) -> None:
+        """No other transaction looks for the replacements of this document identifier, or adds
+        one, until this one ends: a version and its replacement stored at once by two processes
+        then find each other (SQLite has one writer; PostgreSQL a lock)."""
+        if self.conn.dialect.name == "postgresql":
+            sql.LOCK_DOCUMENT_IDENTIFIER.execute(self.conn, {"key_system": system, "key_value": value}).close()
 
     def current(self, res_type: str, res_id: str) -> StoredResource | None:
         row = self.conn.execute(sql.CURRENT, {"key_type": res_type, "key_id": res_id}).first()
