@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from dataclasses import dataclass
 
 from gateway.cda.header import II, CdaHeader, Code, Name, Organization, PatientInfo, Person
@@ -13,16 +14,25 @@ from .dates import ts_to_fhir, ts_to_instant
 GENDERS = {"F": "female", "M": "male", "U": "unknown", "UN": "unknown", "I": "other"}
 
 
+UUID = re.compile(r"[0-9A-Fa-f]{8}(-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}")
+
+
+def root_uri(root: str) -> str:
+    """An II root as a URI: an OID as urn:oid:, a UUID (which CDA allows too) as urn:uuid: in lower
+    case (FHIR's rule for both)."""
+    return f"urn:uuid:{root.lower()}" if UUID.fullmatch(root) else f"urn:oid:{root}"
+
+
 def identifier_key(ii: II) -> tuple[str, str]:
-    """The (system, value) of an HL7 v3 II: root+extension, or an OID alone as a URI."""
+    """The (system, value) of an HL7 v3 II: root+extension, or a root alone as a URI."""
     if ii.extension:
-        return f"urn:oid:{ii.root}", ii.extension
-    return "urn:ietf:rfc:3986", f"urn:oid:{ii.root}"
+        return root_uri(ii.root), ii.extension
+    return "urn:ietf:rfc:3986", root_uri(ii.root)
 
 
 def document_uri(ii: II) -> str:
-    """A document unique id as IHE DSG and XDS name it: urn:oid:root, or urn:oid:root^extension."""
-    return f"urn:oid:{ii.root}" + (f"^{ii.extension}" if ii.extension else "")
+    """A document unique id as IHE DSG and XDS name it: the root's URI, or the root's URI^extension."""
+    return root_uri(ii.root) + (f"^{ii.extension}" if ii.extension else "")
 
 
 def sha1_base64(data: bytes) -> str:
@@ -81,7 +91,7 @@ def patient_identifiers(ids: list[II]) -> list[dict]:
         elif ii.extension:
             # Any other patient id is the establishment's IPP (root = its OID, or already a URI
             # when an HL7v2 assigning authority has no OID).
-            system = ii.root if ":" in ii.root else f"urn:oid:{ii.root}"
+            system = ii.root if ":" in ii.root else root_uri(ii.root)
             out.append({"use": "usual", "type": _typed(codes.V2_0203, "PI"), "system": system, "value": ii.extension})
     return out
 
@@ -127,7 +137,7 @@ def _national_identifiers(ids: list[II], national_oid: str, national_type: str, 
         if not ii.extension:
             continue
         if ii.root != national_oid:
-            out.append({"system": f"urn:oid:{ii.root}", "value": ii.extension})
+            out.append({"system": root_uri(ii.root), "value": ii.extension})
             continue
         out.append({"use": "official", "type": _typed(codes.FR_CORE_V2_0203, national_type),
                     "system": f"urn:oid:{ii.root}", "value": ii.extension})

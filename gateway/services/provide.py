@@ -251,7 +251,7 @@ def _read_document(item: Submitted, max_bytes: int) -> None:
     header = item.parsed.header
     system, value = mapping.identifier_key(header.unique_id)
     master = item.resource.get("masterIdentifier", {})
-    if master.get("value") not in (value, f"urn:oid:{header.unique_id.root}"):
+    if master.get("value") not in (value, mapping.root_uri(header.unique_id.root)):
         raise _refuse(f"masterIdentifier {master.get('value')!r} contradicts the CDA id {value}",
                       f"{where}.masterIdentifier")
     submitted_types = [c.get("code") for c in item.resource.get("type", {}).get("coding", [])]

@@ -43,6 +43,25 @@ def test_unsigned_submission(client, database):
     assert again.json["entry"][1]["response"]["status"] == "200 OK"
 
 
+def test_a_cda_whose_id_root_is_a_uuid_is_named_urn_uuid(client, database):
+    """CDA allows a UUID for an id root; FHIR writes it urn:uuid:, in lower case. A submission that
+    says so is not a contradiction, and the document is found, and recognised, under that name."""
+    uuid = "6F2B1C3A-9D4E-4F5A-8B7C-1D2E3F4A5B6C"
+    data = sample("cr-biologie-martin.xml").replace(b'<id root="1.2.250.1.213.1.1.9.2.7.1"/>',
+                                                    f'<id root="{uuid}"/>'.encode())
+    assert uuid.encode() in data
+    bundle = build_submission(data, LIMIT)
+    submitted = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "DocumentReference")
+    assert submitted["masterIdentifier"]["value"] == f"urn:uuid:{uuid.lower()}"
+    assert provide(client, bundle).status_code == 200
+    attend_all(database[0])
+    found = client.get("/fhir/DocumentReference", query_string={
+        "identifier": f"urn:ietf:rfc:3986|urn:uuid:{uuid.lower()}"}).json
+    assert found["total"] == 1
+    again = client.post("/cda", data=data, headers={"Content-Type": "application/xml"})
+    assert again.status_code == 200 and again.headers["Location"].endswith(found["entry"][0]["resource"]["id"])
+
+
 def test_signed_submission_keeps_the_signature_linked(client, settings, database):
     bundle = signed_submission(settings, sample("synthese-moreau.xml"))
     response = provide(client, bundle)

@@ -166,6 +166,52 @@ def test_the_replacements_stored_await_the_parents_they_name_by_identifier(tmp_p
     engine.dispose()
 
 
+def test_uuid_roots_stored_as_urn_oid_are_written_urn_uuid_and_the_trail_is_kept(tmp_path):
+    """Migration 0018: what names a UUID root urn:oid: (a document's unique id, an awaited parent,
+    their index rows) is written urn:uuid: in lower case; an AuditEvent keeps its words. Downgraded,
+    the names are what the code before wrote."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'uuid.db'}")
+    config = alembic_config(engine)
+    command.upgrade(config, "0017")
+    old, new = "urn:oid:90E1C8EC-F951-4B26-A305-A34848818DD6", "urn:uuid:90e1c8ec-f951-4b26-a305-a34848818dd6"
+    oid = "urn:oid:1.2.250.1.213.1.1.9.2.4.2"
+    document = {"resourceType": "DocumentReference", "masterIdentifier": {"system": "urn:ietf:rfc:3986", "value": old},
+                "relatesTo": [{"code": "replaces", "target": {"identifier": {"system": "urn:ietf:rfc:3986", "value": oid}}}]}
+    audit_event = {"resourceType": "AuditEvent", "entity": [{"what": {"identifier": {"value": old}}}]}
+    with engine.begin() as conn:
+        for res_type, res_id, body in (("DocumentReference", "d1", document), ("AuditEvent", "a1", audit_event)):
+            conn.execute(text("INSERT INTO resources (res_type, res_id, version, last_updated, deleted, body) "
+                              "VALUES (:t, :i, 1, '2026-01-01T00:00:00', false, :b)"),
+                         {"t": res_type, "i": res_id, "b": json.dumps(body)})
+        conn.execute(text("INSERT INTO unique_identifiers VALUES ('DocumentReference', 'urn:ietf:rfc:3986', :v, 'd1')"),
+                     {"v": old})
+        for res_type, res_id in (("DocumentReference", "d1"), ("AuditEvent", "a1")):
+            conn.execute(text("INSERT INTO search_token VALUES (:t, :i, 'identifier', 'urn:ietf:rfc:3986', :v)"),
+                         {"t": res_type, "i": res_id, "v": old})
+        conn.execute(text("INSERT INTO awaited_parents VALUES ('urn:ietf:rfc:3986', :v, 'DocumentReference', 'd2')"),
+                     {"v": old})
+
+    def stored() -> dict:
+        with engine.connect() as conn:
+            return {"document": json.loads(conn.execute(text("SELECT body FROM resources WHERE res_id = 'd1'")).scalar_one()),
+                    "audit": conn.execute(text("SELECT body FROM resources WHERE res_id = 'a1'")).scalar_one(),
+                    "identifier": conn.execute(text("SELECT value FROM unique_identifiers")).scalar_one(),
+                    "tokens": dict(conn.execute(text("SELECT res_id, code FROM search_token")).all()),
+                    "awaited": conn.execute(text("SELECT value FROM awaited_parents")).scalar_one()}
+
+    command.upgrade(config, "0018")
+    after = stored()
+    assert after["document"]["masterIdentifier"]["value"] == new
+    assert after["document"]["relatesTo"][0]["target"]["identifier"]["value"] == oid   # an OID stays
+    assert after["audit"] == json.dumps(audit_event)
+    assert (after["identifier"], after["tokens"], after["awaited"]) == (new, {"d1": new, "a1": old}, new)
+    command.downgrade(config, "0017")
+    before = stored()
+    assert before["document"]["masterIdentifier"]["value"] == old
+    assert (before["identifier"], before["tokens"], before["awaited"]) == (old, {"d1": old, "a1": old}, old)
+    engine.dispose()
+
+
 MIGRATE_WHEN_TOLD = """
 import sys, time
 from pathlib import Path

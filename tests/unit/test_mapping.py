@@ -111,3 +111,16 @@ def test_a_document_reference_validated_before_its_transaction_is_linked_to_what
         assert parsed.checked_reference(visibility) is template   # validated once
         assert json.dumps(mapping.linked(template, "d1", links, url)) == json.dumps(expected)
         assert template["id"] == mapping.UNSET_ID   # the template is not changed by linking it
+
+
+@pytest.mark.parametrize("root, extension, key", [
+    ("1.2.250.1.213.1.1.9.2.4.1", None, ("urn:ietf:rfc:3986", "urn:oid:1.2.250.1.213.1.1.9.2.4.1")),
+    ("90E1C8EC-F951-4B26-A305-A34848818DD6", None,
+     ("urn:ietf:rfc:3986", "urn:uuid:90e1c8ec-f951-4b26-a305-a34848818dd6")),
+    ("90E1C8EC-F951-4B26-A305-A34848818DD6", "42", ("urn:uuid:90e1c8ec-f951-4b26-a305-a34848818dd6", "42")),
+    ("1.2.250.1.71.4.2.1", "899900000038", ("urn:oid:1.2.250.1.71.4.2.1", "899900000038")),
+])
+def test_a_root_is_written_as_fhir_writes_an_oid_or_a_uuid(root, extension, key):
+    from gateway.cda.header import II
+    assert mapping.identifier_key(II(root, extension)) == key
+    assert mapping.document_uri(II(root, extension)) == key[0 if extension else 1] + (f"^{extension}" if extension else "")
