@@ -178,8 +178,11 @@ def test_uuid_roots_stored_as_urn_oid_are_written_urn_uuid_and_the_trail_is_kept
     document = {"resourceType": "DocumentReference", "masterIdentifier": {"system": "urn:ietf:rfc:3986", "value": old},
                 "relatesTo": [{"code": "replaces", "target": {"identifier": {"system": "urn:ietf:rfc:3986", "value": oid}}}]}
     audit_event = {"resourceType": "AuditEvent", "entity": [{"what": {"identifier": {"value": old}}}]}
+    # More documents than the migration reads at once (500), each named by a UUID.
+    others = [("DocumentReference", f"e{n:04}", {"resourceType": "DocumentReference", "masterIdentifier": {
+        "system": "urn:ietf:rfc:3986", "value": f"urn:oid:90E1C8EC-F951-4B26-A305-A3484881{n:04}"}}) for n in range(1203)]
     with engine.begin() as conn:
-        for res_type, res_id, body in (("DocumentReference", "d1", document), ("AuditEvent", "a1", audit_event)):
+        for res_type, res_id, body in [("DocumentReference", "d1", document), ("AuditEvent", "a1", audit_event), *others]:
             conn.execute(text("INSERT INTO resources (res_type, res_id, version, last_updated, deleted, body) "
                               "VALUES (:t, :i, 1, '2026-01-01T00:00:00', false, :b)"),
                          {"t": res_type, "i": res_id, "b": json.dumps(body)})
@@ -197,7 +200,9 @@ def test_uuid_roots_stored_as_urn_oid_are_written_urn_uuid_and_the_trail_is_kept
                     "audit": conn.execute(text("SELECT body FROM resources WHERE res_id = 'a1'")).scalar_one(),
                     "identifier": conn.execute(text("SELECT value FROM unique_identifiers")).scalar_one(),
                     "tokens": dict(conn.execute(text("SELECT res_id, code FROM search_token")).all()),
-                    "awaited": conn.execute(text("SELECT value FROM awaited_parents")).scalar_one()}
+                    "awaited": conn.execute(text("SELECT value FROM awaited_parents")).scalar_one(),
+                    "others": conn.execute(text("SELECT count(*) FROM resources WHERE res_id LIKE 'e%' "
+                                                "AND body LIKE '%urn:uuid:90e1c8ec-f951-4b26-a305-a3484881%'")).scalar_one()}
 
     command.upgrade(config, "0018")
     after = stored()
@@ -205,10 +210,12 @@ def test_uuid_roots_stored_as_urn_oid_are_written_urn_uuid_and_the_trail_is_kept
     assert after["document"]["relatesTo"][0]["target"]["identifier"]["value"] == oid   # an OID stays
     assert after["audit"] == json.dumps(audit_event)
     assert (after["identifier"], after["tokens"], after["awaited"]) == (new, {"d1": new, "a1": old}, new)
+    assert after["others"] == 1203
     command.downgrade(config, "0017")
     before = stored()
     assert before["document"]["masterIdentifier"]["value"] == old
     assert (before["identifier"], before["tokens"], before["awaited"]) == (old, {"d1": old, "a1": old}, old)
+    assert before["others"] == 0
     engine.dispose()
 
 

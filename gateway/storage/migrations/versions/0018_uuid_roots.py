@@ -46,13 +46,22 @@ def _rewrite(direction: str) -> None:
             if rewritten(old) != old:
                 conn.execute(sa.text(f"UPDATE {table} SET {column} = :new WHERE {column} = :old{audit_rows}"),
                              {"new": rewritten(old), "old": old})
-    rows = conn.execute(sa.text("SELECT res_type, res_id, body FROM resources WHERE res_type <> 'AuditEvent' "
-                                "AND body LIKE :like"), {"like": f"%{like}%"}).all()
-    for row in rows:
-        body = rewritten(row.body)
-        if body != row.body:
-            conn.execute(sa.text("UPDATE resources SET body = :body WHERE res_type = :res_type AND res_id = :res_id"),
-                         {"body": body, "res_type": row.res_type, "res_id": row.res_id})
+    # The bodies a page at a time, in key order: a database where every document has a UUID id
+    # is rewritten in bounded memory.
+    after = ("", "")
+    while True:
+        rows = conn.execute(sa.text(
+            "SELECT res_type, res_id, body FROM resources WHERE res_type <> 'AuditEvent' AND body LIKE :like "
+            "AND (res_type > :res_type OR (res_type = :res_type AND res_id > :res_id)) "
+            "ORDER BY res_type, res_id LIMIT 500"), {"like": f"%{like}%", "res_type": after[0], "res_id": after[1]}).all()
+        if not rows:
+            return
+        for row in rows:
+            body = rewritten(row.body)
+            if body != row.body:
+                conn.execute(sa.text("UPDATE resources SET body = :body WHERE res_type = :res_type AND res_id = :res_id"),
+                             {"body": body, "res_type": row.res_type, "res_id": row.res_id})
+        after = (rows[-1].res_type, rows[-1].res_id)
 
 
 def upgrade() -> None:
