@@ -159,10 +159,19 @@ def test_the_replacements_stored_await_the_parents_they_name_by_identifier(tmp_p
                               "VALUES ('DocumentReference', :i, 1, '2026-01-01T00:00:00', :d, :b)"),
                          {"i": res_id, "d": deleted, "b": json.dumps({"resourceType": "DocumentReference",
                                                                       "relatesTo": relates_to})})
+        # More replacements than the migration reads at once (500).
+        for n in range(1203):
+            conn.execute(text("INSERT INTO resources (res_type, res_id, version, last_updated, deleted, body) "
+                              "VALUES ('DocumentReference', :i, 1, '2026-01-01T00:00:00', false, :b)"),
+                         {"i": f"p{n:04}", "b": json.dumps({"resourceType": "DocumentReference", "relatesTo": [
+                             {"code": "replaces", "target": {"identifier": {"value": f"urn:oid:1.2.3.5.{n}"}}}]})})
     command.upgrade(config, "head")
     with engine.connect() as conn:
-        awaited = conn.execute(text("SELECT system, value, res_type, res_id FROM awaited_parents")).all()
+        awaited = conn.execute(text("SELECT system, value, res_type, res_id FROM awaited_parents "
+                                    "WHERE res_id NOT LIKE 'p%'")).all()
+        many = conn.execute(text("SELECT count(DISTINCT res_id) FROM awaited_parents WHERE res_id LIKE 'p%'")).scalar_one()
     assert [tuple(row) for row in awaited] == [("urn:ietf:rfc:3986", "urn:oid:1.2.3.4", "DocumentReference", "r1")]
+    assert many == 1203
     engine.dispose()
 
 

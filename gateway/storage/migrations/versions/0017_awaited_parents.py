@@ -26,19 +26,25 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("system", "value", "res_type", "res_id"),
     )
     conn = op.get_bind()
-    rows = conn.execute(sa.text(
-        "SELECT res_id, body FROM resources WHERE res_type = 'DocumentReference' AND NOT deleted "
-        "AND body LIKE '%\"relatesTo\"%'"))
-    awaited = [{"system": target["identifier"].get("system", ""), "value": target["identifier"]["value"],
-                "res_type": "DocumentReference", "res_id": row.res_id}
-               for row in rows
-               for relation in json.loads(row.body).get("relatesTo", [])
-               if relation.get("code") == "replaces"
-               for target in [relation.get("target", {})]
-               if "reference" not in target and target.get("identifier", {}).get("value")]
-    if awaited:
-        conn.execute(sa.text("INSERT INTO awaited_parents (system, value, res_type, res_id) "
-                             "VALUES (:system, :value, :res_type, :res_id)"), awaited)
+    # The replacements 500 at a time, in key order: a database of many is read in bounded memory.
+    after = ""
+    while True:
+        rows = conn.execute(sa.text(
+            "SELECT res_id, body FROM resources WHERE res_type = 'DocumentReference' AND NOT deleted "
+            "AND body LIKE '%\"relatesTo\"%' AND res_id > :after ORDER BY res_id LIMIT 500"), {"after": after}).all()
+        if not rows:
+            return
+        awaited = [{"system": target["identifier"].get("system", ""), "value": target["identifier"]["value"],
+                    "res_type": "DocumentReference", "res_id": row.res_id}
+                   for row in rows
+                   for relation in json.loads(row.body).get("relatesTo", [])
+                   if relation.get("code") == "replaces"
+                   for target in [relation.get("target", {})]
+                   if "reference" not in target and target.get("identifier", {}).get("value")]
+        if awaited:
+            conn.execute(sa.text("INSERT INTO awaited_parents (system, value, res_type, res_id) "
+                                 "VALUES (:system, :value, :res_type, :res_id)"), awaited)
+        after = rows[-1].res_id
 
 
 def downgrade() -> None:
