@@ -15,10 +15,17 @@ RADIOLOGIST = "899900000038"   # Dr FAURE, who wrote the MRI report and its new 
 FHIR = {"Content-Type": "application/fhir+json"}
 XML = {"Content-Type": "application/xml"}
 MARTIN = "urn:oid:1.2.250.1.213.1.4.10|185067511204554"
+LEFEVRE = "urn:oid:1.2.250.1.213.1.4.10|292086938701277"   # the MRI report's patient
 
 
 def post(client, name, headers=XML):
     return client.post("/cda", data=sample(name), headers=headers)
+
+
+def lefevre_current(client) -> list[str]:
+    """The ids of Mme LEFEVRE's current documents, as the client's professional finds them."""
+    found = client.get("/fhir/DocumentReference", query_string={"patient.identifier": LEFEVRE, "status": "current"})
+    return [e["resource"]["id"] for e in found.json.get("entry", [])]
 
 
 def counts(engine):
@@ -111,9 +118,7 @@ def test_replacement_supersedes_previous_version(client, database, bearer):
     history = client.get(f"/fhir/DocumentReference/{v1['id']}/_history").json
     assert [e["resource"]["status"] for e in history["entry"]] == ["superseded", "current"]
     assert client.get(f"/fhir/DocumentReference/{v1['id']}/_history/1").json["status"] == "current"
-    current = client.get("/fhir/DocumentReference", query_string={"patient.identifier":
-                         "urn:oid:1.2.250.1.213.1.4.10|292086938701277", "status": "current"}).json
-    assert [e["resource"]["id"] for e in current["entry"]] == [v2["id"]]
+    assert lefevre_current(client) == [v2["id"]]
     # replacing the superseded version again is refused
     again = sample("cr-imagerie-irm-lefevre-v2.xml").replace(b"1.2.250.1.213.1.1.9.2.4.2", b"1.2.250.1.213.1.1.9.2.4.3")
     assert client.post("/cda", data=again, headers={**XML, **bearer("doctor", sub=RADIOLOGIST)}).status_code == 409
@@ -258,15 +263,13 @@ def test_a_pdf_submitted_after_the_cda_that_replaces_it_is_registered_superseded
         "masterIdentifier": {"system": "urn:ietf:rfc:3986", "value": "urn:oid:1.2.250.1.213.1.1.9.2.4.1"},
         "status": "current",
         "type": {"coding": [{"system": "http://loinc.org", "code": "18748-4"}]},
-        "subject": {"reference": "Patient?identifier=urn:oid:1.2.250.1.213.1.4.10|292086938701277"},
+        "subject": {"reference": f"Patient?identifier={LEFEVRE}"},
         "author": [{"reference": "#author"}],
         "content": [{"attachment": {"contentType": "application/pdf",
                                     "data": base64.b64encode(b"%PDF-1.4\n%%EOF\n").decode()}}]}))
     assert v1.status_code == 201, v1.json
     attend_all(database[0])
-    current = client.get("/fhir/DocumentReference", query_string={"patient.identifier":
-                         "urn:oid:1.2.250.1.213.1.4.10|292086938701277", "status": "current"}).json
-    assert [e["resource"]["id"] for e in current["entry"]] == [v2["id"]]
+    assert lefevre_current(client) == [v2["id"]]
     assert client.get(f"/fhir/DocumentReference/{v1.json['id']}").json["status"] == "superseded"
 
 
@@ -282,9 +285,7 @@ def test_two_replacements_of_a_version_never_received_are_both_kept(client, data
     v1 = post(client, "cr-imagerie-irm-lefevre.xml", radiologist)
     assert v1.status_code == 201
     attend_all(database[0])
-    current = client.get("/fhir/DocumentReference", query_string={"patient.identifier":
-                         "urn:oid:1.2.250.1.213.1.4.10|292086938701277", "status": "current"}).json
-    assert sorted(e["resource"]["id"] for e in current["entry"]) == sorted([v2.json["id"], again.json["id"]])
+    assert sorted(lefevre_current(client)) == sorted([v2.json["id"], again.json["id"]])
     assert client.get(f"/fhir/DocumentReference/{v1.json['id']}").json["status"] == "superseded"
 
 
