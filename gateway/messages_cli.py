@@ -1,4 +1,5 @@
-"""`gateway messages list|show|reprocess`: the operators' view of the HL7v2 messages received."""
+"""`gateway messages list|show|reprocess`: the operators' view of the HL7v2 messages received, and
+of the documents (listed and reprocessed; their content is not shown)."""
 from __future__ import annotations
 
 from rich.console import Console
@@ -7,7 +8,7 @@ from rich.table import Table
 from gateway.access import AccessContext
 from gateway.config import Settings
 from gateway.hl7v2.fields import described_segments
-from gateway.services import feeds, messages
+from gateway.services import feeds, messages, received_documents
 from gateway.storage.database import make_engine
 from gateway.storage.repository import Repository
 
@@ -27,7 +28,8 @@ def run(settings: Settings, args) -> int:
 
 def _list(console: Console, repo: Repository, args) -> int:
     table = Table("id", "received", "channel", "sender", "type", "control id", "status", "ACK", "reason")
-    for m in messages.list_messages(repo, args.status, args.limit):
+    channels = received_documents.DOCUMENT_CHANNELS if args.documents else messages.HL7V2_CHANNELS
+    for m in messages.list_messages(repo, args.status, args.limit, channels=channels):
         table.add_row(str(m.id), m.received_at, m.channel, m.sender or "", m.message_type or "", m.control_id or "",
                       f"[{STATUS_STYLES.get(m.status, 'white')}]{m.status}[/]", m.ack_code or "", m.reason or "")
     console.print(table)
@@ -67,9 +69,16 @@ def _reprocess(console: Console, repo: Repository, settings: Settings, args) -> 
         done = messages.reprocess_failed(repo, settings.max_document_bytes)
         for raw_id, code in done:
             console.print(f"message {raw_id}: {code}")
-        console.print(f"{len(done)} message(s) reprocessed")
-        return 0 if all(code == "AA" for _, code in done) else 1
+        documents = received_documents.reprocess_failed(repo, settings)
+        for reprocessed in documents:
+            _print_document(console, reprocessed)
+        console.print(f"{len(done)} message(s) and {len(documents)} document(s) reprocessed")
+        return 0 if all(code == "AA" for _, code in done) and all(map(_succeeded, documents)) else 1
     try:
+        if received_documents.is_document(repo, args.id):
+            reprocessed = received_documents.reprocess(repo, args.id, settings)
+            _print_document(console, reprocessed)
+            return 0 if _succeeded(reprocessed) else 1
         reply = messages.reprocess(repo, args.id, settings.max_document_bytes)
     except (LookupError, ValueError, feeds.MessageRejected) as exc:
         console.print(str(exc))
@@ -78,3 +87,14 @@ def _reprocess(console: Console, repo: Repository, settings: Settings, args) -> 
     if reply.ack:
         console.print(reply.ack.decode("utf-8", "replace").replace("\r", "\n").rstrip(), markup=False)
     return 0 if reply.code == "AA" else 1
+
+
+def _succeeded(reprocessed: received_documents.Reprocessed) -> bool:
+    return reprocessed.status in ("processed", "duplicate")
+
+
+def _print_document(console: Console, reprocessed: received_documents.Reprocessed) -> None:
+    console.print(f"document {reprocessed.raw_id}: {reprocessed.status}"
+                  + (f": {reprocessed.reason}" if reprocessed.reason else ""), markup=False)
+    for resource in reprocessed.resources:
+        console.print(f"produced {resource}")

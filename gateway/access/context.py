@@ -7,6 +7,8 @@ exactly like a missing one. The rules are the CSP's as summarised in the README'
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -97,6 +99,14 @@ class AccessContext:
     @classmethod
     def system(cls, name: str = "gateway") -> "AccessContext":
         return cls(role=SYSTEM, subject=name, name=name)
+
+    def as_json(self) -> str:
+        """This requester, as a raw input keeps them (raw_inputs.requester)."""
+        return json.dumps(dataclasses.asdict(self), ensure_ascii=False, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "AccessContext":
+        return cls(**json.loads(text))
 
     # -- what the requester may do ------------------------------------------------------------
 

@@ -84,7 +84,8 @@ def read_cda(data: bytes, max_bytes: int, digests: mapping.Digests | None = None
 
 
 def ingest_cda(repo: Repository, data: bytes, *, max_bytes: int, channel: str = "cda",
-               content_type: str | None = None, sender: str | None = None) -> Ingested:
+               content_type: str | None = None, sender: str | None = None, raw_id: int | None = None) -> Ingested:
+    """`raw_id`: the raw copy already kept, for an operator's reprocessing."""
     def write(uow: UnitOfWork, parsed: ParsedCda) -> Written[Ingested]:
         result = register_document(uow, repo.base_url, parsed)
         return Written(result, "processed" if result.created else "duplicate", result.produced)
@@ -98,7 +99,7 @@ def ingest_cda(repo: Repository, data: bytes, *, max_bytes: int, channel: str = 
         return parsed
 
     received = Received(channel, data, content_type, sender, sha256=digests.sha256)
-    _, written = ingest(repo, received, Write.FEED, prepare, write)
+    _, written = ingest(repo, received, Write.FEED, prepare, write, raw_id=raw_id)
     return written.value
 
 

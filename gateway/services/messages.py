@@ -1,5 +1,6 @@
 """What operators see of the HL7v2 messages: list by status, one message with its ACK and the
-resources it produced, and reprocessing (one message, or every failed one)."""
+resources it produced, and reprocessing (one message, or every failed one). The documents received
+are listed here too; received_documents reprocesses them."""
 from __future__ import annotations
 
 import json
@@ -42,16 +43,20 @@ class MessageSummary:
 
 def _summary(row) -> MessageSummary:
     outcome = json.loads(row.outcome) if row.outcome else {}
+    # An HL7v2 message's outcome holds its ACK's issues; a document's, the refusal or failure.
     errors = [i["text"] for i in outcome.get("issues", []) if i.get("severity") == "E"]
+    if "reason" in outcome:
+        errors.append(outcome["reason"])
     return MessageSummary(row.id, row.received_at, row.channel, row.sender, row.message_type, row.control_id,
                           row.status, outcome.get("ack"), "; ".join(errors) or None)
 
 
 def list_messages(repo: Repository, status: str | None = None, limit: int = 100,
-                  before: int | None = None) -> list[MessageSummary]:
+                  before: int | None = None, channels: tuple[str, ...] = HL7V2_CHANNELS) -> list[MessageSummary]:
+    """The latest inputs on these channels (HL7v2's by default), newest first."""
     query = select(raw_inputs.c.id, raw_inputs.c.received_at, raw_inputs.c.channel, raw_inputs.c.sender,
                    raw_inputs.c.message_type, raw_inputs.c.control_id, raw_inputs.c.status,
-                   raw_inputs.c.outcome).where(raw_inputs.c.channel.in_(HL7V2_CHANNELS))
+                   raw_inputs.c.outcome).where(raw_inputs.c.channel.in_(channels))
     if status:
         query = query.where(raw_inputs.c.status == status)
     if before:
@@ -123,6 +128,19 @@ def get_message(repo: Repository, raw_id: int, content: bool = False) -> dict | 
     }
 
 
+def reopen(repo: Repository, raw_id: int, status: str, named: str) -> None:
+    """Make a raw input (status `status` when the operator looked) `received` again, to be claimed by
+    its reprocessing; NotReprocessable when it was answered."""
+    if status not in REPROCESSABLE:
+        raise NotReprocessable(f"{named} is {status}; only {', '.join(REPROCESSABLE)} inputs are reprocessed")
+    with write_transaction(repo.engine) as conn:
+        # Only if still reprocessable: a listener may have finished it meanwhile.
+        reopened = conn.execute(update(raw_inputs).where(
+            raw_inputs.c.id == raw_id, raw_inputs.c.status.in_(REPROCESSABLE)).values(status="received")).rowcount
+    if not reopened:
+        raise NotReprocessable(f"{named} was processed meanwhile")
+
+
 def reprocess(repo: Repository, raw_id: int, max_bytes: int) -> feeds.Reply:
     repo = Repository(repo.engine, writes.reprocessing(repo.access), repo.base_url)
     with read_connection(repo.engine) as conn:
@@ -130,15 +148,7 @@ def reprocess(repo: Repository, raw_id: int, max_bytes: int) -> feeds.Reply:
     if found is None:
         raise LookupError(f"no HL7v2 message {raw_id}")
     row, body = found
-    if row.status not in REPROCESSABLE:
-        raise NotReprocessable(f"message {raw_id} is {row.status}; only {', '.join(REPROCESSABLE)} messages are "
-                               "reprocessed")
-    with write_transaction(repo.engine) as conn:
-        # Only if still reprocessable: a listener may have finished it meanwhile.
-        reopened = conn.execute(update(raw_inputs).where(
-            raw_inputs.c.id == raw_id, raw_inputs.c.status.in_(REPROCESSABLE)).values(status="received")).rowcount
-    if not reopened:
-        raise NotReprocessable(f"message {raw_id} was processed meanwhile")
+    reopen(repo, raw_id, row.status, f"message {raw_id}")
     try:
         return feeds.reprocess(repo, raw_id, body, row.channel, max_bytes)
     except feeds.MessageRejected:
@@ -147,15 +157,19 @@ def reprocess(repo: Repository, raw_id: int, max_bytes: int) -> feeds.Reply:
         raise
 
 
-def reprocess_failed(repo: Repository, max_bytes: int) -> list[tuple[int, str]]:
-    """Every failed (or interrupted: still `received`) message again, oldest first: (id, ACK code).
-    One that a listener finishes meanwhile (a message in flight is `received` too) is left to it."""
+def unanswered(repo: Repository, channels: tuple[str, ...]) -> list[int]:
+    """The inputs on these channels that failed or were interrupted (still `received`), oldest first."""
     with read_connection(repo.engine) as conn:
-        ids = conn.execute(select(raw_inputs.c.id).where(raw_inputs.c.status.in_(("failed", "received")),
-                                                         raw_inputs.c.channel.in_(HL7V2_CHANNELS))
-                           .order_by(raw_inputs.c.id)).scalars().all()
+        return conn.execute(select(raw_inputs.c.id).where(raw_inputs.c.status.in_(("failed", "received")),
+                                                          raw_inputs.c.channel.in_(channels))
+                            .order_by(raw_inputs.c.id)).scalars().all()
+
+
+def reprocess_failed(repo: Repository, max_bytes: int) -> list[tuple[int, str]]:
+    """Every failed (or interrupted) message again, oldest first: (id, ACK code). One that a
+    listener finishes meanwhile (a message in flight is `received` too) is left to it."""
     done = []
-    for raw_id in ids:
+    for raw_id in unanswered(repo, HL7V2_CHANNELS):
         try:
             done.append((raw_id, reprocess(repo, raw_id, max_bytes).code))
         except NotReprocessable:

@@ -54,14 +54,17 @@ def _is_signature(resource: dict) -> bool:
     return codes.SIGNATURE_FORMAT in formats or codes.SIGNATURE_CLASS in classes
 
 
-def provide(repo: Repository, received: Received, trust_anchors, max_bytes: int) -> dict:
-    """ITI-65: `received` on the channel iti65, its body a transaction Bundle (JSON or XML)."""
+def provide(repo: Repository, received: Received, trust_anchors, max_bytes: int,
+            raw_id: int | None = None) -> dict:
+    """ITI-65: `received` on the channel iti65, its body a transaction Bundle (JSON or XML).
+    `raw_id`: its raw copy already kept, for an operator's reprocessing."""
     submission = _provide(repo, received, lambda: _load(received.take_body(), received.content_type),
-                          trust_anchors, max_bytes)
+                          trust_anchors, max_bytes, raw_id)
     return submission.response
 
 
-def publish(repo: Repository, received: Received, trust_anchors, max_bytes: int) -> tuple[bool, StoredResource]:
+def publish(repo: Repository, received: Received, trust_anchors, max_bytes: int,
+            raw_id: int | None = None) -> tuple[bool, StoredResource]:
     """ITI-105 Simplified Publish: one DocumentReference carrying its document in attachment.data,
     registered as an ITI-65 submission of that one document (the gateway writes its SubmissionSet).
     Returns whether it was new, and the DocumentReference."""
@@ -92,7 +95,7 @@ def publish(repo: Repository, received: Received, trust_anchors, max_bytes: int)
                 "resourceType": "Binary", "contentType": attachment.get("contentType") or "application/octet-stream",
                 "data": base64.b64encode(data).decode()}}]}
 
-    written = _provide(repo, received, bundle_of_document, trust_anchors, max_bytes)
+    written = _provide(repo, received, bundle_of_document, trust_anchors, max_bytes, raw_id)
     return written.response["entry"][1]["response"]["status"].startswith("201"), written.documents[0].stored
 
 
@@ -108,7 +111,7 @@ class Submission:
 
 
 def _provide(repo: Repository, received: Received, bundle_of: Callable[[], dict], trust_anchors,
-             max_bytes: int) -> Submission:
+             max_bytes: int, raw_id: int | None) -> Submission:
     """Check every document before any transaction, then write everything in one unit of work
     (all or nothing)."""
     def check() -> Submission:
@@ -136,7 +139,7 @@ def _provide(repo: Repository, received: Received, bundle_of: Callable[[], dict]
         return Written(checked, produced=[e["response"]["location"] for e in checked.response["entry"]
                                           if "location" in e["response"]])
 
-    return ingest(repo, received, Write.FEED, check, write)[1].value
+    return ingest(repo, received, Write.FEED, check, write, raw_id=raw_id)[1].value
 
 
 def _load(body: bytes, content_type: str) -> dict:

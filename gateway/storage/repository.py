@@ -835,24 +835,26 @@ class UnitOfWork:
     def store_raw(self, channel: str, body: bytes, content_type: str | None, sender: str | None, *,
                   message: dict | None = None, status: str = "received", outcome: dict | None = None,
                   ack: str | None = None, sha256: str | None = None) -> int:
-        """Keep an input exactly as received (its body in blobs). `message` holds the HL7v2 keys
-        (control_id, fingerprint, message_type)."""
+        """Keep an input exactly as received (its body in blobs), with who submitted it (this unit's
+        requester). `message` holds the HL7v2 keys (control_id, fingerprint, message_type)."""
         return sql.INSERT_RAW.execute(self.conn, dict(
             received_at=_now()[1], channel=channel, content_type=(content_type or "")[:128], sender=sender,
+            requester=self.repository.access.as_json(),
             sha256=self.store_blob(body, sha256), size=len(body), status=status,
             outcome=json.dumps(outcome, ensure_ascii=False) if outcome else None, ack=ack, **(message or {}))
         ).fetchone()[0]
 
     def unanswered_copy(self, channel: str, body_sha256: str, sender: str | None) -> int | None:
-        """An earlier copy of these bytes, sent by this sender on this channel, never answered: its
-        processing failed (the database went away, an internal error) or never ended (a crash, or
-        another attempt still at work)."""
+        """An earlier copy of these bytes, sent by this sender and this unit's requester on this
+        channel, never answered: its processing failed (the database went away, an internal error)
+        or never ended (a crash, or another attempt still at work)."""
         row = sql.UNANSWERED_COPY.execute(self.conn, {
-            "key_sha256": body_sha256, "key_channel": channel, "key_sender": sender}).fetchone()
+            "key_sha256": body_sha256, "key_channel": channel, "key_sender": sender,
+            "key_requester": self.repository.access.as_json()}).fetchone()
         return row[0] if row is not None else None
 
     def copy_raw(self, raw_id: int) -> int:
-        """A new raw input, received now, with the same body, channel and sender as `raw_id`."""
+        """A new raw input, received now, with the same body, channel, sender and requester as `raw_id`."""
         return sql.COPY_RAW.execute(self.conn, {"key_raw": raw_id, "key_received_at": _now()[1]}).fetchone()[0]
 
     def earlier_inputs(self, sender: str | None, control_id: str) -> list:

@@ -238,13 +238,15 @@ _UNANSWERED = or_(raw_inputs.c.status == "received", raw_inputs.c.status == "fai
 CLAIM_RAW = Prebuilt(update(raw_inputs).where(raw_inputs.c.id == bindparam("key_raw"), _UNANSWERED)
                      .values(status="processing"))
 UPDATE_RAW = Prebuilt(update(raw_inputs).where(raw_inputs.c.id == bindparam("key_raw")))
-# The oldest copy of these bytes, from this sender on this channel, that was never answered.
+# The oldest copy of these bytes, from this sender and requester on this channel, that was never
+# answered.
 UNANSWERED_COPY = Prebuilt(select(raw_inputs.c.id).where(
     raw_inputs.c.sha256 == bindparam("key_sha256"), raw_inputs.c.channel == bindparam("key_channel"),
-    raw_inputs.c.sender.is_not_distinct_from(bindparam("key_sender")), _UNANSWERED
+    raw_inputs.c.sender.is_not_distinct_from(bindparam("key_sender")),
+    raw_inputs.c.requester == bindparam("key_requester"), _UNANSWERED
 ).order_by(raw_inputs.c.id).limit(1))
 # Another raw input with the same body as an earlier one (its blob is already stored).
-_COPIED = ("channel", "content_type", "sender", "sha256", "size")
+_COPIED = ("channel", "content_type", "sender", "requester", "sha256", "size")
 COPY_RAW = Prebuilt(insert(raw_inputs).from_select(
     ["received_at", "status", *_COPIED],
     select(bindparam("key_received_at", type_=raw_inputs.c.received_at.type), literal("received"),

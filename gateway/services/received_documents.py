@@ -1,0 +1,107 @@
+"""Reprocessing the documents received (POST /cda, ITI-65, ITI-105, `gateway ingest`), one or every
+failed one, after the cause of their failure or refusal was fixed.
+
+A document is processed again as the requester who submitted it (raw_inputs.requester), through
+its transport's own service: its write rights are theirs (feeding as this professional, replacing
+a version they produced), and so is what the gateway completes from them (the custodian, the
+AuditEvents). The operator only needs the right to reprocess. A patient's upload is not
+reprocessed: its title and type came from a form that its raw copy does not keep, and the page
+told the patient it was not added.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from gateway.access import AccessContext
+from gateway.access.writes import Write, require
+from gateway.config import Settings
+from gateway.storage.database import read_connection
+from gateway.storage.repository import Repository, blob_bytes
+from gateway.storage.schema import raw_inputs
+
+from .documents import ingest_cda
+from .ingest import AlreadyHandled, Received
+from .messages import NotReprocessable, reopen, unanswered
+from .provide import provide, publish
+
+
+def _cda(repo: Repository, received: Received, settings: Settings, raw_id: int) -> None:
+    ingest_cda(repo, received.body, max_bytes=settings.max_document_bytes, channel=received.channel,
+               content_type=received.content_type, sender=received.sender, raw_id=raw_id)
+
+
+def _iti65(repo: Repository, received: Received, settings: Settings, raw_id: int) -> None:
+    provide(repo, received, settings.trust_anchors, settings.max_document_bytes, raw_id)
+
+
+def _iti105(repo: Repository, received: Received, settings: Settings, raw_id: int) -> None:
+    publish(repo, received, settings.trust_anchors, settings.max_document_bytes, raw_id)
+
+
+TRANSPORTS = {"cda": _cda, "bulk": _cda, "iti65": _iti65, "iti105": _iti105}
+DOCUMENT_CHANNELS = tuple(TRANSPORTS)
+
+
+@dataclass
+class Reprocessed:
+    raw_id: int
+    status: str               # the raw input's status now: processed, duplicate, refused or failed
+    reason: str | None        # why it was refused, or failed
+    resources: list[str]      # what it produced
+
+
+def is_document(repo: Repository, raw_id: int) -> bool:
+    with read_connection(repo.engine) as conn:
+        return conn.execute(select(raw_inputs.c.id).where(
+            raw_inputs.c.id == raw_id, raw_inputs.c.channel.in_(DOCUMENT_CHANNELS))).first() is not None
+
+
+def reprocess(repo: Repository, raw_id: int, settings: Settings) -> Reprocessed:
+    require(repo.access, Write.REPROCESS)
+    named = f"document {raw_id}"
+    with read_connection(repo.engine) as conn:
+        row = conn.execute(select(raw_inputs.c.status, raw_inputs.c.channel, raw_inputs.c.content_type,
+                                  raw_inputs.c.sender, raw_inputs.c.requester, raw_inputs.c.sha256).where(
+            raw_inputs.c.id == raw_id, raw_inputs.c.channel.in_(DOCUMENT_CHANNELS))).first()
+    if row is None:
+        raise LookupError(f"no {named} received")
+    if row.requester is None:
+        raise NotReprocessable(f"{named} was received before the gateway kept who submitted it; "
+                               "its sender sends it again")
+    reopen(repo, raw_id, row.status, named)
+    with read_connection(repo.engine) as conn:
+        body = blob_bytes(conn, row.sha256)
+    as_requester = Repository(repo.engine, AccessContext.from_json(row.requester), repo.base_url)
+    try:
+        TRANSPORTS[row.channel](as_requester, Received(row.channel, body, row.content_type, row.sender),
+                                settings, raw_id)
+    except AlreadyHandled:
+        raise NotReprocessable(f"{named} was taken up meanwhile: its sender sent it again") from None
+    except Exception:
+        # A refusal or a failure: the pipeline recorded it (and logged a failure) on the raw input,
+        # where the operator reads it, as for any other outcome.
+        pass
+    return _reprocessed(repo, raw_id)
+
+
+def _reprocessed(repo: Repository, raw_id: int) -> Reprocessed:
+    with read_connection(repo.engine) as conn:
+        row = conn.execute(select(raw_inputs.c.status, raw_inputs.c.outcome, raw_inputs.c.resources)
+                           .where(raw_inputs.c.id == raw_id)).one()
+    outcome = json.loads(row.outcome) if row.outcome else {}
+    return Reprocessed(raw_id, row.status, outcome.get("reason"), json.loads(row.resources) if row.resources else [])
+
+
+def reprocess_failed(repo: Repository, settings: Settings) -> list[Reprocessed]:
+    """Every failed (or interrupted) document again, oldest first. One that its sender sends again
+    meanwhile (a document in flight is `received` too) is left to that attempt."""
+    done = []
+    for raw_id in unanswered(repo, DOCUMENT_CHANNELS):
+        try:
+            done.append(reprocess(repo, raw_id, settings))
+        except NotReprocessable:
+            continue
+    return done

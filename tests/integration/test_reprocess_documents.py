@@ -1,0 +1,122 @@
+"""Operators reprocess the documents received over HTTP (`gateway messages reprocess`), as the
+requester who submitted each one: their rights, not the operator's, decide what it may write."""
+import json
+
+import pytest
+from sqlalchemy import select, update
+
+from conftest import GP, attend_all, sample
+from gateway.access import AccessContext
+from gateway.demo import build_submission
+from gateway.services import received_documents
+from gateway.services.messages import NotReprocessable
+from gateway.storage.repository import Repository
+from gateway.storage.schema import raw_inputs, resources
+from test_cda_api import XML, lefevre_current, post, unreachable_once_kept
+
+LIMIT = 5 * 1024 * 1024
+
+
+def operator(engine) -> Repository:
+    return Repository(engine, AccessContext.system("operator"), "http://gateway.test")
+
+
+def raw_rows(engine) -> list:
+    with engine.connect() as conn:
+        return conn.execute(select(raw_inputs).order_by(raw_inputs.c.id)).all()
+
+
+def audited_agents(engine, reference: str) -> set[str]:
+    """Who the AuditEvents naming `reference` name as their agents."""
+    with engine.connect() as conn:
+        bodies = conn.execute(select(resources.c.body).where(
+            resources.c.res_type == "AuditEvent", resources.c.body.contains(reference))).scalars().all()
+    return {agent.get("altId") for body in bodies for agent in json.loads(body)["agent"]}
+
+
+def submit_cda(client, data):
+    return post(client, "ldl-ses-martin.xml") if data is None else client.post(
+        "/fhir", data=json.dumps(build_submission(data, LIMIT)), headers={"Content-Type": "application/fhir+json"})
+
+
+@pytest.mark.parametrize("channel", ["cda", "iti65"])
+def test_a_document_that_failed_is_reprocessed_as_the_professional_who_sent_it(client, database, settings,
+                                                                                monkeypatch, capsys, channel):
+    from gateway import cli
+
+    engine = database[0]
+    unreachable_once_kept(monkeypatch)
+    data = None if channel == "cda" else sample("ldl-ses-martin.xml")
+    assert submit_cda(client, data).status_code == 503
+    monkeypatch.undo()
+    [row] = raw_rows(engine)
+    assert (row.channel, row.status) == (channel, "failed")
+    assert AccessContext.from_json(row.requester).subject == GP
+
+    # The operator's shell: the failed document is listed, then reprocessed.
+    monkeypatch.setattr(cli.Settings, "from_env", lambda: settings)
+    monkeypatch.setattr(cli, "configure_logging", lambda level: None)   # pytest's capture keeps the logs
+    assert cli.main(["messages", "list", "--documents", "--status", "failed"]) == 0
+    assert f"{row.id}" in capsys.readouterr().out
+    assert cli.main(["messages", "reprocess", str(row.id)]) == 0
+    said = capsys.readouterr().out
+    assert f"document {row.id}: processed" in said
+    [document] = [line.split()[-1].split("/_history")[0] for line in said.splitlines()
+                  if line.startswith("produced DocumentReference/")]
+
+    [row] = raw_rows(engine)
+    assert row.status == "processed"
+    # Registered as Dr NOEL's submission, as it would have been when it arrived.
+    assert GP in audited_agents(engine, document)
+    assert "operator" not in audited_agents(engine, document)
+    # Answered, it is not reprocessed again; the sender's copy sent again is found a duplicate.
+    with pytest.raises(NotReprocessable):
+        received_documents.reprocess(operator(engine), row.id, settings)
+    assert submit_cda(client, data).status_code == 200
+
+
+def test_a_replacement_refused_to_its_requester_stays_refused_when_reprocessed(client, database, settings, bearer):
+    """Reprocessed by an operator, the document is still Dr ROUSSEAU's: he did not produce the
+    version it replaces. (As a feeding system, whose document names its authors, it would pass.)"""
+    engine = database[0]
+    assert post(client, "cr-imagerie-irm-lefevre.xml").status_code == 201
+    refused = post(client, "cr-imagerie-irm-lefevre-v2.xml", {**XML, **bearer("doctor", sub="899900000020")})
+    assert refused.status_code == 403
+    row = raw_rows(engine)[-1]
+    assert row.status == "refused"
+    reprocessed = received_documents.reprocess(operator(engine), row.id, settings)
+    assert reprocessed.status == "refused" and "author" in reprocessed.reason
+    assert reprocessed.resources == []
+    attend_all(engine)
+    assert len(lefevre_current(client)) == 1
+
+
+def test_a_document_whose_requester_is_not_known_is_not_reprocessed(client, database, settings, monkeypatch):
+    """Kept before the gateway recorded who submitted a document (migration 0019): reprocessing it as
+    anyone would change the answer."""
+    engine = database[0]
+    unreachable_once_kept(monkeypatch)
+    assert post(client, "ldl-ses-martin.xml").status_code == 503
+    monkeypatch.undo()
+    with engine.begin() as conn:
+        conn.execute(update(raw_inputs).values(requester=None))
+    [row] = raw_rows(engine)
+    with pytest.raises(NotReprocessable, match="before the gateway kept who submitted it"):
+        received_documents.reprocess(operator(engine), row.id, settings)
+    assert received_documents.reprocess_failed(operator(engine), settings) == []
+    assert raw_rows(engine)[0].status == "failed"
+
+
+def test_only_an_operator_reprocesses_and_a_patient_upload_is_not_a_document_received(database, settings):
+    from gateway.access.context import AccessRefused
+
+    engine = database[0]
+    doctor = Repository(engine, AccessContext(role="doctor", subject=GP), "http://gateway.test")
+    with pytest.raises(AccessRefused):
+        received_documents.reprocess(doctor, 1, settings)
+    with engine.begin() as conn:
+        raw_id = conn.execute(raw_inputs.insert().values(
+            received_at="2026-12-02T00:00:00Z", channel="patient-space", sha256="0" * 64, size=0,
+            status="failed", requester=AccessContext(role="patient", subject="p").as_json())).inserted_primary_key[0]
+    with pytest.raises(LookupError):
+        received_documents.reprocess(operator(engine), raw_id, settings)
