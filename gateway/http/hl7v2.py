@@ -1,12 +1,13 @@
 """HL7v2 over HTTP: POST /hl7v2 with an ER7 message as the body, answered with its ACK; and the
-operators' view of the messages received (list, show, reprocess)."""
+operators' view of the inputs received: the messages (list, show, reprocess) and the documents
+(list, reprocess; their content is not shown)."""
 from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from gateway.access.context import ADMIN, SYSTEM
 from gateway.fhir.responses import FhirError, request_body, require_content_type
-from gateway.services import feeds, messages
+from gateway.services import feeds, messages, received_documents
 
 hl7v2 = Blueprint("hl7v2", __name__)
 
@@ -22,12 +23,12 @@ def _ack_response(reply: feeds.Reply, status: int = 200) -> Response:
 
 @hl7v2.before_request
 def operators_and_feeders_only():
-    """Feeding systems post messages; operators (admin) list and reprocess them."""
+    """Feeding systems post messages; operators (admin) list and reprocess them, and the documents."""
     access = g.repository.access
     if request.endpoint == "hl7v2.post_message":
         access.require(access.role == SYSTEM, "post HL7v2 messages (a feeding system's token is needed)")
     else:
-        access.require(access.role == ADMIN, "manage received messages (an admin token is needed)")
+        access.require(access.role == ADMIN, "manage received messages and documents (an admin token is needed)")
 
 
 @hl7v2.post("/hl7v2")
@@ -44,18 +45,45 @@ def post_message():
     return _ack_response(reply)
 
 
-@hl7v2.get("/hl7v2/messages")
-def list_messages():
+def _listing(path: str, key: str, channels: tuple[str, ...]) -> Response:
+    """A page of the inputs on these channels, newest first, and the link to the next."""
     status = request.args.get("status") or None
     try:
         limit = min(int(request.args.get("_count", "100")), 1000)
         before = int(request.args["before"]) if request.args.get("before") else None
     except ValueError:
         raise FhirError(400, "_count and before are integers") from None
-    found = messages.list_messages(g.repository, status, limit, before)
-    return jsonify({"messages": [m.as_dict() for m in found],
-                    "next": f"/hl7v2/messages?before={found[-1].id}" + (f"&status={status}" if status else "")
+    found = messages.list_messages(g.repository, status, limit, before, channels)
+    return jsonify({key: [m.as_dict() for m in found],
+                    "next": f"{path}?before={found[-1].id}" + (f"&status={status}" if status else "")
                     if len(found) == limit else None})
+
+
+@hl7v2.get("/hl7v2/messages")
+def list_messages():
+    return _listing("/hl7v2/messages", "messages", messages.HL7V2_CHANNELS)
+
+
+@hl7v2.get("/documents/received")
+def list_documents():
+    return _listing("/documents/received", "documents", received_documents.DOCUMENT_CHANNELS)
+
+
+@hl7v2.post("/documents/received/<int:raw_id>/reprocess")
+def reprocess_document(raw_id: int):
+    try:
+        reprocessed = received_documents.reprocess(g.repository, raw_id, current_app.config["SETTINGS"])
+    except LookupError as exc:
+        raise FhirError(404, str(exc), code="not-found") from None
+    except ValueError as exc:
+        raise FhirError(409, str(exc), code="conflict") from None
+    return jsonify(reprocessed.__dict__)
+
+
+@hl7v2.post("/documents/received/reprocess-failed")
+def reprocess_failed_documents():
+    done = received_documents.reprocess_failed(g.repository, current_app.config["SETTINGS"])
+    return jsonify({"reprocessed": [reprocessed.__dict__ for reprocessed in done]})
 
 
 @hl7v2.get("/hl7v2/messages/<int:raw_id>")

@@ -120,3 +120,26 @@ def test_only_an_operator_reprocesses_and_a_patient_upload_is_not_a_document_rec
             status="failed", requester=AccessContext(role="patient", subject="p").as_json())).inserted_primary_key[0]
     with pytest.raises(LookupError):
         received_documents.reprocess(operator(engine), raw_id, settings)
+
+
+def test_an_admin_lists_and_reprocesses_failed_documents_over_http(client, database, monkeypatch, bearer):
+    admin = bearer("admin", sub="operator")
+    unreachable_once_kept(monkeypatch)
+    assert post(client, "ldl-ses-martin.xml").status_code == 503
+    assert submit_cda(client, sample("cr-biologie-martin.xml")).status_code == 503
+    monkeypatch.undo()
+    assert client.get("/documents/received").status_code == 403   # the GP is no operator
+    listed = client.get("/documents/received?status=failed", headers=admin).get_json()
+    assert [(d["channel"], d["reason"]) for d in listed["documents"]] == [
+        ("iti65", "internal error"), ("cda", "internal error")]
+    assert client.get("/hl7v2/messages", headers=admin).get_json()["messages"] == []
+    first = listed["documents"][1]["id"]
+    one = client.post(f"/documents/received/{first}/reprocess", headers=admin).get_json()
+    assert one["status"] == "processed" and any(r.startswith("DocumentReference/") for r in one["resources"])
+    assert client.post(f"/documents/received/{first}/reprocess", headers=admin).status_code == 409
+    assert client.post("/documents/received/999999/reprocess", headers=admin).status_code == 404
+    rest = client.post("/documents/received/reprocess-failed", headers=admin).get_json()["reprocessed"]
+    assert [(r["raw_id"], r["status"]) for r in rest] == [(listed["documents"][0]["id"], "processed")]
+    attend_all(database[0])
+    assert client.get("/fhir/DocumentReference", query_string={
+        "patient.identifier": "urn:oid:1.2.250.1.213.1.4.10|185067511204554", "_summary": "count"}).json["total"] == 2
