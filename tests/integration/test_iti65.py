@@ -197,3 +197,69 @@ def test_a_replacement_its_submission_names_is_validated_before_its_write_transa
     replacement = client.get(f"/fhir/DocumentReference/{second_id}").json
     assert replacement["relatesTo"] == [{"code": "replaces", "target": {"reference": f"DocumentReference/{first_id}"}}]
     assert client.get(f"/fhir/DocumentReference/{first_id}").json["status"] == "superseded"
+
+
+def two_documents(first: bytes, second: bytes) -> dict:
+    """One submission of two documents of the same patient, in this order."""
+    bundle, other = build_submission(first, LIMIT), build_submission(second, LIMIT)
+    patient = bundle["entry"][3]["fullUrl"]
+    document, binary = (dict(e, resource={**e["resource"]}) for e in other["entry"][1:3])
+    document["resource"]["subject"] = {"reference": patient}
+    bundle["entry"][0]["resource"]["entry"].append({"item": {"reference": document["fullUrl"]}})
+    bundle["entry"][3:3] = [document, binary]
+    return bundle
+
+
+def test_two_gateways_that_deadlock_over_two_submissions_lose_nothing(client, database, backend, settings,
+                                                                      monkeypatch):
+    """PostgreSQL, two gateways: each stores one of two documents and then waits for the other's
+    lock on the second (the same two documents, submitted in opposite orders). PostgreSQL breaks
+    the deadlock by failing one statement: that submission is answered 503, to be sent again,
+    with nothing of it stored; the other is registered. Sent again, it finds both documents."""
+    if backend == "sqlite":
+        pytest.skip("SQLite has one writer: the two transactions cannot overlap")
+    import threading
+
+    from gateway.app import create_app
+    from gateway.storage.database import make_engine
+    from gateway.storage.repository import UnitOfWork
+
+    lab, summary = sample("cr-biologie-martin.xml"), sample("ldl-ses-martin.xml")
+    # The patient and the authors are known already (earlier reports): neither transaction creates them.
+    for data, uid in ((lab, b"1.2.250.1.213.1.1.9.2.7.1"), (summary, b"1.2.250.1.213.1.1.9.2.1.1")):
+        assert provide(client, build_submission(data.replace(uid, uid + b"9"), LIMIT)).status_code == 200
+    both_hold_one = threading.Barrier(2, timeout=60)
+    hold, held = UnitOfWork._hold_document_identifier, set()
+
+    def hold_then_meet(self, system, value):
+        hold(self, system, value)
+        if id(self) not in held:   # the first document's lock: wait until the other gateway holds its own
+            held.add(id(self))
+            both_hold_one.wait()
+
+    monkeypatch.setattr(UnitOfWork, "_hold_document_identifier", hold_then_meet)
+    other_engine = make_engine(database[1])
+    other_gateway = create_app(settings, other_engine).test_client()
+    other_gateway.environ_base.update(client.environ_base)
+    answers = {}
+    submissions = {"lab first": (client, two_documents(lab, summary)),
+                   "summary first": (other_gateway, two_documents(summary, lab))}
+    threads = [threading.Thread(target=lambda name=name, gateway=gateway, bundle=bundle: answers.update(
+        {name: provide(gateway, bundle)})) for name, (gateway, bundle) in submissions.items()]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+    finally:
+        both_hold_one.abort()
+        other_engine.dispose()
+    monkeypatch.undo()
+    statuses = sorted(answer.status_code for answer in answers.values())
+    assert statuses == [200, 503], {name: answer.json for name, answer in answers.items()}
+    [refused] = [name for name, answer in answers.items() if answer.status_code == 503]
+    assert answers[refused].headers["Retry-After"] and answers[refused].json["issue"][0]["code"] == "transient"
+    assert document_count(database[0]) == 4
+    again = provide(client, submissions[refused][1])
+    assert [e["response"]["status"] for e in again.json["entry"]][1:3] == ["200 OK", "200 OK"]
+    assert document_count(database[0]) == 4
