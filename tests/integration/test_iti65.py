@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from conftest import attend_all, sample
 from gateway.demo import build_submission, signed_submission
 from gateway.signature import make_test_pki, sign_documents
-from gateway.storage.schema import resources
+from gateway.storage.schema import raw_inputs, resources
 
 FHIR = {"Content-Type": "application/fhir+json"}
 LIMIT = 5 * 1024 * 1024
@@ -260,6 +260,8 @@ def test_two_gateways_that_deadlock_over_two_submissions_lose_nothing(client, da
     [refused] = [name for name, answer in answers.items() if answer.status_code == 503]
     assert answers[refused].headers["Retry-After"] and answers[refused].json["issue"][0]["code"] == "transient"
     assert document_count(database[0]) == 4
+    with database[0].connect() as conn:
+        assert sorted(conn.execute(select(raw_inputs.c.status)).scalars()) == ["failed"] + ["processed"] * 3
     again = provide(client, submissions[refused][1])
     assert [e["response"]["status"] for e in again.json["entry"]][1:3] == ["200 OK", "200 OK"]
     assert document_count(database[0]) == 4
