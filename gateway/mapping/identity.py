@@ -24,7 +24,7 @@ def check_ins(ii: II, location: str) -> str:
         return nir.validate(value)
     except ValidationError as exc:
         raise Refused(
-            f"INS '{value}' is not valid ({exc.message}); the key is 97 - (first 13 digits mod 97)",
+            f"the INS is not valid ({exc.message}); the key is 97 - (first 13 digits mod 97)",
             location=location,
         ) from None
 

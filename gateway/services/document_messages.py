@@ -168,8 +168,7 @@ def _same_patient(pid_ids: list[II], parsed: ParsedCda) -> None:
     cda_keys = _normalised(identifier_keys(parsed.header.patient.ids))
     pid_ins = {value for system, value in pid_keys if system.removeprefix("urn:oid:") in codes.INS_OIDS}
     if pid_ins and parsed.ins not in pid_ins:
-        raise MessageRefused(Issue(f"PID-3 carries INS {', '.join(sorted(pid_ins))} but the CDA recordTarget "
-                                   f"is INS {parsed.ins}", "PID^1^3", "207"))
+        raise MessageRefused(Issue("the INS in PID-3 is not the INS of the CDA recordTarget", "PID^1^3", "207"))
     if not pid_keys & cda_keys:
         raise MessageRefused(Issue("none of the PID-3 identifiers is an identifier of the CDA recordTarget",
                                    "PID^1^3", "207"))

@@ -50,7 +50,7 @@ def checked_ids(segment: Segment, field_number: int) -> list[II]:
             value = (ii.extension or "").replace(" ", "")
             if not ins_key_is_valid(value):
                 raise MessageRefused(Issue(
-                    f"INS '{value}' is not valid: 15 characters whose last two are 97 - (first 13 mod 97)",
+                    "the INS is not valid: 15 characters whose last two are 97 - (first 13 mod 97)",
                     f"{segment.name}^1^{field_number}", "102"))
             ii = II(ii.root, value)
         ids.append(ii)
@@ -103,8 +103,9 @@ def prepare_patient(pid: Segment) -> PreparedPatient:
     if info.birth_time:
         try:
             ts_to_fhir(info.birth_time)
-        except InvalidTime as exc:
-            raise MessageRefused(Issue(f"PID-7 (birth date): {exc}", "PID^1^7", "102")) from None
+        except InvalidTime:
+            raise MessageRefused(Issue("PID-7 (birth date) is not a valid date (YYYY[MM[DD]])", "PID^1^7",
+                                       "102")) from None
     return PreparedPatient(ids, _validated(mapping.patient_resource(info, mapping.UNSET_ID), "PID"))
 
 

@@ -316,7 +316,7 @@ def _write(uow: UnitOfWork, base_url: str, bundle: dict, documents, signatures, 
         where = f"Bundle.entry[{item.index}].resource"
         subject = item.resource.get("subject", {})
         if item.parsed and subject and item.parsed.ins not in _subject_ins(uow, bundle, subject):
-            raise _refuse(f"subject does not designate the patient of the CDA (INS {item.parsed.ins})", f"{where}.subject")
+            raise _refuse("subject does not designate the patient of the CDA (its INS)", f"{where}.subject")
         visibility = _visibility(item.resource)
         try:
             if item.parsed:

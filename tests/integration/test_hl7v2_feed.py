@@ -471,3 +471,26 @@ def test_only_admitted_senders_are_processed(database):
     with database[0].connect() as conn:  # the refused copy is kept, like every input
         assert conn.execute(select(raw_inputs.c.status).order_by(raw_inputs.c.id)).scalars().all() == [
             "refused", "processed"]
+
+
+def test_what_operators_see_of_refused_inputs_names_no_patient(client):
+    """A refusal's text is kept with the raw input and shown to operators (who read no patient
+    data): it names the field, never the INS or the birth date it refused. The sender has both."""
+    martin = PATIENTS["martin"]
+    wrong_key = martin["ins"][:-2] + "00"
+    refused = [adt("A28", "K1", pid("900000081", "CLE", wrong_key)),
+               adt("A28", "K2", pid("900000082", "DATE").replace("|19850612|", "|19851345|")),
+               sample("oru-r01-cr-biologie-martin.hl7").decode().replace(martin["ins"], PATIENTS["garnier"]["ins"])]
+    for message in refused:
+        code, segments = post(client, message)
+        assert code == "AE" and errors(segments), segments
+    bad_cda = client.post("/cda", data=(SAMPLES.parent / "invalid" / "bad-ins-key.xml").read_bytes(),
+                          content_type="application/xml", headers=client.doctor)
+    assert bad_cda.status_code == 422
+    listed = json.dumps([client.get(path, headers=client.admin).get_json()
+                         for path in ("/hl7v2/messages", "/documents/received")])
+    shown = json.dumps([client.get(f"/hl7v2/messages/{m['id']}", headers=client.admin).get_json()
+                        for m in json.loads(listed)[0]["messages"]])
+    for secret in (wrong_key, "19851345", martin["ins"], PATIENTS["garnier"]["ins"], "185067511204500"):
+        assert secret not in listed and secret not in shown
+    assert "PID^1^7" in shown and "the INS is not valid" in listed
