@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     listing.add_argument("--limit", type=int, default=50)
     listing.add_argument("--documents", action="store_true",
                          help="the documents received instead (POST /cda, ITI-65, ITI-105, gateway ingest)")
-    show = messages_sub.add_parser("show", help="one message: its segments, status, ACK and resources")
+    show = messages_sub.add_parser("show", help="one message (its segments, status, ACK and resources) or document "
+                                                "(how it came, its status and resources)")
     show.add_argument("id", type=int)
     show.add_argument("--fields", action="store_true", help="name every field (hl7apy definitions)")
     reprocess = messages_sub.add_parser("reprocess", help="process a message or document again, or every failed one")

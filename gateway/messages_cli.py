@@ -3,6 +3,7 @@ of the documents (listed and reprocessed; their content is not shown)."""
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from gateway.access import AccessContext
@@ -37,9 +38,12 @@ def _list(console: Console, repo: Repository, args) -> int:
 
 
 def _show(console: Console, repo: Repository, args) -> int:
+    document = received_documents.describe(repo, args.id)
+    if document is not None:
+        return _show_document(console, document)
     found = messages.get_message(repo, args.id, content=True)
     if found is None:
-        console.print(f"no HL7v2 message {args.id}")
+        console.print(f"no HL7v2 message or document {args.id}")
         return 1
     console.print(f"[bold]message {found['id']}[/bold] {found['received_at']} via {found['channel']} from "
                   f"{found['sender']}: {found['message_type']} {found['control_id']}, {found['size']} bytes, "
@@ -64,6 +68,18 @@ def _show(console: Console, repo: Repository, args) -> int:
     return 0
 
 
+def _show_document(console: Console, document: dict) -> int:
+    console.print(f"[bold]document {document['id']}[/bold] " + escape(
+        f"{document['received_at']} via {document['channel']} from {document['sender']}, sent by "
+        f"{document['requester'] or 'an unrecorded requester'}: {document['content_type']}, {document['size']} bytes, "
+        f"sha256 {document['sha256']}"))
+    console.print(f"status [{STATUS_STYLES.get(document['status'], 'white')}]{document['status']}[/]", end="")
+    console.print(f": {document['reason']}" if document["reason"] else "", markup=False)
+    for resource in document["resources"]:
+        console.print(f"produced {resource}")
+    return 0
+
+
 def _reprocess(console: Console, repo: Repository, settings: Settings, args) -> int:
     if args.failed:
         done = messages.reprocess_failed(repo, settings.max_document_bytes)
@@ -75,7 +91,7 @@ def _reprocess(console: Console, repo: Repository, settings: Settings, args) -> 
         console.print(f"{len(done)} message(s) and {len(documents)} document(s) reprocessed")
         return 0 if all(code == "AA" for _, code in done) and all(map(_succeeded, documents)) else 1
     try:
-        if received_documents.is_document(repo, args.id):
+        if received_documents.describe(repo, args.id) is not None:
             reprocessed = received_documents.reprocess(repo, args.id, settings)
             _print_document(console, reprocessed)
             return 0 if _succeeded(reprocessed) else 1

@@ -53,10 +53,19 @@ class Reprocessed:
     resources: list[str]      # what it produced
 
 
-def is_document(repo: Repository, raw_id: int) -> bool:
+def describe(repo: Repository, raw_id: int) -> dict | None:
+    """A document received, without its content: how and from whom it came, and what became of it."""
     with read_connection(repo.engine) as conn:
-        return conn.execute(select(raw_inputs.c.id).where(
-            raw_inputs.c.id == raw_id, raw_inputs.c.channel.in_(DOCUMENT_CHANNELS))).first() is not None
+        row = conn.execute(select(raw_inputs).where(
+            raw_inputs.c.id == raw_id, raw_inputs.c.channel.in_(DOCUMENT_CHANNELS))).first()
+    if row is None:
+        return None
+    outcome = json.loads(row.outcome) if row.outcome else {}
+    requester = AccessContext.from_json(row.requester) if row.requester else None
+    return {"id": row.id, "received_at": row.received_at, "channel": row.channel, "sender": row.sender,
+            "requester": f"{requester.role} {requester.subject}" if requester else None,
+            "content_type": row.content_type, "size": row.size, "sha256": row.sha256, "status": row.status,
+            "reason": outcome.get("reason"), "resources": json.loads(row.resources) if row.resources else []}
 
 
 def reprocess(repo: Repository, raw_id: int, settings: Settings) -> Reprocessed:
