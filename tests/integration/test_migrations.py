@@ -175,6 +175,53 @@ def test_the_replacements_stored_await_the_parents_they_name_by_identifier(tmp_p
     engine.dispose()
 
 
+def test_refusals_recorded_with_an_ins_or_a_birth_date_keep_neither(tmp_path):
+    """Migration 0020: the texts of refusals kept before it (the reason with the raw input, the ACK)
+    lose the INS and birth dates they quoted; other texts, and inputs that were not refused, stay."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'refusals.db'}")
+    config = alembic_config(engine)
+    command.upgrade(config, "0019")
+    birth = "PID-7 (birth date): '19851345' is not a valid date: month must be in 1..12"
+    texts = {  # as the code before 0020 wrote them
+        "cda": ("INS '185067511204500' is not valid (The number's checksum or check digit is invalid.); the key "
+                "is 97 - (first 13 digits mod 97)"),
+        "pid": "INS '185067511204500' is not valid: 15 characters whose last two are 97 - (first 13 mod 97)",
+        "mdm": "PID-3 carries INS 279035121518989 but the CDA recordTarget is INS 185067511204554",
+        "iti65": "subject does not designate the patient of the CDA (INS 185067511204554)",
+        "birth": birth,
+        "other": "a submission concerns one patient; its documents name 2 INS",
+    }
+    ack = ("MSH|^~\\&|GW|DMP|GAM|CH-SAINT-AUBIN|20260310080000||ACK^A28^ACK|A1|P|2.5\rMSA|AE|K2\r"
+           f"ERR||PID^1^7|102^Data type error^HL70357|E||||{birth}\r")
+    rows = [("refused", json.dumps({"ack": "AE", "issues": [{"text": t, "severity": "E"}]}), ack if k == "birth" else None)
+            for k, t in texts.items() if k in ("pid", "mdm", "birth")]
+    rows += [("refused", json.dumps({"reason": texts[k], "location": "/", "code": "207"}), None)
+             for k in ("cda", "iti65", "other")]
+    rows += [("processed", json.dumps({"reason": texts["cda"]}), None)]
+    rows += [("refused", json.dumps({"reason": texts["cda"]}), None)] * 1003   # more than a page (500)
+    with engine.begin() as conn:
+        for status, outcome, acked in rows:
+            conn.execute(text("INSERT INTO raw_inputs (received_at, channel, sha256, size, status, outcome, ack) "
+                              "VALUES ('2026-01-01T00:00:00', 'cda', :sha, 0, :status, :outcome, :ack)"),
+                         {"sha": "0" * 64, "status": status, "outcome": outcome, "ack": acked})
+    command.upgrade(config, "head")
+    with engine.connect() as conn:
+        kept = conn.execute(text("SELECT status, outcome, ack FROM raw_inputs ORDER BY id")).all()
+    everything = json.dumps([list(row) for row in kept if row.status == "refused"])
+    for secret in ("185067511204500", "279035121518989", "185067511204554", "19851345"):
+        assert secret not in everything
+    assert [json.loads(row.outcome)["issues"][0]["text"] for row in kept[:3]] == [
+        "the INS is not valid: 15 characters whose last two are 97 - (first 13 mod 97)",
+        "the INS in PID-3 is not the INS of the CDA recordTarget",
+        "PID-7 (birth date) is not a valid date (YYYY[MM[DD]])"]
+    assert kept[2].ack.endswith("|E||||PID-7 (birth date) is not a valid date (YYYY[MM[DD]])\r")
+    assert [json.loads(row.outcome)["reason"] for row in kept[3:6]] == [
+        "the INS is not valid (The number's checksum or check digit is invalid.); the key is 97 - (first 13 digits "
+        "mod 97)", "subject does not designate the patient of the CDA (its INS)", texts["other"]]
+    assert kept[6].outcome == rows[6][1]   # only refusals are rewritten
+    engine.dispose()
+
+
 def test_uuid_roots_stored_as_urn_oid_are_written_urn_uuid_and_the_trail_is_kept(tmp_path):
     """Migration 0018: what names a UUID root urn:oid: (a document's unique id, an awaited parent,
     their index rows) is written urn:uuid: in lower case; an AuditEvent keeps its words. Downgraded,
