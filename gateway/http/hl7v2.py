@@ -69,6 +69,14 @@ def list_documents():
     return _listing("/documents/received", "documents", received_documents.DOCUMENT_CHANNELS)
 
 
+@hl7v2.get("/documents/received/<int:raw_id>")
+def show_document(raw_id: int):
+    found = received_documents.describe(g.repository, raw_id)
+    if found is None:
+        raise FhirError(404, f"no document {raw_id} received", code="not-found")
+    return jsonify(found)
+
+
 @hl7v2.post("/documents/received/<int:raw_id>/reprocess")
 def reprocess_document(raw_id: int):
     try:

@@ -138,6 +138,9 @@ def test_an_admin_lists_and_reprocesses_failed_documents_over_http(client, datab
         ("iti65", "internal error"), ("cda", "internal error")]
     assert client.get("/hl7v2/messages", headers=admin).get_json()["messages"] == []
     first = listed["documents"][1]["id"]
+    shown = client.get(f"/documents/received/{first}", headers=admin).get_json()
+    assert (shown["channel"], shown["requester"], shown["status"]) == ("cda", f"doctor {GP}", "failed")
+    assert client.get("/documents/received/999999", headers=admin).status_code == 404
     one = client.post(f"/documents/received/{first}/reprocess", headers=admin).get_json()
     assert one["status"] == "processed" and any(r.startswith("DocumentReference/") for r in one["resources"])
     assert client.post(f"/documents/received/{first}/reprocess", headers=admin).status_code == 409
