@@ -1,5 +1,6 @@
-"""Reprocessing the documents received (POST /cda, ITI-65, ITI-105, `gateway ingest`), one or every
-failed one, after the cause of their failure or refusal was fixed.
+"""The documents received (POST /cda, ITI-65, ITI-105, `gateway ingest`) as operators see them: one
+described without its content, and reprocessed, one or every failed one, after the cause of its
+failure or refusal was fixed.
 
 A document is processed again as the requester who submitted it (raw_inputs.requester), through
 its transport's own service: its write rights are theirs (feeding as this professional, replacing
