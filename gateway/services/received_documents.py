@@ -94,15 +94,8 @@ def reprocess(repo: Repository, raw_id: int, settings: Settings) -> Reprocessed:
         # A refusal or a failure: the pipeline recorded it (and logged a failure) on the raw input,
         # where the operator reads it, as for any other outcome.
         pass
-    return _reprocessed(repo, raw_id)
-
-
-def _reprocessed(repo: Repository, raw_id: int) -> Reprocessed:
-    with read_connection(repo.engine) as conn:
-        row = conn.execute(select(raw_inputs.c.status, raw_inputs.c.outcome, raw_inputs.c.resources)
-                           .where(raw_inputs.c.id == raw_id)).one()
-    outcome = json.loads(row.outcome) if row.outcome else {}
-    return Reprocessed(raw_id, row.status, outcome.get("reason"), json.loads(row.resources) if row.resources else [])
+    ended = describe(repo, raw_id)
+    return Reprocessed(raw_id, ended["status"], ended["reason"], ended["resources"])
 
 
 def reprocess_failed(repo: Repository, settings: Settings) -> list[Reprocessed]:
