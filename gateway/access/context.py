@@ -8,6 +8,7 @@ exactly like a missing one. The rules are the CSP's as summarised in the README'
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -100,8 +101,11 @@ class AccessContext:
     def system(cls, name: str = "gateway") -> "AccessContext":
         return cls(role=SYSTEM, subject=name, name=name)
 
-    def as_json(self) -> str:
-        """This requester, as a raw input keeps them (raw_inputs.requester)."""
+    @functools.cached_property
+    def serialized(self) -> str:
+        """This requester, as a raw input keeps them (raw_inputs.requester). Written once per
+        context: a document's keeping writes it twice (its look-up of an unanswered copy, its raw
+        copy), and a listener's context serves every message it receives."""
         return json.dumps(dataclasses.asdict(self), ensure_ascii=False, sort_keys=True)
 
     @classmethod

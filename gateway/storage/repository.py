@@ -839,7 +839,7 @@ class UnitOfWork:
         requester). `message` holds the HL7v2 keys (control_id, fingerprint, message_type)."""
         return sql.INSERT_RAW.execute(self.conn, dict(
             received_at=_now()[1], channel=channel, content_type=(content_type or "")[:128], sender=sender,
-            requester=self.repository.access.as_json(),
+            requester=self.repository.access.serialized,
             sha256=self.store_blob(body, sha256), size=len(body), status=status,
             outcome=json.dumps(outcome, ensure_ascii=False) if outcome else None, ack=ack, **(message or {}))
         ).fetchone()[0]
@@ -850,7 +850,7 @@ class UnitOfWork:
         or never ended (a crash, or another attempt still at work)."""
         row = sql.UNANSWERED_COPY.execute(self.conn, {
             "key_sha256": body_sha256, "key_channel": channel, "key_sender": sender,
-            "key_requester": self.repository.access.as_json()}).fetchone()
+            "key_requester": self.repository.access.serialized}).fetchone()
         return row[0] if row is not None else None
 
     def copy_raw(self, raw_id: int) -> int:

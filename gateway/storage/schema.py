@@ -30,7 +30,7 @@ raw_inputs = Table(
     Column("channel", String(32), nullable=False),
     Column("content_type", String(128)),
     Column("sender", String(256)),
-    # Who submitted it, as AccessContext.as_json writes them: a document is reprocessed with their rights.
+    # Who submitted it, as AccessContext.serialized writes them: a document is reprocessed with their rights.
     Column("requester", Text),
     # The body is kept in blobs under its SHA-256: a row that changes status is not rewritten with it,
     # and a document that arrives raw is stored once for the raw copy and its Binary.

@@ -121,7 +121,7 @@ def test_only_an_operator_reprocesses_and_a_patient_upload_is_not_a_document_rec
     with engine.begin() as conn:
         raw_id = conn.execute(raw_inputs.insert().values(
             received_at="2026-12-02T00:00:00Z", channel="patient-space", sha256="0" * 64, size=0,
-            status="failed", requester=AccessContext(role="patient", subject="p").as_json())).inserted_primary_key[0]
+            status="failed", requester=AccessContext(role="patient", subject="p").serialized)).inserted_primary_key[0]
     with pytest.raises(LookupError):
         received_documents.reprocess(operator(engine), raw_id, settings)
 
