@@ -227,7 +227,7 @@ def _supersede(uow: UnitOfWork, header: CdaHeader, patient_id: str, docref_id: s
     """relatedDocument RPLC: the previous version, a document of this patient the requester may
     change (gateway.access.writes), becomes superseded; another patient's document is refused
     without being named, a parent never registered here is kept by its identifier, and awaited."""
-    targets = []
+    targets, location = [], f"{CD}/relatedDocument/parentDocument/id"
     for parent in header.replaced:
         system, value = mapping.identifier_key(parent)
         parent_id = uow.find_by_identifier("DocumentReference", system, value)
@@ -238,14 +238,11 @@ def _supersede(uow: UnitOfWork, header: CdaHeader, patient_id: str, docref_id: s
             targets.append({"identifier": {"system": system, "value": value}})
             uow.await_parent(system, value, docref_id)
             continue
-        stored = uow.document_to_change(parent_id, patient_id, header_producers(header),
-                                        f"{CD}/relatedDocument/parentDocument/id")
+        stored = uow.document_to_change(parent_id, patient_id, header_producers(header), location)
         previous = stored.json()
         if previous["status"] != "current":
-            raise Refused(
-                f"document {value} is {previous['status']} and cannot be replaced again",
-                location=f"{CD}/relatedDocument/parentDocument/id", status=409, code="conflict",
-            )
+            raise Refused(f"document {value} is {previous['status']} and cannot be replaced again",
+                          location=location, status=409, code="conflict")
         previous["status"] = "superseded"
         uow.save(previous, patient_id=patient_id, method="PUT")
         produced.append(f"DocumentReference/{stored.res_id}")
