@@ -6,6 +6,7 @@ never on the JSON, so the same queries work on SQLite and PostgreSQL.
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Index,
@@ -21,11 +22,15 @@ from sqlalchemy import (
 
 metadata = MetaData()
 
+# The ids that grow with every input and access: 64-bit (migration 0021). SQLite's INTEGER PRIMARY
+# KEY is its 64-bit rowid already; BIGINT there would be a column of its own, not numbered.
+SERIAL_ID = BigInteger().with_variant(Integer(), "sqlite")
+
 # Every inbound message or document, stored as received before anything else is done with it.
 raw_inputs = Table(
     "raw_inputs",
     metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("id", SERIAL_ID, primary_key=True, autoincrement=True),
     Column("received_at", String(32), nullable=False),
     Column("channel", String(32), nullable=False),
     Column("content_type", String(128)),
@@ -206,7 +211,7 @@ access_rules = Table(
 audit_chain = Table(
     "audit_chain",
     metadata,
-    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("seq", SERIAL_ID, primary_key=True, autoincrement=True),
     Column("event_id", String(64), nullable=False),
     Column("previous_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
@@ -287,7 +292,7 @@ destruction_requests = Table(
 notifications = Table(
     "notifications",
     metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("id", SERIAL_ID, primary_key=True, autoincrement=True),
     Column("docref_id", String(64), nullable=False, unique=True),
     Column("patient_id", String(64), nullable=False),
     Column("queued_at", String(32), nullable=False),

@@ -1,6 +1,7 @@
 """Migrations that move data keep every byte of it."""
 import json
 import os
+from dataclasses import replace
 import subprocess
 import sys
 import time
@@ -12,12 +13,14 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
 
-from conftest import new_postgres_database
+from conftest import GP, SAMPLES, new_postgres_database
 
 from gateway.access import AccessContext
 from gateway.access.writes import Write
+from gateway.access.audit import verify_chain
+from gateway.app import create_app
 from gateway.storage.database import make_engine
-from gateway.storage.migrate import alembic_config
+from gateway.storage.migrate import alembic_config, upgrade
 from gateway.storage.repository import Repository
 from gateway.storage.schema import metadata
 
@@ -45,8 +48,8 @@ def test_raw_bodies_move_to_blobs_once_each(tmp_path):
     engine.dispose()
 
 
-def test_the_migrations_build_the_schema_the_code_declares(tmp_path):
-    engine = make_engine(f"sqlite:///{tmp_path / 'new.db'}")
+def test_the_migrations_build_the_schema_the_code_declares(empty_database):
+    engine = make_engine(empty_database)
     command.upgrade(alembic_config(engine), "head")
     with engine.connect() as conn:
         differences = compare_metadata(MigrationContext.configure(conn), metadata)
@@ -333,3 +336,39 @@ def test_processes_started_together_migrate_the_database_once(empty_database, tm
             assert compare_metadata(MigrationContext.configure(conn), metadata) == []
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_ids_past_2_to_the_31_are_stored_listed_and_chained(settings, bearer):
+    """A national record's trail passes 2^31 entries within weeks: the ids that grow with every input
+    and access go on past it (PostgreSQL's serials were 32-bit before 0021, and stopped there with
+    "nextval: reached maximum value"). SQLite's INTEGER PRIMARY KEY is its 64-bit rowid already."""
+    start = 2**31 + 10
+    with new_postgres_database("gateway_ids") as url:
+        engine = make_engine(url)
+        try:
+            upgrade(engine)
+            with engine.begin() as conn:
+                for sequence in ("raw_inputs_id_seq", "audit_chain_seq_seq", "notifications_id_seq"):
+                    conn.execute(text(f"ALTER SEQUENCE {sequence} RESTART WITH {start}"))
+            client = create_app(replace(settings, database_url=url), engine).test_client()
+            system, admin = bearer("system", sub="feeder"), bearer("admin", sub="operator")
+            for name in ("adt-a01-martin.hl7", "oru-r01-cr-biologie-martin.hl7"):
+                answer = client.post("/hl7v2", data=(SAMPLES / "hl7v2" / name).read_bytes(), content_type="x-application/hl7-v2+er7",
+                                     headers=system)
+                assert b"MSA|AA" in answer.data, answer.data
+            searched = client.get("/fhir/DocumentReference?patient.identifier=urn:oid:1.2.250.1.213.1.4.10|"
+                                  "185067511204554", headers=bearer("doctor", sub=GP))
+            assert searched.status_code == 200, searched.data
+            listed = client.get("/hl7v2/messages", headers=admin).get_json()["messages"]
+            assert [m["id"] for m in listed] == [start + 1, start]
+            assert client.get(f"/hl7v2/messages/{start + 1}", headers=admin).status_code == 200
+            assert [m["id"] for m in client.get(f"/hl7v2/messages?before={start + 1}",
+                                                headers=admin).get_json()["messages"]] == [start]
+            with engine.connect() as conn:
+                assert conn.execute(text("SELECT MIN(seq) FROM audit_chain")).scalar_one() == start
+                assert conn.execute(text("SELECT id FROM notifications")).scalar_one() == start
+            report = verify_chain(engine)
+            assert report.broken_at is None and report.entries > 3
+        finally:
+            engine.dispose()
