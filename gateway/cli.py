@@ -10,6 +10,22 @@ from gateway.config import Settings
 from gateway.logs import configure as configure_logging
 
 
+def _counted(largest: int):
+    """An argument that counts or numbers rows: from 1 to `largest` (argparse's type)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not 1 <= value <= largest:
+            raise argparse.ArgumentTypeError(f"{text} is not from 1 to {largest}")
+        return value
+    return parse
+
+
+RAW_ID = _counted(2**63 - 1)   # raw_inputs.id is 64-bit on both backends
+
+
 def _engine(settings: Settings):
     from gateway.storage.database import make_engine
 
@@ -110,16 +126,16 @@ def main(argv: list[str] | None = None) -> int:
     messages_sub = messages.add_subparsers(dest="messages_command", required=True)
     listing = messages_sub.add_parser("list", help="latest messages, newest first")
     listing.add_argument("--status", choices=("received", "processed", "duplicate", "skipped", "refused", "failed"))
-    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--limit", type=_counted(100_000), default=50)
     listing.add_argument("--documents", action="store_true",
                          help="the documents received instead (POST /cda, ITI-65, ITI-105, gateway ingest)")
     show = messages_sub.add_parser("show", help="one message (its segments, status, ACK and resources) or document "
                                                 "(how it came, its status and resources)")
-    show.add_argument("id", type=int)
+    show.add_argument("id", type=RAW_ID)
     show.add_argument("--fields", action="store_true", help="name every field (hl7apy definitions)")
     reprocess = messages_sub.add_parser("reprocess", help="process a message or document again, or every failed one")
     target = reprocess.add_mutually_exclusive_group(required=True)
-    target.add_argument("id", type=int, nargs="?")
+    target.add_argument("id", type=RAW_ID, nargs="?")
     target.add_argument("--failed", action="store_true", help="every failed or interrupted message and document")
     messages.set_defaults(func=cmd_messages)
     migrate = sub.add_parser("migrate", help="apply pending database migrations")

@@ -8,9 +8,14 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from gateway.access.context import ADMIN, SYSTEM
 from gateway.fhir.responses import FhirError, request_body, require_content_type
 from gateway.services import feeds, messages, received_documents
+from gateway.services.ingest import STATUSES
 
 hl7v2 = Blueprint("hl7v2", __name__)
 
+# raw_inputs.id is a 64-bit integer on both backends: a larger number names no input, and neither
+# database takes it as a parameter.
+MAX_ID = 2**63 - 1
+RAW_ID = f"<int(max={MAX_ID}):raw_id>"
 ER7_TYPES = {"x-application/hl7-v2+er7", "application/hl7-v2", "application/edi-hl7", "text/plain"}
 
 
@@ -48,15 +53,22 @@ def post_message():
 def _listing(path: str, key: str, channels: tuple[str, ...]) -> Response:
     """A page of the inputs on these channels, newest first, and the link to the next."""
     status = request.args.get("status") or None
+    if status is not None and status not in STATUSES:
+        raise FhirError(400, f"status is one of {', '.join(STATUSES)}")
     try:
-        limit = min(int(request.args.get("_count", "100")), 1000)
+        limit = int(request.args.get("_count", "100"))
         before = int(request.args["before"]) if request.args.get("before") else None
     except ValueError:
         raise FhirError(400, "_count and before are integers") from None
-    found = messages.list_messages(g.repository, status, limit, before, channels)
+    if limit < 1:
+        raise FhirError(400, "_count is at least 1")
+    if before is not None and not 1 <= before <= MAX_ID:
+        raise FhirError(400, f"before is an id, from 1 to {MAX_ID}")
+    page = min(limit, 1000)
+    found = messages.list_messages(g.repository, status, page, before, channels)
     return jsonify({key: [m.as_dict() for m in found],
                     "next": f"{path}?before={found[-1].id}" + (f"&status={status}" if status else "")
-                    if len(found) == limit else None})
+                    if len(found) == page else None})
 
 
 @hl7v2.get("/hl7v2/messages")
@@ -69,7 +81,7 @@ def list_documents():
     return _listing("/documents/received", "documents", received_documents.DOCUMENT_CHANNELS)
 
 
-@hl7v2.get("/documents/received/<int:raw_id>")
+@hl7v2.get(f"/documents/received/{RAW_ID}")
 def show_document(raw_id: int):
     found = received_documents.describe(g.repository, raw_id)
     if found is None:
@@ -77,7 +89,7 @@ def show_document(raw_id: int):
     return jsonify(found)
 
 
-@hl7v2.post("/documents/received/<int:raw_id>/reprocess")
+@hl7v2.post(f"/documents/received/{RAW_ID}/reprocess")
 def reprocess_document(raw_id: int):
     try:
         reprocessed = received_documents.reprocess(g.repository, raw_id, current_app.config["SETTINGS"])
@@ -94,7 +106,7 @@ def reprocess_failed_documents():
     return jsonify({"reprocessed": [reprocessed.__dict__ for reprocessed in done]})
 
 
-@hl7v2.get("/hl7v2/messages/<int:raw_id>")
+@hl7v2.get(f"/hl7v2/messages/{RAW_ID}")
 def show_message(raw_id: int):
     found = messages.get_message(g.repository, raw_id)
     if found is None:
@@ -103,7 +115,7 @@ def show_message(raw_id: int):
     return jsonify(found)
 
 
-@hl7v2.post("/hl7v2/messages/<int:raw_id>/reprocess")
+@hl7v2.post(f"/hl7v2/messages/{RAW_ID}/reprocess")
 def reprocess_message(raw_id: int):
     settings = current_app.config["SETTINGS"]
     try:

@@ -68,6 +68,8 @@ class AlreadyHandled(Exception):
 
 # A raw input in one of these was answered: a copy of it sent again gets the same answer.
 FINAL_STATUSES = ("processed", "refused", "duplicate", "skipped")
+# Every status a raw input has: `received` until it is answered, `failed` when it could not be.
+STATUSES = ("received", *FINAL_STATUSES, "failed")
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """A bounded fuzz of every entry: random JSON bodies on each FHIR write, random search parameters,
-random XML to /cda and as FHIR XML, and mutated HL7v2 messages. No input may get a 5xx. The default
-run is short enough for `make test`; `make fuzz` runs GATEWAY_FUZZ_EXAMPLES (default 2,000) per target."""
+random operator queries, random XML to /cda and as FHIR XML, and mutated HL7v2 messages. No input
+may get a 5xx. The default run is short enough for `make test`; `make fuzz` runs
+GATEWAY_FUZZ_EXAMPLES (default 2,000) per target."""
 import json
 import os
 import time
@@ -85,6 +86,25 @@ def test_random_search_parameters(client):
     @example(res_type="DocumentReference", params=[("date", "\x08"), ("_format", "xml")])
     def run(res_type, params):
         send(client, "GET", f"/fhir/{res_type}", query_string=params)
+
+    run()
+
+
+def test_random_operator_queries(client, bearer):
+    admin = bearer("admin", sub="operator")
+    numbers = st.one_of(st.integers(-2**70, 2**70).map(str), st.text(max_size=12))
+
+    @FUZZ
+    @given(path=st.sampled_from(["/hl7v2/messages", "/documents/received"]),
+           params=st.lists(st.tuples(st.sampled_from(["_count", "before", "status"]), st.one_of(
+               numbers, st.sampled_from(["failed", "received", "processed", "refused"]))), max_size=3),
+           raw_id=st.one_of(st.none(), st.integers(0, 2**70)), reprocess=st.booleans())
+    def run(path, params, raw_id, reprocess):
+        if raw_id is None:
+            send(client, "GET", path, query_string=params, headers=admin)
+        else:
+            send(client, "POST" if reprocess else "GET", f"{path}/{raw_id}" + ("/reprocess" if reprocess else ""),
+                 headers=admin)
 
     run()
 

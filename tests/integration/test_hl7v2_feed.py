@@ -5,7 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 
 from conftest import GP, attend_all
 from gateway.storage.schema import raw_inputs, resources
@@ -494,3 +494,19 @@ def test_what_operators_see_of_refused_inputs_names_no_patient(client):
     for secret in (wrong_key, "19851345", martin["ins"], PATIENTS["garnier"]["ins"], "185067511204500"):
         assert secret not in listed and secret not in shown
     assert "PID^1^7" in shown and "the INS is not valid" in listed
+
+
+def test_an_operator_pages_through_the_messages_with_next(client, database):
+    """A page holds at most 1,000 inputs whatever _count asks; `next` is given while a page is full,
+    and following it lists each input once, newest first."""
+    rows = [{"received_at": "2026-01-01T00:00:00", "channel": "mllp", "sha256": "0" * 64, "size": 1,
+             "status": "processed"} for _ in range(1003)]
+    with database[0].begin() as conn:
+        conn.execute(insert(raw_inputs), rows)
+        ids = conn.execute(select(raw_inputs.c.id).order_by(raw_inputs.c.id.desc())).scalars().all()
+    seen, url = [], "/hl7v2/messages?_count=5000&status=processed"
+    while url:
+        page = client.get(url, headers=client.admin).get_json()
+        seen.append([m["id"] for m in page["messages"]])
+        url = page["next"]
+    assert [len(p) for p in seen] == [1000, 3] and sum(seen, []) == ids

@@ -150,3 +150,23 @@ def test_an_admin_lists_and_reprocesses_failed_documents_over_http(client, datab
     attend_all(database[0])
     assert client.get("/fhir/DocumentReference", query_string={
         "patient.identifier": "urn:oid:1.2.250.1.213.1.4.10|185067511204554", "_summary": "count"}).json["total"] == 2
+
+
+@pytest.mark.parametrize("query", ["_count=0", "_count=-1", "_count=x", "before=0", "before=-3",
+                                   f"before={2**63}", "before=" + "9" * 30, "status=done"])
+def test_an_operator_s_listing_that_asks_for_no_page_is_told_why(client, bearer, query):
+    """A page of no inputs, before no id, or of a status inputs never have is a 400 that says what
+    is expected (the first two were a 500 on both backends, and an id past 2^31 one on PostgreSQL)."""
+    admin = bearer("admin", sub="operator")
+    for path in ("/hl7v2/messages", "/documents/received"):
+        answer = client.get(f"{path}?{query}", headers=admin)
+        assert answer.status_code == 400, (path, answer.data)
+        assert answer.json["issue"][0]["diagnostics"].split()[0] in ("_count", "before", "status")
+
+
+def test_an_operator_s_request_for_an_id_past_the_largest_is_not_found(client, bearer):
+    admin = bearer("admin", sub="operator")
+    for path in ("/hl7v2/messages/{}", "/documents/received/{}"):
+        assert client.get(path.format(2**63 - 1), headers=admin).status_code == 404
+        assert client.get(path.format(2**63), headers=admin).status_code == 404
+        assert client.post(path.format(2**63) + "/reprocess", headers=admin).status_code == 404
