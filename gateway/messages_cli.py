@@ -85,10 +85,13 @@ def _reprocess(console: Console, repo: Repository, settings: Settings, args) -> 
         done = messages.reprocess_failed(repo, settings.max_document_bytes)
         for raw_id, code in done:
             console.print(f"message {raw_id}: {code}")
-        documents = received_documents.reprocess_failed(repo, settings)
+        documents, left = received_documents.reprocess_failed(repo, settings)
         for reprocessed in documents:
             _print_document(console, reprocessed)
-        console.print(f"{len(done)} message(s) and {len(documents)} document(s) reprocessed")
+        for raw_id, why in left:
+            console.print(f"document {raw_id} not reprocessed: {why}", markup=False)
+        console.print(f"{len(done)} message(s) and {len(documents)} document(s) reprocessed"
+                      + (f", {len(left)} document(s) left as they were" if left else ""))
         return 0 if all(code == "AA" for _, code in done) and all(map(_succeeded, documents)) else 1
     try:
         if received_documents.describe(repo, args.id) is not None:

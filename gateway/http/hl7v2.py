@@ -102,8 +102,9 @@ def reprocess_document(raw_id: int):
 
 @hl7v2.post("/documents/received/reprocess-failed")
 def reprocess_failed_documents():
-    done = received_documents.reprocess_failed(g.repository, current_app.config["SETTINGS"])
-    return jsonify({"reprocessed": [reprocessed.__dict__ for reprocessed in done]})
+    done, left = received_documents.reprocess_failed(g.repository, current_app.config["SETTINGS"])
+    return jsonify({"reprocessed": [reprocessed.__dict__ for reprocessed in done],
+                    "not_reprocessed": [{"raw_id": raw_id, "why": why} for raw_id, why in left]})
 
 
 @hl7v2.get(f"/hl7v2/messages/{RAW_ID}")

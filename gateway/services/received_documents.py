@@ -98,13 +98,14 @@ def reprocess(repo: Repository, raw_id: int, settings: Settings) -> Reprocessed:
     return Reprocessed(raw_id, ended["status"], ended["reason"], ended["resources"])
 
 
-def reprocess_failed(repo: Repository, settings: Settings) -> list[Reprocessed]:
-    """Every failed (or interrupted) document again, oldest first. One that its sender sends again
-    meanwhile (a document in flight is `received` too) is left to that attempt."""
-    done = []
+def reprocess_failed(repo: Repository, settings: Settings) -> tuple[list[Reprocessed], list[tuple[int, str]]]:
+    """Every failed (or interrupted) document again, oldest first: those reprocessed, and those left
+    with why. One that its sender sends again meanwhile (a document in flight is `received` too) is
+    left to that attempt; one whose requester is not known stays failed, and is named each time."""
+    done, left = [], []
     for raw_id in unanswered(repo, DOCUMENT_CHANNELS):
         try:
             done.append(reprocess(repo, raw_id, settings))
-        except NotReprocessable:
-            continue
-    return done
+        except NotReprocessable as exc:
+            left.append((raw_id, str(exc)))
+    return done, left

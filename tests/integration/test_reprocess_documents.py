@@ -95,9 +95,10 @@ def test_a_replacement_refused_to_its_requester_stays_refused_when_reprocessed(c
     assert len(lefevre_current(client)) == 1
 
 
-def test_a_document_whose_requester_is_not_known_is_not_reprocessed(client, database, settings, monkeypatch):
+def test_a_document_whose_requester_is_not_known_is_not_reprocessed(client, database, settings, monkeypatch,
+                                                                   bearer):
     """Kept before the gateway recorded who submitted a document (migration 0019): reprocessing it as
-    anyone would change the answer."""
+    anyone would change the answer. Reprocessing every failed one names it, each time, with why."""
     engine = database[0]
     unreachable_once_kept(monkeypatch)
     assert post(client, "ldl-ses-martin.xml").status_code == 503
@@ -107,7 +108,11 @@ def test_a_document_whose_requester_is_not_known_is_not_reprocessed(client, data
     [row] = raw_rows(engine)
     with pytest.raises(NotReprocessable, match="before the gateway kept who submitted it"):
         received_documents.reprocess(operator(engine), row.id, settings)
-    assert received_documents.reprocess_failed(operator(engine), settings) == []
+    assert received_documents.reprocess_failed(operator(engine), settings) == (
+        [], [(row.id, f"document {row.id} was received before the gateway kept who submitted it; "
+                      "its sender sends it again")])
+    answer = client.post("/documents/received/reprocess-failed", headers=bearer("admin", sub="operator")).json
+    assert answer["reprocessed"] == [] and [left["raw_id"] for left in answer["not_reprocessed"]] == [row.id]
     assert raw_rows(engine)[0].status == "failed"
 
 
