@@ -146,6 +146,12 @@ def load(body: bytes | bytearray, content_type: str | None) -> dict:
     aside = _set_aside_long_binary_data(data)
     try:
         model.model_validate(data)
+    except KeyError as exc:
+        # fhir.resources looks up the type of a resource inside another (a Bundle's entry, a contained
+        # one) without checking it: 'R4.<type>Type' was not found.
+        unknown = str(exc.args[0]).removeprefix("R4.").removesuffix("Type")[:64] if exc.args else "?"
+        raise Refused(f"unknown resource type {unknown!r} in the {data['resourceType']}", location="resourceType",
+                      status=400, code="structure") from None
     except (ValueError, TypeError, RecursionError) as exc:
         # Elements the body leaves out are the services' to require or complete (a patient's Consent
         # is completed with its scope and category); what the body says must have FHIR's shape.
