@@ -22,7 +22,7 @@ from gateway.fhir.validation import InvalidResource, validate
 from gateway.mapping import codes
 from gateway.mapping.dates import fhir_now
 from gateway.storage import search as search_sql
-from gateway.storage.repository import Repository, StoredResource, new_id
+from gateway.storage.repository import IDENTIFIER_CHARS, Repository, StoredResource, new_id
 
 PATIENT_CONSENT_CATEGORY = {"coding": [{"system": codes.LOINC, "code": "59284-0", "display": "Patient Consent"}]}
 SCOPE = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]}
@@ -71,6 +71,9 @@ def checked_consent(consent: dict, patient_id: str, access: AccessContext) -> di
                           "Consent.provision.actor")
     elif actors:
         raise _refuse(f"a {kind} Consent names no actor", "Consent.provision.actor")
+    if any(len(value) > IDENTIFIER_CHARS for _, value in actors):
+        raise _refuse(f"an actor's identifier is at most {IDENTIFIER_CHARS} characters long",
+                      "Consent.provision.actor.reference.identifier.value")
     stored = dict(consent)
     # FR Core 2.1.0 defines no Consent profile and PDSm none either: the Consent claims none.
     stored.pop("meta", None)

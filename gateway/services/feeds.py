@@ -233,7 +233,7 @@ def _process(repo: Repository, received: Received, permission: Write, message: M
         _, written = ingest.ingest(repo, received, permission, lambda: handler.read(message, max_bytes), write,
                                    raw_id=raw_id, record_refusal=refusal_recorded)
     except ingest.AlreadyHandled:
-        row = next((r for r in earlier_messages(repo.engine, message.sender, message.control_id[:199])
+        row = next((r for r in earlier_messages(repo.engine, received.sender, message.control_id[:199])
                     if r.id == raw_id), None)
         if row is not None:
             return _retransmission(message, row, started, received.channel)

@@ -44,6 +44,12 @@ class Received:
     keys: dict | None = None      # an HL7v2 message's control id, fingerprint and type
     sha256: str | None = None     # the body's, when the transport has it already (a CDA's digests)
 
+    def __post_init__(self):
+        # raw_inputs.sender's width: MSH-3|MSH-4 may be longer (HL7 allows 227 characters each), a
+        # file's path too. Kept, and matched for a retransmission, as its first 256 characters.
+        if self.sender is not None:
+            self.sender = self.sender[:256]
+
     def take_body(self) -> bytes | bytearray:
         """The body, for the work to read once its raw copy is kept; the input lets go of it. A FHIR
         Bundle carrying a 20 MB document is 27 MB of body: held beside what it is read into, and

@@ -469,6 +469,20 @@ class PendingAudit:
     hidden_from_representatives: bool = False
 
 
+# The width of unique_identifiers' and awaited_parents' system and value columns: PostgreSQL refuses
+# a longer string (SQLite would keep it), and a business identifier that long is no identifier.
+IDENTIFIER_CHARS = 256
+
+
+def _require_keepable(res_type: str, system: str, value: str) -> None:
+    """An identifier the gateway can keep as a key, or a refusal that says which (its system, not
+    its value: a patient's IPP is not written into a refusal that operators read)."""
+    if len(system) > IDENTIFIER_CHARS or len(value) > IDENTIFIER_CHARS:
+        named = system if len(system) <= 80 else system[:80] + "…"
+        raise Refused(f"an identifier of the {res_type} (system {named}) is longer than the {IDENTIFIER_CHARS} "
+                      "characters this gateway keeps for its system or its value")
+
+
 class DuplicateIdentifier(Exception):
     def __init__(self, res_type: str, system: str, value: str, res_id: str):
         super().__init__(f"{res_type} with identifier {system}|{value} exists: {res_id}")
@@ -571,6 +585,7 @@ class UnitOfWork:
 
     def claim_identifier(self, res_type: str, system: str, value: str, res_id: str) -> None:
         """Record that this identifier belongs to res_id; a concurrent claim fails at commit or here."""
+        _require_keepable(res_type, system, value)
         existing = self.find_by_identifier(res_type, system, value)
         if existing and existing != res_id:
             raise DuplicateIdentifier(res_type, system, value, existing)
@@ -581,6 +596,7 @@ class UnitOfWork:
 
     def await_parent(self, system: str, value: str, docref_id: str) -> None:
         """This document replaces one that is not registered here, known by this identifier."""
+        _require_keepable("DocumentReference", system, value)
         self._hold_document_identifier(system, value)
         sql.AWAIT_PARENT.execute(self.conn, {"system": system, "value": value, "res_type": "DocumentReference",
                                              "res_id": docref_id})
