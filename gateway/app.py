@@ -21,6 +21,7 @@ from gateway.fhir.responses import FhirError, fhir_response, operation_outcome
 from gateway.http.auth import requester
 from gateway.http.cda import cda
 from gateway.http.hl7v2 import hl7v2
+from gateway.http.inputs import holds_nul
 from gateway.http.ops import ops
 from gateway.logs import request_id
 from gateway.space import init_space
@@ -59,6 +60,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         rid = request.headers.get("X-Request-Id") or uuid.uuid4().hex
         g.request_id = rid
         request_id.set(rid)
+        if holds_nul(request.path, fields=request.args.items(multi=True)):
+            raise Refused("the path or a query parameter holds the character U+0000 (NUL)", location="url",
+                          status=400, code="value")
         access = requester()
         if access is None:
             return None

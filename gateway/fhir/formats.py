@@ -85,7 +85,29 @@ def load_json(body: bytes | bytearray) -> object:
     if _depth(data) > MAX_DEPTH:
         raise Refused(f"the body nests deeper than {MAX_DEPTH} levels", location="/", status=400,
                               code="too-costly")
+    # JSON writes U+0000 as \u0000 only (a raw one is refused above): looked for in the body first.
+    if b"\\u0000" in body and (where := _nul_at(data)) is not None:
+        raise Refused(f"{where}: a string holds the character U+0000 (NUL), which no FHIR string may hold",
+                      location=where, status=400, code="value")
     return data
+
+
+def _nul_at(data) -> str | None:
+    """The path of the first key or string of `data` that holds U+0000."""
+    stack = [(data, "")]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return path or "/"
+        elif isinstance(item, dict):
+            for key, value in item.items():
+                if "\x00" in key:
+                    return path or "/"
+                stack.append((value, f"{path}/{key}"))
+        elif isinstance(item, list):
+            stack += [(value, f"{path}/{index}") for index, value in enumerate(item)]
+    return None
 
 
 def _apart(body, parse: Callable[[bytes | bytearray | memoryview], object]):

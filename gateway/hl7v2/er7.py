@@ -291,6 +291,14 @@ class Message:
         seps = first[4:8]
         if len(set(first[3] + seps)) != 5:
             raise MessageRejected("MSH-1/MSH-2 encoding characters are missing or repeated", "MSH^1^2", "102")
+        # No HL7v2 field holds a NUL (0x00), and PostgreSQL's text cannot (the runs' stand-ins hold
+        # the only ones). In MSH, the message is not read; elsewhere, require_header refuses it with
+        # an ACK that names it.
+        held = [n for n, segment in enumerate(segments, start=1) if "\x00" in segment
+                and (runs is None or "\x00" in runs.stand_ins.sub("", segment))]
+        if held and held[0] == 1:
+            raise MessageRejected("MSH holds a NUL character (0x00), which no HL7v2 field holds", "MSH^1", "102")
+        self._nul_in = held[0] if held else None
         self.encoding = Encoding(first[3], seps[0], seps[1], seps[2], seps[3])
         self.charset = charset
         codec = CHARSETS.get(charset.upper(), "utf-8")
@@ -339,6 +347,10 @@ class Message:
         if len(self.control_id) > MAX_CONTROL_ID:
             raise MessageRejected(f"MSH-10 (message control id) is longer than {MAX_CONTROL_ID} characters",
                                   "MSH^1^10", "104")
+        if self._nul_in:
+            name = self.segments[self._nul_in - 1].name
+            raise MessageRejected(f"segment {self._nul_in} ({name}) holds a NUL character (0x00), which no field holds",
+                                  f"{name}^{self._nul_in}", "102")
         if len(self.segments) > MAX_SEGMENTS:
             raise MessageRejected(f"the message has {len(self.segments)} segments, over the {MAX_SEGMENTS} this "
                                   "gateway takes", "MSH^1", "100")

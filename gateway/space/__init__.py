@@ -17,6 +17,8 @@ from flask import Blueprint, Flask, current_app, g, redirect, request, session, 
 from flask_wtf.csrf import CSRFProtect
 
 from gateway.config import Settings
+from gateway.http.inputs import holds_nul
+from gateway.refusal import Refused
 from gateway.storage.repository import Repository
 
 from . import accounts
@@ -91,6 +93,8 @@ def signed_in():
     if request.endpoint == "space.static":
         return None   # the stylesheet: no session to look up (each lookup writes its new expiry)
     if request.method == "POST":
+        if holds_nul(fields=request.form.items(multi=True)):
+            raise Refused("a form field holds the character U+0000 (NUL)", status=400, code="value")
         csrf.protect()
     engine = current_app.config["ENGINE"]
     g.account = g.record = g.record_name = None

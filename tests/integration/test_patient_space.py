@@ -250,3 +250,18 @@ def test_destruction_waits_for_the_retention_period_then_removes_the_record(app,
     assert left == 0 and raws == 1   # Léa Moreau's document stays
     assert verify_chain(engine).broken_at is None
     assert "Échographie abdominale" in sign_in(app, settings, "sophie").get("/documents").text
+
+
+def test_a_form_field_holding_a_nul_is_refused_with_a_message_and_nothing_kept(app, settings, record, database):
+    """U+0000 in a form (which PostgreSQL could neither compare nor keep: a 500 there) is refused
+    before the page's work, with the page's French message, on both backends."""
+    browser = sign_in(app, settings)
+    answer = post(browser, "/espace-personnel/contacts", {"nom": "DUPONT\x00", "prenom": "Marie", "lien": "Soeur",
+                                                          "telephone": "0601020304"}, page="/espace-personnel")
+    assert answer.status_code == 302
+    assert "Action impossible" in browser.get(answer.location).text
+    with database[0].connect() as conn:
+        assert conn.execute(select(func.count()).select_from(resources)
+                            .where(resources.c.res_type == "RelatedPerson")).scalar_one() == 0
+    refused = app.test_client().post("/connexion", data={"identifiant": "paul\x00", "mot_de_passe": PASSWORD})
+    assert refused.status_code == 302

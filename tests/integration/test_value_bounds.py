@@ -1,8 +1,14 @@
-"""Every value of real inputs, made 300 characters longer, one at a time: each input is accepted or
-refused, never failed. PostgreSQL refuses a string longer than its column (SQLite keeps it), so the
-gateway bounds what it keys on: a document's, patient's, professional's or organisation's
-identifier, a List's, a Consent's actor, a message's sender. Before, 20 of these inputs were a 500
-or an AR "internal error" on PostgreSQL, kept as failed for an operator to reprocess in vain."""
+"""Values PostgreSQL cannot keep where SQLite does: each input is accepted or refused, the same on
+both backends, never failed.
+
+- A string longer than its column. The gateway bounds what it keys on: a document's, patient's,
+  professional's or organisation's identifier, a List's, a Consent's actor, a message's sender.
+  Every value of real inputs is made 300 characters longer, one at a time. Before, 20 of these
+  inputs were a 500 or an AR "internal error" on PostgreSQL, kept as failed for an operator to
+  reprocess in vain.
+- The character U+0000 (NUL), which PostgreSQL's text can neither hold nor compare: refused in an
+  HL7v2 message, a FHIR JSON body, a URL and a form. Before, each was a 500 or an AR "internal
+  error" on PostgreSQL (XML, CDA and FHIR, refuses it already)."""
 import copy
 import json
 
@@ -141,3 +147,36 @@ def test_an_identifier_too_long_to_keep_is_refused_by_its_system_not_its_value(c
     answer = client.post("/fhir/Consent", data=json.dumps(consent), content_type="application/fhir+json",
                          headers=bearer("patient", patient=MARTIN_INS))
     assert answer.status_code == 422 and "at most 256 characters" in answer.json["issue"][0]["diagnostics"]
+
+
+def test_a_nul_in_an_hl7v2_message_is_refused_naming_its_segment(client, database, bearer):
+    feeder = bearer("system", sub="GAM CH-SAINT-AUBIN")
+    adt = (SAMPLES / "hl7v2" / "adt-a01-martin.hl7").read_bytes()
+    in_pid = client.post("/hl7v2", data=adt.replace(b"MARTIN^PAUL", b"MAR\x00TIN^PAUL", 1),
+                         content_type="x-application/hl7-v2+er7", headers=feeder).data.decode()
+    assert "MSA|AR|ADT0001" in in_pid and "ERR||PID^3|102^" in in_pid and "NUL" in in_pid
+    in_msh = client.post("/hl7v2", data=adt.replace(b"|GAM|", b"|G\x00AM|", 1),
+                         content_type="x-application/hl7-v2+er7", headers=feeder).data.decode()
+    assert "MSA|AR|" in in_msh and "MSH holds a NUL character" in in_msh
+    with database[0].connect() as conn:   # both kept, as received, and refused
+        assert conn.execute(select(raw_inputs.c.status)).scalars().all() == ["refused", "refused"]
+
+
+def test_a_nul_in_a_fhir_body_or_a_url_is_refused_before_any_query(client, bearer):
+    assert client.post("/cda", data=sample("ldl-ses-martin.xml"), content_type="application/xml").status_code == 201
+    martin = bearer("patient", patient=MARTIN_INS)
+    consent = {**decision("professional", "permit", "8999\u000000020"), "status": "active"}
+    refused = client.post("/fhir/Consent", data=json.dumps(consent), content_type="application/fhir+json",
+                          headers=martin)
+    assert refused.status_code == 400
+    assert refused.json["issue"][0]["expression"] == ["/provision/actor/0/reference/identifier/value"]
+    submission = build_submission(sample("cr-biologie-martin.xml"), 5 * 1024 * 1024)
+    submission["entry"][0]["resource"]["title"] = "lot\u0000"
+    assert client.post("/fhir", data=json.dumps(submission), content_type="application/fhir+json").status_code == 400
+    patch = json.dumps([{"op": "replace", "path": "/description", "value": "a\u0000b"}])
+    assert client.patch("/fhir/DocumentReference/any", data=patch,
+                        content_type="application/json-patch+json").status_code == 400
+    for url in ("/fhir/DocumentReference?patient.identifier=urn:oid:1.2.250.1.213.1.4.10|1850%0067511204554",
+                "/fhir/DocumentReference/ab%00c", "/fhir/AuditEvent?patient%00=x"):
+        answer = client.get(url)
+        assert answer.status_code == 400 and answer.json["issue"][0]["code"] == "value", (url, answer.data)
