@@ -349,8 +349,8 @@ class Message:
                                   "MSH^1^10", "104")
         if self._nul_in:
             name = self.segments[self._nul_in - 1].name
-            raise MessageRejected(f"segment {self._nul_in} ({name}) holds a NUL character (0x00), which no field holds",
-                                  f"{name}^{self._nul_in}", "102")
+            raise MessageRejected(f"segment {self._nul_in} ({name}) holds a NUL character (0x00), which no HL7v2 "
+                                  "field holds", f"{name}^{self._nul_in}", "102")
         if len(self.segments) > MAX_SEGMENTS:
             raise MessageRejected(f"the message has {len(self.segments)} segments, over the {MAX_SEGMENTS} this "
                                   "gateway takes", "MSH^1", "100")
