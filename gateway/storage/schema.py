@@ -49,7 +49,8 @@ raw_inputs = Table(
     Column("fingerprint", String(64)),
     Column("message_type", String(32)),
     Column("ack", Text),
-    Index("ix_raw_inputs_status", "status"),
+    # An operator's listing of one status, newest first, walks it (migration 0022).
+    Index("ix_raw_inputs_status_id", "status", "id"),
     Index("ix_raw_inputs_control", "sender", "control_id"),
     # A document sent again is matched to its earlier copy by its bytes; erasure finds a blob's readers.
     Index("ix_raw_inputs_sha256", "sha256"),
