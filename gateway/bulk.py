@@ -18,6 +18,11 @@ from gateway.storage.migrate import upgrade
 from gateway.storage.repository import Repository
 
 
+# Of a file over the document limit, the bytes read and kept with its refusal (as the MLLP listener
+# keeps of an oversized frame): enough to see what it was, and the file is not read whole.
+HEAD_KEPT = 64 * 1024
+
+
 @dataclass
 class BulkReport:
     ingested: int = 0
@@ -49,8 +54,12 @@ def ingest_paths(settings: Settings, paths: list[Path], console: Console | None 
         task = progress.add_task("documents", total=len(files))
         for file in files:
             try:
-                result = ingest_cda(repo, file.read_bytes(), max_bytes=settings.max_document_bytes,
-                                    channel="bulk", sender=str(file))
+                size = file.stat().st_size
+                oversized = size > settings.max_document_bytes
+                with file.open("rb") as opened:
+                    data = opened.read(HEAD_KEPT if oversized else -1)
+                result = ingest_cda(repo, data, max_bytes=settings.max_document_bytes, channel="bulk",
+                                    sender=str(file), size=size if oversized else None)
                 if result.created:
                     report.ingested += 1
                 else:

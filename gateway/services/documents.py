@@ -84,8 +84,11 @@ def read_cda(data: bytes, max_bytes: int, digests: mapping.Digests | None = None
 
 
 def ingest_cda(repo: Repository, data: bytes, *, max_bytes: int, channel: str = "cda",
-               content_type: str | None = None, sender: str | None = None, raw_id: int | None = None) -> Ingested:
-    """`raw_id`: the raw copy already kept, for an operator's reprocessing."""
+               content_type: str | None = None, sender: str | None = None, raw_id: int | None = None,
+               size: int | None = None) -> Ingested:
+    """`raw_id`: the raw copy already kept, for an operator's reprocessing. `size`: the document's,
+    when it is over `max_bytes` and `data` is only its first bytes: it is not read whole, and its
+    raw copy keeps those bytes, refused, as an oversized message's does."""
     def write(uow: UnitOfWork, parsed: ParsedCda) -> Written[Ingested]:
         result = register_document(uow, repo.base_url, parsed)
         return Written(result, "processed" if result.created else "duplicate", result.produced)
@@ -94,6 +97,9 @@ def ingest_cda(repo: Repository, data: bytes, *, max_bytes: int, channel: str = 
     digests = mapping.Digests.of(data)
 
     def prepare() -> ParsedCda:
+        if size is not None and size > max_bytes:
+            raise Refused(f"document is {size} bytes, above the limit of {max_bytes} bytes; only its first "
+                          f"{len(data)} bytes were kept", location="/", status=413, code="too-costly")
         parsed = read_cda(data, max_bytes, digests)
         parsed.checked_reference()
         return parsed

@@ -1,12 +1,16 @@
 """`gateway ingest` when the database goes away mid-run: it stops at that document, reports what it
-ingested, and tells the operator to run the same command again (duplicates are recognised)."""
+ingested, and tells the operator to run the same command again (duplicates are recognised). A file
+over the document limit is refused without being read whole."""
 from dataclasses import replace
 
+from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from conftest import SAMPLES
 from gateway import bulk
 from gateway.config import Settings
+from gateway.storage.database import make_engine
+from gateway.storage.schema import raw_inputs
 
 
 def test_an_unavailable_database_stops_the_run_and_says_how_to_go_on(tmp_path, monkeypatch):
@@ -28,3 +32,19 @@ def test_an_unavailable_database_stops_the_run_and_says_how_to_go_on(tmp_path, m
     monkeypatch.undo()
     again = bulk.ingest_paths(settings, files)
     assert (again.ingested, again.duplicates, again.failed) == (2, 1, [])
+
+
+def test_a_file_over_the_limit_is_refused_from_its_first_bytes(tmp_path):
+    """It was read whole, then kept whole as its raw copy: a 5 GB file in a directory of documents
+    took 5 GB of memory, and as much of the database, to be refused."""
+    settings = replace(Settings.from_env(), database_url=f"sqlite:///{tmp_path / 'gateway.db'}",
+                       max_document_bytes=1_000_000)
+    large = tmp_path / "large.xml"
+    large.write_bytes((SAMPLES / "cda" / "ldl-ses-martin.xml").read_bytes() + b"<!-- -->" * 200_000)
+    report = bulk.ingest_paths(settings, [large])
+    assert report.refused == [(str(large), "/", f"document is {large.stat().st_size} bytes, above the limit of "
+                                                "1000000 bytes; only its first 65536 bytes were kept")]
+    engine = make_engine(settings.database_url)
+    with engine.connect() as conn:
+        assert conn.execute(select(raw_inputs.c.status, raw_inputs.c.size)).all() == [("refused", 65536)]
+    engine.dispose()
