@@ -294,11 +294,10 @@ class Message:
         # No HL7v2 field holds a NUL (0x00), and PostgreSQL's text cannot (the runs' stand-ins hold
         # the only ones). In MSH, the message is not read; elsewhere, require_header refuses it with
         # an ACK that names it.
-        held = [n for n, segment in enumerate(segments, start=1) if "\x00" in segment
-                and (runs is None or "\x00" in runs.stand_ins.sub("", segment))]
-        if held and held[0] == 1:
+        self._nul_in = next((n for n, segment in enumerate(segments, start=1) if "\x00" in segment
+                             and (runs is None or "\x00" in runs.stand_ins.sub("", segment))), None)
+        if self._nul_in == 1:
             raise MessageRejected("MSH holds a NUL character (0x00), which no HL7v2 field holds", "MSH^1", "102")
-        self._nul_in = held[0] if held else None
         self.encoding = Encoding(first[3], seps[0], seps[1], seps[2], seps[3])
         self.charset = charset
         codec = CHARSETS.get(charset.upper(), "utf-8")
