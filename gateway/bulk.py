@@ -13,14 +13,10 @@ from gateway.access import AccessContext
 from gateway.refusal import Refused
 from gateway.config import Settings
 from gateway.services.documents import ingest_cda
+from gateway.services.ingest import HEAD_KEPT
 from gateway.storage.database import make_engine, refresh_statistics, unavailable
 from gateway.storage.migrate import upgrade
 from gateway.storage.repository import Repository
-
-
-# Of a file over the document limit, the bytes read and kept with its refusal (as the MLLP listener
-# keeps of an oversized frame): enough to see what it was, and the file is not read whole.
-HEAD_KEPT = 64 * 1024
 
 
 @dataclass

@@ -8,7 +8,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from gateway.access.context import ADMIN, SYSTEM
 from gateway.fhir.responses import FhirError, request_body, require_content_type
 from gateway.services import feeds, messages, received_documents
-from gateway.services.ingest import STATUSES
+from gateway.services.ingest import HEAD_KEPT, STATUSES
 
 hl7v2 = Blueprint("hl7v2", __name__)
 
@@ -41,7 +41,7 @@ def post_message():
     require_content_type(ER7_TYPES, f"is not an ER7 message ({', '.join(sorted(ER7_TYPES))})")
     settings = current_app.config["SETTINGS"]
     if request.content_length and request.content_length > settings.mllp_max_bytes:
-        head = request.stream.read(64 * 1024)
+        head = request.stream.read(HEAD_KEPT)
         reply = feeds.refuse_oversized(g.repository, head, request.content_length, settings.mllp_max_bytes,
                                        "hl7v2-http")
         return _ack_response(reply, 413)

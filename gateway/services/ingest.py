@@ -72,6 +72,11 @@ class AlreadyHandled(Exception):
     """Another process finished this raw input between our look-up and our claim."""
 
 
+# Of an input over its size limit (a message posted to /hl7v2, a file given to `gateway ingest`), the
+# bytes read and kept with its refusal, as the MLLP listener keeps of a frame: enough for an MSH or a
+# CDA header, and the rest is not read.
+HEAD_KEPT = 64 * 1024
+
 # A raw input in one of these was answered: a copy of it sent again gets the same answer.
 FINAL_STATUSES = ("processed", "refused", "duplicate", "skipped")
 # Every status a raw input has: `received` until it is answered, `failed` when it could not be.
