@@ -23,7 +23,8 @@ def _counted(largest: int):
     return parse
 
 
-RAW_ID = _counted(2**63 - 1)   # raw_inputs.id is 64-bit on both backends
+# storage.schema.MAX_ID, written here: the shell parses its arguments without loading SQLAlchemy.
+RAW_ID = _counted(2**63 - 1)
 
 
 def _engine(settings: Settings):

@@ -9,12 +9,10 @@ from gateway.access.context import ADMIN, SYSTEM
 from gateway.fhir.responses import FhirError, request_body, require_content_type
 from gateway.services import feeds, messages, received_documents
 from gateway.services.ingest import HEAD_KEPT, STATUSES
+from gateway.storage.schema import MAX_ID
 
 hl7v2 = Blueprint("hl7v2", __name__)
 
-# raw_inputs.id is a 64-bit integer on both backends: a larger number names no input, and neither
-# database takes it as a parameter.
-MAX_ID = 2**63 - 1
 RAW_ID = f"<int(max={MAX_ID}):raw_id>"
 ER7_TYPES = {"x-application/hl7-v2+er7", "application/hl7-v2", "application/edi-hl7", "text/plain"}
 

@@ -25,6 +25,7 @@ metadata = MetaData()
 # The ids that grow with every input and access: 64-bit (migration 0021). SQLite's INTEGER PRIMARY
 # KEY is its 64-bit rowid already; BIGINT there would be a column of its own, not numbered.
 SERIAL_ID = BigInteger().with_variant(Integer(), "sqlite")
+MAX_ID = 2**63 - 1   # a larger number names no row, and neither database takes it as a parameter
 
 # Every inbound message or document, stored as received before anything else is done with it.
 raw_inputs = Table(
