@@ -22,12 +22,18 @@ class InvalidTime(ValueError):
 
 @functools.lru_cache(maxsize=64)
 def _zone(offset: str | None):
+    """The zone of a TS offset ('+0100', 'Z' or none). FHIR's offsets run from -14:00 to +14:00 with
+    minutes under 60 (its dateTime pattern): '-2400' or '+0060' is refused, not read as another
+    moment."""
     if not offset:
         return SENDER_ZONE
     if offset == "Z":
         return timezone.utc
+    hours, minutes = int(offset[1:3]), int(offset[3:5])
+    if minutes > 59 or hours > 14 or (hours == 14 and minutes):
+        raise InvalidTime(f"'{offset}' is not a UTC offset (-1400 to +1400)")
     sign = -1 if offset[0] == "-" else 1
-    return timezone(sign * timedelta(hours=int(offset[1:3]), minutes=int(offset[3:5])))
+    return timezone(sign * timedelta(hours=hours, minutes=minutes))
 
 
 def fhir_now() -> str:
@@ -44,6 +50,7 @@ def ts_to_fhir(ts: str) -> str:
     try:
         if hour is None:
             datetime(int(year), int(month or 1), int(day or 1))
+            _zone(offset)   # a day has no offset to keep, but one that is no offset is an error
             return "-".join(p for p in (year, month, day) if p)
         if not (month and day):
             raise InvalidTime(f"'{ts}' has a time but no full date")
@@ -88,27 +95,35 @@ def _range(value: str) -> tuple[str, str]:
         high = datetime(y, mo, calendar.monthrange(y, mo)[1], 23, 59, 59, 999999)
     elif hour is None:
         low = datetime(y, int(month), int(day))
-        high = low + timedelta(days=1) - timedelta(microseconds=1)
+        high = _plus(low, timedelta(days=1, microseconds=-1))
     else:
         base = datetime(y, int(month), int(day), int(hour), int(minute))
         if offset:
-            zone = timezone.utc if offset == "Z" else _zone(offset.replace(":", ""))
-            base = base.replace(tzinfo=zone).astimezone(timezone.utc).replace(tzinfo=None)
+            base = _plus(base, -_zone(offset.replace(":", "")).utcoffset(None))
         if second is None:
-            low, high = base, base + timedelta(minutes=1) - timedelta(microseconds=1)
+            low, high = base, _plus(base, timedelta(minutes=1, microseconds=-1))
         else:
-            low = base + timedelta(seconds=int(second))
+            low = _plus(base, timedelta(seconds=int(second)))
             if fraction:
-                low += timedelta(microseconds=int(float(fraction) * 1_000_000))
+                low = _plus(low, timedelta(microseconds=int(float(fraction) * 1_000_000)))
                 high = low
             else:
-                high = low + timedelta(seconds=1) - timedelta(microseconds=1)
-        return _index(low), _index(high)
+                high = _plus(low, timedelta(seconds=1, microseconds=-1))
     return _index(low), _index(high)
+
+
+def _plus(moment: datetime, delta: timedelta) -> datetime:
+    """`moment + delta`, held within the years 1 to 9999 that Python's datetime and the index
+    strings cover: '9999-12-31T23:00:00-12:00' is in UTC past the last of them. Searches meet such
+    values (`period=le9999-12-31` asks for everything), and a bound held at the end of the
+    representable time finds the same rows, since nothing kept lies beyond it."""
+    try:
+        return moment + delta
+    except OverflowError:
+        return datetime.max if delta > timedelta(0) else datetime.min
 
 
 def _index(moment: datetime) -> str:
     """A naive UTC moment as an index string: 'YYYY-MM-DDTHH:MM:SS.ffffff', the year always on four
     digits (strftime wrote the year 999 as '999', which sorted after '1999')."""
     return moment.isoformat(timespec="microseconds")
-

@@ -6,6 +6,7 @@ its column), which the fuzz ran on SQLite alone did not see. The default run is 
 import json
 import os
 import time
+from datetime import datetime
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -21,13 +22,21 @@ FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=False,
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**40, 2**40), st.floats(allow_nan=False),
                     st.text(max_size=30), st.sampled_from(["", "²", "١٢", "current", "Patient/x", "urn:uuid:1",
-                                                           "\r\n", "../..", "%00", "\x00", "9" * 300]))
+                                                           "\r\n", "../..", "%00", "\x00", "9" * 300,
+                                                           "9999-12-31T23:59:59-12:00", "0001-01-01T00:00:00+14:00"]))
 keys = st.one_of(st.text(max_size=12), st.sampled_from(
     ["resourceType", "entry", "resource", "request", "method", "url", "subject", "reference", "content",
      "attachment", "data", "contentType", "type", "masterIdentifier", "value", "system", "provision", "category",
      "coding", "code", "securityLabel", "status", "id", "fullUrl", "identifier", "relatesTo", "target", "op", "path"]))
 json_values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
                                                             st.dictionaries(keys, inner, max_size=5)), max_leaves=25)
+# A date search value anywhere in the years 1 to 9999, at any precision, with offsets past FHIR's.
+dates = st.builds(lambda prefix, moment, length, offset: f"{prefix}{moment.isoformat()[:length]}{offset}",
+                  st.sampled_from(["", "eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap"]),
+                  st.one_of(st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59)),
+                            st.sampled_from([datetime(1, 1, 1), datetime(9999, 12, 31, 23, 59, 59)])),
+                  st.sampled_from([4, 7, 10, 16, 19]),
+                  st.sampled_from(["", "Z", "+14:00", "-12:00", "+24:00", "-00:60"]))
 resource_types = st.sampled_from(["Bundle", "DocumentReference", "Patient", "Consent", "Parameters", "List", "X"])
 resources = st.builds(lambda t, body: {**(body if isinstance(body, dict) else {"x": body}), "resourceType": t},
                       resource_types, json_values)
@@ -78,9 +87,9 @@ def test_random_search_parameters(client):
                ["patient", "patient.identifier", "status", "type", "date", "_count", "_sort", "_cursor", "_include",
                 "_revinclude", "_summary", "identifier", "author.family", "_id", "_lastUpdated", "security-label",
                 "_format", "isArchived", "period", "code"]), st.text(max_size=10)),
-               st.one_of(st.text(max_size=40), st.sampled_from(["²", "-1", "9" * 30, "ge2026-13-45", "eyJrIjpbXX0.x",
-                                                                "a|b|c", ",,,", "xml", "DocumentReference:subject",
-                                                                "a\x00", "9" * 300]))),
+               st.one_of(st.text(max_size=40), dates,
+                         st.sampled_from(["²", "-1", "9" * 30, "ge2026-13-45", "eyJrIjpbXX0.x", "a|b|c", ",,,", "xml",
+                                          "DocumentReference:subject", "a\x00", "9" * 300]))),
                max_size=5))
     # Found by this test: a control character echoed in an XML OperationOutcome (XML cannot hold it).
     @example(res_type="DocumentReference", params=[("date", "\x08"), ("_format", "xml")])

@@ -21,10 +21,18 @@ def test_cda_times_become_fhir_datetimes(ts, expected):
     assert ts_to_fhir(ts) == expected
 
 
-@pytest.mark.parametrize("ts", ["", "2019-12-03", "20191332", "20190230", "abc", "2019120312"[:9]])
+@pytest.mark.parametrize("ts", ["", "2019-12-03", "20191332", "20190230", "abc", "2019120312"[:9],
+                                "20240101000000-2400", "20240101000000+0060", "20240101000000+1401",
+                                "20240101+9999"])
 def test_invalid_times_are_refused(ts):
     with pytest.raises(InvalidTime):
         ts_to_fhir(ts)
+
+
+def test_offsets_reach_fourteen_hours_either_way():
+    assert ts_to_fhir("20240101000000+1400") == "2024-01-01T00:00:00+14:00"
+    assert ts_to_fhir("20240101000000-1400") == "2024-01-01T00:00:00-14:00"
+    assert ts_to_fhir("20240101+0100") == "2024-01-01"
 
 
 def test_instant_needs_a_time():
@@ -35,6 +43,24 @@ def test_ranges_cover_the_precision():
     assert fhir_range("2019") == ("2019-01-01T00:00:00.000000", "2019-12-31T23:59:59.999999")
     assert fhir_range("2020-02") == ("2020-02-01T00:00:00.000000", "2020-02-29T23:59:59.999999")
     assert fhir_range("2019-12-03T13:30:00+01:00") == ("2019-12-03T12:30:00.000000", "2019-12-03T12:30:00.999999")
+
+
+def test_ranges_past_the_last_or_before_the_first_moment_stop_there():
+    """In UTC, '9999-12-31T23:00-12:00' is in the year 10000, which no datetime holds."""
+    assert fhir_range("9999-12-31") == ("9999-12-31T00:00:00.000000", "9999-12-31T23:59:59.999999")
+    assert fhir_range("9999-12-31T23:00:00-12:00") == ("9999-12-31T23:59:59.999999", "9999-12-31T23:59:59.999999")
+    assert fhir_range("0001-01-01T00:00+14:00")[0] == "0001-01-01T00:00:00.000000"
+
+
+@given(st.one_of(st.datetimes(min_value=datetime(1, 1, 1)), st.sampled_from([datetime(1, 1, 1), datetime.max])),
+       st.sampled_from([4, 7, 10, 16, 19, 26]), st.integers(-14 * 60, 14 * 60))
+def test_any_fhir_moment_of_any_year_and_offset_has_a_range(moment, length, offset):
+    value = moment.isoformat(timespec="microseconds")[:length]
+    if length > 10:
+        sign = "-" if offset < 0 else "+"
+        value += f"{sign}{abs(offset) // 60:02d}:{abs(offset) % 60:02d}"
+    low, high = fhir_range(value)
+    assert low <= high
 
 
 @given(st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2100, 1, 1)))
