@@ -1,8 +1,11 @@
-"""Validation of every resource the gateway writes, with fhir.resources' R4B models."""
+"""Validation of every resource the gateway writes, with fhir.resources' R4B models, and the one
+invariant those models leave out that an input can break: a period's start after its end."""
 from __future__ import annotations
 
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
+
+from gateway.mapping.dates import fhir_range
 
 
 class InvalidResource(ValueError):
@@ -23,3 +26,23 @@ def validate(resource: dict) -> None:
     except ValidationError as exc:
         problems = [(".".join(str(p) for p in err["loc"]) or "(root)", err["msg"]) for err in exc.errors()[:20]]
         raise InvalidResource(res_type, problems) from None
+    problems = [(path, f"the start ({start}) is after the end ({end}) (FHIR per-1)")
+                for path, start, end in _periods(resource, "") if fhir_range(start)[0] > fhir_range(end)[1]]
+    if problems:
+        raise InvalidResource(res_type, problems[:20])
+
+
+def _periods(node, path: str):
+    """Each element holding a start and an end: in what the gateway keeps, a Period. The models
+    check neither per-1 nor its like, and the official check fails a resource that breaks them: a
+    CDA whose effectiveTime ends before it starts (which the CI-SIS schematrons refuse too,
+    dtr1-7-IVL_TS), an ITI-65 DocumentReference or a patient's Consent saying the same."""
+    if isinstance(node, dict):
+        if isinstance(node.get("start"), str) and isinstance(node.get("end"), str):
+            yield path, node["start"], node["end"]
+        for key, value in node.items():
+            if isinstance(value, (dict, list)):
+                yield from _periods(value, f"{path}.{key}" if path else key)
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _periods(value, f"{path}[{index}]")
