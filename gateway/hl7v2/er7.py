@@ -291,11 +291,15 @@ class Message:
         seps = first[4:8]
         if len(set(first[3] + seps)) != 5:
             raise MessageRejected("MSH-1/MSH-2 encoding characters are missing or repeated", "MSH^1^2", "102")
-        # No HL7v2 field holds a NUL (0x00), and PostgreSQL's text cannot (the runs' stand-ins hold
-        # the only ones). In MSH, the message is not read; elsewhere, require_header refuses it with
-        # an ACK that names it.
-        self._nul_in = next((n for n, segment in enumerate(segments, start=1) if "\x00" in segment
-                             and (runs is None or "\x00" in runs.stand_ins.sub("", segment))), None)
+        # No HL7v2 field holds a NUL (0x00), and PostgreSQL's text cannot: neither as received (the
+        # runs' stand-ins hold the only ones) nor as a hex escape that unescapes to one (\X00\, or
+        # 00 among its bytes; every supported charset writes NUL as the byte 00). In MSH, the
+        # message is not read; elsewhere, require_header refuses it with an ACK that names it.
+        escape = re.escape(seps[2])
+        escaped_nul = re.compile(f"{escape}X(?:[0-9A-Fa-f]{{2}})*?00(?:[0-9A-Fa-f]{{2}})*{escape}")
+        self._nul_in = next((n for n, segment in enumerate(segments, start=1)
+                             if ("\x00" in segment and (runs is None or "\x00" in runs.stand_ins.sub("", segment)))
+                             or (seps[2] + "X" in segment and escaped_nul.search(segment))), None)
         if self._nul_in == 1:
             raise MessageRejected("MSH holds a NUL character (0x00), which no HL7v2 field holds", "MSH^1", "102")
         self.encoding = Encoding(first[3], seps[0], seps[1], seps[2], seps[3])
@@ -348,8 +352,8 @@ class Message:
                                   "MSH^1^10", "104")
         if self._nul_in:
             name = self.segments[self._nul_in - 1].name
-            raise MessageRejected(f"segment {self._nul_in} ({name}) holds a NUL character (0x00), which no HL7v2 "
-                                  "field holds", f"{name}^{self._nul_in}", "102")
+            raise MessageRejected(f"segment {self._nul_in} ({name}) holds a NUL character (0x00), as received or "
+                                  "escaped (\\X00\\), which no HL7v2 field holds", f"{name}^{self._nul_in}", "102")
         if len(self.segments) > MAX_SEGMENTS:
             raise MessageRejected(f"the message has {len(self.segments)} segments, over the {MAX_SEGMENTS} this "
                                   "gateway takes", "MSH^1", "100")

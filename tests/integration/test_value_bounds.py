@@ -7,8 +7,9 @@ both backends, never failed.
   inputs were a 500 or an AR "internal error" on PostgreSQL, kept as failed for an operator to
   reprocess in vain.
 - The character U+0000 (NUL), which PostgreSQL's text can neither hold nor compare: refused in an
-  HL7v2 message, a FHIR JSON body, a URL and a form. Before, each was a 500 or an AR "internal
-  error" on PostgreSQL (XML, CDA and FHIR, refuses it already)."""
+  HL7v2 message (as received or as a hex escape, \\X00\\), a FHIR JSON body, a URL and a form.
+  Before, each was a 500 or an AR "internal error" on PostgreSQL (XML, CDA and FHIR, refuses it
+  already)."""
 import copy
 import json
 
@@ -158,8 +159,17 @@ def test_a_nul_in_an_hl7v2_message_is_refused_naming_its_segment(client, databas
     in_msh = client.post("/hl7v2", data=adt.replace(b"|GAM|", b"|G\x00AM|", 1),
                          content_type="x-application/hl7-v2+er7", headers=feeder).data.decode()
     assert "MSA|AR|" in in_msh and "MSH holds a NUL character" in in_msh
-    with database[0].connect() as conn:   # both kept, as received, and refused
-        assert conn.execute(select(raw_inputs.c.status)).scalars().all() == ["refused", "refused"]
+    # Escaped, as HL7's hex escape writes a byte: unescaped, the name held a NUL (AR "internal error"
+    # on PostgreSQL, kept on SQLite); in MSH-9, a 500 on PostgreSQL and a NUL in SQLite's ACK.
+    for escaped in (b"MAR\\X00\\TIN^PAUL", b"MAR\\X4100\\TIN^PAUL"):
+        ack = client.post("/hl7v2", data=adt.replace(b"MARTIN^PAUL", escaped, 1),
+                          content_type="x-application/hl7-v2+er7", headers=feeder).data.decode()
+        assert "MSA|AR|ADT0001" in ack and "ERR||PID^3|102^" in ack and "escaped" in ack, ack
+    in_msh9 = client.post("/hl7v2", data=adt.replace(b"ADT^A01", b"ADT^\\X00\\A01", 1),
+                          content_type="x-application/hl7-v2+er7", headers=feeder)
+    assert in_msh9.status_code == 200 and "MSH holds a NUL character" in in_msh9.data.decode()
+    with database[0].connect() as conn:   # each kept, as received, and refused
+        assert conn.execute(select(raw_inputs.c.status)).scalars().all() == ["refused"] * 5
 
 
 def test_a_nul_in_a_fhir_body_or_a_url_is_refused_before_any_query(client, bearer):

@@ -61,6 +61,18 @@ def test_escapes():
     assert seg.get(3) == "a|b^c&d~e\\fAg\nhboldi"
 
 
+@pytest.mark.parametrize("value, nul", [("\\X00\\", True), ("\\X4100\\", True), ("\\X41\\", False),
+                                        ("\\X1001\\", False), ("\\X100\\", False), ("\\X00", False)])
+def test_a_hex_escape_of_a_nul_is_refused_as_a_nul(value, nul):
+    """Aligned on the escape's bytes: 10 01 holds no 00; an escape must be closed to be one."""
+    parsed = Message(message("", f"NTE|1||a{value}b"), "")
+    if nul:
+        with pytest.raises(MessageRejected, match="NUL"):
+            parsed.require_header()
+    else:
+        parsed.require_header()
+
+
 def test_msh_without_encoding_characters():
     with pytest.raises(MessageRejected):
         Message("MSH|", "")
