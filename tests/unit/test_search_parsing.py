@@ -39,6 +39,16 @@ def test_bad_searches_are_errors(params):
         parse_search("DocumentReference", params)
 
 
+def test_a_search_takes_30_parameters_and_100_values_all_together():
+    parse_search("DocumentReference", [("type", f"t{i}") for i in range(30)])
+    fifty = ("type", ",".join(f"t{i}" for i in range(50)))
+    parse_search("DocumentReference", [fifty, fifty])
+    with pytest.raises(SearchError, match="31 parameters, over the 30"):
+        parse_search("DocumentReference", [("type", f"t{i}") for i in range(31)])
+    with pytest.raises(SearchError, match="more than 100 values"):
+        parse_search("DocumentReference", [fifty, fifty, ("status", "current")])
+
+
 def test_cursor_round_trip():
     assert decode_cursor(encode_cursor(["2026-01-01", "id"], "n")) == (["2026-01-01", "id"], "n")
 
