@@ -132,6 +132,20 @@ def test_a_bad_document_refuses_the_whole_bundle(client, database):
     assert document_count(database[0]) == 0
 
 
+def test_a_submission_of_more_entries_than_one_transaction_takes_is_refused_and_kept(client, database):
+    """5,000 small documents in one 5 MB Bundle took 17 s, SQLite's writer held all along."""
+    bundle = build_submission(sample("cr-biologie-martin.xml"), LIMIT)
+    bundle["entry"] += [{"fullUrl": f"urn:uuid:00000000-0000-4000-8000-{n:012d}",
+                         "resource": {"resourceType": "Patient"}, "request": {"method": "POST", "url": "Patient"}}
+                        for n in range(497)]
+    response = provide(client, bundle)
+    assert response.status_code == 400 and response.json["issue"][0]["code"] == "too-costly"
+    assert "501 entries, over the 500" in response.json["issue"][0]["diagnostics"]
+    assert document_count(database[0]) == 0
+    with database[0].connect() as conn:
+        assert conn.execute(select(raw_inputs.c.status)).scalars().all() == ["refused"]
+
+
 def test_not_json_and_wrong_media_type(client):
     assert client.post("/fhir", data="{", headers=FHIR).status_code == 400
     assert client.post("/fhir", data="{}", headers={"Content-Type": "text/plain"}).status_code == 415
