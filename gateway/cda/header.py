@@ -98,6 +98,21 @@ class CdaHeader:
     wrapped_in_xslt: bool = False
 
 
+# A header lists a few of each thing. The document's limit (20 MB) would let it list 40,000
+# authors, each a contained resource to map, validate and index: 9,000 took 13.6 s and 360 MB,
+# 70,000 patient ids 5.5 s. Past this many of one element, the document is refused.
+MAX_REPEATED = 100
+
+
+def _all(el: etree._Element, path: str) -> list[etree._Element]:
+    found = el.findall(path, NS)
+    if len(found) > MAX_REPEATED:
+        where = etree.QName(el).localname + "/" + path.replace("h:", "")
+        raise Refused(f"{where} is repeated {len(found)} times, over the {MAX_REPEATED} this gateway reads in a "
+                      "header", location=f"{CD}//{where}", code="too-costly")
+    return found
+
+
 def _text(el: etree._Element | None) -> str | None:
     if el is None:
         return None
@@ -121,7 +136,7 @@ def _codes_with_translations(el: etree._Element | None) -> list[Code]:
     if el is None:
         return []
     codes = [c for c in [_code(el)] if c]
-    codes += [c for c in (_code(t) for t in el.findall("h:translation", NS)) if c]
+    codes += [c for c in (_code(t) for t in _all(el, "h:translation")) if c]
     return codes
 
 
@@ -136,10 +151,10 @@ def _name(el: etree._Element | None) -> Name | None:
     if el is None:
         return None
     name = Name(
-        family=[t for t in (_text(e) for e in el.findall("h:family", NS)) if t],
-        given=[t for t in (_text(e) for e in el.findall("h:given", NS)) if t],
-        prefix=[t for t in (_text(e) for e in el.findall("h:prefix", NS)) if t],
-        suffix=[t for t in (_text(e) for e in el.findall("h:suffix", NS)) if t],
+        family=[t for t in (_text(e) for e in _all(el, "h:family")) if t],
+        given=[t for t in (_text(e) for e in _all(el, "h:given")) if t],
+        prefix=[t for t in (_text(e) for e in _all(el, "h:prefix")) if t],
+        suffix=[t for t in (_text(e) for e in _all(el, "h:suffix")) if t],
     )
     if not (name.family or name.given):
         text = _text(el)
@@ -156,11 +171,9 @@ def _patient_names(el: etree._Element | None) -> list[Name]:
     names: list[Name] = []
     if el is None:
         return names
-    for name_el in el.findall("h:name", NS):
+    for name_el in _all(el, "h:name"):
         parts: dict[tuple[str, str], list[str]] = {}
-        for part in name_el:
-            if not isinstance(part.tag, str):
-                continue
+        for part in _all(name_el, "*"):
             value = _text(part)
             local = etree.QName(part).localname
             if value and local in ("family", "given"):
@@ -181,7 +194,7 @@ def _organization(el: etree._Element | None) -> Organization | None:
     if el is None:
         return None
     org = Organization(
-        ids=[i for i in (_ii(e) for e in el.findall("h:id", NS)) if i],
+        ids=[i for i in (_ii(e) for e in _all(el, "h:id")) if i],
         name=_text(el.find("h:name", NS)),
         industry_class=_code(el.find("h:standardIndustryClassCode", NS)),
     )
@@ -192,7 +205,7 @@ def _person(entity: etree._Element | None, person_tag: str, org_tag: str, time_e
     if entity is None:
         return None
     return Person(
-        ids=[i for i in (_ii(e) for e in entity.findall("h:id", NS)) if i],
+        ids=[i for i in (_ii(e) for e in _all(entity, "h:id")) if i],
         specialty=_code(entity.find("h:code", NS)),
         name=_name(entity.find(f"h:{person_tag}/h:name", NS)),
         organization=_organization(entity.find(f"h:{org_tag}", NS)),
@@ -219,7 +232,7 @@ def extract_header(doc: etree._Element, *, wrapped_in_xslt: bool = False) -> Cda
     birthplace = patient_el.find("h:birthplace/h:place/h:addr", NS) if patient_el is not None else None
     gender = _code(patient_el.find("h:administrativeGenderCode", NS)) if patient_el is not None else None
     patient = PatientInfo(
-        ids=[i for i in (_ii(e) for e in role.findall("h:id", NS)) if i],
+        ids=[i for i in (_ii(e) for e in _all(role, "h:id")) if i],
         names=_patient_names(patient_el),
         gender=gender.code if gender else None,
         birth_time=_ts(patient_el.find("h:birthTime", NS)) if patient_el is not None else None,
@@ -228,7 +241,7 @@ def extract_header(doc: etree._Element, *, wrapped_in_xslt: bool = False) -> Cda
     )
 
     authors = []
-    for author_el in doc.findall("h:author", NS):
+    for author_el in _all(doc, "h:author"):
         person = _person(author_el.find("h:assignedAuthor", NS), "assignedPerson", "representedOrganization",
                          author_el.find("h:time", NS))
         if person and (person.ids or person.name):
@@ -239,7 +252,7 @@ def extract_header(doc: etree._Element, *, wrapped_in_xslt: bool = False) -> Cda
                                   legal.find("h:time", NS)) if legal is not None else None
 
     events = []
-    for se in doc.findall("h:documentationOf/h:serviceEvent", NS):
+    for se in _all(doc, "h:documentationOf/h:serviceEvent"):
         events.append(ServiceEvent(
             codes=_codes_with_translations(se.find("h:code", NS)),
             low=_ts(se.find("h:effectiveTime/h:low", NS)) or _ts(se.find("h:effectiveTime", NS)),
@@ -267,7 +280,7 @@ def extract_header(doc: etree._Element, *, wrapped_in_xslt: bool = False) -> Cda
         effective_time=effective_time,
         confidentiality=_code(conf),
         language=lang.get("code") if lang is not None else None,
-        template_ids=[t.get("root") for t in doc.findall("h:templateId", NS) if t.get("root")],
+        template_ids=[t.get("root") for t in _all(doc, "h:templateId") if t.get("root")],
         patient=patient,
         authors=authors,
         custodian=_organization(doc.find(
@@ -279,7 +292,7 @@ def extract_header(doc: etree._Element, *, wrapped_in_xslt: bool = False) -> Cda
         facility_type=_code(encounter.find("h:location/h:healthCareFacility/h:code", NS))
         if encounter is not None else None,
         replaced=[i for i in (_ii(rd.find("h:parentDocument/h:id", NS))
-                              for rd in doc.findall("h:relatedDocument", NS) if rd.get("typeCode") == "RPLC") if i],
+                              for rd in _all(doc, "h:relatedDocument") if rd.get("typeCode") == "RPLC") if i],
         body=body,
         wrapped_in_xslt=wrapped_in_xslt,
     )

@@ -365,3 +365,27 @@ def test_only_a_producer_of_a_document_replaces_it(client, database, bearer):
     assert attacked.status_code == 422
     assert "not a registered document of this patient" in attacked.json["issue"][0]["diagnostics"]
     assert "1.2.250.1.213.1.1.9.2.4.1" not in attacked.get_data(as_text=True)
+
+
+def test_a_header_listing_more_than_100_of_one_element_is_refused_before_any_work(client, database):
+    """Within the document's limit, a header could list 40,000 authors, each a contained resource
+    to map, validate and index: 9,000 took 13.6 s and 360 MB."""
+    base = sample("ldl-ses-martin.xml").decode()
+    start, end = base.index("  <author>"), base.index("</author>\n") + len("</author>\n")
+    author = base[start:end]
+
+    def with_authors(count: int, unique_id: str) -> bytes:
+        authors = "".join(author.replace("899900000012", f"8999{n:08d}") for n in range(count))
+        return (base[:start] + authors + base[end:]).replace(
+            '<id root="1.2.250.1.213.1.1.9.2.1.1"/>', f'<id root="{unique_id}"/>', 1).encode()
+
+    assert client.post("/cda", data=with_authors(100, "1.2.250.1.213.1.1.9.2.1.100"), headers=XML).status_code == 201
+    refused = client.post("/cda", data=with_authors(101, "1.2.250.1.213.1.1.9.2.1.101"), headers=XML)
+    assert refused.status_code == 422 and refused.json["issue"][0]["code"] == "too-costly"
+    assert refused.json["issue"][0]["diagnostics"].startswith("ClinicalDocument/author is repeated 101 times, over")
+    ipp = '<id root="1.2.250.1.213.1.1.9.1001" extension="900000001"/>'
+    many_ids = base.replace(ipp, ipp * 100, 1).encode()   # and the INS: 101
+    assert "patientRole/id is repeated 101 times" in client.post("/cda", data=many_ids, headers=XML).data.decode()
+    with database[0].connect() as conn:
+        assert conn.execute(select(raw_inputs.c.status).order_by(raw_inputs.c.id)).scalars().all() == [
+            "processed", "refused", "refused"]
