@@ -44,8 +44,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
     small_body = 1024 * 1024
     document_in_json = settings.max_document_bytes * 4 // 3 + small_body   # base64 in a Bundle or ITI-105
-    # /hl7v2 answers an oversized message itself (AR, its first bytes kept): past twice the limit, 413.
-    body_limits = {"cda.post_cda": settings.max_document_bytes, "hl7v2.post_message": settings.mllp_max_bytes * 2,
+    # /hl7v2 and /cda answer an oversized input themselves (AR or 413, its first bytes kept): past
+    # twice the limit, 413 before anything is read.
+    body_limits = {"cda.post_cda": settings.max_document_bytes * 2, "hl7v2.post_message": settings.mllp_max_bytes * 2,
                    "fhir.transaction": document_in_json, "fhir.simplified_publish": document_in_json,
                    "space.add_document": settings.max_document_bytes + small_body,
                    # a copy of a whole record to check (werkzeug spools it to disk, not to memory)

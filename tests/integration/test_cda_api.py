@@ -144,9 +144,20 @@ def test_refusals_are_operation_outcomes_and_store_nothing_but_the_raw_input(cli
     assert row.status == "refused" and bytes(row.body) == sample(name) and expression in row.outcome
 
 
-def test_too_large_is_413(client, settings):
+def test_too_large_is_413_and_its_first_bytes_are_kept_refused(client, settings, database):
+    """As /hl7v2 and `gateway ingest` keep an oversized input's first bytes: operators see what was
+    sent and by whom. Past twice the limit, nothing is read."""
     big = b"<x>" + b"a" * (settings.max_document_bytes + 10) + b"</x>"
-    assert client.post("/cda", data=big, headers=XML).status_code == 413
+    refused = client.post("/cda", data=big, headers=XML)
+    assert refused.status_code == 413 and refused.json["issue"][0]["code"] == "too-costly"
+    assert f"document is {len(big)} bytes, above the limit of {settings.max_document_bytes} bytes; only its " \
+        "first 65536 bytes were kept" == refused.json["issue"][0]["diagnostics"]
+    huge = b"<x>" + b"a" * (2 * settings.max_document_bytes) + b"</x>"
+    assert client.post("/cda", data=huge, headers=XML).status_code == 413
+    with database[0].connect() as conn:
+        row = conn.execute(select(raw_inputs.c.status, raw_inputs.c.channel, blobs.c.data.label("body")).join(
+            blobs, blobs.c.sha256 == raw_inputs.c.sha256)).one()
+    assert row.status == "refused" and row.channel == "cda" and bytes(row.body) == big[:65536]
 
 
 def test_internal_failure_leaves_nothing_half_stored(client, database, monkeypatch):
