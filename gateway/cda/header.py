@@ -109,7 +109,8 @@ def _all(el: etree._Element, path: str) -> list[etree._Element]:
     if len(found) > MAX_REPEATED:
         where = etree.QName(el).localname + "/" + path.replace("h:", "")
         raise Refused(f"{where} is repeated {len(found)} times, over the {MAX_REPEATED} this gateway reads in a "
-                      "header", location=f"{CD}//{where}", code="too-costly")
+                      "header", location=f"/{where}" if el.getparent() is None else f"{CD}//{where}",
+                      code="too-costly")
     return found
 
 

@@ -394,6 +394,7 @@ def test_a_header_listing_more_than_100_of_one_element_is_refused_before_any_wor
     refused = client.post("/cda", data=with_authors(101, "1.2.250.1.213.1.1.9.2.1.101"), headers=XML)
     assert refused.status_code == 422 and refused.json["issue"][0]["code"] == "too-costly"
     assert refused.json["issue"][0]["diagnostics"].startswith("ClinicalDocument/author is repeated 101 times, over")
+    assert refused.json["issue"][0]["expression"] == ["/ClinicalDocument/author"]
     ipp = '<id root="1.2.250.1.213.1.1.9.1001" extension="900000001"/>'
     many_ids = base.replace(ipp, ipp * 100, 1).encode()   # and the INS: 101
     assert "patientRole/id is repeated 101 times" in client.post("/cda", data=many_ids, headers=XML).data.decode()
