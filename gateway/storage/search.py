@@ -86,6 +86,11 @@ def parse_search(res_type: str, params: list[tuple[str, str]], *, strict: bool =
                           "gateway takes")
     taken = 0
     for name, raw in params:
+        # A result parameter's values count too: 10,000 _sort keys were a 500 after 24 s.
+        taken += len(split_values(raw)) or 1
+        if taken > MAX_SEARCH_VALUES:
+            raise SearchError(f"the search has more than {MAX_SEARCH_VALUES} values, all its parameters together: "
+                              "ask for them in several searches")
         if name in RESULT_PARAMS:
             _result_param(request, name, raw)
             continue
@@ -108,10 +113,6 @@ def parse_search(res_type: str, params: list[tuple[str, str]], *, strict: bool =
         values = split_values(raw)
         if not values:
             raise SearchError(f"parameter '{name}' has no value")
-        taken += len(values)
-        if taken > MAX_SEARCH_VALUES:
-            raise SearchError(f"the search has more than {MAX_SEARCH_VALUES} values, all its parameters together: "
-                              "ask for them in several searches")
         if modifier == "missing" and values[0] not in ("true", "false"):
             raise SearchError(f"'{name}' takes true or false")
         if spec.type == "date" and modifier != "missing":
