@@ -1,11 +1,23 @@
-"""Validation of every resource the gateway writes, with fhir.resources' R4B models, and the one
-invariant those models leave out that an input can break: a period's start after its end."""
+"""Validation of every resource the gateway writes, with fhir.resources' R4B models, and what
+those models leave out that an input can break: a period's start after its end, and the elements
+the profiles the gateway serves under prohibit."""
 from __future__ import annotations
 
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
 from gateway.mapping.dates import fhir_range
+
+
+# What the profiles every stored DocumentReference and List is served under prohibit (max 0 in
+# PDSm's comprehensive DocumentReference and SubmissionSet) and the R4 models accept. A document
+# that is not a CDA keeps its submitted metadata, and a SubmissionSet is kept as submitted: such an
+# element was kept, and every read of it failed the official check (tests/unit/test_validation.py
+# compares this with the StructureDefinitions).
+PROHIBITED = {
+    "DocumentReference": ("modifierExtension", "docStatus"),
+    "List": ("modifierExtension", "encounter", "orderedBy", "emptyReason", "entry.flag", "entry.deleted", "entry.date"),
+}
 
 
 class InvalidResource(ValueError):
@@ -26,10 +38,23 @@ def validate(resource: dict) -> None:
     except ValidationError as exc:
         problems = [(".".join(str(p) for p in err["loc"]) or "(root)", err["msg"]) for err in exc.errors()[:20]]
         raise InvalidResource(res_type, problems) from None
-    problems = [(path, f"the start ({start}) is after the end ({end}) (FHIR per-1)")
-                for path, start, end in _periods(resource, "") if fhir_range(start)[0] > fhir_range(end)[1]]
+    problems = [(path, "is not allowed: PDSm prohibits it (max 0)") for path in _prohibited(resource)]
+    problems += [(path, f"the start ({start}) is after the end ({end}) (FHIR per-1)")
+                 for path, start, end in _periods(resource, "") if fhir_range(start)[0] > fhir_range(end)[1]]
     if problems:
         raise InvalidResource(res_type, problems[:20])
+
+
+def _prohibited(resource: dict):
+    for path in PROHIBITED.get(resource["resourceType"], ()):
+        parent, _, name = path.rpartition(".")
+        if not parent:
+            if name in resource:
+                yield name
+            continue
+        for index, item in enumerate(resource.get(parent) or []):
+            if isinstance(item, dict) and name in item:
+                yield f"{parent}[{index}].{name}"
 
 
 def _periods(node, path: str):

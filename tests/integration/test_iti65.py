@@ -146,6 +146,31 @@ def test_a_submission_of_more_entries_than_one_transaction_takes_is_refused_and_
         assert conn.execute(select(raw_inputs.c.status)).scalars().all() == ["refused"]
 
 
+def test_an_element_the_pdsm_profiles_prohibit_is_refused_not_kept(client, database, bearer):
+    """A SubmissionSet is kept as submitted, and a document that is not a CDA keeps its submitted
+    metadata: a List.entry.date or a DocumentReference.docStatus was kept, and every read of it
+    failed the official check."""
+    bundle = build_submission(sample("cr-biologie-martin.xml"), LIMIT)
+    bundle["entry"][0]["resource"]["entry"][0]["date"] = "2026-03-10"
+    refused = provide(client, bundle)
+    assert refused.status_code == 422
+    assert refused.json["issue"][0]["diagnostics"] == "List.entry[0].date: is not allowed: PDSm prohibits it (max 0)"
+    assert client.post("/cda", data=sample("ldl-ses-martin.xml"), headers={"Content-Type": "application/xml"}
+                       ).status_code == 201
+    pdf = {"resourceType": "DocumentReference", "docStatus": "final",
+           "contained": [{"resourceType": "Practitioner", "id": "author",
+                          "identifier": [{"system": "urn:oid:1.2.250.1.71.4.2.1", "value": "899900000012"}]}],
+           "masterIdentifier": {"system": "urn:ietf:rfc:3986", "value": "urn:oid:1.2.250.1.213.1.1.9.78"},
+           "status": "current", "type": {"coding": [{"system": "http://loinc.org", "code": "11488-4"}]},
+           "subject": {"reference": "Patient?identifier=urn:oid:1.2.250.1.213.1.4.10|185067511204554"},
+           "author": [{"reference": "#author"}],
+           "content": [{"attachment": {"contentType": "application/pdf",
+                                       "data": base64.b64encode(b"%PDF-1.4\n%%EOF\n").decode()}}]}
+    published = client.post("/fhir/DocumentReference", data=json.dumps(pdf), headers=FHIR)
+    assert published.status_code == 422 and "docStatus: is not allowed" in published.json["issue"][0]["diagnostics"]
+    assert document_count(database[0]) == 1
+
+
 def test_not_json_and_wrong_media_type(client):
     assert client.post("/fhir", data="{", headers=FHIR).status_code == 400
     assert client.post("/fhir", data="{}", headers={"Content-Type": "text/plain"}).status_code == 415

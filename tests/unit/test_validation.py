@@ -1,0 +1,36 @@
+"""What validate() adds to the R4 models: the elements the served profiles prohibit, checked
+against the official StructureDefinitions; a period's start after its end."""
+import json
+from pathlib import Path
+
+import pytest
+
+from gateway.fhir.validation import PROHIBITED, InvalidResource, validate
+
+DEFINITIONS = Path(__file__).resolve().parents[2].parent / "shared" / "fhir-definitions" / "pdsm" / "package"
+PROFILES = {"DocumentReference": "StructureDefinition-pdsm-comprehensive-document-reference.json",
+            "List": "StructureDefinition-pdsm-submissionset-comprehensive.json"}
+
+
+@pytest.mark.parametrize("res_type", sorted(PROFILES))
+def test_the_prohibited_elements_are_the_profiles_own(res_type):
+    """Those of a resource's own elements: the profile's sub-extension rules are about its
+    extensions' content, which the gateway writes itself."""
+    path = DEFINITIONS / PROFILES[res_type]
+    if not path.exists():
+        pytest.skip(f"the PDSm package is not present at {DEFINITIONS}")
+    elements = json.loads(path.read_text())["snapshot"]["element"]
+    prohibited = {e["path"].split(".", 1)[1] for e in elements if e.get("max") == "0"
+                  and "extension.extension" not in e["path"]}
+    if res_type == "DocumentReference":
+        prohibited.discard("content.attachment.data")   # moved into its Binary by every write
+    assert prohibited == set(PROHIBITED[res_type])
+
+
+def test_a_prohibited_element_is_named_where_it_is():
+    submission_set = {"resourceType": "List", "status": "current", "mode": "working",
+                      "entry": [{"item": {"reference": "DocumentReference/a"}},
+                                {"item": {"reference": "DocumentReference/b"}, "date": "2026-01-01"}]}
+    with pytest.raises(InvalidResource) as refused:
+        validate(submission_set)
+    assert refused.value.problems == [("entry[1].date", "is not allowed: PDSm prohibits it (max 0)")]
