@@ -11,6 +11,7 @@ told the patient it was not added.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 
@@ -84,7 +85,11 @@ def reprocess(repo: Repository, raw_id: int, settings: Settings) -> Reprocessed:
     reopen(repo, raw_id, row.status, named)
     with read_connection(repo.engine) as conn:
         body = blob_bytes(conn, row.sha256)
-    as_requester = Repository(repo.engine, AccessContext.from_json(row.requester), repo.base_url)
+    # With the rights of whoever sent it; named after the operator too, so that the trail of what
+    # it writes says who had it processed again (an HL7v2 message's says the same, writes.reprocessing).
+    requester = AccessContext.from_json(row.requester)
+    as_requester = Repository(repo.engine, dataclasses.replace(
+        requester, name=f"{requester.name or requester.subject}, reprocessed by {repo.access.subject}"), repo.base_url)
     try:
         TRANSPORTS[row.channel](as_requester, Received(row.channel, body, row.content_type, row.sender),
                                 settings, raw_id)

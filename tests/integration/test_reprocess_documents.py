@@ -26,12 +26,12 @@ def raw_rows(engine) -> list:
         return conn.execute(select(raw_inputs).order_by(raw_inputs.c.id)).all()
 
 
-def audited_agents(engine, reference: str) -> set[str]:
-    """Who the AuditEvents naming `reference` name as their agents."""
+def audited_agents(engine, reference: str, key: str = "altId") -> set[str]:
+    """Who the AuditEvents naming `reference` name as their agents (their ids, or their names)."""
     with engine.connect() as conn:
         bodies = conn.execute(select(resources.c.body).where(
             resources.c.res_type == "AuditEvent", resources.c.body.contains(reference))).scalars().all()
-    return {agent.get("altId") for body in bodies for agent in json.loads(body)["agent"]}
+    return {agent.get(key) for body in bodies for agent in json.loads(body)["agent"]}
 
 
 def submit_cda(client, data):
@@ -73,6 +73,8 @@ def test_a_document_that_failed_is_reprocessed_as_the_professional_who_sent_it(c
     # Registered as Dr NOEL's submission, as it would have been when it arrived.
     assert GP in audited_agents(engine, document)
     assert "operator" not in audited_agents(engine, document)
+    # And the trail says who had it processed again, as a reprocessed message's does.
+    assert f"{GP}, reprocessed by operator" in audited_agents(engine, document, "name")
     # Answered, it is not reprocessed again; the sender's copy sent again is found a duplicate.
     with pytest.raises(NotReprocessable):
         received_documents.reprocess(operator(engine), row.id, settings)
