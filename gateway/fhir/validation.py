@@ -27,7 +27,10 @@ class InvalidResource(ValueError):
         super().__init__("; ".join(f"{res_type}.{loc}: {msg}" for loc, msg in problems))
 
 
-def validate(resource: dict) -> None:
+def validate(resource: dict, *, kept: bool = False) -> None:
+    """`kept`: a resource as stored, checked again after a change the gateway made to it (a label, a
+    status) or gathered into a record's copy: its structure only. What it was kept with before
+    these checks existed is not refused now: a patient could not have masked such a document."""
     res_type = resource.get("resourceType")
     try:
         model = get_fhir_model_class(res_type)
@@ -38,6 +41,8 @@ def validate(resource: dict) -> None:
     except ValidationError as exc:
         problems = [(".".join(str(p) for p in err["loc"]) or "(root)", err["msg"]) for err in exc.errors()[:20]]
         raise InvalidResource(res_type, problems) from None
+    if kept:
+        return
     problems = [(path, "is not allowed: PDSm prohibits it (max 0)") for path in _prohibited(resource)]
     problems += [(path, f"the start ({start}) is after the end ({end}) (FHIR per-1)")
                  for path, start, end in _periods(resource, "") if fhir_range(start)[0] > fhir_range(end)[1]]

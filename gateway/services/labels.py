@@ -143,7 +143,7 @@ def _save(repo: Repository, current: StoredResource, resource: dict, permission:
           labels_changed: set[str] = frozenset()) -> StoredResource:
     resource["meta"] = {k: v for k, v in resource.get("meta", {}).items() if k == "profile"}
     try:
-        validate(resource)
+        validate(resource, kept=True)
     except InvalidResource as exc:
         raise _refuse(str(exc)) from None
     with repo.unit_of_work(permission) as uow:

@@ -170,3 +170,31 @@ def test_a_period_ending_before_it_starts_is_refused(client, bearer):
     answer = client.post("/fhir/Consent", data=json.dumps(consent), content_type="application/fhir+json",
                          headers=bearer("patient", patient=MARTIN_INS))
     assert answer.status_code == 201, answer.data[:300]
+
+
+def test_a_document_kept_before_these_checks_is_still_masked_and_copied(client, bearer, database, settings,
+                                                                        monkeypatch):
+    """A period ending before it starts was kept until now. The patient still masks such a document
+    and gets the copy of their record: only what is written anew is checked."""
+    from gateway.access import AccessContext
+    from gateway.fhir import validation
+    from gateway.services.export import build_export
+    from gateway.storage.repository import Repository
+
+    monkeypatch.setattr(validation, "_periods", lambda node, path: iter(()))
+    backwards = sample("ldl-ses-martin.xml").replace(
+        b'<low value="20260302091500+0100"/><high value="20260310160000+0100"/>',
+        b'<low value="20260310160000+0100"/><high value="20260302091500+0100"/>', 1)
+    assert client.post("/cda", data=backwards, content_type="application/xml").status_code == 201
+    monkeypatch.undo()
+    martin = bearer("patient", patient=MARTIN_INS)
+    document = client.get("/fhir/DocumentReference", headers=martin).json["entry"][0]["resource"]
+    label = {"coding": [{"system": "https://mos.esante.gouv.fr/NOS/TRE_A07-StatutVisibiliteDocument/FHIR/"
+                                   "TRE-A07-StatutVisibiliteDocument", "code": "MASQUE_PS"}]}
+    masked = client.patch(f"/fhir/DocumentReference/{document['id']}",
+                          headers={**martin, "Content-Type": "application/json-patch+json"},
+                          data=json.dumps([{"op": "add", "path": "/securityLabel/-", "value": label}]))
+    assert masked.status_code == 200, masked.data[:300]
+    own = Repository(database[0], AccessContext(role="patient", subject=MARTIN_INS, patient_ins=MARTIN_INS),
+                     settings.public_base_url)
+    assert build_export(own, settings.fhir_base, settings.export_key.read_bytes(), settings.export_cert.read_bytes())
