@@ -6,7 +6,7 @@ from __future__ import annotations
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
-from gateway.mapping.dates import fhir_range
+from gateway.mapping.dates import InvalidTime, fhir_range
 
 
 # What the profiles every stored DocumentReference and List is served under prohibit (max 0 in
@@ -45,9 +45,18 @@ def validate(resource: dict, *, kept: bool = False) -> None:
         return
     problems = [(path, "is not allowed: PDSm prohibits it (max 0)") for path in _prohibited(resource)]
     problems += [(path, f"the start ({start}) is after the end ({end}) (FHIR per-1)")
-                 for path, start, end in _periods(resource, "") if fhir_range(start)[0] > fhir_range(end)[1]]
+                 for path, start, end in _periods(resource, "") if _reversed(start, end)]
     if problems:
         raise InvalidResource(res_type, problems[:20])
+
+
+def _reversed(start: str, end: str) -> bool:
+    """Whether a period ends before it starts; the model checked both are dates (anything else
+    holding a start and an end is not compared)."""
+    try:
+        return fhir_range(start)[0] > fhir_range(end)[1]
+    except InvalidTime:
+        return False
 
 
 def _prohibited(resource: dict):
