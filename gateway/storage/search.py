@@ -87,8 +87,8 @@ def parse_search(res_type: str, params: list[tuple[str, str]], *, strict: bool =
     taken = 0
     for name, raw in params:
         # A result parameter's values count too: 10,000 _sort keys were a 500 after 24 s. Counted by
-        # their commas (an escaped one too): splitting each parameter doubled the parsing's cost.
-        taken += raw.count(",") + 1
+        # their commas, but escaped ones: splitting each parameter doubled the parsing's cost.
+        taken += raw.count(",") - raw.count("\\,") + 1
         if taken > MAX_SEARCH_VALUES:
             raise SearchError(f"the search has more than {MAX_SEARCH_VALUES} values, all its parameters together: "
                               "ask for them in several searches")

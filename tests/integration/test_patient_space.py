@@ -265,3 +265,15 @@ def test_a_form_field_holding_a_nul_is_refused_with_a_message_and_nothing_kept(a
                             .where(resources.c.res_type == "RelatedPerson")).scalar_one() == 0
     refused = app.test_client().post("/connexion", data={"identifiant": "paul\x00", "mot_de_passe": PASSWORD})
     assert refused.status_code == 302
+
+
+def test_a_search_or_a_page_link_the_gateway_cannot_take_is_told_not_failed(app, settings, record):
+    """A patient's search for a professional is a name, commas and all: a lone comma was a search
+    with no value, and an edited page link a bad cursor, each a 500 page "Erreur du service"."""
+    browser = sign_in(app, settings)
+    for query in (",", "BERNARD, Sophie", "a" + ",a" * 150):
+        answer = browser.get("/acces", query_string={"q": query})
+        assert answer.status_code == 200 and "Erreur du service" not in answer.text, query
+    assert "BERNARD" in browser.get("/acces", query_string={"q": "BERNARD"}).text
+    edited = browser.get("/historique", query_string={"page": "garbage"})
+    assert edited.status_code == 400 and "Demande incorrecte" in edited.text

@@ -47,6 +47,7 @@ def test_a_search_takes_30_parameters_and_100_values_all_together():
         parse_search("DocumentReference", [("type", f"t{i}") for i in range(31)])
     with pytest.raises(SearchError, match="more than 100 values"):
         parse_search("DocumentReference", [fifty, fifty, ("status", "current")])
+    parse_search("Practitioner", [("name", "a" + "\\,a" * 150)])   # one name, its commas escaped
     for result in ("_sort", "_include", "_revinclude"):   # 10,000 _sort keys were a 500 after 24 s
         with pytest.raises(SearchError, match="more than 100 values"):
             parse_search("DocumentReference", [(result, ",".join(["date"] * 101))])

@@ -13,6 +13,7 @@ from gateway.refusal import Refused
 from gateway.space import space
 from gateway.storage.database import RETRY_AFTER_SECONDS, unavailable
 from gateway.storage.repository import Gone, NotFound
+from gateway.storage.search import SearchError
 
 log = logging.getLogger(__name__)
 GENERIC_REFUSAL = "cette demande n'a pas pu être enregistrée. Vérifiez les informations saisies et recommencez."
@@ -28,6 +29,15 @@ def refused(error: Refused):
     referrer = request.referrer or ""
     host = request.host_url
     return redirect(referrer if referrer.startswith(host) else url_for("space.documents_page"))
+
+
+@space.errorhandler(SearchError)
+def bad_search(_error):
+    """A page link edited or from another site (`?page=`), or a search the gateway does not take:
+    it was a 500 page, "Erreur du service", as if the service had failed."""
+    return render_template("error.html", title="Demande incorrecte",
+                           message="Cette page n'a pas pu être affichée : son adresse ou la recherche saisie "
+                                   "n'est pas valide."), 400
 
 
 @space.errorhandler(NotFound)

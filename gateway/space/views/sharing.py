@@ -57,7 +57,9 @@ def _search_professionals(query: str) -> list[dict]:
     if digits.isascii() and digits.isdigit():
         params = [("identifier", f"{IDNATPS_SYSTEM}|{_typed_idnatps(digits) or digits}")]
     else:
-        params = [("name", query)]
+        # A name, commas and all ("Dupont, Jean"): not a FHIR list of names to choose among (a lone
+        # comma was a search with no value, and a 500 page).
+        params = [("name", query.replace(",", "\\,"))]
     found = g.repository.search(search_sql.parse_search("Practitioner", params + [("_count", "20")])).entries
     out = []
     for stored in found:
