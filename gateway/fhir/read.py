@@ -6,6 +6,7 @@ import json
 from flask import current_app, g, request
 
 from gateway.storage.repository import Gone, NotFound
+from gateway.storage.schema import MAX_VERSION
 
 from .blueprint import fhir
 from .binary import resource_body, retrieve
@@ -47,7 +48,8 @@ def read(res_type: str, res_id: str):
 def vread(res_type: str, res_id: str, vid: str):
     check_type(res_type)
     negotiate()
-    if not (vid.isascii() and vid.isdigit()):
+    # A version past the column's range names none (PostgreSQL refused it as a parameter: a 500).
+    if not (vid.isascii() and vid.isdigit()) or int(vid) > MAX_VERSION:
         raise FhirError(404, f"version {vid} is not known", code="not-found")
     stored = lookup(g.repository.vread, res_type, res_id, int(vid))
     return fhir_response(resource_body(stored), 200, version_headers(stored.version, stored.last_updated))

@@ -26,6 +26,7 @@ metadata = MetaData()
 # KEY is its 64-bit rowid already; BIGINT there would be a column of its own, not numbered.
 SERIAL_ID = BigInteger().with_variant(Integer(), "sqlite")
 MAX_ID = 2**63 - 1   # a larger number names no row, and neither database takes it as a parameter
+MAX_VERSION = 2**31 - 1   # a resource's version: a 32-bit integer on PostgreSQL
 
 # Every inbound message or document, stored as received before anything else is done with it.
 raw_inputs = Table(

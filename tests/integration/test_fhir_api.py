@@ -24,6 +24,9 @@ def test_read_vread_etag_last_modified(client, database):
                       headers={"If-None-Match": 'W/"1"'}).status_code == 304
     assert client.get(f"/fhir/DocumentReference/{created['id']}/_history/1").json["id"] == created["id"]
     assert client.get(f"/fhir/DocumentReference/{created['id']}/_history/9").status_code == 404
+    # Past the version column's range (32 bits on PostgreSQL, 64 on SQLite): a 500 on each before.
+    for version in (2**31, 2**63, 10**20):
+        assert client.get(f"/fhir/DocumentReference/{created['id']}/_history/{version}").status_code == 404
 
 
 def test_binary_as_fhir_resource(client, database):

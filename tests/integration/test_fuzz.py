@@ -7,12 +7,13 @@ import json
 import os
 import time
 from datetime import datetime
+from urllib.parse import quote
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from conftest import REPORT, SAMPLES
+from conftest import REPORT, SAMPLES, attend_all
 
 EXAMPLES = int(os.environ.get("GATEWAY_FUZZ_EXAMPLES", "200"))
 TRIED = {"inputs": 0, "5xx": 0, "slowest_ms": 0.0}
@@ -96,6 +97,25 @@ def test_random_search_parameters(client):
     @example(res_type="DocumentReference", params=[("date", "\x08"), ("_format", "xml")])
     def run(res_type, params):
         send(client, "GET", f"/fhir/{res_type}", query_string=params)
+
+    run()
+
+
+def test_random_reads_and_versions(client, database):
+    """Found by this test: a version past the column's range (2^31 on PostgreSQL) was a 500."""
+    document = client.post("/cda", data=(SAMPLES / "cda" / "ldl-ses-martin.xml").read_bytes(),
+                           headers={"Content-Type": "application/xml"}).json["id"]
+    attend_all(database[0])   # the reader sees the document: its versions are looked up
+
+    @FUZZ
+    @given(res_type=st.sampled_from(["DocumentReference", "Binary", "Patient", "List", "AuditEvent", "Consent"]),
+           res_id=st.one_of(st.just(document), st.text(min_size=1, max_size=70)),
+           version=st.one_of(st.none(), st.integers(-1, 2**70).map(str), st.sampled_from([str(2**31), str(2**63)]),
+                             st.text(max_size=12)))
+    def run(res_type, res_id, version):
+        path = f"/fhir/{res_type}/{quote(res_id, safe='')}" + ("" if version is None else
+                                                              f"/_history/{quote(version, safe='')}")
+        send(client, "GET", path)
 
     run()
 
