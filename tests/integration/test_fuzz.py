@@ -113,9 +113,8 @@ def test_random_reads_and_versions(client, database):
            version=st.one_of(st.none(), st.integers(-1, 2**70).map(str), st.sampled_from([str(2**31), str(2**63)]),
                              st.text(max_size=12)))
     def run(res_type, res_id, version):
-        path = f"/fhir/{res_type}/{quote(res_id, safe='')}" + ("" if version is None else
-                                                              f"/_history/{quote(version, safe='')}")
-        send(client, "GET", path)
+        history = "" if version is None else f"/_history/{quote(version, safe='')}"
+        send(client, "GET", f"/fhir/{res_type}/{quote(res_id, safe='')}{history}")
 
     run()
 
