@@ -22,7 +22,7 @@ from conftest import SAMPLES, sample
 from gateway.demo import build_submission
 from gateway.services.consents import decision
 from gateway.storage.schema import raw_inputs
-from test_value_bounds import empty, json_leaves
+from test_value_bounds import changed_er7, empty, json_leaves
 
 MARTIN_INS = "185067511204554"
 EDGE_TS = ["00000000", "00010101", "99991231", "99991231235959+1400", "20241231235960", "20240230",
@@ -45,18 +45,7 @@ def cda_variants(data: bytes):
 
 
 def er7_variants(data: bytes):
-    segments = data.decode().replace("\r\n", "\r").replace("\n", "\r").strip("\r").split("\r")
-    for s, segment in enumerate(segments):
-        fields = segment.split("|")
-        for f, field in enumerate(fields):
-            components = field.split("^")
-            for c, component in enumerate(components):
-                if f > 1 and TS_VALUE.fullmatch(component):
-                    for ts in EDGE_TS:
-                        changed = list(segments)
-                        changed[s] = "|".join(fields[:f] + ["^".join(components[:c] + [ts] + components[c + 1:])]
-                                              + fields[f + 1:])
-                        yield f"{segment[:3]}-{f}={ts}", "\r".join(changed).encode()
+    return changed_er7(data, lambda component: EDGE_TS if TS_VALUE.fullmatch(component) else [])
 
 
 def json_variants(base: dict):

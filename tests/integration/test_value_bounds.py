@@ -13,7 +13,6 @@ both backends, never failed.
 import copy
 import json
 
-import pytest
 from lxml import etree
 from sqlalchemy import delete, select
 
@@ -67,8 +66,9 @@ def lengthened_cda(data: bytes):
                                                                              encoding="UTF-8")
 
 
-def lengthened_er7(data: bytes):
-    """Each non-empty component of each field (the CDA in OBX-5 aside), in turn."""
+def changed_er7(data: bytes, replacements):
+    """Each component of each field (MSH-1, MSH-2 and the CDA in OBX-5 aside) replaced by each of
+    `replacements(component)`, in turn: (where, message)."""
     segments = data.decode().replace("\r\n", "\r").replace("\n", "\r").strip("\r").split("\r")
     for s, segment in enumerate(segments):
         fields = segment.split("|")
@@ -77,12 +77,17 @@ def lengthened_er7(data: bytes):
                 continue
             components = field.split("^")
             for c, component in enumerate(components):
-                if component:
+                for value in replacements(component):
                     changed = list(segments)
-                    changed[s] = "|".join(fields[:f] + ["^".join(components[:c] + [component + LONGER]
-                                                                 + components[c + 1:])] + fields[f + 1:])
+                    changed[s] = "|".join(fields[:f] + ["^".join(components[:c] + [value] + components[c + 1:])]
+                                          + fields[f + 1:])
                     number = f + 1 if segment.startswith("MSH") else f
-                    yield f"{segment[:3]}-{number}.{c + 1}", "\r".join(changed).encode()
+                    yield f"{segment[:3]}-{number}.{c + 1}={value[:16]}", "\r".join(changed).encode()
+
+
+def lengthened_er7(data: bytes):
+    """Each non-empty component of each field, in turn."""
+    return changed_er7(data, lambda component: [component + LONGER] if component else [])
 
 
 def empty(engine) -> None:
