@@ -297,9 +297,13 @@ class Message:
         # message is not read; elsewhere, require_header refuses it with an ACK that names it.
         escape = re.escape(seps[2])
         escaped_nul = re.compile(f"{escape}X(?:[0-9A-Fa-f]{{2}})*?00(?:[0-9A-Fa-f]{{2}})*{escape}")
-        self._nul_in = next((n for n, segment in enumerate(segments, start=1)
-                             if ("\x00" in segment and (runs is None or "\x00" in runs.stand_ins.sub("", segment)))
-                             or (seps[2] + "X" in segment and escaped_nul.search(segment))), None)
+
+        def holds_nul(text: str) -> bool:
+            return (("\x00" in text and (runs is None or "\x00" in runs.stand_ins.sub("", text)))
+                    or (seps[2] + "X" in text and escaped_nul.search(text) is not None))
+
+        self._holds_nul = holds_nul
+        self._nul_in = next((n for n, segment in enumerate(segments, start=1) if holds_nul(segment)), None)
         if self._nul_in == 1:
             raise MessageRejected("MSH holds a NUL character (0x00), which no HL7v2 field holds", "MSH^1", "102")
         self.encoding = Encoding(first[3], seps[0], seps[1], seps[2], seps[3])
@@ -314,6 +318,12 @@ class Message:
         runs = LongRuns.of(data)
         text, charset = decode(runs.skeleton(data), runs.offset_in_received) if runs else decode(data)
         return cls(text, charset, runs)
+
+    def _occurrence(self, position: int) -> int:
+        """The segment at `position` (from 1) is the how-manyth of its name: ERR-2's segment sequence
+        (ERL-2), which counts a segment's occurrences, not its place in the message."""
+        name = self.segments[position - 1].name
+        return sum(1 for segment in self.segments[:position] if segment.name == name)
 
     def all(self, name: str) -> list[Segment]:
         return [s for s in self.segments if s.name == name]
@@ -351,13 +361,18 @@ class Message:
             raise MessageRejected(f"MSH-10 (message control id) is longer than {MAX_CONTROL_ID} characters",
                                   "MSH^1^10", "104")
         if self._nul_in:
-            name = self.segments[self._nul_in - 1].name
-            raise MessageRejected(f"segment {self._nul_in} ({name}) holds a NUL character (0x00), as received or "
-                                  "escaped (\\X00\\), which no HL7v2 field holds", f"{name}^{self._nul_in}", "102")
+            segment = self.segments[self._nul_in - 1]
+            field = next(n for n in range(segment.last_field + 1) if self._holds_nul(segment._field(n)))
+            if field == 0:   # its name, which the ACK cannot echo
+                raise MessageRejected(f"the name of segment {self._nul_in} holds a NUL character (0x00), which no "
+                                      "HL7v2 segment name holds", "", "102")
+            raise MessageRejected(f"{segment.name}-{field} (segment {self._nul_in}) holds a NUL character (0x00), as "
+                                  "received or escaped (\\X00\\), which no HL7v2 field holds",
+                                  f"{segment.name}^{self._occurrence(self._nul_in)}^{field}", "102")
         if len(self.segments) > MAX_SEGMENTS:
             raise MessageRejected(f"the message has {len(self.segments)} segments, over the {MAX_SEGMENTS} this "
                                   "gateway takes", "MSH^1", "100")
         for position, segment in enumerate(self.segments, start=1):
             if segment.repetition_marks > MAX_REPETITIONS:
-                raise MessageRejected(f"segment {segment.name} repeats a field more than {MAX_REPETITIONS} times",
-                                      f"{segment.name}^{position}", "100")
+                raise MessageRejected(f"segment {position} ({segment.name}) repeats a field more than "
+                                      f"{MAX_REPETITIONS} times", f"{segment.name}^{self._occurrence(position)}", "100")

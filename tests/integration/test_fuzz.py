@@ -171,5 +171,6 @@ def test_mutated_hl7v2_messages(client, bearer):
         assert response.status_code in (200, 204, 400, 413)
         # A failure is an ACK, not a 5xx: kept as failed, it is an input this gateway cannot keep.
         assert b"internal error: the message" not in response.data, (bytes(data), response.data)
+        assert b"\x00" not in response.data, (bytes(data), response.data)   # no HL7v2 field holds one
 
     run()

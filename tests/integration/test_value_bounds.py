@@ -160,7 +160,8 @@ def test_a_nul_in_an_hl7v2_message_is_refused_naming_its_segment(client, databas
     adt = (SAMPLES / "hl7v2" / "adt-a01-martin.hl7").read_bytes()
     in_pid = client.post("/hl7v2", data=adt.replace(b"MARTIN^PAUL", b"MAR\x00TIN^PAUL", 1),
                          content_type="x-application/hl7-v2+er7", headers=feeder).data.decode()
-    assert "MSA|AR|ADT0001" in in_pid and "ERR||PID^3|102^" in in_pid and "NUL" in in_pid
+    # ERR-2 names the first PID (its occurrence, ERL-2, not its place among the segments) and PID-5.
+    assert "MSA|AR|ADT0001" in in_pid and "ERR||PID^1^5|102^" in in_pid and "PID-5 " in in_pid
     in_msh = client.post("/hl7v2", data=adt.replace(b"|GAM|", b"|G\x00AM|", 1),
                          content_type="x-application/hl7-v2+er7", headers=feeder).data.decode()
     assert "MSA|AR|" in in_msh and "MSH holds a NUL character" in in_msh
@@ -169,12 +170,17 @@ def test_a_nul_in_an_hl7v2_message_is_refused_naming_its_segment(client, databas
     for escaped in (b"MAR\\X00\\TIN^PAUL", b"MAR\\X4100\\TIN^PAUL"):
         ack = client.post("/hl7v2", data=adt.replace(b"MARTIN^PAUL", escaped, 1),
                           content_type="x-application/hl7-v2+er7", headers=feeder).data.decode()
-        assert "MSA|AR|ADT0001" in ack and "ERR||PID^3|102^" in ack and "escaped" in ack, ack
+        assert "MSA|AR|ADT0001" in ack and "ERR||PID^1^5|102^" in ack and "escaped" in ack, ack
     in_msh9 = client.post("/hl7v2", data=adt.replace(b"ADT^A01", b"ADT^\\X00\\A01", 1),
                           content_type="x-application/hl7-v2+er7", headers=feeder)
     assert in_msh9.status_code == 200 and "MSH holds a NUL character" in in_msh9.data.decode()
+    # In a segment's name, which the ACK cannot echo: it was written into ERR (a 500 on PostgreSQL).
+    in_name = client.post("/hl7v2", data=adt.replace(b"\rPID|", b"\rPI\x00D|", 1).replace(b"\nPID|", b"\nPI\x00D|", 1),
+                          content_type="x-application/hl7-v2+er7", headers=feeder)
+    assert in_name.status_code == 200 and b"\x00" not in in_name.data
+    assert "MSA|AR|ADT0001" in in_name.data.decode() and "the name of segment" in in_name.data.decode()
     with database[0].connect() as conn:   # each kept, as received, and refused
-        assert conn.execute(select(raw_inputs.c.status)).scalars().all() == ["refused"] * 5
+        assert conn.execute(select(raw_inputs.c.status)).scalars().all() == ["refused"] * 6
 
 
 def test_a_nul_in_a_fhir_body_or_a_url_is_refused_before_any_query(client, bearer):

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from gateway.hl7v2.ack import escape
-from gateway.hl7v2.er7 import Encoding, Message, MessageRejected
+from gateway.hl7v2.er7 import MAX_REPETITIONS, Encoding, Message, MessageRejected
 
 PID = "PID|1||123^^^HOSP&1.2.3&ISO^PI~456^^^OTHER&&^PI||ŒUVRAY^HÉLÈNE^HÉLÈNE ZOÉ^^^^L"
 
@@ -71,6 +71,19 @@ def test_a_hex_escape_of_a_nul_is_refused_as_a_nul(value, nul):
             parsed.require_header()
     else:
         parsed.require_header()
+
+
+def test_a_refusal_names_the_segment_by_its_occurrence_and_the_field():
+    """ERR-2 (ERL): segment, its occurrence among segments of that name, field; not its place."""
+    with pytest.raises(MessageRejected) as nul:
+        Message(message("", "NTE|1||a", "NTE|2||b\\X00\\c"), "").require_header()
+    assert nul.value.location == "NTE^2^3" and str(nul.value).startswith("NTE-3 (segment 3)")
+    with pytest.raises(MessageRejected) as repeated:
+        Message(message("", "NTE|1", "PID|1||" + "~" * (MAX_REPETITIONS + 1)), "").require_header()
+    assert repeated.value.location == "PID^1"
+    with pytest.raises(MessageRejected) as named:
+        Message(message("", "NTE|1", "PI\x00D|1"), "").require_header()
+    assert named.value.location == "" and "\x00" not in str(named.value)
 
 
 def test_msh_without_encoding_characters():
