@@ -1,7 +1,9 @@
 """Validation of every resource the gateway writes, with fhir.resources' R4B models, and what
-those models leave out that an input can break: a period's start after its end, and the elements
-the profiles the gateway serves under prohibit."""
+those models leave out that an input can break: a period's start after its end, a control character
+in a string, and the elements the profiles the gateway serves under prohibit."""
 from __future__ import annotations
+
+import re
 
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
@@ -18,6 +20,12 @@ PROHIBITED = {
     "DocumentReference": ("modifierExtension", "docStatus"),
     "List": ("modifierExtension", "encounter", "orderedBy", "emptyReason", "entry.flag", "entry.deleted", "entry.date"),
 }
+
+
+# The C0 control characters but tab, line feed and carriage return: FHIR strings should not hold them
+# (R4, "string"), and XML 1.0 cannot carry them, so a resource holding one would read otherwise in
+# XML than in JSON. An HL7v2 field or a JSON string can hold one; a CDA, being XML, cannot.
+CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f]")
 
 
 class InvalidResource(ValueError):
@@ -44,8 +52,7 @@ def validate(resource: dict, *, kept: bool = False) -> None:
     if kept:
         return
     problems = [(path, "is not allowed: PDSm prohibits it (max 0)") for path in _prohibited(resource)]
-    problems += [(path, f"the start ({start}) is after the end ({end}) (FHIR per-1)")
-                 for path, start, end in _periods(resource, "") if _reversed(start, end)]
+    problems += list(_flaws(resource, ""))
     if problems:
         raise InvalidResource(res_type, problems[:20])
 
@@ -71,17 +78,27 @@ def _prohibited(resource: dict):
                 yield f"{parent}[{index}].{name}"
 
 
-def _periods(node, path: str):
-    """Each element holding a start and an end: in what the gateway keeps, a Period. The models
-    check neither per-1 nor its like, and the official check fails a resource that breaks them: a
-    CDA whose effectiveTime ends before it starts (which the CI-SIS schematrons refuse too,
-    dtr1-7-IVL_TS), an ITI-65 DocumentReference or a patient's Consent saying the same."""
+def _flaws(node, path: str):
+    """(path, problem) for each period whose start is after its end and each string holding a
+    control character. The models check neither, and the official check fails a resource whose
+    period is reversed: a CDA whose effectiveTime ends before it starts (which the CI-SIS
+    schematrons refuse too, dtr1-7-IVL_TS), an ITI-65 DocumentReference or a patient's Consent
+    saying the same."""
     if isinstance(node, dict):
-        if isinstance(node.get("start"), str) and isinstance(node.get("end"), str):
-            yield path, node["start"], node["end"]
-        for key, value in node.items():
-            if isinstance(value, (dict, list)):
-                yield from _periods(value, f"{path}.{key}" if path else key)
-    elif isinstance(node, list):
-        for index, value in enumerate(node):
-            yield from _periods(value, f"{path}[{index}]")
+        start, end = node.get("start"), node.get("end")
+        if isinstance(start, str) and isinstance(end, str) and _reversed(start, end):
+            yield path, f"the start ({start}) is after the end ({end}) (FHIR per-1)"
+        items = node.items()
+    else:
+        items = ((f"[{index}]", value) for index, value in enumerate(node))
+    for key, value in items:
+        if isinstance(value, str):
+            if (found := CONTROL.search(value)) is not None:
+                yield (_joined(path, key), f"holds the control character U+{ord(found.group()):04X}, which FHIR "
+                       "strings should not hold and XML cannot carry (tab, line feed and carriage return only)")
+        elif isinstance(value, (dict, list)):
+            yield from _flaws(value, _joined(path, key))
+
+
+def _joined(path: str, key: str) -> str:
+    return f"{path}{key}" if key.startswith("[") or not path else f"{path}.{key}"

@@ -1,5 +1,5 @@
 """What validate() adds to the R4 models: the elements the served profiles prohibit, checked
-against the official StructureDefinitions; a period's start after its end."""
+against the official StructureDefinitions; a period's start after its end; a control character."""
 import json
 from pathlib import Path
 
@@ -34,3 +34,26 @@ def test_a_prohibited_element_is_named_where_it_is():
     with pytest.raises(InvalidResource) as refused:
         validate(submission_set)
     assert refused.value.problems == [("entry[1].date", "is not allowed: PDSm prohibits it (max 0)")]
+
+
+@pytest.mark.parametrize("character", [chr(c) for c in range(32) if c not in (9, 10, 13)])
+def test_a_control_character_is_named_where_it_is(character):
+    patient = {"resourceType": "Patient", "name": [{"family": "MARTIN", "given": ["Paul", f"Jean{character}"]}]}
+    with pytest.raises(InvalidResource) as refused:
+        validate(patient)
+    [(path, problem)] = refused.value.problems
+    assert path == "name[0].given[1]" and f"U+{ord(character):04X}" in problem
+
+
+def test_tab_line_feed_and_carriage_return_are_kept_and_what_was_kept_is_not_checked_again():
+    validate({"resourceType": "Patient", "name": [{"text": "MARTIN\tPaul\r\nJean"}]})
+    validate({"resourceType": "Patient", "name": [{"text": "MARTIN\x01Paul"}]}, kept=True)
+
+
+def test_a_reversed_period_and_a_control_character_are_both_named():
+    consent = {"resourceType": "Consent", "status": "active", "scope": {"text": "x"}, "category": [{"text": "y"}],
+               "provision": {"period": {"start": "2026-02-01", "end": "2026-01-01"},
+                             "actor": [{"role": {"text": "a\x1fb"}, "reference": {"display": "z"}}]}}
+    with pytest.raises(InvalidResource) as refused:
+        validate(consent)
+    assert [path for path, _ in refused.value.problems] == ["provision.period", "provision.actor[0].role.text"]

@@ -1,0 +1,68 @@
+"""A control character (U+0001 to U+001F but tab, line feed and carriage return) is refused wherever
+it would be written: FHIR strings should not hold one, and XML cannot carry it, so the resource
+would read otherwise in XML than in JSON. An HL7v2 field (as received or as a hex escape) and a
+FHIR JSON string can hold one; a CDA, being XML, cannot. Before, each was kept, and served as
+U+0001 in JSON and U+FFFD in XML."""
+import json
+
+import pytest
+from sqlalchemy import select
+
+from conftest import SAMPLES, sample
+from gateway.access import AccessContext
+from gateway.demo import build_submission
+from gateway.refusal import Refused
+from gateway.services.consents import decision
+from gateway.services.personal import add_contact
+from gateway.storage.repository import Repository
+from gateway.storage.schema import raw_inputs
+
+MARTIN_INS = "185067511204554"
+HL7 = "x-application/hl7-v2+er7"
+
+
+@pytest.mark.parametrize("name", [b"MAR\x01TIN^PAUL", b"MAR\\X01\\TIN^PAUL", b"MARTIN^PAUL\x1bJEAN"])
+def test_an_hl7v2_field_holding_one_is_refused_naming_where_it_would_go(client, database, bearer, name):
+    adt = (SAMPLES / "hl7v2" / "adt-a01-martin.hl7").read_bytes()
+    ack = client.post("/hl7v2", data=adt.replace(b"MARTIN^PAUL", name, 1), content_type=HL7,
+                      headers=bearer("system", sub="GAM CH-SAINT-AUBIN")).data.decode()
+    assert "MSA|AE|ADT0001" in ack and "ERR||PID^1|102^" in ack and "Patient.name[0]." in ack, ack
+    assert "holds the control character U+00" in ack
+    with database[0].connect() as conn:
+        assert conn.execute(select(raw_inputs.c.status)).scalars().all() == ["refused"]
+    found = client.get(f"/fhir/Patient?identifier=urn:oid:1.2.250.1.213.1.4.10|{MARTIN_INS}",
+                       headers=bearer("doctor", sub="899900000053"))
+    assert found.json.get("total") == 0
+
+
+def test_a_json_string_holding_one_is_refused_and_tab_and_line_breaks_are_kept(client, bearer):
+    submission = build_submission(sample("cr-biologie-martin.xml"), 5 * 1024 * 1024)
+    submission_set = submission["entry"][0]["resource"]   # kept as submitted
+    submission_set["title"] = "Bilan\x07 lipidique"
+    refused = client.post("/fhir", data=json.dumps(submission), content_type="application/fhir+json")
+    assert refused.status_code == 422, refused.data[:300]
+    assert "title: holds the control character U+0007" in refused.json["issue"][0]["diagnostics"]
+    submission_set["title"] = "Bilan\tlipidique\r\nà jeun"
+    kept = client.post("/fhir", data=json.dumps(submission), content_type="application/fhir+json")
+    assert kept.status_code == 200, kept.data[:300]
+    ref = next(e["response"]["location"] for e in kept.json["entry"] if e["response"]["location"].startswith("List/"))
+    reader = bearer("patient", patient=MARTIN_INS)
+    as_json = client.get(f"/fhir/{ref.split('/_history')[0]}", headers=reader)
+    assert as_json.json["title"] == "Bilan\tlipidique\r\nà jeun"
+    as_xml = client.get(f"/fhir/{ref.split('/_history')[0]}?_format=xml", headers=reader).data.decode()
+    assert '<title value="Bilan&#9;lipidique&#13;&#10;à jeun"/>' in as_xml, as_xml
+
+    consent = decision("professional", "permit", "899900000012")
+    consent["provision"]["actor"][0]["reference"]["display"] = "Dr\x0cBERNARD"
+    answer = client.post("/fhir/Consent", data=json.dumps(consent), content_type="application/fhir+json",
+                         headers=reader)
+    assert answer.status_code == 422 and "U+000C" in answer.json["issue"][0]["diagnostics"], answer.data[:300]
+
+
+def test_an_emergency_contact_holding_one_is_refused_in_french(client, database, settings):
+    assert client.post("/cda", data=sample("ldl-ses-martin.xml"), content_type="application/xml").status_code == 201
+    own = Repository(database[0], AccessContext(role="patient", subject=MARTIN_INS, patient_ins=MARTIN_INS),
+                     settings.public_base_url)
+    with pytest.raises(Refused) as refused:
+        add_contact(own, family="MARTIN\x01", given="Anne", relation="SPS", phone="0601020304")
+    assert refused.value.status == 422 and refused.value.patient_text.startswith("les informations saisies")
