@@ -1,13 +1,12 @@
 """Validation of every resource the gateway writes, with fhir.resources' R4B models, and what
-those models leave out that an input can break: a period's start after its end, a control character
-in a string, and the elements the profiles the gateway serves under prohibit."""
+those models leave out that an input can break: a period's start after its end, a character XML
+cannot carry in a string, and the elements the profiles the gateway serves under prohibit."""
 from __future__ import annotations
-
-import re
 
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
+from gateway.fhir.xml_writer import NOT_XML
 from gateway.mapping.dates import InvalidTime, fhir_range
 
 
@@ -20,12 +19,6 @@ PROHIBITED = {
     "DocumentReference": ("modifierExtension", "docStatus"),
     "List": ("modifierExtension", "encounter", "orderedBy", "emptyReason", "entry.flag", "entry.deleted", "entry.date"),
 }
-
-
-# The C0 control characters but tab, line feed and carriage return: FHIR strings should not hold them
-# (R4, "string"), and XML 1.0 cannot carry them, so a resource holding one would read otherwise in
-# XML than in JSON. An HL7v2 field or a JSON string can hold one; a CDA, being XML, cannot.
-CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f]")
 
 
 class InvalidResource(ValueError):
@@ -80,10 +73,12 @@ def _prohibited(resource: dict):
 
 def _flaws(node, path: str):
     """(path, problem) for each period whose start is after its end and each string holding a
-    control character. The models check neither, and the official check fails a resource whose
+    character XML cannot carry. The models check neither. The official check fails a resource whose
     period is reversed: a CDA whose effectiveTime ends before it starts (which the CI-SIS
     schematrons refuse too, dtr1-7-IVL_TS), an ITI-65 DocumentReference or a patient's Consent
-    saying the same."""
+    saying the same. A JSON string or an HL7v2 field can hold a C0 control character (FHIR strings
+    should hold none but tab, line feed and carriage return, R4 "string") or U+FFFE or U+FFFF, and
+    such a resource would read otherwise in XML than in JSON; a CDA, being XML, cannot."""
     if isinstance(node, dict):
         start, end = node.get("start"), node.get("end")
         if isinstance(start, str) and isinstance(end, str) and _reversed(start, end):
@@ -93,9 +88,9 @@ def _flaws(node, path: str):
         items = ((f"[{index}]", value) for index, value in enumerate(node))
     for key, value in items:
         if isinstance(value, str):
-            if (found := CONTROL.search(value)) is not None:
-                yield (_joined(path, key), f"holds the control character U+{ord(found.group()):04X}, which FHIR "
-                       "strings should not hold and XML cannot carry (tab, line feed and carriage return only)")
+            if (found := NOT_XML.search(value)) is not None:
+                yield (_joined(path, key), f"holds the character U+{ord(found.group()):04X}, which XML cannot carry: "
+                       "of the control characters, a FHIR string holds tab, line feed and carriage return only")
         elif isinstance(value, (dict, list)):
             yield from _flaws(value, _joined(path, key))
 

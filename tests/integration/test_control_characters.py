@@ -1,8 +1,8 @@
 """A control character (U+0001 to U+001F but tab, line feed and carriage return) is refused wherever
 it would be written: FHIR strings should not hold one, and XML cannot carry it, so the resource
-would read otherwise in XML than in JSON. An HL7v2 field (as received or as a hex escape) and a
-FHIR JSON string can hold one; a CDA, being XML, cannot. Before, each was kept, and served as
-U+0001 in JSON and U+FFFD in XML."""
+would read otherwise in XML than in JSON; the same for the noncharacters U+FFFE and U+FFFF. An
+HL7v2 field (as received or as a hex escape) and a FHIR JSON string can hold one; a CDA, being XML,
+cannot. Before, each was kept, and served as U+0001 in JSON and U+FFFD in XML."""
 import json
 
 import pytest
@@ -27,7 +27,7 @@ def test_an_hl7v2_field_holding_one_is_refused_naming_where_it_would_go(client, 
     ack = client.post("/hl7v2", data=adt.replace(b"MARTIN^PAUL", name, 1), content_type=HL7,
                       headers=bearer("system", sub="GAM CH-SAINT-AUBIN")).data.decode()
     assert "MSA|AE|ADT0001" in ack and "ERR||PID^1|102^" in ack and "Patient.name[0]." in ack, ack
-    assert "holds the control character U+00" in ack
+    assert "holds the character U+00" in ack and "XML cannot carry" in ack
     with database[0].connect() as conn:
         assert conn.execute(select(raw_inputs.c.status)).scalars().all() == ["refused"]
     found = client.get(f"/fhir/Patient?identifier=urn:oid:1.2.250.1.213.1.4.10|{MARTIN_INS}",
@@ -41,7 +41,10 @@ def test_a_json_string_holding_one_is_refused_and_tab_and_line_breaks_are_kept(c
     submission_set["title"] = "Bilan\x07 lipidique"
     refused = client.post("/fhir", data=json.dumps(submission), content_type="application/fhir+json")
     assert refused.status_code == 422, refused.data[:300]
-    assert "title: holds the control character U+0007" in refused.json["issue"][0]["diagnostics"]
+    assert "title: holds the character U+0007" in refused.json["issue"][0]["diagnostics"]
+    submission_set["title"] = "Bilan lipidique\uffff"
+    refused = client.post("/fhir", data=json.dumps(submission), content_type="application/fhir+json")
+    assert refused.status_code == 422 and "U+FFFF" in refused.json["issue"][0]["diagnostics"]
     submission_set["title"] = "Bilan\tlipidique\r\nà jeun"
     kept = client.post("/fhir", data=json.dumps(submission), content_type="application/fhir+json")
     assert kept.status_code == 200, kept.data[:300]
