@@ -68,7 +68,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         if access is None:
             return None
         # One repository per request, built from who is asking: every read goes through it.
-        g.repository = Repository(app.config["ENGINE"], access, settings.public_base_url)
+        g.repository = Repository(app.config["ENGINE"], access, settings.public_base_url, settings.search_seconds)
         if access.role == INSURER:
             refusal = Outcome("4", "insurers, banks and employers may not access the record (CSP L1111-18)")
             g.repository.record_authorization("AuthZ-Role", refusal)

@@ -43,6 +43,8 @@ class Settings:
     # MLLP: a frame larger than this is refused (a 20 MB document is about 27 MB in base64).
     mllp_max_bytes: int = 32 * 1024 * 1024
     mllp_idle_timeout: float = 300.0
+    # Seconds a search of the HTTP API or the patient space may run (Repository.search_seconds).
+    search_seconds: float = 10.0
     mllp_workers: int = 8
     # Listener processes sharing the port (listener.start_processes): Python runs one thread at a time per
     # process, so the ingest work of several connections uses several cores only in several processes.
@@ -109,6 +111,7 @@ class Settings:
             log_level=os.environ.get("GATEWAY_LOG_LEVEL", "INFO"),
             mllp_max_bytes=_int("GATEWAY_MLLP_MAX_BYTES", 32 * 1024 * 1024),
             mllp_idle_timeout=float(os.environ.get("GATEWAY_MLLP_IDLE_TIMEOUT", "300")),
+            search_seconds=float(os.environ.get("GATEWAY_SEARCH_TIMEOUT", "10")),
             mllp_workers=_int("GATEWAY_MLLP_WORKERS", 8),
             mllp_processes=_int("GATEWAY_MLLP_PROCESSES", 2),
             mllp_max_connections=_int("GATEWAY_MLLP_MAX_CONNECTIONS", 32),

@@ -42,10 +42,10 @@ def create(res_type: str):
     if condition:
         try:
             parsed = search_sql.parse_search(res_type, parse_qsl(condition), strict=True)
+            parsed.count = 2   # none, one, or several
+            page = g.repository.search(parsed)
         except search_sql.SearchError as exc:
-            raise FhirError(400, f"If-None-Exist: {exc}", code="invalid") from None
-        parsed.count = 2   # none, one, or several
-        page = g.repository.search(parsed)
+            raise FhirError(400, f"If-None-Exist: {exc}", code=exc.code) from None
         if len(page.entries) > 1:
             raise FhirError(412, "If-None-Exist matches several resources", code="duplicate")
         if len(page.entries) == 1:

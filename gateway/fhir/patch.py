@@ -45,7 +45,7 @@ def patch_by_identifier():
         page = g.repository.search(search_sql.parse_search("DocumentReference", criteria + [("_count", "2")],
                                                            strict=True))
     except search_sql.SearchError as exc:
-        raise FhirError(400, str(exc), code="invalid") from None
+        raise FhirError(400, str(exc), code=exc.code) from None
     # Two entries at most (_count=2): none, one, or several.
     if not page.entries:
         raise FhirError(404, "no document with this identifier", code="not-found")

@@ -34,7 +34,7 @@ def run_search(res_type: str, params: list[tuple[str, str]]):
         parsed = search_sql.parse_search(res_type, params, strict=_strict())
         page = g.repository.search(parsed)
     except search_sql.SearchError as exc:
-        raise FhirError(400, str(exc), code="invalid") from None
+        raise FhirError(400, str(exc), code=exc.code) from None
     return fhir_response(searchset(res_type, parsed, page))
 
 

@@ -119,8 +119,9 @@ def signed_in():
 
 def record_repository(record: str) -> Repository:
     """The repository of this request, as the signed-in account on one of its records."""
+    settings = current_app.config["SETTINGS"]
     return Repository(current_app.config["ENGINE"], g.account.access(record, request.remote_addr),
-                      current_app.config["SETTINGS"].public_base_url)
+                      settings.public_base_url, settings.search_seconds)
 
 
 def record_holder(repository: Repository) -> str:

@@ -6,6 +6,7 @@ import fcntl
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -162,15 +163,42 @@ def _writer_between_processes(engine: Engine) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def read_connection(engine: Engine) -> Iterator[Connection]:
+def read_connection(engine: Engine, seconds: float | None = None) -> Iterator[Connection]:
     """A read transaction whose statements all see one snapshot: SQLite's read transaction gives
     that; PostgreSQL's READ COMMITTED would take a new one per statement, so it reads REPEATABLE READ
-    (a page's rows are then read by id, as the filtered query chose them)."""
+    (a page's rows are then read by id, as the filtered query chose them). With `seconds`, a
+    statement still running after them is stopped (`timed_out` tells that failure): on PostgreSQL
+    each statement gets that long (statement_timeout), on SQLite all of them together."""
     with engine.connect() as conn:
         if not is_sqlite(engine):
             conn.execution_options(isolation_level="REPEATABLE READ")
         with conn.begin():
-            yield conn
+            if seconds is None:
+                yield conn
+            elif is_sqlite(engine):
+                deadline = time.monotonic() + seconds
+                raw = conn.connection.driver_connection
+                # Asked every SQLITE_STEPS virtual machine instructions; true stops the statement.
+                raw.set_progress_handler(lambda: time.monotonic() > deadline, SQLITE_STEPS)
+                try:
+                    yield conn
+                finally:
+                    raw.set_progress_handler(None, 0)   # the connection goes back to the pool
+            else:
+                conn.execute(text(f"SET LOCAL statement_timeout = {max(1, round(seconds * 1000))}"))
+                yield conn
+
+
+# How often SQLite's progress handler looks at the clock: about every 0.1 ms of a statement's work.
+SQLITE_STEPS = 10_000
+
+
+def timed_out(failure: BaseException) -> bool:
+    """Whether a failure is a statement stopped by read_connection's time limit (PostgreSQL's
+    query_canceled, SQLite's interrupt), rather than the database being unavailable."""
+    cause = getattr(failure, "orig", failure)
+    return getattr(cause, "sqlstate", None) == "57014" or (
+        isinstance(cause, sqlite.OperationalError) and str(cause) == "interrupted")
 
 
 def ping(engine: Engine) -> None:

@@ -13,6 +13,7 @@ from typing import Callable, TypeVar
 from urllib.parse import urlparse
 
 from sqlalchemy import Connection, Engine, and_, delete, func, or_, select, text, update
+from sqlalchemy.exc import DBAPIError
 from uuid6 import uuid7
 
 from gateway.access import AccessContext
@@ -26,7 +27,7 @@ from gateway.refusal import Refused
 from . import search as search_sql
 from . import statements as sql
 from .commits import group_commit
-from .database import pipelined, read_connection, write_transaction
+from .database import pipelined, read_connection, timed_out, write_transaction
 from .schema import (
     BLOB_PART,
     access_rules,
@@ -109,10 +110,14 @@ def dumps(resource: dict) -> str:
 
 
 class Repository:
-    def __init__(self, engine: Engine, access: AccessContext, base_url: str | None = None):
+    def __init__(self, engine: Engine, access: AccessContext, base_url: str | None = None,
+                 search_seconds: float | None = None):
         self.engine = engine
         self.access = access
         self.base_url = base_url
+        # How long a search may run (GATEWAY_SEARCH_TIMEOUT for the HTTP readers): within its bounds
+        # (30 parameters, 100 values) its work still grows with the documents the reader may see.
+        self.search_seconds = search_seconds
 
     def _visible(self, res_type: str, listed: bool = False):
         return self.access.resource_filter(resources, res_type, listed)
@@ -231,9 +236,16 @@ class Repository:
     def search(self, request: search_sql.SearchRequest) -> SearchPage:
         # The page and what its AuditEvents say (the patients it was about, whether the reader may
         # open their records) come from one read transaction: one snapshot, one connection.
-        with read_connection(self.engine) as conn:
-            page = self._search(conn, request)
-            events = self._search_audit(conn, request, page)
+        try:
+            with read_connection(self.engine, self.search_seconds) as conn:
+                page = self._search(conn, request)
+                events = self._search_audit(conn, request, page)
+        except DBAPIError as exc:
+            if not timed_out(exc):
+                raise
+            raise search_sql.SearchError(
+                f"the search ran longer than the {self.search_seconds:g} s this gateway gives one: narrow it "
+                "(name the patient, a type, a period) or ask for fewer values", code="too-costly") from None
         if events:
             self.record_audit(events)
         return page

@@ -43,7 +43,11 @@ def query_string(request: "SearchRequest") -> str:
 
 
 class SearchError(ValueError):
-    """A search the server cannot answer as asked (answered 400)."""
+    """A search the server cannot answer as asked (answered 400); `code` is the issue's code."""
+
+    def __init__(self, message: str, code: str = "invalid"):
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True)
