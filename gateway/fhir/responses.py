@@ -6,12 +6,17 @@ from email.utils import format_datetime
 from datetime import datetime
 
 from flask import Response, has_request_context, request
+from werkzeug.datastructures import MIMEAccept
+from werkzeug.http import parse_options_header
 
 from .formats import FHIR_XML, XML_FORMATS, XML_TYPES, to_xml
 
 FHIR_JSON = "application/fhir+json"
 JSON_TYPES = {"application/fhir+json", "application/json", "json", "application/json+fhir", "*/*",
               "application/*"}
+# The FHIR version a media type may name (`application/fhir+json; fhirVersion=4.0`, R4 "http"):
+# this server's, or another, which it cannot serve (406) nor read (415).
+FHIR_VERSIONS = ("4.0", "4.0.1")
 
 
 class FhirError(Exception):
@@ -40,9 +45,13 @@ FHIR_TYPES = FHIR_JSON_TYPES + XML_TYPES
 
 
 def require_content_type(allowed, explanation: str) -> None:
-    """415 unless the request body has one of the `allowed` media types."""
+    """415 unless the request body has one of the `allowed` media types, of FHIR 4.0 if it says."""
     if request.mimetype not in allowed:
         raise FhirError(415, f"content type {request.mimetype or '(none)'} {explanation}", code="not-supported")
+    version = request.mimetype_params.get("fhirversion")
+    if version not in (None, *FHIR_VERSIONS):
+        raise FhirError(415, f"content type {request.mimetype}; fhirVersion={version} is not supported: this server "
+                             "takes FHIR 4.0 (R4)", code="not-supported")
 
 
 READ_PART = 1 << 20
@@ -77,8 +86,21 @@ def wants_xml() -> bool:
     fmt = request.args.get("_format")
     if fmt:
         return fmt.split(";")[0].strip() in XML_FORMATS
-    best = request.accept_mimetypes.best_match([FHIR_JSON, FHIR_XML, "application/json", "application/xml", "text/xml"])
-    return best in XML_TYPES and request.accept_mimetypes[best] > request.accept_mimetypes[FHIR_JSON]
+    accept = _accepted()
+    best = accept.best_match([FHIR_JSON, FHIR_XML, "application/json", "application/xml", "text/xml"])
+    return best in XML_TYPES and accept[best] > accept[FHIR_JSON]
+
+
+def _accepted() -> MIMEAccept:
+    """Accept's media types without their parameters, which werkzeug would match with nothing (a
+    client sending `application/fhir+xml; fhirVersion=4.0` or `application/fhir+json;
+    charset=utf-8` was refused 406), less those asking for another FHIR version than this one's."""
+    kept = []
+    for value, quality in request.accept_mimetypes:
+        mime, params = parse_options_header(value)
+        if params.get("fhirversion") in (None, *FHIR_VERSIONS):
+            kept.append((mime, quality))
+    return MIMEAccept(kept)
 
 
 def negotiate() -> None:
@@ -89,11 +111,12 @@ def negotiate() -> None:
             raise FhirError(406, f"_format={fmt} is not supported: this server answers application/fhir+json "
                                  "and application/fhir+xml", code="not-supported")
         return
-    accepted = [mime for mime, quality in request.accept_mimetypes if quality > 0]
-    if accepted and not any(mime in JSON_TYPES or mime in XML_TYPES or mime.endswith(("+json", "+xml"))
-                            for mime in accepted):
+    asked = [mime for mime, quality in request.accept_mimetypes if quality > 0]
+    accepted = [mime for mime, quality in _accepted() if quality > 0]
+    if asked and not any(mime in JSON_TYPES or mime in XML_TYPES or mime.endswith(("+json", "+xml"))
+                         for mime in accepted):
         raise FhirError(406, f"Accept: {request.headers.get('Accept')} cannot be served: this server answers "
-                             "application/fhir+json and application/fhir+xml", code="not-supported")
+                             "application/fhir+json and application/fhir+xml, of FHIR 4.0 (R4)", code="not-supported")
 
 
 def fhir_response(body: dict | str, status: int = 200, headers: dict | None = None) -> Response:

@@ -59,6 +59,35 @@ def test_error_statuses_are_operation_outcomes(client, database):
         assert response.headers["Content-Type"].startswith("application/fhir+json")
 
 
+@pytest.mark.parametrize("accept, answered", [
+    # As Firely's .NET client sent it by default (2.0 to 3.6), and HAPI's core client does.
+    ("application/fhir+json; charset=utf-8; fhirVersion=4.0", "application/fhir+json"),
+    ("application/fhir+json; fhirVersion=4.0", "application/fhir+json"),
+    ("application/fhir+xml; fhirVersion=4.0", "application/fhir+xml"),
+    ("application/fhir+json; charset=utf-8", "application/fhir+json"),
+    ("application/fhir+xml; fhirVersion=4.0, application/fhir+json; q=0.8", "application/fhir+xml"),
+    ("application/fhir+xml; fhirVersion=3.0, application/fhir+json; q=0.8", "application/fhir+json"),
+    ("application/fhir+json; fhirVersion=3.0", None),
+    ("application/fhir+xml; fhirVersion=5.0", None)])
+def test_accept_is_read_with_its_parameters(client, accept, answered):
+    """A media type's parameters do not hide it; one naming another FHIR version than 4.0 cannot be
+    served. Both fhirVersion=4.0 and charset=utf-8 were answered 406, and XML preferred with
+    fhirVersion was answered in JSON."""
+    answer = client.get("/fhir/metadata", headers={"Accept": accept})
+    if answered is None:
+        assert answer.status_code == 406 and "FHIR 4.0" in answer.json["issue"][0]["diagnostics"]
+    else:
+        assert answer.status_code == 200 and answer.mimetype == answered, (accept, answer.status_code)
+
+
+def test_a_body_of_another_fhir_version_is_refused(client):
+    consent = json.dumps({"resourceType": "Consent"})
+    refused = client.post("/fhir/Consent", data=consent, content_type="application/fhir+json; fhirVersion=3.0")
+    assert refused.status_code == 415 and "FHIR 4.0" in refused.json["issue"][0]["diagnostics"]
+    read = client.post("/fhir/Consent", data=consent, content_type="application/fhir+json; fhirVersion=4.0")
+    assert read.status_code != 415
+
+
 def test_conditional_create(client, database):
     patient = {"resourceType": "Patient", "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.10",
                                                            "value": "177091305504102"}], "gender": "male"}
