@@ -170,7 +170,7 @@ def test_a_document_kept_before_these_checks_is_still_masked_and_copied(client, 
     from gateway.services.export import build_export
     from gateway.storage.repository import Repository
 
-    monkeypatch.setattr(validation, "_flaws", lambda node, path: iter(()))
+    monkeypatch.setattr(validation, "_periods", lambda node, path: iter(()))
     backwards = sample("ldl-ses-martin.xml").replace(
         b'<low value="20260302091500+0100"/><high value="20260310160000+0100"/>',
         b'<low value="20260310160000+0100"/><high value="20260302091500+0100"/>', 1)

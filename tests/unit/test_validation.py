@@ -47,6 +47,7 @@ def test_a_character_xml_cannot_carry_is_named_where_it_is(character):
 
 def test_tab_line_feed_and_carriage_return_are_kept_and_what_was_kept_is_not_checked_again():
     validate({"resourceType": "Patient", "name": [{"text": "MARTIN\tPaul\r\nJean"}]})
+    validate({"resourceType": "Patient", "name": [{"text": "C:\\bin\\f \\u0001"}]})   # backslashes, not controls
     validate({"resourceType": "Patient", "name": [{"text": "MARTIN\x01Paul"}]}, kept=True)
 
 
