@@ -2,6 +2,7 @@
 import json
 
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import attend_all, sample
 
@@ -78,6 +79,23 @@ def test_accept_is_read_with_its_parameters(client, accept, answered):
         assert answer.status_code == 406 and "FHIR 4.0" in answer.json["issue"][0]["diagnostics"]
     else:
         assert answer.status_code == 200 and answer.mimetype == answered, (accept, answer.status_code)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(mime=st.sampled_from(["application/fhir+json", "application/json", "application/fhir+xml", "application/xml"]),
+       params=st.lists(st.tuples(st.sampled_from(["charset", "fhirVersion", "q", "profile", "x"]),
+                                 st.sampled_from(["utf-8", "UTF-8", "4.0", "4.0.1", "1", "0.5", '"a;b"', "v"])),
+                       max_size=3))
+def test_any_parameters_of_a_served_type_get_that_type(client, mime, params):
+    """Whatever parameters a client adds to one FHIR media type of version 4.0, the answer is in it."""
+    if any(name == "q" and value not in ("1", "0.5") for name, value in params):
+        return   # not a quality
+    if any(name == "fhirVersion" and value not in ("4.0", "4.0.1") for name, value in params):
+        return   # another version: 406, as test_accept_is_read_with_its_parameters shows
+    accept = "; ".join([mime, *(f"{name}={value}" for name, value in params)])
+    answer = client.get("/fhir/metadata", headers={"Accept": accept})
+    assert answer.status_code == 200, (accept, answer.data[:200])
+    assert answer.mimetype == ("application/fhir+xml" if mime.endswith("xml") else "application/fhir+json"), accept
 
 
 def test_a_body_of_another_fhir_version_is_refused(client):
