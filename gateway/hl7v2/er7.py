@@ -39,6 +39,7 @@ CHARSETS = {
 MAX_SEGMENTS = 300
 MAX_REPETITIONS = 200        # per segment
 MAX_CONTROL_ID = 199         # MSH-10 (ST, 199 characters in HL7 2.5 and later)
+SEGMENT_NAME = re.compile(r"[A-Z][A-Z0-9]{2}")   # HL7's segment ids, Z-segments included
 
 
 class MessageRejected(Exception):
@@ -373,6 +374,18 @@ class Message:
             raise MessageRejected(f"the message has {len(self.segments)} segments, over the {MAX_SEGMENTS} this "
                                   "gateway takes", "MSH^1", "100")
         for position, segment in enumerate(self.segments, start=1):
+            if not SEGMENT_NAME.fullmatch(segment.name):
+                # A line break sent as is inside a field: what follows it was a segment of no
+                # known name, ignored, and the field cut short (a family name, a base64 document
+                # wrapped at 76 characters). ERR-2 names the field that was cut; the text, which
+                # may be the rest of a name, is not echoed.
+                cut = self.segments[position - 2]
+                e = self.encoding.escape
+                raise MessageRejected(
+                    f"segment {position} does not begin with a segment name (three capital letters or digits): "
+                    f"{cut.name}-{cut.last_field} holds a line break, which a field carries escaped "
+                    f"({e}.br{e} or {e}X0A{e}), not as is",
+                    f"{cut.name}^{self._occurrence(position - 1)}^{cut.last_field}", "100")
             if segment.repetition_marks > MAX_REPETITIONS:
                 raise MessageRejected(f"segment {position} ({segment.name}) repeats a field more than "
                                       f"{MAX_REPETITIONS} times", f"{segment.name}^{self._occurrence(position)}", "100")

@@ -22,7 +22,7 @@ from gateway.storage.repository import StoredResource, UnitOfWork
 from gateway.access.writes import Producers
 
 from .documents import ParsedCda, delete_document, header_producers, person_producers, read_cda, register_document
-from .patients import Applied, MessageRefused, checked_ids, find_patient, identifier_keys
+from .patients import Applied, MessageRefused, checked_ids, find_patient, identifier_keys, single
 
 # sourceId of a sending system known only by its HL7v2 names (MSH-3|MSH-4).
 SENDER_SYSTEM = "urn:dmp-gateway:hl7v2-sender"
@@ -45,7 +45,8 @@ class Plan:
 
 def read(message: Message, max_bytes: int) -> Plan:
     code, event, _ = message.message_type
-    pid = message.first("PID")
+    # ORU^R01 repeats its patient group; each document is compared with the first PID-3.
+    pid = single(message, "PID") if code == "MDM" else message.first("PID")
     if pid is None:
         raise MessageRefused(Issue("the message has no PID segment", "PID", "100"))
     plan = Plan(message, checked_ids(pid, 3))
@@ -59,7 +60,7 @@ def read(message: Message, max_bytes: int) -> Plan:
     plan.visibility = flags.visibility
 
     if code == "MDM":
-        txa = message.first("TXA")
+        txa = single(message, "TXA")
         action = MDM_ACTIONS[event]
         if action == "delete":
             if txa is None or not txa.get(12):

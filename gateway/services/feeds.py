@@ -122,7 +122,7 @@ def _identity(uow, prepared: PreparedIdentity, applied, base_url) -> None:
 
 def _read_movement(message: Message, max_bytes: int) -> PreparedIdentity | None:
     """Movements (A02, A03, A11…) change no identity; a ZFA they carry still updates the consents."""
-    pid = message.first("PID")
+    pid = patients.single(message, "PID")
     if pid is None or message.first("ZFA") is None:
         return None
     return PreparedIdentity(None, patients.checked_ids(pid, 3),
@@ -150,7 +150,7 @@ def _change_identifier(uow, message, applied, base_url) -> None:
 
 
 def _required(message: Message, name: str):
-    segment = message.first(name)
+    segment = patients.single(message, name)
     if segment is None:
         raise MessageRefused(Issue(f"the message has no {name} segment", name, "100"))
     return segment

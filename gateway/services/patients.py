@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from gateway.cda.header import II
 from gateway.fhir.validation import InvalidResource, validate
 from gateway.hl7v2.ack import Issue
-from gateway.hl7v2.er7 import Segment
+from gateway.hl7v2.er7 import Message, Segment
 from gateway.mapping import codes
 from gateway.mapping import document as mapping
 from gateway.mapping import hl7v2 as v2
@@ -29,6 +29,17 @@ class MessageRefused(Refused):
 
     def __init__(self, issue: Issue, ack_code: str = "AE"):
         super().__init__(issue.text, location=issue.location, hl7_code=issue.code, ack_code=ack_code)
+
+
+def single(message: Message, name: str) -> Segment | None:
+    """The `name` segment of a message whose structure holds one (the PID of an ADT or an MDM, an
+    A40's MRG): a second one, another patient or another merge, would be ignored, so the message
+    is refused."""
+    found = message.all(name)
+    if len(found) > 1:
+        raise MessageRefused(Issue(f"the message has {len(found)} {name} segments where its structure holds one; "
+                                   "the others would be ignored", f"{name}^2", "100"))
+    return found[0] if found else None
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """HL7v2 over POST /hl7v2 on both backends: identity, consents, documents, duplicates, refusals."""
 import json
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -262,6 +263,48 @@ def test_refusals_are_answered_with_err(client, message, code, error):
     got, segments = post(client, message)
     assert got == code
     assert errors(segments)[0][3].split("^")[0] == error
+
+
+def stored_patients(database) -> int:
+    with database[0].connect() as conn:
+        return conn.execute(select(func.count()).select_from(resources).where(
+            resources.c.res_type == "Patient")).scalar_one()
+
+
+def test_a_line_break_sent_inside_a_field_refuses_the_message_whole(client, database):
+    """A field holding a bare LF, in segments ended by CR: what followed it was read as a segment
+    of no name and ignored, and the patient stored as DU, born on no date. Now AR at the field
+    the line break cut, and only the raw message kept, refused."""
+    cut = adt("A28", "CUT1", pid("900000083", "DU\nPONT"))
+    code, segments = post(client, cut)
+    assert code == "AR" and errors(segments)[0][2:4] == ["PID^1^5", "100^Segment sequence error^HL70357"]
+    # A document whose base64 the sender wrapped at 76 characters, with CRLF.
+    mdm = sample("mdm-1-t02-cr-imagerie-irm-lefevre.hl7").decode()
+    data = mdm.split("^Base64^", 1)[1].split("\r", 1)[0].split("\n", 1)[0]
+    wrapped = mdm.replace(data, "\r\n".join(data[i:i + 76] for i in range(0, len(data), 76)))
+    code, segments = post(client, wrapped)
+    assert code == "AR" and errors(segments)[0][2] == "OBX^1^5"
+    assert stored_patients(database) == 0
+    with database[0].connect() as conn:
+        kept = conn.execute(select(raw_inputs.c.status).where(raw_inputs.c.control_id.in_(["CUT1", "MDM0001"]))).all()
+    assert sorted(kept) == [("refused",), ("refused",)]
+
+
+def test_a_second_segment_the_structure_holds_once_is_refused_not_ignored(client, database):
+    """A second PID in an ADT or an MDM (another patient), a second MRG in an A40 (another
+    merge), a second TXA: only the first was read, and the message acknowledged AA."""
+    survivor = pid("900000084", "DEUX")
+    merge = f"MRG|900000085^^^CH-SAINT-AUBIN&1.2.250.1.213.1.1.9.1001&ISO^PI"
+    mdm = sample("mdm-1-t02-cr-imagerie-irm-lefevre.hl7").decode()
+    txa = next(line for line in re.split("\r\n|\r|\n", mdm) if line.startswith("TXA"))
+    for message, location in [(adt("A28", "TWO1", survivor, pid("900000086", "AUTRE")), "PID^2"),
+                              (adt("A40", "TWO2", survivor, merge, survivor, merge.replace("85", "87")), "PID^2"),
+                              (adt("A40", "TWO3", survivor, merge, merge.replace("85", "87")), "MRG^2"),
+                              (adt("A02", "TWO4", survivor, pid("900000086", "AUTRE"), "ZFA|ACTIF"), "PID^2"),
+                              (mdm.replace(txa, txa + "\r" + txa), "TXA^2")]:
+        code, segments = post(client, message)
+        assert code == "AE" and errors(segments)[0][2:4] == [location, "100^Segment sequence error^HL70357"], segments
+    assert stored_patients(database) == 0
 
 
 def _sqlalchemy_operational_error():

@@ -86,6 +86,26 @@ def test_a_refusal_names_the_segment_by_its_occurrence_and_the_field():
     assert named.value.location == "" and "\x00" not in str(named.value)
 
 
+@pytest.mark.parametrize("segments, location", [
+    (["PID|1||123^^^HOSP&1.2.3&ISO^PI||DU\nPONT^PAUL||19850612|M"], "PID^1^5"),     # a lone LF in CR-ended segments
+    (["NTE|1||a", "NTE|2||une ligne\r\nla suivante"], "NTE^2^3"),
+    (["OBX|1|ED|x||^TEXT^XML^Base64^" + "QUJD" * 19 + "\r\n" + "QUJD" * 5], "OBX^1^5"),   # base64 wrapped at 76
+    (["PID|1", "pid|2"], "PID^1^1"),
+])
+def test_a_line_that_begins_no_segment_is_refused_at_the_field_it_cut(segments, location):
+    """Read as a segment of no known name, it was ignored, and the field before it cut short: the
+    family name DU, the patient's birth date and sex lost, and an AA."""
+    with pytest.raises(MessageRejected) as cut:
+        Message(message("", *segments), "").require_header()
+    assert cut.value.location == location and cut.value.code == "100"
+    assert "PONT" not in str(cut.value) and "suivante" not in str(cut.value)
+
+
+@pytest.mark.parametrize("name", ["ZFA", "ZBE", "Z01", "PV1", "IN1", "OBX"])
+def test_segment_names_of_capitals_and_digits_are_read(name):
+    Message(message("", f"{name}|1", name), "").require_header()
+
+
 def test_msh_without_encoding_characters():
     with pytest.raises(MessageRejected):
         Message("MSH|", "")
