@@ -294,7 +294,7 @@ def test_a_second_segment_the_structure_holds_once_is_refused_not_ignored(client
     """A second PID in an ADT or an MDM (another patient), a second MRG in an A40 (another
     merge), a second TXA: only the first was read, and the message acknowledged AA."""
     survivor = pid("900000084", "DEUX")
-    merge = f"MRG|900000085^^^CH-SAINT-AUBIN&1.2.250.1.213.1.1.9.1001&ISO^PI"
+    merge = "MRG|900000085^^^CH-SAINT-AUBIN&1.2.250.1.213.1.1.9.1001&ISO^PI"
     mdm = sample("mdm-1-t02-cr-imagerie-irm-lefevre.hl7").decode()
     txa = next(line for line in re.split("\r\n|\r|\n", mdm) if line.startswith("TXA"))
     for message, location in [(adt("A28", "TWO1", survivor, pid("900000086", "AUTRE")), "PID^2"),
