@@ -74,17 +74,63 @@ def _depth(value) -> int:
     return deepest
 
 
+class DuplicateKey(ValueError):
+    """A key given twice in one JSON object."""
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, object]]) -> None:
+    if len(pairs) > 1 and len({key for key, _ in pairs}) < len(pairs):
+        raise DuplicateKey()
+
+
+class _Members(list):
+    """A JSON object's members in their order, a key given twice kept twice."""
+
+
+def _duplicate_at(body: bytes | bytearray | memoryview) -> str:
+    """The path of the first key given twice in one object of `body` (read again for it: only a
+    refusal does)."""
+    stack = [(json.loads(bytes(body), object_pairs_hook=_Members), "")]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, _Members):
+            seen: set[str] = set()
+            for key, _ in item:
+                if key in seen:
+                    return f"{path}/{key[:64]}"
+                seen.add(key)
+            stack += [(value, f"{path}/{key[:64]}") for key, value in reversed(item)]
+        elif isinstance(item, list):
+            stack += [(value, f"{path}/{index}") for index, value in reversed(list(enumerate(item)))]
+    return "/"
+
+
+def _parse_json(body: bytes | bytearray | memoryview) -> object:
+    """orjson's reading (RFC 8259, strictly), of bounded depth, with no key given twice in one
+    object: orjson keeps the last of them, so a `subject` or a `securityLabel` sent twice lost
+    one silently, where FHIR's validator refuses the resource. The standard library's reader,
+    told to build nothing, finds them; it runs after the depth is checked, as it recurses."""
+    data = orjson.loads(body)
+    if _depth(data) > MAX_DEPTH:
+        raise Refused(f"the body nests deeper than {MAX_DEPTH} levels", location="/", status=400,
+                      code="too-costly")
+    json.loads(body if isinstance(body, (bytes, bytearray)) else bytes(body),
+               object_pairs_hook=_refuse_duplicate_keys)
+    return data
+
+
 def load_json(body: bytes | bytearray) -> object:
     """JSON data of bounded depth; Refused (400) otherwise. UTF-8 (RFC 8259), a byte order mark
     tolerated."""
     try:
-        data = _apart(memoryview(body)[len(BOM):] if body.startswith(BOM) else body, orjson.loads)
+        data = _apart(memoryview(body)[len(BOM):] if body.startswith(BOM) else body, _parse_json)
+    except DuplicateKey:
+        where = _duplicate_at(memoryview(body)[len(BOM):] if body.startswith(BOM) else body)
+        raise Refused(f"{where}: given twice in one object, which FHIR's JSON does not allow", location=where,
+                      status=400, code="structure") from None
     except ValueError as exc:
         raise Refused(f"the body is not JSON: {str(exc)[:200]}", location="/", status=400,
                               code="structure") from None
-    if _depth(data) > MAX_DEPTH:
-        raise Refused(f"the body nests deeper than {MAX_DEPTH} levels", location="/", status=400,
-                              code="too-costly")
     # JSON writes U+0000 as \u0000 only (a raw one is refused above): looked for in the body first.
     if b"\\u0000" in body and (where := _nul_at(data)) is not None:
         raise Refused(f"{where}: a string holds the character U+0000 (NUL), which no FHIR string may hold",

@@ -171,6 +171,25 @@ def test_an_element_the_pdsm_profiles_prohibit_is_refused_not_kept(client, datab
     assert document_count(database[0]) == 1
 
 
+def test_an_element_sent_twice_in_json_is_refused_not_half_read(client, database, bearer):
+    """A JSON key given twice: the last was kept and the first dropped, silently (a document's
+    subject, a Consent's decision); FHIR's validator refuses such a resource."""
+    bundle = build_submission(sample("cr-biologie-martin.xml"), LIMIT)
+    document = bundle["entry"][1]["resource"]
+    bundle["entry"][1]["resource"] = {"subject_": {"reference": "Patient/someone-else"}, **document}
+    twice = json.dumps(bundle).replace('"subject_"', '"subject"')
+    refused = client.post("/fhir", data=twice, headers=FHIR)
+    assert refused.status_code == 400, refused.data[:300]
+    assert refused.json["issue"][0]["expression"] == ["/entry/1/resource/subject"]
+    assert document_count(database[0]) == 0
+    as_patient = bearer("patient", patient="185067511204554")
+    consent = ('{"resourceType": "Consent", "status": "active", "status": "rejected", "scope": {}, '
+               '"category": [], "patient": {}}')
+    answer = client.post("/fhir/Consent", data=consent, headers={**FHIR, **as_patient})
+    assert answer.status_code == 400 and answer.json["issue"][0]["expression"] == ["/status"], answer.data[:300]
+    assert provide(client, json.loads(twice)).status_code == 200   # the last one kept: what it was read as
+
+
 def test_not_json_and_wrong_media_type(client):
     assert client.post("/fhir", data="{", headers=FHIR).status_code == 400
     assert client.post("/fhir", data="{}", headers={"Content-Type": "text/plain"}).status_code == 415

@@ -82,6 +82,23 @@ def test_json_that_is_not_utf8_or_too_deep_is_refused():
         formats.load_json(b"[" * 60 + b"]" * 60)
 
 
+@pytest.mark.parametrize("body, where", [
+    ('{"resourceType": "Patient", "gender": "male", "gender": "female"}', "/gender"),
+    ('{"name": [{"family": "A"}, {"family": "A", "given": [], "family": "B"}]}', "/name/1/family"),
+    # Its values long runs of base64, read apart from the parser: still found.
+    (f'{{"entry": [{{"resource": {{"data": "{LONG}", "data": "{OTHER}"}}}}]}}', "/entry/0/resource/data"),
+    (f'{{"{LONG}": 1, "{LONG}": 2}}', f"/{LONG[:64]}"),
+], ids=["top", "nested", "long-values", "long-keys"])
+def test_a_key_given_twice_in_an_object_is_refused_at_its_path(body, where):
+    """orjson keeps the last of them, silently: a subject or a securityLabel sent twice lost one."""
+    for sent in (body.encode(), codecs.BOM_UTF8 + body.encode()):
+        with pytest.raises(Refused) as twice:
+            formats.load_json(sent)
+        assert twice.value.location == where and twice.value.status == 400
+    # The same key in two objects is two keys.
+    assert formats.load_json(b'[{"a": 1}, {"a": 2, "b": {"a": 3}}]') == [{"a": 1}, {"a": 2, "b": {"a": 3}}]
+
+
 VALID = "QUJD" * (3 * base64text.CHECKED // 4)   # three parts of valid base64
 
 
