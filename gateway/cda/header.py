@@ -104,14 +104,30 @@ class CdaHeader:
 MAX_REPEATED = 100
 
 
+def _where(el: etree._Element, path: str) -> tuple[str, str]:
+    """`path` under `el`, as a refusal names it and as its location."""
+    where = etree.QName(el).localname + "/" + path.replace("h:", "")
+    return where, f"/{where}" if el.getparent() is None else f"{CD}//{where}"
+
+
 def _all(el: etree._Element, path: str) -> list[etree._Element]:
     found = el.findall(path, NS)
     if len(found) > MAX_REPEATED:
-        where = etree.QName(el).localname + "/" + path.replace("h:", "")
+        where, location = _where(el, path)
         raise Refused(f"{where} is repeated {len(found)} times, over the {MAX_REPEATED} this gateway reads in a "
-                      "header", location=f"/{where}" if el.getparent() is None else f"{CD}//{where}",
-                      code="too-costly")
+                      "header", location=location, code="too-costly")
     return found
+
+
+def _one(el: etree._Element, path: str) -> etree._Element | None:
+    """The element at `path`, which a header holds at most once (CDA R2's schema; the CI-SIS for
+    recordTarget): only the first of two was read, and a second patient, unique id or
+    confidentiality ignored."""
+    found = el.findall(path, NS)
+    if len(found) > 1:
+        where, location = _where(el, path)
+        raise Refused(f"{where} is given {len(found)} times, where a CDA header holds one", location=location)
+    return found[0] if found else None
 
 
 def _text(el: etree._Element | None) -> str | None:
@@ -222,21 +238,21 @@ def _required(value, location: str, what: str):
 
 def extract_header(doc: etree._Element, *, wrapped_in_xslt: bool = False) -> CdaHeader:
     """Read the CI-SIS header. Missing mandatory elements refuse the document, naming them."""
-    unique_id = _required(_ii(doc.find("h:id", NS)), f"{CD}/id", "the document unique id (id/@root)")
-    code = _required(_code(doc.find("h:code", NS)), f"{CD}/code", "the document type (code/@code)")
-    effective_time = _required(_ts(doc.find("h:effectiveTime", NS)), f"{CD}/effectiveTime",
+    unique_id = _required(_ii(_one(doc, "h:id")), f"{CD}/id", "the document unique id (id/@root)")
+    code = _required(_code(_one(doc, "h:code")), f"{CD}/code", "the document type (code/@code)")
+    effective_time = _required(_ts(_one(doc, "h:effectiveTime")), f"{CD}/effectiveTime",
                                "the creation date (effectiveTime/@value)")
 
-    role = doc.find("h:recordTarget/h:patientRole", NS)
+    role = _one(doc, "h:recordTarget/h:patientRole")
     _required(role is not None, f"{CD}/recordTarget/patientRole", "the patient (recordTarget/patientRole)")
-    patient_el = role.find("h:patient", NS)
-    birthplace = patient_el.find("h:birthplace/h:place/h:addr", NS) if patient_el is not None else None
-    gender = _code(patient_el.find("h:administrativeGenderCode", NS)) if patient_el is not None else None
+    patient_el = _one(role, "h:patient")
+    birthplace = _one(patient_el, "h:birthplace/h:place/h:addr") if patient_el is not None else None
+    gender = _code(_one(patient_el, "h:administrativeGenderCode")) if patient_el is not None else None
     patient = PatientInfo(
         ids=[i for i in (_ii(e) for e in _all(role, "h:id")) if i],
         names=_patient_names(patient_el),
         gender=gender.code if gender else None,
-        birth_time=_ts(patient_el.find("h:birthTime", NS)) if patient_el is not None else None,
+        birth_time=_ts(_one(patient_el, "h:birthTime")) if patient_el is not None else None,
         birthplace_code=_text(birthplace.find("h:county", NS)) if birthplace is not None else None,
         birthplace_city=_text(birthplace.find("h:city", NS)) if birthplace is not None else None,
     )
@@ -248,7 +264,7 @@ def extract_header(doc: etree._Element, *, wrapped_in_xslt: bool = False) -> Cda
         if person and (person.ids or person.name):
             authors.append(person)
 
-    legal = doc.find("h:legalAuthenticator", NS)
+    legal = _one(doc, "h:legalAuthenticator")
     legal_authenticator = _person(legal.find("h:assignedEntity", NS), "assignedPerson", "representedOrganization",
                                   legal.find("h:time", NS)) if legal is not None else None
 
@@ -262,30 +278,31 @@ def extract_header(doc: etree._Element, *, wrapped_in_xslt: bool = False) -> Cda
                 "h:performer/h:assignedEntity/h:representedOrganization/h:standardIndustryClassCode", NS)),
         ))
 
-    encounter = doc.find("h:componentOf/h:encompassingEncounter", NS)
-    body_el = doc.find("h:component/h:structuredBody", NS)
+    encounter = _one(doc, "h:componentOf/h:encompassingEncounter")
+    component = _one(doc, "h:component")
+    body_el = component.find("h:structuredBody", NS) if component is not None else None
     if body_el is not None:
         body = Body("N3")
     else:
-        text_el = doc.find("h:component/h:nonXMLBody/h:text", NS)
+        text_el = component.find("h:nonXMLBody/h:text", NS) if component is not None else None
         _required(text_el is not None, f"{CD}/component", "the body (structuredBody or nonXMLBody)")
         body = Body("N1", (text_el.get("mediaType") or "text/plain").strip())
 
-    conf = doc.find("h:confidentialityCode", NS)
-    lang = doc.find("h:languageCode", NS)
+    conf = _one(doc, "h:confidentialityCode")
+    lang = _one(doc, "h:languageCode")
     return CdaHeader(
         unique_id=unique_id,
-        set_id=_ii(doc.find("h:setId", NS)),
+        set_id=_ii(_one(doc, "h:setId")),
         code=code,
-        title=_text(doc.find("h:title", NS)),
+        title=_text(_one(doc, "h:title")),
         effective_time=effective_time,
         confidentiality=_code(conf),
         language=lang.get("code") if lang is not None else None,
         template_ids=[t.get("root") for t in _all(doc, "h:templateId") if t.get("root")],
         patient=patient,
         authors=authors,
-        custodian=_organization(doc.find(
-            "h:custodian/h:assignedCustodian/h:representedCustodianOrganization", NS)),
+        custodian=_organization(_one(
+            doc, "h:custodian/h:assignedCustodian/h:representedCustodianOrganization")),
         legal_authenticator=legal_authenticator,
         service_events=events,
         encounter_low=_ts(encounter.find("h:effectiveTime/h:low", NS)) if encounter is not None else None,

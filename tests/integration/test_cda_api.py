@@ -401,3 +401,33 @@ def test_a_header_listing_more_than_100_of_one_element_is_refused_before_any_wor
     with database[0].connect() as conn:
         assert conn.execute(select(raw_inputs.c.status).order_by(raw_inputs.c.id)).scalars().all() == [
             "processed", "refused", "refused"]
+
+
+def _doubled(after: str, added: str):
+    def change(cda: str) -> str:
+        assert after in cda
+        return cda.replace(after, after + added, 1)
+    return change
+
+
+def _second_patient(cda: str) -> str:
+    start, end = cda.index("  <recordTarget>"), cda.index("</recordTarget>\n") + len("</recordTarget>\n")
+    return cda[:end] + cda[start:end].replace("185067511204554", "292086938701277") + cda[end:]
+
+
+@pytest.mark.parametrize("change, expression", [
+    (_second_patient, "/ClinicalDocument/recordTarget/patientRole"),
+    (_doubled('<confidentialityCode code="N" codeSystem="2.16.840.1.113883.5.25"/>',
+              '<confidentialityCode code="R" codeSystem="2.16.840.1.113883.5.25"/>'), "/ClinicalDocument/confidentialityCode"),
+    (_doubled('<id root="1.2.250.1.213.1.1.9.2.7.1"/>', '<id root="1.2.250.1.213.1.1.9.2.7.2"/>'), "/ClinicalDocument/id"),
+    (_doubled('<birthTime value="19850612"/>', '<birthTime value="19850613"/>'),
+     "/ClinicalDocument//patient/birthTime"),
+], ids=["recordTarget", "confidentialityCode", "id", "birthTime"])
+def test_a_header_element_given_twice_where_cda_holds_one_is_refused(client, database, change, expression):
+    """Only the first was read: a second patient, or a restricted confidentiality after a normal
+    one, ignored, and the document registered with a 201."""
+    refused = client.post("/cda", data=change(sample("cr-biologie-martin.xml").decode()).encode(), headers=XML)
+    assert refused.status_code == 422, refused.data[:300]
+    assert refused.json["issue"][0]["expression"] == [expression]
+    assert "given 2 times, where a CDA header holds one" in refused.json["issue"][0]["diagnostics"]
+    assert counts(database[0]) == {}
