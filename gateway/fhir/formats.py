@@ -74,48 +74,80 @@ def _depth(value) -> int:
     return deepest
 
 
-class DuplicateKey(ValueError):
-    """A key given twice in one JSON object."""
+class NotFhirJson(ValueError):
+    """JSON that FHIR's JSON does not allow: a key given twice in one object, a null, an empty
+    object or array."""
 
 
-def _refuse_duplicate_keys(pairs: list[tuple[str, object]]) -> None:
-    if len(pairs) > 1 and len({key for key, _ in pairs}) < len(pairs):
-        raise DuplicateKey()
+_READ = object()   # what an object checked by _check_members is read as: nothing is built
+LEFT_OUT = ": an element without a value is left out"
+
+
+def _check_members(pairs: list[tuple[str, object]]) -> object:
+    """The members of one JSON object, as FHIR's JSON has them: orjson keeps the last of a key
+    given twice, silently, so a `subject` or a `securityLabel` sent twice lost one; and the FHIR
+    models take a null, `{}` or `[]` for an element left out, which the resource was then kept
+    and served with, where FHIR's validator refuses them all. A null stands in a primitive's array
+    aligned with its extensions' (`given` beside `_given`), and nowhere else."""
+    if not pairs:
+        raise NotFhirJson(f"an empty object{LEFT_OUT}")
+    keys = {key for key, _ in pairs}
+    if len(keys) < len(pairs):
+        raise NotFhirJson("a key given twice in one object")
+    for key, value in pairs:
+        if value is None:
+            raise NotFhirJson(f"null{LEFT_OUT}")
+        if value.__class__ is list:
+            if not value:
+                raise NotFhirJson(f"an empty array{LEFT_OUT}")
+            if None in value and (key[1:] if key.startswith("_") else "_" + key) not in keys:
+                raise NotFhirJson(f"null{LEFT_OUT}")
+    return _READ
 
 
 class _Members(list):
     """A JSON object's members in their order, a key given twice kept twice."""
 
 
-def _duplicate_at(body: bytes | bytearray | memoryview) -> str:
-    """The path of the first key given twice in one object of `body` (read again for it: only a
-    refusal does)."""
+def _pointer_step(key: str) -> str:
+    """A key as a JSON pointer names it (RFC 6901), cut at 64 characters."""
+    return key[:64].replace("~", "~0").replace("/", "~1")
+
+
+def _not_fhir_json_at(body: bytes | bytearray | memoryview) -> tuple[str, str]:
+    """Where the first member _check_members refuses stands in `body` (a JSON pointer), and what
+    it is (read again for it: only a refusal does)."""
     stack = [(json.loads(bytes(body), object_pairs_hook=_Members), "")]
     while stack:
         item, path = stack.pop()
         if isinstance(item, _Members):
-            seen: set[str] = set()
-            for key, _ in item:
-                if key in seen:
-                    return f"{path}/{key[:64]}"
-                seen.add(key)
-            stack += [(value, f"{path}/{key[:64]}") for key, value in reversed(item)]
+            try:
+                _check_members([(key, _READ if isinstance(value, _Members) else value) for key, value in item])
+            except NotFhirJson as found:
+                keys: set[str] = set()
+                for key, value in item:
+                    member = f"{path}/{_pointer_step(key)}"
+                    if key in keys or value is None or value == []:
+                        return member, str(found)
+                    if isinstance(value, list) and None in value:
+                        return f"{member}/{value.index(None)}", str(found)
+                    keys.add(key)
+                return path or "/", str(found)
+            stack += [(value, f"{path}/{_pointer_step(key)}") for key, value in reversed(item)]
         elif isinstance(item, list):
             stack += [(value, f"{path}/{index}") for index, value in reversed(list(enumerate(item)))]
-    return "/"
+    return "/", "not FHIR's JSON"
 
 
 def _parse_json(body: bytes | bytearray | memoryview) -> object:
-    """orjson's reading (RFC 8259, strictly), of bounded depth, with no key given twice in one
-    object: orjson keeps the last of them, so a `subject` or a `securityLabel` sent twice lost
-    one silently, where FHIR's validator refuses the resource. The standard library's reader,
-    told to build nothing, finds them; it runs after the depth is checked, as it recurses."""
+    """orjson's reading (RFC 8259, strictly), of bounded depth, in FHIR's JSON (_check_members:
+    the standard library's reader, told to build nothing, checks each object; it runs after the
+    depth is checked, as it recurses)."""
     data = orjson.loads(body)
     if _depth(data) > MAX_DEPTH:
         raise Refused(f"the body nests deeper than {MAX_DEPTH} levels", location="/", status=400,
                       code="too-costly")
-    json.loads(body if isinstance(body, (bytes, bytearray)) else bytes(body),
-               object_pairs_hook=_refuse_duplicate_keys)
+    json.loads(body if isinstance(body, (bytes, bytearray)) else bytes(body), object_pairs_hook=_check_members)
     return data
 
 
@@ -124,10 +156,10 @@ def load_json(body: bytes | bytearray) -> object:
     tolerated."""
     try:
         data = _apart(memoryview(body)[len(BOM):] if body.startswith(BOM) else body, _parse_json)
-    except DuplicateKey:
-        where = _duplicate_at(memoryview(body)[len(BOM):] if body.startswith(BOM) else body)
-        raise Refused(f"{where}: given twice in one object, which FHIR's JSON does not allow", location=where,
-                      status=400, code="structure") from None
+    except NotFhirJson:
+        where, what = _not_fhir_json_at(memoryview(body)[len(BOM):] if body.startswith(BOM) else body)
+        raise Refused(f"{where}: FHIR's JSON does not allow {what}", location=where, status=400,
+                      code="structure") from None
     except ValueError as exc:
         raise Refused(f"the body is not JSON: {str(exc)[:200]}", location="/", status=400,
                               code="structure") from None

@@ -164,17 +164,28 @@ def _load(body: bytes, content_type: str) -> dict:
 
 def _classify(bundle: dict):
     documents, signatures, lists, binaries, patches = [], [], [], {}, []
+    full_urls: set[str] = set()
     for index, entry in enumerate(bundle["entry"]):
         resource = entry.get("resource") if isinstance(entry, dict) else None
         where = f"Bundle.entry[{index}]"
         if not isinstance(resource, dict):
             raise _refuse("entry without resource", where)
+        full_url = entry.get("fullUrl")
+        if full_url in full_urls:
+            # bdl-7: a reference to it would name either entry (a document's Binary, a List's item).
+            raise _refuse(f"fullUrl {str(full_url)[:100]!r} is already an earlier entry's: a fullUrl is unique in a "
+                          "Bundle (bdl-7)", f"{where}.fullUrl")
+        if full_url:
+            full_urls.add(full_url)
         request = entry.get("request") if isinstance(entry.get("request"), dict) else {}
         kind = resource.get("resourceType")
         if request.get("method") == "PATCH" and kind == "Parameters":
             patches.append(_superseding_patch(index, request, resource))
             continue
-        if request.get("method") not in ("POST", "PUT"):
+        # A Patient is sent for reference and matched to the record, never written, whatever its
+        # method. Everything else is created (MHD fixes POST): a PUT, an update of an existing
+        # List or Binary, was created anew.
+        if request.get("method") not in (("POST", "PUT") if kind == "Patient" else ("POST",)):
             raise _refuse("ITI-65 entries are created with request.method POST (a replaced document's status "
                           "with a PATCH of Parameters)", f"{where}.request.method")
         if kind == "DocumentReference":

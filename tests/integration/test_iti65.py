@@ -190,6 +190,45 @@ def test_an_element_sent_twice_in_json_is_refused_not_half_read(client, database
     assert provide(client, json.loads(twice)).status_code == 200   # the last one kept: what it was read as
 
 
+@pytest.mark.parametrize("change, expression", [
+    (lambda b: b["entry"][1]["resource"].__setitem__("category", None), "/entry/1/resource/category"),   # was a 500
+    (lambda b: b["entry"][0]["resource"].__setitem__("note", None), "/entry/0/resource/note"),
+    (lambda b: b["entry"][0]["resource"].__setitem__("note", []), "/entry/0/resource/note"),
+    (lambda b: b["entry"][1]["resource"]["content"][0].__setitem__("format", {}), "/entry/1/resource/content/0/format"),
+], ids=["null category", "null note", "empty note", "empty format"])
+def test_a_null_or_an_empty_element_is_refused_where_it_stands(client, database, change, expression):
+    """The FHIR models read a null, `[]` or `{}` as an element left out, but what is kept as
+    submitted (a SubmissionSet) kept it, and was served with it; a null category was a 500."""
+    bundle = build_submission(sample("cr-biologie-martin.xml"), LIMIT)
+    change(bundle)
+    refused = provide(client, bundle)
+    assert refused.status_code == 400, refused.data[:300]
+    assert refused.json["issue"][0]["expression"] == [expression]
+    assert "FHIR's JSON does not allow" in refused.json["issue"][0]["diagnostics"]
+    assert document_count(database[0]) == 0
+
+
+def test_a_full_url_given_twice_or_a_put_is_refused(client, database):
+    """A second entry under one fullUrl made a reference to it name either (bdl-7); a PUT, an
+    update, was taken for a POST and created a new resource. A Patient, sent for reference and
+    never written, may come with either."""
+    bundle = build_submission(sample("cr-biologie-martin.xml"), LIMIT)
+    twice = json.loads(json.dumps(bundle))
+    twice["entry"].append(json.loads(json.dumps(twice["entry"][2])))
+    refused = provide(client, twice)
+    assert refused.status_code == 422 and refused.json["issue"][0]["expression"] == ["Bundle.entry[4].fullUrl"]
+    assert "(bdl-7)" in refused.json["issue"][0]["diagnostics"]
+    for index in (0, 1, 2):
+        put = json.loads(json.dumps(bundle))
+        put["entry"][index]["request"]["method"] = "PUT"
+        refused = provide(client, put)
+        assert refused.status_code == 422, refused.data[:300]
+        assert refused.json["issue"][0]["expression"] == [f"Bundle.entry[{index}].request.method"]
+    assert document_count(database[0]) == 0
+    bundle["entry"][3]["request"] = {"method": "PUT", "url": "Patient/whatever"}
+    assert provide(client, bundle).status_code == 200
+
+
 def test_not_json_and_wrong_media_type(client):
     assert client.post("/fhir", data="{", headers=FHIR).status_code == 400
     assert client.post("/fhir", data="{}", headers={"Content-Type": "text/plain"}).status_code == 415
