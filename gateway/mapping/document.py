@@ -267,6 +267,14 @@ def _period(low: str | None, high: str | None) -> dict | None:
     return period or None
 
 
+def practice_setting(header: CdaHeader) -> Code | None:
+    """The practice setting (JDV_J04): a service event's performer's sector, else the legal
+    authenticator's organisation's."""
+    return next((e.practice_setting for e in header.service_events if e.practice_setting), None) or (
+        header.legal_authenticator.organization.industry_class
+        if header.legal_authenticator and header.legal_authenticator.organization else None)
+
+
 def document_reference(header: CdaHeader, docref_id: str, links: Links, attachment: Attachment,
                        visibility: list[str] = ()) -> dict:
     type_system, type_display, class_code = codes.document_type(header.code.system, header.code.code)
@@ -284,9 +292,7 @@ def document_reference(header: CdaHeader, docref_id: str, links: Links, attachme
     context["period"] = period
     if header.facility_type:
         context["facilityType"] = {"coding": [coding(header.facility_type)]}
-    setting = next((e.practice_setting for e in header.service_events if e.practice_setting), None) or (
-        header.legal_authenticator.organization.industry_class
-        if header.legal_authenticator and header.legal_authenticator.organization else None)
+    setting = practice_setting(header)
     if setting:
         context["practiceSetting"] = {"coding": [coding(setting)]}
     context["sourcePatientInfo"] = {"reference": "#source-patient"}

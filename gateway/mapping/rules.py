@@ -6,6 +6,7 @@ from gateway.cda.header import CD, CdaHeader
 
 from . import codes, valuesets
 from .dates import InvalidTime, ts_to_fhir
+from .document import practice_setting
 from .identity import check_ins, ins_of
 
 
@@ -30,9 +31,31 @@ def check_document(header: CdaHeader) -> str:
         if valuesets.display(value_set, code.system, code.code) is None:
             raise Refused(f"code {code.code} (code system {code.system}) is not in the CI-SIS value set "
                                   f"JDV_{value_set}", location=location)
+    # Mandatory in the CI-SIS header, and in every DocumentReference PDSm and MHD describe
+    # (attachment.language, context.facilityType, context.practiceSetting): without them the
+    # document was registered, and every read of it failed the official check.
+    if not header.language:
+        raise Refused("the document's language (languageCode/@code, fr-FR) is missing", location=f"{CD}/languageCode")
+    if header.facility_type is None:
+        raise Refused("the care facility's type (JDV_J02) is missing",
+                      location=f"{CD}/componentOf/encompassingEncounter/location/healthCareFacility/code")
+    if practice_setting(header) is None:
+        raise Refused("the practice setting (JDV_J04) is missing: a service event's performer's organisation's "
+                      "standardIndustryClassCode, or the legal authenticator's",
+                      location=f"{CD}/documentationOf/serviceEvent/performer/assignedEntity/representedOrganization/"
+                      "standardIndustryClassCode")
     if header.custodian is None or not header.custodian.ids:
         raise Refused("the custodian organisation and its identifier are missing",
                               location=f"{CD}/custodian/assignedCustodian/representedCustodianOrganization/id")
+    # A period's start is what PDSm requires of DocumentReference.context.period: one given an
+    # end alone was registered, and failed the official check.
+    for i, event in enumerate(header.service_events, 1):
+        if event.high and not event.low:
+            raise Refused("the service event's time has an end (high) and no start (low)",
+                          location=f"{CD}/documentationOf[{i}]/serviceEvent/effectiveTime/low")
+    if header.encounter_high and not header.encounter_low:
+        raise Refused("the encounter's time has an end (high) and no start (low)",
+                      location=f"{CD}/componentOf/encompassingEncounter/effectiveTime/low")
     for location, value in _times(header):
         try:
             ts_to_fhir(value)

@@ -2,6 +2,7 @@
 import base64
 import hashlib
 import json
+import re
 import threading
 import time
 
@@ -430,4 +431,26 @@ def test_a_header_element_given_twice_where_cda_holds_one_is_refused(client, dat
     assert refused.status_code == 422, refused.data[:300]
     assert refused.json["issue"][0]["expression"] == [expression]
     assert "given 2 times, where a CDA header holds one" in refused.json["issue"][0]["diagnostics"]
+    assert counts(database[0]) == {}
+
+
+@pytest.mark.parametrize("pattern, replacement, expression", [
+    (r'<languageCode code="fr-FR"/>', "", "/ClinicalDocument/languageCode"),
+    (r'<code code="SA25"[^>]*/>', "", "/ClinicalDocument/componentOf/encompassingEncounter/location/healthCareFacility/code"),
+    (r"<standardIndustryClassCode[^>]*/>", "", "/ClinicalDocument/documentationOf/serviceEvent/performer/assignedEntity/"
+                                              "representedOrganization/standardIndustryClassCode"),
+    (r'<effectiveTime><low (value="20260303071500\+0100"/>)</effectiveTime>', r"<effectiveTime><high \1</effectiveTime>",
+     "/ClinicalDocument/documentationOf[1]/serviceEvent/effectiveTime/low"),
+], ids=["languageCode", "facility type", "practice setting", "event end alone"])
+def test_a_header_without_what_every_document_reference_holds_is_refused(client, database, pattern, replacement,
+                                                                          expression):
+    """The CI-SIS header requires them, and PDSm and MHD require what they become (the attachment's
+    language, the context's facility type, practice setting and period start): such a document was
+    registered, and every read of it failed the official check (found by test_mutated_cda_documents)."""
+    cda = sample("cr-biologie-martin.xml").decode()
+    changed = re.sub(pattern, replacement, cda)
+    assert changed != cda
+    refused = client.post("/cda", data=changed.encode(), headers=XML)
+    assert refused.status_code == 422, refused.data[:300]
+    assert refused.json["issue"][0]["expression"] == [expression]
     assert counts(database[0]) == {}

@@ -129,6 +129,58 @@ def test_mutated_fhir_submissions(client, bearer, database):
     run()
 
 
+def test_mutated_cda_documents(client):
+    """Valid CDA with one element left out, given twice, moved, stripped of its attributes, or
+    one attribute or text changed, each under an id of its own: refused, or registered as a
+    DocumentReference that the official profiles pass. Found by this test: a document without
+    languageCode, a care facility type or a practice setting was registered, and failed them."""
+    import copy
+
+    import profiles
+    from lxml import etree
+
+    documents = [path.read_bytes() for path in sorted((SAMPLES / "cda").glob("*.xml"))]
+    kept = profiles.Collected()
+    texts = st.one_of(st.text(max_size=20), st.sampled_from(
+        ["", " ", "-1", "9" * 30, "20261301", "2026", "1.2.250.1.213.1.4.10", "urn:uuid:x", "N", "R", "V",
+         "19000101000000+2400", "text/xml", "application/pdf"]))
+
+    @FUZZ
+    @given(index=st.integers(0, len(documents) - 1), place=st.integers(0, 10**6),
+           change=st.sampled_from(["leave out", "give twice", "move", "strip", "attribute", "text"]),
+           attribute=st.sampled_from(["root", "extension", "code", "codeSystem", "value", "nullFlavor", "mediaType",
+                                      "representation", "typeCode", "qualifier"]), text=texts)
+    def run(index, place, change, attribute, text):
+        root = etree.fromstring(documents[index])
+        root.find("{urn:hl7-org:v3}id").set("root", f"1.2.250.1.213.1.1.9.99.{TRIED['inputs']}")
+        elements = [e for e in root.iter() if isinstance(e.tag, str) and e is not root]
+        element = elements[place % len(elements)]
+        parent = element.getparent()
+        try:
+            if change == "leave out":
+                parent.remove(element)
+            elif change == "give twice":
+                parent.insert(parent.index(element), copy.deepcopy(element))
+            elif change == "move":
+                root.append(element)
+            elif change == "strip":
+                element.attrib.clear()
+            elif change == "attribute":
+                element.set(attribute, text)
+            else:
+                element.text = text
+        except ValueError:   # a character XML cannot hold
+            return
+        response = send(client, "POST", "/cda", data=etree.tostring(root, xml_declaration=True, encoding="UTF-8"),
+                        headers={"Content-Type": "application/xml"})
+        if response.status_code == 201:
+            kept.add(response.json)
+
+    run()
+    if profiles.available():
+        assert kept.errors() == []
+
+
 def test_random_search_parameters(client):
     @FUZZ
     @given(res_type=st.sampled_from(["DocumentReference", "AuditEvent", "Patient", "List", "Consent"]),
