@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import binascii
 import codecs
+import decimal
 import json
 import re
 import uuid
@@ -245,27 +246,62 @@ def load(body: bytes | bytearray, content_type: str | None) -> dict:
                               status=400, code="structure") from None
     aside = _set_aside_long_binary_data(data)
     try:
-        model.model_validate(data)
+        read = model.model_validate(data)
     except KeyError as exc:
         # fhir.resources looks up the type of a resource inside another (a Bundle's entry, a contained
         # one) without checking it: 'R4.<type>Type' was not found.
         unknown = str(exc.args[0]).removeprefix("R4.").removesuffix("Type")[:64] if exc.args else "?"
         raise Refused(f"unknown resource type {unknown!r} in the {data['resourceType']}", location="resourceType",
                       status=400, code="structure") from None
-    except (ValueError, TypeError, RecursionError) as exc:
+    except (ValueError, TypeError, AttributeError, RecursionError) as exc:
         # Elements the body leaves out are the services' to require or complete (a patient's Consent
-        # is completed with its scope and category); what the body says must have FHIR's shape.
+        # is completed with its scope and category); what the body says must have FHIR's shape. The
+        # models' url type reads a value that is not a string as one (an AttributeError).
         errors = [e for e in exc.errors() if e.get("type") != "missing"] if hasattr(exc, "errors") else [None]
         if errors:
             problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[:10]) \
-                if errors[0] is not None else str(exc)[:300]
+                if errors[0] is not None else f"a value is not of its element's type ({str(exc)[:300]})"
             raise Refused(f"the body is not a valid FHIR {data['resourceType']}: {problems}",
                                   location=data["resourceType"], status=422, code="invalid") from None
+    else:
+        if not xml and (mistyped := _mistyped(data, read.model_dump(by_alias=True, exclude_none=True))):
+            where, expected = mistyped
+            raise Refused(f"{where}: FHIR's JSON gives this value as {expected}", location=where, status=400,
+                          code="structure")
     finally:
         for resource, value in aside:
             resource["data"] = value
     check_narratives(data, data["resourceType"])
     return data
+
+
+def _mistyped(sent, read) -> tuple[str, str] | None:
+    """The JSON pointer of the first primitive `sent` as another JSON type than FHIR's JSON gives
+    its type (a boolean as true or false, an integer or a decimal as a number, anything else as a
+    string), and that type. The models read the value the model `read` holds from "true", 1,
+    "3" or a number for a date; the resource was kept as sent, served so, and a date given as a
+    number was a 500 where it was indexed."""
+    stack = [(sent, read, "")]
+    while stack:
+        given, value, path = stack.pop()
+        if isinstance(given, dict):
+            if isinstance(value, dict):
+                stack += [(given[key], value[key], f"{path}/{_pointer_step(key)}") for key in given if key in value]
+        elif isinstance(given, list):
+            if isinstance(value, list) and len(value) == len(given):
+                stack += [(item, value[index], f"{path}/{index}") for index, item in enumerate(given)]
+        elif isinstance(value, bool):
+            if not isinstance(given, bool):
+                return path, "true or false"
+        elif isinstance(value, int):
+            if isinstance(given, bool) or not isinstance(given, int):
+                return path, "a whole number"
+        elif isinstance(value, (float, decimal.Decimal)):
+            if isinstance(given, bool) or not isinstance(given, (int, float)):
+                return path, "a number"
+        elif value is not None and not isinstance(given, str):
+            return path, "a string"
+    return None
 
 
 def _set_aside_long_binary_data(data: dict) -> list[tuple[dict, str]]:

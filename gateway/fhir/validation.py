@@ -50,12 +50,48 @@ def validate(resource: dict, *, kept: bool = False) -> None:
     problems = [(path, "is not allowed: PDSm prohibits it (max 0)") for path in _prohibited(resource)]
     problems += [(path, f"the start ({start}) is after the end ({end}) (FHIR per-1)")
                  for path, start, end in _periods(resource, "") if _reversed(start, end)]
+    problems += [(f"contained[{index}]", "is referenced from nowhere in the resource (FHIR dom-3)")
+                 for index in _unreferenced_contained(resource)]
     if _may_hold_not_xml(resource):
         problems += [(path, f"holds the character U+{ord(character):04X}, which XML cannot carry: of the control "
                             "characters, a FHIR string holds tab, line feed and carriage return only")
                      for path, character in _not_xml(resource, "")]
     if problems:
         raise InvalidResource(res_type, problems[:20])
+
+
+def _unreferenced_contained(resource: dict) -> list[int]:
+    """The contained resources nothing in the resource refers to (`#id`, from a reference, a uri or
+    a canonical), nor that refer to it (`#`): what a sender contained and left unreferenced was
+    kept as submitted, and failed the official check."""
+    contained = resource.get("contained")
+    if not contained:
+        return []
+    pointers: set[str] = set()
+    stack: list = [resource]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str) and item.startswith("#"):
+            pointers.add(item)
+    return [index for index, inner in enumerate(contained) if isinstance(inner, dict)
+            and f"#{inner.get('id')}" not in pointers and not _points_to_container(inner)]
+
+
+def _points_to_container(inner: dict) -> bool:
+    stack: list = [inner]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif item == "#":
+            return True
+    return False
 
 
 def _reversed(start: str, end: str) -> bool:

@@ -17,6 +17,12 @@ LIST_TYPES = "https://profiles.ihe.net/ITI/MHD/CodeSystem/MHDlistTypes"
 UNKNOWN_DESIGNATION = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason",
                                    "code": "unknown", "display": "Unknown"}]}
 SUBMITTER_SYSTEM = "urn:dmp-gateway:submitter"
+INTENDED_RECIPIENT = "https://profiles.ihe.net/ITI/MHD/StructureDefinition/ihe-intendedRecipient"
+PDSM_INTENDED_RECIPIENT = "https://interop.esante.gouv.fr/ig/fhir/pdsm/StructureDefinition/pdsm-ext-intended-recipient"
+# The extensions PDSm's SubmissionSet slices: the value each carries, and whether it comes at most once.
+EXTENSIONS = {DESIGNATION_TYPE: ("valueCodeableConcept", True), SOURCE_ID: ("valueIdentifier", True),
+              codes.PDSM_IS_ARCHIVED: ("valueBoolean", True), INTENDED_RECIPIENT: ("valueReference", False),
+              PDSM_INTENDED_RECIPIENT: ("valueReference", False)}
 
 
 def unique_id() -> str:
@@ -69,3 +75,37 @@ def completed(submitted: dict, submitter_name: str, submitter_id: str) -> dict:
         resource["contained"] = [*resource.get("contained", []), device_source(submitter_name)]
         resource["source"] = {"reference": "#source"}
     return resource
+
+
+def refusals(submitted: dict) -> list[tuple[str, str]]:
+    """(path, what PDSm requires) of each thing a submitted SubmissionSet says that PDSm's profile
+    of it refuses. A SubmissionSet is kept as submitted (then completed): such a List was
+    registered, and every read of it failed the official check."""
+    found = []
+    if submitted.get("status") != "current":
+        found.append(("status", "is current (PDSm's pattern)"))
+    if submitted.get("mode") != "working":
+        found.append(("mode", "is working (PDSm's pattern)"))
+    codings = (submitted.get("code") or {}).get("coding") or []
+    if not any(c.get("system") == LIST_TYPES and c.get("code") == "submissionset" for c in codings):
+        found.append(("code", f"holds the coding {LIST_TYPES}|submissionset (PDSm's pattern)"))
+    if not submitted.get("date"):
+        found.append(("date", "the submission's time is required (PDSm)"))
+    identifiers = submitted.get("identifier") or []
+    for index, identifier in enumerate(identifiers):
+        if not identifier.get("system") or not identifier.get("value"):
+            found.append((f"identifier[{index}]", "has a system and a value (MHD's uniqueId and entryUUID)"))
+    if sum(identifier.get("use") == "usual" for identifier in identifiers) > 1:
+        found.append(("identifier", "holds one uniqueId (use usual), not several"))
+    seen: set[str] = set()
+    for index, extension in enumerate(submitted.get("extension") or []):
+        url = extension.get("url")
+        if url not in EXTENSIONS:
+            continue
+        value, once = EXTENSIONS[url]
+        if value not in extension:
+            found.append((f"extension[{index}]", f"{url} carries its value as {value}"))
+        if once and url in seen:
+            found.append((f"extension[{index}]", f"{url} is given once"))
+        seen.add(url)
+    return found

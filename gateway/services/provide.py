@@ -195,6 +195,10 @@ def _classify(bundle: dict):
                 if key:
                     binaries[key] = index
         elif kind == "List":
+            refusals = submission.refusals(resource) if _is_submission_set(resource) else []
+            if refusals:
+                path, requirement = refusals[0]
+                raise _refuse(f"List.{path}: {requirement}", f"{where}.resource.{path}")
             lists.append(Submitted(index, resource))
         elif kind != "Patient":
             raise _refuse(f"{kind} is not part of an ITI-65 submission", f"{where}.resource.resourceType")
@@ -378,9 +382,11 @@ def _write(uow: UnitOfWork, base_url: str, bundle: dict, documents, signatures, 
             continue
         resource = submission.completed(dict(item.resource, id=item.new_id), uow.repository.access.name
                                         or uow.repository.access.subject, uow.repository.access.subject)
-        resource["entry"] = [dict(e, item={"reference": references.get(e.get("item", {}).get("reference"),
-                                                                        e.get("item", {}).get("reference"))})
-                             for e in resource.get("entry", [])]
+        entries = [dict(e, item={"reference": references.get(e.get("item", {}).get("reference"),
+                                                             e.get("item", {}).get("reference"))})
+                   for e in resource.get("entry", [])]
+        if entries:   # FHIR's JSON has no empty array
+            resource["entry"] = entries
         resource["subject"] = {"reference": f"Patient/{patient_id}"}
         profiles = resource.get("meta", {}).get("profile")
         resource["meta"] = {"profile": profiles} if profiles else {}
@@ -435,7 +441,7 @@ def _validated(resource: dict, index: int) -> dict:
     try:
         validate(resource)
     except InvalidResource as exc:
-        raise _refuse(str(exc), f"Bundle.entry[{index}].resource") from None
+        raise _refuse(str(exc), f"Bundle.entry[{index}].resource.{exc.problems[0][0]}") from None
     return resource
 
 

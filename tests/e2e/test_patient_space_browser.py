@@ -404,7 +404,8 @@ def submit(gateway, cda: bytes, labels: list[str]) -> str:
     base, env = gateway
     bundle = build_submission(cda, 10_000_000)
     docref = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "DocumentReference")
-    docref["securityLabel"] = [{"coding": [{"system": codes.VISIBILITY_SYSTEM, "code": code}]} for code in labels]
+    if labels:   # FHIR's JSON has no empty array
+        docref["securityLabel"] = [{"coding": [{"system": codes.VISIBILITY_SYSTEM, "code": code}]} for code in labels]
     answer = requests.post(f"{base}/fhir", data=json.dumps(bundle), headers={
         **token(env, "--role", "system", "--sub", "ch-saint-aubin"), "Content-Type": "application/fhir+json"}, timeout=60)
     assert answer.status_code == 200, answer.text

@@ -97,24 +97,46 @@ LEFT_OUT = object()
 
 
 def test_mutated_fhir_submissions(client, bearer, database):
-    """Valid bodies with one place changed to any JSON value, or left out: they reach the checks
-    and mappings behind the models' own, which random bodies do not. Found by this test: a
-    DocumentReference's category null in an ITI-65 submission, a 500."""
+    """Valid bodies with one place changed to any JSON value, or left out, each under a document id
+    of its own: they reach the checks and mappings behind the models' own, which random bodies do
+    not. What is kept must pass the official profiles. Found by this test: a DocumentReference's
+    category null in an ITI-65 submission (a 500); a SubmissionSet without a date, with a status
+    other than current or an identifier without a system, registered and failing the profiles."""
+    import profiles
     from gateway.demo import build_submission
     from gateway.services.consents import decision
 
     patient = bearer("patient", patient="185067511204554")
-    bodies = [("/fhir", {}, build_submission((SAMPLES / "cda" / name).read_bytes(), 5 * 1024 * 1024))
-              for name in ("cr-biologie-martin.xml", "ldl-ses-martin.xml")]
-    bodies.append(("/fhir/Consent", patient, decision("professional", "deny", "899900000012")))
-    places = [list(_nodes(body)) for _, _, body in bodies]
+    examples = SAMPLES.parents[1].parent / "shared" / "reference" / "pdsm4dmp" / "input" / "examples"
+
+    def cda_submission(name: str):
+        cda = (SAMPLES / "cda" / name).read_text()
+        root = cda.split('<id root="', 1)[1].split('"', 1)[0]
+        return lambda n: build_submission(cda.replace(root, f"1.2.250.1.213.1.1.9.98.{n}").encode(), 5 * 1024 * 1024)
+
+    def guide_example(name: str):
+        # Its patient made the samples' (the guide's INS has a wrong key), its document id its own.
+        text = (examples / name).read_text().replace("urn:oid:1.2.250.1.213.1.4.8|123456789012345",
+                                                     "urn:oid:1.2.250.1.213.1.4.10|185067511204554")
+        return lambda n: json.loads(text.replace("urn:oid:1.2.250.1.213.1.4.8.99999.", f"urn:oid:1.2.250.1.213.1.4.8.9999{n}."))
+
+    bodies = [("/fhir", {}, cda_submission(name)) for name in ("cr-biologie-martin.xml", "ldl-ses-martin.xml")]
+    bodies.append(("/fhir/Consent", patient, lambda n: decision("professional", "deny", "899900000012")))
+    if examples.exists():
+        bodies += [("/fhir/DocumentReference", {}, guide_example("DocumentReference-example-td2-iti105-publication-"
+                                                                 "simplifiee.json")),
+                   ("/fhir", {}, guide_example("Bundle-example-td2-iti65-lot-soumission.json"))]
+    places = [list(_nodes(body(0))) for _, _, body in bodies]
+    assert send(client, "POST", "/cda", data=(SAMPLES / "cda" / "ldl-ses-martin.xml").read_bytes(),
+                headers={"Content-Type": "application/xml"}).status_code == 201   # the patient's record
+    kept, written = profiles.Collected(), []
 
     @FUZZ
     @given(index=st.integers(0, len(bodies) - 1), place=st.integers(0, 10**6),
            value=st.one_of(st.just(LEFT_OUT), st.just(None), st.just({}), st.just([]), json_values))
     def run(index, place, value):
         path, headers, body = bodies[index]
-        changed = json.loads(json.dumps(body))
+        changed = body(TRIED["inputs"])
         *parents, last = places[index][place % len(places[index])]
         container = changed
         for step in parents:
@@ -123,10 +145,22 @@ def test_mutated_fhir_submissions(client, bearer, database):
             del container[last]
         else:
             container[last] = value
-        send(client, "POST", path, data=json.dumps(changed), headers={"Content-Type": "application/fhir+json",
-                                                                        **headers})
+        response = send(client, "POST", path, data=json.dumps(changed),
+                        headers={"Content-Type": "application/fhir+json", **headers})
+        if response.status_code == 201:
+            kept.add(response.json)
+        elif response.status_code == 200 and response.json.get("type") == "transaction-response":
+            written.extend(e["response"]["location"] for e in response.json["entry"]
+                           if e["response"]["status"] == "201 Created")
 
     run()
+    attend_all(database[0])
+    for location in written:
+        if location.startswith(("DocumentReference/", "List/")):
+            kept.add(send(client, "GET", f"/fhir/{location}").json)
+    if profiles.available():
+        errors = kept.errors()
+        assert not errors, "\n".join(errors)
 
 
 def test_mutated_cda_documents(client):
@@ -178,7 +212,8 @@ def test_mutated_cda_documents(client):
 
     run()
     if profiles.available():
-        assert kept.errors() == []
+        errors = kept.errors()
+        assert not errors, "\n".join(errors)
 
 
 def test_random_search_parameters(client):

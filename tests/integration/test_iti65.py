@@ -208,6 +208,55 @@ def test_a_null_or_an_empty_element_is_refused_where_it_stands(client, database,
     assert document_count(database[0]) == 0
 
 
+DESIGNATION = "https://profiles.ihe.net/ITI/MHD/StructureDefinition/ihe-designationType"
+
+
+@pytest.mark.parametrize("change, expression", [
+    (lambda s: s.pop("date"), "date"),
+    (lambda s: s.__setitem__("status", "retired"), "status"),
+    (lambda s: s.__setitem__("mode", "snapshot"), "mode"),
+    (lambda s: s["code"]["coding"][0].pop("system"), "code"),
+    (lambda s: s["identifier"][0].pop("system"), "identifier[0]"),
+    (lambda s: s["identifier"].extend([{"use": "usual", "system": "urn:ietf:rfc:3986", "value": f"urn:oid:1.2.{n}"}
+                                       for n in (3, 4)]), "identifier"),
+    (lambda s: s.__setitem__("extension", [{"url": DESIGNATION, "valueString": "CR"}]), "extension[0]"),
+    (lambda s: s.__setitem__("contained", [{"resourceType": "Organization", "id": "o", "name": "x"}]), "contained[0]"),
+], ids=["no date", "status", "mode", "code system", "identifier system", "two uniqueIds", "designation value",
+        "unreferenced contained"])
+def test_a_submission_set_the_pdsm_profile_refuses_is_refused_not_kept(client, database, change, expression):
+    """A SubmissionSet is kept as submitted: each of these was registered, and every read of it
+    failed the official check (found by test_mutated_fhir_submissions)."""
+    bundle = build_submission(sample("cr-biologie-martin.xml"), LIMIT)
+    change(bundle["entry"][0]["resource"])
+    refused = provide(client, bundle)
+    assert refused.status_code == 422, refused.data[:300]
+    assert refused.json["issue"][0]["expression"] == [f"Bundle.entry[0].resource.{expression}"]
+    assert document_count(database[0]) == 0
+
+
+def test_a_primitive_in_another_json_type_is_refused_where_it_stands(client, database, bearer):
+    """The FHIR models read "true" as true, "3" as 3, and a number as a date: the resource was kept
+    as sent and served so, and a SubmissionSet's date given as a number was a 500."""
+    bundle = build_submission(sample("cr-biologie-martin.xml"), LIMIT)
+    bundle["entry"][0]["resource"]["date"] = 1
+    refused = provide(client, bundle)
+    assert refused.status_code == 400 and refused.json["issue"][0]["expression"] == ["/entry/0/resource/date"]
+    assert "as a string" in refused.json["issue"][0]["diagnostics"]
+    for patient, where in [({"active": "true"}, "/active"), ({"multipleBirthInteger": "3"}, "/multipleBirthInteger"),
+                           ({"multipleBirthInteger": 3.0}, "/multipleBirthInteger")]:
+        answer = client.post("/fhir/Patient", data=json.dumps({"resourceType": "Patient", **patient}), headers=FHIR)
+        assert answer.status_code == 400 and answer.json["issue"][0]["expression"] == [where], answer.data[:300]
+    assert document_count(database[0]) == 0
+    # A SubmissionSet that names no entry is kept without an empty array, which FHIR's JSON has not.
+    bundle = build_submission(sample("cr-biologie-martin.xml"), LIMIT)
+    del bundle["entry"][0]["resource"]["entry"]
+    provided = provide(client, bundle)
+    assert provided.status_code == 200
+    attend_all(database[0])
+    submission_set = client.get("/fhir/" + provided.json["entry"][0]["response"]["location"]).json
+    assert submission_set["resourceType"] == "List" and "entry" not in submission_set
+
+
 def test_a_full_url_given_twice_or_a_put_is_refused(client, database):
     """A second entry under one fullUrl made a reference to it name either (bdl-7); a PUT, an
     update, was taken for a POST and created a new resource. A Patient, sent for reference and

@@ -58,3 +58,22 @@ def test_a_reversed_period_and_a_control_character_are_both_named():
     with pytest.raises(InvalidResource) as refused:
         validate(consent)
     assert [path for path, _ in refused.value.problems] == ["provision.period", "provision.actor[0].role.text"]
+
+
+def test_a_contained_resource_nothing_refers_to_is_named():
+    """FHIR dom-3: a sender's unreferenced contained resource was kept, and failed the official
+    check. Referred to from the resource, from another contained one, or referring to its
+    container, it is kept."""
+    submission_set = {"resourceType": "List", "status": "current", "mode": "working",
+                      "contained": [{"resourceType": "Device", "id": "source"},
+                                    {"resourceType": "Organization", "id": "org"},
+                                    {"resourceType": "Practitioner", "id": "alone"},
+                                    {"resourceType": "Patient", "id": "back", "link": [
+                                        {"other": {"reference": "#"}, "type": "seealso"}]},
+                                    {"resourceType": "PractitionerRole", "id": "role",
+                                     "organization": {"reference": "#org"}}],
+                      "source": {"reference": "#source"}, "entry": [{"item": {"reference": "#role"}}]}
+    with pytest.raises(InvalidResource) as refused:
+        validate(submission_set)
+    assert refused.value.problems == [("contained[2]", "is referenced from nowhere in the resource (FHIR dom-3)")]
+    validate(submission_set, kept=True)
