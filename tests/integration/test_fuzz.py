@@ -108,6 +108,7 @@ def test_mutated_fhir_submissions(client, bearer, database):
 
     patient = bearer("patient", patient="185067511204554")
     examples = SAMPLES.parents[1].parent / "shared" / "reference" / "pdsm4dmp" / "input" / "examples"
+    definitions = SAMPLES.parents[1].parent / "shared" / "fhir-definitions"
 
     def cda_submission(name: str):
         cda = (SAMPLES / "cda" / name).read_text()
@@ -120,7 +121,17 @@ def test_mutated_fhir_submissions(client, bearer, database):
                                                      "urn:oid:1.2.250.1.213.1.4.10|185067511204554")
         return lambda n: json.loads(text.replace("urn:oid:1.2.250.1.213.1.4.8.99999.", f"urn:oid:1.2.250.1.213.1.4.8.9999{n}."))
 
+    def fr_core_patient(n: int) -> dict:
+        # FR Core's example, under an INS of its own (its own INS has a wrong key).
+        patient = json.loads((definitions / "frcore" / "package" / "example" / "Patient-ExampleFRCorePatient001.json")
+                             .read_text())
+        number = 1850675110000 + n
+        patient["identifier"][0]["value"] = f"{number}{97 - number % 97:02d}"
+        return patient
+
     bodies = [("/fhir", {}, cda_submission(name)) for name in ("cr-biologie-martin.xml", "ldl-ses-martin.xml")]
+    if (definitions / "frcore").exists():
+        bodies.append(("/fhir/Patient", {}, fr_core_patient))
     bodies.append(("/fhir/Consent", patient, lambda n: decision("professional", "deny", "899900000012")))
     if examples.exists():
         bodies += [("/fhir/DocumentReference", {}, guide_example("DocumentReference-example-td2-iti105-publication-"
@@ -288,7 +299,14 @@ def test_random_xml(client):
     run()
 
 
-def test_mutated_hl7v2_messages(client, bearer):
+def test_mutated_hl7v2_messages(client, bearer, database):
+    """Sample messages with bytes changed: an ACK, never a 5xx or an internal error; and what they
+    kept passes the official profiles."""
+    import profiles
+    from sqlalchemy import select
+
+    from gateway.storage.schema import resource_versions
+
     system = bearer("system", sub="fuzz")
     messages = [path.read_bytes() for path in sorted((SAMPLES / "hl7v2").glob("*.hl7"))]
 
@@ -297,7 +315,9 @@ def test_mutated_hl7v2_messages(client, bearer):
         st.integers(0, 2000), st.one_of(st.binary(max_size=8), st.sampled_from(
             [b"\\X00\\", b"\\X4100\\", b"\\X0D0A\\", b"\\E\\", b"\\XZZ\\", b"\x00"]))), max_size=4))
     def run(index, cuts):
-        data = bytearray(messages[index][:4000])
+        # Its own control id: a copy of an earlier example would be answered with its first ACK.
+        head, rest = messages[index][:4000].split(b"|", 10)[:10], messages[index][:4000].split(b"|", 10)[10:]
+        data = bytearray(b"|".join(head[:9] + [b"F%d" % TRIED["inputs"]] + rest))
         for position, insert in cuts:
             position %= max(len(data), 1)
             data[position:position + len(insert)] = insert
@@ -309,3 +329,16 @@ def test_mutated_hl7v2_messages(client, bearer):
         assert b"\x00" not in response.data, (bytes(data), response.data)   # no HL7v2 field holds one
 
     run()
+    attend_all(database[0])
+    with database[0].connect() as conn:
+        kept = conn.execute(select(resource_versions.c.res_type, resource_versions.c.res_id,
+                                   resource_versions.c.version).where(
+            resource_versions.c.res_type.in_(["Patient", "DocumentReference", "List"]))).all()
+    collected = profiles.Collected()
+    for res_type, res_id, version in kept:   # every version: each message's identity, as it was kept
+        read = send(client, "GET", f"/fhir/{res_type}/{res_id}/_history/{version}")
+        if read.status_code == 200:
+            collected.add(read.json)
+    if profiles.available():
+        errors = collected.errors()
+        assert not errors, "\n".join(errors)
