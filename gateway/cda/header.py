@@ -1,6 +1,7 @@
 """Extraction of the CI-SIS CDA header into plain data (no FHIR here: that is mapping's job)."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from lxml import etree
@@ -102,6 +103,8 @@ class CdaHeader:
 # authors, each a contained resource to map, validate and index: 9,000 took 13.6 s and 360 MB,
 # 70,000 patient ids 5.5 s. Past this many of one element, the document is refused.
 MAX_REPEATED = 100
+# CDA R2's uid: an OID, a UUID or an RUID.
+UID = re.compile(r"[0-2](\.(0|[1-9][0-9]*))+|[0-9A-Fa-f]{8}(-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}|[A-Za-z][A-Za-z0-9-]*")
 
 
 def _where(el: etree._Element, path: str) -> tuple[str, str]:
@@ -137,16 +140,32 @@ def _text(el: etree._Element | None) -> str | None:
     return value or None
 
 
-def _ii(el: etree._Element | None) -> II | None:
-    if el is None or not el.get("root"):
+def _uid(el: etree._Element, attribute: str) -> str | None:
+    """`attribute` of `el`, a uid (II.root, CD.codeSystem), refused when it is not one: the gateway
+    names it by a URI (urn:oid:…), and one holding a space was registered, and failed the official
+    check."""
+    value = el.get(attribute)
+    if value is None or not value.strip():
         return None
-    return II(el.get("root").strip(), (el.get("extension") or "").strip() or None)
+    value = value.strip()
+    if not UID.fullmatch(value):
+        where = f"/{etree.QName(el.getroottree().getroot()).localname}/" + re.sub(
+            r"\{[^}]*\}", "", el.getroottree().getelementpath(el)) + f"/@{attribute}"
+        raise Refused(f"{where} is not a uid (an OID, a UUID or an RUID, as CDA R2 has it)", location=where)
+    return value
+
+
+def _ii(el: etree._Element | None) -> II | None:
+    root = _uid(el, "root") if el is not None else None
+    if root is None:
+        return None
+    return II(root, (el.get("extension") or "").strip() or None)
 
 
 def _code(el: etree._Element | None) -> Code | None:
     if el is None or not el.get("code"):
         return None
-    return Code(el.get("code").strip(), el.get("codeSystem"), el.get("displayName"))
+    return Code(el.get("code").strip(), _uid(el, "codeSystem"), el.get("displayName"))
 
 
 def _codes_with_translations(el: etree._Element | None) -> list[Code]:

@@ -20,7 +20,7 @@ from gateway import base64text
 from gateway.refusal import Refused
 from gateway.cda.parser import safe_parser
 
-from . import xml_reader, xml_writer
+from . import required_codes, xml_reader, xml_writer
 from .narrative import check_narratives
 from .xml_layout import FHIR_NS
 
@@ -268,6 +268,10 @@ def load(body: bytes | bytearray, content_type: str | None) -> dict:
             where, expected = mistyped
             raise Refused(f"{where}: FHIR's JSON gives this value as {expected}", location=where, status=400,
                           code="structure")
+        if outside := required_codes.outside(read):
+            where, element = outside
+            raise Refused(f"{where}: not a code of the value set FHIR binds {element} to (required)",
+                          location=where, status=422, code="code-invalid")
     finally:
         for resource, value in aside:
             resource["data"] = value

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from urllib.parse import quote
 
 from gateway.cda.header import II, Name, Organization, PatientInfo, Person
 from gateway.hl7v2.er7 import Segment
@@ -13,6 +14,7 @@ from . import codes
 from .dates import InvalidTime, ts_to_fhir
 
 _OID = re.compile(r"^[0-2](\.\d+)+$")
+AUTHORITY_URN = "urn:hl7v2-assigning-authority:"
 
 # PAM-FR has no FHIR canonical for the ZFA value tables: its codes are kept under this system.
 ZFA_SYSTEM = "urn:hl7-france:pam-fr:zfa"
@@ -41,10 +43,12 @@ METADATA_CODES = set(VISIBILITY_FLAGS) | {
 
 
 def assigning_authority_system(namespace: str, universal_id: str) -> str:
-    """An OID when the assigning authority has one; otherwise a URN on its name, stable per sender."""
+    """An OID when the assigning authority has one; otherwise a URN on its name, stable per sender,
+    its whitespace percent-encoded (`Homerton Case Note Number`, in HL7's own v2-to-FHIR
+    examples): a URI holds none, and such a Patient was served failing the official check."""
     if _OID.match(universal_id):
         return universal_id
-    return f"urn:hl7v2-assigning-authority:{namespace or universal_id}"
+    return AUTHORITY_URN + re.sub(r"\s", lambda space: quote(space.group(), safe=""), namespace or universal_id)
 
 
 def cx_ids(segment: Segment, field_number: int) -> list[II]:

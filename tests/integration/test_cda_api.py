@@ -454,3 +454,26 @@ def test_a_header_without_what_every_document_reference_holds_is_refused(client,
     assert refused.status_code == 422, refused.data[:300]
     assert refused.json["issue"][0]["expression"] == [expression]
     assert counts(database[0]) == {}
+
+
+@pytest.mark.parametrize("before, after, expression", [
+    ('<assignedAuthor><id root="1.2.250.1.71.4.2.1"', '<assignedAuthor><id root="1.2.250.1.71.4.2 .1"',
+     "/ClinicalDocument/author/assignedAuthor/id/@root"),
+    ('<id root="1.2.250.1.213.1.1.9.1001" extension="900000001"/>', '<id root="1.2.250 .1.213.1.1.9.1001" extension="900000001"/>',
+     "/ClinicalDocument/recordTarget/patientRole/id[2]/@root"),
+    ('codeSystem="1.2.250.1.213.1.1.4.5"', 'codeSystem="1.2.250.1.213.1.1.4.5 "', None),   # around it: kept
+    ('code="18719-5" codeSystem="2.16.840.1.113883.6.1"', 'code="18719-5" codeSystem="LOINC 2.16"',
+     "/ClinicalDocument/documentationOf/serviceEvent/code/@codeSystem"),
+], ids=["author root", "patient id root", "space around", "code system"])
+def test_an_id_root_or_code_system_that_is_not_a_uid_is_refused(client, database, before, after, expression):
+    """The gateway names a root or a code system by a URI (urn:oid:…): one holding a space was
+    registered, and failed the official check. CDA R2 has them uids (an OID, a UUID or an RUID)."""
+    cda = sample("cr-biologie-martin.xml").decode()
+    assert before in cda
+    answer = client.post("/cda", data=cda.replace(before, after).encode(), headers=XML)
+    if expression is None:
+        assert answer.status_code == 201, answer.data[:300]
+        return
+    assert answer.status_code == 422 and answer.json["issue"][0]["expression"] == [expression], answer.data[:300]
+    assert "is not a uid" in answer.json["issue"][0]["diagnostics"]
+    assert counts(database[0]) == {}

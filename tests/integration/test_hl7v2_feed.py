@@ -290,6 +290,25 @@ def test_a_line_break_sent_inside_a_field_refuses_the_message_whole(client, data
     assert sorted(kept) == [("refused",), ("refused",)]
 
 
+def test_an_authority_named_with_spaces_names_a_uri_without_them(client):
+    """HL7's own v2-to-FHIR examples name PID-3's authority `Homerton Case Note Number`, with no OID:
+    the Patient's identifier system held its spaces, which no URI holds, and failed the official
+    check (found by test_mutated_hl7v2_messages, with an escaped line break)."""
+    import profiles
+
+    ids = "PID|1||999999^^^Homerton Case Note Number^MRN~111111^^^Person ID\\X0D0A\\X^PI||HOMER^JANE||19781030|F"
+    assert post(client, adt("A28", "URN1", ids))[0] == "AA"
+    patient = search(client, "Patient?identifier=999999")["entry"][0]["resource"]
+    assert [i["system"] for i in patient["identifier"]] == [
+        "urn:hl7v2-assigning-authority:Homerton%20Case%20Note%20Number", "urn:hl7v2-assigning-authority:Person%20ID%0D%0AX"]
+    assert search(client, "Patient?identifier=urn:hl7v2-assigning-authority:Homerton%2520Case%2520Note%2520Number|999999"
+                  )["total"] == 1
+    if profiles.available():
+        collected = profiles.Collected()
+        collected.add(patient)
+        assert collected.errors() == []
+
+
 def test_a_second_segment_the_structure_holds_once_is_refused_not_ignored(client, database):
     """A second PID in an ADT or an MDM (another patient), a second MRG in an A40 (another
     merge), a second TXA: only the first was read, and the message acknowledged AA."""

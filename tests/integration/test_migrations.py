@@ -19,6 +19,7 @@ from gateway.access import AccessContext
 from gateway.access.writes import Write
 from gateway.access.audit import verify_chain
 from gateway.app import create_app
+from gateway.mapping.hl7v2 import assigning_authority_system
 from gateway.storage.database import make_engine
 from gateway.storage.migrate import alembic_config, upgrade
 from gateway.storage.repository import Repository
@@ -275,6 +276,51 @@ def test_uuid_roots_stored_as_urn_oid_are_written_urn_uuid_and_the_trail_is_kept
     assert before["document"]["masterIdentifier"]["value"] == old
     assert (before["identifier"], before["tokens"], before["awaited"]) == (old, {"d1": old, "a1": old}, old)
     assert before["others"] == 0
+    engine.dispose()
+
+
+def test_authority_names_stored_with_whitespace_are_written_percent_encoded(tmp_path):
+    """Migration 0023: a PID-3 authority named by its name (HL7's v2-to-FHIR examples have
+    `Homerton Case Note Number`) was a system holding spaces, which no URI holds; the Patient, its
+    identifier and index rows are rewritten, and the next message finds that patient again.
+    Downgraded, the names are what the code before wrote."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'authority.db'}")
+    config = alembic_config(engine)
+    command.upgrade(config, "0022")
+    old = "urn:hl7v2-assigning-authority:Homerton Case Note Number"
+    new = "urn:hl7v2-assigning-authority:Homerton%20Case%20Note%20Number"
+    kept = "urn:hl7v2-assigning-authority:CH-SAINT-AUBIN"
+    patient = {"resourceType": "Patient", "identifier": [{"system": old, "value": "999999"},
+                                                         {"system": kept, "value": "1"}]}
+    audit_event = {"resourceType": "AuditEvent", "entity": [{"what": {"identifier": {"system": old, "value": "999999"}}}]}
+    with engine.begin() as conn:
+        for res_type, res_id, body in [("Patient", "p1", patient), ("AuditEvent", "a1", audit_event)]:
+            conn.execute(text("INSERT INTO resources (res_type, res_id, version, last_updated, deleted, body) "
+                              "VALUES (:t, :i, 1, '2026-01-01T00:00:00', false, :b)"),
+                         {"t": res_type, "i": res_id, "b": json.dumps(body)})
+        for system in (old, kept):
+            conn.execute(text("INSERT INTO unique_identifiers VALUES ('Patient', :s, '999999', 'p1')"), {"s": system})
+        for res_type, res_id in (("Patient", "p1"), ("AuditEvent", "a1")):
+            conn.execute(text("INSERT INTO search_token VALUES (:t, :i, 'identifier', :s, '999999')"),
+                         {"t": res_type, "i": res_id, "s": old})
+
+    def stored() -> dict:
+        with engine.connect() as conn:
+            return {"patient": json.loads(conn.execute(text("SELECT body FROM resources WHERE res_id = 'p1'")).scalar_one()),
+                    "audit": conn.execute(text("SELECT body FROM resources WHERE res_id = 'a1'")).scalar_one(),
+                    "identifiers": sorted(conn.execute(text("SELECT system FROM unique_identifiers")).scalars()),
+                    "tokens": dict(conn.execute(text("SELECT res_id, system FROM search_token")).all())}
+
+    command.upgrade(config, "0023")
+    after = stored()
+    assert [i["system"] for i in after["patient"]["identifier"]] == [new, kept]
+    assert after["audit"] == json.dumps(audit_event)
+    assert (after["identifiers"], after["tokens"]) == (sorted([new, kept]), {"p1": new, "a1": old})
+    assert assigning_authority_system("Homerton Case Note Number", "") == new   # what the next message names
+    command.downgrade(config, "0022")
+    before = stored()
+    assert before["patient"] == patient
+    assert (before["identifiers"], before["tokens"]) == (sorted([old, kept]), {"p1": old, "a1": old})
     engine.dispose()
 
 

@@ -1,0 +1,69 @@
+"""The codes FHIR R4 binds `required` to an enumerated value set, checked in what a client writes.
+
+The FHIR models check a code's characters but not its value set: an `Identifier.use` of `main` or
+a `HumanName.use` of `birth` was kept as submitted (a SubmissionSet, a Patient, a Consent) and
+failed the official check. `required_codes.json` holds, for each model class and element of type
+`code` with a required binding, the codes its value set enumerates; it is built from the R4
+definitions by `python -m gateway.fhir.required_codes ../shared/fhir-definitions`, and
+tests/unit/test_required_codes.py compares it with them."""
+from __future__ import annotations
+
+import json
+import sys
+from functools import cache
+from pathlib import Path
+
+from fhir_core.fhirabstractmodel import FHIRAbstractModel
+
+TABLE = Path(__file__).with_name("required_codes.json")
+
+
+@cache
+def _table() -> dict[str, frozenset[str]]:
+    return {key: frozenset(codes) for key, codes in json.loads(TABLE.read_text()).items()}
+
+
+def outside(instance: FHIRAbstractModel) -> tuple[str, str] | None:
+    """(JSON pointer, element) of the first code of `instance` outside its required value set."""
+    table, stack = _table(), [(instance, "")]
+    while stack:
+        model, path = stack.pop()
+        name = type(model).__name__
+        for field_name in model.model_fields_set:
+            value = getattr(model, field_name)
+            json_name = type(model).model_fields[field_name].alias or field_name
+            items = value if isinstance(value, list) else [value]
+            allowed = table.get(f"{name}.{json_name}")
+            for index, item in enumerate(items):
+                where = f"{path}/{json_name}" + (f"/{index}" if isinstance(value, list) else "")
+                if isinstance(item, FHIRAbstractModel):
+                    stack.append((item, where))
+                elif allowed is not None and isinstance(item, str) and item not in allowed:
+                    return where, f"{name}.{json_name}"
+    return None
+
+
+def build(definitions: Path) -> dict[str, list[str]]:
+    """The table, from the R4 StructureDefinitions and their value sets (flattened)."""
+    value_sets = json.loads((definitions / "r4-valuesets-flat.json").read_text())
+    table: dict[str, list[str]] = {}
+    for path in sorted((definitions / "r4core" / "package").glob("StructureDefinition-*.json")):
+        definition = json.loads(path.read_text())
+        if definition.get("kind") not in ("resource", "complex-type") or definition.get("derivation") == "constraint":
+            continue
+        for element in definition["snapshot"]["element"]:
+            binding = element.get("binding") or {}
+            types = [t.get("code") for t in element.get("type", [])]
+            if binding.get("strength") != "required" or types != ["code"] or element["path"].endswith("[x]"):
+                continue
+            value_set = value_sets.get(binding.get("valueSet", "").split("|")[0])
+            if not value_set or not value_set.get("systems"):
+                continue   # not enumerated in the package (a grammar, such as BCP 47 or MIME types)
+            *parents, name = element["path"].split(".")
+            owner = parents[0] + "".join(part[:1].upper() + part[1:] for part in parents[1:])
+            table[f"{owner}.{name}"] = sorted({c["code"] for s in value_set["systems"] for c in s.get("codes", [])})
+    return table
+
+
+if __name__ == "__main__":
+    TABLE.write_text(json.dumps(build(Path(sys.argv[1])), indent=0, sort_keys=True) + "\n")
