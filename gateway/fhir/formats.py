@@ -14,6 +14,7 @@ from typing import Callable
 
 import orjson
 from fhir.resources.R4B import get_fhir_model_class
+from fhir_core.fhirabstractmodel import FHIRAbstractModel
 from lxml import etree
 
 from gateway import base64text
@@ -264,14 +265,9 @@ def load(body: bytes | bytearray, content_type: str | None) -> dict:
             raise Refused(f"the body is not a valid FHIR {data['resourceType']}: {problems}",
                                   location=data["resourceType"], status=422, code="invalid") from None
     else:
-        if not xml and (mistyped := _mistyped(data, read.model_dump(by_alias=True, exclude_none=True))):
-            where, expected = mistyped
-            raise Refused(f"{where}: FHIR's JSON gives this value as {expected}", location=where, status=400,
-                          code="structure")
-        if outside := required_codes.outside(read):
-            where, element = outside
-            raise Refused(f"{where}: not a code of the value set FHIR binds {element} to (required)",
-                          location=where, status=422, code="code-invalid")
+        if unread := _unread(data, read, json_types=not xml):
+            where, problem, status, code = unread
+            raise Refused(f"{where}: {problem}", location=where, status=status, code=code)
     finally:
         for resource, value in aside:
             resource["data"] = value
@@ -279,33 +275,53 @@ def load(body: bytes | bytearray, content_type: str | None) -> dict:
     return data
 
 
-def _mistyped(sent, read) -> tuple[str, str] | None:
-    """The JSON pointer of the first primitive `sent` as another JSON type than FHIR's JSON gives
-    its type (a boolean as true or false, an integer or a decimal as a number, anything else as a
-    string), and that type. The models read the value the model `read` holds from "true", 1,
-    "3" or a number for a date; the resource was kept as sent, served so, and a date given as a
-    number was a 500 where it was indexed."""
-    stack = [(sent, read, "")]
+def _unread(sent: dict, read: FHIRAbstractModel, json_types: bool) -> tuple[str, str, int, str] | None:
+    """(JSON pointer, problem, status, code) of the first value of `sent` that the model `read`
+    took and FHIR does not, walking both together:
+
+    - a primitive sent as another JSON type than FHIR's JSON gives its type (a boolean as true or
+      false, an integer as a whole number, a decimal as a number, anything else as a string): the
+      models read "true", "3" or a number for a date, the resource was kept as sent and served
+      so, and a date given as a number was a 500 where it was indexed (not for XML, whose reader
+      gives each value its type);
+    - a code outside the value set FHIR R4 binds it to (required_codes): the models check its
+      characters only, and an Identifier.use of `main` was kept and failed the official check."""
+    stack: list = [(sent, read, "")]
     while stack:
-        given, value, path = stack.pop()
-        if isinstance(given, dict):
-            if isinstance(value, dict):
-                stack += [(given[key], value[key], f"{path}/{_pointer_step(key)}") for key in given if key in value]
-        elif isinstance(given, list):
-            if isinstance(value, list) and len(value) == len(given):
-                stack += [(item, value[index], f"{path}/{index}") for index, item in enumerate(given)]
-        elif isinstance(value, bool):
-            if not isinstance(given, bool):
-                return path, "true or false"
-        elif isinstance(value, int):
-            if isinstance(given, bool) or not isinstance(given, int):
-                return path, "a whole number"
-        elif isinstance(value, (float, decimal.Decimal)):
-            if isinstance(given, bool) or not isinstance(given, (int, float)):
-                return path, "a number"
-        elif value is not None and not isinstance(given, str):
-            return path, "a string"
+        given, model, path = stack.pop()
+        fields = type(model).model_fields
+        for name in model.model_fields_set:
+            value = getattr(model, name)
+            if value is None:
+                continue
+            element = fields[name].alias or name
+            codes = required_codes.allowed(type(model).__name__, element)
+            sent_value = given.get(element) if isinstance(given, dict) else None
+            pairs = (zip(value, sent_value if isinstance(sent_value, list) and len(sent_value) == len(value)
+                         else [None] * len(value)) if isinstance(value, list) else [(value, sent_value)])
+            for index, (item, sent_item) in enumerate(pairs):
+                where = f"{path}/{_pointer_step(element)}" + (f"/{index}" if isinstance(value, list) else "")
+                if isinstance(item, FHIRAbstractModel):
+                    stack.append((sent_item, item, where))
+                    continue
+                expected = _json_type(item)
+                if json_types and sent_item is not None and not expected[0](sent_item):
+                    return where, f"FHIR's JSON gives this value as {expected[1]}", 400, "structure"
+                if codes is not None and isinstance(item, str) and item not in codes:
+                    return (where, f"not a code of the value set FHIR binds {type(model).__name__}.{element} to "
+                            "(required)", 422, "code-invalid")
     return None
+
+
+def _json_type(value) -> tuple[Callable[[object], bool], str]:
+    """How FHIR's JSON writes a primitive the model read as `value`."""
+    if isinstance(value, bool):
+        return (lambda given: isinstance(given, bool)), "true or false"
+    if isinstance(value, int):
+        return (lambda given: isinstance(given, int) and not isinstance(given, bool)), "a whole number"
+    if isinstance(value, (float, decimal.Decimal)):
+        return (lambda given: isinstance(given, (int, float)) and not isinstance(given, bool)), "a number"
+    return (lambda given: isinstance(given, str)), "a string"
 
 
 def _set_aside_long_binary_data(data: dict) -> list[tuple[dict, str]]:

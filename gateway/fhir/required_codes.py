@@ -3,8 +3,8 @@
 The FHIR models check a code's characters but not its value set: an `Identifier.use` of `main` or
 a `HumanName.use` of `birth` was kept as submitted (a SubmissionSet, a Patient, a Consent) and
 failed the official check. `required_codes.json` holds, for each model class and element of type
-`code` with a required binding, the codes its value set enumerates; it is built from the R4
-definitions by `python -m gateway.fhir.required_codes ../shared/fhir-definitions`, and
+`code` with a required binding, the codes its value set enumerates (formats.load checks them);
+it is built from the R4 definitions by `python -m gateway.fhir.required_codes ../shared/fhir-definitions`, and
 tests/unit/test_required_codes.py compares it with them."""
 from __future__ import annotations
 
@@ -12,8 +12,6 @@ import json
 import sys
 from functools import cache
 from pathlib import Path
-
-from fhir_core.fhirabstractmodel import FHIRAbstractModel
 
 TABLE = Path(__file__).with_name("required_codes.json")
 
@@ -23,24 +21,9 @@ def _table() -> dict[str, frozenset[str]]:
     return {key: frozenset(codes) for key, codes in json.loads(TABLE.read_text()).items()}
 
 
-def outside(instance: FHIRAbstractModel) -> tuple[str, str] | None:
-    """(JSON pointer, element) of the first code of `instance` outside its required value set."""
-    table, stack = _table(), [(instance, "")]
-    while stack:
-        model, path = stack.pop()
-        name = type(model).__name__
-        for field_name in model.model_fields_set:
-            value = getattr(model, field_name)
-            json_name = type(model).model_fields[field_name].alias or field_name
-            items = value if isinstance(value, list) else [value]
-            allowed = table.get(f"{name}.{json_name}")
-            for index, item in enumerate(items):
-                where = f"{path}/{json_name}" + (f"/{index}" if isinstance(value, list) else "")
-                if isinstance(item, FHIRAbstractModel):
-                    stack.append((item, where))
-                elif allowed is not None and isinstance(item, str) and item not in allowed:
-                    return where, f"{name}.{json_name}"
-    return None
+def allowed(model_class: str, element: str) -> frozenset[str] | None:
+    """The codes of `element` of the model class (`Identifier`, `ConsentProvision`), if bound so."""
+    return _table().get(f"{model_class}.{element}")
 
 
 def build(definitions: Path) -> dict[str, list[str]]:

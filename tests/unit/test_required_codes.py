@@ -4,9 +4,8 @@ import json
 from pathlib import Path
 
 import pytest
-from fhir.resources.R4B import get_fhir_model_class
-
-from gateway.fhir import required_codes
+from gateway.fhir import formats, required_codes, xml_writer
+from gateway.refusal import Refused
 
 DEFINITIONS = Path(__file__).resolve().parents[2].parent / "shared" / "fhir-definitions"
 
@@ -30,6 +29,16 @@ def test_the_table_is_the_one_the_r4_definitions_give():
     ({"resourceType": "Patient", "gender": "female", "name": [{"use": "maiden"}], "telecom": [{"system": "email"}]},
      None),
 ])
-def test_a_code_outside_its_required_value_set_is_found_where_it_stands(resource, found):
-    model = get_fhir_model_class(resource["resourceType"]).model_validate(resource)
-    assert required_codes.outside(model) == found
+def test_a_code_outside_its_required_value_set_is_refused_where_it_stands(resource, found):
+    body = json.dumps(resource).encode()
+    if found is None:
+        assert formats.load(body, "application/fhir+json") == resource
+        return
+    with pytest.raises(Refused) as refused:
+        formats.load(body, "application/fhir+json")
+    assert (refused.value.location, refused.value.status) == (found[0], 422)
+    assert f"binds {found[1]} to (required)" in refused.value.reason
+    as_xml = xml_writer.to_xml(resource)   # the same from FHIR's XML
+    with pytest.raises(Refused) as refused:
+        formats.load(as_xml, "application/fhir+xml")
+    assert refused.value.location == found[0]
