@@ -19,6 +19,8 @@ UNKNOWN_DESIGNATION = {"coding": [{"system": "http://terminology.hl7.org/CodeSys
 SUBMITTER_SYSTEM = "urn:dmp-gateway:submitter"
 INTENDED_RECIPIENT = "https://profiles.ihe.net/ITI/MHD/StructureDefinition/ihe-intendedRecipient"
 PDSM_INTENDED_RECIPIENT = "https://interop.esante.gouv.fr/ig/fhir/pdsm/StructureDefinition/pdsm-ext-intended-recipient"
+# The identifiers MHD's SubmissionSet slices by their use: their name, and how their value starts.
+IDENTIFIER_SLICES = {"usual": ("uniqueId", "urn:oid:"), "official": ("entryUUID", "urn:uuid:")}
 # The extensions PDSm's SubmissionSet slices: the value each carries, and whether it comes at most once.
 EXTENSIONS = {DESIGNATION_TYPE: ("valueCodeableConcept", True), SOURCE_ID: ("valueIdentifier", True),
               codes.PDSM_IS_ARCHIVED: ("valueBoolean", True), INTENDED_RECIPIENT: ("valueReference", False),
@@ -95,6 +97,11 @@ def refusals(submitted: dict) -> list[tuple[str, str]]:
     for index, identifier in enumerate(identifiers):
         if not identifier.get("system") or not identifier.get("value"):
             found.append((f"identifier[{index}]", "has a system and a value (MHD's uniqueId and entryUUID)"))
+        elif identifier.get("use") in IDENTIFIER_SLICES:
+            name, prefix = IDENTIFIER_SLICES[identifier["use"]]
+            if identifier["system"] != "urn:ietf:rfc:3986" or not identifier["value"].startswith(prefix):
+                found.append((f"identifier[{index}]", f"MHD's {name} (use {identifier['use']}) is a {prefix} URI "
+                              "under the system urn:ietf:rfc:3986"))
     if sum(identifier.get("use") == "usual" for identifier in identifiers) > 1:
         found.append(("identifier", "holds one uniqueId (use usual), not several"))
     seen: set[str] = set()

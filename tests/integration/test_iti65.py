@@ -217,12 +217,15 @@ DESIGNATION = "https://profiles.ihe.net/ITI/MHD/StructureDefinition/ihe-designat
     (lambda s: s.__setitem__("mode", "snapshot"), "mode"),
     (lambda s: s["code"]["coding"][0].pop("system"), "code"),
     (lambda s: s["identifier"][0].pop("system"), "identifier[0]"),
+    (lambda s: s["identifier"][0].__setitem__("value", "urn:oid:1.2.3"), "identifier[0]"),   # entryUUID
+    (lambda s: s["identifier"].append({"use": "usual", "system": "urn:ietf:rfc:3986", "value": "urn:uuid:"
+                                       "4b1e5a6e-8f3c-4c9e-9d5a-2f7e1c3b6a90"}), "identifier[1]"),   # uniqueId
     (lambda s: s["identifier"].extend([{"use": "usual", "system": "urn:ietf:rfc:3986", "value": f"urn:oid:1.2.{n}"}
                                        for n in (3, 4)]), "identifier"),
     (lambda s: s.__setitem__("extension", [{"url": DESIGNATION, "valueString": "CR"}]), "extension[0]"),
     (lambda s: s.__setitem__("contained", [{"resourceType": "Organization", "id": "o", "name": "x"}]), "contained[0]"),
-], ids=["no date", "status", "mode", "code system", "identifier system", "two uniqueIds", "designation value",
-        "unreferenced contained"])
+], ids=["no date", "status", "mode", "code system", "identifier system", "entryUUID not a UUID",
+        "uniqueId not an OID", "two uniqueIds", "designation value", "unreferenced contained"])
 def test_a_submission_set_the_pdsm_profile_refuses_is_refused_not_kept(client, database, change, expression):
     """A SubmissionSet is kept as submitted: each of these was registered, and every read of it
     failed the official check (found by test_mutated_fhir_submissions)."""
