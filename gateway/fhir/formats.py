@@ -304,24 +304,25 @@ def _unread(sent: dict, read: FHIRAbstractModel, json_types: bool) -> tuple[str,
                 if isinstance(item, FHIRAbstractModel):
                     stack.append((sent_item, item, where))
                     continue
-                expected = _json_type(item)
-                if json_types and sent_item is not None and not expected[0](sent_item):
-                    return where, f"FHIR's JSON gives this value as {expected[1]}", 400, "structure"
+                expected = _json_kind(item)
+                if json_types and sent_item is not None and _json_kind(sent_item) != expected and not (
+                        expected == "a number" and _json_kind(sent_item) == "a whole number"):
+                    return where, f"FHIR's JSON gives this value as {expected}", 400, "structure"
                 if codes is not None and isinstance(item, str) and item not in codes:
                     return (where, f"not a code of the value set FHIR binds {type(model).__name__}.{element} to "
                             "(required)", 422, "code-invalid")
     return None
 
 
-def _json_type(value) -> tuple[Callable[[object], bool], str]:
-    """How FHIR's JSON writes a primitive the model read as `value`."""
+def _json_kind(value) -> str:
+    """The JSON a primitive is: as FHIR's JSON writes the value a model read, or as a body sent it."""
     if isinstance(value, bool):
-        return (lambda given: isinstance(given, bool)), "true or false"
+        return "true or false"
     if isinstance(value, int):
-        return (lambda given: isinstance(given, int) and not isinstance(given, bool)), "a whole number"
+        return "a whole number"
     if isinstance(value, (float, decimal.Decimal)):
-        return (lambda given: isinstance(given, (int, float)) and not isinstance(given, bool)), "a number"
-    return (lambda given: isinstance(given, str)), "a string"
+        return "a number"
+    return "an object or array" if isinstance(value, (dict, list)) else "a string"
 
 
 def _set_aside_long_binary_data(data: dict) -> list[tuple[dict, str]]:

@@ -4,6 +4,7 @@ cannot carry in a string, and the elements the profiles the gateway serves under
 from __future__ import annotations
 
 import re
+from typing import Iterator
 
 import orjson
 from fhir.resources.R4B import get_fhir_model_class
@@ -67,31 +68,22 @@ def _unreferenced_contained(resource: dict) -> list[int]:
     contained = resource.get("contained")
     if not contained:
         return []
-    pointers: set[str] = set()
-    stack: list = [resource]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-        elif isinstance(item, str) and item.startswith("#"):
-            pointers.add(item)
+    pointers = {text for text in _strings(resource) if text.startswith("#")}
     return [index for index, inner in enumerate(contained) if isinstance(inner, dict)
-            and f"#{inner.get('id')}" not in pointers and not _points_to_container(inner)]
+            and f"#{inner.get('id')}" not in pointers and "#" not in _strings(inner)]
 
 
-def _points_to_container(inner: dict) -> bool:
-    stack: list = [inner]
+def _strings(node) -> Iterator[str]:
+    """Every string of a JSON value, at any depth."""
+    stack = [node]
     while stack:
         item = stack.pop()
         if isinstance(item, dict):
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
-        elif item == "#":
-            return True
-    return False
+        elif isinstance(item, str):
+            yield item
 
 
 def _reversed(start: str, end: str) -> bool:
