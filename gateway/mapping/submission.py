@@ -1,5 +1,6 @@
-"""The SubmissionSet List (IHE MHD, PDSm) of what one submission registered: its source as a
-contained resource, the designation and source-system extensions PDSm requires (pure)."""
+"""The Lists of an ITI-65 submission (IHE MHD, PDSm): the SubmissionSet of what one submission
+registered, its source as a contained resource, with the designation and source-system extensions
+PDSm requires; and the Folders a submission creates or updates (pure)."""
 from __future__ import annotations
 
 import uuid
@@ -13,6 +14,9 @@ from .document import author_role
 DESIGNATION_TYPE = "https://profiles.ihe.net/ITI/MHD/StructureDefinition/ihe-designationType"
 SOURCE_ID = "https://profiles.ihe.net/ITI/MHD/StructureDefinition/ihe-sourceId"
 LIST_TYPES = "https://profiles.ihe.net/ITI/MHD/CodeSystem/MHDlistTypes"
+FOLDER_PROFILES = ("https://interop.esante.gouv.fr/ig/fhir/pdsm/StructureDefinition/pdsm-folder-comprehensive",
+                   "https://profiles.ihe.net/ITI/MHD/StructureDefinition/IHE.MHD.Comprehensive.Folder",
+                   "https://profiles.ihe.net/ITI/MHD/StructureDefinition/IHE.MHD.Minimal.Folder")
 # A submission that does not say its content type (JDV_J03): the value is unknown, said so.
 UNKNOWN_DESIGNATION = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason",
                                    "code": "unknown", "display": "Unknown"}]}
@@ -21,10 +25,14 @@ INTENDED_RECIPIENT = "https://profiles.ihe.net/ITI/MHD/StructureDefinition/ihe-i
 PDSM_INTENDED_RECIPIENT = "https://interop.esante.gouv.fr/ig/fhir/pdsm/StructureDefinition/pdsm-ext-intended-recipient"
 # The identifiers MHD's SubmissionSet slices by their use: their name, and how their value starts.
 IDENTIFIER_SLICES = {"usual": ("uniqueId", "urn:oid:"), "official": ("entryUUID", "urn:uuid:")}
+# A Folder's uniqueId is any URI (an OID or a UUID, as the ANS's annex has it).
+FOLDER_IDENTIFIER_SLICES = {"official": IDENTIFIER_SLICES["official"]}
 # The extensions PDSm's SubmissionSet slices: the value each carries, and whether it comes at most once.
 EXTENSIONS = {DESIGNATION_TYPE: ("valueCodeableConcept", True), SOURCE_ID: ("valueIdentifier", True),
               codes.PDSM_IS_ARCHIVED: ("valueBoolean", True), INTENDED_RECIPIENT: ("valueReference", False),
               PDSM_INTENDED_RECIPIENT: ("valueReference", False)}
+# PDSm's Folder slices one of them.
+FOLDER_EXTENSIONS = {DESIGNATION_TYPE: ("valueCodeableConcept", True)}
 
 
 def unique_id() -> str:
@@ -64,14 +72,10 @@ def completed(submitted: dict, submitter_name: str, submitter_id: str) -> dict:
     """A submitted SubmissionSet with what PDSm requires and the sender left out: its source (the
     authenticated submitter, as a contained Device), the source system (the submitter's id) and a
     designation said to be unknown. What the sender gave is kept as given."""
-    resource = dict(submitted)
-    extensions = list(resource.get("extension", []))
-    urls = {e.get("url") for e in extensions}
-    if DESIGNATION_TYPE not in urls:
-        extensions.append({"url": DESIGNATION_TYPE, "valueCodeableConcept": UNKNOWN_DESIGNATION})
-    if SOURCE_ID not in urls:
-        extensions.append({"url": SOURCE_ID, "valueIdentifier": {"system": SUBMITTER_SYSTEM, "value": submitter_id}})
-    resource["extension"] = extensions
+    resource = with_designation(submitted)
+    if SOURCE_ID not in {e.get("url") for e in resource["extension"]}:
+        resource["extension"].append({"url": SOURCE_ID, "valueIdentifier": {"system": SUBMITTER_SYSTEM,
+                                                                             "value": submitter_id}})
     contained_ids = {c.get("id") for c in resource.get("contained", [])}
     if resource.get("source", {}).get("reference", "")[1:] not in contained_ids:
         resource["contained"] = [*resource.get("contained", []), device_source(submitter_name)]
@@ -79,37 +83,77 @@ def completed(submitted: dict, submitter_name: str, submitter_id: str) -> dict:
     return resource
 
 
+def with_designation(submitted: dict) -> dict:
+    """A submitted SubmissionSet or Folder with the designation PDSm requires of both said to be
+    unknown when the sender left it out (XDS's contentTypeCode, codeList); the rest as given."""
+    resource = dict(submitted)
+    extensions = list(resource.get("extension", []))
+    if DESIGNATION_TYPE not in {e.get("url") for e in extensions}:
+        extensions.append({"url": DESIGNATION_TYPE, "valueCodeableConcept": UNKNOWN_DESIGNATION})
+    resource["extension"] = extensions
+    return resource
+
+
+def is_submission_set(resource: dict) -> bool:
+    codings = [c.get("code") for c in resource.get("code", {}).get("coding", [])]
+    return "submissionset" in codings or codes.PDSM_SUBMISSION_SET in resource.get("meta", {}).get("profile", [])
+
+
+def is_folder(resource: dict) -> bool:
+    codings = [c.get("code") for c in resource.get("code", {}).get("coding", [])]
+    return "folder" in codings or any(p in FOLDER_PROFILES for p in resource.get("meta", {}).get("profile", []))
+
+
 def refusals(submitted: dict) -> list[tuple[str, str]]:
     """(path, what PDSm requires) of each thing a submitted SubmissionSet says that PDSm's profile
     of it refuses. A SubmissionSet is kept as submitted (then completed): such a List was
     registered, and every read of it failed the official check."""
+    found = [("status", "is current (PDSm's pattern)")] if submitted.get("status") != "current" else []
+    return found + _list_refusals(submitted, "submissionset", EXTENSIONS, IDENTIFIER_SLICES)
+
+
+def folder_refusals(submitted: dict) -> list[tuple[str, str]]:
+    """The same for a Folder, against PDSm's profile of one (as XDS, a Folder has a title and
+    holds documents; its source is the SubmissionSet's)."""
+    found = [("status", "is current: a submission creates or adds to a Folder in use")] \
+        if submitted.get("status") != "current" else []
+    found += _list_refusals(submitted, "folder", FOLDER_EXTENSIONS, FOLDER_IDENTIFIER_SLICES)
+    if not submitted.get("title"):
+        found.append(("title", "a Folder has a title (PDSm)"))
+    if "source" in submitted:
+        found.append(("source", "a Folder has no source: the SubmissionSet's names who submitted it (PDSm)"))
+    if not submitted.get("entry"):
+        found.append(("entry", "a Folder holds at least one document (PDSm)"))
+    return found
+
+
+def _list_refusals(submitted: dict, list_type: str, extensions: dict, slices: dict) -> list[tuple[str, str]]:
+    """What PDSm's SubmissionSet and Folder both require."""
     found = []
-    if submitted.get("status") != "current":
-        found.append(("status", "is current (PDSm's pattern)"))
     if submitted.get("mode") != "working":
         found.append(("mode", "is working (PDSm's pattern)"))
     codings = (submitted.get("code") or {}).get("coding") or []
-    if not any(c.get("system") == LIST_TYPES and c.get("code") == "submissionset" for c in codings):
-        found.append(("code", f"holds the coding {LIST_TYPES}|submissionset (PDSm's pattern)"))
+    if not any(c.get("system") == LIST_TYPES and c.get("code") == list_type for c in codings):
+        found.append(("code", f"holds the coding {LIST_TYPES}|{list_type} (PDSm's pattern)"))
     if not submitted.get("date"):
-        found.append(("date", "the submission's time is required (PDSm)"))
-    identifiers = submitted.get("identifier") or []
-    for index, identifier in enumerate(identifiers):
+        found.append(("date", f"the {'submission' if list_type == 'submissionset' else 'last update'}'s time is "
+                      "required (PDSm)"))
+    for index, identifier in enumerate(submitted.get("identifier") or []):
         if not identifier.get("system") or not identifier.get("value"):
             found.append((f"identifier[{index}]", "has a system and a value (MHD's uniqueId and entryUUID)"))
-        elif identifier.get("use") in IDENTIFIER_SLICES:
-            name, prefix = IDENTIFIER_SLICES[identifier["use"]]
+        elif identifier.get("use") in slices:
+            name, prefix = slices[identifier["use"]]
             if identifier["system"] != "urn:ietf:rfc:3986" or not identifier["value"].startswith(prefix):
                 found.append((f"identifier[{index}]", f"MHD's {name} (use {identifier['use']}) is a {prefix} URI "
                               "under the system urn:ietf:rfc:3986"))
-    if sum(identifier.get("use") == "usual" for identifier in identifiers) > 1:
+    if sum(identifier.get("use") == "usual" for identifier in submitted.get("identifier") or []) > 1:
         found.append(("identifier", "holds one uniqueId (use usual), not several"))
     seen: set[str] = set()
     for index, extension in enumerate(submitted.get("extension") or []):
         url = extension.get("url")
-        if url not in EXTENSIONS:
+        if url not in extensions:
             continue
-        value, once = EXTENSIONS[url]
+        value, once = extensions[url]
         if value not in extension:
             found.append((f"extension[{index}]", f"{url} carries its value as {value}"))
         if once and url in seen:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from dataclasses import dataclass, field
 from typing import Callable
 from urllib.parse import parse_qsl
@@ -35,6 +36,9 @@ from .ingest import Received, Written, ingest
 # Bundle took 17 s and held SQLite's writer all along; the body limit let one carry 27,000. A
 # managed FHIR service anchors the figure (Azure's FHIR service takes 500 entries in a Bundle).
 MAX_ENTRIES = 500
+# Where a submission's PUT of a Folder points: the Folder's id, or List alone (MHD's own example),
+# the Folder then named by its uniqueId.
+FOLDER_URL = re.compile(r"List(/[A-Za-z0-9\-.]{1,64})?")
 
 
 @dataclass
@@ -48,6 +52,7 @@ class Submitted:
     new_id: str = ""            # the id it is written under, drawn by the unit of work that writes it
     signs: list["Submitted"] = field(default_factory=list)  # for a signature: the documents it signs
     stored: StoredResource | None = None                      # the DocumentReference written
+    updates: str | None = None  # for a Folder a submission updates (PUT): its request.url
 
 
 def _refuse(reason: str, expression: str, status: int = 422, code: str = "invalid") -> Refused:
@@ -183,11 +188,12 @@ def _classify(bundle: dict):
             patches.append(_superseding_patch(index, request, resource))
             continue
         # A Patient is sent for reference and matched to the record, never written, whatever its
-        # method. Everything else is created (MHD fixes POST): a PUT, an update of an existing
-        # List or Binary, was created anew.
-        if request.get("method") not in (("POST", "PUT") if kind == "Patient" else ("POST",)):
-            raise _refuse("ITI-65 entries are created with request.method POST (a replaced document's status "
-                          "with a PATCH of Parameters)", f"{where}.request.method")
+        # method. A Folder is created or updated (MHD's MHDprovideFolderActions). Everything else
+        # is created (MHD fixes POST): a PUT, an update of an existing Binary, was created anew.
+        folder = kind == "List" and submission.is_folder(resource) and not submission.is_submission_set(resource)
+        if request.get("method") not in (("POST", "PUT") if kind == "Patient" or folder else ("POST",)):
+            raise _refuse("ITI-65 entries are created with request.method POST (a Folder may be updated with a PUT, "
+                          "a replaced document's status with a PATCH of Parameters)", f"{where}.request.method")
         if kind == "DocumentReference":
             (signatures if _is_signature(resource) else documents).append(Submitted(index, resource))
         elif kind == "Binary":
@@ -195,17 +201,31 @@ def _classify(bundle: dict):
                 if key:
                     binaries[key] = index
         elif kind == "List":
-            refusals = submission.refusals(resource) if _is_submission_set(resource) else []
+            if submission.is_submission_set(resource):
+                refusals = submission.refusals(resource)
+            elif folder:
+                refusals = submission.folder_refusals(resource)
+            else:
+                raise _refuse("a List of a submission is its SubmissionSet or a Folder (MHD's list types "
+                              "submissionset and folder)", f"{where}.resource.code")
             if refusals:
                 path, requirement = refusals[0]
                 raise _refuse(f"List.{path}: {requirement}", f"{where}.resource.{path}")
-            lists.append(Submitted(index, resource))
+            updates = None
+            if request.get("method") == "PUT":
+                updates = str(request.get("url", ""))
+                if not FOLDER_URL.fullmatch(updates):
+                    raise _refuse("a Folder is updated at List/[id], or at List by its uniqueId",
+                                  f"{where}.request.url")
+            lists.append(Submitted(index, resource, updates=updates))
         elif kind != "Patient":
             raise _refuse(f"{kind} is not part of an ITI-65 submission", f"{where}.resource.resourceType")
     if not documents:
         raise _refuse("the submission has no DocumentReference", "Bundle.entry")
-    if not any(_is_submission_set(s.resource) for s in lists):
-        raise _refuse("the submission has no SubmissionSet List", "Bundle.entry")
+    submission_sets = sum(submission.is_submission_set(item.resource) for item in lists)
+    if submission_sets != 1:
+        raise _refuse(f"the submission has {submission_sets or 'no'} SubmissionSet Lists: it has one (MHD)",
+                      "Bundle.entry")
     return documents, signatures, lists, binaries, patches
 
 
@@ -229,11 +249,6 @@ def _superseding_patch(index: int, request: dict, parameters: dict) -> Supersedi
         raise _refuse("a PATCH in a submission sets a replaced DocumentReference's status to superseded "
                       "(replace DocumentReference.status superseded), nothing else", f"{where}.resource")
     return SupersedingPatch(index, url.split("/", 1)[1])
-
-
-def _is_submission_set(resource: dict) -> bool:
-    codings = [c.get("code") for c in resource.get("code", {}).get("coding", [])]
-    return "submissionset" in codings or codes.PDSM_SUBMISSION_SET in resource.get("meta", {}).get("profile", [])
 
 
 def _attach_binary(item: Submitted, bundle: dict, binaries: dict, max_bytes: int) -> None:
@@ -335,7 +350,8 @@ def _write(uow: UnitOfWork, base_url: str, bundle: dict, documents, signatures, 
                        if e["resource"].get("resourceType") == "Patient" and e.get("fullUrl")}
     patient_ids, superseded = set(), set()
     for item in (*documents, *signatures, *lists):
-        item.new_id = uow.new_id()   # a unit run again draws them again
+        if item.updates is None:
+            item.new_id = uow.new_id()   # a unit run again draws them again
     for item in documents:
         where = f"Bundle.entry[{item.index}].resource"
         subject = item.resource.get("subject", {})
@@ -374,28 +390,21 @@ def _write(uow: UnitOfWork, base_url: str, bundle: dict, documents, signatures, 
         responses[patch.index] = ("200 OK", f"DocumentReference/{target.res_id}/_history/{target.version}")
     for item in signatures:
         _write_signature(uow, base_url, item, responses)
-    references = {bundle["entry"][i].get("fullUrl"): loc.rsplit("/_history", 1)[0] for i, (_, loc) in responses.items()}
-    for item in lists:
-        existing = _already_registered(uow, "List", item.resource.get("identifier", []))
-        if existing:
-            responses[item.index] = ("200 OK", f"List/{existing.res_id}/_history/{existing.version}")
-            continue
-        resource = submission.completed(dict(item.resource, id=item.new_id), uow.repository.access.name
-                                        or uow.repository.access.subject, uow.repository.access.subject)
-        entries = [dict(e, item={"reference": references.get(e.get("item", {}).get("reference"),
-                                                             e.get("item", {}).get("reference"))})
-                   for e in resource.get("entry", [])]
-        if entries:   # FHIR's JSON has no empty array
-            resource["entry"] = entries
-        resource["subject"] = {"reference": f"Patient/{patient_id}"}
-        profiles = resource.get("meta", {}).get("profile")
-        resource["meta"] = {"profile": profiles} if profiles else {}
-        _validated(resource, item.index)
-        stored = uow.save(resource, patient_id=patient_id)
-        for identifier in resource.get("identifier", []):
-            if identifier.get("system") and identifier.get("value"):
-                uow.claim_identifier("List", identifier["system"], identifier["value"], stored.res_id)
-        responses[item.index] = ("201 Created", f"List/{stored.res_id}/_history/{stored.version}")
+    # What a List's entries may name: the submission's documents and signatures (the documents
+    # written, or the registered ones a copy of the submission found), then its Folders.
+    named = {bundle["entry"][i].get("fullUrl"): location.rsplit("/_history", 1)[0]
+             for i, (_, location) in responses.items() if location.startswith("DocumentReference/")}
+    # The Folders first: the SubmissionSet may list them.
+    for item in sorted(lists, key=lambda item: submission.is_submission_set(item.resource)):
+        where = f"Bundle.entry[{item.index}].resource"
+        subject = item.resource.get("subject")
+        if subject and resolve_subject(uow, subject, bundle_patients) != patient_id:
+            raise _refuse("the List's subject is not the patient its documents are about", f"{where}.subject")
+        if submission.is_submission_set(item.resource):
+            _write_submission_set(uow, item, named, patient_id, responses)
+        else:
+            _write_folder(uow, item, named, patient_id, responses)
+            named[bundle["entry"][item.index].get("fullUrl")] = responses[item.index][1].rsplit("/_history", 1)[0]
     entries = []
     for index, entry in enumerate(bundle["entry"]):
         if index in responses:
@@ -404,6 +413,116 @@ def _write(uow: UnitOfWork, base_url: str, bundle: dict, documents, signatures, 
         else:  # a Patient sent for reference: matched to the record, not created
             entries.append({"response": {"status": "200 OK", "location": f"Patient/{patient_id}"}})
     return {"resourceType": "Bundle", "id": new_id(), "type": "transaction-response", "entry": entries}
+
+
+def _write_submission_set(uow: UnitOfWork, item: Submitted, named: dict[str, str], patient_id: str,
+                          responses: dict) -> None:
+    where = f"Bundle.entry[{item.index}].resource"
+    existing = _already_registered(uow, "List", item.resource.get("identifier", []))
+    if existing:
+        _same_patient(existing, patient_id, where)
+        responses[item.index] = ("200 OK", f"List/{existing.res_id}/_history/{existing.version}")
+        return
+    resource = submission.completed(dict(item.resource, id=item.new_id), uow.repository.access.name
+                                    or uow.repository.access.subject, uow.repository.access.subject)
+    entries = []
+    for index, entry in enumerate(resource.get("entry", [])):
+        reference = named.get(_item_reference(entry))
+        if reference is None:
+            raise _refuse("a SubmissionSet lists the DocumentReferences and Folders of its submission, by their "
+                          "fullUrl", f"{where}.entry[{index}].item")
+        entries.append(dict(entry, item={"reference": reference}))
+    if entries:   # FHIR's JSON has no empty array
+        resource["entry"] = entries
+    _save_list(uow, item, resource, patient_id, responses)
+
+
+def _write_folder(uow: UnitOfWork, item: Submitted, named: dict[str, str], patient_id: str, responses: dict) -> None:
+    """A Folder created, or updated (PUT): it then keeps every document it held and its identifiers,
+    as XDS, where a submission adds to a Folder and never takes from it."""
+    where = f"Bundle.entry[{item.index}].resource"
+    if item.updates is None:
+        existing = _already_registered(uow, "List", item.resource.get("identifier", []))
+        if existing:
+            _same_patient(existing, patient_id, where)
+            responses[item.index] = ("200 OK", f"List/{existing.res_id}/_history/{existing.version}")
+            return
+        resource, held_documents = dict(item.resource, id=item.new_id), set()
+    else:
+        current = _folder_to_update(uow, item, patient_id)
+        held = current.json()
+        # What it held stays, a document since deleted too (a read of it answers 410 Gone).
+        held_documents = {_item_reference(entry) for entry in held["entry"]}
+        unknown = [i for i in item.resource.get("identifier", []) if i not in held.get("identifier", [])]
+        if unknown:
+            raise _refuse("a Folder keeps its identifiers: an update names those it has, or none",
+                          f"{where}.identifier")
+        resource = dict(item.resource, id=current.res_id, identifier=held.get("identifier", []))
+        if not resource["identifier"]:
+            resource.pop("identifier")
+    entries, seen = [], set()
+    for index, entry in enumerate(resource["entry"]):
+        reference = _item_reference(entry)
+        document = reference if reference in held_documents else named.get(reference)
+        if document is not None and not document.startswith("DocumentReference/"):
+            document = None   # a Folder of the submission: Folders hold documents only
+        if document is None and reference.startswith("DocumentReference/"):
+            stored = uow.visible_current("DocumentReference", reference.split("/", 1)[1])
+            if stored is not None and not stored.deleted and stored.patient_id == patient_id:
+                document = stored.reference
+        if document is None:
+            raise _refuse("a Folder holds DocumentReferences: those of its submission (by fullUrl) or the "
+                          "patient's registered ones", f"{where}.entry[{index}].item")
+        if document in seen:
+            raise _refuse("a Folder lists a document once", f"{where}.entry[{index}].item")
+        seen.add(document)
+        entries.append(dict(entry, item={"reference": document}))
+    left_out = held_documents - seen
+    if left_out:
+        raise _refuse(f"the Folder holds {len(left_out)} document(s) this update leaves out: a submission adds "
+                      "to a Folder, it removes nothing; read the Folder again and add to it", f"{where}.entry",
+                      409, "conflict")
+    resource["entry"] = entries
+    _save_list(uow, item, submission.with_designation(resource), patient_id, responses)
+
+
+def _folder_to_update(uow: UnitOfWork, item: Submitted, patient_id: str) -> StoredResource:
+    """The Folder a PUT names, by id or by the uniqueId it is sent with, among those of this
+    patient the requester sees; locked until the unit commits, so that two updates of it come
+    one after the other, the second one checked against the first."""
+    res_id = item.updates.split("/", 1)[1] if "/" in item.updates else None
+    if res_id is None:
+        unique_ids = [i for i in item.resource.get("identifier", []) if i.get("use") == "usual"]
+        res_id = uow.find_by_identifier("List", unique_ids[0]["system"], unique_ids[0]["value"]) if unique_ids else None
+    current = uow.visible_current("List", res_id, for_update=True) if res_id else None
+    if current is None or current.deleted or current.patient_id != patient_id or not submission.is_folder(current.json()):
+        raise _refuse("the PUT names no Folder of this patient's record (by its id in the url, or by its uniqueId)",
+                      f"Bundle.entry[{item.index}].request.url", 422, "not-found")
+    return current
+
+
+def _item_reference(entry: dict) -> str:
+    item = entry.get("item")
+    return str(item.get("reference") or "") if isinstance(item, dict) else ""
+
+
+def _same_patient(existing: StoredResource, patient_id: str, where: str) -> None:
+    if existing.patient_id != patient_id:
+        raise _refuse("a List of another record already has this identifier", f"{where}.identifier", 409, "duplicate")
+
+
+def _save_list(uow: UnitOfWork, item: Submitted, resource: dict, patient_id: str, responses: dict) -> None:
+    resource["subject"] = {"reference": f"Patient/{patient_id}"}
+    profiles = resource.get("meta", {}).get("profile")
+    resource["meta"] = {"profile": profiles} if profiles else {}
+    _validated(resource, item.index)
+    stored = uow.save(resource, patient_id=patient_id)
+    if stored.version == 1:
+        for identifier in resource.get("identifier", []):
+            if identifier.get("system") and identifier.get("value"):
+                uow.claim_identifier("List", identifier["system"], identifier["value"], stored.res_id)
+    responses[item.index] = ("201 Created" if stored.version == 1 else "200 OK",
+                             f"List/{stored.res_id}/_history/{stored.version}")
 
 
 def _with_submitted_parent(uow: UnitOfWork, item: Submitted) -> ParsedCda:

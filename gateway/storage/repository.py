@@ -630,6 +630,15 @@ class UnitOfWork:
         row = self.conn.execute(sql.CURRENT, {"key_type": res_type, "key_id": res_id}).first()
         return self.repository._row(row) if row else None
 
+    def visible_current(self, res_type: str, res_id: str, *, for_update: bool = False) -> StoredResource | None:
+        """The current version of a resource the requester may read (the read filter, in SQL), as
+        this unit sees it; `for_update`: locked until the unit commits (PostgreSQL; SQLite's
+        writer is alone)."""
+        query = select(resources).where(resources.c.res_type == res_type, resources.c.res_id == res_id,
+                                        self.repository._visible(res_type))
+        row = self.conn.execute(query.with_for_update(of=resources) if for_update else query).first()
+        return self.repository._row(row) if row else None
+
     def document_binary(self, docref: StoredResource) -> StoredResource | None:
         """The Binary that holds a stored DocumentReference's document (a CDA's or a FHIR document's)."""
         return self.current("Binary", binary_ids(docref.json())[0])

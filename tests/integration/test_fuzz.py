@@ -115,6 +115,21 @@ def test_mutated_fhir_submissions(client, bearer, database):
         root = cda.split('<id root="', 1)[1].split('"', 1)[0]
         return lambda n: build_submission(cda.replace(root, f"1.2.250.1.213.1.1.9.98.{n}").encode(), 5 * 1024 * 1024)
 
+    def with_folder(submission):
+        # A Folder of the submitted document, under a uniqueId of its own, listed by the SubmissionSet.
+        def body(n: int) -> dict:
+            bundle = submission(n)
+            bundle["entry"][0]["resource"]["entry"].append({"item": {"reference": "urn:uuid:folder"}})
+            bundle["entry"].append({"fullUrl": "urn:uuid:folder", "request": {"method": "POST", "url": "List"},
+                                    "resource": {
+                "resourceType": "List", "status": "current", "mode": "working", "title": "Suivi",
+                "identifier": [{"use": "usual", "system": "urn:ietf:rfc:3986", "value": f"urn:oid:1.2.250.1.999.7.{n}"}],
+                "code": {"coding": [{"system": "https://profiles.ihe.net/ITI/MHD/CodeSystem/MHDlistTypes",
+                                     "code": "folder"}]},
+                "date": "2026-12-01T10:00:00+01:00", "entry": [{"item": {"reference": bundle["entry"][1]["fullUrl"]}}]}})
+            return bundle
+        return body
+
     def guide_example(name: str):
         # Its patient made the samples' (the guide's INS has a wrong key), its document id its own.
         text = (examples / name).read_text().replace("urn:oid:1.2.250.1.213.1.4.8|123456789012345",
@@ -130,6 +145,7 @@ def test_mutated_fhir_submissions(client, bearer, database):
         return patient
 
     bodies = [("/fhir", {}, cda_submission(name)) for name in ("cr-biologie-martin.xml", "ldl-ses-martin.xml")]
+    bodies.append(("/fhir", {}, with_folder(cda_submission("cr-biologie-martin.xml"))))
     if (definitions / "frcore").exists():
         bodies.append(("/fhir/Patient", {}, fr_core_patient))
     bodies.append(("/fhir/Consent", patient, lambda n: decision("professional", "deny", "899900000012")))
