@@ -22,13 +22,15 @@ from gateway.access.writes import Producers, Write
 from gateway.refusal import Refused
 from gateway.fhir.validation import InvalidResource, validate
 from gateway.mapping import codes
-from gateway.storage.repository import Repository, StoredResource
+from gateway.storage.repository import ChangedMeanwhile, Repository, StoredResource
 
 from .documents import delete_document
 
 CONFIDENTIALITY_SYSTEMS = (codes.CONFIDENTIALITY_SYSTEM, "http://terminology.hl7.org/CodeSystem/v3-Confidentiality")
 # PDSM4DMP TD3.3d names the extension by a FHIRPath-like step, which JSON Pointer does not have.
 EXTENSION_STEP = re.compile(r"^/extension\[url:'([^']+)'\]/(value\w+)$")
+# Tries of a patch whose document others keep changing (ChangedMeanwhile): then 409, to be sent again.
+PATCH_ATTEMPTS = 3
 
 
 def _refuse(reason: str, location: str = "DocumentReference", status: int = 422, code: str = "invalid",
@@ -64,7 +66,18 @@ def _changed_fields(before: dict, after: dict) -> set[str]:
 
 def patch_document(repo: Repository, docref_id: str, patch: list) -> StoredResource | None:
     """Apply a JSON Patch to a document the requester sees (404 otherwise); None when the patch
-    deleted it."""
+    deleted it. A change is made from the version read before its unit of work: when another
+    request changed the document meanwhile (the patient masks it as its author archives it), it is
+    made again from the new version, so that neither change undoes the other."""
+    for attempt in range(1, PATCH_ATTEMPTS + 1):
+        try:
+            return _patch(repo, docref_id, patch)
+        except ChangedMeanwhile:
+            if attempt == PATCH_ATTEMPTS:
+                raise
+
+
+def _patch(repo: Repository, docref_id: str, patch: list) -> StoredResource | None:
     current = repo.read("DocumentReference", docref_id)
     before = current.json()
     if not isinstance(patch, list):
@@ -149,7 +162,7 @@ def _save(repo: Repository, current: StoredResource, resource: dict, permission:
     with repo.unit_of_work(permission) as uow:
         if labels_changed:
             uow.require_labels(current.json(), labels_changed)
-        stored = uow.save(resource, patient_id=current.patient_id, method="PATCH")
+        stored = uow.save(resource, patient_id=current.patient_id, method="PATCH", based_on=current.version)
         if labels_changed:
             # Once announced, the accesses to the document appear in the patient's trail too.
             uow.reveal_audit_of(stored.reference, stored.hidden_from_patient, stored.hidden_from_representatives)

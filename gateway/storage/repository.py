@@ -495,6 +495,15 @@ def _require_keepable(res_type: str, system: str, value: str) -> None:
                       "characters this gateway keeps for its system or its value")
 
 
+class ChangedMeanwhile(Refused):
+    """A resource changed between the read a change was made from and its write: written, the
+    change would undo the other one (a mask lost to an archiving made from the version before)."""
+
+    def __init__(self, reference: str):
+        super().__init__(f"{reference} changed while this request was made from it: read it again and send it again",
+                         location=reference.split("/", 1)[0], status=409, code="conflict")
+
+
 class DuplicateIdentifier(Exception):
     def __init__(self, res_type: str, system: str, value: str, res_id: str):
         super().__init__(f"{res_type} with identifier {system}|{value} exists: {res_id}")
@@ -626,8 +635,10 @@ class UnitOfWork:
         if self.conn.dialect.name == "postgresql":
             sql.LOCK_DOCUMENT_IDENTIFIER.execute(self.conn, {"key_system": system, "key_value": value}).close()
 
-    def current(self, res_type: str, res_id: str) -> StoredResource | None:
-        row = self.conn.execute(sql.CURRENT, {"key_type": res_type, "key_id": res_id}).first()
+    def current(self, res_type: str, res_id: str, *, for_update: bool = False) -> StoredResource | None:
+        """Its current version; `for_update`: locked until the unit commits, for a change made from it."""
+        row = self.conn.execute(sql.CURRENT_FOR_UPDATE if for_update else sql.CURRENT,
+                                {"key_type": res_type, "key_id": res_id}).first()
         return self.repository._row(row) if row else None
 
     def visible_current(self, res_type: str, res_id: str, *, for_update: bool = False) -> StoredResource | None:
@@ -666,9 +677,11 @@ class UnitOfWork:
         return digest
 
     def save(self, resource: dict, *, patient_id: str | None = None, blob_sha256: str | None = None,
-             method: str | None = None) -> StoredResource:
+             method: str | None = None, based_on: int | None = None) -> StoredResource:
         """Create or update: a new version, its history row, its index rows, the access facts it
-        carries (a document's visibility, a Consent's rules), and a change for the audit trail."""
+        carries (a document's visibility, a Consent's rules), and a change for the audit trail.
+        `based_on`: the version the change was made from, read before this unit; ChangedMeanwhile
+        when another is current."""
         res_type = resource["resourceType"]
         # A resource under an id this unit minted is new: it has no previous version to read, and
         # nothing could name it yet (no signature of it to follow).
@@ -681,7 +694,7 @@ class UnitOfWork:
         elif res_type == "Binary" and minted_here:
             columns = self._binary_labels.pop(resource["id"], {})
         stored = self._store(resource, patient_id=patient_id, blob_sha256=blob_sha256, method=method,
-                             columns=columns, new=minted_here)
+                             columns=columns, new=minted_here, based_on=based_on)
         if res_type == "DocumentReference":
             # The Binary is read through the same rules as the DocumentReference that points to it:
             # one saved already takes its labels by an UPDATE, a new one not saved yet in its INSERT.
@@ -752,7 +765,7 @@ class UnitOfWork:
         """The document a replacement or deletion names, if it is a live document of this patient that
         the requester may change (with a submission naming `named`). Another patient's document
         answers exactly as a missing one: the refusal names nothing the requester did not send."""
-        stored = self.current("DocumentReference", docref_id) if docref_id else None
+        stored = self.current("DocumentReference", docref_id, for_update=True) if docref_id else None
         if stored is None or stored.deleted or patient_id is None or stored.patient_id != patient_id:
             raise Refused("the document to replace or delete is not a registered document of this patient",
                           location=location, status=422, code="not-found")
@@ -784,8 +797,9 @@ class UnitOfWork:
         """Delete a resource: it leaves every search and read (410), its versions stay in the history."""
         key = {"key_type": stored.res_type, "key_id": stored.res_id}
         _, index_time = _now()
+        version = sql.PREVIOUS.execute(self.conn, key).fetchone()[0]
         sql.ARCHIVE_CURRENT.execute(self.conn, key)
-        sql.UPDATE_RESOURCE.execute(self.conn, {**key, "version": stored.version + 1, "last_updated": index_time,
+        sql.UPDATE_RESOURCE.execute(self.conn, {**key, "version": version + 1, "last_updated": index_time,
                                                 "method": "DELETE", "deleted": True})
         self._delete_index_rows(stored.res_type, stored.res_id)
         self.changes.append(Change(stored.reference, stored.patient_id, False, "DELETE",
@@ -798,10 +812,12 @@ class UnitOfWork:
         return (" " + " ".join(values) + " ")[:512] if values else None
 
     def _store(self, resource: dict, *, patient_id: str | None, method: str | None, columns: dict,
-               new: bool, blob_sha256: str | None = None) -> StoredResource:
+               new: bool, blob_sha256: str | None = None, based_on: int | None = None) -> StoredResource:
         res_type, res_id = resource["resourceType"], resource["id"]
         key = {"key_type": res_type, "key_id": res_id}
         previous = None if new else sql.PREVIOUS.execute(self.conn, key).fetchone()   # (version, blob_sha256)
+        if based_on is not None and (previous[0] if previous else None) != based_on:
+            raise ChangedMeanwhile(f"{res_type}/{res_id}")
         version = (previous[0] + 1) if previous else 1
         instant, index_time = _now()
         resource.setdefault("meta", {})

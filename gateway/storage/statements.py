@@ -6,7 +6,7 @@ still paid SQLAlchemy's per-execution work (cache lookup, parameter processing, 
 56 of the 69 µs an INSERT took on SQLite, 113 of 298 µs on PostgreSQL. So each `Prebuilt` here is
 compiled once per dialect and set of parameters, and run with the driver's execute or executemany
 (on PostgreSQL, rows to insert go as one INSERT of a JSON array of rows).
-CURRENT, SIGNATURES_OF and EARLIER_INPUTS stay SQLAlchemy statements: their callers read rows by column name.
+CURRENT (and CURRENT_FOR_UPDATE), SIGNATURES_OF and EARLIER_INPUTS stay SQLAlchemy statements: their callers read rows by column name.
 Bound parameters are named `key_*` (never a column's name, so an UPDATE takes its SET clause from
 the other parameters).
 """
@@ -179,7 +179,11 @@ def _keyed(table):
 
 
 CURRENT = select(resources).where(_keyed(resources))
-PREVIOUS = Prebuilt(select(resources.c.version, resources.c.blob_sha256).where(_keyed(resources)))
+# The current row of a resource a unit changes: locked until it commits (PostgreSQL; SQLite's
+# writer is alone), so that a second writer of it reads the version the first one wrote. Two
+# units that read the same version both wrote the next one, and the second failed (a 500).
+CURRENT_FOR_UPDATE = CURRENT.with_for_update()
+PREVIOUS = Prebuilt(select(resources.c.version, resources.c.blob_sha256).where(_keyed(resources)).with_for_update())
 INSERT_RESOURCE = Prebuilt(insert(resources))
 UPDATE_RESOURCE = Prebuilt(update(resources).where(_keyed(resources)))
 # The current version goes to the history as a new one replaces it: each of the history's columns
