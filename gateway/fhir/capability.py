@@ -40,7 +40,8 @@ def capability_statement(base: str) -> dict:
         entry = {
             "type": res_type,
             "interaction": interactions,
-            "versioning": "versioned",
+            # An update (Consent's PUT, DocumentReference's PATCH) may name its version with If-Match.
+            "versioning": "versioned-update" if res_type in ("Consent", "DocumentReference") else "versioned",
             "readHistory": True,
             "conditionalCreate": res_type in REGISTERED_TYPES,
         }

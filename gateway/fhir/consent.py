@@ -9,7 +9,7 @@ from gateway.services import consents
 from .blueprint import fhir
 from .create import read_json_body
 from .read import lookup
-from .responses import FhirError, fhir_response, negotiate, version_headers
+from .responses import FhirError, fhir_response, if_match, negotiate, version_headers
 
 
 def _answer(stored, status: int):
@@ -31,4 +31,4 @@ def update_consent(res_id: str):
     body = read_json_body()
     if body.get("id") not in (None, res_id):
         raise FhirError(400, f"the body's id {body.get('id')} is not {res_id}", code="invalid")
-    return _answer(lookup(consents.update, g.repository, res_id, body), 200)
+    return _answer(lookup(consents.update, g.repository, res_id, body, if_match()), 200)

@@ -10,7 +10,8 @@ from gateway.storage import search as search_sql
 from .blueprint import fhir
 from .formats import load_json
 from .read import lookup
-from .responses import FhirError, fhir_response, negotiate, operation_outcome, require_content_type, version_headers
+from .responses import (FhirError, fhir_response, if_match, negotiate, operation_outcome, require_content_type,
+                        version_headers)
 
 JSON_PATCH_TYPES = {"application/json-patch+json"}
 
@@ -21,7 +22,7 @@ def _patch(res_id: str):
     patch = load_json(request.get_data())
     if not isinstance(patch, list):
         raise FhirError(400, "a JSON Patch is a list of operations", code="structure")
-    stored = lookup(patch_document, g.repository, res_id, patch)
+    stored = lookup(patch_document, g.repository, res_id, patch, if_match())
     if stored is None:
         return fhir_response(operation_outcome([{
             "severity": "information", "code": "deleted",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from email.utils import format_datetime
 from datetime import datetime
 
@@ -17,6 +18,8 @@ JSON_TYPES = {"application/fhir+json", "application/json", "json", "application/
 # The FHIR version a media type may name (`application/fhir+json; fhirVersion=4.0`, R4 "http"):
 # this server's, or another, which it cannot serve (406) nor read (415).
 FHIR_VERSIONS = ("4.0", "4.0.1")
+# A version as an ETag names it (RFC 9110: a weak or strong quoted tag).
+ETAG = re.compile(r'(?:W/)?"([0-9]{1,18})"')
 
 
 class FhirError(Exception):
@@ -130,6 +133,18 @@ def fhir_response(body: dict | str, status: int = 200, headers: dict | None = No
     for key, value in (headers or {}).items():
         response.headers[key] = value
     return response
+
+
+def if_match() -> int | None:
+    """The version an If-Match header names (W/"3", as this server's ETags; "3" too), None when
+    there is none or it is `*` (any current version): an update is made only if it is current."""
+    value = request.headers.get("If-Match")
+    if value is None or value.strip() == "*":
+        return None
+    match = ETAG.fullmatch(value.strip())
+    if match is None:
+        raise FhirError(400, 'If-Match names the version to update as its ETag: W/"[versionId]"', code="invalid")
+    return int(match.group(1))
 
 
 def version_headers(version: int, last_updated: str) -> dict:

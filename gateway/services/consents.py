@@ -22,7 +22,8 @@ from gateway.fhir.validation import InvalidResource, validate
 from gateway.mapping import codes
 from gateway.mapping.dates import fhir_now
 from gateway.storage import search as search_sql
-from gateway.storage.repository import IDENTIFIER_CHARS, Repository, StoredResource, new_id
+from gateway.storage.repository import (IDENTIFIER_CHARS, ChangedMeanwhile, PreconditionFailed, Repository,
+                                        StoredResource, new_id)
 
 PATIENT_CONSENT_CATEGORY = {"coding": [{"system": codes.LOINC, "code": "59284-0", "display": "Patient Consent"}]}
 SCOPE = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]}
@@ -99,15 +100,20 @@ def create(repo: Repository, consent: dict) -> StoredResource:
         return uow.save(stored, patient_id=patient_id, method="POST")
 
 
-def update(repo: Repository, consent_id: str, consent: dict) -> StoredResource:
+def update(repo: Repository, consent_id: str, consent: dict, if_match: int | None = None) -> StoredResource:
     """Replace a Consent of the requester's record (revoke it with status inactive); the history
-    keeps every earlier decision."""
+    keeps every earlier decision. `if_match` (If-Match): only if that version is still current."""
     repo.require(Write.CONSENT)
     current = repo.read("Consent", consent_id)   # 404 when it is not one of the requester's
+    if if_match is not None and current.version != if_match:
+        raise PreconditionFailed(current.reference, if_match)
     stored = checked_consent(consent, current.patient_id, repo.access)
     stored["id"] = consent_id
-    with repo.unit_of_work(Write.CONSENT) as uow:
-        return uow.save(stored, patient_id=current.patient_id, method="PUT")
+    try:
+        with repo.unit_of_work(Write.CONSENT) as uow:
+            return uow.save(stored, patient_id=current.patient_id, method="PUT", based_on=if_match)
+    except ChangedMeanwhile:
+        raise PreconditionFailed(current.reference, if_match) from None
 
 
 def search_request(patient_id: str, kind: str | None = None) -> search_sql.SearchRequest:

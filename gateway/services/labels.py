@@ -22,7 +22,7 @@ from gateway.access.writes import Producers, Write
 from gateway.refusal import Refused
 from gateway.fhir.validation import InvalidResource, validate
 from gateway.mapping import codes
-from gateway.storage.repository import ChangedMeanwhile, Repository, StoredResource
+from gateway.storage.repository import ChangedMeanwhile, PreconditionFailed, Repository, StoredResource
 
 from .documents import delete_document
 
@@ -64,21 +64,26 @@ def _changed_fields(before: dict, after: dict) -> set[str]:
     return {k for k in keys if before.get(k) != after.get(k)}
 
 
-def patch_document(repo: Repository, docref_id: str, patch: list) -> StoredResource | None:
+def patch_document(repo: Repository, docref_id: str, patch: list, if_match: int | None = None) -> StoredResource | None:
     """Apply a JSON Patch to a document the requester sees (404 otherwise); None when the patch
     deleted it. A change is made from the version read before its unit of work: when another
     request changed the document meanwhile (the patient masks it as its author archives it), it is
-    made again from the new version, so that neither change undoes the other."""
+    made again from the new version, so that neither change undoes the other; unless the client
+    named the version it patches (`if_match`, If-Match), which then answers 412."""
     for attempt in range(1, PATCH_ATTEMPTS + 1):
         try:
-            return _patch(repo, docref_id, patch)
+            return _patch(repo, docref_id, patch, if_match)
         except ChangedMeanwhile:
+            if if_match is not None:
+                raise PreconditionFailed(f"DocumentReference/{docref_id}", if_match) from None
             if attempt == PATCH_ATTEMPTS:
                 raise
 
 
-def _patch(repo: Repository, docref_id: str, patch: list) -> StoredResource | None:
+def _patch(repo: Repository, docref_id: str, patch: list, if_match: int | None) -> StoredResource | None:
     current = repo.read("DocumentReference", docref_id)
+    if if_match is not None and current.version != if_match:
+        raise PreconditionFailed(current.reference, if_match)
     before = current.json()
     if not isinstance(patch, list):
         raise _refuse("a JSON Patch is a list of operations")
@@ -135,6 +140,8 @@ def _status(repo: Repository, current: StoredResource, after: dict) -> None:
                       "supersedes it", "DocumentReference.status")
     with repo.unit_of_work(Write.CHANGE) as uow:
         stored = uow.document_to_change(current.res_id, current.patient_id, Producers(), "DocumentReference.status")
+        if stored.version != current.version:
+            raise ChangedMeanwhile(current.reference)
         delete_document(uow, stored)
     return None
 

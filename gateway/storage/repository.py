@@ -504,6 +504,15 @@ class ChangedMeanwhile(Refused):
                          location=reference.split("/", 1)[0], status=409, code="conflict")
 
 
+class PreconditionFailed(Refused):
+    """An update asked for with If-Match whose version is no longer the current one (FHIR's
+    version-aware update: 412)."""
+
+    def __init__(self, reference: str, version: int):
+        super().__init__(f"If-Match names version {version} of {reference}, which is not its current version: "
+                         "read it again", location=reference.split("/", 1)[0], status=412, code="conflict")
+
+
 class DuplicateIdentifier(Exception):
     def __init__(self, res_type: str, system: str, value: str, res_id: str):
         super().__init__(f"{res_type} with identifier {system}|{value} exists: {res_id}")

@@ -1,5 +1,6 @@
 """Two requests that change one document at once, each from the version it read before either
-wrote: on either backend, neither change undoes the other and neither request fails."""
+wrote: on either backend, neither change undoes the other and neither request fails; and a change
+that names the version it is made to (If-Match) is made to that version or refused."""
 import json
 import threading
 
@@ -8,6 +9,7 @@ import pytest
 from conftest import attend_all, sample
 from gateway.access.writes import Write
 from gateway.mapping import codes
+from gateway.services.consents import decision
 from gateway.storage.repository import Repository
 
 PATCH = {"Content-Type": "application/json-patch+json"}
@@ -29,15 +31,9 @@ def second_gateway(settings, database, client):
     engine.dispose()
 
 
-def test_a_mask_and_an_archiving_made_from_one_version_both_hold(client, second_gateway, database, bearer,
-                                                                 monkeypatch):
-    """The patient masks a document while it is archived. Before, on PostgreSQL the second write
-    failed (a 500: both wrote version 2); on SQLite it was written from the version before the
-    first, and undid it: the mask was lost, the document shown again to every professional."""
-    doc = "DocumentReference/" + client.post("/cda", data=sample("cr-biologie-martin.xml"),
-                                             headers={"Content-Type": "application/xml"}).json["id"]
-    attend_all(database[0])
-    patient = bearer("patient", patient="185067511204554")
+def _patched_at_once(client, second_gateway, doc: str, headers: dict, monkeypatch, if_match=None) -> dict:
+    """The answers to a mask (through one gateway) and an archiving (through the other) of `doc`,
+    each sent once both requests have read it."""
     both_read = threading.Barrier(2, timeout=60)
     waited, unit_of_work = set(), Repository.unit_of_work
 
@@ -49,10 +45,12 @@ def test_a_mask_and_an_archiving_made_from_one_version_both_hold(client, second_
         return unit_of_work(self, permission)
 
     monkeypatch.setattr(Repository, "unit_of_work", meet_then_write)
+    if if_match:
+        headers = {**headers, "If-Match": if_match}
     answers = {}
     requests = {"mask": (client, MASK), "archive": (second_gateway, ARCHIVE)}
     threads = [threading.Thread(target=lambda name=name, gateway=gateway, patch=patch: answers.update(
-        {name: gateway.patch(f"/fhir/{doc}", data=json.dumps(patch), headers={**PATCH, **patient})}))
+        {name: gateway.patch(f"/fhir/{doc}", data=json.dumps(patch), headers={**PATCH, **headers})}))
         for name, (gateway, patch) in requests.items()]
     try:
         for thread in threads:
@@ -62,9 +60,70 @@ def test_a_mask_and_an_archiving_made_from_one_version_both_hold(client, second_
     finally:
         both_read.abort()
     monkeypatch.undo()
+    return answers
+
+
+@pytest.fixture
+def document(client, database) -> str:
+    doc = "DocumentReference/" + client.post("/cda", data=sample("cr-biologie-martin.xml"),
+                                             headers={"Content-Type": "application/xml"}).json["id"]
+    attend_all(database[0])
+    return doc
+
+
+def test_a_mask_and_an_archiving_made_from_one_version_both_hold(client, second_gateway, document, bearer,
+                                                                 monkeypatch):
+    """The patient masks a document while it is archived. Before, on PostgreSQL the second write
+    failed (a 500: both wrote version 2); on SQLite it was written from the version before the
+    first, and undid it: the mask was lost, the document shown again to every professional."""
+    patient = bearer("patient", patient="185067511204554")
+    answers = _patched_at_once(client, second_gateway, document, patient, monkeypatch)
     assert {name: answer.status_code for name, answer in answers.items()} == {"mask": 200, "archive": 200}, \
         {name: answer.data[:300] for name, answer in answers.items()}
-    stored = client.get(f"/fhir/{doc}", headers=patient).json
+    stored = client.get(f"/fhir/{document}", headers=patient).json
     assert stored["meta"]["versionId"] == "3"
     assert "MASQUE_PS" in [c["code"] for label in stored["securityLabel"] for c in label["coding"]]
     assert {"url": codes.PDSM_IS_ARCHIVED, "valueBoolean": True} in stored["extension"]
+
+
+def test_two_changes_that_name_the_version_they_change_one_holds_the_other_is_412(client, second_gateway, document,
+                                                                                  bearer, monkeypatch):
+    """With If-Match, a client asks for its change only on the version it read (FHIR's
+    version-aware update): the second is not made again from the new version, it is refused."""
+    patient = bearer("patient", patient="185067511204554")
+    answers = _patched_at_once(client, second_gateway, document, patient, monkeypatch, if_match='W/"1"')
+    assert sorted(answer.status_code for answer in answers.values()) == [200, 412], \
+        {name: answer.data[:300] for name, answer in answers.items()}
+    assert client.get(f"/fhir/{document}", headers=patient).json["meta"]["versionId"] == "2"
+
+
+def test_if_match_makes_an_update_only_on_the_version_it_names(client, document, bearer):
+    """FHIR's version-aware update: a PATCH or a PUT with If-Match is made only when it names the
+    current version (412 otherwise, nothing changed). The header was ignored: a client that had
+    read version 1 changed version 2 without knowing it."""
+    patient = bearer("patient", patient="185067511204554")
+
+    def patch(if_match, operations=MASK):
+        return client.patch(f"/fhir/{document}", data=json.dumps(operations),
+                            headers={**PATCH, **patient, "If-Match": if_match})
+
+    first = patch('W/"1"')
+    assert first.status_code == 200 and first.headers["ETag"] == 'W/"2"', first.json
+    stale = patch('W/"1"', ARCHIVE)
+    assert stale.status_code == 412 and stale.json["issue"][0]["code"] == "conflict", stale.json
+    assert "extension" not in client.get(f"/fhir/{document}", headers=patient).json
+    assert patch('"2"', ARCHIVE).headers["ETag"] == 'W/"3"'   # a strong tag names the version too
+    assert patch("version 3").status_code == 400
+    unmask = [{"op": "remove", "path": "/securityLabel/0"}]
+    assert patch("*", unmask).headers["ETag"] == 'W/"4"'   # any current version
+
+    created = client.post("/fhir/Consent", data=json.dumps(decision("professional", "deny", "899900000012")),
+                          headers={"Content-Type": "application/fhir+json", **patient})
+    assert created.status_code == 201, created.json
+    consent = dict(created.json, status="inactive")
+    put = {"Content-Type": "application/fhir+json", **patient}
+    url = f"/fhir/Consent/{consent['id']}"
+    assert client.put(url, data=json.dumps(consent), headers={**put, "If-Match": 'W/"1"'}).headers["ETag"] == 'W/"2"'
+    refused = client.put(url, data=json.dumps(consent), headers={**put, "If-Match": 'W/"1"'})
+    assert refused.status_code == 412, refused.json
+    assert client.get(url, headers=patient).json["meta"]["versionId"] == "2"
