@@ -11,7 +11,9 @@ A document is changed by those who produced it: one of its authors, or someone a
 custodian or an author's organisation. A professional's token says who they are and, optionally,
 their organisation; a feeding system says nothing of itself, so what it submits must name them
 (the new version's authors and custodian, or the message's PRT "send by"). Feeding a record
-(adding a document) needs no such link: L1111-17 lets any professional in charge feed it.
+(adding a document) needs no such link: L1111-17 lets any professional in charge feed it. Filing
+documents in one of the record's Folders (ITI-65) is feeding it too; what a Folder already holds
+stays (UnitOfWork.folder_to_update, gateway/services/provide.py).
 """
 from __future__ import annotations
 

@@ -438,8 +438,11 @@ def _write_submission_set(uow: UnitOfWork, item: Submitted, named: dict[str, str
 
 
 def _write_folder(uow: UnitOfWork, item: Submitted, named: dict[str, str], patient_id: str, responses: dict) -> None:
-    """A Folder created, or updated (PUT): it then keeps every document it held and its identifiers,
-    as XDS, where a submission adds to a Folder and never takes from it."""
+    """A Folder created, or updated (PUT). An update keeps the Folder's identifiers and every
+    document it holds, as in XDS, where a submission adds to a Folder and never takes from it: one
+    that leaves out a document its sender reads meant to remove it, and is refused (409, to be read
+    again); what its sender does not read (a feeding system reads nothing), it could not name, and
+    it stays. Adding to a Folder is feeding the record (gateway/access/writes.py)."""
     where = f"Bundle.entry[{item.index}].resource"
     if item.updates is None:
         existing = _already_registered(uow, "List", item.resource.get("identifier", []))
@@ -447,58 +450,58 @@ def _write_folder(uow: UnitOfWork, item: Submitted, named: dict[str, str], patie
             _same_patient(existing, patient_id, where)
             responses[item.index] = ("200 OK", f"List/{existing.res_id}/_history/{existing.version}")
             return
-        resource, held_documents = dict(item.resource, id=item.new_id), set()
+        resource, held = dict(item.resource, id=item.new_id), []
     else:
-        current = _folder_to_update(uow, item, patient_id)
-        held = current.json()
-        # What it held stays, a document since deleted too (a read of it answers 410 Gone).
-        held_documents = {_item_reference(entry) for entry in held["entry"]}
-        unknown = [i for i in item.resource.get("identifier", []) if i not in held.get("identifier", [])]
+        current = uow.folder_to_update(_folder_id(uow, item), patient_id, f"Bundle.entry[{item.index}].request.url")
+        stored = current.json()
+        held = stored["entry"]
+        unknown = [i for i in item.resource.get("identifier", []) if i not in stored.get("identifier", [])]
         if unknown:
             raise _refuse("a Folder keeps its identifiers: an update names those it has, or none",
                           f"{where}.identifier")
-        resource = dict(item.resource, id=current.res_id, identifier=held.get("identifier", []))
+        resource = dict(item.resource, id=current.res_id, identifier=stored.get("identifier", []))
         if not resource["identifier"]:
             resource.pop("identifier")
-    entries, seen = [], set()
+    held_documents = [_item_reference(entry) for entry in held]
+    added, seen = [], set()
     for index, entry in enumerate(resource["entry"]):
         reference = _item_reference(entry)
         document = reference if reference in held_documents else named.get(reference)
         if document is not None and not document.startswith("DocumentReference/"):
             document = None   # a Folder of the submission: Folders hold documents only
         if document is None and reference.startswith("DocumentReference/"):
-            stored = uow.visible_current("DocumentReference", reference.split("/", 1)[1])
-            if stored is not None and not stored.deleted and stored.patient_id == patient_id:
-                document = stored.reference
+            registered = uow.current("DocumentReference", reference.split("/", 1)[1])
+            if registered is not None and not registered.deleted and registered.patient_id == patient_id:
+                document = registered.reference
         if document is None:
             raise _refuse("a Folder holds DocumentReferences: those of its submission (by fullUrl) or the "
                           "patient's registered ones", f"{where}.entry[{index}].item")
         if document in seen:
             raise _refuse("a Folder lists a document once", f"{where}.entry[{index}].item")
         seen.add(document)
-        entries.append(dict(entry, item={"reference": document}))
-    left_out = held_documents - seen
+        if document not in held_documents:
+            added.append(dict(entry, item={"reference": document}))
+    left_out = [reference for reference in held_documents if reference not in seen and _reads(uow, reference)]
     if left_out:
-        raise _refuse(f"the Folder holds {len(left_out)} document(s) this update leaves out: a submission adds "
-                      "to a Folder, it removes nothing; read the Folder again and add to it", f"{where}.entry",
-                      409, "conflict")
-    resource["entry"] = entries
+        raise _refuse(f"the Folder holds {len(left_out)} document(s) you read that this update leaves out: a "
+                      "submission adds to a Folder, it removes nothing; read the Folder again and add to it",
+                      f"{where}.entry", 409, "conflict")
+    resource["entry"] = held + added   # its documents in the order they were added
     _save_list(uow, item, submission.with_designation(resource), patient_id, responses)
 
 
-def _folder_to_update(uow: UnitOfWork, item: Submitted, patient_id: str) -> StoredResource:
-    """The Folder a PUT names, by id or by the uniqueId it is sent with, among those of this
-    patient the requester sees; locked until the unit commits, so that two updates of it come
-    one after the other, the second one checked against the first."""
-    res_id = item.updates.split("/", 1)[1] if "/" in item.updates else None
-    if res_id is None:
-        unique_ids = [i for i in item.resource.get("identifier", []) if i.get("use") == "usual"]
-        res_id = uow.find_by_identifier("List", unique_ids[0]["system"], unique_ids[0]["value"]) if unique_ids else None
-    current = uow.visible_current("List", res_id, for_update=True) if res_id else None
-    if current is None or current.deleted or current.patient_id != patient_id or not submission.is_folder(current.json()):
-        raise _refuse("the PUT names no Folder of this patient's record (by its id in the url, or by its uniqueId)",
-                      f"Bundle.entry[{item.index}].request.url", 422, "not-found")
-    return current
+def _folder_id(uow: UnitOfWork, item: Submitted) -> str | None:
+    """The Folder a PUT names: by the id in its url, or (at List) by the uniqueId it is sent with."""
+    if "/" in item.updates:
+        return item.updates.split("/", 1)[1]
+    unique_ids = [i for i in item.resource.get("identifier", []) if i.get("use") == "usual"]
+    return uow.find_by_identifier("List", unique_ids[0]["system"], unique_ids[0]["value"]) if unique_ids else None
+
+
+def _reads(uow: UnitOfWork, reference: str) -> bool:
+    """Whether the requester reads this live document (the read filter, in SQL)."""
+    stored = uow.visible_current(*reference.split("/", 1))
+    return stored is not None and not stored.deleted
 
 
 def _item_reference(entry: dict) -> str:

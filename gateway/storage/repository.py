@@ -650,13 +650,11 @@ class UnitOfWork:
                                 {"key_type": res_type, "key_id": res_id}).first()
         return self.repository._row(row) if row else None
 
-    def visible_current(self, res_type: str, res_id: str, *, for_update: bool = False) -> StoredResource | None:
+    def visible_current(self, res_type: str, res_id: str) -> StoredResource | None:
         """The current version of a resource the requester may read (the read filter, in SQL), as
-        this unit sees it; `for_update`: locked until the unit commits (PostgreSQL; SQLite's
-        writer is alone)."""
-        query = select(resources).where(resources.c.res_type == res_type, resources.c.res_id == res_id,
-                                        self.repository._visible(res_type))
-        row = self.conn.execute(query.with_for_update(of=resources) if for_update else query).first()
+        this unit sees it."""
+        row = self.conn.execute(select(resources).where(resources.c.res_type == res_type, resources.c.res_id == res_id,
+                                                        self.repository._visible(res_type))).first()
         return self.repository._row(row) if row else None
 
     def document_binary(self, docref: StoredResource) -> StoredResource | None:
@@ -780,6 +778,18 @@ class UnitOfWork:
                           location=location, status=422, code="not-found")
         if not writes.may_change_document(self.repository.access, self.producers_of(stored.json()), named):
             raise Refused(writes.CHANGE_REFUSED, location=location, status=403, code="forbidden")
+        return stored
+
+    def folder_to_update(self, folder_id: str | None, patient_id: str, location: str) -> StoredResource:
+        """The Folder an ITI-65 submission adds to, if it is a live Folder of this patient. Adding to
+        a Folder is feeding the record (writes.Write.FEED, which the submission's unit holds): its
+        sender need not read it. Locked until the unit commits, so that two updates of it come one
+        after the other, the second one checked against the first."""
+        stored = self.current("List", folder_id, for_update=True) if folder_id else None
+        if stored is None or stored.deleted or stored.patient_id != patient_id or "folder" not in [
+                c.get("code") for c in stored.json().get("code", {}).get("coding", [])]:
+            raise Refused("the PUT names no Folder of this patient's record (by its id in the url, or by its "
+                          "uniqueId)", location=location, status=422, code="not-found")
         return stored
 
     def require_labels(self, docref: dict, changed: set[str]) -> None:

@@ -152,9 +152,8 @@ def test_a_put_adds_to_a_folder_and_keeps_what_it_held(client, database, bearer,
         assert not checked.errors(), "\n".join(checked.errors())
 
 
-def test_a_put_finds_no_folder_of_another_record_or_one_its_sender_may_not_see(client, database, bearer, registered):
+def test_a_put_finds_no_folder_of_another_record(client, database, registered):
     created = locations(provide(client, submission("cr-biologie-martin.xml", registered)))[4]
-    attend_all(database[0])
     other = build_submission(sample("cr-hospitalisation-lefevre.xml"), LIMIT)
     other["entry"].append({"fullUrl": FOLDER_URL, "request": {"method": "PUT", "url": created},
                            "resource": folder(other["entry"][1]["fullUrl"])})
@@ -162,21 +161,38 @@ def test_a_put_finds_no_folder_of_another_record_or_one_its_sender_may_not_see(c
     assert refused.status_code == 422 and refused.json["issue"][0]["code"] == "not-found", refused.json
     assert refused.json["issue"][0]["expression"] == ["Bundle.entry[4].request.url"]
 
-    # A Folder naming a document its reader may not see is hidden from that reader, as the
-    # document is: a professional the patient did not authorise can neither read it nor add to it.
+
+def test_a_feeding_system_files_in_a_folder_it_does_not_read_and_what_it_held_stays(client, database, bearer,
+                                                                                    registered):
+    """A feeding system reads nothing of a record, yet feeds it: it makes a Folder of a document
+    it registered before, and adds to the Folder naming only what it adds; the Folder keeps what
+    it held. A Folder naming a document its reader may not see is hidden from that reader, as the
+    document is."""
+    hospital = bearer("system", sub="hospital")
+    assert client.get(f"/fhir/{registered}", headers=hospital).status_code == 404   # it reads nothing
+    first = provide(client, submission("cr-biologie-martin.xml", registered), hospital)
+    assert first.status_code == 200, first.json
+    created = locations(first)[4]
+    again = build_submission(sample("cr-biologie-martin.xml").replace(b"1.2.250.1.213.1.1.9.2.7.1",
+                                                                      b"1.2.250.1.213.1.1.9.2.7.4"), LIMIT)
+    again["entry"].append({"fullUrl": FOLDER_URL, "request": {"method": "PUT", "url": created},
+                           "resource": folder(again["entry"][1]["fullUrl"])})
+    added = provide(client, again, hospital)
+    assert added.status_code == 200, added.json
+    assert added.json["entry"][4]["response"] == {"status": "200 OK", "location": f"{created}/_history/2"}
+    stored = client.get(f"/fhir/{created}").json   # the médecin traitant reads everything
+    assert [e["item"]["reference"] for e in stored["entry"]] == [registered, locations(first)[1], locations(added)[1]]
+
     patient = bearer("patient", patient="185067511204554")
     mask = [{"op": "add", "path": "/securityLabel/0", "value": {"coding": [
         {"system": codes.VISIBILITY_SYSTEM, "code": "MASQUE_PS"}]}}]
     assert client.patch(f"/fhir/{registered}", data=json.dumps(mask), headers={**PATCH, **patient}).status_code == 200
-    stranger = bearer("doctor", sub="899900000099")
-    assert client.get(f"/fhir/{created}", headers=stranger).status_code == 404
-    again = build_submission(sample("cr-biologie-martin.xml").replace(b"1.2.250.1.213.1.1.9.2.7.1", b"1.2.250.1.213.1.1.9.2.7.4"),
-                             LIMIT)
-    again["entry"].append({"fullUrl": FOLDER_URL, "request": {"method": "PUT", "url": created},
-                           "resource": folder(again["entry"][1]["fullUrl"])})
-    hidden = provide(client, again, stranger)
-    assert hidden.status_code == 422 and hidden.json["issue"][0]["code"] == "not-found", hidden.json
-    assert client.get(f"/fhir/{created}").status_code == 200   # the médecin traitant sees everything
+    authorised = bearer("doctor", sub="899900000046")
+    assert client.post("/fhir/Consent", data=json.dumps(decision("professional", "permit", "899900000046")),
+                       headers={**FHIR, **patient}).status_code == 201
+    assert client.get(f"/fhir/{locations(first)[1]}", headers=authorised).status_code == 200
+    assert client.get(f"/fhir/{created}", headers=authorised).status_code == 404
+    assert client.get(f"/fhir/{created}").status_code == 200
 
 
 def _in_folder(change):
@@ -234,8 +250,9 @@ def test_two_updates_of_one_folder_at_once_are_checked_one_after_the_other(clien
                                                                            registered, monkeypatch):
     """PostgreSQL, two gateways: each adds a document of its own to the same Folder, both from the
     version they read before either wrote. The Folder is locked for the first update; the second
-    is checked against what the first wrote, which it leaves out: refused (409), to be read again,
-    where a lost update would have dropped the first gateway's document from the Folder."""
+    is checked against what the first wrote, which it leaves out and its sender reads: refused
+    (409), to be read again. Unlocked, both read version 1: the second wrote version 3 without the
+    first one's document (a lost update; a 500 before a write locked its row)."""
     if backend == "sqlite":
         pytest.skip("SQLite has one writer: the two transactions cannot overlap")
     import threading
@@ -247,14 +264,13 @@ def test_two_updates_of_one_folder_at_once_are_checked_one_after_the_other(clien
     created = locations(provide(client, submission("cr-biologie-martin.xml", registered)))[4]
     held = [e["item"]["reference"] for e in client.get(f"/fhir/{created}").json["entry"]]
     both_read = threading.Barrier(2, timeout=60)
-    read = UnitOfWork.visible_current
+    find = UnitOfWork.folder_to_update
 
-    def meet_then_read(self, res_type, res_id, *, for_update=False):
-        if for_update:   # both gateways have written their documents, neither has the Folder
-            both_read.wait()
-        return read(self, res_type, res_id, for_update=for_update)
+    def meet_then_find(self, *args):
+        both_read.wait()   # both gateways have written their documents, neither has the Folder
+        return find(self, *args)
 
-    monkeypatch.setattr(UnitOfWork, "visible_current", meet_then_read)
+    monkeypatch.setattr(UnitOfWork, "folder_to_update", meet_then_find)
     other_engine = make_engine(database[1])
     other_gateway = create_app(settings, other_engine).test_client()
     other_gateway.environ_base.update(client.environ_base)
