@@ -10,6 +10,7 @@ import orjson
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
+from gateway.fhir import known_profiles
 from gateway.fhir.xml_writer import NOT_XML
 from gateway.mapping.dates import InvalidTime, fhir_range
 
@@ -53,12 +54,26 @@ def validate(resource: dict, *, kept: bool = False) -> None:
                  for path, start, end in _periods(resource, "") if _reversed(start, end)]
     problems += [(f"contained[{index}]", "is referenced from nowhere in the resource (FHIR dom-3)")
                  for index in _unreferenced_contained(resource)]
+    problems += _unknown_profiles(resource)
     if _may_hold_not_xml(resource):
         problems += [(path, f"holds the character U+{ord(character):04X}, which XML cannot carry: of the control "
                             "characters, a FHIR string holds tab, line feed and carriage return only")
                      for path, character in _not_xml(resource, "")]
     if problems:
         raise InvalidResource(res_type, problems[:20])
+
+
+def _unknown_profiles(resource: dict) -> list[tuple[str, str]]:
+    """The profiles the resource and those it contains claim that no definition the gateway serves
+    under defines for their type (known_profiles)."""
+    found = []
+    for prefix, inner in [("", resource)] + [(f"contained[{index}].", contained) for index, contained
+                                             in enumerate(resource.get("contained") or [])]:
+        for index, canonical in enumerate((inner.get("meta") or {}).get("profile") or []):
+            why = known_profiles.unknown(inner.get("resourceType"), canonical)
+            if why:
+                found.append((f"{prefix}meta.profile[{index}]", why))
+    return found
 
 
 def _unreferenced_contained(resource: dict) -> list[int]:

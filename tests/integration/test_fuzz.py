@@ -96,6 +96,73 @@ def _nodes(value, path=()):
 LEFT_OUT = object()
 
 
+EXAMPLES_DIR = SAMPLES.parents[1].parent / "shared" / "reference" / "pdsm4dmp" / "input" / "examples"
+DEFINITIONS = SAMPLES.parents[1].parent / "shared" / "fhir-definitions"
+
+
+def cda_submission(name: str):
+    """An ITI-65 submission of a sample CDA, the document under an id of its own for each n."""
+    from gateway.demo import build_submission
+
+    cda = (SAMPLES / "cda" / name).read_text()
+    root = cda.split('<id root="', 1)[1].split('"', 1)[0]
+    return lambda n: build_submission(cda.replace(root, f"1.2.250.1.213.1.1.9.98.{n}").encode(), 5 * 1024 * 1024)
+
+
+def with_folder(submission):
+    """The submission with a Folder of its document, under a uniqueId of its own, listed by the SubmissionSet."""
+    def body(n: int) -> dict:
+        bundle = submission(n)
+        bundle["entry"][0]["resource"]["entry"].append({"item": {"reference": "urn:uuid:folder"}})
+        bundle["entry"].append({"fullUrl": "urn:uuid:folder", "request": {"method": "POST", "url": "List"},
+                                "resource": {
+            "resourceType": "List", "status": "current", "mode": "working", "title": "Suivi",
+            "identifier": [{"use": "usual", "system": "urn:ietf:rfc:3986", "value": f"urn:oid:1.2.250.1.999.7.{n}"}],
+            "code": {"coding": [{"system": "https://profiles.ihe.net/ITI/MHD/CodeSystem/MHDlistTypes",
+                                 "code": "folder"}]},
+            "date": "2026-12-01T10:00:00+01:00", "entry": [{"item": {"reference": bundle["entry"][1]["fullUrl"]}}]}})
+        return bundle
+    return body
+
+
+def guide_example(name: str):
+    """The PDSM4DMP example: its patient made the samples' (the guide's INS has a wrong key), its
+    document id its own for each n."""
+    text = (EXAMPLES_DIR / name).read_text().replace("urn:oid:1.2.250.1.213.1.4.8|123456789012345",
+                                                     "urn:oid:1.2.250.1.213.1.4.10|185067511204554")
+    return lambda n: json.loads(text.replace("urn:oid:1.2.250.1.213.1.4.8.99999.", f"urn:oid:1.2.250.1.213.1.4.8.9999{n}."))
+
+
+def fr_core_patient(n: int) -> dict:
+    """FR Core's example Patient, under an INS of its own (its own INS has a wrong key)."""
+    patient = json.loads((DEFINITIONS / "frcore" / "package" / "example" / "Patient-ExampleFRCorePatient001.json")
+                         .read_text())
+    number = 1850675110000 + n
+    patient["identifier"][0]["value"] = f"{number}{97 - number % 97:02d}"
+    return patient
+
+
+def submission_bodies() -> list:
+    """(path, body for n) of the valid ITI-65 submissions the fuzz changes."""
+    bodies = [("/fhir", cda_submission(name)) for name in ("cr-biologie-martin.xml", "ldl-ses-martin.xml")]
+    bodies.append(("/fhir", with_folder(cda_submission("cr-biologie-martin.xml"))))
+    if EXAMPLES_DIR.exists():
+        bodies.append(("/fhir", guide_example("Bundle-example-td2-iti65-lot-soumission.json")))
+    return bodies
+
+
+def _kept_pass_the_profiles(client, database, kept, written) -> None:
+    import profiles
+
+    attend_all(database[0])
+    for location in written:
+        if location.startswith(("DocumentReference/", "List/")):
+            kept.add(send(client, "GET", f"/fhir/{location}").json)
+    if profiles.available():
+        errors = kept.errors()
+        assert not errors, "\n".join(errors)
+
+
 def test_mutated_fhir_submissions(client, bearer, database):
     """Valid bodies with one place changed to any JSON value, or left out, each under a document id
     of its own: they reach the checks and mappings behind the models' own, which random bodies do
@@ -103,56 +170,16 @@ def test_mutated_fhir_submissions(client, bearer, database):
     category null in an ITI-65 submission (a 500); a SubmissionSet without a date, with a status
     other than current or an identifier without a system, registered and failing the profiles."""
     import profiles
-    from gateway.demo import build_submission
     from gateway.services.consents import decision
 
     patient = bearer("patient", patient="185067511204554")
-    examples = SAMPLES.parents[1].parent / "shared" / "reference" / "pdsm4dmp" / "input" / "examples"
-    definitions = SAMPLES.parents[1].parent / "shared" / "fhir-definitions"
-
-    def cda_submission(name: str):
-        cda = (SAMPLES / "cda" / name).read_text()
-        root = cda.split('<id root="', 1)[1].split('"', 1)[0]
-        return lambda n: build_submission(cda.replace(root, f"1.2.250.1.213.1.1.9.98.{n}").encode(), 5 * 1024 * 1024)
-
-    def with_folder(submission):
-        # A Folder of the submitted document, under a uniqueId of its own, listed by the SubmissionSet.
-        def body(n: int) -> dict:
-            bundle = submission(n)
-            bundle["entry"][0]["resource"]["entry"].append({"item": {"reference": "urn:uuid:folder"}})
-            bundle["entry"].append({"fullUrl": "urn:uuid:folder", "request": {"method": "POST", "url": "List"},
-                                    "resource": {
-                "resourceType": "List", "status": "current", "mode": "working", "title": "Suivi",
-                "identifier": [{"use": "usual", "system": "urn:ietf:rfc:3986", "value": f"urn:oid:1.2.250.1.999.7.{n}"}],
-                "code": {"coding": [{"system": "https://profiles.ihe.net/ITI/MHD/CodeSystem/MHDlistTypes",
-                                     "code": "folder"}]},
-                "date": "2026-12-01T10:00:00+01:00", "entry": [{"item": {"reference": bundle["entry"][1]["fullUrl"]}}]}})
-            return bundle
-        return body
-
-    def guide_example(name: str):
-        # Its patient made the samples' (the guide's INS has a wrong key), its document id its own.
-        text = (examples / name).read_text().replace("urn:oid:1.2.250.1.213.1.4.8|123456789012345",
-                                                     "urn:oid:1.2.250.1.213.1.4.10|185067511204554")
-        return lambda n: json.loads(text.replace("urn:oid:1.2.250.1.213.1.4.8.99999.", f"urn:oid:1.2.250.1.213.1.4.8.9999{n}."))
-
-    def fr_core_patient(n: int) -> dict:
-        # FR Core's example, under an INS of its own (its own INS has a wrong key).
-        patient = json.loads((definitions / "frcore" / "package" / "example" / "Patient-ExampleFRCorePatient001.json")
-                             .read_text())
-        number = 1850675110000 + n
-        patient["identifier"][0]["value"] = f"{number}{97 - number % 97:02d}"
-        return patient
-
-    bodies = [("/fhir", {}, cda_submission(name)) for name in ("cr-biologie-martin.xml", "ldl-ses-martin.xml")]
-    bodies.append(("/fhir", {}, with_folder(cda_submission("cr-biologie-martin.xml"))))
-    if (definitions / "frcore").exists():
+    bodies = [(path, {}, body) for path, body in submission_bodies()]
+    if (DEFINITIONS / "frcore").exists():
         bodies.append(("/fhir/Patient", {}, fr_core_patient))
     bodies.append(("/fhir/Consent", patient, lambda n: decision("professional", "deny", "899900000012")))
-    if examples.exists():
-        bodies += [("/fhir/DocumentReference", {}, guide_example("DocumentReference-example-td2-iti105-publication-"
-                                                                 "simplifiee.json")),
-                   ("/fhir", {}, guide_example("Bundle-example-td2-iti65-lot-soumission.json"))]
+    if EXAMPLES_DIR.exists():
+        bodies.append(("/fhir/DocumentReference", {}, guide_example("DocumentReference-example-td2-iti105-publication-"
+                                                                    "simplifiee.json")))
     places = [list(_nodes(body(0))) for _, _, body in bodies]
     assert send(client, "POST", "/cda", data=(SAMPLES / "cda" / "ldl-ses-martin.xml").read_bytes(),
                 headers={"Content-Type": "application/xml"}).status_code == 201   # the patient's record
@@ -181,13 +208,61 @@ def test_mutated_fhir_submissions(client, bearer, database):
                            if e["response"]["status"] == "201 Created")
 
     run()
-    attend_all(database[0])
-    for location in written:
-        if location.startswith(("DocumentReference/", "List/")):
-            kept.add(send(client, "GET", f"/fhir/{location}").json)
-    if profiles.available():
-        errors = kept.errors()
-        assert not errors, "\n".join(errors)
+    _kept_pass_the_profiles(client, database, kept, written)
+
+
+def test_mutated_fhir_xml_submissions(client, database):
+    """The same submissions in FHIR's XML, read by the gateway's own reader (xml_reader), with one
+    element left out, given twice, moved to its parent's end, stripped of its attributes, or given
+    another value or an attribute FHIR does not have: refused, or kept as the official profiles
+    pass it."""
+    import copy
+
+    import profiles
+    from lxml import etree
+
+    from gateway.fhir.formats import to_xml
+
+    bodies = submission_bodies()
+    assert send(client, "POST", "/cda", data=(SAMPLES / "cda" / "ldl-ses-martin.xml").read_bytes(),
+                headers={"Content-Type": "application/xml"}).status_code == 201   # the patient's record
+    kept, written = profiles.Collected(), []
+    values = st.one_of(st.text(max_size=20), st.sampled_from(
+        ["", " ", "true", "-1", "1.5", "9" * 30, "2026-13-01", "2026", "urn:uuid:x", "current", "POST", "PUT",
+         "List", "Patient/x", "#", "urn:oid:1.2.3", "text/xml"]))
+
+    @FUZZ
+    @given(index=st.integers(0, len(bodies) - 1), place=st.integers(0, 10**6),
+           change=st.sampled_from(["leave out", "give twice", "move", "strip", "value", "attribute"]), value=values)
+    def run(index, place, change, value):
+        path, body = bodies[index]
+        root = etree.fromstring(to_xml(body(TRIED["inputs"])))
+        elements = [e for e in root.iter() if isinstance(e.tag, str) and e is not root]
+        element = elements[place % len(elements)]
+        parent = element.getparent()
+        try:
+            if change == "leave out":
+                parent.remove(element)
+            elif change == "give twice":
+                parent.insert(parent.index(element), copy.deepcopy(element))
+            elif change == "move":
+                parent.append(element)
+            elif change == "strip":
+                element.attrib.clear()
+            elif change == "value":
+                element.set("value", value)
+            else:
+                element.set("unknown", value)
+        except ValueError:   # a character XML cannot hold
+            return
+        response = send(client, "POST", path, data=etree.tostring(root, xml_declaration=True, encoding="UTF-8"),
+                        headers={"Content-Type": "application/fhir+xml", "Accept": "application/fhir+json"})
+        if response.status_code == 200 and response.json.get("type") == "transaction-response":
+            written.extend(e["response"]["location"] for e in response.json["entry"]
+                           if e["response"]["status"] == "201 Created")
+
+    run()
+    _kept_pass_the_profiles(client, database, kept, written)
 
 
 def test_mutated_cda_documents(client):

@@ -77,3 +77,37 @@ def test_a_contained_resource_nothing_refers_to_is_named():
         validate(submission_set)
     assert refused.value.problems == [("contained[2]", "is referenced from nowhere in the resource (FHIR dom-3)")]
     validate(submission_set, kept=True)
+
+
+def test_the_known_profiles_are_those_the_definitions_give():
+    from gateway.fhir import known_profiles
+
+    if not (DEFINITIONS.parents[1] / "r4core").exists():
+        pytest.skip(f"the FHIR definitions are not present at {DEFINITIONS.parents[1]}")
+    assert json.loads(known_profiles.TABLE.read_text()) == known_profiles.build(DEFINITIONS.parents[1])
+
+
+@pytest.mark.parametrize("profiles, contained, problem", [
+    (["POST"], [], "meta.profile[0]"),
+    (["https://interop.esante.gouv.fr/ig/fhir/pdsm/StructureDefinition/pdsm-folder-comprehensiv"], [], "meta.profile[0]"),
+    (["https://interop.esante.gouv.fr/ig/fhir/pdsm/StructureDefinition/pdsm-comprehensive-document-reference"], [],
+     "meta.profile[0]"),   # a DocumentReference's
+    (["https://interop.esante.gouv.fr/ig/fhir/pdsm/StructureDefinition/pdsm-folder-comprehensive|3.1.1",
+      "http://hl7.org/fhir/StructureDefinition/List"], [], None),
+    ([], [{"resourceType": "Device", "id": "d", "meta": {"profile": ["urn:x"]}}], "contained[0].meta.profile[0]"),
+])
+def test_a_profile_no_definition_gives_for_the_type_is_named(profiles, contained, problem):
+    """A claimed profile is kept as claimed: one that none of the definitions the gateway serves
+    under defines for the resource's type was kept, and every read failed the official check
+    (found by test_mutated_fhir_xml_submissions: a Folder claiming `POST`)."""
+    resource = {"resourceType": "List", "status": "current", "mode": "working", "meta": {"profile": profiles},
+                "contained": contained, "source": {"reference": "#d"}}
+    if not contained:
+        resource.pop("contained")
+        resource.pop("source")
+    if problem is None:
+        validate(resource)
+        return
+    with pytest.raises(InvalidResource) as refused:
+        validate(resource)
+    assert [path for path, _ in refused.value.problems] == [problem]
