@@ -418,23 +418,37 @@ def _write(uow: UnitOfWork, base_url: str, bundle: dict, documents, signatures, 
 def _write_submission_set(uow: UnitOfWork, item: Submitted, named: dict[str, str], patient_id: str,
                           responses: dict) -> None:
     where = f"Bundle.entry[{item.index}].resource"
-    existing = _already_registered(uow, "List", item.resource.get("identifier", []))
-    if existing:
-        _same_patient(existing, patient_id, where)
-        responses[item.index] = ("200 OK", f"List/{existing.res_id}/_history/{existing.version}")
-        return
-    resource = submission.completed(dict(item.resource, id=item.new_id), uow.repository.access.name
-                                    or uow.repository.access.subject, uow.repository.access.subject)
     entries = []
-    for index, entry in enumerate(resource.get("entry", [])):
+    for index, entry in enumerate(item.resource.get("entry", [])):
         reference = named.get(_item_reference(entry))
         if reference is None:
             raise _refuse("a SubmissionSet lists the DocumentReferences and Folders of its submission, by their "
                           "fullUrl", f"{where}.entry[{index}].item")
         entries.append(dict(entry, item={"reference": reference}))
+    if _registered_alike(uow, item, entries, patient_id, responses):
+        return
+    resource = submission.completed(dict(item.resource, id=item.new_id), uow.repository.access.name
+                                    or uow.repository.access.subject, uow.repository.access.subject)
     if entries:   # FHIR's JSON has no empty array
         resource["entry"] = entries
     _save_list(uow, item, resource, patient_id, responses)
+
+
+def _registered_alike(uow: UnitOfWork, item: Submitted, entries: list[dict], patient_id: str,
+                      responses: dict) -> bool:
+    """Whether a List of this submission is registered already under one of its identifiers (the
+    submission sent again: answered 200, nothing new). One registered under it that lists other
+    documents, or is another record's, is another List: its identifier names one (409)."""
+    existing = _already_registered(uow, "List", item.resource.get("identifier", []))
+    if existing is None:
+        return False
+    listed = {_item_reference(entry) for entry in existing.json().get("entry", [])}
+    if existing.patient_id != patient_id or listed != {_item_reference(entry) for entry in entries}:
+        raise _refuse("a List registered under this identifier lists other documents (a uniqueId names one "
+                      "SubmissionSet, or one Folder: a PUT adds to it)", f"Bundle.entry[{item.index}].resource"
+                      ".identifier", 409, "duplicate")
+    responses[item.index] = ("200 OK", f"List/{existing.res_id}/_history/{existing.version}")
+    return True
 
 
 def _write_folder(uow: UnitOfWork, item: Submitted, named: dict[str, str], patient_id: str, responses: dict) -> None:
@@ -445,11 +459,6 @@ def _write_folder(uow: UnitOfWork, item: Submitted, named: dict[str, str], patie
     it stays. Adding to a Folder is feeding the record (gateway/access/writes.py)."""
     where = f"Bundle.entry[{item.index}].resource"
     if item.updates is None:
-        existing = _already_registered(uow, "List", item.resource.get("identifier", []))
-        if existing:
-            _same_patient(existing, patient_id, where)
-            responses[item.index] = ("200 OK", f"List/{existing.res_id}/_history/{existing.version}")
-            return
         resource, held = dict(item.resource, id=item.new_id), []
     else:
         current = uow.folder_to_update(_folder_id(uow, item), patient_id, f"Bundle.entry[{item.index}].request.url")
@@ -481,6 +490,8 @@ def _write_folder(uow: UnitOfWork, item: Submitted, named: dict[str, str], patie
         seen.add(document)
         if document not in held_documents:
             added.append(dict(entry, item={"reference": document}))
+    if item.updates is None and _registered_alike(uow, item, added, patient_id, responses):
+        return
     left_out = [reference for reference in held_documents if reference not in seen and _reads(uow, reference)]
     if left_out:
         raise _refuse(f"the Folder holds {len(left_out)} document(s) you read that this update leaves out: a "
@@ -507,11 +518,6 @@ def _reads(uow: UnitOfWork, reference: str) -> bool:
 def _item_reference(entry: dict) -> str:
     item = entry.get("item")
     return str(item.get("reference") or "") if isinstance(item, dict) else ""
-
-
-def _same_patient(existing: StoredResource, patient_id: str, where: str) -> None:
-    if existing.patient_id != patient_id:
-        raise _refuse("a List of another record already has this identifier", f"{where}.identifier", 409, "duplicate")
 
 
 def _save_list(uow: UnitOfWork, item: Submitted, resource: dict, patient_id: str, responses: dict) -> None:

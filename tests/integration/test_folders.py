@@ -88,6 +88,11 @@ def test_a_folder_of_new_and_registered_documents_is_created_and_passes_the_prof
     again = provide(client, submission("cr-biologie-martin.xml", registered))
     assert [e["response"]["status"] for e in again.json["entry"]][4] == "200 OK"
     assert client.get("/fhir/List", query_string={"code": f"{LIST_TYPES}|folder"}).json["total"] == 1
+    # A Folder under a uniqueId registered with other documents is another Folder: a PUT adds to it.
+    other = submission("cr-biologie-martin.xml")
+    refused = provide(client, other)
+    assert refused.status_code == 409 and refused.json["issue"][0]["expression"] == \
+        ["Bundle.entry[4].resource.identifier"], refused.json
     if profiles.available():
         checked = profiles.Collected()
         checked.add(stored)

@@ -414,3 +414,20 @@ def test_two_gateways_that_deadlock_over_two_submissions_lose_nothing(client, da
     again = provide(client, submissions[refused][1])
     assert [e["response"]["status"] for e in again.json["entry"]][1:3] == ["200 OK", "200 OK"]
     assert document_count(database[0]) == 4
+
+
+def test_a_submission_set_identifier_already_naming_other_documents_is_refused(client, database):
+    """The same submission sent again is answered 200 and registers nothing; another submission
+    under a SubmissionSet identifier already registered had its documents registered while the
+    answer named the earlier SubmissionSet, which did not list them. A uniqueId names one
+    SubmissionSet, as in XDS: 409, nothing kept."""
+    first = build_submission(sample("cr-biologie-martin.xml"), LIMIT)
+    assert provide(client, first).status_code == 200
+    again = provide(client, first)
+    assert [e["response"]["status"] for e in again.json["entry"]][:2] == ["200 OK", "200 OK"]
+    other = build_submission(sample("ldl-ses-martin.xml"), LIMIT)
+    other["entry"][0]["resource"]["identifier"] = first["entry"][0]["resource"]["identifier"]
+    refused = provide(client, other)
+    assert refused.status_code == 409 and refused.json["issue"][0]["code"] == "duplicate", refused.json
+    assert refused.json["issue"][0]["expression"] == ["Bundle.entry[0].resource.identifier"]
+    assert document_count(database[0]) == 1
