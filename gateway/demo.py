@@ -20,7 +20,9 @@ from gateway.access.writes import Write
 from gateway.bulk import ingest_paths
 from gateway.config import DEMO_TOKEN_KID, Settings
 from gateway.mapping import codes
+from gateway.mapping.dates import fhir_now
 from gateway.mapping.document import document_uri, identifier_key, sha1_base64
+from gateway.mapping.submission import LIST_TYPES, unique_id
 from gateway.services import consents, directory, feeds, labels
 from gateway.services.documents import read_cda
 from gateway.services.ingest import Received
@@ -155,6 +157,18 @@ def build_submission(cda: bytes, max_bytes: int, signature: bytes | None = None)
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
 
 
+def add_folder(bundle: dict, title: str, documents: list[str]) -> None:
+    """A Folder (PDSm, MHD) of `documents` added to a submission, listed by its SubmissionSet."""
+    folder_url = f"urn:uuid:{new_id()}"
+    bundle["entry"][0]["resource"]["entry"].append({"item": {"reference": folder_url}})
+    bundle["entry"].append({"fullUrl": folder_url, "request": {"method": "POST", "url": "List"}, "resource": {
+        "resourceType": "List", "meta": {"profile": [codes.PDSM_FOLDER]},
+        "identifier": [{"use": "usual", "system": "urn:ietf:rfc:3986", "value": unique_id()}],
+        "status": "current", "mode": "working", "title": title,
+        "code": {"coding": [{"system": LIST_TYPES, "code": "folder", "display": "Folder"}]},
+        "date": fhir_now(), "entry": [{"item": {"reference": reference}} for reference in documents]}})
+
+
 def signed_submission(settings: Settings, cda: bytes) -> dict:
     header = read_cda(cda, settings.max_document_bytes).header
     signature = sign_documents([(document_uri(header.unique_id), cda)], (settings.demo_dir / "signer-key.pem").read_bytes(),
@@ -186,6 +200,12 @@ def setup(settings: Settings, force: bool = False) -> None:
     feeds.receive(repo, (SAMPLES / "hl7v2" / "adt-a28-moreau-hugo.hl7").read_bytes(), channel="demo",
                   max_bytes=settings.max_document_bytes)
     bundle = signed_submission(settings, signed_cda)
+    # Léa Moreau's hospital files the synthesis it signs with her earlier ultrasound, in a Folder.
+    ultrasound = read_cda((SAMPLES / "cda" / "cr-imagerie-echographie-moreau.xml").read_bytes(),
+                          settings.max_document_bytes).header.unique_id
+    with repo.unit_of_work(Write.FEED) as uow:
+        ultrasound_id = uow.find_by_identifier("DocumentReference", *identifier_key(ultrasound))
+    add_folder(bundle, "Suivi pédiatrique de Léa", [f"DocumentReference/{ultrasound_id}", bundle["entry"][1]["fullUrl"]])
     path = settings.demo_dir / "signed-submission.json"
     path.write_text(json.dumps(bundle, indent=1))
     load_decisions(settings, engine)

@@ -14,8 +14,7 @@ from .document import author_role
 DESIGNATION_TYPE = "https://profiles.ihe.net/ITI/MHD/StructureDefinition/ihe-designationType"
 SOURCE_ID = "https://profiles.ihe.net/ITI/MHD/StructureDefinition/ihe-sourceId"
 LIST_TYPES = "https://profiles.ihe.net/ITI/MHD/CodeSystem/MHDlistTypes"
-FOLDER_PROFILES = ("https://interop.esante.gouv.fr/ig/fhir/pdsm/StructureDefinition/pdsm-folder-comprehensive",
-                   "https://profiles.ihe.net/ITI/MHD/StructureDefinition/IHE.MHD.Comprehensive.Folder",
+FOLDER_PROFILES = (codes.PDSM_FOLDER, "https://profiles.ihe.net/ITI/MHD/StructureDefinition/IHE.MHD.Comprehensive.Folder",
                    "https://profiles.ihe.net/ITI/MHD/StructureDefinition/IHE.MHD.Minimal.Folder")
 # A submission that does not say its content type (JDV_J03): the value is unknown, said so.
 UNKNOWN_DESIGNATION = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason",

@@ -293,6 +293,12 @@ def test_a_representative_chooses_among_the_children_and_every_page_names_the_on
     page.get_by_label("Dossier de Lea MOREAU").check()
     page.get_by_role("button", name="Ouvrir ce dossier").click()
     expect(page.locator("ul.documents a", has_text="Échographie abdominale")).to_be_visible()
+    # The hospital filed its signed synthesis with the earlier ultrasound in a Folder (demo data).
+    folder = page.locator("ul.folders li.card", has_text="Suivi pédiatrique de Léa")
+    expect(folder).to_contain_text("2 documents")
+    folder.get_by_role("link", name="Échographie abdominale").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Échographie abdominale")
+    page.go_back()
     for link in ("Historique des accès", "Qui peut accéder", "Espace personnel", "Mon dossier", "Documents"):
         page.get_by_role("link", name=link, exact=True).click()
         expect(page.locator("#dossier-ouvert")).to_contain_text("Vous consultez le dossier de Lea MOREAU")

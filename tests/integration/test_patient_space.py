@@ -277,3 +277,32 @@ def test_a_search_or_a_page_link_the_gateway_cannot_take_is_told_not_failed(app,
     assert "BERNARD" in browser.get("/acces", query_string={"q": "BERNARD"}).text
     edited = browser.get("/historique", query_string={"page": "garbage"})
     assert edited.status_code == 400 and "Demande incorrecte" in edited.text
+
+
+def test_the_folders_a_hospital_filed_documents_in_are_shown_with_their_documents(app, settings, client, bearer,
+                                                                                   record):
+    """A Folder groups the documents of a stay or a follow-up: the patient sees it on the documents
+    page, with the documents it holds that they see, each a link to it."""
+    import json
+
+    from gateway.demo import build_submission
+
+    bundle = build_submission(sample("cr-biologie-martin.xml").replace(b"1.2.250.1.213.1.1.9.2.7.1",
+                                                                       b"1.2.250.1.213.1.1.9.2.7.8"), 5 * 1024 * 1024)
+    bundle["entry"][0]["resource"]["entry"].append({"item": {"reference": "urn:uuid:folder"}})
+    bundle["entry"].append({"fullUrl": "urn:uuid:folder", "request": {"method": "POST", "url": "List"}, "resource": {
+        "resourceType": "List", "status": "current", "mode": "working", "title": "Suivi du diabète 2026",
+        "code": {"coding": [{"system": "https://profiles.ihe.net/ITI/MHD/CodeSystem/MHDlistTypes", "code": "folder"}]},
+        "date": "2026-12-01T10:00:00+01:00",
+        "entry": [{"item": {"reference": f"DocumentReference/{record['ldl-ses-martin.xml']}"}},
+                  {"item": {"reference": bundle["entry"][1]["fullUrl"]}}]}})
+    filed = client.post("/fhir", data=json.dumps(bundle),
+                        headers={"Content-Type": "application/fhir+json", **bearer("system", sub="hospital")})
+    assert filed.status_code == 200, filed.json
+    browser = sign_in(app, settings)
+    page = browser.get("/documents").text
+    folders = page.split('<h2 id="classeurs">', 1)[1].split("</section>", 1)[0]
+    assert "Suivi du diabète 2026" in folders and "2 documents" in folders
+    links = re.findall(r'href="/documents/([^"]+)"', folders)
+    assert links[0] == record["ldl-ses-martin.xml"] and len(links) == 2
+    assert browser.get(f"/documents/{links[1]}").status_code == 200

@@ -20,6 +20,7 @@ from gateway.cda.parser import parse_cda
 from gateway.mapping import codes
 from gateway.mapping.document import author_idnatps
 from gateway.mapping.groups import grouped
+from gateway.mapping.submission import LIST_TYPES
 from gateway.services import labels
 from gateway.space import accounts, record_closed_on, space
 
@@ -30,8 +31,18 @@ from . import common
 def documents_page():
     groups = grouped(common.documents())
     docs = [d for _, _, members in groups for d in members]
-    return render_template("documents.html", groups=groups, count=len(docs),
+    return render_template("documents.html", groups=groups, count=len(docs), folders=_folders(docs),
                            masked={d["id"] for d in docs if MASQUE_PS in visibility_codes(d)})
+
+
+def _folders(docs: list[dict]) -> list[tuple[dict, list[dict]]]:
+    """The record's Folders the signed-in person may see (one audited search), newest first, each
+    with its current documents: those a hospital filed together (a stay, a follow-up)."""
+    by_reference = {f"DocumentReference/{doc['id']}": doc for doc in docs}
+    folders = [s.json() for s in g.repository.search_all("List", [
+        ("patient", f"Patient/{common.patient_id()}"), ("code", f"{LIST_TYPES}|folder"), ("_sort", "-date")])]
+    return [(folder, [by_reference[e["item"]["reference"]] for e in folder.get("entry", [])
+                      if e.get("item", {}).get("reference") in by_reference]) for folder in folders]
 
 
 def _content(docref: dict):
