@@ -436,14 +436,15 @@ def _write_submission_set(uow: UnitOfWork, item: Submitted, named: dict[str, str
 
 def _registered_alike(uow: UnitOfWork, item: Submitted, entries: list[dict], patient_id: str,
                       responses: dict) -> bool:
-    """Whether a List of this submission is registered already under one of its identifiers (the
-    submission sent again: answered 200, nothing new). One registered under it that lists other
-    documents, or is another record's, is another List: its identifier names one (409)."""
+    """Whether a List of this submission is registered already under one of its identifiers, holding
+    what it lists (the submission sent again, a Folder since added to: answered 200, nothing new).
+    One registered under it that lacks a document it lists, or is another record's, is another
+    List: its identifier names one (409)."""
     existing = _already_registered(uow, "List", item.resource.get("identifier", []))
     if existing is None:
         return False
     listed = {_item_reference(entry) for entry in existing.json().get("entry", [])}
-    if existing.patient_id != patient_id or listed != {_item_reference(entry) for entry in entries}:
+    if existing.patient_id != patient_id or not listed >= {_item_reference(entry) for entry in entries}:
         raise _refuse("a List registered under this identifier lists other documents (a uniqueId names one "
                       "SubmissionSet, or one Folder: a PUT adds to it)", f"Bundle.entry[{item.index}].resource"
                       ".identifier", 409, "duplicate")

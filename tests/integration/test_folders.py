@@ -88,8 +88,12 @@ def test_a_folder_of_new_and_registered_documents_is_created_and_passes_the_prof
     again = provide(client, submission("cr-biologie-martin.xml", registered))
     assert [e["response"]["status"] for e in again.json["entry"]][4] == "200 OK"
     assert client.get("/fhir/List", query_string={"code": f"{LIST_TYPES}|folder"}).json["total"] == 1
-    # A Folder under a uniqueId registered with other documents is another Folder: a PUT adds to it.
-    other = submission("cr-biologie-martin.xml")
+    # A Folder under a uniqueId registered without the documents it lists is another Folder: a PUT
+    # adds to it.
+    other = build_submission(sample("cr-biologie-martin.xml").replace(b"1.2.250.1.213.1.1.9.2.7.1",
+                                                                      b"1.2.250.1.213.1.1.9.2.7.9"), LIMIT)
+    other["entry"].append({"fullUrl": FOLDER_URL, "request": {"method": "POST", "url": "List"},
+                           "resource": folder(other["entry"][1]["fullUrl"])})
     refused = provide(client, other)
     assert refused.status_code == 409 and refused.json["issue"][0]["expression"] == \
         ["Bundle.entry[4].resource.identifier"], refused.json
@@ -102,7 +106,8 @@ def test_a_folder_of_new_and_registered_documents_is_created_and_passes_the_prof
 
 
 def test_a_put_adds_to_a_folder_and_keeps_what_it_held(client, database, bearer, registered):
-    first = provide(client, submission("cr-biologie-martin.xml", registered))
+    original = submission("cr-biologie-martin.xml", registered)
+    first = provide(client, original)
     created = locations(first)[4]
     second = build_submission(sample("cr-biologie-martin.xml").replace(b"1.2.250.1.213.1.1.9.2.7.1", b"1.2.250.1.213.1.1.9.2.7.2"),
                               LIMIT)
@@ -128,6 +133,10 @@ def test_a_put_adds_to_a_folder_and_keeps_what_it_held(client, database, bearer,
     assert [e["item"]["reference"] for e in stored["entry"]] == [*held, locations(response)[1]]
     assert stored["identifier"] == folder()["identifier"]
     assert client.get(f"/fhir/{created}/_history/1").json["entry"] == [{"item": {"reference": r}} for r in held]
+    # The first submission sent again (its answer lost): recognised, though the Folder grew since.
+    again = provide(client, original)
+    assert [e["response"]["status"] for e in again.json["entry"]] == ["200 OK"] * 5, again.json
+    assert client.get(f"/fhir/{created}").json["meta"]["versionId"] == "2"
 
     # MHD's own example updates a Folder at List, naming it by its uniqueId.
     third = build_submission(sample("cr-biologie-martin.xml").replace(b"1.2.250.1.213.1.1.9.2.7.1", b"1.2.250.1.213.1.1.9.2.7.3"),
