@@ -15,6 +15,7 @@ SEARCH_TYPE_NAMES = {"token": "token", "string": "string", "date": "date", "refe
 SEARCH_DOCUMENTATION = {
     "DocumentReference": "ITI-67 Find Document References (IHE MHD, ANS PDSm)",
     "Patient": "Patient search by identifier (INS, IPP), name, birthdate, gender",
+    "List": "ITI-66 Find Document Lists (IHE MHD, ANS PDSm): SubmissionSets and Folders (code submissionset, folder)",
 }
 
 
@@ -83,7 +84,9 @@ def capability_statement(base: str) -> dict:
                              "References, ITI-68 Retrieve Document (GET attachment url), and the DMP's transactions "
                              "of the ANS guide PDSM4DMP.",
             "resource": resources,
-            "interaction": [{"code": "transaction", "documentation": "ITI-65 Provide Document Bundle"}],
+            "interaction": [{"code": "transaction", "documentation": (
+                "ITI-65 Provide Document Bundle: one SubmissionSet, its DocumentReferences and Binaries, and "
+                "Folders created (POST) or added to (PUT List/[id]); all or nothing")}],
         }],
     }
 
