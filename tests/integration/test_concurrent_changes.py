@@ -127,3 +127,41 @@ def test_if_match_makes_an_update_only_on_the_version_it_names(client, document,
     refused = client.put(url, data=json.dumps(consent), headers={**put, "If-Match": 'W/"1"'})
     assert refused.status_code == 412, refused.json
     assert client.get(url, headers=patient).json["meta"]["versionId"] == "2"
+
+
+def test_changes_sent_at_once_through_two_gateways_each_make_one_version_that_undoes_nothing(
+        client, second_gateway, document, bearer):
+    """Six clients, three on each gateway, mask and unmask (the patient) or archive and unarchive
+    (its author) one document as fast as they can. No answer is a 5xx, and the history shows each
+    version changing one thing from the one before: a change made from an older version would
+    also have undone the other kind of change in between."""
+    import random
+    from concurrent.futures import ThreadPoolExecutor
+
+    patient = bearer("patient", patient="185067511204554")
+    author = bearer("doctor", sub="899900000046")
+    assert client.post("/fhir/Consent", data=json.dumps(decision("professional", "permit", "899900000046")),
+                       headers={"Content-Type": "application/fhir+json", **patient}).status_code == 201
+    unmask = [{"op": "replace", "path": "/securityLabel/0", "value": {"coding": [
+        {"system": codes.CONFIDENTIALITY_SYSTEM, "code": "N"}]}}]
+    unarchive = [{"op": "add", "path": ARCHIVE[0]["path"], "value": False}]
+    changes = [(patient, MASK), (patient, unmask), (author, ARCHIVE), (author, unarchive)]
+
+    def client_run(seed: int) -> list[int]:
+        gateway, chance = (client, second_gateway)[seed % 2], random.Random(seed)
+        statuses = []
+        for _ in range(8):
+            who, patch = chance.choice(changes)
+            statuses.append(gateway.patch(f"/fhir/{document}", data=json.dumps(patch),
+                                          headers={**PATCH, **who}).status_code)
+        return statuses
+
+    with ThreadPoolExecutor(6) as pool:
+        statuses = [status for run in pool.map(client_run, range(6)) for status in run]
+    assert set(statuses) <= {200, 409}, statuses
+    history = client.get(f"/fhir/{document}/_history", query_string={"_count": "100"}, headers=patient).json
+    versions = sorted((entry["resource"] for entry in history["entry"]), key=lambda r: int(r["meta"]["versionId"]))
+    assert [int(r["meta"]["versionId"]) for r in versions] == list(range(1, len(versions) + 1))
+    for before, after in zip(versions, versions[1:]):
+        changed = {key for key in (set(before) | set(after)) - {"meta"} if before.get(key) != after.get(key)}
+        assert changed in ({"securityLabel"}, {"extension"}), (after["meta"]["versionId"], changed)
