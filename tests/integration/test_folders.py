@@ -313,3 +313,37 @@ def test_two_updates_of_one_folder_at_once_are_checked_one_after_the_other(clien
     stored = client.get(f"/fhir/{created}").json
     assert stored["meta"]["versionId"] == "2"
     assert [e["item"]["reference"] for e in stored["entry"]] == [*held, locations(first)[1]]
+
+
+def test_feeding_systems_adding_to_one_folder_at_once_lose_none_of_it(client, database, settings, bearer, registered):
+    """Four hospital systems, two on each of two gateways, each file two new documents in one
+    Folder at once, naming only what they add (they read nothing): every submission is answered
+    200, and the Folder holds every document, each version one more."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gateway.app import create_app
+    from gateway.storage.database import make_engine
+
+    created = locations(provide(client, submission("cr-biologie-martin.xml", registered)))[4]
+    other_engine = make_engine(database[1])
+    other_gateway = create_app(settings, other_engine).test_client()
+    other_gateway.environ_base.update(client.environ_base)
+    hospital = bearer("system", sub="hospital")
+
+    def file(number: int):
+        bundle = build_submission(sample("cr-biologie-martin.xml").replace(
+            b"1.2.250.1.213.1.1.9.2.7.1", f"1.2.250.1.213.1.1.9.2.7.1{number}".encode()), LIMIT)
+        bundle["entry"].append({"fullUrl": FOLDER_URL, "request": {"method": "PUT", "url": created},
+                                "resource": folder(bundle["entry"][1]["fullUrl"])})
+        return provide((client, other_gateway)[number % 2], bundle, hospital)
+
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(file, range(8)))
+    finally:
+        other_engine.dispose()
+    assert [a.status_code for a in answers] == [200] * 8, [a.json for a in answers if a.status_code != 200]
+    stored = client.get(f"/fhir/{created}").json
+    filed = {locations(answer)[1] for answer in answers}
+    assert {e["item"]["reference"] for e in stored["entry"]} >= filed and len(stored["entry"]) == 2 + 8
+    assert stored["meta"]["versionId"] == "9"
