@@ -125,17 +125,15 @@ def upsert_patient(uow: UnitOfWork, prepared: PreparedPatient, applied: Applied)
 
     Identifiers known from earlier messages or documents and absent from this PID are kept."""
     patient_id = find_patient(uow, prepared.ids)
-    # A copy: a unit of work run again (a concurrent claim) starts from the prepared Patient.
-    resource = {**prepared.resource, "id": patient_id or uow.new_id(),
-                "identifier": list(prepared.resource["identifier"])}
     previous = _stored(uow, "Patient", patient_id)
-    if previous is not None:
-        # What is added was validated as part of the stored version.
-        sent = {(i["system"], i["value"]) for i in resource["identifier"]}
-        resource["identifier"] += [i for i in previous.get("identifier", []) if (i["system"], i["value"]) not in sent]
-        for kept in ("link", "active"):
-            if kept in previous:
-                resource[kept] = previous[kept]
+    resource = _keeping(prepared, patient_id or uow.new_id(), previous)
+    if previous is not None and not _unchanged(resource, previous):
+        # The new version keeps what the current one holds: made again from it once it is locked
+        # (until the unit commits), in case another message for the patient wrote it meanwhile.
+        # Two at once each kept its own identifiers, and the second dropped the first one's. A
+        # message that changes nothing locks nothing.
+        previous = _stored(uow, "Patient", patient_id, for_update=True)
+        resource = _keeping(prepared, patient_id, previous)
     _claim_all(uow, resource["id"], resource["identifier"], "PID^1^3")
     if not _unchanged(resource, previous):
         uow.save(resource, patient_id=resource["id"])
@@ -143,9 +141,25 @@ def upsert_patient(uow: UnitOfWork, prepared: PreparedPatient, applied: Applied)
     return resource["id"]
 
 
-def _stored(uow: UnitOfWork, res_type: str, res_id: str | None) -> dict | None:
-    """The current version of a resource, unless there is none or it was deleted."""
-    current = uow.current(res_type, res_id) if res_id else None
+def _keeping(prepared: PreparedPatient, patient_id: str, previous: dict | None) -> dict:
+    """The Patient a PID states, with what the stored version holds and the PID does not say: the
+    identifiers known from earlier messages or documents, a merge's link and active."""
+    # A copy: a unit of work run again (a concurrent claim) starts from the prepared Patient.
+    resource = {**prepared.resource, "id": patient_id, "identifier": list(prepared.resource["identifier"])}
+    if previous is not None:
+        # What is added was validated as part of the stored version.
+        sent = {(i["system"], i["value"]) for i in resource["identifier"]}
+        resource["identifier"] += [i for i in previous.get("identifier", []) if (i["system"], i["value"]) not in sent]
+        for kept in ("link", "active"):
+            if kept in previous:
+                resource[kept] = previous[kept]
+    return resource
+
+
+def _stored(uow: UnitOfWork, res_type: str, res_id: str | None, *, for_update: bool = False) -> dict | None:
+    """The current version of a resource, unless there is none or it was deleted; `for_update`:
+    locked until the unit commits."""
+    current = uow.current(res_type, res_id, for_update=for_update) if res_id else None
     return current.json() if current is not None and not current.deleted else None
 
 
@@ -202,8 +216,8 @@ def merge(uow: UnitOfWork, pid: Segment, mrg: Segment, applied: Applied) -> None
         return
     if merged_id == survivor_id:
         return
-    survivor = uow.current("Patient", survivor_id).json()
-    merged = uow.current("Patient", merged_id).json()
+    survivor = uow.current("Patient", survivor_id, for_update=True).json()
+    merged = uow.current("Patient", merged_id, for_update=True).json()
     own_systems = {i["system"] for i in survivor["identifier"]}
     present = {(i["system"], i["value"]) for i in survivor["identifier"]}
     for identifier in merged.get("identifier", []):
@@ -249,7 +263,7 @@ def change_identifier(uow: UnitOfWork, pid: Segment, mrg: Segment, applied: Appl
     patient_id = find_patient(uow, old_ids)
     if patient_id is None:
         raise MessageRefused(Issue("no patient has the identifier MRG-1 names", "MRG^1^1", "204"))
-    patient = uow.current("Patient", patient_id).json()
+    patient = uow.current("Patient", patient_id, for_update=True).json()
     old_keys = set(identifier_keys(old_ids))
     new_identifiers = mapping.patient_identifiers(new_ids)
     changed_systems = {s for s, _ in old_keys}

@@ -875,9 +875,11 @@ class UnitOfWork:
         self._identifiers.clear()
 
     def patient_resources(self, patient_id: str) -> list[StoredResource]:
-        """The current resources of a patient's compartment (documents, binaries, consents, lists)."""
+        """The current resources of a patient's compartment (documents, binaries, consents, lists),
+        locked until the unit commits: a merge writes each anew under the surviving patient."""
         rows = self.conn.execute(select(resources).where(
-            resources.c.patient_id == patient_id, resources.c.res_type.not_in(("Patient", "AuditEvent")))).all()
+            resources.c.patient_id == patient_id, resources.c.res_type.not_in(("Patient", "AuditEvent")))
+            .with_for_update()).all()
         return [self.repository._row(r) for r in rows]
 
     def record_closed(self, patient_id: str) -> bool:

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from conftest import attend_all, sample
+from conftest import SAMPLES, attend_all, sample
 from gateway.access.writes import Write
 from gateway.mapping import codes
 from gateway.services.consents import decision
@@ -165,3 +165,55 @@ def test_changes_sent_at_once_through_two_gateways_each_make_one_version_that_un
     for before, after in zip(versions, versions[1:]):
         changed = {key for key in (set(before) | set(after)) - {"meta"} if before.get(key) != after.get(key)}
         assert changed in ({"securityLabel"}, {"extension"}), (after["meta"]["versionId"], changed)
+
+
+def test_two_messages_for_one_patient_at_once_both_keep_their_identifiers(client, second_gateway, database, backend,
+                                                                         bearer, monkeypatch):
+    """PostgreSQL, two gateways: two hospitals' A31 for one patient, each adding its own IPP, both
+    having found the patient before either wrote. The Patient is locked for the first update, and
+    the second is made from what the first wrote: it keeps both IPPs, where it was made from the
+    version before and dropped the first one's (the identifier still claimed, the Patient without
+    it)."""
+    if backend == "sqlite":
+        pytest.skip("SQLite has one writer: the two transactions cannot overlap")
+    from gateway.services import patients
+
+    adt = (SAMPLES / "hl7v2" / "adt-a28-moreau-hugo.hl7").read_bytes().decode()
+    feed = {"Content-Type": "x-application/hl7-v2+er7", **bearer("system", sub="hospital")}
+    assert b"|AA|" in client.post("/hl7v2", data=adt.encode(), headers=feed).data
+
+    def a31(control: str, ipp: str, authority: str) -> bytes:
+        return (adt.replace("ADT^A28^ADT_A28|ADT0004", f"ADT^A31^ADT_A05|{control}")
+                .replace("900000006^^^CH-SAINT-AUBIN&1.2.250.1.213.1.1.9.1001&ISO^PI",
+                         f"{ipp}^^^{authority}&ISO^PI")).encode()
+
+    both_found = threading.Barrier(2, timeout=60)
+    waited, find = set(), patients.find_patient
+
+    def find_then_meet(uow, ids):
+        found = find(uow, ids)
+        if threading.get_ident() not in waited:   # both have found the patient; neither has read it
+            waited.add(threading.get_ident())
+            both_found.wait()
+        return found
+
+    monkeypatch.setattr(patients, "find_patient", find_then_meet)
+    messages = {client: a31("A31-1", "111", "CH-NORD&1.2.250.1.213.1.1.9.1002"),
+                second_gateway: a31("A31-2", "222", "CH-SUD&1.2.250.1.213.1.1.9.1003")}
+    acks = {}
+    threads = [threading.Thread(target=lambda gateway=gateway, message=message: acks.update(
+        {gateway: gateway.post("/hl7v2", data=message, headers=feed).data}))
+        for gateway, message in messages.items()]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+    finally:
+        both_found.abort()
+    monkeypatch.undo()
+    assert all(b"MSA|AA|" in ack for ack in acks.values()), acks
+    attend_all(database[0])
+    found = client.get("/fhir/Patient", query_string={"identifier": "urn:oid:1.2.250.1.213.1.4.10|116037505612342"}).json
+    values = {i["value"] for i in found["entry"][0]["resource"]["identifier"]}
+    assert {"111", "222", "900000006"} <= values, values
