@@ -510,7 +510,8 @@ class PreconditionFailed(Refused):
 
     def __init__(self, reference: str, version: int):
         super().__init__(f"If-Match names version {version} of {reference}, which is not its current version: "
-                         "read it again", location=reference.split("/", 1)[0], status=412, code="conflict")
+                         "read it again", location=reference.split("/", 1)[0], status=412, code="conflict",
+                         patient_text="il a été modifié entre-temps : rechargez la page et recommencez.")
 
 
 class DuplicateIdentifier(Exception):

@@ -306,3 +306,38 @@ def test_the_folders_a_hospital_filed_documents_in_are_shown_with_their_document
     links = re.findall(r'href="/documents/([^"]+)"', folders)
     assert links[0] == record["ldl-ses-martin.xml"] and len(links) == 2
     assert browser.get(f"/documents/{links[1]}").status_code == 200
+
+
+def test_an_unmasking_made_from_a_page_read_before_another_change_is_not_made(app, settings, client, bearer, record,
+                                                                              monkeypatch):
+    """The space unmasks by the positions it read. Between that read and the change, the patient
+    (in another tab) hides the document from representatives too, and its labels move: the
+    removal, made again from the new version, took off that label instead, and the document stayed
+    masked. It is made only to the version read, or refused in French, nothing changed."""
+    from gateway.space.views import documents as views
+
+    lab = record["cr-biologie-martin.xml"]
+    patient = {**bearer("patient", patient=MARTIN), "Content-Type": "application/json-patch+json"}
+
+    def labelled(code):
+        return [{"op": "add", "path": "/securityLabel/-", "value": {"coding": [{"system": codes.VISIBILITY_SYSTEM,
+                                                                               "code": code}]}}]
+
+    assert client.patch(f"/fhir/DocumentReference/{lab}", headers=patient, json=labelled("MASQUE_PS")).status_code == 200
+    browser = sign_in(app, settings)
+    change = views.labels.patch_document
+
+    def another_tab_first(repository, docref_id, patch, **kwargs):
+        assert client.patch(f"/fhir/DocumentReference/{lab}", headers=patient,
+                            json=labelled("INVISIBLE_REPRESENTANTS_LEGAUX")).status_code == 200
+        return change(repository, docref_id, patch, **kwargs)
+
+    monkeypatch.setattr(views.labels, "patch_document", another_tab_first)
+    answer = post(browser, f"/documents/{lab}/masquage", {"label": "MASQUE_PS", "action": "demasquer"},
+                  f"/documents/{lab}")
+    monkeypatch.undo()
+    assert answer.status_code == 302
+    assert "modifié entre-temps" in browser.get(answer.location).text
+    codes_now = {c["code"] for lb in client.get(f"/fhir/DocumentReference/{lab}", headers=patient).json["securityLabel"]
+                 for c in lb["coding"]}
+    assert {"MASQUE_PS", "INVISIBLE_REPRESENTANTS_LEGAUX"} <= codes_now

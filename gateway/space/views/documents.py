@@ -113,7 +113,8 @@ def change_masking(docref_id: str):
     if label not in (MASQUE_PS, INVISIBLE_REPRESENTATIVES):
         flash("Choix de masquage inconnu.", "error")
         return redirect(url_for("space.document_page", docref_id=docref_id))
-    current = g.repository.read("DocumentReference", docref_id).json()
+    read = g.repository.read("DocumentReference", docref_id)
+    current = read.json()
     if hide:
         whom = "aux professionnels de santé" if label == MASQUE_PS else "à vos représentants légaux"
         asked = common.confirmation(
@@ -132,7 +133,9 @@ def change_masking(docref_id: str):
         patch = [{"op": "remove", "path": f"/securityLabel/{i}"} for i in reversed(present)]
     else:
         return redirect(url_for("space.document_page", docref_id=docref_id))
-    labels.patch_document(g.repository, docref_id, patch)
+    # Made to the version the positions were read from (If-Match): made again from a newer one, a
+    # removal by position could take off another label than the one the patient chose.
+    labels.patch_document(g.repository, docref_id, patch, if_match=read.version)
     flash({(MASQUE_PS, True): "Le document est masqué aux professionnels de santé.",
            (MASQUE_PS, False): "Le document est de nouveau visible des professionnels autorisés.",
            (INVISIBLE_REPRESENTATIVES, True): "Le document est masqué à vos représentants légaux.",
