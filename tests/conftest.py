@@ -203,6 +203,35 @@ def client(app, bearer):
     return test_client
 
 
+@pytest.fixture
+def second_gateway(settings, database, client):
+    """Another gateway over the same database, as a second node would be, acting as `client` does."""
+    from gateway.storage.database import make_engine
+
+    engine = make_engine(database[1])
+    gateway = create_app(settings, engine).test_client()
+    gateway.environ_base.update(client.environ_base)
+    yield gateway
+    engine.dispose()
+
+
+def at_once(requests: dict, barrier: threading.Barrier) -> dict:
+    """The answers to `requests` (name: a call that sends one), each sent from a thread of its own
+    at the same time; `barrier`, where the test holds them, is aborted however they end, so that
+    none waits on it for its timeout."""
+    answers = {}
+    threads = [threading.Thread(target=lambda name=name, send=send: answers.update({name: send()}))
+               for name, send in requests.items()]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+    finally:
+        barrier.abort()
+    return answers
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from conftest import SAMPLES, attend_all, sample
+from conftest import SAMPLES, at_once, attend_all, sample
 from gateway.access.writes import Write
 from gateway.mapping import codes
 from gateway.services.consents import decision
@@ -16,19 +16,6 @@ PATCH = {"Content-Type": "application/json-patch+json"}
 MASK = [{"op": "add", "path": "/securityLabel/0", "value": {"coding": [
     {"system": codes.VISIBILITY_SYSTEM, "code": "MASQUE_PS"}]}}]
 ARCHIVE = [{"op": "add", "path": f"/extension[url:'{codes.PDSM_IS_ARCHIVED}']/valueBoolean", "value": True}]
-
-
-@pytest.fixture
-def second_gateway(settings, database, client):
-    """Another gateway over the same database, as a second node would be."""
-    from gateway.app import create_app
-    from gateway.storage.database import make_engine
-
-    engine = make_engine(database[1])
-    gateway = create_app(settings, engine).test_client()
-    gateway.environ_base.update(client.environ_base)
-    yield gateway
-    engine.dispose()
 
 
 def _patched_at_once(client, second_gateway, doc: str, headers: dict, monkeypatch, if_match=None) -> dict:
@@ -47,18 +34,10 @@ def _patched_at_once(client, second_gateway, doc: str, headers: dict, monkeypatc
     monkeypatch.setattr(Repository, "unit_of_work", meet_then_write)
     if if_match:
         headers = {**headers, "If-Match": if_match}
-    answers = {}
     requests = {"mask": (client, MASK), "archive": (second_gateway, ARCHIVE)}
-    threads = [threading.Thread(target=lambda name=name, gateway=gateway, patch=patch: answers.update(
-        {name: gateway.patch(f"/fhir/{doc}", data=json.dumps(patch), headers={**PATCH, **headers})}))
-        for name, (gateway, patch) in requests.items()]
-    try:
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(120)
-    finally:
-        both_read.abort()
+    answers = at_once({name: lambda gateway=gateway, patch=patch: gateway.patch(
+        f"/fhir/{doc}", data=json.dumps(patch), headers={**PATCH, **headers})
+        for name, (gateway, patch) in requests.items()}, both_read)
     monkeypatch.undo()
     return answers
 
@@ -200,17 +179,8 @@ def test_two_messages_for_one_patient_at_once_both_keep_their_identifiers(client
     monkeypatch.setattr(patients, "find_patient", find_then_meet)
     messages = {client: a31("A31-1", "111", "CH-NORD&1.2.250.1.213.1.1.9.1002"),
                 second_gateway: a31("A31-2", "222", "CH-SUD&1.2.250.1.213.1.1.9.1003")}
-    acks = {}
-    threads = [threading.Thread(target=lambda gateway=gateway, message=message: acks.update(
-        {gateway: gateway.post("/hl7v2", data=message, headers=feed).data}))
-        for gateway, message in messages.items()]
-    try:
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(120)
-    finally:
-        both_found.abort()
+    acks = at_once({gateway: lambda gateway=gateway, message=message: gateway.post(
+        "/hl7v2", data=message, headers=feed).data for gateway, message in messages.items()}, both_found)
     monkeypatch.undo()
     assert all(b"MSA|AA|" in ack for ack in acks.values()), acks
     attend_all(database[0])

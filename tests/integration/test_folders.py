@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import func, select
 
 import profiles
-from conftest import attend_all, sample
+from conftest import at_once, attend_all, sample
 from gateway.demo import build_submission
 from gateway.mapping import codes
 from gateway.services.consents import decision
@@ -260,7 +260,7 @@ def test_a_folder_the_profiles_or_the_record_refuse_is_refused_with_its_submissi
     assert count(database[0], "List") == 0
 
 
-def test_two_updates_of_one_folder_at_once_are_checked_one_after_the_other(client, database, backend, settings,
+def test_two_updates_of_one_folder_at_once_are_checked_one_after_the_other(client, second_gateway, backend,
                                                                            registered, monkeypatch):
     """PostgreSQL, two gateways: each adds a document of its own to the same Folder, both from the
     version they read before either wrote. The Folder is locked for the first update; the second
@@ -271,8 +271,6 @@ def test_two_updates_of_one_folder_at_once_are_checked_one_after_the_other(clien
         pytest.skip("SQLite has one writer: the two transactions cannot overlap")
     import threading
 
-    from gateway.app import create_app
-    from gateway.storage.database import make_engine
     from gateway.storage.repository import UnitOfWork
 
     created = locations(provide(client, submission("cr-biologie-martin.xml", registered)))[4]
@@ -285,27 +283,15 @@ def test_two_updates_of_one_folder_at_once_are_checked_one_after_the_other(clien
         return find(self, *args)
 
     monkeypatch.setattr(UnitOfWork, "folder_to_update", meet_then_find)
-    other_engine = make_engine(database[1])
-    other_gateway = create_app(settings, other_engine).test_client()
-    other_gateway.environ_base.update(client.environ_base)
     bundles = {}
-    for gateway, last in ((client, b"5"), (other_gateway, b"6")):
+    for gateway, last in ((client, b"5"), (second_gateway, b"6")):
         bundle = build_submission(sample("cr-biologie-martin.xml").replace(b"1.2.250.1.213.1.1.9.2.7.1",
                                                                            b"1.2.250.1.213.1.1.9.2.7." + last), LIMIT)
         bundle["entry"].append({"fullUrl": FOLDER_URL, "request": {"method": "PUT", "url": created},
                                 "resource": folder(*held, bundle["entry"][1]["fullUrl"])})
         bundles[gateway] = bundle
-    answers = {}
-    threads = [threading.Thread(target=lambda gateway=gateway, bundle=bundle: answers.update(
-        {gateway: provide(gateway, bundle)})) for gateway, bundle in bundles.items()]
-    try:
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(120)
-    finally:
-        both_read.abort()
-        other_engine.dispose()
+    answers = at_once({gateway: lambda gateway=gateway, bundle=bundle: provide(gateway, bundle)
+                       for gateway, bundle in bundles.items()}, both_read)
     monkeypatch.undo()
     assert sorted(answer.status_code for answer in answers.values()) == [200, 409], \
         [answer.json for answer in answers.values()]
@@ -315,19 +301,13 @@ def test_two_updates_of_one_folder_at_once_are_checked_one_after_the_other(clien
     assert [e["item"]["reference"] for e in stored["entry"]] == [*held, locations(first)[1]]
 
 
-def test_feeding_systems_adding_to_one_folder_at_once_lose_none_of_it(client, database, settings, bearer, registered):
+def test_feeding_systems_adding_to_one_folder_at_once_lose_none_of_it(client, second_gateway, bearer, registered):
     """Four hospital systems, two on each of two gateways, each file two new documents in one
     Folder at once, naming only what they add (they read nothing): every submission is answered
     200, and the Folder holds every document, each version one more."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from gateway.app import create_app
-    from gateway.storage.database import make_engine
-
     created = locations(provide(client, submission("cr-biologie-martin.xml", registered)))[4]
-    other_engine = make_engine(database[1])
-    other_gateway = create_app(settings, other_engine).test_client()
-    other_gateway.environ_base.update(client.environ_base)
     hospital = bearer("system", sub="hospital")
 
     def file(number: int):
@@ -335,13 +315,10 @@ def test_feeding_systems_adding_to_one_folder_at_once_lose_none_of_it(client, da
             b"1.2.250.1.213.1.1.9.2.7.1", f"1.2.250.1.213.1.1.9.2.7.1{number}".encode()), LIMIT)
         bundle["entry"].append({"fullUrl": FOLDER_URL, "request": {"method": "PUT", "url": created},
                                 "resource": folder(bundle["entry"][1]["fullUrl"])})
-        return provide((client, other_gateway)[number % 2], bundle, hospital)
+        return provide((client, second_gateway)[number % 2], bundle, hospital)
 
-    try:
-        with ThreadPoolExecutor(4) as pool:
-            answers = list(pool.map(file, range(8)))
-    finally:
-        other_engine.dispose()
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(file, range(8)))
     assert [a.status_code for a in answers] == [200] * 8, [a.json for a in answers if a.status_code != 200]
     stored = client.get(f"/fhir/{created}").json
     filed = {locations(answer)[1] for answer in answers}

@@ -211,13 +211,33 @@ def test_mutated_fhir_submissions(client, bearer, database):
     _kept_pass_the_profiles(client, database, kept, written)
 
 
+def _element(root, place: int):
+    """One element below the root, by its place in document order (wrapping around)."""
+    elements = [e for e in root.iter() if isinstance(e.tag, str) and e is not root]
+    return elements[place % len(elements)]
+
+
+def _change_structure(element, change: str, move_to) -> None:
+    """An element left out, given twice, moved to the end of `move_to`, or stripped of its attributes."""
+    import copy
+
+    parent = element.getparent()
+    if change == "leave out":
+        parent.remove(element)
+    elif change == "give twice":
+        parent.insert(parent.index(element), copy.deepcopy(element))
+    elif change == "move":
+        move_to.append(element)
+    else:
+        assert change == "strip", change
+        element.attrib.clear()
+
+
 def test_mutated_fhir_xml_submissions(client, database):
     """The same submissions in FHIR's XML, read by the gateway's own reader (xml_reader), with one
     element left out, given twice, moved to its parent's end, stripped of its attributes, or given
     another value or an attribute FHIR does not have: refused, or kept as the official profiles
     pass it."""
-    import copy
-
     import profiles
     from lxml import etree
 
@@ -237,22 +257,14 @@ def test_mutated_fhir_xml_submissions(client, database):
     def run(index, place, change, value):
         path, body = bodies[index]
         root = etree.fromstring(to_xml(body(TRIED["inputs"])))
-        elements = [e for e in root.iter() if isinstance(e.tag, str) and e is not root]
-        element = elements[place % len(elements)]
-        parent = element.getparent()
+        element = _element(root, place)
         try:
-            if change == "leave out":
-                parent.remove(element)
-            elif change == "give twice":
-                parent.insert(parent.index(element), copy.deepcopy(element))
-            elif change == "move":
-                parent.append(element)
-            elif change == "strip":
-                element.attrib.clear()
-            elif change == "value":
+            if change == "value":
                 element.set("value", value)
-            else:
+            elif change == "attribute":
                 element.set("unknown", value)
+            else:   # moved to its parent's end: out of FHIR's order
+                _change_structure(element, change, element.getparent())
         except ValueError:   # a character XML cannot hold
             return
         response = send(client, "POST", path, data=etree.tostring(root, xml_declaration=True, encoding="UTF-8"),
@@ -270,8 +282,6 @@ def test_mutated_cda_documents(client):
     one attribute or text changed, each under an id of its own: refused, or registered as a
     DocumentReference that the official profiles pass. Found by this test: a document without
     languageCode, a care facility type or a practice setting was registered, and failed them."""
-    import copy
-
     import profiles
     from lxml import etree
 
@@ -289,22 +299,14 @@ def test_mutated_cda_documents(client):
     def run(index, place, change, attribute, text):
         root = etree.fromstring(documents[index])
         root.find("{urn:hl7-org:v3}id").set("root", f"1.2.250.1.213.1.1.9.99.{TRIED['inputs']}")
-        elements = [e for e in root.iter() if isinstance(e.tag, str) and e is not root]
-        element = elements[place % len(elements)]
-        parent = element.getparent()
+        element = _element(root, place)
         try:
-            if change == "leave out":
-                parent.remove(element)
-            elif change == "give twice":
-                parent.insert(parent.index(element), copy.deepcopy(element))
-            elif change == "move":
-                root.append(element)
-            elif change == "strip":
-                element.attrib.clear()
-            elif change == "attribute":
+            if change == "attribute":
                 element.set(attribute, text)
-            else:
+            elif change == "text":
                 element.text = text
+            else:   # moved to the document's end
+                _change_structure(element, change, root)
         except ValueError:   # a character XML cannot hold
             return
         response = send(client, "POST", "/cda", data=etree.tostring(root, xml_declaration=True, encoding="UTF-8"),

@@ -5,7 +5,7 @@ import json
 import pytest
 from sqlalchemy import func, select
 
-from conftest import attend_all, sample
+from conftest import at_once, attend_all, sample
 from gateway.demo import build_submission, signed_submission
 from gateway.signature import make_test_pki, sign_documents
 from gateway.storage.schema import raw_inputs, resources
@@ -359,7 +359,7 @@ def two_documents(first: bytes, second: bytes) -> dict:
     return bundle
 
 
-def test_two_gateways_that_deadlock_over_two_submissions_lose_nothing(client, database, backend, settings,
+def test_two_gateways_that_deadlock_over_two_submissions_lose_nothing(client, second_gateway, database, backend,
                                                                       monkeypatch):
     """PostgreSQL, two gateways: each stores one of two documents and then waits for the other's
     lock on the second (the same two documents, submitted in opposite orders). PostgreSQL breaks
@@ -369,8 +369,6 @@ def test_two_gateways_that_deadlock_over_two_submissions_lose_nothing(client, da
         pytest.skip("SQLite has one writer: the two transactions cannot overlap")
     import threading
 
-    from gateway.app import create_app
-    from gateway.storage.database import make_engine
     from gateway.storage.repository import UnitOfWork
 
     lab, summary = sample("cr-biologie-martin.xml"), sample("ldl-ses-martin.xml")
@@ -387,22 +385,10 @@ def test_two_gateways_that_deadlock_over_two_submissions_lose_nothing(client, da
             both_hold_one.wait()
 
     monkeypatch.setattr(UnitOfWork, "_hold_document_identifier", hold_then_meet)
-    other_engine = make_engine(database[1])
-    other_gateway = create_app(settings, other_engine).test_client()
-    other_gateway.environ_base.update(client.environ_base)
-    answers = {}
     submissions = {"lab first": (client, two_documents(lab, summary)),
-                   "summary first": (other_gateway, two_documents(summary, lab))}
-    threads = [threading.Thread(target=lambda name=name, gateway=gateway, bundle=bundle: answers.update(
-        {name: provide(gateway, bundle)})) for name, (gateway, bundle) in submissions.items()]
-    try:
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(120)
-    finally:
-        both_hold_one.abort()
-        other_engine.dispose()
+                   "summary first": (second_gateway, two_documents(summary, lab))}
+    answers = at_once({name: lambda gateway=gateway, bundle=bundle: provide(gateway, bundle)
+                       for name, (gateway, bundle) in submissions.items()}, both_hold_one)
     monkeypatch.undo()
     statuses = sorted(answer.status_code for answer in answers.values())
     assert statuses == [200, 503], {name: answer.json for name, answer in answers.items()}
