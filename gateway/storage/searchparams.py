@@ -79,21 +79,40 @@ def _boolean_extension(url: str, default: str) -> Callable[[dict], list]:
     return extract
 
 
-def _contained_authors(resource: dict) -> list[dict]:
-    """The people a DocumentReference's authors name (contained PractitionerRole -> Practitioner)."""
-    contained = {c.get("id"): c for c in resource.get("contained", [])}
+def _contained_people(resource: dict, references: list) -> list[tuple[str, dict]]:
+    """The people that references to contained resources name, each with the FHIR chain to it: a
+    Patient or Practitioner itself, a PractitionerRole's practitioner
+    ("PractitionerRole.practitioner:Practitioner")."""
+    contained = {c.get("id"): c for c in resource.get("contained", []) if isinstance(c, dict)}
+
+    def named(reference) -> dict | None:
+        value = reference.get("reference") if isinstance(reference, dict) else None
+        return contained.get(value[1:]) if isinstance(value, str) and value.startswith("#") else None
+
     people = []
-    for author in resource.get("author", []):
-        found = contained.get(author.get("reference", "")[1:])
+    for reference in references:
+        found = named(reference)
         if found and found.get("resourceType") == "PractitionerRole":
-            found = contained.get(found.get("practitioner", {}).get("reference", "")[1:])
-        if found and found.get("resourceType") in ("Practitioner", "Patient"):
-            people.append(found)
+            found = named(found.get("practitioner"))
+            if found and found.get("resourceType") == "Practitioner":
+                people.append(("PractitionerRole.practitioner:Practitioner", found))
+        elif found and found.get("resourceType") in ("Practitioner", "Patient"):
+            people.append((found["resourceType"], found))
     return people
 
 
+def _people_names(references: Callable[[dict], list], part: str, chain: str | None = None) -> Callable[[dict], list[str]]:
+    """The `part` names of the contained people `references` name, of those reached by `chain` alone if given."""
+    return lambda r: [n for reached, person in _contained_people(r, references(r)) if chain in (None, reached)
+                      for n in _name_parts(person.get("name"), part)]
+
+
 def _author_names(part: str) -> Callable[[dict], list[str]]:
-    return lambda r: [n for person in _contained_authors(r) for n in _name_parts(person.get("name"), part)]
+    return _people_names(lambda r: r.get("author", []), part)
+
+
+def _source_names(part: str, chain: str | None = None) -> Callable[[dict], list[str]]:
+    return _people_names(lambda r: [r.get("source")], part, chain)
 
 
 def _doc_content(resource: dict, key: str) -> list:
@@ -187,6 +206,18 @@ LIST = [
                                                              if e.get("url", "").endswith("/ihe-sourceId")
                                                              and isinstance(e.get("valueIdentifier"), dict)])),
     SearchParam("isArchived", "token", _boolean_extension(codes.PDSM_IS_ARCHIVED, "false")),
+    # MHD's source.given and source.family, and the title and the chains typed by the source's kind
+    # that PDSm's document sharing manager adds. A List's source is contained (PDSm; this gateway
+    # contains one when the sender named none): the names are those of the contained copies.
+    SearchParam("title", "string", lambda r: [r["title"]] if r.get("title") else []),
+    SearchParam("source.given", "string", _source_names("given")),
+    SearchParam("source.family", "string", _source_names("family")),
+    SearchParam("source:Patient.given", "string", _source_names("given", "Patient")),
+    SearchParam("source:Patient.family", "string", _source_names("family", "Patient")),
+    SearchParam("source:PractitionerRole.practitioner:Practitioner.given", "string",
+                _source_names("given", "PractitionerRole.practitioner:Practitioner")),
+    SearchParam("source:PractitionerRole.practitioner:Practitioner.family", "string",
+                _source_names("family", "PractitionerRole.practitioner:Practitioner")),
 ]
 
 CONSENT = [

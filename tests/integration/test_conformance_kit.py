@@ -90,6 +90,20 @@ def test_a_search_parameter_ignored_is_caught(target, monkeypatch):
     assert results["mhd/013-type"].status == "passed"   # finding what matches is not enough to pass
 
 
+def test_a_list_searched_by_its_source_s_names_ignoring_them_is_caught(target, monkeypatch):
+    from gateway.storage import search
+
+    parse = search.parse_search
+    results = outcome(target, "mhd/051-iti66-source-and-title")
+    assert results["mhd/051-iti66-source-and-title"].status == "passed", results["mhd/051-iti66-source-and-title"].message
+
+    def source_ignored(res_type, params, **kwargs):
+        return parse(res_type, [(k, v) for k, v in params if not k.startswith("source")], **kwargs)
+    monkeypatch.setattr("gateway.fhir.search.search_sql.parse_search", source_ignored)
+    result = outcome(target, "mhd/051-iti66-source-and-title")["mhd/051-iti66-source-and-title"]
+    assert result.status == "failed" and result.message == "step 3: expected total 1, got 2"
+
+
 def test_cases_without_what_they_need_are_skipped(live_server):
     only_fhir = Target(f"{live_server.public_base_url}/fhir", None, TokenSource(token="t"))
     [result] = run_cases(load_cases(ids=["hl7v2-transport/001-adt-acknowledged"]), only_fhir)

@@ -337,7 +337,8 @@ def test_random_search_parameters(client):
            params=st.lists(st.tuples(st.one_of(st.sampled_from(
                ["patient", "patient.identifier", "status", "type", "date", "_count", "_sort", "_cursor", "_include",
                 "_revinclude", "_summary", "identifier", "author.family", "_id", "_lastUpdated", "security-label",
-                "_format", "isArchived", "period", "code"]), st.text(max_size=10)),
+                "_format", "isArchived", "period", "code", "title", "source.family", "source:Patient.given:exact",
+                "source:PractitionerRole.practitioner:Practitioner.family", "source:x:y"]), st.text(max_size=10)),
                st.one_of(st.text(max_size=40), dates,
                          st.sampled_from(["²", "-1", "9" * 30, "ge2026-13-45", "eyJrIjpbXX0.x", "a|b|c", ",,,", "xml",
                                           "DocumentReference:subject", "a\x00", "9" * 300,

@@ -324,6 +324,45 @@ def test_authority_names_stored_with_whitespace_are_written_percent_encoded(tmp_
     engine.dispose()
 
 
+def test_lists_stored_before_get_the_index_rows_of_their_source_s_names_and_title(tmp_path):
+    """Migration 0024: the Lists already stored are found by ITI-66's source names and title as a
+    List written now is: the rows it writes are those the code's index extraction gives."""
+    from gateway.storage.searchparams import SEARCH_PARAMS, index_rows
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'lists.db'}")
+    config = alembic_config(engine)
+    command.upgrade(config, "0023")
+    people = {"role": [{"resourceType": "PractitionerRole", "id": "r", "practitioner": {"reference": "#p"}},
+                       {"resourceType": "Practitioner", "id": "p", "name": [{"family": "Bernard", "given": ["Sophie", "Anne"]}]}],
+              "patient": [{"resourceType": "Patient", "id": "a", "name": [{"family": "Martin", "given": ["Jeanne"]},
+                                                                          {"family": "Martin"}]}],
+              "practitioner": [{"resourceType": "Practitioner", "id": "a", "name": [{"family": "Faure"}]}],
+              "device": [{"resourceType": "Device", "id": "a"}]}
+    lists = {name: {"resourceType": "List", "id": f"list-{name}", "status": "current", "mode": "working",
+                    "title": f"Lot {name.capitalize()}", "contained": contained,
+                    "source": {"reference": f"#{contained[0]['id']}"}} for name, contained in people.items()}
+    lists["untitled"] = {"resourceType": "List", "id": "list-untitled", "status": "current", "mode": "working"}
+    with engine.begin() as conn:
+        for deleted, body in [(False, b) for b in lists.values()] + [(True, {**lists["role"], "id": "list-gone"})]:
+            conn.execute(text("INSERT INTO resources (res_type, res_id, version, last_updated, deleted, body) "
+                              "VALUES ('List', :i, 1, '2026-01-01T00:00:00', :d, :b)"),
+                         {"i": body["id"], "d": deleted, "b": json.dumps(body)})
+    new_params = {"title"} | {name for name in SEARCH_PARAMS["List"] if name.startswith(("source.", "source:"))}
+
+    def rows() -> set:
+        with engine.connect() as conn:
+            return set(conn.execute(text("SELECT res_type, res_id, param, value, exact FROM search_string")).all())
+
+    command.upgrade(config, "0024")
+    expected = {(r["res_type"], r["res_id"], r["param"], r["value"], r["exact"])
+                for body in lists.values() for r in index_rows(body)["string"] if r["param"] in new_params}
+    assert rows() == expected
+    assert {r[2] for r in expected} == new_params   # each parameter has rows to compare
+    command.downgrade(config, "0023")
+    assert rows() == set()
+    engine.dispose()
+
+
 MIGRATE_WHEN_TOLD = """
 import sys, time
 from pathlib import Path

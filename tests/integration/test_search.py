@@ -1,7 +1,11 @@
-"""ITI-67 and Patient search semantics, paging, includes and counts against a real database."""
+"""ITI-67, ITI-66 and Patient search semantics, paging, includes and counts against a real database."""
+import json
+
 import pytest
 
+import profiles
 from conftest import attend_all, sample
+from gateway.demo import build_submission
 
 XML = {"Content-Type": "application/xml"}
 ALL = ["ldl-ses-martin.xml", "cr-biologie-martin.xml", "cr-hospitalisation-lefevre.xml", "cr-imagerie-irm-lefevre.xml",
@@ -176,6 +180,60 @@ def test_a_search_of_many_values_is_answered_up_to_its_bound_then_refused(client
     too_many_parameters = client.get("/fhir/DocumentReference?" + "&".join(f"type:not=t{i}" for i in range(31)))
     assert too_many_parameters.status_code == 400
     assert "31 parameters, over the 30" in too_many_parameters.json["issue"][0]["diagnostics"]
+
+
+def _submitted(client, name: str, title: str, source: list[dict]) -> str:
+    """The id of the SubmissionSet of an ITI-65 submission of the sample `name`, whose source is
+    the first of the contained resources `source`."""
+    bundle = build_submission(sample(name), 5 * 1024 * 1024)
+    submission_set = bundle["entry"][0]["resource"]
+    submission_set.update(title=title, contained=source, source={"reference": f"#{source[0]['id']}"})
+    response = client.post("/fhir", data=json.dumps(bundle), headers={"Content-Type": "application/fhir+json"})
+    assert response.status_code == 200, response.data[:500]
+    return response.json["entry"][0]["response"]["location"].split("/")[1]
+
+
+ROLE_FAMILY = "source:PractitionerRole.practitioner:Practitioner.family"
+
+
+@pytest.mark.parametrize("params, found", [
+    ({"source.family": "bernard"}, ["doctor"]),
+    ({"source.family": "BERNÁRD"}, ["doctor"]),
+    ({"source.given": "jean"}, ["patient"]),
+    ({"source.family:exact": "Martin"}, ["patient"]),
+    ({"source.family:exact": "martin"}, []),
+    ({"source:Patient.family": "martin"}, ["patient"]),
+    ({"source:Patient.family": "bernard"}, []),
+    ({"source:Patient.given:contains": "ann"}, ["patient"]),
+    ({ROLE_FAMILY: "BERNARD"}, ["doctor"]),
+    ({ROLE_FAMILY: "martin"}, []),
+    ({ROLE_FAMILY + ":exact": "Bernard"}, ["doctor"]),
+    ({"source:PractitionerRole.practitioner:Practitioner.given": "sophie"}, ["doctor"]),
+    ({"title": "resultats"}, ["doctor"]),
+    ({"title:contains": "biolog"}, ["doctor"]),
+    ({"title": "compte rendu,résultats"}, ["doctor", "patient"]),
+    ({"source.family": "bernard", "title": "compte"}, []),
+])
+def test_iti66_finds_submission_sets_by_their_source_s_names_and_title(client, database, params, found):
+    """ITI-66 by MHD's source.given and source.family, by the chains PDSm's document sharing manager
+    declares, typed by the source's kind (source:Patient.given…), and by title: each was ignored, and
+    every SubmissionSet of the patient returned. The source is contained, as PDSm has it: a
+    practitioner through a PractitionerRole, or the patient."""
+    role = [{"resourceType": "PractitionerRole", "id": "role", "practitioner": {"reference": "#person"}},
+            {"resourceType": "Practitioner", "id": "person", "name": [{"family": "Bernard", "given": ["Sophie"]}]}]
+    patient = [{"resourceType": "Patient", "id": "author", "name": [{"family": "Martin", "given": ["Jeanne"]}]}]
+    lists = {"doctor": _submitted(client, "cr-biologie-martin.xml", "Résultats de biologie", role),
+             "patient": _submitted(client, "ldl-ses-martin.xml", "Compte rendu de la patiente", patient)}
+    attend_all(database[0])
+    answer = client.get("/fhir/List", query_string={
+        "patient.identifier": f"urn:oid:1.2.250.1.213.1.4.10|{INS['martin']}", "code": "submissionset", **params})
+    assert answer.status_code == 200, answer.data[:300]
+    assert sorted(ids(answer.json)) == sorted(lists[f] for f in found)
+    assert [e["search"]["mode"] for e in answer.json.get("entry", [])] == ["match"] * len(found)   # nothing ignored
+    if found and profiles.available():
+        kept = profiles.Collected()
+        kept.add(answer.json, profiles.FIND_LISTS)
+        assert not kept.errors()
 
 
 def test_search_errors(client, loaded):
