@@ -9,7 +9,9 @@ import codecs
 import decimal
 import json
 import re
+import typing
 import uuid
+from functools import cache
 from typing import Callable
 
 import orjson
@@ -285,7 +287,8 @@ def _unread(sent: dict, read: FHIRAbstractModel, json_types: bool) -> tuple[str,
       so, and a date given as a number was a 500 where it was indexed (not for XML, whose reader
       gives each value its type);
     - a code outside the value set FHIR R4 binds it to (required_codes): the models check its
-      characters only, and an Identifier.use of `main` was kept and failed the official check."""
+      characters only, and an Identifier.use of `main` was kept and failed the official check;
+    - a primitive's value that FHIR's type refuses and the models take (`_primitive_problem`)."""
     stack: list = [(sent, read, "")]
     while stack:
         given, model, path = stack.pop()
@@ -308,9 +311,42 @@ def _unread(sent: dict, read: FHIRAbstractModel, json_types: bool) -> tuple[str,
                 if json_types and sent_item is not None and _json_kind(sent_item) != expected and not (
                         expected == "a number" and _json_kind(sent_item) == "a whole number"):
                     return where, f"FHIR's JSON gives this value as {expected}", 400, "structure"
+                if item == "":
+                    return where, "FHIR has no empty value: leave the element out", 400, "structure"
                 if codes is not None and isinstance(item, str) and item not in codes:
                     return (where, f"not a code of the value set FHIR binds {type(model).__name__}.{element} to "
                             "(required)", 422, "code-invalid")
+                if isinstance(item, str) and (problem := _primitive_problem(item, _primitive_type(type(model), name))):
+                    return where, problem, 422, "invalid"
+    return None
+
+
+# FHIR R4's uri, url and canonical (regex \S*) hold no whitespace and its id at most 64 characters,
+# where the models' patterns are not anchored (fhir_core 1.1: ' ' matches \S* at its start) and
+# their ids run to 255: an Identifier.system of ' ' or '', or a contained resource's id of 65
+# characters, was kept as submitted, and failed the official check.
+WHITESPACE = re.compile(r"\s")
+ID_LENGTH = 64
+
+
+def _primitive_problem(value: str, primitive: str | None) -> str | None:
+    if primitive in ("uri", "url", "canonical") and WHITESPACE.search(value):
+        return f"a FHIR {primitive} holds no whitespace"
+    if primitive == "id" and len(value) > ID_LENGTH:
+        return f"a FHIR id has at most {ID_LENGTH} characters"
+    return None
+
+
+@cache
+def _primitive_type(model_class: type, field: str) -> str | None:
+    """FHIR's name of the primitive type of a model's element (uri, id…), read off its annotation."""
+    stack = [model_class.model_fields[field].annotation]
+    while stack:
+        annotation = stack.pop()
+        for marker in getattr(annotation, "__metadata__", ()):
+            if isinstance(getattr(marker, "__visit_name__", None), str):
+                return marker.__visit_name__
+        stack.extend(typing.get_args(annotation))
     return None
 
 

@@ -5,6 +5,7 @@ import json
 import pytest
 from sqlalchemy import func, select
 
+import profiles
 from conftest import at_once, attend_all, sample
 from gateway.demo import build_submission, signed_submission
 from gateway.signature import make_test_pki, sign_documents
@@ -258,6 +259,52 @@ def test_a_primitive_in_another_json_type_is_refused_where_it_stands(client, dat
     attend_all(database[0])
     submission_set = client.get("/fhir/" + provided.json["entry"][0]["response"]["location"]).json
     assert submission_set["resourceType"] == "List" and "entry" not in submission_set
+
+
+@pytest.mark.parametrize("change, where, status", [
+    (lambda b: b["entry"][0]["resource"]["identifier"][0].__setitem__("system", " "), "/identifier/0/system", 422),
+    (lambda b: b["entry"][0]["resource"]["identifier"][0].__setitem__("system", ""), "/identifier/0/system", 400),
+    (lambda b: b["entry"][1]["resource"]["masterIdentifier"].__setitem__("system", "urn:ietf:rfc: 3986"),
+     "/masterIdentifier/system", 422),
+    (lambda b: b["entry"][0]["resource"]["meta"]["profile"].append("https://example.org/a profile"), "/meta/profile/1",
+     422),
+    (lambda b: b["entry"][0]["resource"].update(contained=[{"resourceType": "Device", "id": "d" * 65}],
+                                                source={"reference": "#" + "d" * 65}), "/contained/0/id", 422),
+], ids=["uri of a space", "empty uri", "uri with a space", "canonical with a space", "id of 65 characters"])
+@pytest.mark.parametrize("form", ["json", "xml"])
+def test_a_primitive_its_fhir_type_refuses_is_refused_where_the_models_take_it(client, database, change, where,
+                                                                               status, form):
+    """The models' uri, url and canonical take whitespace (their pattern, \\S*, is not anchored), an
+    empty value, and an id of up to 255 characters: a SubmissionSet's identifier system ' ' was kept
+    as submitted and failed the official check (found by test_mutated_fhir_xml_submissions)."""
+    from gateway.fhir.formats import to_xml
+
+    bundle = build_submission(sample("cr-biologie-martin.xml"), LIMIT)
+    change(bundle)
+    entry = 1 if where == "/masterIdentifier/system" else 0
+    body, content_type = json.dumps(bundle), "application/fhir+json"
+    if form == "xml":
+        body, content_type = to_xml(bundle), "application/fhir+xml"
+    refused = client.post("/fhir", data=body, headers={"Content-Type": content_type, "Accept": "application/fhir+json"})
+    assert refused.status_code == status, refused.data[:300]
+    assert refused.json["issue"][0]["expression"][0].endswith(f"/entry/{entry}/resource{where}"), refused.json
+    assert document_count(database[0]) == 0
+
+
+def test_a_string_keeps_its_spaces_and_an_id_its_64_characters(client, database):
+    """What FHIR's types allow stays allowed: a string's spaces, an id of 64 characters."""
+    bundle = build_submission(sample("cr-biologie-martin.xml"), LIMIT)
+    bundle["entry"][0]["resource"].update(title=" Soumission  du soir ", contained=[{"resourceType": "Device", "id": "d" * 64}],
+                                          source={"reference": "#" + "d" * 64})
+    provided = provide(client, bundle)
+    assert provided.status_code == 200, provided.data[:300]
+    attend_all(database[0])
+    kept = client.get("/fhir/" + provided.json["entry"][0]["response"]["location"]).json
+    assert kept["title"] == " Soumission  du soir " and kept["contained"][0]["id"] == "d" * 64
+    if profiles.available():
+        checked = profiles.Collected()
+        checked.add(kept)
+        assert not checked.errors()
 
 
 def test_a_full_url_given_twice_or_a_put_is_refused(client, database):
