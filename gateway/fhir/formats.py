@@ -16,6 +16,7 @@ from typing import Callable
 
 import orjson
 from fhir.resources.R4B import get_fhir_model_class
+from fhir.resources.R4B.resource import Resource
 from fhir_core.fhirabstractmodel import FHIRAbstractModel
 from lxml import etree
 
@@ -288,11 +289,16 @@ def _unread(sent: dict, read: FHIRAbstractModel, json_types: bool) -> tuple[str,
       gives each value its type);
     - a code outside the value set FHIR R4 binds it to (required_codes): the models check its
       characters only, and an Identifier.use of `main` was kept and failed the official check;
-    - a primitive's value that FHIR's type refuses and the models take (`_primitive_problem`)."""
+    - a primitive's value that FHIR's type refuses and the models take (`_primitive_problem`);
+    - an extension with both a value and extensions, or neither (FHIR ext-1), and a reference that
+      is not a literal one or names a type its element does not allow (`_reference_problem`)."""
     stack: list = [(sent, read, "")]
     while stack:
         given, model, path = stack.pop()
         fields = type(model).model_fields
+        if type(model).__name__ == "Extension" and (
+                any(name.startswith("value") for name in model.model_fields_set) == bool(model.extension)):
+            return path, "an extension has a value or extensions, not both nor neither (FHIR ext-1)", 422, "invalid"
         for name in model.model_fields_set:
             value = getattr(model, name)
             if value is None:
@@ -305,6 +311,8 @@ def _unread(sent: dict, read: FHIRAbstractModel, json_types: bool) -> tuple[str,
             for index, (item, sent_item) in enumerate(pairs):
                 where = f"{path}/{_pointer_step(element)}" + (f"/{index}" if isinstance(value, list) else "")
                 if isinstance(item, FHIRAbstractModel):
+                    if problem := _reference_problem(item, fields[name].json_schema_extra, element == "subject"):
+                        return f"{where}/reference", problem, 422, "invalid"
                     stack.append((sent_item, item, where))
                     continue
                 expected = _json_kind(item)
@@ -335,6 +343,39 @@ def _primitive_problem(value: str, primitive: str | None) -> str | None:
     if primitive == "id" and len(value) > ID_LENGTH:
         return f"a FHIR id has at most {ID_LENGTH} characters"
     return None
+
+
+# A literal reference (FHIR R4's reference format): [base URL/]Type/id[/_history/version]; and a
+# conditional one, Type?search.
+LITERAL_REFERENCE = re.compile(r"(?:https?://\S+?/)?([A-Z][A-Za-z]+)/[A-Za-z0-9\-.]{1,64}(?:/_history/[A-Za-z0-9\-.]{1,64})?")
+CONDITIONAL_REFERENCE = re.compile(r"([A-Z][A-Za-z]+)\?\S+")
+
+
+def _reference_problem(model: FHIRAbstractModel, element: dict | None, conditional: bool) -> str | None:
+    """A Reference's `reference` that FHIR refuses and the models take (any string). A local
+    reference, or one to a Bundle's entry (urn:uuid:, urn:oid:), is resolved where it is used, as
+    a conditional one is where `conditional` (a subject: PDSM4DMP's examples name their patient
+    `Patient?identifier=…`); anywhere else a conditional reference would be kept as sent."""
+    reference = getattr(model, "reference", None) if type(model).__name__ == "Reference" else None
+    if not isinstance(reference, str) or reference.startswith(("#", "urn:uuid:", "urn:oid:")):
+        return None
+    literal = LITERAL_REFERENCE.fullmatch(reference) or (CONDITIONAL_REFERENCE.fullmatch(reference) if conditional
+                                                         else None)
+    if literal is None or not _is_resource_type(literal.group(1)):
+        return ("not a literal reference (Type/id, an absolute URL of one, urn:uuid:, urn:oid: or #id)"
+                + ("" if conditional else "; a conditional one (Type?search) is taken at a subject only"))
+    allowed = (element or {}).get("enum_reference_types") or ["Resource"]
+    if "Resource" not in allowed and literal.group(1) not in allowed:
+        return f"names a {literal.group(1)}, where FHIR allows {', '.join(allowed)}"
+    return None
+
+
+@cache
+def _is_resource_type(name: str) -> bool:
+    try:
+        return issubclass(get_fhir_model_class(name), Resource)
+    except (KeyError, ValueError, TypeError):
+        return False
 
 
 @cache

@@ -270,18 +270,31 @@ def test_a_primitive_in_another_json_type_is_refused_where_it_stands(client, dat
      422),
     (lambda b: b["entry"][0]["resource"].update(contained=[{"resourceType": "Device", "id": "d" * 65}],
                                                 source={"reference": "#" + "d" * 65}), "/contained/0/id", 422),
-], ids=["uri of a space", "empty uri", "uri with a space", "canonical with a space", "id of 65 characters"])
+    (lambda b: b["entry"][0]["resource"].update(extension=[{"url": "https://example.org/x"}]), "/extension/0", 422),
+    (lambda b: b["entry"][0]["resource"].update(extension=[
+        {"url": "https://example.org/x", "valueString": "x", "extension": [{"url": "y", "valueString": "y"}]}]),
+     "/extension/0", 422),
+    (lambda b: b["entry"][1]["resource"].update(author=[{"reference": "Practitioner/a b"}]), "/author/0/reference", 422),
+    (lambda b: b["entry"][1]["resource"].update(author=[{"reference": "Consent/x"}]), "/author/0/reference", 422),
+    (lambda b: b["entry"][1]["resource"].update(author=[{"reference": "Coding/x"}]), "/author/0/reference", 422),
+    (lambda b: b["entry"][1]["resource"].update(author=[{"reference": "Practitioner?identifier=urn:oid:1.2|8"}]),
+     "/author/0/reference", 422),
+], ids=["uri of a space", "empty uri", "uri with a space", "canonical with a space", "id of 65 characters",
+        "extension without a value", "extension with both", "reference with a space", "reference to a type not allowed",
+        "reference to a datatype", "conditional reference elsewhere than a subject"])
 @pytest.mark.parametrize("form", ["json", "xml"])
 def test_a_primitive_its_fhir_type_refuses_is_refused_where_the_models_take_it(client, database, change, where,
                                                                                status, form):
     """The models' uri, url and canonical take whitespace (their pattern, \\S*, is not anchored), an
-    empty value, and an id of up to 255 characters: a SubmissionSet's identifier system ' ' was kept
-    as submitted and failed the official check (found by test_mutated_fhir_xml_submissions)."""
+    empty value, an id of up to 255 characters, an extension with both a value and extensions or
+    neither, and any string as a reference: a SubmissionSet's identifier system ' ' was kept as
+    submitted and failed the official check (found by test_mutated_fhir_xml_submissions), and so
+    were the others."""
     from gateway.fhir.formats import to_xml
 
     bundle = build_submission(sample("cr-biologie-martin.xml"), LIMIT)
     change(bundle)
-    entry = 1 if where == "/masterIdentifier/system" else 0
+    entry = 1 if where.startswith(("/masterIdentifier", "/author")) else 0
     body, content_type = json.dumps(bundle), "application/fhir+json"
     if form == "xml":
         body, content_type = to_xml(bundle), "application/fhir+xml"
