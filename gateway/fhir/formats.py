@@ -4,9 +4,11 @@ JSON (xml_reader), then checked as a JSON body is. Parsed without DTD, entities 
 document type declaration is refused wherever it stands."""
 from __future__ import annotations
 
+import base64
 import binascii
 import codecs
 import decimal
+import hashlib
 import json
 import re
 import typing
@@ -24,7 +26,7 @@ from gateway import base64text
 from gateway.refusal import Refused
 from gateway.cda.parser import safe_parser
 
-from . import required_codes, xml_reader, xml_writer
+from . import invariants, required_codes, xml_reader, xml_writer
 from .narrative import check_narratives
 from .xml_layout import FHIR_NS
 
@@ -290,15 +292,20 @@ def _unread(sent: dict, read: FHIRAbstractModel, json_types: bool) -> tuple[str,
     - a code outside the value set FHIR R4 binds it to (required_codes): the models check its
       characters only, and an Identifier.use of `main` was kept and failed the official check;
     - a primitive's value that FHIR's type refuses and the models take (`_primitive_problem`);
-    - an extension with both a value and extensions, or neither (FHIR ext-1), and a reference that
-      is not a literal one or names a type its element does not allow (`_reference_problem`)."""
-    stack: list = [(sent, read, "")]
+    - an invariant of FHIR's broken (`invariants`: ext-1, ref-1, dom-4…), and a reference that is
+      not a literal one or names a type its element does not allow (`_reference_problem`)."""
+    # Each node with the resource holding it and the one containing that resource (%resource and
+    # %rootResource of the invariants).
+    stack: list = [(sent, read, "", sent, sent)]
+    # An element's own problem is told before an invariant of what holds it (a Consent's code
+    # outside its value set before the Consent's ppc-1).
+    broken = None
     while stack:
-        given, model, path = stack.pop()
+        given, model, path, resource, root = stack.pop()
         fields = type(model).model_fields
-        if type(model).__name__ == "Extension" and (
-                any(name.startswith("value") for name in model.model_fields_set) == bool(model.extension)):
-            return path, "an extension has a value or extensions, not both nor neither (FHIR ext-1)", 422, "invalid"
+        if broken is None and isinstance(given, dict) and (
+                problem := invariants.broken(_classes(type(model)), given, resource, root)):
+            broken = path or "/", problem, 422, "invalid"
         for name in model.model_fields_set:
             value = getattr(model, name)
             if value is None:
@@ -311,9 +318,15 @@ def _unread(sent: dict, read: FHIRAbstractModel, json_types: bool) -> tuple[str,
             for index, (item, sent_item) in enumerate(pairs):
                 where = f"{path}/{_pointer_step(element)}" + (f"/{index}" if isinstance(value, list) else "")
                 if isinstance(item, FHIRAbstractModel):
-                    if problem := _reference_problem(item, fields[name].json_schema_extra, element == "subject"):
+                    if problem := _reference_problem(item, fields[name].json_schema_extra, element == "subject",
+                                                     resource):
                         return f"{where}/reference", problem, 422, "invalid"
-                    stack.append((sent_item, item, where))
+                    if problem := _attachment_problem(item):
+                        return where, problem, 422, "invalid"
+                    if not isinstance(item, Resource):
+                        stack.append((sent_item, item, where, resource, root))
+                    else:   # a contained resource's root is its container's; a Bundle entry's, itself
+                        stack.append((sent_item, item, where, sent_item, root if element == "contained" else sent_item))
                     continue
                 expected = _json_kind(item)
                 if json_types and sent_item is not None and _json_kind(sent_item) != expected and not (
@@ -326,7 +339,7 @@ def _unread(sent: dict, read: FHIRAbstractModel, json_types: bool) -> tuple[str,
                             "(required)", 422, "code-invalid")
                 if isinstance(item, str) and (problem := _primitive_problem(item, _primitive_type(type(model), name))):
                     return where, problem, 422, "invalid"
-    return None
+    return broken
 
 
 # FHIR R4's uri, url and canonical (regex \S*) hold no whitespace and its id at most 64 characters,
@@ -351,22 +364,47 @@ LITERAL_REFERENCE = re.compile(r"(?:https?://\S+?/)?([A-Z][A-Za-z]+)/[A-Za-z0-9\
 CONDITIONAL_REFERENCE = re.compile(r"([A-Z][A-Za-z]+)\?\S+")
 
 
-def _reference_problem(model: FHIRAbstractModel, element: dict | None, conditional: bool) -> str | None:
-    """A Reference's `reference` that FHIR refuses and the models take (any string). A local
-    reference, or one to a Bundle's entry (urn:uuid:, urn:oid:), is resolved where it is used, as
-    a conditional one is where `conditional` (a subject: PDSM4DMP's examples name their patient
-    `Patient?identifier=…`); anywhere else a conditional reference would be kept as sent."""
+def _reference_problem(model: FHIRAbstractModel, element: dict | None, conditional: bool, resource: dict) -> str | None:
+    """A Reference's `reference` that FHIR refuses and the models take (any string), or that names
+    a type its element, or its own `type`, does not. One to a Bundle's entry (urn:uuid:, urn:oid:)
+    is resolved where it is used, as a conditional one is where `conditional` (a subject: PDSM4DMP's
+    examples name their patient `Patient?identifier=…`); anywhere else a conditional reference would
+    be kept as sent. A local one names a resource `resource` contains (or ref-1 says it does not)."""
     reference = getattr(model, "reference", None) if type(model).__name__ == "Reference" else None
-    if not isinstance(reference, str) or reference.startswith(("#", "urn:uuid:", "urn:oid:")):
+    if not isinstance(reference, str) or reference.startswith(("urn:uuid:", "urn:oid:")):
         return None
-    literal = LITERAL_REFERENCE.fullmatch(reference) or (CONDITIONAL_REFERENCE.fullmatch(reference) if conditional
-                                                         else None)
-    if literal is None or not _is_resource_type(literal.group(1)):
-        return ("not a literal reference (Type/id, an absolute URL of one, urn:uuid:, urn:oid: or #id)"
-                + ("" if conditional else "; a conditional one (Type?search) is taken at a subject only"))
+    if reference.startswith("#"):
+        named = [c.get("resourceType") for c in resource.get("contained", []) if isinstance(c, dict)
+                 and c.get("id") == reference[1:]]
+        if not named or not isinstance(named[0], str):
+            return None
+        target = named[0]
+    else:
+        literal = LITERAL_REFERENCE.fullmatch(reference) or (CONDITIONAL_REFERENCE.fullmatch(reference) if conditional
+                                                             else None)
+        if literal is None or not _is_resource_type(literal.group(1)):
+            return ("not a literal reference (Type/id, an absolute URL of one, urn:uuid:, urn:oid: or #id)"
+                    + ("" if conditional else "; a conditional one (Type?search) is taken at a subject only"))
+        target = literal.group(1)
     allowed = (element or {}).get("enum_reference_types") or ["Resource"]
-    if "Resource" not in allowed and literal.group(1) not in allowed:
-        return f"names a {literal.group(1)}, where FHIR allows {', '.join(allowed)}"
+    if "Resource" not in allowed and target not in allowed:
+        return f"names a {target}, where FHIR allows {', '.join(allowed)}"
+    if model.type is not None and model.type != target:
+        return f"names a {target}, where its type says {model.type}"
+    return None
+
+
+def _attachment_problem(model: FHIRAbstractModel) -> str | None:
+    """An Attachment whose size or SHA-1 hash is not that of its data (FHIR: 'the number of bytes
+    of data', 'the SHA-1 of the data')."""
+    if type(model).__name__ != "Attachment" or model.data is None:
+        return None
+    data = model.data if isinstance(model.data, bytes) else base64.b64decode(model.data)
+    if model.size is not None and model.size != len(data):
+        return f"size {model.size} is not the {len(data)} bytes of its data"
+    if model.hash is not None and (model.hash if isinstance(model.hash, bytes) else base64.b64decode(model.hash)) \
+            != hashlib.sha1(data).digest():
+        return "hash is not the SHA-1 of its data"
     return None
 
 
@@ -376,6 +414,12 @@ def _is_resource_type(name: str) -> bool:
         return issubclass(get_fhir_model_class(name), Resource)
     except (KeyError, ValueError, TypeError):
         return False
+
+
+@cache
+def _classes(model_class: type) -> list[str]:
+    """A model's class and its bases, by name: the invariants of each apply to it."""
+    return [cls.__name__ for cls in model_class.__mro__]
 
 
 @cache
