@@ -59,6 +59,9 @@ def validate(resource: dict, *, kept: bool = False) -> None:
         problems += [(path, f"holds the character U+{ord(character):04X}, which XML cannot carry: of the control "
                             "characters, a FHIR string holds tab, line feed and carriage return only")
                      for path, character in _not_xml(resource, "")]
+    if _may_hold_other_spaces(resource):
+        problems += [(path, f"holds U+{ord(character):04X}, a space FHIR's strings do not hold: write a plain space")
+                     for path, character in _other_spaces(resource, "")]
     if problems:
         raise InvalidResource(res_type, problems[:20])
 
@@ -173,3 +176,51 @@ def _not_xml(node, path: str):
                 yield where, found.group()
         elif isinstance(value, (dict, list)):
             yield from _not_xml(value, where)
+
+
+# The spaces other than space, tab, line feed and carriage return (U+00A0 no-break space, U+202F
+# narrow no-break space, as French typography puts before a colon…): FHIR's string is
+# [ \r\n\t\S]+, and the official check reads \s as Unicode does, as FHIR's JSON schema does. A
+# narrative's XHTML (div) and markdown may hold them. The C0 controls Unicode counts as spaces are
+# NOT_XML's.
+OTHER_SPACES = re.compile("[\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]")
+OTHER_SPACES_UTF8 = re.compile(rb"\xc2[\x85\xa0]|\xe1\x9a\x80|\xe2\x80[\x80-\x8a\xa8\xa9\xaf]|\xe2\x81\x9f|\xe3\x80\x80")
+FREE_TEXT = ("div", "valueMarkdown")
+
+
+def _may_hold_other_spaces(resource: dict) -> bool:
+    """Whether a string of the resource may hold one of OTHER_SPACES: its JSON looked through
+    for their UTF-8 bytes, as for the characters XML cannot carry."""
+    try:
+        return OTHER_SPACES_UTF8.search(orjson.dumps(resource)) is not None
+    except TypeError:
+        return True
+
+
+def _other_spaces(node, path: str):
+    """(path, character) of each string, narratives and markdown aside, holding one of OTHER_SPACES."""
+    items = (((f"{path}.{key}" if path else key, value) for key, value in node.items() if key not in FREE_TEXT)
+             if isinstance(node, dict) else ((f"{path}[{index}]", value) for index, value in enumerate(node)))
+    for where, value in items:
+        if isinstance(value, str):
+            if (found := OTHER_SPACES.search(value)) is not None:
+                yield where, found.group()
+        elif isinstance(value, (dict, list)):
+            yield from _other_spaces(value, where)
+
+
+def with_plain_spaces(resource: dict) -> dict:
+    """The resource with each of OTHER_SPACES in its strings, narratives and markdown aside, written
+    as a plain space: for what the gateway builds from a document, a message or a form (a name or
+    an address typed with a no-break space), where a space is what was meant. What a client
+    sends as FHIR is kept as sent, or refused (validate)."""
+    if not _may_hold_other_spaces(resource):
+        return resource
+
+    def plain(node):
+        if isinstance(node, dict):
+            return {key: value if key in FREE_TEXT else plain(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [plain(item) for item in node]
+        return OTHER_SPACES.sub(" ", node) if isinstance(node, str) else node
+    return plain(resource)

@@ -15,7 +15,7 @@ from gateway.cda.header import CD, II, CdaHeader, Person, extract_header
 from gateway.cda.parser import parse_cda
 from gateway.access.rules import binary_ids
 from gateway.access.writes import Producers, Write, finess
-from gateway.fhir.validation import InvalidResource, validate
+from gateway.fhir.validation import InvalidResource, validate, with_plain_spaces
 from gateway.mapping import codes
 from gateway.mapping import document as mapping
 from gateway.mapping.hl7v2 import feeding_refused
@@ -114,6 +114,7 @@ def _content_type(header: CdaHeader) -> str:
 
 
 def _checked(resource: dict) -> dict:
+    resource = with_plain_spaces(resource)
     try:
         validate(resource)
     except InvalidResource as exc:

@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass, field
 
 from gateway.cda.header import II
-from gateway.fhir.validation import InvalidResource, validate
+from gateway.fhir.validation import InvalidResource, validate, with_plain_spaces
 from gateway.hl7v2.ack import Issue
 from gateway.hl7v2.er7 import Message, Segment
 from gateway.mapping import codes
@@ -77,6 +77,7 @@ def find_patient(uow: UnitOfWork, ids: list[II]) -> str | None:
 
 
 def _validated(resource: dict, location: str) -> dict:
+    resource = with_plain_spaces(resource)
     try:
         validate(resource)
     except InvalidResource as exc:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from gateway.access.context import PATIENT
 from gateway.access.writes import Write
 from gateway.refusal import Refused
-from gateway.fhir.validation import InvalidResource, validate
+from gateway.fhir.validation import InvalidResource, validate, with_plain_spaces
 from gateway.mapping import codes, submission
 from gateway.mapping.dates import fhir_now
 from gateway.mapping.document import Digests
@@ -38,6 +38,7 @@ def _refuse(reason: str, where: str, patient_text: str) -> Refused:
 
 
 def _checked(resource: dict) -> dict:
+    resource = with_plain_spaces(resource)
     try:
         validate(resource)
     except InvalidResource as exc:

@@ -8,7 +8,8 @@ import json
 import pytest
 from sqlalchemy import select
 
-from conftest import SAMPLES, sample
+import profiles
+from conftest import SAMPLES, attend_all, sample
 from gateway.access import AccessContext
 from gateway.demo import build_submission
 from gateway.refusal import Refused
@@ -69,3 +70,43 @@ def test_an_emergency_contact_holding_one_is_refused_in_french(client, database,
     with pytest.raises(Refused) as refused:
         add_contact(own, family="MARTIN\x01", given="Anne", relation="SPS", phone="0601020304")
     assert refused.value.status == 422 and refused.value.patient_text.startswith("les informations saisies")
+
+
+def test_a_no_break_space_in_what_the_gateway_builds_is_a_plain_space(client, database, bearer):
+    """A space other than space, tab, line feed and carriage return (U+00A0, U+202F as French
+    typography puts them) is not one FHIR's strings hold, as the official check reads them: a
+    patient's name in an HL7v2 message (found by test_mutated_hl7v2_messages) or in a CDA was kept
+    so and failed it. What the gateway builds from a message or a document holds a plain space."""
+    adt = (SAMPLES / "hl7v2" / "adt-a01-martin.hl7").read_bytes()
+    ack = client.post("/hl7v2", data=adt.replace(b"MARTIN^PAUL", "MARTIN\u00a0DUPONT^PAUL".encode(), 1),
+                      content_type=HL7, headers=bearer("system", sub="GAM CH-SAINT-AUBIN")).data.decode()
+    assert "MSA|AA|" in ack, ack
+    cda = sample("cr-operatoire-garnier.xml")
+    family = cda.split(b"<family>", 1)[1].split(b"</family>", 1)[0]
+    document = client.post("/cda", data=cda.replace(b"<family>" + family, b"<family>" + family + b"&#8239;JR", 1),
+                           content_type="application/xml")
+    assert document.status_code == 201, document.data[:300]
+    doctor = bearer("doctor", sub="899900000053")
+    attend_all(database[0])
+    patients = client.get("/fhir/Patient", query_string={"family": "martin dupont"}, headers=doctor).json
+    assert [e["resource"]["name"][0]["family"] for e in patients["entry"]] == ["MARTIN DUPONT"]
+    contained = document.json["contained"]
+    assert any(name.get("family", "").endswith(" JR") for c in contained for name in c.get("name", [])), contained
+    checked = profiles.Collected()
+    checked.add(patients["entry"][0]["resource"])
+    checked.add(document.json)
+    if profiles.available():
+        assert not checked.errors()
+
+
+def test_a_no_break_space_in_what_a_client_sends_is_refused_but_in_a_narrative(client):
+    """What a client sends as FHIR is kept as sent: it is refused, naming the element, but in a
+    narrative's XHTML, which may hold any space."""
+    patient = {"resourceType": "Patient", "name": [{"family": "MARTIN\u00a0DUPONT"}]}
+    refused = client.post("/fhir/Patient", data=json.dumps(patient), content_type="application/fhir+json")
+    assert refused.status_code == 422, refused.data[:300]
+    assert "name[0].family: holds U+00A0, a space FHIR's strings do not hold" in refused.json["issue"][0]["diagnostics"]
+    patient = {"resourceType": "Patient", "name": [{"family": "MARTIN DUPONT"}], "text": {
+        "status": "generated", "div": '<div xmlns="http://www.w3.org/1999/xhtml">MARTIN\u00a0DUPONT</div>'}}
+    kept = client.post("/fhir/Patient", data=json.dumps(patient), content_type="application/fhir+json")
+    assert kept.status_code == 201 and kept.json["text"]["div"].endswith("MARTIN\u00a0DUPONT</div>"), kept.data[:300]
