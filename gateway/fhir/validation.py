@@ -190,11 +190,13 @@ FREE_TEXT = ("div", "valueMarkdown")
 
 def _may_hold_other_spaces(resource: dict) -> bool:
     """Whether a string of the resource may hold one of OTHER_SPACES: its JSON looked through
-    for their UTF-8 bytes, as for the characters XML cannot carry."""
+    for their UTF-8 bytes, as for the characters XML cannot carry, unless it is all ASCII (0.2 us
+    in 4 KB, the pattern 15: an HL7v2 message's patient, most names)."""
     try:
-        return OTHER_SPACES_UTF8.search(orjson.dumps(resource)) is not None
+        data = orjson.dumps(resource)
     except TypeError:
         return True
+    return not data.isascii() and OTHER_SPACES_UTF8.search(data) is not None
 
 
 def _other_spaces(node, path: str):
