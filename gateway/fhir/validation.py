@@ -58,10 +58,10 @@ def validate(resource: dict, *, kept: bool = False) -> None:
     if _may_hold_not_xml(resource):
         problems += [(path, f"holds the character U+{ord(character):04X}, which XML cannot carry: of the control "
                             "characters, a FHIR string holds tab, line feed and carriage return only")
-                     for path, character in _not_xml(resource, "")]
+                     for path, character in _found(resource, "", NOT_XML)]
     if _may_hold_other_spaces(resource):
         problems += [(path, f"holds U+{ord(character):04X}, a space FHIR's strings do not hold: write a plain space")
-                     for path, character in _other_spaces(resource, "")]
+                     for path, character in _found(resource, "", OTHER_SPACES, FREE_TEXT)]
     if problems:
         raise InvalidResource(res_type, problems[:20])
 
@@ -164,18 +164,19 @@ def _may_hold_not_xml(resource: dict) -> bool:
         b"\xef" in data and any(character in data for character in NONCHARACTERS))
 
 
-def _not_xml(node, path: str):
-    """(path, character) of each string holding a character XML cannot carry."""
+def _found(node, path: str, pattern: re.Pattern, passed_over: tuple[str, ...] = ()):
+    """(path, character) of each string holding a character of `pattern`, but under the keys
+    `passed_over`."""
     if isinstance(node, dict):
-        items = ((f"{path}.{key}" if path else key, value) for key, value in node.items())
+        items = ((f"{path}.{key}" if path else key, value) for key, value in node.items() if key not in passed_over)
     else:
         items = ((f"{path}[{index}]", value) for index, value in enumerate(node))
     for where, value in items:
         if isinstance(value, str):
-            if (found := NOT_XML.search(value)) is not None:
+            if (found := pattern.search(value)) is not None:
                 yield where, found.group()
         elif isinstance(value, (dict, list)):
-            yield from _not_xml(value, where)
+            yield from _found(value, where, pattern, passed_over)
 
 
 # The spaces other than space, tab, line feed and carriage return (U+00A0 no-break space, U+202F
@@ -197,18 +198,6 @@ def _may_hold_other_spaces(resource: dict) -> bool:
     except TypeError:
         return True
     return not data.isascii() and OTHER_SPACES_UTF8.search(data) is not None
-
-
-def _other_spaces(node, path: str):
-    """(path, character) of each string, narratives and markdown aside, holding one of OTHER_SPACES."""
-    items = (((f"{path}.{key}" if path else key, value) for key, value in node.items() if key not in FREE_TEXT)
-             if isinstance(node, dict) else ((f"{path}[{index}]", value) for index, value in enumerate(node)))
-    for where, value in items:
-        if isinstance(value, str):
-            if (found := OTHER_SPACES.search(value)) is not None:
-                yield where, found.group()
-        elif isinstance(value, (dict, list)):
-            yield from _other_spaces(value, where)
 
 
 def with_plain_spaces(resource: dict) -> dict:
