@@ -67,6 +67,25 @@ BOM = codecs.BOM_UTF8
 LONG_STRING = re.compile(rb'(["\'])([A-Za-z0-9+/=]{%d,})\1' % LONG_DATA)
 
 
+# The elements (JSON objects) a FHIR body may hold: checking each against the model and FHIR's
+# invariants costs about 55 us (a Patient of 50,000 telephone numbers took 2.3 s), and a body may
+# be 28 MB. An ITI-65 submission of 200 documents holds about 12,000.
+MAX_ELEMENTS = 50_000
+
+
+def _elements(value) -> int:
+    """The objects of a JSON value, counted up to one over MAX_ELEMENTS."""
+    count, stack = 0, [value]
+    while stack and count <= MAX_ELEMENTS:
+        item = stack.pop()
+        if isinstance(item, dict):
+            count += 1
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return count
+
+
 def _depth(value) -> int:
     deepest, stack = 0, [(value, 1)]
     while stack:
@@ -250,6 +269,9 @@ def load(body: bytes | bytearray, content_type: str | None) -> dict:
     except (KeyError, ValueError, TypeError):
         raise Refused(f"unknown resource type {data['resourceType'][:64]!r}", location="resourceType",
                               status=400, code="structure") from None
+    if _elements(data) > MAX_ELEMENTS:
+        raise Refused(f"the body holds over {MAX_ELEMENTS} elements: send it in parts", location="/", status=413,
+                      code="too-costly")
     aside = _set_aside_long_binary_data(data)
     try:
         read = model.model_validate(data)

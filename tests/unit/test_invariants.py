@@ -70,3 +70,14 @@ def test_what_fhir_refuses_and_the_models_take_is_refused_where_it_stands(resour
 def test_what_fhir_allows_is_read_as_sent(resource):
     assert formats.load(json.dumps(resource).encode(), "application/fhir+json") == resource
     assert formats.load(xml_writer.to_xml(resource), "application/fhir+xml") == resource
+
+
+def test_a_body_of_more_elements_than_the_bound_is_refused_before_any_is_checked():
+    """Each element costs its check about 55 us: a Patient of 50,000 telephone numbers took 2.3 s,
+    and a 28 MB body could hold 700,000."""
+    many = patient(telecom=[{"system": "phone", "value": str(n)} for n in range(formats.MAX_ELEMENTS)])
+    with pytest.raises(Refused) as refused:
+        formats.load(json.dumps(many).encode(), "application/fhir+json")
+    assert (refused.value.status, refused.value.code) == (413, "too-costly")
+    many["telecom"].pop()
+    assert formats.load(json.dumps(many).encode(), "application/fhir+json") == many
