@@ -104,6 +104,17 @@ def test_a_list_searched_by_its_source_s_names_ignoring_them_is_caught(target, m
     assert result.status == "failed" and result.message == "step 3: expected total 1, got 2"
 
 
+def test_an_invariant_not_checked_is_caught(target, monkeypatch):
+    from gateway.fhir import invariants
+
+    results = outcome(target, "mhd/004-iti65-dangling-reference")
+    assert results["mhd/004-iti65-dangling-reference"].status == "passed", results["mhd/004-iti65-dangling-reference"].message
+    monkeypatch.setattr(invariants, "broken", lambda *args: None)
+    result = outcome(target, "mhd/004-iti65-dangling-reference")["mhd/004-iti65-dangling-reference"]
+    assert result.status == "failed" and result.message.startswith("step 1: expected HTTP 400 or 422, got 200"), \
+        result.message
+
+
 def test_cases_without_what_they_need_are_skipped(live_server):
     only_fhir = Target(f"{live_server.public_base_url}/fhir", None, TokenSource(token="t"))
     [result] = run_cases(load_cases(ids=["hl7v2-transport/001-adt-acknowledged"]), only_fhir)
