@@ -81,3 +81,28 @@ def test_a_body_of_more_elements_than_the_bound_is_refused_before_any_is_checked
     assert (refused.value.status, refused.value.code) == (413, "too-costly")
     many["telecom"].pop()
     assert formats.load(json.dumps(many).encode(), "application/fhir+json") == many
+
+
+def test_the_reference_targets_read_off_the_models_are_r4_s():
+    """The targets a reference may name are read off the R4B models (formats._reference_problem):
+    for the types the gateway takes or contains, they are R4's, element by element."""
+    if not (DEFINITIONS / "r4core").exists():
+        pytest.skip(f"the FHIR definitions are not present at {DEFINITIONS}")
+    from fhir.resources.R4B import get_fhir_model_class
+
+    differ, compared = [], 0
+    for res_type in ("DocumentReference", "List", "Patient", "Consent", "Organization", "Practitioner",
+                     "PractitionerRole", "Device", "RelatedPerson", "Binary", "Bundle", "AuditEvent"):
+        definition = json.loads((DEFINITIONS / "r4core" / "package" / f"StructureDefinition-{res_type}.json").read_text())
+        for element in definition["snapshot"]["element"]:
+            references = [t for t in element.get("type", []) if t.get("code") == "Reference"]
+            *parents, name = element["path"].split(".")
+            if not references or name.endswith("[x]"):
+                continue
+            model = get_fhir_model_class(parents[0] + "".join(p[:1].upper() + p[1:] for p in parents[1:]))
+            field = next(f for key, f in model.model_fields.items() if (f.alias or key) == name)
+            r4 = sorted({profile.rsplit("/", 1)[1] for t in references for profile in t.get("targetProfile", [])})
+            compared += 1
+            if sorted((field.json_schema_extra or {}).get("enum_reference_types") or []) != r4:
+                differ.append(element["path"])
+    assert differ == [] and compared == 41, (differ, compared)   # every Reference element of these types
