@@ -26,6 +26,8 @@ import fhirpathpy
 from fhirpathpy.engine.nodes import ResourceNode
 from fhirpathpy.models import models
 
+from .r4_definitions import model_class, specializations
+
 TABLE = Path(__file__).with_name("invariants.json")
 LEFT_OUT = {"ele-1", "dom-3", "txt-1", "txt-2", "bdl-7"}
 log = logging.getLogger(__name__)
@@ -58,7 +60,9 @@ def broken(model_classes: list[str], node: dict, resource: dict, root: dict) -> 
     for name in model_classes:
         for element, base, key, human, expression in _table().get(name, ()):
             values = [node] if element is None else node.get(element)
-            for value in values if isinstance(values, list) else [values] if values is not None else []:
+            if not isinstance(values, list):
+                values = [] if values is None else [values]
+            for value in values:
                 try:
                     # Told its type, FHIRPath reads a choice (Extension.value) by its typed names.
                     typed = value if base is None else ResourceNode.create_node(value, base)
@@ -76,10 +80,7 @@ def build(definitions: Path) -> dict[str, list[list]]:
     it, under the model class of its element (Patient.contact: PatientContact) or, for an element
     of a datatype (Organization.telecom), under its parent's class with the element's name."""
     table: dict[str, list[list]] = {}
-    for path in sorted((definitions / "r4core" / "package").glob("StructureDefinition-*.json")):
-        definition = json.loads(path.read_text())
-        if definition.get("kind") not in ("resource", "complex-type") or definition.get("derivation") == "constraint":
-            continue
+    for definition in specializations(definitions):
         for element in definition["snapshot"]["element"]:
             types = [t.get("code") for t in element.get("type", [])]
             for constraint in element.get("constraint", []):
@@ -98,8 +99,7 @@ def build(definitions: Path) -> dict[str, list[list]]:
                 else:
                     # On the instance: a resource says its type, a datatype or a backbone element is told it.
                     base, name = (None if definition["kind"] == "resource" and len(parts) == 1 else element["path"]), None
-                owner = parts[0] + "".join(part[:1].upper() + part[1:] for part in parts[1:])
-                table.setdefault(owner, []).append([name, base, constraint["key"], constraint["human"],
+                table.setdefault(model_class(".".join(parts)), []).append([name, base, constraint["key"], constraint["human"],
                                                     constraint["expression"]])
     return table
 

@@ -13,6 +13,8 @@ import sys
 from functools import cache
 from pathlib import Path
 
+from .r4_definitions import model_class, specializations
+
 TABLE = Path(__file__).with_name("required_codes.json")
 
 
@@ -30,10 +32,7 @@ def build(definitions: Path) -> dict[str, list[str]]:
     """The table, from the R4 StructureDefinitions and their value sets (flattened)."""
     value_sets = json.loads((definitions / "r4-valuesets-flat.json").read_text())
     table: dict[str, list[str]] = {}
-    for path in sorted((definitions / "r4core" / "package").glob("StructureDefinition-*.json")):
-        definition = json.loads(path.read_text())
-        if definition.get("kind") not in ("resource", "complex-type") or definition.get("derivation") == "constraint":
-            continue
+    for definition in specializations(definitions):
         for element in definition["snapshot"]["element"]:
             binding = element.get("binding") or {}
             types = [t.get("code") for t in element.get("type", [])]
@@ -42,9 +41,8 @@ def build(definitions: Path) -> dict[str, list[str]]:
             value_set = value_sets.get(binding.get("valueSet", "").split("|")[0])
             if not value_set or not value_set.get("systems"):
                 continue   # not enumerated in the package (a grammar, such as BCP 47 or MIME types)
-            *parents, name = element["path"].split(".")
-            owner = parents[0] + "".join(part[:1].upper() + part[1:] for part in parents[1:])
-            table[f"{owner}.{name}"] = sorted({c["code"] for s in value_set["systems"] for c in s.get("codes", [])})
+            owner, name = element["path"].rsplit(".", 1)
+            table[f"{model_class(owner)}.{name}"] = sorted({c["code"] for s in value_set["systems"] for c in s.get("codes", [])})
     return table
 
 

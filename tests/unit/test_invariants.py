@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from gateway.fhir import formats, invariants, xml_writer
+from gateway.fhir.r4_definitions import model_class
 from gateway.refusal import Refused
 
 DEFINITIONS = Path(__file__).resolve().parents[2].parent / "shared" / "fhir-definitions"
@@ -99,7 +100,7 @@ def test_the_reference_targets_read_off_the_models_are_r4_s():
             *parents, name = element["path"].split(".")
             if not references or name.endswith("[x]"):
                 continue
-            model = get_fhir_model_class(parents[0] + "".join(p[:1].upper() + p[1:] for p in parents[1:]))
+            model = get_fhir_model_class(model_class(".".join(parents)))
             field = next(f for key, f in model.model_fields.items() if (f.alias or key) == name)
             r4 = sorted({profile.rsplit("/", 1)[1] for t in references for profile in t.get("targetProfile", [])})
             compared += 1
