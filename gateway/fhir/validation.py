@@ -55,11 +55,12 @@ def validate(resource: dict, *, kept: bool = False) -> None:
     problems += [(f"contained[{index}]", "is referenced from nowhere in the resource (FHIR dom-3)")
                  for index in _unreferenced_contained(resource)]
     problems += _unknown_profiles(resource)
-    if _may_hold_not_xml(resource):
+    data = _json(resource)
+    if _may_hold_not_xml(data):
         problems += [(path, f"holds the character U+{ord(character):04X}, which XML cannot carry: of the control "
                             "characters, a FHIR string holds tab, line feed and carriage return only")
                      for path, character in _found(resource, "", NOT_XML)]
-    if _may_hold_other_spaces(resource):
+    if _may_hold_other_spaces(data):
         problems += [(path, f"holds U+{ord(character):04X}, a space FHIR's strings do not hold: write a plain space")
                      for path, character in _found(resource, "", OTHER_SPACES, FREE_TEXT)]
     if problems:
@@ -149,18 +150,23 @@ ESCAPED_CONTROL = re.compile(rb"\\[ubf]")
 NONCHARACTERS = (b"\xef\xbf\xbe", b"\xef\xbf\xbf")
 
 
-def _may_hold_not_xml(resource: dict) -> bool:
+def _json(resource: dict) -> bytes | None:
+    """The resource's JSON, which the marks of what a string may hold are looked for in; None when
+    orjson cannot write a value of it (then the strings say)."""
+    try:
+        return orjson.dumps(resource)
+    except TypeError:
+        return None
+
+
+def _may_hold_not_xml(data: bytes | None) -> bool:
     """Whether a string of the resource may hold a character XML cannot carry (NOT_XML): a JSON
     string or an HL7v2 field can hold a C0 control character (FHIR strings should hold none but
     tab, line feed and carriage return, R4 "string") or U+FFFE or U+FFFF, and such a resource would
     read otherwise in XML than in JSON; a CDA, being XML, cannot. Its JSON is looked through for
     their marks, where a look at each string cost 40 us a DocumentReference; a backslash written
     before a u, a b or an f is a mark too, and then the strings say."""
-    try:
-        data = orjson.dumps(resource)
-    except TypeError:
-        return True
-    return ESCAPED_CONTROL.search(data) is not None or (
+    return data is None or ESCAPED_CONTROL.search(data) is not None or (
         b"\xef" in data and any(character in data for character in NONCHARACTERS))
 
 
@@ -189,15 +195,11 @@ OTHER_SPACES_UTF8 = re.compile(rb"\xc2[\x85\xa0]|\xe1\x9a\x80|\xe2\x80[\x80-\x8a
 FREE_TEXT = ("div", "valueMarkdown")
 
 
-def _may_hold_other_spaces(resource: dict) -> bool:
-    """Whether a string of the resource may hold one of OTHER_SPACES: its JSON looked through
-    for their UTF-8 bytes, as for the characters XML cannot carry, unless it is all ASCII (0.2 us
+def _may_hold_other_spaces(data: bytes | None) -> bool:
+    """Whether a string of the resource whose JSON is `data` may hold one of OTHER_SPACES: their
+    UTF-8 bytes looked for, as for the characters XML cannot carry, unless it is all ASCII (0.2 us
     in 4 KB, the pattern 15: an HL7v2 message's patient, most names)."""
-    try:
-        data = orjson.dumps(resource)
-    except TypeError:
-        return True
-    return not data.isascii() and OTHER_SPACES_UTF8.search(data) is not None
+    return data is None or (not data.isascii() and OTHER_SPACES_UTF8.search(data) is not None)
 
 
 def with_plain_spaces(resource: dict) -> dict:
@@ -205,7 +207,7 @@ def with_plain_spaces(resource: dict) -> dict:
     as a plain space: for what the gateway builds from a document, a message or a form (a name or
     an address typed with a no-break space), where a space is what was meant. What a client
     sends as FHIR is kept as sent, or refused (validate)."""
-    if not _may_hold_other_spaces(resource):
+    if not _may_hold_other_spaces(_json(resource)):
         return resource
 
     def plain(node):
