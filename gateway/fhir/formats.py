@@ -4,7 +4,6 @@ JSON (xml_reader), then checked as a JSON body is. Parsed without DTD, entities 
 document type declaration is refused wherever it stands."""
 from __future__ import annotations
 
-import base64
 import binascii
 import codecs
 import decimal
@@ -421,11 +420,10 @@ def _attachment_problem(model: FHIRAbstractModel) -> str | None:
     of data', 'the SHA-1 of the data')."""
     if type(model).__name__ != "Attachment" or model.data is None:
         return None
-    data = model.data if isinstance(model.data, bytes) else base64.b64decode(model.data)
-    if model.size is not None and model.size != len(data):
-        return f"size {model.size} is not the {len(data)} bytes of its data"
-    if model.hash is not None and (model.hash if isinstance(model.hash, bytes) else base64.b64decode(model.hash)) \
-            != hashlib.sha1(data).digest():
+    # The model holds base64Binary decoded: data and hash are bytes.
+    if model.size is not None and model.size != len(model.data):
+        return f"size {model.size} is not the {len(model.data)} bytes of its data"
+    if model.hash is not None and model.hash != hashlib.sha1(model.data).digest():
         return "hash is not the SHA-1 of its data"
     return None
 

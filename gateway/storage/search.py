@@ -102,8 +102,10 @@ def parse_search(res_type: str, params: list[tuple[str, str]], *, strict: bool =
         base, _, modifier = name.partition(":")
         # PDSm names parameters by a chain typed with ':' (source:Patient.given): the whole name, or
         # all of it before a modifier, is then the parameter.
-        if name in known or name.rpartition(":")[0] in known:
-            base, modifier = (name, "") if name in known else name.rpartition(":")[::2]
+        if name in known:
+            base, modifier = name, ""
+        elif name.rpartition(":")[0] in known:
+            base, _, modifier = name.rpartition(":")
         # A parameter whose name holds a dot (author.given) is a parameter, not a chain.
         param, chain = (base, "") if base in known else base.partition(".")[::2]
         spec = known.get(param)
