@@ -99,8 +99,8 @@ def build(definitions: Path) -> dict[str, list[list]]:
                 else:
                     # On the instance: a resource says its type, a datatype or a backbone element is told it.
                     base, name = (None if definition["kind"] == "resource" and len(parts) == 1 else element["path"]), None
-                table.setdefault(model_class(".".join(parts)), []).append([name, base, constraint["key"], constraint["human"],
-                                                    constraint["expression"]])
+                table.setdefault(model_class(".".join(parts)), []).append(
+                    [name, base, constraint["key"], constraint["human"], constraint["expression"]])
     return table
 
 
