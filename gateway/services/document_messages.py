@@ -22,7 +22,7 @@ from gateway.storage.repository import StoredResource, UnitOfWork
 from gateway.access.writes import Producers
 
 from .documents import ParsedCda, delete_document, header_producers, person_producers, read_cda, register_document
-from .patients import Applied, MessageRefused, checked_ids, find_patient, identifier_keys, single
+from .patients import Applied, MessageRefused, checked_ids, find_patient, identifier_keys, single, valid_from_message
 
 # sourceId of a sending system known only by its HL7v2 names (MSH-3|MSH-4).
 SENDER_SYSTEM = "urn:dmp-gateway:hl7v2-sender"
@@ -223,5 +223,5 @@ def _submission_set(uow: UnitOfWork, documents: list[StoredResource], sender, me
     resource = submission.submission_set(list_id, submission.unique_id(), documents[0].json()["subject"],
                                          [document.reference for document in documents], title="Transmission HL7v2",
                                          source=source, source_id=_source_id(message))
-    uow.save(resource, patient_id=documents[0].patient_id)
+    uow.save(valid_from_message(resource, "MSH^1"), patient_id=documents[0].patient_id)
     return f"List/{list_id}"

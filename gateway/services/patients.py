@@ -76,7 +76,8 @@ def find_patient(uow: UnitOfWork, ids: list[II]) -> str | None:
     return None
 
 
-def _validated(resource: dict, location: str) -> dict:
+def valid_from_message(resource: dict, location: str) -> dict:
+    """What the gateway built from a message, its spaces plain, or the message refused at `location`."""
     resource = with_plain_spaces(resource)
     try:
         validate(resource)
@@ -118,7 +119,7 @@ def prepare_patient(pid: Segment) -> PreparedPatient:
         except InvalidTime:
             raise MessageRefused(Issue("PID-7 (birth date) is not a valid date (YYYY[MM[DD]])", "PID^1^7",
                                        "102")) from None
-    return PreparedPatient(ids, _validated(mapping.patient_resource(info, mapping.UNSET_ID), "PID^1"))
+    return PreparedPatient(ids, valid_from_message(mapping.patient_resource(info, mapping.UNSET_ID), "PID^1"))
 
 
 def upsert_patient(uow: UnitOfWork, prepared: PreparedPatient, applied: Applied) -> str:
@@ -177,7 +178,7 @@ def prepare_consents(zfa: Segment) -> dict[str, dict]:
     """The Consents a ZFA states, by kind, validated before any transaction; the unit of work
     gives each its id and its patient."""
     stated = v2.consents(zfa, f"Patient/{mapping.UNSET_ID}")
-    return {kind: _validated(consent, "ZFA^1") for kind, consent in stated.items()}
+    return {kind: valid_from_message(consent, "ZFA^1") for kind, consent in stated.items()}
 
 
 def record_consents(uow: UnitOfWork, prepared: dict[str, dict], patient_id: str, applied: Applied) -> None:
@@ -232,7 +233,7 @@ def merge(uow: UnitOfWork, pid: Segment, mrg: Segment, applied: Applied) -> None
     uow.move_identifiers("Patient", merged_id, survivor_id)
     for kind in v2.CONSENT_KINDS:
         _move_consent_key(uow, kind, merged_id, survivor_id)
-    uow.save(_validated(survivor, "PID^1"), patient_id=survivor_id)
+    uow.save(valid_from_message(survivor, "PID^1"), patient_id=survivor_id)
     merged["active"] = False
     merged["link"] = [{"other": {"reference": f"Patient/{survivor_id}"}, "type": "replaced-by"}]
     uow.save(merged, patient_id=merged_id)
@@ -275,6 +276,6 @@ def change_identifier(uow: UnitOfWork, pid: Segment, mrg: Segment, applied: Appl
     patient["identifier"] += [i for i in new_identifiers
                               if i["system"] in changed_systems and (i["system"], i["value"]) not in present]
     _claim_all(uow, patient_id, patient["identifier"], "PID^1^3")
-    uow.save(_validated(patient, "PID^1"), patient_id=patient_id)
+    uow.save(valid_from_message(patient, "PID^1"), patient_id=patient_id)
     applied.produced.append(f"Patient/{patient_id}")
 
