@@ -410,7 +410,7 @@ def test_mutated_hl7v2_messages(client, bearer, database):
     import profiles
     from sqlalchemy import select
 
-    from gateway.storage.schema import resource_versions
+    from gateway.storage.schema import resource_versions, resources
 
     system = bearer("system", sub="fuzz")
     messages = [path.read_bytes() for path in sorted((SAMPLES / "hl7v2").glob("*.hl7"))]
@@ -418,7 +418,8 @@ def test_mutated_hl7v2_messages(client, bearer, database):
     @FUZZ
     @given(index=st.integers(0, len(messages) - 1), cuts=st.lists(st.tuples(
         st.integers(0, 2000), st.one_of(st.binary(max_size=8), st.sampled_from(
-            [b"\\X00\\", b"\\X4100\\", b"\\X0D0A\\", b"\\E\\", b"\\XZZ\\", b"\x00"]))), max_size=4))
+            [b"\\X00\\", b"\\X4100\\", b"\\X0D0A\\", b"\\E\\", b"\\XZZ\\", b"\x00", b"\xa0", b"\xc2\xa0"]))),
+        max_size=4))
     def run(index, cuts):
         # Its own control id: a copy of an earlier example would be answered with its first ACK.
         head, rest = messages[index][:4000].split(b"|", 10)[:10], messages[index][:4000].split(b"|", 10)[10:]
@@ -435,12 +436,14 @@ def test_mutated_hl7v2_messages(client, bearer, database):
 
     run()
     attend_all(database[0])
-    with database[0].connect() as conn:
+    kept_types = ["Patient", "DocumentReference", "List"]
+    with database[0].connect() as conn:   # every version: each message's identity, as it was kept
         kept = conn.execute(select(resource_versions.c.res_type, resource_versions.c.res_id,
-                                   resource_versions.c.version).where(
-            resource_versions.c.res_type.in_(["Patient", "DocumentReference", "List"]))).all()
+                                   resource_versions.c.version).where(resource_versions.c.res_type.in_(kept_types))
+                            .union_all(select(resources.c.res_type, resources.c.res_id, resources.c.version)
+                                       .where(resources.c.res_type.in_(kept_types)))).all()
     collected = profiles.Collected()
-    for res_type, res_id, version in kept:   # every version: each message's identity, as it was kept
+    for res_type, res_id, version in kept:
         read = send(client, "GET", f"/fhir/{res_type}/{res_id}/_history/{version}")
         if read.status_code == 200:
             collected.add(read.json)
