@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from conftest import REPORT, SAMPLES, attend_all
+from conftest import REPORT, ROOT, SAMPLES, attend_all
 
 EXAMPLES = int(os.environ.get("GATEWAY_FUZZ_EXAMPLES", "200"))
 TRIED = {"inputs": 0, "5xx": 0, "slowest_ms": 0.0}
@@ -96,8 +96,8 @@ def _nodes(value, path=()):
 LEFT_OUT = object()
 
 
-EXAMPLES_DIR = SAMPLES.parents[1].parent / "shared" / "reference" / "pdsm4dmp" / "input" / "examples"
-DEFINITIONS = SAMPLES.parents[1].parent / "shared" / "fhir-definitions"
+EXAMPLES_DIR = ROOT.parent / "shared" / "reference" / "pdsm4dmp" / "input" / "examples"
+DEFINITIONS = ROOT.parent / "shared" / "fhir-definitions"
 
 
 def cda_submission(name: str):
