@@ -21,14 +21,14 @@ def _answer(stored, status: int):
 @fhir.post("/Consent")
 def create_consent():
     negotiate()
-    body = read_json_body()
+    body = read_json_body(completed=True)
     return _answer(consents.create(g.repository, body), 201)
 
 
 @fhir.put("/Consent/<res_id>")
 def update_consent(res_id: str):
     negotiate()
-    body = read_json_body()
+    body = read_json_body(completed=True)
     if body.get("id") not in (None, res_id):
         raise FhirError(400, f"the body's id {body.get('id')} is not {res_id}", code="invalid")
     return _answer(lookup(consents.update, g.repository, res_id, body, if_match()), 200)

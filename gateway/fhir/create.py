@@ -18,10 +18,10 @@ from .read import STORED_TYPES
 from .responses import FHIR_TYPES, FhirError, fhir_response, negotiate, require_content_type, version_headers
 
 
-def read_json_body() -> dict:
-    """The request's resource as JSON data, sent as FHIR JSON or FHIR XML."""
+def read_json_body(completed: bool = False) -> dict:
+    """The request's resource as JSON data, sent as FHIR JSON or FHIR XML; `completed` as `load` has it."""
     require_content_type(FHIR_TYPES, "is not supported: send application/fhir+json or application/fhir+xml")
-    body = load(request.get_data(), request.mimetype)
+    body = load(request.get_data(), request.mimetype, completed=completed)
     if not isinstance(body, dict) or "resourceType" not in body:
         raise FhirError(400, "the body is not a FHIR resource (no resourceType)", code="structure")
     return body

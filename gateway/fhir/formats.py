@@ -254,23 +254,37 @@ def _put_back(data, stand_ins: dict[str, tuple[int, int]], view: memoryview) -> 
     return found
 
 
-def load(body: bytes | bytearray, content_type: str | None) -> dict:
+def load(body: bytes | bytearray, content_type: str | None, *, completed: bool = False) -> dict:
     """A request body as the JSON of a FHIR resource, whichever of FHIR's formats it came in,
-    checked against the FHIR model of its type, and its narratives against FHIR's rules for them,
-    before anything reads it."""
+    checked (`check`) before anything reads it. `completed`: by its service, which checks it once it
+    has (a patient's Consent, given its scope, category, patient and policy): its shape only, here."""
     xml = (content_type or "").split(";")[0].strip() in XML_TYPES
     data = from_xml(body) if xml else load_json(body)
     if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
         raise Refused("the body is not a FHIR resource (no resourceType)", location="/", status=400,
                               code="structure")
-    try:
-        model = get_fhir_model_class(data["resourceType"])
-    except (KeyError, ValueError, TypeError):
-        raise Refused(f"unknown resource type {data['resourceType'][:64]!r}", location="resourceType",
-                              status=400, code="structure") from None
+    _model_class(data["resourceType"])
     if _elements(data) > MAX_ELEMENTS:
         raise Refused(f"the body holds over {MAX_ELEMENTS} elements: send it in parts", location="/", status=413,
                       code="too-costly")
+    check(data, json_types=not xml, shape_only=completed)
+    return data
+
+
+def _model_class(res_type: str) -> type:
+    try:
+        return get_fhir_model_class(res_type)
+    except (KeyError, ValueError, TypeError):
+        raise Refused(f"unknown resource type {res_type[:64]!r}", location="resourceType", status=400,
+                      code="structure") from None
+
+
+def check(data: dict, json_types: bool = True, *, shape_only: bool = False) -> None:
+    """A resource checked against the FHIR model of its type, with what FHIR refuses and the models
+    take (`_unread`, unless `shape_only`), and its narratives against FHIR's rules for them.
+    `json_types`: its values came as JSON, each in the JSON type FHIR's JSON gives it (not for XML,
+    whose reader types them)."""
+    model = _model_class(data["resourceType"])
     aside = _set_aside_long_binary_data(data)
     try:
         read = model.model_validate(data)
@@ -281,9 +295,10 @@ def load(body: bytes | bytearray, content_type: str | None) -> dict:
         raise Refused(f"unknown resource type {unknown!r} in the {data['resourceType']}", location="resourceType",
                       status=400, code="structure") from None
     except (ValueError, TypeError, AttributeError, RecursionError) as exc:
-        # Elements the body leaves out are the services' to require or complete (a patient's Consent
-        # is completed with its scope and category); what the body says must have FHIR's shape. The
-        # models' url type reads a value that is not a string as one (an AttributeError).
+        # Elements the body leaves out are its service's to require, in its own terms (an ITI-65
+        # entry's, a Consent's actor), which it does before anything is kept (validation.validate);
+        # what the body says must have FHIR's shape. The models' url type reads a value that is not
+        # a string as one (an AttributeError).
         errors = [e for e in exc.errors() if e.get("type") != "missing"] if hasattr(exc, "errors") else [None]
         if errors:
             problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[:10]) \
@@ -291,14 +306,13 @@ def load(body: bytes | bytearray, content_type: str | None) -> dict:
             raise Refused(f"the body is not a valid FHIR {data['resourceType']}: {problems}",
                                   location=data["resourceType"], status=422, code="invalid") from None
     else:
-        if unread := _unread(data, read, json_types=not xml):
+        if not shape_only and (unread := _unread(data, read, json_types)):
             where, problem, status, code = unread
             raise Refused(f"{where}: {problem}", location=where, status=status, code=code)
     finally:
         for resource, value in aside:
             resource["data"] = value
     check_narratives(data, data["resourceType"])
-    return data
 
 
 def _unread(sent: dict, read: FHIRAbstractModel, json_types: bool) -> tuple[str, str, int, str] | None:

@@ -18,6 +18,7 @@ from gateway.access.rules import (
 )
 from gateway.access.writes import Write
 from gateway.refusal import Refused
+from gateway.fhir.formats import check
 from gateway.fhir.validation import InvalidResource, validate
 from gateway.mapping import codes
 from gateway.mapping.dates import fhir_now
@@ -84,6 +85,10 @@ def checked_consent(consent: dict, patient_id: str, access: AccessContext) -> di
     stored.setdefault("policyRule", {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
                                                  "code": POLICIES[effect]}]})
     stored.setdefault("dateTime", fhir_now())
+    # As completed: FHIR's checks of what a client sends (a uri with a space, a code outside its
+    # value set, an invariant) were skipped for a body without scope, and refused one without
+    # policyRule (ppc-1), which the gateway gives it.
+    check(stored)
     try:
         validate(stored)
     except InvalidResource as exc:

@@ -91,6 +91,35 @@ def test_consents_authorise_block_and_revoke(client, bearer, world):
     assert bad.status_code == 422 and bad.json["issue"][0]["expression"] == ["Consent.provision.actor"]
 
 
+def test_a_consent_is_checked_as_fhir_as_the_gateway_completes_it(client, bearer, world):
+    """A patient's Consent is checked as FHIR once the gateway has given it its scope, category,
+    patient and policyRule. Before, one sent without scope (as the gateway's own forms and kit send
+    it) skipped FHIR's checks of what a client sends: a uri with a space was kept, and failed the
+    official check; and one sent with its scope but no policyRule was refused for ppc-1, which the
+    policyRule the gateway gives it meets."""
+    import profiles
+    from gateway.fhir.formats import to_xml
+
+    martin = bearer("patient", patient=MARTIN)
+    spaced = decision("professional", "permit", INTERNIST)
+    spaced["provision"]["actor"][0]["role"]["coding"][0]["system"] += " "
+    refused = client.post("/fhir/Consent", data=json.dumps(spaced), headers={**FHIR, **martin})
+    assert refused.status_code == 422, refused.data[:300]
+    assert refused.json["issue"][0]["expression"] == ["/provision/actor/0/role/coding/0/system"]
+    scoped = {**decision("professional", "permit", INTERNIST), "scope": {"coding": [
+        {"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]}}
+    xml = {"Content-Type": "application/fhir+xml", **martin}
+    kept = [client.post("/fhir/Consent", data=json.dumps(scoped), headers={**FHIR, **martin}),
+            client.post("/fhir/Consent", data=to_xml(scoped), headers=xml)]
+    assert [answer.status_code for answer in kept] == [201, 201], [answer.data[:300] for answer in kept]
+    assert all(answer.json["policyRule"]["coding"][0]["code"] == "OPTIN" for answer in kept)
+    checked = profiles.Collected()
+    for answer in kept:
+        checked.add(answer.json)
+    if profiles.available():
+        assert not checked.errors()
+
+
 def label_position(docref: dict, code: str) -> int:
     return next(i for i, label in enumerate(docref["securityLabel"]) if label["coding"][0]["code"] == code)
 
