@@ -109,6 +109,13 @@ def register_described(uow: UnitOfWork, base_url: str, submitted: dict, data: by
     master = submitted.get("masterIdentifier")
     if not isinstance(master, dict) or not master.get("value"):
         raise Refused("masterIdentifier (the document's uniqueId) is required", location=f"{where}.masterIdentifier")
+    # MHD's profiles, which PDSm's build on: a uniqueId has its system (UniqueIdIdentifier), and a
+    # document one class. Either was kept as submitted, and failed the official check.
+    if not master.get("system"):
+        raise Refused("masterIdentifier has its system (MHD), urn:ietf:rfc:3986 for a urn:oid: or urn:uuid: uniqueId",
+                      location=f"{where}.masterIdentifier.system")
+    if len(submitted.get("category") or []) > 1:
+        raise Refused("category holds the document's one class (MHD: at most one)", location=f"{where}.category")
     key = (master.get("system") or "", master["value"])
     existing_id = uow.find_by_identifier("DocumentReference", *key)
     if existing_id is not None:

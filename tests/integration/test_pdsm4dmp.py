@@ -21,6 +21,7 @@ INS_SYSTEM = "urn:oid:1.2.250.1.213.1.4.8"
 AUTHOR = "899700218896"   # the examples' author (IdNatPs)
 FHIR = {"Content-Type": "application/fhir+json"}
 PATCH = {"Content-Type": "application/json-patch+json"}
+CLASS_SYSTEM = "https://mos.esante.gouv.fr/NOS/TRE_A03-ClasseDocument/FHIR/TRE-A03-ClasseDocument"
 VISIBILITY = "https://mos.esante.gouv.fr/NOS/TRE_A07-StatutVisibiliteDocument/FHIR/TRE-A07-StatutVisibiliteDocument"
 
 
@@ -198,6 +199,24 @@ def test_the_guide_examples_in_xml(client, lps):
     assert statuses == ["201 Created"] * 3
     td02 = client.get("/fhir/Patient", headers=lps, query_string={"identifier": f"{INS_SYSTEM}|{INS}", "_format": "xml"})
     assert etree.fromstring(td02.data).find(f"{ns}total").get("value") == "1"
+
+
+@pytest.mark.parametrize("change, where", [
+    (lambda d: d["masterIdentifier"].pop("system"), ".masterIdentifier.system"),
+    (lambda d: d.__setitem__("category", [{"coding": [{"system": CLASS_SYSTEM, "code": code}]} for code in ("10", "11")]),
+     ".category"),
+], ids=["uniqueId without system", "two classes"])
+def test_a_document_s_metadata_mhd_refuses_is_refused_not_kept(client, lps, change, where):
+    """What MHD's profiles refuse in a document's submitted metadata: a uniqueId without its
+    system (UniqueIdIdentifier), two classes (category 0..1). Each was kept, and every read of the
+    document failed the official check (found by the fuzz, once it changed the guide's examples)."""
+    published = example("DocumentReference-example-td2-iti105-publication-simplifiee.json")
+    change(published)
+    refused = client.post("/fhir/DocumentReference", headers={**FHIR, **lps}, data=json.dumps(published))
+    assert refused.status_code == 422, refused.data[:400]
+    assert refused.json["issue"][0]["expression"][0].endswith(where), refused.json
+    assert client.get("/fhir/DocumentReference", headers=lps, query_string={"patient.identifier": f"{INS_SYSTEM}|{INS}"}
+                      ).json["total"] == 0
 
 
 def test_a_fhir_document_is_read_at_its_bundle_url_through_its_document_s_rules(client, bearer, lps):
