@@ -11,19 +11,26 @@ from gateway.mapping.identity import ins_key_is_valid
 from gateway.storage.repository import Repository, StoredResource, new_id
 
 REGISTERED_TYPES = ("Patient", "Practitioner", "PractitionerRole", "Organization")
+BASE_DEFINITIONS = "http://hl7.org/fhir/StructureDefinition/"
 
 
 def register(repo: Repository, resource: dict) -> StoredResource:
     """Store a new identity resource; Refused when it is invalid or an identifier is taken."""
     res_type = resource["resourceType"]
     resource["id"] = new_id()
-    # The server owns versionId and lastUpdated; the client's profiles are kept.
+    # The server owns versionId and lastUpdated.
     profiles = resource.get("meta", {}).get("profile")
     resource["meta"] = {"profile": profiles} if profiles else {}
     try:
-        validate(resource)
+        validate(resource)   # a profile no definition served here gives for the type is refused
     except InvalidResource as exc:
         raise Refused(str(exc)) from None
+    # A claimed profile is kept where the gateway checks it, FHIR's own for the type; not FR Core's,
+    # which it does not check: a Patient claiming fr-core-patient-ins without the identity
+    # reliability that profile requires was kept with its claim, and every read of it failed the
+    # official check (found by the fuzz).
+    checked = [profile for profile in profiles or [] if profile == f"{BASE_DEFINITIONS}{res_type}"]
+    resource["meta"] = {"profile": checked} if checked else {}
     if res_type == "Patient":
         for identifier in resource.get("identifier", []):
             if identifier.get("system", "").removeprefix("urn:oid:") in codes.INS_OIDS and \

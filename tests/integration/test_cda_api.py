@@ -89,6 +89,39 @@ def test_creating_a_patient_checks_the_ins_and_names_no_existing_record(client):
     assert again.status_code == 409 and created.json["id"] not in again.get_data(as_text=True)
 
 
+def test_a_registered_resource_keeps_the_profile_claims_the_gateway_checks(client):
+    """FHIR's own profile of the type, which the gateway checks, is kept as claimed; FR Core's,
+    which it does not check, are not kept: FR Core's example Patient without the identity
+    reliability its INS profile requires was kept claiming that profile, and failed the official
+    check (found by the fuzz). A profile no definition served here gives is refused, as before."""
+    import profiles
+    from conftest import ROOT
+
+    example = ROOT.parent / "shared" / "fhir-definitions" / "frcore" / "package" / "example" / \
+        "Patient-ExampleFRCorePatient001.json"
+    if not example.exists():
+        pytest.skip(f"FR Core's examples are not present at {example.parent}")
+    patient = json.loads(example.read_text())
+    patient["identifier"][0]["value"] = "185067511204554"   # its own INS has a wrong key
+    patient["extension"] = [e for e in patient["extension"] if not e["url"].endswith("-identity-reliability")]
+    assert patient["meta"]["profile"] == ["https://hl7.fr/ig/fhir/core/StructureDefinition/fr-core-patient-ins"]
+    kept = client.post("/fhir/Patient", data=json.dumps(patient), headers=FHIR)
+    assert kept.status_code == 201, kept.data[:300]
+    assert "profile" not in kept.json["meta"]
+    base = "http://hl7.org/fhir/StructureDefinition/Practitioner"
+    based = {"resourceType": "Practitioner", "meta": {"profile": [base]},
+             "identifier": [{"system": "urn:oid:1.2.250.1.71.4.2.1", "value": "899900000999"}]}
+    based = client.post("/fhir/Practitioner", data=json.dumps(based), headers=FHIR)
+    assert based.json["meta"]["profile"] == [base]
+    unknown = {"resourceType": "Practitioner", "meta": {"profile": [base.replace("Practitioner", "x")]}}
+    assert client.post("/fhir/Practitioner", data=json.dumps(unknown), headers=FHIR).status_code == 422
+    checked = profiles.Collected()
+    checked.add(kept.json)
+    checked.add(based.json)
+    if profiles.available():
+        assert not checked.errors()
+
+
 def test_different_bytes_under_the_same_id_are_refused(client, database):
     post(client, "ldl-ses-martin.xml")
     changed = sample("ldl-ses-martin.xml").replace(b"Pneumopathie", b"Pneumonie")
