@@ -324,8 +324,9 @@ def _unread(sent: dict, read: FHIRAbstractModel, json_types: bool) -> tuple[str,
       models read "true", "3" or a number for a date, the resource was kept as sent and served
       so, and a date given as a number was a 500 where it was indexed (not for XML, whose reader
       gives each value its type);
-    - a code outside the value set FHIR R4 binds it to (required_codes): the models check its
-      characters only, and an Identifier.use of `main` was kept and failed the official check;
+    - a code outside the value set FHIR R4 binds it to (required_codes), or not of the grammar it
+      binds it to (a MIME type): the models check its characters only, and an Identifier.use of
+      `main` was kept and failed the official check;
     - a primitive's value that FHIR's type refuses and the models take (`_primitive_problem`);
     - an invariant of FHIR's broken (`invariants`: ext-1, ref-1, dom-4…), and a reference that is
       not a literal one or names a type its element does not allow (`_reference_problem`)."""
@@ -372,6 +373,9 @@ def _unread(sent: dict, read: FHIRAbstractModel, json_types: bool) -> tuple[str,
                 if codes is not None and isinstance(item, str) and item not in codes:
                     return (where, f"not a code of the value set FHIR binds {type(model).__name__}.{element} to "
                             "(required)", 422, "code-invalid")
+                if isinstance(item, str) and (grammar := required_codes.grammar(type(model).__name__, element)) \
+                        and not grammar.fullmatch(item):
+                    return where, "not a MIME type (BCP 13), as FHIR's required binding has it", 422, "code-invalid"
                 if isinstance(item, str) and (problem := _primitive_problem(item, _primitive_type(type(model), name))):
                     return where, problem, 422, "invalid"
     return broken

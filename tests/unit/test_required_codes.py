@@ -14,6 +14,28 @@ def test_the_table_is_the_one_the_r4_definitions_give():
     if not (DEFINITIONS / "r4-valuesets-flat.json").exists():
         pytest.skip(f"the FHIR definitions are not present at {DEFINITIONS}")
     assert json.loads(required_codes.TABLE.read_text()) == required_codes.build(DEFINITIONS)
+    assert json.loads(required_codes.GRAMMARS_TABLE.read_text()) == required_codes.build_grammars(DEFINITIONS)
+
+
+@pytest.mark.parametrize("content_type, kept", [
+    ("application/pdf", True), ("application/fhir+json; fhirVersion=4.0", True), ('text/plain;charset="utf-8"', True),
+    ("application/xmlé", False), ("text", False), ("text/", False), ("application/pdf;", False), ("a/b c", False),
+])
+def test_an_attachment_s_content_type_is_a_mime_type(content_type, kept):
+    """FHIR binds an attachment's and a Binary's contentType `required` to BCP 13's MIME types, a
+    grammar: `application/xmlé` was kept, and failed the official check (found by a sweep of the
+    fuzz's bodies)."""
+    for resource, where in (({"resourceType": "Binary", "contentType": content_type}, "/contentType"),
+                            ({"resourceType": "Patient", "photo": [{"contentType": content_type}]},
+                             "/photo/0/contentType")):
+        body = json.dumps(resource).encode()
+        if kept:
+            assert formats.load(body, "application/fhir+json") == resource
+            continue
+        with pytest.raises(Refused) as refused:
+            formats.load(body, "application/fhir+json")
+        assert (refused.value.location, refused.value.status) == (where, 422)
+        assert "not a MIME type" in refused.value.reason
 
 
 @pytest.mark.parametrize("resource, found", [
