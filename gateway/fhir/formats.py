@@ -25,7 +25,7 @@ from gateway import base64text
 from gateway.refusal import Refused
 from gateway.cda.parser import safe_parser
 
-from . import invariants, required_codes, xml_reader, xml_writer
+from . import extensions, invariants, required_codes, xml_reader, xml_writer
 from .narrative import check_narratives
 from .xml_layout import FHIR_NS
 
@@ -281,7 +281,8 @@ def _model_class(res_type: str) -> type:
 
 def check(data: dict, json_types: bool = True, *, shape_only: bool = False) -> None:
     """A resource checked against the FHIR model of its type, with what FHIR refuses and the models
-    take (`_unread`, unless `shape_only`), and its narratives against FHIR's rules for them.
+    take (`_unread`) and the extensions it knows the definitions of (`extensions`), unless
+    `shape_only`; and its narratives against FHIR's rules for them.
     `json_types`: its values came as JSON, each in the JSON type FHIR's JSON gives it (not for XML,
     whose reader types them)."""
     model = _model_class(data["resourceType"])
@@ -309,6 +310,9 @@ def check(data: dict, json_types: bool = True, *, shape_only: bool = False) -> N
         if not shape_only and (unread := _unread(data, read, json_types)):
             where, problem, status, code = unread
             raise Refused(f"{where}: {problem}", location=where, status=status, code=code)
+        if not shape_only and (broken := extensions.broken(data)):
+            where, problem = broken
+            raise Refused(f"{where}: {problem}", location=where, status=422, code="invalid")
     finally:
         for resource, value in aside:
             resource["data"] = value

@@ -26,12 +26,11 @@ PDSM_INTENDED_RECIPIENT = "https://interop.esante.gouv.fr/ig/fhir/pdsm/Structure
 IDENTIFIER_SLICES = {"usual": ("uniqueId", "urn:oid:"), "official": ("entryUUID", "urn:uuid:")}
 # A Folder's uniqueId is any URI (an OID or a UUID, as the ANS's annex has it).
 FOLDER_IDENTIFIER_SLICES = {"official": IDENTIFIER_SLICES["official"]}
-# The extensions PDSm's SubmissionSet slices: the value each carries, and whether it comes at most once.
-EXTENSIONS = {DESIGNATION_TYPE: ("valueCodeableConcept", True), SOURCE_ID: ("valueIdentifier", True),
-              codes.PDSM_IS_ARCHIVED: ("valueBoolean", True), INTENDED_RECIPIENT: ("valueReference", False),
-              PDSM_INTENDED_RECIPIENT: ("valueReference", False)}
+# The extensions PDSm's SubmissionSet slices at most once (the value each carries is its
+# definition's: gateway.fhir.extensions).
+ONCE = {DESIGNATION_TYPE, SOURCE_ID, codes.PDSM_IS_ARCHIVED}
 # PDSm's Folder slices one of them.
-FOLDER_EXTENSIONS = {DESIGNATION_TYPE: ("valueCodeableConcept", True)}
+FOLDER_ONCE = {DESIGNATION_TYPE}
 
 
 def unique_id() -> str:
@@ -108,7 +107,7 @@ def refusals(submitted: dict) -> list[tuple[str, str]]:
     of it refuses. A SubmissionSet is kept as submitted (then completed): such a List was
     registered, and every read of it failed the official check."""
     found = [("status", "is current (PDSm's pattern)")] if submitted.get("status") != "current" else []
-    return found + _list_refusals(submitted, "submissionset", EXTENSIONS, IDENTIFIER_SLICES)
+    return found + _list_refusals(submitted, "submissionset", ONCE, IDENTIFIER_SLICES)
 
 
 def folder_refusals(submitted: dict) -> list[tuple[str, str]]:
@@ -116,7 +115,7 @@ def folder_refusals(submitted: dict) -> list[tuple[str, str]]:
     holds documents; its source is the SubmissionSet's)."""
     found = [("status", "is current: a submission creates or adds to a Folder in use")] \
         if submitted.get("status") != "current" else []
-    found += _list_refusals(submitted, "folder", FOLDER_EXTENSIONS, FOLDER_IDENTIFIER_SLICES)
+    found += _list_refusals(submitted, "folder", FOLDER_ONCE, FOLDER_IDENTIFIER_SLICES)
     if not submitted.get("title"):
         found.append(("title", "a Folder has a title (PDSm)"))
     if "source" in submitted:
@@ -126,7 +125,7 @@ def folder_refusals(submitted: dict) -> list[tuple[str, str]]:
     return found
 
 
-def _list_refusals(submitted: dict, list_type: str, extensions: dict, slices: dict) -> list[tuple[str, str]]:
+def _list_refusals(submitted: dict, list_type: str, once: set[str], slices: dict) -> list[tuple[str, str]]:
     """What PDSm's SubmissionSet and Folder both require."""
     found = []
     if submitted.get("mode") != "working":
@@ -150,12 +149,7 @@ def _list_refusals(submitted: dict, list_type: str, extensions: dict, slices: di
     seen: set[str] = set()
     for index, extension in enumerate(submitted.get("extension") or []):
         url = extension.get("url")
-        if url not in extensions:
-            continue
-        value, once = extensions[url]
-        if value not in extension:
-            found.append((f"extension[{index}]", f"{url} carries its value as {value}"))
-        if once and url in seen:
+        if url in once and url in seen:
             found.append((f"extension[{index}]", f"{url} is given once"))
         seen.add(url)
     return found
