@@ -94,6 +94,10 @@ def _nodes(value, path=()):
 
 
 LEFT_OUT = object()
+GIVEN_TWICE = object()   # an item of a list given again after the others
+# A string with something at its edges or inside (… stands for the string): each found a value that
+# the models took and the official check did not (a uri with a space, an accented MIME type).
+EDGES = ["… ", " …", "…\n", "…é", "… …", "…" + "x" * 300]
 
 
 EXAMPLES_DIR = ROOT.parent / "shared" / "reference" / "pdsm4dmp" / "input" / "examples"
@@ -175,11 +179,15 @@ def _kept_pass_the_profiles(client, database, kept, written) -> None:
 
 
 def test_mutated_fhir_submissions(client, bearer, database):
-    """Valid bodies with one place changed to any JSON value, or left out, each under a document id
-    of its own: they reach the checks and mappings behind the models' own, which random bodies do
-    not. What is kept must pass the official profiles. Found by this test: a DocumentReference's
-    category null in an ITI-65 submission (a 500); a SubmissionSet without a date, with a status
-    other than current or an identifier without a system, registered and failing the profiles."""
+    """Valid bodies with one place changed to any JSON value, left out, given twice (an item of a
+    list) or, a string, changed at its edges (EDGES), each under a document id of its own: they
+    reach the checks and mappings behind the models' own, which random bodies do not. What is kept
+    must pass the official profiles. Found by this test: a DocumentReference's category null in an
+    ITI-65 submission (a 500); a SubmissionSet without a date, with a status other than current or
+    an identifier without a system; a document's uniqueId without its system, or two classes; a
+    Patient claiming FR Core's INS profile without what it requires; and, by a sweep of the same
+    changes at every place, a Consent's uri with a space, an accented contentType and an FR Core
+    extension's part given twice: each registered, and failing the profiles."""
     from gateway.services.consents import decision
 
     patient = bearer("patient", patient="185067511204554")
@@ -197,7 +205,8 @@ def test_mutated_fhir_submissions(client, bearer, database):
 
     @FUZZ
     @given(index=st.integers(0, len(bodies) - 1), place=st.integers(0, 10**6),
-           value=st.one_of(st.just(LEFT_OUT), st.just(None), st.just({}), st.just([]), json_values))
+           value=st.one_of(st.just(LEFT_OUT), st.just(GIVEN_TWICE), st.just(None), st.just({}), st.just([]),
+                           st.sampled_from(EDGES), json_values))
     def run(index, place, value):
         path, headers, body = bodies[index]
         changed = body(TRIED["inputs"])
@@ -207,9 +216,15 @@ def test_mutated_fhir_submissions(client, bearer, database):
             container = container[step]
         if value is LEFT_OUT:
             del container[last]
-        else:
+        elif value is GIVEN_TWICE:
+            if isinstance(container, list):
+                container.append(json.loads(json.dumps(container[last])))
+        elif value in EDGES and isinstance(container[last], str):
+            value = container[last] = value.replace("…", container[last])
+        elif value not in EDGES:
             container[last] = value
-        change = (index, (*parents, last), "left out" if value is LEFT_OUT else value)
+        change = (index, (*parents, last), "left out" if value is LEFT_OUT else "given twice" if value is GIVEN_TWICE
+                  else value)
         response = send(client, "POST", path, data=json.dumps(changed),
                         headers={"Content-Type": "application/fhir+json", **headers})
         if response.status_code == 201:
