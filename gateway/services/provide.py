@@ -74,6 +74,9 @@ def provide(repo: Repository, received: Received, trust_anchors, max_bytes: int,
     return submission.response
 
 
+PUBLISHED = "Bundle.entry[1].resource"   # where ITI-105's DocumentReference stands in its Bundle
+
+
 def publish(repo: Repository, received: Received, trust_anchors, max_bytes: int,
             raw_id: int | None = None) -> tuple[bool, StoredResource]:
     """ITI-105 Simplified Publish: one DocumentReference carrying its document in attachment.data,
@@ -106,7 +109,13 @@ def publish(repo: Repository, received: Received, trust_anchors, max_bytes: int,
                 "resourceType": "Binary", "contentType": attachment.get("contentType") or "application/octet-stream",
                 "data": base64.b64encode(data).decode()}}]}
 
-    written = _provide(repo, received, bundle_of_document, trust_anchors, max_bytes, raw_id)
+    try:
+        written = _provide(repo, received, bundle_of_document, trust_anchors, max_bytes, raw_id)
+    except Refused as refusal:
+        # The client posted a DocumentReference: the refusal names it, not the Bundle it became.
+        if (refusal.location or "").startswith(PUBLISHED):
+            raise refusal.at("DocumentReference" + refusal.location[len(PUBLISHED):]) from None
+        raise
     return written.response["entry"][1]["response"]["status"].startswith("201"), written.documents[0].stored
 
 
@@ -366,12 +375,16 @@ def _write(uow: UnitOfWork, base_url: str, bundle: dict, documents, signatures, 
                 patient_id = resolve_subject(uow, subject, bundle_patients)
                 if patient_id is None:
                     raise Refused("the subject names no patient whose record this gateway holds (TD2 "
-                                          "needs the patient's record)", location="subject", status=422,
-                                          code="not-found")
+                                  "needs the patient's record)", location=f"{where}.subject", status=422,
+                                  code="not-found")
                 result = register_described(uow, base_url, item.resource, item.data, patient_id, where=where,
                                             docref_id=item.new_id, digests=item.digests)
         except Refused as refusal:
-            raise _refuse(refusal.reason, f"{where} -> {refusal.location}", refusal.status, refusal.code) from None
+            # A CDA's refusal names its place in the document (/ClinicalDocument/…), a described
+            # document's its place in the Bundle.
+            location = refusal.location if (refusal.location or "").startswith(where) \
+                else f"{where} -> {refusal.location}"
+            raise _refuse(refusal.reason, location, refusal.status, refusal.code) from None
         stored = item.stored = result.document_reference
         patient_ids.add(stored.patient_id)
         superseded |= {p.split("/", 1)[1] for p in result.produced if p.startswith("DocumentReference/")} - {stored.res_id}
