@@ -24,31 +24,14 @@ def _table() -> dict[str, dict]:
     return json.loads(TABLE.read_text())
 
 
-def broken(resource: dict) -> tuple[str, str] | None:
-    """(JSON pointer, problem) of the first extension of the resource, at any depth, that breaks
-    its definition."""
-    stack: list = [(resource, "")]
-    while stack:
-        node, path = stack.pop()
-        if isinstance(node, dict):
-            for key in ("extension", "modifierExtension"):
-                for index, extension in enumerate(node.get(key) or []):
-                    if isinstance(extension, dict) and (problem := _problem(extension)):
-                        return f"{path}/{key}/{index}", problem
-            stack.extend((value, f"{path}/{key.replace('~', '~0').replace('/', '~1')}")
-                         for key, value in reversed(node.items()))
-        elif isinstance(node, list):
-            stack.extend((item, f"{path}/{index}") for index, item in reversed(list(enumerate(node))))
-    return None
-
-
-def _problem(extension: dict) -> str | None:
+def problem(extension: dict) -> str | None:
+    """What an extension (the JSON of one) breaks of its definition, if the table has it."""
     definition = _table().get(extension.get("url"))
     if definition is None:
         return None
     url = extension["url"]
-    if problem := _value_problem(extension, definition["value"], definition["value_min"]):
-        return f"{url}: {problem}"
+    if wrong := _value_problem(extension, definition["value"], definition["value_min"]):
+        return f"{url}: {wrong}"
     parts = [part for part in extension.get("extension") or [] if isinstance(part, dict)]
     if definition["parts"] is None:
         return f"{url} has no parts: it takes a value" if parts else None
@@ -57,8 +40,8 @@ def _problem(extension: dict) -> str | None:
         if len(named) < least or (most != "*" and len(named) > int(most)):
             return f"{url} has {len(named)} {name!r} part(s), where its definition allows {least} to {most}"
         for part in named:
-            if problem := _value_problem(part, types, value_min):
-                return f"{url}, its {name!r} part: {problem}"
+            if wrong := _value_problem(part, types, value_min):
+                return f"{url}, its {name!r} part: {wrong}"
     return None
 
 

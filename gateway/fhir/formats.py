@@ -281,7 +281,7 @@ def _model_class(res_type: str) -> type:
 
 def check(data: dict, json_types: bool = True, *, shape_only: bool = False) -> None:
     """A resource checked against the FHIR model of its type, with what FHIR refuses and the models
-    take (`_unread`) and the extensions it knows the definitions of (`extensions`), unless
+    take (`_unread`) and the extensions it knows the definitions of (`broken_extension`), unless
     `shape_only`; and its narratives against FHIR's rules for them.
     `json_types`: its values came as JSON, each in the JSON type FHIR's JSON gives it (not for XML,
     whose reader types them)."""
@@ -310,13 +310,30 @@ def check(data: dict, json_types: bool = True, *, shape_only: bool = False) -> N
         if not shape_only and (unread := _unread(data, read, json_types)):
             where, problem, status, code = unread
             raise Refused(f"{where}: {problem}", location=where, status=status, code=code)
-        if not shape_only and (broken := extensions.broken(data)):
+        if not shape_only and (broken := broken_extension(data)):
             where, problem = broken
             raise Refused(f"{where}: {problem}", location=where, status=422, code="invalid")
     finally:
         for resource, value in aside:
             resource["data"] = value
     check_narratives(data, data["resourceType"])
+
+
+def broken_extension(data: dict) -> tuple[str, str] | None:
+    """(JSON pointer, problem) of the first extension of a resource, at any depth, that breaks its
+    definition (`extensions`)."""
+    stack: list = [(data, "")]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, dict):
+            for key in ("extension", "modifierExtension"):
+                for index, extension in enumerate(node.get(key) or []):
+                    if isinstance(extension, dict) and (problem := extensions.problem(extension)):
+                        return f"{path}/{key}/{index}", problem
+            stack.extend((value, f"{path}/{_pointer_step(key)}") for key, value in reversed(node.items()))
+        elif isinstance(node, list):
+            stack.extend((item, f"{path}/{index}") for index, item in reversed(list(enumerate(node))))
+    return None
 
 
 def _unread(sent: dict, read: FHIRAbstractModel, json_types: bool) -> tuple[str, str, int, str] | None:
