@@ -90,6 +90,21 @@ def bearer(token_key):
     return headers
 
 
+def every_version(engine, res_types: list[str]) -> list[tuple[str, str, int]]:
+    """(type, id, version) of every version kept of resources of these types: those a later one
+    replaced (resource_versions) and the current ones (resources)."""
+    from sqlalchemy import select
+
+    from gateway.storage.schema import resource_versions, resources
+
+    with engine.connect() as conn:
+        return [tuple(row) for row in conn.execute(
+            select(resource_versions.c.res_type, resource_versions.c.res_id, resource_versions.c.version)
+            .where(resource_versions.c.res_type.in_(res_types))
+            .union_all(select(resources.c.res_type, resources.c.res_id, resources.c.version)
+                       .where(resources.c.res_type.in_(res_types))))]
+
+
 def attend_all(engine, professional: str = GP) -> None:
     """Make a professional the attending physician of every patient in the database, as if each
     patient had chosen them: the tests that are not about access read as this doctor."""

@@ -10,14 +10,14 @@ import pytest
 from sqlalchemy import select
 
 import profiles
-from conftest import SAMPLES, attend_all, sample
+from conftest import SAMPLES, attend_all, every_version, sample
 from gateway.access import AccessContext
 from gateway.demo import build_submission
 from gateway.refusal import Refused
 from gateway.services.consents import decision
 from gateway.services.personal import add_contact
 from gateway.storage.repository import Repository
-from gateway.storage.schema import raw_inputs, resource_versions, resources
+from gateway.storage.schema import raw_inputs
 
 MARTIN_INS = "185067511204554"
 HL7 = "x-application/hl7-v2+er7"
@@ -145,14 +145,8 @@ def test_a_no_break_space_after_any_field_of_a_message_keeps_what_passes_the_off
             acks[ack.split(b"MSA|", 1)[1][:2]] += 1
     assert acks[b"AA"] > 400, acks
     attend_all(database[0])
-    kept_types = ["Patient", "DocumentReference", "List"]
-    with database[0].connect() as conn:   # every version: each message's patient, as it was kept
-        kept = conn.execute(select(resource_versions.c.res_type, resource_versions.c.res_id,
-                                   resource_versions.c.version).where(resource_versions.c.res_type.in_(kept_types))
-                            .union_all(select(resources.c.res_type, resources.c.res_id, resources.c.version)
-                                       .where(resources.c.res_type.in_(kept_types)))).all()
-    checked = profiles.Collected()
-    for res_type, res_id, version in kept:
+    checked = profiles.Collected()   # every version: each message's patient, as it was kept
+    for res_type, res_id, version in every_version(database[0], ["Patient", "DocumentReference", "List"]):
         checked.add(client.get(f"/fhir/{res_type}/{res_id}/_history/{version}").json)
     assert len(checked) > 40
     if profiles.available():

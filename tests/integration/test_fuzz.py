@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from conftest import REPORT, ROOT, SAMPLES, attend_all
+from conftest import REPORT, ROOT, SAMPLES, attend_all, every_version
 
 EXAMPLES = int(os.environ.get("GATEWAY_FUZZ_EXAMPLES", "200"))
 TRIED = {"inputs": 0, "5xx": 0, "slowest_ms": 0.0}
@@ -423,9 +423,6 @@ def test_mutated_hl7v2_messages(client, bearer, database):
     """Sample messages with bytes changed: an ACK, never a 5xx or an internal error; and what they
     kept passes the official profiles."""
     import profiles
-    from sqlalchemy import select
-
-    from gateway.storage.schema import resource_versions, resources
 
     system = bearer("system", sub="fuzz")
     messages = [path.read_bytes() for path in sorted((SAMPLES / "hl7v2").glob("*.hl7"))]
@@ -451,14 +448,8 @@ def test_mutated_hl7v2_messages(client, bearer, database):
 
     run()
     attend_all(database[0])
-    kept_types = ["Patient", "DocumentReference", "List"]
-    with database[0].connect() as conn:   # every version: each message's identity, as it was kept
-        kept = conn.execute(select(resource_versions.c.res_type, resource_versions.c.res_id,
-                                   resource_versions.c.version).where(resource_versions.c.res_type.in_(kept_types))
-                            .union_all(select(resources.c.res_type, resources.c.res_id, resources.c.version)
-                                       .where(resources.c.res_type.in_(kept_types)))).all()
-    collected = profiles.Collected()
-    for res_type, res_id, version in kept:
+    collected = profiles.Collected()   # every version: each message's identity, as it was kept
+    for res_type, res_id, version in every_version(database[0], ["Patient", "DocumentReference", "List"]):
         read = send(client, "GET", f"/fhir/{res_type}/{res_id}/_history/{version}")
         if read.status_code == 200:
             collected.add(read.json)
