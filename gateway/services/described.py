@@ -116,7 +116,7 @@ def register_described(uow: UnitOfWork, base_url: str, submitted: dict, data: by
                       location=f"{where}.masterIdentifier.system")
     if len(submitted.get("category") or []) > 1:
         raise Refused("category holds the document's one class (MHD: at most one)", location=f"{where}.category")
-    key = (master.get("system") or "", master["value"])
+    key = (master["system"], master["value"])
     existing_id = uow.find_by_identifier("DocumentReference", *key)
     if existing_id is not None:
         existing = uow.current("DocumentReference", existing_id)
