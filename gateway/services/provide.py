@@ -367,24 +367,20 @@ def _write(uow: UnitOfWork, base_url: str, bundle: dict, documents, signatures, 
         if item.parsed and subject and item.parsed.ins not in _subject_ins(uow, bundle, subject):
             raise _refuse("subject does not designate the patient of the CDA (its INS)", f"{where}.subject")
         visibility = _visibility(item.resource)
-        try:
-            if item.parsed:
+        if item.parsed:
+            try:
                 result = register_document(uow, base_url, _with_submitted_parent(uow, item), visibility=visibility,
                                            docref_id=item.new_id)
-            else:
-                patient_id = resolve_subject(uow, subject, bundle_patients)
-                if patient_id is None:
-                    raise Refused("the subject names no patient whose record this gateway holds (TD2 "
-                                  "needs the patient's record)", location=f"{where}.subject", status=422,
-                                  code="not-found")
-                result = register_described(uow, base_url, item.resource, item.data, patient_id, where=where,
-                                            docref_id=item.new_id, digests=item.digests)
-        except Refused as refusal:
-            # A CDA's refusal names its place in the document (/ClinicalDocument/…), a described
-            # document's its place in the Bundle.
-            location = refusal.location if (refusal.location or "").startswith(where) \
-                else f"{where} -> {refusal.location}"
-            raise _refuse(refusal.reason, location, refusal.status, refusal.code) from None
+            except Refused as refusal:   # it names its place in the document (/ClinicalDocument/…)
+                raise _refuse(refusal.reason, f"{where} -> {refusal.location}", refusal.status, refusal.code) from None
+        else:
+            patient_id = resolve_subject(uow, subject, bundle_patients)
+            if patient_id is None:
+                raise _refuse("the subject names no patient whose record this gateway holds (TD2 needs the "
+                              "patient's record)", f"{where}.subject", 422, "not-found")
+            # Its refusals name their place in the Bundle (`where`).
+            result = register_described(uow, base_url, item.resource, item.data, patient_id, where=where,
+                                        docref_id=item.new_id, digests=item.digests)
         stored = item.stored = result.document_reference
         patient_ids.add(stored.patient_id)
         superseded |= {p.split("/", 1)[1] for p in result.produced if p.startswith("DocumentReference/")} - {stored.res_id}
