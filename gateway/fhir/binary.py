@@ -1,20 +1,21 @@
 """ITI-68 Retrieve Document: GET Binary/[id] returns the document bytes exactly as received.
 
-A client asking for FHIR JSON (Accept or _format) gets the Binary resource with base64 data.
+A client asking for a FHIR format (Accept or _format) gets the Binary resource with base64 data.
 """
 from __future__ import annotations
 
 import base64
 import json
 
-from flask import Response, g, request
+from flask import Response, g
 
 from gateway.storage.repository import Gone, NotFound, StoredResource
 
 from .blueprint import fhir
-from .responses import FhirError, fhir_response, version_headers
+from .responses import FhirError, accepted, fhir_response, format_named, version_headers
 
 FHIR_ACCEPTS = ("application/fhir+json", "application/json")
+RESOURCE_TYPES = {*FHIR_ACCEPTS, "application/fhir+xml", "application/xml+fhir"}
 
 
 def resource_body(stored: StoredResource) -> str:
@@ -27,11 +28,14 @@ def resource_body(stored: StoredResource) -> str:
 
 
 def _wants_resource() -> bool:
-    fmt = request.args.get("_format", "")
-    if fmt in ("json", *FHIR_ACCEPTS):
+    """Whether the client asks for the Binary resource, not the document: by a FHIR format, named by
+    _format or Accept (R4, Binary), in JSON or XML. A browser, which accepts */*, gets the document,
+    and so does an Accept of application/xml, the CDA's own type. Only JSON was served: an Accept of
+    application/fhir+xml got the document, and _format=xml too unless Accept named FHIR JSON."""
+    if format_named() in ("json", "xml"):
         return True
-    accept = request.headers.get("Accept", "")
-    return any(t in accept for t in FHIR_ACCEPTS) and "*/*" not in accept
+    asked = {mime for mime, quality in accepted() if quality > 0}
+    return bool(asked & RESOURCE_TYPES) and "*/*" not in asked
 
 
 def retrieve(res_id: str) -> Response:

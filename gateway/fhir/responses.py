@@ -84,17 +84,33 @@ def operation_outcome(issues: list[dict]) -> dict:
     return {"resourceType": "OperationOutcome", "issue": issues}
 
 
-def wants_xml() -> bool:
-    """Whether this request asked for FHIR XML (_format first, then the best Accept)."""
+def format_named() -> str | None:
+    """What `_format` asks for: "json", "xml", "other", or None without one. Read as HAPI reads it:
+    its media type in any case and without parameters, a space taken for the '+' that a URL typed
+    unencoded turns into (curl sends `…?_format=application/fhir+json` as is, and the query reads
+    `application/fhir json`: it was refused 406). One naming another FHIR version is "other"."""
     fmt = request.args.get("_format")
-    if fmt:
-        return fmt.split(";")[0].strip() in XML_FORMATS
-    accept = _accepted()
+    if not fmt:
+        return None
+    mime, _, parameters = fmt.partition(";")
+    mime = "+".join(mime.split()).lower()
+    if parse_options_header("x;" + parameters)[1].get("fhirversion") not in (None, *FHIR_VERSIONS):
+        return "other"
+    return "json" if mime in JSON_TYPES else "xml" if mime in XML_FORMATS else "other"
+
+
+def wants_xml() -> bool:
+    """Whether this request asked for FHIR XML (_format first, then the best Accept; a _format this
+    server does not serve is refused by `negotiate`, but on Binary, whose document it then serves)."""
+    named = format_named()
+    if named in ("json", "xml"):
+        return named == "xml"
+    accept = accepted()
     best = accept.best_match([FHIR_JSON, FHIR_XML, "application/json", "application/xml", "text/xml"])
     return best in XML_TYPES and accept[best] > accept[FHIR_JSON]
 
 
-def _accepted() -> MIMEAccept:
+def accepted() -> MIMEAccept:
     """Accept's media types without their parameters, which werkzeug would match with nothing (a
     client sending `application/fhir+xml; fhirVersion=4.0` or `application/fhir+json;
     charset=utf-8` was refused 406), less those asking for another FHIR version than this one's."""
@@ -108,16 +124,16 @@ def _accepted() -> MIMEAccept:
 
 def negotiate() -> None:
     """Refuse (406) a client that accepts neither FHIR JSON nor FHIR XML, by _format or Accept."""
-    fmt = request.args.get("_format")
-    if fmt:
-        if fmt.split(";")[0].strip() not in JSON_TYPES and fmt.split(";")[0].strip() not in XML_FORMATS:
-            raise FhirError(406, f"_format={fmt} is not supported: this server answers application/fhir+json "
-                                 "and application/fhir+xml", code="not-supported")
+    named = format_named()
+    if named == "other":
+        raise FhirError(406, f"_format={request.args['_format']} is not supported: this server answers "
+                             "application/fhir+json and application/fhir+xml, of FHIR 4.0 (R4)", code="not-supported")
+    if named:
         return
     asked = [mime for mime, quality in request.accept_mimetypes if quality > 0]
-    accepted = [mime for mime, quality in _accepted() if quality > 0]
+    served = [mime for mime, quality in accepted() if quality > 0]
     if asked and not any(mime in JSON_TYPES or mime in XML_TYPES or mime.endswith(("+json", "+xml"))
-                         for mime in accepted):
+                         for mime in served):
         raise FhirError(406, f"Accept: {request.headers.get('Accept')} cannot be served: this server answers "
                              "application/fhir+json and application/fhir+xml, of FHIR 4.0 (R4)", code="not-supported")
 

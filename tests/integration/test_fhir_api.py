@@ -30,13 +30,66 @@ def test_read_vread_etag_last_modified(client, database):
         assert client.get(f"/fhir/DocumentReference/{created['id']}/_history/{version}").status_code == 404
 
 
-def test_binary_as_fhir_resource(client, database):
+@pytest.mark.parametrize("query, accept, answered", [
+    ("", "application/fhir+json", "json"),
+    ("", "application/json", "json"),
+    ("", "application/fhir+xml", "xml"),
+    ("", "application/fhir+xml; fhirVersion=4.0", "xml"),
+    ("?_format=xml", None, "xml"),
+    ("?_format=application/fhir+xml", "*/*", "xml"),   # the '+' left unencoded, as curl sends it
+    ("?_format=json", "application/fhir+xml", "json"),
+    ("?_format=html", "application/fhir+xml", "xml"),  # no format this server serves: Accept decides
+    ("", None, "document"),
+    ("", "*/*", "document"),
+    ("", "application/fhir+json, */*", "document"),     # a browser's
+    ("", "application/xml", "document"),                # the CDA's own type
+    ("?_format=html", None, "document")])
+def test_binary_as_fhir_resource(client, database, query, accept, answered):
+    """R4 Binary: a client naming a FHIR format, by Accept or _format, gets the Binary resource in
+    it; any other gets the document. Only JSON was served: application/fhir+xml got the document,
+    and _format=xml did too unless Accept named FHIR JSON, which then got XML."""
+    import base64
+
+    from lxml import etree
+
     created = doc(client, database)
     binary_path = created["content"][0]["attachment"]["url"].replace("http://gateway.test", "")
-    resource = client.get(binary_path, headers={"Accept": "application/fhir+json"}).json
-    assert resource["resourceType"] == "Binary" and resource["contentType"] == "text/xml"
-    import base64
-    assert base64.b64decode(resource["data"]) == sample("ldl-ses-martin.xml")
+    response = client.get(binary_path + query, headers={"Accept": accept} if accept else {})
+    assert response.status_code == 200
+    if answered == "document":
+        assert response.mimetype == "text/xml" and response.data == sample("ldl-ses-martin.xml")
+        return
+    assert response.mimetype == f"application/fhir+{answered}", response.data[:200]
+    if answered == "json":
+        resource = response.json
+        assert resource["resourceType"] == "Binary" and resource["contentType"] == "text/xml"
+        data = resource["data"]
+    else:
+        root = etree.fromstring(response.data)
+        assert root.tag == "{http://hl7.org/fhir}Binary"
+        data = root.find("{http://hl7.org/fhir}data").get("value")
+    assert base64.b64decode(data) == sample("ldl-ses-martin.xml")
+
+
+@pytest.mark.parametrize("query, answered", [
+    ("_format=application/fhir+json", "application/fhir+json"),
+    ("_format=application/fhir+xml", "application/fhir+xml"),
+    ("_format=APPLICATION/FHIR%2BXML", "application/fhir+xml"),
+    ("_format=application/fhir+xml;+fhirVersion=4.0", "application/fhir+xml"),
+    ("_format=text/xml", "application/fhir+xml"),
+    ("_format=application/fhir%2Bjson%3B%20fhirVersion%3D5.0", None),
+    ("_format=application/fhir+xml;+fhirVersion=3.0", None),
+    ("_format=html", None),
+    ("_format=application/pdf", None)])
+def test_format_is_read_as_a_url_gives_it(client, query, answered):
+    """_format as a URL typed without encoding its '+' gives it (`curl '…?_format=application/fhir+json'`
+    sends `application/fhir json`), in any case, with its parameters: it was refused 406. One naming
+    another FHIR version, or no FHIR format, is refused."""
+    answer = client.get(f"/fhir/metadata?{query}", headers={"Accept": "application/fhir+json"})
+    if answered is None:
+        assert answer.status_code == 406 and "FHIR 4.0" in answer.json["issue"][0]["diagnostics"]
+    else:
+        assert answer.status_code == 200 and answer.mimetype == answered, (query, answer.status_code)
 
 
 def test_error_statuses_are_operation_outcomes(client, database):
