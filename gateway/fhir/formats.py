@@ -186,13 +186,31 @@ def load_json(body: bytes | bytearray) -> object:
         raise Refused(f"{where}: FHIR's JSON does not allow {what}", location=where, status=400,
                       code="structure") from None
     except ValueError as exc:
-        raise Refused(f"the body is not JSON: {str(exc)[:200]}", location="/", status=400,
-                              code="structure") from None
+        raise Refused(_not_utf8(body) or f"the body is not JSON: {str(exc)[:200]}", location="/", status=400,
+                      code="structure") from None
     # JSON writes U+0000 as \u0000 only (a raw one is refused above): looked for in the body first.
     if b"\\u0000" in body and (where := _nul_at(data)) is not None:
         raise Refused(f"{where}: a string holds the character U+0000 (NUL), which no FHIR string may hold",
                       location=where, status=400, code="value")
     return data
+
+
+def _not_utf8(body: bytes | bytearray) -> str | None:
+    """What is wrong with a body that is not UTF-8, or None. orjson says "str is not valid UTF-8:
+    surrogates not allowed" at line 1, column 1 of a body in Windows-1252 or UTF-16 whatever
+    byte is wrong: this names the encoding FHIR asks for and the first byte outside it."""
+    for mark, name in ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),
+                       (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16")):
+        if body.startswith(mark):
+            return f"the body is in {name} (its byte order mark says so): FHIR's JSON is in UTF-8 (RFC 8259)"
+    if b"\x00" in body[:4]:   # JSON's first character is ASCII: in UTF-16 or UTF-32, beside NUL bytes
+        return "the body is in UTF-16 or UTF-32 (NUL bytes begin it): FHIR's JSON is in UTF-8 (RFC 8259)"
+    try:
+        codecs.decode(body, "utf-8")
+    except UnicodeDecodeError as exc:
+        return (f"the body is not in UTF-8, as FHIR's JSON is (RFC 8259): byte 0x{body[exc.start]:02X} at offset "
+                f"{exc.start} is not UTF-8 (a body in Windows-1252 or ISO 8859-1 is refused: send it in UTF-8)")
+    return None
 
 
 def _nul_at(data) -> str | None:

@@ -110,11 +110,24 @@ def test_what_the_parser_refuses_is_said_of_the_body_as_sent():
                          '</valueQuantity></Observation>'.encode())
 
 
-def test_json_that_is_not_utf8_or_too_deep_is_refused():
-    with pytest.raises(Refused, match="not JSON"):
-        formats.load_json('{"a": "é"}'.encode("utf-16"))
-    with pytest.raises(Refused):
+@pytest.mark.parametrize("body, told", [
+    ('{"a": "é"}'.encode("utf-16"), "the body is in UTF-16 (its byte order mark says so)"),
+    ('{"a": "é"}'.encode("utf-32"), "the body is in UTF-32 (its byte order mark says so)"),
+    ('{"a": "é"}'.encode("cp1252"), "byte 0xE9 at offset 7 is not UTF-8"),
+    ('{"a": "é"}'.encode("utf-16-be"), "the body is in UTF-16 or UTF-32 (NUL bytes begin it)"),
+    ('{"a": "é"}'.encode("utf-32-le"), "the body is in UTF-16 or UTF-32 (NUL bytes begin it)")])
+def test_json_that_is_not_utf8_is_refused_naming_its_first_byte_outside_it(body, told):
+    """orjson said "str is not valid UTF-8: surrogates not allowed: line 1 column 1 (char 0)" of
+    each, wherever its first wrong byte was."""
+    with pytest.raises(Refused, match=re.escape(told)):
+        formats.load_json(body)
+
+
+def test_json_too_deep_or_not_json_is_refused():
+    with pytest.raises(Refused, match="nests deeper"):
         formats.load_json(b"[" * 60 + b"]" * 60)
+    with pytest.raises(Refused, match="the body is not JSON"):
+        formats.load_json('{"a": é}'.encode())
 
 
 @pytest.mark.parametrize("body, where", [
