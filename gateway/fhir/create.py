@@ -39,11 +39,9 @@ def create(res_type: str):
     if resource["resourceType"] != res_type:
         raise FhirError(400, f"the body is a {resource['resourceType']}, posted to {res_type}", code="invalid")
     condition = request.headers.get("If-None-Exist")
-    if condition:
+    if condition is not None:
         try:
-            parsed = search_sql.parse_search(res_type, parse_qsl(condition), strict=True)
-            parsed.count = 2   # none, one, or several
-            page = g.repository.search(parsed)
+            page = g.repository.search(_condition(res_type, condition))
         except search_sql.SearchError as exc:
             raise FhirError(400, f"If-None-Exist: {exc}", code=exc.code) from None
         if len(page.entries) > 1:
@@ -56,3 +54,26 @@ def create(res_type: str):
     headers = version_headers(stored.version, stored.last_updated)
     headers["Location"] = f"{base}/{res_type}/{stored.res_id}/_history/{stored.version}"
     return fhir_response(stored.body, 201, headers)
+
+
+def _condition(res_type: str, header: str) -> search_sql.SearchRequest:
+    """If-None-Exist's search, for none, one or several matches: its parameters, as FHIR writes them,
+    or after `[base/]Type?`, as HAPI's client sends them (refused before). It names a criterion and
+    no result parameter: without one (`identifier=` left empty, a blank header), or with
+    `_summary=count`, the search matched any resource the requester sees, or none, and the create
+    was answered with one of them or made anyway."""
+    target, asked, query = header.strip().partition("?")
+    if not asked or "=" in target or "&" in target:   # no `Type?`: a value may hold a '?'
+        target, query = "", header.strip()
+    if target and target.rstrip("/").rsplit("/", 1)[-1] != res_type:
+        raise search_sql.SearchError(f"names a search of {target.rsplit('/', 1)[-1][:64]!r}, not of {res_type}")
+    params = parse_qsl(query, keep_blank_values=True)
+    given = next((name for name, _ in params if name in search_sql.RESULT_PARAMS), None)
+    if given:
+        raise search_sql.SearchError(f"{given} is not a search criterion: name the resource that must not exist")
+    parsed = search_sql.parse_search(res_type, params, strict=True)
+    if not parsed.criteria:
+        raise search_sql.SearchError("names no search criterion: name the resource that must not exist, as "
+                                     "identifier=[system]|[value]")
+    parsed.count = 2
+    return parsed

@@ -176,6 +176,38 @@ def test_conditional_create(client, database):
     assert many.status_code == 412
 
 
+@pytest.mark.parametrize("condition, status", [
+    ("Patient?identifier=urn:oid:1.2.250.1.213.1.4.10|177091305504102", 200),   # as HAPI's client sends it
+    ("http://gateway.test/fhir/Patient?identifier=urn:oid:1.2.250.1.213.1.4.10|177091305504102", 200),
+    ("?identifier=urn:oid:1.2.250.1.213.1.4.10|177091305504102", 200),
+    ("identifier=urn:oid:1.2.250.1.213.1.4.10|177091305504102&name=", 400),
+    ("identifier=", 400),   # a client's empty variable: the one patient it sees was answered as the match
+    ("", 400),
+    ("&", 400),
+    ("identifier=urn:oid:1.2.250.1.213.1.4.10|177091305504102&_summary=count", 400),   # was created anyway
+    ("_count=1", 400),
+    ("Practitioner?identifier=urn:oid:1.2.250.1.213.1.4.10|177091305504102", 400),
+    ("identifier=urn:oid:1.2.250.1.213.1.4.10|a?b", 201)])
+def test_conditional_create_names_the_resource_that_must_not_exist(client, database, condition, status):
+    """If-None-Exist is a search that names what must not exist: by its parameters, after a
+    `[base/]Type?` too (HAPI's client and tests send `Patient?identifier=…`: it was refused). One
+    naming no criterion, or a result parameter, is refused: `identifier=` left empty matched any
+    patient the requester sees, and the create of another patient answered with that one."""
+    patient = {"resourceType": "Patient", "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.10",
+                                                           "value": "177091305504102"}], "gender": "male"}
+    first = client.post("/fhir/Patient", data=json.dumps(patient), headers=FHIR)
+    attend_all(database[0])
+    other = dict(patient, identifier=[{"system": "urn:oid:1.2.250.1.213.1.4.10", "value": "185067511204554"}])
+    answer = client.post("/fhir/Patient", data=json.dumps(other), headers={"If-None-Exist": condition, **FHIR})
+    assert answer.status_code == status, answer.json
+    if status == 200:
+        assert answer.json["id"] == first.json["id"]
+    elif status == 201:
+        assert answer.json["identifier"] == other["identifier"]
+    else:
+        assert answer.json["issue"][0]["diagnostics"].startswith("If-None-Exist: ")
+
+
 def test_capability_statement(client):
     statement = client.get("/fhir/metadata").json
     assert statement["fhirVersion"] == "4.0.1"
