@@ -2,27 +2,21 @@
 representatives; revoking is a PUT with status inactive, so the history keeps every decision)."""
 from __future__ import annotations
 
-from flask import current_app, g
+from flask import g
 
 from gateway.services import consents
 
 from .blueprint import fhir
 from .create import read_json_body
 from .read import lookup
-from .responses import FhirError, fhir_response, if_match, negotiate, version_headers
-
-
-def _answer(stored, status: int):
-    headers = version_headers(stored.version, stored.last_updated)
-    headers["Location"] = f"{current_app.config['SETTINGS'].fhir_base}/Consent/{stored.res_id}/_history/{stored.version}"
-    return fhir_response(stored.body, status, headers)
+from .responses import FhirError, if_match, negotiate, written
 
 
 @fhir.post("/Consent")
 def create_consent():
     negotiate()
     body = read_json_body(completed=True)
-    return _answer(consents.create(g.repository, body), 201)
+    return written(consents.create(g.repository, body), 201, "created")
 
 
 @fhir.put("/Consent/<res_id>")
@@ -31,4 +25,4 @@ def update_consent(res_id: str):
     body = read_json_body(completed=True)
     if body.get("id") not in (None, res_id):
         raise FhirError(400, f"the body's id {body.get('id')} is not {res_id}", code="invalid")
-    return _answer(lookup(consents.update, g.repository, res_id, body, if_match()), 200)
+    return written(lookup(consents.update, g.repository, res_id, body, if_match()), 200, "updated")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from urllib.parse import parse_qsl
 
-from flask import current_app, g, request
+from flask import g, request
 
 from gateway.services import directory
 from gateway.services.directory import REGISTERED_TYPES
@@ -15,7 +15,7 @@ from gateway.storage import search as search_sql
 from .blueprint import fhir
 from .formats import load
 from .read import STORED_TYPES
-from .responses import FHIR_TYPES, FhirError, fhir_response, negotiate, require_content_type, version_headers
+from .responses import FHIR_TYPES, FhirError, negotiate, require_content_type, written
 
 
 def read_json_body(completed: bool = False) -> dict:
@@ -47,13 +47,8 @@ def create(res_type: str):
         if len(page.entries) > 1:
             raise FhirError(412, "If-None-Exist matches several resources", code="duplicate")
         if len(page.entries) == 1:
-            found = page.entries[0]
-            return fhir_response(found.body, 200, version_headers(found.version, found.last_updated))
-    stored = directory.register(g.repository, resource)
-    base = current_app.config["SETTINGS"].fhir_base
-    headers = version_headers(stored.version, stored.last_updated)
-    headers["Location"] = f"{base}/{res_type}/{stored.res_id}/_history/{stored.version}"
-    return fhir_response(stored.body, 201, headers)
+            return written(page.entries[0], 200, "already exists (If-None-Exist): nothing was created")
+    return written(directory.register(g.repository, resource), 201, "created")
 
 
 def _condition(res_type: str, header: str) -> search_sql.SearchRequest:

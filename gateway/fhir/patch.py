@@ -10,8 +10,7 @@ from gateway.storage import search as search_sql
 from .blueprint import fhir
 from .formats import load_json
 from .read import lookup
-from .responses import (FhirError, fhir_response, if_match, negotiate, operation_outcome, require_content_type,
-                        version_headers)
+from .responses import FhirError, fhir_response, if_match, negotiate, operation_outcome, require_content_type, written
 
 JSON_PATCH_TYPES = {"application/json-patch+json"}
 
@@ -27,7 +26,7 @@ def _patch(res_id: str):
         return fhir_response(operation_outcome([{
             "severity": "information", "code": "deleted",
             "diagnostics": "the document is deleted: no search returns it and a read answers 410 Gone"}]), 200)
-    return fhir_response(stored.body, 200, version_headers(stored.version, stored.last_updated))
+    return written(stored, 200, "updated", located=False)
 
 
 @fhir.patch("/DocumentReference/<res_id>")

@@ -8,7 +8,7 @@ from gateway.services.ingest import Received
 from gateway.services.provide import publish
 
 from .blueprint import fhir
-from .responses import FHIR_TYPES, fhir_response, negotiate, request_body, require_content_type, version_headers
+from .responses import FHIR_TYPES, negotiate, request_body, require_content_type, written
 
 
 @fhir.post("/DocumentReference")
@@ -19,6 +19,4 @@ def simplified_publish():
     created, stored = publish(g.repository, Received("iti105", request_body(), request.mimetype,
                                                      request.remote_addr), settings.trust_anchors,
                               settings.max_document_bytes)
-    headers = version_headers(stored.version, stored.last_updated)
-    headers["Location"] = f"{settings.fhir_base}/DocumentReference/{stored.res_id}/_history/{stored.version}"
-    return fhir_response(stored.body, 201 if created else 200, headers)
+    return written(stored, 201 if created else 200, "created" if created else "already registered: nothing was created")

@@ -6,7 +6,7 @@ import re
 from email.utils import format_datetime
 from datetime import datetime
 
-from flask import Response, has_request_context, request
+from flask import Response, current_app, has_request_context, request
 from werkzeug.datastructures import MIMEAccept
 from werkzeug.http import parse_options_header
 
@@ -161,6 +161,35 @@ def if_match() -> int | None:
     if match is None:
         raise FhirError(400, 'If-Match names the version to update as its ETag: W/"[versionId]"', code="invalid")
     return int(match.group(1))
+
+
+def preferred(name: str) -> str | None:
+    """The value the request's Prefer header gives a preference (RFC 7240: `return=minimal`,
+    `handling=strict`, several in one header or in several), or None."""
+    for part in re.split(r"[,;]", ",".join(request.headers.getlist("Prefer"))):
+        key, _, value = part.partition("=")
+        if key.strip().lower() == name:
+            return value.strip().strip('"')
+    return None
+
+
+def written(stored, status: int, done: str, *, located: bool = True) -> Response:
+    """The answer to a create, an update or a patch: its version in ETag and Last-Modified, where it
+    is in Location (a create's), and the resource, or what `Prefer: return=` asks instead (R4 http,
+    "Managing Return Content"): nothing (`minimal`) or an OperationOutcome saying what was `done`."""
+    headers = version_headers(stored.version, stored.last_updated)
+    reference = f"{stored.res_type}/{stored.res_id}/_history/{stored.version}"
+    if located:
+        headers["Location"] = f"{current_app.config['SETTINGS'].fhir_base}/{reference}"
+    returned = preferred("return")
+    if returned == "minimal":
+        response = Response(status=status)
+        response.headers.update(headers)
+        return response
+    if returned == "OperationOutcome":
+        return fhir_response(operation_outcome([{"severity": "information", "code": "informational",
+                                                 "diagnostics": f"{reference}: {done}"}]), status, headers)
+    return fhir_response(stored.body, status, headers)
 
 
 def version_headers(version: int, last_updated: str) -> dict:

@@ -12,12 +12,7 @@ from gateway.storage.repository import SearchPage
 from .blueprint import fhir
 from .read import check_type
 from .record_state import patients_with_state
-from .responses import FhirError, fhir_response, negotiate, operation_outcome
-
-
-def _strict() -> bool:
-    prefer = request.headers.get("Prefer", "")
-    return "handling=strict" in prefer.replace(" ", "")
+from .responses import FhirError, fhir_response, negotiate, operation_outcome, preferred
 
 
 def _params_from_request(include_form: bool) -> list[tuple[str, str]]:
@@ -31,7 +26,7 @@ def run_search(res_type: str, params: list[tuple[str, str]]):
     check_type(res_type)
     negotiate()
     try:
-        parsed = search_sql.parse_search(res_type, params, strict=_strict())
+        parsed = search_sql.parse_search(res_type, params, strict=preferred("handling") == "strict")
         page = g.repository.search(parsed)
     except search_sql.SearchError as exc:
         raise FhirError(400, str(exc), code=exc.code) from None

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, g, request
 
-from gateway.fhir.responses import fhir_response, operation_outcome, require_content_type, version_headers
+from gateway.fhir.responses import fhir_response, operation_outcome, require_content_type, written
 from gateway.services.documents import CDA_CONTENT_TYPES, ingest_cda
 from gateway.services.ingest import HEAD_KEPT
 
@@ -30,6 +30,4 @@ def post_cda():
             "severity": "information", "code": "duplicate",
             "diagnostics": f"this document is already registered ({location}); nothing new was stored"}]),
             200, {"Location": location})
-    headers = version_headers(stored.version, stored.last_updated)
-    headers["Location"] = f"{location}/_history/{stored.version}"
-    return fhir_response(stored.body, 201, headers)
+    return written(stored, 201, "created")

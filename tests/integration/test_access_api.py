@@ -414,3 +414,40 @@ def test_what_names_a_document_follows_its_visibility(client, bearer, settings, 
     lists = client.get("/fhir/List", query_string={"patient.identifier": minor}, headers=surgeon).json
     assert lists["total"] == 0
     assert client.get(f"/fhir/{signature}", headers=parent).status_code == 200
+
+
+@pytest.mark.parametrize("preference", [None, "return=representation", "return=minimal", "return=OperationOutcome",
+                                        'handling=lenient; return="minimal"'])
+def test_writes_answer_as_prefer_return_asks(client, bearer, world, preference):
+    """A create, an update and a patch answer with the resource, nothing, or an OperationOutcome,
+    as `Prefer: return=` asks (R4 http), their version and place in the headers either way: every
+    answer was the resource, whatever was asked."""
+    martin = bearer("patient", patient=MARTIN)
+    prefer = {"Prefer": preference} if preference else {}
+    mask = [{"op": "add", "path": "/securityLabel/-",
+             "value": {"coding": [{"system": codes.VISIBILITY_SYSTEM, "code": "MASQUE_PS"}]}}]
+    answers = {
+        "created": client.post("/fhir/Consent", data=consent("professional", "permit", INTERNIST),
+                               headers={**FHIR, **martin, **prefer}),
+        "patched": client.patch(f"/fhir/DocumentReference/{world['bio']}", data=json.dumps(mask),
+                                headers={**PATCH, **martin, **prefer})}
+    consent_id = answers["created"].headers["Location"].split("/Consent/")[1].split("/")[0]
+    answers["updated"] = client.put(f"/fhir/Consent/{consent_id}", headers={**FHIR, **martin, **prefer},
+                                    data=consent("professional", "permit", INTERNIST, status="inactive"))
+    expected = {"created": (201, "Consent", "1"), "patched": (200, "DocumentReference", "2"),
+                "updated": (200, "Consent", "2")}
+    for name, answer in answers.items():
+        status, res_type, version = expected[name]
+        assert answer.status_code == status, (name, answer.data[:300])
+        assert answer.headers["ETag"] == f'W/"{version}"' and answer.headers["Last-Modified"].endswith("GMT")
+        if name == "created":
+            assert answer.headers["Location"].endswith(f"/fhir/Consent/{consent_id}/_history/1")
+        returned = (preference or "return=representation").rpartition("=")[2].strip('"')
+        if returned == "minimal":
+            assert answer.data == b"", (name, answer.data[:200])
+        elif returned == "OperationOutcome":
+            issue = answer.json["issue"][0]
+            assert answer.json["resourceType"] == "OperationOutcome" and issue["severity"] == "information"
+            assert issue["diagnostics"].startswith(f"{res_type}/") and f"/_history/{version}: " in issue["diagnostics"]
+        else:
+            assert answer.json["resourceType"] == res_type and answer.json["meta"]["versionId"] == version
