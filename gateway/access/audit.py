@@ -48,6 +48,10 @@ INTERACTIONS = {
     "patch": ("PatientUpdate", "Update", "U", SOURCE_ROLE, DESTINATION_ROLE),
     "delete": ("PatientDelete", "Delete", "D", APPLICATION_ROLE, CUSTODIAN_ROLE),
 }
+# A history serves a resource's versions as vreads would. BALP has no profile of a history: its
+# (Patient)Read takes the subtypes read and vread only, and an event naming history-instance alone
+# claimed it and failed it. It names vread too, after history-instance (what the patient reads).
+ALSO_NAMED = {"history-instance": ("vread",)}
 PURPOSES = {"care": ("TREAT", "treatment"), EMERGENCY: ("BTG", "break the glass"),
             REGULATION: ("ETREAT", "Emergency Treatment")}
 ROLE_SYSTEM = "urn:dmp-gateway:role"
@@ -87,7 +91,8 @@ def audit_event(event_id: str, recorded: str, interaction: str, access: AccessCo
         event["meta"] = {"profile": [BALP + (with_patient if patient_id else without_patient)]}
     event |= {
         "type": REST_TYPE,
-        "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": interaction}],
+        "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": code}
+                    for code in (interaction, *ALSO_NAMED.get(interaction, ()))],
         "action": action, "recorded": recorded, "outcome": outcome.code,
         "purposeOfEvent": [_purpose(access)],
         "agent": [_requester(access, requester_role), *_organization(access), _gateway(gateway_role, host)],

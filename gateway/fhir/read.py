@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import json
+from urllib.parse import urlencode
 
 from flask import current_app, g, request
 
+from gateway.mapping.dates import InvalidTime, fhir_range
 from gateway.storage.repository import Gone, NotFound
 from gateway.storage.schema import MAX_VERSION
 
@@ -57,15 +59,26 @@ def vread(res_type: str, res_id: str, vid: str):
 
 @fhir.get("/<res_type>/<res_id>/_history")
 def history(res_type: str, res_id: str):
+    """A resource's versions, newest first, a page of `_count` (50, at most 500) at a time, with a
+    link to the next: `total` counts them all. Before, a page was all there was: the versions past
+    the 50th were not served, and `total` counted the page. `_since` keeps the versions made at or
+    after an instant (it was ignored); `_at` and `_list` are refused, not ignored."""
     check_type(res_type)
     negotiate()
-    count = request.args.get("_count", "50")
-    if not (count.isascii() and count.isdigit()):
-        raise FhirError(400, "_count must be a non-negative integer", code="invalid")
-    versions = lookup(g.repository.history, res_type, res_id, min(int(count), 500))
+    for unsupported in ("_at", "_list"):
+        if unsupported in request.args:
+            raise FhirError(400, f"{unsupported} is not supported on a history: use _since", code="not-supported")
+    count = min(_whole("_count", request.args.get("_count", "50")), 500)
+    below = min(_whole("_below", request.args["_below"]), MAX_VERSION + 1) if "_below" in request.args else None
+    since = request.args.get("_since")
+    try:
+        lowest = fhir_range(since)[0] if since is not None else None
+    except InvalidTime as exc:
+        raise FhirError(400, f"_since: {exc}", code="invalid") from None
+    versions, total = lookup(lambda: g.repository.history(res_type, res_id, count + 1, below=below, since=lowest))
     base = current_app.config["SETTINGS"].fhir_base
     entries = []
-    for stored, method in versions:
+    for stored, method in versions[:count]:
         entry = {"fullUrl": f"{base}/{res_type}/{res_id}",
                  "request": {"method": "DELETE" if stored.deleted else method,
                              "url": f"{res_type}/{res_id}" if method != "POST" else res_type},
@@ -74,6 +87,16 @@ def history(res_type: str, res_id: str):
         if not stored.deleted:
             entry["resource"] = json.loads(stored.body)
         entries.append(entry)
-    bundle = {"resourceType": "Bundle", "type": "history", "total": len(entries),
-              "link": [{"relation": "self", "url": request.url}], "entry": entries}
+    links = [{"relation": "self", "url": request.url}]
+    if len(versions) > count and count:
+        kept = [("_count", str(count))] + ([("_since", since)] if since is not None else [])
+        links.append({"relation": "next", "url": f"{base}/{res_type}/{res_id}/_history?"
+                                                 + urlencode(kept + [("_below", str(versions[count - 1][0].version))])})
+    bundle = {"resourceType": "Bundle", "type": "history", "total": total, "link": links, "entry": entries}
     return fhir_response(bundle)
+
+
+def _whole(name: str, value: str) -> int:
+    if not (value.isascii() and value.isdigit()):
+        raise FhirError(400, f"{name} must be a non-negative integer", code="invalid")
+    return int(value)

@@ -207,19 +207,31 @@ class Repository:
         return conn.execute(select(resources).where(
             resources.c.res_type == res_type, resources.c.res_id == res_id, self._visible(res_type))).first()
 
-    def history(self, res_type: str, res_id: str, count: int = 50) -> list[tuple[StoredResource, str]]:
+    def history(self, res_type: str, res_id: str, count: int = 50, *, below: int | None = None,
+                since: str | None = None) -> tuple[list[tuple[StoredResource, str]], int]:
+        """A page of a resource's versions, newest first: `count` of those below version `below`,
+        updated at or after `since` (an index instant); and how many versions there are since then,
+        below or not, for the page's total."""
         # The current version is in `resources`, those it replaced in the history: one snapshot.
         with read_connection(self.engine) as conn:
             current = self._visible_current(res_type, res_id, conn)
-            replaced = conn.execute(select(resource_versions).where(
-                resource_versions.c.res_type == res_type, resource_versions.c.res_id == res_id)
-                .order_by(resource_versions.c.version.desc()).limit(count)).all() if current is not None else []
+            if current is not None:
+                kept = [resource_versions.c.res_type == res_type, resource_versions.c.res_id == res_id]
+                if since:
+                    kept.append(resource_versions.c.last_updated >= since)
+                total = conn.execute(select(func.count()).select_from(resource_versions).where(*kept)).scalar_one()
+                if below is not None:
+                    kept.append(resource_versions.c.version < below)
+                replaced = conn.execute(select(resource_versions).where(*kept)
+                                        .order_by(resource_versions.c.version.desc()).limit(count)).all()
         if current is None:
             self._audit_refused("history-instance", res_type, res_id)
             raise NotFound(f"{res_type}/{res_id} is not known")
         self._audit_access("history-instance", self._row(current))
-        return [(StoredResource(res_type, res_id, r.version, _instant(r.last_updated), r.body, r.deleted), r.method)
-                for r in [current, *replaced][:count]]
+        recent = not since or current.last_updated >= since
+        rows = ([current] if recent and (below is None or current.version < below) else []) + replaced
+        return ([(StoredResource(res_type, res_id, r.version, _instant(r.last_updated), r.body, r.deleted), r.method)
+                 for r in rows[:count]], total + recent)
 
     def blob(self, sha256: str) -> bytes:
         with read_connection(self.engine) as conn:

@@ -451,3 +451,29 @@ def test_writes_answer_as_prefer_return_asks(client, bearer, world, preference):
             assert issue["diagnostics"].startswith(f"{res_type}/") and f"/_history/{version}: " in issue["diagnostics"]
         else:
             assert answer.json["resourceType"] == res_type and answer.json["meta"]["versionId"] == version
+
+
+def test_a_history_is_served_page_after_page_and_since_an_instant(client, bearer, world):
+    """Every version of a resource is served, `_count` at a time, by following `next`, and `total`
+    counts them all: the versions past a page were not served, and `total` counted the page.
+    `_since` keeps those made at or after an instant; it was ignored."""
+    martin = bearer("patient", patient=MARTIN)
+    made = client.post("/fhir/Consent", data=consent("professional", "permit", INTERNIST), headers={**FHIR, **martin})
+    for number in range(6):
+        status = "inactive" if number % 2 == 0 else "active"
+        client.put(f"/fhir/Consent/{made.json['id']}", headers={**FHIR, **martin},
+                   data=consent("professional", "permit", INTERNIST, status=status))
+    url, versions, totals = f"/fhir/Consent/{made.json['id']}/_history?_count=3", [], set()
+    while url:
+        page = client.get(url.replace("http://gateway.test", ""), headers=martin).json
+        assert len(page["entry"]) <= 3
+        versions += [int(e["resource"]["meta"]["versionId"]) for e in page["entry"]]
+        totals.add(page["total"])
+        url = next((link["url"] for link in page["link"] if link["relation"] == "next"), None)
+    assert versions == [7, 6, 5, 4, 3, 2, 1] and totals == {7}
+    fourth = client.get(f"/fhir/Consent/{made.json['id']}/_history/4", headers=martin).json["meta"]["lastUpdated"]
+    since = client.get(f"/fhir/Consent/{made.json['id']}/_history", query_string={"_since": fourth}, headers=martin).json
+    assert [e["resource"]["meta"]["versionId"] for e in since["entry"]] == ["7", "6", "5", "4"] and since["total"] == 4
+    for refused in ({"_since": "yesterday"}, {"_at": fourth}, {"_count": "-1"}, {"_below": "x"}):
+        answer = client.get(f"/fhir/Consent/{made.json['id']}/_history", query_string=refused, headers=martin)
+        assert answer.status_code == 400, refused

@@ -1,7 +1,7 @@
 """What every ingest path stores and every read path answers passes the official profile check
 (FHIR R4, ANS PDSm, IHE MHD, FR Core, IHE BALP), on both backends: CDA over /cda (our samples and
 the third-party corpus), HL7v2 ADT/ZFA, MDM T02/T10/T04 and ORU, ITI-65 with a signature, consent
-changes, masking, the patient space's own documents; searches, reads, the CapabilityStatement,
+changes, masking, the patient space's own documents; searches, reads, a history, the CapabilityStatement,
 transaction-responses and OperationOutcomes."""
 import json
 
@@ -78,6 +78,9 @@ def test_everything_served_passes_the_official_profiles(client, bearer, settings
     for path in ("/fhir/AuditEvent?_count=50", "/fhir/Consent", "/fhir/Patient?_count=50", "/fhir/metadata"):
         collected.add(client.get(path, headers=gp).json)
     collected.add(client.get("/fhir/AuditEvent", headers=patient).json)
+    history = client.get(f"/fhir/DocumentReference/{first['id']}/_history?_count=1", headers=patient).json
+    assert history["total"] == 2 and [link["relation"] for link in history["link"]] == ["self", "next"]
+    collected.add(history)
     collected.add(client.post("/cda", data=b"<nothing/>", headers={"Content-Type": "application/xml"}).json)
     collected.add(client.get("/fhir/DocumentReference/unknown", headers=gp).json)
 

@@ -122,10 +122,11 @@ def test_a_new_resource_is_written_once_and_the_history_holds_the_versions_repla
         uow.delete(uow.current("Organization", res_id))
     assert archived() == [("Organization", 1, "POST"), ("Organization", 2, "PATCH")]
 
-    history = repo.history("Organization", res_id)
+    history, total = repo.history("Organization", res_id)
     assert [(stored.version, stored.deleted, method) for stored, method in history] == [
-        (3, True, "DELETE"), (2, False, "PATCH"), (1, False, "POST")]
-    assert [method for _, method in repo.history("Organization", res_id, count=2)] == ["DELETE", "PATCH"]
+        (3, True, "DELETE"), (2, False, "PATCH"), (1, False, "POST")] and total == 3
+    assert [method for _, method in repo.history("Organization", res_id, count=2)[0]] == ["DELETE", "PATCH"]
+    assert [stored.version for stored, _ in repo.history("Organization", res_id, below=3)[0]] == [2, 1]
     assert [json.loads(repo.vread("Organization", res_id, v).body)["name"] for v in (1, 2)] == ["first", "second"]
 
 
