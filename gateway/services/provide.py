@@ -203,6 +203,8 @@ def _classify(bundle: dict):
         if request.get("method") not in (("POST", "PUT") if kind == "Patient" or folder else ("POST",)):
             raise _refuse("ITI-65 entries are created with request.method POST (a Folder may be updated with a PUT, "
                           "a replaced document's status with a PATCH of Parameters)", f"{where}.request.method")
+        if kind != "Patient":
+            _request_checked(request, kind, where)
         if kind == "DocumentReference":
             (signatures if _is_signature(resource) else documents).append(Submitted(index, resource))
         elif kind == "Binary":
@@ -236,6 +238,23 @@ def _classify(bundle: dict):
         raise _refuse(f"the submission has {submission_sets or 'no'} SubmissionSet Lists: it has one (MHD)",
                       "Bundle.entry")
     return documents, signatures, lists, binaries, patches
+
+
+CONDITIONS = ("ifNoneExist", "ifMatch", "ifNoneMatch", "ifModifiedSince")
+
+
+def _request_checked(request: dict, kind: str, where: str) -> None:
+    """An entry the submission writes is created at its type (a Folder's PUT names its List), and
+    unconditionally: a condition was ignored (an ifNoneExist, the create made anyway), and a
+    request.url naming another type than its resource's (Binary for a DocumentReference) too. A
+    document's uniqueId is what makes its submission idempotent."""
+    given = next((name for name in CONDITIONS if name in request), None)
+    if given:
+        raise _refuse(f"request.{given}: an ITI-65 entry is written unconditionally (a document sent again is "
+                      "known by its uniqueId)", f"{where}.request.{given}")
+    if request.get("method") == "POST" and str(request.get("url")).rstrip("/").rsplit("/", 1)[-1] != kind:
+        raise _refuse(f"request.url {str(request.get('url'))[:64]!r} is not the type of the entry's resource, {kind}",
+                      f"{where}.request.url")
 
 
 @dataclass

@@ -343,6 +343,28 @@ def test_a_full_url_given_twice_or_a_put_is_refused(client, database):
     assert provide(client, bundle).status_code == 200
 
 
+@pytest.mark.parametrize("index, request_given, refused_at", [
+    (1, {"method": "POST", "url": "DocumentReference", "ifNoneExist": "identifier=x"}, "request.ifNoneExist"),
+    (2, {"method": "POST", "url": "Binary", "ifMatch": 'W/"1"'}, "request.ifMatch"),
+    (0, {"method": "POST", "url": "List", "ifNoneMatch": "*"}, "request.ifNoneMatch"),
+    (1, {"method": "POST", "url": "Binary"}, "request.url"),
+    (2, {"method": "POST", "url": "DocumentReference"}, "request.url"),
+    (1, {"method": "POST", "url": "http://gateway.test/fhir/DocumentReference"}, None),
+    (3, {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=x"}, None)])   # never written
+def test_an_entry_is_written_at_its_type_and_unconditionally(client, database, index, request_given, refused_at):
+    """A condition on an entry was ignored (an ifNoneExist, and the entry created anyway), and so
+    was a request.url naming another type than its resource's: both are refused. A document sent
+    again is known by its uniqueId."""
+    bundle = build_submission(sample("cr-biologie-martin.xml"), LIMIT)
+    bundle["entry"][index]["request"] = request_given
+    answer = provide(client, bundle)
+    if refused_at is None:
+        assert answer.status_code == 200, answer.json
+        return
+    assert answer.status_code == 422 and answer.json["issue"][0]["expression"] == [f"Bundle.entry[{index}].{refused_at}"]
+    assert document_count(database[0]) == 0
+
+
 def test_not_json_and_wrong_media_type(client):
     assert client.post("/fhir", data="{", headers=FHIR).status_code == 400
     assert client.post("/fhir", data="{}", headers={"Content-Type": "text/plain"}).status_code == 415
