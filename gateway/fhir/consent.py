@@ -23,6 +23,8 @@ def create_consent():
 def update_consent(res_id: str):
     negotiate()
     body = read_json_body(completed=True)
-    if body.get("id") not in (None, res_id):
-        raise FhirError(400, f"the body's id {body.get('id')} is not {res_id}", code="invalid")
+    # R4 (http, update): the body SHALL carry the id the URL names; one without was taken.
+    if body.get("id") != res_id:
+        raise FhirError(400, f"the body's id {body.get('id', '(none)')} is not {res_id}: an update names its resource "
+                             "in its URL and in its body", code="invalid", expression="Consent.id")
     return written(lookup(consents.update, g.repository, res_id, body, if_match()), 200, "updated")

@@ -29,8 +29,8 @@ def world(client, bearer):
             "martin_patient": docs["ldl-ses-martin.xml"]["subject"]["reference"].split("/")[1]}
 
 
-def consent(kind, effect, professional=None, status="active"):
-    return json.dumps({**decision(kind, effect, professional), "status": status})
+def consent(kind, effect, professional=None, status="active", res_id=None):
+    return json.dumps({**decision(kind, effect, professional), "status": status, **({"id": res_id} if res_id else {})})
 
 
 def document_ids(client, headers, **params):
@@ -76,15 +76,20 @@ def test_consents_authorise_block_and_revoke(client, bearer, world):
     blocked = client.post("/fhir/Consent", data=consent("professional", "deny", INTERNIST), headers={**FHIR, **martin})
     assert document_ids(client, internist) == set()  # a block wins over an authorisation
     revoked = client.put(f"/fhir/Consent/{blocked.json['id']}", headers={**FHIR, **martin},
-                         data=consent("professional", "deny", INTERNIST, status="inactive"))
+                         data=consent("professional", "deny", INTERNIST, status="inactive", res_id=blocked.json["id"]))
     assert revoked.status_code == 200 and revoked.json["meta"]["versionId"] == "2"
     assert document_ids(client, internist) == {world["ldl"], world["bio"]}
     history = client.get(f"/fhir/Consent/{blocked.json['id']}/_history", headers=martin).json
     assert [e["resource"]["status"] for e in history["entry"]] == ["inactive", "active"]
     # Only the patient decides, and only for their own record.
     lefevre = bearer("patient", patient=LEFEVRE)
-    assert client.put(f"/fhir/Consent/{granted.json['id']}", data=consent("professional", "deny", INTERNIST),
+    assert client.put(f"/fhir/Consent/{granted.json['id']}", data=consent("professional", "deny", INTERNIST,
+                                                                           res_id=granted.json["id"]),
                       headers={**FHIR, **lefevre}).status_code == 404
+    # The body names the resource it updates (R4): one without its id was taken.
+    unnamed = client.put(f"/fhir/Consent/{granted.json['id']}", data=consent("professional", "deny", INTERNIST),
+                         headers={**FHIR, **martin})
+    assert unnamed.status_code == 400 and unnamed.json["issue"][0]["expression"] == ["Consent.id"]
     assert client.post("/fhir/Consent", data=consent("professional", "permit", INTERNIST),
                        headers={**FHIR, **internist}).status_code == 403
     bad = client.post("/fhir/Consent", data=consent("professional", "permit"), headers={**FHIR, **martin})
@@ -214,7 +219,7 @@ def test_a_closed_record_takes_no_document_and_no_professional(client, bearer, w
                                                                                  b"1.2.250.1.213.1.1.9.2.7.9"),
                           headers={**XML, **gp})
     assert refused.status_code == 422 and "closed" in refused.json["issue"][0]["diagnostics"]
-    client.put(f"/fhir/Consent/{closed['id']}", data=consent("record", "deny", status="inactive"),
+    client.put(f"/fhir/Consent/{closed['id']}", data=consent("record", "deny", status="inactive", res_id=closed["id"]),
                headers={**FHIR, **martin})
     assert document_ids(client, gp) == {world["ldl"], world["bio"]}
 
@@ -433,7 +438,8 @@ def test_writes_answer_as_prefer_return_asks(client, bearer, world, preference):
                                 headers={**PATCH, **martin, **prefer})}
     consent_id = answers["created"].headers["Location"].split("/Consent/")[1].split("/")[0]
     answers["updated"] = client.put(f"/fhir/Consent/{consent_id}", headers={**FHIR, **martin, **prefer},
-                                    data=consent("professional", "permit", INTERNIST, status="inactive"))
+                                    data=consent("professional", "permit", INTERNIST, status="inactive",
+                                                 res_id=consent_id))
     expected = {"created": (201, "Consent", "1"), "patched": (200, "DocumentReference", "2"),
                 "updated": (200, "Consent", "2")}
     for name, answer in answers.items():
@@ -462,7 +468,7 @@ def test_a_history_is_served_page_after_page_and_since_an_instant(client, bearer
     for number in range(6):
         status = "inactive" if number % 2 == 0 else "active"
         client.put(f"/fhir/Consent/{made.json['id']}", headers={**FHIR, **martin},
-                   data=consent("professional", "permit", INTERNIST, status=status))
+                   data=consent("professional", "permit", INTERNIST, status=status, res_id=made.json["id"]))
     url, versions, totals = f"/fhir/Consent/{made.json['id']}/_history?_count=3", [], set()
     while url:
         page = client.get(url.replace("http://gateway.test", ""), headers=martin).json
