@@ -173,7 +173,27 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     configure_logging(settings.log_level)
-    return args.func(settings, args)
+    try:
+        return args.func(settings, args)
+    except Exception as failure:
+        told = _database_failure(failure)
+        if told is None:
+            raise
+        print(f"gateway {args.command}: {told}", file=sys.stderr)
+        return 2
+
+
+def _database_failure(failure: Exception) -> str | None:
+    """What an operator is told of a database the command could not use, or None for any other
+    failure: a database not reached, or one without the gateway's tables (a command run before
+    `gateway migrate`), was a traceback. SQLAlchemy is loaded by the commands that use it only."""
+    errors = sys.modules.get("sqlalchemy.exc")
+    if errors is None or not isinstance(failure, errors.DBAPIError):
+        return None
+    cause = str(failure.orig).strip().splitlines()[0] if failure.orig is not None else str(failure)
+    if "no such table" in cause or getattr(failure.orig, "sqlstate", None) == "42P01":
+        return f"the database has no gateway tables ({cause}): run `gateway migrate` first"
+    return f"the database cannot be used: {cause}"
 
 
 if __name__ == "__main__":

@@ -29,20 +29,31 @@ def _ack_code(ack: bytes) -> str:
 
 
 def send_paths(paths: list[Path], host: str, port: int, *, timeout: float = 30.0, tls_ca: str | None = None) -> int:
-    """Exit status 0 when every message got AA (or CA), 1 otherwise."""
+    """Exit status 0 when every message got AA (or CA), 1 otherwise, 2 when a file could not be read or
+    the gateway reached (said in a line: each was a traceback)."""
     console = Console(highlight=False)
     tls = ssl.create_default_context(cafile=tls_ca) if tls_ca else None
-    batch = [(path, message) for path in _files(paths) for message in mllp.split_file(path.read_bytes())]
+    try:
+        batch = [(path, message) for path in _files(paths) for message in mllp.split_file(path.read_bytes())]
+    except OSError as failure:
+        console.print(f"cannot read {failure.filename}: {failure.strerror}", markup=False)
+        return 2
     if not batch:
         console.print("no message found")
         return 1
     tally: dict[str, int] = {}
     acks = mllp.send_messages(host, port, (message for _, message in batch), timeout=timeout, tls=tls)
-    for (path, _), ack in zip(batch, acks):
-        code = _ack_code(ack) if ack is not None else "none"
-        tally[code] = tally.get(code, 0) + 1
-        console.print(f"[bold]{path}[/bold] [{ACK_STYLES.get(code, 'magenta')}]{code}[/]")
-        if ack is not None:
-            console.print(ack.decode("utf-8", "replace").replace("\r", "\n").rstrip(), markup=False)
+    try:
+        for (path, _), ack in zip(batch, acks):
+            code = _ack_code(ack) if ack is not None else "none"
+            tally[code] = tally.get(code, 0) + 1
+            console.print(f"[bold]{path}[/bold] [{ACK_STYLES.get(code, 'magenta')}]{code}[/]")
+            if ack is not None:
+                console.print(ack.decode("utf-8", "replace").replace("\r", "\n").rstrip(), markup=False)
+    except OSError as failure:   # refused, reset, closed, or a TLS handshake that failed
+        sent = sum(tally.values())
+        console.print(f"MLLP {host}:{port}: {failure.strerror or failure} ({sent} of {len(batch)} messages answered)",
+                      markup=False)
+        return 2
     console.print("  ".join(f"{code}: {count}" for code, count in sorted(tally.items())))
     return 0 if set(tally) <= {"AA", "CA"} else 1

@@ -1,5 +1,6 @@
 """The shell refuses, before it opens the database, an id or a count that can name no row: the
-number past 2^63 - 1 was an OverflowError on SQLite, a count of 0 or less an empty or whole table."""
+number past 2^63 - 1 was an OverflowError on SQLite, a count of 0 or less an empty or whole table.
+What a command could not use (a database, a file, a gateway) is told in a line, not a traceback."""
 import pytest
 
 from gateway.cli import main
@@ -16,3 +17,37 @@ def test_an_id_or_a_count_that_names_no_row_is_refused_with_its_range(argv, told
         main(argv)
     assert exited.value.code == 2
     assert told in capsys.readouterr().err
+
+
+def test_a_database_without_the_gateway_s_tables_or_not_reached_is_told_in_a_line(tmp_path, monkeypatch, capsys):
+    """`gateway messages` before `gateway migrate`, or with a database it cannot reach: a line on
+    stderr and status 2, where each was a traceback."""
+    monkeypatch.setenv("GATEWAY_DATABASE_URL", f"sqlite:///{tmp_path / 'empty.db'}")
+    assert main(["messages", "list"]) == 2
+    told = capsys.readouterr().err
+    assert told.startswith("gateway messages: the database has no gateway tables (no such table: raw_inputs)")
+    assert "run `gateway migrate` first" in told and "Traceback" not in told
+    monkeypatch.setenv("GATEWAY_DATABASE_URL", f"sqlite:///{tmp_path / 'not-a-database.db'}")
+    (tmp_path / "not-a-database.db").write_bytes(b"x" * 4096)
+    assert main(["messages", "show", "1"]) == 2
+    assert capsys.readouterr().err.startswith("gateway messages: the database cannot be used: file is not a database")
+
+
+def test_gateway_send_tells_a_file_it_cannot_read_or_a_gateway_it_cannot_reach(tmp_path, capsys):
+    import socket
+
+    from gateway.hl7v2.sender import send_paths
+
+    assert send_paths([tmp_path / "missing.hl7"], "127.0.0.1", 1) == 2
+
+    def said() -> str:   # rich wraps its lines at the terminal's width
+        return " ".join(capsys.readouterr().out.split())
+
+    assert f"cannot read {tmp_path / 'missing.hl7'}: No such file or directory" in said()
+    message = tmp_path / "a28.hl7"
+    message.write_bytes(b"MSH|^~\\&|GAM|CH|GW|DMP|20260101||ADT^A28|C1|P|2.5\rPID|1||1^^^CH&1.2.3&ISO^PI||X^Y\r")
+    with socket.socket() as bound:   # a port nothing listens on: bound, never listening
+        bound.bind(("127.0.0.1", 0))
+        port = bound.getsockname()[1]
+        assert send_paths([message], "127.0.0.1", port) == 2
+    assert f"MLLP 127.0.0.1:{port}: Connection refused (0 of 1 messages answered)" in said()
