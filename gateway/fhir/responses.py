@@ -184,6 +184,7 @@ def written(stored, status: int, done: str, *, located: bool = True) -> Response
     returned = preferred("return")
     if returned == "minimal":
         response = Response(status=status)
+        del response.headers["Content-Type"]   # no body, no type (Flask's default is text/html)
         response.headers.update(headers)
         return response
     if returned == "OperationOutcome":

@@ -450,7 +450,7 @@ def test_writes_answer_as_prefer_return_asks(client, bearer, world, preference):
             assert answer.headers["Location"].endswith(f"/fhir/Consent/{consent_id}/_history/1")
         returned = (preference or "return=representation").rpartition("=")[2].strip('"')
         if returned == "minimal":
-            assert answer.data == b"", (name, answer.data[:200])
+            assert answer.data == b"" and "Content-Type" not in answer.headers, (name, answer.data[:200])
         elif returned == "OperationOutcome":
             issue = answer.json["issue"][0]
             assert answer.json["resourceType"] == "OperationOutcome" and issue["severity"] == "information"
