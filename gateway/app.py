@@ -6,6 +6,7 @@ import time
 import uuid
 
 from flask import Flask, g, request
+from flask_cors import CORS
 from sqlalchemy import Engine
 from werkzeug.exceptions import HTTPException
 
@@ -122,6 +123,13 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.register_blueprint(cda)
     app.register_blueprint(hl7v2)
     app.register_blueprint(fhir)
+    if settings.cors_origins:
+        # A web application of these origins may call the FHIR API from a browser with its bearer
+        # token: the headers FHIR's interactions send, and those they answer with, readable.
+        CORS(app, resources={r"/fhir/*": {"origins": list(settings.cors_origins)}}, supports_credentials=False,
+             allow_headers=["Authorization", "Content-Type", "Accept", "If-Match", "If-None-Match", "If-None-Exist",
+                            "Prefer", "X-Request-Id"],
+             expose_headers=["ETag", "Last-Modified", "Location", "Content-Location", "X-Request-Id"], max_age=600)
     init_space(app, settings)
     search.set_cursor_key(app.secret_key)
     return app

@@ -56,6 +56,9 @@ class Settings:
     mllp_tls_client_ca: Path | None = None
     # MLLP senders admitted ("APP^FACILITY" from MSH-3/MSH-4, optionally "@address"); empty admits any.
     mllp_senders: tuple[str, ...] = ()
+    # Web origins (scheme://host[:port]) whose pages may call the FHIR API from a browser (CORS);
+    # empty: none, and the API answers no cross-origin request a browser would let a page read.
+    cors_origins: tuple[str, ...] = ()
     # Bearer tokens: verification keys (PEM or JWKS files), issuer and audience they must carry.
     jwt_keys: list[Path] = field(default_factory=list)
     jwt_issuer: str = DEMO_ISSUER
@@ -119,6 +122,8 @@ class Settings:
             mllp_tls_key=_optional_path("GATEWAY_MLLP_TLS_KEY"),
             mllp_tls_client_ca=_optional_path("GATEWAY_MLLP_TLS_CLIENT_CA"),
             mllp_senders=tuple(s.strip() for s in os.environ.get("GATEWAY_MLLP_SENDERS", "").split(",") if s.strip()),
+            cors_origins=tuple(o.strip().rstrip("/") for o in os.environ.get("GATEWAY_CORS_ORIGINS", "").split(",")
+                               if o.strip()),
             # Without GATEWAY_JWT_KEYS the demonstration key of `gateway demo setup` is trusted, and
             # `gateway serve` says so at start-up: a production gateway sets its own keys.
             jwt_keys=_path_list("GATEWAY_JWT_KEYS", [demo_dir / f"{DEMO_TOKEN_KID}.pem"]),

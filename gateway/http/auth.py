@@ -25,6 +25,10 @@ def requester() -> AccessContext | None:
     """The AccessContext of this request; None for the open endpoints. Raises 401 or 403."""
     if request.endpoint in OPEN_ENDPOINTS or request.endpoint is None:
         return None
+    if request.method == "OPTIONS":
+        # A browser's CORS preflight: it carries no token (the Fetch standard leaves credentials
+        # out) and reads nothing; Flask answers it with the methods allowed, flask-cors with the rest.
+        return None
     if request.blueprint == "space":
         return None   # the patient space signs its users in itself (gateway/space)
     header = request.headers.get("Authorization", "")

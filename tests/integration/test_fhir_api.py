@@ -270,3 +270,38 @@ def test_bodies_are_bounded_by_what_each_endpoint_takes(client):
     deep = "[" * 100_000 + "]" * 100_000
     assert client.patch("/fhir/DocumentReference/x", data=deep,
                         headers={"Content-Type": "application/json-patch+json"}).status_code in (400, 413)
+
+
+def test_a_web_application_of_a_configured_origin_may_call_the_api_from_a_browser(settings, database, bearer):
+    """CORS (GATEWAY_CORS_ORIGINS): the preflight of a configured origin is answered without a
+    token (a browser sends none: it was 401) with the headers FHIR's interactions send, and the
+    answers let the page read their version and place. Another origin, or none configured, gets
+    no CORS header: the browser keeps the answer from the page."""
+    from dataclasses import replace
+
+    from gateway.app import create_app
+
+    app = "https://app.example.test"
+    preflight = {"Origin": app, "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization, content-type, if-none-exist, prefer"}
+    allowed = create_app(replace(settings, cors_origins=(app,)), database[0]).test_client()
+    answer = allowed.options("/fhir/Patient", headers=preflight)
+    assert answer.status_code == 200 and answer.headers["Access-Control-Allow-Origin"] == app
+    assert {"authorization", "content-type", "if-none-exist", "prefer"} <= {
+        h.strip().lower() for h in answer.headers["Access-Control-Allow-Headers"].split(",")}
+    assert "POST" in answer.headers["Access-Control-Allow-Methods"]
+    assert "Access-Control-Allow-Credentials" not in answer.headers   # bearer tokens, never cookies
+    created = allowed.post("/fhir/Patient", headers={"Origin": app, **FHIR, **bearer("system", sub="hospital")},
+                           data=json.dumps({"resourceType": "Patient", "identifier": [{
+                               "system": "urn:oid:1.2.250.1.213.1.4.10", "value": "177091305504102"}]}))
+    assert created.status_code == 201 and created.headers["Access-Control-Allow-Origin"] == app
+    assert {"etag", "location", "last-modified"} <= {
+        h.strip().lower() for h in created.headers["Access-Control-Expose-Headers"].split(",")}
+    refused = allowed.get("/fhir/Patient", headers={"Origin": app})   # no token: 401, readable by the page
+    assert refused.status_code == 401 and refused.headers["Access-Control-Allow-Origin"] == app
+    for client, origin in ((allowed, "https://elsewhere.example.test"),
+                           (create_app(settings, database[0]).test_client(), app)):
+        answer = client.options("/fhir/Patient", headers={**preflight, "Origin": origin})
+        assert "Access-Control-Allow-Origin" not in answer.headers
+    space = allowed.get("/connexion", headers={"Origin": app})   # the patient space is not the API's
+    assert "Access-Control-Allow-Origin" not in space.headers
