@@ -19,7 +19,7 @@ SEARCH_DOCUMENTATION = {
 }
 
 
-def capability_statement(base: str) -> dict:
+def capability_statement(base: str, cors: bool = False) -> dict:
     resources = []
     for res_type in STORED_TYPES:
         interactions = [{"code": "read"}, {"code": "vread"}, {"code": "history-instance"}]
@@ -74,6 +74,7 @@ def capability_statement(base: str) -> dict:
         "rest": [{
             "mode": "server",
             "security": {
+                "cors": cors,   # GATEWAY_CORS_ORIGINS
                 "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
                                          "code": "OAuth"}]}],
                 "description": "Bearer JWT (claims sub, role, purpose, org, patient). Every read and change "
@@ -94,4 +95,5 @@ def capability_statement(base: str) -> dict:
 @fhir.get("/metadata")
 def metadata():
     negotiate()
-    return fhir_response(capability_statement(current_app.config["SETTINGS"].fhir_base))
+    settings = current_app.config["SETTINGS"]
+    return fhir_response(capability_statement(settings.fhir_base, bool(settings.cors_origins)))

@@ -305,3 +305,5 @@ def test_a_web_application_of_a_configured_origin_may_call_the_api_from_a_browse
         assert "Access-Control-Allow-Origin" not in answer.headers
     space = allowed.get("/connexion", headers={"Origin": app})   # the patient space is not the API's
     assert "Access-Control-Allow-Origin" not in space.headers
+    assert allowed.get("/fhir/metadata").json["rest"][0]["security"]["cors"] is True
+    assert create_app(settings, database[0]).test_client().get("/fhir/metadata").json["rest"][0]["security"]["cors"] is False
