@@ -8,6 +8,7 @@ checked as a JSON body is (formats.load): only the form is checked here. An elem
 not have is refused, not dropped; so is text where FHIR puts none."""
 from __future__ import annotations
 
+import copy
 import json
 import re
 
@@ -179,4 +180,20 @@ def _xhtml(div: etree._Element, path: str) -> str:
     name = etree.QName(div)
     if (name.namespace, name.localname) != (XHTML_NS, "div"):
         raise _refuse(path, f"the narrative is a div in the namespace {XHTML_NS}")
-    return etree.tostring(div, encoding="unicode", with_tail=False)
+    return etree.tostring(_in_default_namespace(div), encoding="unicode", with_tail=False)
+
+
+def _in_default_namespace(element: etree._Element, parent: etree._Element | None = None) -> etree._Element:
+    """A copy of a narrative's XHTML written as FHIR's JSON holds it: its namespace the default one,
+    no other declared. A div written with a prefix (`<h:div xmlns:h=…>`) was kept so, and failed
+    the official check; the declarations of the FHIR XML around it (`xmlns:f`) were kept too."""
+    out = etree.Element(element.tag, nsmap={None: XHTML_NS}) if parent is None else etree.SubElement(parent, element.tag)
+    for name, value in element.attrib.items():
+        out.set(name, value)
+    out.text = element.text
+    for child in element:
+        if isinstance(child.tag, str):
+            _in_default_namespace(child, out).tail = child.tail
+        else:   # a comment or a processing instruction, its tail with it
+            out.append(copy.deepcopy(child))
+    return out

@@ -254,3 +254,20 @@ def test_nesting_is_bounded_before_anything_else_reads_it():
     deep = "<extension url='http://example.org/e'>" * 60 + "<valueString value='x'/>" + "</extension>" * 60
     with pytest.raises(Refused, match="deeper"):
         formats.load(f'<Patient xmlns="http://hl7.org/fhir">{deep}</Patient>'.encode(), "application/fhir+xml")
+
+
+XHTML_DIV = '<div xmlns="http://www.w3.org/1999/xhtml"><p xml:lang="fr">x<!-- note --> <b>y</b></p>z</div>'
+
+
+@pytest.mark.parametrize("patient", [
+    '<Patient xmlns="http://hl7.org/fhir"><text><status value="generated"/>'
+    '<h:div xmlns:h="http://www.w3.org/1999/xhtml"><h:p xml:lang="fr">x<!-- note --> <h:b>y</h:b></h:p>z</h:div>'
+    '</text></Patient>',
+    '<f:Patient xmlns:f="http://hl7.org/fhir"><f:text><f:status value="generated"/>' + XHTML_DIV + '</f:text></f:Patient>',
+    '<Patient xmlns="http://hl7.org/fhir" xmlns:x="urn:x"><text><status value="generated"/>' + XHTML_DIV
+    + '</text></Patient>'], ids=["prefixed div", "prefixed fhir", "other declaration"])
+def test_a_narrative_is_read_as_fhir_s_json_holds_it_whatever_its_prefixes(patient):
+    """Its namespace the default one, no other declared. A prefixed div was kept prefixed, which the
+    official check refuses (\"narrative must be a <div> in the XHTML namespace\"), and the FHIR XML's
+    own declarations were carried into it."""
+    assert formats.from_xml(patient.encode())["text"]["div"] == XHTML_DIV
