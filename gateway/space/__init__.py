@@ -17,6 +17,7 @@ from flask import Blueprint, Flask, current_app, g, redirect, request, session, 
 from flask_wtf.csrf import CSRFProtect
 
 from gateway.config import Settings
+from gateway.fhir.primitives import present
 from gateway.http.inputs import holds_nul
 from gateway.refusal import Refused
 from gateway.storage.repository import Repository
@@ -132,7 +133,7 @@ def record_holder(repository: Repository) -> str:
     names = repository.read("Patient", patient_id).json().get("name", [])
     # The name in use (nom d'usage) before the birth name: "Claire DUBOIS", born LEFEVRE.
     name = next((n for use in ("usual", "official") for n in names if n.get("use") == use), names[0] if names else {})
-    given = " ".join(part.capitalize() for part in name.get("given", [])[:1])
+    given = " ".join(part.capitalize() for part in present(name.get("given"))[:1])
     return " ".join(p for p in (given, name.get("family", "").upper()) if p) or "nom non renseigné"
 
 

@@ -9,6 +9,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
+from gateway.fhir.primitives import present
 from gateway.mapping import codes
 from gateway.mapping.dates import InvalidTime, fhir_range
 
@@ -58,7 +59,7 @@ def _name_parts(names: list | None, part: str) -> list[str]:
         if part in ("family", "name") and name.get("family"):
             out.append(name["family"])
         if part in ("given", "name"):
-            out += name.get("given", [])
+            out += present(name.get("given"))
         if part == "name" and name.get("text"):
             out.append(name["text"])
     return out

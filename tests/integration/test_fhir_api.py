@@ -307,3 +307,25 @@ def test_a_web_application_of_a_configured_origin_may_call_the_api_from_a_browse
     assert "Access-Control-Allow-Origin" not in space.headers
     assert allowed.get("/fhir/metadata").json["rest"][0]["security"]["cors"] is True
     assert create_app(settings, database[0]).test_client().get("/fhir/metadata").json["rest"][0]["security"]["cors"] is False
+
+
+@pytest.mark.parametrize("form", ["json", "xml"])
+def test_a_repeated_primitive_with_an_item_of_extensions_only_is_kept_and_searched(client, database, bearer, form):
+    """`given: ["Jean", null, "Marc"]` with its `_given`, or in XML a `<given>` holding extensions
+    only: the null was indexed as a name, a 500 at the write."""
+    from gateway.fhir.formats import to_xml
+
+    qualifier = {"extension": [{"url": "http://hl7.org/fhir/StructureDefinition/iso21090-EN-qualifier",
+                                "valueCode": "CL"}]}
+    patient = {"resourceType": "Patient", "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.10",
+                                                           "value": "177091305504102"}],
+               "name": [{"family": "TROIS", "given": ["Jean", None, "Marc"], "_given": [None, qualifier, None]}]}
+    body, content_type = ((json.dumps(patient), "application/fhir+json") if form == "json"
+                          else (to_xml(patient), "application/fhir+xml"))
+    created = client.post("/fhir/Patient", data=body, headers={"Content-Type": content_type,
+                                                               **bearer("system", sub="hospital")})
+    assert created.status_code == 201, created.data[:300]
+    assert created.json["name"] == patient["name"]
+    attend_all(database[0])
+    found = client.get("/fhir/Patient", query_string={"given": "Marc"}).json
+    assert [e["resource"]["id"] for e in found.get("entry", [])] == [created.json["id"]]

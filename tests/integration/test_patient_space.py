@@ -1,5 +1,6 @@
 """The patient space over HTTP (Flask's test client), on both backends: sign-in and its defences,
 what each page reads and leaves in the trail, and the record's closure and destruction."""
+import json
 import re
 import zipfile
 from datetime import datetime, timedelta, timezone
@@ -341,3 +342,18 @@ def test_an_unmasking_made_from_a_page_read_before_another_change_is_not_made(ap
     codes_now = {c["code"] for lb in client.get(f"/fhir/DocumentReference/{lab}", headers=patient).json["securityLabel"]
                  for c in lb["coding"]}
     assert {"MASQUE_PS", "INVISIBLE_REPRESENTANTS_LEGAUX"} <= codes_now
+
+
+def test_a_name_with_parts_of_extensions_only_is_shown_without_them(app, settings, client, bearer, record):
+    """FHIR's JSON gives a name part that has extensions only as a null beside them: a
+    professional registered so was a 500 page where the patient looks for them."""
+    absent = {"extension": [{"url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason", "valueCode": "unknown"}]}
+    registered = client.post("/fhir/Practitioner", headers={"Content-Type": "application/fhir+json",
+                                                            **bearer("system", sub="hospital")}, data=json.dumps({
+        "resourceType": "Practitioner", "identifier": [{"system": "urn:oid:1.2.250.1.71.4.2.1", "value": "899900000099"}],
+        "name": [{"family": "LEBLANC", "prefix": [None], "_prefix": [absent], "given": [None, "Yves"],
+                  "_given": [absent, None]}]}))
+    assert registered.status_code == 201, registered.json
+    browser = sign_in(app, settings)
+    answer = browser.get("/acces", query_string={"q": "LEBLANC"})
+    assert answer.status_code == 200 and "Yves LEBLANC" in answer.text, answer.text[-2000:]

@@ -4,6 +4,7 @@ from __future__ import annotations
 from flask import g, render_template, request
 
 from gateway.access.rules import IDNATPS_SYSTEM
+from gateway.fhir.primitives import present
 from gateway.mapping import codes
 from gateway.services import consents
 from gateway.storage import search as search_sql
@@ -89,8 +90,8 @@ def person_name(resource: dict | None) -> str | None:
     if not resource:
         return None
     for name in resource.get("name", []):
-        prefixes = [p.capitalize() if p.isupper() else p for p in name.get("prefix", [])]   # "DR" -> "Dr"
-        parts = [*prefixes, *name.get("given", []), name.get("family", "")]
+        prefixes = [p.capitalize() if p.isupper() else p for p in present(name.get("prefix"))]   # "DR" -> "Dr"
+        parts = [*prefixes, *present(name.get("given")), name.get("family", "")]
         text = name.get("text") or " ".join(p for p in parts if p)
         if text:
             return text
