@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from gateway.access.writes import Write
 from gateway.refusal import Refused
+from gateway.fhir.primitives import present
 from gateway.fhir.validation import InvalidResource, validate
 from gateway.mapping import codes
 from gateway.mapping.identity import ins_key_is_valid
@@ -18,8 +19,8 @@ def register(repo: Repository, resource: dict) -> StoredResource:
     """Store a new identity resource; Refused when it is invalid or an identifier is taken."""
     res_type = resource["resourceType"]
     resource["id"] = new_id()
-    # The server owns versionId and lastUpdated.
-    profiles = resource.get("meta", {}).get("profile")
+    # The server owns versionId and lastUpdated; a profile of extensions only (`_profile`) names none.
+    profiles = present(resource.get("meta", {}).get("profile"))
     resource["meta"] = {"profile": profiles} if profiles else {}
     try:
         validate(resource)   # a profile no definition served here gives for the type is refused

@@ -178,16 +178,8 @@ def _kept_pass_the_profiles(client, database, kept, written) -> None:
                                                    if f"-{name}.json " in error}))
 
 
-def test_mutated_fhir_submissions(client, bearer, database):
-    """Valid bodies with one place changed to any JSON value, left out, given twice (an item of a
-    list) or, a string, changed at its edges (EDGES), each under a document id of its own: they
-    reach the checks and mappings behind the models' own, which random bodies do not. What is kept
-    must pass the official profiles. Found by this test: a DocumentReference's category null in an
-    ITI-65 submission (a 500); a SubmissionSet without a date, with a status other than current or
-    an identifier without a system; a document's uniqueId without its system, or two classes; a
-    Patient claiming FR Core's INS profile without what it requires; and, by a sweep of the same
-    changes at every place, a Consent's uri with a space, an accented contentType and an FR Core
-    extension's part given twice: each registered, and failing the profiles."""
+def json_bodies(bearer) -> list:
+    """(path, headers, body for n) of every valid JSON body the fuzz changes."""
     from gateway.services.consents import decision
 
     patient = bearer("patient", patient="185067511204554")
@@ -198,6 +190,77 @@ def test_mutated_fhir_submissions(client, bearer, database):
     if EXAMPLES_DIR.exists():
         bodies.append(("/fhir/DocumentReference", {}, guide_example("DocumentReference-example-td2-iti105-publication-"
                                                                     "simplifiee.json")))
+    return bodies
+
+
+ABSENT = {"extension": [{"url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason", "valueCode": "unknown"}]}
+
+
+def extensions_only(changed: dict, place: tuple) -> bool:
+    """The primitive at `place` given as FHIR's JSON gives one with extensions only: a null in its
+    list, aligned with the `_` list beside it, or its `_` member alone. False where there is no
+    primitive (an object, a list, a resource's type)."""
+    *parents, last = place
+    container = changed
+    for step in parents:
+        container = container[step]
+    if isinstance(container[last], (dict, list)):
+        return False
+    if isinstance(container, list):
+        if not parents or not isinstance(parents[-1], str):
+            return False
+        holder = changed
+        for step in parents[:-1]:
+            holder = holder[step]
+        container[last] = None
+        holder["_" + parents[-1]] = [ABSENT if index == last else None for index in range(len(container))]
+        return True
+    if last in ("resourceType", "url") or last.startswith("_"):
+        return False
+    del container[last]
+    container["_" + last] = ABSENT
+    return True
+
+
+def _written(response, change, kept: dict, written: dict) -> None:
+    """What a POST made, by the change that made it: a created resource, or a transaction's."""
+    if response.status_code == 201:
+        kept[f"{response.json['resourceType']}-{response.json['id']}"] = (response.json, change)
+    elif response.status_code == 200 and response.json.get("type") == "transaction-response":
+        written.update((e["response"]["location"].rsplit("/_history/", 1)[0], change)
+                       for e in response.json["entry"] if e["response"]["status"] == "201 Created")
+
+
+def test_every_primitive_given_with_extensions_only(client, bearer, database):
+    """Each primitive of each body, one at a time, given with extensions only (a data-absent-reason),
+    as FHIR's JSON allows: refused, or kept as the official profiles pass it. Found by this sweep: a
+    name's given so was a 500 at the write that indexed it, and a SubmissionSet's profile so was
+    kept as a bare null."""
+    bodies = json_bodies(bearer)
+    assert send(client, "POST", "/cda", data=(SAMPLES / "cda" / "ldl-ses-martin.xml").read_bytes(),
+                headers={"Content-Type": "application/xml"}).status_code == 201   # the patient's record
+    kept, written = {}, {}
+    for index, (path, headers, body) in enumerate(bodies):
+        for place in _nodes(body(0)):
+            changed = body(TRIED["inputs"])
+            if extensions_only(changed, place):
+                response = send(client, "POST", path, data=json.dumps(changed),
+                                headers={"Content-Type": "application/fhir+json", **headers})
+                _written(response, (index, place, "extensions only"), kept, written)
+    _kept_pass_the_profiles(client, database, kept, written)
+
+
+def test_mutated_fhir_submissions(client, bearer, database):
+    """Valid bodies with one place changed to any JSON value, left out, given twice (an item of a
+    list) or, a string, changed at its edges (EDGES), each under a document id of its own: they
+    reach the checks and mappings behind the models' own, which random bodies do not. What is kept
+    must pass the official profiles. Found by this test: a DocumentReference's category null in an
+    ITI-65 submission (a 500); a SubmissionSet without a date, with a status other than current or
+    an identifier without a system; a document's uniqueId without its system, or two classes; a
+    Patient claiming FR Core's INS profile without what it requires; and, by a sweep of the same
+    changes at every place, a Consent's uri with a space, an accented contentType and an FR Core
+    extension's part given twice: each registered, and failing the profiles."""
+    bodies = json_bodies(bearer)
     places = [list(_nodes(body(0))) for _, _, body in bodies]
     assert send(client, "POST", "/cda", data=(SAMPLES / "cda" / "ldl-ses-martin.xml").read_bytes(),
                 headers={"Content-Type": "application/xml"}).status_code == 201   # the patient's record
@@ -227,11 +290,7 @@ def test_mutated_fhir_submissions(client, bearer, database):
                   else value)
         response = send(client, "POST", path, data=json.dumps(changed),
                         headers={"Content-Type": "application/fhir+json", **headers})
-        if response.status_code == 201:
-            kept[f"{response.json['resourceType']}-{response.json['id']}"] = (response.json, change)
-        elif response.status_code == 200 and response.json.get("type") == "transaction-response":
-            written.update((e["response"]["location"].rsplit("/_history/", 1)[0], change)
-                           for e in response.json["entry"] if e["response"]["status"] == "201 Created")
+        _written(response, change, kept, written)
 
     run()
     _kept_pass_the_profiles(client, database, kept, written)
