@@ -1,11 +1,13 @@
-"""A gateway as a new user starts it (`gateway demo setup`, `gateway serve`), and tokens from
-`gateway token issue`: what the end-to-end tests share."""
+"""A gateway as a new user starts it (`gateway demo setup`, `gateway serve`), tokens from
+`gateway token issue`, and Debian's Chromium: what the end-to-end tests share."""
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,29 @@ import requests
 from conftest import ROOT, free_port
 
 GATEWAY = Path(sys.executable).with_name("gateway")
+CHROMIUM = os.environ.get("GATEWAY_CHROMIUM", "/usr/bin/chromium")
+REQUIRE_BROWSER = os.environ.get("GATEWAY_REQUIRE_BROWSER") == "1"
+# Chromium in a closed network: no background services, no sandbox as root.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@contextmanager
+def chromium():
+    """Debian's Chromium, driven by Playwright (no browser download). Without it the test is
+    skipped, unless GATEWAY_REQUIRE_BROWSER=1 (CI) makes that a failure."""
+    if not Path(CHROMIUM).exists() or shutil.which(CHROMIUM) is None:
+        if REQUIRE_BROWSER:
+            pytest.fail(f"GATEWAY_REQUIRE_BROWSER=1 but there is no Chromium at {CHROMIUM}")
+        pytest.skip(f"no Chromium at {CHROMIUM} (Debian package chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
 
 
 def start_listener(env: dict, port: int, log_path: Path) -> subprocess.Popen:

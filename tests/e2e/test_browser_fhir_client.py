@@ -6,23 +6,16 @@ preflights, its reading of the answers (ETag, Location). A page of another origi
 the API's answers by the browser itself. Without Chromium these tests are skipped, unless
 GATEWAY_REQUIRE_BROWSER=1 (CI) makes that a failure."""
 import json
-import os
-import shutil
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 import requests
 
 pytest.importorskip("playwright.sync_api")
 
-from e2e_support import start_gateway, stop_gateway, token
+from e2e_support import chromium, start_gateway, stop_gateway, token
 
-CHROMIUM = os.environ.get("GATEWAY_CHROMIUM", "/usr/bin/chromium")
-REQUIRE_BROWSER = os.environ.get("GATEWAY_REQUIRE_BROWSER") == "1"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 MARTIN = "185067511204554"
 VISIBILITY = "https://mos.esante.gouv.fr/NOS/TRE_A07-StatutVisibiliteDocument/FHIR/TRE-A07-StatutVisibiliteDocument"
 # What the application runs: a search, then a PATCH of the first document found, each with the
@@ -46,17 +39,9 @@ SCRIPT = """async ([base, authorization, visibility]) => {
 
 
 @pytest.fixture(scope="module")
-def chromium():
-    if not Path(CHROMIUM).exists() or shutil.which(CHROMIUM) is None:
-        if REQUIRE_BROWSER:
-            pytest.fail(f"GATEWAY_REQUIRE_BROWSER=1 but there is no Chromium at {CHROMIUM}")
-        pytest.skip(f"no Chromium at {CHROMIUM} (Debian package chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
+def browser():
+    with chromium() as launched:
+        yield launched
 
 
 class Page(BaseHTTPRequestHandler):
@@ -96,8 +81,8 @@ def gateway(tmp_path_factory, origins):
     stop_gateway(process)
 
 
-def run_application(chromium, origin: str, base: str, authorization: str) -> dict:
-    page = chromium.new_page()
+def run_application(browser, origin: str, base: str, authorization: str) -> dict:
+    page = browser.new_page()
     try:
         page.goto(f"{origin}/app.html")
         return page.evaluate(SCRIPT, [base, authorization, VISIBILITY])
@@ -105,10 +90,10 @@ def run_application(chromium, origin: str, base: str, authorization: str) -> dic
         page.close()
 
 
-def test_a_web_application_of_the_configured_origin_searches_and_masks(chromium, gateway, origins):
+def test_a_web_application_of_the_configured_origin_searches_and_masks(browser, gateway, origins):
     base, env = gateway
     patient = token(env, "--role", "patient", "--patient", MARTIN)["Authorization"]
-    done = run_application(chromium, origins[0], base, patient)
+    done = run_application(browser, origins[0], base, patient)
     assert "refused" not in done, done
     assert done["total"] >= 1 and done["status"] == 200 and done["etag"] == 'W/"2"', done
     masked = requests.get(f"{base}/fhir/DocumentReference/{done['id']}", headers={"Authorization": patient},
@@ -116,8 +101,8 @@ def test_a_web_application_of_the_configured_origin_searches_and_masks(chromium,
     assert any(c["code"] == "MASQUE_PS" for label in masked["securityLabel"] for c in label["coding"])
 
 
-def test_a_page_of_another_origin_is_kept_from_the_api_by_the_browser(chromium, gateway, origins):
+def test_a_page_of_another_origin_is_kept_from_the_api_by_the_browser(browser, gateway, origins):
     base, env = gateway
     patient = token(env, "--role", "patient", "--patient", MARTIN)["Authorization"]
-    done = run_application(chromium, origins[1], base, patient)
+    done = run_application(browser, origins[1], base, patient)
     assert done == {"refused": "TypeError: Failed to fetch"}, json.dumps(done)

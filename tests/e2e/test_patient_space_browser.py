@@ -10,7 +10,6 @@ Without Chromium these tests are skipped, unless GATEWAY_REQUIRE_BROWSER=1 (CI) 
 import json
 import os
 import re
-import shutil
 import subprocess
 import time
 import zipfile
@@ -22,14 +21,9 @@ import requests
 expect = pytest.importorskip("playwright.sync_api").expect
 
 from conftest import ROOT
-from e2e_support import GATEWAY, start_gateway, stop_gateway, token
+from e2e_support import GATEWAY, chromium, start_gateway, stop_gateway, token
 
-CHROMIUM = os.environ.get("GATEWAY_CHROMIUM", "/usr/bin/chromium")
-REQUIRE_BROWSER = os.environ.get("GATEWAY_REQUIRE_BROWSER") == "1"
 ARTIFACTS = Path(os.environ.get("GATEWAY_TEST_ARTIFACTS", ROOT / "test-artifacts")) / "patient-space"
-# Chromium in a closed network: no background services, no sandbox as root.
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 MARTIN, DUBOIS, GARNIER, LEA, HUGO = ("185067511204554", "292086938701277", "161023306508977", "212057501802305",
                                       "116037505612342")
 SURGEON, RADIOLOGIST, GP, INTERNIST = "899900000020", "899900000038", "899900000053", "899900000012"
@@ -39,16 +33,8 @@ DESKTOP, PHONE = {"width": 1100, "height": 900}, {"width": 375, "height": 740}
 
 @pytest.fixture(scope="module")
 def browser():
-    if not Path(CHROMIUM).exists() or shutil.which(CHROMIUM) is None:
-        if REQUIRE_BROWSER:
-            pytest.fail(f"GATEWAY_REQUIRE_BROWSER=1 but there is no Chromium at {CHROMIUM}")
-        pytest.skip(f"no Chromium at {CHROMIUM} (Debian package chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture(scope="module")
