@@ -12,7 +12,7 @@ from flask import Response, g
 from gateway.storage.repository import Gone, NotFound, StoredResource
 
 from .blueprint import fhir
-from .responses import FhirError, accepted, fhir_response, format_named, version_headers
+from .responses import FhirError, accepted, fhir_response, format_named, not_modified, version_headers
 
 FHIR_ACCEPTS = ("application/fhir+json", "application/json")
 RESOURCE_TYPES = {*FHIR_ACCEPTS, "application/fhir+xml", "application/xml+fhir"}
@@ -46,6 +46,8 @@ def retrieve(res_id: str) -> Response:
     except Gone as exc:
         raise FhirError(410, str(exc), code="deleted") from None
     headers = version_headers(stored.version, stored.last_updated)
+    if not_modified(stored.version, stored.last_updated):   # before the document's bytes are read
+        return Response(status=304, headers=headers)
     if _wants_resource():
         return fhir_response(resource_body(stored), 200, headers)
     content_type = stored.json().get("contentType", "application/octet-stream")

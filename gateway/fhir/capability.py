@@ -45,6 +45,7 @@ def capability_statement(base: str, cors: bool = False) -> dict:
             "versioning": "versioned-update" if res_type in ("Consent", "DocumentReference") else "versioned",
             "readHistory": True,
             "conditionalCreate": res_type in REGISTERED_TYPES,
+            "conditionalRead": "full-support",   # If-None-Match and If-Modified-Since
         }
         if params:
             entry["searchParam"] = [{"name": p.name, "type": SEARCH_TYPE_NAMES[p.type]} for p in params.values()] + [

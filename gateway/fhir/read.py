@@ -13,7 +13,7 @@ from gateway.storage.schema import MAX_VERSION
 from .blueprint import fhir
 from .binary import resource_body, retrieve
 from .record_state import patients_with_state
-from .responses import FhirError, fhir_response, negotiate, version_headers
+from .responses import FhirError, fhir_response, negotiate, not_modified, version_headers
 
 STORED_TYPES = ("DocumentReference", "Binary", "Patient", "Practitioner", "PractitionerRole", "Organization", "List", "Consent",
                 "AuditEvent", "RelatedPerson")
@@ -40,7 +40,7 @@ def read(res_type: str, res_id: str):
         return retrieve(res_id)
     negotiate()
     stored = lookup(g.repository.read, res_type, res_id)
-    if request.headers.get("If-None-Match") == f'W/"{stored.version}"':
+    if not_modified(stored.version, stored.last_updated):
         return fhir_response("", 304, version_headers(stored.version, stored.last_updated))
     body = patients_with_state(g.repository, [stored]).get(res_id) if res_type == "Patient" else resource_body(stored)
     return fhir_response(body, 200, version_headers(stored.version, stored.last_updated))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import re
-from email.utils import format_datetime
+from email.utils import format_datetime, parsedate_to_datetime
 from datetime import datetime
 
 from flask import Response, current_app, has_request_context, request
@@ -161,6 +161,27 @@ def if_match() -> int | None:
     if match is None:
         raise FhirError(400, 'If-Match names the version to update as its ETag: W/"[versionId]"', code="invalid")
     return int(match.group(1))
+
+
+def not_modified(version: int, last_updated: str) -> bool:
+    """Whether a conditional read may be answered 304 (R4 http, read; RFC 9110, 13.1.2 and 13.1.3):
+    If-None-Match names this version among its tags (weakly compared: W/"3" or "3") or is `*`; or,
+    without it, If-Modified-Since is not before the last change. Only If-None-Match: W/"3", exactly
+    as this server writes its ETags, was read, and If-Modified-Since not at all."""
+    tags = request.headers.get("If-None-Match")
+    if tags is not None:
+        return tags.strip() == "*" or any(int(tag) == version for tag in ETAG.findall(tags))
+    since = request.headers.get("If-Modified-Since")
+    if since is None:
+        return False
+    try:
+        asked = parsedate_to_datetime(since)
+    except (TypeError, ValueError):
+        return False   # RFC 9110: an invalid date is ignored
+    if asked.tzinfo is None:
+        return False
+    changed = datetime.fromisoformat(last_updated.replace("Z", "+00:00")).replace(microsecond=0)
+    return changed <= asked
 
 
 def preferred(name: str) -> str | None:

@@ -30,6 +30,29 @@ def test_read_vread_etag_last_modified(client, database):
         assert client.get(f"/fhir/DocumentReference/{created['id']}/_history/{version}").status_code == 404
 
 
+def test_a_conditional_read_is_answered_304_as_http_compares_versions_and_dates(client, database):
+    """If-None-Match names tags, weakly compared, or `*`; without it, If-Modified-Since a date not
+    before the last change: each is 304, for a resource and for a document's bytes. Only `W/"1"`,
+    written exactly so, was 304, and If-Modified-Since was not read."""
+    created = doc(client, database)
+    binary = created["content"][0]["attachment"]["url"].replace("http://gateway.test", "")
+    for path in (f"/fhir/DocumentReference/{created['id']}", binary):
+        modified = client.get(path).headers["Last-Modified"]
+        for headers, status in (({"If-None-Match": 'W/"1"'}, 304), ({"If-None-Match": '"1"'}, 304),
+                                ({"If-None-Match": 'W/"7", W/"1"'}, 304), ({"If-None-Match": "*"}, 304),
+                                ({"If-None-Match": 'W/"2"'}, 200), ({"If-Modified-Since": modified}, 304),
+                                ({"If-Modified-Since": "Sat, 01 Jan 2000 00:00:00 GMT"}, 200),
+                                ({"If-Modified-Since": "yesterday"}, 200),   # an invalid date is ignored
+                                ({"If-None-Match": 'W/"2"', "If-Modified-Since": modified}, 200)):
+            answer = client.get(path, headers=headers)
+            assert answer.status_code == status, (path, headers, answer.status_code)
+            assert answer.headers["ETag"] == 'W/"1"'
+            if status == 304:
+                assert answer.data == b""
+    statement = client.get("/fhir/metadata").json["rest"][0]["resource"]
+    assert {r["conditionalRead"] for r in statement} == {"full-support"}
+
+
 @pytest.mark.parametrize("query, accept, answered", [
     ("", "application/fhir+json", "json"),
     ("", "application/json", "json"),
