@@ -40,10 +40,11 @@ def read(res_type: str, res_id: str):
         return retrieve(res_id)
     negotiate()
     stored = lookup(g.repository.read, res_type, res_id)
+    headers = version_headers(stored.version, stored.last_updated)
     if not_modified(stored.version, stored.last_updated):
-        return fhir_response("", 304, version_headers(stored.version, stored.last_updated))
+        return fhir_response("", 304, headers)
     body = patients_with_state(g.repository, [stored]).get(res_id) if res_type == "Patient" else resource_body(stored)
-    return fhir_response(body, 200, version_headers(stored.version, stored.last_updated))
+    return fhir_response(body, 200, headers)
 
 
 @fhir.get("/<res_type>/<res_id>/_history/<vid>")

@@ -180,8 +180,7 @@ def not_modified(version: int, last_updated: str) -> bool:
         return False   # RFC 9110: an invalid date is ignored
     if asked.tzinfo is None:
         return False
-    changed = datetime.fromisoformat(last_updated.replace("Z", "+00:00")).replace(microsecond=0)
-    return changed <= asked
+    return _moment(last_updated).replace(microsecond=0) <= asked   # HTTP dates have whole seconds
 
 
 def preferred(name: str) -> str | None:
@@ -215,5 +214,9 @@ def written(stored, status: int, done: str, *, located: bool = True) -> Response
 
 
 def version_headers(version: int, last_updated: str) -> dict:
-    moment = datetime.fromisoformat(last_updated.replace("Z", "+00:00"))
-    return {"ETag": f'W/"{version}"', "Last-Modified": format_datetime(moment, usegmt=True)}
+    return {"ETag": f'W/"{version}"', "Last-Modified": format_datetime(_moment(last_updated), usegmt=True)}
+
+
+def _moment(last_updated: str) -> datetime:
+    """A resource's lastUpdated (FHIR's instant) as the datetime HTTP's dates are compared with."""
+    return datetime.fromisoformat(last_updated.replace("Z", "+00:00"))
