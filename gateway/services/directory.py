@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from gateway.access.writes import Write
 from gateway.refusal import Refused
-from gateway.fhir.primitives import present
-from gateway.fhir.validation import InvalidResource, validate
+from gateway.fhir.validation import InvalidResource, keep_claimed_profiles, validate
 from gateway.mapping import codes
 from gateway.mapping.identity import ins_key_is_valid
 from gateway.storage.repository import Repository, StoredResource, new_id
@@ -19,9 +18,7 @@ def register(repo: Repository, resource: dict) -> StoredResource:
     """Store a new identity resource; Refused when it is invalid or an identifier is taken."""
     res_type = resource["resourceType"]
     resource["id"] = new_id()
-    # The server owns versionId and lastUpdated; a profile of extensions only (`_profile`) names none.
-    profiles = present(resource.get("meta", {}).get("profile"))
-    resource["meta"] = {"profile": profiles} if profiles else {}
+    profiles = keep_claimed_profiles(resource)
     try:
         validate(resource)   # a profile no definition served here gives for the type is refused
     except InvalidResource as exc:
@@ -30,7 +27,7 @@ def register(repo: Repository, resource: dict) -> StoredResource:
     # which it does not check: a Patient claiming fr-core-patient-ins without the identity
     # reliability that profile requires was kept with its claim, and every read of it failed the
     # official check (found by the fuzz).
-    checked = [profile for profile in profiles or [] if profile == f"{BASE_DEFINITIONS}{res_type}"]
+    checked = [profile for profile in profiles if profile == f"{BASE_DEFINITIONS}{res_type}"]
     resource["meta"] = {"profile": checked} if checked else {}
     if res_type == "Patient":
         for identifier in resource.get("identifier", []):

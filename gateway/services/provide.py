@@ -19,8 +19,7 @@ from gateway.access.writes import Write
 from gateway.refusal import Refused
 from gateway.cda.header import II
 from gateway.fhir.formats import load
-from gateway.fhir.primitives import present
-from gateway.fhir.validation import InvalidResource, validate
+from gateway.fhir.validation import InvalidResource, keep_claimed_profiles, validate
 from gateway.mapping import codes
 from gateway.mapping import document as mapping
 from gateway.mapping import submission
@@ -552,9 +551,7 @@ def _item_reference(entry: dict) -> str:
 
 def _save_list(uow: UnitOfWork, item: Submitted, resource: dict, patient_id: str, responses: dict) -> None:
     resource["subject"] = {"reference": f"Patient/{patient_id}"}
-    # The server owns the rest of meta; a profile of extensions only (`_profile`) names none.
-    profiles = present(resource.get("meta", {}).get("profile"))
-    resource["meta"] = {"profile": profiles} if profiles else {}
+    keep_claimed_profiles(resource)
     _validated(resource, item.index)
     stored = uow.save(resource, patient_id=patient_id)
     if stored.version == 1:
