@@ -21,6 +21,7 @@ from gateway.fhir.api import fhir
 from gateway.fhir.responses import FhirError, fhir_response, operation_outcome
 from gateway.http.auth import requester
 from gateway.http.cda import cda
+from gateway.http.content_coding import decode_request_body
 from gateway.http.hl7v2 import hl7v2
 from gateway.http.inputs import holds_nul
 from gateway.http.ops import ops
@@ -66,14 +67,15 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             raise Refused("the path or a query parameter holds the character U+0000 (NUL)", location="url",
                           status=400, code="value")
         access = requester()
-        if access is None:
-            return None
-        # One repository per request, built from who is asking: every read goes through it.
-        g.repository = Repository(app.config["ENGINE"], access, settings.public_base_url, settings.search_seconds)
-        if access.role == INSURER:
-            refusal = Outcome("4", "insurers, banks and employers may not access the record (CSP L1111-18)")
-            g.repository.record_authorization("AuthZ-Role", refusal)
-            raise AccessRefused(refusal.description)
+        if access is not None:
+            # One repository per request, built from who is asking: every read goes through it.
+            g.repository = Repository(app.config["ENGINE"], access, settings.public_base_url, settings.search_seconds)
+            if access.role == INSURER:
+                refusal = Outcome("4", "insurers, banks and employers may not access the record (CSP L1111-18)")
+                g.repository.record_authorization("AuthZ-Role", refusal)
+                raise AccessRefused(refusal.description)
+        # Once the requester is known: nobody refused makes the gateway decode anything.
+        decode_request_body(request)
 
     @app.after_request
     def finish_request(response):
@@ -88,7 +90,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
     @app.errorhandler(FhirError)
     def fhir_error(error: FhirError):
-        response = fhir_response(error.outcome(), error.status)
+        response = fhir_response(error.outcome(), error.status, error.headers)
         if error.status == 401:
             response.headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
         return response

@@ -26,13 +26,14 @@ class FhirError(Exception):
     """An error answered as an OperationOutcome with an HTTP status."""
 
     def __init__(self, status: int, diagnostics: str, *, code: str = "processing", expression: str | None = None,
-                 issues: list[dict] | None = None):
+                 issues: list[dict] | None = None, headers: dict[str, str] | None = None):
         super().__init__(diagnostics)
         self.status = status
         self.diagnostics = diagnostics
         self.code = code
         self.expression = expression
         self.issues = issues
+        self.headers = headers or {}
 
     def outcome(self) -> dict:
         if self.issues:
