@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from . import reports
 from .model import CASES_DIR, SUITES, CaseError, load_cases
-from .runner import Target, TokenSource, run_cases
+from .runner import Target, TokenSource, run_cases, unreachable
 
 
 def _mllp(value: str) -> tuple[str, int]:
@@ -40,6 +40,11 @@ def cmd_run(args) -> int:
             return 2
     target = Target(args.fhir_base, args.mllp, TokenSource(args.token, args.token_command), args.timeout,
                     schematrons)
+    problems = unreachable(target, cases)
+    for problem in problems:
+        console.print(f"error: {problem}", highlight=False, soft_wrap=True)
+    if problems:
+        return 2
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console,
                   transient=True) as progress:
         task = progress.add_task("running", total=len(cases))

@@ -70,9 +70,13 @@ class TokenSource:
             for name in ("sub", "patient", "purpose", "org", "name"):
                 if identity.get(name):
                     args += [f"--{name}", identity[name]]
-            done = subprocess.run(self.command.split() + args, capture_output=True, text=True, timeout=60)
+            try:
+                done = subprocess.run(self.command.split() + args, capture_output=True, text=True, timeout=60)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                raise CaseError(f"--token-command could not run: {exc}") from None
             if done.returncode != 0 or not done.stdout.strip():
-                raise CaseError(f"--token-command failed for {identity}: {done.stderr.strip()[-300:]}")
+                said = done.stderr.strip()[-300:] or "it printed no token"
+                raise CaseError(f"--token-command failed for {identity} (exit status {done.returncode}): {said}")
             self._cache[key] = done.stdout.strip().splitlines()[-1].strip()
         return self._cache[key]
 
@@ -90,6 +94,44 @@ class Target:
         """This gateway's own endpoints (/cda, /hl7v2) live beside /fhir."""
         base = self.fhir_base.rstrip("/")
         return base[: -len("/fhir")] if base.endswith("/fhir") else None
+
+
+def unreachable(target: Target, cases: list[Case]) -> list[str]:
+    """What keeps the run from starting, each in a sentence: a FHIR base with no R4 server's
+    CapabilityStatement at its /metadata, an MLLP listener the HL7v2 cases need that accepts no
+    connection, a token command that gives no token. Each would fail every case with one message."""
+    problems = []
+    headers = {"Accept": "application/fhir+json"}
+    try:
+        token = target.tokens(DEFAULT_IDENTITY)
+    except CaseError as exc:
+        problems.append(str(exc))
+    else:
+        if token:   # a server may keep its CapabilityStatement for those signed in
+            headers["Authorization"] = f"Bearer {token}"
+    url = f"{target.fhir_base.rstrip('/')}/metadata"
+    try:
+        answer = requests.get(url, headers=headers, timeout=target.timeout)
+    except requests.RequestException as exc:
+        problems.append(f"cannot reach the FHIR server: GET {url}: {exc}")
+    else:
+        try:
+            statement = answer.json() if answer.status_code == 200 else {}
+        except ValueError:
+            statement = {}
+        if not isinstance(statement, dict) or statement.get("resourceType") != "CapabilityStatement":
+            problems.append(f"GET {url} answered {answer.status_code}, not a FHIR CapabilityStatement: --fhir-base "
+                            "is the FHIR base URL, the one /metadata is under (e.g. http://127.0.0.1:8080/fhir)")
+        elif not str(statement.get("fhirVersion", "")).startswith("4.0."):
+            problems.append(f"the server at {target.fhir_base} declares FHIR {statement.get('fhirVersion')}: these "
+                            "cases are FHIR 4.0.1 (R4)")
+    needs = {need for case in cases for need in case.requires}
+    if target.mllp is not None and "mllp" in needs:
+        try:
+            socket.create_connection(target.mllp, timeout=target.timeout).close()
+        except OSError as exc:
+            problems.append(f"cannot reach the MLLP listener at {target.mllp[0]}:{target.mllp[1]}: {exc}")
+    return problems
 
 
 def missing_capabilities(case: Case, target: Target) -> list[str]:

@@ -3,9 +3,10 @@ cover it fail, with a message saying what was expected and what came back."""
 
 import pytest
 
+from conformance.cli import main
 from conformance.model import load_cases
 from conformance.runner import Target, TokenSource, run_cases
-from conftest import make_token
+from conftest import free_port, make_token
 
 
 @pytest.fixture
@@ -119,6 +120,30 @@ def test_cases_without_what_they_need_are_skipped(live_server):
     only_fhir = Target(f"{live_server.public_base_url}/fhir", None, TokenSource(token="t"))
     [result] = run_cases(load_cases(ids=["hl7v2-transport/001-adt-acknowledged"]), only_fhir)
     assert result.status == "skipped" and result.message == "needs mllp"
+
+
+@pytest.mark.parametrize("given, said", [
+    (lambda base, mllp: ["--fhir-base", base, "--token", "t"],
+     "GET {base}/metadata answered 404, not a FHIR CapabilityStatement: --fhir-base is the FHIR base URL"),
+    (lambda base, mllp: ["--fhir-base", f"http://127.0.0.1:{free_port()}/fhir", "--token", "t"],
+     "cannot reach the FHIR server: GET http://127.0.0.1:"),
+    (lambda base, mllp: ["--fhir-base", f"{base}/fhir", "--token-command", "no-such-token-command --x"],
+     "--token-command could not run: [Errno 2] No such file or directory: 'no-such-token-command'"),
+    (lambda base, mllp: ["--fhir-base", f"{base}/fhir", "--token-command", "false"],
+     "--token-command failed for {'role': 'system', 'sub': 'conformance-kit'} (exit status 1): it printed no token"),
+    (lambda base, mllp: ["--fhir-base", f"{base}/fhir", "--token", "t", "--mllp", f"127.0.0.1:{mllp}"],
+     "cannot reach the MLLP listener at 127.0.0.1:"),
+], ids=["not-the-fhir-base", "nothing-listens", "no-token-command", "token-command-fails", "no-mllp-listener"])
+def test_a_run_that_cannot_start_says_why_once_and_runs_no_case(live_server, capsys, given, said):
+    """Each of these failed every case, with a message of its own 60 times ("could not reach the
+    gateway: No such file or directory" for a token command not found; a 405 for a base without
+    /fhir), and the run's exit status was that of failed cases."""
+    base = live_server.public_base_url
+    status = main(["run", *given(base, free_port()), "--suite", "pam-fr", "--suite", "mhd"])
+    printed = capsys.readouterr()
+    assert status == 2
+    assert printed.err.startswith("error: ") and said.replace("{base}", base) in printed.err
+    assert "passed" not in printed.out + printed.err
 
 
 def test_every_case_file_loads_and_every_suite_is_covered():
