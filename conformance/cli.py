@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -20,12 +21,29 @@ def _mllp(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _unwritable(reports: list[str | None]) -> list[str]:
+    """The reports asked for that could not be written once the run ends: their folders are made
+    now (as pytest's --junitxml makes its own), so that a run is not lost for a missing folder."""
+    problems = []
+    for report in filter(None, reports):
+        path = Path(report)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            problems.append(f"cannot write {report}: {exc}")
+            continue
+        if path.is_dir() or not os.access(path if path.exists() else path.parent, os.W_OK):
+            problems.append(f"cannot write {report}: " + ("it is a folder" if path.is_dir() else "permission denied"))
+    return problems
+
+
 def cmd_run(args) -> int:
     console = Console(stderr=True)
     cases = load_cases(Path(args.cases), args.suite, args.case)
     if not cases:
         console.print("no case matches")
         return 2
+    problems = _unwritable([args.junit, args.html, args.json])
     schematrons = None
     if args.schematron_dir:
         from .schematron import Schematrons
@@ -33,14 +51,12 @@ def cmd_run(args) -> int:
         try:
             schematrons = Schematrons(Path(args.schematron_dir))
         except ImportError:
-            console.print("--schematron-dir needs saxonche: pip install saxonche")
-            return 2
+            problems.append("--schematron-dir needs saxonche: pip install saxonche")
         except ValueError as exc:
-            console.print(str(exc))
-            return 2
+            problems.append(str(exc))
     target = Target(args.fhir_base, args.mllp, TokenSource(args.token, args.token_command), args.timeout,
                     schematrons)
-    problems = unreachable(target, cases)
+    problems += unreachable(target, cases)
     for problem in problems:
         console.print(f"error: {problem}", highlight=False, soft_wrap=True)
     if problems:
@@ -118,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     show.add_argument("case")
     show.set_defaults(func=cmd_show)
     args = parser.parse_args(argv)
+    if not Path(args.cases).is_dir():
+        print(f"error: --cases {args.cases}: no such folder", file=sys.stderr)
+        return 2
     try:
         return args.func(args)
     except CaseError as exc:

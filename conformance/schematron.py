@@ -30,6 +30,8 @@ class Schematrons:
         # Absolute: saxon reads a relative path from its own working folder, which each model's
         # compilation moves to that model's folder (its value sets are read from there).
         directory = directory.resolve()
+        if not directory.is_dir():
+            raise ValueError(f"--schematron-dir {directory}: no such folder")
         self.models: dict[tuple[str, str], Path] = {}
         self.compiled: dict[Path, object] = {}
         if (directory / "moteur" / SKELETON[-1]).exists():

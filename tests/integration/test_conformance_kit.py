@@ -2,6 +2,7 @@
 cover it fail, with a message saying what was expected and what came back."""
 
 import pytest
+from lxml import etree
 
 from conformance.cli import main
 from conformance.model import load_cases
@@ -123,27 +124,45 @@ def test_cases_without_what_they_need_are_skipped(live_server):
 
 
 @pytest.mark.parametrize("given, said", [
-    (lambda base, mllp: ["--fhir-base", base, "--token", "t"],
+    (lambda base, mllp, tmp: ["--fhir-base", base, "--token", "t"],
      "GET {base}/metadata answered 404, not a FHIR CapabilityStatement: --fhir-base is the FHIR base URL"),
-    (lambda base, mllp: ["--fhir-base", f"http://127.0.0.1:{free_port()}/fhir", "--token", "t"],
+    (lambda base, mllp, tmp: ["--fhir-base", f"http://127.0.0.1:{free_port()}/fhir", "--token", "t"],
      "cannot reach the FHIR server: GET http://127.0.0.1:"),
-    (lambda base, mllp: ["--fhir-base", f"{base}/fhir", "--token-command", "no-such-token-command --x"],
+    (lambda base, mllp, tmp: ["--fhir-base", f"{base}/fhir", "--token-command", "no-such-token-command --x"],
      "--token-command could not run: [Errno 2] No such file or directory: 'no-such-token-command'"),
-    (lambda base, mllp: ["--fhir-base", f"{base}/fhir", "--token-command", "false"],
+    (lambda base, mllp, tmp: ["--fhir-base", f"{base}/fhir", "--token-command", "false"],
      "--token-command failed for {'role': 'system', 'sub': 'conformance-kit'} (exit status 1): it printed no token"),
-    (lambda base, mllp: ["--fhir-base", f"{base}/fhir", "--token", "t", "--mllp", f"127.0.0.1:{mllp}"],
+    (lambda base, mllp, tmp: ["--fhir-base", f"{base}/fhir", "--token", "t", "--mllp", f"127.0.0.1:{mllp}"],
      "cannot reach the MLLP listener at 127.0.0.1:"),
-], ids=["not-the-fhir-base", "nothing-listens", "no-token-command", "token-command-fails", "no-mllp-listener"])
-def test_a_run_that_cannot_start_says_why_once_and_runs_no_case(live_server, capsys, given, said):
+    (lambda base, mllp, tmp: ["--fhir-base", f"{base}/fhir", "--token", "t", "--html", str(tmp)],
+     "cannot write {tmp}: it is a folder"),
+    (lambda base, mllp, tmp: ["--fhir-base", f"{base}/fhir", "--token", "t", "--schematron-dir", str(tmp / "no")],
+     "--schematron-dir {tmp}/no: no such folder"),
+    (lambda base, mllp, tmp: ["--cases", str(tmp / "no"), "--fhir-base", f"{base}/fhir", "--token", "t"],
+     "--cases {tmp}/no: no such folder"),
+], ids=["not-the-fhir-base", "nothing-listens", "no-token-command", "token-command-fails", "no-mllp-listener",
+        "report-to-a-folder", "no-schematron-folder", "no-cases-folder"])
+def test_a_run_that_cannot_start_says_why_once_and_runs_no_case(live_server, capsys, tmp_path, given, said):
     """Each of these failed every case, with a message of its own 60 times ("could not reach the
     gateway: No such file or directory" for a token command not found; a 405 for a base without
     /fhir), and the run's exit status was that of failed cases."""
     base = live_server.public_base_url
-    status = main(["run", *given(base, free_port()), "--suite", "pam-fr", "--suite", "mhd"])
+    arguments = given(base, free_port(), tmp_path)
+    cases = arguments[:2] if arguments[0] == "--cases" else []
+    status = main([*cases, "run", *arguments[len(cases):], "--suite", "pam-fr", "--suite", "mhd"])
     printed = capsys.readouterr()
     assert status == 2
-    assert printed.err.startswith("error: ") and said.replace("{base}", base) in printed.err
+    assert printed.err.startswith("error: ")
+    assert said.replace("{base}", base).replace("{tmp}", str(tmp_path)) in printed.err
     assert "passed" not in printed.out + printed.err
+
+
+def test_a_report_s_folder_is_made(live_server, tmp_path):
+    """The reports were written once every case had run: a folder missing lost the run to a traceback."""
+    report = tmp_path / "reports" / "today" / "junit.xml"
+    status = main(["run", "--fhir-base", f"{live_server.public_base_url}/fhir", "--token", "t",
+                   "--case", "mhd/001-iti65-provide", "--junit", str(report)])
+    assert status in (0, 1) and etree.parse(str(report)).getroot().tag == "testsuites"
 
 
 def test_every_case_file_loads_and_every_suite_is_covered():
