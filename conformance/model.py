@@ -20,6 +20,17 @@ SUITES = {
 # What a case may need beyond a FHIR server: an MLLP listener, this gateway's own HTTP endpoints
 # (/cda, /hl7v2), tokens for several identities (--token-command).
 CAPABILITIES = ("mllp", "gateway", "roles")
+# Every key a case may hold, where it may stand: a key misspelt (`stauts = 201`) was ignored, and the
+# check it meant to make never failed.
+CASE_KEYS = {"title", "description", "requires", "steps"}
+HTTP_STEP = {"action", "method", "path", "resource", "root_path", "url_from", "params", "accept", "as", "anonymous",
+             "file", "json", "form", "content_type", "capture", "expect"}
+STEP_KEYS = {"mllp": {"action", "file", "message", "framing", "chunks", "times", "expect"},
+             "http": HTTP_STEP, "search": HTTP_STEP}
+HTTP_EXPECT = {"status", "content_type", "body_file", "headers", "total", "json", "ids"}
+EXPECT_KEYS = {"mllp": {"ack", "err", "no_ack"}, "http": HTTP_EXPECT, "search": HTTP_EXPECT}
+IDENTITY_KEYS = {"role", "sub", "patient", "purpose", "org", "name"}
+CHECKS = ("equals", "contains", "absent", "exists", "count", "matches")
 
 
 class CaseError(ValueError):
@@ -64,11 +75,23 @@ def load_case(path: Path) -> Case:
     unknown = set(requires) - set(CAPABILITIES)
     if unknown:
         raise CaseError(f"{path}: unknown requirement {', '.join(sorted(unknown))}")
+    _known(path, "", data, CASE_KEYS)
     steps = []
     for index, step in enumerate(data["steps"], 1):
         action = step.get("action")
-        if action not in ("mllp", "http", "search"):
+        if action not in STEP_KEYS:
             raise CaseError(f"{path}: step {index}: action is mllp, http or search")
+        where = f"step {index}: "
+        _known(path, where, step, STEP_KEYS[action])
+        _known(path, where + "as: ", step.get("as", {}), IDENTITY_KEYS)
+        expect = step.get("expect", {})
+        _known(path, where + "expect: ", expect, EXPECT_KEYS[action])
+        _known(path, where + "expect.ids: ", expect.get("ids", {}), {"include", "exclude"})
+        for assertion in expect.get("json", []):
+            _known(path, where + "expect.json: ", assertion, {"path", *CHECKS})
+            if "path" not in assertion or not set(CHECKS) & set(assertion):
+                raise CaseError(f"{path}: {where}expect.json: {assertion} checks nothing: it needs a path and one "
+                                f"of {', '.join(CHECKS)}")
         steps.append(Step(action, step))
     return Case(id=f"{suite}/{path.parent.name}", suite=suite, title=data["title"], directory=path.parent,
                 requires=requires, steps=steps, description=data.get("description", ""))
@@ -82,3 +105,11 @@ def load_cases(directory: Path = CASES_DIR, suites: list[str] | None = None,
     if ids:
         cases = [c for c in cases if c.id in ids or c.id.split("/", 1)[1] in ids]
     return cases
+
+
+def _known(path: Path, where: str, table, keys: set[str]) -> None:
+    if not isinstance(table, dict):
+        raise CaseError(f"{path}: {where}a table is expected, got {table!r}")
+    unknown = sorted(set(table) - keys)
+    if unknown:
+        raise CaseError(f"{path}: {where}unknown key {', '.join(unknown)} (known: {', '.join(sorted(keys))})")

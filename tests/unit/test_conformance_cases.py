@@ -1,0 +1,51 @@
+"""A tester's own cases (`gateway-conformance --cases DIR`): read as written, or refused saying
+where, never run with a check that cannot fail."""
+import pytest
+
+from conformance.cli import main
+from conformance.model import CaseError, load_cases
+
+SEARCH = 'title = "t"\n[[steps]]\naction = "search"\nresource = "Patient"\n'
+
+
+def write(root, suite: str, case: str, text: str):
+    folder = root / suite / case
+    folder.mkdir(parents=True)
+    (folder / "case.toml").write_text(text)
+
+
+@pytest.mark.parametrize("text, said", [
+    (SEARCH + "[steps.expect]\nstauts = 201\n", "step 1: expect: unknown key stauts (known: body_file,"),
+    (SEARCH + "[steps.expect]\njson = [{ path = \"total\" }]\n", "checks nothing: it needs a path and one of"),
+    (SEARCH + "[steps.expect]\njson = [{ path = \"total\", equal = 1 }]\n", "expect.json: unknown key equal"),
+    (SEARCH + "[steps.expect]\nids = { includes = [\"x\"] }\n", "expect.ids: unknown key includes"),
+    (SEARCH + "as = { role = \"doctor\", subject = \"1\" }\n", "step 1: as: unknown key subject"),
+    (SEARCH + "param = { name = \"x\" }\n", "step 1: unknown key param (known: accept,"),
+    ('title = "t"\n[[steps]]\naction = "mllp"\nmessage = "MSH|"\n[steps.expect]\nstatus = 200\n',
+     "step 1: expect: unknown key status (known: ack, err, no_ack)"),
+    ('title = "t"\nrequire = ["mllp"]\n' + SEARCH[len('title = "t"\n'):], "unknown key require (known: description,"),
+    (SEARCH + "expect = 201\n", "step 1: expect: a table is expected, got 201"),
+], ids=["misspelt-expectation", "assertion-without-check", "misspelt-check", "misspelt-ids", "misspelt-identity",
+        "misspelt-step-key", "http-expectation-on-mllp", "misspelt-case-key", "expect-not-a-table"])
+def test_a_case_whose_check_could_not_fail_is_refused_saying_where(tmp_path, text, said):
+    write(tmp_path, "mine", "001-case", text)
+    with pytest.raises(CaseError) as refused:
+        load_cases(tmp_path)
+    assert str(refused.value).startswith(str(tmp_path / "mine" / "001-case" / "case.toml"))
+    assert said in str(refused.value)
+
+
+def test_the_kits_own_cases_all_load():
+    assert len(load_cases()) >= 90
+
+
+def test_a_testers_own_suite_is_listed_and_chosen(tmp_path, capsys):
+    write(tmp_path, "hospital-x", "001-patient-search", SEARCH + "[steps.expect]\nstatus = 200\n")
+    write(tmp_path, "mhd", "001-mine", SEARCH)
+    assert main(["--cases", str(tmp_path), "list", "--suite", "hospital-x"]) == 0
+    assert capsys.readouterr().out == "hospital-x:\n  001-patient-search  t\n1 case\n"
+    assert main(["--cases", str(tmp_path), "list"]) == 0
+    listed = capsys.readouterr().out
+    assert listed.index("mhd: IHE MHD") < listed.index("hospital-x:") and listed.endswith("2 cases\n")
+    assert main(["--cases", str(tmp_path), "list", "--suite", "pam-fr"]) == 2
+    assert capsys.readouterr().err == f"error: no suite pam-fr in {tmp_path} (suites: hospital-x, mhd)\n"
