@@ -30,6 +30,12 @@ STEP_KEYS = {"mllp": {"action", "file", "message", "framing", "chunks", "times",
 HTTP_EXPECT = {"status", "content_type", "body_file", "headers", "total", "json", "ids"}
 EXPECT_KEYS = {"mllp": {"ack", "err", "no_ack"}, "http": HTTP_EXPECT, "search": HTTP_EXPECT}
 IDENTITY_KEYS = {"role", "sub", "patient", "purpose", "org", "name"}
+# What an expectation's value is: a status written "201" was compared with the number 201, and
+# failed as "expected HTTP 201, got 201".
+EXPECT_TYPES = {"status": (int, ("one", "list"), "a status or a list of them"), "total": (int, ("one",), "a number"),
+                "ack": (str, ("one", "list"), "an ACK code or a list of them"),
+                "err": (str, ("list",), "a list of ERR-3 codes"), "headers": (str, ("list",), "a list of header names"),
+                "no_ack": (bool, ("one",), "true or false")}
 CHECKS = ("equals", "contains", "absent", "exists", "count", "matches")
 
 
@@ -87,6 +93,11 @@ def load_case(path: Path) -> Case:
         expect = step.get("expect", {})
         _known(path, where + "expect: ", expect, EXPECT_KEYS[action])
         _known(path, where + "expect.ids: ", expect.get("ids", {}), {"include", "exclude"})
+        for key, (kind, forms, meant) in EXPECT_TYPES.items():
+            value = expect.get(key)
+            items = value if isinstance(value, list) and "list" in forms else [value] if "one" in forms else None
+            if key in expect and (items is None or not all(type(item) is kind for item in items)):
+                raise CaseError(f"{path}: {where}expect: {key} is {meant}, not {value!r}")
         for assertion in expect.get("json", []):
             _known(path, where + "expect.json: ", assertion, {"path", *CHECKS})
             if "path" not in assertion or not set(CHECKS) & set(assertion):

@@ -25,8 +25,17 @@ def write(root, suite: str, case: str, text: str):
      "step 1: expect: unknown key status (known: ack, err, no_ack)"),
     ('title = "t"\nrequire = ["mllp"]\n' + SEARCH[len('title = "t"\n'):], "unknown key require (known: description,"),
     (SEARCH + "expect = 201\n", "step 1: expect: a table is expected, got 201"),
+    # a value of another type: "201" was compared with the number 201, "expected HTTP 201, got 201"
+    (SEARCH + "[steps.expect]\nstatus = \"201\"\n", "expect: status is a status or a list of them, not '201'"),
+    (SEARCH + "[steps.expect]\nstatus = [200, true]\n", "expect: status is a status or a list of them"),
+    (SEARCH + "[steps.expect]\ntotal = \"3\"\n", "expect: total is a number, not '3'"),
+    ('title = "t"\n[[steps]]\naction = "mllp"\nmessage = "MSH|"\n[steps.expect]\nerr = "207"\n',
+     "expect: err is a list of ERR-3 codes, not '207'"),
+    ('title = "t"\n[[steps]]\naction = "mllp"\nmessage = "MSH|"\n[steps.expect]\nno_ack = 1\n',
+     "expect: no_ack is true or false, not 1"),
 ], ids=["misspelt-expectation", "assertion-without-check", "misspelt-check", "misspelt-ids", "misspelt-identity",
-        "misspelt-step-key", "http-expectation-on-mllp", "misspelt-case-key", "expect-not-a-table"])
+        "misspelt-step-key", "http-expectation-on-mllp", "misspelt-case-key", "expect-not-a-table",
+        "status-as-text", "status-list-with-a-boolean", "total-as-text", "err-not-a-list", "no-ack-a-number"])
 def test_a_case_whose_check_could_not_fail_is_refused_saying_where(tmp_path, text, said):
     write(tmp_path, "mine", "001-case", text)
     with pytest.raises(CaseError) as refused:
