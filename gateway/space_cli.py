@@ -75,7 +75,12 @@ def verify_export(settings: Settings, args) -> int:
     from gateway.services.export import verify_export as verify
 
     anchors = [Path(p) for p in args.ca] if args.ca else settings.trust_anchors
-    report = verify(Path(args.file).read_bytes(), anchors)
+    try:
+        with open(args.file, "rb") as copy:   # read where the check needs it, not whole into memory
+            report = verify(copy, anchors)
+    except OSError as exc:
+        print(f"cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     if report.signature:
         print(f"NOT VALID: {report.signature}")
         return 1

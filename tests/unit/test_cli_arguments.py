@@ -51,3 +51,14 @@ def test_gateway_send_tells_a_file_it_cannot_read_or_a_gateway_it_cannot_reach(t
         port = bound.getsockname()[1]
         assert send_paths([message], "127.0.0.1", port) == 2
     assert f"MLLP 127.0.0.1:{port}: Connection refused (0 of 1 messages answered)" in said()
+
+
+def test_gateway_verify_export_tells_a_file_it_cannot_read(tmp_path, capsys):
+    """It was a traceback (the file read whole before anything else)."""
+    assert main(["verify-export", str(tmp_path / "missing.zip")]) == 2
+    assert capsys.readouterr().err == f"cannot read {tmp_path / 'missing.zip'}: No such file or directory\n"
+    assert main(["verify-export", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"cannot read {tmp_path}: Is a directory\n"
+    (tmp_path / "copy.zip").write_bytes(b"not a zip")
+    assert main(["verify-export", str(tmp_path / "copy.zip")]) == 1
+    assert capsys.readouterr().out == "NOT VALID: the file is not a ZIP archive\n"
