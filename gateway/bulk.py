@@ -25,16 +25,23 @@ class BulkReport:
     duplicates: int = 0
     refused: list[tuple[str, str, str]] = field(default_factory=list)  # file, location, reason
     failed: list[tuple[str, str]] = field(default_factory=list)
+    skipped: int = 0   # files in the folders given that are not documents by their names
 
 
-def document_files(paths: list[Path]) -> list[Path]:
+def document_files(paths: list[Path]) -> tuple[list[Path], int]:
+    """The documents to ingest: each file named, and a folder's .xml and .cda files; and how many
+    other files the folders hold (an operator pointing it at HL7v2 messages read "ingested: 0")."""
     files: list[Path] = []
+    skipped = 0
     for path in paths:
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in (".xml", ".cda"))
+            found = [p for p in path.rglob("*") if p.is_file()]
+            documents = sorted(p for p in found if p.suffix.lower() in (".xml", ".cda"))
+            files += documents
+            skipped += len(found) - len(documents)
         else:
             files.append(path)
-    return files
+    return files, skipped
 
 
 def ingest_paths(settings: Settings, paths: list[Path], console: Console | None = None) -> BulkReport:
@@ -43,7 +50,7 @@ def ingest_paths(settings: Settings, paths: list[Path], console: Console | None 
     upgrade(engine)
     repo = Repository(engine, AccessContext.system("gateway ingest"), settings.public_base_url)
     report = BulkReport()
-    files = document_files(paths)
+    files, report.skipped = document_files(paths)
     progress = Progress(TextColumn("[bold]ingest"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                         console=console, transient=True)
     with progress:
@@ -80,6 +87,9 @@ def ingest_paths(settings: Settings, paths: list[Path], console: Console | None 
 def _summary(console: Console, report: BulkReport) -> None:
     console.print(f"ingested: {report.ingested}   duplicates: {report.duplicates}   "
                   f"refused: {len(report.refused)}   failed: {len(report.failed)}")
+    if report.skipped:
+        console.print(f"skipped: {report.skipped} files in the folders given are not .xml or .cda (HL7v2 messages "
+                      "go to the MLLP listener: gateway send)")
     if report.refused or report.failed:
         table = Table("file", "reason", title="not ingested")
         for file, location, reason in report.refused:

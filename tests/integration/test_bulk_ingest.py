@@ -48,3 +48,12 @@ def test_a_file_over_the_limit_is_refused_from_its_first_bytes(tmp_path):
     with engine.connect() as conn:
         assert conn.execute(select(raw_inputs.c.status, raw_inputs.c.size)).all() == [("refused", 65536)]
     engine.dispose()
+
+
+def test_files_of_a_folder_that_are_not_documents_are_counted_as_skipped(tmp_path, capsys):
+    """A folder of HL7v2 messages gave "ingested: 0 duplicates: 0 refused: 0 failed: 0" alone."""
+    settings = replace(Settings.from_env(), database_url=f"sqlite:///{tmp_path / 'gateway.db'}")
+    report = bulk.ingest_paths(settings, [SAMPLES / "hl7v2", SAMPLES / "cda" / "ldl-ses-martin.xml"])
+    assert (report.ingested, report.skipped) == (1, len(list((SAMPLES / "hl7v2").iterdir())))
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"skipped: {report.skipped} files in the folders given are not .xml or .cda" in said
