@@ -11,7 +11,7 @@ from gateway.logs import configure as configure_logging
 
 
 def _counted(largest: int):
-    """An argument that counts or numbers rows: from 1 to `largest` (argparse's type)."""
+    """An argument that counts or numbers something: from 1 to `largest` (argparse's type)."""
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -161,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     token_issue.add_argument("--org", help="FINESS of the organisation")
     token_issue.add_argument("--purpose", choices=PURPOSES, default=None, help="care (default), emergency, regulation")
     token_issue.add_argument("--name", help="display name in the audit trail")
-    token_issue.add_argument("--ttl", type=int, default=3600, help="seconds of validity (default 3600)")
+    # A token's life, up to a year: 0 or less issued a token already expired ("valid -5 s").
+    token_issue.add_argument("--ttl", type=_counted(366 * 86400), default=3600, help="seconds of validity (default 3600)")
     token_issue.set_defaults(func=cmd_token)
     audit = sub.add_parser("audit", help="the audit trail")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)

@@ -11,6 +11,7 @@ from gateway.cli import main
     (["messages", "show", "x"], "'x' is not a number"),
     (["messages", "reprocess", "0"], "0 is not from 1 to"),
     (["messages", "list", "--limit", "-1"], "-1 is not from 1 to 100000"),
+    (["token", "issue", "--role", "doctor", "--ttl", "-5"], "-5 is not from 1 to 31622400"),
 ])
 def test_an_id_or_a_count_that_names_no_row_is_refused_with_its_range(argv, told, capsys):
     with pytest.raises(SystemExit) as exited:
