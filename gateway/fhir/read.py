@@ -36,6 +36,9 @@ def lookup(fn, *args):
 @fhir.get("/<res_type>/<res_id>")
 def read(res_type: str, res_id: str):
     check_type(res_type)
+    if res_id == "_history":   # not an id (FHIR's have no '_'): the history of a whole type, not served
+        raise FhirError(404, f"the history of every {res_type} is not served: ask for one resource's, "
+                             f"{res_type}/[id]/_history", code="not-supported")
     if res_type == "Binary":
         return retrieve(res_id)
     negotiate()

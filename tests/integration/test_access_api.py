@@ -483,3 +483,8 @@ def test_a_history_is_served_page_after_page_and_since_an_instant(client, bearer
     for refused in ({"_since": "yesterday"}, {"_at": fourth}, {"_count": "-1"}, {"_below": "x"}):
         answer = client.get(f"/fhir/Consent/{made.json['id']}/_history", query_string=refused, headers=martin)
         assert answer.status_code == 400, refused
+    # A type's history is not served: it was read as the resource of id "_history", "not known".
+    whole = client.get("/fhir/Consent/_history", headers=martin)
+    assert whole.status_code == 404 and whole.json["issue"][0]["code"] == "not-supported"
+    assert whole.json["issue"][0]["diagnostics"] == ("the history of every Consent is not served: ask for one "
+                                                     "resource's, Consent/[id]/_history")
