@@ -1,5 +1,6 @@
 """`gateway send`: an MLLP client for integrators. Sends each message of the files given (one or
-several per file, framed or not) on one connection and prints the ACK it gets back."""
+several per file, framed or not, or an HL7 batch file) on one connection and prints the ACK it gets
+back."""
 from __future__ import annotations
 
 import ssl
@@ -33,8 +34,12 @@ def send_paths(paths: list[Path], host: str, port: int, *, timeout: float = 30.0
     the gateway reached (said in a line: each was a traceback)."""
     console = Console(highlight=False)
     tls = ssl.create_default_context(cafile=tls_ca) if tls_ca else None
+    batch, problems = [], []
     try:
-        batch = [(path, message) for path in _files(paths) for message in mllp.split_file(path.read_bytes())]
+        for path in _files(paths):
+            messages, told = mllp.split_file(path.read_bytes())
+            batch += [(path, message) for message in messages]
+            problems += [f"{path}: {problem}" for problem in told]
     except OSError as failure:
         console.print(f"cannot read {failure.filename}: {failure.strerror}", markup=False)
         return 2
@@ -56,4 +61,6 @@ def send_paths(paths: list[Path], host: str, port: int, *, timeout: float = 30.0
                       markup=False)
         return 2
     console.print("  ".join(f"{code}: {count}" for code, count in sorted(tally.items())))
-    return 0 if set(tally) <= {"AA", "CA"} else 1
+    for problem in problems:
+        console.print(problem, style="red", markup=False)
+    return 0 if set(tally) <= {"AA", "CA"} and not problems else 1

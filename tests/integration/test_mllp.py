@@ -161,6 +161,20 @@ def test_our_samples_through_gateway_send(mllp_listener, capsys):
     assert f"AA: {len(list(SAMPLES.glob('*.hl7')))}" in out
 
 
+def test_an_hl7_batch_file_through_gateway_send(mllp_listener, tmp_path, capsys):
+    """An interface engine's export: FHS, BHS, the messages, BTS, FTS. The envelope went as a message
+    (AR) and with the last one; a batch cut short (BTS-1 counts more) was sent without a word."""
+    messages = [(SAMPLES / name).read_bytes().replace(b"\n", b"\r").strip(b"\r") + b"\r"
+                for name in ("adt-a01-martin.hl7", "adt-a28-moreau-hugo.hl7")]
+    batch = tmp_path / "export.hl7"
+    batch.write_bytes(b"FHS|^~\\&|GAM|CH-SAINT-AUBIN\rBHS|^~\\&|GAM|CH-SAINT-AUBIN\r" + b"".join(messages)
+                      + b"BTS|3\rFTS|1\r")
+    status = send_paths([batch], "127.0.0.1", mllp_listener.mllp_port)
+    out = " ".join(capsys.readouterr().out.split())
+    assert status == 1 and "AA: 2" in out and "AR" not in out
+    assert "export.hl7: the batch says it holds 3 messages (BTS-1), the file 2" in out
+
+
 def test_the_listener_holds_a_bounded_number_of_connections(settings, database):
     """Past GATEWAY_MLLP_MAX_CONNECTIONS a connection is closed as soon as it is accepted: what the
     listener may buffer is bounded by the connections times the frame limit."""

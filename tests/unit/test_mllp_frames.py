@@ -4,7 +4,7 @@ import asyncio
 
 from hypothesis import given, settings, strategies as st
 
-from gateway.hl7v2.mllp import FrameReader
+from gateway.hl7v2.mllp import FrameReader, split_file
 
 
 def frames_read(stream: bytes, cuts: list[int], max_bytes: int = 1 << 20) -> list[bytes]:
@@ -34,3 +34,18 @@ def test_a_large_frame_then_a_small_one():
     large = b"MSH|" + b"A" * 3_000_000
     assert frames_read(b"\x0b" + large + b"\x1c\r\x0bMSH|small\x1c\r", [65536, 3_000_006],
                        max_bytes=4_000_000) == [large, b"MSH|small"]
+
+
+A01 = b"MSH|^~\\&|GAM|CH|GW|DMP|20260101||ADT^A01|C1|P|2.5\rPID|1||1^^^CH&1.2.3&ISO^PI||X^Y\r"
+A28 = b"MSH|^~\\&|GAM|CH|GW|DMP|20260101||ADT^A28|C2|P|2.5\rPID|1||2^^^CH&1.2.3&ISO^PI||Z^W\r"
+
+
+def test_an_hl7_batch_file_gives_its_messages_without_the_envelope():
+    """FHS and BHS were sent as a message of their own (AR), BTS and FTS as segments of the last one."""
+    batch = b"FHS|^~\\&|GAM|CH\rBHS|^~\\&|GAM|CH\r" + A01 + A28 + b"BTS|2\rFTS|1\r"
+    assert split_file(batch) == ([A01, A28], [])
+    assert split_file(batch.replace(b"\r", b"\r\n")) == ([A01, A28], [])
+    cut = b"FHS|^~\\&|GAM|CH\rBHS|^~\\&|GAM|CH\r" + A01 + b"BTS|2\rFTS|1\r"
+    assert split_file(cut) == ([A01], ["the batch says it holds 2 messages (BTS-1), the file 1"])
+    assert split_file(A01 + A28) == ([A01, A28], [])
+    assert split_file(b"\x0b" + A01 + b"\x1c\r\x0b" + A28 + b"\x1c\r") == ([A01, A28], [])
