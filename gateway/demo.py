@@ -72,7 +72,7 @@ DEMO_ACCOUNTS = [
 
 def create_accounts(engine) -> None:
     for login, password, role, records, name in DEMO_ACCOUNTS:
-        create_account(engine, login, password, role, records, name, f"{login}@example.test")
+        create_account(engine, login, password, role, records, name, f"{login}@example.test", replace=True)
 
 
 def load_directory(repo: Repository, path: Path) -> None:

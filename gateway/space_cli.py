@@ -40,7 +40,7 @@ def create_account(settings: Settings, args) -> int:
 
     password = os.environ.get("GATEWAY_ACCOUNT_PASSWORD") or getpass.getpass("password (12 characters or more): ")
     try:
-        create(_engine(settings), args.login, password, args.role, args.ins, args.name, args.contact)
+        create(_engine(settings), args.login, password, args.role, args.ins, args.name, args.contact, replace=args.reset)
     except ValueError as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 2
@@ -121,14 +121,16 @@ def add_commands(sub) -> None:
     outbox.set_defaults(func=print_outbox)
     account = sub.add_parser("account", help="patient-space accounts")
     account_sub = account.add_subparsers(dest="account_command", required=True)
-    create = account_sub.add_parser("create", help="create (or reset) an account; the password is asked for "
-                                                   "(or read from GATEWAY_ACCOUNT_PASSWORD)")
+    create = account_sub.add_parser("create", help="create an account (or, with --reset, replace one); the password "
+                                                   "is asked for (or read from GATEWAY_ACCOUNT_PASSWORD)")
     create.add_argument("--login", required=True)
     create.add_argument("--role", choices=("patient", "representative"), default="patient")
     create.add_argument("--ins", required=True, action="append",
                         help="INS of the record the account manages (a representative: once per child)")
     create.add_argument("--name", required=True, help="name shown in the space and in the audit trail")
     create.add_argument("--contact", required=True, help="where one-time codes go (e-mail address)")
+    create.add_argument("--reset", action="store_true", help="replace the account of this login: its password, "
+                                                            "records, name and contact; its sessions end")
     create.set_defaults(func=create_account)
     verify = sub.add_parser("verify-export", help="check a copy of a record offline: signature and every file")
     verify.add_argument("file", metavar="FILE.zip")

@@ -24,6 +24,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from gateway.access import AccessContext
 from gateway.access.context import PATIENT, REPRESENTATIVE
+from gateway.mapping.identity import ins_key_is_valid
 from gateway.storage.database import read_connection, write_transaction
 from gateway.storage.schema import account_records, login_challenges, patient_accounts, sign_in_attempts, web_sessions
 
@@ -88,19 +89,37 @@ def _account(conn, row) -> Account:
 
 
 def create_account(engine: Engine, login: str, password: str, role: str, records: list[str], display_name: str,
-                   contact: str) -> Account:
-    """Create (or reset) an account managing these records: a patient's own one, or each child a
-    legal representative acts for."""
+                   contact: str, *, replace: bool = False) -> Account:
+    """Create an account managing these records: a patient's own one, or each child a legal
+    representative acts for. An existing one is replaced only when asked (`replace`): its password,
+    records, name and contact, and its sessions and pending codes end. Without that, a login typed
+    again with another INS gave its holder that other record, and a password reset left a session
+    signed in with the old one open."""
     if role not in (PATIENT, REPRESENTATIVE):
         raise ValueError("an account is a patient's or a legal representative's")
+    if not login or len(login) > 128 or not login.isprintable() or any(c.isspace() for c in login):
+        raise ValueError("a login is 1 to 128 characters, without spaces")
     records = list(dict.fromkeys(records))
     if not records or (role == PATIENT and len(records) != 1):
         raise ValueError("a patient's account manages their own record; a representative's, one record per child")
+    wrong = [ins for ins in records if not ins_key_is_valid(ins)]
+    if wrong:
+        raise ValueError(f"not an INS (15 characters, its key 97 - the first 13 mod 97): {', '.join(wrong)}")
+    if not display_name.strip() or len(display_name) > 256:
+        raise ValueError("a name is 1 to 256 characters")
+    local, at, domain = contact.partition("@")
+    if not (local and at and "." in domain.strip(".") and "@" not in domain and len(contact) <= 256
+            and contact.isprintable() and not any(c.isspace() for c in contact)):
+        raise ValueError(f"the contact is the e-mail address one-time codes go to, not {contact!r}")
     if len(password) < 12:
         raise ValueError("a password has at least 12 characters")
     with write_transaction(engine) as conn:
-        conn.execute(delete(patient_accounts).where(patient_accounts.c.login == login))
-        conn.execute(delete(account_records).where(account_records.c.login == login))
+        existing = conn.execute(select(patient_accounts).where(patient_accounts.c.login == login)).first()
+        if existing is not None and not replace:
+            raise ValueError(f"the account {login} exists (it manages INS {', '.join(_account(conn, existing).records)})"
+                             ": replace it (its password, records, name and contact) with --reset")
+        for table in (patient_accounts, account_records, web_sessions, login_challenges):
+            conn.execute(delete(table).where(table.c.login == login))
         conn.execute(insert(patient_accounts).values(
             login=login, password_hash=generate_password_hash(password), role=role, display_name=display_name,
             contact=contact, notify_new_documents=True))

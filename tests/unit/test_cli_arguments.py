@@ -63,3 +63,42 @@ def test_gateway_verify_export_tells_a_file_it_cannot_read(tmp_path, capsys):
     (tmp_path / "copy.zip").write_bytes(b"not a zip")
     assert main(["verify-export", str(tmp_path / "copy.zip")]) == 1
     assert capsys.readouterr().out == "NOT VALID: the file is not a ZIP archive\n"
+
+
+def test_gateway_account_create_checks_what_it_is_given_and_replaces_only_when_asked(tmp_path, monkeypatch, capsys):
+    """An INS `123`, a contact the codes could never reach and an empty login were taken; a login
+    typed again with another INS gave its holder that other record."""
+    from sqlalchemy import insert, select
+
+    from gateway.cli import main as gateway
+    from gateway.storage.database import make_engine
+    from gateway.storage.migrate import upgrade
+    from gateway.storage.schema import web_sessions
+
+    url = f"sqlite:///{tmp_path / 'gateway.db'}"
+    monkeypatch.setenv("GATEWAY_DATABASE_URL", url)
+    monkeypatch.setenv("GATEWAY_ACCOUNT_PASSWORD", "correct-horse-battery")
+    engine = make_engine(url)
+    upgrade(engine)
+    martin, dubois = "185067511204554", "292086938701277"
+
+    def create(*extra, login="paul", ins=martin, contact="paul@example.test") -> tuple[int, str]:
+        status = gateway(["account", "create", "--login", login, "--ins", ins, "--name", "Paul MARTIN",
+                          "--contact", contact, *extra])
+        printed = capsys.readouterr()
+        return status, printed.out + printed.err
+
+    assert create(ins="123") == (2, "refused: not an INS (15 characters, its key 97 - the first 13 mod 97): 123\n")
+    assert create(ins=martin[:-1] + "5")[0] == 2
+    assert create(contact="notanemail") == (2, "refused: the contact is the e-mail address one-time codes go to, "
+                                               "not 'notanemail'\n")
+    assert create(login="")[0] == 2 and create(login="paul martin")[0] == 2
+    assert create() == (0, f"account paul (patient) manages the record(s) of INS {martin}\n")
+    with engine.begin() as conn:
+        conn.execute(insert(web_sessions).values(id_sha256="0" * 64, login="paul", expires_at="9999-01-01T00:00:00"))
+    assert create(ins=dubois) == (2, f"refused: the account paul exists (it manages INS {martin}): replace it "
+                                     "(its password, records, name and contact) with --reset\n")
+    assert create("--reset", ins=dubois) == (0, f"account paul (patient) manages the record(s) of INS {dubois}\n")
+    with engine.connect() as conn:
+        assert conn.execute(select(web_sessions)).all() == []   # the session opened before the reset ended
+    engine.dispose()
