@@ -33,7 +33,7 @@ csrf = CSRFProtect()
 # Pages open before sign-in.
 PUBLIC = ("space.sign_in", "space.enter_code", "space.home")
 # Pages open before a representative of several children has chosen whose record to open.
-CHOOSING = ("space.choose_record", "space.open_record", "space.sign_out")
+CHOOSING = ("space.choose_record", "space.open_record", "space.sign_out", "space.password_page")
 SECURITY_HEADERS = {
     # No script from anywhere: the pages need none, and no document content can run.
     "Content-Security-Policy": "default-src 'self'; script-src 'none'; object-src 'self'; frame-src 'self'; "

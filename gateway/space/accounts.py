@@ -32,6 +32,9 @@ MAX_FAILURES = 5
 MAX_ADDRESS_ATTEMPTS = 30
 LOCK_TIME = timedelta(minutes=15)
 REFUSED = "Identifiant ou mot de passe incorrect, ou trop d'essais : vérifiez-les, ou réessayez dans 15 minutes."
+CURRENT_PASSWORD_REFUSED = ("Mot de passe actuel incorrect, ou trop d'essais : vérifiez-le, ou réessayez dans "
+                            "15 minutes.")
+MIN_PASSWORD = 12
 CODE_TTL = timedelta(minutes=10)
 SESSION_IDLE = timedelta(minutes=30)
 # Checked against when the login is unknown, so that both answers take the same time.
@@ -111,8 +114,8 @@ def create_account(engine: Engine, login: str, password: str, role: str, records
     if not (local and at and "." in domain.strip(".") and "@" not in domain and len(contact) <= 256
             and contact.isprintable() and not any(c.isspace() for c in contact)):
         raise ValueError(f"the contact is the e-mail address one-time codes go to, not {contact!r}")
-    if len(password) < 12:
-        raise ValueError("a password has at least 12 characters")
+    if len(password) < MIN_PASSWORD:
+        raise ValueError(f"a password has at least {MIN_PASSWORD} characters")
     with write_transaction(engine) as conn:
         existing = conn.execute(select(patient_accounts).where(patient_accounts.c.login == login)).first()
         if existing is not None and not replace:
@@ -125,6 +128,27 @@ def create_account(engine: Engine, login: str, password: str, role: str, records
             contact=contact, notify_new_documents=True))
         conn.execute(insert(account_records), [{"login": login, "patient_ins": ins} for ins in records])
     return Account(login, role, tuple(sorted(records)), display_name, contact)
+
+
+def change_password(engine: Engine, login: str, current: str, new: str, session_id: str, address: str | None) -> None:
+    """A signed-in account's new password, given its current one. That check is counted as a
+    sign-in's password is: a session left open on a shared computer is no way to guess it. The
+    account's other sessions end, and its pending codes: whoever signed in with the old password
+    is signed out."""
+    if len(new) < MIN_PASSWORD:
+        raise ValueError(f"Le nouveau mot de passe doit compter au moins {MIN_PASSWORD} caractères.")
+    allowed = _count_attempt(engine, login, address)
+    with read_connection(engine) as conn:
+        stored = conn.execute(select(patient_accounts.c.password_hash).where(patient_accounts.c.login == login)).scalar()
+    if not (allowed and stored is not None and check_password_hash(stored, current)):
+        raise SignInRefused(CURRENT_PASSWORD_REFUSED)
+    with write_transaction(engine) as conn:
+        conn.execute(update(patient_accounts).where(patient_accounts.c.login == login).values(
+            password_hash=generate_password_hash(new)))
+        conn.execute(delete(web_sessions).where(web_sessions.c.login == login,
+                                                web_sessions.c.id_sha256 != _digest(session_id)))
+        conn.execute(delete(login_challenges).where(login_challenges.c.login == login))
+        _succeeded(conn, login, address)
 
 
 def has_representative(engine: Engine, patient_ins: str) -> bool:

@@ -133,6 +133,27 @@ def test_a_wrong_code_is_refused_and_sign_out_ends_the_session(browser, gateway)
     page.close()
 
 
+def test_a_patient_changes_their_password_from_the_page_every_page_links_to(browser, gateway):
+    base, env = gateway
+    created = subprocess.run([str(GATEWAY), "account", "create", "--login", "jean.garnier.password", "--ins",
+                              "161023306508977", "--name", "Jean GARNIER", "--contact",
+                              "jean.garnier.password@example.test"], env={**env, "GATEWAY_ACCOUNT_PASSWORD": "the first one"},
+                             cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert created.returncode == 0, created.stderr
+    page = sign_in(browser, gateway, "jean.garnier.password", "the first one")
+    page.get_by_role("link", name="Mot de passe").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Changer mon mot de passe")
+    accessible(page, "/compte/mot-de-passe")
+    page.get_by_label("Mot de passe actuel").fill("the first one")
+    page.get_by_label("Nouveau mot de passe", exact=True).fill("the second one, longer")
+    page.get_by_label("Nouveau mot de passe, à nouveau").fill("the second one, longer")
+    page.get_by_role("button", name="Changer le mot de passe").click()
+    expect(page.get_by_role("status")).to_contain_text("Votre mot de passe est changé")
+    page.get_by_role("button", name="Se déconnecter").click()
+    page.close()
+    sign_in(browser, gateway, "jean.garnier.password", "the second one, longer").close()
+
+
 def test_blocking_a_professional_hides_the_whole_record_from_them(browser, gateway):
     assert api_titles(gateway, GARNIER, "--role", "doctor", "--sub", SURGEON) != []
     page = sign_in(browser, gateway, "jean.garnier", "demo-jean-garnier")
@@ -437,7 +458,7 @@ def test_a_new_visible_document_is_notified_and_an_invisible_one_is_not(gateway)
 ACCOUNTS = [("paul.martin", "demo-paul-martin", "Paul MARTIN"), ("claire.dubois", "demo-claire-dubois", "Claire DUBOIS"),
             ("jean.garnier", "demo-jean-garnier", "Jean GARNIER"), ("sophie.moreau", "demo-sophie-moreau", "Lea MOREAU")]
 PAGES = [("documents", "/documents"), ("historique", "/historique"), ("acces", "/acces"),
-         ("espace-personnel", "/espace-personnel"), ("dossier", "/dossier")]
+         ("espace-personnel", "/espace-personnel"), ("dossier", "/dossier"), ("mot-de-passe", "/compte/mot-de-passe")]
 # What a patient must never read: a socket or an address, a process name, a number the directory
 # could have named, an English sentence (a few words no French sentence holds).
 SOCKET = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}\b|\bmllp\b|gateway ingest|demo setup")

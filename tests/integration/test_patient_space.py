@@ -79,6 +79,42 @@ def test_signed_out_pages_lead_to_sign_in_and_the_api_is_untouched(app, record):
     assert browser.get("/fhir/DocumentReference").status_code == 401   # a session is no bearer token
 
 
+def test_a_patient_changes_their_password_and_their_other_sessions_end(app, settings, record):
+    """There was no way to: an operator's `gateway account create` was the only one."""
+    here, elsewhere = sign_in(app, settings), sign_in(app, settings)
+    page = here.get("/compte/mot-de-passe").text
+    assert "Changer mon mot de passe" in page and 'autocomplete="new-password"' in page
+
+    def change(current, new, again=None):
+        return here.post("/compte/mot-de-passe", data={"csrf_token": csrf(here.get("/compte/mot-de-passe").text),
+                                                      "actuel": current, "nouveau": new,
+                                                      "confirmation": new if again is None else again})
+
+    refused = change("not the password", "a new long password")
+    assert refused.status_code == 400 and "Mot de passe actuel incorrect" in refused.text
+    refused = change(PASSWORD, "a new long password", "another long password")
+    assert refused.status_code == 400 and "Les deux saisies du nouveau mot de passe diffèrent." in refused.text
+    refused = change(PASSWORD, "too short")
+    assert refused.status_code == 400 and "au moins 12 caractères" in refused.text
+    changed = change(PASSWORD, "a new long password")
+    assert changed.status_code == 302
+    assert "Votre mot de passe est changé" in here.get(changed.location, follow_redirects=True).text
+    assert here.get("/documents").status_code == 200                      # this session goes on
+    assert "/connexion" in elsewhere.get("/documents").location           # the other one ended
+    old = app.test_client()
+    answer = old.post("/connexion", data={"csrf_token": csrf(old.get("/connexion").text), "identifiant": "paul",
+                                          "mot_de_passe": PASSWORD})
+    assert answer.status_code == 401
+    sign_in(app, settings, password="a new long password")
+    assert here.post("/compte/mot-de-passe", data={"actuel": PASSWORD, "nouveau": "x" * 12,
+                                                  "confirmation": "x" * 12}).status_code == 400   # no CSRF token
+    # A session left open is no way to guess the password: the guesses count as a sign-in's do.
+    for _ in range(accounts.MAX_FAILURES):
+        assert change("a guess", "yet another long password").status_code == 400
+    refused = change("a new long password", "yet another long password")
+    assert refused.status_code == 400 and "Mot de passe actuel incorrect" in refused.text   # the right one, locked
+
+
 def test_five_failures_lock_the_account_and_unknown_logins_answer_alike(app, settings, record):
     browser = app.test_client()
     token = csrf(browser.get("/connexion").text)
