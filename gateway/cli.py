@@ -186,8 +186,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _database_failure(failure: Exception) -> str | None:
     """What an operator is told of a database the command could not use, or None for any other
-    failure: a database not reached, or one without the gateway's tables (a command run before
-    `gateway migrate`), was a traceback. SQLAlchemy is loaded by the commands that use it only."""
+    failure: a database not reached, one without the gateway's tables (a command run before
+    `gateway migrate`), or a URL of another database, was a traceback. SQLAlchemy is loaded by the commands that use it only."""
+    storage = sys.modules.get("gateway.storage.database")
+    if storage is not None and isinstance(failure, storage.UnsupportedDatabase):
+        return str(failure)
     errors = sys.modules.get("sqlalchemy.exc")
     if errors is None or not isinstance(failure, errors.DBAPIError):
         return None

@@ -12,7 +12,7 @@ from typing import Iterator
 
 import pysqlite3.dbapi2 as sqlite
 from sqlalchemy import Connection, Engine, create_engine, event, text
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
 _sqlite_write_lock = threading.Lock()
 
@@ -33,7 +33,7 @@ SQLITE_PREPARED_STATEMENTS = 512
 
 
 class UnsupportedDatabase(RuntimeError):
-    pass
+    """A database the gateway does not run on, said in a line for the operator."""
 
 
 def make_engine(url: str) -> Engine:
@@ -52,13 +52,21 @@ def make_engine(url: str) -> Engine:
                                              "cached_statements": SQLITE_PREPARED_STATEMENTS})
         _configure_sqlite(engine)
         return engine
-    if url.startswith("postgresql://"):
+    scheme = url.partition("://")[0] if "://" in url else ""
+    if scheme not in ("postgresql", "postgresql+psycopg"):
+        # The scheme alone: the URL may hold a password.
+        raise UnsupportedDatabase(f"the database URL ({scheme or 'no scheme'}) is neither SQLite's (sqlite:///PATH) "
+                                  "nor PostgreSQL's (postgresql://USER@HOST/DATABASE)")
+    if scheme == "postgresql":
         url = "postgresql+psycopg://" + url[len("postgresql://"):]
     # psycopg prepares a statement run five times, and PostgreSQL may then plan it once for any
     # values: a search's plan depends on the reader's (how many patients their grants list), and the
     # generic one read every document of a type (2.5 s where a custom plan takes 40 ms).
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10, hide_parameters=True,
-                         connect_args={"options": "-c plan_cache_mode=force_custom_plan"})
+    try:
+        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10, hide_parameters=True,
+                             connect_args={"options": "-c plan_cache_mode=force_custom_plan"})
+    except (ArgumentError, ValueError) as exc:   # a port that is no number, a URL SQLAlchemy cannot parse
+        raise UnsupportedDatabase(f"the database URL cannot be read: {exc}") from None
 
 
 def _configure_sqlite(engine: Engine) -> None:

@@ -32,6 +32,15 @@ def test_a_database_without_the_gateway_s_tables_or_not_reached_is_told_in_a_lin
     (tmp_path / "not-a-database.db").write_bytes(b"x" * 4096)
     assert main(["messages", "show", "1"]) == 2
     assert capsys.readouterr().err.startswith("gateway messages: the database cannot be used: file is not a database")
+    # Another database's URL, or none: a traceback from SQLAlchemy (the URL, which may hold a
+    # password, is not repeated).
+    for url, told in (("mysql://gateway:secret@db/gateway", "the database URL (mysql) is neither SQLite's"),
+                      ("db.internal", "the database URL (no scheme) is neither SQLite's"),
+                      ("postgresql://gateway@db:port/gateway", "the database URL cannot be read: invalid literal")):
+        monkeypatch.setenv("GATEWAY_DATABASE_URL", url)
+        assert main(["messages", "list"]) == 2
+        said = capsys.readouterr().err
+        assert said.startswith(f"gateway messages: {told}") and "secret" not in said
 
 
 def test_gateway_send_tells_a_file_it_cannot_read_or_a_gateway_it_cannot_reach(tmp_path, capsys):
