@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from gateway.config import Settings
+from gateway.config import Settings, SettingsError
 from gateway.logs import configure as configure_logging
 
 
@@ -172,7 +172,11 @@ def main(argv: list[str] | None = None) -> int:
 
     add_commands(sub)
     args = parser.parse_args(argv)
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except SettingsError as wrong:
+        print(f"gateway {args.command}: {wrong}", file=sys.stderr)
+        return 2
     configure_logging(settings.log_level)
     try:
         return args.func(settings, args)

@@ -1,14 +1,58 @@
 """Settings, read once from the environment (12-factor): nothing is configured in code."""
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
-def _int(name: str, default: int) -> int:
+class SettingsError(ValueError):
+    """A GATEWAY_* variable the gateway cannot run with, told with its name and what it takes: each
+    was a traceback at start-up, or taken (a port of 99999, a base URL without a scheme)."""
+
+
+def _int(name: str, default: int, low: int = 1, high: int | None = None) -> int:
     value = os.environ.get(name)
-    return int(value) if value else default
+    if not value:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise SettingsError(f"{name} is {value!r}, not a whole number") from None
+    if number < low or (high is not None and number > high):
+        raise SettingsError(f"{name} is {number}: it takes " + (f"{low} to {high}" if high else f"{low} or more"))
+    return number
+
+
+def _seconds(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    if not value:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise SettingsError(f"{name} is {value!r}: it takes a number of seconds above 0")
+    return seconds
+
+
+def _web_address(name: str, value: str, *, origin: bool) -> str:
+    """An http(s) URL with a host: the gateway's public base, or a web origin (nothing after the port)."""
+    try:
+        parts = urlsplit(value)
+        parts.port   # noqa: B018 (raises on a port that is no number)
+    except ValueError:
+        parts = None
+    if (parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.query
+            or parts.fragment or (origin and parts.path)):
+        form = "scheme://host[:port], each origin named (no '*')" if origin else "http(s)://host[:port][/path]"
+        raise SettingsError(f"{name} holds {value!r}: it takes {form}")
+    return value
 
 
 def _path_list(name: str, default: list[Path]) -> list[Path]:
@@ -73,6 +117,9 @@ class Settings:
     export_cert: Path = Path("var/demo/signer.pem")
     # Whether this process's /health answers for an MLLP listener too (set by `gateway serve`).
     serves_mllp: bool = False
+    # `gateway serve`'s HTTP worker processes, and the threads of each.
+    http_workers: int = 2
+    http_threads: int = 8
 
     @property
     def demo_token_key(self) -> Path:
@@ -95,35 +142,39 @@ class Settings:
     def from_env(cls) -> "Settings":
         var_dir = Path(os.environ.get("GATEWAY_VAR_DIR", "var"))
         host = os.environ.get("GATEWAY_HOST", "127.0.0.1")
-        http_port = _int("GATEWAY_HTTP_PORT", 8080)
+        http_port = _int("GATEWAY_HTTP_PORT", 8080, high=65535)
         database_url = os.environ.get("GATEWAY_DATABASE_URL") or f"sqlite:///{var_dir / 'gateway.db'}"
-        public_base_url = os.environ.get("GATEWAY_PUBLIC_BASE_URL") or f"http://{host}:{http_port}"
+        public_base_url = _web_address("GATEWAY_PUBLIC_BASE_URL", os.environ["GATEWAY_PUBLIC_BASE_URL"], origin=False) \
+            if os.environ.get("GATEWAY_PUBLIC_BASE_URL") else f"http://{host}:{http_port}"
+        log_level = os.environ.get("GATEWAY_LOG_LEVEL", "INFO").upper()
+        if log_level not in LOG_LEVELS:
+            raise SettingsError(f"GATEWAY_LOG_LEVEL is {log_level!r}: it takes {', '.join(LOG_LEVELS)}")
         demo_dir = Path(os.environ.get("GATEWAY_DEMO_DIR", str(var_dir / "demo")))
         return cls(
             var_dir=var_dir,
             database_url=database_url,
             host=host,
             http_port=http_port,
-            mllp_port=_int("GATEWAY_MLLP_PORT", 2575),
+            mllp_port=_int("GATEWAY_MLLP_PORT", 2575, high=65535),
             mllp_host=os.environ.get("GATEWAY_MLLP_HOST", host),
             public_base_url=public_base_url,
             max_document_bytes=_int("GATEWAY_MAX_DOCUMENT_BYTES", 20 * 1024 * 1024),
             # Trust anchors (PEM CA certificates) used to verify IHE DSG signatures.
             trust_anchors=_path_list("GATEWAY_TRUST_ANCHORS", [demo_dir / "ca.pem"]),
             demo_dir=demo_dir,
-            log_level=os.environ.get("GATEWAY_LOG_LEVEL", "INFO"),
+            log_level=log_level,
             mllp_max_bytes=_int("GATEWAY_MLLP_MAX_BYTES", 32 * 1024 * 1024),
-            mllp_idle_timeout=float(os.environ.get("GATEWAY_MLLP_IDLE_TIMEOUT", "300")),
-            search_seconds=float(os.environ.get("GATEWAY_SEARCH_TIMEOUT", "10")),
-            mllp_workers=_int("GATEWAY_MLLP_WORKERS", 8),
-            mllp_processes=_int("GATEWAY_MLLP_PROCESSES", 2),
-            mllp_max_connections=_int("GATEWAY_MLLP_MAX_CONNECTIONS", 32),
+            mllp_idle_timeout=_seconds("GATEWAY_MLLP_IDLE_TIMEOUT", 300.0),
+            search_seconds=_seconds("GATEWAY_SEARCH_TIMEOUT", 10.0),
+            mllp_workers=_int("GATEWAY_MLLP_WORKERS", 8, high=1024),
+            mllp_processes=_int("GATEWAY_MLLP_PROCESSES", 2, high=256),
+            mllp_max_connections=_int("GATEWAY_MLLP_MAX_CONNECTIONS", 32, high=65535),
             mllp_tls_cert=_optional_path("GATEWAY_MLLP_TLS_CERT"),
             mllp_tls_key=_optional_path("GATEWAY_MLLP_TLS_KEY"),
             mllp_tls_client_ca=_optional_path("GATEWAY_MLLP_TLS_CLIENT_CA"),
             mllp_senders=tuple(s.strip() for s in os.environ.get("GATEWAY_MLLP_SENDERS", "").split(",") if s.strip()),
-            cors_origins=tuple(o.strip().rstrip("/") for o in os.environ.get("GATEWAY_CORS_ORIGINS", "").split(",")
-                               if o.strip()),
+            cors_origins=tuple(_web_address("GATEWAY_CORS_ORIGINS", o.strip().rstrip("/"), origin=True)
+                               for o in os.environ.get("GATEWAY_CORS_ORIGINS", "").split(",") if o.strip()),
             # Without GATEWAY_JWT_KEYS the demonstration key of `gateway demo setup` is trusted, and
             # `gateway serve` says so at start-up: a production gateway sets its own keys.
             jwt_keys=_path_list("GATEWAY_JWT_KEYS", [demo_dir / f"{DEMO_TOKEN_KID}.pem"]),
@@ -131,7 +182,9 @@ class Settings:
             jwt_audience=os.environ.get("GATEWAY_JWT_AUDIENCE", "dmp-gateway"),
             secret_key=os.environ.get("GATEWAY_SECRET_KEY") or None,
             message_sender=os.environ.get("GATEWAY_MESSAGE_SENDER", "outbox"),
-            notify_interval=float(os.environ.get("GATEWAY_NOTIFY_INTERVAL", "10")),
+            notify_interval=_seconds("GATEWAY_NOTIFY_INTERVAL", 10.0),
             export_key=Path(os.environ.get("GATEWAY_EXPORT_KEY", demo_dir / "signer-key.pem")),
             export_cert=Path(os.environ.get("GATEWAY_EXPORT_CERT", demo_dir / "signer.pem")),
+            http_workers=_int("GATEWAY_WORKERS", 2, high=256),
+            http_threads=_int("GATEWAY_THREADS", 8, high=1024),
         )

@@ -64,7 +64,7 @@ class _Gunicorn(BaseApplication):
     def load_config(self):
         self.cfg.set("bind", f"{self.settings.host}:{self.settings.http_port}")
         self.cfg.set("workers", self.workers)
-        self.cfg.set("threads", int(os.environ.get("GATEWAY_THREADS", "8")))
+        self.cfg.set("threads", self.settings.http_threads)
         self.cfg.set("worker_class", Worker)
         self.cfg.set("graceful_timeout", 30)
         self.cfg.set("timeout", 120)
@@ -118,6 +118,31 @@ def _port_taken(host: str, port: int) -> bool:
     return False
 
 
+def _unusable(settings: Settings) -> list[str]:
+    """What the settings name that serving cannot use, each in a sentence: with no key to verify
+    tokens every request was answered 401, and with an unknown sender every sign-in failed."""
+    from gateway.access.tokens import load_keys
+    from gateway.space.senders import SENDERS
+
+    problems = [f"{path} does not exist (GATEWAY_JWT_KEYS)" for path in settings.jwt_keys
+                if not path.exists() and not settings.uses_demo_token_key]
+    try:
+        if not load_keys(settings.jwt_keys):
+            problems.append("no key to verify bearer tokens with: set GATEWAY_JWT_KEYS (PEM or JWKS files), or run "
+                            "`gateway demo setup` for the development one")
+    except ValueError as exc:
+        problems.append(f"a key of GATEWAY_JWT_KEYS cannot be read: {exc}")
+    if settings.message_sender not in SENDERS:
+        problems.append(f"GATEWAY_MESSAGE_SENDER is {settings.message_sender!r}: it takes {', '.join(SENDERS)}")
+    elif settings.message_sender == "smtp" and not os.environ.get("GATEWAY_SMTP_HOST"):
+        problems.append("GATEWAY_MESSAGE_SENDER is smtp: set GATEWAY_SMTP_HOST")
+    for name, path in (("GATEWAY_MLLP_TLS_CERT", settings.mllp_tls_cert), ("GATEWAY_MLLP_TLS_KEY", settings.mllp_tls_key),
+                       ("GATEWAY_MLLP_TLS_CLIENT_CA", settings.mllp_tls_client_ca)):
+        if path is not None and not path.is_file():
+            problems.append(f"{path} does not exist ({name})")
+    return problems
+
+
 def serve(settings: Settings, workers: int | None = None, mllp: bool = True) -> int:
     """Migrations, then the MLLP listener and the sender of notifications (their own processes) and
     the HTTP server side by side."""
@@ -127,6 +152,11 @@ def serve(settings: Settings, workers: int | None = None, mllp: bool = True) -> 
             print(f"gateway: the {name} port {host}:{port} is in use: is a gateway already running? "
                   f"(GATEWAY_{'HTTP' if name == 'HTTP' else 'MLLP'}_PORT chooses another)", file=sys.stderr)
             return 1
+    problems = _unusable(settings)
+    for problem in problems:
+        print(f"gateway: {problem}", file=sys.stderr)
+    if problems:
+        return 2
     from gateway.space import session_secret
     from gateway.storage.database import make_engine, version
     from gateway.storage.migrate import upgrade
@@ -147,7 +177,7 @@ def serve(settings: Settings, workers: int | None = None, mllp: bool = True) -> 
         log.warning("one-time codes and notifications go to the development outbox (`gateway outbox`): set "
                     "GATEWAY_MESSAGE_SENDER "
                     "for anything but a local trial")
-    workers = workers or int(os.environ.get("GATEWAY_WORKERS", "2"))
+    workers = workers or settings.http_workers
     # Their own processes, with the same environment: gunicorn forks its workers from this one,
     # which must hold no event loop or thread.
     helpers = [subprocess.Popen([sys.executable, "-m", "gateway", "notifications", "send", "--follow"])]

@@ -111,3 +111,46 @@ def test_gateway_account_create_checks_what_it_is_given_and_replaces_only_when_a
     with engine.connect() as conn:
         assert conn.execute(select(web_sessions)).all() == []   # the session opened before the reset ended
     engine.dispose()
+
+
+@pytest.mark.parametrize("variable, value, told", [
+    ("GATEWAY_HTTP_PORT", "abc", "GATEWAY_HTTP_PORT is 'abc', not a whole number"),
+    ("GATEWAY_HTTP_PORT", "99999", "GATEWAY_HTTP_PORT is 99999: it takes 1 to 65535"),
+    ("GATEWAY_MLLP_PORT", "0", "GATEWAY_MLLP_PORT is 0: it takes 1 to 65535"),
+    ("GATEWAY_MAX_DOCUMENT_BYTES", "-1", "GATEWAY_MAX_DOCUMENT_BYTES is -1: it takes 1 or more"),
+    ("GATEWAY_WORKERS", "0", "GATEWAY_WORKERS is 0: it takes 1 to 256"),
+    ("GATEWAY_MLLP_IDLE_TIMEOUT", "x", "GATEWAY_MLLP_IDLE_TIMEOUT is 'x': it takes a number of seconds above 0"),
+    ("GATEWAY_SEARCH_TIMEOUT", "nan", "GATEWAY_SEARCH_TIMEOUT is 'nan': it takes a number of seconds above 0"),
+    ("GATEWAY_LOG_LEVEL", "verbose", "GATEWAY_LOG_LEVEL is 'VERBOSE': it takes DEBUG, INFO, WARNING, ERROR, CRITICAL"),
+    ("GATEWAY_PUBLIC_BASE_URL", "dmp-gateway.example.org",
+     "GATEWAY_PUBLIC_BASE_URL holds 'dmp-gateway.example.org': it takes http(s)://host[:port][/path]"),
+    ("GATEWAY_CORS_ORIGINS", "https://app.example.fr,*", "GATEWAY_CORS_ORIGINS holds '*': it takes scheme://host[:port]"),
+    ("GATEWAY_CORS_ORIGINS", "https://app.example.fr/page", "GATEWAY_CORS_ORIGINS holds 'https://app.example.fr/page'"),
+], ids=["port-not-a-number", "port-too-high", "mllp-port-zero", "negative-limit", "no-worker", "timeout-not-a-number",
+        "timeout-nan", "unknown-log-level", "base-without-scheme", "any-origin", "origin-with-a-path"])
+def test_a_setting_the_gateway_cannot_run_with_is_told_by_its_name(variable, value, told, monkeypatch, capsys):
+    """Each was a traceback (a port `abc`, a log level `verbose`), or was taken: a port of 99999 failed
+    later, a limit of -1 refused every document, a base URL without a scheme made every link wrong."""
+    monkeypatch.setenv(variable, value)
+    assert main(["messages", "list"]) == 2
+    assert capsys.readouterr().err.startswith(f"gateway messages: {told}")
+
+
+def test_gateway_serve_refuses_to_start_without_a_key_to_verify_tokens_or_a_known_sender(tmp_path, monkeypatch):
+    """With no key, every request was answered 401; with an unknown sender, every sign-in failed."""
+    from gateway.config import Settings
+    from gateway.server import _unusable
+
+    monkeypatch.setenv("GATEWAY_VAR_DIR", str(tmp_path))
+    assert _unusable(Settings.from_env()) == [
+        "no key to verify bearer tokens with: set GATEWAY_JWT_KEYS (PEM or JWKS files), or run `gateway demo setup` "
+        "for the development one"]
+    (tmp_path / "key.pem").write_text("not a key")
+    monkeypatch.setenv("GATEWAY_JWT_KEYS", f"{tmp_path / 'missing.pem'}:{tmp_path / 'key.pem'}")
+    monkeypatch.setenv("GATEWAY_MESSAGE_SENDER", "pigeon")
+    monkeypatch.setenv("GATEWAY_MLLP_TLS_CERT", str(tmp_path / "cert.pem"))
+    told = _unusable(Settings.from_env())
+    assert told[0] == f"{tmp_path / 'missing.pem'} does not exist (GATEWAY_JWT_KEYS)"
+    assert told[1].startswith("a key of GATEWAY_JWT_KEYS cannot be read: ")
+    assert told[2:] == ["GATEWAY_MESSAGE_SENDER is 'pigeon': it takes outbox, smtp",
+                        f"{tmp_path / 'cert.pem'} does not exist (GATEWAY_MLLP_TLS_CERT)"]
