@@ -58,10 +58,13 @@ def cmd_serve(settings: Settings, args) -> int:
 
 
 def cmd_mllp(settings: Settings, _args) -> int:
-    from gateway.listener import run
+    from gateway.listener import run, tls_problems
     from gateway.server import return_large_blocks
     from gateway.storage.migrate import upgrade
 
+    for problem in tls_problems(settings):
+        print(f"gateway mllp: {problem}", file=sys.stderr)
+        return 2
     return_large_blocks()
     upgrade(_engine(settings))
     return run(settings)
@@ -71,7 +74,7 @@ def cmd_send(settings: Settings, args) -> int:
     from gateway.hl7v2.sender import send_paths
 
     return send_paths([Path(p) for p in args.paths], args.host or settings.mllp_host, args.port or settings.mllp_port,
-                      timeout=args.timeout, tls_ca=args.tls_ca)
+                      timeout=args.timeout, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key)
 
 
 def cmd_messages(settings: Settings, args) -> int:
@@ -122,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     send.add_argument("--port", type=int, help="gateway MLLP port (default GATEWAY_MLLP_PORT)")
     send.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each ACK")
     send.add_argument("--tls-ca", help="connect with TLS, trusting this CA (PEM)")
+    send.add_argument("--tls-cert", help="connect with TLS, with this client certificate (PEM; mutual TLS)")
+    send.add_argument("--tls-key", help="the client certificate's private key (PEM), when not in --tls-cert")
     send.set_defaults(func=cmd_send)
     messages = sub.add_parser("messages", help="HL7v2 messages and documents received: list, show, reprocess")
     messages_sub = messages.add_subparsers(dest="messages_command", required=True)

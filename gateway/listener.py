@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -61,10 +62,7 @@ async def listen(settings: Settings, ready: asyncio.Event | None = None, stop: a
     async def too_large(head: bytes, size: int, peer: str) -> bytes | None:
         return await loop.run_in_executor(pool, refuse, head, size, peer)
 
-    tls = None
-    if settings.mllp_tls_cert and settings.mllp_tls_key:
-        tls = mllp.tls_context(str(settings.mllp_tls_cert), str(settings.mllp_tls_key),
-                               str(settings.mllp_tls_client_ca) if settings.mllp_tls_client_ca else None)
+    tls = _tls(settings)
     listener = await mllp.serve(settings.mllp_host, settings.mllp_port, handle, too_large,
                                 max_bytes=settings.mllp_max_bytes, idle_timeout=settings.mllp_idle_timeout, tls=tls,
                                 max_connections=settings.mllp_max_connections,
@@ -88,6 +86,30 @@ async def listen(settings: Settings, ready: asyncio.Event | None = None, stop: a
 def _inherited_socket() -> socket.socket | None:
     descriptor = os.environ.get(SOCKET_FD)
     return socket.socket(fileno=int(descriptor)) if descriptor else None
+
+
+def _tls(settings: Settings):
+    if settings.mllp_tls_cert is None:
+        return None
+    return mllp.tls_context(str(settings.mllp_tls_cert), str(settings.mllp_tls_key),
+                            str(settings.mllp_tls_client_ca) if settings.mllp_tls_client_ca else None)
+
+
+def tls_problems(settings: Settings) -> list[str]:
+    """Why the MLLP TLS settings cannot be used, if they cannot: a certificate without its key (or a
+    client CA without either) served MLLP in clear text without a word, and a file missing or
+    unreadable was a traceback in the listener."""
+    given = (settings.mllp_tls_cert, settings.mllp_tls_key, settings.mllp_tls_client_ca)
+    if not any(given):
+        return []
+    if settings.mllp_tls_cert is None or settings.mllp_tls_key is None:
+        return ["GATEWAY_MLLP_TLS_CERT and GATEWAY_MLLP_TLS_KEY go together (GATEWAY_MLLP_TLS_CLIENT_CA with them): "
+                "without both, MLLP would be served in clear text"]
+    try:
+        _tls(settings)
+    except (OSError, ssl.SSLError) as exc:
+        return [f"the MLLP TLS files cannot be used (GATEWAY_MLLP_TLS_CERT, _KEY, _CLIENT_CA): {exc.strerror or exc}"]
+    return []
 
 
 def run(settings: Settings) -> int:

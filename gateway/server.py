@@ -122,6 +122,7 @@ def _unusable(settings: Settings) -> list[str]:
     """What the settings name that serving cannot use, each in a sentence: with no key to verify
     tokens every request was answered 401, and with an unknown sender every sign-in failed."""
     from gateway.access.tokens import load_keys
+    from gateway.listener import tls_problems
     from gateway.space.senders import SENDERS
 
     problems = [f"{path} does not exist (GATEWAY_JWT_KEYS)" for path in settings.jwt_keys
@@ -136,11 +137,7 @@ def _unusable(settings: Settings) -> list[str]:
         problems.append(f"GATEWAY_MESSAGE_SENDER is {settings.message_sender!r}: it takes {', '.join(SENDERS)}")
     elif settings.message_sender == "smtp" and not os.environ.get("GATEWAY_SMTP_HOST"):
         problems.append("GATEWAY_MESSAGE_SENDER is smtp: set GATEWAY_SMTP_HOST")
-    for name, path in (("GATEWAY_MLLP_TLS_CERT", settings.mllp_tls_cert), ("GATEWAY_MLLP_TLS_KEY", settings.mllp_tls_key),
-                       ("GATEWAY_MLLP_TLS_CLIENT_CA", settings.mllp_tls_client_ca)):
-        if path is not None and not path.is_file():
-            problems.append(f"{path} does not exist ({name})")
-    return problems
+    return problems + tls_problems(settings)
 
 
 def serve(settings: Settings, workers: int | None = None, mllp: bool = True) -> int:

@@ -29,11 +29,21 @@ def _ack_code(ack: bytes) -> str:
     return msa.get(1) if msa is not None else "?"
 
 
-def send_paths(paths: list[Path], host: str, port: int, *, timeout: float = 30.0, tls_ca: str | None = None) -> int:
+def send_paths(paths: list[Path], host: str, port: int, *, timeout: float = 30.0, tls_ca: str | None = None,
+               tls_cert: str | None = None, tls_key: str | None = None) -> int:
     """Exit status 0 when every message got AA (or CA), 1 otherwise, 2 when a file could not be read or
-    the gateway reached (said in a line: each was a traceback)."""
+    the gateway reached (said in a line: each was a traceback). TLS with a CA to trust (the system's
+    without one) and, for a listener that asks for it (mutual TLS), the sender's certificate."""
     console = Console(highlight=False)
-    tls = ssl.create_default_context(cafile=tls_ca) if tls_ca else None
+    tls = None
+    if tls_ca or tls_cert:
+        try:
+            tls = ssl.create_default_context(cafile=tls_ca)
+            if tls_cert:
+                tls.load_cert_chain(tls_cert, tls_key)
+        except (OSError, ssl.SSLError) as failure:
+            console.print(f"TLS: {failure.strerror or failure}", markup=False)
+            return 2
     batch, problems = [], []
     try:
         for path in _files(paths):

@@ -153,4 +153,9 @@ def test_gateway_serve_refuses_to_start_without_a_key_to_verify_tokens_or_a_know
     assert told[0] == f"{tmp_path / 'missing.pem'} does not exist (GATEWAY_JWT_KEYS)"
     assert told[1].startswith("a key of GATEWAY_JWT_KEYS cannot be read: ")
     assert told[2:] == ["GATEWAY_MESSAGE_SENDER is 'pigeon': it takes outbox, smtp",
-                        f"{tmp_path / 'cert.pem'} does not exist (GATEWAY_MLLP_TLS_CERT)"]
+                        "GATEWAY_MLLP_TLS_CERT and GATEWAY_MLLP_TLS_KEY go together (GATEWAY_MLLP_TLS_CLIENT_CA with "
+                        "them): without both, MLLP would be served in clear text"]
+    monkeypatch.setenv("GATEWAY_MLLP_TLS_KEY", str(tmp_path / "key.pem"))
+    assert _unusable(Settings.from_env())[-1] == ("the MLLP TLS files cannot be used (GATEWAY_MLLP_TLS_CERT, _KEY, "
+                                                  "_CLIENT_CA): No such file or directory")
+    assert main(["mllp"]) == 2   # the listener alone: it served in clear text, or was a traceback
