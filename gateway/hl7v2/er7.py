@@ -320,6 +320,20 @@ class Message:
         text, charset = decode(runs.skeleton(data), runs.offset_in_received) if runs else decode(data)
         return cls(text, charset, runs)
 
+    @classmethod
+    def header_of(cls, data: bytes | bytearray) -> "Message | None":
+        """The MSH alone, read leniently (a byte its character set does not have is replaced), or
+        None when there is none: to answer a message that cannot be read whole (its bytes are not of
+        its character set, that set is not supported, it is too large) with an ACK its sender can
+        match, MSA-2 its control id. That ACK left MSA-2 empty."""
+        head = bytes(data[:4096])
+        msh = head.removeprefix(BOM).replace(b"\n", b"\r").split(b"\r", 1)[0]
+        charset = declared_charset(msh)
+        try:
+            return cls(msh.decode(CHARSETS.get(charset.upper(), "latin-1"), "replace"), charset)
+        except MessageRejected:
+            return None
+
     def _occurrence(self, position: int) -> int:
         """The segment at `position` (from 1) is the how-manyth of its name: ERR-2's segment sequence
         (ERL-2), which counts a segment's occurrences, not its place in the message."""

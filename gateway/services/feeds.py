@@ -176,7 +176,7 @@ def receive(repo: Repository, data: bytes, *, channel: str, max_bytes: int, send
         handler = route(message)
     except MessageRejected as rejected:
         outcome = Outcome(rejected.ack_code, [Issue(str(rejected), rejected.location, rejected.code)])
-        return _answer_unprocessed(repo, data, channel, message, outcome, started)
+        return _answer_unprocessed(repo, data, channel, message or Message.header_of(data), outcome, started)
 
     keys = dict(control_id=message.control_id[:199], fingerprint=fingerprint(message),
                 message_type="^".join(p for p in message.message_type[:2] if p)[:32])
@@ -298,11 +298,7 @@ def _answer_unprocessed(repo: Repository, data: bytes, channel: str, message: Me
 def refuse_oversized(repo: Repository, head: bytes, size: int, limit: int, channel: str) -> Reply:
     """A message over the size limit: its first bytes are kept, and it is answered AR from its MSH."""
     started = time.perf_counter()
-    msh = head.replace(b"\n", b"\r").split(b"\r", 1)[0]
-    try:
-        message: Message | None = Message.from_bytes(msh)
-    except MessageRejected:
-        message = None
+    message = Message.header_of(head)
     outcome = Outcome("AR", [Issue(f"the message is {size} bytes, over the {limit} bytes this gateway accepts; "
                                    "only its first bytes were kept", "MSH^1", "104")])
     return _answer_unprocessed(repo, head, channel, message, outcome, started)

@@ -265,6 +265,21 @@ def test_refusals_are_answered_with_err(client, message, code, error):
     assert errors(segments)[0][3].split("^")[0] == error
 
 
+@pytest.mark.parametrize("charset, body, error", [
+    ("", "PID|1||1^^^A&1.2&ISO^PI||HÉLOÏSE^ANA".encode("iso8859-1"), "102"),          # Latin-1, declared as none
+    ("UNICODE UTF-8", "PID|1||1^^^A&1.2&ISO^PI||HÉLOÏSE^ANA".encode("iso8859-1"), "102"),
+    ("ISO IR87", "PID|1||1^^^A&1.2&ISO^PI||ANA".encode(), "203"),                    # a set not supported
+], ids=["latin-1-undeclared", "latin-1-declared-utf-8", "unsupported-set"])
+def test_a_message_that_cannot_be_read_whole_is_answered_with_its_control_id(client, charset, body, error):
+    """The ACK of a message whose bytes are not of its character set left MSA-2 and the
+    receiving application empty: an interface engine matches ACKs by MSA-2, and had none to match."""
+    message = f"MSH|^~\\&|GAM|CH-SAINT-AUBIN|DMP|DMP|20260101||ADT^A28^ADT_A05|UNREAD1|P|2.5|||||FRA|{charset}\r"
+    got, segments = post(client, message.encode() + body + b"\r")
+    assert got == "AR" and errors(segments)[0][3].split("^")[0] == error
+    assert segments[1][2] == "UNREAD1"                          # MSA-2
+    assert segments[0][2:6] == ["DMP", "DMP", "GAM", "CH-SAINT-AUBIN"]   # MSH-3 to 6, the sender's swapped
+
+
 def stored_patients(database) -> int:
     with database[0].connect() as conn:
         return conn.execute(select(func.count()).select_from(resources).where(
