@@ -41,6 +41,15 @@ def _seconds(name: str, default: float) -> float:
     return seconds
 
 
+def _sender(entry: str) -> str:
+    """An admitted MLLP sender, MSH-3|MSH-4[@address]: written otherwise (MSH-3^MSH-4), it admitted
+    no message, and every one was refused "not admitted"."""
+    if entry.partition("@")[0].count("|") != 1:
+        raise SettingsError(f"GATEWAY_MLLP_SENDERS holds {entry!r}: it takes MSH-3|MSH-4, optionally @address, "
+                            "comma-separated (GAM|CH-SAINT-AUBIN@10.0.0.7)")
+    return entry
+
+
 def _web_address(name: str, value: str, *, origin: bool) -> str:
     """An http(s) URL with a host: the gateway's public base, or a web origin (nothing after the port)."""
     try:
@@ -98,7 +107,7 @@ class Settings:
     mllp_tls_cert: Path | None = None
     mllp_tls_key: Path | None = None
     mllp_tls_client_ca: Path | None = None
-    # MLLP senders admitted ("APP^FACILITY" from MSH-3/MSH-4, optionally "@address"); empty admits any.
+    # MLLP senders admitted ("APP|FACILITY" from MSH-3/MSH-4, optionally "@address"); empty admits any.
     mllp_senders: tuple[str, ...] = ()
     # Web origins (scheme://host[:port]) whose pages may call the FHIR API from a browser (CORS);
     # empty: none, and the API answers no cross-origin request a browser would let a page read.
@@ -172,7 +181,8 @@ class Settings:
             mllp_tls_cert=_optional_path("GATEWAY_MLLP_TLS_CERT"),
             mllp_tls_key=_optional_path("GATEWAY_MLLP_TLS_KEY"),
             mllp_tls_client_ca=_optional_path("GATEWAY_MLLP_TLS_CLIENT_CA"),
-            mllp_senders=tuple(s.strip() for s in os.environ.get("GATEWAY_MLLP_SENDERS", "").split(",") if s.strip()),
+            mllp_senders=tuple(_sender(s.strip()) for s in os.environ.get("GATEWAY_MLLP_SENDERS", "").split(",")
+                               if s.strip()),
             cors_origins=tuple(_web_address("GATEWAY_CORS_ORIGINS", o.strip().rstrip("/"), origin=True)
                                for o in os.environ.get("GATEWAY_CORS_ORIGINS", "").split(",") if o.strip()),
             # Without GATEWAY_JWT_KEYS the demonstration key of `gateway demo setup` is trusted, and
