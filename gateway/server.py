@@ -135,8 +135,12 @@ def _unusable(settings: Settings) -> list[str]:
         problems.append(f"a key of GATEWAY_JWT_KEYS cannot be read: {exc}")
     if settings.message_sender not in SENDERS:
         problems.append(f"GATEWAY_MESSAGE_SENDER is {settings.message_sender!r}: it takes {', '.join(SENDERS)}")
-    elif settings.message_sender == "smtp" and not os.environ.get("GATEWAY_SMTP_HOST"):
-        problems.append("GATEWAY_MESSAGE_SENDER is smtp: set GATEWAY_SMTP_HOST")
+    elif settings.message_sender == "smtp":
+        port = os.environ.get("GATEWAY_SMTP_PORT", "587")
+        if not os.environ.get("GATEWAY_SMTP_HOST"):
+            problems.append("GATEWAY_MESSAGE_SENDER is smtp: set GATEWAY_SMTP_HOST")
+        if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+            problems.append(f"GATEWAY_SMTP_PORT is {port!r}: it takes 1 to 65535")
     return problems + tls_problems(settings)
 
 

@@ -162,3 +162,7 @@ def test_gateway_serve_refuses_to_start_without_a_key_to_verify_tokens_or_a_know
     assert _unusable(Settings.from_env())[-1] == ("the MLLP TLS files cannot be used (GATEWAY_MLLP_TLS_CERT, _KEY, "
                                                   "_CLIENT_CA): No such file or directory")
     assert main(["mllp"]) == 2   # the listener alone: it served in clear text, or was a traceback
+    monkeypatch.setenv("GATEWAY_MESSAGE_SENDER", "smtp")
+    monkeypatch.setenv("GATEWAY_SMTP_PORT", "submission")
+    assert _unusable(Settings.from_env())[2:4] == ["GATEWAY_MESSAGE_SENDER is smtp: set GATEWAY_SMTP_HOST",
+                                                   "GATEWAY_SMTP_PORT is 'submission': it takes 1 to 65535"]
