@@ -115,6 +115,23 @@ def test_a_patient_changes_their_password_and_their_other_sessions_end(app, sett
     assert refused.status_code == 400 and "Mot de passe actuel incorrect" in refused.text   # the right one, locked
 
 
+def test_a_code_the_mail_server_cannot_take_is_told_to_the_patient(settings, database, record, monkeypatch):
+    """The mail server down: a 500 page, "Erreur du service". Now the sign-in page says the code
+    could not be sent, 503, and to try again."""
+    from dataclasses import replace
+
+    from conftest import free_port
+    from gateway.app import create_app
+
+    monkeypatch.setenv("GATEWAY_SMTP_HOST", "127.0.0.1")
+    monkeypatch.setenv("GATEWAY_SMTP_PORT", str(free_port()))   # nothing listens there
+    browser = create_app(replace(settings, message_sender="smtp"), database[0]).test_client()
+    answer = browser.post("/connexion", data={"csrf_token": csrf(browser.get("/connexion").text),
+                                              "identifiant": "paul", "mot_de_passe": PASSWORD})
+    assert answer.status_code == 503 and answer.headers["Retry-After"] == "60"
+    assert "Le code de connexion n&#39;a pas pu vous être envoyé. Réessayez dans un moment." in answer.text
+
+
 def test_five_failures_lock_the_account_and_unknown_logins_answer_alike(app, settings, record):
     browser = app.test_client()
     token = csrf(browser.get("/connexion").text)

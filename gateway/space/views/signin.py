@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import re
+import smtplib
 
 from flask import current_app, flash, g, redirect, render_template, request, session, url_for
 
@@ -44,7 +45,13 @@ def sign_in():
                                                            request.remote_addr)
     except accounts.SignInRefused as refusal:
         return render_template("signin.html", error=str(refusal), login=login), 401
-    message_sender(settings.message_sender)(settings, code_mail(account.contact, code))
+    try:
+        message_sender(settings.message_sender)(settings, code_mail(account.contact, code))
+    except (OSError, smtplib.SMTPException) as failure:
+        # The mail server down or refusing: the patient is told to try again, not "Erreur du service".
+        log.warning("one-time code not sent", extra={"error": type(failure).__name__})
+        return render_template("signin.html", login=login, error="Le code de connexion n'a pas pu vous être envoyé. "
+                               "Réessayez dans un moment."), 503, {"Retry-After": "60"}
     session["challenge"] = challenge
     session["contact"] = _masked(account.contact)
     return redirect(url_for("space.enter_code"))
