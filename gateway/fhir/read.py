@@ -8,6 +8,7 @@ from flask import current_app, g, request
 
 from gateway.mapping.dates import InvalidTime, fhir_range
 from gateway.storage.repository import Gone, NotFound
+from gateway.storage.search import offset_restored
 from gateway.storage.schema import MAX_VERSION
 
 from .blueprint import fhir
@@ -75,6 +76,7 @@ def history(res_type: str, res_id: str):
     count = min(_whole("_count", request.args.get("_count", "50")), 500)
     below = min(_whole("_below", request.args["_below"]), MAX_VERSION + 1) if "_below" in request.args else None
     since = request.args.get("_since")
+    since = offset_restored(since) if since is not None else None
     try:
         lowest = fhir_range(since)[0] if since is not None else None
     except InvalidTime as exc:

@@ -74,6 +74,17 @@ class SearchRequest:
     base_params: list[tuple[str, str]] = field(default_factory=list)  # what self/next links repeat
 
 
+# A '+' offset typed unencoded in a URL (curl '…?date=ge2026-01-01T10:00:00+01:00') reaches the
+# query as a space. No date takes that shape otherwise, so the space is read as the '+' it was, as
+# several FHIR servers do: it was refused, "'2026-01-01T10:00:00 01:00' is not a FHIR dateTime".
+_OFFSET_AS_SPACE = re.compile(r"(T\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?) (\d{2}:\d{2})(?=,|$)")
+
+
+def offset_restored(raw: str) -> str:
+    """A date value (or comma-separated values) with each '+' offset that URL decoding made a space."""
+    return _OFFSET_AS_SPACE.sub(r"\1+\2", raw)
+
+
 def split_values(raw: str) -> tuple[str, ...]:
     """Comma-separated alternatives (OR); '\\,' is a literal comma."""
     parts = re.split(r"(?<!\\),", raw)
@@ -121,6 +132,8 @@ def parse_search(res_type: str, params: list[tuple[str, str]], *, strict: bool =
         if modifier and modifier not in _MODIFIERS[modified.type] and not (
                 modified.type == "reference" and modifier in SEARCH_PARAMS):
             raise SearchError(f"modifier ':{modifier}' is not supported on parameter '{base}'")
+        if modified.type == "date":
+            raw = offset_restored(raw)
         values = split_values(raw)
         if not values:
             raise SearchError(f"parameter '{name}' has no value")

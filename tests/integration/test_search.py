@@ -153,6 +153,22 @@ def test_date_sort_order(client, loaded):
     assert dates == sorted(dates, key=lambda d: d[:19])
 
 
+def test_a_plus_offset_typed_unencoded_is_read_as_the_plus_it_was(client, loaded):
+    """curl '…?date=ge2015-01-01T10:00:00+01:00' sends the '+' as is, and the query reads a space:
+    it was refused, "'2015-01-01T10:00:00 01:00' is not a FHIR date or dateTime". The self link
+    carries it encoded."""
+    encoded = client.get("/fhir/DocumentReference?date=ge2015-01-01T10:00:00%2B01:00").json
+    typed = client.get("/fhir/DocumentReference?date=ge2015-01-01T10:00:00+01:00,lt1900-01-01T00:00+05:30").json
+    assert typed["resourceType"] == "Bundle" and typed["total"] == encoded["total"] > 0
+    assert "date=ge2015-01-01T10%3A00%3A00%2B01%3A00%2Clt1900-01-01T00%3A00%2B05%3A30" in typed["link"][0]["url"]
+    assert client.get("/fhir/DocumentReference?_lastUpdated=gt2015-01-01T10:00:00+01:00").json["total"] > 0
+    first = encoded["entry"][0]["resource"]["id"]
+    since = client.get(f"/fhir/DocumentReference/{first}/_history?_since=2015-01-01T10:00:00+01:00")
+    assert since.status_code == 200 and since.json["total"] == 1
+    refused = client.get("/fhir/DocumentReference?date=ge2015-01-01 01:00")   # no time: no offset to restore
+    assert refused.status_code == 400
+
+
 def test_patient_search(client, loaded):
     def patients(**params):
         response = client.get("/fhir/Patient", query_string=params)
