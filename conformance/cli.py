@@ -14,10 +14,20 @@ from .model import CASES_DIR, SUITES, CaseError, load_cases
 from .runner import Target, TokenSource, run_cases, unreachable
 
 
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds above 0")
+    return seconds
+
+
 def _mllp(value: str) -> tuple[str, int]:
     host, _, port = value.rpartition(":")
-    if not host or not (port.isascii() and port.isdigit()):
-        raise argparse.ArgumentTypeError("--mllp takes HOST:PORT")
+    if not host or not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise argparse.ArgumentTypeError("--mllp takes HOST:PORT, the port from 1 to 65535")
     return host, int(port)
 
 
@@ -122,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--junit", help="write JUnit XML here")
     run.add_argument("--html", help="write the HTML report here")
     run.add_argument("--json", help="write the results as JSON here")
-    run.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each answer")
+    run.add_argument("--timeout", type=_seconds, default=30.0, help="seconds to wait for each answer")
     run.add_argument("--seed", type=int, help="make the generated patients and identifiers repeatable")
     run.add_argument("--schematron-dir", help="the ANS CI-SIS schematrons folder as published, or compiled "
                                              "schematrons (XSLT producing SVRL), to hold every accepted CDA to "

@@ -58,3 +58,15 @@ def test_a_testers_own_suite_is_listed_and_chosen(tmp_path, capsys):
     assert listed.index("mhd: IHE MHD") < listed.index("hospital-x:") and listed.endswith("2 cases\n")
     assert main(["--cases", str(tmp_path), "list", "--suite", "pam-fr"]) == 2
     assert capsys.readouterr().err == f"error: no suite pam-fr in {tmp_path} (suites: hospital-x, mhd)\n"
+
+
+@pytest.mark.parametrize("option, said", [
+    (["--timeout", "0"], "argument --timeout: '0' is not a number of seconds above 0"),
+    (["--timeout", "nan"], "argument --timeout: 'nan' is not a number of seconds above 0"),
+    (["--mllp", "127.0.0.1:99999"], "argument --mllp: --mllp takes HOST:PORT, the port from 1 to 65535"),
+])
+def test_an_option_that_cannot_be_used_is_refused_before_the_run(option, said, capsys):
+    """A timeout of 0 was a traceback from urllib3 at the first case."""
+    with pytest.raises(SystemExit) as exited:
+        main(["run", "--fhir-base", "http://127.0.0.1:1/fhir", "--token", "t", *option])
+    assert exited.value.code == 2 and said in capsys.readouterr().err
