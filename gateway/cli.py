@@ -6,25 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from gateway.arguments import PORT, RAW_ID, counted, seconds
 from gateway.config import Settings, SettingsError
 from gateway.logs import configure as configure_logging
-
-
-def _counted(largest: int):
-    """An argument that counts or numbers something: from 1 to `largest` (argparse's type)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not 1 <= value <= largest:
-            raise argparse.ArgumentTypeError(f"{text} is not from 1 to {largest}")
-        return value
-    return parse
-
-
-# storage.schema.MAX_ID, written here: the shell parses its arguments without loading SQLAlchemy.
-RAW_ID = _counted(2**63 - 1)
 
 
 def _engine(settings: Settings):
@@ -114,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gateway", description="DMP interoperability gateway")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="apply pending migrations, then serve HTTP (settings from GATEWAY_*)")
-    serve.add_argument("--workers", type=int, default=None, help="HTTP worker processes (default GATEWAY_WORKERS or 2)")
+    serve.add_argument("--workers", type=counted(256), default=None, help="HTTP worker processes (default GATEWAY_WORKERS or 2)")
     serve.set_defaults(func=cmd_serve)
     serve.add_argument("--no-mllp", action="store_true", help="serve HTTP only (run `gateway mllp` elsewhere)")
     mllp = sub.add_parser("mllp", help="run the MLLP listener alone (GATEWAY_MLLP_HOST, GATEWAY_MLLP_PORT)")
@@ -122,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     send = sub.add_parser("send", help="send HL7v2 messages over MLLP and print each ACK")
     send.add_argument("paths", nargs="+", metavar="FILE|DIR")
     send.add_argument("--host", help="gateway host (default GATEWAY_MLLP_HOST)")
-    send.add_argument("--port", type=int, help="gateway MLLP port (default GATEWAY_MLLP_PORT)")
-    send.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each ACK")
+    send.add_argument("--port", type=PORT, help="gateway MLLP port (default GATEWAY_MLLP_PORT)")
+    send.add_argument("--timeout", type=seconds, default=30.0, help="seconds to wait for each ACK")
     send.add_argument("--tls-ca", help="connect with TLS, trusting this CA (PEM)")
     send.add_argument("--tls-cert", help="connect with TLS, with this client certificate (PEM; mutual TLS)")
     send.add_argument("--tls-key", help="the client certificate's private key (PEM), when not in --tls-cert")
@@ -132,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     messages_sub = messages.add_subparsers(dest="messages_command", required=True)
     listing = messages_sub.add_parser("list", help="latest messages, newest first")
     listing.add_argument("--status", choices=("received", "processed", "duplicate", "skipped", "refused", "failed"))
-    listing.add_argument("--limit", type=_counted(100_000), default=50)
+    listing.add_argument("--limit", type=counted(100_000), default=50)
     listing.add_argument("--documents", action="store_true",
                          help="the documents received instead (POST /cda, ITI-65, ITI-105, gateway ingest)")
     show = messages_sub.add_parser("show", help="one message (its segments, status, ACK and resources) or document "
@@ -167,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     token_issue.add_argument("--purpose", choices=PURPOSES, default=None, help="care (default), emergency, regulation")
     token_issue.add_argument("--name", help="display name in the audit trail")
     # A token's life, up to a year: 0 or less issued a token already expired ("valid -5 s").
-    token_issue.add_argument("--ttl", type=_counted(366 * 86400), default=3600, help="seconds of validity (default 3600)")
+    token_issue.add_argument("--ttl", type=counted(366 * 86400), default=3600, help="seconds of validity (default 3600)")
     token_issue.set_defaults(func=cmd_token)
     audit = sub.add_parser("audit", help="the audit trail")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)

@@ -8,6 +8,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from gateway.arguments import counted
 from gateway.config import Settings
 
 
@@ -117,7 +118,7 @@ def run_retention(settings: Settings, args) -> int:
 def add_commands(sub) -> None:
     outbox = sub.add_parser("outbox", help="the one-time codes sent by the development sender")
     outbox.add_argument("--to", help="only those sent to this contact")
-    outbox.add_argument("--last", type=int, default=10, help="how many (default 10)")
+    outbox.add_argument("--last", type=counted(10_000), default=10, help="how many (default 10)")
     outbox.set_defaults(func=print_outbox)
     account = sub.add_parser("account", help="patient-space accounts")
     account_sub = account.add_subparsers(dest="account_command", required=True)
@@ -149,5 +150,5 @@ def add_commands(sub) -> None:
                       help="keep sending every GATEWAY_NOTIFY_INTERVAL seconds until stopped")
     send.set_defaults(func=run_notifications)
     listed = notify_sub.add_parser("list", help="the latest, queued or sent")
-    listed.add_argument("--last", type=int, default=50)
+    listed.add_argument("--last", type=counted(10_000), default=50)
     listed.set_defaults(func=run_notifications)

@@ -12,6 +12,8 @@ from gateway.cli import main
     (["messages", "reprocess", "0"], "0 is not from 1 to"),
     (["messages", "list", "--limit", "-1"], "-1 is not from 1 to 100000"),
     (["token", "issue", "--role", "doctor", "--ttl", "-5"], "-5 is not from 1 to 31622400"),
+    (["send", "--port", "99999", "x.hl7"], "99999 is not from 1 to 65535"),
+    (["send", "--timeout", "-1", "x.hl7"], "'-1' is not a number of seconds above 0"),
 ])
 def test_an_id_or_a_count_that_names_no_row_is_refused_with_its_range(argv, told, capsys):
     with pytest.raises(SystemExit) as exited:

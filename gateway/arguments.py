@@ -1,0 +1,35 @@
+"""The types of the shell's arguments (argparse's `type`): a number that names nothing, or a
+duration of 0, is refused with its range before any command runs."""
+from __future__ import annotations
+
+import argparse
+
+
+def counted(largest: int):
+    """An argument that counts or numbers something: from 1 to `largest` (argparse's type)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not 1 <= value <= largest:
+            raise argparse.ArgumentTypeError(f"{text} is not from 1 to {largest}")
+        return value
+    return parse
+
+
+def seconds(text: str) -> float:
+    """A duration in seconds, above 0 (argparse's type): 0 or less was "Operation now in progress" or
+    a traceback."""
+    try:
+        duration = float(text)
+    except ValueError:
+        duration = float("nan")
+    if not 0 < duration < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
+    return duration
+
+
+PORT = counted(65535)
+# storage.schema.MAX_ID, written here: the shell parses its arguments without loading SQLAlchemy.
+RAW_ID = counted(2**63 - 1)
