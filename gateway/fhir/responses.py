@@ -7,8 +7,11 @@ from email.utils import format_datetime, parsedate_to_datetime
 from datetime import datetime
 
 from flask import Response, current_app, has_request_context, request
+from lxml import etree
 from werkzeug.datastructures import MIMEAccept
 from werkzeug.http import parse_options_header
+
+from gateway.cda.parser import safe_parser
 
 from .formats import FHIR_XML, XML_FORMATS, XML_TYPES, to_xml
 
@@ -140,11 +143,22 @@ def negotiate() -> None:
 
 
 def fhir_response(body: dict | str, status: int = 200, headers: dict | None = None) -> Response:
+    # `_pretty=true` (R4 search, "for human convenience"): indented, as curl users read it. It was
+    # taken and did nothing.
+    pretty = has_request_context() and request.args.get("_pretty") == "true"
     if body and has_request_context() and wants_xml():
-        response = Response(to_xml(body), status=status, mimetype=FHIR_XML)
+        data = to_xml(body)
+        if pretty:
+            root = etree.fromstring(data, safe_parser())
+            etree.indent(root, space="  ")
+            data = etree.tostring(root, xml_declaration=True, encoding="utf-8") + b"\n"
+        response = Response(data, status=status, mimetype=FHIR_XML)
         response.headers["Content-Type"] = f"{FHIR_XML}; charset=utf-8"
     else:
-        text = body if isinstance(body, str) else json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+        if pretty and body:
+            text = json.dumps(json.loads(body) if isinstance(body, str) else body, ensure_ascii=False, indent=2) + "\n"
+        else:
+            text = body if isinstance(body, str) else json.dumps(body, ensure_ascii=False, separators=(",", ":"))
         response = Response(text, status=status, mimetype=FHIR_JSON)
         response.headers["Content-Type"] = f"{FHIR_JSON}; charset=utf-8"
     for key, value in (headers or {}).items():

@@ -115,6 +115,27 @@ def test_format_is_read_as_a_url_gives_it(client, query, answered):
         assert answer.status_code == 200 and answer.mimetype == answered, (query, answer.status_code)
 
 
+def test_pretty_answers_hold_the_same_values_indented(client, database):
+    """`_pretty=true` was taken and did nothing."""
+    from lxml import etree
+
+    created = client.post("/cda", data=sample("ldl-ses-martin.xml"), headers=XML).json
+    attend_all(database[0])
+    for path in (f"/fhir/DocumentReference/{created['id']}", "/fhir/DocumentReference?status=current",
+                 "/fhir/DocumentReference?_count=x", "/fhir/metadata"):
+        def get(**params):
+            return client.get(path + ("&" if "?" in path else "?") + "&".join(f"{k}={v}" for k, v in params.items()))
+
+        plain, pretty = client.get(path), get(_pretty="true")
+        assert pretty.data.startswith(b'{\n  "resourceType": ') and pretty.json == plain.json, path
+        plain, pretty = get(_format="xml"), get(_format="xml", _pretty="true")
+        assert pretty.status_code == plain.status_code and b">\n  <" in pretty.data, path
+        flat = etree.XMLParser(remove_blank_text=True)
+        assert (etree.tostring(etree.fromstring(pretty.data, flat)) == etree.tostring(etree.fromstring(plain.data, flat))
+                ), path
+    assert b"\n" not in client.get("/fhir/metadata", query_string={"_pretty": "false"}).data
+
+
 def test_error_statuses_are_operation_outcomes(client, database):
     created = doc(client, database)
     cases = [
