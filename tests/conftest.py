@@ -65,6 +65,21 @@ def pytest_collection_modifyitems(config, items):
         raise pytest.UsageError("GATEWAY_REQUIRE_POSTGRES=1 but GATEWAY_TEST_POSTGRES_URL is not set")
 
 
+@pytest.fixture(autouse=True)
+def logging_as_it_was():
+    """The root logger's handlers and level put back after each test: a test that runs a command
+    (`gateway.cli.main` configures logging) left a handler on the stderr pytest had captured for it,
+    closed once the test ended, and every later log line printed "--- Logging error ---" into
+    whatever the next tests captured."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("pki")
