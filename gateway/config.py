@@ -153,8 +153,8 @@ class Settings:
         host = os.environ.get("GATEWAY_HOST", "127.0.0.1")
         http_port = _int("GATEWAY_HTTP_PORT", 8080, high=65535)
         database_url = os.environ.get("GATEWAY_DATABASE_URL") or f"sqlite:///{var_dir / 'gateway.db'}"
-        public_base_url = _web_address("GATEWAY_PUBLIC_BASE_URL", os.environ["GATEWAY_PUBLIC_BASE_URL"], origin=False) \
-            if os.environ.get("GATEWAY_PUBLIC_BASE_URL") else f"http://{host}:{http_port}"
+        base = os.environ.get("GATEWAY_PUBLIC_BASE_URL")
+        public_base_url = _web_address("GATEWAY_PUBLIC_BASE_URL", base, origin=False) if base else f"http://{host}:{http_port}"
         log_level = os.environ.get("GATEWAY_LOG_LEVEL", "INFO").upper()
         if log_level not in LOG_LEVELS:
             raise SettingsError(f"GATEWAY_LOG_LEVEL is {log_level!r}: it takes {', '.join(LOG_LEVELS)}")
