@@ -130,8 +130,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         # token: the headers FHIR's interactions send, and those they answer with, readable.
         CORS(app, resources={r"/fhir/*": {"origins": list(settings.cors_origins)}}, supports_credentials=False,
              methods=["GET", "HEAD", "POST", "PUT", "PATCH"],
-             allow_headers=["Authorization", "Content-Type", "Accept", "If-Match", "If-None-Match", "If-None-Exist",
-                            "Prefer", "X-Request-Id"],
+             allow_headers=["Authorization", "Content-Type", "Content-Encoding", "Accept", "If-Match", "If-None-Match",
+                            "If-None-Exist", "Prefer", "X-Request-Id"],
              expose_headers=["ETag", "Last-Modified", "Location", "Content-Location", "X-Request-Id"], max_age=600)
     init_space(app, settings)
     search.set_cursor_key(app.secret_key)

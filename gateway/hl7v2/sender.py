@@ -36,6 +36,9 @@ def send_paths(paths: list[Path], host: str, port: int, *, timeout: float = 30.0
     without one) and, for a listener that asks for it (mutual TLS), the sender's certificate."""
     console = Console(highlight=False)
     tls = None
+    if tls_key and not tls_cert:
+        console.print("TLS: --tls-key is the key of --tls-cert, which is missing", markup=False)
+        return 2
     if tls_ca or tls_cert:
         try:
             tls = ssl.create_default_context(cafile=tls_ca)

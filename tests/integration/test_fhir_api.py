@@ -327,11 +327,11 @@ def test_a_web_application_of_a_configured_origin_may_call_the_api_from_a_browse
 
     app = "https://app.example.test"
     preflight = {"Origin": app, "Access-Control-Request-Method": "POST",
-                 "Access-Control-Request-Headers": "authorization, content-type, if-none-exist, prefer"}
+                 "Access-Control-Request-Headers": "authorization, content-type, content-encoding, if-none-exist, prefer"}
     allowed = create_app(replace(settings, cors_origins=(app,)), database[0]).test_client()
     answer = allowed.options("/fhir/Patient", headers=preflight)
     assert answer.status_code == 200 and answer.headers["Access-Control-Allow-Origin"] == app
-    assert {"authorization", "content-type", "if-none-exist", "prefer"} <= {
+    assert {"authorization", "content-type", "content-encoding", "if-none-exist", "prefer"} <= {
         h.strip().lower() for h in answer.headers["Access-Control-Allow-Headers"].split(",")}
     assert {m.strip() for m in answer.headers["Access-Control-Allow-Methods"].split(",")} == {
         "GET", "HEAD", "POST", "PUT", "PATCH"}   # what the API serves: no DELETE

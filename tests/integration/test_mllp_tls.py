@@ -85,3 +85,5 @@ def test_gateway_send_over_tls_and_mutual_tls(mllp_listener, pki, capsys):
     assert status != 0 and "AA" not in said, said
     status, said = send(tls_ca=pki / "ca.pem", tls_cert=pki / "missing.pem")
     assert (status, said) == (2, "TLS: No such file or directory")
+    status, said = send(tls_ca=pki / "ca.pem", tls_key=pki / "hospital-key.pem")   # the key alone
+    assert (status, said) == (2, "TLS: --tls-key is the key of --tls-cert, which is missing")
