@@ -115,6 +115,25 @@ def test_a_patient_changes_their_password_and_their_other_sessions_end(app, sett
     assert refused.status_code == 400 and "Mot de passe actuel incorrect" in refused.text   # the right one, locked
 
 
+def test_a_representative_changes_the_password_before_choosing_a_child_s_record(app, settings, database, record):
+    """The page is open before a representative of several children has chosen whose record to open:
+    the password is the account's, not a record's."""
+    accounts.create_account(database[0], "parent", PASSWORD, "representative", [MOREAU, "116037505612342"],
+                            "Sophie MOREAU", "parent@example.test")
+    browser = app.test_client()
+    browser.post("/connexion", data={"csrf_token": csrf(browser.get("/connexion").text), "identifiant": "parent",
+                                     "mot_de_passe": PASSWORD})
+    chosen = browser.post("/connexion/code", data={"csrf_token": csrf(browser.get("/connexion/code").text),
+                                                   "code": read_outbox(settings)[-1]["code"]})
+    assert chosen.location.endswith("/documents") and "/dossiers" in browser.get("/documents").location
+    page = browser.get("/compte/mot-de-passe")
+    assert page.status_code == 200 and "Changer mon mot de passe" in page.text
+    changed = browser.post("/compte/mot-de-passe", data={"csrf_token": csrf(page.text), "actuel": PASSWORD,
+                                                         "nouveau": "a parent's new password",
+                                                         "confirmation": "a parent's new password"})
+    assert changed.status_code == 302
+
+
 def test_a_code_the_mail_server_cannot_take_is_told_to_the_patient(settings, database, record, monkeypatch):
     """The mail server down: a 500 page, "Erreur du service". Now the sign-in page says the code
     could not be sent, 503, and to try again."""
