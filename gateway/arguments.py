@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from gateway.config import duration
+
 
 def counted(largest: int):
     """An argument that counts or numbers something: from 1 to `largest` (argparse's type)."""
@@ -21,13 +23,10 @@ def counted(largest: int):
 def seconds(text: str) -> float:
     """A duration in seconds, above 0 (argparse's type): 0 or less was "Operation now in progress" or
     a traceback."""
-    try:
-        duration = float(text)
-    except ValueError:
-        duration = float("nan")
-    if not 0 < duration < float("inf"):
+    read = duration(text)
+    if read is None:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
-    return duration
+    return read
 
 
 PORT = counted(65535)

@@ -28,15 +28,22 @@ def _int(name: str, default: int, low: int = 1, high: int | None = None) -> int:
     return number
 
 
+def duration(text: str) -> float | None:
+    """A number of seconds above 0 (not `nan`, not `inf`), or None: a setting's, or an argument's of
+    the shell (`gateway.arguments.seconds`)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds > 0 else None
+
+
 def _seconds(name: str, default: float) -> float:
     value = os.environ.get(name)
     if not value:
         return default
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = math.nan
-    if not (math.isfinite(seconds) and seconds > 0):
+    seconds = duration(value)
+    if seconds is None:
         raise SettingsError(f"{name} is {value!r}: it takes a number of seconds above 0")
     return seconds
 
