@@ -46,8 +46,10 @@ def cmd_mllp(settings: Settings, _args) -> int:
     from gateway.server import return_large_blocks
     from gateway.storage.migrate import upgrade
 
-    for problem in tls_problems(settings):
+    problems = tls_problems(settings)
+    for problem in problems:
         print(f"gateway mllp: {problem}", file=sys.stderr)
+    if problems:
         return 2
     return_large_blocks()
     upgrade(_engine(settings))
