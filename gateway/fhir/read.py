@@ -75,8 +75,7 @@ def history(res_type: str, res_id: str):
             raise FhirError(400, f"{unsupported} is not supported on a history: use _since", code="not-supported")
     count = min(_whole("_count", request.args.get("_count", "50")), 500)
     below = min(_whole("_below", request.args["_below"]), MAX_VERSION + 1) if "_below" in request.args else None
-    since = request.args.get("_since")
-    since = offset_restored(since) if since is not None else None
+    since = offset_restored(request.args["_since"]) if "_since" in request.args else None
     try:
         lowest = fhir_range(since)[0] if since is not None else None
     except InvalidTime as exc:
