@@ -284,7 +284,15 @@ class Message:
     """A decoded message: its segments in order, MSH first."""
 
     def __init__(self, text: str, charset: str, runs: LongRuns | None = None):
-        segments = split_segments(text)
+        pieces = re.split(r"(\r\n|\r|\n)", text)
+        # Each segment with the line break before it, to tell a segment of no name sent as one (its
+        # break the message's own) from a field cut by a line break sent as is (another break).
+        segments, breaks = [], []
+        for piece, before in zip(pieces[::2], [""] + pieces[1::2]):
+            if piece.strip():
+                segments.append(piece)
+                breaks.append(before)
+        self._breaks = breaks
         if not segments or not segments[0].startswith("MSH") or len(segments[0]) < 8:
             raise MessageRejected("the message does not start with an MSH segment and its encoding characters",
                                   "MSH^1", "100")
@@ -389,15 +397,18 @@ class Message:
                                   "gateway takes", "MSH^1", "100")
         for position, segment in enumerate(self.segments, start=1):
             if not SEGMENT_NAME.fullmatch(segment.name):
+                named = f"segment {position} does not begin with a segment name (three capital letters or digits)"
+                if self._breaks[position - 1] == self._breaks[1]:
+                    # Ended as MSH is (a name misspelt, in lower case): ERR-2 cannot name it, and
+                    # the text, which may be a patient's, is not echoed.
+                    raise MessageRejected(named, "", "100")
                 # A line break sent as is inside a field: what follows it was a segment of no
                 # known name, ignored, and the field cut short (a family name, a base64 document
-                # wrapped at 76 characters). ERR-2 names the field that was cut; the text, which
-                # may be the rest of a name, is not echoed.
+                # wrapped at 76 characters). ERR-2 names the field that was cut.
                 cut = self.segments[position - 2]
                 e = self.encoding.escape
                 raise MessageRejected(
-                    f"segment {position} does not begin with a segment name (three capital letters or digits): "
-                    f"{cut.name}-{cut.last_field} holds a line break, which a field carries escaped "
+                    f"{named}: {cut.name}-{cut.last_field} holds a line break, which a field carries escaped "
                     f"({e}.br{e} or {e}X0A{e}), not as is",
                     f"{cut.name}^{self._occurrence(position - 1)}^{cut.last_field}", "100")
             if segment.repetition_marks > MAX_REPETITIONS:

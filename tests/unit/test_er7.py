@@ -90,7 +90,6 @@ def test_a_refusal_names_the_segment_by_its_occurrence_and_the_field():
     (["PID|1||123^^^HOSP&1.2.3&ISO^PI||DU\nPONT^PAUL||19850612|M"], "PID^1^5"),     # a lone LF in CR-ended segments
     (["NTE|1||a", "NTE|2||une ligne\r\nla suivante"], "NTE^2^3"),
     (["OBX|1|ED|x||^TEXT^XML^Base64^" + "QUJD" * 19 + "\r\n" + "QUJD" * 5], "OBX^1^5"),   # base64 wrapped at 76
-    (["PID|1", "pid|2"], "PID^1^1"),
 ])
 def test_a_line_that_begins_no_segment_is_refused_at_the_field_it_cut(segments, location):
     """Read as a segment of no known name, it was ignored, and the field before it cut short: the
@@ -99,6 +98,16 @@ def test_a_line_that_begins_no_segment_is_refused_at_the_field_it_cut(segments, 
         Message(message("", *segments), "").require_header()
     assert cut.value.location == location and cut.value.code == "100"
     assert "PONT" not in str(cut.value) and "suivante" not in str(cut.value)
+
+
+@pytest.mark.parametrize("terminator", ["\r", "\n", "\r\n"])
+def test_a_segment_misnamed_is_refused_as_one_not_as_a_field_cut(terminator):
+    """A name in lower case or misspelt, on a line ended as the others are: the refusal blamed a
+    line break sent inside the field before it, which the sender looked for in vain."""
+    with pytest.raises(MessageRejected) as misnamed:
+        Message(message("", "PID|1", "pid|2", sep=terminator), "").require_header()
+    assert str(misnamed.value) == "segment 3 does not begin with a segment name (three capital letters or digits)"
+    assert misnamed.value.location == "" and misnamed.value.code == "100"
 
 
 @pytest.mark.parametrize("name", ["ZFA", "ZBE", "Z01", "PV1", "IN1", "OBX"])
