@@ -68,11 +68,11 @@ def cmd_run(args) -> int:
                     schematrons)
     problems += unreachable(target, cases)
     for problem in problems:
-        console.print(f"error: {problem}", highlight=False, soft_wrap=True)
+        console.print(f"error: {problem}", highlight=False, soft_wrap=True, markup=False)
     if problems:
         return 2
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console,
-                  transient=True) as progress:
+    with Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+                  console=console, transient=True) as progress:
         task = progress.add_task("running", total=len(cases))
 
         def advance(result):

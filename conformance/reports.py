@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from lxml import etree
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from .model import SUITES
 from .runner import CaseResult
@@ -29,13 +30,13 @@ def print_summary(console: Console, results: list[CaseResult]) -> None:
     for column in ("suite", "passed", "failed", "error", "skipped"):
         table.add_column(column, justify="left" if column == "suite" else "right")
     for suite, counts in by_suite(results).items():
-        table.add_row(suite, *(f"[{STYLES[s]}]{counts[s]}[/]" if counts[s] else "0"
+        table.add_row(Text(suite), *(f"[{STYLES[s]}]{counts[s]}[/]" if counts[s] else "0"
                                for s in ("passed", "failed", "error", "skipped")))
     console.print(table)
     for result in results:
         if result.status in ("failed", "error"):
-            console.print(f"[{STYLES[result.status]}]{result.status.upper()}[/] {result.case.id}: {result.message}",
-                          highlight=False)
+            console.print(Text(result.status.upper(), style=STYLES[result.status]),
+                          Text(f"{result.case.id}: {result.message}"))
 
 
 def junit(results: list[CaseResult]) -> bytes:

@@ -8,10 +8,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from gateway.access import AccessContext
 from gateway.refusal import Refused
 from gateway.config import Settings
+from gateway.console_tables import print_table
 from gateway.services.documents import ingest_cda
 from gateway.services.ingest import HEAD_KEPT
 from gateway.storage.database import make_engine, refresh_statistics, unavailable
@@ -93,9 +95,9 @@ def _summary(console: Console, report: BulkReport) -> None:
     if report.refused or report.failed:
         table = Table("file", "reason", title="not ingested")
         for file, location, reason in report.refused:
-            table.add_row(file, f"{location}: {reason}")
+            table.add_row(Text(file), Text(f"{location}: {reason}"))
         for file, reason in report.failed:
-            table.add_row(file, reason)
-        console.print(table)
+            table.add_row(Text(file), Text(reason))
+        print_table(console, table)
         for where, count in Counter(location for _, location, _ in report.refused).most_common():
-            console.print(f"  {count} refused at {where}")
+            console.print(f"  {count} refused at {where}", markup=False)

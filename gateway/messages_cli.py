@@ -2,17 +2,21 @@
 of the documents (listed and reprocessed; their content is not shown)."""
 from __future__ import annotations
 
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from gateway.access import AccessContext
 from gateway.config import Settings
+from gateway.console_tables import natural_width, print_table
 from gateway.hl7v2.fields import described_segments
 from gateway.services import feeds, messages, received_documents
 from gateway.storage.database import make_engine
 from gateway.storage.repository import Repository
 
+FOLDED = 16
 STATUS_STYLES = {"processed": "green", "duplicate": "cyan", "skipped": "cyan", "refused": "yellow",
                  "failed": "red", "received": "magenta"}
 
@@ -20,6 +24,7 @@ STATUS_STYLES = {"processed": "green", "duplicate": "cyan", "skipped": "cyan", "
 def run(settings: Settings, args) -> int:
     repo = Repository(make_engine(settings.database_url), AccessContext.system("operator"), settings.public_base_url)
     console = Console(highlight=False)
+    console.soft_wrap = not console.is_terminal   # a line of a message or ACK is one line in a pipe
     if args.messages_command == "list":
         return _list(console, repo, args)
     if args.messages_command == "show":
@@ -28,12 +33,29 @@ def run(settings: Settings, args) -> int:
 
 
 def _list(console: Console, repo: Repository, args) -> int:
-    table = Table("id", "received", "channel", "sender", "type", "control id", "status", "ACK", "reason")
+    """Every value whole and as it came: a sender's `[/x]` is text, not markup. In a terminal, the
+    one-word columns are never cut: the sender, control id and reason fold (down to FOLDED characters,
+    the terminal wrapping what is wider)."""
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    folding = []
+    for name, one_word in (("id", True), ("received (UTC)", True), ("channel", True), ("sender", False),
+                           ("type", True), ("control id", False), ("status", True), ("ACK", True), ("reason", False)):
+        table.add_column(name, no_wrap=one_word, overflow="fold")
+        if not one_word:
+            folding.append(table.columns[-1])
     channels = received_documents.DOCUMENT_CHANNELS if args.documents else messages.HL7V2_CHANNELS
     for m in messages.list_messages(repo, args.status, args.limit, channels=channels):
-        table.add_row(str(m.id), m.received_at, m.channel, m.sender or "", m.message_type or "", m.control_id or "",
-                      f"[{STATUS_STYLES.get(m.status, 'white')}]{m.status}[/]", m.ack_code or "", m.reason or "")
-    console.print(table)
+        table.add_row(str(m.id), m.received_at[:19].replace("T", " "), m.channel, Text(m.sender or ""),
+                      Text(m.message_type or ""), Text(m.control_id or ""),
+                      Text(m.status, style=STATUS_STYLES.get(m.status, "white")), m.ack_code or "",
+                      Text(m.reason or ""))
+    if console.is_terminal:
+        for column in folding:
+            column.max_width = FOLDED
+        console.width = max(console.width, natural_width(console, table))
+        for column in folding:
+            column.max_width = None
+    print_table(console, table)
     return 0
 
 
@@ -45,17 +67,16 @@ def _show(console: Console, repo: Repository, args) -> int:
     if found is None:
         console.print(f"no HL7v2 message or document {args.id}")
         return 1
-    console.print(f"[bold]message {found['id']}[/bold] {found['received_at']} via {found['channel']} from "
-                  f"{found['sender']}: {found['message_type']} {found['control_id']}, {found['size']} bytes, "
-                  f"charset {found['charset'] or '?'}")
-    console.print(f"status [{STATUS_STYLES.get(found['status'], 'white')}]{found['status']}[/]"
-                  + (f": {found['reason']}" if found["reason"] else ""))
+    console.print(f"[bold]message {found['id']}[/bold] " + escape(
+        f"{found['received_at']} via {found['channel']} from {found['sender']}: {found['message_type']} "
+        f"{found['control_id']}, {found['size']} bytes, charset {found['charset'] or '?'}"))
+    console.print(f"status [{STATUS_STYLES.get(found['status'], 'white')}]{found['status']}[/]", end="")
+    console.print(f": {found['reason']}" if found["reason"] else "", markup=False)
     if args.fields:
         for name, fields in described_segments(found["message"]):
-            console.print(f"[bold]{name}[/bold]")
+            console.print(name, style="bold", markup=False)
             for label, value in fields:
-                console.print(f"  {label}: ", end="")
-                console.print(value, markup=False)
+                console.print(f"  {label}: {value}", markup=False)
     else:
         for segment in found["message"].split("\r"):
             console.print(segment if len(segment) < 300 else segment[:300] + f"… ({len(segment)} characters)",
@@ -100,7 +121,7 @@ def _reprocess(console: Console, repo: Repository, settings: Settings, args) -> 
             return 0 if _succeeded(reprocessed) else 1
         reply = messages.reprocess(repo, args.id, settings.max_document_bytes)
     except (LookupError, ValueError, feeds.MessageRejected) as exc:
-        console.print(str(exc))
+        console.print(str(exc), markup=False)
         return 1
     console.print(f"message {args.id}: {reply.code}")
     if reply.ack:

@@ -7,6 +7,7 @@ import ssl
 from pathlib import Path
 
 from rich.console import Console
+from rich.text import Text
 
 from . import mllp
 from .er7 import Message, MessageRejected
@@ -35,6 +36,7 @@ def send_paths(paths: list[Path], host: str, port: int, *, timeout: float = 30.0
     the gateway reached (said in a line: each was a traceback). TLS with a CA to trust (the system's
     without one) and, for a listener that asks for it (mutual TLS), the sender's certificate."""
     console = Console(highlight=False)
+    console.soft_wrap = not console.is_terminal   # a file's name and an ACK's segment one line each in a pipe
     tls = None
     if tls_key and not tls_cert:
         console.print("TLS: --tls-key is the key of --tls-cert, which is missing", markup=False)
@@ -65,7 +67,7 @@ def send_paths(paths: list[Path], host: str, port: int, *, timeout: float = 30.0
         for (path, _), ack in zip(batch, acks):
             code = _ack_code(ack) if ack is not None else "none"
             tally[code] = tally.get(code, 0) + 1
-            console.print(f"[bold]{path}[/bold] [{ACK_STYLES.get(code, 'magenta')}]{code}[/]")
+            console.print(Text(str(path), style="bold"), Text(code, style=ACK_STYLES.get(code, "magenta")))
             if ack is not None:
                 console.print(ack.decode("utf-8", "replace").replace("\r", "\n").rstrip(), markup=False)
     except OSError as failure:   # refused, reset, closed, or a TLS handshake that failed

@@ -179,7 +179,7 @@ def receive(repo: Repository, data: bytes, *, channel: str, max_bytes: int, send
         return _answer_unprocessed(repo, data, channel, message or Message.header_of(data), outcome, started)
 
     keys = dict(control_id=message.control_id[:199], fingerprint=fingerprint(message),
-                message_type="^".join(p for p in message.message_type[:2] if p)[:32])
+                message_type=_listed_type(message))
     issues: list[Issue] = []
     received = Received(channel, data, "x-application/hl7-v2+er7", message.sender, keys)
     try:
@@ -267,6 +267,11 @@ def _reply(ack: str | None, message: Message | None, code: str, raw_id: int | No
     return Reply(acks.encode(ack, message) if ack else None, code, raw_id, retransmission)
 
 
+def _listed_type(message: Message) -> str | None:
+    """MSH-9's code and event, as operators list and filter messages by them (ADT^A28)."""
+    return "^".join(p for p in message.message_type[:2] if p)[:32] or None
+
+
 def _summary(outcome: Outcome) -> dict:
     return {"ack": outcome.code, "issues": [{"text": i.text, "location": i.location, "code": i.code,
                                              "severity": i.severity} for i in outcome.issues]}
@@ -286,7 +291,8 @@ def _answer_unprocessed(repo: Repository, data: bytes, channel: str, message: Me
     text = _ack_text(message, outcome)
     try:
         received = Received(channel, data, "x-application/hl7-v2+er7", message.sender if message is not None else None,
-                            {"control_id": message.control_id[:199]} if readable else None)
+                            {"control_id": message.control_id[:199], "message_type": _listed_type(message)}
+                            if readable else None)
         raw_id = ingest.keep(repo, received, Write.FEED, status="refused", outcome=_summary(outcome), ack=text).raw_id
     except Exception:
         log.exception("could not store a refused message")

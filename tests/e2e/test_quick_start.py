@@ -100,10 +100,11 @@ def test_an_integrator_sends_hl7v2_with_gateway_send(served):
         "status": "active", "category": "urn:hl7-france:pam-fr:zfa|consultation,urn:hl7-france:pam-fr:zfa|alimentation"},
         headers=token(env, "--role", "patient", "--patient", MARTIN)).json()
     assert consents["total"] == 2
-    listed = subprocess.run([str(GATEWAY), "messages", "list"], env={**env, "COLUMNS": "250"}, cwd=ROOT,
-                            capture_output=True, text=True,
+    listed = subprocess.run([str(GATEWAY), "messages", "list"], env=env, cwd=ROOT, capture_output=True, text=True,
                             timeout=60)
-    assert "ADT^A01" in listed.stdout and "processed" in listed.stdout
+    # Into a pipe, each message on one line, whole.
+    assert any(line.split()[3:8] == ["mllp", "GAM|CH-SAINT-AUBIN", "ADT^A01", "ADT0001", "processed"]
+               for line in listed.stdout.splitlines())
     # One scrape shows the whole gateway: the MLLP listener's ingests beside the HTTP workers' requests.
     scraped = [requests.get(f"{base}/metrics", timeout=10).text for _ in range(4)]
     assert all('gateway_ingests_total{channel="mllp",outcome="processed"}' in text for text in scraped)

@@ -57,3 +57,16 @@ def test_files_of_a_folder_that_are_not_documents_are_counted_as_skipped(tmp_pat
     assert (report.ingested, report.skipped) == (1, len(list((SAMPLES / "hl7v2").iterdir())))
     said = " ".join(capsys.readouterr().err.split())
     assert f"skipped: {report.skipped} files in the folders given are not .xml or .cda" in said
+
+
+def test_the_files_refused_are_named_as_they_are(tmp_path, capsys):
+    """A file named `cr [b]2026[i].xml` was listed as `cr 2026.xml`, and `[red].xml` as `.xml`:
+    the names were read as markup."""
+    settings = replace(Settings.from_env(), database_url=f"sqlite:///{tmp_path / 'gateway.db'}")
+    names = [tmp_path / "cr [b]2026[i].xml", tmp_path / "[red].xml"]
+    for name in names:
+        name.write_bytes(b"<ClinicalDocument>")
+    report = bulk.ingest_paths(settings, names)
+    assert len(report.refused) == 2
+    said = capsys.readouterr().err
+    assert all(name.name in said for name in names) and "refused: 2" in said

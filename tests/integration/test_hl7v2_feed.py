@@ -587,3 +587,32 @@ def test_an_operator_pages_through_the_messages_with_next(client, database):
         seen.append([m["id"] for m in page["messages"]])
         url = page["next"]
     assert [len(p) for p in seen] == [1000, 3] and sum(seen, []) == ids
+
+
+def test_the_operator_s_shell_shows_what_the_sender_wrote_whole(client, settings, monkeypatch, capsys):
+    """`gateway messages list` and `show` read a sender's `[/x]` as markup: a traceback, so that no
+    operator could list the messages any more, and `[b]` vanished from what was shown. Written to a
+    pipe, the list cut every column to 80 characters (`2026-1…`, `proces…`): each message is now one
+    line, whole, for grep."""
+    from gateway import cli
+
+    message = adt("A28", "[/ctl]", pid("900000099", "DUPONT"), "[/]|x").replace("GAM|CH-SAINT-AUBIN",
+                                                                               "GAM[/x]|CH [b]AUBIN[/b]")
+    code, segments = post(client, message)
+    reason = "segment 4 does not begin with a segment name (three capital letters or digits)"
+    assert code == "AR" and errors(segments)[0][8] == reason
+
+    monkeypatch.setattr(cli.Settings, "from_env", lambda: settings)
+    monkeypatch.setattr(cli, "configure_logging", lambda level: None)
+    monkeypatch.setenv("COLUMNS", "80")
+    assert cli.main(["messages", "list"]) == 0
+    [row] = [line for line in capsys.readouterr().out.splitlines() if "[/ctl]" in line]
+    assert row.split()[3:] == ["hl7v2-http", "GAM[/x]|CH", "[b]AUBIN[/b]", "ADT^A28", "[/ctl]", "refused",
+                               "AR", *reason.split()]
+    raw_id = row.split()[0]
+    assert cli.main(["messages", "show", raw_id]) == 0
+    shown = capsys.readouterr().out
+    assert "from GAM[/x]|CH [b]AUBIN[/b]: ADT^A28 [/ctl]," in shown and f"status refused: {reason}" in shown
+    assert cli.main(["messages", "show", raw_id, "--fields"]) == 0
+    fields = capsys.readouterr().out.splitlines()
+    assert "  MSH-3: GAM[/x]" in fields and "  MSH-10: [/ctl]" in fields and "[/]" in fields

@@ -161,6 +161,14 @@ def test_our_samples_through_gateway_send(mllp_listener, capsys):
     assert f"AA: {len(list(SAMPLES.glob('*.hl7')))}" in out
 
 
+def test_gateway_send_names_each_file_as_it_is(mllp_listener, tmp_path, capsys):
+    """A file named `adt [b]1[i].hl7` was printed as `adt 1.hl7`: names were read as markup."""
+    sent = tmp_path / "adt [b]1[i].hl7"
+    sent.write_bytes((SAMPLES / "adt-a28-moreau-hugo.hl7").read_bytes())
+    assert send_paths([sent], "127.0.0.1", mllp_listener.mllp_port) == 0
+    assert f"{sent} AA" in capsys.readouterr().out.splitlines()
+
+
 def test_an_hl7_batch_file_through_gateway_send(mllp_listener, tmp_path, capsys):
     """An interface engine's export: FHS, BHS, the messages, BTS, FTS. The envelope went as a message
     (AR) and with the last one; a batch cut short (BTS-1 counts more) was sent without a word."""

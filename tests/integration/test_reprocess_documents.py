@@ -56,7 +56,6 @@ def test_a_document_that_failed_is_reprocessed_as_the_professional_who_sent_it(c
     # The operator's shell: the failed document is listed, then reprocessed.
     monkeypatch.setattr(cli.Settings, "from_env", lambda: settings)
     monkeypatch.setattr(cli, "configure_logging", lambda level: None)   # pytest's capture keeps the logs
-    monkeypatch.setenv("COLUMNS", "250")
     assert cli.main(["messages", "list", "--documents", "--status", "failed"]) == 0
     assert f"{row.id}" in capsys.readouterr().out
     assert cli.main(["messages", "show", str(row.id)]) == 0

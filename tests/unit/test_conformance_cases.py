@@ -1,9 +1,14 @@
 """A tester's own cases (`gateway-conformance --cases DIR`): read as written, or refused saying
 where, never run with a check that cannot fail."""
+import io
+
 import pytest
+from rich.console import Console
 
 from conformance.cli import main
-from conformance.model import CaseError, load_cases
+from conformance.model import Case, CaseError, load_cases
+from conformance.reports import print_summary
+from conformance.runner import CaseResult
 
 SEARCH = 'title = "t"\n[[steps]]\naction = "search"\nresource = "Patient"\n'
 
@@ -70,3 +75,13 @@ def test_an_option_that_cannot_be_used_is_refused_before_the_run(option, said, c
     with pytest.raises(SystemExit) as exited:
         main(["run", "--fhir-base", "http://127.0.0.1:1/fhir", "--token", "t", *option])
     assert exited.value.code == 2 and said in capsys.readouterr().err
+
+
+def test_a_failure_is_reported_in_the_words_the_gateway_answered(tmp_path):
+    """A failure's message quotes the gateway under test: its `[/x]` was read as markup, a traceback
+    once every case had run, and its `[b]` vanished from the report."""
+    case = Case("mine/001-case", "mine", "t", tmp_path, ())
+    said = "expected HTTP 201, got 400: entry[0] [b]x[/b] [/x]"
+    out = io.StringIO()
+    print_summary(Console(file=out, width=200), [CaseResult(case, "failed", said)])
+    assert f"FAILED mine/001-case: {said}" in out.getvalue()
