@@ -99,8 +99,12 @@ def decode(data: bytes | bytearray, offset_in_received: Callable[[int], int] = l
                 return data.decode("utf-8"), charset
             except UnicodeDecodeError:
                 pass
-        raise MessageRejected(f"bytes at offset {offset_in_received(exc.start)} are not valid "
-                              f"{charset or 'ASCII'} as MSH-18 declares", "MSH^1^18", "102") from None
+        where = f"bytes at offset {offset_in_received(exc.start)}"
+        if not charset:
+            raise MessageRejected(f"{where} are neither ASCII, HL7's character set when MSH-18 is empty, nor UTF-8: "
+                                  "MSH-18 names the character set the message is in (8859/1, 8859/15…)",
+                                  "MSH^1^18", "102") from None
+        raise MessageRejected(f"{where} are not valid {charset} as MSH-18 declares", "MSH^1^18", "102") from None
 
 
 _ESCAPE_NAMES = {"F": "field", "S": "component", "T": "subcomponent", "R": "repetition", "E": "escape"}

@@ -29,9 +29,12 @@ def test_latin1_and_utf8_bom():
 
 
 def test_undeclared_bytes_that_are_not_utf8_are_refused_not_guessed():
+    """The refusal said "not valid ASCII as MSH-18 declares" of an MSH-18 left empty."""
     with pytest.raises(MessageRejected) as refused:
         Message.from_bytes(message("", "PID|1||1||HÉLÈNE").encode("iso8859-1"))
     assert refused.value.location == "MSH^1^18"
+    assert str(refused.value).endswith("are neither ASCII, HL7's character set when MSH-18 is empty, nor UTF-8: "
+                                       "MSH-18 names the character set the message is in (8859/1, 8859/15…)")
 
 
 def test_unknown_charset_is_refused():
