@@ -12,7 +12,7 @@ from flask import Response, g
 from gateway.storage.repository import Gone, NotFound, StoredResource
 
 from .blueprint import fhir
-from .responses import FhirError, accepted, fhir_response, format_named, not_modified, version_headers
+from .responses import FhirError, accepted, fhir_response, format_named, not_modified, subset_asked, version_headers
 
 FHIR_ACCEPTS = ("application/fhir+json", "application/json")
 RESOURCE_TYPES = {*FHIR_ACCEPTS, "application/fhir+xml", "application/xml+fhir"}
@@ -49,7 +49,9 @@ def retrieve(res_id: str) -> Response:
     if not_modified(stored.version, stored.last_updated):   # before the document's bytes are read
         return Response(status=304, headers=headers)
     if _wants_resource():
-        return fhir_response(resource_body(stored), 200, headers)
+        subset = subset_asked("Binary")
+        body = resource_body(stored)
+        return fhir_response(subset.apply_text(body) if subset else body, 200, headers)
     content_type = stored.json().get("contentType", "application/octet-stream")
     data = g.repository.blob(stored.blob_sha256)
     response = Response(data, status=200, mimetype=content_type)

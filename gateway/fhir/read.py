@@ -14,7 +14,7 @@ from gateway.storage.schema import MAX_VERSION
 from .blueprint import fhir
 from .binary import resource_body, retrieve
 from .record_state import patients_with_state
-from .responses import FhirError, fhir_response, negotiate, not_modified, version_headers
+from .responses import FhirError, fhir_response, negotiate, not_modified, subset_asked, version_headers
 
 STORED_TYPES = ("DocumentReference", "Binary", "Patient", "Practitioner", "PractitionerRole", "Organization", "List", "Consent",
                 "AuditEvent", "RelatedPerson")
@@ -43,23 +43,27 @@ def read(res_type: str, res_id: str):
     if res_type == "Binary":
         return retrieve(res_id)
     negotiate()
+    subset = subset_asked(res_type)
     stored = lookup(g.repository.read, res_type, res_id)
     headers = version_headers(stored.version, stored.last_updated)
     if not_modified(stored.version, stored.last_updated):
         return fhir_response("", 304, headers)
     body = patients_with_state(g.repository, [stored]).get(res_id) if res_type == "Patient" else resource_body(stored)
-    return fhir_response(body, 200, headers)
+    return fhir_response(subset.apply_text(body) if subset else body, 200, headers)
 
 
 @fhir.get("/<res_type>/<res_id>/_history/<vid>")
 def vread(res_type: str, res_id: str, vid: str):
     check_type(res_type)
     negotiate()
+    subset = subset_asked(res_type)
     # A version past the column's range names none (PostgreSQL refused it as a parameter: a 500).
     if not (vid.isascii() and vid.isdigit()) or int(vid) > MAX_VERSION:
         raise FhirError(404, f"version {vid} is not known", code="not-found")
     stored = lookup(g.repository.vread, res_type, res_id, int(vid))
-    return fhir_response(resource_body(stored), 200, version_headers(stored.version, stored.last_updated))
+    body = resource_body(stored)
+    return fhir_response(subset.apply_text(body) if subset else body, 200,
+                         version_headers(stored.version, stored.last_updated))
 
 
 @fhir.get("/<res_type>/<res_id>/_history")

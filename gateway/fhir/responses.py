@@ -13,6 +13,7 @@ from werkzeug.http import parse_options_header
 
 from gateway.cda.parser import safe_parser
 
+from . import subsetting
 from .formats import FHIR_XML, XML_FORMATS, XML_TYPES, to_xml
 
 FHIR_JSON = "application/fhir+json"
@@ -235,3 +236,12 @@ def version_headers(version: int, last_updated: str) -> dict:
 def _moment(last_updated: str) -> datetime:
     """A resource's lastUpdated (FHIR's instant) as the datetime HTTP's dates are compared with."""
     return datetime.fromisoformat(last_updated.replace("Z", "+00:00"))
+
+
+def subset_asked(res_type: str) -> subsetting.Subset | None:
+    """The elements `_summary` or `_elements` ask a read to keep, None for all."""
+    try:
+        return subsetting.requested(res_type, request.args.getlist("_summary"), request.args.getlist("_elements"),
+                                    search=False)
+    except subsetting.SubsetError as exc:
+        raise FhirError(400, str(exc), code="invalid") from None

@@ -9,6 +9,7 @@ from flask import current_app, g, request
 from gateway.storage import search as search_sql
 from gateway.storage.repository import SearchPage
 
+from . import subsetting
 from .blueprint import fhir
 from .read import check_type
 from .record_state import patients_with_state
@@ -27,10 +28,13 @@ def run_search(res_type: str, params: list[tuple[str, str]]):
     negotiate()
     try:
         parsed = search_sql.parse_search(res_type, params, strict=preferred("handling") == "strict")
+        subset = subsetting.requested(res_type, parsed.summary, parsed.elements, search=True)
         page = g.repository.search(parsed)
     except search_sql.SearchError as exc:
         raise FhirError(400, str(exc), code=exc.code) from None
-    return fhir_response(searchset(res_type, parsed, page))
+    except subsetting.SubsetError as exc:
+        raise FhirError(400, str(exc), code="invalid") from None
+    return fhir_response(searchset(res_type, parsed, page, subset))
 
 
 def _link(res_type: str, parsed: search_sql.SearchRequest, cursor: str | None) -> str:
@@ -39,8 +43,10 @@ def _link(res_type: str, parsed: search_sql.SearchRequest, cursor: str | None) -
     return f"{base}/{res_type}" + (f"?{urlencode(params)}" if params else "")
 
 
-def searchset(res_type: str, parsed: search_sql.SearchRequest, page: SearchPage) -> str:
-    """The Bundle as text: stored resources are spliced in as written, never re-serialised."""
+def searchset(res_type: str, parsed: search_sql.SearchRequest, page: SearchPage,
+              subset: subsetting.Subset | None) -> str:
+    """The Bundle as text: stored resources are spliced in as written, never re-serialised but to
+    keep the elements `_summary` or `_elements` asked for of the matches."""
     base = current_app.config["SETTINGS"].fhir_base
     current = search_sql.encode_cursor(*parsed.cursor) if parsed.cursor else None
     links = [{"relation": "self", "url": _link(res_type, parsed, current)}]
@@ -54,6 +60,8 @@ def searchset(res_type: str, parsed: search_sql.SearchRequest, page: SearchPage)
     for mode, items in (("match", page.entries), ("include", page.included)):
         for stored in items:
             body = patients.get(stored.res_id, stored.body) if stored.res_type == "Patient" else stored.body
+            if subset is not None and mode == "match":
+                body = subset.apply_text(body)
             entries.append('{"fullUrl":%s,"resource":%s,"search":{"mode":"%s"}}' % (
                 json.dumps(f"{base}/{stored.res_type}/{stored.res_id}"), body, mode))
     if parsed.ignored:

@@ -32,8 +32,8 @@ MAX_COUNT = 500
 MAX_SEARCH_PARAMETERS = 30
 MAX_SEARCH_VALUES = 100
 DATE_PREFIXES = ("eq", "ne", "lt", "gt", "le", "ge", "sa", "eb", "ap")
-RESULT_PARAMS = {"_count", "_sort", "_summary", "_include", "_revinclude", "_format", "_cursor", "_total",
-                 "_pretty"}
+RESULT_PARAMS = {"_count", "_sort", "_summary", "_elements", "_include", "_revinclude", "_format", "_cursor",
+                 "_total", "_pretty"}
 SORTABLE_TYPES = ("date", "string")
 
 
@@ -66,6 +66,9 @@ class SearchRequest:
     count: int = DEFAULT_COUNT
     sort: list[tuple[str, bool]] = field(default_factory=lambda: [("_lastUpdated", True)])  # (key, descending)
     summary_count: bool = False
+    # _summary and _elements as given, which the answer honours (gateway/fhir/subsetting.py)
+    summary: list[str] = field(default_factory=list)
+    elements: list[str] = field(default_factory=list)
     total: str = "estimate"       # _total: none, estimate (exact up to TOTAL_BOUND) or accurate
     include: list[tuple[str, str, str | None]] = field(default_factory=list)   # (source type, param, target type)
     revinclude: list[tuple[str, str, str | None]] = field(default_factory=list)
@@ -176,11 +179,9 @@ def _result_param(request: SearchRequest, name: str, raw: str) -> None:
             keys.append((key, descending))
         request.sort = keys
         request.base_params.append((name, raw))
-    elif name == "_summary":
-        if raw == "count":
-            request.summary_count = True
-        elif raw != "false":
-            raise SearchError("only _summary=count and _summary=false are supported")
+    elif name in ("_summary", "_elements"):
+        (request.summary if name == "_summary" else request.elements).append(raw)
+        request.summary_count = request.summary_count or raw == "count"
         request.base_params.append((name, raw))
     elif name in ("_include", "_revinclude"):
         for value in split_values(raw):

@@ -92,6 +92,12 @@ def test_a_search_parameter_ignored_is_caught(target, monkeypatch):
     assert results["mhd/013-type"].status == "passed"   # finding what matches is not enough to pass
 
 
+def test_a_subset_ignored_is_caught(target, monkeypatch):
+    monkeypatch.setattr("gateway.fhir.subsetting.requested", lambda *args, **kwargs: None)
+    result = outcome(target, "mhd/034-summary-and-elements")["mhd/034-summary-and-elements"]
+    assert result.status == "failed" and result.message.startswith("step 2: entry[0].resource.meta.tag[*].code")
+
+
 def test_a_list_searched_by_its_source_s_names_ignoring_them_is_caught(target, monkeypatch):
     from gateway.storage import search
 

@@ -374,3 +374,53 @@ def test_a_repeated_primitive_with_an_item_of_extensions_only_is_kept_and_search
     attend_all(database[0])
     found = client.get("/fhir/Patient", query_string={"given": "Marc"}).json
     assert [e["resource"]["id"] for e in found.get("entry", [])] == [created.json["id"]]
+
+
+def test_summary_and_elements_subset_reads_and_searches_in_json_and_xml(client, database):
+    """PDSm's OpenAPI offers _summary and _elements on every read and search: `_summary=true` was a
+    400, `_elements` ignored (the whole resource), and `_summary=`, an empty value it allows, a 400."""
+    from lxml import etree
+
+    created = doc(client, database)
+    path = f"/fhir/DocumentReference/{created['id']}"
+    subsetted = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED",
+                 "display": "subsetted"}
+    summary = client.get(path, query_string={"_summary": "true"}).json
+    assert "authenticator" not in summary and summary["masterIdentifier"] == created["masterIdentifier"]
+    assert summary["meta"]["tag"][-1] == subsetted
+    # The contained resources the kept author refers to, and those they refer to, not the authenticator's.
+    assert {c["id"] for c in summary["contained"]} == {"source-patient", "author1", "author1-person",
+                                                        "author1-organization"}
+    assert client.get(f"{path}/_history/1", query_string={"_summary": "true"}).json == summary
+    elements = client.get(path, query_string={"_elements": "description"}).json
+    assert "identifier" not in elements and "authenticator" not in elements
+    assert elements["custodian"] == created["custodian"]   # not asked for, but PDSm requires it
+    # XML: the same subset.
+    xml = etree.fromstring(client.get(path, query_string={"_summary": "true", "_format": "xml"}).data)
+    ns = {"f": "http://hl7.org/fhir"}
+    assert xml.find("f:authenticator", ns) is None and xml.find("f:masterIdentifier", ns) is not None
+    assert xml.find("f:meta/f:tag/f:code", ns).get("value") == "SUBSETTED"
+
+    # A search subsets its matches, not what _include adds, and its links keep the subset asked.
+    found = client.get("/fhir/DocumentReference", query_string={
+        "status": "current", "_elements": "identifier", "_include": "DocumentReference:subject", "_count": 1}).json
+    [match] = [e["resource"] for e in found["entry"] if e["search"]["mode"] == "match"]
+    [patient] = [e["resource"] for e in found["entry"] if e["search"]["mode"] == "include"]
+    assert "identifier" in match and "authenticator" not in match and match["meta"]["tag"][-1] == subsetted
+    assert "tag" not in patient["meta"] and "birthDate" in patient
+    assert all("_elements=identifier" in link["url"] for link in found["link"])
+
+    # The Binary's contentType without its bytes.
+    binary = created["content"][0]["attachment"]["url"].replace("http://gateway.test", "")
+    described = client.get(binary, query_string={"_summary": "true"}, headers={"Accept": "application/fhir+json"}).json
+    assert "data" not in described and described["contentType"] == "text/xml"
+
+    # Empty values ask for nothing; what cannot be honoured is a 400 that says why.
+    assert client.get(f"{path}?_summary=&_elements=").json == created
+    assert client.get("/fhir/DocumentReference?status=current&_summary=&_elements=").status_code == 200
+    for query, said in (("_summary=yes", "not 'yes'"),
+                        ("_elements=stauts", "_elements: stauts is not an element of DocumentReference"),
+                        ("_summary=true&_elements=date", "give one of them")):
+        for target in (path, "/fhir/DocumentReference"):
+            refused = client.get(f"{target}?{query}")
+            assert refused.status_code == 400 and said in refused.json["issue"][0]["diagnostics"], (target, query)

@@ -77,6 +77,15 @@ def test_everything_served_passes_the_official_profiles(client, bearer, settings
     collected.add(lists.json, profiles.FIND_LISTS)
     for path in ("/fhir/AuditEvent?_count=50", "/fhir/Consent", "/fhir/Patient?_count=50", "/fhir/metadata"):
         collected.add(client.get(path, headers=gp).json)
+    # Subsets (_summary, _elements) keep what the profiles require: each still passes them.
+    for subset in ({"_summary": "true"}, {"_summary": "text"}, {"_summary": "data"}, {"_elements": "type,date"}):
+        found = client.get("/fhir/DocumentReference", headers=gp, query_string={"status": "current", **subset})
+        collected.add(found.json, profiles.FIND_DOCUMENT_REFERENCES)
+        collected.add(client.get(f"/fhir/DocumentReference/{first['id']}", headers=gp, query_string=subset).json)
+    for res_type in ("List", "AuditEvent", "Consent", "Patient", "Practitioner", "PractitionerRole", "Organization"):
+        found = client.get(f"/fhir/{res_type}", headers=gp, query_string={"_summary": "true", "_count": 20})
+        assert found.status_code == 200, (res_type, found.json)
+        collected.add(found.json, profiles.FIND_LISTS if res_type == "List" else ())
     collected.add(client.get("/fhir/AuditEvent", headers=patient).json)
     history = client.get(f"/fhir/DocumentReference/{first['id']}/_history?_count=1", headers=patient).json
     assert history["total"] == 2 and [link["relation"] for link in history["link"]] == ["self", "next"]
