@@ -7,6 +7,7 @@ sharing manager, an empty value meaning none (its `allowEmptyValue`): a client t
   elements; `data`: all but `text`; `false`: all (`count` is the searches').
 - `_elements=a,b`: those top-level elements (a choice by its name without [x]: `deceased`), with
   `id`, `meta` and the mandatory elements, which R4 asks servers to return whether asked or not.
+  `resourceType`, which fhirpy names, and a name prefixed by its type (R5's `Patient.name`) are read.
 
 Mandatory is read the safer way where R4 is silent on profiles: the elements of minimum 1 in the
 resource's base definition and in each profile it claims (a PDSm DocumentReference's custodian,
@@ -76,7 +77,9 @@ def requested(res_type: str, summary: list[str], elements: list[str], *, search:
     """What `_summary` and `_elements` (each value as given; an empty one asks for nothing) keep of a
     `res_type`, or None for the whole resource (and for `_summary=count`, which a search answers)."""
     summary = [value for value in summary if value != ""]
-    names = [name.strip() for value in elements for name in value.split(",") if name.strip()]
+    # fhirpy names resourceType, which every resource keeps, and R5 allows a name prefixed by its type.
+    names = [name.strip().removeprefix(f"{res_type}.") for value in elements for name in value.split(",")
+             if name.strip() and name.strip() != "resourceType"]
     if len(summary) > 1:
         raise SubsetError("_summary is given once")
     mode = summary[0] if summary else "false"

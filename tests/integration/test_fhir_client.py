@@ -26,3 +26,9 @@ def test_fhirclient_search_and_read(live_server, database, bearer):
     assert patient.birthDate.isostring == "1985-06-12"
     retrieved = requests.get(document.content[0].attachment.url, headers=doctor, timeout=10)
     assert retrieved.content in (sample("ldl-ses-martin.xml"), sample("cr-biologie-martin.xml"))
+    # A subset (_summary, _elements) is read by its R4 models: what they require is kept.
+    for subset in ({"_summary": "true"}, {"_elements": "description"}):
+        subsetted = DocumentReference.where(struct={"patient.identifier": "urn:oid:1.2.250.1.213.1.4.10|185067511204554",
+                                                    "status": "current", **subset}).perform_resources(smart.server)
+        assert len(subsetted) == 2 and all(d.authenticator is None and d.status == "current" for d in subsetted)
+        assert all("SUBSETTED" in [t.code for t in d.meta.tag] for d in subsetted)

@@ -50,6 +50,10 @@ def test_summary_text_and_data():
 
 def test_elements_keep_those_named_with_id_meta_and_what_is_mandatory():
     assert sorted(subset(elements=["name,deceased"])) == ["deceasedBoolean", "id", "meta", "name", "resourceType"]
+    # As fhirpy asks for them (`resourceType` among them), and with R5's type prefix.
+    assert sorted(subset(elements=["resourceType,id,birthDate"])) == ["_birthDate", "birthDate", "id", "meta",
+                                                                      "resourceType"]
+    assert sorted(subset(elements=["Patient.name"])) == ["id", "meta", "name", "resourceType"]
     # Asked for, the contained resources come whole.
     assert len(subset(elements=["contained"])["contained"]) == 2
     document = {"resourceType": "DocumentReference", "id": "d", "meta": {"profile": [PDSM]}, "status": "current",
