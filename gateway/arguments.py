@@ -3,6 +3,7 @@ duration of 0, is refused with its range before any command runs."""
 from __future__ import annotations
 
 import argparse
+from datetime import datetime, timezone
 
 from gateway.config import duration
 
@@ -27,6 +28,17 @@ def seconds(text: str) -> float:
     if read is None:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
     return read
+
+
+def instant(text: str) -> datetime:
+    """A moment in ISO 8601, in UTC when it names no offset (argparse's type): `x` was a traceback,
+    and `…T00:00:00+02:00` was read as midnight UTC, its offset dropped."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date in ISO 8601 (2026-12-31, "
+                                         "2026-12-31T08:00:00+01:00)") from None
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
 
 
 PORT = counted(65535)

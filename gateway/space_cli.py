@@ -5,10 +5,9 @@ from __future__ import annotations
 import getpass
 import os
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
-from gateway.arguments import counted
+from gateway.arguments import counted, instant
 from gateway.config import Settings
 
 
@@ -32,7 +31,7 @@ def print_outbox(settings: Settings, args) -> int:
         what = f"code {message['code']}" if message.get("code") else message["subject"]
         print(f"{message['sent_at']}  to {message['to']}  {what}")
     if not messages:
-        print("the outbox is empty", file=sys.stderr)
+        print(f"no message to {args.to} in the outbox" if args.to else "the outbox is empty", file=sys.stderr)
     return 0
 
 
@@ -58,9 +57,12 @@ def run_notifications(settings: Settings, args) -> int:
 
     engine = _engine(settings)
     if args.notifications_command == "list":
-        for item in notifications.queued(engine, args.last):
+        items = notifications.queued(engine, args.last)
+        for item in items:
             state = f"sent {item.sent_at} to {item.recipients} account(s)" if item.sent_at else "queued"
             print(f"DocumentReference/{item.docref_id}  queued {item.queued_at}  {state}")
+        if not items:
+            print("no notification", file=sys.stderr)
         return 0
     if not args.follow:
         print(f"{notifications.send_pending(settings, engine)} notification(s) sent")
@@ -103,12 +105,14 @@ def run_retention(settings: Settings, args) -> int:
 
     engine = _engine(settings)
     if args.retention_command == "list":
-        for request in retention.pending(engine):
+        requests = retention.pending(engine)
+        for request in requests:
             state = f"carried out {request['carried_out_at']}" if request["carried_out_at"] else f"due {request['due_at']}"
             print(f"Patient/{request['patient_id']}  requested {request['requested_at']}  {state}")
+        if not requests:
+            print("no destruction request", file=sys.stderr)
         return 0
-    now = datetime.fromisoformat(args.now).replace(tzinfo=timezone.utc) if args.now else None
-    destroyed = retention.carry_out(engine, now)
+    destroyed = retention.carry_out(engine, args.now)
     for record in destroyed:
         print(f"destroyed Patient/{record.patient_id}: {record.resources} resources, {record.raw_inputs} raw inputs")
     print(f"{len(destroyed)} record(s) destroyed")
@@ -141,7 +145,8 @@ def add_commands(sub) -> None:
     retention_sub = retention.add_subparsers(dest="retention_command", required=True)
     retention_sub.add_parser("list", help="requests and when they are due").set_defaults(func=run_retention)
     run = retention_sub.add_parser("run", help="destroy the records whose retention has run out")
-    run.add_argument("--now", help="the date to judge by (ISO 8601), for tests and catching up")
+    run.add_argument("--now", type=instant, help="the date to judge by (ISO 8601, UTC without an offset), for "
+                                                  "tests and catching up")
     run.set_defaults(func=run_retention)
     notify = sub.add_parser("notifications", help='"a document was added" messages to patients and representatives')
     notify_sub = notify.add_subparsers(dest="notifications_command", required=True)

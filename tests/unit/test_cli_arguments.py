@@ -14,6 +14,7 @@ from gateway.cli import main
     (["token", "issue", "--role", "doctor", "--ttl", "-5"], "-5 is not from 1 to 31622400"),
     (["send", "--port", "99999", "x.hl7"], "99999 is not from 1 to 65535"),
     (["send", "--timeout", "-1", "x.hl7"], "'-1' is not a number of seconds above 0"),
+    (["retention", "run", "--now", "x"], "'x' is not a date in ISO 8601"),   # a traceback
 ])
 def test_an_id_or_a_count_that_names_no_row_is_refused_with_its_range(argv, told, capsys):
     with pytest.raises(SystemExit) as exited:
@@ -168,3 +169,25 @@ def test_gateway_serve_refuses_to_start_without_a_key_to_verify_tokens_or_a_know
     monkeypatch.setenv("GATEWAY_SMTP_PORT", "submission")
     assert _unusable(Settings.from_env())[2:4] == ["GATEWAY_MESSAGE_SENDER is smtp: set GATEWAY_SMTP_HOST",
                                                    "GATEWAY_SMTP_PORT is 'submission': it takes 1 to 65535"]
+
+
+def test_a_date_given_to_the_shell_keeps_its_offset():
+    """`retention run --now 2026-01-01T00:00:00+02:00` was read as midnight UTC, two hours late."""
+    from datetime import datetime, timezone
+
+    from gateway.arguments import instant
+
+    assert instant("2026-01-01T00:00:00+02:00") == datetime(2025, 12, 31, 22, tzinfo=timezone.utc)
+    assert instant("2026-01-01") == datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def test_a_list_with_nothing_in_it_says_so(tmp_path, monkeypatch, capsys):
+    """`gateway retention list` and `notifications list` printed nothing at all, and `outbox --to`
+    said "the outbox is empty" of an outbox holding messages to others."""
+    monkeypatch.setenv("GATEWAY_VAR_DIR", str(tmp_path))
+    assert main(["retention", "list"]) == 0 and capsys.readouterr().err == "no destruction request\n"
+    assert main(["notifications", "list"]) == 0 and capsys.readouterr().err == "no notification\n"
+    (tmp_path / "outbox.jsonl").write_text('{"sent_at": "2026-12-03T10:00:00+00:00", "to": "a@example.test", '
+                                           '"subject": "Code", "code": "123456"}\n')
+    assert main(["outbox", "--to", "b@example.test"]) == 0
+    assert capsys.readouterr().err == "no message to b@example.test in the outbox\n"
