@@ -8,7 +8,7 @@ import uuid
 from flask import Flask, g, request
 from flask_cors import CORS
 from sqlalchemy import Engine
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, NotFound
 
 from gateway import metrics
 from gateway.access import AccessRefused
@@ -40,6 +40,9 @@ HTTP_ISSUE_CODES = {400: "invalid", 404: "not-found", 405: "not-supported", 406:
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> Flask:
     settings = settings or Settings.from_env()
     app = Flask(__name__)
+    # `GET /fhir/DocumentReference/?status=current`, as a base URL ending in a slash or a hand-typed
+    # query writes it, is the search (HAPI answers it so): it was a 404.
+    app.url_map.strict_slashes = False
     app.config["SETTINGS"] = settings
     app.config["ENGINE"] = engine or make_engine(settings.database_url)
     app.config["TOKEN_KEYS"] = load_keys(settings.jwt_keys)
@@ -101,8 +104,10 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):
-        issue = {"severity": "error", "code": HTTP_ISSUE_CODES.get(error.code, "processing"),
-                 "diagnostics": error.description}
+        # werkzeug's own text for a path it routes nowhere asks to "check your spelling": it says which.
+        described = f"nothing is served at {request.path}" if error.description == NotFound.description \
+            else error.description
+        issue = {"severity": "error", "code": HTTP_ISSUE_CODES.get(error.code, "processing"), "diagnostics": described}
         response = fhir_response(operation_outcome([issue]), error.code)
         if error.code == 405 and hasattr(error, "valid_methods") and error.valid_methods:
             response.headers["Allow"] = ", ".join(error.valid_methods)

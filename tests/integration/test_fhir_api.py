@@ -424,3 +424,16 @@ def test_summary_and_elements_subset_reads_and_searches_in_json_and_xml(client, 
         for target in (path, "/fhir/DocumentReference"):
             refused = client.get(f"{target}?{query}")
             assert refused.status_code == 400 and said in refused.json["issue"][0]["diagnostics"], (target, query)
+
+
+def test_a_path_ending_in_a_slash_is_the_path_without_it(client, database):
+    """`GET /fhir/DocumentReference/?status=current` (a base URL ending in a slash, a query typed by
+    hand) was a 404 asking to check the spelling; HAPI answers it as the search. A path served
+    nowhere is a 404 that names it."""
+    created = doc(client, database)
+    assert client.get("/fhir/DocumentReference/?status=current").json["total"] == 1
+    assert client.get(f"/fhir/DocumentReference/{created['id']}/").json["id"] == created["id"]
+    assert client.get("/fhir/metadata/").json["resourceType"] == "CapabilityStatement"
+    nowhere = client.get("/fhir/DocumentReference/x/y/z")
+    assert nowhere.status_code == 404 and nowhere.json["issue"][0]["diagnostics"] == \
+        "nothing is served at /fhir/DocumentReference/x/y/z"
