@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from . import reports
-from .model import CASES_DIR, SUITES, CaseError, load_cases
+from .model import CASES_DIR, SUITES, CaseError, case_files, load_cases
 from .runner import Target, TokenSource, run_cases, unreachable
 
 
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if getattr(args, "suite", None):
-            present = {case.suite for case in load_cases(Path(args.cases))}
+            present = {path.parent.parent.name for path in case_files(Path(args.cases))}
             unknown = sorted(set(args.suite) - present)
             if unknown:
                 print(f"error: no suite {', '.join(unknown)} in {args.cases} (suites: {', '.join(sorted(present))})",

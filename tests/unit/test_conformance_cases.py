@@ -85,3 +85,14 @@ def test_a_failure_is_reported_in_the_words_the_gateway_answered(tmp_path):
     out = io.StringIO()
     print_summary(Console(file=out, width=200), [CaseResult(case, "failed", said)])
     assert f"FAILED mine/001-case: {said}" in out.getvalue()
+
+
+def test_a_suite_is_listed_whatever_another_suite_s_cases_hold(tmp_path, capsys):
+    """Every case was read for any suite asked for (twice), so that one written wrong in another
+    suite stopped this one."""
+    write(tmp_path, "mine", "001-case", SEARCH)
+    write(tmp_path, "other", "001-broken", "title = ")
+    assert main(["--cases", str(tmp_path), "list", "--suite", "mine"]) == 0
+    assert "001-case" in capsys.readouterr().out
+    assert main(["--cases", str(tmp_path), "list"]) == 2
+    assert "other/001-broken/case.toml" in capsys.readouterr().err
