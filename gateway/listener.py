@@ -62,8 +62,14 @@ async def listen(settings: Settings, ready: asyncio.Event | None = None, stop: a
     async def too_large(head: bytes, size: int, peer: str) -> bytes | None:
         return await loop.run_in_executor(pool, refuse, head, size, peer)
 
+    def keep_unended(cut: mllp.UnendedFrame, peer: str) -> bytes | None:
+        return feeds.refuse_unended(repository(peer), cut.head, cut.size, cut.idle, "mllp").ack
+
+    async def unended(cut: mllp.UnendedFrame, peer: str) -> bytes | None:
+        return await loop.run_in_executor(pool, keep_unended, cut, peer)
+
     tls = _tls(settings)
-    listener = await mllp.serve(settings.mllp_host, settings.mllp_port, handle, too_large,
+    listener = await mllp.serve(settings.mllp_host, settings.mllp_port, handle, too_large, unended,
                                 max_bytes=settings.mllp_max_bytes, idle_timeout=settings.mllp_idle_timeout, tls=tls,
                                 max_connections=settings.mllp_max_connections,
                                 reuse_port=settings.mllp_processes > 1, shared=_inherited_socket())

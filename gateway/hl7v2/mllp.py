@@ -33,14 +33,30 @@ class FrameTooLarge(Exception):
         self.head, self.size = head, size
 
 
-class IncompleteFrame(Exception):
-    """The peer closed the connection in the middle of a frame."""
+class UnendedFrame(Exception):
+    """A frame begun and not ended by <FS><CR>: the peer closed the connection, or sent nothing more
+    for the idle timeout (a sender ending its frames with <FS> alone waits so for its ACK). `head`
+    is what came of it (its first HEAD_KEPT bytes past the size limit), `size` its bytes."""
+
+    def __init__(self, head: bytes, size: int, idle: bool):
+        super().__init__(f"frame of {size} bytes not ended")
+        self.head, self.size, self.idle = head, size, idle
 
 
 class FrameReader:
-    def __init__(self, reader: asyncio.StreamReader, max_bytes: int, idle_timeout: float):
-        self.reader, self.max_bytes, self.idle_timeout = reader, max_bytes, idle_timeout
+    def __init__(self, reader: asyncio.StreamReader, max_bytes: int, idle_timeout: float, peer: str = ""):
+        self.reader, self.max_bytes, self.idle_timeout, self.peer = reader, max_bytes, idle_timeout, peer
         self.buffer = bytearray()
+        self.unframed = 0   # bytes outside any frame, line breaks and spaces aside
+
+    def _outside(self, data: bytearray) -> None:
+        """Bytes outside a frame are ignored, and said once per connection: a sender that does not
+        frame its messages (raw TCP, another start byte) was answered nothing, and nothing told why."""
+        meaningful = len(bytes(data).translate(None, b" \t\r\n"))
+        if meaningful and not self.unframed:
+            log.warning("MLLP bytes outside a frame ignored: a message is framed <VT> message <FS><CR>",
+                        extra={"peer": self.peer, "hl7v2_unframed": data.lstrip().startswith(b"MSH")})
+        self.unframed += meaningful
 
     async def _more(self) -> bytes:
         return await asyncio.wait_for(self.reader.read(CHUNK), self.idle_timeout)
@@ -49,12 +65,14 @@ class FrameReader:
         """The next message, or None when the peer closed the connection between frames.
 
         Bytes outside a frame are ignored; an oversized frame is read to its end and dropped,
-        keeping its head, so the connection stays usable."""
+        keeping its head, so the connection stays usable. A frame not ended raises UnendedFrame."""
         while True:
             start = self.buffer.find(START)
             if start >= 0:
+                self._outside(self.buffer[:start])
                 del self.buffer[:start + 1]
                 break
+            self._outside(self.buffer)
             self.buffer.clear()
             chunk = await self._more()
             if not chunk:
@@ -80,9 +98,13 @@ class FrameReader:
                 dropped += len(self.buffer) - 1
                 del self.buffer[:-1]
                 scanned = 1
-            chunk = await self._more()
+            try:
+                chunk = await self._more()
+            except asyncio.TimeoutError:
+                chunk = None
             if not chunk:
-                raise IncompleteFrame()
+                cut, self.buffer = self.buffer, bytearray()
+                raise UnendedFrame(head or bytes(cut), dropped + len(cut), idle=chunk is None)
             self.buffer += chunk
 
 
@@ -92,6 +114,7 @@ def frame(message: bytes) -> bytes:
 
 Handler = Callable[[bytes, str], Awaitable[bytes | None]]
 OversizeHandler = Callable[[bytes, int, str], Awaitable[bytes | None]]
+UnendedHandler = Callable[[UnendedFrame, str], Awaitable[bytes | None]]
 
 
 class Accepting(Protocol):
@@ -191,7 +214,8 @@ class Listener:
         await self.server.wait_closed()
 
 
-async def serve(host: str, port: int, handle: Handler, too_large: OversizeHandler, *, max_bytes: int,
+async def serve(host: str, port: int, handle: Handler, too_large: OversizeHandler, unended: UnendedHandler, *,
+                max_bytes: int,
                 idle_timeout: float, tls: ssl.SSLContext | None = None, max_connections: int = 32,
                 reuse_port: bool = False, shared: socket.socket | None = None) -> Listener:
     """A listener of at most `max_connections` connections at a time (each buffers at most
@@ -210,14 +234,23 @@ async def serve(host: str, port: int, handle: Handler, too_large: OversizeHandle
                         extra={"max_connections": max_connections})
             writer.close()
             return
-        frames = FrameReader(reader, max_bytes, idle_timeout)
+        frames = FrameReader(reader, max_bytes, idle_timeout, peer_name)
         try:
             while not listener.stopping:
                 listener.idle.add(task)
+                peer_waits = True
                 try:
                     message = await frames.frame()
                 except FrameTooLarge as oversized:
                     answer = too_large(oversized.head, oversized.size, peer_name)
+                except UnendedFrame as cut:
+                    # What came of it is kept, refused, and answered if the peer is still there:
+                    # it was dropped without a word, and the sender's message lost.
+                    log.warning("MLLP frame not ended by <FS><CR>", extra={
+                        "peer": peer_name, "bytes": cut.size, "why": "idle" if cut.idle else "closed"})
+                    if not cut.size:
+                        break
+                    answer, peer_waits = unended(cut, peer_name), cut.idle
                 else:
                     if message is None:
                         break
@@ -225,11 +258,13 @@ async def serve(host: str, port: int, handle: Handler, too_large: OversizeHandle
                 listener.idle.discard(task)
                 listener.busy.add(task)
                 ack = await answer
-                if ack is not None:
+                if ack is not None and peer_waits:
                     writer.write(frame(ack))
                     await writer.drain()
                 listener.busy.discard(task)
-        except (IncompleteFrame, asyncio.TimeoutError, ConnectionError, asyncio.CancelledError):
+                if not peer_waits:
+                    break
+        except (asyncio.TimeoutError, ConnectionError, asyncio.CancelledError):
             pass
         except Exception:
             log.exception("MLLP connection failed", extra={"peer": peer_name})

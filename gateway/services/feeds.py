@@ -301,6 +301,16 @@ def _answer_unprocessed(repo: Repository, data: bytes, channel: str, message: Me
     return _reply(text, message, outcome.code, raw_id)
 
 
+def refuse_unended(repo: Repository, head: bytes, size: int, idle: bool, channel: str) -> Reply:
+    """A frame MLLP did not end (<FS><CR>): what came of it is kept, refused, and answered AR from its
+    MSH when the sender still listens (one ending its frames with <FS> alone waits so for its ACK)."""
+    started = time.perf_counter()
+    after = "sending nothing more for the idle timeout" if idle else "closing the connection"
+    outcome = Outcome("AR", [Issue(f"the MLLP frame was not ended by <FS><CR> (0x1C 0x0D) before the sender stopped, "
+                                   f"{after}: its {size} bytes were kept, not processed", "MSH^1", "100")])
+    return _answer_unprocessed(repo, head, channel, Message.header_of(head), outcome, started)
+
+
 def refuse_oversized(repo: Repository, head: bytes, size: int, limit: int, channel: str) -> Reply:
     """A message over the size limit: its first bytes are kept, and it is answered AR from its MSH."""
     started = time.perf_counter()

@@ -1,5 +1,6 @@
 """The running MLLP listener, driven with python-hl7's `mllp_send` and with our own client."""
 import asyncio
+import contextlib
 import os
 import socket
 import threading
@@ -183,11 +184,10 @@ def test_an_hl7_batch_file_through_gateway_send(mllp_listener, tmp_path, capsys)
     assert "export.hl7: the batch says it holds 3 messages (BTS-1), the file 2" in out
 
 
-def test_the_listener_holds_a_bounded_number_of_connections(settings, database):
-    """Past GATEWAY_MLLP_MAX_CONNECTIONS a connection is closed as soon as it is accepted: what the
-    listener may buffer is bounded by the connections times the frame limit."""
-    live = replace(settings, mllp_host="127.0.0.1", mllp_port=free_port(), mllp_max_connections=2)
-    loop, state = asyncio.new_event_loop(), {}
+@contextlib.contextmanager
+def listener_running(live):
+    """The listener `gateway mllp` runs, with these settings, in a thread until the block ends."""
+    loop, state = asyncio.new_event_loop(), {"ready": threading.Event()}
 
     async def main():
         state["stop"], ready = asyncio.Event(), asyncio.Event()
@@ -196,24 +196,83 @@ def test_the_listener_holds_a_bounded_number_of_connections(settings, database):
         state["ready"].set()
         await task
 
-    state["ready"] = threading.Event()
     thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
     thread.start()
-    opened = []
     try:
         assert state["ready"].wait(30)
-        for _ in range(2):
-            opened.append(socket.create_connection(("127.0.0.1", live.mllp_port), timeout=10))
-            opened[-1].sendall(b"\x0b")   # a frame begun: the connection is the listener's
-        extra = socket.create_connection(("127.0.0.1", live.mllp_port), timeout=10)
-        extra.settimeout(10)
-        assert extra.recv(1) == b""        # closed at once
-        extra.close()
+        yield
     finally:
-        for sock in opened:
-            sock.close()
         loop.call_soon_threadsafe(state["stop"].set)
         thread.join(40)
+
+
+def test_the_listener_holds_a_bounded_number_of_connections(settings, database):
+    """Past GATEWAY_MLLP_MAX_CONNECTIONS a connection is closed as soon as it is accepted: what the
+    listener may buffer is bounded by the connections times the frame limit."""
+    live = replace(settings, mllp_host="127.0.0.1", mllp_port=free_port(), mllp_max_connections=2)
+    opened = []
+    with listener_running(live):
+        try:
+            for _ in range(2):
+                opened.append(socket.create_connection(("127.0.0.1", live.mllp_port), timeout=10))
+                opened[-1].sendall(b"\x0b")   # a frame begun: the connection is the listener's
+            extra = socket.create_connection(("127.0.0.1", live.mllp_port), timeout=10)
+            extra.settimeout(10)
+            assert extra.recv(1) == b""        # closed at once
+            extra.close()
+        finally:
+            for sock in opened:
+                sock.close()
+
+
+def test_a_frame_not_ended_is_kept_refused_and_answered_while_its_sender_waits(settings, database, caplog):
+    """A sender ending its frames with <FS> alone waited for its ACK until the idle timeout, then the
+    connection was closed without a word and the message lost; one that closed mid-frame lost it
+    too. A message sent without MLLP's framing was ignored, and nothing said why."""
+    from sqlalchemy import select
+
+    from gateway.storage.schema import raw_inputs
+
+    live = replace(settings, mllp_host="127.0.0.1", mllp_port=free_port(), mllp_idle_timeout=1.0)
+    message = b"MSH|^~\\&|GAM|CH|GW|DMP|20260101||ADT^A28|UNENDED1|P|2.5\rPID|1||9400001^^^CH&1.2.3&ISO^PI||X^Y\r"
+
+    def refused() -> dict:
+        with database[0].connect() as conn:
+            return {r.control_id: r for r in conn.execute(select(raw_inputs).where(raw_inputs.c.status == "refused"))}
+
+    with listener_running(live):
+        with socket.create_connection(("127.0.0.1", live.mllp_port), timeout=30) as sender:
+            sender.sendall(b"\x0b" + message + b"\x1c")          # <FS> alone
+            answer = b""
+            while not answer.endswith(b"\x1c\r"):
+                answer += sender.recv(4096) or b"\x1c\r"
+        ack = answer.strip(b"\x0b\x1c\r")
+        assert msa(ack)[1:3] == ["AR", "UNENDED1"]
+        assert fields(ack, "ERR")[0][8].startswith("the MLLP frame was not ended by <FS><CR> (0x1C 0x0D)")
+        with socket.create_connection(("127.0.0.1", live.mllp_port), timeout=30) as sender:
+            sender.sendall(b"\x0b" + message.replace(b"UNENDED1", b"UNENDED2")[:70])   # then closed
+        with socket.create_connection(("127.0.0.1", live.mllp_port), timeout=30) as sender:
+            sender.sendall(message.replace(b"UNENDED1", b"UNFRAMED"))                  # no framing at all
+            [ack] = mllp_send_on(sender, message.replace(b"UNENDED1", b"FRAMED1"))
+            assert msa(ack)[1:3] == ["AA", "FRAMED1"]
+        deadline = time.monotonic() + 30
+        while "UNENDED2" not in refused() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    kept = refused()
+    assert kept["UNENDED1"].size == len(message) + 1 and kept["UNENDED2"].size == 70
+    assert "UNFRAMED" not in kept
+    told = [r for r in caplog.records if r.name == "gateway.hl7v2.mllp"]
+    assert [r.getMessage() for r in told if getattr(r, "hl7v2_unframed", False)] == [
+        "MLLP bytes outside a frame ignored: a message is framed <VT> message <FS><CR>"]
+    assert sorted(r.why for r in told if r.getMessage() == "MLLP frame not ended by <FS><CR>") == ["closed", "idle"]
+
+
+def mllp_send_on(sock: socket.socket, message: bytes) -> list[bytes]:
+    sock.sendall(mllp.frame(message))
+    answer = b""
+    while not answer.endswith(b"\x1c\r"):
+        answer += sock.recv(4096) or b"\x1c\r"
+    return [answer.strip(b"\x0b\x1c\r")]
 
 
 def test_of_listeners_sharing_a_socket_the_one_with_fewer_connections_takes_the_next():

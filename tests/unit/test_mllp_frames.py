@@ -49,3 +49,24 @@ def test_an_hl7_batch_file_gives_its_messages_without_the_envelope():
     assert split_file(cut) == ([A01], ["the batch says it holds 2 messages (BTS-1), the file 1"])
     assert split_file(A01 + A28) == ([A01, A28], [])
     assert split_file(b"\x0b" + A01 + b"\x1c\r\x0b" + A28 + b"\x1c\r") == ([A01, A28], [])
+
+
+def test_a_frame_not_ended_gives_what_came_of_it_and_bytes_outside_frames_are_counted():
+    """The frame cut by the peer's close was dropped with nothing kept; bytes outside any frame,
+    line breaks aside, are counted (the listener says so once per connection)."""
+    import pytest
+
+    from gateway.hl7v2.mllp import UnendedFrame
+
+    async def read():
+        reader = asyncio.StreamReader()
+        reader.feed_data(b"junk \r\n\x0bMSH|a\x1c\r\r\n\x0bMSH|b")
+        reader.feed_eof()
+        frames = FrameReader(reader, 1 << 20, idle_timeout=5)
+        first = await frames.frame()
+        with pytest.raises(UnendedFrame) as cut:
+            await frames.frame()
+        return bytes(first), cut.value, frames.unframed
+
+    first, cut, unframed = asyncio.run(read())
+    assert first == b"MSH|a" and (cut.head, cut.size, cut.idle) == (b"MSH|b", 5, False) and unframed == 4
