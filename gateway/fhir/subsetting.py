@@ -105,7 +105,7 @@ def requested(res_type: str, summary: list[str], elements: list[str], *, search:
 
 
 @cache
-def _table() -> dict[str, dict[str, list[str]]]:
+def _table() -> dict:
     return json.loads(TABLE.read_text())
 
 
@@ -131,6 +131,7 @@ def _referred(contained: list[dict], references: set[str]) -> list[dict]:
     """The contained resources these references name, and those they name in turn (a contained
     PractitionerRole's Practitioner), in their order."""
     kept: set[str] = set()
+    references = set(references)
     while True:
         named = {f"#{c.get('id')}" for c in contained} & references - kept
         if not named:
