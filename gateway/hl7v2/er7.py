@@ -22,6 +22,8 @@ BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01234567
 LONG_RUN = re.compile(rb"[A-Za-z0-9+/=]{%d,}" % LONG)
 
 # MSH-18 values and the Python codec for each; an empty MSH-18 means ASCII (HL7 2.x, 2.15.9.18).
+MLLP_START = "\x0b"   # <VT>, which begins an MLLP frame and no message
+
 CHARSETS = {
     "": "ascii",
     "ASCII": "ascii",
@@ -297,6 +299,11 @@ class Message:
                 segments.append(piece)
                 breaks.append(before)
         self._breaks = breaks
+        if segments and segments[0].startswith(MLLP_START + "MSH"):
+            # Invisible in most tools: the sender saw its message begin with MSH, and was told it did not.
+            raise MessageRejected("the message begins with <VT> (0x0B), the start of an MLLP frame, not with MSH: "
+                                  "over HTTP a message is sent without MLLP's framing (<VT> message <FS><CR>)",
+                                  "MSH^1", "100")
         if not segments or not segments[0].startswith("MSH") or len(segments[0]) < 8:
             raise MessageRejected("the message does not start with an MSH segment and its encoding characters",
                                   "MSH^1", "100")
@@ -339,7 +346,7 @@ class Message:
         its character set, that set is not supported, it is too large) with an ACK its sender can
         match, MSA-2 its control id. That ACK left MSA-2 empty."""
         head = bytes(data[:4096])
-        msh = head.removeprefix(BOM).replace(b"\n", b"\r").split(b"\r", 1)[0]
+        msh = head.removeprefix(BOM).removeprefix(MLLP_START.encode()).replace(b"\n", b"\r").split(b"\r", 1)[0]
         charset = declared_charset(msh)
         try:
             return cls(msh.decode(CHARSETS.get(charset.upper(), "latin-1"), "replace"), charset)

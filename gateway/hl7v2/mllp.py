@@ -13,9 +13,9 @@ import ssl
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Iterable, Iterator, Protocol
 
-from .er7 import BOM
+from .er7 import BOM, MLLP_START
 
-START = b"\x0b"
+START = MLLP_START.encode()
 END = b"\x1c\r"
 CHUNK = 64 * 1024
 # On a socket shared with sibling processes: how long a listener waits, per connection it has

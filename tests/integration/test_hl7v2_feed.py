@@ -616,3 +616,12 @@ def test_the_operator_s_shell_shows_what_the_sender_wrote_whole(client, settings
     assert cli.main(["messages", "show", raw_id, "--fields"]) == 0
     fields = capsys.readouterr().out.splitlines()
     assert "  MSH-3: GAM[/x]" in fields and "  MSH-10: [/ctl]" in fields and "[/]" in fields
+
+
+def test_a_message_framed_for_mllp_and_sent_over_http_is_told_so(client):
+    """Its <VT>, invisible in most tools, made it "not start with an MSH segment", which the sender
+    saw it did; and the ACK left MSA-2 empty."""
+    framed = "\x0b" + adt("A28", "FRAMED1", pid("900000098", "DUPONT")) + "\x1c\r"
+    code, segments = post(client, framed)
+    assert code == "AR" and segments[1][2] == "FRAMED1"
+    assert errors(segments)[0][8].startswith("the message begins with <VT> (0x0B), the start of an MLLP frame")
