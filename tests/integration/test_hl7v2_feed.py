@@ -625,3 +625,18 @@ def test_a_message_framed_for_mllp_and_sent_over_http_is_told_so(client):
     code, segments = post(client, framed)
     assert code == "AR" and segments[1][2] == "FRAMED1"
     assert errors(segments)[0][8].startswith("the message begins with <VT> (0x0B), the start of an MLLP frame")
+
+
+@pytest.mark.parametrize("content_type", ["x-application/hl7-v2+er7", "application/hl7-v2+er7; charset=utf-8",
+                                          "application/hl7-v2", "application/edi-hl7", "text/plain"])
+def test_a_message_is_taken_under_the_types_engines_send_it_with(client, content_type):
+    """`application/hl7-v2+er7`, the type the HL7 over HTTP specification's own example sends, was a
+    415."""
+    message = adt("A28", f"TYPE-{content_type[:12]}", pid("900000097", "DUPONT")).encode()
+    answer = client.post("/hl7v2", data=message, content_type=content_type)
+    assert answer.status_code == 200 and b"MSA|AA|" in answer.data
+
+
+def test_a_body_of_another_type_is_refused_naming_those_taken(client):
+    answer = client.post("/hl7v2", data=b"{}", content_type="application/json")
+    assert answer.status_code == 415 and "x-application/hl7-v2+er7" in answer.json["issue"][0]["diagnostics"]
