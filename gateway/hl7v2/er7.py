@@ -7,6 +7,7 @@ out once, never walked character by character. Values come back unescaped (\\F\\
 """
 from __future__ import annotations
 
+import codecs
 import re
 import uuid
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ CHARSETS = {
     "8859/1": "iso8859-1",
     "8859/15": "iso8859-15",
 }
+# The MSH-18 name of each codec, for a character set HTTP names.
+HL7_NAMES = {"ascii": "ASCII", "utf-8": "UNICODE UTF-8", "iso8859-1": "8859/1", "iso8859-15": "8859/15"}
 
 
 # Bounds on the work one message may cause, far above what PAM-FR and CI-SIS messages carry (an
@@ -81,15 +84,38 @@ def declared_charset(data: bytes) -> str:
     return fields[17].split(b"^")[0].decode("ascii", "replace").strip() if len(fields) > 17 else ""
 
 
-def decode(data: bytes | bytearray, offset_in_received: Callable[[int], int] = lambda offset: offset
-           ) -> tuple[str, str]:
-    """(text, MSH-18 as declared). A UTF-8 byte-order mark is tolerated and means UTF-8.
-    `offset_in_received` says where a byte of `data` stood in what was received."""
-    charset = declared_charset(data)
-    codec = CHARSETS.get(charset.upper())
+def transport_charset(name: str | None) -> str:
+    """The HL7 name (MSH-18's) of the character set an HTTP Content-Type's `charset` names, "" for none."""
+    if not name:
+        return ""
+    try:
+        codec = codecs.lookup(name).name
+    except LookupError:
+        codec = None
+    if codec not in HL7_NAMES:
+        raise MessageRejected(f"charset={name} in Content-Type is not supported (supported: utf-8, iso-8859-1, "
+                              "iso-8859-15, us-ascii)", "MSH^1^18", "203")
+    return HL7_NAMES[codec]
+
+
+def decode(data: bytes | bytearray, offset_in_received: Callable[[int], int] = lambda offset: offset,
+           transport: str = "") -> tuple[str, str]:
+    """(text, its character set, as MSH-18 names it). A UTF-8 byte-order mark is tolerated and means
+    UTF-8. `offset_in_received` says where a byte of `data` stood in what was received. `transport`
+    is the character set HTTP's Content-Type named (transport_charset): with MSH-18 empty, the
+    message is in it, as HL7 over HTTP has it; naming another set than MSH-18, the message is
+    refused, where one of the two would have been trusted and the other's bytes misread (a Latin-1
+    message sent as UTF-8 read as Latin-1, its names garbled without a word)."""
+    declared = declared_charset(data)
+    codec = CHARSETS.get(declared.upper())
     if codec is None:
-        raise MessageRejected(f"character set {charset!r} in MSH-18 is not supported "
+        raise MessageRejected(f"character set {declared!r} in MSH-18 is not supported "
                               f"(supported: UNICODE UTF-8, 8859/1, 8859/15, ASCII)", "MSH^1^18", "203")
+    if transport and declared and codec not in ("ascii", CHARSETS[transport]):
+        raise MessageRejected(f"Content-Type's charset names {transport}, MSH-18 {declared}: the message's bytes are "
+                              "in one of them, which both should name", "MSH^1^18", "203")
+    charset = transport or declared
+    codec = CHARSETS[charset.upper()]
     if data.startswith(BOM):
         data, codec = data[len(BOM):], "utf-8"
     try:
@@ -106,7 +132,8 @@ def decode(data: bytes | bytearray, offset_in_received: Callable[[int], int] = l
             raise MessageRejected(f"{where} are neither ASCII, HL7's character set when MSH-18 is empty, nor UTF-8: "
                                   "MSH-18 names the character set the message is in (8859/1, 8859/15…)",
                                   "MSH^1^18", "102") from None
-        raise MessageRejected(f"{where} are not valid {charset} as MSH-18 declares", "MSH^1^18", "102") from None
+        said = "MSH-18 declares" if charset == declared else "Content-Type's charset declares"
+        raise MessageRejected(f"{where} are not valid {charset} as {said}", "MSH^1^18", "102") from None
 
 
 _ESCAPE_NAMES = {"F": "field", "S": "component", "T": "subcomponent", "R": "repetition", "E": "escape"}
@@ -333,10 +360,12 @@ class Message:
         self.msh = self.segments[0]
 
     @classmethod
-    def from_bytes(cls, data: bytes | bytearray) -> "Message":
-        """The message of received bytes; its long runs of base64 stay in them (LongRuns)."""
+    def from_bytes(cls, data: bytes | bytearray, transport: str = "") -> "Message":
+        """The message of received bytes; its long runs of base64 stay in them (LongRuns). `transport`:
+        the character set HTTP named (decode)."""
         runs = LongRuns.of(data)
-        text, charset = decode(runs.skeleton(data), runs.offset_in_received) if runs else decode(data)
+        text, charset = decode(runs.skeleton(data), runs.offset_in_received, transport) if runs \
+            else decode(data, transport=transport)
         return cls(text, charset, runs)
 
     @classmethod

@@ -23,8 +23,12 @@ ER7_TYPES = {"x-application/hl7-v2+er7", "application/hl7-v2+er7", "application/
 def _ack_response(reply: feeds.Reply, status: int = 200) -> Response:
     if reply.ack is None:
         return Response(status=204)  # the sender asked for no acknowledgment (MSH-15/16 NE)
-    return Response(reply.ack, status=status, mimetype="x-application/hl7-v2+er7",
-                    headers={"X-HL7-Ack-Code": reply.code})
+    response = Response(reply.ack, status=status, headers={"X-HL7-Ack-Code": reply.code})
+    # In the character set the message came in, which the request's charset named if it did (the
+    # ACK is written in the message's): HL7 over HTTP asks the answer to name it again.
+    charset = request.mimetype_params.get("charset")
+    response.headers["Content-Type"] = feeds.ER7 + (f"; charset={charset}" if charset else "")
+    return response
 
 
 @hl7v2.before_request
@@ -47,7 +51,7 @@ def post_message():
                                        "hl7v2-http")
         return _ack_response(reply, 413)
     reply = feeds.receive(g.repository, request_body(), channel="hl7v2-http",
-                          max_bytes=settings.max_document_bytes)
+                          max_bytes=settings.max_document_bytes, content_type=request.content_type or feeds.ER7)
     return _ack_response(reply)
 
 

@@ -16,11 +16,13 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from werkzeug.http import parse_options_header
+
 from gateway import metrics
 from gateway.access.writes import Write
 from gateway.hl7v2 import ack as acks
 from gateway.hl7v2.ack import Issue, Outcome
-from gateway.hl7v2.er7 import Message, MessageRejected
+from gateway.hl7v2.er7 import Message, MessageRejected, transport_charset
 from gateway.refusal import Refused
 from gateway.storage.database import unavailable
 from gateway.storage.repository import Repository, UnitOfWork, earlier_messages
@@ -30,6 +32,7 @@ from .ingest import Received, Written
 from .patients import Applied, MessageRefused
 
 log = logging.getLogger(__name__)
+ER7 = "x-application/hl7-v2+er7"   # what an MLLP message is kept as
 
 FINGERPRINT_CHUNK = 1024 * 1024   # characters
 # PAM-FR events that create or update the patient; every other ADT event is acknowledged as is.
@@ -165,23 +168,25 @@ def admitted(senders: tuple[str, ...], sender: str, address: str | None) -> bool
 
 
 def receive(repo: Repository, data: bytes, *, channel: str, max_bytes: int, senders: tuple[str, ...] = (),
-            address: str | None = None) -> Reply:
+            address: str | None = None, content_type: str = ER7) -> Reply:
+    """`content_type`: HTTP's, whose charset the message is read in (er7.decode), kept with it."""
     started = time.perf_counter()
     message: Message | None = None
     try:
-        message = Message.from_bytes(data)
+        message = Message.from_bytes(data, charset_of(content_type))
         message.require_header()
         if not admitted(senders, message.sender, address):
             raise MessageRejected(f"the sender {message.sender} is not admitted on this gateway", "MSH^1^3", "207")
         handler = route(message)
     except MessageRejected as rejected:
         outcome = Outcome(rejected.ack_code, [Issue(str(rejected), rejected.location, rejected.code)])
-        return _answer_unprocessed(repo, data, channel, message or Message.header_of(data), outcome, started)
+        return _answer_unprocessed(repo, data, channel, message or Message.header_of(data), outcome, started,
+                                   content_type)
 
     keys = dict(control_id=message.control_id[:199], fingerprint=fingerprint(message),
                 message_type=_listed_type(message))
     issues: list[Issue] = []
-    received = Received(channel, data, "x-application/hl7-v2+er7", message.sender, keys)
+    received = Received(channel, data, content_type[:128], message.sender, keys)
     try:
         kept = ingest.keep(repo, received, Write.FEED)
     except Exception as failure:
@@ -199,12 +204,14 @@ def receive(repo: Repository, data: bytes, *, channel: str, max_bytes: int, send
     return _process(repo, received, Write.FEED, message, raw_id, handler, issues, max_bytes, started)
 
 
-def reprocess(repo: Repository, raw_id: int, body: bytes, channel: str, max_bytes: int) -> Reply:
-    """Process a stored message again (after a failure, or a refusal whose cause was fixed)."""
+def reprocess(repo: Repository, raw_id: int, body: bytes, channel: str, max_bytes: int,
+              content_type: str | None) -> Reply:
+    """Process a stored message again (after a failure, or a refusal whose cause was fixed), read as
+    it was received (`content_type`'s charset)."""
     started = time.perf_counter()
-    message = Message.from_bytes(body)
+    message = Message.from_bytes(body, charset_of(content_type))
     message.require_header()
-    received = Received(channel, body, "x-application/hl7-v2+er7", message.sender)
+    received = Received(channel, body, content_type or ER7, message.sender)
     return _process(repo, received, Write.REPROCESS, message, raw_id, route(message), [], max_bytes, started)
 
 
@@ -284,13 +291,18 @@ def _retransmission(message: Message, row, started: float, channel: str) -> Repl
     return _reply(row.ack, message, code, row.id, retransmission=True)
 
 
+def charset_of(content_type: str | None) -> str:
+    """The character set (MSH-18's name) a stored or received Content-Type names, "" for none."""
+    return transport_charset(parse_options_header(content_type or ER7)[1].get("charset"))
+
+
 def _answer_unprocessed(repo: Repository, data: bytes, channel: str, message: Message | None, outcome: Outcome,
-                        started: float) -> Reply:
+                        started: float, content_type: str = ER7) -> Reply:
     """A message that cannot be routed is kept raw, refused, and answered AR."""
     readable = message is not None and bool(message.control_id)
     text = _ack_text(message, outcome)
     try:
-        received = Received(channel, data, "x-application/hl7-v2+er7", message.sender if message is not None else None,
+        received = Received(channel, data, content_type[:128], message.sender if message is not None else None,
                             {"control_id": message.control_id[:199], "message_type": _listed_type(message)}
                             if readable else None)
         raw_id = ingest.keep(repo, received, Write.FEED, status="refused", outcome=_summary(outcome), ack=text).raw_id

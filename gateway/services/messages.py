@@ -112,7 +112,7 @@ def get_message(repo: Repository, raw_id: int, content: bool = False) -> dict | 
         return None
     row, body = found
     try:
-        text, charset = decode(body)
+        text, charset = decode(body, transport=feeds.charset_of(row.content_type))
     except MessageRejected:
         text, charset = body.decode("utf-8", "replace"), None
     return {
@@ -144,13 +144,13 @@ def reopen(repo: Repository, raw_id: int, status: str, named: str) -> None:
 def reprocess(repo: Repository, raw_id: int, max_bytes: int) -> feeds.Reply:
     repo = Repository(repo.engine, writes.reprocessing(repo.access), repo.base_url)
     with read_connection(repo.engine) as conn:
-        found = _with_body(conn, raw_id, raw_inputs.c.status, raw_inputs.c.channel)
+        found = _with_body(conn, raw_id, raw_inputs.c.status, raw_inputs.c.channel, raw_inputs.c.content_type)
     if found is None:
         raise LookupError(f"no HL7v2 message {raw_id}")
     row, body = found
     reopen(repo, raw_id, row.status, f"message {raw_id}")
     try:
-        return feeds.reprocess(repo, raw_id, body, row.channel, max_bytes)
+        return feeds.reprocess(repo, raw_id, body, row.channel, max_bytes, row.content_type)
     except feeds.MessageRejected:
         with write_transaction(repo.engine) as conn:
             conn.execute(update(raw_inputs).where(raw_inputs.c.id == raw_id).values(status=row.status))

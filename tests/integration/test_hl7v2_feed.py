@@ -640,3 +640,41 @@ def test_a_message_is_taken_under_the_types_engines_send_it_with(client, content
 def test_a_body_of_another_type_is_refused_naming_those_taken(client):
     answer = client.post("/hl7v2", data=b"{}", content_type="application/json")
     assert answer.status_code == 415 and "x-application/hl7-v2+er7" in answer.json["issue"][0]["diagnostics"]
+
+
+def test_the_charset_http_names_is_read_and_one_that_contradicts_msh_18_refused(client, database):
+    """HL7 over HTTP names the message's character set in Content-Type: with MSH-18 empty, a
+    Latin-1 message sent as `charset=ISO-8859-1` was refused as "not valid ASCII". One whose MSH-18
+    says 8859/15 while HTTP says UTF-8, and whose bytes are UTF-8, was read as 8859/15: its
+    patient stored as Å\x92UVRAY, without a word."""
+    from gateway.services import messages
+
+    latin = sample("adt-a28-oeuvray-8859-15.hl7").replace(b"|8859/15|", b"||").replace(b"ADT0004", b"HTTPCS1")
+    answer = client.post("/hl7v2", data=latin, content_type="x-application/hl7-v2+er7; charset=ISO-8859-15")
+    assert b"MSA|AA|HTTPCS1" in answer.data and answer.headers["Content-Type"].endswith("charset=ISO-8859-15")
+    patient = search(client, "Patient?identifier=urn:oid:1.2.250.1.213.1.4.10|285117505612337")["entry"][0]["resource"]
+    assert patient["name"][0]["family"] == "ŒUVRAY"
+    # Kept with its Content-Type, it is read again the same way.
+    with database[0].connect() as conn:
+        raw_id = conn.execute(select(raw_inputs.c.id).where(raw_inputs.c.control_id == "HTTPCS1")).scalar_one()
+    operator = client.application.config["ENGINE"]
+    from gateway.access import AccessContext
+    from gateway.storage.repository import Repository
+    shown = messages.get_message(Repository(operator, AccessContext.system("operator"), "http://gateway.test"),
+                                 raw_id, content=True)
+    assert shown["charset"] == "8859/15" and "ŒUVRAY" in shown["message"]
+
+    utf8 = sample("adt-a28-oeuvray-utf8.hl7").replace(b"|UNICODE UTF-8|", b"|8859/15|").replace(b"ADT0003", b"HTTPCS2")
+    code, segments = post_as(client, utf8, "x-application/hl7-v2+er7; charset=UTF-8")
+    assert code == "AR" and errors(segments)[0][3].startswith("203^")
+    assert errors(segments)[0][8] == ("Content-Type's charset names UNICODE UTF-8, MSH-18 8859/15: the message's "
+                                      "bytes are in one of them, which both should name")
+    code, segments = post_as(client, latin, "x-application/hl7-v2+er7; charset=windows-1252")
+    assert code == "AR" and "charset=windows-1252 in Content-Type is not supported" in errors(segments)[0][8]
+
+
+def post_as(client, data: bytes, content_type: str):
+    response = client.post("/hl7v2", data=data, content_type=content_type)
+    assert response.status_code == 200, response.data
+    segments = [s.split("|") for s in response.data.decode("latin-1").strip("\r").split("\r")]
+    return segments[1][1], segments

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from gateway.hl7v2.ack import escape
-from gateway.hl7v2.er7 import MAX_REPETITIONS, Encoding, Message, MessageRejected
+from gateway.hl7v2.er7 import MAX_REPETITIONS, Encoding, Message, MessageRejected, transport_charset
 
 PID = "PID|1||123^^^HOSP&1.2.3&ISO^PI~456^^^OTHER&&^PI||ŒUVRAY^HÉLÈNE^HÉLÈNE ZOÉ^^^^L"
 
@@ -203,3 +203,21 @@ def test_a_message_whose_delimiters_are_base64_characters_is_read_as_text():
     received = Message.from_bytes(text.encode())
     assert received.first("OBX").raw(6) == "F"
     assert received.first("OBX").received_component(5, 5) == RUN
+
+
+@pytest.mark.parametrize("name, hl7", [("ISO-8859-1", "8859/1"), ("latin1", "8859/1"), ("utf8", "UNICODE UTF-8"),
+                                       ("US-ASCII", "ASCII"), ("iso-8859-15", "8859/15"), (None, "")])
+def test_a_charset_http_names_is_read_as_msh_18_names_it(name, hl7):
+    assert transport_charset(name) == hl7
+
+
+def test_the_charset_http_names_reads_a_message_of_empty_msh_18_and_must_agree_with_one_given():
+    latin = message("", "PID|1||1||HÉLÈNE").encode("iso8859-1")
+    assert Message.from_bytes(latin, "8859/1").first("PID").get(5) == "HÉLÈNE"
+    ascii_declared = message("ASCII", "PID|1||1||HÉLÈNE").encode()
+    assert Message.from_bytes(ascii_declared, "UNICODE UTF-8").charset == "UNICODE UTF-8"
+    with pytest.raises(MessageRejected) as disagreeing:
+        Message.from_bytes(message("8859/1", "PID|1||1||HÉLÈNE").encode(), "UNICODE UTF-8")
+    assert (disagreeing.value.location, disagreeing.value.code) == ("MSH^1^18", "203")
+    with pytest.raises(MessageRejected, match="charset=windows-1252 in Content-Type is not supported"):
+        transport_charset("windows-1252")
