@@ -112,8 +112,11 @@ def decode(data: bytes | bytearray, offset_in_received: Callable[[int], int] = l
         raise MessageRejected(f"character set {declared!r} in MSH-18 is not supported "
                               f"(supported: UNICODE UTF-8, 8859/1, 8859/15, ASCII)", "MSH^1^18", "203")
     if transport and declared and codec not in ("ascii", CHARSETS[transport]):
-        raise MessageRejected(f"Content-Type's charset names {transport}, MSH-18 {declared}: the message's bytes are "
-                              "in one of them, which both should name", "MSH^1^18", "203")
+        if data.isascii():   # read alike in either (an HTTP client labels all it sends UTF-8)
+            transport = ""
+        else:
+            raise MessageRejected(f"Content-Type's charset names {transport}, MSH-18 {declared}: the message's bytes "
+                                  "are in one of them, which both should name", "MSH^1^18", "203")
     charset = transport or declared
     codec = CHARSETS[charset.upper()]
     if data.startswith(BOM):

@@ -219,5 +219,7 @@ def test_the_charset_http_names_reads_a_message_of_empty_msh_18_and_must_agree_w
     with pytest.raises(MessageRejected) as disagreeing:
         Message.from_bytes(message("8859/1", "PID|1||1||HÉLÈNE").encode(), "UNICODE UTF-8")
     assert (disagreeing.value.location, disagreeing.value.code) == ("MSH^1^18", "203")
+    # Bytes all ASCII read alike in both: an HTTP client that labels all it sends UTF-8 is answered.
+    assert Message.from_bytes(message("8859/1", "PID|1||1||HELENE").encode(), "UNICODE UTF-8").charset == "8859/1"
     with pytest.raises(MessageRejected, match="charset=windows-1252 in Content-Type is not supported"):
         transport_charset("windows-1252")
