@@ -148,12 +148,14 @@ class CaseRun:
         self.session = requests.Session()
         self.documents_sent: list[tuple[str, bytes]] = []   # the CDAs of the step being run
 
-    def read_file(self, name: str) -> bytes:
+    def read_file(self, name: str, charset: str | None = None) -> bytes:
+        """An input file, its variables filled in, in the character set `charset` names (an HTTP
+        body's Content-Type) or its own (a message's MSH-18)."""
         path = self.case.file(name)
         data = path.read_bytes()
         if path.suffix in (".xml", ".hl7", ".json", ".txt"):
             text = data.decode("utf-8")
-            data = fill(text, self.variables, self.read_file).encode(self._encoding(text))
+            data = fill(text, self.variables, self.read_file).encode(charset or self._encoding(text))
         if path.suffix == ".xml" and is_clinical_document(data):
             self.documents_sent.append((name, data))
         return data
@@ -268,7 +270,8 @@ class CaseRun:
                 headers["Authorization"] = f"Bearer {token}"
         body = None
         if "file" in spec:
-            body = self.read_file(spec["file"])
+            charset = re.search(r"charset=([^;\s]+)", spec.get("content_type", ""), re.IGNORECASE)
+            body = self.read_file(spec["file"], charset.group(1) if charset else None)
         elif "json" in spec:
             body = json.dumps(spec["json"], ensure_ascii=False).encode()
         elif "form" in spec:

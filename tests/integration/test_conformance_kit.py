@@ -98,6 +98,12 @@ def test_a_subset_ignored_is_caught(target, monkeypatch):
     assert result.status == "failed" and result.message.startswith("step 2: entry[0].resource.meta.tag[*].code")
 
 
+def test_a_charset_of_http_ignored_is_caught(target, monkeypatch):
+    monkeypatch.setattr("gateway.services.feeds.charset_of", lambda content_type: "")
+    result = outcome(target, "hl7v2-transport/013-http-charset")["hl7v2-transport/013-http-charset"]
+    assert result.status == "failed" and result.message.startswith("step 2: entry[0].resource.name[*].family")
+
+
 def test_a_list_searched_by_its_source_s_names_ignoring_them_is_caught(target, monkeypatch):
     from gateway.storage import search
 
