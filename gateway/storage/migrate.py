@@ -5,9 +5,11 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
-from .database import refresh_statistics
+from .database import UnsupportedDatabase, refresh_statistics
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -20,9 +22,26 @@ def alembic_config(engine: Engine) -> Config:
 
 
 def upgrade(engine: Engine) -> None:
-    command.upgrade(alembic_config(engine), "head")
+    config = alembic_config(engine)
+    _refuse_a_newer_database(engine, config)
+    command.upgrade(config, "head")
     refresh_statistics(engine)
     # The migrations' connections go: on SQLite each keeps the migrations' statements prepared
     # (hundreds, each run once), and would prepare every statement of the work that follows again
     # at each run (`SQLITE_PREPARED_STATEMENTS`).
     engine.dispose()
+
+
+def _refuse_a_newer_database(engine: Engine, config: Config) -> None:
+    """A database a newer gateway migrated (a deployment rolled back) is told in a line: alembic's
+    "Can't locate revision identified by '0026'" was a traceback at start-up."""
+    scripts = ScriptDirectory.from_config(config)
+    known = {script.revision for script in scripts.walk_revisions()}
+    with engine.connect() as conn:
+        current = MigrationContext.configure(conn).get_current_heads()
+    unknown = [revision for revision in current if revision not in known]
+    if unknown:
+        raise UnsupportedDatabase(
+            f"the database is at migration {', '.join(unknown)}, which this gateway does not have (its newest is "
+            f"{scripts.get_current_head()}): a newer version of the gateway migrated it; run that version, or a copy "
+            "of the database from before its migration")

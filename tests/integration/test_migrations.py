@@ -457,3 +457,22 @@ def test_ids_past_2_to_the_31_are_stored_listed_and_chained(settings, bearer):
             assert report.broken_at is None and report.entries > 3
         finally:
             engine.dispose()
+
+
+def test_a_database_a_newer_gateway_migrated_is_told_in_a_line(tmp_path, monkeypatch, capsys):
+    """A deployment rolled back to the version before: alembic's "Can't locate revision identified
+    by '0099'" was a traceback from `gateway migrate` and `gateway serve`."""
+    from gateway.cli import main
+
+    url = f"sqlite:///{tmp_path / 'newer.db'}"
+    engine = make_engine(url)
+    command.upgrade(alembic_config(engine), "head")
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0099'"))
+    engine.dispose()
+    monkeypatch.setenv("GATEWAY_DATABASE_URL", url)
+    monkeypatch.setattr("gateway.cli.configure_logging", lambda level: None)
+    assert main(["migrate"]) == 2
+    told = capsys.readouterr().err
+    assert told.startswith("gateway migrate: the database is at migration 0099, which this gateway does not have")
+    assert "Traceback" not in told
