@@ -34,7 +34,12 @@ def cmd_serve(settings: Settings, args) -> int:
     # before prometheus-client is imported anywhere; the processes started from here inherit it.
     metrics_dir = settings.var_dir / "metrics"
     shutil.rmtree(metrics_dir, ignore_errors=True)
-    metrics_dir.mkdir(parents=True)
+    try:
+        metrics_dir.mkdir(parents=True)
+    except OSError as failure:   # a GATEWAY_VAR_DIR mistyped or not writable: it was a traceback
+        print(f"gateway serve: {metrics_dir} cannot be made ({failure.strerror}): GATEWAY_VAR_DIR is where the gateway "
+              "keeps its metrics, and its SQLite database and development keys", file=sys.stderr)
+        return 2
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir.resolve())
     from gateway.server import serve
 

@@ -46,7 +46,11 @@ def make_engine(url: str) -> Engine:
                                       f"{'.'.join(map(str, MIN_SQLITE))}, whose query plans the gateway was tested with")
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as failure:   # a traceback, for a GATEWAY_VAR_DIR mistyped or not writable
+                raise UnsupportedDatabase(f"the SQLite database's folder {Path(path).parent} cannot be made: "
+                                          f"{failure.strerror}") from None
         engine = create_engine(url, module=sqlite, hide_parameters=True,
                                connect_args={"check_same_thread": False, "timeout": 30,
                                              "cached_statements": SQLITE_PREPARED_STATEMENTS})

@@ -191,3 +191,18 @@ def test_a_list_with_nothing_in_it_says_so(tmp_path, monkeypatch, capsys):
                                            '"subject": "Code", "code": "123456"}\n')
     assert main(["outbox", "--to", "b@example.test"]) == 0
     assert capsys.readouterr().err == "no message to b@example.test in the outbox\n"
+
+
+def test_a_var_dir_that_cannot_be_made_is_told_in_a_line(tmp_path, monkeypatch, capsys):
+    """GATEWAY_VAR_DIR mistyped or not writable: `gateway migrate` and `gateway serve` were a
+    traceback (FileNotFoundError, PermissionError)."""
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    monkeypatch.setenv("GATEWAY_VAR_DIR", str(blocked / "var"))
+    monkeypatch.setattr("gateway.cli.configure_logging", lambda level: None)
+    assert main(["migrate"]) == 2
+    assert capsys.readouterr().err.startswith(f"gateway migrate: the SQLite database's folder {blocked / 'var'} "
+                                              "cannot be made: Not a directory")
+    assert main(["serve"]) == 2
+    assert capsys.readouterr().err.startswith(f"gateway serve: {blocked / 'var' / 'metrics'} cannot be made "
+                                              "(Not a directory): GATEWAY_VAR_DIR is where")
