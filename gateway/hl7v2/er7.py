@@ -1,6 +1,7 @@
 """Reading HL7v2 ER7 (pipe-delimited) messages on the ingest path.
 
-The bytes are decoded with the character set MSH-18 declares, segments may end with CR, LF or CRLF,
+The bytes are decoded with the character set MSH-18 declares (over HTTP with MSH-18 empty, the one
+Content-Type names), segments may end with CR, LF or CRLF,
 and nothing is split further than a handler asks for: a 300 KB base64 document in OBX-5 is sliced
 out once, never walked character by character. Values come back unescaped (\\F\\ \\S\\ \\T\\ \\R\\ \\E\\
 \\X..\\ \\.br\\). `bench/` compares this with a full hl7apy parse (milliseconds per message).
@@ -22,9 +23,9 @@ LONG = 65536
 BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
 LONG_RUN = re.compile(rb"[A-Za-z0-9+/=]{%d,}" % LONG)
 
-# MSH-18 values and the Python codec for each; an empty MSH-18 means ASCII (HL7 2.x, 2.15.9.18).
 MLLP_START = "\x0b"   # <VT>, which begins an MLLP frame and no message
 
+# MSH-18 values and the Python codec for each; an empty MSH-18 means ASCII (HL7 2.x, 2.15.9.18).
 CHARSETS = {
     "": "ascii",
     "ASCII": "ascii",
