@@ -7,6 +7,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import Engine
 
 from .database import UnsupportedDatabase, refresh_statistics
@@ -23,8 +24,11 @@ def alembic_config(engine: Engine) -> Config:
 
 def upgrade(engine: Engine) -> None:
     config = alembic_config(engine)
-    _refuse_a_newer_database(engine, config)
-    command.upgrade(config, "head")
+    try:
+        command.upgrade(config, "head")
+    except CommandError:
+        _refuse_a_newer_database(engine, config)   # when that is why, said in a line
+        raise
     refresh_statistics(engine)
     # The migrations' connections go: on SQLite each keeps the migrations' statements prepared
     # (hundreds, each run once), and would prepare every statement of the work that follows again
@@ -34,7 +38,8 @@ def upgrade(engine: Engine) -> None:
 
 def _refuse_a_newer_database(engine: Engine, config: Config) -> None:
     """A database a newer gateway migrated (a deployment rolled back) is told in a line: alembic's
-    "Can't locate revision identified by '0026'" was a traceback at start-up."""
+    "Can't locate revision identified by '0026'" was a traceback at start-up. Read only once alembic
+    has failed: each process's start-up and each test database would load the scripts twice."""
     scripts = ScriptDirectory.from_config(config)
     known = {script.revision for script in scripts.walk_revisions()}
     with engine.connect() as conn:
