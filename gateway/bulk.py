@@ -13,7 +13,7 @@ from rich.text import Text
 from gateway.access import AccessContext
 from gateway.refusal import Refused
 from gateway.config import Settings
-from gateway.console_tables import print_table
+from gateway.shell_output import print_table
 from gateway.services.documents import ingest_cda
 from gateway.services.ingest import HEAD_KEPT
 from gateway.storage.database import make_engine, refresh_statistics, unavailable

@@ -10,7 +10,7 @@ from rich.text import Text
 
 from gateway.access import AccessContext
 from gateway.config import Settings
-from gateway.console_tables import natural_width, print_table
+from gateway.shell_output import natural_width, print_table, shell_console
 from gateway.hl7v2.fields import described_segments
 from gateway.services import feeds, messages, received_documents
 from gateway.storage.database import make_engine
@@ -23,8 +23,7 @@ STATUS_STYLES = {"processed": "green", "duplicate": "cyan", "skipped": "cyan", "
 
 def run(settings: Settings, args) -> int:
     repo = Repository(make_engine(settings.database_url), AccessContext.system("operator"), settings.public_base_url)
-    console = Console(highlight=False)
-    console.soft_wrap = not console.is_terminal   # a line of a message or ACK is one line in a pipe
+    console = shell_console()
     if args.messages_command == "list":
         return _list(console, repo, args)
     if args.messages_command == "show":

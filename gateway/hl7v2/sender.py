@@ -6,8 +6,9 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
-from rich.console import Console
 from rich.text import Text
+
+from gateway.shell_output import shell_console
 
 from . import mllp
 from .er7 import Message, MessageRejected
@@ -35,8 +36,7 @@ def send_paths(paths: list[Path], host: str, port: int, *, timeout: float = 30.0
     """Exit status 0 when every message got AA (or CA), 1 otherwise, 2 when a file could not be read or
     the gateway reached (said in a line: each was a traceback). TLS with a CA to trust (the system's
     without one) and, for a listener that asks for it (mutual TLS), the sender's certificate."""
-    console = Console(highlight=False)
-    console.soft_wrap = not console.is_terminal   # a file's name and an ACK's segment one line each in a pipe
+    console = shell_console()
     tls = None
     if tls_key and not tls_cert:
         console.print("TLS: --tls-key is the key of --tls-cert, which is missing", markup=False)
