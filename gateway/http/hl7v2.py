@@ -16,8 +16,7 @@ hl7v2 = Blueprint("hl7v2", __name__)
 RAW_ID = f"<int(max={MAX_ID}):raw_id>"
 # The HL7 over HTTP specification's type, the name its own example gives it (without `x-`, as its
 # later drafts and HAPI name it), and the generic ones engines send.
-ER7_TYPES = {"x-application/hl7-v2+er7", "application/hl7-v2+er7", "application/hl7-v2", "application/edi-hl7",
-             "text/plain"}
+ER7_TYPES = {feeds.ER7, "application/hl7-v2+er7", "application/hl7-v2", "application/edi-hl7", "text/plain"}
 
 
 def _ack_response(reply: feeds.Reply, status: int = 200) -> Response:

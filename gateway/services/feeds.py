@@ -32,7 +32,7 @@ from .ingest import Received, Written
 from .patients import Applied, MessageRefused
 
 log = logging.getLogger(__name__)
-ER7 = "x-application/hl7-v2+er7"   # what an MLLP message is kept as
+ER7 = "x-application/hl7-v2+er7"   # HL7 over HTTP's type of an ER7 message, and what an MLLP one is kept as
 
 FINGERPRINT_CHUNK = 1024 * 1024   # characters
 # PAM-FR events that create or update the patient; every other ADT event is acknowledged as is.
