@@ -30,6 +30,8 @@ from .narrative import check_narratives
 from .xml_layout import FHIR_NS
 
 FHIR_XML = "application/fhir+xml"
+# application/xml+fhir and application/json+fhir are DSTU2's names of the two formats, which R4
+# (http.html, Content Types) encourages servers to take still: HAPI's client accepts them beside the new ones.
 XML_TYPES = ("application/fhir+xml", "application/xml", "text/xml", "application/xml+fhir")
 XML_FORMATS = ("xml", *XML_TYPES)
 

@@ -48,7 +48,7 @@ class FhirError(Exception):
         return operation_outcome([issue])
 
 
-FHIR_JSON_TYPES = ("application/fhir+json", "application/json")
+FHIR_JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
 FHIR_TYPES = FHIR_JSON_TYPES + XML_TYPES
 
 
@@ -111,7 +111,7 @@ def wants_xml() -> bool:
     if named in ("json", "xml"):
         return named == "xml"
     accept = accepted()
-    best = accept.best_match([FHIR_JSON, FHIR_XML, "application/json", "application/xml", "text/xml"])
+    best = accept.best_match([*FHIR_JSON_TYPES, *XML_TYPES])
     return best in XML_TYPES and accept[best] > accept[FHIR_JSON]
 
 

@@ -166,11 +166,17 @@ def test_error_statuses_are_operation_outcomes(client, database):
     ("application/fhir+xml; fhirVersion=4.0, application/fhir+json; q=0.8", "application/fhir+xml"),
     ("application/fhir+xml; fhirVersion=3.0, application/fhir+json; q=0.8", "application/fhir+json"),
     ("application/fhir+json; fhirVersion=3.0", None),
-    ("application/fhir+xml; fhirVersion=5.0", None)])
+    ("application/fhir+xml; fhirVersion=5.0", None),
+    # DSTU2's names, which R4 encourages servers to take, as HAPI's client sends them.
+    ("application/xml+fhir", "application/fhir+xml"),
+    ("application/json+fhir", "application/fhir+json"),
+    ("application/json+fhir;q=0.5, application/xml+fhir", "application/fhir+xml"),
+    ("application/fhir+xml;q=1.0, application/fhir+json;q=1.0, application/xml+fhir;q=0.9, "
+     "application/json+fhir;q=0.9", "application/fhir+json")])
 def test_accept_is_read_with_its_parameters(client, accept, answered):
     """A media type's parameters do not hide it; one naming another FHIR version than 4.0 cannot be
     served. Both fhirVersion=4.0 and charset=utf-8 were answered 406, and XML preferred with
-    fhirVersion was answered in JSON."""
+    fhirVersion was answered in JSON; application/xml+fhir was answered in JSON."""
     answer = client.get("/fhir/metadata", headers={"Accept": accept})
     if answered is None:
         assert answer.status_code == 406 and "FHIR 4.0" in answer.json["issue"][0]["diagnostics"]
@@ -193,6 +199,21 @@ def test_any_parameters_of_a_served_type_get_that_type(client, mime, params):
     answer = client.get("/fhir/metadata", headers={"Accept": accept})
     assert answer.status_code == 200, (accept, answer.data[:200])
     assert answer.mimetype == ("application/fhir+xml" if mime.endswith("xml") else "application/fhir+json"), accept
+
+
+def test_dstu2_names_of_the_formats_are_taken_for_bodies_and_binaries(client, database):
+    """A body sent as application/json+fhir was refused 415 where one sent as application/xml+fhir was
+    read; a Binary asked for as application/xml+fhir was answered in JSON, and as
+    application/json+fhir with the document instead of the resource."""
+    patient = {"resourceType": "Patient", "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.10",
+                                                           "value": "177091305504102"}], "gender": "male"}
+    created = client.post("/fhir/Patient", data=json.dumps(patient), content_type="application/json+fhir")
+    assert created.status_code == 201, created.data[:300]
+    binary = doc(client, database)["content"][0]["attachment"]["url"].split("/fhir")[1]
+    as_xml = client.get(f"/fhir{binary}", headers={"Accept": "application/xml+fhir"})
+    assert as_xml.mimetype == "application/fhir+xml" and b"<Binary" in as_xml.data[:300], as_xml.data[:300]
+    as_json = client.get(f"/fhir{binary}", headers={"Accept": "application/json+fhir"})
+    assert as_json.mimetype == "application/fhir+json" and as_json.json["resourceType"] == "Binary"
 
 
 def test_a_body_of_another_fhir_version_is_refused(client):
