@@ -1,5 +1,5 @@
-"""The `gateway` command: serve, mllp, send, messages, migrate, ingest, demo, token, audit, and the
-patient space's outbox, account, verify-export and retention."""
+"""The `gateway` command: serve, mllp, send, messages, migrate, ingest, demo, token, audit, backup,
+restore, and the patient space's outbox, account, verify-export and retention."""
 from __future__ import annotations
 
 import argparse
@@ -101,6 +101,39 @@ def cmd_audit(settings: Settings, args) -> int:
     return verify_audit(settings, args)
 
 
+def cmd_backup(settings: Settings, args) -> int:
+    from gateway.storage.backup import BackupRefused, backup
+
+    try:
+        copy = backup(settings.database_url, Path(args.file))
+    except BackupRefused as refused:
+        print(f"gateway backup: {refused}", file=sys.stderr)
+        return 2
+    print(f"backed up to {copy.path}: {_described(copy)}, in {copy.seconds:.1f} s; "
+          f"`gateway restore {copy.path}` puts it back, the gateway stopped")
+    return 0
+
+
+def cmd_restore(settings: Settings, args) -> int:
+    from gateway.storage.backup import BackupRefused, restore
+
+    try:
+        copy, aside = restore(settings.database_url, Path(args.file))
+    except BackupRefused as refused:
+        print(f"gateway restore: {refused}", file=sys.stderr)
+        return 2
+    if aside is not None:
+        print(f"what the database held is kept in {aside.path}: {_described(aside)}")
+    print(f"restored {copy.path}: {_described(copy)}, in {copy.seconds:.1f} s; `gateway serve` applies the "
+          "migrations the copy lacks")
+    return 0
+
+
+def _described(copy) -> str:
+    newest = f"the newest input received at {copy.newest_input} UTC" if copy.newest_input else "no input received"
+    return f"{copy.size / 1e6:,.1f} MB at migration {copy.migration}, {newest}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gateway", description="DMP interoperability gateway")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -164,6 +197,14 @@ def main(argv: list[str] | None = None) -> int:
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     audit_verify = audit_sub.add_parser("verify", help="check the hash chain; report the first broken link")
     audit_verify.set_defaults(func=cmd_audit)
+    backup = sub.add_parser("backup", help="copy the SQLite database while the gateway runs, consistent and checked, "
+                                           "to FILE (PostgreSQL: pg_dump)")
+    backup.add_argument("file", metavar="FILE", help="the copy, a file that does not exist yet")
+    backup.set_defaults(func=cmd_backup)
+    restore = sub.add_parser("restore", help="put a copy `gateway backup` made in the SQLite database's place, the "
+                                             "gateway stopped; what it held is backed up beside it first")
+    restore.add_argument("file", metavar="FILE", help="a copy `gateway backup` made")
+    restore.set_defaults(func=cmd_restore)
     from gateway.space_cli import add_commands
 
     add_commands(sub)

@@ -1,0 +1,68 @@
+"""What `gateway backup` and `gateway restore` refuse, each said in a line and nothing changed: a
+PostgreSQL database (its own tools are named), a copy that exists, a folder that does not, a file
+that is no gateway database, a damaged copy, the database restored onto itself. The backup taken
+while messages stream, and its restore, are in tests/e2e/test_backup.py."""
+import shutil
+
+import pytest
+
+from gateway.cli import main
+
+
+@pytest.fixture
+def operator(monkeypatch, tmp_path, migrated_sqlite, capsys):
+    """Runs `gateway ARGS` on a SQLite database of its own; returns (exit status, what it wrote)."""
+    database = tmp_path / "gateway.db"
+    shutil.copyfile(migrated_sqlite, database)
+    monkeypatch.setenv("GATEWAY_DATABASE_URL", f"sqlite:///{database}")
+    monkeypatch.setenv("GATEWAY_VAR_DIR", str(tmp_path))
+    monkeypatch.setattr("gateway.cli.configure_logging", lambda level: None)
+
+    def run(*args: str) -> tuple[int, str, str]:
+        status = main(list(args))
+        told = capsys.readouterr()
+        return status, told.out, told.err
+
+    run.database = database
+    return run
+
+
+def test_a_postgresql_database_is_backed_up_by_its_own_tools(operator, monkeypatch, tmp_path):
+    monkeypatch.setenv("GATEWAY_DATABASE_URL", "postgresql://gateway@127.0.0.1:1/gateway")
+    for command in ("backup", "restore"):
+        status, _, told = operator(command, str(tmp_path / "copy"))
+        assert status == 2 and "pg_dump -Fc" in told and "Traceback" not in told
+    assert not (tmp_path / "copy").exists()
+
+
+def test_a_backup_is_never_written_over_a_file_nor_into_a_missing_folder(operator, tmp_path):
+    kept = tmp_path / "kept.db"
+    kept.write_bytes(b"an earlier backup")
+    assert operator("backup", str(kept))[0:3:2] == (2, f"gateway backup: {kept} exists: a backup is never written "
+                                                       "over a file\n")
+    assert kept.read_bytes() == b"an earlier backup"
+    status, _, told = operator("backup", str(tmp_path / "nowhere" / "copy.db"))
+    assert status == 2 and "does not exist" in told
+    status, made, _ = operator("backup", str(tmp_path / "copy.db"))
+    assert status == 0 and made.startswith(f"backed up to {tmp_path / 'copy.db'}: ") and "no input received" in made
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("copy")) == ["copy.db"]
+
+
+def test_restore_refuses_what_is_no_sound_gateway_database(operator, tmp_path):
+    before = operator.database.read_bytes()
+    other = tmp_path / "other.db"
+    other.write_text("name,value\n")
+    status, _, told = operator("restore", str(other))
+    assert status == 2 and "is not a gateway database" in told
+    assert operator("backup", str(tmp_path / "copy.db"))[0] == 0
+    damaged = tmp_path / "damaged.db"
+    data = bytearray((tmp_path / "copy.db").read_bytes())
+    data[4096 * 3:4096 * 3 + 64] = b"\xff" * 64   # a page of a table or an index overwritten
+    damaged.write_bytes(bytes(data))
+    status, _, told = operator("restore", str(damaged))
+    assert status == 2 and ("is damaged" in told or "is not a gateway database" in told), told
+    status, _, told = operator("restore", str(operator.database))
+    assert status == 2 and "is the database itself" in told
+    assert operator("restore", str(tmp_path / "missing.db"))[0] == 2
+    assert operator.database.read_bytes() == before
+    assert not list(tmp_path.glob("gateway.db.before-restore-*")), "a refused restore set the database aside"
