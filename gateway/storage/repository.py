@@ -413,6 +413,8 @@ class Repository:
             if criterion.param not in ("patient", "subject") and not (request.res_type == "Patient"
                                                                       and criterion.param in ("_id", "identifier")):
                 continue
+            if criterion.chain_type not in (None, "Patient"):   # subject:Group.identifier names no patient
+                continue
             for value in criterion.values:
                 if criterion.chain == "identifier" or criterion.param == "identifier":
                     system, _, code = value.rpartition("|")

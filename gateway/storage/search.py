@@ -57,6 +57,7 @@ class Criterion:
     modifier: str | None
     chain: str | None      # parameter on the referenced type ("identifier")
     values: tuple[str, ...]
+    chain_type: str | None = None   # the referenced type a chain names (subject:Patient.identifier)
 
 
 @dataclass
@@ -120,18 +121,29 @@ def parse_search(res_type: str, params: list[tuple[str, str]], *, strict: bool =
             base, modifier = name, ""
         elif name.rpartition(":")[0] in known:
             base, _, modifier = name.rpartition(":")
+        # R4's chain through a reference of one type (subject:Patient.identifier): the type, then
+        # the parameter of that type, with its own modifier (subject:Patient.name:exact). It was
+        # refused as an unknown modifier.
+        chain_type = None
+        if "." in modifier and base in known:
+            chain_type, _, chained = modifier.partition(".")
+            chained, _, modifier = chained.partition(":")
+            base = f"{base}.{chained}"
         # A parameter whose name holds a dot (author.given) is a parameter, not a chain.
         param, chain = (base, "") if base in known else base.partition(".")[::2]
         spec = known.get(param)
         if param in COMMON_PARAMS:
             spec = SearchParam(param, "token" if param == "_id" else "date", lambda r: [])
-        if spec is None or (chain and (spec.type != "reference" or not _chain_target(spec, chain))):
+        targets = (_chain_target(spec, chain) if spec is not None and spec.type == "reference" and chain else [])
+        if chain_type is not None:
+            targets = [target for target in targets if target == chain_type]
+        if spec is None or (chain and not targets):
             if strict:
                 raise SearchError(f"unknown search parameter '{name}' for {res_type}")
             request.ignored.append(name)
             continue
         # A modifier of a chained parameter applies to the parameter at the end of the chain.
-        modified = SEARCH_PARAMS[_chain_target(spec, chain)[0]].get(chain, spec) if chain else spec
+        modified = SEARCH_PARAMS[targets[0]].get(chain, spec) if chain else spec
         if modifier and modifier not in _MODIFIERS[modified.type] and not (
                 modified.type == "reference" and modifier in SEARCH_PARAMS):
             raise SearchError(f"modifier ':{modifier}' is not supported on parameter '{base}'")
@@ -145,7 +157,7 @@ def parse_search(res_type: str, params: list[tuple[str, str]], *, strict: bool =
         if spec.type == "date" and modifier != "missing":
             for value in values:
                 _date_condition_bounds(value, name)
-        request.criteria.append(Criterion(name, param, modifier or None, chain or None, values))
+        request.criteria.append(Criterion(name, param, modifier or None, chain or None, values, chain_type))
         request.base_params.append((name, raw))
     return request
 
@@ -316,7 +328,7 @@ def matching_ids(res_type: str, criterion: Criterion, base_url: str | None = Non
 
     if spec.type == "reference" and criterion.chain:
         alternatives = []
-        for target in _chain_target(spec, criterion.chain):
+        for target in [criterion.chain_type] if criterion.chain_type else _chain_target(spec, criterion.chain):
             chained = Criterion(criterion.chain, criterion.chain, criterion.modifier, None, criterion.values)
             direct = direct_condition(chained)
             if direct is not None:

@@ -46,6 +46,14 @@ def test_patient_identifier_and_status(client, loaded):
     assert ids(bundle) == {loaded["ldl-ses-martin.xml"]["id"], loaded["cr-biologie-martin.xml"]["id"]}
     assert search(client, **{"patient.identifier": f"urn:oid:1.2.250.1.213.1.4.8|{INS['martin']}"})["total"] == 0
     assert search(client, **{"patient.identifier": INS["martin"], "status": "superseded"})["total"] == 0
+    # R4's chain through a reference of one type finds the same: it was a 400 (unknown modifier).
+    typed = search(client, **{"subject:Patient.identifier": f"urn:oid:1.2.250.1.213.1.4.10|{INS['martin']}",
+                              "status": "current"})
+    assert ids(typed) == ids(bundle) and typed["link"][0]["url"].count("subject%3APatient.identifier") + \
+        typed["link"][0]["url"].count("subject:Patient.identifier") == 1
+    refused = client.get("/fhir/DocumentReference", query_string={"subject:Group.identifier": INS["martin"]},
+                         headers={"Prefer": "handling=strict"})
+    assert refused.status_code == 400 and "subject:Group.identifier" in refused.json["issue"][0]["diagnostics"]
 
 
 def test_patient_by_reference(client, loaded):

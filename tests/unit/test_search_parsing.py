@@ -24,6 +24,20 @@ def test_chains_modifiers_and_result_parameters():
     assert request.include == [("DocumentReference", "author", None)]
 
 
+def test_a_chain_through_a_reference_of_one_type():
+    """R4's subject:Patient.identifier, with the chained parameter's own modifier: it was refused as
+    an unknown modifier ':Patient.identifier'."""
+    typed = parse_search("DocumentReference", [("subject:Patient.identifier", "urn:oid:1.2.250.1.213.1.4.10|1"),
+                                               ("author:Practitioner.name:exact", "NOEL")]).criteria
+    assert [(c.param, c.chain_type, c.chain, c.modifier) for c in typed] == [
+        ("subject", "Patient", "identifier", None), ("author", "Practitioner", "name", "exact")]
+    for wrong in ("subject:Organization.identifier", "subject:Patient.bogus", "status:Patient.identifier"):
+        with pytest.raises(SearchError, match="unknown search parameter"):
+            parse_search("DocumentReference", [(wrong, "x")], strict=True)
+    with pytest.raises(SearchError, match="modifier ':not' is not supported"):
+        parse_search("DocumentReference", [("subject:Patient.name:not", "x")])
+
+
 def test_unknown_parameters_lenient_or_strict():
     assert parse_search("DocumentReference", [("bogus", "1")]).ignored == ["bogus"]
     with pytest.raises(SearchError):
