@@ -12,7 +12,8 @@ from flask import Response, g
 from gateway.storage.repository import Gone, NotFound, StoredResource
 
 from .blueprint import fhir
-from .responses import FHIR_JSON_TYPES, FhirError, accepted, fhir_response, format_named, not_modified, subset_asked, version_headers
+from .responses import (FHIR_JSON_TYPES, FhirError, accepted, fhir_response, format_named, not_modified, subset_asked,
+                        version_headers)
 
 FHIR_ACCEPTS = ("application/fhir+json", "application/json")
 RESOURCE_TYPES = {*FHIR_JSON_TYPES, "application/fhir+xml", "application/xml+fhir"}

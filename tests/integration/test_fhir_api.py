@@ -458,3 +458,18 @@ def test_a_path_ending_in_a_slash_is_the_path_without_it(client, database):
     nowhere = client.get("/fhir/DocumentReference/x/y/z")
     assert nowhere.status_code == 404 and nowhere.json["issue"][0]["diagnostics"] == \
         "nothing is served at /fhir/DocumentReference/x/y/z"
+
+
+@pytest.mark.parametrize("method, path, said", [
+    ("GET", "/fhir/Patient/$everything", "the operation $everything is not served"),
+    ("POST", "/fhir/DocumentReference/$validate", "the operation $validate is not served"),
+    ("GET", "/fhir/Patient/123/$everything", "the operation $everything is not served"),
+    ("GET", "/fhir/$export", "the operation $export is not served"),
+    ("GET", "/fhir?_type=Patient", "a search of every type at once is not served"),
+    ("GET", "/fhir/_history", "the history of the whole server is not served")])
+def test_what_r4_defines_and_this_server_does_not_serve_is_said(client, method, path, said):
+    """Patient/$everything was read as a Patient of id "$everything" (404 "is not known"), $export as
+    a resource type, a search of every type a werkzeug 405 "The method is not allowed"."""
+    answer = client.open(path, method=method, data="{}", headers=FHIR)
+    assert answer.status_code == 404 and answer.json["issue"][0]["code"] == "not-supported"
+    assert answer.json["issue"][0]["diagnostics"].startswith(said), answer.json
