@@ -20,11 +20,12 @@ import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO
+from typing import IO, Iterable
 
 from lxml import etree
 from signxml import InvalidInput, InvalidSignature, XMLSigner, XMLVerifier, methods
 
+from gateway.access.rules import binary_ids
 from gateway.cda.parser import safe_parser
 from gateway.fhir.validation import validate
 from gateway.mapping import codes
@@ -46,25 +47,45 @@ def _file_name(index: int, docref: dict, media_type: str) -> str:
     return f"documents/{index:03d}-{slug or 'document'}.{EXTENSIONS.get(media_type, 'bin')}"
 
 
-def build_export(repo: Repository, fhir_base: str, key_pem: bytes, cert_pem: bytes) -> bytes:
+# The documents read together, their reads audited in one group commit.
+READ_TOGETHER = 200
+COMPRESSED_SLICE = 64 * 1024
+
+
+def write_export(repo: Repository, fhir_base: str, key_pem: bytes, cert_pem: bytes, out: IO[bytes]) -> None:
+    """The copy, written as a ZIP into `out` (a file) a document at a time: it holds one document in
+    memory, and the record's metadata, whatever the record's size. The whole copy was built in
+    memory, each document then compressed beside it: a record of 1,500 documents (4.9 MB) raised a
+    worker by 150 MB, and one of a hundred 5 MB PDFs would have taken a gigabyte."""
     patient_id = own_patient(repo)
     patient = repo.read("Patient", patient_id)
     reference = [("patient", f"Patient/{patient_id}")]
     docrefs = repo.search_all("DocumentReference", reference + [("status", "current,superseded")])
     others = repo.search_all("Consent", reference) + repo.search_all("RelatedPerson", reference + [("active", "true")])
-    files: dict[str, bytes] = {}
-    for index, stored in enumerate(docrefs, 1):
-        docref = stored.json()
-        content_type, data = repo.document_content(docref)
-        files[_file_name(index, docref, content_type)] = data
-    files["bundle.json"] = json.dumps(_document_bundle(fhir_base, patient, docrefs, others), ensure_ascii=False,
-                                      indent=1).encode()
-    files[MANIFEST] = _signed_manifest(files, patient_id, key_pem, cert_pem)
-    out = io.BytesIO()
+    digests: dict[str, tuple[int, str]] = {}
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, data in files.items():
-            archive.writestr(name, data)
-    return out.getvalue()
+        def add(name: str, parts: Iterable[bytes]) -> None:
+            digest, size = hashlib.sha256(), 0
+            with archive.open(name, "w") as entry:
+                for part in parts:
+                    # In slices: zlib gives back what it compressed in a buffer it grows, twice a
+                    # MiB's size for a MiB's part.
+                    with memoryview(part) as view:
+                        for start in range(0, len(view), COMPRESSED_SLICE):
+                            entry.write(view[start:start + COMPRESSED_SLICE])
+                    digest.update(part)
+                    size += len(part)
+            digests[name] = (size, digest.hexdigest())
+
+        for start in range(0, len(docrefs), READ_TOGETHER):
+            together = [stored.json() for stored in docrefs[start:start + READ_TOGETHER]]
+            binaries = repo.read_all("Binary", [binary_ids(docref)[0] for docref in together])
+            for index, (docref, binary) in enumerate(zip(together, binaries), start + 1):
+                content_type = binary.json().get("contentType", "application/octet-stream")
+                add(_file_name(index, docref, content_type), repo.blob_parts(binary.blob_sha256))
+        add("bundle.json", [json.dumps(_document_bundle(fhir_base, patient, docrefs, others), ensure_ascii=False,
+                                       indent=1).encode()])
+        archive.writestr(MANIFEST, _signed_manifest(digests, patient_id, key_pem, cert_pem))
 
 
 def _document_bundle(fhir_base: str, patient: StoredResource, docrefs: list[StoredResource],
@@ -90,12 +111,12 @@ def _document_bundle(fhir_base: str, patient: StoredResource, docrefs: list[Stor
     return bundle
 
 
-def _signed_manifest(files: dict[str, bytes], patient_id: str, key_pem: bytes, cert_pem: bytes) -> bytes:
+def _signed_manifest(digests: dict[str, tuple[int, str]], patient_id: str, key_pem: bytes, cert_pem: bytes) -> bytes:
+    """The manifest of the files named, each with its size and SHA-256, signed."""
     manifest = etree.Element(f"{{{MANIFEST_NS}}}manifest", nsmap={None: MANIFEST_NS},
                              created=datetime.now(timezone.utc).isoformat(timespec="seconds"), patient=patient_id)
-    for name, data in files.items():
-        etree.SubElement(manifest, f"{{{MANIFEST_NS}}}file", name=name, size=str(len(data)),
-                         sha256=hashlib.sha256(data).hexdigest())
+    for name, (size, sha256) in digests.items():
+        etree.SubElement(manifest, f"{{{MANIFEST_NS}}}file", name=name, size=str(size), sha256=sha256)
     signer = XMLSigner(method=methods.enveloped, signature_algorithm="rsa-sha256", digest_algorithm="sha256")
     signed = signer.sign(manifest, key=key_pem, cert=cert_pem)
     return etree.tostring(signed, xml_declaration=True, encoding="UTF-8")

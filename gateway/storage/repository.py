@@ -9,7 +9,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, TypeVar
 from urllib.parse import urlparse
 
 from sqlalchemy import Connection, Engine, and_, delete, func, or_, select, text, update
@@ -130,15 +130,29 @@ class Repository:
     # -- reads: each one leaves an AuditEvent before its answer ---------------------------------
 
     def read(self, res_type: str, res_id: str) -> StoredResource:
+        stored = self._readable(res_type, res_id)
+        self._audit_access("read", stored)
+        return stored
+
+    def read_all(self, res_type: str, res_ids: list[str]) -> list[StoredResource]:
+        """Reads of several resources, each answered as `read` answers it, their AuditEvents (one a
+        resource) recorded together: a record's copy read its 1,500 documents' Binaries in 1,500
+        group commits, a quarter of its time."""
+        found = [self._readable(res_type, res_id) for res_id in res_ids]
+        events = [self._event("read", s.patient_id, s.reference, flags_of=[s]) for s in found if s.patient_id]
+        if events:
+            self.record_audit(events)
+        return found
+
+    def _readable(self, res_type: str, res_id: str) -> StoredResource:
+        """The resource, if this reader may see it; a refused read is audited and raised."""
         row = self._visible_current(res_type, res_id)
         if row is None or row.deleted:
             self._audit_refused("read", res_type, res_id)
             if row is None:
                 raise NotFound(f"{res_type}/{res_id} is not known")
             raise Gone(f"{res_type}/{res_id} was deleted")
-        stored = self._row(row)
-        self._audit_access("read", stored)
-        return stored
+        return self._row(row)
 
     def vread(self, res_type: str, res_id: str, version: int) -> StoredResource:
         # A version is visible when the resource itself is: the access filter applies to the current
@@ -239,6 +253,25 @@ class Repository:
         if data is None:
             raise NotFound("document bytes are missing")
         return data
+
+    def blob_parts(self, sha256: str) -> Iterator[bytes]:
+        """A blob's bytes in the parts it was stored in (a MiB each): a record's copy writes each into
+        its ZIP, where joining them held the document twice."""
+        with read_connection(self.engine) as conn:
+            row = conn.execute(select(blobs.c.size, blobs.c.data).where(blobs.c.sha256 == sha256)).first()
+            if row is None:
+                raise NotFound("document bytes are missing")
+            size, first = row
+            del row   # each part let go once given: the caller holds one part at a time
+            complete = len(first) == size
+            yield first
+            del first
+            if not complete:
+                numbers = conn.execute(select(blob_parts.c.part).where(blob_parts.c.sha256 == sha256)
+                                       .order_by(blob_parts.c.part)).scalars().all()
+                for number in numbers:
+                    yield conn.execute(select(blob_parts.c.data).where(
+                        blob_parts.c.sha256 == sha256, blob_parts.c.part == number)).scalar_one()
 
     def document_content(self, docref: dict) -> tuple[str, bytes]:
         """(content type, bytes) of a DocumentReference's document, read (and audited) through its Binary."""

@@ -11,6 +11,7 @@ ends before it starts was kept and served as a DocumentReference that the offici
 (per-1)."""
 import base64
 import copy
+import io
 import json
 import re
 
@@ -167,7 +168,7 @@ def test_a_document_kept_before_these_checks_is_still_masked_and_copied(client, 
     and gets the copy of their record: only what is written anew is checked."""
     from gateway.access import AccessContext
     from gateway.fhir import validation
-    from gateway.services.export import build_export
+    from gateway.services.export import verify_export, write_export
     from gateway.storage.repository import Repository
 
     monkeypatch.setattr(validation, "_periods", lambda node, path: iter(()))
@@ -186,4 +187,6 @@ def test_a_document_kept_before_these_checks_is_still_masked_and_copied(client, 
     assert masked.status_code == 200, masked.data[:300]
     own = Repository(database[0], AccessContext(role="patient", subject=MARTIN_INS, patient_ins=MARTIN_INS),
                      settings.public_base_url)
-    assert build_export(own, settings.fhir_base, settings.export_key.read_bytes(), settings.export_cert.read_bytes())
+    written = io.BytesIO()
+    write_export(own, settings.fhir_base, settings.export_key.read_bytes(), settings.export_cert.read_bytes(), written)
+    assert verify_export(written.getvalue(), [settings.demo_dir / "ca.pem"]).valid

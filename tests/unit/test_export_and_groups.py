@@ -1,4 +1,5 @@
 """The signed manifest of a record's copy, checked offline; the DMP's document groups."""
+import hashlib
 import io
 import zipfile
 
@@ -16,9 +17,13 @@ def keys(tmp_path_factory):
     return directory
 
 
+def signed_manifest(files: dict[str, bytes], keys) -> bytes:
+    return _signed_manifest({name: (len(data), hashlib.sha256(data).hexdigest()) for name, data in files.items()}, "p1",
+                            (keys / "signer-key.pem").read_bytes(), (keys / "signer.pem").read_bytes())
+
+
 def archive(files: dict[str, bytes], keys, *, manifest: bytes | None = None, extra: dict | None = None) -> bytes:
-    signed = manifest or _signed_manifest(files, "p1", (keys / "signer-key.pem").read_bytes(),
-                                          (keys / "signer.pem").read_bytes())
+    signed = manifest or signed_manifest(files, keys)
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w") as z:
         for name, data in {**files, **(extra or {}), MANIFEST: signed}.items():
@@ -35,7 +40,7 @@ def test_an_untouched_copy_verifies(keys):
 
 
 def test_each_altered_missing_or_added_file_is_named(keys):
-    signed = _signed_manifest(FILES, "p1", (keys / "signer-key.pem").read_bytes(), (keys / "signer.pem").read_bytes())
+    signed = signed_manifest(FILES, keys)
     changed = {**FILES, "documents/001-a.xml": b"<b/>"}
     del changed["documents/002-b.pdf"]
     report = verify_export(archive(changed, keys, manifest=signed, extra={"documents/003-c.txt": b"x"}),
@@ -46,7 +51,7 @@ def test_each_altered_missing_or_added_file_is_named(keys):
 
 
 def test_an_edited_manifest_or_another_authority_fails_the_signature(keys, tmp_path):
-    signed = _signed_manifest(FILES, "p1", (keys / "signer-key.pem").read_bytes(), (keys / "signer.pem").read_bytes())
+    signed = signed_manifest(FILES, keys)
     forged = signed.replace(b'name="bundle.json"', b'name="bundle.jsom"')
     assert verify_export(archive(FILES, keys, manifest=forged), [keys / "ca.pem"]).signature
     make_test_pki(tmp_path)

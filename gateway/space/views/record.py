@@ -2,9 +2,10 @@
 and reopening it, asking for its destruction."""
 from __future__ import annotations
 
+import tempfile
 from datetime import datetime, timezone
 
-from flask import Response, current_app, flash, g, redirect, render_template, request, url_for
+from flask import current_app, flash, g, redirect, render_template, request, send_file, url_for
 
 from gateway.services import export, retention
 from gateway.space import accounts, local_date, space
@@ -55,12 +56,19 @@ def notifications_choice():
 @space.get("/dossier/copie.zip")
 def record_copy():
     settings = current_app.config["SETTINGS"]
-    data = export.build_export(g.repository, settings.fhir_base, settings.export_key.read_bytes(),
-                               settings.export_cert.read_bytes())
+    # A file without a name, gone once closed (when the answer is sent, or on an error): the copy
+    # is written there a document at a time, then sent from it.
+    copy = tempfile.TemporaryFile()
+    try:
+        export.write_export(g.repository, settings.fhir_base, settings.export_key.read_bytes(),
+                            settings.export_cert.read_bytes(), copy)
+    except BaseException:
+        copy.close()
+        raise
+    copy.seek(0)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d")
-    response = Response(data, mimetype="application/zip")
-    response.headers["Content-Disposition"] = f'attachment; filename="copie-dossier-{stamp}.zip"'
-    return response
+    return send_file(copy, mimetype="application/zip", as_attachment=True,
+                     download_name=f"copie-dossier-{stamp}.zip", etag=False, conditional=False)
 
 
 def _confirmed() -> bool:
