@@ -2,8 +2,10 @@
 (FHIR R4, ANS PDSm, IHE MHD, FR Core, IHE BALP), on both backends: CDA over /cda (our samples and
 the third-party corpus), HL7v2 ADT/ZFA, MDM T02/T10/T04 and ORU, ITI-65 with a signature, consent
 changes, masking, the patient space's own documents; searches, reads, a history, the CapabilityStatement,
-transaction-responses and OperationOutcomes."""
+transaction-responses, OperationOutcomes and the FHIR document of a patient's copy of their record."""
+import io
 import json
+import zipfile
 
 from sqlalchemy import select
 
@@ -12,6 +14,7 @@ from conftest import CORPUS, GP, REPORT, SAMPLES, attend_all
 from gateway.access import AccessContext
 from gateway.demo import build_submission, signed_submission
 from gateway.services import personal
+from gateway.services.export import write_export
 from gateway.storage.repository import Repository
 from gateway.storage.schema import resources
 
@@ -90,6 +93,10 @@ def test_everything_served_passes_the_official_profiles(client, bearer, settings
     history = client.get(f"/fhir/DocumentReference/{first['id']}/_history?_count=1", headers=patient).json
     assert history["total"] == 2 and [link["relation"] for link in history["link"]] == ["self", "next"]
     collected.add(history)
+    # The patient's copy of their record: bundle.json, a document Bundle written an entry a line.
+    copy = io.BytesIO()
+    write_export(own, settings.fhir_base, settings.export_key.read_bytes(), settings.export_cert.read_bytes(), copy)
+    collected.add(json.loads(zipfile.ZipFile(copy).read("bundle.json")))
     collected.add(client.post("/cda", data=b"<nothing/>", headers={"Content-Type": "application/xml"}).json)
     collected.add(client.get("/fhir/DocumentReference/unknown", headers=gp).json)
 
