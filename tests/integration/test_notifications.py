@@ -126,3 +126,50 @@ def test_the_e_mail_goes_through_a_real_smtp_server(client, bearer, database, se
     mail = email.message_from_bytes(received[0].content, policy=email.policy.default)
     assert mail["Subject"] == "Un nouveau document dans votre dossier médical partagé"
     assert mail["From"] == "dmp@example.test" and "/documents" in mail.get_content()
+
+
+def test_starttls_checks_the_mail_server_s_certificate_and_the_mail_is_dated(client, bearer, database, settings, people,
+                                                                              monkeypatch, tmp_path):
+    """smtplib's STARTTLS takes any certificate unless given a context that checks it: a server in
+    the middle read every one-time code. The mail had no Date nor Message-ID, which RFC 5322 asks
+    for and whose absence spam filters score; a sign-in code filed as spam locks its patient out."""
+    import ssl
+    from dataclasses import replace
+
+    from aiosmtpd.controller import Controller
+
+    from test_mllp_tls import issue
+
+    ca = issue(tmp_path, "ca")
+    issue(tmp_path, "smtp", ca, server=True)
+    issue(tmp_path, "other-ca")
+    received = []
+
+    class Inbox:
+        async def handle_DATA(self, server, session, envelope):
+            received.append(envelope)
+            return "250 OK"
+
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(tmp_path / "smtp.pem", tmp_path / "smtp-key.pem")
+    smtp = Controller(Inbox(), hostname="127.0.0.1", port=free_port(), tls_context=server_tls, require_starttls=True)
+    smtp.start()
+    sending = replace(settings, message_sender="smtp")
+    try:
+        for name, value in (("GATEWAY_SMTP_HOST", "127.0.0.1"), ("GATEWAY_SMTP_PORT", str(smtp.port)),
+                            ("GATEWAY_SMTP_FROM", "dmp@example.test"), ("GATEWAY_SMTP_CA", str(tmp_path / "other-ca.pem"))):
+            monkeypatch.setenv(name, value)
+        client.post("/cda", data=sample("cr-biologie-martin.xml"), headers={**XML, **bearer("system", sub="hospital")})
+        with pytest.raises(ssl.SSLCertVerificationError):
+            notifications.send_pending(sending, database[0])
+        assert received == []
+        monkeypatch.setenv("GATEWAY_SMTP_CA", str(tmp_path / "ca.pem"))
+        # The refused one waits for its claim to end (the next round); the next document's is sent.
+        client.post("/cda", data=sample("ldl-ses-martin.xml"), headers={**XML, **bearer("system", sub="hospital")})
+        assert notifications.send_pending(sending, database[0]) == 1
+    finally:
+        smtp.stop()
+    mail = email.message_from_bytes(received[0].content, policy=email.policy.default)
+    assert [e.rcpt_tos for e in received] == [["paul@example.test"]]
+    assert mail["Date"].datetime.tzinfo is not None
+    assert mail["Message-ID"].startswith("<") and mail["Message-ID"].endswith("@example.test>")
