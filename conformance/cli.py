@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import ssl
 import sys
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from . import reports
 from .model import CASES_DIR, SUITES, CaseError, case_files, load_cases
-from .runner import Target, TokenSource, run_cases, unreachable
+from .runner import Target, Tls, TokenSource, run_cases, unreachable
 
 
 def _seconds(value: str) -> float:
@@ -64,8 +65,16 @@ def cmd_run(args) -> int:
             problems.append("--schematron-dir needs saxonche: pip install saxonche")
         except ValueError as exc:
             problems.append(str(exc))
+    tls = Tls(args.mllp_tls, args.tls_ca, args.tls_cert, args.tls_key)
+    if args.tls_key and not args.tls_cert:
+        problems.append("--tls-key is the key of --tls-cert, which is missing")
+    elif args.mllp_tls or args.tls_ca or args.tls_cert:
+        try:
+            tls.context()
+        except (OSError, ssl.SSLError) as exc:
+            problems.append(f"TLS: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""))
     target = Target(args.fhir_base, args.mllp, TokenSource(args.token, args.token_command), args.timeout,
-                    schematrons)
+                    schematrons, tls)
     problems += unreachable(target, cases)
     for problem in problems:
         console.print(f"error: {problem}", highlight=False, soft_wrap=True, markup=False)
@@ -127,6 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     tokens.add_argument("--token", help="one bearer token for every request")
     tokens.add_argument("--token-command", help="a command printing a token on its last line, given --role and "
                                                 "--sub/--patient/--purpose/--org, e.g. 'gateway token issue'")
+    run.add_argument("--mllp-tls", action="store_true", help="MLLP over TLS (HTTPS follows --fhir-base's scheme)")
+    run.add_argument("--tls-ca", help="the authority the gateway's certificates come from (PEM), for HTTPS and MLLP "
+                                      "over TLS; the system's without it")
+    run.add_argument("--tls-cert", help="the kit's certificate (PEM), for a gateway that asks for one (mutual TLS)")
+    run.add_argument("--tls-key", help="its private key (PEM), when not in --tls-cert")
     run.add_argument("--suite", action="append", help="only this suite (repeatable)")
     run.add_argument("--case", action="append", help="only this case id (repeatable)")
     run.add_argument("--junit", help="write JUnit XML here")

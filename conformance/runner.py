@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import ssl
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -81,6 +82,27 @@ class TokenSource:
         return self._cache[key]
 
 
+@dataclass(frozen=True)
+class Tls:
+    """TLS towards the gateway: HTTPS as --fhir-base's scheme says, MLLP when `mllp` is set; the
+    gateway's certificate checked against `ca` (the system's authorities without one), and the
+    kit's own certificate given to a gateway that asks for one (mutual TLS)."""
+    mllp: bool = False
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+    def context(self) -> ssl.SSLContext:
+        """Raises OSError or ssl.SSLError for a file that cannot be read or is no PEM of its kind."""
+        context = ssl.create_default_context(cafile=self.ca)
+        if self.cert:
+            context.load_cert_chain(self.cert, self.key)
+        return context
+
+    def requests_options(self) -> dict:
+        return {"verify": self.ca or True, "cert": (self.cert, self.key) if self.key else self.cert}
+
+
 @dataclass
 class Target:
     fhir_base: str
@@ -88,6 +110,19 @@ class Target:
     tokens: TokenSource = field(default_factory=TokenSource)
     timeout: float = 30.0
     schematrons: object | None = None   # schematron.Schematrons, when the tester gives some
+    tls: Tls = field(default_factory=Tls)
+
+    def mllp_connection(self) -> socket.socket:
+        """A connection to the MLLP listener, over TLS when asked (the handshake done)."""
+        host, port = self.mllp
+        sock = socket.create_connection((host, port), timeout=self.timeout)
+        if not self.tls.mllp:
+            return sock
+        try:
+            return self.tls.context().wrap_socket(sock, server_hostname=host)
+        except BaseException:
+            sock.close()
+            raise
 
     @property
     def gateway_root(self) -> str | None:
@@ -111,7 +146,7 @@ def unreachable(target: Target, cases: list[Case]) -> list[str]:
             headers["Authorization"] = f"Bearer {token}"
     url = f"{target.fhir_base.rstrip('/')}/metadata"
     try:
-        answer = requests.get(url, headers=headers, timeout=target.timeout)
+        answer = requests.get(url, headers=headers, timeout=target.timeout, **target.tls.requests_options())
     except requests.RequestException as exc:
         problems.append(f"cannot reach the FHIR server: GET {url}: {exc}")
     else:
@@ -128,9 +163,10 @@ def unreachable(target: Target, cases: list[Case]) -> list[str]:
     needs = {need for case in cases for need in case.requires}
     if target.mllp is not None and "mllp" in needs:
         try:
-            socket.create_connection(target.mllp, timeout=target.timeout).close()
-        except OSError as exc:
-            problems.append(f"cannot reach the MLLP listener at {target.mllp[0]}:{target.mllp[1]}: {exc}")
+            target.mllp_connection().close()
+        except OSError as exc:   # ssl.SSLError is one: a certificate not trusted, a handshake refused
+            over = " over TLS" if target.tls.mllp else ""
+            problems.append(f"cannot reach the MLLP listener at {target.mllp[0]}:{target.mllp[1]}{over}: {exc}")
     return problems
 
 
@@ -199,8 +235,7 @@ class CaseRun:
         self._check_ack(ack, message, spec.get("expect", {}))
 
     def _send(self, chunks: list[bytes], expect_answer: bool) -> bytes | None:
-        host, port = self.target.mllp
-        with socket.create_connection((host, port), timeout=self.target.timeout) as sock:
+        with self.target.mllp_connection() as sock:
             for chunk in chunks:
                 sock.sendall(chunk)
                 time.sleep(0.01 if len(chunks) > 1 else 0)
@@ -279,7 +314,9 @@ class CaseRun:
             spec.setdefault("content_type", "application/x-www-form-urlencoded")
         if body is not None:
             headers["Content-Type"] = spec.get("content_type", "application/fhir+json")
-        response = self.session.request(method, url, data=body, headers=headers, timeout=self.target.timeout)
+        # TLS's options with each request: a session's `verify` gives way to REQUESTS_CA_BUNDLE.
+        response = self.session.request(method, url, data=body, headers=headers, timeout=self.target.timeout,
+                                        **self.target.tls.requests_options())
         shown = body[:4000].decode("utf-8", "replace") if body else ""
         self.exchanges.append(Exchange(number, f"{method} {url}\nas {identity}\n\n{shown}",
                                        f"{response.status_code}\n{_headers(response)}\n\n{response.text[:8000]}"))
