@@ -65,7 +65,8 @@ def cmd_send(settings: Settings, args) -> int:
     from gateway.hl7v2.sender import send_paths
 
     return send_paths([Path(p) for p in args.paths], args.host or settings.mllp_host, args.port or settings.mllp_port,
-                      timeout=args.timeout, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key)
+                      timeout=args.timeout, use_tls=args.tls, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
+                      tls_key=args.tls_key)
 
 
 def cmd_messages(settings: Settings, args) -> int:
@@ -148,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     send.add_argument("--host", help="gateway host (default GATEWAY_MLLP_HOST)")
     send.add_argument("--port", type=PORT, help="gateway MLLP port (default GATEWAY_MLLP_PORT)")
     send.add_argument("--timeout", type=seconds, default=30.0, help="seconds to wait for each ACK")
+    send.add_argument("--tls", action="store_true", help="connect with TLS, trusting the system's authorities")
     send.add_argument("--tls-ca", help="connect with TLS, trusting this CA (PEM)")
     send.add_argument("--tls-cert", help="connect with TLS, with this client certificate (PEM; mutual TLS)")
     send.add_argument("--tls-key", help="the client certificate's private key (PEM), when not in --tls-cert")

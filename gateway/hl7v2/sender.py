@@ -31,17 +31,18 @@ def _ack_code(ack: bytes) -> str:
     return msa.get(1) if msa is not None else "?"
 
 
-def send_paths(paths: list[Path], host: str, port: int, *, timeout: float = 30.0, tls_ca: str | None = None,
-               tls_cert: str | None = None, tls_key: str | None = None) -> int:
+def send_paths(paths: list[Path], host: str, port: int, *, timeout: float = 30.0, use_tls: bool = False,
+               tls_ca: str | None = None, tls_cert: str | None = None, tls_key: str | None = None) -> int:
     """Exit status 0 when every message got AA (or CA), 1 otherwise, 2 when a file could not be read or
-    the gateway reached (said in a line: each was a traceback). TLS with a CA to trust (the system's
-    without one) and, for a listener that asks for it (mutual TLS), the sender's certificate."""
+    the gateway reached (said in a line: each was a traceback). TLS when asked, or given a CA to trust
+    (the system's without one) or, for a listener that asks for it (mutual TLS), the sender's
+    certificate: a listener whose certificate a public authority signed was out of reach."""
     console = shell_console()
     tls = None
     if tls_key and not tls_cert:
         console.print("TLS: --tls-key is the key of --tls-cert, which is missing", markup=False)
         return 2
-    if tls_ca or tls_cert:
+    if use_tls or tls_ca or tls_cert:
         try:
             tls = ssl.create_default_context(cafile=tls_ca)
             if tls_cert:

@@ -81,6 +81,10 @@ def test_gateway_send_over_tls_and_mutual_tls(mllp_listener, pki, capsys):
     assert (status, "AA: 1" in said) == ((2, False) if mutual else (0, True)), said
     status, said = send(tls_ca=pki / "other-ca.pem")   # a listener the sender does not trust
     assert status == 2 and "CERTIFICATE_VERIFY_FAILED" in said, said
+    # --tls alone: TLS with the system's authorities, which did not sign this listener's certificate.
+    status = send_paths([A01], "127.0.0.1", port, timeout=10, use_tls=True)
+    said = " ".join(capsys.readouterr().out.split())
+    assert status == 2 and "CERTIFICATE_VERIFY_FAILED" in said, said
     status, said = send()                                 # in clear text: no ACK comes back
     assert status != 0 and "AA" not in said, said
     status, said = send(tls_ca=pki / "ca.pem", tls_cert=pki / "missing.pem")
