@@ -119,12 +119,16 @@ def cmd_restore(settings: Settings, args) -> int:
     from gateway.storage.backup import BackupRefused, restore
 
     try:
-        copy, aside = restore(settings.database_url, Path(args.file))
+        restored = restore(settings.database_url, Path(args.file))
     except BackupRefused as refused:
         print(f"gateway restore: {refused}", file=sys.stderr)
         return 2
-    if aside is not None:
-        print(f"what the database held is kept in {aside.path}: {_described(aside)}")
+    if restored.kept is not None:
+        print(f"what the database held is kept in {restored.kept.path}: {_described(restored.kept)}")
+    if restored.moved is not None:
+        print(f"what the database held is moved, as its files were, to {restored.moved}: SQLite could not copy it "
+              f"({restored.why_moved})")
+    copy = restored.copy
     print(f"restored {copy.path}: {_described(copy)}, in {copy.seconds:.1f} s; `gateway serve` applies the "
           "migrations the copy lacks")
     return 0

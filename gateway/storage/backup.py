@@ -68,7 +68,7 @@ def backup(database_url: str, destination: Path) -> Copy:
             # One file, as a backup is handled: the database's WAL mode is set again by the
             # gateway when it opens it.
             copy.execute("PRAGMA journal_mode=DELETE")
-        checked = _checked(partial)
+        checked = _checked(partial, source)
         _flush(partial)
         os.replace(partial, destination)
         _flush(destination.parent)
@@ -81,13 +81,21 @@ def backup(database_url: str, destination: Path) -> Copy:
     return Copy(destination, destination.stat().st_size, time.perf_counter() - started, *checked)
 
 
-def restore(database_url: str, copy_path: Path) -> tuple[Copy, Copy | None]:
+@dataclass(frozen=True)
+class Restored:
+    copy: Copy
+    kept: Copy | None = None          # a backup of what the database held
+    moved: Path | None = None         # or its files moved aside as they were, SQLite unable to copy it
+    why_moved: str | None = None
+
+
+def restore(database_url: str, copy_path: Path) -> Restored:
     """Put a copy `backup` made in the database's place, the gateway stopped. What the database held
     is first backed up beside it (`gateway.db.before-restore-<UTC time>`): a restore of the wrong
-    copy loses nothing. The copy is written into the database by SQLite's backup too, through the
-    database's own connection: the database's WAL, which holds commits of the database replaced,
-    is then SQLite's to handle, never applied to the copy's pages. Returns the copy and the backup
-    of what was replaced (None where there was no database)."""
+    copy loses nothing. A database SQLite cannot copy whole (a damaged one, the reason to restore)
+    has its files moved there as they are instead. The copy is written into the database by
+    SQLite's backup too, through the database's own connection: the database's WAL, which holds
+    commits of the database replaced, is then SQLite's to handle, never applied to the copy's pages."""
     target = database_path(database_url)
     if not copy_path.is_file():
         raise BackupRefused(f"there is no file at {copy_path}")
@@ -95,15 +103,21 @@ def restore(database_url: str, copy_path: Path) -> tuple[Copy, Copy | None]:
         raise BackupRefused(f"{copy_path} is the database itself")
     size, started = copy_path.stat().st_size, time.perf_counter()
     migration, newest = _checked(copy_path)
-    aside = None
+    kept = moved = why_moved = None
     if target.is_file():
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        aside = backup(database_url, target.with_name(f"{target.name}.before-restore-{stamp}"))
+        aside = target.with_name(f"{target.name}.before-restore-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}")
+        try:
+            kept = backup(database_url, aside)
+        except BackupRefused as refused:
+            for suffix in ("", "-wal", "-shm"):
+                if Path(f"{target}{suffix}").exists():
+                    os.replace(f"{target}{suffix}", f"{aside}{suffix}")
+            moved, why_moved = aside, str(refused)
     target.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.closing(_read_only(copy_path)) as reader, \
             contextlib.closing(sqlite.connect(target, timeout=30)) as database:
         reader.backup(database)
-    return Copy(copy_path, size, time.perf_counter() - started, migration, newest), aside
+    return Restored(Copy(copy_path, size, time.perf_counter() - started, migration, newest), kept, moved, why_moved)
 
 
 def _check_destination(destination: Path) -> None:
@@ -117,22 +131,28 @@ def _read_only(path: Path) -> sqlite.Connection:
     return sqlite.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True, timeout=30)
 
 
-def _checked(path: Path) -> tuple[str, str | None]:
+def _checked(path: Path, named: Path | None = None) -> tuple[str, str | None]:
     """The migration a copy is at and when its newest input was received, once SQLite finds its
     pages sound (`quick_check`: every page and record readable, without comparing each index with
-    its table) and it holds a gateway's tables; BackupRefused otherwise."""
+    its table) and it holds a gateway's tables; BackupRefused otherwise, naming the file as `named`
+    (the database a copy was taken of: its pages are the database's)."""
+    shown = named or path
     try:
         with contextlib.closing(_read_only(path)) as copy:
             problems = [row[0] for row in copy.execute("PRAGMA quick_check(3)")]
-            if problems != ["ok"]:
-                raise BackupRefused(f"{path} is damaged: SQLite's quick_check says "
-                                     f"{'; '.join(' '.join(problem.split()) for problem in problems)}")
+    except sqlite.DatabaseError as failure:
+        raise BackupRefused(f"{shown} cannot be read as a database ({failure})") from None
+    if problems != ["ok"]:
+        raise BackupRefused(f"{shown} is damaged: SQLite's quick_check says "
+                            f"{'; '.join(' '.join(problem.split()) for problem in problems)}")
+    try:
+        with contextlib.closing(_read_only(path)) as copy:
             migration = copy.execute("SELECT version_num FROM alembic_version").fetchone()
             newest = copy.execute("SELECT max(received_at) FROM raw_inputs").fetchone()[0]
     except sqlite.DatabaseError as failure:
-        raise BackupRefused(f"{path} is not a gateway database ({failure})") from None
+        raise BackupRefused(f"{shown} is not a gateway database ({failure})") from None
     if migration is None:
-        raise BackupRefused(f"{path} is not a gateway database (no migration was ever applied to it)")
+        raise BackupRefused(f"{shown} is not a gateway database (no migration was ever applied to it)")
     return migration[0], newest
 
 

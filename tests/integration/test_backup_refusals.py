@@ -1,7 +1,8 @@
 """What `gateway backup` and `gateway restore` refuse, each said in a line and nothing changed: a
 PostgreSQL database (its own tools are named), a copy that exists, a folder that does not, a file
-that is no gateway database, a damaged copy, the database restored onto itself. The backup taken
-while messages stream, and its restore, are in tests/e2e/test_backup.py."""
+that is no gateway database, a damaged copy, the database restored onto itself; and a damaged
+database restored, its files moved aside as they were. The backup taken while messages stream,
+and its restore, are in tests/e2e/test_backup.py."""
 import shutil
 
 import pytest
@@ -53,16 +54,31 @@ def test_restore_refuses_what_is_no_sound_gateway_database(operator, tmp_path):
     other = tmp_path / "other.db"
     other.write_text("name,value\n")
     status, _, told = operator("restore", str(other))
-    assert status == 2 and "is not a gateway database" in told
+    assert status == 2 and f"{other} cannot be read as a database (file is not a database)" in told, told
     assert operator("backup", str(tmp_path / "copy.db"))[0] == 0
     damaged = tmp_path / "damaged.db"
     data = bytearray((tmp_path / "copy.db").read_bytes())
     data[4096 * 3:4096 * 3 + 64] = b"\xff" * 64   # a page of a table or an index overwritten
     damaged.write_bytes(bytes(data))
     status, _, told = operator("restore", str(damaged))
-    assert status == 2 and ("is damaged" in told or "is not a gateway database" in told), told
+    assert status == 2 and ("is damaged" in told or "cannot be read as a database" in told), told
     status, _, told = operator("restore", str(operator.database))
     assert status == 2 and "is the database itself" in told
     assert operator("restore", str(tmp_path / "missing.db"))[0] == 2
     assert operator.database.read_bytes() == before
     assert not list(tmp_path.glob("gateway.db.before-restore-*")), "a refused restore set the database aside"
+
+
+def test_a_damaged_database_is_restored_its_files_moved_aside_as_they_were(operator, tmp_path):
+    """A database SQLite cannot copy whole, the reason to restore, was refused as the copy of what it
+    held could not be checked: the restore it needed could not be made."""
+    assert operator("backup", str(tmp_path / "copy.db"))[0] == 0
+    data = bytearray(operator.database.read_bytes())
+    data[4096 * 3:4096 * 3 + 64] = b"\xff" * 64
+    operator.database.write_bytes(bytes(data))
+    status, told, _ = operator("restore", str(tmp_path / "copy.db"))
+    assert status == 0 and "is moved, as its files were, to" in told, told
+    assert f"SQLite could not copy it ({operator.database} " in told and "malformed" in told, told
+    [moved] = tmp_path.glob("gateway.db.before-restore-*Z")   # beside it, its -wal and -shm if any
+    assert moved.read_bytes() == bytes(data)
+    assert operator("audit", "verify")[0] == 0 and operator("backup", str(tmp_path / "again.db"))[0] == 0
