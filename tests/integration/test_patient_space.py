@@ -297,6 +297,9 @@ def test_the_copy_holds_the_record_and_its_signature_covers_every_file(app, sett
     browser = sign_in(app, settings)
     copy = browser.get("/dossier/copie.zip")
     assert copy.status_code == 200 and copy.mimetype == "application/zip"
+    # Health data kept by no cache (send_file's no-cache replaced the space's no-store), its length said.
+    assert copy.headers["Cache-Control"] == "no-store" and copy.content_length == len(copy.data)
+    assert copy.headers["Content-Disposition"].startswith('attachment; filename="copie-dossier-')
     assert verify_export(copy.data, [settings.demo_dir / "ca.pem"]).valid
     names = zipfile.ZipFile(BytesIO(copy.data)).namelist()
     assert {"bundle.json", "manifest.xml"} <= set(names) and sum(n.startswith("documents/") for n in names) == 2

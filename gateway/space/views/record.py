@@ -5,7 +5,8 @@ from __future__ import annotations
 import tempfile
 from datetime import datetime, timezone
 
-from flask import current_app, flash, g, redirect, render_template, request, send_file, url_for
+from flask import Response, current_app, flash, g, redirect, render_template, request, url_for
+from werkzeug.wsgi import wrap_file
 
 from gateway.services import export, retention
 from gateway.space import accounts, local_date, space
@@ -65,10 +66,16 @@ def record_copy():
     except BaseException:
         copy.close()
         raise
+    size = copy.tell()
     copy.seek(0)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d")
-    return send_file(copy, mimetype="application/zip", as_attachment=True,
-                     download_name=f"copie-dossier-{stamp}.zip", etag=False, conditional=False)
+    # Sent as it is read, the file closed once sent; with its length, which a browser shows the
+    # download's progress by, and the space's `no-store` (send_file's `no-cache` would have
+    # replaced it).
+    response = Response(wrap_file(request.environ, copy), mimetype="application/zip", direct_passthrough=True)
+    response.content_length = size
+    response.headers["Content-Disposition"] = \
+        f'attachment; filename="copie-dossier-{datetime.now(timezone.utc):%Y%m%d}.zip"'
+    return response
 
 
 def _confirmed() -> bool:
