@@ -9,6 +9,7 @@ from flask import Flask, g, request
 from flask_cors import CORS
 from sqlalchemy import Engine
 from werkzeug.exceptions import HTTPException, NotFound
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from gateway import metrics
 from gateway.access import AccessRefused
@@ -140,4 +141,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
              expose_headers=["ETag", "Last-Modified", "Location", "Content-Location", "X-Request-Id"], max_age=600)
     init_space(app, settings)
     search.set_cursor_key(app.secret_key)
+    if settings.proxies:
+        # The client's address, not the load balancer's: the sign-in attempts counted per address
+        # and the trail's network address were the balancer's, the same for every patient, so that
+        # 31 wrong passwords from anywhere locked the whole patient space out for 15 minutes.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.proxies, x_proto=0, x_host=0, x_port=0, x_prefix=0)
     return app

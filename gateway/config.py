@@ -136,6 +136,9 @@ class Settings:
     # `gateway serve`'s HTTP worker processes, and the threads of each.
     http_workers: int = 2
     http_threads: int = 8
+    # The proxies in front of the HTTP server (a load balancer: 1) whose X-Forwarded-For gives the
+    # client's address; with none, the header is ignored, as any client may send it.
+    proxies: int = 0
 
     @property
     def demo_token_key(self) -> Path:
@@ -204,4 +207,5 @@ class Settings:
             export_cert=Path(os.environ.get("GATEWAY_EXPORT_CERT", demo_dir / "signer.pem")),
             http_workers=_int("GATEWAY_WORKERS", 2, high=256),
             http_threads=_int("GATEWAY_THREADS", 8, high=1024),
+            proxies=_int("GATEWAY_PROXIES", 0, low=0, high=8),
         )

@@ -119,9 +119,9 @@ def test_two_nodes_behind_haproxy_share_one_record_with_no_lock_between_them(tmp
     http_port, mllp_port = free_port(), free_port()
     balancer = f"http://127.0.0.1:{http_port}"
     # The nodes share what a deployment shares: the database, the keys (tokens, the session and
-    # search cursor key) and the public URL, the load balancer's.
+    # search cursor key), the public URL, the load balancer's, and the client's address it forwards.
     shared = {"GATEWAY_DEMO_DIR": str(tmp_path / "demo"), "GATEWAY_PUBLIC_BASE_URL": balancer,
-              "GATEWAY_MLLP_PROCESSES": "1", "GATEWAY_LOG_LEVEL": "WARNING"}
+              "GATEWAY_MLLP_PROCESSES": "1", "GATEWAY_LOG_LEVEL": "WARNING", "GATEWAY_PROXIES": "1"}
     with new_postgres_database("gateway_nodes") as url:
         started, proxy = [], None
         engine = make_engine(url)
