@@ -255,23 +255,10 @@ class Repository:
         return data
 
     def blob_parts(self, sha256: str) -> Iterator[bytes]:
-        """A blob's bytes in the parts it was stored in (a MiB each): a record's copy writes each into
+        """A blob's bytes a stored part at a time (`blob_pieces`): a record's copy writes each into
         its ZIP, where joining them held the document twice."""
         with read_connection(self.engine) as conn:
-            row = conn.execute(select(blobs.c.size, blobs.c.data).where(blobs.c.sha256 == sha256)).first()
-            if row is None:
-                raise NotFound("document bytes are missing")
-            size, first = row
-            del row   # each part let go once given: the caller holds one part at a time
-            complete = len(first) == size
-            yield first
-            del first
-            if not complete:
-                numbers = conn.execute(select(blob_parts.c.part).where(blob_parts.c.sha256 == sha256)
-                                       .order_by(blob_parts.c.part)).scalars().all()
-                for number in numbers:
-                    yield conn.execute(select(blob_parts.c.data).where(
-                        blob_parts.c.sha256 == sha256, blob_parts.c.part == number)).scalar_one()
+            yield from blob_pieces(conn, sha256)
 
     def document_content(self, docref: dict) -> tuple[str, bytes]:
         """(content type, bytes) of a DocumentReference's document, read (and audited) through its Binary."""
@@ -1010,16 +997,33 @@ def _index_parts(rows_by_kind: dict[str, list[dict]]) -> list[tuple[sql.Prebuilt
     return [(sql.INSERT_INDEX[kind], rows) for kind, rows in rows_by_kind.items()]
 
 
+def blob_pieces(conn: Connection, sha256: str) -> Iterator[bytes]:
+    """A blob's bytes in the parts it was stored in: its row's data, then its parts in order (a MiB
+    each), each read alone, so that a caller writing them out holds one at a time. NotFound when
+    there is no such blob."""
+    row = conn.execute(select(blobs.c.size, blobs.c.data).where(blobs.c.sha256 == sha256)).first()
+    if row is None:
+        raise NotFound("document bytes are missing")
+    size, first = row
+    del row   # each part let go once given
+    complete = len(first) == size
+    yield first
+    del first
+    if complete:
+        return
+    numbers = conn.execute(select(blob_parts.c.part).where(blob_parts.c.sha256 == sha256)
+                           .order_by(blob_parts.c.part)).scalars().all()
+    for number in numbers:
+        yield conn.execute(select(blob_parts.c.data).where(
+            blob_parts.c.sha256 == sha256, blob_parts.c.part == number)).scalar_one()
+
+
 def blob_bytes(conn: Connection, sha256: str) -> bytes | None:
-    """A blob's bytes: its row's data, then its parts in order (None when there is no such blob)."""
-    first = conn.execute(select(blobs.c.size, blobs.c.data).where(blobs.c.sha256 == sha256)).first()
-    if first is None:
+    """A blob's bytes, whole (None when there is no such blob)."""
+    try:
+        return b"".join(blob_pieces(conn, sha256))
+    except NotFound:
         return None
-    if len(first.data) == first.size:
-        return bytes(first.data)
-    parts = conn.execute(select(blob_parts.c.data).where(blob_parts.c.sha256 == sha256)
-                         .order_by(blob_parts.c.part)).scalars()
-    return b"".join([first.data, *parts])
 
 
 def delete_blob(conn: Connection, sha256: str) -> None:
