@@ -46,15 +46,19 @@ def backend():
     return "sqlite"
 
 
-@pytest.fixture
-def pki(tmp_path):
-    folder = tmp_path / "pki"
+def make_pki(folder: Path) -> Path:
+    """A CA, the listener's certificate, a hospital's (a client's), and a stranger's from another CA."""
     folder.mkdir()
     ca = issue(folder, "ca")
     issue(folder, "listener", ca, server=True)
     issue(folder, "hospital", ca)
     issue(folder, "stranger", issue(folder, "other-ca"))
     return folder
+
+
+@pytest.fixture
+def pki(tmp_path):
+    return make_pki(tmp_path / "pki")
 
 
 @pytest.fixture(params=["tls", "mutual"])
