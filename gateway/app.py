@@ -26,6 +26,7 @@ from gateway.http.content_coding import decode_request_body
 from gateway.http.hl7v2 import hl7v2
 from gateway.http.inputs import holds_nul
 from gateway.http.ops import ops
+from gateway.http.slow_clients import StalledBodies
 from gateway.logs import request_id
 from gateway.space import init_space
 from gateway.storage import search
@@ -35,7 +36,7 @@ from gateway.storage.repository import Repository
 log = logging.getLogger(__name__)
 
 HTTP_ISSUE_CODES = {400: "invalid", 404: "not-found", 405: "not-supported", 406: "not-supported",
-                    413: "too-costly", 415: "not-supported"}
+                    408: "timeout", 413: "too-costly", 415: "not-supported"}
 
 
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> Flask:
@@ -141,6 +142,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
              expose_headers=["ETag", "Last-Modified", "Location", "Content-Location", "X-Request-Id"], max_age=600)
     init_space(app, settings)
     search.set_cursor_key(app.secret_key)
+    app.wsgi_app = StalledBodies(app.wsgi_app, settings.http_client_timeout)
     if settings.proxies:
         # The client's address, not the load balancer's: the sign-in attempts counted per address
         # and the trail's network address were the balancer's, the same for every patient, so that

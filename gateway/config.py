@@ -105,6 +105,9 @@ class Settings:
     mllp_idle_timeout: float = 300.0
     # Seconds a search of the HTTP API or the patient space may run (Repository.search_seconds).
     search_seconds: float = 10.0
+    # Seconds a client may take to send a request's headers, and may keep the server waiting within
+    # its body or its answer (gateway.http.slow_clients).
+    http_client_timeout: float = 30.0
     mllp_workers: int = 8
     # Listener processes sharing the port (listener.start_processes): Python runs one thread at a time per
     # process, so the ingest work of several connections uses several cores only in several processes.
@@ -185,6 +188,7 @@ class Settings:
             mllp_max_bytes=_int("GATEWAY_MLLP_MAX_BYTES", 32 * 1024 * 1024),
             mllp_idle_timeout=_seconds("GATEWAY_MLLP_IDLE_TIMEOUT", 300.0),
             search_seconds=_seconds("GATEWAY_SEARCH_TIMEOUT", 10.0),
+            http_client_timeout=_seconds("GATEWAY_HTTP_CLIENT_TIMEOUT", 30.0),
             mllp_workers=_int("GATEWAY_MLLP_WORKERS", 8, high=1024),
             mllp_processes=_int("GATEWAY_MLLP_PROCESSES", 2, high=256),
             mllp_max_connections=_int("GATEWAY_MLLP_MAX_CONNECTIONS", 32, high=65535),

@@ -15,6 +15,7 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.workers.gthread import ThreadWorker
 
 from gateway.config import Settings
+from gateway.http.slow_clients import HeadDeadlines, StalledReaders, wait_at_most
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,35 @@ class Worker(ThreadWorker):
             return
         self.quitting = True
         super().handle_quit(sig, frame)
+
+    # What a slow client may hold (gateway.http.slow_clients): a request's head is read within
+    # GATEWAY_HTTP_CLIENT_TIMEOUT, and no wait within its body or answer lasts longer.
+
+    def load_wsgi(self):
+        super().load_wsgi()
+        self.client_timeout = self.wsgi.config["SETTINGS"].http_client_timeout
+        self.heads = HeadDeadlines(self.client_timeout)
+        # Python's sendfile waits on a client that reads nothing without any bound, whatever the
+        # socket's timeouts: answers from files are written as the others are.
+        self.cfg.set("sendfile", False)
+        self.log.error_log.addFilter(StalledReaders())
+
+    def handle(self, conn):
+        if getattr(conn, "waits_bounded", False):
+            # A kept-alive connection's next head is the watchdog's to bound, as the first one was.
+            wait_at_most(conn.sock, None)
+            conn.waits_bounded = False
+        self.heads.start(conn.sock)
+        try:
+            return super().handle(conn)
+        finally:
+            self.heads.done(conn.sock)
+
+    def handle_request(self, req, conn):
+        self.heads.done(conn.sock)
+        wait_at_most(conn.sock, self.client_timeout)
+        conn.waits_bounded = True
+        return super().handle_request(req, conn)
 
 
 class _Gunicorn(BaseApplication):

@@ -124,6 +124,7 @@ def test_gateway_account_create_checks_what_it_is_given_and_replaces_only_when_a
     ("GATEWAY_WORKERS", "0", "GATEWAY_WORKERS is 0: it takes 1 to 256"),
     ("GATEWAY_MLLP_IDLE_TIMEOUT", "x", "GATEWAY_MLLP_IDLE_TIMEOUT is 'x': it takes a number of seconds above 0"),
     ("GATEWAY_SEARCH_TIMEOUT", "nan", "GATEWAY_SEARCH_TIMEOUT is 'nan': it takes a number of seconds above 0"),
+    ("GATEWAY_HTTP_CLIENT_TIMEOUT", "0", "GATEWAY_HTTP_CLIENT_TIMEOUT is '0': it takes a number of seconds above 0"),
     ("GATEWAY_LOG_LEVEL", "verbose", "GATEWAY_LOG_LEVEL is 'VERBOSE': it takes DEBUG, INFO, WARNING, ERROR, CRITICAL"),
     ("GATEWAY_PUBLIC_BASE_URL", "dmp-gateway.example.org",
      "GATEWAY_PUBLIC_BASE_URL holds 'dmp-gateway.example.org': it takes http(s)://host[:port][/path]"),
@@ -132,7 +133,7 @@ def test_gateway_account_create_checks_what_it_is_given_and_replaces_only_when_a
     ("GATEWAY_MLLP_SENDERS", "GAM|CH-SAINT-AUBIN,LAB^CH-SAINT-AUBIN",
      "GATEWAY_MLLP_SENDERS holds 'LAB^CH-SAINT-AUBIN': it takes MSH-3|MSH-4, optionally @address"),
 ], ids=["port-not-a-number", "port-too-high", "mllp-port-zero", "negative-limit", "no-worker", "timeout-not-a-number",
-        "timeout-nan", "unknown-log-level", "base-without-scheme", "any-origin", "origin-with-a-path",
+        "timeout-nan", "client-timeout-zero", "unknown-log-level", "base-without-scheme", "any-origin", "origin-with-a-path",
         "sender-written-with-a-caret"])
 def test_a_setting_the_gateway_cannot_run_with_is_told_by_its_name(variable, value, told, monkeypatch, capsys):
     """Each was a traceback (a port `abc`, a log level `verbose`), or was taken: a port of 99999 failed

@@ -65,6 +65,7 @@ HTTP_MESSAGES = {
     400: ("Demande incorrecte", "Cette demande n'a pas pu être comprise. Revenez à la page précédente et recommencez."),
     404: ("Introuvable", "Cette page n'existe pas."),
     405: ("Action impossible", "Cette page ne s'utilise pas ainsi : revenez à la page précédente."),
+    408: ("Envoi interrompu", "Votre envoi n'est pas arrivé complet : vérifiez votre connexion et recommencez."),
     413: ("Fichier trop volumineux", "Le fichier envoyé dépasse la taille acceptée."),
     429: ("Trop de demandes", "Trop de demandes en peu de temps : patientez un moment puis recommencez."),
 }
