@@ -79,8 +79,10 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
                 refusal = Outcome("4", "insurers, banks and employers may not access the record (CSP L1111-18)")
                 g.repository.record_authorization("AuthZ-Role", refusal)
                 raise AccessRefused(refusal.description)
-        # Once the requester is known: nobody refused makes the gateway decode anything.
-        decode_request_body(request)
+        # Once the requester is known: nobody refused makes the gateway decode anything. The patient
+        # space knows its requester in its own before_request, and decodes there.
+        if request.blueprint != "space":
+            decode_request_body(request)
 
     @app.after_request
     def finish_request(response):

@@ -18,6 +18,7 @@ from flask_wtf.csrf import CSRFProtect
 
 from gateway.config import Settings
 from gateway.fhir.primitives import present
+from gateway.http.content_coding import decode_request_body
 from gateway.http.inputs import holds_nul
 from gateway.refusal import Refused
 from gateway.storage.repository import Repository
@@ -93,19 +94,23 @@ def local_date(value: str) -> str:
 def signed_in():
     if request.endpoint == "space.static":
         return None   # the stylesheet: no session to look up (each lookup writes its new expiry)
-    if request.method == "POST":
-        if holds_nul(fields=request.form.items(multi=True)):
-            raise Refused("a form field holds the character U+0000 (NUL)", status=400, code="value")
-        csrf.protect()
     engine = current_app.config["ENGINE"]
     g.account = g.record = g.record_name = None
     session_id = session.get("sid")
     signed = accounts.session_account(engine, session_id) if session_id else None
     if session_id and signed is None:
         session.clear()
+    if signed is None and request.endpoint not in PUBLIC:
+        return redirect(url_for("space.sign_in", next=request.full_path if request.method == "GET" else None))
+    if request.method == "POST":
+        # Only once the sender may post here is the body read: the form was read, a compressed body
+        # decoded, before a visitor signed in nowhere was sent to the sign-in page, so that 1 MB of
+        # gzip posted to /dossier/verifier had 1 GB written to a temporary file.
+        decode_request_body(request)
+        if holds_nul(fields=request.form.items(multi=True)):
+            raise Refused("a form field holds the character U+0000 (NUL)", status=400, code="value")
+        csrf.protect()
     if signed is None:
-        if request.endpoint not in PUBLIC:
-            return redirect(url_for("space.sign_in", next=request.full_path if request.method == "GET" else None))
         return None
     g.account, g.record, g.record_name = signed.account, signed.record, signed.record_name
     if g.record is None:

@@ -213,6 +213,23 @@ def test_forms_need_their_csrf_token(app, settings, record):
     assert "est fermé" not in browser.get("/dossier").text
 
 
+def test_a_body_is_read_only_once_its_sender_may_post_there(app, settings, record):
+    """A visitor signed in nowhere who posts to a page is sent to sign in, the body unread: the form
+    was read, and a compressed body decoded, before (1 MB of gzip posted to /dossier/verifier had
+    1 GB written to a temporary file). A body its coding does not decode is said on a page: it was
+    the 500 page."""
+    not_gzip = {"Content-Encoding": "gzip", "Content-Type": "multipart/form-data; boundary=x"}
+    visitor = app.test_client().post("/dossier/verifier", data=b"not gzip data", headers=not_gzip)
+    assert visitor.status_code == 302 and visitor.headers["Location"].startswith("/connexion")
+    patient = sign_in(app, settings).post("/dossier/verifier", data=b"not gzip data", headers=not_gzip)
+    assert patient.status_code == 400 and "Demande incorrecte" in patient.text
+    other_coding = app.test_client().post("/connexion", data=b"identifiant=paul",
+                                          headers={"Content-Encoding": "br",
+                                                   "Content-Type": "application/x-www-form-urlencoded"})
+    assert other_coding.status_code == 415 and "Envoi non pris en charge" in other_coding.text
+    assert other_coding.headers["Accept-Encoding"] == "gzip, deflate"
+
+
 def test_sign_out_ends_the_session_for_good(app, settings, record):
     browser = sign_in(app, settings)
     with browser.session_transaction() as cookie:

@@ -9,6 +9,7 @@ from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
 from gateway.access import AccessRefused
+from gateway.fhir.responses import FhirError
 from gateway.refusal import Refused
 from gateway.space import space
 from gateway.storage.database import RETRY_AFTER_SECONDS, unavailable
@@ -67,14 +68,26 @@ HTTP_MESSAGES = {
     405: ("Action impossible", "Cette page ne s'utilise pas ainsi : revenez à la page précédente."),
     408: ("Envoi interrompu", "Votre envoi n'est pas arrivé complet : vérifiez votre connexion et recommencez."),
     413: ("Fichier trop volumineux", "Le fichier envoyé dépasse la taille acceptée."),
+    415: ("Envoi non pris en charge", "Cet envoi n'est pas dans un format accepté : recommencez depuis la page."),
     429: ("Trop de demandes", "Trop de demandes en peu de temps : patientez un moment puis recommencez."),
 }
 
 
 @space.errorhandler(HTTPException)
 def http_error(error: HTTPException):
-    title, message = HTTP_MESSAGES.get(error.code, ("Erreur", "Le service n'a pas pu répondre à cette demande."))
-    return render_template("error.html", title=title, message=message), error.code
+    return status_page(error.code)
+
+
+@space.errorhandler(FhirError)
+def undecoded_body(error: FhirError):
+    """A body its Content-Encoding does not decode, or larger once decoded than the page takes
+    (gateway.http.content_coding): it was the 500 page."""
+    return status_page(error.status) + (error.headers,)
+
+
+def status_page(status: int) -> tuple[str, int]:
+    title, message = HTTP_MESSAGES.get(status, ("Erreur", "Le service n'a pas pu répondre à cette demande."))
+    return render_template("error.html", title=title, message=message), status
 
 
 @space.errorhandler(Exception)
