@@ -28,6 +28,7 @@ class BulkReport:
     refused: list[tuple[str, str, str]] = field(default_factory=list)  # file, location, reason
     failed: list[tuple[str, str]] = field(default_factory=list)
     skipped: int = 0   # files in the folders given that are not documents by their names
+    interrupted: bool = False
 
 
 def document_files(paths: list[Path]) -> tuple[list[Path], int]:
@@ -57,33 +58,48 @@ def ingest_paths(settings: Settings, paths: list[Path], console: Console | None 
                         console=console, transient=True)
     with progress:
         task = progress.add_task("documents", total=len(files))
-        for file in files:
-            try:
-                size = file.stat().st_size
-                oversized = size > settings.max_document_bytes
-                with file.open("rb") as opened:
-                    data = opened.read(HEAD_KEPT if oversized else -1)
-                result = ingest_cda(repo, data, max_bytes=settings.max_document_bytes, channel="bulk",
-                                    sender=str(file), size=size if oversized else None)
-                if result.created:
-                    report.ingested += 1
-                else:
-                    report.duplicates += 1
-            except Refused as refusal:
-                report.refused.append((str(file), refusal.location or "/", refusal.reason))
-            except OSError as exc:
-                report.failed.append((str(file), str(exc)))
-            except Exception as failure:
-                if not unavailable(failure):
-                    raise
-                # Every later document would fail the same way: stop, and say how to go on.
-                report.failed.append((str(file), "the database is unavailable: run the same command again "
-                                                  "(the documents already ingested are recognised)"))
-                break
-            progress.advance(task)
-    refresh_statistics(engine)
+        try:
+            for file in files:
+                if not _ingest_file(settings, repo, file, report):
+                    break
+                progress.advance(task)
+        except KeyboardInterrupt:
+            # Ctrl-C was a traceback, and no word of what was done. What was committed stays; the
+            # document at work is taken up again by the next run (services.ingest.keep).
+            report.failed.append((str(file), "interrupted (Ctrl-C): run the same command again (the documents "
+                                             "already ingested are recognised)"))
+            report.interrupted = True
+    if not report.interrupted:
+        refresh_statistics(engine)
     _summary(console, report)
     return report
+
+
+def _ingest_file(settings: Settings, repo: Repository, file: Path, report: BulkReport) -> bool:
+    """One document into the report; False when the run must stop there."""
+    try:
+        size = file.stat().st_size
+        oversized = size > settings.max_document_bytes
+        with file.open("rb") as opened:
+            data = opened.read(HEAD_KEPT if oversized else -1)
+        result = ingest_cda(repo, data, max_bytes=settings.max_document_bytes, channel="bulk",
+                            sender=str(file), size=size if oversized else None)
+        if result.created:
+            report.ingested += 1
+        else:
+            report.duplicates += 1
+    except Refused as refusal:
+        report.refused.append((str(file), refusal.location or "/", refusal.reason))
+    except OSError as exc:
+        report.failed.append((str(file), str(exc)))
+    except Exception as failure:
+        if not unavailable(failure):
+            raise
+        # Every later document would fail the same way: stop, and say how to go on.
+        report.failed.append((str(file), "the database is unavailable: run the same command again "
+                                          "(the documents already ingested are recognised)"))
+        return False
+    return True
 
 
 def _summary(console: Console, report: BulkReport) -> None:

@@ -80,7 +80,7 @@ def cmd_ingest(settings: Settings, args) -> int:
 
     configure_logging("WARNING")  # the progress bar and the summary say what happened
     report = ingest_paths(settings, [Path(p) for p in args.paths])
-    return 0 if not report.failed else 1
+    return 130 if report.interrupted else 1 if report.failed else 0
 
 
 def cmd_demo(settings: Settings, args) -> int:

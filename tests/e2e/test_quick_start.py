@@ -1,14 +1,21 @@
 """The README's path, as a new user takes it: demo set-up, `gateway serve`, curl-like requests."""
 import os
+import re
+import signal
 import socket
 import subprocess
+import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
 import requests
+from sqlalchemy import select
 
 from conftest import ROOT
 from e2e_support import GATEWAY, start_gateway, stop_gateway, token
+from gateway.storage.database import make_engine
+from gateway.storage.schema import raw_inputs
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +105,53 @@ def test_bulk_ingest_reports_what_happened(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "ingested: 7   duplicates: 0   refused: 6   failed: 0" in result.stderr
+
+
+def test_bulk_ingest_stopped_with_ctrl_c_says_how_to_go_on_and_loses_nothing(tmp_path):
+    """Ctrl-C was a traceback (a KeyboardInterrupt out of SQLAlchemy's commit), with no word of
+    what was ingested or of how to go on."""
+    var, folder = tmp_path / "var", tmp_path / "documents"
+    folder.mkdir()
+    cda = (ROOT / "samples" / "cda" / "cr-biologie-martin.xml").read_text()
+    count = 600   # 5–10 s of work: it is still at it when it is interrupted
+    for n in range(count):
+        (folder / f"{n:04}.xml").write_text(cda.replace('<id root="1.2.250.1.213.1.1.9.2.7.1"/>',
+                                                         f'<id root="1.2.250.1.213.1.1.9.2.7.1.{n}"/>', 1))
+    env = dict(os.environ, GATEWAY_VAR_DIR=str(var))
+    env.pop("GATEWAY_DATABASE_URL", None)
+    assert subprocess.run([str(GATEWAY), "migrate"], env=env, cwd=ROOT, capture_output=True, timeout=120).returncode == 0
+    run = subprocess.Popen([str(GATEWAY), "ingest", str(folder)], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(stored_inputs(var)) < 20:   # under way
+            assert run.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        run.send_signal(signal.SIGINT)
+        _out, err = run.communicate(timeout=60)
+    finally:
+        run.kill()
+    assert run.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    assert "interrupted (Ctrl-C): run the same command again" in err
+    done = int(re.search(r"ingested: (\d+) ", err).group(1))
+    again = subprocess.run([str(GATEWAY), "ingest", str(folder)], env=env, cwd=ROOT, capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    ingested, duplicates = map(int, re.search(r"ingested: (\d+)   duplicates: (\d+) ", again.stderr).groups())
+    assert 20 <= done < count and ingested + duplicates == count and ingested <= count - done
+    statuses = Counter(stored_inputs(var))
+    assert statuses["processed"] == count and set(statuses) <= {"processed", "duplicate"}, statuses
+
+
+def stored_inputs(var) -> list[str]:
+    """The statuses of the raw inputs of the gateway of `var`, through its own SQLite."""
+    engine = make_engine(f"sqlite:///{var / 'gateway.db'}")
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(select(raw_inputs.c.status)).scalars())
+    finally:
+        engine.dispose()
 
 
 def test_an_integrator_sends_hl7v2_with_gateway_send(served):

@@ -8,14 +8,16 @@ import json
 import os
 import re
 import socket
-import sqlite3
 from contextlib import ExitStack
 
 import pytest
 import requests
+from sqlalchemy import func, select
 
 from conftest import sample
 from e2e_support import start_gateway, stop_gateway, token
+from gateway.storage.database import make_engine
+from gateway.storage.schema import raw_inputs
 
 THREADS = 2
 TIMEOUT = 3   # GATEWAY_HTTP_CLIENT_TIMEOUT, seconds
@@ -49,9 +51,13 @@ def read_to_the_end(sock: socket.socket) -> bytes:
     return received
 
 
-def raw_inputs(var) -> int:
-    with sqlite3.connect(var / "gateway.db") as db:
-        return db.execute("SELECT count(*) FROM raw_inputs").fetchone()[0]
+def stored_inputs(var) -> int:
+    engine = make_engine(f"sqlite:///{var / 'gateway.db'}")
+    try:
+        with engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(raw_inputs)).scalar_one()
+    finally:
+        engine.dispose()
 
 
 def test_requests_whose_headers_stall_are_answered_408_and_others_are_served(served):
@@ -72,7 +78,7 @@ def test_requests_whose_headers_stall_are_answered_408_and_others_are_served(ser
 def test_a_body_that_stalls_is_answered_408_and_nothing_is_kept(served, framing):
     base, env, var = served
     system = token(env, "--role", "system", "--sub", "hospital")["Authorization"]
-    kept = raw_inputs(var)
+    kept = stored_inputs(var)
     with connect(base) as sock:
         first_part = b"<?xml version='1.0'?><ClinicalDocument xmlns='urn:hl7-org:v3'>"
         if "chunked" in framing:
@@ -85,7 +91,7 @@ def test_a_body_that_stalls_is_answered_408_and_nothing_is_kept(served, framing)
     outcome = json.loads(body)
     assert outcome["issue"][0]["code"] == "timeout"
     assert f"for {TIMEOUT} seconds (GATEWAY_HTTP_CLIENT_TIMEOUT)" in outcome["issue"][0]["diagnostics"]
-    assert raw_inputs(var) == kept
+    assert stored_inputs(var) == kept
 
 
 def test_a_sign_in_form_that_stalls_is_told_in_french(served):
