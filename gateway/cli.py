@@ -223,6 +223,11 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_level)
     try:
         return args.func(settings, args)
+    except KeyboardInterrupt:
+        # Ctrl-C: a line, where it was a traceback from wherever the command was (what it committed
+        # stays; `gateway ingest` says itself how far it went).
+        print(f"gateway {args.command}: interrupted", file=sys.stderr)
+        return 130
     except Exception as failure:
         told = _database_failure(failure)
         if told is None:

@@ -176,6 +176,31 @@ def test_an_integrator_sends_hl7v2_with_gateway_send(served):
     assert all("gateway_http_requests_total" in text for text in scraped)
 
 
+def test_gateway_send_stopped_with_ctrl_c_while_it_waits_for_an_ack_says_so_in_a_line():
+    """A listener that takes the message and never answers, and the engineer's Ctrl-C: it was a
+    KeyboardInterrupt traceback out of the socket's read."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        sent = subprocess.Popen([str(GATEWAY), "send", str(ROOT / "samples" / "hl7v2" / "adt-a01-martin.hl7"),
+                                 "--host", "127.0.0.1", "--port", str(silent.getsockname()[1]), "--timeout", "300"],
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            silent.settimeout(60)
+            connection, _ = silent.accept()
+            with connection:
+                received = b""
+                while not received.endswith(b"\x1c\r"):   # the whole frame: it now waits for the ACK
+                    chunk = connection.recv(65536)
+                    assert chunk, "gateway send closed the connection"
+                    received += chunk
+                sent.send_signal(signal.SIGINT)
+                out, err = sent.communicate(timeout=60)
+        finally:
+            sent.kill()
+    assert sent.returncode == 130 and err == "gateway send: interrupted\n", out + err
+
+
 def test_a_second_gateway_on_the_same_port_says_so_in_one_line(tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
