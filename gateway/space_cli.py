@@ -60,12 +60,18 @@ def run_notifications(settings: Settings, args) -> int:
         items = notifications.queued(engine, args.last)
         for item in items:
             state = f"sent {item.sent_at} to {item.recipients} account(s)" if item.sent_at else "queued"
+            if item.refused:
+                state += f", {item.refused} address(es) refused by the mail server"
             print(f"DocumentReference/{item.docref_id}  queued {item.queued_at}  {state}")
         if not items:
             print("no notification", file=sys.stderr)
         return 0
     if not args.follow:
-        print(f"{notifications.send_pending(settings, engine)} notification(s) sent")
+        try:
+            print(f"{notifications.send_pending(settings, engine)} notification(s) sent")
+        except notifications.SenderUnavailable as failure:
+            print(f"the sender took no message ({failure}): what is queued waits for the next run", file=sys.stderr)
+            return 1
         return 0
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -4,7 +4,9 @@ The repository queues one notification per document in the transaction that stor
 reveals a document kept from the patient until it was announced). This sends them through the
 configured sender, oldest first: `gateway notifications send`, which `gateway serve` runs beside
 the HTTP server with --follow. Each is claimed before it is sent, so that two senders (two nodes)
-never send the same one; one whose sender stopped midway is claimed again after CLAIM_TIME.
+never send the same one; one whose sender stopped midway is claimed again after CLAIM_TIME, one
+the sender could not take at the next round. A recipient the mail server refuses for good is
+counted, not tried again.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from sqlalchemy import Engine, delete, or_, select, update
 from gateway.access.context import INS_SYSTEMS, PATIENT, REPRESENTATIVE
 from gateway.config import Settings
 from gateway.space.accounts import record_accounts
-from gateway.space.senders import Mail, message_sender
+from gateway.space.senders import Mail, RecipientRefused, message_sender
 from gateway.storage.database import read_connection, write_transaction
 from gateway.storage.schema import notifications, resources, unique_identifiers
 
@@ -37,6 +39,7 @@ class Notification:
     queued_at: str
     sent_at: str | None
     recipients: int | None
+    refused: int | None
 
 
 def _mails(conn, row, link: str) -> list[Mail] | None:
@@ -71,8 +74,18 @@ def new_document_mail(contact: str, own_record: bool, link: str) -> Mail:
                 "Vous pouvez les désactiver dans votre espace, page « Mon dossier ».")
 
 
+class SenderUnavailable(Exception):
+    """The sender took no message (the mail server down, refusing the gateway, its certificate not
+    trusted): what is queued waits for the next round."""
+
+    def __init__(self, failure: Exception):
+        super().__init__(type(failure).__name__)   # only the kind: a mail server's reply may name the address
+
+
 def send_pending(settings: Settings, engine: Engine) -> int:
-    """Send what is queued (a batch); the number of notifications handled."""
+    """Send what is queued (a batch); the number of notifications handled. Raises SenderUnavailable,
+    once the notifications handled before are recorded, when the sender fails: the one it was at is
+    released for the next round."""
     send = message_sender(settings.message_sender)
     link = settings.public_base_url.rstrip("/") + "/documents"
     now = datetime.now(timezone.utc)
@@ -91,11 +104,23 @@ def send_pending(settings: Settings, engine: Engine) -> int:
                 conn.execute(delete(notifications).where(notifications.c.id == row.id))
         if not claimed or mails is None:
             continue
+        refused = 0
         for mail in mails:
-            send(settings, mail)
+            try:
+                send(settings, mail)
+            except RecipientRefused as refusal:
+                # Sent again, it would be refused again, every round, for good.
+                refused += 1
+                log.warning("a notification's recipient was refused by the mail server",
+                            extra={"docref_id": row.docref_id, "code": refusal.code})
+            except Exception as failure:
+                # Those of its mails already sent are sent again with it: at least once.
+                with write_transaction(engine) as conn:
+                    conn.execute(update(notifications).where(notifications.c.id == row.id).values(claimed_until=None))
+                raise SenderUnavailable(failure) from None
         with write_transaction(engine) as conn:
             conn.execute(update(notifications).where(notifications.c.id == row.id).values(
-                sent_at=_stamp(datetime.now(timezone.utc)), recipients=len(mails)))
+                sent_at=_stamp(datetime.now(timezone.utc)), recipients=len(mails) - refused, refused=refused))
         handled += 1
     if handled:
         log.info("notifications sent", extra={"count": handled})
@@ -103,12 +128,22 @@ def send_pending(settings: Settings, engine: Engine) -> int:
 
 
 def follow(settings: Settings, engine: Engine, interval: float, stop: threading.Event) -> None:
-    """Send what is queued every `interval` seconds until `stop` is set; a failed round (the mail
-    server is down) is logged and tried again at the next one."""
+    """Send what is queued every `interval` seconds until `stop` is set. A sender that fails is
+    said once, in a line, and once more when it takes messages again: it was a traceback every
+    round, the recipient's address in it."""
+    unavailable_since = None
     while not stop.is_set():
         try:
             while send_pending(settings, engine) == BATCH:
                 pass
+            if unavailable_since is not None:
+                log.info("notifications: the sender takes messages again", extra={"since": unavailable_since})
+                unavailable_since = None
+        except SenderUnavailable as failure:
+            if unavailable_since is None:
+                unavailable_since = _stamp(datetime.now(timezone.utc))
+                log.warning("notifications wait: the sender took none; trying again every round",
+                            extra={"error": str(failure)})
         except Exception:
             log.exception("sending notifications failed; trying again")
         stop.wait(interval)
@@ -117,4 +152,4 @@ def follow(settings: Settings, engine: Engine, interval: float, stop: threading.
 def queued(engine: Engine, limit: int = 50) -> list[Notification]:
     with read_connection(engine) as conn:
         rows = conn.execute(select(notifications).order_by(notifications.c.id.desc()).limit(limit)).all()
-    return [Notification(r.docref_id, r.queued_at, r.sent_at, r.recipients) for r in rows]
+    return [Notification(r.docref_id, r.queued_at, r.sent_at, r.recipients, r.refused) for r in rows]

@@ -34,6 +34,15 @@ class Mail:
 Sender = Callable[[Settings, Mail], None]
 
 
+class RecipientRefused(Exception):
+    """The mail server refused the recipient's address for good (a 5xx reply to RCPT TO): sending
+    again will not help. Anything else a sender raises may pass, and is tried again."""
+
+    def __init__(self, code: int):
+        super().__init__(f"the mail server refused the recipient ({code})")
+        self.code = code
+
+
 def code_mail(contact: str, code: str) -> Mail:
     return Mail(contact, "Votre code de connexion à votre dossier médical partagé",
                 f"Votre code de connexion est {code}. Il est valable 10 minutes.\n"
@@ -76,7 +85,13 @@ def send_by_smtp(settings: Settings, mail: Mail) -> None:
             smtp.starttls(context=ssl.create_default_context(cafile=os.environ.get("GATEWAY_SMTP_CA") or None))
         if os.environ.get("GATEWAY_SMTP_USER"):
             smtp.login(os.environ["GATEWAY_SMTP_USER"], os.environ.get("GATEWAY_SMTP_PASSWORD", ""))
-        smtp.send_message(message)
+        try:
+            smtp.send_message(message)
+        except smtplib.SMTPRecipientsRefused as refused:
+            codes = [code for code, _ in refused.recipients.values()]
+            if codes and min(codes) >= 500:
+                raise RecipientRefused(max(codes)) from None   # its text held the address
+            raise
 
 
 SENDERS: dict[str, Sender] = {"outbox": send_to_outbox, "smtp": send_by_smtp}

@@ -302,6 +302,8 @@ notifications = Table(
     Column("claimed_until", String(32)),
     Column("sent_at", String(32)),
     Column("recipients", Integer),
+    # Recipients whose address the mail server refused for good (senders.RecipientRefused).
+    Column("refused", Integer),
     Index("ix_notifications_pending", "sent_at", "id"),
 )
 

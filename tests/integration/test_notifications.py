@@ -160,16 +160,102 @@ def test_starttls_checks_the_mail_server_s_certificate_and_the_mail_is_dated(cli
                             ("GATEWAY_SMTP_FROM", "dmp@example.test"), ("GATEWAY_SMTP_CA", str(tmp_path / "other-ca.pem"))):
             monkeypatch.setenv(name, value)
         client.post("/cda", data=sample("cr-biologie-martin.xml"), headers={**XML, **bearer("system", sub="hospital")})
-        with pytest.raises(ssl.SSLCertVerificationError):
+        with pytest.raises(notifications.SenderUnavailable, match="^SSLCertVerificationError$"):
             notifications.send_pending(sending, database[0])
         assert received == []
         monkeypatch.setenv("GATEWAY_SMTP_CA", str(tmp_path / "ca.pem"))
-        # The refused one waits for its claim to end (the next round); the next document's is sent.
+        # The one not sent is sent at the next round, with the next document's.
         client.post("/cda", data=sample("ldl-ses-martin.xml"), headers={**XML, **bearer("system", sub="hospital")})
-        assert notifications.send_pending(sending, database[0]) == 1
+        assert notifications.send_pending(sending, database[0]) == 2
     finally:
         smtp.stop()
     mail = email.message_from_bytes(received[0].content, policy=email.policy.default)
-    assert [e.rcpt_tos for e in received] == [["paul@example.test"]]
+    assert [e.rcpt_tos for e in received] == [["paul@example.test"]] * 2
     assert mail["Date"].datetime.tzinfo is not None
     assert mail["Message-ID"].startswith("<") and mail["Message-ID"].endswith("@example.test>")
+
+
+def test_an_address_refused_for_good_is_counted_and_not_tried_again_and_a_refusal_for_now_waits(
+        client, bearer, database, settings, people, monkeypatch, caplog, capsys):
+    """A 5xx to RCPT TO (a mailbox that does not exist, an address mistyped at the account's
+    creation): the notification was sent again every five minutes, for good, and each time a
+    traceback logged the address. A 4xx waits for the next round."""
+    from dataclasses import replace
+
+    from aiosmtpd.controller import Controller
+
+    from gateway.cli import main
+
+    engine = database[0]
+    accounts.create_account(engine, "tutor", PASSWORD, "representative", [MARTIN], "Jean MARTIN", "nobody@example.test")
+    received, answers = [], {"nobody@example.test": "550 5.1.1 <nobody@example.test>: mailbox unavailable"}
+
+    class Inbox:
+        async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+            if address in answers:
+                return answers[address]
+            envelope.rcpt_tos.append(address)
+            return "250 OK"
+
+        async def handle_DATA(self, server, session, envelope):
+            received.append(envelope)
+            return "250 OK"
+
+    smtp = Controller(Inbox(), hostname="127.0.0.1", port=free_port())
+    smtp.start()
+    sending = replace(settings, message_sender="smtp")
+    try:
+        for name, value in (("GATEWAY_SMTP_HOST", "127.0.0.1"), ("GATEWAY_SMTP_PORT", str(smtp.port)),
+                            ("GATEWAY_SMTP_STARTTLS", "0"), ("GATEWAY_SMTP_FROM", "dmp@example.test")):
+            monkeypatch.setenv(name, value)
+        first = client.post("/cda", data=sample("cr-biologie-martin.xml"),
+                            headers={**XML, **bearer("system", sub="hospital")}).json["id"]
+        assert notifications.send_pending(sending, engine) == 1
+        assert [e.rcpt_tos for e in received] == [["paul@example.test"]]
+        with engine.connect() as conn:
+            sent = conn.execute(select(queue).where(queue.c.docref_id == first)).one()
+        assert sent.sent_at is not None and (sent.recipients, sent.refused) == (1, 1)
+        assert notifications.send_pending(sending, engine) == 0   # not tried again
+        answers["paul@example.test"] = "451 4.3.0 mailbox busy, try later"
+        second = client.post("/cda", data=sample("ldl-ses-martin.xml"),
+                             headers={**XML, **bearer("system", sub="hospital")}).json["id"]
+        with pytest.raises(notifications.SenderUnavailable, match="^SMTPRecipientsRefused$"):
+            notifications.send_pending(sending, engine)
+        with engine.connect() as conn:
+            waiting = conn.execute(select(queue).where(queue.c.docref_id == second)).one()
+        assert waiting.sent_at is None and waiting.claimed_until is None   # taken up at the next round
+        del answers["paul@example.test"]
+        assert notifications.send_pending(sending, engine) == 1
+    finally:
+        smtp.stop()
+    assert [e.rcpt_tos for e in received] == [["paul@example.test"]] * 2
+    monkeypatch.setenv("GATEWAY_DATABASE_URL", database[1])
+    assert main(["notifications", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert f"DocumentReference/{first} " in listed and "to 1 account(s), 1 address(es) refused by the mail server" in listed
+    for record in caplog.records:
+        assert "example.test" not in record.getMessage() and "example.test" not in str(record.__dict__)
+
+
+def test_a_sender_that_takes_nothing_is_said_once_and_again_when_it_takes_messages(settings, database,
+                                                                                   monkeypatch, caplog):
+    import logging
+    import threading
+
+    stop, rounds = threading.Event(), []
+
+    def round_of_a_mail_server_down_three_times(settings, engine):
+        rounds.append(1)
+        if len(rounds) <= 3:
+            raise notifications.SenderUnavailable(ConnectionRefusedError())
+        if len(rounds) == 5:
+            stop.set()
+        return 0
+
+    monkeypatch.setattr(notifications, "send_pending", round_of_a_mail_server_down_three_times)
+    caplog.set_level(logging.INFO, "gateway.services.notifications")
+    notifications.follow(settings, database[0], 0, stop)
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "gateway.services.notifications"]
+    assert said == [("WARNING", "notifications wait: the sender took none; trying again every round"),
+                    ("INFO", "notifications: the sender takes messages again")]
+    assert not any(r.exc_info for r in caplog.records)

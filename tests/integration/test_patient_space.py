@@ -151,6 +151,34 @@ def test_a_code_the_mail_server_cannot_take_is_told_to_the_patient(settings, dat
     assert "Le code de connexion n&#39;a pas pu vous être envoyé. Réessayez dans un moment." in answer.text
 
 
+def test_a_code_whose_address_the_mail_server_refuses_for_good_says_so(settings, database, record, monkeypatch):
+    """"Try again in a moment" would not help: the address of the account is refused."""
+    from dataclasses import replace
+
+    from aiosmtpd.controller import Controller
+
+    from conftest import free_port
+    from gateway.app import create_app
+
+    class NoSuchMailbox:
+        async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+            return "550 5.1.1 mailbox unavailable"
+
+    smtp = Controller(NoSuchMailbox(), hostname="127.0.0.1", port=free_port())
+    smtp.start()
+    try:
+        for name, value in (("GATEWAY_SMTP_HOST", "127.0.0.1"), ("GATEWAY_SMTP_PORT", str(smtp.port)),
+                            ("GATEWAY_SMTP_STARTTLS", "0")):
+            monkeypatch.setenv(name, value)
+        browser = create_app(replace(settings, message_sender="smtp"), database[0]).test_client()
+        answer = browser.post("/connexion", data={"csrf_token": csrf(browser.get("/connexion").text),
+                                                  "identifiant": "paul", "mot_de_passe": PASSWORD})
+    finally:
+        smtp.stop()
+    assert answer.status_code == 503 and "Retry-After" not in answer.headers
+    assert "la messagerie refuse l&#39;adresse de votre compte" in answer.text
+
+
 def test_five_failures_lock_the_account_and_unknown_logins_answer_alike(app, settings, record):
     browser = app.test_client()
     token = csrf(browser.get("/connexion").text)

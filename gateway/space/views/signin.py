@@ -8,7 +8,7 @@ import smtplib
 from flask import current_app, flash, g, redirect, render_template, request, session, url_for
 
 from gateway.space import accounts, space
-from gateway.space.senders import code_mail, message_sender
+from gateway.space.senders import RecipientRefused, code_mail, message_sender
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,11 @@ def sign_in():
         return render_template("signin.html", error=str(refusal), login=login), 401
     try:
         message_sender(settings.message_sender)(settings, code_mail(account.contact, code))
+    except RecipientRefused as refusal:
+        log.warning("one-time code not sent: the mail server refused the address", extra={"code": refusal.code})
+        return render_template("signin.html", login=login, error="Le code de connexion n'a pas pu être envoyé : "
+                               "la messagerie refuse l'adresse de votre compte. Contactez le service qui a créé "
+                               "votre compte pour la corriger."), 503
     except (OSError, smtplib.SMTPException) as failure:
         # The mail server down or refusing: the patient is told to try again, not "Erreur du service".
         log.warning("one-time code not sent", extra={"error": type(failure).__name__})
