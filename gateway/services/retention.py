@@ -9,13 +9,14 @@ hash chain that proves the trail intact runs through them.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from sqlalchemy import Engine, delete, insert, or_, select, update
+from sqlalchemy import Engine, delete, insert, select, update
 
 from gateway.storage.database import read_connection, write_transaction
-from gateway.storage.repository import Repository, StoredResource, delete_blob, record_closed
+from gateway.storage.repository import Repository, StoredResource, delete_blobs, record_closed
 from gateway.storage.schema import (
     INDEX_TABLES,
     access_rules,
@@ -30,6 +31,7 @@ from gateway.storage.schema import (
 from . import consents
 
 RETENTION_YEARS = 10
+CHUNK = 500   # values of one IN (…): SQLite's bound is 32,766, PostgreSQL's 65,535 parameters
 
 
 def _now() -> datetime:
@@ -117,29 +119,41 @@ def carry_out(engine: Engine, now: datetime | None = None) -> list[Destroyed]:
 def _destroy(conn, patient_id: str, stamp: str) -> Destroyed:
     owned = conn.execute(select(resources.c.res_type, resources.c.res_id, resources.c.blob_sha256).where(
         resources.c.patient_id == patient_id, resources.c.res_type != "AuditEvent")).all()
-    references = [f"{r.res_type}/{r.res_id}" for r in owned]
-    raw = {}
-    for start in range(0, len(references), 200):
-        chunk = references[start:start + 200]
-        raw.update(conn.execute(select(raw_inputs.c.id, raw_inputs.c.sha256).where(
-            or_(*[raw_inputs.c.resources.like(f'%"{ref}"%') for ref in chunk]))).all())
+    raw = _raw_inputs_of(conn, {f"{r.res_type}/{r.res_id}" for r in owned})
     for res_type in {r.res_type for r in owned}:
         ids = [r.res_id for r in owned if r.res_type == res_type]
-        for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
+        for start in range(0, len(ids), CHUNK):
+            chunk = ids[start:start + CHUNK]
             for table in (resources, resource_versions, unique_identifiers, awaited_parents, *INDEX_TABLES):
                 conn.execute(delete(table).where(table.c.res_type == res_type, table.c.res_id.in_(chunk)))
     conn.execute(delete(access_rules).where(access_rules.c.patient_id == patient_id))
-    if raw:
-        conn.execute(delete(raw_inputs).where(raw_inputs.c.id.in_(sorted(raw))))
+    raw_ids = sorted(raw)
+    for start in range(0, len(raw_ids), CHUNK):
+        conn.execute(delete(raw_inputs).where(raw_inputs.c.id.in_(raw_ids[start:start + CHUNK])))
     # A blob goes when nothing refers to it any more: a resource's bytes, or a raw input's body.
-    for sha256 in {r.blob_sha256 for r in owned if r.blob_sha256} | set(raw.values()):
-        if conn.execute(select(resources.c.res_id).where(resources.c.blob_sha256 == sha256).limit(1)).first() is None \
-                and conn.execute(select(raw_inputs.c.id).where(raw_inputs.c.sha256 == sha256).limit(1)).first() is None:
-            delete_blob(conn, sha256)
+    blobs = sorted({r.blob_sha256 for r in owned if r.blob_sha256} | set(raw.values()))
+    for start in range(0, len(blobs), CHUNK):
+        chunk = blobs[start:start + CHUNK]
+        read = set(conn.execute(select(resources.c.blob_sha256).where(resources.c.blob_sha256.in_(chunk))).scalars())
+        read |= set(conn.execute(select(raw_inputs.c.sha256).where(raw_inputs.c.sha256.in_(chunk))).scalars())
+        delete_blobs(conn, [sha256 for sha256 in chunk if sha256 not in read])
     conn.execute(update(destruction_requests).where(destruction_requests.c.patient_id == patient_id)
                  .values(carried_out_at=stamp))
     return Destroyed(patient_id, len(owned), len(raw))
+
+
+def _raw_inputs_of(conn, references: set[str]) -> dict[int, str]:
+    """The raw inputs that produced or named any of `references` (their `resources`), with their
+    bodies' blobs: one pass over the inputs, streamed. Each reference was a `LIKE '%…%'` of its own,
+    200 to a statement, each statement a pass over every input: a pass per 200 of the record's
+    resources."""
+    found = {}
+    rows = conn.execute(select(raw_inputs.c.id, raw_inputs.c.sha256, raw_inputs.c.resources)
+                        .where(raw_inputs.c.resources.is_not(None)).execution_options(yield_per=1000))
+    for row in rows:
+        if not references.isdisjoint(json.loads(row.resources)):
+            found[row.id] = row.sha256
+    return found
 
 
 def pending(engine: Engine) -> list[dict]:

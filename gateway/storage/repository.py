@@ -1026,9 +1026,10 @@ def blob_bytes(conn: Connection, sha256: str) -> bytes | None:
         return None
 
 
-def delete_blob(conn: Connection, sha256: str) -> None:
-    conn.execute(delete(blob_parts).where(blob_parts.c.sha256 == sha256))
-    conn.execute(delete(blobs).where(blobs.c.sha256 == sha256))
+def delete_blobs(conn: Connection, sha256s: list[str]) -> None:
+    if sha256s:
+        conn.execute(delete(blob_parts).where(blob_parts.c.sha256.in_(sha256s)))
+        conn.execute(delete(blobs).where(blobs.c.sha256.in_(sha256s)))
 
 
 def record_closed(conn: Connection, patient_id: str) -> bool:

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Table,
     Text,
     false,
+    text,
 )
 
 metadata = MetaData()
@@ -102,6 +103,9 @@ resources = Table(
     # A patient's rows with what the access filter and a page read of them (migration 0010).
     Index("ix_resources_patient_rows", "patient_id", "res_type", "last_updated", "res_id", "deleted", "masked",
           "hidden_from_patient", "hidden_from_representatives", "authors"),
+    # The Binaries that read a blob, which a record's destruction asks of each of its blobs (migration 0026).
+    Index("ix_resources_blob", "blob_sha256", sqlite_where=text("blob_sha256 IS NOT NULL"),
+          postgresql_where=text("blob_sha256 IS NOT NULL")),
 )
 
 # The versions a later one replaced (history, vread): a resource's current version is in

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from gateway.access import AccessContext
 from gateway.access.writes import Write
 from gateway.storage.database import read_connection, write_transaction
-from gateway.storage.repository import Repository, blob_bytes, delete_blob
+from gateway.storage.repository import Repository, blob_bytes, delete_blobs
 from gateway.storage.schema import BLOB_PART, blob_parts, blobs
 
 SIZES = [0, 10, BLOB_PART - 1, BLOB_PART, BLOB_PART + 1, 2 * BLOB_PART, 5 * BLOB_PART // 2]
@@ -45,7 +45,7 @@ def test_a_blob_is_stored_once_and_deleted_with_its_parts(database):
         assert conn.execute(select(func.count()).select_from(blob_parts)).scalar_one() == 2
         assert blob_bytes(conn, "0" * 64) is None
     with write_transaction(engine) as conn:
-        delete_blob(conn, first)
+        delete_blobs(conn, [first])
     with read_connection(engine) as conn:
         assert blob_bytes(conn, first) is None
         assert conn.execute(select(func.count()).select_from(blob_parts)).scalar_one() == 0
