@@ -39,6 +39,7 @@ from bench.nodes import bench_nodes
 from bench.hl7v2 import bench_mllp, bench_parsing, bench_statements
 from bench.http_ingest import bench_cda_http
 from bench.memory import bench_large_documents, bench_memory
+from bench.records import bench_records
 from gateway.access import AccessContext
 from gateway.access.rules import IDNATPS_SYSTEM
 from gateway.access.tokens import issue, make_signing_key
@@ -457,6 +458,7 @@ def main() -> None:
             else "needs GATEWAY_BENCH_POSTGRES_URL and haproxy",
             "memory": bench_memory,
             "large_documents": bench_large_documents,
+            "large_record": lambda: bench_records(workdir, postgres_url),
         }
         report = {"machine": machine(), "seconds": {}}
         for name, measure in sections.items():

@@ -851,9 +851,9 @@ class UnitOfWork:
         """Delete a resource: it leaves every search and read (410), its versions stay in the history."""
         key = {"key_type": stored.res_type, "key_id": stored.res_id}
         _, index_time = _now()
-        version = sql.PREVIOUS.execute(self.conn, key).fetchone()[0]
-        sql.ARCHIVE_CURRENT.execute(self.conn, key)
-        sql.UPDATE_RESOURCE.execute(self.conn, {**key, "version": version + 1, "last_updated": index_time,
+        archived = _archived(sql.PREVIOUS.execute(self.conn, key).fetchone())
+        sql.ARCHIVE.executemany(self.conn, [archived])
+        sql.UPDATE_RESOURCE.execute(self.conn, {**key, "version": archived["version"] + 1, "last_updated": index_time,
                                                 "method": "DELETE", "deleted": True})
         self._delete_index_rows(stored.res_type, stored.res_id)
         self.changes.append(Change(stored.reference, stored.patient_id, False, "DELETE",
@@ -869,27 +869,30 @@ class UnitOfWork:
                new: bool, blob_sha256: str | None = None, based_on: int | None = None) -> StoredResource:
         res_type, res_id = resource["resourceType"], resource["id"]
         key = {"key_type": res_type, "key_id": res_id}
-        previous = None if new else sql.PREVIOUS.execute(self.conn, key).fetchone()   # (version, blob_sha256)
-        if based_on is not None and (previous[0] if previous else None) != based_on:
+        previous = None if new else sql.PREVIOUS.execute(self.conn, key).fetchone()
+        archived = _archived(previous) if previous else None
+        if based_on is not None and (archived["version"] if archived else None) != based_on:
             raise ChangedMeanwhile(f"{res_type}/{res_id}")
-        version = (previous[0] + 1) if previous else 1
+        version = (archived["version"] + 1) if archived else 1
         instant, index_time = _now()
         resource.setdefault("meta", {})
         resource["meta"] = {**resource["meta"], "versionId": str(version), "lastUpdated": instant}
         body = dumps(resource)
-        blob_sha256 = blob_sha256 or (previous[1] if previous else None)
+        blob_sha256 = blob_sha256 or (previous[-1] if previous else None)
         values = dict(version=version, last_updated=index_time, deleted=False, patient_id=patient_id,
-                      blob_sha256=blob_sha256, body=body, method=method or ("PUT" if previous else "POST"), **columns)
+                      blob_sha256=blob_sha256, body=body, method=method or ("PUT" if archived else "POST"), **columns)
         with pipelined(self.conn):
-            if previous:
-                # A new version: the current one moves to the history, and its index rows go.
-                sql.ARCHIVE_CURRENT.execute(self.conn, key)
+            if archived:
+                # A new version: the row takes it and its index rows go; the version it replaces
+                # goes to the history with the new index rows.
                 sql.UPDATE_RESOURCE.execute(self.conn, {**key, **values})
                 self._delete_index_rows(res_type, res_id)
             # A new resource has no index rows to delete (four DELETEs saved per resource), and its
             # row goes with its index rows.
-            new_row = [] if previous else [{"res_type": res_type, "res_id": res_id, **values}]
-            sql.insert_together(self.conn, [(sql.INSERT_RESOURCE, new_row), *_index_parts(index_rows(resource))])
+            new_row = [] if archived else [{"res_type": res_type, "res_id": res_id, **values}]
+            history = [archived] if archived else []
+            sql.insert_together(self.conn, [(sql.INSERT_RESOURCE, new_row), (sql.ARCHIVE, history),
+                                            *_index_parts(index_rows(resource))])
         return StoredResource(res_type, res_id, version, instant, body, False, blob_sha256, patient_id,
                               bool(columns.get("hidden_from_patient")), bool(columns.get("hidden_from_representatives")))
 
@@ -991,6 +994,11 @@ def _read_alike(columns: dict) -> dict:
     """What a DocumentReference's Binary (or a signature) shares of its row: its labels, and its
     authors, who still see it masked."""
     return {k: v for k, v in columns.items() if k in (*VISIBILITY_COLUMNS, "authors")}
+
+
+def _archived(previous: tuple) -> dict:
+    """The history's row of a resource's current version, from the row PREVIOUS read."""
+    return dict(zip(sql.ARCHIVED, previous))
 
 
 def _index_parts(rows_by_kind: dict[str, list[dict]]) -> list[tuple[sql.Prebuilt, list[dict]]]:

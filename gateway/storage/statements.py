@@ -183,14 +183,18 @@ CURRENT = select(resources).where(_keyed(resources))
 # writer is alone), so that a second writer of it reads the version the first one wrote. Two
 # units that read the same version both wrote the next one, and the second failed (a 500).
 CURRENT_FOR_UPDATE = CURRENT.with_for_update()
-PREVIOUS = Prebuilt(select(resources.c.version, resources.c.blob_sha256).where(_keyed(resources)).with_for_update())
+# The current row of a resource a new version replaces: what the history keeps of it (each of the
+# history's columns, its row's column of that name), then its blob.
+ARCHIVED = tuple(str(column.name) for column in resource_versions.columns)   # plain str: orjson keys
+PREVIOUS = Prebuilt(select(*[resources.c[name] for name in ARCHIVED], resources.c.blob_sha256)
+                    .where(_keyed(resources)).with_for_update())
 INSERT_RESOURCE = Prebuilt(insert(resources))
 UPDATE_RESOURCE = Prebuilt(update(resources).where(_keyed(resources)))
-# The current version goes to the history as a new one replaces it: each of the history's columns
-# is the current row's column of that name.
-ARCHIVE_CURRENT = Prebuilt(insert(resource_versions).from_select(
-    [column.name for column in resource_versions.columns],
-    select(*[resources.c[column.name] for column in resource_versions.columns]).where(_keyed(resources))))
+# The current version goes to the history as a new one replaces it, inserted as the row PREVIOUS
+# read. An INSERT … SELECT of it opens a statement journal, which SQLite, on closing it inside the
+# unit's savepoint, truncates by walking the savepoint's journal from its start: a unit's time grew
+# with the square of the resources it changed (a merge of 11,800 resources, 66 s; 12 s this way).
+ARCHIVE = Prebuilt(insert(resource_versions))
 INSERT_INDEX = {kind: Prebuilt(insert(table)) for kind, table in INDEX_TABLE_BY_KIND.items()}
 DELETE_INDEX = tuple(Prebuilt(delete(table).where(_keyed(table))) for table in INDEX_TABLES)
 

@@ -1,0 +1,77 @@
+"""What one large record costs the writers: an A40 merge that moves its documents to another
+patient, then its destruction, each one unit of work under the write lock (SQLite's holds every
+other ingest back meanwhile). BENCH_RECORD_DOCUMENTS documents (default 1,000) fed as CDA.
+
+A merge of 3,000 documents (11,800 resources) took 66 s on SQLite: each resource's archived
+version was an INSERT … SELECT, whose statement journal SQLite truncated, inside the unit's
+savepoint, by walking all the savepoint had journaled. Its destruction took 69 s: each of its
+blobs was asked of the whole of `resources`."""
+from __future__ import annotations
+
+import os
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from sqlalchemy import event
+
+from bench.databases import scratch_database
+from bench.figures import backends
+from gateway.access import AccessContext
+from gateway.services import feeds, retention
+from gateway.services.documents import ingest_cda
+from gateway.storage.database import make_engine
+from gateway.storage.migrate import upgrade
+from gateway.storage.repository import Repository
+
+SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "cda" / "cr-biologie-martin.xml"
+MARTIN = "185067511204554"
+HOSPITAL = "CH-SAINT-AUBIN&1.2.250.1.213.1.1.9.1001&ISO^PI"
+MERGE = "\r".join([
+    "MSH|^~\\&|GAM|CH-SAINT-AUBIN|GW|DMP|20260310080000||ADT^A40^ADT_A39|BENCHMERGE|P|2.5^FRA^2.11|||||FRA|UNICODE UTF-8",
+    "EVN||20260310080000", f"PID|1||900000090^^^{HOSPITAL}||DUBOIS^CLAIRE^^^^^L||19920823|F",
+    f"MRG|900000001^^^{HOSPITAL}"]) + "\r"
+
+
+def bench_records(workdir: Path, postgres_url: str | None) -> dict:
+    count = int(os.environ.get("BENCH_RECORD_DOCUMENTS", "1000"))
+    template = SAMPLE.read_text()
+    documents = [template.replace('<id root="1.2.250.1.213.1.1.9.2.7.1"/>', f'<id root="1.2.250.1.213.1.1.9.2.7.1.{n}"/>',
+                                  1).encode() for n in range(count)]
+    figures = {"documents": count}
+    for backend, server in backends(postgres_url):
+        with scratch_database(server, workdir, "records") as url:
+            figures[backend] = _record(url, documents)
+    return figures
+
+
+def _record(url: str, documents: list[bytes]) -> dict:
+    engine = make_engine(url)
+    upgrade(engine)
+    statements = []
+
+    def count(conn, cursor, statement, *_):
+        statements.append(statement)
+
+    try:
+        system = Repository(engine, AccessContext.system("bench"), "http://bench")
+        for data in documents:
+            assert ingest_cda(system, data, max_bytes=1 << 20).created
+        started = time.perf_counter()
+        reply = feeds.receive(system, MERGE.encode(), channel="bench", max_bytes=1 << 20)
+        merged = time.perf_counter() - started
+        assert reply.code == "AA", reply.ack
+        survivor = Repository(engine, AccessContext(role="patient", subject=MARTIN, patient_ins=MARTIN,
+                                                    name="Paul MARTIN", address=None), "http://bench")
+        retention.close_record(survivor)
+        retention.request_destruction(survivor)
+        event.listen(engine, "before_cursor_execute", count)
+        started = time.perf_counter()
+        [destroyed] = retention.carry_out(engine, datetime.now(timezone.utc) + timedelta(days=3660))
+        removed = time.perf_counter() - started
+        event.remove(engine, "before_cursor_execute", count)
+    finally:
+        engine.dispose()
+    return {"merge_seconds": round(merged, 2), "merge_ms_per_document": round(merged * 1000 / len(documents), 2),
+            "destruction_seconds": round(removed, 2), "destroyed_resources": destroyed.resources,
+            "destroyed_raw_inputs": destroyed.raw_inputs, "destruction_statements": len(statements)}
