@@ -99,30 +99,24 @@ class _TimedInput:
         self.stream = stream
         self.seconds = seconds
 
-    def _stalled(self) -> RequestTimeout:
-        return RequestTimeout(f"no byte of the request's body arrived for {self.seconds:g} seconds "
-                              "(GATEWAY_HTTP_CLIENT_TIMEOUT): the request was not read")
-
     def read(self, *size):
-        try:
-            return self.stream.read(*size)
-        except (BlockingIOError, TimeoutError):
-            raise self._stalled() from None
+        return self._waited(self.stream.read, *size)
 
     def readline(self, *size):
-        try:
-            return self.stream.readline(*size)
-        except (BlockingIOError, TimeoutError):
-            raise self._stalled() from None
+        return self._waited(self.stream.readline, *size)
 
     def readlines(self, *hint):
-        try:
-            return self.stream.readlines(*hint)
-        except (BlockingIOError, TimeoutError):
-            raise self._stalled() from None
+        return self._waited(self.stream.readlines, *hint)
 
     def __iter__(self):
         return iter(self.readline, b"")
+
+    def _waited(self, reading, *arguments):
+        try:
+            return reading(*arguments)
+        except (BlockingIOError, TimeoutError):
+            raise RequestTimeout(f"no byte of the request's body arrived for {self.seconds:g} seconds "
+                                 "(GATEWAY_HTTP_CLIENT_TIMEOUT): the request was not read") from None
 
 
 class StalledReaders(logging.Filter):
