@@ -16,12 +16,18 @@ GROUPS = (
     ("autres", "Autres documents"),
 )
 GROUP_TITLES = dict(GROUPS)
+PERSONAL = "espace-personnel"
 BY_CLASS = {"11": "synthese", "42": "traitements", "43": "traitements", "44": "traitements", "45": "traitements",
-            "10": "comptes-rendus", "31": "imagerie", "52": "certificats", "90": "espace-personnel"}
+            "10": "comptes-rendus", "31": "imagerie", "52": "certificats", "90": PERSONAL}
 # Types whose class (10, Compte rendu) is shared with reports but that the patient looks for apart.
 BY_TYPE = {"11502-2": "biologie",        # CR d'examens biologiques
            "87273-9": "prevention",      # Note de vaccination
            "11369-6": "prevention"}      # Historique des vaccinations
+
+
+def classes_of(group: str) -> list[str]:
+    """The classes whose documents are shown in `group` (but those a type sends to another)."""
+    return [code for code, member in BY_CLASS.items() if member == group]
 
 
 def _codes(concept: dict | None) -> list[str]:

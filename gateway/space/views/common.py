@@ -24,10 +24,11 @@ def patient_id() -> str:
     return g.patient_id
 
 
-def documents() -> list[dict]:
-    """The documents of the record the signed-in person may see (one audited search)."""
+def documents(criteria: list[tuple[str, str]] = ()) -> list[dict]:
+    """The documents of the record the signed-in person may see, of those `criteria` (search
+    parameters) choose (one audited search)."""
     return [s.json() for s in g.repository.search_all("DocumentReference", [("patient", f"Patient/{patient_id()}"),
-                                                                          ("status", "current")])]
+                                                                          ("status", "current"), *criteria])]
 
 
 def decisions() -> list[StoredResource]:

@@ -9,10 +9,10 @@ from flask import g, render_template, request
 
 from gateway.access.audit import ROLE_SYSTEM
 from gateway.access.context import PATIENT, REPRESENTATIVE, SYSTEM
-from gateway.access.rules import binary_ids
 from gateway.mapping import codes
 from gateway.space import space
 from gateway.storage import search as search_sql
+from gateway.storage.repository import StoredResource
 
 from . import common
 
@@ -127,14 +127,22 @@ def describe(event: dict, documents: dict[str, dict], own_subject: str) -> dict:
             "own": own}
 
 
-def _documents() -> dict[str, dict]:
-    """Title and sending organisation of each document (and its content) the reader may see."""
-    out = {}
-    for docref in common.documents():
-        described = {"title": common.title_of(docref), "organization": common.document_organization(docref)}
-        out[f"DocumentReference/{docref['id']}"] = described
-        for binary_id in binary_ids(docref):
-            out[f"Binary/{binary_id}"] = described
+def _documents(included: list[StoredResource]) -> dict[str, dict]:
+    """Title and sending organisation of each document (and each document's content) the page's
+    events name, as their search included them: the reader's rules chose them. A content names
+    its document by its securityContext. Reading every document of the record instead took 2.3 s
+    for a page of 30 events in a record of 5,902."""
+    docrefs = {s.res_id: s.json() for s in included if s.res_type == "DocumentReference"}
+    holders = {s.res_id: s.json().get("securityContext", {}).get("reference", "").partition("/")
+               for s in included if s.res_type == "Binary"}
+    missing = {res_id for kind, _, res_id in holders.values() if kind == "DocumentReference"} - docrefs.keys()
+    if missing:
+        docrefs |= {s.res_id: s.json() for s in g.repository.search_all("DocumentReference", [("_id", ",".join(missing))])}
+    described = {res_id: {"title": common.title_of(d), "organization": common.document_organization(d)}
+                 for res_id, d in docrefs.items()}
+    out = {f"DocumentReference/{res_id}": d for res_id, d in described.items()}
+    out |= {f"Binary/{binary_id}": described[res_id] for binary_id, (_, _, res_id) in holders.items()
+            if res_id in described}
     return out
 
 
@@ -142,11 +150,12 @@ def _documents() -> dict[str, dict]:
 def history_page():
     view = request.args.get("vue") if request.args.get("vue") in VIEWS else "professionnels"
     title, criteria = VIEWS[view]
-    params = [("patient", f"Patient/{common.patient_id()}"), *criteria, ("_sort", "-date"), ("_count", str(PAGE_SIZE))]
+    params = [("patient", f"Patient/{common.patient_id()}"), *criteria, ("_sort", "-date"), ("_count", str(PAGE_SIZE)),
+              ("_include", "AuditEvent:entity:DocumentReference,AuditEvent:entity:Binary")]
     if request.args.get("page"):
         params.append(("_cursor", request.args["page"]))
     page = g.repository.search(search_sql.parse_search("AuditEvent", params))
-    documents = _documents()
+    documents = _documents(page.included)
     own = g.repository.access.subject
     events = [describe(s.json(), documents, own) for s in page.entries]
     following = search_sql.encode_cursor(page.next_keys, "n") if page.next_keys is not None else None

