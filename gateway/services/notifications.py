@@ -2,10 +2,11 @@
 
 The repository queues one notification per document in the transaction that stores it (or that
 reveals a document kept from the patient until it was announced). This sends them through the
-configured sender, oldest first: `gateway notifications send`, which `gateway serve` runs beside
-the HTTP server with --follow. Each is claimed before it is sent, so that two senders (two nodes)
-never send the same one; one whose sender stopped midway is claimed again after CLAIM_TIME, one
-the sender could not take at the next round. A recipient the mail server refuses for good is
+configured sender, the records whose notifications are oldest first, each record's as one mail
+to each account: `gateway notifications send`, which `gateway serve` runs beside the HTTP server
+with --follow. They are claimed before they are sent, so that two senders (two nodes) never send
+the same one; those whose sender stopped midway are claimed again after CLAIM_TIME, those the
+sender could not take at the next round. A recipient the mail server refuses for good is
 counted, not tried again.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import Engine, delete, or_, select, update
+from sqlalchemy import Engine, delete, func, or_, select, update
 
 from gateway.access.context import INS_SYSTEMS, PATIENT, REPRESENTATIVE
 from gateway.config import Settings
@@ -26,7 +27,8 @@ from gateway.storage.schema import notifications, resources, unique_identifiers
 
 log = logging.getLogger(__name__)
 CLAIM_TIME = timedelta(minutes=5)
-BATCH = 100
+BATCH = 100          # records a round handles
+PER_MAIL = 1000      # of a record's notifications, claimed together: one mail per account
 
 
 def _stamp(moment: datetime) -> str:
@@ -42,34 +44,41 @@ class Notification:
     refused: int | None
 
 
-def _mails(conn, row, link: str) -> list[Mail] | None:
-    """The messages of one queued notification; None when its document is no longer current or is
-    hidden from the patient again (it is then queued afresh if it is revealed)."""
-    document = conn.execute(select(resources.c.deleted, resources.c.hidden_from_patient,
-                                   resources.c.hidden_from_representatives).where(
-        resources.c.res_type == "DocumentReference", resources.c.res_id == row.docref_id)).first()
-    if document is None or document.deleted or document.hidden_from_patient:
-        return None
+def _mails(conn, patient_id: str, claimed: list, link: str) -> tuple[list[Mail], list[int]]:
+    """The messages of a record's claimed notifications: one to each account that wants them, saying
+    how many of the documents it may see were added; and the notifications whose document is no
+    longer current or is hidden from the patient again (dropped: queued afresh if it is revealed)."""
+    documents = {row.res_id: row for row in conn.execute(select(
+        resources.c.res_id, resources.c.deleted, resources.c.hidden_from_patient,
+        resources.c.hidden_from_representatives).where(
+        resources.c.res_type == "DocumentReference", resources.c.res_id.in_([c.docref_id for c in claimed])))}
+    gone = [c.id for c in claimed if c.docref_id not in documents or documents[c.docref_id].deleted
+            or documents[c.docref_id].hidden_from_patient]
+    shown = [documents[c.docref_id] for c in claimed if c.id not in gone]
     ins = conn.execute(select(unique_identifiers.c.value).where(
-        unique_identifiers.c.res_type == "Patient", unique_identifiers.c.res_id == row.patient_id,
+        unique_identifiers.c.res_type == "Patient", unique_identifiers.c.res_id == patient_id,
         unique_identifiers.c.system.in_(INS_SYSTEMS))).scalars().all()
     mails = []
     for account, _ in record_accounts(conn, list(ins)):
         if not account.notify_new_documents:
             continue
-        if account.role == REPRESENTATIVE and document.hidden_from_representatives:
-            continue
-        mails.append(new_document_mail(account.contact, account.role == PATIENT, link))
-    return mails
+        count = sum(1 for d in shown if account.role != REPRESENTATIVE or not d.hidden_from_representatives)
+        if count:
+            mails.append(new_documents_mail(account.contact, account.role == PATIENT, link, count))
+    return mails, gone
 
 
-def new_document_mail(contact: str, own_record: bool, link: str) -> Mail:
-    """Nothing medical, and no name: neither the document's type, title, author nor place."""
+def new_documents_mail(contact: str, own_record: bool, link: str, count: int) -> Mail:
+    """Nothing medical, and no name: neither the documents' types, titles, authors nor places."""
     whose = "à votre dossier médical partagé" if own_record else \
         "au dossier médical partagé d'un enfant dont vous êtes le représentant légal"
-    return Mail(contact, "Un nouveau document dans votre dossier médical partagé",
-                f"Un professionnel de santé a ajouté un document {whose}.\n"
-                f"Pour le consulter, connectez-vous à votre espace : {link}\n\n"
+    if count == 1:
+        subject = "Un nouveau document dans votre dossier médical partagé"
+        added = f"Un professionnel de santé a ajouté un document {whose}.\nPour le consulter"
+    else:
+        subject = f"{count} nouveaux documents dans votre dossier médical partagé"
+        added = f"Des professionnels de santé ont ajouté {count} documents {whose}.\nPour les consulter"
+    return Mail(contact, subject, f"{added}, connectez-vous à votre espace : {link}\n\n"
                 "Vous recevez ce message parce que les notifications de nouveaux documents sont activées. "
                 "Vous pouvez les désactiver dans votre espace, page « Mon dossier ».")
 
@@ -83,26 +92,33 @@ class SenderUnavailable(Exception):
 
 
 def send_pending(settings: Settings, engine: Engine) -> int:
-    """Send what is queued (a batch); the number of notifications handled. Raises SenderUnavailable,
-    once the notifications handled before are recorded, when the sender fails: the one it was at is
-    released for the next round."""
+    """Send what is queued for up to BATCH records; the number of notifications handled. A record's
+    notifications claimed together are one mail to each of its accounts: 5,902 documents imported
+    into a record were 5,902 mails to its patient. Raises SenderUnavailable, once the records handled
+    before are recorded, when the sender fails: the record it was at is released for the next round."""
     send = message_sender(settings.message_sender)
     link = settings.public_base_url.rstrip("/") + "/documents"
     now = datetime.now(timezone.utc)
     claimable = (notifications.c.sent_at.is_(None),
                  or_(notifications.c.claimed_until.is_(None), notifications.c.claimed_until < _stamp(now)))
     with read_connection(engine) as conn:
-        pending = conn.execute(select(notifications).where(*claimable).order_by(notifications.c.id)
-                               .limit(BATCH)).all()
+        records = conn.execute(select(notifications.c.patient_id).where(*claimable)
+                               .group_by(notifications.c.patient_id).order_by(func.min(notifications.c.id))
+                               .limit(BATCH)).scalars().all()
     handled = 0
-    for row in pending:
+    for patient_id in records:
         with write_transaction(engine) as conn:
-            claimed = conn.execute(update(notifications).where(notifications.c.id == row.id, *claimable).values(
-                claimed_until=_stamp(now + CLAIM_TIME))).rowcount
-            mails = _mails(conn, row, link) if claimed else None
-            if claimed and mails is None:
-                conn.execute(delete(notifications).where(notifications.c.id == row.id))
-        if not claimed or mails is None:
+            # RETURNING: those this sender claimed, not another's that took some first.
+            claimed = conn.execute(update(notifications).where(notifications.c.id.in_(
+                select(notifications.c.id).where(notifications.c.patient_id == patient_id, *claimable)
+                .order_by(notifications.c.id).limit(PER_MAIL).scalar_subquery()), *claimable)
+                .values(claimed_until=_stamp(now + CLAIM_TIME))
+                .returning(notifications.c.id, notifications.c.docref_id)).all()
+            mails, gone = _mails(conn, patient_id, claimed, link) if claimed else ([], [])
+            if gone:
+                conn.execute(delete(notifications).where(notifications.c.id.in_(gone)))
+        ids = [c.id for c in claimed if c.id not in gone]
+        if not ids:
             continue
         refused = 0
         for mail in mails:
@@ -112,16 +128,16 @@ def send_pending(settings: Settings, engine: Engine) -> int:
                 # Sent again, it would be refused again, every round, for good.
                 refused += 1
                 log.warning("a notification's recipient was refused by the mail server",
-                            extra={"docref_id": row.docref_id, "code": refusal.code})
+                            extra={"notifications": len(ids), "code": refusal.code})
             except Exception as failure:
                 # Those of its mails already sent are sent again with it: at least once.
                 with write_transaction(engine) as conn:
-                    conn.execute(update(notifications).where(notifications.c.id == row.id).values(claimed_until=None))
+                    conn.execute(update(notifications).where(notifications.c.id.in_(ids)).values(claimed_until=None))
                 raise SenderUnavailable(failure) from None
         with write_transaction(engine) as conn:
-            conn.execute(update(notifications).where(notifications.c.id == row.id).values(
+            conn.execute(update(notifications).where(notifications.c.id.in_(ids)).values(
                 sent_at=_stamp(datetime.now(timezone.utc)), recipients=len(mails) - refused, refused=refused))
-        handled += 1
+        handled += len(ids)
     if handled:
         log.info("notifications sent", extra={"count": handled})
     return handled
@@ -134,7 +150,7 @@ def follow(settings: Settings, engine: Engine, interval: float, stop: threading.
     unavailable_since = None
     while not stop.is_set():
         try:
-            while send_pending(settings, engine) == BATCH:
+            while send_pending(settings, engine):
                 pass
             if unavailable_since is not None:
                 log.info("notifications: the sender takes messages again", extra={"since": unavailable_since})

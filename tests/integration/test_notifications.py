@@ -100,6 +100,40 @@ def test_the_patient_may_switch_it_off_and_representatives_follow_their_own_labe
         assert all(row.recipients == 0 for row in conn.execute(select(queue)))
 
 
+def test_a_record_s_documents_queued_together_are_one_mail_counting_what_each_account_may_see(
+        client, bearer, database, settings, people, monkeypatch):
+    """5,902 documents imported into a record were 5,902 mails to its patient, one per document:
+    now a round sends each account one mail for the documents of a record it may see."""
+    engine = database[0]
+    hospital = {**XML, **bearer("system", sub="hospital")}
+    for name in ("cr-biologie-martin.xml", "ldl-ses-martin.xml"):
+        assert client.post("/cda", data=sample(name), headers=hospital).status_code == 201
+    submit(client, bearer, "cr-imagerie-echographie-moreau.xml", ["INVISIBLE_REPRESENTANTS_LEGAUX"])
+    second = sample("cr-imagerie-echographie-moreau.xml").replace(b'<id root="1.2.250.1.213.1.1.9.2.6.1"/>',
+                                                                  b'<id root="1.2.250.1.213.1.1.9.2.6.2"/>', 1)
+    assert client.post("/cda", data=second, headers=hospital).status_code == 201
+    assert notifications.send_pending(settings, engine) == 4
+    [paul] = mails(settings, "paul@example.test")
+    assert paul["subject"] == "2 nouveaux documents dans votre dossier médical partagé"
+    assert "ont ajouté 2 documents à votre dossier médical partagé" in paul["text"]
+    [sophie] = mails(settings, "sophie@example.test")   # one of the minor's two is hidden from her
+    assert sophie["subject"] == "Un nouveau document dans votre dossier médical partagé"
+    assert "un document au dossier médical partagé d'un enfant" in sophie["text"]
+    for text in (paul["subject"] + paul["text"], sophie["subject"] + sophie["text"]):
+        assert not [word for word in MEDICAL_WORDS if word in text.lower()], text
+    with engine.connect() as conn:
+        assert sorted(row.recipients for row in conn.execute(select(queue))) == [1, 1, 1, 1]
+    # What one mail counts is bounded: a record's notifications beyond PER_MAIL wait for the next.
+    monkeypatch.setattr(notifications, "PER_MAIL", 1)
+    client.post("/cda", data=sample("cr-biologie-martin.xml").replace(b"1.2.250.1.213.1.1.9.2.7.1",
+                                                                     b"1.2.250.1.213.1.1.9.2.7.2"), headers=hospital)
+    client.post("/cda", data=sample("cr-biologie-martin.xml").replace(b"1.2.250.1.213.1.1.9.2.7.1",
+                                                                     b"1.2.250.1.213.1.1.9.2.7.3"), headers=hospital)
+    assert notifications.send_pending(settings, engine) == 1
+    assert notifications.send_pending(settings, engine) == 1
+    assert [m["subject"][:2] for m in mails(settings, "paul@example.test")] == ["2 ", "Un", "Un"]
+
+
 def test_the_e_mail_goes_through_a_real_smtp_server(client, bearer, database, settings, people, monkeypatch):
     from dataclasses import replace
 
@@ -164,13 +198,14 @@ def test_starttls_checks_the_mail_server_s_certificate_and_the_mail_is_dated(cli
             notifications.send_pending(sending, database[0])
         assert received == []
         monkeypatch.setenv("GATEWAY_SMTP_CA", str(tmp_path / "ca.pem"))
-        # The one not sent is sent at the next round, with the next document's.
+        # The one not sent is sent at the next round, with the next document's: one mail for both.
         client.post("/cda", data=sample("ldl-ses-martin.xml"), headers={**XML, **bearer("system", sub="hospital")})
         assert notifications.send_pending(sending, database[0]) == 2
     finally:
         smtp.stop()
     mail = email.message_from_bytes(received[0].content, policy=email.policy.default)
-    assert [e.rcpt_tos for e in received] == [["paul@example.test"]] * 2
+    assert [e.rcpt_tos for e in received] == [["paul@example.test"]]
+    assert mail["Subject"] == "2 nouveaux documents dans votre dossier médical partagé"
     assert mail["Date"].datetime.tzinfo is not None
     assert mail["Message-ID"].startswith("<") and mail["Message-ID"].endswith("@example.test>")
 
