@@ -26,8 +26,9 @@ test: $(STAMP)
 fuzz: $(STAMP)
 	GATEWAY_FUZZ_EXAMPLES=$${GATEWAY_FUZZ_EXAMPLES:-2000} $(BIN)/pytest -q tests/integration/test_fuzz.py
 
-# Under 5 minutes once the search's 100,000 DocumentReferences are loaded: they are kept (var/bench/,
-# and a PostgreSQL database bench_search_100000 beside GATEWAY_BENCH_POSTGRES_URL's).
+# Under 5 minutes once the search's 100,000 DocumentReferences are loaded and the large record built:
+# they are kept (var/bench/, and PostgreSQL databases bench_search_100000 and bench_record_1000
+# beside GATEWAY_BENCH_POSTGRES_URL's).
 bench: $(STAMP)
 	$(BIN)/python -m bench
 

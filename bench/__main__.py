@@ -458,7 +458,7 @@ def main() -> None:
             else "needs GATEWAY_BENCH_POSTGRES_URL and haproxy",
             "memory": bench_memory,
             "large_documents": bench_large_documents,
-            "large_record": lambda: bench_records(workdir, postgres_url),
+            "large_record": lambda: bench_records(workdir, postgres_url, ROOT / "var" / "bench"),
         }
         report = {"machine": machine(), "seconds": {}}
         for name, measure in sections.items():

@@ -6,20 +6,27 @@ import os
 from pathlib import Path
 from typing import Callable, Iterator
 
-from gateway.storage.database import make_engine
+from gateway.storage.database import make_engine, sqlite
 
 
 @contextlib.contextmanager
-def scratch_database(server_url: str | None, workdir: Path, name: str) -> Iterator[str]:
-    """A new empty database for one bench: a SQLite file in the work directory, or, given a
-    PostgreSQL URL, a database created beside the one it names and dropped afterwards."""
+def scratch_database(server_url: str | None, workdir: Path, name: str, template: str | None = None) -> Iterator[str]:
+    """A new database for one bench, empty or a copy of `template` (a kept_database's URL on the
+    same backend): a SQLite file in the work directory, or, given a PostgreSQL URL, a database
+    created beside the one it names and dropped afterwards."""
     if server_url is None:
-        yield f"sqlite:///{workdir / (name + '.db')}"
+        path = workdir / (name + ".db")
+        if template is not None:
+            with contextlib.closing(sqlite.connect(template.removeprefix("sqlite:///"))) as source, \
+                    contextlib.closing(sqlite.connect(path)) as copy:
+                source.backup(copy)
+        yield f"sqlite:///{path}"
         return
     admin = make_engine(server_url).execution_options(isolation_level="AUTOCOMMIT")
     database = f"{name}_{os.getpid()}"
     with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {database}")
+        conn.exec_driver_sql(f"CREATE DATABASE {database}"
+                             + (f" TEMPLATE {template.rsplit('/', 1)[1]}" if template is not None else ""))
     try:
         yield server_url.rsplit("/", 1)[0] + "/" + database
     finally:
