@@ -119,6 +119,9 @@ class Settings:
     mllp_tls_client_ca: Path | None = None
     # MLLP senders admitted ("APP|FACILITY" from MSH-3/MSH-4, optionally "@address"); empty admits any.
     mllp_senders: tuple[str, ...] = ()
+    # Each MLLP connection begins with a load balancer's PROXY protocol header (haproxy's
+    # send-proxy-v2), which gives the sender's address; a connection without one is closed.
+    mllp_proxy_protocol: bool = False
     # Web origins (scheme://host[:port]) whose pages may call the FHIR API from a browser (CORS);
     # empty: none, and the API answers no cross-origin request a browser would let a page read.
     cors_origins: tuple[str, ...] = ()
@@ -197,6 +200,7 @@ class Settings:
             mllp_tls_client_ca=_optional_path("GATEWAY_MLLP_TLS_CLIENT_CA"),
             mllp_senders=tuple(_sender(s.strip()) for s in os.environ.get("GATEWAY_MLLP_SENDERS", "").split(",")
                                if s.strip()),
+            mllp_proxy_protocol=_int("GATEWAY_MLLP_PROXY_PROTOCOL", 0, low=0, high=1) == 1,
             cors_origins=tuple(_web_address("GATEWAY_CORS_ORIGINS", o.strip().rstrip("/"), origin=True)
                                for o in os.environ.get("GATEWAY_CORS_ORIGINS", "").split(",") if o.strip()),
             # Without GATEWAY_JWT_KEYS the demonstration key of `gateway demo setup` is trusted, and

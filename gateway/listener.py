@@ -72,7 +72,8 @@ async def listen(settings: Settings, ready: asyncio.Event | None = None, stop: a
     listener = await mllp.serve(settings.mllp_host, settings.mllp_port, handle, too_large, unended,
                                 max_bytes=settings.mllp_max_bytes, idle_timeout=settings.mllp_idle_timeout, tls=tls,
                                 max_connections=settings.mllp_max_connections,
-                                reuse_port=settings.mllp_processes > 1, shared=_inherited_socket())
+                                reuse_port=settings.mllp_processes > 1, shared=_inherited_socket(),
+                                proxy_protocol=settings.mllp_proxy_protocol)
     stop = stop or asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         try:

@@ -7,11 +7,16 @@ listener whose connections are each handled in order (one message, its ACK, then
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 import ssl
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Iterable, Iterator, Protocol
+
+from proxyprotocol import ProxyProtocolIncompleteError
+from proxyprotocol.detect import ProxyProtocolDetect
+from proxyprotocol.result import ProxyResult
 
 from .er7 import BOM, MLLP_START
 
@@ -23,6 +28,9 @@ CHUNK = 64 * 1024
 ACCEPT_DELAY_PER_CONNECTION = 0.01
 ACCEPT_DELAY_MAX = 0.1
 HEAD_KEPT = 64 * 1024  # of an oversized frame: enough for its MSH, to answer it
+# A load balancer sends its PROXY protocol header as soon as it connects; a v1 header is one line.
+PROXY_HEADER_SECONDS = 5.0
+PROXY_V1_BYTES = 107
 
 log = logging.getLogger(__name__)
 
@@ -214,21 +222,67 @@ class Listener:
         await self.server.wait_closed()
 
 
+async def _proxied_peer(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> str | None:
+    """The sender's address:port a load balancer's PROXY protocol header (v1 or v2) gives, read off
+    the connection before anything else; "unknown" when the balancer did not know it; None (the
+    connection is then closed) when no such header came in PROXY_HEADER_SECONDS."""
+    try:
+        result = await asyncio.wait_for(_proxy_header(loop, conn), PROXY_HEADER_SECONDS)
+    except (ValueError, EOFError, OSError, asyncio.TimeoutError):
+        log.warning("MLLP connection closed: it did not begin with a PROXY protocol header (GATEWAY_MLLP_PROXY_PROTOCOL)",
+                    extra={"balancer": _peer_of(conn)})
+        return None
+    if not result.proxied:   # LOCAL: the balancer's own connection, a health check
+        return _peer_of(conn)
+    return _address(result.peername) if isinstance(result.peername, tuple) else "unknown"
+
+
+async def _proxy_header(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> ProxyResult:
+    """proxy-protocol's parser, fed exactly what it asks for: what follows the header on the socket
+    (TLS's handshake, the first frame) is left there, as a stream reader would have read it into its
+    buffer, out of TLS's reach. A v1 line is read a byte at a time (its end is not announced)."""
+    parser, data = ProxyProtocolDetect(), bytearray()
+    while True:
+        try:
+            return parser.unpack(bytes(data))
+        except ProxyProtocolIncompleteError as incomplete:
+            wanted = incomplete.want_read.want_bytes or 1
+        if wanted == 1 and len(data) >= PROXY_V1_BYTES:
+            raise ValueError("a PROXY protocol v1 line is at most 107 bytes")
+        more = await loop.sock_recv(conn, wanted)
+        if not more:
+            raise EOFError("the connection ended within its PROXY protocol header")
+        data += more
+
+
+def _peer_of(conn: socket.socket) -> str:
+    try:
+        return _address(conn.getpeername())
+    except OSError:
+        return "unknown"
+
+
+def _address(peer) -> str:
+    return f"{peer[0]}:{peer[1]}" if peer else "unknown"
+
+
 async def serve(host: str, port: int, handle: Handler, too_large: OversizeHandler, unended: UnendedHandler, *,
                 max_bytes: int,
                 idle_timeout: float, tls: ssl.SSLContext | None = None, max_connections: int = 32,
-                reuse_port: bool = False, shared: socket.socket | None = None) -> Listener:
+                reuse_port: bool = False, shared: socket.socket | None = None,
+                proxy_protocol: bool = False) -> Listener:
     """A listener of at most `max_connections` connections at a time (each buffers at most
     `max_bytes` of an unfinished frame): a further one is closed as soon as it is accepted. With
     `reuse_port`, other processes listen on the same port and the kernel spreads connections; with
     `shared`, a listening socket sibling processes hold too, the least busy takes each connection
-    (host and port are then the socket's)."""
+    (host and port are then the socket's). With `proxy_protocol`, each connection begins with a
+    load balancer's PROXY protocol header, which names the sender; TLS, if any, begins after it."""
     listener: Listener
 
-    async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer_name: str | None = None
+                         ) -> None:
         task = asyncio.current_task()
-        peer = writer.get_extra_info("peername")
-        peer_name = f"{peer[0]}:{peer[1]}" if peer else "unknown"
+        peer_name = peer_name or _address(writer.get_extra_info("peername"))
         if len(listener.idle) + len(listener.busy) >= max_connections:
             log.warning("MLLP connection refused: the listener has its maximum of connections",
                         extra={"max_connections": max_connections})
@@ -277,16 +331,31 @@ async def serve(host: str, port: int, handle: Handler, too_large: OversizeHandle
             except (ConnectionError, asyncio.CancelledError, ssl.SSLError):
                 pass
 
-    if shared is None:
+    if shared is None and not proxy_protocol:
         server = await asyncio.start_server(connection, host, port, ssl=tls, limit=CHUNK * 2, reuse_port=reuse_port)
         listener = Listener(server)
         return listener
+    if shared is None:   # the header is read before asyncio takes the connection: the accepting is ours
+        shared = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
+                                      backlog=128, reuse_port=reuse_port)
     loop = asyncio.get_running_loop()
 
     async def adopt(conn: socket.socket) -> None:
-        # What asyncio.start_server does with each connection it accepts.
-        protocol = asyncio.StreamReaderProtocol(asyncio.StreamReader(limit=CHUNK * 2), connection)
+        # What asyncio.start_server does with each connection it accepts, after the PROXY header.
+        peer_name = None
         try:
+            if proxy_protocol:
+                # Connections still sending their header count (this one among them): silent ones
+                # would otherwise pile up unbounded, 5 s each.
+                if len(listener.idle) + len(listener.busy) + len(listener.server.adopting) > max_connections:
+                    conn.close()
+                    return
+                peer_name = await _proxied_peer(loop, conn)
+                if peer_name is None:
+                    conn.close()
+                    return
+            protocol = asyncio.StreamReaderProtocol(asyncio.StreamReader(limit=CHUNK * 2),
+                                                    functools.partial(connection, peer_name=peer_name))
             await loop.connect_accepted_socket(lambda: protocol, conn, ssl=tls)
         except (OSError, ssl.SSLError, asyncio.TimeoutError) as failure:
             log.info("MLLP connection failed before its first frame", extra={"reason": type(failure).__name__})

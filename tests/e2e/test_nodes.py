@@ -6,6 +6,7 @@ on the other, and the audit trail both extend verifies. No lock joins the nodes:
 audit trail's chains held by another transaction all along, both still acknowledge and answer (a
 trail extended under one lock, as it was, stops them both). How much two nodes deliver against one
 is measured in bench/nodes.py, not here."""
+import json
 import os
 import re
 import shutil
@@ -44,10 +45,14 @@ def new_document() -> tuple[bytes, str]:
     return cda.replace(found.group(0), f'<id root="{document_id}"/>', 1).encode(), document_id
 
 
+SENT_FROM: list[int] = []   # the local port of each connection mllp_exchange opened
+
+
 def mllp_exchange(port: int, message: bytes) -> bytes:
     """One message on a connection of its own (python-hl7's client): its ACK, unframed."""
     with hl7.client.MLLPClient("127.0.0.1", port) as client:
         client.socket.settimeout(60)
+        SENT_FROM.append(client.socket.getsockname()[1])
         return client.send_message(message).strip(b"\x0b\x1c\r")
 
 
@@ -89,7 +94,7 @@ def start_haproxy(binary: str, workdir: Path, http_port: int, mllp_port: int, no
     for number, node in enumerate(nodes, start=1):
         http, mllp = node["GATEWAY_HTTP_PORT"], node["GATEWAY_MLLP_PORT"]
         lines[f"10.0.0.1{number}:8080 check\n"] = f"127.0.0.1:{http} check\n"
-        lines[f"10.0.0.1{number}:2575 check port 8080\n"] = f"127.0.0.1:{mllp} check port {http}\n"
+        lines[f"10.0.0.1{number}:2575 check port 8080 "] = f"127.0.0.1:{mllp} check port {http} "
     for line, local in lines.items():
         assert config.count(line) == 1, line
         config = config.replace(line, local)
@@ -121,7 +126,8 @@ def test_two_nodes_behind_haproxy_share_one_record_with_no_lock_between_them(tmp
     # The nodes share what a deployment shares: the database, the keys (tokens, the session and
     # search cursor key), the public URL, the load balancer's, and the client's address it forwards.
     shared = {"GATEWAY_DEMO_DIR": str(tmp_path / "demo"), "GATEWAY_PUBLIC_BASE_URL": balancer,
-              "GATEWAY_MLLP_PROCESSES": "1", "GATEWAY_LOG_LEVEL": "WARNING", "GATEWAY_PROXIES": "1"}
+              "GATEWAY_MLLP_PROCESSES": "1", "GATEWAY_LOG_LEVEL": "WARNING", "GATEWAY_PROXIES": "1",
+              "GATEWAY_MLLP_PROXY_PROTOCOL": "1"}
     with new_postgres_database("gateway_nodes") as url:
         started, proxy = [], None
         engine = make_engine(url)
@@ -156,6 +162,13 @@ def test_two_nodes_behind_haproxy_share_one_record_with_no_lock_between_them(tmp
             # second document answered as a duplicate.
             twice = at_once(lambda: mllp_exchange(mllp_port, adt_a28(MESSAGES)))
             assert twice[0] == twice[1] and twice[0].split(b"\r")[1].startswith(b"MSA|AA|"), twice
+            # Each message is recorded as sent from its sender's connection (haproxy's PROXY
+            # header), not from the balancer's to the node.
+            with engine.connect() as conn:
+                senders = [json.loads(r)["subject"] for r in conn.execute(
+                    text("SELECT requester FROM raw_inputs WHERE channel = 'mllp'")).scalars()]
+            assert len(senders) == MESSAGES + 1   # a duplicate is answered, not kept again
+            assert {int(s.rsplit(":", 1)[1]) for s in senders} <= set(SENT_FROM), (senders, SENT_FROM)
             document, document_id = new_document()
             posted = at_once(lambda: requests.post(f"{balancer}/cda", data=document, timeout=60, headers={
                 **gp, "Content-Type": "application/xml"}).status_code)

@@ -132,9 +132,10 @@ def test_gateway_account_create_checks_what_it_is_given_and_replaces_only_when_a
     ("GATEWAY_CORS_ORIGINS", "https://app.example.fr/page", "GATEWAY_CORS_ORIGINS holds 'https://app.example.fr/page'"),
     ("GATEWAY_MLLP_SENDERS", "GAM|CH-SAINT-AUBIN,LAB^CH-SAINT-AUBIN",
      "GATEWAY_MLLP_SENDERS holds 'LAB^CH-SAINT-AUBIN': it takes MSH-3|MSH-4, optionally @address"),
+    ("GATEWAY_MLLP_PROXY_PROTOCOL", "v2", "GATEWAY_MLLP_PROXY_PROTOCOL is 'v2', not a whole number"),
 ], ids=["port-not-a-number", "port-too-high", "mllp-port-zero", "negative-limit", "no-worker", "timeout-not-a-number",
         "timeout-nan", "client-timeout-zero", "unknown-log-level", "base-without-scheme", "any-origin", "origin-with-a-path",
-        "sender-written-with-a-caret"])
+        "sender-written-with-a-caret", "proxy-protocol-as-a-version"])
 def test_a_setting_the_gateway_cannot_run_with_is_told_by_its_name(variable, value, told, monkeypatch, capsys):
     """Each was a traceback (a port `abc`, a log level `verbose`), or was taken: a port of 99999 failed
     later, a limit of -1 refused every document, a base URL without a scheme made every link wrong."""
