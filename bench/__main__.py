@@ -27,13 +27,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import orjson
-from sqlalchemy import event, func, inspect, select, true
+from sqlalchemy import event, true
 
 from bench.audit import bench_audit
-from bench.databases import kept_database
+from bench.databases import holds_documents, kept_database
 from bench.figures import backends, percentile
 from bench.nodes import bench_nodes
 from bench.hl7v2 import bench_mllp, bench_parsing, bench_statements
@@ -213,7 +213,7 @@ def bench_search(workdir: Path, total: int, queries: int, postgres_url: str | No
     The databases are kept (a SQLite file in `directory`, a PostgreSQL database `name` beside the
     one the URL names), and a later run that finds them loaded only measures. Those not loaded are
     loaded together (each batch built once)."""
-    databases = {backend: kept_database(server, directory, name, references_loaded(total))
+    databases = {backend: kept_database(server, directory, name, holds_documents(total))
                  for backend, server in backends(postgres_url)}
     unloaded = [url for url, loaded in databases.values() if not loaded]
     load_seconds = prepared_for_search(unloaded, total, load=True) if unloaded else None
@@ -238,21 +238,6 @@ def prepared_for_search(urls: list[str], total: int, load: bool) -> float:
                 conn.exec_driver_sql("ANALYZE")
         engine.dispose()
     return round(time.perf_counter() - started, 1)
-
-
-def references_loaded(total: int) -> Callable[[str], bool]:
-    """Whether a database holds the bench's `total` DocumentReferences (a load finished)."""
-    def loaded(url: str) -> bool:
-        engine = make_engine(url)
-        try:
-            if not inspect(engine).has_table("resources"):
-                return False
-            with engine.connect() as conn:
-                return conn.execute(select(func.count()).select_from(resources).where(
-                    resources.c.res_type == "DocumentReference")).scalar_one() == total
-        finally:
-            engine.dispose()
-    return loaded
 
 
 def _bench_search(workdir: Path, total: int, queries: int, url: str, load_seconds: float | str) -> dict:

@@ -6,7 +6,10 @@ import os
 from pathlib import Path
 from typing import Callable, Iterator
 
+from sqlalchemy import func, inspect, select
+
 from gateway.storage.database import make_engine, sqlite
+from gateway.storage.schema import resources
 
 
 @contextlib.contextmanager
@@ -62,3 +65,18 @@ def kept_database(server_url: str | None, directory: Path, name: str, loaded: Ca
         return url, False
     finally:
         admin.dispose()
+
+
+def holds_documents(total: int) -> Callable[[str], bool]:
+    """Whether a database holds `total` DocumentReferences: a kept database's load finished."""
+    def loaded(url: str) -> bool:
+        engine = make_engine(url)
+        try:
+            if not inspect(engine).has_table("resources"):
+                return False
+            with engine.connect() as conn:
+                return conn.execute(select(func.count()).select_from(resources).where(
+                    resources.c.res_type == "DocumentReference")).scalar_one() == total
+        finally:
+            engine.dispose()
+    return loaded

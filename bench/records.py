@@ -12,11 +12,10 @@ import os
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Callable
 
-from sqlalchemy import event, func, inspect, select
+from sqlalchemy import event
 
-from bench.databases import kept_database, scratch_database
+from bench.databases import holds_documents, kept_database, scratch_database
 from bench.figures import backends
 from gateway.access import AccessContext
 from gateway.services import feeds, retention
@@ -24,7 +23,6 @@ from gateway.services.documents import ingest_cda
 from gateway.storage.database import make_engine
 from gateway.storage.migrate import upgrade
 from gateway.storage.repository import Repository
-from gateway.storage.schema import resources
 
 SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "cda" / "cr-biologie-martin.xml"
 MARTIN = "185067511204554"
@@ -41,26 +39,12 @@ def bench_records(workdir: Path, postgres_url: str | None, directory: Path) -> d
     count = int(os.environ.get("BENCH_RECORD_DOCUMENTS", "1000"))
     figures = {"documents": count}
     for backend, server in backends(postgres_url):
-        kept, loaded = kept_database(server, directory, f"bench_record_{count}", _has_documents(count))
+        kept, loaded = kept_database(server, directory, f"bench_record_{count}", holds_documents(count))
         if not loaded:
             _build(kept, count)
         with scratch_database(server, workdir, "records", template=kept) as url:
             figures[backend] = _record(url, count) | {"record": "built by an earlier run" if loaded else "built"}
     return figures
-
-
-def _has_documents(count: int) -> Callable[[str], bool]:
-    def loaded(url: str) -> bool:
-        engine = make_engine(url)
-        try:
-            if not inspect(engine).has_table("resources"):
-                return False
-            with engine.connect() as conn:
-                return conn.execute(select(func.count()).select_from(resources).where(
-                    resources.c.res_type == "DocumentReference")).scalar_one() == count
-        finally:
-            engine.dispose()
-    return loaded
 
 
 def _build(url: str, count: int) -> None:
