@@ -232,15 +232,18 @@ async def _proxied_peer(loop: asyncio.AbstractEventLoop, conn: socket.socket) ->
         log.warning("MLLP connection closed: it did not begin with a PROXY protocol header (GATEWAY_MLLP_PROXY_PROTOCOL)",
                     extra={"balancer": _peer_of(conn)})
         return None
+    if result is None:   # closed at once, as /health's look at the listener does
+        return None
     if not result.proxied:   # LOCAL: the balancer's own connection, a health check
         return _peer_of(conn)
     return _address(result.peername) if isinstance(result.peername, tuple) else "unknown"
 
 
-async def _proxy_header(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> ProxyResult:
+async def _proxy_header(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> ProxyResult | None:
     """proxy-protocol's parser, fed exactly what it asks for: what follows the header on the socket
     (TLS's handshake, the first frame) is left there, as a stream reader would have read it into its
-    buffer, out of TLS's reach. A v1 line is read a byte at a time (its end is not announced)."""
+    buffer, out of TLS's reach. A v1 line is read a byte at a time (its end is not announced).
+    None: the connection closed before its first byte."""
     parser, data = ProxyProtocolDetect(), bytearray()
     while True:
         try:
@@ -250,6 +253,8 @@ async def _proxy_header(loop: asyncio.AbstractEventLoop, conn: socket.socket) ->
         if wanted == 1 and len(data) >= PROXY_V1_BYTES:
             raise ValueError("a PROXY protocol v1 line is at most 107 bytes")
         more = await loop.sock_recv(conn, wanted)
+        if not more and not data:
+            return None
         if not more:
             raise EOFError("the connection ended within its PROXY protocol header")
         data += more
