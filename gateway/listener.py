@@ -47,7 +47,10 @@ async def listen(settings: Settings, ready: asyncio.Event | None = None, stop: a
     loop = asyncio.get_running_loop()
 
     def repository(peer: str) -> Repository:
-        return Repository(engine, AccessContext.system(f"mllp {peer}"), settings.public_base_url)
+        # The sender's address is the audit trail's network address of what it wrote, as an HTTP
+        # client's is (it wrote "localhost", the gateway's own processes' word).
+        address = peer.rsplit(":", 1)[0] if peer != "unknown" else None
+        return Repository(engine, AccessContext.system(f"mllp {peer}", address), settings.public_base_url)
 
     def process(data: bytes, peer: str) -> bytes | None:
         return feeds.receive(repository(peer), data, channel="mllp", max_bytes=settings.max_document_bytes,

@@ -98,8 +98,8 @@ class AccessContext:
     address: str | None = None
 
     @classmethod
-    def system(cls, name: str = "gateway") -> "AccessContext":
-        return cls(role=SYSTEM, subject=name, name=name)
+    def system(cls, name: str = "gateway", address: str | None = None) -> "AccessContext":
+        return cls(role=SYSTEM, subject=name, name=name, address=address)
 
     @functools.cached_property
     def serialized(self) -> str:

@@ -14,7 +14,7 @@ from proxyprotocol.v2 import ProxyProtocolV2
 from sqlalchemy import select
 
 from conftest import ROOT, free_port
-from gateway.storage.schema import raw_inputs
+from gateway.storage.schema import raw_inputs, resources
 from test_mllp import listener_running, mllp_send_on, msa
 from test_mllp_tls import make_pki
 
@@ -73,6 +73,12 @@ def test_the_balancer_s_header_names_the_sender_whom_the_address_rule_admits(set
             except ConnectionResetError:   # closed with the message unread
                 pass
     assert requesters(database[0]) == ["mllp 10.0.0.8:40001", "mllp 10.0.0.7:40002", "mllp 10.0.0.7:40003"]
+    # The trail gives what the sender wrote its address (it was "localhost", as for the gateway's own processes).
+    with database[0].connect() as conn:
+        events = [json.loads(body) for body in conn.execute(select(resources.c.body).where(
+            resources.c.res_type == "AuditEvent")).scalars()]
+    networks = {json.dumps(agent["network"]) for event in events for agent in event["agent"] if agent.get("requestor")}
+    assert networks == {json.dumps({"address": "10.0.0.7", "type": "2"})}, networks
     assert [r.getMessage() for r in caplog.records if r.name == "gateway.hl7v2.mllp"] == [
         "MLLP connection closed: it did not begin with a PROXY protocol header (GATEWAY_MLLP_PROXY_PROTOCOL)"]
 
