@@ -154,6 +154,7 @@ def test_two_nodes_behind_haproxy_share_one_record_with_no_lock_between_them(tmp
             while link:
                 page = requests.get(link, headers=gp, timeout=60)
                 assert page.status_code == 200, page.text
+                assert page.headers["Content-Encoding"] == "gzip"   # requests asks for it
                 pages.append(page.json())
                 link = next((li["url"] for li in page.json().get("link", []) if li["relation"] == "next"), None)
             assert sum(len(p.get("entry", [])) for p in pages) == 7 and len(pages) == 4
@@ -173,6 +174,7 @@ def test_two_nodes_behind_haproxy_share_one_record_with_no_lock_between_them(tmp
             posted = at_once(lambda: requests.post(f"{balancer}/cda", data=document, timeout=60, headers={
                 **gp, "Content-Type": "application/xml"}).status_code)
             assert sorted(posted) == [200, 201]
+            assert "Content-Encoding" not in requests.get(f"{balancer}/connexion", timeout=60).headers
             # Both nodes took their share of the messages and of the searches.
             for _, base, _ in started:
                 assert counted(base, "gateway_ingests_total", "channel", "mllp") > 0
