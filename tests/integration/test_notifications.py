@@ -134,6 +134,47 @@ def test_a_record_s_documents_queued_together_are_one_mail_counting_what_each_ac
     assert [m["subject"][:2] for m in mails(settings, "paul@example.test")] == ["2 ", "Un", "Un"]
 
 
+def test_two_senders_at_once_never_count_a_document_twice(client, bearer, database, settings, people, monkeypatch):
+    """Two nodes each run the sender: a record's notifications are claimed together by one of them
+    (RETURNING the rows its UPDATE took), so each document is announced once."""
+    import re
+    import threading
+
+    engine = database[0]
+    hospital = {**XML, **bearer("system", sub="hospital")}
+    for n in range(6):
+        cda = sample("cr-biologie-martin.xml").replace(b"1.2.250.1.213.1.1.9.2.7.1", f"1.2.250.1.213.1.1.9.2.7.{n + 10}".encode())
+        assert client.post("/cda", data=cda, headers=hospital).status_code == 201
+    sent, claiming = [], threading.Barrier(2)
+    monkeypatch.setattr(notifications, "message_sender", lambda name: lambda _, mail: sent.append(mail))
+    transaction = notifications.write_transaction
+    first = threading.local()
+
+    def together(*args, **kwargs):
+        # Both senders have read which records wait before either claims: they claim at once.
+        if not getattr(first, "passed", False):
+            first.passed = True
+            claiming.wait(30)
+        return transaction(*args, **kwargs)
+
+    monkeypatch.setattr(notifications, "write_transaction", together)
+
+    def sender():
+        notifications.send_pending(settings, engine)
+
+    threads = [threading.Thread(target=sender) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    counted = [int(m.subject.split()[0]) if m.subject[0].isdigit() else 1 for m in sent]
+    assert sum(counted) == 6 and {m.to for m in sent} == {"paul@example.test"}, [m.subject for m in sent]
+    with engine.connect() as conn:
+        assert [(row.sent_at is not None, row.recipients) for row in conn.execute(select(queue))] == [(True, 1)] * 6
+    assert all(re.fullmatch(r"(Un nouveau document|\d+ nouveaux documents) dans votre dossier médical partagé",
+                            m.subject) for m in sent)
+
+
 def test_the_e_mail_goes_through_a_real_smtp_server(client, bearer, database, settings, people, monkeypatch):
     from dataclasses import replace
 
