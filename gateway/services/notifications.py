@@ -44,7 +44,7 @@ class Notification:
     refused: int | None
 
 
-def _mails(conn, patient_id: str, claimed: list, link: str) -> tuple[list[Mail], list[int]]:
+def _mails(conn, patient_id: str, claimed: list, link: str) -> tuple[list[Mail], set[int]]:
     """The messages of a record's claimed notifications: one to each account that wants them, saying
     how many of the documents it may see were added; and the notifications whose document is no
     longer current or is hidden from the patient again (dropped: queued afresh if it is revealed)."""
@@ -52,8 +52,8 @@ def _mails(conn, patient_id: str, claimed: list, link: str) -> tuple[list[Mail],
         resources.c.res_id, resources.c.deleted, resources.c.hidden_from_patient,
         resources.c.hidden_from_representatives).where(
         resources.c.res_type == "DocumentReference", resources.c.res_id.in_([c.docref_id for c in claimed])))}
-    gone = [c.id for c in claimed if c.docref_id not in documents or documents[c.docref_id].deleted
-            or documents[c.docref_id].hidden_from_patient]
+    gone = {c.id for c in claimed if c.docref_id not in documents or documents[c.docref_id].deleted
+            or documents[c.docref_id].hidden_from_patient}
     shown = [documents[c.docref_id] for c in claimed if c.id not in gone]
     ins = conn.execute(select(unique_identifiers.c.value).where(
         unique_identifiers.c.res_type == "Patient", unique_identifiers.c.res_id == patient_id,
@@ -114,9 +114,9 @@ def send_pending(settings: Settings, engine: Engine) -> int:
                 .order_by(notifications.c.id).limit(PER_MAIL).scalar_subquery()), *claimable)
                 .values(claimed_until=_stamp(now + CLAIM_TIME))
                 .returning(notifications.c.id, notifications.c.docref_id)).all()
-            mails, gone = _mails(conn, patient_id, claimed, link) if claimed else ([], [])
+            mails, gone = _mails(conn, patient_id, claimed, link) if claimed else ([], set())
             if gone:
-                conn.execute(delete(notifications).where(notifications.c.id.in_(gone)))
+                conn.execute(delete(notifications).where(notifications.c.id.in_(sorted(gone))))
         ids = [c.id for c in claimed if c.id not in gone]
         if not ids:
             continue
