@@ -139,7 +139,9 @@ def test_bulk_ingest_stopped_with_ctrl_c_says_how_to_go_on_and_loses_nothing(tmp
                            timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
     ingested, duplicates = map(int, re.search(r"ingested: (\d+)   duplicates: (\d+) ", again.stderr).groups())
-    assert 20 <= done < count and ingested + duplicates == count and ingested <= count - done
+    # A document's raw copy is kept before it is ingested: 20 copies kept when it was interrupted
+    # may be 19 documents done and the 20th stopped on its way (one run in about ten).
+    assert 19 <= done < count and ingested + duplicates == count and ingested <= count - done
     statuses = Counter(stored_inputs(var))
     assert statuses["processed"] == count and set(statuses) <= {"processed", "duplicate"}, statuses
 
