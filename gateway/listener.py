@@ -35,8 +35,7 @@ def start_processes(host: str, port: int, processes: int, env: dict | None = Non
     env = dict(os.environ if env is None else env)
     if processes <= 1:
         return [subprocess.Popen(command, env=env, **popen)]
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.create_server((host, port), family=family, backlog=128) as shared:
+    with mllp.listening_socket(host, port) as shared:
         env[SOCKET_FD] = str(shared.fileno())
         return [subprocess.Popen(command, env=env, pass_fds=[shared.fileno()], **popen) for _ in range(processes)]
 

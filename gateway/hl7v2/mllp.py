@@ -271,6 +271,12 @@ def _address(peer) -> str:
     return f"{peer[0]}:{peer[1]}" if peer else "unknown"
 
 
+def listening_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """A listening TCP socket on host:port (IPv6 for an IPv6 host)."""
+    return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
+                                backlog=128, reuse_port=reuse_port)
+
+
 async def serve(host: str, port: int, handle: Handler, too_large: OversizeHandler, unended: UnendedHandler, *,
                 max_bytes: int,
                 idle_timeout: float, tls: ssl.SSLContext | None = None, max_connections: int = 32,
@@ -341,8 +347,7 @@ async def serve(host: str, port: int, handle: Handler, too_large: OversizeHandle
         listener = Listener(server)
         return listener
     if shared is None:   # the header is read before asyncio takes the connection: the accepting is ours
-        shared = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
-                                      backlog=128, reuse_port=reuse_port)
+        shared = listening_socket(host, port, reuse_port)
     loop = asyncio.get_running_loop()
 
     async def adopt(conn: socket.socket) -> None:
