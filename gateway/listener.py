@@ -52,8 +52,9 @@ async def listen(settings: Settings, ready: asyncio.Event | None = None, stop: a
         return Repository(engine, AccessContext.system(f"mllp {peer}", address), settings.public_base_url)
 
     def process(data: bytes, peer: str) -> bytes | None:
-        return feeds.receive(repository(peer), data, channel="mllp", max_bytes=settings.max_document_bytes,
-                             senders=settings.mllp_senders, address=peer.rsplit(":", 1)[0]).ack
+        repo = repository(peer)
+        return feeds.receive(repo, data, channel="mllp", max_bytes=settings.max_document_bytes,
+                             senders=settings.mllp_senders, address=repo.access.address).ack
 
     def refuse(head: bytes, size: int, peer: str) -> bytes | None:
         return feeds.refuse_oversized(repository(peer), head, size, settings.mllp_max_bytes, "mllp").ack
