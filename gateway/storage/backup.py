@@ -22,6 +22,8 @@ from urllib.parse import quote
 
 import pysqlite3.dbapi2 as sqlite
 
+from . import in_use
+
 POSTGRESQL_TOOLS = (
     "the database is PostgreSQL's: back it up with PostgreSQL's tools, `pg_dump -Fc` (put back by `pg_restore`), "
     "or `pg_basebackup` with WAL archiving for a recovery to any point in time; it holds everything the gateway "
@@ -103,6 +105,18 @@ def restore(database_url: str, copy_path: Path) -> Restored:
         raise BackupRefused(f"{copy_path} is the database itself")
     size, started = copy_path.stat().st_size, time.perf_counter()
     migration, newest = _checked(copy_path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with in_use.held_alone(target):
+            kept, moved, why_moved = _replace(database_url, target, copy_path)
+    except in_use.DatabaseInUse as refused:
+        raise BackupRefused(str(refused)) from None
+    return Restored(Copy(copy_path, size, time.perf_counter() - started, migration, newest), kept, moved, why_moved)
+
+
+def _replace(database_url: str, target: Path, copy_path: Path) -> tuple[Copy | None, Path | None, str | None]:
+    """The database's content replaced by the copy's, what it held kept beside it: restore's work,
+    no gateway process having the database open."""
     kept = moved = why_moved = None
     if target.is_file():
         aside = target.with_name(f"{target.name}.before-restore-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}")
@@ -113,11 +127,10 @@ def restore(database_url: str, copy_path: Path) -> Restored:
                 if Path(f"{target}{suffix}").exists():
                     os.replace(f"{target}{suffix}", f"{aside}{suffix}")
             moved, why_moved = aside, str(refused)
-    target.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.closing(_read_only(copy_path)) as reader, \
             contextlib.closing(sqlite.connect(target, timeout=30)) as database:
         reader.backup(database)
-    return Restored(Copy(copy_path, size, time.perf_counter() - started, migration, newest), kept, moved, why_moved)
+    return kept, moved, why_moved
 
 
 def _check_destination(destination: Path) -> None:

@@ -7,12 +7,15 @@ import os
 import sys
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Iterator
 
 import pysqlite3.dbapi2 as sqlite
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+
+from . import in_use
 
 _sqlite_write_lock = threading.Lock()
 
@@ -55,6 +58,8 @@ def make_engine(url: str) -> Engine:
                                connect_args={"check_same_thread": False, "timeout": 30,
                                              "cached_statements": SQLITE_PREPARED_STATEMENTS})
         _configure_sqlite(engine)
+        if path and path != ":memory:":
+            _hold_while_open(engine, Path(path))
         return engine
     scheme = url.partition("://")[0] if "://" in url else ""
     if scheme not in ("postgresql", "postgresql+psycopg"):
@@ -71,6 +76,20 @@ def make_engine(url: str) -> Engine:
                              connect_args={"options": "-c plan_cache_mode=force_custom_plan"})
     except (ArgumentError, ValueError) as exc:   # a port that is no number, a URL SQLAlchemy cannot parse
         raise UnsupportedDatabase(f"the database URL cannot be read: {exc}") from None
+
+
+def _hold_while_open(engine: Engine, database: Path) -> None:
+    """The engine's share of the database's in-use lock (`in_use`), from now until it is disposed
+    of, and again from its next connection: `gateway restore` refuses while it is held."""
+    hold = in_use.SharedHold(database)
+    try:
+        hold.take()
+    except in_use.DatabaseInUse as refused:
+        engine.dispose()
+        raise UnsupportedDatabase(str(refused)) from None
+    event.listen(engine, "connect", lambda _connection, _record: hold.take())
+    event.listen(engine, "engine_disposed", lambda _engine: hold.release())
+    weakref.finalize(engine, hold.release)
 
 
 def _configure_sqlite(engine: Engine) -> None:

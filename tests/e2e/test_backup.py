@@ -1,7 +1,8 @@
 """`gateway backup` while messages stream over MLLP, and `gateway restore`, as an operator runs them:
 the copy holds every message acknowledged before the backup began and none sent after it ended, its
-audit trail verifies, the stream is not stopped; a restore after the listener was killed (its WAL
-full of later commits) gives exactly the copy, and keeps what it replaced."""
+audit trail verifies, the stream is not stopped; a restore while the listener runs is refused; a
+restore after the listener was killed (its WAL full of later commits) gives exactly the copy, and
+keeps what it replaced."""
 import itertools
 import os
 import signal
@@ -88,6 +89,10 @@ def test_a_backup_during_a_stream_and_its_restore(tmp_path):
         for thread in streams:
             thread.join(120)
         assert not failures, failures
+        # The listener still runs: the restore is refused, naming it, and changes nothing.
+        refused = gateway(env, "restore", str(copy))
+        assert refused.returncode == 2 and f"(process {listener.pid}, gateway mllp)" in refused.stderr, refused.stderr
+        assert not list(tmp_path.glob("gateway.db.before-restore-*"))
     finally:
         ended.set()
         listener.send_signal(signal.SIGKILL)   # the database's WAL keeps the commits since its last checkpoint

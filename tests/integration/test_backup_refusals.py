@@ -1,13 +1,18 @@
 """What `gateway backup` and `gateway restore` refuse, each said in a line and nothing changed: a
 PostgreSQL database (its own tools are named), a copy that exists, a folder that does not, a file
 that is no gateway database, a damaged copy, the database restored onto itself; and a damaged
-database restored, its files moved aside as they were. The backup taken while messages stream,
-and its restore, are in tests/e2e/test_backup.py."""
+database restored, its files moved aside as they were; a restore while a gateway has the database
+open, and a gateway started while a restore writes. The backup taken while messages stream, and
+its restore, are in tests/e2e/test_backup.py."""
 import shutil
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from gateway.cli import main
+from gateway.storage import in_use
+from gateway.storage.database import UnsupportedDatabase, make_engine, unavailable
 
 
 @pytest.fixture
@@ -84,3 +89,32 @@ def test_a_damaged_database_is_restored_its_files_moved_aside_as_they_were(opera
     [moved] = tmp_path.glob("gateway.db.before-restore-*Z")   # beside it, its -wal and -shm if any
     assert moved.read_bytes() == bytes(data)
     assert operator("audit", "verify")[0] == 0 and operator("backup", str(tmp_path / "again.db"))[0] == 0
+
+
+def test_a_restore_waits_for_no_gateway_and_no_gateway_starts_under_a_restore(operator, tmp_path):
+    """A restore under a running gateway went through: what it acknowledged meanwhile was in neither
+    database. The gateway's processes here are an engine of this one (the e2e test's is a listener)."""
+    copy = tmp_path / "copy.db"
+    assert operator("backup", str(copy))[0] == 0
+    before = operator.database.read_bytes()
+    url = f"sqlite:///{operator.database}"
+    engine = make_engine(url)
+    status, _, told = operator("restore", str(copy))
+    assert status == 2 and told == (f"gateway restore: a gateway process has the database {operator.database} open: "
+                                    "stop every `gateway serve` and `gateway mllp`, and any command on it, first\n")
+    assert operator.database.read_bytes() == before and not list(tmp_path.glob("gateway.db.before-restore-*"))
+
+    engine.dispose()   # it lets go of the database until it connects again
+    with in_use.held_alone(operator.database):   # as a restore holds it
+        with pytest.raises(UnsupportedDatabase, match=f"`gateway restore` is writing the database {operator.database}"):
+            make_engine(url)
+        status, _, told = operator("messages", "list")
+        assert status == 2 and "`gateway restore` is writing the database" in told, told
+        with pytest.raises(OperationalError) as refused:
+            engine.connect()
+        assert unavailable(refused.value)   # asked again (ACK AE, 503), never refused for good
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+    assert operator("restore", str(copy))[0] == 2
+    engine.dispose()
+    assert operator("restore", str(copy))[0] == 0
