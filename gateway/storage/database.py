@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import sys
 import threading
@@ -16,6 +17,9 @@ from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
 from . import in_use
+from .schema import metadata
+
+log = logging.getLogger(__name__)
 
 _sqlite_write_lock = threading.Lock()
 
@@ -267,13 +271,40 @@ def version(engine: Engine) -> str:
         return "PostgreSQL " + conn.execute(text("SHOW server_version")).scalar()
 
 
+# The tables a search reads. PostgreSQL without their statistics planned the bench's searches of
+# 100,000 documents 25 to 90 times slower: a patient's documents in 467 ms instead of 18, a month's
+# page of a type in 2.2 s instead of 26 ms.
+SEARCHED_TABLES = ("resources", "access_rules", "unique_identifiers", "search_token", "search_reference",
+                   "search_date", "search_string")
+
+
 def refresh_statistics(engine: Engine) -> None:
     """Give SQLite's query planner row statistics. Without them it may probe a search index by its
     value range instead of by resource, turning a 10 ms search into seconds at 10,000 documents.
-    PostgreSQL keeps its own (autovacuum): nothing to do there, and nothing added to its start-up."""
+    PostgreSQL keeps its own (autovacuum), except where none were ever taken or they were left
+    behind: a database `pg_restore` or `pg_upgrade` made (which carry none), or one a first
+    `gateway ingest` loaded. Its searched tables are analysed when one holds rows and has no
+    statistics (all of the gateway's tables then): a look at its catalogue otherwise, at each start."""
     if not is_sqlite(engine):
+        _analyse_if_never_analysed(engine)
         return
     with engine.connect() as conn:
         conn.exec_driver_sql("PRAGMA analysis_limit=1000")  # sampled: quick even on large files
         conn.exec_driver_sql("ANALYZE")
         conn.commit()
+
+
+def _analyse_if_never_analysed(engine: Engine) -> None:
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        analysed = set(conn.exec_driver_sql(
+            "SELECT DISTINCT tablename FROM pg_stats WHERE schemaname = current_schema() "
+            "AND tablename = ANY(%(tables)s)", {"tables": list(SEARCHED_TABLES)}).scalars())
+        unanalysed = [table for table in SEARCHED_TABLES if table not in analysed
+                      and conn.exec_driver_sql(f"SELECT EXISTS (SELECT 1 FROM {table})").scalar()]
+        if not unanalysed:
+            return
+        started = time.perf_counter()
+        conn.exec_driver_sql("ANALYZE " + ", ".join(table.name for table in metadata.sorted_tables))
+    log.warning("PostgreSQL had no statistics on tables that hold rows (%s): a database restored by pg_restore, "
+                "upgraded by pg_upgrade, or loaded for the first time; analysed in %.1f s",
+                ", ".join(unanalysed), time.perf_counter() - started)

@@ -476,3 +476,39 @@ def test_a_database_a_newer_gateway_migrated_is_told_in_a_line(tmp_path, monkeyp
     told = capsys.readouterr().err
     assert told.startswith("gateway migrate: the database is at migration 0099, which this gateway does not have")
     assert "Traceback" not in told
+
+
+def test_a_postgresql_database_without_statistics_is_analysed_at_start(caplog):
+    """pg_restore and pg_upgrade carry no statistics, and autovacuum takes them again only once a
+    tenth of a table has changed since (pg_upgrade) or in its own time: the bench's searches ran 25
+    to 90 times slower meanwhile. A database whose tables hold rows and have none is analysed when
+    `gateway serve` starts (its migrations), then never again for that."""
+    from gateway.services import feeds
+
+    with new_postgres_database("unanalysed") as url:
+        engine = make_engine(url)
+        try:
+            upgrade(engine)   # the tables are empty: nothing to analyse
+            reply = feeds.receive(Repository(engine, AccessContext.system("test"), "http://gateway.test"),
+                                  (SAMPLES / "hl7v2" / "adt-a01-martin.hl7").read_bytes(), channel="test",
+                                  max_bytes=1 << 20)
+            assert b"MSA|AA|" in reply.ack
+
+            def analysed() -> set[str]:
+                with engine.connect() as conn:
+                    return set(conn.execute(text("SELECT DISTINCT tablename FROM pg_stats "
+                                                 "WHERE schemaname = current_schema()")).scalars())
+
+            # A few rows, well under autovacuum's threshold (50 changes): it has not analysed them.
+            assert "resources" not in analysed()
+            with caplog.at_level("WARNING", logger="gateway.storage.database"):
+                upgrade(engine)
+            assert {"resources", "search_token", "unique_identifiers"} <= analysed()
+            [warning] = [r.getMessage() for r in caplog.records if r.name == "gateway.storage.database"]
+            assert warning.startswith("PostgreSQL had no statistics on tables that hold rows (resources, "), warning
+            caplog.clear()
+            with caplog.at_level("WARNING", logger="gateway.storage.database"):
+                upgrade(engine)
+            assert not [r for r in caplog.records if r.name == "gateway.storage.database"]
+        finally:
+            engine.dispose()
