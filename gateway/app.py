@@ -30,7 +30,7 @@ from gateway.http.slow_clients import StalledBodies
 from gateway.logs import request_id
 from gateway.space import init_space
 from gateway.storage import search
-from gateway.storage.database import RETRY_AFTER_SECONDS, make_engine, unavailable
+from gateway.storage.database import RETRY_AFTER_SECONDS, failure_reason, make_engine, unavailable
 from gateway.storage.repository import Repository
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     @app.errorhandler(Exception)
     def internal_error(error: Exception):
         if unavailable(error):
-            log.warning("database unavailable", extra={"path": request.path})
+            log.warning("database unavailable", extra={"path": request.path, "reason": failure_reason(error)})
             issue = {"severity": "error", "code": "transient", "diagnostics": "the database is unavailable: try again"}
             response = fhir_response(operation_outcome([issue]), 503)
             response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)

@@ -16,7 +16,7 @@ from gateway.config import Settings
 from gateway.shell_output import print_table
 from gateway.services.documents import ingest_cda
 from gateway.services.ingest import HEAD_KEPT
-from gateway.storage.database import make_engine, refresh_statistics, unavailable
+from gateway.storage.database import failure_reason, make_engine, refresh_statistics, unavailable
 from gateway.storage.migrate import upgrade
 from gateway.storage.repository import Repository
 
@@ -96,8 +96,8 @@ def _ingest_file(settings: Settings, repo: Repository, file: Path, report: BulkR
         if not unavailable(failure):
             raise
         # Every later document would fail the same way: stop, and say how to go on.
-        report.failed.append((str(file), "the database is unavailable: run the same command again "
-                                          "(the documents already ingested are recognised)"))
+        report.failed.append((str(file), f"the database is unavailable ({failure_reason(failure)}): run the same "
+                                          "command again (the documents already ingested are recognised)"))
         return False
     return True
 

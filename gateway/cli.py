@@ -3,6 +3,8 @@ restore, and the patient space's outbox, account, verify-export and retention.""
 from __future__ import annotations
 
 import argparse
+import hashlib
+import os
 import sys
 from pathlib import Path
 
@@ -26,24 +28,39 @@ def cmd_migrate(settings: Settings, _args) -> int:
 
 
 def cmd_serve(settings: Settings, args) -> int:
-    import os
     import shutil
 
     # One scrape shows the whole gateway: every process (gunicorn's workers, the MLLP listener)
     # writes its metrics where /metrics reads them all (prometheus-client's multiprocess mode). Set
     # before prometheus-client is imported anywhere; the processes started from here inherit it.
-    metrics_dir = settings.var_dir / "metrics"
+    metrics_dir = metrics_folder(settings.var_dir)
     shutil.rmtree(metrics_dir, ignore_errors=True)
     try:
-        metrics_dir.mkdir(parents=True)
-    except OSError as failure:   # a GATEWAY_VAR_DIR mistyped or not writable: it was a traceback
-        print(f"gateway serve: {metrics_dir} cannot be made ({failure.strerror}): GATEWAY_VAR_DIR is where the gateway "
-              "keeps its metrics, and its SQLite database and development keys", file=sys.stderr)
+        metrics_dir.mkdir(parents=True, mode=0o700)
+    except OSError as failure:   # without /dev/shm, a GATEWAY_VAR_DIR mistyped or not writable: it was a traceback
+        print(f"gateway serve: {metrics_dir}, where its processes keep their metrics, cannot be made "
+              f"({failure.strerror})", file=sys.stderr)
         return 2
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir.resolve())
     from gateway.server import serve
 
-    return serve(settings, workers=args.workers, mllp=not args.no_mllp)
+    try:
+        return serve(settings, workers=args.workers, mllp=not args.no_mllp)
+    finally:   # in memory: what a gateway left there would stay until the machine restarts
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def metrics_folder(var_dir: Path) -> Path:
+    """Where the processes of `gateway serve` on this GATEWAY_VAR_DIR keep their metrics: in memory
+    (/dev/shm) where the system has it. prometheus-client maps its files into memory and grows them
+    sparse: on a full disk, the first write to a page not yet on it killed the process (SIGBUS),
+    and with the disk of GATEWAY_VAR_DIR (the SQLite database's) full, gunicorn's workers were
+    killed and started again without end, every answer a 500, /health's too."""
+    memory = Path("/dev/shm")
+    if not (memory.is_dir() and os.access(memory, os.W_OK)):
+        return var_dir / "metrics"
+    digest = hashlib.sha256(str(var_dir.resolve()).encode()).hexdigest()[:16]
+    return memory / f"gateway-metrics-{digest}"
 
 
 def cmd_mllp(settings: Settings, _args) -> int:
@@ -229,26 +246,38 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gateway {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as failure:
-        told = _database_failure(failure)
+        told = _database_failure(failure, settings.database_url)
         if told is None:
             raise
         print(f"gateway {args.command}: {told}", file=sys.stderr)
         return 2
 
 
-def _database_failure(failure: Exception) -> str | None:
+FULL_DISK = 1 << 20   # bytes free, below which a failing SQLite database's disk is said to be full
+
+
+def _database_failure(failure: Exception, database_url: str) -> str | None:
     """What an operator is told of a database the command could not use, or None for any other
     failure: a database not reached, one without the gateway's tables (a command run before
-    `gateway migrate`), or a URL of another database, was a traceback. SQLAlchemy is loaded by the commands that use it only."""
+    `gateway migrate`), or a URL of another database, was a traceback. SQLAlchemy is loaded by the
+    commands that use it only. A SQLite database on a full disk cannot even be opened (its log's
+    shared memory file takes room): SQLite says "disk I/O error", the disk is named."""
     storage = sys.modules.get("gateway.storage.database")
     if storage is not None and isinstance(failure, storage.UnsupportedDatabase):
         return str(failure)
     errors = sys.modules.get("sqlalchemy.exc")
-    if errors is None or not isinstance(failure, errors.DBAPIError):
+    if storage is None or errors is None or not isinstance(failure, errors.DBAPIError):
         return None
-    cause = str(failure.orig).strip().splitlines()[0] if failure.orig is not None else str(failure)
+    cause = storage.failure_reason(failure)
     if "no such table" in cause or getattr(failure.orig, "sqlstate", None) == "42P01":
         return f"the database has no gateway tables ({cause}): run `gateway migrate` first"
+    path = database_url.split("///", 1)[-1] if database_url.startswith("sqlite") else ""
+    try:
+        full = path not in ("", ":memory:") and storage.disk_room(path) < FULL_DISK
+    except OSError:   # its folder is not there
+        full = False
+    if full:
+        cause += f"; the disk of {Path(path).resolve().parent} is full"
     return f"the database cannot be used: {cause}"
 
 

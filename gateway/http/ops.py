@@ -9,15 +9,22 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from gateway.metrics import REGISTRY
-from gateway.storage.database import accepts_writes, version
+from gateway.storage.database import accepts_writes, disk_room, is_sqlite, version
 
 ops = Blueprint("ops", __name__)
+# The room a document of GATEWAY_MAX_DOCUMENT_BYTES may take, in documents: an MLLP message keeps
+# it in base64 (4/3 of it) beside its decoded bytes, and SQLite writes each page to its log, then
+# to the database at a checkpoint.
+INPUT_ROOM = 5
 
 
 @ops.get("/health")
 def health():
     """What is really usable: the database takes a writer now, and the MLLP listener, when this
-    gateway runs one, accepts connections."""
+    gateway runs one, accepts connections. A SQLite database's disk without room for the largest
+    input admitted is a warning (200, "warn"): writers still start on a full disk, and every input
+    was refused (503, ACK AE) while this said "pass"; the reads go on, which a failure would have
+    stopped at a load balancer."""
     engine, settings = current_app.config["ENGINE"], current_app.config["SETTINGS"]
     answer = {"status": "pass", "database": engine.dialect.name}
     try:
@@ -31,6 +38,11 @@ def health():
         except OSError as exc:
             return {**answer, "status": "fail", "mllp": "not listening", "error": type(exc).__name__}, 503
         answer["mllp"] = f"{settings.mllp_host}:{settings.mllp_port}"
+    if is_sqlite(engine):
+        free, needed = disk_room(engine.url.database), INPUT_ROOM * settings.max_document_bytes
+        if free < needed:
+            answer.update(status="warn", disk=f"{free / 1e6:,.0f} MB free beside the database, less than the "
+                                               f"{needed / 1e6:,.0f} MB the largest input admitted may need")
     return answer
 
 

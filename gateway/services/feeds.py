@@ -24,7 +24,7 @@ from gateway.hl7v2 import ack as acks
 from gateway.hl7v2.ack import Issue, Outcome
 from gateway.hl7v2.er7 import Message, MessageRejected, transport_charset
 from gateway.refusal import Refused
-from gateway.storage.database import unavailable
+from gateway.storage.database import failure_reason, unavailable
 from gateway.storage.repository import Repository, UnitOfWork, earlier_messages
 
 from . import document_messages, ingest, patients
@@ -193,7 +193,8 @@ def receive(repo: Repository, data: bytes, *, channel: str, max_bytes: int, send
         if not unavailable(failure):
             raise
         # Nothing could be kept: the sender keeps the message and sends it again on AE.
-        log.warning("database unavailable: HL7v2 message not kept", extra={"channel": channel})
+        log.warning("database unavailable: HL7v2 message not kept",
+                    extra={"channel": channel, "reason": failure_reason(failure)})
         return _failed(message, None, passing=True)
     if kept.answered is not None:
         return _retransmission(message, kept.answered, started, channel)

@@ -25,7 +25,7 @@ from typing import Callable, Generic, TypeVar
 from gateway import metrics
 from gateway.access.writes import Write
 from gateway.refusal import Refused
-from gateway.storage.database import unavailable
+from gateway.storage.database import failure_reason, unavailable
 from gateway.storage.repository import Repository, UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -162,7 +162,8 @@ def ingest(repo: Repository, received: Received, permission: Write, prepare: Cal
         raise
     except Exception as failure:
         if unavailable(failure):
-            log.warning("input failed: database unavailable", extra={"raw_id": raw_id, "channel": received.channel})
+            log.warning("input failed: database unavailable", extra={"raw_id": raw_id, "channel": received.channel,
+                                                                     "reason": failure_reason(failure)})
         else:
             log.exception("input failed", extra={"raw_id": raw_id, "channel": received.channel})
         try:

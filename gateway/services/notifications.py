@@ -22,7 +22,7 @@ from gateway.access.context import INS_SYSTEMS, PATIENT, REPRESENTATIVE
 from gateway.config import Settings
 from gateway.space.accounts import record_accounts
 from gateway.space.senders import Mail, RecipientRefused, message_sender
-from gateway.storage.database import read_connection, write_transaction
+from gateway.storage.database import failure_reason, read_connection, unavailable, write_transaction
 from gateway.storage.schema import notifications, resources, unique_identifiers
 
 log = logging.getLogger(__name__)
@@ -144,25 +144,32 @@ def send_pending(settings: Settings, engine: Engine) -> int:
 
 
 def follow(settings: Settings, engine: Engine, interval: float, stop: threading.Event) -> None:
-    """Send what is queued every `interval` seconds until `stop` is set. A sender that fails is
-    said once, in a line, and once more when it takes messages again: it was a traceback every
-    round, the recipient's address in it."""
-    unavailable_since = None
+    """Send what is queued every `interval` seconds until `stop` is set. A sender, or a database,
+    that fails is said once, in a line, and once more when it answers again: it was a traceback
+    every round, the recipient's address in it (the sender's), or the statement (the database's:
+    a restart, a full disk)."""
+    waiting: dict[str, str] = {}   # what the round waits for ("sender", "database"): since when
     while not stop.is_set():
         try:
             while send_pending(settings, engine):
                 pass
-            if unavailable_since is not None:
-                log.info("notifications: the sender takes messages again", extra={"since": unavailable_since})
-                unavailable_since = None
+            for what, since in waiting.items():
+                log.info(f"notifications: the {what} answers again", extra={"since": since})
+            waiting.clear()
         except SenderUnavailable as failure:
-            if unavailable_since is None:
-                unavailable_since = _stamp(datetime.now(timezone.utc))
-                log.warning("notifications wait: the sender took none; trying again every round",
-                            extra={"error": str(failure)})
-        except Exception:
-            log.exception("sending notifications failed; trying again")
+            _waits_for(waiting, "sender", str(failure))
+        except Exception as failure:
+            if not unavailable(failure):
+                log.exception("sending notifications failed; trying again")
+            else:
+                _waits_for(waiting, "database", failure_reason(failure))
         stop.wait(interval)
+
+
+def _waits_for(waiting: dict[str, str], what: str, error: str) -> None:
+    if what not in waiting:
+        waiting[what] = _stamp(datetime.now(timezone.utc))
+        log.warning(f"notifications wait: the {what} took none; trying again every round", extra={"error": error})
 
 
 def queued(engine: Engine, limit: int = 50) -> list[Notification]:

@@ -5,6 +5,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import shutil
 import sys
 import threading
 import time
@@ -136,6 +137,16 @@ def unavailable(failure: BaseException) -> bool:
             or (psycopg is not None and isinstance(failure, psycopg.OperationalError)))
 
 
+def failure_reason(failure: BaseException) -> str:
+    """The database's own words for a failure, its first line ("database or disk is full",
+    "connection refused…"), for the operator's log: an operator told "database unavailable" looked
+    for a database down when its disk was full. The driver's message names no statement parameter;
+    SQLAlchemy's wrapping, which adds the statement, is left out."""
+    cause = getattr(failure, "orig", None) or failure
+    lines = str(cause).strip().splitlines()
+    return lines[0][:200] if lines else type(cause).__name__
+
+
 def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
@@ -263,6 +274,11 @@ def accepts_writes(engine: Engine, seconds: float = 2.0) -> None:
             conn.execute(text("SELECT txid_current()"))
 
 
+def disk_room(database: str) -> int:
+    """The bytes free on the disk of a SQLite database's file."""
+    return shutil.disk_usage(Path(database).resolve().parent).free
+
+
 def version(engine: Engine) -> str:
     """The database engine and its version, as /health and the logs say it."""
     if is_sqlite(engine):
@@ -284,14 +300,19 @@ def refresh_statistics(engine: Engine) -> None:
     PostgreSQL keeps its own (autovacuum), except where none were ever taken or they were left
     behind: a database `pg_restore` or `pg_upgrade` made (which carry none), or one a first
     `gateway ingest` loaded. Its searched tables are analysed when one holds rows and has no
-    statistics (all of the gateway's tables then): a look at its catalogue otherwise, at each start."""
-    if not is_sqlite(engine):
-        _analyse_if_never_analysed(engine)
-        return
-    with engine.connect() as conn:
-        conn.exec_driver_sql("PRAGMA analysis_limit=1000")  # sampled: quick even on large files
-        conn.exec_driver_sql("ANALYZE")
-        conn.commit()
+    statistics (all of the gateway's tables then): a look at its catalogue otherwise, at each start.
+    Statistics that cannot be written are said and done without: on a full disk, the MLLP listener
+    stopped at its start there, where it answers each message AE."""
+    try:
+        if not is_sqlite(engine):
+            _analyse_if_never_analysed(engine)
+            return
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA analysis_limit=1000")  # sampled: quick even on large files
+            conn.exec_driver_sql("ANALYZE")
+            conn.commit()
+    except OperationalError as failure:
+        log.warning("the database's statistics were not refreshed", extra={"reason": failure_reason(failure)})
 
 
 def _analyse_if_never_analysed(engine: Engine) -> None:

@@ -59,10 +59,11 @@ def start_listener(env: dict, port: int, log_path: Path) -> subprocess.Popen:
 
 
 def start_gateway(var_dir: Path, database_url: str | None = None, *, environment: dict | None = None,
-                  demo_setup: bool = True):
+                  demo_setup: bool = True, log_dir: Path | None = None):
     """(process, base URL, environment) of a demo gateway served from var_dir, on its own SQLite
     file unless a database URL is given. `environment`: more of its variables (a node's shared demo
-    directory, its public URL); `demo_setup`: False for a node whose database and keys another set up."""
+    directory, its public URL); `demo_setup`: False for a node whose database and keys another set up;
+    `log_dir`: where its serve.log goes, var_dir by default."""
     port = free_port()
     env = dict(os.environ, GATEWAY_VAR_DIR=str(var_dir), GATEWAY_HTTP_PORT=str(port),
                GATEWAY_HOST="127.0.0.1", GATEWAY_WORKERS="1", GATEWAY_MLLP_PORT=str(free_port()))
@@ -78,7 +79,8 @@ def start_gateway(var_dir: Path, database_url: str | None = None, *, environment
     # Its own process group: gunicorn, its workers and the MLLP listener are stopped together. Its
     # log goes to a file: a pipe nobody reads fills up and then blocks the server's next log line.
     var_dir.mkdir(parents=True, exist_ok=True)
-    log = (var_dir / "serve.log").open("wb")
+    log_path = (log_dir or var_dir) / "serve.log"
+    log = log_path.open("wb")
     process = subprocess.Popen([str(GATEWAY), "serve"], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                start_new_session=True)
     log.close()
@@ -93,7 +95,7 @@ def start_gateway(var_dir: Path, database_url: str | None = None, *, environment
             pass
         if time.monotonic() > deadline or process.poll() is not None:
             stop_gateway(process)
-            log_tail = (var_dir / "serve.log").read_text(errors="replace")[-2000:]
+            log_tail = log_path.read_text(errors="replace")[-2000:]
             pytest.fail(f"the gateway was not ready in time: {log_tail}")
         time.sleep(0.2)
     return process, base, env

@@ -313,25 +313,38 @@ def test_an_address_refused_for_good_is_counted_and_not_tried_again_and_a_refusa
         assert "example.test" not in record.getMessage() and "example.test" not in str(record.__dict__)
 
 
-def test_a_sender_that_takes_nothing_is_said_once_and_again_when_it_takes_messages(settings, database,
-                                                                                   monkeypatch, caplog):
+def test_a_sender_or_a_database_that_takes_nothing_is_said_once_and_again_when_it_answers(settings, database,
+                                                                                         monkeypatch, caplog):
+    """A database that failed (a full disk, a restart) was a traceback at every round, with the
+    statement; it is said once, in the database's own words."""
     import logging
     import threading
 
+    import pysqlite3.dbapi2 as sqlite
+    from sqlalchemy.exc import OperationalError
+
     stop, rounds = threading.Event(), []
 
-    def round_of_a_mail_server_down_three_times(settings, engine):
+    def round_of_a_mail_server_then_a_database_down(settings, engine):
         rounds.append(1)
         if len(rounds) <= 3:
             raise notifications.SenderUnavailable(ConnectionRefusedError())
-        if len(rounds) == 5:
+        if len(rounds) <= 5:
+            raise OperationalError("UPDATE notifications SET claimed_until=?", {},
+                                   sqlite.OperationalError("database or disk is full"))
+        if len(rounds) == 7:
             stop.set()
         return 0
 
-    monkeypatch.setattr(notifications, "send_pending", round_of_a_mail_server_down_three_times)
+    monkeypatch.setattr(notifications, "send_pending", round_of_a_mail_server_then_a_database_down)
     caplog.set_level(logging.INFO, "gateway.services.notifications")
     notifications.follow(settings, database[0], 0, stop)
-    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "gateway.services.notifications"]
-    assert said == [("WARNING", "notifications wait: the sender took none; trying again every round"),
-                    ("INFO", "notifications: the sender takes messages again")]
+    said = [(r.levelname, r.getMessage(), getattr(r, "error", None)) for r in caplog.records
+            if r.name == "gateway.services.notifications"]
+    assert said == [("WARNING", "notifications wait: the sender took none; trying again every round",
+                     "ConnectionRefusedError"),
+                    ("WARNING", "notifications wait: the database took none; trying again every round",
+                     "database or disk is full"),
+                    ("INFO", "notifications: the sender answers again", None),
+                    ("INFO", "notifications: the database answers again", None)]
     assert not any(r.exc_info for r in caplog.records)

@@ -3,6 +3,7 @@ number past 2^63 - 1 was an OverflowError on SQLite, a count of 0 or less an emp
 What a command could not use (a database, a file, a gateway) is told in a line, not a traceback."""
 import pytest
 
+from conftest import TOKEN_KID, free_port
 from gateway.cli import main
 
 
@@ -195,9 +196,10 @@ def test_a_list_with_nothing_in_it_says_so(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().err == "no message to b@example.test in the outbox\n"
 
 
-def test_a_var_dir_that_cannot_be_made_is_told_in_a_line(tmp_path, monkeypatch, capsys):
+def test_a_var_dir_that_cannot_be_made_is_told_in_a_line(tmp_path, monkeypatch, capsys, pki, token_key):
     """GATEWAY_VAR_DIR mistyped or not writable: `gateway migrate` and `gateway serve` were a
-    traceback (FileNotFoundError, PermissionError)."""
+    traceback (FileNotFoundError, PermissionError). `gateway serve`'s metrics are not kept there
+    (tests/e2e/test_full_disk.py): what tells it is the SQLite database's folder."""
     blocked = tmp_path / "a-file"
     blocked.write_text("")
     monkeypatch.setenv("GATEWAY_VAR_DIR", str(blocked / "var"))
@@ -205,6 +207,9 @@ def test_a_var_dir_that_cannot_be_made_is_told_in_a_line(tmp_path, monkeypatch, 
     assert main(["migrate"]) == 2
     assert capsys.readouterr().err.startswith(f"gateway migrate: the SQLite database's folder {blocked / 'var'} "
                                               "cannot be made: Not a directory")
+    monkeypatch.setenv("GATEWAY_JWT_KEYS", str(pki / f"{TOKEN_KID}.pem"))
+    monkeypatch.setenv("GATEWAY_HTTP_PORT", str(free_port()))
+    monkeypatch.setenv("GATEWAY_MLLP_PORT", str(free_port()))
     assert main(["serve"]) == 2
-    assert capsys.readouterr().err.startswith(f"gateway serve: {blocked / 'var' / 'metrics'} cannot be made "
-                                              "(Not a directory): GATEWAY_VAR_DIR is where")
+    assert capsys.readouterr().err.startswith(f"gateway serve: the SQLite database's folder {blocked / 'var'} "
+                                              "cannot be made: Not a directory")

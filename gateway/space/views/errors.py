@@ -12,7 +12,7 @@ from gateway.access import AccessRefused
 from gateway.fhir.responses import FhirError
 from gateway.refusal import Refused
 from gateway.space import space
-from gateway.storage.database import RETRY_AFTER_SECONDS, unavailable
+from gateway.storage.database import RETRY_AFTER_SECONDS, failure_reason, unavailable
 from gateway.storage.repository import Gone, NotFound
 from gateway.storage.search import SearchError
 
@@ -95,7 +95,7 @@ def internal_error(error: Exception):
     if isinstance(error, HTTPException):
         return http_error(error)
     if unavailable(error):
-        log.warning("patient space: database unavailable")
+        log.warning("patient space: database unavailable", extra={"reason": failure_reason(error)})
         page = render_template("error.html", title="Service momentanément indisponible",
                                message="Le service n'a pas pu répondre. Réessayez dans un moment.")
         return page, 503, {"Retry-After": str(RETRY_AFTER_SECONDS)}
