@@ -38,7 +38,7 @@ def health():
         except OSError as exc:
             return {**answer, "status": "fail", "mllp": "not listening", "error": type(exc).__name__}, 503
         answer["mllp"] = f"{settings.mllp_host}:{settings.mllp_port}"
-    if is_sqlite(engine):
+    if is_sqlite(engine) and engine.url.database not in (None, "", ":memory:"):
         free, needed = disk_room(engine.url.database), INPUT_ROOM * settings.max_document_bytes
         if free < needed:
             answer.update(status="warn", disk=f"{free / 1e6:,.0f} MB free beside the database, less than the "

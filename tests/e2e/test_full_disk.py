@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import sample
+from conftest import REPORT, sample
 from e2e_support import start_gateway, stop_gateway, token
 from gateway.cli import metrics_folder
 from gateway.hl7v2 import mllp
@@ -83,3 +83,5 @@ def test_a_gateway_whose_disk_fills_refuses_each_input_for_now_and_takes_it_once
     log = (small_disk.parent / "serve.log").read_text(errors="replace")
     assert "SIGBUS" not in log and "Traceback" not in log, log[-3000:]
     assert '"reason": "database or disk is full"' in log
+    REPORT.append("full disk: a running gateway's disk filled, /health warned, MLLP AE and POST /cda 503 "
+                  "(3), then freed: AA and 201, no worker lost")
