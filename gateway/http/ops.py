@@ -22,9 +22,11 @@ INPUT_ROOM = 5
 def health():
     """What is really usable: the database takes a writer now, and the MLLP listener, when this
     gateway runs one, accepts connections. A SQLite database's disk without room for the largest
-    input admitted is a warning (200, "warn"): writers still start on a full disk, and every input
-    was refused (503, ACK AE) while this said "pass"; the reads go on, which a failure would have
-    stopped at a load balancer."""
+    input admitted is a warning (200, "warn"), before inputs are refused for want of it: writers
+    still start on a full disk, and this said "pass" while every request was refused (503, ACK AE;
+    a read too, as its audit is written). A warning, not a failure: with less room than that, the
+    smaller inputs and the reads still fit, and a balancer has no other node of a SQLite database
+    to send them to."""
     engine, settings = current_app.config["ENGINE"], current_app.config["SETTINGS"]
     answer = {"status": "pass", "database": engine.dialect.name}
     try:
