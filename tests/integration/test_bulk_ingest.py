@@ -27,8 +27,8 @@ def test_an_unavailable_database_stops_the_run_and_says_how_to_go_on(tmp_path, m
     monkeypatch.setattr(bulk, "ingest_cda", ingest_then_fail)
     report = bulk.ingest_paths(settings, files)
     assert report.ingested == 1 and len(calls) == 2          # stopped at the second document
-    assert report.failed == [(str(files[1]), "the database is unavailable: run the same command again "
-                                             "(the documents already ingested are recognised)")]
+    assert report.failed == [(str(files[1]), "the database is unavailable (connection refused): run the same "
+                                             "command again (the documents already ingested are recognised)")]
     monkeypatch.undo()
     again = bulk.ingest_paths(settings, files)
     assert (again.ingested, again.duplicates, again.failed) == (2, 1, [])
