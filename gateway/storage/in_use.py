@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -32,29 +33,33 @@ def lock_path(database: Path) -> Path:
 
 
 class SharedHold:
-    """An engine's share of its database's lock, taken again after the engine lets it go."""
+    """An engine's share of its database's lock, taken again after the engine lets it go. Its
+    connections are opened by any thread: two opening at once take it once."""
 
     def __init__(self, database: Path):
         self.database = database
         self.path = lock_path(database)
         self.descriptor: int | None = None
+        self._guard = threading.Lock()
 
     def take(self) -> None:
-        if self.descriptor is not None:
-            return
-        descriptor = _open(self.path)
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(descriptor)
-            raise DatabaseInUse(f"`gateway restore` is writing the database {self.database}: "
-                                "start again once it has ended") from None
-        self.descriptor = descriptor
+        with self._guard:
+            if self.descriptor is not None:
+                return
+            descriptor = _open(self.path)
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(descriptor)
+                raise DatabaseInUse(f"`gateway restore` is writing the database {self.database}: "
+                                    "start again once it has ended") from None
+            self.descriptor = descriptor
 
     def release(self) -> None:
-        if self.descriptor is not None:
-            os.close(self.descriptor)
-            self.descriptor = None
+        with self._guard:
+            if self.descriptor is not None:
+                os.close(self.descriptor)
+                self.descriptor = None
 
 
 @contextlib.contextmanager
@@ -105,6 +110,6 @@ def _command(pid: str) -> str:
     except OSError:
         return ""
     for start, argument in enumerate(arguments):
-        if Path(argument).name == "gateway" or argument == "gateway":
+        if Path(argument).name == "gateway":
             return ", " + " ".join(["gateway", *arguments[start + 1:]]).strip()
     return ""
