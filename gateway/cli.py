@@ -271,13 +271,13 @@ def _database_failure(failure: Exception, database_url: str) -> str | None:
     cause = storage.failure_reason(failure)
     if "no such table" in cause or getattr(failure.orig, "sqlstate", None) == "42P01":
         return f"the database has no gateway tables ({cause}): run `gateway migrate` first"
-    path = database_url.split("///", 1)[-1] if database_url.startswith("sqlite") else ""
+    path = storage.sqlite_file(database_url)
     try:
-        full = path not in ("", ":memory:") and storage.disk_room(path) < FULL_DISK
+        full = path is not None and storage.disk_room(path) < FULL_DISK
     except OSError:   # its folder is not there
         full = False
     if full:
-        cause += f"; the disk of {Path(path).resolve().parent} is full"
+        cause += f"; the disk of {path.resolve().parent} is full"
     return f"the database cannot be used: {cause}"
 
 

@@ -44,6 +44,14 @@ class UnsupportedDatabase(RuntimeError):
     """A database the gateway does not run on, said in a line for the operator."""
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file a SQLite URL names; None for another database, or one kept in memory."""
+    if not url.startswith("sqlite"):
+        return None
+    path = url.split("///", 1)[-1]
+    return Path(path) if path and path != ":memory:" else None
+
+
 def make_engine(url: str) -> Engine:
     """The engine of a database URL. Its errors' text leaves out their statements' parameters
     (`hide_parameters`, as `statements.Prebuilt`'s errors do): names, identifiers and documents,
@@ -52,19 +60,19 @@ def make_engine(url: str) -> Engine:
         if sqlite.sqlite_version_info < MIN_SQLITE:
             raise UnsupportedDatabase(f"SQLite {SQLITE_VERSION} is older than "
                                       f"{'.'.join(map(str, MIN_SQLITE))}, whose query plans the gateway was tested with")
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
+        file = sqlite_file(url)
+        if file is not None:
             try:
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                file.parent.mkdir(parents=True, exist_ok=True)
             except OSError as failure:   # a traceback, for a GATEWAY_VAR_DIR mistyped or not writable
-                raise UnsupportedDatabase(f"the SQLite database's folder {Path(path).parent} cannot be made: "
+                raise UnsupportedDatabase(f"the SQLite database's folder {file.parent} cannot be made: "
                                           f"{failure.strerror}") from None
         engine = create_engine(url, module=sqlite, hide_parameters=True,
                                connect_args={"check_same_thread": False, "timeout": 30,
                                              "cached_statements": SQLITE_PREPARED_STATEMENTS})
         _configure_sqlite(engine)
-        if path and path != ":memory:":
-            _hold_while_open(engine, Path(path))
+        if file is not None:
+            _hold_while_open(engine, file)
         return engine
     scheme = url.partition("://")[0] if "://" in url else ""
     if scheme not in ("postgresql", "postgresql+psycopg"):
@@ -274,7 +282,7 @@ def accepts_writes(engine: Engine, seconds: float = 2.0) -> None:
             conn.execute(text("SELECT txid_current()"))
 
 
-def disk_room(database: str) -> int:
+def disk_room(database: str | Path) -> int:
     """The bytes free on the disk of a SQLite database's file."""
     return shutil.disk_usage(Path(database).resolve().parent).free
 
