@@ -46,7 +46,11 @@ def cmd_serve(settings: Settings, args) -> int:
 
     try:
         return serve(settings, workers=args.workers, mllp=not args.no_mllp)
-    finally:   # in memory: what a gateway left there would stay until the machine restarts
+    finally:
+        # In memory: what a gateway left there would stay until the machine restarts. The variable
+        # naming it goes with it: a process that ran `serve` in itself (a test calling `main`) gave
+        # it to every process it started afterwards, whose metrics then had no folder to go to.
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
