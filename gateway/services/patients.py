@@ -204,9 +204,10 @@ def feeding_consent(uow: UnitOfWork, patient_id: str) -> dict | None:
 def merge(uow: UnitOfWork, pid: Segment, mrg: Segment, applied: Applied) -> None:
     """A40: the patient MRG-1 names is merged into the one PID-3 names.
 
-    Its documents, binaries, consents and lists move to the survivor; its identifiers now find the
-    survivor (kept on it with use `old` where the survivor has its own of the same system); it stays
-    readable, inactive, with a `replaced-by` link."""
+    Its documents, binaries, consents and lists move to the survivor, written anew there; its
+    identifiers now find the survivor (kept on it with use `old` where the survivor has its own of
+    the same system); it stays readable, inactive, with a `replaced-by` link. Its deleted resources
+    stay deleted, and with its trail they join the survivor's record as they are."""
     merged_ids = checked_ids(mrg, 1)
     if not merged_ids:
         raise MessageRefused(Issue("MRG-1 has no identifier with an assigning authority", "MRG^1^1", "101"))
@@ -236,14 +237,15 @@ def merge(uow: UnitOfWork, pid: Segment, mrg: Segment, applied: Applied) -> None
     uow.save(valid_from_message(survivor, "PID^1"), patient_id=survivor_id)
     merged["active"] = False
     merged["link"] = [{"other": {"reference": f"Patient/{survivor_id}"}, "type": "replaced-by"}]
-    uow.save(merged, patient_id=merged_id)
+    # The same person: read through the survivor's rules, destroyed with the survivor's record.
+    uow.save(merged, patient_id=survivor_id)
     applied.produced.append(f"Patient/{merged_id}")
     old_ref, new_ref = json.dumps(f"Patient/{merged_id}"), json.dumps(f"Patient/{survivor_id}")
     for stored in uow.patient_resources(merged_id):
         moved = json.loads(stored.body.replace(old_ref, new_ref))
         uow.save(moved, patient_id=survivor_id, blob_sha256=stored.blob_sha256)
         applied.produced.append(f"{stored.res_type}/{stored.res_id}")
-    uow.move_audit_trail(merged_id, survivor_id)
+    uow.move_rest_of_record(merged_id, survivor_id)
 
 
 def _move_consent_key(uow: UnitOfWork, kind: str, merged_id: str, survivor_id: str) -> None:

@@ -926,11 +926,12 @@ class UnitOfWork:
         self._identifiers.clear()
 
     def patient_resources(self, patient_id: str) -> list[StoredResource]:
-        """The current resources of a patient's compartment (documents, binaries, consents, lists),
-        locked until the unit commits: a merge writes each anew under the surviving patient."""
+        """The current, not deleted, resources of a patient's compartment (documents, binaries,
+        consents, lists), locked until the unit commits: a merge writes each anew under the
+        surviving patient."""
         rows = self.conn.execute(select(resources).where(
-            resources.c.patient_id == patient_id, resources.c.res_type.not_in(("Patient", "AuditEvent")))
-            .with_for_update()).all()
+            resources.c.patient_id == patient_id, resources.c.res_type.not_in(("Patient", "AuditEvent")),
+            resources.c.deleted.is_(False)).with_for_update()).all()
         return [self.repository._row(r) for r in rows]
 
     def record_closed(self, patient_id: str) -> bool:
@@ -951,11 +952,12 @@ class UnitOfWork:
             self.conn.execute(update(resources).where(resources.c.res_type == "AuditEvent",
                                                       resources.c.res_id.in_(events)).values(**values))
 
-    def move_audit_trail(self, from_id: str, to_id: str) -> None:
-        """A merged patient's trail is read with the survivor's record. Only the owner column moves:
-        an AuditEvent's JSON is never rewritten, its hash covers it."""
-        self.conn.execute(update(resources).where(resources.c.res_type == "AuditEvent",
-                                                  resources.c.patient_id == from_id).values(patient_id=to_id))
+    def move_rest_of_record(self, from_id: str, to_id: str) -> None:
+        """What of a merged patient's record the merge does not write anew now belongs to the
+        survivor: its trail (an AuditEvent's JSON is never rewritten, its hash covers it), its deleted
+        resources (deleted they stay, their versions as they were) and the patients merged into it
+        before. Only the owner column moves: the survivor's rules read them, its destruction takes them."""
+        self.conn.execute(update(resources).where(resources.c.patient_id == from_id).values(patient_id=to_id))
 
     def store_raw(self, channel: str, body: bytes, content_type: str | None, sender: str | None, *,
                   message: dict | None = None, status: str = "received", outcome: dict | None = None,

@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import func, insert, select, update
 
 from conftest import GP, attend_all
+from gateway.access.audit import verify_chain
 from gateway.storage.schema import raw_inputs, resources
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "hl7v2"
@@ -240,6 +241,37 @@ def test_merge_moves_documents_and_identifiers_to_the_survivor(client):
     assert by_ins["total"] == 1
     merged = fhir_get(client, f"/fhir/Patient/{duplicate['id']}").get_json()
     assert merged["active"] is False and merged["link"][0]["type"] == "replaced-by"
+
+
+def test_a_merge_leaves_a_deleted_document_deleted_and_the_whole_record_to_the_survivor(client, database):
+    """A40 wrote every resource of the merged patient anew, deleted ones too: a document deleted by
+    MDM^T04 came back current under the survivor, and the merged Patient stayed its own record,
+    which the survivor's destruction left behind. Now the deleted document stays deleted (410) and,
+    with the merged Patient, belongs to the survivor's record as it is."""
+    lefevre = PATIENTS["lefevre"]
+    for name in ("mdm-1-t02-cr-imagerie-irm-lefevre.hl7", "mdm-2-t10-cr-imagerie-irm-lefevre.hl7",
+                 "mdm-3-t04-cr-imagerie-irm-lefevre.hl7"):
+        assert post(client, sample(name))[0] == "AA"
+    with database[0].connect() as conn:
+        [deleted_id] = conn.execute(select(resources.c.res_id).where(
+            resources.c.res_type == "DocumentReference", resources.c.deleted)).scalars().all()
+    before = search(client, f"DocumentReference?patient.identifier={HOSPITAL}|{lefevre['ipp']}")
+    assert [e["resource"]["status"] for e in before["entry"]] == ["superseded"]
+    survivor_pid = "PID|1||900000090^^^CH-SAINT-AUBIN&1.2.250.1.213.1.1.9.1001&ISO^PI||DUBOIS^CLAIRE^^^^^L||19920823|F"
+    merge = adt("A40", "MRG2", survivor_pid, f"MRG|{lefevre['ipp']}^^^CH-SAINT-AUBIN&1.2.250.1.213.1.1.9.1001&ISO^PI")
+    assert post(client, merge)[0] == "AA"
+    with database[0].connect() as conn:
+        owned = conn.execute(select(resources.c.res_type, resources.c.deleted, resources.c.patient_id).where(
+            resources.c.patient_id.is_not(None))).all()
+    [owner] = {row.patient_id for row in owned}
+    assert sorted(row.res_type for row in owned if row.deleted) == ["Binary", "DocumentReference"]
+    assert [row.res_type for row in owned if row.res_type == "Patient"] == ["Patient", "Patient"]
+    survivor = search(client, f"Patient?identifier={HOSPITAL}|900000090")["entry"][0]["resource"]
+    assert owner == survivor["id"]
+    after = search(client, f"DocumentReference?patient.identifier={HOSPITAL}|900000090")
+    assert [e["resource"]["status"] for e in after["entry"]] == ["superseded"]
+    assert fhir_get(client, f"/fhir/DocumentReference/{deleted_id}").status_code == 410
+    assert verify_chain(database[0]).broken_at is None
 
 
 def test_a47_changes_an_identifier(client):

@@ -324,6 +324,37 @@ def test_authority_names_stored_with_whitespace_are_written_percent_encoded(tmp_
     engine.dispose()
 
 
+def test_merged_patients_join_the_record_their_merges_end_in(tmp_path):
+    """Migration 0027: a Patient merged into another (`replaced-by`) kept itself as owner, with the
+    AuditEvents of its reads since, and the destruction of the survivor's record left them behind.
+    Merged twice, they join the last survivor; a downgrade gives each Patient itself again."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'merged.db'}")
+    config = alembic_config(engine)
+    command.upgrade(config, "0026")
+
+    def patient(res_id: str, replaced_by: str | None) -> dict:
+        links = [{"other": {"reference": f"Patient/{replaced_by}"}, "type": "replaced-by"}] if replaced_by else []
+        return {"resourceType": "Patient", "id": res_id, "active": not replaced_by, "link": links}
+
+    with engine.begin() as conn:
+        for res_id, replaced_by in [("p1", "p2"), ("p2", "p3"), ("p3", None), ("p4", None)]:
+            conn.execute(text("INSERT INTO resources (res_type, res_id, version, last_updated, deleted, patient_id, body) "
+                              "VALUES ('Patient', :i, 1, '2026-01-01T00:00:00', false, :i, :b)"),
+                         {"i": res_id, "b": json.dumps(patient(res_id, replaced_by))})
+        conn.execute(text("INSERT INTO resources (res_type, res_id, version, last_updated, deleted, patient_id, body) "
+                          "VALUES ('AuditEvent', 'a1', 1, '2026-01-02T00:00:00', false, 'p1', '{}')"))
+
+    def owners() -> dict:
+        with engine.connect() as conn:
+            return dict(conn.execute(text("SELECT res_id, patient_id FROM resources")).all())
+
+    command.upgrade(config, "0027")
+    assert owners() == {"p1": "p3", "p2": "p3", "p3": "p3", "p4": "p4", "a1": "p3"}
+    command.downgrade(config, "0026")
+    assert owners() == {"p1": "p1", "p2": "p2", "p3": "p3", "p4": "p4", "a1": "p3"}
+    engine.dispose()
+
+
 def test_lists_stored_before_get_the_index_rows_of_their_source_s_names_and_title(tmp_path):
     """Migration 0024: the Lists already stored are found by ITI-66's source names and title as a
     List written now is: the rows it writes are those the code's index extraction gives."""

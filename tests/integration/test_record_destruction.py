@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import event, func, select, text
 
-from conftest import sample
+from conftest import SAMPLES, sample
 from gateway.access.audit import verify_chain
 from gateway.access.context import AccessContext
 from gateway.services import retention
@@ -66,3 +66,33 @@ def test_a_large_record_is_destroyed_in_a_few_statements_and_nothing_else_goes(c
                 "EXPLAIN QUERY PLAN SELECT blob_sha256 FROM resources WHERE blob_sha256 IN ('a', 'b')")))
             assert "ix_resources_blob" in plan, plan
     assert verify_chain(engine).broken_at is None
+
+
+def test_a_record_another_was_merged_into_is_destroyed_whole(client, bearer, database):
+    """The merged Patient of an A40 kept itself as its own record: the destruction of the record it
+    was merged into left it behind, with the person's names and identifiers, and its index rows
+    still found it by name. Now nothing of the person is left but the trail."""
+    engine = database[0]
+    feeder = {"Content-Type": "x-application/hl7-v2+er7", **bearer("system", sub="GAM CH-SAINT-AUBIN")}
+    merge = "\r".join([
+        "MSH|^~\\&|GAM|CH-SAINT-AUBIN|GW|DMP|20260310080000||ADT^A40^ADT_A39|MERGE1|P|2.5^FRA^2.11|||||FRA|UNICODE UTF-8",
+        "EVN||20260310080000", "PID|1||900000090^^^CH-SAINT-AUBIN&1.2.250.1.213.1.1.9.1001&ISO^PI||MARTIN^PAUL^^^^^L||19850612|M",
+        "MRG|900000001^^^CH-SAINT-AUBIN&1.2.250.1.213.1.1.9.1001&ISO^PI"]) + "\r"
+    for message in ((SAMPLES / "hl7v2" / "adt-a01-martin.hl7").read_bytes(), merge.encode()):
+        answer = client.post("/hl7v2", headers=feeder, data=message)
+        assert answer.status_code == 200 and b"MSA|AA" in answer.data, answer.data
+    answer = client.post("/cda", headers={**XML, **bearer("system", sub="hospital")}, data=sample("cr-biologie-martin.xml"))
+    assert answer.status_code == 201, answer.text
+    patient = Repository(engine, AccessContext(role="patient", subject=MARTIN, patient_ins=MARTIN, name="Paul MARTIN",
+                                               address=None), "http://gateway.test")
+    retention.close_record(patient)
+    retention.request_destruction(patient)
+    [destroyed] = retention.carry_out(engine, datetime.now(timezone.utc) + timedelta(days=3660))
+    with engine.connect() as conn:
+        left = conn.execute(select(resources.c.res_type).where(
+            resources.c.res_type != "AuditEvent", resources.c.patient_id.is_not(None))).scalars().all()
+        assert left == []
+        assert conn.execute(select(func.count()).select_from(resources).where(
+            resources.c.res_type == "Patient")).scalar_one() == 0
+        assert conn.execute(text("SELECT count(*) FROM search_string WHERE res_type = 'Patient'")).scalar_one() == 0
+    assert destroyed.resources >= 4 and verify_chain(engine).broken_at is None
