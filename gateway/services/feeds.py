@@ -71,9 +71,10 @@ def fingerprint(message: Message) -> str:
 @dataclass(frozen=True)
 class Handler:
     """A message type's work: `read` with no database (for a document message: every CDA parsed
-    and checked), then `apply` in the unit of work."""
+    and checked), then `apply` in the unit of work; `alone` when it may change a whole record."""
     apply: Callable[[UnitOfWork, object, Applied, str], None]
     read: Callable[[Message, int], object] = lambda message, max_bytes: message
+    alone: bool = False
 
 
 def route(message: Message) -> Handler:
@@ -90,7 +91,7 @@ def route(message: Message) -> Handler:
                                   f"MSH^1^{field_number}", "103")
     if code == "ADT":
         if event == "A40":
-            return Handler(_merge)
+            return Handler(_merge, alone=True)
         if event == "A47":
             return Handler(_change_identifier)
         if event in IDENTITY_EVENTS:
@@ -239,7 +240,7 @@ def _process(repo: Repository, received: Received, permission: Write, message: M
 
     try:
         _, written = ingest.ingest(repo, received, permission, lambda: handler.read(message, max_bytes), write,
-                                   raw_id=raw_id, record_refusal=refusal_recorded)
+                                   raw_id=raw_id, record_refusal=refusal_recorded, alone=handler.alone)
     except ingest.AlreadyHandled:
         row = next((r for r in earlier_messages(repo.engine, received.sender, message.control_id[:199])
                     if r.id == raw_id), None)

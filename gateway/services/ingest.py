@@ -121,12 +121,13 @@ def keep(repo: Repository, received: Received, permission: Write, *, status: str
 def ingest(repo: Repository, received: Received, permission: Write, prepare: Callable[[], P],
            write: Callable[[UnitOfWork, P], Written[T]], *, raw_id: int | None = None,
            record_refusal: Callable[[Refused], tuple[dict, str | None]] = lambda refusal: (refusal.summary(), None),
-           ) -> tuple[int, Written[T]]:
+           alone: bool = False) -> tuple[int, Written[T]]:
     """Run one input through the pipeline. Returns the raw input's id and what was written; raises
     the `Refused` (recorded as such) or the failure (recorded as failed, for `gateway messages
     reprocess`). `raw_id` names an input already kept (a reprocessing, an unanswered
     retransmission); `record_refusal` gives what the raw input keeps of a refusal (its outcome, and
-    the ACK it was answered with)."""
+    the ACK it was answered with); `alone`: the write, which may change a whole record, runs in a
+    transaction of its own (GroupCommit.run)."""
     started = time.perf_counter()
     kept_here = raw_id is None
     if kept_here:
@@ -142,7 +143,7 @@ def ingest(repo: Repository, received: Received, permission: Write, prepare: Cal
     try:
         prepared = prepare()
         try:
-            written = repo.write(unit, permission)
+            written = repo.write(unit, permission, alone=alone)
         except AlreadyHandled:
             if not kept_here:
                 raise
@@ -150,7 +151,7 @@ def ingest(repo: Repository, received: Received, permission: Write, prepare: Cal
             # that timed out sent it again while this attempt was at work): this one is kept as a
             # copy of its own.
             raw_id = repo.write(lambda uow: uow.copy_raw(raw_id), permission)
-            written = repo.write(unit, permission)
+            written = repo.write(unit, permission, alone=alone)
     except AlreadyHandled:
         raise
     except Refused as refusal:

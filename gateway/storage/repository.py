@@ -511,11 +511,11 @@ class Repository:
         self.require(permission)
         return UnitOfWork(self)
 
-    def write(self, work: Callable[["UnitOfWork"], T], permission: Write) -> T:
+    def write(self, work: Callable[["UnitOfWork"], T], permission: Write, *, alone: bool = False) -> T:
         """Run `work` in a unit of work of the next group commit, for a requester who may do this
-        `Write`; its value once committed."""
+        `Write`; its value once committed. `alone`: in a transaction of its own (GroupCommit.run)."""
         self.require(permission)
-        return group_commit(self.engine).run(lambda conn: UnitOfWork(self, conn), work)
+        return group_commit(self.engine).run(lambda conn: UnitOfWork(self, conn), work, alone=alone)
 
 
 @dataclass(frozen=True)

@@ -61,11 +61,11 @@ def test_an_ack_sent_before_the_commit_is_caught(target, monkeypatch):
 
     write = Repository.write
 
-    def acknowledged_then_lost(repo, work, permission):
+    def acknowledged_then_lost(repo, work, permission, **options):
         # The raw copy is kept; the ACK is built from the message's work in a transaction that
         # never commits.
         if not work.__qualname__.startswith("ingest.<locals>.unit"):
-            return write(repo, work, permission)
+            return write(repo, work, permission, **options)
         answer = {}
         try:
             with repo.unit_of_work(permission) as uow:
