@@ -241,10 +241,12 @@ def merge(uow: UnitOfWork, pid: Segment, mrg: Segment, applied: Applied) -> None
     uow.save(merged, patient_id=survivor_id)
     applied.produced.append(f"Patient/{merged_id}")
     old_ref, new_ref = json.dumps(f"Patient/{merged_id}"), json.dumps(f"Patient/{survivor_id}")
-    for stored in uow.patient_resources(merged_id):
-        moved = json.loads(stored.body.replace(old_ref, new_ref))
-        uow.save(moved, patient_id=survivor_id, blob_sha256=stored.blob_sha256)
-        applied.produced.append(f"{stored.res_type}/{stored.res_id}")
+    for page in uow.live_patient_resources(merged_id):
+        for stored in page:
+            moved = json.loads(stored.body.replace(old_ref, new_ref))
+            uow.save(moved, patient_id=survivor_id, blob_sha256=stored.blob_sha256)
+            applied.produced.append(f"{stored.res_type}/{stored.res_id}")
+        uow.store_audit_so_far()
     uow.move_rest_of_record(merged_id, survivor_id)
 
 

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from typing import Callable, Iterator, TypeVar
 from urllib.parse import urlparse
 
-from sqlalchemy import Connection, Engine, and_, delete, func, or_, select, text, update
+from sqlalchemy import Connection, Engine, and_, delete, func, or_, select, text, tuple_, update
 from sqlalchemy.exc import DBAPIError
 from uuid6 import uuid7
 
@@ -85,6 +85,8 @@ T = TypeVar("T")
 TOTAL_BOUND = 1000
 # The rows search_all reads per statement.
 SEARCH_ALL_PAGE = 200
+# The resources a merge reads, writes anew and audits at a time (live_patient_resources).
+PATIENT_PAGE = 200
 
 
 @dataclass
@@ -610,6 +612,13 @@ class UnitOfWork:
                 raise
         return self._context.__exit__(exc_type, exc, tb)
 
+    def store_audit_so_far(self) -> None:
+        """The AuditEvents of the changes made so far, stored and linked into the audit chain now: a
+        unit that changes a whole record (a merge) holds neither them nor their JSON to its end.
+        They are linked before the entries of the units before it in its batch: a chain orders its
+        links, whatever the order their events were written in."""
+        audit.extend_chain(self.conn, self.store_audit())
+
     def store_audit(self) -> list[tuple[str, str]]:
         """One AuditEvent per resource this unit changed (BALP names one data entity per event),
         stored with every pending one. Returns (id, JSON as stored) of each, for the hash chain."""
@@ -925,14 +934,24 @@ class UnitOfWork:
             unique_identifiers.c.res_type == res_type, unique_identifiers.c.res_id == from_id).values(res_id=to_id))
         self._identifiers.clear()
 
-    def patient_resources(self, patient_id: str) -> list[StoredResource]:
+    def live_patient_resources(self, patient_id: str) -> Iterator[list[StoredResource]]:
         """The current, not deleted, resources of a patient's compartment (documents, binaries,
-        consents, lists), locked until the unit commits: a merge writes each anew under the
-        surviving patient."""
-        rows = self.conn.execute(select(resources).where(
-            resources.c.patient_id == patient_id, resources.c.res_type.not_in(("Patient", "AuditEvent")),
-            resources.c.deleted.is_(False)).with_for_update()).all()
-        return [self.repository._row(r) for r in rows]
+        consents, lists), a page at a time, each locked until the unit commits: a merge writes each
+        anew under the surviving patient. In the order of an index of their rows, from after the last
+        one read: those moved meanwhile have left the patient, and the page's memory is all it takes."""
+        after = None
+        while True:
+            query = select(resources).where(
+                resources.c.patient_id == patient_id, resources.c.res_type.not_in(("Patient", "AuditEvent")),
+                resources.c.deleted.is_(False))
+            if after is not None:
+                query = query.where(tuple_(resources.c.res_type, resources.c.last_updated, resources.c.res_id) > after)
+            rows = self.conn.execute(query.order_by(resources.c.res_type, resources.c.last_updated, resources.c.res_id)
+                                     .limit(PATIENT_PAGE).with_for_update()).all()
+            if not rows:
+                return
+            after = (rows[-1].res_type, rows[-1].last_updated, rows[-1].res_id)
+            yield [self.repository._row(r) for r in rows]
 
     def record_closed(self, patient_id: str) -> bool:
         return record_closed(self.conn, patient_id)

@@ -10,6 +10,7 @@ from sqlalchemy import func, insert, select, update
 
 from conftest import GP, attend_all
 from gateway.access.audit import verify_chain
+from gateway.storage import repository
 from gateway.storage.schema import raw_inputs, resources
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "hl7v2"
@@ -243,11 +244,13 @@ def test_merge_moves_documents_and_identifiers_to_the_survivor(client):
     assert merged["active"] is False and merged["link"][0]["type"] == "replaced-by"
 
 
-def test_a_merge_leaves_a_deleted_document_deleted_and_the_whole_record_to_the_survivor(client, database):
+def test_a_merge_leaves_a_deleted_document_deleted_and_the_whole_record_to_the_survivor(client, database, monkeypatch):
     """A40 wrote every resource of the merged patient anew, deleted ones too: a document deleted by
     MDM^T04 came back current under the survivor, and the merged Patient stayed its own record,
     which the survivor's destruction left behind. Now the deleted document stays deleted (410) and,
-    with the merged Patient, belongs to the survivor's record as it is."""
+    with the merged Patient, belongs to the survivor's record as it is. (Read and moved two
+    resources at a time here, their AuditEvents linked into the chain as each two are moved.)"""
+    monkeypatch.setattr(repository, "PATIENT_PAGE", 2)
     lefevre = PATIENTS["lefevre"]
     for name in ("mdm-1-t02-cr-imagerie-irm-lefevre.hl7", "mdm-2-t10-cr-imagerie-irm-lefevre.hl7",
                  "mdm-3-t04-cr-imagerie-irm-lefevre.hl7"):
