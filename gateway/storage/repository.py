@@ -34,6 +34,7 @@ from .schema import (
     account_records,
     blob_parts,
     blobs,
+    destruction_requests,
     resource_versions,
     resources,
     search_reference,
@@ -975,8 +976,27 @@ class UnitOfWork:
         """What of a merged patient's record the merge does not write anew now belongs to the
         survivor: its trail (an AuditEvent's JSON is never rewritten, its hash covers it), its deleted
         resources (deleted they stay, their versions as they were) and the patients merged into it
-        before. Only the owner column moves: the survivor's rules read them, its destruction takes them."""
+        before. Only the owner column moves: the survivor's rules read them, its destruction takes them.
+        So does a destruction the merged patient requested, which would have lapsed when it came
+        due (its record's closure, a Consent, moved to the survivor); where the survivor's own is
+        pending too, the later date holds, so that neither record is destroyed before its time."""
         self.conn.execute(update(resources).where(resources.c.patient_id == from_id).values(patient_id=to_id))
+        pending = (destruction_requests.c.carried_out_at.is_(None),)
+        requested = self.conn.execute(select(destruction_requests.c.due_at).where(
+            destruction_requests.c.patient_id == from_id, *pending)).scalar_one_or_none()
+        if requested is None:
+            return
+        own = self.conn.execute(select(destruction_requests.c.due_at).where(
+            destruction_requests.c.patient_id == to_id, *pending)).scalar_one_or_none()
+        if own is None:
+            self.conn.execute(delete(destruction_requests).where(destruction_requests.c.patient_id == to_id))
+            self.conn.execute(update(destruction_requests).where(destruction_requests.c.patient_id == from_id)
+                              .values(patient_id=to_id))
+            return
+        self.conn.execute(delete(destruction_requests).where(destruction_requests.c.patient_id == from_id, *pending))
+        if requested > own:
+            self.conn.execute(update(destruction_requests).where(destruction_requests.c.patient_id == to_id)
+                              .values(due_at=requested))
 
     def store_raw(self, channel: str, body: bytes, content_type: str | None, sender: str | None, *,
                   message: dict | None = None, status: str = "received", outcome: dict | None = None,

@@ -96,3 +96,61 @@ def test_a_record_another_was_merged_into_is_destroyed_whole(client, bearer, dat
             resources.c.res_type == "Patient")).scalar_one() == 0
         assert conn.execute(text("SELECT count(*) FROM search_string WHERE res_type = 'Patient'")).scalar_one() == 0
     assert destroyed.resources >= 4 and verify_chain(engine).broken_at is None
+
+
+LEFEVRE = "292086938701277"
+
+
+def _feed(client, bearer, *messages: str) -> None:
+    feeder = {"Content-Type": "x-application/hl7-v2+er7", **bearer("system", sub="GAM CH-SAINT-AUBIN")}
+    for n, segments in enumerate(messages):
+        message = "\r".join([f"MSH|^~\\&|GAM|CH-SAINT-AUBIN|GW|DMP|20260310080000||{segments[0]}|FEED{n}|P|2.5^FRA^2.11"
+                             "|||||FRA|UNICODE UTF-8", "EVN||20260310080000", *segments[1:]]) + "\r"
+        answer = client.post("/hl7v2", headers=feeder, data=message.encode())
+        assert answer.status_code == 200 and b"MSA|AA" in answer.data, answer.data
+
+
+def _patient(engine, ins: str) -> Repository:
+    return Repository(engine, AccessContext(role="patient", subject=ins, patient_ins=ins, name="P", address=None),
+                      "http://gateway.test")
+
+
+IPP = "^^^CH-SAINT-AUBIN&1.2.250.1.213.1.1.9.1001&ISO^PI"
+INS = "^^^ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.10&ISO^INS"
+
+
+def test_a_destruction_the_merged_patient_requested_follows_the_record_it_was_merged_into(client, bearer, database):
+    """Paul Martin closed his record and asked for its destruction; then his hospital merged his
+    record into another (A40). The closure, a Consent, moved to the survivor; the request stayed
+    with the merged patient, whose record was no longer closed when it came due: it lapsed, and
+    nothing was destroyed. Now it follows the record, and is carried out."""
+    engine = database[0]
+    _feed(client, bearer, ["ADT^A28^ADT_A05", f"PID|1||900000001{IPP}~{MARTIN}{INS}||MARTIN^PAUL^^^^^L||19850612|M"])
+    due = retention.request_destruction(_patient(engine, MARTIN))
+    _feed(client, bearer, ["ADT^A40^ADT_A39", f"PID|1||900000090{IPP}||MARTIN^PAUL^^^^^L||19850612|M",
+                           f"MRG|900000001{IPP}"])
+    closure, due_after_merge = retention.record_state(_patient(engine, MARTIN))
+    assert closure is not None and due_after_merge == due
+    [destroyed] = retention.carry_out(engine, datetime.now(timezone.utc) + timedelta(days=3660))
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(resources).where(
+            resources.c.res_type == "Patient")).scalar_one() == 0
+    assert destroyed.resources >= 3
+
+
+def test_when_both_records_are_to_be_destroyed_the_later_date_holds(client, bearer, database):
+    """Both patients asked for their record's destruction before the merge: one request is kept,
+    for the later date, so that neither record is destroyed before its retention has run out."""
+    engine = database[0]
+    _feed(client, bearer, ["ADT^A28^ADT_A05", f"PID|1||900000001{IPP}~{MARTIN}{INS}||MARTIN^PAUL^^^^^L||19850612|M"],
+          ["ADT^A28^ADT_A05", f"PID|1||900000002{IPP}~{LEFEVRE}{INS}||LEFEVRE^CLAIRE^^^^^L||19920823|F"])
+    for ins, due in ((MARTIN, "2099-01-01T00:00:00"), (LEFEVRE, "2090-01-01T00:00:00")):
+        retention.request_destruction(_patient(engine, ins))
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE destruction_requests SET due_at = :due WHERE patient_id = :patient"),
+                         {"due": due, "patient": _patient(engine, ins).own_patient_id()})
+    _feed(client, bearer, ["ADT^A40^ADT_A39", f"PID|1||900000002{IPP}~{LEFEVRE}{INS}||LEFEVRE^CLAIRE^^^^^L||19920823|F",
+                           f"MRG|900000001{IPP}"])
+    with engine.connect() as conn:
+        requests = conn.execute(text("SELECT patient_id, due_at FROM destruction_requests")).all()
+    assert requests == [(_patient(engine, LEFEVRE).own_patient_id(), "2099-01-01T00:00:00")]
