@@ -35,6 +35,7 @@ from .schema import (
     blob_parts,
     blobs,
     destruction_requests,
+    notifications,
     resource_versions,
     resources,
     search_reference,
@@ -977,10 +978,14 @@ class UnitOfWork:
         survivor: its trail (an AuditEvent's JSON is never rewritten, its hash covers it), its deleted
         resources (deleted they stay, their versions as they were) and the patients merged into it
         before. Only the owner column moves: the survivor's rules read them, its destruction takes them.
-        So does a destruction the merged patient requested, which would have lapsed when it came
-        due (its record's closure, a Consent, moved to the survivor); where the survivor's own is
-        pending too, the later date holds, so that neither record is destroyed before its time."""
+        So do the announcements of its new documents not sent yet (the sender finds a record's
+        accounts by its INS, which now names the survivor), and a destruction the merged patient
+        requested, which would have lapsed when it came due (its record's closure, a Consent, moved
+        to the survivor); where the survivor's own is pending too, the later date holds, so that
+        neither record is destroyed before its time."""
         self.conn.execute(update(resources).where(resources.c.patient_id == from_id).values(patient_id=to_id))
+        self.conn.execute(update(notifications).where(notifications.c.patient_id == from_id,
+                                                      notifications.c.sent_at.is_(None)).values(patient_id=to_id))
         pending = (destruction_requests.c.carried_out_at.is_(None),)
         requested = self.conn.execute(select(destruction_requests.c.due_at).where(
             destruction_requests.c.patient_id == from_id, *pending)).scalar_one_or_none()

@@ -348,3 +348,23 @@ def test_a_sender_or_a_database_that_takes_nothing_is_said_once_and_again_when_i
                     ("INFO", "notifications: the sender answers again", None),
                     ("INFO", "notifications: the database answers again", None)]
     assert not any(r.exc_info for r in caplog.records)
+
+
+def test_a_document_announced_before_a_merge_is_announced_to_the_survivor_s_accounts(client, bearer, database,
+                                                                                     settings, people):
+    """A document stored, then its record merged into another (A40) before the next round: its
+    announcement stayed with the merged patient, whose INS now names the survivor, and no account
+    was found for it. It follows the record."""
+    engine = database[0]
+    assert client.post("/cda", data=sample("cr-biologie-martin.xml"),
+                       headers={**XML, **bearer("system", sub="hospital")}).status_code == 201
+    ins = "^^^ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.10&ISO^INS"
+    merge = "\r".join([
+        "MSH|^~\\&|GAM|CH-SAINT-AUBIN|GW|DMP|20260310080000||ADT^A40^ADT_A39|MERGE1|P|2.5^FRA^2.11|||||FRA|UNICODE UTF-8",
+        "EVN||20260310080000", "PID|1||900000090^^^CH-SAINT-AUBIN&1.2.250.1.213.1.1.9.1001&ISO^PI||MARTIN^PAUL^^^^^L||19850612|M",
+        f"MRG|{MARTIN}{ins}"]) + "\r"
+    answer = client.post("/hl7v2", data=merge.encode(), headers={"Content-Type": "x-application/hl7-v2+er7",
+                                                                  **bearer("system", sub="GAM CH-SAINT-AUBIN")})
+    assert b"MSA|AA" in answer.data, answer.data
+    assert notifications.send_pending(settings, engine) == 1
+    assert len(mails(settings, "paul@example.test")) == 1
