@@ -61,8 +61,8 @@ def attachment_data(attachment: dict, where: str, max_bytes: int) -> bytes:
 
 
 def resolve_subject(uow: UnitOfWork, subject: dict, bundle_patients: dict[str, dict] | None = None) -> str | None:
-    """The Patient a submitted subject designates, among the records this gateway holds: a local
-    reference, a conditional one (`Patient?identifier=system|value`), an identifier, or a Patient
+    """The Patient a submitted subject designates, among the records this gateway holds (the
+    survivor, for a Patient merged into another): a local reference, a conditional one (`Patient?identifier=system|value`), an identifier, or a Patient
     entry of the Bundle matched by its identifiers. None when no record matches."""
     reference = subject.get("reference", "") if isinstance(subject, dict) else ""
     identifiers = []
@@ -77,7 +77,9 @@ def resolve_subject(uow: UnitOfWork, subject: dict, bundle_patients: dict[str, d
         identifiers += bundle_patients[reference].get("identifier", [])
     elif reference.startswith("Patient/") and reference.count("/") == 1:
         found = uow.current("Patient", reference.split("/", 1)[1])
-        return found.res_id if found is not None and not found.deleted else None
+        # The record it belongs to: a Patient merged into another (A40) is the survivor's, where
+        # a client that kept its id before the merge means its documents to go.
+        return found.patient_id if found is not None and not found.deleted else None
     for identifier in identifiers:
         if isinstance(identifier, dict) and identifier.get("system") and identifier.get("value"):
             found = uow.find_by_identifier("Patient", identifier["system"], str(identifier["value"]).replace(" ", ""))

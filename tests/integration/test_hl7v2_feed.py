@@ -1,4 +1,5 @@
 """HL7v2 over POST /hl7v2 on both backends: identity, consents, documents, duplicates, refusals."""
+import base64
 import json
 import re
 import threading
@@ -275,6 +276,32 @@ def test_a_merge_leaves_a_deleted_document_deleted_and_the_whole_record_to_the_s
     assert [e["resource"]["status"] for e in after["entry"]] == ["superseded"]
     assert fhir_get(client, f"/fhir/DocumentReference/{deleted_id}").status_code == 410
     assert verify_chain(database[0]).broken_at is None
+
+
+def test_a_document_sent_for_a_merged_patient_s_id_goes_to_the_survivor_s_record(client):
+    """A FHIR client that kept a Patient's id from before an A40 sent a document naming it: it was
+    registered under the merged patient, whose rules had moved to the survivor, and neither the
+    patient nor their doctors saw it. It goes to the survivor's record."""
+    lefevre = PATIENTS["lefevre"]
+    assert post(client, sample("mdm-1-t02-cr-imagerie-irm-lefevre.hl7"))[0] == "AA"
+    merged_id = search(client, f"Patient?identifier={HOSPITAL}|{lefevre['ipp']}")["entry"][0]["resource"]["id"]
+    survivor_pid = "PID|1||900000090^^^CH-SAINT-AUBIN&1.2.250.1.213.1.1.9.1001&ISO^PI||DUBOIS^CLAIRE^^^^^L||19920823|F"
+    merge = adt("A40", "MRG3", survivor_pid, f"MRG|{lefevre['ipp']}^^^CH-SAINT-AUBIN&1.2.250.1.213.1.1.9.1001&ISO^PI")
+    assert post(client, merge)[0] == "AA"
+    pdf = {"resourceType": "DocumentReference",
+           "contained": [{"resourceType": "Practitioner", "id": "author",
+                          "identifier": [{"system": "urn:oid:1.2.250.1.71.4.2.1", "value": "899900000012"}]}],
+           "masterIdentifier": {"system": "urn:ietf:rfc:3986", "value": "urn:oid:1.2.250.1.213.1.1.9.79"},
+           "status": "current", "type": {"coding": [{"system": "http://loinc.org", "code": "11488-4"}]},
+           "subject": {"reference": f"Patient/{merged_id}"}, "author": [{"reference": "#author"}],
+           "content": [{"attachment": {"contentType": "application/pdf",
+                                       "data": base64.b64encode(b"%PDF-1.4\n%%EOF\n").decode()}}]}
+    answer = client.post("/fhir/DocumentReference", data=json.dumps(pdf), content_type="application/fhir+json")
+    assert answer.status_code == 201, answer.data
+    survivor = search(client, f"Patient?identifier={HOSPITAL}|900000090")["entry"][0]["resource"]
+    assert answer.get_json()["subject"]["reference"] == f"Patient/{survivor['id']}"
+    docs = search(client, f"DocumentReference?patient.identifier={HOSPITAL}|900000090&status=current")
+    assert docs["total"] == 2
 
 
 def test_a47_changes_an_identifier(client):
