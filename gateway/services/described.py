@@ -79,12 +79,12 @@ def resolve_subject(uow: UnitOfWork, subject: dict, bundle_patients: dict[str, d
         found = uow.current("Patient", reference.split("/", 1)[1])
         # The record it belongs to: a Patient merged into another (A40) is the survivor's, where
         # a client that kept its id before the merge means its documents to go.
-        return found.patient_id if found is not None and not found.deleted else None
+        return uow.patient_record(found.patient_id) if found is not None and not found.deleted else None
     for identifier in identifiers:
         if isinstance(identifier, dict) and identifier.get("system") and identifier.get("value"):
             found = uow.find_by_identifier("Patient", identifier["system"], str(identifier["value"]).replace(" ", ""))
             if found:
-                return found
+                return uow.patient_record(found)
     return None
 
 

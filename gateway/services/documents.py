@@ -189,7 +189,7 @@ def check_record_open(uow: UnitOfWork, patient_id: str, location: str) -> None:
 def _patient(uow: UnitOfWork, parsed: ParsedCda, produced: list[str]) -> str:
     header, ins = parsed.header, parsed.ins
     ins_system, _ = parsed.patient_key
-    patient_id = uow.find_by_identifier("Patient", *parsed.patient_key)
+    patient_id = uow.patient_record(uow.find_by_identifier("Patient", *parsed.patient_key))
     if patient_id is None:
         patient_id = uow.new_id()
         uow.save(_checked(mapping.patient_resource(header.patient, patient_id)), patient_id=patient_id)

@@ -69,10 +69,11 @@ def checked_ids(segment: Segment, field_number: int) -> list[II]:
 
 
 def find_patient(uow: UnitOfWork, ids: list[II]) -> str | None:
+    """The record of the patient these identifiers name, once no merge of it is running."""
     for system, value in identifier_keys(ids):
         found = uow.find_by_identifier("Patient", system, value)
         if found:
-            return found
+            return uow.patient_record(found)
     return None
 
 
@@ -219,6 +220,7 @@ def merge(uow: UnitOfWork, pid: Segment, mrg: Segment, applied: Applied) -> None
         return
     if merged_id == survivor_id:
         return
+    uow.merging(merged_id)
     survivor = uow.current("Patient", survivor_id, for_update=True).json()
     merged = uow.current("Patient", merged_id, for_update=True).json()
     own_systems = {i["system"] for i in survivor["identifier"]}

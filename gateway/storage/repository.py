@@ -703,6 +703,27 @@ class UnitOfWork:
         if self.conn.dialect.name == "postgresql":
             sql.LOCK_DOCUMENT_IDENTIFIER.execute(self.conn, {"key_system": system, "key_value": value}).close()
 
+    def patient_record(self, patient_id: str | None) -> str | None:
+        """The record of the Patient its identifiers found. On PostgreSQL a merge holds its patient's
+        record alone (`merging`) and this shares it to the commit: a message or document for the
+        patient that arrives during the merge waits for it, then goes to the survivor's record,
+        which the identifiers read before the merge ended did not name. SQLite's one writer
+        orders them already."""
+        if patient_id is None or self.conn.dialect.name != "postgresql":
+            return patient_id
+        sql.SHARE_PATIENT_RECORD.execute(self.conn, {"key_patient": patient_id}).close()
+        row = sql.PATIENT_RECORD.execute(self.conn, {"key_id": patient_id}).fetchone()
+        record = row[0] if row else patient_id
+        if record != patient_id:
+            self._identifiers.clear()   # the merge that ended meanwhile moved them to the survivor
+        return record
+
+    def merging(self, patient_id: str) -> None:
+        """Nothing is stored for this patient's record by another transaction until this unit ends
+        (`patient_record`), so that the merge moves all of it."""
+        if self.conn.dialect.name == "postgresql":
+            sql.LOCK_PATIENT_RECORD.execute(self.conn, {"key_patient": patient_id}).close()
+
     def current(self, res_type: str, res_id: str, *, for_update: bool = False) -> StoredResource | None:
         """Its current version; `for_update`: locked until the unit commits, for a change made from it."""
         row = self.conn.execute(sql.CURRENT_FOR_UPDATE if for_update else sql.CURRENT,

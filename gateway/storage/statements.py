@@ -213,6 +213,12 @@ REPLACEMENTS_AWAITING = Prebuilt(select(awaited_parents.c.res_id).where(
 # replacement stored at once by two processes do not both find the other absent.
 LOCK_DOCUMENT_IDENTIFIER = Prebuilt(text(
     "SELECT pg_advisory_xact_lock(7110115, hashtext(:key_system || '|' || :key_value))"))
+# A patient's record: a merge of it holds it alone, whatever is stored for the patient shares it.
+LOCK_PATIENT_RECORD = Prebuilt(text("SELECT pg_advisory_xact_lock(7110116, hashtext(:key_patient))"))
+SHARE_PATIENT_RECORD = Prebuilt(text("SELECT pg_advisory_xact_lock_shared(7110116, hashtext(:key_patient))"))
+# The record a Patient belongs to: itself, or the survivor of a merge.
+PATIENT_RECORD = Prebuilt(select(resources.c.patient_id).where(
+    resources.c.res_type == "Patient", resources.c.res_id == bindparam("key_id")))
 
 # A Consent's rules, replaced with each of its versions.
 DELETE_RULES = Prebuilt(delete(access_rules).where(access_rules.c.consent_id == bindparam("key_consent")))

@@ -3,11 +3,12 @@ import base64
 import json
 import re
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, select, text, update
 
 from conftest import GP, attend_all
 from gateway.access.audit import verify_chain
@@ -302,6 +303,60 @@ def test_a_document_sent_for_a_merged_patient_s_id_goes_to_the_survivor_s_record
     assert answer.get_json()["subject"]["reference"] == f"Patient/{survivor['id']}"
     docs = search(client, f"DocumentReference?patient.identifier={HOSPITAL}|900000090&status=current")
     assert docs["total"] == 2
+
+
+def test_a_document_stored_while_its_patient_is_merged_waits_and_goes_to_the_survivor(client, second_gateway, database,
+                                                                                      backend, monkeypatch):
+    """PostgreSQL, two gateways: a CDA for a patient reaches one while the other merges that
+    patient into another (A40). It found the patient by identifiers the merge had moved but not
+    committed, and was stored under the merged patient once the merge had moved the record: a
+    record whose rules had gone, the document seen by no one. It waits for the merge's end, and goes
+    to the survivor's record."""
+    if backend == "sqlite":
+        pytest.skip("SQLite has one writer: the two transactions cannot overlap")
+    martin = PATIENTS["martin"]
+    cda = (SAMPLES.parent / "cda" / "cr-biologie-martin.xml").read_bytes()
+    assert client.post("/cda", data=cda, content_type="application/xml").status_code == 201
+    moved, release = threading.Event(), threading.Event()
+    move = repository.UnitOfWork.move_rest_of_record
+
+    def move_then_wait(self, from_id, to_id):
+        move(self, from_id, to_id)
+        moved.set()
+        assert release.wait(60)
+
+    monkeypatch.setattr(repository.UnitOfWork, "move_rest_of_record", move_then_wait)
+    survivor_pid = "PID|1||900000090^^^CH-SAINT-AUBIN&1.2.250.1.213.1.1.9.1001&ISO^PI||MARTIN^PAUL^^^^^L||19850612|M"
+    merge = adt("A40", "MRG4", survivor_pid, f"MRG|{martin['ins']}^^^ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.10&ISO^INS")
+    second = cda.replace(b'<id root="1.2.250.1.213.1.1.9.2.7.1"/>', b'<id root="1.2.250.1.213.1.1.9.2.7.1.1"/>', 1)
+    answers = {}
+    merging = threading.Thread(target=lambda: answers.update(merge=post(client, merge)[0]))
+    storing = threading.Thread(target=lambda: answers.update(cda=second_gateway.post(
+        "/cda", data=second, content_type="application/xml").status_code))
+
+    def waiting_for_a_lock() -> bool:
+        with database[0].connect() as conn:
+            return conn.execute(select(func.count()).select_from(text("pg_locks")).where(
+                text("NOT granted"))).scalar_one() > 0
+
+    try:
+        merging.start()
+        assert moved.wait(60)
+        storing.start()
+        deadline = time.monotonic() + 30
+        while storing.is_alive() and not waiting_for_a_lock() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        stored_during_the_merge = not storing.is_alive()
+    finally:
+        release.set()
+        merging.join(60)
+        storing.join(60)
+    assert answers == {"merge": "AA", "cda": 201}
+    assert not stored_during_the_merge
+    survivor = search(client, f"Patient?identifier={HOSPITAL}|900000090")["entry"][0]["resource"]
+    docs = search(client, f"DocumentReference?patient.identifier={HOSPITAL}|900000090&status=current")
+    assert docs["total"] == 2
+    assert {e["resource"]["subject"]["reference"] for e in docs["entry"]} == {f"Patient/{survivor['id']}"}
 
 
 def test_a47_changes_an_identifier(client):
