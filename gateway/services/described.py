@@ -62,8 +62,9 @@ def attachment_data(attachment: dict, where: str, max_bytes: int) -> bytes:
 
 def resolve_subject(uow: UnitOfWork, subject: dict, bundle_patients: dict[str, dict] | None = None) -> str | None:
     """The Patient a submitted subject designates, among the records this gateway holds (the
-    survivor, for a Patient merged into another): a local reference, a conditional one (`Patient?identifier=system|value`), an identifier, or a Patient
-    entry of the Bundle matched by its identifiers. None when no record matches."""
+    survivor, for a Patient merged into another): a local reference, a conditional one
+    (`Patient?identifier=system|value`), an identifier, or a Patient entry of the Bundle matched by
+    its identifiers. None when no record matches."""
     reference = subject.get("reference", "") if isinstance(subject, dict) else ""
     identifiers = []
     if isinstance(subject, dict) and isinstance(subject.get("identifier"), dict):

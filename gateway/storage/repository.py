@@ -704,11 +704,12 @@ class UnitOfWork:
             sql.LOCK_DOCUMENT_IDENTIFIER.execute(self.conn, {"key_system": system, "key_value": value}).close()
 
     def patient_record(self, patient_id: str | None) -> str | None:
-        """The record of the Patient its identifiers found. On PostgreSQL a merge holds its patient's
-        record alone (`merging`) and this shares it to the commit: a message or document for the
-        patient that arrives during the merge waits for it, then goes to the survivor's record,
-        which the identifiers read before the merge ended did not name. SQLite's one writer
-        orders them already."""
+        """The record a Patient found belongs to: itself, or the survivor it was merged into (A40).
+        On PostgreSQL a merge holds its patient's record alone (`merging`) and this shares it to the
+        commit: a message or document for the patient that arrives during the merge waits for it,
+        then goes to the survivor's record, which the identifiers read before the merge ended did
+        not name. SQLite's one writer orders them already, and its merged Patients' identifiers
+        and ids are read after the merge."""
         if patient_id is None or self.conn.dialect.name != "postgresql":
             return patient_id
         sql.SHARE_PATIENT_RECORD.execute(self.conn, {"key_patient": patient_id}).close()
