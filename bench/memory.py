@@ -33,17 +33,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def status_kb(field: str, pid: int | str = "self") -> int:
+    """A size (kB) the system gives of a process in /proc/<pid>/status: VmRSS, VmHWM (its peak)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith(field + ":")))
+
+
 def _peaks(root_pid: int) -> dict[int, int]:
     """VmHWM (kB) of a process and its descendants."""
     out, todo = {}, [root_pid]
     while todo:
         pid = todo.pop()
         try:
-            status = Path(f"/proc/{pid}/status").read_text()
+            peak = status_kb("VmHWM", pid)
             children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
         except OSError:
             continue
-        out[pid] = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM")))
+        out[pid] = peak
         todo += [int(c) for c in children]
     return out
 

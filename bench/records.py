@@ -20,6 +20,7 @@ from sqlalchemy import event
 
 from bench.databases import holds_documents, kept_database, scratch_database
 from bench.figures import backends
+from bench.memory import status_kb
 from gateway.access import AccessContext
 from gateway.services import feeds, retention
 from gateway.services.documents import ingest_cda
@@ -77,11 +78,11 @@ def _record(url: str, count: int) -> dict:
     try:
         system = Repository(engine, AccessContext.system("bench"), "http://bench")
         Path("/proc/self/clear_refs").write_text("5")   # VmHWM from now on
-        before = _status_kb("VmRSS")
+        before = status_kb("VmRSS")
         started = time.perf_counter()
         reply = feeds.receive(system, MERGE.encode(), channel="bench", max_bytes=1 << 20)
         merged = time.perf_counter() - started
-        merge_memory = _status_kb("VmHWM") - before
+        merge_memory = status_kb("VmHWM") - before
         assert reply.code == "AA", reply.ack
         survivor = Repository(engine, AccessContext(role="patient", subject=MARTIN, patient_ins=MARTIN,
                                                     name="Paul MARTIN", address=None), "http://bench")
@@ -98,8 +99,3 @@ def _record(url: str, count: int) -> dict:
             "merge_peak_memory_mb": round(merge_memory / 1024, 1),
             "destruction_seconds": round(removed, 2), "destroyed_resources": destroyed.resources,
             "destroyed_raw_inputs": destroyed.raw_inputs, "destruction_statements": len(statements)}
-
-
-def _status_kb(field: str) -> int:
-    status = Path("/proc/self/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith(field + ":")))
