@@ -67,6 +67,12 @@ def adt(event: str, control: str, pid: str, *extra: str) -> str:
                       "|||||FRA|UNICODE UTF-8", "EVN||20260310080000", pid, *extra]) + "\r"
 
 
+def merge_lefevre_into_dubois(control: str) -> str:
+    """A40: Claire Lefevre's record (her IPP) merged into a new patient's, Claire Dubois, IPP 900000090."""
+    return adt("A40", control, "PID|1||900000090^^^CH-SAINT-AUBIN&1.2.250.1.213.1.1.9.1001&ISO^PI||DUBOIS^CLAIRE^^^^^L"
+               "||19920823|F", f"MRG|{PATIENTS['lefevre']['ipp']}^^^CH-SAINT-AUBIN&1.2.250.1.213.1.1.9.1001&ISO^PI")
+
+
 def pid(ipp: str, family: str, ins: str | None = None) -> str:
     ids = f"{ipp}^^^CH-SAINT-AUBIN&1.2.250.1.213.1.1.9.1001&ISO^PI"
     if ins:
@@ -233,8 +239,7 @@ def test_merge_moves_documents_and_identifiers_to_the_survivor(client):
     lefevre = PATIENTS["lefevre"]
     assert post(client, sample("mdm-1-t02-cr-imagerie-irm-lefevre.hl7"))[0] == "AA"
     duplicate = search(client, f"Patient?identifier={HOSPITAL}|{lefevre['ipp']}")["entry"][0]["resource"]
-    survivor_pid = "PID|1||900000090^^^CH-SAINT-AUBIN&1.2.250.1.213.1.1.9.1001&ISO^PI||DUBOIS^CLAIRE^^^^^L||19920823|F"
-    merge = adt("A40", "MRG1", survivor_pid, f"MRG|{lefevre['ipp']}^^^CH-SAINT-AUBIN&1.2.250.1.213.1.1.9.1001&ISO^PI")
+    merge = merge_lefevre_into_dubois("MRG1")
     assert post(client, merge)[0] == "AA"
     survivor = search(client, f"Patient?identifier={HOSPITAL}|900000090")["entry"][0]["resource"]
     docs = search(client, f"DocumentReference?patient.identifier={HOSPITAL}|{lefevre['ipp']}&status=current")
@@ -262,8 +267,7 @@ def test_a_merge_leaves_a_deleted_document_deleted_and_the_whole_record_to_the_s
             resources.c.res_type == "DocumentReference", resources.c.deleted)).scalars().all()
     before = search(client, f"DocumentReference?patient.identifier={HOSPITAL}|{lefevre['ipp']}")
     assert [e["resource"]["status"] for e in before["entry"]] == ["superseded"]
-    survivor_pid = "PID|1||900000090^^^CH-SAINT-AUBIN&1.2.250.1.213.1.1.9.1001&ISO^PI||DUBOIS^CLAIRE^^^^^L||19920823|F"
-    merge = adt("A40", "MRG2", survivor_pid, f"MRG|{lefevre['ipp']}^^^CH-SAINT-AUBIN&1.2.250.1.213.1.1.9.1001&ISO^PI")
+    merge = merge_lefevre_into_dubois("MRG2")
     assert post(client, merge)[0] == "AA"
     with database[0].connect() as conn:
         owned = conn.execute(select(resources.c.res_type, resources.c.deleted, resources.c.patient_id).where(
@@ -286,8 +290,7 @@ def test_a_document_sent_for_a_merged_patient_s_id_goes_to_the_survivor_s_record
     lefevre = PATIENTS["lefevre"]
     assert post(client, sample("mdm-1-t02-cr-imagerie-irm-lefevre.hl7"))[0] == "AA"
     merged_id = search(client, f"Patient?identifier={HOSPITAL}|{lefevre['ipp']}")["entry"][0]["resource"]["id"]
-    survivor_pid = "PID|1||900000090^^^CH-SAINT-AUBIN&1.2.250.1.213.1.1.9.1001&ISO^PI||DUBOIS^CLAIRE^^^^^L||19920823|F"
-    merge = adt("A40", "MRG3", survivor_pid, f"MRG|{lefevre['ipp']}^^^CH-SAINT-AUBIN&1.2.250.1.213.1.1.9.1001&ISO^PI")
+    merge = merge_lefevre_into_dubois("MRG3")
     assert post(client, merge)[0] == "AA"
     pdf = {"resourceType": "DocumentReference",
            "contained": [{"resourceType": "Practitioner", "id": "author",

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import event, func, select, text
 
-from conftest import SAMPLES, sample
+from conftest import sample
 from gateway.access.audit import verify_chain
 from gateway.access.context import AccessContext
 from gateway.services import retention
@@ -68,40 +68,15 @@ def test_a_large_record_is_destroyed_in_a_few_statements_and_nothing_else_goes(c
     assert verify_chain(engine).broken_at is None
 
 
-def test_a_record_another_was_merged_into_is_destroyed_whole(client, bearer, database):
-    """The merged Patient of an A40 kept itself as its own record: the destruction of the record it
-    was merged into left it behind, with the person's names and identifiers, and its index rows
-    still found it by name. Now nothing of the person is left but the trail."""
-    engine = database[0]
-    feeder = {"Content-Type": "x-application/hl7-v2+er7", **bearer("system", sub="GAM CH-SAINT-AUBIN")}
-    merge = "\r".join([
-        "MSH|^~\\&|GAM|CH-SAINT-AUBIN|GW|DMP|20260310080000||ADT^A40^ADT_A39|MERGE1|P|2.5^FRA^2.11|||||FRA|UNICODE UTF-8",
-        "EVN||20260310080000", "PID|1||900000090^^^CH-SAINT-AUBIN&1.2.250.1.213.1.1.9.1001&ISO^PI||MARTIN^PAUL^^^^^L||19850612|M",
-        "MRG|900000001^^^CH-SAINT-AUBIN&1.2.250.1.213.1.1.9.1001&ISO^PI"]) + "\r"
-    for message in ((SAMPLES / "hl7v2" / "adt-a01-martin.hl7").read_bytes(), merge.encode()):
-        answer = client.post("/hl7v2", headers=feeder, data=message)
-        assert answer.status_code == 200 and b"MSA|AA" in answer.data, answer.data
-    answer = client.post("/cda", headers={**XML, **bearer("system", sub="hospital")}, data=sample("cr-biologie-martin.xml"))
-    assert answer.status_code == 201, answer.text
-    patient = Repository(engine, AccessContext(role="patient", subject=MARTIN, patient_ins=MARTIN, name="Paul MARTIN",
-                                               address=None), "http://gateway.test")
-    retention.close_record(patient)
-    retention.request_destruction(patient)
-    [destroyed] = retention.carry_out(engine, datetime.now(timezone.utc) + timedelta(days=3660))
-    with engine.connect() as conn:
-        left = conn.execute(select(resources.c.res_type).where(
-            resources.c.res_type != "AuditEvent", resources.c.patient_id.is_not(None))).scalars().all()
-        assert left == []
-        assert conn.execute(select(func.count()).select_from(resources).where(
-            resources.c.res_type == "Patient")).scalar_one() == 0
-        assert conn.execute(text("SELECT count(*) FROM search_string WHERE res_type = 'Patient'")).scalar_one() == 0
-    assert destroyed.resources >= 4 and verify_chain(engine).broken_at is None
-
-
 LEFEVRE = "292086938701277"
+IPP = "^^^CH-SAINT-AUBIN&1.2.250.1.213.1.1.9.1001&ISO^PI"
+INS = "^^^ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.10&ISO^INS"
+# Paul Martin known to the hospital, then his record merged into a new patient's (A40).
+ADMIT_MARTIN = ["ADT^A28^ADT_A05", f"PID|1||900000001{IPP}~{MARTIN}{INS}||MARTIN^PAUL^^^^^L||19850612|M"]
+MERGE_MARTIN = ["ADT^A40^ADT_A39", f"PID|1||900000090{IPP}||MARTIN^PAUL^^^^^L||19850612|M", f"MRG|900000001{IPP}"]
 
 
-def _feed(client, bearer, *messages: str) -> None:
+def _feed(client, bearer, *messages: list[str]) -> None:
     feeder = {"Content-Type": "x-application/hl7-v2+er7", **bearer("system", sub="GAM CH-SAINT-AUBIN")}
     for n, segments in enumerate(messages):
         message = "\r".join([f"MSH|^~\\&|GAM|CH-SAINT-AUBIN|GW|DMP|20260310080000||{segments[0]}|FEED{n}|P|2.5^FRA^2.11"
@@ -115,8 +90,26 @@ def _patient(engine, ins: str) -> Repository:
                       "http://gateway.test")
 
 
-IPP = "^^^CH-SAINT-AUBIN&1.2.250.1.213.1.1.9.1001&ISO^PI"
-INS = "^^^ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.10&ISO^INS"
+def test_a_record_another_was_merged_into_is_destroyed_whole(client, bearer, database):
+    """The merged Patient of an A40 kept itself as its own record: the destruction of the record it
+    was merged into left it behind, with the person's names and identifiers, and its index rows
+    still found it by name. Now nothing of the person is left but the trail."""
+    engine = database[0]
+    _feed(client, bearer, ADMIT_MARTIN, MERGE_MARTIN)
+    answer = client.post("/cda", headers={**XML, **bearer("system", sub="hospital")}, data=sample("cr-biologie-martin.xml"))
+    assert answer.status_code == 201, answer.text
+    patient = _patient(engine, MARTIN)
+    retention.close_record(patient)
+    retention.request_destruction(patient)
+    [destroyed] = retention.carry_out(engine, datetime.now(timezone.utc) + timedelta(days=3660))
+    with engine.connect() as conn:
+        left = conn.execute(select(resources.c.res_type).where(
+            resources.c.res_type != "AuditEvent", resources.c.patient_id.is_not(None))).scalars().all()
+        assert left == []
+        assert conn.execute(select(func.count()).select_from(resources).where(
+            resources.c.res_type == "Patient")).scalar_one() == 0
+        assert conn.execute(text("SELECT count(*) FROM search_string WHERE res_type = 'Patient'")).scalar_one() == 0
+    assert destroyed.resources >= 4 and verify_chain(engine).broken_at is None
 
 
 def test_a_destruction_the_merged_patient_requested_follows_the_record_it_was_merged_into(client, bearer, database):
@@ -125,10 +118,9 @@ def test_a_destruction_the_merged_patient_requested_follows_the_record_it_was_me
     with the merged patient, whose record was no longer closed when it came due: it lapsed, and
     nothing was destroyed. Now it follows the record, and is carried out."""
     engine = database[0]
-    _feed(client, bearer, ["ADT^A28^ADT_A05", f"PID|1||900000001{IPP}~{MARTIN}{INS}||MARTIN^PAUL^^^^^L||19850612|M"])
+    _feed(client, bearer, ADMIT_MARTIN)
     due = retention.request_destruction(_patient(engine, MARTIN))
-    _feed(client, bearer, ["ADT^A40^ADT_A39", f"PID|1||900000090{IPP}||MARTIN^PAUL^^^^^L||19850612|M",
-                           f"MRG|900000001{IPP}"])
+    _feed(client, bearer, MERGE_MARTIN)
     closure, due_after_merge = retention.record_state(_patient(engine, MARTIN))
     assert closure is not None and due_after_merge == due
     [destroyed] = retention.carry_out(engine, datetime.now(timezone.utc) + timedelta(days=3660))
@@ -142,7 +134,7 @@ def test_when_both_records_are_to_be_destroyed_the_later_date_holds(client, bear
     """Both patients asked for their record's destruction before the merge: one request is kept,
     for the later date, so that neither record is destroyed before its retention has run out."""
     engine = database[0]
-    _feed(client, bearer, ["ADT^A28^ADT_A05", f"PID|1||900000001{IPP}~{MARTIN}{INS}||MARTIN^PAUL^^^^^L||19850612|M"],
+    _feed(client, bearer, ADMIT_MARTIN,
           ["ADT^A28^ADT_A05", f"PID|1||900000002{IPP}~{LEFEVRE}{INS}||LEFEVRE^CLAIRE^^^^^L||19920823|F"])
     for ins, due in ((MARTIN, "2099-01-01T00:00:00"), (LEFEVRE, "2090-01-01T00:00:00")):
         retention.request_destruction(_patient(engine, ins))
