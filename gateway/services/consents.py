@@ -24,7 +24,7 @@ from gateway.mapping import codes
 from gateway.mapping.dates import fhir_now
 from gateway.storage import search as search_sql
 from gateway.storage.repository import (IDENTIFIER_CHARS, ChangedMeanwhile, PreconditionFailed, Repository,
-                                        StoredResource, new_id)
+                                        StoredResource, UnitOfWork, new_id)
 
 PATIENT_CONSENT_CATEGORY = {"coding": [{"system": codes.LOINC, "code": "59284-0", "display": "Patient Consent"}]}
 SCOPE = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]}
@@ -39,7 +39,20 @@ def _refuse(reason: str, expression: str, status: int = 422, patient_text: str |
 
 def own_patient(repo: Repository) -> str:
     """The Patient id of the requester's record (patient, representative)."""
-    patient_id = repo.own_patient_id()
+    return _known(repo.own_patient_id())
+
+
+def own_record(uow: UnitOfWork, about: dict | None = None) -> str:
+    """`own_patient` as the unit of work that writes to it sees it: a merge may have moved the
+    record since the request looked it up. `about`: a resource of the record about to be saved (a
+    Consent, a RelatedPerson), whose `patient` is made to name it."""
+    patient_id = _known(uow.own_patient_id())
+    if about is not None:
+        about["patient"] = {"reference": f"Patient/{patient_id}"}
+    return patient_id
+
+
+def _known(patient_id: str | None) -> str:
     if patient_id is None:
         raise _refuse("no record is known for the patient of this token", "Consent.patient", 404,
                       "aucun dossier n'est ouvert à ce nom.")
@@ -98,11 +111,10 @@ def checked_consent(consent: dict, patient_id: str, access: AccessContext) -> di
 
 def create(repo: Repository, consent: dict) -> StoredResource:
     repo.require(Write.CONSENT)
-    patient_id = own_patient(repo)
-    stored = checked_consent(consent, patient_id, repo.access)
+    stored = checked_consent(consent, own_patient(repo), repo.access)
     stored["id"] = new_id()
     with repo.unit_of_work(Write.CONSENT) as uow:
-        return uow.save(stored, patient_id=patient_id, method="POST")
+        return uow.save(stored, patient_id=own_record(uow, stored), method="POST")
 
 
 def update(repo: Repository, consent_id: str, consent: dict, if_match: int | None = None) -> StoredResource:
@@ -116,7 +128,7 @@ def update(repo: Repository, consent_id: str, consent: dict, if_match: int | Non
     stored["id"] = consent_id
     try:
         with repo.unit_of_work(Write.CONSENT) as uow:
-            return uow.save(stored, patient_id=current.patient_id, method="PUT", based_on=if_match)
+            return uow.save(stored, patient_id=own_record(uow, stored), method="PUT", based_on=if_match)
     except ChangedMeanwhile:
         raise PreconditionFailed(current.reference, if_match) from None
 
@@ -134,6 +146,7 @@ def revoke(repo: Repository, stored: StoredResource) -> StoredResource:
     consent = stored.json()
     consent["status"] = "inactive"
     consent.pop("meta", None)
+    consent.pop("patient", None)   # the record's Patient as the unit that saves it reads it: a merge may have moved it
     return update(repo, stored.res_id, consent)
 
 

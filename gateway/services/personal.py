@@ -16,7 +16,7 @@ from gateway.mapping.dates import fhir_now
 from gateway.mapping.document import Digests
 from gateway.storage.repository import Repository, StoredResource, UnitOfWork, new_id
 
-from .consents import own_patient
+from .consents import own_patient, own_record
 from .ingest import Received, Written, ingest
 
 # The JDV_J07 types (TRE_A05) of what a patient deposits, with their display in the value set.
@@ -73,8 +73,8 @@ def add_document(repo: Repository, *, title: str, type_code: str, media_type: st
     # Hashed once, for its raw copy and its Binary, before any write lock is taken.
     digests = Digests.of(data)
 
-    def check() -> tuple[str, str]:
-        """(the record's Patient id, the title with its spaces normalised)."""
+    def check() -> str:
+        """The title with its spaces normalised."""
         named = " ".join(title.split())
         if not named:
             raise _refuse("a document needs a title", "content.attachment.title", "donnez un titre au document.")
@@ -82,10 +82,11 @@ def add_document(repo: Repository, *, title: str, type_code: str, media_type: st
             raise _refuse(f"the type is one of {', '.join(PATIENT_DOCUMENT_TYPES)}", "type",
                           "choisissez la nature du document dans la liste.")
         _content_checked(data, media_type, max_bytes)
-        return own_patient(repo), named
+        own_patient(repo)
+        return named
 
-    def write(uow: UnitOfWork, checked: tuple[str, str]) -> Written[StoredResource]:
-        patient_id, named = checked
+    def write(uow: UnitOfWork, named: str) -> Written[StoredResource]:
+        patient_id = own_record(uow)
         if uow.record_closed(patient_id):
             raise Refused("the record is closed: it accepts no new document", location="subject",
                           status=422, code="business-rule",
@@ -172,17 +173,16 @@ def add_contact(repo: Repository, *, family: str, given: str, relation: str, pho
     if relation not in RELATIONS:
         raise _refuse(f"the relation is one of {', '.join(RELATIONS)}", "RelatedPerson.relationship",
                       "choisissez le lien avec ce contact dans la liste.")
-    patient_id = own_patient(repo)
     contact = _checked({
         "resourceType": "RelatedPerson", "id": new_id(), "active": True,
-        "patient": {"reference": f"Patient/{patient_id}"},
+        "patient": {"reference": f"Patient/{own_patient(repo)}"},
         "relationship": [{"coding": [EMERGENCY_CONTACT]},
                          {"coding": [{"system": ROLE_CODE, "code": relation, "display": RELATIONS[relation]}]}],
         "name": [{"family": family, **({"given": [given]} if given else {})}],
         "telecom": [{"system": "phone", "value": phone, "use": "mobile"}],
     })
     with repo.unit_of_work(Write.PERSONAL) as uow:
-        return uow.save(contact, patient_id=patient_id)
+        return uow.save(contact, patient_id=own_record(uow, contact))
 
 
 def remove_contact(repo: Repository, contact_id: str) -> StoredResource:
@@ -192,5 +192,6 @@ def remove_contact(repo: Repository, contact_id: str) -> StoredResource:
     contact = current.json()
     contact["active"] = False
     contact.pop("meta", None)
+    contact = _checked(contact)
     with repo.unit_of_work(Write.PERSONAL) as uow:
-        return uow.save(_checked(contact), patient_id=current.patient_id, method="PUT")
+        return uow.save(contact, patient_id=own_record(uow, contact), method="PUT")

@@ -13,8 +13,9 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy import Engine, delete, select, update
 
+from gateway.access.writes import Write
 from gateway.storage.database import read_connection, write_transaction
 from gateway.storage.repository import Repository, StoredResource, delete_blobs, record_closed
 from gateway.storage.schema import (
@@ -61,9 +62,8 @@ def reopen_record(repo: Repository) -> None:
     closure = _closure(repo, patient_id)
     if closure is not None:
         consents.revoke(repo, closure)
-    with write_transaction(repo.engine) as conn:
-        conn.execute(delete(destruction_requests).where(destruction_requests.c.patient_id == patient_id,
-                                                        destruction_requests.c.carried_out_at.is_(None)))
+    with repo.unit_of_work(Write.CONSENT) as uow:
+        uow.withdraw_destruction(consents.own_record(uow))
 
 
 def _due(closed_at: str) -> str:
@@ -75,11 +75,9 @@ def request_destruction(repo: Repository) -> str:
     """Close the record if it is open and record the request; returns when it will be carried out."""
     closure = close_record(repo)
     due = _due(closure.json()["dateTime"])
-    with write_transaction(repo.engine) as conn:
-        conn.execute(delete(destruction_requests).where(destruction_requests.c.patient_id == closure.patient_id))
-        conn.execute(insert(destruction_requests).values(
-            patient_id=closure.patient_id, requested_at=_now().strftime("%Y-%m-%dT%H:%M:%S"),
-            requested_by=repo.access.subject, due_at=due))
+    with repo.unit_of_work(Write.CONSENT) as uow:
+        uow.request_destruction(consents.own_record(uow), requested_at=_now().strftime("%Y-%m-%dT%H:%M:%S"),
+                                requested_by=repo.access.subject, due_at=due)
     return due
 
 

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from typing import Callable, Iterator, TypeVar
 from urllib.parse import urlparse
 
-from sqlalchemy import Connection, Engine, and_, delete, func, or_, select, text, tuple_, update
+from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, text, tuple_, update
 from sqlalchemy.exc import DBAPIError
 from uuid6 import uuid7
 
@@ -719,6 +719,14 @@ class UnitOfWork:
             self._identifiers.clear()   # the merge that ended meanwhile moved them to the survivor
         return record
 
+    def own_patient_id(self) -> str | None:
+        """The record a patient or representative token is about, as this unit sees it: the request
+        looked it up before the unit began, and a merge (A40) may have moved that record into
+        another since. What the patient decides or adds goes where the record is now, under the
+        rules that apply to it, not under the merged patient, whose rules no longer do."""
+        found = self.conn.execute(text(OWN_PATIENT), {"reader_patient": self.repository.access.patient_ins or ""})
+        return self.patient_record(found.scalar())
+
     def merging(self, patient_id: str) -> None:
         """Nothing is stored for this patient's record by another transaction until this unit ends
         (`patient_record`), so that the merge moves all of it."""
@@ -1024,6 +1032,18 @@ class UnitOfWork:
         if requested > own:
             self.conn.execute(update(destruction_requests).where(destruction_requests.c.patient_id == to_id)
                               .values(due_at=requested))
+
+    def request_destruction(self, patient_id: str, *, requested_at: str, requested_by: str, due_at: str) -> None:
+        """The record is to be destroyed once `due_at` has come (`gateway retention run`); this
+        request replaces the record's earlier one."""
+        self.conn.execute(delete(destruction_requests).where(destruction_requests.c.patient_id == patient_id))
+        self.conn.execute(insert(destruction_requests).values(
+            patient_id=patient_id, requested_at=requested_at, requested_by=requested_by, due_at=due_at))
+
+    def withdraw_destruction(self, patient_id: str) -> None:
+        """The record's pending destruction request lapses (it was reopened)."""
+        self.conn.execute(delete(destruction_requests).where(destruction_requests.c.patient_id == patient_id,
+                                                             destruction_requests.c.carried_out_at.is_(None)))
 
     def store_raw(self, channel: str, body: bytes, content_type: str | None, sender: str | None, *,
                   message: dict | None = None, status: str = "received", outcome: dict | None = None,
