@@ -142,12 +142,16 @@ def search_request(patient_id: str, kind: str | None = None) -> search_sql.Searc
 
 
 def revoke(repo: Repository, stored: StoredResource) -> StoredResource:
+    return update(repo, stored.res_id, inactive(stored))
+
+
+def inactive(stored: StoredResource) -> dict:
     """The same decision, inactive: it stops applying, and the history keeps it."""
     consent = stored.json()
     consent["status"] = "inactive"
     consent.pop("meta", None)
     consent.pop("patient", None)   # the record's Patient as the unit that saves it reads it: a merge may have moved it
-    return update(repo, stored.res_id, consent)
+    return consent
 
 
 def decision(kind: str, effect: str, professional: str | None = None) -> dict:

@@ -57,13 +57,16 @@ def close_record(repo: Repository) -> StoredResource:
 
 
 def reopen_record(repo: Repository) -> None:
-    """Revoke the closure; a pending destruction request lapses with it."""
-    patient_id = consents.own_patient(repo)
-    closure = _closure(repo, patient_id)
-    if closure is not None:
-        consents.revoke(repo, closure)
+    """Revoke the closure; a pending destruction request lapses with it. In one unit of work, on the
+    record as it is then: a merge may have moved it since the request began, and brought the merged
+    record's closure with it."""
+    consents.own_patient(repo)
     with repo.unit_of_work(Write.CONSENT) as uow:
-        uow.withdraw_destruction(consents.own_record(uow))
+        patient_id = consents.own_record(uow)
+        for closure in uow.closures(patient_id):
+            uow.save(consents.checked_consent(consents.inactive(closure), patient_id, repo.access),
+                     patient_id=patient_id, method="PUT")
+        uow.withdraw_destruction(patient_id)
 
 
 def _due(closed_at: str) -> str:

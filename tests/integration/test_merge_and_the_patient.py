@@ -3,7 +3,7 @@
 The request looked the patient's record up before its unit of work began; the merge, committed
 meanwhile, moved the record to the survivor. Each of these was then stored under the merged
 patient, whose rules no longer apply to anything: a professional the patient blocked still read
-the record, an upload was seen by no one. Now each unit reads the
+the record, an upload was seen by no one, a reopened record stayed closed. Now each unit reads the
 record again in its own transaction (on PostgreSQL after the merge, which it waits for)."""
 import json
 import threading
@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from conftest import sample
 from gateway.access.context import AccessContext
-from gateway.services import personal
+from gateway.services import personal, retention
 from gateway.services.consents import decision
 from gateway.storage import repository
 from gateway.storage.repository import Repository
@@ -161,3 +161,15 @@ def test_a_document_uploaded_during_the_merge_is_in_the_survivor_s_record(client
     assert document.json()["subject"]["reference"] == f"Patient/{survivor_only(engine)}"
     assert document_ids(client, bearer("patient", patient=MARTIN)) == {martin, document.res_id}
 
+
+def test_a_record_reopened_during_the_merge_is_open_with_no_destruction_pending(client, other, bearer, database,
+                                                                               martin, monkeypatch):
+    """Its closure was looked for under the merged patient, whose it no longer was: the record
+    stayed closed."""
+    engine = database[0]
+    retention.request_destruction(patient_repository(engine))
+    during_a_merge(client, other, bearer, lambda gateway: retention.reopen_record(
+        patient_repository(engine_of(gateway))), monkeypatch)
+    assert retention.record_state(patient_repository(engine)) == (None, None)
+    with engine.connect() as conn:
+        assert conn.execute(select(destruction_requests)).all() == []

@@ -146,3 +146,20 @@ def test_when_both_records_are_to_be_destroyed_the_later_date_holds(client, bear
     with engine.connect() as conn:
         requests = conn.execute(text("SELECT patient_id, due_at FROM destruction_requests")).all()
     assert requests == [(_patient(engine, LEFEVRE).own_patient_id(), "2099-01-01T00:00:00")]
+
+
+def test_a_record_two_closed_records_were_merged_into_reopens(client, bearer, database):
+    """Both patients had closed their record; the merge brought the merged record's closure to the
+    survivor's. Reopening revoked one closure only, and the record stayed closed."""
+    engine = database[0]
+    _feed(client, bearer, ADMIT_MARTIN,
+          ["ADT^A28^ADT_A05", f"PID|1||900000002{IPP}~{LEFEVRE}{INS}||LEFEVRE^CLAIRE^^^^^L||19920823|F"])
+    for ins in (MARTIN, LEFEVRE):
+        retention.request_destruction(_patient(engine, ins))
+    _feed(client, bearer, ["ADT^A40^ADT_A39", f"PID|1||900000002{IPP}~{LEFEVRE}{INS}||LEFEVRE^CLAIRE^^^^^L||19920823|F",
+                           f"MRG|900000001{IPP}"])
+    retention.reopen_record(_patient(engine, LEFEVRE))
+    assert retention.record_state(_patient(engine, LEFEVRE)) == (None, None)
+    answer = client.post("/cda", headers={**XML, **bearer("system", sub="hospital")},
+                         data=sample("cr-hospitalisation-lefevre.xml"))
+    assert answer.status_code == 201, answer.text
