@@ -7,7 +7,8 @@ from __future__ import annotations
 import base64
 import json
 
-from flask import Response, g
+from flask import Response, g, request
+from werkzeug.exceptions import RequestedRangeNotSatisfiable
 
 from gateway.storage.repository import Gone, NotFound, StoredResource
 
@@ -58,7 +59,18 @@ def retrieve(res_id: str) -> Response:
     response = Response(data, status=200, mimetype=content_type)
     for key, value in headers.items():
         response.headers[key] = value
-    return response
+    # A part of the document (Range: bytes=…, 206), so that a client whose download of a large one
+    # broke off goes on from where it stopped. If-Range names the version (the ETag) or the date
+    # the client had: the ETag is weak, but a Binary's bytes never change, only its labels.
+    try:
+        return response.make_conditional(request, accept_ranges=True, complete_length=len(data))
+    except RequestedRangeNotSatisfiable:
+        if request.range is None or request.range.units != "bytes" or len(request.range.ranges) > 1:
+            # Another unit, no range at all, or several (multipart/byteranges, which werkzeug does
+            # not build): ignored, as RFC 9110 lets a server, for the whole document.
+            return response
+        raise FhirError(416, f"the document is {len(data)} bytes long: the range asked for is not in it",
+                        code="invalid", headers={"Content-Range": f"bytes */{len(data)}"}) from None
 
 
 @fhir.get("/Bundle/<res_id>")

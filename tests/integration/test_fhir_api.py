@@ -53,6 +53,45 @@ def test_a_conditional_read_is_answered_304_as_http_compares_versions_and_dates(
     assert {r["conditionalRead"] for r in statement} == {"full-support"}
 
 
+def test_a_part_of_a_document_is_served_as_a_range_asks(client, database):
+    """A client whose download of a large document broke off asks for the rest (Range, RFC 9110
+    14): it got the whole document again. A part is served from the document's bytes, never from
+    the Binary resource."""
+    created = doc(client, database)
+    binary = created["content"][0]["attachment"]["url"].replace("http://gateway.test", "")
+    whole = sample("ldl-ses-martin.xml")
+    size = len(whole)
+    full = client.get(binary)
+    assert full.status_code == 200 and full.headers["Accept-Ranges"] == "bytes" and full.data == whole
+    modified = full.headers["Last-Modified"]
+    for headers, status, part in (
+            ({"Range": "bytes=0-99"}, 206, (0, 99)),
+            ({"Range": "bytes=100-"}, 206, (100, size - 1)),
+            ({"Range": "bytes=-10"}, 206, (size - 10, size - 1)),
+            ({"Range": f"bytes=100-{size * 2}"}, 206, (100, size - 1)),
+            ({"Range": "bytes=0-99", "If-Range": modified}, 206, (0, 99)),
+            ({"Range": "bytes=0-99", "If-Range": "Sat, 01 Jan 2000 00:00:00 GMT"}, 200, None),
+            ({"Range": "bytes=0-99", "If-Range": 'W/"1"'}, 206, (0, 99)),
+            ({"Range": "bytes=0-99", "If-Range": 'W/"2"'}, 200, None),
+            ({"Range": "bytes=0-9,20-29"}, 200, None),
+            ({"Range": "lines=0-9"}, 200, None),
+            ({"Range": "bytes=9-0"}, 200, None),
+            ({"Range": "bytes=0-99", "Accept": "application/fhir+json"}, 200, None)):
+        answer = client.get(binary, headers=headers)
+        assert answer.status_code == status, (headers, answer.status_code, answer.data[:200])
+        assert answer.headers["ETag"] == 'W/"1"'
+        if part is None:
+            assert "Content-Range" not in answer.headers
+            continue
+        first, last = part
+        assert answer.data == whole[first:last + 1] and answer.headers["Content-Length"] == str(last + 1 - first)
+        assert answer.headers["Content-Range"] == f"bytes {first}-{last}/{size}"
+    past_the_end = client.get(binary, headers={"Range": f"bytes={size}-"})
+    assert past_the_end.status_code == 416 and past_the_end.headers["Content-Range"] == f"bytes */{size}"
+    assert past_the_end.json["resourceType"] == "OperationOutcome"
+    assert past_the_end.json["issue"][0]["diagnostics"].startswith(f"the document is {size} bytes long")
+
+
 @pytest.mark.parametrize("query, accept, answered", [
     ("", "application/fhir+json", "json"),
     ("", "application/json", "json"),
