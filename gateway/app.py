@@ -5,7 +5,7 @@ import logging
 import time
 import uuid
 
-from flask import Flask, g, request
+from flask import Flask, Response, g, request
 from flask_cors import CORS
 from sqlalchemy import Engine
 from werkzeug.exceptions import HTTPException, NotFound
@@ -30,13 +30,21 @@ from gateway.http.slow_clients import StalledBodies
 from gateway.logs import request_id
 from gateway.space import init_space
 from gateway.storage import search
-from gateway.storage.database import RETRY_AFTER_SECONDS, failure_reason, make_engine, unavailable
+from gateway.storage.database import RETRY_AFTER_SECONDS, failure_reason, make_engine, no_room, unavailable
 from gateway.storage.repository import Repository
 
 log = logging.getLogger(__name__)
 
 HTTP_ISSUE_CODES = {400: "invalid", 404: "not-found", 405: "not-supported", 406: "not-supported",
                     408: "timeout", 413: "too-costly", 415: "not-supported"}
+
+
+def _try_again_later(diagnostics: str) -> Response:
+    """A failure of the moment, not of the request: 503 with Retry-After."""
+    response = fhir_response(operation_outcome([{"severity": "error", "code": "transient",
+                                                 "diagnostics": diagnostics}]), 503)
+    response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
 
 
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> Flask:
@@ -121,10 +129,11 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     def internal_error(error: Exception):
         if unavailable(error):
             log.warning("database unavailable", extra={"path": request.path, "reason": failure_reason(error)})
-            issue = {"severity": "error", "code": "transient", "diagnostics": "the database is unavailable: try again"}
-            response = fhir_response(operation_outcome([issue]), 503)
-            response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
-            return response
+            return _try_again_later("the database is unavailable: try again")
+        if no_room(error):
+            # A temporary file's disk (TMPDIR): a body decoded, a form's file, a record's copy.
+            log.warning("no room left on a disk", extra={"path": request.path, "reason": error.strerror})
+            return _try_again_later("the gateway has no room left on its disk for this request: try again later")
         log.exception("unhandled error")
         issue = {"severity": "fatal", "code": "exception",
                  "diagnostics": f"internal error; quote request id {g.get('request_id')}"}

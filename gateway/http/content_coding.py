@@ -11,6 +11,7 @@ uncompressed body would.
 """
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import zlib
 
@@ -33,8 +34,34 @@ def decode_request_body(request: Request) -> None:
     if coding not in ("gzip", "x-gzip", "deflate"):
         raise FhirError(415, f"Content-Encoding {coding!r} is not supported: send the body as it is, or coded "
                              f"with one of {SUPPORTED}", code="not-supported", headers={"Accept-Encoding": SUPPORTED})
-    limit = request.max_content_length
     decoded = tempfile.SpooledTemporaryFile(max_size=IN_MEMORY)
+    try:
+        size = _decode(request, coding, decoded)
+        if size is None:
+            return   # no body: nothing to decode (a GET whose client sets the header on every request)
+        decoded.seek(0)   # which writes out what the file's buffer still holds
+    except BaseException:
+        # With no room left on its disk (the app answers 503), the file's buffer cannot be written
+        # out when it is closed: it is closed all the same (left to the collector, it said so on
+        # stderr).
+        with contextlib.suppress(OSError):
+            decoded.close()
+        raise
+    environ = request.environ
+    environ["wsgi.input"] = decoded
+    environ["CONTENT_LENGTH"] = str(size)
+    # The body is now of a known length, neither coded nor chunked.
+    for framing in ("HTTP_CONTENT_ENCODING", "HTTP_TRANSFER_ENCODING", "wsgi.input_terminated"):
+        environ.pop(framing, None)
+    # werkzeug keeps the stream and the length it read first; they are read again from the environ.
+    for read_before in ("stream", "content_length"):
+        request.__dict__.pop(read_before, None)
+
+
+def _decode(request: Request, coding: str, decoded) -> int | None:
+    """Decodes the body into `decoded`, within the endpoint's limit; its decoded size, None without
+    a body."""
+    limit = request.max_content_length
     size = 0
     decoder = None
     while chunk := request.stream.read(PART):
@@ -59,19 +86,10 @@ def decode_request_body(request: Request) -> None:
                 if chunk:
                     decoder = _decoder(coding, chunk)   # gzip allows members one after another (RFC 1952 §2.2)
     if decoder is None:
-        return   # no body: nothing to decode (a GET whose client sets the header on every request)
+        return None
     if not decoder.eof:
         raise FhirError(400, f"the body ends before its {coding} data does", code="incomplete")
-    decoded.seek(0)
-    environ = request.environ
-    environ["wsgi.input"] = decoded
-    environ["CONTENT_LENGTH"] = str(size)
-    # The body is now of a known length, neither coded nor chunked.
-    for framing in ("HTTP_CONTENT_ENCODING", "HTTP_TRANSFER_ENCODING", "wsgi.input_terminated"):
-        environ.pop(framing, None)
-    # werkzeug keeps the stream and the length it read first; they are read again from the environ.
-    for read_before in ("stream", "content_length"):
-        request.__dict__.pop(read_before, None)
+    return size
 
 
 def _decoder(coding: str, head: bytes):

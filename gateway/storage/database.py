@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -285,6 +286,12 @@ def accepts_writes(engine: Engine, seconds: float = 2.0) -> None:
 def disk_room(database: str | Path) -> int:
     """The bytes free on the disk of a SQLite database's file."""
     return shutil.disk_usage(Path(database).resolve().parent).free
+
+
+def no_room(failure: BaseException) -> bool:
+    """Whether a file's write failed for want of room: its disk is full (ENOSPC), or the account's
+    quota on it is reached (EDQUOT). A temporary file's (TMPDIR) is a refusal to try again later."""
+    return isinstance(failure, OSError) and failure.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def version(engine: Engine) -> str:

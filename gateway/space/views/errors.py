@@ -12,7 +12,7 @@ from gateway.access import AccessRefused
 from gateway.fhir.responses import FhirError
 from gateway.refusal import Refused
 from gateway.space import space
-from gateway.storage.database import RETRY_AFTER_SECONDS, failure_reason, unavailable
+from gateway.storage.database import RETRY_AFTER_SECONDS, failure_reason, no_room, unavailable
 from gateway.storage.repository import Gone, NotFound
 from gateway.storage.search import SearchError
 
@@ -85,6 +85,11 @@ def undecoded_body(error: FhirError):
     return status_page(error.status) + (error.headers,)
 
 
+def _try_again_later(message: str):
+    page = render_template("error.html", title="Service momentanément indisponible", message=message)
+    return page, 503, {"Retry-After": str(RETRY_AFTER_SECONDS)}
+
+
 def status_page(status: int) -> tuple[str, int]:
     title, message = HTTP_MESSAGES.get(status, ("Erreur", "Le service n'a pas pu répondre à cette demande."))
     return render_template("error.html", title=title, message=message), status
@@ -96,9 +101,11 @@ def internal_error(error: Exception):
         return http_error(error)
     if unavailable(error):
         log.warning("patient space: database unavailable", extra={"reason": failure_reason(error)})
-        page = render_template("error.html", title="Service momentanément indisponible",
-                               message="Le service n'a pas pu répondre. Réessayez dans un moment.")
-        return page, 503, {"Retry-After": str(RETRY_AFTER_SECONDS)}
+        return _try_again_later("Le service n'a pas pu répondre. Réessayez dans un moment.")
+    if no_room(error):
+        # A temporary file's disk (TMPDIR): a form's file, a record's copy.
+        log.warning("patient space: no room left on a disk", extra={"reason": error.strerror})
+        return _try_again_later("Le service manque de place pour traiter cette demande. Réessayez plus tard.")
     log.exception("patient space error")
     return render_template("error.html", title="Erreur du service",
                            message="Le service n'a pas pu répondre. Réessayez dans un moment."), 500

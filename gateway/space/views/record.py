@@ -2,6 +2,7 @@
 and reopening it, asking for its destruction."""
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from datetime import datetime, timezone
 
@@ -63,11 +64,14 @@ def record_copy():
     try:
         export.write_export(g.repository, settings.fhir_base, settings.export_key.read_bytes(),
                             settings.export_cert.read_bytes(), copy)
+        size = copy.tell()
+        copy.seek(0)   # which writes out what the file's buffer still holds
     except BaseException:
-        copy.close()
+        # With no room left on its disk (the space answers 503), the file's buffer cannot be
+        # written out when it is closed: it is closed all the same.
+        with contextlib.suppress(OSError):
+            copy.close()
         raise
-    size = copy.tell()
-    copy.seek(0)
     # Sent as it is read, the file closed once sent; with its length, which a browser shows the
     # download's progress by, and the space's `no-store` (send_file's `no-cache` would have
     # replaced it).
