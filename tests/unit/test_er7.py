@@ -76,6 +76,14 @@ def test_a_hex_escape_of_a_nul_is_refused_as_a_nul(value, nul):
         parsed.require_header()
 
 
+@pytest.mark.parametrize("envelope", [["FHS|^~\\&|GAM|CH", "BHS|^~\\&|GAM|CH"], ["BHS|^~\\&|GAM|CH"]])
+def test_a_batch_sent_as_one_message_is_refused_saying_how_to_send_it(envelope):
+    batch = "\r".join([*envelope, message("", "EVN||20260101").strip("\r"), "BTS|1", "FTS|1"])
+    with pytest.raises(MessageRejected, match="send each of its messages alone") as refused:
+        Message(batch, "")
+    assert refused.value.location == "MSH^1"
+
+
 def test_a_refusal_names_the_segment_by_its_occurrence_and_the_field():
     """ERR-2 (ERL): segment, its occurrence among segments of that name, field; not its place."""
     with pytest.raises(MessageRejected) as nul:
