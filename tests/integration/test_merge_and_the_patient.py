@@ -19,19 +19,14 @@ from gateway.storage import repository
 from gateway.storage.repository import Repository
 from gateway.storage.schema import destruction_requests, resources
 
+from test_hl7v2_feed import adt
+
 MARTIN = "185067511204554"
 INTERNIST = "899900000012"
 FHIR = {"Content-Type": "application/fhir+json"}
-IPP = "^^^CH-SAINT-AUBIN&1.2.250.1.213.1.1.9.1001&ISO^PI"
-INS = "^^^ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.10&ISO^INS"
 # Paul Martin's record merged into a new patient's, which takes his INS.
-MERGE_MARTIN = ["ADT^A40^ADT_A39", f"PID|1||900000090{IPP}||MARTIN^PAUL^^^^^L||19850612|M",
-                f"MRG|{MARTIN}{INS}"]
-
-
-def hl7v2(control: str, segments: list[str]) -> bytes:
-    return ("\r".join([f"MSH|^~\\&|GAM|CH-SAINT-AUBIN|GW|DMP|20260310080000||{segments[0]}|{control}|P|2.5^FRA^2.11"
-                       "|||||FRA|UNICODE UTF-8", "EVN||20260310080000", *segments[1:]]) + "\r").encode()
+MERGE_MARTIN = adt("A40", "MERGE", "PID|1||900000090^^^CH-SAINT-AUBIN&1.2.250.1.213.1.1.9.1001&ISO^PI||MARTIN^PAUL"
+                   "^^^^^L||19850612|M", f"MRG|{MARTIN}^^^ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.10&ISO^INS")
 
 
 def patient_repository(engine) -> Repository:
@@ -50,11 +45,11 @@ def document_ids(client, headers) -> set[str]:
     return {e["resource"]["id"] for e in response.json.get("entry", [])}
 
 
-def during_a_merge(client, other, bearer, act, monkeypatch) -> str:
+def during_a_merge(client, other, bearer, act, monkeypatch):
     """Merge Paul Martin's record (A40, posted to `client`) and, once the merge has moved it but
-    before it commits, start `act`; hold the merge until `act` has looked the record up, as it does
-    before its unit of work begins (`Repository.own_patient_id`). `other`: another gateway on
-    PostgreSQL, where the two transactions overlap. The merge's ACK code."""
+    before it commits, start `act(other)`; hold the merge until `act` has looked the record up, as
+    it does before its unit of work begins (`Repository.own_patient_id`). `other`: another gateway
+    on PostgreSQL, where the two transactions overlap. What `act` returned, once the merge is AA."""
     moved, release, looked = threading.Event(), threading.Event(), threading.Event()
     move, look = repository.UnitOfWork.move_rest_of_record, repository.Repository.own_patient_id
 
@@ -80,7 +75,7 @@ def during_a_merge(client, other, bearer, act, monkeypatch) -> str:
             failures.append(failure)
 
     merging = threading.Thread(target=run, args=("merge", lambda: client.post(
-        "/hl7v2", headers=feeder, data=hl7v2("MERGE", MERGE_MARTIN)).data))
+        "/hl7v2", headers=feeder, data=MERGE_MARTIN).data))
     acting = threading.Thread(target=run, args=("act", lambda: act(other)))
     try:
         merging.start()
