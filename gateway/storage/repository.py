@@ -990,10 +990,8 @@ class UnitOfWork:
 
     def closures(self, patient_id: str) -> list[StoredResource]:
         """The active Consents that close the record: two after the merge of two closed records."""
-        consent_ids = self.conn.execute(select(access_rules.c.consent_id).where(
-            access_rules.c.patient_id == patient_id, access_rules.c.kind == "record",
-            access_rules.c.effect == "deny")).scalars().all()
-        return [self.current("Consent", consent_id) for consent_id in consent_ids]
+        rows = sql.CLOSURES.execute(self.conn, {"key_patient": patient_id}).fetchall()
+        return [self.current("Consent", consent_id) for consent_id, in rows]
 
     def reveal_audit_of(self, reference: str, hidden_from_patient: bool, hidden_from_representatives: bool) -> None:
         """AuditEvents about a document stop hiding it from those who may now see the document."""

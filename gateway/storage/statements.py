@@ -223,10 +223,13 @@ PATIENT_RECORD = Prebuilt(select(resources.c.patient_id).where(
 # A Consent's rules, replaced with each of its versions.
 DELETE_RULES = Prebuilt(delete(access_rules).where(access_rules.c.consent_id == bindparam("key_consent")))
 INSERT_RULES = Prebuilt(insert(access_rules))
-# A closed record: an active `record` Consent denies.
-RECORD_CLOSED = Prebuilt(select(access_rules.c.consent_id).where(
+# The Consents that close a record (an active `record` Consent denies): whether there is one, and
+# each of them (two after the merge of two closed records).
+_CLOSURES = select(access_rules.c.consent_id).where(
     access_rules.c.patient_id == bindparam("key_patient"), access_rules.c.kind == "record",
-    access_rules.c.effect == "deny").limit(1))
+    access_rules.c.effect == "deny")
+RECORD_CLOSED = Prebuilt(_CLOSURES.limit(1))
+CLOSURES = Prebuilt(_CLOSURES)
 # "A document was added to your record", queued once per document.
 QUEUE_NOTIFICATION = Prebuilt(text("INSERT INTO notifications (docref_id, patient_id, queued_at) "
                                    "VALUES (:docref_id, :patient_id, :queued_at) ON CONFLICT (docref_id) DO NOTHING"))
