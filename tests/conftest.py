@@ -269,6 +269,15 @@ def free_port() -> int:
 
 
 @pytest.fixture
+def full_temporary_disk(monkeypatch):
+    """Temporary files (TMPDIR) on a full disk: each write refused by the kernel for want of room
+    (ENOSPC), through Python's buffered file, when its buffer is written out, as on a real one.
+    Called, it gives the room back."""
+    monkeypatch.setattr(tempfile, "TemporaryFile", lambda *args, **kwargs: open("/dev/full", "w+b"))
+    return monkeypatch.undo
+
+
+@pytest.fixture
 def live_server(settings, database):
     """The app served over real HTTP on loopback (threaded WSGI server)."""
     from werkzeug.serving import make_server

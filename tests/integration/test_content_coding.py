@@ -4,7 +4,6 @@ each endpoint's limit, before any endpoint reads them."""
 import gzip
 import hashlib
 import json
-import tempfile
 import zlib
 
 import pytest
@@ -130,7 +129,7 @@ def test_a_small_body_that_decodes_past_the_limit_is_refused_at_the_limit(live_s
 
 
 def test_a_body_there_is_no_room_to_decode_is_refused_for_now_and_taken_later(live_server, database, bearer,
-                                                                             monkeypatch):
+                                                                             full_temporary_disk):
     """A body decoded past 1 MiB goes to a temporary file: where those go was full, and the client
     got a 500. Now a 503 with Retry-After, nothing kept; sent again once there is room, it is taken."""
     base, doctor = live_server.public_base_url, bearer("doctor", sub=GP)
@@ -139,10 +138,8 @@ def test_a_body_there_is_no_room_to_decode_is_refused_for_now_and_taken_later(li
     body = gzip.compress(large)
     send = lambda: requests.post(f"{base}/cda", data=body, timeout=60, headers={  # noqa: E731
         **doctor, "Content-Type": "application/xml", "Content-Encoding": "gzip"})
-    # Each write refused by the kernel for want of room (ENOSPC), through Python's buffered file.
-    with monkeypatch.context() as full:
-        full.setattr(tempfile, "TemporaryFile", lambda *args, **kwargs: open("/dev/full", "w+b"))
-        answer = send()
+    answer = send()
+    full_temporary_disk()   # room again
     outcome(answer, 503, "transient", "no room left on its disk")
     assert answer.headers["Retry-After"].isdigit()
     assert stored(database[0]) == (0, 0)

@@ -3,7 +3,6 @@ what each page reads and leaves in the trail, and the record's closure and destr
 import base64
 import json
 import re
-import tempfile
 import zipfile
 from datetime import datetime, timedelta, timezone
 from io import BytesIO
@@ -397,19 +396,18 @@ def test_the_copy_holds_the_record_and_its_signature_covers_every_file(app, sett
     assert {"bundle.json", "manifest.xml"} <= set(names) and sum(n.startswith("documents/") for n in names) == 2
 
 
-def test_a_copy_or_an_upload_the_server_has_no_room_to_write_is_told_not_failed(app, settings, record, monkeypatch):
+def test_a_copy_or_an_upload_the_server_has_no_room_to_write_is_told_not_failed(app, settings, record,
+                                                                                 full_temporary_disk):
     """The record's copy is written to a temporary file before it is sent, and an uploaded file past
     500 KB is kept in one while the form is read: where those go was full, and the patient got the
     500 page, "Erreur du service"."""
     browser = sign_in(app, settings)
     form = {"csrf_token": csrf(browser.get("/espace-personnel").text), "titre": "Compte rendu", "type": "51855-5",
             "fichier": (BytesIO(b"%PDF-1.4\n" + b"0" * (600 << 10) + b"\n%%EOF\n"), "compte-rendu.pdf")}
-    # Each write refused by the kernel for want of room (ENOSPC), through Python's buffered file.
-    monkeypatch.setattr(tempfile, "TemporaryFile", lambda *args, **kwargs: open("/dev/full", "w+b"))
     for answer in (browser.get("/dossier/copie.zip"), browser.post("/espace-personnel/documents", data=form)):
         assert answer.status_code == 503 and answer.headers["Retry-After"].isdigit(), answer.text[:300]
         assert "Le service manque de place pour traiter cette demande. Réessayez plus tard." in answer.text
-    monkeypatch.undo()
+    full_temporary_disk()   # room again
     assert browser.get("/dossier/copie.zip").status_code == 200
 
 
