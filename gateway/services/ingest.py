@@ -142,16 +142,19 @@ def ingest(repo: Repository, received: Received, permission: Write, prepare: Cal
 
     try:
         prepared = prepare()
-        try:
-            written = repo.write(unit, permission, alone=alone)
-        except AlreadyHandled:
-            if not kept_here:
-                raise
-            # Another attempt at the same document took up its copy and claimed it first (a client
-            # that timed out sent it again while this attempt was at work): this one is kept as a
-            # copy of its own.
-            raw_id = repo.write(lambda uow: uow.copy_raw(raw_id), permission)
-            written = repo.write(unit, permission, alone=alone)
+        while True:
+            try:
+                written = repo.write(unit, permission, alone=alone)
+                break
+            except AlreadyHandled:
+                if not kept_here:
+                    raise
+                # Another attempt at the same document took up its copy and claimed it first (a
+                # client that timed out sent it again while this attempt was at work): this one is
+                # kept as a copy of its own, which a third attempt may take up in turn. Each turn is
+                # lost to an attempt that found the copy of the turn before: there are no more turns
+                # than attempts at the same document sent meanwhile.
+                raw_id = repo.write(lambda uow: uow.copy_raw(raw_id), permission)
     except AlreadyHandled:
         raise
     except Refused as refusal:
