@@ -39,6 +39,10 @@ SQLITE_VERSION = sqlite.sqlite_version
 # each run spent 3.8–4.0 ms of CPU under SQLite's write lock instead of 3.2–3.3. A statement kept
 # costs about 7 KB.
 SQLITE_PREPARED_STATEMENTS = 512
+# How long a SQLite connection serves before it is replaced: it reads the planner's statistics when
+# it opens, and never again. A new one opens in about 0.4 ms and prepares its statements again as it
+# meets them (0.6 ms more for an ADT^A28's).
+SQLITE_CONNECTION_SECONDS = 600
 
 
 class UnsupportedDatabase(RuntimeError):
@@ -68,7 +72,11 @@ def make_engine(url: str) -> Engine:
             except OSError as failure:   # a traceback, for a GATEWAY_VAR_DIR mistyped or not writable
                 raise UnsupportedDatabase(f"the SQLite database's folder {file.parent} cannot be made: "
                                           f"{failure.strerror}") from None
+        # A connection plans with the statistics it read when it opened, whoever took newer ones
+        # (analyse_grown_tables): each is replaced once SQLITE_CONNECTION_SECONDS old, a file's only
+        # (an in-memory database would be lost with it).
         engine = create_engine(url, module=sqlite, hide_parameters=True,
+                               pool_recycle=SQLITE_CONNECTION_SECONDS if file is not None else -1,
                                connect_args={"check_same_thread": False, "timeout": 30,
                                              "cached_statements": SQLITE_PREPARED_STATEMENTS})
         _configure_sqlite(engine)
@@ -117,6 +125,8 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
+        # An ANALYZE samples each index (quick on a large file) and gives plans as good as a full one.
+        cursor.execute("PRAGMA analysis_limit=1000")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -323,10 +333,25 @@ def refresh_statistics(engine: Engine) -> None:
             _analyse_if_never_analysed(engine)
             return
         with engine.connect() as conn:
-            conn.exec_driver_sql("PRAGMA analysis_limit=1000")  # sampled: quick even on large files
             conn.exec_driver_sql("ANALYZE")
             conn.commit()
     except OperationalError as failure:
+        log.warning("the database's statistics were not refreshed", extra={"reason": failure_reason(failure)})
+
+
+def analyse_grown_tables(engine: Engine) -> None:
+    """SQLite: the statistics of each table whose size changed tenfold since they were taken, or
+    that was empty then, taken again (`PRAGMA optimize`). A gateway started on a new database kept
+    the statistics of its start, its tables empty or holding the demo, for as long as it ran: at
+    100,000 documents a patient's search planned with them took 35–40 ms, 12–16 ms with fresh ones.
+    When nothing grew, the check costs about 0.1 ms. PostgreSQL's autovacuum analyses the tables
+    that changed. The units whose commit led here are committed: a failure is said, not raised."""
+    if not is_sqlite(engine):
+        return
+    try:
+        with write_transaction(engine) as conn:
+            conn.exec_driver_sql("PRAGMA optimize=0x10002")   # 0x10000: every table, not only those this connection read
+    except (DBAPIError, sqlite.Error, OSError) as failure:
         log.warning("the database's statistics were not refreshed", extra={"reason": failure_reason(failure)})
 
 

@@ -405,3 +405,55 @@ def test_a_unit_alone_whose_identifier_another_writer_claimed_runs_again_in_a_ne
     with read_connection(engine) as conn:
         assert conn.execute(text("SELECT count(*) FROM unique_identifiers WHERE value = 'taken'")).scalar_one() == 0
     assert verify_chain(engine).entries == 1
+
+
+def resources_analysed(engine) -> tuple[int | None, int]:
+    """How many rows SQLite's statistics say `resources` holds, as the planner reads them, and how
+    many it holds."""
+    with read_connection(engine) as conn:
+        stat = conn.execute(text("SELECT stat FROM sqlite_stat1 WHERE idx = 'sqlite_autoindex_resources_1'")).scalar()
+        rows = conn.execute(select(func.count()).select_from(resources)).scalar_one()
+    return (int(stat.split()[0]) if stat else None), rows
+
+
+def test_sqlite_s_statistics_are_taken_again_once_a_table_has_grown_tenfold(database, backend, monkeypatch):
+    """A gateway started on a new database planned its searches with the statistics its start took
+    of empty tables, for as long as it ran: at 100,000 documents a patient's search took 35–40 ms
+    where 12–16 ms with fresh ones. Every UNITS_BETWEEN_STATISTICS units, the process looks."""
+    if backend != "sqlite":
+        pytest.skip("PostgreSQL's autovacuum analyses the tables that change")
+    engine = database[0]
+    monkeypatch.setattr(commits, "UNITS_BETWEEN_STATISTICS", 10)
+    repo = Repository(engine, AccessContext.system("test"), "http://test")
+    assert resources_analysed(engine) == (None, 0)   # empty when the migration analysed it
+    for n in range(9):
+        repo.write(lambda uow, n=n: uow.save(organization(n)), Write.FEED)
+    assert resources_analysed(engine) == (None, 18)   # each Organization and its AuditEvent
+    repo.write(lambda uow: uow.save(organization(9)), Write.FEED)
+    assert resources_analysed(engine) == (20, 20)
+    for n in range(10, 20):   # twice as many, not ten times: the statistics stand
+        repo.write(lambda uow, n=n: uow.save(organization(n)), Write.FEED)
+    assert resources_analysed(engine) == (20, 40)
+
+
+def test_a_sqlite_connection_is_replaced_once_ten_minutes_old_to_read_newer_statistics(database, backend, monkeypatch):
+    """A connection reads the planner's statistics when it opens, never again: the pool's would have
+    planned with the first ones for as long as the gateway ran."""
+    if backend != "sqlite":
+        pytest.skip("PostgreSQL's plans read the statistics as they are")
+    from sqlalchemy.pool import base as pool_base
+
+    engine = database[0]
+    with engine.connect() as conn:
+        first = conn.connection.dbapi_connection
+    with engine.connect() as conn:
+        assert conn.connection.dbapi_connection is first   # the pool's, for now
+
+    class TenMinutesLater:
+        @staticmethod
+        def time():
+            return time.time() + 601
+
+    monkeypatch.setattr(pool_base, "time", TenMinutesLater)
+    with engine.connect() as conn:
+        assert conn.connection.dbapi_connection is not first
