@@ -13,7 +13,8 @@ HL7_CODES = {409: "205", 404: "204"}
 
 class Refused(Exception):
     def __init__(self, reason: str, *, location: str | None = None, status: int = 422, code: str = "invalid",
-                 hl7_code: str | None = None, ack_code: str = "AE", patient_text: str | None = None):
+                 hl7_code: str | None = None, ack_code: str = "AE", patient_text: str | None = None,
+                 record: str | None = None):
         super().__init__(reason)
         self.reason = reason
         self.location = location
@@ -22,6 +23,9 @@ class Refused(Exception):
         self.hl7_code = hl7_code or HL7_CODES.get(status, "207")
         self.ack_code = ack_code
         self.patient_text = patient_text
+        # The record (Patient/id) an input was refused for, known once the input was read (a closed
+        # record): the refused raw copy, which holds the patient's data, is destroyed with it.
+        self.record = record
 
     def __str__(self) -> str:
         return f"{self.location}: {self.reason}" if self.location else self.reason
@@ -29,7 +33,8 @@ class Refused(Exception):
     def at(self, location: str, reason: str | None = None) -> "Refused":
         """The same refusal told at another location (the HL7v2 field that carried a document)."""
         return Refused(reason or self.reason, location=location, status=self.status, code=self.code,
-                       hl7_code=self.hl7_code, ack_code=self.ack_code, patient_text=self.patient_text)
+                       hl7_code=self.hl7_code, ack_code=self.ack_code, patient_text=self.patient_text,
+                       record=self.record)
 
     def summary(self) -> dict:
         """What the raw input records of it."""

@@ -180,10 +180,11 @@ def check_record_open(uow: UnitOfWork, patient_id: str, location: str) -> None:
     """A record takes a new document unless it is closed or its patient opposed feeding it."""
     if uow.record_closed(patient_id):
         raise Refused("the patient's record is closed: it accepts no new document", location=location,
-                              status=422, code="business-rule")
+                      status=422, code="business-rule", record=f"Patient/{patient_id}")
     if feeding_refused(feeding_consent(uow, patient_id)):
         raise Refused("the patient opposed feeding the shared record, or the record is closed (ZFA): "
-                              "the document is not registered", location=location, status=422, code="business-rule")
+                      "the document is not registered", location=location, status=422, code="business-rule",
+                      record=f"Patient/{patient_id}")
 
 
 def _patient(uow: UnitOfWork, parsed: ParsedCda, produced: list[str]) -> str:

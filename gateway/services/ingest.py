@@ -159,6 +159,8 @@ def ingest(repo: Repository, received: Received, permission: Write, prepare: Cal
         raise
     except Refused as refusal:
         outcome, ack = record_refusal(refusal)
+        if refusal.record is not None:
+            outcome = {**outcome, "record": refusal.record}
         repo.write(lambda uow: uow.record_outcome(raw_id, "refused", outcome, ack=ack), Write.RECORD)
         metrics.observe_ingest(received.channel, "refused", started)
         log.info("input refused", extra={"raw_id": raw_id, "channel": received.channel,

@@ -89,7 +89,7 @@ def add_document(repo: Repository, *, title: str, type_code: str, media_type: st
         patient_id = own_record(uow)
         if uow.record_closed(patient_id):
             raise Refused("the record is closed: it accepts no new document", location="subject",
-                          status=422, code="business-rule",
+                          status=422, code="business-rule", record=f"Patient/{patient_id}",
                           patient_text="le dossier est fermé : il n'accepte aucun nouveau document. "
                                        "Rouvrez-le depuis la page « Mon dossier » pour en ajouter.")
         stored = _register(uow, repo, patient_id, named, type_code, media_type, data, digests, file_name)

@@ -6,12 +6,14 @@ its resources of the whole of `raw_inputs` (a `LIKE '%…%'` each): destroying a
 documents, among 6,000, held the write lock 69 s, every ingest waiting (2.4 s now)."""
 from datetime import datetime, timedelta, timezone
 
+import pytest
 from sqlalchemy import event, func, select, text
 
-from conftest import sample
+from conftest import ROOT, sample
 from gateway.access.audit import verify_chain
 from gateway.access.context import AccessContext
-from gateway.services import retention
+from gateway.refusal import Refused
+from gateway.services import personal, retention
 from gateway.storage.repository import Repository
 from gateway.storage.schema import blobs, raw_inputs, resources
 
@@ -163,3 +165,35 @@ def test_a_record_two_closed_records_were_merged_into_reopens(client, bearer, da
     answer = client.post("/cda", headers={**XML, **bearer("system", sub="hospital")},
                          data=sample("cr-hospitalisation-lefevre.xml"))
     assert answer.status_code == 201, answer.text
+
+
+def test_documents_refused_for_the_closed_record_are_destroyed_with_it(client, bearer, database):
+    """A closed record refuses new documents; their raw copies, which hold the patient's names,
+    identifiers and reports, outlived the record's destruction. Those refused for another reason
+    name no record, and stay."""
+    engine = database[0]
+    system = {**XML, **bearer("system", sub="hospital")}
+    assert client.post("/cda", headers=system, data=sample("ldl-ses-martin.xml")).status_code == 201
+    patient = _patient(engine, MARTIN)
+    retention.close_record(patient)
+    retention.request_destruction(patient)
+    closed = client.post("/cda", headers=system, data=sample("cr-biologie-martin.xml"))
+    assert closed.status_code == 422 and "record is closed" in closed.text
+    oru = (ROOT / "samples" / "hl7v2" / "oru-r01-cr-biologie-martin.hl7").read_bytes()
+    feeder = {"Content-Type": "x-application/hl7-v2+er7", **bearer("system", sub="LABO CH-SAINT-AUBIN")}
+    answer = client.post("/hl7v2", headers=feeder, data=oru)
+    assert b"MSA|AE" in answer.data and b"record is closed" in answer.data, answer.data
+    with pytest.raises(Refused, match="closed"):
+        personal.add_document(patient, title="Mes directives", type_code=personal.ADVANCE_DIRECTIVES,
+                              media_type="text/plain", data=b"Pas d'acharnement.", max_bytes=1 << 20)
+    unrelated = client.post("/cda", headers=system, data=(ROOT / "samples" / "invalid" / "missing-author.xml").read_bytes())
+    assert unrelated.status_code == 422
+    with engine.connect() as conn:
+        refused = conn.execute(select(raw_inputs.c.id, raw_inputs.c.sha256).where(
+            raw_inputs.c.status == "refused").order_by(raw_inputs.c.id)).all()
+    assert len(refused) == 4
+    [destroyed] = retention.carry_out(engine, datetime.now(timezone.utc) + timedelta(days=3660))
+    assert destroyed.raw_inputs == 4   # the document stored, and the three refused for the record
+    with engine.connect() as conn:
+        assert conn.execute(select(raw_inputs.c.id)).scalars().all() == [refused[-1].id]
+        assert set(conn.execute(select(blobs.c.sha256)).scalars()) == {refused[-1].sha256}
