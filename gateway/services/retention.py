@@ -4,8 +4,8 @@ A closed record (an active `record` Consent with provision deny) is kept RETENTI
 its closure (CSP R1111-46 as summarised in the reference: ten years), then destroyed if the
 patient requested it. `gateway retention` carries out the requests that are due: every resource of
 the record, their versions, index rows, identifiers, rules, document bytes and the raw inputs that
-carried them, or that were refused for it, are deleted. The AuditEvents stay: they name resources, hold no content, and the
-hash chain that proves the trail intact runs through them.
+carried them, or that were refused for it, are deleted. The AuditEvents stay: they name resources,
+hold no content, and the hash chain that proves the trail intact runs through them.
 """
 from __future__ import annotations
 
