@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from sqlalchemy import event, func, select, text
+from sqlalchemy import Connection, event, func, select, text
 from sqlalchemy.exc import IntegrityError
 
 from gateway import metrics
@@ -457,3 +457,28 @@ def test_a_sqlite_connection_is_replaced_once_ten_minutes_old_to_read_newer_stat
     monkeypatch.setattr(pool_base, "time", TenMinutesLater)
     with engine.connect() as conn:
         assert conn.connection.dbapi_connection is not first
+
+
+def test_statistics_that_fail_leave_the_committed_unit_s_answer_as_it_was(database, backend, monkeypatch, caplog):
+    """The look at the statistics comes after the batch's commit: a failure there told the unit's
+    caller of a failure (an ACK AE, a 500) for what was committed."""
+    if backend != "sqlite":
+        pytest.skip("PostgreSQL's statistics are autovacuum's")
+    engine = database[0]
+    monkeypatch.setattr(commits, "UNITS_BETWEEN_STATISTICS", 1)
+    repo = Repository(engine, AccessContext.system("test"), "http://test")
+
+    def failing(self, statement, *args, **kwargs):
+        if "optimize" in statement:
+            raise ValueError("a bug in the look")
+        return original(self, statement, *args, **kwargs)
+
+    def work(uow):
+        uow.save(organization(1))
+        return "committed"
+
+    original = Connection.exec_driver_sql
+    monkeypatch.setattr(Connection, "exec_driver_sql", failing)
+    assert repo.write(work, Write.FEED) == "committed"
+    assert stored_ids(engine) == {"org-1"}
+    assert "the database's statistics were not refreshed" in caplog.text
