@@ -2,6 +2,7 @@
 rolled back alone; each caller gets its answer only once its data is committed; the audit chain
 verifies after concurrent batches."""
 import fcntl
+import logging
 import os
 import threading
 import time
@@ -416,7 +417,7 @@ def resources_analysed(engine) -> tuple[int | None, int]:
     return (int(stat.split()[0]) if stat else None), rows
 
 
-def test_sqlite_s_statistics_are_taken_again_once_a_table_has_grown_tenfold(database, backend, monkeypatch):
+def test_sqlite_s_statistics_are_taken_again_once_a_table_has_grown_tenfold(database, backend, monkeypatch, caplog):
     """A gateway started on a new database planned its searches with the statistics its start took
     of empty tables, for as long as it ran: at 100,000 documents a patient's search took 35–40 ms
     where 12–16 ms with fresh ones. Every UNITS_BETWEEN_STATISTICS units, the process looks."""
@@ -429,11 +430,16 @@ def test_sqlite_s_statistics_are_taken_again_once_a_table_has_grown_tenfold(data
     for n in range(9):
         repo.write(lambda uow, n=n: uow.save(organization(n)), Write.FEED)
     assert resources_analysed(engine) == (None, 18)   # each Organization and its AuditEvent
+    caplog.set_level(logging.INFO, logger="gateway.storage.database")
     repo.write(lambda uow: uow.save(organization(9)), Write.FEED)
     assert resources_analysed(engine) == (20, 20)
+    [said] = [r for r in caplog.records if r.getMessage() == "statistics taken again of tables grown tenfold"]
+    assert "resources" in said.tables.split(", ")   # the operator is told what the writers waited for
+    caplog.clear()
     for n in range(10, 20):   # twice as many, not ten times: the statistics stand
         repo.write(lambda uow, n=n: uow.save(organization(n)), Write.FEED)
     assert resources_analysed(engine) == (20, 40)
+    assert "statistics taken again" not in caplog.text
 
 
 def test_a_sqlite_connection_is_replaced_once_ten_minutes_old_to_read_newer_statistics(database, backend, monkeypatch):
