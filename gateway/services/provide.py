@@ -316,8 +316,7 @@ def _read_document(item: Submitted, max_bytes: int) -> None:
         item.parsed = read_cda(item.data, max_bytes, item.digests)
         item.parsed.checked_reference(_visibility(item.resource))   # here, not under the write lock
     except Refused as refusal:
-        raise _refuse(f"CDA document: {refusal.reason}", f"{where} -> {refusal.location}", refusal.status,
-                      refusal.code) from None
+        raise refusal.at(f"{where} -> {refusal.location}", f"CDA document: {refusal.reason}") from None
     header = item.parsed.header
     system, value = mapping.identifier_key(header.unique_id)
     master = item.resource.get("masterIdentifier", {})
@@ -391,7 +390,7 @@ def _write(uow: UnitOfWork, base_url: str, bundle: dict, documents, signatures, 
                 result = register_document(uow, base_url, _with_submitted_parent(uow, item), visibility=visibility,
                                            docref_id=item.new_id)
             except Refused as refusal:   # it names its place in the document (/ClinicalDocument/…)
-                raise _refuse(refusal.reason, f"{where} -> {refusal.location}", refusal.status, refusal.code) from None
+                raise refusal.at(f"{where} -> {refusal.location}") from None
         else:
             patient_id = resolve_subject(uow, subject, bundle_patients)
             if patient_id is None:

@@ -4,6 +4,7 @@ statements that grows with each 500 of its resources, not with each document.
 Each of its blobs was asked of the whole of `resources` (no index read it by blob) and each 200 of
 its resources of the whole of `raw_inputs` (a `LIKE '%…%'` each): destroying a record of 3,000
 documents, among 6,000, held the write lock 69 s, every ingest waiting (2.4 s now)."""
+import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -12,6 +13,7 @@ from sqlalchemy import event, func, select, text
 from conftest import ROOT, sample
 from gateway.access.audit import verify_chain
 from gateway.access.context import AccessContext
+from gateway.demo import build_submission
 from gateway.refusal import Refused
 from gateway.services import personal, retention
 from gateway.storage.repository import Repository
@@ -169,8 +171,8 @@ def test_a_record_two_closed_records_were_merged_into_reopens(client, bearer, da
 
 def test_documents_refused_for_the_closed_record_are_destroyed_with_it(client, bearer, database):
     """A closed record refuses new documents; their raw copies, which hold the patient's names,
-    identifiers and reports, outlived the record's destruction. Those refused for another reason
-    name no record, and stay."""
+    identifiers and reports, outlived the record's destruction: from `/cda`, HL7v2, ITI-65 and the
+    patient space alike. Those refused for another reason name no record, and stay."""
     engine = database[0]
     system = {**XML, **bearer("system", sub="hospital")}
     assert client.post("/cda", headers=system, data=sample("ldl-ses-martin.xml")).status_code == 201
@@ -183,6 +185,9 @@ def test_documents_refused_for_the_closed_record_are_destroyed_with_it(client, b
     feeder = {"Content-Type": "x-application/hl7-v2+er7", **bearer("system", sub="LABO CH-SAINT-AUBIN")}
     answer = client.post("/hl7v2", headers=feeder, data=oru)
     assert b"MSA|AE" in answer.data and b"record is closed" in answer.data, answer.data
+    provided = client.post("/fhir", data=json.dumps(build_submission(sample("cr-biologie-martin.xml"), 1 << 22)),
+                           headers={"Content-Type": "application/fhir+json", **bearer("system", sub="hospital")})
+    assert provided.status_code == 422 and "record is closed" in provided.text
     with pytest.raises(Refused, match="closed"):
         personal.add_document(patient, title="Mes directives", type_code=personal.ADVANCE_DIRECTIVES,
                               media_type="text/plain", data=b"Pas d'acharnement.", max_bytes=1 << 20)
@@ -191,9 +196,9 @@ def test_documents_refused_for_the_closed_record_are_destroyed_with_it(client, b
     with engine.connect() as conn:
         refused = conn.execute(select(raw_inputs.c.id, raw_inputs.c.sha256).where(
             raw_inputs.c.status == "refused").order_by(raw_inputs.c.id)).all()
-    assert len(refused) == 4
+    assert len(refused) == 5
     [destroyed] = retention.carry_out(engine, datetime.now(timezone.utc) + timedelta(days=3660))
-    assert destroyed.raw_inputs == 4   # the document stored, and the three refused for the record
+    assert destroyed.raw_inputs == 5   # the document stored, and the four refused for the record
     with engine.connect() as conn:
         assert conn.execute(select(raw_inputs.c.id)).scalars().all() == [refused[-1].id]
         assert set(conn.execute(select(blobs.c.sha256)).scalars()) == {refused[-1].sha256}
