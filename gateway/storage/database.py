@@ -353,6 +353,8 @@ def analyse_grown_tables(engine: Engine) -> None:
         with write_transaction(engine) as conn:
             # 0x10000: every table, not only those this connection read; 0x1: only say which it would
             # analyse (`ANALYZE "main"."resources"`), for the operator who sees the writers wait.
+            # Even that takes SQLite's write lock: in a read transaction beside a writer it waited
+            # on SQLite's busy handler (30 s, then failed), where here it queues as every writer does.
             grown = [statement.rpartition(".")[2].strip('"') for (statement,) in
                      conn.exec_driver_sql("PRAGMA optimize(0x10003)")]
             if not grown:
