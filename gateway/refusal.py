@@ -23,7 +23,7 @@ class Refused(Exception):
         self.hl7_code = hl7_code or HL7_CODES.get(status, "207")
         self.ack_code = ack_code
         self.patient_text = patient_text
-        # The record (Patient/id) an input was refused for, known once the input was read (a closed
+        # The record (its Patient's id) an input was refused for, when the refusal knows it (a closed
         # record): the refused raw copy, which holds the patient's data, is destroyed with it.
         self.record = record
 

@@ -1,13 +1,14 @@
 """Extraction of the CI-SIS CDA header into plain data (no FHIR here: that is mapping's job)."""
 from __future__ import annotations
 
+import io
 import re
 from dataclasses import dataclass, field
 
 from lxml import etree
 
 from gateway.refusal import Refused
-from .parser import NS
+from .parser import HL7_NS, NS
 
 CD = "/ClinicalDocument"
 
@@ -253,6 +254,27 @@ def _required(value, location: str, what: str):
     if not value:
         raise Refused(f"{what} is missing", location=location)
     return value
+
+
+def named_patient_ids(data: bytes) -> list[II]:
+    """The identifiers of the patient a document names (recordTarget/patientRole/id), read from one
+    that may have been refused: not valid, not a CDA, or only its first bytes kept. It is read up
+    to its first recordTarget and no further, with the gateway's parser settings (no DTD, no
+    entities, no network); the ids are taken as written, at most MAX_REPEATED. None when the
+    document has no recordTarget before its end or its first error, or declares a document type
+    (libxml2 still substitutes its internal entities in attributes: parse_cda refuses it)."""
+    events = etree.iterparse(io.BytesIO(data), events=("end",), tag=f"{{{HL7_NS}}}recordTarget",
+                             resolve_entities=False, no_network=True, load_dtd=False, huge_tree=True)
+    try:
+        for _, target in events:
+            docinfo = target.getroottree().docinfo
+            if docinfo.doctype or docinfo.internalDTD is not None:
+                return []
+            return [II(el.get("root", "").strip(), (el.get("extension") or "").strip() or None)
+                    for el in target.findall("h:patientRole/h:id", NS)[:MAX_REPEATED] if el.get("root", "").strip()]
+    except etree.XMLSyntaxError:
+        pass
+    return []
 
 
 def extract_header(doc: etree._Element, *, wrapped_in_xslt: bool = False) -> CdaHeader:

@@ -60,12 +60,17 @@ def attachment_data(attachment: dict, where: str, max_bytes: int) -> bytes:
     return data
 
 
+SUBJECT_IDENTIFIERS = 20
+
+
 def resolve_subject(uow: UnitOfWork, subject: dict, bundle_patients: dict[str, dict] | None = None) -> str | None:
     """The Patient a submitted subject designates, among the records this gateway holds (the
     survivor, for a Patient merged into another): a local reference, a conditional one
     (`Patient?identifier=system|value`), an identifier, or a Patient entry of the Bundle matched by
     its identifiers. None when no record matches."""
-    reference = subject.get("reference", "") if isinstance(subject, dict) else ""
+    reference = subject.get("reference") if isinstance(subject, dict) else None
+    # Read of a refused submission too (provide._named_record), checked by nothing before.
+    reference = reference if isinstance(reference, str) else ""
     identifiers = []
     if isinstance(subject, dict) and isinstance(subject.get("identifier"), dict):
         identifiers.append(subject["identifier"])
@@ -81,9 +86,12 @@ def resolve_subject(uow: UnitOfWork, subject: dict, bundle_patients: dict[str, d
         # The record it belongs to: a Patient merged into another (A40) is the survivor's, where
         # a client that kept its id before the merge means its documents to go.
         return uow.patient_record(found.patient_id) if found is not None and not found.deleted else None
-    for identifier in identifiers:
-        if isinstance(identifier, dict) and identifier.get("system") and identifier.get("value"):
-            found = uow.find_by_identifier("Patient", identifier["system"], str(identifier["value"]).replace(" ", ""))
+    # A subject names one patient, by an INS or an IPP or two: the identifiers past the first few
+    # are not looked up (a reference could list thousands, each a look-up under the write lock).
+    for identifier in identifiers[:SUBJECT_IDENTIFIERS]:
+        if isinstance(identifier, dict) and isinstance(identifier.get("system"), str) and identifier["system"] \
+                and isinstance(identifier.get("value"), str) and identifier["value"]:
+            found = uow.find_by_identifier("Patient", identifier["system"], identifier["value"].replace(" ", ""))
             if found:
                 return uow.patient_record(found)
     return None

@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from gateway.refusal import Refused
-from gateway.cda.header import CD, II, CdaHeader, Person, extract_header
+from gateway.cda.header import CD, II, CdaHeader, Person, extract_header, named_patient_ids
 from gateway.cda.parser import parse_cda
 from gateway.access.rules import binary_ids
 from gateway.access.writes import Producers, Write, finess
@@ -22,7 +22,7 @@ from gateway.mapping.hl7v2 import feeding_refused
 from gateway.mapping.rules import check_document
 from gateway.storage.repository import DuplicateIdentifier, Repository, StoredResource, UnitOfWork
 
-from .patients import feeding_consent
+from .patients import feeding_consent, named_record
 from .ingest import Received, Written, ingest
 
 CDA_CONTENT_TYPES = {"application/xml", "text/xml", "application/hl7-cda+xml"}
@@ -105,7 +105,8 @@ def ingest_cda(repo: Repository, data: bytes, *, max_bytes: int, channel: str = 
         return parsed
 
     received = Received(channel, data, content_type, sender, sha256=digests.sha256)
-    _, written = ingest(repo, received, Write.FEED, prepare, write, raw_id=raw_id)
+    _, written = ingest(repo, received, Write.FEED, prepare, write, raw_id=raw_id,
+                        named_record=lambda uow: named_record(uow, named_patient_ids(data)))
     return written.value
 
 
@@ -180,11 +181,11 @@ def check_record_open(uow: UnitOfWork, patient_id: str, location: str) -> None:
     """A record takes a new document unless it is closed or its patient opposed feeding it."""
     if uow.record_closed(patient_id):
         raise Refused("the patient's record is closed: it accepts no new document", location=location,
-                      status=422, code="business-rule", record=f"Patient/{patient_id}")
+                      status=422, code="business-rule", record=patient_id)
     if feeding_refused(feeding_consent(uow, patient_id)):
         raise Refused("the patient opposed feeding the shared record, or the record is closed (ZFA): "
                       "the document is not registered", location=location, status=422, code="business-rule",
-                      record=f"Patient/{patient_id}")
+                      record=patient_id)
 
 
 def _patient(uow: UnitOfWork, parsed: ParsedCda, produced: list[str]) -> str:

@@ -23,6 +23,7 @@ from gateway.access.writes import Write
 from gateway.hl7v2 import ack as acks
 from gateway.hl7v2.ack import Issue, Outcome
 from gateway.hl7v2.er7 import Message, MessageRejected, transport_charset
+from gateway.mapping import hl7v2 as v2
 from gateway.refusal import Refused
 from gateway.storage.database import failure_reason, unavailable
 from gateway.storage.repository import Repository, UnitOfWork, earlier_messages
@@ -240,7 +241,8 @@ def _process(repo: Repository, received: Received, permission: Write, message: M
 
     try:
         _, written = ingest.ingest(repo, received, permission, lambda: handler.read(message, max_bytes), write,
-                                   raw_id=raw_id, record_refusal=refusal_recorded, alone=handler.alone)
+                                   raw_id=raw_id, record_refusal=refusal_recorded,
+                                   named_record=_named_record(message), alone=handler.alone)
     except ingest.AlreadyHandled:
         row = next((r for r in earlier_messages(repo.engine, received.sender, message.control_id[:199])
                     if r.id == raw_id), None)
@@ -252,6 +254,13 @@ def _process(repo: Repository, received: Received, permission: Write, message: M
     except Exception as failure:
         return _failed(message, raw_id, passing=unavailable(failure))
     return _reply(written.ack, message, written.value.code, raw_id)
+
+
+def _named_record(message: Message | None) -> Callable[[UnitOfWork], str | None]:
+    """The record of the patient a message names by its PID-3 (the one PID of the structures taken
+    here), for a refusal of it."""
+    pid = message.first("PID") if message is not None else None
+    return lambda uow: patients.named_record(uow, v2.cx_ids(pid, 3)) if pid is not None else None
 
 
 def _failed(message: Message, raw_id: int | None, passing: bool) -> Reply:
@@ -307,7 +316,8 @@ def _answer_unprocessed(repo: Repository, data: bytes, channel: str, message: Me
         received = Received(channel, data, content_type[:128], message.sender if message is not None else None,
                             {"control_id": message.control_id[:199], "message_type": _listed_type(message)}
                             if readable else None)
-        raw_id = ingest.keep(repo, received, Write.FEED, status="refused", outcome=_summary(outcome), ack=text).raw_id
+        raw_id = ingest.keep(repo, received, Write.FEED, status="refused", outcome=_summary(outcome), ack=text,
+                             named_record=_named_record(message)).raw_id
     except Exception:
         log.exception("could not store a refused message")
         raw_id = None

@@ -92,13 +92,15 @@ class Kept:
 
 
 def keep(repo: Repository, received: Received, permission: Write, *, status: str = "received",
-         outcome: dict | None = None, ack: str | None = None) -> Kept:
+         outcome: dict | None = None, ack: str | None = None,
+         named_record: Callable[[UnitOfWork], str | None] = lambda uow: None) -> Kept:
     """Store the input exactly as received, committed before any processing starts. An HL7v2
     message (its keys hold a fingerprint) already received from its sender under its control id is
     not stored again: its earlier copy is returned. The look-up and the copy are one unit of work,
     so two copies sent at the same time are not both kept. A document (no HL7v2 keys) sent again
     after its processing failed takes up the copy that was never answered, so that the copy records
-    how it ended; one that was answered is kept again, and found a duplicate."""
+    how it ended; one that was answered is kept again, and found a duplicate. An input kept
+    `refused` at once (a message no handler takes) keeps the record it names (`named_record`)."""
     keys = received.keys or {}
     sha256 = received.sha256 or hashlib.sha256(received.body).hexdigest()
 
@@ -112,7 +114,8 @@ def keep(repo: Repository, received: Received, permission: Write, *, status: str
             if unanswered is not None:
                 return Kept(unanswered)
         raw_id = uow.store_raw(received.channel, received.body, received.content_type, received.sender,
-                               message=received.keys, status=status, outcome=outcome, ack=ack, sha256=sha256)
+                               message=received.keys, status=status, ack=ack, sha256=sha256,
+                               outcome=with_record(outcome, named_record(uow)) if status == "refused" else outcome)
         return Kept(raw_id, control_id_reused=bool(earlier))
 
     return repo.write(unit, permission)
@@ -121,13 +124,15 @@ def keep(repo: Repository, received: Received, permission: Write, *, status: str
 def ingest(repo: Repository, received: Received, permission: Write, prepare: Callable[[], P],
            write: Callable[[UnitOfWork, P], Written[T]], *, raw_id: int | None = None,
            record_refusal: Callable[[Refused], tuple[dict, str | None]] = lambda refusal: (refusal.summary(), None),
+           named_record: Callable[[UnitOfWork], str | None] = lambda uow: None,
            alone: bool = False) -> tuple[int, Written[T]]:
     """Run one input through the pipeline. Returns the raw input's id and what was written; raises
     the `Refused` (recorded as such) or the failure (recorded as failed, for `gateway messages
     reprocess`). `raw_id` names an input already kept (a reprocessing, an unanswered
     retransmission); `record_refusal` gives what the raw input keeps of a refusal (its outcome, and
-    the ACK it was answered with); `alone`: the write, which may change a whole record, runs in a
-    transaction of its own (GroupCommit.run)."""
+    the ACK it was answered with); `named_record`, the record of the patient the input names, from
+    what its transport decoded of it, if that patient is known; `alone`: the write, which may
+    change a whole record, runs in a transaction of its own (GroupCommit.run)."""
     started = time.perf_counter()
     kept_here = raw_id is None
     if kept_here:
@@ -159,9 +164,9 @@ def ingest(repo: Repository, received: Received, permission: Write, prepare: Cal
         raise
     except Refused as refusal:
         outcome, ack = record_refusal(refusal)
-        if refusal.record is not None:
-            outcome = {**outcome, "record": refusal.record}
-        repo.write(lambda uow: uow.record_outcome(raw_id, "refused", outcome, ack=ack), Write.RECORD)
+        said = refusal.record
+        repo.write(lambda uow: uow.record_outcome(raw_id, "refused", with_record(outcome, said or named_record(uow)),
+                                                  ack=ack), Write.RECORD)
         metrics.observe_ingest(received.channel, "refused", started)
         log.info("input refused", extra={"raw_id": raw_id, "channel": received.channel,
                                          "location": refusal.location, "status": refusal.status})
@@ -181,3 +186,13 @@ def ingest(repo: Repository, received: Received, permission: Write, prepare: Cal
     metrics.observe_ingest(received.channel, written.status, started)
     log.info("input processed", extra={"raw_id": raw_id, "channel": received.channel, "status": written.status})
     return raw_id, written
+
+
+def with_record(outcome: dict | None, record: str | None) -> dict | None:
+    """A refused input's outcome naming the record (its Patient's id) it was refused for: the record's
+    destruction takes its raw copy, which holds the patient's identity and what was sent of them
+    (services.retention). A refusal says it when it knows it (a closed record); otherwise the input
+    names it, by the identifiers of its patient, when that patient is known."""
+    if record is None:
+        return outcome
+    return {**(outcome or {}), "record": f"Patient/{record}"}

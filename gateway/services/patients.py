@@ -77,6 +77,13 @@ def find_patient(uow: UnitOfWork, ids: list[II]) -> str | None:
     return None
 
 
+def named_record(uow: UnitOfWork, ids: list[II]) -> str | None:
+    """The record of the patient an input that was refused names by these identifiers, read from it
+    as they were written (unchecked; an INS with its spaces), if that patient is known."""
+    return find_patient(uow, [II(ii.root, ii.extension.replace(" ", "")) if ii.root in codes.INS_OIDS and ii.extension
+                              else ii for ii in ids])
+
+
 def valid_from_message(resource: dict, location: str) -> dict:
     """What the gateway built from a message, its spaces plain, or the message refused at `location`."""
     resource = with_plain_spaces(resource)

@@ -89,14 +89,15 @@ def add_document(repo: Repository, *, title: str, type_code: str, media_type: st
         patient_id = own_record(uow)
         if uow.record_closed(patient_id):
             raise Refused("the record is closed: it accepts no new document", location="subject",
-                          status=422, code="business-rule", record=f"Patient/{patient_id}",
+                          status=422, code="business-rule",
                           patient_text="le dossier est fermé : il n'accepte aucun nouveau document. "
                                        "Rouvrez-le depuis la page « Mon dossier » pour en ajouter.")
         stored = _register(uow, repo, patient_id, named, type_code, media_type, data, digests, file_name)
         return Written(stored, produced=[stored.reference])
 
     received = Received("patient-space", data, media_type, repo.access.subject, sha256=digests.sha256)
-    return ingest(repo, received, Write.PERSONAL, check, write)[1].value
+    # A refused upload is the record's whatever the reason: its own patient's (or representative's).
+    return ingest(repo, received, Write.PERSONAL, check, write, named_record=lambda uow: uow.own_patient_id())[1].value
 
 
 def _register(uow: UnitOfWork, repo: Repository, patient_id: str, title: str, type_code: str, media_type: str,

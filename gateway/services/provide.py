@@ -134,8 +134,10 @@ def _provide(repo: Repository, received: Received, bundle_of: Callable[[], dict]
              max_bytes: int, raw_id: int | None) -> Submission:
     """Check every document before any transaction, then write everything in one unit of work
     (all or nothing)."""
+    loaded: dict = {}
+
     def check() -> Submission:
-        bundle = bundle_of()
+        bundle = loaded["bundle"] = bundle_of()
         documents, signatures, lists, binaries, patches = _classify(bundle)
         for item in documents + signatures:
             _attach_binary(item, bundle, binaries, max_bytes)
@@ -159,7 +161,26 @@ def _provide(repo: Repository, received: Received, bundle_of: Callable[[], dict]
         return Written(checked, produced=[e["response"]["location"] for e in checked.response["entry"]
                                           if "location" in e["response"]])
 
-    return ingest(repo, received, Write.FEED, check, write, raw_id=raw_id)[1].value
+    return ingest(repo, received, Write.FEED, check, write, raw_id=raw_id,
+                  named_record=lambda uow: _named_record(uow, loaded.get("bundle")))[1].value
+
+
+def _named_record(uow: UnitOfWork, bundle) -> str | None:
+    """The record of the patient a refused submission names, if it was read: the first subject of
+    its entries that designates a known patient, as it was sent (a reference, an identifier, a
+    Patient entry)."""
+    entries = bundle.get("entry") if isinstance(bundle, dict) else None
+    resources = [(entry.get("fullUrl"), entry["resource"]) for entry in entries[:MAX_ENTRIES]
+                 if isinstance(entry, dict) and isinstance(entry.get("resource"), dict)
+                 ] if isinstance(entries, list) else []
+    patients = {url: resource for url, resource in resources
+                if resource.get("resourceType") == "Patient" and isinstance(url, str)
+                and isinstance(resource.get("identifier"), list)}
+    for _, resource in resources:
+        subject = resource.get("subject")
+        if isinstance(subject, dict) and (record := resolve_subject(uow, subject, patients)):
+            return record
+    return None
 
 
 def _load(body: bytes, content_type: str) -> dict:

@@ -172,7 +172,7 @@ def test_a_record_two_closed_records_were_merged_into_reopens(client, bearer, da
 def test_documents_refused_for_the_closed_record_are_destroyed_with_it(client, bearer, database):
     """A closed record refuses new documents; their raw copies, which hold the patient's names,
     identifiers and reports, outlived the record's destruction: from `/cda`, HL7v2, ITI-65 and the
-    patient space alike. Those refused for another reason name no record, and stay."""
+    patient space alike. A document of a patient the gateway does not know stays."""
     engine = database[0]
     system = {**XML, **bearer("system", sub="hospital")}
     assert client.post("/cda", headers=system, data=sample("ldl-ses-martin.xml")).status_code == 201
@@ -191,7 +191,7 @@ def test_documents_refused_for_the_closed_record_are_destroyed_with_it(client, b
     with pytest.raises(Refused, match="closed"):
         personal.add_document(patient, title="Mes directives", type_code=personal.ADVANCE_DIRECTIVES,
                               media_type="text/plain", data=b"Pas d'acharnement.", max_bytes=1 << 20)
-    unrelated = client.post("/cda", headers=system, data=(ROOT / "samples" / "invalid" / "missing-author.xml").read_bytes())
+    unrelated = client.post("/cda", headers=system, data=_of_a_stranger(ROOT / "samples" / "invalid" / "missing-author.xml"))
     assert unrelated.status_code == 422
     with engine.connect() as conn:
         refused = conn.execute(select(raw_inputs.c.id, raw_inputs.c.sha256).where(
@@ -202,3 +202,58 @@ def test_documents_refused_for_the_closed_record_are_destroyed_with_it(client, b
     with engine.connect() as conn:
         assert conn.execute(select(raw_inputs.c.id)).scalars().all() == [refused[-1].id]
         assert set(conn.execute(select(blobs.c.sha256)).scalars()) == {refused[-1].sha256}
+
+
+def _of_a_stranger(path) -> bytes:
+    """A sample of Paul Martin's, naming instead a patient the gateway does not know (INS and IPP)."""
+    return path.read_bytes().replace(MARTIN.encode(), b"279035121518989").replace(b"900000001", b"900000777")
+
+
+def test_inputs_refused_for_any_reason_are_destroyed_with_the_record_they_name(client, bearer, database):
+    """A document or message refused for what it holds (no author, not XML past its header, a birth
+    date that is none, a message type not taken, an element PDSm prohibits, a file that is not what
+    it says) names its patient all the same, and its raw copy holds their identity and what was
+    sent of them: once that patient is known, it goes with their record's destruction. It stayed
+    (only refusals for the closed record named it). The same refused of a patient the gateway does
+    not know names no record, and stays."""
+    engine = database[0]
+    system = {**XML, **bearer("system", sub="hospital")}
+    invalid = ROOT / "samples" / "invalid"
+    assert client.post("/cda", headers=system, data=sample("ldl-ses-martin.xml")).status_code == 201
+    patient = _patient(engine, MARTIN)
+    feeder = {"Content-Type": "x-application/hl7-v2+er7", **bearer("system", sub="GAM CH-SAINT-AUBIN")}
+    admission = (ROOT / "samples" / "hl7v2" / "adt-a01-martin.hl7").read_text()
+    unborn = admission.replace("|19850612|", "|19851399|")
+    order = admission.replace("ADT^A01^ADT_A01", "ORM^O01^ORM_O01")
+    submission = build_submission(sample("cr-biologie-martin.xml"), 1 << 22)
+    submission["entry"][0]["resource"]["entry"][0]["date"] = "2026-03-10"
+
+    assert client.post("/cda", headers=system, data=(invalid / "missing-author.xml").read_bytes()).status_code == 422
+    assert client.post("/cda", headers=system, data=(invalid / "unparseable.xml").read_bytes()).status_code == 400
+    assert b"MSA|AE" in client.post("/hl7v2", headers=feeder, data=unborn.encode()).data
+    assert b"MSA|AR" in client.post("/hl7v2", headers=feeder, data=order.encode()).data
+    provided = client.post("/fhir", data=json.dumps(submission),
+                           headers={"Content-Type": "application/fhir+json", **bearer("system", sub="hospital")})
+    assert provided.status_code == 422 and "List.entry[0].date" in provided.text
+    with pytest.raises(Refused, match="not a PDF"):
+        personal.add_document(patient, title="Mes directives", type_code=personal.ADVANCE_DIRECTIVES,
+                              media_type="application/pdf", data=b"Pas d'acharnement.", max_bytes=1 << 20)
+    strangers = [client.post("/cda", headers=system, data=_of_a_stranger(invalid / "missing-author.xml")),
+                 client.post("/hl7v2", headers=feeder, data=unborn.replace(MARTIN, "279035121518989")
+                             .replace("900000001", "900000777").replace("ADT0001", "ADT0777").encode())]
+    assert strangers[0].status_code == 422 and b"MSA|AE" in strangers[1].data
+    with engine.connect() as conn:
+        refused = conn.execute(select(raw_inputs.c.id, raw_inputs.c.sha256, raw_inputs.c.outcome).where(
+            raw_inputs.c.status == "refused").order_by(raw_inputs.c.id)).all()
+    assert len(refused) == 8
+    record = f"Patient/{patient.own_patient_id()}"
+    assert [json.loads(row.outcome).get("record") for row in refused] == [record] * 6 + [None] * 2
+
+    retention.close_record(patient)
+    retention.request_destruction(patient)
+    [destroyed] = retention.carry_out(engine, datetime.now(timezone.utc) + timedelta(days=3660))
+    assert destroyed.raw_inputs == 7   # the document stored, and the six refused that named its patient
+    with engine.connect() as conn:
+        assert conn.execute(select(raw_inputs.c.id).order_by(raw_inputs.c.id)).scalars().all() == \
+            [row.id for row in refused[-2:]]
+        assert set(conn.execute(select(blobs.c.sha256)).scalars()) == {row.sha256 for row in refused[-2:]}
