@@ -131,8 +131,9 @@ def ingest(repo: Repository, received: Received, permission: Write, prepare: Cal
     reprocess`). `raw_id` names an input already kept (a reprocessing, an unanswered
     retransmission); `record_refusal` gives what the raw input keeps of a refusal (its outcome, and
     the ACK it was answered with); `named_record`, the record of the patient the input names, from
-    what its transport decoded of it, if that patient is known; `alone`: the write, which may
-    change a whole record, runs in a transaction of its own (GroupCommit.run)."""
+    what its transport decoded of it, if that patient is known, for an input refused or whose
+    result names no resource; `alone`: the write, which may change a whole record, runs in a
+    transaction of its own (GroupCommit.run)."""
     started = time.perf_counter()
     kept_here = raw_id is None
     if kept_here:
@@ -142,7 +143,11 @@ def ingest(repo: Repository, received: Received, permission: Write, prepare: Cal
         if not uow.claim_raw(raw_id):
             raise AlreadyHandled()
         written = write(uow, prepared)
-        uow.record_outcome(raw_id, written.status, written.outcome, written.produced, ack=written.ack)
+        # An input whose result names nothing of a record (an ADT that changed nothing, an MDM not for
+        # the shared record) names the record of its patient, as a refusal does: its raw copy holds
+        # their identity, and goes with the record's destruction.
+        outcome = written.outcome if written.produced else with_record(written.outcome, named_record(uow))
+        uow.record_outcome(raw_id, written.status, outcome, written.produced, ack=written.ack)
         return written
 
     try:
@@ -189,8 +194,8 @@ def ingest(repo: Repository, received: Received, permission: Write, prepare: Cal
 
 
 def with_record(outcome: dict | None, record: str | None) -> dict | None:
-    """A refused input's outcome naming the record (its Patient's id) it was refused for: the record's
-    destruction takes its raw copy, which holds the patient's identity and what was sent of them
+    """An input's outcome naming the record (its Patient's id) it concerns: the record's destruction
+    takes its raw copy, which holds the patient's identity and what was sent of them
     (services.retention). A refusal says it when it knows it (a closed record); otherwise the input
     names it, by the identifiers of its patient, when that patient is known."""
     if record is None:

@@ -4,7 +4,7 @@ A closed record (an active `record` Consent with provision deny) is kept RETENTI
 its closure (CSP R1111-46 as summarised in the reference: ten years), then destroyed if the
 patient requested it. `gateway retention` carries out the requests that are due: every resource of
 the record, their versions, index rows, identifiers, rules, document bytes and the raw inputs that
-carried them, or that were refused for it, are deleted. The AuditEvents stay: they name resources,
+carried them or named its patient are deleted. The AuditEvents stay: they name resources,
 hold no content, and the hash chain that proves the trail intact runs through them.
 """
 from __future__ import annotations
@@ -144,17 +144,19 @@ def _destroy(conn, patient_id: str, stamp: str) -> Destroyed:
 
 
 def _raw_inputs_of(conn, references: set[str]) -> dict[int, str]:
-    """The raw inputs that produced or named any of `references` (their `resources`), or that were
-    refused for one of them (a document sent to the closed record: its outcome's `record`), with
+    """The raw inputs that produced or named any of `references` (their `resources`), or whose
+    outcome names the record (`record`: refused, or naming no resource of it), with
     their bodies' blobs: one pass over the inputs, streamed. Each reference was a `LIKE '%…%'` of its
     own, 200 to a statement, each statement a pass over every input: a pass per 200 of the record's
     resources."""
     found = {}
     rows = conn.execute(select(raw_inputs.c.id, raw_inputs.c.sha256, raw_inputs.c.resources, raw_inputs.c.outcome)
-                        .where(or_(raw_inputs.c.resources.is_not(None), raw_inputs.c.status == "refused"))
+                        .where(or_(raw_inputs.c.resources.is_not(None), raw_inputs.c.outcome.is_not(None)))
                         .execution_options(yield_per=1000))
     for row in rows:
-        named = set(json.loads(row.resources)) if row.resources else set()
+        # An ITI-65 submission names what it wrote by version (`DocumentReference/<id>/_history/1`):
+        # matched as the resource, or its raw copy, the documents it carried, outlived the record.
+        named = {"/".join(name.split("/", 2)[:2]) for name in json.loads(row.resources)} if row.resources else set()
         if row.outcome and (record := json.loads(row.outcome).get("record")):
             named.add(record)
         if not references.isdisjoint(named):

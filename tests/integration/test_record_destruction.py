@@ -257,3 +257,46 @@ def test_inputs_refused_for_any_reason_are_destroyed_with_the_record_they_name(c
         assert conn.execute(select(raw_inputs.c.id).order_by(raw_inputs.c.id)).scalars().all() == \
             [row.id for row in refused[-2:]]
         assert set(conn.execute(select(blobs.c.sha256)).scalars()) == {row.sha256 for row in refused[-2:]}
+
+
+def test_inputs_that_stored_nothing_of_the_record_or_named_it_by_version_are_destroyed_with_it(
+        client, bearer, database):
+    """Three inputs that hold the patient's identity were left after the record's destruction: an
+    ITI-65 submission naming its patient by a conditional reference, without a Patient entry (it
+    names what it wrote by version, `DocumentReference/<id>/_history/1`, which the destruction did
+    not match: the documents it carried stayed, base64 in its Bundle); an admission whose identity
+    and consents changed nothing; a report not meant for the shared record (DESTDMP N)."""
+    engine = database[0]
+    assert client.post("/cda", headers={**XML, **bearer("system", sub="hospital")},
+                       data=sample("ldl-ses-martin.xml")).status_code == 201
+    submission = build_submission(sample("cr-biologie-martin.xml"), 1 << 22)
+    submission["entry"] = [entry for entry in submission["entry"] if entry["resource"]["resourceType"] != "Patient"]
+    for entry in submission["entry"]:
+        if "subject" in entry["resource"]:
+            entry["resource"]["subject"] = {"reference": f"Patient?identifier=urn:oid:1.2.250.1.213.1.4.10|{MARTIN}"}
+    provided = client.post("/fhir", data=json.dumps(submission),
+                           headers={"Content-Type": "application/fhir+json", **bearer("system", sub="hospital")})
+    assert provided.status_code == 200, provided.text
+    feeder = {"Content-Type": "x-application/hl7-v2+er7", **bearer("system", sub="GAM CH-SAINT-AUBIN")}
+    admission = (ROOT / "samples" / "hl7v2" / "adt-a01-martin.hl7").read_text()
+    for control_id in ("ADT0001", "ADT0002"):   # the second changes nothing
+        assert b"MSA|AA" in client.post("/hl7v2", headers=feeder, data=admission.replace("ADT0001", control_id)
+                                        .encode()).data
+    report = (ROOT / "samples" / "hl7v2" / "oru-r01-cr-biologie-martin.hl7").read_text().replace(
+        "DESTDMP^Destinataire DMP^MetaDMPMSS||Y^", "DESTDMP^Destinataire DMP^MetaDMPMSS||N^")
+    answer = client.post("/hl7v2", data=report.encode(), headers={
+        "Content-Type": "x-application/hl7-v2+er7", **bearer("system", sub="LABO CH-SAINT-AUBIN")})
+    assert b"MSA|AA" in answer.data and b"DESTDMP is N" in answer.data, answer.data
+    with engine.connect() as conn:
+        inputs = conn.execute(select(raw_inputs.c.status, raw_inputs.c.resources).order_by(raw_inputs.c.id)).all()
+    assert [row.status for row in inputs] == ["processed"] * 4 + ["skipped"]
+    assert [row.resources is None for row in inputs] == [False, False, False, True, True]
+
+    patient = _patient(engine, MARTIN)
+    retention.close_record(patient)
+    retention.request_destruction(patient)
+    [destroyed] = retention.carry_out(engine, datetime.now(timezone.utc) + timedelta(days=3660))
+    assert destroyed.raw_inputs == 5
+    with engine.connect() as conn:
+        assert conn.execute(select(raw_inputs.c.id)).all() == []
+        assert conn.execute(select(blobs.c.sha256)).all() == []
