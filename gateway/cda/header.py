@@ -260,7 +260,7 @@ def named_patient_ids(data: bytes) -> list[II]:
     """The identifiers of the patient a document names (recordTarget/patientRole/id), read from one
     that may have been refused: not valid, not a CDA, or only its first bytes kept. It is read up
     to its first recordTarget and no further, with the gateway's parser settings (no DTD, no
-    entities, no network); the ids are taken as written, at most MAX_REPEATED. None when the
+    entities, no network); the ids are taken as written, at most MAX_REPEATED. Nothing when the
     document has no recordTarget before its end or its first error, or declares a document type
     (libxml2 still substitutes its internal entities in attributes: parse_cda refuses it)."""
     events = etree.iterparse(io.BytesIO(data), events=("end",), tag=f"{{{HL7_NS}}}recordTarget",

@@ -258,7 +258,7 @@ def _process(repo: Repository, received: Received, permission: Write, message: M
 
 def _named_record(message: Message | None) -> Callable[[UnitOfWork], str | None]:
     """The record of the patient a message names by its PID-3 (the one PID of the structures taken
-    here), for a refusal of it."""
+    here), for a message refused or that stored nothing."""
     pid = message.first("PID") if message is not None else None
     return lambda uow: patients.named_record(uow, v2.cx_ids(pid, 3)) if pid is not None else None
 

@@ -78,8 +78,9 @@ def find_patient(uow: UnitOfWork, ids: list[II]) -> str | None:
 
 
 def named_record(uow: UnitOfWork, ids: list[II]) -> str | None:
-    """The record of the patient an input that was refused names by these identifiers, read from it
-    as they were written (unchecked; an INS with its spaces), if that patient is known."""
+    """The record of the patient an input names by these identifiers, read from it as they were
+    written (unchecked, an INS with its spaces: the input may have been refused), if that patient is
+    known."""
     return find_patient(uow, [II(ii.root, ii.extension.replace(" ", "")) if ii.root in codes.INS_OIDS and ii.extension
                               else ii for ii in ids])
 

@@ -145,8 +145,8 @@ def _destroy(conn, patient_id: str, stamp: str) -> Destroyed:
 
 def _raw_inputs_of(conn, references: set[str]) -> dict[int, str]:
     """The raw inputs that produced or named any of `references` (their `resources`), or whose
-    outcome names the record (`record`: refused, or naming no resource of it), with
-    their bodies' blobs: one pass over the inputs, streamed. Each reference was a `LIKE '%…%'` of its
+    outcome names the record (`record`: refused, or naming no resource of it), with their bodies'
+    blobs: one pass over the inputs, streamed. Each reference was a `LIKE '%…%'` of its
     own, 200 to a statement, each statement a pass over every input: a pass per 200 of the record's
     resources."""
     found = {}
