@@ -392,6 +392,21 @@ class Message:
         except MessageRejected:
             return None
 
+    @classmethod
+    def leading_segments(cls, data: bytes | bytearray) -> "Message | None":
+        """The segments whole at the start of bytes that are not a whole message (the first bytes
+        kept of one too large, or of a frame never ended), read leniently as header_of reads MSH;
+        the last one, which may be cut, is left out. None when they do not read as a message."""
+        head = bytes(data).removeprefix(BOM).removeprefix(MLLP_START.encode()).replace(b"\n", b"\r")
+        end = head.rfind(b"\r")
+        if end < 0:
+            return None
+        charset = declared_charset(head)
+        try:
+            return cls(head[:end].decode(CHARSETS.get(charset.upper(), "latin-1"), "replace"), charset)
+        except MessageRejected:
+            return None
+
     def _occurrence(self, position: int) -> int:
         """The segment at `position` (from 1) is the how-manyth of its name: ERR-2's segment sequence
         (ERL-2), which counts a segment's occurrences, not its place in the message."""

@@ -308,8 +308,9 @@ def charset_of(content_type: str | None) -> str:
 
 
 def _answer_unprocessed(repo: Repository, data: bytes, channel: str, message: Message | None, outcome: Outcome,
-                        started: float, content_type: str = ER7) -> Reply:
-    """A message that cannot be routed is kept raw, refused, and answered AR."""
+                        started: float, content_type: str = ER7, read: Message | None = None) -> Reply:
+    """A message that cannot be routed is kept raw, refused, and answered AR. `read`: what of it was
+    read for the patient it names, when `message` is its MSH alone (its first bytes were kept)."""
     readable = message is not None and bool(message.control_id)
     text = _ack_text(message, outcome)
     try:
@@ -317,7 +318,7 @@ def _answer_unprocessed(repo: Repository, data: bytes, channel: str, message: Me
                             {"control_id": message.control_id[:199], "message_type": _listed_type(message)}
                             if readable else None)
         raw_id = ingest.keep(repo, received, Write.FEED, status="refused", outcome=_summary(outcome), ack=text,
-                             named_record=_named_record(message)).raw_id
+                             named_record=_named_record(read or message)).raw_id
     except Exception:
         log.exception("could not store a refused message")
         raw_id = None
@@ -332,7 +333,8 @@ def refuse_unended(repo: Repository, head: bytes, size: int, idle: bool, channel
     after = "sending nothing more for the idle timeout" if idle else "closing the connection"
     outcome = Outcome("AR", [Issue(f"the MLLP frame was not ended by <FS><CR> (0x1C 0x0D) before the sender stopped, "
                                    f"{after}: its {size} bytes were kept, not processed", "MSH^1", "100")])
-    return _answer_unprocessed(repo, head, channel, Message.header_of(head), outcome, started)
+    return _answer_unprocessed(repo, head, channel, Message.header_of(head), outcome, started,
+                               read=Message.leading_segments(head))
 
 
 def refuse_oversized(repo: Repository, head: bytes, size: int, limit: int, channel: str) -> Reply:
@@ -341,4 +343,4 @@ def refuse_oversized(repo: Repository, head: bytes, size: int, limit: int, chann
     message = Message.header_of(head)
     outcome = Outcome("AR", [Issue(f"the message is {size} bytes, over the {limit} bytes this gateway accepts; "
                                    "only its first bytes were kept", "MSH^1", "104")])
-    return _answer_unprocessed(repo, head, channel, message, outcome, started)
+    return _answer_unprocessed(repo, head, channel, message, outcome, started, read=Message.leading_segments(head))

@@ -5,12 +5,13 @@ Each of its blobs was asked of the whole of `resources` (no index read it by blo
 its resources of the whole of `raw_inputs` (a `LIKE '%…%'` each): destroying a record of 3,000
 documents, among 6,000, held the write lock 69 s, every ingest waiting (2.4 s now)."""
 import json
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import event, func, select, text
 
-from conftest import ROOT, sample
+from conftest import MLLP_TEST_MAX_BYTES, ROOT, sample
 from gateway.access.audit import verify_chain
 from gateway.access.context import AccessContext
 from gateway.demo import build_submission
@@ -209,10 +210,10 @@ def _of_a_stranger(path) -> bytes:
     return path.read_bytes().replace(MARTIN.encode(), b"279035121518989").replace(b"900000001", b"900000777")
 
 
-def test_inputs_refused_for_any_reason_are_destroyed_with_the_record_they_name(client, bearer, database):
+def test_inputs_refused_for_any_reason_are_destroyed_with_the_record_they_name(app, client, bearer, database):
     """A document or message refused for what it holds (no author, not XML past its header, a birth
-    date that is none, a message type not taken, an element PDSm prohibits, a file that is not what
-    it says) names its patient all the same, and its raw copy holds their identity and what was
+    date that is none, a message type not taken, a message over the size limit, an element PDSm
+    prohibits, a file that is not what it says) names its patient all the same, and its raw copy holds their identity and what was
     sent of them: once that patient is known, it goes with their record's destruction. It stayed
     (only refusals for the closed record named it). The same refused of a patient the gateway does
     not know names no record, and stays."""
@@ -225,6 +226,8 @@ def test_inputs_refused_for_any_reason_are_destroyed_with_the_record_they_name(c
     admission = (ROOT / "samples" / "hl7v2" / "adt-a01-martin.hl7").read_text()
     unborn = admission.replace("|19850612|", "|19851399|")
     order = admission.replace("ADT^A01^ADT_A01", "ORM^O01^ORM_O01")
+    app.config["SETTINGS"] = replace(app.config["SETTINGS"], mllp_max_bytes=MLLP_TEST_MAX_BYTES)
+    oversized = admission.replace("ADT0001", "ADT0003").rstrip("\n") + "\nNTE|1||" + "x" * MLLP_TEST_MAX_BYTES + "\n"
     submission = build_submission(sample("cr-biologie-martin.xml"), 1 << 22)
     submission["entry"][0]["resource"]["entry"][0]["date"] = "2026-03-10"
 
@@ -232,6 +235,7 @@ def test_inputs_refused_for_any_reason_are_destroyed_with_the_record_they_name(c
     assert client.post("/cda", headers=system, data=(invalid / "unparseable.xml").read_bytes()).status_code == 400
     assert b"MSA|AE" in client.post("/hl7v2", headers=feeder, data=unborn.encode()).data
     assert b"MSA|AR" in client.post("/hl7v2", headers=feeder, data=order.encode()).data
+    assert b"MSA|AR" in client.post("/hl7v2", headers=feeder, data=oversized.encode()).data   # its first 64 KB kept
     provided = client.post("/fhir", data=json.dumps(submission),
                            headers={"Content-Type": "application/fhir+json", **bearer("system", sub="hospital")})
     assert provided.status_code == 422 and "List.entry[0].date" in provided.text
@@ -245,14 +249,14 @@ def test_inputs_refused_for_any_reason_are_destroyed_with_the_record_they_name(c
     with engine.connect() as conn:
         refused = conn.execute(select(raw_inputs.c.id, raw_inputs.c.sha256, raw_inputs.c.outcome).where(
             raw_inputs.c.status == "refused").order_by(raw_inputs.c.id)).all()
-    assert len(refused) == 8
+    assert len(refused) == 9
     record = f"Patient/{patient.own_patient_id()}"
-    assert [json.loads(row.outcome).get("record") for row in refused] == [record] * 6 + [None] * 2
+    assert [json.loads(row.outcome).get("record") for row in refused] == [record] * 7 + [None] * 2
 
     retention.close_record(patient)
     retention.request_destruction(patient)
     [destroyed] = retention.carry_out(engine, datetime.now(timezone.utc) + timedelta(days=3660))
-    assert destroyed.raw_inputs == 7   # the document stored, and the six refused that named its patient
+    assert destroyed.raw_inputs == 8   # the document stored, and the seven refused that named its patient
     with engine.connect() as conn:
         assert conn.execute(select(raw_inputs.c.id).order_by(raw_inputs.c.id)).scalars().all() == \
             [row.id for row in refused[-2:]]

@@ -7,6 +7,8 @@ from hypothesis import given, settings, strategies as st
 
 from conftest import SAMPLES
 from gateway.cda.header import II, named_patient_ids
+from gateway.hl7v2.er7 import Message
+from gateway.mapping.hl7v2 import cx_ids
 from gateway.services.described import SUBJECT_IDENTIFIERS
 from gateway.services.provide import _named_record
 
@@ -37,6 +39,24 @@ def test_identifiers_are_read_as_written_and_not_at_all_under_a_document_type():
     assert named_patient_ids(role % b" 1850 ") == [II("1.2.250.1.213.1.4.10", "1850")]
     assert named_patient_ids(b'<!DOCTYPE d [<!ENTITY ins "185067511204554">]>' + role % b"&ins;") == []
     assert named_patient_ids(b'<!DOCTYPE ClinicalDocument>' + role % b"1850") == []
+
+
+MESSAGE = (SAMPLES / "hl7v2" / "mdm-1-t02-cr-imagerie-irm-lefevre.hl7").read_bytes()
+PID_END = MESSAGE.index(b"\n", MESSAGE.index(b"\nPID|") + 1)
+
+
+@given(st.integers(0, len(MESSAGE)), st.sampled_from([b"", b"\x0b", b"\xef\xbb\xbf"]))
+def test_the_first_bytes_of_a_message_name_its_patient_once_its_pid_is_whole(length, start):
+    """What is kept of a message too large, or of a frame never ended: its last segment may be cut."""
+    read = Message.leading_segments(start + MESSAGE[:length])
+    assert (read is not None and read.first("PID") is not None) == (length > PID_END)
+    if length > PID_END:
+        assert cx_ids(read.first("PID"), 3) == cx_ids(Message.from_bytes(MESSAGE).first("PID"), 3) != []
+
+
+@given(st.binary(max_size=400) | st.builds(lambda tail: b"MSH|^~\\&|" + tail, st.binary(max_size=400)))
+def test_any_first_bytes_read_as_a_message_or_none(data):
+    assert Message.leading_segments(data) is None or isinstance(Message.leading_segments(data), Message)
 
 
 class Lookups:
