@@ -317,6 +317,11 @@ class LongRuns:
         return [self.by_stand_in.get(part, part) for part in self.stand_ins.split(value) if part]
 
 
+def _unframed(data: bytes | bytearray) -> bytes:
+    """Bytes kept of a message, without a byte order mark or MLLP's start byte, its segments ended by CR."""
+    return bytes(data).removeprefix(BOM).removeprefix(MLLP_START.encode()).replace(b"\n", b"\r")
+
+
 class Message:
     """A decoded message: its segments in order, MSH first."""
 
@@ -384,26 +389,24 @@ class Message:
         None when there is none: to answer a message that cannot be read whole (its bytes are not of
         its character set, that set is not supported, it is too large) with an ACK its sender can
         match, MSA-2 its control id. That ACK left MSA-2 empty."""
-        head = bytes(data[:4096])
-        msh = head.removeprefix(BOM).removeprefix(MLLP_START.encode()).replace(b"\n", b"\r").split(b"\r", 1)[0]
-        charset = declared_charset(msh)
-        try:
-            return cls(msh.decode(CHARSETS.get(charset.upper(), "latin-1"), "replace"), charset)
-        except MessageRejected:
-            return None
+        return cls._leniently(_unframed(data[:4096]).split(b"\r", 1)[0])
 
     @classmethod
     def leading_segments(cls, data: bytes | bytearray) -> "Message | None":
         """The segments whole at the start of bytes that are not a whole message (the first bytes
         kept of one too large, or of a frame never ended), read leniently as header_of reads MSH;
         the last one, which may be cut, is left out. None when they do not read as a message."""
-        head = bytes(data).removeprefix(BOM).removeprefix(MLLP_START.encode()).replace(b"\n", b"\r")
+        head = _unframed(data)
         end = head.rfind(b"\r")
-        if end < 0:
-            return None
-        charset = declared_charset(head)
+        return cls._leniently(head[:end]) if end >= 0 else None
+
+    @classmethod
+    def _leniently(cls, segments: bytes) -> "Message | None":
+        """Segments read in the character set their MSH-18 names, a byte it does not have replaced;
+        None when they are not a message."""
+        charset = declared_charset(segments)
         try:
-            return cls(head[:end].decode(CHARSETS.get(charset.upper(), "latin-1"), "replace"), charset)
+            return cls(segments.decode(CHARSETS.get(charset.upper(), "latin-1"), "replace"), charset)
         except MessageRejected:
             return None
 

@@ -63,6 +63,12 @@ def attachment_data(attachment: dict, where: str, max_bytes: int) -> bytes:
 SUBJECT_IDENTIFIERS = 20
 
 
+def bundle_patients(resources) -> dict[str, dict]:
+    """The Patient entries of a Bundle, (fullUrl, resource) pairs, by the fullUrl a subject names."""
+    return {url: resource for url, resource in resources
+            if isinstance(url, str) and url and resource.get("resourceType") == "Patient"}
+
+
 def resolve_subject(uow: UnitOfWork, subject: dict, bundle_patients: dict[str, dict] | None = None) -> str | None:
     """The Patient a submitted subject designates, among the records this gateway holds (the
     survivor, for a Patient merged into another): a local reference, a conditional one
@@ -80,7 +86,8 @@ def resolve_subject(uow: UnitOfWork, subject: dict, bundle_patients: dict[str, d
                 system, code = value.split("|", 1)
                 identifiers.append({"system": system, "value": code})
     elif reference in (bundle_patients or {}):
-        identifiers += bundle_patients[reference].get("identifier", [])
+        listed = bundle_patients[reference].get("identifier")
+        identifiers += listed if isinstance(listed, list) else []
     elif reference.startswith("Patient/") and reference.count("/") == 1:
         found = uow.current("Patient", reference.split("/", 1)[1])
         # The record it belongs to: a Patient merged into another (A40) is the survivor's, where

@@ -27,7 +27,7 @@ from gateway.mapping.dates import fhir_now
 from gateway.signature import SignatureRefused, digest, verify_signature
 from gateway.storage.repository import Repository, StoredResource, UnitOfWork, new_id
 
-from .described import attachment_data, is_cda, register_described, resolve_subject
+from .described import attachment_data, bundle_patients, is_cda, register_described, resolve_subject
 from .documents import ParsedCda, read_cda, register_document
 from .ingest import Received, Written, ingest
 
@@ -173,9 +173,7 @@ def _named_record(uow: UnitOfWork, bundle) -> str | None:
     resources = [(entry.get("fullUrl"), entry["resource"]) for entry in entries[:MAX_ENTRIES]
                  if isinstance(entry, dict) and isinstance(entry.get("resource"), dict)
                  ] if isinstance(entries, list) else []
-    patients = {url: resource for url, resource in resources
-                if resource.get("resourceType") == "Patient" and isinstance(url, str)
-                and isinstance(resource.get("identifier"), list)}
+    patients = bundle_patients(resources)
     for _, resource in resources:
         subject = resource.get("subject")
         if isinstance(subject, dict) and (record := resolve_subject(uow, subject, patients)):
@@ -394,8 +392,7 @@ def _check_signature(item: Submitted, documents: list[Submitted], trust_anchors)
 
 def _write(uow: UnitOfWork, base_url: str, bundle: dict, documents, signatures, lists, patches) -> dict:
     responses: dict[int, tuple[str, str]] = {}
-    bundle_patients = {e.get("fullUrl"): e["resource"] for e in bundle["entry"]
-                       if e["resource"].get("resourceType") == "Patient" and e.get("fullUrl")}
+    patients = bundle_patients((e.get("fullUrl"), e["resource"]) for e in bundle["entry"])
     patient_ids, superseded = set(), set()
     for item in (*documents, *signatures, *lists):
         if item.updates is None:
@@ -413,7 +410,7 @@ def _write(uow: UnitOfWork, base_url: str, bundle: dict, documents, signatures, 
             except Refused as refusal:   # it names its place in the document (/ClinicalDocument/…)
                 raise refusal.at(f"{where} -> {refusal.location}") from None
         else:
-            patient_id = resolve_subject(uow, subject, bundle_patients)
+            patient_id = resolve_subject(uow, subject, patients)
             if patient_id is None:
                 raise _refuse("the subject names no patient whose record this gateway holds (TD2 needs the "
                               "patient's record)", f"{where}.subject", 422, "not-found")
@@ -446,7 +443,7 @@ def _write(uow: UnitOfWork, base_url: str, bundle: dict, documents, signatures, 
     for item in sorted(lists, key=lambda item: submission.is_submission_set(item.resource)):
         where = f"Bundle.entry[{item.index}].resource"
         subject = item.resource.get("subject")
-        if subject and resolve_subject(uow, subject, bundle_patients) != patient_id:
+        if subject and resolve_subject(uow, subject, patients) != patient_id:
             raise _refuse("the List's subject is not the patient its documents are about", f"{where}.subject")
         if submission.is_submission_set(item.resource):
             _write_submission_set(uow, item, named, patient_id, responses)
