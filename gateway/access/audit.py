@@ -19,7 +19,7 @@ from gateway.storage.database import is_sqlite, read_connection
 from gateway.storage.schema import audit_chain, resources
 from gateway.storage.statements import Prebuilt
 
-from .context import EMERGENCY, REGULATION, AccessContext
+from .context import EMERGENCY, PATIENT, REGULATION, AccessContext
 from .rules import IDNATPS_SYSTEM
 
 BALP = "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit."
@@ -80,9 +80,10 @@ SUCCESS = Outcome("0")
 
 def audit_event(event_id: str, recorded: str, interaction: str, access: AccessContext, *,
                 patient_id: str | None, entity: str | None = None, query: str | None = None,
-                outcome: Outcome = SUCCESS, host: str = GATEWAY) -> dict:
+                outcome: Outcome = SUCCESS, host: str = GATEWAY, requester_patient: str | None = None) -> dict:
     """One BALP AuditEvent: who (with role, organisation, address), what (one resource, or the
-    query), about which patient, why, and the outcome. BALP allows one data entity per event."""
+    query), about which patient, why, and the outcome. BALP allows one data entity per event.
+    `requester_patient` is the Patient id of a patient who asks, by which the event names them."""
     with_patient, without_patient, action, requester_role, gateway_role = INTERACTIONS[interaction]
     event = {"resourceType": "AuditEvent", "id": event_id}
     if outcome == SUCCESS:
@@ -95,7 +96,8 @@ def audit_event(event_id: str, recorded: str, interaction: str, access: AccessCo
                     for code in (interaction, *ALSO_NAMED.get(interaction, ()))],
         "action": action, "recorded": recorded, "outcome": outcome.code,
         "purposeOfEvent": [_purpose(access)],
-        "agent": [_requester(access, requester_role), *_organization(access), _gateway(gateway_role, host)],
+        "agent": [_requester(access, requester_role, requester_patient), *_organization(access),
+                  _gateway(gateway_role, host)],
         "source": _source(),
         "entity": _entities(patient_id, entity, query),
     }
@@ -161,10 +163,17 @@ def _network(access: AccessContext) -> dict:
     return {"address": access.address, "type": "2"} if access.address else {"address": "localhost", "type": "1"}
 
 
-def _requester(access: AccessContext, role: dict) -> dict:
-    return {"type": {"coding": [role]}, "role": [{"coding": [{"system": ROLE_SYSTEM, "code": access.role}]}],
-            "who": _who(access), "altId": access.subject, "name": access.name or access.subject,
-            "requestor": True, "network": _network(access)}
+def _requester(access: AccessContext, role: dict, requester_patient: str | None) -> dict:
+    requester = {"type": {"coding": [role]}, "role": [{"coding": [{"system": ROLE_SYSTEM, "code": access.role}]}]}
+    if access.role == PATIENT:
+        # A patient is named by their record, not by their INS and name: the trail outlives a
+        # destroyed record (its chain hashes every entry), and each of the patient's own accesses
+        # wrote both in clear. Their INS stays where a search asked for it (the query).
+        requester["who"] = {"reference": f"Patient/{requester_patient}"} if requester_patient \
+            else {"display": "a patient whose record was not found"}
+    else:
+        requester |= {"who": _who(access), "altId": access.subject, "name": access.name or access.subject}
+    return requester | {"requestor": True, "network": _network(access)}
 
 
 def _organization(access: AccessContext) -> list[dict]:

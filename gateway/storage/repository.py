@@ -5,6 +5,7 @@ reader's access filter in its SQL, so no endpoint can read around it.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from uuid6 import uuid7
 
 from gateway.access import AccessContext
 from gateway.access import audit, writes
-from gateway.access.context import DIRECTORY_TYPES, EMERGENCY, INS_SYSTEMS, OWN_PATIENT, REGULATION
+from gateway.access.context import DIRECTORY_TYPES, EMERGENCY, INS_SYSTEMS, OWN_PATIENT, PATIENT, REGULATION
 from gateway.access.rules import VISIBILITY_COLUMNS, binary_ids, rules_of, signed_ids, visibility_columns
 from gateway.access.writes import Write
 from gateway.mapping.document import author_idnatps
@@ -219,6 +220,11 @@ class Repository:
         """The Patient id of the record a patient or representative token is about."""
         with read_connection(self.engine) as conn:
             return conn.execute(text(OWN_PATIENT), {"reader_patient": self.access.patient_ins or ""}).scalar()
+
+    @functools.cached_property
+    def requester_patient(self) -> str | None:
+        """The Patient id by which the trail names a patient who asks (None for anyone else)."""
+        return self.own_patient_id() if self.access.role == PATIENT else None
 
     def _visible_current(self, res_type: str, res_id: str, conn: Connection | None = None):
         if conn is None:
@@ -478,7 +484,8 @@ class Repository:
                query: str | None = None, flags_of: list[StoredResource] = (),
                outcome: audit.Outcome = audit.SUCCESS) -> "PendingAudit":
         event = audit.audit_event(new_id(), _now()[0], interaction, self.access, patient_id=patient_id,
-                                  entity=entity, query=query, outcome=outcome, host=self.host)
+                                  entity=entity, query=query, outcome=outcome, host=self.host,
+                                  requester_patient=self.requester_patient)
         return PendingAudit(event, patient_id, any(s.hidden_from_patient for s in flags_of),
                             any(s.hidden_from_representatives for s in flags_of))
 
@@ -628,7 +635,8 @@ class UnitOfWork:
         for change in self.changes:
             kind = {"PATCH": "patch", "DELETE": "delete"}.get(change.method) or ("create" if change.created else "update")
             event = audit.audit_event(new_id(), _now()[0], kind, repository.access, patient_id=change.patient_id,
-                                      entity=change.reference, host=repository.host)
+                                      entity=change.reference, host=repository.host,
+                                      requester_patient=repository.requester_patient)
             self.audit.append(PendingAudit(event, change.patient_id, change.hidden_from_patient,
                                            change.hidden_from_representatives))
         self.changes = []

@@ -253,6 +253,8 @@ AUDIT_EVENT = [
     SearchParam("subtype", "token", lambda r: _codings({"coding": r.get("subtype", [])})),
     SearchParam("action", "token", lambda r: [("", r["action"])] if r.get("action") else []),
     SearchParam("outcome", "token", lambda r: [("", r["outcome"])] if r.get("outcome") else []),
+    SearchParam("agent", "reference", lambda r: [t for a in r.get("agent", []) for t in _ref(a.get("who"))],
+                ("Patient",)),
     SearchParam("altid", "token", lambda r: [("", a["altId"]) for a in r.get("agent", []) if a.get("altId")]),
     SearchParam("agent-role", "token", lambda r: [pair for a in r.get("agent", []) for pair in _many_codings(a.get("role"))]),
     SearchParam("purpose", "token", lambda r: _many_codings(r.get("purposeOfEvent"))),

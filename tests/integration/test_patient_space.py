@@ -300,9 +300,15 @@ def test_each_page_reads_through_the_rules_and_leaves_its_trail(app, settings, c
     assert browser.get(f"/documents/{record['cr-imagerie-echographie-moreau.xml']}").status_code == 404
     trail = client.get("/fhir/AuditEvent", query_string={"_count": 100},
                        headers=bearer("patient", patient=MARTIN)).json
-    own = [e["resource"] for e in trail["entry"] if e["resource"]["agent"][0]["altId"] == MARTIN]
+    martin = f"Patient/{trail['entry'][0]['resource']['entity'][0]['what']['reference'].split('/')[1]}"
+    own = [e["resource"] for e in trail["entry"] if e["resource"]["agent"][0]["who"].get("reference") == martin]
     assert {e["subtype"][0]["code"] for e in own} >= {"search-type"}
-    assert all(e["agent"][0]["name"] == "Paul MARTIN" for e in own)
+    # He is named by his record: neither his INS nor his name is written with each of his accesses.
+    assert not any({"altId", "name"} & e["agent"][0].keys() for e in own)
+    found = client.get("/fhir/AuditEvent", query_string={"agent": martin, "_count": 100},
+                       headers=bearer("patient", patient=MARTIN)).json
+    assert all(e["resource"]["agent"][0]["who"]["reference"] == martin for e in found["entry"])
+    assert {e["resource"]["id"] for e in found["entry"]} >= {e["id"] for e in own}   # and the search of the trail
 
 
 def own_searches(engine) -> list[str]:
@@ -310,7 +316,8 @@ def own_searches(engine) -> list[str]:
     with engine.connect() as conn:
         events = [json.loads(body) for body in conn.execute(select(resources.c.body).where(
             resources.c.res_type == "AuditEvent").order_by(resources.c.last_updated)).scalars()]
-    return [base64.b64decode(entity["query"]).decode() for event in events if event["agent"][0].get("altId") == MARTIN
+    return [base64.b64decode(entity["query"]).decode() for event in events
+            if event["agent"][0]["role"][0]["coding"][0]["code"] == "patient"
             for entity in event["entity"] if "query" in entity]
 
 
@@ -431,6 +438,15 @@ def test_destruction_waits_for_the_retention_period_then_removes_the_record(app,
         raws = conn.execute(select(func.count()).select_from(raw_inputs)).scalar_one()
     assert left == 0 and raws == 1   # Léa Moreau's document stays
     assert verify_chain(engine).broken_at is None
+    # The trail stays, chained. It names him by his record's id, which nothing resolves now, and
+    # holds his INS only in the search a professional made by it, as the query was asked.
+    with engine.connect() as conn:
+        trail = [json.loads(body) for body in conn.execute(select(resources.c.body).where(
+            resources.c.res_type == "AuditEvent", resources.c.patient_id == destroyed.patient_id)).scalars()]
+    queries = [base64.b64decode(entity.pop("query")).decode() for event in trail for entity in event["entity"]
+               if "query" in entity]
+    assert len(trail) >= 5 and not [event for event in trail if MARTIN in json.dumps(event) or "MARTIN" in json.dumps(event)]
+    assert [q for q in queries if MARTIN in q] == [f"DocumentReference?patient.identifier=urn%3Aoid%3A1.2.250.1.213.1.4.10%7C{MARTIN}"]
     assert "Échographie abdominale" in sign_in(app, settings, "sophie").get("/documents").text
 
 

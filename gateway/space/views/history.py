@@ -93,12 +93,14 @@ def _system_name(requester: dict, event: dict, documents: dict[str, dict]) -> tu
     return "Un établissement de santé", "Logiciel de l'établissement"
 
 
-def describe(event: dict, documents: dict[str, dict], own_subject: str) -> dict:
+def describe(event: dict, documents: dict[str, dict], own_agent: set[str]) -> dict:
+    """`own_agent`: how the trail names the reader as the agent of an event (a patient by their
+    Patient, earlier by their INS; a representative by their login)."""
     requester = _requester(event)
     role = next((c.get("code") for r in requester.get("role", []) for c in r.get("coding", [])
                  if c.get("system") == ROLE_SYSTEM), None)
     purpose = next((c.get("code") for p in event.get("purposeOfEvent", []) for c in p.get("coding", [])), "TREAT")
-    own = requester.get("altId") == own_subject
+    own = bool(own_agent & {requester.get("altId"), requester.get("who", {}).get("reference")} - {None})
     if own:
         who, detail = "Vous", None
     elif role == PATIENT:
@@ -156,7 +158,8 @@ def history_page():
         params.append(("_cursor", request.args["page"]))
     page = g.repository.search(search_sql.parse_search("AuditEvent", params))
     documents = _documents(page.included)
-    own = g.repository.access.subject
+    access = g.repository.access
+    own = {access.subject} | ({f"Patient/{common.patient_id()}"} if access.role == PATIENT else set())
     events = [describe(s.json(), documents, own) for s in page.entries]
     following = search_sql.encode_cursor(page.next_keys, "n") if page.next_keys is not None else None
     return render_template("history.html", events=events, total=page.total, following=following, view=view,
