@@ -21,6 +21,7 @@ from gateway.mapping.dates import fhir_now
 from gateway.storage.repository import UnitOfWork
 
 from .documents import Ingested, check_record_open, replaced_already
+from .ingest import NAMED_IDENTIFIERS
 from .personal import shared_record_custodian
 
 # IHE format code of a document whose MIME type says all (the PDSM4DMP examples use it).
@@ -60,22 +61,19 @@ def attachment_data(attachment: dict, where: str, max_bytes: int) -> bytes:
     return data
 
 
-SUBJECT_IDENTIFIERS = 20
-
-
 def bundle_patients(resources) -> dict[str, dict]:
     """The Patient entries of a Bundle, (fullUrl, resource) pairs, by the fullUrl a subject names."""
     return {url: resource for url, resource in resources
             if isinstance(url, str) and url and resource.get("resourceType") == "Patient"}
 
 
-def resolve_subject(uow: UnitOfWork, subject: dict, bundle_patients: dict[str, dict] | None = None) -> str | None:
-    """The Patient a submitted subject designates, among the records this gateway holds (the
-    survivor, for a Patient merged into another): a local reference, a conditional one
-    (`Patient?identifier=system|value`), an identifier, or a Patient entry of the Bundle matched by
-    its identifiers. None when no record matches."""
+def subject_identifiers(subject, bundle_patients: dict[str, dict] | None = None) -> list[tuple[str, str]]:
+    """The identifiers a submitted subject names its patient by, as sent (an INS without its spaces):
+    its identifier, a conditional reference's (`Patient?identifier=system|value`), or its Patient
+    entry's in the Bundle. A subject names one patient, by an INS or an IPP or two: those past the
+    first few are left (a reference could list thousands, each a look-up under the write lock).
+    Read of a refused submission too (provide._named_patient), checked by nothing before."""
     reference = subject.get("reference") if isinstance(subject, dict) else None
-    # Read of a refused submission too (provide._named_record), checked by nothing before.
     reference = reference if isinstance(reference, str) else ""
     identifiers = []
     if isinstance(subject, dict) and isinstance(subject.get("identifier"), dict):
@@ -88,19 +86,27 @@ def resolve_subject(uow: UnitOfWork, subject: dict, bundle_patients: dict[str, d
     elif reference in (bundle_patients or {}):
         listed = bundle_patients[reference].get("identifier")
         identifiers += listed if isinstance(listed, list) else []
-    elif reference.startswith("Patient/") and reference.count("/") == 1:
+    return [(identifier["system"], identifier["value"].replace(" ", ""))
+            for identifier in identifiers[:NAMED_IDENTIFIERS]
+            if isinstance(identifier, dict) and isinstance(identifier.get("system"), str) and identifier["system"]
+            and isinstance(identifier.get("value"), str) and identifier["value"]]
+
+
+def resolve_subject(uow: UnitOfWork, subject: dict, bundle_patients: dict[str, dict] | None = None) -> str | None:
+    """The Patient a submitted subject designates, among the records this gateway holds (the
+    survivor, for a Patient merged into another): a local reference, or the identifiers it names
+    (`subject_identifiers`). None when no record matches."""
+    reference = subject.get("reference") if isinstance(subject, dict) else None
+    if isinstance(reference, str) and reference.startswith("Patient/") and reference.count("/") == 1 \
+            and reference not in (bundle_patients or {}):
         found = uow.current("Patient", reference.split("/", 1)[1])
         # The record it belongs to: a Patient merged into another (A40) is the survivor's, where
         # a client that kept its id before the merge means its documents to go.
         return uow.patient_record(found.patient_id) if found is not None and not found.deleted else None
-    # A subject names one patient, by an INS or an IPP or two: the identifiers past the first few
-    # are not looked up (a reference could list thousands, each a look-up under the write lock).
-    for identifier in identifiers[:SUBJECT_IDENTIFIERS]:
-        if isinstance(identifier, dict) and isinstance(identifier.get("system"), str) and identifier["system"] \
-                and isinstance(identifier.get("value"), str) and identifier["value"]:
-            found = uow.find_by_identifier("Patient", identifier["system"], identifier["value"].replace(" ", ""))
-            if found:
-                return uow.patient_record(found)
+    for system, value in subject_identifiers(subject, bundle_patients):
+        found = uow.find_by_identifier("Patient", system, value)
+        if found:
+            return uow.patient_record(found)
     return None
 
 

@@ -22,7 +22,7 @@ from gateway.mapping.hl7v2 import feeding_refused
 from gateway.mapping.rules import check_document
 from gateway.storage.repository import DuplicateIdentifier, Repository, StoredResource, UnitOfWork
 
-from .patients import feeding_consent, named_record
+from .patients import feeding_consent, named_patient
 from .ingest import Received, Written, ingest
 
 CDA_CONTENT_TYPES = {"application/xml", "text/xml", "application/hl7-cda+xml"}
@@ -106,7 +106,7 @@ def ingest_cda(repo: Repository, data: bytes, *, max_bytes: int, channel: str = 
 
     received = Received(channel, data, content_type, sender, sha256=digests.sha256)
     _, written = ingest(repo, received, Write.FEED, prepare, write, raw_id=raw_id,
-                        named_record=lambda uow: named_record(uow, named_patient_ids(data)))
+                        named_patient=lambda uow: named_patient(uow, named_patient_ids(data)))
     return written.value
 
 

@@ -242,7 +242,7 @@ def _process(repo: Repository, received: Received, permission: Write, message: M
     try:
         _, written = ingest.ingest(repo, received, permission, lambda: handler.read(message, max_bytes), write,
                                    raw_id=raw_id, record_refusal=refusal_recorded,
-                                   named_record=_named_record(message), alone=handler.alone)
+                                   named_patient=_named_patient(message), alone=handler.alone)
     except ingest.AlreadyHandled:
         row = next((r for r in earlier_messages(repo.engine, received.sender, message.control_id[:199])
                     if r.id == raw_id), None)
@@ -256,11 +256,11 @@ def _process(repo: Repository, received: Received, permission: Write, message: M
     return _reply(written.ack, message, written.value.code, raw_id)
 
 
-def _named_record(message: Message | None) -> Callable[[UnitOfWork], str | None]:
-    """The record of the patient a message names by its PID-3 (the one PID of the structures taken
-    here), for a message refused or that stored nothing."""
+def _named_patient(message: Message | None) -> Callable[[UnitOfWork], ingest.NamedPatient]:
+    """The patient a message names by its PID-3 (the one PID of the structures taken here), for a
+    message refused or that stored nothing."""
     pid = message.first("PID") if message is not None else None
-    return lambda uow: patients.named_record(uow, v2.cx_ids(pid, 3)) if pid is not None else None
+    return lambda uow: patients.named_patient(uow, v2.cx_ids(pid, 3)) if pid is not None else ingest.NO_ONE
 
 
 def _failed(message: Message, raw_id: int | None, passing: bool) -> Reply:
@@ -318,7 +318,7 @@ def _answer_unprocessed(repo: Repository, data: bytes, channel: str, message: Me
                             {"control_id": message.control_id[:199], "message_type": _listed_type(message)}
                             if readable else None)
         raw_id = ingest.keep(repo, received, Write.FEED, status="refused", outcome=_summary(outcome), ack=text,
-                             named_record=_named_record(read or message)).raw_id
+                             named_patient=_named_patient(read or message)).raw_id
     except Exception:
         log.exception("could not store a refused message")
         raw_id = None

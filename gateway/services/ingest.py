@@ -83,6 +83,20 @@ FINAL_STATUSES = ("processed", "refused", "duplicate", "skipped")
 STATUSES = ("received", *FINAL_STATUSES, "failed")
 
 
+@dataclass(frozen=True)
+class NamedPatient:
+    """The patient an input names, for its raw copy to go with their record's destruction: the
+    record, if that patient is known; otherwise the identifiers the input names them by
+    (`system|value`, at most NAMED_IDENTIFIERS), which find the record made for them later."""
+    record: str | None = None
+    identifiers: tuple[str, ...] = ()
+
+
+NO_ONE = NamedPatient()
+# A patient is named by an INS or an IPP or two: an input naming more keeps the first ones.
+NAMED_IDENTIFIERS = 20
+
+
 @dataclass
 class Kept:
     """Where an input's raw copy is."""
@@ -93,14 +107,14 @@ class Kept:
 
 def keep(repo: Repository, received: Received, permission: Write, *, status: str = "received",
          outcome: dict | None = None, ack: str | None = None,
-         named_record: Callable[[UnitOfWork], str | None] = lambda uow: None) -> Kept:
+         named_patient: Callable[[UnitOfWork], NamedPatient] = lambda uow: NO_ONE) -> Kept:
     """Store the input exactly as received, committed before any processing starts. An HL7v2
     message (its keys hold a fingerprint) already received from its sender under its control id is
     not stored again: its earlier copy is returned. The look-up and the copy are one unit of work,
     so two copies sent at the same time are not both kept. A document (no HL7v2 keys) sent again
     after its processing failed takes up the copy that was never answered, so that the copy records
     how it ended; one that was answered is kept again, and found a duplicate. An input kept
-    `refused` at once (a message no handler takes) keeps the record it names (`named_record`)."""
+    `refused` at once (a message no handler takes) keeps the patient it names (`named_patient`)."""
     keys = received.keys or {}
     sha256 = received.sha256 or hashlib.sha256(received.body).hexdigest()
 
@@ -113,9 +127,9 @@ def keep(repo: Repository, received: Received, permission: Write, *, status: str
             unanswered = uow.unanswered_copy(received.channel, sha256, received.sender)
             if unanswered is not None:
                 return Kept(unanswered)
+        named = naming(outcome, named_patient(uow)) if status == "refused" else {"outcome": outcome}
         raw_id = uow.store_raw(received.channel, received.body, received.content_type, received.sender,
-                               message=received.keys, status=status, ack=ack, sha256=sha256,
-                               outcome=with_record(outcome, named_record(uow)) if status == "refused" else outcome)
+                               message=received.keys, status=status, ack=ack, sha256=sha256, **named)
         return Kept(raw_id, control_id_reused=bool(earlier))
 
     return repo.write(unit, permission)
@@ -124,16 +138,15 @@ def keep(repo: Repository, received: Received, permission: Write, *, status: str
 def ingest(repo: Repository, received: Received, permission: Write, prepare: Callable[[], P],
            write: Callable[[UnitOfWork, P], Written[T]], *, raw_id: int | None = None,
            record_refusal: Callable[[Refused], tuple[dict, str | None]] = lambda refusal: (refusal.summary(), None),
-           named_record: Callable[[UnitOfWork], str | None] = lambda uow: None,
+           named_patient: Callable[[UnitOfWork], NamedPatient] = lambda uow: NO_ONE,
            alone: bool = False) -> tuple[int, Written[T]]:
     """Run one input through the pipeline. Returns the raw input's id and what was written; raises
     the `Refused` (recorded as such) or the failure (recorded as failed, for `gateway messages
     reprocess`). `raw_id` names an input already kept (a reprocessing, an unanswered
     retransmission); `record_refusal` gives what the raw input keeps of a refusal (its outcome, and
-    the ACK it was answered with); `named_record`, the record of the patient the input names, from
-    what its transport decoded of it, if that patient is known, for an input refused or whose
-    result names no resource; `alone`: the write, which may change a whole record, runs in a
-    transaction of its own (GroupCommit.run)."""
+    the ACK it was answered with); `named_patient`, the patient the input names, from what its
+    transport decoded of it, for an input refused or whose result names no resource; `alone`: the
+    write, which may change a whole record, runs in a transaction of its own (GroupCommit.run)."""
     started = time.perf_counter()
     kept_here = raw_id is None
     if kept_here:
@@ -144,10 +157,10 @@ def ingest(repo: Repository, received: Received, permission: Write, prepare: Cal
             raise AlreadyHandled()
         written = write(uow, prepared)
         # An input whose result names nothing of a record (an ADT that changed nothing, an MDM not for
-        # the shared record) names the record of its patient, as a refusal does: its raw copy holds
-        # their identity, and goes with the record's destruction.
-        outcome = written.outcome if written.produced else with_record(written.outcome, named_record(uow))
-        uow.record_outcome(raw_id, written.status, outcome, written.produced, ack=written.ack)
+        # the shared record) names its patient, as a refusal does: its raw copy holds their
+        # identity, and goes with the record's destruction.
+        named = {"outcome": written.outcome} if written.produced else naming(written.outcome, named_patient(uow))
+        uow.record_outcome(raw_id, written.status, produced=written.produced, ack=written.ack, **named)
         return written
 
     try:
@@ -170,8 +183,8 @@ def ingest(repo: Repository, received: Received, permission: Write, prepare: Cal
     except Refused as refusal:
         outcome, ack = record_refusal(refusal)
         said = refusal.record
-        repo.write(lambda uow: uow.record_outcome(raw_id, "refused", with_record(outcome, said or named_record(uow)),
-                                                  ack=ack), Write.RECORD)
+        repo.write(lambda uow: uow.record_outcome(raw_id, "refused", ack=ack, **naming(
+            outcome, NamedPatient(said) if said else named_patient(uow))), Write.RECORD)
         metrics.observe_ingest(received.channel, "refused", started)
         log.info("input refused", extra={"raw_id": raw_id, "channel": received.channel,
                                          "location": refusal.location, "status": refusal.status})
@@ -193,11 +206,12 @@ def ingest(repo: Repository, received: Received, permission: Write, prepare: Cal
     return raw_id, written
 
 
-def with_record(outcome: dict | None, record: str | None) -> dict | None:
-    """An input's outcome naming the record (its Patient's id) it concerns: the record's destruction
-    takes its raw copy, which holds the patient's identity and what was sent of them
-    (services.retention). A refusal says it when it knows it (a closed record); otherwise the input
-    names it, by the identifiers of its patient, when that patient is known."""
-    if record is None:
-        return outcome
-    return {**(outcome or {}), "record": f"Patient/{record}"}
+def naming(outcome: dict | None, named: NamedPatient) -> dict:
+    """A raw input's outcome and identifiers (as `record_outcome` takes them) naming the patient it
+    concerns: the record's destruction takes its raw copy, which holds the patient's identity and
+    what was sent of them (services.retention). The outcome names the record (its Patient's id),
+    when the refusal knows it (a closed record) or the patient is known by the identifiers the input
+    gives; else those identifiers are kept, apart from the outcome, which operators read."""
+    if named.record is not None:
+        return {"outcome": {**(outcome or {}), "record": f"Patient/{named.record}"}}
+    return {"outcome": outcome, "patient_identifiers": list(named.identifiers[:NAMED_IDENTIFIERS])}

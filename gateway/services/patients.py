@@ -19,6 +19,8 @@ from gateway.mapping.identity import ins_key_is_valid
 from gateway.refusal import Refused
 from gateway.storage.repository import UnitOfWork
 
+from .ingest import NAMED_IDENTIFIERS, NamedPatient
+
 # The key under which a patient's consent of each kind is found again (one Consent per kind).
 CONSENT_KEY_SYSTEM = v2.ZFA_SYSTEM + ":consent-of-patient:"
 
@@ -77,12 +79,15 @@ def find_patient(uow: UnitOfWork, ids: list[II]) -> str | None:
     return None
 
 
-def named_record(uow: UnitOfWork, ids: list[II]) -> str | None:
-    """The record of the patient an input names by these identifiers, read from it as they were
-    written (unchecked, an INS with its spaces: the input may have been refused), if that patient is
-    known."""
-    return find_patient(uow, [II(ii.root, ii.extension.replace(" ", "")) if ii.root in codes.INS_OIDS and ii.extension
-                              else ii for ii in ids])
+def named_patient(uow: UnitOfWork, ids: list[II]) -> NamedPatient:
+    """The patient an input names by these identifiers, read from it as they were written
+    (unchecked, an INS with its spaces: the input may have been refused): their record if they are
+    known, else the identifiers."""
+    ids = [II(ii.root, ii.extension.replace(" ", "")) if ii.root in codes.INS_OIDS and ii.extension else ii
+           for ii in ids[:NAMED_IDENTIFIERS]]
+    record = find_patient(uow, ids)
+    return NamedPatient(record) if record else NamedPatient(
+        identifiers=tuple(f"{system}|{value}" for system, value in identifier_keys(ids)))
 
 
 def valid_from_message(resource: dict, location: str) -> dict:

@@ -17,7 +17,7 @@ from gateway.mapping.document import Digests
 from gateway.storage.repository import Repository, StoredResource, UnitOfWork, new_id
 
 from .consents import own_patient, own_record
-from .ingest import Received, Written, ingest
+from .ingest import NamedPatient, Received, Written, ingest
 
 # The JDV_J07 types (TRE_A05) of what a patient deposits, with their display in the value set.
 OTHER_DOCUMENT, ADVANCE_DIRECTIVES = "EXPPAT_2", "EXPPAT_3"
@@ -97,7 +97,8 @@ def add_document(repo: Repository, *, title: str, type_code: str, media_type: st
 
     received = Received("patient-space", data, media_type, repo.access.subject, sha256=digests.sha256)
     # A refused upload is the record's whatever the reason: its own patient's (or representative's).
-    return ingest(repo, received, Write.PERSONAL, check, write, named_record=lambda uow: uow.own_patient_id())[1].value
+    return ingest(repo, received, Write.PERSONAL, check, write,
+                  named_patient=lambda uow: NamedPatient(uow.own_patient_id()))[1].value
 
 
 def _register(uow: UnitOfWork, repo: Repository, patient_id: str, title: str, type_code: str, media_type: str,

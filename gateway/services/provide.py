@@ -27,9 +27,10 @@ from gateway.mapping.dates import fhir_now
 from gateway.signature import SignatureRefused, digest, verify_signature
 from gateway.storage.repository import Repository, StoredResource, UnitOfWork, new_id
 
-from .described import attachment_data, bundle_patients, is_cda, register_described, resolve_subject
+from .described import (attachment_data, bundle_patients, is_cda, register_described, resolve_subject,
+                        subject_identifiers)
 from .documents import ParsedCda, read_cda, register_document
-from .ingest import Received, Written, ingest
+from .ingest import NAMED_IDENTIFIERS, NamedPatient, Received, Written, ingest
 
 
 # The entries of one submission, written in one transaction. 5,000 small documents in a 5 MB
@@ -69,7 +70,7 @@ def provide(repo: Repository, received: Received, trust_anchors, max_bytes: int,
             raw_id: int | None = None) -> dict:
     """ITI-65: `received` on the channel iti65, its body a transaction Bundle (JSON or XML).
     `raw_id`: its raw copy already kept, for an operator's reprocessing."""
-    submission = _provide(repo, received, lambda: _load(received.take_body(), received.content_type),
+    submission = _provide(repo, received, lambda read: _load(received.take_body(), received.content_type),
                           trust_anchors, max_bytes, raw_id)
     return submission.response
 
@@ -82,8 +83,9 @@ def publish(repo: Repository, received: Received, trust_anchors, max_bytes: int,
     """ITI-105 Simplified Publish: one DocumentReference carrying its document in attachment.data,
     registered as an ITI-65 submission of that one document (the gateway writes its SubmissionSet).
     Returns whether it was new, and the DocumentReference."""
-    def bundle_of_document() -> dict:
-        document = load(received.take_body(), received.content_type)
+    def bundle_of_document(read: dict) -> dict:
+        # What was posted, read before it is a Bundle: a refusal until then names its subject.
+        document = read["submitted"] = load(received.take_body(), received.content_type)
         if not isinstance(document, dict) or document.get("resourceType") != "DocumentReference":
             raise _refuse("ITI-105 posts a DocumentReference", "DocumentReference", 400, "structure")
         content = document.get("content")
@@ -130,14 +132,15 @@ class Submission:
     response: dict = field(default_factory=dict)
 
 
-def _provide(repo: Repository, received: Received, bundle_of: Callable[[], dict], trust_anchors,
+def _provide(repo: Repository, received: Received, bundle_of: Callable[[dict], dict], trust_anchors,
              max_bytes: int, raw_id: int | None) -> Submission:
     """Check every document before any transaction, then write everything in one unit of work
-    (all or nothing)."""
-    loaded: dict = {}
+    (all or nothing). `bundle_of` leaves what it read in the dict it is given (`submitted`), for
+    the patient a refusal names."""
+    read: dict = {}
 
     def check() -> Submission:
-        bundle = loaded["bundle"] = bundle_of()
+        bundle = read["submitted"] = bundle_of(read)
         documents, signatures, lists, binaries, patches = _classify(bundle)
         for item in documents + signatures:
             _attach_binary(item, bundle, binaries, max_bytes)
@@ -162,23 +165,30 @@ def _provide(repo: Repository, received: Received, bundle_of: Callable[[], dict]
                                           if "location" in e["response"]])
 
     return ingest(repo, received, Write.FEED, check, write, raw_id=raw_id,
-                  named_record=lambda uow: _named_record(uow, loaded.get("bundle")))[1].value
+                  named_patient=lambda uow: _named_patient(uow, read.get("submitted")))[1].value
 
 
-def _named_record(uow: UnitOfWork, bundle) -> str | None:
-    """The record of the patient a refused submission names, if it was read: the first subject of
-    its entries that designates a known patient, as it was sent (a reference, an identifier, a
-    Patient entry)."""
-    entries = bundle.get("entry") if isinstance(bundle, dict) else None
-    resources = [(entry.get("fullUrl"), entry["resource"]) for entry in entries[:MAX_ENTRIES]
-                 if isinstance(entry, dict) and isinstance(entry.get("resource"), dict)
-                 ] if isinstance(entries, list) else []
+def _named_patient(uow: UnitOfWork, submitted) -> NamedPatient:
+    """The patient a refused submission (a Bundle, or ITI-105's DocumentReference) names, if it was
+    read, as it was sent (a reference, an identifier, a Patient entry): the first subject of its
+    entries that designates a known patient, else the identifiers its subjects give."""
+    if isinstance(submitted, dict) and submitted.get("resourceType") == "DocumentReference":
+        resources = [(None, submitted)]
+    else:
+        entries = submitted.get("entry") if isinstance(submitted, dict) else None
+        resources = [(entry.get("fullUrl"), entry["resource"]) for entry in entries[:MAX_ENTRIES]
+                     if isinstance(entry, dict) and isinstance(entry.get("resource"), dict)
+                     ] if isinstance(entries, list) else []
     patients = bundle_patients(resources)
-    for _, resource in resources:
-        subject = resource.get("subject")
-        if isinstance(subject, dict) and (record := resolve_subject(uow, subject, patients)):
-            return record
-    return None
+    # A submission concerns one patient: its first subjects name them (and each is a few look-ups).
+    subjects = [resource["subject"] for _, resource in resources
+                if isinstance(resource.get("subject"), dict)][:NAMED_IDENTIFIERS]
+    for subject in subjects:
+        if record := resolve_subject(uow, subject, patients):
+            return NamedPatient(record)
+    named = dict.fromkeys(f"{system}|{value}" for subject in subjects
+                          for system, value in subject_identifiers(subject, patients))
+    return NamedPatient(identifiers=tuple(named)[:NAMED_IDENTIFIERS])
 
 
 def _load(body: bytes, content_type: str) -> dict:

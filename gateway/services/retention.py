@@ -120,7 +120,11 @@ def carry_out(engine: Engine, now: datetime | None = None) -> list[Destroyed]:
 def _destroy(conn, patient_id: str, stamp: str) -> Destroyed:
     owned = conn.execute(select(resources.c.res_type, resources.c.res_id, resources.c.blob_sha256).where(
         resources.c.patient_id == patient_id, resources.c.res_type != "AuditEvent")).all()
-    raw = _raw_inputs_of(conn, {f"{r.res_type}/{r.res_id}" for r in owned})
+    patients = [r.res_id for r in owned if r.res_type == "Patient"]   # with those merged into it
+    identifiers = {f"{system}|{value}" for system, value in conn.execute(
+        select(unique_identifiers.c.system, unique_identifiers.c.value).where(
+            unique_identifiers.c.res_type == "Patient", unique_identifiers.c.res_id.in_(patients)))}
+    raw = _raw_inputs_of(conn, {f"{r.res_type}/{r.res_id}" for r in owned}, identifiers)
     for res_type in {r.res_type for r in owned}:
         ids = [r.res_id for r in owned if r.res_type == res_type]
         for start in range(0, len(ids), CHUNK):
@@ -143,15 +147,17 @@ def _destroy(conn, patient_id: str, stamp: str) -> Destroyed:
     return Destroyed(patient_id, len(owned), len(raw))
 
 
-def _raw_inputs_of(conn, references: set[str]) -> dict[int, str]:
-    """The raw inputs that produced or named any of `references` (their `resources`), or whose
-    outcome names the record (`record`: refused, or naming no resource of it), with their bodies'
-    blobs: one pass over the inputs, streamed. Each reference was a `LIKE '%…%'` of its
-    own, 200 to a statement, each statement a pass over every input: a pass per 200 of the record's
-    resources."""
+def _raw_inputs_of(conn, references: set[str], identifiers: set[str]) -> dict[int, str]:
+    """The raw inputs that produced or named any of `references` (their `resources`), whose outcome
+    names the record (`record`: refused, or naming no resource of it), or that name one of its
+    Patients' `identifiers` (refused before the record was made), with their bodies' blobs: one
+    pass over the inputs, streamed. Each reference was a `LIKE '%…%'` of its own, 200 to a
+    statement, each statement a pass over every input: a pass per 200 of the record's resources."""
     found = {}
-    rows = conn.execute(select(raw_inputs.c.id, raw_inputs.c.sha256, raw_inputs.c.resources, raw_inputs.c.outcome)
-                        .where(or_(raw_inputs.c.resources.is_not(None), raw_inputs.c.outcome.is_not(None)))
+    rows = conn.execute(select(raw_inputs.c.id, raw_inputs.c.sha256, raw_inputs.c.resources, raw_inputs.c.outcome,
+                               raw_inputs.c.patient_identifiers)
+                        .where(or_(raw_inputs.c.resources.is_not(None), raw_inputs.c.outcome.is_not(None),
+                                   raw_inputs.c.patient_identifiers.is_not(None)))
                         .execution_options(yield_per=1000))
     for row in rows:
         # An ITI-65 submission names what it wrote by version (`DocumentReference/<id>/_history/1`):
@@ -159,7 +165,8 @@ def _raw_inputs_of(conn, references: set[str]) -> dict[int, str]:
         named = {"/".join(name.split("/", 2)[:2]) for name in json.loads(row.resources)} if row.resources else set()
         if row.outcome and (record := json.loads(row.outcome).get("record")):
             named.add(record)
-        if not references.isdisjoint(named):
+        if not references.isdisjoint(named) or (
+                row.patient_identifiers and not identifiers.isdisjoint(json.loads(row.patient_identifiers))):
             found[row.id] = row.sha256
     return found
 

@@ -1060,14 +1060,15 @@ class UnitOfWork:
 
     def store_raw(self, channel: str, body: bytes, content_type: str | None, sender: str | None, *,
                   message: dict | None = None, status: str = "received", outcome: dict | None = None,
-                  ack: str | None = None, sha256: str | None = None) -> int:
+                  ack: str | None = None, sha256: str | None = None, patient_identifiers: list[str] = ()) -> int:
         """Keep an input exactly as received (its body in blobs), with who submitted it (this unit's
         requester). `message` holds the HL7v2 keys (control_id, fingerprint, message_type)."""
         return sql.INSERT_RAW.execute(self.conn, dict(
             received_at=_now()[1], channel=channel, content_type=(content_type or "")[:128], sender=sender,
             requester=self.repository.access.serialized,
             sha256=self.store_blob(body, sha256), size=len(body), status=status,
-            outcome=json.dumps(outcome, ensure_ascii=False) if outcome else None, ack=ack, **(message or {}))
+            outcome=json.dumps(outcome, ensure_ascii=False) if outcome else None, ack=ack,
+            patient_identifiers=json.dumps(patient_identifiers) if patient_identifiers else None, **(message or {}))
         ).fetchone()[0]
 
     def unanswered_copy(self, channel: str, body_sha256: str, sender: str | None) -> int | None:
@@ -1096,9 +1097,11 @@ class UnitOfWork:
         return sql.CLAIM_RAW.execute(self.conn, {"key_raw": raw_id}).rowcount == 1
 
     def record_outcome(self, raw_id: int, status: str, outcome: dict | None = None,
-                       produced: list[str] | None = None, ack: str | None = None) -> None:
+                       produced: list[str] | None = None, ack: str | None = None,
+                       patient_identifiers: list[str] = ()) -> None:
         values = dict(status=status, outcome=json.dumps(outcome, ensure_ascii=False) if outcome else None,
-                      resources=json.dumps(produced) if produced else None)
+                      resources=json.dumps(produced) if produced else None,
+                      patient_identifiers=json.dumps(patient_identifiers) if patient_identifiers else None)
         if ack is not None:
             values["ack"] = ack
         sql.UPDATE_RAW.execute(self.conn, {"key_raw": raw_id, **values})

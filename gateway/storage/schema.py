@@ -47,6 +47,10 @@ raw_inputs = Table(
     Column("status", String(16), nullable=False),
     Column("outcome", Text),
     Column("resources", Text),
+    # A JSON list of `system|value`: the patient an input names, when no record of theirs was known as
+    # it was refused or stored nothing (services.ingest.NamedPatient). Operators read the outcome,
+    # and no patient data: these are not in it.
+    Column("patient_identifiers", Text),
     # HL7v2 only: a message is a retransmission when sender, control id and fingerprint match.
     Column("control_id", String(199)),
     Column("fingerprint", String(64)),

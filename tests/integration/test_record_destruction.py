@@ -304,3 +304,52 @@ def test_inputs_that_stored_nothing_of_the_record_or_named_it_by_version_are_des
     with engine.connect() as conn:
         assert conn.execute(select(raw_inputs.c.id)).all() == []
         assert conn.execute(select(blobs.c.sha256)).all() == []
+
+
+def test_inputs_refused_before_their_patient_was_known_are_destroyed_with_the_record_made_later(
+        client, bearer, database):
+    """A hospital's first documents for a patient are refused (a CI-SIS rule, a birth date that is
+    none, an element PDSm prohibits, an ITI-105 with two contents, a message type not taken), then a
+    corrected one makes the record. The refused ones, received when no record was there to name,
+    kept the patient's identity with no link to them, and outlived the record's destruction: they
+    keep the identifiers they name the patient by, which the record's Patient holds, apart from
+    what operators read of them."""
+    engine = database[0]
+    system = {**XML, **bearer("system", sub="hospital")}
+    fhir = {"Content-Type": "application/fhir+json", **bearer("system", sub="hospital")}
+    feeder = {"Content-Type": "x-application/hl7-v2+er7", **bearer("system", sub="GAM CH-SAINT-AUBIN")}
+    admission = (ROOT / "samples" / "hl7v2" / "adt-a01-martin.hl7").read_text()
+    submission = build_submission(sample("cr-biologie-martin.xml"), 1 << 22)
+    submission["entry"][0]["resource"]["entry"][0]["date"] = "2026-03-10"
+    two_contents = {"resourceType": "DocumentReference", "status": "current",
+                    "subject": {"reference": f"Patient?identifier=urn:oid:1.2.250.1.213.1.4.10|{MARTIN}"},
+                    "content": [{"attachment": {"contentType": "application/pdf", "data": "JVBERi0xLjQKJSVFT0YK"}}] * 2}
+
+    missing_author = (ROOT / "samples" / "invalid" / "missing-author.xml").read_bytes()
+    assert client.post("/cda", headers=system, data=missing_author).status_code == 422
+    assert b"MSA|AE" in client.post("/hl7v2", headers=feeder, data=admission.replace("|19850612|", "|19851399|")
+                                    .encode()).data
+    assert b"MSA|AR" in client.post("/hl7v2", headers=feeder, data=admission.replace(
+        "ADT^A01^ADT_A01", "ORM^O01^ORM_O01").replace("ADT0001", "ADT0002").encode()).data
+    assert client.post("/fhir", data=json.dumps(submission), headers=fhir).status_code == 422
+    assert client.post("/fhir/DocumentReference", data=json.dumps(two_contents), headers=fhir).status_code == 422
+    stranger = client.post("/cda", headers=system, data=_of_a_stranger(ROOT / "samples" / "invalid" /
+                                                                       "missing-author.xml"))
+    assert stranger.status_code == 422
+    with engine.connect() as conn:
+        refused = conn.execute(select(raw_inputs.c.id, raw_inputs.c.sha256, raw_inputs.c.outcome,
+                                      raw_inputs.c.patient_identifiers).order_by(raw_inputs.c.id)).all()
+    ins = f"urn:oid:1.2.250.1.213.1.4.10|{MARTIN}"
+    assert [ins in json.loads(row.patient_identifiers) for row in refused] == [True] * 5 + [False]
+    # Not in the outcome, which operators read (they read no patient data).
+    assert not any("record" in json.loads(row.outcome) or MARTIN in row.outcome for row in refused)
+
+    assert client.post("/cda", headers=system, data=sample("ldl-ses-martin.xml")).status_code == 201
+    patient = _patient(engine, MARTIN)
+    retention.close_record(patient)
+    retention.request_destruction(patient)
+    [destroyed] = retention.carry_out(engine, datetime.now(timezone.utc) + timedelta(days=3660))
+    assert destroyed.raw_inputs == 6   # the document that made the record, and the five refused before it
+    with engine.connect() as conn:
+        assert conn.execute(select(raw_inputs.c.id)).scalars().all() == [refused[-1].id]
+        assert set(conn.execute(select(blobs.c.sha256)).scalars()) == {refused[-1].sha256}

@@ -9,8 +9,8 @@ from conftest import SAMPLES
 from gateway.cda.header import II, named_patient_ids
 from gateway.hl7v2.er7 import Message
 from gateway.mapping.hl7v2 import cx_ids
-from gateway.services.described import SUBJECT_IDENTIFIERS
-from gateway.services.provide import _named_record
+from gateway.services.ingest import NAMED_IDENTIFIERS
+from gateway.services.provide import _named_patient
 
 DOCUMENT = (SAMPLES / "cda" / "cr-biologie-martin.xml").read_bytes()
 MARTIN = [II("1.2.250.1.213.1.4.10", "185067511204554"), II("1.2.250.1.213.1.1.9.1001", "900000001")]
@@ -85,8 +85,10 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size
 
 @settings(max_examples=300)
 @given(JSON)
-def test_any_json_read_as_a_refused_submission_names_no_one_and_raises_nothing(bundle):
-    assert _named_record(Lookups(), bundle) is None
+def test_any_json_read_as_a_refused_submission_names_no_known_record_and_raises_nothing(bundle):
+    named = _named_patient(Lookups(), bundle)
+    assert named.record is None and len(named.identifiers) <= NAMED_IDENTIFIERS
+    assert all(isinstance(i, str) and "|" in i for i in named.identifiers)
 
 
 def test_a_submission_s_subject_is_looked_up_by_its_first_identifiers_only():
@@ -97,6 +99,14 @@ def test_a_submission_s_subject_is_looked_up_by_its_first_identifiers_only():
                         {"fullUrl": "urn:uuid:p", "resource": {"resourceType": "Patient", "identifier": [
                             {"system": "urn:oid:1.2.250.1.213.1.4.10", "value": "1850 6751 1204 554"}]}},
                         {"resource": {"resourceType": "DocumentReference", "subject": {"reference": "urn:uuid:p"}}}]}
-    assert _named_record(uow, json.loads(json.dumps(bundle))) is None
-    assert uow.asked == [("urn:oid:1.2.3", str(n)) for n in range(SUBJECT_IDENTIFIERS)] + [
+    named = _named_patient(uow, json.loads(json.dumps(bundle)))
+    assert uow.asked == [("urn:oid:1.2.3", str(n)) for n in range(NAMED_IDENTIFIERS)] + [
         ("urn:oid:1.2.250.1.213.1.4.10", "185067511204554")]
+    # No record is known: the identifiers are kept, for the record made later (the first ones).
+    assert named.record is None and named.identifiers == tuple(f"urn:oid:1.2.3|{n}" for n in range(NAMED_IDENTIFIERS))
+
+
+def test_an_iti105_document_refused_before_it_is_a_bundle_names_its_subject():
+    document = {"resourceType": "DocumentReference", "subject": {"identifier": {
+        "system": "urn:oid:1.2.250.1.213.1.4.10", "value": "185067511204554"}}}
+    assert _named_patient(Lookups(), document).identifiers == ("urn:oid:1.2.250.1.213.1.4.10|185067511204554",)
