@@ -301,8 +301,8 @@ def _model_class(res_type: str) -> type:
 
 def check(data: dict, json_types: bool = True, *, shape_only: bool = False) -> None:
     """A resource checked against the FHIR model of its type, with what FHIR refuses and the models
-    take (`_unread`) and the extensions it knows the definitions of (`broken_extension`), unless
-    `shape_only`; and its narratives against FHIR's rules for them.
+    take (`_unread`) and its extensions (`refused_extension`), unless `shape_only`; and its
+    narratives against FHIR's rules for them.
     `json_types`: its values came as JSON, each in the JSON type FHIR's JSON gives it (not for XML,
     whose reader types them)."""
     model = _model_class(data["resourceType"])
@@ -330,26 +330,33 @@ def check(data: dict, json_types: bool = True, *, shape_only: bool = False) -> N
         if not shape_only and (unread := _unread(data, read, json_types)):
             where, problem, status, code = unread
             raise Refused(f"{where}: {problem}", location=where, status=status, code=code)
-        if not shape_only and (broken := broken_extension(data)):
-            where, problem = broken
-            raise Refused(f"{where}: {problem}", location=where, status=422, code="invalid")
+        if not shape_only and (refused := refused_extension(data)):
+            where, problem, code = refused
+            raise Refused(f"{where}: {problem}", location=where, status=422, code=code)
     finally:
         for resource, value in aside:
             resource["data"] = value
     check_narratives(data, data["resourceType"])
 
 
-def broken_extension(data: dict) -> tuple[str, str] | None:
-    """(JSON pointer, problem) of the first extension of a resource, at any depth, that breaks its
-    definition (`extensions`)."""
+def refused_extension(data: dict) -> tuple[str, str, str] | None:
+    """(JSON pointer, problem, issue code) of the first extension of a resource, at any depth, that
+    it is refused for: a modifier extension, or one that breaks its definition (`extensions`). A
+    modifier extension changes the meaning of what holds it, and the gateway understands none (the
+    definitions it serves define none): FHIR forbids processing a resource as if it were absent,
+    and an ITI-65 CDA's DocumentReference that carried one was registered from its CDA, the
+    extension ignored."""
     stack: list = [(data, "")]
     while stack:
         node, path = stack.pop()
         if isinstance(node, dict):
-            for key in ("extension", "modifierExtension"):
-                for index, extension in enumerate(node.get(key) or []):
-                    if isinstance(extension, dict) and (problem := extensions.problem(extension)):
-                        return f"{path}/{key}/{index}", problem
+            if node.get("modifierExtension"):
+                url = next((e.get("url") for e in node["modifierExtension"] if isinstance(e, dict)), None)
+                return (f"{path}/modifierExtension/0", f"a modifier extension ({str(url)[:200]}) this gateway does "
+                        "not understand: the resource cannot be processed without it", "not-supported")
+            for index, extension in enumerate(node.get("extension") or []):
+                if isinstance(extension, dict) and (problem := extensions.problem(extension)):
+                    return f"{path}/extension/{index}", problem, "invalid"
             stack.extend((value, f"{path}/{_pointer_step(key)}") for key, value in reversed(node.items()))
         elif isinstance(node, list):
             stack.extend((item, f"{path}/{index}") for index, item in reversed(list(enumerate(node))))

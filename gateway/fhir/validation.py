@@ -50,7 +50,7 @@ def validate(resource: dict, *, kept: bool = False) -> None:
         raise InvalidResource(res_type, problems) from None
     if kept:
         return
-    problems = [(path, "is not allowed: PDSm prohibits it (max 0)") for path in _prohibited(resource)]
+    problems = [(path, "is not allowed: PDSm prohibits it (max 0)") for path in prohibited(resource)]
     problems += [(path, f"the start ({start}) is after the end ({end}) (FHIR per-1)")
                  for path, start, end in _periods(resource, "") if _reversed(start, end)]
     problems += [(f"contained[{index}]", "is referenced from nowhere in the resource (FHIR dom-3)")
@@ -124,7 +124,8 @@ def _reversed(start: str, end: str) -> bool:
         return False
 
 
-def _prohibited(resource: dict):
+def prohibited(resource: dict):
+    """The paths of the elements of `resource` that PDSm prohibits (PROHIBITED)."""
     for path in PROHIBITED.get(resource["resourceType"], ()):
         parent, _, name = path.rpartition(".")
         if not parent:

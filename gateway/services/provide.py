@@ -19,7 +19,7 @@ from gateway.access.writes import Write
 from gateway.refusal import Refused
 from gateway.cda.header import II
 from gateway.fhir.formats import load
-from gateway.fhir.validation import InvalidResource, keep_claimed_profiles, validate
+from gateway.fhir.validation import InvalidResource, keep_claimed_profiles, prohibited, validate
 from gateway.mapping import codes
 from gateway.mapping import document as mapping
 from gateway.mapping import submission
@@ -341,6 +341,11 @@ def _read_document(item: Submitted, max_bytes: int) -> None:
     content_type = content.get("attachment", {}).get("contentType", "")
     if not is_cda(item.data, content_type, content.get("format", {}).get("code")):
         return
+    # A CDA's DocumentReference is made from its header, not from the one submitted: what PDSm
+    # prohibits in the submitted one (a docStatus) was ignored, where a document that is not a CDA
+    # is refused for it.
+    for path in prohibited(item.resource):
+        raise _refuse(f"DocumentReference.{path}: is not allowed: PDSm prohibits it (max 0)", f"{where}.{path}")
     try:
         item.parsed = read_cda(item.data, max_bytes, item.digests)
         item.parsed.checked_reference(_visibility(item.resource))   # here, not under the write lock

@@ -67,6 +67,18 @@ def test_a_patient_sees_their_record_only(client, bearer, world):
     assert missing.json["issue"][0]["code"] == hidden.json["issue"][0]["code"] == "not-found"
 
 
+def test_a_consent_with_a_modifier_extension_is_refused_not_applied_without_it(client, bearer, world):
+    """A modifier extension changes what its element means (here, perhaps, "not this professional"):
+    applied without it, the decision could be the opposite of the patient's."""
+    martin, internist = bearer("patient", patient=MARTIN), bearer("doctor", sub=INTERNIST)
+    body = json.loads(consent("professional", "permit", INTERNIST))
+    body["provision"]["modifierExtension"] = [{"url": "http://example.org/fhir/StructureDefinition/except",
+                                               "valueBoolean": True}]
+    refused = client.post("/fhir/Consent", data=json.dumps(body), headers={**FHIR, **martin})
+    assert refused.status_code == 422 and refused.json["issue"][0]["code"] == "not-supported", refused.json
+    assert document_ids(client, internist) == set()
+
+
 def test_consents_authorise_block_and_revoke(client, bearer, world):
     martin, internist = bearer("patient", patient=MARTIN), bearer("doctor", sub=INTERNIST)
     assert document_ids(client, internist) == set()  # no consent, no access

@@ -172,6 +172,31 @@ def test_an_element_the_pdsm_profiles_prohibit_is_refused_not_kept(client, datab
     assert document_count(database[0]) == 1
 
 
+def test_what_a_cda_s_documentreference_may_not_carry_is_refused_not_ignored(client, database):
+    """A CDA's DocumentReference is made from the CDA's header, so what its submitted one carried
+    beside was ignored: a docStatus, which PDSm prohibits (refused for a document that is not a
+    CDA), and a modifier extension, which FHIR forbids processing a resource without. The gateway
+    understands no modifier extension: one is refused at any depth, in any resource sent."""
+    modifier = [{"url": "http://example.org/fhir/StructureDefinition/not-for-the-record", "valueBoolean": True}]
+    for change, code, where in (
+            (lambda d: d.update(docStatus="final"), "invalid", "Bundle.entry[1].resource.docStatus"),
+            (lambda d: d.update(modifierExtension=modifier), "not-supported", "/entry/1/resource/modifierExtension/0"),
+            (lambda d: d["content"][0].update(modifierExtension=modifier), "not-supported",
+             "/entry/1/resource/content/0/modifierExtension/0")):
+        bundle = build_submission(sample("cr-biologie-martin.xml"), LIMIT)
+        change(next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "DocumentReference"))
+        refused = provide(client, bundle)
+        assert refused.status_code == 422 and refused.json["issue"][0]["code"] == code, refused.json
+        assert refused.json["issue"][0]["expression"] == [where]
+    pdf = {"resourceType": "DocumentReference", "status": "current",
+           "subject": {"reference": "Patient?identifier=urn:oid:1.2.250.1.213.1.4.10|185067511204554"},
+           "content": [{"attachment": {"contentType": "application/pdf", "data": "JVBERi0xLjQKJSVFT0YK"},
+                        "modifierExtension": modifier}]}
+    published = client.post("/fhir/DocumentReference", data=json.dumps(pdf), headers=FHIR)
+    assert published.status_code == 422 and published.json["issue"][0]["code"] == "not-supported"
+    assert document_count(database[0]) == 0
+
+
 def test_an_element_sent_twice_in_json_is_refused_not_half_read(client, database, bearer):
     """A JSON key given twice: the last was kept and the first dropped, silently (a document's
     subject, a Consent's decision); FHIR's validator refuses such a resource."""
