@@ -18,6 +18,12 @@ from gateway.storage.database import make_engine
 from gateway.storage.schema import raw_inputs
 
 
+def as_at_a_terminal():
+    """The command started as from a terminal, where Ctrl-C interrupts it: a suite started in the
+    background (`make test &`) ignores SIGINT, and its children inherited that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """One demo gateway for the tests that read the demo record or add to it what the others do not
@@ -128,6 +134,7 @@ def test_bulk_ingest_stopped_with_ctrl_c_says_how_to_go_on_and_loses_nothing(tmp
     env.pop("GATEWAY_DATABASE_URL", None)
     assert subprocess.run([str(GATEWAY), "migrate"], env=env, cwd=ROOT, capture_output=True, timeout=120).returncode == 0
     run = subprocess.Popen([str(GATEWAY), "ingest", str(folder), str(never_written)], env=env, cwd=ROOT,
+                           preexec_fn=as_at_a_terminal,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
@@ -194,7 +201,8 @@ def test_gateway_send_stopped_with_ctrl_c_while_it_waits_for_an_ack_says_so_in_a
         silent.listen()
         sent = subprocess.Popen([str(GATEWAY), "send", str(ROOT / "samples" / "hl7v2" / "adt-a01-martin.hl7"),
                                  "--host", "127.0.0.1", "--port", str(silent.getsockname()[1]), "--timeout", "300"],
-                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                cwd=ROOT, preexec_fn=as_at_a_terminal, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
         try:
             silent.settimeout(60)
             connection, _ = silent.accept()
