@@ -203,8 +203,11 @@ def database(backend, tmp_path, request):
         engine.dispose()
         return
     engine, url = request.getfixturevalue("postgres_engine")
+    # DELETE, not TRUNCATE: a test leaves a few rows, and TRUNCATE gives each of the 20 tables new
+    # files (56 ms a test, against 6).
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE " + ", ".join(t.name for t in metadata.sorted_tables)))
+        for table in reversed(metadata.sorted_tables):
+            conn.execute(table.delete())
     yield engine, url
 
 
