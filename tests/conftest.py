@@ -53,6 +53,18 @@ MLLP_TEST_MAX_BYTES = 1024 * 1024  # the ANS examples are 330 KB
 REPORT: list[str] = []
 
 
+def pytest_sessionfinish(session):
+    """On a worker of pytest-xdist (`make test` runs two), its lines go to the controller, which
+    prints them with its own."""
+    if hasattr(session.config, "workeroutput"):
+        session.config.workeroutput["gateway_report"] = REPORT
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    REPORT.extend(getattr(node, "workeroutput", {}).get("gateway_report", []))
+
+
 def pytest_terminal_summary(terminalreporter):
     if REPORT:
         terminalreporter.section("gateway report")
