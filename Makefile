@@ -20,9 +20,9 @@ run: $(STAMP)
 	$(BIN)/gateway serve
 
 # Two workers (pytest-xdist), each given a whole test file at a time, so that a file's servers and
-# module fixtures stay in one process: most tests wait on a server, a subprocess or the disk. On a
-# clean clone of this 2-core machine with the other core busy, pytest took 867–942 s in one process
-# and 715–758 s on two; alone, 894 and 492 s. TEST_WORKERS=0 runs it in this process alone.
+# module fixtures stay in one process: most tests wait on a server, a subprocess or the disk (the
+# times, one process against two, are in the README's "Tests and benchmarks"). TEST_WORKERS=0 runs
+# it in this process alone.
 TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
