@@ -11,7 +11,6 @@ import binascii
 import re
 from dataclasses import dataclass, field
 from typing import Callable
-from urllib.parse import parse_qsl
 
 from gateway import base64text
 from gateway.access.rules import binary_ids
@@ -368,24 +367,16 @@ def _visibility(docref: dict) -> list[str]:
             if c.get("system") == codes.VISIBILITY_SYSTEM and c.get("code") in codes.VISIBILITY_DISPLAYS]
 
 
-def _subject_ins(uow: UnitOfWork, bundle: dict, subject: dict) -> set[str]:
-    """The INS values the submitted subject designates (reference to a stored Patient, an entry, or identifier)."""
-    identifiers = []
-    if subject.get("identifier"):
-        identifiers.append(subject["identifier"])
-    ref = subject.get("reference", "")
-    if ref.startswith("Patient?"):
-        identifiers += [{"system": v.split("|", 1)[0], "value": v.split("|", 1)[1]}
-                        for k, v in parse_qsl(ref.split("?", 1)[1]) if k == "identifier" and "|" in v]
-    for entry in bundle["entry"]:
-        if entry.get("fullUrl") == ref and entry["resource"].get("resourceType") == "Patient":
-            identifiers += entry["resource"].get("identifier", [])
-    if "Patient/" in ref:
-        stored = uow.current("Patient", ref.rsplit("/", 1)[-1])
+def _subject_ins(uow: UnitOfWork, patients: dict[str, dict], subject: dict) -> set[str]:
+    """The INS values the submitted subject designates: those it names (`subject_identifiers`, as
+    a stored CDA's INS is read, without its spaces), or its stored Patient's."""
+    identifiers = subject_identifiers(subject, patients)
+    reference = subject.get("reference")
+    if isinstance(reference, str) and "Patient/" in reference:
+        stored = uow.current("Patient", reference.rsplit("/", 1)[-1])
         if stored:
-            identifiers += stored.json().get("identifier", [])
-    return {i.get("value") for i in identifiers
-            if i.get("system", "").removeprefix("urn:oid:") in codes.INS_OIDS and i.get("value")}
+            identifiers += [(i.get("system", ""), i.get("value")) for i in stored.json().get("identifier", [])]
+    return {value for system, value in identifiers if system.removeprefix("urn:oid:") in codes.INS_OIDS and value}
 
 
 def _check_signature(item: Submitted, documents: list[Submitted], trust_anchors) -> None:
@@ -415,7 +406,7 @@ def _write(uow: UnitOfWork, base_url: str, bundle: dict, documents, signatures, 
     for item in documents:
         where = f"Bundle.entry[{item.index}].resource"
         subject = item.resource.get("subject", {})
-        if item.parsed and subject and item.parsed.ins not in _subject_ins(uow, bundle, subject):
+        if item.parsed and subject and item.parsed.ins not in _subject_ins(uow, patients, subject):
             raise _refuse("subject does not designate the patient of the CDA (its INS)", f"{where}.subject")
         visibility = _visibility(item.resource)
         if item.parsed:

@@ -1,6 +1,7 @@
 """ITI-65 Provide Document Bundle: all or nothing, metadata checked against the CDA, DSG signatures."""
 import base64
 import json
+from urllib.parse import quote
 
 import pytest
 from sqlalchemy import func, select
@@ -525,4 +526,21 @@ def test_a_submission_set_identifier_already_naming_other_documents_is_refused(c
     refused = provide(client, other)
     assert refused.status_code == 409 and refused.json["issue"][0]["code"] == "duplicate", refused.json
     assert refused.json["issue"][0]["expression"] == ["Bundle.entry[0].resource.identifier"]
+    assert document_count(database[0]) == 1
+
+
+@pytest.mark.parametrize("name_the_patient", [
+    lambda b, ins: b["entry"][3]["resource"]["identifier"][0].__setitem__("value", ins),
+    lambda b, ins: b["entry"][1]["resource"].__setitem__(
+        "subject", {"reference": f"Patient?identifier=urn:oid:1.2.250.1.213.1.4.10|{quote(ins)}"}),
+    lambda b, ins: b["entry"][1]["resource"].__setitem__(
+        "subject", {"identifier": {"system": "urn:oid:1.2.250.1.213.1.4.10", "value": ins}}),
+], ids=["Patient entry", "conditional reference", "identifier"])
+def test_a_subject_naming_the_ins_with_its_spaces_designates_the_cda_s_patient(client, database, name_the_patient):
+    """An INS is printed in groups (a health card, a letter): the CDA's is read without its spaces,
+    and so is the subject's, however it names the patient."""
+    bundle = build_submission(sample("cr-biologie-martin.xml"), LIMIT)
+    name_the_patient(bundle, "1 85 06 75 112 045 54")
+    response = provide(client, bundle)
+    assert response.status_code == 200, response.json
     assert document_count(database[0]) == 1
