@@ -40,11 +40,12 @@ def create_account(settings: Settings, args) -> int:
 
     password = os.environ.get("GATEWAY_ACCOUNT_PASSWORD") or getpass.getpass("password (12 characters or more): ")
     try:
-        create(_engine(settings), args.login, password, args.role, args.ins, args.name, args.contact, replace=args.reset)
+        account = create(_engine(settings), args.login, password, args.role, args.ins, args.name, args.contact,
+                         replace=args.reset)
     except ValueError as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 2
-    print(f"account {args.login} ({args.role}) manages the record(s) of INS {', '.join(args.ins)}")
+    print(f"account {args.login} ({args.role}) manages the record(s) of INS {', '.join(account.records)}")
     return 0
 
 

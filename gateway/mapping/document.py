@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from gateway.cda.header import II, CdaHeader, Code, Name, Organization, PatientInfo, Person
 
 from . import codes
+from .identity import identifier_value
 from .dates import ts_to_fhir, ts_to_instant
 
 GENDERS = {"F": "female", "M": "male", "U": "unknown", "UN": "unknown", "I": "other"}
@@ -87,7 +88,7 @@ def patient_identifiers(ids: list[II]) -> list[dict]:
         if ii.root in codes.INS_OIDS:
             type_code, use = codes.INS_OIDS[ii.root]
             out.append({"use": use, "type": _typed(codes.FR_CORE_V2_0203, type_code),
-                        "system": f"urn:oid:{ii.root}", "value": ii.extension})
+                        "system": f"urn:oid:{ii.root}", "value": identifier_value(ii.root, ii.extension)})
         elif ii.extension:
             # Any other patient id is the establishment's IPP (root = its OID, or already a URI
             # when an HL7v2 assigning authority has no OID).

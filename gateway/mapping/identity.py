@@ -17,9 +17,21 @@ def ins_of(ids: list[II]) -> II | None:
     return None
 
 
+def compact_ins(value: str) -> str:
+    """An INS as it is stored and matched on: without the spaces or dots it is printed with, in
+    groups ("1 85 06 75 112 045 54"), as its key is checked (python-stdnum's `nir`)."""
+    return nir.compact(value)
+
+
+def identifier_value(system: str, value: str) -> str:
+    """The value a patient's identifier is stored and matched on: an INS compacted, any other as
+    written. `system`: an OID or its `urn:oid:` URI."""
+    return compact_ins(value) if system.removeprefix("urn:oid:") in codes.INS_OIDS else value
+
+
 def check_ins(ii: II, location: str) -> str:
     """Return the INS if its 15 characters and key are right, else refuse naming the element."""
-    value = (ii.extension or "").replace(" ", "")
+    value = identifier_value(ii.root, ii.extension or "")
     try:
         return nir.validate(value)
     except ValidationError as exc:

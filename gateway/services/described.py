@@ -17,6 +17,7 @@ from gateway.cda.parser import CLINICAL_DOCUMENT, shallow_root
 from gateway.fhir.validation import InvalidResource, validate
 from gateway.mapping import codes
 from gateway.mapping import document as mapping
+from gateway.mapping.identity import identifier_value
 from gateway.mapping.dates import fhir_now
 from gateway.storage.repository import UnitOfWork
 
@@ -86,7 +87,7 @@ def subject_identifiers(subject, bundle_patients: dict[str, dict] | None = None)
     elif reference in (bundle_patients or {}):
         listed = bundle_patients[reference].get("identifier")
         identifiers += listed if isinstance(listed, list) else []
-    return [(identifier["system"], identifier["value"].replace(" ", ""))
+    return [(identifier["system"], identifier_value(identifier["system"], identifier["value"]))
             for identifier in identifiers[:NAMED_IDENTIFIERS]
             if isinstance(identifier, dict) and isinstance(identifier.get("system"), str) and identifier["system"]
             and isinstance(identifier.get("value"), str) and identifier["value"]]

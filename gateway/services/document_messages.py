@@ -158,15 +158,11 @@ def _cda(obx: Segment, location: str, max_bytes: int) -> ParsedCda:
         raise MessageRefused(Issue(f"the CDA in OBX-5 is refused: {refusal.reason}", location, "207")) from None
 
 
-def _normalised(keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
-    return {(system, value.replace(" ", "")) for system, value in keys}
-
-
 def _same_patient(pid_ids: list[II], parsed: ParsedCda) -> None:
     """PID-3 must name the patient of the CDA recordTarget: same INS when both carry one, and at
     least one identifier in common."""
-    pid_keys = _normalised(identifier_keys(pid_ids))
-    cda_keys = _normalised(identifier_keys(parsed.header.patient.ids))
+    pid_keys = set(identifier_keys(pid_ids))
+    cda_keys = set(identifier_keys(parsed.header.patient.ids))
     pid_ins = {value for system, value in pid_keys if system.removeprefix("urn:oid:") in codes.INS_OIDS}
     if pid_ins and parsed.ins not in pid_ins:
         raise MessageRefused(Issue("the INS in PID-3 is not the INS of the CDA recordTarget", "PID^1^3", "207"))

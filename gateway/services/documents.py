@@ -19,6 +19,7 @@ from gateway.fhir.validation import InvalidResource, validate, with_plain_spaces
 from gateway.mapping import codes
 from gateway.mapping import document as mapping
 from gateway.mapping.hl7v2 import feeding_refused
+from gateway.mapping.identity import identifier_value
 from gateway.mapping.rules import check_document
 from gateway.storage.repository import DuplicateIdentifier, Repository, StoredResource, UnitOfWork
 
@@ -71,7 +72,7 @@ class ParsedCda:
     def patient_key(self) -> tuple[str, str]:
         """(system, value) the patient is matched on: the INS, spaces removed."""
         ins_ii = next(ii for ii in self.header.patient.ids
-                      if ii.extension and ii.extension.replace(" ", "") == self.ins)
+                      if ii.extension and identifier_value(ii.root, ii.extension) == self.ins)
         return f"urn:oid:{ins_ii.root}", self.ins
 
 
@@ -190,19 +191,17 @@ def check_record_open(uow: UnitOfWork, patient_id: str, location: str) -> None:
 
 def _patient(uow: UnitOfWork, parsed: ParsedCda, produced: list[str]) -> str:
     header, ins = parsed.header, parsed.ins
-    ins_system, _ = parsed.patient_key
     patient_id = uow.patient_record(uow.find_by_identifier("Patient", *parsed.patient_key))
     if patient_id is None:
         patient_id = uow.new_id()
         uow.save(_checked(mapping.patient_resource(header.patient, patient_id)), patient_id=patient_id)
         produced.append(f"Patient/{patient_id}")
     for identifier in mapping.patient_identifiers(header.patient.ids):
-        value = identifier["value"].replace(" ", "") if identifier["system"] == ins_system else identifier["value"]
         try:
-            uow.claim_identifier("Patient", identifier["system"], value, patient_id)
+            uow.claim_identifier("Patient", identifier["system"], identifier["value"], patient_id)
         except DuplicateIdentifier:
             raise Refused(
-                f"identifier {identifier['system']}|{value} belongs to another patient than INS {ins}",
+                f"identifier {identifier['system']}|{identifier['value']} belongs to another patient than INS {ins}",
                 location=f"{CD}/recordTarget/patientRole/id", status=422, code="conflict",
             ) from None
     return patient_id

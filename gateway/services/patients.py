@@ -15,7 +15,7 @@ from gateway.mapping import codes
 from gateway.mapping import document as mapping
 from gateway.mapping import hl7v2 as v2
 from gateway.mapping.dates import InvalidTime, ts_to_fhir
-from gateway.mapping.identity import ins_key_is_valid
+from gateway.mapping.identity import identifier_value, ins_key_is_valid
 from gateway.refusal import Refused
 from gateway.storage.repository import UnitOfWork
 
@@ -60,7 +60,7 @@ def checked_ids(segment: Segment, field_number: int) -> list[II]:
     ids = []
     for ii in v2.cx_ids(segment, field_number):
         if ii.root in codes.INS_OIDS:
-            value = (ii.extension or "").replace(" ", "")
+            value = identifier_value(ii.root, ii.extension or "")
             if not ins_key_is_valid(value):
                 raise MessageRefused(Issue(
                     "the INS is not valid: 15 characters whose last two are 97 - (first 13 mod 97)",
@@ -83,8 +83,7 @@ def named_patient(uow: UnitOfWork, ids: list[II]) -> NamedPatient:
     """The patient an input names by these identifiers, read from it as they were written
     (unchecked, an INS with its spaces: the input may have been refused): their record if they are
     known, else the identifiers."""
-    ids = [II(ii.root, ii.extension.replace(" ", "")) if ii.root in codes.INS_OIDS and ii.extension else ii
-           for ii in ids[:NAMED_IDENTIFIERS]]
+    ids = ids[:NAMED_IDENTIFIERS]
     record = find_patient(uow, ids)
     return NamedPatient(record) if record else NamedPatient(
         identifiers=tuple(f"{system}|{value}" for system, value in identifier_keys(ids)))

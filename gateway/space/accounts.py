@@ -24,7 +24,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from gateway.access import AccessContext
 from gateway.access.context import PATIENT, REPRESENTATIVE
-from gateway.mapping.identity import ins_key_is_valid
+from gateway.mapping.identity import compact_ins, ins_key_is_valid
 from gateway.storage.database import read_connection, write_transaction
 from gateway.storage.schema import account_records, login_challenges, patient_accounts, sign_in_attempts, web_sessions
 
@@ -102,7 +102,7 @@ def create_account(engine: Engine, login: str, password: str, role: str, records
         raise ValueError("an account is a patient's or a legal representative's")
     if not login or len(login) > 128 or not login.isprintable() or any(c.isspace() for c in login):
         raise ValueError("a login is 1 to 128 characters, without spaces")
-    records = list(dict.fromkeys(records))
+    records = list(dict.fromkeys(compact_ins(ins) for ins in records))
     if not records or (role == PATIENT and len(records) != 1):
         raise ValueError("a patient's account manages their own record; a representative's, one record per child")
     wrong = [ins for ins in records if not ins_key_is_valid(ins)]

@@ -513,3 +513,38 @@ def test_an_id_root_or_code_system_that_is_not_a_uid_is_refused(client, database
     assert answer.status_code == 422 and answer.json["issue"][0]["expression"] == [expression], answer.data[:300]
     assert "is not a uid" in answer.json["issue"][0]["diagnostics"]
     assert counts(database[0]) == {}
+
+
+SPACED_INS = b'extension="1 85 06 75 112 045 54"'
+
+
+def test_a_cda_naming_its_patient_by_the_ins_in_groups_is_found_by_the_ins(client, database):
+    """An INS printed in groups ("1 85 06 75 112 045 54") is the patient's INS: it was checked
+    without its spaces but kept with them in the Patient and the DocumentReference, where no search
+    by the INS found them (0 of 1), and the next document naming the INS plainly went to the same
+    record unseen."""
+    spaced = sample("cr-biologie-martin.xml").replace(b'extension="185067511204554"', SPACED_INS)
+    assert SPACED_INS in spaced
+    created = client.post("/cda", data=spaced, headers=XML)
+    assert created.status_code == 201, created.data[:300]
+    assert post(client, "ldl-ses-martin.xml").status_code == 201
+    attend_all(database[0])
+    patients = client.get("/fhir/Patient", query_string={"identifier": MARTIN}).json
+    assert patients["total"] == 1
+    assert {i["value"] for i in patients["entry"][0]["resource"]["identifier"]} >= {"185067511204554"}
+    found = client.get("/fhir/DocumentReference", query_string={"patient.identifier": MARTIN}).json
+    assert found["total"] == 2
+    assert "1 85 06" not in json.dumps(found)
+
+
+def test_a_patient_registered_with_the_ins_in_groups_is_the_record_its_documents_go_to(client, database):
+    patient = {"resourceType": "Patient", "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.10",
+                                                          "value": "1 85 06 75 112 045 54"}]}
+    created = client.post("/fhir/Patient", data=json.dumps(patient), headers=FHIR)
+    assert created.status_code == 201, created.json
+    assert created.json["identifier"][0]["value"] == "185067511204554"
+    assert post(client, "cr-biologie-martin.xml").status_code == 201
+    attend_all(database[0])
+    found = client.get("/fhir/DocumentReference", query_string={"patient.identifier": MARTIN}).json
+    assert found["total"] == 1
+    assert found["entry"][0]["resource"]["subject"]["reference"] == f"Patient/{created.json['id']}"

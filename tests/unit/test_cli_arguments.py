@@ -114,6 +114,9 @@ def test_gateway_account_create_checks_what_it_is_given_and_replaces_only_when_a
     assert create("--reset", ins=dubois) == (0, f"account paul (patient) manages the record(s) of INS {dubois}\n")
     with engine.connect() as conn:
         assert conn.execute(select(web_sessions)).all() == []   # the session opened before the reset ended
+    # An INS typed as it is printed, in groups, is the record's INS (kept as typed, it named no record).
+    assert create("--reset", ins="2 92 08 69 387 012 77") == (
+        0, f"account paul (patient) manages the record(s) of INS {dubois}\n")
     engine.dispose()
 
 

@@ -4,7 +4,7 @@ from hypothesis import strategies as st
 
 from gateway.refusal import Refused
 from gateway.cda.header import II
-from gateway.mapping.identity import check_ins, ins_key_is_valid
+from gateway.mapping.identity import check_ins, identifier_value, ins_key_is_valid
 
 
 def key(first13: str) -> str:
@@ -35,3 +35,15 @@ def test_computed_keys_are_accepted_and_any_other_key_refused(sex, year, month, 
     assert ins_key_is_valid(first13 + key(first13))
     wrong = "%02d" % ((int(key(first13)) % 97) + 1)
     assert not ins_key_is_valid(first13 + wrong)
+
+
+@given(st.lists(st.sampled_from(["", " ", "."]), min_size=14, max_size=14))
+def test_an_ins_as_printed_is_stored_as_its_15_characters_and_an_ipp_as_written(separators):
+    """Whatever spaces or dots group it ("1 85 06 75 112 045 54", "2.92.08…"), an INS is matched and
+    kept as the 15 characters its key is checked on; a hospital's IPP is its own, kept as written."""
+    ins = "185067511204554"
+    printed = "".join(digit + separator for digit, separator in zip(ins, separators)) + ins[-1]
+    assert identifier_value("urn:oid:1.2.250.1.213.1.4.10", printed) == ins
+    assert identifier_value("1.2.250.1.213.1.4.8", printed) == ins
+    assert ins_key_is_valid(identifier_value("1.2.250.1.213.1.4.8", printed))
+    assert identifier_value("urn:oid:1.2.250.1.71.4.2.7.1", printed) == printed
