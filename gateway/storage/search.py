@@ -19,6 +19,7 @@ from sqlalchemy import and_, exists, false, func, not_, or_, select, true
 from sqlalchemy.sql import ColumnElement, Select
 
 from gateway.mapping.dates import InvalidTime, fhir_range
+from gateway.mapping.identity import identifier_value
 
 from .schema import resources, search_date, search_reference, search_string, search_token
 from .searchparams import COMMON_PARAMS, SEARCH_PARAMS, SearchParam, normalize
@@ -95,6 +96,12 @@ def split_values(raw: str) -> tuple[str, ...]:
     return tuple(p.replace("\\,", ",") for p in parts if p != "")
 
 
+def _token_as_stored(value: str) -> str:
+    """A token as the index holds it: an INS (`system|1 85 06 75 112 045 54`) as its 15 characters."""
+    system, bar, code = value.partition("|")
+    return f"{system}|{identifier_value(system, code)}" if bar and code else value
+
+
 def parse_search(res_type: str, params: list[tuple[str, str]], *, strict: bool = False) -> SearchRequest:
     known = SEARCH_PARAMS.get(res_type)
     if known is None:
@@ -154,6 +161,8 @@ def parse_search(res_type: str, params: list[tuple[str, str]], *, strict: bool =
             raise SearchError(f"parameter '{name}' has no value")
         if modifier == "missing" and values[0] not in ("true", "false"):
             raise SearchError(f"'{name}' takes true or false")
+        if modified.type == "token":
+            values = tuple(_token_as_stored(value) for value in values)
         if spec.type == "date" and modifier != "missing":
             for value in values:
                 _date_condition_bounds(value, name)
