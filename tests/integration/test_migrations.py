@@ -13,7 +13,7 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
 
-from conftest import GP, SAMPLES, new_postgres_database
+from conftest import GP, SAMPLES, attend_all, new_postgres_database
 
 from gateway.access import AccessContext
 from gateway.access.writes import Write
@@ -543,3 +543,54 @@ def test_a_postgresql_database_without_statistics_is_analysed_at_start(caplog):
             assert not [r for r in caplog.records if r.name == "gateway.storage.database"]
         finally:
             engine.dispose()
+
+
+def test_an_ins_stored_as_printed_is_its_15_characters_after_the_migration(client, database):
+    """Migration 0029, on what the code before it stored: a CDA naming its patient by the INS in
+    groups gave a Patient and a DocumentReference holding it so (its claim without the spaces), and
+    a Patient registered so held and claimed it so; no search by the INS found either."""
+    engine, _ = database
+    martin, dubois = "185067511204554", "292086938701277"
+    printed = {martin: "1 85 06 75 112 045 54", dubois: "2.92.08.69.387.012.77"}
+    FHIR = {"Content-Type": "application/fhir+json"}
+    assert client.post("/cda", data=(SAMPLES / "cda" / "cr-biologie-martin.xml").read_bytes(),
+                       headers={"Content-Type": "application/xml"}).status_code == 201
+    registered = client.post("/fhir/Patient", headers=FHIR, data=json.dumps({"resourceType": "Patient", "identifier": [
+        {"system": "urn:oid:1.2.250.1.213.1.4.10", "value": dubois}]})).json["id"]
+    with engine.begin() as conn:
+        for ins, as_printed in printed.items():
+            conn.execute(text("UPDATE resources SET body = REPLACE(body, :ins, :printed) WHERE res_type <> 'AuditEvent'"),
+                         {"ins": f'"{ins}"', "printed": f'"{as_printed}"'})
+            conn.execute(text("UPDATE search_token SET code = :printed WHERE res_type = 'Patient' AND code = :ins"),
+                         {"ins": ins, "printed": as_printed})
+        conn.execute(text("UPDATE unique_identifiers SET value = :printed WHERE value = :ins"),
+                     {"ins": dubois, "printed": printed[dubois]})
+        conn.execute(text("UPDATE alembic_version SET version_num = '0028'"))
+    # Mr DUBOIS registered again with his INS written plainly: the code before made a second record.
+    again = client.post("/fhir/Patient", headers=FHIR, data=json.dumps({"resourceType": "Patient", "identifier": [
+        {"system": "urn:oid:1.2.250.1.213.1.4.10", "value": dubois}]}))
+    assert again.status_code == 201
+    attend_all(engine)
+
+    def found(ins: str) -> dict:
+        return {res_type: client.get(f"/fhir/{res_type}", query_string={
+            parameter: f"urn:oid:1.2.250.1.213.1.4.10|{ins}"}).json["total"]
+                for res_type, parameter in (("Patient", "identifier"), ("DocumentReference", "patient.identifier"))}
+
+    assert found(martin) == {"Patient": 0, "DocumentReference": 0}
+    assert found(dubois) == {"Patient": 1, "DocumentReference": 0}
+    command.upgrade(alembic_config(engine), "head")
+    assert found(martin) == {"Patient": 1, "DocumentReference": 1}
+    # Two records of one patient, each claiming the INS as it was written: both found, to be merged.
+    assert found(dubois) == {"Patient": 2, "DocumentReference": 0}
+    with engine.connect() as conn:
+        bodies = conn.execute(text("SELECT body FROM resources WHERE res_type <> 'AuditEvent'")).scalars().all()
+        claims = set(conn.execute(text("SELECT value, res_id FROM unique_identifiers WHERE res_type = 'Patient'")).all())
+    assert not [body for body in bodies if any(as_printed in body for as_printed in printed.values())]
+    assert {(printed[dubois], registered), (dubois, again.json["id"])} <= claims
+    assert len(claims) == 4   # and Mr MARTIN's INS and IPP
+    # The document stored now, in groups, goes to the record found.
+    spaced = (SAMPLES / "cda" / "ldl-ses-martin.xml").read_bytes().replace(
+        b'extension="185067511204554"', b'extension="1 85 06 75 112 045 54"')
+    assert client.post("/cda", data=spaced, headers={"Content-Type": "application/xml"}).status_code == 201
+    assert found(martin) == {"Patient": 1, "DocumentReference": 2}
