@@ -554,3 +554,33 @@ def test_a_name_with_parts_of_extensions_only_is_shown_without_them(app, setting
     browser = sign_in(app, settings)
     answer = browser.get("/acces", query_string={"q": "LEBLANC"})
     assert answer.status_code == 200 and "Yves LEBLANC" in answer.text, answer.text[-2000:]
+
+
+def test_a_professional_of_the_directory_known_by_an_adeli_based_idnatps_is_authorised_as_chosen(
+        app, settings, client, bearer, record):
+    """The list of professionals offers each by their IdNatPs: one of another kind than 8 + RPPS
+    (0 + ADELI, as professions not yet in the RPPS have) was offered, and choosing them was refused
+    ("saisissez un numéro RPPS"), so the patient could neither authorise nor block them. An ADELI
+    number typed is that IdNatPs too."""
+    registered = client.post("/fhir/Practitioner", headers={"Content-Type": "application/fhir+json",
+                                                            **bearer("system", sub="hospital")}, data=json.dumps({
+        "resourceType": "Practitioner", "identifier": [{"system": "urn:oid:1.2.250.1.71.4.2.1", "value": "0759912345"}],
+        "name": [{"family": "ROUSSEL", "given": ["Anne"]}]}))
+    assert registered.status_code == 201, registered.json
+    browser = sign_in(app, settings)
+    offered = browser.get("/acces", query_string={"q": "ROUSSEL"}).text
+    assert 'name="professionnel" value="0759912345"' in offered
+    psychologist = bearer("doctor", sub="0759912345")
+    search = {"patient.identifier": f"urn:oid:1.2.250.1.213.1.4.10|{MARTIN}"}
+    assert client.get("/fhir/DocumentReference", query_string=search, headers=psychologist).json.get("total") == 0
+    answer = post(browser, "/acces/professionnel", {"professionnel": "0759912345", "decision": "autoriser"}, "/acces")
+    assert answer.status_code == 302, answer.text[-1500:]
+    assert "Anne ROUSSEL peut désormais consulter votre dossier." in browser.get(answer.location).text
+    assert client.get("/fhir/DocumentReference", query_string=search, headers=psychologist).json["total"] == 2
+    # Typed: the ADELI number, alone or in the IdNatPs; anything else is told what to type.
+    assert post(browser, "/acces/professionnel", {"professionnel": "759 912 345", "decision": "bloquer",
+                                                  "confirmation": "oui"}, "/acces").status_code == 302
+    assert client.get("/fhir/DocumentReference", query_string=search, headers=psychologist).json.get("total") == 0
+    refused = post(browser, "/acces/professionnel", {"professionnel": "12345", "decision": "autoriser"}, "/acces")
+    assert refused.status_code == 302
+    assert "numéro RPPS (11 chiffres) ou ADELI (9 chiffres)" in browser.get(refused.location).text

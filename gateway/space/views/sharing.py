@@ -31,22 +31,29 @@ def _decisions() -> list[tuple[StoredResource, str, str, list[str]]]:
 
 
 def _typed_idnatps(raw: str) -> str | None:
-    """The IdNatPs of what the patient typed or chose: an IdNatPs, or an RPPS number (8 + RPPS)."""
+    """The IdNatPs of what the patient typed: an RPPS number (8 + RPPS), an ADELI number (0 +
+    ADELI, professions not yet in the RPPS), or an IdNatPs of either."""
     value = raw.strip().replace(" ", "")
     if re.fullmatch(r"\d{11}", value):
         return "8" + value
-    if re.fullmatch(r"\d{12}", value):
+    if re.fullmatch(r"\d{9}", value):
+        return "0" + value
+    if re.fullmatch(r"8\d{11}|0\d{9}", value):
         return value
     return None
 
 
 def _professional_id(raw: str) -> str:
+    """The IdNatPs of what the patient typed, or chose in the list the directory gives, which offers
+    a professional by their IdNatPs whatever its kind (3 + FINESS/…, a salaried professional's)."""
     idnatps = _typed_idnatps(raw)
     if idnatps:
         return idnatps
-    raise Refused("the professional is an RPPS number or an IdNatPs", location="professionnel", status=422,
-                          patient_text="saisissez un numéro RPPS (11 chiffres) ou choisissez un professionnel "
-                                       "dans la liste.")
+    if raw.strip() and common.practitioner(raw.strip()) is not None:
+        return raw.strip()
+    raise Refused("the professional is an RPPS or ADELI number or an IdNatPs", location="professionnel", status=422,
+                  patient_text="saisissez un numéro RPPS (11 chiffres) ou ADELI (9 chiffres), ou choisissez un "
+                               "professionnel dans la liste.")
 
 
 def _search_professionals(query: str) -> list[dict]:
