@@ -23,10 +23,11 @@ def compact_ins(value: str) -> str:
     return nir.compact(value)
 
 
-def identifier_value(system: str, value: str) -> str:
+def identifier_value(system: str, value: str | None) -> str | None:
     """The value a patient's identifier is stored and matched on: an INS compacted, any other as
-    written. `system`: an OID or its `urn:oid:` URI."""
-    return compact_ins(value) if system.removeprefix("urn:oid:") in codes.INS_OIDS else value
+    written. `system`: an OID or its `urn:oid:` URI. None, an id without extension (a refused
+    input's, read as it was sent), stays None."""
+    return compact_ins(value) if value is not None and system.removeprefix("urn:oid:") in codes.INS_OIDS else value
 
 
 def check_ins(ii: II, location: str) -> str:

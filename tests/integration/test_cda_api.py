@@ -552,3 +552,15 @@ def test_a_patient_registered_with_the_ins_in_groups_is_the_record_its_documents
     found = client.get("/fhir/DocumentReference", query_string={"patient.identifier": MARTIN}).json
     assert found["total"] == 1
     assert found["entry"][0]["resource"]["subject"]["reference"] == f"Patient/{created.json['id']}"
+
+
+@pytest.mark.parametrize("written", [b"", b' extension=""', b' extension="  "', b' extension="1.85"'])
+def test_an_ins_without_a_value_is_refused_and_kept_naming_no_one(client, database, written):
+    """The patient a refused document names is read from it as sent, for its record's destruction:
+    an INS id without extension made that reading fail, and the document a 500."""
+    cda = sample("cr-biologie-martin.xml").replace(b' extension="185067511204554"', written)
+    refused = client.post("/cda", data=cda, headers=XML)
+    assert refused.status_code == 422, refused.data[:300]
+    assert "the INS is not valid" in refused.json["issue"][0]["diagnostics"]
+    with database[0].connect() as conn:
+        assert conn.execute(select(raw_inputs.c.status)).scalars().all() == ["refused"]
