@@ -581,6 +581,9 @@ def test_a_professional_of_the_directory_known_by_an_adeli_based_idnatps_is_auth
     assert post(browser, "/acces/professionnel", {"professionnel": "759 912 345", "decision": "bloquer",
                                                   "confirmation": "oui"}, "/acces").status_code == 302
     assert client.get("/fhir/DocumentReference", query_string=search, headers=psychologist).json.get("total") == 0
-    refused = post(browser, "/acces/professionnel", {"professionnel": "12345", "decision": "autoriser"}, "/acces")
-    assert refused.status_code == 302
-    assert "numéro RPPS (11 chiffres) ou ADELI (9 chiffres)" in browser.get(refused.location).text
+    # What is not a professional of the directory as it stands is told what to type: a list of
+    # them is not one of them.
+    for typed in ("12345", "0759912345,899900000012", "0759912345\\"):
+        refused = post(browser, "/acces/professionnel", {"professionnel": typed, "decision": "autoriser"}, "/acces")
+        assert refused.status_code == 302
+        assert "numéro RPPS (11 chiffres) ou ADELI (9 chiffres)" in browser.get(refused.location).text, typed

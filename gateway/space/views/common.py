@@ -39,8 +39,10 @@ def practitioner(idnatps: str) -> dict | None:
     """The directory entry of a professional (the directory is not patient data: no trail)."""
     cache = g.setdefault("practitioners", {})
     if idnatps not in cache:
+        # One value: a comma would make it a list of them, which any one of its items would match.
+        value = idnatps.replace(",", "\\,")
         found = g.repository.search(search_sql.parse_search("Practitioner", [
-            ("identifier", f"{IDNATPS_SYSTEM}|{idnatps}")])).entries
+            ("identifier", f"{IDNATPS_SYSTEM}|{value}")])).entries
         cache[idnatps] = found[0].json() if found else None
     return cache[idnatps]
 
