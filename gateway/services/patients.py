@@ -81,8 +81,8 @@ def find_patient(uow: UnitOfWork, ids: list[II]) -> str | None:
 
 def named_patient(uow: UnitOfWork, ids: list[II]) -> NamedPatient:
     """The patient an input names by these identifiers, read from it as they were written
-    (unchecked, an INS with its spaces: the input may have been refused): their record if they are
-    known, else the identifiers."""
+    (unchecked: the input may have been refused; an INS compacted, as `identifier_keys` gives
+    it): their record if they are known, else the identifiers."""
     ids = ids[:NAMED_IDENTIFIERS]
     record = find_patient(uow, ids)
     return NamedPatient(record) if record else NamedPatient(

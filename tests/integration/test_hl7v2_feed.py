@@ -378,6 +378,9 @@ def test_a47_changes_an_identifier(client):
     ("PID|1||x", "AR", "100"),
     ("MSH|^~\\&|A|B|C|D|20260101||ADT^A01|X4|P|2.5\rPID|1||185067511204555^^^ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.10&ISO^INS",
      "AE", "102"),
+    # An INS without its value is no identifier; the patient the refusal names is read without one.
+    ("MSH|^~\\&|A|B|C|D|20260101||ADT^A01|X5|P|2.5\rPID|1||^^^ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.10&ISO^INS",
+     "AE", "101"),
 ])
 def test_refusals_are_answered_with_err(client, message, code, error):
     got, segments = post(client, message)
