@@ -6,7 +6,7 @@ from gateway.cda.header import CD, CdaHeader
 
 from . import codes, valuesets
 from .dates import InvalidTime, ts_to_fhir
-from .document import practice_setting
+from .document import entity_key, practice_setting
 from .identity import check_ins, ins_of
 
 
@@ -44,9 +44,11 @@ def check_document(header: CdaHeader) -> str:
                       "standardIndustryClassCode, or the legal authenticator's",
                       location=f"{CD}/documentationOf/serviceEvent/performer/assignedEntity/representedOrganization/"
                       "standardIndustryClassCode")
-    if header.custodian is None or not header.custodian.ids:
-        raise Refused("the custodian organisation and its identifier are missing",
-                              location=f"{CD}/custodian/assignedCustodian/representedCustodianOrganization/id")
+    # The custodian is found in the directory by an id with its extension (its FINESS): one
+    # without was taken, and its registration a 500.
+    if header.custodian is None or entity_key(header.custodian.ids) is None:
+        raise Refused("the custodian organisation and its identifier (root and extension) are missing",
+                      location=f"{CD}/custodian/assignedCustodian/representedCustodianOrganization/id")
     # A period's start is what PDSm requires of DocumentReference.context.period: one given an
     # end alone was registered, and failed the official check.
     for i, event in enumerate(header.service_events, 1):

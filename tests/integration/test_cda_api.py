@@ -564,3 +564,15 @@ def test_an_ins_without_a_value_is_refused_and_kept_naming_no_one(client, databa
     assert "the INS is not valid" in refused.json["issue"][0]["diagnostics"]
     with database[0].connect() as conn:
         assert conn.execute(select(raw_inputs.c.status)).scalars().all() == ["refused"]
+
+
+def test_a_custodian_whose_id_has_no_extension_is_refused_naming_it(client, database):
+    """Found by the bounded fuzz: the directory finds an organisation by an id with its extension,
+    and a custodian named by its root alone was taken, then its registration was a 500."""
+    cda = sample("cr-biologie-martin.xml").replace(
+        b'<representedCustodianOrganization>\n    <id root="1.2.250.1.71.4.2.2" extension="1990000042"/>',
+        b'<representedCustodianOrganization>\n    <id root="1.2.250.1.71.4.2.2"/>')
+    refused = client.post("/cda", data=cda, headers=XML)
+    assert refused.status_code == 422, refused.data[:300]
+    assert refused.json["issue"][0]["expression"] == [
+        "/ClinicalDocument/custodian/assignedCustodian/representedCustodianOrganization/id"]
