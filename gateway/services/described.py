@@ -158,11 +158,15 @@ def register_described(uow: UnitOfWork, base_url: str, submitted: dict, data: by
     if known is None:
         raise Refused("the document type must be one of the CI-SIS list JDV_J07 (LOINC or TRE_A05)",
                               location=f"{where}.type")
+    # PDSm and MHD aggregate the authors and the authenticator `contained`: named by `#id`.
+    contained_ids = {f"#{c.get('id')}" for c in submitted.get("contained", []) if isinstance(c, dict)}
     authors = [a for a in submitted.get("author", []) if isinstance(a, dict)]
-    contained_ids = {c.get("id") for c in submitted.get("contained", []) if isinstance(c, dict)}
-    if not authors or any(a.get("reference", "")[1:] not in contained_ids for a in authors):
+    if not authors or any(a.get("reference") not in contained_ids for a in authors):
         raise Refused("the authors are given, as resources contained in the DocumentReference (PDSm)",
-                              location=f"{where}.author")
+                      location=f"{where}.author")
+    if "authenticator" in submitted and submitted["authenticator"].get("reference") not in contained_ids:
+        raise Refused("the authenticator is given as a resource contained in the DocumentReference (PDSm)",
+                      location=f"{where}.authenticator")
 
     docref_id = docref_id or uow.new_id()
     binary_id = uow.new_id()

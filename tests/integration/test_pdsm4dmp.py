@@ -207,11 +207,15 @@ def test_the_guide_examples_in_xml(client, lps):
      "DocumentReference.category"),
     (lambda d: d["subject"].__setitem__("reference", d["subject"]["reference"].replace(INS, "269054958815780")),
      "DocumentReference.subject"),
-], ids=["uniqueId without system", "two classes", "a patient the gateway does not hold"])
+    (lambda d: d.__setitem__("authenticator", {"reference": "urn:oid:1.2.3"}), "DocumentReference.authenticator"),
+], ids=["uniqueId without system", "two classes", "a patient the gateway does not hold",
+        "an authenticator not contained"])
 def test_a_document_s_metadata_mhd_refuses_is_refused_not_kept(client, lps, change, where):
     """What MHD's profiles refuse in a document's submitted metadata: a uniqueId without its
-    system (UniqueIdIdentifier), two classes (category 0..1). Each was kept, and every read of the
-    document failed the official check (found by the fuzz, once it changed the guide's examples).
+    system (UniqueIdIdentifier), two classes (category 0..1), an authenticator that is not a
+    resource the DocumentReference contains (PDSm and MHD aggregate it `contained`). Each
+    was kept, and every read of the document failed the official check (found by the fuzz, once it
+    changed the guide's examples; the authenticator in an ITI-65 submission in FHIR's XML).
     The refusal names the DocumentReference posted, not the Bundle it became (it named
     `Bundle.entry[1].resource -> Bundle.entry[1].resource.masterIdentifier.system`)."""
     published = example("DocumentReference-example-td2-iti105-publication-simplifiee.json")
