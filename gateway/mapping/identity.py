@@ -32,9 +32,8 @@ def identifier_value(system: str, value: str | None) -> str | None:
 
 def check_ins(ii: II, location: str) -> str:
     """Return the INS if its 15 characters and key are right, else refuse naming the element."""
-    value = identifier_value(ii.root, ii.extension or "")
     try:
-        return nir.validate(value)
+        return nir.validate(ii.extension or "")   # compacted as compact_ins reads it
     except ValidationError as exc:
         raise Refused(
             f"the INS is not valid ({exc.message}); the key is 97 - (first 13 digits mod 97)",

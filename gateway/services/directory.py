@@ -7,7 +7,7 @@ from gateway.access.writes import Write
 from gateway.refusal import Refused
 from gateway.fhir.validation import InvalidResource, keep_claimed_profiles, validate
 from gateway.mapping import codes
-from gateway.mapping.identity import identifier_value, ins_key_is_valid
+from gateway.mapping.identity import compact_ins, ins_key_is_valid
 from gateway.storage.repository import Repository, StoredResource, new_id
 
 REGISTERED_TYPES = ("Patient", "Practitioner", "PractitionerRole", "Organization")
@@ -32,7 +32,7 @@ def register(repo: Repository, resource: dict) -> StoredResource:
     if res_type == "Patient":
         for identifier in resource.get("identifier", []):
             if identifier.get("system", "").removeprefix("urn:oid:") in codes.INS_OIDS:
-                identifier["value"] = identifier_value(identifier["system"], str(identifier.get("value", "")))
+                identifier["value"] = compact_ins(str(identifier.get("value", "")))
                 if not ins_key_is_valid(identifier["value"]):
                     raise Refused("the INS is not valid: 15 characters whose last two are 97 - (first 13 mod 97)",
                                   location="Patient.identifier")

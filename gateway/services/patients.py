@@ -15,7 +15,7 @@ from gateway.mapping import codes
 from gateway.mapping import document as mapping
 from gateway.mapping import hl7v2 as v2
 from gateway.mapping.dates import InvalidTime, ts_to_fhir
-from gateway.mapping.identity import identifier_value, ins_key_is_valid
+from gateway.mapping.identity import compact_ins, ins_key_is_valid
 from gateway.refusal import Refused
 from gateway.storage.repository import UnitOfWork
 
@@ -60,7 +60,7 @@ def checked_ids(segment: Segment, field_number: int) -> list[II]:
     ids = []
     for ii in v2.cx_ids(segment, field_number):
         if ii.root in codes.INS_OIDS:
-            value = identifier_value(ii.root, ii.extension or "")
+            value = compact_ins(ii.extension or "")
             if not ins_key_is_valid(value):
                 raise MessageRefused(Issue(
                     "the INS is not valid: 15 characters whose last two are 97 - (first 13 mod 97)",
