@@ -1,8 +1,10 @@
 """A bounded fuzz of every entry: random JSON bodies on each FHIR write, random search parameters,
-random operator queries, random XML to /cda and as FHIR XML, and mutated HL7v2 messages. No input
+random operator queries, random XML to /cda and as FHIR XML, mutated HL7v2 messages, and the
+patient space's forms and pages. No input
 may get a 5xx, on either backend: PostgreSQL refuses what SQLite keeps (a NUL, a string longer than
 its column), which the fuzz ran on SQLite alone did not see. The default run is short enough for
 `make test`; `make fuzz` runs GATEWAY_FUZZ_EXAMPLES (default 2,000) per target."""
+import io
 import json
 import os
 import time
@@ -14,6 +16,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import REPORT, ROOT, SAMPLES, attend_all, every_version
+from test_patient_space import MARTIN, csrf, fed_with_accounts, sign_in
 
 EXAMPLES = int(os.environ.get("GATEWAY_FUZZ_EXAMPLES", "200"))
 TRIED = {"inputs": 0, "5xx": 0, "slowest_ms": 0.0}
@@ -512,6 +515,81 @@ def test_mutated_hl7v2_messages(client, bearer, database):
         read = send(client, "GET", f"/fhir/{res_type}/{res_id}/_history/{version}")
         if read.status_code == 200:
             collected.add(read.json)
+    if profiles.available():
+        errors = collected.errors()
+        assert not errors, "\n".join(errors)
+
+
+def test_random_patient_space_forms(app, settings, client, bearer, database):
+    """Every form and page of the patient space, signed in: each form filled in as its page asks,
+    with fields changed, left out or added, random files and links. A page or a message for the
+    patient, never a 5xx; and what the forms kept (decisions, contacts, documents, labels) passes
+    the official profiles."""
+    import profiles
+
+    record = fed_with_accounts(client, bearer, database[0])
+    browser = sign_in(app, settings)
+    token = csrf(browser.get("/documents").text)
+    documents = [record["ldl-ses-martin.xml"], record["cr-biologie-martin.xml"]]
+    filled_in = {   # each form as its page sends it: a field's choices (its page's list), or its value
+        "POST /espace-personnel/documents": {"titre": "Mes directives", "type": ["EXPPAT_3", "EXPPAT_2"]},
+        "POST /espace-personnel/contacts": {"nom": "DUPONT", "prenom": "Marie", "lien": ["SIB", "PRN", "FRND"],
+                                            "telephone": "06 01 02 03 04"},
+        "POST /espace-personnel/contacts/{}/retirer": {"confirmation": "oui"},
+        "POST /documents/{}/masquage": {"label": ["MASQUE_PS", "INVISIBLE_REPRESENTANTS_LEGAUX"],
+                                        "action": ["masquer", "demasquer"], "confirmation": "oui"},
+        "POST /dossier/verifier": {}, "POST /dossier/notifications": {"notifications": ["oui", "non"]},
+        "POST /dossier/fermer": {"confirmation": "oui"}, "POST /dossier/rouvrir": {},
+        "POST /dossier/destruction": {"confirmation": "oui"}, "POST /dossiers": {"dossier": MARTIN},
+        "POST /acces/professionnel": {"professionnel": ["10000000002", "810000000002", "0759912345"],
+                                      "decision": ["autoriser", "bloquer", "medecin-traitant"], "confirmation": "oui"},
+        "POST /acces/retirer/{}": {"confirmation": "oui"},
+        "POST /acces/opposition/{}": {"decision": ["opposer", "autoriser"], "confirmation": "oui"},
+        "GET /documents": {}, "GET /documents/{}": {}, "GET /documents/{}/fichier": {"telechargement": ["1", ""]},
+        "GET /documents/{}/original": {}, "GET /historique": {"vue": ["documents", "professionnels"], "page": "x"},
+        "GET /acces": {"q": ["NOEL", "camille", "8"]}, "GET /espace-personnel": {}, "GET /dossier": {},
+        "GET /dossiers": {}, "GET /compte/mot-de-passe": {}}
+    values = st.one_of(st.text(max_size=40), st.sampled_from(
+        ["oui", "non", "759 912 345", "a,b",
+         "\\", "\x00", "9" * 300, *documents]))
+    path_parts = st.one_of(st.sampled_from([*documents, "emergency-access", "regulation-access", "x", ".."]),
+                           st.text(min_size=1, max_size=20))
+    uploads = {"POST /espace-personnel/documents": "fichier", "POST /dossier/verifier": "copie"}
+    files = st.one_of(st.none(), st.tuples(st.one_of(st.binary(max_size=300), st.sampled_from(
+        [b"%PDF-1.4\n%%EOF\n", b"Mes directives.", b"PK\x03\x04"])), st.text(max_size=20)))
+
+    @FUZZ
+    @given(route=st.sampled_from(sorted(filled_in)), part=path_parts, upload=files,
+           with_token=st.integers(0, 9).map(bool), data=st.data())
+    def run(route, part, upload, with_token, data):
+        method, path = route.split(" ")
+        path = path.format(quote(part, safe=""))
+        form = {name: data.draw(st.sampled_from(value)) if isinstance(value, list) else value
+                for name, value in filled_in[route].items()}
+        names = st.sampled_from([*sorted(form), "x"])
+        for name, value in data.draw(st.lists(st.tuples(names, st.one_of(st.none(), values)), max_size=2)):
+            if value is None:   # left out
+                form.pop(name, None)
+            else:
+                form[name] = value
+        if method == "GET":
+            send(browser, "GET", path, query_string=form)
+            return
+        if with_token:
+            form["csrf_token"] = token
+        if upload is not None and route in uploads:
+            content, filename = upload
+            form[uploads[route]] = (io.BytesIO(content), filename or "directives.pdf")
+        send(browser, "POST", path, data=form, content_type="multipart/form-data")
+
+    run()
+    patient = bearer("patient", patient=MARTIN)
+    collected = profiles.Collected()
+    for res_type, res_id, version in every_version(database[0], ["Consent", "RelatedPerson", "DocumentReference"]):
+        read = send(client, "GET", f"/fhir/{res_type}/{res_id}/_history/{version}", headers=patient)
+        if read.status_code == 200:
+            collected.add(read.json)
+    assert len(collected) > len(documents)   # the forms kept something besides the hospital's documents
     if profiles.available():
         errors = collected.errors()
         assert not errors, "\n".join(errors)

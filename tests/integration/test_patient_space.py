@@ -25,16 +25,21 @@ MARTIN, MOREAU = "185067511204554", "212057501802305"
 PASSWORD = "a long enough password"
 
 
-@pytest.fixture
-def record(client, bearer, database):
-    """Paul Martin's two documents, fed by a hospital system, and his account."""
+def fed_with_accounts(client, bearer, engine) -> dict:
+    """Paul Martin's two documents and Léa Moreau's one, fed by a hospital system, and the accounts
+    of Paul and of Sophie MOREAU, Léa's legal representative: {sample's name: DocumentReference id}."""
     system = bearer("system", sub="hospital")
     ids = {name: client.post("/cda", data=sample(name), headers={**XML, **system}).json["id"]
            for name in ("ldl-ses-martin.xml", "cr-biologie-martin.xml", "cr-imagerie-echographie-moreau.xml")}
-    accounts.create_account(database[0], "paul", PASSWORD, "patient", [MARTIN], "Paul MARTIN", "paul@example.test")
-    accounts.create_account(database[0], "sophie", PASSWORD, "representative", [MOREAU], "Sophie MOREAU",
+    accounts.create_account(engine, "paul", PASSWORD, "patient", [MARTIN], "Paul MARTIN", "paul@example.test")
+    accounts.create_account(engine, "sophie", PASSWORD, "representative", [MOREAU], "Sophie MOREAU",
                             "sophie@example.test")
     return ids
+
+
+@pytest.fixture
+def record(client, bearer, database):
+    return fed_with_accounts(client, bearer, database[0])
 
 
 def csrf(html: str) -> str:
