@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from .er7 import CHARSETS, Encoding, Message
+from .er7 import CHARSETS, MLLP_FRAMING, Encoding, Message
 
 # HL7 table 0357, message error condition codes.
 ERROR_TEXTS = {
@@ -135,7 +135,11 @@ def build(message: Message | None, outcome: Outcome, code: str | None = None, *,
             eld = c.join(location + [f"{issue.code}{enc.subcomponent}{ERROR_TEXTS.get(issue.code, '')}"
                                      f"{enc.subcomponent}HL70357"])
             segments.append(enc.field.join(["ERR", eld]))
-    return "\r".join(segments) + "\r"
+    # A value echoed from the message (MSA-2, MSH-5/6, an issue's text) may hold MLLP's framing
+    # bytes: a control id holding <FS><CR> ended the sender's frame in the middle of the ACK. Each is
+    # written as HL7's hex escape, which reads back as the byte sent.
+    text = "\r".join(segments) + "\r"
+    return text.translate({ord(byte): f"{enc.escape}X{ord(byte):02X}{enc.escape}" for byte in MLLP_FRAMING})
 
 
 def encode(ack: str, message: Message | None) -> bytes:

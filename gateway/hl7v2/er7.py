@@ -24,6 +24,7 @@ BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01234567
 LONG_RUN = re.compile(rb"[A-Za-z0-9+/=]{%d,}" % LONG)
 
 MLLP_START = "\x0b"   # <VT>, which begins an MLLP frame and no message
+MLLP_FRAMING = MLLP_START + "\x1c"   # and <FS>, which (before a <CR>) ends one
 
 # MSH-18 values and the Python codec for each; an empty MSH-18 means ASCII (HL7 2.x, 2.15.9.18).
 CHARSETS = {
@@ -353,6 +354,11 @@ class Message:
         seps = first[4:8]
         if len(set(first[3] + seps)) != 5:
             raise MessageRejected("MSH-1/MSH-2 encoding characters are missing or repeated", "MSH^1^2", "102")
+        if set(first[3] + seps) & set(MLLP_FRAMING):
+            # The ACK is written with the message's own encoding characters: with one of these, its
+            # fields would end the sender's MLLP frame early.
+            raise MessageRejected("an MSH-1/MSH-2 encoding character is <VT> (0x0B) or <FS> (0x1C), which start and "
+                                  "end an MLLP frame", "MSH^1^2", "102")
         # No HL7v2 field holds a NUL (0x00), and PostgreSQL's text cannot: neither as received (the
         # runs' stand-ins hold the only ones) nor as a hex escape that unescapes to one (\X00\, or
         # 00 among its bytes; every supported charset writes NUL as the byte 00). In MSH, the

@@ -7,6 +7,7 @@ its column), which the fuzz ran on SQLite alone did not see. The default run is 
 import io
 import json
 import os
+import socket
 import time
 from datetime import datetime
 from urllib.parse import quote
@@ -17,6 +18,8 @@ from hypothesis import strategies as st
 
 from conftest import REPORT, ROOT, SAMPLES, attend_all, every_version
 from test_patient_space import MARTIN, csrf, fed_with_accounts, sign_in
+
+from gateway.hl7v2 import mllp
 
 EXAMPLES = int(os.environ.get("GATEWAY_FUZZ_EXAMPLES", "200"))
 TRIED = {"inputs": 0, "5xx": 0, "slowest_ms": 0.0}
@@ -593,3 +596,53 @@ def test_random_patient_space_forms(app, settings, client, bearer, database):
     if profiles.available():
         errors = collected.errors()
         assert not errors, "\n".join(errors)
+
+
+def frames_in(stream: bytes) -> int:
+    """The frames an MLLP reader finds in a stream: from a <VT> (bytes before it are not a frame's)
+    to the first <FS><CR> after it, which may hold other <VT>s; a frame the stream does not end is
+    not one."""
+    found, position = 0, 0
+    while (start := stream.find(b"\x0b", position)) >= 0 and (end := stream.find(b"\x1c\r", start + 1)) >= 0:
+        found, position = found + 1, end + 2
+    return found
+
+
+def test_random_mllp_streams(mllp_listener):
+    """Byte streams to the running MLLP listener: sample messages, changed or not, framed or not,
+    among random bytes and stray <VT>, <FS> and <CR>, written in random pieces, then the sending
+    side closed. Each whole frame gets one framed ACK, in order, nothing else comes back, the
+    listener closes the connection once it has answered, and it takes the next one."""
+    messages = [path.read_bytes() for path in sorted((SAMPLES / "hl7v2").glob("*.hl7"))]
+    message = st.builds(lambda index, cut: messages[index][:cut], st.integers(0, len(messages) - 1),
+                        st.one_of(st.none(), st.integers(0, 400)))
+    framed = message.map(mllp.frame)
+    piece = st.one_of(framed, st.binary(max_size=30), framed, message,
+                      st.sampled_from([b"\x0b", b"\x1c", b"\r", b"\x1c\r", b"\x0b\x0b", b"\x1c\x1c\r\r", b"MSH|"]))
+
+    @FUZZ
+    @given(pieces=st.lists(piece, min_size=1, max_size=6), writes=st.lists(st.integers(1, 64), min_size=1, max_size=8))
+    # Found by this test: a control id holding <FS> (before the segment's <CR>) ended the ACK's frame early.
+    @example(pieces=[b"\x0bMSH|^~\\&|GAM|CH|GW|DMP|20260310080000||ADT^A01^ADT_A01|", b"\x1c\x1c\r"], writes=[1])
+    def run(pieces, writes):
+        stream, started = b"".join(pieces), time.perf_counter()
+        TRIED["inputs"] += 1
+        with socket.create_connection(("127.0.0.1", mllp_listener.mllp_port), timeout=30) as sender:
+            sent, turn = 0, 0
+            while sent < len(stream):
+                size = writes[turn % len(writes)] if turn < 4 * len(writes) else len(stream)
+                sender.sendall(stream[sent:sent + size])
+                sent, turn = sent + size, turn + 1
+            sender.shutdown(socket.SHUT_WR)
+            answer = b""
+            while chunk := sender.recv(65536):   # the listener closes once it has answered
+                answer += chunk
+        TRIED["slowest_ms"] = max(TRIED["slowest_ms"], (time.perf_counter() - started) * 1000)
+        acks = answer.split(b"\x1c\r")
+        assert acks.pop() == b"", answer[-200:]   # nothing after the last ACK
+        assert len(acks) == frames_in(stream), (stream, answer)
+        assert all(ack.startswith(b"\x0bMSH|") and b"\rMSA|" in ack for ack in acks), answer
+
+    run()
+    [ack] = mllp.send_messages("127.0.0.1", mllp_listener.mllp_port, [messages[0]])
+    assert b"\rMSA|" in ack

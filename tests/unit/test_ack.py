@@ -69,3 +69,24 @@ def test_ack_is_encoded_in_the_message_charset():
     m = msg(charset="8859/15")
     data = ack.encode(ack.build(m, Outcome("AE", [Issue("Œuvre refusée", "PID^1^5")])), m)
     assert "Œuvre refusée".encode("iso8859-15") in data
+
+
+def test_mllp_framing_bytes_the_message_holds_are_escaped_in_its_ack():
+    """Found by the MLLP stream fuzz: a control id holding <FS> before the segment's <CR> ended the
+    sender's MLLP frame in the middle of the ACK, after `MSA|AR|`."""
+    message = Message("MSH|^~\\&|RIS\x0b|CH-X|GW|DMP|20260101||ADT^A01|C\x1c|P|2.5\rPID|1", "UNICODE UTF-8")
+    text = ack.build(message, Outcome("AE", [Issue("value \x1c\x0b refused", "PID^1^3", "102")]))
+    assert "\x0b" not in text and "\x1c" not in text
+    msh, msa, err = segments(text)
+    assert msh[4] == "RIS\\X0B\\" and msa == ["MSA", "AE", "C\\X1C\\"] and err[8] == "value \\X1C\\\\X0B\\ refused"
+    parse_message(text, validation_level=VALIDATION_LEVEL.STRICT, find_groups=True).validate()
+    assert Message(text, "UNICODE UTF-8").segments[1].get(2) == "C\x1c"   # read back as sent
+
+
+@pytest.mark.parametrize("separators", ["MSH\x1c^~\\&", "MSH|\x0b~\\&", "MSH|^~\\\x1c"])
+def test_mllp_framing_bytes_as_encoding_characters_are_refused(separators):
+    from gateway.hl7v2.er7 import MessageRejected
+
+    with pytest.raises(MessageRejected, match="start and end an MLLP frame") as refused:
+        Message(separators + "|RIS|CH-X|GW|DMP|20260101||ADT^A01|C1|P|2.5\rPID|1", "UNICODE UTF-8")
+    assert refused.value.location == "MSH^1^2"
