@@ -1,6 +1,6 @@
-"""A bounded fuzz of every entry: random JSON bodies on each FHIR write, random search parameters,
-random operator queries, random XML to /cda and as FHIR XML, mutated HL7v2 messages, and the
-patient space's forms and pages. No input
+"""A bounded fuzz of every entry: random JSON bodies on each FHIR write, random request headers,
+random search parameters, random operator queries, random XML to /cda and as FHIR XML, mutated
+HL7v2 messages, byte streams to the MLLP listener, and the patient space's forms and pages. No input
 may get a 5xx, on either backend: PostgreSQL refuses what SQLite keeps (a NUL, a string longer than
 its column), which the fuzz ran on SQLite alone did not see. The default run is short enough for
 `make test`; `make fuzz` runs GATEWAY_FUZZ_EXAMPLES (default 2,000) per target."""
@@ -465,6 +465,45 @@ def test_random_operator_queries(client, bearer):
         else:
             send(client, "POST" if reprocess else "GET", f"{path}/{raw_id}" + ("/reprocess" if reprocess else ""),
                  headers=admin)
+
+    run()
+
+
+def test_random_request_headers(client, bearer, database):
+    """The FHIR, CDA and HL7v2 entries with random request headers (content negotiation, conditional
+    requests, Prefer, encodings, a proxy's): an answer, never a 5xx."""
+    cda = (SAMPLES / "cda" / "ldl-ses-martin.xml").read_bytes()
+    document = client.post("/cda", data=cda, headers={"Content-Type": "application/xml"}).json["id"]
+    attend_all(database[0])
+    system = bearer("system", sub="fuzz")
+    requests = {   # target: (body, headers it is sent with unless the example gives others)
+        ("GET", f"/fhir/DocumentReference/{document}"): (None, {}),
+        ("GET", "/fhir/DocumentReference?status=current"): (None, {}), ("GET", "/fhir/metadata"): (None, {}),
+        ("GET", "/fhir/AuditEvent"): (None, {}), ("GET", "/health"): (None, {}),
+        ("POST", "/fhir/Patient"): (b'{"resourceType": "Patient", "name": [{"family": "X"}]}',
+                                    {"Content-Type": "application/fhir+json"}),
+        ("PATCH", f"/fhir/DocumentReference/{document}"): (
+            b'[{"op": "add", "path": "/securityLabel/-", "value": {"coding": [{"system": "x", "code": "y"}]}}]',
+            {"Content-Type": "application/json-patch+json"}),
+        ("POST", "/cda"): (cda, {"Content-Type": "application/xml"}),
+        ("POST", "/hl7v2"): (b"MSH|^~\\&|A|B|C|D|20260101||ADT^A28|X1|P|2.5\rPID|1||1^^^CH&1.2.3&ISO^PI||X^Y\r",
+                             {"Content-Type": "x-application/hl7-v2+er7", **system})}
+    names = ["Accept", "Content-Type", "Content-Encoding", "If-Match", "If-None-Match", "If-None-Exist",
+             "If-Modified-Since", "Prefer", "X-Request-Id", "Accept-Charset", "Accept-Encoding", "Origin",
+             "X-Forwarded-For", "X-Forwarded-Proto", "Forwarded", "Range"]
+    values = st.one_of(st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF), max_size=60), st.sampled_from([
+        "application/fhir+json", "application/fhir+xml; charset=iso-8859-1", "application/json;q=0", "*/*;q=abc",
+        "text/html, application/xhtml+xml;q=0.9", 'W/"1"', '"1"', "*", 'W/"99999999999999999999"', 'W/"', "",
+        "identifier=urn:oid:1.2|x", "identifier=", "return=minimal", "return=OperationOutcome",
+        "return=representation; respond-async", "gzip", "deflate, br", "identity;q=0", "x" * 5000,
+        "Thu, 01 Jan 1970 00:00:00 GMT", "Fri, 31 Dec 9999 23:59:59 GMT", "yesterday", "bytes=-1",
+        "1.2.3.4, ::1", "for=1.2.3.4;proto=https"]))
+
+    @FUZZ
+    @given(target=st.sampled_from(sorted(requests)), headers=st.dictionaries(st.sampled_from(names), values, max_size=4))
+    def run(target, headers):
+        (method, path), (body, usual) = target, requests[target]
+        send(client, method, path, data=body, headers={**usual, **headers})
 
     run()
 
