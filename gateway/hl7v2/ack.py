@@ -139,6 +139,8 @@ def build(message: Message | None, outcome: Outcome, code: str | None = None, *,
     # bytes: a control id holding <FS><CR> ended the sender's frame in the middle of the ACK. Each is
     # written as HL7's hex escape, which reads back as the byte sent.
     text = "\r".join(segments) + "\r"
+    if not any(byte in text for byte in MLLP_FRAMING):
+        return text
     return text.translate({ord(byte): f"{enc.escape}X{ord(byte):02X}{enc.escape}" for byte in MLLP_FRAMING})
 
 
