@@ -10,14 +10,14 @@ import os
 import socket
 import time
 from datetime import datetime
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import REPORT, ROOT, SAMPLES, attend_all, every_version
-from test_patient_space import MARTIN, csrf, fed_with_accounts, sign_in
+from test_patient_space import MARTIN, PASSWORD, csrf, fed_with_accounts, sign_in
 
 from gateway.hl7v2 import mllp
 
@@ -500,7 +500,8 @@ def test_random_request_headers(client, bearer, database):
         "1.2.3.4, ::1", "for=1.2.3.4;proto=https"]))
 
     @FUZZ
-    @given(target=st.sampled_from(sorted(requests)), headers=st.dictionaries(st.sampled_from(names), values, max_size=4))
+    @given(target=st.sampled_from(sorted(requests)),
+           headers=st.dictionaries(st.sampled_from(names), values, max_size=4))
     def run(target, headers):
         (method, path), (body, usual) = target, requests[target]
         send(client, method, path, data=body, headers={**usual, **headers})
@@ -563,15 +564,16 @@ def test_mutated_hl7v2_messages(client, bearer, database):
 
 
 def test_random_patient_space_forms(app, settings, client, bearer, database):
-    """Every form and page of the patient space, signed in: each form filled in as its page asks,
-    with fields changed, left out or added, random files and links. A page or a message for the
-    patient, never a 5xx; and what the forms kept (decisions, contacts, documents, labels) passes
-    the official profiles."""
+    """Every form and page of the patient space, signed in, and its sign-in pages, by a visitor:
+    each form filled in as its page asks, with fields changed, left out or added, random files,
+    links and referrers. A page or a message, never a 5xx, a redirection only to the space's own
+    pages; and what the forms kept (decisions, contacts, documents, labels) passes the official
+    profiles."""
     import profiles
 
     record = fed_with_accounts(client, bearer, database[0])
-    browser = sign_in(app, settings)
-    token = csrf(browser.get("/documents").text)
+    browser, visitor = sign_in(app, settings), app.test_client()   # Paul signed in; someone who is not
+    tokens = {browser: csrf(browser.get("/documents").text), visitor: csrf(visitor.get("/connexion").text)}
     documents = [record["ldl-ses-martin.xml"], record["cr-biologie-martin.xml"]]
     filled_in = {   # each form as its page sends it: a field's choices (its page's list), or its value
         "POST /espace-personnel/documents": {"titre": "Mes directives", "type": ["EXPPAT_3", "EXPPAT_2"]},
@@ -590,7 +592,16 @@ def test_random_patient_space_forms(app, settings, client, bearer, database):
         "GET /documents": {}, "GET /documents/{}": {}, "GET /documents/{}/fichier": {"telechargement": ["1", ""]},
         "GET /documents/{}/original": {}, "GET /historique": {"vue": ["documents", "professionnels"], "page": "x"},
         "GET /acces": {"q": ["NOEL", "camille", "8"]}, "GET /espace-personnel": {}, "GET /dossier": {},
-        "GET /dossiers": {}, "GET /compte/mot-de-passe": {}}
+        "GET /dossiers": {}, "GET /compte/mot-de-passe": {},
+        # Signing in, by someone else than Paul (whose account five failures would lock).
+        "visitor POST /connexion": {"identifiant": ["sophie", " SOPHIE ", "nobody"], "mot_de_passe": [PASSWORD, "x"]},
+        "visitor POST /connexion/code": {"code": ["123456", "000000"]}, "visitor GET /connexion/code": {},
+        "visitor GET /connexion": {"next": ["/documents", "//evil.example/", "https://evil.example/",
+                                            "/\\evil.example"]},
+        "visitor GET /": {}}
+    referrers = st.one_of(st.none(), st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF), max_size=30),
+                          st.sampled_from(["http://localhost/acces", "http://localhost.evil.example/",
+                                           "http://localhost@evil.example/", "//evil.example/"]))
     values = st.one_of(st.text(max_size=40), st.sampled_from(
         ["oui", "non", "759 912 345", "a,b",
          "\\", "\x00", "9" * 300, *documents]))
@@ -601,10 +612,11 @@ def test_random_patient_space_forms(app, settings, client, bearer, database):
         [b"%PDF-1.4\n%%EOF\n", b"Mes directives.", b"PK\x03\x04"])), st.text(max_size=20)))
 
     @FUZZ
-    @given(route=st.sampled_from(sorted(filled_in)), part=path_parts, upload=files,
+    @given(route=st.sampled_from(sorted(filled_in)), part=path_parts, upload=files, referrer=referrers,
            with_token=st.integers(0, 9).map(bool), data=st.data())
-    def run(route, part, upload, with_token, data):
-        method, path = route.split(" ")
+    def run(route, part, upload, referrer, with_token, data):
+        who = visitor if route.startswith("visitor ") else browser
+        method, path = route.removeprefix("visitor ").split(" ")
         path = path.format(quote(part, safe=""))
         form = {name: data.draw(st.sampled_from(value)) if isinstance(value, list) else value
                 for name, value in filled_in[route].items()}
@@ -614,15 +626,18 @@ def test_random_patient_space_forms(app, settings, client, bearer, database):
                 form.pop(name, None)
             else:
                 form[name] = value
+        headers = {"Referer": referrer} if referrer is not None else {}
         if method == "GET":
-            send(browser, "GET", path, query_string=form)
-            return
-        if with_token:
-            form["csrf_token"] = token
-        if upload is not None and route in uploads:
-            content, filename = upload
-            form[uploads[route]] = (io.BytesIO(content), filename or "directives.pdf")
-        send(browser, "POST", path, data=form, content_type="multipart/form-data")
+            answer = send(who, "GET", path, query_string=form, headers=headers)
+        else:
+            if with_token:
+                form["csrf_token"] = tokens[who]
+            if upload is not None and route in uploads:
+                content, filename = upload
+                form[uploads[route]] = (io.BytesIO(content), filename or "directives.pdf")
+            answer = send(who, "POST", path, data=form, content_type="multipart/form-data", headers=headers)
+        # Whatever was sent, the space sends its visitor nowhere but to its own pages.
+        assert not answer.location or urlsplit(answer.location).netloc in ("", "localhost"), answer.location
 
     run()
     patient = bearer("patient", patient=MARTIN)
