@@ -1,9 +1,13 @@
 """`gateway ingest FILE|DIR...`: many documents, a progress bar, and a summary of what happened."""
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -47,6 +51,47 @@ def document_files(paths: list[Path]) -> tuple[list[Path], int]:
     return files, skipped
 
 
+class Interruption:
+    """Ctrl-C during a run: it stops between two documents. Python's own handler raised
+    KeyboardInterrupt wherever the run was, and one raised in a callback whose exceptions Python
+    ignores (a module lock's, during an import) was lost: the run went on to its end, and waited
+    there on a pipe named last (about one run in ten, the machine loaded). The handler raises only
+    while a file is being opened or read, which a pipe or a network share may hold up."""
+
+    def __init__(self):
+        self.asked = False
+        self.reading = False
+
+    def __call__(self, _signum, _frame):
+        self.asked = True
+        if self.reading:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def handled(self) -> Iterator["Interruption"]:
+        """In force during the block, where SIGINT has Python's own handler (in the main thread, and
+        not ignored: a run started in the background keeps ignoring it)."""
+        if (threading.current_thread() is not threading.main_thread()
+                or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+            yield self
+            return
+        signal.signal(signal.SIGINT, self)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    @contextlib.contextmanager
+    def while_reading(self) -> Iterator[None]:
+        self.reading = True
+        try:
+            if self.asked:
+                raise KeyboardInterrupt
+            yield
+        finally:
+            self.reading = False
+
+
 def ingest_paths(settings: Settings, paths: list[Path], console: Console | None = None) -> BulkReport:
     console = console or Console(stderr=True)
     engine = make_engine(settings.database_url)
@@ -56,16 +101,16 @@ def ingest_paths(settings: Settings, paths: list[Path], console: Console | None 
     files, report.skipped = document_files(paths)
     progress = Progress(TextColumn("[bold]ingest"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                         console=console, transient=True)
-    with progress:
+    with progress, Interruption().handled() as interruption:
         task = progress.add_task("documents", total=len(files))
         try:
             for file in files:
-                if not _ingest_file(settings, repo, file, report):
+                if not _ingest_file(settings, repo, file, report, interruption):
                     break
                 progress.advance(task)
         except KeyboardInterrupt:
             # Ctrl-C was a traceback, and no word of what was done. What was committed stays; the
-            # document at work is taken up again by the next run (services.ingest.keep).
+            # document named was not begun.
             report.failed.append((str(file), "interrupted (Ctrl-C): run the same command again (the documents "
                                              "already ingested are recognised)"))
             report.interrupted = True
@@ -75,13 +120,16 @@ def ingest_paths(settings: Settings, paths: list[Path], console: Console | None 
     return report
 
 
-def _ingest_file(settings: Settings, repo: Repository, file: Path, report: BulkReport) -> bool:
-    """One document into the report; False when the run must stop there."""
+def _ingest_file(settings: Settings, repo: Repository, file: Path, report: BulkReport,
+                 interruption: Interruption) -> bool:
+    """One document into the report; False when the run must stop there. Raises KeyboardInterrupt
+    when Ctrl-C was pressed since the document before."""
     try:
-        size = file.stat().st_size
-        oversized = size > settings.max_document_bytes
-        with file.open("rb") as opened:
-            data = opened.read(HEAD_KEPT if oversized else -1)
+        with interruption.while_reading():
+            size = file.stat().st_size
+            oversized = size > settings.max_document_bytes
+            with file.open("rb") as opened:
+                data = opened.read(HEAD_KEPT if oversized else -1)
         result = ingest_cda(repo, data, max_bytes=settings.max_document_bytes, channel="bulk",
                             sender=str(file), size=size if oversized else None)
         if result.created:

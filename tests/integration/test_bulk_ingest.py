@@ -1,6 +1,9 @@
 """`gateway ingest` when the database goes away mid-run: it stops at that document, reports what it
-ingested, and tells the operator to run the same command again (duplicates are recognised). A file
-over the document limit is refused without being read whole."""
+ingested, and tells the operator to run the same command again (duplicates are recognised); so it
+does on a Ctrl-C, wherever it lands. A file over the document limit is refused without being read
+whole."""
+import os
+import signal
 from dataclasses import replace
 
 from sqlalchemy import select
@@ -32,6 +35,39 @@ def test_an_unavailable_database_stops_the_run_and_says_how_to_go_on(tmp_path, m
     monkeypatch.undo()
     again = bulk.ingest_paths(settings, files)
     assert (again.ingested, again.duplicates, again.failed) == (2, 1, [])
+
+
+def test_a_ctrl_c_that_lands_where_python_ignores_exceptions_still_stops_the_run(tmp_path, monkeypatch):
+    """Python's own handler raised KeyboardInterrupt wherever the run was. Raised in a finaliser, or
+    in a module lock's callback during an import (the CI run that found it), it was printed as
+    ignored and lost: the run went on to its end, and waited there on a pipe named last."""
+    settings = replace(Settings.from_env(), database_url=f"sqlite:///{tmp_path / 'gateway.db'}")
+    files = sorted((SAMPLES / "cda").glob("*.xml"))[:3]
+    real, calls = bulk.ingest_cda, []
+
+    class CtrlC:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(10_000):   # the handler runs here, inside the finaliser
+                pass
+
+    def ingest_with_a_ctrl_c(repo, data, **kwargs):
+        calls.append(kwargs["sender"])
+        result = real(repo, data, **kwargs)
+        if len(calls) == 1:
+            CtrlC()   # dropped at once: its finaliser runs
+        return result
+
+    monkeypatch.setattr(bulk, "ingest_cda", ingest_with_a_ctrl_c)
+    # As at a terminal: a suite started in the background ignores SIGINT.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        report = bulk.ingest_paths(settings, files)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert report.interrupted and report.ingested == 1 and calls == [str(files[0])]
+    assert report.failed == [(str(files[1]), "interrupted (Ctrl-C): run the same command again (the documents "
+                                             "already ingested are recognised)")]
 
 
 def test_a_file_over_the_limit_is_refused_from_its_first_bytes(tmp_path):
