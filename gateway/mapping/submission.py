@@ -74,8 +74,10 @@ def completed(submitted: dict, submitter_name: str, submitter_id: str) -> dict:
     if SOURCE_ID not in {e.get("url") for e in resource["extension"]}:
         resource["extension"].append({"url": SOURCE_ID, "valueIdentifier": {"system": SUBMITTER_SYSTEM,
                                                                              "value": submitter_id}})
-    contained_ids = {c.get("id") for c in resource.get("contained", [])}
-    if resource.get("source", {}).get("reference", "")[1:] not in contained_ids:
+    # A local reference names a contained resource by `#id` (compared whole, as a described
+    # document's authors are: without its first character, any one-character prefix matched).
+    contained_ids = {f"#{c['id']}" for c in resource.get("contained", []) if c.get("id")}
+    if resource.get("source", {}).get("reference") not in contained_ids:
         resource["contained"] = [*resource.get("contained", []), device_source(submitter_name)]
         resource["source"] = {"reference": "#source"}
     return resource
