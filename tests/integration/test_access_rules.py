@@ -25,6 +25,7 @@ from gateway.storage.schema import metadata
 INS = ["185067511204554", "292086938701277"]
 # Few patients and professionals, so that rules and readers meet often.
 PROFESSIONALS = ["800000000011", "800000000029", "800000000037"]
+ORGANIZATIONS = ["750712184", "130783236"]   # FINESS
 LABELS = ["MASQUE_PS", "INVISIBLE_PATIENT", "INVISIBLE_REPRESENTANTS_LEGAUX"]
 PATIENT_INS = f"urn:oid:{'1.2.250.1.213.1.4.10'}"
 BASE = "http://gateway.test/fhir"
@@ -35,6 +36,7 @@ class Document:
     patient: int
     labels: frozenset
     author: int | None
+    custodian: int | None = None   # an organisation of ORGANIZATIONS (who may change it: test_write_rules)
 
 
 @dataclass(frozen=True)
@@ -127,11 +129,17 @@ def build_world(engine, docs: list[Document], world_rules: list[Rule]) -> dict[i
                 "resourceType": "DocumentReference", "id": f"d{i}", "status": "current",
                 "subject": {"reference": f"Patient/{patient_id}"},
                 # The author as the PDSm has it: the document's own contained copy.
-                "contained": [{"resourceType": "Practitioner", "id": "author1", "identifier": [
-                    {"system": IDNATPS_SYSTEM, "value": PROFESSIONALS[doc.author]}]}] if doc.author is not None else [],
+                "contained": ([{"resourceType": "Practitioner", "id": "author1", "identifier": [
+                    {"system": IDNATPS_SYSTEM, "value": PROFESSIONALS[doc.author]}]}] if doc.author is not None else [])
+                + ([{"resourceType": "Organization", "id": "custodian1", "identifier": [
+                    {"system": codes.FINESS_SYSTEM, "value": ORGANIZATIONS[doc.custodian]}]}]
+                   if doc.custodian is not None else []),
                 "author": [{"reference": "#author1"}] if doc.author is not None else [],
+                **({"custodian": {"reference": "#custodian1"}} if doc.custodian is not None else {}),
                 "securityLabel": [{"coding": [{"system": codes.VISIBILITY_SYSTEM, "code": label}]}
-                                  for label in sorted(doc.labels)],
+                                  for label in sorted(doc.labels)]
+                + [{"coding": [{"system": codes.CONFIDENTIALITY_SYSTEM, "code": "N"}]}],
+                "masterIdentifier": {"system": "urn:ietf:rfc:3986", "value": f"urn:oid:1.2.250.1.999.{i}"},
                 "content": [{"attachment": {"contentType": "text/plain", "url": f"{BASE}/Binary/b{i}"}}],
             }, patient_id=patient_id)
             made[i] = (f"d{i}", f"b{i}", patient_id)
