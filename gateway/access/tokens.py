@@ -19,6 +19,8 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from gateway.mapping.identity import compact_ins
+
 from .context import (
     CARE,
     EMERGENCY,
@@ -116,8 +118,10 @@ def context_from_claims(claims: dict, address: str | None = None) -> AccessConte
         raise InvalidToken(f"an access for {purpose} names its patient (claim 'patient': INS)")
     if role == OCCUPATIONAL and purpose != CARE:
         raise InvalidToken("an occupational doctor has no emergency access")
+    # An INS as the records hold it: an identity provider may print it in groups, as it is read out.
     return AccessContext(role=role, subject=claims["sub"], purpose=purpose, organization=claims.get("org"),
-                         patient_ins=patient, name=claims.get("name"), address=address)
+                         patient_ins=compact_ins(patient) if patient else None, name=claims.get("name"),
+                         address=address)
 
 
 def issue(private_key_pem: bytes, kid: str, issuer: str, audience: str, claims: dict, ttl: int) -> str:

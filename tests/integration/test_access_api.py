@@ -67,6 +67,15 @@ def test_a_patient_sees_their_record_only(client, bearer, world):
     assert missing.json["issue"][0]["code"] == hidden.json["issue"][0]["code"] == "not-found"
 
 
+def test_a_token_naming_the_patient_s_ins_in_groups_names_the_same_record(client, bearer, world):
+    """An INS is printed in groups ("1 85 06 75 112 045 54", with spaces or dots), and an identity
+    provider may write it so: it named no record, and its holder saw an empty one."""
+    for written in ("1 85 06 75 112 045 54", "1.85.06.75.112.045.54"):
+        assert document_ids(client, bearer("patient", sub="holder", patient=written)) == {world["ldl"], world["bio"]}
+        emergency = bearer("doctor", sub=INTERNIST, purpose="emergency", patient=written)
+        assert document_ids(client, emergency) == {world["ldl"], world["bio"]}
+
+
 def test_a_consent_with_a_modifier_extension_is_refused_not_applied_without_it(client, bearer, world):
     """A modifier extension changes what its element means (here, perhaps, "not this professional"):
     applied without it, the decision could be the opposite of the patient's."""
