@@ -2,12 +2,12 @@
 
 Hypothesis draws a world (test_access_rules's: patients, documents with labels, authors and
 custodians, the patients' consents) and a sequence of changes, each asked by any kind of requester
-with a PDSM4DMP PATCH (TD3.3a-d), by id or by identifier: a visibility label set or removed, the
-guide's unmasking (`/securityLabel/0` replaced by `N`), a deletion, archiving. Each answer must be
-what the README's rules say (404 for a document the requester does not see, 410 once it is deleted,
-403 for a change they may not make, 200 otherwise), what is stored must follow exactly the changes
-made, every request must leave an AuditEvent, and at the end every reader sees what the read rules
-allow of the documents as they now are.
+with a PDSM4DMP PATCH (TD3.3a-d), by id or by identifier: a visibility label added or removed, the
+guide's masking and unmasking (`/securityLabel/0` replaced by a label, or by `N`), a deletion,
+archiving. Each answer must be what the README's rules say (404 for a document the requester does
+not see, 410 once it is deleted, 403 for a change they may not make, 200 otherwise), what is stored
+must follow exactly the changes made, every request must leave an AuditEvent, and at the end every
+reader sees what the read rules allow of the documents as they now are.
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ class Requester:
 
 @dataclass(frozen=True)
 class Change:
-    kind: str                 # add, remove, unmask, delete, archive
+    kind: str                 # add, remove, mask, unmask (the guide's requests), delete, archive
     label: str | None = None
     archived: bool | None = None
 
@@ -91,7 +91,7 @@ REQUESTERS = (
     + [Requester(Reader(role, 0, None, "care")) for role in ("system", "admin")]
 )
 # Every change but the deletion, which ends what may be asked of a document: in one step in three.
-CHANGES = ([Change(kind, label) for kind in ("add", "remove") for label in LABELS]
+CHANGES = ([Change(kind, label) for kind in ("add", "remove", "mask") for label in LABELS]
            + [Change("unmask"), Change("archive", archived=True), Change("archive", archived=False)])
 changes_asked = st.one_of(st.permutations(CHANGES), st.permutations(CHANGES),
                           st.permutations([*CHANGES, Change("delete")]))
@@ -152,8 +152,13 @@ def expected(requester: Requester, doc: Document, state: State, change: Change, 
             return 200, state
         return (200, replace(state, archived=change.archived, version=state.version + 1)) if may_archive(requester) \
             else (403, state)
-    if change.kind == "unmask":   # the first visibility label (they are listed first, in order) taken off
-        wanted = state.labels - {min(state.labels)} if state.labels else state.labels
+    # The guide's requests replace the first label: the first visibility label (they are listed
+    # first, in order), or the confidentiality when there is none, which stays as authored.
+    first_replaced = state.labels - {min(state.labels)} if state.labels else state.labels
+    if change.kind == "unmask":
+        wanted = first_replaced
+    elif change.kind == "mask":
+        wanted = first_replaced | {change.label}
     elif change.kind == "add":
         wanted = state.labels | {change.label}
     else:
@@ -174,6 +179,9 @@ def patch_of(change: Change, state: State) -> list:
         return [{"op": "replace", "path": "/securityLabel", "value": [
             {"coding": [{"system": codes.VISIBILITY_SYSTEM, "code": label}]}
             for label in sorted(state.labels - {change.label})] + [CONFIDENTIALITY]}]
+    if change.kind == "mask":
+        return [{"op": "replace", "path": "/securityLabel/0",
+                 "value": {"coding": [{"system": codes.VISIBILITY_SYSTEM, "code": change.label}]}}]
     if change.kind == "unmask":
         return [{"op": "replace", "path": "/securityLabel/0", "value": NO_RESTRICTION}]
     if change.kind == "delete":
