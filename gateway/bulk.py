@@ -1,13 +1,9 @@
 """`gateway ingest FILE|DIR...`: many documents, a progress bar, and a summary of what happened."""
 from __future__ import annotations
 
-import contextlib
-import signal
-import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -17,6 +13,7 @@ from rich.text import Text
 from gateway.access import AccessContext
 from gateway.refusal import Refused
 from gateway.config import Settings
+from gateway.interruption import Interruption
 from gateway.shell_output import print_table
 from gateway.services.documents import ingest_cda
 from gateway.services.ingest import HEAD_KEPT
@@ -49,47 +46,6 @@ def document_files(paths: list[Path]) -> tuple[list[Path], int]:
         else:
             files.append(path)
     return files, skipped
-
-
-class Interruption:
-    """Ctrl-C during a run: it stops between two documents. Python's own handler raised
-    KeyboardInterrupt wherever the run was, and one raised in a callback whose exceptions Python
-    ignores (a module lock's, during an import) was lost: the run went on to its end, and waited
-    there on a pipe named last (about one run in ten, the machine loaded). The handler raises only
-    while a file is being opened or read, which a pipe or a network share may hold up."""
-
-    def __init__(self):
-        self.asked = False
-        self.reading = False
-
-    def __call__(self, _signum, _frame):
-        self.asked = True
-        if self.reading:
-            raise KeyboardInterrupt
-
-    @contextlib.contextmanager
-    def handled(self) -> Iterator["Interruption"]:
-        """In force during the block, where SIGINT has Python's own handler (in the main thread, and
-        not ignored: a run started in the background keeps ignoring it)."""
-        if (threading.current_thread() is not threading.main_thread()
-                or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
-            yield self
-            return
-        signal.signal(signal.SIGINT, self)
-        try:
-            yield self
-        finally:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    @contextlib.contextmanager
-    def while_reading(self) -> Iterator[None]:
-        self.reading = True
-        try:
-            if self.asked:
-                raise KeyboardInterrupt
-            yield
-        finally:
-            self.reading = False
 
 
 def ingest_paths(settings: Settings, paths: list[Path], console: Console | None = None) -> BulkReport:

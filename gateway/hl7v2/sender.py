@@ -8,6 +8,7 @@ from pathlib import Path
 
 from rich.text import Text
 
+from gateway.interruption import Interruption
 from gateway.shell_output import shell_console
 
 from . import mllp
@@ -29,6 +30,10 @@ def _ack_code(ack: bytes) -> str:
     except MessageRejected:
         return "?"
     return msa.get(1) if msa is not None else "?"
+
+
+def _tally(tally: dict[str, int]) -> str:
+    return "  ".join(f"{code}: {count}" for code, count in sorted(tally.items()))
 
 
 def send_paths(paths: list[Path], host: str, port: int, *, timeout: float = 30.0, use_tls: bool = False,
@@ -64,19 +69,37 @@ def send_paths(paths: list[Path], host: str, port: int, *, timeout: float = 30.0
         return 1
     tally: dict[str, int] = {}
     acks = mllp.send_messages(host, port, (message for _, message in batch), timeout=timeout, tls=tls)
-    try:
-        for (path, _), ack in zip(batch, acks):
-            code = _ack_code(ack) if ack is not None else "none"
-            tally[code] = tally.get(code, 0) + 1
-            console.print(Text(str(path), style="bold"), Text(code, style=ACK_STYLES.get(code, "magenta")))
-            if ack is not None:
-                console.print(ack.decode("utf-8", "replace").replace("\r", "\n").rstrip(), markup=False)
-    except OSError as failure:   # refused, reset, closed, or a TLS handshake that failed
-        sent = sum(tally.values())
-        console.print(f"MLLP {host}:{port}: {failure.strerror or failure} ({sent} of {len(batch)} messages answered)",
-                      markup=False)
-        return 2
-    console.print("  ".join(f"{code}: {count}" for code, count in sorted(tally.items())))
+    waited = None   # the file of the message whose ACK is awaited
+    with Interruption().handled() as interruption:
+        try:
+            for path, _ in batch:
+                # A Ctrl-C stops the run before the next message; one while an ACK is awaited, that wait.
+                with interruption.while_reading():
+                    waited = path
+                    ack = next(acks)
+                waited = None
+                code = _ack_code(ack) if ack is not None else "none"
+                tally[code] = tally.get(code, 0) + 1
+                console.print(Text(str(path), style="bold"), Text(code, style=ACK_STYLES.get(code, "magenta")))
+                if ack is not None:
+                    console.print(ack.decode("utf-8", "replace").replace("\r", "\n").rstrip(), markup=False)
+        except KeyboardInterrupt:
+            # It was a line and no word of what had been sent: which messages went, which did not.
+            answered = sum(tally.values())
+            console.print(_tally(tally))
+            unsent = len(batch) - answered - (waited is not None)
+            console.print(f"interrupted (Ctrl-C): {answered} of {len(batch)} messages answered"
+                          + (f", {waited}: its ACK was not read (sent again, it is recognised)" if waited else "")
+                          + f", {unsent} not sent", markup=False)
+            return 130
+        except OSError as failure:   # refused, reset, closed, or a TLS handshake that failed
+            sent = sum(tally.values())
+            console.print(f"MLLP {host}:{port}: {failure.strerror or failure} ({sent} of {len(batch)} messages "
+                          "answered)", markup=False)
+            return 2
+        finally:
+            acks.close()
+    console.print(_tally(tally))
     for problem in problems:
         console.print(problem, style="red", markup=False)
     return 0 if set(tally) <= {"AA", "CA"} and not problems else 1

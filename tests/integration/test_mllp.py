@@ -2,6 +2,7 @@
 import asyncio
 import contextlib
 import os
+import signal
 import socket
 import threading
 import time
@@ -9,11 +10,15 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from sqlalchemy import func, select
+
 from conftest import MLLP_TEST_MAX_BYTES, REPORT, attend_all, free_port, mllp_send
 
+import gateway.hl7v2.sender as gateway_send
 from gateway.hl7v2 import mllp
 from gateway.hl7v2.sender import send_paths
 from gateway.listener import listen
+from gateway.storage.schema import raw_inputs
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "hl7v2"
 ANS_INS = "urn:oid:1.2.250.1.213.1.4.10|279035121518989"
@@ -162,6 +167,39 @@ def test_our_samples_through_gateway_send(mllp_listener, capsys):
     assert f"AA: {len(list(SAMPLES.glob('*.hl7')))}" in out
 
 
+def test_a_ctrl_c_to_gateway_send_stops_it_before_the_next_message_wherever_it_lands(mllp_listener, database,
+                                                                                      monkeypatch, capsys):
+    """Python's own handler raised KeyboardInterrupt wherever the run was: raised in a finaliser (or
+    a module lock's callback), it was printed as ignored and lost, and every remaining message was
+    sent."""
+    class CtrlC:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(10_000):   # the handler runs here, inside the finaliser
+                pass
+
+    real, read = gateway_send._ack_code, []
+
+    def read_then_ctrl_c(ack):
+        read.append(ack)
+        CtrlC()   # dropped at once: its finaliser runs
+        return real(ack)
+
+    monkeypatch.setattr(gateway_send, "_ack_code", read_then_ctrl_c)
+    files = sorted(SAMPLES.glob("adt-*.hl7"))[:3]
+    # As at a terminal: a suite started in the background ignores SIGINT.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        status = send_paths(files, "127.0.0.1", mllp_listener.mllp_port)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    out = " ".join(capsys.readouterr().out.split())
+    assert status == 130 and len(read) == 1, out
+    assert "AA: 1 interrupted (Ctrl-C): 1 of 3 messages answered, 2 not sent" in out
+    with database[0].connect() as conn:
+        assert conn.execute(select(func.count()).select_from(raw_inputs)).scalar_one() == 1
+
+
 def test_gateway_send_names_each_file_as_it_is(mllp_listener, tmp_path, capsys):
     """A file named `adt [b]1[i].hl7` was printed as `adt 1.hl7`: names were read as markup."""
     sent = tmp_path / "adt [b]1[i].hl7"
@@ -229,10 +267,6 @@ def test_a_frame_not_ended_is_kept_refused_and_answered_while_its_sender_waits(s
     """A sender ending its frames with <FS> alone waited for its ACK until the idle timeout, then the
     connection was closed without a word and the message lost; one that closed mid-frame lost it
     too. A message sent without MLLP's framing was ignored, and nothing said why."""
-    from sqlalchemy import select
-
-    from gateway.storage.schema import raw_inputs
-
     live = replace(settings, mllp_host="127.0.0.1", mllp_port=free_port(), mllp_idle_timeout=1.0)
     message = b"MSH|^~\\&|GAM|CH|GW|DMP|20260101||ADT^A28|UNENDED1|P|2.5\rPID|1||9400001^^^CH&1.2.3&ISO^PI||X^Y\r"
 
