@@ -19,7 +19,7 @@ from sqlalchemy import and_, exists, false, func, not_, or_, select, true
 from sqlalchemy.sql import ColumnElement, Select
 
 from gateway.mapping.dates import InvalidTime, fhir_range
-from gateway.mapping.identity import identifier_value
+from gateway.mapping.identity import compact_ins, identifier_value, ins_key_is_valid
 
 from .schema import resources, search_date, search_reference, search_string, search_token
 from .searchparams import COMMON_PARAMS, SEARCH_PARAMS, SearchParam, normalize
@@ -97,9 +97,14 @@ def split_values(raw: str) -> tuple[str, ...]:
 
 
 def _token_as_stored(value: str) -> str:
-    """A token as the index holds it: an INS (`system|1 85 06 75 112 045 54`) as its 15 characters."""
+    """A token as the index holds it: an INS (`system|1 85 06 75 112 045 54`) as its 15 characters;
+    without a system, a value printed in groups whose digits make an INS with its key."""
     system, bar, code = value.partition("|")
-    return f"{system}|{identifier_value(system, code)}" if bar and code else value
+    if bar and code:
+        return f"{system}|{identifier_value(system, code)}"
+    if not bar and (" " in value or "." in value) and ins_key_is_valid(compact := compact_ins(value)):
+        return compact
+    return value
 
 
 def parse_search(res_type: str, params: list[tuple[str, str]], *, strict: bool = False) -> SearchRequest:

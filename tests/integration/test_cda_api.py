@@ -539,6 +539,10 @@ def test_a_cda_naming_its_patient_by_the_ins_in_groups_is_found_by_the_ins(clien
     in_groups = MARTIN.replace("185067511204554", "1 85 06 75 112 045 54")
     assert client.get("/fhir/Patient", query_string={"identifier": in_groups}).json["total"] == 1
     assert client.get("/fhir/DocumentReference", query_string={"patient.identifier": in_groups}).json["total"] == 2
+    # And without its system, with spaces or dots (it named nothing).
+    for written in ("1 85 06 75 112 045 54", "1.85.06.75.112.045.54"):
+        assert client.get("/fhir/Patient", query_string={"identifier": written}).json["total"] == 1
+        assert client.get("/fhir/DocumentReference", query_string={"patient.identifier": written}).json["total"] == 2
 
 
 def test_a_patient_registered_with_the_ins_in_groups_is_the_record_its_documents_go_to(client, database):
