@@ -230,6 +230,13 @@ def author_role(person: Person, contained_id: str) -> list[dict]:
     return resources
 
 
+def contained_references(resource: dict) -> set[str]:
+    """The local references (`#id`) that name a resource's contained resources, compared whole (a
+    reference taken without its first character matched any one-character prefix). One without an
+    id, or not an object (a submission not yet checked), is named by none."""
+    return {f"#{c['id']}" for c in resource.get("contained", []) if isinstance(c, dict) and c.get("id")}
+
+
 def author_idnatps(docref: dict) -> list[str]:
     """The national ids (IdNatPs) of a DocumentReference's contained authors."""
     authors = {ref.get("reference", "")[1:] for ref in docref.get("author", [])}

@@ -9,7 +9,7 @@ from gateway.cda.header import Person
 
 from . import codes
 from .dates import fhir_now
-from .document import author_role
+from .document import author_role, contained_references
 
 DESIGNATION_TYPE = "https://profiles.ihe.net/ITI/MHD/StructureDefinition/ihe-designationType"
 SOURCE_ID = "https://profiles.ihe.net/ITI/MHD/StructureDefinition/ihe-sourceId"
@@ -74,10 +74,7 @@ def completed(submitted: dict, submitter_name: str, submitter_id: str) -> dict:
     if SOURCE_ID not in {e.get("url") for e in resource["extension"]}:
         resource["extension"].append({"url": SOURCE_ID, "valueIdentifier": {"system": SUBMITTER_SYSTEM,
                                                                              "value": submitter_id}})
-    # A local reference names a contained resource by `#id` (compared whole, as a described
-    # document's authors are: without its first character, any one-character prefix matched).
-    contained_ids = {f"#{c['id']}" for c in resource.get("contained", []) if c.get("id")}
-    if resource.get("source", {}).get("reference") not in contained_ids:
+    if resource.get("source", {}).get("reference") not in contained_references(resource):
         resource["contained"] = [*resource.get("contained", []), device_source(submitter_name)]
         resource["source"] = {"reference": "#source"}
     return resource

@@ -159,7 +159,7 @@ def register_described(uow: UnitOfWork, base_url: str, submitted: dict, data: by
         raise Refused("the document type must be one of the CI-SIS list JDV_J07 (LOINC or TRE_A05)",
                               location=f"{where}.type")
     # PDSm and MHD aggregate the authors and the authenticator `contained`: named by `#id`.
-    contained_ids = {f"#{c['id']}" for c in submitted.get("contained", []) if isinstance(c, dict) and c.get("id")}
+    contained_ids = mapping.contained_references(submitted)
     authors = [a for a in submitted.get("author", []) if isinstance(a, dict)]
     if not authors or any(a.get("reference") not in contained_ids for a in authors):
         raise Refused("the authors are given, as resources contained in the DocumentReference (PDSm)",
