@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -330,6 +331,29 @@ def mllp_listener(settings, database):
     yield live
     loop.call_soon_threadsafe(state["stop"].set)
     thread.join(40)
+
+
+def ctrl_c_in_a_finaliser() -> None:
+    """A Ctrl-C (SIGINT to this process) whose handler runs inside a finaliser, where Python prints
+    what it raises as ignored and drops it, as in a module lock's callback during an import."""
+    class CtrlC:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(10_000):   # the handler runs here, inside the finaliser
+                pass
+
+    CtrlC()   # dropped at once: its finaliser runs
+
+
+@contextlib.contextmanager
+def sigint_as_at_a_terminal() -> Iterator[None]:
+    """Python's own SIGINT handler, which a command started at a terminal has: a suite started in
+    the background ignores SIGINT."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def mllp_send(port: int, message: bytes, timeout: float = 30.0) -> list[bytes]:

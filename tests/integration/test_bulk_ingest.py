@@ -2,14 +2,12 @@
 ingested, and tells the operator to run the same command again (duplicates are recognised); so it
 does on a Ctrl-C, wherever it lands. A file over the document limit is refused without being read
 whole."""
-import os
-import signal
 from dataclasses import replace
 
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from conftest import SAMPLES
+from conftest import SAMPLES, ctrl_c_in_a_finaliser, sigint_as_at_a_terminal
 from gateway import bulk
 from gateway.config import Settings
 from gateway.storage.database import make_engine
@@ -45,26 +43,16 @@ def test_a_ctrl_c_that_lands_where_python_ignores_exceptions_still_stops_the_run
     files = sorted((SAMPLES / "cda").glob("*.xml"))[:3]
     real, calls = bulk.ingest_cda, []
 
-    class CtrlC:
-        def __del__(self):
-            os.kill(os.getpid(), signal.SIGINT)
-            for _ in range(10_000):   # the handler runs here, inside the finaliser
-                pass
-
     def ingest_with_a_ctrl_c(repo, data, **kwargs):
         calls.append(kwargs["sender"])
         result = real(repo, data, **kwargs)
         if len(calls) == 1:
-            CtrlC()   # dropped at once: its finaliser runs
+            ctrl_c_in_a_finaliser()
         return result
 
     monkeypatch.setattr(bulk, "ingest_cda", ingest_with_a_ctrl_c)
-    # As at a terminal: a suite started in the background ignores SIGINT.
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
+    with sigint_as_at_a_terminal():
         report = bulk.ingest_paths(settings, files)
-    finally:
-        signal.signal(signal.SIGINT, previous)
     assert report.interrupted and report.ingested == 1 and calls == [str(files[0])]
     assert report.failed == [(str(files[1]), "interrupted (Ctrl-C): run the same command again (the documents "
                                              "already ingested are recognised)")]

@@ -2,7 +2,6 @@
 import asyncio
 import contextlib
 import os
-import signal
 import socket
 import threading
 import time
@@ -12,7 +11,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from conftest import MLLP_TEST_MAX_BYTES, REPORT, attend_all, free_port, mllp_send
+from conftest import (MLLP_TEST_MAX_BYTES, REPORT, attend_all, ctrl_c_in_a_finaliser, free_port, mllp_send,
+                      sigint_as_at_a_terminal)
 
 import gateway.hl7v2.sender as gateway_send
 from gateway.hl7v2 import mllp
@@ -172,27 +172,17 @@ def test_a_ctrl_c_to_gateway_send_stops_it_before_the_next_message_wherever_it_l
     """Python's own handler raised KeyboardInterrupt wherever the run was: raised in a finaliser (or
     a module lock's callback), it was printed as ignored and lost, and every remaining message was
     sent."""
-    class CtrlC:
-        def __del__(self):
-            os.kill(os.getpid(), signal.SIGINT)
-            for _ in range(10_000):   # the handler runs here, inside the finaliser
-                pass
-
     real, read = gateway_send._ack_code, []
 
     def read_then_ctrl_c(ack):
         read.append(ack)
-        CtrlC()   # dropped at once: its finaliser runs
+        ctrl_c_in_a_finaliser()
         return real(ack)
 
     monkeypatch.setattr(gateway_send, "_ack_code", read_then_ctrl_c)
     files = sorted(SAMPLES.glob("adt-*.hl7"))[:3]
-    # As at a terminal: a suite started in the background ignores SIGINT.
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
+    with sigint_as_at_a_terminal():
         status = send_paths(files, "127.0.0.1", mllp_listener.mllp_port)
-    finally:
-        signal.signal(signal.SIGINT, previous)
     out = " ".join(capsys.readouterr().out.split())
     assert status == 130 and len(read) == 1, out
     assert "AA: 1 interrupted (Ctrl-C): 1 of 3 messages answered, 2 not sent" in out
