@@ -426,6 +426,8 @@ def _write(uow: UnitOfWork, base_url: str, bundle: dict, documents, signatures, 
         stored = item.stored = result.document_reference
         patient_ids.add(stored.patient_id)
         superseded |= {p.split("/", 1)[1] for p in result.produced if p.startswith("DocumentReference/")} - {stored.res_id}
+        if not result.created:   # registered before (the submission sent again): what it replaced then
+            superseded |= _replaced_ids(stored.json())
         item.new_id = stored.res_id
         status = "201 Created" if result.created else "200 OK"
         responses[item.index] = (status, f"DocumentReference/{stored.res_id}/_history/{stored.version}")
@@ -466,6 +468,12 @@ def _write(uow: UnitOfWork, base_url: str, bundle: dict, documents, signatures, 
     return {"resourceType": "Bundle", "id": new_id(), "type": "transaction-response", "entry": entries}
 
 
+def _replaced_ids(document: dict) -> set[str]:
+    """The ids of the registered documents a stored DocumentReference replaces."""
+    references = [r["target"].get("reference", "") for r in document.get("relatesTo", []) if r["code"] == "replaces"]
+    return {r.split("/", 1)[1] for r in references if r.startswith("DocumentReference/")}
+
+
 def _write_submission_set(uow: UnitOfWork, item: Submitted, named: dict[str, str], patient_id: str,
                           responses: dict) -> None:
     where = f"Bundle.entry[{item.index}].resource"
@@ -476,7 +484,8 @@ def _write_submission_set(uow: UnitOfWork, item: Submitted, named: dict[str, str
             raise _refuse("a SubmissionSet lists the DocumentReferences and Folders of its submission, by their "
                           "fullUrl", f"{where}.entry[{index}].item")
         entries.append(dict(entry, item={"reference": reference}))
-    if _registered_alike(uow, item, entries, patient_id, responses):
+    if _registered_alike(uow, item, entries, patient_id, responses) or \
+            _submission_set_sent_again(uow, item, entries, patient_id, responses):
         return
     resource = submission.completed(dict(item.resource, id=item.new_id), uow.repository.access.name
                                     or uow.repository.access.subject, uow.repository.access.subject)
@@ -501,6 +510,25 @@ def _registered_alike(uow: UnitOfWork, item: Submitted, entries: list[dict], pat
                       ".identifier", 409, "duplicate")
     responses[item.index] = ("200 OK", f"List/{existing.res_id}/_history/{existing.version}")
     return True
+
+
+def _submission_set_sent_again(uow: UnitOfWork, item: Submitted, entries: list[dict], patient_id: str,
+                               responses: dict) -> bool:
+    """Whether a SubmissionSet its identifiers do not name (the guide's have none; ITI-105's is
+    the gateway's, drawn anew) was registered already: everything it lists was registered before
+    this submission (each answered 200) and one SubmissionSet of the record lists it all. A new
+    submission cannot list only what is registered: a SubmissionSet lists its own documents."""
+    listed = {_item_reference(entry) for entry in entries}
+    registered = {location.rsplit("/_history", 1)[0] for status, location in responses.values() if status == "200 OK"}
+    documents = sorted(reference for reference in listed if reference.startswith("DocumentReference/"))
+    if not documents or not listed <= registered:
+        return False
+    for existing in uow.live_lists_naming(documents[0], patient_id):
+        stored = existing.json()
+        if submission.is_submission_set(stored) and {_item_reference(e) for e in stored.get("entry", [])} >= listed:
+            responses[item.index] = ("200 OK", f"List/{existing.res_id}/_history/{existing.version}")
+            return True
+    return False
 
 
 def _write_folder(uow: UnitOfWork, item: Submitted, named: dict[str, str], patient_id: str, responses: dict) -> None:

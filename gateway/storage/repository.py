@@ -754,6 +754,17 @@ class UnitOfWork:
                                                         self.repository._visible(res_type))).first()
         return self.repository._row(row) if row else None
 
+    def live_lists_naming(self, reference: str, patient_id: str) -> list[StoredResource]:
+        """The record's live Lists (SubmissionSets, Folders) one of whose entries is this document."""
+        target_type, target_id = reference.split("/", 1)
+        naming = select(search_reference.c.res_id).where(
+            search_reference.c.res_type == "List", search_reference.c.param == "item",
+            search_reference.c.target_type == target_type, search_reference.c.target_id == target_id)
+        rows = self.conn.execute(select(resources).where(
+            resources.c.res_type == "List", resources.c.res_id.in_(naming), resources.c.patient_id == patient_id,
+            resources.c.deleted.is_(False)).order_by(resources.c.res_id))
+        return [self.repository._row(row) for row in rows]
+
     def document_binary(self, docref: StoredResource) -> StoredResource | None:
         """The Binary that holds a stored DocumentReference's document (a CDA's or a FHIR document's)."""
         return self.current("Binary", binary_ids(docref.json())[0])

@@ -49,6 +49,16 @@ def lps(client, bearer):
     return author
 
 
+def document_x() -> dict:
+    """The guide's document X (TD2.1), which its replacement example replaces: the guide gives its
+    DocumentReference as registered, which ITI-105 publishes with its document in the data."""
+    x = example("DocumentReference-doc-x-id.json")
+    cda = b'<?xml version="1.0" encoding="UTF-8"?><ClinicalDocument xmlns="urn:hl7-org:v3"/>'
+    data = base64.b64encode(cda).decode()
+    attachment = {k: v for k, v in x["content"][0]["attachment"].items() if k != "url"}
+    return dict(x, status="current", content=[{**x["content"][0], "attachment": {**attachment, "data": data}}])
+
+
 def by_identifier(value: str) -> str:
     return f"/fhir/DocumentReference?identifier=urn:ietf:rfc:3986|{value}"
 
@@ -83,11 +93,7 @@ def test_the_guide_examples_are_answered_as_the_guide_says(client, bearer, lps, 
     collected.add(submitted.json, profiles.PROVIDE_RESPONSE)
 
     # TD2.1: document X, then its replacement Y with the UpdateDocumentRefs PATCH entry.
-    x = example("DocumentReference-doc-x-id.json")
-    data = base64.b64encode(b'<?xml version="1.0" encoding="UTF-8"?><ClinicalDocument xmlns="urn:hl7-org:v3"/>').decode()
-    x_attachment = {k: v for k, v in x["content"][0]["attachment"].items() if k != "url"}
-    x.update(status="current", content=[{**x["content"][0], "attachment": {**x_attachment, "data": data}}])
-    x_id = client.post("/fhir/DocumentReference", headers={**FHIR, **lps}, data=json.dumps(x)).json["id"]
+    x_id = client.post("/fhir/DocumentReference", headers={**FHIR, **lps}, data=json.dumps(document_x())).json["id"]
     replacement = json.dumps(example("Bundle-example-td2-1-remplacement.json")).replace("doc-x-id", x_id)
     replaced = client.post("/fhir", headers={**FHIR, **lps}, data=replacement)
     assert replaced.status_code == 200, replaced.json
@@ -199,6 +205,61 @@ def test_the_guide_examples_in_xml(client, lps):
     assert statuses == ["201 Created"] * 3
     td02 = client.get("/fhir/Patient", headers=lps, query_string={"identifier": f"{INS_SYSTEM}|{INS}", "_format": "xml"})
     assert etree.fromstring(td02.data).find(f"{ns}total").get("value") == "1"
+
+
+def test_the_guide_submissions_sent_again_register_nothing_new(client, lps, database):
+    """The guide's SubmissionSets carry no identifier, and the one ITI-105 is registered under has
+    one the gateway draws, so a submission sent again (an answer lost, a timeout) registered its
+    SubmissionSet again: its documents were recognised, and the record held two SubmissionSets
+    listing them (the replacement was refused, 422). A SubmissionSet its identifiers do not name
+    whose documents were all registered already, one SubmissionSet of the record listing them, is
+    that one: 200, nothing new. One that lists a document not yet registered is a new submission."""
+    def submission_sets() -> list[dict]:
+        found = client.get("/fhir/List", headers=lps, query_string={
+            "patient.identifier": f"{INS_SYSTEM}|{INS}", "code": "submissionset"}).json
+        return sorted(e["resource"]["id"] for e in found.get("entry", []))
+
+    published = json.dumps(example("DocumentReference-example-td2-iti105-publication-simplifiee.json"))
+    assert client.post("/fhir/DocumentReference", headers={**FHIR, **lps}, data=published).status_code == 201
+    registered = submission_sets()
+    published_again = client.post("/fhir/DocumentReference", headers={**FHIR, **lps}, data=published)
+    assert published_again.status_code == 200, published_again.json
+    assert submission_sets() == registered
+
+    bundle = json.dumps(example("Bundle-example-td2-iti65-lot-soumission.json"))
+    first = client.post("/fhir", headers={**FHIR, **lps}, data=bundle)
+    assert first.status_code == 200, first.json
+    again = client.post("/fhir", headers={**FHIR, **lps}, data=bundle)
+    assert again.status_code == 200, again.json
+    assert [e["response"]["status"] for e in again.json["entry"]] == ["200 OK"] * 3
+    assert [e["response"]["location"] for e in again.json["entry"]] == \
+        [e["response"]["location"] for e in first.json["entry"]]
+    assert submission_sets() == sorted([*registered, first.json["entry"][0]["response"]["location"].split("/")[1]])
+
+    # The guide's replacement: its new document Y and the PATCH of X, sent twice.
+    x_id = client.post("/fhir/DocumentReference", headers={**FHIR, **lps}, data=json.dumps(document_x())).json["id"]
+    replacement = json.dumps(example("Bundle-example-td2-1-remplacement.json")).replace("doc-x-id", x_id)
+    replaced = client.post("/fhir", headers={**FHIR, **lps}, data=replacement)
+    assert replaced.status_code == 200, replaced.json
+    registered = submission_sets()
+    replaced_again = client.post("/fhir", headers={**FHIR, **lps}, data=replacement)
+    assert replaced_again.status_code == 200, replaced_again.json
+    assert {e["response"]["status"] for e in replaced_again.json["entry"]} == {"200 OK"}
+    assert [e["response"]["location"] for e in replaced_again.json["entry"]] == \
+        [e["response"]["location"] for e in replaced.json["entry"]]
+    assert submission_sets() == registered
+
+    # The first submission's SubmissionSet, sent with a new document: a submission of its own.
+    grown = example("Bundle-example-td2-iti65-lot-soumission.json")
+    new_document, its_binary = json.loads(json.dumps(grown["entry"][1:3]).replace("aaaaaaaa-", "cccccccc-"))
+    new_document["resource"]["masterIdentifier"]["value"] += ".1"
+    grown["entry"][0]["resource"]["entry"].append({"item": {"reference": new_document["fullUrl"]}})
+    grown["entry"] += [new_document, its_binary]
+    added = client.post("/fhir", headers={**FHIR, **lps}, data=json.dumps(grown))
+    assert added.status_code == 200, added.json
+    assert [e["response"]["status"] for e in added.json["entry"]] == \
+        ["201 Created", "200 OK", "200 OK", "201 Created", "201 Created"]
+    assert len(submission_sets()) == len(registered) + 1
 
 
 @pytest.mark.parametrize("change, where", [
