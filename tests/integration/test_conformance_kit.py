@@ -19,8 +19,9 @@ def target(live_server, mllp_listener, token_key):
                   TokenSource(issuer=issue), timeout=15)
 
 
-def outcome(target: Target, *ids: str) -> dict[str, object]:
-    return {r.case.id: r for r in run_cases(load_cases(ids=list(ids)), target, seed=7)}
+def outcome(target: Target, *ids: str, seed: int = 7) -> dict[str, object]:
+    """Each case's result; a seed draws the cases' patients and document ids."""
+    return {r.case.id: r for r in run_cases(load_cases(ids=list(ids)), target, seed=seed)}
 
 
 @pytest.fixture
@@ -214,3 +215,11 @@ def test_schematrons_given_by_the_tester_hold_accepted_documents_only(target, tm
         "this test schematron refuses discharge letters")
     assert results["cda-ingest/004-cr-imagerie-n3"].status == "passed"
     assert results["cda-ingest/009-missing-author"].status == "passed"   # meant to be refused: not held to them
+
+
+def test_a_submission_sent_again_registered_again_is_caught(target, monkeypatch):
+    results = outcome(target, "mhd/052-iti65-sent-again")
+    assert results["mhd/052-iti65-sent-again"].status == "passed", results["mhd/052-iti65-sent-again"].message
+    monkeypatch.setattr("gateway.services.provide._submission_set_sent_again", lambda *args: False)
+    result = outcome(target, "mhd/052-iti65-sent-again", seed=8)["mhd/052-iti65-sent-again"]
+    assert result.status == "failed" and result.message.startswith("step 2: entry[*].response.status"), result.message
