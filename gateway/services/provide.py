@@ -485,7 +485,7 @@ def _write_submission_set(uow: UnitOfWork, item: Submitted, named: dict[str, str
                           "fullUrl", f"{where}.entry[{index}].item")
         entries.append(dict(entry, item={"reference": reference}))
     if _registered_alike(uow, item, entries, patient_id, responses) or \
-            _submission_set_sent_again(uow, item, entries, patient_id, responses):
+            _sent_again(uow, item, entries, patient_id, responses):
         return
     resource = submission.completed(dict(item.resource, id=item.new_id), uow.repository.access.name
                                     or uow.repository.access.subject, uow.repository.access.subject)
@@ -512,20 +512,30 @@ def _registered_alike(uow: UnitOfWork, item: Submitted, entries: list[dict], pat
     return True
 
 
-def _submission_set_sent_again(uow: UnitOfWork, item: Submitted, entries: list[dict], patient_id: str,
-                               responses: dict) -> bool:
-    """Whether a SubmissionSet its identifiers do not name (the guide's have none; ITI-105's is
-    the gateway's, drawn anew) was registered already: everything it lists was registered before
-    this submission (each answered 200) and one SubmissionSet of the record lists it all. A new
-    submission cannot list only what is registered: a SubmissionSet lists its own documents."""
+def _sent_again(uow: UnitOfWork, item: Submitted, entries: list[dict], patient_id: str, responses: dict) -> bool:
+    """Whether a List of this submission that its identifiers do not name was registered by this
+    submission sent before (an answer lost, a timeout), known by what it lists, none of it new:
+    - a SubmissionSet (the guide's have no identifier; ITI-105's is the gateway's, drawn anew):
+      one of the record lists it all. A new submission cannot list only what is registered: a
+      SubmissionSet lists its own documents;
+    - a Folder without identifier (PDSm has it 0..1): one of the record without identifier
+      either, with its title and exactly its documents. One under a uniqueId the record does not
+      hold is a new Folder, which may gather registered documents."""
     listed = {_item_reference(entry) for entry in entries}
-    registered = {location.rsplit("/_history", 1)[0] for status, location in responses.values() if status == "200 OK"}
+    created = {location.rsplit("/_history", 1)[0] for status, location in responses.values() if status == "201 Created"}
     documents = sorted(reference for reference in listed if reference.startswith("DocumentReference/"))
-    if not documents or not listed <= registered:
+    submission_set = submission.is_submission_set(item.resource)
+    if not documents or listed & created or not submission_set and item.resource.get("identifier"):
         return False
+
+    def alike(stored: dict) -> bool:
+        held = {_item_reference(entry) for entry in stored.get("entry", [])}
+        if submission_set:
+            return submission.is_submission_set(stored) and held >= listed
+        return submission.is_folder(stored) and not stored.get("identifier") and held == listed \
+            and stored.get("title") == item.resource.get("title")
     for existing in uow.live_lists_naming(documents[0], patient_id):
-        stored = existing.json()
-        if submission.is_submission_set(stored) and {_item_reference(e) for e in stored.get("entry", [])} >= listed:
+        if alike(existing.json()):
             responses[item.index] = ("200 OK", f"List/{existing.res_id}/_history/{existing.version}")
             return True
     return False
@@ -570,7 +580,8 @@ def _write_folder(uow: UnitOfWork, item: Submitted, named: dict[str, str], patie
         seen.add(document)
         if document not in held_documents:
             added.append(dict(entry, item={"reference": document}))
-    if item.updates is None and _registered_alike(uow, item, added, patient_id, responses):
+    if item.updates is None and (_registered_alike(uow, item, added, patient_id, responses)
+                                 or _sent_again(uow, item, added, patient_id, responses)):
         return
     left_out = [reference for reference in held_documents if reference not in seen and _reads(uow, reference)]
     if left_out:

@@ -220,6 +220,6 @@ def test_schematrons_given_by_the_tester_hold_accepted_documents_only(target, tm
 def test_a_submission_sent_again_registered_again_is_caught(target, monkeypatch):
     results = outcome(target, "mhd/052-iti65-sent-again")
     assert results["mhd/052-iti65-sent-again"].status == "passed", results["mhd/052-iti65-sent-again"].message
-    monkeypatch.setattr("gateway.services.provide._submission_set_sent_again", lambda *args: False)
+    monkeypatch.setattr("gateway.services.provide._sent_again", lambda *args: False)
     result = outcome(target, "mhd/052-iti65-sent-again", seed=8)["mhd/052-iti65-sent-again"]
     assert result.status == "failed" and result.message.startswith("step 2: entry[*].response.status"), result.message

@@ -166,6 +166,39 @@ def test_a_put_adds_to_a_folder_and_keeps_what_it_held(client, database, bearer,
         assert not checked.errors(), "\n".join(checked.errors())
 
 
+@pytest.mark.parametrize("submission_set_unique_id", [True, False], ids=["SubmissionSet uniqueId", "none"])
+def test_a_submission_sent_again_with_a_folder_without_identifier_registers_it_once(client, database, registered,
+                                                                                    submission_set_unique_id):
+    """PDSm and MHD have a Folder's uniqueId 0..1. A submission sent again (its answer lost) made
+    its Folder without identifier again, and the SubmissionSet then listed a List its first one
+    did not: refused 409 when it had a uniqueId, a second SubmissionSet when it had none. A
+    Folder without identifier is known by what it says: one of the record, without identifier
+    either, with its title and exactly its documents, is that one. A Folder of the same documents
+    under another title is another Folder."""
+    original = submission("cr-biologie-martin.xml", registered)
+    original["entry"][-1]["resource"].pop("identifier")
+    if not submission_set_unique_id:
+        original["entry"][0]["resource"].pop("identifier")
+    first = provide(client, original)
+    assert first.status_code == 200, first.json
+    lists = count(database[0], "List")
+    again = provide(client, original)
+    assert again.status_code == 200, again.json
+    assert [e["response"]["status"] for e in again.json["entry"]] == ["200 OK"] * 5
+    assert [e["response"]["location"] for e in again.json["entry"]] == \
+        [e["response"]["location"] for e in first.json["entry"]]
+    assert count(database[0], "List") == lists
+
+    retitled = copy.deepcopy(original)
+    retitled["entry"][-1]["resource"]["title"] = "Suivi rénal"
+    for identifier in retitled["entry"][0]["resource"].get("identifier", []):   # another submission
+        identifier["value"] += ".2"
+    other = provide(client, retitled)
+    assert other.status_code == 200, other.json
+    assert [e["response"]["status"] for e in other.json["entry"]] == ["201 Created"] + ["200 OK"] * 3 + ["201 Created"]
+    assert count(database[0], "List") == lists + 2
+
+
 def test_a_put_finds_no_folder_of_another_record(client, database, registered):
     created = locations(provide(client, submission("cr-biologie-martin.xml", registered)))[4]
     other = build_submission(sample("cr-hospitalisation-lefevre.xml"), LIMIT)
