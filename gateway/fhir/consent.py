@@ -16,7 +16,9 @@ from .responses import FhirError, if_match, negotiate, written
 def create_consent():
     negotiate()
     body = read_json_body(completed=True)
-    return written(consents.create(g.repository, body), 201, "created")
+    stored, created = consents.create(g.repository, body)
+    return written(stored, 201, "created") if created else \
+        written(stored, 200, "this decision is in force already: nothing was created")
 
 
 @fhir.put("/Consent/<res_id>")

@@ -109,12 +109,19 @@ def checked_consent(consent: dict, patient_id: str, access: AccessContext) -> di
     return stored
 
 
-def create(repo: Repository, consent: dict) -> StoredResource:
+def create(repo: Repository, consent: dict) -> tuple[StoredResource, bool]:
+    """The Consent, and whether it is new: a decision already in force (an active Consent of the
+    record with the same kind, effect and actors: a request retried, a form sent twice) is that
+    Consent, and nothing is stored. Two were kept, and revoking one left the other in force."""
     repo.require(Write.CONSENT)
     stored = checked_consent(consent, own_patient(repo), repo.access)
     stored["id"] = new_id()
     with repo.unit_of_work(Write.CONSENT) as uow:
-        return uow.save(stored, patient_id=own_record(uow, stored), method="POST")
+        patient_id = own_record(uow, stored)
+        in_force = uow.decision_in_force(stored, patient_id)
+        if in_force is not None:
+            return in_force, False
+        return uow.save(stored, patient_id=patient_id, method="POST"), True
 
 
 def update(repo: Repository, consent_id: str, consent: dict, if_match: int | None = None) -> StoredResource:

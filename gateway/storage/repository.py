@@ -754,6 +754,25 @@ class UnitOfWork:
                                                         self.repository._visible(res_type))).first()
         return self.repository._row(row) if row else None
 
+    def decision_in_force(self, consent: dict, patient_id: str) -> StoredResource | None:
+        """The record's active Consent that decides what this one would (the access rules it gives:
+        kind, effect, actors), if any. The record's Patient is locked until the unit ends, so that
+        two such Consents saved at once do not both find none."""
+        rules = rules_of(consent, patient_id)
+        if not rules:
+            return None
+        self.current("Patient", patient_id, for_update=True)
+        rows = self.conn.execute(select(access_rules.c.consent_id, access_rules.c.actor_system,
+                                        access_rules.c.actor_value).where(
+            access_rules.c.patient_id == patient_id, access_rules.c.kind == rules[0]["kind"],
+            access_rules.c.effect == rules[0]["effect"]))
+        actors: dict[str, set] = {}
+        for consent_id, system, value in rows:
+            actors.setdefault(consent_id, set()).add((system, value))
+        wanted = {(rule["actor_system"], rule["actor_value"]) for rule in rules}
+        same = sorted(consent_id for consent_id, named in actors.items() if named == wanted)
+        return self.current("Consent", same[0]) if same else None
+
     def live_lists_naming(self, reference: str, patient_id: str) -> list[StoredResource]:
         """The record's live Lists (SubmissionSets, Folders) one of whose entries is this document."""
         target_type, target_id = reference.split("/", 1)

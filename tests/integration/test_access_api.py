@@ -117,6 +117,61 @@ def test_consents_authorise_block_and_revoke(client, bearer, world):
     assert bad.status_code == 422 and bad.json["issue"][0]["expression"] == ["Consent.provision.actor"]
 
 
+def test_a_decision_posted_twice_is_kept_once_and_revoked_once(client, bearer, world):
+    """A patient's app that posts its decision again (its answer lost) kept two authorisations:
+    revoking one, as the app then does, left the other in force, and the professional still read
+    the record. A decision in force already (the same kind, effect and actors) is that Consent:
+    200, nothing new. Another decision about the same professional is new."""
+    martin, internist = bearer("patient", patient=MARTIN), bearer("doctor", sub=INTERNIST)
+    body = consent("professional", "permit", INTERNIST)
+    first = client.post("/fhir/Consent", data=body, headers={**FHIR, **martin})
+    assert first.status_code == 201, first.json
+    again = client.post("/fhir/Consent", data=body, headers={**FHIR, **martin})
+    assert again.status_code == 200, again.json
+    assert (again.json["id"], again.json["meta"]["versionId"]) == (first.json["id"], "1")
+    active = client.get("/fhir/Consent", headers=martin, query_string={"status": "active"}).json
+    assert [e["resource"]["id"] for e in active["entry"]] == [first.json["id"]]
+
+    revoked = client.put(f"/fhir/Consent/{first.json['id']}", headers={**FHIR, **martin},
+                         data=consent("professional", "permit", INTERNIST, status="inactive", res_id=first.json["id"]))
+    assert revoked.status_code == 200, revoked.json
+    assert document_ids(client, internist) == set()
+
+    both = json.loads(body)
+    both["provision"]["actor"].append({**both["provision"]["actor"][0], "reference": {"identifier": {
+        "system": "urn:oid:1.2.250.1.71.4.2.1", "value": SURGEON}}})
+    for other in (body, consent("professional", "deny", INTERNIST), json.dumps(both)):
+        assert client.post("/fhir/Consent", data=other, headers={**FHIR, **martin}).status_code == 201
+
+
+def test_a_decision_posted_twice_at_once_is_kept_once(client, second_gateway, bearer, world, monkeypatch):
+    """The same decision sent through two gateways at once, each having read the record before
+    either wrote: one Consent is kept, and both answers name it."""
+    import threading
+
+    from conftest import at_once
+    from gateway.access.writes import Write
+    from gateway.storage.repository import Repository
+
+    both_read = threading.Barrier(2, timeout=60)
+    unit_of_work = Repository.unit_of_work
+
+    def meet_then_write(self, permission):
+        if permission == Write.CONSENT:
+            both_read.wait()
+        return unit_of_work(self, permission)
+    monkeypatch.setattr(Repository, "unit_of_work", meet_then_write)
+    martin = bearer("patient", patient=MARTIN)
+    answers = at_once({name: lambda gateway=gateway: gateway.post(
+        "/fhir/Consent", data=consent("professional", "permit", INTERNIST), headers={**FHIR, **martin})
+        for name, gateway in (("first", client), ("second", second_gateway))}, both_read)
+    monkeypatch.undo()
+    assert sorted(answer.status_code for answer in answers.values()) == [200, 201], \
+        {name: answer.data[:300] for name, answer in answers.items()}
+    assert answers["first"].json["id"] == answers["second"].json["id"]
+    assert client.get("/fhir/Consent", headers=martin, query_string={"status": "active"}).json["total"] == 1
+
+
 def test_a_consent_is_checked_as_fhir_as_the_gateway_completes_it(client, bearer, world):
     """A patient's Consent is checked as FHIR once the gateway has given it its scope, category,
     patient and policyRule. Before, one sent without scope (as the gateway's own forms and kit send
@@ -132,11 +187,12 @@ def test_a_consent_is_checked_as_fhir_as_the_gateway_completes_it(client, bearer
     refused = client.post("/fhir/Consent", data=json.dumps(spaced), headers={**FHIR, **martin})
     assert refused.status_code == 422, refused.data[:300]
     assert refused.json["issue"][0]["expression"] == ["/provision/actor/0/role/coding/0/system"]
-    scoped = {**decision("professional", "permit", INTERNIST), "scope": {"coding": [
-        {"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]}}
+    def scoped(professional: str) -> dict:
+        return {**decision("professional", "permit", professional), "scope": {"coding": [
+            {"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]}}
     xml = {"Content-Type": "application/fhir+xml", **martin}
-    kept = [client.post("/fhir/Consent", data=json.dumps(scoped), headers={**FHIR, **martin}),
-            client.post("/fhir/Consent", data=to_xml(scoped), headers=xml)]
+    kept = [client.post("/fhir/Consent", data=json.dumps(scoped(INTERNIST)), headers={**FHIR, **martin}),
+            client.post("/fhir/Consent", data=to_xml(scoped(BIOLOGIST)), headers=xml)]
     assert [answer.status_code for answer in kept] == [201, 201], [answer.data[:300] for answer in kept]
     assert all(answer.json["policyRule"]["coding"][0]["code"] == "OPTIN" for answer in kept)
     checked = profiles.Collected()
