@@ -68,8 +68,10 @@ def _content_checked(data: bytes, media_type: str, max_bytes: int) -> None:
 
 
 def add_document(repo: Repository, *, title: str, type_code: str, media_type: str, data: bytes,
-                 max_bytes: int, file_name: str | None = None) -> StoredResource:
-    """Register a document the patient (or representative) adds to the record."""
+                 max_bytes: int, file_name: str | None = None) -> tuple[StoredResource, bool]:
+    """Register a document the patient (or representative) adds to the record. Returns it, and
+    whether it is new: the same file deposited again under the same type and title, while the
+    one deposited is current (a form sent twice, a page reloaded), is that document."""
     # Hashed once, for its raw copy and its Binary, before any write lock is taken.
     digests = Digests.of(data)
 
@@ -92,13 +94,32 @@ def add_document(repo: Repository, *, title: str, type_code: str, media_type: st
                           status=422, code="business-rule",
                           patient_text="le dossier est fermé : il n'accepte aucun nouveau document. "
                                        "Rouvrez-le depuis la page « Mon dossier » pour en ajouter.")
+        deposited = _deposited_alike(uow, patient_id, digests.sha256, type_code, named)
+        if deposited is not None:
+            return Written(deposited, status="duplicate", produced=[deposited.reference])
         stored = _register(uow, repo, patient_id, named, type_code, media_type, data, digests, file_name)
         return Written(stored, produced=[stored.reference])
 
     received = Received("patient-space", data, media_type, repo.access.subject, sha256=digests.sha256)
     # A refused upload is the record's whatever the reason: its own patient's (or representative's).
-    return ingest(repo, received, Write.PERSONAL, check, write,
-                  named_patient=lambda uow: NamedPatient(uow.own_patient_id()))[1].value
+    written = ingest(repo, received, Write.PERSONAL, check, write,
+                     named_patient=lambda uow: NamedPatient(uow.own_patient_id()))[1]
+    return written.value, written.status != "duplicate"
+
+
+def _deposited_alike(uow: UnitOfWork, patient_id: str, sha256: str, type_code: str,
+                     title: str) -> StoredResource | None:
+    """A current document of the record deposited through the space holding these bytes, under
+    this type and title. A hospital's document may hold them too (a CDA the patient downloaded,
+    deposited as text): it is not one."""
+    for document in uow.documents_holding(patient_id, sha256):
+        docref = document.json()
+        producer = docref.get("context", {}).get("facilityType", {}).get("coding", [{}])[0].get("code")
+        if producer != "EXP_PATIENT" or docref["status"] != "current":
+            continue
+        if docref["type"]["coding"][0]["code"] == type_code and docref["content"][0]["attachment"]["title"] == title:
+            return document
+    return None
 
 
 def _register(uow: UnitOfWork, repo: Repository, patient_id: str, title: str, type_code: str, media_type: str,

@@ -773,6 +773,16 @@ class UnitOfWork:
         same = sorted(consent_id for consent_id, named in actors.items() if named == wanted)
         return self.current("Consent", same[0]) if same else None
 
+    def documents_holding(self, patient_id: str, sha256: str) -> list[StoredResource]:
+        """The record's live DocumentReferences whose document is these bytes (their Binary's blob)."""
+        bodies = self.conn.execute(select(resources.c.body).where(
+            resources.c.blob_sha256 == sha256, resources.c.res_type == "Binary", resources.c.patient_id == patient_id,
+            resources.c.deleted.is_(False))).scalars()
+        references = [json.loads(body).get("securityContext", {}).get("reference", "") for body in bodies]
+        found = [self.current("DocumentReference", reference.split("/", 1)[1]) for reference in references
+                 if reference.startswith("DocumentReference/")]
+        return [document for document in found if document is not None and not document.deleted]
+
     def live_lists_naming(self, reference: str, patient_id: str) -> list[StoredResource]:
         """The record's live Lists (SubmissionSets, Folders) one of whose entries is this document."""
         target_type, target_id = reference.split("/", 1)

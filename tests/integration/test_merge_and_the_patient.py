@@ -153,7 +153,7 @@ def test_a_document_uploaded_during_the_merge_is_in_the_survivor_s_record(client
     engine = database[0]
     document = during_a_merge(client, other, bearer, lambda gateway: personal.add_document(
         patient_repository(engine_of(gateway)), title="Mes directives", type_code=personal.ADVANCE_DIRECTIVES,
-        media_type="text/plain", data="Je souhaite être informé.".encode(), max_bytes=1 << 20), monkeypatch)
+        media_type="text/plain", data="Je souhaite être informé.".encode(), max_bytes=1 << 20)[0], monkeypatch)
     assert document.json()["subject"]["reference"] == f"Patient/{survivor_only(engine)}"
     assert document_ids(client, bearer("patient", patient=MARTIN)) == {martin, document.res_id}
 

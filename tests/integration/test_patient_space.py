@@ -423,6 +423,67 @@ def test_a_copy_or_an_upload_the_server_has_no_room_to_write_is_told_not_failed(
     assert browser.get("/dossier/copie.zip").status_code == 200
 
 
+def test_a_file_deposited_again_is_the_document_deposited(app, settings, record, database):
+    """A form sent twice (a double click, a page reloaded after a slow upload) deposited the file
+    twice, and the patient found it twice in their space. The same file under the same type and
+    title, while the first is current, is that document: its page is shown, saying so. Under
+    another title it is a document of its own, and so is a file a hospital's document holds."""
+    browser = sign_in(app, settings)
+
+    def deposit(title: str, data: bytes = "Je souhaite être informé.".encode()):
+        form = {"csrf_token": csrf(browser.get("/espace-personnel").text), "titre": title, "type": "EXPPAT_3",
+                "fichier": (BytesIO(data), "directives.txt")}
+        return browser.post("/espace-personnel/documents", data=form)
+
+    def deposits() -> list[str]:
+        with database[0].connect() as conn:
+            statuses = conn.execute(select(raw_inputs.c.status).where(raw_inputs.c.channel == "patient-space"))
+            return sorted(statuses.scalars())
+    first = deposit("Mes directives")
+    assert first.status_code == 302, first.text[:300]
+    again = deposit("Mes directives")
+    assert again.location == first.location
+    assert "Ce document est déjà dans votre espace personnel" in browser.get(again.location).text
+    assert deposits() == ["duplicate", "processed"]
+    assert browser.get("/espace-personnel").text.count(first.location.rsplit("/", 1)[-1]) >= 1
+    assert deposit("Mes directives, copie").location != first.location
+    assert deposits() == ["duplicate", "processed", "processed"]
+    # A hospital's CDA, downloaded and deposited as text: the hospital's document is not the patient's.
+    hospitals = deposit("Mon bilan", sample("ldl-ses-martin.xml"))
+    assert hospitals.status_code == 302 and "est ajouté" in browser.get(hospitals.location).text
+
+
+def test_a_file_deposited_twice_at_once_is_kept_once(settings, record, database, monkeypatch):
+    """A double click: the same deposit sent twice at the same instant, through two gateways. The
+    second takes up the first's raw copy, still unanswered, and waits for its claim to end
+    (`ingest.keep`), then finds its document: one document is kept, and both answers name it."""
+    import threading
+
+    from conftest import at_once
+    from gateway.access.context import AccessContext
+    from gateway.services import personal
+    from gateway.storage.database import make_engine
+
+    both_sent = threading.Barrier(2, timeout=60)
+    ingest = personal.ingest
+
+    def at_the_same_instant(*args, **kwargs):
+        both_sent.wait()
+        return ingest(*args, **kwargs)
+    monkeypatch.setattr(personal, "ingest", at_the_same_instant)
+    martin = AccessContext(role="patient", subject=MARTIN, patient_ins=MARTIN)
+    second_engine = make_engine(database[1])
+    try:
+        answers = at_once({name: lambda engine=engine: personal.add_document(
+            repository.Repository(engine, martin, settings.public_base_url), title="Mes directives",
+            type_code=personal.ADVANCE_DIRECTIVES, media_type="text/plain", data="Je souhaite être informé.".encode(),
+            max_bytes=1 << 20) for name, engine in (("first", database[0]), ("second", second_engine))}, both_sent)
+    finally:
+        second_engine.dispose()
+    assert sorted(added for _, added in answers.values()) == [False, True]
+    assert answers["first"][0].res_id == answers["second"][0].res_id
+
+
 def test_destruction_waits_for_the_retention_period_then_removes_the_record(app, settings, client, bearer, record,
                                                                              database):
     engine = database[0]

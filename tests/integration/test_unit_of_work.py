@@ -233,7 +233,7 @@ def test_a_patient_upload_is_hashed_before_its_write_transaction(database, monke
     own = Repository(database[0], AccessContext(role="patient", subject="185067511204554",
                                                 patient_ins="185067511204554"), "http://test")
     stored = personal.add_document(own, title="Mes directives", type_code=personal.ADVANCE_DIRECTIVES,
-                                   media_type="application/pdf", data=data, max_bytes=1 << 20)
+                                   media_type="application/pdf", data=data, max_bytes=1 << 20)[0]
 
     assert hashed_inside and max(hashed_inside) < 8192   # the audit chain's links, not the 200 KB file
     attachment = stored.json()["content"][0]["attachment"]

@@ -30,11 +30,12 @@ def add_document():
         return redirect(url_for("space.personal_page"))
     data = upload.read()
     media_type = "application/pdf" if data.startswith(b"%PDF-") else "text/plain"
-    stored = personal.add_document(g.repository, title=request.form.get("titre", "") or upload.filename,
-                                   type_code=request.form.get("type", ""), media_type=media_type, data=data,
-                                   max_bytes=current_app.config["SETTINGS"].max_document_bytes,
-                                   file_name=upload.filename)
-    flash("Le document est ajouté à votre espace personnel.")
+    stored, added = personal.add_document(g.repository, title=request.form.get("titre", "") or upload.filename,
+                                          type_code=request.form.get("type", ""), media_type=media_type, data=data,
+                                          max_bytes=current_app.config["SETTINGS"].max_document_bytes,
+                                          file_name=upload.filename)
+    flash("Le document est ajouté à votre espace personnel." if added else
+          "Ce document est déjà dans votre espace personnel : il n'a pas été ajouté une seconde fois.")
     return redirect(url_for("space.document_page", docref_id=stored.res_id))
 
 
