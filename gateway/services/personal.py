@@ -94,6 +94,7 @@ def add_document(repo: Repository, *, title: str, type_code: str, media_type: st
                           status=422, code="business-rule",
                           patient_text="le dossier est fermé : il n'accepte aucun nouveau document. "
                                        "Rouvrez-le depuis la page « Mon dossier » pour en ajouter.")
+        uow.current("Patient", patient_id, for_update=True)   # a copy sent at the same instant looks after this one
         deposited = _deposited_alike(uow, patient_id, digests.sha256, type_code, named)
         if deposited is not None:
             return Written(deposited, status="duplicate", produced=[deposited.reference])
@@ -186,8 +187,9 @@ def shared_record_custodian(uow: UnitOfWork) -> str:
     return f"Organization/{organization_id}"
 
 
-def add_contact(repo: Repository, *, family: str, given: str, relation: str, phone: str) -> StoredResource:
-    """An emergency contact (RelatedPerson of the patient)."""
+def add_contact(repo: Repository, *, family: str, given: str, relation: str, phone: str) -> tuple[StoredResource, bool]:
+    """An emergency contact (RelatedPerson of the patient), and whether it is new: an active
+    contact of the record with this name, relation and number is that one (a form sent twice)."""
     repo.require(Write.PERSONAL)
     family, given, phone = " ".join(family.split()), " ".join(given.split()), " ".join(phone.split())
     if not family or not phone:
@@ -204,8 +206,13 @@ def add_contact(repo: Repository, *, family: str, given: str, relation: str, pho
         "name": [{"family": family, **({"given": [given]} if given else {})}],
         "telecom": [{"system": "phone", "value": phone, "use": "mobile"}],
     })
+    said = {k: contact[k] for k in ("relationship", "name", "telecom")}
     with repo.unit_of_work(Write.PERSONAL) as uow:
-        return uow.save(contact, patient_id=own_record(uow, contact))
+        patient_id = own_record(uow, contact)
+        for stored in uow.live_of_record("RelatedPerson", patient_id):
+            if stored.json()["active"] and {k: stored.json()[k] for k in said} == said:
+                return stored, False
+        return uow.save(contact, patient_id=patient_id), True
 
 
 def remove_contact(repo: Repository, contact_id: str) -> StoredResource:

@@ -773,6 +773,15 @@ class UnitOfWork:
         same = sorted(consent_id for consent_id, named in actors.items() if named == wanted)
         return self.current("Consent", same[0]) if same else None
 
+    def live_of_record(self, res_type: str, patient_id: str) -> list[StoredResource]:
+        """The record's live resources of one type (a patient's few: their contacts), its Patient
+        locked until the unit ends, so that what is added from them is added once."""
+        self.current("Patient", patient_id, for_update=True)
+        rows = self.conn.execute(select(resources).where(resources.c.res_type == res_type,
+                                                         resources.c.patient_id == patient_id,
+                                                         resources.c.deleted.is_(False)).order_by(resources.c.res_id))
+        return [self.repository._row(row) for row in rows]
+
     def documents_holding(self, patient_id: str, sha256: str) -> list[StoredResource]:
         """The record's live DocumentReferences whose document is these bytes (their Binary's blob)."""
         bodies = self.conn.execute(select(resources.c.body).where(

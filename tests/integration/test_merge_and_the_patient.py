@@ -141,7 +141,7 @@ def test_an_emergency_contact_added_during_the_merge_is_in_the_survivor_s_record
     engine = database[0]
     contact = during_a_merge(client, other, bearer, lambda gateway: personal.add_contact(
         patient_repository(engine_of(gateway)), family="MARTIN", given="Anne", relation="SPS",
-        phone="0601020304"), monkeypatch)
+        phone="0601020304")[0], monkeypatch)
     assert contact.json()["patient"]["reference"] == f"Patient/{survivor_only(engine)}"
 
 

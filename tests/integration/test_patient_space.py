@@ -453,10 +453,29 @@ def test_a_file_deposited_again_is_the_document_deposited(app, settings, record,
     assert hospitals.status_code == 302 and "est ajouté" in browser.get(hospitals.location).text
 
 
-def test_a_file_deposited_twice_at_once_is_kept_once(settings, record, database, monkeypatch):
-    """A double click: the same deposit sent twice at the same instant, through two gateways. The
-    second takes up the first's raw copy, still unanswered, and waits for its claim to end
-    (`ingest.keep`), then finds its document: one document is kept, and both answers name it."""
+def test_an_emergency_contact_sent_again_is_kept_once(app, settings, record, database):
+    """The contact's form sent twice kept two contacts alike, which professionals then read
+    twice: an active contact of the record with the same name, relation and number is that one.
+    One that differs in any of them is another contact."""
+    browser = sign_in(app, settings)
+    contact = {"nom": "MARTIN", "prenom": "Anne", "lien": "SPS", "telephone": "06 01 02 03 04"}
+
+    def contacts() -> int:
+        with database[0].connect() as conn:
+            return conn.execute(select(func.count()).select_from(resources)
+                                .where(resources.c.res_type == "RelatedPerson")).scalar_one()
+    first = post(browser, "/espace-personnel/contacts", contact, page="/espace-personnel")
+    assert first.status_code == 302 and "est enregistré" in browser.get(first.location).text
+    again = post(browser, "/espace-personnel/contacts", {**contact, "nom": " MARTIN "}, page="/espace-personnel")
+    assert "est déjà enregistré." in browser.get(again.location).text
+    assert contacts() == 1
+    post(browser, "/espace-personnel/contacts", {**contact, "telephone": "06 01 02 03 05"}, page="/espace-personnel")
+    assert contacts() == 2
+
+
+def test_an_emergency_contact_sent_twice_at_once_is_kept_once(settings, record, database, backend, monkeypatch):
+    """The contact sent through two gateways, each in its unit of work before either looked for the
+    other: the record's Patient, locked while its contacts are read, orders them."""
     import threading
 
     from conftest import at_once
@@ -464,24 +483,71 @@ def test_a_file_deposited_twice_at_once_is_kept_once(settings, record, database,
     from gateway.services import personal
     from gateway.storage.database import make_engine
 
-    both_sent = threading.Barrier(2, timeout=60)
-    ingest = personal.ingest
+    if backend == "sqlite":
+        pytest.skip("SQLite's one writer takes the two units one after the other: neither starts before the other ends")
+    both_in = threading.Barrier(2, timeout=60)
+    own_record = personal.own_record
 
-    def at_the_same_instant(*args, **kwargs):
-        both_sent.wait()
-        return ingest(*args, **kwargs)
-    monkeypatch.setattr(personal, "ingest", at_the_same_instant)
+    def meet(uow, *args):
+        found = own_record(uow, *args)
+        both_in.wait()
+        return found
+    monkeypatch.setattr(personal, "own_record", meet)
     martin = AccessContext(role="patient", subject=MARTIN, patient_ins=MARTIN)
     second_engine = make_engine(database[1])
     try:
-        answers = at_once({name: lambda engine=engine: personal.add_document(
-            repository.Repository(engine, martin, settings.public_base_url), title="Mes directives",
-            type_code=personal.ADVANCE_DIRECTIVES, media_type="text/plain", data="Je souhaite être informé.".encode(),
-            max_bytes=1 << 20) for name, engine in (("first", database[0]), ("second", second_engine))}, both_sent)
+        answers = at_once({name: lambda engine=engine: personal.add_contact(
+            repository.Repository(engine, martin, settings.public_base_url), family="MARTIN", given="Anne",
+            relation="SPS", phone="0601020304")
+            for name, engine in (("first", database[0]), ("second", second_engine))}, both_in)
     finally:
         second_engine.dispose()
     assert sorted(added for _, added in answers.values()) == [False, True]
     assert answers["first"][0].res_id == answers["second"][0].res_id
+
+
+def test_a_file_deposited_twice_at_once_is_kept_once(settings, record, database, backend, monkeypatch):
+    """The same file deposited at the same instant into Léa MOREAU's record by Léa and by her
+    mother, through two gateways, each in its unit of work before either looked at the record
+    (each keeps its own raw copy: they are two senders): the record's Patient, locked while the
+    record is looked at, orders them. One document is kept, and both answers name it. (One
+    sender's two copies are ordered already: the second takes up the first's, unanswered, and
+    waits for its claim, `ingest.keep`.)"""
+    import threading
+
+    from conftest import at_once
+    from gateway.access.context import AccessContext
+    from gateway.services import personal
+    from gateway.storage.database import make_engine
+
+    if backend == "sqlite":
+        pytest.skip("SQLite's one writer takes the two units one after the other: neither starts before the other ends")
+    lea = AccessContext(role="patient", subject=MOREAU, patient_ins=MOREAU)
+    sophie = AccessContext(role="representative", subject="sophie", patient_ins=MOREAU, name="Sophie MOREAU")
+    # An earlier deposit: the two units below write nothing else in common (the custodian of
+    # what patients deposit is written with the first).
+    personal.add_document(repository.Repository(database[0], lea, settings.public_base_url), title="Mon carnet",
+                          type_code=personal.OTHER_DOCUMENT, media_type="text/plain", data=b"Vaccins",
+                          max_bytes=1 << 20)
+    both_in = threading.Barrier(2, timeout=60)
+    own_record = personal.own_record
+
+    def meet(uow, *args):
+        found = own_record(uow, *args)
+        both_in.wait()
+        return found
+    monkeypatch.setattr(personal, "own_record", meet)
+    second_engine = make_engine(database[1])
+    try:
+        answers = at_once({name: lambda engine=engine, requester=requester: personal.add_document(
+            repository.Repository(engine, requester, settings.public_base_url), title="Mes directives",
+            type_code=personal.ADVANCE_DIRECTIVES, media_type="text/plain",
+            data="Je souhaite être informée.".encode(), max_bytes=1 << 20) for name, engine, requester in (("lea", database[0], lea),
+                                                               ("sophie", second_engine, sophie))}, both_in)
+    finally:
+        second_engine.dispose()
+    assert sorted(added for _, added in answers.values()) == [False, True], answers
+    assert answers["lea"][0].res_id == answers["sophie"][0].res_id
 
 
 def test_destruction_waits_for_the_retention_period_then_removes_the_record(app, settings, client, bearer, record,

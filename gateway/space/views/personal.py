@@ -41,9 +41,10 @@ def add_document():
 
 @space.post("/espace-personnel/contacts")
 def add_contact():
-    personal.add_contact(g.repository, family=request.form.get("nom", ""), given=request.form.get("prenom", ""),
-                         relation=request.form.get("lien", ""), phone=request.form.get("telephone", ""))
-    flash("Le contact d'urgence est enregistré.")
+    _, added = personal.add_contact(g.repository, family=request.form.get("nom", ""),
+                                    given=request.form.get("prenom", ""), relation=request.form.get("lien", ""),
+                                    phone=request.form.get("telephone", ""))
+    flash("Le contact d'urgence est enregistré." if added else "Ce contact d'urgence est déjà enregistré.")
     return redirect(url_for("space.personal_page"))
 
 
