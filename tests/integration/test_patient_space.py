@@ -542,8 +542,8 @@ def test_a_file_deposited_twice_at_once_is_kept_once(settings, record, database,
         answers = at_once({name: lambda engine=engine, requester=requester: personal.add_document(
             repository.Repository(engine, requester, settings.public_base_url), title="Mes directives",
             type_code=personal.ADVANCE_DIRECTIVES, media_type="text/plain",
-            data="Je souhaite être informée.".encode(), max_bytes=1 << 20) for name, engine, requester in (("lea", database[0], lea),
-                                                               ("sophie", second_engine, sophie))}, both_in)
+            data="Je souhaite être informée.".encode(), max_bytes=1 << 20)
+            for name, engine, requester in (("lea", database[0], lea), ("sophie", second_engine, sophie))}, both_in)
     finally:
         second_engine.dispose()
     assert sorted(added for _, added in answers.values()) == [False, True], answers
