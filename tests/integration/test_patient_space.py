@@ -709,6 +709,13 @@ def test_a_professional_of_the_directory_known_by_an_adeli_based_idnatps_is_auth
     assert answer.status_code == 302, answer.text[-1500:]
     assert "Anne ROUSSEL peut désormais consulter votre dossier." in browser.get(answer.location).text
     assert client.get("/fhir/DocumentReference", query_string=search, headers=psychologist).json["total"] == 2
+    # The form sent again (a double click): the authorisation in force is kept, not revoked and made again.
+    martin = bearer("patient", patient=MARTIN)
+    before = client.get("/fhir/Consent", query_string={"status": "active"}, headers=martin).json["entry"]
+    post(browser, "/acces/professionnel", {"professionnel": "0759912345", "decision": "autoriser"}, "/acces")
+    after = client.get("/fhir/Consent", query_string={"status": "active"}, headers=martin).json["entry"]
+    assert [(e["resource"]["id"], e["resource"]["meta"]["versionId"]) for e in after] == \
+        [(e["resource"]["id"], e["resource"]["meta"]["versionId"]) for e in before]
     # Typed: the ADELI number, alone or in the IdNatPs; anything else is told what to type.
     assert post(browser, "/acces/professionnel", {"professionnel": "759 912 345", "decision": "bloquer",
                                                   "confirmation": "oui"}, "/acces").status_code == 302

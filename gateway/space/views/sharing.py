@@ -116,8 +116,11 @@ def decide_professional():
             return asked
     kind, effect = ("attending-physician", "permit") if decision == "medecin-traitant" else (
         "professional", "permit" if decision == "autoriser" else "deny")
-    for stored, existing_kind, _, actors in _decisions():
-        # One decision per professional, one attending physician: the earlier one is revoked.
+    for stored, existing_kind, existing_effect, actors in _decisions():
+        # One decision per professional, one attending physician: the earlier one is revoked. The
+        # same decision made again (a form sent twice) is the one in force: kept, nothing made.
+        if (existing_kind, existing_effect, actors) == (kind, effect, [idnatps]):
+            continue
         if (existing_kind == "professional" and kind == "professional" and idnatps in actors) or (
                 existing_kind == "attending-physician" and kind == "attending-physician"):
             consents.revoke(g.repository, stored)
