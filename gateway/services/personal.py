@@ -94,7 +94,7 @@ def add_document(repo: Repository, *, title: str, type_code: str, media_type: st
                           status=422, code="business-rule",
                           patient_text="le dossier est fermé : il n'accepte aucun nouveau document. "
                                        "Rouvrez-le depuis la page « Mon dossier » pour en ajouter.")
-        uow.current("Patient", patient_id, for_update=True)   # a copy sent at the same instant looks after this one
+        uow.look_at_record_alone(patient_id)
         deposited = _deposited_alike(uow, patient_id, digests.sha256, type_code, named)
         if deposited is not None:
             return Written(deposited, status="duplicate", produced=[deposited.reference])

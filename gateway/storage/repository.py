@@ -754,14 +754,19 @@ class UnitOfWork:
                                                         self.repository._visible(res_type))).first()
         return self.repository._row(row) if row else None
 
+    def look_at_record_alone(self, patient_id: str) -> None:
+        """Another unit that looks at this record alone waits until this one ends (the record's
+        Patient row, locked), so that what a patient adds twice at once (a decision, a contact, a
+        file) is added once: the second finds the first. SQLite's one writer orders them already."""
+        self.current("Patient", patient_id, for_update=True)
+
     def decision_in_force(self, consent: dict, patient_id: str) -> StoredResource | None:
         """The record's active Consent that decides what this one would (the access rules it gives:
-        kind, effect, actors), if any. The record's Patient is locked until the unit ends, so that
-        two such Consents saved at once do not both find none."""
+        kind, effect, actors), if any, the record looked at alone (`look_at_record_alone`)."""
         rules = rules_of(consent, patient_id)
         if not rules:
             return None
-        self.current("Patient", patient_id, for_update=True)
+        self.look_at_record_alone(patient_id)
         rows = self.conn.execute(select(access_rules.c.consent_id, access_rules.c.actor_system,
                                         access_rules.c.actor_value).where(
             access_rules.c.patient_id == patient_id, access_rules.c.kind == rules[0]["kind"],
@@ -774,9 +779,9 @@ class UnitOfWork:
         return self.current("Consent", same[0]) if same else None
 
     def live_of_record(self, res_type: str, patient_id: str) -> list[StoredResource]:
-        """The record's live resources of one type (a patient's few: their contacts), its Patient
-        locked until the unit ends, so that what is added from them is added once."""
-        self.current("Patient", patient_id, for_update=True)
+        """The record's live resources of one type (a patient's few: their contacts), looked at
+        alone (`look_at_record_alone`)."""
+        self.look_at_record_alone(patient_id)
         rows = self.conn.execute(select(resources).where(resources.c.res_type == res_type,
                                                          resources.c.patient_id == patient_id,
                                                          resources.c.deleted.is_(False)).order_by(resources.c.res_id))

@@ -473,13 +473,13 @@ def test_an_emergency_contact_sent_again_is_kept_once(app, settings, record, dat
     assert contacts() == 2
 
 
-def test_an_emergency_contact_sent_twice_at_once_is_kept_once(settings, record, database, backend, monkeypatch):
-    """The contact sent through two gateways, each in its unit of work before either looked for the
-    other: the record's Patient, locked while its contacts are read, orders them."""
+def in_their_units_at_once(database, backend, monkeypatch, add) -> dict:
+    """The answers of `add(engine, name)` sent through two gateways (`first` and `second`), each
+    held in its unit of work, once it has looked the record up and before it looks at it, until
+    both are there: on PostgreSQL; SQLite's one writer runs one unit after the other."""
     import threading
 
     from conftest import at_once
-    from gateway.access.context import AccessContext
     from gateway.services import personal
     from gateway.storage.database import make_engine
 
@@ -493,15 +493,24 @@ def test_an_emergency_contact_sent_twice_at_once_is_kept_once(settings, record, 
         both_in.wait()
         return found
     monkeypatch.setattr(personal, "own_record", meet)
-    martin = AccessContext(role="patient", subject=MARTIN, patient_ins=MARTIN)
     second_engine = make_engine(database[1])
     try:
-        answers = at_once({name: lambda engine=engine: personal.add_contact(
-            repository.Repository(engine, martin, settings.public_base_url), family="MARTIN", given="Anne",
-            relation="SPS", phone="0601020304")
-            for name, engine in (("first", database[0]), ("second", second_engine))}, both_in)
+        return at_once({name: lambda engine=engine, name=name: add(engine, name)
+                        for name, engine in (("first", database[0]), ("second", second_engine))}, both_in)
     finally:
         second_engine.dispose()
+
+
+def test_an_emergency_contact_sent_twice_at_once_is_kept_once(settings, record, database, backend, monkeypatch):
+    """The contact sent through two gateways, each in its unit of work before either looked for the
+    other: the record's Patient, locked while its contacts are read, orders them."""
+    from gateway.access.context import AccessContext
+    from gateway.services import personal
+
+    martin = AccessContext(role="patient", subject=MARTIN, patient_ins=MARTIN)
+    answers = in_their_units_at_once(database, backend, monkeypatch, lambda engine, _: personal.add_contact(
+        repository.Repository(engine, martin, settings.public_base_url), family="MARTIN", given="Anne",
+        relation="SPS", phone="0601020304"))
     assert sorted(added for _, added in answers.values()) == [False, True]
     assert answers["first"][0].res_id == answers["second"][0].res_id
 
@@ -513,41 +522,23 @@ def test_a_file_deposited_twice_at_once_is_kept_once(settings, record, database,
     record is looked at, orders them. One document is kept, and both answers name it. (One
     sender's two copies are ordered already: the second takes up the first's, unanswered, and
     waits for its claim, `ingest.keep`.)"""
-    import threading
-
-    from conftest import at_once
     from gateway.access.context import AccessContext
     from gateway.services import personal
-    from gateway.storage.database import make_engine
 
-    if backend == "sqlite":
-        pytest.skip("SQLite's one writer takes the two units one after the other: neither starts before the other ends")
-    lea = AccessContext(role="patient", subject=MOREAU, patient_ins=MOREAU)
-    sophie = AccessContext(role="representative", subject="sophie", patient_ins=MOREAU, name="Sophie MOREAU")
+    requesters = {"first": AccessContext(role="patient", subject=MOREAU, patient_ins=MOREAU),
+                  "second": AccessContext(role="representative", subject="sophie", patient_ins=MOREAU,
+                                          name="Sophie MOREAU")}
     # An earlier deposit: the two units below write nothing else in common (the custodian of
     # what patients deposit is written with the first).
-    personal.add_document(repository.Repository(database[0], lea, settings.public_base_url), title="Mon carnet",
-                          type_code=personal.OTHER_DOCUMENT, media_type="text/plain", data=b"Vaccins",
-                          max_bytes=1 << 20)
-    both_in = threading.Barrier(2, timeout=60)
-    own_record = personal.own_record
-
-    def meet(uow, *args):
-        found = own_record(uow, *args)
-        both_in.wait()
-        return found
-    monkeypatch.setattr(personal, "own_record", meet)
-    second_engine = make_engine(database[1])
-    try:
-        answers = at_once({name: lambda engine=engine, requester=requester: personal.add_document(
-            repository.Repository(engine, requester, settings.public_base_url), title="Mes directives",
-            type_code=personal.ADVANCE_DIRECTIVES, media_type="text/plain",
-            data="Je souhaite être informée.".encode(), max_bytes=1 << 20)
-            for name, engine, requester in (("lea", database[0], lea), ("sophie", second_engine, sophie))}, both_in)
-    finally:
-        second_engine.dispose()
+    personal.add_document(repository.Repository(database[0], requesters["first"], settings.public_base_url),
+                          title="Mon carnet", type_code=personal.OTHER_DOCUMENT, media_type="text/plain",
+                          data=b"Vaccins", max_bytes=1 << 20)
+    answers = in_their_units_at_once(database, backend, monkeypatch, lambda engine, name: personal.add_document(
+        repository.Repository(engine, requesters[name], settings.public_base_url), title="Mes directives",
+        type_code=personal.ADVANCE_DIRECTIVES, media_type="text/plain", data="Je souhaite être informée.".encode(),
+        max_bytes=1 << 20))
     assert sorted(added for _, added in answers.values()) == [False, True], answers
-    assert answers["lea"][0].res_id == answers["sophie"][0].res_id
+    assert answers["first"][0].res_id == answers["second"][0].res_id
 
 
 def test_destruction_waits_for_the_retention_period_then_removes_the_record(app, settings, client, bearer, record,
