@@ -111,9 +111,10 @@ def add_document(repo: Repository, *, title: str, type_code: str, media_type: st
 def _deposited_alike(uow: UnitOfWork, patient_id: str, sha256: str, type_code: str,
                      title: str) -> StoredResource | None:
     """A current document of the record deposited through the space holding these bytes, under
-    this type and title. A hospital's document may hold them too (a CDA the patient downloaded,
-    deposited as text): it is not one."""
-    for document in uow.documents_holding(patient_id, sha256):
+    this type and title, which the requester reads: one the minor hid from her representatives
+    is not one for them, and the answer does not tell them it exists. A hospital's document may
+    hold the bytes too (a CDA the patient downloaded, deposited as text): it is not one."""
+    for document in uow.readable_documents_holding(patient_id, sha256):
         docref = document.json()
         producer = docref.get("context", {}).get("facilityType", {}).get("coding", [{}])[0].get("code")
         if producer != "EXP_PATIENT" or docref["status"] != "current":

@@ -787,13 +787,15 @@ class UnitOfWork:
                                                          resources.c.deleted.is_(False)).order_by(resources.c.res_id))
         return [self.repository._row(row) for row in rows]
 
-    def documents_holding(self, patient_id: str, sha256: str) -> list[StoredResource]:
-        """The record's live DocumentReferences whose document is these bytes (their Binary's blob)."""
+    def readable_documents_holding(self, patient_id: str, sha256: str) -> list[StoredResource]:
+        """The record's live DocumentReferences whose document is these bytes (their Binary's blob)
+        and which the requester reads (the read filter, in SQL): what answers a requester names
+        only what they may see."""
         bodies = self.conn.execute(select(resources.c.body).where(
             resources.c.blob_sha256 == sha256, resources.c.res_type == "Binary", resources.c.patient_id == patient_id,
             resources.c.deleted.is_(False))).scalars()
         references = [json.loads(body).get("securityContext", {}).get("reference", "") for body in bodies]
-        found = [self.current("DocumentReference", reference.split("/", 1)[1]) for reference in references
+        found = [self.visible_current("DocumentReference", reference.split("/", 1)[1]) for reference in references
                  if reference.startswith("DocumentReference/")]
         return [document for document in found if document is not None and not document.deleted]
 

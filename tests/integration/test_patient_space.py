@@ -453,6 +453,33 @@ def test_a_file_deposited_again_is_the_document_deposited(app, settings, record,
     assert hospitals.status_code == 302 and "est ajouté" in browser.get(hospitals.location).text
 
 
+def test_a_file_the_minor_hid_deposited_by_her_representative_is_hers_and_tells_nothing(app, settings, client,
+                                                                                        bearer, record, database):
+    """Léa MOREAU deposits a file and hides it from her representatives; her mother deposits the
+    same file under the same title. The answer named Léa's document ("déjà dans votre espace"),
+    telling the mother that a document she may not see exists, and what it holds: it is a
+    document of her own."""
+    from gateway.access.context import AccessContext
+    from gateway.services import personal
+
+    data = "Je ne veux pas que mes parents lisent ceci.".encode()
+    lea = repository.Repository(database[0], AccessContext(role="patient", subject=MOREAU, patient_ins=MOREAU),
+                                settings.public_base_url)
+    hers, _ = personal.add_document(lea, title="Mon journal", type_code=personal.OTHER_DOCUMENT,
+                                    media_type="text/plain", data=data, max_bytes=1 << 20)
+    hide = client.patch(f"/fhir/DocumentReference/{hers.res_id}", headers={
+        **bearer("patient", patient=MOREAU), "Content-Type": "application/json-patch+json"},
+        json=[{"op": "add", "path": "/securityLabel/-", "value": {"coding": [{
+            "system": codes.VISIBILITY_SYSTEM, "code": "INVISIBLE_REPRESENTANTS_LEGAUX"}]}}])
+    assert hide.status_code == 200, hide.json
+    browser = sign_in(app, settings, "sophie")
+    form = {"csrf_token": csrf(browser.get("/espace-personnel").text), "titre": "Mon journal", "type": "EXPPAT_2",
+            "fichier": (BytesIO(data), "journal.txt")}
+    answer = browser.post("/espace-personnel/documents", data=form)
+    assert answer.status_code == 302 and hers.res_id not in answer.location
+    assert "Le document est ajouté à votre espace personnel." in browser.get(answer.location).text
+
+
 def test_an_emergency_contact_sent_again_is_kept_once(app, settings, record, database):
     """The contact's form sent twice kept two contacts alike, which professionals then read
     twice: an active contact of the record with the same name, relation and number is that one.
