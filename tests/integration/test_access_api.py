@@ -187,6 +187,7 @@ def test_a_consent_is_checked_as_fhir_as_the_gateway_completes_it(client, bearer
     refused = client.post("/fhir/Consent", data=json.dumps(spaced), headers={**FHIR, **martin})
     assert refused.status_code == 422, refused.data[:300]
     assert refused.json["issue"][0]["expression"] == ["/provision/actor/0/role/coding/0/system"]
+
     def scoped(professional: str) -> dict:
         return {**decision("professional", "permit", professional), "scope": {"coding": [
             {"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]}}

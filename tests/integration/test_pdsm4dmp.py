@@ -207,14 +207,14 @@ def test_the_guide_examples_in_xml(client, lps):
     assert etree.fromstring(td02.data).find(f"{ns}total").get("value") == "1"
 
 
-def test_the_guide_submissions_sent_again_register_nothing_new(client, lps, database):
+def test_the_guide_submissions_sent_again_register_nothing_new(client, lps):
     """The guide's SubmissionSets carry no identifier, and the one ITI-105 is registered under has
     one the gateway draws, so a submission sent again (an answer lost, a timeout) registered its
     SubmissionSet again: its documents were recognised, and the record held two SubmissionSets
     listing them (the replacement was refused, 422). A SubmissionSet its identifiers do not name
     whose documents were all registered already, one SubmissionSet of the record listing them, is
     that one: 200, nothing new. One that lists a document not yet registered is a new submission."""
-    def submission_sets() -> list[dict]:
+    def submission_sets() -> list[str]:
         found = client.get("/fhir/List", headers=lps, query_string={
             "patient.identifier": f"{INS_SYSTEM}|{INS}", "code": "submissionset"}).json
         return sorted(e["resource"]["id"] for e in found.get("entry", []))
