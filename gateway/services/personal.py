@@ -22,6 +22,8 @@ from .ingest import NamedPatient, Received, Written, ingest
 # The JDV_J07 types (TRE_A05) of what a patient deposits, with their display in the value set.
 OTHER_DOCUMENT, ADVANCE_DIRECTIVES = "EXPPAT_2", "EXPPAT_3"
 PATIENT_DOCUMENT_TYPES = {OTHER_DOCUMENT: "Autre document du patient", ADVANCE_DIRECTIVES: "Directives anticipées"}
+# What a patient deposits is produced by the patient (J02's and J04's code): the deposits are known by it.
+PATIENT_PRODUCER = "EXP_PATIENT"
 # The custodian of what patients deposit: the shared record itself, as held by this gateway.
 CUSTODIAN_KEY = ("urn:dmp-gateway:organization", "shared-record")
 MEDIA_TYPES = ("application/pdf", "text/plain")
@@ -117,7 +119,7 @@ def _deposited_alike(uow: UnitOfWork, patient_id: str, sha256: str, type_code: s
     for document in uow.readable_documents_holding(patient_id, sha256):
         docref = document.json()
         producer = docref.get("context", {}).get("facilityType", {}).get("coding", [{}])[0].get("code")
-        if producer != "EXP_PATIENT" or docref["status"] != "current":
+        if producer != PATIENT_PRODUCER or docref["status"] != "current":
             continue
         if docref["type"]["coding"][0]["code"] == type_code and docref["content"][0]["attachment"]["title"] == title:
             return document
@@ -162,9 +164,9 @@ def _register(uow: UnitOfWork, repo: Repository, patient_id: str, title: str, ty
                      "format": {"system": codes.format_system(format_code), "code": format_code,
                                 "display": format_display}}],
         "context": {"period": {"start": now},
-                    "facilityType": {"coding": [{"system": codes.NON_PS_PRODUCER_SYSTEM, "code": "EXP_PATIENT",
+                    "facilityType": {"coding": [{"system": codes.NON_PS_PRODUCER_SYSTEM, "code": PATIENT_PRODUCER,
                                                  "display": "Expression personnelle du patient"}]},
-                    "practiceSetting": {"coding": [{"system": codes.NON_PS_PRODUCER_SYSTEM, "code": "EXP_PATIENT",
+                    "practiceSetting": {"coding": [{"system": codes.NON_PS_PRODUCER_SYSTEM, "code": PATIENT_PRODUCER,
                                                     "display": "Expression personnelle du patient"}]},
                     "sourcePatientInfo": {"reference": "#source-patient"}},
     }
@@ -211,7 +213,8 @@ def add_contact(repo: Repository, *, family: str, given: str, relation: str, pho
     with repo.unit_of_work(Write.PERSONAL) as uow:
         patient_id = own_record(uow, contact)
         for stored in uow.live_of_record("RelatedPerson", patient_id):
-            if stored.json()["active"] and {k: stored.json()[k] for k in said} == said:
+            known = stored.json()
+            if known["active"] and {k: known[k] for k in said} == said:
                 return stored, False
         return uow.save(contact, patient_id=patient_id), True
 
