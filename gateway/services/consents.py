@@ -126,7 +126,10 @@ def create(repo: Repository, consent: dict) -> tuple[StoredResource, bool]:
 
 def update(repo: Repository, consent_id: str, consent: dict, if_match: int | None = None) -> StoredResource:
     """Replace a Consent of the requester's record (revoke it with status inactive); the history
-    keeps every earlier decision. `if_match` (If-Match): only if that version is still current."""
+    keeps every earlier decision. `if_match` (If-Match): only if that version is still current. An
+    update that changes nothing (a revocation made twice, a PUT retried) is the current version:
+    the history showed the decision revoked twice. A body without dateTime, which the gateway
+    dates, is compared as if it carried the stored one's."""
     repo.require(Write.CONSENT)
     current = repo.read("Consent", consent_id)   # 404 when it is not one of the requester's
     if if_match is not None and current.version != if_match:
@@ -135,7 +138,12 @@ def update(repo: Repository, consent_id: str, consent: dict, if_match: int | Non
     stored["id"] = consent_id
     try:
         with repo.unit_of_work(Write.CONSENT) as uow:
-            return uow.save(stored, patient_id=own_record(uow, stored), method="PUT", based_on=if_match)
+            patient_id = own_record(uow, stored)
+            dated = stored if "dateTime" in consent else {**stored, "dateTime": current.json().get("dateTime")}
+            unchanged = uow.current_if_unchanged(dated, patient_id)
+            if unchanged is not None and if_match in (None, unchanged.version):
+                return unchanged
+            return uow.save(stored, patient_id=patient_id, method="PUT", based_on=if_match)
     except ChangedMeanwhile:
         raise PreconditionFailed(current.reference, if_match) from None
 

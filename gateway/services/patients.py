@@ -17,7 +17,7 @@ from gateway.mapping import hl7v2 as v2
 from gateway.mapping.dates import InvalidTime, ts_to_fhir
 from gateway.mapping.identity import compact_ins, ins_key_is_valid
 from gateway.refusal import Refused
-from gateway.storage.repository import UnitOfWork
+from gateway.storage.repository import UnitOfWork, says_the_same
 
 from .ingest import NAMED_IDENTIFIERS, NamedPatient
 
@@ -142,7 +142,7 @@ def upsert_patient(uow: UnitOfWork, prepared: PreparedPatient, applied: Applied)
     patient_id = find_patient(uow, prepared.ids)
     previous = _stored(uow, "Patient", patient_id)
     resource = _keeping(prepared, patient_id or uow.new_id(), previous)
-    if previous is not None and not _unchanged(resource, previous):
+    if previous is not None and not says_the_same(resource, previous):
         # The new version keeps what the current one holds: made again from it once it is locked
         # (until the unit commits), in case another message for the patient wrote it meanwhile.
         # Two at once each kept its own identifiers, and the second dropped the first one's. A
@@ -150,7 +150,7 @@ def upsert_patient(uow: UnitOfWork, prepared: PreparedPatient, applied: Applied)
         previous = _stored(uow, "Patient", patient_id, for_update=True)
         resource = _keeping(prepared, patient_id, previous)
     _claim_all(uow, resource["id"], resource["identifier"], "PID^1^3")
-    if not _unchanged(resource, previous):
+    if not says_the_same(resource, previous):
         uow.save(resource, patient_id=resource["id"])
         applied.produced.append(f"Patient/{resource['id']}")
     return resource["id"]
@@ -178,15 +178,6 @@ def _stored(uow: UnitOfWork, res_type: str, res_id: str | None, *, for_update: b
     return current.json() if current is not None and not current.deleted else None
 
 
-def _unchanged(resource: dict, stored: dict | None) -> bool:
-    """Whether a resource built from a message says what its stored version says, its meta aside.
-    Such a message writes no version (nor its index rows, rules and AuditEvent), as a FHIR update
-    that changes nothing: a feed resends a patient's identity and consents with every admission and
-    update, and each made two to three versions that said the same."""
-    return stored is not None and ({k: v for k, v in resource.items() if k != "meta"}
-                                   == {k: v for k, v in stored.items() if k != "meta"})
-
-
 def prepare_consents(zfa: Segment) -> dict[str, dict]:
     """The Consents a ZFA states, by kind, validated before any transaction; the unit of work
     gives each its id and its patient."""
@@ -204,7 +195,7 @@ def record_consents(uow: UnitOfWork, prepared: dict[str, dict], patient_id: str,
             consent_id = uow.new_id()
             uow.claim_identifier("Consent", key_system, patient_id, consent_id)
         consent = {**stated, "id": consent_id, "patient": {"reference": f"Patient/{patient_id}"}}
-        if not _unchanged(consent, stored):
+        if not says_the_same(consent, stored):
             uow.save(consent, patient_id=patient_id)
             applied.produced.append(f"Consent/{consent_id}")
 

@@ -220,7 +220,8 @@ def add_contact(repo: Repository, *, family: str, given: str, relation: str, pho
 
 
 def remove_contact(repo: Repository, contact_id: str) -> StoredResource:
-    """The contact stops being one (active false); the history keeps it."""
+    """The contact stops being one (active false); the history keeps it. One removed already (a
+    form sent twice) stays as it is."""
     repo.require(Write.PERSONAL)
     current = repo.read("RelatedPerson", contact_id)   # 404 unless it belongs to the requester's record
     contact = current.json()
@@ -228,4 +229,5 @@ def remove_contact(repo: Repository, contact_id: str) -> StoredResource:
     contact.pop("meta", None)
     contact = _checked(contact)
     with repo.unit_of_work(Write.PERSONAL) as uow:
-        return uow.save(contact, patient_id=own_record(uow, contact), method="PUT")
+        patient_id = own_record(uow, contact)
+        return uow.current_if_unchanged(contact, patient_id) or uow.save(contact, patient_id=patient_id, method="PUT")

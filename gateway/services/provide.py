@@ -614,6 +614,12 @@ def _item_reference(entry: dict) -> str:
 def _save_list(uow: UnitOfWork, item: Submitted, resource: dict, patient_id: str, responses: dict) -> None:
     resource["subject"] = {"reference": f"Patient/{patient_id}"}
     keep_claimed_profiles(resource)
+    # A Folder's update that adds nothing and changes nothing (the submission sent again) is the
+    # Folder as it is.
+    stored = uow.current_if_unchanged(resource, patient_id) if item.updates is not None else None
+    if stored is not None:
+        responses[item.index] = ("200 OK", f"List/{stored.res_id}/_history/{stored.version}")
+        return
     _validated(resource, item.index)
     stored = uow.save(resource, patient_id=patient_id)
     if stored.version == 1:

@@ -544,6 +544,15 @@ class PendingAudit:
 IDENTIFIER_CHARS = 256
 
 
+def says_the_same(resource: dict, stored: dict | None) -> bool:
+    """Whether a resource says what its stored version says, its meta aside. An update that says
+    it writes no version (nor its index rows, rules and AuditEvent), as FHIR lets an update that
+    changes nothing: a feed resends a patient's identity with every admission, a client retries a
+    PUT whose answer it lost, a patient revokes a decision twice."""
+    return stored is not None and ({k: v for k, v in resource.items() if k != "meta"}
+                                   == {k: v for k, v in stored.items() if k != "meta"})
+
+
 def _require_keepable(res_type: str, system: str, value: str) -> None:
     """An identifier the gateway can keep as a key, or a refusal that says which (its system, not
     its value: a patient's IPP is not written into a refusal that operators read)."""
@@ -746,6 +755,17 @@ class UnitOfWork:
         row = self.conn.execute(sql.CURRENT_FOR_UPDATE if for_update else sql.CURRENT,
                                 {"key_type": res_type, "key_id": res_id}).first()
         return self.repository._row(row) if row else None
+
+    def current_if_unchanged(self, resource: dict, patient_id: str | None) -> StoredResource | None:
+        """The current version of the resource an update would write, if the update says what it
+        says (`says_the_same`) in the same record: the update then writes nothing. Locked until the
+        unit commits, so that a change made meanwhile is compared, not overwritten: of two equal
+        updates at once, the second finds the first's version."""
+        current = self.current(resource["resourceType"], resource["id"], for_update=True)
+        if current is None or current.deleted or current.patient_id != patient_id \
+                or not says_the_same(resource, current.json()):
+            return None
+        return current
 
     def visible_current(self, res_type: str, res_id: str) -> StoredResource | None:
         """The current version of a resource the requester may read (the read filter, in SQL), as

@@ -136,6 +136,17 @@ def test_a_decision_posted_twice_is_kept_once_and_revoked_once(client, bearer, w
                          data=consent("professional", "permit", INTERNIST, status="inactive", res_id=first.json["id"]))
     assert revoked.status_code == 200, revoked.json
     assert document_ids(client, internist) == set()
+    # Revoked again (the answer lost, a second click): it is revoked, and its history says it once;
+    # the body as the gateway answered it (dated, with its meta) is the same decision too.
+    for again in (consent("professional", "permit", INTERNIST, status="inactive", res_id=first.json["id"]),
+                  json.dumps(revoked.json)):
+        same = client.put(f"/fhir/Consent/{first.json['id']}", headers={**FHIR, **martin}, data=again)
+        assert same.status_code == 200 and same.json["meta"] == revoked.json["meta"], same.json
+    stale = client.put(f"/fhir/Consent/{first.json['id']}", headers={**FHIR, **martin, "If-Match": 'W/"1"'},
+                       data=json.dumps(revoked.json))
+    assert stale.status_code == 412, stale.json
+    history = client.get(f"/fhir/Consent/{first.json['id']}/_history", headers=martin).json
+    assert [e["resource"]["status"] for e in history["entry"]] == ["inactive", "active"]
 
     both = json.loads(body)
     both["provision"]["actor"].append({**both["provision"]["actor"][0], "reference": {"identifier": {

@@ -128,6 +128,11 @@ def test_a_put_adds_to_a_folder_and_keeps_what_it_held(client, database, bearer,
     response = provide(client, added)
     assert response.status_code == 200, response.json
     assert response.json["entry"][4]["response"] == {"status": "200 OK", "location": f"{created}/_history/2"}
+    # Sent again (its answer lost), the update adds nothing and changes nothing: no version 3.
+    resent = provide(client, added)
+    assert [e["response"]["status"] for e in resent.json["entry"]] == ["200 OK"] * 5, resent.json
+    assert [e["response"]["location"] for e in resent.json["entry"]] == \
+        [e["response"]["location"] for e in response.json["entry"]]
     attend_all(database[0])
     stored = client.get(f"/fhir/{created}").json
     assert [e["item"]["reference"] for e in stored["entry"]] == [*held, locations(response)[1]]

@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 
 from conftest import GP, attend_all, sample
 from gateway.access.audit import verify_chain
+from gateway.access.rules import CONSENT_KIND_SYSTEM
 from gateway.mapping import codes
 from gateway.services import retention
 from gateway.services.export import verify_export
@@ -498,6 +499,31 @@ def test_an_emergency_contact_sent_again_is_kept_once(app, settings, record, dat
     assert contacts() == 1
     post(browser, "/espace-personnel/contacts", {**contact, "telephone": "06 01 02 03 05"}, page="/espace-personnel")
     assert contacts() == 2
+
+
+def test_a_decision_withdrawn_twice_and_a_contact_removed_twice_change_once(app, settings, client, bearer, record):
+    """The withdrawal's or the removal's form sent twice (a double click, a page reloaded) wrote
+    the same decision or contact again: the history showed an authorisation revoked twice. Sent
+    again, they change nothing."""
+    browser = sign_in(app, settings)
+    martin = bearer("patient", patient=MARTIN)
+    post(browser, "/acces/professionnel", {"professionnel": "899900000046", "decision": "autoriser"}, "/acces")
+    authorised = [e["resource"]["id"] for e in client.get("/fhir/Consent", headers=martin, query_string={
+        "status": "active", "category": f"{CONSENT_KIND_SYSTEM}|professional"}).json["entry"]
+        if "899900000046" in json.dumps(e["resource"]["provision"])]
+    assert len(authorised) == 1
+    post(browser, "/espace-personnel/contacts", {"nom": "MARTIN", "prenom": "Anne", "lien": "SPS",
+                                                 "telephone": "06 01 02 03 04"}, page="/espace-personnel")
+    contact = client.get("/fhir/RelatedPerson", headers=martin).json["entry"][0]["resource"]["id"]
+    for _ in range(2):
+        withdrawn = post(browser, f"/acces/retirer/{authorised[0]}", {"confirmation": "oui"}, "/acces")
+        assert withdrawn.status_code == 302 and "Votre décision est retirée." in browser.get(withdrawn.location).text
+        removed = post(browser, f"/espace-personnel/contacts/{contact}/retirer", {}, "/espace-personnel")
+        assert removed.status_code == 302
+    history = client.get(f"/fhir/Consent/{authorised[0]}/_history", headers=martin).json
+    assert [e["resource"]["status"] for e in history["entry"]] == ["inactive", "active"]
+    history = client.get(f"/fhir/RelatedPerson/{contact}/_history", headers=martin).json
+    assert [e["resource"]["active"] for e in history["entry"]] == [False, True]
 
 
 def in_their_units_at_once(database, backend, monkeypatch, add) -> dict:
