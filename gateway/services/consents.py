@@ -28,6 +28,10 @@ from gateway.storage.repository import (IDENTIFIER_CHARS, ChangedMeanwhile, Prec
 
 PATIENT_CONSENT_CATEGORY = {"coding": [{"system": codes.LOINC, "code": "59284-0", "display": "Patient Consent"}]}
 SCOPE = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]}
+# What of a Consent's provision the access rules apply. The others (a period, exceptions in nested
+# provisions, the data, classes, codes, actions or purposes it covers) were stored and ignored: an
+# authorisation meant to end kept granting, one with an exception granted it too.
+APPLIED_PROVISION = {"id", "extension", "type", "actor"}
 # Opt-in for consents that grant, opt-out for oppositions.
 POLICIES = {"permit": "OPTIN", "deny": "OPTOUT"}
 
@@ -73,6 +77,11 @@ def checked_consent(consent: dict, patient_id: str, access: AccessContext) -> di
     if consent.get("status") not in ("active", "inactive"):
         raise _refuse("Consent.status is active, or inactive to revoke it", "Consent.status")
     provision = consent.get("provision") or {}
+    unapplied = sorted(set(provision) - APPLIED_PROVISION) if isinstance(provision, dict) else []
+    if unapplied:
+        raise Refused(f"Consent.provision.{unapplied[0]} is not applied here: a decision states its kind, its effect "
+                      "(provision.type) and its actors, and holds until it is revoked (a PUT with status inactive)",
+                      location=f"Consent.provision.{unapplied[0]}", status=422, code="not-supported")
     effect = provision.get("type")
     if effect not in ("permit", "deny"):
         raise _refuse("Consent.provision.type is permit or deny", "Consent.provision.type")

@@ -88,6 +88,33 @@ def test_a_consent_with_a_modifier_extension_is_refused_not_applied_without_it(c
     assert document_ids(client, internist) == set()
 
 
+@pytest.mark.parametrize("element, value", [
+    ("period", {"start": "2020-01-01", "end": "2020-02-01"}),
+    ("provision", [{"type": "deny", "class": [{"system": "http://hl7.org/fhir/resource-types",
+                                               "code": "DocumentReference"}]}]),
+    ("data", [{"meaning": "instance", "reference": {"reference": "DocumentReference/x"}}]),
+    ("purpose", [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "TREAT"}]),
+], ids=["an ended period", "an exception", "the data it covers", "a purpose"])
+def test_a_consent_whose_provision_says_more_than_the_rules_apply_is_refused(client, bearer, world, element, value):
+    """An authorisation whose period had ended, or which excepted some documents, was stored and
+    applied without them: the professional read the whole record. A decision states its kind, its
+    effect and its actors; one that says more is refused, and grants nothing."""
+    martin, internist = bearer("patient", patient=MARTIN), bearer("doctor", sub=INTERNIST)
+    body = json.loads(consent("professional", "permit", INTERNIST))
+    body["provision"][element] = value
+    refused = client.post("/fhir/Consent", data=json.dumps(body), headers={**FHIR, **martin})
+    assert refused.status_code == 422, refused.json
+    assert (refused.json["issue"][0]["code"], refused.json["issue"][0]["expression"]) == \
+        ("not-supported", [f"Consent.provision.{element}"])
+    assert document_ids(client, internist) == set()
+    granted = client.post("/fhir/Consent", data=consent("professional", "permit", INTERNIST),
+                          headers={**FHIR, **martin})
+    assert granted.status_code == 201, granted.json
+    body["id"] = granted.json["id"]
+    changed = client.put(f"/fhir/Consent/{granted.json['id']}", data=json.dumps(body), headers={**FHIR, **martin})
+    assert changed.status_code == 422 and changed.json["issue"][0]["code"] == "not-supported", changed.json
+
+
 def test_consents_authorise_block_and_revoke(client, bearer, world):
     martin, internist = bearer("patient", patient=MARTIN), bearer("doctor", sub=INTERNIST)
     assert document_ids(client, internist) == set()  # no consent, no access
