@@ -63,8 +63,9 @@ def _known(patient_id: str | None) -> str:
     return patient_id
 
 
-def checked_consent(consent: dict, patient_id: str, access: AccessContext) -> dict:
-    """The Consent as it will be stored, or Refused saying what is wrong with it."""
+def checked_consent(consent: dict, patient_id: str, access: AccessContext, current: dict | None = None) -> dict:
+    """The Consent as it will be stored, or Refused saying what is wrong with it. `current`: the
+    version an update replaces."""
     if consent.get("resourceType") != "Consent":
         raise _refuse("the body is not a Consent", "Consent")
     kind = consent_kind(consent)
@@ -77,7 +78,10 @@ def checked_consent(consent: dict, patient_id: str, access: AccessContext) -> di
     if consent.get("status") not in ("active", "inactive"):
         raise _refuse("Consent.status is active, or inactive to revoke it", "Consent.status")
     provision = consent.get("provision") or {}
-    unapplied = sorted(set(provision) - APPLIED_PROVISION) if isinstance(provision, dict) else []
+    # What a feed's ZFA stated (its action, its value as a code, the record's closing date) stays as
+    # it was in an update: the patient's app sends back the Consent it read.
+    kept = (current or {}).get("provision", {})
+    unapplied = sorted(name for name in set(provision) - APPLIED_PROVISION if provision[name] != kept.get(name))
     if unapplied:
         raise Refused(f"Consent.provision.{unapplied[0]} is not applied here: a decision states its kind, its effect "
                       "(provision.type) and its actors, and holds until it is revoked (a PUT with status inactive)",
@@ -143,7 +147,7 @@ def update(repo: Repository, consent_id: str, consent: dict, if_match: int | Non
     current = repo.read("Consent", consent_id)   # 404 when it is not one of the requester's
     if if_match is not None and current.version != if_match:
         raise PreconditionFailed(current.reference, if_match)
-    stored = checked_consent(consent, current.patient_id, repo.access)
+    stored = checked_consent(consent, current.patient_id, repo.access, current.json())
     stored["id"] = consent_id
     try:
         with repo.unit_of_work(Write.CONSENT) as uow:

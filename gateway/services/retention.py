@@ -61,7 +61,7 @@ def reopen_record(repo: Repository) -> None:
     with repo.unit_of_work(Write.CONSENT) as uow:
         patient_id = consents.own_record(uow)
         for closure in uow.closures(patient_id):
-            uow.save(consents.checked_consent(consents.inactive(closure), patient_id, repo.access),
+            uow.save(consents.checked_consent(consents.inactive(closure), patient_id, repo.access, closure.json()),
                      patient_id=patient_id, method="PUT")
         uow.withdraw_destruction(patient_id)
 

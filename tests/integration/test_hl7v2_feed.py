@@ -108,6 +108,14 @@ def test_adt_creates_then_updates_the_patient_with_its_consents(client):
     assert fhir_get(client, f"/fhir/Patient/{patient['id']}").status_code == 404
     consents = client.get(f"/fhir/Consent?category={ZFA}|consultation", headers=as_martin).json
     assert consents["total"] == 1 and consents["entry"][0]["resource"]["provision"]["type"] == "deny"
+    # The patient's app lifts the opposition, sending back the Consent it read: what the ZFA stated
+    # (its action, its value) stays as it was; the decision is the patient's own now.
+    lifted = consents["entry"][0]["resource"]
+    lifted["provision"]["type"] = "permit"
+    answer = client.put(f"/fhir/Consent/{lifted['id']}", data=json.dumps(lifted),
+                        headers={**as_martin, "Content-Type": "application/fhir+json"})
+    assert answer.status_code == 200 and answer.json["provision"]["code"] == lifted["provision"]["code"], answer.json
+    assert fhir_get(client, f"/fhir/Patient/{patient['id']}").status_code == 200
 
 
 def test_accented_names_are_identical_from_utf8_and_8859_15(client):
