@@ -11,6 +11,7 @@ Consent kinds (Consent.category, system CONSENT_KIND_SYSTEM; PAM-FR ZFA consents
 from __future__ import annotations
 
 from gateway.mapping import codes
+from gateway.refusal import Refused
 
 CONSENT_KIND_SYSTEM = "urn:dmp-gateway:consent-kind"
 ZFA_SYSTEM = "urn:hl7-france:pam-fr:zfa"
@@ -21,6 +22,10 @@ KINDS_WITH_ACTOR = ("professional", "attending-physician")
 
 IDNATPS_SYSTEM = f"urn:oid:{codes.IDNATPS_OID}"
 ORGANIZATION_SYSTEMS = (codes.FINESS_SYSTEM, f"urn:oid:{codes.IDNATST_OID}")
+
+# TRE_A07 by its canonical URL, and by its OID (1.2.250.1.213.1.1.4.13), as XDS and HL7v2 name it.
+VISIBILITY_SYSTEMS = (codes.VISIBILITY_SYSTEM, "urn:oid:1.2.250.1.213.1.1.4.13")
+SPELT_VISIBILITY = {*codes.VISIBILITY_DISPLAYS, "INVISIBLE_REP_LEGAUX"}
 
 MASQUE_PS = "MASQUE_PS"
 INVISIBLE_PATIENT = "INVISIBLE_PATIENT"
@@ -58,6 +63,36 @@ def rules_of(consent: dict, patient_id: str) -> list[dict]:
     if kind in KINDS_WITH_ACTOR:
         return [{**base, "actor_system": system, "actor_value": value} for system, value in consent_actors(consent)]
     return [{**base, "actor_system": "", "actor_value": ""}]
+
+
+def applied_labels(labels: list, location: str) -> list:
+    """A document's security labels as sent (a submission's, a PATCH's), as the gateway keeps them,
+    or Refused. A visibility label (TRE_A07) is applied, so one the gateway cannot apply is refused,
+    where it was kept or dropped and ignored: the document it was to hide (from the patient until
+    the announcement) was shown. TRE_A07 known by its OID is TRE_A07; a visibility code under
+    another system or none, a code JDV_J58 does not hold (MASQUE_PT, MASQUE_PSOCIAL), or the
+    HL7v2 spelling INVISIBLE_REP_LEGAUX, is refused."""
+    kept = []
+    for index, label in enumerate(labels):
+        codings = label.get("coding", []) if isinstance(label, dict) else []
+        codings = [coding for coding in codings if isinstance(coding, dict)] if isinstance(codings, list) else []
+        for place, coding in enumerate(codings):
+            code, system = coding.get("code"), coding.get("system")
+            where = f"{location}[{index}].coding[{place}]"
+            if system in VISIBILITY_SYSTEMS and code not in codes.VISIBILITY_DISPLAYS:
+                spelt = (" (HL7v2's spelling of INVISIBLE_REPRESENTANTS_LEGAUX)"
+                         if code == "INVISIBLE_REP_LEGAUX" else "")
+                raise Refused(f"the visibility label {code}{spelt} is not one the DMP applies (JDV_J58): "
+                              f"{', '.join(codes.VISIBILITY_DISPLAYS)}", location=where)
+            if system not in VISIBILITY_SYSTEMS and code in SPELT_VISIBILITY:
+                raise Refused(f"{code} is a visibility label of TRE_A07 ({codes.VISIBILITY_SYSTEM}): under "
+                              f"{'the system ' + str(system) if system else 'no system'} it would not be applied",
+                              location=f"{where}.system")
+        if any(coding.get("system") == VISIBILITY_SYSTEMS[1] for coding in codings):
+            label = dict(label, coding=[dict(coding, system=codes.VISIBILITY_SYSTEM) if coding.get("system")
+                                        in VISIBILITY_SYSTEMS else coding for coding in codings])
+        kept.append(label)
+    return kept
 
 
 def visibility_codes(resource: dict) -> set[str]:

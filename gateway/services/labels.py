@@ -17,7 +17,7 @@ import re
 
 import jsonpatch
 
-from gateway.access.rules import visibility_codes
+from gateway.access.rules import applied_labels, visibility_codes
 from gateway.access.writes import Producers, Write
 from gateway.refusal import Refused
 from gateway.fhir.validation import InvalidResource, validate
@@ -119,10 +119,7 @@ def _labels(repo: Repository, current: StoredResource, before: dict, after: dict
     if not confidentiality_after - {"N"} <= confidentiality_before:
         raise _refuse("the confidentiality stays as authored; only the visibility labels (TRE_A07) may change",
                       "DocumentReference.securityLabel")
-    wanted = visibility_codes(after)
-    unknown = wanted - set(codes.VISIBILITY_DISPLAYS)
-    if unknown:
-        raise _refuse(f"unknown visibility label {', '.join(sorted(unknown))}", "DocumentReference.securityLabel")
+    wanted = visibility_codes({"securityLabel": applied_labels(labels, "DocumentReference.securityLabel")})
     changed = visibility_codes(before) ^ wanted
     if not changed:
         return current

@@ -288,6 +288,76 @@ def test_a_document_s_metadata_mhd_refuses_is_refused_not_kept(client, lps, chan
                       ).json["total"] == 0
 
 
+TRE_A07_OID = "urn:oid:1.2.250.1.213.1.1.4.13"
+
+
+@pytest.mark.parametrize("system, code, where", [
+    (None, "INVISIBLE_PATIENT", "coding[0].system"),
+    ("http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "INVISIBLE_PATIENT", "coding[0].system"),
+    (VISIBILITY, "INVISIBLE_REP_LEGAUX", "coding[0]"),
+    (VISIBILITY, "MASQUE_PT", "coding[0]"),
+], ids=["no system", "another system", "HL7v2's spelling", "outside JDV_J58"])
+def test_a_visibility_label_the_gateway_cannot_apply_is_refused(client, bearer, lps, system, code, where):
+    """A document to be kept from the patient until it is announced, labelled INVISIBLE_PATIENT
+    without TRE_A07's system, or hidden from representatives under HL7v2's spelling, was registered
+    and shown: the label was kept (ITI-105) or dropped (a CDA in ITI-65), and not applied. It is
+    refused, in a submission and in a PATCH, and nothing of it is kept."""
+    label = {"coding": [{**({"system": system} if system else {}), "code": code}]}
+    published = example("DocumentReference-example-td2-iti105-publication-simplifiee.json")
+    published["securityLabel"] = [label]
+    refused = client.post("/fhir/DocumentReference", headers={**FHIR, **lps}, data=json.dumps(published))
+    assert refused.status_code == 422, refused.data[:400]
+    assert refused.json["issue"][0]["expression"] == [f"DocumentReference.securityLabel[0].{where}"], refused.json
+    submission = example("Bundle-example-td2-iti65-lot-soumission.json")
+    entry = next(e for e in submission["entry"] if e["resource"]["resourceType"] == "DocumentReference")
+    entry["resource"]["securityLabel"] = [label]
+    assert client.post("/fhir", headers={**FHIR, **lps}, data=json.dumps(submission)).status_code == 422
+    query = {"patient.identifier": f"{INS_SYSTEM}|{INS}"}
+    assert client.get("/fhir/DocumentReference", headers=lps, query_string=query).json["total"] == 0
+
+    published["securityLabel"] = [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality",
+                                               "code": "N"}]}]
+    created = client.post("/fhir/DocumentReference", headers={**FHIR, **lps}, data=json.dumps(published))
+    assert created.status_code == 201, created.json
+    patch = [{"op": "replace", "path": "/securityLabel/0", "value": label}]
+    refused = client.patch(f"/fhir/DocumentReference/{created.json['id']}", headers={**PATCH, **lps},
+                           data=json.dumps(patch))
+    assert refused.status_code == 422, refused.json
+    assert client.get(f"/fhir/DocumentReference/{created.json['id']}", headers=lps).json["meta"]["versionId"] == "1"
+
+
+def test_tre_a07_named_by_its_oid_is_applied(client, bearer, lps):
+    """TRE_A07 named by its OID, as XDS and HL7v2 name it: INVISIBLE_PATIENT under it was ignored,
+    and the patient read the document before its announcement. It is TRE_A07, kept under its
+    canonical URL."""
+    published = example("DocumentReference-example-td2-iti105-publication-simplifiee.json")
+    published["securityLabel"] = [{"coding": [{"system": TRE_A07_OID, "code": "INVISIBLE_PATIENT"}]}]
+    created = client.post("/fhir/DocumentReference", headers={**FHIR, **lps}, data=json.dumps(published))
+    assert created.status_code == 201, created.json
+    assert created.json["securityLabel"] == [{"coding": [{"system": VISIBILITY, "code": "INVISIBLE_PATIENT"}]}]
+    patient = bearer("patient", patient=INS)
+    assert client.get(f"/fhir/DocumentReference/{created.json['id']}", headers=patient).status_code == 404
+    submission = example("Bundle-example-td2-iti65-lot-soumission.json")
+    entry = next(e for e in submission["entry"] if e["resource"]["resourceType"] == "DocumentReference")
+    entry["resource"]["securityLabel"] = [{"coding": [{"system": TRE_A07_OID, "code": "INVISIBLE_PATIENT"}]}]
+    answer = client.post("/fhir", headers={**FHIR, **lps}, data=json.dumps(submission))
+    assert answer.status_code == 200, answer.json
+    document = next(e["response"]["location"] for e in answer.json["entry"]
+                    if e["response"]["location"].startswith("DocumentReference/")).rsplit("/_history", 1)[0]
+    assert client.get(f"/fhir/{document}", headers=patient).status_code == 404
+    mask = [{"op": "add", "path": "/securityLabel/-", "value": {"coding": [{"system": TRE_A07_OID,
+                                                                            "code": "MASQUE_PS"}]}}]
+    masked = client.patch(f"/fhir/{document}", headers={**PATCH, **lps}, data=json.dumps(mask))
+    assert masked.status_code == 200, masked.json
+    assert {c["code"] for label in masked.json["securityLabel"] for c in label["coding"]
+            if c["system"] == VISIBILITY} == {"INVISIBLE_PATIENT", "MASQUE_PS"}
+    if profiles.available():
+        checked = profiles.Collected()
+        checked.add(created.json)
+        checked.add(masked.json)
+        assert not checked.errors(), "\n".join(checked.errors())
+
+
 def test_a_fhir_document_is_read_at_its_bundle_url_through_its_document_s_rules(client, bearer, lps):
     """A FHIR document (a Bundle of type document) published with ITI-105 is kept in a Binary and
     read at Bundle/[id] (TD3.2). That Binary follows its DocumentReference's labels as any other
