@@ -92,6 +92,10 @@ def checked_consent(consent: dict, patient_id: str, access: AccessContext, curre
     if kind == "attending-physician" and effect != "permit":
         raise _refuse("the attending physician is named with provision.type permit", "Consent.provision.type")
     actors = consent_actors(consent)
+    if len(actors) != len(provision.get("actor", [])):
+        # An actor named otherwise (a literal reference, an identifier without its system) is no
+        # rule: a block of them was kept and ignored beside the others named.
+        raise _refuse("each actor is named by its identifier (system and value)", "Consent.provision.actor")
     if kind in KINDS_WITH_ACTOR:
         allowed_systems = (IDNATPS_SYSTEM,) + (ORGANIZATION_SYSTEMS if kind == "professional" else ())
         if not actors or any(system not in allowed_systems for system, _ in actors):

@@ -115,6 +115,17 @@ def test_a_consent_whose_provision_says_more_than_the_rules_apply_is_refused(cli
     assert changed.status_code == 422 and changed.json["issue"][0]["code"] == "not-supported", changed.json
 
 
+def test_a_consent_naming_an_actor_otherwise_than_by_identifier_is_refused(client, bearer, world):
+    """A block of two professionals, one named by identifier and one by a literal reference, was
+    kept and blocked the first only."""
+    martin = bearer("patient", patient=MARTIN)
+    body = json.loads(consent("professional", "deny", INTERNIST))
+    body["provision"]["actor"].append({**body["provision"]["actor"][0], "reference": {"reference": "Practitioner/x"}})
+    refused = client.post("/fhir/Consent", data=json.dumps(body), headers={**FHIR, **martin})
+    assert refused.status_code == 422 and refused.json["issue"][0]["expression"] == ["Consent.provision.actor"], \
+        refused.json
+
+
 def test_consents_authorise_block_and_revoke(client, bearer, world):
     martin, internist = bearer("patient", patient=MARTIN), bearer("doctor", sub=INTERNIST)
     assert document_ids(client, internist) == set()  # no consent, no access
