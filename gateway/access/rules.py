@@ -23,9 +23,10 @@ KINDS_WITH_ACTOR = ("professional", "attending-physician")
 IDNATPS_SYSTEM = f"urn:oid:{codes.IDNATPS_OID}"
 ORGANIZATION_SYSTEMS = (codes.FINESS_SYSTEM, f"urn:oid:{codes.IDNATST_OID}")
 
-# TRE_A07 by its canonical URL, and by its OID (1.2.250.1.213.1.1.4.13), as XDS and HL7v2 name it.
+# TRE_A07 by its canonical URL, and by its OID (1.2.250.1.213.1.1.4.13), as XDS and HL7v2 name it;
+# the codes that spell a visibility label, HL7v2's spelling of one included.
 VISIBILITY_SYSTEMS = (codes.VISIBILITY_SYSTEM, "urn:oid:1.2.250.1.213.1.1.4.13")
-SPELT_VISIBILITY = {*codes.VISIBILITY_DISPLAYS, "INVISIBLE_REP_LEGAUX"}
+VISIBILITY_SPELLINGS = {*codes.VISIBILITY_DISPLAYS, "INVISIBLE_REP_LEGAUX"}
 
 MASQUE_PS = "MASQUE_PS"
 INVISIBLE_PATIENT = "INVISIBLE_PATIENT"
@@ -84,7 +85,7 @@ def applied_labels(labels: list, location: str) -> list:
                          if code == "INVISIBLE_REP_LEGAUX" else "")
                 raise Refused(f"the visibility label {code}{spelt} is not one the DMP applies (JDV_J58): "
                               f"{', '.join(codes.VISIBILITY_DISPLAYS)}", location=where)
-            if system not in VISIBILITY_SYSTEMS and code in SPELT_VISIBILITY:
+            if system not in VISIBILITY_SYSTEMS and code in VISIBILITY_SPELLINGS:
                 raise Refused(f"{code} is a visibility label of TRE_A07 ({codes.VISIBILITY_SYSTEM}): under "
                               f"{'the system ' + str(system) if system else 'no system'} it would not be applied",
                               location=f"{where}.system")

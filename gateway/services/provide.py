@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from gateway import base64text
-from gateway.access.rules import applied_labels, binary_ids
+from gateway.access.rules import VISIBILITY_SPELLINGS, applied_labels, binary_ids
 from gateway.access.writes import Write
 from gateway.refusal import Refused
 from gateway.cda.header import II
@@ -142,9 +142,14 @@ def _provide(repo: Repository, received: Received, bundle_of: Callable[[dict], d
         bundle = read["submitted"] = bundle_of(read)
         documents, signatures, lists, binaries, patches = _classify(bundle)
         for item in documents + signatures:
+            where = f"Bundle.entry[{item.index}].resource"
             if "securityLabel" in item.resource:
-                item.resource["securityLabel"] = applied_labels(item.resource["securityLabel"],
-                                                                f"Bundle.entry[{item.index}].resource.securityLabel")
+                labels = item.resource["securityLabel"]
+                item.resource["securityLabel"] = applied_labels(labels, f"{where}.securityLabel")
+            if any(isinstance(coding, dict) and coding.get("code") in VISIBILITY_SPELLINGS
+                   for coding in item.resource.get("meta", {}).get("security", [])):
+                raise _refuse("a document's visibility labels are its securityLabel (PDSm): in meta.security they "
+                              "would not be applied", f"{where}.meta.security")
             _attach_binary(item, bundle, binaries, max_bytes)
         # Decoded, a Binary's base64 text is not needed again: dropped before the documents are
         # read (a 20 MB document is 27 MB of it).

@@ -326,6 +326,16 @@ def test_a_visibility_label_the_gateway_cannot_apply_is_refused(client, bearer, 
     assert client.get(f"/fhir/DocumentReference/{created.json['id']}", headers=lps).json["meta"]["versionId"] == "1"
 
 
+def test_a_visibility_label_in_meta_security_is_refused(client, lps):
+    """meta.security labels the resource, not the document (PDSm puts a document's labels in
+    securityLabel): a document sent INVISIBLE_PATIENT there was registered visible to the patient."""
+    published = example("DocumentReference-example-td2-iti105-publication-simplifiee.json")
+    published["meta"] = {"security": [{"system": VISIBILITY, "code": "INVISIBLE_PATIENT"}]}
+    refused = client.post("/fhir/DocumentReference", headers={**FHIR, **lps}, data=json.dumps(published))
+    assert refused.status_code == 422, refused.data[:400]
+    assert refused.json["issue"][0]["expression"] == ["DocumentReference.meta.security"], refused.json
+
+
 def test_tre_a07_named_by_its_oid_is_applied(client, bearer, lps):
     """TRE_A07 named by its OID, as XDS and HL7v2 name it: INVISIBLE_PATIENT under it was ignored,
     and the patient read the document before its announcement. It is TRE_A07, kept under its
