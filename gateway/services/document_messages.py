@@ -53,6 +53,14 @@ def read(message: Message, max_bytes: int) -> Plan:
     observations = message.all("OBX")
     documents = [(index, obx) for index, obx in enumerate(observations, start=1)
                  if obx.get(2) == "ED" and not v2.is_metadata(obx)]
+    for index, obx in enumerate(observations, start=1):
+        flag, answer = obx.get(3, 1).upper(), obx.get(5, 1).upper()
+        # A flag the gateway applies answers Y or N (the CI-SIS's expandedYes-NoIndicator), or is not
+        # given. Another answer (O for oui, 1, UNK) was taken for N: a document to be kept from the
+        # patient was shown.
+        if v2.is_metadata(obx) and flag in v2.APPLIED_FLAGS and answer not in ("Y", "N", ""):
+            raise MessageRefused(Issue(f"the flag {flag} is answered '{obx.get(5, 1)}' in OBX-5: Y or N "
+                                       "(expandedYes-NoIndicator)", f"OBX^{index}^5", "103"))
     flags = v2.document_flags([obx for obx in observations if v2.is_metadata(obx)])
     if not flags.to_dmp:
         plan.skipped = True

@@ -152,6 +152,21 @@ def test_an_identity_sent_again_unchanged_writes_no_version(client, database):
         assert conn.execute(select(func.count()).select_from(raw_inputs)).scalar_one() == 3
 
 
+@pytest.mark.parametrize("answer", ["O", "1", "UNK"])
+def test_a_flag_answered_otherwise_than_y_or_n_is_refused(client, database, answer):
+    """The document of this T02 is kept from the patient until it is announced (INVISIBLE_PATIENT
+    Y). Answered O (oui), 1 or UNK, the flag was taken for N and the patient read the document: the
+    message is refused (AE, ERR at the flag's OBX-5), and nothing of it is registered."""
+    message = sample("mdm-1-t02-cr-imagerie-irm-lefevre.hl7").replace(
+        b"INVISIBLE_PATIENT^Document Non Visible par le patient^MetaDMPMSS||Y^",
+        b"INVISIBLE_PATIENT^Document Non Visible par le patient^MetaDMPMSS||" + answer.encode() + b"^")
+    code, segments = post(client, message)
+    assert code == "AE" and errors(segments)[0][2] == "OBX^3^5" and errors(segments)[0][3].startswith("103"), segments
+    with database[0].connect() as conn:
+        assert conn.execute(select(func.count()).select_from(resources)
+                            .where(resources.c.res_type == "DocumentReference")).scalar_one() == 0
+
+
 def test_t02_t10_t04_register_replace_and_delete(client):
     lefevre = PATIENTS["lefevre"]
     code, _ = post(client, sample("mdm-1-t02-cr-imagerie-irm-lefevre.hl7"))
