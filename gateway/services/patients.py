@@ -180,7 +180,14 @@ def _stored(uow: UnitOfWork, res_type: str, res_id: str | None, *, for_update: b
 
 def prepare_consents(zfa: Segment) -> dict[str, dict]:
     """The Consents a ZFA states, by kind, validated before any transaction; the unit of work
-    gives each its id and its patient."""
+    gives each its id and its patient. A value the gateway does not know is refused: it was taken
+    for "not collected", and an opposition spelt otherwise left the record open."""
+    for kind, (value_field, *_) in v2.CONSENT_KINDS.items():
+        value = zfa.get(value_field)
+        if value.upper() not in v2.CONSENT_VALUES and value.upper() not in ("NA", ""):
+            raise MessageRefused(Issue(f"ZFA-{value_field} ({kind}) is '{value}': one of "
+                                       f"{', '.join(v2.CONSENT_VALUES)} or NA (not collected)",
+                                       f"ZFA^1^{value_field}", "103"))
     stated = v2.consents(zfa, f"Patient/{mapping.UNSET_ID}")
     return {kind: valid_from_message(consent, "ZFA^1") for kind, consent in stated.items()}
 

@@ -132,7 +132,7 @@ def test_an_identity_sent_again_unchanged_writes_no_version(client, database):
     """A feed resends a patient's identity and consents with each admission and update: what
     changes nothing is acknowledged and kept raw, but writes no version, index row or AuditEvent."""
     ipp = "900000073"
-    zfa = "ZFA|ACTIF|20260312080000|||||||INO|20260312080000|INO|20260312080000"
+    zfa = "ZFA|ACTIF|20260312080000|||||||INO|20260312080000|IC|20260312080000"
 
     def stored() -> dict:
         """Versions written, per type: each resource's current version number, summed."""
@@ -150,6 +150,19 @@ def test_an_identity_sent_again_unchanged_writes_no_version(client, database):
     assert after["Patient"] == 2 and after["Consent"] == 2 and after["AuditEvent"] == before["AuditEvent"] + 1
     with database[0].connect() as conn:
         assert conn.execute(select(func.count()).select_from(raw_inputs)).scalar_one() == 3
+
+
+@pytest.mark.parametrize("zfa, where", [
+    ("ZFA|ACTIF|20260312080000|||||||INO|20260312080000|OPPOSITION|20260312080000", "ZFA^1^11"),
+    ("ZFA|ACTIF|20260312080000|||||||NON|20260312080000|IC|20260312080000", "ZFA^1^9"),
+], ids=["consultation", "feeding"])
+def test_a_consent_value_the_gateway_does_not_know_is_refused(client, database, zfa, where):
+    """An opposition spelt otherwise than the PAM-FR values was taken for "not collected", and the
+    record stayed open to consultation (or to feeding): the message is refused, AE with ERR 103."""
+    code, segments = post(client, adt("A28", "ZFAX", pid("900000777", "OPPOSE"), zfa))
+    assert code == "AE" and errors(segments)[0][2] == where and errors(segments)[0][3].startswith("103"), segments
+    with database[0].connect() as conn:
+        assert conn.execute(select(func.count()).select_from(resources)).scalar_one() == 0
 
 
 @pytest.mark.parametrize("answer", ["O", "1", "UNK"])
