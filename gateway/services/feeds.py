@@ -113,11 +113,14 @@ class PreparedIdentity:
     patient: patients.PreparedPatient | None
     ids: list   # the PID-3 identifiers, which find the patient
     consents: list[dict[str, dict]]
+    unread: list[Issue]   # what of its ZFA segments the gateway does not read, said in the ACK
 
 
 def _read_identity(message: Message, max_bytes: int) -> PreparedIdentity:
     prepared = patients.prepare_patient(_required(message, "PID"))
-    return PreparedIdentity(prepared, prepared.ids, [patients.prepare_consents(z) for z in message.all("ZFA")])
+    zfas = message.all("ZFA")
+    return PreparedIdentity(prepared, prepared.ids, [patients.prepare_consents(z) for z in zfas],
+                            patients.unread_oppositions(zfas))
 
 
 def _identity(uow, prepared: PreparedIdentity, applied, base_url) -> None:
@@ -130,8 +133,9 @@ def _read_movement(message: Message, max_bytes: int) -> PreparedIdentity | None:
     pid = patients.single(message, "PID")
     if pid is None or message.first("ZFA") is None:
         return None
-    return PreparedIdentity(None, patients.checked_ids(pid, 3),
-                            [patients.prepare_consents(z) for z in message.all("ZFA")])
+    zfas = message.all("ZFA")
+    return PreparedIdentity(None, patients.checked_ids(pid, 3), [patients.prepare_consents(z) for z in zfas],
+                            patients.unread_oppositions(zfas))
 
 
 def _movement(uow, prepared: PreparedIdentity | None, applied, base_url) -> None:
@@ -143,6 +147,7 @@ def _movement(uow, prepared: PreparedIdentity | None, applied, base_url) -> None
 def _consents(uow, prepared: PreparedIdentity, patient_id, applied) -> None:
     for consents in prepared.consents:
         patients.record_consents(uow, consents, patient_id, applied)
+    applied.issues.extend(prepared.unread)
 
 
 def _merge(uow, message, applied, base_url) -> None:

@@ -178,6 +178,21 @@ def _stored(uow: UnitOfWork, res_type: str, res_id: str | None, *, for_update: b
     return current.json() if current is not None and not current.deleted else None
 
 
+# ZFA-6 and ZFA-7: the patient's oppositions to break-the-glass and to the SAMU regulator's
+# access, usage X in PAM-FR 2.11 and not read (the patient records them as Consents).
+UNREAD_OPPOSITIONS = {6: "break-the-glass access", 7: "the SAMU regulator's access"}
+
+
+def unread_oppositions(zfas: list[Segment]) -> list[Issue]:
+    """A warning for each opposition a ZFA states that the gateway does not read: a feed of an
+    earlier PAM-FR that sent one got AA and nothing told it that the opposition was not recorded."""
+    return [Issue(f"ZFA-{number} (the patient's opposition to {what}) is not read (usage X in PAM-FR 2.11): the "
+                  "opposition is not recorded; the patient records it in their decisions", f"ZFA^{index}^{number}",
+                  "0", "W")
+            for index, zfa in enumerate(zfas, start=1) for number, what in UNREAD_OPPOSITIONS.items()
+            if zfa.get(number).upper() == "Y"]
+
+
 def prepare_consents(zfa: Segment) -> dict[str, dict]:
     """The Consents a ZFA states, by kind, validated before any transaction; the unit of work
     gives each its id and its patient. A value the gateway does not know is refused: it was taken

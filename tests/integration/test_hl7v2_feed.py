@@ -165,6 +165,19 @@ def test_a_consent_value_the_gateway_does_not_know_is_refused(client, database, 
         assert conn.execute(select(func.count()).select_from(resources)).scalar_one() == 0
 
 
+def test_an_opposition_the_gateway_does_not_read_is_told_in_the_ack(client):
+    """ZFA-6 and ZFA-7 (oppositions to break-the-glass and to the regulator) are usage X in PAM-FR
+    2.11, and not read. A feed of an earlier PAM-FR that sent one got AA and nothing more: the ACK
+    says, as a warning, that the opposition is not recorded. The identity and ZFA-9/11 are."""
+    zfa = "ZFA|ACTIF|20260312080000||||Y|N|20260312080000|INO|20260312080000|IC|20260312080000"
+    code, segments = post(client, adt("A28", "ZFA6", pid("900000778", "OPPOSE"), zfa))
+    assert code == "AA", segments
+    assert [(e[2], e[3].split("^")[0], e[4]) for e in errors(segments)] == [("ZFA^1^6", "0", "W")], segments
+    assert "break-the-glass" in errors(segments)[0][8]
+    assert search(client, "Patient?identifier=urn:oid:1.2.250.1.213.1.1.9.1001|900000778")["total"] == 1
+    assert post(client, adt("A28", "ZFA7", pid("900000779", "SANS"), zfa.replace("|Y|N|", "|N|N|")))[1][2:] == []
+
+
 @pytest.mark.parametrize("answer", ["O", "1", "UNK"])
 def test_a_flag_answered_otherwise_than_y_or_n_is_refused(client, database, answer):
     """The document of this T02 is kept from the patient until it is announced (INVISIBLE_PATIENT
