@@ -116,11 +116,16 @@ class PreparedIdentity:
     unread: list[Issue]   # what of its ZFA segments the gateway does not read, said in the ACK
 
 
+def _prepared(patient: patients.PreparedPatient | None, ids: list, message: Message) -> PreparedIdentity:
+    """The identity, with what the message's ZFA segments state and what of them is not read."""
+    zfas = message.all("ZFA")
+    return PreparedIdentity(patient, ids, [patients.prepare_consents(z) for z in zfas],
+                            patients.unread_oppositions(zfas))
+
+
 def _read_identity(message: Message, max_bytes: int) -> PreparedIdentity:
     prepared = patients.prepare_patient(_required(message, "PID"))
-    zfas = message.all("ZFA")
-    return PreparedIdentity(prepared, prepared.ids, [patients.prepare_consents(z) for z in zfas],
-                            patients.unread_oppositions(zfas))
+    return _prepared(prepared, prepared.ids, message)
 
 
 def _identity(uow, prepared: PreparedIdentity, applied, base_url) -> None:
@@ -133,9 +138,7 @@ def _read_movement(message: Message, max_bytes: int) -> PreparedIdentity | None:
     pid = patients.single(message, "PID")
     if pid is None or message.first("ZFA") is None:
         return None
-    zfas = message.all("ZFA")
-    return PreparedIdentity(None, patients.checked_ids(pid, 3), [patients.prepare_consents(z) for z in zfas],
-                            patients.unread_oppositions(zfas))
+    return _prepared(None, patients.checked_ids(pid, 3), message)
 
 
 def _movement(uow, prepared: PreparedIdentity | None, applied, base_url) -> None:
