@@ -25,7 +25,8 @@ ORGANIZATION_SYSTEMS = (codes.FINESS_SYSTEM, f"urn:oid:{codes.IDNATST_OID}")
 
 # TRE_A07 by its canonical URL, and by its OID (1.2.250.1.213.1.1.4.13), as XDS and HL7v2 name it;
 # the codes that spell a visibility label, HL7v2's spelling of one included.
-VISIBILITY_SYSTEMS = (codes.VISIBILITY_SYSTEM, "urn:oid:1.2.250.1.213.1.1.4.13")
+VISIBILITY_OID_SYSTEM = "urn:oid:1.2.250.1.213.1.1.4.13"
+VISIBILITY_SYSTEMS = (codes.VISIBILITY_SYSTEM, VISIBILITY_OID_SYSTEM)
 VISIBILITY_SPELLINGS = {*codes.VISIBILITY_DISPLAYS, "INVISIBLE_REP_LEGAUX"}
 
 MASQUE_PS = "MASQUE_PS"
@@ -89,9 +90,10 @@ def applied_labels(labels: list, location: str) -> list:
                 raise Refused(f"{code} is a visibility label of TRE_A07 ({codes.VISIBILITY_SYSTEM}): under "
                               f"{'the system ' + str(system) if system else 'no system'} it would not be applied",
                               location=f"{where}.system")
-        if any(coding.get("system") == VISIBILITY_SYSTEMS[1] for coding in codings):
-            label = dict(label, coding=[dict(coding, system=codes.VISIBILITY_SYSTEM) if coding.get("system")
-                                        in VISIBILITY_SYSTEMS else coding for coding in codings])
+        if any(coding.get("system") == VISIBILITY_OID_SYSTEM for coding in codings):
+            label = dict(label, coding=[dict(coding, system=codes.VISIBILITY_SYSTEM)
+                                        if coding.get("system") == VISIBILITY_OID_SYSTEM else coding
+                                        for coding in codings])
         kept.append(label)
     return kept
 

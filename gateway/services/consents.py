@@ -151,12 +151,13 @@ def update(repo: Repository, consent_id: str, consent: dict, if_match: int | Non
     current = repo.read("Consent", consent_id)   # 404 when it is not one of the requester's
     if if_match is not None and current.version != if_match:
         raise PreconditionFailed(current.reference, if_match)
-    stored = checked_consent(consent, current.patient_id, repo.access, current.json())
+    current_consent = current.json()
+    stored = checked_consent(consent, current.patient_id, repo.access, current_consent)
     stored["id"] = consent_id
     try:
         with repo.unit_of_work(Write.CONSENT) as uow:
             patient_id = own_record(uow, stored)
-            dated = stored if "dateTime" in consent else {**stored, "dateTime": current.json().get("dateTime")}
+            dated = stored if "dateTime" in consent else {**stored, "dateTime": current_consent.get("dateTime")}
             unchanged = uow.current_if_unchanged(dated, patient_id)
             if unchanged is not None and if_match in (None, unchanged.version):
                 return unchanged
