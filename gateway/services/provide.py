@@ -269,11 +269,26 @@ def _classify(bundle: dict):
             raise _refuse(f"{kind} is not part of an ITI-65 submission", f"{where}.resource.resourceType")
     if not documents:
         raise _refuse("the submission has no DocumentReference", "Bundle.entry")
-    submission_sets = sum(submission.is_submission_set(item.resource) for item in lists)
-    if submission_sets != 1:
-        raise _refuse(f"the submission has {submission_sets or 'no'} SubmissionSet Lists: it has one (MHD)",
+    submission_sets = [item for item in lists if submission.is_submission_set(item.resource)]
+    if len(submission_sets) != 1:
+        raise _refuse(f"the submission has {len(submission_sets) or 'no'} SubmissionSet Lists: it has one (MHD)",
                       "Bundle.entry")
+    _check_members(bundle, submission_sets[0], documents + signatures + lists)
     return documents, signatures, lists, binaries, patches
+
+
+def _check_members(bundle: dict, submission_set: Submitted, members: list[Submitted]) -> None:
+    """The SubmissionSet lists every DocumentReference and Folder of its submission, as XDS
+    associates each with its SubmissionSet (HasMember), and as every example of MHD and PDSM4DMP
+    does. One it left out was registered in no SubmissionSet, and the submission sent again
+    registered a second SubmissionSet: what it listed was not new."""
+    listed = {_item_reference(entry) for entry in submission_set.resource.get("entry", [])
+              if isinstance(entry, dict)}
+    for item in members:
+        if item is not submission_set and bundle["entry"][item.index].get("fullUrl") not in listed:
+            raise _refuse(f"the SubmissionSet lists every DocumentReference and Folder of its submission (XDS's "
+                          f"HasMember), by its fullUrl: Bundle.entry[{item.index}] is not among its entries",
+                          f"Bundle.entry[{submission_set.index}].resource.entry")
 
 
 CONDITIONS = ("ifNoneExist", "ifMatch", "ifNoneMatch", "ifModifiedSince")
@@ -497,8 +512,7 @@ def _write_submission_set(uow: UnitOfWork, item: Submitted, named: dict[str, str
         return
     resource = submission.completed(dict(item.resource, id=item.new_id), uow.repository.access.name
                                     or uow.repository.access.subject, uow.repository.access.subject)
-    if entries:   # FHIR's JSON has no empty array
-        resource["entry"] = entries
+    resource["entry"] = entries   # never empty: it lists the submission's documents (_check_members)
     _save_list(uow, item, resource, patient_id, responses)
 
 
@@ -525,7 +539,7 @@ def _sent_again(uow: UnitOfWork, item: Submitted, entries: list[dict], patient_i
     submission sent before (an answer lost, a timeout), known by what it lists, none of it new:
     - a SubmissionSet (the guide's have no identifier; ITI-105's is the gateway's, drawn anew):
       one of the record lists it all. A new submission cannot list only what is registered: a
-      SubmissionSet lists its own documents;
+      SubmissionSet lists its own documents (_check_members);
     - a Folder without identifier (PDSm has it 0..1): one of the record without identifier
       either, with its title and exactly its documents. One under a uniqueId the record does not
       hold is a new Folder, which may gather registered documents."""

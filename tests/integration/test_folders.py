@@ -37,9 +37,13 @@ def submission(name: str, *older: str, method: str = "POST", url: str = "List", 
     `older` (DocumentReference/[id]), listed by its SubmissionSet."""
     bundle = build_submission(sample(name), LIMIT)
     document = bundle["entry"][1]["fullUrl"]
-    bundle["entry"][0]["resource"]["entry"].append({"item": {"reference": FOLDER_URL}})
-    bundle["entry"].append({"fullUrl": FOLDER_URL, "request": {"method": method, "url": url},
-                            "resource": folder(*older, document, unique_id=unique_id)})
+    return with_folder(bundle, folder(*older, document, unique_id=unique_id), method, url)
+
+
+def with_folder(bundle: dict, resource: dict, method: str = "POST", url: str = "List", full_url: str = FOLDER_URL):
+    """The submission `bundle` with the Folder `resource`, which its SubmissionSet lists."""
+    bundle["entry"][0]["resource"]["entry"].append({"item": {"reference": full_url}})
+    bundle["entry"].append({"fullUrl": full_url, "request": {"method": method, "url": url}, "resource": resource})
     return bundle
 
 
@@ -92,8 +96,7 @@ def test_a_folder_of_new_and_registered_documents_is_created_and_passes_the_prof
     # adds to it.
     other = build_submission(sample("cr-biologie-martin.xml").replace(b"1.2.250.1.213.1.1.9.2.7.1",
                                                                       b"1.2.250.1.213.1.1.9.2.7.9"), LIMIT)
-    other["entry"].append({"fullUrl": FOLDER_URL, "request": {"method": "POST", "url": "List"},
-                           "resource": folder(other["entry"][1]["fullUrl"])})
+    with_folder(other, folder(other["entry"][1]["fullUrl"]), "POST", "List")
     refused = provide(client, other)
     assert refused.status_code == 409 and refused.json["issue"][0]["expression"] == \
         ["Bundle.entry[4].resource.identifier"], refused.json
@@ -113,8 +116,7 @@ def test_a_put_adds_to_a_folder_and_keeps_what_it_held(client, database, bearer,
                               LIMIT)
     held = [e["item"]["reference"] for e in client.get(f"/fhir/{created}").json["entry"]]
     added = copy.deepcopy(second)
-    added["entry"].append({"fullUrl": FOLDER_URL, "request": {"method": "PUT", "url": created},
-                           "resource": folder(*held, added["entry"][1]["fullUrl"])})
+    with_folder(added, folder(*held, added["entry"][1]["fullUrl"]), "PUT", created)
 
     # One that leaves a document out is refused, and nothing of its submission is kept.
     dropping = copy.deepcopy(added)
@@ -147,8 +149,7 @@ def test_a_put_adds_to_a_folder_and_keeps_what_it_held(client, database, bearer,
     third = build_submission(sample("cr-biologie-martin.xml").replace(b"1.2.250.1.213.1.1.9.2.7.1", b"1.2.250.1.213.1.1.9.2.7.3"),
                              LIMIT)
     now = [e["item"]["reference"] for e in stored["entry"]]
-    third["entry"].append({"fullUrl": FOLDER_URL, "request": {"method": "PUT", "url": "List"},
-                           "resource": folder(*now, third["entry"][1]["fullUrl"])})
+    with_folder(third, folder(*now, third["entry"][1]["fullUrl"]), "PUT", "List")
     assert provide(client, third).json["entry"][4]["response"]["location"] == f"{created}/_history/3"
 
     # A document it holds, deleted by its author, is still held: an update names it as it was.
@@ -162,8 +163,7 @@ def test_a_put_adds_to_a_folder_and_keeps_what_it_held(client, database, bearer,
                                                                        b"1.2.250.1.213.1.1.9.2.7.7"), LIMIT)
     now = [e["item"]["reference"] for e in client.get(f"/fhir/{created}").json["entry"]]
     assert locations(first)[1] in now
-    fourth["entry"].append({"fullUrl": FOLDER_URL, "request": {"method": "PUT", "url": created},
-                            "resource": folder(*now, fourth["entry"][1]["fullUrl"])})
+    with_folder(fourth, folder(*now, fourth["entry"][1]["fullUrl"]), "PUT", created)
     assert provide(client, fourth).json["entry"][4]["response"]["location"] == f"{created}/_history/4"
     if profiles.available():
         checked = profiles.Collected()
@@ -207,8 +207,7 @@ def test_a_submission_sent_again_with_a_folder_without_identifier_registers_it_o
 def test_a_put_finds_no_folder_of_another_record(client, database, registered):
     created = locations(provide(client, submission("cr-biologie-martin.xml", registered)))[4]
     other = build_submission(sample("cr-hospitalisation-lefevre.xml"), LIMIT)
-    other["entry"].append({"fullUrl": FOLDER_URL, "request": {"method": "PUT", "url": created},
-                           "resource": folder(other["entry"][1]["fullUrl"])})
+    with_folder(other, folder(other["entry"][1]["fullUrl"]), "PUT", created)
     refused = provide(client, other)
     assert refused.status_code == 422 and refused.json["issue"][0]["code"] == "not-found", refused.json
     assert refused.json["issue"][0]["expression"] == ["Bundle.entry[4].request.url"]
@@ -227,8 +226,7 @@ def test_a_feeding_system_files_in_a_folder_it_does_not_read_and_what_it_held_st
     created = locations(first)[4]
     again = build_submission(sample("cr-biologie-martin.xml").replace(b"1.2.250.1.213.1.1.9.2.7.1",
                                                                       b"1.2.250.1.213.1.1.9.2.7.4"), LIMIT)
-    again["entry"].append({"fullUrl": FOLDER_URL, "request": {"method": "PUT", "url": created},
-                           "resource": folder(again["entry"][1]["fullUrl"])})
+    with_folder(again, folder(again["entry"][1]["fullUrl"]), "PUT", created)
     added = provide(client, again, hospital)
     assert added.status_code == 200, added.json
     assert added.json["entry"][4]["response"] == {"status": "200 OK", "location": f"{created}/_history/2"}
@@ -272,11 +270,11 @@ def _in_folder(change):
     (_in_folder(lambda f: f.__setitem__("subject", {"reference": "Patient?identifier=urn:oid:1.2.250.1.213.1.4.10|"
                                                                   "292086938701277"})),
      "Bundle.entry[4].resource.subject", 422),
-    (lambda b: b["entry"].append({"fullUrl": "urn:uuid:6", "request": {"method": "POST", "url": "List"},
-                                  "resource": folder(FOLDER_URL, unique_id="urn:oid:1.2.250.1.999.7.9")}),
+    (lambda b: with_folder(b, folder(FOLDER_URL, unique_id="urn:oid:1.2.250.1.999.7.9"), full_url="urn:uuid:6"),
      "Bundle.entry[5].resource.entry[0].item", 422),
     (lambda b: b["entry"][0]["resource"]["entry"].append({"item": {"reference": "Patient/x"}}),
      "Bundle.entry[0].resource.entry[2].item", 422),
+    (lambda b: b["entry"][0]["resource"]["entry"].pop(), "Bundle.entry[0].resource.entry", 422),
     (lambda b: b["entry"].append(copy.deepcopy(b["entry"][0]) | {"fullUrl": "urn:uuid:5"}), "Bundle.entry", 422),
     (lambda b: b["entry"][4]["request"].update(method="PUT", url="List/../x"), "Bundle.entry[4].request.url", 422),
     (lambda b: b["entry"][4]["request"].update(method="PUT", url="List/unknown"), "Bundle.entry[4].request.url", 422),
@@ -284,7 +282,8 @@ def _in_folder(change):
 ], ids=["no title", "a source", "retired", "no date", "two designations", "entryUUID not a UUID",
         "a Patient in it", "an unknown document", "a document twice", "another list type", "another patient",
         "a Folder in a Folder",
-        "a SubmissionSet listing a Patient", "two SubmissionSets", "a url beyond List/[id]", "an unknown Folder",
+        "a SubmissionSet listing a Patient", "a Folder its SubmissionSet leaves out", "two SubmissionSets",
+        "a url beyond List/[id]", "an unknown Folder",
         "a SubmissionSet PUT"])
 def test_a_folder_the_profiles_or_the_record_refuse_is_refused_with_its_submission(client, database, registered,
                                                                                    change, expression, status):
@@ -325,8 +324,7 @@ def test_two_updates_of_one_folder_at_once_are_checked_one_after_the_other(clien
     for gateway, last in ((client, b"5"), (second_gateway, b"6")):
         bundle = build_submission(sample("cr-biologie-martin.xml").replace(b"1.2.250.1.213.1.1.9.2.7.1",
                                                                            b"1.2.250.1.213.1.1.9.2.7." + last), LIMIT)
-        bundle["entry"].append({"fullUrl": FOLDER_URL, "request": {"method": "PUT", "url": created},
-                                "resource": folder(*held, bundle["entry"][1]["fullUrl"])})
+        with_folder(bundle, folder(*held, bundle["entry"][1]["fullUrl"]), "PUT", created)
         bundles[gateway] = bundle
     answers = at_once({gateway: lambda gateway=gateway, bundle=bundle: provide(gateway, bundle)
                        for gateway, bundle in bundles.items()}, both_read)
@@ -351,8 +349,7 @@ def test_feeding_systems_adding_to_one_folder_at_once_lose_none_of_it(client, se
     def file(number: int):
         bundle = build_submission(sample("cr-biologie-martin.xml").replace(
             b"1.2.250.1.213.1.1.9.2.7.1", f"1.2.250.1.213.1.1.9.2.7.1{number}".encode()), LIMIT)
-        bundle["entry"].append({"fullUrl": FOLDER_URL, "request": {"method": "PUT", "url": created},
-                                "resource": folder(bundle["entry"][1]["fullUrl"])})
+        with_folder(bundle, folder(bundle["entry"][1]["fullUrl"]), "PUT", created)
         return provide((client, second_gateway)[number % 2], bundle, hospital)
 
     with ThreadPoolExecutor(4) as pool:

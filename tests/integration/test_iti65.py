@@ -279,14 +279,30 @@ def test_a_primitive_in_another_json_type_is_refused_where_it_stands(client, dat
         answer = client.post("/fhir/Patient", data=json.dumps({"resourceType": "Patient", **patient}), headers=FHIR)
         assert answer.status_code == 400 and answer.json["issue"][0]["expression"] == [where], answer.data[:300]
     assert document_count(database[0]) == 0
-    # A SubmissionSet that names no entry is kept without an empty array, which FHIR's JSON has not.
-    bundle = build_submission(sample("cr-biologie-martin.xml"), LIMIT)
-    del bundle["entry"][0]["resource"]["entry"]
-    provided = provide(client, bundle)
-    assert provided.status_code == 200
-    attend_all(database[0])
-    submission_set = client.get("/fhir/" + provided.json["entry"][0]["response"]["location"]).json
-    assert submission_set["resourceType"] == "List" and "entry" not in submission_set
+
+
+@pytest.mark.parametrize("left_out", ["entry", "the document", "the signature"])
+def test_a_submission_set_that_leaves_out_a_document_of_its_submission_is_refused(client, settings, database,
+                                                                                 left_out):
+    """XDS associates each document of a submission with its SubmissionSet (HasMember), and every
+    submission of MHD's and PDSM4DMP's examples lists its documents. One left out was registered in
+    no SubmissionSet, and the submission sent again registered a second SubmissionSet, which listed
+    nothing new (a SubmissionSet without uniqueId is known by what it lists)."""
+    bundle = signed_submission(settings, sample("synthese-moreau.xml"))
+    submission_set = bundle["entry"][0]["resource"]
+    if left_out == "entry":
+        del submission_set["entry"]
+    else:
+        full_url = bundle["entry"][1 if left_out == "the document" else 4]["fullUrl"]
+        submission_set["entry"] = [e for e in submission_set["entry"] if e["item"]["reference"] != full_url]
+    for _ in range(2):
+        refused = provide(client, bundle)
+        assert refused.status_code == 422, refused.json
+        assert refused.json["issue"][0]["expression"] == ["Bundle.entry[0].resource.entry"]
+        assert "HasMember" in refused.json["issue"][0]["diagnostics"]
+    assert document_count(database[0]) == 0
+    with database[0].connect() as conn:
+        assert conn.execute(select(func.count()).select_from(resources)).scalar_one() == 0
 
 
 @pytest.mark.parametrize("change, where, status", [
