@@ -223,3 +223,12 @@ def test_a_submission_sent_again_registered_again_is_caught(target, monkeypatch)
     monkeypatch.setattr("gateway.services.provide._sent_again", lambda *args: False)
     result = outcome(target, "mhd/052-iti65-sent-again", seed=8)["mhd/052-iti65-sent-again"]
     assert result.status == "failed" and result.message.startswith("step 2: entry[*].response.status"), result.message
+
+
+def test_a_submission_set_that_leaves_out_its_document_is_caught(target, monkeypatch):
+    case = "mhd/053-iti65-submission-set-lists-its-documents"
+    result = outcome(target, case)[case]
+    assert result.status == "passed", result.message
+    monkeypatch.setattr("gateway.services.provide._check_members", lambda *args: None)
+    result = outcome(target, case, seed=8)[case]
+    assert result.status == "failed" and result.message.startswith("step 1: "), result.message
