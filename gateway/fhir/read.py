@@ -14,7 +14,8 @@ from gateway.storage.schema import MAX_VERSION
 from .blueprint import fhir
 from .binary import resource_body, retrieve
 from .record_state import patients_with_state
-from .responses import FhirError, fhir_response, negotiate, not_modified, subset_asked, version_headers
+from .responses import (FhirError, fhir_response, negotiate, not_modified, presentation_params, subset_asked,
+                        version_headers)
 
 STORED_TYPES = ("DocumentReference", "Binary", "Patient", "Practitioner", "PractitionerRole", "Organization", "List", "Consent",
                 "AuditEvent", "RelatedPerson")
@@ -100,7 +101,8 @@ def history(res_type: str, res_id: str):
     if len(versions) > count and count:
         kept = [("_count", str(count))] + ([("_since", since)] if since is not None else [])
         links.append({"relation": "next", "url": f"{base}/{res_type}/{res_id}/_history?"
-                                                 + urlencode(kept + [("_below", str(versions[count - 1][0].version))])})
+                                                 + urlencode(kept + [("_below", str(versions[count - 1][0].version))]
+                                                             + presentation_params())})
     bundle = {"resourceType": "Bundle", "type": "history", "total": total, "link": links, "entry": entries}
     return fhir_response(bundle)
 

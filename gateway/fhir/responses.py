@@ -104,6 +104,13 @@ def format_named() -> str | None:
     return "json" if mime in JSON_TYPES else "xml" if mime in XML_FORMATS else "other"
 
 
+def presentation_params() -> list[tuple[str, str]]:
+    """`_format` and `_pretty` as this request's URL gave them, which the links of a page it
+    answers repeat (as HAPI's do): a client that asked for XML by `_format` (a browser, a client
+    that sets no Accept) got the next page in JSON."""
+    return [(name, value) for name in ("_format", "_pretty") for value in request.args.getlist(name)[:1]]
+
+
 def wants_xml() -> bool:
     """Whether this request asked for FHIR XML (_format first, then the best Accept; a _format this
     server does not serve is refused by `negotiate`, but on Binary, whose document it then serves)."""

@@ -13,7 +13,7 @@ from . import subsetting
 from .blueprint import fhir
 from .read import check_type
 from .record_state import patients_with_state
-from .responses import FhirError, fhir_response, negotiate, operation_outcome, preferred
+from .responses import FhirError, fhir_response, negotiate, operation_outcome, preferred, presentation_params
 
 
 def _params_from_request(include_form: bool) -> list[tuple[str, str]]:
@@ -39,7 +39,7 @@ def run_search(res_type: str, params: list[tuple[str, str]]):
 
 def _link(res_type: str, parsed: search_sql.SearchRequest, cursor: str | None) -> str:
     base = current_app.config["SETTINGS"].fhir_base
-    params = list(parsed.base_params) + ([("_cursor", cursor)] if cursor else [])
+    params = list(parsed.base_params) + ([("_cursor", cursor)] if cursor else []) + presentation_params()
     return f"{base}/{res_type}" + (f"?{urlencode(params)}" if params else "")
 
 

@@ -2,11 +2,14 @@
 answers XML to `_format=xml` or `Accept: application/fhir+xml`, and takes XML bodies; the XML is
 parsed without DTD or entities."""
 
+import json
+
 from lxml import etree
 
 from conftest import SAMPLES, attend_all
 from gateway.demo import build_submission
 from gateway.fhir.formats import to_xml
+from gateway.services.consents import decision
 
 FHIR_NS = "{http://hl7.org/fhir}"
 XML = {"Content-Type": "application/fhir+xml", "Accept": "application/fhir+xml"}
@@ -62,3 +65,36 @@ def test_xml_with_a_document_type_declaration_is_refused(client):
     assert "passwd" not in response.get_data(as_text=True)
     utf16 = '<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE a><Patient xmlns="http://hl7.org/fhir"/>'.encode("utf-16")
     assert client.post("/fhir/Patient", data=utf16, headers=XML).status_code == 400
+
+
+def test_the_links_of_a_page_keep_the_format_asked(client, database, bearer):
+    """A page's links repeat `_format` and `_pretty`, as HAPI's do: a client that asked for XML by
+    `_format` (a browser, a client that sets no Accept) followed `next` and got JSON, in a search
+    and in a history."""
+    for name in ("ldl-ses-martin.xml", "cr-biologie-martin.xml"):
+        bundle = build_submission((SAMPLES / "cda" / name).read_bytes(), LIMIT)
+        assert client.post("/fhir", data=to_xml(bundle), headers=XML).status_code == 200
+    attend_all(database[0])
+
+    def links(response) -> dict[str, str]:
+        return {link.find(f"{FHIR_NS}relation").get("value"): link.find(f"{FHIR_NS}url").get("value")
+                .replace("http://gateway.test", "") for link in root(response).findall(f"{FHIR_NS}link")}
+    first = client.get("/fhir/DocumentReference", query_string={"_format": "xml", "_pretty": "true", "_count": "1"})
+    assert all("_format=xml" in url and "_pretty=true" in url for url in links(first).values()), links(first)
+    second = client.get(links(first)["next"])
+    assert len(root(second).findall(f"{FHIR_NS}entry/{FHIR_NS}resource/{FHIR_NS}DocumentReference")) == 1
+    assert second.data.count(b"\n  ") > 10   # indented
+    assert "_format=xml" in links(second)["previous"]
+    assert "_format" not in client.get("/fhir/DocumentReference", query_string={"_count": "1"}).json["link"][1]["url"]
+
+    martin = bearer("patient", patient="185067511204554")
+    made = client.post("/fhir/Consent", data=json.dumps(decision("professional", "permit", "899900000046")),
+                       headers={"Content-Type": "application/fhir+json", **martin}).json
+    revoked = {key: value for key, value in made.items() if key not in ("meta", "dateTime")} | {"status": "inactive"}
+    assert client.put(f"/fhir/Consent/{made['id']}", data=json.dumps(revoked),
+                      headers={"Content-Type": "application/fhir+json", **martin}).status_code == 200
+    history = client.get(f"/fhir/Consent/{made['id']}/_history", query_string={"_format": "xml", "_count": "1"},
+                         headers=martin)
+    older = client.get(links(history)["next"], headers=martin)
+    assert root(older).find(f"{FHIR_NS}entry/{FHIR_NS}resource/{FHIR_NS}Consent/{FHIR_NS}status").get("value") == \
+        "active"
