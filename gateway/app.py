@@ -119,6 +119,10 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         # werkzeug's own text for a path it routes nowhere asks to "check your spelling": it says which.
         described = f"nothing is served at {request.path}" if error.description == NotFound.description \
             else error.description
+        if error.code == 405 and getattr(error, "valid_methods", None):
+            # werkzeug's "The method is not allowed for the requested URL" named neither.
+            served = sorted(method for method in error.valid_methods if method not in ("HEAD", "OPTIONS"))
+            described = f"{request.method} is not served at {request.path}: it takes {', '.join(served)}"
         issue = {"severity": "error", "code": HTTP_ISSUE_CODES.get(error.code, "processing"), "diagnostics": described}
         response = fhir_response(operation_outcome([issue]), error.code)
         if error.code == 405 and hasattr(error, "valid_methods") and error.valid_methods:

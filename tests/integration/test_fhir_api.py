@@ -200,6 +200,11 @@ def test_error_statuses_are_operation_outcomes(client, database):
         assert response.status_code == status, (status, response.data[:200])
         assert response.json["resourceType"] == "OperationOutcome"
         assert response.headers["Content-Type"].startswith("application/fhir+json")
+    # werkzeug's 405 said "The method is not allowed for the requested URL": which, and which are?
+    deleted = cases[2][0]
+    assert deleted.json["issue"][0]["diagnostics"] == \
+        f"DELETE is not served at /fhir/DocumentReference/{created['id']}: it takes GET, PATCH", deleted.json
+    assert set(deleted.headers["Allow"].split(", ")) == {"PATCH", "GET", "HEAD", "OPTIONS"}
 
 
 @pytest.mark.parametrize("accept, answered", [
