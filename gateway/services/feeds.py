@@ -148,8 +148,8 @@ def _movement(uow, prepared: PreparedIdentity | None, applied, base_url) -> None
 
 
 def _consents(uow, prepared: PreparedIdentity, patient_id, applied) -> None:
-    for consents in prepared.consents:
-        patients.record_consents(uow, consents, patient_id, applied)
+    for index, consents in enumerate(prepared.consents, start=1):
+        patients.record_consents(uow, consents, patient_id, applied, index)
     applied.issues.extend(prepared.unread)
 
 

@@ -14,7 +14,7 @@ from gateway.hl7v2.er7 import Message, Segment
 from gateway.mapping import codes
 from gateway.mapping import document as mapping
 from gateway.mapping import hl7v2 as v2
-from gateway.mapping.dates import InvalidTime, ts_to_fhir
+from gateway.mapping.dates import InvalidTime, fhir_range, ts_to_fhir
 from gateway.mapping.identity import compact_ins, ins_key_is_valid
 from gateway.refusal import Refused
 from gateway.storage.repository import UnitOfWork, says_the_same
@@ -207,12 +207,27 @@ def prepare_consents(zfa: Segment) -> dict[str, dict]:
     return {kind: valid_from_message(consent, "ZFA^1") for kind, consent in stated.items()}
 
 
-def record_consents(uow: UnitOfWork, prepared: dict[str, dict], patient_id: str, applied: Applied) -> None:
-    """One Consent per kind and patient, updated in place as new ZFA arrive."""
+def record_consents(uow: UnitOfWork, prepared: dict[str, dict], patient_id: str, applied: Applied,
+                    zfa_index: int) -> None:
+    """One Consent per kind and patient, updated in place as new ZFA arrive (`zfa_index`: the
+    message's ZFA segment that states them, from 1).
+
+    A Consent the patient changed since a feed wrote it (their app lifted an opposition, or made
+    one) is their decision: a ZFA collected before it (ZFA-12 or ZFA-10, else ZFA-2) does not undo
+    it, and the ACK warns that it was not applied. A hospital's next message repeats the ZFA it
+    collected at admission, and it silently reclosed a record the patient had opened, or reopened
+    one the patient had closed."""
     for kind, stated in prepared.items():
         key_system = CONSENT_KEY_SYSTEM + kind
         consent_id = uow.find_by_identifier("Consent", key_system, patient_id)
-        stored = _stored(uow, "Consent", consent_id)
+        current = uow.current("Consent", consent_id) if consent_id else None
+        stored = current.json() if current is not None and not current.deleted else None
+        if stored is not None and _decided_since(stored, current.last_updated, stated):
+            field = v2.CONSENT_KINDS[kind][0]
+            applied.issues.append(Issue(
+                f"ZFA-{field} ({kind}) was collected before the patient's own decision of {current.last_updated[:16]} "
+                "UTC, which stays in force: it is not applied", f"ZFA^{zfa_index}^{field}", "0", "W"))
+            continue
         if consent_id is None:
             consent_id = uow.new_id()
             uow.claim_identifier("Consent", key_system, patient_id, consent_id)
@@ -220,6 +235,16 @@ def record_consents(uow: UnitOfWork, prepared: dict[str, dict], patient_id: str,
         if not says_the_same(consent, stored):
             uow.save(consent, patient_id=patient_id)
             applied.produced.append(f"Consent/{consent_id}")
+
+
+def _decided_since(stored: dict, decided: str, stated: dict) -> bool:
+    """Whether the stored Consent is the patient's decision (a feed's keeps the ZFA category; the
+    patient's update gives it the gateway's kind) made after the ZFA `stated` was collected. A ZFA
+    without any date, or known only to a day the patient decided in, is not after it."""
+    by_a_feed = any(coding.get("system") == v2.ZFA_SYSTEM for category in stored.get("category", [])
+                    for coding in category.get("coding", []))
+    collected = stated.get("dateTime")
+    return not by_a_feed and (collected is None or fhir_range(collected)[0] <= fhir_range(decided)[0])
 
 
 def feeding_consent(uow: UnitOfWork, patient_id: str) -> dict | None:

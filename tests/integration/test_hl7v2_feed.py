@@ -5,6 +5,7 @@ import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -116,6 +117,22 @@ def test_adt_creates_then_updates_the_patient_with_its_consents(client):
                         headers={**as_martin, "Content-Type": "application/fhir+json"})
     assert answer.status_code == 200 and answer.json["provision"]["code"] == lifted["provision"]["code"], answer.json
     assert fhir_get(client, f"/fhir/Patient/{patient['id']}").status_code == 200
+    # The hospital's next message repeats the ZFA it collected on 12 March, before the patient's
+    # decision: the decision stays (the record was closed again, and the patient's choice lost), and
+    # the ACK says the ZFA was not applied. The feeding consent, the feed's own, is as stated.
+    code, segments = post(client, adt("A08", "UPD2", pid(martin["ipp"], "MARTIN-DURAND", martin["ins"]),
+                                      "ZFA|ACTIF|20260312080000|||||||INO|20260312080000|INC|20260312080000"))
+    assert code == "AA" and [(e[2], e[3].split("^")[0], e[4]) for e in errors(segments)] == [("ZFA^1^11", "0", "W")]
+    assert "patient's own decision" in errors(segments)[0][8], segments
+    assert fhir_get(client, f"/fhir/Patient/{patient['id']}").status_code == 200
+    kept = client.get(f"/fhir/Consent/{lifted['id']}", headers=as_martin).json
+    assert kept["provision"]["type"] == "permit" and kept["meta"]["versionId"] == answer.json["meta"]["versionId"]
+    # One collected after the decision (the patient told the hospital again) is applied.
+    later = (datetime.now(timezone.utc) + timedelta(days=1)).strftime("%Y%m%d%H%M%S+0000")
+    code, segments = post(client, adt("A08", "UPD3", pid(martin["ipp"], "MARTIN-DURAND", martin["ins"]),
+                                      f"ZFA|ACTIF|{later}|||||||INO|20260312080000|INC|{later}"))
+    assert code == "AA" and not errors(segments), segments
+    assert fhir_get(client, f"/fhir/Patient/{patient['id']}").status_code == 404
 
 
 def test_accented_names_are_identical_from_utf8_and_8859_15(client):
