@@ -105,6 +105,31 @@ def visibility_codes(resource: dict) -> set[str]:
 
 VISIBILITY_COLUMNS = ("masked", "hidden_from_patient", "hidden_from_representatives")
 
+# What a replacement keeps of the documents it replaces: their masking from professionals and their
+# hiding from legal representatives, which the patient may have asked for after the feed sent them
+# (the replacement, restating the original's flags or giving none, unmasked what the patient had
+# masked). INVISIBLE_PATIENT is the author's to state: a replacement is how an HL7v2 feed, which
+# has no PATCH, announces a document to its patient.
+KEPT_BY_REPLACEMENT = (MASQUE_PS, INVISIBLE_REPRESENTATIVES)
+
+
+def with_replaced_masking(docref: dict, replaced: list[dict]) -> dict:
+    """`docref` with the labels of KEPT_BY_REPLACEMENT that the documents it replaces carry,
+    before its own (where PDSM4DMP's masking PATCH puts a visibility label)."""
+    held = visibility_codes(docref)
+    kept: dict[str, dict] = {}
+    for previous in replaced:
+        for label in previous.get("securityLabel", []):
+            for coding in label.get("coding", []):
+                code = coding.get("code")
+                if coding.get("system") == codes.VISIBILITY_SYSTEM and code in KEPT_BY_REPLACEMENT \
+                        and code not in held:
+                    kept.setdefault(code, {"coding": [coding]})
+    if not kept:
+        return docref
+    return {**docref, "securityLabel": [kept[code] for code in KEPT_BY_REPLACEMENT if code in kept]
+            + docref.get("securityLabel", [])}
+
 
 def signed_ids(docref: dict) -> list[str]:
     """The DocumentReferences a signature signs (relatesTo signs), by id."""

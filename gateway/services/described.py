@@ -11,6 +11,7 @@ from urllib.parse import parse_qsl
 from lxml import etree
 
 from gateway import base64text
+from gateway.access.rules import with_replaced_masking
 from gateway.access.writes import Producers, finess
 from gateway.refusal import Refused
 from gateway.cda.parser import CLINICAL_DOCUMENT, shallow_root
@@ -212,9 +213,11 @@ def register_described(uow: UnitOfWork, base_url: str, submitted: dict, data: by
     }
     resource.pop("relatesTo", None)
     resource["contained"] = _referenced(resource)
-    replaces = _replaced(uow, submitted, patient_id, where)
+    replaced = _replaced(uow, submitted, patient_id, where)
+    replaces = [f"DocumentReference/{previous['id']}" for previous in replaced]
     if replaces:
         resource["relatesTo"] = [{"code": "replaces", "target": {"reference": ref}} for ref in replaces]
+        resource = with_replaced_masking(resource, replaced)
     if replaced_already(uow, *key, patient_id):
         resource["status"] = "superseded"
     stored = uow.save(_checked(resource, where), patient_id=patient_id)
@@ -271,7 +274,7 @@ def _custodian(uow: UnitOfWork, submitted: dict) -> dict:
     return {"reference": shared_record_custodian(uow)}
 
 
-def _replaced(uow: UnitOfWork, submitted: dict, patient_id: str, where: str) -> list[str]:
+def _replaced(uow: UnitOfWork, submitted: dict, patient_id: str, where: str) -> list[dict]:
     """The documents this one replaces (relatesTo replaces), now superseded."""
     out = []
     for index, relation in enumerate(submitted.get("relatesTo", [])):
@@ -291,5 +294,5 @@ def _replaced(uow: UnitOfWork, submitted: dict, patient_id: str, where: str) -> 
                                   status=409, code="conflict")
         previous["status"] = "superseded"
         uow.save(previous, patient_id=patient_id, method="PUT")
-        out.append(f"DocumentReference/{stored.res_id}")
+        out.append(previous)
     return out

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from gateway.refusal import Refused
 from gateway.cda.header import CD, II, CdaHeader, Person, extract_header, named_patient_ids
 from gateway.cda.parser import parse_cda
-from gateway.access.rules import binary_ids
+from gateway.access.rules import binary_ids, with_replaced_masking
 from gateway.access.writes import Producers, Write, finess
 from gateway.fhir.validation import InvalidResource, validate, with_plain_spaces
 from gateway.mapping import codes
@@ -162,11 +162,12 @@ def register_document(uow: UnitOfWork, base_url: str, parsed: ParsedCda, *, visi
     custodian = _organization(uow, header.custodian, produced)
 
     docref_id = docref_id or uow.new_id()
-    replaces = _supersede(uow, header, patient_id, docref_id, produced)
+    replaces, replaced = _supersede(uow, header, patient_id, docref_id, produced)
     binary_id = uow.new_id()
     links = mapping.Links(patient=patient_id, custodian=custodian, replaces=replaces)
     docref = mapping.linked(parsed.checked_reference(visibility), docref_id, links,
                             f"{base_url.rstrip('/')}/fhir/Binary/{binary_id}")
+    docref = with_replaced_masking(docref, replaced)
     system, value = mapping.identifier_key(header.unique_id)
     if replaced_already(uow, system, value, patient_id):
         docref["status"] = "superseded"
@@ -231,11 +232,12 @@ def _organization(uow: UnitOfWork, org, produced: list[str]) -> str:
 
 
 def _supersede(uow: UnitOfWork, header: CdaHeader, patient_id: str, docref_id: str,
-               produced: list[str]) -> list[dict]:
+               produced: list[str]) -> tuple[list[dict], list[dict]]:
     """relatedDocument RPLC: the previous version, a document of this patient the requester may
     change (gateway.access.writes), becomes superseded; another patient's document is refused
-    without being named, a parent never registered here is kept by its identifier, and awaited."""
-    targets, location = [], f"{CD}/relatedDocument/parentDocument/id"
+    without being named, a parent never registered here is kept by its identifier, and awaited.
+    Returns the relatesTo targets, and the documents superseded."""
+    targets, replaced, location = [], [], f"{CD}/relatedDocument/parentDocument/id"
     for parent in header.replaced:
         system, value = mapping.identifier_key(parent)
         parent_id = uow.find_by_identifier("DocumentReference", system, value)
@@ -255,7 +257,8 @@ def _supersede(uow: UnitOfWork, header: CdaHeader, patient_id: str, docref_id: s
         uow.save(previous, patient_id=patient_id, method="PUT")
         produced.append(f"DocumentReference/{stored.res_id}")
         targets.append({"reference": f"DocumentReference/{stored.res_id}"})
-    return targets
+        replaced.append(previous)
+    return targets, replaced
 
 
 def replaced_already(uow: UnitOfWork, system: str, value: str, patient_id: str) -> bool:

@@ -5,6 +5,7 @@ import json
 import pytest
 from sqlalchemy import func, select, update
 
+import profiles
 from conftest import GP, sample
 from gateway.access.audit import verify_chain
 from gateway.services.consents import decision
@@ -16,6 +17,7 @@ FHIR = {"Content-Type": "application/fhir+json"}
 PATCH = {"Content-Type": "application/json-patch+json"}
 MARTIN, LEFEVRE = "185067511204554", "292086938701277"
 INTERNIST, BIOLOGIST, SURGEON = "899900000012", "899900000046", "899900000020"
+RADIOLOGIST = "899900000038"   # Dr FAURE, who wrote the MRI report and its new version
 
 
 @pytest.fixture
@@ -227,7 +229,6 @@ def test_a_consent_is_checked_as_fhir_as_the_gateway_completes_it(client, bearer
     it) skipped FHIR's checks of what a client sends: a uri with a space was kept, and failed the
     official check; and one sent with its scope but no policyRule was refused for ppc-1, which the
     policyRule the gateway gives it meets."""
-    import profiles
     from gateway.fhir.formats import to_xml
 
     martin = bearer("patient", patient=MARTIN)
@@ -279,6 +280,34 @@ def test_masking_hides_a_document_from_professionals_but_not_from_the_gp_or_its_
     unmask = [{"op": "remove", "path": f"/securityLabel/{position}"}]
     client.patch(f"/fhir/DocumentReference/{world['bio']}", data=json.dumps(unmask), headers={**PATCH, **martin})
     assert document_ids(client, bearer("doctor", sub=INTERNIST)) == {world["ldl"], world["bio"]}
+
+
+def test_a_replacement_keeps_the_masking_of_the_document_it_replaces(client, bearer):
+    """The patient masked a report from professionals; its author sent a new version, whose own
+    labels (the feed's) said nothing of it, and every professional the patient authorises read
+    it. A replacement keeps the masking and the hiding from legal representatives of what it
+    replaces; INVISIBLE_PATIENT is the author's to state again (test_hl7v2_feed's T10)."""
+    lefevre, internist = bearer("patient", patient=LEFEVRE), bearer("doctor", sub=INTERNIST)
+    radiologist = bearer("doctor", sub=RADIOLOGIST)
+    first = client.post("/cda", data=sample("cr-imagerie-irm-lefevre.xml"), headers={**XML, **radiologist}).json
+    for professional in (INTERNIST, RADIOLOGIST):
+        client.post("/fhir/Consent", data=consent("professional", "permit", professional), headers={**FHIR, **lefevre})
+    assert document_ids(client, internist) == {first["id"]}
+    mask = [{"op": "add", "path": "/securityLabel/-",
+             "value": {"coding": [{"system": codes.VISIBILITY_SYSTEM, "code": "MASQUE_PS"}]}}]
+    assert client.patch(f"/fhir/DocumentReference/{first['id']}", data=json.dumps(mask),
+                        headers={**PATCH, **lefevre}).status_code == 200
+    assert document_ids(client, internist) == set()
+    second = client.post("/cda", data=sample("cr-imagerie-irm-lefevre-v2.xml"), headers={**XML, **radiologist})
+    assert second.status_code == 201, second.json
+    assert [label["coding"][0]["code"] for label in second.json["securityLabel"]] == ["MASQUE_PS", "N"]
+    assert document_ids(client, internist) == set()
+    assert document_ids(client, radiologist, status="current") == {second.json["id"]}   # its author
+    assert document_ids(client, lefevre, status="current") == {second.json["id"]}
+    if profiles.available():
+        checked = profiles.Collected()
+        checked.add(client.get(f"/fhir/DocumentReference/{second.json['id']}", headers=lefevre).json)
+        assert not checked.errors(), "\n".join(checked.errors())
 
 
 def test_invisible_to_the_patient_until_announced(client, bearer, world):

@@ -227,6 +227,11 @@ def test_t02_t10_t04_register_replace_and_delete(client):
     assert len(current) == 1 and current[0]["resource"]["relatesTo"][0] == {
         "code": "replaces", "target": {"reference": f"DocumentReference/{first['id']}"}}
     assert fhir_get(client, f"/fhir/DocumentReference/{first['id']}").get_json()["status"] == "superseded"
+    # The first version waited for its announcement (INVISIBLE_PATIENT Y); the new one states N, its
+    # author's to state, and the patient reads it: a replacement keeps only the masking of the first.
+    as_lefevre = client.bearer("patient", patient=lefevre["ins"])
+    assert client.get(f"/fhir/DocumentReference/{current[0]['resource']['id']}", headers=as_lefevre).status_code == 200
+    assert client.get(f"/fhir/DocumentReference/{first['id']}", headers=as_lefevre).status_code == 404
 
     assert post(client, sample("mdm-3-t04-cr-imagerie-irm-lefevre.hl7"))[0] == "AA"
     assert search(client, query + "&status=current")["total"] == 0

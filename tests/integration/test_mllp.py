@@ -91,20 +91,28 @@ def search(client, query, headers=None):
 
 def test_ans_document_messages_create_replace_delete(mllp_listener, corpus_dir, client):
     folder = corpus_dir / "hl7v2"
+    query = f"DocumentReference?patient.identifier={ANS_INS}"
+
+    def labels(resource: dict) -> set[str]:
+        return {c["code"] for label in resource["securityLabel"] for c in label["coding"]}
     for name in ("fr_MDM_T02_CR_Radio_INIT_N1_Base64_v2.1.er7", "fr_MDM_T10_CR_Radio_RPLC_N1_v2.1.er7",
                  "fr_MDM_T04_CR_Radio_DEL_N1_v2.1.er7", "fr_ORU_R01_CR_Bio_INIT_N3_SEGUR_v2.1.er7"):
         acks = mllp_send(mllp_listener.mllp_port, (folder / name).read_bytes())
         assert msa(acks[0])[1] == "AA", (name, fields(acks[0], "ERR"))
-    query = f"DocumentReference?patient.identifier={ANS_INS}"
+        if "_T10_" in name:
+            # Its flags say N to both: the hiding from legal representatives of the version it
+            # replaces holds (README, "A replacement keeps the masking"); INVISIBLE_PATIENT is its own.
+            replacement = search(client, f"{query}&status=current")["entry"][0]["resource"]
+            assert "INVISIBLE_REPRESENTANTS_LEGAUX" in labels(replacement)
+            assert "INVISIBLE_PATIENT" not in labels(replacement)
     by_id = {e["resource"]["masterIdentifier"]["value"]: e["resource"]
              for status in ("current", "superseded", "entered-in-error")
              for e in search(client, f"{query}&status={status}").get("entry", [])}
     assert by_id["urn:oid:1.2.250.1.71.4.2.2.120456789.71024000081"]["status"] == "superseded"
     assert "urn:oid:1.2.250.1.71.4.2.2.120456789.71024000082" not in by_id  # deleted: served under no status
     assert by_id["urn:oid:1.2.250.1.213.1.1.9"]["status"] == "current"  # the ORU's CR-BIO
-    labels = {c["code"] for label in by_id["urn:oid:1.2.250.1.71.4.2.2.120456789.71024000081"]["securityLabel"]
-              for c in label["coding"]}
-    assert {"INVISIBLE_PATIENT", "INVISIBLE_REPRESENTANTS_LEGAUX"} <= labels
+    assert {"INVISIBLE_PATIENT", "INVISIBLE_REPRESENTANTS_LEGAUX"} <= \
+        labels(by_id["urn:oid:1.2.250.1.71.4.2.2.120456789.71024000081"])
 
 
 @pytest.mark.parametrize("name, consultation, feeding", [

@@ -13,6 +13,7 @@ import pytest
 
 import profiles
 from conftest import REPORT
+from gateway.services.consents import decision
 
 EXAMPLES = Path(os.environ.get("GATEWAY_PDSM4DMP_DIR", Path(__file__).resolve().parents[3] / "shared" / "reference"
                                / "pdsm4dmp" / "input" / "examples"))
@@ -365,6 +366,34 @@ def test_tre_a07_named_by_its_oid_is_applied(client, bearer, lps):
         checked = profiles.Collected()
         checked.add(created.json)
         checked.add(masked.json)
+        assert not checked.errors(), "\n".join(checked.errors())
+
+
+def test_the_guide_s_replacement_keeps_the_masking_of_document_x(client, bearer, lps):
+    """TD2.1's replacement of document X, which its patient masked from professionals with TD3.3a's
+    PATCH, said nothing of the masking (its DocumentReference is labelled N), and every professional
+    the patient authorises read the new version. It keeps the masking of what it replaces."""
+    patient, other = bearer("patient", patient=INS), bearer("doctor", sub="899900000012")
+    client.post("/fhir/Consent", headers={**FHIR, **patient}, data=json.dumps(decision("professional", "permit",
+                                                                                     "899900000012")))
+    x_id = client.post("/fhir/DocumentReference", headers={**FHIR, **lps}, data=json.dumps(document_x())).json["id"]
+    mask = [{"op": "replace", "path": "/securityLabel/0", "value": {"coding": [
+        {"system": VISIBILITY, "code": "MASQUE_PS", "display": "Masqué aux professionnels de santé"}]}}]
+    assert client.patch(f"/fhir/DocumentReference/{x_id}", headers={**PATCH, **patient},
+                        data=json.dumps(mask)).status_code == 200
+    replacement = json.dumps(example("Bundle-example-td2-1-remplacement.json")).replace("doc-x-id", x_id)
+    replaced = client.post("/fhir", headers={**FHIR, **lps}, data=replacement)
+    assert replaced.status_code == 200, replaced.json
+    y = next(e["response"]["location"] for e in replaced.json["entry"]
+             if e["response"]["status"] == "201 Created" and e["response"]["location"].startswith("DocumentReference/"))
+    y = client.get(f"/fhir/{y.rsplit('/_history', 1)[0]}", headers=lps).json
+    assert y["relatesTo"][0]["target"]["reference"] == f"DocumentReference/{x_id}"
+    assert [c["code"] for label in y["securityLabel"] for c in label["coding"]] == ["MASQUE_PS", "N"]
+    assert client.get(f"/fhir/DocumentReference/{y['id']}", headers=other).status_code == 404
+    assert client.get(f"/fhir/DocumentReference/{y['id']}", headers=patient).status_code == 200
+    if profiles.available():
+        checked = profiles.Collected()
+        checked.add(y)
         assert not checked.errors(), "\n".join(checked.errors())
 
 

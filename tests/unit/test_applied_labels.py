@@ -1,10 +1,12 @@
 """A document's security labels as sent (gateway/access/rules.py, applied_labels): a visibility
-label is applied or refused, never kept and ignored."""
+label is applied or refused, never kept and ignored; and those a replacement keeps of the
+documents it replaces (with_replaced_masking)."""
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.access.rules import VISIBILITY_SYSTEMS, applied_labels, visibility_codes
+from gateway.access.rules import (KEPT_BY_REPLACEMENT, VISIBILITY_SYSTEMS, applied_labels, visibility_codes,
+                                  with_replaced_masking)
 from gateway.mapping import codes
 from gateway.refusal import Refused
 
@@ -51,3 +53,25 @@ def test_every_label_is_applied_as_it_reads_or_refused(labels):
         return
     assert visibility_codes({"securityLabel": kept}) == {code for system, code in sent if system in VISIBILITY_SYSTEMS}
     assert len(kept) == len(labels)
+
+
+def label(system: str, code: str) -> dict:
+    return {"coding": [{"system": system, "code": code}]}
+
+
+@given(st.sets(st.sampled_from(["MASQUE_PS", "INVISIBLE_PATIENT", "INVISIBLE_REPRESENTANTS_LEGAUX"])),
+       st.lists(st.sets(st.sampled_from(["MASQUE_PS", "INVISIBLE_PATIENT", "INVISIBLE_REPRESENTANTS_LEGAUX"])),
+                max_size=3))
+def test_a_replacement_keeps_the_masking_of_what_it_replaces(own, replaced):
+    """with_replaced_masking: the replacement holds its own labels, and the MASQUE_PS and
+    INVISIBLE_REPRESENTANTS_LEGAUX of any document it replaces, each once, before its own;
+    INVISIBLE_PATIENT only where it states it."""
+    docref = {"securityLabel": [label(codes.VISIBILITY_SYSTEM, code) for code in sorted(own)]
+              + [label(CONFIDENTIALITY, "N")]}
+    previous = [{"securityLabel": [label(codes.VISIBILITY_SYSTEM, code) for code in sorted(held)]
+                 + [label(CONFIDENTIALITY, "R")]} for held in replaced]
+    kept = with_replaced_masking(docref, previous)
+    inherited = set().union(*replaced) & set(KEPT_BY_REPLACEMENT)
+    assert visibility_codes(kept) == own | inherited
+    assert kept["securityLabel"][len(inherited - own):] == docref["securityLabel"]
+    assert len(kept["securityLabel"]) == len(docref["securityLabel"]) + len(inherited - own)
