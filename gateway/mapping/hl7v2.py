@@ -26,6 +26,7 @@ CONSENT_KINDS = {
 # ZFA-11 (consultation) and ZFA-9 (feeding): the provision each value grants.
 CONSENT_VALUES = {"IC": "permit", "INC": "deny", "INO": "permit", "IO": "deny"}
 RECORD_ACTIVE = "ACTIF"
+RECORD_STATUS_URL = f"{ZFA_SYSTEM}:record-status"   # a ZFA Consent's extension: ZFA-1
 
 # MetaDMPMSS OBX codes that become DocumentReference.securityLabel (TRE_A07) when valued Y.
 # HL7v2 spells the last one INVISIBLE_REP_LEGAUX; CI-SIS 1.2 messages spelled it in full.
@@ -146,7 +147,7 @@ def consents(zfa: Segment, patient_ref: str) -> dict[str, dict]:
             "provision": provision,
         }
         if record_status:
-            consent["extension"] = [{"url": f"{ZFA_SYSTEM}:record-status", "valueCode": record_status}]
+            consent["extension"] = [{"url": RECORD_STATUS_URL, "valueCode": record_status}]
         when = _fhir_date(zfa.get(date_field)) or _fhir_date(zfa.get(2))
         if when:
             consent["dateTime"] = when

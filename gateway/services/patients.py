@@ -17,7 +17,7 @@ from gateway.mapping import hl7v2 as v2
 from gateway.mapping.dates import InvalidTime, fhir_range, ts_to_fhir
 from gateway.mapping.identity import compact_ins, ins_key_is_valid
 from gateway.refusal import Refused
-from gateway.storage.repository import UnitOfWork, says_the_same
+from gateway.storage.repository import StoredResource, UnitOfWork, says_the_same
 
 from .ingest import NAMED_IDENTIFIERS, NamedPatient
 
@@ -216,7 +216,8 @@ def record_consents(uow: UnitOfWork, prepared: dict[str, dict], patient_id: str,
     one) is their decision: a ZFA collected before it (ZFA-12 or ZFA-10, else ZFA-2) does not undo
     it, and the ACK warns that it was not applied. A hospital's next message repeats the ZFA it
     collected at admission, and it silently reclosed a record the patient had opened, or reopened
-    one the patient had closed."""
+    one the patient had closed. A kind the ZFA did not collect (NA, or nothing) leaves what was
+    collected before as it was (`_not_collected`)."""
     for kind, stated in prepared.items():
         key_system = CONSENT_KEY_SYSTEM + kind
         consent_id = uow.find_by_identifier("Consent", key_system, patient_id)
@@ -228,6 +229,8 @@ def record_consents(uow: UnitOfWork, prepared: dict[str, dict], patient_id: str,
                 f"ZFA-{field} ({kind}) was collected before the patient's own decision of {current.last_updated[:16]} "
                 "UTC, which stays in force: it is not applied", f"ZFA^{zfa_index}^{field}", "0", "W"))
             continue
+        if stored is not None and "type" in stored.get("provision", {}) and "type" not in stated["provision"]:
+            stated = _not_collected(stored, stated)
         if consent_id is None:
             consent_id = uow.new_id()
             uow.claim_identifier("Consent", key_system, patient_id, consent_id)
@@ -237,14 +240,43 @@ def record_consents(uow: UnitOfWork, prepared: dict[str, dict], patient_id: str,
             applied.produced.append(f"Consent/{consent_id}")
 
 
+def _not_collected(stored: dict, stated: dict) -> dict:
+    """The stored Consent of a kind, a decision, as a ZFA that did not collect that kind leaves it:
+    what the ZFA says of the record itself (its status in ZFA-1, its closing date in ZFA-3) is
+    applied, the decision stays. A later admission where nobody asked (NA) lifted the patient's
+    opposition to consultation, and professionals read the record again."""
+    kept = {key: value for key, value in stored.items() if key != "meta"}
+    if "extension" in stated:   # ZFA-1: the record's status
+        kept["extension"] = [e for e in stored.get("extension", []) if e.get("url") != v2.RECORD_STATUS_URL] \
+            + stated["extension"]
+        kept["status"] = "inactive" if stated["status"] == "inactive" else "active"
+    if "period" in stated["provision"]:   # ZFA-3: the record's closing date
+        kept["provision"] = {**stored["provision"], "period": stated["provision"]["period"]}
+    return kept
+
+
 def _decided_since(stored: dict, decided: str, stated: dict) -> bool:
     """Whether the stored Consent is the patient's decision (a feed's keeps the ZFA category; the
     patient's update gives it the gateway's kind) made after the ZFA `stated` was collected. A ZFA
     without any date, or known only to a day the patient decided in, is not after it."""
-    by_a_feed = any(coding.get("system") == v2.ZFA_SYSTEM for category in stored.get("category", [])
-                    for coding in category.get("coding", []))
     collected = stated.get("dateTime")
-    return not by_a_feed and (collected is None or fhir_range(collected)[0] <= fhir_range(decided)[0])
+    return not _by_a_feed(stored) and (collected is None or fhir_range(collected)[0] <= fhir_range(decided)[0])
+
+
+def _by_a_feed(consent: dict) -> bool:
+    """Whether a ZFA wrote this Consent's current version (the patient's update of it gives it the
+    gateway's kind for category)."""
+    return any(coding.get("system") == v2.ZFA_SYSTEM for category in consent.get("category", [])
+               for coding in category.get("coding", []))
+
+
+def _standing(stored: StoredResource) -> tuple[bool, str]:
+    """How a Consent of a kind ranks against another one of the same person: a decision before
+    none (NA, not collected), then the later one, a feed's as of its collection, a patient's as
+    of when they made it."""
+    consent = stored.json()
+    when = consent.get("dateTime") if _by_a_feed(consent) else stored.last_updated
+    return "type" in consent.get("provision", {}), fhir_range(when)[0] if when else ""
 
 
 def feeding_consent(uow: UnitOfWork, patient_id: str) -> dict | None:
@@ -284,8 +316,8 @@ def merge(uow: UnitOfWork, pid: Segment, mrg: Segment, applied: Applied) -> None
         survivor["identifier"].append(moved)
     survivor.setdefault("link", []).append({"other": {"reference": f"Patient/{merged_id}"}, "type": "replaces"})
     uow.move_identifiers("Patient", merged_id, survivor_id)
-    for kind in v2.CONSENT_KINDS:
-        _move_consent_key(uow, kind, merged_id, survivor_id)
+    ended = {consent_id for kind in v2.CONSENT_KINDS
+             if (consent_id := _merge_consents(uow, kind, merged_id, survivor_id)) is not None}
     uow.save(valid_from_message(survivor, "PID^1"), patient_id=survivor_id)
     merged["active"] = False
     merged["link"] = [{"other": {"reference": f"Patient/{survivor_id}"}, "type": "replaced-by"}]
@@ -296,22 +328,36 @@ def merge(uow: UnitOfWork, pid: Segment, mrg: Segment, applied: Applied) -> None
     for page in uow.live_patient_resources(merged_id):
         for stored in page:
             moved = json.loads(stored.body.replace(old_ref, new_ref))
+            if stored.res_id in ended:
+                moved["status"] = "inactive"
             uow.save(moved, patient_id=survivor_id, blob_sha256=stored.blob_sha256)
             applied.produced.append(f"{stored.res_type}/{stored.res_id}")
         uow.store_audit_so_far()
     uow.move_rest_of_record(merged_id, survivor_id)
 
 
-def _move_consent_key(uow: UnitOfWork, kind: str, merged_id: str, survivor_id: str) -> None:
-    """The survivor keeps its own consent of each kind; the merged patient's one becomes its own
-    only when the survivor has none (the consent follows the person, not the record number)."""
+def _merge_consents(uow: UnitOfWork, kind: str, merged_id: str, survivor_id: str) -> str | None:
+    """The Consent of this kind that holds for the person once merged (the consent follows the
+    person, not the record number): the merged patient's when the survivor has none, else the one
+    that ranks first (`_standing`). The other ends inactive; returns its id when it is the merged
+    patient's, which the merge writes anew. Both stayed in force, and an older opposition of the
+    merged record kept the record closed whatever the survivor's and every later ZFA said."""
     system = CONSENT_KEY_SYSTEM + kind
     merged_consent = uow.find_by_identifier("Consent", system, merged_id)
     if merged_consent is None:
-        return
+        return None
     uow.release_identifier("Consent", system, merged_id)
-    if uow.find_by_identifier("Consent", system, survivor_id) is None:
+    own_consent = uow.find_by_identifier("Consent", system, survivor_id)
+    if own_consent is None:
         uow.claim_identifier("Consent", system, survivor_id, merged_consent)
+        return None
+    merged, own = uow.current("Consent", merged_consent), uow.current("Consent", own_consent)
+    if _standing(merged) <= _standing(own):
+        return merged_consent
+    uow.release_identifier("Consent", system, survivor_id)
+    uow.claim_identifier("Consent", system, survivor_id, merged_consent)
+    uow.save({**{k: v for k, v in own.json().items() if k != "meta"}, "status": "inactive"}, patient_id=survivor_id)
+    return None
 
 
 def change_identifier(uow: UnitOfWork, pid: Segment, mrg: Segment, applied: Applied) -> None:

@@ -135,6 +135,69 @@ def test_adt_creates_then_updates_the_patient_with_its_consents(client):
     assert fhir_get(client, f"/fhir/Patient/{patient['id']}").status_code == 404
 
 
+def dupont(ipp: str) -> str:
+    return f"PID|1||{ipp}^^^CH-SAINT-AUBIN&1.2.250.1.213.1.1.9.1001&ISO^PI||DUPONT^JEANNE^^^^^L||19700101|F"
+
+
+def zfa(when: str, consultation: str, record: str = "ACTIF") -> str:
+    return f"ZFA|{record}|{when}080000|||||||INO|{when}080000|{consultation}|{when}080000"
+
+
+def dupont_read(client, ipp: str) -> int:
+    """How many records the attending physician finds by this IPP (none under an opposition)."""
+    return fhir_get(client, f"/fhir/Patient?identifier={HOSPITAL}|{ipp}").json["total"]
+
+
+def consultation_consents(client) -> list[dict]:
+    """The ZFA consultation Consents stored (their patient, without an INS, signs in nowhere)."""
+    with client.application.config["ENGINE"].connect() as conn:
+        bodies = conn.execute(select(resources.c.body).where(resources.c.res_type == "Consent")).scalars()
+        return [c for c in map(json.loads, bodies) if {"system": ZFA, "code": "consultation"} in
+                [coding for category in c["category"] for coding in category["coding"]]]
+
+
+@pytest.mark.parametrize("not_collected", ["NA", ""])
+def test_a_zfa_that_did_not_collect_a_consent_leaves_the_one_collected_before(client, not_collected):
+    """ZFA-11 NA (not collected), or nothing, at a later admission: the patient's opposition to
+    consultation collected before stays, and professionals still read nothing. It was replaced by
+    a Consent stating nothing, and the record opened. What the ZFA says of the record itself (it
+    is closed, ZFA-1) is applied."""
+    assert post(client, adt("A28", "NA1", dupont("900000081"), zfa("20260101", "IC")))[0] == "AA"
+    assert dupont_read(client, "900000081") == 1
+    assert post(client, adt("A08", "NA2", dupont("900000081"), zfa("20260201", "INC")))[0] == "AA"
+    assert dupont_read(client, "900000081") == 0
+    assert post(client, adt("A08", "NA3", dupont("900000081"), zfa("20260301", not_collected)))[0] == "AA"
+    assert dupont_read(client, "900000081") == 0
+    [consent] = consultation_consents(client)
+    assert consent["provision"]["type"] == "deny" and consent["dateTime"].startswith("2026-02-01"), consent
+    assert post(client, adt("A08", "NA4", dupont("900000081"), zfa("20260401", not_collected, "FERME")))[0] == "AA"
+    [consent] = consultation_consents(client)
+    assert consent["status"] == "inactive" and consent["provision"]["type"] == "deny"
+    assert post(client, adt("A08", "NA5", dupont("900000081"), zfa("20260501", "IC")))[0] == "AA"
+    assert dupont_read(client, "900000081") == 1
+
+
+@pytest.mark.parametrize("older", ["merged", "survivor"])
+def test_a_merge_keeps_the_later_consent_of_each_kind(client, older):
+    """Two records of one person, each with its ZFA consultation consent, merged (A40): the later
+    statement holds and the other ends inactive. Both stayed in force, so an older opposition of
+    the merged record kept the survivor closed whatever it and every later ZFA said."""
+    merged, survivor = "900000071", "900000072"
+    statements = {"merged": zfa("20260101", "INC"), "survivor": zfa("20260301", "IC")} if older == "merged" else \
+        {"merged": zfa("20260301", "IC"), "survivor": zfa("20260101", "INC")}
+    assert post(client, adt("A28", "M1", dupont(merged), statements["merged"]))[0] == "AA"
+    assert post(client, adt("A28", "M2", dupont(survivor), statements["survivor"]))[0] == "AA"
+    assert post(client, adt("A40", "M3", dupont(survivor), f"MRG|{merged}^^^CH-SAINT-AUBIN&{HOSPITAL[8:]}&ISO^PI"))[0] \
+        == "AA"
+    assert dupont_read(client, survivor) == 1   # the later one says IC
+    assert sorted((c["status"], c["provision"]["type"]) for c in consultation_consents(client)) == \
+        [("active", "permit"), ("inactive", "deny")]
+    assert post(client, adt("A08", "M4", dupont(survivor), zfa("20260401", "INC")))[0] == "AA"
+    assert dupont_read(client, survivor) == 0
+    assert post(client, adt("A08", "M5", dupont(survivor), zfa("20260501", "IC")))[0] == "AA"
+    assert dupont_read(client, survivor) == 1
+
+
 def test_accented_names_are_identical_from_utf8_and_8859_15(client):
     assert post(client, sample("adt-a28-oeuvray-utf8.hl7"))[0] == "AA"
     assert post(client, sample("adt-a28-oeuvray-8859-15.hl7"))[0] == "AA"
