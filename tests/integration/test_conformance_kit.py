@@ -232,3 +232,12 @@ def test_a_submission_set_that_leaves_out_its_document_is_caught(target, monkeyp
     monkeypatch.setattr("gateway.services.provide._check_members", lambda *args: None)
     result = outcome(target, case, seed=8)[case]
     assert result.status == "failed" and result.message.startswith("step 1: "), result.message
+
+
+def test_an_opposition_a_later_zfa_did_not_collect_is_kept_and_caught(target, monkeypatch):
+    case = "pam-fr/009-zfa-not-collected-keeps-the-opposition"
+    result = outcome(target, case)[case]
+    assert result.status == "passed", result.message
+    monkeypatch.setattr("gateway.services.patients._not_collected", lambda stored, stated: stated)
+    result = outcome(target, case, seed=8)[case]
+    assert result.status == "failed" and result.message.startswith("step 3: "), result.message
