@@ -118,8 +118,8 @@ def test_adt_creates_then_updates_the_patient_with_its_consents(client):
     assert answer.status_code == 200 and answer.json["provision"]["code"] == lifted["provision"]["code"], answer.json
     assert fhir_get(client, f"/fhir/Patient/{patient['id']}").status_code == 200
     # The hospital's next message repeats the ZFA it collected on 12 March, before the patient's
-    # decision: the decision stays (the record was closed again, and the patient's choice lost), and
-    # the ACK says the ZFA was not applied. The feeding consent, the feed's own, is as stated.
+    # decision: the decision stays (it was undone, and the record closed again), and the ACK says
+    # the ZFA was not applied.
     code, segments = post(client, adt("A08", "UPD2", pid(martin["ipp"], "MARTIN-DURAND", martin["ins"]),
                                       "ZFA|ACTIF|20260312080000|||||||INO|20260312080000|INC|20260312080000"))
     assert code == "AA" and [(e[2], e[3].split("^")[0], e[4]) for e in errors(segments)] == [("ZFA^1^11", "0", "W")]

@@ -377,10 +377,12 @@ def test_the_guide_s_replacement_keeps_the_masking_of_document_x(client, bearer,
     client.post("/fhir/Consent", headers={**FHIR, **patient}, data=json.dumps(decision("professional", "permit",
                                                                                      "899900000012")))
     x_id = client.post("/fhir/DocumentReference", headers={**FHIR, **lps}, data=json.dumps(document_x())).json["id"]
+    assert client.get(f"/fhir/DocumentReference/{x_id}", headers=other).status_code == 200
     mask = [{"op": "replace", "path": "/securityLabel/0", "value": {"coding": [
         {"system": VISIBILITY, "code": "MASQUE_PS", "display": "Masqué aux professionnels de santé"}]}}]
     assert client.patch(f"/fhir/DocumentReference/{x_id}", headers={**PATCH, **patient},
                         data=json.dumps(mask)).status_code == 200
+    assert client.get(f"/fhir/DocumentReference/{x_id}", headers=other).status_code == 404
     replacement = json.dumps(example("Bundle-example-td2-1-remplacement.json")).replace("doc-x-id", x_id)
     replaced = client.post("/fhir", headers={**FHIR, **lps}, data=replacement)
     assert replaced.status_code == 200, replaced.json
