@@ -241,3 +241,12 @@ def test_an_opposition_a_later_zfa_did_not_collect_is_kept_and_caught(target, mo
     monkeypatch.setattr("gateway.services.patients._not_collected", lambda stored, stated: stated)
     result = outcome(target, case, seed=8)[case]
     assert result.status == "failed" and result.message.startswith("step 3: "), result.message
+
+
+def test_a_replacement_that_unmasks_what_the_patient_masked_is_caught(target, monkeypatch):
+    case = "access/015-replacement-keeps-the-patient-s-masking"
+    result = outcome(target, case)[case]
+    assert result.status == "passed", result.message
+    monkeypatch.setattr("gateway.services.documents.with_replaced_masking", lambda docref, replaced: docref)
+    result = outcome(target, case, seed=8)[case]
+    assert result.status == "failed" and result.message.startswith("step 6: "), result.message
