@@ -113,18 +113,19 @@ CHANGE_REFUSED = ("only an author of the document, or its custodian organisation
                   "the submission names neither")
 
 
-def changeable_labels(access: AccessContext, producer: bool = False) -> set[str]:
+def changeable_labels(access: AccessContext, producer: bool = False, masked_by_patient: bool = False) -> set[str]:
     """The visibility labels (TRE_A07) this requester may set or remove on a document they see:
     - the patient: MASQUE_PS (hide from professionals) and INVISIBLE_REPRESENTANTS_LEGAUX (a minor
       hiding care received in secret from the parents);
     - a representative: MASQUE_PS;
     - a professional in care: INVISIBLE_PATIENT (hidden until it is announced); and MASQUE_PS when
       they produced the document (`producer`: may_change_document), as its producer may flag it
-      masked when feeding it (MetaDMPMSS, PDSM4DMP TD3.3a)."""
+      masked when feeding it (MetaDMPMSS, PDSM4DMP TD3.3a), unless the patient masked it
+      (`masked_by_patient`): the patient decides who sees what, and only they lift their mask."""
     if access.role == PATIENT:
         return {MASQUE_PS, INVISIBLE_REPRESENTATIVES}
     if access.role == REPRESENTATIVE:
         return {MASQUE_PS}
     if in_care(access):
-        return {INVISIBLE_PATIENT} | ({MASQUE_PS} if producer else set())
+        return {INVISIBLE_PATIENT} | ({MASQUE_PS} if producer and not masked_by_patient else set())
     return set()

@@ -20,7 +20,7 @@ from uuid6 import uuid7
 from gateway.access import AccessContext
 from gateway.access import audit, writes
 from gateway.access.context import DIRECTORY_TYPES, EMERGENCY, INS_SYSTEMS, OWN_PATIENT, PATIENT, REGULATION
-from gateway.access.rules import VISIBILITY_COLUMNS, binary_ids, rules_of, signed_ids, visibility_columns
+from gateway.access.rules import MASQUE_PS, VISIBILITY_COLUMNS, binary_ids, rules_of, signed_ids, visibility_columns
 from gateway.access.writes import Write
 from gateway.mapping.document import author_idnatps
 from gateway.refusal import Refused
@@ -968,9 +968,13 @@ class UnitOfWork:
     def require_labels(self, docref: dict, changed: set[str]) -> None:
         """Refuses a change of these visibility labels on a document the requester may not make."""
         producer = writes.may_change_document(self.repository.access, self.producers_of(docref), writes.Producers())
-        forbidden = changed - writes.changeable_labels(self.repository.access, producer)
+        masked_by_patient = bool(self.conn.execute(select(resources.c.masked_by_patient).where(
+            resources.c.res_type == "DocumentReference", resources.c.res_id == docref["id"])).scalar())
+        forbidden = changed - writes.changeable_labels(self.repository.access, producer, masked_by_patient)
         if forbidden:
-            raise Refused(f"the role {self.repository.access.role} may not change {', '.join(sorted(forbidden))}",
+            why = (": the patient masked the document from professionals, and only they or their representative "
+                   "unmask it" if MASQUE_PS in forbidden and producer and masked_by_patient else "")
+            raise Refused(f"the role {self.repository.access.role} may not change {', '.join(sorted(forbidden))}{why}",
                           location="DocumentReference.securityLabel", status=403, code="forbidden",
                           patient_text="votre compte ne permet pas de changer cette visibilité du document.")
 
@@ -1009,14 +1013,17 @@ class UnitOfWork:
         key = {"key_type": res_type, "key_id": res_id}
         previous = None if new else sql.PREVIOUS.execute(self.conn, key).fetchone()
         archived = _archived(previous) if previous else None
+        kept = dict(zip(sql.KEPT, previous[len(sql.ARCHIVED):])) if previous else None
         if based_on is not None and (archived["version"] if archived else None) != based_on:
             raise ChangedMeanwhile(f"{res_type}/{res_id}")
         version = (archived["version"] + 1) if archived else 1
+        if res_type == "DocumentReference":
+            columns = {**columns, "masked_by_patient": self._masked_by_patient(resource, columns, kept)}
         instant, index_time = _now()
         resource.setdefault("meta", {})
         resource["meta"] = {**resource["meta"], "versionId": str(version), "lastUpdated": instant}
         body = dumps(resource)
-        blob_sha256 = blob_sha256 or (previous[-1] if previous else None)
+        blob_sha256 = blob_sha256 or (kept["blob_sha256"] if kept else None)
         values = dict(version=version, last_updated=index_time, deleted=False, patient_id=patient_id,
                       blob_sha256=blob_sha256, body=body, method=method or ("PUT" if archived else "POST"), **columns)
         with pipelined(self.conn):
@@ -1033,6 +1040,21 @@ class UnitOfWork:
                                             *_index_parts(index_rows(resource))])
         return StoredResource(res_type, res_id, version, instant, body, False, blob_sha256, patient_id,
                               bool(columns.get("hidden_from_patient")), bool(columns.get("hidden_from_representatives")))
+
+    def _masked_by_patient(self, docref: dict, columns: dict, previous: dict | None) -> bool:
+        """Whether a document's MASQUE_PS is the patient's, which only they lift (require_labels):
+        one they or their representative added, one the version before held as theirs, or one a new
+        version took from a document it replaces (rules.with_replaced_masking) that held it so."""
+        if not columns.get("masked"):
+            return False
+        if previous is not None:
+            return bool(previous["masked_by_patient"] if previous["masked"] else self.repository.access.acts_for_patient)
+        replaced = [r["target"]["reference"].rsplit("/", 1)[-1] for r in docref.get("relatesTo", [])
+                    if r.get("code") == "replaces" and "reference" in r.get("target", {})]
+        return self.repository.access.acts_for_patient or bool(replaced and self.conn.execute(
+            select(resources.c.res_id).where(resources.c.res_type == "DocumentReference",
+                                             resources.c.res_id.in_(replaced), resources.c.masked_by_patient)
+            .limit(1)).first())
 
     def _delete_index_rows(self, res_type: str, res_id: str) -> None:
         for statement in sql.DELETE_INDEX:

@@ -100,6 +100,9 @@ resources = Table(
     Column("hidden_from_patient", Boolean, nullable=False, default=False, server_default=false()),
     Column("hidden_from_representatives", Boolean, nullable=False, default=False, server_default=false()),
     Column("authors", String(512)),  # " idnatps idnatps ": the authors still see a masked document
+    # A MASQUE_PS the patient or their representative set (or a document it replaces carried): only
+    # they lift it (migration 0030).
+    Column("masked_by_patient", Boolean, nullable=False, default=False, server_default=false()),
     # How the current version was written (POST, PUT, PATCH, DELETE), for the history.
     Column("method", String(8), nullable=False, server_default="POST"),
     PrimaryKeyConstraint("res_type", "res_id"),

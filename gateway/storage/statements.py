@@ -186,8 +186,10 @@ CURRENT_FOR_UPDATE = CURRENT.with_for_update()
 # The current row of a resource a new version replaces: what the history keeps of it (each of the
 # history's columns, its row's column of that name), then its blob.
 ARCHIVED = tuple(str(column.name) for column in resource_versions.columns)   # plain str: orjson keys
-PREVIOUS = Prebuilt(select(*[resources.c[name] for name in ARCHIVED], resources.c.blob_sha256)
-                    .where(_keyed(resources)).with_for_update())
+# The current version: its history's row (ARCHIVED), then what the next version keeps of it (KEPT).
+KEPT = ("blob_sha256", "masked", "masked_by_patient")
+PREVIOUS = Prebuilt(select(*[resources.c[name] for name in (*ARCHIVED, *KEPT)]).where(_keyed(resources))
+                    .with_for_update())
 INSERT_RESOURCE = Prebuilt(insert(resources))
 UPDATE_RESOURCE = Prebuilt(update(resources).where(_keyed(resources)))
 # The current version goes to the history as a new one replaces it, inserted as the row PREVIOUS

@@ -282,6 +282,32 @@ def test_masking_hides_a_document_from_professionals_but_not_from_the_gp_or_its_
     assert document_ids(client, bearer("doctor", sub=INTERNIST)) == {world["ldl"], world["bio"]}
 
 
+def test_the_patient_s_mask_is_lifted_by_the_patient_only(client, bearer, world):
+    """The author of a document may mask it and unmask it, and with the same PATCH lifted the mask
+    the patient had set: the professionals the patient authorises read it again. A mask the patient
+    set is lifted by the patient (or their representative) only; the author's own, by the author."""
+    martin, biologist = bearer("patient", patient=MARTIN), bearer("doctor", sub=BIOLOGIST)
+    for professional in (INTERNIST, BIOLOGIST):
+        client.post("/fhir/Consent", data=consent("professional", "permit", professional), headers={**FHIR, **martin})
+    mask = [{"op": "replace", "path": "/securityLabel/0",
+             "value": {"coding": [{"system": codes.VISIBILITY_SYSTEM, "code": "MASQUE_PS"}]}}]
+    unmask = [{"op": "replace", "path": "/securityLabel/0", "value": {"coding": [
+        {"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "N"}]}}]
+    url = f"/fhir/DocumentReference/{world['bio']}"
+    assert client.patch(url, data=json.dumps(mask), headers={**PATCH, **martin}).status_code == 200
+    refused = client.patch(url, data=json.dumps(unmask), headers={**PATCH, **biologist})
+    assert refused.status_code == 403, refused.json
+    assert "the patient masked the document from professionals" in refused.json["issue"][0]["diagnostics"]
+    assert client.get(url, headers=biologist).json["meta"]["versionId"] == "2"
+    assert document_ids(client, bearer("doctor", sub=INTERNIST)) == {world["ldl"]}
+    assert client.patch(url, data=json.dumps(unmask), headers={**PATCH, **martin}).status_code == 200
+    assert document_ids(client, bearer("doctor", sub=INTERNIST)) == {world["ldl"], world["bio"]}
+    for change in (mask, unmask):
+        answer = client.patch(url, data=json.dumps(change), headers={**PATCH, **biologist})
+        assert answer.status_code == 200, answer.json
+    assert document_ids(client, bearer("doctor", sub=INTERNIST)) == {world["ldl"], world["bio"]}
+
+
 def test_a_replacement_keeps_the_masking_of_the_document_it_replaces(client, bearer):
     """The patient masked a report from professionals; its author sent a new version, whose own
     labels (the feed's) said nothing of it, and every professional the patient authorises read
@@ -304,6 +330,14 @@ def test_a_replacement_keeps_the_masking_of_the_document_it_replaces(client, bea
     assert document_ids(client, internist) == set()
     assert document_ids(client, radiologist, status="current") == {second.json["id"]}   # its author
     assert document_ids(client, lefevre, status="current") == {second.json["id"]}
+    # The mask it took is still the patient's: its author may not lift it, she may.
+    position = label_position(second.json, "MASQUE_PS")
+    unmask = [{"op": "remove", "path": f"/securityLabel/{position}"}]
+    url = f"/fhir/DocumentReference/{second.json['id']}"
+    assert client.patch(url, data=json.dumps(unmask), headers={**PATCH, **radiologist}).status_code == 403
+    assert document_ids(client, internist) == set()
+    assert client.patch(url, data=json.dumps(unmask), headers={**PATCH, **lefevre}).status_code == 200
+    assert document_ids(client, internist) == {second.json["id"]}
     if profiles.available():
         checked = profiles.Collected()
         checked.add(client.get(f"/fhir/DocumentReference/{second.json['id']}", headers=lefevre).json)

@@ -8,6 +8,7 @@ from conformance.cli import main
 from conformance.model import load_cases
 from conformance.runner import Target, TokenSource, run_cases
 from conftest import free_port, make_token
+from gateway.access.writes import changeable_labels
 
 
 @pytest.fixture
@@ -226,8 +227,11 @@ def test_schematrons_given_by_the_tester_hold_accepted_documents_only(target, tm
      lambda stored, stated: stated, "step 3: "),
     ("access/015-replacement-keeps-the-patient-s-masking", "gateway.services.documents.with_replaced_masking",
      lambda docref, replaced: docref, "step 6: "),
+    ("access/016-the-patient-s-mask-is-lifted-by-the-patient", "gateway.access.writes.changeable_labels",
+     lambda access, producer=False, masked_by_patient=False: changeable_labels(access, producer), "step 5: "),
 ], ids=["a submission sent again registered again", "a SubmissionSet that leaves out its document",
-        "an opposition a later ZFA did not collect", "a replacement that unmasks what the patient masked"])
+        "an opposition a later ZFA did not collect", "a replacement that unmasks what the patient masked",
+        "an author who lifts the patient's mask"])
 def test_a_gateway_without_the_rule_a_case_checks_is_caught(target, monkeypatch, case, patched, replacement,
                                                              failing_step):
     """Each case passes against the gateway as it is, and fails, at the step that checks it, against

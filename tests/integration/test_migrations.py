@@ -19,6 +19,7 @@ from gateway.access import AccessContext
 from gateway.access.writes import Write
 from gateway.access.audit import verify_chain
 from gateway.app import create_app
+from gateway.mapping import codes
 from gateway.mapping.hl7v2 import assigning_authority_system
 from gateway.storage.database import make_engine
 from gateway.storage.migrate import alembic_config, upgrade
@@ -579,6 +580,8 @@ def test_an_ins_stored_as_printed_is_its_15_characters_after_the_migration(clien
 
     assert found(martin) == {"Patient": 0, "DocumentReference": 0}
     assert found(dubois) == {"Patient": 1, "DocumentReference": 0}
+    with engine.begin() as conn:   # and the columns of 0028
+        conn.execute(text("ALTER TABLE resources DROP COLUMN masked_by_patient"))
     command.upgrade(alembic_config(engine), "head")
     assert found(martin) == {"Patient": 1, "DocumentReference": 1}
     # Two records of one patient, each claiming the INS as it was written: both found, to be merged.
@@ -594,3 +597,36 @@ def test_an_ins_stored_as_printed_is_its_15_characters_after_the_migration(clien
         b'extension="185067511204554"', b'extension="1 85 06 75 112 045 54"')
     assert client.post("/cda", data=spaced, headers={"Content-Type": "application/xml"}).status_code == 201
     assert found(martin) == {"Patient": 1, "DocumentReference": 2}
+
+
+def test_a_mask_added_after_a_document_came_is_the_patient_s_after_the_migration(client, database, bearer):
+    """Migration 0030, on what the code before it stored: who set a mask was not kept. One a later
+    version added (the patient's PATCH here) is taken as the patient's, which its author may no
+    longer lift; one the document came with, as its author's."""
+    engine, _ = database
+    author, martin = "899900000046", bearer("patient", patient="185067511204554")
+    posted = {name: client.post("/cda", data=(SAMPLES / "cda" / name).read_bytes(),
+                                headers={"Content-Type": "application/xml"}).json["id"]
+              for name in ("cr-biologie-martin.xml", "ldl-ses-martin.xml")}
+    came_masked, masked_later = posted["ldl-ses-martin.xml"], posted["cr-biologie-martin.xml"]
+    attend_all(engine, author)
+    mask = [{"op": "add", "path": "/securityLabel/-", "value": {"coding": [{"system": codes.VISIBILITY_SYSTEM, "code": "MASQUE_PS"}]}}]
+    assert client.patch(f"/fhir/DocumentReference/{masked_later}", data=json.dumps(mask),
+                        headers={"Content-Type": "application/json-patch+json", **martin}).status_code == 200
+    with engine.begin() as conn:
+        body = json.loads(conn.execute(text("SELECT body FROM resources WHERE res_id = :res_id"),
+                                       {"res_id": came_masked}).scalar_one())
+        body["securityLabel"].insert(0, {"coding": [{"system": codes.VISIBILITY_SYSTEM, "code": "MASQUE_PS"}]})
+        conn.execute(text("UPDATE resources SET body = :body, masked = :masked WHERE res_id = :res_id"),
+                     {"body": json.dumps(body), "masked": True, "res_id": came_masked})
+    config = alembic_config(engine)
+    command.downgrade(config, "0029")
+    command.upgrade(config, "head")
+    with engine.connect() as conn:
+        by_patient = dict(conn.execute(text("SELECT res_id, masked_by_patient FROM resources "
+                                            "WHERE res_type = 'DocumentReference'")).all())
+    assert by_patient == {masked_later: True, came_masked: False}
+    unmask = [{"op": "remove", "path": "/securityLabel/0"}]
+    refused = client.patch(f"/fhir/DocumentReference/{masked_later}", data=json.dumps(unmask),
+                           headers={"Content-Type": "application/json-patch+json", **bearer("doctor", sub=author)})
+    assert refused.status_code == 403, refused.json

@@ -34,7 +34,7 @@ def test_a_column_left_out_takes_its_default_and_a_statement_s_literals_are_sent
         assert sql.CLAIM_RAW.execute(conn, {"key_raw": raw_id}).rowcount == 1
         assert sql.CLAIM_RAW.execute(conn, {"key_raw": raw_id}).rowcount == 0   # already processing
         assert tuple(sql.PREVIOUS.execute(conn, {"key_type": "Organization", "key_id": "a"}).fetchone()) == (
-            "Organization", "a", 1, "2026-01-01T00:00:00.000000", "POST", False, "{}", None)
+            "Organization", "a", 1, "2026-01-01T00:00:00.000000", "POST", False, "{}", None, False, False)
     with read_connection(engine) as conn:
         flags = conn.execute(select(resources.c.masked, resources.c.hidden_from_patient).where(
             resources.c.res_type == "Organization")).all()

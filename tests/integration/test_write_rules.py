@@ -5,7 +5,8 @@ custodians, the patients' consents) and a sequence of changes, each asked by any
 with a PDSM4DMP PATCH (TD3.3a-d), by id or by identifier: a visibility label added or removed, the
 guide's masking and unmasking (`/securityLabel/0` replaced by a label, or by `N`), a deletion,
 archiving. Each answer must be what the README's rules say (404 for a document the requester does
-not see, 410 once it is deleted, 403 for a change they may not make, 200 otherwise), what is stored
+not see, 410 once it is deleted, 403 for a change they may not make, a mask the patient set lifted by
+its author among them, 200 otherwise), what is stored
 must follow exactly the changes made, every request must leave an AuditEvent, and at the end every
 reader sees what the read rules allow of the documents as they now are.
 """
@@ -65,6 +66,7 @@ class State:
     archived: bool | None = None
     deleted: bool = False
     version: int = 1
+    masked_by_patient: bool = False   # MASQUE_PS set by the patient or their representative
 
 
 professional, patient, organization = (st.integers(0, len(PROFESSIONALS) - 1), st.integers(0, len(INS) - 1),
@@ -117,14 +119,19 @@ def in_care(reader: Reader) -> bool:
     return reader.role in ("doctor", "nurse") and reader.purpose == "care"
 
 
-def may_set(requester: Requester, doc: Document, label: str) -> bool:
+def acts_for_patient(requester: Requester) -> bool:
+    return requester.reader.role in ("patient", "representative")
+
+
+def may_set(requester: Requester, doc: Document, state: State, label: str) -> bool:
     role = requester.reader.role
     if role == "patient":
         return label in (MASQUE_PS, INVISIBLE_REPRESENTATIVES)
     if role == "representative":
         return label == MASQUE_PS
     if in_care(requester.reader):
-        return label == INVISIBLE_PATIENT or (label == MASQUE_PS and produced_by(requester, doc))
+        return label == INVISIBLE_PATIENT or (label == MASQUE_PS and produced_by(requester, doc)
+                                              and not state.masked_by_patient)
     return False
 
 
@@ -166,8 +173,10 @@ def expected(requester: Requester, doc: Document, state: State, change: Change, 
     moved = wanted ^ state.labels
     if not moved:
         return 200, state
-    if all(may_set(requester, doc, label) for label in moved):
-        return 200, replace(state, labels=wanted, version=state.version + 1)
+    if all(may_set(requester, doc, state, label) for label in moved):
+        mask_kept = MASQUE_PS in state.labels and state.masked_by_patient
+        return 200, replace(state, labels=wanted, version=state.version + 1, masked_by_patient=MASQUE_PS in wanted and (
+            mask_kept or (MASQUE_PS not in state.labels and acts_for_patient(requester))))
     return 403, state
 
 
@@ -192,13 +201,14 @@ def patch_of(change: Change, state: State) -> list:
 
 def stored(engine, doc_id: str) -> State:
     with engine.connect() as conn:
-        row = conn.execute(select(resources.c.body, resources.c.deleted, resources.c.version).where(
+        row = conn.execute(select(resources.c.body, resources.c.deleted, resources.c.version,
+                                  resources.c.masked_by_patient).where(
             resources.c.res_type == "DocumentReference", resources.c.res_id == doc_id)).one()
     body = json.loads(row.body)
     labels = {c["code"] for label in body.get("securityLabel", []) for c in label["coding"]
               if c["system"] == codes.VISIBILITY_SYSTEM}
     archived = [e["valueBoolean"] for e in body.get("extension", []) if e["url"] == codes.PDSM_IS_ARCHIVED]
-    return State(labels, archived[0] if archived else None, bool(row.deleted), row.version)
+    return State(labels, archived[0] if archived else None, bool(row.deleted), row.version, row.masked_by_patient)
 
 
 def audit_count(engine) -> int:
@@ -227,6 +237,13 @@ def backend():
     (Requester(Reader("doctor", 2, None, "care"), 1), 0, [Change("add", MASQUE_PS)], False),
     (Requester(Reader("patient", 0, 0, "care")), 0, [Change("unmask")], True),   # offset 0: the document's
     (Requester(Reader("doctor", 2, None, "care"), 1), 0, [Change("delete")], False)])
+# The patient masks a document its author, who still sees it, may not unmask, by either request;
+# once the patient unmasked it, its author masks it and unmasks it.
+@example(docs=[Document(0, frozenset(), 2, None)], world_rules=[], sequence=[
+    (Requester(Reader("patient", 0, 0, "care")), 0, [Change("add", MASQUE_PS)], False),
+    (Requester(Reader("doctor", 2, None, "care")), 0, [Change("unmask"), Change("remove", MASQUE_PS)], True),
+    (Requester(Reader("patient", 0, 0, "care")), 0, [Change("unmask")], False),
+    (Requester(Reader("doctor", 2, None, "care")), 0, [Change("mask", MASQUE_PS), Change("unmask")], False)])
 def test_every_change_is_made_exactly_when_the_rules_allow_it(client, database, bearer, docs, world_rules, sequence):
     engine = database[0]
     made = build_world(engine, docs, world_rules)
