@@ -1,6 +1,7 @@
 """One CDA document: read (parse, header, rules) and its DocumentReference mapped and validated
 outside any transaction, under stand-in ids; then, in the unit of work, its patient, authors and
-custodian found or created, the DocumentReference linked to them and persisted with its Binary.
+custodian found or created, the DocumentReference linked to them and persisted with its Binary
+(and, for a CDA sent alone, the SubmissionSet of that one document).
 
 Used by POST /cda and `gateway ingest` (through the ingest pipeline), by ITI-65 and by the HL7v2
 document messages (inside theirs).
@@ -18,6 +19,7 @@ from gateway.access.writes import Producers, Write, finess
 from gateway.fhir.validation import InvalidResource, validate, with_plain_spaces
 from gateway.mapping import codes
 from gateway.mapping import document as mapping
+from gateway.mapping import submission
 from gateway.mapping.hl7v2 import feeding_refused
 from gateway.mapping.identity import identifier_value
 from gateway.mapping.rules import check_document
@@ -92,6 +94,8 @@ def ingest_cda(repo: Repository, data: bytes, *, max_bytes: int, channel: str = 
     raw copy keeps those bytes, refused, as an oversized message's does."""
     def write(uow: UnitOfWork, parsed: ParsedCda) -> Written[Ingested]:
         result = register_document(uow, repo.base_url, parsed)
+        if result.created:
+            result.produced.append(_submission_set(uow, result.document_reference))
         return Written(result, "processed" if result.created else "duplicate", result.produced)
 
     # The document is the body: hashed once, for its raw copy and for its Binary.
@@ -109,6 +113,20 @@ def ingest_cda(repo: Repository, data: bytes, *, max_bytes: int, channel: str = 
     _, written = ingest(repo, received, Write.FEED, prepare, write, raw_id=raw_id,
                         named_patient=lambda uow: named_patient(uow, named_patient_ids(data)))
     return written.value
+
+
+def _submission_set(uow: UnitOfWork, docref: StoredResource) -> str:
+    """The SubmissionSet of a CDA sent alone: one document, sent by the requester, as ITI-105's. A
+    document registered so was in no SubmissionSet, where XDS puts each document in the one that
+    brought it, and ITI-66 listed the submissions of a record but those."""
+    access = uow.repository.access
+    list_id = uow.new_id()
+    resource = submission.submission_set(
+        list_id, submission.unique_id(), docref.json()["subject"], [docref.reference],
+        title="Dépôt d'un document CDA", source=[submission.device_source(access.name or access.subject)],
+        source_id={"system": submission.SUBMITTER_SYSTEM, "value": access.subject})
+    uow.save(_checked(resource), patient_id=docref.patient_id)
+    return f"List/{list_id}"
 
 
 def _content_type(header: CdaHeader) -> str:

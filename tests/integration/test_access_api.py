@@ -504,7 +504,7 @@ def test_each_request_leaves_its_audit_events(client, bearer, world, database):
               next(x["what"]["reference"].split("/")[0] for x in e["entity"] if x["type"]["code"] == "2"))
              for e in created}
     assert kinds == {("PatientCreate", "C", "Patient"), ("PatientCreate", "C", "Binary"), ("PatientCreate", "C", "DocumentReference"),
-                     ("Create", "C", "Practitioner"), ("Create", "C", "Organization")}
+                     ("PatientCreate", "C", "List"), ("Create", "C", "Practitioner"), ("Create", "C", "Organization")}
     # A patient reads their own trail, never another's.
     mine = client.get("/fhir/AuditEvent", headers=martin, query_string={"_count": 200}).json
     assert mine["total"] >= 4 and all(patient_ref in json.dumps(e["resource"]["entity"]) for e in mine["entry"])

@@ -9,6 +9,7 @@ import time
 import pytest
 from sqlalchemy import func, select, text, update
 
+import profiles
 from conftest import GP, attend_all, sample
 from gateway.storage.schema import blobs, raw_inputs, resources
 
@@ -75,6 +76,46 @@ def test_same_document_twice_names_the_existing_resource_and_tells_nothing_else(
     assert again.headers["Location"].endswith(f"/DocumentReference/{first['id']}")
     assert "securityLabel" not in again.get_data(as_text=True)
     assert counts(database[0])["DocumentReference"] == 1
+
+
+def test_a_cda_sent_alone_is_registered_in_a_submission_set_of_its_own(client, database, bearer):
+    """As ITI-105's publication is: XDS puts each document in the SubmissionSet that brought it, and
+    ITI-66 found a record's MDM and ITI-65 submissions, never its documents sent to /cda. The
+    SubmissionSet names its sender, and is hidden from whoever its document is hidden from."""
+    from gateway.mapping import codes
+    from gateway.services.consents import decision
+
+    feed = bearer("system", sub="lps-cabinet-42", name="LPS du cabinet")
+    first = post(client, "cr-biologie-martin.xml", {**XML, **feed})
+    assert first.status_code == 201, first.json
+    reference = f"DocumentReference/{first.json['id']}"
+    attend_all(database[0])
+    found = client.get("/fhir/List", query_string={"patient.identifier": MARTIN, "code": "submissionset"}).json
+    assert found["total"] == 1
+    listed = found["entry"][0]["resource"]
+    assert [entry["item"]["reference"] for entry in listed["entry"]] == [reference]
+    assert listed["contained"] == [{"resourceType": "Device", "id": "source", "deviceName": [
+        {"name": "LPS du cabinet", "type": "user-friendly-name"}]}]
+    assert {"url": "https://profiles.ihe.net/ITI/MHD/StructureDefinition/ihe-sourceId", "valueIdentifier": {
+        "system": "urn:dmp-gateway:submitter", "value": "lps-cabinet-42"}} in listed["extension"]
+    assert client.get("/fhir/List", query_string={"item": reference}).json["total"] == 1
+    if profiles.available():
+        checked = profiles.Collected()
+        checked.add(listed)
+        assert not checked.errors(), "\n".join(checked.errors())
+    # Sent again: nothing new, no second SubmissionSet.
+    assert post(client, "cr-biologie-martin.xml", {**XML, **feed}).status_code == 200
+    assert counts(database[0])["List"] == 1
+    # Masked from professionals by the patient: an authorised one finds neither.
+    martin, internist = bearer("patient", patient=MARTIN.split("|")[1]), bearer("doctor", sub="899900000012")
+    assert client.post("/fhir/Consent", data=json.dumps(decision("professional", "permit", "899900000012")),
+                       headers={**FHIR, **martin}).status_code == 201
+    assert client.get("/fhir/List", query_string={"item": reference}, headers=internist).json["total"] == 1
+    mask = [{"op": "add", "path": "/securityLabel/-",
+             "value": {"coding": [{"system": codes.VISIBILITY_SYSTEM, "code": "MASQUE_PS"}]}}]
+    assert client.patch(f"/fhir/{reference}", data=json.dumps(mask), headers={
+        "Content-Type": "application/json-patch+json", **martin}).status_code == 200
+    assert client.get("/fhir/List", query_string={"item": reference}, headers=internist).json["total"] == 0
 
 
 def test_creating_a_patient_checks_the_ins_and_names_no_existing_record(client):
@@ -294,7 +335,7 @@ def test_concurrent_uploads_of_one_document_store_it_once(live_server, database,
         statuses = list(pool.map(upload, range(8)))
     assert sorted(statuses) == [200] * 7 + [201]
     assert counts(database[0]) == {"DocumentReference": 1, "Binary": 1, "Patient": 1, "Practitioner": 1,
-                                   "Organization": 1}
+                                   "Organization": 1, "List": 1}
 
 
 def test_a_pdf_submitted_after_the_cda_that_replaces_it_is_registered_superseded(client, database, bearer):

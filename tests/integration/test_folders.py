@@ -289,12 +289,12 @@ def test_a_folder_the_profiles_or_the_record_refuse_is_refused_with_its_submissi
                                                                                    change, expression, status):
     bundle = submission("cr-biologie-martin.xml", registered)
     change(bundle)
-    documents = count(database[0], "DocumentReference")
+    documents, lists = count(database[0], "DocumentReference"), count(database[0], "List")
     refused = provide(client, bundle)
     assert refused.status_code == status, refused.json
     assert refused.json["issue"][0]["expression"] == [expression], refused.json
     assert count(database[0], "DocumentReference") == documents
-    assert count(database[0], "List") == 0
+    assert count(database[0], "List") == lists
 
 
 def test_two_updates_of_one_folder_at_once_are_checked_one_after_the_other(client, second_gateway, backend,
