@@ -373,6 +373,7 @@ def test_masking_in_the_space_is_what_professionals_then_see(app, settings, clie
     # Hiding a document from someone asks first, and changes nothing until it is confirmed.
     asked = post(browser, f"/documents/{lab}/masquage", {"label": "MASQUE_PS", "action": "masquer"}, f"/documents/{lab}")
     assert asked.status_code == 200 and "Confirmer" in asked.text and 'name="confirmation" value="oui"' in asked.text
+    assert "Vous seul·e, ou votre représentant légal, pourrez le démasquer." in asked.text
     assert client.get(f"/fhir/DocumentReference/{lab}", headers=internist).status_code == 200
     answer = post(browser, f"/documents/{lab}/masquage", {"label": "MASQUE_PS", "action": "masquer",
                                                           "confirmation": "oui"}, f"/documents/{lab}")
@@ -380,6 +381,14 @@ def test_masking_in_the_space_is_what_professionals_then_see(app, settings, clie
     assert client.get(f"/fhir/DocumentReference/{lab}", headers=internist).status_code == 404
     page = browser.get(f"/documents/{lab}").text
     assert "Ce document est masqué aux professionnels de santé." in page
+    # As the confirmation said, its author, who still reads it, may not unmask it.
+    post(browser, "/acces/professionnel", {"professionnel": "99900000046", "decision": "autoriser"}, "/acces")
+    author = bearer("doctor", sub="899900000046")
+    assert client.get(f"/fhir/DocumentReference/{lab}", headers=author).status_code == 200
+    unmask = [{"op": "replace", "path": "/securityLabel/0", "value": {"coding": [
+        {"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "N"}]}}]
+    assert client.patch(f"/fhir/DocumentReference/{lab}", data=json.dumps(unmask), headers={
+        "Content-Type": "application/json-patch+json", **author}).status_code == 403
     labels = client.get(f"/fhir/DocumentReference/{lab}", headers=bearer("patient", patient=MARTIN)).json["securityLabel"]
     assert any(c["code"] == "MASQUE_PS" and c["system"] == codes.VISIBILITY_SYSTEM for lb in labels for c in lb["coding"])
 

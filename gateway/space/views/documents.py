@@ -120,7 +120,8 @@ def change_masking(docref_id: str):
         asked = common.confirmation(
             f"Masquer « {common.title_of(current)} » {whom} ?",
             "Les professionnels autorisés ne le verront plus ; votre médecin traitant et l'auteur du document le "
-            "verront toujours." if label == MASQUE_PS else "Vos représentants légaux ne le verront plus.",
+            "verront toujours. Vous seul·e, ou votre représentant légal, pourrez le démasquer."
+            if label == MASQUE_PS else "Vos représentants légaux ne le verront plus.",
             url_for("space.document_page", docref_id=docref_id))
         if asked:
             return asked
