@@ -50,7 +50,8 @@ def create_account(settings: Settings, args) -> int:
 
 
 def run_notifications(settings: Settings, args) -> int:
-    """Send the queued "a document was added" notifications, once or until stopped (SIGTERM)."""
+    """Send the queued notifications ("a document was added", "an emergency access"), once or until
+    stopped (SIGTERM)."""
     import signal
     import threading
 
@@ -63,7 +64,9 @@ def run_notifications(settings: Settings, args) -> int:
             state = f"sent {item.sent_at} to {item.recipients} account(s)" if item.sent_at else "queued"
             if item.refused:
                 state += f", {item.refused} address(es) refused by the mail server"
-            print(f"DocumentReference/{item.docref_id}  queued {item.queued_at}  {state}")
+            about = f"DocumentReference/{item.about_id}" if item.kind == notifications.NEW_DOCUMENT else \
+                f"emergency access AuditEvent/{item.about_id}"
+            print(f"{about}  queued {item.queued_at}  {state}")
         if not items:
             print("no notification", file=sys.stderr)
         return 0

@@ -1,7 +1,9 @@
-""""A document was added to your record", sent to the accounts that manage the record.
+""""A document was added to your record", and "your record was accessed in an emergency", sent to
+the accounts that manage the record.
 
 The repository queues one notification per document in the transaction that stores it (or that
-reveals a document kept from the patient until it was announced). This sends them through the
+reveals a document kept from the patient until it was announced), and one with the first emergency
+access to a record in an hour (R1111-48: the patient is told of it after the fact). This sends them through the
 configured sender, the records whose notifications are oldest first, each record's as one mail
 to each account: `gateway notifications send`, which `gateway serve` runs beside the HTTP server
 with --follow. They are claimed before they are sent, so that two senders (two nodes) never send
@@ -35,36 +37,46 @@ def _stamp(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%f")
 
 
+NEW_DOCUMENT, EMERGENCY_ACCESS = "new-document", "emergency-access"   # notifications.kind
+
+
 @dataclass(frozen=True)
 class Notification:
-    docref_id: str
+    about_id: str   # the document added, or the emergency access (its AuditEvent)
+    kind: str
     queued_at: str
     sent_at: str | None
     recipients: int | None
     refused: int | None
 
 
-def _mails(conn, patient_id: str, claimed: list, link: str) -> tuple[list[Mail], set[int]]:
-    """The messages of a record's claimed notifications: one to each account that wants them, saying
-    how many of the documents it may see were added; and the notifications whose document is no
-    longer current or is hidden from the patient again (dropped: queued afresh if it is revealed)."""
+def _mails(conn, patient_id: str, claimed: list, base_url: str) -> tuple[list[Mail], set[int]]:
+    """The messages of a record's claimed notifications: to each account that wants them, one saying
+    how many of the documents it may see were added; to each account, one saying the record was
+    accessed in an emergency, if it was. And the notifications whose document is no longer current
+    or is hidden from the patient again (dropped: queued afresh if it is revealed)."""
+    added = [c for c in claimed if c.kind == NEW_DOCUMENT]
+    emergency = any(c.kind == EMERGENCY_ACCESS for c in claimed)
     documents = {row.res_id: row for row in conn.execute(select(
         resources.c.res_id, resources.c.deleted, resources.c.hidden_from_patient,
         resources.c.hidden_from_representatives).where(
-        resources.c.res_type == "DocumentReference", resources.c.res_id.in_([c.docref_id for c in claimed])))}
-    gone = {c.id for c in claimed if c.docref_id not in documents or documents[c.docref_id].deleted
-            or documents[c.docref_id].hidden_from_patient}
-    shown = [documents[c.docref_id] for c in claimed if c.id not in gone]
+        resources.c.res_type == "DocumentReference", resources.c.res_id.in_([c.about_id for c in added])))}
+    gone = {c.id for c in added if c.about_id not in documents or documents[c.about_id].deleted
+            or documents[c.about_id].hidden_from_patient}
+    shown = [documents[c.about_id] for c in added if c.id not in gone]
     ins = conn.execute(select(unique_identifiers.c.value).where(
         unique_identifiers.c.res_type == "Patient", unique_identifiers.c.res_id == patient_id,
         unique_identifiers.c.system.in_(INS_SYSTEMS))).scalars().all()
     mails = []
     for account, _ in record_accounts(conn, list(ins)):
+        if emergency:
+            # Whatever the account chose of new documents: the patient is to be told of it.
+            mails.append(emergency_access_mail(account.contact, account.role == PATIENT, base_url + "/historique"))
         if not account.notify_new_documents:
             continue
         count = sum(1 for d in shown if account.role != REPRESENTATIVE or not d.hidden_from_representatives)
         if count:
-            mails.append(new_documents_mail(account.contact, account.role == PATIENT, link, count))
+            mails.append(new_documents_mail(account.contact, account.role == PATIENT, base_url + "/documents", count))
     return mails, gone
 
 
@@ -83,6 +95,19 @@ def new_documents_mail(contact: str, own_record: bool, link: str, count: int) ->
                 "Vous pouvez les désactiver dans votre espace, page « Mon dossier ».")
 
 
+def emergency_access_mail(contact: str, own_record: bool, link: str) -> Mail:
+    """No name, no document: who accessed what and when is in the trail the link leads to."""
+    whose, opposed = ("votre dossier médical partagé", "vous ne vous y êtes pas opposé·e") if own_record else (
+        "le dossier médical partagé d'un enfant dont vous êtes le représentant légal",
+        "il n'y a pas été fait opposition")
+    return Mail(contact, "Accès en urgence à votre dossier médical partagé",
+                f"Un professionnel de santé a accédé à {whose} en situation d'urgence, comme la loi le permet "
+                f"lorsque {opposed}.\nPour voir qui y a accédé, quand et à quels documents, consultez "
+                f"l'historique des accès de votre espace : {link}\n\n"
+                "Ce message est envoyé à chaque accès en urgence, au plus une fois par heure. Vous pouvez vous "
+                "opposer aux accès en urgence dans votre espace, page « Accès ».")
+
+
 class SenderUnavailable(Exception):
     """The sender took no message (the mail server down, refusing the gateway, its certificate not
     trusted): what is queued waits for the next round."""
@@ -97,7 +122,7 @@ def send_pending(settings: Settings, engine: Engine) -> int:
     into a record were 5,902 mails to its patient. Raises SenderUnavailable, once the records handled
     before are recorded, when the sender fails: the record it was at is released for the next round."""
     send = message_sender(settings.message_sender)
-    link = settings.public_base_url.rstrip("/") + "/documents"
+    base_url = settings.public_base_url.rstrip("/")
     now = datetime.now(timezone.utc)
     claimable = (notifications.c.sent_at.is_(None),
                  or_(notifications.c.claimed_until.is_(None), notifications.c.claimed_until < _stamp(now)))
@@ -113,8 +138,8 @@ def send_pending(settings: Settings, engine: Engine) -> int:
                 select(notifications.c.id).where(notifications.c.patient_id == patient_id, *claimable)
                 .order_by(notifications.c.id).limit(PER_MAIL).scalar_subquery()), *claimable)
                 .values(claimed_until=_stamp(now + CLAIM_TIME))
-                .returning(notifications.c.id, notifications.c.docref_id)).all()
-            mails, gone = _mails(conn, patient_id, claimed, link) if claimed else ([], set())
+                .returning(notifications.c.id, notifications.c.about_id, notifications.c.kind)).all()
+            mails, gone = _mails(conn, patient_id, claimed, base_url) if claimed else ([], set())
             if gone:
                 conn.execute(delete(notifications).where(notifications.c.id.in_(sorted(gone))))
         ids = [c.id for c in claimed if c.id not in gone]
@@ -175,4 +200,4 @@ def _waits_for(waiting: dict[str, str], what: str, error: str) -> None:
 def queued(engine: Engine, limit: int = 50) -> list[Notification]:
     with read_connection(engine) as conn:
         rows = conn.execute(select(notifications).order_by(notifications.c.id.desc()).limit(limit)).all()
-    return [Notification(r.docref_id, r.queued_at, r.sent_at, r.recipients, r.refused) for r in rows]
+    return [Notification(r.about_id, r.kind, r.queued_at, r.sent_at, r.recipients, r.refused) for r in rows]

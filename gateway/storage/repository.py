@@ -8,8 +8,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterator, TypeVar
 from urllib.parse import urlparse
 
@@ -90,6 +90,9 @@ TOTAL_BOUND = 1000
 SEARCH_ALL_PAGE = 200
 # The resources a merge reads, writes anew and audits at a time (live_patient_resources).
 PATIENT_PAGE = 200
+# A patient is told of an emergency access to their record at most once in this time: the accesses
+# after the first are in the trail the notice sends them to.
+EMERGENCY_NOTICE_EVERY = timedelta(hours=1)
 
 
 @dataclass
@@ -492,8 +495,10 @@ class Repository:
     def record_audit(self, events: list["PendingAudit"]) -> None:
         if self.access.purpose in (EMERGENCY, REGULATION):
             # An emergency access is granted because no opposition is on record: that decision is
-            # audited too, so the patient and the attending physician see it was made (R1111-48).
-            events = events + [self._authorization("AuthZ-Consent", audit.SUCCESS, e.patient_id)
+            # audited too, so the patient and the attending physician see it was made, and the
+            # patient is told of it (R1111-48; UnitOfWork.store_audit).
+            events = events + [replace(self._authorization("AuthZ-Consent", audit.SUCCESS, e.patient_id),
+                                       emergency_access=True)
                                for e in events if e.patient_id and e.event["outcome"] == "0"]
         self._record(events)
 
@@ -537,6 +542,7 @@ class PendingAudit:
     patient_id: str | None
     hidden_from_patient: bool = False
     hidden_from_representatives: bool = False
+    emergency_access: bool = False   # an emergency access granted, which its patient is told of
 
 
 # The width of unique_identifiers' and awaited_parents' system and value columns: PostgreSQL refuses
@@ -655,8 +661,23 @@ class UnitOfWork:
             "hidden_from_patient": p.hidden_from_patient, "hidden_from_representatives": p.hidden_from_representatives})
             for p in self.audit])
         stored = [(pending.event["id"], body) for pending, body in zip(self.audit, bodies)]
+        self._queue_emergency_notices()
         self.audit = []
         return stored
+
+    def _queue_emergency_notices(self) -> None:
+        """"Your record was accessed in an emergency", queued for its patient with the first such
+        access of the hour (services/notifications.py sends it): the trail showed each access, to a
+        patient who came to read it, and nothing told them to."""
+        granted = {p.patient_id: p.event["id"] for p in self.audit if p.emergency_access and p.patient_id}
+        if not granted:
+            return
+        now = datetime.now(timezone.utc)
+        for patient_id, event_id in granted.items():
+            sql.QUEUE_EMERGENCY_NOTICE.execute(self.conn, {
+                "event_id": event_id, "patient_id": patient_id, "key_patient": patient_id,
+                "queued_at": now.strftime("%Y-%m-%dT%H:%M:%S.%f"),
+                "since": (now - EMERGENCY_NOTICE_EVERY).strftime("%Y-%m-%dT%H:%M:%S.%f")})
 
     def _insert_new(self, new: list[tuple[dict, str | None, dict]]) -> list[str]:
         """Resources written for the first time under fresh ids (a transaction's AuditEvents), as

@@ -307,7 +307,9 @@ notifications = Table(
     "notifications",
     metadata,
     Column("id", SERIAL_ID, primary_key=True, autoincrement=True),
-    Column("docref_id", String(64), nullable=False, unique=True),
+    # What it tells of: a document added (its id), or an emergency access (its AuditEvent's id).
+    Column("about_id", String(64), nullable=False, unique=True),
+    Column("kind", String(24), nullable=False, server_default="new-document"),   # or "emergency-access"
     Column("patient_id", String(64), nullable=False),
     Column("queued_at", String(32), nullable=False),
     Column("claimed_until", String(32)),

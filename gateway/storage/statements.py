@@ -16,7 +16,7 @@ from operator import itemgetter
 from typing import Any, Callable
 
 import orjson
-from sqlalchemy import Connection, bindparam, delete, insert, literal, or_, select, text, update
+from sqlalchemy import Connection, String, bindparam, delete, insert, literal, or_, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ClauseElement, Insert
 
@@ -26,6 +26,7 @@ from .schema import (
     access_rules,
     awaited_parents,
     blob_parts,
+    notifications,
     raw_inputs,
     resource_versions,
     resources,
@@ -233,8 +234,18 @@ _CLOSURES = select(access_rules.c.consent_id).where(
 RECORD_CLOSED = Prebuilt(_CLOSURES.limit(1))
 CLOSURES = Prebuilt(_CLOSURES)
 # "A document was added to your record", queued once per document.
-QUEUE_NOTIFICATION = Prebuilt(text("INSERT INTO notifications (docref_id, patient_id, queued_at) "
-                                   "VALUES (:docref_id, :patient_id, :queued_at) ON CONFLICT (docref_id) DO NOTHING"))
+QUEUE_NOTIFICATION = Prebuilt(text("INSERT INTO notifications (about_id, kind, patient_id, queued_at) "
+                                   "VALUES (:docref_id, 'new-document', :patient_id, :queued_at) "
+                                   "ON CONFLICT (about_id) DO NOTHING"))
+# "Your record was accessed in an emergency", queued with the first such access of the hour: a
+# break-the-glass reading for twenty minutes is one notice.
+QUEUE_EMERGENCY_NOTICE = Prebuilt(insert(notifications).from_select(
+    ["about_id", "kind", "patient_id", "queued_at"],
+    select(bindparam("event_id", type_=String), literal("emergency-access", String),
+           bindparam("patient_id", type_=String), bindparam("queued_at", type_=String))
+    .where(~select(notifications.c.id).where(
+        notifications.c.patient_id == bindparam("key_patient"),
+        notifications.c.kind == "emergency-access", notifications.c.queued_at > bindparam("since")).exists())))
 
 # A blob's first part, unless a blob of that digest is stored already: the row comes back only when
 # inserted (one statement where a look-up and an insert were two; a concurrent writer of the same

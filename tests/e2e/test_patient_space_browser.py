@@ -343,6 +343,14 @@ def test_the_history_puts_refused_attempts_and_emergencies_first_and_names_every
     text = page.locator("main").inner_text()
     assert "Logiciel de l'établissement" in text and "Alimentation du dossier" in text
     assert not re.search(r"mllp|gateway ingest|demo setup|\d+\.\d+\.\d+\.\d+|critères", text)
+    # And `gateway serve`'s sender told him of the emergency access, naming no one.
+    deadline = time.monotonic() + 60
+    while not [line for line in outbox(env, "paul.martin@example.test") if "Accès en urgence" in line]:
+        assert time.monotonic() < deadline, outbox(env, "paul.martin@example.test")
+        time.sleep(0.2)
+    sent = [json.loads(line) for line in (Path(env["GATEWAY_VAR_DIR"]) / "outbox.jsonl").read_text().splitlines()]
+    told = next(m for m in sent if m["to"] == "paul.martin@example.test" and m["subject"].startswith("Accès en urgence"))
+    assert f"{base}/historique" in told["text"] and not re.search(r"FAURE|ROUSSEAU|biolog|MARTIN", told["text"], re.I)
     page.get_by_role("link", name="Tentatives refusées").click()
     expect(page.get_by_role("heading", level=2)).to_contain_text("Tentatives refusées")
     rows = page.locator("table.history tbody tr").all_inner_texts()
@@ -452,7 +460,8 @@ def test_a_new_visible_document_is_notified_and_an_invisible_one_is_not(gateway)
     mail = [line for line in outbox(env, "paul.martin@example.test") if re.search(r"Un nouveau document|\d+ nouveaux", line)]
     assert mail
     sent = [json.loads(line) for line in (Path(env["GATEWAY_VAR_DIR"]) / "outbox.jsonl").read_text().splitlines()]
-    text = next(m["text"] for m in reversed(sent) if m["to"] == "paul.martin@example.test" and not m.get("code"))
+    text = next(m["text"] for m in reversed(sent) if m["to"] == "paul.martin@example.test" and not m.get("code")
+                and "nouveau" in m["subject"])
     assert f"{base}/documents" in text and not re.search(r"biolog|Compte rendu|Laboratoire|MARTIN", text, re.I)
 
 

@@ -566,7 +566,6 @@ def test_an_ins_stored_as_printed_is_its_15_characters_after_the_migration(clien
                          {"ins": ins, "printed": as_printed})
         conn.execute(text("UPDATE unique_identifiers SET value = :printed WHERE value = :ins"),
                      {"ins": dubois, "printed": printed[dubois]})
-        conn.execute(text("UPDATE alembic_version SET version_num = '0028'"))
     # Mr DUBOIS registered again with his INS written plainly: the code before made a second record.
     again = client.post("/fhir/Patient", headers=FHIR, data=json.dumps({"resourceType": "Patient", "identifier": [
         {"system": "urn:oid:1.2.250.1.213.1.4.10", "value": dubois}]}))
@@ -580,8 +579,7 @@ def test_an_ins_stored_as_printed_is_its_15_characters_after_the_migration(clien
 
     assert found(martin) == {"Patient": 0, "DocumentReference": 0}
     assert found(dubois) == {"Patient": 1, "DocumentReference": 0}
-    with engine.begin() as conn:   # and the columns of 0028
-        conn.execute(text("ALTER TABLE resources DROP COLUMN masked_by_patient"))
+    command.downgrade(alembic_config(engine), "0028")   # 0029's downgrade changes nothing
     command.upgrade(alembic_config(engine), "head")
     assert found(martin) == {"Patient": 1, "DocumentReference": 1}
     # Two records of one patient, each claiming the INS as it was written: both found, to be merged.

@@ -11,6 +11,7 @@ from conftest import GP, attend_all, free_port, sample
 from gateway.demo import build_submission
 from gateway.mapping import codes
 from gateway.services import notifications
+from gateway.services.consents import decision
 from gateway.space import accounts
 from gateway.space.senders import read_outbox
 from gateway.storage.schema import notifications as queue
@@ -32,7 +33,7 @@ def people(database):
 
 def queued(engine) -> set[str]:
     with engine.connect() as conn:
-        return set(conn.execute(select(queue.c.docref_id)).scalars())
+        return set(conn.execute(select(queue.c.about_id)).scalars())
 
 
 def mails(settings, to: str) -> list[dict]:
@@ -289,7 +290,7 @@ def test_an_address_refused_for_good_is_counted_and_not_tried_again_and_a_refusa
         assert notifications.send_pending(sending, engine) == 1
         assert [e.rcpt_tos for e in received] == [["paul@example.test"]]
         with engine.connect() as conn:
-            sent = conn.execute(select(queue).where(queue.c.docref_id == first)).one()
+            sent = conn.execute(select(queue).where(queue.c.about_id == first)).one()
         assert sent.sent_at is not None and (sent.recipients, sent.refused) == (1, 1)
         assert notifications.send_pending(sending, engine) == 0   # not tried again
         answers["paul@example.test"] = "451 4.3.0 mailbox busy, try later"
@@ -298,7 +299,7 @@ def test_an_address_refused_for_good_is_counted_and_not_tried_again_and_a_refusa
         with pytest.raises(notifications.SenderUnavailable, match="^SMTPRecipientsRefused$"):
             notifications.send_pending(sending, engine)
         with engine.connect() as conn:
-            waiting = conn.execute(select(queue).where(queue.c.docref_id == second)).one()
+            waiting = conn.execute(select(queue).where(queue.c.about_id == second)).one()
         assert waiting.sent_at is None and waiting.claimed_until is None   # taken up at the next round
         del answers["paul@example.test"]
         assert notifications.send_pending(sending, engine) == 1
@@ -368,3 +369,49 @@ def test_a_document_announced_before_a_merge_is_announced_to_the_survivor_s_acco
     assert b"MSA|AA" in answer.data, answer.data
     assert notifications.send_pending(settings, engine) == 1
     assert len(mails(settings, "paul@example.test")) == 1
+
+
+def test_an_emergency_access_is_told_to_the_patient_once_an_hour_whatever_they_chose_of_new_documents(
+        client, bearer, database, settings, people, monkeypatch):
+    """R1111-48: the patient is informed, after the fact, of an emergency access to their record.
+    It was in their trail, for them to come and read, and nothing told them to. One notice with the
+    first access of the hour, none for a refused one, a care access or a patient's own reading; it
+    names no one and no document, and goes to each account of the record, their choice on new
+    documents aside."""
+    from datetime import timedelta
+
+    from gateway.storage import repository
+
+    engine = database[0]
+    accounts.set_notifications(engine, "paul", False)
+    client.post("/cda", data=sample("cr-biologie-martin.xml"), headers={**XML, **bearer("system", sub="hospital")})
+    notifications.send_pending(settings, engine)
+    query = {"patient.identifier": f"urn:oid:1.2.250.1.213.1.4.10|{MARTIN}"}
+    client.get("/fhir/DocumentReference", query_string=query, headers=bearer("patient", patient=MARTIN))
+    attend_all(engine)
+    client.get("/fhir/DocumentReference", query_string=query, headers=bearer("doctor", sub=GP))
+    assert notifications.send_pending(settings, engine) == 0
+    emergency = bearer("doctor", sub="899900000020", purpose="emergency", patient=MARTIN)
+    for _ in range(3):
+        found = client.get("/fhir/DocumentReference", query_string=query, headers=emergency)
+        assert found.status_code == 200 and found.json["total"] == 1
+    assert notifications.send_pending(settings, engine) == 1
+    sent = mails(settings, "paul@example.test")
+    assert [mail["subject"] for mail in sent] == ["Accès en urgence à votre dossier médical partagé"]
+    text = sent[0]["text"].lower()
+    assert f"{settings.public_base_url}/historique" in text
+    assert not [word for word in MEDICAL_WORDS + ("899900000020",) if word in text], text
+    # The hour after: the next emergency access is told again.
+    client.get("/fhir/DocumentReference", query_string=query, headers=emergency)
+    assert notifications.send_pending(settings, engine) == 0
+    monkeypatch.setattr(repository, "EMERGENCY_NOTICE_EVERY", timedelta(0))
+    client.get("/fhir/DocumentReference", query_string=query, headers=emergency)
+    assert notifications.send_pending(settings, engine) == 1
+    assert len(mails(settings, "paul@example.test")) == 2
+    # Refused (the patient opposed emergency access): nothing to tell but the trail's attempt.
+    assert client.post("/fhir/Consent", data=json.dumps(decision("emergency-access", "deny")),
+                       headers={**FHIR, **bearer("patient", patient=MARTIN)}).status_code == 201
+    assert client.get("/fhir/DocumentReference", query_string=query, headers=emergency).json.get("total") == 0
+    assert notifications.send_pending(settings, engine) == 0
+    kinds = {(item.kind, item.sent_at is not None) for item in notifications.queued(engine)}
+    assert kinds == {("new-document", True), ("emergency-access", True)}
