@@ -129,7 +129,9 @@ def checked_consent(consent: dict, patient_id: str, access: AccessContext, curre
 def create(repo: Repository, consent: dict) -> tuple[StoredResource, bool]:
     """The Consent, and whether it is new: a decision already in force (an active Consent of the
     record with the same kind, effect and actors: a request retried, a form sent twice) is that
-    Consent, and nothing is stored. Two were kept, and revoking one left the other in force."""
+    Consent, and nothing is stored. Two were kept, and revoking one left the other in force. The
+    earlier decisions a new one decides again are revoked with it (UnitOfWork.decisions_replaced_by):
+    the patient's latest decision holds, whatever app or page they made it with."""
     repo.require(Write.CONSENT)
     stored = checked_consent(consent, own_patient(repo), repo.access)
     stored["id"] = new_id()
@@ -138,6 +140,9 @@ def create(repo: Repository, consent: dict) -> tuple[StoredResource, bool]:
         in_force = uow.decision_in_force(stored, patient_id)
         if in_force is not None:
             return in_force, False
+        for earlier in uow.decisions_replaced_by(stored, patient_id):
+            uow.save(checked_consent(inactive(earlier), patient_id, repo.access, earlier.json()),
+                     patient_id=patient_id, method="PUT")
         return uow.save(stored, patient_id=patient_id, method="POST"), True
 
 

@@ -819,6 +819,27 @@ class UnitOfWork:
         same = sorted(consent_id for consent_id, named in actors.items() if named == wanted)
         return self.current("Consent", same[0]) if same else None
 
+    def decisions_replaced_by(self, consent: dict, patient_id: str) -> list[StoredResource]:
+        """The record's active Consents that a new decision decides again, which it replaces: of its
+        kind, those about professionals it names them all again (whatever their effect), and every
+        other one (one attending physician; one decision on consultation, on emergency access, on the
+        record). Kept in force beside the new one, a block outlived the authorisation that followed
+        it, and an opposition the permit that followed it."""
+        rules = rules_of(consent, patient_id)
+        if not rules:
+            return []
+        self.look_at_record_alone(patient_id)
+        rows = self.conn.execute(select(access_rules.c.consent_id, access_rules.c.actor_system,
+                                        access_rules.c.actor_value).where(
+            access_rules.c.patient_id == patient_id, access_rules.c.kind == rules[0]["kind"]))
+        actors: dict[str, set] = {}
+        for consent_id, system, value in rows:
+            actors.setdefault(consent_id, set()).add((system, value))
+        named = {(rule["actor_system"], rule["actor_value"]) for rule in rules}
+        replaced = sorted(consent_id for consent_id, theirs in actors.items()
+                          if rules[0]["kind"] != "professional" or theirs <= named)
+        return [self.current("Consent", consent_id) for consent_id in replaced]
+
     def live_of_record(self, res_type: str, patient_id: str) -> list[StoredResource]:
         """The record's live resources of one type (a patient's few: their contacts), looked at
         alone (`look_at_record_alone`)."""

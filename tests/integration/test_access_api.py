@@ -135,13 +135,19 @@ def test_consents_authorise_block_and_revoke(client, bearer, world):
     assert granted.status_code == 201, granted.json
     assert document_ids(client, internist) == {world["ldl"], world["bio"]}
     blocked = client.post("/fhir/Consent", data=consent("professional", "deny", INTERNIST), headers={**FHIR, **martin})
-    assert document_ids(client, internist) == set()  # a block wins over an authorisation
+    assert document_ids(client, internist) == set()
+    # The block replaced the authorisation (as the patient space's does): lifted, it leaves none.
+    replaced = client.get(f"/fhir/Consent/{granted.json['id']}", headers=martin).json
+    assert (replaced["status"], replaced["meta"]["versionId"]) == ("inactive", "2")
     revoked = client.put(f"/fhir/Consent/{blocked.json['id']}", headers={**FHIR, **martin},
                          data=consent("professional", "deny", INTERNIST, status="inactive", res_id=blocked.json["id"]))
     assert revoked.status_code == 200 and revoked.json["meta"]["versionId"] == "2"
-    assert document_ids(client, internist) == {world["ldl"], world["bio"]}
+    assert document_ids(client, internist) == set()
     history = client.get(f"/fhir/Consent/{blocked.json['id']}/_history", headers=martin).json
     assert [e["resource"]["status"] for e in history["entry"]] == ["inactive", "active"]
+    assert client.post("/fhir/Consent", data=consent("professional", "permit", INTERNIST),
+                       headers={**FHIR, **martin}).status_code == 201
+    assert document_ids(client, internist) == {world["ldl"], world["bio"]}
     # Only the patient decides, and only for their own record.
     lefevre = bearer("patient", patient=LEFEVRE)
     assert client.put(f"/fhir/Consent/{granted.json['id']}", data=consent("professional", "deny", INTERNIST,
@@ -193,6 +199,49 @@ def test_a_decision_posted_twice_is_kept_once_and_revoked_once(client, bearer, w
         "system": "urn:oid:1.2.250.1.71.4.2.1", "value": SURGEON}}})
     for other in (body, consent("professional", "deny", INTERNIST), json.dumps(both)):
         assert client.post("/fhir/Consent", data=other, headers={**FHIR, **martin}).status_code == 201
+
+
+def test_a_patient_s_latest_decision_replaces_the_earlier_ones_it_decides_again(client, bearer, world):
+    """A patient's app authorised the internist, blocked them, then authorised them again: the
+    second authorisation was the first one, still in force (200), and the block beside it kept the
+    internist out while the app showed them authorised. The patient space revoked the earlier
+    decision itself, and only there. Now each new decision revokes, with it, those it decides
+    again, whatever made it: about a professional it names, the attending physician, an opposition."""
+    martin, internist = bearer("patient", patient=MARTIN), bearer("doctor", sub=INTERNIST)
+    both = {world["ldl"], world["bio"]}
+
+    def post(kind: str, effect: str, professional: str | None = None) -> dict:
+        answer = client.post("/fhir/Consent", data=consent(kind, effect, professional), headers={**FHIR, **martin})
+        assert answer.status_code == 201, answer.json
+        return answer.json
+
+    def status(consent_id: str) -> str:
+        return client.get(f"/fhir/Consent/{consent_id}", headers=martin).json["status"]
+
+    granted = post("professional", "permit", INTERNIST)
+    blocked = post("professional", "deny", INTERNIST)
+    assert document_ids(client, internist) == set() and status(granted["id"]) == "inactive"
+    again = post("professional", "permit", INTERNIST)
+    assert document_ids(client, internist) == both
+    assert (status(blocked["id"]), status(again["id"])) == ("inactive", "active")
+    # One attending physician: the new one replaces the earlier one, who still reads as authorised.
+    gp = post("attending-physician", "permit", SURGEON)
+    post("attending-physician", "permit", INTERNIST)
+    assert status(gp["id"]) == "inactive"
+    assert document_ids(client, bearer("doctor", sub=SURGEON)) == set()
+    # An opposition to emergency access, then the app's permit: the emergency doctor reads again.
+    emergency = bearer("doctor", sub=BIOLOGIST, purpose="emergency", patient=MARTIN)
+    read_in_emergency = document_ids(client, emergency)
+    assert read_in_emergency
+    opposed = post("emergency-access", "deny")
+    assert document_ids(client, emergency) == set()
+    post("emergency-access", "permit")
+    assert status(opposed["id"]) == "inactive"
+    assert document_ids(client, emergency) == read_in_emergency
+    # Another professional's decisions stay.
+    surgeon = post("professional", "deny", SURGEON)
+    post("professional", "permit", RADIOLOGIST)
+    assert status(surgeon["id"]) == "active"
 
 
 def test_a_decision_posted_twice_at_once_is_kept_once(client, second_gateway, bearer, world, monkeypatch):

@@ -116,14 +116,7 @@ def decide_professional():
             return asked
     kind, effect = ("attending-physician", "permit") if decision == "medecin-traitant" else (
         "professional", "permit" if decision == "autoriser" else "deny")
-    for stored, existing_kind, existing_effect, actors in _decisions():
-        # One decision per professional, one attending physician: the earlier one is revoked. The
-        # same decision made again (a form sent twice) is the one in force: kept, nothing made.
-        if (existing_kind, existing_effect, actors) == (kind, effect, [idnatps]):
-            continue
-        if (existing_kind == "professional" and kind == "professional" and idnatps in actors) or (
-                existing_kind == "attending-physician" and kind == "attending-physician"):
-            consents.revoke(g.repository, stored)
+    # One decision per professional, one attending physician: the earlier one is revoked with it.
     consents.create(g.repository, consents.decision(kind, effect, idnatps))
     flash({"autoriser": f"{name} peut désormais consulter votre dossier.",
            "bloquer": f"{name} est bloqué·e : ce professionnel ne voit plus rien de votre dossier.",
