@@ -131,11 +131,16 @@ def with_replaced_masking(docref: dict, replaced: list[dict]) -> dict:
             + docref.get("securityLabel", [])}
 
 
+def related_ids(docref: dict, code: str) -> list[str]:
+    """The DocumentReferences a document names in relatesTo with this code, by id."""
+    return [r["target"]["reference"].rsplit("/", 1)[-1] for r in docref.get("relatesTo", [])
+            if isinstance(r, dict) and r.get("code") == code
+            and str(r.get("target", {}).get("reference", "")).startswith("DocumentReference/")]
+
+
 def signed_ids(docref: dict) -> list[str]:
     """The DocumentReferences a signature signs (relatesTo signs), by id."""
-    return [r["target"]["reference"].rsplit("/", 1)[-1] for r in docref.get("relatesTo", [])
-            if isinstance(r, dict) and r.get("code") == "signs"
-            and str(r.get("target", {}).get("reference", "")).startswith("DocumentReference/")]
+    return related_ids(docref, "signs")
 
 
 def visibility_columns(docref: dict) -> dict:

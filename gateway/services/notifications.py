@@ -3,13 +3,13 @@ the accounts that manage the record.
 
 The repository queues one notification per document in the transaction that stores it (or that
 reveals a document kept from the patient until it was announced), and one with the first emergency
-access to a record in an hour (R1111-48: the patient is told of it after the fact). This sends them through the
-configured sender, the records whose notifications are oldest first, each record's as one mail
-to each account: `gateway notifications send`, which `gateway serve` runs beside the HTTP server
-with --follow. They are claimed before they are sent, so that two senders (two nodes) never send
-the same one; those whose sender stopped midway are claimed again after CLAIM_TIME, those the
-sender could not take at the next round. A recipient the mail server refuses for good is
-counted, not tried again.
+access to a record in an hour (R1111-48: the patient is told of it after the fact). This sends
+them through the configured sender, the records whose notifications are oldest first, each
+record's as one mail to each account (and one of an emergency access): `gateway notifications
+send`, which `gateway serve` runs beside the HTTP server with --follow. They are claimed before
+they are sent, so that two senders (two nodes) never send the same one; those whose sender stopped
+midway are claimed again after CLAIM_TIME, those the sender could not take at the next round. A
+recipient the mail server refuses for good is counted, not tried again.
 """
 from __future__ import annotations
 

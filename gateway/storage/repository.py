@@ -20,7 +20,15 @@ from uuid6 import uuid7
 from gateway.access import AccessContext
 from gateway.access import audit, writes
 from gateway.access.context import DIRECTORY_TYPES, EMERGENCY, INS_SYSTEMS, OWN_PATIENT, PATIENT, REGULATION
-from gateway.access.rules import MASQUE_PS, VISIBILITY_COLUMNS, binary_ids, rules_of, signed_ids, visibility_columns
+from gateway.access.rules import (
+    MASQUE_PS,
+    VISIBILITY_COLUMNS,
+    binary_ids,
+    related_ids,
+    rules_of,
+    signed_ids,
+    visibility_columns,
+)
 from gateway.access.writes import Write
 from gateway.mapping.document import author_idnatps
 from gateway.refusal import Refused
@@ -1090,9 +1098,9 @@ class UnitOfWork:
         if not columns.get("masked"):
             return False
         if previous is not None:
-            return bool(previous["masked_by_patient"] if previous["masked"] else self.repository.access.acts_for_patient)
-        replaced = [r["target"]["reference"].rsplit("/", 1)[-1] for r in docref.get("relatesTo", [])
-                    if r.get("code") == "replaces" and "reference" in r.get("target", {})]
+            return bool(previous["masked_by_patient"]) if previous["masked"] else \
+                self.repository.access.acts_for_patient
+        replaced = related_ids(docref, "replaces")
         return self.repository.access.acts_for_patient or bool(replaced and self.conn.execute(
             select(resources.c.res_id).where(resources.c.res_type == "DocumentReference",
                                              resources.c.res_id.in_(replaced), resources.c.masked_by_patient)

@@ -349,7 +349,8 @@ def test_the_history_puts_refused_attempts_and_emergencies_first_and_names_every
         assert time.monotonic() < deadline, outbox(env, "paul.martin@example.test")
         time.sleep(0.2)
     sent = [json.loads(line) for line in (Path(env["GATEWAY_VAR_DIR"]) / "outbox.jsonl").read_text().splitlines()]
-    told = next(m for m in sent if m["to"] == "paul.martin@example.test" and m["subject"].startswith("Accès en urgence"))
+    told = next(m for m in sent if m["to"] == "paul.martin@example.test"
+                and m["subject"].startswith("Accès en urgence"))
     assert f"{base}/historique" in told["text"] and not re.search(r"FAURE|ROUSSEAU|biolog|MARTIN", told["text"], re.I)
     page.get_by_role("link", name="Tentatives refusées").click()
     expect(page.get_by_role("heading", level=2)).to_contain_text("Tentatives refusées")

@@ -608,7 +608,8 @@ def test_a_mask_added_after_a_document_came_is_the_patient_s_after_the_migration
               for name in ("cr-biologie-martin.xml", "ldl-ses-martin.xml")}
     came_masked, masked_later = posted["ldl-ses-martin.xml"], posted["cr-biologie-martin.xml"]
     attend_all(engine, author)
-    mask = [{"op": "add", "path": "/securityLabel/-", "value": {"coding": [{"system": codes.VISIBILITY_SYSTEM, "code": "MASQUE_PS"}]}}]
+    mask = [{"op": "add", "path": "/securityLabel/-",
+             "value": {"coding": [{"system": codes.VISIBILITY_SYSTEM, "code": "MASQUE_PS"}]}}]
     assert client.patch(f"/fhir/DocumentReference/{masked_later}", data=json.dumps(mask),
                         headers={"Content-Type": "application/json-patch+json", **martin}).status_code == 200
     with engine.begin() as conn:

@@ -19,7 +19,8 @@ down_revision = "0029"
 branch_labels = None
 depends_on = None
 
-VISIBILITY_SYSTEM = "https://mos.esante.gouv.fr/NOS/TRE_A07-StatutVisibiliteDocument/FHIR/TRE-A07-StatutVisibiliteDocument"
+VISIBILITY_SYSTEM = ("https://mos.esante.gouv.fr/NOS/TRE_A07-StatutVisibiliteDocument/FHIR/"
+                     "TRE-A07-StatutVisibiliteDocument")
 
 
 def _masked(body: str) -> bool:
@@ -40,8 +41,9 @@ def upgrade() -> None:
             break
         after = masked[-1]
         for res_id in masked:
-            first = conn.execute(sa.text("SELECT body FROM resource_versions WHERE res_type = 'DocumentReference' "
-                                         "AND res_id = :res_id AND version = 1"), {"res_id": res_id}).scalar_one_or_none()
+            first = conn.execute(sa.text(
+                "SELECT body FROM resource_versions WHERE res_type = 'DocumentReference' AND res_id = :res_id "
+                "AND version = 1"), {"res_id": res_id}).scalar_one_or_none()
             if first is None or not _masked(first):
                 conn.execute(sa.text("UPDATE resources SET masked_by_patient = :masked WHERE "
                                      "res_type = 'DocumentReference' AND res_id = :res_id"),

@@ -16,7 +16,8 @@ depends_on = None
 
 def upgrade() -> None:
     with op.batch_alter_table("notifications") as batch:
-        batch.alter_column("docref_id", new_column_name="about_id", existing_type=sa.String(64), existing_nullable=False)
+        batch.alter_column("docref_id", new_column_name="about_id", existing_type=sa.String(64),
+                           existing_nullable=False)
         batch.add_column(sa.Column("kind", sa.String(24), nullable=False, server_default="new-document"))
 
 
@@ -24,4 +25,5 @@ def downgrade() -> None:
     op.execute("DELETE FROM notifications WHERE kind <> 'new-document'")
     with op.batch_alter_table("notifications") as batch:
         batch.drop_column("kind")
-        batch.alter_column("about_id", new_column_name="docref_id", existing_type=sa.String(64), existing_nullable=False)
+        batch.alter_column("about_id", new_column_name="docref_id", existing_type=sa.String(64),
+                           existing_nullable=False)
