@@ -815,14 +815,7 @@ class UnitOfWork:
         rules = rules_of(consent, patient_id)
         if not rules:
             return None
-        self.look_at_record_alone(patient_id)
-        rows = self.conn.execute(select(access_rules.c.consent_id, access_rules.c.actor_system,
-                                        access_rules.c.actor_value).where(
-            access_rules.c.patient_id == patient_id, access_rules.c.kind == rules[0]["kind"],
-            access_rules.c.effect == rules[0]["effect"]))
-        actors: dict[str, set] = {}
-        for consent_id, system, value in rows:
-            actors.setdefault(consent_id, set()).add((system, value))
+        actors = self._decisions_of_kind(patient_id, rules[0]["kind"], rules[0]["effect"])
         wanted = {(rule["actor_system"], rule["actor_value"]) for rule in rules}
         same = sorted(consent_id for consent_id, named in actors.items() if named == wanted)
         return self.current("Consent", same[0]) if same else None
@@ -836,17 +829,24 @@ class UnitOfWork:
         rules = rules_of(consent, patient_id)
         if not rules:
             return []
-        self.look_at_record_alone(patient_id)
-        rows = self.conn.execute(select(access_rules.c.consent_id, access_rules.c.actor_system,
-                                        access_rules.c.actor_value).where(
-            access_rules.c.patient_id == patient_id, access_rules.c.kind == rules[0]["kind"]))
-        actors: dict[str, set] = {}
-        for consent_id, system, value in rows:
-            actors.setdefault(consent_id, set()).add((system, value))
         named = {(rule["actor_system"], rule["actor_value"]) for rule in rules}
-        replaced = sorted(consent_id for consent_id, theirs in actors.items()
+        decisions = self._decisions_of_kind(patient_id, rules[0]["kind"])
+        replaced = sorted(consent_id for consent_id, theirs in decisions.items()
                           if rules[0]["kind"] != "professional" or theirs <= named)
         return [self.current("Consent", consent_id) for consent_id in replaced]
+
+    def _decisions_of_kind(self, patient_id: str, kind: str, effect: str | None = None) -> dict[str, set]:
+        """The record's active decisions of a kind (and effect): the actors each names (system,
+        value), by Consent id; the record looked at alone (`look_at_record_alone`)."""
+        self.look_at_record_alone(patient_id)
+        query = select(access_rules.c.consent_id, access_rules.c.actor_system, access_rules.c.actor_value).where(
+            access_rules.c.patient_id == patient_id, access_rules.c.kind == kind)
+        if effect is not None:
+            query = query.where(access_rules.c.effect == effect)
+        actors: dict[str, set] = {}
+        for consent_id, system, value in self.conn.execute(query):
+            actors.setdefault(consent_id, set()).add((system, value))
+        return actors
 
     def live_of_record(self, res_type: str, patient_id: str) -> list[StoredResource]:
         """The record's live resources of one type (a patient's few: their contacts), looked at
