@@ -25,7 +25,7 @@ from gateway.config import Settings
 from gateway.space.accounts import record_accounts
 from gateway.space.senders import Mail, RecipientRefused, message_sender
 from gateway.storage.database import failure_reason, read_connection, unavailable, write_transaction
-from gateway.storage.schema import notifications, resources, unique_identifiers
+from gateway.storage.schema import EMERGENCY_ACCESS, NEW_DOCUMENT, notifications, resources, unique_identifiers
 
 log = logging.getLogger(__name__)
 CLAIM_TIME = timedelta(minutes=5)
@@ -35,9 +35,6 @@ PER_MAIL = 1000      # of a record's notifications, claimed together: one mail p
 
 def _stamp(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%f")
-
-
-NEW_DOCUMENT, EMERGENCY_ACCESS = "new-document", "emergency-access"   # notifications.kind
 
 
 @dataclass(frozen=True)

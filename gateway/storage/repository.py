@@ -116,7 +116,12 @@ class SearchPage:
 def _now() -> tuple[str, str]:
     """(FHIR instant, index string) for the same moment."""
     moment = datetime.now(timezone.utc)
-    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z"), moment.strftime("%Y-%m-%dT%H:%M:%S.%f")
+    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z"), _index_time(moment)
+
+
+def _index_time(moment: datetime) -> str:
+    """A moment as the index columns and the gateway's own tables keep it (UTC, no zone)."""
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%f")
 
 
 def _instant(index_value: str) -> str:
@@ -684,8 +689,7 @@ class UnitOfWork:
         for patient_id, event_id in granted.items():
             sql.QUEUE_EMERGENCY_NOTICE.execute(self.conn, {
                 "event_id": event_id, "patient_id": patient_id, "key_patient": patient_id,
-                "queued_at": now.strftime("%Y-%m-%dT%H:%M:%S.%f"),
-                "since": (now - EMERGENCY_NOTICE_EVERY).strftime("%Y-%m-%dT%H:%M:%S.%f")})
+                "queued_at": _index_time(now), "since": _index_time(now - EMERGENCY_NOTICE_EVERY)})
 
     def _insert_new(self, new: list[tuple[dict, str | None, dict]]) -> list[str]:
         """Resources written for the first time under fresh ids (a transaction's AuditEvents), as

@@ -300,16 +300,19 @@ destruction_requests = Table(
     Column("carried_out_at", String(32)),
 )
 
+# What a notification tells of (notifications.kind).
+NEW_DOCUMENT, EMERGENCY_ACCESS = "new-document", "emergency-access"
 # "A document was added to your record": one per document the patient may see, queued in the
-# transaction that stored (or revealed) it, sent by `gateway notifications` to the record's
-# accounts. claimed_until keeps two senders from sending the same one.
+# transaction that stored (or revealed) it; "your record was accessed in an emergency": one with the
+# first emergency access of the hour. Sent by `gateway notifications` to the record's accounts.
+# claimed_until keeps two senders from sending the same one.
 notifications = Table(
     "notifications",
     metadata,
     Column("id", SERIAL_ID, primary_key=True, autoincrement=True),
     # What it tells of: a document added (its id), or an emergency access (its AuditEvent's id).
     Column("about_id", String(64), nullable=False, unique=True),
-    Column("kind", String(24), nullable=False, server_default="new-document"),   # or "emergency-access"
+    Column("kind", String(24), nullable=False, server_default=NEW_DOCUMENT),   # or EMERGENCY_ACCESS
     Column("patient_id", String(64), nullable=False),
     Column("queued_at", String(32), nullable=False),
     Column("claimed_until", String(32)),

@@ -21,8 +21,10 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ClauseElement, Insert
 
 from .schema import (
+    EMERGENCY_ACCESS,
     INDEX_TABLE_BY_KIND,
     INDEX_TABLES,
+    NEW_DOCUMENT,
     access_rules,
     awaited_parents,
     blob_parts,
@@ -185,9 +187,9 @@ CURRENT = select(resources).where(_keyed(resources))
 # units that read the same version both wrote the next one, and the second failed (a 500).
 CURRENT_FOR_UPDATE = CURRENT.with_for_update()
 # The current row of a resource a new version replaces: what the history keeps of it (each of the
-# history's columns, its row's column of that name), then its blob.
+# history's columns, its row's column of that name), then what the new version keeps of it (its
+# blob, and whose its mask is).
 ARCHIVED = tuple(str(column.name) for column in resource_versions.columns)   # plain str: orjson keys
-# The current version: its history's row (ARCHIVED), then what the next version keeps of it (KEPT).
 KEPT = ("blob_sha256", "masked", "masked_by_patient")
 PREVIOUS = Prebuilt(select(*[resources.c[name] for name in (*ARCHIVED, *KEPT)]).where(_keyed(resources))
                     .with_for_update())
@@ -235,17 +237,18 @@ RECORD_CLOSED = Prebuilt(_CLOSURES.limit(1))
 CLOSURES = Prebuilt(_CLOSURES)
 # "A document was added to your record", queued once per document.
 QUEUE_NOTIFICATION = Prebuilt(text("INSERT INTO notifications (about_id, kind, patient_id, queued_at) "
-                                   "VALUES (:docref_id, 'new-document', :patient_id, :queued_at) "
+                                   f"VALUES (:docref_id, '{NEW_DOCUMENT}', :patient_id, :queued_at) "
                                    "ON CONFLICT (about_id) DO NOTHING"))
 # "Your record was accessed in an emergency", queued with the first such access of the hour: a
-# break-the-glass reading for twenty minutes is one notice.
+# break-the-glass reading for twenty minutes is one notice. The patient is two parameters: PostgreSQL
+# gives a parameter one type, and deduced text in the select list against varchar in the comparison.
 QUEUE_EMERGENCY_NOTICE = Prebuilt(insert(notifications).from_select(
     ["about_id", "kind", "patient_id", "queued_at"],
-    select(bindparam("event_id", type_=String), literal("emergency-access", String),
+    select(bindparam("event_id", type_=String), literal(EMERGENCY_ACCESS, String),
            bindparam("patient_id", type_=String), bindparam("queued_at", type_=String))
     .where(~select(notifications.c.id).where(
         notifications.c.patient_id == bindparam("key_patient"),
-        notifications.c.kind == "emergency-access", notifications.c.queued_at > bindparam("since")).exists())))
+        notifications.c.kind == EMERGENCY_ACCESS, notifications.c.queued_at > bindparam("since")).exists())))
 
 # A blob's first part, unless a blob of that digest is stored already: the row comes back only when
 # inserted (one statement where a look-up and an insert were two; a concurrent writer of the same
