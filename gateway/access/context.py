@@ -12,7 +12,9 @@ import functools
 import json
 import re
 from dataclasses import dataclass
+from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
 
 from gateway.mapping import codes
 from gateway.refusal import Refused
@@ -72,9 +74,73 @@ NAMES_NO_HIDDEN_DOCUMENT = (
     " AND named.res_id = nr.target_id WHERE nr.res_type = resources.res_type AND nr.res_id = resources.res_id"
     " AND nr.param IN ('entity', 'item') AND nr.target_type IN ('DocumentReference', 'Binary')"
     " AND NOT ({visible}))")
-# The Patient id of the token's INS (it follows merges: the identifier moves to the survivor).
-OWN_PATIENT = ("SELECT ui.res_id FROM unique_identifiers ui WHERE ui.res_type = 'Patient' AND ui.system IN ("
-               + ", ".join(f"'{system}'" for system in INS_SYSTEMS) + ") AND ui.value = :reader_patient LIMIT 1")
+# The token's INS among a Patient's identifiers (it follows merges: the identifier moves to the survivor).
+_TOKEN_INS = ("ui.res_type = 'Patient' AND ui.system IN (" + ", ".join(f"'{system}'" for system in INS_SYSTEMS)
+              + ") AND ui.value = :reader_patient")
+# The Patient id of the token's INS.
+OWN_PATIENT = f"SELECT ui.res_id FROM unique_identifiers ui WHERE {_TOKEN_INS} LIMIT 1"
+# A legal representative acts for a minor: parental authority ends at the child's majority (Code
+# civil art. 371-1 and 414). The record's Patient was born on or after :minor_born_after, by the
+# earliest day its birth date allows (a year alone is its 1 January); a record without a birth date
+# shows no minor.
+MINOR = ("EXISTS (SELECT 1 FROM search_date bd WHERE bd.res_type = 'Patient' AND bd.res_id = ui.res_id "
+         "AND bd.param = 'birthdate' AND bd.low >= :minor_born_after)")
+REPRESENTED_MINOR = f"SELECT ui.res_id FROM unique_identifiers ui WHERE {_TOKEN_INS} AND {MINOR} LIMIT 1"
+# The token's Patient and their birth date, whoever may read their record.
+TOKEN_PATIENT_BIRTH = ("SELECT ui.res_id, bd.low FROM unique_identifiers ui LEFT JOIN search_date bd "
+                       "ON bd.res_type = 'Patient' AND bd.res_id = ui.res_id AND bd.param = 'birthdate' "
+                       f"WHERE {_TOKEN_INS} LIMIT 1")
+AGE_OF_MAJORITY = 18
+PARIS = ZoneInfo("Europe/Paris")
+
+
+def came_of_age_on(born: date) -> date:
+    """The day someone born on `born` comes of age: one born on 29 February, on 1 March."""
+    try:
+        return born.replace(year=born.year + AGE_OF_MAJORITY)
+    except ValueError:
+        return date(born.year + AGE_OF_MAJORITY, 3, 1)
+
+
+def minor_born_after(today: date) -> str:
+    """The first birth date of a minor on `today`: born on or after it, not of age yet."""
+    try:
+        last_of_age = today.replace(year=today.year - AGE_OF_MAJORITY)
+    except ValueError:   # 29 February: one born on 28 February 18 years before comes of age today
+        last_of_age = date(today.year - AGE_OF_MAJORITY, 2, 28)
+    return (last_of_age + timedelta(days=1)).isoformat()
+
+
+def _today() -> date:
+    return datetime.now(PARIS).date()
+
+
+def is_minor(born: str | None) -> bool:
+    """Whether a Patient whose birth date starts `born` (its search_date `low`) is a minor today, as
+    MINOR has it."""
+    return born is not None and born[:10] >= minor_born_after(_today())
+
+
+@dataclass(frozen=True)
+class EndedRepresentation:
+    """A child's record that their legal representatives no longer act for: the child came of age on
+    `came_of_age`, or the record gives no birth date (None), so shows no minor."""
+    patient_id: str
+    came_of_age: date | None
+
+    @classmethod
+    def of(cls, patient_id: str, born: str | None) -> "EndedRepresentation | None":
+        """For the Patient born `born` (search_date `low`): None while they are a minor."""
+        if is_minor(born):
+            return None
+        return cls(patient_id, came_of_age_on(date.fromisoformat(born[:10])) if born else None)
+
+    @property
+    def reason(self) -> str:
+        if self.came_of_age is None:
+            return "the record gives no birth date of its patient: a legal representative acts for a minor only"
+        return (f"the patient came of age on {self.came_of_age.isoformat()}: a legal representative no longer "
+                "acts for them (Code civil art. 371-1)")
 
 
 class AccessRefused(Refused):
@@ -173,16 +239,23 @@ class AccessContext:
                   "reader_patient": self.patient_ins, "reader_pattern": f"% {self.subject} %" if self.subject.isalnum() else "",
                   "opposition": "emergency-access" if self.purpose == EMERGENCY else "regulation-access"}
         used = set(re.findall(r":(\w+)", condition))
+        if "minor_born_after" in used:
+            values["minor_born_after"] = minor_born_after(_today())
         return text(condition).bindparams(**{k: v for k, v in values.items() if k in used})
+
+    def own_record(self):
+        """The query of the Patient id of the record a patient or representative token is about: a
+        representative's only while its patient is a minor."""
+        return self._sql(REPRESENTED_MINOR if self.role == REPRESENTATIVE else OWN_PATIENT)
 
     def _patient_filter(self) -> str | None:
         if not self.patient_ins:
             return None
-        condition = f"resources.patient_id = ({OWN_PATIENT}) AND NOT resources.hidden_from_patient"
-        if self.role == REPRESENTATIVE:
-            # INVISIBLE_PATIENT is hidden from representatives too: the matrix leaves it open, the safer choice.
-            condition += " AND NOT resources.hidden_from_representatives"
-        return condition
+        if self.role != REPRESENTATIVE:
+            return f"resources.patient_id = ({OWN_PATIENT}) AND NOT resources.hidden_from_patient"
+        # INVISIBLE_PATIENT is hidden from representatives too: the matrix leaves it open, the safer choice.
+        return (f"resources.patient_id = ({REPRESENTED_MINOR}) AND NOT resources.hidden_from_patient "
+                "AND NOT resources.hidden_from_representatives")
 
     def _care_filter(self, res_type: str, listed: bool) -> str | None:
         if self.role == REGULATOR:

@@ -20,12 +20,19 @@ from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import Engine, delete, func, or_, select, update
 
-from gateway.access.context import INS_SYSTEMS, PATIENT, REPRESENTATIVE
+from gateway.access.context import INS_SYSTEMS, PATIENT, REPRESENTATIVE, is_minor
 from gateway.config import Settings
 from gateway.space.accounts import record_accounts
 from gateway.space.senders import Mail, RecipientRefused, message_sender
 from gateway.storage.database import failure_reason, read_connection, unavailable, write_transaction
-from gateway.storage.schema import EMERGENCY_ACCESS, NEW_DOCUMENT, notifications, resources, unique_identifiers
+from gateway.storage.schema import (
+    EMERGENCY_ACCESS,
+    NEW_DOCUMENT,
+    notifications,
+    resources,
+    search_date,
+    unique_identifiers,
+)
 
 log = logging.getLogger(__name__)
 CLAIM_TIME = timedelta(minutes=5)
@@ -64,8 +71,16 @@ def _mails(conn, patient_id: str, claimed: list, base_url: str) -> tuple[list[Ma
     ins = conn.execute(select(unique_identifiers.c.value).where(
         unique_identifiers.c.res_type == "Patient", unique_identifiers.c.res_id == patient_id,
         unique_identifiers.c.system.in_(INS_SYSTEMS))).scalars().all()
+    born = conn.execute(select(search_date.c.low).where(
+        search_date.c.res_type == "Patient", search_date.c.res_id == patient_id,
+        search_date.c.param == "birthdate")).scalar()
+    # A legal representative acts for a minor (access.context.MINOR): once the child has come of age,
+    # their representatives are told nothing more of the record.
+    represented = is_minor(born)
     mails = []
     for account, _ in record_accounts(conn, list(ins)):
+        if account.role == REPRESENTATIVE and not represented:
+            continue
         if emergency:
             # Whatever the account chose of new documents: the patient is to be told of it.
             mails.append(emergency_access_mail(account.contact, account.role == PATIENT, base_url + "/historique"))

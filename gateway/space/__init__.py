@@ -13,9 +13,11 @@ import secrets
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from flask import Blueprint, Flask, current_app, g, redirect, request, session, url_for
+from flask import Blueprint, Flask, current_app, g, redirect, render_template, request, session, url_for
 from flask_wtf.csrf import CSRFProtect
 
+from gateway.access.audit import Outcome
+from gateway.access.context import REPRESENTATIVE, EndedRepresentation
 from gateway.config import Settings
 from gateway.fhir.primitives import present
 from gateway.http.content_coding import decode_request_body
@@ -115,12 +117,36 @@ def signed_in():
     g.account, g.record, g.record_name = signed.account, signed.record, signed.record_name
     if g.record is None:
         return None if request.endpoint in PUBLIC + CHOOSING else redirect(url_for("space.choose_record"))
-    g.repository = record_repository(g.record)
+    repository = record_repository(g.record)
+    if g.account.role == REPRESENTATIVE and (ended := repository.representation_ended()):
+        return representation_ended(repository, ended)
+    g.repository = repository
     if g.record_name is None:
         # Read once per session (an audited read of the Patient), then shown on every page.
         g.record_name = record_holder(g.repository)
         accounts.open_record(engine, session_id, g.record, g.record_name)
     return None
+
+
+def representation_ended(repository: Repository, ended: EndedRepresentation):
+    """A child's record once they came of age: the rules show their representative none of it, and
+    this page says why (audited, as the API's refusal is). Choosing another record stays open."""
+    if request.endpoint in PUBLIC + CHOOSING:
+        return None
+    repository.record_authorization("AuthZ-Role", Outcome("4", ended.reason), ended.patient_id)
+    return render_template("error.html", title="Dossier qui ne vous est plus accessible",
+                           message=representation_ended_text(ended),
+                           link=url_for("space.choose_record") if len(g.account.records) > 1 else None,
+                           link_text="Ouvrir un autre dossier"), 403
+
+
+def representation_ended_text(ended: EndedRepresentation) -> str:
+    if ended.came_of_age is None:
+        return ("Ce dossier n'indique pas la date de naissance de son titulaire : un représentant légal n'accède "
+                "qu'au dossier d'un enfant mineur. Le service qui a créé votre compte peut la faire compléter.")
+    return (f"Le titulaire de ce dossier est majeur depuis le {ended.came_of_age.strftime('%d/%m/%Y')} : "
+            "l'autorité parentale a pris fin, et son dossier ne vous est plus accessible. Il peut ouvrir son "
+            "propre espace santé.")
 
 
 def record_repository(record: str) -> Repository:

@@ -19,7 +19,16 @@ from uuid6 import uuid7
 
 from gateway.access import AccessContext
 from gateway.access import audit, writes
-from gateway.access.context import DIRECTORY_TYPES, EMERGENCY, INS_SYSTEMS, OWN_PATIENT, PATIENT, REGULATION
+from gateway.access.context import (
+    DIRECTORY_TYPES,
+    EMERGENCY,
+    INS_SYSTEMS,
+    PATIENT,
+    REGULATION,
+    REPRESENTATIVE,
+    TOKEN_PATIENT_BIRTH,
+    EndedRepresentation,
+)
 from gateway.access.rules import (
     MASQUE_PS,
     VISIBILITY_COLUMNS,
@@ -235,7 +244,18 @@ class Repository:
     def own_patient_id(self) -> str | None:
         """The Patient id of the record a patient or representative token is about."""
         with read_connection(self.engine) as conn:
-            return conn.execute(text(OWN_PATIENT), {"reader_patient": self.access.patient_ins or ""}).scalar()
+            return conn.execute(self.access.own_record()).scalar()
+
+    def representation_ended(self, representative: AccessContext | None = None) -> "EndedRepresentation | None":
+        """For a legal representative (this requester, or `representative`) whose child's record is
+        here but who no longer acts for them (the rules show them none of it): since when and why."""
+        representative = representative or self.access
+        if representative.role != REPRESENTATIVE:
+            return None
+        with read_connection(self.engine) as conn:
+            found = conn.execute(text(TOKEN_PATIENT_BIRTH),
+                                 {"reader_patient": representative.patient_ins or ""}).first()
+        return EndedRepresentation.of(*found) if found else None
 
     @functools.cached_property
     def requester_patient(self) -> str | None:
@@ -774,7 +794,7 @@ class UnitOfWork:
         looked it up before the unit began, and a merge (A40) may have moved that record into
         another since. What the patient decides or adds goes where the record is now, under the
         rules that apply to it, not under the merged patient, whose rules no longer do."""
-        found = self.conn.execute(text(OWN_PATIENT), {"reader_patient": self.repository.access.patient_ins or ""})
+        found = self.conn.execute(self.repository.access.own_record())
         return self.patient_record(found.scalar())
 
     def merging(self, patient_id: str) -> None:

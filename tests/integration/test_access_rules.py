@@ -8,6 +8,8 @@ Binary. Nothing the rules forbid may appear, nothing they allow may be missing.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -29,6 +31,23 @@ ORGANIZATIONS = ["750712184", "130783236"]   # FINESS
 LABELS = ["MASQUE_PS", "INVISIBLE_PATIENT", "INVISIBLE_REPRESENTANTS_LEGAUX"]
 PATIENT_INS = f"urn:oid:{'1.2.250.1.213.1.4.10'}"
 BASE = "http://gateway.test/fhir"
+
+
+def years_before(day: date, years: int) -> date:
+    return day.replace(year=day.year - years) if (day.month, day.day) != (2, 29) else date(day.year - years, 3, 1)
+
+
+TODAY = datetime.now(ZoneInfo("Europe/Paris")).date()
+# A patient's birth date, and whether they are a minor today: a legal representative reads a
+# minor's record only (Code civil art. 371-1), one without a birth date shows no minor.
+BIRTHS = {
+    years_before(TODAY, 10).isoformat(): True,
+    years_before(TODAY, 18).isoformat(): False,                          # of age today
+    (years_before(TODAY, 18) + timedelta(days=1)).isoformat(): True,      # of age tomorrow
+    str(TODAY.year - 10): True,                                          # a year alone
+    "1980-04-02": False,
+    None: False,
+}
 
 
 @dataclass(frozen=True)
@@ -78,6 +97,11 @@ READERS = (
 )
 
 
+def refused_outright(reader: Reader, births: list[str | None]) -> bool:
+    """A legal representative of a patient who is not a minor: every request refused (403)."""
+    return reader.role == "representative" and not BIRTHS[births[reader.patient]]
+
+
 def may_see(reader: Reader, doc: Document, world_rules: list[Rule]) -> bool:
     """The matrix of the README's access section, stated plainly."""
     def has(kind, effect, professional=None):
@@ -104,9 +128,12 @@ def may_see(reader: Reader, doc: Document, world_rules: list[Rule]) -> bool:
     return False
 
 
-def build_world(engine, docs: list[Document], world_rules: list[Rule]) -> dict[int, tuple[str, str, str]]:
-    """Patients, practitioners, documents (each with its Binary) and consents, written through the
-    repository as the feeds would. Returns doc index -> (DocumentReference id, Binary id, Patient id)."""
+def build_world(engine, docs: list[Document], world_rules: list[Rule],
+                births: list[str | None] | None = None) -> dict[int, tuple[str, str, str]]:
+    """Patients (born on `births`, else minors), practitioners, documents (each with its Binary) and
+    consents, written through the repository as the feeds would. Returns doc index ->
+    (DocumentReference id, Binary id, Patient id)."""
+    births = births or [years_before(TODAY, 10).isoformat()] * len(INS)
     with engine.begin() as conn:
         for table in reversed(metadata.sorted_tables):
             conn.execute(delete(table))
@@ -115,8 +142,8 @@ def build_world(engine, docs: list[Document], world_rules: list[Rule]) -> dict[i
     with repo.unit_of_work(Write.FEED) as uow:
         for p, ins in enumerate(INS):
             uow.claim_identifier("Patient", PATIENT_INS, ins, f"p{p}")
-            uow.save({"resourceType": "Patient", "id": f"p{p}", "identifier": [{"system": PATIENT_INS, "value": ins}]},
-                     patient_id=f"p{p}")
+            uow.save({"resourceType": "Patient", "id": f"p{p}", "identifier": [{"system": PATIENT_INS, "value": ins}],
+                      **({"birthDate": births[p]} if births[p] else {})}, patient_id=f"p{p}")
         for n, idnatps in enumerate(PROFESSIONALS):
             uow.claim_identifier("Practitioner", IDNATPS_SYSTEM, idnatps, f"ps{n}")
             uow.save({"resourceType": "Practitioner", "id": f"ps{n}",
@@ -182,16 +209,27 @@ def backend():
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                  HealthCheck.too_slow])
-@given(docs=st.lists(documents, min_size=1, max_size=4), world_rules=st.lists(rules, min_size=1, max_size=6))
+@given(docs=st.lists(documents, min_size=1, max_size=4), world_rules=st.lists(rules, min_size=1, max_size=6),
+       births=st.lists(st.sampled_from(list(BIRTHS)), min_size=len(INS), max_size=len(INS)))
 # The author of a masked document, named by the patient but not the attending physician, reads its Binary too.
-@example(docs=[Document(1, frozenset({"MASQUE_PS"}), 0)], world_rules=[Rule(1, "professional", "permit", 0)])
-def test_every_read_path_shows_exactly_what_the_rules_allow(client, database, bearer, docs, world_rules):
-    made = build_world(database[0], docs, world_rules)
+@example(docs=[Document(1, frozenset({"MASQUE_PS"}), 0)], world_rules=[Rule(1, "professional", "permit", 0)],
+         births=[years_before(TODAY, 18).isoformat(), (years_before(TODAY, 18) + timedelta(days=1)).isoformat()])
+def test_every_read_path_shows_exactly_what_the_rules_allow(client, database, bearer, docs, world_rules, births):
+    made = build_world(database[0], docs, world_rules, births)
     CHECKED["worlds"] += 1
     for reader in READERS:
         headers = bearer(**token_claims(reader))
+        context = (reader, docs, world_rules, births)
+        if refused_outright(reader, births):
+            for path in ["/fhir/DocumentReference?_count=2", "/fhir/DocumentReference?_summary=count",
+                         f"/fhir/Patient?_id=p{reader.patient}&_revinclude=DocumentReference:subject"] + [
+                    f"/fhir/{path}" for doc_id, binary_id, _ in made.values()
+                    for path in (f"DocumentReference/{doc_id}", f"Binary/{binary_id}")]:
+                response = client.get(path, headers=headers)
+                assert response.status_code == 403 and response.json["issue"][0]["code"] == "forbidden", context
+                CHECKED["answers"] += 1
+            continue
         allowed = {made[i][0] for i, doc in enumerate(docs) if may_see(reader, doc, world_rules)}
-        context = (reader, docs, world_rules)
 
         # search: every page (paging by 2), the totals, and the count-only answer
         seen, url, totals = [], "/fhir/DocumentReference?_count=2", set()

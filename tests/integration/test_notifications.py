@@ -264,7 +264,8 @@ def test_an_address_refused_for_good_is_counted_and_not_tried_again_and_a_refusa
     from gateway.cli import main
 
     engine = database[0]
-    accounts.create_account(engine, "tutor", PASSWORD, "representative", [MARTIN], "Jean MARTIN", "nobody@example.test")
+    # A second account of Paul's, its address mistyped.
+    accounts.create_account(engine, "paul-typo", PASSWORD, "patient", [MARTIN], "Paul MARTIN", "nobody@example.test")
     received, answers = [], {"nobody@example.test": "550 5.1.1 <nobody@example.test>: mailbox unavailable"}
 
     class Inbox:

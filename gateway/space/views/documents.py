@@ -214,8 +214,10 @@ def _readers(docref: dict) -> list[dict]:
                   else "le document est masqué aux professionnels" if masked else "accès impossible")
         out.append({"who": who, "roles": None, "visible": visible, "reason": reason})
     if access.role != REPRESENTATIVE and accounts.has_representative(g.repository.engine, ins):
-        visible = g.repository.visible_to(AccessContext(role=REPRESENTATIVE, subject="representant", patient_ins=ins),
-                                          "DocumentReference", docref["id"])
-        out.append({"who": "Vos représentants légaux", "roles": None, "visible": visible,
-                    "reason": "représentants légaux" if visible else "le document leur est masqué"})
+        representative = AccessContext(role=REPRESENTATIVE, subject="representant", patient_ins=ins)
+        visible = g.repository.visible_to(representative, "DocumentReference", docref["id"])
+        reason = ("représentants légaux" if visible
+                  else "vous êtes majeur·e : ils n'accèdent plus à votre dossier"
+                  if g.repository.representation_ended(representative) else "le document leur est masqué")
+        out.append({"who": "Vos représentants légaux", "roles": None, "visible": visible, "reason": reason})
     return out

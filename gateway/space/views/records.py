@@ -4,13 +4,21 @@ from __future__ import annotations
 
 from flask import current_app, flash, g, redirect, render_template, request, session, url_for
 
-from gateway.space import accounts, record_holder, record_repository, space
+from gateway.space import accounts, record_holder, record_repository, representation_ended_text, space
 
 
 @space.get("/dossiers")
 def choose_record():
-    records = [(record, record_holder(record_repository(record))) for record in g.account.records]
-    return render_template("records.html", records=records, current=g.record)
+    """Each child's record, and those of children who came of age, which can no longer be opened."""
+    records = []
+    for record in g.account.records:
+        repository = record_repository(record)
+        ended = repository.representation_ended()
+        records.append((record, None if ended else record_holder(repository),
+                        representation_ended_text(ended) if ended else None))
+    current = g.record if any(ins == g.record and not ended for ins, _, ended in records) else None
+    return render_template("records.html", records=records,
+                           current=current or next((ins for ins, _, ended in records if not ended), None))
 
 
 @space.post("/dossiers")
@@ -19,7 +27,11 @@ def open_record():
     if record not in g.account.records:
         flash("Choisissez l'un des dossiers de la liste.", "error")
         return redirect(url_for("space.choose_record"))
-    name = record_holder(record_repository(record))
+    repository = record_repository(record)
+    if ended := repository.representation_ended():
+        flash(representation_ended_text(ended), "error")
+        return redirect(url_for("space.choose_record"))
+    name = record_holder(repository)
     accounts.open_record(current_app.config["ENGINE"], session["sid"], record, name)
     flash(f"Vous consultez le dossier de {name}.")
     return redirect(url_for("space.documents_page"))
