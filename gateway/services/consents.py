@@ -140,18 +140,25 @@ def create(repo: Repository, consent: dict) -> tuple[StoredResource, bool]:
         in_force = uow.decision_in_force(stored, patient_id)
         if in_force is not None:
             return in_force, False
-        for earlier in uow.decisions_replaced_by(stored, patient_id):
-            uow.save(checked_consent(inactive(earlier), patient_id, repo.access, earlier.json()),
-                     patient_id=patient_id, method="PUT")
+        _revoke_replaced(uow, stored, patient_id, repo.access)
         return uow.save(stored, patient_id=patient_id, method="POST"), True
+
+
+def _revoke_replaced(uow: UnitOfWork, decided: dict, patient_id: str, access: AccessContext) -> None:
+    """Revoke the record's active decisions that `decided` decides again, but itself (an update)."""
+    for earlier in uow.decisions_replaced_by(decided, patient_id):
+        if earlier.res_id != decided["id"]:
+            uow.save(checked_consent(inactive(earlier), patient_id, access, earlier.json()),
+                     patient_id=patient_id, method="PUT")
 
 
 def update(repo: Repository, consent_id: str, consent: dict, if_match: int | None = None) -> StoredResource:
     """Replace a Consent of the requester's record (revoke it with status inactive); the history
-    keeps every earlier decision. `if_match` (If-Match): only if that version is still current. An
-    update that changes nothing (a revocation made twice, a PUT retried) is the current version:
-    the history showed the decision revoked twice. A body without dateTime, which the gateway
-    dates, is compared as if it carried the stored one's."""
+    keeps every earlier decision; one made active replaces those it decides again, as in `create`.
+    `if_match` (If-Match): only if that version is still current. An update that changes nothing
+    (a revocation made twice, a PUT retried) is the current version: the history showed the
+    decision revoked twice. A body without dateTime, which the gateway dates, is compared as if it
+    carried the stored one's."""
     repo.require(Write.CONSENT)
     current = repo.read("Consent", consent_id)   # 404 when it is not one of the requester's
     if if_match is not None and current.version != if_match:
@@ -166,6 +173,10 @@ def update(repo: Repository, consent_id: str, consent: dict, if_match: int | Non
             unchanged = uow.current_if_unchanged(dated, patient_id)
             if unchanged is not None and if_match in (None, unchanged.version):
                 return unchanged
+            # A decision made active again, or made to name other actors, replaces those it decides
+            # again, as a new one does: kept in force beside it, a block outlived the authorisation
+            # the patient's app re-activated.
+            _revoke_replaced(uow, stored, patient_id, repo.access)
             return uow.save(stored, patient_id=patient_id, method="PUT", based_on=if_match)
     except ChangedMeanwhile:
         raise PreconditionFailed(current.reference, if_match) from None

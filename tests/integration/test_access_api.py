@@ -244,6 +244,40 @@ def test_a_patient_s_latest_decision_replaces_the_earlier_ones_it_decides_again(
     assert status(surgeon["id"]) == "active"
 
 
+def test_a_decision_an_app_makes_active_again_or_about_another_professional_replaces_those_it_decides(
+        client, bearer, world):
+    """A PUT makes a decision as a POST does: the app that re-activated its authorisation of the
+    internist (an inactive Consent of the history, sent back with status active) got 200, and the
+    block that had replaced it stayed in force beside it; the internist read nothing."""
+    martin, internist = bearer("patient", patient=MARTIN), bearer("doctor", sub=INTERNIST)
+    surgeon = bearer("doctor", sub=SURGEON)
+
+    def send(method: str, body: str, path: str = "/fhir/Consent") -> dict:
+        answer = client.open(path, method=method, data=body, headers={**FHIR, **martin})
+        assert answer.status_code in (200, 201), answer.json
+        return answer.json
+
+    def status(consent_id: str) -> str:
+        return client.get(f"/fhir/Consent/{consent_id}", headers=martin).json["status"]
+
+    granted = send("POST", consent("professional", "permit", INTERNIST))
+    blocked = send("POST", consent("professional", "deny", INTERNIST))
+    assert status(granted["id"]) == "inactive"
+    send("PUT", consent("professional", "permit", INTERNIST, res_id=granted["id"]), f"/fhir/Consent/{granted['id']}")
+    assert (status(granted["id"]), status(blocked["id"])) == ("active", "inactive")
+    assert document_ids(client, internist) == {world["ldl"], world["bio"]}
+    # The surgeon's block, then the app turns the internist's authorisation into the surgeon's.
+    held = send("POST", consent("professional", "deny", SURGEON))
+    send("PUT", consent("professional", "permit", SURGEON, res_id=granted["id"]), f"/fhir/Consent/{granted['id']}")
+    assert status(held["id"]) == "inactive" and document_ids(client, surgeon) == {world["ldl"], world["bio"]}
+    assert document_ids(client, internist) == set()
+    # Revoking a decision revokes nothing else.
+    other = send("POST", consent("professional", "permit", INTERNIST))
+    send("PUT", consent("professional", "permit", SURGEON, status="inactive", res_id=granted["id"]),
+         f"/fhir/Consent/{granted['id']}")
+    assert status(other["id"]) == "active" and document_ids(client, surgeon) == set()
+
+
 def test_a_decision_posted_twice_at_once_is_kept_once(client, second_gateway, bearer, world, monkeypatch):
     """The same decision sent through two gateways at once, each having read the record before
     either wrote: one Consent is kept, and both answers name it."""
