@@ -87,11 +87,10 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
                 refusal = Outcome("4", "insurers, banks and employers may not access the record (CSP L1111-18)")
                 g.repository.record_authorization("AuthZ-Role", refusal)
                 raise AccessRefused(refusal.description)
-            if ended := g.repository.representation_ended():
-                # The rules already show such a representative nothing; this says why, in the
-                # patient's trail too.
-                g.repository.record_authorization("AuthZ-Role", Outcome("4", ended.reason), ended.patient_id)
-                raise AccessRefused(ended.reason)
+            if closed := g.repository.closed_to_holder():
+                # The rules already show them nothing of the record; this says why, in its trail too.
+                g.repository.record_authorization("AuthZ-Role", Outcome("4", closed.reason), closed.patient_id)
+                raise AccessRefused(closed.reason)
         # Once the requester is known: nobody refused makes the gateway decode anything. The patient
         # space knows its requester in its own before_request, and decodes there.
         if request.blueprint != "space":

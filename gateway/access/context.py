@@ -79,17 +79,24 @@ _TOKEN_INS = ("ui.res_type = 'Patient' AND ui.system IN (" + ", ".join(f"'{syste
               + ") AND ui.value = :reader_patient")
 # The Patient id of the token's INS.
 OWN_PATIENT = f"SELECT ui.res_id FROM unique_identifiers ui WHERE {_TOKEN_INS} LIMIT 1"
+# The record of a patient who died is closed to those who acted for them, the patient's own
+# accounts and their representatives: the medical secret outlives the patient, and their heirs ask
+# for what the law lets them have (CSP L1110-4 V), of the professionals who hold it.
+ALIVE = ("NOT EXISTS (SELECT 1 FROM search_token dt WHERE dt.res_type = 'Patient' AND dt.res_id = ui.res_id "
+         "AND dt.param = 'deceased' AND dt.code = 'true')")
 # A legal representative acts for a minor: parental authority ends at the child's majority (Code
 # civil art. 371-1 and 414). The record's Patient was born on or after :minor_born_after, by the
 # earliest day its birth date allows (a year alone is its 1 January); a record without a birth date
 # shows no minor.
 MINOR = ("EXISTS (SELECT 1 FROM search_date bd WHERE bd.res_type = 'Patient' AND bd.res_id = ui.res_id "
          "AND bd.param = 'birthdate' AND bd.low >= :minor_born_after)")
-REPRESENTED_MINOR = f"SELECT ui.res_id FROM unique_identifiers ui WHERE {_TOKEN_INS} AND {MINOR} LIMIT 1"
-# The token's Patient and their birth date, whoever may read their record.
-TOKEN_PATIENT_BIRTH = ("SELECT ui.res_id, bd.low FROM unique_identifiers ui LEFT JOIN search_date bd "
+HOLDER = f"SELECT ui.res_id FROM unique_identifiers ui WHERE {_TOKEN_INS} AND {ALIVE} LIMIT 1"
+REPRESENTED_MINOR = f"SELECT ui.res_id FROM unique_identifiers ui WHERE {_TOKEN_INS} AND {ALIVE} AND {MINOR} LIMIT 1"
+# The token's Patient, their birth date and whether they died, whoever may read their record.
+TOKEN_PATIENT_STATE = ("SELECT ui.res_id, bd.low, dt.code FROM unique_identifiers ui LEFT JOIN search_date bd "
                        "ON bd.res_type = 'Patient' AND bd.res_id = ui.res_id AND bd.param = 'birthdate' "
-                       f"WHERE {_TOKEN_INS} LIMIT 1")
+                       "LEFT JOIN search_token dt ON dt.res_type = 'Patient' AND dt.res_id = ui.res_id "
+                       f"AND dt.param = 'deceased' AND dt.code = 'true' WHERE {_TOKEN_INS} LIMIT 1")
 AGE_OF_MAJORITY = 18
 PARIS = ZoneInfo("Europe/Paris")
 
@@ -122,21 +129,28 @@ def is_minor(born: str | None) -> bool:
 
 
 @dataclass(frozen=True)
-class EndedRepresentation:
-    """A child's record that their legal representatives no longer act for: the child came of age on
-    `came_of_age`, or the record gives no birth date (None), so shows no minor."""
+class ClosedToHolder:
+    """A record closed to a patient's own accounts or to their representative: the patient died, or
+    (to a representative) came of age on `came_of_age`, or the record gives no birth date."""
     patient_id: str
+    deceased: bool
     came_of_age: date | None
 
     @classmethod
-    def of(cls, patient_id: str, born: str | None) -> "EndedRepresentation | None":
-        """For the Patient born `born` (search_date `low`): None while they are a minor."""
-        if is_minor(born):
+    def of(cls, role: str, patient_id: str, born: str | None, deceased: bool) -> "ClosedToHolder | None":
+        """For a patient or a representative (`role`) on the record of a Patient born `born`
+        (search_date `low`): None while it is open to them."""
+        if deceased:
+            return cls(patient_id, True, None)
+        if role != REPRESENTATIVE or is_minor(born):
             return None
-        return cls(patient_id, came_of_age_on(date.fromisoformat(born[:10])) if born else None)
+        return cls(patient_id, False, came_of_age_on(date.fromisoformat(born[:10])) if born else None)
 
     @property
     def reason(self) -> str:
+        if self.deceased:
+            return ("the record shows its patient deceased: it is closed to their own accounts and their "
+                    "representatives; their heirs ask for it under CSP L1110-4 V")
         if self.came_of_age is None:
             return "the record gives no birth date of its patient: a legal representative acts for a minor only"
         return (f"the patient came of age on {self.came_of_age.isoformat()}: a legal representative no longer "
@@ -244,15 +258,15 @@ class AccessContext:
         return text(condition).bindparams(**{k: v for k, v in values.items() if k in used})
 
     def own_record(self):
-        """The query of the Patient id of the record a patient or representative token is about: a
-        representative's only while its patient is a minor."""
-        return self._sql(REPRESENTED_MINOR if self.role == REPRESENTATIVE else OWN_PATIENT)
+        """The query of the Patient id of the record a patient or representative token is about,
+        while it is open to them (ClosedToHolder)."""
+        return self._sql(REPRESENTED_MINOR if self.role == REPRESENTATIVE else HOLDER)
 
     def _patient_filter(self) -> str | None:
         if not self.patient_ins:
             return None
         if self.role != REPRESENTATIVE:
-            return f"resources.patient_id = ({OWN_PATIENT}) AND NOT resources.hidden_from_patient"
+            return f"resources.patient_id = ({HOLDER}) AND NOT resources.hidden_from_patient"
         # INVISIBLE_PATIENT is hidden from representatives too: the matrix leaves it open, the safer choice.
         return (f"resources.patient_id = ({REPRESENTED_MINOR}) AND NOT resources.hidden_from_patient "
                 "AND NOT resources.hidden_from_representatives")

@@ -61,6 +61,8 @@ class PatientInfo:
     birthplace_code: str | None
     birthplace_city: str | None
     identity_reliability: str | None = None  # PAM-FR PID-32 (VALI, PROV…); the CDA does not carry it
+    death_time: str | None = None            # PID-29, as sent (an HL7 TS); the CDA header does not carry it
+    deceased: bool | None = None             # PID-30: Y or N; None when not said
 
 
 @dataclass

@@ -14,7 +14,7 @@ MHD = "https://profiles.ihe.net/ITI/MHD/CapabilityStatement/"
 SEARCH_TYPE_NAMES = {"token": "token", "string": "string", "date": "date", "reference": "reference"}
 SEARCH_DOCUMENTATION = {
     "DocumentReference": "ITI-67 Find Document References (IHE MHD, ANS PDSm)",
-    "Patient": "Patient search by identifier (INS, IPP), name, birthdate, gender",
+    "Patient": "Patient search by identifier (INS, IPP), name, birthdate, gender, deceased",
     "List": "ITI-66 Find Document Lists (IHE MHD, ANS PDSm): SubmissionSets and Folders (code submissionset, folder)",
 }
 

@@ -110,6 +110,10 @@ def patient_resource(info: PatientInfo, patient_id: str) -> dict:
         resource["gender"] = GENDERS.get(info.gender.upper(), "unknown")
     if info.birth_time:
         resource["birthDate"] = ts_to_fhir(info.birth_time)[:10]
+    if info.death_time:
+        resource["deceasedDateTime"] = ts_to_fhir(info.death_time)
+    elif info.deceased is not None:
+        resource["deceasedBoolean"] = info.deceased
     if info.birthplace_code or info.birthplace_city:
         address: dict = {}
         if info.birthplace_code:

@@ -92,7 +92,13 @@ def _birthplace(pid: Segment) -> tuple[str | None, str | None]:
     return None, None
 
 
+# PID-30, HL7 table 0136; the spelt-out answers are read too (third-party feeds send "NO").
+DEATH_INDICATORS = {"Y": True, "YES": True, "N": False, "NO": False}
+
+
 def patient_info(pid: Segment) -> PatientInfo:
+    """The identity a PID states. A PID-30 outside DEATH_INDICATORS is read as not said: the
+    service refuses it before mapping (patients.prepare_patient)."""
     code, city = _birthplace(pid)
     birth = pid.get(7)
     return PatientInfo(
@@ -103,6 +109,8 @@ def patient_info(pid: Segment) -> PatientInfo:
         birthplace_code=code,
         birthplace_city=city,
         identity_reliability=pid.get(32) or None,
+        death_time=pid.get(29).strip() or None,
+        deceased=DEATH_INDICATORS.get(pid.get(30).strip().upper()),
     )
 
 

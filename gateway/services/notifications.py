@@ -20,7 +20,7 @@ from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import Engine, delete, func, or_, select, update
 
-from gateway.access.context import INS_SYSTEMS, PATIENT, REPRESENTATIVE, is_minor
+from gateway.access.context import INS_SYSTEMS, PATIENT, REPRESENTATIVE, ClosedToHolder
 from gateway.config import Settings
 from gateway.space.accounts import record_accounts
 from gateway.space.senders import Mail, RecipientRefused, message_sender
@@ -31,6 +31,7 @@ from gateway.storage.schema import (
     notifications,
     resources,
     search_date,
+    search_token,
     unique_identifiers,
 )
 
@@ -74,12 +75,14 @@ def _mails(conn, patient_id: str, claimed: list, base_url: str) -> tuple[list[Ma
     born = conn.execute(select(search_date.c.low).where(
         search_date.c.res_type == "Patient", search_date.c.res_id == patient_id,
         search_date.c.param == "birthdate")).scalar()
-    # A legal representative acts for a minor (access.context.MINOR): once the child has come of age,
-    # their representatives are told nothing more of the record.
-    represented = is_minor(born)
+    deceased = conn.execute(select(search_token.c.code).where(
+        search_token.c.res_type == "Patient", search_token.c.res_id == patient_id, search_token.c.param == "deceased",
+        search_token.c.code == "true")).first() is not None
     mails = []
     for account, _ in record_accounts(conn, list(ins)):
-        if account.role == REPRESENTATIVE and not represented:
+        # The accounts the record is closed to (access.context.ClosedToHolder) are told nothing of it:
+        # a mail to a patient who died is read by whoever reads their mailbox.
+        if ClosedToHolder.of(account.role, patient_id, born, deceased):
             continue
         if emergency:
             # Whatever the account chose of new documents: the patient is to be told of it.

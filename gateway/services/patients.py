@@ -7,7 +7,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
-from gateway.cda.header import II
+from gateway.cda.header import II, PatientInfo
 from gateway.fhir.validation import InvalidResource, validate, with_plain_spaces
 from gateway.hl7v2.ack import Issue
 from gateway.hl7v2.er7 import Message, Segment
@@ -132,7 +132,25 @@ def prepare_patient(pid: Segment) -> PreparedPatient:
         except InvalidTime:
             raise MessageRefused(Issue("PID-7 (birth date) is not a valid date (YYYY[MM[DD]])", "PID^1^7",
                                        "102")) from None
+    _check_death(pid, info)
     return PreparedPatient(ids, valid_from_message(mapping.patient_resource(info, mapping.UNSET_ID), "PID^1"))
+
+
+def _check_death(pid: Segment, info: PatientInfo) -> None:
+    """PID-29 and PID-30 say one thing: a death date, a death indicator of table 0136, not a death
+    date beside an indicator N."""
+    if pid.get(30).strip() and info.deceased is None:
+        raise MessageRefused(Issue(f"PID-30 (patient death indicator) is Y or N (HL7 table 0136), not "
+                                   f"{pid.get(30).strip()[:20]!r}", "PID^1^30", "103"))
+    if info.death_time:
+        try:
+            ts_to_fhir(info.death_time)
+        except InvalidTime:
+            raise MessageRefused(Issue("PID-29 (patient death date and time) is not a valid HL7 time "
+                                       "(YYYYMMDD[HHMM[SS]][+ZZZZ])", "PID^1^29", "102")) from None
+        if info.deceased is False:
+            raise MessageRefused(Issue("PID-29 gives a death date and PID-30 says the patient is not deceased",
+                                       "PID^1^30", "103"))
 
 
 def upsert_patient(uow: UnitOfWork, prepared: PreparedPatient, applied: Applied) -> str:
@@ -168,6 +186,10 @@ def _keeping(prepared: PreparedPatient, patient_id: str, previous: dict | None) 
         for kept in ("link", "active"):
             if kept in previous:
                 resource[kept] = previous[kept]
+        # A death a PID does not mention (PID-29 and PID-30 empty: not said) stays as recorded.
+        if not {"deceasedBoolean", "deceasedDateTime"} & resource.keys():
+            resource.update((name, previous[name]) for name in ("deceasedBoolean", "deceasedDateTime")
+                            if name in previous)
     return resource
 
 

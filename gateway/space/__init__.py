@@ -17,7 +17,7 @@ from flask import Blueprint, Flask, current_app, g, redirect, render_template, r
 from flask_wtf.csrf import CSRFProtect
 
 from gateway.access.audit import Outcome
-from gateway.access.context import REPRESENTATIVE, EndedRepresentation
+from gateway.access.context import ClosedToHolder
 from gateway.config import Settings
 from gateway.fhir.primitives import present
 from gateway.http.content_coding import decode_request_body
@@ -118,8 +118,8 @@ def signed_in():
     if g.record is None:
         return None if request.endpoint in PUBLIC + CHOOSING else redirect(url_for("space.choose_record"))
     repository = record_repository(g.record)
-    if g.account.role == REPRESENTATIVE and (ended := repository.representation_ended()):
-        return representation_ended(repository, ended)
+    if closed := repository.closed_to_holder():
+        return record_closed_to_holder(repository, closed)
     g.repository = repository
     if g.record_name is None:
         # Read once per session (an audited read of the Patient), then shown on every page.
@@ -128,23 +128,29 @@ def signed_in():
     return None
 
 
-def representation_ended(repository: Repository, ended: EndedRepresentation):
-    """A child's record once they came of age: the rules show their representative none of it, and
-    this page says why (audited, as the API's refusal is). Choosing another record stays open."""
+def record_closed_to_holder(repository: Repository, closed: ClosedToHolder):
+    """A record closed to this account (its holder died, the child came of age): the rules show it
+    none of it, and this page says why (audited, as the API's refusal is). Choosing another record
+    stays open."""
     if request.endpoint in PUBLIC + CHOOSING:
         return None
-    repository.record_authorization("AuthZ-Role", Outcome("4", ended.reason), ended.patient_id)
+    repository.record_authorization("AuthZ-Role", Outcome("4", closed.reason), closed.patient_id)
     return render_template("error.html", title="Dossier qui ne vous est plus accessible",
-                           message=representation_ended_text(ended),
+                           message=closed_to_holder_text(closed),
                            link=url_for("space.choose_record") if len(g.account.records) > 1 else None,
                            link_text="Ouvrir un autre dossier"), 403
 
 
-def representation_ended_text(ended: EndedRepresentation) -> str:
-    if ended.came_of_age is None:
+def closed_to_holder_text(closed: ClosedToHolder) -> str:
+    if closed.deceased:
+        return ("Ce dossier indique le décès de son titulaire : il n'est plus accessible depuis un espace santé. "
+                "Ses ayants droit peuvent demander aux professionnels qui l'ont soigné les informations que la loi "
+                "leur ouvre (article L1110-4 du code de la santé publique). S'il s'agit d'une erreur, l'établissement "
+                "qui l'a déclaré peut la corriger.")
+    if closed.came_of_age is None:
         return ("Ce dossier n'indique pas la date de naissance de son titulaire : un représentant légal n'accède "
                 "qu'au dossier d'un enfant mineur. Le service qui a créé votre compte peut la faire compléter.")
-    return (f"Le titulaire de ce dossier est majeur depuis le {ended.came_of_age.strftime('%d/%m/%Y')} : "
+    return (f"Le titulaire de ce dossier est majeur depuis le {closed.came_of_age.strftime('%d/%m/%Y')} : "
             "l'autorité parentale a pris fin, et son dossier ne vous est plus accessible. Il peut ouvrir son "
             "propre espace santé.")
 

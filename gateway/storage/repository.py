@@ -25,9 +25,8 @@ from gateway.access.context import (
     INS_SYSTEMS,
     PATIENT,
     REGULATION,
-    REPRESENTATIVE,
-    TOKEN_PATIENT_BIRTH,
-    EndedRepresentation,
+    TOKEN_PATIENT_STATE,
+    ClosedToHolder,
 )
 from gateway.access.rules import (
     MASQUE_PS,
@@ -246,16 +245,15 @@ class Repository:
         with read_connection(self.engine) as conn:
             return conn.execute(self.access.own_record()).scalar()
 
-    def representation_ended(self, representative: AccessContext | None = None) -> "EndedRepresentation | None":
-        """For a legal representative (this requester, or `representative`) whose child's record is
-        here but who no longer acts for them (the rules show them none of it): since when and why."""
-        representative = representative or self.access
-        if representative.role != REPRESENTATIVE:
+    def closed_to_holder(self, holder: AccessContext | None = None) -> ClosedToHolder | None:
+        """For a patient or a legal representative (this requester, or `holder`) whose record is
+        here but closed to them (the rules show them none of it): why."""
+        holder = holder or self.access
+        if not holder.acts_for_patient:
             return None
         with read_connection(self.engine) as conn:
-            found = conn.execute(text(TOKEN_PATIENT_BIRTH),
-                                 {"reader_patient": representative.patient_ins or ""}).first()
-        return EndedRepresentation.of(*found) if found else None
+            found = conn.execute(text(TOKEN_PATIENT_STATE), {"reader_patient": holder.patient_ins or ""}).first()
+        return ClosedToHolder.of(holder.role, found[0], found[1], found[2] is not None) if found else None
 
     @functools.cached_property
     def requester_patient(self) -> str | None:

@@ -169,6 +169,9 @@ PATIENT = [
     SearchParam("birthdate", "date", lambda r: [r["birthDate"]] if r.get("birthDate") else []),
     SearchParam("gender", "token", lambda r: [("", r["gender"])] if r.get("gender") else []),
     SearchParam("active", "token", lambda r: [("", str(r["active"]).lower())] if "active" in r else []),
+    # R4: deceased.exists() and deceased != false; the access rules read it (access.context.ALIVE).
+    SearchParam("deceased", "token", lambda r: [("", "true" if r.get("deceasedBoolean") or "deceasedDateTime" in r
+                                                  else "false")]),
 ]
 
 PRACTITIONER = [

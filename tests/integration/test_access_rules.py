@@ -97,9 +97,16 @@ READERS = (
 )
 
 
-def refused_outright(reader: Reader, births: list[str | None]) -> bool:
-    """A legal representative of a patient who is not a minor: every request refused (403)."""
-    return reader.role == "representative" and not BIRTHS[births[reader.patient]]
+# Whether a patient died, as a Patient states it (deceasedBoolean, deceasedDateTime): the record is
+# closed to the patient's own accounts and their representatives.
+DEATHS = {None: False, False: False, True: True, "2026-11-30T08:00:00+01:00": True}
+
+
+def refused_outright(reader: Reader, births: list[str | None], deaths: list) -> bool:
+    """The patient or a legal representative of a patient who died, or a representative of one who
+    is not a minor: every request refused (403)."""
+    return reader.role in ("patient", "representative") and DEATHS[deaths[reader.patient]] or (
+        reader.role == "representative" and not BIRTHS[births[reader.patient]])
 
 
 def may_see(reader: Reader, doc: Document, world_rules: list[Rule]) -> bool:
@@ -128,12 +135,13 @@ def may_see(reader: Reader, doc: Document, world_rules: list[Rule]) -> bool:
     return False
 
 
-def build_world(engine, docs: list[Document], world_rules: list[Rule],
-                births: list[str | None] | None = None) -> dict[int, tuple[str, str, str]]:
-    """Patients (born on `births`, else minors), practitioners, documents (each with its Binary) and
-    consents, written through the repository as the feeds would. Returns doc index ->
-    (DocumentReference id, Binary id, Patient id)."""
+def build_world(engine, docs: list[Document], world_rules: list[Rule], births: list[str | None] | None = None,
+                deaths: list | None = None) -> dict[int, tuple[str, str, str]]:
+    """Patients (born on `births`, else minors; dead as `deaths` say, else alive), practitioners,
+    documents (each with its Binary) and consents, written through the repository as the feeds
+    would. Returns doc index -> (DocumentReference id, Binary id, Patient id)."""
     births = births or [years_before(TODAY, 10).isoformat()] * len(INS)
+    deaths = deaths or [None] * len(INS)
     with engine.begin() as conn:
         for table in reversed(metadata.sorted_tables):
             conn.execute(delete(table))
@@ -142,8 +150,10 @@ def build_world(engine, docs: list[Document], world_rules: list[Rule],
     with repo.unit_of_work(Write.FEED) as uow:
         for p, ins in enumerate(INS):
             uow.claim_identifier("Patient", PATIENT_INS, ins, f"p{p}")
+            death = {} if deaths[p] is None else {"deceasedDateTime": deaths[p]} if isinstance(deaths[p], str) \
+                else {"deceasedBoolean": deaths[p]}
             uow.save({"resourceType": "Patient", "id": f"p{p}", "identifier": [{"system": PATIENT_INS, "value": ins}],
-                      **({"birthDate": births[p]} if births[p] else {})}, patient_id=f"p{p}")
+                      **({"birthDate": births[p]} if births[p] else {}), **death}, patient_id=f"p{p}")
         for n, idnatps in enumerate(PROFESSIONALS):
             uow.claim_identifier("Practitioner", IDNATPS_SYSTEM, idnatps, f"ps{n}")
             uow.save({"resourceType": "Practitioner", "id": f"ps{n}",
@@ -210,17 +220,20 @@ def backend():
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                  HealthCheck.too_slow])
 @given(docs=st.lists(documents, min_size=1, max_size=4), world_rules=st.lists(rules, min_size=1, max_size=6),
-       births=st.lists(st.sampled_from(list(BIRTHS)), min_size=len(INS), max_size=len(INS)))
+       births=st.lists(st.sampled_from(list(BIRTHS)), min_size=len(INS), max_size=len(INS)),
+       deaths=st.lists(st.sampled_from(list(DEATHS)), min_size=len(INS), max_size=len(INS)))
 # The author of a masked document, named by the patient but not the attending physician, reads its Binary too.
 @example(docs=[Document(1, frozenset({"MASQUE_PS"}), 0)], world_rules=[Rule(1, "professional", "permit", 0)],
-         births=[years_before(TODAY, 18).isoformat(), (years_before(TODAY, 18) + timedelta(days=1)).isoformat()])
-def test_every_read_path_shows_exactly_what_the_rules_allow(client, database, bearer, docs, world_rules, births):
-    made = build_world(database[0], docs, world_rules, births)
+         births=[years_before(TODAY, 18).isoformat(), (years_before(TODAY, 18) + timedelta(days=1)).isoformat()],
+         deaths=[None, False])
+def test_every_read_path_shows_exactly_what_the_rules_allow(client, database, bearer, docs, world_rules, births,
+                                                            deaths):
+    made = build_world(database[0], docs, world_rules, births, deaths)
     CHECKED["worlds"] += 1
     for reader in READERS:
         headers = bearer(**token_claims(reader))
-        context = (reader, docs, world_rules, births)
-        if refused_outright(reader, births):
+        context = (reader, docs, world_rules, births, deaths)
+        if refused_outright(reader, births, deaths):
             for path in ["/fhir/DocumentReference?_count=2", "/fhir/DocumentReference?_summary=count",
                          f"/fhir/Patient?_id=p{reader.patient}&_revinclude=DocumentReference:subject"] + [
                     f"/fhir/{path}" for doc_id, binary_id, _ in made.values()

@@ -233,10 +233,12 @@ def test_schematrons_given_by_the_tester_hold_accepted_documents_only(target, tm
      "gateway.storage.repository.UnitOfWork.decisions_replaced_by", lambda uow, consent, patient_id: [], "step 7: "),
     ("access/018-a-representative-of-an-adult-reads-nothing", "gateway.access.context.minor_born_after",
      lambda today: "0001-01-01", "step 2: "),
+    ("pam-fr/010-a-death-closes-the-record-to-the-patient", "gateway.services.patients._check_death",
+     lambda pid, info: setattr(info, "deceased", None) or setattr(info, "death_time", None), "step 4: "),
 ], ids=["a submission sent again registered again", "a SubmissionSet that leaves out its document",
         "an opposition a later ZFA did not collect", "a replacement that unmasks what the patient masked",
         "an author who lifts the patient's mask", "a block kept beside the authorisation after it",
-        "a parent's access kept after the child came of age"])
+        "a parent's access kept after the child came of age", "a death dropped"])
 def test_a_gateway_without_the_rule_a_case_checks_is_caught(target, monkeypatch, case, patched, replacement,
                                                              failing_step):
     """Each case passes against the gateway as it is, and fails, at the step that checks it, against

@@ -395,6 +395,37 @@ def test_lists_stored_before_get_the_index_rows_of_their_source_s_names_and_titl
     engine.dispose()
 
 
+def test_patients_stored_before_get_the_index_rows_of_their_death(tmp_path):
+    """Migration 0032: the access rules read whether a patient died from the index; the Patients
+    already stored get the rows a Patient written now gets."""
+    from gateway.storage.searchparams import index_rows
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'patients.db'}")
+    config = alembic_config(engine)
+    command.upgrade(config, "0031")
+    patients = [{"resourceType": "Patient", "id": "alive"},
+                {"resourceType": "Patient", "id": "said-alive", "deceasedBoolean": False},
+                {"resourceType": "Patient", "id": "dead", "deceasedBoolean": True},
+                {"resourceType": "Patient", "id": "dead-on", "deceasedDateTime": "2025-03-01"}]
+    with engine.begin() as conn:
+        for deleted, body in [(False, p) for p in patients] + [(True, {**patients[2], "id": "gone"})]:
+            conn.execute(text("INSERT INTO resources (res_type, res_id, version, last_updated, deleted, body) "
+                              "VALUES ('Patient', :i, 1, '2026-01-01T00:00:00', :d, :b)"),
+                         {"i": body["id"], "d": deleted, "b": json.dumps(body)})
+
+    def rows() -> set:
+        with engine.connect() as conn:
+            return set(conn.execute(text("SELECT res_type, res_id, param, system, code FROM search_token")).all())
+
+    command.upgrade(config, "0032")
+    assert rows() == {(r["res_type"], r["res_id"], r["param"], r["system"], r["code"])
+                      for body in patients for r in index_rows(body)["token"] if r["param"] == "deceased"}
+    assert {row[1] for row in rows() if row[4] == "true"} == {"dead", "dead-on"}
+    command.downgrade(config, "0031")
+    assert rows() == set()
+    engine.dispose()
+
+
 MIGRATE_WHEN_TOLD = """
 import sys, time
 from pathlib import Path

@@ -216,8 +216,9 @@ def _readers(docref: dict) -> list[dict]:
     if access.role != REPRESENTATIVE and accounts.has_representative(g.repository.engine, ins):
         representative = AccessContext(role=REPRESENTATIVE, subject="representant", patient_ins=ins)
         visible = g.repository.visible_to(representative, "DocumentReference", docref["id"])
-        reason = ("représentants légaux" if visible
-                  else "vous êtes majeur·e : ils n'accèdent plus à votre dossier"
-                  if g.repository.representation_ended(representative) else "le document leur est masqué")
+        closed = None if visible else g.repository.closed_to_holder(representative)
+        reason = ("représentants légaux" if visible else "le document leur est masqué" if closed is None
+                  else "vous êtes majeur·e : ils n'accèdent plus à votre dossier" if closed.came_of_age
+                  else "votre dossier n'indique pas votre date de naissance : ils n'y accèdent pas")
         out.append({"who": "Vos représentants légaux", "roles": None, "visible": visible, "reason": reason})
     return out

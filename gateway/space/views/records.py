@@ -4,18 +4,19 @@ from __future__ import annotations
 
 from flask import current_app, flash, g, redirect, render_template, request, session, url_for
 
-from gateway.space import accounts, record_holder, record_repository, representation_ended_text, space
+from gateway.space import accounts, closed_to_holder_text, record_holder, record_repository, space
 
 
 @space.get("/dossiers")
 def choose_record():
-    """Each child's record, and those of children who came of age, which can no longer be opened."""
+    """Each child's record, and those closed to their representative (the child came of age or
+    died), which can no longer be opened."""
     records = []
     for record in g.account.records:
         repository = record_repository(record)
-        ended = repository.representation_ended()
-        records.append((record, None if ended else record_holder(repository),
-                        representation_ended_text(ended) if ended else None))
+        closed = repository.closed_to_holder()
+        records.append((record, None if closed else record_holder(repository),
+                        closed_to_holder_text(closed) if closed else None))
     current = g.record if any(ins == g.record and not ended for ins, _, ended in records) else None
     return render_template("records.html", records=records,
                            current=current or next((ins for ins, _, ended in records if not ended), None))
@@ -28,8 +29,8 @@ def open_record():
         flash("Choisissez l'un des dossiers de la liste.", "error")
         return redirect(url_for("space.choose_record"))
     repository = record_repository(record)
-    if ended := repository.representation_ended():
-        flash(representation_ended_text(ended), "error")
+    if closed := repository.closed_to_holder():
+        flash(closed_to_holder_text(closed), "error")
         return redirect(url_for("space.choose_record"))
     name = record_holder(repository)
     accounts.open_record(current_app.config["ENGINE"], session["sid"], record, name)

@@ -1,0 +1,134 @@
+"""A patient's death, as PAM-FR feeds it (PID-29, PID-30): kept in the Patient (deceased[x], as the
+official profiles check it), and the record closed to the patient's own accounts and their
+representatives, whose mails stop; professionals read it as before. The gateway dropped both fields,
+and a patient's space went on showing their record to whoever signed in with their password."""
+import json
+from html import unescape
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+import profiles
+from conftest import GP, attend_all, sample
+from gateway.services import notifications
+from gateway.space import accounts
+from gateway.space.senders import read_outbox
+from gateway.storage.schema import resources
+from test_patient_space import PASSWORD, sign_in
+
+MARTIN = "185067511204554"
+XML = {"Content-Type": "application/xml"}
+HL7 = {"Content-Type": "x-application/hl7-v2+er7"}
+ADT_MARTIN = Path(__file__).resolve().parents[2] / "samples" / "hl7v2" / "adt-a01-martin.hl7"
+
+
+def martin_a31(control: str, death_time: str = "", indicator: str = "") -> bytes:
+    """Paul MARTIN's identity (ADT^A31), PID-29 and PID-30 as given."""
+    segments = ADT_MARTIN.read_bytes().decode().replace("\r\n", "\r").replace("\n", "\r").strip().split("\r")
+    segments[0] = segments[0].replace("ADT^A01^ADT_A01|ADT0001", f"ADT^A31^ADT_A05|{control}")
+    pid = segments[2].split("|")
+    pid += [""] * (33 - len(pid))
+    pid[29], pid[30] = death_time, indicator
+    segments[2] = "|".join(pid)
+    return "\r".join(segment for segment in segments if not segment.startswith("ZFA")).encode()
+
+
+def ack(answer) -> tuple[str, list[str]]:
+    segments = answer.data.decode().split("\r")
+    msa = next(s for s in segments if s.startswith("MSA")).split("|")
+    return msa[1], [s for s in segments if s.startswith("ERR")]
+
+
+def martin(client, bearer) -> dict:
+    found = client.get(f"/fhir/Patient?identifier=urn:oid:1.2.250.1.213.1.4.10|{MARTIN}",
+                       headers=bearer("doctor", sub=GP)).json
+    return found["entry"][0]["resource"]
+
+
+def test_a_death_is_kept_and_closes_the_record_to_the_patient_s_accounts(app, settings, client, bearer, database):
+    engine = database[0]
+    system = bearer("system", sub="GAM CH-SAINT-AUBIN")
+    accounts.create_account(engine, "paul", PASSWORD, "patient", [MARTIN], "Paul MARTIN", "paul@example.test")
+    assert client.post("/cda", data=sample("ldl-ses-martin.xml"), headers={**XML, **system}).status_code == 201
+    attend_all(engine)
+    patient, gp = bearer("patient", patient=MARTIN), bearer("doctor", sub=GP)
+    while notifications.send_pending(settings, engine):
+        pass
+    mailed = len([m for m in read_outbox(settings) if m["to"] == "paul@example.test"])
+
+    assert ack(client.post("/hl7v2", data=martin_a31("A31-1", "20261201103000", "Y"), headers={**system, **HL7})) \
+        == ("AA", [])
+    assert martin(client, bearer)["deceasedDateTime"] == "2026-12-01T10:30:00+01:00"
+    refused = client.get("/fhir/DocumentReference?status=current", headers=patient)
+    assert refused.status_code == 403 and refused.json["issue"][0]["diagnostics"] == (
+        "the record shows its patient deceased: it is closed to their own accounts and their representatives; "
+        "their heirs ask for it under CSP L1110-4 V")
+    assert client.get("/fhir/DocumentReference?status=current", headers=gp).json["total"] == 1
+    page = sign_in(app, settings).get("/documents")
+    assert page.status_code == 403 and "indique le décès de son titulaire" in unescape(page.text)
+    # A document added after the death: the patient's mailbox is told nothing.
+    assert client.post("/cda", data=sample("cr-biologie-martin.xml"), headers={**XML, **system}).status_code == 201
+    while notifications.send_pending(settings, engine):
+        pass
+    assert len([m for m in read_outbox(settings) if m["to"] == "paul@example.test"]) == mailed + 1   # the code only
+
+    # A PID that says nothing of a death keeps it; a correction (PID-30 N) reopens the record.
+    assert ack(client.post("/hl7v2", data=martin_a31("A31-2"), headers={**system, **HL7}))[0] == "AA"
+    assert martin(client, bearer)["deceasedDateTime"] == "2026-12-01T10:30:00+01:00"
+    assert ack(client.post("/hl7v2", data=martin_a31("A31-3", "", "N"), headers={**system, **HL7}))[0] == "AA"
+    corrected = martin(client, bearer)
+    assert corrected["deceasedBoolean"] is False and "deceasedDateTime" not in corrected
+    assert client.get("/fhir/DocumentReference?status=current", headers=patient).json["total"] == 2
+
+    profiles.require()
+    collected = profiles.Collected()
+    collected.add(martin(client, bearer))
+    assert ack(client.post("/hl7v2", data=martin_a31("A31-4", "20261201", "Y"), headers={**system, **HL7}))[0] == "AA"
+    collected.add(martin(client, bearer))
+    assert not collected.errors(), collected.errors()
+
+
+@pytest.mark.parametrize("death_time, indicator, location, code", [
+    ("", "X", "PID^1^30", "103"),
+    ("20261345", "Y", "PID^1^29", "102"),
+    ("20261201", "N", "PID^1^30", "103"),
+])
+def test_a_death_said_wrongly_is_refused_where_it_is_wrong(client, bearer, database, death_time, indicator, location,
+                                                            code):
+    system = bearer("system", sub="GAM CH-SAINT-AUBIN")
+    answer = client.post("/hl7v2", data=martin_a31("A31-9", death_time, indicator), headers={**system, **HL7})
+    status, errs = ack(answer)
+    assert status == "AE" and len(errs) == 1, errs
+    err = errs[0].split("|")
+    assert err[2].startswith(location) and err[3].startswith(code), errs
+    with database[0].connect() as conn:
+        assert conn.execute(select(resources.c.res_id).where(resources.c.res_type == "Patient")).first() is None
+
+
+def test_the_corpus_s_deaths_are_kept_as_their_messages_say(client, bearer, database, corpus_dir):
+    """The third-party messages that carry PID-29 and PID-30 (Microsoft FHIR-Converter's samples,
+    the ANS's PAM-FR examples), each read here without the gateway's reader."""
+    system = bearer("system", sub="GAM CH-SAINT-AUBIN")
+    checked = 0
+    for path in sorted((corpus_dir / "hl7v2").iterdir()):
+        text = path.read_bytes().decode("latin-1").replace("\n", "\r")
+        pid = next((s.split("|") for s in text.split("\r") if s.startswith("PID|")), None)
+        if not path.name.startswith(("msfc_ADT", "fr_PAM")) or pid is None or len(pid) <= 30:
+            continue
+        if ack(client.post("/hl7v2", data=path.read_bytes(), headers={**system, **HL7}))[0] != "AA":
+            continue
+        identifier = pid[3].split("~")[0].split("^")[0]
+        with database[0].connect() as conn:
+            stored = [json.loads(body) for body, in conn.execute(select(resources.c.body).where(
+                resources.c.res_type == "Patient"))]
+        patient = next(p for p in stored if identifier in [i["value"] for i in p["identifier"]])
+        if pid[29]:
+            stamp = pid[29]
+            assert patient["deceasedDateTime"] == (
+                f"{stamp[:4]}-{stamp[4:6]}-{stamp[6:8]}T{stamp[8:10]}:{stamp[10:12]}:{stamp[12:14]}"
+                f"{stamp[14:17]}:{stamp[17:19]}"), path.name
+        else:
+            assert patient["deceasedBoolean"] is (pid[30].strip().upper() in ("Y", "YES")), path.name
+        checked += 1
+    assert checked >= 5
