@@ -61,8 +61,8 @@ class PatientInfo:
     birthplace_code: str | None
     birthplace_city: str | None
     identity_reliability: str | None = None  # PAM-FR PID-32 (VALI, PROV…); the CDA does not carry it
-    death_time: str | None = None            # PID-29, as sent (an HL7 TS); the CDA header does not carry it
-    deceased: bool | None = None             # PID-30: Y or N; None when not said
+    death_time: str | None = None            # PID-29, sdtc:deceasedTime: as sent (an HL7 TS)
+    deceased: bool | None = None             # PID-30 Y or N, sdtc:deceasedInd; None when not said
 
 
 @dataclass
@@ -279,6 +279,18 @@ def named_patient_ids(data: bytes) -> list[II]:
     return []
 
 
+def _deceased(patient: etree._Element) -> bool | None:
+    """sdtc:deceasedInd, which the CI-SIS takes in the patient: an XML Schema boolean."""
+    element = _one(patient, "sdtc:deceasedInd")
+    if element is None or element.get("nullFlavor"):
+        return None
+    value = (element.get("value") or "").strip()
+    if value not in ("true", "false", "1", "0"):
+        raise Refused(f"sdtc:deceasedInd/@value is true or false, not {value[:20]!r}",
+                      location=f"{CD}/recordTarget/patientRole/patient/deceasedInd/@value")
+    return value in ("true", "1")
+
+
 def extract_header(doc: etree._Element, *, wrapped_in_xslt: bool = False) -> CdaHeader:
     """Read the CI-SIS header. Missing mandatory elements refuse the document, naming them."""
     unique_id = _required(_ii(_one(doc, "h:id")), f"{CD}/id", "the document unique id (id/@root)")
@@ -298,6 +310,8 @@ def extract_header(doc: etree._Element, *, wrapped_in_xslt: bool = False) -> Cda
         birth_time=_ts(_one(patient_el, "h:birthTime")) if patient_el is not None else None,
         birthplace_code=_text(birthplace.find("h:county", NS)) if birthplace is not None else None,
         birthplace_city=_text(birthplace.find("h:city", NS)) if birthplace is not None else None,
+        death_time=_ts(_one(patient_el, "sdtc:deceasedTime")) if patient_el is not None else None,
+        deceased=_deceased(patient_el) if patient_el is not None else None,
     )
 
     authors = []

@@ -63,6 +63,9 @@ def check_document(header: CdaHeader) -> str:
             ts_to_fhir(value)
         except InvalidTime as exc:
             raise Refused(str(exc), location=location) from None
+    if header.patient.death_time and header.patient.deceased is False:
+        raise Refused("the patient has a death time (sdtc:deceasedTime) and sdtc:deceasedInd says they are alive",
+                      location=f"{CD}/recordTarget/patientRole/patient/deceasedInd/@value")
     if header.body.level == "N1" and header.body.media_type not in codes.N1_FORMATS:
         raise Refused(
             f"unstructured body media type {header.body.media_type} is not one the DMP accepts "
@@ -76,6 +79,8 @@ def _times(header: CdaHeader):
     yield f"{CD}/effectiveTime/@value", header.effective_time
     if header.patient.birth_time:
         yield f"{CD}/recordTarget/patientRole/patient/birthTime/@value", header.patient.birth_time
+    if header.patient.death_time:
+        yield f"{CD}/recordTarget/patientRole/patient/deceasedTime/@value", header.patient.death_time
     for i, event in enumerate(header.service_events, 1):
         for name, value in (("low", event.low), ("high", event.high)):
             if value:

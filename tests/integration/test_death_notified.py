@@ -132,3 +132,31 @@ def test_the_corpus_s_deaths_are_kept_as_their_messages_say(client, bearer, data
             assert patient["deceasedBoolean"] is (pid[30].strip().upper() in ("Y", "YES")), path.name
         checked += 1
     assert checked >= 5
+
+
+def with_death(indicator: str | None, time: str | None) -> bytes:
+    """Léa MOREAU's ultrasound report, its patient given sdtc:deceasedInd and sdtc:deceasedTime."""
+    cda = sample("cr-imagerie-echographie-moreau.xml").decode()
+    cda = cda.replace('<ClinicalDocument xmlns="urn:hl7-org:v3"', '<ClinicalDocument xmlns="urn:hl7-org:v3" '
+                      'xmlns:sdtc="urn:hl7-org:sdtc"', 1)
+    death = (f'<sdtc:deceasedInd value="{indicator}"/>' if indicator else "") + (
+        f'<sdtc:deceasedTime value="{time}"/>' if time else "")
+    return cda.replace('<birthTime value="20120514"/>', f'<birthTime value="20120514"/>{death}').encode()
+
+
+def test_a_document_s_header_gives_the_death_of_the_patient_it_makes_known(client, bearer):
+    """The CI-SIS takes sdtc:deceasedInd and sdtc:deceasedTime in the patient of a document's header:
+    a Patient the document makes known is made with them (one known already is the identity feed's)."""
+    system = {**XML, **bearer("system", sub="lab")}
+    for indicator, time, where in (("yes", None, "deceasedInd/@value"), ("false", "20261130", "deceasedInd/@value"),
+                                   ("true", "2026-11-30", "deceasedTime/@value")):
+        refused = client.post("/cda", data=with_death(indicator, time), headers=system)
+        assert refused.status_code == 422, refused.json
+        assert refused.json["issue"][0]["expression"] == [f"/ClinicalDocument/recordTarget/patientRole/patient/{where}"]
+    made = client.post("/cda", data=with_death("true", "20261130"), headers=system)
+    assert made.status_code == 201, made.json
+    lea = bearer("patient", patient="212057501802305")
+    assert client.get("/fhir/DocumentReference?status=current", headers=lea).status_code == 403
+    attend_all(client.application.config["ENGINE"])
+    patient = client.get(f"/fhir/{made.json['subject']['reference']}", headers=bearer("doctor", sub=GP)).json
+    assert patient["deceasedDateTime"] == "2026-11-30"
