@@ -17,7 +17,7 @@ def issue_token(settings: Settings, args) -> int:
                            f"demo-{args.role}")
     purpose = args.purpose or ("regulation" if args.role == "regulator" else None)
     claims = {"sub": subject, "role": args.role, "purpose": purpose, "org": args.org, "patient": args.patient,
-              "name": args.name}
+              "name": args.name, **({"guardianship": True} if args.guardianship else {})}
     try:
         context_from_claims(claims)
     except InvalidToken as exc:

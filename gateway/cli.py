@@ -217,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     token_issue.add_argument("--org", help="FINESS of the organisation")
     token_issue.add_argument("--purpose", choices=PURPOSES, default=None, help="care (default), emergency, regulation")
     token_issue.add_argument("--name", help="display name in the audit trail")
+    token_issue.add_argument("--guardianship", action="store_true",
+                             help="a representative who is a protected adult's guardian (tutelle), not a parent")
     # A token's life, up to a year: 0 or less issued a token already expired ("valid -5 s").
     token_issue.add_argument("--ttl", type=counted(366 * 86400), default=3600, help="seconds of validity (default 3600)")
     token_issue.set_defaults(func=cmd_token)

@@ -40,12 +40,13 @@ def create_account(settings: Settings, args) -> int:
 
     password = os.environ.get("GATEWAY_ACCOUNT_PASSWORD") or getpass.getpass("password (12 characters or more): ")
     try:
-        account = create(_engine(settings), args.login, password, args.role, args.ins, args.name, args.contact,
-                         replace=args.reset)
+        account = create(_engine(settings), args.login, password, args.role, args.ins or [], args.name, args.contact,
+                         replace=args.reset, guardianships=args.guardian_of or [])
     except ValueError as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 2
-    print(f"account {args.login} ({args.role}) manages the record(s) of INS {', '.join(account.records)}")
+    guardian = f" (guardian of {', '.join(account.guardianships)})" if account.guardianships else ""
+    print(f"account {args.login} ({args.role}) manages the record(s) of INS {', '.join(account.records)}{guardian}")
     return 0
 
 
@@ -140,8 +141,11 @@ def add_commands(sub) -> None:
                                                    "is asked for (or read from GATEWAY_ACCOUNT_PASSWORD)")
     create.add_argument("--login", required=True)
     create.add_argument("--role", choices=("patient", "representative"), default="patient")
-    create.add_argument("--ins", required=True, action="append",
+    create.add_argument("--ins", action="append",
                         help="INS of the record the account manages (a representative: once per child)")
+    create.add_argument("--guardian-of", action="append", metavar="INS",
+                        help="INS of a protected adult whose guardian (tutelle) the representative is, as a judge "
+                             "ordered: their access does not end at the person's majority, as a parent's does")
     create.add_argument("--name", required=True, help="name shown in the space and in the audit trail")
     create.add_argument("--contact", required=True, help="where one-time codes go (e-mail address)")
     create.add_argument("--reset", action="store_true", help="replace the account of this login: its password, "

@@ -131,18 +131,19 @@ def is_minor(born: str | None) -> bool:
 @dataclass(frozen=True)
 class ClosedToHolder:
     """A record closed to a patient's own accounts or to their representative: the patient died, or
-    (to a representative) came of age on `came_of_age`, or the record gives no birth date."""
+    (to a parent) came of age on `came_of_age`, or the record gives no birth date."""
     patient_id: str
     deceased: bool
     came_of_age: date | None
 
     @classmethod
-    def of(cls, role: str, patient_id: str, born: str | None, deceased: bool) -> "ClosedToHolder | None":
-        """For a patient or a representative (`role`) on the record of a Patient born `born`
-        (search_date `low`): None while it is open to them."""
+    def of(cls, role: str, patient_id: str, born: str | None, deceased: bool,
+           guardianship: bool = False) -> "ClosedToHolder | None":
+        """For a patient or a representative (`role`, a guardian with `guardianship`) on the record
+        of a Patient born `born` (search_date `low`): None while it is open to them."""
         if deceased:
             return cls(patient_id, True, None)
-        if role != REPRESENTATIVE or is_minor(born):
+        if role != REPRESENTATIVE or guardianship or is_minor(born):
             return None
         return cls(patient_id, False, came_of_age_on(date.fromisoformat(born[:10])) if born else None)
 
@@ -176,6 +177,9 @@ class AccessContext:
     patient_ins: str | None = None   # the patient a patient, representative or emergency token is about
     name: str | None = None
     address: str | None = None
+    # A representative who is the guardian (tutelle) of a protected adult, as a judge ordered: they
+    # act for them whatever their age, where a parent's authority ends at the child's majority.
+    guardianship: bool = False
 
     @classmethod
     def system(cls, name: str = "gateway", address: str | None = None) -> "AccessContext":
@@ -260,7 +264,7 @@ class AccessContext:
     def own_record(self):
         """The query of the Patient id of the record a patient or representative token is about,
         while it is open to them (ClosedToHolder)."""
-        return self._sql(REPRESENTED_MINOR if self.role == REPRESENTATIVE else HOLDER)
+        return self._sql(self._own_patient())
 
     def _patient_filter(self) -> str | None:
         if not self.patient_ins:
@@ -268,8 +272,12 @@ class AccessContext:
         if self.role != REPRESENTATIVE:
             return f"resources.patient_id = ({HOLDER}) AND NOT resources.hidden_from_patient"
         # INVISIBLE_PATIENT is hidden from representatives too: the matrix leaves it open, the safer choice.
-        return (f"resources.patient_id = ({REPRESENTED_MINOR}) AND NOT resources.hidden_from_patient "
+        return (f"resources.patient_id = ({self._own_patient()}) AND NOT resources.hidden_from_patient "
                 "AND NOT resources.hidden_from_representatives")
+
+    def _own_patient(self) -> str:
+        """The query of the record a patient or representative acts on (ClosedToHolder)."""
+        return REPRESENTED_MINOR if self.role == REPRESENTATIVE and not self.guardianship else HOLDER
 
     def _care_filter(self, res_type: str, listed: bool) -> str | None:
         if self.role == REGULATOR:

@@ -7,7 +7,8 @@ check. Issuer, audience, expiry and not-before are checked with PyJWT.
 
 Claims: `sub` (IdNatPs for professionals), `role`, `purpose` (care | emergency | regulation),
 `org` (FINESS), `patient` (INS: the patient's own, a minor's for a representative, the patient
-of an emergency access), `name` (shown in the audit trail).
+of an emergency access), `name` (shown in the audit trail), `guardianship` (true: a representative
+who is a protected adult's guardian, not a parent).
 """
 from __future__ import annotations
 
@@ -118,10 +119,15 @@ def context_from_claims(claims: dict, address: str | None = None) -> AccessConte
         raise InvalidToken(f"an access for {purpose} names its patient (claim 'patient': INS)")
     if role == OCCUPATIONAL and purpose != CARE:
         raise InvalidToken("an occupational doctor has no emergency access")
+    guardianship = claims.get("guardianship", False)
+    if not isinstance(guardianship, bool):
+        raise InvalidToken("the claim 'guardianship' is a boolean")
+    if guardianship and role != REPRESENTATIVE:
+        raise InvalidToken(f"a guardian (claim 'guardianship') is a representative, not the role {role}")
     # An INS as the records hold it: an identity provider may print it in groups, as it is read out.
     return AccessContext(role=role, subject=claims["sub"], purpose=purpose, organization=claims.get("org"),
                          patient_ins=compact_ins(patient) if patient else None, name=claims.get("name"),
-                         address=address)
+                         address=address, guardianship=guardianship)
 
 
 def issue(private_key_pem: bytes, kid: str, issuer: str, audience: str, claims: dict, ttl: int) -> str:

@@ -79,10 +79,10 @@ def _mails(conn, patient_id: str, claimed: list, base_url: str) -> tuple[list[Ma
         search_token.c.res_type == "Patient", search_token.c.res_id == patient_id, search_token.c.param == "deceased",
         search_token.c.code == "true")).first() is not None
     mails = []
-    for account, _ in record_accounts(conn, list(ins)):
+    for account, record in record_accounts(conn, list(ins)):
         # The accounts the record is closed to (access.context.ClosedToHolder) are told nothing of it:
         # a mail to a patient who died is read by whoever reads their mailbox.
-        if ClosedToHolder.of(account.role, patient_id, born, deceased):
+        if ClosedToHolder.of(account.role, patient_id, born, deceased, record in account.guardianships):
             continue
         if emergency:
             # Whatever the account chose of new documents: the patient is to be told of it.

@@ -53,15 +53,16 @@ class Account:
     display_name: str
     contact: str
     notify_new_documents: bool = True
+    guardianships: tuple[str, ...] = ()   # those of its records a representative holds as an adult's guardian
 
     def access(self, record: str, address: str | None) -> AccessContext:
         """Who this account is to the repository, on one of its records: the patient, or the
-        representative of a minor."""
+        representative of a minor, or the guardian of a protected adult."""
         if record not in self.records:
             raise ValueError("this account does not manage that record")
         subject = record if self.role == PATIENT else f"representative:{self.login}"
         return AccessContext(role=self.role, subject=subject, patient_ins=record, name=self.display_name,
-                             address=address)
+                             address=address, guardianship=record in self.guardianships)
 
 
 @dataclass(frozen=True)
@@ -86,23 +87,28 @@ def _digest(secret: str) -> str:
 
 
 def _account(conn, row) -> Account:
-    records = tuple(conn.execute(select(account_records.c.patient_ins).where(
-        account_records.c.login == row.login).order_by(account_records.c.patient_ins)).scalars())
-    return Account(row.login, row.role, records, row.display_name, row.contact, bool(row.notify_new_documents))
+    records = conn.execute(select(account_records.c.patient_ins, account_records.c.guardianship).where(
+        account_records.c.login == row.login).order_by(account_records.c.patient_ins)).all()
+    return Account(row.login, row.role, tuple(ins for ins, _ in records), row.display_name, row.contact,
+                   bool(row.notify_new_documents), tuple(ins for ins, guardian in records if guardian))
 
 
 def create_account(engine: Engine, login: str, password: str, role: str, records: list[str], display_name: str,
-                   contact: str, *, replace: bool = False) -> Account:
+                   contact: str, *, replace: bool = False, guardianships: list[str] = ()) -> Account:
     """Create an account managing these records: a patient's own one, or each child a legal
-    representative acts for. An existing one is replaced only when asked (`replace`): its password,
-    records, name and contact, and its sessions and pending codes end. Without that, a login typed
-    again with another INS gave its holder that other record, and a password reset left a session
-    signed in with the old one open."""
+    representative acts for, or (`guardianships`) each protected adult whose guardian they are. An
+    existing one is replaced only when asked (`replace`): its password, records, name and contact,
+    and its sessions and pending codes end. Without that, a login typed again with another INS gave
+    its holder that other record, and a password reset left a session signed in with the old one
+    open."""
     if role not in (PATIENT, REPRESENTATIVE):
         raise ValueError("an account is a patient's or a legal representative's")
     if not login or len(login) > 128 or not login.isprintable() or any(c.isspace() for c in login):
         raise ValueError("a login is 1 to 128 characters, without spaces")
-    records = list(dict.fromkeys(compact_ins(ins) for ins in records))
+    guardianships = list(dict.fromkeys(compact_ins(ins) for ins in guardianships))
+    if guardianships and role != REPRESENTATIVE:
+        raise ValueError("a guardian of a protected adult is a representative")
+    records = list(dict.fromkeys([compact_ins(ins) for ins in records] + guardianships))
     if not records or (role == PATIENT and len(records) != 1):
         raise ValueError("a patient's account manages their own record; a representative's, one record per child")
     wrong = [ins for ins in records if not ins_key_is_valid(ins)]
@@ -126,8 +132,10 @@ def create_account(engine: Engine, login: str, password: str, role: str, records
         conn.execute(insert(patient_accounts).values(
             login=login, password_hash=generate_password_hash(password), role=role, display_name=display_name,
             contact=contact, notify_new_documents=True))
-        conn.execute(insert(account_records), [{"login": login, "patient_ins": ins} for ins in records])
-    return Account(login, role, tuple(sorted(records)), display_name, contact)
+        conn.execute(insert(account_records), [
+            {"login": login, "patient_ins": ins, "guardianship": ins in guardianships} for ins in records])
+    return Account(login, role, tuple(sorted(records)), display_name, contact,
+                   guardianships=tuple(sorted(guardianships)))
 
 
 def change_password(engine: Engine, login: str, current: str, new: str, session_id: str, address: str | None) -> None:

@@ -253,6 +253,8 @@ account_records = Table(
     metadata,
     Column("login", String(128), primary_key=True),
     Column("patient_ins", String(32), primary_key=True),
+    # The representative holds it as a protected adult's guardian (tutelle), not as a parent.
+    Column("guardianship", Boolean, nullable=False, default=False, server_default=false()),
     Index("ix_account_records_patient_ins", "patient_ins"),
 )
 

@@ -85,10 +85,13 @@ rules = st.one_of(
               st.sampled_from(["consultation", "emergency-access", "regulation-access", "record"]),
               st.sampled_from(["permit", "deny"]), st.none()),
 )
+# Those who act for the patient: the patient, a parent, a protected adult's guardian (a
+# representative token with the claim guardianship).
+HOLDERS = ("patient", "representative", "guardian")
 # Every kind of reader, each time: each professional in care, emergency and regulation, each
 # patient and representative, and the roles that see no patient data.
 READERS = (
-    [Reader(role, 0, p, "care") for role in ("patient", "representative") for p in range(len(INS))]
+    [Reader(role, 0, p, "care") for role in HOLDERS for p in range(len(INS))]
     + [Reader(role, n, None, "care") for role in ("doctor", "nurse", "occupational-doctor")
        for n in range(len(PROFESSIONALS))]
     + [Reader("doctor", n, p, "emergency") for n in range(len(PROFESSIONALS)) for p in range(len(INS))]
@@ -103,9 +106,9 @@ DEATHS = {None: False, False: False, True: True, "2026-11-30T08:00:00+01:00": Tr
 
 
 def refused_outright(reader: Reader, births: list[str | None], deaths: list) -> bool:
-    """The patient or a legal representative of a patient who died, or a representative of one who
-    is not a minor: every request refused (403)."""
-    return reader.role in ("patient", "representative") and DEATHS[deaths[reader.patient]] or (
+    """The patient or a legal representative of a patient who died, or a parent of one who is not a
+    minor: every request refused (403)."""
+    return reader.role in HOLDERS and DEATHS[deaths[reader.patient]] or (
         reader.role == "representative" and not BIRTHS[births[reader.patient]])
 
 
@@ -116,9 +119,9 @@ def may_see(reader: Reader, doc: Document, world_rules: list[Rule]) -> bool:
                    and (professional is None or r.professional == professional) for r in world_rules)
 
     me = reader.professional
-    if reader.role in ("patient", "representative"):
+    if reader.role in HOLDERS:
         hidden = "INVISIBLE_PATIENT" in doc.labels or (
-            reader.role == "representative" and "INVISIBLE_REPRESENTANTS_LEGAUX" in doc.labels)
+            reader.role != "patient" and "INVISIBLE_REPRESENTANTS_LEGAUX" in doc.labels)
         return reader.patient == doc.patient and not hidden
     refused = has("record", "deny") or has("consultation", "deny") or has("professional", "deny", me)
     if reader.role in ("doctor", "nurse") and reader.purpose == "care":
@@ -194,7 +197,9 @@ def build_world(engine, docs: list[Document], world_rules: list[Rule], births: l
 
 def token_claims(reader: Reader) -> dict:
     claims = {"role": reader.role, "purpose": reader.purpose}
-    if reader.role in ("patient", "representative"):
+    if reader.role == "guardian":
+        claims.update(role="representative", guardianship=True)
+    if reader.role in HOLDERS:
         claims.update(sub=f"holder-{reader.patient}", patient=INS[reader.patient])
     else:
         claims["sub"] = PROFESSIONALS[reader.professional] if reader.role not in ("system", "admin") else reader.role

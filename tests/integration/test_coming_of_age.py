@@ -3,8 +3,9 @@ birthday, the parent's access to their record ends, through the API, the patient
 mails, and the refusal is in the now adult patient's trail. The gateway kept it open for good."""
 import json
 import re
-from html import unescape
 from datetime import date, datetime, timedelta
+from html import unescape
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from conftest import sample
@@ -149,3 +150,52 @@ def test_the_space_tells_the_parent_and_mails_them_no_more(app, settings, client
     # Hugo's page of his document says why his parents no longer see it.
     page = unescape(sign_in(app, settings, "hugo").get(f"/documents/{ids[HUGO]}").text)
     assert re.search(r"Vos représentants légaux.*vous êtes majeur·e : ils n'accèdent plus à votre dossier", page, re.S)
+
+
+def test_a_protected_adult_s_guardian_acts_for_them_whatever_their_age(app, settings, client, bearer, database):
+    """A guardian (tutelle) a judge named for an adult is their legal representative too, and their
+    authority does not end at a birthday: a representative token with the claim guardianship, an
+    account whose record the operator stated as a guardianship. The patient's death ends it."""
+    engine = database[0]
+    ids = feed_children(client, bearer)
+    accounts.create_account(engine, "tutor", PASSWORD, "representative", [], "Marc MOREAU", "marc@example.test",
+                            guardianships=[HUGO])
+    guardian = bearer("representative", sub="representative:tutor", patient=HUGO, guardianship=True)
+    found = client.get("/fhir/DocumentReference?status=current", headers=guardian).json
+    assert [e["resource"]["id"] for e in found["entry"]] == [ids[HUGO]]
+    for wrong in ({"role": "patient", "patient": HUGO, "guardianship": True},
+                  {"role": "representative", "patient": HUGO, "guardianship": "yes"}):
+        assert client.get("/fhir/DocumentReference", headers=bearer(**wrong)).status_code == 401
+
+    page = sign_in(app, settings, "tutor").get("/documents")
+    assert page.status_code == 200
+    assert re.search(r"Vous consultez le dossier de <strong>Hugo MOREAU</strong>, en tant que tuteur ou tutrice",
+                     page.text)
+    emergency = bearer("doctor", sub="899900000038", purpose="emergency", patient=HUGO)
+    assert client.get("/fhir/DocumentReference?status=current", headers=emergency).status_code == 200
+    while notifications.send_pending(settings, engine):
+        pass
+    assert "Accès en urgence à votre dossier médical partagé" in [
+        mail["subject"] for mail in read_outbox(settings) if mail["to"] == "marc@example.test"]
+
+    # His death ends it.
+    hl7 = sample_adt_death(HUGO)
+    answer = client.post("/hl7v2", data=hl7, headers={**bearer("system", sub="GAM CH-SAINT-AUBIN"),
+                                                      "Content-Type": "x-application/hl7-v2+er7"})
+    assert b"MSA|AA" in answer.data, answer.data
+    refused = client.get("/fhir/DocumentReference?status=current", headers=guardian)
+    assert refused.status_code == 403 and "deceased" in refused.json["issue"][0]["diagnostics"]
+
+
+def sample_adt_death(ins: str) -> bytes:
+    """Hugo MOREAU's identity (ADT^A31) saying he died."""
+    adt = (Path(__file__).resolve().parents[2] / "samples" / "hl7v2" / "adt-a28-moreau-hugo.hl7").read_bytes().decode()
+    segments = adt.replace("\r\n", "\r").replace("\n", "\r").strip().split("\r")
+    segments[0] = segments[0].replace("ADT^A28^ADT_A28|ADT0004", "ADT^A31^ADT_A05|ADT0904")
+    pid = segments[2].split("|")
+    pid += [""] * (33 - len(pid))
+    pid[7] = OF_AGE_TODAY.strftime("%Y%m%d")
+    pid[29], pid[30] = "20261201", "Y"
+    segments[2] = "|".join(pid)
+    assert ins in segments[2]
+    return "\r".join(segments).encode()
