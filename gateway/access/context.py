@@ -79,24 +79,27 @@ _TOKEN_INS = ("ui.res_type = 'Patient' AND ui.system IN (" + ", ".join(f"'{syste
               + ") AND ui.value = :reader_patient")
 # The Patient id of the token's INS.
 OWN_PATIENT = f"SELECT ui.res_id FROM unique_identifiers ui WHERE {_TOKEN_INS} LIMIT 1"
+# Of the Patient {patient}: the earliest day its birth date allows (a year alone is its 1 January),
+# and whether it died (the index of the Patient search parameter deceased).
+_BORN = ("(SELECT bd.low FROM search_date bd WHERE bd.res_type = 'Patient' AND bd.res_id = {patient} "
+         "AND bd.param = 'birthdate' LIMIT 1)")
+_DIED = ("EXISTS (SELECT 1 FROM search_token dt WHERE dt.res_type = 'Patient' AND dt.res_id = {patient} "
+         "AND dt.param = 'deceased' AND dt.code = 'true')")
 # The record of a patient who died is closed to those who acted for them, the patient's own
 # accounts and their representatives: the medical secret outlives the patient, and their heirs ask
 # for what the law lets them have (CSP L1110-4 V), of the professionals who hold it.
-ALIVE = ("NOT EXISTS (SELECT 1 FROM search_token dt WHERE dt.res_type = 'Patient' AND dt.res_id = ui.res_id "
-         "AND dt.param = 'deceased' AND dt.code = 'true')")
+ALIVE = "NOT " + _DIED.format(patient="ui.res_id")
 # A legal representative acts for a minor: parental authority ends at the child's majority (Code
-# civil art. 371-1 and 414). The record's Patient was born on or after :minor_born_after, by the
-# earliest day its birth date allows (a year alone is its 1 January); a record without a birth date
-# shows no minor.
-MINOR = ("EXISTS (SELECT 1 FROM search_date bd WHERE bd.res_type = 'Patient' AND bd.res_id = ui.res_id "
-         "AND bd.param = 'birthdate' AND bd.low >= :minor_born_after)")
+# civil art. 371-1 and 414). The record's Patient was born on or after :minor_born_after; a record
+# without a birth date shows no minor.
+MINOR = _BORN.format(patient="ui.res_id") + " >= :minor_born_after"
 HOLDER = f"SELECT ui.res_id FROM unique_identifiers ui WHERE {_TOKEN_INS} AND {ALIVE} LIMIT 1"
 REPRESENTED_MINOR = f"SELECT ui.res_id FROM unique_identifiers ui WHERE {_TOKEN_INS} AND {ALIVE} AND {MINOR} LIMIT 1"
-# The token's Patient, their birth date and whether they died, whoever may read their record.
-TOKEN_PATIENT_STATE = ("SELECT ui.res_id, bd.low, dt.code FROM unique_identifiers ui LEFT JOIN search_date bd "
-                       "ON bd.res_type = 'Patient' AND bd.res_id = ui.res_id AND bd.param = 'birthdate' "
-                       "LEFT JOIN search_token dt ON dt.res_type = 'Patient' AND dt.res_id = ui.res_id "
-                       f"AND dt.param = 'deceased' AND dt.code = 'true' WHERE {_TOKEN_INS} LIMIT 1")
+# The token's Patient, and their birth and death as ClosedToHolder reads them, whoever may read their record.
+TOKEN_PATIENT_STATE = (f"SELECT ui.res_id, {_BORN.format(patient='ui.res_id')}, {_DIED.format(patient='ui.res_id')} "
+                       f"FROM unique_identifiers ui WHERE {_TOKEN_INS} LIMIT 1")
+# The same of a Patient named by its id.
+PATIENT_STATE = f"SELECT {_BORN.format(patient=':patient_id')}, {_DIED.format(patient=':patient_id')}"
 AGE_OF_MAJORITY = 18
 PARIS = ZoneInfo("Europe/Paris")
 
@@ -269,11 +272,11 @@ class AccessContext:
     def _patient_filter(self) -> str | None:
         if not self.patient_ins:
             return None
-        if self.role != REPRESENTATIVE:
-            return f"resources.patient_id = ({HOLDER}) AND NOT resources.hidden_from_patient"
-        # INVISIBLE_PATIENT is hidden from representatives too: the matrix leaves it open, the safer choice.
-        return (f"resources.patient_id = ({self._own_patient()}) AND NOT resources.hidden_from_patient "
-                "AND NOT resources.hidden_from_representatives")
+        condition = f"resources.patient_id = ({self._own_patient()}) AND NOT resources.hidden_from_patient"
+        if self.role == REPRESENTATIVE:
+            # INVISIBLE_PATIENT is hidden from representatives too: the matrix leaves it open, the safer choice.
+            condition += " AND NOT resources.hidden_from_representatives"
+        return condition
 
     def _own_patient(self) -> str:
         """The query of the record a patient or representative acts on (ClosedToHolder)."""

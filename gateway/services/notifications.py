@@ -18,22 +18,14 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import Engine, delete, func, or_, select, update
+from sqlalchemy import Engine, delete, func, or_, select, text, update
 
-from gateway.access.context import INS_SYSTEMS, PATIENT, REPRESENTATIVE, ClosedToHolder
+from gateway.access.context import INS_SYSTEMS, PATIENT, PATIENT_STATE, REPRESENTATIVE, ClosedToHolder
 from gateway.config import Settings
 from gateway.space.accounts import record_accounts
 from gateway.space.senders import Mail, RecipientRefused, message_sender
 from gateway.storage.database import failure_reason, read_connection, unavailable, write_transaction
-from gateway.storage.schema import (
-    EMERGENCY_ACCESS,
-    NEW_DOCUMENT,
-    notifications,
-    resources,
-    search_date,
-    search_token,
-    unique_identifiers,
-)
+from gateway.storage.schema import EMERGENCY_ACCESS, NEW_DOCUMENT, notifications, resources, unique_identifiers
 
 log = logging.getLogger(__name__)
 CLAIM_TIME = timedelta(minutes=5)
@@ -72,17 +64,12 @@ def _mails(conn, patient_id: str, claimed: list, base_url: str) -> tuple[list[Ma
     ins = conn.execute(select(unique_identifiers.c.value).where(
         unique_identifiers.c.res_type == "Patient", unique_identifiers.c.res_id == patient_id,
         unique_identifiers.c.system.in_(INS_SYSTEMS))).scalars().all()
-    born = conn.execute(select(search_date.c.low).where(
-        search_date.c.res_type == "Patient", search_date.c.res_id == patient_id,
-        search_date.c.param == "birthdate")).scalar()
-    deceased = conn.execute(select(search_token.c.code).where(
-        search_token.c.res_type == "Patient", search_token.c.res_id == patient_id, search_token.c.param == "deceased",
-        search_token.c.code == "true")).first() is not None
+    born, died = conn.execute(text(PATIENT_STATE), {"patient_id": patient_id}).one()
     mails = []
     for account, record in record_accounts(conn, list(ins)):
         # The accounts the record is closed to (access.context.ClosedToHolder) are told nothing of it:
         # a mail to a patient who died is read by whoever reads their mailbox.
-        if ClosedToHolder.of(account.role, patient_id, born, deceased, record in account.guardianships):
+        if ClosedToHolder.of(account.role, patient_id, born, bool(died), record in account.guardianships):
             continue
         if emergency:
             # Whatever the account chose of new documents: the patient is to be told of it.

@@ -253,8 +253,10 @@ class Repository:
             return None
         with read_connection(self.engine) as conn:
             found = conn.execute(text(TOKEN_PATIENT_STATE), {"reader_patient": holder.patient_ins or ""}).first()
-        return ClosedToHolder.of(holder.role, found[0], found[1], found[2] is not None,
-                                 holder.guardianship) if found else None
+        if found is None:
+            return None
+        patient_id, born, died = found
+        return ClosedToHolder.of(holder.role, patient_id, born, bool(died), holder.guardianship)
 
     @functools.cached_property
     def requester_patient(self) -> str | None:

@@ -17,9 +17,9 @@ def choose_record():
         closed = repository.closed_to_holder()
         records.append((record, None if closed else record_holder(repository),
                         closed_to_holder_text(closed) if closed else None))
-    current = g.record if any(ins == g.record and not ended for ins, _, ended in records) else None
+    open_ones = [ins for ins, _, closed in records if not closed]
     return render_template("records.html", records=records,
-                           current=current or next((ins for ins, _, ended in records if not ended), None))
+                           current=g.record if g.record in open_ones else next(iter(open_ones), None))
 
 
 @space.post("/dossiers")
