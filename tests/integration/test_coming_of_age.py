@@ -147,9 +147,13 @@ def test_the_space_tells_the_parent_and_mails_them_no_more(app, settings, client
     assert sum(1 for e in trail["entry"] if e["resource"]["outcome"] == "4"
                and e["resource"]["agent"][0]["who"]["display"] == "Marc MOREAU") == 4
 
-    # Hugo's page of his document says why his parents no longer see it.
-    page = unescape(sign_in(app, settings, "hugo").get(f"/documents/{ids[HUGO]}").text)
+    # Hugo's page of his document says why his parents no longer see it; his history, their attempts.
+    own = sign_in(app, settings, "hugo")
+    page = unescape(own.get(f"/documents/{ids[HUGO]}").text)
     assert re.search(r"Vos représentants légaux.*vous êtes majeur·e : ils n'accèdent plus à votre dossier", page, re.S)
+    history = unescape(own.get("/historique?vue=refuses").text)
+    assert len(re.findall(r"Marc MOREAU.*?a été refusé : le dossier n'est plus ouvert à vos représentants légaux",
+                          history, re.S)) == 4
 
 
 def test_a_protected_adult_s_guardian_acts_for_them_whatever_their_age(app, settings, client, bearer, database):

@@ -56,9 +56,12 @@ def _references(event: dict) -> list[str]:
     return [e.get("what", {}).get("reference", "") for e in event.get("entity", [])]
 
 
-def _what(event: dict, documents: dict[str, dict]) -> str:
+def _what(event: dict, documents: dict[str, dict], role: str | None) -> str:
     subtype = (event.get("subtype") or [{}])[0].get("code", "")
     if event.get("type", {}).get("code") == "110113":   # a decision on an emergency access or a role
+        if subtype == "AuthZ-Role" and role == REPRESENTATIVE:
+            # access.context.ClosedToHolder: the patient came of age (or the record gives no birth date).
+            return "a été refusé : le dossier n'est plus ouvert à vos représentants légaux"
         if subtype == "AuthZ-Role":
             return "a été refusé : sa fonction ne donne jamais accès au dossier"
         return "a obtenu l'accès en urgence, faute d'opposition enregistrée"
@@ -124,7 +127,7 @@ def describe(event: dict, documents: dict[str, dict], own_agent: set[str]) -> di
         why = "Alimentation du dossier"
     else:
         why = PURPOSES.get(purpose, "Soins")
-    return {"when": event.get("recorded", ""), "who": who, "detail": detail, "what": _what(event, documents),
+    return {"when": event.get("recorded", ""), "who": who, "detail": detail, "what": _what(event, documents, role),
             "why": why, "emergency": purpose in ("BTG", "ETREAT"), "refused": event.get("outcome") != "0",
             "own": own}
 
