@@ -159,13 +159,13 @@ def change_password(engine: Engine, login: str, current: str, new: str, session_
         _succeeded(conn, login, address)
 
 
-def has_representative(engine: Engine, patient_ins: str) -> bool:
-    """Whether someone manages this record as a legal representative."""
+def representatives(engine: Engine, patient_ins: str) -> set[bool]:
+    """Who manages this record as a legal representative: whether each is a protected adult's
+    guardian (True) or a parent (False); empty when no one does."""
     with read_connection(engine) as conn:
-        return conn.execute(select(patient_accounts.c.login).join(
-            account_records, account_records.c.login == patient_accounts.c.login).where(
-            account_records.c.patient_ins == patient_ins, patient_accounts.c.role == REPRESENTATIVE)
-            .limit(1)).first() is not None
+        return set(conn.execute(select(account_records.c.guardianship).join(
+            patient_accounts, account_records.c.login == patient_accounts.c.login).where(
+            account_records.c.patient_ins == patient_ins, patient_accounts.c.role == REPRESENTATIVE)).scalars())
 
 
 def record_accounts(conn, patient_ins: list[str]) -> list[tuple[Account, str]]:

@@ -171,6 +171,10 @@ def test_a_protected_adult_s_guardian_acts_for_them_whatever_their_age(app, sett
                   {"role": "representative", "patient": HUGO, "guardianship": "yes"}):
         assert client.get("/fhir/DocumentReference", headers=bearer(**wrong)).status_code == 401
 
+    accounts.create_account(engine, "hugo", PASSWORD, "patient", [HUGO], "Hugo MOREAU", "hugo@example.test")
+    own_page = unescape(sign_in(app, settings, "hugo").get(f"/documents/{ids[HUGO]}").text)
+    assert re.search(r"Votre tuteur ou tutrice.*représentants légaux", own_page, re.S)
+    assert "ils n'accèdent plus" not in own_page
     page = sign_in(app, settings, "tutor").get("/documents")
     assert page.status_code == 200
     assert re.search(r"Vous consultez le dossier de <strong>Hugo MOREAU</strong>, en tant que tuteur ou tutrice",

@@ -74,7 +74,7 @@ def _changeable(docref: dict) -> set[str]:
     manages the record as one (or the label is already there, so it can be removed)."""
     changeable = changeable_labels(g.repository.access)
     if (INVISIBLE_REPRESENTATIVES in changeable and INVISIBLE_REPRESENTATIVES not in visibility_codes(docref)
-            and not accounts.has_representative(g.repository.engine, g.repository.access.patient_ins)):
+            and not accounts.representatives(g.repository.engine, g.repository.access.patient_ins)):
         changeable = changeable - {INVISIBLE_REPRESENTATIVES}
     return changeable
 
@@ -213,12 +213,16 @@ def _readers(docref: dict) -> list[dict]:
                   else "vous vous y êtes opposé·e" if opposition in opposed else "le dossier est fermé" if closed
                   else "le document est masqué aux professionnels" if masked else "accès impossible")
         out.append({"who": who, "roles": None, "visible": visible, "reason": reason})
-    if access.role != REPRESENTATIVE and accounts.has_representative(g.repository.engine, ins):
-        representative = AccessContext(role=REPRESENTATIVE, subject="representant", patient_ins=ins)
+    kinds = accounts.representatives(g.repository.engine, ins) if access.role != REPRESENTATIVE else set()
+    if kinds:
+        # A guardian's access outlives the patient's majority: the line tells of theirs when there is one.
+        representative = AccessContext(role=REPRESENTATIVE, subject="representant", patient_ins=ins,
+                                       guardianship=True in kinds)
         visible = g.repository.visible_to(representative, "DocumentReference", docref["id"])
         closed = None if visible else g.repository.closed_to_holder(representative)
         reason = ("représentants légaux" if visible else "le document leur est masqué" if closed is None
                   else "vous êtes majeur·e : ils n'accèdent plus à votre dossier" if closed.came_of_age
                   else "votre dossier n'indique pas votre date de naissance : ils n'y accèdent pas")
-        out.append({"who": "Vos représentants légaux", "roles": None, "visible": visible, "reason": reason})
+        out.append({"who": "Votre tuteur ou tutrice" if representative.guardianship else "Vos représentants légaux",
+                    "roles": None, "visible": visible, "reason": reason})
     return out
