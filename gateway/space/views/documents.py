@@ -64,17 +64,23 @@ def document_page(docref_id: str):
     docref = g.repository.read("DocumentReference", docref_id).json()
     media_type, data, sections = _content(docref)
     text = data.decode("utf-8", "replace") if media_type == "text/plain" and data is not None else None
+    # Who manages the record as a representative, which the patient's masking form and list of
+    # readers both tell (a representative is told neither): asked once.
+    access = g.repository.access
+    representatives = set() if access.role == REPRESENTATIVE else accounts.representatives(g.repository.engine,
+                                                                                         access.patient_ins)
     return render_template("document.html", doc=docref, title=common.title_of(docref), sections=sections,
                            media_type=media_type, text=text, labels=visibility_codes(docref),
-                           changeable=_changeable(docref), readers=_readers(docref), authors=_authors(docref))
+                           changeable=_changeable(docref, representatives),
+                           readers=_readers(docref, representatives), authors=_authors(docref))
 
 
-def _changeable(docref: dict) -> set[str]:
+def _changeable(docref: dict, representatives: set[bool]) -> set[str]:
     """The labels the signed-in person may set here; hiding from representatives only when someone
     manages the record as one (or the label is already there, so it can be removed)."""
     changeable = changeable_labels(g.repository.access)
     if (INVISIBLE_REPRESENTATIVES in changeable and INVISIBLE_REPRESENTATIVES not in visibility_codes(docref)
-            and not accounts.representatives(g.repository.engine, g.repository.access.patient_ins)):
+            and not representatives):
         changeable = changeable - {INVISIBLE_REPRESENTATIVES}
     return changeable
 
@@ -164,10 +170,10 @@ def _authors(docref: dict) -> list[str]:
     return [name or "Professionnel" for name in out]
 
 
-def _readers(docref: dict) -> list[dict]:
+def _readers(docref: dict, representatives: set[bool]) -> list[dict]:
     """Who may see this document now, each asked of the access rules themselves, and why: a
     "can see it" names its ground (attending physician, author, authorised, emergency), a "cannot"
-    its obstacle (masked, blocked, opposed, closed)."""
+    its obstacle (masked, blocked, opposed, closed). `representatives`: accounts.representatives."""
     access = g.repository.access
     ins = access.patient_ins
     masked = MASQUE_PS in visibility_codes(docref)
@@ -213,11 +219,10 @@ def _readers(docref: dict) -> list[dict]:
                   else "vous vous y êtes opposé·e" if opposition in opposed else "le dossier est fermé" if closed
                   else "le document est masqué aux professionnels" if masked else "accès impossible")
         out.append({"who": who, "roles": None, "visible": visible, "reason": reason})
-    kinds = accounts.representatives(g.repository.engine, ins) if access.role != REPRESENTATIVE else set()
-    if kinds:
+    if representatives:
         # A guardian's access outlives the patient's majority: the line tells of theirs when there is one.
         representative = AccessContext(role=REPRESENTATIVE, subject="representant", patient_ins=ins,
-                                       guardianship=True in kinds)
+                                       guardianship=True in representatives)
         visible = g.repository.visible_to(representative, "DocumentReference", docref["id"])
         closed = None if visible else g.repository.closed_to_holder(representative)
         reason = ("représentants légaux" if visible else "le document leur est masqué" if closed is None
