@@ -3,10 +3,8 @@ birthday, the parent's access to their record ends, through the API, the patient
 mails, and the refusal is in the now adult patient's trail. The gateway kept it open for good."""
 import json
 import re
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from html import unescape
-from pathlib import Path
-from zoneinfo import ZoneInfo
 
 from conftest import sample
 from gateway.access import AccessContext
@@ -15,18 +13,13 @@ from gateway.services import notifications
 from gateway.space import accounts
 from gateway.space.senders import read_outbox
 from gateway.storage.repository import NotFound, Repository
+from test_access_rules import TODAY, years_before
+from test_death_notified import identity_update
 from test_patient_space import PASSWORD, csrf, sign_in
 
 LEA, HUGO = "212057501802305", "116037505612342"
 XML = {"Content-Type": "application/xml"}
 FHIR = {"Content-Type": "application/fhir+json"}
-
-
-def years_before(day: date, years: int) -> date:
-    return day.replace(year=day.year - years) if (day.month, day.day) != (2, 29) else date(day.year - years, 3, 1)
-
-
-TODAY = datetime.now(ZoneInfo("Europe/Paris")).date()
 OF_AGE_TODAY = years_before(TODAY, 18)
 OF_AGE_TOMORROW = OF_AGE_TODAY + timedelta(days=1)
 
@@ -187,23 +180,10 @@ def test_a_protected_adult_s_guardian_acts_for_them_whatever_their_age(app, sett
         mail["subject"] for mail in read_outbox(settings) if mail["to"] == "marc@example.test"]
 
     # His death ends it.
-    hl7 = sample_adt_death(HUGO)
+    hl7 = identity_update("adt-a28-moreau-hugo.hl7", "ADT0904",
+                          {7: OF_AGE_TODAY.strftime("%Y%m%d"), 29: "20261201", 30: "Y"})
     answer = client.post("/hl7v2", data=hl7, headers={**bearer("system", sub="GAM CH-SAINT-AUBIN"),
                                                       "Content-Type": "x-application/hl7-v2+er7"})
     assert b"MSA|AA" in answer.data, answer.data
     refused = client.get("/fhir/DocumentReference?status=current", headers=guardian)
     assert refused.status_code == 403 and "deceased" in refused.json["issue"][0]["diagnostics"]
-
-
-def sample_adt_death(ins: str) -> bytes:
-    """Hugo MOREAU's identity (ADT^A31) saying he died."""
-    adt = (Path(__file__).resolve().parents[2] / "samples" / "hl7v2" / "adt-a28-moreau-hugo.hl7").read_bytes().decode()
-    segments = adt.replace("\r\n", "\r").replace("\n", "\r").strip().split("\r")
-    segments[0] = segments[0].replace("ADT^A28^ADT_A28|ADT0004", "ADT^A31^ADT_A05|ADT0904")
-    pid = segments[2].split("|")
-    pid += [""] * (33 - len(pid))
-    pid[7] = OF_AGE_TODAY.strftime("%Y%m%d")
-    pid[29], pid[30] = "20261201", "Y"
-    segments[2] = "|".join(pid)
-    assert ins in segments[2]
-    return "\r".join(segments).encode()

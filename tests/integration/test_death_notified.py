@@ -20,18 +20,29 @@ from test_patient_space import PASSWORD, sign_in
 MARTIN = "185067511204554"
 XML = {"Content-Type": "application/xml"}
 HL7 = {"Content-Type": "x-application/hl7-v2+er7"}
-ADT_MARTIN = Path(__file__).resolve().parents[2] / "samples" / "hl7v2" / "adt-a01-martin.hl7"
+HL7V2_SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "hl7v2"
+
+
+def identity_update(sample_name: str, control: str, pid_fields: dict[int, str]) -> bytes:
+    """A sample ADT of samples/hl7v2 made an identity update (ADT^A31, its ZFA left out), control id
+    `control`, its PID's fields numbered as HL7 numbers them set as given."""
+    text = (HL7V2_SAMPLES / sample_name).read_bytes().decode().replace("\r\n", "\r").replace("\n", "\r")
+    segments = [segment for segment in text.strip().split("\r") if not segment.startswith("ZFA")]
+    msh = segments[0].split("|")
+    msh[8], msh[9] = "ADT^A31^ADT_A05", control   # MSH-9, MSH-10: the field separator is MSH-1
+    segments[0] = "|".join(msh)
+    index = next(i for i, segment in enumerate(segments) if segment.startswith("PID|"))
+    pid = segments[index].split("|")
+    pid += [""] * (max(pid_fields) + 1 - len(pid))
+    for number, value in pid_fields.items():
+        pid[number] = value
+    segments[index] = "|".join(pid)
+    return "\r".join(segments).encode()
 
 
 def martin_a31(control: str, death_time: str = "", indicator: str = "") -> bytes:
     """Paul MARTIN's identity (ADT^A31), PID-29 and PID-30 as given."""
-    segments = ADT_MARTIN.read_bytes().decode().replace("\r\n", "\r").replace("\n", "\r").strip().split("\r")
-    segments[0] = segments[0].replace("ADT^A01^ADT_A01|ADT0001", f"ADT^A31^ADT_A05|{control}")
-    pid = segments[2].split("|")
-    pid += [""] * (33 - len(pid))
-    pid[29], pid[30] = death_time, indicator
-    segments[2] = "|".join(pid)
-    return "\r".join(segment for segment in segments if not segment.startswith("ZFA")).encode()
+    return identity_update("adt-a01-martin.hl7", control, {29: death_time, 30: indicator})
 
 
 def ack(answer) -> tuple[str, list[str]]:
