@@ -145,10 +145,15 @@ def create(repo: Repository, consent: dict) -> tuple[StoredResource, bool]:
 
 
 def _revoke_replaced(uow: UnitOfWork, decided: dict, patient_id: str, access: AccessContext) -> None:
-    """Revoke the record's active decisions that `decided` decides again, but itself (an update)."""
+    """Revoke the record's active decisions that `decided` decides again, but itself (an update). One
+    about professionals that names others too is narrowed to them: a new version of it names only
+    those `decided` does not. Kept whole, a block of two professionals kept the one the patient then
+    authorised out, while the app showed the authorisation made (201)."""
+    about_professionals = consent_kind(decided) == "professional"
     for earlier in uow.decisions_replaced_by(decided, patient_id):
         if earlier.res_id != decided["id"]:
-            uow.save(checked_consent(inactive(earlier), patient_id, access, earlier.json()),
+            remaining = without_actors(earlier, set(consent_actors(decided))) if about_professionals else None
+            uow.save(checked_consent(remaining or inactive(earlier), patient_id, access, earlier.json()),
                      patient_id=patient_id, method="PUT")
 
 
@@ -196,8 +201,21 @@ def revoke(repo: Repository, stored: StoredResource) -> StoredResource:
 
 def inactive(stored: StoredResource) -> dict:
     """The same decision, inactive: it stops applying, and the history keeps it."""
+    return {**_saved_again(stored), "status": "inactive"}
+
+
+def without_actors(stored: StoredResource, actors: set[tuple[str, str]]) -> dict | None:
+    """The same decision naming none of `actors` (system, value); None when it names no one else."""
+    consent = _saved_again(stored)
+    provision = consent.get("provision", {})
+    kept = [actor for actor in provision.get("actor", [])
+            if not set(consent_actors({"provision": {"actor": [actor]}})) <= actors]
+    return {**consent, "provision": {**provision, "actor": kept}} if kept else None
+
+
+def _saved_again(stored: StoredResource) -> dict:
+    """A stored decision as the body of its next version."""
     consent = stored.json()
-    consent["status"] = "inactive"
     consent.pop("meta", None)
     consent.pop("patient", None)   # the record's Patient as the unit that saves it reads it: a merge may have moved it
     return consent

@@ -847,17 +847,18 @@ class UnitOfWork:
 
     def decisions_replaced_by(self, consent: dict, patient_id: str) -> list[StoredResource]:
         """The record's active Consents that a new decision decides again, which it replaces: of its
-        kind, those about professionals it names them all again (whatever their effect), and every
-        other one (one attending physician; one decision on consultation, on emergency access, on the
-        record). Kept in force beside the new one, a block outlived the authorisation that followed
-        it, and an opposition the permit that followed it."""
+        kind, those about professionals that name one it names (whatever their effect; one that names
+        others too is replaced for those it names, `consents.without_actors`), and every other one
+        (one attending physician; one decision on consultation, on emergency access, on the record).
+        Kept in force beside the new one, a block outlived the authorisation that followed it, and an
+        opposition the permit that followed it."""
         rules = rules_of(consent, patient_id)
         if not rules:
             return []
         named = {(rule["actor_system"], rule["actor_value"]) for rule in rules}
         decisions = self._decisions_of_kind(patient_id, rules[0]["kind"])
         replaced = sorted(consent_id for consent_id, theirs in decisions.items()
-                          if rules[0]["kind"] != "professional" or theirs <= named)
+                          if rules[0]["kind"] != "professional" or theirs & named)
         return [self.current("Consent", consent_id) for consent_id in replaced]
 
     def _decisions_of_kind(self, patient_id: str, kind: str, effect: str | None = None) -> dict[str, set]:

@@ -278,6 +278,49 @@ def test_a_decision_an_app_makes_active_again_or_about_another_professional_repl
     assert status(other["id"]) == "active" and document_ids(client, surgeon) == set()
 
 
+def test_a_decision_about_one_of_the_professionals_an_earlier_one_names_replaces_it_for_them(client, bearer, world):
+    """An app blocked the internist and the surgeon in one decision, then authorised the internist:
+    201, and the internist read nothing, the block of both still in force beside the authorisation.
+    The earlier decision now names only the professionals the new one does not (a new version of
+    it; the history keeps the first), whatever their effects."""
+    martin = bearer("patient", patient=MARTIN)
+    internist, surgeon = bearer("doctor", sub=INTERNIST), bearer("doctor", sub=SURGEON)
+    radiologist = bearer("doctor", sub=RADIOLOGIST)
+    both = {world["ldl"], world["bio"]}
+
+    def post(effect: str, *professionals: str) -> dict:
+        body = decision("professional", effect, professionals[0])
+        body["provision"]["actor"] = [{**body["provision"]["actor"][0], "reference": {"identifier": {
+            "system": "urn:oid:1.2.250.1.71.4.2.1", "value": professional}}} for professional in professionals]
+        answer = client.post("/fhir/Consent", data=json.dumps(body), headers={**FHIR, **martin})
+        assert answer.status_code == 201, answer.json
+        return answer.json
+
+    def named(consent_id: str) -> tuple[str, list[str]]:
+        current = client.get(f"/fhir/Consent/{consent_id}", headers=martin).json
+        return current["status"], [actor["reference"]["identifier"]["value"]
+                                   for actor in current["provision"].get("actor", [])]
+
+    blocked = post("deny", INTERNIST, SURGEON)
+    post("permit", INTERNIST)
+    assert document_ids(client, internist) == both and document_ids(client, surgeon) == set()
+    assert named(blocked["id"]) == ("active", [SURGEON])
+    history = client.get(f"/fhir/Consent/{blocked['id']}/_history", headers=martin).json
+    assert [len(e["resource"]["provision"]["actor"]) for e in history["entry"]] == [1, 2]
+    # An authorisation of three, then a block of one: the two others still read.
+    granted = post("permit", SURGEON, RADIOLOGIST, INTERNIST)
+    assert named(blocked["id"]) == ("inactive", [SURGEON])
+    post("deny", RADIOLOGIST)
+    assert named(granted["id"]) == ("active", [SURGEON, INTERNIST])
+    assert (document_ids(client, surgeon), document_ids(client, internist), document_ids(client, radiologist)) \
+        == (both, both, set())
+    # Deciding again about every professional a decision names replaces it whole.
+    post("deny", INTERNIST, SURGEON)
+    assert named(granted["id"]) == ("inactive", [SURGEON, INTERNIST])
+    active = client.get("/fhir/Consent", headers=martin, query_string={"status": "active"}).json
+    assert sorted(len(e["resource"]["provision"]["actor"]) for e in active["entry"]) == [1, 2]
+
+
 def test_a_decision_posted_twice_at_once_is_kept_once(client, second_gateway, bearer, world, monkeypatch):
     """The same decision sent through two gateways at once, each having read the record before
     either wrote: one Consent is kept, and both answers name it."""

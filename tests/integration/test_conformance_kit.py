@@ -231,6 +231,8 @@ def test_schematrons_given_by_the_tester_hold_accepted_documents_only(target, tm
      lambda access, producer=False, masked_by_patient=False: changeable_labels(access, producer), "step 5: "),
     ("access/017-an-authorisation-after-a-block-holds",
      "gateway.storage.repository.UnitOfWork.decisions_replaced_by", lambda uow, consent, patient_id: [], "step 7: "),
+    ("access/019-a-block-of-two-then-one-authorised", "gateway.services.consents.without_actors",
+     lambda stored, actors: stored.json(), "step 7: "),
     ("access/018-a-representative-of-an-adult-reads-nothing", "gateway.access.context.minor_born_after",
      lambda today: "0001-01-01", "step 2: "),
     ("pam-fr/010-a-death-closes-the-record-to-the-patient", "gateway.services.patients._check_death",
@@ -238,6 +240,7 @@ def test_schematrons_given_by_the_tester_hold_accepted_documents_only(target, tm
 ], ids=["a submission sent again registered again", "a SubmissionSet that leaves out its document",
         "an opposition a later ZFA did not collect", "a replacement that unmasks what the patient masked",
         "an author who lifts the patient's mask", "a block kept beside the authorisation after it",
+        "a block of two kept whole beside the authorisation of one",
         "a parent's access kept after the child came of age", "a death dropped"])
 def test_a_gateway_without_the_rule_a_case_checks_is_caught(target, monkeypatch, case, patched, replacement,
                                                              failing_step):
