@@ -57,7 +57,11 @@ NAMED_PERMIT = _rule("ar.kind = 'professional' AND ar.effect = 'permit' "
                      "AND ar.actor_system = :idnatps_system AND ar.actor_value = :reader")
 ORGANIZATION_PERMIT = _rule("ar.kind = 'professional' AND ar.effect = 'permit' "
                             "AND ar.actor_system IN (:finess_system, :idnatst_system) AND ar.actor_value = :reader_org")
-_BLOCKED = "(ar.kind = 'professional' AND ar.actor_system = :idnatps_system AND ar.actor_value = :reader)"
+# Blocked by name, or through the organisation the reader acts for (a reader without one binds NULL,
+# which matches no rule): a block of a hospital was kept and ignored, and its doctors the patient had
+# authorised one by one still read.
+_BLOCKED = ("(ar.kind = 'professional' AND (ar.actor_system = :idnatps_system AND ar.actor_value = :reader "
+            "OR ar.actor_system IN (:finess_system, :idnatst_system) AND ar.actor_value = :reader_org))")
 # Blocked, consultation opposed, or record closed.
 REFUSED = _rule(f"ar.effect = 'deny' AND (ar.kind IN ('consultation', 'record') OR {_BLOCKED})")
 # The same, or the opposition to this emergency access (break-the-glass, or the SAMU regulator).

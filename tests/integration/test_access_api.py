@@ -321,6 +321,28 @@ def test_a_decision_about_one_of_the_professionals_an_earlier_one_names_replaces
     assert sorted(len(e["resource"]["provision"]["actor"]) for e in active["entry"]) == [1, 2]
 
 
+def test_a_blocked_organisation_blocks_whoever_acts_for_it(client, bearer, world):
+    """The patient's app authorised the internist, then blocked the hospital where they work (a
+    Consent naming its FINESS): 201, and the internist, acting for it, still read the record. A
+    block of an organisation now refuses whoever acts for it (their token's org), by name authorised
+    or not, in care and in an emergency; acting elsewhere, the internist reads as authorised."""
+    hospital = "750712184"
+    martin = bearer("patient", patient=MARTIN)
+    both = {world["ldl"], world["bio"]}
+    assert client.post("/fhir/Consent", data=consent("professional", "permit", INTERNIST),
+                       headers={**FHIR, **martin}).status_code == 201
+    at_the_hospital = bearer("doctor", sub=INTERNIST, org=hospital)
+    in_emergency = bearer("doctor", sub=INTERNIST, org=hospital, purpose="emergency", patient=MARTIN)
+    assert document_ids(client, at_the_hospital) == both and document_ids(client, in_emergency) == both
+    block = decision("professional", "deny", INTERNIST)
+    block["provision"]["actor"][0]["reference"]["identifier"] = {"system": codes.FINESS_SYSTEM, "value": hospital}
+    assert client.post("/fhir/Consent", data=json.dumps(block), headers={**FHIR, **martin}).status_code == 201
+    assert document_ids(client, at_the_hospital) == set() and document_ids(client, in_emergency) == set()
+    assert client.get(f"/fhir/DocumentReference/{world['ldl']}", headers=at_the_hospital).status_code == 404
+    assert document_ids(client, bearer("doctor", sub=INTERNIST)) == both
+    assert document_ids(client, bearer("doctor", sub=INTERNIST, org="130783236")) == both
+
+
 def test_a_decision_posted_twice_at_once_is_kept_once(client, second_gateway, bearer, world, monkeypatch):
     """The same decision sent through two gateways at once, each having read the record before
     either wrote: one Consent is kept, and both answers name it."""

@@ -64,6 +64,7 @@ class Rule:
     kind: str
     effect: str
     professional: int | None
+    organization: int | None = None   # a decision about every professional acting for it
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ class Reader:
     professional: int
     patient: int | None
     purpose: str
+    organization: int | None = None   # the organisation the professional acts for (the token's org)
 
 
 documents = st.builds(Document, st.integers(0, len(INS) - 1), st.frozensets(st.sampled_from(LABELS)),
@@ -79,6 +81,8 @@ documents = st.builds(Document, st.integers(0, len(INS) - 1), st.frozensets(st.s
 rules = st.one_of(
     st.builds(Rule, st.integers(0, len(INS) - 1), st.just("professional"), st.sampled_from(["permit", "deny"]),
               st.integers(0, len(PROFESSIONALS) - 1)),
+    st.builds(Rule, st.integers(0, len(INS) - 1), st.just("professional"), st.sampled_from(["permit", "deny"]),
+              st.none(), st.integers(0, len(ORGANIZATIONS) - 1)),
     st.builds(Rule, st.integers(0, len(INS) - 1), st.just("attending-physician"), st.just("permit"),
               st.integers(0, len(PROFESSIONALS) - 1)),
     st.builds(Rule, st.integers(0, len(INS) - 1),
@@ -94,7 +98,10 @@ READERS = (
     [Reader(role, 0, p, "care") for role in HOLDERS for p in range(len(INS))]
     + [Reader(role, n, None, "care") for role in ("doctor", "nurse", "occupational-doctor")
        for n in range(len(PROFESSIONALS))]
+    + [Reader(role, n, None, "care", n % len(ORGANIZATIONS)) for role in ("doctor", "occupational-doctor")
+       for n in range(len(PROFESSIONALS))]
     + [Reader("doctor", n, p, "emergency") for n in range(len(PROFESSIONALS)) for p in range(len(INS))]
+    + [Reader("doctor", 0, p, "emergency", 0) for p in range(len(INS))]
     + [Reader("regulator", n, p, "regulation") for n in range(len(PROFESSIONALS)) for p in range(len(INS))]
     + [Reader("system", 0, None, "care"), Reader("admin", 0, None, "care")]
 )
@@ -114,19 +121,24 @@ def refused_outright(reader: Reader, births: list[str | None], deaths: list) -> 
 
 def may_see(reader: Reader, doc: Document, world_rules: list[Rule]) -> bool:
     """The matrix of the README's access section, stated plainly."""
-    def has(kind, effect, professional=None):
+    def has(kind, effect, professional=None, organization=None):
         return any(r.patient == doc.patient and r.kind == kind and r.effect == effect
-                   and (professional is None or r.professional == professional) for r in world_rules)
+                   and (professional is None or r.professional == professional)
+                   and (organization is None or r.organization == organization) for r in world_rules)
+
+    def about(effect):   # a decision about this reader: by name, or through the organisation they act for
+        return has("professional", effect, me) or (
+            reader.organization is not None and has("professional", effect, organization=reader.organization))
 
     me = reader.professional
     if reader.role in HOLDERS:
         hidden = "INVISIBLE_PATIENT" in doc.labels or (
             reader.role != "patient" and "INVISIBLE_REPRESENTANTS_LEGAUX" in doc.labels)
         return reader.patient == doc.patient and not hidden
-    refused = has("record", "deny") or has("consultation", "deny") or has("professional", "deny", me)
+    refused = has("record", "deny") or has("consultation", "deny") or about("deny")
     if reader.role in ("doctor", "nurse") and reader.purpose == "care":
         attending = has("attending-physician", "permit", me)
-        return ((attending or has("professional", "permit", me)) and not refused
+        return ((attending or about("permit")) and not refused
                 and ("MASQUE_PS" not in doc.labels or attending or doc.author == me))
     if reader.role == "occupational-doctor":
         return (has("professional", "permit", me) and not refused
@@ -188,6 +200,9 @@ def build_world(engine, docs: list[Document], world_rules: list[Rule], births: l
             if rule.professional is not None:
                 provision["actor"] = [{"reference": {"identifier": {
                     "system": IDNATPS_SYSTEM, "value": PROFESSIONALS[rule.professional]}}}]
+            if rule.organization is not None:
+                provision["actor"] = [{"reference": {"identifier": {
+                    "system": codes.FINESS_SYSTEM, "value": ORGANIZATIONS[rule.organization]}}}]
             uow.save({"resourceType": "Consent", "id": f"c{n}", "status": "active",
                       "category": [{"coding": [{"system": CONSENT_KIND_SYSTEM, "code": rule.kind}]}],
                       "patient": {"reference": f"Patient/p{rule.patient}"}, "provision": provision},
@@ -205,6 +220,8 @@ def token_claims(reader: Reader) -> dict:
         claims["sub"] = PROFESSIONALS[reader.professional] if reader.role not in ("system", "admin") else reader.role
         if reader.patient is not None:
             claims["patient"] = INS[reader.patient]
+        if reader.organization is not None:
+            claims["org"] = ORGANIZATIONS[reader.organization]
     return claims
 
 

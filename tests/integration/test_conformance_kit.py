@@ -8,6 +8,7 @@ from conformance.cli import main
 from conformance.model import load_cases
 from conformance.runner import Target, TokenSource, run_cases
 from conftest import free_port, make_token
+from gateway.access.context import _rule
 from gateway.access.writes import changeable_labels
 
 
@@ -218,6 +219,11 @@ def test_schematrons_given_by_the_tester_hold_accepted_documents_only(target, tm
     assert results["cda-ingest/009-missing-author"].status == "passed"   # meant to be refused: not held to them
 
 
+# The rules of a gateway that applies a block to the professionals it names one by one only.
+BLOCKED_BY_NAME_ONLY = _rule("ar.effect = 'deny' AND (ar.kind IN ('consultation', 'record') OR (ar.kind = "
+                             "'professional' AND ar.actor_system = :idnatps_system AND ar.actor_value = :reader))")
+
+
 @pytest.mark.parametrize("case, patched, replacement, failing_step", [
     ("mhd/052-iti65-sent-again", "gateway.services.provide._sent_again", lambda *args: False,
      "step 2: entry[*].response.status"),
@@ -233,6 +239,7 @@ def test_schematrons_given_by_the_tester_hold_accepted_documents_only(target, tm
      "gateway.storage.repository.UnitOfWork.decisions_replaced_by", lambda uow, consent, patient_id: [], "step 7: "),
     ("access/019-a-block-of-two-then-one-authorised", "gateway.services.consents.without_actors",
      lambda stored, actors: stored.json(), "step 7: "),
+    ("access/020-a-blocked-organisation", "gateway.access.context.REFUSED", BLOCKED_BY_NAME_ONLY, "step 5: "),
     ("access/018-a-representative-of-an-adult-reads-nothing", "gateway.access.context.minor_born_after",
      lambda today: "0001-01-01", "step 2: "),
     ("pam-fr/010-a-death-closes-the-record-to-the-patient", "gateway.services.patients._check_death",
@@ -240,7 +247,7 @@ def test_schematrons_given_by_the_tester_hold_accepted_documents_only(target, tm
 ], ids=["a submission sent again registered again", "a SubmissionSet that leaves out its document",
         "an opposition a later ZFA did not collect", "a replacement that unmasks what the patient masked",
         "an author who lifts the patient's mask", "a block kept beside the authorisation after it",
-        "a block of two kept whole beside the authorisation of one",
+        "a block of two kept whole beside the authorisation of one", "a block of a hospital ignored",
         "a parent's access kept after the child came of age", "a death dropped"])
 def test_a_gateway_without_the_rule_a_case_checks_is_caught(target, monkeypatch, case, patched, replacement,
                                                              failing_step):
