@@ -195,8 +195,9 @@ def search_request(patient_id: str, kind: str | None = None) -> search_sql.Searc
     return search_sql.parse_search("Consent", params)
 
 
-def revoke(repo: Repository, stored: StoredResource) -> StoredResource:
-    return update(repo, stored.res_id, inactive(stored))
+def revoke(repo: Repository, stored: StoredResource, actors: set[tuple[str, str]] | None = None) -> StoredResource:
+    """Revoke a decision; for `actors` only (system, value), when it names others too."""
+    return update(repo, stored.res_id, (without_actors(stored, actors) if actors else None) or inactive(stored))
 
 
 def inactive(stored: StoredResource) -> dict:

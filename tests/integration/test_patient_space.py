@@ -535,6 +535,46 @@ def test_a_decision_withdrawn_twice_and_a_contact_removed_twice_change_once(app,
     assert [e["resource"]["active"] for e in history["entry"]] == [False, True]
 
 
+def test_the_space_shows_an_app_s_decisions_about_organisations_and_withdraws_one_professional_at_a_time(
+        app, settings, client, bearer, record):
+    """Decisions an app made: a block of a hospital (by FINESS) did not appear on /acces, nor could
+    it be lifted there; a block of two professionals in one Consent showed both, and unblocking one
+    unblocked both. Each line now names its professional or establishment, and its button withdraws
+    the decision for that one only (the Consent narrowed to the others); sent twice, once."""
+    martin = {**bearer("patient", patient=MARTIN), "Content-Type": "application/fhir+json"}
+    hospital = "750712184"
+    role = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "PRCP"}]}
+
+    def decide(effect: str, *actors: tuple[str, str]) -> str:
+        body = {"resourceType": "Consent", "status": "active",
+                "category": [{"coding": [{"system": CONSENT_KIND_SYSTEM, "code": "professional"}]}],
+                "provision": {"type": effect, "actor": [{"role": role, "reference": {"identifier": {
+                    "system": system, "value": value}}} for system, value in actors]}}
+        answer = client.post("/fhir/Consent", data=json.dumps(body), headers=martin)
+        assert answer.status_code == 201, answer.json
+        return answer.json["id"]
+
+    idnatps = f"urn:oid:{codes.IDNATPS_OID}"
+    both = decide("deny", (idnatps, "899900000046"), (idnatps, "899900000020"))
+    establishment = decide("deny", (codes.FINESS_SYSTEM, hospital))
+    browser = sign_in(app, settings)
+    page = browser.get("/acces").text
+    assert "Établissement bloqué" in page and f"Établissement FINESS {hospital}" in page
+    assert page.count('<span class="badge refused">Bloqué·e</span>') == 2
+    lines = re.findall(r'action="/acces/retirer/([^"]+)">\s*<input[^>]*>\s*<input type="hidden" name="acteur" '
+                       r'value="([^"]+)">', page)
+    assert sorted(lines) == sorted([(both, f"{idnatps}|899900000046"), (both, f"{idnatps}|899900000020"),
+                                    (establishment, f"{codes.FINESS_SYSTEM}|{hospital}")])
+    for _ in range(2):
+        post(browser, f"/acces/retirer/{both}", {"acteur": f"{idnatps}|899900000046"}, "/acces")
+    current = client.get(f"/fhir/Consent/{both}", headers=martin).json
+    assert current["status"] == "active" and current["meta"]["versionId"] == "2"
+    assert [a["reference"]["identifier"]["value"] for a in current["provision"]["actor"]] == ["899900000020"]
+    post(browser, f"/acces/retirer/{establishment}", {"acteur": f"{codes.FINESS_SYSTEM}|{hospital}"}, "/acces")
+    assert client.get(f"/fhir/Consent/{establishment}", headers=martin).json["status"] == "inactive"
+    assert "Établissement bloqué" not in browser.get("/acces").text
+
+
 def in_their_units_at_once(database, backend, monkeypatch, add) -> dict:
     """The answers of `add(engine, name)` sent through two gateways (`first` and `second`), each
     held in its unit of work, once it has looked the record up and before it looks at it, until

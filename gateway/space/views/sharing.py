@@ -7,7 +7,7 @@ import re
 
 from flask import flash, g, redirect, render_template, request, url_for
 
-from gateway.access.rules import IDNATPS_SYSTEM, consent_actors, consent_kind
+from gateway.access.rules import IDNATPS_SYSTEM, ORGANIZATION_SYSTEMS, consent_actors, consent_kind
 from gateway.refusal import Refused
 from gateway.services import consents
 from gateway.space import space
@@ -20,13 +20,12 @@ OPPOSITIONS = {"emergency-access": "l'accès en urgence (bris de glace)",
                "regulation-access": "l'accès du médecin régulateur du SAMU (centre 15)"}
 
 
-def _decisions() -> list[tuple[StoredResource, str, str, list[str]]]:
-    """(Consent, kind, permit|deny, IdNatPs of its actors) of each active decision."""
+def _decisions() -> list[tuple[StoredResource, str, str, list[tuple[str, str]]]]:
+    """(Consent, kind, permit|deny, its actors (system, value)) of each active decision."""
     out = []
     for stored in common.decisions():
         consent = stored.json()
-        out.append((stored, consent_kind(consent), consent.get("provision", {}).get("type"),
-                    [value for system, value in consent_actors(consent) if system == IDNATPS_SYSTEM]))
+        out.append((stored, consent_kind(consent), consent.get("provision", {}).get("type"), consent_actors(consent)))
     return out
 
 
@@ -76,10 +75,18 @@ def _search_professionals(query: str) -> list[dict]:
     return out
 
 
-def _described(idnatps: str) -> dict:
-    """Name, specialty and organisation from the directory; the RPPS number only when it is unknown."""
-    return common.professional(idnatps) or {"name": common.professional_name(idnatps), "specialty": None,
-                                            "organization": None}
+def _described(system: str, value: str) -> dict:
+    """A professional's name, specialty and organisation from the directory, the RPPS number only when
+    it is unknown; an organisation's name (a decision an app made about every professional acting for it)."""
+    if system in ORGANIZATION_SYSTEMS:
+        return {"name": common.organization_name(value), "specialty": None, "organization": None,
+                "establishment": True}
+    return common.professional(value) or {"name": common.professional_name(value), "specialty": None,
+                                          "organization": None}
+
+
+def _actor_field(system: str, value: str) -> str:
+    return f"{system}|{value}"
 
 
 @space.get("/acces")
@@ -88,9 +95,9 @@ def sharing_page():
     people = []
     for stored, kind, effect, actors in decisions:
         if kind in ("attending-physician", "professional"):
-            for idnatps in actors:
-                people.append({"consent": stored.res_id, "id": idnatps, **_described(idnatps), "kind": kind,
-                               "effect": effect})
+            for system, value in actors:
+                people.append({"consent": stored.res_id, "actor": _actor_field(system, value),
+                               **_described(system, value), "kind": kind, "effect": effect})
     # The attending physician first, then those authorised, then those blocked.
     people.sort(key=lambda p: (p["kind"] != "attending-physician", p["effect"] != "permit", p["name"]))
     opposed = {kind: stored.res_id for stored, kind, effect, _ in decisions if kind in OPPOSITIONS and effect == "deny"}
@@ -126,11 +133,17 @@ def decide_professional():
 
 @space.post("/acces/retirer/<consent_id>")
 def withdraw(consent_id: str):
+    """Withdraw a decision; for one that names several professionals (made in an app), for the one
+    whose line the patient chose (`acteur`): it was withdrawn for all of them."""
     stored = g.repository.read("Consent", consent_id)
     consent = stored.json()
+    actors, line = consent_actors(consent), request.form.get("acteur")
+    chosen = actors if line is None else [actor for actor in actors if _actor_field(*actor) == line]
+    if not chosen:   # withdrawn already for them (the form sent twice), the decision kept for the others
+        flash("Votre décision est retirée.")
+        return redirect(url_for("space.sharing_page"))
     if consent.get("provision", {}).get("type") == "permit":
-        names = ", ".join(common.professional_name(value) for system, value in consent_actors(consent)
-                          if system == IDNATPS_SYSTEM) or "ce professionnel"
+        names = ", ".join(_described(system, value)["name"] for system, value in chosen) or "ce professionnel"
         attending = consent_kind(consent) == "attending-physician"
         asked = common.confirmation(
             f"Retirer {names} comme médecin traitant ?" if attending else f"Retirer l'autorisation de {names} ?",
@@ -138,7 +151,7 @@ def withdraw(consent_id: str):
             url_for("space.sharing_page"))
         if asked:
             return asked
-    consents.revoke(g.repository, stored)
+    consents.revoke(g.repository, stored, set(chosen))
     flash("Votre décision est retirée.")
     return redirect(url_for("space.sharing_page"))
 
