@@ -38,6 +38,9 @@ def capability_statement(base: str, cors: bool = False) -> dict:
                 "isArchived extension (archiving), status entered-in-error (deletion). MHD allows a "
                 "DocumentReference only current and superseded: a deletion is carried out as a FHIR delete, the "
                 "document leaves every search and a read answers 410 Gone; its versions stay in the history.")})
+            interactions.append({"code": "delete", "documentation": (
+                "the deletion the PATCH of the status to entered-in-error asks (PDSM4DMP TD3.3c), by id or "
+                "conditional on identifier; a producer of the document only")})
         entry = {
             "type": res_type,
             "interaction": interactions,
@@ -47,6 +50,8 @@ def capability_statement(base: str, cors: bool = False) -> dict:
             "conditionalCreate": res_type in REGISTERED_TYPES,
             "conditionalRead": "full-support",   # If-None-Match and If-Modified-Since
         }
+        if res_type == "DocumentReference":
+            entry["conditionalDelete"] = "single"
         if params:
             entry["searchParam"] = [{"name": p.name, "type": SEARCH_TYPE_NAMES[p.type]} for p in params.values()] + [
                 {"name": "_id", "type": "token"}, {"name": "_lastUpdated", "type": "date"}]

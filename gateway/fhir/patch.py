@@ -23,10 +23,13 @@ def _patch(res_id: str):
         raise FhirError(400, "a JSON Patch is a list of operations", code="structure")
     stored = lookup(patch_document, g.repository, res_id, patch, if_match())
     if stored is None:
-        return fhir_response(operation_outcome([{
-            "severity": "information", "code": "deleted",
-            "diagnostics": "the document is deleted: no search returns it and a read answers 410 Gone"}]), 200)
+        return deleted()
     return written(stored, 200, "updated", located=False)
+
+
+def deleted(diagnostics: str = "the document is deleted: no search returns it and a read answers 410 Gone"):
+    return fhir_response(operation_outcome([{"severity": "information", "code": "deleted",
+                                             "diagnostics": diagnostics}]), 200)
 
 
 @fhir.patch("/DocumentReference/<res_id>")
@@ -36,10 +39,18 @@ def patch_by_id(res_id: str):
 
 @fhir.patch("/DocumentReference")
 def patch_by_identifier():
-    """Conditional PATCH: the one document, among those the requester sees, with this identifier."""
+    res_id = document_named_by_identifier("PATCH")
+    if res_id is None:
+        raise FhirError(404, "no document with this identifier", code="not-found")
+    return _patch(res_id)
+
+
+def document_named_by_identifier(method: str) -> str | None:
+    """A conditional request's document, by id: the one, among those the requester sees, with the
+    identifier its query names; None when there is none."""
     criteria = [(name, value) for name, value in request.args.items(multi=True) if name != "_format"]
     if [name for name, _ in criteria] != ["identifier"]:
-        raise FhirError(400, "a conditional PATCH names the document by identifier=[system]|[value] only",
+        raise FhirError(400, f"a conditional {method} names the document by identifier=[system]|[value] only",
                         code="invalid")
     try:
         page = g.repository.search(search_sql.parse_search("DocumentReference", criteria + [("_count", "2")],
@@ -48,7 +59,7 @@ def patch_by_identifier():
         raise FhirError(400, str(exc), code=exc.code) from None
     # Two entries at most (_count=2): none, one, or several.
     if not page.entries:
-        raise FhirError(404, "no document with this identifier", code="not-found")
+        return None
     if len(page.entries) > 1:
         raise FhirError(412, "the identifier matches several documents", code="multiple-matches")
-    return _patch(page.entries[0].res_id)
+    return page.entries[0].res_id

@@ -22,7 +22,7 @@ from gateway.mapping.identity import identifier_value
 from gateway.mapping.dates import fhir_now
 from gateway.storage.repository import UnitOfWork
 
-from .documents import Ingested, check_record_open, replaced_already
+from .documents import Ingested, check_record_open, refuse_if_deleted, replaced_already
 from .ingest import NAMED_IDENTIFIERS
 from .personal import shared_record_custodian
 
@@ -146,6 +146,7 @@ def register_described(uow: UnitOfWork, base_url: str, submitted: dict, data: by
     existing_id = uow.find_by_identifier("DocumentReference", *key)
     if existing_id is not None:
         existing = uow.current("DocumentReference", existing_id)
+        refuse_if_deleted(existing, master["value"], f"{where}.masterIdentifier")
         binary = uow.document_binary(existing)
         if existing.patient_id != patient_id or binary is None or binary.blob_sha256 != digests.sha256:
             raise Refused("a different document is already registered under this masterIdentifier",

@@ -143,6 +143,16 @@ def _checked(resource: dict) -> dict:
     return resource
 
 
+def refuse_if_deleted(existing: StoredResource, unique_id: str, location: str) -> None:
+    """A document sent again after its producer deleted it is not registered again under its unique
+    id: it was answered as registered already (AA, "nothing new stored"; 200 to ITI-105), and the
+    sender took it for shared while no one could read it."""
+    if existing.deleted:
+        raise Refused(f"the document of unique id {unique_id} was deleted on {existing.last_updated[:10]}: a deleted "
+                      "document is not registered again under its unique id; to share it again, send it under a "
+                      "new one", location=location, status=409, code="duplicate")
+
+
 def existing_document(uow: UnitOfWork, parsed: ParsedCda) -> StoredResource | None:
     """The DocumentReference already registered under this unique id, if the bytes are the same."""
     system, value = mapping.identifier_key(parsed.header.unique_id)
@@ -150,6 +160,7 @@ def existing_document(uow: UnitOfWork, parsed: ParsedCda) -> StoredResource | No
     if existing_id is None:
         return None
     existing = uow.current("DocumentReference", existing_id)
+    refuse_if_deleted(existing, value, f"{CD}/id")
     binary = uow.document_binary(existing)
     if binary is None or binary.blob_sha256 != parsed.digests.sha256:
         raise Refused(

@@ -29,6 +29,8 @@ from .documents import delete_document
 CONFIDENTIALITY_SYSTEMS = (codes.CONFIDENTIALITY_SYSTEM, "http://terminology.hl7.org/CodeSystem/v3-Confidentiality")
 # PDSM4DMP TD3.3d names the extension by a FHIRPath-like step, which JSON Pointer does not have.
 EXTENSION_STEP = re.compile(r"^/extension\[url:'([^']+)'\]/(value\w+)$")
+# The PATCH that deletes a document (TD3.3c), which a FHIR delete asks too.
+DELETION = [{"op": "replace", "path": "/status", "value": "entered-in-error"}]
 # Tries of a patch whose document others keep changing (ChangedMeanwhile): then 409, to be sent again.
 PATCH_ATTEMPTS = 3
 

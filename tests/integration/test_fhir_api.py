@@ -186,7 +186,7 @@ def test_error_statuses_are_operation_outcomes(client, database):
     cases = [
         (client.get("/fhir/DocumentReference/unknown"), 404),
         (client.get("/fhir/Observation/1"), 404),
-        (client.delete(f"/fhir/DocumentReference/{created['id']}"), 405),
+        (client.put(f"/fhir/DocumentReference/{created['id']}", data="{}", headers=FHIR), 405),
         (client.post("/fhir/List", data="{}", headers=FHIR), 405),
         (client.post("/fhir/DocumentReference", data="{}", headers=FHIR), 400),   # ITI-105 needs a DocumentReference
         (client.get("/fhir/metadata", headers={"Accept": "text/csv"}), 406),
@@ -201,10 +201,10 @@ def test_error_statuses_are_operation_outcomes(client, database):
         assert response.json["resourceType"] == "OperationOutcome"
         assert response.headers["Content-Type"].startswith("application/fhir+json")
     # werkzeug's 405 said "The method is not allowed for the requested URL": which, and which are?
-    deleted = cases[2][0]
-    assert deleted.json["issue"][0]["diagnostics"] == \
-        f"DELETE is not served at /fhir/DocumentReference/{created['id']}: it takes GET, PATCH", deleted.json
-    assert set(deleted.headers["Allow"].split(", ")) == {"PATCH", "GET", "HEAD", "OPTIONS"}
+    replaced = cases[2][0]
+    assert replaced.json["issue"][0]["diagnostics"] == \
+        f"PUT is not served at /fhir/DocumentReference/{created['id']}: it takes DELETE, GET, PATCH", replaced.json
+    assert set(replaced.headers["Allow"].split(", ")) == {"DELETE", "PATCH", "GET", "HEAD", "OPTIONS"}
 
 
 @pytest.mark.parametrize("accept, answered", [

@@ -303,6 +303,15 @@ def test_t02_t10_t04_register_replace_and_delete(client):
     assert search(client, query + "&status=entered-in-error")["total"] == 0
     deleted = current[0]["resource"]["id"]
     assert fhir_get(client, f"/fhir/DocumentReference/{deleted}").status_code == 410
+    # The deleted document sent again (another control id: an engine sharing it again) was answered
+    # AA, "this document is already registered: nothing new stored", and no one could read it. It is
+    # refused, saying why; its replaced version, still registered, is answered as before.
+    code, segments = post(client, sample("mdm-2-t10-cr-imagerie-irm-lefevre.hl7").replace(b"|MDM0002|", b"|MDM0002-B|"))
+    assert code == "AE" and errors(segments)[0][3].startswith("205"), segments
+    assert "was deleted on" in errors(segments)[0][8] and "send it under a new one" in errors(segments)[0][8]
+    assert search(client, query + "&status=current")["total"] == 0
+    code, segments = post(client, sample("mdm-1-t02-cr-imagerie-irm-lefevre.hl7").replace(b"|MDM0001|", b"|MDM0001-B|"))
+    assert code == "AA" and "already registered" in errors(segments)[0][8], segments
 
 
 def test_oru_registers_the_document(client):

@@ -420,3 +420,50 @@ def test_a_fhir_document_is_read_at_its_bundle_url_through_its_document_s_rules(
     assert client.get(f"/fhir/DocumentReference/{created.json['id']}", headers=patient).status_code == 404
     assert client.get(path, headers=patient).status_code == 404
     assert client.get(path.replace("/Bundle/", "/Binary/"), headers=patient).status_code == 404
+
+
+def test_a_fhir_delete_deletes_a_document_as_the_guide_s_patch_does(client, bearer, lps):
+    """The guide's deletion (TD3.3c) is a PATCH of the status to entered-in-error, and its open
+    question names a FHIR delete as the alternative: a client that took it was answered 405, "it
+    takes GET, PATCH". A DELETE, by id or conditional on identifier, is the same deletion: a producer
+    only, If-Match held, the document gone from every search and read 410; sent again, it deleted
+    already. A decision's DELETE says it is revoked with a PUT."""
+    def published(unique_id: str = "urn:oid:1.2.250.1.999.71.1"):
+        submitted = example("DocumentReference-example-td2-iti105-publication-simplifiee.json")
+        submitted["masterIdentifier"] = {"system": "urn:ietf:rfc:3986", "value": unique_id}
+        return client.post("/fhir/DocumentReference", headers={**FHIR, **lps}, data=json.dumps(submitted))
+
+    first = published().json
+    path = f"/fhir/DocumentReference/{first['id']}"
+    patient = bearer("patient", patient=INS)
+    for refused in (bearer("doctor", sub="899900000099"), patient):
+        assert client.delete(path, headers=refused).status_code in (403, 404)
+    assert client.delete(path, headers={**lps, "If-Match": 'W/"7"'}).status_code == 412
+    deleted = client.delete(path, headers=lps)
+    assert deleted.status_code == 200 and deleted.json["issue"][0]["code"] == "deleted", deleted.json
+    assert client.get(path, headers=lps).status_code == 410
+    assert "entry" not in client.get("/fhir/DocumentReference", headers=lps, query_string={
+        "patient.identifier": f"{INS_SYSTEM}|{INS}", "status": "current,superseded,entered-in-error"}).json
+    again = client.delete(path, headers=lps)
+    assert again.status_code == 200 and again.json["issue"][0]["diagnostics"] == "the document was deleted already"
+    history = client.get(f"{path}/_history", headers=lps).json
+    assert history["total"] >= 1
+
+    # Published again, it was answered 200 with the deleted document, which no one could read.
+    again = published()
+    assert again.status_code == 409 and "was deleted on" in again.json["issue"][0]["diagnostics"], again.json
+    second = published("urn:oid:1.2.250.1.999.71.2").json
+    identifier = second["masterIdentifier"]
+    conditional = f"/fhir/DocumentReference?identifier={identifier['system']}|{identifier['value']}"
+    assert client.delete(conditional, headers=lps).status_code == 200
+    assert client.get(f"/fhir/DocumentReference/{second['id']}", headers=lps).status_code == 410
+    nothing = client.delete(conditional, headers=lps)
+    assert nothing.status_code == 200 and nothing.json["issue"][0]["code"] == "not-found", nothing.json
+    assert client.delete("/fhir/DocumentReference?status=current", headers=lps).status_code == 400
+    assert "delete" in {i["code"] for r in client.get("/fhir/metadata").json["rest"][0]["resource"]
+                        if r["type"] == "DocumentReference" for i in r["interaction"]}
+
+    decision_id = client.get("/fhir/Consent", headers=patient).json["entry"][0]["resource"]["id"]
+    revoked = client.delete(f"/fhir/Consent/{decision_id}", headers=patient)
+    assert revoked.status_code == 405 and revoked.headers["Allow"] == "GET, PUT"
+    assert "PUT it with status inactive" in revoked.json["issue"][0]["diagnostics"]
