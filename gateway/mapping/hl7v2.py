@@ -125,7 +125,9 @@ def consents(zfa: Segment, patient_ref: str) -> dict[str, dict]:
     """The two DMP consents a ZFA states, by kind: consultation (ZFA-11) and feeding (ZFA-9).
 
     A value not collected (NA or empty) gives a `proposed` Consent with no provision type: nothing is
-    granted or refused. A record that is not ACTIF makes both consents inactive."""
+    granted or refused. A record that is not ACTIF takes no document (the feeding consent is
+    inactive) and lifts no decision on consultation: made inactive too, an opposition to consultation
+    stopped applying, and the professionals the patient had authorised read the record again."""
     record_status = zfa.get(1).upper()
     out = {}
     for kind, (value_field, date_field, action, policy) in CONSENT_KINDS.items():
@@ -139,7 +141,7 @@ def consents(zfa: Segment, patient_ref: str) -> dict[str, dict]:
         closed = _fhir_date(zfa.get(3))
         if closed:
             provision["period"] = {"end": closed}
-        if record_status and record_status != RECORD_ACTIVE:
+        if record_status and record_status != RECORD_ACTIVE and kind == "alimentation":
             status = "inactive"
         else:
             status = "active" if value in CONSENT_VALUES else "proposed"

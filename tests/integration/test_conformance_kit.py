@@ -10,6 +10,7 @@ from conformance.runner import Target, TokenSource, run_cases
 from conftest import free_port, make_token
 from gateway.access.context import _rule
 from gateway.access.writes import changeable_labels
+from gateway.mapping import hl7v2 as v2_mapping
 
 
 @pytest.fixture
@@ -224,6 +225,13 @@ BLOCKED_BY_NAME_ONLY = _rule("ar.effect = 'deny' AND (ar.kind IN ('consultation'
                              "'professional' AND ar.actor_system = :idnatps_system AND ar.actor_value = :reader))")
 
 
+def both_inactive_when_the_record_is_not_active(zfa, patient_reference, consents=v2_mapping.consents):
+    """The ZFA's Consents of a gateway that makes both inactive when ZFA-1 is not ACTIF."""
+    closed = zfa.get(1).upper() not in ("", v2_mapping.RECORD_ACTIVE)
+    return {kind: {**consent, "status": "inactive"} if closed else consent
+            for kind, consent in consents(zfa, patient_reference).items()}
+
+
 @pytest.mark.parametrize("case, patched, replacement, failing_step", [
     ("mhd/052-iti65-sent-again", "gateway.services.provide._sent_again", lambda *args: False,
      "step 2: entry[*].response.status"),
@@ -240,6 +248,8 @@ BLOCKED_BY_NAME_ONLY = _rule("ar.effect = 'deny' AND (ar.kind IN ('consultation'
     ("access/019-a-block-of-two-then-one-authorised", "gateway.services.consents.without_actors",
      lambda stored, actors: stored.json(), "step 7: "),
     ("access/020-a-blocked-organisation", "gateway.access.context.REFUSED", BLOCKED_BY_NAME_ONLY, "step 5: "),
+    ("pam-fr/011-a-record-reported-closed-opens-nothing", "gateway.mapping.hl7v2.consents",
+     both_inactive_when_the_record_is_not_active, "step 8: "),
     ("access/018-a-representative-of-an-adult-reads-nothing", "gateway.access.context.minor_born_after",
      lambda today: "0001-01-01", "step 2: "),
     ("pam-fr/010-a-death-closes-the-record-to-the-patient", "gateway.services.patients._check_death",
@@ -248,6 +258,7 @@ BLOCKED_BY_NAME_ONLY = _rule("ar.effect = 'deny' AND (ar.kind IN ('consultation'
         "an opposition a later ZFA did not collect", "a replacement that unmasks what the patient masked",
         "an author who lifts the patient's mask", "a block kept beside the authorisation after it",
         "a block of two kept whole beside the authorisation of one", "a block of a hospital ignored",
+        "an opposition a record reported closed lifted",
         "a parent's access kept after the child came of age", "a death dropped"])
 def test_a_gateway_without_the_rule_a_case_checks_is_caught(target, monkeypatch, case, patched, replacement,
                                                              failing_step):

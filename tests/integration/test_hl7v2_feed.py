@@ -161,7 +161,7 @@ def test_a_zfa_that_did_not_collect_a_consent_leaves_the_one_collected_before(cl
     """ZFA-11 NA (not collected), or nothing, at a later admission: the patient's opposition to
     consultation collected before stays, and professionals still read nothing. It was replaced by
     a Consent stating nothing, and the record opened. What the ZFA says of the record itself (it
-    is closed, ZFA-1) is applied."""
+    is closed, ZFA-1) is applied: it takes no document, and opens nothing."""
     assert post(client, adt("A28", "NA1", dupont("900000081"), zfa("20260101", "IC")))[0] == "AA"
     assert dupont_read(client, "900000081") == 1
     assert post(client, adt("A08", "NA2", dupont("900000081"), zfa("20260201", "INC")))[0] == "AA"
@@ -172,9 +172,33 @@ def test_a_zfa_that_did_not_collect_a_consent_leaves_the_one_collected_before(cl
     assert consent["provision"]["type"] == "deny" and consent["dateTime"].startswith("2026-02-01"), consent
     assert post(client, adt("A08", "NA4", dupont("900000081"), zfa("20260401", not_collected, "FERME")))[0] == "AA"
     [consent] = consultation_consents(client)
-    assert consent["status"] == "inactive" and consent["provision"]["type"] == "deny"
+    assert consent["status"] == "active" and consent["provision"]["type"] == "deny"
+    assert dupont_read(client, "900000081") == 0
     assert post(client, adt("A08", "NA5", dupont("900000081"), zfa("20260501", "IC")))[0] == "AA"
     assert dupont_read(client, "900000081") == 1
+
+
+def test_a_record_a_feed_reports_closed_takes_no_document_and_opens_nothing(client):
+    """The hospital repeats the patient's opposition to consultation (ZFA-11 INC) and reports their
+    record closed (ZFA-1 FERME, ZFA-3): both Consents were made inactive, the opposition stopped
+    applying, and the attending physician read the record again. Closed, it takes no document; the
+    opposition holds until a ZFA collects another decision."""
+    assert post(client, adt("A28", "CL1", dupont("900000082"), zfa("20260101", "IC")))[0] == "AA"
+    assert post(client, adt("A08", "CL2", dupont("900000082"), zfa("20260201", "INC")))[0] == "AA"
+    assert dupont_read(client, "900000082") == 0
+    closed = "ZFA|FERME|20260301080000|20260301080000||||||INO|20260301080000|INC|20260301080000"
+    assert post(client, adt("A08", "CL3", dupont("900000082"), closed))[0] == "AA"
+    assert dupont_read(client, "900000082") == 0
+    [consent] = consultation_consents(client)
+    assert (consent["status"], consent["provision"]["type"]) == ("active", "deny")
+    with client.application.config["ENGINE"].connect() as conn:
+        bodies = [json.loads(body) for body in conn.execute(select(resources.c.body).where(
+            resources.c.res_type == "Consent")).scalars()]
+    [feeding] = [c for c in bodies if {"system": ZFA, "code": "alimentation"} in
+                 [coding for category in c["category"] for coding in category["coding"]]]
+    assert feeding["status"] == "inactive"   # a document for this record is refused
+    assert post(client, adt("A08", "CL4", dupont("900000082"), zfa("20260401", "IC")))[0] == "AA"
+    assert dupont_read(client, "900000082") == 1
 
 
 @pytest.mark.parametrize("older", ["merged", "survivor"])

@@ -32,7 +32,9 @@ def test_pid_gives_the_fr_core_identity():
     ("ZFA|ACTIF|20240307111154|||||||INO|20240307111154|INC|20240307111154", ("active", "deny"), ("active", "permit")),
     ("ZFA|ACTIF|20240311111154|||||||NA||NA|", ("proposed", None), ("proposed", None)),
     ("ZFA|ACTIF|20240310111154|||||||IO|20240310111154|NA|", ("proposed", None), ("active", "deny")),
-    ("ZFA|FERME|20240310111154|20240310111154||||||INO||IC|", ("inactive", "permit"), ("inactive", "permit")),
+    # A record that is not active takes no document, and lifts no decision on consultation.
+    ("ZFA|FERME|20240310111154|20240310111154||||||INO||IC|", ("active", "permit"), ("inactive", "permit")),
+    ("ZFA|FERME|20240310111154|20240310111154||||||INO||INC|", ("active", "deny"), ("inactive", "permit")),
 ])
 def test_zfa_gives_two_consents(zfa, consultation, feeding):
     consents = v2.consents(segment(zfa), "Patient/p1")
