@@ -47,7 +47,7 @@ def capability_statement(base: str, cors: bool = False) -> dict:
             # An update (Consent's PUT, DocumentReference's PATCH) may name its version with If-Match.
             "versioning": "versioned-update" if res_type in ("Consent", "DocumentReference") else "versioned",
             "readHistory": True,
-            "conditionalCreate": res_type in REGISTERED_TYPES,
+            "conditionalCreate": res_type in REGISTERED_TYPES + ("Consent",),
             "conditionalRead": "full-support",   # If-None-Match and If-Modified-Since
         }
         if res_type == "DocumentReference":

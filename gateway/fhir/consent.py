@@ -7,7 +7,7 @@ from flask import g
 from gateway.services import consents
 
 from .blueprint import fhir
-from .create import read_json_body
+from .create import existing_if_none_exist, read_json_body
 from .read import lookup
 from .responses import FhirError, if_match, negotiate, written
 
@@ -16,6 +16,10 @@ from .responses import FhirError, if_match, negotiate, written
 def create_consent():
     negotiate()
     body = read_json_body(completed=True)
+    # If-None-Exist was ignored, and the decision made whatever the client's condition found.
+    existing = existing_if_none_exist("Consent")
+    if existing is not None:
+        return existing
     stored, created = consents.create(g.repository, body)
     return written(stored, 201, "created") if created else \
         written(stored, 200, "this decision is in force already: nothing was created")

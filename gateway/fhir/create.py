@@ -1,4 +1,5 @@
-"""create: POST [type] for the identity resources, with If-None-Exist (conditional create).
+"""create: POST [type] for the identity resources, with If-None-Exist (conditional create), which a
+Consent's POST takes too.
 
 Documents enter through ITI-65 or POST /cda, never as bare DocumentReferences.
 """
@@ -38,17 +39,24 @@ def create(res_type: str):
     resource = read_json_body()
     if resource["resourceType"] != res_type:
         raise FhirError(400, f"the body is a {resource['resourceType']}, posted to {res_type}", code="invalid")
+    return existing_if_none_exist(res_type) or written(directory.register(g.repository, resource), 201, "created")
+
+
+def existing_if_none_exist(res_type: str):
+    """The answer of a conditional create (If-None-Exist) whose search finds the resource, among those
+    the requester sees: 200 with it, nothing created; None to create it."""
     condition = request.headers.get("If-None-Exist")
-    if condition is not None:
-        try:
-            page = g.repository.search(_condition(res_type, condition))
-        except search_sql.SearchError as exc:
-            raise FhirError(400, f"If-None-Exist: {exc}", code=exc.code) from None
-        if len(page.entries) > 1:
-            raise FhirError(412, "If-None-Exist matches several resources", code="duplicate")
-        if len(page.entries) == 1:
-            return written(page.entries[0], 200, "already exists (If-None-Exist): nothing was created")
-    return written(directory.register(g.repository, resource), 201, "created")
+    if condition is None:
+        return None
+    try:
+        page = g.repository.search(_condition(res_type, condition))
+    except search_sql.SearchError as exc:
+        raise FhirError(400, f"If-None-Exist: {exc}", code=exc.code) from None
+    if len(page.entries) > 1:
+        raise FhirError(412, "If-None-Exist matches several resources", code="duplicate")
+    if len(page.entries) == 1:
+        return written(page.entries[0], 200, "already exists (If-None-Exist): nothing was created")
+    return None
 
 
 def _condition(res_type: str, header: str) -> search_sql.SearchRequest:

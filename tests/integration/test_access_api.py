@@ -343,6 +343,31 @@ def test_a_blocked_organisation_blocks_whoever_acts_for_it(client, bearer, world
     assert document_ids(client, bearer("doctor", sub=INTERNIST, org="130783236")) == both
 
 
+def test_a_decision_posted_with_if_none_exist_is_made_only_when_its_search_finds_none(client, bearer, world):
+    """A client's conditional create (If-None-Exist) of a Consent was made whatever its search found:
+    an app that meant to permit emergency access only where no decision on it existed lifted the
+    patient's opposition. The search runs among the requester's resources: one found is the answer
+    (200, nothing made), several 412, none the decision made."""
+    martin = bearer("patient", patient=MARTIN)
+    opposed = client.post("/fhir/Consent", data=consent("emergency-access", "deny"), headers={**FHIR, **martin})
+    assert opposed.status_code == 201
+    condition = "category=urn:dmp-gateway:consent-kind|emergency-access&status=active"
+    kept = client.post("/fhir/Consent", data=consent("emergency-access", "permit"),
+                       headers={**FHIR, **martin, "If-None-Exist": condition})
+    assert kept.status_code == 200 and kept.json["id"] == opposed.json["id"], kept.json
+    assert client.get(f"/fhir/Consent/{opposed.json['id']}", headers=martin).json["status"] == "active"
+    made = client.post("/fhir/Consent", data=consent("regulation-access", "deny"), headers={
+        **FHIR, **martin, "If-None-Exist": "category=urn:dmp-gateway:consent-kind|regulation-access&status=active"})
+    assert made.status_code == 201, made.json
+    for bad in ("", "_count=1", "Patient?identifier=x"):
+        assert client.post("/fhir/Consent", data=consent("record", "deny"),
+                           headers={**FHIR, **martin, "If-None-Exist": bad}).status_code == 400, bad
+    assert client.post("/fhir/Consent", data=consent("record", "deny"),
+                       headers={**FHIR, **martin, "If-None-Exist": "status=active"}).status_code == 412
+    statement = client.get("/fhir/metadata").json["rest"][0]["resource"]
+    assert next(r for r in statement if r["type"] == "Consent")["conditionalCreate"] is True
+
+
 def test_a_decision_posted_twice_at_once_is_kept_once(client, second_gateway, bearer, world, monkeypatch):
     """The same decision sent through two gateways at once, each having read the record before
     either wrote: one Consent is kept, and both answers name it."""
