@@ -10,6 +10,8 @@ Consent kinds (Consent.category, system CONSENT_KIND_SYSTEM; PAM-FR ZFA consents
 """
 from __future__ import annotations
 
+import re
+
 from gateway.mapping import codes
 from gateway.refusal import Refused
 
@@ -21,7 +23,10 @@ KINDS = ("consultation", "professional", "attending-physician", "emergency-acces
 KINDS_WITH_ACTOR = ("professional", "attending-physician")
 
 IDNATPS_SYSTEM = f"urn:oid:{codes.IDNATPS_OID}"
-ORGANIZATION_SYSTEMS = (codes.FINESS_SYSTEM, f"urn:oid:{codes.IDNATST_OID}")
+IDNATST_SYSTEM = f"urn:oid:{codes.IDNATST_OID}"
+ORGANIZATION_SYSTEMS = (codes.FINESS_SYSTEM, IDNATST_SYSTEM)
+# A structure's IdNatSt (TRE_G07's type, then its number) as the CI-SIS writes one of a FINESS: 1 + FINESS.
+IDNATST_OF_FINESS = re.compile(r"1([0-9AB]{9})")
 
 # TRE_A07 by its canonical URL, and by its OID (1.2.250.1.213.1.1.4.13), as XDS and HL7v2 name it;
 # the codes that spell a visibility label, HL7v2's spelling of one included.
@@ -54,6 +59,14 @@ def consent_actors(consent: dict) -> list[tuple[str, str]]:
     return out
 
 
+def rule_actor(system: str, value: str) -> tuple[str, str]:
+    """An actor as the rules name it: a structure's IdNatSt of a FINESS is that FINESS, the
+    organisation a professional's token names (`org`). Kept as sent, an authorisation or a block of
+    a clinic by its IdNatSt, as the CI-SIS names structures, was answered 201 and applied to no one."""
+    found = IDNATST_OF_FINESS.fullmatch(value) if system == IDNATST_SYSTEM else None
+    return (codes.FINESS_SYSTEM, found.group(1)) if found else (system, value)
+
+
 def rules_of(consent: dict, patient_id: str) -> list[dict]:
     """The access_rules rows of one Consent: none unless it is active and states permit or deny.
     Feeding consents give no rule here: ingest reads them (a document for an opposing patient is refused)."""
@@ -63,7 +76,8 @@ def rules_of(consent: dict, patient_id: str) -> list[dict]:
         return []
     base = {"consent_id": consent["id"], "patient_id": patient_id, "kind": kind, "effect": effect}
     if kind in KINDS_WITH_ACTOR:
-        return [{**base, "actor_system": system, "actor_value": value} for system, value in consent_actors(consent)]
+        return [{**base, "actor_system": system, "actor_value": value}
+                for system, value in (rule_actor(*actor) for actor in consent_actors(consent))]
     return [{**base, "actor_system": "", "actor_value": ""}]
 
 

@@ -10,11 +10,14 @@ from gateway.access import AccessContext
 from gateway.access.rules import (
     CONSENT_KIND_SYSTEM,
     IDNATPS_SYSTEM,
+    IDNATST_OF_FINESS,
+    IDNATST_SYSTEM,
     KINDS,
     KINDS_WITH_ACTOR,
     ORGANIZATION_SYSTEMS,
     consent_actors,
     consent_kind,
+    rule_actor,
 )
 from gateway.access.writes import Write
 from gateway.refusal import Refused
@@ -101,6 +104,11 @@ def checked_consent(consent: dict, patient_id: str, access: AccessContext, curre
         if not actors or any(system not in allowed_systems for system, _ in actors):
             raise _refuse(f"a {kind} Consent names its actors by identifier ({', '.join(allowed_systems)})",
                           "Consent.provision.actor")
+        if any(system == IDNATST_SYSTEM and not IDNATST_OF_FINESS.fullmatch(value) for system, value in actors):
+            raise _refuse("a structure is named by its FINESS, or by its IdNatSt of a FINESS (1 + FINESS): "
+                          "the organisation a professional acts for is known by its FINESS, and one named "
+                          "otherwise (a SIREN, a SIRET) would apply to no one",
+                          "Consent.provision.actor.reference.identifier.value")
     elif actors:
         raise _refuse(f"a {kind} Consent names no actor", "Consent.provision.actor")
     if any(len(value) > IDENTIFIER_CHARS for _, value in actors):
@@ -152,7 +160,8 @@ def _revoke_replaced(uow: UnitOfWork, decided: dict, patient_id: str, access: Ac
     about_professionals = consent_kind(decided) == "professional"
     for earlier in uow.decisions_replaced_by(decided, patient_id):
         if earlier.res_id != decided["id"]:
-            remaining = without_actors(earlier, set(consent_actors(decided))) if about_professionals else None
+            remaining = without_actors(earlier, {rule_actor(*actor) for actor in consent_actors(decided)}) \
+                if about_professionals else None
             uow.save(checked_consent(remaining or inactive(earlier), patient_id, access, earlier.json()),
                      patient_id=patient_id, method="PUT")
 
@@ -196,7 +205,7 @@ def search_request(patient_id: str, kind: str | None = None) -> search_sql.Searc
 
 
 def revoke(repo: Repository, stored: StoredResource, actors: set[tuple[str, str]] | None = None) -> StoredResource:
-    """Revoke a decision; for `actors` only (system, value), when it names others too."""
+    """Revoke a decision; for `actors` only (system, value, as the rules name them), when it names others too."""
     return update(repo, stored.res_id, (without_actors(stored, actors) if actors else None) or inactive(stored))
 
 
@@ -206,11 +215,12 @@ def inactive(stored: StoredResource) -> dict:
 
 
 def without_actors(stored: StoredResource, actors: set[tuple[str, str]]) -> dict | None:
-    """The same decision naming none of `actors` (system, value); None when it names no one else."""
+    """The same decision naming none of `actors` (system, value, as the rules name them: `rule_actor`);
+    None when it names no one else."""
     consent = _saved_again(stored)
     provision = consent.get("provision", {})
     kept = [actor for actor in provision.get("actor", [])
-            if not set(consent_actors({"provision": {"actor": [actor]}})) <= actors]
+            if not {rule_actor(*named) for named in consent_actors({"provision": {"actor": [actor]}})} <= actors]
     return {**consent, "provision": {**provision, "actor": kept}} if kept else None
 
 

@@ -368,6 +368,35 @@ def test_a_decision_posted_with_if_none_exist_is_made_only_when_its_search_finds
     assert next(r for r in statement if r["type"] == "Consent")["conditionalCreate"] is True
 
 
+def test_a_structure_named_by_its_idnatst_of_a_finess_is_that_finess(client, bearer, world):
+    """The CI-SIS names a structure by its IdNatSt, 1 + its FINESS. An authorisation of a clinic so
+    named was answered 201 and applied to no one, a block too: the rules compared it with the FINESS
+    a professional's token names. It is that FINESS now, for the rules and for the decisions that
+    replace one another; an IdNatSt of another kind (a SIREN, a SIRET) is refused, as it would apply
+    to no one."""
+    martin = bearer("patient", patient=MARTIN)
+    at_the_clinic = bearer("doctor", sub=SURGEON, org="330780000")
+    both = {world["ldl"], world["bio"]}
+
+    def decide(effect: str, system: str, value: str):
+        body = decision("professional", effect, SURGEON)
+        body["provision"]["actor"][0]["reference"]["identifier"] = {"system": system, "value": value}
+        return client.post("/fhir/Consent", data=json.dumps(body), headers={**FHIR, **martin})
+
+    idnatst = f"urn:oid:{codes.IDNATST_OID}"
+    permit = decide("permit", idnatst, "1330780000")
+    assert permit.status_code == 201 and document_ids(client, at_the_clinic) == both
+    assert decide("deny", codes.FINESS_SYSTEM, "330780000").status_code == 201
+    assert client.get(f"/fhir/Consent/{permit.json['id']}", headers=martin).json["status"] == "inactive"
+    assert document_ids(client, at_the_clinic) == set()
+    assert decide("permit", codes.FINESS_SYSTEM, "330780000").status_code == 201
+    assert decide("deny", idnatst, "1330780000").status_code == 201
+    assert document_ids(client, at_the_clinic) == set()
+    for value in ("2123456789", "330780000", "13307800001"):
+        refused = decide("deny", idnatst, value)
+        assert refused.status_code == 422 and "FINESS" in refused.json["issue"][0]["diagnostics"], value
+
+
 def test_a_decision_posted_twice_at_once_is_kept_once(client, second_gateway, bearer, world, monkeypatch):
     """The same decision sent through two gateways at once, each having read the record before
     either wrote: one Consent is kept, and both answers name it."""

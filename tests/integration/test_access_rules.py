@@ -65,6 +65,7 @@ class Rule:
     effect: str
     professional: int | None
     organization: int | None = None   # a decision about every professional acting for it
+    by_idnatst: bool = False           # the organisation named by its IdNatSt (1 + FINESS), else its FINESS
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ rules = st.one_of(
     st.builds(Rule, st.integers(0, len(INS) - 1), st.just("professional"), st.sampled_from(["permit", "deny"]),
               st.integers(0, len(PROFESSIONALS) - 1)),
     st.builds(Rule, st.integers(0, len(INS) - 1), st.just("professional"), st.sampled_from(["permit", "deny"]),
-              st.none(), st.integers(0, len(ORGANIZATIONS) - 1)),
+              st.none(), st.integers(0, len(ORGANIZATIONS) - 1), st.booleans()),
     st.builds(Rule, st.integers(0, len(INS) - 1), st.just("attending-physician"), st.just("permit"),
               st.integers(0, len(PROFESSIONALS) - 1)),
     st.builds(Rule, st.integers(0, len(INS) - 1),
@@ -201,8 +202,10 @@ def build_world(engine, docs: list[Document], world_rules: list[Rule], births: l
                 provision["actor"] = [{"reference": {"identifier": {
                     "system": IDNATPS_SYSTEM, "value": PROFESSIONALS[rule.professional]}}}]
             if rule.organization is not None:
+                finess = ORGANIZATIONS[rule.organization]
                 provision["actor"] = [{"reference": {"identifier": {
-                    "system": codes.FINESS_SYSTEM, "value": ORGANIZATIONS[rule.organization]}}}]
+                    "system": f"urn:oid:{codes.IDNATST_OID}", "value": "1" + finess}
+                    if rule.by_idnatst else {"system": codes.FINESS_SYSTEM, "value": finess}}}]
             uow.save({"resourceType": "Consent", "id": f"c{n}", "status": "active",
                       "category": [{"coding": [{"system": CONSENT_KIND_SYSTEM, "code": rule.kind}]}],
                       "patient": {"reference": f"Patient/p{rule.patient}"}, "provision": provision},

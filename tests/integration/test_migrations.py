@@ -426,6 +426,37 @@ def test_patients_stored_before_get_the_index_rows_of_their_death(tmp_path):
     engine.dispose()
 
 
+def test_rules_about_a_structure_by_its_idnatst_of_a_finess_name_the_finess(tmp_path):
+    """Migration 0034: a decision about a structure named by its IdNatSt of a FINESS (1 + FINESS)
+    is a rule about the FINESS a professional's token names; the rules written before named the
+    IdNatSt, and applied to no one. Other rules are left as they are."""
+    from gateway.access.rules import rules_of
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'rules.db'}")
+    config = alembic_config(engine)
+    command.upgrade(config, "0033")
+    idnatst, finess = "urn:oid:1.2.250.1.71.4.2.2", "https://finess.esante.gouv.fr"
+    written = [("c1", idnatst, "1330780000"), ("c2", idnatst, "2123456789"), ("c3", finess, "750712184"),
+               ("c4", "urn:oid:1.2.250.1.71.4.2.1", "899900000012")]
+    with engine.begin() as conn:
+        for consent_id, system, value in written:
+            conn.execute(text("INSERT INTO access_rules (consent_id, patient_id, kind, effect, actor_system, "
+                              "actor_value) VALUES (:c, 'p1', 'professional', 'deny', :s, :v)"),
+                         {"c": consent_id, "s": system, "v": value})
+    command.upgrade(config, "0034")
+    with engine.connect() as conn:
+        rules = set(conn.execute(text("SELECT consent_id, actor_system, actor_value FROM access_rules")).all())
+    assert rules == {("c1", finess, "330780000"), ("c2", idnatst, "2123456789"), ("c3", finess, "750712184"),
+                     ("c4", "urn:oid:1.2.250.1.71.4.2.1", "899900000012")}
+    # As the rules of a decision written now name it.
+    consent = {"resourceType": "Consent", "id": "c1", "status": "active", "provision": {"type": "deny", "actor": [
+        {"reference": {"identifier": {"system": idnatst, "value": "1330780000"}}}]},
+        "category": [{"coding": [{"system": "urn:dmp-gateway:consent-kind", "code": "professional"}]}]}
+    assert [(r["actor_system"], r["actor_value"]) for r in rules_of(consent, "p1")] == [(finess, "330780000")]
+    command.downgrade(config, "0033")
+    engine.dispose()
+
+
 MIGRATE_WHEN_TOLD = """
 import sys, time
 from pathlib import Path

@@ -7,7 +7,7 @@ import re
 
 from flask import flash, g, redirect, render_template, request, url_for
 
-from gateway.access.rules import IDNATPS_SYSTEM, ORGANIZATION_SYSTEMS, consent_actors, consent_kind
+from gateway.access.rules import IDNATPS_SYSTEM, ORGANIZATION_SYSTEMS, consent_actors, consent_kind, rule_actor
 from gateway.refusal import Refused
 from gateway.services import consents
 from gateway.space import space
@@ -79,8 +79,8 @@ def _described(system: str, value: str) -> dict:
     """A professional's name, specialty and organisation from the directory, the RPPS number only when
     it is unknown; an organisation's name (a decision an app made about every professional acting for it)."""
     if system in ORGANIZATION_SYSTEMS:
-        return {"name": common.organization_name(value), "specialty": None, "organization": None,
-                "establishment": True}
+        return {"name": common.organization_name(rule_actor(system, value)[1]), "specialty": None,
+                "organization": None, "establishment": True}
     return common.professional(value) or {"name": common.professional_name(value), "specialty": None,
                                           "organization": None}
 
@@ -151,7 +151,7 @@ def withdraw(consent_id: str):
             url_for("space.sharing_page"))
         if asked:
             return asked
-    consents.revoke(g.repository, stored, set(chosen))
+    consents.revoke(g.repository, stored, {rule_actor(*actor) for actor in chosen})
     flash("Votre décision est retirée.")
     return redirect(url_for("space.sharing_page"))
 
