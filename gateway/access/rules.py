@@ -60,11 +60,19 @@ def consent_actors(consent: dict) -> list[tuple[str, str]]:
 
 
 def rule_actor(system: str, value: str) -> tuple[str, str]:
-    """An actor as the rules name it: a structure's IdNatSt of a FINESS is that FINESS, the
-    organisation a professional's token names (`org`). Kept as sent, an authorisation or a block of
-    a clinic by its IdNatSt, as the CI-SIS names structures, was answered 201 and applied to no one."""
+    """An actor as the rules name it: a structure's IdNatSt of a FINESS is that FINESS, as a token's
+    `org` names it (`structure`). Kept as sent, an authorisation or a block of a clinic by its
+    IdNatSt, as the CI-SIS names structures, was answered 201 and applied to no one."""
     found = IDNATST_OF_FINESS.fullmatch(value) if system == IDNATST_SYSTEM else None
     return (codes.FINESS_SYSTEM, found.group(1)) if found else (system, value)
+
+
+def structure(org: str) -> str:
+    """The structure a professional acts for (a token's `org`) as the rules name it: its FINESS, or
+    its IdNatSt of another kind (a cabinet's SIRET) as given. An IdNatSt of a FINESS in the token
+    missed every decision about that FINESS, a block included."""
+    found = IDNATST_OF_FINESS.fullmatch(org)
+    return found.group(1) if found else org
 
 
 def rules_of(consent: dict, patient_id: str) -> list[dict]:

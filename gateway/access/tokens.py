@@ -6,8 +6,8 @@ Keys come from PEM files (the key id is the file name without `.pem`) or JWKS fi
 check. Issuer, audience, expiry and not-before are checked with PyJWT.
 
 Claims: `sub` (IdNatPs for professionals), `role`, `purpose` (care | emergency | regulation),
-`org` (FINESS), `patient` (INS: the patient's own, a minor's for a representative, the patient
-of an emergency access), `name` (shown in the audit trail), `guardianship` (true: a representative
+`org` (FINESS, or IdNatSt: one of a FINESS is that FINESS), `patient` (INS: the patient's own, a
+minor's for a representative, the patient of an emergency access), `name` (shown in the audit trail), `guardianship` (true: a representative
 who is a protected adult's guardian, not a parent).
 """
 from __future__ import annotations
@@ -35,6 +35,7 @@ from .context import (
     ROLES,
     AccessContext,
 )
+from .rules import structure
 
 RSA_ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512"]
 EC_ALGORITHMS = {"secp256r1": ["ES256"], "secp384r1": ["ES384"], "secp521r1": ["ES512"]}
@@ -125,7 +126,8 @@ def context_from_claims(claims: dict, address: str | None = None) -> AccessConte
     if guardianship and role != REPRESENTATIVE:
         raise InvalidToken(f"a guardian (claim 'guardianship') is a representative, not the role {role}")
     # An INS as the records hold it: an identity provider may print it in groups, as it is read out.
-    return AccessContext(role=role, subject=claims["sub"], purpose=purpose, organization=claims.get("org"),
+    return AccessContext(role=role, subject=claims["sub"], purpose=purpose,
+                         organization=structure(claims["org"]) if claims.get("org") else None,
                          patient_ins=compact_ins(patient) if patient else None, name=claims.get("name"),
                          address=address, guardianship=guardianship)
 

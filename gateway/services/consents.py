@@ -10,8 +10,6 @@ from gateway.access import AccessContext
 from gateway.access.rules import (
     CONSENT_KIND_SYSTEM,
     IDNATPS_SYSTEM,
-    IDNATST_OF_FINESS,
-    IDNATST_SYSTEM,
     KINDS,
     KINDS_WITH_ACTOR,
     ORGANIZATION_SYSTEMS,
@@ -104,11 +102,6 @@ def checked_consent(consent: dict, patient_id: str, access: AccessContext, curre
         if not actors or any(system not in allowed_systems for system, _ in actors):
             raise _refuse(f"a {kind} Consent names its actors by identifier ({', '.join(allowed_systems)})",
                           "Consent.provision.actor")
-        if any(system == IDNATST_SYSTEM and not IDNATST_OF_FINESS.fullmatch(value) for system, value in actors):
-            raise _refuse("a structure is named by its FINESS, or by its IdNatSt of a FINESS (1 + FINESS): "
-                          "the organisation a professional acts for is known by its FINESS, and one named "
-                          "otherwise (a SIREN, a SIRET) would apply to no one",
-                          "Consent.provision.actor.reference.identifier.value")
     elif actors:
         raise _refuse(f"a {kind} Consent names no actor", "Consent.provision.actor")
     if any(len(value) > IDENTIFIER_CHARS for _, value in actors):

@@ -372,8 +372,9 @@ def test_a_structure_named_by_its_idnatst_of_a_finess_is_that_finess(client, bea
     """The CI-SIS names a structure by its IdNatSt, 1 + its FINESS. An authorisation of a clinic so
     named was answered 201 and applied to no one, a block too: the rules compared it with the FINESS
     a professional's token names. It is that FINESS now, for the rules and for the decisions that
-    replace one another; an IdNatSt of another kind (a SIREN, a SIRET) is refused, as it would apply
-    to no one."""
+    replace one another, and a token whose org is the clinic's IdNatSt acts for that FINESS: it missed
+    every decision about the FINESS, a block included. An IdNatSt of another kind (a cabinet's SIRET)
+    is compared as given."""
     martin = bearer("patient", patient=MARTIN)
     at_the_clinic = bearer("doctor", sub=SURGEON, org="330780000")
     both = {world["ldl"], world["bio"]}
@@ -390,11 +391,15 @@ def test_a_structure_named_by_its_idnatst_of_a_finess_is_that_finess(client, bea
     assert client.get(f"/fhir/Consent/{permit.json['id']}", headers=martin).json["status"] == "inactive"
     assert document_ids(client, at_the_clinic) == set()
     assert decide("permit", codes.FINESS_SYSTEM, "330780000").status_code == 201
+    assert document_ids(client, bearer("doctor", sub=SURGEON, org="1330780000")) == both
     assert decide("deny", idnatst, "1330780000").status_code == 201
     assert document_ids(client, at_the_clinic) == set()
-    for value in ("2123456789", "330780000", "13307800001"):
-        refused = decide("deny", idnatst, value)
-        assert refused.status_code == 422 and "FINESS" in refused.json["issue"][0]["diagnostics"], value
+    assert document_ids(client, bearer("doctor", sub=SURGEON, org="1330780000")) == set()
+    cabinet = bearer("doctor", sub=SURGEON, org="312345678901234")   # 3 + SIRET
+    assert decide("permit", idnatst, "312345678901234").status_code == 201
+    assert document_ids(client, cabinet) == both
+    assert decide("deny", idnatst, "312345678901234").status_code == 201
+    assert document_ids(client, cabinet) == set()
 
 
 def test_a_decision_posted_twice_at_once_is_kept_once(client, second_gateway, bearer, world, monkeypatch):

@@ -130,6 +130,19 @@ def test_claims_the_rules_do_not_know_are_refused(claims, message):
         context_from_claims({"sub": "x", **claims})
 
 
+@pytest.mark.parametrize("org, structure", [
+    ("750712184", "750712184"),            # a FINESS
+    ("1750712184", "750712184"),           # its IdNatSt (1 + FINESS): that FINESS
+    ("12A0000001", "2A0000001"),           # in Corsica
+    ("312345678901234", "312345678901234"),   # a cabinet's IdNatSt (3 + SIRET), as given
+    ("17507121840", "17507121840"),        # not an IdNatSt of a FINESS
+])
+def test_the_structure_a_professional_acts_for_is_named_as_the_rules_name_it(org, structure):
+    """A token's org given as the IdNatSt of a FINESS missed every decision about that FINESS."""
+    claims = {"sub": "899900000012", "role": "doctor", "org": org}
+    assert context_from_claims(claims).organization == structure
+
+
 def test_gateway_token_issue_signs_with_the_development_key_without_loading_the_database_layer(tmp_path):
     """A conformance run calls `gateway token issue` for each identity it needs (75 of them): with
     SQLAlchemy imported, each took 0.9 s instead of 0.3."""
