@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from gateway.mapping import codes
+from gateway.mapping.dates import index_now
 from gateway.refusal import Refused
 
 from .rules import IDNATPS_SYSTEM, ORGANIZATION_SYSTEMS
@@ -51,12 +52,14 @@ def _rule(condition: str) -> str:
     return f"EXISTS (SELECT 1 FROM access_rules ar WHERE ar.patient_id = resources.patient_id AND {condition})"
 
 
+# An authorisation given for a period holds within it (access_rules.valid_from, valid_until).
+IN_FORCE = "(ar.valid_from IS NULL OR ar.valid_from <= :now) AND (ar.valid_until IS NULL OR ar.valid_until >= :now)"
 ATTENDING = _rule("ar.kind = 'attending-physician' AND ar.effect = 'permit' "
                   "AND ar.actor_system = :idnatps_system AND ar.actor_value = :reader")
 NAMED_PERMIT = _rule("ar.kind = 'professional' AND ar.effect = 'permit' "
-                     "AND ar.actor_system = :idnatps_system AND ar.actor_value = :reader")
-ORGANIZATION_PERMIT = _rule("ar.kind = 'professional' AND ar.effect = 'permit' "
-                            "AND ar.actor_system IN (:finess_system, :idnatst_system) AND ar.actor_value = :reader_org")
+                     f"AND ar.actor_system = :idnatps_system AND ar.actor_value = :reader AND {IN_FORCE}")
+ORGANIZATION_PERMIT = _rule("ar.kind = 'professional' AND ar.effect = 'permit' AND ar.actor_system IN "
+                            f"(:finess_system, :idnatst_system) AND ar.actor_value = :reader_org AND {IN_FORCE}")
 # Blocked by name, or through the organisation the reader acts for (a reader without one binds NULL,
 # which matches no rule): a block of a hospital was kept and ignored, and its doctors the patient had
 # authorised one by one still read.
@@ -69,7 +72,8 @@ REFUSED_OR_OPPOSED = _rule(f"ar.effect = 'deny' AND (ar.kind IN ('consultation',
 AUTHORED = "resources.authors LIKE :reader_pattern"
 # The same grants as one list of patients, for a search that names none (AccessContext.lists_patients).
 GRANTED_PATIENTS = ("resources.patient_id IN (SELECT ar.patient_id FROM access_rules ar WHERE ar.effect = 'permit' "
-                    "AND ar.kind IN ({kinds}) AND ar.actor_system = :idnatps_system AND ar.actor_value = :reader)")
+                    "AND ar.kind IN ({kinds}) AND ar.actor_system = :idnatps_system AND ar.actor_value = :reader "
+                    f"AND {IN_FORCE})")
 # Types whose resources name documents (an AuditEvent's entity, a List's entries): hidden from a
 # reader when they name a document (or its Binary) that reader may not see.
 NAMING_TYPES = ("AuditEvent", "List")
@@ -266,6 +270,8 @@ class AccessContext:
         used = set(re.findall(r":(\w+)", condition))
         if "minor_born_after" in used:
             values["minor_born_after"] = minor_born_after(_today())
+        if "now" in used:
+            values["now"] = index_now()
         return text(condition).bindparams(**{k: v for k, v in values.items() if k in used})
 
     def own_record(self):

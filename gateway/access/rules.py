@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 
 from gateway.mapping import codes
+from gateway.mapping.dates import fhir_range
 from gateway.refusal import Refused
 
 CONSENT_KIND_SYSTEM = "urn:dmp-gateway:consent-kind"
@@ -75,6 +76,26 @@ def structure(org: str) -> str:
     return found.group(1) if found else org
 
 
+def for_a_period(consent: dict) -> bool:
+    """Whether a Consent's period bounds its rules: an authorisation of professionals given for a
+    period. (A ZFA's period is the record's closing date, which its rules do not read.)"""
+    return (consent_kind(consent) == "professional" and consent.get("provision", {}).get("type") == "permit"
+            and isinstance(consent.get("provision", {}).get("period"), dict))
+
+
+def period_bounds(period: dict) -> tuple[str | None, str | None]:
+    """The first instant a period's start covers and the last its end covers (index strings, UTC)."""
+    return (fhir_range(period["start"])[0] if period.get("start") else None,
+            fhir_range(period["end"])[1] if period.get("end") else None)
+
+
+def validity(consent: dict) -> dict:
+    """The rules' bounds (access_rules.valid_from, valid_until): an authorisation given for a period
+    holds within it."""
+    valid_from, valid_until = period_bounds(consent["provision"]["period"]) if for_a_period(consent) else (None, None)
+    return {"valid_from": valid_from, "valid_until": valid_until}
+
+
 def rules_of(consent: dict, patient_id: str) -> list[dict]:
     """The access_rules rows of one Consent: none unless it is active and states permit or deny.
     Feeding consents give no rule here: ingest reads them (a document for an opposing patient is refused)."""
@@ -82,7 +103,8 @@ def rules_of(consent: dict, patient_id: str) -> list[dict]:
     effect = consent.get("provision", {}).get("type")
     if consent.get("status") != "active" or kind in (None, "feeding") or effect not in ("permit", "deny"):
         return []
-    base = {"consent_id": consent["id"], "patient_id": patient_id, "kind": kind, "effect": effect}
+    base = {"consent_id": consent["id"], "patient_id": patient_id, "kind": kind, "effect": effect,
+            **validity(consent)}
     if kind in KINDS_WITH_ACTOR:
         return [{**base, "actor_system": system, "actor_value": value}
                 for system, value in (rule_actor(*actor) for actor in consent_actors(consent))]

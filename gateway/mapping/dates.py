@@ -123,6 +123,11 @@ def _plus(moment: datetime, delta: timedelta) -> datetime:
         return datetime.max if delta > timedelta(0) else datetime.min
 
 
+def index_now() -> str:
+    """Now, as an index string (UTC)."""
+    return _index(datetime.now(timezone.utc).replace(tzinfo=None))
+
+
 def _index(moment: datetime) -> str:
     """A naive UTC moment as an index string: 'YYYY-MM-DDTHH:MM:SS.ffffff', the year always on four
     digits (strftime wrote the year 999 as '999', which sorted after '1999')."""

@@ -15,6 +15,7 @@ from gateway.access.rules import (
     ORGANIZATION_SYSTEMS,
     consent_actors,
     consent_kind,
+    period_bounds,
     rule_actor,
 )
 from gateway.access.writes import Write
@@ -22,7 +23,7 @@ from gateway.refusal import Refused
 from gateway.fhir.formats import check
 from gateway.fhir.validation import InvalidResource, validate
 from gateway.mapping import codes
-from gateway.mapping.dates import fhir_now
+from gateway.mapping.dates import InvalidTime, fhir_now, index_now
 from gateway.storage import search as search_sql
 from gateway.storage.repository import (IDENTIFIER_CHARS, ChangedMeanwhile, PreconditionFailed, Repository,
                                         StoredResource, UnitOfWork, new_id)
@@ -82,12 +83,16 @@ def checked_consent(consent: dict, patient_id: str, access: AccessContext, curre
     # What a feed's ZFA stated (its action, its value as a code, the record's closing date) stays as
     # it was in an update: the patient's app sends back the Consent it read.
     kept = (current or {}).get("provision", {})
-    unapplied = sorted(name for name in set(provision) - APPLIED_PROVISION if provision[name] != kept.get(name))
+    effect = provision.get("type")
+    applied = APPLIED_PROVISION | ({"period"} if kind == "professional" and effect == "permit" else set())
+    unapplied = sorted(name for name in set(provision) - applied if provision[name] != kept.get(name))
     if unapplied:
         raise Refused(f"Consent.provision.{unapplied[0]} is not applied here: a decision states its kind, its effect "
-                      "(provision.type) and its actors, and holds until it is revoked (a PUT with status inactive)",
+                      "(provision.type) and its actors, and holds until it is revoked (a PUT with status inactive); "
+                      "an authorisation of professionals may be given for a period (provision.period)",
                       location=f"Consent.provision.{unapplied[0]}", status=422, code="not-supported")
-    effect = provision.get("type")
+    if "period" in applied and "period" in provision and consent.get("status") == "active":
+        _check_period(provision["period"])
     if effect not in ("permit", "deny"):
         raise _refuse("Consent.provision.type is permit or deny", "Consent.provision.type")
     if kind == "attending-physician" and effect != "permit":
@@ -125,6 +130,23 @@ def checked_consent(consent: dict, patient_id: str, access: AccessContext, curre
     except InvalidResource as exc:
         raise _refuse(str(exc), "Consent") from None
     return stored
+
+
+def _check_period(period) -> None:
+    """An authorisation's period: a start or an end, each a date or a dateTime, the end not past."""
+    if not isinstance(period, dict) or not ({"start", "end"} & set(period)):
+        raise _refuse("an authorisation's period gives its start, its end or both", "Consent.provision.period")
+    for name in ("start", "end"):
+        if name in period and not isinstance(period[name], str):
+            raise _refuse(f"Consent.provision.period.{name} is a date or a dateTime",
+                          f"Consent.provision.period.{name}")
+    try:
+        _, valid_until = period_bounds(period)
+    except InvalidTime as exc:
+        raise _refuse(str(exc), "Consent.provision.period") from None
+    if valid_until is not None and valid_until < index_now():
+        raise _refuse(f"the authorisation's period ended on {period['end']}: it would authorise no one",
+                      "Consent.provision.period.end")
 
 
 def create(repo: Repository, consent: dict) -> tuple[StoredResource, bool]:

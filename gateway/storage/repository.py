@@ -35,6 +35,7 @@ from gateway.access.rules import (
     related_ids,
     rules_of,
     signed_ids,
+    validity,
     visibility_columns,
 )
 from gateway.access.writes import Write
@@ -836,14 +837,18 @@ class UnitOfWork:
 
     def decision_in_force(self, consent: dict, patient_id: str) -> StoredResource | None:
         """The record's active Consent that decides what this one would (the access rules it gives:
-        kind, effect, actors), if any, the record looked at alone (`look_at_record_alone`)."""
+        kind, effect, actors, the period they hold for), if any, the record looked at alone
+        (`look_at_record_alone`)."""
         rules = rules_of(consent, patient_id)
         if not rules:
             return None
         actors = self._decisions_of_kind(patient_id, rules[0]["kind"], rules[0]["effect"])
         wanted = {(rule["actor_system"], rule["actor_value"]) for rule in rules}
-        same = sorted(consent_id for consent_id, named in actors.items() if named == wanted)
-        return self.current("Consent", same[0]) if same else None
+        for consent_id in sorted(consent_id for consent_id, named in actors.items() if named == wanted):
+            found = self.current("Consent", consent_id)
+            if validity(found.json()) == validity(consent):
+                return found
+        return None
 
     def decisions_replaced_by(self, consent: dict, patient_id: str) -> list[StoredResource]:
         """The record's active Consents that a new decision decides again, which it replaces: of its

@@ -215,6 +215,10 @@ access_rules = Table(
     Column("effect", String(8), nullable=False),          # permit | deny
     Column("actor_system", String(256), nullable=False),  # '' when the rule names no one
     Column("actor_value", String(256), nullable=False),
+    # The instants (UTC, as the index strings write them) an authorisation given for a period holds
+    # from and until, inclusive; NULL: unbounded.
+    Column("valid_from", String(32)),
+    Column("valid_until", String(32)),
     Index("ix_access_rules_patient", "patient_id", "kind", "effect", "actor_value"),
     Index("ix_access_rules_actor", "actor_value", "kind", "effect"),
     Index("ix_access_rules_consent", "consent_id"),

@@ -91,16 +91,15 @@ def test_a_consent_with_a_modifier_extension_is_refused_not_applied_without_it(c
 
 
 @pytest.mark.parametrize("element, value", [
-    ("period", {"start": "2020-01-01", "end": "2020-02-01"}),
     ("provision", [{"type": "deny", "class": [{"system": "http://hl7.org/fhir/resource-types",
                                                "code": "DocumentReference"}]}]),
     ("data", [{"meaning": "instance", "reference": {"reference": "DocumentReference/x"}}]),
     ("purpose", [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "TREAT"}]),
-], ids=["an ended period", "an exception", "the data it covers", "a purpose"])
+], ids=["an exception", "the data it covers", "a purpose"])
 def test_a_consent_whose_provision_says_more_than_the_rules_apply_is_refused(client, bearer, world, element, value):
-    """An authorisation whose period had ended, or which excepted some documents, was stored and
-    applied without them: the professional read the whole record. A decision states its kind, its
-    effect and its actors; one that says more is refused, and grants nothing."""
+    """An authorisation which excepted some documents was stored and applied without them: the
+    professional read the whole record. A decision states its kind, its effect, its actors (and an
+    authorisation its period); one that says more is refused, and grants nothing."""
     martin, internist = bearer("patient", patient=MARTIN), bearer("doctor", sub=INTERNIST)
     body = json.loads(consent("professional", "permit", INTERNIST))
     body["provision"][element] = value
@@ -115,6 +114,53 @@ def test_a_consent_whose_provision_says_more_than_the_rules_apply_is_refused(cli
     body["id"] = granted.json["id"]
     changed = client.put(f"/fhir/Consent/{granted.json['id']}", data=json.dumps(body), headers={**FHIR, **martin})
     assert changed.status_code == 422 and changed.json["issue"][0]["code"] == "not-supported", changed.json
+
+
+def test_an_authorisation_given_for_a_period_holds_within_it(client, bearer, world, monkeypatch):
+    """An app that authorised a professional until a date was refused (a period was not applied; kept
+    and ignored before that, it authorised for ever). An authorisation of professionals holds from its
+    period's start to its end, in the SQL of every read; a block, and the other kinds, hold until
+    revoked, and a period on them is refused. One whose period ended already is refused."""
+    from datetime import date, timedelta
+
+    martin = bearer("patient", patient=MARTIN)
+    internist, surgeon = bearer("doctor", sub=INTERNIST), bearer("doctor", sub=SURGEON)
+    both = {world["ldl"], world["bio"]}
+    tomorrow, next_year = date.today() + timedelta(days=1), date.today() + timedelta(days=366)
+
+    def post(kind: str, effect: str, professional: str | None, period: dict):
+        body = json.loads(consent(kind, effect, professional))
+        body["provision"]["period"] = period
+        return client.post("/fhir/Consent", data=json.dumps(body), headers={**FHIR, **martin})
+
+    until_tomorrow = post("professional", "permit", INTERNIST, {"end": tomorrow.isoformat()})
+    assert until_tomorrow.status_code == 201, until_tomorrow.json
+    assert document_ids(client, internist) == both
+    assert post("professional", "permit", INTERNIST, {"end": tomorrow.isoformat()}).status_code == 200
+    from_next_year = post("professional", "permit", SURGEON, {"start": next_year.isoformat()})
+    assert from_next_year.status_code == 201 and document_ids(client, surgeon) == set()
+
+    # The day after tomorrow, the internist reads nothing; next year, the surgeon reads.
+    later = (date.today() + timedelta(days=2)).isoformat() + "T12:00:00.000000"
+    monkeypatch.setattr("gateway.access.context.index_now", lambda: later)
+    assert document_ids(client, internist) == set()
+    monkeypatch.setattr("gateway.access.context.index_now", lambda: next_year.isoformat() + "T12:00:00.000000")
+    assert document_ids(client, surgeon) == both
+    monkeypatch.undo()
+
+    # Another period for the same professional is another decision: it replaces the first.
+    longer = post("professional", "permit", INTERNIST, {"start": "2020-01-01", "end": next_year.isoformat()})
+    assert longer.status_code == 201
+    assert client.get(f"/fhir/Consent/{until_tomorrow.json['id']}", headers=martin).json["status"] == "inactive"
+    for kind, effect, professional in (("professional", "deny", SURGEON), ("attending-physician", "permit", SURGEON),
+                                       ("emergency-access", "deny", None)):
+        refused = post(kind, effect, professional, {"end": next_year.isoformat()})
+        assert (refused.status_code, refused.json["issue"][0]["expression"]) == (422, ["Consent.provision.period"])
+    ended = post("professional", "permit", SURGEON, {"start": "2020-01-01", "end": "2020-02-01"})
+    assert (ended.status_code, ended.json["issue"][0]["expression"]) == (422, ["Consent.provision.period.end"])
+    backwards = post("professional", "permit", SURGEON, {"start": next_year.isoformat(), "end": tomorrow.isoformat()})
+    assert backwards.status_code == 422, backwards.json
+    assert post("professional", "permit", SURGEON, {"end": "31/12/2030"}).status_code in (400, 422)
 
 
 def test_a_consent_naming_an_actor_otherwise_than_by_identifier_is_refused(client, bearer, world):

@@ -7,7 +7,7 @@ Binary. Nothing the rules forbid may appear, nothing they allow may be missing.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -66,6 +66,7 @@ class Rule:
     professional: int | None
     organization: int | None = None   # a decision about every professional acting for it
     by_idnatst: bool = False           # the organisation named by its IdNatSt (1 + FINESS), else its FINESS
+    period: str | None = None          # an authorisation's period, of PERIODS
 
 
 @dataclass(frozen=True)
@@ -77,13 +78,27 @@ class Reader:
     organization: int | None = None   # the organisation the professional acts for (the token's org)
 
 
+# An authorisation given for a period (provision.period), and whether it holds today.
+PERIODS = {None: True, "ended": False, "current": True, "future": False}
+PERIOD_BODIES = {"ended": {"end": "2020-02-01"}, "current": {"start": "2020-01-01", "end": "2099-12-31"},
+                 "future": {"start": "2099-01-01"}}
+
+
+def for_a_period(rule: Rule, period: str | None) -> Rule:
+    """The rule, an authorisation given for `period` (a block holds until revoked)."""
+    return replace(rule, period=period if rule.effect == "permit" else None)
+
+
 documents = st.builds(Document, st.integers(0, len(INS) - 1), st.frozensets(st.sampled_from(LABELS)),
                       st.one_of(st.none(), st.integers(0, len(PROFESSIONALS) - 1)))
 rules = st.one_of(
-    st.builds(Rule, st.integers(0, len(INS) - 1), st.just("professional"), st.sampled_from(["permit", "deny"]),
-              st.integers(0, len(PROFESSIONALS) - 1)),
-    st.builds(Rule, st.integers(0, len(INS) - 1), st.just("professional"), st.sampled_from(["permit", "deny"]),
-              st.none(), st.integers(0, len(ORGANIZATIONS) - 1), st.booleans()),
+    st.builds(for_a_period, st.builds(Rule, st.integers(0, len(INS) - 1), st.just("professional"),
+                                      st.sampled_from(["permit", "deny"]), st.integers(0, len(PROFESSIONALS) - 1)),
+              st.sampled_from(list(PERIODS))),
+    st.builds(for_a_period, st.builds(Rule, st.integers(0, len(INS) - 1), st.just("professional"),
+                                      st.sampled_from(["permit", "deny"]), st.none(),
+                                      st.integers(0, len(ORGANIZATIONS) - 1), st.booleans()),
+              st.sampled_from(list(PERIODS))),
     st.builds(Rule, st.integers(0, len(INS) - 1), st.just("attending-physician"), st.just("permit"),
               st.integers(0, len(PROFESSIONALS) - 1)),
     st.builds(Rule, st.integers(0, len(INS) - 1),
@@ -125,7 +140,8 @@ def may_see(reader: Reader, doc: Document, world_rules: list[Rule]) -> bool:
     def has(kind, effect, professional=None, organization=None):
         return any(r.patient == doc.patient and r.kind == kind and r.effect == effect
                    and (professional is None or r.professional == professional)
-                   and (organization is None or r.organization == organization) for r in world_rules)
+                   and (organization is None or r.organization == organization) and PERIODS[r.period]
+                   for r in world_rules)
 
     def about(effect):   # a decision about this reader: by name, or through the organisation they act for
         return has("professional", effect, me) or (
@@ -206,6 +222,8 @@ def build_world(engine, docs: list[Document], world_rules: list[Rule], births: l
                 provision["actor"] = [{"reference": {"identifier": {
                     "system": f"urn:oid:{codes.IDNATST_OID}", "value": "1" + finess}
                     if rule.by_idnatst else {"system": codes.FINESS_SYSTEM, "value": finess}}}]
+            if rule.period:
+                provision["period"] = PERIOD_BODIES[rule.period]
             uow.save({"resourceType": "Consent", "id": f"c{n}", "status": "active",
                       "category": [{"coding": [{"system": CONSENT_KIND_SYSTEM, "code": rule.kind}]}],
                       "patient": {"reference": f"Patient/p{rule.patient}"}, "provision": provision},

@@ -220,6 +220,9 @@ def test_schematrons_given_by_the_tester_hold_accepted_documents_only(target, tm
     assert results["cda-ingest/009-missing-author"].status == "passed"   # meant to be refused: not held to them
 
 
+# The rules of a gateway that ignores an authorisation's period.
+PERMIT_FOR_EVER = _rule("ar.kind = 'professional' AND ar.effect = 'permit' "
+                        "AND ar.actor_system = :idnatps_system AND ar.actor_value = :reader")
 # The rules of a gateway that applies a block to the professionals it names one by one only.
 BLOCKED_BY_NAME_ONLY = _rule("ar.effect = 'deny' AND (ar.kind IN ('consultation', 'record') OR (ar.kind = "
                              "'professional' AND ar.actor_system = :idnatps_system AND ar.actor_value = :reader))")
@@ -250,6 +253,7 @@ def both_inactive_when_the_record_is_not_active(zfa, patient_reference, consents
     ("access/020-a-blocked-organisation", "gateway.access.context.REFUSED", BLOCKED_BY_NAME_ONLY, "step 5: "),
     ("pam-fr/011-a-record-reported-closed-opens-nothing", "gateway.mapping.hl7v2.consents",
      both_inactive_when_the_record_is_not_active, "step 8: "),
+    ("access/021-an-authorisation-for-a-period", "gateway.access.context.NAMED_PERMIT", PERMIT_FOR_EVER, "step 3: "),
     ("access/018-a-representative-of-an-adult-reads-nothing", "gateway.access.context.minor_born_after",
      lambda today: "0001-01-01", "step 2: "),
     ("pam-fr/010-a-death-closes-the-record-to-the-patient", "gateway.services.patients._check_death",
@@ -258,7 +262,7 @@ def both_inactive_when_the_record_is_not_active(zfa, patient_reference, consents
         "an opposition a later ZFA did not collect", "a replacement that unmasks what the patient masked",
         "an author who lifts the patient's mask", "a block kept beside the authorisation after it",
         "a block of two kept whole beside the authorisation of one", "a block of a hospital ignored",
-        "an opposition a record reported closed lifted",
+        "an opposition a record reported closed lifted", "an authorisation's period ignored",
         "a parent's access kept after the child came of age", "a death dropped"])
 def test_a_gateway_without_the_rule_a_case_checks_is_caught(target, monkeypatch, case, patched, replacement,
                                                              failing_step):

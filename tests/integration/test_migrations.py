@@ -457,6 +457,46 @@ def test_rules_about_a_structure_by_its_idnatst_of_a_finess_name_the_finess(tmp_
     engine.dispose()
 
 
+def test_authorisations_stored_with_a_period_hold_for_it(tmp_path):
+    """Migration 0035: an authorisation stored with a period (kept and ignored, before periods were
+    refused) holds for that period, as one made now; other decisions, and a ZFA's closing date, bound
+    nothing."""
+    from gateway.access.rules import rules_of
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'periods.db'}")
+    config = alembic_config(engine)
+    command.upgrade(config, "0034")
+    kind = lambda code: [{"coding": [{"system": "urn:dmp-gateway:consent-kind", "code": code}]}]  # noqa: E731
+    actor = [{"reference": {"identifier": {"system": "urn:oid:1.2.250.1.71.4.2.1", "value": "899900000012"}}}]
+    consents = [
+        {"id": "dated", "category": kind("professional"), "provision": {"type": "permit", "actor": actor, "period": {
+            "start": "2026-01-01", "end": "2026-06-30T18:00:00+02:00"}}},
+        {"id": "open", "category": kind("professional"), "provision": {"type": "permit", "actor": actor}},
+        {"id": "zfa", "category": [{"coding": [{"system": "urn:hl7-france:pam-fr:zfa", "code": "consultation"}]}],
+         "provision": {"type": "deny", "period": {"end": "2026-03-01"}}},
+    ]
+    with engine.begin() as conn:
+        for consent in consents:
+            body = {"resourceType": "Consent", "status": "active", **consent}
+            conn.execute(text("INSERT INTO resources (res_type, res_id, version, last_updated, deleted, body) "
+                              "VALUES ('Consent', :i, 1, '2026-01-01T00:00:00', :d, :b)"),
+                         {"i": consent["id"], "d": False, "b": json.dumps(body)})
+            for rule in rules_of(body, "p1"):
+                conn.execute(text("INSERT INTO access_rules (consent_id, patient_id, kind, effect, actor_system, "
+                                  "actor_value) VALUES (:consent_id, :patient_id, :kind, :effect, :actor_system, "
+                                  ":actor_value)"), rule)
+    command.upgrade(config, "0035")
+    with engine.connect() as conn:
+        bounds = {row[0]: (row[1], row[2]) for row in conn.execute(text(
+            "SELECT consent_id, valid_from, valid_until FROM access_rules"))}
+    assert bounds == {"dated": ("2026-01-01T00:00:00.000000", "2026-06-30T16:00:00.999999"),
+                      "open": (None, None), "zfa": (None, None)}
+    dated = {"resourceType": "Consent", "status": "active", **consents[0]}
+    assert [(r["valid_from"], r["valid_until"]) for r in rules_of(dated, "p1")] == [bounds["dated"]]
+    command.downgrade(config, "0034")
+    engine.dispose()
+
+
 MIGRATE_WHEN_TOLD = """
 import sys, time
 from pathlib import Path

@@ -575,6 +575,44 @@ def test_the_space_shows_an_app_s_decisions_about_organisations_and_withdraws_on
     assert "Établissement bloqué" not in browser.get("/acces").text
 
 
+def test_the_patient_authorises_a_professional_until_a_day_and_the_space_says_when_it_ends(
+        app, settings, client, bearer, record, monkeypatch):
+    """The authorisation form takes a last day: the professional reads until it, inclusive. /acces
+    says until when, then that it ended; a document's page says why they no longer read it. A day
+    past is refused, saying so."""
+    from datetime import date, timedelta
+
+    browser = sign_in(app, settings)
+    martin = bearer("patient", patient=MARTIN)
+    internist = bearer("doctor", sub="899900000012")
+    last = date.today() + timedelta(days=30)
+    post(browser, "/acces/professionnel", {"professionnel": "899900000012", "decision": "autoriser",
+                                           "jusqu_au": last.isoformat()}, "/acces")
+    page = browser.get("/acces").text
+    assert f"Autorisé·e jusqu'au {last.strftime('%d/%m/%Y')}" in page, page
+    found = client.get("/fhir/DocumentReference", headers=internist).json
+    assert found["total"] == 2
+    authorised = [e["resource"] for e in client.get("/fhir/Consent", headers=martin, query_string={
+        "status": "active", "category": f"{CONSENT_KIND_SYSTEM}|professional"}).json["entry"]
+        if "899900000012" in json.dumps(e["resource"]["provision"])]
+    assert [c["provision"]["period"] for c in authorised] == [{"end": last.isoformat()}]
+
+    later = (last + timedelta(days=1)).isoformat() + "T12:00:00.000000"
+    monkeypatch.setattr("gateway.access.context.index_now", lambda: later)
+    monkeypatch.setattr("gateway.space.views.common.index_now", lambda: later)
+    assert client.get("/fhir/DocumentReference", headers=internist).json["total"] == 0
+    assert f"Autorisation terminée</span> le {last.strftime('%d/%m/%Y')}" in browser.get("/acces").text
+    page = browser.get(f"/documents/{record['ldl-ses-martin.xml']}").text
+    assert f"son autorisation a pris fin le {last.strftime('%d/%m/%Y')}" in page
+    monkeypatch.undo()
+
+    past = post(browser, "/acces/professionnel", {"professionnel": "899900000046", "decision": "autoriser",
+                                                  "jusqu_au": "2020-01-01"}, "/acces")
+    assert past.status_code == 302 and "aujourd&#39;hui ou une date à venir" in browser.get(past.location).text
+    assert "899900000046" not in json.dumps(client.get("/fhir/Consent", headers=martin, query_string={
+        "status": "active", "category": f"{CONSENT_KIND_SYSTEM}|professional"}).json)
+
+
 def in_their_units_at_once(database, backend, monkeypatch, add) -> dict:
     """The answers of `add(engine, name)` sent through two gateways (`first` and `second`), each
     held in its unit of work, once it has looked the record up and before it looks at it, until

@@ -1,11 +1,14 @@
 """What several pages need: the record being managed, names from the directory, labels in French."""
 from __future__ import annotations
 
+from datetime import date
+
 from flask import g, render_template, request
 
-from gateway.access.rules import IDNATPS_SYSTEM
+from gateway.access.rules import IDNATPS_SYSTEM, period_bounds
 from gateway.fhir.primitives import present
 from gateway.mapping import codes
+from gateway.mapping.dates import index_now
 from gateway.services import consents
 from gateway.storage import search as search_sql
 from gateway.storage.repository import StoredResource
@@ -118,6 +121,20 @@ def organization_name(finess: str) -> str:
             ("identifier", f"{codes.FINESS_SYSTEM}|{finess}")])).entries
         cache[finess] = (found[0].json().get("name") if found else None) or f"Établissement FINESS {finess}"
     return cache[finess]
+
+
+def period_state(period: dict) -> dict:
+    """An authorisation's period as the patient reads it: its first and last days, and whether it
+    holds now ("current"), ended ("ended") or is still to come ("future")."""
+    valid_from, valid_until = period_bounds(period)
+    now = index_now()
+    return {"from": _day(period.get("start")), "until": _day(period.get("end")),
+            "state": "ended" if valid_until and valid_until < now else "future" if valid_from and valid_from > now
+            else "current"}
+
+
+def _day(value: str | None) -> str | None:
+    return date.fromisoformat(value[:10]).strftime("%d/%m/%Y") if value else None
 
 
 def title_of(docref: dict) -> str:

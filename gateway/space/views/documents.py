@@ -12,6 +12,7 @@ from gateway.access.rules import (
     MASQUE_PS,
     consent_actors,
     consent_kind,
+    for_a_period,
     visibility_codes,
 )
 from gateway.refusal import Refused
@@ -180,6 +181,7 @@ def _readers(docref: dict, representatives: set[bool]) -> list[dict]:
     closed = record_closed_on() is not None
     professionals: dict[str, set[str]] = {}
     denied, opposed = set(), set()
+    periods: dict[str, dict] = {}   # of the authorisations given for a period
     for stored in common.decisions():
         consent = stored.json()
         kind, effect = consent_kind(consent), consent["provision"]["type"]
@@ -187,6 +189,8 @@ def _readers(docref: dict, representatives: set[bool]) -> list[dict]:
         if kind in ("attending-physician", "professional") and effect == "permit":
             for idnatps in actors:
                 professionals.setdefault(idnatps, set()).add(kind)
+                if for_a_period(consent):
+                    periods[idnatps] = consent["provision"]["period"]
         elif kind == "professional":
             denied.update(actors)
         elif effect == "deny":
@@ -202,6 +206,10 @@ def _readers(docref: dict, representatives: set[bool]) -> list[dict]:
             reason = ("médecin traitant : voit tous les documents, même masqués" if "attending-physician" in relations
                       else "auteur du document : le voit même masqué" if masked and "author" in relations
                       else "autorisé·e par vous" if "professional" in relations else "auteur du document")
+        elif idnatps in periods and common.period_state(periods[idnatps])["state"] != "current":
+            period = common.period_state(periods[idnatps])
+            reason = (f"son autorisation a pris fin le {period['until']}" if period["state"] == "ended"
+                      else f"son autorisation commence le {period['from']}")
         else:
             reason = ("bloqué·e par vous" if idnatps in denied else "le dossier est fermé" if closed
                       else "le document est masqué aux professionnels" if masked and relations != {"author"}

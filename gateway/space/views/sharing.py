@@ -4,10 +4,13 @@ through the same service as `POST /fhir/Consent`."""
 from __future__ import annotations
 
 import re
+from datetime import date, datetime
 
 from flask import flash, g, redirect, render_template, request, url_for
 
-from gateway.access.rules import IDNATPS_SYSTEM, ORGANIZATION_SYSTEMS, consent_actors, consent_kind, rule_actor
+from gateway.access.context import PARIS
+from gateway.access.rules import (IDNATPS_SYSTEM, ORGANIZATION_SYSTEMS, consent_actors, consent_kind, for_a_period,
+                                  rule_actor)
 from gateway.refusal import Refused
 from gateway.services import consents
 from gateway.space import space
@@ -89,6 +92,11 @@ def _actor_field(system: str, value: str) -> str:
     return f"{system}|{value}"
 
 
+def _period(consent: dict) -> dict:
+    """An authorisation given for a period: its days as the patient reads them, and whether it holds."""
+    return common.period_state(consent["provision"]["period"]) if for_a_period(consent) else {}
+
+
 @space.get("/acces")
 def sharing_page():
     decisions = _decisions()
@@ -97,7 +105,8 @@ def sharing_page():
         if kind in ("attending-physician", "professional"):
             for system, value in actors:
                 people.append({"consent": stored.res_id, "actor": _actor_field(system, value),
-                               **_described(system, value), "kind": kind, "effect": effect})
+                               **_described(system, value), "kind": kind, "effect": effect,
+                               **_period(stored.json())})
     # The attending physician first, then those authorised, then those blocked.
     people.sort(key=lambda p: (p["kind"] != "attending-physician", p["effect"] != "permit", p["name"]))
     opposed = {kind: stored.res_id for stored, kind, effect, _ in decisions if kind in OPPOSITIONS and effect == "deny"}
@@ -123,12 +132,34 @@ def decide_professional():
             return asked
     kind, effect = ("attending-physician", "permit") if decision == "medecin-traitant" else (
         "professional", "permit" if decision == "autoriser" else "deny")
+    made = consents.decision(kind, effect, idnatps)
+    until = _last_day(request.form.get("jusqu_au", "")) if decision == "autoriser" else None
+    if until:
+        made["provision"]["period"] = {"end": until.isoformat()}
     # One decision per professional, one attending physician: the earlier one is revoked with it.
-    consents.create(g.repository, consents.decision(kind, effect, idnatps))
+    consents.create(g.repository, made)
+    if until:
+        flash(f"{name} peut consulter votre dossier jusqu'au {until.strftime('%d/%m/%Y')} inclus.")
+        return redirect(url_for("space.sharing_page"))
     flash({"autoriser": f"{name} peut désormais consulter votre dossier.",
            "bloquer": f"{name} est bloqué·e : ce professionnel ne voit plus rien de votre dossier.",
            "medecin-traitant": f"{name} est votre médecin traitant."}[decision])
     return redirect(url_for("space.sharing_page"))
+
+
+def _last_day(typed: str) -> date | None:
+    """The last day of an authorisation, as the form's date field sends it (YYYY-MM-DD); None when
+    the patient gave none."""
+    if not typed.strip():
+        return None
+    try:
+        day = date.fromisoformat(typed.strip())
+    except ValueError:
+        day = None
+    if day is None or day < datetime.now(PARIS).date():
+        raise Refused("the authorisation's last day is a date, today or later", location="jusqu_au", status=422,
+                      patient_text="choisissez le dernier jour de l'autorisation : aujourd'hui ou une date à venir.")
+    return day
 
 
 @space.post("/acces/retirer/<consent_id>")
