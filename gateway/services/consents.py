@@ -91,7 +91,10 @@ def checked_consent(consent: dict, patient_id: str, access: AccessContext, curre
                       "(provision.type) and its actors, and holds until it is revoked (a PUT with status inactive); "
                       "an authorisation of professionals may be given for a period (provision.period)",
                       location=f"Consent.provision.{unapplied[0]}", status=422, code="not-supported")
-    if "period" in applied and "period" in provision and consent.get("status") == "active":
+    # A period is checked when it is given or changed: a decision narrowed to the others it names, or
+    # sent back as read, keeps the period it had, ended or not.
+    if "period" in applied and "period" in provision and provision["period"] != kept.get("period") \
+            and consent.get("status") == "active":
         _check_period(provision["period"])
     if effect not in ("permit", "deny"):
         raise _refuse("Consent.provision.type is permit or deny", "Consent.provision.type")

@@ -128,9 +128,10 @@ def test_an_authorisation_given_for_a_period_holds_within_it(client, bearer, wor
     both = {world["ldl"], world["bio"]}
     tomorrow, next_year = date.today() + timedelta(days=1), date.today() + timedelta(days=366)
 
-    def post(kind: str, effect: str, professional: str | None, period: dict):
+    def post(kind: str, effect: str, professional: str | None, period: dict | None):
         body = json.loads(consent(kind, effect, professional))
-        body["provision"]["period"] = period
+        if period:
+            body["provision"]["period"] = period
         return client.post("/fhir/Consent", data=json.dumps(body), headers={**FHIR, **martin})
 
     until_tomorrow = post("professional", "permit", INTERNIST, {"end": tomorrow.isoformat()})
@@ -147,6 +148,19 @@ def test_an_authorisation_given_for_a_period_holds_within_it(client, bearer, wor
     monkeypatch.setattr("gateway.access.context.index_now", lambda: next_year.isoformat() + "T12:00:00.000000")
     assert document_ids(client, surgeon) == both
     monkeypatch.undo()
+    # An ended authorisation of two, narrowed by a new decision about one, keeps its period: it was
+    # checked again as if given now, and the new decision refused.
+    pair = json.loads(consent("professional", "permit", RADIOLOGIST))
+    pair["provision"]["actor"].append({**pair["provision"]["actor"][0], "reference": {"identifier": {
+        "system": "urn:oid:1.2.250.1.71.4.2.1", "value": BIOLOGIST}}})
+    pair["provision"]["period"] = {"end": tomorrow.isoformat()}
+    pair = client.post("/fhir/Consent", data=json.dumps(pair), headers={**FHIR, **martin}).json
+    monkeypatch.setattr("gateway.services.consents.index_now", lambda: later)
+    assert post("professional", "deny", RADIOLOGIST, None).status_code == 201
+    monkeypatch.undo()
+    narrowed = client.get(f"/fhir/Consent/{pair['id']}", headers=martin).json
+    assert [a["reference"]["identifier"]["value"] for a in narrowed["provision"]["actor"]] == [BIOLOGIST]
+    assert narrowed["provision"]["period"] == {"end": tomorrow.isoformat()}
 
     # Another period for the same professional is another decision: it replaces the first.
     longer = post("professional", "permit", INTERNIST, {"start": "2020-01-01", "end": next_year.isoformat()})
