@@ -250,14 +250,16 @@ def _saved_again(stored: StoredResource) -> dict:
     return consent
 
 
-def decision(kind: str, effect: str, professional: str | None = None) -> dict:
-    """A Consent of one kind, naming a professional by IdNatPs when the kind has an actor."""
+def decision(kind: str, effect: str, professional: str | None = None, organization: str | None = None) -> dict:
+    """A Consent of one kind, naming a professional by IdNatPs, or an organisation by FINESS, when the
+    kind has an actor."""
     consent = {"resourceType": "Consent", "status": "active",
                "category": [{"coding": [{"system": CONSENT_KIND_SYSTEM, "code": kind}]}],
                "provision": {"type": effect}}
-    if professional:
+    if professional or organization:
+        system, value = (IDNATPS_SYSTEM, professional) if professional else (codes.FINESS_SYSTEM, organization)
         consent["provision"]["actor"] = [{
             "role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
                                  "code": "PRCP"}]},
-            "reference": {"identifier": {"system": IDNATPS_SYSTEM, "value": professional}}}]
+            "reference": {"identifier": {"system": system, "value": value}}}]
     return consent

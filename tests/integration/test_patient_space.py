@@ -613,6 +613,33 @@ def test_the_patient_authorises_a_professional_until_a_day_and_the_space_says_wh
         "status": "active", "category": f"{CONSENT_KIND_SYSTEM}|professional"}).json)
 
 
+def test_the_patient_blocks_an_establishment_from_the_space(app, settings, client, bearer, record):
+    """The space decided about professionals only: a patient who wanted their hospital to see
+    nothing had to block its doctors one by one, and a new one read. The search finds establishments
+    of the directory by name or FINESS; blocking one (confirmed first) refuses whoever acts for it,
+    even a doctor the patient authorised by name."""
+    browser = sign_in(app, settings)
+    post(browser, "/acces/professionnel", {"professionnel": "899900000012", "decision": "autoriser"}, "/acces")
+    found = browser.get("/acces", query_string={"q": "Saint-Aubin"}).text
+    assert "Centre hospitalier de Saint-Aubin" in found and 'name="etablissement" value="990000018"' in found
+    assert 'value="990000018"' in browser.get("/acces", query_string={"q": "990 000 018"}).text
+    asked = post(browser, "/acces/etablissement", {"etablissement": "990000018", "decision": "bloquer"},
+                 "/acces?q=Saint-Aubin")
+    assert asked.status_code == 200 and "Bloquer Centre hospitalier de Saint-Aubin ?" in asked.text
+    at_the_hospital = bearer("doctor", sub="899900000012", org="990000018")
+    assert client.get("/fhir/DocumentReference", headers=at_the_hospital).json["total"] == 2
+    done = post(browser, "/acces/etablissement", {"etablissement": "990000018", "decision": "bloquer",
+                                                  "confirmation": "oui"}, "/acces")
+    assert done.status_code == 302
+    assert "Établissement bloqué" in browser.get("/acces").text
+    assert client.get("/fhir/DocumentReference", headers=at_the_hospital).json["total"] == 0
+    assert client.get("/fhir/DocumentReference", headers=bearer("doctor", sub="899900000012")).json["total"] == 2
+    assert post(browser, "/acces/etablissement", {"etablissement": "not-a-finess", "decision": "bloquer"},
+                "/acces").status_code == 302
+    assert client.get("/fhir/Consent", headers=bearer("patient", patient=MARTIN), query_string={
+        "status": "active", "category": f"{CONSENT_KIND_SYSTEM}|professional"}).json["total"] == 2
+
+
 def in_their_units_at_once(database, backend, monkeypatch, add) -> dict:
     """The answers of `add(engine, name)` sent through two gateways (`first` and `second`), each
     held in its unit of work, once it has looked the record up and before it looks at it, until

@@ -11,6 +11,7 @@ from flask import flash, g, redirect, render_template, request, url_for
 from gateway.access.context import PARIS
 from gateway.access.rules import (IDNATPS_SYSTEM, ORGANIZATION_SYSTEMS, consent_actors, consent_kind, for_a_period,
                                   rule_actor)
+from gateway.mapping import codes
 from gateway.refusal import Refused
 from gateway.services import consents
 from gateway.space import space
@@ -19,6 +20,8 @@ from gateway.storage.repository import StoredResource
 
 from . import common
 
+# A FINESS number: nine characters, digits but for 2A or 2B (Corsica) in front.
+FINESS = re.compile(r"(?:\d{2}|2A|2B)\d{7}")
 OPPOSITIONS = {"emergency-access": "l'accès en urgence (bris de glace)",
                "regulation-access": "l'accès du médecin régulateur du SAMU (centre 15)"}
 
@@ -78,6 +81,28 @@ def _search_professionals(query: str) -> list[dict]:
     return out
 
 
+def _search_establishments(query: str) -> list[dict]:
+    """The establishments of the directory by name, or by FINESS (9 characters, 2A or 2B in Corsica)."""
+    query = query.strip()
+    compact = query.replace(" ", "").upper()
+    if FINESS.fullmatch(compact):
+        params = [("identifier", f"{codes.FINESS_SYSTEM}|{compact}")]
+    elif query and not compact.isdigit():
+        # Part of its name: "Saint-Aubin" finds the "Centre hospitalier de Saint-Aubin".
+        params = [("name:contains", query.replace(",", "\\,"))]
+    else:
+        return []
+    found = g.repository.search(search_sql.parse_search("Organization", params + [("_count", "20")])).entries
+    out = []
+    for stored in found:
+        organization = stored.json()
+        finess = next((i.get("value") for i in organization.get("identifier", [])
+                       if i.get("system") == codes.FINESS_SYSTEM and FINESS.fullmatch(i.get("value", ""))), None)
+        if finess:
+            out.append({"finess": finess, "name": organization.get("name") or f"Établissement FINESS {finess}"})
+    return out
+
+
 def _described(system: str, value: str) -> dict:
     """A professional's name, specialty and organisation from the directory, the RPPS number only when
     it is unknown; an organisation's name (a decision an app made about every professional acting for it)."""
@@ -111,9 +136,10 @@ def sharing_page():
     people.sort(key=lambda p: (p["kind"] != "attending-physician", p["effect"] != "permit", p["name"]))
     opposed = {kind: stored.res_id for stored, kind, effect, _ in decisions if kind in OPPOSITIONS and effect == "deny"}
     consultation_refused = any(kind == "consultation" and effect == "deny" for _, kind, effect, _ in decisions)
+    query = request.args.get("q", "")
     return render_template("sharing.html", people=people, opposed=opposed, oppositions=OPPOSITIONS,
-                           consultation_refused=consultation_refused,
-                           query=request.args.get("q", ""), results=_search_professionals(request.args.get("q", "")))
+                           consultation_refused=consultation_refused, query=query,
+                           results=_search_professionals(query), establishments=_search_establishments(query))
 
 
 @space.post("/acces/professionnel")
@@ -144,6 +170,29 @@ def decide_professional():
     flash({"autoriser": f"{name} peut désormais consulter votre dossier.",
            "bloquer": f"{name} est bloqué·e : ce professionnel ne voit plus rien de votre dossier.",
            "medecin-traitant": f"{name} est votre médecin traitant."}[decision])
+    return redirect(url_for("space.sharing_page"))
+
+
+@space.post("/acces/etablissement")
+def decide_establishment():
+    """Authorise or block every professional acting for an establishment (the FINESS their token names)."""
+    finess = request.form.get("etablissement", "").strip().upper()
+    decision = request.form.get("decision")
+    if not FINESS.fullmatch(finess) or decision not in ("autoriser", "bloquer"):
+        flash("Choix inconnu.", "error")
+        return redirect(url_for("space.sharing_page"))
+    name = common.organization_name(finess)
+    if decision == "bloquer":
+        asked = common.confirmation(f"Bloquer {name} ?", f"Aucun professionnel qui agit pour {name} ne pourra voir "
+                                    "ce dossier, même si vous l'avez autorisé par son nom, même en urgence. Vous "
+                                    "pourrez le débloquer à tout moment.", url_for("space.sharing_page"))
+        if asked:
+            return asked
+    consents.create(g.repository, consents.decision("professional", "permit" if decision == "autoriser" else "deny",
+                                                    organization=finess))
+    flash(f"Les professionnels qui agissent pour {name} peuvent désormais consulter votre dossier."
+          if decision == "autoriser" else f"{name} est bloqué : aucun professionnel qui agit pour cet établissement "
+          "ne voit plus rien de votre dossier.")
     return redirect(url_for("space.sharing_page"))
 
 
