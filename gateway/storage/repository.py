@@ -205,6 +205,15 @@ class Repository:
         return StoredResource(res_type, res_id, row.version, _instant(row.last_updated), row.body, row.deleted,
                               current.blob_sha256, current.patient_id)
 
+    def masked_by_its_patient(self, docref_id: str) -> bool:
+        """Whether the MASQUE_PS of a document this requester reads is the patient's (or their
+        representative's), which only they lift, rather than its producer's: how the patient space
+        says whose mask it is. No data, no access: the page's read of the document is audited."""
+        with read_connection(self.engine) as conn:
+            return bool(conn.execute(select(resources.c.masked_by_patient).where(
+                resources.c.res_type == "DocumentReference", resources.c.res_id == docref_id,
+                self.access.resource_filter(resources, "DocumentReference"))).scalar())
+
     def visible_to(self, reader: AccessContext, res_type: str, res_id: str) -> bool:
         """Whether another reader may see a resource this requester sees: how the patient space
         explains who can read a document. It answers yes or no, returns no data and is no access,

@@ -381,6 +381,15 @@ def test_masking_in_the_space_is_what_professionals_then_see(app, settings, clie
     assert client.get(f"/fhir/DocumentReference/{lab}", headers=internist).status_code == 404
     page = browser.get(f"/documents/{lab}").text
     assert "Ce document est masqué aux professionnels de santé." in page
+    assert "à votre demande (ou à celle de votre représentant légal)" in page
+    # The page did not say whose mask it was: the discharge letter's author masks it.
+    letter = record["ldl-ses-martin.xml"]
+    mask = [{"op": "add", "path": "/securityLabel/0", "value": {"coding": [
+        {"system": codes.VISIBILITY_SYSTEM, "code": "MASQUE_PS"}]}}]
+    assert client.patch(f"/fhir/DocumentReference/{letter}", data=json.dumps(mask), headers={
+        "Content-Type": "application/json-patch+json", **internist}).status_code == 200
+    page = browser.get(f"/documents/{letter}").text
+    assert "par le professionnel ou l'établissement qui l'a produit ; vous pouvez le rendre visible" in page
     # As the confirmation said, its author, who still reads it, may not unmask it.
     post(browser, "/acces/professionnel", {"professionnel": "99900000046", "decision": "autoriser"}, "/acces")
     author = bearer("doctor", sub="899900000046")

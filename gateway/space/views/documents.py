@@ -70,8 +70,10 @@ def document_page(docref_id: str):
     access = g.repository.access
     representatives = set() if access.role == REPRESENTATIVE else accounts.representatives(g.repository.engine,
                                                                                          access.patient_ins)
+    labels = visibility_codes(docref)
     return render_template("document.html", doc=docref, title=common.title_of(docref), sections=sections,
-                           media_type=media_type, text=text, labels=visibility_codes(docref),
+                           media_type=media_type, text=text, labels=labels,
+                           masked_by_patient=MASQUE_PS in labels and g.repository.masked_by_its_patient(docref_id),
                            changeable=_changeable(docref, representatives),
                            readers=_readers(docref, representatives), authors=_authors(docref))
 
