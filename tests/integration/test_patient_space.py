@@ -649,6 +649,30 @@ def test_the_patient_blocks_an_establishment_from_the_space(app, settings, clien
         "status": "active", "category": f"{CONSENT_KIND_SYSTEM}|professional"}).json["total"] == 2
 
 
+def test_the_space_says_an_opposition_to_consultation_holds_against_the_attending_physician_too(
+        app, settings, client, bearer, record):
+    """The rules refuse every professional in care under an opposition to consultation, the attending
+    physician included (README, the kinds of decision); the space told the patient "aucun
+    professionnel ne peut le consulter, hors le médecin traitant", and a document's page said of
+    their attending physician that they were not authorised."""
+    martin = {**bearer("patient", patient=MARTIN), "Content-Type": "application/fhir+json"}
+    for kind, effect, professional in (("attending-physician", "permit", GP), ("consultation", "deny", None)):
+        body = {"resourceType": "Consent", "status": "active",
+                "category": [{"coding": [{"system": CONSENT_KIND_SYSTEM, "code": kind}]}],
+                "provision": {"type": effect, **({"actor": [{"role": {"coding": [{
+                    "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "PRCP"}]},
+                    "reference": {"identifier": {"system": "urn:oid:1.2.250.1.71.4.2.1", "value": professional}}}]}
+                    if professional else {})}}
+        assert client.post("/fhir/Consent", data=json.dumps(body), headers=martin).status_code == 201
+    assert client.get("/fhir/DocumentReference", headers=bearer("doctor", sub=GP)).json["total"] == 0
+    browser = sign_in(app, settings)
+    page = browser.get("/acces").text
+    assert "pas même votre médecin traitant" in page and "hors le médecin traitant" not in page
+    page = browser.get(f"/documents/{record['ldl-ses-martin.xml']}").text
+    # The GP, the letter's author, break-the-glass and the SAMU.
+    assert page.count("vous vous êtes opposé·e à la consultation de votre dossier") == 4
+
+
 def in_their_units_at_once(database, backend, monkeypatch, add) -> dict:
     """The answers of `add(engine, name)` sent through two gateways (`first` and `second`), each
     held in its unit of work, once it has looked the record up and before it looks at it, until

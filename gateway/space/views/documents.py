@@ -214,6 +214,7 @@ def _readers(docref: dict, representatives: set[bool]) -> list[dict]:
                       else f"son autorisation commence le {period['from']}")
         else:
             reason = ("bloqué·e par vous" if idnatps in denied else "le dossier est fermé" if closed
+                      else "vous vous êtes opposé·e à la consultation de votre dossier" if "consultation" in opposed
                       else "le document est masqué aux professionnels" if masked and relations != {"author"}
                       else "n'est pas autorisé·e à consulter ce dossier")
         labels = {"attending-physician": "médecin traitant", "professional": "autorisé·e", "author": "auteur"}
@@ -227,6 +228,7 @@ def _readers(docref: dict, representatives: set[bool]) -> list[dict]:
         visible = g.repository.visible_to(reader, "DocumentReference", docref["id"])
         reason = ("accès en urgence, toujours inscrit dans l'historique" if visible
                   else "vous vous y êtes opposé·e" if opposition in opposed else "le dossier est fermé" if closed
+                  else "vous vous êtes opposé·e à la consultation de votre dossier" if "consultation" in opposed
                   else "le document est masqué aux professionnels" if masked else "accès impossible")
         out.append({"who": who, "roles": None, "visible": visible, "reason": reason})
     if representatives:
