@@ -158,7 +158,7 @@ def test_blocking_a_professional_hides_the_whole_record_from_them(browser, gatew
     assert api_titles(gateway, GARNIER, "--role", "doctor", "--sub", SURGEON) != []
     page = sign_in(browser, gateway, "jean.garnier", "demo-jean-garnier")
     page.get_by_role("link", name="Qui peut accéder").click()
-    page.get_by_label("Nom ou numéro RPPS").fill(SURGEON[1:])
+    page.get_by_label("Nom, numéro RPPS ou FINESS").fill(SURGEON[1:])
     page.get_by_role("button", name="Rechercher").click()
     page.get_by_role("button", name="Bloquer", exact=False).first.click()
     # Taking someone's access away asks first.
@@ -172,6 +172,30 @@ def test_blocking_a_professional_hides_the_whole_record_from_them(browser, gatew
     page.get_by_role("button", name="Débloquer", exact=False).click()
     expect(page.get_by_role("status")).to_contain_text("retirée")
     assert api_titles(gateway, GARNIER, "--role", "doctor", "--sub", SURGEON) == []
+    page.close()
+
+
+def test_blocking_an_establishment_hides_the_record_from_whoever_acts_for_it(browser, gateway):
+    """Paul MARTIN blocks the hospital his internist works for: acting for it, she reads nothing,
+    though he authorised her by name; acting elsewhere, she reads. Unblocked, she reads there again."""
+    hospital = ("--role", "doctor", "--sub", INTERNIST, "--org", "990000018")
+    read_there = api_titles(gateway, MARTIN, *hospital)
+    assert read_there != []
+    page = sign_in(browser, gateway, "paul.martin", "demo-paul-martin")
+    page.get_by_role("link", name="Qui peut accéder").click()
+    page.get_by_label("Nom, numéro RPPS ou FINESS").fill("Saint-Aubin")
+    page.get_by_role("button", name="Rechercher").click()
+    page.get_by_role("button", name="Bloquer l'établissement").click()
+    expect(page.get_by_role("heading", level=1)).to_contain_text("Bloquer Centre hospitalier de Saint-Aubin")
+    page.get_by_role("button", name="Confirmer").click()
+    expect(page.get_by_role("status")).to_contain_text("est bloqué")
+    expect(page.locator("main")).to_contain_text("Établissement bloqué")
+    screenshot(page, "5b-access-establishment")
+    assert api_titles(gateway, MARTIN, *hospital) == []
+    assert api_titles(gateway, MARTIN, "--role", "doctor", "--sub", INTERNIST) == read_there
+    page.get_by_role("button", name="Débloquer de Centre hospitalier de Saint-Aubin").click()
+    expect(page.get_by_role("status")).to_contain_text("retirée")
+    assert api_titles(gateway, MARTIN, *hospital) == read_there
     page.close()
 
 
