@@ -26,8 +26,10 @@ KINDS_WITH_ACTOR = ("professional", "attending-physician")
 IDNATPS_SYSTEM = f"urn:oid:{codes.IDNATPS_OID}"
 IDNATST_SYSTEM = f"urn:oid:{codes.IDNATST_OID}"
 ORGANIZATION_SYSTEMS = (codes.FINESS_SYSTEM, IDNATST_SYSTEM)
+# A FINESS number: nine characters, digits but for 2A or 2B (Corsica) in front.
+FINESS = re.compile(r"(?:\d{2}|2A|2B)\d{7}")
 # A structure's IdNatSt (TRE_G07's type, then its number) as the CI-SIS writes one of a FINESS: 1 + FINESS.
-IDNATST_OF_FINESS = re.compile(r"1([0-9AB]{9})")
+IDNATST_OF_FINESS = re.compile(rf"1({FINESS.pattern})")
 
 # TRE_A07 by its canonical URL, and by its OID (1.2.250.1.213.1.1.4.13), as XDS and HL7v2 name it;
 # the codes that spell a visibility label, HL7v2's spelling of one included.

@@ -9,8 +9,8 @@ from datetime import date, datetime
 from flask import flash, g, redirect, render_template, request, url_for
 
 from gateway.access.context import PARIS
-from gateway.access.rules import (IDNATPS_SYSTEM, ORGANIZATION_SYSTEMS, consent_actors, consent_kind, for_a_period,
-                                  rule_actor)
+from gateway.access.rules import (FINESS, IDNATPS_SYSTEM, ORGANIZATION_SYSTEMS, consent_actors, consent_kind,
+                                  for_a_period, rule_actor)
 from gateway.mapping import codes
 from gateway.refusal import Refused
 from gateway.services import consents
@@ -20,8 +20,6 @@ from gateway.storage.repository import StoredResource
 
 from . import common
 
-# A FINESS number: nine characters, digits but for 2A or 2B (Corsica) in front.
-FINESS = re.compile(r"(?:\d{2}|2A|2B)\d{7}")
 OPPOSITIONS = {"emergency-access": "l'accès en urgence (bris de glace)",
                "regulation-access": "l'accès du médecin régulateur du SAMU (centre 15)"}
 
