@@ -54,20 +54,23 @@ def consent_kind(consent: dict) -> str | None:
 
 def consent_actors(consent: dict) -> list[tuple[str, str]]:
     """(system, value) of each actor the provision names by identifier."""
-    out = []
-    for actor in consent.get("provision", {}).get("actor", []):
-        identifier = actor.get("reference", {}).get("identifier", {})
-        if identifier.get("system") and identifier.get("value"):
-            out.append((identifier["system"], identifier["value"]))
-    return out
+    return [named for named in map(actor_identifier, consent.get("provision", {}).get("actor", [])) if named]
+
+
+def actor_identifier(actor: dict) -> tuple[str, str] | None:
+    """(system, value) of a provision's actor named by identifier; None when it is named otherwise."""
+    identifier = actor.get("reference", {}).get("identifier", {})
+    return (identifier["system"], identifier["value"]) if identifier.get("system") and identifier.get("value") \
+        else None
 
 
 def rule_actor(system: str, value: str) -> tuple[str, str]:
     """An actor as the rules name it: a structure's IdNatSt of a FINESS is that FINESS, as a token's
     `org` names it (`structure`). Kept as sent, an authorisation or a block of a clinic by its
     IdNatSt, as the CI-SIS names structures, was answered 201 and applied to no one."""
-    found = IDNATST_OF_FINESS.fullmatch(value) if system == IDNATST_SYSTEM else None
-    return (codes.FINESS_SYSTEM, found.group(1)) if found else (system, value)
+    if system == IDNATST_SYSTEM and (finess := structure(value)) != value:
+        return codes.FINESS_SYSTEM, finess
+    return system, value
 
 
 def structure(org: str) -> str:

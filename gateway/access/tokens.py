@@ -7,8 +7,8 @@ check. Issuer, audience, expiry and not-before are checked with PyJWT.
 
 Claims: `sub` (IdNatPs for professionals), `role`, `purpose` (care | emergency | regulation),
 `org` (FINESS, or IdNatSt: one of a FINESS is that FINESS), `patient` (INS: the patient's own, a
-minor's for a representative, the patient of an emergency access), `name` (shown in the audit trail), `guardianship` (true: a representative
-who is a protected adult's guardian, not a parent).
+minor's for a representative, the patient of an emergency access), `name` (shown in the audit
+trail), `guardianship` (true: a representative who is a protected adult's guardian, not a parent).
 """
 from __future__ import annotations
 

@@ -16,7 +16,6 @@ from .responses import FhirError, fhir_response, if_match, negotiate, operation_
 
 
 def _delete(res_id: str):
-    negotiate()
     try:
         patch_document(g.repository, res_id, DELETION, if_match())
     except NotFound as exc:
@@ -29,6 +28,7 @@ def _delete(res_id: str):
 
 @fhir.delete("/DocumentReference/<res_id>")
 def delete_by_id(res_id: str):
+    negotiate()
     return _delete(res_id)
 
 

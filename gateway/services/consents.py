@@ -13,6 +13,7 @@ from gateway.access.rules import (
     KINDS,
     KINDS_WITH_ACTOR,
     ORGANIZATION_SYSTEMS,
+    actor_identifier,
     consent_actors,
     consent_kind,
     period_bounds,
@@ -175,11 +176,10 @@ def _revoke_replaced(uow: UnitOfWork, decided: dict, patient_id: str, access: Ac
     about professionals that names others too is narrowed to them: a new version of it names only
     those `decided` does not. Kept whole, a block of two professionals kept the one the patient then
     authorised out, while the app showed the authorisation made (201)."""
-    about_professionals = consent_kind(decided) == "professional"
+    decided_actors = set(consent_actors(decided)) if consent_kind(decided) == "professional" else None
     for earlier in uow.decisions_replaced_by(decided, patient_id):
         if earlier.res_id != decided["id"]:
-            remaining = without_actors(earlier, {rule_actor(*actor) for actor in consent_actors(decided)}) \
-                if about_professionals else None
+            remaining = without_actors(earlier, decided_actors) if decided_actors else None
             uow.save(checked_consent(remaining or inactive(earlier), patient_id, access, earlier.json()),
                      patient_id=patient_id, method="PUT")
 
@@ -223,7 +223,7 @@ def search_request(patient_id: str, kind: str | None = None) -> search_sql.Searc
 
 
 def revoke(repo: Repository, stored: StoredResource, actors: set[tuple[str, str]] | None = None) -> StoredResource:
-    """Revoke a decision; for `actors` only (system, value, as the rules name them), when it names others too."""
+    """Revoke a decision; for `actors` only (system, value), when it names others too."""
     return update(repo, stored.res_id, (without_actors(stored, actors) if actors else None) or inactive(stored))
 
 
@@ -233,12 +233,13 @@ def inactive(stored: StoredResource) -> dict:
 
 
 def without_actors(stored: StoredResource, actors: set[tuple[str, str]]) -> dict | None:
-    """The same decision naming none of `actors` (system, value, as the rules name them: `rule_actor`);
-    None when it names no one else."""
+    """The same decision naming none of `actors` (system, value), each compared as the rules name it
+    (`rule_actor`: a clinic by its FINESS or its IdNatSt); None when it names no one else."""
     consent = _saved_again(stored)
     provision = consent.get("provision", {})
+    gone = {rule_actor(*actor) for actor in actors}
     kept = [actor for actor in provision.get("actor", [])
-            if not {rule_actor(*named) for named in consent_actors({"provision": {"actor": [actor]}})} <= actors]
+            if (named := actor_identifier(actor)) is None or rule_actor(*named) not in gone]
     return {**consent, "provision": {**provision, "actor": kept}} if kept else None
 
 

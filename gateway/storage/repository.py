@@ -853,9 +853,10 @@ class UnitOfWork:
             return None
         actors = self._decisions_of_kind(patient_id, rules[0]["kind"], rules[0]["effect"])
         wanted = {(rule["actor_system"], rule["actor_value"]) for rule in rules}
+        bounds = validity(consent)
         for consent_id in sorted(consent_id for consent_id, named in actors.items() if named == wanted):
             found = self.current("Consent", consent_id)
-            if validity(found.json()) == validity(consent):
+            if validity(found.json()) == bounds:
                 return found
         return None
 

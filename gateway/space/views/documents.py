@@ -183,7 +183,7 @@ def _readers(docref: dict, representatives: set[bool]) -> list[dict]:
     closed = record_closed_on() is not None
     professionals: dict[str, set[str]] = {}
     denied, opposed = set(), set()
-    periods: dict[str, dict] = {}   # of the authorisations given for a period
+    periods: dict[str, dict] = {}   # of the authorisations given for a period: common.period_state
     for stored in common.decisions():
         consent = stored.json()
         kind, effect = consent_kind(consent), consent["provision"]["type"]
@@ -192,7 +192,7 @@ def _readers(docref: dict, representatives: set[bool]) -> list[dict]:
             for idnatps in actors:
                 professionals.setdefault(idnatps, set()).add(kind)
                 if for_a_period(consent):
-                    periods[idnatps] = consent["provision"]["period"]
+                    periods[idnatps] = common.period_state(consent["provision"]["period"])
         elif kind == "professional":
             denied.update(actors)
         elif effect == "deny":
@@ -208,8 +208,8 @@ def _readers(docref: dict, representatives: set[bool]) -> list[dict]:
             reason = ("médecin traitant : voit tous les documents, même masqués" if "attending-physician" in relations
                       else "auteur du document : le voit même masqué" if masked and "author" in relations
                       else "autorisé·e par vous" if "professional" in relations else "auteur du document")
-        elif idnatps in periods and common.period_state(periods[idnatps])["state"] != "current":
-            period = common.period_state(periods[idnatps])
+        elif periods.get(idnatps, {}).get("state") in ("ended", "future"):
+            period = periods[idnatps]
             reason = (f"son autorisation a pris fin le {period['until']}" if period["state"] == "ended"
                       else f"son autorisation commence le {period['from']}")
         else:

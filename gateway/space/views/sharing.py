@@ -229,7 +229,7 @@ def withdraw(consent_id: str):
             url_for("space.sharing_page"))
         if asked:
             return asked
-    consents.revoke(g.repository, stored, {rule_actor(*actor) for actor in chosen})
+    consents.revoke(g.repository, stored, set(chosen))
     flash("Votre décision est retirée.")
     return redirect(url_for("space.sharing_page"))
 

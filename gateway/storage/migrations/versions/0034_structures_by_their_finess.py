@@ -19,7 +19,8 @@ depends_on = None
 
 FINESS_SYSTEM = "https://finess.esante.gouv.fr"
 IDNATST_SYSTEM = "urn:oid:1.2.250.1.71.4.2.2"
-IDNATST_OF_FINESS = re.compile(r"1([0-9AB]{9})")
+# As access.rules has it: 1 + a FINESS (nine characters, digits but for 2A or 2B in front).
+IDNATST_OF_FINESS = re.compile(r"1((?:\d{2}|2A|2B)\d{7})")
 
 
 def upgrade() -> None:
