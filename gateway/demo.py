@@ -76,20 +76,15 @@ def create_accounts(engine) -> None:
 
 
 def load_directory(repo: Repository, path: Path) -> None:
-    """The professionals and organisations of the demo, their specialty and where they practise (a
-    FHIR Bundle whose PractitionerRoles name the others by identifier); those the documents
-    already registered are kept."""
+    """The professionals and organisations of the demo, their specialty, where they practise and
+    their MSSanté address (a FHIR Bundle whose PractitionerRoles name the others by identifier);
+    those the documents already registered are kept."""
     for entry in json.loads(path.read_text(encoding="utf-8"))["entry"]:
         resource = entry["resource"]
         with repo.unit_of_work(Write.FEED) as uow:
             identifier = resource["identifier"][0]
             if uow.find_by_identifier(resource["resourceType"], identifier["system"], identifier["value"]):
                 continue
-            for field, res_type in (("practitioner", "Practitioner"), ("organization", "Organization")):
-                named = resource.get(field, {}).pop("identifier", None)
-                if named:
-                    resource[field]["reference"] = f"{res_type}/" + uow.find_by_identifier(
-                        res_type, named["system"], named["value"])
         directory.register(repo, resource)
 
 

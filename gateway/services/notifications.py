@@ -5,7 +5,8 @@ The repository queues one notification per document in the transaction that stor
 reveals a document kept from the patient until it was announced), and one with the first emergency
 access to a record in an hour (R1111-48: the patient is told of it after the fact). This sends
 them through the configured sender, the records whose notifications are oldest first, each
-record's as one mail to each account (and one of an emergency access): `gateway notifications
+record's as one mail to each account (and one of an emergency access, to each account and to the
+attending physician's MSSanté address, R1111-48 naming them both): `gateway notifications
 send`, which `gateway serve` runs beside the HTTP server with --follow. They are claimed before
 they are sent, so that two senders (two nodes) never send the same one; those whose sender stopped
 midway are claimed again after CLAIM_TIME, those the sender could not take at the next round. A
@@ -13,6 +14,7 @@ recipient the mail server refuses for good is counted, not tried again.
 """
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from dataclasses import dataclass
@@ -20,12 +22,16 @@ from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import Engine, delete, func, or_, select, text, update
 
-from gateway.access.context import INS_SYSTEMS, PATIENT, PATIENT_STATE, REPRESENTATIVE, ClosedToHolder
+from gateway.access.context import INS_SYSTEMS, PARIS, PATIENT, PATIENT_STATE, REPRESENTATIVE, ClosedToHolder
+from gateway.access.rules import IDNATPS_SYSTEM
 from gateway.config import Settings
+from gateway.services import directory
 from gateway.space.accounts import record_accounts
 from gateway.space.senders import Mail, RecipientRefused, message_sender
+from gateway.space.views.common import person_name
 from gateway.storage.database import failure_reason, read_connection, unavailable, write_transaction
-from gateway.storage.schema import EMERGENCY_ACCESS, NEW_DOCUMENT, notifications, resources, unique_identifiers
+from gateway.storage.schema import (
+    EMERGENCY_ACCESS, NEW_DOCUMENT, access_rules, notifications, resources, unique_identifiers)
 
 log = logging.getLogger(__name__)
 CLAIM_TIME = timedelta(minutes=5)
@@ -79,7 +85,68 @@ def _mails(conn, patient_id: str, claimed: list, base_url: str) -> tuple[list[Ma
         count = sum(1 for d in shown if account.role != REPRESENTATIVE or not d.hidden_from_representatives)
         if count:
             mails.append(new_documents_mail(account.contact, account.role == PATIENT, base_url + "/documents", count))
+    for c in claimed:
+        if c.kind == EMERGENCY_ACCESS:
+            mails += _attending_physician_mails(conn, patient_id, c.about_id, ins)
     return mails, gone
+
+
+def _attending_physician_mails(conn, patient_id: str, event_id: str, ins: list[str]) -> list[Mail]:
+    """To each attending physician of the record, at their MSSanté addresses, the emergency access
+    an AuditEvent records; none to the one who made it. The directory may know no address: the
+    operator is told how many went untold, not who."""
+    event = _body(conn, "AuditEvent", event_id)
+    patient = _body(conn, "Patient", patient_id)
+    if not event or not patient:   # the record destroyed since: no one left to tell of it
+        return []
+    # The professional the emergency access was granted to (BALP AuthZconsent's requestor), by their
+    # IdNatPs; the name their token gave, else the directory's.
+    reader = next((a for a in event.get("agent", []) if a.get("requestor")), {})
+    number = reader.get("who", {}).get("identifier", {}).get("value")
+    physicians = conn.execute(select(access_rules.c.actor_value).where(
+        access_rules.c.patient_id == patient_id, access_rules.c.kind == "attending-physician",
+        access_rules.c.effect == "permit", access_rules.c.actor_system == IDNATPS_SYSTEM,
+        access_rules.c.actor_value != (number or ""))).scalars().all()
+    if not physicians:
+        return []
+    name = reader.get("name") if reader.get("name") != number else None
+    name = name or (person_name(directory.practitioner(conn, number)) if number else None)
+    when = datetime.fromisoformat(event["recorded"])
+    mails, untold = [], 0
+    for idnatps in sorted(set(physicians)):
+        addresses = directory.mssante_addresses(conn, idnatps)
+        untold += not addresses
+        mails += [attending_physician_mail(address, patient, ins, when, name, number) for address in addresses]
+    if untold:
+        log.warning("an emergency access could not be told to the attending physician: the directory gives "
+                    "them no MSSanté address", extra={"physicians": untold})
+    return mails
+
+
+def _body(conn, res_type: str, res_id: str) -> dict | None:
+    body = conn.execute(select(resources.c.body).where(
+        resources.c.res_type == res_type, resources.c.res_id == res_id, resources.c.deleted.is_(False))).scalar()
+    return json.loads(body) if body else None
+
+
+def attending_physician_mail(address: str, patient: dict, ins: list[str], when: datetime, reader_name: str | None,
+                             reader_number: str | None) -> Mail:
+    """Between professionals, over MSSanté, which carries health data: the patient named, so that the
+    physician knows whose record; the reader as the audit trail names them, or the directory."""
+    born = patient.get("birthDate", "")
+    born = f", né·e le {'/'.join(reversed(born.split('-')))}" if len(born) == 10 else ""
+    who = reader_name or "un professionnel de santé"
+    if reader_number:
+        who += f" (RPPS {reader_number[1:]})" if reader_number.startswith("8") else f" ({reader_number})"
+    identity = f" (INS {ins[0]})" if ins else ""
+    return Mail(address, "Accès en urgence au dossier médical partagé de votre patient·e",
+                f"Le dossier médical partagé de {person_name(patient) or 'votre patient·e'}{born}{identity}, "
+                f"dont vous êtes le médecin traitant, a été consulté en situation d'urgence le "
+                f"{when.astimezone(PARIS):%d/%m/%Y à %H:%M} (heure de Paris) par {who}.\n\n"
+                "Ce message vous est adressé en application de l'article R. 1111-48 du code de la santé publique : "
+                "le titulaire du dossier et son médecin traitant sont informés de tout accès en urgence. Le patient "
+                "en est informé lui aussi. Les accès en urgence de l'heure qui suit ne font pas l'objet d'un nouveau "
+                "message ; tous figurent dans l'historique des accès du dossier.")
 
 
 def new_documents_mail(contact: str, own_record: bool, link: str, count: int) -> Mail:

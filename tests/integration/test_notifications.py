@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy import select
 
 from conftest import GP, attend_all, free_port, sample
+from gateway.access.rules import IDNATPS_SYSTEM
 from gateway.demo import build_submission
 from gateway.mapping import codes
 from gateway.services import notifications
@@ -416,3 +417,82 @@ def test_an_emergency_access_is_told_to_the_patient_once_an_hour_whatever_they_c
     assert notifications.send_pending(settings, engine) == 0
     kinds = {(item.kind, item.sent_at is not None) for item in notifications.queued(engine)}
     assert kinds == {("new-document", True), ("emergency-access", True)}
+
+
+def emergency_mails(settings, to: str) -> list[dict]:
+    return [m for m in mails(settings, to) if m["subject"] == "Accès en urgence à votre dossier médical partagé"]
+
+
+def register_professional(client, bearer, idnatps: str, family: str, *emails: dict) -> None:
+    """A Practitioner and their role in the directory, the role with the addresses given."""
+    system = {**FHIR, **bearer("system", sub="hospital")}
+    practitioner = {"resourceType": "Practitioner", "identifier": [{"system": IDNATPS_SYSTEM, "value": idnatps}],
+                    "name": [{"family": family, "given": ["Camille"], "prefix": ["DR"]}]}
+    made = client.post("/fhir/Practitioner", data=json.dumps(practitioner), headers=system)
+    assert made.status_code == 201
+    role = {"resourceType": "PractitionerRole", "telecom": list(emails),
+            "practitioner": {"identifier": {"system": IDNATPS_SYSTEM, "value": idnatps}}}
+    assert client.post("/fhir/PractitionerRole", data=json.dumps(role), headers=system).status_code == 201
+    # The role names its practitioner by identifier, as the annuaire santé does: it is linked to them.
+    linked = client.get("/fhir/PractitionerRole", query_string={"practitioner": f"Practitioner/{made.json['id']}"})
+    assert linked.json["total"] == 1, linked.json
+
+
+TYPE_MESSAGERIE = "https://mos.esante.gouv.fr/NOS/TRE_R256-TypeMessagerie/FHIR/TRE-R256-TypeMessagerie"
+
+
+def mail_address(address: str, typed: bool = False) -> dict:
+    extension = [{"url": "https://hl7.fr/ig/fhir/core/StructureDefinition/fr-core-contact-point-email-type",
+                  "valueCoding": {"code": "MSSANTE", "system": TYPE_MESSAGERIE}}]
+    return {"system": "email", "value": address, **({"extension": extension} if typed else {})}
+
+
+def test_an_emergency_access_is_told_to_the_attending_physician_at_their_mssante_address(
+        client, bearer, database, settings, people, caplog):
+    """R1111-48: the holder *and their attending physician* are informed of an emergency access
+    after the fact. The patient was; their GP, who follows them, was told nothing. The GP is told at
+    the MSSanté addresses the directory gives (typed so, or of an MSSanté domain; not a personal
+    one), with the patient named, since MSSanté carries health data between professionals; not of
+    their own access; and the operator learns that a GP went untold, not who."""
+    engine = database[0]
+    client.post("/cda", data=sample("cr-biologie-martin.xml"), headers={**XML, **bearer("system", sub="hospital")})
+    notifications.send_pending(settings, engine)
+    register_professional(client, bearer, GP, "NOEL", mail_address("camille.noel@example.test"),
+                          mail_address("cnoel@msp-acacias.example.test", typed=True),
+                          mail_address("c.noel@medecin.mssante.fr"))
+    register_professional(client, bearer, "899900000020", "ROUSSEAU", mail_address("m.rousseau@clinique.mssante.fr"))
+    attend_all(engine)
+    query = {"patient.identifier": f"urn:oid:1.2.250.1.213.1.4.10|{MARTIN}"}
+    reader = bearer("doctor", sub="899900000020", purpose="emergency", patient=MARTIN)
+    assert client.get("/fhir/DocumentReference", query_string=query, headers=reader).json["total"] == 1
+    assert notifications.send_pending(settings, engine) == 1
+    told = [m for m in read_outbox(settings) if "patient·e" in m["subject"]]
+    assert sorted(m["to"] for m in told) == ["c.noel@medecin.mssante.fr", "cnoel@msp-acacias.example.test"]
+    assert len(emergency_mails(settings, "paul@example.test")) == 1
+    text = told[0]["text"]
+    assert told[0]["subject"] == "Accès en urgence au dossier médical partagé de votre patient·e"
+    # Whose record, when and by whom (the directory's name: the token gave none).
+    for said in ("PAUL MARTIN", "né·e le 12/06/1985", MARTIN, "Dr Camille ROUSSEAU (RPPS 99900000020)",
+                 "R. 1111-48", "heure de Paris"):
+        assert said in text, (said, text)
+    assert [item.recipients for item in notifications.queued(engine) if item.kind == "emergency-access"] == [3]
+    # The GP's own emergency access is not told to them; to the patient, it is.
+    from datetime import timedelta
+
+    from gateway.storage import repository
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(repository, "EMERGENCY_NOTICE_EVERY", timedelta(0))
+        client.get("/fhir/DocumentReference", query_string=query,
+                   headers=bearer("doctor", sub=GP, purpose="emergency", patient=MARTIN))
+        assert notifications.send_pending(settings, engine) == 1
+        assert len([m for m in read_outbox(settings) if "patient·e" in m["subject"]]) == 2
+        assert len(emergency_mails(settings, "paul@example.test")) == 2
+        # A GP the directory gives no MSSanté address: the operator is told one went untold, not who.
+        attend_all(engine, "899900000038")
+        caplog.clear()
+        client.get("/fhir/DocumentReference", query_string=query, headers=reader)
+        assert notifications.send_pending(settings, engine) == 1
+    untold = [r for r in caplog.records if "attending physician" in r.getMessage()]
+    assert [(r.levelname, r.physicians) for r in untold] == [("WARNING", 1)]
+    assert not [r for r in caplog.records if "899900000038" in r.getMessage() + str(r.__dict__)]
+    assert len([m for m in read_outbox(settings) if "patient·e" in m["subject"]]) == 4
