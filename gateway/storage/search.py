@@ -212,8 +212,11 @@ def _result_param(request: SearchRequest, name: str, raw: str) -> None:
     elif name in ("_include", "_revinclude"):
         for value in split_values(raw):
             parts = value.split(":")
-            if len(parts) not in (2, 3) or parts[0] not in SEARCH_PARAMS:
+            if len(parts) not in (2, 3):
                 raise SearchError(f"{name}={value}: expected Type:parameter[:TargetType]")
+            if parts[0] not in SEARCH_PARAMS:
+                raise SearchError(f"{name}={value}: {parts[0]} is not a type this server searches "
+                                  f"({', '.join(sorted(SEARCH_PARAMS))})")
             spec = SEARCH_PARAMS[parts[0]].get(parts[1])
             if spec is None or spec.type != "reference":
                 raise SearchError(f"{name}={value}: {parts[1]} is not a reference parameter of {parts[0]}")

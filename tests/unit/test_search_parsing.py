@@ -105,3 +105,12 @@ def test_index_rows_of_a_patient():
         ("name", "lefevre"), ("name", "claire"), ("family", "lefevre"), ("given", "claire")}
     assert rows["token"][0]["code"] == "X"
     assert rows["date"][0]["low"] == "1985-06-12T00:00:00.000000"
+
+
+def test_an_include_of_a_type_not_searched_here_says_so():
+    """`_revinclude=Provenance:target` was answered "expected Type:parameter[:TargetType]", which it
+    is: a client developer read their syntax as wrong."""
+    with pytest.raises(SearchError, match="Provenance is not a type this server searches .*DocumentReference"):
+        parse_search("DocumentReference", [("_revinclude", "Provenance:target")])
+    with pytest.raises(SearchError, match="expected Type:parameter"):
+        parse_search("DocumentReference", [("_revinclude", "Provenance")])
