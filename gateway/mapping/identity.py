@@ -43,3 +43,20 @@ def check_ins(ii: II, location: str) -> str:
 
 def ins_key_is_valid(value: str) -> bool:
     return nir.is_valid(value)
+
+
+def contradicted_traits(registered: dict, stated: dict) -> list[str]:
+    """The identity traits an input states for a patient (a FHIR Patient's `gender`, `birthDate`)
+    that contradict those registered under the same identifier: "sex", "birth date". A trait one
+    of them leaves unsaid, or unknown, contradicts nothing; dates are compared to the precision
+    both give (1985 and 1985-06-12 agree). Names are not compared: a birth name and a used one, a
+    list of given names and the first, are spelt differently by right."""
+    contradicted = []
+    sexes = {registered.get("gender"), stated.get("gender")}
+    if sexes <= {"male", "female"} and len(sexes) == 2:
+        contradicted.append("sex")
+    born, said = str(registered.get("birthDate") or ""), str(stated.get("birthDate") or "")
+    precision = min(len(born), len(said))
+    if precision and born[:precision] != said[:precision]:
+        contradicted.append("birth date")
+    return contradicted

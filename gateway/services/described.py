@@ -22,7 +22,7 @@ from gateway.mapping.identity import identifier_value
 from gateway.mapping.dates import fhir_now
 from gateway.storage.repository import UnitOfWork
 
-from .documents import Ingested, check_record_open, refuse_if_deleted, replaced_already
+from .documents import Ingested, check_identity, check_record_open, refuse_if_deleted, replaced_already
 from .ingest import NAMED_IDENTIFIERS
 from .personal import shared_record_custodian
 
@@ -153,6 +153,11 @@ def register_described(uow: UnitOfWork, base_url: str, submitted: dict, data: by
                                   location=f"{where}.masterIdentifier", status=409, code="duplicate")
         return Ingested(False, existing, [f"DocumentReference/{existing_id}"])
     check_record_open(uow, patient_id, f"{where}.subject")
+    source = (submitted.get("context") or {}).get("sourcePatientInfo") or {}
+    stated = next((c for c in submitted.get("contained", []) if isinstance(c, dict)
+                   and c.get("resourceType") == "Patient" and f"#{c.get('id')}" == source.get("reference")), None)
+    if stated:
+        check_identity(uow, patient_id, stated, f"{where}.context.sourcePatientInfo")
     if submitted.get("status", "current") != "current":
         raise Refused("a new document is current", location=f"{where}.status")
     type_codings = [c for c in submitted.get("type", {}).get("coding", []) if isinstance(c, dict)]

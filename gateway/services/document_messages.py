@@ -17,6 +17,8 @@ from gateway.mapping import codes
 from gateway.mapping import document as mapping
 from gateway.mapping import hl7v2 as v2
 from gateway.mapping import submission
+from gateway.mapping.dates import InvalidTime
+from gateway.mapping.identity import contradicted_traits
 from gateway.storage.repository import StoredResource, UnitOfWork
 
 from gateway.access.writes import Producers
@@ -37,6 +39,7 @@ class Plan:
     OBX parsed, its rules checked, its patient compared with PID-3."""
     message: Message
     pid_ids: list[II]
+    pid_patient: dict                              # the Patient PID states: its sex and birth date
     visibility: list[str] = field(default_factory=list)
     skipped: bool = False                          # DESTDMP is N: nothing for the shared record
     deleted_id: II | None = None                   # MDM^T04: the document TXA-12 names
@@ -49,7 +52,11 @@ def read(message: Message, max_bytes: int) -> Plan:
     pid = single(message, "PID") if code == "MDM" else message.first("PID")
     if pid is None:
         raise MessageRefused(Issue("the message has no PID segment", "PID", "100"))
-    plan = Plan(message, checked_ids(pid, 3))
+    try:
+        stated = mapping.patient_resource(v2.patient_info(pid), "pid")
+    except InvalidTime:
+        raise MessageRefused(Issue("PID-7 (birth date) is not a valid date (YYYY[MM[DD]])", "PID^1^7", "102")) from None
+    plan = Plan(message, checked_ids(pid, 3), stated)
     observations = message.all("OBX")
     documents = [(index, obx) for index, obx in enumerate(observations, start=1)
                  if obx.get(2) == "ED" and not v2.is_metadata(obx)]
@@ -92,7 +99,7 @@ def read(message: Message, max_bytes: int) -> Plan:
     for (index, obx), action, txa in targets:
         location = f"OBX^{index}^5"
         parsed = _cda(obx, location, max_bytes)
-        _same_patient(plan.pid_ids, parsed)
+        _same_patient(plan, parsed)
         if txa is not None and action != "delete" and txa.get(12) and \
                 mapping.identifier_key(II(txa.get(12))) != mapping.identifier_key(parsed.header.unique_id):
             raise MessageRefused(Issue(f"TXA-12 ({txa.get(12)}) is not the id of the CDA in OBX-5",
@@ -166,10 +173,10 @@ def _cda(obx: Segment, location: str, max_bytes: int) -> ParsedCda:
         raise MessageRefused(Issue(f"the CDA in OBX-5 is refused: {refusal.reason}", location, "207")) from None
 
 
-def _same_patient(pid_ids: list[II], parsed: ParsedCda) -> None:
-    """PID-3 must name the patient of the CDA recordTarget: same INS when both carry one, and at
-    least one identifier in common."""
-    pid_keys = set(identifier_keys(pid_ids))
+def _same_patient(plan: Plan, parsed: ParsedCda) -> None:
+    """PID-3 must name the patient of the CDA recordTarget: same INS when both carry one, at least
+    one identifier in common, and no sex or birth date that contradicts the CDA's."""
+    pid_keys = set(identifier_keys(plan.pid_ids))
     cda_keys = set(identifier_keys(parsed.header.patient.ids))
     pid_ins = {value for system, value in pid_keys if system.removeprefix("urn:oid:") in codes.INS_OIDS}
     if pid_ins and parsed.ins not in pid_ins:
@@ -177,6 +184,11 @@ def _same_patient(pid_ids: list[II], parsed: ParsedCda) -> None:
     if not pid_keys & cda_keys:
         raise MessageRefused(Issue("none of the PID-3 identifiers is an identifier of the CDA recordTarget",
                                    "PID^1^3", "207"))
+    contradicted = contradicted_traits(plan.pid_patient, mapping.patient_resource(parsed.header.patient, "cda"))
+    if contradicted:
+        field = "PID^1^8" if contradicted == ["sex"] else "PID^1^7"
+        raise MessageRefused(Issue(f"the {' and '.join(contradicted)} of PID-7/PID-8 and of the CDA recordTarget "
+                                   "differ: whose document is it?", field, "207"))
 
 
 def _with_parent(parsed: ParsedCda, txa: Segment | None) -> ParsedCda:

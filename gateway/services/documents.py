@@ -21,7 +21,7 @@ from gateway.mapping import codes
 from gateway.mapping import document as mapping
 from gateway.mapping import submission
 from gateway.mapping.hl7v2 import feeding_refused
-from gateway.mapping.identity import identifier_value
+from gateway.mapping.identity import contradicted_traits, identifier_value
 from gateway.mapping.rules import check_document
 from gateway.storage.repository import DuplicateIdentifier, Repository, StoredResource, UnitOfWork
 
@@ -219,13 +219,33 @@ def check_record_open(uow: UnitOfWork, patient_id: str, location: str) -> None:
                       record=patient_id)
 
 
+def check_identity(uow: UnitOfWork, patient_id: str, stated: dict, location: str) -> None:
+    """A document's patient is the registered one: the sex and birth date it states for them agree
+    with those registered under the identifier that found them. A report about another person
+    under a mistyped or wrongly chosen INS was filed in this one's record, read by everyone who
+    reads it. The patient's identity is changed by the identity feed (PAM-FR ADT), not by a document."""
+    registered = uow.current("Patient", patient_id)
+    contradicted = contradicted_traits(registered.json(), stated) if registered and not registered.deleted else []
+    if contradicted:
+        # The registered values are not told: the sender may not read the record.
+        verb = "contradicts" if len(contradicted) == 1 else "contradict"
+        raise Refused(f"the {' and '.join(contradicted)} this document states for its patient {verb} the "
+                      "identity registered under the same identifier: is it this patient's? Check the patient's "
+                      "identity (identitovigilance); if the registered one is wrong, correct it through the identity "
+                      "feed (ADT A31 or A08) first", location=location, status=422, code="business-rule",
+                      hl7_code="205", record=patient_id)   # 205: the key (the INS) is another person's
+
+
 def _patient(uow: UnitOfWork, parsed: ParsedCda, produced: list[str]) -> str:
     header, ins = parsed.header, parsed.ins
     patient_id = uow.patient_record(uow.find_by_identifier("Patient", *parsed.patient_key))
+    stated = mapping.patient_resource(header.patient, patient_id or uow.new_id())
     if patient_id is None:
-        patient_id = uow.new_id()
-        uow.save(_checked(mapping.patient_resource(header.patient, patient_id)), patient_id=patient_id)
+        patient_id = stated["id"]
+        uow.save(_checked(stated), patient_id=patient_id)
         produced.append(f"Patient/{patient_id}")
+    else:
+        check_identity(uow, patient_id, stated, f"{CD}/recordTarget/patientRole/patient")
     for identifier in mapping.patient_identifiers(header.patient.ids):
         try:
             uow.claim_identifier("Patient", identifier["system"], identifier["value"], patient_id)

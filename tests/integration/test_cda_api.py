@@ -621,3 +621,55 @@ def test_a_custodian_whose_id_has_no_extension_is_refused_naming_it(client, data
     assert refused.status_code == 422, refused.data[:300]
     assert refused.json["issue"][0]["expression"] == [
         "/ClinicalDocument/custodian/assignedCustodian/representedCustodianOrganization/id"]
+
+
+def another_person(cda: bytes, document_root: bytes, birth: bytes = b"19900101", gender: bytes = b"F") -> bytes:
+    """Paul MARTIN's lab report, as if written about someone else under his INS: another name,
+    birth date and sex, and the document's own id (a new document)."""
+    return (cda.replace(b'<birthTime value="19850612"/>', b'<birthTime value="' + birth + b'"/>')
+            .replace(b'administrativeGenderCode code="M"', b'administrativeGenderCode code="' + gender + b'"')
+            .replace(b">MARTIN<", b">DURAND<").replace(b">PAUL<", b">JULIE<").replace(b"PAUL ANDRE", b"JULIE")
+            .replace(b"1.2.250.1.213.1.1.9.2.7.1", document_root))
+
+
+def test_a_document_whose_patient_is_not_the_one_registered_under_its_ins_is_refused(client, database, bearer):
+    """A report about JULIE DURAND, a woman born in 1990, carrying Paul MARTIN's INS (mistyped, or
+    the wrong patient picked), was filed in his record: his GP, the professionals he authorised and
+    Paul himself read her results, and her own record had none. Sex and birth date that contradict
+    the identity registered under the INS refuse the document, on every transport, naming neither
+    value; a name spelt otherwise, or a birth date given to the year, does not."""
+    assert post(client, "ldl-ses-martin.xml").status_code == 201
+    attend_all(database[0])
+    martin = {"patient.identifier": MARTIN, "status": "current"}
+    refused = client.post("/cda", data=another_person(sample("cr-biologie-martin.xml"), b"1.2.250.1.213.1.1.9.2.7.91"),
+                          headers=XML)
+    assert refused.status_code == 422, refused.json
+    issue = refused.json["issue"][0]
+    assert issue["expression"] == ["/ClinicalDocument/recordTarget/patientRole/patient"]
+    assert "sex and birth date" in issue["diagnostics"] and "identitovigilance" in issue["diagnostics"]
+    assert "1985" not in issue["diagnostics"] and "male" not in issue["diagnostics"]
+    born_elsewhere = another_person(sample("cr-biologie-martin.xml"), b"1.2.250.1.213.1.1.9.2.7.92", gender=b"M")
+    refused = client.post("/cda", data=born_elsewhere, headers=XML)
+    assert refused.status_code == 422
+    assert "the birth date this document states" in refused.json["issue"][0]["diagnostics"]
+    assert client.get("/fhir/DocumentReference", query_string=martin).json["total"] == 1
+    # An MDM^T02 carrying it is answered AE, the refusal at the OBX that carried the document.
+    mdm = (b"MSH|^~\\&|DPI|CH-SAINT-AUBIN|DMP-GATEWAY|DMP|20260310170000||MDM^T02^MDM_T02|MDM-DURAND|P|2.6|||||FRA|"
+           b"UNICODE UTF-8|||2.1^CISIS_CDA_HL7_V2\rEVN||20260310170000\rPID|1||185067511204554^^^ASIP-SANTE-INS-NIR&"
+           b"1.2.250.1.213.1.4.10&ISO^INS||DURAND^JULIE^^^^^L||19900101|F\rPV1|1|O\rTXA|1|11502-2|TEXT|20260303080000"
+           b"||||||||1.2.250.1.213.1.1.9.2.7.93|||||AU\rOBX|1|ED|11502-2^CR d'examens biologiques^LN||^text^XML^Base64^"
+           + base64.b64encode(another_person(sample("cr-biologie-martin.xml"), b"1.2.250.1.213.1.1.9.2.7.93"))
+           + b"||||||F\r")
+    answer = client.post("/hl7v2", data=mdm, content_type="x-application/hl7-v2+er7",
+                         headers=bearer("system", sub="hospital"))
+    segments = [s.split("|") for s in answer.data.decode().strip("\r").split("\r")]
+    assert segments[1][1] == "AE", segments
+    error = next(s for s in segments if s[0] == "ERR")
+    assert error[2].startswith("OBX^1^5") and error[3].startswith("205"), error
+    assert "the identity registered" in error[8], error
+    assert client.get("/fhir/DocumentReference", query_string=martin).json["total"] == 1
+    # Traits that agree, however spelt, are his.
+    same = (sample("cr-biologie-martin.xml").replace(b"PAUL ANDRE", b"PAUL")
+            .replace(b'<birthTime value="19850612"/>', b'<birthTime value="1985"/>'))
+    assert client.post("/cda", data=same, headers=XML).status_code == 201
+    assert client.get("/fhir/DocumentReference", query_string=martin).json["total"] == 2

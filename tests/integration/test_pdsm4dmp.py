@@ -467,3 +467,25 @@ def test_a_fhir_delete_deletes_a_document_as_the_guide_s_patch_does(client, bear
     revoked = client.delete(f"/fhir/Consent/{decision_id}", headers=patient)
     assert revoked.status_code == 405 and revoked.headers["Allow"] == "GET, PUT"
     assert "PUT it with status inactive" in revoked.json["issue"][0]["diagnostics"]
+
+
+def test_a_described_document_whose_source_patient_is_someone_else_is_refused(client, lps):
+    """The guide's ITI-65 gives its patient's identity in context.sourcePatientInfo (a contained
+    Patient). Given as another person's (a man born in 1990, where the record is a woman born in
+    1985), the document is refused there, and nothing is registered; the same person, her name
+    spelt otherwise and her birth date to the month, is registered."""
+    submission = example("Bundle-example-td2-iti65-lot-soumission.json")
+    docref = next(e["resource"] for e in submission["entry"] if e["resource"]["resourceType"] == "DocumentReference")
+    named = docref["context"]["sourcePatientInfo"]["reference"]
+    source = next(c for c in docref["contained"] if f"#{c['id']}" == named)
+    source.update(gender="male", birthDate="1990-01-01")
+    refused = client.post("/fhir", headers={**FHIR, **lps}, data=json.dumps(submission))
+    assert refused.status_code == 422, refused.json
+    issue = refused.json["issue"][0]
+    assert issue["expression"][0].endswith(".context.sourcePatientInfo"), issue
+    assert "sex and birth date" in issue["diagnostics"], issue
+    documents = {"patient.identifier": f"{INS_SYSTEM}|{INS}"}
+    assert client.get("/fhir/DocumentReference", query_string=documents, headers=lps).json["total"] == 0
+    source.update(gender="female", birthDate="1985-04", name=[{"family": "MARTIN-DURAND", "given": ["MARIE"]}])
+    assert client.post("/fhir", headers={**FHIR, **lps}, data=json.dumps(submission)).status_code == 200
+    assert client.get("/fhir/DocumentReference", query_string=documents, headers=lps).json["total"] == 1

@@ -4,7 +4,7 @@ from hypothesis import strategies as st
 
 from gateway.refusal import Refused
 from gateway.cda.header import II
-from gateway.mapping.identity import check_ins, identifier_value, ins_key_is_valid
+from gateway.mapping.identity import check_ins, contradicted_traits, identifier_value, ins_key_is_valid
 
 
 def key(first13: str) -> str:
@@ -47,3 +47,21 @@ def test_an_ins_as_printed_is_stored_as_its_15_characters_and_an_ipp_as_written(
     assert identifier_value("1.2.250.1.213.1.4.8", printed) == ins
     assert ins_key_is_valid(identifier_value("1.2.250.1.213.1.4.8", printed))
     assert identifier_value("urn:oid:1.2.250.1.71.4.2.7.1", printed) == printed
+
+
+@pytest.mark.parametrize("registered, stated, contradicted", [
+    ({"gender": "male", "birthDate": "1985-06-12"}, {"gender": "female", "birthDate": "1990-01-01"},
+     ["sex", "birth date"]),
+    ({"gender": "male", "birthDate": "1985-06-12"}, {"gender": "male", "birthDate": "1985-06-13"}, ["birth date"]),
+    ({"gender": "male", "birthDate": "1985-06-12"}, {"gender": "female", "birthDate": "1985-06-12"}, ["sex"]),
+    # To the precision both give; a trait unsaid, or unknown, or other, contradicts nothing.
+    ({"gender": "male", "birthDate": "1985-06-12"}, {"birthDate": "1985"}, []),
+    ({"gender": "male", "birthDate": "1985"}, {"birthDate": "1986-06"}, ["birth date"]),
+    ({"gender": "male", "birthDate": "1985-06-12"}, {"gender": "unknown"}, []),
+    ({"gender": "other"}, {"gender": "female"}, []),
+    ({}, {"gender": "female", "birthDate": "1990-01-01"}, []),
+    # Names are not compared: spelt otherwise by right.
+    ({"name": [{"family": "MARTIN"}]}, {"name": [{"family": "MARTIN-DURAND"}]}, []),
+])
+def test_the_traits_that_contradict_the_registered_identity(registered, stated, contradicted):
+    assert contradicted_traits(registered, stated) == contradicted
