@@ -361,8 +361,17 @@ def _read_document(item: Submitted, max_bytes: int) -> None:
     where = f"Bundle.entry[{item.index}].resource"
     content = item.resource.get("content", [{}])[0]
     content_type = content.get("attachment", {}).get("contentType", "")
-    if not is_cda(item.data, content_type, content.get("format", {}).get("code")):
+    format_code = content.get("format", {}).get("code")
+    if not is_cda(item.data, content_type, format_code):
         return
+    if item.data.startswith(b"%PDF-"):
+        # An XDS-SD format is a PDF wrapped in a CDA: a client that took it for a PDF's format was
+        # told "CDA document: unparseable XML", about a document it never meant as XML.
+        declared = f"format {format_code}" if format_code else f"contentType {content_type}"
+        raise _refuse(f"{declared} declares a CDA (an XDS-SD format is a PDF wrapped in a CDA's nonXMLBody), "
+                      "and the data is a bare PDF: send the CDA that wraps it, or describe the PDF as it is, "
+                      "contentType application/pdf and format urn:ihe:iti:xds:2017:mimeTypeSufficient",
+                      f"{where}.content[0]")
     # A CDA's DocumentReference is made from its header, not from the one submitted: what PDSm
     # prohibits in the submitted one (a docStatus) was ignored, where a document that is not a CDA
     # is refused for it.
