@@ -112,11 +112,13 @@ def _attending_physician_mails(conn, patient_id: str, event_id: str, ins: list[s
     name = reader.get("name") if reader.get("name") != number else None
     name = name or (person_name(directory.practitioner(conn, number)) if number else None)
     when = datetime.fromisoformat(event["recorded"])
+    regulation = any(c.get("code") == "ETREAT" for p in event.get("purposeOfEvent", []) for c in p.get("coding", []))
     mails, untold = [], 0
     for idnatps in sorted(set(physicians)):
         addresses = directory.mssante_addresses(conn, idnatps)
         untold += not addresses
-        mails += [attending_physician_mail(address, patient, ins, when, name, number) for address in addresses]
+        mails += [attending_physician_mail(address, patient, ins, when, name, number, regulation)
+                  for address in addresses]
     if untold:
         log.warning("an emergency access could not be told to the attending physician: the directory gives "
                     "them no MSSanté address", extra={"physicians": untold})
@@ -130,7 +132,7 @@ def _body(conn, res_type: str, res_id: str) -> dict | None:
 
 
 def attending_physician_mail(address: str, patient: dict, ins: list[str], when: datetime, reader_name: str | None,
-                             reader_number: str | None) -> Mail:
+                             reader_number: str | None, regulation: bool = False) -> Mail:
     """Between professionals, over MSSanté, which carries health data: the patient named, so that the
     physician knows whose record; the reader as the audit trail names them, or the directory."""
     born = patient.get("birthDate", "")
@@ -141,7 +143,8 @@ def attending_physician_mail(address: str, patient: dict, ins: list[str], when: 
     identity = f" (INS {ins[0]})" if ins else ""
     return Mail(address, "Accès en urgence au dossier médical partagé de votre patient·e",
                 f"Le dossier médical partagé de {person_name(patient) or 'votre patient·e'}{born}{identity}, "
-                f"dont vous êtes le médecin traitant, a été consulté en situation d'urgence le "
+                f"dont vous êtes le médecin traitant, a été consulté en situation d'urgence "
+                f"({'par la régulation médicale du SAMU, centre 15' if regulation else 'bris de glace'}) le "
                 f"{when.astimezone(PARIS):%d/%m/%Y à %H:%M} (heure de Paris) par {who}.\n\n"
                 "Ce message vous est adressé en application de l'article R. 1111-48 du code de la santé publique : "
                 "le titulaire du dossier et son médecin traitant sont informés de tout accès en urgence. Le patient "

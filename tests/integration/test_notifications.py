@@ -473,7 +473,7 @@ def test_an_emergency_access_is_told_to_the_attending_physician_at_their_mssante
     assert told[0]["subject"] == "Accès en urgence au dossier médical partagé de votre patient·e"
     # Whose record, when and by whom (the directory's name: the token gave none).
     for said in ("PAUL MARTIN", "né·e le 12/06/1985", MARTIN, "Dr Camille ROUSSEAU (RPPS 99900000020)",
-                 "R. 1111-48", "heure de Paris"):
+                 "(bris de glace)", "R. 1111-48", "heure de Paris"):
         assert said in text, (said, text)
     assert [item.recipients for item in notifications.queued(engine) if item.kind == "emergency-access"] == [3]
     # The GP's own emergency access is not told to them; to the patient, it is.
@@ -487,6 +487,12 @@ def test_an_emergency_access_is_told_to_the_attending_physician_at_their_mssante
         assert notifications.send_pending(settings, engine) == 1
         assert len([m for m in read_outbox(settings) if "patient·e" in m["subject"]]) == 2
         assert len(emergency_mails(settings, "paul@example.test")) == 2
+        # The SAMU's regulator is said as such.
+        client.get("/fhir/DocumentReference", query_string=query,
+                   headers=bearer("regulator", sub="899900000099", purpose="regulation", patient=MARTIN))
+        assert notifications.send_pending(settings, engine) == 1
+        told = [m for m in read_outbox(settings) if "patient·e" in m["subject"]]
+        assert len(told) == 4 and "(par la régulation médicale du SAMU, centre 15)" in told[-1]["text"]
         # A GP the directory gives no MSSanté address: the operator is told one went untold, not who.
         attend_all(engine, "899900000038")
         caplog.clear()
@@ -495,4 +501,4 @@ def test_an_emergency_access_is_told_to_the_attending_physician_at_their_mssante
     untold = [r for r in caplog.records if "attending physician" in r.getMessage()]
     assert [(r.levelname, r.physicians) for r in untold] == [("WARNING", 1)]
     assert not [r for r in caplog.records if "899900000038" in r.getMessage() + str(r.__dict__)]
-    assert len([m for m in read_outbox(settings) if "patient·e" in m["subject"]]) == 4
+    assert len([m for m in read_outbox(settings) if "patient·e" in m["subject"]]) == 6
