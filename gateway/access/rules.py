@@ -81,6 +81,17 @@ def structure(org: str) -> str:
     return found.group(1) if found else org
 
 
+def structure_spellings(system: str, value: str) -> list[tuple[str, str]]:
+    """A structure named by its FINESS or by its IdNatSt of that FINESS, named both ways (a
+    Consent's actors are indexed so): a search by one spelling missed the decisions written in the
+    other."""
+    if system == IDNATST_SYSTEM and (found := IDNATST_OF_FINESS.fullmatch(value)):
+        return [(system, value), (codes.FINESS_SYSTEM, found.group(1))]
+    if system == codes.FINESS_SYSTEM and FINESS.fullmatch(value):
+        return [(system, value), (IDNATST_SYSTEM, f"1{value}")]
+    return [(system, value)]
+
+
 def for_a_period(consent: dict) -> bool:
     """Whether a Consent's period bounds its rules: an authorisation of professionals given for a
     period. (A ZFA's period is the record's closing date, which its rules do not read.)"""

@@ -9,6 +9,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
+from gateway.access.rules import structure_spellings
 from gateway.fhir.primitives import present
 from gateway.mapping import codes
 from gateway.mapping.dates import InvalidTime, fhir_range
@@ -231,8 +232,9 @@ CONSENT = [
     SearchParam("scope", "token", lambda r: _codings(r.get("scope"))),
     SearchParam("action", "token", lambda r: _many_codings(r.get("provision", {}).get("action"))),
     SearchParam("date", "date", lambda r: [r["dateTime"]] if r.get("dateTime") else []),
-    SearchParam("actor", "token", lambda r: [pair for a in r.get("provision", {}).get("actor", [])
-                                             for pair in _identifiers([a.get("reference", {}).get("identifier", {})])]),
+    SearchParam("actor", "token", lambda r: [spelt for a in r.get("provision", {}).get("actor", [])
+                                             for pair in _identifiers([a.get("reference", {}).get("identifier", {})])
+                                             for spelt in structure_spellings(*pair)]),
 ]
 
 

@@ -460,6 +460,12 @@ def test_a_structure_named_by_its_idnatst_of_a_finess_is_that_finess(client, bea
     assert document_ids(client, cabinet) == both
     assert decide("deny", idnatst, "312345678901234").status_code == 201
     assert document_ids(client, cabinet) == set()
+    # An app looks for the decisions about the clinic under either spelling, and finds the block
+    # written in the other: a search by one missed them.
+    for system, value in ((codes.FINESS_SYSTEM, "330780000"), (idnatst, "1330780000")):
+        found = client.get("/fhir/Consent", headers=martin,
+                           query_string={"actor": f"{system}|{value}", "status": "active"}).json
+        assert [e["resource"]["provision"]["type"] for e in found["entry"]] == ["deny"], (system, found)
 
 
 def test_a_decision_posted_twice_at_once_is_kept_once(client, second_gateway, bearer, world, monkeypatch):

@@ -731,3 +731,31 @@ def test_a_mask_added_after_a_document_came_is_the_patient_s_after_the_migration
     refused = client.patch(f"/fhir/DocumentReference/{masked_later}", data=json.dumps(unmask),
                            headers={"Content-Type": "application/json-patch+json", **bearer("doctor", sub=author)})
     assert refused.status_code == 403, refused.json
+
+
+def test_a_consent_s_structure_is_found_by_either_spelling(tmp_path):
+    """Migration 0036: a Consent naming a structure by its FINESS, or by its IdNatSt of that FINESS,
+    is found by a search of either (as one indexed now: index_rows). Other actors keep their one row."""
+    from gateway.storage.searchparams import index_rows
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'actors.db'}")
+    config = alembic_config(engine)
+    command.upgrade(config, "0035")
+    idnatst, finess = "urn:oid:1.2.250.1.71.4.2.2", "https://finess.esante.gouv.fr"
+    idnatps = "urn:oid:1.2.250.1.71.4.2.1"
+    written = [("c1", idnatst, "1330780000"), ("c2", finess, "750712184"), ("c3", idnatst, "2123456789"),
+               ("c4", idnatps, "899900000012"), ("c5", finess, "750712184"), ("c5", idnatst, "1750712184")]
+    with engine.begin() as conn:
+        for consent_id, system, value in written:
+            conn.execute(text("INSERT INTO search_token (res_type, res_id, param, system, code) "
+                              "VALUES ('Consent', :c, 'actor', :s, :v)"), {"c": consent_id, "s": system, "v": value})
+    command.upgrade(config, "0036")
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT res_id, system, code FROM search_token WHERE param = 'actor'")).all()
+    assert sorted(rows) == sorted(written + [("c1", finess, "330780000"), ("c2", idnatst, "1750712184")])
+    consent = {"resourceType": "Consent", "id": "c1", "status": "active", "provision": {"type": "deny", "actor": [
+        {"reference": {"identifier": {"system": idnatst, "value": "1330780000"}}}]}}
+    assert {(r["system"], r["code"]) for r in index_rows(consent)["token"] if r["param"] == "actor"} == {
+        (idnatst, "1330780000"), (finess, "330780000")}
+    command.downgrade(config, "0035")
+    engine.dispose()
