@@ -582,6 +582,10 @@ def test_the_space_shows_an_app_s_decisions_about_organisations_and_withdraws_on
     post(browser, f"/acces/retirer/{establishment}", {"acteur": f"{codes.FINESS_SYSTEM}|{hospital}"}, "/acces")
     assert client.get(f"/fhir/Consent/{establishment}", headers=martin).json["status"] == "inactive"
     assert "Établissement bloqué" not in browser.get("/acces").text
+    # A cabinet named by its IdNatSt (3 + SIRET), not a FINESS: it was called "Établissement FINESS …".
+    decide("deny", (f"urn:oid:{codes.IDNATST_OID}", "312345678901234"))
+    page = browser.get("/acces").text
+    assert "Structure d&#39;identifiant national 312345678901234" in page and "FINESS 312345678901234" not in page
 
 
 def test_the_patient_authorises_a_professional_until_a_day_and_the_space_says_when_it_ends(

@@ -5,7 +5,7 @@ from datetime import date
 
 from flask import g, render_template, request
 
-from gateway.access.rules import IDNATPS_SYSTEM, period_bounds
+from gateway.access.rules import FINESS, IDNATPS_SYSTEM, IDNATST_SYSTEM, period_bounds
 from gateway.fhir.primitives import present
 from gateway.mapping import codes
 from gateway.mapping.dates import index_now
@@ -114,13 +114,19 @@ def professional_name(idnatps: str) -> str:
     return person_name(practitioner(idnatps)) or fallback
 
 
-def organization_name(finess: str) -> str:
+def organization_name(structure: str) -> str:
+    """The directory's name of a structure as the rules name it (access.rules.structure): its FINESS,
+    or its IdNatSt of another kind (a cabinet's), which was said to be a FINESS."""
     cache = g.setdefault("organizations", {})
-    if finess not in cache:
+    if structure not in cache:
+        finess = FINESS.fullmatch(structure)
+        system = codes.FINESS_SYSTEM if finess else IDNATST_SYSTEM
+        value = structure.replace(",", "\\,")   # one value, as practitioner's
         found = g.repository.search(search_sql.parse_search("Organization", [
-            ("identifier", f"{codes.FINESS_SYSTEM}|{finess}")])).entries
-        cache[finess] = (found[0].json().get("name") if found else None) or f"Établissement FINESS {finess}"
-    return cache[finess]
+            ("identifier", f"{system}|{value}")])).entries
+        cache[structure] = (found[0].json().get("name") if found else None) or (
+            f"Établissement FINESS {structure}" if finess else f"Structure d'identifiant national {structure}")
+    return cache[structure]
 
 
 def period_state(period: dict) -> dict:
