@@ -71,6 +71,8 @@ def _mails(conn, patient_id: str, claimed: list, base_url: str) -> tuple[list[Ma
         unique_identifiers.c.res_type == "Patient", unique_identifiers.c.res_id == patient_id,
         unique_identifiers.c.system.in_(INS_SYSTEMS))).scalars().all()
     born, died = conn.execute(text(PATIENT_STATE), {"patient_id": patient_id}).one()
+    told = [mail for c in claimed if c.kind == EMERGENCY_ACCESS
+            for mail in _attending_physician_mails(conn, patient_id, c.about_id, ins)]
     mails = []
     for account, record in record_accounts(conn, list(ins)):
         # The accounts the record is closed to (access.context.ClosedToHolder) are told nothing of it:
@@ -79,16 +81,14 @@ def _mails(conn, patient_id: str, claimed: list, base_url: str) -> tuple[list[Ma
             continue
         if emergency:
             # Whatever the account chose of new documents: the patient is to be told of it.
-            mails.append(emergency_access_mail(account.contact, account.role == PATIENT, base_url + "/historique"))
+            mails.append(emergency_access_mail(account.contact, account.role == PATIENT, base_url + "/historique",
+                                               attending_told=bool(told)))
         if not account.notify_new_documents:
             continue
         count = sum(1 for d in shown if account.role != REPRESENTATIVE or not d.hidden_from_representatives)
         if count:
             mails.append(new_documents_mail(account.contact, account.role == PATIENT, base_url + "/documents", count))
-    for c in claimed:
-        if c.kind == EMERGENCY_ACCESS:
-            mails += _attending_physician_mails(conn, patient_id, c.about_id, ins)
-    return mails, gone
+    return mails + told, gone
 
 
 def _attending_physician_mails(conn, patient_id: str, event_id: str, ins: list[str]) -> list[Mail]:
@@ -167,14 +167,16 @@ def new_documents_mail(contact: str, own_record: bool, link: str, count: int) ->
                 "Vous pouvez les désactiver dans votre espace, page « Mon dossier ».")
 
 
-def emergency_access_mail(contact: str, own_record: bool, link: str) -> Mail:
-    """No name, no document: who accessed what and when is in the trail the link leads to."""
+def emergency_access_mail(contact: str, own_record: bool, link: str, attending_told: bool = False) -> Mail:
+    """No name, no document: who accessed what and when is in the trail the link leads to. Whether
+    the attending physician is told too (at their MSSanté address), without naming them."""
     whose, opposed = ("votre dossier médical partagé", "vous ne vous y êtes pas opposé·e") if own_record else (
         "le dossier médical partagé d'un enfant dont vous êtes le représentant légal",
         "il n'y a pas été fait opposition")
     return Mail(contact, "Accès en urgence à votre dossier médical partagé",
                 f"Un professionnel de santé a accédé à {whose} en situation d'urgence, comme la loi le permet "
-                f"lorsque {opposed}.\nPour voir qui y a accédé, quand et à quels documents, consultez "
+                f"lorsque {opposed}.{' Le médecin traitant en est informé lui aussi.' if attending_told else ''}\n"
+                "Pour voir qui y a accédé, quand et à quels documents, consultez "
                 f"l'historique des accès de votre espace : {link}\n\n"
                 "Ce message est envoyé à chaque accès en urgence, au plus une fois par heure. Vous pouvez vous "
                 "opposer aux accès en urgence dans votre espace, page « Accès ».")

@@ -403,6 +403,7 @@ def test_an_emergency_access_is_told_to_the_patient_once_an_hour_whatever_they_c
     text = sent[0]["text"].lower()
     assert f"{settings.public_base_url}/historique" in text
     assert not [word for word in MEDICAL_WORDS + ("899900000020",) if word in text], text
+    assert "médecin traitant en est informé" not in text   # the directory gives him no MSSanté address
     # The hour after: the next emergency access is told again.
     client.get("/fhir/DocumentReference", query_string=query, headers=emergency)
     assert notifications.send_pending(settings, engine) == 0
@@ -469,6 +470,9 @@ def test_an_emergency_access_is_told_to_the_attending_physician_at_their_mssante
     told = [m for m in read_outbox(settings) if "patient·e" in m["subject"]]
     assert sorted(m["to"] for m in told) == ["c.noel@medecin.mssante.fr", "cnoel@msp-acacias.example.test"]
     assert len(emergency_mails(settings, "paul@example.test")) == 1
+    # The patient learns that their GP is told, not who the GP is nor where.
+    said = emergency_mails(settings, "paul@example.test")[0]["text"]
+    assert "Le médecin traitant en est informé lui aussi." in said and "noel" not in said.lower()
     text = told[0]["text"]
     assert told[0]["subject"] == "Accès en urgence au dossier médical partagé de votre patient·e"
     # Whose record, when and by whom (the directory's name: the token gave none).
