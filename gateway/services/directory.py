@@ -10,6 +10,7 @@ from sqlalchemy import select
 from gateway.access.rules import IDNATPS_SYSTEM
 from gateway.access.writes import Write
 from gateway.refusal import Refused
+from gateway.fhir.primitives import present
 from gateway.fhir.validation import InvalidResource, keep_claimed_profiles, validate
 from gateway.mapping import codes
 from gateway.mapping.identity import compact_ins, ins_key_is_valid
@@ -111,3 +112,16 @@ def mssante_addresses(conn, idnatps: str) -> list[str]:
 def _typed_mssante(telecom: dict) -> bool:
     return any(extension.get("url") == EMAIL_TYPE and extension.get("valueCoding", {}).get("code") == "MSSANTE"
                for extension in telecom.get("extension", []))
+
+
+def person_name(resource: dict | None) -> str | None:
+    """A Patient's or a Practitioner's name as it is written to people: "Dr Camille NOEL"."""
+    if not resource:
+        return None
+    for name in resource.get("name", []):
+        prefixes = [p.capitalize() if p.isupper() else p for p in present(name.get("prefix"))]   # "DR" -> "Dr"
+        parts = [*prefixes, *present(name.get("given")), name.get("family", "")]
+        text = name.get("text") or " ".join(p for p in parts if p)
+        if text:
+            return text
+    return None

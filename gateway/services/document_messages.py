@@ -17,14 +17,14 @@ from gateway.mapping import codes
 from gateway.mapping import document as mapping
 from gateway.mapping import hl7v2 as v2
 from gateway.mapping import submission
-from gateway.mapping.dates import InvalidTime
 from gateway.mapping.identity import contradicted_traits
 from gateway.storage.repository import StoredResource, UnitOfWork
 
 from gateway.access.writes import Producers
 
 from .documents import ParsedCda, delete_document, header_producers, person_producers, read_cda, register_document
-from .patients import Applied, MessageRefused, checked_ids, find_patient, identifier_keys, single, valid_from_message
+from .patients import (Applied, MessageRefused, check_birth_date, checked_ids, find_patient, identifier_keys, single,
+                       valid_from_message)
 
 # sourceId of a sending system known only by its HL7v2 names (MSH-3|MSH-4).
 SENDER_SYSTEM = "urn:dmp-gateway:hl7v2-sender"
@@ -52,11 +52,9 @@ def read(message: Message, max_bytes: int) -> Plan:
     pid = single(message, "PID") if code == "MDM" else message.first("PID")
     if pid is None:
         raise MessageRefused(Issue("the message has no PID segment", "PID", "100"))
-    try:
-        stated = mapping.patient_resource(v2.patient_info(pid), "pid")
-    except InvalidTime:
-        raise MessageRefused(Issue("PID-7 (birth date) is not a valid date (YYYY[MM[DD]])", "PID^1^7", "102")) from None
-    plan = Plan(message, checked_ids(pid, 3), stated)
+    info = v2.patient_info(pid)
+    check_birth_date(info)
+    plan = Plan(message, checked_ids(pid, 3), mapping.patient_resource(info, "pid"))
     observations = message.all("OBX")
     documents = [(index, obx) for index, obx in enumerate(observations, start=1)
                  if obx.get(2) == "ED" and not v2.is_metadata(obx)]

@@ -239,13 +239,13 @@ def check_identity(uow: UnitOfWork, patient_id: str, stated: dict, location: str
 def _patient(uow: UnitOfWork, parsed: ParsedCda, produced: list[str]) -> str:
     header, ins = parsed.header, parsed.ins
     patient_id = uow.patient_record(uow.find_by_identifier("Patient", *parsed.patient_key))
-    stated = mapping.patient_resource(header.patient, patient_id or uow.new_id())
     if patient_id is None:
-        patient_id = stated["id"]
-        uow.save(_checked(stated), patient_id=patient_id)
+        patient_id = uow.new_id()
+        uow.save(_checked(mapping.patient_resource(header.patient, patient_id)), patient_id=patient_id)
         produced.append(f"Patient/{patient_id}")
     else:
-        check_identity(uow, patient_id, stated, f"{CD}/recordTarget/patientRole/patient")
+        check_identity(uow, patient_id, mapping.patient_resource(header.patient, patient_id),
+                       f"{CD}/recordTarget/patientRole/patient")
     for identifier in mapping.patient_identifiers(header.patient.ids):
         try:
             uow.claim_identifier("Patient", identifier["system"], identifier["value"], patient_id)

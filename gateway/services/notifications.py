@@ -28,7 +28,6 @@ from gateway.config import Settings
 from gateway.services import directory
 from gateway.space.accounts import record_accounts
 from gateway.space.senders import Mail, RecipientRefused, message_sender
-from gateway.space.views.common import person_name
 from gateway.storage.database import failure_reason, read_connection, unavailable, write_transaction
 from gateway.storage.schema import (
     EMERGENCY_ACCESS, NEW_DOCUMENT, access_rules, notifications, resources, unique_identifiers)
@@ -110,7 +109,7 @@ def _attending_physician_mails(conn, patient_id: str, event_id: str, ins: list[s
     if not physicians:
         return []
     name = reader.get("name") if reader.get("name") != number else None
-    name = name or (person_name(directory.practitioner(conn, number)) if number else None)
+    name = name or (directory.person_name(directory.practitioner(conn, number)) if number else None)
     when = datetime.fromisoformat(event["recorded"])
     regulation = any(c.get("code") == "ETREAT" for p in event.get("purposeOfEvent", []) for c in p.get("coding", []))
     mails, untold = [], 0
@@ -142,7 +141,7 @@ def attending_physician_mail(address: str, patient: dict, ins: list[str], when: 
         who += f" (RPPS {reader_number[1:]})" if reader_number.startswith("8") else f" ({reader_number})"
     identity = f" (INS {ins[0]})" if ins else ""
     return Mail(address, "Accès en urgence au dossier médical partagé de votre patient·e",
-                f"Le dossier médical partagé de {person_name(patient) or 'votre patient·e'}{born}{identity}, "
+                f"Le dossier médical partagé de {directory.person_name(patient) or 'votre patient·e'}{born}{identity}, "
                 f"dont vous êtes le médecin traitant, a été consulté en situation d'urgence "
                 f"({'par la régulation médicale du SAMU, centre 15' if regulation else 'bris de glace'}) le "
                 f"{when.astimezone(PARIS):%d/%m/%Y à %H:%M} (heure de Paris) par {who}.\n\n"

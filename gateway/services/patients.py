@@ -126,14 +126,18 @@ def prepare_patient(pid: Segment) -> PreparedPatient:
     if not ids:
         raise MessageRefused(Issue("PID-3 has no identifier with an assigning authority", "PID^1^3", "101"))
     info = dataclasses.replace(v2.patient_info(pid), ids=ids)
+    check_birth_date(info)
+    _check_death(pid, info)
+    return PreparedPatient(ids, valid_from_message(mapping.patient_resource(info, mapping.UNSET_ID), "PID^1"))
+
+
+def check_birth_date(info: PatientInfo) -> None:
     if info.birth_time:
         try:
             ts_to_fhir(info.birth_time)
         except InvalidTime:
             raise MessageRefused(Issue("PID-7 (birth date) is not a valid date (YYYY[MM[DD]])", "PID^1^7",
                                        "102")) from None
-    _check_death(pid, info)
-    return PreparedPatient(ids, valid_from_message(mapping.patient_resource(info, mapping.UNSET_ID), "PID^1"))
 
 
 def _check_death(pid: Segment, info: PatientInfo) -> None:

@@ -6,10 +6,10 @@ from datetime import date
 from flask import g, render_template, request
 
 from gateway.access.rules import FINESS, IDNATPS_SYSTEM, IDNATST_SYSTEM, period_bounds
-from gateway.fhir.primitives import present
 from gateway.mapping import codes
 from gateway.mapping.dates import index_now
 from gateway.services import consents
+from gateway.services.directory import person_name
 from gateway.storage import search as search_sql
 from gateway.storage.repository import StoredResource
 
@@ -89,18 +89,6 @@ def document_organization(docref: dict) -> str | None:
     reference = docref.get("custodian", {}).get("reference", "")
     if reference.startswith("Organization/"):
         return g.repository.read("Organization", reference.split("/", 1)[1]).json().get("name")
-    return None
-
-
-def person_name(resource: dict | None) -> str | None:
-    if not resource:
-        return None
-    for name in resource.get("name", []):
-        prefixes = [p.capitalize() if p.isupper() else p for p in present(name.get("prefix"))]   # "DR" -> "Dr"
-        parts = [*prefixes, *present(name.get("given")), name.get("family", "")]
-        text = name.get("text") or " ".join(p for p in parts if p)
-        if text:
-            return text
     return None
 
 
