@@ -262,13 +262,16 @@ def both_inactive_when_the_record_is_not_active(zfa, patient_reference, consents
      lambda *args: None, "step 2: "),
     ("cisis-documents/013-pid-and-cda-about-two-people", "gateway.services.document_messages.contradicted_traits",
      lambda *args: [], "step 1: "),
+    ("access/022-a-structure-found-by-either-spelling", "gateway.storage.searchparams.structure_spellings",
+     lambda system, value: [(system, value)], "step 3: "),
 ], ids=["a submission sent again registered again", "a SubmissionSet that leaves out its document",
         "an opposition a later ZFA did not collect", "a replacement that unmasks what the patient masked",
         "an author who lifts the patient's mask", "a block kept beside the authorisation after it",
         "a block of two kept whole beside the authorisation of one", "a block of a hospital ignored",
         "an opposition a record reported closed lifted", "an authorisation's period ignored",
         "a parent's access kept after the child came of age", "a death dropped",
-        "a document about another person filed under the INS", "a PID and a CDA about two people taken"])
+        "a document about another person filed under the INS", "a PID and a CDA about two people taken",
+        "a structure's decisions found by one spelling only"])
 def test_a_gateway_without_the_rule_a_case_checks_is_caught(target, monkeypatch, case, patched, replacement,
                                                              failing_step):
     """Each case passes against the gateway as it is, and fails, at the step that checks it, against
