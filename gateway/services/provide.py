@@ -28,7 +28,7 @@ from gateway.storage.repository import Repository, StoredResource, UnitOfWork, n
 
 from .described import (attachment_data, bundle_patients, is_cda, register_described, resolve_subject,
                         subject_identifiers)
-from .documents import ParsedCda, read_cda, register_document
+from .documents import ParsedCda, check_identity, read_cda, register_document
 from .ingest import NAMED_IDENTIFIERS, NamedPatient, Received, Written, ingest
 
 
@@ -456,6 +456,10 @@ def _write(uow: UnitOfWork, base_url: str, bundle: dict, documents, signatures, 
             result = register_described(uow, base_url, item.resource, item.data, patient_id, where=where,
                                         docref_id=item.new_id, digests=item.digests)
         stored = item.stored = result.document_reference
+        reference = subject.get("reference") if isinstance(subject, dict) else None
+        if result.created and isinstance(reference, str) and reference in patients:
+            # The Patient entry the subject names, sent for reference, describes the patient too.
+            check_identity(uow, stored.patient_id, patients[reference], f"{where}.subject")
         patient_ids.add(stored.patient_id)
         superseded |= {p.split("/", 1)[1] for p in result.produced if p.startswith("DocumentReference/")} - {stored.res_id}
         if not result.created:   # registered before (the submission sent again): what it replaced then

@@ -560,3 +560,20 @@ def test_a_subject_naming_the_ins_with_its_spaces_designates_the_cda_s_patient(c
     response = provide(client, bundle)
     assert response.status_code == 200, response.json
     assert document_count(database[0]) == 1
+
+
+def test_a_patient_entry_that_describes_another_person_is_refused(client, database):
+    """The Patient entry a submission's subject names, sent for reference, describes the patient too:
+    a woman born in 1990 where the CDA, and the record, say a man born in 1985 is refused at the
+    subject, nothing kept; the same person, her identifiers alone or her traits agreeing, is taken."""
+    bundle = build_submission(sample("cr-biologie-martin.xml"), LIMIT)
+    patient = bundle["entry"][3]["resource"]
+    patient.update(gender="female", birthDate="1990-01-01")
+    refused = provide(client, bundle)
+    assert refused.status_code == 422, refused.json
+    issue = refused.json["issue"][0]
+    assert issue["expression"] == ["Bundle.entry[1].resource.subject"] and "sex and birth date" in issue["diagnostics"]
+    assert document_count(database[0]) == 0
+    patient.update(gender="male", birthDate="1985-06")
+    assert provide(client, bundle).status_code == 200
+    assert document_count(database[0]) == 1
