@@ -85,8 +85,8 @@ def structure_spellings(system: str, value: str) -> list[tuple[str, str]]:
     """A structure named by its FINESS or by its IdNatSt of that FINESS, named both ways (a
     Consent's actors are indexed so): a search by one spelling missed the decisions written in the
     other."""
-    if system == IDNATST_SYSTEM and (found := IDNATST_OF_FINESS.fullmatch(value)):
-        return [(system, value), (codes.FINESS_SYSTEM, found.group(1))]
+    if system == IDNATST_SYSTEM and (finess := structure(value)) != value:
+        return [(system, value), (codes.FINESS_SYSTEM, finess)]
     if system == codes.FINESS_SYSTEM and FINESS.fullmatch(value):
         return [(system, value), (IDNATST_SYSTEM, f"1{value}")]
     return [(system, value)]

@@ -73,6 +73,11 @@ def _link_named(uow, resource: dict) -> None:
                 named["reference"] = f"{res_type}/{found}"
 
 
+def rpps_number(idnatps: str) -> str | None:
+    """The RPPS number an IdNatPs carries (8 + RPPS); None for one of another kind (0 + ADELI)."""
+    return idnatps[1:] if idnatps.startswith("8") else None
+
+
 def practitioner(conn, idnatps: str) -> dict | None:
     """The directory's Practitioner of an IdNatPs."""
     body = conn.execute(select(resources.c.body).where(

@@ -22,7 +22,9 @@ from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import Engine, delete, func, or_, select, text, update
 
-from gateway.access.context import INS_SYSTEMS, PARIS, PATIENT, PATIENT_STATE, REPRESENTATIVE, ClosedToHolder
+from gateway.access.audit import PURPOSES
+from gateway.access.context import (INS_SYSTEMS, PARIS, PATIENT, PATIENT_STATE, REGULATION, REPRESENTATIVE,
+                                    ClosedToHolder)
 from gateway.access.rules import IDNATPS_SYSTEM
 from gateway.config import Settings
 from gateway.services import directory
@@ -111,7 +113,8 @@ def _attending_physician_mails(conn, patient_id: str, event_id: str, ins: list[s
     name = reader.get("name") if reader.get("name") != number else None
     name = name or (directory.person_name(directory.practitioner(conn, number)) if number else None)
     when = datetime.fromisoformat(event["recorded"])
-    regulation = any(c.get("code") == "ETREAT" for p in event.get("purposeOfEvent", []) for c in p.get("coding", []))
+    regulation = any(c.get("code") == PURPOSES[REGULATION][0]
+                     for p in event.get("purposeOfEvent", []) for c in p.get("coding", []))
     mails, untold = [], 0
     for idnatps in sorted(set(physicians)):
         addresses = directory.mssante_addresses(conn, idnatps)
@@ -138,7 +141,8 @@ def attending_physician_mail(address: str, patient: dict, ins: list[str], when: 
     born = f", né·e le {'/'.join(reversed(born.split('-')))}" if len(born) == 10 else ""
     who = reader_name or "un professionnel de santé"
     if reader_number:
-        who += f" (RPPS {reader_number[1:]})" if reader_number.startswith("8") else f" ({reader_number})"
+        rpps = directory.rpps_number(reader_number)
+        who += f" (RPPS {rpps})" if rpps else f" ({reader_number})"
     identity = f" (INS {ins[0]})" if ins else ""
     return Mail(address, "Accès en urgence au dossier médical partagé de votre patient·e",
                 f"Le dossier médical partagé de {directory.person_name(patient) or 'votre patient·e'}{born}{identity}, "

@@ -9,7 +9,7 @@ from gateway.access.rules import FINESS, IDNATPS_SYSTEM, IDNATST_SYSTEM, period_
 from gateway.mapping import codes
 from gateway.mapping.dates import index_now
 from gateway.services import consents
-from gateway.services.directory import person_name
+from gateway.services.directory import person_name, rpps_number
 from gateway.storage import search as search_sql
 from gateway.storage.repository import StoredResource
 
@@ -98,7 +98,8 @@ def idnatps_of(practitioner: dict) -> str | None:
 
 def professional_name(idnatps: str) -> str:
     """The name the directory gives; the number only when the directory does not know it."""
-    fallback = f"Professionnel RPPS {idnatps[1:]}" if idnatps.startswith("8") else f"Professionnel {idnatps}"
+    rpps = rpps_number(idnatps)
+    fallback = f"Professionnel RPPS {rpps}" if rpps else f"Professionnel {idnatps}"
     return person_name(practitioner(idnatps)) or fallback
 
 
