@@ -6,6 +6,7 @@ SubmissionSet List naming the documents the message registered."""
 from __future__ import annotations
 
 import binascii
+import dataclasses
 from dataclasses import dataclass, field
 
 from gateway import base64text
@@ -54,7 +55,10 @@ def read(message: Message, max_bytes: int) -> Plan:
         raise MessageRefused(Issue("the message has no PID segment", "PID", "100"))
     info = v2.patient_info(pid)
     check_birth_date(info)
-    plan = Plan(message, checked_ids(pid, 3), mapping.patient_resource(info, "pid"))
+    # Its sex and birth date, compared with the CDA's; a document message does not read the death
+    # of PID-29/PID-30, the identity feed's (a PID-29 no time was an internal error, found by the fuzz).
+    stated = mapping.patient_resource(dataclasses.replace(info, death_time=None, deceased=None), "pid")
+    plan = Plan(message, checked_ids(pid, 3), stated)
     observations = message.all("OBX")
     documents = [(index, obx) for index, obx in enumerate(observations, start=1)
                  if obx.get(2) == "ED" and not v2.is_metadata(obx)]

@@ -962,3 +962,18 @@ def test_the_charset_http_names_is_read_and_one_that_contradicts_msh_18_refused(
     code, segments = post(client, latin, "x-application/hl7-v2+er7; charset=windows-1252")
     assert code == "AR" and "charset=windows-1252 in Content-Type is not supported" in errors(segments)[0][8]
 
+
+
+def test_a_document_message_does_not_read_the_death_its_pid_states(client):
+    """A document message compares its PID's sex and birth date with its CDA's; the death of PID-29
+    and PID-30 is the identity feed's to apply. An MDM whose PID-29 was no time was an internal error
+    (AR 207, kept `failed`) once the PID's traits were read: found by the fuzz."""
+    message = sample("mdm-1-t02-cr-imagerie-irm-lefevre.hl7").decode()
+    segments = message.splitlines()
+    pid = next(i for i, segment in enumerate(segments) if segment.startswith("PID|"))
+    fields = segments[pid].split("|")
+    fields += [""] * (31 - len(fields))
+    fields[29], fields[30] = "not a time", "Y"
+    segments[pid] = "|".join(fields)
+    code, acknowledgement = post(client, "\r".join(segments))
+    assert code == "AA", acknowledgement
