@@ -299,8 +299,8 @@ def document_reference(header: CdaHeader, docref_id: str, links: Links, attachme
     if events:
         context["event"] = [{"coding": [c]} for c in events]
     event = header.service_events[0] if header.service_events else None
-    period = (_period(event.low, event.high) if event else None) \
-        or _period(header.encounter_low, header.encounter_high) or {"start": creation}
+    encounter = _period(header.encounter_low, header.encounter_high) if header.encounter_low else None
+    period = (_period(event.low, event.high) if event else None) or encounter or {"start": creation}
     context["period"] = period
     if header.facility_type:
         context["facilityType"] = {"coding": [coding(header.facility_type)]}

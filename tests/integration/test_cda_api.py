@@ -533,6 +533,32 @@ def test_a_header_without_what_every_document_reference_holds_is_refused(client,
     assert counts(database[0]) == {}
 
 
+@pytest.mark.parametrize("service_event_time, period", [
+    ('<effectiveTime><low value="20260303071500+0100"/></effectiveTime>', {"start": "2026-03-03T07:15:00+01:00"}),
+    ("", {"start": "2026-03-03T08:00:00+01:00"}),
+], ids=["with the service event's time", "without it"])
+def test_an_encounter_that_ends_without_a_start_is_registered_as_the_ci_sis_allows(client, service_event_time,
+                                                                                    period):
+    """The CI-SIS gives the encounter's low and high 0..1 each, and 21 of the 94 examples the ANS
+    publishes (ANEST-CR-CPA, AVC, DLU, eP-MED-DM, OBP, OPH, VSM…) end it without a start: each was
+    refused 422 "the encounter's time has an end (high) and no start (low)". The period is the
+    service event's; without one, the document's date, as when the header gives no time at all
+    (a period's end alone fails PDSm)."""
+    cda = sample("cr-biologie-martin.xml").decode()
+    event = '      <effectiveTime><low value="20260303071500+0100"/></effectiveTime>\n'
+    encounter = '    <encompassingEncounter>\n      <effectiveTime><low value="20260303071500+0100"/></effectiveTime>'
+    assert event in cda and encounter in cda
+    cda = cda.replace(encounter, encounter.replace("<low ", "<high ")).replace(
+        event, f"      {service_event_time}\n" if service_event_time else "")
+    registered = client.post("/cda", data=cda.encode(), headers=XML)
+    assert registered.status_code == 201, registered.data[:300]
+    assert registered.json["context"]["period"] == period
+    checked = profiles.Collected()
+    checked.add(registered.json)
+    if profiles.available():
+        assert not checked.errors()
+
+
 @pytest.mark.parametrize("before, after, expression", [
     ('<assignedAuthor><id root="1.2.250.1.71.4.2.1"', '<assignedAuthor><id root="1.2.250.1.71.4.2 .1"',
      "/ClinicalDocument/author/assignedAuthor/id/@root"),
