@@ -82,7 +82,7 @@ def read(message: Message, max_bytes: int) -> Plan:
         if action == "delete":
             if txa is None or not txa.get(12):
                 raise MessageRefused(Issue("MDM^T04 names the document to delete in TXA-12", "TXA^1^12", "101"))
-            plan.deleted_id = II(txa.get(12))
+            plan.deleted_id = _document_id(txa, 12)
             return plan
         if not documents:
             raise MessageRefused(Issue("no OBX carries the CDA document (OBX-2 ED)", "OBX", "101"))
@@ -103,8 +103,9 @@ def read(message: Message, max_bytes: int) -> Plan:
         parsed = _cda(obx, location, max_bytes)
         _same_patient(plan, parsed)
         if txa is not None and action != "delete" and txa.get(12) and \
-                mapping.identifier_key(II(txa.get(12))) != mapping.identifier_key(parsed.header.unique_id):
-            raise MessageRefused(Issue(f"TXA-12 ({txa.get(12)}) is not the id of the CDA in OBX-5",
+                mapping.identifier_key(_document_id(txa, 12)) != mapping.identifier_key(parsed.header.unique_id):
+            raise MessageRefused(Issue(f"TXA-12 ({mapping.document_uri(_document_id(txa, 12))}) is not the id of the "
+                                       f"CDA in OBX-5 ({mapping.document_uri(parsed.header.unique_id)})",
                                        "TXA^1^12", "207"))
         if action == "replace":
             parsed = _with_parent(parsed, txa)
@@ -153,12 +154,23 @@ def apply(uow: UnitOfWork, plan: Plan, applied: Applied, base_url: str) -> None:
         applied.status = "duplicate"  # every document of the message was already registered
 
 
+def _document_id(txa: Segment, number: int) -> II:
+    """The document TXA-12 or TXA-13 names (an EI), as the CI-SIS volet fills it from the CDA's id:
+    an id with an extension gives the extension in component 1 and the root in component 3 (ISO);
+    a root alone, component 1. Component 1 alone was read: an MDM^T02 whose CDA has an extension,
+    filled so, was refused (AE 207, "TXA-12 is not the id of the CDA"), and its T04 found nothing."""
+    root = txa.get(number, 3)
+    return II(root, txa.get(number, 1)) if root else II(txa.get(number, 1))
+
+
 def _document_bytes(obx: Segment, location: str) -> bytes:
-    """OBX-5's data, decoded: base64 from the received bytes that carried it (er7.LongRuns)."""
+    """OBX-5's data, decoded: base64 from the received bytes that carried it (er7.LongRuns). Its
+    final padding may be left out: five of the ANS's own example messages (hl7V2-exemples, CR-IMG
+    and CR-BIO) leave it out, and each was refused "not valid base64"."""
     encoding = obx.get(5, 4).upper()
     if encoding == "BASE64":
         try:
-            return base64text.decode(obx.received_component(5, 5))
+            return base64text.decode(obx.received_component(5, 5), padded=False)
         except (binascii.Error, ValueError):
             raise MessageRefused(Issue("OBX-5 declares Base64 but its data is not valid base64",
                                        location, "102")) from None
@@ -198,7 +210,7 @@ def _with_parent(parsed: ParsedCda, txa: Segment | None) -> ParsedCda:
     if parsed.header.replaced:
         return parsed
     if txa is not None and txa.get(13):
-        return parsed.replacing([II(txa.get(13))])
+        return parsed.replacing([_document_id(txa, 13)])
     raise MessageRefused(Issue("a replacement must name the replaced document (CDA relatedDocument RPLC "
                                "or TXA-13)", "TXA^1^13", "101"))
 

@@ -338,6 +338,69 @@ def test_t02_t10_t04_register_replace_and_delete(client):
     assert code == "AA" and "already registered" in errors(segments)[0][8], segments
 
 
+def with_cda(message: bytes, change) -> bytes:
+    """The message, its OBX-5's CDA changed (`change` of its text), encoded again."""
+    found = re.search(rb"\^Base64\^([A-Za-z0-9+/=]+)", message)
+    cda = change(base64.b64decode(found.group(1)).decode())
+    return message[:found.start(1)] + base64.b64encode(cda.encode()) + message[found.end(1):]
+
+
+def test_a_document_id_with_an_extension_is_read_from_txa_as_the_ci_sis_volet_fills_it(client):
+    """The volet: a CDA id with an extension gives TXA-12.1 (and TXA-13.1) the extension and
+    TXA-12.3 the root, ISO. Component 1 alone was read: the T02 was refused (AE 207, "TXA-12 is not
+    the id of the CDA"), a T10 naming its parent there alone found none, and a T04 nothing."""
+    root = "1.2.250.1.213.1.1.9.2.4"
+    lefevre = PATIENTS["lefevre"]
+    query = f"DocumentReference?patient.identifier={lefevre['ins_system']}|{lefevre['ins']}"
+    first = with_cda(sample("mdm-1-t02-cr-imagerie-irm-lefevre.hl7"), lambda cda: cda.replace(
+        f'<id root="{root}.1"/>', f'<id root="{root}" extension="CR-1"/>'))
+    first = first.replace(f"|{root}.1|".encode(), f"|CR-1^^{root}^ISO|".encode())
+    code, segments = post(client, first)
+    assert code == "AA", segments
+    registered = search(client, query + "&status=current")["entry"][0]["resource"]
+    assert registered["masterIdentifier"] == {"use": "usual", "system": f"urn:oid:{root}", "value": "CR-1"}
+
+    # The new version names its parent in TXA-13 alone (no relatedDocument in its CDA).
+    second = with_cda(sample("mdm-2-t10-cr-imagerie-irm-lefevre.hl7"), lambda cda: re.sub(
+        r"<relatedDocument.*?</relatedDocument>", "", cda.replace(f'<id root="{root}.2"/>',
+                                                                  f'<id root="{root}" extension="CR-2"/>')))
+    second = second.replace(f"|{root}.2|{root}.1|".encode(), f"|CR-2^^{root}^ISO|CR-1^^{root}^ISO|".encode())
+    code, segments = post(client, second)
+    assert code == "AA", segments
+    current = search(client, query + "&status=current")["entry"]
+    assert [c["resource"]["relatesTo"][0]["target"]["reference"] for c in current] == \
+        [f"DocumentReference/{registered['id']}"]
+
+    deletion = sample("mdm-3-t04-cr-imagerie-irm-lefevre.hl7").replace(
+        f"|{root}.2|{root}.1|".encode(), f"|CR-2^^{root}^ISO|CR-1^^{root}^ISO|".encode())
+    code, segments = post(client, deletion)
+    assert code == "AA", segments
+    assert search(client, query + "&status=current")["total"] == 0
+
+
+def test_a_document_whose_base64_leaves_its_final_padding_out_is_registered(client):
+    """Five of the ANS's own example messages (hl7V2-exemples: CR-IMG in MDM, CR-BIO in ORU) carry
+    their CDA in base64 without its final `=`: each was refused, "OBX-5 declares Base64 but its data
+    is not valid base64". What the padding stands for is certain; a last group of one character,
+    which stands for no whole byte, is still refused."""
+    message = sample("oru-r01-cr-biologie-martin.hl7")
+    found = re.search(rb"\^Base64\^([A-Za-z0-9+/=]+)", message)
+    data = base64.b64decode(found.group(1))
+    data += b" " * (len(data) % 3 == 0)   # a length whose encoding ends with padding
+    encoded = base64.b64encode(data)
+    assert encoded.endswith(b"=")
+    code, segments = post(client, message[:found.start(1)] + encoded.rstrip(b"=") + message[found.end(1):])
+    assert code == "AA", segments
+    martin = PATIENTS["martin"]
+    found_doc = search(client, f"DocumentReference?patient.identifier={martin['ins_system']}|{martin['ins']}")
+    url = found_doc["entry"][0]["resource"]["content"][0]["attachment"]["url"]
+    assert fhir_get(client, url.replace("http://gateway.test", "")).data == data
+    one_over = encoded.rstrip(b"=") + b"Q" * ((1 - len(encoded.rstrip(b"="))) % 4)   # a last group of one
+    code, segments = post(client, (message[:found.start(1)] + one_over + message[found.end(1):])
+                          .replace(b"|ORU0001|", b"|ORU0001-B|"))
+    assert code == "AE" and "not valid base64" in errors(segments)[0][8], segments
+
+
 def test_oru_registers_the_document(client):
     code, _ = post(client, sample("oru-r01-cr-biologie-martin.hl7"))
     assert code == "AA"

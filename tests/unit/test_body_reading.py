@@ -166,3 +166,26 @@ def test_base64_is_checked_a_part_at_a_time_as_decode_refuses_it(inserted, group
     except (binascii.Error, ValueError):
         refused_in_parts = True
     assert refused_in_parts == refused_whole
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=40), st.booleans())
+def test_base64_whose_final_padding_is_left_out_reads_as_the_bytes_it_encodes(data, received):
+    """OBX-5 (`padded=False`): five of the ANS's example messages leave the final `=` out; what it
+    stood for is certain. As text or as the received bytes of a long run, the same."""
+    encoded = base64.b64encode(data)
+    unpadded = encoded.rstrip(b"=")
+    as_read = memoryview(unpadded) if received else unpadded.decode()
+    assert base64text.decode(as_read, padded=False) == data
+    assert base64text.decode(memoryview(encoded) if received else encoded.decode(), padded=False) == data
+    if unpadded != encoded:
+        with pytest.raises(binascii.Error):
+            base64text.decode(as_read)
+
+
+@pytest.mark.parametrize("text", ["QUJDQQ=", "QUJD=QQ", "QQ==QQ", "QUJDQ", "QU=JDQQ", "QUJDQ é"])
+def test_base64_short_of_a_group_is_refused_where_padding_or_a_group_is_wrong(text):
+    """Padding given in part or inside, or a last group of one character (which stands for no whole
+    byte), is no base64 left unpadded."""
+    with pytest.raises((binascii.Error, ValueError)):
+        base64text.decode(text, padded=False)
