@@ -36,9 +36,14 @@ VISIBILITY_FLAGS = {
     "INVISIBLE_REP_LEGAUX": "INVISIBLE_REPRESENTANTS_LEGAUX",
     "INVISIBLE_REPRESENTANTS_LEGAUX": "INVISIBLE_REPRESENTANTS_LEGAUX",
 }
+# CONNEXION_SECRETE Y: the document was written in the DMP's secret connection, a minor's care kept
+# from their legal representatives (CSP L1111-5): it is hidden from them, as INVISIBLE_REP_LEGAUX Y
+# hides it. The volet says no more than "a transaction in connexion secrète"; it was ignored: the
+# minor's legal representatives read what was written in it.
+SECRET_CONNECTION = "CONNEXION_SECRETE"
 # The MetaDMPMSS flags that decide what is done with a document: who may see it, and whether it is
 # for the shared record at all.
-APPLIED_FLAGS = {*VISIBILITY_FLAGS, "DESTDMP"}
+APPLIED_FLAGS = {*VISIBILITY_FLAGS, SECRET_CONNECTION, "DESTDMP"}
 METADATA_TABLE = "MetaDMPMSS"
 METADATA_CODES = set(VISIBILITY_FLAGS) | {
     "CONNEXION_SECRETE", "MODIF_CONF_CODE", "MODIF_CONFIDENTIALITYCODE", "DESTDMP", "DESTMSSANTEPS",
@@ -186,8 +191,9 @@ def document_flags(obx_segments: list[Segment]) -> DocumentFlags:
     for obx in obx_segments:
         code = obx.get(3, 1).upper()
         answer = obx.get(5, 1).upper()
-        if code in VISIBILITY_FLAGS and answer == "Y" and VISIBILITY_FLAGS[code] not in visibility:
-            visibility.append(VISIBILITY_FLAGS[code])
+        label = "INVISIBLE_REPRESENTANTS_LEGAUX" if code == SECRET_CONNECTION else VISIBILITY_FLAGS.get(code)
+        if label and answer == "Y" and label not in visibility:
+            visibility.append(label)
         elif code == "DESTDMP" and answer == "N":
             to_dmp = False
     return DocumentFlags(visibility, to_dmp)

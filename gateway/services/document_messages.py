@@ -34,6 +34,28 @@ MDM_ACTIONS = {"T02": "new", "T10": "replace", "T04": "delete"}
 ORU_ACTIONS = {"F": "new", "C": "replace", "D": "delete"}
 
 
+# The MetaDMPMSS flags asking what the volet's GESTIONNAIRE does beside the shared record: this
+# gateway is the shared record, and sends nothing by MSSanté nor any business acknowledgement (ZAM);
+# and MODIF_CONF_CODE, a change of visibility, which a new version makes only in part here.
+# Each asked is told in the ACK: kept and ignored in silence, a letter asked to be mailed to the
+# attending physician could be taken for sent, and a ZAM Z01 waited for that never comes.
+NOT_DONE_HERE = {
+    "DESTMSSANTEPS": "this gateway sends no document by MSSanté: the professionals the PRT segments name (RCT) "
+                     "were not sent it",
+    "DESTMSSANTEPAT": "this gateway sends no document by MSSanté: the patient was not sent it",
+    "ACK_RECEPTION": "no business acknowledgement (ZAM, event Z01) follows: this gateway is the shared record, and "
+                     "this ACK, sent once the message's result is stored, acknowledges its reception",
+    "ACK_LECTURE_MSS": "no MSSanté reading acknowledgement (ZAM, event Z03) follows: this gateway sends nothing "
+                       "by MSSanté",
+    "ACK_LECTURE": "no MSSanté reading acknowledgement (ZAM, event Z03) follows: this gateway sends nothing by MSSanté",
+    # It announces a change of visibility that the new version's flags carry: a label added, or a
+    # document announced, is applied; a mask lifted is not.
+    "MODIF_CONF_CODE": "a new version keeps the MASQUE_PS and INVISIBLE_REPRESENTANTS_LEGAUX of the one it replaces, "
+                       "whatever its flags say: a mask is lifted by a PATCH of the document's securityLabel "
+                       "(PDSM4DMP TD3.3b), by whoever may lift it",
+}
+
+
 @dataclass
 class Plan:
     """What a document message asks for, read and checked before any transaction: the CDA of each
@@ -45,6 +67,7 @@ class Plan:
     skipped: bool = False                          # DESTDMP is N: nothing for the shared record
     deleted_id: II | None = None                   # MDM^T04: the document TXA-12 names
     targets: list[tuple[str, str, ParsedCda]] = field(default_factory=list)   # (OBX location, action, CDA)
+    not_done: list[Issue] = field(default_factory=list)   # what its flags ask that no one does here (NOT_DONE_HERE)
 
 
 def read(message: Message, max_bytes: int) -> Plan:
@@ -70,6 +93,10 @@ def read(message: Message, max_bytes: int) -> Plan:
         if v2.is_metadata(obx) and flag in v2.APPLIED_FLAGS and answer not in ("Y", "N", ""):
             raise MessageRefused(Issue(f"the flag {flag} is answered '{obx.get(5, 1)}' in OBX-5: Y or N "
                                        "(expandedYes-NoIndicator)", f"OBX^{index}^5", "103"))
+    plan.not_done = [Issue(f"{obx.get(3, 1).upper()} is Y: {NOT_DONE_HERE[obx.get(3, 1).upper()]}",
+                           f"OBX^{index}^5", "0", "W")
+                     for index, obx in enumerate(observations, start=1)
+                     if v2.is_metadata(obx) and obx.get(3, 1).upper() in NOT_DONE_HERE and obx.get(5, 1).upper() == "Y"]
     flags = v2.document_flags([obx for obx in observations if v2.is_metadata(obx)])
     if not flags.to_dmp:
         plan.skipped = True
@@ -120,6 +147,7 @@ def read(message: Message, max_bytes: int) -> Plan:
 
 def apply(uow: UnitOfWork, plan: Plan, applied: Applied, base_url: str) -> None:
     message = plan.message
+    applied.issues += plan.not_done
     if plan.skipped:
         applied.status = "skipped"
         applied.issues.append(Issue("DESTDMP is N: the document is not meant for the shared record and "

@@ -401,6 +401,38 @@ def test_a_document_whose_base64_leaves_its_final_padding_out_is_registered(clie
     assert code == "AE" and "not valid base64" in errors(segments)[0][8], segments
 
 
+def test_what_the_flags_ask_beside_the_shared_record_is_told_and_a_secret_connection_hides_the_document(client):
+    """The volet's GESTIONNAIRE mails the document by MSSanté (DESTMSSANTEPS, DESTMSSANTEPAT) and
+    sends business acknowledgements (ZAM^Z01 for ACK_RECEPTION, ZAM^Z03 for ACK_LECTURE_MSS): this
+    gateway is the shared record and does neither, and each was kept and ignored in silence. The ACK
+    says so, a warning at each flag asked (Y), as it does of what MODIF_CONF_CODE Y announces and a
+    new version does only in part. CONNEXION_SECRETE Y (a minor's care kept from their
+    legal representatives) was ignored too: the document is hidden from them."""
+    flags = "".join(f"OBX|{n}|CE|{flag}^{flag}^MetaDMPMSS||{answer}^^expandedYes-NoIndicator||||||F|\n"
+                    for n, (flag, answer) in enumerate([
+                        ("CONNEXION_SECRETE", "Y"), ("DESTMSSANTEPS", "Y"), ("DESTMSSANTEPAT", "Y"),
+                        ("ACK_RECEPTION", "Y"), ("ACK_LECTURE_MSS", "Y"), ("MODIF_CONF_CODE", "Y"),
+                        ("ACK_LECTURE", "N")], start=6))
+    code, segments = post(client, sample("oru-r01-cr-biologie-martin.hl7") + flags.encode())
+    assert code == "AA", segments
+    told = {err[2]: err[8] for err in errors(segments)}
+    assert sorted(told) == ["OBX^10^5", "OBX^11^5", "OBX^7^5", "OBX^8^5", "OBX^9^5"]
+    assert all(err[4] == "W" for err in errors(segments))
+    assert "DESTMSSANTEPS is Y" in told["OBX^7^5"] and "(RCT) were not sent it" in told["OBX^7^5"]
+    assert "the patient was not sent it" in told["OBX^8^5"]
+    assert "ZAM, event Z01" in told["OBX^9^5"] and "ZAM, event Z03" in told["OBX^10^5"]
+    assert "a mask is lifted by a PATCH" in told["OBX^11^5"]
+    martin = PATIENTS["martin"]
+    found = search(client, f"DocumentReference?patient.identifier={martin['ins_system']}|{martin['ins']}")
+    labels = [c["code"] for label in found["entry"][0]["resource"]["securityLabel"] for c in label["coding"]]
+    assert "INVISIBLE_REPRESENTANTS_LEGAUX" in labels, labels
+    # Answered otherwise than Y or N, it is refused as the other flags that decide who sees a document.
+    unclear = sample("oru-r01-cr-biologie-martin.hl7").replace(b"|ORU0001|", b"|ORU0001-B|") + \
+        b"OBX|6|CE|CONNEXION_SECRETE^Connexion Secrete^MetaDMPMSS||O^^expandedYes-NoIndicator||||||F|\n"
+    code, segments = post(client, unclear)
+    assert code == "AE" and errors(segments)[0][2] == "OBX^6^5", segments
+
+
 def test_oru_registers_the_document(client):
     code, _ = post(client, sample("oru-r01-cr-biologie-martin.hl7"))
     assert code == "AA"
