@@ -173,10 +173,11 @@ VISIBILITY_COLUMNS = ("masked", "hidden_from_patient", "hidden_from_representati
 KEPT_BY_REPLACEMENT = (MASQUE_PS, INVISIBLE_REPRESENTATIVES)
 
 
-def with_replaced_masking(docref: dict, replaced: list[dict]) -> dict:
+def with_replaced_masking(docref: dict, replaced: list[dict], lifted: frozenset[str] = frozenset()) -> dict:
     """`docref` with the labels of KEPT_BY_REPLACEMENT that the documents it replaces carry,
-    before its own (where PDSM4DMP's masking PATCH puts a visibility label)."""
-    held = visibility_codes(docref)
+    before its own (where PDSM4DMP's masking PATCH puts a visibility label), but those its sender
+    lifted with it (`lifted`, which writes.changeable_labels allows them)."""
+    held = visibility_codes(docref) | lifted
     kept: dict[str, dict] = {}
     for previous in replaced:
         for label in previous.get("securityLabel", []):

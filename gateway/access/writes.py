@@ -121,7 +121,11 @@ def changeable_labels(access: AccessContext, producer: bool = False, masked_by_p
     - a professional in care: INVISIBLE_PATIENT (hidden until it is announced); and MASQUE_PS when
       they produced the document (`producer`: may_change_document), as its producer may flag it
       masked when feeding it (MetaDMPMSS, PDSM4DMP TD3.3a), unless the patient masked it
-      (`masked_by_patient`): the patient decides who sees what, and only they lift their mask."""
+      (`masked_by_patient`): the patient decides who sees what, and only they lift their mask;
+    - a feeding system: MASQUE_PS on a document it produced, as its professionals may, unless the
+      patient masked it: how an HL7v2 feed, which has no PATCH, lifts its own mask (MODIF_CONF_CODE)."""
+    if access.role == SYSTEM:
+        return {MASQUE_PS} if producer and not masked_by_patient else set()
     if access.role == PATIENT:
         return {MASQUE_PS, INVISIBLE_REPRESENTATIVES}
     if access.role == REPRESENTATIVE:

@@ -41,9 +41,11 @@ VISIBILITY_FLAGS = {
 # hides it. The volet says no more than "a transaction in connexion secrète"; it was ignored: the
 # minor's legal representatives read what was written in it.
 SECRET_CONNECTION = "CONNEXION_SECRETE"
+# The volet's MODIF_CONF_CODE (the table's own code), and its spelling in full.
+MODIF_CONF_CODES = ("MODIF_CONF_CODE", "MODIF_CONFIDENTIALITYCODE")
 # The MetaDMPMSS flags that decide what is done with a document: who may see it, and whether it is
 # for the shared record at all.
-APPLIED_FLAGS = {*VISIBILITY_FLAGS, SECRET_CONNECTION, "DESTDMP"}
+APPLIED_FLAGS = {*VISIBILITY_FLAGS, SECRET_CONNECTION, *MODIF_CONF_CODES, "DESTDMP"}
 METADATA_TABLE = "MetaDMPMSS"
 METADATA_CODES = set(VISIBILITY_FLAGS) | {
     "CONNEXION_SECRETE", "MODIF_CONF_CODE", "MODIF_CONFIDENTIALITYCODE", "DESTDMP", "DESTMSSANTEPS",
@@ -183,20 +185,29 @@ def feeding_refused(consent: dict | None) -> bool:
 class DocumentFlags:
     visibility: list[str]
     to_dmp: bool  # DESTDMP: N means the document is not meant for the shared record
+    # MODIF_CONF_CODE Y: the transaction changes the document's visibility; the labels its flags
+    # answer N are to be lifted from the version it replaces, which a replacement otherwise keeps.
+    lifted: frozenset[str] = frozenset()
 
 
 def document_flags(obx_segments: list[Segment]) -> DocumentFlags:
     visibility: list[str] = []
     to_dmp = True
+    answered_no: set[str] = set()
+    modified = False
     for obx in obx_segments:
         code = obx.get(3, 1).upper()
         answer = obx.get(5, 1).upper()
         label = "INVISIBLE_REPRESENTANTS_LEGAUX" if code == SECRET_CONNECTION else VISIBILITY_FLAGS.get(code)
         if label and answer == "Y" and label not in visibility:
             visibility.append(label)
+        elif code in VISIBILITY_FLAGS and answer == "N":
+            answered_no.add(VISIBILITY_FLAGS[code])
         elif code == "DESTDMP" and answer == "N":
             to_dmp = False
-    return DocumentFlags(visibility, to_dmp)
+        elif code in MODIF_CONF_CODES and answer == "Y":
+            modified = True
+    return DocumentFlags(visibility, to_dmp, frozenset(answered_no - set(visibility)) if modified else frozenset())
 
 
 def is_metadata(obx: Segment) -> bool:

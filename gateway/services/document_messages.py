@@ -21,6 +21,7 @@ from gateway.mapping import submission
 from gateway.mapping.identity import contradicted_traits
 from gateway.storage.repository import StoredResource, UnitOfWork
 
+from gateway.access.rules import visibility_codes
 from gateway.access.writes import Producers
 
 from .documents import ParsedCda, delete_document, header_producers, person_producers, read_cda, register_document
@@ -35,8 +36,7 @@ ORU_ACTIONS = {"F": "new", "C": "replace", "D": "delete"}
 
 
 # The MetaDMPMSS flags asking what the volet's GESTIONNAIRE does beside the shared record: this
-# gateway is the shared record, and sends nothing by MSSanté nor any business acknowledgement (ZAM);
-# and MODIF_CONF_CODE, a change of visibility, which a new version makes only in part here.
+# gateway is the shared record, and sends nothing by MSSanté nor any business acknowledgement (ZAM).
 # Each asked is told in the ACK: kept and ignored in silence, a letter asked to be mailed to the
 # attending physician could be taken for sent, and a ZAM Z01 waited for that never comes.
 NOT_DONE_HERE = {
@@ -48,11 +48,6 @@ NOT_DONE_HERE = {
     "ACK_LECTURE_MSS": "no MSSanté reading acknowledgement (ZAM, event Z03) follows: this gateway sends nothing "
                        "by MSSanté",
     "ACK_LECTURE": "no MSSanté reading acknowledgement (ZAM, event Z03) follows: this gateway sends nothing by MSSanté",
-    # It announces a change of visibility that the new version's flags carry: a label added, or a
-    # document announced, is applied; a mask lifted is not.
-    "MODIF_CONF_CODE": "a new version keeps the MASQUE_PS and INVISIBLE_REPRESENTANTS_LEGAUX of the one it replaces, "
-                       "whatever its flags say: a mask is lifted by a PATCH of the document's securityLabel "
-                       "(PDSM4DMP TD3.3b), by whoever may lift it",
 }
 
 
@@ -68,6 +63,8 @@ class Plan:
     deleted_id: II | None = None                   # MDM^T04: the document TXA-12 names
     targets: list[tuple[str, str, ParsedCda]] = field(default_factory=list)   # (OBX location, action, CDA)
     not_done: list[Issue] = field(default_factory=list)   # what its flags ask that no one does here (NOT_DONE_HERE)
+    lifted: frozenset[str] = frozenset()           # MODIF_CONF_CODE Y: labels a replacement lifts
+    lifted_at: str = ""                            # where MODIF_CONF_CODE is
 
 
 def read(message: Message, max_bytes: int) -> Plan:
@@ -102,6 +99,9 @@ def read(message: Message, max_bytes: int) -> Plan:
         plan.skipped = True
         return plan
     plan.visibility = flags.visibility
+    plan.lifted = flags.lifted
+    plan.lifted_at = next((f"OBX^{index}^5" for index, obx in enumerate(observations, start=1)
+                           if v2.is_metadata(obx) and obx.get(3, 1).upper() in v2.MODIF_CONF_CODES), "")
 
     if code == "MDM":
         txa = single(message, "TXA")
@@ -166,10 +166,17 @@ def apply(uow: UnitOfWork, plan: Plan, applied: Applied, base_url: str) -> None:
             _delete(uow, parsed.header.unique_id, plan.pid_ids, applied, location,
                     Producers(named.people | header.people, named.organizations | header.organizations))
             continue
+        lift = plan.lifted if action == "replace" else frozenset()
         try:
-            result = register_document(uow, base_url, parsed, visibility=plan.visibility)
+            result = register_document(uow, base_url, parsed, visibility=plan.visibility, lift=lift)
         except Refused as refusal:
             raise refusal.at(location) from None
+        kept = sorted(lift & visibility_codes(result.document_reference.json()))
+        if kept and result.created:
+            applied.issues.append(Issue(
+                f"MODIF_CONF_CODE is Y and {', '.join(kept)} answered N, but the new version keeps "
+                f"{'it' if len(kept) == 1 else 'them'} from the one it replaces: a mask the patient set, and "
+                "their hiding from legal representatives, are theirs to lift", plan.lifted_at, "0", "W"))
         applied.produced += [p for p in result.produced if p not in applied.produced]
         if result.created:
             registered.append(result.document_reference)

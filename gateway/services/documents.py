@@ -15,7 +15,7 @@ from gateway.refusal import Refused
 from gateway.cda.header import CD, II, CdaHeader, Person, extract_header, named_patient_ids
 from gateway.cda.parser import parse_cda
 from gateway.access.rules import binary_ids, with_replaced_masking
-from gateway.access.writes import Producers, Write, finess
+from gateway.access.writes import Producers, Write, changeable_labels, finess
 from gateway.fhir.validation import InvalidResource, validate, with_plain_spaces
 from gateway.mapping import codes
 from gateway.mapping import document as mapping
@@ -172,8 +172,9 @@ def existing_document(uow: UnitOfWork, parsed: ParsedCda) -> StoredResource | No
 
 
 def register_document(uow: UnitOfWork, base_url: str, parsed: ParsedCda, *, visibility: list[str] = (),
-                      docref_id: str | None = None) -> Ingested:
-    """Write the resources of one parsed CDA inside the caller's unit of work."""
+                      docref_id: str | None = None, lift: frozenset[str] = frozenset()) -> Ingested:
+    """Write the resources of one parsed CDA inside the caller's unit of work. `lift`: the labels
+    of the versions it replaces that its sender lifts (MODIF_CONF_CODE), as far as they may."""
     header = parsed.header
     existing = existing_document(uow, parsed)
     if existing is not None:
@@ -196,7 +197,10 @@ def register_document(uow: UnitOfWork, base_url: str, parsed: ParsedCda, *, visi
     links = mapping.Links(patient=patient_id, custodian=custodian, replaces=replaces)
     docref = mapping.linked(parsed.checked_reference(visibility), docref_id, links,
                             f"{base_url.rstrip('/')}/fhir/Binary/{binary_id}")
-    docref = with_replaced_masking(docref, replaced)
+    if lift and replaced:   # _supersede checked that the sender may change what it replaces
+        lift &= changeable_labels(uow.repository.access, producer=True,
+                                   masked_by_patient=uow.masked_by_their_patient([p["id"] for p in replaced]))
+    docref = with_replaced_masking(docref, replaced, lift)
     system, value = mapping.identifier_key(header.unique_id)
     if replaced_already(uow, system, value, patient_id):
         docref["status"] = "superseded"

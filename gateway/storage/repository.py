@@ -1141,10 +1141,13 @@ class UnitOfWork:
         if previous is not None:
             return bool(previous["masked_by_patient"]) if previous["masked"] else \
                 self.repository.access.acts_for_patient
-        replaced = related_ids(docref, "replaces")
-        return self.repository.access.acts_for_patient or bool(replaced and self.conn.execute(
+        return self.repository.access.acts_for_patient or self.masked_by_their_patient(related_ids(docref, "replaces"))
+
+    def masked_by_their_patient(self, docref_ids: list[str]) -> bool:
+        """Whether one of these documents holds a MASQUE_PS its patient set, which only they lift."""
+        return bool(docref_ids and self.conn.execute(
             select(resources.c.res_id).where(resources.c.res_type == "DocumentReference",
-                                             resources.c.res_id.in_(replaced), resources.c.masked_by_patient)
+                                             resources.c.res_id.in_(docref_ids), resources.c.masked_by_patient)
             .limit(1)).first())
 
     def _delete_index_rows(self, res_type: str, res_id: str) -> None:

@@ -10,7 +10,10 @@ from conformance.runner import Target, TokenSource, run_cases
 from conftest import free_port, make_token
 from gateway.access.context import _rule
 from gateway.access.writes import changeable_labels
+from gateway.cda.header import II
 from gateway.mapping import hl7v2 as v2_mapping
+from gateway.mapping.rules import check_document
+from gateway.refusal import Refused
 
 
 @pytest.fixture
@@ -228,6 +231,14 @@ BLOCKED_BY_NAME_ONLY = _rule("ar.effect = 'deny' AND (ar.kind IN ('consultation'
                              "'professional' AND ar.actor_system = :idnatps_system AND ar.actor_value = :reader))")
 
 
+def refused_when_the_encounter_has_no_start(header):
+    """The rules of a gateway that refuses an encounter whose time ends without a start."""
+    if header.encounter_high and not header.encounter_low:
+        raise Refused("the encounter's time has an end (high) and no start (low)",
+                      location="/ClinicalDocument/componentOf/encompassingEncounter/effectiveTime/low")
+    return check_document(header)
+
+
 def both_inactive_when_the_record_is_not_active(zfa, patient_reference, consents=v2_mapping.consents):
     """The ZFA's Consents of a gateway that makes both inactive when ZFA-1 is not ACTIF."""
     closed = zfa.get(1).upper() not in ("", v2_mapping.RECORD_ACTIVE)
@@ -243,7 +254,7 @@ def both_inactive_when_the_record_is_not_active(zfa, patient_reference, consents
     ("pam-fr/009-zfa-not-collected-keeps-the-opposition", "gateway.services.patients._not_collected",
      lambda stored, stated: stated, "step 3: "),
     ("access/015-replacement-keeps-the-patient-s-masking", "gateway.services.documents.with_replaced_masking",
-     lambda docref, replaced: docref, "step 6: "),
+     lambda docref, replaced, lifted=frozenset(): docref, "step 6: "),
     ("access/016-the-patient-s-mask-is-lifted-by-the-patient", "gateway.access.writes.changeable_labels",
      lambda access, producer=False, masked_by_patient=False: changeable_labels(access, producer), "step 5: "),
     ("access/017-an-authorisation-after-a-block-holds",
@@ -264,6 +275,10 @@ def both_inactive_when_the_record_is_not_active(zfa, patient_reference, consents
      lambda *args: [], "step 1: "),
     ("access/022-a-structure-found-by-either-spelling", "gateway.storage.searchparams.structure_spellings",
      lambda system, value: [(system, value)], "step 3: "),
+    ("cda-ingest/017-an-encounter-that-ends-without-a-start", "gateway.services.documents.check_document",
+     refused_when_the_encounter_has_no_start, "step 1: "),
+    ("cisis-documents/014-a-document-id-with-an-extension", "gateway.services.document_messages._document_id",
+     lambda txa, number: II(txa.get(number, 1)), "step 1: "),
 ], ids=["a submission sent again registered again", "a SubmissionSet that leaves out its document",
         "an opposition a later ZFA did not collect", "a replacement that unmasks what the patient masked",
         "an author who lifts the patient's mask", "a block kept beside the authorisation after it",
@@ -271,7 +286,8 @@ def both_inactive_when_the_record_is_not_active(zfa, patient_reference, consents
         "an opposition a record reported closed lifted", "an authorisation's period ignored",
         "a parent's access kept after the child came of age", "a death dropped",
         "a document about another person filed under the INS", "a PID and a CDA about two people taken",
-        "a structure's decisions found by one spelling only"])
+        "a structure's decisions found by one spelling only", "an encounter that ends alone refused",
+        "TXA-12's first component taken for the document id"])
 def test_a_gateway_without_the_rule_a_case_checks_is_caught(target, monkeypatch, case, patched, replacement,
                                                              failing_step):
     """Each case passes against the gateway as it is, and fails, at the step that checks it, against

@@ -13,6 +13,7 @@ from sqlalchemy import func, insert, select, text, update
 
 from conftest import GP, attend_all
 from gateway.access.audit import verify_chain
+from gateway.mapping import codes
 from gateway.storage import repository
 from gateway.storage.schema import raw_inputs, resources
 
@@ -405,8 +406,7 @@ def test_what_the_flags_ask_beside_the_shared_record_is_told_and_a_secret_connec
     """The volet's GESTIONNAIRE mails the document by MSSanté (DESTMSSANTEPS, DESTMSSANTEPAT) and
     sends business acknowledgements (ZAM^Z01 for ACK_RECEPTION, ZAM^Z03 for ACK_LECTURE_MSS): this
     gateway is the shared record and does neither, and each was kept and ignored in silence. The ACK
-    says so, a warning at each flag asked (Y), as it does of what MODIF_CONF_CODE Y announces and a
-    new version does only in part. CONNEXION_SECRETE Y (a minor's care kept from their
+    says so, a warning at each flag asked (Y). CONNEXION_SECRETE Y (a minor's care kept from their
     legal representatives) was ignored too: the document is hidden from them."""
     flags = "".join(f"OBX|{n}|CE|{flag}^{flag}^MetaDMPMSS||{answer}^^expandedYes-NoIndicator||||||F|\n"
                     for n, (flag, answer) in enumerate([
@@ -416,12 +416,11 @@ def test_what_the_flags_ask_beside_the_shared_record_is_told_and_a_secret_connec
     code, segments = post(client, sample("oru-r01-cr-biologie-martin.hl7") + flags.encode())
     assert code == "AA", segments
     told = {err[2]: err[8] for err in errors(segments)}
-    assert sorted(told) == ["OBX^10^5", "OBX^11^5", "OBX^7^5", "OBX^8^5", "OBX^9^5"]
+    assert sorted(told) == ["OBX^10^5", "OBX^7^5", "OBX^8^5", "OBX^9^5"]   # MODIF_CONF_CODE: a new document
     assert all(err[4] == "W" for err in errors(segments))
     assert "DESTMSSANTEPS is Y" in told["OBX^7^5"] and "(RCT) were not sent it" in told["OBX^7^5"]
     assert "the patient was not sent it" in told["OBX^8^5"]
     assert "ZAM, event Z01" in told["OBX^9^5"] and "ZAM, event Z03" in told["OBX^10^5"]
-    assert "a mask is lifted by a PATCH" in told["OBX^11^5"]
     martin = PATIENTS["martin"]
     found = search(client, f"DocumentReference?patient.identifier={martin['ins_system']}|{martin['ins']}")
     labels = [c["code"] for label in found["entry"][0]["resource"]["securityLabel"] for c in label["coding"]]
@@ -431,6 +430,43 @@ def test_what_the_flags_ask_beside_the_shared_record_is_told_and_a_secret_connec
         b"OBX|6|CE|CONNEXION_SECRETE^Connexion Secrete^MetaDMPMSS||O^^expandedYes-NoIndicator||||||F|\n"
     code, segments = post(client, unclear)
     assert code == "AE" and errors(segments)[0][2] == "OBX^6^5", segments
+
+
+MODIF_CONF_CODE = (b"OBX|6|CWE|MODIF_CONF_CODE^Modification Confidentiality Code^MetaDMPMSS||Y^^expandedYes-NoIndicator"
+                   b"||||||F|\n")
+
+
+@pytest.mark.parametrize("masked_by", ["its sender", "the patient"])
+def test_a_replacement_with_modif_conf_code_lifts_its_sender_s_own_mask_not_the_patient_s(client, masked_by):
+    """MODIF_CONF_CODE Y (the volet): the transaction changes the document's visibility, its flags
+    saying which. A replacement keeps the masks of the version it replaces (README, "A replacement
+    keeps the masking"), and a feed, which has no PATCH, could never lift the mask it set: its
+    MASQUE_PS N with MODIF_CONF_CODE Y was ignored. It lifts the sender's own mask; the patient's is
+    theirs to lift, kept, and the ACK says so."""
+    lefevre = PATIENTS["lefevre"]
+    query = f"DocumentReference?patient.identifier={lefevre['ins_system']}|{lefevre['ins']}&status=current"
+    # Announced at once (INVISIBLE_PATIENT N), so that its patient reads it.
+    first = re.sub(rb"(INVISIBLE_PATIENT\^[^|]*\|\|)Y", rb"\1N", sample("mdm-1-t02-cr-imagerie-irm-lefevre.hl7"))
+    if masked_by == "its sender":
+        first = re.sub(rb"(MASQUE_PS\^[^|]*\|\|)N", rb"\1Y", first)
+    assert post(client, first)[0] == "AA"
+    document = search(client, query)["entry"][0]["resource"]
+    if masked_by == "the patient":
+        mask = [{"op": "add", "path": "/securityLabel/-",
+                 "value": {"coding": [{"system": codes.VISIBILITY_SYSTEM, "code": "MASQUE_PS"}]}}]
+        masked = client.patch(f"/fhir/DocumentReference/{document['id']}", data=json.dumps(mask),
+                              headers={"Content-Type": "application/json-patch+json",
+                                       **client.bearer("patient", patient=lefevre["ins"])})
+        assert masked.status_code == 200, masked.json
+    code, segments = post(client, sample("mdm-2-t10-cr-imagerie-irm-lefevre.hl7") + MODIF_CONF_CODE)
+    assert code == "AA", segments
+    labels = {c["code"] for label in search(client, query)["entry"][0]["resource"]["securityLabel"]
+              for c in label["coding"]}
+    if masked_by == "its sender":
+        assert "MASQUE_PS" not in labels and errors(segments) == [], (labels, segments)
+    else:
+        assert "MASQUE_PS" in labels, labels
+        assert [err[2] for err in errors(segments)] == ["OBX^6^5"] and "theirs to lift" in errors(segments)[0][8]
 
 
 def test_oru_registers_the_document(client):

@@ -4,7 +4,7 @@ import pytest
 
 from gateway.access import AccessContext, AccessRefused
 from gateway.access.context import EMERGENCY
-from gateway.access.writes import Write, may, reprocessing, require
+from gateway.access.writes import Write, changeable_labels, may, reprocessing, require
 
 F, C, P, H, A, R, X = (Write.FEED, Write.CONSENT, Write.PERSONAL, Write.CHANGE, Write.ARCHIVE, Write.REPROCESS,
                        Write.RECORD)
@@ -49,3 +49,22 @@ def test_a_reprocessed_message_runs_as_a_feeding_system_named_after_its_operator
     feeder = reprocessing(access)
     assert (feeder.role, feeder.subject) == ("system", "reprocessed by 899900000012")
     assert may(feeder, Write.REPROCESS) and may(feeder, Write.FEED)
+
+
+LABELS = {   # (producer, masked by the patient) -> the visibility labels each role may change
+    "system": {(False, False): set(), (True, False): {"MASQUE_PS"}, (True, True): set()},
+    "doctor": {(False, False): {"INVISIBLE_PATIENT"}, (True, False): {"INVISIBLE_PATIENT", "MASQUE_PS"},
+               (True, True): {"INVISIBLE_PATIENT"}},
+    "patient": {key: {"MASQUE_PS", "INVISIBLE_REPRESENTANTS_LEGAUX"} for key in ((False, False), (True, True))},
+    "representative": {key: {"MASQUE_PS"} for key in ((False, False), (True, True))},
+    "doctor, emergency": {(True, False): set()},
+    "insurer": {(True, False): set()},
+}
+
+
+@pytest.mark.parametrize("name", LABELS)
+def test_each_role_changes_exactly_its_visibility_labels(name):
+    """A feeding system lifts its own MASQUE_PS (MODIF_CONF_CODE), as its professionals may with a
+    PATCH, and never the patient's."""
+    for (producer, masked_by_patient), labels in LABELS[name].items():
+        assert changeable_labels(requester(name), producer, masked_by_patient) == labels, (producer, masked_by_patient)
