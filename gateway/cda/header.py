@@ -44,12 +44,21 @@ class Organization:
 
 
 @dataclass
+class AuthoringDevice:
+    software: str | None = None     # softwareName
+    model: str | None = None        # manufacturerModelName
+
+
+@dataclass
 class Person:
     ids: list[II] = field(default_factory=list)
     specialty: Code | None = None
     name: Name | None = None
     organization: Organization | None = None
     time: str | None = None
+    # An author that is a device (assignedAuthoringDevice: the health insurance's feed, a lab's
+    # analyser), not a person.
+    device: AuthoringDevice | None = None
 
 
 @dataclass
@@ -249,7 +258,21 @@ def _person(entity: etree._Element | None, person_tag: str, org_tag: str, time_e
         name=_name(entity.find(f"h:{person_tag}/h:name", NS)),
         organization=_organization(entity.find(f"h:{org_tag}", NS)),
         time=_ts(time_el),
+        device=_device(entity.find("h:assignedAuthoringDevice", NS)),
     )
+
+
+def _device(device: etree._Element | None) -> AuthoringDevice | None:
+    """An authoring device: its software's and model's names, a name of no letter or digit (".",
+    as the ANS's own examples give a model) left out."""
+    if device is None:
+        return None
+    names = []
+    for tag in ("softwareName", "manufacturerModelName"):
+        found = device.find(f"h:{tag}", NS)
+        name = " ".join("".join(found.itertext()).split()) if found is not None else ""
+        names.append(name if any(c.isalnum() for c in name) else None)
+    return AuthoringDevice(*names)
 
 
 def _required(value, location: str, what: str):
@@ -318,7 +341,7 @@ def extract_header(doc: etree._Element, *, wrapped_in_xslt: bool = False) -> Cda
     for author_el in _all(doc, "h:author"):
         person = _person(author_el.find("h:assignedAuthor", NS), "assignedPerson", "representedOrganization",
                          author_el.find("h:time", NS))
-        if person and (person.ids or person.name):
+        if person and (person.ids or person.name or person.device):
             authors.append(person)
 
     legal = _one(doc, "h:legalAuthenticator")

@@ -214,7 +214,10 @@ def author_role(person: Person, contained_id: str) -> list[dict]:
     """A document's author (or legal authenticator) as the PDSm wants it: a contained
     PractitionerRole carrying the specialty, pointing to a contained Practitioner (the person as
     this document names them) and to the organisation they acted for. The copy is the document's
-    own: a shared Practitioner would show another document's name or specialty."""
+    own: a shared Practitioner would show another document's name or specialty. An author that is
+    a device is a contained Device (authoring_device)."""
+    if person.device is not None:
+        return authoring_device(person, contained_id)
     practitioner: dict = {"resourceType": "Practitioner", "id": f"{contained_id}-person"}
     identifiers = person_identifiers(person.ids)
     if identifiers:
@@ -234,6 +237,30 @@ def author_role(person: Person, contained_id: str) -> list[dict]:
     return resources
 
 
+def authoring_device(person: Person, contained_id: str) -> list[dict]:
+    """An author that is a device (assignedAuthoringDevice: the health insurance's feed of
+    reimbursements, a lab's analyser) as a contained Device, which PDSm's author allows: the id its
+    header gives, its software's and model's names, its kind (the author's code, such as TRE_A00's
+    ALIM_AM) and the organisation it acts for. It was a Practitioner with no name, and the directory
+    learnt the health insurance's software as a professional."""
+    device: dict = {"resourceType": "Device", "id": contained_id}
+    if person.ids:
+        device["identifier"] = [dict(zip(("system", "value"), identifier_key(ii))) for ii in person.ids]
+    names = [{"name": name, "type": kind} for name, kind in ((person.device.software, "user-friendly-name"),
+                                                             (person.device.model, "model-name")) if name]
+    if names:
+        device["deviceName"] = names
+    if person.specialty:
+        device["type"] = {"coding": [coding(person.specialty)]}
+    resources = [device]
+    if person.organization:
+        organization = organization_resource(person.organization, f"{contained_id}-organization")
+        organization.pop("meta")
+        device["owner"] = {"reference": f"#{contained_id}-organization"}
+        resources.append(organization)
+    return resources
+
+
 def contained_references(resource: dict) -> set[str]:
     """The local references (`#id`) that name a resource's contained resources, compared whole (a
     reference taken without its first character matched any one-character prefix). One without an
@@ -247,6 +274,15 @@ def author_idnatps(docref: dict) -> list[str]:
     people = {f"{author}-person" for author in authors} | authors
     return [identifier["value"] for resource in docref.get("contained", []) if resource.get("id") in people
             and resource.get("resourceType") == "Practitioner" for identifier in resource.get("identifier", [])
+            if identifier.get("system") == f"urn:oid:{codes.IDNATPS_OID}" and identifier.get("value")]
+
+
+def author_device_ids(docref: dict) -> list[str]:
+    """The ids under the IdNatPs root of a DocumentReference's contained authors that are devices
+    (authoring_device): the feed that produced it, which may replace or delete it."""
+    authors = {ref.get("reference", "")[1:] for ref in docref.get("author", [])}
+    return [identifier["value"] for resource in docref.get("contained", []) if resource.get("id") in authors
+            and resource.get("resourceType") == "Device" for identifier in resource.get("identifier", [])
             if identifier.get("system") == f"urn:oid:{codes.IDNATPS_OID}" and identifier.get("value")]
 
 

@@ -121,7 +121,7 @@ def _checked(resource: dict, where: str) -> dict:
 
 
 def _submitted_producers(submitted: dict) -> Producers:
-    people = set(mapping.author_idnatps(submitted))
+    people = set(mapping.author_idnatps(submitted) + mapping.author_device_ids(submitted))
     organizations = {f for c in submitted.get("contained", []) if c.get("resourceType") == "Organization"
                      for i in c.get("identifier", []) if (f := finess(i.get("system", ""), i.get("value", "")))}
     return Producers(frozenset(people), frozenset(organizations))

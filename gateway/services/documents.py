@@ -186,7 +186,8 @@ def register_document(uow: UnitOfWork, base_url: str, parsed: ParsedCda, *, visi
     # The directory learns the professionals and organisations a document names; the document
     # itself carries its own copy of its authors (mapping.author_role).
     for person in [*header.authors, *([header.legal_authenticator] if header.legal_authenticator else [])]:
-        match_practitioner(uow, person, produced)
+        if person.device is None:   # a device is no professional
+            match_practitioner(uow, person, produced)
         if person.organization and mapping.entity_key(person.organization.ids):
             _organization(uow, person.organization, produced)
     custodian = _organization(uow, header.custodian, produced)

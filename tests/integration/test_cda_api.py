@@ -559,6 +559,56 @@ def test_an_encounter_that_ends_without_a_start_is_registered_as_the_ci_sis_allo
         assert not checked.errors()
 
 
+ANALYSER = ('<assignedAuthor><id root="1.2.250.1.71.4.2.1" extension="3990000042/AUTOMATE-7"/>'
+            '<code code="G15_10/SM05" displayName="Médecin - Biologie médicale (SM)"'
+            ' codeSystem="1.2.250.1.213.1.1.4.5"/>'
+            '<assignedAuthoringDevice><manufacturerModelName>.</manufacturerModelName>'
+            '<softwareName>Automate de biochimie</softwareName></assignedAuthoringDevice>')
+
+
+def with_an_analyser_as_author(cda: str) -> str:
+    start = cda.index("<assignedAuthor>")
+    end = cda.index("</assignedPerson>", start) + len("</assignedPerson>")
+    return cda[:start] + ANALYSER + cda[end:]
+
+
+def test_an_author_that_is_a_device_is_a_device_not_a_professional(client, bearer):
+    """An author the header gives as assignedAuthoringDevice (the health insurance's feed of
+    reimbursements in the ANS's CNAM-HR examples, a lab's analyser in BIO-CR-BIO's TSH_2) was a
+    contained Practitioner without a name, and the directory learnt the software as a professional
+    (`Practitioner?identifier=` found it, nameless). It is a contained Device, which PDSm's author
+    allows, named by its software, acting for its organisation; it still produced the document, and
+    its new version replaces it."""
+    cda = with_an_analyser_as_author(sample("cr-biologie-martin.xml").decode())
+    laboratory = {**XML, **bearer("system", sub="SIL du laboratoire")}   # its feed, which sends both versions
+    registered = client.post("/cda", data=cda.encode(), headers=laboratory)
+    assert registered.status_code == 201, registered.data[:300]
+    document = registered.json
+    contained = {c["id"]: c for c in document["contained"]}
+    device = contained[document["author"][0]["reference"][1:]]
+    assert device["resourceType"] == "Device"
+    assert device["deviceName"] == [{"name": "Automate de biochimie", "type": "user-friendly-name"}]
+    assert device["identifier"] == [{"system": "urn:oid:1.2.250.1.71.4.2.1", "value": "3990000042/AUTOMATE-7"}]
+    assert contained[device["owner"]["reference"][1:]]["resourceType"] == "Organization"
+    found = client.get("/fhir/Practitioner?identifier=urn:oid:1.2.250.1.71.4.2.1|3990000042/AUTOMATE-7",
+                       headers=bearer("doctor", sub=GP))
+    assert found.status_code == 200 and found.json["total"] == 0
+    checked = profiles.Collected()
+    checked.add(document)
+    if profiles.available():
+        assert not checked.errors()
+    # Its new version, by the same analyser, replaces it: the device is who produced it (its
+    # organisation, here, another one: the analyser alone names who produced both).
+    replacement = cda.replace('<id root="1.2.250.1.213.1.1.9.2.7.1"/>', '<id root="1.2.250.1.213.1.1.9.2.7.9"/>', 1)
+    replacement = replacement.replace("1990000042", "1990000059")
+    replacement = replacement.replace("<componentOf>", '<relatedDocument typeCode="RPLC"><parentDocument>'
+                                      '<id root="1.2.250.1.213.1.1.9.2.7.1"/></parentDocument></relatedDocument>'
+                                      "<componentOf>", 1)
+    replaced = client.post("/cda", data=replacement.encode(), headers=laboratory)
+    assert replaced.status_code == 201, replaced.data[:400]
+    assert replaced.json["relatesTo"][0]["code"] == "replaces"
+
+
 @pytest.mark.parametrize("before, after, expression", [
     ('<assignedAuthor><id root="1.2.250.1.71.4.2.1"', '<assignedAuthor><id root="1.2.250.1.71.4.2 .1"',
      "/ClinicalDocument/author/assignedAuthor/id/@root"),

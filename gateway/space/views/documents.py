@@ -164,6 +164,11 @@ def _authors(docref: dict) -> list[str]:
             out.append(common.person_name(g.repository.read("Practitioner", reference.split("/", 1)[1]).json()))
         elif reference.startswith("#"):
             found = contained.get(reference[1:]) or {}
+            if found.get("resourceType") == "Device":   # the health insurance's feed, a lab's analyser
+                owner = contained.get(found.get("owner", {}).get("reference", "")[1:], {})
+                out.append(next((n.get("name") for n in found.get("deviceName", [])), None) or owner.get("name")
+                           or "Logiciel")
+                continue
             person = contained.get(found.get("practitioner", {}).get("reference", "")[1:], found)
             out.append(common.person_name(person))
         elif reference.startswith("Patient/"):
