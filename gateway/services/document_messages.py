@@ -83,25 +83,25 @@ def read(message: Message, max_bytes: int) -> Plan:
     documents = [(index, obx) for index, obx in enumerate(observations, start=1)
                  if obx.get(2) == "ED" and not v2.is_metadata(obx)]
     for index, obx in enumerate(observations, start=1):
+        if not v2.is_metadata(obx):
+            continue
         flag, answer = obx.get(3, 1).upper(), obx.get(5, 1).upper()
         # A flag the gateway applies answers Y or N (the CI-SIS's expandedYes-NoIndicator), or is not
         # given. Another answer (O for oui, 1, UNK) was taken for N: a document to be kept from the
         # patient was shown.
-        if v2.is_metadata(obx) and flag in v2.APPLIED_FLAGS and answer not in ("Y", "N", ""):
+        if flag in v2.APPLIED_FLAGS and answer not in ("Y", "N", ""):
             raise MessageRefused(Issue(f"the flag {flag} is answered '{obx.get(5, 1)}' in OBX-5: Y or N "
                                        "(expandedYes-NoIndicator)", f"OBX^{index}^5", "103"))
-    plan.not_done = [Issue(f"{obx.get(3, 1).upper()} is Y: {NOT_DONE_HERE[obx.get(3, 1).upper()]}",
-                           f"OBX^{index}^5", "0", "W")
-                     for index, obx in enumerate(observations, start=1)
-                     if v2.is_metadata(obx) and obx.get(3, 1).upper() in NOT_DONE_HERE and obx.get(5, 1).upper() == "Y"]
+        if flag in NOT_DONE_HERE and answer == "Y":
+            plan.not_done.append(Issue(f"{flag} is Y: {NOT_DONE_HERE[flag]}", f"OBX^{index}^5", "0", "W"))
+        if flag in v2.MODIF_CONF_CODES:
+            plan.lifted_at = f"OBX^{index}^5"
     flags = v2.document_flags([obx for obx in observations if v2.is_metadata(obx)])
     if not flags.to_dmp:
         plan.skipped = True
         return plan
     plan.visibility = flags.visibility
     plan.lifted = flags.lifted
-    plan.lifted_at = next((f"OBX^{index}^5" for index, obx in enumerate(observations, start=1)
-                           if v2.is_metadata(obx) and obx.get(3, 1).upper() in v2.MODIF_CONF_CODES), "")
 
     if code == "MDM":
         txa = single(message, "TXA")
@@ -129,11 +129,10 @@ def read(message: Message, max_bytes: int) -> Plan:
         location = f"OBX^{index}^5"
         parsed = _cda(obx, location, max_bytes)
         _same_patient(plan, parsed)
-        if txa is not None and action != "delete" and txa.get(12) and \
-                mapping.identifier_key(_document_id(txa, 12)) != mapping.identifier_key(parsed.header.unique_id):
-            raise MessageRefused(Issue(f"TXA-12 ({mapping.document_uri(_document_id(txa, 12))}) is not the id of the "
-                                       f"CDA in OBX-5 ({mapping.document_uri(parsed.header.unique_id)})",
-                                       "TXA^1^12", "207"))
+        named = _document_id(txa, 12) if txa is not None and action != "delete" and txa.get(12) else None
+        if named and mapping.identifier_key(named) != mapping.identifier_key(parsed.header.unique_id):
+            raise MessageRefused(Issue(f"TXA-12 ({mapping.document_uri(named)}) is not the id of the CDA in OBX-5 "
+                                       f"({mapping.document_uri(parsed.header.unique_id)})", "TXA^1^12", "207"))
         if action == "replace":
             parsed = _with_parent(parsed, txa)
         if action != "delete":
