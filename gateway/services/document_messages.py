@@ -174,8 +174,9 @@ def apply(uow: UnitOfWork, plan: Plan, applied: Applied, base_url: str) -> None:
         if kept and result.created:
             applied.issues.append(Issue(
                 f"MODIF_CONF_CODE is Y and {', '.join(kept)} answered N, but the new version keeps "
-                f"{'it' if len(kept) == 1 else 'them'} from the one it replaces: a mask the patient set, and "
-                "their hiding from legal representatives, are theirs to lift", plan.lifted_at, "0", "W"))
+                f"{'it' if len(kept) == 1 else 'them'} from the one it replaces: a mask the patient set, and a "
+                "document's hiding from their legal representatives, are the patient's to lift", plan.lifted_at, "0",
+                "W"))
         applied.produced += [p for p in result.produced if p not in applied.produced]
         if result.created:
             registered.append(result.document_reference)

@@ -466,7 +466,7 @@ def test_a_replacement_with_modif_conf_code_lifts_its_sender_s_own_mask_not_the_
         assert "MASQUE_PS" not in labels and errors(segments) == [], (labels, segments)
     else:
         assert "MASQUE_PS" in labels, labels
-        assert [err[2] for err in errors(segments)] == ["OBX^6^5"] and "theirs to lift" in errors(segments)[0][8]
+        assert [err[2] for err in errors(segments)] == ["OBX^6^5"] and "the patient's to lift" in errors(segments)[0][8]
 
 
 def test_oru_registers_the_document(client):
