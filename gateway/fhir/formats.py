@@ -4,6 +4,7 @@ JSON (xml_reader), then checked as a JSON body is. Parsed without DTD, entities 
 document type declaration is refused wherever it stands."""
 from __future__ import annotations
 
+import base64
 import binascii
 import codecs
 import decimal
@@ -490,8 +491,20 @@ def _attachment_problem(model: FHIRAbstractModel) -> str | None:
     if model.size is not None and model.size != len(model.data):
         return f"size {model.size} is not the {len(model.data)} bytes of its data"
     if model.hash is not None and model.hash != hashlib.sha1(model.data).digest():
-        return "hash is not the SHA-1 of its data"
+        return f"hash {sha1_mismatch(model.hash, model.data)}"
     return None
+
+
+def sha1_mismatch(given: bytes | None, data: bytes) -> str:
+    """Why an Attachment's hash (its base64 read: `given`, None if it is not base64) is not the
+    SHA-1 of `data`. Said plainly when it is the SHA-1's hexadecimal text, as XDS writes a hash
+    (hexBinary) and IHE MHD's own example submissions give it: a client that followed them was told
+    "not the SHA-1 of the Binary" of a hash that was, written otherwise."""
+    digest = hashlib.sha1(data).digest()
+    if given is not None and given.lower() == digest.hex().encode():
+        return ("is the base64 of the SHA-1's hexadecimal text, as XDS writes a hash (hexBinary); FHIR's is the "
+                f"base64 of the SHA-1's 20 bytes: {base64.b64encode(digest).decode()}")
+    return "is not the SHA-1 of its data"
 
 
 @cache

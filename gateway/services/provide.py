@@ -17,7 +17,7 @@ from gateway.access.rules import VISIBILITY_SPELLINGS, applied_labels, binary_id
 from gateway.access.writes import Write
 from gateway.refusal import Refused
 from gateway.cda.header import II
-from gateway.fhir.formats import load
+from gateway.fhir.formats import load, sha1_mismatch
 from gateway.fhir.validation import InvalidResource, keep_claimed_profiles, prohibited, validate
 from gateway.mapping import codes
 from gateway.mapping import document as mapping
@@ -353,7 +353,11 @@ def _attach_binary(item: Submitted, bundle: dict, binaries: dict, max_bytes: int
         raise _refuse(f"attachment.size {attachment['size']} differs from the {len(item.data)} bytes of the Binary",
                       f"{where}.size")
     if "hash" in attachment and attachment["hash"] != item.digests.sha1_base64:
-        raise _refuse("attachment.hash is not the SHA-1 of the Binary", f"{where}.hash")
+        try:
+            given = base64text.decode(attachment["hash"]) if isinstance(attachment["hash"], str) else None
+        except (binascii.Error, ValueError):
+            given = None
+        raise _refuse(f"attachment.hash {sha1_mismatch(given, item.data)}", f"{where}.hash")
 
 
 def _read_document(item: Submitted, max_bytes: int) -> None:

@@ -121,6 +121,38 @@ def test_contradictions_are_refused(client, database, change, expression):
     assert document_count(database[0]) == 0
 
 
+def test_a_hash_written_as_xds_writes_it_is_refused_saying_how_fhir_writes_it(client, database):
+    """IHE MHD's own example submissions give attachment.hash as the base64 of the SHA-1's
+    hexadecimal text, as XDS writes a hash (hexBinary; IHE/ITI.MHD issue 248); FHIR's is the base64
+    of its 20 bytes. A client that followed them was told "not the SHA-1 of the Binary" of a hash that
+    was, written otherwise. The integrity check stays, and the refusal gives the hash FHIR's way."""
+    import hashlib
+
+    bundle = build_submission(sample("cr-biologie-martin.xml"), LIMIT)
+    digest = hashlib.sha1(sample("cr-biologie-martin.xml")).digest()
+    attachment = bundle["entry"][1]["resource"]["content"][0]["attachment"]
+    assert attachment["hash"] == base64.b64encode(digest).decode()
+    attachment["hash"] = base64.b64encode(digest.hex().encode()).decode()
+    refused = provide(client, bundle)
+    assert refused.status_code == 422, refused.json
+    issue = refused.json["issue"][0]
+    assert issue["expression"] == ["Bundle.entry[1].resource.content[0].attachment.hash"]
+    assert "as XDS writes a hash (hexBinary)" in issue["diagnostics"]
+    assert issue["diagnostics"].endswith(base64.b64encode(digest).decode())
+    assert document_count(database[0]) == 0
+    # ITI-105: the same, of the document its DocumentReference carries.
+    published = {k: v for k, v in bundle["entry"][1]["resource"].items() if k != "id"}
+    published["content"] = [{**published["content"][0], "attachment": {
+        **attachment, "data": base64.b64encode(sample("cr-biologie-martin.xml")).decode()}}]
+    published["content"][0]["attachment"].pop("url", None)
+    refused = client.post("/fhir/DocumentReference", data=json.dumps(published), headers=FHIR)
+    assert refused.status_code == 422, refused.json
+    assert "as XDS writes a hash (hexBinary)" in refused.json["issue"][0]["diagnostics"]
+    # Written FHIR's way, the submission is registered.
+    attachment["hash"] = base64.b64encode(digest).decode()
+    assert provide(client, bundle).status_code == 200
+
+
 def test_a_bad_document_refuses_the_whole_bundle(client, database):
     good = build_submission(sample("cr-biologie-martin.xml"), LIMIT)
     bad = build_submission(sample("ldl-ses-martin.xml"), LIMIT)
