@@ -149,6 +149,7 @@ def _list_refusals(submitted: dict, list_type: str, once: set[str], slices: dict
     for index, extension in enumerate(submitted.get("extension") or []):
         url = extension.get("url")
         if url in once and url in seen:
-            found.append((f"extension[{index}]", f"{url} is given once"))
+            found.append((f"extension[{index}]", f"{url} is given more than once, where PDSm's "
+                          f"{'SubmissionSet' if list_type == 'submissionset' else 'Folder'} takes it once"))
         seen.add(url)
     return found

@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable
 
+import orjson
+
 from gateway import base64text
 from gateway.access.rules import VISIBILITY_SPELLINGS, applied_labels, binary_ids
 from gateway.access.writes import Write
@@ -243,8 +245,13 @@ def _classify(bundle: dict):
             _request_checked(request, kind, where)
         if kind == "DocumentReference":
             (signatures if _is_signature(resource) else documents).append(Submitted(index, resource))
-        elif kind == "Binary":
-            for key in (entry.get("fullUrl"), f"Binary/{resource.get('id')}"):
+        elif kind == "Binary" or kind == "Bundle":
+            # MHD's FhirDocuments: a FHIR document may come as a Bundle entry, where a Binary carries
+            # any other document; it was refused, "Bundle is not part of an ITI-65 submission".
+            if kind == "Bundle" and resource.get("type") != "document":
+                raise _refuse("a Bundle in a submission is a FHIR document (type document: MHD's FhirDocuments)",
+                              f"{where}.resource.type")
+            for key in (entry.get("fullUrl"), f"{kind}/{resource.get('id')}"):
                 if key:
                     binaries[key] = index
         elif kind == "List":
@@ -339,6 +346,9 @@ def _attach_binary(item: Submitted, bundle: dict, binaries: dict, max_bytes: int
         raise _refuse(f"attachment.url {url!r} does not point to a Binary of the Bundle", f"{where}.url")
     item.binary_index = binaries[url]
     binary = bundle["entry"][item.binary_index]["resource"]
+    if binary["resourceType"] == "Bundle":
+        _attach_fhir_document(item, binary, attachment, where)
+        return
     try:
         item.data = base64text.decode(binary.get("data", ""))
     except (binascii.Error, ValueError):
@@ -358,6 +368,22 @@ def _attach_binary(item: Submitted, bundle: dict, binaries: dict, max_bytes: int
         except (binascii.Error, ValueError):
             given = None
         raise _refuse(f"attachment.hash {sha1_mismatch(given, item.data)}", f"{where}.hash")
+
+
+def _attach_fhir_document(item: Submitted, document: dict, attachment: dict, where: str) -> None:
+    """A FHIR document sent as a Bundle entry (MHD's FhirDocuments) is kept as its JSON, its type
+    first, and read at Bundle/[id] as one sent in a Binary is (PDSM4DMP TD3.2). Its size and hash
+    are of that JSON, which its sender cannot know: the gateway gives them, and refuses others."""
+    if attachment.get("contentType", "").split(";")[0].strip() != "application/fhir+json":
+        raise _refuse("a FHIR document sent as a Bundle entry is kept as JSON: its attachment.contentType is "
+                      "application/fhir+json (send any other form in a Binary)", f"{where}.contentType")
+    item.data = orjson.dumps({"resourceType": "Bundle", "type": "document", **document})
+    item.digests = mapping.Digests.of(item.data)
+    for name, value in (("size", len(item.data)), ("hash", item.digests.sha1_base64)):
+        if name in attachment and attachment[name] != value:
+            raise _refuse(f"attachment.{name} of a FHIR document sent as a Bundle entry is that of its JSON as "
+                          f"this gateway keeps it ({value}): leave it out, or send the document in a Binary",
+                          f"{where}.{name}")
 
 
 def _read_document(item: Submitted, max_bytes: int) -> None:
@@ -471,7 +497,9 @@ def _write(uow: UnitOfWork, base_url: str, bundle: dict, documents, signatures, 
         item.new_id = stored.res_id
         status = "201 Created" if result.created else "200 OK"
         responses[item.index] = (status, f"DocumentReference/{stored.res_id}/_history/{stored.version}")
-        responses[item.binary_index] = (status, f"Binary/{binary_ids(stored.json())[0]}/_history/1")
+        content_id = binary_ids(stored.json())[0]
+        responses[item.binary_index] = (status, f"Bundle/{content_id}" if bundle["entry"][item.binary_index][
+            "resource"]["resourceType"] == "Bundle" else f"Binary/{content_id}/_history/1")
     if len(patient_ids) > 1:
         raise _refuse("a submission concerns one patient; its documents name several", "Bundle.entry")
     patient_id = patient_ids.pop()

@@ -422,6 +422,47 @@ def test_a_fhir_document_is_read_at_its_bundle_url_through_its_document_s_rules(
     assert client.get(path.replace("/Bundle/", "/Binary/"), headers=patient).status_code == 404
 
 
+def test_a_fhir_document_sent_as_a_bundle_entry_is_read_at_its_bundle_url(client, bearer, lps):
+    """MHD's ITI-65 carries a FHIR document as a Bundle entry (its FhirDocuments, IHE's own example
+    comprehensiveProvideDocumentBundleDocument), where a Binary carries any other document: it was
+    refused, "Bundle is not part of an ITI-65 submission". It is kept as its JSON, read at
+    Bundle/[id] as one sent in a Binary is, its size and hash the gateway's; the answer passes MHD's
+    response profile and the DocumentReference PDSm's."""
+    document = example("Bundle-example-annexe-fhir-document.json")
+    submission = example("Bundle-example-td2-iti65-lot-soumission.json")
+    entries = submission["entry"]
+    binary = next(e for e in entries if e["resource"]["resourceType"] == "Binary")
+    binary["resource"] = document
+    binary["request"] = {"method": "POST", "url": "Bundle"}
+    reference = next(e["resource"] for e in entries if e["resource"]["resourceType"] == "DocumentReference")
+    attachment = reference["content"][0]["attachment"]
+    for name in ("size", "hash"):
+        attachment.pop(name, None)
+    attachment["contentType"] = "application/fhir+json"
+    reference["content"][0]["format"] = {"system": "http://ihe.net/fhir/ihe.formatcode.fhir/CodeSystem/formatcode",
+                                         "code": "urn:ihe:iti:xds:2017:mimeTypeSufficient"}
+    submitted = client.post("/fhir", headers={**FHIR, **lps}, data=json.dumps(submission))
+    assert submitted.status_code == 200, submitted.json
+    locations = [e["response"]["location"] for e in submitted.json["entry"]]
+    assert [location.split("/")[0] for location in locations] == ["List", "DocumentReference", "Bundle"]
+    registered = client.get(f"/fhir/{locations[1].rsplit('/_history', 1)[0]}", headers=lps).json
+    path = registered["content"][0]["attachment"]["url"].removeprefix("http://gateway.test")
+    assert path == f"/fhir/{locations[2]}"
+    assert client.get(path, headers=lps).json == document
+    assert registered["content"][0]["attachment"]["size"] > 0 and registered["content"][0]["attachment"]["hash"]
+    if profiles.available():
+        checked = profiles.Collected()
+        checked.add(submitted.json, profiles.PROVIDE_RESPONSE)
+        checked.add(registered)
+        assert not checked.errors(), "\n".join(checked.errors())
+    # A size its sender gave is of a JSON the gateway does not keep byte for byte: told.
+    binary["resource"] = dict(document, id="another")
+    attachment["size"] = 1
+    reference["masterIdentifier"] = {"system": "urn:ietf:rfc:3986", "value": "urn:oid:1.2.250.1.999.73.2"}
+    refused = client.post("/fhir", headers={**FHIR, **lps}, data=json.dumps(submission))
+    assert refused.status_code == 422 and "leave it out" in refused.json["issue"][0]["diagnostics"], refused.json
+
+
 def test_a_fhir_delete_deletes_a_document_as_the_guide_s_patch_does(client, bearer, lps):
     """The guide's deletion (TD3.3c) is a PATCH of the status to entered-in-error, and its open
     question names a FHIR delete as the alternative: a client that took it was answered 405, "it
