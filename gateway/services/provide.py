@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import codecs
 import re
 from dataclasses import dataclass, field
 from typing import Callable
@@ -394,14 +395,16 @@ def _read_document(item: Submitted, max_bytes: int) -> None:
     format_code = content.get("format", {}).get("code")
     if not is_cda(item.data, content_type, format_code):
         return
-    if item.data.startswith(b"%PDF-"):
-        # An XDS-SD format is a PDF wrapped in a CDA: a client that took it for a PDF's format was
-        # told "CDA document: unparseable XML", about a document it never meant as XML.
+    if not item.data.removeprefix(codecs.BOM_UTF8).lstrip().startswith(b"<"):
+        # An XDS-SD format is a document (a PDF, a text) wrapped in a CDA: a client that took it for
+        # the format of the bare document was told "CDA document: unparseable XML", about a document
+        # it never meant as XML (IHE MHD's own example submissions send "Hello World" so).
         declared = f"format {format_code}" if format_code else f"contentType {content_type}"
-        raise _refuse(f"{declared} declares a CDA (an XDS-SD format is a PDF wrapped in a CDA's nonXMLBody), "
-                      "and the data is a bare PDF: send the CDA that wraps it, or describe the PDF as it is, "
-                      "contentType application/pdf and format urn:ihe:iti:xds:2017:mimeTypeSufficient",
-                      f"{where}.content[0]")
+        bare = "a bare PDF" if item.data.startswith(b"%PDF-") else "not XML"
+        as_it_is = f"contentType {content_type}, " if content_type else ""
+        raise _refuse(f"{declared} declares a CDA (an XDS-SD format is a document wrapped in a CDA's nonXMLBody), "
+                      f"and the data is {bare}: send the CDA that wraps it, or describe the document as it is, "
+                      f"{as_it_is}format urn:ihe:iti:xds:2017:mimeTypeSufficient", f"{where}.content[0]")
     # A CDA's DocumentReference is made from its header, not from the one submitted: what PDSm
     # prohibits in the submitted one (a docStatus) was ignored, where a document that is not a CDA
     # is refused for it.

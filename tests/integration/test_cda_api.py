@@ -751,11 +751,17 @@ def test_a_document_whose_patient_is_not_the_one_registered_under_its_ins_is_ref
     assert client.get("/fhir/DocumentReference", query_string=martin).json["total"] == 2
 
 
-def test_a_bare_pdf_declared_with_a_scanned_document_format_is_told_what_that_format_is(client, bearer):
-    """urn:ihe:iti:xds-sd:pdf:2008 is XDS-SD's: a PDF wrapped in a CDA. A client that published a
-    bare PDF under it (the format "for a PDF", as it reads) was answered "CDA document: unparseable
-    XML (line 1)", about a document it never meant as XML. It is told what the format declares and
-    how to describe the PDF; so described, the PDF is registered."""
+@pytest.mark.parametrize("content_type, data, format_code, bare", [
+    ("application/pdf", b"%PDF-1.4\n%%EOF\n", "urn:ihe:iti:xds-sd:pdf:2008", "a bare PDF"),
+    ("text/plain", b"Hello World", "urn:ihe:iti:xds-sd:text:2008", "not XML"),
+], ids=["pdf", "text"])
+def test_a_bare_document_declared_with_a_scanned_document_format_is_told_what_that_format_is(
+        client, bearer, content_type, data, format_code, bare):
+    """urn:ihe:iti:xds-sd:pdf:2008 is XDS-SD's: a PDF wrapped in a CDA (and :text:2008 a text). A
+    client that published a bare PDF under it (the format "for a PDF", as it reads) was answered "CDA
+    document: unparseable XML (line 1)", about a document it never meant as XML; IHE MHD's own example
+    submissions send "Hello World" so. It is told what the format declares and how to describe the
+    document; so described, it is registered."""
     assert post(client, "ldl-ses-martin.xml").status_code == 201
     pdf = {"resourceType": "DocumentReference", "status": "current",
            "contained": [{"resourceType": "Practitioner", "id": "author",
@@ -763,15 +769,15 @@ def test_a_bare_pdf_declared_with_a_scanned_document_format_is_told_what_that_fo
            "masterIdentifier": {"system": "urn:ietf:rfc:3986", "value": "urn:oid:1.2.250.1.213.1.1.9.2.7.95"},
            "type": {"coding": [{"system": "http://loinc.org", "code": "11488-4"}]},
            "subject": {"reference": f"Patient?identifier={MARTIN}"}, "author": [{"reference": "#author"}],
-           "content": [{"attachment": {"contentType": "application/pdf",
-                                       "data": base64.b64encode(b"%PDF-1.4\n%%EOF\n").decode()},
+           "content": [{"attachment": {"contentType": content_type, "data": base64.b64encode(data).decode()},
                         "format": {"system": "http://ihe.net/fhir/ihe.formatcode.fhir/CodeSystem/formatcode",
-                                   "code": "urn:ihe:iti:xds-sd:pdf:2008"}}]}
+                                   "code": format_code}}]}
     gp = {**FHIR, **bearer("doctor", sub=GP)}
     refused = client.post("/fhir/DocumentReference", headers=gp, data=json.dumps(pdf))
     assert refused.status_code == 422, refused.json
     issue = refused.json["issue"][0]
     assert issue["expression"] == ["DocumentReference.content[0]"], issue
     assert "wrapped in a CDA" in issue["diagnostics"] and "mimeTypeSufficient" in issue["diagnostics"], issue
+    assert f"the data is {bare}" in issue["diagnostics"] and f"contentType {content_type}" in issue["diagnostics"]
     pdf["content"][0]["format"]["code"] = "urn:ihe:iti:xds:2017:mimeTypeSufficient"
     assert client.post("/fhir/DocumentReference", headers=gp, data=json.dumps(pdf)).status_code == 201
