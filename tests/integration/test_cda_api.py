@@ -539,7 +539,7 @@ def test_a_header_without_what_every_document_reference_holds_is_refused(client,
 ], ids=["with the service event's time", "without it"])
 def test_an_encounter_that_ends_without_a_start_is_registered_as_the_ci_sis_allows(client, service_event_time,
                                                                                     period):
-    """The CI-SIS gives the encounter's low and high 0..1 each, and 21 of the 94 examples the ANS
+    """The CI-SIS gives the encounter's low and high 0..1 each, and 20 of the 94 examples the ANS
     publishes (ANEST-CR-CPA, AVC, DLU, eP-MED-DM, OBP, OPH, VSM…) end it without a start: each was
     refused 422 "the encounter's time has an end (high) and no start (low)". The period is the
     service event's; without one, the document's date, as when the header gives no time at all
