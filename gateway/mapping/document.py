@@ -270,19 +270,24 @@ def contained_references(resource: dict) -> set[str]:
 
 def author_idnatps(docref: dict) -> list[str]:
     """The national ids (IdNatPs) of a DocumentReference's contained authors."""
-    authors = {ref.get("reference", "")[1:] for ref in docref.get("author", [])}
-    people = {f"{author}-person" for author in authors} | authors
-    return [identifier["value"] for resource in docref.get("contained", []) if resource.get("id") in people
-            and resource.get("resourceType") == "Practitioner" for identifier in resource.get("identifier", [])
-            if identifier.get("system") == f"urn:oid:{codes.IDNATPS_OID}" and identifier.get("value")]
+    authors = _author_ids(docref)
+    return _contained_idnatps(docref, {f"{author}-person" for author in authors} | authors, "Practitioner")
 
 
 def author_device_ids(docref: dict) -> list[str]:
     """The ids under the IdNatPs root of a DocumentReference's contained authors that are devices
     (authoring_device): the feed that produced it, which may replace or delete it."""
-    authors = {ref.get("reference", "")[1:] for ref in docref.get("author", [])}
-    return [identifier["value"] for resource in docref.get("contained", []) if resource.get("id") in authors
-            and resource.get("resourceType") == "Device" for identifier in resource.get("identifier", [])
+    return _contained_idnatps(docref, _author_ids(docref), "Device")
+
+
+def _author_ids(docref: dict) -> set[str]:
+    return {ref.get("reference", "")[1:] for ref in docref.get("author", [])}
+
+
+def _contained_idnatps(docref: dict, ids: set[str], resource_type: str) -> list[str]:
+    """The identifiers under the IdNatPs root of the contained resources of this type and these ids."""
+    return [identifier["value"] for resource in docref.get("contained", []) if resource.get("id") in ids
+            and resource.get("resourceType") == resource_type for identifier in resource.get("identifier", [])
             if identifier.get("system") == f"urn:oid:{codes.IDNATPS_OID}" and identifier.get("value")]
 
 

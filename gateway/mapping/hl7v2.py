@@ -198,7 +198,7 @@ def document_flags(obx_segments: list[Segment]) -> DocumentFlags:
     for obx in obx_segments:
         code = obx.get(3, 1).upper()
         answer = obx.get(5, 1).upper()
-        label = "INVISIBLE_REPRESENTANTS_LEGAUX" if code == SECRET_CONNECTION else VISIBILITY_FLAGS.get(code)
+        label = VISIBILITY_FLAGS["INVISIBLE_REP_LEGAUX"] if code == SECRET_CONNECTION else VISIBILITY_FLAGS.get(code)
         if label and answer == "Y" and label not in visibility:
             visibility.append(label)
         elif code in VISIBILITY_FLAGS and answer == "N":
