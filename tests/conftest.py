@@ -372,6 +372,38 @@ def mllp_send(port: int, message: bytes, timeout: float = 30.0) -> list[bytes]:
     return [part.split(b"\x1c", 1)[0] for part in done.stdout.split(b"\x0b")[1:]]
 
 
+def imaging_manifest(ins: str = "212057501802305", birth: str = "20120514", sex: str = "F",
+                     sop_instance: str = "1.2.250.1.999.1.7.1", study: str = "1.2.250.1.999.1.7.2") -> bytes:
+    """A DICOM imaging manifest (a KOS) of one study, its patient named as the DRIM-M example KOS
+    names it: the INS as Patient ID, its OID as the issuer's Universal Entity ID (default: Léa
+    MOREAU's, the patient of cr-imagerie-echographie-moreau.xml)."""
+    from io import BytesIO
+
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from gateway.dicom import KOS_SOP_CLASS
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = KOS_SOP_CLASS, sop_instance
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    manifest = Dataset()
+    manifest.file_meta = meta
+    manifest.SOPClassUID, manifest.SOPInstanceUID, manifest.Modality = KOS_SOP_CLASS, sop_instance, "KO"
+    manifest.PatientName, manifest.PatientID = "MOREAU^LEA", ins
+    manifest.PatientBirthDate, manifest.PatientSex = birth, sex
+    issuer = Dataset()
+    issuer.UniversalEntityID, issuer.UniversalEntityIDType = "1.2.250.1.213.1.4.10", "ISO"
+    manifest.IssuerOfPatientIDQualifiersSequence = [issuer]
+    manifest.StudyInstanceUID = study
+    evidence = Dataset()
+    evidence.StudyInstanceUID = study
+    manifest.CurrentRequestedProcedureEvidenceSequence = [evidence]
+    out = BytesIO()
+    manifest.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
 def sample(name: str) -> bytes:
     for folder in ("cda", "replacement", "signed", "invalid"):
         path = SAMPLES / folder / name

@@ -74,6 +74,10 @@ class PatientInfo:
     deceased: bool | None = None             # PID-30 Y or N, sdtc:deceasedInd; None when not said
 
 
+# LOINC's imaging report, the one type of the DMP's imaging reports (CR-IMG), whatever the modality.
+IMAGING_REPORT = "18748-4"
+
+
 @dataclass
 class ServiceEvent:
     codes: list[Code]
@@ -103,6 +107,8 @@ class CdaHeader:
     custodian: Organization | None
     legal_authenticator: Person | None
     service_events: list[ServiceEvent]
+    study_uids: list[str]           # an imaging report's studies (DICOM Study Instance UIDs)
+    accession_numbers: list[II]     # and their accession numbers
     encounter_low: str | None
     encounter_high: str | None
     facility_type: Code | None
@@ -358,6 +364,16 @@ def extract_header(doc: etree._Element, *, wrapped_in_xslt: bool = False) -> Cda
                 "h:performer/h:assignedEntity/h:representedOrganization/h:standardIndustryClassCode", NS)),
         ))
 
+    # An imaging report names the studies it reports on (serviceEvent/id, a DICOM Study Instance UID,
+    # as the CI-SIS's CR-IMG and DICOM PS3.20 have it) and their accession numbers: XDS's
+    # referenceIdList, by which the report and its images' manifest (a KOS) are found together.
+    studies, accessions = [], []
+    if code.code == IMAGING_REPORT:
+        studies = [ii.root for se in _all(doc, "h:documentationOf/h:serviceEvent")
+                   if (ii := _ii(se.find("h:id", NS))) and ii.extension is None]
+        accessions = [ii for el in _all(doc, "h:inFulfillmentOf/h:order/dicom:accessionNumber")
+                      if (ii := _ii(el)) and ii.extension]
+
     encounter = _one(doc, "h:componentOf/h:encompassingEncounter")
     component = _one(doc, "h:component")
     body_el = component.find("h:structuredBody", NS) if component is not None else None
@@ -385,6 +401,8 @@ def extract_header(doc: etree._Element, *, wrapped_in_xslt: bool = False) -> Cda
             doc, "h:custodian/h:assignedCustodian/h:representedCustodianOrganization")),
         legal_authenticator=legal_authenticator,
         service_events=events,
+        study_uids=list(dict.fromkeys(studies)),
+        accession_numbers=list(dict.fromkeys(accessions)),
         encounter_low=_ts(encounter.find("h:effectiveTime/h:low", NS)) if encounter is not None else None,
         encounter_high=_ts(encounter.find("h:effectiveTime/h:high", NS)) if encounter is not None else None,
         facility_type=_code(encounter.find("h:location/h:healthCareFacility/h:code", NS))

@@ -11,7 +11,8 @@ from lxml import etree
 from gateway.refusal import Refused
 
 HL7_NS = "urn:hl7-org:v3"
-NS = {"h": HL7_NS, "sdtc": "urn:hl7-org:sdtc"}   # sdtc: HL7's extensions to CDA R2 the CI-SIS takes
+# sdtc: HL7's extensions to CDA R2 the CI-SIS takes; dicom: DICOM PS3.20's, in an imaging report.
+NS = {"h": HL7_NS, "sdtc": "urn:hl7-org:sdtc", "dicom": "urn:dicom-org:ps3-20"}
 CLINICAL_DOCUMENT = f"{{{HL7_NS}}}ClinicalDocument"
 XSL_NS = "http://www.w3.org/1999/XSL/Transform"
 # Read for its header, a document above this size is built with at most TEXT_KEPT characters of any

@@ -25,6 +25,10 @@ FORMAT_IHE_SYSTEM = nos_system("TRE_A11-IheFormatCode")
 FORMAT_CISIS_SYSTEM = nos_system("TRE_A06-FormatCodeComplementaire")
 ASTM_SYSTEM = nos_system("TRE_A12-NomenclatureASTM")
 URN_SYSTEM = nos_system("TRE_A10-NomenclatureURN")
+# The types of a referenceIdList entry (PDSm's context.related, JDV_J231), a study's and an exam's.
+REFERENCE_ID_TYPE = "urn:ietf:rfc:3986"
+STUDY_INSTANCE_UID = "urn:ihe:iti:xds:2016:studyInstanceUID"
+ACCESSION_NUMBER = "urn:ihe:iti:xds:2013:accession"
 FR_CORE_V2_0203 = "https://hl7.fr/ig/fhir/core/CodeSystem/fr-core-cs-v2-0203"
 V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
 

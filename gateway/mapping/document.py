@@ -328,6 +328,12 @@ def practice_setting(header: CdaHeader) -> Code | None:
         if header.legal_authenticator and header.legal_authenticator.organization else None)
 
 
+def reference_id(kind: str, value: str, system: str | None = None) -> dict:
+    """A referenceIdList entry (PDSm's context.related): a study's UID has no assigning authority."""
+    identifier = {"type": {"coding": [{"system": codes.REFERENCE_ID_TYPE, "code": kind}]}, "value": value}
+    return {"identifier": {**identifier, "system": system} if system else identifier}
+
+
 def document_reference(header: CdaHeader, docref_id: str, links: Links, attachment: Attachment,
                        visibility: list[str] = ()) -> dict:
     type_system, type_display, class_code = codes.document_type(header.code.system, header.code.code)
@@ -349,6 +355,11 @@ def document_reference(header: CdaHeader, docref_id: str, links: Links, attachme
     if setting:
         context["practiceSetting"] = {"coding": [coding(setting)]}
     context["sourcePatientInfo"] = {"reference": "#source-patient"}
+    related = [reference_id(codes.STUDY_INSTANCE_UID, study) for study in header.study_uids] + [
+        reference_id(codes.ACCESSION_NUMBER, number.extension, f"urn:oid:{number.root}")
+        for number in header.accession_numbers]
+    if related:
+        context["related"] = related
 
     source_patient = patient_resource(header.patient, "source-patient")
     source_patient.pop("meta")

@@ -15,6 +15,7 @@ from gateway.access.rules import with_replaced_masking
 from gateway.access.writes import Producers, finess
 from gateway.refusal import Refused
 from gateway.cda.parser import CLINICAL_DOCUMENT, shallow_root
+from gateway.dicom import DicomObject
 from gateway.fhir.validation import InvalidResource, validate
 from gateway.mapping import codes
 from gateway.mapping import document as mapping
@@ -128,10 +129,11 @@ def _submitted_producers(submitted: dict) -> Producers:
 
 
 def register_described(uow: UnitOfWork, base_url: str, submitted: dict, data: bytes, patient_id: str, *,
-                       where: str, digests: mapping.Digests, docref_id: str | None = None) -> Ingested:
+                       where: str, digests: mapping.Digests, docref_id: str | None = None,
+                       dicom: DicomObject | None = None) -> Ingested:
     """Register a document whose metadata the sender gave as a DocumentReference: its bytes `data`,
     their digests computed, and the submitted size and hash checked against them, before the
-    transaction (provide._attach_binary)."""
+    transaction (provide._attach_binary). `dicom`: its header, when it is a DICOM object."""
     master = submitted.get("masterIdentifier")
     if not isinstance(master, dict) or not master.get("value"):
         raise Refused("masterIdentifier (the document's uniqueId) is required", location=f"{where}.masterIdentifier")
@@ -158,6 +160,8 @@ def register_described(uow: UnitOfWork, base_url: str, submitted: dict, data: by
                    and c.get("resourceType") == "Patient" and f"#{c.get('id')}" == source.get("reference")), None)
     if stated:
         check_identity(uow, patient_id, stated, f"{where}.context.sourcePatientInfo")
+    if dicom is not None:
+        _check_dicom_patient(uow, patient_id, dicom, f"{where}.content[0]")
     if submitted.get("status", "current") != "current":
         raise Refused("a new document is current", location=f"{where}.status")
     type_codings = [c for c in submitted.get("type", {}).get("coding", []) if isinstance(c, dict)]
@@ -191,6 +195,8 @@ def register_described(uow: UnitOfWork, base_url: str, submitted: dict, data: by
     context.setdefault("facilityType", UNKNOWN)
     context.setdefault("practiceSetting", UNKNOWN)
     context["sourcePatientInfo"] = {"reference": "#source-patient"}
+    if dicom is not None:
+        context["related"] = _with_studies(context.get("related") or [], dicom, f"{where}.context.related")
     resource = {
         **{k: v for k, v in submitted.items() if k not in ("id", "meta", "text", "contained", "context")},
         "resourceType": "DocumentReference", "id": docref_id,
@@ -231,6 +237,43 @@ def register_described(uow: UnitOfWork, base_url: str, submitted: dict, data: by
     uow.save_binary(binary_id, docref_id, content_type, data, digests.sha256, patient_id,
                     lambda binary: _checked(binary, where))
     return Ingested(True, stored, [*replaces, f"Binary/{binary_id}", f"DocumentReference/{docref_id}"])
+
+
+def _check_dicom_patient(uow: UnitOfWork, patient_id: str, dicom: DicomObject, where: str) -> None:
+    """A DICOM object names its patient in its own header, where its viewers read them (the DRIMbox
+    reads the INS there): an object of another patient was filed in this one's record. An INS it
+    gives is the record's; an identifier this gateway holds for another record is refused; its
+    patient's sex and birth date agree with the registered ones (check_identity)."""
+    record = uow.current("Patient", patient_id).json()
+    record_ins = {identifier_value(i.get("system", ""), i.get("value", "")) for i in record.get("identifier", [])
+                  if i.get("system", "").removeprefix("urn:oid:") in codes.INS_OIDS}
+    for oid, value in dicom.patient_ids:
+        system = f"urn:oid:{oid}"
+        if oid in codes.INS_OIDS:
+            another = identifier_value(system, value) not in record_ins
+        else:
+            found = uow.find_by_identifier("Patient", system, identifier_value(system, value))
+            another = found is not None and uow.patient_record(found) != patient_id
+        if another:
+            raise Refused(f"the DICOM object's patient, {'INS' if oid in codes.INS_OIDS else 'Patient ID'} under "
+                          f"{oid}, is not the subject's: is it this patient's? (its Patient ID or Other Patient IDs)",
+                          location=where, code="business-rule", hl7_code="205", record=patient_id)
+    check_identity(uow, patient_id, dicom.patient_traits, where)
+
+
+def _with_studies(related: list, dicom: DicomObject, where: str) -> list:
+    """The referenceIdList with the studies the DICOM object references (its Study Instance UIDs),
+    by which a report's reader finds its images: those the sender left out added, one it names
+    that the object does not reference refused."""
+    identifiers = [r["identifier"] for r in related if isinstance(r, dict) and isinstance(r.get("identifier"), dict)]
+    given = [i.get("value") for i in identifiers
+             if any(c.get("code") == codes.STUDY_INSTANCE_UID for c in i.get("type", {}).get("coding", []))]
+    for value in given:
+        if value not in dicom.study_instance_uids:
+            raise Refused(f"referenceIdList names the study {value}, which the DICOM object does not reference "
+                          f"(its studies: {', '.join(dicom.study_instance_uids)})", location=where)
+    return related + [mapping.reference_id(codes.STUDY_INSTANCE_UID, study)
+                      for study in dicom.study_instance_uids if study not in given]
 
 
 def _references(value) -> set[str]:

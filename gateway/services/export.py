@@ -38,14 +38,20 @@ from .consents import own_patient
 
 MANIFEST = "manifest.xml"
 MANIFEST_NS = "urn:dmp-gateway:export:1"
-EXTENSIONS = {"text/xml": "xml", "application/xslt+xml": "xml", "application/pdf": "pdf", "text/plain": "txt"}
+EXTENSIONS = {"application/pdf": "pdf", "text/plain": "txt", "application/dicom": "dcm",
+              "application/fhir+json": "json"}
+
+
+def file_extension(media_type: str) -> str:
+    """The extension of a document's file by its media type, for the programs that open it."""
+    return "xml" if "xml" in media_type else EXTENSIONS.get(media_type, "bin")
 
 
 def _file_name(index: int, docref: dict, media_type: str) -> str:
     title = docref.get("content", [{}])[0].get("attachment", {}).get("title") or "document"
     ascii_title = unicodedata.normalize("NFKD", title).encode("ascii", "ignore").decode()
     slug = re.sub(r"[^A-Za-z0-9]+", "-", ascii_title).strip("-").lower()[:60]
-    return f"documents/{index:03d}-{slug or 'document'}.{EXTENSIONS.get(media_type, 'bin')}"
+    return f"documents/{index:03d}-{slug or 'document'}.{file_extension(media_type)}"
 
 
 # The documents read together, their reads audited in one group commit.

@@ -19,6 +19,7 @@ from gateway.access.rules import VISIBILITY_SPELLINGS, applied_labels, binary_id
 from gateway.access.writes import Write
 from gateway.refusal import Refused
 from gateway.cda.header import II
+from gateway.dicom import KOS_SOP_CLASS, MEDIA_TYPE, UID_REGISTRY, DicomObject, declares_dicom, read_dicom
 from gateway.fhir.formats import load, sha1_mismatch
 from gateway.fhir.validation import InvalidResource, keep_claimed_profiles, prohibited, validate
 from gateway.mapping import codes
@@ -51,6 +52,7 @@ class Submitted:
     data: bytes = b""
     digests: mapping.Digests | None = None   # of data
     parsed: ParsedCda | None = None
+    dicom: DicomObject | None = None   # a DICOM object's header (an imaging manifest, KOS)
     new_id: str = ""            # the id it is written under, drawn by the unit of work that writes it
     signs: list["Submitted"] = field(default_factory=list)  # for a signature: the documents it signs
     stored: StoredResource | None = None                      # the DocumentReference written
@@ -397,6 +399,9 @@ def _read_document(item: Submitted, max_bytes: int) -> None:
     content = item.resource.get("content", [{}])[0]
     content_type = content.get("attachment", {}).get("contentType", "")
     format_code = content.get("format", {}).get("code")
+    if declares_dicom(content_type, content.get("format", {}).get("system")):
+        item.dicom = _read_dicom(item, content_type, format_code, where)
+        return
     if not is_cda(item.data, content_type, format_code):
         return
     if not XML_START.match(item.data):
@@ -428,6 +433,28 @@ def _read_document(item: Submitted, max_bytes: int) -> None:
     submitted_types = [c.get("code") for c in item.resource.get("type", {}).get("coding", [])]
     if submitted_types and header.code.code not in submitted_types:
         raise _refuse(f"type {submitted_types} contradicts the CDA code {header.code.code}", f"{where}.type")
+
+
+def _read_dicom(item: Submitted, content_type: str, format_code: str | None, where: str) -> DicomObject:
+    """A DICOM object is what its metadata says: its format is its SOP class (TRE_A09), and its
+    uniqueId its SOP Instance UID, by which XDS-I.b's consumers find it (the DRIMbox asks the DMP
+    for the KOS it read so). Either was kept as submitted, and bytes of any kind under them."""
+    content = f"{where}.content[0]"
+    declared = f"contentType {content_type}" if content_type.split(";")[0].strip().lower() == MEDIA_TYPE \
+        else f"format {format_code}"
+    try:
+        dicom = read_dicom(item.data, declared)
+    except Refused as refusal:
+        raise refusal.at(content) from None
+    format_system = item.resource["content"][0].get("format", {}).get("system")
+    if format_system == UID_REGISTRY and format_code != dicom.sop_class_uid:
+        raise _refuse(f"format {format_code} contradicts the DICOM object's SOP Class UID {dicom.sop_class_uid} (the "
+                      f"format of a DICOM object is its SOP class: {KOS_SOP_CLASS} for a KOS)", f"{content}.format")
+    master = item.resource.get("masterIdentifier", {})
+    if master.get("value") != f"urn:oid:{dicom.sop_instance_uid}":
+        raise _refuse(f"masterIdentifier {master.get('value')!r} contradicts the DICOM object's SOP Instance UID: "
+                      f"its uniqueId is urn:oid:{dicom.sop_instance_uid} (IHE XDS-I.b)", f"{where}.masterIdentifier")
+    return dicom
 
 
 def _visibility(docref: dict) -> list[str]:
@@ -491,7 +518,7 @@ def _write(uow: UnitOfWork, base_url: str, bundle: dict, documents, signatures, 
                               "patient's record)", f"{where}.subject", 422, "not-found")
             # Its refusals name their place in the Bundle (`where`).
             result = register_described(uow, base_url, item.resource, item.data, patient_id, where=where,
-                                        docref_id=item.new_id, digests=item.digests)
+                                        docref_id=item.new_id, digests=item.digests, dicom=item.dicom)
         stored = item.stored = result.document_reference
         reference = subject.get("reference") if isinstance(subject, dict) else None
         if result.created and isinstance(reference, str) and reference in patients:

@@ -23,6 +23,7 @@ from gateway.mapping.document import author_idnatps
 from gateway.mapping.groups import grouped
 from gateway.mapping.submission import LIST_TYPES
 from gateway.services import labels
+from gateway.services.export import file_extension
 from gateway.space import accounts, record_closed_on, space
 
 from . import common
@@ -95,7 +96,7 @@ def document_file(docref_id: str):
     media_type, data, _ = _content(docref)
     if data is None:
         return redirect(url_for("space.document_page", docref_id=docref_id))
-    extension = {"application/pdf": "pdf", "text/plain": "txt"}.get(media_type, "bin")
+    extension = file_extension(media_type)
     disposition = "attachment" if request.args.get("telechargement") else "inline"
     response = Response(data, mimetype=media_type)
     if media_type == "text/plain":
@@ -109,7 +110,7 @@ def document_original(docref_id: str):
     """The document exactly as it was received (the CDA, signed or not)."""
     docref = g.repository.read("DocumentReference", docref_id).json()
     media_type, data = g.repository.document_content(docref)
-    extension = "xml" if "xml" in media_type else {"application/pdf": "pdf", "text/plain": "txt"}.get(media_type, "bin")
+    extension = file_extension(media_type)
     response = Response(data, mimetype=media_type)
     response.headers["Content-Disposition"] = f'attachment; filename="document-{docref_id[:8]}.{extension}"'
     return response

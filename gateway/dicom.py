@@ -1,0 +1,84 @@
+"""A DICOM object sent as a document: the imaging manifest (a Key Object Selection, KOS) that an
+imaging centre publishes beside its report, as IHE XDS-I.b and the DMP's imaging project (DRIM-M)
+have it. pydicom reads its header; its pixel data, if any, is not read."""
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from dataclasses import dataclass
+
+import pydicom
+from pydicom import config
+from pydicom.errors import InvalidDicomError
+
+from gateway.refusal import Refused
+
+# The DICOM UID registry, the code system of a DICOM object's format code (TRE_A09): the SOP
+# class of the object (a KOS: 1.2.840.10008.5.1.4.1.1.88.59).
+UID_REGISTRY = "urn:oid:1.2.840.10008.2.6.1"
+MEDIA_TYPE = "application/dicom"
+KOS_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.59"
+SEXES = {"M": "male", "F": "female", "O": "other"}
+# pydicom warns, and logs, about what it finds odd in a header, and may quote it (a value its VR
+# does not allow: a birth date, a name): a value is read as it is, and its warnings are not kept. The
+# sender is told what matters, in the refusal.
+config.settings.reading_validation_mode = config.IGNORE
+logging.getLogger("pydicom").setLevel(logging.CRITICAL)
+warnings.filterwarnings("ignore", module="pydicom")
+
+
+@dataclass(frozen=True)
+class DicomObject:
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uids: tuple[str, ...]
+    # (assigning authority's OID, identifier): Patient ID and Other Patient IDs, when an ISO
+    # Universal Entity ID names their issuer.
+    patient_ids: tuple[tuple[str, str], ...]
+    # The patient's traits as a FHIR Patient states them (gender, birthDate), for the identity check.
+    patient_traits: dict
+
+
+def declares_dicom(content_type: str, format_system: str | None) -> bool:
+    return content_type.split(";")[0].strip().lower() == MEDIA_TYPE or format_system == UID_REGISTRY
+
+
+def read_dicom(data: bytes, declared: str) -> DicomObject:
+    """The header of a DICOM file (PS3.10: a 128-byte preamble, DICM, then its data set). `declared`
+    says what announced it as DICOM, for the refusal of data that is not."""
+    try:
+        dataset = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+        sop_class = str(dataset.get("SOPClassUID") or dataset.file_meta.get("MediaStorageSOPClassUID") or "")
+        sop_instance = str(dataset.get("SOPInstanceUID") or dataset.file_meta.get("MediaStorageSOPInstanceUID") or "")
+        studies = [str(dataset.get("StudyInstanceUID") or "")]
+        for evidence in dataset.get("CurrentRequestedProcedureEvidenceSequence") or []:
+            studies.append(str(evidence.get("StudyInstanceUID") or ""))
+        identifiers = [_patient_id(dataset)] + [_patient_id(other) for other in
+                                                 dataset.get("OtherPatientIDsSequence") or []]
+        traits = {"gender": SEXES.get(str(dataset.get("PatientSex") or "").strip().upper()),
+                  "birthDate": _date(str(dataset.get("PatientBirthDate") or ""))}
+    except InvalidDicomError:
+        raise Refused(f"{declared} declares a DICOM object, and the data is not DICOM: a DICOM file (PS3.10) "
+                      "begins with a 128-byte preamble and DICM") from None
+    except Exception as exc:   # pydicom's errors on a malformed data set are of many types
+        raise Refused(f"the DICOM object cannot be read ({type(exc).__name__})") from None
+    if not sop_class or not sop_instance:
+        raise Refused("the DICOM object has no SOP Class UID or no SOP Instance UID (0008,0016 and 0008,0018)")
+    return DicomObject(sop_class, sop_instance, tuple(dict.fromkeys(s for s in studies if s)),
+                       tuple(dict.fromkeys(i for i in identifiers if i)),
+                       {k: v for k, v in traits.items() if v})
+
+
+def _patient_id(item) -> tuple[str, str] | None:
+    value = str(item.get("PatientID") or "").strip()
+    qualifiers = item.get("IssuerOfPatientIDQualifiersSequence") or []
+    issuer = next((str(q.get("UniversalEntityID") or "").strip() for q in qualifiers
+                   if str(q.get("UniversalEntityIDType") or "").strip() == "ISO"), "")
+    return (issuer, value) if value and issuer else None
+
+
+def _date(value: str) -> str | None:
+    """A DA (YYYYMMDD) as a FHIR date; None when it is not one."""
+    value = value.strip()
+    return f"{value[:4]}-{value[4:6]}-{value[6:8]}" if len(value) == 8 and value.isdigit() else None
