@@ -33,6 +33,8 @@ class DicomObject:
     sop_class_uid: str
     sop_instance_uid: str
     study_instance_uids: tuple[str, ...]
+    # (issuer's OID or None, number): the accession numbers of the exams it was made for.
+    accession_numbers: tuple[tuple[str | None, str], ...]
     # (assigning authority's OID, identifier): Patient ID and Other Patient IDs, when an ISO
     # Universal Entity ID names their issuer.
     patient_ids: tuple[tuple[str, str], ...]
@@ -54,6 +56,7 @@ def read_dicom(data: bytes, declared: str) -> DicomObject:
         studies = [str(dataset.get("StudyInstanceUID") or "")]
         for evidence in dataset.get("CurrentRequestedProcedureEvidenceSequence") or []:
             studies.append(str(evidence.get("StudyInstanceUID") or ""))
+        accessions = [_accession_number(item) for item in [dataset, *(dataset.get("ReferencedRequestSequence") or [])]]
         identifiers = [_patient_id(dataset)] + [_patient_id(other) for other in
                                                  dataset.get("OtherPatientIDsSequence") or []]
         traits = {"gender": SEXES.get(str(dataset.get("PatientSex") or "").strip().upper()),
@@ -66,16 +69,26 @@ def read_dicom(data: bytes, declared: str) -> DicomObject:
     if not sop_class or not sop_instance:
         raise Refused("the DICOM object has no SOP Class UID or no SOP Instance UID (0008,0016 and 0008,0018)")
     return DicomObject(sop_class, sop_instance, tuple(dict.fromkeys(s for s in studies if s)),
+                       tuple(dict.fromkeys(a for a in accessions if a)),
                        tuple(dict.fromkeys(i for i in identifiers if i)),
                        {k: v for k, v in traits.items() if v})
 
 
+def _iso_issuer(issuers) -> str:
+    """The OID among a DICOM issuer's Universal Entity IDs (type ISO); empty when none is."""
+    return next((str(q.get("UniversalEntityID") or "").strip() for q in issuers or []
+                 if str(q.get("UniversalEntityIDType") or "").strip() == "ISO"), "")
+
+
 def _patient_id(item) -> tuple[str, str] | None:
     value = str(item.get("PatientID") or "").strip()
-    qualifiers = item.get("IssuerOfPatientIDQualifiersSequence") or []
-    issuer = next((str(q.get("UniversalEntityID") or "").strip() for q in qualifiers
-                   if str(q.get("UniversalEntityIDType") or "").strip() == "ISO"), "")
+    issuer = _iso_issuer(item.get("IssuerOfPatientIDQualifiersSequence"))
     return (issuer, value) if value and issuer else None
+
+
+def _accession_number(item) -> tuple[str | None, str] | None:
+    value = str(item.get("AccessionNumber") or "").strip()
+    return (_iso_issuer(item.get("IssuerOfAccessionNumberSequence")) or None, value) if value else None
 
 
 def _date(value: str) -> str | None:

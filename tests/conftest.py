@@ -374,9 +374,10 @@ def mllp_send(port: int, message: bytes, timeout: float = 30.0) -> list[bytes]:
 
 def imaging_manifest(ins: str = "212057501802305", birth: str = "20120514", sex: str = "F",
                      sop_instance: str = "1.2.250.1.999.1.7.1", study: str = "1.2.250.1.999.1.7.2") -> bytes:
-    """A DICOM imaging manifest (a KOS) of one study, its patient named as the DRIM-M example KOS
-    names it: the INS as Patient ID, its OID as the issuer's Universal Entity ID (default: Léa
-    MOREAU's, the patient of cr-imagerie-echographie-moreau.xml)."""
+    """A DICOM imaging manifest (a KOS) of one study, its patient and its exam named as the DRIM-M
+    example KOS names them: the INS as Patient ID, its OID as the issuer's Universal Entity ID (default:
+    Léa MOREAU's, the patient of cr-imagerie-echographie-moreau.xml); the accession number, and its
+    issuer, in the Referenced Request Sequence."""
     from io import BytesIO
 
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -399,6 +400,11 @@ def imaging_manifest(ins: str = "212057501802305", birth: str = "20120514", sex:
     evidence = Dataset()
     evidence.StudyInstanceUID = study
     manifest.CurrentRequestedProcedureEvidenceSequence = [evidence]
+    request, accession_issuer = Dataset(), Dataset()
+    accession_issuer.UniversalEntityID, accession_issuer.UniversalEntityIDType = "1.2.250.1.999.1.7.5", "ISO"
+    request.AccessionNumber, request.IssuerOfAccessionNumberSequence = "105234751", [accession_issuer]
+    request.StudyInstanceUID = study
+    manifest.ReferencedRequestSequence = [request]
     out = BytesIO()
     manifest.save_as(out, enforce_file_format=True)
     return out.getvalue()

@@ -196,7 +196,7 @@ def register_described(uow: UnitOfWork, base_url: str, submitted: dict, data: by
     context.setdefault("practiceSetting", UNKNOWN)
     context["sourcePatientInfo"] = {"reference": "#source-patient"}
     if dicom is not None:
-        context["related"] = _with_studies(context.get("related") or [], dicom, f"{where}.context.related")
+        context["related"] = _with_references(context.get("related") or [], dicom, f"{where}.context.related")
     resource = {
         **{k: v for k, v in submitted.items() if k not in ("id", "meta", "text", "contained", "context")},
         "resourceType": "DocumentReference", "id": docref_id,
@@ -261,19 +261,26 @@ def _check_dicom_patient(uow: UnitOfWork, patient_id: str, dicom: DicomObject, w
     check_identity(uow, patient_id, dicom.patient_traits, where)
 
 
-def _with_studies(related: list, dicom: DicomObject, where: str) -> list:
+def _with_references(related: list, dicom: DicomObject, where: str) -> list:
     """The referenceIdList with the studies the DICOM object references (its Study Instance UIDs),
-    by which a report's reader finds its images: those the sender left out added, one it names
-    that the object does not reference refused."""
+    by which a report's reader finds its images, and the accession numbers of its exams: those the
+    sender left out added; a study it names that the object does not reference refused."""
     identifiers = [r["identifier"] for r in related if isinstance(r, dict) and isinstance(r.get("identifier"), dict)]
-    given = [i.get("value") for i in identifiers
-             if any(c.get("code") == codes.STUDY_INSTANCE_UID for c in i.get("type", {}).get("coding", []))]
-    for value in given:
+
+    def given(kind: str) -> list[tuple[str | None, str]]:
+        return [(i.get("system"), i.get("value")) for i in identifiers
+                if any(c.get("code") == kind for c in i.get("type", {}).get("coding", []))]
+    studies = [value for _, value in given(codes.STUDY_INSTANCE_UID)]
+    for value in studies:
         if value not in dicom.study_instance_uids:
             raise Refused(f"referenceIdList names the study {value}, which the DICOM object does not reference "
                           f"(its studies: {', '.join(dicom.study_instance_uids)})", location=where)
+    accessions = given(codes.ACCESSION_NUMBER)
     return related + [mapping.reference_id(codes.STUDY_INSTANCE_UID, study)
-                      for study in dicom.study_instance_uids if study not in given]
+                      for study in dicom.study_instance_uids if study not in studies] + [
+        mapping.reference_id(codes.ACCESSION_NUMBER, number, f"urn:oid:{issuer}" if issuer else None)
+        for issuer, number in dicom.accession_numbers
+        if (f"urn:oid:{issuer}" if issuer else None, number) not in accessions]
 
 
 def _references(value) -> set[str]:

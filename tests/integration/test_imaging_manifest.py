@@ -74,9 +74,10 @@ def report_of_the_study() -> bytes:
 def test_an_imaging_manifest_is_found_with_its_report_by_their_study_and_read_as_the_dicom_it_is(
         app, settings, client, bearer, database):
     """The KOS of Léa MOREAU's ultrasound, published by ITI-65 after its report: both name the study
-    in their referenceIdList (the report's header; the KOS's own, which its sender left out), and a
-    search by the study finds both, the report's reader its images. The KOS is read back byte for byte
-    as application/dicom; in the patient space, told for what it is and downloaded as a .dcm file."""
+    and the exam's accession number in their referenceIdList (the report's header; the KOS's own,
+    which its sender left out), and a search by either finds both, the report's reader its images.
+    The KOS is read back byte for byte as application/dicom; in the patient space, told for what it
+    is and downloaded as a .dcm file."""
     fed_with_accounts(client, bearer, database[0])
     attend_all(database[0])
     report = client.post("/cda", data=report_of_the_study(), headers={"Content-Type": "application/xml"})
@@ -93,12 +94,13 @@ def test_an_imaging_manifest_is_found_with_its_report_by_their_study_and_read_as
     location = answer.json["entry"][1]["response"]["location"]
     docref = client.get("/fhir/" + location.split("/_history")[0]).json
     assert docref["content"][0]["format"] == {"system": UID_REGISTRY, "code": KOS_SOP_CLASS}, docref
-    assert {"identifier": {"type": {"coding": [{"system": "urn:ietf:rfc:3986", "code": STUDY_INSTANCE_UID}]},
-                           "value": STUDY}} in docref["context"]["related"], docref["context"]
-    found = client.get("/fhir/DocumentReference", query_string={
-        "patient.identifier": f"urn:oid:1.2.250.1.213.1.4.10|{MOREAU}", "status": "current", "related-id": STUDY}).json
-    assert sorted(e["resource"]["id"] for e in found["entry"] if e["resource"]["resourceType"] == "DocumentReference") \
-        == sorted([docref["id"], report.json["id"]]), found
+    assert docref["context"]["related"] == report.json["context"]["related"], docref["context"]
+    for related in (STUDY, "urn:oid:1.2.250.1.999.1.7.5|105234751"):
+        found = client.get("/fhir/DocumentReference", query_string={
+            "patient.identifier": f"urn:oid:1.2.250.1.213.1.4.10|{MOREAU}", "status": "current",
+            "related-id": related}).json
+        ids = [e["resource"]["id"] for e in found["entry"] if e["resource"]["resourceType"] == "DocumentReference"]
+        assert sorted(ids) == sorted([docref["id"], report.json["id"]]), found
     binary = client.get(docref["content"][0]["attachment"]["url"], headers={"Accept": "application/dicom"})
     assert binary.status_code == 200 and binary.mimetype == "application/dicom" and binary.data == data
     if profiles.available():

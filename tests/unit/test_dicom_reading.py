@@ -10,11 +10,12 @@ from gateway.refusal import Refused
 MANIFEST = imaging_manifest()
 
 
-def test_a_manifest_says_its_class_instance_studies_and_patient():
+def test_a_manifest_says_its_class_instance_studies_exam_and_patient():
     read = read_dicom(MANIFEST, "contentType application/dicom")
     assert (read.sop_class_uid, read.sop_instance_uid, read.study_instance_uids) == (
         KOS_SOP_CLASS, "1.2.250.1.999.1.7.1", ("1.2.250.1.999.1.7.2",))
     assert read.patient_ids == (("1.2.250.1.213.1.4.10", "212057501802305"),)
+    assert read.accession_numbers == (("1.2.250.1.999.1.7.5", "105234751"),)
     assert read.patient_traits == {"gender": "female", "birthDate": "2012-05-14"}
 
 
