@@ -373,10 +373,12 @@ def mllp_send(port: int, message: bytes, timeout: float = 30.0) -> list[bytes]:
 
 
 def imaging_manifest(ins: str = "212057501802305", birth: str = "20120514", sex: str = "F",
-                     sop_instance: str = "1.2.250.1.999.1.7.1", study: str = "1.2.250.1.999.1.7.2") -> bytes:
+                     sop_instance: str = "1.2.250.1.999.1.7.1", study: str = "1.2.250.1.999.1.7.2",
+                     issuer: str = "1.2.250.1.213.1.4.10") -> bytes:
     """A DICOM imaging manifest (a KOS) of one study, its patient and its exam named as the DRIM-M
     example KOS names them: the INS as Patient ID, its OID as the issuer's Universal Entity ID (default:
-    Léa MOREAU's, the patient of cr-imagerie-echographie-moreau.xml); the accession number, and its
+    Léa MOREAU's, the patient of cr-imagerie-echographie-moreau.xml; `issuer` another OID for
+    another identifier, an IPP); the accession number, and its
     issuer, in the Referenced Request Sequence."""
     from io import BytesIO
 
@@ -393,9 +395,9 @@ def imaging_manifest(ins: str = "212057501802305", birth: str = "20120514", sex:
     manifest.SOPClassUID, manifest.SOPInstanceUID, manifest.Modality = KOS_SOP_CLASS, sop_instance, "KO"
     manifest.PatientName, manifest.PatientID = "MOREAU^LEA", ins
     manifest.PatientBirthDate, manifest.PatientSex = birth, sex
-    issuer = Dataset()
-    issuer.UniversalEntityID, issuer.UniversalEntityIDType = "1.2.250.1.213.1.4.10", "ISO"
-    manifest.IssuerOfPatientIDQualifiersSequence = [issuer]
+    qualifiers = Dataset()
+    qualifiers.UniversalEntityID, qualifiers.UniversalEntityIDType = issuer, "ISO"
+    manifest.IssuerOfPatientIDQualifiersSequence = [qualifiers]
     manifest.StudyInstanceUID = study
     evidence = Dataset()
     evidence.StudyInstanceUID = study

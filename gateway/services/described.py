@@ -241,19 +241,18 @@ def register_described(uow: UnitOfWork, base_url: str, submitted: dict, data: by
 
 def _check_dicom_patient(uow: UnitOfWork, patient_id: str, dicom: DicomObject, where: str) -> None:
     """A DICOM object names its patient in its own header, where its viewers read them (the DRIMbox
-    reads the INS there): an object of another patient was filed in this one's record. An INS it
-    gives is the record's; an identifier this gateway holds for another record is refused; its
-    patient's sex and birth date agree with the registered ones (check_identity)."""
+    reads the INS there): an object of another patient was filed in this one's record. An identifier
+    it gives that this gateway holds for another record, or an INS other than the record's, is
+    refused; its patient's sex and birth date agree with the registered ones (check_identity)."""
     record = uow.current("Patient", patient_id).json()
     record_ins = {identifier_value(i.get("system", ""), i.get("value", "")) for i in record.get("identifier", [])
                   if i.get("system", "").removeprefix("urn:oid:") in codes.INS_OIDS}
     for oid, value in dicom.patient_ids:
         system = f"urn:oid:{oid}"
-        if oid in codes.INS_OIDS:
-            another = identifier_value(system, value) not in record_ins
-        else:
-            found = uow.find_by_identifier("Patient", system, identifier_value(system, value))
-            another = found is not None and uow.patient_record(found) != patient_id
+        value = identifier_value(system, value)
+        found = uow.find_by_identifier("Patient", system, value)
+        another = (found is not None and uow.patient_record(found) != patient_id) or (
+            oid in codes.INS_OIDS and value not in record_ins)
         if another:
             raise Refused(f"the DICOM object's patient, {'INS' if oid in codes.INS_OIDS else 'Patient ID'} under "
                           f"{oid}, is not the subject's: is it this patient's? (its Patient ID or Other Patient IDs)",

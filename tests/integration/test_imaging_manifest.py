@@ -126,6 +126,8 @@ def another_study(reference: dict) -> None:
 @pytest.mark.parametrize("data, change, expression, told", [
     (imaging_manifest(ins=MARTIN), None, "DocumentReference.content[0]",
      "the DICOM object's patient, INS under 1.2.250.1.213.1.4.10, is not the subject's"),
+    (imaging_manifest(ins="900000001", issuer="1.2.250.1.213.1.1.9.1001"), None, "DocumentReference.content[0]",
+     "the DICOM object's patient, Patient ID under 1.2.250.1.213.1.1.9.1001, is not the subject's"),
     (imaging_manifest(birth="20100101"), None, "DocumentReference.content[0]", "the birth date this document states"),
     (b"Hello World", None, "DocumentReference.content[0]",
      "contentType application/dicom declares a DICOM object, and the data is not DICOM"),
@@ -135,16 +137,17 @@ def another_study(reference: dict) -> None:
      "DocumentReference.content[0].format", f"contradicts the DICOM object's SOP Class UID {KOS_SOP_CLASS}"),
     (imaging_manifest(), another_study, "DocumentReference.context.related",
      f"names the study 1.2.250.1.999.9, which the DICOM object does not reference (its studies: {STUDY})"),
-], ids=["another-patient", "another-birth-date", "not-dicom", "another-unique-id", "another-sop-class",
-        "another-study"])
+], ids=["another-patient", "another-patient-s-ipp", "another-birth-date", "not-dicom", "another-unique-id",
+        "another-sop-class", "another-study"])
 def test_an_imaging_manifest_its_header_contradicts_is_refused_and_nothing_is_kept(
         client, bearer, database, data, change, expression, told):
-    """Each was registered: a KOS of Paul MARTIN filed in Léa MOREAU's record (its viewer, which
-    reads the patient in the KOS, then showed his images from her record), "Hello World" as a DICOM
-    object, a KOS under a uniqueId its consumers never ask for (the DRIMbox asks the DMP for the
-    KOS by its SOP Instance UID), or under another SOP class or study than its own."""
-    assert client.post("/cda", data=sample("cr-imagerie-echographie-moreau.xml"),
-                       headers={"Content-Type": "application/xml"}).status_code == 201
+    """Each was registered: a KOS of Paul MARTIN, by his INS or his IPP, filed in Léa MOREAU's record
+    (its viewer, which reads the patient in the KOS, then showed his images from her record), a KOS
+    whose patient was born on another day than Léa, "Hello World" as a DICOM object, a KOS under a
+    uniqueId its consumers never ask for (the DRIMbox asks the DMP for the KOS by its SOP Instance
+    UID), or under another SOP class or study than its own."""
+    for name in ("cr-imagerie-echographie-moreau.xml", "cr-biologie-martin.xml"):   # Léa's record, and Paul's
+        assert client.post("/cda", data=sample(name), headers={"Content-Type": "application/xml"}).status_code == 201
     reference = manifest_reference(data)
     if change:
         change(reference)
@@ -155,4 +158,4 @@ def test_an_imaging_manifest_its_header_contradicts_is_refused_and_nothing_is_ke
     assert issue["expression"] == [expression] and told in issue["diagnostics"], issue
     with database[0].connect() as conn:
         assert conn.execute(select(func.count()).select_from(resources)
-                            .where(resources.c.res_type == "DocumentReference")).scalar_one() == 1
+                            .where(resources.c.res_type == "DocumentReference")).scalar_one() == 2
