@@ -1,6 +1,7 @@
 """The FHIR blueprint with every interaction's routes registered."""
 # Each module registers its routes.
-from . import binary, capability, consent, create, delete, patch, publish, read, search, transaction, unserved  # noqa: F401
+from . import (binary, capability, consent, create, delete, patch, publish, read, search, transaction,  # noqa: F401
+               unserved, validate_operation)
 from .blueprint import fhir
 
 __all__ = ["fhir"]

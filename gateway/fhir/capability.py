@@ -11,6 +11,9 @@ from .read import STORED_TYPES
 from .responses import fhir_response, negotiate
 
 MHD = "https://profiles.ihe.net/ITI/MHD/CapabilityStatement/"
+VALIDATE = {"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate",
+            "documentation": "POST [type]/$validate: the resource, or Parameters holding it (mode create or update), "
+                             "checked as a write checks it; nothing is kept"}
 SEARCH_TYPE_NAMES = {"token": "token", "string": "string", "date": "date", "reference": "reference"}
 SEARCH_DOCUMENTATION = {
     "DocumentReference": "ITI-67 Find Document References (IHE MHD, ANS PDSm)",
@@ -52,6 +55,7 @@ def capability_statement(base: str, cors: bool = False) -> dict:
         }
         if res_type == "DocumentReference":
             entry["conditionalDelete"] = "single"
+        entry["operation"] = [VALIDATE]
         if params:
             entry["searchParam"] = [{"name": p.name, "type": SEARCH_TYPE_NAMES[p.type]} for p in params.values()] + [
                 {"name": "_id", "type": "token"}, {"name": "_lastUpdated", "type": "date"}]

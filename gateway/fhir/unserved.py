@@ -1,5 +1,5 @@
 """What R4 defines and this server does not serve, answered so: an operation (`$everything`,
-`$validate`, `$export`…), a search or the history of every type at once. They were a 404 that
+`$export`…), a search or the history of every type at once. They were a 404 that
 "Patient/$everything is not known" (read as a resource's id), that "resource type $export" or
 "_history" "is not supported", or werkzeug's 405, "The method is not allowed for the requested URL"."""
 from __future__ import annotations

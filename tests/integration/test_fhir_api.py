@@ -512,7 +512,7 @@ def test_a_path_ending_in_a_slash_is_the_path_without_it(client, database):
 
 @pytest.mark.parametrize("method, path, said", [
     ("GET", "/fhir/Patient/$everything", "the operation $everything is not served"),
-    ("POST", "/fhir/DocumentReference/$validate", "the operation $validate is not served"),
+    ("POST", "/fhir/DocumentReference/123/$validate", "the operation $validate is not served"),
     ("GET", "/fhir/Patient/123/$everything", "the operation $everything is not served"),
     ("GET", "/fhir/$export", "the operation $export is not served"),
     ("GET", "/fhir?_type=Patient", "a search of every type at once is not served"),
