@@ -1,6 +1,6 @@
 """A DICOM object sent as a document: the imaging manifest (a Key Object Selection, KOS) that an
 imaging centre publishes beside its report, as IHE XDS-I.b and the DMP's imaging project (DRIM-M)
-have it. pydicom reads its header; its pixel data, if any, is not read."""
+have it. pydicom reads what the gateway checks of it, and no further."""
 from __future__ import annotations
 
 import io
@@ -8,9 +8,9 @@ import logging
 import warnings
 from dataclasses import dataclass
 
-import pydicom
 from pydicom import config
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_partial
 
 from gateway.refusal import Refused
 
@@ -20,6 +20,10 @@ UID_REGISTRY = "urn:oid:1.2.840.10008.2.6.1"
 MEDIA_TYPE = "application/dicom"
 KOS_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.59"
 SEXES = {"M": "male", "F": "female", "O": "other"}
+# The last element read, the Current Requested Procedure Evidence Sequence (the studies it
+# references): a manifest's Content Sequence, one item per image, comes after it, and the pixel data
+# of any object. Read whole, a manifest of 2,000 images (891 KB) took 211 ms; read to there, 47 ms.
+LAST_READ = 0x0040A375
 # pydicom warns, and logs, about what it finds odd in a header, and may quote it (a value its VR
 # does not allow: a birth date, a name): a value is read as it is, and its warnings are not kept. The
 # sender is told what matters, in the refusal.
@@ -47,10 +51,11 @@ def declares_dicom(content_type: str, format_system: str | None) -> bool:
 
 
 def read_dicom(data: bytes, declared: str) -> DicomObject:
-    """The header of a DICOM file (PS3.10: a 128-byte preamble, DICM, then its data set). `declared`
-    says what announced it as DICOM, for the refusal of data that is not."""
+    """What a DICOM file (PS3.10: a 128-byte preamble, DICM, then its data set) says of itself: its
+    class and instance, its studies and exams, its patient. `declared` says what announced it as
+    DICOM, for the refusal of data that is not."""
     try:
-        dataset = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+        dataset = read_partial(io.BytesIO(data), stop_when=lambda tag, vr, length: tag > LAST_READ)
         sop_class = str(dataset.get("SOPClassUID") or dataset.file_meta.get("MediaStorageSOPClassUID") or "")
         sop_instance = str(dataset.get("SOPInstanceUID") or dataset.file_meta.get("MediaStorageSOPInstanceUID") or "")
         studies = [str(dataset.get("StudyInstanceUID") or "")]
