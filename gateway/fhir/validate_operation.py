@@ -28,8 +28,9 @@ def validate_resource(res_type: str):
         raise FhirError(415, f"content type {request.mimetype or '(none)'} is not supported: send the resource, or "
                              "Parameters holding it, as application/fhir+json or application/fhir+xml",
                         code="not-supported")
+    body = request_body()   # a body cut short is the request's fault, answered as any request's
     try:
-        resource = load(request_body(), request.mimetype)
+        resource = load(body, request.mimetype)
         if resource["resourceType"] == "Parameters" and res_type != "Parameters":
             # The operation's own form: its `resource` parameter, again read as a body of its own
             # (the checks of a resource run from its root).

@@ -400,7 +400,7 @@ def _read_document(item: Submitted, max_bytes: int) -> None:
     content_type = content.get("attachment", {}).get("contentType", "")
     format_code = content.get("format", {}).get("code")
     if declares_dicom(content_type, content.get("format", {}).get("system")):
-        item.dicom = _read_dicom(item, content_type, format_code, where)
+        item.dicom = _read_dicom(item, content_type, content.get("format", {}), where)
         return
     if not is_cda(item.data, content_type, format_code):
         return
@@ -435,19 +435,18 @@ def _read_document(item: Submitted, max_bytes: int) -> None:
         raise _refuse(f"type {submitted_types} contradicts the CDA code {header.code.code}", f"{where}.type")
 
 
-def _read_dicom(item: Submitted, content_type: str, format_code: str | None, where: str) -> DicomObject:
+def _read_dicom(item: Submitted, content_type: str, format_: dict, where: str) -> DicomObject:
     """A DICOM object is what its metadata says: its format is its SOP class (TRE_A09), and its
     uniqueId its SOP Instance UID, by which XDS-I.b's consumers find it (the DRIMbox asks the DMP
     for the KOS it read so). Either was kept as submitted, and bytes of any kind under them."""
-    content = f"{where}.content[0]"
+    content, format_code = f"{where}.content[0]", format_.get("code")
     declared = f"contentType {content_type}" if content_type.split(";")[0].strip().lower() == MEDIA_TYPE \
         else f"format {format_code}"
     try:
         dicom = read_dicom(item.data, declared)
     except Refused as refusal:
         raise refusal.at(content) from None
-    format_system = item.resource["content"][0].get("format", {}).get("system")
-    if format_system == UID_REGISTRY and format_code != dicom.sop_class_uid:
+    if format_.get("system") == UID_REGISTRY and format_code != dicom.sop_class_uid:
         raise _refuse(f"format {format_code} contradicts the DICOM object's SOP Class UID {dicom.sop_class_uid} (the "
                       f"format of a DICOM object is its SOP class: {KOS_SOP_CLASS} for a KOS)", f"{content}.format")
     master = item.resource.get("masterIdentifier", {})
