@@ -116,7 +116,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
     @app.errorhandler(Refused)
     def refused(refusal: Refused):
-        return fhir_error(FhirError(refusal.status, refusal.reason, code=refusal.code, expression=refusal.location))
+        return fhir_error(FhirError.of(refusal))
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):

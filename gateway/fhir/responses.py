@@ -12,6 +12,7 @@ from werkzeug.datastructures import MIMEAccept
 from werkzeug.http import parse_options_header
 
 from gateway.cda.parser import safe_parser
+from gateway.refusal import Refused
 
 from . import subsetting
 from .formats import FHIR_XML, XML_FORMATS, XML_TYPES, to_xml
@@ -38,6 +39,11 @@ class FhirError(Exception):
         self.expression = expression
         self.issues = issues
         self.headers = headers or {}
+
+    @classmethod
+    def of(cls, refusal: Refused) -> "FhirError":
+        """The refusal as the FHIR API tells it."""
+        return cls(refusal.status, refusal.reason, code=refusal.code, expression=refusal.location)
 
     def outcome(self) -> dict:
         if self.issues:

@@ -13,7 +13,8 @@ from gateway.refusal import Refused
 
 from .blueprint import fhir
 from .formats import load
-from .responses import FHIR_TYPES, FhirError, fhir_response, negotiate, operation_outcome, request_body
+from .responses import (FHIR_TYPES, FhirError, fhir_response, negotiate, operation_outcome, request_body,
+                        require_content_type)
 from .validation import InvalidResource, validate
 
 CHECKED = ("FHIR R4's rules for JSON and XML, its models and invariants, the codes its required bindings "
@@ -24,10 +25,8 @@ MODES = (None, "create", "update")
 @fhir.post("/<res_type>/$validate")
 def validate_resource(res_type: str):
     negotiate()
-    if request.mimetype not in FHIR_TYPES:
-        raise FhirError(415, f"content type {request.mimetype or '(none)'} is not supported: send the resource, or "
-                             "Parameters holding it, as application/fhir+json or application/fhir+xml",
-                        code="not-supported")
+    require_content_type(FHIR_TYPES, "is not supported: send the resource, or Parameters holding it, as "
+                                     "application/fhir+json or application/fhir+xml")
     body = request_body()   # a body cut short is the request's fault, answered as any request's
     try:
         resource = load(body, request.mimetype)
@@ -42,8 +41,7 @@ def validate_resource(res_type: str):
     except Refused as refusal:
         if refusal.status == 413:
             raise
-        issues = [{"severity": "error", "code": refusal.code, "diagnostics": refusal.reason,
-                   **({"expression": [refusal.location]} if refusal.location else {})}]
+        issues = FhirError.of(refusal).outcome()["issue"]
     except InvalidResource as invalid:
         issues = [{"severity": "error", "code": "invalid", "diagnostics": problem,
                    "expression": [f"{invalid.res_type}.{where}"]} for where, problem in invalid.problems]
