@@ -46,8 +46,12 @@ class DicomObject:
     patient_traits: dict
 
 
-def declares_dicom(content_type: str, format_system: str | None) -> bool:
-    return content_type.split(";")[0].strip().lower() == MEDIA_TYPE or format_system == UID_REGISTRY
+def dicom_declaration(content_type: str, format_: dict) -> str | None:
+    """What declares a document a DICOM object, its media type or its format, as a refusal names it;
+    None when nothing does."""
+    if content_type.split(";")[0].strip().lower() == MEDIA_TYPE:
+        return f"contentType {content_type}"
+    return f"format {format_.get('code')}" if format_.get("system") == UID_REGISTRY else None
 
 
 def read_dicom(data: bytes, declared: str) -> DicomObject:

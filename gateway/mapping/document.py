@@ -274,10 +274,11 @@ def author_idnatps(docref: dict) -> list[str]:
     return _contained_idnatps(docref, {f"{author}-person" for author in authors} | authors, "Practitioner")
 
 
-def author_device_ids(docref: dict) -> list[str]:
-    """The ids under the IdNatPs root of a DocumentReference's contained authors that are devices
-    (authoring_device): the feed that produced it, which may replace or delete it."""
-    return _contained_idnatps(docref, _author_ids(docref), "Device")
+def producer_ids(docref: dict) -> list[str]:
+    """Who produced a DocumentReference's document, by the ids under the IdNatPs root of its contained
+    authors: the professionals (author_idnatps) and the devices (authoring_device: a feed), who may
+    replace or delete it."""
+    return author_idnatps(docref) + _contained_idnatps(docref, _author_ids(docref), "Device")
 
 
 def _author_ids(docref: dict) -> set[str]:

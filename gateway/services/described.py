@@ -122,7 +122,7 @@ def _checked(resource: dict, where: str) -> dict:
 
 
 def _submitted_producers(submitted: dict) -> Producers:
-    people = set(mapping.author_idnatps(submitted) + mapping.author_device_ids(submitted))
+    people = set(mapping.producer_ids(submitted))
     organizations = {f for c in submitted.get("contained", []) if c.get("resourceType") == "Organization"
                      for i in c.get("identifier", []) if (f := finess(i.get("system", ""), i.get("value", "")))}
     return Producers(frozenset(people), frozenset(organizations))
@@ -274,12 +274,12 @@ def _with_references(related: list, dicom: DicomObject, where: str) -> list:
         if value not in dicom.study_instance_uids:
             raise Refused(f"referenceIdList names the study {value}, which the DICOM object does not reference "
                           f"(its studies: {', '.join(dicom.study_instance_uids)})", location=where)
-    accessions = given(codes.ACCESSION_NUMBER)
+    sent = given(codes.ACCESSION_NUMBER)
+    accessions = [(f"urn:oid:{issuer}" if issuer else None, number) for issuer, number in dicom.accession_numbers]
     return related + [mapping.reference_id(codes.STUDY_INSTANCE_UID, study)
                       for study in dicom.study_instance_uids if study not in studies] + [
-        mapping.reference_id(codes.ACCESSION_NUMBER, number, f"urn:oid:{issuer}" if issuer else None)
-        for issuer, number in dicom.accession_numbers
-        if (f"urn:oid:{issuer}" if issuer else None, number) not in accessions]
+        mapping.reference_id(codes.ACCESSION_NUMBER, number, system)
+        for system, number in accessions if (system, number) not in sent]
 
 
 def _references(value) -> set[str]:

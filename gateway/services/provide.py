@@ -19,7 +19,7 @@ from gateway.access.rules import VISIBILITY_SPELLINGS, applied_labels, binary_id
 from gateway.access.writes import Write
 from gateway.refusal import Refused
 from gateway.cda.header import II
-from gateway.dicom import KOS_SOP_CLASS, MEDIA_TYPE, UID_REGISTRY, DicomObject, declares_dicom, read_dicom
+from gateway.dicom import KOS_SOP_CLASS, UID_REGISTRY, DicomObject, dicom_declaration, read_dicom
 from gateway.fhir.formats import load, sha1_mismatch
 from gateway.fhir.validation import InvalidResource, keep_claimed_profiles, prohibited, validate
 from gateway.mapping import codes
@@ -399,8 +399,8 @@ def _read_document(item: Submitted, max_bytes: int) -> None:
     content = item.resource.get("content", [{}])[0]
     content_type = content.get("attachment", {}).get("contentType", "")
     format_code = content.get("format", {}).get("code")
-    if declares_dicom(content_type, content.get("format", {}).get("system")):
-        item.dicom = _read_dicom(item, content_type, content.get("format", {}), where)
+    if declared := dicom_declaration(content_type, content.get("format", {})):
+        item.dicom = _read_dicom(item, declared, content.get("format", {}), where)
         return
     if not is_cda(item.data, content_type, format_code):
         return
@@ -435,13 +435,11 @@ def _read_document(item: Submitted, max_bytes: int) -> None:
         raise _refuse(f"type {submitted_types} contradicts the CDA code {header.code.code}", f"{where}.type")
 
 
-def _read_dicom(item: Submitted, content_type: str, format_: dict, where: str) -> DicomObject:
+def _read_dicom(item: Submitted, declared: str, format_: dict, where: str) -> DicomObject:
     """A DICOM object is what its metadata says: its format is its SOP class (TRE_A09), and its
     uniqueId its SOP Instance UID, by which XDS-I.b's consumers find it (the DRIMbox asks the DMP
     for the KOS it read so). Either was kept as submitted, and bytes of any kind under them."""
     content, format_code = f"{where}.content[0]", format_.get("code")
-    declared = f"contentType {content_type}" if content_type.split(";")[0].strip().lower() == MEDIA_TYPE \
-        else f"format {format_code}"
     try:
         dicom = read_dicom(item.data, declared)
     except Refused as refusal:

@@ -39,7 +39,7 @@ from gateway.access.rules import (
     visibility_columns,
 )
 from gateway.access.writes import Write
-from gateway.mapping.document import author_device_ids, author_idnatps
+from gateway.mapping.document import author_idnatps, producer_ids
 from gateway.refusal import Refused
 
 from . import search as search_sql
@@ -1078,7 +1078,7 @@ class UnitOfWork:
             found = self.current("Organization", custodian.split("/", 1)[1])
             identifiers += found.json().get("identifier", []) if found else []
         organizations = {f for f in (writes.finess(i.get("system", ""), i.get("value", "")) for i in identifiers) if f}
-        return writes.Producers(frozenset(author_idnatps(docref) + author_device_ids(docref)), frozenset(organizations))
+        return writes.Producers(frozenset(producer_ids(docref)), frozenset(organizations))
 
     def delete(self, stored: StoredResource) -> None:
         """Delete a resource: it leaves every search and read (410), its versions stay in the history."""
