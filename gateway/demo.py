@@ -96,8 +96,9 @@ def load_decisions(settings: Settings, engine) -> None:
         unique_id = read_cda((SAMPLES / sample).read_bytes(), settings.max_document_bytes).header.unique_id
         with Repository(engine, AccessContext.system("demo"), settings.public_base_url).unit_of_work(Write.FEED) as uow:
             docref_id = uow.find_by_identifier("DocumentReference", *identifier_key(unique_id))
-        labels.patch_document(Repository(engine, actor, settings.public_base_url), docref_id, [{"op": "add", "path": "/securityLabel/-", "value": {
+        label_added = labels.json_patch([{"op": "add", "path": "/securityLabel/-", "value": {
             "coding": [{"system": codes.VISIBILITY_SYSTEM, "code": label}]}}])
+        labels.patch_document(Repository(engine, actor, settings.public_base_url), docref_id, label_added)
 
 
 def build_submission(cda: bytes, max_bytes: int, signature: bytes | None = None) -> dict:

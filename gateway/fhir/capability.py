@@ -80,7 +80,7 @@ def capability_statement(base: str, cors: bool = False) -> dict:
         "implementation": {"description": "DMP interoperability gateway", "url": base},
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json", "json", "application/fhir+xml", "xml"],
-        "patchFormat": ["application/json-patch+json"],
+        "patchFormat": ["application/json-patch+json", "application/fhir+json", "application/fhir+xml"],
         "rest": [{
             "mode": "server",
             "security": {

@@ -1,26 +1,38 @@
 """PATCH DocumentReference/[id] and the conditional PATCH DocumentReference?identifier=[system]|[value]
-(PDSM4DMP TD3.3a-d) with a JSON Patch: masking, deletion, archiving (gateway/services/labels.py)."""
+(PDSM4DMP TD3.3a-d) with a JSON Patch, or a FHIRPath Patch (a Parameters resource, in FHIR JSON or
+XML), as PDSm's OpenAPI takes both: masking, deletion, archiving (gateway/services/labels.py)."""
 from __future__ import annotations
 
 from flask import g, request
 
-from gateway.services.labels import patch_document
+from gateway.services.labels import json_patch, patch_document
 from gateway.storage import search as search_sql
 
 from .blueprint import fhir
-from .formats import load_json
+from . import fhirpath_patch
+from .formats import load, load_json
 from .read import lookup
-from .responses import FhirError, fhir_response, if_match, negotiate, operation_outcome, require_content_type, written
+from .responses import (FHIR_TYPES, FhirError, fhir_response, if_match, negotiate, operation_outcome,
+                        require_content_type, written)
 
-JSON_PATCH_TYPES = {"application/json-patch+json"}
+JSON_PATCH = "application/json-patch+json"
+# XML Patch (RFC 5261), which the OpenAPI lists too, is not taken: its selectors are XPath, whose
+# cost a client could make unbounded.
+PATCH_TYPES = (JSON_PATCH, *FHIR_TYPES)
 
 
 def _patch(res_id: str):
     negotiate()
-    require_content_type(JSON_PATCH_TYPES, "is not supported: send application/json-patch+json")
-    patch = load_json(request.get_data())
-    if not isinstance(patch, list):
-        raise FhirError(400, "a JSON Patch is a list of operations", code="structure")
+    require_content_type(PATCH_TYPES, "is not supported: send a JSON Patch (application/json-patch+json) or a "
+                                      "FHIRPath Patch (a Parameters resource, application/fhir+json or "
+                                      "application/fhir+xml)")
+    if request.mimetype == JSON_PATCH:
+        operations = load_json(request.get_data())
+        if not isinstance(operations, list):
+            raise FhirError(400, "a JSON Patch is a list of operations", code="structure")
+        patch = json_patch(operations)
+    else:
+        patch = fhirpath_patch.patch(load(request.get_data(), request.mimetype))
     stored = lookup(patch_document, g.repository, res_id, patch, if_match())
     if stored is None:
         return deleted()

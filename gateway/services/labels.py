@@ -1,5 +1,6 @@
-"""Changes to a document's metadata by PATCH (PDSm flux 03/04; PDSM4DMP TD3.3a-d): one JSON Patch
-does one kind of change, each decided by the unit of work with the rules of gateway.access.writes:
+"""Changes to a document's metadata by PATCH (PDSm flux 03/04; PDSM4DMP TD3.3a-d): one patch (a JSON
+Patch, or a FHIRPath Patch, which PDSm takes too) does one kind of change, each decided by the unit
+of work with the rules of gateway.access.writes:
 
 - masking (TD3.3a, TD3.3b): the visibility labels (TRE_A07) of DocumentReference.securityLabel;
 - deletion (TD3.3c): `replace /status entered-in-error`, carried out as a deletion (README, "Deletion");
@@ -14,6 +15,7 @@ keeps the previous one) with its AuditEvent.
 from __future__ import annotations
 
 import re
+from typing import Callable
 
 import jsonpatch
 
@@ -29,8 +31,9 @@ from .documents import delete_document
 CONFIDENTIALITY_SYSTEMS = (codes.CONFIDENTIALITY_SYSTEM, "http://terminology.hl7.org/CodeSystem/v3-Confidentiality")
 # PDSM4DMP TD3.3d names the extension by a FHIRPath-like step, which JSON Pointer does not have.
 EXTENSION_STEP = re.compile(r"^/extension\[url:'([^']+)'\]/(value\w+)$")
-# The PATCH that deletes a document (TD3.3c), which a FHIR delete asks too.
-DELETION = [{"op": "replace", "path": "/status", "value": "entered-in-error"}]
+# What a PATCH asks of a document: the document it makes of the current version (json_patch here,
+# gateway.fhir.fhirpath_patch.patch).
+Patch = Callable[[dict], object]
 # Tries of a patch whose document others keep changing (ChangedMeanwhile): then 409, to be sent again.
 PATCH_ATTEMPTS = 3
 
@@ -61,13 +64,30 @@ def _pointer_paths(resource: dict, patch: list) -> list:
     return out
 
 
+def json_patch(operations: list) -> Patch:
+    """A JSON Patch (RFC 6902), PDSM4DMP's extension steps read as JSON Pointers."""
+    def made(before: dict) -> object:
+        if not isinstance(operations, list):
+            raise _refuse("a JSON Patch is a list of operations")
+        try:
+            return jsonpatch.apply_patch(before, _pointer_paths(before, operations))
+        except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError, ValueError, KeyError) as exc:
+            raise _refuse(f"the JSON Patch cannot be applied: {exc}") from None
+    return made
+
+
+# The PATCH that deletes a document (TD3.3c), which a FHIR delete asks too.
+DELETION = json_patch([{"op": "replace", "path": "/status", "value": "entered-in-error"}])
+
+
 def _changed_fields(before: dict, after: dict) -> set[str]:
     keys = (set(before) | set(after)) - {"meta"}
     return {k for k in keys if before.get(k) != after.get(k)}
 
 
-def patch_document(repo: Repository, docref_id: str, patch: list, if_match: int | None = None) -> StoredResource | None:
-    """Apply a JSON Patch to a document the requester sees (404 otherwise); None when the patch
+def patch_document(repo: Repository, docref_id: str, patch: Patch,
+                   if_match: int | None = None) -> StoredResource | None:
+    """Apply a patch to a document the requester sees (404 otherwise); None when the patch
     deleted it. A change is made from the version read before its unit of work: when another
     request changed the document meanwhile (the patient masks it as its author archives it), it is
     made again from the new version, so that neither change undoes the other; unless the client
@@ -82,17 +102,12 @@ def patch_document(repo: Repository, docref_id: str, patch: list, if_match: int 
                 raise
 
 
-def _patch(repo: Repository, docref_id: str, patch: list, if_match: int | None) -> StoredResource | None:
+def _patch(repo: Repository, docref_id: str, patch: Patch, if_match: int | None) -> StoredResource | None:
     current = repo.read("DocumentReference", docref_id)
     if if_match is not None and current.version != if_match:
         raise PreconditionFailed(current.reference, if_match)
     before = current.json()
-    if not isinstance(patch, list):
-        raise _refuse("a JSON Patch is a list of operations")
-    try:
-        after = jsonpatch.apply_patch(before, _pointer_paths(before, patch))
-    except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError, ValueError, KeyError) as exc:
-        raise _refuse(f"the JSON Patch cannot be applied: {exc}") from None
+    after = patch(before)
     if not isinstance(after, dict):
         raise _refuse("a JSON Patch may not replace the whole resource")
     changed = _changed_fields(before, after)

@@ -463,6 +463,114 @@ def test_a_fhir_document_sent_as_a_bundle_entry_is_read_at_its_bundle_url(client
     assert refused.status_code == 422 and "leave it out" in refused.json["issue"][0]["diagnostics"], refused.json
 
 
+def fhirpath_patch(*operations: list[dict]) -> str:
+    """A FHIRPath Patch (FHIR R4's, a Parameters resource) of operations given as their parts."""
+    return json.dumps({"resourceType": "Parameters", "parameter": [
+        {"name": "operation", "part": parts} for parts in operations]})
+
+
+def operation(kind: str, path: str, **parts) -> list[dict]:
+    given = [{"name": "type", "valueCode": kind}, {"name": "path", "valueString": path}]
+    if "name" in parts:
+        given.append({"name": "name", "valueString": parts.pop("name")})
+    if "index" in parts:
+        given.append({"name": "index", "valueInteger": parts.pop("index")})
+    if "value_parts" in parts:
+        given.append({"name": "value", "part": parts.pop("value_parts")})
+    return given + [{"name": "value", key: value} for key, value in parts.items()]
+
+
+def test_the_guide_s_changes_are_made_by_a_fhirpath_patch_as_pdsm_takes_it(client, bearer, lps):
+    """PDSm's OpenAPI takes a PATCH's body as a JSON Patch or as a FHIRPath Patch, a Parameters
+    resource in FHIR JSON or XML, which HAPI's and Firely's clients send: it was refused 415, "send
+    application/json-patch+json". Each change of TD3.3a-d made so is made as the guide's JSON Patch
+    makes it, by the same rules: masking and unmasking, invisibility to the patient, archiving,
+    deletion (a stranger refused), each answer passing the official profiles. What a patch may not
+    change, a path that is not FHIRPath or names no element, and a function whose work a client
+    could make unbounded are refused, with the operation's place."""
+    collected = profiles.Collected()
+    publication = example("DocumentReference-example-td2-iti105-publication-simplifiee.json")
+    published = client.post("/fhir/DocumentReference", headers={**FHIR, **lps}, data=json.dumps(publication))
+    assert published.status_code == 201, published.json
+    document = published.json
+    identifier = document["masterIdentifier"]
+    target = f"/fhir/DocumentReference?identifier={identifier['system']}|{identifier['value']}"
+    by_id = f"/fhir/DocumentReference/{document['id']}"
+
+    def patched(body: str, url: str = target, content_type: str = "application/fhir+json", who=None):
+        return client.patch(url, headers={"Content-Type": content_type, **(who or lps)}, data=body)
+
+    def labels(answer) -> list[str]:
+        assert answer.status_code == 200, answer.json
+        return [c["code"] for label in answer.json["securityLabel"] for c in label["coding"]]
+
+    masking = {"coding": [{"system": VISIBILITY, "code": "MASQUE_PS",
+                           "display": "Masqué aux professionnels de santé"}]}
+    masked = patched(fhirpath_patch(operation("add", "DocumentReference", name="securityLabel",
+                                              valueCodeableConcept=masking)))
+    assert labels(masked) == ["MASQUE_PS", "N"]
+    collected.add(masked.json)
+    unmasked = patched(fhirpath_patch(operation("delete", "DocumentReference.securityLabel.where(coding.code = "
+                                                          "'MASQUE_PS')")), url=by_id)
+    assert labels(unmasked) == ["N"]
+
+    # The guide's own form, the first label replaced, in FHIR XML.
+    invisible = ('<Parameters xmlns="http://hl7.org/fhir"><parameter><name value="operation"/>'
+                 '<part><name value="type"/><valueCode value="replace"/></part>'
+                 '<part><name value="path"/><valueString value="DocumentReference.securityLabel[0]"/></part>'
+                 f'<part><name value="value"/><valueCodeableConcept><coding><system value="{VISIBILITY}"/>'
+                 '<code value="INVISIBLE_PATIENT"/></coding></valueCodeableConcept></part></parameter></Parameters>')
+    assert labels(patched(invisible, content_type="application/fhir+xml")) == ["INVISIBLE_PATIENT", "N"]
+    patient = bearer("patient", patient=INS)
+    assert client.get(by_id, headers=patient).status_code == 404
+    assert labels(patched(fhirpath_patch(operation("delete", "DocumentReference.securityLabel.first()")))) == ["N"]
+    assert client.get(by_id, headers=patient).status_code == 200
+
+    archived_url = "https://interop.esante.gouv.fr/ig/fhir/pdsm/StructureDefinition/pdsm-ext-is-archived"
+    archived = patched(fhirpath_patch(operation("add", "DocumentReference", name="extension", value_parts=[
+        {"name": "url", "valueUri": archived_url}, {"name": "value", "valueBoolean": True}])))
+    assert archived.status_code == 200 and archived.json["extension"] == [{"url": archived_url, "valueBoolean": True}]
+    collected.add(archived.json)
+    restored = patched(fhirpath_patch(operation("replace", f"DocumentReference.extension('{archived_url}').value",
+                                                valueBoolean=False)))
+    assert restored.status_code == 200 and restored.json["extension"] == [{"url": archived_url, "valueBoolean": False}]
+
+    refusals = {
+        # what a PATCH may not change
+        fhirpath_patch(operation("add", "DocumentReference", name="description", valueString="autre")):
+            (422, "a PATCH changes one of securityLabel, status (deletion) or the isArchived extension"),
+        fhirpath_patch(operation("replace", "DocumentReference.description", valueString="autre")):
+            (422, "its path names 0 elements, not one"),
+        fhirpath_patch(operation("replace", "DocumentReference.status.", valueCode="entered-in-error")):
+            (400, "is not FHIRPath"),
+        fhirpath_patch(operation("delete", "DocumentReference.securityLabel.where(descendants().exists())")):
+            (422, "the function descendants() in where() is not taken"),
+        fhirpath_patch(operation("delete", "DocumentReference.securityLabel.where(%resource.status = 'current')")):
+            (422, "a %variable is not taken"),
+        fhirpath_patch(operation("move", "DocumentReference.securityLabel")):
+            (400, "the operation has no source part"),
+        json.dumps({"resourceType": "Basic", "code": {"text": "x"}}):
+            (400, "a FHIRPath Patch is a Parameters resource"),
+    }
+    for body, (status, reason) in refusals.items():
+        refused = patched(body)
+        assert refused.status_code == status and reason in refused.json["issue"][0]["diagnostics"], (body, refused.json)
+    xml_patch = patched("<diff/>", content_type="application/xml-patch+xml")
+    assert xml_patch.status_code == 415 and "FHIRPath Patch" in xml_patch.json["issue"][0]["diagnostics"]
+    assert labels(client.get(by_id, headers=lps)) == ["N"]
+
+    deletion = fhirpath_patch(operation("replace", "DocumentReference.status", valueCode="entered-in-error"))
+    assert patched(deletion, who=bearer("doctor", sub="899900000099")).status_code in (403, 404)
+    deleted = patched(deletion)
+    assert deleted.status_code == 200 and deleted.json["issue"][0]["code"] == "deleted", deleted.json
+    assert client.get(by_id, headers=lps).status_code == 410
+    assert client.get("/fhir/metadata").json["patchFormat"] == [
+        "application/json-patch+json", "application/fhir+json", "application/fhir+xml"]
+    if profiles.available():
+        errors = collected.errors()
+        assert not errors, "\n".join(errors[:30])
+
+
 def test_a_fhir_delete_deletes_a_document_as_the_guide_s_patch_does(client, bearer, lps):
     """The guide's deletion (TD3.3c) is a PATCH of the status to entered-in-error, and its open
     question names a FHIR delete as the alternative: a client that took it was answered 405, "it

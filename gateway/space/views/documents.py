@@ -146,7 +146,7 @@ def change_masking(docref_id: str):
         return redirect(url_for("space.document_page", docref_id=docref_id))
     # Made to the version the positions were read from (If-Match): made again from a newer one, a
     # removal by position could take off another label than the one the patient chose.
-    labels.patch_document(g.repository, docref_id, patch, if_match=read.version)
+    labels.patch_document(g.repository, docref_id, labels.json_patch(patch), if_match=read.version)
     flash({(MASQUE_PS, True): "Le document est masqué aux professionnels de santé.",
            (MASQUE_PS, False): "Le document est de nouveau visible des professionnels autorisés.",
            (INVISIBLE_REPRESENTATIVES, True): "Le document est masqué à vos représentants légaux.",
