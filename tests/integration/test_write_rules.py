@@ -2,9 +2,9 @@
 
 Hypothesis draws a world (test_access_rules's: patients, documents with labels, authors and
 custodians, the patients' consents) and a sequence of changes, each asked by any kind of requester
-with a PDSM4DMP PATCH (TD3.3a-d), by id or by identifier: a visibility label added or removed, the
-guide's masking and unmasking (`/securityLabel/0` replaced by a label, or by `N`), a deletion,
-archiving. Each answer must be what the README's rules say (404 for a document the requester does
+with a PDSM4DMP PATCH (TD3.3a-d), by id or by identifier, a JSON Patch or its FHIRPath Patch in
+turn: a visibility label added or removed, the guide's masking and unmasking (`/securityLabel/0`
+replaced by a label, or by `N`), a deletion, archiving. Each answer must be what the README's rules say (404 for a document the requester does
 not see, 410 once it is deleted, 403 for a change they may not make, a mask the patient set lifted by
 its author among them, 200 otherwise), what is stored
 must follow exactly the changes made, every request must leave an AuditEvent, and at the end every
@@ -42,6 +42,7 @@ from test_access_rules import (
 
 MASQUE_PS, INVISIBLE_PATIENT, INVISIBLE_REPRESENTATIVES = LABELS
 PATCH = {"Content-Type": "application/json-patch+json"}
+FHIRPATH_PATCH = {"Content-Type": "application/fhir+json"}
 NO_RESTRICTION = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "N"}]}
 CONFIDENTIALITY = {"coding": [{"system": codes.CONFIDENTIALITY_SYSTEM, "code": "N"}]}
 
@@ -205,6 +206,30 @@ def patch_of(change: Change, state: State) -> list:
              "value": change.archived}]
 
 
+def fhirpath_patch_of(change: Change, state: State) -> dict:
+    """The same change as a FHIRPath Patch (a Parameters resource), which PDSm takes too."""
+    def operation(kind: str, path: str, *parts: dict) -> dict:
+        return {"resourceType": "Parameters", "parameter": [{"name": "operation", "part": [
+            {"name": "type", "valueCode": kind}, {"name": "path", "valueString": path}, *parts]}]}
+    label = {"coding": [{"system": codes.VISIBILITY_SYSTEM, "code": change.label}]}
+    if change.kind == "add":
+        return operation("add", "DocumentReference", {"name": "name", "valueString": "securityLabel"},
+                         {"name": "value", "valueCodeableConcept": label})
+    if change.kind == "remove":
+        return operation("delete", f"DocumentReference.securityLabel.where(coding.code = '{change.label}')")
+    if change.kind in ("mask", "unmask"):
+        return operation("replace", "DocumentReference.securityLabel[0]", {
+            "name": "value", "valueCodeableConcept": label if change.kind == "mask" else NO_RESTRICTION})
+    if change.kind == "delete":
+        return operation("replace", "DocumentReference.status", {"name": "value", "valueCode": "entered-in-error"})
+    if state.archived is None:
+        return operation("add", "DocumentReference", {"name": "name", "valueString": "extension"}, {
+            "name": "value", "part": [{"name": "url", "valueUri": codes.PDSM_IS_ARCHIVED},
+                                      {"name": "value", "valueBoolean": change.archived}]})
+    return operation("replace", f"DocumentReference.extension('{codes.PDSM_IS_ARCHIVED}').value",
+                     {"name": "value", "valueBoolean": change.archived})
+
+
 def stored(engine, doc_id: str) -> State:
     with engine.connect() as conn:
         row = conn.execute(select(resources.c.body, resources.c.deleted, resources.c.version,
@@ -266,16 +291,19 @@ def test_every_change_is_made_exactly_when_the_rules_allow_it(client, database, 
             requester = replace(requester, reader=replace(
                 requester.reader, patient=(docs[i].patient + requester.reader.patient) % len(INS)))
         doc_id = made[i][0]
-        headers = {**bearer(**token_claims(requester.reader),
-                            org=ORGANIZATIONS[requester.organization] if requester.organization is not None else None),
-                   **PATCH}
+        headers = bearer(**token_claims(requester.reader),
+                         org=ORGANIZATIONS[requester.organization] if requester.organization is not None else None)
         url = (f"/fhir/DocumentReference?identifier=urn:ietf:rfc:3986|urn:oid:1.2.250.1.999.{i}" if by_identifier
                else f"/fhir/DocumentReference/{doc_id}")
         for change in asked:
             status, after = expected(requester, docs[i], states[i], change, world_rules, by_identifier)
             audit_before = audit_count(engine)
-            response = client.patch(url, data=json.dumps(patch_of(change, states[i])), headers=headers)
-            context = (requester, docs[i], states[i], change, by_identifier, world_rules, response.json)
+            # A JSON Patch and a FHIRPath Patch in turn: the rules are the change's, whatever its form.
+            fhirpath = sum(CHECKED["answers"].values()) % 2 == 1
+            body = fhirpath_patch_of(change, states[i]) if fhirpath else patch_of(change, states[i])
+            response = client.patch(url, data=json.dumps(body), headers={**headers,
+                                                                        **(FHIRPATH_PATCH if fhirpath else PATCH)})
+            context = (requester, docs[i], states[i], change, by_identifier, body, world_rules, response.json)
             assert response.status_code == status, context
             assert stored(engine, doc_id) == after, context
             assert audit_count(engine) > audit_before, context
