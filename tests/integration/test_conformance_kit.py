@@ -281,6 +281,8 @@ def both_inactive_when_the_record_is_not_active(zfa, patient_reference, consents
      lambda txa, number: II(txa.get(number, 1)), "step 1: "),
     ("mhd/054-iti65-an-imaging-manifest-of-another-patient", "gateway.services.described._check_dicom_patient",
      lambda *args: None, "step 2: "),
+    ("access/023-masked-by-a-fhirpath-patch", "gateway.fhir.fhirpath_patch.apply",
+     lambda resource, operations: resource, "step 4: "),
 ], ids=["a submission sent again registered again", "a SubmissionSet that leaves out its document",
         "an opposition a later ZFA did not collect", "a replacement that unmasks what the patient masked",
         "an author who lifts the patient's mask", "a block kept beside the authorisation after it",
@@ -289,7 +291,8 @@ def both_inactive_when_the_record_is_not_active(zfa, patient_reference, consents
         "a parent's access kept after the child came of age", "a death dropped",
         "a document about another person filed under the INS", "a PID and a CDA about two people taken",
         "a structure's decisions found by one spelling only", "an encounter that ends alone refused",
-        "TXA-12's first component taken for the document id", "a KOS filed under another patient's record"])
+        "TXA-12's first component taken for the document id", "a KOS filed under another patient's record",
+        "a FHIRPath Patch answered and not made"])
 def test_a_gateway_without_the_rule_a_case_checks_is_caught(target, monkeypatch, case, patched, replacement,
                                                              failing_step):
     """Each case passes against the gateway as it is, and fails, at the step that checks it, against
