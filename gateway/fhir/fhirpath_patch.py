@@ -158,9 +158,26 @@ def _value(part: dict, where: str, element: str) -> object:
         # An extension's value[x] is named `value`, its type by the part's value[x].
         key = typed[0] if name == "value" and element in ("extension", "modifierExtension") and typed else name
         value = _value(sub, place, name)
-        made[key] = [*made[key], value] if isinstance(made.get(key), list) else (
-            [made[key], value] if key in made else value)
+        if key not in made:
+            made[key] = value
+        else:   # a part given again: the element repeats (_shaped makes a list of one given once)
+            made[key] = [*made[key], value] if isinstance(made[key], list) else [made[key], value]
     return made
+
+
+def _shaped(value, model: type | None):
+    """A value as FHIR's JSON writes it for an element of `model`: the members that repeat as lists,
+    though given by one part."""
+    if model is None or not isinstance(value, dict):
+        return value
+    shaped = {}
+    for key, item in value.items():
+        member = _member(model, key)
+        if member and member[0] and not isinstance(item, list):
+            item = [item]
+        shaped[key] = [_shaped(i, member[1]) for i in item] if isinstance(item, list) else _shaped(
+            item, member[1] if member else None)
+    return shaped
 
 
 # Narrative.div has the name of FHIRPath's `div` operator, which the grammar does not take as a
@@ -375,7 +392,7 @@ def _apply(document: dict, operation: Operation) -> None:
     if operation.type == "add":
         _add(place, operation)
     elif operation.type == "replace":
-        place.holder[place.key] = operation.value
+        place.holder[place.key] = _shaped(operation.value, place.model)
     else:   # delete
         del place.holder[place.key]
         # What the deletion left empty goes with it, as FHIR has no empty element (HL7's "Delete
@@ -401,7 +418,8 @@ def _add(place: _Place, operation: Operation) -> None:
     listed = member[0] if member else isinstance(element.get(key), list)
     if key in element and not listed:
         raise _unapplied(operation, f"the element already has its {name}: replace it")
-    element[key] = [*element.get(key, []), operation.value] if listed else operation.value
+    value = _shaped(operation.value, member[1] if member else None)
+    element[key] = [*element.get(key, []), value] if listed else value
 
 
 def _listed(container: _Place, name: str, operation: Operation) -> None:
@@ -414,7 +432,9 @@ def _listed(container: _Place, name: str, operation: Operation) -> None:
     if operation.type == "insert":
         if operation.index < 0 or operation.index > len(items):
             raise _unapplied(operation, f"index {operation.index} is outside 0 to {len(items)}")
-        element[name] = items[:operation.index] + [operation.value] + items[operation.index:]
+        member = _member(container.model, name) if container.model is not None else None
+        value = _shaped(operation.value, member[1] if member else None)
+        element[name] = items[:operation.index] + [value] + items[operation.index:]
         return
     source, destination = operation.source, operation.destination
     if not 0 <= source < len(items) or not 0 <= destination <= len(items):

@@ -8,8 +8,8 @@ from flask import g, request
 from gateway.services.labels import json_patch, patch_document
 from gateway.storage import search as search_sql
 
-from .blueprint import fhir
 from . import fhirpath_patch
+from .blueprint import fhir
 from .formats import load, load_json
 from .read import lookup
 from .responses import (FHIR_TYPES, FhirError, fhir_response, if_match, negotiate, operation_outcome,

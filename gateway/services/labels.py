@@ -67,8 +67,6 @@ def _pointer_paths(resource: dict, patch: list) -> list:
 def json_patch(operations: list) -> Patch:
     """A JSON Patch (RFC 6902), PDSM4DMP's extension steps read as JSON Pointers."""
     def made(before: dict) -> object:
-        if not isinstance(operations, list):
-            raise _refuse("a JSON Patch is a list of operations")
         try:
             return jsonpatch.apply_patch(before, _pointer_paths(before, operations))
         except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError, ValueError, KeyError) as exc:

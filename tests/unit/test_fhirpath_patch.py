@@ -61,6 +61,22 @@ def test_add_appends_to_a_list_and_sets_an_element_the_resource_has_not():
                    document=no_value)["extension"] == [{"url": ARCHIVED, "valueBoolean": True}]
 
 
+def test_a_value_given_by_parts_repeats_its_elements_as_fhir_s_json_writes_them():
+    """Parameters give an anonymous element's members as parts, one each: those that repeat (a
+    contact's telecom, an extension's extensions) are lists, though given once."""
+    contact = patched(operation("add", "Patient", name="contact", value_parts=[
+        {"name": "name", "valueHumanName": {"text": "Anne"}},
+        {"name": "telecom", "valueContactPoint": {"system": "phone", "value": "0102030405"}}]),
+        document={"resourceType": "Patient"})
+    assert contact["contact"] == [{"name": {"text": "Anne"}, "telecom": [{"system": "phone", "value": "0102030405"}]}]
+    complex_extension = patched(operation("add", "Patient", name="extension", value_parts=[
+        {"name": "url", "valueUri": "http://example.org/x"},
+        {"name": "extension", "part": [{"name": "url", "valueUri": "a"}, {"name": "value", "valueString": "b"}]}]),
+        document={"resourceType": "Patient"})
+    assert complex_extension["extension"] == [
+        {"url": "http://example.org/x", "extension": [{"url": "a", "valueString": "b"}]}]
+
+
 def test_insert_delete_replace_and_move_act_at_the_place_named():
     assert codes(patched(operation("insert", "DocumentReference.securityLabel", index=0, valueCodeableConcept=LABEL))) \
         == ["INVISIBLE_PATIENT", "N", "MASQUE_PS"]
