@@ -1,9 +1,9 @@
-"""A bounded fuzz of every entry: random JSON bodies on each FHIR write, random request headers,
-random search parameters, random operator queries, random XML to /cda and as FHIR XML, mutated
-HL7v2 messages, byte streams to the MLLP listener, and the patient space's forms and pages. No input
-may get a 5xx, on either backend: PostgreSQL refuses what SQLite keeps (a NUL, a string longer than
-its column), which the fuzz ran on SQLite alone did not see. The default run is short enough for
-`make test`; `make fuzz` runs GATEWAY_FUZZ_EXAMPLES (default 2,000) per target."""
+"""A bounded fuzz of every entry: random JSON bodies on each FHIR write, mutated FHIRPath Patches,
+random request headers, random search parameters, random operator queries, random XML to /cda and as
+FHIR XML, mutated HL7v2 messages, byte streams to the MLLP listener, and the patient space's forms
+and pages. No input may get a 5xx, on either backend: PostgreSQL refuses what SQLite keeps (a NUL, a
+string longer than its column), which the fuzz ran on SQLite alone did not see. The default run is
+short enough for `make test`; `make fuzz` runs GATEWAY_FUZZ_EXAMPLES (default 2,000) per target."""
 import io
 import json
 import os
@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from conftest import REPORT, ROOT, SAMPLES, attend_all, every_version
+from conftest import GP, REPORT, ROOT, SAMPLES, attend_all, every_version
 from test_patient_space import MARTIN, PASSWORD, csrf, fed_with_accounts, sign_in
 
 from gateway.hl7v2 import mllp
@@ -300,6 +300,79 @@ def test_mutated_fhir_submissions(client, bearer, database):
 
     run()
     _kept_pass_the_profiles(client, database, kept, written)
+
+
+VISIBILITY = "https://mos.esante.gouv.fr/NOS/TRE_A07-StatutVisibiliteDocument/FHIR/TRE-A07-StatutVisibiliteDocument"
+IS_ARCHIVED = "https://interop.esante.gouv.fr/ig/fhir/pdsm/StructureDefinition/pdsm-ext-is-archived"
+MASKING = {"coding": [{"system": VISIBILITY, "code": "MASQUE_PS"}]}
+
+
+def fhirpath_patch(kind: str, path: str, *parts: dict) -> dict:
+    return {"resourceType": "Parameters", "parameter": [{"name": "operation", "part": [
+        {"name": "type", "valueCode": kind}, {"name": "path", "valueString": path}, *parts]}]}
+
+
+# The FHIRPath Patches of a document's changes (TD3.3a, TD3.3d), in each form a path takes.
+FHIRPATH_PATCHES = [
+    fhirpath_patch("add", "DocumentReference", {"name": "name", "valueString": "securityLabel"},
+                   {"name": "value", "valueCodeableConcept": MASKING}),
+    fhirpath_patch("delete", "DocumentReference.securityLabel.where(coding.code = 'MASQUE_PS')"),
+    fhirpath_patch("replace", "DocumentReference.securityLabel[0]", {"name": "value", "valueCodeableConcept": {
+        "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "N"}]}}),
+    fhirpath_patch("add", "DocumentReference", {"name": "name", "valueString": "extension"}, {"name": "value", "part": [
+        {"name": "url", "valueUri": IS_ARCHIVED}, {"name": "value", "valueBoolean": True}]}),
+    fhirpath_patch("replace", f"DocumentReference.extension('{IS_ARCHIVED}').value",
+                   {"name": "value", "valueBoolean": False}),
+    fhirpath_patch("insert", "DocumentReference.securityLabel", {"name": "index", "valueInteger": 0},
+                   {"name": "value", "valueCodeableConcept": MASKING}),
+    fhirpath_patch("move", "DocumentReference.securityLabel", {"name": "source", "valueInteger": 0},
+                   {"name": "destination", "valueInteger": 1}),
+]
+
+
+def test_mutated_fhirpath_patches(client, bearer, database):
+    """A document's FHIRPath Patches (masking, unmasking, archiving) with one place changed to any
+    JSON value, left out, given twice or changed at its edges, sent by its patient and by their
+    attending doctor:
+    a refusal or the patched document, never a 5xx, and what each patch kept passes the official
+    profiles."""
+    document = send(client, "POST", "/cda", data=(SAMPLES / "cda" / "ldl-ses-martin.xml").read_bytes(),
+                    headers={"Content-Type": "application/xml"})
+    assert document.status_code == 201, document.json
+    url = f"/fhir/DocumentReference/{document.json['id']}"
+    attend_all(database[0])
+    requesters = [bearer("patient", patient="185067511204554"), bearer("doctor", sub=GP)]
+    places = [list(_nodes(body)) for body in FHIRPATH_PATCHES]
+    kept = {}
+
+    @FUZZ
+    @given(index=st.integers(0, len(FHIRPATH_PATCHES) - 1), place=st.integers(0, 10**6), who=st.integers(0, 1),
+           value=st.one_of(st.just(LEFT_OUT), st.just(GIVEN_TWICE), st.sampled_from(EDGES), json_values))
+    def run(index, place, who, value):
+        changed = json.loads(json.dumps(FHIRPATH_PATCHES[index]))
+        *parents, last = places[index][place % len(places[index])]
+        container = changed
+        for step in parents:
+            container = container[step]
+        if value is LEFT_OUT:
+            del container[last]
+        elif value is GIVEN_TWICE:
+            if isinstance(container, list):
+                container.append(json.loads(json.dumps(container[last])))
+        elif value in EDGES and isinstance(container[last], str):
+            value = container[last] = value.replace("…", container[last])
+        elif value not in EDGES:
+            container[last] = value
+        response = send(client, "PATCH", url, data=json.dumps(changed),
+                        headers={"Content-Type": "application/fhir+json", **requesters[who]})
+        if response.status_code == 200 and response.json.get("resourceType") == "DocumentReference":
+            change = (index, (*parents, last), "left out" if value is LEFT_OUT else "given twice"
+                      if value is GIVEN_TWICE else value)
+            kept[f"DocumentReference-{response.json['id']}-{response.json['meta']['versionId']}"] = (
+                response.json, change)
+
+    run()
+    _kept_pass_the_profiles(client, database, kept, {})
 
 
 def _element(root, place: int):
