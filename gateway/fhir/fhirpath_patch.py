@@ -172,11 +172,11 @@ def _shaped(value, model: type | None):
         return value
     shaped = {}
     for key, item in value.items():
-        member = _member(model, key)
-        if member and member[0] and not isinstance(item, list):
+        listed, model_of_item = _member(model, key) or (False, None)
+        if listed and not isinstance(item, list):
             item = [item]
-        shaped[key] = [_shaped(i, member[1]) for i in item] if isinstance(item, list) else _shaped(
-            item, member[1] if member else None)
+        shaped[key] = [_shaped(i, model_of_item) for i in item] if isinstance(item, list) else _shaped(
+            item, model_of_item)
     return shaped
 
 

@@ -3,7 +3,7 @@ gives it, the places a path names, and a refusal, never another error, for what 
 import copy
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from gateway.fhir import fhirpath_patch
 from gateway.refusal import Refused
@@ -175,6 +175,9 @@ BROKEN = ["", ".", "(", ")", "'", "`", "\\", "é", " x", "[", "..", "[-1]"]
 @given(st.sampled_from(["DocumentReference", "securityLabel", "status", "Patient"]), st.lists(st.sampled_from(STEPS),
        max_size=6), st.one_of(st.just(""), st.sampled_from(BROKEN)), st.sampled_from(list(fhirpath_patch.PARTS)),
        st.one_of(st.booleans(), st.text(max_size=5), st.fixed_dictionaries({"coding": st.just([{"code": "N"}])})))
+# Found by this test: a value inserted in a list of another type (a CodeableConcept's members in
+# DocumentReference.content) was a TypeError where its members were shaped.
+@example(head="DocumentReference", steps=[".content"], broken="", kind="insert", value={"coding": [{"code": "N"}]})
 def test_any_path_and_value_make_a_resource_or_a_refusal(head, steps, broken, kind, value):
     """A path made of the steps paths take, sometimes broken, for any operation with any value: the
     patched resource, or a refusal (a 400 or a 422), never another exception (a 500)."""
