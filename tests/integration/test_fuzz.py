@@ -106,6 +106,27 @@ GIVEN_TWICE = object()   # an item of a list given again after the others
 EDGES = ["… ", " …", "…\n", "…é", "… …", "…" + "x" * 300]
 
 
+def mutate(body, place: tuple, value):
+    """Change a JSON body at `place`: the member or item left out, an item given twice, a string
+    changed at its edges (EDGES), or the value replaced; what was done, to name the change."""
+    *parents, last = place
+    container = body
+    for step in parents:
+        container = container[step]
+    if value is LEFT_OUT:
+        del container[last]
+        return "left out"
+    if value is GIVEN_TWICE:
+        if isinstance(container, list):
+            container.append(json.loads(json.dumps(container[last])))
+        return "given twice"
+    if value in EDGES and isinstance(container[last], str):
+        value = container[last] = value.replace("…", container[last])
+    elif value not in EDGES:
+        container[last] = value
+    return value
+
+
 EXAMPLES_DIR = ROOT.parent / "shared" / "reference" / "pdsm4dmp" / "input" / "examples"
 DEFINITIONS = ROOT.parent / "shared" / "fhir-definitions"
 
@@ -279,21 +300,8 @@ def test_mutated_fhir_submissions(client, bearer, database):
     def run(index, place, value):
         path, headers, body = bodies[index]
         changed = body(TRIED["inputs"])
-        *parents, last = places[index][place % len(places[index])]
-        container = changed
-        for step in parents:
-            container = container[step]
-        if value is LEFT_OUT:
-            del container[last]
-        elif value is GIVEN_TWICE:
-            if isinstance(container, list):
-                container.append(json.loads(json.dumps(container[last])))
-        elif value in EDGES and isinstance(container[last], str):
-            value = container[last] = value.replace("…", container[last])
-        elif value not in EDGES:
-            container[last] = value
-        change = (index, (*parents, last), "left out" if value is LEFT_OUT else "given twice" if value is GIVEN_TWICE
-                  else value)
+        at = places[index][place % len(places[index])]
+        change = (index, at, mutate(changed, at, value))
         response = send(client, "POST", path, data=json.dumps(changed),
                         headers={"Content-Type": "application/fhir+json", **headers})
         _written(response, change, kept, written)
@@ -350,24 +358,11 @@ def test_mutated_fhirpath_patches(client, bearer, database):
            value=st.one_of(st.just(LEFT_OUT), st.just(GIVEN_TWICE), st.sampled_from(EDGES), json_values))
     def run(index, place, who, value):
         changed = json.loads(json.dumps(FHIRPATH_PATCHES[index]))
-        *parents, last = places[index][place % len(places[index])]
-        container = changed
-        for step in parents:
-            container = container[step]
-        if value is LEFT_OUT:
-            del container[last]
-        elif value is GIVEN_TWICE:
-            if isinstance(container, list):
-                container.append(json.loads(json.dumps(container[last])))
-        elif value in EDGES and isinstance(container[last], str):
-            value = container[last] = value.replace("…", container[last])
-        elif value not in EDGES:
-            container[last] = value
+        at = places[index][place % len(places[index])]
+        change = (index, at, mutate(changed, at, value))
         response = send(client, "PATCH", url, data=json.dumps(changed),
                         headers={"Content-Type": "application/fhir+json", **requesters[who]})
         if response.status_code == 200 and response.json.get("resourceType") == "DocumentReference":
-            change = (index, (*parents, last), "left out" if value is LEFT_OUT else "given twice"
-                      if value is GIVEN_TWICE else value)
             kept[f"DocumentReference-{response.json['id']}-{response.json['meta']['versionId']}"] = (
                 response.json, change)
 
