@@ -75,14 +75,14 @@ def operations(parameters: dict) -> list[Operation]:
 
 def patch(parameters: dict) -> Callable[[dict], dict]:
     """The patch a Parameters resource asks (services.labels.Patch), its operations read once."""
-    return partial(apply, operations=operations(parameters))
+    return partial(apply, asked=operations(parameters))
 
 
-def apply(resource: dict, operations: list[Operation]) -> dict:
-    """The resource the operations make of `resource` (not changed); a 422 at the operation that
-    cannot be applied."""
+def apply(resource: dict, asked: list[Operation]) -> dict:
+    """The resource the operations asked make of `resource` (not changed); a 422 at the operation
+    that cannot be applied."""
     result = copy.deepcopy(resource)
-    for operation in operations:
+    for operation in asked:
         _apply(result, operation)
     return result
 

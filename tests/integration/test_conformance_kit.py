@@ -282,7 +282,7 @@ def both_inactive_when_the_record_is_not_active(zfa, patient_reference, consents
     ("mhd/054-iti65-an-imaging-manifest-of-another-patient", "gateway.services.described._check_dicom_patient",
      lambda *args: None, "step 2: "),
     ("access/023-masked-by-a-fhirpath-patch", "gateway.fhir.fhirpath_patch.apply",
-     lambda resource, operations: resource, "step 4: "),
+     lambda resource, asked: resource, "step 4: "),
 ], ids=["a submission sent again registered again", "a SubmissionSet that leaves out its document",
         "an opposition a later ZFA did not collect", "a replacement that unmasks what the patient masked",
         "an author who lifts the patient's mask", "a block kept beside the authorisation after it",
