@@ -119,9 +119,10 @@ def _operation(parameter: dict, where: str) -> Operation:
     name = _primitive(parts, "name", ("valueString",), where) if "name" in parts else None
     if name is not None and not NAME.fullmatch(name):
         raise _malformed(f"{name!r} is not an element's name", parts["name"][1])
-    value = _value(*parts["value"], name or _last_name(text)) if "value" in parts else None
+    path = _parse(text, parts["path"][1])
+    value = _value(*parts["value"], name or _element_named(path)) if "value" in parts else None
     value_key = next((key for key in parts["value"][0] if key.startswith("value")), None) if "value" in parts else None
-    return Operation(kind, _parse(text, parts["path"][1]), text, where, name, value, value_key, **fields)
+    return Operation(kind, path, text, where, name, value, value_key, **fields)
 
 
 def _primitive(parts: dict, name: str, types: tuple[str, ...], where: str):
@@ -134,9 +135,6 @@ def _primitive(parts: dict, name: str, types: tuple[str, ...], where: str):
     raise _malformed(f"the {name} part gives its value as {' or '.join(types)}", place)
 
 
-def _last_name(path: str) -> str:
-    """The element a path ends on, as far as its text tells: the name a value's parts are of."""
-    return re.split(r"[.(\[]", path.rsplit(".", 1)[-1])[0]
 
 
 def _value(part: dict, where: str, element: str) -> object:
@@ -282,6 +280,27 @@ def _class_of(model: type | None, key: str, value) -> type | None:
 def _identifier(node: dict) -> str:
     text = node["terminalNodeText"][0] if node.get("terminalNodeText") else node.get("text", "")
     return text[1:-1] if text.startswith("`") else text
+
+
+def _element_named(node: dict) -> str:
+    """The element a path's tree ends on, the name a value's parts are members of: its last name, or
+    `extension` for extension(url), through an index, first(), last(), single() and where()."""
+    kind, children = node.get("type"), node.get("children", [])
+    if kind == "IndexerExpression":
+        return _element_named(children[0])
+    if kind == "TermExpression" and children and children[0].get("type") == "InvocationTerm":
+        return _invocation_named(children[0]["children"][0]) or ""
+    if kind == "InvocationExpression":
+        return _invocation_named(children[1]) or _element_named(children[0])
+    return ""
+
+
+def _invocation_named(node: dict) -> str | None:
+    if node.get("type") == "MemberInvocation":
+        return _identifier(node["children"][0])
+    if node.get("type") == "FunctionInvocation" and _identifier(node["children"][0]["children"][0]) == "extension":
+        return "extension"
+    return None
 
 
 def _unsupported(operation: Operation, what: str) -> Refused:

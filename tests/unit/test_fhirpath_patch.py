@@ -75,6 +75,13 @@ def test_a_value_given_by_parts_repeats_its_elements_as_fhir_s_json_writes_them(
         document={"resourceType": "Patient"})
     assert complex_extension["extension"] == [
         {"url": "http://example.org/x", "extension": [{"url": "a", "valueString": "b"}]}]
+    # The element the parts are of is the path's, by its tree: a path whose string holds dots (an
+    # extension's url) was read by its text, and the extension's value kept as `value`.
+    for path in (f"DocumentReference.extension('{ARCHIVED}')",
+                 f"DocumentReference.extension.where(url = '{ARCHIVED}')"):
+        replaced = patched(operation("replace", path, value_parts=[
+            {"name": "url", "valueUri": ARCHIVED}, {"name": "value", "valueBoolean": True}]))
+        assert replaced["extension"] == [{"url": ARCHIVED, "valueBoolean": True}]
 
 
 def test_insert_delete_replace_and_move_act_at_the_place_named():
