@@ -118,6 +118,25 @@ def bearer(token_key):
     return headers
 
 
+def patch_operation(kind: str, path: str, **parts) -> dict:
+    """One operation of a FHIRPath Patch (FHIR R4's): its type and path, then `name`, `index`,
+    `source`, `destination`, `value_parts` (a value given by parts) or a value[x] (`valueCode=…`)."""
+    given = [{"name": "type", "valueCode": kind}, {"name": "path", "valueString": path}]
+    if "name" in parts:
+        given.append({"name": "name", "valueString": parts.pop("name")})
+    for name in ("index", "source", "destination"):
+        if name in parts:
+            given.append({"name": name, "valueInteger": parts.pop(name)})
+    if "value_parts" in parts:
+        given.append({"name": "value", "part": parts.pop("value_parts")})
+    return {"name": "operation", "part": given + [{"name": "value", key: value} for key, value in parts.items()]}
+
+
+def patch_parameters(*operations: dict) -> dict:
+    """A FHIRPath Patch: the Parameters resource of its operations (patch_operation)."""
+    return {"resourceType": "Parameters", "parameter": list(operations)}
+
+
 def every_version(engine, res_types: list[str]) -> list[tuple[str, str, int]]:
     """(type, id, version) of every version kept of resources of these types: those a later one
     replaced (resource_versions) and the current ones (resources)."""

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from conftest import GP, REPORT, ROOT, SAMPLES, attend_all, every_version
+from conftest import GP, REPORT, ROOT, SAMPLES, attend_all, every_version, patch_operation, patch_parameters
 from test_patient_space import MARTIN, PASSWORD, csrf, fed_with_accounts, sign_in
 
 from gateway.hl7v2 import mllp
@@ -315,27 +315,18 @@ IS_ARCHIVED = "https://interop.esante.gouv.fr/ig/fhir/pdsm/StructureDefinition/p
 MASKING = {"coding": [{"system": VISIBILITY, "code": "MASQUE_PS"}]}
 
 
-def fhirpath_patch(kind: str, path: str, *parts: dict) -> dict:
-    return {"resourceType": "Parameters", "parameter": [{"name": "operation", "part": [
-        {"name": "type", "valueCode": kind}, {"name": "path", "valueString": path}, *parts]}]}
-
-
 # The FHIRPath Patches of a document's changes (TD3.3a, TD3.3d), in each form a path takes.
-FHIRPATH_PATCHES = [
-    fhirpath_patch("add", "DocumentReference", {"name": "name", "valueString": "securityLabel"},
-                   {"name": "value", "valueCodeableConcept": MASKING}),
-    fhirpath_patch("delete", "DocumentReference.securityLabel.where(coding.code = 'MASQUE_PS')"),
-    fhirpath_patch("replace", "DocumentReference.securityLabel[0]", {"name": "value", "valueCodeableConcept": {
-        "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "N"}]}}),
-    fhirpath_patch("add", "DocumentReference", {"name": "name", "valueString": "extension"}, {"name": "value", "part": [
-        {"name": "url", "valueUri": IS_ARCHIVED}, {"name": "value", "valueBoolean": True}]}),
-    fhirpath_patch("replace", f"DocumentReference.extension('{IS_ARCHIVED}').value",
-                   {"name": "value", "valueBoolean": False}),
-    fhirpath_patch("insert", "DocumentReference.securityLabel", {"name": "index", "valueInteger": 0},
-                   {"name": "value", "valueCodeableConcept": MASKING}),
-    fhirpath_patch("move", "DocumentReference.securityLabel", {"name": "source", "valueInteger": 0},
-                   {"name": "destination", "valueInteger": 1}),
-]
+FHIRPATH_PATCHES = [patch_parameters(operation) for operation in (
+    patch_operation("add", "DocumentReference", name="securityLabel", valueCodeableConcept=MASKING),
+    patch_operation("delete", "DocumentReference.securityLabel.where(coding.code = 'MASQUE_PS')"),
+    patch_operation("replace", "DocumentReference.securityLabel[0]", valueCodeableConcept={
+        "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "N"}]}),
+    patch_operation("add", "DocumentReference", name="extension", value_parts=[
+        {"name": "url", "valueUri": IS_ARCHIVED}, {"name": "value", "valueBoolean": True}]),
+    patch_operation("replace", f"DocumentReference.extension('{IS_ARCHIVED}').value", valueBoolean=False),
+    patch_operation("insert", "DocumentReference.securityLabel", index=0, valueCodeableConcept=MASKING),
+    patch_operation("move", "DocumentReference.securityLabel", source=0, destination=1),
+)]
 
 
 def test_mutated_fhirpath_patches(client, bearer, database):

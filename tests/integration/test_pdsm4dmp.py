@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import profiles
-from conftest import REPORT
+from conftest import REPORT, patch_operation as operation, patch_parameters
 from gateway.services.consents import decision
 
 EXAMPLES = Path(os.environ.get("GATEWAY_PDSM4DMP_DIR", Path(__file__).resolve().parents[3] / "shared" / "reference"
@@ -463,21 +463,9 @@ def test_a_fhir_document_sent_as_a_bundle_entry_is_read_at_its_bundle_url(client
     assert refused.status_code == 422 and "leave it out" in refused.json["issue"][0]["diagnostics"], refused.json
 
 
-def fhirpath_patch(*operations: list[dict]) -> str:
-    """A FHIRPath Patch (FHIR R4's, a Parameters resource) of operations given as their parts."""
-    return json.dumps({"resourceType": "Parameters", "parameter": [
-        {"name": "operation", "part": parts} for parts in operations]})
-
-
-def operation(kind: str, path: str, **parts) -> list[dict]:
-    given = [{"name": "type", "valueCode": kind}, {"name": "path", "valueString": path}]
-    if "name" in parts:
-        given.append({"name": "name", "valueString": parts.pop("name")})
-    if "index" in parts:
-        given.append({"name": "index", "valueInteger": parts.pop("index")})
-    if "value_parts" in parts:
-        given.append({"name": "value", "part": parts.pop("value_parts")})
-    return given + [{"name": "value", key: value} for key, value in parts.items()]
+def fhirpath_patch(*operations: dict) -> str:
+    """A FHIRPath Patch's body, as the client sends it."""
+    return json.dumps(patch_parameters(*operations))
 
 
 def test_the_guide_s_changes_are_made_by_a_fhirpath_patch_as_pdsm_takes_it(client, bearer, lps):

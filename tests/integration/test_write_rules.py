@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
-from conftest import REPORT
+from conftest import REPORT, patch_operation, patch_parameters
 from gateway.mapping import codes
 from gateway.storage.schema import resources
 from test_access_rules import (
@@ -208,26 +208,23 @@ def patch_of(change: Change, state: State) -> list:
 
 def fhirpath_patch_of(change: Change, state: State) -> dict:
     """The same change as a FHIRPath Patch (a Parameters resource), which PDSm takes too."""
-    def operation(kind: str, path: str, *parts: dict) -> dict:
-        return {"resourceType": "Parameters", "parameter": [{"name": "operation", "part": [
-            {"name": "type", "valueCode": kind}, {"name": "path", "valueString": path}, *parts]}]}
     label = {"coding": [{"system": codes.VISIBILITY_SYSTEM, "code": change.label}]}
     if change.kind == "add":
-        return operation("add", "DocumentReference", {"name": "name", "valueString": "securityLabel"},
-                         {"name": "value", "valueCodeableConcept": label})
-    if change.kind == "remove":
-        return operation("delete", f"DocumentReference.securityLabel.where(coding.code = '{change.label}')")
-    if change.kind in ("mask", "unmask"):
-        return operation("replace", "DocumentReference.securityLabel[0]", {
-            "name": "value", "valueCodeableConcept": label if change.kind == "mask" else NO_RESTRICTION})
-    if change.kind == "delete":
-        return operation("replace", "DocumentReference.status", {"name": "value", "valueCode": "entered-in-error"})
-    if state.archived is None:
-        return operation("add", "DocumentReference", {"name": "name", "valueString": "extension"}, {
-            "name": "value", "part": [{"name": "url", "valueUri": codes.PDSM_IS_ARCHIVED},
-                                      {"name": "value", "valueBoolean": change.archived}]})
-    return operation("replace", f"DocumentReference.extension('{codes.PDSM_IS_ARCHIVED}').value",
-                     {"name": "value", "valueBoolean": change.archived})
+        operation = patch_operation("add", "DocumentReference", name="securityLabel", valueCodeableConcept=label)
+    elif change.kind == "remove":
+        operation = patch_operation("delete", f"DocumentReference.securityLabel.where(coding.code = '{change.label}')")
+    elif change.kind in ("mask", "unmask"):
+        operation = patch_operation("replace", "DocumentReference.securityLabel[0]",
+                                    valueCodeableConcept=label if change.kind == "mask" else NO_RESTRICTION)
+    elif change.kind == "delete":
+        operation = patch_operation("replace", "DocumentReference.status", valueCode="entered-in-error")
+    elif state.archived is None:
+        operation = patch_operation("add", "DocumentReference", name="extension", value_parts=[
+            {"name": "url", "valueUri": codes.PDSM_IS_ARCHIVED}, {"name": "value", "valueBoolean": change.archived}])
+    else:
+        operation = patch_operation("replace", f"DocumentReference.extension('{codes.PDSM_IS_ARCHIVED}').value",
+                                    valueBoolean=change.archived)
+    return patch_parameters(operation)
 
 
 def stored(engine, doc_id: str) -> State:

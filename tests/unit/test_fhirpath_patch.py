@@ -5,6 +5,7 @@ import copy
 import pytest
 from hypothesis import example, given, settings, strategies as st
 
+from conftest import patch_operation as operation, patch_parameters
 from gateway.fhir import fhirpath_patch
 from gateway.refusal import Refused
 
@@ -20,22 +21,9 @@ DOCUMENT = {
 LABEL = {"coding": [{"system": "urn:visibility", "code": "INVISIBLE_PATIENT"}]}
 
 
-def operation(kind: str, path: str, **parts) -> dict:
-    given = [{"name": "type", "valueCode": kind}, {"name": "path", "valueString": path}]
-    for name in ("name",):
-        if name in parts:
-            given.append({"name": name, "valueString": parts.pop(name)})
-    for name in ("index", "source", "destination"):
-        if name in parts:
-            given.append({"name": name, "valueInteger": parts.pop(name)})
-    if "value_parts" in parts:
-        given.append({"name": "value", "part": parts.pop("value_parts")})
-    return {"name": "operation", "part": given + [{"name": "value", key: value} for key, value in parts.items()]}
-
-
 def patched(*operations: dict, document: dict = DOCUMENT) -> dict:
     before = copy.deepcopy(document)
-    after = fhirpath_patch.patch({"resourceType": "Parameters", "parameter": list(operations)})(document)
+    after = fhirpath_patch.patch(patch_parameters(*operations))(document)
     assert document == before, "the resource patched is not changed in place"
     return after
 
@@ -167,7 +155,7 @@ def test_a_body_that_is_not_a_parameters_resource_or_holds_too_many_operations_i
         fhirpath_patch.operations({"resourceType": "Basic"})
     many = [operation("delete", "DocumentReference.description")] * (fhirpath_patch.MAX_OPERATIONS + 1)
     with pytest.raises(Refused, match="in at most 8 operations") as refused:
-        fhirpath_patch.operations({"resourceType": "Parameters", "parameter": many})
+        fhirpath_patch.operations(patch_parameters(*many))
     assert refused.value.status == 413
 
 
