@@ -93,13 +93,18 @@ def wanted(message: Message, outcome: Outcome) -> str | None:
     return None
 
 
+def control_id() -> str:
+    """An id of the gateway's own for what it sends (an ACK, a batch answering one), unique
+    across its processes."""
+    return f"{os.getpid()}{next(_sequence):09d}"
+
+
 def build(message: Message | None, outcome: Outcome, code: str | None = None, *,
           application: str = GATEWAY_APPLICATION, received: bytes | None = None) -> str:
     """The ACK text. Without a readable MSH (`message` None) it answers in 2.5, ASCII, MSA-2 empty."""
     enc = message.encoding if message else Encoding()
     code = code or outcome.code
     now = datetime.now(timezone.utc).astimezone().strftime("%Y%m%d%H%M%S%z")
-    control_id = f"{os.getpid()}{next(_sequence):09d}"
     if message is not None:
         msh = message.msh
         version_field = msh.raw(12)
@@ -113,7 +118,7 @@ def build(message: Message | None, outcome: Outcome, code: str | None = None, *,
         event, sending, processing, country, charset, acked = "", [application, "", "", ""], "P", "", "", ""
     c = enc.component
     msg_type = f"ACK{c}{event}{c}ACK" if _version_at_least(version, (2, 3, 1)) else (f"ACK{c}{event}" if event else "ACK")
-    msh_fields = ["MSH", enc.msh2, *sending, now, "", msg_type, control_id, processing, version_field,
+    msh_fields = ["MSH", enc.msh2, *sending, now, "", msg_type, control_id(), processing, version_field,
                   "", "", "", "", country, charset]
     while msh_fields and msh_fields[-1] == "":
         msh_fields.pop()

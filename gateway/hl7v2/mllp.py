@@ -18,7 +18,8 @@ from proxyprotocol import ProxyProtocolIncompleteError
 from proxyprotocol.detect import ProxyProtocolDetect
 from proxyprotocol.result import ProxyResult
 
-from .er7 import BOM, MLLP_START
+from . import batch
+from .er7 import MLLP_START
 
 START = MLLP_START.encode()
 END = b"\x1c\r"
@@ -407,35 +408,11 @@ def send_messages(host: str, port: int, messages: Iterable[bytes], *, timeout: f
             del pending[:end + len(END)]
 
 
-# HL7 batch envelope (v2.5 2.10.3): a file of messages may open with FHS and BHS and close with BTS
-# and FTS. They wrap messages and are none: each message is sent alone over MLLP.
-ENVELOPE = (b"FHS", b"BHS", b"BTS", b"FTS")
-
-
 def split_file(data: bytes) -> tuple[list[bytes], list[str]]:
-    """The messages of a file: MLLP frames, or plain messages one after another (each from MSH),
-    a batch's envelope left out; and what the envelope says that the file does not hold (a BTS-1
+    """The messages of a file: MLLP frames, or plain messages one after another (each from MSH), a
+    batch's envelope left out; and what the envelope says that the file does not hold (a BTS-1
     count of messages other than the batch's: a file cut short)."""
     if START in data and END in data:
         return [part.split(START, 1)[1] for part in data.split(END) if START in part], []
-    text = data.replace(b"\r\n", b"\r").replace(b"\n", b"\r")
-    parts, current, in_batch, problems = [], bytearray(), 0, []
-    for line in text.split(b"\r"):
-        segment = line.removeprefix(BOM)
-        envelope = segment[:3] in ENVELOPE and len(segment) > 3
-        if (envelope or segment.startswith(b"MSH")) and current:
-            parts.append(bytes(current))
-            current = bytearray()
-            in_batch += 1
-        if envelope and segment[:3] == b"BHS":
-            in_batch = 0
-        elif envelope and segment[:3] == b"BTS":
-            count = segment[4:].split(segment[3:4])[0].strip()
-            if count.isdigit() and int(count) != in_batch:
-                problems.append(f"the batch says it holds {count.decode('ascii', 'replace')} messages (BTS-1), "
-                                f"the file {in_batch}")
-        if line.strip() and not envelope:
-            current += line + b"\r"
-    if current:
-        parts.append(bytes(current))
-    return parts, problems
+    read = batch.read(data.replace(b"\r\n", b"\r").replace(b"\n", b"\r"))
+    return read.messages, read.problems

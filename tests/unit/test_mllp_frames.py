@@ -46,7 +46,7 @@ def test_an_hl7_batch_file_gives_its_messages_without_the_envelope():
     assert split_file(batch) == ([A01, A28], [])
     assert split_file(batch.replace(b"\r", b"\r\n")) == ([A01, A28], [])
     cut = b"FHS|^~\\&|GAM|CH\rBHS|^~\\&|GAM|CH\r" + A01 + b"BTS|2\rFTS|1\r"
-    assert split_file(cut) == ([A01], ["the batch says it holds 2 messages (BTS-1), the file 1"])
+    assert split_file(cut) == ([A01], ["the batch says it holds 2 messages (BTS-1); it holds 1"])
     assert split_file(A01 + A28) == ([A01, A28], [])
     assert split_file(b"\x0b" + A01 + b"\x1c\r\x0b" + A28 + b"\x1c\r") == ([A01, A28], [])
 
