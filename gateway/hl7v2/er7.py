@@ -342,11 +342,10 @@ class Message:
                                   "over HTTP a message is sent without MLLP's framing (<VT> message <FS><CR>)",
                                   "MSH^1", "100")
         if segments and segments[0][:3] in ("FHS", "BHS"):
-            # Told as "does not start with an MSH segment", a sender of an HL7 batch did not learn
-            # what to do instead.
-            raise MessageRejected("an HL7 batch (FHS, BHS ... BTS, FTS) is not taken as one message: send each of "
-                                  "its messages alone, in a frame of its own (`gateway send FILE` sends a batch "
-                                  "file so)", "MSH^1", "100")
+            # A batch is taken as it is received (services/feeds.py), not again as one message.
+            raise MessageRejected("an HL7 batch (FHS, BHS ... BTS, FTS) is not one message: the gateway takes a "
+                                  "batch when it is received, each of its messages in turn; send it again",
+                                  "MSH^1", "100")
         if not segments or not segments[0].startswith("MSH") or len(segments[0]) < 8:
             raise MessageRejected("the message does not start with an MSH segment and its encoding characters",
                                   "MSH^1", "100")

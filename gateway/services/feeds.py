@@ -20,7 +20,7 @@ from werkzeug.http import parse_options_header
 
 from gateway import metrics
 from gateway.access.writes import Write
-from gateway.hl7v2 import ack as acks
+from gateway.hl7v2 import ack as acks, batch
 from gateway.hl7v2.ack import Issue, Outcome
 from gateway.hl7v2.er7 import Message, MessageRejected, transport_charset
 from gateway.mapping import hl7v2 as v2
@@ -47,6 +47,7 @@ class Reply:
     code: str           # the application outcome: AA, AE or AR
     raw_id: int | None
     retransmission: bool = False
+    passing: bool = False   # not processed for a cause that passes (the database): AE, send it again
 
 
 def fingerprint(message: Message) -> str:
@@ -180,6 +181,9 @@ def admitted(senders: tuple[str, ...], sender: str, address: str | None) -> bool
 def receive(repo: Repository, data: bytes, *, channel: str, max_bytes: int, senders: tuple[str, ...] = (),
             address: str | None = None, content_type: str = ER7) -> Reply:
     """`content_type`: HTTP's, whose charset the message is read in (er7.decode), kept with it."""
+    if batch.is_batch(data):
+        return _receive_batch(repo, data, channel=channel, max_bytes=max_bytes, senders=senders, address=address,
+                              content_type=content_type)
     started = time.perf_counter()
     message: Message | None = None
     try:
@@ -213,6 +217,79 @@ def receive(repo: Repository, data: bytes, *, channel: str, max_bytes: int, send
                             "message; processed as a new message", "MSH^1^10", "205", "W"))
     raw_id = kept.raw_id
     return _process(repo, received, Write.FEED, message, raw_id, handler, issues, max_bytes, started)
+
+
+def _receive_batch(repo: Repository, data: bytes, **receiving) -> Reply:
+    """An HL7 batch: each of its messages received as if sent alone (kept, processed, acknowledged
+    or found sent before), in order, and their ACKs sent back in a batch. A message that could not
+    be processed for a cause that passes (AE, "send it again") stops the batch there: the messages
+    after it are answered AE unprocessed, as a sender of one message at a time would not send them
+    before it. A batch that is not whole (a count of its trailers that is not what it holds, a
+    segment outside any message) or holds over batch.MAX_MESSAGES is refused whole, before any of
+    its messages is processed: it is kept raw, once, and each message answered AR."""
+    read = batch.read(data)
+    if len(read.messages) > batch.MAX_MESSAGES:
+        read.problems.append(f"the batch holds {len(read.messages)} messages, over the {batch.MAX_MESSAGES} "
+                             "a batch may hold here")
+    if read.problems:
+        return _refuse_batch(repo, data, read, receiving["channel"], receiving["content_type"])
+    answered, codes = [], []
+    stopped: str | None = None   # the control id of the message that stopped the batch
+    for group in read.groups:
+        answered.append([])
+        for sent in group.messages:
+            if stopped is None:
+                reply = receive(repo, sent, **receiving)
+                if reply.passing:
+                    message = Message.header_of(sent)
+                    stopped = message.control_id if message is not None else "?"
+            else:
+                outcome = Outcome("AE", [Issue(f"not processed: the message {stopped} before it in the batch "
+                                               "could not be; send the batch again", "", "207")])
+                message = Message.header_of(sent)
+                reply = _reply(_ack_text(message, outcome), message, outcome.code, None, passing=True)
+            codes.append(reply.code)
+            if reply.ack is not None:
+                answered[-1].append(reply.ack)
+    return Reply(batch.answer(read, answered), _most_severe(codes), None)
+
+
+def _refuse_batch(repo: Repository, data: bytes, read: batch.Batch, channel: str, content_type: str) -> Reply:
+    started = time.perf_counter()
+    outcome = Outcome("AR", [Issue(f"the batch is not whole, and none of its messages was processed: {problem}",
+                                   "", "100") for problem in read.problems])
+    try:
+        ingest.keep(repo, Received(channel, data, content_type[:128], None), Write.FEED, status="refused",
+                    outcome=_summary(outcome), named_patient=lambda uow: _named_patients(read.messages))
+    except Exception:
+        log.exception("could not store a refused batch")
+    metrics.observe_ingest(channel, "refused", started)
+    answered = [[reply.ack for reply in (_reply(_ack_text(message, outcome), message, "AR", None)
+                                         for message in map(Message.header_of, group.messages)) if reply.ack]
+                for group in read.groups]
+    if not any(answered):
+        # Answered with no ACK, a batch reads as accepted whole (HL7 v2.5 2.10.3).
+        read.groups.append(batch.Group(None))
+        answered.append([_reply(_ack_text(None, outcome), None, "AR", None).ack])
+    return Reply(batch.answer(read, answered), "AR", None)
+
+
+def _named_patients(messages: list[bytes]) -> ingest.NamedPatient:
+    """Every patient a batch's messages name by PID-3 (each message's first identifiers, as one
+    message refused names them): its raw copy goes with the destruction of any of their records."""
+    named: dict[str, None] = {}
+    for sent in messages:
+        message = Message.leading_segments(sent + b"\r")
+        pid = message.first("PID") if message is not None else None
+        if pid is not None:
+            ids = v2.cx_ids(pid, 3)[:ingest.NAMED_IDENTIFIERS]
+            named.update((f"{system}|{value}", None) for system, value in patients.identifier_keys(ids))
+    return ingest.NamedPatient(identifiers=tuple(named))
+
+
+def _most_severe(codes: list[str]) -> str:
+    """The code a batch's answer is summed up by (HTTP's X-HL7-Ack-Code): AR, else AE, else AA."""
+    return next((code for code in ("AR", "AE") if code in codes), "AA")
 
 
 def reprocess(repo: Repository, raw_id: int, body: bytes, channel: str, max_bytes: int,
@@ -279,7 +356,7 @@ def _failed(message: Message, raw_id: int | None, passing: bool) -> Reply:
     text = ("internal error: the message was not processed; send it again" if passing else
             "internal error: the message cannot be processed; it is kept for the gateway's operators")
     outcome = Outcome("AE" if passing else "AR", [Issue(text, "", "207")])
-    return _reply(_ack_text(message, outcome), message, outcome.code, raw_id)
+    return _reply(_ack_text(message, outcome), message, outcome.code, raw_id, passing=passing)
 
 
 def _ack_text(message: Message | None, outcome: Outcome) -> str | None:
@@ -289,8 +366,8 @@ def _ack_text(message: Message | None, outcome: Outcome) -> str | None:
 
 
 def _reply(ack: str | None, message: Message | None, code: str, raw_id: int | None,
-           retransmission: bool = False) -> Reply:
-    return Reply(acks.encode(ack, message) if ack else None, code, raw_id, retransmission)
+           retransmission: bool = False, passing: bool = False) -> Reply:
+    return Reply(acks.encode(ack, message) if ack else None, code, raw_id, retransmission, passing)
 
 
 def _listed_type(message: Message) -> str | None:

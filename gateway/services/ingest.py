@@ -87,7 +87,8 @@ STATUSES = ("received", *FINAL_STATUSES, "failed")
 class NamedPatient:
     """The patient an input names, for its raw copy to go with their record's destruction: the
     record, if that patient is known; otherwise the identifiers the input names them by
-    (`system|value`, at most NAMED_IDENTIFIERS), which find the record made for them later."""
+    (`system|value`, at most NAMED_IDENTIFIERS a patient), which find the record made for them
+    later (a batch refused whole names every patient of its messages so)."""
     record: str | None = None
     identifiers: tuple[str, ...] = ()
 
@@ -214,4 +215,4 @@ def naming(outcome: dict | None, named: NamedPatient) -> dict:
     gives; else those identifiers are kept, apart from the outcome, which operators read."""
     if named.record is not None:
         return {"outcome": {**(outcome or {}), "record": f"Patient/{named.record}"}}
-    return {"outcome": outcome, "patient_identifiers": list(named.identifiers[:NAMED_IDENTIFIERS])}
+    return {"outcome": outcome, "patient_identifiers": list(named.identifiers)}

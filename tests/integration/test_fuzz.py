@@ -1,12 +1,13 @@
 """A bounded fuzz of every entry: random JSON bodies on each FHIR write, mutated FHIRPath Patches,
 random request headers, random search parameters, random operator queries, random XML to /cda and as
-FHIR XML, mutated HL7v2 messages, byte streams to the MLLP listener, and the patient space's forms
+FHIR XML, mutated HL7v2 messages and batches, byte streams to the MLLP listener, and the patient space's forms
 and pages. No input may get a 5xx, on either backend: PostgreSQL refuses what SQLite keeps (a NUL, a
 string longer than its column), which the fuzz ran on SQLite alone did not see. The default run is
 short enough for `make test`; `make fuzz` runs GATEWAY_FUZZ_EXAMPLES (default 2,000) per target."""
 import io
 import json
 import os
+import re
 import socket
 import time
 from datetime import datetime
@@ -15,11 +16,13 @@ from urllib.parse import quote, urlsplit
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import select
 
 from conftest import GP, REPORT, ROOT, SAMPLES, attend_all, every_version, patch_operation, patch_parameters
 from test_patient_space import MARTIN, PASSWORD, csrf, fed_with_accounts, sign_in
 
 from gateway.hl7v2 import mllp
+from gateway.storage.schema import raw_inputs
 
 EXAMPLES = int(os.environ.get("GATEWAY_FUZZ_EXAMPLES", "200"))
 TRIED = {"inputs": 0, "5xx": 0, "slowest_ms": 0.0}
@@ -622,6 +625,54 @@ def test_mutated_hl7v2_messages(client, bearer, database):
         assert not errors, "\n".join(errors)
 
 
+def test_mutated_hl7v2_batches(client, bearer, database):
+    """Batches of sample messages with their envelope changed: a header or trailer left out, given
+    twice or moved, a count any number, a message cut or its segments out of place. The answer is
+    a batch of ACKs, never a 5xx or an internal error, and never half a batch: one that is not whole
+    is kept raw once and none of its messages is."""
+    system = bearer("system", sub="fuzz")
+    messages = [path.read_bytes().replace(b"\n", b"\r").strip(b"\r") + b"\r"
+                for path in sorted((SAMPLES / "hl7v2").glob("*.hl7"))]
+    counts = st.one_of(st.integers(0, 5), st.sampled_from([b"", b"x", b"-1", b"9" * 30]))
+
+    @FUZZ
+    @given(chosen=st.lists(st.integers(0, len(messages) - 1), max_size=4), batch_count=counts, file_count=counts,
+           changes=st.lists(st.tuples(st.sampled_from(["drop", "twice", "first", "last", "cut"]), st.integers(0, 20)),
+                            max_size=3))
+    def run(chosen, batch_count, file_count, changes):
+        sent = [re.sub(rb"^((?:[^|\r]*\|){9})[^|\r]*", rb"\g<1>" + b"B%d-%d" % (TRIED["inputs"], n), messages[i])
+                for n, i in enumerate(chosen)]
+        parts = [b"FHS|^~\\&|GAM|CH||||||||F1\r", b"BHS|^~\\&|GAM|CH||||||||B1\r", *sent,
+                 b"BTS|%s\r" % str(batch_count).encode(), b"FTS|%s\r" % str(file_count).encode()]
+        for change, at in changes:
+            part = parts[at % len(parts)] if parts else b""
+            if change == "drop" and parts:
+                parts.remove(part)
+            elif change == "twice":
+                parts.insert(at % (len(parts) + 1), part)
+            elif change in ("first", "last") and parts:
+                parts.remove(part)
+                parts.insert(0 if change == "first" else len(parts), part)
+            elif change == "cut" and parts:
+                parts[at % len(parts)] = part[:len(part) // 2]
+        before = _raw_inputs(database)
+        response = send(client, "POST", "/hl7v2", data=b"".join(parts),
+                        headers={"Content-Type": "x-application/hl7-v2+er7", **system})
+        assert response.status_code in (200, 204, 400), response.data[:500]
+        assert b"internal error: the message" not in response.data, (parts, response.data)
+        kept = _raw_inputs(database)[len(before):]
+        if b"the batch is not whole" in response.data:
+            assert [status for status, _ in kept] == ["refused"], (parts, kept)
+
+    run()
+
+
+def _raw_inputs(database) -> list[tuple[str, str | None]]:
+    with database[0].connect() as conn:
+        return [tuple(row) for row in conn.execute(select(raw_inputs.c.status, raw_inputs.c.control_id)
+                                                   .order_by(raw_inputs.c.id))]
+
+
 def test_random_patient_space_forms(app, settings, client, bearer, database):
     """Every form and page of the patient space, signed in, and its sign-in pages, by a visitor:
     each form filled in as its page asks, with fields changed, left out or added, random files,
@@ -723,14 +774,15 @@ def frames_in(stream: bytes) -> int:
 
 def test_random_mllp_streams(mllp_listener):
     """Byte streams to the running MLLP listener: sample messages, changed or not, framed or not,
-    among random bytes and stray <VT>, <FS> and <CR>, written in random pieces, then the sending
+    alone or in a batch, among random bytes and stray <VT>, <FS> and <CR>, written in random pieces, then the sending
     side closed. Each whole frame gets one framed ACK, in order, nothing else comes back, the
     listener closes the connection once it has answered, and it takes the next one."""
     messages = [path.read_bytes() for path in sorted((SAMPLES / "hl7v2").glob("*.hl7"))]
     message = st.builds(lambda index, cut: messages[index][:cut], st.integers(0, len(messages) - 1),
                         st.one_of(st.none(), st.integers(0, 400)))
     framed = message.map(mllp.frame)
-    piece = st.one_of(framed, st.binary(max_size=30), framed, message,
+    batch = st.lists(message, max_size=3).map(lambda sent: mllp.frame(b"BHS|^~\\&|GAM|CH\r" + b"".join(sent)))
+    piece = st.one_of(framed, st.binary(max_size=30), framed, message, batch,
                       st.sampled_from([b"\x0b", b"\x1c", b"\r", b"\x1c\r", b"\x0b\x0b", b"\x1c\x1c\r\r", b"MSH|"]))
 
     @FUZZ
@@ -754,7 +806,9 @@ def test_random_mllp_streams(mllp_listener):
         acks = answer.split(b"\x1c\r")
         assert acks.pop() == b"", answer[-200:]   # nothing after the last ACK
         assert len(acks) == frames_in(stream), (stream, answer)
-        assert all(ack.startswith(b"\x0bMSH|") and b"\rMSA|" in ack for ack in acks), answer
+        # A batch's answer is a batch (of no ACK when it held no message).
+        assert all(ack.startswith(b"\x0bMSH|") and b"\rMSA|" in ack or ack.startswith(b"\x0bBHS|")
+                   for ack in acks), answer
 
     run()
     [ack] = mllp.send_messages("127.0.0.1", mllp_listener.mllp_port, [messages[0]])

@@ -1,5 +1,6 @@
 """HL7v2 over POST /hl7v2 on both backends: identity, consents, documents, duplicates, refusals."""
 import base64
+import hashlib
 import json
 import re
 import threading
@@ -1108,3 +1109,95 @@ def test_a_document_message_does_not_read_the_death_its_pid_states(client):
     segments[pid] = "|".join(fields)
     code, acknowledgement = post(client, "\r".join(segments))
     assert code == "AA", acknowledgement
+
+
+def batch_of(*messages: str, count: int | None = None, file: bool = True) -> bytes:
+    """An interface engine's batch: FHS (control id F42), BHS (B7), the messages, BTS, FTS."""
+    stated = len(messages) if count is None else count
+    text = ("FHS|^~\\&|GAM|CH-SAINT-AUBIN|GW|DMP|20260310080000||||F42\r" if file else "") \
+        + "BHS|^~\\&|GAM|CH-SAINT-AUBIN|GW|DMP|20260310080000||||B7\r" + "".join(messages) + f"BTS|{stated}\r" \
+        + ("FTS|1\r" if file else "")
+    return text.encode()
+
+
+def post_batch(client, data: bytes):
+    """The answer to a batch, read by python-hl7 (a third-party parser): its file, and the ACK codes
+    with the control id each answers."""
+    import hl7
+
+    response = client.post("/hl7v2", data=data, content_type="x-application/hl7-v2+er7")
+    assert response.status_code == 200, response.data
+    answered = hl7.parse_file(response.data.decode())
+    acks = [(str(m.segment("MSA")[1]), str(m.segment("MSA")[2])) for b in answered for m in b]
+    return response, answered, acks
+
+
+def test_a_batch_is_answered_by_a_batch_of_acks_and_sent_again_stores_nothing(client, database):
+    """HL7's batch (FHS, BHS … BTS, FTS) was refused AR whole: "send each of its messages alone"."""
+    messages = [adt("A28", f"B{n}", pid(f"90000008{n}", f"LOT{n}")) for n in range(3)]
+    data = batch_of(*messages)
+    response, answered, acks = post_batch(client, data)
+    assert acks == [("AA", "B0"), ("AA", "B1"), ("AA", "B2")]
+    assert response.headers["X-HL7-Ack-Code"] == "AA"
+    assert str(answered.header[12]) == "F42" and str(answered[0].header[12]) == "B7"  # FHS-12, BHS-12
+    assert str(answered.header[3]) == "GW" and str(answered.header[5]) == "GAM"        # sender and receiver swapped
+    assert str(answered[0].trailer[1]) == "3" and str(answered.trailer[1]) == "1"      # BTS-1, FTS-1
+    assert search(client, f"Patient?identifier={HOSPITAL}|900000082")["total"] == 1
+    with database[0].connect() as conn:
+        kept = conn.execute(select(raw_inputs.c.control_id, raw_inputs.c.sha256).order_by(raw_inputs.c.id)).all()
+    # Each message kept as it was sent.
+    assert [tuple(row) for row in kept] == [(f"B{n}", hashlib.sha256(m.encode()).hexdigest())
+                                            for n, m in enumerate(messages)]
+    assert post_batch(client, data)[2] == acks                                 # found sent before
+    with database[0].connect() as conn:
+        assert conn.execute(select(func.count()).select_from(raw_inputs)).scalar_one() == 3
+
+
+def test_a_batch_that_is_not_whole_is_refused_before_any_of_its_messages_is_processed(client, database):
+    """Its trailer counts 4 messages and it holds 2: each is answered AR, none is processed, and the
+    batch is kept raw once, refused."""
+    data = batch_of(adt("A28", "C0", pid("900000090", "COUPE")), adt("A28", "C1", pid("900000091", "COUPE")), count=4)
+    response, _, acks = post_batch(client, data)
+    assert acks == [("AR", "C0"), ("AR", "C1")] and response.headers["X-HL7-Ack-Code"] == "AR"
+    assert "the batch says it holds 4 messages (BTS-1); it holds 2" in response.data.decode()
+    assert stored_patients(database) == 0
+    with database[0].connect() as conn:
+        kept = conn.execute(select(raw_inputs.c.status, raw_inputs.c.sha256, raw_inputs.c.patient_identifiers)).all()
+    assert [tuple(row[:2]) for row in kept] == [("refused", hashlib.sha256(data).hexdigest())]
+    # It holds both patients' identities: the destruction of either record takes it.
+    assert json.loads(kept[0].patient_identifiers) == [f"{HOSPITAL}|900000090", f"{HOSPITAL}|900000091"]
+    [listed] = client.get("/hl7v2/messages?status=refused", headers=client.admin).get_json()["messages"]
+    assert listed["reason"].endswith("the batch says it holds 4 messages (BTS-1); it holds 2")
+    # An operator cannot process it again as one message: its sender sends the batch again.
+    assert client.post(f"/hl7v2/messages/{listed['id']}/reprocess", headers=client.admin).status_code == 409
+    _, _, acks = post_batch(client, b"BHS|^~\\&|GAM|CH\rEVN||20260310\rBTS|0\r")
+    assert acks == [("AR", "")]   # no message to answer: one ACK, not a batch read as accepted whole
+
+
+def test_a_batch_goes_on_after_a_refusal_and_stops_at_a_passing_failure(client, database, monkeypatch):
+    """A message refused for its content does not stop the ones after it; one the database could not
+    take (AE, send it again) does: the next is not processed before it, as a sender of one message
+    at a time would not send it. The batch sent again goes on from there."""
+    from gateway.services import patients
+
+    upsert = patients.upsert_patient
+
+    def unavailable_for_the_third(uow, prepared, applied):
+        if prepared.ids[0].extension == "900000102":
+            _database_unavailable()
+        return upsert(uow, prepared, applied)
+
+    monkeypatch.setattr(patients, "upsert_patient", unavailable_for_the_third)
+    bad_birth = adt("A28", "D1", pid("900000101", "DATE").replace("|19850612|", "|19851345|"))
+    data = batch_of(adt("A28", "D0", pid("900000100", "SUITE")), bad_birth, adt("A28", "D2", pid("900000102", "SUITE")),
+                    adt("A28", "D3", pid("900000103", "SUITE")), file=False)
+    response, answered, acks = post_batch(client, data)
+    assert acks == [("AA", "D0"), ("AE", "D1"), ("AE", "D2"), ("AE", "D3")]
+    assert answered.header is None and str(answered[0].trailer[1]) == "4"   # no FHS: none in the answer
+    assert "not processed: the message D2 before it in the batch could not be" in response.data.decode()
+    with database[0].connect() as conn:
+        assert [r.control_id for r in conn.execute(select(raw_inputs.c.control_id).order_by(raw_inputs.c.id))] \
+            == ["D0", "D1", "D2"]
+    monkeypatch.undo()
+    assert post_batch(client, data)[2] == acks[:2] + [("AA", "D2"), ("AA", "D3")]
+    assert search(client, f"Patient?identifier={HOSPITAL}|900000103")["total"] == 1

@@ -217,7 +217,24 @@ def test_an_hl7_batch_file_through_gateway_send(mllp_listener, tmp_path, capsys)
     status = send_paths([batch], "127.0.0.1", mllp_listener.mllp_port)
     out = " ".join(capsys.readouterr().out.split())
     assert status == 1 and "AA: 2" in out and "AR" not in out
-    assert "export.hl7: the batch says it holds 3 messages (BTS-1), the file 2" in out
+    assert "export.hl7: the batch says it holds 3 messages (BTS-1); it holds 2" in out
+
+
+def test_an_hl7_batch_in_one_frame_is_answered_by_a_batch_of_acks(mllp_listener):
+    """python-hl7's `mllp_send` sends an engine's batch in one frame; python-hl7 reads the answer: a
+    batch of the same shape holding an ACK for each message. The batch was refused AR whole."""
+    import hl7
+
+    messages = [(SAMPLES / name).read_bytes().replace(b"\n", b"\r").strip(b"\r") + b"\r"
+                for name in ("adt-a01-martin.hl7", "adt-a28-moreau-hugo.hl7")]
+    batch = (b"FHS|^~\\&|GAM|CH-SAINT-AUBIN|||20260310080000||||F1\rBHS|^~\\&|GAM|CH-SAINT-AUBIN|||||||B1\r"
+             + b"".join(messages) + b"BTS|2\rFTS|1\r")
+    replies = mllp_send(mllp_listener.mllp_port, batch)
+    assert len(replies) == 1
+    answered = hl7.parse_file(replies[0].decode())
+    assert [(str(m.segment("MSA")[1]), str(m.segment("MSA")[2])) for m in answered[0]] == \
+        [("AA", header(message)[0]) for message in messages]
+    assert (str(answered.header[12]), str(answered[0].header[12]), str(answered[0].trailer[1])) == ("F1", "B1", "2")
 
 
 @contextlib.contextmanager
