@@ -28,12 +28,13 @@ HTTP_STEP = {"action", "method", "path", "resource", "root_path", "url_from", "p
 STEP_KEYS = {"mllp": {"action", "file", "message", "framing", "chunks", "times", "expect"},
              "http": HTTP_STEP, "search": HTTP_STEP}
 HTTP_EXPECT = {"status", "content_type", "body_file", "headers", "total", "json", "ids"}
-EXPECT_KEYS = {"mllp": {"ack", "err", "no_ack"}, "http": HTTP_EXPECT, "search": HTTP_EXPECT}
+EXPECT_KEYS = {"mllp": {"ack", "acks", "err", "no_ack"}, "http": HTTP_EXPECT, "search": HTTP_EXPECT}
 IDENTITY_KEYS = {"role", "sub", "patient", "purpose", "org", "name"}
 # What an expectation's value is: a status written "201" was compared with the number 201, and
 # failed as "expected HTTP 201, got 201".
 EXPECT_TYPES = {"status": (int, ("one", "list"), "a status or a list of them"), "total": (int, ("one",), "a number"),
                 "ack": (str, ("one", "list"), "an ACK code or a list of them"),
+                "acks": (str, ("list",), "a list of ACK codes, one for each message of a batch"),
                 "err": (str, ("list",), "a list of ERR-3 codes"), "headers": (str, ("list",), "a list of header names"),
                 "no_ack": (bool, ("one",), "true or false")}
 CHECKS = ("equals", "contains", "absent", "exists", "count", "matches")

@@ -262,6 +262,9 @@ class CaseRun:
             return
         if ack is None:
             raise Unmet("the connection closed without an ACK")
+        if "acks" in expect:
+            _check_batch_answer(ack, message, expect["acks"])
+            return
         segments = {line.split(b"|", 1)[0].decode(): line.decode("utf-8", "replace").split("|")
                     for line in ack.split(b"\r") if line}
         msa = segments.get("MSA")
@@ -360,6 +363,33 @@ class CaseRun:
             if path.endswith("reference") and "/" in value:
                 value = value.rsplit("/", 1)[-1]
             self.variables[name] = value
+
+
+def _check_batch_answer(answer: bytes, sent: bytes, wanted: list[str]) -> None:
+    """An HL7 batch (FHS, BHS ... BTS, FTS) is answered by a batch: the ACK of each of its messages
+    in order (MSA-1 as wanted, MSA-2 its MSH-10), each header echoing the one it answers in its
+    field 12, each trailer counting what it holds."""
+    lines = [line.decode("utf-8", "replace").split("|") for line in answer.split(b"\r") if line]
+    sent_lines = [line.decode("utf-8", "replace").split("|") for line in sent.split(b"\r") if line]
+    if not lines or lines[0][0] not in ("FHS", "BHS"):
+        raise Unmet(f"expected a batch (FHS or BHS first), got {answer[:200]!r}")
+    codes = [line[1] if len(line) > 1 else "" for line in lines if line[0] == "MSA"]
+    if codes != wanted:
+        errors = ["|".join(line) for line in lines if line[0] == "ERR"]
+        raise Unmet(f"expected ACKs {', '.join(wanted)}, got {', '.join(codes) or 'none'}"
+                    + (f" ({errors[0]})" if errors else ""))
+    acked = [line[2] if len(line) > 2 else "" for line in lines if line[0] == "MSA"]
+    control_ids = [line[9] if len(line) > 9 else "" for line in sent_lines if line[0] == "MSH"]
+    if acked != control_ids:
+        raise Unmet(f"the ACKs answer {acked}, not the messages' MSH-10 {control_ids}")
+    for name in ("FHS", "BHS"):
+        received = [line[10] if len(line) > 10 else "" for line in sent_lines if line[0] == name]
+        echoed = [line[11] if len(line) > 11 else "" for line in lines if line[0] == name]
+        if echoed != received:
+            raise Unmet(f"{name}-12 of the answer is {echoed}, not the batch's {name}-11 {received}")
+    trailers = [line[1] if len(line) > 1 else "" for line in lines if line[0] == "BTS"]
+    if trailers and trailers != [str(len(codes))]:
+        raise Unmet(f"BTS-1 of the answer is {trailers}, not the {len(codes)} ACKs it holds")
 
 
 def _expects_acceptance(spec: dict) -> bool:

@@ -11,6 +11,7 @@ from conftest import free_port, make_token
 from gateway.access.context import _rule
 from gateway.access.writes import changeable_labels
 from gateway.cda.header import II
+from gateway.hl7v2 import batch
 from gateway.mapping import hl7v2 as v2_mapping
 from gateway.mapping.rules import check_document
 from gateway.refusal import Refused
@@ -246,6 +247,13 @@ def both_inactive_when_the_record_is_not_active(zfa, patient_reference, consents
             for kind, consent in consents(zfa, patient_reference).items()}
 
 
+def read_whole_whatever_its_counts(data, read=batch.read):
+    """A batch as a gateway that does not check its trailers' counts reads it."""
+    found = read(data)
+    found.problems.clear()
+    return found
+
+
 @pytest.mark.parametrize("case, patched, replacement, failing_step", [
     ("mhd/052-iti65-sent-again", "gateway.services.provide._sent_again", lambda *args: False,
      "step 2: entry[*].response.status"),
@@ -283,6 +291,9 @@ def both_inactive_when_the_record_is_not_active(zfa, patient_reference, consents
      lambda *args: None, "step 2: "),
     ("access/023-masked-by-a-fhirpath-patch", "gateway.fhir.fhirpath_patch.apply",
      lambda resource, asked: resource, "step 4: "),
+    ("hl7v2-transport/014-a-batch-in-one-frame", "gateway.hl7v2.batch.is_batch", lambda data: False, "step 1: "),
+    ("hl7v2-transport/015-a-batch-that-is-not-whole", "gateway.hl7v2.batch.read", read_whole_whatever_its_counts,
+     "step 1: "),
 ], ids=["a submission sent again registered again", "a SubmissionSet that leaves out its document",
         "an opposition a later ZFA did not collect", "a replacement that unmasks what the patient masked",
         "an author who lifts the patient's mask", "a block kept beside the authorisation after it",
@@ -292,7 +303,8 @@ def both_inactive_when_the_record_is_not_active(zfa, patient_reference, consents
         "a document about another person filed under the INS", "a PID and a CDA about two people taken",
         "a structure's decisions found by one spelling only", "an encounter that ends alone refused",
         "TXA-12's first component taken for the document id", "a KOS filed under another patient's record",
-        "a FHIRPath Patch answered and not made"])
+        "a FHIRPath Patch answered and not made", "a batch taken as one message",
+        "a batch cut short processed"])
 def test_a_gateway_without_the_rule_a_case_checks_is_caught(target, monkeypatch, case, patched, replacement,
                                                              failing_step):
     """Each case passes against the gateway as it is, and fails, at the step that checks it, against

@@ -27,7 +27,7 @@ def write(root, suite: str, case: str, text: str):
     (SEARCH + "as = { role = \"doctor\", subject = \"1\" }\n", "step 1: as: unknown key subject"),
     (SEARCH + "param = { name = \"x\" }\n", "step 1: unknown key param (known: accept,"),
     ('title = "t"\n[[steps]]\naction = "mllp"\nmessage = "MSH|"\n[steps.expect]\nstatus = 200\n',
-     "step 1: expect: unknown key status (known: ack, err, no_ack)"),
+     "step 1: expect: unknown key status (known: ack, acks, err, no_ack)"),
     ('title = "t"\nrequire = ["mllp"]\n' + SEARCH[len('title = "t"\n'):], "unknown key require (known: description,"),
     (SEARCH + "expect = 201\n", "step 1: expect: a table is expected, got 201"),
     # a value of another type: "201" was compared with the number 201, "expected HTTP 201, got 201"
