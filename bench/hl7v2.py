@@ -115,6 +115,25 @@ def _throughput(port: int, messages: list[bytes], connections: int) -> dict:
             "ack_latency_ms_p95": round(percentile(latencies, 95) * 1000, 2)}
 
 
+def _batch_throughput(port: int, messages: list[bytes], size: int) -> dict:
+    """The messages in HL7 batches of `size` (BHS, the messages, BTS), one frame each, on one
+    connection: each batch's answer waited for before the next is sent."""
+    batches = [b"BHS|^~\\&|GAM|BENCH\r" + b"".join(messages[i:i + size]) + b"BTS|%d\r" % len(messages[i:i + size])
+               for i in range(0, len(messages), size)]
+    latencies: list[float] = []
+    codes: Counter = Counter()
+    began = started = time.perf_counter()
+    for answer in mllp.send_messages("127.0.0.1", port, batches, timeout=300):
+        now = time.perf_counter()
+        latencies.append(now - started)
+        started = now
+        codes.update(line.split(b"|")[1].decode() for line in answer.split(b"\r") if line.startswith(b"MSA|"))
+    elapsed = time.perf_counter() - began
+    return {"connections": 1, "messages": len(messages), "batch_size": size, "acks": dict(codes),
+            "messages_per_second": round(len(messages) / elapsed, 1),
+            "batch_answer_ms_p50": round(percentile(latencies, 50) * 1000, 1)}
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -206,7 +225,8 @@ def bench_mllp(workdir: Path, cdas: list[bytes], adt_count: int, postgres_url: s
 
 def _bench_listeners(url: str, backend: str, workdir: Path, cdas: list[bytes], adt_count: int, offset: int,
                      results: dict) -> int:
-    """One backend: 1 then 2 listener processes, 1 then 8 connections, ADT then MDM^T02."""
+    """One backend: 1 then 2 listener processes, 1 then 8 connections, ADT then MDM^T02; with one
+    process, ADT in HL7 batches too."""
     upgrade(make_engine(url))
     scenario = 0
     for processes in (1, 2):
@@ -237,6 +257,16 @@ def _bench_listeners(url: str, backend: str, workdir: Path, cdas: list[bytes], a
                                                "message", "listener"))
                     results.setdefault(backend, {})[
                         f"{kind}, {connections} connection(s), {processes} process(es)"] = figures
+            if processes == 1:
+                batch = [adt(offset + n) for n in range(adt_count)]
+                offset += adt_count
+                cpu, machine, client = sum(_cpu_seconds(p.pid) for p in listeners), machine_jiffies(), \
+                    time.process_time()
+                figures = _batch_throughput(port, batch, 100)
+                used = sum(_cpu_seconds(p.pid) for p in listeners) - cpu
+                figures.update(cpu_figures(used, time.process_time() - client, machine_busy(machine), adt_count,
+                                           "message", "listener"))
+                results[backend]["ADT in HL7 batches of 100, 1 connection, 1 process(es)"] = figures
         finally:
             _stop(listeners)
     return offset
