@@ -71,8 +71,15 @@ def _show(console: Console, repo: Repository, args) -> int:
         f"{found['control_id']}, {found['size']} bytes, charset {found['charset'] or '?'}"))
     console.print(f"status [{STATUS_STYLES.get(found['status'], 'white')}]{found['status']}[/]", end="")
     console.print(f": {found['reason']}" if found["reason"] else "", markup=False)
+    described = None
     if args.fields:
-        for name, fields in described_segments(found["message"]):
+        try:
+            described = described_segments(found["message"])
+        except feeds.MessageRejected as unread:
+            # A message refused because it could not be read (no MSH…) was a traceback here.
+            console.print(f"its fields cannot be named: {unread}", markup=False)
+    if described is not None:
+        for name, fields in described:
             console.print(name, style="bold", markup=False)
             for label, value in fields:
                 console.print(f"  {label}: {value}", markup=False)

@@ -39,6 +39,15 @@ class Batch:
     def messages(self) -> list[bytes]:
         return [message for group in self.groups for message in group.messages]
 
+    def keys(self) -> tuple[str | None, dict]:
+        """What names the batch among received inputs, as a message's MSH-3|MSH-4 and keys name it:
+        its outermost header's sender (field 3|field 4), control id (field 11) and name (FHS, BHS)."""
+        header = self.file_header or next((group.header for group in self.groups if group.header), None)
+        if header is None:
+            return None, {}
+        fields = header.decode("utf-8", "replace").split(header[3:4].decode("latin-1") or "|") + [""] * 11
+        return f"{fields[2]}|{fields[3]}", {"control_id": fields[10][:199] or None, "message_type": fields[0]}
+
 
 def is_batch(data: bytes | bytearray) -> bool:
     """Whether bytes received as one input open with a file or batch header."""

@@ -4,13 +4,16 @@ object per component, which costs milliseconds per segment.
 
 hl7apy's 2.5 and 2.6 definitions have no PRT (pre-adopted from 2.7 by the CI-SIS document profile):
 PRT is read with the 2.7 definition, so no segment is lost. Z-segments (ZFA, ZBE, ZFD…) are kept
-with numbered fields; the PAM-FR names of ZFA are added."""
+with numbered fields; the PAM-FR names of ZFA are added, and a batch's envelope is numbered."""
 from __future__ import annotations
+
+import re
 
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.exceptions import HL7apyException
 from hl7apy.parser import parse_segment
 
+from .batch import ENVELOPE
 from .er7 import Message
 
 SUPPORTED = ("2.1", "2.2", "2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.8", "2.8.1", "2.8.2")
@@ -30,6 +33,34 @@ def _shown(value: str) -> str:
 
 
 def described_segments(text: str) -> list[tuple[str, list[tuple[str, str]]]]:
+    """Each segment with its fields named; a batch's envelope (FHS, BHS, BTS, FTS) by number, each
+    of its messages as one message. Raises MessageRejected for text that is not a message."""
+    out: list[tuple[str, list[tuple[str, str]]]] = []
+    message: list[str] = []
+    for segment in re.split(r"\r\n|\r|\n", text):
+        if segment[:3].encode() in ENVELOPE and (len(segment) == 3 or not segment[3].isalnum()):
+            if message:
+                out += _described_message("\r".join(message))
+                message = []
+            out.append((segment[:3], _envelope_fields(segment)))
+        elif segment.strip():
+            message.append(segment)
+    if message:
+        out += _described_message("\r".join(message))
+    return out
+
+
+def _envelope_fields(segment: str) -> list[tuple[str, str]]:
+    """A header's fields numbered as MSH's (field 1 its separator), a trailer's from 1."""
+    name, fields = segment[:3], segment.split(segment[3]) if len(segment) > 3 else [segment]
+    if name in ("FHS", "BHS"):
+        numbered = [(1, segment[3:4]), *((n, fields[n - 1]) for n in range(2, len(fields) + 1))]
+    else:
+        numbered = list(enumerate(fields))[1:]
+    return [(f"{name}-{n}", _shown(value)) for n, value in numbered if value]
+
+
+def _described_message(text: str) -> list[tuple[str, list[tuple[str, str]]]]:
     message = Message(text, "UNICODE UTF-8")
     version = _version(message)
     encoding = {"FIELD": message.encoding.field, "COMPONENT": message.encoding.component,

@@ -259,7 +259,8 @@ def _refuse_batch(repo: Repository, data: bytes, read: batch.Batch, channel: str
     outcome = Outcome("AR", [Issue(f"the batch is not whole, and none of its messages was processed: {problem}",
                                    "", "100") for problem in read.problems])
     try:
-        ingest.keep(repo, Received(channel, data, content_type[:128], None), Write.FEED, status="refused",
+        sender, keys = read.keys()
+        ingest.keep(repo, Received(channel, data, content_type[:128], sender, keys), Write.FEED, status="refused",
                     outcome=_summary(outcome), named_patient=lambda uow: _named_patients(read.messages))
     except Exception:
         log.exception("could not store a refused batch")

@@ -70,7 +70,8 @@ def list_messages(repo: Repository, status: str | None = None, limit: int = 100,
 # became of it. Every other non-empty field (identity, addresses, the document in OBX-5, consents)
 # shows as REDACTED: operators read no patient data (README, "Access control").
 VISIBLE_FIELDS = {
-    "MSH": "all", "EVN": {1, 2}, "MSA": "all", "ERR": "all", "PID": {1}, "PV1": {1, 2}, "ORC": {1}, "OBR": {1, 4},
+    "MSH": "all", "FHS": "all", "BHS": "all", "BTS": "all", "FTS": "all", "EVN": {1, 2}, "MSA": "all", "ERR": "all",
+    "PID": {1}, "PV1": {1, 2}, "ORC": {1}, "OBR": {1, 4},
     "TXA": {1, 2, 3, 12, 13, 17}, "OBX": {1, 2, 3, 11}, "PRT": {4}, "ZFA": {1},
 }
 # MetaDMPMSS flags (OBX-3) whose Y/N value in OBX-5 is no patient data.

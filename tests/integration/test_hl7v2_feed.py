@@ -1040,6 +1040,26 @@ def test_the_operator_s_shell_shows_what_the_sender_wrote_whole(client, settings
     assert "  MSH-3: GAM[/x]" in fields and "  MSH-10: [/ctl]" in fields and "[/]" in fields
 
 
+def test_the_operator_s_shell_names_the_fields_of_a_batch_and_tells_why_a_message_s_cannot_be(client, settings,
+                                                                                               monkeypatch, capsys):
+    """`gateway messages show ID --fields` of a batch kept refused, or of a message refused because
+    it has no MSH, was a traceback (MessageRejected)."""
+    from gateway import cli
+
+    monkeypatch.setattr(cli.Settings, "from_env", lambda: settings)
+    monkeypatch.setattr(cli, "configure_logging", lambda level: None)
+    post_batch(client, batch_of(adt("A28", "F0", pid("900000095", "LOT")), count=2))
+    client.post("/hl7v2", data=b"PID|1||900000096\r", content_type="x-application/hl7-v2+er7")
+    listed = client.get("/hl7v2/messages", headers=client.admin).get_json()["messages"]
+    [unreadable, refused] = [message["id"] for message in listed]
+    assert cli.main(["messages", "show", str(refused), "--fields"]) == 0
+    fields = capsys.readouterr().out.splitlines()
+    assert ["FHS", "  FHS-1: |", "  FHS-2: ^~\\&", "  FHS-3: GAM"] == fields[2:6] and "  FHS-11: F42" in fields
+    assert "  BTS-1: 2" in fields and "  FTS-1: 1" in fields and "  MSH-10: F0" in fields
+    assert cli.main(["messages", "show", str(unreadable), "--fields"]) == 0
+    assert "its fields cannot be named: the message does not start with an MSH segment" in capsys.readouterr().out
+
+
 def test_a_message_framed_for_mllp_and_sent_over_http_is_told_so(client):
     """Its <VT>, invisible in most tools, made it "not start with an MSH segment", which the sender
     saw it did; and the ACK left MSA-2 empty."""
@@ -1168,6 +1188,11 @@ def test_a_batch_that_is_not_whole_is_refused_before_any_of_its_messages_is_proc
     assert json.loads(kept[0].patient_identifiers) == [f"{HOSPITAL}|900000090", f"{HOSPITAL}|900000091"]
     [listed] = client.get("/hl7v2/messages?status=refused", headers=client.admin).get_json()["messages"]
     assert listed["reason"].endswith("the batch says it holds 4 messages (BTS-1); it holds 2")
+    # Listed by its sender, control id and header (FHS), which an operator reads, as a message's MSH.
+    assert (listed["sender"], listed["control_id"], listed["message_type"]) == ("GAM|CH-SAINT-AUBIN", "F42", "FHS")
+    shown = client.get(f"/hl7v2/messages/{listed['id']}", headers=client.admin).get_json()["message"].split("\r")
+    assert shown[0] == data.decode().split("\r")[0] and shown[-2:] == ["BTS|4", "FTS|1"]
+    assert shown[4].startswith("PID|") and "COUPE" not in shown[4]   # the first message's PID, hidden
     # An operator cannot process it again as one message: its sender sends the batch again.
     assert client.post(f"/hl7v2/messages/{listed['id']}/reprocess", headers=client.admin).status_code == 409
     _, _, acks = post_batch(client, b"BHS|^~\\&|GAM|CH\rEVN||20260310\rBTS|0\r")
