@@ -54,7 +54,7 @@ def is_batch(data: bytes | bytearray) -> bool:
     return bytes(data[:6]).removeprefix(BOM)[:3] in (b"FHS", b"BHS")
 
 
-def _envelope(segment: bytes) -> bytes | None:
+def envelope_name(segment: bytes) -> bytes | None:
     """The name of an envelope segment (a header, a trailer), else None."""
     name = segment[:3]
     return name if name in ENVELOPE and (len(segment) == 3 or not segment[3:4].isalnum()) else None
@@ -97,7 +97,7 @@ def read(data: bytes | bytearray) -> Batch:
         if not segment.strip():
             continue
         position += 1
-        name = _envelope(segment)
+        name = envelope_name(segment)
         if ended:
             problems.append("a segment follows the file trailer (FTS)")
             break

@@ -13,7 +13,7 @@ from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.exceptions import HL7apyException
 from hl7apy.parser import parse_segment
 
-from .batch import ENVELOPE
+from .batch import envelope_name
 from .er7 import Message
 
 SUPPORTED = ("2.1", "2.2", "2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.8", "2.8.1", "2.8.2")
@@ -38,7 +38,7 @@ def described_segments(text: str) -> list[tuple[str, list[tuple[str, str]]]]:
     out: list[tuple[str, list[tuple[str, str]]]] = []
     message: list[str] = []
     for segment in re.split(r"\r\n|\r|\n", text):
-        if segment[:3].encode() in ENVELOPE and (len(segment) == 3 or not segment[3].isalnum()):
+        if envelope_name(segment.encode()):
             if message:
                 out += _described_message("\r".join(message))
                 message = []
