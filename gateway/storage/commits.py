@@ -9,6 +9,10 @@ AuditEvents of reads (searches, reads, refusals), which are all such a request w
 savepoint: those that follow one another in a batch are inserted together. A caller returns only
 once the commit that made its data durable is done, so an ACK or a 201 sent after `run` promises
 what it says.
+
+A caller with several units to run in order (the messages of an HL7 batch) submits them all at once
+(`submit`), and they share transactions too: each one `after` the one before, so that none runs once
+the database failed an earlier one (services.ingest.run_together).
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ import contextlib
 import threading
 import time
 import weakref
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, Generic, Iterator, TypeVar
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError
@@ -25,7 +29,7 @@ from gateway import metrics
 from gateway.access import audit
 
 from . import statements as sql
-from .database import analyse_grown_tables, write_transaction
+from .database import NotRun, analyse_grown_tables, unavailable, write_transaction
 
 T = TypeVar("T")
 # A unit whose unique identifier another writer claimed first (IntegrityError) runs again, and
@@ -41,11 +45,12 @@ _batch_thread = threading.local()
 
 class _Unit:
     def __init__(self, unit_of_work: Callable[[Connection], object], work: Callable | None,
-                 events: list | None = None, alone: bool = False):
+                 events: list | None = None, alone: bool = False, after: "_Unit | None" = None):
         self.unit_of_work = unit_of_work
         self.work = work
         self.events = events      # a read's AuditEvents (PendingAudit), which are all it writes
         self.alone = alone        # a batch of its own, without a savepoint (GroupCommit.run)
+        self.after = after        # the unit submitted before it in the same sequence (GroupCommit.submit)
         self.value = None
         self.error: BaseException | None = None
         self.settled = False
@@ -54,6 +59,23 @@ class _Unit:
         if self.error is not None:
             raise self.error
         return self.value
+
+    def stopped(self) -> bool:
+        """Whether the database failed this unit (or one before it in its sequence): the units after it
+        are not run, as they would be committed ahead of it."""
+        return self.error is not None and unavailable(self.error)
+
+
+class Pending(Generic[T]):
+    """A unit submitted without waiting for it (GroupCommit.submit)."""
+
+    def __init__(self, committer: "GroupCommit", unit: _Unit):
+        self._committer = committer
+        self.unit = unit
+
+    def result(self) -> T:
+        """Its value once committed, or its error; waiting for (or running) the batch it is in."""
+        return self._committer._wait(self.unit)
 
 
 class GroupCommit:
@@ -71,18 +93,29 @@ class GroupCommit:
         the savepoint that lets a batch roll back one unit. SQLite keeps a savepoint's undo in memory
         (this build's TEMP_STORE=3), a copy of each page the unit changes: a merge of 5,900 documents
         took 150 MB more that way."""
-        return self._submit(_Unit(unit_of_work, work, alone=alone))
+        return self.submit(unit_of_work, work, alone=alone).result()
+
+    def submit(self, unit_of_work: Callable[[Connection], object], work: Callable[..., T], *, alone: bool = False,
+               after: Pending | None = None) -> Pending[T]:
+        """Queue `work` as `run` does, without waiting: units submitted one after the other run in
+        that order, in as few batches as they fill. `after`: the unit submitted before it in the
+        same sequence; this one is not run (its error NotRun) if the database failed that one."""
+        return Pending(self, self._enqueue(_Unit(unit_of_work, work, alone=alone,
+                                                 after=after.unit if after is not None else None)))
 
     def record(self, unit_of_work: Callable[[Connection], object], events: list) -> None:
         """Write a read's AuditEvents in the next batch; return once that batch is committed. They
         are inserted with the other reads' of the batch, one statement per table."""
-        self._submit(_Unit(unit_of_work, None, events))
+        self._wait(self._enqueue(_Unit(unit_of_work, None, events)))
 
-    def _submit(self, unit: _Unit):
+    def _enqueue(self, unit: _Unit) -> _Unit:
         if getattr(_batch_thread, "running", False):
             raise RuntimeError("a unit of work submitted another one from inside its batch")
         with self._changed:
             self._waiting.append(unit)
+        return unit
+
+    def _wait(self, unit: _Unit):
         while True:
             # A caller whose unit a batch committed returns as soon as that batch ends. (Callers
             # queued on one lock for the batches' turn, which the thread that had just run a batch
@@ -145,6 +178,9 @@ class GroupCommit:
                 for unit in batch:
                     if unit.events is not None:
                         reads.append(unit)
+                        continue
+                    if unit.after is not None and unit.after.stopped():
+                        unit.error = NotRun()
                         continue
                     if unit.alone:
                         unit.error = None

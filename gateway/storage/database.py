@@ -144,6 +144,14 @@ def _configure_sqlite(engine: Engine) -> None:
 RETRY_AFTER_SECONDS = 5
 
 
+class NotRun(Exception):
+    """A unit of work the group commit did not run: the database failed the one before it in its
+    sequence (GroupCommit.submit). It passes as that failure does."""
+
+    def __str__(self) -> str:
+        return "not run: the database failed the unit of work before it"
+
+
 def unavailable(failure: BaseException) -> bool:
     """Whether a failure is the database's and passing: it could not be reached, was restarted
     under a connection, or stayed busy (SQLite's lock beyond its timeout). An input it stopped is
@@ -152,7 +160,7 @@ def unavailable(failure: BaseException) -> bool:
     psycopg's errors exist only once a PostgreSQL engine has loaded it: it is not imported for this
     (95 ms at the start of every process, SQLite's included)."""
     psycopg = sys.modules.get("psycopg")
-    return (isinstance(failure, (OperationalError, sqlite.OperationalError))
+    return (isinstance(failure, (OperationalError, sqlite.OperationalError, NotRun))
             or (psycopg is not None and isinstance(failure, psycopg.OperationalError)))
 
 

@@ -44,7 +44,7 @@ from gateway.refusal import Refused
 
 from . import search as search_sql
 from . import statements as sql
-from .commits import group_commit
+from .commits import Pending, group_commit
 from .database import pipelined, read_connection, timed_out, write_transaction
 from .schema import (
     BLOB_PART,
@@ -574,8 +574,13 @@ class Repository:
     def write(self, work: Callable[["UnitOfWork"], T], permission: Write, *, alone: bool = False) -> T:
         """Run `work` in a unit of work of the next group commit, for a requester who may do this
         `Write`; its value once committed. `alone`: in a transaction of its own (GroupCommit.run)."""
+        return self.submit(work, permission, alone=alone).result()
+
+    def submit(self, work: Callable[["UnitOfWork"], T], permission: Write, *, alone: bool = False,
+               after: Pending | None = None) -> Pending[T]:
+        """`write` without waiting for the commit (GroupCommit.submit): its `result()` does."""
         self.require(permission)
-        return group_commit(self.engine).run(lambda conn: UnitOfWork(self, conn), work, alone=alone)
+        return group_commit(self.engine).submit(lambda conn: UnitOfWork(self, conn), work, alone=alone, after=after)
 
 
 @dataclass(frozen=True)

@@ -488,3 +488,46 @@ def test_statistics_that_fail_leave_the_committed_unit_s_answer_as_it_was(databa
     assert repo.write(work, Write.FEED) == "committed"
     assert stored_ids(engine) == {"org-1"}
     assert "the database's statistics were not refreshed" in caplog.text
+
+
+def test_units_submitted_in_a_sequence_share_a_transaction_and_none_runs_after_one_the_database_failed(database):
+    """An HL7 batch's messages submit their units at once, each after the one before (submit): they
+    fill one transaction in their order. One refused for its content does not stop those after it;
+    once the database failed one, the rest of its sequence is not run (NotRun, which passes as that
+    failure does), while a unit of no sequence submitted with them still is."""
+    from sqlalchemy.exc import OperationalError
+
+    from gateway.storage.database import NotRun, unavailable
+
+    engine = database[0]
+    repo = Repository(engine, AccessContext.system("test"), "http://test")
+    trace: list = []
+    event.listen(engine, "commit", lambda conn: trace.append("COMMIT"))
+
+    def work(n: int, failure: Exception | None = None):
+        def saving(uow):
+            trace.append(n)
+            if failure is not None:
+                raise failure
+            uow.save(organization(n))
+            return n
+        return saving
+
+    failures = {2: Refused("refused for its content"), 4: OperationalError("SELECT 1", {}, Exception("server closed"))}
+    pending, previous = [], None
+    for n in range(1, 7):
+        previous = repo.submit(work(n, failures.get(n)), Write.FEED, after=previous)
+        pending.append(previous)
+    pending.append(repo.submit(work(7), Write.FEED))
+    answers = []
+    for unit in pending:
+        try:
+            answers.append(unit.result())
+        except Exception as failure:
+            answers.append(failure)
+    assert [a if isinstance(a, int) else type(a).__name__ for a in answers] \
+        == [1, "Refused", 3, "OperationalError", "NotRun", "NotRun", 7]
+    assert trace == [1, 2, 3, 4, 7, "COMMIT"]
+    assert unavailable(answers[4]) and isinstance(answers[5], NotRun)
+    assert stored_ids(engine) == {"org-1", "org-3", "org-7"}
+    assert verify_chain(engine).broken_at is None
