@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 from werkzeug.http import parse_options_header
 
@@ -25,6 +25,7 @@ from gateway.hl7v2.ack import Issue, Outcome
 from gateway.hl7v2.er7 import Message, MessageRejected, transport_charset
 from gateway.mapping import hl7v2 as v2
 from gateway.refusal import Refused
+from gateway.storage.commits import MAX_BATCH
 from gateway.storage.database import failure_reason, unavailable
 from gateway.storage.repository import Repository, UnitOfWork, earlier_messages
 
@@ -39,6 +40,10 @@ FINGERPRINT_CHUNK = 1024 * 1024   # characters
 # PAM-FR events that create or update the patient; every other ADT event is acknowledged as is.
 IDENTITY_EVENTS = {"A01", "A04", "A05", "A08", "A28", "A31"}
 SUPPORTED_PROCESSING_IDS = {"P", "D", "T"}
+# A batch's messages run side by side (_receive_batch) in windows of at most this many: a window's
+# units of work fill the group commit's transactions.
+WINDOW_MESSAGES = MAX_BATCH
+WINDOW_BYTES = 1024 * 1024
 
 
 @dataclass
@@ -184,6 +189,13 @@ def receive(repo: Repository, data: bytes, *, channel: str, max_bytes: int, send
     if batch.is_batch(data):
         return _receive_batch(repo, data, channel=channel, max_bytes=max_bytes, senders=senders, address=address,
                               content_type=content_type)
+    return ingest.run(repo, _receiving(repo, data, channel=channel, max_bytes=max_bytes, senders=senders,
+                                       address=address, content_type=content_type))
+
+
+def _receiving(repo: Repository, data: bytes, *, channel: str, max_bytes: int, senders: tuple[str, ...],
+               address: str | None, content_type: str) -> ingest.Steps[Reply]:
+    """One message's pipeline (ingest.run, or a batch's ingest.run_together)."""
     started = time.perf_counter()
     message: Message | None = None
     try:
@@ -194,15 +206,15 @@ def receive(repo: Repository, data: bytes, *, channel: str, max_bytes: int, send
         handler = route(message)
     except MessageRejected as rejected:
         outcome = Outcome(rejected.ack_code, [Issue(str(rejected), rejected.location, rejected.code)])
-        return _answer_unprocessed(repo, data, channel, message or Message.header_of(data), outcome, started,
-                                   content_type)
+        return (yield from _unprocessed(data, channel, message or Message.header_of(data), outcome, started,
+                                        content_type))
 
     keys = dict(control_id=message.control_id[:199], fingerprint=fingerprint(message),
                 message_type=_listed_type(message))
     issues: list[Issue] = []
     received = Received(channel, data, content_type[:128], message.sender, keys)
     try:
-        kept = ingest.keep(repo, received, Write.FEED)
+        kept = yield ingest.keeping(received, Write.FEED)
     except Exception as failure:
         if not unavailable(failure):
             raise
@@ -215,43 +227,63 @@ def receive(repo: Repository, data: bytes, *, channel: str, max_bytes: int, send
     if kept.control_id_reused:
         issues.append(Issue(f"control id {message.control_id} was already used by this sender for a different "
                             "message; processed as a new message", "MSH^1^10", "205", "W"))
-    raw_id = kept.raw_id
-    return _process(repo, received, Write.FEED, message, raw_id, handler, issues, max_bytes, started)
+    return (yield from _processing(repo, received, Write.FEED, message, kept.raw_id, handler, issues, max_bytes,
+                                   started))
 
 
 def _receive_batch(repo: Repository, data: bytes, **receiving) -> Reply:
     """An HL7 batch: each of its messages received as if sent alone (kept, processed, acknowledged
-    or found sent before), in order, and their ACKs sent back in a batch. A message that could not
-    be processed for a cause that passes (AE, "send it again") stops the batch there: the messages
-    after it are answered AE unprocessed, as a sender of one message at a time would not send them
-    before it. A batch that is not whole (a count of its trailers that is not what it holds, a
-    segment outside any message) or holds over batch.MAX_MESSAGES is refused whole, before any of
-    its messages is processed: it is kept raw, once, and each message answered AR."""
+    or found sent before), in order, and their ACKs sent back in a batch. Its messages are run side
+    by side in windows (ingest.run_together): those of a window share transactions and flushes. A
+    message that could not be processed for a cause that passes (AE, "send it again") stops the
+    batch there: no message after it is processed (those of its window were kept, and are marked
+    failed), as a sender of one message at a time would not send them before it. A batch that is not
+    whole (a count of its trailers that is not what it holds, a segment outside any message) or
+    holds over batch.MAX_MESSAGES is refused whole, before any of its messages is processed: it is
+    kept raw, once, and each message answered AR."""
     read = batch.read(data)
     if len(read.messages) > batch.MAX_MESSAGES:
         read.problems.append(f"the batch holds {len(read.messages)} messages, over the {batch.MAX_MESSAGES} "
                              "a batch may hold here")
     if read.problems:
         return _refuse_batch(repo, data, read, receiving["channel"], receiving["content_type"])
-    answered, codes = [], []
-    stopped: str | None = None   # the control id of the message that stopped the batch
+    replies: list[Reply | None] = []   # None: not run, after a message that could not be processed
+    for window in _windows(read.messages):
+        if any(reply is not None and reply.passing for reply in replies):
+            replies += [None] * len(window)
+            continue
+        for finished in ingest.run_together(repo, [_receiving(repo, sent, **receiving) for sent in window]):
+            if finished.error is not None:
+                raise finished.error
+            replies.append(finished.value)
+    stopper = next((index for index, reply in enumerate(replies) if reply is not None and reply.passing), None)
+    if stopper is not None:
+        stopped = Message.header_of(read.messages[stopper])
+        outcome = Outcome("AE", [Issue(f"not processed: the message {stopped.control_id if stopped else '?'} "
+                                       "before it in the batch could not be; send the batch again", "", "207")])
+        for index in range(stopper + 1, len(replies)):
+            if replies[index] is None or replies[index].passing:
+                message = Message.header_of(read.messages[index])
+                replies[index] = _reply(_ack_text(message, outcome), message, outcome.code, None, passing=True)
+    answered, taken = [], iter(replies)
     for group in read.groups:
-        answered.append([])
-        for sent in group.messages:
-            if stopped is None:
-                reply = receive(repo, sent, **receiving)
-                if reply.passing:
-                    message = Message.header_of(sent)
-                    stopped = message.control_id if message is not None else "?"
-            else:
-                outcome = Outcome("AE", [Issue(f"not processed: the message {stopped} before it in the batch "
-                                               "could not be; send the batch again", "", "207")])
-                message = Message.header_of(sent)
-                reply = _reply(_ack_text(message, outcome), message, outcome.code, None, passing=True)
-            codes.append(reply.code)
-            if reply.ack is not None:
-                answered[-1].append(reply.ack)
-    return Reply(batch.answer(read, answered), _most_severe(codes), None)
+        answered.append([reply.ack for reply in (next(taken) for _ in group.messages) if reply.ack is not None])
+    return Reply(batch.answer(read, answered), _most_severe([reply.code for reply in replies]), None)
+
+
+def _windows(messages: list[bytes]) -> Iterator[list[bytes]]:
+    """A batch's messages in windows of at most WINDOW_MESSAGES, and WINDOW_BYTES unless one message
+    is more: what is read of a window's messages at once stays bounded as one message's is."""
+    window: list[bytes] = []
+    size = 0
+    for sent in messages:
+        if window and (len(window) == WINDOW_MESSAGES or size + len(sent) > WINDOW_BYTES):
+            yield window
+            window, size = [], 0
+        window.append(sent)
+        size += len(sent)
+    if window:
+        yield window
 
 
 def _refuse_batch(repo: Repository, data: bytes, read: batch.Batch, channel: str, content_type: str) -> Reply:
@@ -301,11 +333,12 @@ def reprocess(repo: Repository, raw_id: int, body: bytes, channel: str, max_byte
     message = Message.from_bytes(body, charset_of(content_type))
     message.require_header()
     received = Received(channel, body, content_type or ER7, message.sender)
-    return _process(repo, received, Write.REPROCESS, message, raw_id, route(message), [], max_bytes, started)
+    return ingest.run(repo, _processing(repo, received, Write.REPROCESS, message, raw_id, route(message), [],
+                                        max_bytes, started))
 
 
-def _process(repo: Repository, received: Received, permission: Write, message: Message, raw_id: int,
-             handler: Handler, issues: list[Issue], max_bytes: int, started: float) -> Reply:
+def _processing(repo: Repository, received: Received, permission: Write, message: Message, raw_id: int,
+                handler: Handler, issues: list[Issue], max_bytes: int, started: float) -> ingest.Steps[Reply]:
     answers: dict[str, str | None] = {}
 
     def acknowledged(outcome: Outcome) -> str | None:
@@ -326,9 +359,9 @@ def _process(repo: Repository, received: Received, permission: Write, message: M
         return _summary(outcome), acknowledged(outcome)
 
     try:
-        _, written = ingest.ingest(repo, received, permission, lambda: handler.read(message, max_bytes), write,
-                                   raw_id=raw_id, record_refusal=refusal_recorded,
-                                   named_patient=_named_patient(message), alone=handler.alone)
+        _, written = yield from ingest.ingesting(received, permission, lambda: handler.read(message, max_bytes), write,
+                                                 raw_id=raw_id, record_refusal=refusal_recorded,
+                                                 named_patient=_named_patient(message), alone=handler.alone)
     except ingest.AlreadyHandled:
         row = next((r for r in earlier_messages(repo.engine, received.sender, message.control_id[:199])
                     if r.id == raw_id), None)
@@ -393,8 +426,8 @@ def charset_of(content_type: str | None) -> str:
     return transport_charset(parse_options_header(content_type or ER7)[1].get("charset"))
 
 
-def _answer_unprocessed(repo: Repository, data: bytes, channel: str, message: Message | None, outcome: Outcome,
-                        started: float, content_type: str = ER7, read: Message | None = None) -> Reply:
+def _unprocessed(data: bytes, channel: str, message: Message | None, outcome: Outcome, started: float,
+                 content_type: str = ER7, read: Message | None = None) -> ingest.Steps[Reply]:
     """A message that cannot be routed is kept raw, refused, and answered AR. `read`: what of it was
     read for the patient it names, when `message` is its MSH alone (its first bytes were kept)."""
     readable = message is not None and bool(message.control_id)
@@ -403,8 +436,8 @@ def _answer_unprocessed(repo: Repository, data: bytes, channel: str, message: Me
         received = Received(channel, data, content_type[:128], message.sender if message is not None else None,
                             {"control_id": message.control_id[:199], "message_type": _listed_type(message)}
                             if readable else None)
-        raw_id = ingest.keep(repo, received, Write.FEED, status="refused", outcome=_summary(outcome), ack=text,
-                             named_patient=_named_patient(read or message)).raw_id
+        raw_id = (yield ingest.keeping(received, Write.FEED, status="refused", outcome=_summary(outcome), ack=text,
+                                       named_patient=_named_patient(read or message))).raw_id
     except Exception:
         log.exception("could not store a refused message")
         raw_id = None
@@ -419,8 +452,8 @@ def refuse_unended(repo: Repository, head: bytes, size: int, idle: bool, channel
     after = "sending nothing more for the idle timeout" if idle else "closing the connection"
     outcome = Outcome("AR", [Issue(f"the MLLP frame was not ended by <FS><CR> (0x1C 0x0D) before the sender stopped, "
                                    f"{after}: its {size} bytes were kept, not processed", "MSH^1", "100")])
-    return _answer_unprocessed(repo, head, channel, Message.header_of(head), outcome, started,
-                               read=Message.leading_segments(head))
+    return ingest.run(repo, _unprocessed(head, channel, Message.header_of(head), outcome, started,
+                                         read=Message.leading_segments(head)))
 
 
 def refuse_oversized(repo: Repository, head: bytes, size: int, limit: int, channel: str) -> Reply:
@@ -429,4 +462,5 @@ def refuse_oversized(repo: Repository, head: bytes, size: int, limit: int, chann
     message = Message.header_of(head)
     outcome = Outcome("AR", [Issue(f"the message is {size} bytes, over the {limit} bytes this gateway accepts; "
                                    "only its first bytes were kept", "MSH^1", "104")])
-    return _answer_unprocessed(repo, head, channel, message, outcome, started, read=Message.leading_segments(head))
+    return ingest.run(repo, _unprocessed(head, channel, message, outcome, started,
+                                         read=Message.leading_segments(head)))

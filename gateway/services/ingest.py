@@ -13,6 +13,11 @@ outside any transaction, so SQLite's write lock is never held for it) and `write
 of work: look-ups, the ids they give, persistence), and renders a `Refused` into its own answer: an
 ACK with ERR, an OperationOutcome, a French sentence. The raw copy, the result, and a refusal or failure (the
 unit of work that failed left nothing behind) are each written in the group commit.
+
+An input's pipeline is written as the steps it waits for (`ingesting` yields each unit of work as a
+`Step`, and is given its value once committed): `ingest` runs one input's, `run_together` several
+inputs' side by side, each round's units submitted at once, so that the inputs of an HL7 batch
+share transactions and flushes as inputs from several connections do.
 """
 from __future__ import annotations
 
@@ -20,12 +25,13 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Generic, TypeVar
+from typing import Callable, Generator, Generic, TypeVar
 
 from gateway import metrics
 from gateway.access.writes import Write
 from gateway.refusal import Refused
 from gateway.storage.database import failure_reason, unavailable
+from gateway.storage.commits import Pending
 from gateway.storage.repository import Repository, UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -106,9 +112,86 @@ class Kept:
     control_id_reused: bool = False   # the sender gave another message this control id before
 
 
-def keep(repo: Repository, received: Received, permission: Write, *, status: str = "received",
-         outcome: dict | None = None, ack: str | None = None,
-         named_patient: Callable[[UnitOfWork], NamedPatient] = lambda uow: NO_ONE) -> Kept:
+@dataclass(frozen=True)
+class Step(Generic[T]):
+    """A unit of work a pipeline waits for: `yield`ed, it is given back the work's value once
+    committed, or raises its error there."""
+    work: Callable[[UnitOfWork], T]
+    permission: Write
+    alone: bool = False
+
+
+Steps = Generator[Step, object, T]
+
+
+@dataclass
+class Finished(Generic[T]):
+    """How a pipeline run by `run_together` ended: its value, or what it raised."""
+    value: T | None = None
+    error: Exception | None = None
+
+
+def run(repo: Repository, steps: Steps[T]) -> T:
+    """One input's pipeline: its value, or what it raised."""
+    finished = run_together(repo, [steps])[0]
+    if finished.error is not None:
+        raise finished.error
+    return finished.value
+
+
+def run_together(repo: Repository, pipelines: list[Steps]) -> list[Finished]:
+    """Several inputs' pipelines in order, side by side. Each round submits the next unit of work of
+    every pipeline still running at once, in the inputs' order, and then waits for them: they share
+    the group commit's transactions and flushes instead of waiting each for its own. What a
+    pipeline does between its units (reading, mapping) runs between rounds, outside any
+    transaction. Each unit comes after the one before it in its round: none runs once the database
+    failed an earlier one (NotRun), so no input is processed ahead of an earlier one that could not
+    be."""
+    finished: list[Finished | None] = [None] * len(pipelines)
+    steps: dict[int, Step] = {}
+
+    def advance(index: int, value: object = None, error: Exception | None = None) -> None:
+        try:
+            steps[index] = pipelines[index].send(value) if error is None else pipelines[index].throw(error)
+        except StopIteration as done:
+            finished[index] = Finished(done.value)
+        except Exception as failure:
+            finished[index] = Finished(error=failure)
+
+    for index in range(len(pipelines)):
+        advance(index)
+    while steps:
+        submitted: list[tuple[int, Pending | Exception]] = []
+        previous: Pending | None = None
+        for index, step in sorted(steps.items()):
+            try:
+                previous = repo.submit(step.work, step.permission, alone=step.alone, after=previous)
+                submitted.append((index, previous))
+            except Exception as refused:   # a requester who may not do this write
+                submitted.append((index, refused))
+        steps.clear()
+        for index, pending in submitted:
+            if isinstance(pending, Exception):
+                advance(index, error=pending)
+                continue
+            try:
+                value = pending.result()
+            except Exception as failure:
+                advance(index, error=failure)
+            else:
+                advance(index, value)
+    return finished
+
+
+def keep(repo: Repository, received: Received, permission: Write, **keeping_options) -> Kept:
+    """`keeping`'s unit of work, run alone."""
+    step = keeping(received, permission, **keeping_options)
+    return repo.write(step.work, step.permission)
+
+
+def keeping(received: Received, permission: Write, *, status: str = "received", outcome: dict | None = None,
+            ack: str | None = None,
+            named_patient: Callable[[UnitOfWork], NamedPatient] = lambda uow: NO_ONE) -> Step[Kept]:
     """Store the input exactly as received, committed before any processing starts. An HL7v2
     message (its keys hold a fingerprint) already received from its sender under its control id is
     not stored again: its earlier copy is returned. The look-up and the copy are one unit of work,
@@ -133,15 +216,21 @@ def keep(repo: Repository, received: Received, permission: Write, *, status: str
                                message=received.keys, status=status, ack=ack, sha256=sha256, **named)
         return Kept(raw_id, control_id_reused=bool(earlier))
 
-    return repo.write(unit, permission)
+    return Step(unit, permission)
 
 
 def ingest(repo: Repository, received: Received, permission: Write, prepare: Callable[[], P],
-           write: Callable[[UnitOfWork, P], Written[T]], *, raw_id: int | None = None,
-           record_refusal: Callable[[Refused], tuple[dict, str | None]] = lambda refusal: (refusal.summary(), None),
-           named_patient: Callable[[UnitOfWork], NamedPatient] = lambda uow: NO_ONE,
-           alone: bool = False) -> tuple[int, Written[T]]:
-    """Run one input through the pipeline. Returns the raw input's id and what was written; raises
+           write: Callable[[UnitOfWork, P], Written[T]], **options) -> tuple[int, Written[T]]:
+    """One input through the pipeline (`ingesting`), alone."""
+    return run(repo, ingesting(received, permission, prepare, write, **options))
+
+
+def ingesting(received: Received, permission: Write, prepare: Callable[[], P],
+              write: Callable[[UnitOfWork, P], Written[T]], *, raw_id: int | None = None,
+              record_refusal: Callable[[Refused], tuple[dict, str | None]] = lambda refusal: (refusal.summary(), None),
+              named_patient: Callable[[UnitOfWork], NamedPatient] = lambda uow: NO_ONE,
+              alone: bool = False) -> Steps[tuple[int, Written[T]]]:
+    """One input through the pipeline. Returns the raw input's id and what was written; raises
     the `Refused` (recorded as such) or the failure (recorded as failed, for `gateway messages
     reprocess`). `raw_id` names an input already kept (a reprocessing, an unanswered
     retransmission); `record_refusal` gives what the raw input keeps of a refusal (its outcome, and
@@ -151,7 +240,7 @@ def ingest(repo: Repository, received: Received, permission: Write, prepare: Cal
     started = time.perf_counter()
     kept_here = raw_id is None
     if kept_here:
-        raw_id = keep(repo, received, permission).raw_id
+        raw_id = (yield keeping(received, permission)).raw_id
 
     def unit(uow: UnitOfWork) -> Written[T]:
         if not uow.claim_raw(raw_id):
@@ -168,7 +257,7 @@ def ingest(repo: Repository, received: Received, permission: Write, prepare: Cal
         prepared = prepare()
         while True:
             try:
-                written = repo.write(unit, permission, alone=alone)
+                written = yield Step(unit, permission, alone)
                 break
             except AlreadyHandled:
                 if not kept_here:
@@ -178,13 +267,13 @@ def ingest(repo: Repository, received: Received, permission: Write, prepare: Cal
                 # kept as a copy of its own, which a third attempt may take up in turn. Each turn is
                 # lost to an attempt that found the copy of the turn before: there are no more turns
                 # than attempts at the same document sent meanwhile.
-                raw_id = repo.write(lambda uow: uow.copy_raw(raw_id), permission)
+                raw_id = yield Step(lambda uow: uow.copy_raw(raw_id), permission)
     except AlreadyHandled:
         raise
     except Refused as refusal:
         outcome, ack = record_refusal(refusal)
         said = refusal.record
-        repo.write(lambda uow: uow.record_outcome(raw_id, "refused", ack=ack, **naming(
+        yield Step(lambda uow: uow.record_outcome(raw_id, "refused", ack=ack, **naming(
             outcome, NamedPatient(said) if said else named_patient(uow))), Write.RECORD)
         metrics.observe_ingest(received.channel, "refused", started)
         log.info("input refused", extra={"raw_id": raw_id, "channel": received.channel,
@@ -197,7 +286,7 @@ def ingest(repo: Repository, received: Received, permission: Write, prepare: Cal
         else:
             log.exception("input failed", extra={"raw_id": raw_id, "channel": received.channel})
         try:
-            repo.write(lambda uow: uow.record_outcome(raw_id, "failed", {"reason": "internal error"}), Write.RECORD)
+            yield Step(lambda uow: uow.record_outcome(raw_id, "failed", {"reason": "internal error"}), Write.RECORD)
         except Exception:
             log.error("could not record the failure", extra={"raw_id": raw_id})
         metrics.observe_ingest(received.channel, "failed", started)

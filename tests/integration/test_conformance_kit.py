@@ -67,21 +67,31 @@ def test_an_ack_sent_before_the_commit_is_caught(target, monkeypatch):
     class Lost(Exception):
         pass
 
-    write = Repository.write
+    submit = Repository.submit
+
+    class Answered:
+        """What `submit` gives: the unit's value, though its transaction never committed."""
+        unit = None   # in no sequence of the group commit's
+
+        def __init__(self, value):
+            self.value = value
+
+        def result(self):
+            return self.value
 
     def acknowledged_then_lost(repo, work, permission, **options):
         # The raw copy is kept; the ACK is built from the message's work in a transaction that
         # never commits.
-        if not work.__qualname__.startswith("ingest.<locals>.unit"):
-            return write(repo, work, permission, **options)
+        if not work.__qualname__.startswith("ingesting.<locals>.unit"):
+            return submit(repo, work, permission, **options)
         answer = {}
         try:
             with repo.unit_of_work(permission) as uow:
                 answer["value"] = work(uow)
                 raise Lost
         except Lost:
-            return answer["value"]
-    monkeypatch.setattr(Repository, "write", acknowledged_then_lost)
+            return Answered(answer["value"])
+    monkeypatch.setattr(Repository, "submit", acknowledged_then_lost)
     result = outcome(target, "cisis-documents/001-mdm-t02-registers")["cisis-documents/001-mdm-t02-registers"]
     assert result.status == "failed" and result.message == "step 2: expected total 1, got 0"
 

@@ -1199,11 +1199,14 @@ def test_a_batch_that_is_not_whole_is_refused_before_any_of_its_messages_is_proc
     assert acks == [("AR", "")]   # no message to answer: one ACK, not a batch read as accepted whole
 
 
-def test_a_batch_goes_on_after_a_refusal_and_stops_at_a_passing_failure(client, database, monkeypatch):
+@pytest.mark.parametrize("window", [64, 2])
+def test_a_batch_goes_on_after_a_refusal_and_stops_at_a_passing_failure(client, database, monkeypatch, window):
     """A message refused for its content does not stop the ones after it; one the database could not
-    take (AE, send it again) does: the next is not processed before it, as a sender of one message
-    at a time would not send it. The batch sent again goes on from there."""
-    from gateway.services import patients
+    take (AE, send it again) does: no message after it is processed, as a sender of one message at a
+    time would not send it before. Those of its window were kept (the raw copies of a window's
+    messages share a transaction) and are marked failed; those of later windows are not kept. The
+    batch sent again goes on from there, each message stored once."""
+    from gateway.services import feeds, patients
 
     upsert = patients.upsert_patient
 
@@ -1213,16 +1216,71 @@ def test_a_batch_goes_on_after_a_refusal_and_stops_at_a_passing_failure(client, 
         return upsert(uow, prepared, applied)
 
     monkeypatch.setattr(patients, "upsert_patient", unavailable_for_the_third)
+    monkeypatch.setattr(feeds, "WINDOW_MESSAGES", window)
     bad_birth = adt("A28", "D1", pid("900000101", "DATE").replace("|19850612|", "|19851345|"))
     data = batch_of(adt("A28", "D0", pid("900000100", "SUITE")), bad_birth, adt("A28", "D2", pid("900000102", "SUITE")),
-                    adt("A28", "D3", pid("900000103", "SUITE")), file=False)
+                    adt("A28", "D3", pid("900000103", "SUITE")), adt("A28", "D4", pid("900000104", "SUITE")),
+                    file=False)
     response, answered, acks = post_batch(client, data)
-    assert acks == [("AA", "D0"), ("AE", "D1"), ("AE", "D2"), ("AE", "D3")]
-    assert answered.header is None and str(answered[0].trailer[1]) == "4"   # no FHS: none in the answer
-    assert "not processed: the message D2 before it in the batch could not be" in response.data.decode()
-    with database[0].connect() as conn:
-        assert [r.control_id for r in conn.execute(select(raw_inputs.c.control_id).order_by(raw_inputs.c.id))] \
-            == ["D0", "D1", "D2"]
+    assert acks == [("AA", "D0"), ("AE", "D1"), ("AE", "D2"), ("AE", "D3"), ("AE", "D4")]
+    assert answered.header is None and str(answered[0].trailer[1]) == "5"   # no FHS: none in the answer
+    assert response.data.decode().count("not processed: the message D2 before it in the batch could not be") == 2
+    kept = [("D0", "processed"), ("D1", "refused"), ("D2", "failed"), ("D3", "failed")]
+    assert _raw_statuses(database) == kept + ([("D4", "failed")] if window == 64 else [])   # windows D0 D1, D2 D3, D4
+    assert search(client, f"Patient?identifier={HOSPITAL}|900000103")["total"] == 0
     monkeypatch.undo()
-    assert post_batch(client, data)[2] == acks[:2] + [("AA", "D2"), ("AA", "D3")]
-    assert search(client, f"Patient?identifier={HOSPITAL}|900000103")["total"] == 1
+    assert post_batch(client, data)[2] == acks[:2] + [("AA", "D2"), ("AA", "D3"), ("AA", "D4")]
+    assert _raw_statuses(database) == [("D0", "processed"), ("D1", "refused"), ("D2", "processed"),
+                                       ("D3", "processed"), ("D4", "processed")]
+    assert search(client, f"Patient?identifier={HOSPITAL}|900000104")["total"] == 1
+
+
+def _raw_statuses(database) -> list[tuple[str, str]]:
+    with database[0].connect() as conn:
+        return [tuple(row) for row in conn.execute(select(raw_inputs.c.control_id, raw_inputs.c.status)
+                                                    .order_by(raw_inputs.c.id))]
+
+
+def test_the_messages_of_a_batch_share_the_group_commit_s_transactions(client, database, monkeypatch):
+    """Each message of a batch was kept, then processed, each in a transaction (and a flush) of its
+    own: 40 for 20 messages. Its messages now run side by side: their raw copies share one, their
+    results another."""
+    from gateway.storage import commits
+
+    transactions: list[int] = []
+    commit = commits.GroupCommit._commit
+
+    def counted(self, batch):
+        transactions.append(len(batch))
+        return commit(self, batch)
+
+    monkeypatch.setattr(commits.GroupCommit, "_commit", counted)
+    data = batch_of(*(adt("A28", f"G{n}", pid(f"9000003{n:02d}", "GROUPE")) for n in range(20)))
+    assert post_batch(client, data)[2] == [("AA", f"G{n}") for n in range(20)]
+    assert transactions == [20, 20]
+    assert _raw_statuses(database) == [(f"G{n}", "processed") for n in range(20)]
+    transactions.clear()
+    assert post_batch(client, data)[2] == [("AA", f"G{n}") for n in range(20)]   # found sent before
+    assert transactions == [20]
+
+
+def test_a_batch_s_messages_are_applied_in_their_order_around_a_merge(client, database):
+    """A document, the merge of its patient into another, and a message naming the merged patient,
+    in one batch: the merge runs in a transaction of its own, between the others, which see what the
+    messages before them did."""
+    lefevre = PATIENTS["lefevre"]
+    update = adt("A31", "ORD2", f"PID|1||{lefevre['ipp']}^^^CH-SAINT-AUBIN&1.2.250.1.213.1.1.9.1001&ISO^PI"
+                                "||LEFEVRE^CLAIRE^^^^^L||19920823|F")
+    data = batch_of(sample("mdm-1-t02-cr-imagerie-irm-lefevre.hl7").decode().replace("\n", "\r"),
+                    merge_lefevre_into_dubois("ORD1"), update)
+    assert post_batch(client, data)[2] == [("AA", "MDM0001"), ("AA", "ORD1"), ("AA", "ORD2")]
+    survivor = search(client, f"Patient?identifier={HOSPITAL}|900000090")["entry"][0]["resource"]
+    docs = search(client, f"DocumentReference?patient.identifier={HOSPITAL}|{lefevre['ipp']}&status=current")
+    assert [d["resource"]["subject"]["reference"] for d in docs["entry"]] == [f"Patient/{survivor['id']}"]
+    # The record the document made was there to be merged: had the merge run first, there was none.
+    with database[0].connect() as conn:
+        patients = [json.loads(body) for body in conn.scalars(
+            select(resources.c.body).where(resources.c.res_type == "Patient", resources.c.deleted.is_(False)))]
+    merged = [p for p in patients if p.get("link") and p["link"][0]["type"] == "replaced-by"]
+    assert [(p["active"], p["link"][0]["other"]["reference"]) for p in merged] == [(False, f"Patient/{survivor['id']}")]
+    assert _raw_statuses(database) == [("MDM0001", "processed"), ("ORD1", "processed"), ("ORD2", "processed")]
