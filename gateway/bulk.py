@@ -15,7 +15,8 @@ from gateway.refusal import Refused
 from gateway.config import Settings
 from gateway.interruption import Interruption
 from gateway.shell_output import print_table
-from gateway.services.documents import ingest_cda
+from gateway.services import ingest
+from gateway.services.documents import ingesting_cda
 from gateway.services.ingest import HEAD_KEPT
 from gateway.storage.database import failure_reason, make_engine, refresh_statistics, unavailable
 from gateway.storage.migrate import upgrade
@@ -60,15 +61,15 @@ def ingest_paths(settings: Settings, paths: list[Path], console: Console | None 
     with progress, Interruption().handled() as interruption:
         task = progress.add_task("documents", total=len(files))
         try:
-            for file in files:
-                if not _ingest_file(settings, repo, file, report, interruption):
+            for window in ingest.windows(files, _size):
+                if not _ingest_window(settings, repo, window, report, interruption):
                     break
-                progress.advance(task)
+                progress.advance(task, len(window))
         except KeyboardInterrupt:
             # Ctrl-C was a traceback, and no word of what was done. What was committed stays; the
-            # document named was not begun.
-            report.failed.append((str(file), "interrupted (Ctrl-C): run the same command again (the documents "
-                                             "already ingested are recognised)"))
+            # documents of the window being read were not begun.
+            report.failed.append((str(window[0]), "interrupted (Ctrl-C): run the same command again (the documents "
+                                                  "already ingested are recognised)"))
             report.interrupted = True
     if not report.interrupted:
         refresh_statistics(engine)
@@ -76,33 +77,47 @@ def ingest_paths(settings: Settings, paths: list[Path], console: Console | None 
     return report
 
 
-def _ingest_file(settings: Settings, repo: Repository, file: Path, report: BulkReport,
-                 interruption: Interruption) -> bool:
-    """One document into the report; False when the run must stop there. Raises KeyboardInterrupt
-    when Ctrl-C was pressed since the document before."""
+def _size(file: Path) -> int:
     try:
-        with interruption.while_reading():
-            size = file.stat().st_size
-            oversized = size > settings.max_document_bytes
-            with file.open("rb") as opened:
-                data = opened.read(HEAD_KEPT if oversized else -1)
-        result = ingest_cda(repo, data, max_bytes=settings.max_document_bytes, channel="bulk",
-                            sender=str(file), size=size if oversized else None)
-        if result.created:
-            report.ingested += 1
+        return file.stat().st_size
+    except OSError:
+        return 0   # told when it is read
+
+
+def _ingest_window(settings: Settings, repo: Repository, files: list[Path], report: BulkReport,
+                   interruption: Interruption) -> bool:
+    """A window of documents into the report: read, then run side by side (ingest.run_together),
+    sharing the group commit's transactions. False when the run must stop: at the document the
+    database could not take, none after it being run. Raises KeyboardInterrupt when Ctrl-C was
+    pressed since the window before, or while a file is read."""
+    read: list[tuple[Path, ingest.Steps]] = []
+    for file in files:
+        try:
+            with interruption.while_reading():
+                size = file.stat().st_size
+                oversized = size > settings.max_document_bytes
+                with file.open("rb") as opened:
+                    data = opened.read(HEAD_KEPT if oversized else -1)
+        except OSError as exc:
+            report.failed.append((str(file), str(exc)))
+            continue
+        read.append((file, ingesting_cda(repo, data, max_bytes=settings.max_document_bytes, channel="bulk",
+                                         sender=str(file), size=size if oversized else None)))
+    for (file, _), finished in zip(read, ingest.run_together(repo, [steps for _, steps in read])):
+        if finished.error is None:
+            if finished.value.created:
+                report.ingested += 1
+            else:
+                report.duplicates += 1
+        elif isinstance(finished.error, Refused):
+            report.refused.append((str(file), finished.error.location or "/", finished.error.reason))
+        elif unavailable(finished.error):
+            # Every later document would fail the same way: stop, and say how to go on.
+            report.failed.append((str(file), f"the database is unavailable ({failure_reason(finished.error)}): run "
+                                              "the same command again (the documents already ingested are recognised)"))
+            return False
         else:
-            report.duplicates += 1
-    except Refused as refusal:
-        report.refused.append((str(file), refusal.location or "/", refusal.reason))
-    except OSError as exc:
-        report.failed.append((str(file), str(exc)))
-    except Exception as failure:
-        if not unavailable(failure):
-            raise
-        # Every later document would fail the same way: stop, and say how to go on.
-        report.failed.append((str(file), f"the database is unavailable ({failure_reason(failure)}): run the same "
-                                          "command again (the documents already ingested are recognised)"))
-        return False
+            raise finished.error
     return True
 
 

@@ -26,7 +26,7 @@ from gateway.mapping.rules import check_document
 from gateway.storage.repository import DuplicateIdentifier, Repository, StoredResource, UnitOfWork
 
 from .patients import feeding_consent, named_patient
-from .ingest import Received, Written, ingest
+from .ingest import Received, Steps, Written, ingesting, run
 
 CDA_CONTENT_TYPES = {"application/xml", "text/xml", "application/hl7-cda+xml"}
 
@@ -86,9 +86,14 @@ def read_cda(data: bytes, max_bytes: int, digests: mapping.Digests | None = None
     return ParsedCda(data, header, check_document(header), digests or mapping.Digests.of(data))
 
 
-def ingest_cda(repo: Repository, data: bytes, *, max_bytes: int, channel: str = "cda",
-               content_type: str | None = None, sender: str | None = None, raw_id: int | None = None,
-               size: int | None = None) -> Ingested:
+def ingest_cda(repo: Repository, data: bytes, **options) -> Ingested:
+    """One CDA document through the ingest pipeline (`ingesting_cda`), alone."""
+    return run(repo, ingesting_cda(repo, data, **options))
+
+
+def ingesting_cda(repo: Repository, data: bytes, *, max_bytes: int, channel: str = "cda",
+                  content_type: str | None = None, sender: str | None = None, raw_id: int | None = None,
+                  size: int | None = None) -> Steps[Ingested]:
     """`raw_id`: the raw copy already kept, for an operator's reprocessing. `size`: the document's,
     when it is over `max_bytes` and `data` is only its first bytes: it is not read whole, and its
     raw copy keeps those bytes, refused, as an oversized message's does."""
@@ -110,8 +115,8 @@ def ingest_cda(repo: Repository, data: bytes, *, max_bytes: int, channel: str = 
         return parsed
 
     received = Received(channel, data, content_type, sender, sha256=digests.sha256)
-    _, written = ingest(repo, received, Write.FEED, prepare, write, raw_id=raw_id,
-                        named_patient=lambda uow: named_patient(uow, named_patient_ids(data)))
+    _, written = yield from ingesting(received, Write.FEED, prepare, write, raw_id=raw_id,
+                                      named_patient=lambda uow: named_patient(uow, named_patient_ids(data)))
     return written.value
 
 

@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 from werkzeug.http import parse_options_header
 
@@ -25,7 +25,6 @@ from gateway.hl7v2.ack import Issue, Outcome
 from gateway.hl7v2.er7 import Message, MessageRejected, transport_charset
 from gateway.mapping import hl7v2 as v2
 from gateway.refusal import Refused
-from gateway.storage.commits import MAX_BATCH
 from gateway.storage.database import failure_reason, unavailable
 from gateway.storage.repository import Repository, UnitOfWork, earlier_messages
 
@@ -40,10 +39,6 @@ FINGERPRINT_CHUNK = 1024 * 1024   # characters
 # PAM-FR events that create or update the patient; every other ADT event is acknowledged as is.
 IDENTITY_EVENTS = {"A01", "A04", "A05", "A08", "A28", "A31"}
 SUPPORTED_PROCESSING_IDS = {"P", "D", "T"}
-# A batch's messages run side by side (_receive_batch) in windows of at most this many: a window's
-# units of work fill the group commit's transactions.
-WINDOW_MESSAGES = MAX_BATCH
-WINDOW_BYTES = 1024 * 1024
 
 
 @dataclass
@@ -248,7 +243,7 @@ def _receive_batch(repo: Repository, data: bytes, **receiving) -> Reply:
     if read.problems:
         return _refuse_batch(repo, data, read, receiving["channel"], receiving["content_type"])
     replies: list[Reply | None] = []   # None: not run, after a message that could not be processed
-    for window in _windows(read.messages):
+    for window in ingest.windows(read.messages, len):
         if any(reply is not None and reply.passing for reply in replies):
             replies += [None] * len(window)
             continue
@@ -269,21 +264,6 @@ def _receive_batch(repo: Repository, data: bytes, **receiving) -> Reply:
     for group in read.groups:
         answered.append([reply.ack for reply in (next(taken) for _ in group.messages) if reply.ack is not None])
     return Reply(batch.answer(read, answered), _most_severe([reply.code for reply in replies]), None)
-
-
-def _windows(messages: list[bytes]) -> Iterator[list[bytes]]:
-    """A batch's messages in windows of at most WINDOW_MESSAGES, and WINDOW_BYTES unless one message
-    is more: what is read of a window's messages at once stays bounded as one message's is."""
-    window: list[bytes] = []
-    size = 0
-    for sent in messages:
-        if window and (len(window) == WINDOW_MESSAGES or size + len(sent) > WINDOW_BYTES):
-            yield window
-            window, size = [], 0
-        window.append(sent)
-        size += len(sent)
-    if window:
-        yield window
 
 
 def _refuse_batch(repo: Repository, data: bytes, read: batch.Batch, channel: str, content_type: str) -> Reply:

@@ -16,8 +16,9 @@ unit of work that failed left nothing behind) are each written in the group comm
 
 An input's pipeline is written as the steps it waits for (`ingesting` yields each unit of work as a
 `Step`, and is given its value once committed): `ingest` runs one input's, `run_together` several
-inputs' side by side, each round's units submitted at once, so that the inputs of an HL7 batch
-share transactions and flushes as inputs from several connections do.
+inputs' side by side, each round's units submitted at once, so that the messages of an HL7 batch
+and the documents of `gateway ingest` share transactions and flushes as inputs from several
+connections do.
 """
 from __future__ import annotations
 
@@ -25,17 +26,18 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Generator, Generic, TypeVar
+from typing import Callable, Generator, Generic, Iterable, Iterator, TypeVar
 
 from gateway import metrics
 from gateway.access.writes import Write
 from gateway.refusal import Refused
 from gateway.storage.database import failure_reason, unavailable
-from gateway.storage.commits import Pending
+from gateway.storage.commits import MAX_BATCH, Pending
 from gateway.storage.repository import Repository, UnitOfWork
 
 log = logging.getLogger(__name__)
 
+I = TypeVar("I")
 P = TypeVar("P")
 T = TypeVar("T")
 
@@ -129,6 +131,27 @@ class Finished(Generic[T]):
     """How a pipeline run by `run_together` ended: its value, or what it raised."""
     value: T | None = None
     error: Exception | None = None
+
+
+# Inputs run side by side go in windows of at most WINDOW_INPUTS inputs and WINDOW_BYTES (an input
+# larger is a window alone): a window's units fill the group commit's transactions, and what is read
+# of its inputs at once (documents parsed, resources mapped) stays as bounded as one input's.
+WINDOW_INPUTS = MAX_BATCH
+WINDOW_BYTES = 1024 * 1024
+
+
+def windows(inputs: Iterable[I], size: Callable[[I], int]) -> Iterator[list[I]]:
+    """The inputs, in their order, in windows for `run_together`."""
+    window: list[I] = []
+    held = 0
+    for item in inputs:
+        if window and (len(window) == WINDOW_INPUTS or held + size(item) > WINDOW_BYTES):
+            yield window
+            window, held = [], 0
+        window.append(item)
+        held += size(item)
+    if window:
+        yield window
 
 
 def run(repo: Repository, steps: Steps[T]) -> T:

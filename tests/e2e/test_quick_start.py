@@ -153,9 +153,10 @@ def test_bulk_ingest_stopped_with_ctrl_c_says_how_to_go_on_and_loses_nothing(tmp
                            timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
     ingested, duplicates = map(int, re.search(r"ingested: (\d+)   duplicates: (\d+) ", again.stderr).groups())
-    # A document's raw copy is kept before it is ingested: 20 copies kept when it was interrupted
-    # may be 19 documents done and the 20th stopped on its way (one run in about ten); a run that
-    # outpaced the test is stopped at the pipe, the folder done.
+    # The documents of a window (64 of these) are kept together before they are registered
+    # together, and a Ctrl-C stops the run after the window at work: when 20 copies are kept, that
+    # window is finished before the run stops. A run that outpaced the test is stopped at the pipe,
+    # reading the last window, whose documents are not begun.
     assert 19 <= done <= count and ingested + duplicates == count and ingested <= count - done
     statuses = Counter(stored_inputs(var))
     assert statuses["processed"] == count and set(statuses) <= {"processed", "duplicate"}, statuses

@@ -1,7 +1,7 @@
 """`gateway ingest` when the database goes away mid-run: it stops at that document, reports what it
 ingested, and tells the operator to run the same command again (duplicates are recognised); so it
-does on a Ctrl-C, wherever it lands. A file over the document limit is refused without being read
-whole."""
+does on a Ctrl-C, wherever it lands. The documents of a window share transactions. A file over the
+document limit is refused without being read whole."""
 from dataclasses import replace
 
 from sqlalchemy import select
@@ -14,18 +14,33 @@ from gateway.storage.database import make_engine
 from gateway.storage.schema import raw_inputs
 
 
+def registering(monkeypatch, then=None) -> list[str]:
+    """The documents registered (their ids), in order; `then(count)` runs as each is."""
+    from gateway.services import documents
+
+    real, calls = documents.register_document, []
+
+    def register(uow, base_url, parsed):
+        calls.append(parsed.header.unique_id)
+        if then is not None:
+            then(len(calls))
+        return real(uow, base_url, parsed)
+
+    monkeypatch.setattr(documents, "register_document", register)
+    return calls
+
+
 def test_an_unavailable_database_stops_the_run_and_says_how_to_go_on(tmp_path, monkeypatch):
+    """The documents of a window run side by side: the one after that the database failed is not
+    run, and the run stops there."""
     settings = replace(Settings.from_env(), database_url=f"sqlite:///{tmp_path / 'gateway.db'}")
     files = sorted((SAMPLES / "cda").glob("*.xml"))[:3]
-    real, calls = bulk.ingest_cda, []
 
-    def ingest_then_fail(repo, data, **kwargs):
-        calls.append(kwargs["sender"])
-        if len(calls) == 2:
+    def fail_the_second(count: int) -> None:
+        if count == 2:
             raise OperationalError("INSERT", {}, Exception("connection refused"))
-        return real(repo, data, **kwargs)
 
-    monkeypatch.setattr(bulk, "ingest_cda", ingest_then_fail)
+    calls = registering(monkeypatch, fail_the_second)
     report = bulk.ingest_paths(settings, files)
     assert report.ingested == 1 and len(calls) == 2          # stopped at the second document
     assert report.failed == [(str(files[1]), "the database is unavailable (connection refused): run the same "
@@ -38,24 +53,45 @@ def test_an_unavailable_database_stops_the_run_and_says_how_to_go_on(tmp_path, m
 def test_a_ctrl_c_that_lands_where_python_ignores_exceptions_still_stops_the_run(tmp_path, monkeypatch):
     """Python's own handler raised KeyboardInterrupt wherever the run was. Raised in a finaliser, or
     in a module lock's callback during an import (the CI run that found it), it was printed as
-    ignored and lost: the run went on to its end, and waited there on a pipe named last."""
+    ignored and lost: the run went on to its end, and waited there on a pipe named last. It stops
+    the run after the window at work (here one document a window)."""
+    from gateway.services import ingest
+
+    monkeypatch.setattr(ingest, "WINDOW_INPUTS", 1)
     settings = replace(Settings.from_env(), database_url=f"sqlite:///{tmp_path / 'gateway.db'}")
     files = sorted((SAMPLES / "cda").glob("*.xml"))[:3]
-    real, calls = bulk.ingest_cda, []
-
-    def ingest_with_a_ctrl_c(repo, data, **kwargs):
-        calls.append(kwargs["sender"])
-        result = real(repo, data, **kwargs)
-        if len(calls) == 1:
-            ctrl_c_in_a_finaliser()
-        return result
-
-    monkeypatch.setattr(bulk, "ingest_cda", ingest_with_a_ctrl_c)
+    calls = registering(monkeypatch, lambda count: ctrl_c_in_a_finaliser() if count == 1 else None)
     with sigint_as_at_a_terminal():
         report = bulk.ingest_paths(settings, files)
-    assert report.interrupted and report.ingested == 1 and calls == [str(files[0])]
+    assert report.interrupted and report.ingested == 1 and len(calls) == 1
     assert report.failed == [(str(files[1]), "interrupted (Ctrl-C): run the same command again (the documents "
                                              "already ingested are recognised)")]
+
+
+def test_the_documents_of_a_window_share_the_group_commit_s_transactions(tmp_path, monkeypatch):
+    """Each document was kept, then registered, each in a transaction (and a flush) of its own: 6
+    for 3 documents. A window's run side by side: 2. The same document given twice in one window is
+    a duplicate, as when given twice one after the other."""
+    from gateway.storage import commits
+
+    transactions: list[int] = []
+    commit = commits.GroupCommit._commit
+
+    def counted(self, batch):
+        transactions.append(len(batch))
+        return commit(self, batch)
+
+    monkeypatch.setattr(commits.GroupCommit, "_commit", counted)
+    settings = replace(Settings.from_env(), database_url=f"sqlite:///{tmp_path / 'gateway.db'}")
+    files = sorted((SAMPLES / "cda").glob("*.xml"))[:3]
+    report = bulk.ingest_paths(settings, files)
+    assert (report.ingested, report.duplicates, report.refused, report.failed) == (3, 0, [], [])
+    assert transactions == [3, 3]
+    twice = tmp_path / "again.xml"
+    twice.write_bytes(files[0].read_bytes())
+    transactions.clear()
+    report = bulk.ingest_paths(settings, [files[0], twice])
+    assert (report.ingested, report.duplicates) == (0, 2)
 
 
 def test_a_file_over_the_limit_is_refused_from_its_first_bytes(tmp_path):

@@ -1206,7 +1206,7 @@ def test_a_batch_goes_on_after_a_refusal_and_stops_at_a_passing_failure(client, 
     time would not send it before. Those of its window were kept (the raw copies of a window's
     messages share a transaction) and are marked failed; those of later windows are not kept. The
     batch sent again goes on from there, each message stored once."""
-    from gateway.services import feeds, patients
+    from gateway.services import ingest, patients
 
     upsert = patients.upsert_patient
 
@@ -1216,7 +1216,7 @@ def test_a_batch_goes_on_after_a_refusal_and_stops_at_a_passing_failure(client, 
         return upsert(uow, prepared, applied)
 
     monkeypatch.setattr(patients, "upsert_patient", unavailable_for_the_third)
-    monkeypatch.setattr(feeds, "WINDOW_MESSAGES", window)
+    monkeypatch.setattr(ingest, "WINDOW_INPUTS", window)
     bad_birth = adt("A28", "D1", pid("900000101", "DATE").replace("|19850612|", "|19851345|"))
     data = batch_of(adt("A28", "D0", pid("900000100", "SUITE")), bad_birth, adt("A28", "D2", pid("900000102", "SUITE")),
                     adt("A28", "D3", pid("900000103", "SUITE")), adt("A28", "D4", pid("900000104", "SUITE")),
