@@ -444,3 +444,19 @@ def corpus_dir() -> Path:
     if not (CORPUS / "cda").is_dir():
         pytest.skip(f"third-party corpus not present at {CORPUS}")
     return CORPUS
+
+
+@pytest.fixture
+def write_transactions(monkeypatch) -> list[int]:
+    """The group commit's write transactions from here on, each as the number of units it ran."""
+    from gateway.storage import commits
+
+    transactions: list[int] = []
+    commit = commits.GroupCommit._commit
+
+    def counted(self, batch):
+        transactions.append(len(batch))
+        return commit(self, batch)
+
+    monkeypatch.setattr(commits.GroupCommit, "_commit", counted)
+    return transactions

@@ -68,20 +68,11 @@ def test_a_ctrl_c_that_lands_where_python_ignores_exceptions_still_stops_the_run
                                              "already ingested are recognised)")]
 
 
-def test_the_documents_of_a_window_share_the_group_commit_s_transactions(tmp_path, monkeypatch):
+def test_the_documents_of_a_window_share_the_group_commit_s_transactions(tmp_path, write_transactions):
     """Each document was kept, then registered, each in a transaction (and a flush) of its own: 6
     for 3 documents. A window's run side by side: 2. The same document given twice in one window is
     a duplicate, as when given twice one after the other."""
-    from gateway.storage import commits
-
-    transactions: list[int] = []
-    commit = commits.GroupCommit._commit
-
-    def counted(self, batch):
-        transactions.append(len(batch))
-        return commit(self, batch)
-
-    monkeypatch.setattr(commits.GroupCommit, "_commit", counted)
+    transactions = write_transactions
     settings = replace(Settings.from_env(), database_url=f"sqlite:///{tmp_path / 'gateway.db'}")
     files = sorted((SAMPLES / "cda").glob("*.xml"))[:3]
     report = bulk.ingest_paths(settings, files)

@@ -1241,20 +1241,11 @@ def _raw_statuses(database) -> list[tuple[str, str]]:
                                                     .order_by(raw_inputs.c.id))]
 
 
-def test_the_messages_of_a_batch_share_the_group_commit_s_transactions(client, database, monkeypatch):
+def test_the_messages_of_a_batch_share_the_group_commit_s_transactions(client, database, write_transactions):
     """Each message of a batch was kept, then processed, each in a transaction (and a flush) of its
     own: 40 for 20 messages. Its messages now run side by side: their raw copies share one, their
     results another."""
-    from gateway.storage import commits
-
-    transactions: list[int] = []
-    commit = commits.GroupCommit._commit
-
-    def counted(self, batch):
-        transactions.append(len(batch))
-        return commit(self, batch)
-
-    monkeypatch.setattr(commits.GroupCommit, "_commit", counted)
+    transactions = write_transactions
     data = batch_of(*(adt("A28", f"G{n}", pid(f"9000003{n:02d}", "GROUPE")) for n in range(20)))
     assert post_batch(client, data)[2] == [("AA", f"G{n}") for n in range(20)]
     assert transactions == [20, 20]
