@@ -231,7 +231,7 @@ def _receive_batch(repo: Repository, data: bytes, **receiving) -> Reply:
     or found sent before), in order, and their ACKs sent back in a batch. Its messages are run side
     by side in windows (ingest.run_together): those of a window share transactions and flushes. A
     message that could not be processed for a cause that passes (AE, "send it again") stops the
-    batch there: no message after it is processed (those of its window were kept, and are marked
+    batch there: no message after it is processed (those of its window kept already are marked
     failed), as a sender of one message at a time would not send them before it. A batch that is not
     whole (a count of its trailers that is not what it holds, a segment outside any message) or
     holds over batch.MAX_MESSAGES is refused whole, before any of its messages is processed: it is

@@ -10,9 +10,10 @@ savepoint: those that follow one another in a batch are inserted together. A cal
 once the commit that made its data durable is done, so an ACK or a 201 sent after `run` promises
 what it says.
 
-A caller with several units to run in order (the messages of an HL7 batch) submits them all at once
-(`submit`), and they share transactions too: each one `after` the one before, so that none runs once
-the database failed an earlier one (services.ingest.run_together).
+A caller with several units to run in order (the messages of an HL7 batch, the documents of
+`gateway ingest`) submits them all at once (`submit`), and they share transactions too: each one
+`after` the one before, so that none runs once the database failed an earlier one
+(services.ingest.run_together).
 """
 from __future__ import annotations
 
