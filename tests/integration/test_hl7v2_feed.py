@@ -10,6 +10,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import func, insert, select, text, update
 
 from conftest import GP, attend_all
@@ -1235,10 +1237,12 @@ def test_a_batch_goes_on_after_a_refusal_and_stops_at_a_passing_failure(client, 
     assert search(client, f"Patient?identifier={HOSPITAL}|900000104")["total"] == 1
 
 
-def _raw_statuses(database) -> list[tuple[str, str]]:
+def _raw_statuses(database, prefix: str = "") -> list[tuple[str, str]]:
+    """The raw inputs whose control ids start with `prefix`: those ids (without it) and statuses."""
     with database[0].connect() as conn:
-        return [tuple(row) for row in conn.execute(select(raw_inputs.c.control_id, raw_inputs.c.status)
-                                                    .order_by(raw_inputs.c.id))]
+        return [(row.control_id[len(prefix):], row.status) for row in conn.execute(
+            select(raw_inputs.c.control_id, raw_inputs.c.status).where(raw_inputs.c.control_id.startswith(prefix))
+            .order_by(raw_inputs.c.id))]
 
 
 def test_the_messages_of_a_batch_share_the_group_commit_s_transactions(client, database, write_transactions):
@@ -1275,3 +1279,62 @@ def test_a_batch_s_messages_are_applied_in_their_order_around_a_merge(client, da
     merged = [p for p in patients if p.get("link") and p["link"][0]["type"] == "replaced-by"]
     assert [(p["active"], p["link"][0]["other"]["reference"]) for p in merged] == [(False, f"Patient/{survivor['id']}")]
     assert _raw_statuses(database) == [("MDM0001", "processed"), ("ORD1", "processed"), ("ORD2", "processed")]
+
+
+EXAMPLES_SENT = [0]   # a number of each example's own, for its identifiers
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(plan=st.lists(st.tuples(st.sampled_from(["identity", "bad birth", "again", "unsupported", "merge"]),
+                               st.integers(0, 2)), min_size=1, max_size=12),
+       window=st.integers(1, 5))
+def test_a_batch_in_windows_answers_and_stores_what_its_messages_sent_one_by_one_do(client, database, plan, window):
+    """Identities, their updates, refusals, a message sent twice, an unsupported type and merges (each
+    alone in its transaction), in any order: sent as one batch, its messages run side by side in
+    windows of any size, they are answered as the same messages sent one by one, and leave the same
+    records and raw copies."""
+    from gateway.services import ingest
+
+    EXAMPLES_SENT[0] += 1
+    sent = EXAMPLES_SENT[0]
+
+    def messages(namespace: str) -> list[str]:
+        ipp = [f"{namespace}{sent:05d}{patient}" for patient in range(3)]
+        built: list[str] = []
+        for position, (kind, patient) in enumerate(plan):
+            control = f"{namespace}{sent}-{position}"
+            if kind == "again" and built:
+                built.append(built[-1])
+                continue
+            message = adt("A28", control, pid(ipp[patient], f"NOM{position}"))
+            if kind == "bad birth":
+                message = message.replace("|19850612|", "|19851345|")
+            elif kind == "unsupported":
+                message = message.replace("ADT^A28^ADT_A01", "SIU^S12^SIU_S12")
+            elif kind == "merge":
+                message = adt("A40", control, pid(ipp[patient], f"NOM{position}"),
+                              f"MRG|{ipp[(patient + 1) % 3]}^^^CH-SAINT-AUBIN&1.2.250.1.213.1.1.9.1001&ISO^PI")
+            built.append(message)
+        return built
+
+    one_by_one = [post(client, message)[0] for message in messages("7")]
+    windows = ingest.WINDOW_INPUTS
+    ingest.WINDOW_INPUTS = window
+    try:
+        in_a_batch = [code for code, _ in post_batch(client, batch_of(*messages("8")))[2]]
+    finally:
+        ingest.WINDOW_INPUTS = windows
+    assert in_a_batch == one_by_one
+    assert _records(database, f"8{sent:05d}") == _records(database, f"7{sent:05d}")
+    assert _raw_statuses(database, f"8{sent}-") == _raw_statuses(database, f"7{sent}-")
+
+
+def _records(database, prefix: str) -> list:
+    """The patients whose IPPs start with `prefix`: those IPPs (without it), their names, whether
+    active, whether merged into another."""
+    with database[0].connect() as conn:
+        patients = [json.loads(body) for body in conn.scalars(
+            select(resources.c.body).where(resources.c.res_type == "Patient", resources.c.deleted.is_(False)))]
+    return sorted((sorted(i["value"][len(prefix):] for i in p.get("identifier", []) if i["value"].startswith(prefix)),
+                   [name.get("family") for name in p.get("name", [])], p.get("active"), bool(p.get("link")))
+                  for p in patients if any(i["value"].startswith(prefix) for i in p.get("identifier", [])))
