@@ -2,8 +2,11 @@
 ingested, and tells the operator to run the same command again (duplicates are recognised); so it
 does on a Ctrl-C, wherever it lands. The documents of a window share transactions. A file over the
 document limit is refused without being read whole."""
+import shutil
 from dataclasses import replace
 
+from hypothesis import HealthCheck, given, settings as examples
+from hypothesis import strategies as st
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
@@ -121,3 +124,34 @@ def test_the_files_refused_are_named_as_they_are(tmp_path, capsys):
     assert len(report.refused) == 2
     said = capsys.readouterr().err
     assert all(name.name in said for name in names) and "refused: 2" in said
+
+
+DOCUMENTS = sorted((SAMPLES / "cda").glob("*.xml")) + sorted((SAMPLES / "invalid").glob("*.xml"))
+RUNS = [0]
+
+
+@examples(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(chosen=st.lists(st.integers(0, len(DOCUMENTS) - 1), min_size=1, max_size=10), window=st.integers(2, 6))
+def test_documents_in_windows_end_as_one_by_one(tmp_path, monkeypatch, chosen, window):
+    """Documents, refused ones, and copies of one another (a copy in the same window as its
+    original takes up its raw copy, finds it claimed, and is kept again), in windows of any size:
+    the report is the one the same folder gives one document at a time, and so are the raw copies."""
+    from gateway.services import ingest
+
+    RUNS[0] += 1
+    folder = tmp_path / f"run{RUNS[0]}"
+    folder.mkdir()
+    for position, index in enumerate(chosen):
+        shutil.copyfile(DOCUMENTS[index], folder / f"{position:02}.xml")
+    reports = []
+    for size in (1, window):
+        monkeypatch.setattr(ingest, "WINDOW_INPUTS", size)
+        url = f"sqlite:///{folder / f'windows-of-{size}.db'}"
+        report = bulk.ingest_paths(replace(Settings.from_env(), database_url=url), [folder])
+        engine = make_engine(url)
+        with engine.connect() as conn:
+            kept = conn.execute(select(raw_inputs.c.sender, raw_inputs.c.status).order_by(raw_inputs.c.sender,
+                                                                                          raw_inputs.c.status)).all()
+        engine.dispose()
+        reports.append((report.ingested, report.duplicates, sorted(report.refused), report.failed, kept))
+    assert reports[0] == reports[1]
