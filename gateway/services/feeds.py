@@ -274,8 +274,8 @@ def _refuse_batch(repo: Repository, data: bytes, read: batch.Batch, channel: str
         sender, keys = read.keys()
         ingest.keep(repo, Received(channel, data, content_type[:128], sender, keys), Write.FEED, status="refused",
                     outcome=_summary(outcome), named_patient=lambda uow: _named_patients(read.messages))
-    except Exception:
-        log.exception("could not store a refused batch")
+    except Exception as failure:
+        _not_kept(failure, "a refused batch")
     metrics.observe_ingest(channel, "refused", started)
     answered = [[reply.ack for reply in (_reply(_ack_text(message, outcome), message, "AR", None)
                                          for message in map(Message.header_of, group.messages)) if reply.ack]
@@ -295,8 +295,7 @@ def _named_patients(messages: list[bytes]) -> ingest.NamedPatient:
         message = Message.leading_segments(sent + b"\r")
         pid = message.first("PID") if message is not None else None
         if pid is not None:
-            ids = v2.cx_ids(pid, 3)[:ingest.NAMED_IDENTIFIERS]
-            named.update((f"{system}|{value}", None) for system, value in patients.identifier_keys(ids))
+            named.update(dict.fromkeys(patients.named_identifiers(v2.cx_ids(pid, 3))))
     return ingest.NamedPatient(identifiers=tuple(named))
 
 
@@ -418,11 +417,21 @@ def _unprocessed(data: bytes, channel: str, message: Message | None, outcome: Ou
                             if readable else None)
         raw_id = (yield ingest.keeping(received, Write.FEED, status="refused", outcome=_summary(outcome), ack=text,
                                        named_patient=_named_patient(read or message))).raw_id
-    except Exception:
-        log.exception("could not store a refused message")
+    except Exception as failure:
+        _not_kept(failure, "a refused message")
         raw_id = None
     metrics.observe_ingest(channel, "refused", started)
     return _reply(text, message, outcome.code, raw_id)
+
+
+def _not_kept(failure: Exception, what: str) -> None:
+    """A refused input the database could not keep: it is answered all the same. The database
+    unavailable is a warning (as it comes, so does every input of a batch's window after one it
+    failed), anything else an error with its traceback."""
+    if unavailable(failure):
+        log.warning("database unavailable: %s not kept", what, extra={"reason": failure_reason(failure)})
+    else:
+        log.exception("could not store %s", what)
 
 
 def refuse_unended(repo: Repository, head: bytes, size: int, idle: bool, channel: str) -> Reply:

@@ -85,8 +85,12 @@ def named_patient(uow: UnitOfWork, ids: list[II]) -> NamedPatient:
     it): their record if they are known, else the identifiers."""
     ids = ids[:NAMED_IDENTIFIERS]
     record = find_patient(uow, ids)
-    return NamedPatient(record) if record else NamedPatient(
-        identifiers=tuple(f"{system}|{value}" for system, value in identifier_keys(ids)))
+    return NamedPatient(record) if record else NamedPatient(identifiers=named_identifiers(ids))
+
+
+def named_identifiers(ids: list[II]) -> tuple[str, ...]:
+    """The identifiers an input names a patient by (`system|value`), its first NAMED_IDENTIFIERS."""
+    return tuple(f"{system}|{value}" for system, value in identifier_keys(ids[:NAMED_IDENTIFIERS]))
 
 
 def valid_from_message(resource: dict, location: str) -> dict:

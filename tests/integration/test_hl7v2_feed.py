@@ -1338,3 +1338,16 @@ def _records(database, prefix: str) -> list:
     return sorted((sorted(i["value"][len(prefix):] for i in p.get("identifier", []) if i["value"].startswith(prefix)),
                    [name.get("family") for name in p.get("name", [])], p.get("active"), bool(p.get("link")))
                   for p in patients if any(i["value"].startswith(prefix) for i in p.get("identifier", [])))
+
+
+def test_a_refused_message_the_database_cannot_keep_is_answered_and_logged_as_a_warning(client, monkeypatch, caplog):
+    """It was logged as an error with its traceback, as an error of the gateway's would be; in a
+    batch's window, every refused message after one the database failed is not kept so."""
+    import logging
+
+    monkeypatch.setattr(repository.UnitOfWork, "store_raw", _database_unavailable)
+    unsupported = adt("A28", "NK1", pid("900000120", "GARDE")).replace("ADT^A28^ADT_A01", "SIU^S12^SIU_S12")
+    with caplog.at_level(logging.WARNING, logger="gateway.services.feeds"):
+        assert post(client, unsupported)[0] == "AR"
+    assert [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "gateway.services.feeds"] \
+        == [("WARNING", "database unavailable: a refused message not kept")]
