@@ -87,7 +87,7 @@ def cmd_send(settings: Settings, args) -> int:
 
     return send_paths([Path(p) for p in args.paths], args.host or settings.mllp_host, args.port or settings.mllp_port,
                       timeout=args.timeout, use_tls=args.tls, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
-                      tls_key=args.tls_key)
+                      tls_key=args.tls_key, whole_batches=args.whole_batch)
 
 
 def cmd_messages(settings: Settings, args) -> int:
@@ -174,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     send.add_argument("--host", help="gateway host (default GATEWAY_MLLP_HOST)")
     send.add_argument("--port", type=PORT, help="gateway MLLP port (default GATEWAY_MLLP_PORT)")
     send.add_argument("--timeout", type=seconds, default=30.0, help="seconds to wait for each ACK")
+    send.add_argument("--whole-batch", action="store_true",
+                      help="send an HL7 batch file whole, in one frame, and print each ACK of the batch answered "
+                           "(by default its messages go one by one)")
     send.add_argument("--tls", action="store_true", help="connect with TLS, trusting the system's authorities")
     send.add_argument("--tls-ca", help="connect with TLS, trusting this CA (PEM)")
     send.add_argument("--tls-cert", help="connect with TLS, with this client certificate (PEM; mutual TLS)")

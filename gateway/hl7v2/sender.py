@@ -1,6 +1,7 @@
 """`gateway send`: an MLLP client for integrators. Sends each message of the files given (one or
 several per file, framed or not, or an HL7 batch file) on one connection and prints the ACK it gets
-back."""
+back; with `--whole-batch`, a batch file goes whole, in one frame, as an interface engine that sends
+batches sends it, and each ACK of the batch answered is printed."""
 from __future__ import annotations
 
 import ssl
@@ -11,7 +12,7 @@ from rich.text import Text
 from gateway.interruption import Interruption
 from gateway.shell_output import shell_console
 
-from . import mllp
+from . import batch as batches, mllp
 from .er7 import Message, MessageRejected
 
 ACK_STYLES = {"AA": "green", "CA": "green", "AE": "yellow", "CE": "yellow", "AR": "red", "CR": "red"}
@@ -32,16 +33,37 @@ def _ack_code(ack: bytes) -> str:
     return msa.get(1) if msa is not None else "?"
 
 
+def _whole_batch(data: bytes) -> bytes | None:
+    """An HL7 batch file's batch, to send in one frame (its frame's content, when the file is
+    framed); None for a file that is not one."""
+    if mllp.START in data and mllp.END in data:
+        data = data.split(mllp.START, 1)[1].split(mllp.END, 1)[0]
+    else:
+        data = data.replace(b"\r\n", b"\r").replace(b"\n", b"\r")
+    return data if batches.is_batch(data) else None
+
+
+def _acks(answer: bytes | None, count: int, whole: bool) -> list[bytes | None]:
+    """The ACKs an answer holds: a batch answered, its ACKs (as many Nones as it holds messages
+    when none came in time); else the answer itself."""
+    if not whole:
+        return [answer]
+    return batches.read(answer).messages if answer is not None else [None] * count
+
+
 def _tally(tally: dict[str, int]) -> str:
     return "  ".join(f"{code}: {count}" for code, count in sorted(tally.items()))
 
 
 def send_paths(paths: list[Path], host: str, port: int, *, timeout: float = 30.0, use_tls: bool = False,
-               tls_ca: str | None = None, tls_cert: str | None = None, tls_key: str | None = None) -> int:
+               tls_ca: str | None = None, tls_cert: str | None = None, tls_key: str | None = None,
+               whole_batches: bool = False) -> int:
     """Exit status 0 when every message got AA (or CA), 1 otherwise, 2 when a file could not be read or
     the gateway reached (said in a line: each was a traceback). TLS when asked, or given a CA to trust
     (the system's without one) or, for a listener that asks for it (mutual TLS), the sender's
-    certificate: a listener whose certificate a public authority signed was out of reach."""
+    certificate: a listener whose certificate a public authority signed was out of reach.
+    `whole_batches`: an HL7 batch file is sent whole, in one frame; the gateway checks it (a batch
+    cut short is refused whole) and answers with a batch of ACKs."""
     console = shell_console()
     tls = None
     if tls_key and not tls_cert:
@@ -55,50 +77,60 @@ def send_paths(paths: list[Path], host: str, port: int, *, timeout: float = 30.0
         except (OSError, ssl.SSLError) as failure:
             console.print(f"TLS: {failure.strerror or failure}", markup=False)
             return 2
-    batch, problems = [], []
+    # What is sent, a frame each: the file it comes from, its bytes, how many messages it holds, and
+    # whether it is a batch sent whole.
+    frames: list[tuple[Path, bytes, int, bool]] = []
+    problems = []
     try:
         for path in _files(paths):
-            messages, told = mllp.split_file(path.read_bytes())
-            batch += [(path, message) for message in messages]
+            data = path.read_bytes()
+            whole = _whole_batch(data) if whole_batches else None
+            if whole is not None:
+                frames.append((path, whole, len(batches.read(whole).messages), True))
+                continue
+            messages, told = mllp.split_file(data)
+            frames += [(path, message, 1, False) for message in messages]
             problems += [f"{path}: {problem}" for problem in told]
     except OSError as failure:
         console.print(f"cannot read {failure.filename}: {failure.strerror}", markup=False)
         return 2
-    if not batch:
+    total = sum(count for _, _, count, _ in frames)
+    if not frames:
         console.print("no message found")
         return 1
     tally: dict[str, int] = {}
-    acks = mllp.send_messages(host, port, (message for _, message in batch), timeout=timeout, tls=tls)
-    waited = None   # the file of the message whose ACK is awaited
+    answers = mllp.send_messages(host, port, (sent for _, sent, _, _ in frames), timeout=timeout, tls=tls)
+    waited = None   # the frame whose answer is awaited: its file and how many messages it holds
     with Interruption().handled() as interruption:
         try:
-            for path, _ in batch:
-                # A Ctrl-C stops the run before the next message; one while an ACK is awaited, that wait.
+            for path, _, count, whole in frames:
+                # A Ctrl-C stops the run before the next frame; one while an answer is awaited, that wait.
                 with interruption.while_reading():
-                    waited = path
-                    ack = next(acks)
+                    waited = path, count
+                    answer = next(answers)
                 waited = None
-                code = _ack_code(ack) if ack is not None else "none"
-                tally[code] = tally.get(code, 0) + 1
-                console.print(Text(str(path), style="bold"), Text(code, style=ACK_STYLES.get(code, "magenta")))
-                if ack is not None:
-                    console.print(ack.decode("utf-8", "replace").replace("\r", "\n").rstrip(), markup=False)
+                for ack in _acks(answer, count, whole):
+                    code = _ack_code(ack) if ack is not None else "none"
+                    tally[code] = tally.get(code, 0) + 1
+                    console.print(Text(str(path), style="bold"), Text(code, style=ACK_STYLES.get(code, "magenta")))
+                    if ack is not None:
+                        console.print(ack.decode("utf-8", "replace").replace("\r", "\n").rstrip(), markup=False)
         except KeyboardInterrupt:
             # It was a line and no word of what had been sent: which messages went, which did not.
             answered = sum(tally.values())
             console.print(_tally(tally))
-            unsent = len(batch) - answered - (waited is not None)
-            console.print(f"interrupted (Ctrl-C): {answered} of {len(batch)} messages answered"
-                          + (f", {waited}: its ACK was not read (sent again, it is recognised)" if waited else "")
+            unsent = total - answered - (waited[1] if waited else 0)
+            console.print(f"interrupted (Ctrl-C): {answered} of {total} messages answered"
+                          + (f", {waited[0]}: its ACK was not read (sent again, it is recognised)" if waited else "")
                           + f", {unsent} not sent", markup=False)
             return 130
         except OSError as failure:   # refused, reset, closed, or a TLS handshake that failed
             sent = sum(tally.values())
-            console.print(f"MLLP {host}:{port}: {failure.strerror or failure} ({sent} of {len(batch)} messages "
+            console.print(f"MLLP {host}:{port}: {failure.strerror or failure} ({sent} of {total} messages "
                           "answered)", markup=False)
             return 2
         finally:
-            acks.close()
+            answers.close()
     console.print(_tally(tally))
     for problem in problems:
         console.print(problem, style="red", markup=False)

@@ -220,6 +220,27 @@ def test_an_hl7_batch_file_through_gateway_send(mllp_listener, tmp_path, capsys)
     assert "export.hl7: the batch says it holds 3 messages (BTS-1); it holds 2" in out
 
 
+def test_an_hl7_batch_file_sent_whole_by_gateway_send(mllp_listener, database, tmp_path, capsys):
+    """`--whole-batch`: the file goes in one frame, as an interface engine sends a batch, and each ACK
+    of the answer is printed; one cut short is refused whole by the gateway, and said so."""
+    messages = [(SAMPLES / name).read_bytes().replace(b"\n", b"\r").strip(b"\r") + b"\r"
+                for name in ("adt-a01-martin.hl7", "adt-a28-moreau-hugo.hl7")]
+    envelope = b"FHS|^~\\&|GAM|CH-SAINT-AUBIN\nBHS|^~\\&|GAM|CH-SAINT-AUBIN\n"
+    whole, cut = tmp_path / "export.hl7", tmp_path / "cut.hl7"
+    whole.write_bytes(envelope + b"".join(m.replace(b"\r", b"\n") for m in messages) + b"BTS|2\nFTS|1\n")
+    cut.write_bytes(envelope + messages[0].replace(b"\r", b"\n") + b"BTS|2\nFTS|1\n")
+    status = send_paths([whole], "127.0.0.1", mllp_listener.mllp_port, whole_batches=True)
+    out = " ".join(capsys.readouterr().out.split())
+    assert status == 0 and out.count(f"{whole} AA") == 2 and "AA: 2" in out, out
+    assert [f"MSA|AA|{header(m)[0]}" in out for m in messages] == [True, True]
+    with database[0].connect() as conn:
+        assert conn.execute(select(func.count()).select_from(raw_inputs)).scalar_one() == 2   # its messages
+    status = send_paths([cut], "127.0.0.1", mllp_listener.mllp_port, whole_batches=True)
+    out = " ".join(capsys.readouterr().out.split())
+    assert status == 1 and f"{cut} AR" in out and "AR: 1" in out, out
+    assert "the batch says it holds 2 messages (BTS-1); it holds 1" in out
+
+
 def test_an_hl7_batch_in_one_frame_is_answered_by_a_batch_of_acks(mllp_listener):
     """python-hl7's `mllp_send` sends an engine's batch in one frame; python-hl7 reads the answer: a
     batch of the same shape holding an ACK for each message. The batch was refused AR whole."""
