@@ -34,21 +34,25 @@ def _ack_code(ack: bytes) -> str:
 
 
 def _whole_batch(data: bytes) -> bytes | None:
-    """An HL7 batch file's batch, to send in one frame (its frame's content, when the file is
-    framed); None for a file that is not one."""
+    """An HL7 batch file's batch, to send in one frame; None for a file that is not one. A framed
+    file goes frame by frame, as it is: a frame holding a batch goes whole already."""
     if mllp.START in data and mllp.END in data:
-        data = data.split(mllp.START, 1)[1].split(mllp.END, 1)[0]
-    else:
-        data = data.replace(b"\r\n", b"\r").replace(b"\n", b"\r")
+        return None
+    data = data.replace(b"\r\n", b"\r").replace(b"\n", b"\r")
     return data if batches.is_batch(data) else None
 
 
-def _acks(answer: bytes | None, count: int, whole: bool) -> list[bytes | None]:
-    """The ACKs an answer holds: a batch answered, its ACKs (as many Nones as it holds messages
-    when none came in time); else the answer itself."""
-    if not whole:
-        return [answer]
-    return batches.read(answer).messages if answer is not None else [None] * count
+def _count(sent: bytes) -> int:
+    """How many messages a frame holds: a batch's, else one."""
+    return len(batches.read(sent).messages) if batches.is_batch(sent) else 1
+
+
+def _acks(answer: bytes | None, count: int) -> list[bytes | None]:
+    """The ACKs an answer holds: a batch of ACKs, each; else the answer itself; and when none came
+    in time, a None for each of the `count` messages sent."""
+    if answer is None:
+        return [None] * count
+    return batches.read(answer).messages if batches.is_batch(answer) else [answer]
 
 
 def _tally(tally: dict[str, int]) -> str:
@@ -77,39 +81,39 @@ def send_paths(paths: list[Path], host: str, port: int, *, timeout: float = 30.0
         except (OSError, ssl.SSLError) as failure:
             console.print(f"TLS: {failure.strerror or failure}", markup=False)
             return 2
-    # What is sent, a frame each: the file it comes from, its bytes, how many messages it holds, and
-    # whether it is a batch sent whole.
-    frames: list[tuple[Path, bytes, int, bool]] = []
+    # What is sent, a frame each (a message, or a batch), with the file it comes from and how many
+    # messages it holds.
+    frames: list[tuple[Path, bytes, int]] = []
     problems = []
     try:
         for path in _files(paths):
             data = path.read_bytes()
             whole = _whole_batch(data) if whole_batches else None
             if whole is not None:
-                frames.append((path, whole, len(batches.read(whole).messages), True))
+                frames.append((path, whole, _count(whole)))
                 continue
             messages, told = mllp.split_file(data)
-            frames += [(path, message, 1, False) for message in messages]
+            frames += [(path, message, _count(message)) for message in messages]
             problems += [f"{path}: {problem}" for problem in told]
     except OSError as failure:
         console.print(f"cannot read {failure.filename}: {failure.strerror}", markup=False)
         return 2
-    total = sum(count for _, _, count, _ in frames)
+    total = sum(count for _, _, count in frames)
     if not frames:
         console.print("no message found")
         return 1
     tally: dict[str, int] = {}
-    answers = mllp.send_messages(host, port, (sent for _, sent, _, _ in frames), timeout=timeout, tls=tls)
+    answers = mllp.send_messages(host, port, (sent for _, sent, _ in frames), timeout=timeout, tls=tls)
     waited = None   # the frame whose answer is awaited: its file and how many messages it holds
     with Interruption().handled() as interruption:
         try:
-            for path, _, count, whole in frames:
+            for path, _, count in frames:
                 # A Ctrl-C stops the run before the next frame; one while an answer is awaited, that wait.
                 with interruption.while_reading():
                     waited = path, count
                     answer = next(answers)
                 waited = None
-                for ack in _acks(answer, count, whole):
+                for ack in _acks(answer, count):
                     code = _ack_code(ack) if ack is not None else "none"
                     tally[code] = tally.get(code, 0) + 1
                     console.print(Text(str(path), style="bold"), Text(code, style=ACK_STYLES.get(code, "magenta")))

@@ -239,6 +239,13 @@ def test_an_hl7_batch_file_sent_whole_by_gateway_send(mllp_listener, database, t
     out = " ".join(capsys.readouterr().out.split())
     assert status == 1 and f"{cut} AR" in out and "AR: 1" in out, out
     assert "the batch says it holds 2 messages (BTS-1); it holds 1" in out
+    # Two frames, the first a batch: each goes as it is, and the batch's answer is read as one (its
+    # ACK was printed as "?", its first segment FHS).
+    framed = tmp_path / "framed.hl7"
+    framed.write_bytes(mllp.frame(cut.read_bytes().replace(b"\n", b"\r")) + mllp.frame(messages[1]))
+    status = send_paths([framed], "127.0.0.1", mllp_listener.mllp_port, whole_batches=True)
+    out = " ".join(capsys.readouterr().out.split())
+    assert status == 1 and "AA: 1 AR: 1" in out, out
 
 
 def test_an_hl7_batch_in_one_frame_is_answered_by_a_batch_of_acks(mllp_listener):
