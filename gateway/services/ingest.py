@@ -259,7 +259,7 @@ def ingesting(received: Received, permission: Write, prepare: Callable[[], P],
     retransmission); `record_refusal` gives what the raw input keeps of a refusal (its outcome, and
     the ACK it was answered with); `named_patient`, the patient the input names, from what its
     transport decoded of it, for an input refused or whose result names no resource; `alone`: the
-    write, which may change a whole record, runs in a transaction of its own (GroupCommit.run)."""
+    write, which may change a whole record, runs in a transaction of its own (GroupCommit.submit)."""
     started = time.perf_counter()
     kept_here = raw_id is None
     if kept_here:

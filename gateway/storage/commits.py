@@ -6,9 +6,9 @@ that come while it waits for the write lock, runs each in a savepoint of one tra
 commits; the others wait for that commit and find their result. A unit that raises is rolled back
 to its savepoint alone and its caller gets the exception; the others still commit. The
 AuditEvents of reads (searches, reads, refusals), which are all such a request writes, need no
-savepoint: those that follow one another in a batch are inserted together. A caller returns only
-once the commit that made its data durable is done, so an ACK or a 201 sent after `run` promises
-what it says.
+savepoint: those that follow one another in a batch are inserted together. A caller's `result()`
+returns only once the commit that made its data durable is done, so an ACK or a 201 sent after it
+promises what it says.
 
 A caller with several units to run in order (the messages of an HL7 batch, the documents of
 `gateway ingest`) submits them all at once (`submit`), and they share transactions too: each one
@@ -50,7 +50,7 @@ class _Unit:
         self.unit_of_work = unit_of_work
         self.work = work
         self.events = events      # a read's AuditEvents (PendingAudit), which are all it writes
-        self.alone = alone        # a batch of its own, without a savepoint (GroupCommit.run)
+        self.alone = alone        # a batch of its own, without a savepoint (GroupCommit.submit)
         self.after = after        # the unit submitted before it in the same sequence (GroupCommit.submit)
         self.value = None
         self.error: BaseException | None = None
@@ -87,20 +87,16 @@ class GroupCommit:
         self._changed = threading.Condition()   # guards both; notified when a batch ends
         self._units_since_statistics = 0       # guarded by _changed too
 
-    def run(self, unit_of_work: Callable[[Connection], object], work: Callable[..., T], *, alone: bool = False) -> T:
-        """Run `work(unit_of_work(connection))` in the next batch; return its value once that batch
-        is committed. A work must not write through another unit: its batch would wait for itself.
-        `alone`: a work that changes a whole record (a merge) runs in a batch of its own, without
-        the savepoint that lets a batch roll back one unit. SQLite keeps a savepoint's undo in memory
-        (this build's TEMP_STORE=3), a copy of each page the unit changes: a merge of 5,900 documents
-        took 150 MB more that way."""
-        return self.submit(unit_of_work, work, alone=alone).result()
-
     def submit(self, unit_of_work: Callable[[Connection], object], work: Callable[..., T], *, alone: bool = False,
                after: Pending | None = None) -> Pending[T]:
-        """Queue `work` as `run` does, without waiting: units submitted one after the other run in
-        that order, in as few batches as they fill. `after`: the unit submitted before it in the
-        same sequence; this one is not run (its error NotRun) if the database failed that one."""
+        """Queue `work(unit_of_work(connection))` for the next batch; its `result()` is its value once
+        that batch is committed. Units submitted one after the other run in that order, in as few
+        batches as they fill. A work must not write through another unit: its batch would wait for
+        itself. `alone`: a work that changes a whole record (a merge) runs in a batch of its own,
+        without the savepoint that lets a batch roll back one unit. SQLite keeps a savepoint's undo
+        in memory (this build's TEMP_STORE=3), a copy of each page the unit changes: a merge of 5,900
+        documents took 150 MB more that way. `after`: the unit submitted before it in the same
+        sequence; this one is not run (its error NotRun) if the database failed that one."""
         return Pending(self, self._enqueue(_Unit(unit_of_work, work, alone=alone,
                                                  after=after.unit if after is not None else None)))
 

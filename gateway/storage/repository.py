@@ -573,7 +573,7 @@ class Repository:
 
     def write(self, work: Callable[["UnitOfWork"], T], permission: Write, *, alone: bool = False) -> T:
         """Run `work` in a unit of work of the next group commit, for a requester who may do this
-        `Write`; its value once committed. `alone`: in a transaction of its own (GroupCommit.run)."""
+        `Write`; its value once committed. `alone`: in a transaction of its own (GroupCommit.submit)."""
         return self.submit(work, permission, alone=alone).result()
 
     def submit(self, work: Callable[["UnitOfWork"], T], permission: Write, *, alone: bool = False,
