@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from sqlalchemy import delete
 
 from conftest import REPORT
-from gateway.access import AccessContext
+from gateway.access import AccessContext, context
 from gateway.access.writes import Write
 from gateway.access.rules import CONSENT_KIND_SYSTEM, IDNATPS_SYSTEM
 from gateway.mapping import codes
@@ -251,6 +251,13 @@ CHECKED = {"worlds": 0, "answers": 0}
 
 def match_ids(bundle: dict) -> list[str]:
     return [e["resource"]["id"] for e in bundle.get("entry", []) if e["search"]["mode"] == "match"]
+
+
+@pytest.fixture(autouse=True)
+def gateway_day(monkeypatch):
+    """The gateway's day in Paris is TODAY, the day BIRTHS was drawn on, even when a run crosses
+    midnight there: who is a minor changes at midnight."""
+    monkeypatch.setattr(context, "_today", lambda: TODAY)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from gateway.services import notifications
 from gateway.space import accounts
 from gateway.space.senders import read_outbox
 from gateway.storage.repository import NotFound, Repository
-from test_access_rules import TODAY, years_before
+from test_access_rules import TODAY, gateway_day, years_before   # gateway_day: autouse here too
 from test_death_notified import identity_update
 from test_patient_space import PASSWORD, csrf, sign_in
 
