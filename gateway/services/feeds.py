@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from werkzeug.http import parse_options_header
@@ -237,28 +237,30 @@ def _receive_batch(repo: Repository, data: bytes, **receiving) -> Reply:
     holds over batch.MAX_MESSAGES is refused whole, before any of its messages is processed: it is
     kept raw, once, and each message answered AR."""
     read = batch.read(data)
-    if len(read.messages) > batch.MAX_MESSAGES:
-        read.problems.append(f"the batch holds {len(read.messages)} messages, over the {batch.MAX_MESSAGES} "
-                             "a batch may hold here")
-    if read.problems:
-        return _refuse_batch(repo, data, read, receiving["channel"], receiving["content_type"])
+    messages = read.messages
+    problems = read.problems + ([f"the batch holds {len(messages)} messages, over the {batch.MAX_MESSAGES} a "
+                                 "batch may hold here"] if len(messages) > batch.MAX_MESSAGES else [])
+    if problems:
+        return _refuse_batch(repo, data, read, problems, receiving["channel"], receiving["content_type"])
     replies: list[Reply | None] = []   # None: not run, after a message that could not be processed
-    for window in ingest.windows(read.messages, len):
-        if any(reply is not None and reply.passing for reply in replies):
+    stopper: int | None = None         # the first message that could not be, for a cause that passes
+    for window in ingest.windows(messages, len):
+        if stopper is not None:
             replies += [None] * len(window)
             continue
         for finished in ingest.run_together(repo, [_receiving(repo, sent, **receiving) for sent in window]):
             if finished.error is not None:
                 raise finished.error
+            if stopper is None and finished.value.passing:
+                stopper = len(replies)
             replies.append(finished.value)
-    stopper = next((index for index, reply in enumerate(replies) if reply is not None and reply.passing), None)
     if stopper is not None:
-        stopped = Message.header_of(read.messages[stopper])
+        stopped = Message.header_of(messages[stopper])
         outcome = Outcome("AE", [Issue(f"not processed: the message {stopped.control_id if stopped else '?'} "
                                        "before it in the batch could not be; send the batch again", "", "207")])
         for index in range(stopper + 1, len(replies)):
             if replies[index] is None or replies[index].passing:
-                message = Message.header_of(read.messages[index])
+                message = Message.header_of(messages[index])
                 replies[index] = _reply(_ack_text(message, outcome), message, outcome.code, None, passing=True)
     answered, taken = [], iter(replies)
     for group in read.groups:
@@ -266,10 +268,11 @@ def _receive_batch(repo: Repository, data: bytes, **receiving) -> Reply:
     return Reply(batch.answer(read, answered), _most_severe([reply.code for reply in replies]), None)
 
 
-def _refuse_batch(repo: Repository, data: bytes, read: batch.Batch, channel: str, content_type: str) -> Reply:
+def _refuse_batch(repo: Repository, data: bytes, read: batch.Batch, problems: list[str], channel: str,
+                  content_type: str) -> Reply:
     started = time.perf_counter()
     outcome = Outcome("AR", [Issue(f"the batch is not whole, and none of its messages was processed: {problem}",
-                                   "", "100") for problem in read.problems])
+                                   "", "100") for problem in problems])
     try:
         sender, keys = read.keys()
         ingest.keep(repo, Received(channel, data, content_type[:128], sender, keys), Write.FEED, status="refused",
@@ -282,7 +285,7 @@ def _refuse_batch(repo: Repository, data: bytes, read: batch.Batch, channel: str
                 for group in read.groups]
     if not any(answered):
         # Answered with no ACK, a batch reads as accepted whole (HL7 v2.5 2.10.3).
-        read.groups.append(batch.Group(None))
+        read = replace(read, groups=[*read.groups, batch.Group(None)])
         answered.append([_reply(_ack_text(None, outcome), None, "AR", None).ack])
     return Reply(batch.answer(read, answered), "AR", None)
 

@@ -1201,6 +1201,20 @@ def test_a_batch_that_is_not_whole_is_refused_before_any_of_its_messages_is_proc
     assert acks == [("AR", "")]   # no message to answer: one ACK, not a batch read as accepted whole
 
 
+def test_a_batch_of_more_messages_than_a_batch_may_hold_is_refused_whole(client, database, monkeypatch):
+    """Over batch.MAX_MESSAGES (here 2), each message is answered AR saying so, none is processed,
+    and the batch is kept raw once, refused."""
+    monkeypatch.setattr("gateway.hl7v2.batch.MAX_MESSAGES", 2)
+    data = batch_of(*(adt("A28", f"M{n}", pid(f"90000010{n}", "NOMBREUX")) for n in range(3)))
+    response, _, acks = post_batch(client, data)
+    assert acks == [("AR", "M0"), ("AR", "M1"), ("AR", "M2")] and response.headers["X-HL7-Ack-Code"] == "AR"
+    assert "the batch holds 3 messages, over the 2 a batch may hold here" in response.data.decode()
+    assert stored_patients(database) == 0
+    with database[0].connect() as conn:
+        kept = conn.execute(select(raw_inputs.c.status, raw_inputs.c.sha256)).all()
+    assert [tuple(row) for row in kept] == [("refused", hashlib.sha256(data).hexdigest())]
+
+
 @pytest.mark.parametrize("window", [64, 2])
 def test_a_batch_goes_on_after_a_refusal_and_stops_at_a_passing_failure(client, database, monkeypatch, window):
     """A message refused for its content does not stop the ones after it; one the database could not
