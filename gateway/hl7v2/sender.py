@@ -124,9 +124,13 @@ def send_paths(paths: list[Path], host: str, port: int, *, timeout: float = 30.0
             answered = sum(tally.values())
             console.print(_tally(tally))
             unsent = total - answered - (waited[1] if waited else 0)
-            console.print(f"interrupted (Ctrl-C): {answered} of {total} messages answered"
-                          + (f", {waited[0]}: its ACK was not read (sent again, it is recognised)" if waited else "")
-                          + f", {unsent} not sent", markup=False)
+            unread = ""
+            if waited:
+                unread = (f", {waited[0]}: its ACK was not read (sent again, it is recognised)" if waited[1] == 1 else
+                          f", {waited[0]}: its answer, the ACKs of its {waited[1]} messages, was not read (sent again, "
+                          "each is recognised)")
+            console.print(f"interrupted (Ctrl-C): {answered} of {total} messages answered{unread}, {unsent} not sent",
+                          markup=False)
             return 130
         except OSError as failure:   # refused, reset, closed, or a TLS handshake that failed
             sent = sum(tally.values())

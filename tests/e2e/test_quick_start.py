@@ -194,15 +194,22 @@ def test_an_integrator_sends_hl7v2_with_gateway_send(served):
     assert all("gateway_http_requests_total" in text for text in scraped)
 
 
-def test_gateway_send_stopped_with_ctrl_c_while_it_waits_for_an_ack_says_what_went():
+@pytest.mark.parametrize("whole_batch", [False, True])
+def test_gateway_send_stopped_with_ctrl_c_while_it_waits_for_an_ack_says_what_went(tmp_path, whole_batch):
     """A listener that takes the message and never answers, and the engineer's Ctrl-C: it was a
     KeyboardInterrupt traceback out of the socket's read, then a line that said nothing of what had
-    been sent."""
+    been sent. A batch sent whole waits for one answer, the ACKs of its messages (it said "its ACK")."""
     message = ROOT / "samples" / "hl7v2" / "adt-a01-martin.hl7"
+    options = []
+    if whole_batch:
+        samples = [message, ROOT / "samples" / "hl7v2" / "adt-a28-moreau-hugo.hl7"]
+        message = tmp_path / "lot.hl7"
+        message.write_bytes(b"BHS|^~\\&|GAM|CH\r" + b"".join(path.read_bytes() for path in samples) + b"BTS|2\r")
+        options = ["--whole-batch"]
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen()
-        sent = subprocess.Popen([str(GATEWAY), "send", str(message),
+        sent = subprocess.Popen([str(GATEWAY), "send", str(message), *options,
                                  "--host", "127.0.0.1", "--port", str(silent.getsockname()[1]), "--timeout", "300"],
                                 cwd=ROOT, preexec_fn=as_at_a_terminal, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
@@ -220,8 +227,10 @@ def test_gateway_send_stopped_with_ctrl_c_while_it_waits_for_an_ack_says_what_we
         finally:
             sent.kill()
     assert sent.returncode == 130 and err == "", out + err
-    assert (f"interrupted (Ctrl-C): 0 of 1 messages answered, {message}: its ACK was not read (sent again, it is "
-            "recognised), 0 not sent") in out.splitlines()
+    unread = ("its answer, the ACKs of its 2 messages, was not read (sent again, each is recognised)" if whole_batch
+              else "its ACK was not read (sent again, it is recognised)")
+    total = 2 if whole_batch else 1
+    assert f"interrupted (Ctrl-C): 0 of {total} messages answered, {message}: {unread}, 0 not sent" in out.splitlines()
 
 
 def test_a_second_gateway_on_the_same_port_says_so_in_one_line(tmp_path):
