@@ -408,11 +408,20 @@ def send_messages(host: str, port: int, messages: Iterable[bytes], *, timeout: f
             del pending[:end + len(END)]
 
 
+def unframed_text(data: bytes) -> bytes | None:
+    """A file of plain messages, its segments ended by CR as HL7 ends them (a file written with LF
+    or CRLF line ends); None for a file of MLLP frames."""
+    if START in data and END in data:
+        return None
+    return data.replace(b"\r\n", b"\r").replace(b"\n", b"\r")
+
+
 def split_file(data: bytes) -> tuple[list[bytes], list[str]]:
     """The messages of a file: MLLP frames, or plain messages one after another (each from MSH), a
     batch's envelope left out; and what the envelope says that the file does not hold (a BTS-1
     count of messages other than the batch's: a file cut short)."""
-    if START in data and END in data:
+    text = unframed_text(data)
+    if text is None:
         return [part.split(START, 1)[1] for part in data.split(END) if START in part], []
-    read = batch.read(data.replace(b"\r\n", b"\r").replace(b"\n", b"\r"))
+    read = batch.read(text)
     return read.messages, read.problems

@@ -36,10 +36,8 @@ def _ack_code(ack: bytes) -> str:
 def _whole_batch(data: bytes) -> bytes | None:
     """An HL7 batch file's batch, to send in one frame; None for a file that is not one. A framed
     file goes frame by frame, as it is: a frame holding a batch goes whole already."""
-    if mllp.START in data and mllp.END in data:
-        return None
-    data = data.replace(b"\r\n", b"\r").replace(b"\n", b"\r")
-    return data if batches.is_batch(data) else None
+    text = mllp.unframed_text(data)
+    return text if text is not None and batches.is_batch(text) else None
 
 
 def _count(sent: bytes) -> int:
