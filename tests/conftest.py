@@ -78,6 +78,18 @@ def pytest_collection_modifyitems(config, items):
         raise pytest.UsageError("GATEWAY_REQUIRE_POSTGRES=1 but GATEWAY_TEST_POSTGRES_URL is not set")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def cheap_password_hashes():
+    """Passwords hashed at scrypt's N = 128 in this process, not 32768: the suite creates and signs
+    in to accounts hundreds of times, at a tenth of a second a hash. The gateways that tests start
+    as processes keep the real cost."""
+    from gateway.space import accounts
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(accounts, "PASSWORD_HASH", "scrypt:128:8:1")
+        yield
+
+
 @pytest.fixture(autouse=True)
 def logging_as_it_was():
     """The root logger's handlers and level put back after each test: a test that runs a command

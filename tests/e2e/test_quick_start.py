@@ -15,7 +15,7 @@ from sqlalchemy import select
 from conftest import ROOT
 from e2e_support import GATEWAY, start_gateway, stop_gateway, token
 from gateway.storage.database import make_engine
-from gateway.storage.schema import raw_inputs
+from gateway.storage.schema import patient_accounts, raw_inputs
 
 
 def as_at_a_terminal():
@@ -164,12 +164,25 @@ def test_bulk_ingest_stopped_with_ctrl_c_says_how_to_go_on_and_loses_nothing(tmp
 
 def stored_inputs(var) -> list[str]:
     """The statuses of the raw inputs of the gateway of `var`, through its own SQLite."""
+    return stored(var, raw_inputs.c.status)
+
+
+def stored(var, column) -> list:
+    """A column's values in the gateway of `var`, through its own SQLite."""
     engine = make_engine(f"sqlite:///{var / 'gateway.db'}")
     try:
         with engine.connect() as conn:
-            return list(conn.execute(select(raw_inputs.c.status)).scalars())
+            return list(conn.execute(select(column)).scalars())
     finally:
         engine.dispose()
+
+
+def test_a_gateway_hashes_passwords_at_scrypt_s_full_cost(served):
+    """The suite hashes passwords cheaply in its own process (conftest's cheap_password_hashes); the
+    demo accounts, made by `gateway demo setup`, show what a gateway does."""
+    _, env = served
+    hashes = stored(Path(env["GATEWAY_VAR_DIR"]), patient_accounts.c.password_hash)
+    assert hashes and {stored_hash.split("$")[0] for stored_hash in hashes} == {"scrypt:32768:8:1"}
 
 
 def test_an_integrator_sends_hl7v2_with_gateway_send(served):
