@@ -324,6 +324,20 @@ def full_temporary_disk(monkeypatch):
     return monkeypatch.undo
 
 
+@contextlib.contextmanager
+def serving(server):
+    """A socketserver served in a thread, then shut down, closed and its thread joined. It looks
+    for the shutdown every 50 ms: at socketserver's 500 ms, each test's stop waited for it."""
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
 @pytest.fixture
 def live_server(settings, database):
     """The app served over real HTTP on loopback (threaded WSGI server)."""
@@ -331,11 +345,8 @@ def live_server(settings, database):
 
     port = free_port()
     live_settings = replace(settings, host="127.0.0.1", http_port=port, public_base_url=f"http://127.0.0.1:{port}")
-    server = make_server("127.0.0.1", port, create_app(live_settings, database[0]), threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield live_settings
-    server.shutdown()
+    with serving(make_server("127.0.0.1", port, create_app(live_settings, database[0]), threaded=True)):
+        yield live_settings
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ preflights, its reading of the answers (ETag, Location). A page of another origi
 the API's answers by the browser itself. Without Chromium these tests are skipped, unless
 GATEWAY_REQUIRE_BROWSER=1 (CI) makes that a failure."""
 import json
-import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -14,6 +13,7 @@ import requests
 
 pytest.importorskip("playwright.sync_api")
 
+from conftest import serving
 from e2e_support import chromium, start_gateway, stop_gateway, token
 
 MARTIN = "185067511204554"
@@ -62,15 +62,9 @@ def origins():
     """Two web servers on loopback, each the origin of an application's page: served from a
     loopback address, as the gateway is, for Chromium's Local Network Access to let the page call
     it (a page Playwright answered for itself was refused the loopback address space)."""
-    servers = [ThreadingHTTPServer(("127.0.0.1", 0), Page) for _ in range(2)]
-    threads = [threading.Thread(target=server.serve_forever, daemon=True) for server in servers]
-    for thread in threads:
-        thread.start()
-    yield [f"http://127.0.0.1:{server.server_address[1]}" for server in servers]
-    for server, thread in zip(servers, threads):
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), Page)) as first, \
+            serving(ThreadingHTTPServer(("127.0.0.1", 0), Page)) as second:
+        yield [f"http://127.0.0.1:{server.server_address[1]}" for server in (first, second)]
 
 
 @pytest.fixture(scope="module")

@@ -4,14 +4,13 @@ authority nor a certificate: no HL7v2 case could run against a listener over TLS
 gateway with a private authority could not be tested at all."""
 import json
 import ssl
-import threading
 from dataclasses import replace
 
 import pytest
 from werkzeug.serving import make_server
 
 from conformance.cli import main
-from conftest import free_port, make_token
+from conftest import free_port, make_token, serving
 from gateway.app import create_app
 from test_mllp_tls import make_pki
 
@@ -46,11 +45,8 @@ def https_server(settings, database, tls_pki):
     tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(tls_pki / "ca.pem"))
     tls.load_cert_chain(tls_pki / "listener.pem", tls_pki / "listener-key.pem")
     tls.verify_mode = ssl.CERT_REQUIRED
-    server = make_server("127.0.0.1", port, create_app(live, database[0]), threaded=True, ssl_context=tls)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield live
-    server.shutdown()
+    with serving(make_server("127.0.0.1", port, create_app(live, database[0]), threaded=True, ssl_context=tls)):
+        yield live
 
 
 def test_the_kit_runs_over_https_and_mllp_over_tls_with_its_certificate(https_server, mllp_listener, tls_pki, token_key,
