@@ -39,7 +39,9 @@ def browser():
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
-    process, base, env = start_gateway(tmp_path_factory.mktemp("space") / "var")
+    # Notifications sent every second, not every 10: a test waits for one.
+    process, base, env = start_gateway(tmp_path_factory.mktemp("space") / "var",
+                                       environment={"GATEWAY_NOTIFY_INTERVAL": "1"})
     yield base, env
     stop_gateway(process)
 
