@@ -24,7 +24,7 @@ from gateway.storage.repository import Repository
 from gateway.storage.schema import audit_chain
 
 THREADS = 8
-SECONDS = 8.0
+SECONDS = 5.0
 
 
 def _gateway(url: str, chains: int, start_at: float, counts) -> None:
