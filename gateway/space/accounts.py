@@ -54,6 +54,9 @@ def _unknown_hash(method: str) -> str:
     return generate_password_hash("an account that does not exist", method)
 
 
+_unknown_hash(PASSWORD_HASH)   # made now, so that the first unknown login takes no longer than the next
+
+
 class SignInRefused(Exception):
     """Wrong credentials, an expired code or a locked account: the message is for the user."""
 
