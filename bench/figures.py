@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 from pathlib import Path
+from typing import Callable
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -40,3 +43,16 @@ def cpu_figures(server_cpu: float, client_cpu: float, machine: tuple[float, floa
             f"client_cpu_ms_per_{unit}": round(client_cpu * 1000 / count, 2),
             f"machine_cpu_ms_per_{unit}": round(busy_seconds * 1000 / count, 1),
             "machine_busy_percent": busy_percent}
+
+
+def wait_until(ready: Callable[[], bool], processes: list[subprocess.Popen], what: str, seconds: float = 90) -> None:
+    """Ask `ready` every 50 ms until it holds; RuntimeError naming `what` if one of the processes
+    stops first, or if `seconds` pass."""
+    deadline = time.monotonic() + seconds
+    while not ready():
+        stopped = [process for process in processes if process.poll() is not None]
+        if stopped:
+            raise RuntimeError(f"{what}: {stopped[0].args} stopped ({stopped[0].returncode})")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what}: not within {seconds:g} s")
+        time.sleep(0.05)

@@ -18,7 +18,7 @@ from hl7apy.parser import parse_message
 from prometheus_client import CollectorRegistry, multiprocess
 
 from bench.databases import scratch_database
-from bench.figures import backends, cpu_figures, machine_busy, machine_jiffies, percentile
+from bench.figures import backends, cpu_figures, machine_busy, machine_jiffies, percentile, wait_until
 from gateway.hl7v2 import ack, mllp
 from gateway.hl7v2.er7 import Message
 from gateway.listener import start_processes
@@ -155,13 +155,9 @@ def _listeners(url: str, port: int, processes: int, workdir: Path, metrics_dir: 
                GATEWAY_PUBLIC_BASE_URL="http://bench", PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
     started = start_processes("127.0.0.1", port, processes, env, cwd=ROOT, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
     try:
-        while time.monotonic() < deadline:
-            if all(_accepting(p.pid, port) for p in started):
-                return started
-            time.sleep(0.05)
-        raise RuntimeError("the MLLP listeners did not start")
+        wait_until(lambda: all(_accepting(p.pid, port) for p in started), started, "the MLLP listeners started", 60)
+        return started
     except BaseException:
         _stop(started)
         raise

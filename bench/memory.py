@@ -23,6 +23,7 @@ from pathlib import Path
 
 import requests
 
+from bench.figures import wait_until
 from gateway.demo import build_submission
 from gateway.fhir.formats import FHIR_XML, to_xml
 
@@ -86,11 +87,7 @@ def served(workers: int = 2, database_url: str | None = None):
                                    stderr=subprocess.DEVNULL, start_new_session=True)
         base = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 90
-            while not _healthy(base):
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError("the bench's gateway did not become healthy within 90 s")
-                time.sleep(0.2)
+            wait_until(lambda: _healthy(base), [process], "the bench's gateway healthy")
             token = subprocess.run([str(GATEWAY), "token", "issue", "--role", "system", "--sub", "bench"], env=env,
                                    cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
             yield base, mllp_port, {"Authorization": f"Bearer {token}"}, process.pid

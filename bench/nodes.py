@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from bench.databases import scratch_database
-from bench.figures import machine_busy, machine_jiffies
+from bench.figures import machine_busy, machine_jiffies, wait_until
 from bench.hl7v2 import _cpu_seconds, _free_port, _throughput, adt
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,17 +33,16 @@ SECONDS = 6.0
 CLIENT_PROCESSES, CLIENT_THREADS = 2, 16
 
 
-def _wait_for(port: int, process: subprocess.Popen, deadline_seconds: float = 90) -> None:
-    deadline = time.monotonic() + deadline_seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"process {process.args} stopped ({process.returncode})")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
+def _wait_for(port: int, process: subprocess.Popen) -> None:
+    wait_until(lambda: _accepts(port), [process], f"something listening on {port}")
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
 
 
 def _tree_cpu(pid: int) -> float:
