@@ -1,9 +1,12 @@
 """The conformance kit can fail: against a gateway with a deliberate defect, the cases that
 cover it fail, with a message saying what was expected and what came back."""
 
+import sys
+
 import pytest
 from lxml import etree
 
+from conformance import runner
 from conformance.cli import main
 from conformance.model import load_cases
 from conformance.runner import Target, TokenSource, run_cases
@@ -193,6 +196,34 @@ def test_a_report_s_folder_is_made(live_server, tmp_path):
     status = main(["run", "--fhir-base", f"{live_server.public_base_url}/fhir", "--token", "t",
                    "--case", "mhd/001-iti65-provide", "--junit", str(report)])
     assert status in (0, 1) and etree.parse(str(report)).getroot().tag == "testsuites"
+
+
+def test_token_commands_for_the_identities_ahead_run_side_by_side_each_once(tmp_path, monkeypatch):
+    # Each command waits, up to a deadline, for another one to have started: run one after the
+    # other, the first gives no token.
+    monkeypatch.setattr(runner, "TOKEN_COMMANDS_AT_ONCE", 2)
+    command = tmp_path / "token-command"
+    command.write_text(f"""#!{sys.executable}
+import os, sys, time
+started = os.path.join({str(tmp_path)!r}, "started-" + sys.argv[-1])
+open(started, "x").close()
+deadline = time.monotonic() + 30
+while sum(name.startswith("started-") for name in os.listdir({str(tmp_path)!r})) < 2:
+    if time.monotonic() > deadline:
+        sys.exit("no other token command ran beside this one")
+    time.sleep(0.01)
+print("token of", sys.argv[-1])
+""")
+    command.chmod(0o755)
+    tokens = TokenSource(command=str(command))
+    first, second = {"role": "patient", "patient": "1"}, {"role": "patient", "patient": "2"}
+    try:
+        tokens.ahead([first, second, first])
+        assert tokens(second) == "token of 2" and tokens(first) == "token of 1"
+    finally:
+        tokens.close()
+    assert tokens(first) == "token of 1"   # kept once the run is over
+    assert sorted(path.name for path in tmp_path.glob("started-*")) == ["started-1", "started-2"]
 
 
 def test_every_case_file_loads_and_every_suite_is_covered():
