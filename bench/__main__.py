@@ -4,8 +4,8 @@ throughput, statements and CPU per input. Prints one JSON object.
 
 Sizes can be lowered for a quick look: BENCH_DOCUMENTS (100 KB documents ingested, default 300),
 BENCH_REFERENCES (DocumentReferences searched, default 100000), BENCH_QUERIES (per query kind, default 50),
-BENCH_ADT and BENCH_MLLP_DOCUMENTS (messages sent over MLLP per scenario, defaults 400 and 480, the
-documents shared among the four scenarios of a backend: 120 MDM^T02 each; with 60, 8 connections
+BENCH_ADT and BENCH_MLLP_DOCUMENTS (messages sent over MLLP per scenario, defaults 400 and 360, the
+documents shared among the three scenarios of a backend: 120 MDM^T02 each; with 60, 8 connections
 sent 7 or 8 each, and the figures moved by 15 % between runs). With
 GATEWAY_BENCH_POSTGRES_URL (a database the bench may write to), search, ingest and persistence are
 measured on PostgreSQL too, and the audit trail's write rate with 1 and 2 gateways (bench/audit.py). The memory
@@ -446,7 +446,7 @@ def main() -> None:
     queries = int(os.environ.get("BENCH_QUERIES", "50"))
     postgres_url = os.environ.get("GATEWAY_BENCH_POSTGRES_URL")
     unset = "GATEWAY_BENCH_POSTGRES_URL not set"
-    mllp_documents = int(os.environ.get("BENCH_MLLP_DOCUMENTS", "480"))
+    mllp_documents = int(os.environ.get("BENCH_MLLP_DOCUMENTS", "360"))
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         sections = {

@@ -219,6 +219,10 @@ def bench_mllp(workdir: Path, cdas: list[bytes], adt_count: int, postgres_url: s
     return results
 
 
+# (listener processes, the connection counts each is measured with) of a backend's MLLP scenarios.
+LISTENER_SCENARIOS = ((1, (1, 8)), (2, (8,)))
+
+
 def _bench_listeners(url: str, backend: str, workdir: Path, cdas: list[bytes], adt_count: int, offset: int,
                      results: dict) -> int:
     """One backend: 1 listener process on 1 then 8 connections, then 2 on 8 (one connection keeps
@@ -226,15 +230,15 @@ def _bench_listeners(url: str, backend: str, workdir: Path, cdas: list[bytes], a
     MDM^T02; with one process, ADT in HL7 batches too."""
     upgrade(make_engine(url))
     scenario = 0
-    for processes in (1, 2):
+    for processes, connection_counts in LISTENER_SCENARIOS:
         port = _free_port()
         metrics_dir = workdir / f"metrics-{backend}-{processes}"
         listeners = _listeners(url, port, processes, workdir, metrics_dir)
         try:
-            for connections in (1, 8) if processes == 1 else (8,):
+            for connections in connection_counts:
                 # Every scenario registers documents of its own: a document sent again is a
                 # duplicate, answered without the work of a new one.
-                share = len(cdas) // 4
+                share = len(cdas) // sum(len(counts) for _, counts in LISTENER_SCENARIOS)
                 documents = cdas[scenario * share:(scenario + 1) * share]
                 scenario += 1
                 for kind, count in (("ADT", adt_count), ("MDM^T02 with a 100 KB CDA", len(documents))):
