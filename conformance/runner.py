@@ -511,7 +511,9 @@ def run_cases(cases: list[Case], target: Target, progress: Callable[[CaseResult]
     results = []
     try:
         for index, run in enumerate(runs):
-            for coming in runs[index:index + CASES_AHEAD]:
+            # The first cases' identities at the start, then those of the case each one brings
+            # into the window of CASES_AHEAD.
+            for coming in runs[index + CASES_AHEAD - 1:index + CASES_AHEAD] if index else runs[:CASES_AHEAD]:
                 if not missing_capabilities(coming.case, target):
                     target.tokens.ahead(coming.identities())
             result = run_case(run)
