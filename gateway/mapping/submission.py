@@ -20,8 +20,6 @@ FOLDER_PROFILES = (codes.PDSM_FOLDER, "https://profiles.ihe.net/ITI/MHD/Structur
 UNKNOWN_DESIGNATION = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason",
                                    "code": "unknown", "display": "Unknown"}]}
 SUBMITTER_SYSTEM = "urn:dmp-gateway:submitter"
-INTENDED_RECIPIENT = "https://profiles.ihe.net/ITI/MHD/StructureDefinition/ihe-intendedRecipient"
-PDSM_INTENDED_RECIPIENT = "https://interop.esante.gouv.fr/ig/fhir/pdsm/StructureDefinition/pdsm-ext-intended-recipient"
 # The identifiers MHD's SubmissionSet slices by their use: their name, and how their value starts.
 IDENTIFIER_SLICES = {"usual": ("uniqueId", "urn:oid:"), "official": ("entryUUID", "urn:uuid:")}
 # A Folder's uniqueId is any URI (an OID or a UUID, as the ANS's annex has it).
