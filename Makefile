@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench bench-scale fuzz conformance install clean
+.PHONY: run test bench bench-scale bench-soak fuzz conformance install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ bench: $(STAMP)
 # beside GATEWAY_BENCH_POSTGRES_URL's), so a later run only measures.
 bench-scale: $(STAMP)
 	$(BIN)/python -m bench scale
+
+# A sustained load (BENCH_SOAK_SECONDS, default 300, on each backend): whether rate, latency, memory
+# and files hold over minutes (bench/soak.py).
+bench-soak: $(STAMP)
+	$(BIN)/python -m bench soak
 
 # The conformance kit against the gateway `make run` serves (reports in var/conformance/).
 GATEWAY_HTTP_PORT ?= 8080

@@ -15,6 +15,7 @@ alone and eight at once.
 """
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -42,6 +43,7 @@ from bench.hl7v2 import bench_mllp, bench_parsing, bench_statements
 from bench.http_ingest import bench_cda_http
 from bench.memory import bench_large_documents, bench_memory
 from bench.records import bench_records
+from bench.soak import bench_soak
 from gateway.access import AccessContext
 from gateway.access.rules import IDNATPS_SYSTEM
 from gateway.access.tokens import issue, make_signing_key
@@ -63,19 +65,25 @@ CORPUS = Path(os.environ.get("GATEWAY_CORPUS_DIR", ROOT.parent / "shared" / "cor
 LIMIT = 20 * 1024 * 1024
 
 
-def hundred_kb_documents(count: int) -> list[bytes]:
-    """Distinct discharge letters of about 100 KB (the sample, its narrative repeated)."""
+@functools.cache
+def _letter_and_padding() -> tuple[str, str]:
     template = (SAMPLES / "cda" / "ldl-ses-martin.xml").read_text()
     filler = "<paragraph>" + "Évolution clinique favorable, surveillance poursuivie. " * 18 + "</paragraph>"
-    padding = filler * max(1, (100_000 - len(template)) // len(filler))
-    documents = []
-    for i in range(count):
-        text = template.replace("1.2.250.1.213.1.1.9.2.1.1", f"1.2.250.1.213.1.1.9.3.{i}.1")
-        text = text.replace("1.2.250.1.213.1.1.9.2.1\"", f"1.2.250.1.213.1.1.9.3.{i}\"")
-        text = text.replace("Consultation de contrôle chez le médecin traitant à J10.",
-                            "Consultation de contrôle chez le médecin traitant à J10." + padding)
-        documents.append(text.encode())
-    return documents
+    return template, filler * max(1, (100_000 - len(template)) // len(filler))
+
+
+def hundred_kb_document(number: int) -> bytes:
+    """A discharge letter of about 100 KB (the sample, its narrative repeated), its ids its own."""
+    template, padding = _letter_and_padding()
+    text = template.replace("1.2.250.1.213.1.1.9.2.1.1", f"1.2.250.1.213.1.1.9.3.{number}.1")
+    text = text.replace("1.2.250.1.213.1.1.9.2.1\"", f"1.2.250.1.213.1.1.9.3.{number}\"")
+    text = text.replace("Consultation de contrôle chez le médecin traitant à J10.",
+                        "Consultation de contrôle chez le médecin traitant à J10." + padding)
+    return text.encode()
+
+
+def hundred_kb_documents(count: int) -> list[bytes]:
+    return [hundred_kb_document(i) for i in range(count)]
 
 
 def bench_ingest(workdir: Path, count: int) -> dict:
@@ -474,5 +482,14 @@ def main() -> None:
     write_report(report, "latest.json")
 
 
+def soak() -> None:
+    """`make bench-soak`: BENCH_SOAK_SECONDS (default 300) of sustained load a backend (bench/soak.py)."""
+    report = {"machine": machine()}
+    report["soak"] = bench_soak(os.environ.get("GATEWAY_BENCH_POSTGRES_URL"),
+                                float(os.environ.get("BENCH_SOAK_SECONDS", "300")),
+                                float(os.environ.get("BENCH_SOAK_INTERVAL", "30")), hundred_kb_document)
+    write_report(report, "soak.json")
+
+
 if __name__ == "__main__":
-    scale() if sys.argv[1:] == ["scale"] else main()
+    {"scale": scale, "soak": soak}.get(sys.argv[1] if sys.argv[1:] else "", main)()
