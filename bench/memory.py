@@ -43,17 +43,18 @@ def status_kb(field: str, pid: int | str = "self") -> int:
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith(field + ":")))
 
 
-def _peaks(root_pid: int) -> dict[int, int]:
-    """VmHWM (kB) of a process and its descendants."""
+def tree_kb(root_pid: int, field: str = "VmHWM") -> dict[int, int]:
+    """A size (kB, `status_kb`'s field: the peak by default) of a process and of each of its
+    descendants still running."""
     out, todo = {}, [root_pid]
     while todo:
         pid = todo.pop()
         try:
-            peak = status_kb("VmHWM", pid)
+            size = status_kb(field, pid)
             children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
         except OSError:
             continue
-        out[pid] = peak
+        out[pid] = size
         todo += [int(c) for c in children]
     return out
 
@@ -106,7 +107,7 @@ def _healthy(base: str) -> bool:
 def bench_memory(concurrency: int = 8) -> dict:
     with served() as (base, mllp_port, auth, root):
         headers = {**auth, "Content-Type": "application/fhir+json"}
-        before = _peaks(root)
+        before = tree_kb(root)
         document = b"%PDF-1.4\n" + os.urandom(15 * 1024 * 1024)
         bundle = json.dumps({"resourceType": "Bundle", "type": "transaction", "entry": [
             {"fullUrl": "urn:uuid:b", "resource": {"resourceType": "Binary", "contentType": "application/pdf",
@@ -130,7 +131,7 @@ def bench_memory(concurrency: int = 8) -> dict:
             with ThreadPoolExecutor(concurrency) as pool:
                 statuses = sorted(set(str(s) for s in pool.map(lambda _: send(), range(concurrency))))
             results[name] = {"answers": statuses, "seconds": round(time.perf_counter() - started, 1)}
-        after = _peaks(root)
+        after = tree_kb(root)
     return {"concurrency": concurrency, "inputs": results,
             "peak_rss_mb_before": {str(pid): round(kb / 1024) for pid, kb in before.items()},
             "peak_rss_mb_after": {str(pid): round(kb / 1024) for pid, kb in after.items()},
@@ -201,11 +202,11 @@ def _peak(document_bytes: int, concurrency: int, send, warm) -> dict:
     """Warm, then send, on a fresh gateway; the answers and the peak RSS growth of its busiest process."""
     with served(workers=1) as (base, mllp_port, auth, root):
         warmed = warm(base, mllp_port, auth)
-        before = _peaks(root)
+        before = tree_kb(root)
         started = time.perf_counter()
         answers = send(base, mllp_port, auth)
         seconds = time.perf_counter() - started
-        after = _peaks(root)
+        after = tree_kb(root)
     grown = max(after[pid] - before.get(pid, 0) for pid in after) / 1024
     return {"answers": sorted(set(answers)), "warmed_by": sorted(set(warmed)), "seconds": round(seconds, 1),
             "peak_rss_growth_mb": round(grown), "peak_rss_mb": round(max(after.values()) / 1024),

@@ -28,7 +28,7 @@ from sqlalchemy import text
 from bench.databases import scratch_database
 from bench.figures import backends, percentile
 from bench.hl7v2 import adt, mdm
-from bench.memory import served, status_kb
+from bench.memory import served, tree_kb
 from gateway.hl7v2 import mllp
 from gateway.storage.database import make_engine
 
@@ -40,14 +40,7 @@ IPP_SYSTEM = "urn:oid:1.2.250.1.213.1.1.9.1001"   # the IPP domain of bench.hl7v
 
 def _tree_rss_mb(root: int) -> tuple[float, float]:
     """(all, the largest) resident memory of a process and its descendants, in MB."""
-    sizes, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        try:
-            sizes.append(status_kb("VmRSS", pid))
-            todo += [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-        except OSError:
-            continue   # ended meanwhile
+    sizes = tree_kb(root, "VmRSS").values()
     return round(sum(sizes) / 1024, 1), round(max(sizes, default=0) / 1024, 1)
 
 
