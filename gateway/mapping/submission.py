@@ -9,7 +9,7 @@ from gateway.cda.header import Person
 
 from . import codes
 from .dates import fhir_now
-from .document import author_role, contained_references
+from .document import UNSET_ID, author_role, contained_references
 
 DESIGNATION_TYPE = "https://profiles.ihe.net/ITI/MHD/StructureDefinition/ihe-designationType"
 SOURCE_ID = "https://profiles.ihe.net/ITI/MHD/StructureDefinition/ihe-sourceId"
@@ -58,6 +58,23 @@ def submission_set(list_id: str, unique_id: str, subject: dict, documents: list[
         "source": {"reference": f"#{source[0]['id']}"},
         "entry": [{"item": {"reference": ref}} for ref in documents],
     }
+
+
+def unlinked_submission_set(documents: int, *, title: str, source: list[dict], source_id: dict) -> dict:
+    """The SubmissionSet of `documents` documents under stand-in ids, for its caller to validate
+    before the unit of work that gives their ids (`linked`)."""
+    return submission_set(UNSET_ID, unique_id(), {"reference": f"Patient/{UNSET_ID}"},
+                          [f"DocumentReference/{UNSET_ID}"] * documents, title=title, source=source,
+                          source_id=source_id)
+
+
+def linked(unlinked: dict, list_id: str, subject: dict, documents: list[str]) -> dict:
+    """A SubmissionSet of `unlinked_submission_set`, validated, with the ids its unit of work gave:
+    they are all that differs, so it is not validated again under the write lock (an MDM^T02's
+    SubmissionSet was, 0.55 ms of CPU there)."""
+    official = {**unlinked["identifier"][1], "value": f"urn:uuid:{list_id}"}
+    return {**unlinked, "id": list_id, "identifier": [unlinked["identifier"][0], official], "subject": subject,
+            "entry": [{"item": {"reference": reference}} for reference in documents]}
 
 
 def person_source(person: Person) -> list[dict]:

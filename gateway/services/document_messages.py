@@ -65,6 +65,7 @@ class Plan:
     not_done: list[Issue] = field(default_factory=list)   # what its flags ask that no one does here (NOT_DONE_HERE)
     lifted: frozenset[str] = frozenset()           # MODIF_CONF_CODE Y: labels a replacement lifts
     lifted_at: str = ""                            # where MODIF_CONF_CODE is
+    submission_set: dict | None = None             # validated, under stand-in ids (submission.linked)
 
 
 def read(message: Message, max_bytes: int) -> Plan:
@@ -141,6 +142,9 @@ def read(message: Message, max_bytes: int) -> Plan:
             except Refused as refusal:
                 raise refusal.at(location) from None
         plan.targets.append((location, action, parsed))
+    registering = sum(action != "delete" for _, action, _ in plan.targets)
+    if registering:
+        plan.submission_set = _unlinked_submission_set(message, registering)
     return plan
 
 
@@ -156,7 +160,6 @@ def apply(uow: UnitOfWork, plan: Plan, applied: Applied, base_url: str) -> None:
         _delete(uow, plan.deleted_id, plan.pid_ids, applied, "TXA^1^12", _named(message))
         return
 
-    sender = v2.sender_of(message.all("PRT"))
     registered: list[StoredResource] = []
     for location, action, parsed in plan.targets:
         if action == "delete":
@@ -184,7 +187,7 @@ def apply(uow: UnitOfWork, plan: Plan, applied: Applied, base_url: str) -> None:
             applied.issues.append(Issue("this document is already registered: nothing new stored",
                                         location, "0", "I"))
     if registered:
-        applied.produced.append(_submission_set(uow, registered, sender, message))
+        applied.produced.append(_submission_set(uow, registered, plan.submission_set))
     elif any(action != "delete" for _, action, _ in plan.targets):
         applied.status = "duplicate"  # every document of the message was already registered
 
@@ -279,14 +282,19 @@ def _source_id(message: Message) -> dict:
     return {"system": SENDER_SYSTEM, "value": message.sender}
 
 
-def _submission_set(uow: UnitOfWork, documents: list[StoredResource], sender, message: Message) -> str:
-    """The SubmissionSet of the message: what it registered, for which patient, sent by whom (the
+def _unlinked_submission_set(message: Message, documents: int) -> dict:
+    """The SubmissionSet of the message, validated: the documents it registers, sent by whom (the
     PRT "send by", else the sending application)."""
-    list_id = uow.new_id()
+    sender = v2.sender_of(message.all("PRT"))
     source = submission.person_source(sender) if sender is not None else \
         [submission.device_source(message.msh.get(3, 1) or message.sender)]
-    resource = submission.submission_set(list_id, submission.unique_id(), documents[0].json()["subject"],
-                                         [document.reference for document in documents], title="Transmission HL7v2",
-                                         source=source, source_id=_source_id(message))
-    uow.save(valid_from_message(resource, "MSH^1"), patient_id=documents[0].patient_id)
+    return valid_from_message(submission.unlinked_submission_set(
+        documents, title="Transmission HL7v2", source=source, source_id=_source_id(message)), "MSH^1")
+
+
+def _submission_set(uow: UnitOfWork, documents: list[StoredResource], unlinked: dict) -> str:
+    list_id = uow.new_id()
+    resource = submission.linked(unlinked, list_id, documents[0].json()["subject"],
+                                 [document.reference for document in documents])
+    uow.save(resource, patient_id=documents[0].patient_id)
     return f"List/{list_id}"

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from gateway.refusal import Refused
 from gateway.cda.header import CD, II, CdaHeader, Person, extract_header, named_patient_ids
 from gateway.cda.parser import parse_cda
+from gateway.access import AccessContext
 from gateway.access.rules import binary_ids, with_replaced_masking
 from gateway.access.writes import Producers, Write, changeable_labels, finess
 from gateway.fhir.validation import InvalidResource, validate, with_plain_spaces
@@ -97,22 +98,23 @@ def ingesting_cda(repo: Repository, data: bytes, *, max_bytes: int, channel: str
     """`raw_id`: the raw copy already kept, for an operator's reprocessing. `size`: the document's,
     when it is over `max_bytes` and `data` is only its first bytes: it is not read whole, and its
     raw copy keeps those bytes, refused, as an oversized message's does."""
-    def write(uow: UnitOfWork, parsed: ParsedCda) -> Written[Ingested]:
+    def write(uow: UnitOfWork, prepared: tuple[ParsedCda, dict]) -> Written[Ingested]:
+        parsed, unlinked = prepared
         result = register_document(uow, repo.base_url, parsed)
         if result.created:
-            result.produced.append(_submission_set(uow, result.document_reference))
+            result.produced.append(_submission_set(uow, result.document_reference, unlinked))
         return Written(result, "processed" if result.created else "duplicate", result.produced)
 
     # The document is the body: hashed once, for its raw copy and for its Binary.
     digests = mapping.Digests.of(data)
 
-    def prepare() -> ParsedCda:
+    def prepare() -> tuple[ParsedCda, dict]:
         if size is not None and size > max_bytes:
             raise Refused(f"document is {size} bytes, above the limit of {max_bytes} bytes; only its first "
                           f"{len(data)} bytes were kept", location="/", status=413, code="too-costly")
         parsed = read_cda(data, max_bytes, digests)
         parsed.checked_reference()
-        return parsed
+        return parsed, _unlinked_submission_set(repo.access)
 
     received = Received(channel, data, content_type, sender, sha256=digests.sha256)
     _, written = yield from ingesting(received, Write.FEED, prepare, write, raw_id=raw_id,
@@ -120,17 +122,19 @@ def ingesting_cda(repo: Repository, data: bytes, *, max_bytes: int, channel: str
     return written.value
 
 
-def _submission_set(uow: UnitOfWork, docref: StoredResource) -> str:
-    """The SubmissionSet of a CDA sent alone: one document, sent by the requester, as ITI-105's. A
-    document registered so was in no SubmissionSet, where XDS puts each document in the one that
-    brought it, and ITI-66 listed the submissions of a record but those."""
-    access = uow.repository.access
+def _unlinked_submission_set(access: AccessContext) -> dict:
+    """The SubmissionSet of a CDA sent alone, validated: one document, sent by the requester, as
+    ITI-105's. A document registered so was in no SubmissionSet, where XDS puts each document in the
+    one that brought it, and ITI-66 listed the submissions of a record but those."""
+    return _checked(submission.unlinked_submission_set(
+        1, title="Dépôt d'un document CDA", source=[submission.device_source(access.name or access.subject)],
+        source_id={"system": submission.SUBMITTER_SYSTEM, "value": access.subject}))
+
+
+def _submission_set(uow: UnitOfWork, docref: StoredResource, unlinked: dict) -> str:
     list_id = uow.new_id()
-    resource = submission.submission_set(
-        list_id, submission.unique_id(), docref.json()["subject"], [docref.reference],
-        title="Dépôt d'un document CDA", source=[submission.device_source(access.name or access.subject)],
-        source_id={"system": submission.SUBMITTER_SYSTEM, "value": access.subject})
-    uow.save(_checked(resource), patient_id=docref.patient_id)
+    uow.save(submission.linked(unlinked, list_id, docref.json()["subject"], [docref.reference]),
+             patient_id=docref.patient_id)
     return f"List/{list_id}"
 
 
