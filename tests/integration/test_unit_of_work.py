@@ -130,22 +130,28 @@ def test_a_new_resource_is_written_once_and_the_history_holds_the_versions_repla
     assert [json.loads(repo.vread("Organization", res_id, v).body)["name"] for v in (1, 2)] == ["first", "second"]
 
 
+def recorded_validations(monkeypatch, *modules) -> list[tuple[str, bool]]:
+    """Each resource the modules validate from now on: its type, and whether inside a group
+    commit's batch (under SQLite's write lock)."""
+    from gateway.storage import commits
+
+    validated = []
+    for module in modules:
+        def recorded(resource, validate=module.validate):
+            validated.append((resource["resourceType"], getattr(commits._batch_thread, "running", False)))
+            return validate(resource)
+        monkeypatch.setattr(module, "validate", recorded)
+    return validated
+
+
 def test_an_identity_feed_is_mapped_and_validated_before_its_write_transaction(database, monkeypatch):
     """The write path holds SQLite's write lock (and a PostgreSQL transaction) for the writes only:
     an ADT's Patient and Consents are built and validated before the group commit's batch opens, and
     the unit of work gives them their ids. They were validated inside it: 83 % of an ADT^A28's CPU
     ran under the lock, which serialised every writing process."""
     from gateway.services import feeds, patients
-    from gateway.storage import commits
 
-    validated = []
-    validate = patients.validate
-
-    def recorded(resource):
-        validated.append((resource["resourceType"], getattr(commits._batch_thread, "running", False)))
-        return validate(resource)
-
-    monkeypatch.setattr(patients, "validate", recorded)
+    validated = recorded_validations(monkeypatch, patients)
     repo = Repository(database[0], AccessContext.system("test"), "http://test")
     reply = feeds.receive(repo, (SAMPLES / "hl7v2" / "adt-a01-martin.hl7").read_bytes(), channel="test",
                            max_bytes=1 << 20)
@@ -167,29 +173,22 @@ def test_a_document_is_mapped_and_validated_before_its_write_transaction(databas
     """An MDM^T02's DocumentReference and SubmissionSet are mapped and validated before the batch
     opens (under stand-in ids, which its unit of work replaces): only its Binary, a few fields the
     unit builds, and the patient, professionals and organisations it is the first to name (built
-    from the ids their look-ups give) are validated inside. The
-    SubmissionSet was validated inside, 0.55 ms of an MDM^T02's CPU under the write lock. The
-    message and its document are hashed before it too: a 20 MB document took the write lock for
-    its hashes."""
+    from the ids their look-ups give) are validated inside. The SubmissionSet was validated inside,
+    0.55 ms of an MDM^T02's CPU under the write lock. The message and its document are hashed before
+    it too: a 20 MB document took the write lock for its hashes."""
     import hashlib
 
     from gateway.services import documents, feeds, patients
     from gateway.storage import commits
 
-    validated, hashed_inside = [], []
-    validate, sha256 = documents.validate, hashlib.sha256
-
-    def recorded(resource):
-        validated.append((resource["resourceType"], getattr(commits._batch_thread, "running", False)))
-        return validate(resource)
+    validated, hashed_inside = recorded_validations(monkeypatch, documents, patients), []
+    sha256 = hashlib.sha256
 
     def hashed(data=b"", **kwargs):
         if getattr(commits._batch_thread, "running", False):
             hashed_inside.append(len(data))
         return sha256(data, **kwargs)
 
-    monkeypatch.setattr(documents, "validate", recorded)
-    monkeypatch.setattr(patients, "validate", recorded)
     monkeypatch.setattr(hashlib, "sha256", hashed)
     repo = Repository(database[0], AccessContext.system("test"), "http://test")
     message = (SAMPLES / "hl7v2" / "mdm-1-t02-cr-imagerie-irm-lefevre.hl7").read_bytes()
@@ -224,16 +223,8 @@ def test_a_cda_sent_alone_has_its_submission_set_validated_before_its_write_tran
     built and validated before the batch opens under stand-in ids, as its DocumentReference is; its
     unit of work gives it the ids and the requester as its source."""
     from gateway.services import documents
-    from gateway.storage import commits
 
-    validated = []
-    validate = documents.validate
-
-    def recorded(resource):
-        validated.append((resource["resourceType"], getattr(commits._batch_thread, "running", False)))
-        return validate(resource)
-
-    monkeypatch.setattr(documents, "validate", recorded)
+    validated = recorded_validations(monkeypatch, documents)
     repo = Repository(database[0], AccessContext.system("hospital-feed"), "http://test")
     result = documents.ingest_cda(repo, (SAMPLES / "cda" / "cr-biologie-martin.xml").read_bytes(), max_bytes=1 << 22)
 
