@@ -1,7 +1,7 @@
-"""One CDA document: read (parse, header, rules) and its DocumentReference mapped and validated
-outside any transaction, under stand-in ids; then, in the unit of work, its patient, authors and
-custodian found or created, the DocumentReference linked to them and persisted with its Binary
-(and, for a CDA sent alone, the SubmissionSet of that one document).
+"""One CDA document: read (parse, header, rules) and its DocumentReference (and, for a CDA sent
+alone, the SubmissionSet of that one document) mapped and validated outside any transaction, under
+stand-in ids; then, in the unit of work, its patient, authors and custodian found or created, and
+the DocumentReference linked to them and persisted with its Binary (and that SubmissionSet).
 
 Used by POST /cda and `gateway ingest` (through the ingest pipeline), by ITI-65 and by the HL7v2
 document messages (inside theirs).
