@@ -15,6 +15,7 @@ from typing import Callable
 import orjson
 
 from gateway import base64text
+from gateway.access import AccessContext
 from gateway.access.rules import VISIBILITY_SPELLINGS, applied_labels, binary_ids
 from gateway.access.writes import Write
 from gateway.refusal import Refused
@@ -57,6 +58,7 @@ class Submitted:
     signs: list["Submitted"] = field(default_factory=list)  # for a signature: the documents it signs
     stored: StoredResource | None = None                      # the DocumentReference written
     updates: str | None = None  # for a Folder a submission updates (PUT): its request.url
+    written: dict | None = None  # a SubmissionSet as written, validated under stand-in ids (_unlinked_submission_set)
 
 
 def _refuse(reason: str, expression: str, status: int = 422, code: str = "invalid") -> Refused:
@@ -167,6 +169,9 @@ def _provide(repo: Repository, received: Received, bundle_of: Callable[[dict], d
                           "Bundle.entry")
         for item in signatures:
             _check_signature(item, documents, trust_anchors)
+        for item in lists:
+            if submission.is_submission_set(item.resource):
+                item.written = _unlinked_submission_set(repo.access, item)
         return Submission(bundle, documents, signatures, lists, patches)
 
     def write(uow: UnitOfWork, checked: Submission) -> Written[Submission]:
@@ -586,10 +591,22 @@ def _write_submission_set(uow: UnitOfWork, item: Submitted, named: dict[str, str
     if _registered_alike(uow, item, entries, patient_id, responses) or \
             _sent_again(uow, item, entries, patient_id, responses):
         return
-    resource = submission.completed(dict(item.resource, id=item.new_id), uow.repository.access.name
-                                    or uow.repository.access.subject, uow.repository.access.subject)
-    resource["entry"] = entries   # never empty: it lists the submission's documents (_check_members)
-    _save_list(uow, item, resource, patient_id, responses)
+    # Never empty: it lists the submission's documents (_check_members).
+    _save_list(uow, item, {**item.written, "id": item.new_id, "entry": entries}, patient_id, responses)
+
+
+def _unlinked_submission_set(access: AccessContext, item: Submitted) -> dict:
+    """The submitted SubmissionSet as `_write_submission_set` writes it, completed with what PDSm
+    requires and the sender left out, under stand-in ids, validated before the unit of work: there,
+    only its id, its subject and its entries' items are set, from the look-ups. It was validated
+    under the write lock."""
+    resource = submission.completed(dict(item.resource, id=mapping.UNSET_ID), access.name or access.subject,
+                                    access.subject)
+    resource["entry"] = [dict(entry, item={"reference": f"DocumentReference/{mapping.UNSET_ID}"})
+                         for entry in item.resource.get("entry", [])]
+    resource["subject"] = {"reference": f"Patient/{mapping.UNSET_ID}"}
+    keep_claimed_profiles(resource)
+    return _validated(resource, item.index)
 
 
 def _registered_alike(uow: UnitOfWork, item: Submitted, entries: list[dict], patient_id: str,
@@ -718,7 +735,8 @@ def _save_list(uow: UnitOfWork, item: Submitted, resource: dict, patient_id: str
     if stored is not None:
         responses[item.index] = ("200 OK", f"List/{stored.res_id}/_history/{stored.version}")
         return
-    _validated(resource, item.index)
+    if item.written is None:   # a Folder: what it holds is known here
+        _validated(resource, item.index)
     stored = uow.save(resource, patient_id=patient_id)
     if stored.version == 1:
         for identifier in resource.get("identifier", []):
