@@ -164,6 +164,20 @@ def every_version(engine, res_types: list[str]) -> list[tuple[str, str, int]]:
                        .where(resources.c.res_type.in_(res_types))))]
 
 
+def recorded_validations(monkeypatch, *modules) -> list[tuple[str, bool]]:
+    """Each resource the modules validate from now on: its type, and whether inside a group
+    commit's batch (under SQLite's write lock)."""
+    from gateway.storage import commits
+
+    validated = []
+    for module in modules:
+        def recorded(resource, validate=module.validate):
+            validated.append((resource["resourceType"], getattr(commits._batch_thread, "running", False)))
+            return validate(resource)
+        monkeypatch.setattr(module, "validate", recorded)
+    return validated
+
+
 def attend_all(engine, professional: str = GP) -> None:
     """Make a professional the attending physician of every patient in the database, as if each
     patient had chosen them: the tests that are not about access read as this doctor."""

@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import func, select
 
 import profiles
-from conftest import at_once, attend_all, sample
+from conftest import at_once, attend_all, recorded_validations, sample
 from gateway.demo import build_submission, signed_submission
 from gateway.signature import make_test_pki, sign_documents
 from gateway.storage.schema import raw_inputs, resources
@@ -476,7 +476,6 @@ def test_a_replacement_its_submission_names_is_validated_before_its_write_transa
     before it still stands (its relatesTo is set from the parent found), and is not validated
     again under the write lock: it was, 2 to 3 ms of CPU a replacement."""
     from gateway.services import documents
-    from gateway.storage import commits
 
     radiologist = {**FHIR, **bearer("doctor", sub="899900000038")}
     first = client.post("/fhir", data=json.dumps(build_submission(sample("cr-imagerie-irm-lefevre.xml"), LIMIT)),
@@ -488,13 +487,7 @@ def test_a_replacement_its_submission_names_is_validated_before_its_write_transa
     bundle = build_submission(cda[:start] + cda[end:], LIMIT)
     bundle["entry"][1]["resource"]["relatesTo"] = [
         {"code": "replaces", "target": {"reference": f"DocumentReference/{first_id}"}}]
-    validated, validate = [], documents.validate
-
-    def recorded(resource):
-        validated.append((resource["resourceType"], getattr(commits._batch_thread, "running", False)))
-        return validate(resource)
-
-    monkeypatch.setattr(documents, "validate", recorded)
+    validated = recorded_validations(monkeypatch, documents)
     second = client.post("/fhir", data=json.dumps(bundle), headers=radiologist)
 
     assert second.status_code == 200, second.json
@@ -504,6 +497,29 @@ def test_a_replacement_its_submission_names_is_validated_before_its_write_transa
     replacement = client.get(f"/fhir/DocumentReference/{second_id}").json
     assert replacement["relatesTo"] == [{"code": "replaces", "target": {"reference": f"DocumentReference/{first_id}"}}]
     assert client.get(f"/fhir/DocumentReference/{first_id}").json["status"] == "superseded"
+
+
+def test_a_submission_set_is_validated_before_its_write_transaction(client, database, bearer, monkeypatch):
+    """A submission's SubmissionSet (ITI-65's, and the one the gateway writes for ITI-105) is
+    completed and validated before the unit of work, under stand-in ids: there, only its id, its
+    subject and its entries' items are set. It was validated under the write lock."""
+    from gateway.services import documents, provide
+
+    validated = recorded_validations(monkeypatch, documents, provide)
+    radiologist = {**FHIR, **bearer("doctor", sub="899900000038")}
+    answer = client.post("/fhir", data=json.dumps(build_submission(sample("cr-imagerie-irm-lefevre.xml"), LIMIT)),
+                         headers=radiologist)
+
+    assert answer.status_code == 200, answer.json
+    assert ("List", False) in validated and ("List", True) not in validated
+    list_id = answer.json["entry"][0]["response"]["location"].split("/")[1]
+    document_id = answer.json["entry"][1]["response"]["location"].split("/")[1]
+    attend_all(database[0])
+    submission_set = client.get(f"/fhir/List/{list_id}").json
+    document = client.get(f"/fhir/DocumentReference/{document_id}").json
+    assert submission_set["id"] == list_id and submission_set["subject"] == document["subject"]
+    assert submission_set["entry"] == [{"item": {"reference": f"DocumentReference/{document_id}"}}]
+    assert "unset" not in json.dumps(submission_set)
 
 
 def two_documents(first: bytes, second: bytes) -> dict:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from conftest import recorded_validations
 from gateway.access import AccessContext
 from gateway.access.rules import MASQUE_PS
 from gateway.access.writes import Write
@@ -128,20 +129,6 @@ def test_a_new_resource_is_written_once_and_the_history_holds_the_versions_repla
     assert [method for _, method in repo.history("Organization", res_id, count=2)[0]] == ["DELETE", "PATCH"]
     assert [stored.version for stored, _ in repo.history("Organization", res_id, below=3)[0]] == [2, 1]
     assert [json.loads(repo.vread("Organization", res_id, v).body)["name"] for v in (1, 2)] == ["first", "second"]
-
-
-def recorded_validations(monkeypatch, *modules) -> list[tuple[str, bool]]:
-    """Each resource the modules validate from now on: its type, and whether inside a group
-    commit's batch (under SQLite's write lock)."""
-    from gateway.storage import commits
-
-    validated = []
-    for module in modules:
-        def recorded(resource, validate=module.validate):
-            validated.append((resource["resourceType"], getattr(commits._batch_thread, "running", False)))
-            return validate(resource)
-        monkeypatch.setattr(module, "validate", recorded)
-    return validated
 
 
 def test_an_identity_feed_is_mapped_and_validated_before_its_write_transaction(database, monkeypatch):
