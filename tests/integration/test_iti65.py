@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 import profiles
 from conftest import at_once, attend_all, recorded_validations, sample
 from gateway.demo import build_submission, signed_submission
+from gateway.mapping.document import UNSET_ID
 from gateway.signature import make_test_pki, sign_documents
 from gateway.storage.schema import raw_inputs, resources
 
@@ -519,7 +520,7 @@ def test_a_submission_set_is_validated_before_its_write_transaction(client, data
     document = client.get(f"/fhir/DocumentReference/{document_id}").json
     assert submission_set["id"] == list_id and submission_set["subject"] == document["subject"]
     assert submission_set["entry"] == [{"item": {"reference": f"DocumentReference/{document_id}"}}]
-    assert "unset" not in json.dumps(submission_set)
+    assert UNSET_ID not in json.dumps(submission_set)
 
 
 def two_documents(first: bytes, second: bytes) -> dict:
