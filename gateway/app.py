@@ -15,7 +15,7 @@ from gateway import metrics
 from gateway.access import AccessRefused
 from gateway.access.audit import Outcome
 from gateway.access.context import INSURER
-from gateway.access.tokens import load_keys
+from gateway.access.tokens import VerifiedTokens, load_keys
 from gateway.refusal import Refused
 from gateway.config import Settings
 from gateway.fhir.api import fhir
@@ -55,7 +55,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.url_map.strict_slashes = False
     app.config["SETTINGS"] = settings
     app.config["ENGINE"] = engine or make_engine(settings.database_url)
-    app.config["TOKEN_KEYS"] = load_keys(settings.jwt_keys)
+    app.config["TOKENS"] = VerifiedTokens(load_keys(settings.jwt_keys), settings.jwt_issuer, settings.jwt_audience)
 
     small_body = 1024 * 1024
     document_in_json = settings.max_document_bytes * 4 // 3 + small_body   # base64 in a Bundle or ITI-105

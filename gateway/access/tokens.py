@@ -12,7 +12,9 @@ trail), `guardianship` (true: a representative who is a protected adult's guardi
 """
 from __future__ import annotations
 
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,6 +96,49 @@ def verify(token: str, keys: dict[str, VerificationKey], issuer: str, audience: 
                           leeway=LEEWAY_SECONDS, options={"require": ["exp", "iss", "aud", "sub"]})
     except jwt.PyJWTError as exc:
         raise InvalidToken(f"the token is refused: {exc}") from None
+
+
+class VerifiedTokens:
+    """The claims of the tokens verified lately. A client sends its token with every request until
+    it expires, and checking its signature each time was 5-9 % of a search's CPU
+    (bench/MEASUREMENTS.md). A token is answered from here only inside the time it was valid for
+    when it was checked (its `iat` and `nbf` to its `exp`, with the leeway); past its expiry it is
+    refused as PyJWT refuses it. A refused token is not kept: its next use is checked again. The
+    keys are read once, at start, so no entry outlives the key that verified it."""
+
+    SIZE = 2048   # the least recently used token is dropped first: memory stays bounded whatever clients send
+
+    def __init__(self, keys: dict[str, VerificationKey], issuer: str, audience: str):
+        self.keys, self.issuer, self.audience = keys, issuer, audience
+        self._claims: OrderedDict[str, tuple[float, float, dict]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def claims(self, token: str) -> dict:
+        now = time.time()
+        with self._lock:
+            kept = self._claims.get(token)
+            if kept is not None:
+                self._claims.move_to_end(token)
+        if kept is not None:
+            valid_from, valid_until, claims = kept
+            if now >= valid_until:
+                self._forget(token)
+                raise InvalidToken("the token is refused: Signature has expired")
+            if now >= valid_from:
+                return claims
+        claims = verify(token, self.keys, self.issuer, self.audience)
+        # As PyJWT reads them (jwt.api_jwt): integers, `iat` and `nbf` optional.
+        valid_from = max(int(claims.get("iat", 0)), int(claims.get("nbf", 0))) - LEEWAY_SECONDS
+        valid_until = int(claims["exp"]) + LEEWAY_SECONDS
+        with self._lock:
+            self._claims[token] = (valid_from, valid_until, claims)
+            while len(self._claims) > self.SIZE:
+                self._claims.popitem(last=False)
+        return claims
+
+    def _forget(self, token: str) -> None:
+        with self._lock:
+            self._claims.pop(token, None)
 
 
 def context_from_claims(claims: dict, address: str | None = None) -> AccessContext:

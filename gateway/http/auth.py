@@ -10,7 +10,7 @@ from __future__ import annotations
 from flask import current_app, request
 
 from gateway.access import AccessContext
-from gateway.access.tokens import InvalidToken, context_from_claims, verify
+from gateway.access.tokens import InvalidToken, context_from_claims
 from gateway.fhir.responses import FhirError
 
 OPEN_ENDPOINTS = ("ops.health", "ops.metrics", "fhir.metadata")
@@ -35,9 +35,7 @@ def requester() -> AccessContext | None:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthenticated("this endpoint needs a bearer token (Authorization: Bearer <JWT>)")
-    settings = current_app.config["SETTINGS"]
     try:
-        claims = verify(token.strip(), current_app.config["TOKEN_KEYS"], settings.jwt_issuer, settings.jwt_audience)
-        return context_from_claims(claims, request.remote_addr)
+        return context_from_claims(current_app.config["TOKENS"].claims(token.strip()), request.remote_addr)
     except InvalidToken as exc:
         raise Unauthenticated(str(exc)) from None

@@ -158,3 +158,88 @@ def test_gateway_token_issue_signs_with_the_development_key_without_loading_the_
     assert loaded == "[]"
     public = (tmp_path / "demo" / f"{DEMO_TOKEN_KID}.pem").read_bytes()
     assert jwt.decode(issued, public, algorithms=["ES256"], options={"verify_aud": False})["role"] == "doctor"
+
+
+class Clock:
+    """`time` as gateway.access.tokens reads it, set by the test."""
+
+    def __init__(self, now: float):
+        self.now = now
+
+    def time(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def counted_verify(monkeypatch):
+    """gateway.access.tokens.verify, counting the signature checks VerifiedTokens makes."""
+    from gateway.access import tokens
+    calls = []
+
+    def counting(*args):
+        calls.append(args[0])
+        return verify(*args)
+
+    monkeypatch.setattr(tokens, "verify", counting)
+    return calls
+
+
+def test_a_token_used_again_is_not_checked_again(keys, counted_verify):
+    from gateway.access.tokens import VerifiedTokens
+    _, private, keys_ = keys
+    tokens = VerifiedTokens(keys_, ISSUER, AUDIENCE)
+    text = token(private, name="Dr A")
+    assert tokens.claims(text)["name"] == tokens.claims(text)["name"] == "Dr A"
+    assert counted_verify == [text]
+
+
+def test_a_kept_token_is_refused_from_its_expiry_as_pyjwt_refuses_it(keys, monkeypatch):
+    from gateway.access import tokens as module
+    _, private, keys_ = keys
+    tokens = module.VerifiedTokens(keys_, ISSUER, AUDIENCE)
+    text = token(private, ttl=600)
+    expiry = tokens.claims(text)["exp"]
+    clock = Clock(expiry + module.LEEWAY_SECONDS - 1)
+    monkeypatch.setattr(module, "time", clock)
+    assert tokens.claims(text)["exp"] == expiry
+    clock.now = expiry + module.LEEWAY_SECONDS
+    with pytest.raises(InvalidToken, match="the token is refused: Signature has expired"):
+        tokens.claims(text)
+    clock.now = expiry   # whatever the clock says next, an expired token is checked afresh
+    assert tokens.claims(text)["exp"] == expiry
+
+
+def test_a_kept_token_before_its_start_is_checked_again(keys, monkeypatch, counted_verify):
+    from gateway.access import tokens as module
+    _, private, keys_ = keys
+    tokens = module.VerifiedTokens(keys_, ISSUER, AUDIENCE)
+    text = token(private)
+    issued = tokens.claims(text)["iat"]
+    # A clock set back past the token's start: PyJWT decides, as it would without the cache.
+    monkeypatch.setattr(module, "time", Clock(issued - module.LEEWAY_SECONDS - 1))
+    tokens.claims(text)
+    assert counted_verify == [text, text]
+
+
+def test_a_refused_token_is_not_kept(keys, counted_verify):
+    from gateway.access.tokens import VerifiedTokens
+    _, private, keys_ = keys
+    tokens = VerifiedTokens(keys_, ISSUER, AUDIENCE)
+    text = token(private, aud="urn:test:elsewhere")
+    for _ in range(2):
+        with pytest.raises(InvalidToken, match="Audience doesn.t match"):
+            tokens.claims(text)
+    assert counted_verify == [text, text]
+
+
+def test_the_tokens_kept_are_bounded(keys, counted_verify):
+    from gateway.access.tokens import VerifiedTokens
+    _, private, keys_ = keys
+    tokens = VerifiedTokens(keys_, ISSUER, AUDIENCE)
+    tokens.SIZE = 2
+    first, second, third = (token(private, name=f"Dr {n}") for n in "ABC")
+    for text in (first, second, first, third):
+        tokens.claims(text)
+    tokens.claims(first)    # used most recently before the third came: kept
+    tokens.claims(second)   # the least recently used: dropped, checked again
+    assert counted_verify == [first, second, third, second]
