@@ -12,9 +12,8 @@ trail), `guardianship` (true: a representative who is a protected adult's guardi
 """
 from __future__ import annotations
 
-import threading
+import functools
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,42 +102,31 @@ class VerifiedTokens:
     it expires, and checking its signature each time was 5-9 % of a search's CPU
     (bench/MEASUREMENTS.md). A token is answered from here only inside the time it was valid for
     when it was checked (its `iat` and `nbf` to its `exp`, with the leeway); past its expiry it is
-    refused as PyJWT refuses it. A refused token is not kept: its next use is checked again. The
-    keys are read once, at start, so no entry outlives the key that verified it."""
+    refused as PyJWT refuses it. A refused token is not kept (lru_cache keeps no call that raised):
+    its next use is checked again. The keys are read once, at start, so no entry outlives the key
+    that verified it."""
 
     SIZE = 2048   # the least recently used token is dropped first: memory stays bounded whatever clients send
 
     def __init__(self, keys: dict[str, VerificationKey], issuer: str, audience: str):
         self.keys, self.issuer, self.audience = keys, issuer, audience
-        self._claims: OrderedDict[str, tuple[float, float, dict]] = OrderedDict()
-        self._lock = threading.Lock()
+        self._checked = functools.lru_cache(maxsize=self.SIZE)(self._check)
+
+    def _check(self, token: str) -> tuple[int, int, dict]:
+        """The token's claims and the time they are valid for, as PyJWT reads them (jwt.api_jwt):
+        integers, `iat` and `nbf` optional."""
+        claims = verify(token, self.keys, self.issuer, self.audience)
+        valid_from = max(int(claims.get("iat", 0)), int(claims.get("nbf", 0))) - LEEWAY_SECONDS
+        return valid_from, int(claims["exp"]) + LEEWAY_SECONDS, claims
 
     def claims(self, token: str) -> dict:
+        valid_from, valid_until, claims = self._checked(token)
         now = time.time()
-        with self._lock:
-            kept = self._claims.get(token)
-            if kept is not None:
-                self._claims.move_to_end(token)
-        if kept is not None:
-            valid_from, valid_until, claims = kept
-            if now >= valid_until:
-                self._forget(token)
-                raise InvalidToken("the token is refused: Signature has expired")
-            if now >= valid_from:
-                return claims
-        claims = verify(token, self.keys, self.issuer, self.audience)
-        # As PyJWT reads them (jwt.api_jwt): integers, `iat` and `nbf` optional.
-        valid_from = max(int(claims.get("iat", 0)), int(claims.get("nbf", 0))) - LEEWAY_SECONDS
-        valid_until = int(claims["exp"]) + LEEWAY_SECONDS
-        with self._lock:
-            self._claims[token] = (valid_from, valid_until, claims)
-            while len(self._claims) > self.SIZE:
-                self._claims.popitem(last=False)
+        if now >= valid_until:
+            raise InvalidToken("the token is refused: Signature has expired")
+        if now < valid_from:   # a clock set back before the token's start: PyJWT decides
+            return verify(token, self.keys, self.issuer, self.audience)
         return claims
-
-    def _forget(self, token: str) -> None:
-        with self._lock:
-            self._claims.pop(token, None)
 
 
 def context_from_claims(claims: dict, address: str | None = None) -> AccessContext:

@@ -205,7 +205,7 @@ def test_a_kept_token_is_refused_from_its_expiry_as_pyjwt_refuses_it(keys, monke
     clock.now = expiry + module.LEEWAY_SECONDS
     with pytest.raises(InvalidToken, match="the token is refused: Signature has expired"):
         tokens.claims(text)
-    clock.now = expiry   # whatever the clock says next, an expired token is checked afresh
+    clock.now = expiry   # a clock set back inside the time it was valid for: answered again
     assert tokens.claims(text)["exp"] == expiry
 
 
@@ -235,8 +235,11 @@ def test_a_refused_token_is_not_kept(keys, counted_verify):
 def test_the_tokens_kept_are_bounded(keys, counted_verify):
     from gateway.access.tokens import VerifiedTokens
     _, private, keys_ = keys
-    tokens = VerifiedTokens(keys_, ISSUER, AUDIENCE)
-    tokens.SIZE = 2
+
+    class TwoTokens(VerifiedTokens):
+        SIZE = 2
+
+    tokens = TwoTokens(keys_, ISSUER, AUDIENCE)
     first, second, third = (token(private, name=f"Dr {n}") for n in "ABC")
     for text in (first, second, first, third):
         tokens.claims(text)
