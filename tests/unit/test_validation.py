@@ -1,11 +1,15 @@
 """What validate() adds to the R4 models: the elements the served profiles prohibit, checked
-against the official StructureDefinitions; a period's start after its end; a character XML cannot carry."""
+against the official StructureDefinitions; a period's start after its end; a character XML cannot
+carry. And the contained resources found valid, not validated again."""
+import datetime
 import json
 from pathlib import Path
 
 import pytest
+from fhir.resources.R4B.practitioner import Practitioner
 
-from gateway.fhir.validation import PROHIBITED, InvalidResource, validate
+from gateway.fhir import validation
+from gateway.fhir.validation import PROHIBITED, VALID_CONTAINED, InvalidResource, validate
 
 DEFINITIONS = Path(__file__).resolve().parents[2].parent / "shared" / "fhir-definitions" / "pdsm" / "package"
 PROFILES = {"DocumentReference": "StructureDefinition-pdsm-comprehensive-document-reference.json",
@@ -111,3 +115,59 @@ def test_a_profile_no_definition_gives_for_the_type_is_named(profiles, contained
     with pytest.raises(InvalidResource) as refused:
         validate(resource)
     assert [path for path, _ in refused.value.problems] == [problem]
+
+
+AUTHOR = {"resourceType": "Practitioner", "id": "author", "name": [{"family": "BERNARD"}]}
+NOT_AN_ORGANIZATION = {"resourceType": "Organization", "id": "org", "active": "perhaps"}
+
+
+def _document(*contained: dict) -> dict:
+    return {"resourceType": "DocumentReference", "status": "current",
+            "content": [{"attachment": {"contentType": "text/xml"}}],
+            "contained": list(contained), "author": [{"reference": f"#{item['id']}"} for item in contained]}
+
+
+@pytest.fixture
+def nothing_found_valid():
+    VALID_CONTAINED.clear()
+    yield
+    VALID_CONTAINED.clear()
+
+
+def test_a_contained_resource_found_valid_is_not_validated_again(nothing_found_valid, monkeypatch):
+    validated = []
+    model_validate = Practitioner.model_validate.__func__
+
+    def counted(cls, *args, **kwargs):
+        validated.append(cls)
+        return model_validate(cls, *args, **kwargs)
+    monkeypatch.setattr(Practitioner, "model_validate", classmethod(counted))
+    validate(_document(AUTHOR))
+    validate(_document(dict(AUTHOR)))
+    assert validated == [Practitioner]
+    validate(_document({**AUTHOR, "name": [{"family": "DURAND"}]}))
+    assert validated == [Practitioner] * 2
+
+
+def test_a_resource_refused_beside_one_found_valid_is_named_at_its_own_index(nothing_found_valid):
+    with pytest.raises(InvalidResource) as first:
+        validate(_document(AUTHOR, NOT_AN_ORGANIZATION))
+    assert not VALID_CONTAINED   # what was refused, and what was beside it, is not taken as valid
+    validate(_document(AUTHOR))
+    with pytest.raises(InvalidResource) as again:
+        validate(_document(AUTHOR, NOT_AN_ORGANIZATION))
+    assert again.value.problems == first.value.problems == [
+        ("contained.1.active", "Input should be a valid boolean, unable to interpret input")]
+
+
+def test_the_resources_found_valid_are_bounded(nothing_found_valid, monkeypatch):
+    monkeypatch.setattr(validation, "VALID_CONTAINED_SIZE", 2)
+    for family in ("A", "B", "C"):
+        validate(_document({**AUTHOR, "name": [{"family": family}]}))
+        assert 1 <= len(VALID_CONTAINED) <= 2
+
+
+def test_a_contained_resource_holding_what_json_does_not_is_validated_each_time(nothing_found_valid):
+    """A date object would be written as the string of another resource, which could be refused."""
+    validate(_document({"resourceType": "Patient", "id": "author", "birthDate": datetime.date(1980, 1, 2)}))
+    assert not VALID_CONTAINED
