@@ -3,7 +3,7 @@ closed records, roles that see nothing, and the audit trail each request leaves.
 import json
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import event, func, select, update
 
 import profiles
 from conftest import GP, sample
@@ -67,6 +67,28 @@ def test_a_patient_sees_their_record_only(client, bearer, world):
     hidden = client.get(f"/fhir/DocumentReference/{world['lefevre']}", headers=martin)
     assert missing.status_code == hidden.status_code == 404
     assert missing.json["issue"][0]["code"] == hidden.json["issue"][0]["code"] == "not-found"
+
+
+def test_a_patient_s_request_looks_up_their_record_once_and_its_trail_names_them_by_it(app, client, bearer, world):
+    """Whether the record is closed to them, and who they are in the trail of what they read, come
+    from one look-up of their token's Patient: a look-up each cost a patient's search 0.2 ms of its
+    3.6."""
+    engine, looked_up = app.config["ENGINE"], []
+
+    def note(_conn, _cursor, statement, *_):
+        if statement.startswith("SELECT ui.res_id"):   # a look-up of its own, not a search's filter
+            looked_up.append(statement)
+    event.listen(engine, "before_cursor_execute", note)
+    try:
+        assert document_ids(client, bearer("patient", patient=MARTIN), status="current") == {world["ldl"], world["bio"]}
+    finally:
+        event.remove(engine, "before_cursor_execute", note)
+    assert len(looked_up) == 1
+    with engine.connect() as conn:
+        trail = [json.loads(body) for body in conn.execute(select(resources.c.body).where(
+            resources.c.res_type == "AuditEvent", resources.c.patient_id == world["martin_patient"])).scalars()]
+    searches = [e for e in trail if e["subtype"][0]["code"] == "search-type"]
+    assert len(searches) == 1 and searches[0]["agent"][0]["who"] == {"reference": f"Patient/{world['martin_patient']}"}
 
 
 def test_a_token_naming_the_patient_s_ins_in_groups_names_the_same_record(client, bearer, world):
