@@ -4,9 +4,10 @@ audit chain extension and one flush to disk.
 The first thread to find no batch running takes every unit waiting (its own included) and those
 that come while it waits for the write lock, runs each in a savepoint of one transaction, and
 commits; the others wait for that commit and find their result. A unit that raises is rolled back
-to its savepoint alone and its caller gets the exception; the others still commit. The
-AuditEvents of reads (searches, reads, refusals), which are all such a request writes, need no
-savepoint: those that follow one another in a batch are inserted together. A caller's `result()`
+to its savepoint alone and its caller gets the exception; the others still commit. A unit alone in
+its batch needs no savepoint: its transaction is rolled back instead. The AuditEvents of reads
+(searches, reads, refusals), which are all such a request writes, need no savepoint either: those
+that follow one another in a batch are inserted together. A caller's `result()`
 returns only once the commit that made its data durable is done, so an ACK or a 201 sent after it
 promises what it says.
 
@@ -127,10 +128,10 @@ class GroupCommit:
                 _take(self._waiting, batch)
                 self._running = True
             try:
-                for _ in range(MAX_ATTEMPTS if batch[0].alone else 1):
-                    # A unit alone has no savepoint to run again in: its transaction does.
+                for _ in range(MAX_ATTEMPTS):
+                    # A unit alone in its batch has no savepoint to run again in: its transaction does.
                     self._commit(batch)
-                    if not isinstance(batch[0].error, IntegrityError):
+                    if len(batch) > 1 or not isinstance(batch[0].error, IntegrityError):
                         break
             finally:
                 with self._changed:
@@ -179,7 +180,10 @@ class GroupCommit:
                     if unit.after is not None and unit.after.stopped():
                         unit.error = NotRun()
                         continue
-                    if unit.alone:
+                    if len(batch) == 1:
+                        # The transaction's only work (a unit `alone`, or the only one that came):
+                        # rolling the transaction back undoes it as a savepoint would, without the
+                        # savepoint's two statements (two round trips on PostgreSQL).
                         unit.error = None
                         uow = unit.unit_of_work(conn)
                         unit.value = unit.work(uow)

@@ -334,7 +334,8 @@ def test_a_caller_whose_unit_is_committed_returns_while_the_next_batch_runs(data
 def test_a_unit_that_runs_alone_has_a_batch_and_a_transaction_of_its_own_without_a_savepoint(database, monkeypatch):
     """A merge rewrites a whole record: in a savepoint, SQLite kept a copy of each page it changed in
     memory (150 MB for 5,900 documents). Such a unit takes no other into its batch, joins none, and
-    runs in the transaction itself; the units around it still share theirs."""
+    runs in the transaction itself; the units around it still share theirs. A unit that happens to
+    be alone in its batch runs without a savepoint too."""
     engine = database[0]
     repo = Repository(engine, AccessContext.system("test"), "http://test")
     committer = group_commit(engine)
@@ -382,13 +383,15 @@ def test_a_unit_that_runs_alone_has_a_batch_and_a_transaction_of_its_own_without
     worked = [[line for line in part if line.startswith("work ")] for part in transactions]
     assert worked == [["work first"], ["work a", "work b"], ["work merge"], ["work c"]]
     savepoints = [sum(line.startswith("SAVEPOINT") for line in part) for part in transactions]
-    assert savepoints == [1, 2, 0, 1]
+    assert savepoints == [0, 2, 0, 0]
     assert verify_chain(engine).broken_at is None
 
 
-def test_a_unit_alone_whose_identifier_another_writer_claimed_runs_again_in_a_new_transaction(database):
-    """A unit in a batch runs again in its savepoint; one alone has none, and its whole transaction,
-    rolled back, runs again: nothing the failed attempt wrote is kept."""
+@pytest.mark.parametrize("alone", [True, False], ids=["alone", "the only one that came"])
+def test_a_unit_alone_whose_identifier_another_writer_claimed_runs_again_in_a_new_transaction(database, alone):
+    """A unit in a batch runs again in its savepoint; one alone in its batch (a merge, or the only
+    unit that came) has none, and its whole transaction, rolled back, runs again: nothing the failed
+    attempt wrote is kept."""
     engine = database[0]
     repo = Repository(engine, AccessContext.system("test"), "http://test")
     attempts = []
@@ -401,11 +404,38 @@ def test_a_unit_alone_whose_identifier_another_writer_claimed_runs_again_in_a_ne
         uow.save(organization(9))
         return len(attempts)
 
-    assert repo.write(work, Write.FEED, alone=True) == 2
+    assert repo.write(work, Write.FEED, alone=alone) == 2
     assert stored_ids(engine) == {"org-9"}
     with read_connection(engine) as conn:
         assert conn.execute(text("SELECT count(*) FROM unique_identifiers WHERE value = 'taken'")).scalar_one() == 0
     assert verify_chain(engine).entries == 1
+
+
+def test_a_unit_alone_in_its_batch_that_fails_leaves_nothing_and_the_next_one_commits(database, monkeypatch):
+    """Without a savepoint, a unit alone in its batch that raises takes its whole transaction with
+    it: nothing it wrote, and no AuditEvent of it, is kept."""
+    engine = database[0]
+    repo = Repository(engine, AccessContext.system("test"), "http://test")
+    savepoints = []
+    savepoint = commits._savepoint
+
+    def traced_savepoint(conn):
+        savepoints.append(conn)
+        return savepoint(conn)
+
+    monkeypatch.setattr(commits, "_savepoint", traced_savepoint)
+
+    def refused(uow):
+        uow.save(organization(1))
+        raise Refused("this unit is refused", location="Organization.name")
+
+    with pytest.raises(Refused, match="this unit is refused"):
+        repo.write(refused, Write.FEED)
+    assert repo.write(lambda uow: uow.save(organization(2)).res_id, Write.FEED) == "org-2"
+    assert stored_ids(engine) == {"org-2"}
+    assert savepoints == []
+    report = verify_chain(engine)
+    assert report.reason is None and report.entries == 1
 
 
 def resources_analysed(engine) -> tuple[int | None, int]:
