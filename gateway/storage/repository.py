@@ -251,9 +251,12 @@ class Repository:
                                p in attending) for p in patient_ids}
 
     def own_patient_id(self) -> str | None:
-        """The Patient id of the record a patient or representative token is about."""
-        with read_connection(self.engine) as conn:
-            return conn.execute(self.access.own_record()).scalar()
+        """The Patient id of the record a patient or representative token is about, while it is open
+        to them (access.context.HOLDER, REPRESENTED_MINOR: alive, and a minor to a parent)."""
+        found = self._token_patient
+        if found is None or found[2] or self.closed_to_holder() is not None:
+            return None
+        return found[0]
 
     def closed_to_holder(self, holder: AccessContext | None = None) -> ClosedToHolder | None:
         """For a patient or a legal representative (this requester, or `holder`) whose record is
@@ -261,7 +264,7 @@ class Repository:
         holder = holder or self.access
         if not holder.acts_for_patient:
             return None
-        found = self._token_patient if holder is self.access else _token_patient(self.engine, holder)
+        found = self._token_patient if holder is self.access else _token_patient_state(self.engine, holder)
         if found is None:
             return None
         patient_id, born, died = found
@@ -270,18 +273,15 @@ class Repository:
     @functools.cached_property
     def _token_patient(self) -> tuple[str, str | None, bool] | None:
         """The Patient of this requester's token, their birth and whether they died: looked up once
-        for a request, which asks it twice (whether the record is closed to them, and who they are
-        in its trail). A patient's search made a look-up for each, 0.44 of its 3.66 ms."""
-        return _token_patient(self.engine, self.access)
+        for a request, which asks up to three times (whether the record is closed to them, which
+        record is theirs, who they are in its trail). A patient's search made a look-up for two of
+        them, 0.44 of its 3.66 ms."""
+        return _token_patient_state(self.engine, self.access)
 
     @functools.cached_property
     def requester_patient(self) -> str | None:
-        """The Patient id by which the trail names a patient who asks (None for anyone else): their
-        token's, while alive, as `own_patient_id` finds it (access.context.HOLDER)."""
-        if self.access.role != PATIENT or self._token_patient is None:
-            return None
-        patient_id, _, died = self._token_patient
-        return None if died else patient_id
+        """The Patient id by which the trail names a patient who asks (None for anyone else)."""
+        return self.own_patient_id() if self.access.role == PATIENT else None
 
     def _visible_current(self, res_type: str, res_id: str, conn: Connection | None = None):
         if conn is None:
@@ -1329,9 +1329,9 @@ def _index_parts(rows_by_kind: dict[str, list[dict]]) -> list[tuple[sql.Prebuilt
     return [(sql.INSERT_INDEX[kind], rows) for kind, rows in rows_by_kind.items()]
 
 
-def _token_patient(engine: Engine, holder: AccessContext) -> tuple[str, str | None, bool] | None:
-    """The Patient of a patient's or representative's token, their birth (search_date `low`) and
-    whether they died (access.context.TOKEN_PATIENT_STATE)."""
+def _token_patient_state(engine: Engine, holder: AccessContext) -> tuple[str, str | None, bool] | None:
+    """The Patient whose INS a token gives (a patient's, a representative's, an emergency's), their
+    birth (search_date `low`) and whether they died (access.context.TOKEN_PATIENT_STATE)."""
     with read_connection(engine) as conn:
         found = conn.execute(text(TOKEN_PATIENT_STATE), {"reader_patient": holder.patient_ins or ""}).first()
     return (found[0], found[1], bool(found[2])) if found is not None else None
