@@ -185,6 +185,7 @@ def register_document(uow: UnitOfWork, base_url: str, parsed: ParsedCda, *, visi
     """Write the resources of one parsed CDA inside the caller's unit of work. `lift`: the labels
     of the versions it replaces that its sender lifts (MODIF_CONF_CODE), as far as they may."""
     header = parsed.header
+    uow.look_up_identifiers(_identifiers_named(parsed))
     existing = existing_document(uow, parsed)
     if existing is not None:
         return Ingested(False, existing, [f"DocumentReference/{existing.res_id}"])
@@ -194,7 +195,7 @@ def register_document(uow: UnitOfWork, base_url: str, parsed: ParsedCda, *, visi
     check_record_open(uow, patient_id, f"{CD}/recordTarget")
     # The directory learns the professionals and organisations a document names; the document
     # itself carries its own copy of its authors (mapping.author_role).
-    for person in [*header.authors, *([header.legal_authenticator] if header.legal_authenticator else [])]:
+    for person in _people(header):
         if person.device is None:   # a device is no professional
             match_practitioner(uow, person, produced)
         if person.organization and mapping.entity_key(person.organization.ids):
@@ -220,6 +221,28 @@ def register_document(uow: UnitOfWork, base_url: str, parsed: ParsedCda, *, visi
                     _checked)
     produced += [f"Binary/{binary_id}", f"DocumentReference/{docref_id}"]
     return Ingested(True, stored, produced)
+
+
+def _people(header: CdaHeader) -> list[Person]:
+    """The authors and the legal authenticator a document names."""
+    return [*header.authors, *([header.legal_authenticator] if header.legal_authenticator else [])]
+
+
+def _identifiers_named(parsed: ParsedCda) -> list[tuple[str, str, str]]:
+    """The identifiers registering this document looks up (register_document): its own, its
+    patient's, those of the professionals and organisations it names, and of the versions it
+    replaces."""
+    header = parsed.header
+    people = _people(header)
+    organizations = [*(person.organization for person in people if person.organization),
+                     *([header.custodian] if header.custodian else [])]
+    patient_ids = mapping.patient_identifiers(header.patient.ids)
+    return [("DocumentReference", *mapping.identifier_key(header.unique_id)), ("Patient", *parsed.patient_key),
+            *(("Patient", named["system"], named["value"]) for named in patient_ids),
+            *(("Practitioner", *key) for person in people
+              if person.device is None and (key := mapping.entity_key(person.ids))),
+            *(("Organization", *key) for org in organizations if (key := mapping.entity_key(org.ids))),
+            *(("DocumentReference", *mapping.identifier_key(parent)) for parent in header.replaced)]
 
 
 def check_record_open(uow: UnitOfWork, patient_id: str, location: str) -> None:
@@ -347,8 +370,7 @@ def person_producers(people: list[Person], organizations=()) -> Producers:
 
 
 def header_producers(header: CdaHeader) -> Producers:
-    people = [*header.authors, *([header.legal_authenticator] if header.legal_authenticator else [])]
-    return person_producers(people, [header.custodian] if header.custodian else [])
+    return person_producers(_people(header), [header.custodian] if header.custodian else [])
 
 
 def delete_document(uow: UnitOfWork, stored: StoredResource) -> None:

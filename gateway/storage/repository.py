@@ -102,6 +102,9 @@ class RecordState:
 
 T = TypeVar("T")
 
+# The identifiers a unit finds in one statement at most (UnitOfWork.look_up_identifiers): a
+# document's registration asks for five or six.
+LOOK_UP_TOGETHER = 8
 # Beyond this many matches a search's Bundle.total is left out unless _total=accurate asks for it.
 TOTAL_BOUND = 1000
 # The rows search_all reads per statement.
@@ -768,6 +771,23 @@ class UnitOfWork:
         minted = new_id()
         self._minted.add(minted)
         return minted
+
+    def look_up_identifiers(self, keys: list[tuple[str, str, str]]) -> None:
+        """The resources holding these (res_type, system, value), found in one statement for the
+        look-ups of this unit that follow (find_by_identifier, claim_identifier): on PostgreSQL each
+        was a round trip, about 0.1 ms of the gateway's CPU, and registering a document made five
+        (its own, its patient's INS and IPP, its author's, their organisation's). At most
+        LOOK_UP_TOGETHER of them; the others are looked up as they are asked for."""
+        wanted = list(dict.fromkeys(key for key in keys if key not in self._identifiers))[:LOOK_UP_TOGETHER]
+        if len(wanted) < 2:
+            return
+        params = {}
+        for n, (res_type, system, value) in enumerate(wanted):
+            params.update({f"key_type{n}": res_type, f"key_system{n}": system, f"key_value{n}": value})
+        rows = sql.find_identifiers(len(wanted)).execute(self.conn, params).fetchall()
+        found = {(res_type, system, value): res_id for res_type, system, value, res_id in rows}
+        for key in wanted:
+            self._identifiers[key] = found.get(key)
 
     def find_by_identifier(self, res_type: str, system: str, value: str) -> str | None:
         key = (res_type, system, value)

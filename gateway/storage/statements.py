@@ -207,6 +207,21 @@ FIND_IDENTIFIER = Prebuilt(select(unique_identifiers.c.res_id).where(
     unique_identifiers.c.res_type == bindparam("key_type"), unique_identifiers.c.system == bindparam("key_system"),
     unique_identifiers.c.value == bindparam("key_value")))
 INSERT_IDENTIFIER = Prebuilt(insert(unique_identifiers))
+# The statement that finds several identifiers at once (find_identifiers), for each number of them.
+_FIND_IDENTIFIERS: dict[int, Prebuilt] = {}
+
+
+def find_identifiers(count: int) -> Prebuilt:
+    """The (res_type, system, value, res_id) of each of `count` identifiers a resource holds; the
+    keys are bound as key_type0, key_system0, key_value0, key_type1…"""
+    found = _FIND_IDENTIFIERS.get(count)
+    if found is None:
+        c = unique_identifiers.c
+        found = _FIND_IDENTIFIERS[count] = Prebuilt(select(c.res_type, c.system, c.value, c.res_id).where(or_(*[
+            (c.res_type == bindparam(f"key_type{n}")) & (c.system == bindparam(f"key_system{n}"))
+            & (c.value == bindparam(f"key_value{n}")) for n in range(count)])))
+    return found
+
 
 # The documents that replace one known to them only by its identifier (schema.awaited_parents).
 AWAIT_PARENT = Prebuilt(insert(awaited_parents))

@@ -19,7 +19,7 @@ from gateway.mapping import document as mapping
 from gateway.mapping.hl7v2 import ZFA_SYSTEM
 from gateway.storage import statements as sql
 from gateway.storage.database import read_connection
-from gateway.storage.repository import DuplicateIdentifier, Repository
+from gateway.storage.repository import LOOK_UP_TOGETHER, DuplicateIdentifier, Repository
 from gateway.storage.schema import access_rules, resource_versions, resources
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
@@ -94,6 +94,54 @@ def test_what_a_unit_skips_another_unit_still_finds(database, run):
     assert rules(engine) == [(consent_id, "deny")]
     with repo.unit_of_work(Write.FEED) as uow:
         assert uow.find_by_identifier(*KEY) is None
+
+
+def test_identifiers_looked_up_together_are_found_as_each_alone_finds_them(database, run):
+    """One statement finds up to LOOK_UP_TOGETHER identifiers: the resource holding each, or none
+    (exactly: another case is another identifier). The others, and those found before, are looked up
+    as they are asked for, as before."""
+    repo = Repository(database[0], AccessContext.system("test"), "http://test")
+    held = [("Practitioner", "urn:oid:1.2.3", f"p{n}") for n in range(6)]
+    with repo.unit_of_work(Write.FEED) as uow:
+        for n, key in enumerate(held):
+            uow.claim_identifier(*key, f"id{n}")
+    others = [("Practitioner", "urn:oid:1.2.3", "P0"), ("Organization", "urn:oid:1.2.3", "p1"),
+              ("Practitioner", "urn:oid:1.2.3.", "p2"), ("Practitioner", "urn:oid:1.2.3", "p3 "),
+              ("Practitioner", "urn:oid:1.2.3", "p_"), ("Practitioner", "urn:oid:1.2.4", "p5")]
+    keys = [key for pair in zip(held, others) for key in pair]
+    assert len(keys) == 12 > LOOK_UP_TOGETHER
+    run.clear()
+    with repo.unit_of_work(Write.FEED) as uow:
+        uow.look_up_identifiers(keys[:1] + keys)     # repeated: asked once
+        found = [uow.find_by_identifier(*key) for key in keys]
+        uow.look_up_identifiers(keys)                # all known now: no statement
+    assert found == [value for n in range(6) for value in (f"id{n}", None)]
+    assert run.count(sql.find_identifiers(LOOK_UP_TOGETHER)) == 1
+    assert run.count(sql.FIND_IDENTIFIER) == len(keys) - LOOK_UP_TOGETHER
+    assert len(run) == 1 + len(keys) - LOOK_UP_TOGETHER
+
+
+def test_registering_a_document_looks_up_what_it_names_in_one_statement(database, run):
+    """A document's own identifier, its patient's INS and IPP, its authors' and their organisations'
+    and its custodian's were each a round trip on PostgreSQL: 0.6–1.5 ms of the gateway's CPU an
+    MDM^T02 together (in-process, rounds alternated). The feeding consent is keyed by the record
+    found, so it is looked up after. A second document of the same patient finds them in that
+    statement: the patient is not made again."""
+    from gateway.services import documents
+
+    repo = Repository(database[0], AccessContext.system("test"), "http://test")
+    together = {sql.find_identifiers(count): f"{count} together" for count in range(2, LOOK_UP_TOGETHER + 1)}
+    looked_up = []
+    for name in ("cr-imagerie-irm-lefevre.xml", "cr-hospitalisation-lefevre.xml"):
+        run.clear()
+        assert documents.ingest_cda(repo, (SAMPLES / "cda" / name).read_bytes(), max_bytes=1 << 22).created
+        looked_up.append([together.get(statement) or "one" for statement in run
+                          if statement is sql.FIND_IDENTIFIER or statement in together])
+    assert looked_up == [["5 together", "one"]] * 2, looked_up
+    with read_connection(database[0]) as conn:
+        made = conn.execute(select(resources.c.res_type, resources.c.res_id)).all()
+    assert sorted(res_type for res_type, _ in made if res_type in ("Patient", "DocumentReference")) == [
+        "DocumentReference", "DocumentReference", "Patient"]
 
 
 def test_a_new_resource_is_written_once_and_the_history_holds_the_versions_replaced(database):
