@@ -71,8 +71,12 @@ def checked_ids(segment: Segment, field_number: int) -> list[II]:
 
 
 def find_patient(uow: UnitOfWork, ids: list[II]) -> str | None:
-    """The record of the patient these identifiers name, once no merge of it is running."""
-    for system, value in identifier_keys(ids):
+    """The record of the patient these identifiers name, once no merge of it is running. They are
+    looked up in one statement: those not found (an IPP the gateway has not met) are claimed for the
+    patient next, without a look-up of their own."""
+    keys = identifier_keys(ids)
+    uow.look_up_identifiers([("Patient", system, value) for system, value in keys])
+    for system, value in keys:
         found = uow.find_by_identifier("Patient", system, value)
         if found:
             return uow.patient_record(found)
@@ -248,6 +252,7 @@ def record_consents(uow: UnitOfWork, prepared: dict[str, dict], patient_id: str,
     collected at admission, and it silently reclosed a record the patient had opened, or reopened
     one the patient had closed. A kind the ZFA did not collect (NA, or nothing) leaves what was
     collected before as it was (`_not_collected`)."""
+    uow.look_up_identifiers([("Consent", CONSENT_KEY_SYSTEM + kind, patient_id) for kind in prepared])
     for kind, stated in prepared.items():
         key_system = CONSENT_KEY_SYSTEM + kind
         consent_id = uow.find_by_identifier("Consent", key_system, patient_id)

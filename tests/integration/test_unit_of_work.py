@@ -144,6 +144,29 @@ def test_registering_a_document_looks_up_what_it_names_in_one_statement(database
         "DocumentReference", "DocumentReference", "Patient"]
 
 
+def test_an_identity_feed_looks_up_its_patient_s_identifiers_in_one_statement_and_their_consents_in_another(
+        database, run):
+    """PID-3's identifiers (here an IPP and the INS), then the Consent of each kind the ZFA states,
+    keyed by the record found: looked up one by one, each was a round trip on PostgreSQL. Sent
+    again, the message finds them all there, and writes none of the Consents again."""
+    from gateway.services import feeds
+
+    repo = Repository(database[0], AccessContext.system("test"), "http://test")
+    message = (SAMPLES / "hl7v2" / "adt-a01-martin.hl7").read_bytes()
+    together = {sql.find_identifiers(count): f"{count} together" for count in range(2, LOOK_UP_TOGETHER + 1)}
+    looked_up = []
+    for control_id in (b"1", b"2"):
+        run.clear()
+        again = message.replace(b"|P|", b"-" + control_id + b"|P|", 1)
+        assert feeds.receive(repo, again, channel="test", max_bytes=1 << 20).code == "AA"
+        looked_up.append([together.get(statement) or "one" for statement in run
+                          if statement is sql.FIND_IDENTIFIER or statement in together])
+    assert looked_up == [["2 together", "2 together"]] * 2, looked_up
+    with read_connection(database[0]) as conn:
+        versions = conn.execute(select(resources.c.version).where(resources.c.res_type == "Consent")).scalars().all()
+    assert versions == [1, 1]
+
+
 def test_a_new_resource_is_written_once_and_the_history_holds_the_versions_replaced(database):
     """A version's body goes to the history table only when a later version replaces it: a new
     resource (every AuditEvent, most documents) is one row. History and vread still give every
