@@ -48,6 +48,13 @@ def run(monkeypatch) -> list:
     return statements
 
 
+def identifier_look_ups(run: list) -> list[str]:
+    """The identifier look-ups among the statements run, in order: "one", or "N together"."""
+    together = {sql.find_identifiers(count): f"{count} together" for count in range(2, LOOK_UP_TOGETHER + 1)}
+    return [together.get(statement) or "one" for statement in run
+            if statement is sql.FIND_IDENTIFIER or statement in together]
+
+
 def rules(engine) -> list[tuple]:
     with read_connection(engine) as conn:
         return [tuple(row) for row in conn.execute(select(access_rules.c.consent_id, access_rules.c.effect))]
@@ -130,13 +137,11 @@ def test_registering_a_document_looks_up_what_it_names_in_one_statement(database
     from gateway.services import documents
 
     repo = Repository(database[0], AccessContext.system("test"), "http://test")
-    together = {sql.find_identifiers(count): f"{count} together" for count in range(2, LOOK_UP_TOGETHER + 1)}
     looked_up = []
     for name in ("cr-imagerie-irm-lefevre.xml", "cr-hospitalisation-lefevre.xml"):
         run.clear()
         assert documents.ingest_cda(repo, (SAMPLES / "cda" / name).read_bytes(), max_bytes=1 << 22).created
-        looked_up.append([together.get(statement) or "one" for statement in run
-                          if statement is sql.FIND_IDENTIFIER or statement in together])
+        looked_up.append(identifier_look_ups(run))
     assert looked_up == [["5 together", "one"]] * 2, looked_up
     with read_connection(database[0]) as conn:
         made = conn.execute(select(resources.c.res_type, resources.c.res_id)).all()
@@ -153,14 +158,12 @@ def test_an_identity_feed_looks_up_its_patient_s_identifiers_in_one_statement_an
 
     repo = Repository(database[0], AccessContext.system("test"), "http://test")
     message = (SAMPLES / "hl7v2" / "adt-a01-martin.hl7").read_bytes()
-    together = {sql.find_identifiers(count): f"{count} together" for count in range(2, LOOK_UP_TOGETHER + 1)}
     looked_up = []
     for control_id in (b"1", b"2"):
         run.clear()
         again = message.replace(b"|P|", b"-" + control_id + b"|P|", 1)
         assert feeds.receive(repo, again, channel="test", max_bytes=1 << 20).code == "AA"
-        looked_up.append([together.get(statement) or "one" for statement in run
-                          if statement is sql.FIND_IDENTIFIER or statement in together])
+        looked_up.append(identifier_look_ups(run))
     assert looked_up == [["2 together", "2 together"]] * 2, looked_up
     with read_connection(database[0]) as conn:
         versions = conn.execute(select(resources.c.version).where(resources.c.res_type == "Consent")).scalars().all()
