@@ -1,15 +1,15 @@
 """Group commit: units of work that threads submit at the same time share one transaction, one
 audit chain extension and one flush to disk.
 
-The first thread to find no batch running takes every unit waiting (its own included) and those
-that come while it waits for the write lock, runs each in a savepoint of one transaction, and
-commits; the others wait for that commit and find their result. A unit that raises is rolled back
-to its savepoint alone and its caller gets the exception; the others still commit. A unit alone in
-its batch needs no savepoint: its transaction is rolled back instead. The AuditEvents of reads
+The first thread to find no batch running takes every unit waiting (its own included) and those that
+come while it waits for the write lock, runs each in a savepoint of one transaction, and commits;
+the others wait for that commit and find their result. A unit that raises is rolled back to its
+savepoint alone and its caller gets the exception; the others still commit. A unit alone in its
+batch needs no savepoint: its transaction is rolled back instead. The AuditEvents of reads
 (searches, reads, refusals), which are all such a request writes, need no savepoint either: those
-that follow one another in a batch are inserted together. A caller's `result()`
-returns only once the commit that made its data durable is done, so an ACK or a 201 sent after it
-promises what it says.
+that follow one another in a batch are inserted together. A caller's `result()` returns only once
+the commit that made its data durable is done, so an ACK or a 201 sent after it promises what it
+says.
 
 A caller with several units to run in order (the messages of an HL7 batch, the documents of
 `gateway ingest`) submits them all at once (`submit`), and they share transactions too: each one
