@@ -9,6 +9,7 @@ out once, never walked character by character. Values come back unescaped (\\F\\
 from __future__ import annotations
 
 import codecs
+import hashlib
 import re
 import uuid
 from dataclasses import dataclass
@@ -236,6 +237,13 @@ class Segment:
         run = self._runs.run(value) if self._runs else None
         return run if run is not None else self._expanded(value)
 
+    def received_run(self, number: int, component: int) -> tuple[LongRuns, tuple[int, int]] | None:
+        """The received bytes' runs, and where in those bytes a component that is one long run of
+        base64 lies; None for any other component."""
+        value = _part(self._field(number), self._enc.component, component)
+        span = self._runs.span(value) if self._runs else None
+        return (self._runs, span) if span is not None else None
+
     def unescape(self, value: str) -> str:
         esc = self._enc.escape
         if esc not in value:
@@ -277,6 +285,8 @@ class LongRuns:
         self.by_stand_in = {f"\0{token}{number}\0": view[begin:end] for number, (begin, end) in enumerate(spans)}
         self.stand_ins = re.compile(f"(\0{token}[0-9]+\0)")
         self.spans = spans
+        self.received = data
+        self._received_sha256: str | None = None
 
     @classmethod
     def of(cls, data: bytes | bytearray) -> "LongRuns | None":
@@ -308,6 +318,19 @@ class LongRuns:
 
     def run(self, value: str) -> memoryview | None:
         return self.by_stand_in.get(value)
+
+    def span(self, value: str) -> tuple[int, int] | None:
+        """Where the run a stand-in stands for lies in the received bytes."""
+        for stand_in, span in zip(self.by_stand_in, self.spans):
+            if stand_in == value:
+                return span
+        return None
+
+    def received_sha256(self) -> str:
+        """The received bytes' SHA-256 (their raw copy's key), computed once."""
+        if self._received_sha256 is None:
+            self._received_sha256 = hashlib.sha256(self.received).hexdigest()
+        return self._received_sha256
 
     def expanded(self, value: str) -> str:
         if "\0" not in value:

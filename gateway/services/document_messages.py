@@ -19,7 +19,7 @@ from gateway.mapping import document as mapping
 from gateway.mapping import hl7v2 as v2
 from gateway.mapping import submission
 from gateway.mapping.identity import contradicted_traits
-from gateway.storage.repository import StoredResource, UnitOfWork
+from gateway.storage.repository import Base64InRaw, StoredResource, UnitOfWork
 
 from gateway.access.rules import visibility_codes
 from gateway.access.writes import Producers
@@ -220,9 +220,15 @@ def _document_bytes(obx: Segment, location: str) -> bytes:
 def _cda(obx: Segment, location: str, max_bytes: int) -> ParsedCda:
     data = _document_bytes(obx, location)
     try:
-        return read_cda(data, max_bytes)
+        parsed = read_cda(data, max_bytes)
     except Refused as refusal:
         raise MessageRefused(Issue(f"the CDA in OBX-5 is refused: {refusal.reason}", location, "207")) from None
+    found = obx.received_run(5, 5) if obx.get(5, 4).upper() == "BASE64" else None
+    if found is not None:
+        # The raw copy of the message holds the document: its Binary reads it there.
+        runs, (begin, end) = found
+        parsed.in_raw = Base64InRaw(runs.received_sha256(), len(runs.received), begin, end - begin)
+    return parsed
 
 
 def _same_patient(plan: Plan, parsed: ParsedCda) -> None:

@@ -24,7 +24,7 @@ from gateway.mapping import submission
 from gateway.mapping.hl7v2 import feeding_refused
 from gateway.mapping.identity import contradicted_traits, identifier_value
 from gateway.mapping.rules import check_document
-from gateway.storage.repository import DuplicateIdentifier, Repository, StoredResource, UnitOfWork
+from gateway.storage.repository import Base64InRaw, DuplicateIdentifier, Repository, StoredResource, UnitOfWork
 
 from .patients import feeding_consent, named_patient
 from .ingest import Received, Steps, Written, ingesting, run
@@ -45,6 +45,8 @@ class ParsedCda:
     header: CdaHeader
     ins: str
     digests: mapping.Digests
+    # Where the raw copy of the message that carried it holds it in base64 (document_messages).
+    in_raw: Base64InRaw | None = None
     # The DocumentReference it gives, validated, by visibility (checked_reference).
     _checked: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -218,7 +220,7 @@ def register_document(uow: UnitOfWork, base_url: str, parsed: ParsedCda, *, visi
     stored = uow.save(docref, patient_id=patient_id)
     uow.claim_identifier("DocumentReference", system, value, docref_id)
     uow.save_binary(binary_id, docref_id, _content_type(header), parsed.data, parsed.digests.sha256, patient_id,
-                    _checked)
+                    _checked, parsed.in_raw)
     produced += [f"Binary/{binary_id}", f"DocumentReference/{docref_id}"]
     return Ingested(True, stored, produced)
 

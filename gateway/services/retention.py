@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Iterator
 
 from sqlalchemy import Engine, delete, or_, select, update
 
@@ -22,6 +23,7 @@ from gateway.storage.schema import (
     INDEX_TABLES,
     access_rules,
     awaited_parents,
+    blobs,
     destruction_requests,
     raw_inputs,
     resource_versions,
@@ -132,16 +134,41 @@ def _destroy(conn, patient_id: str, stamp: str) -> Destroyed:
     raw_ids = sorted(raw)
     for start in range(0, len(raw_ids), CHUNK):
         conn.execute(delete(raw_inputs).where(raw_inputs.c.id.in_(raw_ids[start:start + CHUNK])))
-    # A blob goes when nothing refers to it any more: a resource's bytes, or a raw input's body.
-    blobs = sorted({r.blob_sha256 for r in owned if r.blob_sha256} | set(raw.values()))
-    for start in range(0, len(blobs), CHUNK):
-        chunk = blobs[start:start + CHUNK]
-        read = set(conn.execute(select(resources.c.blob_sha256).where(resources.c.blob_sha256.in_(chunk))).scalars())
-        read |= set(conn.execute(select(raw_inputs.c.sha256).where(raw_inputs.c.sha256.in_(chunk))).scalars())
-        delete_blobs(conn, [sha256 for sha256 in chunk if sha256 not in read])
+    _delete_unread_blobs(conn, {r.blob_sha256 for r in owned if r.blob_sha256} | set(raw.values()))
     conn.execute(update(destruction_requests).where(destruction_requests.c.patient_id == patient_id)
                  .values(carried_out_at=stamp))
     return Destroyed(patient_id, len(owned), len(raw))
+
+
+def _delete_unread_blobs(conn, candidates: set[str]) -> None:
+    """A blob goes when nothing refers to it any more: a resource's bytes, a raw input's body, or a
+    document read from it (a message's raw copy goes once the documents read from it have gone, on
+    the next pass)."""
+    carriers = candidates
+    while carriers:   # the raw copies the candidates are read from
+        carriers = {found for chunk in _chunks(carriers) for found in conn.execute(
+            select(blobs.c.base64_of).where(blobs.c.sha256.in_(chunk), blobs.c.base64_of.is_not(None))
+        ).scalars()} - candidates
+        candidates |= carriers
+    while candidates:
+        gone = set()
+        for chunk in _chunks(candidates):
+            read = set(conn.execute(select(resources.c.blob_sha256).where(
+                resources.c.blob_sha256.in_(chunk))).scalars())
+            read |= set(conn.execute(select(raw_inputs.c.sha256).where(raw_inputs.c.sha256.in_(chunk))).scalars())
+            read |= set(conn.execute(select(blobs.c.base64_of).where(blobs.c.base64_of.in_(chunk))).scalars())
+            unread = [sha256 for sha256 in chunk if sha256 not in read]
+            delete_blobs(conn, unread)
+            gone.update(unread)
+        if not gone:
+            return
+        candidates -= gone
+
+
+def _chunks(values: set[str]) -> Iterator[list[str]]:
+    ordered = sorted(values)
+    for start in range(0, len(ordered), CHUNK):
+        yield ordered[start:start + CHUNK]
 
 
 def _raw_inputs_of(conn, references: set[str], identifiers: set[str]) -> dict[int, str]:

@@ -18,6 +18,7 @@ from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, sele
 from sqlalchemy.exc import DBAPIError
 from uuid6 import uuid7
 
+from gateway import base64text
 from gateway.access import AccessContext
 from gateway.access import audit, writes
 from gateway.access.context import (
@@ -69,6 +70,16 @@ class NotFound(LookupError):
 
 class Gone(LookupError):
     """The resource existed and was deleted (410)."""
+
+
+@dataclass(frozen=True)
+class Base64InRaw:
+    """Where a raw copy already kept holds a document in base64 (an MDM^T02's OBX-5): the `length`
+    characters at `at` of the raw copy's bytes, `raw_size` of them, stored under `raw_sha256`."""
+    raw_sha256: str
+    raw_size: int
+    at: int
+    length: int
 
 
 @dataclass(frozen=True)
@@ -970,18 +981,26 @@ class UnitOfWork:
         return self.current("Binary", binary_ids(docref.json())[0])
 
     def save_binary(self, binary_id: str, docref_id: str, content_type: str, data: bytes, sha256: str,
-                    patient_id: str, checked: Callable[[dict], dict]) -> StoredResource:
+                    patient_id: str, checked: Callable[[dict], dict], in_raw: Base64InRaw | None = None
+                    ) -> StoredResource:
         """A document's bytes and their Binary, read through the rules of its DocumentReference.
         Saved after that DocumentReference, in the same unit, the new Binary takes its labels in
-        its INSERT (`save`). `checked` is the caller's validation, which refuses in its own terms."""
+        its INSERT (`save`). `checked` is the caller's validation, which refuses in its own terms.
+        `in_raw`: where the raw copy of the message that carried the document holds it in base64."""
         binary = checked({"resourceType": "Binary", "id": binary_id, "contentType": content_type,
                           "securityContext": {"reference": f"DocumentReference/{docref_id}"}})
-        return self.save(binary, patient_id=patient_id, blob_sha256=self.store_blob(data, sha256))
+        return self.save(binary, patient_id=patient_id, blob_sha256=self.store_blob(data, sha256, in_raw))
 
-    def store_blob(self, data: bytes, sha256: str | None = None) -> str:
+    def store_blob(self, data: bytes, sha256: str | None = None, in_raw: Base64InRaw | None = None) -> str:
         """Store bytes under their SHA-256 (`sha256`: computed before the transaction, so that no
-        write lock is held while a large document is hashed), unless already stored."""
+        write lock is held while a large document is hashed), unless already stored. A document a
+        message's raw copy holds in base64 (`in_raw`) is read from it, not written again: an
+        MDM^T02's commit wrote its CDA twice, once in base64, and the database kept both."""
         digest = sha256 or hashlib.sha256(data).hexdigest()
+        if in_raw is not None and in_raw.raw_size <= BLOB_PART and sql.INSERT_BLOB_IN_RAW.execute(self.conn, {
+                "sha256": digest, "size": len(data), "no_data": b"", "at": in_raw.at, "length": in_raw.length,
+                "raw_sha256": in_raw.raw_sha256, "raw_size": in_raw.raw_size}).fetchone():
+            return digest
         view = memoryview(data)
         if sql.INSERT_BLOB.execute(self.conn, {"sha256": digest, "size": len(data),
                                                "data": view[:BLOB_PART]}).fetchone():
@@ -1368,13 +1387,21 @@ def _token_patient_state(engine: Engine, holder: AccessContext) -> tuple[str, st
 
 def blob_pieces(conn: Connection, sha256: str) -> Iterator[bytes]:
     """A blob's bytes in the parts it was stored in: its row's data, then its parts in order (a MiB
-    each), each read alone, so that a caller writing them out holds one at a time. NotFound when
-    there is no such blob."""
-    row = conn.execute(select(blobs.c.size, blobs.c.data).where(blobs.c.sha256 == sha256)).first()
+    each), each read alone, so that a caller writing them out holds one at a time; or a document's,
+    decoded from the raw copy of the message that carried it. NotFound when there is no such blob."""
+    row = conn.execute(select(blobs.c.size, blobs.c.data, blobs.c.base64_of, blobs.c.base64_at,
+                              blobs.c.base64_length).where(blobs.c.sha256 == sha256)).first()
     if row is None:
         raise NotFound("document bytes are missing")
-    size, first = row
+    size, first, base64_of, at, length = row
     del row   # each part let go once given
+    if base64_of is not None:
+        # A document read from the raw copy of its message (one row: under BLOB_PART bytes).
+        carrier = conn.execute(select(blobs.c.data).where(blobs.c.sha256 == base64_of)).scalar_one_or_none()
+        if carrier is None:
+            raise NotFound("document bytes are missing")
+        yield base64text.decode(memoryview(carrier)[at:at + length], padded=False)
+        return
     complete = len(first) == size
     yield first
     del first

@@ -65,7 +65,9 @@ raw_inputs = Table(
 
 # Document bytes, once per content hash, outside the resource JSON. A blob's bytes are its row's
 # data followed by its parts: the drivers copy a value twice while they insert it, so a value over
-# BLOB_PART bytes is written a part at a time instead of as one 20 MB value.
+# BLOB_PART bytes is written a part at a time instead of as one 20 MB value. A document an HL7v2
+# message carried in base64 is read from that message's raw copy instead (its data empty): the
+# base64_length characters at base64_at of the blob base64_of (migration 0037).
 BLOB_PART = 1024 * 1024
 blobs = Table(
     "blobs",
@@ -73,6 +75,12 @@ blobs = Table(
     Column("sha256", String(64), primary_key=True),
     Column("size", Integer, nullable=False),
     Column("data", LargeBinary, nullable=False),
+    Column("base64_of", String(64)),
+    Column("base64_at", Integer),
+    Column("base64_length", Integer),
+    # A record's destruction asks which documents are still read from a raw copy it deletes.
+    Index("ix_blobs_base64_of", "base64_of", sqlite_where=text("base64_of IS NOT NULL"),
+          postgresql_where=text("base64_of IS NOT NULL")),
 )
 blob_parts = Table(
     "blob_parts",

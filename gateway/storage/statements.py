@@ -271,6 +271,13 @@ QUEUE_EMERGENCY_NOTICE = Prebuilt(insert(notifications).from_select(
 INSERT_BLOB = Prebuilt(text("INSERT INTO blobs (sha256, size, data) VALUES (:sha256, :size, :data) "
                             "ON CONFLICT (sha256) DO NOTHING RETURNING sha256"))
 INSERT_BLOB_PART = Prebuilt(insert(blob_parts))
+# A document read from the raw copy of the message that carried it in base64, if that raw copy is
+# stored as expected (its size, its bytes its own) and no blob of the document's digest is.
+INSERT_BLOB_IN_RAW = Prebuilt(text(
+    "INSERT INTO blobs (sha256, size, data, base64_of, base64_at, base64_length) "
+    "SELECT :sha256, :size, :no_data, sha256, :at, :length FROM blobs "
+    "WHERE sha256 = :raw_sha256 AND size = :raw_size AND base64_of IS NULL "
+    "ON CONFLICT (sha256) DO NOTHING RETURNING sha256"))
 
 # The signatures (DocumentReferences related by "signs") that name a document.
 SIGNATURES_OF = select(resources.c.res_id, resources.c.body).where(

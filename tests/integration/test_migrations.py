@@ -1,4 +1,6 @@
 """Migrations that move data keep every byte of it."""
+import base64
+import hashlib
 import json
 import os
 from dataclasses import replace
@@ -23,7 +25,7 @@ from gateway.mapping import codes
 from gateway.mapping.hl7v2 import assigning_authority_system
 from gateway.storage.database import make_engine
 from gateway.storage.migrate import alembic_config, upgrade
-from gateway.storage.repository import Repository
+from gateway.storage.repository import Base64InRaw, Repository
 from gateway.storage.schema import metadata
 
 
@@ -69,6 +71,27 @@ def test_a_blob_written_in_parts_is_whole_again_after_a_downgrade(tmp_path):
     command.downgrade(config, "0010")
     with engine.connect() as conn:
         assert bytes(conn.execute(text("SELECT data FROM blobs WHERE sha256 = :s"), {"s": digest}).scalar_one()) == data
+    engine.dispose()
+
+
+def test_a_document_read_from_its_message_has_its_own_bytes_after_a_downgrade(tmp_path):
+    """Migration 0037: a document read from the raw copy of the message that carried it (its
+    base64 short of its final padding, as some senders send it) gets its bytes back in its row."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'read.db'}")
+    config = alembic_config(engine)
+    command.upgrade(config, "head")
+    document = os.urandom(70_000)
+    encoded = base64.b64encode(document).rstrip(b"=")
+    carrier = b"OBX|1|ED|^TEXT^XML^Base64^" + encoded + b"|"
+    where = Base64InRaw(hashlib.sha256(carrier).hexdigest(), len(carrier), carrier.index(encoded), len(encoded))
+    digest = Repository(engine, AccessContext.system("test"), "http://gateway.test").write(
+        lambda uow: [uow.store_blob(carrier), uow.store_blob(document, None, where)][1], Write.FEED)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT length(data) FROM blobs WHERE sha256 = :s"), {"s": digest}).scalar_one() == 0
+    command.downgrade(config, "0036")
+    with engine.connect() as conn:
+        assert bytes(conn.execute(text("SELECT data FROM blobs WHERE sha256 = :s"), {"s": digest}).scalar_one()) \
+            == document
     engine.dispose()
 
 
