@@ -143,13 +143,10 @@ def _destroy(conn, patient_id: str, stamp: str) -> Destroyed:
 def _delete_unread_blobs(conn, candidates: set[str]) -> None:
     """A blob goes when nothing refers to it any more: a resource's bytes, a raw input's body, or a
     document read from it (a message's raw copy goes once the documents read from it have gone, on
-    the next pass)."""
-    carriers = candidates
-    while carriers:   # the raw copies the candidates are read from
-        carriers = {found for chunk in _chunks(carriers) for found in conn.execute(
-            select(blobs.c.base64_of).where(blobs.c.sha256.in_(chunk), blobs.c.base64_of.is_not(None))
-        ).scalars()} - candidates
-        candidates |= carriers
+    the next pass). The raw copies the candidates are read from are candidates too; such a raw copy
+    is never itself read from another (statements.INSERT_BLOB_IN_RAW)."""
+    candidates |= {carrier for chunk in _chunks(candidates) for carrier in conn.execute(
+        select(blobs.c.base64_of).where(blobs.c.sha256.in_(chunk), blobs.c.base64_of.is_not(None))).scalars()}
     while candidates:
         gone = set()
         for chunk in _chunks(candidates):
